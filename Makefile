@@ -1,0 +1,37 @@
+# `make up` and `make test` are all the set-up there is: each creates the virtual
+# environment first when it is missing (or when pyproject.toml changed).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: up down test bench sandbox venv clean
+
+$(STAMP): pyproject.toml
+	@echo "Creating the virtual environment in $(VENV) (first run only)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import prefect, kubernetes, psycopg, redis, httpx" || (echo "dependency install failed"; exit 1)
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+up: $(STAMP)
+	@$(PY) -m deployments.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m deployments.stack down; else echo "nothing to stop"; fi
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/diagnosis_fanout.py
+	$(PY) benchmarks/alert_intake.py
+
+sandbox: $(STAMP)
+	$(PY) -m sandbox
+
+clean: down
+	rm -rf $(VENV) .prefect .sandbox .run

@@ -1,0 +1,320 @@
+"""The `runbooks` command, for people who live in a shell.
+
+    runbooks run service-down --service api --env sandbox [--dry-run]   start and follow a run
+    runbooks approvals                                                   runs waiting for approval
+    runbooks approve RUN --reason "..." [--approver NAME]                the same gate as the UI
+    runbooks decline RUN --reason "..."
+    runbooks incidents [--open]  /  runbooks incident ID                 the incident record
+    runbooks sandbox break bad-deploy|error-spike|dependency-down|db-lock  /  runbooks sandbox heal
+    runbooks up | down | check-config [FILE]
+
+Exit codes: 0 done (run completed, answer accepted), 1 failed (run failed, answer refused,
+not found), 2 usage error, 3 waiting for approval, 4 cannot reach the Prefect API or the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from incidents.config import ConfigError, config_path, load_config
+
+OK, FAILED, USAGE, WAITING, UNREACHABLE = 0, 1, 2, 3, 4
+SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-incident", "incident-drill")
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def api_url() -> str:
+    return os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
+
+
+def _api(method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        response = httpx.request(method, f"{api_url()}{path}", timeout=10, **kwargs)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the Prefect API at {api_url()} ({type(exc).__name__}); is `make up` running? "
+                       "Set PREFECT_API_URL to use another server.", UNREACHABLE) from None
+    if response.status_code == 404:
+        raise CliError(f"not found: {path}")
+    if response.status_code >= 400:
+        raise CliError(f"Prefect API answered {response.status_code} for {path}: {response.text[:300]}")
+    return response.json() if response.content else None
+
+
+def _find_run(ref: str) -> dict:
+    """A flow run by id, or by name (as the UI shows it)."""
+    if len(ref) == 36 and ref.count("-") == 4:
+        return _api("GET", f"/flow_runs/{ref}")
+    runs = _api("POST", "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [ref]}}, "limit": 2})
+    if not runs:
+        raise CliError(f"no flow run with id or name {ref!r}; `runbooks approvals` lists the paused ones")
+    return runs[0]
+
+
+def _plan_of(run: dict) -> str | None:
+    keys = (run["state"].get("state_details") or {}).get("run_input_keyset")
+    if not keys:
+        return None
+    try:
+        text = _api("GET", f"/flow_runs/{run['id']}/input/{keys['description']}")
+    except CliError:
+        return None
+    return text if isinstance(text, str) else json.dumps(text)
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("\\", "").replace("**", "").replace("`", "")
+
+
+# -- run and follow ----------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    deployment = f"{args.scenario}/{args.env}"
+    dep = _api("GET", f"/deployments/name/{deployment}")
+    params: dict[str, Any] = {"environment": args.env}
+    if args.scenario != "incident-drill":
+        params["service"] = args.service
+        params["dry_run"] = args.dry_run
+        if args.severity:
+            params["severity"] = args.severity
+    run = _api("POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
+    print(f"started {deployment} run {run['name']} ({run['id']})")
+    print(f"  UI: {api_url().removesuffix('/api')}/runs/flow-run/{run['id']}")
+    if args.no_follow:
+        return OK
+    return follow(run["id"], args.timeout)
+
+
+def follow(run_id: str, timeout: float) -> int:
+    """Print state changes and each step as it finishes, until the run pauses or ends."""
+    seen: set[str] = set()
+    last_state = None
+    deadline = time.monotonic() + timeout
+    while True:
+        run = _api("GET", f"/flow_runs/{run_id}")
+        run["state"] = run.get("state") or {"type": "SCHEDULED", "name": "Scheduled"}
+        state = run["state"]["type"]
+        if state != last_state:
+            print(f"[{time.strftime('%H:%M:%S')}] run is {run['state']['name']}")
+            last_state = state
+        tasks = _api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}},
+                                                        "sort": "EXPECTED_START_TIME_ASC"})
+        for task in tasks:
+            if (task.get("state") or {}).get("type") in FINAL and task["id"] not in seen:
+                seen.add(task["id"])
+                mark = "ok" if task["state"]["type"] == "COMPLETED" else task["state"]["type"].lower()
+                print(f"  [{mark}] {task['name'].rsplit('-', 1)[0]}")
+        if state == "PAUSED":
+            plan = _plan_of(run)
+            if plan:
+                print("\n" + _plain(plan) + "\n")
+            print(f"waiting for approval: runbooks approve {run['name']} --reason \"...\"   "
+                  f"(or: runbooks decline {run['name']} --reason \"...\")")
+            return WAITING
+        if state in FINAL:
+            message = run["state"].get("message") or ""
+            print(f"run {run['state']['name']}" + (f": {message}" if message and state != "COMPLETED" else ""))
+            return OK if state == "COMPLETED" else FAILED
+        if time.monotonic() > deadline:
+            print(f"still {run['state']['name']} after {timeout:g} s; follow it in the UI")
+            return WAITING if state == "PAUSED" else FAILED
+        time.sleep(1.0)
+
+
+# -- approvals ---------------------------------------------------------------------------------------
+def cmd_approvals(args: argparse.Namespace) -> int:
+    runs = _api("POST", "/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}},
+                                                   "sort": "START_TIME_DESC", "limit": 50})
+    if not runs:
+        print("no run is waiting for approval")
+        return OK
+    for run in runs:
+        plan = _plan_of(run) or ""
+        actions = [line for line in _plain(plan).splitlines() if line.startswith("| ") and line[2:3].isdigit()]
+        print(f"{run['name']}  {run['id']}  paused since {run['state']['timestamp'][:19]}Z")
+        for line in actions:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            print(f"    {cells[1]} {cells[2]}: {cells[3]} (via {cells[4]})")
+    return OK
+
+
+def _answer(args: argparse.Namespace, approve: bool) -> int:
+    run = _find_run(args.run)
+    if run["state"]["type"] != "PAUSED":
+        raise CliError(f"run {run['name']} is {run['state']['name']}, not waiting for approval")
+    approver = args.approver or os.environ.get("RUNBOOKS_APPROVER") or getpass.getuser()
+    result = _api("POST", f"/flow_runs/{run['id']}/resume",
+                  json={"run_input": {"approve": approve, "approver": approver, "reason": args.reason}})
+    if result.get("status") != "ACCEPT":
+        raise CliError(f"refused: {(result.get('details') or {}).get('reason', result.get('status'))}")
+    print(f"{'approved' if approve else 'declined'} {run['name']} as {approver}")
+    return follow(run["id"], args.timeout) if args.follow else OK
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _answer(args, True)
+
+
+def cmd_decline(args: argparse.Namespace) -> int:
+    return _answer(args, False)
+
+
+# -- incidents ---------------------------------------------------------------------------------------
+def _store():
+    from incidents.store import IncidentStore, StoreError
+
+    return IncidentStore(), StoreError
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    store, StoreError = _store()
+    try:
+        incidents = store.list(limit=args.limit, open_only=args.open)
+    except StoreError as exc:
+        raise CliError(str(exc), UNREACHABLE) from None
+    if not incidents:
+        print("no incidents" + (" open" if args.open else ""))
+    for i in incidents:
+        print(f"#{i.id:<5} {i.severity.value} {i.status.value:<13} {i.scenario:<18} {i.service}/{i.environment}  "
+              f"opened {i.opened_at:%Y-%m-%d %H:%M}  {i.issue_url or ''}")
+    return OK
+
+
+def cmd_incident(args: argparse.Namespace) -> int:
+    store, StoreError = _store()
+    try:
+        incident = store.get(args.id)
+        timeline = store.timeline(args.id)
+    except StoreError as exc:
+        raise CliError(str(exc), FAILED if "no incident" in str(exc) else UNREACHABLE) from None
+    print(f"incident #{incident.id}: {incident.title}")
+    print(f"  {incident.severity.value} ({incident.severity.label}), {incident.status.value}, "
+          f"{incident.service} in {incident.environment}, issue {incident.issue_url or '-'}")
+    if incident.root_cause:
+        print(f"  root cause: {incident.root_cause}")
+    print("timeline:")
+    for event in timeline:
+        print(f"  {event.at:%H:%M:%S}  {event.actor:<24.24} {event.kind:<20} {event.message}")
+    return OK
+
+
+# -- sandbox -----------------------------------------------------------------------------------------
+FAULTS = {
+    "bad-deploy": ("/_sandbox/deploy", {"service": "api", "version": "v2-broken"}),
+    "error-spike": ("/_sandbox/load", {"service": "api", "rps": 200}),
+    "dependency-down": ("/_sandbox/dependency", {"service": "api", "down": True}),
+}
+
+
+def cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
+    url = os.environ.get("RUNBOOKS_SANDBOX_URL", "http://127.0.0.1:8790").rstrip("/")
+    if args.action == "serve":
+        from sandbox.__main__ import main as sandbox_main
+
+        sys.argv = ["runbooks sandbox serve", *rest]
+        sandbox_main()
+        return OK
+    try:
+        if args.action == "heal":
+            httpx.post(f"{url}/_sandbox/reset", timeout=10).raise_for_status()
+            print("sandbox reset: api and frontend healthy, messages and faults cleared")
+            return OK
+        if args.fault not in FAULTS:
+            raise CliError(f"unknown fault {args.fault!r}; choose one of: {', '.join(FAULTS)}", USAGE)
+        path, body = FAULTS[args.fault]
+        httpx.post(f"{url}{path}", json=body, timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the sandbox at {url} ({type(exc).__name__}); is `make up` running?",
+                       UNREACHABLE) from None
+    hint = {"bad-deploy": "service-down", "error-spike": "high-error-rate", "dependency-down": "high-error-rate"}
+    print(f"injected {args.fault}; try: runbooks run {hint[args.fault]} --service api")
+    return OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        raise CliError(f"invalid: {exc}") from None
+    for name, env in config.environments.items():
+        services = ", ".join(f"{s} ({c.rollback_strategy})" for s, c in env.services.items())
+        print(f"{path}: environment {name}: production={env.production} drills_allowed={env.drills_allowed}; "
+              f"services: {services}")
+    print(f"{len(config.routing)} alert routing rules")
+    return OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runbooks", description="Incident-response runbooks on Prefect.",
+                                epilog="Exit codes: 0 done, 1 failed, 2 usage, 3 waiting for approval, 4 unreachable.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start a scenario and follow it until it pauses or ends")
+    run.add_argument("scenario", choices=SCENARIOS)
+    run.add_argument("--service", default="api")
+    run.add_argument("--env", default="sandbox", help="environment (deployment <scenario>/<env>)")
+    run.add_argument("--severity", choices=["P0", "P1", "P2", "P3"])
+    run.add_argument("--dry-run", action="store_true", help="diagnose and plan only; change nothing")
+    run.add_argument("--no-follow", action="store_true")
+    run.add_argument("--timeout", type=float, default=600, help="seconds to follow before giving up")
+    sub.add_parser("approvals", help="list runs waiting for approval, with their plans")
+    for name, verb in (("approve", "approve"), ("decline", "decline")):
+        answer = sub.add_parser(name, help=f"{verb} a paused run's plan (the same gate as the UI)")
+        answer.add_argument("run", help="flow run id or name")
+        answer.add_argument("--reason", required=True)
+        answer.add_argument("--approver", help="your name (default: $RUNBOOKS_APPROVER or your login)")
+        answer.add_argument("--follow", action="store_true", help="follow the run afterwards")
+        answer.add_argument("--timeout", type=float, default=600)
+    incidents = sub.add_parser("incidents", help="list incidents")
+    incidents.add_argument("--open", action="store_true")
+    incidents.add_argument("--limit", type=int, default=20)
+    incident = sub.add_parser("incident", help="show one incident with its timeline")
+    incident.add_argument("id", type=int)
+    sandbox = sub.add_parser("sandbox", help="break or heal the sandbox, or serve it in the foreground")
+    sandbox.add_argument("action", choices=["break", "heal", "serve"])
+    sandbox.add_argument("fault", nargs="?", help=f"for break: {', '.join(FAULTS)}")
+    sub.add_parser("up", help="start the local stack")
+    sub.add_parser("down", help="stop what `runbooks up` started")
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file", nargs="?")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if rest and args.command != "sandbox":
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "sandbox" and args.action == "break" and not args.fault:
+        p.error(f"sandbox break needs a fault: {', '.join(FAULTS)}")
+    commands = {"run": cmd_run, "approvals": cmd_approvals, "approve": cmd_approve, "decline": cmd_decline,
+                "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config}
+    try:
+        if args.command in ("up", "down"):
+            from deployments.stack import main as stack_main
+
+            return stack_main([args.command])
+        if args.command == "sandbox":
+            return cmd_sandbox(args, rest)
+        return commands[args.command](args)
+    except CliError as exc:
+        print(f"runbooks: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

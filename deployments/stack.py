@@ -1,0 +1,314 @@
+"""The local stack behind `make up` / `make down`: the sandbox, a Prefect server on its own
+SQLite database under `.prefect/`, the `incident-response` process work pool, every
+deployment in prefect.yaml, and a worker. Idempotent: what is already running is left alone.
+`down` stops exactly what `up` started (the pid files under `.run/` say what that is)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run"
+PREFECT_HOME = ROOT / ".prefect"
+SANDBOX_DIR = ROOT / ".sandbox"
+HOST = "127.0.0.1"
+PREFECT_PORT, SANDBOX_PORT, SANDBOX_KUBE_PORT, PROMETHEUS_PORT, INTAKE_PORT = 4200, 8790, 8791, 9090, 8787
+INTAKE_URL = f"http://{HOST}:{INTAKE_PORT}"
+TOKEN_FILE = RUN_DIR / "alert-token"
+PREFECT_URL = f"http://{HOST}:{PREFECT_PORT}"
+SANDBOX_URL = f"http://{HOST}:{SANDBOX_PORT}"
+SANDBOX_APP_DATABASE = "postgresql://postgres@127.0.0.1:5432/runbooks_sandbox_app"
+POOL = "incident-response"
+WORKER_NAME = "runbooks-local-worker"
+RUNNER_NAME = "runbooks-warm-runner"
+BIN = Path(sys.executable).parent
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def stack_env() -> dict[str, str]:
+    """The environment every component runs with (the worker passes it on to flow runs)."""
+    from sandbox.world import GITHUB_TOKEN, SLACK_PATH, SLACK_SECURITY_PATH
+
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(PREFECT_HOME), PREFECT_API_URL=f"{PREFECT_URL}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_URL=PREFECT_URL,
+        # the standard worker is the fallback; the warm runner (polling every 0.1 s) takes runs first
+        PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", "10"),
+        RUNBOOKS_SANDBOX_URL=SANDBOX_URL, RUNBOOKS_KUBECONFIG=str(SANDBOX_DIR / "kubeconfig"),
+        RUNBOOKS_UI_URL=PREFECT_URL, PYTHONUNBUFFERED="1",
+        RUNBOOKS_PROMETHEUS_URL=f"http://{HOST}:{PROMETHEUS_PORT}",
+        RUNBOOKS_INTAKE_URL=INTAKE_URL,  # drills raise their alerts through the intake
+    )
+    # The sandbox's own fake credentials; a real environment keeps these in Secret blocks.
+    env["RUNBOOKS_ALERT_TOKEN"] = alert_token()
+    env.setdefault("RUNBOOKS_SECRET_GITHUB_TOKEN", GITHUB_TOKEN)
+    env.setdefault("RUNBOOKS_SECRET_SLACK_WEBHOOK_URL", SANDBOX_URL + SLACK_PATH)
+    env.setdefault("RUNBOOKS_SECRET_SECURITY_WEBHOOK_URL", SANDBOX_URL + SLACK_SECURITY_PATH)
+    env.setdefault("RUNBOOKS_SECRET_API_DATABASE_URL", SANDBOX_APP_DATABASE)
+    env.setdefault("RUNBOOKS_SECRET_API_CACHE_URL", "redis://127.0.0.1:6379/5")
+    return env
+
+
+def alert_token() -> str:
+    """RUNBOOKS_ALERT_TOKEN when set; else the one generated on the first `make up` (kept in .run/)."""
+    token = os.environ.get("RUNBOOKS_ALERT_TOKEN")
+    if token:
+        return token
+    if TOKEN_FILE.exists():
+        return TOKEN_FILE.read_text().strip()
+    RUN_DIR.mkdir(exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    TOKEN_FILE.touch(mode=0o600)
+    TOKEN_FILE.write_text(token)
+    return token
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    command: list[str]
+    ready: Callable[[float], bool]  # given the time the component was started
+    port: int | None = None
+    stop_signal: int = signal.SIGTERM
+    wait_seconds: float = 60.0
+
+    @property
+    def pid_file(self) -> Path:
+        return RUN_DIR / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return RUN_DIR / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+
+def _get_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _worker_online(since: float, name: str) -> bool:
+    """Our worker has sent a heartbeat since it was started (an old worker's ONLINE lingers)."""
+    try:
+        response = httpx.post(f"{PREFECT_URL}/api/work_pools/{POOL}/workers/filter", json={}, timeout=2)
+    except httpx.HTTPError:
+        return False
+    if response.status_code != 200:
+        return False
+    for worker in response.json():
+        beat = worker.get("last_heartbeat_time")
+        if worker.get("name") == name and beat and datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp() >= since:
+            return True
+    return False
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+PROMETHEUS_BIN = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMETHEUS_CONFIG = SANDBOX_DIR / "prometheus.yml"
+
+
+def _write_prometheus_config() -> None:
+    """Scrape every sandbox demo service's /metrics in the Prometheus text format."""
+    SANDBOX_DIR.mkdir(exist_ok=True)
+    jobs = "".join(f"""  - job_name: sandbox-{name}
+    metrics_path: /services/{name}/metrics
+    params: {{format: [prometheus]}}
+    static_configs: [{{targets: ["{HOST}:{SANDBOX_PORT}"]}}]
+""" for name in ("api", "frontend"))
+    PROMETHEUS_CONFIG.write_text(f"global: {{scrape_interval: 5s, evaluation_interval: 5s}}\nscrape_configs:\n{jobs}")
+
+
+COMPONENTS = [
+    Component("sandbox", [str(BIN / "python"), "-m", "sandbox", "--port", str(SANDBOX_PORT),
+                          "--kube-port", str(SANDBOX_KUBE_PORT), "--state-dir", str(SANDBOX_DIR),
+                          "--database-url", SANDBOX_APP_DATABASE],
+              lambda since: _get_ok(f"{SANDBOX_URL}/_sandbox/healthz"), port=SANDBOX_PORT, wait_seconds=30),
+    Component("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(PREFECT_PORT)],
+              lambda since: _get_ok(f"{PREFECT_URL}/api/health"), port=PREFECT_PORT, wait_seconds=120),
+    Component("prometheus", [PROMETHEUS_BIN, f"--config.file={PROMETHEUS_CONFIG}",
+                             f"--storage.tsdb.path={SANDBOX_DIR / 'prometheus-data'}",
+                             f"--web.listen-address={HOST}:{PROMETHEUS_PORT}"],
+              lambda since: _get_ok(f"http://{HOST}:{PROMETHEUS_PORT}/-/ready"), port=PROMETHEUS_PORT, wait_seconds=30),
+    Component("worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
+                         "--name", WORKER_NAME],
+              lambda since: _worker_online(since, WORKER_NAME), stop_signal=signal.SIGINT, wait_seconds=90),
+    Component("warm-runner", [str(BIN / "python"), "-m", "deployments.runner", "--pool", POOL, "--name", RUNNER_NAME],
+              lambda since: _worker_online(since, RUNNER_NAME), wait_seconds=60),
+    Component("intake", [str(BIN / "python"), "-m", "deployments.intake", "--port", str(INTAKE_PORT)],
+              lambda since: _get_ok(f"{INTAKE_URL}/healthz"), port=INTAKE_PORT, wait_seconds=30),
+]
+
+
+def _say(step: str, message: str) -> None:
+    print(f"  {step:<16} {message}", flush=True)
+
+
+def _start(component: Component, env: dict[str, str]) -> None:
+    if component.pid() and component.ready(0):
+        _say(component.name, "already running")
+        return
+    if component.port and _port_busy(component.port):
+        raise StackError(f"{component.name}: port {component.port} on {HOST} is already in use by another program. "
+                         f"Stop it (e.g. `ss -ltnp 'sport = :{component.port}'` shows which) and run `make up` again.")
+    RUN_DIR.mkdir(exist_ok=True)
+    log = component.log_file.open("ab")
+    started = time.time() - 1
+    process = subprocess.Popen(component.command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    component.pid_file.write_text(str(process.pid))
+    start = time.monotonic()
+    while time.monotonic() - start < component.wait_seconds:
+        if process.poll() is not None:
+            tail = component.log_file.read_text(errors="replace").splitlines()[-15:]
+            component.pid_file.unlink(missing_ok=True)
+            raise StackError(f"{component.name} exited with code {process.returncode}; its log "
+                             f"({component.log_file.relative_to(ROOT)}) ends with:\n    " + "\n    ".join(tail))
+        if component.ready(started):
+            _say(component.name, f"started in {time.monotonic() - start:.1f} s (pid {process.pid})")
+            return
+        time.sleep(0.5)
+    raise StackError(f"{component.name} did not become ready within {component.wait_seconds:g} s; "
+                     f"see {component.log_file.relative_to(ROOT)}")
+
+
+def _prefect(args: list[str], env: dict[str, str], what: str, timeout: float = 120) -> str:
+    result = subprocess.run([str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise StackError(f"{what} failed:\n{(result.stdout + result.stderr).strip()[-2000:]}")
+    return result.stdout
+
+
+def _ensure_pool(env: dict[str, str]) -> None:
+    response = httpx.get(f"{PREFECT_URL}/api/work_pools/{POOL}", timeout=5)
+    if response.status_code == 200:
+        _say("work pool", f"{POOL} exists")
+        return
+    _prefect(["work-pool", "create", POOL, "--type", "process"], env, f"creating work pool {POOL}")
+    _say("work pool", f"{POOL} created (process)")
+
+
+def _deploy(env: dict[str, str]) -> None:
+    start = time.monotonic()
+    _prefect(["--no-prompt", "deploy", "--all"], env, "prefect deploy --all", timeout=300)
+    names = [d["name"] for d in httpx.post(f"{PREFECT_URL}/api/deployments/filter", json={}, timeout=5).json()]
+    _say("deployments", f"{len(names)} registered in {time.monotonic() - start:.1f} s")
+
+
+def _check_store() -> None:
+    from incidents.store import IncidentStore, StoreError
+
+    store = IncidentStore()
+    try:
+        store.ensure_schema()
+    except StoreError as exc:
+        raise StackError(f"{exc}\n  The incident store needs PostgreSQL. Start it (e.g. `pg_ctlcluster "
+                         "--skip-systemctl-redirect 15 main start`) or point RUNBOOKS_DATABASE_URL at one, "
+                         "then run `make up` again.") from None
+    _say("incident store", f"PostgreSQL {store.where} ready")
+
+
+def up() -> None:
+    env = stack_env()
+    print("Starting the incident-runbooks stack", flush=True)
+    _check_store()
+    sandbox, server, prometheus, worker, runner, intake = COMPONENTS
+    _start(sandbox, env)
+    if os.path.exists(PROMETHEUS_BIN):
+        _write_prometheus_config()
+        _start(prometheus, env)
+    else:
+        _say("prometheus", "not installed (apt-get install prometheus): high-error-rate uses /metrics only")
+    _start(server, env)
+    _ensure_pool(env)
+    _deploy(env)
+    _start(worker, env)
+    _start(runner, env)
+    _start(intake, env)
+    kubeconfig = (SANDBOX_DIR / "kubeconfig").relative_to(ROOT)
+    print(f"""
+Ready.
+  Prefect UI        {PREFECT_URL}
+  Sandbox           {SANDBOX_URL}  (Kubernetes API https://{HOST}:{SANDBOX_KUBE_PORT})
+  Prometheus        http://{HOST}:{PROMETHEUS_PORT}  (scrapes the sandbox services)
+  Alert intake      {INTAKE_URL}/alerts/alertmanager  (Authorization: Bearer {env["RUNBOOKS_ALERT_TOKEN"]})
+  Kubeconfig        {kubeconfig}
+  Logs              {RUN_DIR.relative_to(ROOT)}/
+
+Try next:
+  1. Break the sandbox:   KUBECONFIG={kubeconfig} kubectl -n sandbox set image deployment/api api=registry.sandbox.local/acme/api:v2-broken
+  2. Run the runbook:     open {PREFECT_URL}/deployments, pick service-down / sandbox, click Run
+  3. Approve the plan:    open the paused run, click Resume, switch approve on, give your name and a reason
+""", flush=True)
+
+
+def down() -> None:
+    print("Stopping the incident-runbooks stack", flush=True)
+    for component in reversed(COMPONENTS):
+        pid = component.pid()
+        if pid is None:
+            component.pid_file.unlink(missing_ok=True)
+            _say(component.name, "not running")
+            continue
+        try:
+            os.killpg(pid, component.stop_signal)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and component.pid():
+            time.sleep(0.2)
+        if component.pid():
+            os.killpg(pid, signal.SIGKILL)
+            _say(component.name, f"killed (pid {pid}) after 20 s")
+        else:
+            _say(component.name, f"stopped (pid {pid})")
+        component.pid_file.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    command = args[0] if args else "up"
+    try:
+        {"up": up, "down": down}[command]()
+    except KeyError:
+        print(f"usage: python -m deployments.stack up|down (got {command!r})", file=sys.stderr)
+        return 2
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

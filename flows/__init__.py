@@ -1,0 +1,1 @@
+"""One module per flow. A flow reads like the playbook section it automates."""

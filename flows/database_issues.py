@@ -1,0 +1,79 @@
+"""Playbook Scenario 3: Database Issues (P1).
+
+    1. Check database health        -> /health checks.database, pg_isready equivalent
+    2. Check connection pool        -> pg_stat_activity: connections, idle in transaction,
+                                       long queries, blocking chains; replication; the cache
+    3. Restart database if needed   -> rollout restart of the database deployment, approved first
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from incidents.database import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS, plan_database_issues
+from incidents.diagnosis import HEALTH, Finding
+from incidents.models import Incident, Severity
+from incidents.plans import Plan
+from tasks.context import RunContext
+from tasks.database import (check_cache, check_connections, check_reachable, check_replication, check_sessions,
+                            verify_database)
+from tasks.diagnosis import gather, probe_endpoints
+from tasks.lifecycle import Scenario, run_scenario
+
+
+def diagnose(ctx: RunContext) -> dict[str, Finding]:
+    futures = {
+        HEALTH: probe_endpoints.submit([ctx.service.url(ctx.service.health_path)], ctx.config.timeouts.probe_seconds),
+        REACH: check_reachable.submit(ctx),
+        CONNECTIONS: check_connections.submit(ctx),
+        SESSIONS: check_sessions.submit(ctx),
+        REPLICATION: check_replication.submit(ctx),
+    }
+    if ctx.service.cache:
+        futures[CACHE] = check_cache.submit(ctx)
+    return gather(futures, timeout=120)
+
+
+def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding]) -> Plan:
+    return plan_database_issues(incident.id, ctx.environment, ctx.service_name, ctx.service, findings)
+
+
+def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
+    causes = [f"{f.check}: {f.summary}" for f in findings.values() if f.ok is False]
+    return "; ".join(causes) or "no failing check"
+
+
+def prevention(findings: dict[str, Finding], plan: Plan) -> str:
+    kinds = {a.kind for a in plan.actions}
+    advice = []
+    if "terminate_sessions" in kinds:
+        advice.append("set idle_in_transaction_session_timeout and lock_timeout for the application role")
+    if "cancel_queries" in kinds:
+        advice.append("set statement_timeout and index the slow query")
+    if "clear_cache" in kinds:
+        advice.append("set maxmemory-policy and TTLs on the cache keys")
+    return "; ".join(advice) or "review connection pool sizing against max_connections"
+
+
+DATABASE_ISSUES = Scenario(
+    name="database-issues", default_severity=Severity.P1, impact="Requests that touch the database fail or hang",
+    summary=lambda ctx: f"database issues behind {ctx.service_name}", diagnose=diagnose, plan=plan,
+    verify=verify_database, root_cause=root_cause, prevention=prevention)
+
+
+@flow(name="database-issues", description="Playbook Scenario 3 (P1): database issues. Diagnose PostgreSQL "
+                                          "(locks, connections, queries, replication) and the cache; terminate, "
+                                          "cancel, clear or restart behind an approval; verify.")
+def database_issues(service: str, environment: str = "sandbox", severity: Severity | None = None,
+                    dry_run: bool = False, alert: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Args:
+        service: the service whose database is in trouble (its config names the database and cache).
+        environment: which environment's config to use.
+        severity: P0..P3; defaults to P1.
+        dry_run: diagnose and plan, report the plan, change nothing, do not pause.
+        alert: the alert that started the run, if any.
+    """
+    ctx = RunContext.load(environment, service)
+    return run_scenario(DATABASE_ISSUES, ctx, severity, dry_run, alert)

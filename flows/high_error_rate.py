@@ -1,0 +1,79 @@
+"""Playbook Scenario 2: High Error Rate (P1).
+
+    1. Check error metrics      -> /metrics (errors/requests over a window); Prometheus when configured
+    2. Check recent changes     -> commits and deploy runs, ReplicaSet revisions
+    3. Scale up if needed       -> kubectl scale, bounded by the service's maximum, approved first
+    4. Enable circuit breakers  -> the service's switch, previous value recorded, approved first
+    (and a rollback when a recent change lines up with the spike)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from incidents.diagnosis import DEPLOYS, HEALTH, ROLLOUT, Finding
+from incidents.error_rate import BREAKER, COMMITS, PROMETHEUS, RATE, plan_high_error_rate
+from incidents.models import Incident, Severity
+from incidents.plans import Plan
+from tasks.context import RunContext
+from tasks.diagnosis import check_rollout, gather, probe_endpoints, recent_deployments
+from tasks.error_rate import (check_circuit_breaker, measure_error_rate, prometheus_error_rate, recent_commits,
+                              verify_error_rate)
+from tasks.lifecycle import Scenario, run_scenario
+
+
+def diagnose(ctx: RunContext) -> dict[str, Finding]:
+    futures = {
+        RATE: measure_error_rate.submit(ctx),
+        HEALTH: probe_endpoints.submit([ctx.service.url(ctx.service.health_path)], ctx.config.timeouts.probe_seconds),
+        DEPLOYS: recent_deployments.submit(ctx),
+        COMMITS: recent_commits.submit(ctx),
+        ROLLOUT: check_rollout.submit(ctx),
+    }
+    if ctx.config.prometheus:
+        futures[PROMETHEUS] = prometheus_error_rate.submit(ctx)
+    if ctx.service.circuit_breaker:
+        futures[BREAKER] = check_circuit_breaker.submit(ctx)
+    return gather(futures, timeout=120)
+
+
+def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding]) -> Plan:
+    return plan_high_error_rate(incident.id, ctx.environment, ctx.service_name, ctx.service, findings)
+
+
+def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
+    kind = plan.actions[0].kind if plan.actions else None
+    return {"rollback": f"A bad change: {plan.actions[0].before if plan.actions else ''} raised the error rate.",
+            "circuit_breaker": "A failing dependency made requests fail.",
+            "scale": "Load above the service's capacity."}.get(kind, "Unknown: see the diagnosis.")
+
+
+def prevention(findings: dict[str, Finding], plan: Plan) -> str:
+    kind = plan.actions[0].kind if plan.actions else None
+    return {"rollback": "Canary releases gated on the error rate.",
+            "circuit_breaker": "Keep the breaker automatic, with a timeout budget for the dependency.",
+            "scale": "An autoscaler on request rate, with headroom above peak load."}.get(kind, "Review in the post-mortem.")
+
+
+HIGH_ERROR_RATE = Scenario(
+    name="high-error-rate", default_severity=Severity.P1, impact="A share of user requests fail",
+    summary=lambda ctx: f"high error rate on {ctx.service_name}", diagnose=diagnose, plan=plan,
+    verify=verify_error_rate, root_cause=root_cause, prevention=prevention)
+
+
+@flow(name="high-error-rate", description="Playbook Scenario 2 (P1): high error rate. Measure it, look at recent "
+                                          "changes and capacity; roll back, open the circuit breaker or scale up "
+                                          "behind an approval; verify the rate falls below the threshold.")
+def high_error_rate(service: str, environment: str = "sandbox", severity: Severity | None = None,
+                    dry_run: bool = False, alert: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Args:
+        service: the service whose error rate is high.
+        environment: which environment's config to use.
+        severity: P0..P3; defaults to P1.
+        dry_run: diagnose and plan, report the plan, change nothing, do not pause.
+        alert: the alert that started the run, if any.
+    """
+    ctx = RunContext.load(environment, service)
+    return run_scenario(HIGH_ERROR_RATE, ctx, severity, dry_run, alert)

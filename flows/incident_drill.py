@@ -1,0 +1,85 @@
+"""Game day: break a sandbox or staging target on purpose, let the runbook find and fix it,
+and score detection and recovery against the playbook's targets.
+
+    inject the fault -> monitoring notices -> the alert goes through the alert intake ->
+    the scenario's runbook runs (approved automatically after a delay, or by a person) ->
+    recovery is verified -> the fault is always cleaned up -> scorecard and history
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from incidents.drills import resolve_fault
+from incidents.store import DrillStore
+from tasks.approval import DrillNotAllowed
+from tasks.context import RunContext
+from tasks.drill import (DrillFailed, check_recovered, clean_up, follow_runbook, inject_fault, publish_scorecard,
+                         raise_alert, scorecard, wait_for_detection)
+from tasks.faults import sandbox_url
+
+
+@flow(name="incident-drill", description="A game day: inject a fault from the catalog, let the alert intake start "
+                                         "the runbook, verify recovery, always clean up, and score it.")
+def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
+                   approval_mode: Literal["auto", "human"] = "auto", approval_delay_seconds: float = 5.0,
+                   deadline_minutes: float = 15.0, service: str = "api") -> dict[str, Any]:
+    """Args:
+        scenario: a scenario (service-down, high-error-rate, database-issues, security-incident) or a fault
+            from the catalog (bad-deploy, error-spike, pg-lock, pg-connections, pg-long-query, leaked-credential).
+        environment: must say drills_allowed: true in its config.
+        approval_mode: auto (the drill approves its own plan after the delay) or human (practise the real gate).
+        approval_delay_seconds: how long an automatic approval waits, standing in for a person's reaction.
+        deadline_minutes: the whole drill's limit; the fault is cleaned up when it passes.
+        service: the target service.
+    """
+    logger = get_run_logger()
+    spec = resolve_fault(scenario)
+    ctx = RunContext.load(environment, service)
+    if not ctx.config.drills_allowed:
+        raise DrillNotAllowed(f"environment {environment!r} does not allow drills (its config says drills_allowed: "
+                              "false); nothing was injected")
+    if spec.sandbox_only:
+        sandbox_url()  # raises FaultNotAvailable before anything is touched
+    deadline = deadline_minutes * 60
+    drill_id = f"drill-{uuid.uuid4().hex[:10]}"
+    store = DrillStore()
+    store.start_drill(drill_id, spec.name, spec.scenario, environment, service, approval_mode, approval_delay_seconds,
+                      flow_run.get_id())
+    injected_at = datetime.now(timezone.utc)
+    state, run, alert_key, run_id, error, cleanup_done = None, None, None, None, None, []
+    try:
+        state = inject_fault(ctx, spec)
+        if not wait_for_detection(ctx, state, timeout=min(deadline, 300)):
+            raise DrillFailed(f"the fault's signal never showed within {min(deadline, 300):.0f} s")
+        started = raise_alert(ctx, spec, drill_id, state)
+        alert_key, run_id = started["alert_key"], started["run_id"]
+        run = follow_runbook(run_id, timeout=deadline)
+        if run["state"] != "COMPLETED":
+            raise DrillFailed(f"the runbook's run ended {run['state']}: {run['message']}")
+        if not check_recovered(ctx, state, timeout=60):
+            raise DrillFailed("the runbook finished but the fault is still visible")
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded, and the fault cleaned up
+        error = f"{type(exc).__name__}: {exc}"
+        logger.error("Drill %s failed: %s", drill_id, error)
+    finally:
+        if state is not None:
+            try:
+                cleanup_done = clean_up(ctx, state)
+            except Exception as exc:  # noqa: BLE001 - a failed clean-up is the most important thing to report
+                error = (error + "; " if error else "") + f"CLEAN-UP FAILED: {type(exc).__name__}: {exc}"
+    card, incident_id = scorecard(spec, injected_at, run, alert_key)
+    status = "passed" if card["passed"] and not error else "failed"
+    store.finish_drill(drill_id, status, card, error, run_id, incident_id)
+    publish_scorecard(drill_id, environment, card, cleanup_done)
+    result = {"drill_id": drill_id, "status": status, "error": error, "score": card, "cleanup": cleanup_done,
+              "incident_id": incident_id}
+    if status == "failed":
+        raise DrillFailed(f"drill {drill_id} ({spec.name}) failed: {error or 'targets or playbook steps missed'}; "
+                          f"clean-up: {'; '.join(cleanup_done) or 'nothing to undo'}")
+    return result

@@ -1,0 +1,91 @@
+"""Playbook Scenario 4: Security Incident (P0).
+
+    1. Immediate response      -> rotate secrets, block suspicious IPs, enable additional
+                                  logging: each approved first, after an evidence snapshot
+    2. Notify security team    -> its own Slack target
+    3. Document everything     -> timeline, evidence artifact, issue comments
+    4. Prepare public comms    -> a draft artifact, never published
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from incidents.diagnosis import HEALTH, Finding, report_markdown
+from incidents.models import Incident, Severity
+from incidents.plans import Plan
+from incidents.security import EVIDENCE, plan_security_incident, public_statement_draft, suspicious_cidrs
+from incidents.templates import stamp
+from tasks.context import RunContext
+from tasks.diagnosis import gather, probe_endpoints
+from tasks.lifecycle import Scenario, run_scenario
+from tasks.notify import notify_security_team
+from tasks.reporting import publish_report
+from tasks.security import capture_evidence, verify_containment
+from tasks.timeline import record
+
+
+def diagnose(ctx: RunContext) -> dict[str, Finding]:
+    futures = {EVIDENCE: capture_evidence.submit(ctx),
+               HEALTH: probe_endpoints.submit(ctx.service.endpoints, ctx.config.timeouts.probe_seconds)}
+    return gather(futures, timeout=120)
+
+
+def keep_evidence(ctx: RunContext, incident: Incident, findings: dict[str, Finding], cidrs: list[str]) -> None:
+    """Before any change: the evidence as an artifact and on the issue, the security team told,
+    a public statement drafted."""
+    evidence = findings[EVIDENCE]
+    publish_report(ctx, incident, "evidence", report_markdown(
+        f"Evidence snapshot for incident {incident.id} (before any change)", [evidence], None, with_plan=False))
+    record(ctx, incident.id, "runbook", "evidence_captured", evidence.summary,
+           {"secrets": evidence.data.get("secrets", [])})
+    notify_security_team(ctx, incident.id, f"🔐 SECURITY INCIDENT\nIssue: {incident.issue_ref}\n"
+                                           f"Service: {ctx.service_name} ({ctx.environment})\n"
+                                           f"Suspicious sources: {', '.join(cidrs) or 'none named'}\n"
+                                           f"Evidence: {evidence.summary}")
+    create_markdown_artifact(markdown=public_statement_draft(ctx.service_name, stamp(incident.opened_at), cidrs),
+                             key=f"incident-{incident.id}-public-draft",
+                             description="Draft public communication: review before publishing; not sent")
+    record(ctx, incident.id, "runbook", "public_draft", "Public communication drafted (not published)")
+
+
+def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
+    return "Suspected compromise of the service's credentials or exposure to hostile traffic; " \
+           "forensics pending (see the evidence snapshot)."
+
+
+def prevention(findings: dict[str, Finding], plan: Plan) -> str:
+    return "Shorter credential lifetimes with automatic rotation; review the evidence in the post-mortem."
+
+
+SECURITY_INCIDENT = Scenario(
+    name="security-incident", default_severity=Severity.P0, impact="Possible exposure of the service and its data",
+    summary=lambda ctx: f"security incident on {ctx.service_name}", diagnose=diagnose,
+    plan=lambda ctx, incident, findings: Plan(incident.id, ctx.service_name, ctx.environment, ()),
+    verify=verify_containment, root_cause=root_cause, prevention=prevention)
+
+
+@flow(name="security-incident", description="Playbook Scenario 4 (P0): security incident. Evidence first, "
+                                            "then rotate secrets, block suspicious IPs and raise logging behind "
+                                            "an approval; tell the security team; draft public communication.")
+def security_incident(service: str, environment: str = "sandbox", severity: Severity | None = None,
+                      dry_run: bool = False, alert: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Args:
+        service: the affected service.
+        environment: which environment's config to use.
+        severity: P0..P3; defaults to P0.
+        dry_run: capture evidence, diagnose and plan, change nothing, do not pause.
+        alert: the alert; `annotations.suspicious_ips` (or label `source_ip`) names addresses to block.
+    """
+    cidrs = suspicious_cidrs(alert)  # an invalid address stops the run here, before anything happens
+    ctx = RunContext.load(environment, service)
+    scenario = dataclasses.replace(
+        SECURITY_INCIDENT,
+        plan=lambda c, incident, findings: plan_security_incident(incident.id, c.environment, c.service_name,
+                                                                   c.service, findings, cidrs),
+        after_diagnosis=lambda c, incident, findings: keep_evidence(c, incident, findings, cidrs))
+    return run_scenario(scenario, ctx, severity, dry_run, alert)

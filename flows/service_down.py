@@ -1,0 +1,74 @@
+"""Playbook Scenario 1: Service Down (P0).
+
+    1. Check health endpoints           -> probe /__ok, /health, /metrics
+    2. Check recent deployments         -> ReplicaSet revisions + `gh run list`
+    3. Immediate rollback if recent     -> rollback workflow dispatch or rollout undo, approved first
+    4. Check logs                       -> `gh run view --log-failed` + pod logs
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, plan_service_down
+from incidents.models import Incident, Severity
+from incidents.plans import Plan
+from tasks.context import RunContext
+from tasks.deploys import verify_health
+from tasks.diagnosis import check_rollout, failed_run_logs, gather, pod_logs, probe_endpoints, recent_deployments
+from tasks.lifecycle import Scenario, run_scenario
+
+
+def diagnose(ctx: RunContext) -> dict[str, Finding]:
+    """The independent checks, all at once."""
+    futures = {
+        HEALTH: probe_endpoints.submit(ctx.service.endpoints, ctx.config.timeouts.probe_seconds),
+        ROLLOUT: check_rollout.submit(ctx),
+        DEPLOYS: recent_deployments.submit(ctx),
+        RUN_LOGS: failed_run_logs.submit(ctx),
+        POD_LOGS: pod_logs.submit(ctx),
+    }
+    return gather(futures, timeout=120)
+
+
+def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding]) -> Plan:
+    return plan_service_down(incident.id, ctx.environment, ctx.service_name, ctx.service, findings)
+
+
+def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
+    logs = findings.get(POD_LOGS)
+    evidence = f" Pod logs: {logs.summary}" if logs and logs.ok is False else ""
+    if plan.actions and plan.actions[0].kind == "rollback":
+        return f"A bad deployment: {plan.actions[0].before} failed to serve.{evidence}"
+    rollout = findings.get(ROLLOUT)
+    return f"Unhealthy pods without a recent deployment ({rollout.summary if rollout else 'no rollout data'}).{evidence}"
+
+
+def prevention(findings: dict[str, Finding], plan: Plan) -> str:
+    if plan.actions and plan.actions[0].kind == "rollback":
+        return "Gate deploys on the health checks (readiness probes, canary) and fix the release before redeploying."
+    return "Find why the pods degraded (resources, dependencies) before it recurs; add an alert on restarts."
+
+
+SERVICE_DOWN = Scenario(
+    name="service-down", default_severity=Severity.P0, impact="Service unavailable to users",
+    summary=lambda ctx: f"{ctx.service_name} is down", diagnose=diagnose, plan=plan,
+    verify=lambda ctx, findings, plan: verify_health(ctx),
+    root_cause=root_cause, prevention=prevention)
+
+
+@flow(name="service-down", description="Playbook Scenario 1 (P0): a service is down. Diagnose, roll back or "
+                                       "restart behind an approval, verify, resolve or escalate.")
+def service_down(service: str, environment: str = "sandbox", severity: Severity | None = None, dry_run: bool = False,
+                 alert: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Args:
+        service: the service name from the environment's config (e.g. api).
+        environment: which environment's config to use.
+        severity: P0..P3; defaults to P0 for a service that is down.
+        dry_run: diagnose and plan, report the plan, change nothing, do not pause.
+        alert: the alert that started the run, if any (Alertmanager/Grafana payload entry).
+    """
+    ctx = RunContext.load(environment, service)
+    return run_scenario(SERVICE_DOWN, ctx, severity, dry_run, alert)

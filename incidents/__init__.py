@@ -1,0 +1,1 @@
+"""The incident domain: configuration, severities and roles, message templates, and the store."""

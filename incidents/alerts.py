@@ -1,0 +1,198 @@
+"""Alerts as they arrive (Alertmanager webhook v4, Grafana unified alerting, a small generic
+format), normalised to one shape, and routed by label matchers to a scenario run."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from incidents.models import Severity
+
+WITHDRAWN_REASON = "alert resolved"  # the decline the intake sends when an alert resolves before approval
+SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-incident")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")
+_FINGERPRINT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_SERVICE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class BadPayload(ValueError):
+    """The payload is not what the endpoint accepts; the message says why."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    source: str  # alertmanager | grafana | generic
+    status: Literal["firing", "resolved"]
+    fingerprint: str
+    starts_at: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    generator_url: str | None
+
+    @property
+    def key(self) -> str:
+        """One incident per firing: the fingerprint and when it started firing."""
+        return f"{self.fingerprint}:{self.starts_at}"
+
+    def as_parameter(self) -> dict[str, Any]:
+        return {"source": self.source, "status": self.status, "fingerprint": self.fingerprint,
+                "startsAt": self.starts_at, "labels": self.labels, "annotations": self.annotations,
+                "generatorURL": self.generator_url}
+
+
+class _AlertIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = Field(max_length=64)
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=64)
+    startsAt: str | None = None
+    fingerprint: str | None = None
+    generatorURL: str | None = Field(None, max_length=2048)
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"invalid label name {name[:40]!r}")
+            if len(text) > 4096:
+                raise ValueError(f"value of {name} is longer than 4096 characters")
+        return value
+
+    @field_validator("startsAt")
+    @classmethod
+    def _timestamp(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"startsAt {value[:40]!r} is not an RFC 3339 timestamp") from None
+        return value
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        if value is not None and not _FINGERPRINT.match(value):
+            raise ValueError("fingerprint must be 1-128 letters, digits or _.:-")
+        return value
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    alerts: list[_AlertIn] = Field(max_length=1000)
+    version: str | None = None
+    truncatedAlerts: int = 0
+
+
+def _fingerprint_of(labels: dict[str, str]) -> str:
+    return hashlib.sha256("\x00".join(f"{k}={v}" for k, v in sorted(labels.items())).encode()).hexdigest()[:16]
+
+
+def _normalise(source: str, item: _AlertIn, require_start: bool) -> Alert:
+    if item.startsAt is None and require_start:
+        raise BadPayload("startsAt is required (it tells a re-fire from a resend)")
+    return Alert(source, item.status, item.fingerprint or _fingerprint_of(item.labels), item.startsAt or "",
+                 dict(item.labels), dict(item.annotations), item.generatorURL)
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+
+
+def parse_alertmanager(body: Any) -> list[Alert]:
+    """Alertmanager's webhook (version 4): groupKey, status, commonLabels, alerts[]."""
+    if isinstance(body, dict) and body.get("version") not in (None, "4"):
+        raise BadPayload(f"unsupported Alertmanager webhook version {str(body.get('version'))[:10]!r} (expected 4)")
+    return _parse_group("alertmanager", body, "Alertmanager webhook, version 4")
+
+
+def _parse_group(source: str, body: Any, what: str) -> list[Alert]:
+    if not isinstance(body, dict):
+        raise BadPayload(f"expected a JSON object ({what})")
+    try:
+        group = _Group.model_validate(body)
+    except ValidationError as exc:
+        raise BadPayload(_errors(exc)) from None
+    return [_normalise(source, a, require_start=True) for a in group.alerts]
+
+
+def parse_grafana(body: Any) -> list[Alert]:
+    """Grafana unified alerting's webhook: the same alert shape as Alertmanager's."""
+    return _parse_group("grafana", body, "Grafana webhook")
+
+
+def parse_generic(body: Any) -> list[Alert]:
+    """`{"status": "firing"|"resolved", "labels": {...}, "annotations": {...}, "startsAt": "RFC 3339",
+    "fingerprint": optional}` - or `{"alerts": [those]}`."""
+    if isinstance(body, dict) and "alerts" not in body:
+        body = {"alerts": [body]}
+    return _parse_group("generic", body, "an alert or {\"alerts\": [...]}")
+
+
+def verify_grafana_signature(secret: str, body: bytes, signature: str | None, timestamp: str | None,
+                             *, use_timestamp: bool, max_age: float = 300.0, now: float | None = None) -> None:
+    """Grafana's X-Grafana-Alerting-Signature: hex HMAC-SHA256 over the body, or over
+    `timestamp:body` when a timestamp header is configured (then a stale one is refused)."""
+    if not signature:
+        raise PermissionError("missing X-Grafana-Alerting-Signature")
+    message = body
+    if use_timestamp:
+        if not timestamp:
+            raise PermissionError("missing signature timestamp header")
+        try:
+            age = abs((now or time.time()) - float(timestamp))
+        except ValueError:
+            raise PermissionError("signature timestamp is not a number") from None
+        if age > max_age:
+            raise PermissionError(f"signature timestamp is {age:.0f} s old (limit {max_age:.0f} s)")
+        message = timestamp.encode() + b":" + body
+    expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature.strip().lower()):
+        raise PermissionError("signature does not match")
+
+
+class Route(BaseModel):
+    """Label matchers -> which scenario runs where, for which service, at which severity.
+    `service` and `environment` default to the alert's labels of those names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    match: dict[str, str] = Field(min_length=1)
+    scenario: Literal["service-down", "high-error-rate", "database-issues", "security-incident"]
+    environment: str | None = None
+    service: str | None = None
+    severity: Severity | None = None
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    scenario: str
+    environment: str
+    service: str
+    severity: str | None
+
+    @property
+    def deployment(self) -> str:
+        return f"{self.scenario}/{self.environment}"
+
+
+def route(alert: Alert, routes: list[Route]) -> RunRequest | None:
+    """The first route whose matchers all equal the alert's labels; None if none matches or
+    the matched route cannot name a valid service and environment."""
+    for rule in routes:
+        if all(alert.labels.get(k) == v for k, v in rule.match.items()):
+            service = rule.service or alert.labels.get("service", "")
+            environment = rule.environment or alert.labels.get("environment", "")
+            if not _SERVICE.match(service) or not _SERVICE.match(environment):
+                return None
+            severity = rule.severity.value if rule.severity else (
+                alert.labels["severity"] if alert.labels.get("severity") in Severity.__members__ else None)
+            return RunRequest(rule.scenario, environment, service, severity)
+    return None

@@ -1,0 +1,306 @@
+"""Environment configuration: YAML files validated by pydantic models.
+
+`RUNBOOKS_CONFIG` names the file (default: `config/sandbox.yaml`). A file holds one or more
+environments. `${VAR}` and `${VAR:-default}` are expanded from the process environment, and
+relative paths are resolved against the file's folder. Secrets are never written here: a
+`*_secret` field holds the *name* of a secret, resolved at run time from the environment
+variable `RUNBOOKS_SECRET_<NAME>` or a Prefect Secret block of that name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from incidents.alerts import Route
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "sandbox.yaml"
+_SECRET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_REPO = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """An invalid config file: says which file, which field and why."""
+
+
+def secret_env_var(name: str) -> str:
+    return "RUNBOOKS_SECRET_" + name.upper().replace("-", "_")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_secret_name(value: str) -> str:
+    if not _SECRET_NAME.match(value):
+        raise ValueError("must be the name of a secret (lower-case letters, digits, '-'), not the secret itself; "
+                         "put the value in a Prefect Secret block or the environment variable "
+                         f"{secret_env_var('<name>')}")
+    return value
+
+
+class GitHubSettings(_Model):
+    api_url: str = "https://api.github.com"
+    token_secret: str
+    incident_repo: str = Field(pattern=_REPO)
+    _secret = field_validator("token_secret")(_check_secret_name)
+
+
+class SlackSettings(_Model):
+    webhook_secret: str
+    security_webhook_secret: str | None = None  # the security team's own channel
+    _secret = field_validator("webhook_secret")(_check_secret_name)
+
+    @field_validator("security_webhook_secret")
+    @classmethod
+    def _security_secret(cls, value: str | None) -> str | None:
+        return _check_secret_name(value) if value else value
+
+
+class PrometheusSettings(_Model):
+    url: str = Field(pattern=r"^https?://")
+    # {service} is replaced by the service name; the result is an error ratio (0..1)
+    error_rate_query: str = ('sum(rate(http_requests_total{{service="{service}",code=~"5.."}}[1m]))'
+                             ' / sum(rate(http_requests_total{{service="{service}"}}[1m]))')
+
+
+class KubernetesSettings(_Model):
+    kubeconfig: str | None = None
+    context: str | None = None
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+
+class ApprovalSettings(_Model):
+    timeout_seconds: int = Field(900, ge=1, le=7 * 24 * 3600)
+    poll_seconds: float = Field(1.0, gt=0, le=60)
+
+
+class Timeouts(_Model):
+    probe_seconds: float = Field(5.0, gt=0, le=60)
+    http_seconds: float = Field(10.0, gt=0, le=120)
+    verify_seconds: float = Field(180.0, gt=0, le=3600)
+    verify_poll_seconds: float = Field(2.0, gt=0, le=60)
+    workflow_seconds: float = Field(300.0, gt=0, le=3600)
+    recent_deploy_hours: float = Field(24.0, gt=0, le=24 * 14)
+
+
+class Roles(_Model):
+    """Incident roles and contacts; the playbook's author used one placeholder for all."""
+
+    incident_commander: str = "@mpcstudy"
+    communications: str = "@mpcstudy"
+    technical_owner: str = "@mpcstudy"
+    documentation: str = "@mpcstudy"
+    on_call: str = "@mpcstudy"
+    team_lead: str = "@mpcstudy"
+    security: str = "@mpcstudy"
+    infrastructure: str = "@mpcstudy"
+
+
+class KubernetesTarget(_Model):
+    namespace: str = Field(pattern=_DNS_LABEL)
+    deployment: str = Field(pattern=_DNS_LABEL)
+    container: str = Field(pattern=_DNS_LABEL)
+
+
+class GitHubTarget(_Model):
+    repo: str = Field(pattern=_REPO)
+    rollback_workflow: str = "rollback.yml"
+    ref: str = "main"
+
+
+class Scaling(_Model):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Scaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class DatabaseTarget(_Model):
+    """The service's PostgreSQL, diagnosed and treated by database-issues."""
+
+    dsn_secret: str
+    deployment: str | None = Field(None, pattern=_DNS_LABEL)  # the Kubernetes deployment running it, if any
+    connection_threshold: float = Field(0.8, gt=0, le=1)  # of usable connections (server, or a role's limit)
+    long_query_seconds: float = Field(60.0, gt=0)
+    idle_in_transaction_seconds: float = Field(30.0, gt=0)
+    idle_seconds: float = Field(300.0, gt=0)  # idle sessions ended under connection pressure
+    statement_timeout_ms: int = Field(5000, ge=100, le=60000)
+    terminate_superusers: bool = False
+    app_role: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")  # the application's role (drills act as it)
+    drill_table: str = Field("orders", pattern=r"^[a-z_][a-z0-9_]{0,62}$")  # a table drills may lock
+    _secret = field_validator("dsn_secret")(_check_secret_name)
+
+
+class CacheTarget(_Model):
+    url_secret: str
+    prefix: str = Field(pattern=r"^[A-Za-z0-9_.:\-]{2,100}$")
+    clear: Literal["prefix", "flushdb"] = "prefix"  # FLUSHALL is never planned
+    memory_threshold: float = Field(0.9, gt=0, le=1)
+    _secret = field_validator("url_secret")(_check_secret_name)
+
+
+class CircuitBreaker(_Model):
+    """A switch the service reads: a ConfigMap key, or a feature-flag key in Redis."""
+
+    configmap: str | None = Field(None, pattern=_DNS_LABEL)
+    redis_url_secret: str | None = None
+    key: str = Field(pattern=r"^[A-Za-z0-9_.:\-]{1,200}$")
+    on_value: str = "on"
+
+    @model_validator(mode="after")
+    def _one_switch(self) -> "CircuitBreaker":
+        if (self.configmap is None) == (self.redis_url_secret is None):
+            raise ValueError("set exactly one of configmap or redis_url_secret")
+        if self.redis_url_secret:
+            _check_secret_name(self.redis_url_secret)
+        return self
+
+
+class ErrorBudget(_Model):
+    threshold: float = Field(0.05, gt=0, lt=1)  # error rate above this is a spike; below it, recovered
+    sample_seconds: float = Field(2.0, gt=0, le=60)  # /metrics is sampled twice this far apart
+    scale_step: int = Field(2, ge=1)  # replicas added per scale-up, up to scaling.max_replicas
+
+
+class SecretTarget(_Model):
+    # `keys` in YAML; not the attribute name, because dict(model) would take it for a mapping's keys()
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    name: str = Field(pattern=_DNS_LABEL)
+    data_keys: list[str] = Field(min_length=1, alias="keys")
+
+
+class LoggingSwitch(_Model):
+    configmap: str = Field(pattern=_DNS_LABEL)
+    key: str = "log_level"
+    level: str = "debug"
+
+
+class SecurityTarget(_Model):
+    secrets: list[SecretTarget] = []
+    consumers: list[str] = []  # deployments restarted after a rotation
+    logging: LoggingSwitch | None = None
+    block_policy: str = Field("block-suspicious-ips", pattern=_DNS_LABEL)
+
+
+class ServiceConfig(_Model):
+    base_url: str = Field(pattern=r"^https?://")
+    ok_path: str = "/__ok"
+    health_path: str = "/health"
+    metrics_path: str = "/metrics"
+    kubernetes: KubernetesTarget
+    github: GitHubTarget
+    rollback_strategy: Literal["github_workflow", "kubernetes_undo"] = "kubernetes_undo"
+    scaling: Scaling = Scaling()
+    errors: ErrorBudget = ErrorBudget()
+    circuit_breaker: CircuitBreaker | None = None
+    database: DatabaseTarget | None = None
+    cache: CacheTarget | None = None
+    security: SecurityTarget = SecurityTarget()
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [self.url(self.ok_path), self.url(self.health_path), self.url(self.metrics_path)]
+
+
+class EnvironmentConfig(_Model):
+    production: bool = False
+    drills_allowed: bool = False
+    prefect_ui_url: str = "http://127.0.0.1:4200"
+    github: GitHubSettings
+    slack: SlackSettings
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    approval: ApprovalSettings = ApprovalSettings()
+    timeouts: Timeouts = Timeouts()
+    roles: Roles = Roles()
+    prometheus: PrometheusSettings | None = None
+    services: dict[str, ServiceConfig]
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, value: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        for name in value:
+            if not re.match(_DNS_LABEL, name):
+                raise ValueError(f"service name {name!r} must be lower-case letters, digits and '-'")
+        if not value:
+            raise ValueError("at least one service is needed")
+        return value
+
+    def service(self, name: str) -> ServiceConfig:
+        if name not in self.services:
+            known = ", ".join(sorted(self.services))
+            raise ConfigError(f"unknown service {name!r}; this environment knows: {known}")
+        return self.services[name]
+
+
+class ConfigFile(_Model):
+    environments: dict[str, EnvironmentConfig]
+    routing: list[Route] = []  # alert label matchers -> scenario runs (see incidents/alerts.py)
+
+
+def _expand(text: str) -> str:
+    def sub(match: re.Match) -> str:
+        value = os.environ.get(match[1])
+        if value is None:
+            if match[2] is None:
+                raise ConfigError(f"environment variable {match[1]} is not set and has no default")
+            return match[2]
+        return value
+
+    return _ENV_REF.sub(sub, text)
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("RUNBOOKS_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(path: Path | str | None = None) -> ConfigFile:
+    path = Path(path) if path else config_path()
+    try:
+        raw = yaml.safe_load(_expand(path.read_text()))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'environments'")
+    try:
+        parsed = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+    envs = {}
+    for name, env in parsed.environments.items():
+        kube = env.kubernetes
+        if kube.kubeconfig and not Path(kube.kubeconfig).is_absolute():
+            kube = kube.model_copy(update={"kubeconfig": str((path.parent / kube.kubeconfig).resolve())})
+        envs[name] = env.model_copy(update={"kubernetes": kube})
+    return ConfigFile(environments=envs, routing=parsed.routing)
+
+
+def load_environment(environment: str, path: Path | str | None = None) -> EnvironmentConfig:
+    config = load_config(path)
+    if environment not in config.environments:
+        known = ", ".join(sorted(config.environments))
+        raise ConfigError(f"{path or config_path()}: environment {environment!r} is not configured (known: {known})")
+    return config.environments[environment]

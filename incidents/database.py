@@ -1,0 +1,96 @@
+"""Playbook Scenario 3 (database issues): the names of its checks and its planning rule."""
+
+from __future__ import annotations
+
+from incidents.config import ServiceConfig
+from incidents.diagnosis import HEALTH, Finding
+from incidents.plans import Plan, PlannedAction
+
+REACH = "database reachability"
+CONNECTIONS = "connections"
+SESSIONS = "sessions, locks and queries"
+REPLICATION = "replication"
+CACHE = "cache"
+
+
+def _sessions(items: list[dict]) -> list[list]:
+    return [[s["pid"], s["backend_start"]] for s in items]
+
+
+def plan_database_issues(incident_id: int, environment: str, service_name: str, service: ServiceConfig,
+                         findings: dict[str, Finding]) -> Plan:
+    """Terminate root blockers and stale idle-in-transaction sessions, cancel runaway queries,
+    end idle sessions under connection pressure, clear the cache under memory pressure, and
+    restart the database only when it does not answer at all."""
+    db = service.database
+    evidence = tuple(f"{f.check}: {f.summary}" for f in findings.values())
+    actions: list[PlannedAction] = []
+    notes: list[str] = []
+    reach = findings.get(REACH)
+    if db is None:
+        return Plan(incident_id, service_name, environment, (), evidence, "The service has no database configured.")
+    if reach is not None and reach.ok is False:
+        if db.deployment:
+            ns = service.kubernetes.namespace
+            actions.append(PlannedAction("rollout_restart", f"deployment/{db.deployment} (namespace {ns})",
+                                         "database not answering", "database pods replaced", "kubectl rollout restart",
+                                         {"namespace": ns, "deployment": db.deployment}))
+        else:
+            notes.append("the database does not answer and no deployment is configured to restart")
+    sessions = findings.get(SESSIONS)
+    data = sessions.data if sessions else {}
+    for root in data.get("root_blockers", []):
+        if root["superuser"] and not db.terminate_superusers:
+            notes.append(f"root blocker pid {root['pid']} is a superuser session: not terminated "
+                         "(set terminate_superusers to allow it)")
+            continue
+        actions.append(PlannedAction(
+            "terminate_sessions", f"backend {root['pid']} ({root['role']})",
+            f"{root['state']} for {root['seconds']:.0f} s, blocking {len(root['waiters'])} sessions "
+            f"(pids {', '.join(map(str, root['waiters']))})",
+            "terminated: its locks are released and the waiters proceed", "pg_terminate_backend",
+            {"sessions": _sessions([root]), "allow_superuser": root["superuser"], "waiters": root["waiters"]}))
+    roots = {r["pid"] for r in data.get("root_blockers", [])}
+    stale = [s for s in data.get("idle_in_transaction", []) if s["pid"] not in roots
+             and s["seconds"] >= db.idle_in_transaction_seconds and (db.terminate_superusers or not s["superuser"])]
+    if stale:
+        actions.append(PlannedAction(
+            "terminate_sessions", f"{len(stale)} idle-in-transaction sessions",
+            "idle in transaction: " + ", ".join(f"pid {s['pid']} ({s['seconds']:.0f} s)" for s in stale),
+            "terminated: their snapshots and locks are released", "pg_terminate_backend",
+            {"sessions": _sessions(stale), "allow_superuser": False, "waiters": []}))
+    runaway = [q for q in data.get("long_queries", []) if (db.terminate_superusers or not q["superuser"])]
+    if runaway:
+        actions.append(PlannedAction(
+            "cancel_queries", f"{len(runaway)} long-running queries",
+            "running: " + ", ".join(f"pid {q['pid']} ({q['seconds']:.0f} s)" for q in runaway),
+            "query cancelled, session kept", "pg_cancel_backend",
+            {"sessions": _sessions(runaway), "allow_superuser": False}))
+    connections = findings.get(CONNECTIONS)
+    if connections and connections.ok is False:
+        idle = [s for s in connections.data.get("idle_sessions", []) if not s["superuser"]]
+        scope = connections.data["pressured"][0]
+        if idle:
+            actions.append(PlannedAction(
+                "terminate_sessions", f"{len(idle)} idle sessions ({scope['scope']})",
+                f"{scope['scope']}: {scope['used']}/{scope['limit']} connections",
+                f"{scope['scope']}: about {scope['used'] - len(idle)}/{scope['limit']} connections",
+                "pg_terminate_backend", {"sessions": _sessions(idle), "allow_superuser": False, "waiters": []}))
+        else:
+            notes.append(f"connection pressure ({scope['scope']}) with no idle session old enough to end")
+    cache = findings.get(CACHE)
+    if cache and cache.ok is False and service.cache:
+        how = "FLUSHDB" if service.cache.clear == "flushdb" else f"SCAN + UNLINK of keys {service.cache.prefix}*"
+        actions.append(PlannedAction(
+            "clear_cache", f"redis cache of {service_name}", cache.summary,
+            "flushed" if service.cache.clear == "flushdb" else f"keys {service.cache.prefix}* removed", how,
+            {"mode": service.cache.clear, "prefix": service.cache.prefix}))
+    health = findings.get(HEALTH)
+    if not actions:
+        summary = "No database remedy applies" + (f" ({'; '.join(notes)})" if notes else "") + "."
+        if health is not None and health.ok is False:
+            summary += " The service's database check still fails: a person must look."
+        return Plan(incident_id, service_name, environment, (), evidence + tuple(notes), summary)
+    summary = "; ".join(a.describe() for a in actions)
+    return Plan(incident_id, service_name, environment, tuple(actions), evidence + tuple(notes),
+                f"{len(actions)} remedies: {summary}")

@@ -1,0 +1,124 @@
+"""Remediation plans and the grants that authorise them.
+
+A plan lists actions, each with its target and its before -> after. The approval gate turns
+a decision about one exact plan into a `Grant`, signed with a key the process holds; a
+destructive step calls `require_grant` and refuses to run for anything the grant does not
+cover. A grant cannot be made up by a caller, widened to another action, or reused for a
+changed plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from incidents.templates import markdown_text
+
+_KEY = (os.environ.get("RUNBOOKS_GRANT_KEY") or secrets.token_hex(32)).encode()
+
+
+class NotApproved(PermissionError):
+    """A destructive step was called without a grant for exactly that action."""
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    kind: str  # rollback | rollout_restart | scale
+    target: str  # e.g. "deployment/api (namespace sandbox)"
+    before: str
+    after: str
+    via: str  # how it is done, in the operator's words
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        return _digest(asdict(self))
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.target}: {self.before} -> {self.after} (via {self.via})"
+
+
+@dataclass(frozen=True)
+class Plan:
+    incident_id: int
+    service: str
+    environment: str
+    actions: tuple[PlannedAction, ...]
+    evidence: tuple[str, ...] = ()
+    summary: str = ""
+
+    @property
+    def digest(self) -> str:
+        return _digest({"incident": self.incident_id, "service": self.service, "environment": self.environment,
+                        "actions": [a.digest for a in self.actions]})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        return cls(incident_id=data["incident_id"], service=data["service"], environment=data["environment"],
+                   actions=tuple(PlannedAction(**a) for a in data["actions"]), evidence=tuple(data.get("evidence", ())),
+                   summary=data.get("summary", ""))
+
+    def markdown(self, timeout_seconds: int | None = None) -> str:
+        rows = "\n".join(
+            f"| {n} | **{a.kind}** | `{a.target}` | {markdown_text(a.before)} → {markdown_text(a.after)} | {markdown_text(a.via)} |"
+            for n, a in enumerate(self.actions, 1))
+        evidence = "\n".join(f"- {markdown_text(e, 400)}" for e in self.evidence) or "- (none recorded)"
+        waiting = f" Unanswered after {timeout_seconds // 60} min counts as declined." if timeout_seconds else ""
+        return (f"### Approve remediation for incident {self.incident_id}: "
+                f"`{self.service}` in `{self.environment}`\n\n"
+                f"{markdown_text(self.summary, 500)}\n\n"
+                f"| # | Action | Target | Before → After | Via |\n|---|---|---|---|---|\n{rows}\n\n"
+                f"**Evidence**\n\n{evidence}\n\n"
+                f"Switch **approve** on, give your name and a reason, and submit to run exactly this plan. "
+                f"Submitting with approve off declines it and nothing changes.{waiting}\n\n"
+                f"<sub>plan digest {self.digest[:16]}</sub>")
+
+
+@dataclass(frozen=True)
+class Grant:
+    plan_digest: str
+    action_digests: tuple[str, ...]
+    approver: str
+    reason: str
+    automatic: bool
+    granted_at: str
+    signature: str
+
+    @classmethod
+    def issue(cls, plan: Plan, approver: str, reason: str, automatic: bool = False) -> "Grant":
+        fields = (plan.digest, tuple(a.digest for a in plan.actions), approver, reason, automatic,
+                  datetime.now(timezone.utc).isoformat())
+        return cls(*fields, signature=_sign(fields))
+
+    def valid(self) -> bool:
+        fields = (self.plan_digest, tuple(self.action_digests), self.approver, self.reason, self.automatic,
+                  self.granted_at)
+        return hmac.compare_digest(self.signature, _sign(fields))
+
+
+def _sign(fields: tuple) -> str:
+    return hmac.new(_KEY, json.dumps(fields, default=str).encode(), hashlib.sha256).hexdigest()
+
+
+def require_grant(grant: Grant | None, action: PlannedAction) -> Grant:
+    """Raise NotApproved unless `grant` is genuine and covers exactly `action`."""
+    if grant is None:
+        raise NotApproved(f"refusing to {action.describe()}: no approval grant")
+    if not isinstance(grant, Grant) or not grant.valid():
+        raise NotApproved(f"refusing to {action.describe()}: the grant is not genuine")
+    if action.digest not in grant.action_digests:
+        raise NotApproved(f"refusing to {action.describe()}: the approved plan does not contain this action")
+    return grant

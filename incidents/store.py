@@ -1,0 +1,288 @@
+"""The incident record in PostgreSQL: incidents, their timeline, and approvals.
+
+`RUNBOOKS_DATABASE_URL` names the database (default: a `runbooks` database on the local
+server, created when missing). The schema is created idempotently on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from incidents.models import Incident, Severity, Status, TimelineEvent
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/runbooks"
+_OPTIONS = "-c statement_timeout=10000 -c lock_timeout=5000"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id            BIGSERIAL PRIMARY KEY,
+    dedup_key     TEXT NOT NULL,
+    scenario      TEXT NOT NULL,
+    service       TEXT NOT NULL,
+    environment   TEXT NOT NULL,
+    severity      TEXT NOT NULL CHECK (severity IN ('P0', 'P1', 'P2', 'P3')),
+    status        TEXT NOT NULL,
+    title         TEXT NOT NULL,
+    detected_by   TEXT NOT NULL DEFAULT 'runbook',
+    github_repo   TEXT,
+    github_issue  INTEGER,
+    issue_url     TEXT,
+    flow_run_id   TEXT,
+    alert         JSONB,
+    opened_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    acknowledged_at TIMESTAMPTZ,
+    recovered_at  TIMESTAMPTZ,
+    resolved_at   TIMESTAMPTZ,
+    root_cause    TEXT,
+    resolution    TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_one_open_per_key ON incidents (dedup_key) WHERE resolved_at IS NULL;
+CREATE TABLE IF NOT EXISTS timeline_events (
+    id          BIGSERIAL PRIMARY KEY,
+    incident_id BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    at          TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    actor       TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    data        JSONB NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS timeline_by_incident ON timeline_events (incident_id, at);
+CREATE TABLE IF NOT EXISTS approvals (
+    id           BIGSERIAL PRIMARY KEY,
+    incident_id  BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    plan_digest  TEXT NOT NULL,
+    plan         JSONB NOT NULL,
+    flow_run_id  TEXT,
+    requested_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    decided_at   TIMESTAMPTZ,
+    decision     TEXT CHECK (decision IN ('approved', 'declined', 'timed_out')),
+    approver     TEXT,
+    reason       TEXT,
+    automatic    BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS drills (
+    id            TEXT PRIMARY KEY,
+    fault         TEXT NOT NULL,
+    scenario      TEXT NOT NULL,
+    environment   TEXT NOT NULL,
+    service       TEXT NOT NULL,
+    approval_mode TEXT NOT NULL CHECK (approval_mode IN ('auto', 'human')),
+    approval_delay_seconds REAL NOT NULL DEFAULT 0,
+    status        TEXT NOT NULL DEFAULT 'running',
+    started_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at   TIMESTAMPTZ,
+    flow_run_id   TEXT,
+    scenario_run_id TEXT,
+    incident_id   BIGINT,
+    score         JSONB,
+    error         TEXT
+);
+"""
+_SCHEMA_LOCK = 7_310_224_001  # an advisory lock id: concurrent first uses create the schema once
+
+
+class StoreError(Exception):
+    """The incident store could not be reached or refused an operation."""
+
+
+def database_url() -> str:
+    return os.environ.get("RUNBOOKS_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def _redacted(url: str) -> str:
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(unparsable connection string)"
+    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+
+
+class IncidentStore:
+    _ready: set[str] = set()
+    _ready_lock = threading.Lock()
+
+    def __init__(self, url: str | None = None):
+        self.url = url or database_url()
+        self.where = _redacted(self.url)
+
+    # -- connection and schema ----------------------------------------------------------------
+    @contextmanager
+    def _connect(self) -> Iterator[psycopg.Connection]:
+        self.ensure_schema()
+        try:
+            with psycopg.connect(self.url, connect_timeout=5, options=_OPTIONS, row_factory=dict_row) as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
+
+    def ensure_schema(self) -> None:
+        with self._ready_lock:
+            if self.url in self._ready:
+                return
+            try:
+                self._create_database_if_missing()
+                with psycopg.connect(self.url, connect_timeout=5, options=_OPTIONS) as conn:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    conn.execute(SCHEMA)
+            except psycopg.Error as exc:
+                raise StoreError(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
+            self._ready.add(self.url)
+
+    def _create_database_if_missing(self) -> None:
+        params = conninfo_to_dict(self.url)
+        dbname = params.get("dbname")
+        if not dbname:
+            return
+        try:
+            psycopg.connect(self.url, connect_timeout=5).close()
+            return
+        except psycopg.OperationalError as exc:
+            if "does not exist" not in str(exc):
+                raise
+        admin = make_conninfo(self.url, dbname="postgres")
+        with psycopg.connect(admin, connect_timeout=5, autocommit=True) as conn:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            except psycopg.errors.DuplicateDatabase:
+                pass
+
+    # -- incidents ------------------------------------------------------------------------------
+    def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,
+                      title: str, detected_by: str, flow_run_id: str | None, alert: dict | None) -> Incident:
+        """Open an incident, or return the one already open under `dedup_key`."""
+        with self._connect() as conn:
+            row = conn.execute(
+                """INSERT INTO incidents (dedup_key, scenario, service, environment, severity, status, title,
+                                          detected_by, flow_run_id, alert)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (dedup_key) WHERE resolved_at IS NULL DO NOTHING
+                   RETURNING *""",
+                (dedup_key, scenario, service, environment, severity.value, Status.INVESTIGATING.value, title,
+                 detected_by, flow_run_id, Jsonb(alert) if alert is not None else None)).fetchone()
+            created = row is not None
+            if row is None:
+                row = conn.execute("SELECT * FROM incidents WHERE dedup_key = %s AND resolved_at IS NULL",
+                                   (dedup_key,)).fetchone()
+            incident = _incident(row)
+            incident.created = created
+            return incident
+
+    def get(self, incident_id: int) -> Incident:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no incident {incident_id}")
+        return _incident(row)
+
+    def list(self, limit: int = 50, open_only: bool = False) -> list[Incident]:
+        query = "SELECT * FROM incidents" + (" WHERE resolved_at IS NULL" if open_only else "") + \
+                " ORDER BY opened_at DESC LIMIT %s"
+        with self._connect() as conn:
+            return [_incident(r) for r in conn.execute(query, (limit,)).fetchall()]
+
+    def attach_issue(self, incident_id: int, repo: str, number: int, url: str) -> None:
+        with self._connect() as conn:
+            conn.execute("UPDATE incidents SET github_repo = %s, github_issue = %s, issue_url = %s WHERE id = %s",
+                         (repo, number, url, incident_id))
+
+    def set_status(self, incident_id: int, status: Status, **fields: Any) -> None:
+        allowed = {"root_cause", "resolution", "acknowledged_at", "recovered_at", "resolved_at", "severity"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)} on an incident")
+        assignments = [sql.SQL("status = %s")] + [sql.SQL("{} = %s").format(sql.Identifier(k)) for k in fields]
+        query = sql.SQL("UPDATE incidents SET {} WHERE id = %s").format(sql.SQL(", ").join(assignments))
+        with self._connect() as conn:
+            conn.execute(query, (status.value, *fields.values(), incident_id))
+
+    def resolve(self, incident_id: int, root_cause: str, resolution: str) -> None:
+        with self._connect() as conn:
+            conn.execute("""UPDATE incidents SET status = %s, root_cause = %s, resolution = %s,
+                                   recovered_at = COALESCE(recovered_at, now()), resolved_at = now()
+                            WHERE id = %s""", (Status.RESOLVED.value, root_cause, resolution, incident_id))
+
+    # -- timeline -------------------------------------------------------------------------------
+    def add_event(self, incident_id: int, actor: str, kind: str, message: str, data: dict | None = None) -> None:
+        with self._connect() as conn:
+            conn.execute("INSERT INTO timeline_events (incident_id, actor, kind, message, data) VALUES (%s, %s, %s, %s, %s)",
+                         (incident_id, actor, kind, message, Jsonb(data or {})))
+
+    def timeline(self, incident_id: int) -> list[TimelineEvent]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT at, actor, kind, message, data FROM timeline_events "
+                                "WHERE incident_id = %s ORDER BY at, id", (incident_id,)).fetchall()
+        return [TimelineEvent(**r) for r in rows]
+
+    # -- approvals ------------------------------------------------------------------------------
+    def request_approval(self, incident_id: int, plan_digest: str, plan: dict, flow_run_id: str | None) -> int:
+        with self._connect() as conn:
+            return conn.execute("INSERT INTO approvals (incident_id, plan_digest, plan, flow_run_id) "
+                                "VALUES (%s, %s, %s, %s) RETURNING id",
+                                (incident_id, plan_digest, Jsonb(plan), flow_run_id)).fetchone()["id"]
+
+    def decide_approval(self, approval_id: int, decision: str, approver: str | None, reason: str | None,
+                        automatic: bool = False) -> None:
+        with self._connect() as conn:
+            conn.execute("UPDATE approvals SET decision = %s, approver = %s, reason = %s, automatic = %s, "
+                         "decided_at = now() WHERE id = %s AND decision IS NULL",
+                         (decision, approver, reason, automatic, approval_id))
+            conn.execute("UPDATE incidents SET acknowledged_at = COALESCE(acknowledged_at, now()) "
+                         "WHERE id = (SELECT incident_id FROM approvals WHERE id = %s)", (approval_id,))
+
+    def approvals(self, incident_id: int) -> list[dict]:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM approvals WHERE incident_id = %s ORDER BY id", (incident_id,)).fetchall()
+
+
+class DrillStore(IncidentStore):
+    """Drills: one row per game day run, the score it earned, and the history."""
+
+    def start_drill(self, drill_id: str, fault: str, scenario: str, environment: str, service: str,
+                    approval_mode: str, approval_delay_seconds: float, flow_run_id: str | None) -> None:
+        with self._connect() as conn:
+            conn.execute("""INSERT INTO drills (id, fault, scenario, environment, service, approval_mode,
+                                                approval_delay_seconds, flow_run_id)
+                            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                         (drill_id, fault, scenario, environment, service, approval_mode, approval_delay_seconds,
+                          flow_run_id))
+
+    def drill(self, drill_id: str) -> dict | None:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM drills WHERE id = %s", (drill_id,)).fetchone()
+
+    def finish_drill(self, drill_id: str, status: str, score: dict | None, error: str | None,
+                     scenario_run_id: str | None, incident_id: int | None) -> None:
+        with self._connect() as conn:
+            conn.execute("""UPDATE drills SET status = %s, score = %s, error = %s, scenario_run_id = %s,
+                                              incident_id = %s, finished_at = now() WHERE id = %s""",
+                         (status, Jsonb(score) if score is not None else None, error, scenario_run_id, incident_id,
+                          drill_id))
+
+    def drill_history(self, limit: int = 50) -> list[dict]:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM drills WHERE finished_at IS NOT NULL "
+                                "ORDER BY started_at DESC LIMIT %s", (limit,)).fetchall()
+
+    def incident_for_alert(self, alert_key: str) -> Incident | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM incidents WHERE dedup_key = %s ORDER BY id DESC LIMIT 1",
+                               (f"alert:{alert_key}",)).fetchone()
+        return _incident(row) if row else None
+
+
+def _incident(row: dict) -> Incident:
+    return Incident(
+        id=row["id"], dedup_key=row["dedup_key"], scenario=row["scenario"], service=row["service"],
+        environment=row["environment"], severity=Severity(row["severity"]), status=Status(row["status"]),
+        title=row["title"], opened_at=row["opened_at"], detected_by=row["detected_by"], github_repo=row["github_repo"],
+        github_issue=row["github_issue"], issue_url=row["issue_url"], flow_run_id=row["flow_run_id"], alert=row["alert"],
+        resolved_at=row["resolved_at"], root_cause=row["root_cause"], resolution=row["resolution"])

@@ -1,0 +1,148 @@
+"""The playbook's Communication Templates and Incident Issue Template, rendered from an
+incident. Text that came from outside (alert summaries, log lines) is escaped first, so it
+can neither mention a whole channel nor inject markdown."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from incidents.models import Incident
+
+_MASS_MENTION = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+_MENTION = re.compile(r"@(?=[A-Za-z0-9])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+_ZWSP = "\u200b"
+
+
+def _one_line(text: Any, limit: int) -> str:
+    flat = " ".join(str(text if text is not None else "").split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def slack_text(text: Any, limit: int = 300) -> str:
+    """Outside text made safe for Slack mrkdwn: no <!channel>-style commands, no @here."""
+    flat = _one_line(text, limit).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MASS_MENTION.sub(lambda m: "@" + _ZWSP + m[1], flat)
+
+
+def markdown_text(text: Any, limit: int = 300) -> str:
+    """Outside text made safe for GitHub markdown: no markup, no @mentions, no #refs."""
+    flat = _MD_SPECIAL.sub(r"\\\1", _one_line(text, limit)).replace("<", "&lt;").replace(">", "&gt;")
+    return _MENTION.sub("@" + _ZWSP, flat)
+
+
+def markdown_code(text: str, limit: int = 4000) -> str:
+    """A fenced block for log excerpts; a fence inside the text cannot close it."""
+    body = text[-limit:].replace("```", "`\u200b``")
+    body = _MENTION.sub("@" + _ZWSP, body)
+    return f"```text\n{body}\n```"
+
+
+def stamp(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def initial_alert(incident: Incident, summary: str, eta: str = "under investigation") -> str:
+    return "\n".join([
+        "🚨 INCIDENT ALERT",
+        f"Severity: {incident.severity.value}",
+        f"Service: {slack_text(incident.service)}",
+        f"Issue: {incident.issue_ref}",
+        "Status: Investigating",
+        f"ETA: {slack_text(eta)}",
+        f"Summary: {slack_text(summary)}",
+    ])
+
+
+def status_update(incident: Incident, status: str, eta: str, impact: str, note: str | None = None) -> str:
+    lines = ["📊 INCIDENT UPDATE", f"Issue: {incident.issue_ref}", f"Status: {status}",
+             f"ETA: {slack_text(eta)}", f"Impact: {slack_text(impact)}"]
+    if note:
+        lines.append(f"Note: {slack_text(note, 600)}")
+    return "\n".join(lines)
+
+
+def resolution(incident: Incident, root_cause: str, what_was_done: str, prevention: str) -> str:
+    return "\n".join([
+        "✅ INCIDENT RESOLVED",
+        f"Issue: {incident.issue_ref}",
+        f"Root Cause: {slack_text(root_cause, 500)}",
+        f"Resolution: {slack_text(what_was_done, 500)}",
+        f"Prevention: {slack_text(prevention, 500)}",
+    ])
+
+
+def slack_blocks(text: str, link: tuple[str, str] | None = None) -> list[dict]:
+    """Block Kit for a template message: a header line and the rest as a section."""
+    head, _, rest = text.partition("\n")
+    blocks: list[dict] = [{"type": "header", "text": {"type": "plain_text", "text": head[:150]}}]
+    if rest:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": rest[:3000]}})
+    if link:
+        label, url = link
+        blocks.append({"type": "actions", "elements": [
+            {"type": "button", "text": {"type": "plain_text", "text": label[:75]}, "url": url}]})
+    return blocks
+
+
+def issue_title_text(service: str, severity: Any, summary: str) -> str:
+    value = getattr(severity, "value", severity)
+    return f"[{value}] {_one_line(service, 60)}: {_one_line(summary, 120)}"
+
+
+def issue_title(incident: Incident, summary: str) -> str:
+    return issue_title_text(incident.service, incident.severity, summary)
+
+
+def resolution_markdown(root_cause: str, what_was_done: str, prevention: str) -> str:
+    return (f"### ✅ Incident resolved\n\n**Root Cause:** {markdown_text(root_cause, 500)}\n\n"
+            f"**Resolution:** {markdown_text(what_was_done, 500)}\n\n**Prevention:** {markdown_text(prevention, 500)}\n")
+
+
+def issue_body(incident: Incident, summary: str, roles: dict[str, str], impact: str = "Being assessed") -> str:
+    """The playbook's Incident Issue Template, filled as far as is known when it opens."""
+    alert_line = ""
+    if incident.alert:
+        name = incident.alert.get("labels", {}).get("alertname") if isinstance(incident.alert.get("labels"), dict) else None
+        alert_line = f"\n**Alert:** {markdown_text(name or 'external alert')}"
+    role_rows = "\n".join(f"| {markdown_text(role.replace('_', ' ').title())} | {contact} |" for role, contact in roles.items())
+    return f"""## 🚨 Incident Report
+
+**Severity:** {incident.severity.value} ({incident.severity.label})
+**Service:** {markdown_text(incident.service)} ({markdown_text(incident.environment)})
+**Start Time:** {stamp(incident.opened_at)}
+**Detected By:** {markdown_text(incident.detected_by)}
+**Status:** Investigating{alert_line}
+
+**Summary:** {markdown_text(summary)}
+
+### 📊 Impact
+- **Users Affected:** {markdown_text(impact)}
+- **Duration:** ongoing
+- **Business Impact:** {markdown_text(impact)}
+
+### Timeline
+- **{stamp(incident.opened_at)}** - Incident detected
+- **{stamp(incident.opened_at)}** - Investigation started
+
+### Actions Taken
+- [ ] Diagnosis (report follows as a comment)
+
+### Root Cause
+To be determined.
+
+### Lessons Learned
+To be written in the post-mortem.
+
+### 🚀 Action Items
+- [ ] To be filed after the post-mortem
+
+### Roles
+| Role | Contact |
+|------|---------|
+{role_rows}
+
+_Escalation for {incident.severity.value}: respond within {int(incident.severity.response_time.total_seconds() // 60)} min; {incident.severity.escalation}._
+"""

@@ -1,0 +1,87 @@
+"""Redis as a service's cache: health, and clearing it — a targeted delete by key prefix
+(SCAN + UNLINK) by default, FLUSHDB only when asked. FLUSHALL is not offered here at all."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import redis
+
+from integrations.errors import Closing, IntegrationError
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:\-]{2,100}$")
+
+
+@dataclass(frozen=True)
+class CacheHealth:
+    used_memory: int
+    maxmemory: int
+    connected_clients: int
+    evicted_keys: int
+    keys: int
+
+    @property
+    def memory_ratio(self) -> float | None:
+        return self.used_memory / self.maxmemory if self.maxmemory else None
+
+
+def validate_prefix(prefix: str) -> str:
+    """A prefix must be specific: no glob characters, at least two characters."""
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise ValueError(f"invalid cache key prefix {prefix!r}: letters, digits and _ . : - only, 2-100 characters")
+    return prefix
+
+
+class CacheClient(Closing):
+    def __init__(self, url: str, *, timeout: float = 3.0):
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        kwargs = self._client.connection_pool.connection_kwargs
+        self.where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except redis.RedisError as exc:
+            raise IntegrationError(f"Redis {self.where} ({what})", f"{type(exc).__name__}: {exc}") from None
+
+    def health(self) -> CacheHealth:
+        memory = self._call("INFO memory", self._client.info, "memory")
+        clients = self._call("INFO clients", self._client.info, "clients")
+        stats = self._call("INFO stats", self._client.info, "stats")
+        return CacheHealth(int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0)),
+                           int(clients.get("connected_clients", 0)), int(stats.get("evicted_keys", 0)),
+                           int(self._call("DBSIZE", self._client.dbsize)))
+
+    def count_prefix(self, prefix: str) -> int:
+        validate_prefix(prefix)
+        return sum(1 for _ in self._call("SCAN", self._client.scan_iter, f"{prefix}*", 500))
+
+    def delete_prefix(self, prefix: str, batch: int = 500) -> int:
+        """UNLINK every key under `prefix`; returns how many were removed."""
+        validate_prefix(prefix)
+        removed, pending = 0, []
+        for key in self._call("SCAN", self._client.scan_iter, f"{prefix}*", batch):
+            pending.append(key)
+            if len(pending) >= batch:
+                removed += self._call("UNLINK", self._client.unlink, *pending)
+                pending = []
+        if pending:
+            removed += self._call("UNLINK", self._client.unlink, *pending)
+        return removed
+
+    def get(self, key: str) -> str | None:
+        value = self._call("GET", self._client.get, key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def set(self, key: str, value: str) -> str | None:
+        """Set a flag; returns the previous value."""
+        previous = self._call("SET", functools.partial(self._client.set, key, value, get=True))
+        return previous.decode() if isinstance(previous, bytes) else previous
+
+    def flushdb(self) -> None:
+        self._call("FLUSHDB", self._client.flushdb)

@@ -1,0 +1,127 @@
+"""GitHub REST: workflow runs and dispatch, jobs and their logs, commits, issues."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from integrations.errors import Closing, IntegrationError
+from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, request
+
+API_VERSION = "2022-11-28"
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _repo_path(repo: str) -> str:
+    owner, _, name = repo.partition("/")
+    if not owner or not name or "/" in name:
+        raise ValueError(f"GitHub repository must look like owner/name, got {repo!r}")
+    return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+
+
+class GitHubClient(Closing):
+    def __init__(self, api_url: str, token: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 retry: RetryPolicy = RetryPolicy()):
+        self.retry = retry
+        self._http = httpx.Client(
+            base_url=api_url.rstrip("/"), timeout=timeout, follow_redirects=False,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                     "X-GitHub-Api-Version": API_VERSION, "User-Agent": "incident-runbooks"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return request(self._http, method, path, what=f"GitHub {method} {path}", retry=self.retry, **kwargs)
+
+    # -- Actions --------------------------------------------------------------------------------
+    def workflow_runs(self, repo: str, *, since: datetime | None = None, workflow: str | None = None,
+                      event: str | None = None, per_page: int = 20) -> list[dict]:
+        path = _repo_path(repo) + (f"/actions/workflows/{quote(workflow, safe='')}/runs" if workflow else "/actions/runs")
+        params: dict[str, Any] = {"per_page": per_page}
+        if since:
+            params["created"] = f">={iso(since)}"
+        if event:
+            params["event"] = event
+        return self._call("GET", path, params=params).json().get("workflow_runs", [])
+
+    def get_run(self, repo: str, run_id: int) -> dict:
+        return self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}").json()
+
+    def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str]) -> datetime:
+        """Start a workflow_dispatch run; returns the moment just before, to find the run by."""
+        started = datetime.now(timezone.utc).replace(microsecond=0)
+        self._call("POST", f"{_repo_path(repo)}/actions/workflows/{quote(workflow, safe='')}/dispatches",
+                   json={"ref": ref, "inputs": inputs})
+        return started
+
+    def wait_for_dispatched_run(self, repo: str, workflow: str, since: datetime, *, timeout: float = 300,
+                                poll: float = 2.0) -> dict:
+        """Find the run a dispatch created and poll it until it completes (or `timeout`)."""
+        deadline = time.monotonic() + timeout
+        run: dict | None = None
+        while time.monotonic() < deadline:
+            if run is None:
+                runs = self.workflow_runs(repo, workflow=workflow, event="workflow_dispatch", since=since, per_page=5)
+                run = runs[0] if runs else None
+            else:
+                run = self.get_run(repo, run["id"])
+            if run and run.get("status") == "completed":
+                return run
+            time.sleep(poll)
+        state = f"run {run['id']} still {run.get('status')}" if run else "no run appeared"
+        raise IntegrationError(f"GitHub workflow {workflow} in {repo}", f"{state} after {timeout:g} s")
+
+    def run_jobs(self, repo: str, run_id: int) -> list[dict]:
+        return self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}/jobs").json().get("jobs", [])
+
+    def job_logs(self, repo: str, job_id: int, tail_lines: int = 40) -> str:
+        """The job's log. GitHub answers with a redirect to short-lived storage; the token is
+        not sent there."""
+        path = f"{_repo_path(repo)}/actions/jobs/{int(job_id)}/logs"
+        response = self._call("GET", path)
+        if response.is_redirect:
+            location = response.headers["Location"]
+            with httpx.Client(timeout=self._http.timeout) as plain:
+                response = request(plain, "GET", location, what=f"GitHub log download for job {job_id}", retry=self.retry)
+        lines = response.text.splitlines()
+        return "\n".join(lines[-tail_lines:])
+
+    def failed_job_logs(self, repo: str, run_id: int, tail_lines: int = 40) -> dict[str, str]:
+        """`gh run view --log-failed`: the log tail of each failed job of a run."""
+        return {job["name"]: self.job_logs(repo, job["id"], tail_lines)
+                for job in self.run_jobs(repo, run_id) if job.get("conclusion") == "failure"}
+
+    # -- commits and issues -----------------------------------------------------------------------
+    def recent_commits(self, repo: str, *, since: datetime | None = None, per_page: int = 10) -> list[dict]:
+        params: dict[str, Any] = {"per_page": per_page}
+        if since:
+            params["since"] = iso(since)
+        return self._call("GET", f"{_repo_path(repo)}/commits", params=params).json()
+
+    def create_issue(self, repo: str, title: str, body: str, labels: list[str],
+                     assignees: list[str] | None = None) -> dict:
+        payload: dict[str, Any] = {"title": title, "body": body, "labels": labels}
+        if assignees:
+            payload["assignees"] = assignees
+        return self._call("POST", f"{_repo_path(repo)}/issues", json=payload).json()
+
+    def comment(self, repo: str, number: int, body: str) -> dict:
+        return self._call("POST", f"{_repo_path(repo)}/issues/{int(number)}/comments", json={"body": body}).json()
+
+    def close_issue(self, repo: str, number: int, reason: str = "completed") -> dict:
+        return self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}",
+                          json={"state": "closed", "state_reason": reason}).json()
+
+    def get_issue(self, repo: str, number: int) -> dict:
+        return self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}").json()
+
+    def list_comments(self, repo: str, number: int) -> list[dict]:
+        return self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}/comments").json()

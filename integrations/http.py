@@ -1,0 +1,80 @@
+"""HTTP with timeouts and bounded retries on what is worth retrying: connect errors and
+timeouts, 429 (honouring Retry-After) and 5xx."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from integrations.errors import IntegrationError
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    backoff: float = 0.5  # seconds, doubled per attempt
+    max_wait: float = 30.0  # never sleep longer than this for one Retry-After
+
+    def delay(self, attempt: int, response: httpx.Response | None) -> float:
+        header = response.headers.get("Retry-After") if response is not None else None
+        if header:
+            return min(_parse_retry_after(header), self.max_wait)
+        return min(self.backoff * (2 ** (attempt - 1)), self.max_wait)
+
+
+def _parse_retry_after(value: str) -> float:
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        try:
+            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError):
+            return 1.0
+
+
+def is_transient(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def request(client: httpx.Client, method: str, url: str, *, what: str, retry: RetryPolicy = RetryPolicy(),
+            ok: tuple[int, ...] = (), **kwargs) -> httpx.Response:
+    """Send one request with retries; raise IntegrationError naming `what` unless it succeeds.
+
+    A 2xx/3xx response, or one whose status is in `ok`, is returned as is.
+    """
+    last: str = ""
+    for attempt in range(1, retry.attempts + 1):
+        response = None
+        try:
+            response = client.request(method, url, **kwargs)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            last = f"{type(exc).__name__}: {exc or 'no response'}"
+            transient = True
+        else:
+            if response.status_code < 400 or response.status_code in ok:
+                return response
+            last = f"HTTP {response.status_code}: {_short(response)}"
+            transient = is_transient(response.status_code)
+            if not transient:
+                raise IntegrationError(what, last, status=response.status_code)
+        if attempt == retry.attempts:
+            break
+        time.sleep(retry.delay(attempt, response))
+    raise IntegrationError(what, f"{last} (after {retry.attempts} attempts)",
+                           status=response.status_code if response is not None else None, transient=True)
+
+
+def _short(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+        message = data.get("message") or data.get("error") if isinstance(data, dict) else None
+        if message:
+            return str(message)[:200]
+    except ValueError:
+        pass
+    return response.text[:200].strip() or response.reason_phrase

@@ -1,0 +1,310 @@
+"""Kubernetes through the official client, with kubectl's semantics for rollout status,
+rollout restart and rollout undo. The decision logic is in pure functions so it can be
+tested without a cluster."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from integrations.errors import Closing, IntegrationError
+from integrations.http import RetryPolicy, is_transient
+
+REVISION = "deployment.kubernetes.io/revision"
+HASH_LABEL = "pod-template-hash"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+TIMED_OUT_REASON = "ProgressDeadlineExceeded"
+# Annotations kubectl keeps from the deployment, never copies from the ReplicaSet, on undo.
+ANNOTATIONS_TO_SKIP = frozenset({
+    "kubectl.kubernetes.io/last-applied-configuration",
+    REVISION,
+    "deployment.kubernetes.io/revision-history",
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
+    "deprecated.deployment.rollback.to",
+})
+# -- pure logic (kubectl's rules) ------------------------------------------------------------
+@dataclass(frozen=True)
+class RolloutStatus:
+    done: bool
+    message: str
+    failed: bool = False  # the progress deadline was exceeded
+
+
+def rollout_status_of(deployment: dict) -> RolloutStatus:
+    """kubectl rollout status's verdict for one observation of a Deployment (API JSON)."""
+    name = deployment["metadata"]["name"]
+    spec, status = deployment.get("spec", {}), deployment.get("status") or {}
+    if deployment["metadata"].get("generation", 0) > status.get("observedGeneration", 0):
+        return RolloutStatus(False, "Waiting for deployment spec update to be observed...")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == TIMED_OUT_REASON:
+            return RolloutStatus(False, f'deployment "{name}" exceeded its progress deadline', failed=True)
+    replicas = spec.get("replicas", 1)
+    updated, total = status.get("updatedReplicas", 0), status.get("replicas", 0)
+    available = status.get("availableReplicas", 0)
+    if updated < replicas:
+        return RolloutStatus(False, f'Waiting for deployment "{name}" rollout to finish: '
+                                    f"{updated} out of {replicas} new replicas have been updated...")
+    if total > updated:
+        return RolloutStatus(False, f'Waiting for deployment "{name}" rollout to finish: '
+                                    f"{total - updated} old replicas are pending termination...")
+    if available < updated:
+        return RolloutStatus(False, f'Waiting for deployment "{name}" rollout to finish: '
+                                    f"{available} of {updated} updated replicas are available...")
+    return RolloutStatus(True, f'deployment "{name}" successfully rolled out')
+
+
+def revision_of(obj: dict) -> int:
+    try:
+        return int((obj.get("metadata", {}).get("annotations") or {}).get(REVISION, "0"))
+    except ValueError:
+        return 0
+
+
+def _without_hash(template: dict) -> dict:
+    clean = copy.deepcopy(template)
+    (clean.get("metadata", {}).get("labels") or {}).pop(HASH_LABEL, None)
+    return clean
+
+
+def owned_replicasets(deployment: dict, replicasets: list[dict]) -> list[dict]:
+    uid = deployment["metadata"]["uid"]
+    return [rs for rs in replicasets
+            if any(ref.get("uid") == uid and ref.get("controller") for ref in rs["metadata"].get("ownerReferences") or [])]
+
+
+@dataclass(frozen=True)
+class UndoPlan:
+    from_revision: int
+    to_revision: int
+    image: str
+    patch: list | None  # None: the deployment already runs that template (kubectl: "skipped rollback")
+
+
+def plan_undo(deployment: dict, replicasets: list[dict], to_revision: int = 0) -> UndoPlan:
+    """kubectl rollout undo, computed client-side: pick the ReplicaSet for the revision (the
+    previous one by default) and build the JSON patch that puts its template back."""
+    name = deployment["metadata"]["name"]
+    if deployment.get("spec", {}).get("paused"):
+        raise ValueError(f"you cannot rollback a paused deployment {name!r}; resume it first")
+    latest = previous = None
+    latest_rev = previous_rev = -1
+    target = None
+    for rs in owned_replicasets(deployment, replicasets):
+        rev = revision_of(rs)
+        if to_revision == 0:
+            if rev > latest_rev:
+                previous, previous_rev, latest, latest_rev = latest, latest_rev, rs, rev
+            elif rev > previous_rev:
+                previous, previous_rev = rs, rev
+        elif rev == to_revision:
+            target = rs
+    if to_revision > 0 and target is None:
+        raise ValueError(f"unable to find specified revision {to_revision} in history of deployment {name!r}")
+    if to_revision == 0:
+        if previous is None:
+            raise ValueError(f"no rollout history found for deployment {name!r}")
+        target = previous
+    template = _without_hash(target["spec"]["template"])
+    image = (template.get("spec", {}).get("containers") or [{}])[0].get("image", "")
+    current = revision_of(deployment)
+    if template == _without_hash(deployment["spec"]["template"]):
+        return UndoPlan(current, revision_of(target), image, None)
+    dep_ann = deployment["metadata"].get("annotations") or {}
+    annotations = {k: v for k, v in dep_ann.items() if k in ANNOTATIONS_TO_SKIP}
+    annotations.update({k: v for k, v in (target["metadata"].get("annotations") or {}).items()
+                        if k not in ANNOTATIONS_TO_SKIP})
+    patch = [{"op": "replace", "path": "/spec/template", "value": template},
+             {"op": "replace", "path": "/metadata/annotations", "value": annotations}]
+    return UndoPlan(current, revision_of(target), image, patch)
+
+
+def container_image(deployment: dict, container: str | None = None) -> str:
+    containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
+    chosen = next((c for c in containers if c.get("name") == container), containers[0]) if container else containers[0]
+    return chosen.get("image", "")
+
+
+# -- summaries returned to callers ----------------------------------------------------------
+@dataclass(frozen=True)
+class PodSummary:
+    name: str
+    phase: str
+    ready: bool
+    restarts: int
+    waiting_reason: str | None
+    last_termination_reason: str | None
+    last_exit_code: int | None
+    image: str
+
+
+@dataclass(frozen=True)
+class Revision:
+    revision: int
+    replicaset: str
+    image: str
+    created: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    from_revision: int
+    to_revision: int
+    image: str
+    skipped: bool
+
+
+def summarize_pod(pod: dict) -> PodSummary:
+    status = pod.get("status") or {}
+    cs = (status.get("containerStatuses") or [{}])[0]
+    terminated = (cs.get("lastState") or {}).get("terminated") or {}
+    return PodSummary(
+        name=pod["metadata"]["name"], phase=status.get("phase", "Unknown"), ready=bool(cs.get("ready")),
+        restarts=int(cs.get("restartCount") or 0), waiting_reason=((cs.get("state") or {}).get("waiting") or {}).get("reason"),
+        last_termination_reason=terminated.get("reason"), last_exit_code=terminated.get("exitCode"),
+        image=cs.get("image") or (pod.get("spec", {}).get("containers") or [{}])[0].get("image", ""))
+
+
+# -- the client --------------------------------------------------------------------------------
+class KubernetesClient(Closing):
+    """The operations a runbook needs, each with a timeout and retries on transient failures."""
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None, *, host: str | None = None,
+                 token: str | None = None, timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(attempts=3)):
+        if host:
+            configuration = k8s.Configuration(host=host)
+            if token:
+                configuration.api_key = {"authorization": f"Bearer {token}"}
+            api_client = k8s.ApiClient(configuration)
+        else:
+            try:
+                api_client = k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
+            except Exception as exc:  # the loader raises several unrelated types for a bad file
+                raise IntegrationError(f"Kubernetes config {kubeconfig or '~/.kube/config'}", str(exc)) from exc
+        api_client.configuration.retries = False
+        self.api_client = api_client
+        self.apps = k8s.AppsV1Api(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self.timeout = timeout
+        self.retry = retry
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        last = ""
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return fn(*args, _request_timeout=self.timeout, **kwargs)
+            except ApiException as exc:
+                reason = _api_reason(exc)
+                if not is_transient(exc.status or 0):
+                    raise IntegrationError(f"Kubernetes {what}", reason, status=exc.status) from None
+                last, retry_after = reason, (exc.headers or {}).get("Retry-After")
+                status = exc.status
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                last, retry_after, status = f"{type(exc).__name__}: {exc}", None, None
+            if attempt < self.retry.attempts:
+                wait = float(retry_after) if retry_after and str(retry_after).isdigit() else self.retry.delay(attempt, None)
+                time.sleep(min(wait, self.retry.max_wait))
+        raise IntegrationError(f"Kubernetes {what}", f"{last} (after {self.retry.attempts} attempts)",
+                               status=status, transient=True)
+
+    def _json(self, obj: Any) -> dict:
+        return self.api_client.sanitize_for_serialization(obj)
+
+    def get_deployment(self, namespace: str, name: str) -> dict:
+        return self._json(self._call(f"get deployment {namespace}/{name}",
+                                     self.apps.read_namespaced_deployment, name, namespace))
+
+    def rollout_status(self, namespace: str, name: str) -> RolloutStatus:
+        return rollout_status_of(self.get_deployment(namespace, name))
+
+    def _replicasets(self, deployment: dict) -> list[dict]:
+        meta = deployment["metadata"]
+        selector = ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"].get("matchLabels", {}).items()))
+        found = self._call(f"list replicasets of {meta['namespace']}/{meta['name']}",
+                           self.apps.list_namespaced_replica_set, meta["namespace"], label_selector=selector)
+        return owned_replicasets(deployment, [self._json(rs) for rs in found.items])
+
+    def revision_history(self, namespace: str, name: str) -> list[Revision]:
+        """ReplicaSet revisions of a deployment, newest first (kubectl rollout history)."""
+        history = [Revision(revision_of(rs), rs["metadata"]["name"], container_image({"spec": rs["spec"]}),
+                            rs["metadata"].get("creationTimestamp", ""), rs["spec"].get("replicas", 0))
+                   for rs in self._replicasets(self.get_deployment(namespace, name))]
+        return sorted(history, key=lambda r: r.revision, reverse=True)
+
+    def pods(self, namespace: str, deployment: str) -> list[PodSummary]:
+        dep = self.get_deployment(namespace, deployment)
+        selector = ",".join(f"{k}={v}" for k, v in sorted(dep["spec"]["selector"].get("matchLabels", {}).items()))
+        found = self._call(f"list pods of {namespace}/{deployment}", self.core.list_namespaced_pod, namespace,
+                           label_selector=selector)
+        return [summarize_pod(self._json(p)) for p in found.items]
+
+    def events(self, namespace: str, names: set[str] | None = None, limit: int = 20) -> list[dict]:
+        found = self._call(f"list events in {namespace}", self.core.list_namespaced_event, namespace)
+        events = [self._json(e) for e in found.items]
+        if names:
+            events = [e for e in events if e["involvedObject"].get("name") in names]
+        events.sort(key=lambda e: e.get("lastTimestamp") or "", reverse=True)
+        return [{"type": e.get("type"), "reason": e.get("reason"), "object": e["involvedObject"].get("name"),
+                 "message": e.get("message"), "count": e.get("count", 1), "last_seen": e.get("lastTimestamp")}
+                for e in events[:limit]]
+
+    def pod_logs(self, namespace: str, pod: str, container: str | None = None, tail_lines: int = 50,
+                 previous: bool = False) -> str:
+        kwargs: dict[str, Any] = {"tail_lines": tail_lines, "previous": previous}
+        if container:
+            kwargs["container"] = container
+        return self._call(f"logs of pod {namespace}/{pod}", self.core.read_namespaced_pod_log, pod, namespace, **kwargs)
+
+    def scale(self, namespace: str, name: str, replicas: int) -> tuple[int, int]:
+        """kubectl scale; returns (before, after)."""
+        if not isinstance(replicas, int) or replicas < 0:
+            raise ValueError(f"replicas must be a non-negative integer, got {replicas!r}")
+        scale = self._call(f"get scale of {namespace}/{name}", self.apps.read_namespaced_deployment_scale, name, namespace)
+        before = scale.spec.replicas
+        self._call(f"scale {namespace}/{name} to {replicas}", self.apps.patch_namespaced_deployment_scale, name,
+                   namespace, {"spec": {"replicas": replicas}})
+        return before, replicas
+
+    def rollout_restart(self, namespace: str, name: str, at: datetime | None = None) -> str:
+        """kubectl rollout restart: stamp the pod template so every pod is replaced."""
+        stamp = (at or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
+        self._call(f"rollout restart {namespace}/{name}", self.apps.patch_namespaced_deployment, name, namespace, body)
+        return stamp
+
+    def rollout_undo(self, namespace: str, name: str, to_revision: int = 0) -> UndoResult:
+        """kubectl rollout undo (to the previous revision, or to `to_revision`)."""
+        dep = self.get_deployment(namespace, name)
+        try:
+            plan = plan_undo(dep, self._replicasets(dep), to_revision)
+        except ValueError as exc:
+            raise IntegrationError(f"Kubernetes rollout undo {namespace}/{name}", str(exc)) from None
+        if plan.patch is not None:
+            self._call(f"rollout undo {namespace}/{name}", self.apps.patch_namespaced_deployment, name, namespace,
+                       plan.patch, _content_type="application/json-patch+json")
+        return UndoResult(plan.from_revision, plan.to_revision, plan.image, skipped=plan.patch is None)
+
+    def set_image(self, namespace: str, name: str, container: str, image: str) -> None:
+        body = {"spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}}
+        self._call(f"set image {namespace}/{name}", self.apps.patch_namespaced_deployment, name, namespace, body)
+
+
+def _api_reason(exc: ApiException) -> str:
+    try:
+        return f"HTTP {exc.status}: {json.loads(exc.body).get('message')}"
+    except (TypeError, ValueError, AttributeError):
+        return f"HTTP {exc.status}: {exc.reason}"

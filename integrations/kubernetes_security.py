@@ -1,0 +1,114 @@
+"""Containment operations on Kubernetes objects: secret metadata and rotation, ConfigMap
+switches, and a NetworkPolicy that blocks addresses. Secret values are generated here, sent
+to the API, and never returned, logged or put in an error."""
+
+from __future__ import annotations
+
+import base64
+import secrets as random_secrets
+from dataclasses import dataclass
+
+from kubernetes import client as k8s
+
+from integrations.errors import IntegrationError
+from integrations.kubernetes import KubernetesClient
+
+
+@dataclass(frozen=True)
+class SecretMetadata:
+    name: str
+    keys: tuple[str, ...]
+    type: str
+    resource_version: str
+    created: str
+
+
+def secret_metadata(kube: KubernetesClient, namespace: str, names: list[str]) -> list[SecretMetadata]:
+    found = []
+    for name in names:
+        obj = kube._json(kube._call(f"read secret {namespace}/{name}", kube.core.read_namespaced_secret, name, namespace))
+        found.append(SecretMetadata(name, tuple(sorted((obj.get("data") or {}).keys())), obj.get("type", ""),
+                                    obj["metadata"].get("resourceVersion", ""), obj["metadata"].get("creationTimestamp", "")))
+    return found
+
+
+def set_secret_values(kube: KubernetesClient, namespace: str, name: str, values: dict[str, str]) -> str:
+    """Write `values` (plain text) into existing keys of a Secret; returns its new resourceVersion.
+    The values are neither returned nor put into an error."""
+    current = secret_metadata(kube, namespace, [name])[0]
+    missing = set(values) - set(current.keys)
+    if missing:
+        raise IntegrationError(f"Kubernetes set secret {namespace}/{name}", f"keys {sorted(missing)} do not exist")
+    data = {key: base64.b64encode(value.encode()).decode() for key, value in values.items()}
+    try:
+        updated = kube._call(f"set secret {namespace}/{name}", kube.core.patch_namespaced_secret, name, namespace,
+                             {"data": data})
+    finally:
+        data.clear()
+    return updated.metadata.resource_version
+
+
+def rotate_secret(kube: KubernetesClient, namespace: str, name: str, keys: list[str]) -> str:
+    """New random values for `keys`; returns the secret's new resourceVersion."""
+    return set_secret_values(kube, namespace, name, {key: random_secrets.token_urlsafe(32) for key in keys})
+
+
+def get_config_value(kube: KubernetesClient, namespace: str, configmap: str, key: str) -> str | None:
+    obj = kube._call(f"read configmap {namespace}/{configmap}", kube.core.read_namespaced_config_map, configmap, namespace)
+    return (obj.data or {}).get(key)
+
+
+def set_config_value(kube: KubernetesClient, namespace: str, configmap: str, key: str, value: str) -> str | None:
+    """Set one ConfigMap key; returns the previous value so it can be put back."""
+    previous = get_config_value(kube, namespace, configmap, key)
+    kube._call(f"patch configmap {namespace}/{configmap}", kube.core.patch_namespaced_config_map, configmap, namespace,
+               {"data": {key: value}})
+    return previous
+
+
+def remove_network_policy(kube: KubernetesClient, namespace: str, policy: str) -> bool:
+    """Delete a NetworkPolicy; False if it was not there."""
+    networking = k8s.NetworkingV1Api(kube.api_client)
+    try:
+        kube._call(f"delete networkpolicy {namespace}/{policy}", networking.delete_namespaced_network_policy,
+                   policy, namespace)
+    except IntegrationError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def block_cidrs(kube: KubernetesClient, namespace: str, policy: str, app: str, cidrs: list[str]) -> list[str]:
+    """Create or extend a NetworkPolicy that admits ingress to `app` from anywhere except
+    `cidrs`. Returns every address the policy now blocks."""
+    networking = k8s.NetworkingV1Api(kube.api_client)
+    blocked = set(cidrs)
+    try:
+        existing = kube._json(networking.read_namespaced_network_policy(policy, namespace, _request_timeout=kube.timeout))
+        for rule in existing["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                blocked |= set((peer.get("ipBlock") or {}).get("except", []))
+    except k8s.ApiException as exc:
+        if exc.status != 404:
+            raise IntegrationError(f"Kubernetes read networkpolicy {namespace}/{policy}", f"HTTP {exc.status}") from None
+        existing = None
+    v4 = sorted(c for c in blocked if ":" not in c)
+    v6 = sorted(c for c in blocked if ":" in c)
+    peers = []
+    if v4 or not v6:
+        peers.append({"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}})
+    if v6 or not v4:
+        peers.append({"ipBlock": {"cidr": "::/0", "except": v6}})
+    body = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": policy, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "runbooks"}},
+            "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress"],
+                     "ingress": [{"from": peers}]}}
+    if existing is None:
+        kube._call(f"create networkpolicy {namespace}/{policy}", networking.create_namespaced_network_policy,
+                   namespace, body)
+    else:
+        body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        kube._call(f"replace networkpolicy {namespace}/{policy}", networking.replace_namespaced_network_policy,
+                   policy, namespace, body)
+    return sorted(blocked)

@@ -1,0 +1,146 @@
+"""HTTP probes of a service's /__ok, /health and /metrics, run concurrently, each bounded by
+its own timeout. A probe measures, so it is never retried."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    url: str
+    ok: bool
+    status: int | None
+    seconds: float
+    error: str | None = None
+    body: Any = None  # parsed JSON when the endpoint answered JSON, else the text (truncated)
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"{self.url}: HTTP {self.status} in {self.seconds * 1000:.0f} ms"
+        why = f"HTTP {self.status}" if self.status else self.error
+        return f"{self.url}: FAILED ({why}) after {self.seconds * 1000:.0f} ms"
+
+
+def probe(client: httpx.Client, url: str, timeout: float) -> ProbeResult:
+    """GET `url` like `curl -f`: a status of 400 or more is a failure."""
+    start = time.monotonic()
+    try:
+        response = client.get(url, timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+    except httpx.TimeoutException:
+        return ProbeResult(url, False, None, time.monotonic() - start, f"no answer within {timeout:g} s")
+    except httpx.HTTPError as exc:
+        return ProbeResult(url, False, None, time.monotonic() - start, f"{type(exc).__name__}: {exc}")
+    seconds = time.monotonic() - start
+    body: Any
+    try:
+        body = response.json()
+    except (ValueError, json.JSONDecodeError):
+        body = response.text[:2000]
+    return ProbeResult(url, response.status_code < 400, response.status_code, seconds, body=body)
+
+
+def probe_all(urls: list[str], timeout: float = 5.0, max_parallel: int = 64) -> list[ProbeResult]:
+    """Probe every URL at once (up to `max_parallel` in flight); results keep the input order.
+
+    The whole call takes about as long as the slowest probe, bounded by `timeout`.
+    """
+    if not urls:
+        return []
+    deadline = timeout + 1.0  # a hard stop even if a server trickles bytes past the read timeout
+    limits = httpx.Limits(max_connections=max_parallel, max_keepalive_connections=max_parallel)
+    with httpx.Client(limits=limits, follow_redirects=False) as client, \
+            ThreadPoolExecutor(max_workers=min(max_parallel, len(urls))) as pool:
+        futures = [pool.submit(probe, client, url, timeout) for url in urls]
+        results = []
+        for url, future in zip(urls, futures):
+            try:
+                results.append(future.result(timeout=deadline))
+            except Exception as exc:  # noqa: BLE001 - a probe that broke is a failed probe
+                results.append(ProbeResult(url, False, None, deadline, f"{type(exc).__name__}: {exc}"))
+        return results
+
+
+@dataclass(frozen=True)
+class ErrorMetrics:
+    requests: float
+    errors: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of the Prometheus text exposition format: (name, labels, value)."""
+    samples = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        samples.append((match["name"], dict(_LABEL.findall(match["labels"] or "")), value))
+    return samples
+
+
+def error_metrics(body: Any) -> ErrorMetrics | None:
+    """Requests and errors from /metrics: JSON `errors`/`requests` (what the playbook's
+    `jq '.errors'` reads) or Prometheus `http_requests_total` with a `code` label."""
+    if isinstance(body, dict):
+        if "errors" in body:
+            try:
+                return ErrorMetrics(float(body.get("requests") or 0), float(body["errors"]))
+            except (TypeError, ValueError):
+                return None
+        return None
+    if isinstance(body, str):
+        total = errors = 0.0
+        found = False
+        for name, labels, value in parse_prometheus(body):
+            if name == "http_requests_total":
+                found = True
+                total += value
+                if labels.get("code", "").startswith("5"):
+                    errors += value
+        return ErrorMetrics(total, errors) if found else None
+    return None
+
+
+def sample_error_rate(url: str, seconds: float, timeout: float = 5.0) -> tuple[ErrorMetrics, ErrorMetrics]:
+    """Read /metrics twice, `seconds` apart: the counters' difference is the recent error rate
+    (the totals since start would hide a fresh spike). Returns (window, totals)."""
+    with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
+        first = _counters(client, url)
+        time.sleep(seconds)
+        second = _counters(client, url)
+    return ErrorMetrics(second.requests - first.requests, second.errors - first.errors), second
+
+
+def _counters(client: httpx.Client, url: str) -> ErrorMetrics:
+    response = client.get(url)
+    response.raise_for_status()
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    metrics = error_metrics(body)
+    if metrics is None:
+        raise ValueError(f"{url} has neither JSON errors/requests nor http_requests_total")
+    return metrics

@@ -1,0 +1,31 @@
+"""Prometheus's HTTP API: instant queries."""
+
+from __future__ import annotations
+
+import httpx
+
+from integrations.errors import Closing, IntegrationError
+from integrations.http import RetryPolicy, request
+
+
+class PrometheusClient(Closing):
+    def __init__(self, url: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3)):
+        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+        self.retry = retry
+
+    def close(self) -> None:
+        self._http.close()
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """An instant query; returns (labels, value) per series (a scalar as one unlabelled value)."""
+        response = request(self._http, "POST", "/api/v1/query", what="Prometheus query", retry=self.retry,
+                           data={"query": promql})
+        body = response.json()
+        if body.get("status") != "success":
+            raise IntegrationError("Prometheus query", body.get("error", "query failed"))
+        data = body["data"]
+        if data["resultType"] == "scalar":
+            return [({}, float(data["result"][1]))]
+        if data["resultType"] != "vector":
+            raise IntegrationError("Prometheus query", f"expected a vector, got {data['resultType']}")
+        return [(series.get("metric", {}), float(series["value"][1])) for series in data["result"]]

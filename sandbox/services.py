@@ -1,0 +1,111 @@
+"""Demo services that follow the simulated cluster.
+
+Error model, per service and per tick:
+- no ready pod: every request fails (503 on every endpoint);
+- load above capacity (ready replicas x capacity per replica): the excess fails, so scaling
+  up really helps;
+- a revision whose image tag contains `-errors` fails a share of what it serves: only a
+  rollback fixes that;
+- a failing dependency fails half the requests, unless the circuit breaker (ConfigMap
+  `<service>-flags`, key `circuit_breaker` = on) sheds them to a fallback.
+`/health` reports `checks.database` from a real query on the service's PostgreSQL when one
+is configured: a table lock held elsewhere makes it fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sandbox.cluster import Cluster
+from sandbox.http import Request, Response
+
+BAD_REVISION_ERROR_SHARE = 0.3
+DEPENDENCY_ERROR_SHARE = 0.5
+
+
+@dataclass
+class DemoService:
+    name: str
+    namespace: str
+    load_rps: float = 50.0
+    capacity_per_replica: float = 40.0
+    dependency_down: bool = False
+    requests: float = 0.0
+    errors: float = 0.0
+    history: list[tuple[float, float]] = field(default_factory=list)
+
+    def tick(self, cluster: Cluster, seconds: float) -> None:
+        ready = cluster.ready_pods(self.namespace, self.name)
+        load = self.load_rps * seconds
+        if not ready:
+            failed = load
+        else:
+            capacity = ready * self.capacity_per_replica * seconds
+            served = min(load, capacity)
+            failed = load - served
+            image = _image(cluster, self.namespace, self.name)
+            if "-errors" in image.rsplit(":", 1)[-1]:
+                failed += served * BAD_REVISION_ERROR_SHARE
+            elif self.dependency_down and not self.breaker_on(cluster):
+                failed += served * DEPENDENCY_ERROR_SHARE
+        self.requests += load
+        self.errors += failed
+
+    def breaker_on(self, cluster: Cluster) -> bool:
+        try:
+            flags = cluster.get("configmaps", self.namespace, f"{self.name}-flags")
+        except Exception:  # noqa: BLE001 - no flags ConfigMap: breaker off
+            return False
+        return (flags.get("data") or {}).get("circuit_breaker") == "on"
+
+
+def _image(cluster: Cluster, namespace: str, name: str) -> str:
+    try:
+        dep = cluster.get("deployments", namespace, name)
+    except Exception:  # noqa: BLE001
+        return ""
+    return dep["spec"]["template"]["spec"]["containers"][0].get("image", "")
+
+
+def database_check(url: str | None) -> dict:
+    """What the service's own health check does: read its main table, briefly, as the
+    application role (so a lock or a full connection limit makes it fail)."""
+    if not url:
+        return {"status": "ok"}
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        with psycopg.connect(make_conninfo(url, user="sandbox_app"), connect_timeout=2, autocommit=True,
+                             options="-c lock_timeout=500 -c statement_timeout=1500") as conn:
+            conn.execute("SELECT count(*) FROM orders").fetchone()
+        return {"status": "ok"}
+    except psycopg.Error as exc:
+        return {"status": "error", "error": (str(exc).strip().splitlines() or ["error"])[0][:200]}
+
+
+def endpoint(svc: DemoService, cluster: Cluster, endpoint: str, req: Request, database_url: str | None) -> Response:
+    ready = cluster.ready_pods(svc.namespace, svc.name)
+    if not ready:
+        return Response.json({"status": "unavailable", "reason": "no ready pods"}, 503)
+    if endpoint == "__ok":
+        return Response.text("ok")
+    if endpoint == "health":
+        db = database_check(database_url)
+        healthy = db["status"] == "ok"
+        checks = {"database": db}
+        if svc.dependency_down:
+            shed = svc.breaker_on(cluster)
+            checks["payments"] = {"status": "error", "error": "upstream timeout",
+                                  "circuit_breaker": "open" if shed else "closed"}
+        status = "ok" if healthy and not svc.dependency_down else "degraded"
+        return Response.json({"status": status, "checks": checks}, 200 if healthy else 503)
+    if endpoint == "metrics":
+        requests, errors = int(svc.requests), int(svc.errors)
+        if "text/plain" in req.header("accept") or req.query.get("format") == "prometheus":
+            return Response.text(
+                "# HELP http_requests_total Requests served.\n# TYPE http_requests_total counter\n"
+                f'http_requests_total{{service="{svc.name}",code="200"}} {requests - errors}\n'
+                f'http_requests_total{{service="{svc.name}",code="503"}} {errors}\n')
+        return Response.json({"requests": requests, "errors": errors, "ready_replicas": ready})
+    return Response.text("not found", 404)

@@ -1,0 +1,291 @@
+"""The sandbox world on one port: the Kubernetes API, GitHub under /github, a Slack incoming
+webhook sink under /slack, demo services under /services/<name>, and controls under /_sandbox."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sandbox.cluster import Cluster, Seed, seed_deployment
+from sandbox.github import GitHub
+from sandbox.http import Fault, Faults, Request, Response, Router, serve
+from sandbox.kube_api import KubeApi
+from sandbox.services import DemoService, endpoint as service_endpoint
+from sandbox.tls import make_certificate, server_context
+
+NAMESPACE = "sandbox"
+KUBE_TOKEN = "sandbox-kube-token"
+GITHUB_TOKEN = "sandbox-github-token"
+SLACK_PATH = "/slack/services/T0SANDBOX/B0SANDBOX/sandbox-webhook-secret"
+SLACK_SECURITY_PATH = "/slack/services/T0SANDBOX/B0SECURITY/security-webhook-secret"
+IMAGE = "registry.sandbox.local/acme/{name}"
+
+
+class Sandbox:
+    """Start with `Sandbox(port=0).start()`; `url`, `kubeconfig`, `slack_webhook_url` say where it is."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, kube_port: int = 0, state_dir: Path | str | None = None,
+                 ready_delay: float = 1.0, tick_seconds: float = 0.2, progress_deadline: int = 60,
+                 database_url: str | None = None):
+        self.host, self.port, self.kube_port = host, port, kube_port
+        self.database_url = database_url
+        if database_url:
+            prepare_app_database(database_url)
+        self.cert_pem, self._key_pem = make_certificate(host)
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.ready_delay, self.tick_seconds, self.progress_deadline = ready_delay, tick_seconds, progress_deadline
+        self.faults = Faults()
+        self.slack_messages: list[dict] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._servers: list = []
+        self.router = Router()
+        self.router.add("GET", "/_sandbox/healthz", lambda req: Response.json({"ok": True}))
+        self.router.add("POST", "/_sandbox/deploy", self._deploy)
+        self.router.add("POST", "/_sandbox/faults", self._set_fault)
+        self.router.add("DELETE", "/_sandbox/faults", self._clear_faults)
+        self.router.add("GET", "/_sandbox/slack/messages", lambda req: Response.json(self.slack_messages))
+        self.router.add("DELETE", "/_sandbox/slack/messages", self._clear_slack)
+        self.router.add("POST", "/_sandbox/reset", self._reset)
+        self.router.add("POST", SLACK_PATH, lambda req: self._slack(req, "incidents"))
+        self.router.add("POST", SLACK_SECURITY_PATH, lambda req: self._slack(req, "security"))
+        self.router.add("POST", "/slack/services/{a}/{b}/{c}", lambda req, **_: Response.text("invalid_token", 403))
+        self.router.add("GET", "/services/{name}/{endpoint}", self._service_endpoint)
+        self.router.add("POST", "/_sandbox/load", self._set_load)
+        self.router.add("POST", "/_sandbox/dependency", self._set_dependency)
+        self.reset()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self.cluster = Cluster(ready_delay=self.ready_delay, progress_deadline=self.progress_deadline)
+            self.kube = KubeApi(self.cluster, KUBE_TOKEN)
+            self.github = GitHub(GITHUB_TOKEN)
+            self.services = {n: DemoService(n, NAMESPACE) for n in ("api", "frontend")}
+            self.slack_messages.clear()
+            self.faults.clear()
+            self._seed()
+
+    def _seed(self) -> None:
+        c, gh = self.cluster, self.github
+        c.create("namespaces", "", {"metadata": {"name": NAMESPACE}})
+        c.create("namespaces", "", {"metadata": {"name": "default"}})
+        c.create("configmaps", NAMESPACE, {"metadata": {"name": "api-flags"}, "data": {"circuit_breaker": "off"}})
+        c.create("configmaps", NAMESPACE, {"metadata": {"name": "api-config"}, "data": {"log_level": "info"}})
+        c.create("secrets", NAMESPACE, {"metadata": {"name": "api-credentials"}, "type": "Opaque",
+                                        "data": {"token": "c2FuZGJveC1vbmx5", "api-key": "c2FuZGJveC1rZXk="}})
+        seed_deployment(c, Seed(NAMESPACE, "database", ["registry.sandbox.local/library/postgres:15.6"], replicas=1,
+                                age_hours=[240.0]))
+        gh.repo("acme/incidents")
+        now = time.time()
+        for name, versions in (("api", ["v1.4.1", "v1.5.0"]), ("frontend", ["v3.2.0"])):
+            images = [f"{IMAGE.format(name=name)}:{v}" for v in versions]
+            ages = [72.0, 48.0][-len(versions):]
+            seed_deployment(self.cluster, Seed(NAMESPACE, name, images, replicas=3, age_hours=ages))
+            repo = f"acme/{name}"
+            for version, age in zip(versions, ages):
+                gh.add_commit(repo, f"Release {version}", at=now - age * 3600 - 600)
+                gh.record_run(repo, "deploy.yml", f"Deploy {version}", "success", at=now - age * 3600,
+                              log=[f"Deploying {images[versions.index(version)]}", "Deployed"])
+            gh.add_workflow(repo, "rollback.yml", self._rollback_runner(name))
+
+    def _rollback_runner(self, deployment: str):
+        def run(repo: str, inputs: dict) -> tuple[bool, list[str]]:
+            from integrations.kubernetes import KubernetesClient  # the same client a real workflow would use
+
+            env = inputs.get("environment", "")
+            lines = [f"Rollback requested for {deployment} in environment {env or '(none)'}"]
+            if env not in ("sandbox", "production", "staging"):
+                return False, lines + [f"Error: unknown environment {env!r}"]
+            with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as kubeconfig:
+                kubeconfig.write(self.kubeconfig_text())
+                kubeconfig.flush()
+                client = KubernetesClient(kubeconfig.name)
+            try:
+                result = client.rollout_undo(NAMESPACE, deployment)
+            finally:
+                client.close()
+            lines.append(f"deployment.apps/{deployment} rolled back: revision {result.from_revision} -> {result.to_revision} "
+                         f"({result.image})")
+            return True, lines
+        return run
+
+    def start(self) -> "Sandbox":
+        plain = serve(self._app, self.host, self.port)
+        secure = serve(self._app, self.host, self.kube_port, tls=server_context(self.cert_pem, self._key_pem))
+        self._servers = [plain, secure]
+        self.port, self.kube_port = plain.server_address[1], secure.server_address[1]
+        if self.state_dir:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.kubeconfig.write_text(self.kubeconfig_text())
+        threading.Thread(target=self._ticker, name="sandbox-ticker", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+
+    def _ticker(self) -> None:
+        while not self._stop.wait(self.tick_seconds):
+            self.cluster.tick()
+            for svc in self.services.values():
+                svc.tick(self.cluster, self.tick_seconds)
+
+    # -- where things are ----------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def kube_url(self) -> str:
+        return f"https://{self.host}:{self.kube_port}"
+
+    @property
+    def kubeconfig(self) -> Path | None:
+        return self.state_dir / "kubeconfig" if self.state_dir else None
+
+    @property
+    def slack_webhook_url(self) -> str:
+        return self.url + SLACK_PATH
+
+    @property
+    def security_webhook_url(self) -> str:
+        return self.url + SLACK_SECURITY_PATH
+
+    def kubeconfig_text(self) -> str:
+        return json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "sandbox", "preferences": {},
+            "clusters": [{"name": "sandbox", "cluster": {
+                "server": self.kube_url, "certificate-authority-data": base64.b64encode(self.cert_pem).decode()}}],
+            "users": [{"name": "sandbox", "user": {"token": KUBE_TOKEN}}],
+            "contexts": [{"name": "sandbox", "context": {"cluster": "sandbox", "user": "sandbox", "namespace": NAMESPACE}}],
+        }, indent=2)
+
+    # -- HTTP -----------------------------------------------------------------------------
+    def _app(self, req: Request) -> Response:
+        target = _target_of(req.path)
+        if target:
+            injected = self.faults.check(target)
+            if injected:
+                return injected
+        for handler in (self.kube.handle, self.github.handle):
+            resp = handler(req)
+            if resp is not None:
+                return resp
+        return self.router.dispatch(req) or Response.json({"message": f"no such sandbox path {req.path}"}, 404)
+
+    def _slack(self, req: Request, channel: str) -> Response:
+        try:
+            payload = json.loads(req.body)
+        except ValueError:
+            return Response.text("invalid_payload", 400)
+        if not isinstance(payload, dict) or not (payload.get("text") or payload.get("blocks")):
+            return Response.text("no_text", 400)
+        self.slack_messages.append({**payload, "channel": channel, "received_at": time.time()})
+        return Response.text("ok")
+
+    def _clear_slack(self, req: Request) -> Response:
+        self.slack_messages.clear()
+        return Response.json({"ok": True})
+
+    def _service_endpoint(self, req: Request, name: str, endpoint: str) -> Response:
+        svc = self.services.get(name)
+        if svc is None:
+            return Response.text("no such service", 404)
+        return service_endpoint(svc, self.cluster, endpoint, req, self.database_url if name == "api" else None)
+
+    def _set_load(self, req: Request) -> Response:
+        data = req.json() or {}
+        svc = self.services.get(data.get("service"))
+        rps = data.get("rps")
+        if svc is None or not isinstance(rps, (int, float)) or rps < 0:
+            return Response.json({"message": f"give service (one of {sorted(self.services)}) and rps >= 0"}, 422)
+        svc.load_rps = float(rps)
+        return Response.json({"service": svc.name, "rps": svc.load_rps})
+
+    def _set_dependency(self, req: Request) -> Response:
+        data = req.json() or {}
+        svc = self.services.get(data.get("service"))
+        if svc is None or not isinstance(data.get("down"), bool):
+            return Response.json({"message": f"give service (one of {sorted(self.services)}) and down true|false"}, 422)
+        svc.dependency_down = data["down"]
+        return Response.json({"service": svc.name, "dependency_down": svc.dependency_down})
+
+    def _deploy(self, req: Request) -> Response:
+        data = req.json() or {}
+        name, version = data.get("service"), data.get("version")
+        if name not in self.services or not isinstance(version, str) or not version:
+            return Response.json({"message": "give service (one of %s) and version" % sorted(self.services)}, 422)
+        image = f"{IMAGE.format(name=name)}:{version}"
+        self.cluster.patch("deployments", NAMESPACE, name,
+                           {"spec": {"template": {"spec": {"containers": [{"name": name, "image": image}]}}}},
+                           "application/strategic-merge-patch+json")
+        self.github.add_commit(f"acme/{name}", f"Release {version}")
+        run = self.github.record_run(f"acme/{name}", "deploy.yml", f"Deploy {version}", "success",
+                                     log=[f"Deploying {image}", "Deployed"])
+        return Response.json({"image": image, "run_id": run["id"]})
+
+    def _set_fault(self, req: Request) -> Response:
+        data: dict[str, Any] = req.json() or {}
+        target = data.get("target")
+        if target not in ("kubernetes", "github", "slack", "services"):
+            return Response.json({"message": "target must be kubernetes, github, slack or services"}, 422)
+        self.faults.set(target, Fault(status=data.get("status"), delay=float(data.get("delay") or 0),
+                                      retry_after=data.get("retry_after"), count=data.get("count")))
+        return Response.json({"ok": True})
+
+    def _clear_faults(self, req: Request) -> Response:
+        self.faults.clear(req.query.get("target"))
+        return Response.json({"ok": True})
+
+    def _reset(self, req: Request) -> Response:
+        self.reset()
+        return Response.json({"ok": True})
+
+
+APP_ROLE = "sandbox_app"
+
+
+def prepare_app_database(url: str) -> None:
+    """The api service's own database on the real PostgreSQL: table `orders`, and a
+    non-superuser role `sandbox_app` that the service (and fault injection) connects as."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    dbname = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True, connect_timeout=5) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            except psycopg.errors.DuplicateDatabase:
+                pass
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone():
+            try:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
+            except psycopg.errors.DuplicateObject:
+                pass
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("SELECT pg_advisory_lock(7310224002)")
+        conn.execute("CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, item text NOT NULL)")
+        conn.execute(sql.SQL("GRANT ALL ON orders, orders_id_seq TO {}").format(sql.Identifier(APP_ROLE)))
+        conn.execute("SELECT pg_advisory_unlock(7310224002)")
+
+
+def _target_of(path: str) -> str | None:
+    if path.startswith(("/api", "/version")):
+        return "kubernetes"
+    if path.startswith("/github/"):
+        return "github"
+    if path.startswith("/slack/"):
+        return "slack"
+    if path.startswith("/services/"):
+        return "services"
+    return None

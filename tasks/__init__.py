@@ -1,0 +1,1 @@
+"""Reusable Prefect tasks, grouped by capability. Flows compose them; they use integrations/ and incidents/."""

@@ -1,0 +1,67 @@
+"""What every task of a run needs: the environment's config, the service, and clients built
+from them with secrets resolved at the last moment (never stored, never logged)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from incidents.config import EnvironmentConfig, ServiceConfig, load_environment, secret_env_var
+from incidents.store import IncidentStore
+from integrations.github import GitHubClient
+from integrations.kubernetes import KubernetesClient
+from integrations.slack import SlackWebhook
+
+
+class SecretNotFound(LookupError):
+    pass
+
+
+def resolve_secret(name: str) -> str:
+    """The environment variable RUNBOOKS_SECRET_<NAME> wins; else the Prefect Secret block `name`."""
+    value = os.environ.get(secret_env_var(name))
+    if value:
+        return value
+    try:
+        from prefect.blocks.system import Secret
+
+        secret = Secret.load(name, validate=False)
+        value = secret.get()
+    except Exception as exc:  # noqa: BLE001 - block missing, server down: the message says which secret
+        raise SecretNotFound(f"secret {name!r} not found: set {secret_env_var(name)} or create a Prefect "
+                             f"Secret block named {name!r} ({type(exc).__name__})") from None
+    return value if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    environment: str
+    service_name: str
+    config: EnvironmentConfig
+
+    @classmethod
+    def load(cls, environment: str, service: str) -> "RunContext":
+        config = load_environment(environment)
+        config.service(service)  # an unknown service fails here, before anything happens
+        return cls(environment, service, config)
+
+    @property
+    def service(self) -> ServiceConfig:
+        return self.config.services[self.service_name]
+
+    def store(self) -> IncidentStore:
+        return IncidentStore()
+
+    def github(self) -> GitHubClient:
+        return GitHubClient(self.config.github.api_url, resolve_secret(self.config.github.token_secret),
+                            timeout=self.config.timeouts.http_seconds)
+
+    def slack(self, webhook_secret: str | None = None) -> SlackWebhook:
+        return SlackWebhook(resolve_secret(webhook_secret or self.config.slack.webhook_secret))
+
+    def kubernetes(self) -> KubernetesClient:
+        kube = self.config.kubernetes
+        return KubernetesClient(kube.kubeconfig, kube.context, timeout=kube.timeout_seconds)
+
+    def run_url(self, flow_run_id: str | None) -> str | None:
+        return f"{self.config.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}" if flow_run_id else None

@@ -1,0 +1,107 @@
+"""Destructive remedies on deployments, and the verification that follows them.
+
+Every remedy takes the PlannedAction and the Grant the approval gate issued, and refuses to
+run without a grant for exactly that action. Before acting it re-reads the target: if the
+deployment is no longer in the state the plan was approved for, it does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from incidents.plans import Grant, PlannedAction, require_grant
+from integrations.kubernetes import revision_of
+from integrations.probes import probe_all
+from tasks.context import RunContext
+
+
+class RemediationFailed(RuntimeError):
+    """The remedy was attempted and did not work; the message says what happened."""
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: str
+    changed: bool
+    detail: str
+
+
+def _check_kind(action: PlannedAction, kind: str) -> None:
+    if action.kind != kind:
+        raise ValueError(f"expected a {kind} action, got {action.kind}")
+
+
+@task(name="rollback-deployment", cache_policy=NO_CACHE)
+def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
+    """Roll the deployment back to the planned revision, through the service's strategy."""
+    require_grant(grant, action)
+    _check_kind(action, "rollback")
+    logger = get_run_logger()
+    p = action.params
+    with ctx.kubernetes() as kube:
+        current = kube.get_deployment(p["namespace"], p["deployment"])
+        revision = revision_of(current)
+        if revision != p["from_revision"]:
+            image = current["spec"]["template"]["spec"]["containers"][0].get("image")
+            if image == p["to_image"]:
+                return ActionResult(action.describe(), False, f"already at {image} (revision {revision}): nothing to do")
+            raise RemediationFailed(f"deployment is at revision {revision}, not {p['from_revision']} as planned: "
+                                    "it changed since the plan was approved, so the rollback was not run")
+        if p["strategy"] == "kubernetes_undo":
+            result = kube.rollout_undo(p["namespace"], p["deployment"], to_revision=p["to_revision"])
+            detail = (f"kubectl rollout undo: revision {result.from_revision} -> {result.to_revision} ({result.image})"
+                      if not result.skipped else f"skipped: already at revision {result.to_revision}")
+            return ActionResult(action.describe(), not result.skipped, detail)
+    with ctx.github() as github:
+        logger.info("Dispatching %s in %s (environment=%s)", p["workflow"], p["repo"], p["environment"])
+        since = github.dispatch_workflow(p["repo"], p["workflow"], p["ref"], {"environment": p["environment"]})
+        run = github.wait_for_dispatched_run(p["repo"], p["workflow"], since,
+                                             timeout=ctx.config.timeouts.workflow_seconds, poll=1.0)
+        if run.get("conclusion") != "success":
+            logs = github.failed_job_logs(p["repo"], run["id"], tail_lines=15)
+            excerpt = " | ".join(line for text in logs.values() for line in text.splitlines()[-3:])
+            raise RemediationFailed(f"rollback workflow run {run['id']} ended {run.get('conclusion')}: {excerpt}")
+    return ActionResult(action.describe(), True, f"workflow run {run['id']} ({run.get('html_url')}) succeeded")
+
+
+@task(name="restart-deployment", cache_policy=NO_CACHE)
+def restart_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
+    """kubectl rollout restart of the planned deployment."""
+    require_grant(grant, action)
+    _check_kind(action, "rollout_restart")
+    with ctx.kubernetes() as kube:
+        stamp = kube.rollout_restart(action.params["namespace"], action.params["deployment"])
+    return ActionResult(action.describe(), True, f"restartedAt={stamp}")
+
+
+@dataclass(frozen=True)
+class Verification:
+    recovered: bool
+    seconds: float
+    detail: str
+
+
+@task(name="verify-recovery", cache_policy=NO_CACHE)
+def verify_health(ctx: RunContext, consecutive: int = 2) -> Verification:
+    """Poll the health endpoints until they pass `consecutive` times in a row, or the deadline."""
+    logger = get_run_logger()
+    timeouts = ctx.config.timeouts
+    start = time.monotonic()
+    streak, last = 0, "not checked"
+    while True:
+        results = probe_all(ctx.service.endpoints, timeouts.probe_seconds)
+        failing = [r for r in results if not r.ok]
+        streak = 0 if failing else streak + 1
+        last = "; ".join(r.describe() for r in failing) or f"all {len(results)} endpoints answer"
+        elapsed = time.monotonic() - start
+        logger.info("verify: %s (%d/%d passes, %.0f s of %.0f s)", last, streak, consecutive, elapsed,
+                    timeouts.verify_seconds)
+        if streak >= consecutive:
+            return Verification(True, elapsed, last)
+        if elapsed + timeouts.verify_poll_seconds > timeouts.verify_seconds:
+            return Verification(False, elapsed, last)
+        time.sleep(timeouts.verify_poll_seconds)

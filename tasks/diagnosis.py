@@ -1,0 +1,174 @@
+"""Diagnosis checks. Each is a task with its own timeout that returns a Finding; a check
+that cannot reach what it checks says so in its Finding instead of failing the run."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+
+from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, unavailable
+from integrations.errors import IntegrationError
+from integrations.kubernetes import container_image, revision_of, rollout_status_of
+from integrations.probes import error_metrics, probe_all
+from tasks.context import RunContext, SecretNotFound
+
+_CHECK_ERRORS = (IntegrationError, SecretNotFound)
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _age(stamp: str) -> str:
+    minutes = int((datetime.now(timezone.utc) - _parse(stamp)).total_seconds() // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+@task(name="probe-endpoints", cache_policy=NO_CACHE)
+def probe_endpoints(urls: list[str], timeout: float = 5.0) -> Finding:
+    """`curl -f` of every endpoint at once; the check takes as long as the slowest probe."""
+    results = probe_all(urls, timeout)
+    failing = [r for r in results if not r.ok]
+    details = tuple(r.describe() for r in results)
+    data: dict = {"results": [{"url": r.url, "ok": r.ok, "status": r.status, "ms": round(r.seconds * 1000)}
+                              for r in results]}
+    failing_checks = sorted({name for r in results if isinstance(r.body, dict)
+                             for name, check in (r.body.get("checks") or {}).items()
+                             if isinstance(check, dict) and check.get("status") not in (None, "ok")})
+    if failing_checks:
+        data["failing_checks"] = failing_checks
+        details += (f"/health reports failing checks: {', '.join(failing_checks)}",)
+    for r in results:
+        metrics = error_metrics(r.body) if r.ok else None
+        if metrics:
+            data["error_rate"] = round(metrics.error_rate, 4)
+            details += (f"metrics: {metrics.errors:g} errors of {metrics.requests:g} requests",)
+    if failing:
+        summary = f"{len(failing)} of {len(results)} endpoints failing"
+    else:
+        summary = f"all {len(results)} endpoints answer"
+    return Finding(HEALTH, not failing, summary, details, data)
+
+
+@task(name="check-rollout", cache_policy=NO_CACHE)
+def check_rollout(ctx: RunContext) -> Finding:
+    """Rollout status by kubectl's rules, pods with restarts and last termination, recent events."""
+    target = ctx.service.kubernetes
+    try:
+        with ctx.kubernetes() as kube:
+            deployment = kube.get_deployment(target.namespace, target.deployment)
+            status = rollout_status_of(deployment)
+            pods = kube.pods(target.namespace, target.deployment)
+            events = kube.events(target.namespace, {target.deployment, *(p.name for p in pods)}, limit=8)
+    except _CHECK_ERRORS as exc:
+        return unavailable(ROLLOUT, exc)
+    crashing = [p for p in pods if p.waiting_reason in ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull")
+                or (not p.ready and p.restarts)]
+    ready = sum(p.ready for p in pods)
+    details = (status.message,) + tuple(
+        f"pod {p.name}: {'ready' if p.ready else 'NOT ready'}, {p.restarts} restarts"
+        + (f", waiting: {p.waiting_reason}" if p.waiting_reason else "")
+        + (f", last exit: {p.last_termination_reason} ({p.last_exit_code})" if p.last_termination_reason else "")
+        for p in pods) + tuple(f"event {e['type']} {e['reason']} on {e['object']}: {e['message']} (x{e['count']})"
+                               for e in events)
+    healthy = status.done and not crashing and ready == len(pods) and pods
+    summary = f"{ready}/{len(pods)} pods ready; {status.message}"
+    if crashing:
+        summary += f"; {len(crashing)} pods crash-looping"
+    oom = [p for p in pods if p.last_termination_reason == "OOMKilled"]
+    if oom:
+        summary += f"; {len(oom)} pods OOM-killed"
+    return Finding(ROLLOUT, bool(healthy), summary, details, {
+        "revision": revision_of(deployment), "image": container_image(deployment, target.container),
+        "rollout_done": status.done, "rollout_failed": status.failed, "oom_killed": len(oom),
+        "desired_replicas": deployment["spec"].get("replicas", 1),
+        "pods": [{"name": p.name, "ready": p.ready, "restarts": p.restarts, "waiting": p.waiting_reason,
+                  "last_termination": p.last_termination_reason} for p in pods]})
+
+
+@task(name="recent-deployments", cache_policy=NO_CACHE)
+def recent_deployments(ctx: RunContext) -> Finding:
+    """What changed in the window: ReplicaSet revisions and GitHub workflow runs (`gh run list`)."""
+    hours = ctx.config.timeouts.recent_deploy_hours
+    since = datetime.now(timezone.utc) - timedelta(hours=hours)
+    target, repo = ctx.service.kubernetes, ctx.service.github.repo
+    details: list[str] = []
+    data: dict = {}
+    try:
+        with ctx.kubernetes() as kube:
+            history = kube.revision_history(target.namespace, target.deployment)
+    except _CHECK_ERRORS as exc:
+        return unavailable(DEPLOYS, exc)
+    revisions = [{"revision": r.revision, "image": r.image, "created": r.created, "age": _age(r.created)} for r in history]
+    data["revisions"] = revisions
+    if revisions and _parse(revisions[0]["created"]) >= since:
+        data["recent_revision"] = revisions[0]
+    if len(revisions) > 1:
+        data["previous_revision"] = revisions[1]
+    details += [f"revision {r['revision']}: {r['image']} ({r['age']} ago)" for r in revisions[:4]]
+    try:
+        with ctx.github() as github:
+            runs = github.workflow_runs(repo, since=since, per_page=10)
+        data["runs"] = [{"id": r["id"], "title": r.get("display_title"), "workflow": r.get("name"),
+                         "conclusion": r.get("conclusion"), "created_at": r.get("created_at")} for r in runs]
+        details += [f"run {r['id']} {r.get('name')}: {r.get('display_title')} -> {r.get('conclusion') or r.get('status')}"
+                    f" at {r.get('created_at')}" for r in runs[:5]]
+    except _CHECK_ERRORS as exc:
+        details.append(f"GitHub runs unavailable: {exc}")
+    recent = data.get("recent_revision")
+    summary = (f"revision {recent['revision']} ({recent['image']}) went live {recent['age']} ago"
+               if recent else f"no new revision in the last {hours:g} h")
+    return Finding(DEPLOYS, recent is None, summary, tuple(details), data)
+
+
+@task(name="failed-run-logs", cache_policy=NO_CACHE)
+def failed_run_logs(ctx: RunContext) -> Finding:
+    """`gh run view --log-failed` for the newest failed run in the window."""
+    since = datetime.now(timezone.utc) - timedelta(hours=ctx.config.timeouts.recent_deploy_hours)
+    repo = ctx.service.github.repo
+    try:
+        with ctx.github() as github:
+            failed = [r for r in github.workflow_runs(repo, since=since, per_page=20) if r.get("conclusion") == "failure"]
+            logs = github.failed_job_logs(repo, failed[0]["id"]) if failed else {}
+    except _CHECK_ERRORS as exc:
+        return unavailable(RUN_LOGS, exc)
+    if not failed:
+        return Finding(RUN_LOGS, True, "no failed workflow runs in the window")
+    run = failed[0]
+    excerpt = "\n".join(f"== {job} ==\n{text}" for job, text in logs.items())
+    return Finding(RUN_LOGS, False, f"run {run['id']} ({run.get('display_title')}) failed",
+                   (f"{len(failed)} failed runs in the window",), {"run_id": run["id"]}, excerpt or None)
+
+
+@task(name="pod-logs", cache_policy=NO_CACHE)
+def pod_logs(ctx: RunContext, tail_lines: int = 30) -> Finding:
+    """The log tail of a pod that is not ready (its previous container if it restarted)."""
+    target = ctx.service.kubernetes
+    try:
+        with ctx.kubernetes() as kube:
+            pods = kube.pods(target.namespace, target.deployment)
+            if not pods:
+                return Finding(POD_LOGS, False, "no pods to read logs from")
+            pod = next((p for p in pods if not p.ready), pods[0])
+            text = kube.pod_logs(target.namespace, pod.name, target.container, tail_lines)
+    except _CHECK_ERRORS as exc:
+        return unavailable(POD_LOGS, exc)
+    errors = [line for line in text.splitlines() if any(w in line for w in ("ERROR", "FATAL", "panic", "Exception"))]
+    summary = f"{pod.name}: " + (errors[-1].split(" ", 1)[-1][:160] if errors else "no error lines")
+    return Finding(POD_LOGS, not errors, summary, (), {"pod": pod.name, "error_lines": len(errors)}, text)
+
+
+def gather(futures: dict[str, PrefectFuture], timeout: float) -> dict[str, Finding]:
+    """Wait for submitted checks; a check that failed or overran becomes an 'unavailable' Finding."""
+    logger = get_run_logger()
+    findings: dict[str, Finding] = {}
+    for check, future in futures.items():
+        try:
+            findings[check] = future.result(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - a broken check must not hide the others
+            logger.warning("Check %r did not complete: %s", check, exc)
+            findings[check] = unavailable(check, f"{type(exc).__name__}: {exc}")
+    return findings

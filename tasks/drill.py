@@ -1,0 +1,111 @@
+"""Drill steps: inject, let monitoring notice and alert through the intake, follow the
+runbook's run, check recovery, clean up, score and report."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+
+from incidents.drills import FaultSpec, history_markdown, score, scorecard_markdown
+from incidents.store import DrillStore
+from tasks.context import RunContext
+from tasks.faults import FaultState, cleanup, healed, inject, signal, wait_for
+
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+class DrillFailed(RuntimeError):
+    pass
+
+
+@task(name="inject-fault", cache_policy=NO_CACHE)
+def inject_fault(ctx: RunContext, spec: FaultSpec) -> FaultState:
+    get_run_logger().info("Injecting %s: %s", spec.name, spec.description)
+    return inject(ctx, spec)
+
+
+@task(name="wait-for-detection", cache_policy=NO_CACHE)
+def wait_for_detection(ctx: RunContext, state: FaultState, timeout: float) -> bool:
+    """Poll the signal a monitor would watch until it shows the fault."""
+    return wait_for(lambda: signal(ctx, state), timeout)
+
+
+@task(name="raise-alert", cache_policy=NO_CACHE)
+def raise_alert(ctx: RunContext, spec: FaultSpec, drill_id: str, state: FaultState) -> dict[str, Any]:
+    """What Alertmanager would do: post the alert to the intake. Returns the intake's answer."""
+    url = os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8787").rstrip("/")
+    token = os.environ.get("RUNBOOKS_ALERT_TOKEN", "")
+    starts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    alert = {"status": "firing", "fingerprint": drill_id, "startsAt": starts,
+             "labels": {"alertname": spec.alertname, "service": ctx.service_name, "environment": ctx.environment,
+                        "severity": spec.severity, "drill_id": drill_id},
+             "annotations": {"summary": f"drill {drill_id}: {spec.description}", **state.annotations}}
+    response = httpx.post(f"{url}/alerts", json=alert, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    if response.status_code != 200 or not response.json().get("started"):
+        raise DrillFailed(f"the alert intake at {url} did not start a run: HTTP {response.status_code} {response.text[:200]}")
+    return {"run_id": response.json()["started"][0]["flow_run_id"], "alert_key": f"{drill_id}:{starts}"}
+
+
+@task(name="follow-runbook", cache_policy=NO_CACHE)
+def follow_runbook(run_id: str, timeout: float) -> dict[str, Any]:
+    """Wait for the runbook's run to end; its start time is when the fault was detected."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(run_id)
+            if run.state and run.state.type.value in FINAL or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+    return {"state": run.state.type.value if run.state else None, "started": run.start_time,
+            "message": run.state.message if run.state else None}
+
+
+@task(name="check-recovered", cache_policy=NO_CACHE)
+def check_recovered(ctx: RunContext, state: FaultState, timeout: float) -> bool:
+    return wait_for(lambda: healed(ctx, state), timeout, poll=1.0)
+
+
+@task(name="clean-up-fault", cache_policy=NO_CACHE)
+def clean_up(ctx: RunContext, state: FaultState) -> list[str]:
+    done = cleanup(ctx, state)
+    get_run_logger().info("Clean-up: %s", "; ".join(done) or "nothing left to undo")
+    return done
+
+
+def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_key: str | None
+              ) -> tuple[dict, int | None]:
+    """Score the drill from the runbook's own record: its incident, timeline and approval."""
+    store = DrillStore()
+    incident = store.incident_for_alert(alert_key) if alert_key else None
+    steps, approved_at, recovered_at, outcome = [], None, None, None
+    if incident:
+        timeline = store.timeline(incident.id)
+        steps = [e.kind for e in timeline]
+        recovered_at = next((e.at for e in timeline if e.kind == "recovered"), None)
+        approvals = [a for a in store.approvals(incident.id) if a["decision"] == "approved"]
+        approved_at = approvals[0]["decided_at"] if approvals else None
+        outcome = "resolved" if "resolved" in steps else (run or {}).get("state", "").lower() or None
+    return score(spec, injected_at, (run or {}).get("started"), approved_at, recovered_at, steps, outcome), \
+        incident.id if incident else None
+
+
+@task(name="publish-scorecard", cache_policy=NO_CACHE)
+def publish_scorecard(drill_id: str, environment: str, card: dict, cleanup_done: list[str]) -> None:
+    create_markdown_artifact(markdown=scorecard_markdown(drill_id, environment, card, cleanup_done),
+                             key=f"{drill_id}-scorecard", description=f"Drill {drill_id} scorecard")
+    history = DrillStore().drill_history(50)
+    create_table_artifact(key="drill-history", description="Past drills, newest first", table=[
+        {"started": f"{r['started_at']:%Y-%m-%d %H:%M}", "fault": r["fault"], "scenario": r["scenario"],
+         "environment": r["environment"], "status": r["status"],
+         "detect_s": (r["score"] or {}).get("time_to_detect_s"), "recover_s": (r["score"] or {}).get("time_to_recover_s"),
+         "passed": bool((r["score"] or {}).get("passed"))} for r in history])
+    create_markdown_artifact(markdown=history_markdown(history), key="drill-trend",
+                             description="Drill trend per scenario")

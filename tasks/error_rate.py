@@ -1,0 +1,149 @@
+"""High-error-rate checks and remedies (playbook Scenario 2)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from incidents.diagnosis import Finding, unavailable
+from incidents.error_rate import BREAKER, COMMITS, PROMETHEUS, RATE
+from incidents.plans import Grant, Plan, PlannedAction, require_grant
+from integrations.cache import CacheClient
+from integrations.errors import IntegrationError
+from integrations.kubernetes_security import get_config_value, set_config_value
+from integrations.probes import sample_error_rate
+from integrations.prometheus import PrometheusClient
+from tasks.context import RunContext, SecretNotFound, resolve_secret
+from tasks.deploys import ActionResult, RemediationFailed, Verification
+
+_ERRORS = (IntegrationError, SecretNotFound)
+
+
+def _measure(ctx: RunContext) -> tuple[float, float, float]:
+    """(rate, requests, errors) over the service's sample window, from /metrics."""
+    service = ctx.service
+    window, _ = sample_error_rate(service.url(service.metrics_path), service.errors.sample_seconds,
+                                  ctx.config.timeouts.probe_seconds)
+    return window.error_rate, window.requests, window.errors
+
+
+@task(name="measure-error-rate", cache_policy=NO_CACHE)
+def measure_error_rate(ctx: RunContext) -> Finding:
+    """`curl /metrics | jq '.errors'`, twice, a window apart: the recent error rate."""
+    threshold = ctx.service.errors.threshold
+    try:
+        rate, requests, errors = _measure(ctx)
+    except Exception as exc:  # noqa: BLE001 - HTTP error, bad body: the check could not run
+        return unavailable(RATE, f"{type(exc).__name__}: {exc}")
+    summary = f"{rate:.1%} of {requests:g} requests failed in {ctx.service.errors.sample_seconds:g} s " \
+              f"(threshold {threshold:.1%})"
+    return Finding(RATE, rate < threshold, summary, data={"rate": round(rate, 4), "requests": requests, "errors": errors})
+
+
+@task(name="prometheus-error-rate", cache_policy=NO_CACHE)
+def prometheus_error_rate(ctx: RunContext) -> Finding:
+    """The same ratio from Prometheus, when the environment configures one."""
+    prom = ctx.config.prometheus
+    query = prom.error_rate_query.format(service=ctx.service_name)
+    with PrometheusClient(prom.url, timeout=ctx.config.timeouts.probe_seconds) as client:
+        try:
+            series = client.query(query)
+        except IntegrationError as exc:
+            return unavailable(PROMETHEUS, exc)
+    if not series:
+        return Finding(PROMETHEUS, None, "no data for the query yet", (query,))
+    rate = series[0][1]
+    if rate != rate:  # NaN: no requests in the window
+        return Finding(PROMETHEUS, None, "no requests in the query window", (query,))
+    threshold = ctx.service.errors.threshold
+    return Finding(PROMETHEUS, rate < threshold, f"{rate:.1%} (threshold {threshold:.1%})", (query,),
+                   {"rate": round(rate, 4)})
+
+
+@task(name="recent-commits", cache_policy=NO_CACHE)
+def recent_commits(ctx: RunContext, limit: int = 10) -> Finding:
+    """`git log --oneline -10` of the service's repository, within the recent window."""
+    since = datetime.now(timezone.utc) - timedelta(hours=ctx.config.timeouts.recent_deploy_hours)
+    repo = ctx.service.github.repo
+    try:
+        with ctx.github() as github:
+            commits = github.recent_commits(repo, since=since, per_page=limit)
+    except _ERRORS as exc:
+        return unavailable(COMMITS, exc)
+    lines = tuple(f"{c['sha'][:7]} {c['commit']['message'].splitlines()[0]} ({c['commit']['committer']['date']})"
+                  for c in commits)
+    summary = f"{len(commits)} commits in {repo} in the last {ctx.config.timeouts.recent_deploy_hours:g} h"
+    return Finding(COMMITS, True, summary, lines, {"count": len(commits)})
+
+
+def _breaker_value(ctx: RunContext) -> str | None:
+    breaker, ns = ctx.service.circuit_breaker, ctx.service.kubernetes.namespace
+    if breaker.configmap:
+        with ctx.kubernetes() as kube:
+            return get_config_value(kube, ns, breaker.configmap, breaker.key)
+    with CacheClient(resolve_secret(breaker.redis_url_secret)) as cache:
+        return cache.get(breaker.key)
+
+
+@task(name="check-circuit-breaker", cache_policy=NO_CACHE)
+def check_circuit_breaker(ctx: RunContext) -> Finding:
+    breaker = ctx.service.circuit_breaker
+    try:
+        value = _breaker_value(ctx)
+    except _ERRORS as exc:
+        return unavailable(BREAKER, exc)
+    return Finding(BREAKER, True, f"{breaker.key}={value}", data={"value": value})
+
+
+@task(name="scale-deployment", cache_policy=NO_CACHE)
+def scale_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
+    """kubectl scale to the planned replica count, if the deployment is still where the plan found it."""
+    require_grant(grant, action)
+    p = action.params
+    with ctx.kubernetes() as kube:
+        current = kube.get_deployment(p["namespace"], p["deployment"])["spec"].get("replicas", 1)
+        if current != p["from"]:
+            if current >= p["to"]:
+                return ActionResult(action.describe(), False, f"already at {current} replicas: nothing to do")
+            raise RemediationFailed(f"deployment has {current} replicas, not {p['from']} as planned: not scaled")
+        before, after = kube.scale(p["namespace"], p["deployment"], p["to"])
+    return ActionResult(action.describe(), True, f"replicas {before} -> {after}")
+
+
+@task(name="set-circuit-breaker", cache_policy=NO_CACHE)
+def set_circuit_breaker(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
+    """Turn the breaker switch on; the previous value goes into the result to turn it back."""
+    require_grant(grant, action)
+    p = action.params
+    if p.get("configmap"):
+        with ctx.kubernetes() as kube:
+            previous = set_config_value(kube, p["namespace"], p["configmap"], p["key"], p["value"])
+    else:
+        with CacheClient(resolve_secret(p["redis_url_secret"])) as cache:
+            previous = cache.set(p["key"], p["value"])
+    get_run_logger().info("circuit breaker %s: %s -> %s", p["key"], previous, p["value"])
+    return ActionResult(action.describe(), previous != p["value"],
+                        f"{p['key']}: {previous} -> {p['value']} (turn back with {p['key']}={previous})")
+
+
+@task(name="verify-error-rate", cache_policy=NO_CACHE)
+def verify_error_rate(ctx: RunContext, findings: dict[str, Finding], plan: Plan) -> Verification:
+    """Sample the error rate until it is below the threshold, or the deadline."""
+    timeouts, threshold = ctx.config.timeouts, ctx.service.errors.threshold
+    start, last = time.monotonic(), "not measured"
+    while True:
+        try:
+            rate, requests, _ = _measure(ctx)
+            last = f"error rate {rate:.1%} of {requests:g} requests (threshold {threshold:.1%})"
+            if rate < threshold and requests > 0:
+                return Verification(True, time.monotonic() - start, last)
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last = f"{type(exc).__name__}: {exc}"
+        elapsed = time.monotonic() - start
+        get_run_logger().info("verify: %s (%.0f s of %.0f s)", last, elapsed, timeouts.verify_seconds)
+        if elapsed + timeouts.verify_poll_seconds + ctx.service.errors.sample_seconds > timeouts.verify_seconds:
+            return Verification(False, elapsed, last)
+        time.sleep(timeouts.verify_poll_seconds)

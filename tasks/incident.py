@@ -1,0 +1,115 @@
+"""The incident lifecycle shared by every scenario: open (record, issue, Initial Alert),
+resolve (Resolution, issue closed) and escalate (Status Update to the people the severity
+matrix names)."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from incidents import templates
+from incidents.models import Incident, Severity, Status
+from incidents.store import StoreError
+from integrations.errors import IntegrationError
+from tasks.context import RunContext, SecretNotFound
+from tasks.notify import comment_on_issue, notify_slack
+from tasks.timeline import record
+
+
+def dedup_key(scenario: str, ctx: RunContext, alert: dict | None) -> str:
+    """One open incident per firing alert (fingerprint + startsAt), else per scenario and service."""
+    if alert and alert.get("fingerprint"):
+        return f"alert:{alert['fingerprint']}:{alert.get('startsAt', '')}"
+    return f"{scenario}:{ctx.environment}:{ctx.service_name}"
+
+
+def escalation_contacts(ctx: RunContext, severity: Severity) -> list[str]:
+    """Who the playbook's Escalation Matrix says to notify for this severity."""
+    roles = ctx.config.roles
+    if severity is Severity.P0:
+        contacts = [roles.incident_commander, roles.communications, roles.technical_owner, roles.documentation,
+                    roles.on_call, roles.team_lead, roles.infrastructure]
+    elif severity is Severity.P1:
+        contacts = [roles.on_call, roles.team_lead]
+    elif severity is Severity.P2:
+        contacts = [roles.team_lead]
+    else:
+        contacts = []
+    return list(dict.fromkeys(contacts))
+
+
+@task(name="open-incident", cache_policy=NO_CACHE)
+def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: str, alert: dict | None = None,
+                  detected_by: str = "runbook") -> Incident:
+    """Find or open the incident, open its GitHub issue from the playbook template, and post the Initial Alert."""
+    logger = get_run_logger()
+    store = ctx.store()
+    incident = store.open_incident(
+        dedup_key=dedup_key(scenario, ctx, alert), scenario=scenario, service=ctx.service_name,
+        environment=ctx.environment, severity=severity, title=templates.issue_title_text(ctx.service_name, severity, summary),
+        detected_by=detected_by, flow_run_id=str(flow_run.get_id() or "") or None, alert=alert)
+    if not incident.created:
+        logger.info("Incident %s is already open for this; joining it", incident.id)
+        record(ctx, incident.id, "runbook", "retriggered", f"{scenario} started again while the incident is open",
+               {"flow_run_id": flow_run.get_id()})
+        if incident.github_issue:
+            return incident
+    else:
+        record(ctx, incident.id, detected_by, "detected", f"{scenario}: {summary}", {"alert": alert} if alert else {})
+    repo = ctx.config.github.incident_repo
+    try:
+        with ctx.github() as github:
+            issue = github.create_issue(repo, templates.issue_title(incident, summary),
+                                        templates.issue_body(incident, summary, ctx.config.roles.model_dump()),
+                                        severity.labels)
+        store.attach_issue(incident.id, repo, issue["number"], issue["html_url"])
+        incident.github_repo, incident.github_issue, incident.issue_url = repo, issue["number"], issue["html_url"]
+        record(ctx, incident.id, "runbook", "issue_opened", f"GitHub issue {repo}#{issue['number']} opened",
+               {"url": issue["html_url"], "labels": severity.labels})
+        logger.info("Opened incident %s with issue %s", incident.id, issue["html_url"])
+    except (IntegrationError, SecretNotFound) as exc:
+        logger.error("Incident issue not opened: %s", exc)
+        record(ctx, incident.id, "runbook", "notification_failed", f"GitHub issue not opened: {exc}")
+    notify_slack(ctx, incident.id, templates.initial_alert(incident, summary),
+                 link=("Open the run", ctx.run_url(flow_run.get_id())) if flow_run.get_id() else None)
+    return incident
+
+
+@task(name="resolve-incident", cache_policy=NO_CACHE)
+def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_was_done: str, prevention: str) -> None:
+    """Resolution message, issue comment and close, incident resolved in the record."""
+    try:
+        ctx.store().resolve(incident.id, root_cause, what_was_done)
+    except StoreError as exc:
+        get_run_logger().error("Incident %s not marked resolved in the store: %s", incident.id, exc)
+    record(ctx, incident.id, "runbook", "resolved", f"Resolved: {what_was_done}", {"root_cause": root_cause})
+    text = templates.resolution(incident, root_cause, what_was_done, prevention)
+    notify_slack(ctx, incident.id, text)
+    if comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
+                        templates.resolution_markdown(root_cause, what_was_done, prevention)):
+        try:
+            with ctx.github() as github:
+                github.close_issue(incident.github_repo, incident.github_issue)
+        except (IntegrationError, SecretNotFound) as exc:
+            record(ctx, incident.id, "runbook", "notification_failed", f"issue not closed: {exc}")
+
+
+@task(name="escalate-incident", cache_policy=NO_CACHE)
+def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Status = Status.INVESTIGATING,
+                      impact: str = "Service unavailable") -> list[str]:
+    """Status Update plus the escalation the severity matrix asks for; returns who was notified."""
+    contacts = escalation_contacts(ctx, incident.severity)
+    who = " ".join(contacts) if contacts else "(issue only, per the P3 process)"
+    note = f"ESCALATION ({incident.severity.value}: {incident.severity.escalation}) {why} Paging: {who}"
+    try:
+        ctx.store().set_status(incident.id, status)
+    except StoreError as exc:
+        get_run_logger().error("Incident %s status not updated: %s", incident.id, exc)
+    record(ctx, incident.id, "runbook", "escalated", why, {"contacts": contacts, "severity": incident.severity.value})
+    if contacts:
+        notify_slack(ctx, incident.id, templates.status_update(incident, status.value, "unknown - needs a human",
+                                                               impact, note))
+    comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
+                     f"### Escalated\n\n{templates.markdown_text(why, 600)}\n\nNotified: {who}")
+    return contacts

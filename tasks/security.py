@@ -1,0 +1,122 @@
+"""Security-incident checks and containment (playbook Scenario 4). The evidence snapshot is
+taken before anything changes; secret values never leave the Kubernetes API."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from incidents.diagnosis import Finding, unavailable
+from incidents.plans import Grant, Plan, PlannedAction, require_grant
+from incidents.security import EVIDENCE
+from integrations.errors import IntegrationError
+from integrations.kubernetes_security import block_cidrs, get_config_value, rotate_secret, secret_metadata, \
+    set_config_value
+from integrations.probes import probe_all
+from tasks.context import RunContext, SecretNotFound
+from tasks.deploys import ActionResult, Verification
+
+_ERRORS = (IntegrationError, SecretNotFound)
+
+
+@task(name="capture-evidence", cache_policy=NO_CACHE)
+def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) -> Finding:
+    """Pods, events, revision history, recent logs, and the metadata (never the values) of the
+    service's secrets, as they are before any containment."""
+    target, sec = ctx.service.kubernetes, ctx.service.security
+    try:
+        with ctx.kubernetes() as kube:
+            pods = kube.pods(target.namespace, target.deployment)
+            events = kube.events(target.namespace, limit=15)
+            history = kube.revision_history(target.namespace, target.deployment)
+            logs = {p.name: kube.pod_logs(target.namespace, p.name, target.container, log_lines) for p in pods[:max_pods]}
+            secrets_meta = secret_metadata(kube, target.namespace, [s.name for s in sec.secrets])
+            log_level = (get_config_value(kube, target.namespace, sec.logging.configmap, sec.logging.key)
+                         if sec.logging else None)
+    except _ERRORS as exc:
+        return unavailable(EVIDENCE, exc)
+    details = tuple(
+        [f"pod {p.name}: {'ready' if p.ready else 'not ready'}, {p.restarts} restarts, image {p.image}" for p in pods]
+        + [f"revision {r.revision}: {r.image} created {r.created}" for r in history[:5]]
+        + [f"event {e['type']} {e['reason']} {e['object']}: {e['message']}" for e in events]
+        + [f"secret {s.name} ({s.type}): keys {', '.join(s.keys)}; resourceVersion {s.resource_version}; "
+           f"created {s.created}" for s in secrets_meta])
+    excerpt = "\n".join(f"== {name} ==\n{text}" for name, text in logs.items())
+    return Finding(EVIDENCE, True, f"captured {len(pods)} pods, {len(events)} events, {len(history)} revisions, "
+                                   f"{len(logs)} pod logs, {len(secrets_meta)} secrets (metadata only)",
+                   details, {"secrets": [{"name": s.name, "keys": list(s.keys), "resource_version": s.resource_version}
+                                         for s in secrets_meta], "log_level": log_level,
+                             "captured_at": time.time()}, excerpt or None)
+
+
+@task(name="rotate-secrets", cache_policy=NO_CACHE)
+def rotate_secrets(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
+    """New random values for the planned keys, then a rollout restart of the consumers."""
+    require_grant(grant, action)
+    p = action.params
+    with ctx.kubernetes() as kube:
+        version = rotate_secret(kube, p["namespace"], p["secret"], p["keys"])
+        restarted = [kube.rollout_restart(p["namespace"], consumer) and consumer for consumer in p["consumers"]]
+    get_run_logger().info("Rotated %d keys of secret %s; restarted %s", len(p["keys"]), p["secret"], restarted)
+    return ActionResult(action.describe(), True, f"secret/{p['secret']} keys {', '.join(p['keys'])} rotated "
+                                                 f"(resourceVersion {version}); restarted {', '.join(restarted) or 'none'}")
+
+
+@task(name="block-ips", cache_policy=NO_CACHE)
+def block_ips(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
+    """Deny ingress from the planned CIDRs with a NetworkPolicy."""
+    require_grant(grant, action)
+    p = action.params
+    with ctx.kubernetes() as kube:
+        blocked = block_cidrs(kube, p["namespace"], p["policy"], p["app"], p["cidrs"])
+    return ActionResult(action.describe(), True, f"networkpolicy/{p['policy']} blocks {', '.join(blocked)}")
+
+
+@task(name="enable-logging", cache_policy=NO_CACHE)
+def enable_logging(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
+    """Raise the service's log level through its ConfigMap; the previous level is kept in the result."""
+    require_grant(grant, action)
+    p = action.params
+    with ctx.kubernetes() as kube:
+        previous = set_config_value(kube, p["namespace"], p["configmap"], p["key"], p["level"])
+    return ActionResult(action.describe(), previous != p["level"],
+                        f"{p['key']}: {previous} -> {p['level']} (turn back with {p['key']}={previous})")
+
+
+@task(name="verify-containment", cache_policy=NO_CACHE)
+def verify_containment(ctx: RunContext, findings: dict[str, Finding], plan: Plan) -> Verification:
+    """Rotated secrets have new versions, consumers rolled out, the block and the log level are
+    in place, and the service answers."""
+    timeouts, start = ctx.config.timeouts, time.monotonic()
+    before = {s["name"]: s["resource_version"] for s in findings[EVIDENCE].data.get("secrets", [])} \
+        if EVIDENCE in findings else {}
+    while True:
+        problems = []
+        try:
+            with ctx.kubernetes() as kube:
+                for action in plan.actions:
+                    p = action.params
+                    if action.kind == "rotate_secrets":
+                        now = secret_metadata(kube, p["namespace"], [p["secret"]])[0].resource_version
+                        if now == before.get(p["secret"]):
+                            problems.append(f"secret {p['secret']} unchanged")
+                        for consumer in p["consumers"]:
+                            status = kube.rollout_status(p["namespace"], consumer)
+                            if not status.done:
+                                problems.append(status.message)
+                    elif action.kind == "enable_logging":
+                        value = get_config_value(kube, p["namespace"], p["configmap"], p["key"])
+                        if value != p["level"]:
+                            problems.append(f"{p['key']} is {value}, not {p['level']}")
+        except _ERRORS as exc:
+            problems.append(str(exc))
+        failing = [r for r in probe_all(ctx.service.endpoints, timeouts.probe_seconds) if not r.ok]
+        problems += [r.describe() for r in failing]
+        elapsed = time.monotonic() - start
+        if not problems:
+            return Verification(True, elapsed, "containment in place and the service answers")
+        if elapsed + timeouts.verify_poll_seconds > timeouts.verify_seconds:
+            return Verification(False, elapsed, "; ".join(problems))
+        time.sleep(timeouts.verify_poll_seconds)

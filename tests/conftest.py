@@ -1,0 +1,230 @@
+"""Shared fixtures: one real Prefect server (test harness) per session, the sandbox for the
+outside world, a scratch PostgreSQL database for the incident store, and a test config
+that points everything at them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import psycopg
+import pytest
+import yaml
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ["PREFECT_LOGGING_LEVEL"] = os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from sandbox.world import GITHUB_TOKEN, Sandbox  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DB = "runbooks_test"
+ADMIN_URL = os.environ.get("RUNBOOKS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BROKEN_IMAGE = "registry.sandbox.local/acme/api:v2-broken"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A fresh `runbooks_test` database; the store creates its schema on first use."""
+    with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{TEST_DB}"
+    os.environ["RUNBOOKS_DATABASE_URL"] = url
+    return url
+
+
+APP_DB = "runbooks_test_app"
+CACHE_URL = os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session")
+def app_database_url() -> str:
+    """The api service's own database (table orders, role sandbox_app), as the DBA sees it."""
+    return ADMIN_URL.rsplit("/", 1)[0] + f"/{APP_DB}"
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory, app_database_url: str) -> Sandbox:
+    world = Sandbox(state_dir=tmp_path_factory.mktemp("sandbox"), ready_delay=0.3, tick_seconds=0.1,
+                    database_url=app_database_url).start()
+    yield world
+    world.stop()
+
+
+@pytest.fixture(scope="session")
+def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config/sandbox.yaml with short waits, plus `sandbox-short` whose approval times out in 3 s."""
+    os.environ.update(RUNBOOKS_SANDBOX_URL=sandbox.url, RUNBOOKS_KUBECONFIG=str(sandbox.kubeconfig),
+                      RUNBOOKS_SECRET_GITHUB_TOKEN=GITHUB_TOKEN,
+                      RUNBOOKS_SECRET_SLACK_WEBHOOK_URL=sandbox.slack_webhook_url,
+                      RUNBOOKS_SECRET_SECURITY_WEBHOOK_URL=sandbox.security_webhook_url,
+                      RUNBOOKS_SECRET_API_DATABASE_URL=app_database_url, RUNBOOKS_SECRET_API_CACHE_URL=CACHE_URL)
+    raw = yaml.safe_load((ROOT / "config" / "sandbox.yaml").read_text())
+    env = raw["environments"]["sandbox"]
+    env.pop("prometheus", None)  # only the sandbox-prometheus environment below talks to one (the test's own)
+    env["approval"] = {"timeout_seconds": 120, "poll_seconds": 0.3}
+    env["timeouts"].update(verify_seconds=30, verify_poll_seconds=0.5, workflow_seconds=30, probe_seconds=2)
+    env["kubernetes"]["kubeconfig"] = "${RUNBOOKS_KUBECONFIG}"
+    env["services"]["api"]["database"].update(long_query_seconds=2, idle_in_transaction_seconds=1, idle_seconds=1)
+    env["services"]["api"]["errors"].update(sample_seconds=1)
+    short = yaml.safe_load(yaml.safe_dump(env))
+    short["approval"] = {"timeout_seconds": 3, "poll_seconds": 0.3}
+    raw["environments"]["sandbox-short"] = short
+    no_drills = yaml.safe_load(yaml.safe_dump(env))
+    no_drills["drills_allowed"] = False
+    raw["environments"]["no-drills"] = no_drills
+    with_prometheus = yaml.safe_load(yaml.safe_dump(env))
+    with_prometheus["prometheus"] = {
+        "url": "${RUNBOOKS_TEST_PROMETHEUS_URL:-http://127.0.0.1:9}",
+        "error_rate_query": 'sum(rate(http_requests_total{{service="{service}",code=~"5.."}}[5s]))'
+                            ' / sum(rate(http_requests_total{{service="{service}"}}[5s]))'}
+    raw["environments"]["sandbox-prometheus"] = with_prometheus
+    path = tmp_path_factory.mktemp("config") / "test.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    os.environ["RUNBOOKS_CONFIG"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_server(test_config: Path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture
+def world(sandbox: Sandbox, test_config: Path, database_url: str) -> Sandbox:
+    """The sandbox as seeded (api and frontend healthy, no messages, no faults) and no open
+    incident left by an earlier test (they would be joined instead of opened)."""
+    sandbox.reset()
+    from incidents.store import IncidentStore
+
+    IncidentStore(database_url).ensure_schema()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE incidents SET resolved_at = now(), status = 'Resolved' WHERE resolved_at IS NULL")
+    return sandbox
+
+
+@pytest.fixture
+def store(database_url: str):
+    from incidents.store import IncidentStore
+
+    return IncidentStore(database_url)
+
+
+def kubectl(world: Sandbox, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    """The real kubectl against the sandbox."""
+    binary = shutil.which("kubectl")
+    if binary is None:
+        pytest.fail("kubectl is not installed: .ci/run installs it (Debian package kubernetes-client)")
+    result = subprocess.run([binary, "--kubeconfig", str(world.kubeconfig), "-n", "sandbox", *args],
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def break_api(world: Sandbox) -> None:
+    kubectl(world, "set", "image", "deployment/api", f"api={BROKEN_IMAGE}")
+    deadline = time.monotonic() + 10
+    while world.cluster.ready_pods("sandbox", "api") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def api_image(world: Sandbox) -> str:
+    dep = world.cluster.get("deployments", "sandbox", "api")
+    return dep["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+class FlowThread:
+    """Run a flow on a thread (as a worker would run it in a process) and steer its pause."""
+
+    def __init__(self, fn: Callable[..., Any], **params: Any):
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.started = datetime.now(timezone.utc) - timedelta(seconds=1)
+        self._thread = threading.Thread(target=self._run, args=(fn, params), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], params: dict) -> None:
+        try:
+            self.result = fn(**params)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by join()
+            self.error = exc
+
+    def join(self, timeout: float = 120) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"flow still running after {timeout} s"
+        if self.error:
+            raise self.error
+        return self.result
+
+    def wait_paused(self, timeout: float = 60):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+        from prefect.client.schemas.objects import StateType
+
+        deadline = time.monotonic() + timeout
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+                mine = [r for r in runs if r.start_time and r.start_time >= self.started]
+                if mine:
+                    return mine[0]
+                if not self._thread.is_alive():
+                    raise AssertionError(f"flow ended without pausing: {self.error or self.result}")
+                time.sleep(0.2)
+        raise AssertionError(f"flow did not pause within {timeout} s")
+
+    def resume(self, run_id, **run_input: Any):
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            return client.resume_flow_run(run_id, run_input=run_input)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_daemon(binary: str, args: list[str], package: str) -> tuple[subprocess.Popen, str]:
+    """A Debian-packaged server (Prometheus, Alertmanager) on a free loopback port, ready."""
+    import httpx
+
+    path = shutil.which(binary) or f"/usr/bin/{binary}"
+    if not os.path.exists(path):
+        pytest.fail(f"{binary} is not installed: .ci/run installs it (Debian package {package})")
+    port = free_port()
+    process = subprocess.Popen([path, *args, f"--web.listen-address=127.0.0.1:{port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.terminate()
+    pytest.fail(f"{binary} did not become ready within 30 s")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Marks a test that failed, so fixtures (the browser's screenshot) can tell at teardown."""
+    outcome = yield
+    if outcome.get_result().failed:
+        item.failed = True

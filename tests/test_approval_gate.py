@@ -1,0 +1,48 @@
+"""The gate's drill path: automatic approval exists for drills only, and is recorded as such."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import flow
+
+from incidents.models import Severity
+from incidents.plans import Plan, PlannedAction, require_grant
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@flow(name="gate-under-test")
+def gate(environment: str, drill: str | None) -> dict:
+    from tasks.approval import request_approval
+    from tasks.context import RunContext
+
+    ctx = RunContext.load(environment, "api")
+    incident = ctx.store().open_incident(dedup_key=f"gate:{environment}:{drill}", scenario="service-down",
+                                         service="api", environment=environment, severity=Severity.P3, title="t",
+                                         detected_by="test", flow_run_id=None, alert=None)
+    action = PlannedAction("rollout_restart", "deployment/api", "3 pods", "replaced", "kubectl rollout restart",
+                           {"namespace": "sandbox", "deployment": "api"})
+    plan = Plan(incident.id, "api", environment, (action,))
+    decision = request_approval(ctx, incident, plan, auto_approve_for_drill=drill)
+    require_grant(decision.grant, action)
+    return {"incident": incident.id, "automatic": decision.automatic, "approver": decision.approver}
+
+
+def test_a_drill_may_approve_its_own_plan_and_it_is_recorded(world, store):
+    result = gate("sandbox", "drill-42")
+    assert result["automatic"] and result["approver"] == "drill drill-42"
+    approval = store.approvals(result["incident"])[0]
+    assert approval["automatic"] and approval["decision"] == "approved"
+    event = next(e for e in store.timeline(result["incident"]) if e.kind == "approval_approved")
+    assert "(automatic, drill)" in event.message
+    assert not any(m["text"].startswith("⏸️") for m in world.slack_messages), "an automatic approval asks nobody"
+
+
+def test_auto_approval_is_refused_where_drills_are_not_allowed(world, store):
+    from tasks.approval import DrillNotAllowed
+
+    before = len(store.list(limit=1000))
+    with pytest.raises(DrillNotAllowed, match="does not allow drills"):
+        gate("no-drills", "drill-43")
+    opened = store.list(limit=1)[0]
+    assert len(store.list(limit=1000)) == before + 1 and store.approvals(opened.id) == []

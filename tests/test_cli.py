@@ -1,0 +1,80 @@
+"""The `runbooks` terminal workflow against a real Prefect server: start and follow a run,
+list and answer approvals, read incidents, break and heal the sandbox; exit codes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.test_drills import inline_worker  # noqa: F401 - fixture
+from tests.test_intake import deployments  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture
+def cli(world, inline_worker, monkeypatch):  # noqa: F811
+    from prefect.settings import PREFECT_API_URL
+
+    from deployments.cli import main
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    return main
+
+
+def test_run_pause_approve_and_read_the_incident(cli, world, capsys):
+    assert cli(["sandbox", "break", "bad-deploy"]) == 0
+    assert "injected bad-deploy" in capsys.readouterr().out
+    assert cli(["run", "service-down", "--service", "api", "--timeout", "60"]) == 3  # waiting for approval
+    out = capsys.readouterr().out
+    assert "started service-down/sandbox run" in out and "[ok] open-incident" in out
+    assert "rollback" in out and "revision 3" in out and "waiting for approval: runbooks approve" in out
+    name = re.search(r"started \S+ run (\S+)", out)[1]
+
+    assert cli(["approvals"]) == 0
+    listed = capsys.readouterr().out
+    assert name in listed and "rollback deployment/api" in listed
+
+    assert cli(["approve", name, "--reason", "bad deploy", "--approver", "olga", "--follow", "--timeout", "90"]) == 0
+    out = capsys.readouterr().out
+    assert f"approved {name} as olga" in out and "run Completed" in out
+    image = world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith(":v1.5.0")
+
+    assert cli(["incidents", "--limit", "5"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if "service-down" in l)
+    incident_id = line.split()[0].lstrip("#")
+    assert cli(["incident", incident_id]) == 0
+    shown = capsys.readouterr().out
+    assert "approval_approved" in shown and "olga" in shown and "resolved" in shown
+
+
+def test_decline_from_the_terminal_changes_nothing(cli, world, capsys):
+    cli(["sandbox", "break", "bad-deploy"])
+    assert cli(["run", "service-down", "--timeout", "60"]) == 3
+    name = re.search(r"started \S+ run (\S+)", capsys.readouterr().out)[1]
+    assert cli(["decline", name, "--reason", "handling it by hand", "--approver", "pat"]) == 0
+    assert f"declined {name} as pat" in capsys.readouterr().out
+    assert cli(["approve", name, "--reason", "too late"]) == 1
+    assert "not waiting for approval" in capsys.readouterr().err
+
+
+def test_dry_run_follows_to_the_end(cli, capsys):
+    assert cli(["sandbox", "heal"]) == 0
+    assert cli(["run", "service-down", "--dry-run", "--timeout", "60"]) == 0
+    assert "run Completed" in capsys.readouterr().out
+
+
+def test_errors_say_what_to_do_and_exit_codes_are_stable(cli, capsys, monkeypatch):
+    assert cli(["approve", "no-such-run", "--reason", "x"]) == 1
+    assert "runbooks approvals" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        cli(["run", "not-a-scenario"])
+    assert usage.value.code == 2
+    with pytest.raises(SystemExit) as usage:
+        cli(["sandbox", "break"])
+    assert usage.value.code == 2
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert cli(["approvals"]) == 4
+    assert "is `make up` running?" in capsys.readouterr().err

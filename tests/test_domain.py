@@ -1,0 +1,167 @@
+"""Templates, escaping, config validation, plans and grants, patches, Prometheus parsing."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import re
+
+import pytest
+
+from incidents import templates
+from incidents.config import ConfigError, load_config
+from incidents.models import Incident, Severity, Status
+from incidents.plans import Grant, NotApproved, Plan, PlannedAction, require_grant
+from integrations.probes import error_metrics, parse_prometheus
+from sandbox.patch import PatchError, apply_patch
+
+
+def incident(**kw) -> Incident:
+    base = dict(id=7, dedup_key="k", scenario="service-down", service="api", environment="sandbox",
+                severity=Severity.P0, status=Status.INVESTIGATING, title="t",
+                opened_at=datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc), github_issue=42)
+    base.update(kw)
+    return Incident(**base)
+
+
+def test_initial_alert_follows_the_playbook_template():
+    text = templates.initial_alert(incident(), "api is down", eta="15 min")
+    assert text.splitlines()[:6] == ["🚨 INCIDENT ALERT", "Severity: P0", "Service: api", "Issue: #42",
+                                     "Status: Investigating", "ETA: 15 min"]
+
+
+def test_status_update_and_resolution_templates():
+    update = templates.status_update(incident(), "Identified", "30 min", "Checkout unavailable")
+    assert update.splitlines() == ["📊 INCIDENT UPDATE", "Issue: #42", "Status: Identified", "ETA: 30 min",
+                                   "Impact: Checkout unavailable"]
+    resolved = templates.resolution(incident(), "bad deploy", "rolled back", "canary")
+    assert resolved.splitlines() == ["✅ INCIDENT RESOLVED", "Issue: #42", "Root Cause: bad deploy",
+                                     "Resolution: rolled back", "Prevention: canary"]
+
+
+@pytest.mark.parametrize("hostile", ["<!channel> wake up", "@channel deploy now", "@HERE", "<!everyone|x>",
+                                     "hi @everyone", "<https://evil.example|click>"])
+def test_alert_text_cannot_mention_a_channel_in_slack(hostile):
+    text = templates.initial_alert(incident(), hostile)
+    summary = text.splitlines()[-1]
+    assert "<!" not in summary and "<http" not in summary
+    for word in ("@channel", "@here", "@everyone"):
+        assert word not in summary.lower()
+
+
+def test_alert_text_cannot_inject_markdown_or_mentions_into_github():
+    hostile = "## Pwned [click](https://evil.example) @octocat <img src=x> `code` #1\n- [x] done"
+    body = templates.issue_body(incident(alert={"labels": {"alertname": "@team **x**"}}), hostile, {"on_call": "@mpcstudy"})
+    summary = next(line for line in body.splitlines() if line.startswith("**Summary:**"))
+    assert re.search(r"(?<!\\)[\[\]()`#]", summary.split("**Summary:**")[1]) is None, summary
+    assert "<img" not in summary and "&lt;img src=x&gt;" in summary
+    assert "@octocat" not in summary and "@\u200boctocat" in summary
+    assert "\\#1" in summary and "\\`code\\`" in summary
+    assert "@\u200bteam" in body and "| On Call | @mpcstudy |" in body
+
+
+def test_issue_body_has_the_playbook_sections():
+    body = templates.issue_body(incident(), "api is down", {"incident_commander": "@ic"})
+    for heading in ("## 🚨 Incident Report", "**Severity:** P0", "**Start Time:** 2026-11-26 03:00:00 UTC",
+                    "### 📊 Impact", "### Timeline", "### Actions Taken", "### Root Cause", "### Lessons Learned",
+                    "### 🚀 Action Items"):
+        assert heading in body
+
+
+def test_severity_labels_and_matrix():
+    assert Severity.P0.labels == ["incident", "P0", "priority:high", "area:infra"]
+    assert Severity.P2.labels == ["incident", "P2", "area:infra"]
+    assert Severity.P1.response_time.total_seconds() == 15 * 60
+    assert Severity.P3.escalation == "Create issue, normal process"
+
+
+def test_a_broken_config_names_file_field_and_reason(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("""
+environments:
+  sandbox:
+    github: {token_secret: ghp_realtoken123, incident_repo: acme/incidents}
+    slack: {webhook_secret: slack-webhook-url}
+    services:
+      api:
+        base_url: ftp://nope
+        kubernetes: {namespace: Sandbox, deployment: api, container: api}
+        github: {repo: acme/api}
+        scaling: {min_replicas: 5, max_replicas: 2}
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(str(path))
+    assert "environments.sandbox.github.token_secret" in message and "not the secret itself" in message
+    assert "environments.sandbox.services.api.base_url" in message
+    assert "environments.sandbox.services.api.kubernetes.namespace" in message
+    assert "min_replicas (5) is above max_replicas (2)" in message
+
+
+def test_config_errors_for_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("environments: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_shipped_configs_are_valid():
+    from incidents.config import PROJECT_ROOT
+
+    assert set(load_config(PROJECT_ROOT / "config" / "sandbox.yaml").environments) == {"sandbox"}
+    prod = load_config(PROJECT_ROOT / "config" / "example-production.yaml").environments
+    assert prod["production"].production and not prod["production"].drills_allowed
+
+
+def _plan(after: str = "revision 2") -> Plan:
+    action = PlannedAction("rollback", "deployment/api", "revision 3", after, "kubectl rollout undo",
+                           {"namespace": "sandbox", "deployment": "api"})
+    return Plan(1, "api", "sandbox", (action,), ("health: down",), "roll back")
+
+
+def test_grants_cover_exactly_the_approved_plan():
+    plan = _plan()
+    grant = Grant.issue(plan, "alice", "ok")
+    assert require_grant(grant, plan.actions[0]) is grant
+    with pytest.raises(NotApproved, match="no approval grant"):
+        require_grant(None, plan.actions[0])
+    with pytest.raises(NotApproved, match="does not contain this action"):
+        require_grant(grant, _plan(after="revision 1").actions[0])
+    forged = Grant(grant.plan_digest, grant.action_digests, "mallory", "ok", False, grant.granted_at, grant.signature)
+    with pytest.raises(NotApproved, match="not genuine"):
+        require_grant(forged, plan.actions[0])
+
+
+def test_plan_markdown_shows_every_action_with_before_and_after():
+    text = _plan().markdown(timeout_seconds=900)
+    assert "| 1 | **rollback** | `deployment/api` | revision 3 → revision 2 | kubectl rollout undo |" in text
+    assert "health: down" in text and "15 min counts as declined" in text
+
+
+def test_patches_as_the_api_server_applies_them():
+    dep = {"spec": {"replicas": 3, "template": {"spec": {"containers": [
+        {"name": "api", "image": "a:1", "env": [{"name": "X", "value": "1"}]}, {"name": "side", "image": "s:1"}]}}}}
+    smp = apply_patch(dep, {"spec": {"template": {"spec": {"$setElementOrder/containers": [{"name": "api"}],
+                                                          "containers": [{"name": "api", "image": "a:2"}]}}}},
+                      "application/strategic-merge-patch+json")
+    containers = smp["spec"]["template"]["spec"]["containers"]
+    assert containers[0] == {"name": "api", "image": "a:2", "env": [{"name": "X", "value": "1"}]}
+    assert containers[1]["image"] == "s:1"
+    merged = apply_patch(dep, {"spec": {"replicas": 5, "template": None}}, "application/merge-patch+json")
+    assert merged == {"spec": {"replicas": 5}}
+    jp = apply_patch(dep, [{"op": "replace", "path": "/spec/replicas", "value": 1}], "application/json-patch+json")
+    assert jp["spec"]["replicas"] == 1
+    with pytest.raises(PatchError):
+        apply_patch(dep, [{"op": "replace", "path": "/spec/nope/x", "value": 1}], "application/json-patch+json")
+
+
+def test_error_metrics_from_json_and_prometheus_text():
+    assert error_metrics({"errors": 5, "requests": 100}).error_rate == 0.05
+    text = ('# TYPE http_requests_total counter\nhttp_requests_total{service="api",code="200"} 90\n'
+            'http_requests_total{service="api",code="503"} 10\nup 1\n')
+    assert parse_prometheus(text)[0] == ("http_requests_total", {"service": "api", "code": "200"}, 90.0)
+    assert error_metrics(text).error_rate == 0.1
+    assert error_metrics("no metrics here") is None

@@ -1,0 +1,116 @@
+"""high-error-rate end to end: the sandbox's error model, the three remedies, and a real
+Prometheus scraping the sandbox."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import FlowThread, start_daemon
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _replicas(world) -> int:
+    return world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"]
+
+
+def test_overload_is_scaled_up_within_the_maximum(world, store):
+    from flows.high_error_rate import high_error_rate
+
+    httpx.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})  # 3 x 40 rps capacity
+    run = FlowThread(high_error_rate, service="api")
+    paused = run.wait_paused()
+    assert _replicas(world) == 3
+    run.resume(paused.id, approve=True, approver="kim", reason="traffic peak")
+    result = run.join()
+    assert result["outcome"] == "resolved", result
+    assert result["plan"] == ["scale deployment/api (namespace sandbox): replicas 3 -> replicas 6 (via kubectl scale)"]
+    assert _replicas(world) == 6
+    assert result["verification"]["recovered"]
+    report = world.github.repo("acme/incidents").comments[1][0]["body"]
+    line = next(l for l in report.splitlines() if l.startswith("| error rate (/metrics) |"))
+    assert "❌" in line and "40.0%" in line, line
+
+
+def test_a_recent_bad_revision_is_rolled_back(world):
+    from flows.high_error_rate import high_error_rate
+
+    httpx.post(f"{world.url}/_sandbox/deploy", json={"service": "api", "version": "v1.6.0-errors"})
+    time.sleep(1.0)
+    run = FlowThread(high_error_rate, service="api")
+    paused = run.wait_paused()
+    run.resume(paused.id, approve=True, approver="lee", reason="v1.6.0 errors")
+    result = run.join()
+    assert result["outcome"] == "resolved", result
+    assert result["plan"][0].startswith("rollback deployment/api (namespace sandbox): revision 3")
+    image = world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith(":v1.5.0")
+
+
+def test_a_failing_dependency_gets_the_circuit_breaker_and_a_decline_changes_nothing(world, store):
+    from flows.high_error_rate import high_error_rate
+
+    httpx.post(f"{world.url}/_sandbox/dependency", json={"service": "api", "down": True})
+    run = FlowThread(high_error_rate, service="api")
+    paused = run.wait_paused()
+    run.resume(paused.id, approve=False, approver="mo", reason="payments team is on it")
+    result = run.join()
+    assert result["outcome"] == "declined"
+    assert result["plan"] == ["circuit_breaker configmap/api-flags key circuit_breaker: circuit_breaker=off -> "
+                              "circuit_breaker=on (via flag switch (previous value recorded))"]
+    assert world.cluster.get("configmaps", "sandbox", "api-flags")["data"]["circuit_breaker"] == "off"
+    assert _replicas(world) == 3
+
+    run = FlowThread(high_error_rate, service="api")
+    paused = run.wait_paused()
+    run.resume(paused.id, approve=True, approver="mo", reason="shed it")
+    result = run.join()
+    assert result["outcome"] == "resolved", result
+    assert world.cluster.get("configmaps", "sandbox", "api-flags")["data"]["circuit_breaker"] == "on"
+    action = next(e for e in store.timeline(result["incident_id"]) if e.kind == "action")
+    assert "circuit_breaker: off -> on (turn back with circuit_breaker=off)" in action.message
+
+
+def test_no_spike_means_no_action(world):
+    from flows.high_error_rate import high_error_rate
+
+    result = FlowThread(high_error_rate, service="api").join(60)
+    assert result["outcome"] == "no_action" and result["plan"] == []
+
+
+@pytest.fixture
+def prometheus(world, tmp_path):
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: sandbox-api
+    metrics_path: /services/api/metrics
+    params: {{format: [prometheus]}}
+    static_configs: [{{targets: ["127.0.0.1:{world.port}"]}}]
+""")
+    process, url = start_daemon("prometheus", [f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}"],
+                                "prometheus")
+    os.environ["RUNBOOKS_TEST_PROMETHEUS_URL"] = url
+    yield url
+    process.terminate()
+    process.wait(10)
+    os.environ.pop("RUNBOOKS_TEST_PROMETHEUS_URL", None)
+
+
+def test_prometheus_sees_the_spike_in_a_dry_run(world, prometheus):
+    from flows.high_error_rate import high_error_rate
+
+    httpx.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})
+    time.sleep(7)  # a few 1 s scrapes into the 5 s rate window
+    result = FlowThread(high_error_rate, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
+    assert result["outcome"] == "dry_run"
+    assert result["plan"][0].startswith("scale deployment/api")
+    report = world.github.repo("acme/incidents").comments[1][0]["body"]
+    line = next(l for l in report.splitlines() if l.startswith("| error rate (Prometheus) |"))
+    assert "❌" in line and "threshold 5.0%" in line, line
+    assert _replicas(world) == 3

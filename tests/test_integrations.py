@@ -1,0 +1,168 @@
+"""The integration clients against the sandbox, including its injected failures, the real
+kubectl, destructive tasks without a grant, and the incident store on real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from integrations.errors import IntegrationError
+from integrations.github import GitHubClient
+from integrations.http import RetryPolicy
+from integrations.kubernetes import KubernetesClient
+from integrations.probes import probe_all
+from integrations.slack import SlackWebhook
+from sandbox.http import Fault
+from sandbox.world import GITHUB_TOKEN
+from tests.conftest import BROKEN_IMAGE, api_image, break_api, kubectl
+
+FAST = RetryPolicy(attempts=4, backoff=0.05)
+
+
+def test_github_5xx_is_retried_then_succeeds(world):
+    world.faults.set("github", Fault(status=502, count=2))
+    gh = GitHubClient(world.url + "/github", GITHUB_TOKEN, retry=FAST)
+    issue = gh.create_issue("acme/incidents", "t", "b", ["incident"])
+    assert issue["number"] == 1
+    assert world.faults.hits["github"] == 3
+
+
+def test_github_errors_name_the_call_and_do_not_retry_4xx(world):
+    gh = GitHubClient(world.url + "/github", "wrong-token", retry=FAST)
+    with pytest.raises(IntegrationError) as err:
+        gh.recent_commits("acme/api")
+    assert err.value.status == 401 and "GitHub GET /repos/acme/api/commits" in str(err.value)
+    assert "Bad credentials" in str(err.value) and "wrong-token" not in str(err.value)
+    world.faults.set("github", Fault(status=503))
+    gh = GitHubClient(world.url + "/github", GITHUB_TOKEN, retry=RetryPolicy(attempts=3, backoff=0.01))
+    with pytest.raises(IntegrationError, match="after 3 attempts") as err:
+        gh.workflow_runs("acme/api")
+    assert err.value.transient
+
+
+def test_github_dispatch_jobs_and_redirected_logs(world):
+    gh = GitHubClient(world.url + "/github", GITHUB_TOKEN)
+    break_api(world)
+    since = gh.dispatch_workflow("acme/api", "rollback.yml", "main", {"environment": "sandbox"})
+    run = gh.wait_for_dispatched_run("acme/api", "rollback.yml", since, timeout=20, poll=0.2)
+    assert run["conclusion"] == "success" and run["event"] == "workflow_dispatch"
+    job = gh.run_jobs("acme/api", run["id"])[0]
+    log = gh.job_logs("acme/api", job["id"])
+    assert "rolled back: revision 3 -> 2" in log
+    assert api_image(world).endswith(":v1.5.0")
+    # a failing workflow shows up in --log-failed
+    gh.dispatch_workflow("acme/api", "rollback.yml", "main", {"environment": "mars"})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        failed = gh.workflow_runs("acme/api", workflow="rollback.yml")[0]
+        if failed["status"] == "completed":
+            break
+        time.sleep(0.2)
+    assert failed["inputs"] == {"environment": "mars"} and failed["conclusion"] == "failure"
+    assert "unknown environment 'mars'" in "".join(gh.failed_job_logs("acme/api", failed["id"]).values())
+
+
+def test_slack_honours_retry_after(world):
+    world.faults.set("slack", Fault(status=429, retry_after=1, count=1))
+    start = time.monotonic()
+    SlackWebhook(world.slack_webhook_url).post("hello", [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}])
+    assert time.monotonic() - start >= 1.0
+    assert world.slack_messages[0]["text"] == "hello" and world.slack_messages[0]["blocks"]
+
+
+def test_slack_errors_never_show_the_webhook_url(world):
+    webhook = SlackWebhook(world.url + "/slack/services/T0/B0/not-the-secret", retry=FAST)
+    with pytest.raises(IntegrationError) as err:
+        webhook.post("x")
+    assert "invalid_token" in str(err.value) and "not-the-secret" not in str(err.value)
+
+
+def test_probes_report_status_and_timeouts(world):
+    world.faults.set("services", Fault(delay=3.0, status=None))
+    start = time.monotonic()
+    results = probe_all([world.url + "/services/api/__ok", "http://127.0.0.1:9/unreachable"], timeout=0.5)
+    assert time.monotonic() - start < 2.0
+    assert not results[0].ok and "no answer within 0.5 s" in results[0].error
+    assert not results[1].ok and "ConnectError" in results[1].error
+
+
+def test_kubernetes_client_operations(world):
+    kube = KubernetesClient(str(world.kubeconfig))
+    assert kube.rollout_status("sandbox", "api").done
+    assert kube.scale("sandbox", "api", 5) == (3, 5)
+    assert world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"] == 5
+    stamp = kube.rollout_restart("sandbox", "api")
+    dep = world.cluster.get("deployments", "sandbox", "api")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] == stamp
+    break_api(world)
+    time.sleep(0.5)
+    pods = kube.pods("sandbox", "api")
+    assert pods and all(p.waiting_reason == "CrashLoopBackOff" and not p.ready for p in pods)
+    assert "FATAL" in kube.pod_logs("sandbox", pods[0].name, "api")
+    result = kube.rollout_undo("sandbox", "api")
+    assert (result.from_revision, result.to_revision, result.skipped) == (4, 3, False)
+    with pytest.raises(IntegrationError, match="not found"):
+        kube.get_deployment("sandbox", "nope")
+
+
+def test_real_kubectl_drives_the_sandbox(world):
+    assert "api" in kubectl(world, "get", "deployments").stdout
+    kubectl(world, "set", "image", "deployment/api", f"api={BROKEN_IMAGE}")
+    stuck = kubectl(world, "rollout", "status", "deployment/api", "--timeout=2s", check=False)
+    assert stuck.returncode != 0 and "updated replicas are available" in stuck.stdout
+    assert "FATAL" in kubectl(world, "logs", "deployment/api", "--tail=5").stdout
+    assert "rolled back" in kubectl(world, "rollout", "undo", "deployment/api").stdout
+    assert "successfully rolled out" in kubectl(world, "rollout", "status", "deployment/api", "--timeout=20s").stdout
+    assert api_image(world).endswith(":v1.5.0")
+    kubectl(world, "scale", "deployment/api", "--replicas=5")
+    kubectl(world, "rollout", "restart", "deployment/api")
+    assert "successfully rolled out" in kubectl(world, "rollout", "status", "deployment/api", "--timeout=20s").stdout
+    ready = kubectl(world, "get", "deployment/api", "-o", "jsonpath={.status.readyReplicas}").stdout
+    assert ready == "5"
+    history = kubectl(world, "rollout", "history", "deployment/api").stdout
+    assert [line.split()[0] for line in history.splitlines()[2:] if line.strip()] == ["1", "3", "4", "5"]
+
+
+def test_destructive_tasks_refuse_to_run_without_a_grant(world, test_config):
+    from prefect.logging import disable_run_logger
+
+    from incidents.plans import Grant, NotApproved, Plan, PlannedAction
+    from tasks.context import RunContext
+    from tasks.deploys import restart_deployment, rollback_deployment
+
+    ctx = RunContext.load("sandbox", "api")
+    action = PlannedAction("rollback", "deployment/api", "revision 2", "revision 1", "kubectl rollout undo",
+                           {"namespace": "sandbox", "deployment": "api", "strategy": "kubernetes_undo",
+                            "from_revision": 2, "to_revision": 1, "to_image": "x"})
+    other = PlannedAction("rollout_restart", "deployment/api", "3 pods", "replaced", "kubectl rollout restart",
+                          {"namespace": "sandbox", "deployment": "api"})
+    grant_for_other = Grant.issue(Plan(1, "api", "sandbox", (other,)), "alice", "ok")
+    before = world.cluster.get("deployments", "sandbox", "api")
+    with disable_run_logger():
+        with pytest.raises(NotApproved):
+            rollback_deployment.fn(ctx, action, None)
+        with pytest.raises(NotApproved):
+            rollback_deployment.fn(ctx, action, grant_for_other)
+        with pytest.raises(NotApproved):
+            restart_deployment.fn(ctx, action, Grant.issue(Plan(1, "api", "sandbox", (other,)), "alice", "ok"))
+    after = world.cluster.get("deployments", "sandbox", "api")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+def test_incident_store_dedups_open_incidents(store, world):
+    from incidents.models import Severity
+
+    args = dict(dedup_key=f"test:{time.time()}", scenario="service-down", service="api", environment="sandbox",
+                severity=Severity.P1, title="t", detected_by="test", flow_run_id=None, alert={"fingerprint": "f"})
+    first = store.open_incident(**args)
+    second = store.open_incident(**args)
+    assert first.created and not second.created and first.id == second.id
+    store.add_event(first.id, "alice", "note", "checked dashboards")
+    store.resolve(first.id, "cause", "fix")
+    third = store.open_incident(**args)
+    assert third.created and third.id != first.id
+    resolved = store.get(first.id)
+    assert resolved.resolved_at and resolved.root_cause == "cause"
+    assert [e.message for e in store.timeline(first.id)] == ["checked dashboards"]
+    store.ensure_schema()  # idempotent

@@ -1,0 +1,126 @@
+"""security-incident end to end: evidence first, containment behind the approval, and secret
+values (a canary and the new ones) nowhere outside the Kubernetes API."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import psycopg
+import pytest
+
+from tests.conftest import FlowThread
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+CANARY = "CANARY-5f1e9a7c-old-token-value"
+ALERT = {"labels": {"alertname": "SuspiciousLogins", "service": "api"},
+         "annotations": {"suspicious_ips": "203.0.113.7, 198.51.100.0/24", "summary": "credential stuffing"},
+         "fingerprint": "sec-1", "startsAt": "2026-11-26T03:00:00Z"}
+
+
+def _secret_values(world) -> dict[str, str]:
+    data = world.cluster.get("secrets", "sandbox", "api-credentials")["data"]
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def _plant_canary(world) -> None:
+    world.cluster.patch("secrets", "sandbox", "api-credentials",
+                        {"data": {"token": base64.b64encode(CANARY.encode()).decode()}}, "application/merge-patch+json")
+
+
+def _everything_written(world, database_url: str, result: dict) -> str:
+    """Every place the runbook writes to, as one text to search."""
+    from prefect.client.orchestration import get_client
+
+    parts = [json.dumps(world.slack_messages), json.dumps(result, default=str)]
+    for repo in world.github.repos.values():
+        parts += [json.dumps(repo.issues), json.dumps(repo.comments)]
+    with get_client(sync_client=True) as client:
+        parts += [json.dumps(a.data, default=str) for a in client.read_artifacts()]
+        parts += [log.message for log in client.read_logs()]
+    with psycopg.connect(database_url) as conn:
+        for table in ("incidents", "timeline_events", "approvals"):
+            parts += [str(row) for row in conn.execute(f"SELECT t::text FROM {table} t").fetchall()]
+    return "\n".join(parts)
+
+
+def test_approved_containment_rotates_blocks_and_logs_without_leaking(world, store, database_url):
+    from flows.security_incident import security_incident
+
+    _plant_canary(world)
+    restarted_before = world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["metadata"].get("annotations")
+    run = FlowThread(security_incident, service="api", alert=ALERT)
+    paused = run.wait_paused()
+    assert _secret_values(world)["token"] == CANARY, "nothing may change before the approval"
+    run.resume(paused.id, approve=True, approver="ivan", reason="contain now")
+    result = run.join()
+    assert result["outcome"] == "resolved", result
+
+    values = _secret_values(world)
+    assert values["token"] != CANARY and len(values["token"]) >= 32 and values["api-key"] != "sandbox-key"
+    template = world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["metadata"]
+    assert template.get("annotations") != restarted_before
+    assert "kubectl.kubernetes.io/restartedAt" in template["annotations"], "consumers restart after rotation"
+    policy = world.cluster.get("networkpolicies", "sandbox", "block-suspicious-ips")
+    assert policy["spec"]["ingress"][0]["from"][0]["ipBlock"]["except"] == ["198.51.100.0/24", "203.0.113.7/32"]
+    assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "debug"
+
+    security = [m for m in world.slack_messages if m["channel"] == "security"]
+    assert security and security[0]["text"].startswith("🔐 SECURITY INCIDENT")
+    timeline = store.timeline(result["incident_id"])
+    kinds = [e.kind for e in timeline]
+    assert kinds.index("evidence_captured") < kinds.index("approval_requested") < kinds.index("action")
+    assert "public_draft" in kinds
+    logging_action = next(e for e in timeline if e.kind == "action" and "log_level" in e.message)
+    assert "info -> debug" in logging_action.message
+
+    written = _everything_written(world, database_url, result)
+    for secret in (CANARY, values["token"], values["api-key"]):
+        assert secret not in written
+        assert base64.b64encode(secret.encode()).decode() not in written
+
+
+def test_evidence_and_public_draft_are_artifacts(world):
+    from prefect.client.orchestration import get_client
+
+    from flows.security_incident import security_incident
+
+    result = FlowThread(security_incident, service="api", alert=ALERT, dry_run=True).join(60)
+    assert result["outcome"] == "dry_run"
+    assert [a.split()[0] for a in result["plan"]] == ["rotate_secrets", "block_ips", "enable_logging"]
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_latest_artifacts()}
+    evidence = artifacts[f"incident-{result['incident_id']}-evidence"].data
+    assert "secret api-credentials \\(Opaque\\): keys api-key, token" in evidence and "## Plan" not in evidence
+    draft = artifacts[f"incident-{result['incident_id']}-public-draft"].data
+    assert draft.startswith("## DRAFT") and "not published" in draft
+    assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "info"
+
+
+def test_declined_containment_changes_nothing(world):
+    from flows.security_incident import security_incident
+
+    before = _secret_values(world)
+    run = FlowThread(security_incident, service="api", alert=ALERT)
+    paused = run.wait_paused()
+    run.resume(paused.id, approve=False, approver="judy", reason="false positive: pen test")
+    assert run.join()["outcome"] == "declined"
+    assert _secret_values(world) == before
+    assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "info"
+    assert not world.cluster.list("networkpolicies", "sandbox")
+
+
+@pytest.mark.parametrize("bad, reason", [("10.0.0.300", "invalid CIDR '10.0.0.300'"),
+                                         ("0.0.0.0/0", "broader than /8"),
+                                         ("127.0.0.1", "loopback")])
+def test_an_invalid_cidr_is_refused_and_changes_nothing(world, store, bad, reason):
+    from flows.security_incident import security_incident
+    from incidents.security import InvalidCidr
+
+    before = len(store.list(limit=1000))
+    alert = {**ALERT, "annotations": {"suspicious_ips": f"203.0.113.7, {bad}"}}
+    with pytest.raises(InvalidCidr, match=reason):
+        security_incident(service="api", alert=alert)
+    assert len(store.list(limit=1000)) == before
+    assert world.slack_messages == [] and not world.cluster.list("networkpolicies", "sandbox")
