@@ -5,6 +5,9 @@
     runbooks approve RUN --reason "..." [--approver NAME]                the same gate as the UI
     runbooks decline RUN --reason "..."
     runbooks incidents [--open]  /  runbooks incident ID                 the incident record
+    runbooks ack ID [--by NAME]                                          acknowledge: escalation stops
+    runbooks postmortem ID                                               start the post-incident run (its form)
+    runbooks metrics [--env sandbox] [--json] [--chart FILE.svg]         MTTD / MTTA / MTTR against targets
     runbooks sandbox break bad-deploy|error-spike|dependency-down|db-lock  /  runbooks sandbox heal
     runbooks up | down | check-config [FILE]
 
@@ -154,7 +157,7 @@ def _answer(args: argparse.Namespace, approve: bool) -> int:
     run = _find_run(args.run)
     if run["state"]["type"] != "PAUSED":
         raise CliError(f"run {run['name']} is {run['state']['name']}, not waiting for approval")
-    approver = args.approver or os.environ.get("RUNBOOKS_APPROVER") or getpass.getuser()
+    approver = _who(args.approver)
     result = _api("POST", f"/flow_runs/{run['id']}/resume",
                   json={"run_input": {"approve": approve, "approver": approver, "reason": args.reason}})
     if result.get("status") != "ACCEPT":
@@ -207,6 +210,75 @@ def cmd_incident(args: argparse.Namespace) -> int:
     print("timeline:")
     for event in timeline:
         print(f"  {event.at:%H:%M:%S}  {event.actor:<24.24} {event.kind:<20} {event.message}")
+    return OK
+
+
+def _who(name: str | None) -> str:
+    return (name or os.environ.get("RUNBOOKS_APPROVER") or getpass.getuser()).strip()
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    store, StoreError = _store()
+    os.environ.setdefault("PREFECT_API_URL", api_url())
+    try:
+        incident = store.get(args.id)
+        from tasks.watch import acknowledge
+
+        acknowledged = acknowledge(incident.environment, args.id, _who(args.by))
+        incident = store.get(args.id)
+    except StoreError as exc:
+        raise CliError(str(exc), FAILED if "no incident" in str(exc) else UNREACHABLE) from None
+    if acknowledged:
+        print(f"incident #{args.id} acknowledged by {incident.acknowledged_by}; escalation stops")
+        return OK
+    if incident.resolved_at:
+        raise CliError(f"incident #{args.id} is already resolved")
+    print(f"incident #{args.id} was already acknowledged by {incident.acknowledged_by} at "
+          f"{incident.acknowledged_at:%Y-%m-%d %H:%M:%S} UTC")
+    return OK
+
+
+def cmd_postmortem(args: argparse.Namespace) -> int:
+    store, StoreError = _store()
+    try:
+        incident = store.get(args.id)
+    except StoreError as exc:
+        raise CliError(str(exc), FAILED if "no incident" in str(exc) else UNREACHABLE) from None
+    deployment = f"post-incident/{incident.environment}"
+    dep = _api("GET", f"/deployments/name/{deployment}")
+    run = _api("POST", f"/deployments/{dep['id']}/create_flow_run",
+               json={"parameters": {"incident_id": incident.id, "environment": incident.environment}})
+    print(f"started {deployment} run {run['name']} for incident #{incident.id}")
+    print(f"  the form (once the run waits for it): {api_url().removesuffix('/api')}/runs/flow-run/{run['id']}")
+    return OK
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from incidents.metrics import trend_svg
+    from incidents.store import StoreError
+    from tasks.metrics import measure
+
+    try:
+        metrics = measure(args.env)
+    except StoreError as exc:
+        raise CliError(str(exc), UNREACHABLE) from None
+    except ConfigError as exc:
+        raise CliError(str(exc), USAGE) from None
+    if args.chart:
+        with open(args.chart, "w", encoding="utf-8") as out:
+            out.write(trend_svg(metrics.months))
+    if args.json:
+        print(json.dumps({"figures": metrics.rows(), "months": metrics.months,
+                          "drills_excluded": metrics.drills_excluded}, indent=2))
+        return OK
+    rows = metrics.rows()
+    header = ("metric", "scope", "value", "target", "met", "counted", "left out")
+    widths = [max(len(str(r[h])) for r in [dict(zip(header, header)), *rows]) for h in header]
+    for row in [dict(zip(header, header)), *rows]:
+        print("  ".join(str(row[h]).ljust(w) for h, w in zip(header, widths)).rstrip())
+    print(f"({metrics.drills_excluded} drills excluded; durations count from the alert's start)")
+    if args.chart:
+        print(f"trend chart written to {args.chart}")
     return OK
 
 
@@ -282,6 +354,15 @@ def parser() -> argparse.ArgumentParser:
     incidents.add_argument("--limit", type=int, default=20)
     incident = sub.add_parser("incident", help="show one incident with its timeline")
     incident.add_argument("id", type=int)
+    ack = sub.add_parser("ack", help="acknowledge an incident: you are on it; escalation stops")
+    ack.add_argument("id", type=int)
+    ack.add_argument("--by", help="your name (default: $RUNBOOKS_APPROVER or your login)")
+    postmortem = sub.add_parser("postmortem", help="start the post-incident run of an incident (its form)")
+    postmortem.add_argument("id", type=int)
+    metrics = sub.add_parser("metrics", help="MTTD, MTTA, MTTR, frequency and post-mortems against the targets")
+    metrics.add_argument("--env", default="sandbox")
+    metrics.add_argument("--json", action="store_true")
+    metrics.add_argument("--chart", metavar="FILE", help="also write the trend per month as an SVG chart")
     sandbox = sub.add_parser("sandbox", help="break or heal the sandbox, or serve it in the foreground")
     sandbox.add_argument("action", choices=["break", "heal", "serve"])
     sandbox.add_argument("fault", nargs="?", help=f"for break: {', '.join(FAULTS)}")
@@ -300,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sandbox" and args.action == "break" and not args.fault:
         p.error(f"sandbox break needs a fault: {', '.join(FAULTS)}")
     commands = {"run": cmd_run, "approvals": cmd_approvals, "approve": cmd_approve, "decline": cmd_decline,
-                "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config}
+                "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config,
+                "ack": cmd_ack, "postmortem": cmd_postmortem, "metrics": cmd_metrics}
     try:
         if args.command in ("up", "down"):
             from deployments.stack import main as stack_main

@@ -91,17 +91,123 @@ class Timeouts(_Model):
     recent_deploy_hours: float = Field(24.0, gt=0, le=24 * 14)
 
 
-class Roles(_Model):
-    """Incident roles and contacts; the playbook's author used one placeholder for all."""
+_HANDLE = r"^@?[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,99})?$"  # @user or @org/team
 
-    incident_commander: str = "@mpcstudy"
-    communications: str = "@mpcstudy"
-    technical_owner: str = "@mpcstudy"
-    documentation: str = "@mpcstudy"
-    on_call: str = "@mpcstudy"
-    team_lead: str = "@mpcstudy"
-    security: str = "@mpcstudy"
-    infrastructure: str = "@mpcstudy"
+
+class Contact(_Model):
+    """A person (or rota) to page, with a backup; a plain handle in YAML means no backup."""
+
+    primary: str = Field(pattern=_HANDLE)
+    backup: str | None = Field(None, pattern=_HANDLE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_handle(cls, value):
+        return {"primary": value} if isinstance(value, str) else value
+
+    @property
+    def handles(self) -> list[str]:
+        return [self.primary] + ([self.backup] if self.backup and self.backup != self.primary else [])
+
+
+def _contact(handle: str = "@mpcstudy") -> Contact:
+    return Contact(primary=handle, backup=handle)
+
+
+class Roles(_Model):
+    """The playbook's Incident Roles and Emergency Contacts (its author used one placeholder
+    for all). `team` lists everyone "all team members" means for a P0; the roles and contacts
+    are always part of it."""
+
+    incident_commander: str = Field("@mpcstudy", pattern=_HANDLE)
+    communications: str = Field("@mpcstudy", pattern=_HANDLE)
+    technical_owner: str = Field("@mpcstudy", pattern=_HANDLE)
+    documentation: str = Field("@mpcstudy", pattern=_HANDLE)
+    on_call: Contact = _contact()
+    team_lead: Contact = _contact()
+    security: Contact = _contact()
+    infrastructure: Contact = _contact()
+    team: list[str] = []
+
+    @field_validator("team")
+    @classmethod
+    def _team_handles(cls, value: list[str]) -> list[str]:
+        for handle in value:
+            if not re.match(_HANDLE, handle):
+                raise ValueError(f"{handle!r} is not a handle (letters, digits, '_', '.', '-', optional leading @)")
+        return value
+
+    def resolve(self, reference: str) -> list[str]:
+        """Handles for a reference used in escalation levels: a role or contact name
+        (`on_call`), a contact's backup (`on_call.backup`), or `team` (everyone)."""
+        name, _, part = reference.partition(".")
+        if name == "team":
+            people = [self.incident_commander, self.communications, self.technical_owner, self.documentation]
+            for contact in (self.on_call, self.team_lead, self.security, self.infrastructure):
+                people += contact.handles
+            return list(dict.fromkeys(people + self.team))
+        value = getattr(self, name)
+        if isinstance(value, Contact):
+            return [value.backup or value.primary] if part == "backup" else [value.primary]
+        return [value]
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """(role, contact, backup) rows, as the playbook's role and contact tables show them."""
+        rows = [(n.replace("_", " ").title(), getattr(self, n), "") for n in
+                ("incident_commander", "communications", "technical_owner", "documentation")]
+        for n in ("on_call", "team_lead", "security", "infrastructure"):
+            contact = getattr(self, n)
+            rows.append((n.replace("_", " ").title(), contact.primary, contact.backup or ""))
+        return rows
+
+
+_ROLE_REFERENCE = re.compile(r"^(team|incident_commander|communications|technical_owner|documentation|"
+                             r"(on_call|team_lead|security|infrastructure)(\.backup)?)$")
+
+
+class SeverityPolicy(_Model):
+    """One row of the Escalation Matrix. `levels[0]` is notified when the incident opens; each
+    response time that passes without an acknowledgment escalates to the next level."""
+
+    response_minutes: float = Field(gt=0, le=7 * 24 * 60)
+    levels: list[list[str]] = Field(min_length=1)
+    status_minutes: float = Field(gt=0, le=7 * 24 * 60)  # Status Update cadence while open
+
+    @field_validator("levels")
+    @classmethod
+    def _references(cls, value: list[list[str]]) -> list[list[str]]:
+        for level in value:
+            for ref in level:
+                if not _ROLE_REFERENCE.match(ref):
+                    raise ValueError(f"{ref!r} is not a role: use team, incident_commander, communications, "
+                                     "technical_owner, documentation, on_call, team_lead, security, infrastructure "
+                                     "(a contact's backup as e.g. on_call.backup)")
+        return value
+
+
+class EscalationMatrix(_Model):
+    """The playbook's Escalation Matrix as defaults: P0 5 min, all team members; P1 15 min,
+    on-call + team lead; P2 1 h, team lead; P3 4 h, issue only."""
+
+    P0: SeverityPolicy = SeverityPolicy(response_minutes=5, levels=[["team"], ["on_call.backup", "team_lead.backup",
+                                                                               "infrastructure.backup"]],
+                                        status_minutes=15)
+    P1: SeverityPolicy = SeverityPolicy(response_minutes=15, levels=[["on_call", "team_lead"],
+                                                                     ["on_call.backup", "team_lead.backup"], ["team"]],
+                                        status_minutes=30)
+    P2: SeverityPolicy = SeverityPolicy(response_minutes=60, levels=[["team_lead"], ["team_lead.backup", "on_call"]],
+                                        status_minutes=120)
+    P3: SeverityPolicy = SeverityPolicy(response_minutes=240, levels=[[], ["team_lead"]], status_minutes=480)
+
+    def policy(self, severity) -> SeverityPolicy:
+        return getattr(self, getattr(severity, "value", severity))
+
+
+class PostIncidentSettings(_Model):
+    form_timeout_seconds: int = Field(7 * 24 * 3600, ge=60)  # how long a post-incident run waits for its form
+    postmortem_due_days: float = Field(7, gt=0, le=90)        # the playbook's "within 1 week"
+    reminder_hours: float = Field(24, gt=0, le=24 * 30)        # overdue post-mortems / action items: remind this often
+    action_item_labels: list[str] = ["action-item"]
 
 
 class KubernetesTarget(_Model):
@@ -227,6 +333,8 @@ class EnvironmentConfig(_Model):
     approval: ApprovalSettings = ApprovalSettings()
     timeouts: Timeouts = Timeouts()
     roles: Roles = Roles()
+    escalation: EscalationMatrix = EscalationMatrix()
+    post_incident: PostIncidentSettings = PostIncidentSettings()
     prometheus: PrometheusSettings | None = None
     services: dict[str, ServiceConfig]
 

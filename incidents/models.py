@@ -67,6 +67,16 @@ class Incident:
     resolved_at: datetime | None = None
     root_cause: str | None = None
     resolution: str | None = None
+    started_at: datetime | None = None        # when the problem began (the alert's startsAt)
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    escalation_level: int = 0
+    escalated_at: datetime | None = None
+    recovered_at: datetime | None = None
+    eta: str | None = None
+    impact: str | None = None
+    users_affected: str | None = None
+    last_update_at: datetime | None = None
     created: bool = field(default=False, compare=False)  # True when this call opened it
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import datetime
 from typing import Any, Iterator
 from contextlib import contextmanager
 
@@ -68,6 +69,50 @@ CREATE TABLE IF NOT EXISTS approvals (
     approver     TEXT,
     reason       TEXT,
     automatic    BOOLEAN NOT NULL DEFAULT false
+);
+-- the lifecycle: acknowledgment, escalation level, the last Status Update (for its cadence)
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS started_at TIMESTAMPTZ;  -- the alert's startsAt, else opened_at
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS acknowledged_by TEXT;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS escalation_level INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS escalated_at TIMESTAMPTZ;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS eta TEXT;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS impact TEXT;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS users_affected TEXT;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS last_update_at TIMESTAMPTZ;
+-- the post-incident process
+CREATE TABLE IF NOT EXISTS postmortems (
+    incident_id      BIGINT PRIMARY KEY REFERENCES incidents (id) ON DELETE CASCADE,
+    flow_run_id      TEXT,
+    requested_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    completed_at     TIMESTAMPTZ,
+    completed_by     TEXT,
+    root_cause       TEXT,
+    lessons          JSONB,
+    markdown         TEXT,
+    last_reminded_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS action_items (
+    id               BIGSERIAL PRIMARY KEY,
+    incident_id      BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    title            TEXT NOT NULL,
+    owner            TEXT,
+    horizon          TEXT NOT NULL CHECK (horizon IN ('24h', '1w')),
+    due_at           TIMESTAMPTZ NOT NULL,
+    repo             TEXT,
+    issue_number     INTEGER,
+    issue_url        TEXT,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    completed_at     TIMESTAMPTZ,
+    last_reminded_at TIMESTAMPTZ,
+    UNIQUE (incident_id, title)
+);
+CREATE TABLE IF NOT EXISTS playbook_proposals (
+    id          BIGSERIAL PRIMARY KEY,
+    incident_id BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    section     TEXT NOT NULL,
+    proposal    TEXT NOT NULL,
+    proposed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (incident_id, proposal)
 );
 CREATE TABLE IF NOT EXISTS drills (
     id            TEXT PRIMARY KEY,
@@ -157,17 +202,19 @@ class IncidentStore:
 
     # -- incidents ------------------------------------------------------------------------------
     def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,
-                      title: str, detected_by: str, flow_run_id: str | None, alert: dict | None) -> Incident:
-        """Open an incident, or return the one already open under `dedup_key`."""
+                      title: str, detected_by: str, flow_run_id: str | None, alert: dict | None,
+                      started_at: datetime | None = None) -> Incident:
+        """Open an incident, or return the one already open under `dedup_key`. `started_at` is
+        when the problem began (an alert's startsAt); it defaults to now, the opening."""
         with self._connect() as conn:
             row = conn.execute(
                 """INSERT INTO incidents (dedup_key, scenario, service, environment, severity, status, title,
-                                          detected_by, flow_run_id, alert)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                          detected_by, flow_run_id, alert, started_at, last_update_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, LEAST(COALESCE(%s, now()), now()), now())
                    ON CONFLICT (dedup_key) WHERE resolved_at IS NULL DO NOTHING
                    RETURNING *""",
                 (dedup_key, scenario, service, environment, severity.value, Status.INVESTIGATING.value, title,
-                 detected_by, flow_run_id, Jsonb(alert) if alert is not None else None)).fetchone()
+                 detected_by, flow_run_id, Jsonb(alert) if alert is not None else None, started_at)).fetchone()
             created = row is not None
             if row is None:
                 row = conn.execute("SELECT * FROM incidents WHERE dedup_key = %s AND resolved_at IS NULL",
@@ -183,11 +230,12 @@ class IncidentStore:
             raise StoreError(f"no incident {incident_id}")
         return _incident(row)
 
-    def list(self, limit: int = 50, open_only: bool = False) -> list[Incident]:
-        query = "SELECT * FROM incidents" + (" WHERE resolved_at IS NULL" if open_only else "") + \
+    def list(self, limit: int = 50, open_only: bool = False, environment: str | None = None) -> list[Incident]:
+        where = (["resolved_at IS NULL"] if open_only else []) + (["environment = %s"] if environment else [])
+        query = "SELECT * FROM incidents" + (" WHERE " + " AND ".join(where) if where else "") + \
                 " ORDER BY opened_at DESC LIMIT %s"
         with self._connect() as conn:
-            return [_incident(r) for r in conn.execute(query, (limit,)).fetchall()]
+            return [_incident(r) for r in conn.execute(query, (*([environment] if environment else []), limit))]
 
     def attach_issue(self, incident_id: int, repo: str, number: int, url: str) -> None:
         with self._connect() as conn:
@@ -195,7 +243,8 @@ class IncidentStore:
                          (repo, number, url, incident_id))
 
     def set_status(self, incident_id: int, status: Status, **fields: Any) -> None:
-        allowed = {"root_cause", "resolution", "acknowledged_at", "recovered_at", "resolved_at", "severity"}
+        allowed = {"root_cause", "resolution", "recovered_at", "resolved_at", "severity", "eta", "impact",
+                   "users_affected", "last_update_at"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)} on an incident")
@@ -209,6 +258,32 @@ class IncidentStore:
             conn.execute("""UPDATE incidents SET status = %s, root_cause = %s, resolution = %s,
                                    recovered_at = COALESCE(recovered_at, now()), resolved_at = now()
                             WHERE id = %s""", (Status.RESOLVED.value, root_cause, resolution, incident_id))
+
+    # -- acknowledgment, escalation, status cadence ----------------------------------------------
+    def acknowledge(self, incident_id: int, by: str) -> bool:
+        """Acknowledge an open incident (escalation stops); False if it already was, or is closed."""
+        with self._connect() as conn:
+            row = conn.execute("UPDATE incidents SET acknowledged_at = now(), acknowledged_by = %s "
+                               "WHERE id = %s AND acknowledged_at IS NULL AND resolved_at IS NULL RETURNING id",
+                               (by, incident_id)).fetchone()
+        return row is not None
+
+    def escalate_to(self, incident_id: int, seen_level: int, level: int) -> bool:
+        """Move an unacknowledged open incident from `seen_level` to `level`; False when another
+        sweep got there first or it was acknowledged meanwhile (so nobody is paged twice)."""
+        with self._connect() as conn:
+            row = conn.execute("UPDATE incidents SET escalation_level = %s, escalated_at = now() WHERE id = %s "
+                               "AND escalation_level = %s AND acknowledged_at IS NULL AND resolved_at IS NULL "
+                               "RETURNING id", (level, incident_id, seen_level)).fetchone()
+        return row is not None
+
+    def claim_status_update(self, incident_id: int, seen: datetime | None, now: datetime) -> bool:
+        """Take the turn to post the periodic Status Update (once, whatever runs the sweep)."""
+        with self._connect() as conn:
+            row = conn.execute("UPDATE incidents SET last_update_at = %s WHERE id = %s AND resolved_at IS NULL "
+                               "AND last_update_at IS NOT DISTINCT FROM %s RETURNING id",
+                               (now, incident_id, seen)).fetchone()
+        return row is not None
 
     # -- timeline -------------------------------------------------------------------------------
     def add_event(self, incident_id: int, actor: str, kind: str, message: str, data: dict | None = None) -> None:
@@ -235,8 +310,10 @@ class IncidentStore:
             conn.execute("UPDATE approvals SET decision = %s, approver = %s, reason = %s, automatic = %s, "
                          "decided_at = now() WHERE id = %s AND decision IS NULL",
                          (decision, approver, reason, automatic, approval_id))
-            conn.execute("UPDATE incidents SET acknowledged_at = COALESCE(acknowledged_at, now()) "
-                         "WHERE id = (SELECT incident_id FROM approvals WHERE id = %s)", (approval_id,))
+            if decision in ("approved", "declined"):  # a person answered: that acknowledges the incident
+                conn.execute("UPDATE incidents SET acknowledged_at = COALESCE(acknowledged_at, now()), "
+                             "acknowledged_by = COALESCE(acknowledged_by, %s) "
+                             "WHERE id = (SELECT incident_id FROM approvals WHERE id = %s)", (approver, approval_id))
 
     def approvals(self, incident_id: int) -> list[dict]:
         with self._connect() as conn:
@@ -285,4 +362,8 @@ def _incident(row: dict) -> Incident:
         environment=row["environment"], severity=Severity(row["severity"]), status=Status(row["status"]),
         title=row["title"], opened_at=row["opened_at"], detected_by=row["detected_by"], github_repo=row["github_repo"],
         github_issue=row["github_issue"], issue_url=row["issue_url"], flow_run_id=row["flow_run_id"], alert=row["alert"],
-        resolved_at=row["resolved_at"], root_cause=row["root_cause"], resolution=row["resolution"])
+        resolved_at=row["resolved_at"], root_cause=row["root_cause"], resolution=row["resolution"],
+        started_at=row.get("started_at"), acknowledged_at=row.get("acknowledged_at"),
+        acknowledged_by=row.get("acknowledged_by"), escalation_level=row.get("escalation_level") or 0,
+        escalated_at=row.get("escalated_at"), recovered_at=row.get("recovered_at"), eta=row.get("eta"),
+        impact=row.get("impact"), users_affected=row.get("users_affected"), last_update_at=row.get("last_update_at"))

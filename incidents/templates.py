@@ -44,8 +44,9 @@ def stamp(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
-def initial_alert(incident: Incident, summary: str, eta: str = "under investigation") -> str:
-    return "\n".join([
+def initial_alert(incident: Incident, summary: str, eta: str = "under investigation", paged: list[str] = (),
+                  commander: str | None = None) -> str:
+    lines = [
         "🚨 INCIDENT ALERT",
         f"Severity: {incident.severity.value}",
         f"Service: {slack_text(incident.service)}",
@@ -53,7 +54,11 @@ def initial_alert(incident: Incident, summary: str, eta: str = "under investigat
         "Status: Investigating",
         f"ETA: {slack_text(eta)}",
         f"Summary: {slack_text(summary)}",
-    ])
+    ]
+    if commander:
+        lines.append(f"Incident Commander: {commander}")
+    lines.append(f"Paging: {' '.join(paged)}" if paged else "Paging: nobody (issue only, normal process)")
+    return "\n".join(lines)
 
 
 def status_update(incident: Incident, status: str, eta: str, impact: str, note: str | None = None) -> str:
@@ -101,13 +106,14 @@ def resolution_markdown(root_cause: str, what_was_done: str, prevention: str) ->
             f"**Resolution:** {markdown_text(what_was_done, 500)}\n\n**Prevention:** {markdown_text(prevention, 500)}\n")
 
 
-def issue_body(incident: Incident, summary: str, roles: dict[str, str], impact: str = "Being assessed") -> str:
+def issue_body(incident: Incident, summary: str, roles: list[tuple[str, str, str]], policy: Any,
+               impact: str = "Being assessed") -> str:
     """The playbook's Incident Issue Template, filled as far as is known when it opens."""
     alert_line = ""
     if incident.alert:
         name = incident.alert.get("labels", {}).get("alertname") if isinstance(incident.alert.get("labels"), dict) else None
         alert_line = f"\n**Alert:** {markdown_text(name or 'external alert')}"
-    role_rows = "\n".join(f"| {markdown_text(role.replace('_', ' ').title())} | {contact} |" for role, contact in roles.items())
+    role_rows = "\n".join(f"| {role} | {contact} | {backup or '-'} |" for role, contact, backup in roles)
     return f"""## 🚨 Incident Report
 
 **Severity:** {incident.severity.value} ({incident.severity.label})
@@ -140,9 +146,9 @@ To be written in the post-mortem.
 - [ ] To be filed after the post-mortem
 
 ### Roles
-| Role | Contact |
-|------|---------|
+| Role | Contact | Backup |
+|------|---------|--------|
 {role_rows}
 
-_Escalation for {incident.severity.value}: respond within {int(incident.severity.response_time.total_seconds() // 60)} min; {incident.severity.escalation}._
+_Escalation for {incident.severity.value}: acknowledge within {policy.response_minutes:g} min ({incident.severity.escalation}); unacknowledged, it escalates level by level. Status Updates every {policy.status_minutes:g} min while open._
 """

@@ -4,16 +4,20 @@ matrix names)."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from incidents import templates
+from incidents.escalation import level_contacts
 from incidents.models import Incident, Severity, Status
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.notify import comment_on_issue, notify_slack
+from tasks.postmortem import start_post_incident
 from tasks.timeline import record
 
 
@@ -24,19 +28,21 @@ def dedup_key(scenario: str, ctx: RunContext, alert: dict | None) -> str:
     return f"{scenario}:{ctx.environment}:{ctx.service_name}"
 
 
-def escalation_contacts(ctx: RunContext, severity: Severity) -> list[str]:
-    """Who the playbook's Escalation Matrix says to notify for this severity."""
-    roles = ctx.config.roles
-    if severity is Severity.P0:
-        contacts = [roles.incident_commander, roles.communications, roles.technical_owner, roles.documentation,
-                    roles.on_call, roles.team_lead, roles.infrastructure]
-    elif severity is Severity.P1:
-        contacts = [roles.on_call, roles.team_lead]
-    elif severity is Severity.P2:
-        contacts = [roles.team_lead]
-    else:
-        contacts = []
-    return list(dict.fromkeys(contacts))
+def escalation_contacts(ctx: RunContext, severity: Severity, level: int = 0) -> list[str]:
+    """Who the Escalation Matrix (config `escalation`) pages for this severity at `level`."""
+    return level_contacts(ctx.config.roles, ctx.config.escalation.policy(severity), level)
+
+
+def alert_started_at(alert: dict | None) -> datetime | None:
+    """When the problem began, as the alert says (its startsAt); None if it does not say."""
+    value = (alert or {}).get("startsAt")
+    if not value or not isinstance(value, str) or value.startswith("0001-"):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @task(name="open-incident", cache_policy=NO_CACHE)
@@ -48,7 +54,8 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
     incident = store.open_incident(
         dedup_key=dedup_key(scenario, ctx, alert), scenario=scenario, service=ctx.service_name,
         environment=ctx.environment, severity=severity, title=templates.issue_title_text(ctx.service_name, severity, summary),
-        detected_by=detected_by, flow_run_id=str(flow_run.get_id() or "") or None, alert=alert)
+        detected_by=detected_by, flow_run_id=str(flow_run.get_id() or "") or None, alert=alert,
+        started_at=alert_started_at(alert))
     if not incident.created:
         logger.info("Incident %s is already open for this; joining it", incident.id)
         record(ctx, incident.id, "runbook", "retriggered", f"{scenario} started again while the incident is open",
@@ -61,7 +68,8 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
     try:
         with ctx.github() as github:
             issue = github.create_issue(repo, templates.issue_title(incident, summary),
-                                        templates.issue_body(incident, summary, ctx.config.roles.model_dump()),
+                                        templates.issue_body(incident, summary, ctx.config.roles.table(),
+                                                             ctx.config.escalation.policy(severity)),
                                         severity.labels)
         store.attach_issue(incident.id, repo, issue["number"], issue["html_url"])
         incident.github_repo, incident.github_issue, incident.issue_url = repo, issue["number"], issue["html_url"]
@@ -71,14 +79,18 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
     except (IntegrationError, SecretNotFound) as exc:
         logger.error("Incident issue not opened: %s", exc)
         record(ctx, incident.id, "runbook", "notification_failed", f"GitHub issue not opened: {exc}")
-    notify_slack(ctx, incident.id, templates.initial_alert(incident, summary),
+    paged = escalation_contacts(ctx, severity, 0)
+    roles = ctx.config.roles
+    notify_slack(ctx, incident.id, templates.initial_alert(incident, summary, paged=paged,
+                                                           commander=roles.incident_commander),
                  link=("Open the run", ctx.run_url(flow_run.get_id())) if flow_run.get_id() else None)
     return incident
 
 
 @task(name="resolve-incident", cache_policy=NO_CACHE)
 def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_was_done: str, prevention: str) -> None:
-    """Resolution message, issue comment and close, incident resolved in the record."""
+    """Resolution message, issue comment and close, incident resolved in the record; then the
+    post-incident run starts (the post-mortem)."""
     try:
         ctx.store().resolve(incident.id, root_cause, what_was_done)
     except StoreError as exc:
@@ -93,13 +105,16 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
                 github.close_issue(incident.github_repo, incident.github_issue)
         except (IntegrationError, SecretNotFound) as exc:
             record(ctx, incident.id, "runbook", "notification_failed", f"issue not closed: {exc}")
+    start_post_incident(ctx, incident)
 
 
 @task(name="escalate-incident", cache_policy=NO_CACHE)
 def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Status = Status.INVESTIGATING,
                       impact: str = "Service unavailable") -> list[str]:
     """Status Update plus the escalation the severity matrix asks for; returns who was notified."""
-    contacts = escalation_contacts(ctx, incident.severity)
+    contacts = escalation_contacts(ctx, incident.severity, 0)
+    if contacts:  # the Incident Commander takes over what the runbook could not do
+        contacts = list(dict.fromkeys([ctx.config.roles.incident_commander, *contacts]))
     who = " ".join(contacts) if contacts else "(issue only, per the P3 process)"
     note = f"ESCALATION ({incident.severity.value}: {incident.severity.escalation}) {why} Paging: {who}"
     try:

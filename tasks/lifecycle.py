@@ -5,6 +5,7 @@ this runs the rest the same way for all of them. Call it from inside a flow."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from prefect import get_run_logger
@@ -42,8 +43,10 @@ class Scenario:
 
 
 def _status(ctx: RunContext, incident: Incident, status: Status, eta: str, impact: str, note: str) -> None:
+    """A phase change: the record's status, ETA and impact, and a Status Update (which also
+    restarts the cadence of periodic updates)."""
     try:
-        ctx.store().set_status(incident.id, status)
+        ctx.store().set_status(incident.id, status, eta=eta, impact=impact, last_update_at=datetime.now(timezone.utc))
     except StoreError as exc:
         get_run_logger().error("Incident %s status not updated: %s", incident.id, exc)
     notify_slack(ctx, incident.id, templates.status_update(incident, status.value, eta, impact, note))

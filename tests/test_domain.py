@@ -9,7 +9,7 @@ import re
 import pytest
 
 from incidents import templates
-from incidents.config import ConfigError, load_config
+from incidents.config import ConfigError, EscalationMatrix, Roles, load_config
 from incidents.models import Incident, Severity, Status
 from incidents.plans import Grant, NotApproved, Plan, PlannedAction, require_grant
 from integrations.probes import error_metrics, parse_prometheus
@@ -25,9 +25,10 @@ def incident(**kw) -> Incident:
 
 
 def test_initial_alert_follows_the_playbook_template():
-    text = templates.initial_alert(incident(), "api is down", eta="15 min")
+    text = templates.initial_alert(incident(), "api is down", eta="15 min", paged=["@a", "@b"], commander="@ic")
     assert text.splitlines()[:6] == ["🚨 INCIDENT ALERT", "Severity: P0", "Service: api", "Issue: #42",
                                      "Status: Investigating", "ETA: 15 min"]
+    assert text.splitlines()[-2:] == ["Incident Commander: @ic", "Paging: @a @b"]
 
 
 def test_status_update_and_resolution_templates():
@@ -43,7 +44,7 @@ def test_status_update_and_resolution_templates():
                                      "hi @everyone", "<https://evil.example|click>"])
 def test_alert_text_cannot_mention_a_channel_in_slack(hostile):
     text = templates.initial_alert(incident(), hostile)
-    summary = text.splitlines()[-1]
+    summary = next(line for line in text.splitlines() if line.startswith("Summary:"))
     assert "<!" not in summary and "<http" not in summary
     for word in ("@channel", "@here", "@everyone"):
         assert word not in summary.lower()
@@ -51,17 +52,19 @@ def test_alert_text_cannot_mention_a_channel_in_slack(hostile):
 
 def test_alert_text_cannot_inject_markdown_or_mentions_into_github():
     hostile = "## Pwned [click](https://evil.example) @octocat <img src=x> `code` #1\n- [x] done"
-    body = templates.issue_body(incident(alert={"labels": {"alertname": "@team **x**"}}), hostile, {"on_call": "@mpcstudy"})
+    body = templates.issue_body(incident(alert={"labels": {"alertname": "@team **x**"}}), hostile, Roles().table(),
+                                EscalationMatrix().P0)
     summary = next(line for line in body.splitlines() if line.startswith("**Summary:**"))
     assert re.search(r"(?<!\\)[\[\]()`#]", summary.split("**Summary:**")[1]) is None, summary
     assert "<img" not in summary and "&lt;img src=x&gt;" in summary
     assert "@octocat" not in summary and "@\u200boctocat" in summary
     assert "\\#1" in summary and "\\`code\\`" in summary
-    assert "@\u200bteam" in body and "| On Call | @mpcstudy |" in body
+    assert "@\u200bteam" in body and "| On Call | @mpcstudy | @mpcstudy |" in body
 
 
 def test_issue_body_has_the_playbook_sections():
-    body = templates.issue_body(incident(), "api is down", {"incident_commander": "@ic"})
+    body = templates.issue_body(incident(), "api is down", Roles(incident_commander="@ic").table(), EscalationMatrix().P0)
+    assert "| Incident Commander | @ic | - |" in body and "acknowledge within 5 min" in body
     for heading in ("## 🚨 Incident Report", "**Severity:** P0", "**Start Time:** 2026-11-26 03:00:00 UTC",
                     "### 📊 Impact", "### Timeline", "### Actions Taken", "### Root Cause", "### Lessons Learned",
                     "### 🚀 Action Items"):

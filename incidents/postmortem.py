@@ -1,0 +1,133 @@
+"""The post-mortem, built from the incident record: the key moments of the Incident Timeline,
+the impact, the actions taken with their approvals, and the people's answers, rendered in
+the playbook's Incident Issue Template form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from incidents.models import Incident, TimelineEvent
+from incidents.templates import markdown_text, stamp
+
+HORIZONS = {"24h": timedelta(hours=24), "1w": timedelta(days=7)}  # the playbook's Immediate / Follow-up
+
+# (label, timeline kinds that mark it); the first event of any of the kinds wins
+_MOMENTS = [
+    ("Investigation started", ("investigating",)),
+    ("Root cause identified", ("diagnosed",)),
+    ("Fix implemented", ("action",)),
+    ("Service restored", ("recovered",)),
+]
+
+
+@dataclass(frozen=True)
+class Moment:
+    label: str
+    at: datetime | None
+    detail: str = ""
+
+
+def key_moments(incident: Incident, events: list[TimelineEvent]) -> list[Moment]:
+    """Detection, investigation, root cause, fix and restoration, with their times (None when
+    the record has no such moment, e.g. no fix for an incident a person resolved by hand)."""
+    moments = []
+    if incident.started_at and incident.started_at < incident.opened_at:
+        moments.append(Moment("Problem began (alert start)", incident.started_at))
+    moments.append(Moment("Incident detected", incident.opened_at, f"by {incident.detected_by}"))
+    for label, kinds in _MOMENTS:
+        event = next((e for e in events if e.kind in kinds), None)
+        at = event.at if event else None
+        if label == "Service restored" and at is None:
+            at = incident.recovered_at
+        moments.append(Moment(label, at, event.message if event else ""))
+    return moments
+
+
+def duration(incident: Incident) -> timedelta | None:
+    start = incident.started_at or incident.opened_at
+    end = incident.recovered_at or incident.resolved_at
+    return end - start if end else None
+
+
+def human(delta: timedelta | None) -> str:
+    if delta is None:
+        return "ongoing"
+    minutes = int(delta.total_seconds() // 60)
+    seconds = int(delta.total_seconds() % 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {seconds} s"
+
+
+def actions_taken(events: list[TimelineEvent], approvals: list[dict]) -> list[str]:
+    """Every action the record shows, and every approval decision, as checklist lines."""
+    lines = []
+    for approval in approvals:
+        decision = approval.get("decision") or "pending"
+        who = approval.get("approver") or "nobody"
+        auto = " (automatic, drill)" if approval.get("automatic") else ""
+        steps = "; ".join(f"{a.get('kind')} {a.get('target')}: {a.get('before')} -> {a.get('after')}"
+                          for a in (approval.get("plan") or {}).get("actions", []))
+        reason = f": {markdown_text(approval['reason'], 200)}" if approval.get("reason") else ""
+        lines.append(f"- [x] {stamp(approval.get('decided_at'))} plan {decision} by {markdown_text(who)}{auto}"
+                     f"{reason} ({markdown_text(steps, 400)})")
+    for event in events:
+        if event.kind in ("action", "action_failed", "escalated", "acknowledged", "resolved"):
+            done = "x" if event.kind != "action_failed" else " "
+            lines.append(f"- [{done}] {stamp(event.at)} {markdown_text(event.message, 400)} "
+                         f"({markdown_text(event.actor, 80)})")
+    return lines
+
+
+def render(incident: Incident, events: list[TimelineEvent], approvals: list[dict], answers: dict[str, Any],
+           items: list[dict]) -> str:
+    """The post-mortem in the Incident Issue Template's form."""
+    moments = key_moments(incident, events)
+    timeline = "\n".join(f"- **{stamp(m.at) if m.at else 'n/a'}** - {m.label}"
+                         + (f" ({markdown_text(m.detail, 160)})" if m.detail else "") for m in moments)
+    actions = "\n".join(actions_taken(events, approvals)) or "- (no actions recorded)"
+    lessons = answers.get("lessons") or []
+    lesson_lines = "\n".join(f"- {markdown_text(l['lesson'], 600)}"
+                             + (" _(proposed playbook change"
+                                + (f": {markdown_text(l['playbook_section'], 80)}" if l.get("playbook_section") else "")
+                                + ")_" if l.get("playbook_change") else "") for l in lessons)
+    went = [("What went well", answers.get("what_went_well")), ("What did not", answers.get("what_went_badly"))]
+    went_lines = "\n".join(f"**{title}:** {markdown_text(text, 1500)}" for title, text in went if text)
+    item_lines = "\n".join(
+        f"- [{'x' if i.get('completed_at') else ' '}] {markdown_text(i['title'], 200)} — "
+        f"{markdown_text(i.get('owner') or 'unassigned', 60)}, due {stamp(i['due_at'])} ({i['horizon']})"
+        + (f" {i['repo']}#{i['issue_number']}" if i.get("issue_number") else "") for i in items) or "- (none)"
+    return f"""## 🚨 Incident Report (post-mortem)
+
+**Severity:** {incident.severity.value} ({incident.severity.label})
+**Service:** {markdown_text(incident.service)} ({markdown_text(incident.environment)})
+**Start Time:** {stamp(incident.started_at or incident.opened_at)}
+**Detected By:** {markdown_text(incident.detected_by)}
+**Status:** Resolved
+**Incident issue:** {incident.issue_ref}
+
+### 📊 Impact
+- **Users Affected:** {markdown_text(answers.get('users_affected') or incident.users_affected or 'unknown', 300)}
+- **Duration:** {human(duration(incident))}
+- **Business Impact:** {markdown_text(answers.get('business_impact') or incident.impact or 'not assessed', 600)}
+
+### Timeline
+{timeline}
+
+### Actions Taken
+{actions}
+
+### Root Cause
+{markdown_text(answers.get('root_cause') or incident.root_cause or 'not determined', 3000)}
+
+### Lessons Learned
+{went_lines}
+{lesson_lines or '- (none recorded)'}
+
+### 🚀 Action Items
+{item_lines}
+"""
+
+
+def due_at(horizon: str, since: datetime) -> datetime:
+    return since + HORIZONS[horizon]

@@ -1,0 +1,182 @@
+"""The incident watch: what keeps happening while incidents are open, independent of any
+runbook run (which may be paused for an approval, suspended, or gone):
+
+- escalation of unacknowledged incidents, level by level, per the Escalation Matrix;
+- the Status Update cadence while an incident is open;
+- reminders for overdue post-mortems and overdue action items, and completion tracking of
+  action items (their GitHub issue closed = done).
+
+Every step takes its turn through a conditional update in the store, so two sweeps at the
+same moment page nobody twice. `now` is a parameter so that tests can move the clock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from incidents import templates
+from incidents.config import EnvironmentConfig, load_environment
+from incidents.escalation import escalation_due, next_update, status_update_due
+from incidents.followups import FollowUpStore
+from incidents.models import Incident
+from incidents.store import StoreError
+from integrations.errors import IntegrationError
+from tasks.context import RunContext, SecretNotFound
+from tasks.notify import comment_on_issue, notify_slack
+from tasks.timeline import record
+
+
+def _ctx(environment: str, config: EnvironmentConfig, incident: Incident) -> RunContext:
+    return RunContext(environment, incident.service, config)
+
+
+def escalate(ctx: RunContext, incident: Incident, now: datetime) -> dict | None:
+    """Page the next level when the response time passed without an acknowledgment."""
+    policy = ctx.config.escalation.policy(incident.severity)
+    due = escalation_due(incident, ctx.config.roles, policy, now)
+    if due is None or not ctx.store().escalate_to(incident.id, incident.escalation_level, due.level):
+        return None
+    minutes = due.overdue.total_seconds() / 60
+    who = " ".join(due.contacts) or "(nobody configured at this level)"
+    why = (f"Not acknowledged {minutes:.0f} min after it opened ({incident.severity.value} response time "
+           f"{policy.response_minutes:g} min): escalation level {due.level}. Paging: {who}. "
+           f"Acknowledge with `runbooks ack {incident.id}` or by answering the approval.")
+    get_run_logger().warning("Incident %s: %s", incident.id, why)
+    record(ctx, incident.id, "incident-watch", "escalated", why,
+           {"level": due.level, "contacts": due.contacts, "unacknowledged_minutes": round(minutes, 1)})
+    notify_slack(ctx, incident.id, templates.status_update(
+        incident, incident.status.value, incident.eta or "unknown - needs a human",
+        incident.impact or "being assessed", f"⏫ ESCALATION level {due.level}: {why}"))
+    comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
+                     f"### ⏫ Escalated to level {due.level}\n\n{templates.markdown_text(why, 600)}")
+    return {"incident": incident.id, "level": due.level, "contacts": due.contacts}
+
+
+def status_cadence(ctx: RunContext, incident: Incident, now: datetime) -> bool:
+    """The periodic Status Update, with the ETA and impact last stated."""
+    policy = ctx.config.escalation.policy(incident.severity)
+    if not status_update_due(incident, policy, now):
+        return False
+    if not ctx.store().claim_status_update(incident.id, incident.last_update_at, now):
+        return False
+    upcoming = next_update(incident, policy, now)
+    note = (f"Periodic update ({incident.severity.value}: every {policy.status_minutes:g} min). "
+            f"Next update by {upcoming:%H:%M} UTC.")
+    if incident.acknowledged_by:
+        note += f" Acknowledged by {incident.acknowledged_by}."
+    notify_slack(ctx, incident.id, templates.status_update(incident, incident.status.value,
+                                                           incident.eta or "being assessed",
+                                                           incident.impact or "being assessed", note))
+    record(ctx, incident.id, "incident-watch", "status_update", f"Status Update: {incident.status.value}",
+           {"eta": incident.eta, "impact": incident.impact})
+    return True
+
+
+def remind_postmortems(environment: str, config: EnvironmentConfig, store: FollowUpStore, now: datetime) -> list[int]:
+    settings = config.post_incident
+    reminded = []
+    for row in store.overdue_postmortems(environment, now, timedelta(days=settings.postmortem_due_days),
+                                         timedelta(hours=settings.reminder_hours)):
+        incident = store.get(row["id"])
+        ctx = _ctx(environment, config, incident)
+        overdue = now - incident.resolved_at
+        text = (f"📝 POST-MORTEM OVERDUE\nIssue: {incident.issue_ref}\nService: {templates.slack_text(incident.service)}\n"
+                f"Resolved {overdue.days} days ago; the playbook asks for the post-mortem within "
+                f"{settings.postmortem_due_days:g} days.\nDocumentation: {config.roles.documentation}\n"
+                f"Fill it in: the post-incident run" + (f" {ctx.run_url(row['postmortem_run'])}"
+                                                          if row["postmortem_run"] else f" (`runbooks postmortem {incident.id}`)"))
+        notify_slack(ctx, incident.id, text)
+        comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
+                         f"### 📝 Post-mortem overdue\n\nResolved {overdue.days} days ago. "
+                         f"{config.roles.documentation}, please complete it.")
+        record(ctx, incident.id, "incident-watch", "postmortem_overdue", f"Post-mortem overdue ({overdue.days} days)")
+        store.postmortem_reminded(incident.id, now)
+        reminded.append(incident.id)
+    return reminded
+
+
+def track_action_items(environment: str, config: EnvironmentConfig, store: FollowUpStore, now: datetime) -> dict:
+    """Closed issue = done; open past its due date = a reminder (at most every reminder_hours)."""
+    done, reminded = [], []
+    remind_every = timedelta(hours=config.post_incident.reminder_hours)
+    for item in store.action_items(environment=environment, open_only=True):
+        if not item["issue_number"]:
+            continue
+        incident = store.get(item["incident_id"])
+        ctx = _ctx(environment, config, incident)
+        try:
+            with ctx.github() as github:
+                issue = github.get_issue(item["repo"], item["issue_number"])
+        except (IntegrationError, SecretNotFound) as exc:
+            get_run_logger().warning("Action item %s not checked: %s", item["id"], exc)
+            continue
+        if issue.get("state") == "closed":
+            store.complete_action_item(item["id"], now)
+            record(ctx, incident.id, "incident-watch", "action_item_done",
+                   f"Action item done: {item['title']} ({item['repo']}#{item['issue_number']})")
+            done.append(item["id"])
+        elif item["due_at"] <= now and (item["last_reminded_at"] is None or item["last_reminded_at"] + remind_every <= now):
+            late = now - item["due_at"]
+            notify_slack(ctx, incident.id, f"⏰ ACTION ITEM OVERDUE\nIssue: {incident.issue_ref}\n"
+                                           f"Item: {templates.slack_text(item['title'])} ({item['repo']}#{item['issue_number']})\n"
+                                           f"Owner: {templates.slack_text(item['owner'] or 'unassigned')}\n"
+                                           f"Due: {templates.stamp(item['due_at'])} ({late.days} d {late.seconds // 3600} h ago)")
+            comment_on_issue(ctx, incident.id, item["repo"], item["issue_number"],
+                             f"⏰ Overdue since {templates.stamp(item['due_at'])}.")
+            store.action_item_reminded(item["id"], now)
+            reminded.append(item["id"])
+    return {"done": done, "reminded": reminded}
+
+
+@task(name="sweep-incidents", cache_policy=NO_CACHE)
+def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
+    """One pass of the watch over the environment's incidents and follow-ups."""
+    now = now or datetime.now(timezone.utc)
+    config = load_environment(environment)
+    store = FollowUpStore()
+    summary: dict[str, Any] = {"open": 0, "escalated": [], "status_updates": [], "postmortem_reminders": [],
+                               "action_items": {}}
+    for incident in store.list(limit=500, open_only=True, environment=environment):
+        summary["open"] += 1
+        ctx = _ctx(environment, config, incident)
+        try:
+            escalated = escalate(ctx, incident, now)
+            if escalated:
+                summary["escalated"].append(escalated)
+            if status_cadence(ctx, incident, now):
+                summary["status_updates"].append(incident.id)
+        except StoreError as exc:
+            get_run_logger().error("Incident %s skipped this sweep: %s", incident.id, exc)
+    summary["postmortem_reminders"] = remind_postmortems(environment, config, store, now)
+    summary["action_items"] = track_action_items(environment, config, store, now)
+    get_run_logger().info("Sweep of %s: %s open, %s escalated, %s status updates, %s post-mortem reminders",
+                          environment, summary["open"], len(summary["escalated"]), len(summary["status_updates"]),
+                          len(summary["postmortem_reminders"]))
+    return summary
+
+
+@task(name="acknowledge-incident", cache_policy=NO_CACHE)
+def acknowledge(environment: str, incident_id: int, by: str) -> bool:
+    """An explicit acknowledgment: escalation stops. False if it was already acknowledged."""
+    by = by.strip()
+    if not by:
+        raise ValueError("say who acknowledges (a name)")
+    config = load_environment(environment)
+    store = FollowUpStore()
+    incident = store.get(incident_id)
+    if incident.environment != environment:
+        raise ValueError(f"incident {incident_id} belongs to environment {incident.environment!r}, not {environment!r}")
+    if not store.acknowledge(incident_id, by):
+        get_run_logger().info("Incident %s was already acknowledged (by %s) or is closed", incident_id,
+                              incident.acknowledged_by or "-")
+        return False
+    ctx = _ctx(environment, config, incident)
+    record(ctx, incident_id, by, "acknowledged", f"Acknowledged by {by}; escalation stops")
+    notify_slack(ctx, incident_id, templates.status_update(incident, incident.status.value, incident.eta or "being assessed",
+                                                           incident.impact or "being assessed",
+                                                           f"👀 Acknowledged by {by}; escalation stops."))
+    return True
