@@ -37,10 +37,15 @@ def _execute(flow_run_id: str) -> None:
     """In the child: exactly what `python -m prefect.engine <id>` does after its imports."""
     from prefect.flow_engine import load_flow, load_flow_run, run_flow
 
+    from prefect.exceptions import Pause
+
     os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
     flow_run = load_flow_run(flow_run_id=flow_run_id)
     flow = load_flow(flow_run)
-    run_flow(flow, flow_run=flow_run)
+    try:
+        run_flow(flow, flow_run=flow_run)
+    except Pause:  # suspended (waiting for approval): the process ends; resuming reschedules the run
+        log.info("flow run %s suspended", flow_run_id)
 
 
 class Runner:
@@ -103,12 +108,15 @@ class Runner:
             if done:
                 run_id = self.children.pop(pid)
                 code = os.waitstatus_to_exitcode(status) if status else 0
-                if code not in (0, 1):
+                if code != 0:
                     self.crashed(run_id, code)
 
     def crashed(self, run_id: str, code: int) -> None:
+        """A child that failed before the engine recorded an end (e.g. the flow's module did
+        not import) leaves its run Pending or Running: mark it Crashed, or it would hold the
+        deployment's concurrency slot for ever."""
         state = self.http.get(f"/flow_runs/{run_id}").json().get("state", {}).get("type")
-        if state not in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED"):
+        if state in ("PENDING", "RUNNING"):
             self.http.post(f"/flow_runs/{run_id}/set_state", json={"state": {
                 "type": "CRASHED", "name": "Crashed", "message": f"the run's process exited with code {code}"}})
             log.error("flow run %s crashed (exit code %d)", run_id, code)

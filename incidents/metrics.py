@@ -42,7 +42,12 @@ class Figure:
     left_out: int = 0
 
     def row(self) -> dict:
-        shown = "-" if self.value is None else (f"{self.value:.1f} {self.unit}".strip())
+        if self.value is None:
+            shown = "-"
+        elif not self.unit:  # a count
+            shown = f"{self.value:g}"
+        else:
+            shown = f"{self.value:.1f} {self.unit}"
         return {"metric": self.metric, "scope": self.scope, "value": shown, "target": self.target,
                 "met": {True: "yes", False: "NO", None: "-"}[self.met], "counted": self.counted,
                 "left out": self.left_out}

@@ -60,8 +60,8 @@ def human(delta: timedelta | None) -> str:
 
 
 def actions_taken(events: list[TimelineEvent], approvals: list[dict]) -> list[str]:
-    """Every action the record shows, and every approval decision, as checklist lines."""
-    lines = []
+    """Every action the record shows, and every approval decision, as checklist lines in time order."""
+    lines: list[tuple[datetime, str]] = []
     for approval in approvals:
         decision = approval.get("decision") or "pending"
         who = approval.get("approver") or "nobody"
@@ -69,14 +69,15 @@ def actions_taken(events: list[TimelineEvent], approvals: list[dict]) -> list[st
         steps = "; ".join(f"{a.get('kind')} {a.get('target')}: {a.get('before')} -> {a.get('after')}"
                           for a in (approval.get("plan") or {}).get("actions", []))
         reason = f": {markdown_text(approval['reason'], 200)}" if approval.get("reason") else ""
-        lines.append(f"- [x] {stamp(approval.get('decided_at'))} plan {decision} by {markdown_text(who)}{auto}"
-                     f"{reason} ({markdown_text(steps, 400)})")
+        at = approval.get("decided_at") or approval.get("requested_at")
+        lines.append((at, f"- [x] {stamp(at)} plan {decision} by {markdown_text(who)}{auto}{reason} "
+                          f"({markdown_text(steps, 400)})"))
     for event in events:
         if event.kind in ("action", "action_failed", "escalated", "acknowledged", "resolved"):
             done = "x" if event.kind != "action_failed" else " "
-            lines.append(f"- [{done}] {stamp(event.at)} {markdown_text(event.message, 400)} "
-                         f"({markdown_text(event.actor, 80)})")
-    return lines
+            lines.append((event.at, f"- [{done}] {stamp(event.at)} {markdown_text(event.message, 400)} "
+                                    f"({markdown_text(event.actor, 80)})"))
+    return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
 
 
 def render(incident: Incident, events: list[TimelineEvent], approvals: list[dict], answers: dict[str, Any],

@@ -79,6 +79,23 @@ ALTER TABLE incidents ADD COLUMN IF NOT EXISTS eta TEXT;
 ALTER TABLE incidents ADD COLUMN IF NOT EXISTS impact TEXT;
 ALTER TABLE incidents ADD COLUMN IF NOT EXISTS users_affected TEXT;
 ALTER TABLE incidents ADD COLUMN IF NOT EXISTS last_update_at TIMESTAMPTZ;
+-- crash-safe approvals: what a resumed (suspended) run needs, and a log that makes every
+-- approved action run once, whatever retries, re-runs or resumptions happen
+ALTER TABLE approvals ADD COLUMN IF NOT EXISTS deadline_at TIMESTAMPTZ;
+ALTER TABLE approvals ADD COLUMN IF NOT EXISTS findings JSONB;
+CREATE INDEX IF NOT EXISTS approvals_by_run ON approvals (flow_run_id);
+CREATE TABLE IF NOT EXISTS action_log (
+    plan_digest   TEXT NOT NULL,
+    action_digest TEXT NOT NULL,
+    incident_id   BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    kind          TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('started', 'done', 'failed')),
+    attempts      INTEGER NOT NULL DEFAULT 1,
+    started_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at   TIMESTAMPTZ,
+    detail        TEXT,
+    PRIMARY KEY (plan_digest, action_digest)
+);
 -- the post-incident process
 CREATE TABLE IF NOT EXISTS postmortems (
     incident_id      BIGINT PRIMARY KEY REFERENCES incidents (id) ON DELETE CASCADE,
@@ -298,11 +315,51 @@ class IncidentStore:
         return [TimelineEvent(**r) for r in rows]
 
     # -- approvals ------------------------------------------------------------------------------
-    def request_approval(self, incident_id: int, plan_digest: str, plan: dict, flow_run_id: str | None) -> int:
+    def request_approval(self, incident_id: int, plan_digest: str, plan: dict, flow_run_id: str | None,
+                         deadline_at: datetime | None = None, findings: dict | None = None) -> int:
         with self._connect() as conn:
-            return conn.execute("INSERT INTO approvals (incident_id, plan_digest, plan, flow_run_id) "
-                                "VALUES (%s, %s, %s, %s) RETURNING id",
-                                (incident_id, plan_digest, Jsonb(plan), flow_run_id)).fetchone()["id"]
+            return conn.execute("INSERT INTO approvals (incident_id, plan_digest, plan, flow_run_id, deadline_at, "
+                                "findings) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                                (incident_id, plan_digest, Jsonb(plan), flow_run_id, deadline_at,
+                                 Jsonb(findings) if findings is not None else None)).fetchone()["id"]
+
+    def approval_for_run(self, flow_run_id: str) -> dict | None:
+        """The latest approval a flow run asked for: a resumed run continues from it."""
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM approvals WHERE flow_run_id = %s ORDER BY id DESC LIMIT 1",
+                                (flow_run_id,)).fetchone()
+
+    def expired_approvals(self, environment: str, now: datetime) -> list[dict]:
+        """Pending approvals past their deadline (their runs may be suspended: nobody else ends them)."""
+        with self._connect() as conn:
+            return conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
+                                   WHERE i.environment = %s AND a.decision IS NULL AND a.deadline_at <= %s
+                                     AND a.flow_run_id IS NOT NULL ORDER BY a.id""", (environment, now)).fetchall()
+
+    # -- the action log: each approved action once ------------------------------------------------
+    def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> dict:
+        """Claim an approved action. Returns the log row; `first` is False when the action was
+        seen before (done: skip it; started: it was interrupted, check before repeating)."""
+        with self._connect() as conn:
+            row = conn.execute("""INSERT INTO action_log (plan_digest, action_digest, incident_id, kind, status)
+                                  VALUES (%s, %s, %s, %s, 'started') ON CONFLICT DO NOTHING RETURNING *""",
+                               (plan_digest, action_digest, incident_id, kind)).fetchone()
+            if row is not None:
+                return {**row, "first": True}
+            row = conn.execute("""UPDATE action_log SET attempts = attempts + 1
+                                  WHERE plan_digest = %s AND action_digest = %s RETURNING *""",
+                               (plan_digest, action_digest)).fetchone()
+            return {**row, "first": False}
+
+    def finish_action(self, plan_digest: str, action_digest: str, status: str, detail: str) -> None:
+        with self._connect() as conn:
+            conn.execute("UPDATE action_log SET status = %s, detail = %s, finished_at = now() "
+                         "WHERE plan_digest = %s AND action_digest = %s", (status, detail, plan_digest, action_digest))
+
+    def action_log(self, incident_id: int) -> list[dict]:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM action_log WHERE incident_id = %s ORDER BY started_at",
+                                (incident_id,)).fetchall()
 
     def decide_approval(self, approval_id: int, decision: str, approver: str | None, reason: str | None,
                         automatic: bool = False) -> None:

@@ -12,13 +12,14 @@ import contextvars
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
 from incidents.models import Incident
@@ -64,20 +65,32 @@ class DrillNotAllowed(PermissionError):
 
 
 def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_approve_for_drill: str | None = None,
-                     auto_approve_delay: float = 0.0) -> Decision:
-    """Ask for approval of `plan` and wait for the answer (or the deadline)."""
+                     auto_approve_delay: float = 0.0, findings: dict | None = None) -> Decision:
+    """Ask for approval of `plan` and wait for the answer (or the deadline).
+
+    A run started from a deployment suspends while it waits: its process exits, so a worker
+    crash or restart cannot lose the approval; answering reschedules the run, which comes back
+    here (`approval_for_run`) and gets the answer without asking again. A run started in-process
+    (tests, `python -m flows...`) pauses instead."""
     logger = get_run_logger()
     if auto_approve_for_drill and not ctx.config.drills_allowed:
         raise DrillNotAllowed(f"environment {ctx.environment!r} does not allow drills (drills_allowed is false)")
     store = ctx.store()
     run_id = flow_run.get_id()
-    try:
-        approval_id = store.request_approval(incident.id, plan.digest, plan.to_dict(), run_id)
-    except StoreError as exc:
-        logger.error("Approval request not recorded: %s", exc)
-        approval_id = None
-    record(ctx, incident.id, "runbook", "approval_requested",
-           "Approval requested: " + "; ".join(a.describe() for a in plan.actions), {"plan_digest": plan.digest})
+    timeout = ctx.config.approval.timeout_seconds
+    earlier = _earlier_request(store, run_id, plan)
+    if earlier is not None:
+        approval_id = earlier["id"]
+        logger.info("Resumed: continuing with approval request %s for this plan", approval_id)
+    else:
+        try:
+            approval_id = store.request_approval(incident.id, plan.digest, plan.to_dict(), run_id,
+                                                 datetime.now(timezone.utc) + timedelta(seconds=timeout), findings)
+        except StoreError as exc:
+            logger.error("Approval request not recorded: %s", exc)
+            approval_id = None
+        record(ctx, incident.id, "runbook", "approval_requested",
+               "Approval requested: " + "; ".join(a.describe() for a in plan.actions), {"plan_digest": plan.digest})
 
     if auto_approve_for_drill:
         time.sleep(auto_approve_delay)  # a drill may practise a human's reaction time
@@ -86,13 +99,13 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
                                                               "automatic approval for a drill", automatic=True))
         return _finish(ctx, incident, plan, approval_id, decision)
 
-    timeout = ctx.config.approval.timeout_seconds
     link = ctx.run_url(run_id)
-    notify_slack(ctx, incident.id,
-                 f"⏸️ APPROVAL NEEDED\nIssue: {incident.issue_ref}\nService: {ctx.service_name} ({ctx.environment})\n"
-                 + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
-                 + f"\nDeadline: {timeout // 60} min (then declined)\nReview and approve: {link}",
-                 link=("Review the plan", link) if link else None)
+    if earlier is None:
+        notify_slack(ctx, incident.id,
+                     f"⏸️ APPROVAL NEEDED\nIssue: {incident.issue_ref}\nService: {ctx.service_name} ({ctx.environment})\n"
+                     + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
+                     + f"\nDeadline: {timeout // 60} min (then declined)\nReview and approve: {link}",
+                     link=("Review the plan", link) if link else None)
 
     answer, timed_out = _wait_for_answer(plan, timeout, ctx.config.approval.poll_seconds)
     if timed_out:
@@ -102,35 +115,59 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
                             grant=Grant.issue(plan, answer.approver.strip(), answer.reason.strip()))
     else:
         decision = Decision("declined", answer.approver.strip() or None, answer.reason.strip() or "declined")
+    if earlier is not None and earlier["decision"] is not None:
+        return decision  # decided and recorded before the run was interrupted: do not record it twice
     return _finish(ctx, incident, plan, approval_id, decision)
 
 
+def _earlier_request(store, run_id: str | None, plan: Plan) -> dict | None:
+    if not run_id:
+        return None
+    try:
+        earlier = store.approval_for_run(run_id)
+    except StoreError:
+        return None
+    return earlier if earlier and earlier["plan_digest"] == plan.digest else None
+
+
+def deadline_answer() -> dict:
+    """What the deadline submits: a decline the gate reads as a timeout."""
+    return {"approve": False, "approver": DEADLINE_APPROVER, "reason": TIMEOUT_REASON}
+
+
+def _is_deadline(answer: ApprovalInput) -> bool:
+    return (not answer.approve) and answer.approver == DEADLINE_APPROVER and answer.reason == TIMEOUT_REASON
+
+
 def _wait_for_answer(plan: Plan, timeout: int, poll: float) -> tuple[ApprovalInput | None, bool]:
-    """Pause for the form. At the deadline the run resumes itself with a decline, so the run
-    goes on to report it (a pause that simply expired would leave the run Failed)."""
+    """Suspend (deployed run) or pause (in-process run) for the form.
+
+    The deadline is enforced by resuming the run with a decline (a pause that simply expired
+    would leave the run Failed): for a paused run by a timer here, for a suspended run (whose
+    process is gone) by the incident watch (`tasks/watch.py`), from the approval's deadline_at."""
+    form = ApprovalInput.with_initial_data(description=plan.markdown(timeout), approve=False)
+    key = f"approval-{plan.digest[:12]}"
+    if deployment.get_id():
+        # the extra 10 minutes leave the watch (every minute) time to decline it at the deadline
+        answer = suspend_flow_run(wait_for_input=form, timeout=timeout + 600, key=key)
+        return answer, _is_deadline(answer)
     run_id = flow_run.get_id()
-    expired = threading.Event()
 
     def decline_at_deadline() -> None:
         with get_client(sync_client=True) as client:
-            result = client.resume_flow_run(run_id, run_input={"approve": False, "approver": DEADLINE_APPROVER,
-                                                               "reason": TIMEOUT_REASON})
-        if result.status.value == "ACCEPT":
-            expired.set()
+            client.resume_flow_run(run_id, run_input=deadline_answer())
 
     # The timer thread runs in a copy of this context: Prefect's settings (which server) live there.
     timer = threading.Timer(timeout, contextvars.copy_context().run, args=(decline_at_deadline,))
     timer.daemon = True
-    form = ApprovalInput.with_initial_data(description=plan.markdown(timeout), approve=False)
     timer.start()
     try:
-        answer = pause_flow_run(wait_for_input=form, timeout=timeout + 60, poll_interval=poll,
-                                key=f"approval-{plan.digest[:12]}")
+        answer = pause_flow_run(wait_for_input=form, timeout=timeout + 60, poll_interval=poll, key=key)
     except FlowPauseTimeout:
         return None, True
     finally:
         timer.cancel()
-    return answer, expired.is_set()
+    return answer, _is_deadline(answer)
 
 
 def _finish(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | None, decision: Decision) -> Decision:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -36,8 +37,11 @@ def _check_kind(action: PlannedAction, kind: str) -> None:
 
 
 @task(name="rollback-deployment", cache_policy=NO_CACHE)
-def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
-    """Roll the deployment back to the planned revision, through the service's strategy."""
+def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
+                        interrupted_at: datetime | None = None) -> ActionResult:
+    """Roll the deployment back to the planned revision, through the service's strategy.
+    `interrupted_at`: an earlier attempt of this very action began then and never finished;
+    a workflow it dispatched is followed instead of dispatching a second one."""
     require_grant(grant, action)
     _check_kind(action, "rollback")
     logger = get_run_logger()
@@ -57,8 +61,15 @@ def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) ->
                       if not result.skipped else f"skipped: already at revision {result.to_revision}")
             return ActionResult(action.describe(), not result.skipped, detail)
     with ctx.github() as github:
-        logger.info("Dispatching %s in %s (environment=%s)", p["workflow"], p["repo"], p["environment"])
-        since = github.dispatch_workflow(p["repo"], p["workflow"], p["ref"], {"environment": p["environment"]})
+        earlier = github.workflow_runs(p["repo"], since=interrupted_at - timedelta(seconds=5), workflow=p["workflow"],
+                                       event="workflow_dispatch") if interrupted_at else []
+        if earlier:
+            since = interrupted_at - timedelta(seconds=5)
+            logger.warning("An interrupted attempt already dispatched %s (run %s); following it instead of "
+                           "dispatching again", p["workflow"], earlier[0]["id"])
+        else:
+            logger.info("Dispatching %s in %s (environment=%s)", p["workflow"], p["repo"], p["environment"])
+            since = github.dispatch_workflow(p["repo"], p["workflow"], p["ref"], {"environment": p["environment"]})
         run = github.wait_for_dispatched_run(p["repo"], p["workflow"], since,
                                              timeout=ctx.config.timeouts.workflow_seconds, poll=1.0)
         if run.get("conclusion") != "success":
@@ -69,11 +80,19 @@ def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) ->
 
 
 @task(name="restart-deployment", cache_policy=NO_CACHE)
-def restart_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
-    """kubectl rollout restart of the planned deployment."""
+def restart_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
+                       interrupted_at: datetime | None = None) -> ActionResult:
+    """kubectl rollout restart of the planned deployment (once: an interrupted attempt that
+    already restarted it is recognised by the restartedAt annotation)."""
     require_grant(grant, action)
     _check_kind(action, "rollout_restart")
     with ctx.kubernetes() as kube:
+        if interrupted_at:
+            current = kube.get_deployment(action.params["namespace"], action.params["deployment"])
+            annotations = current["spec"]["template"].get("metadata", {}).get("annotations") or {}
+            done = annotations.get("kubectl.kubernetes.io/restartedAt")
+            if done and datetime.fromisoformat(done.replace("Z", "+00:00")) >= interrupted_at - timedelta(seconds=5):
+                return ActionResult(action.describe(), False, f"already restarted at {done} by the interrupted attempt")
         stamp = kube.rollout_restart(action.params["namespace"], action.params["deployment"])
     return ActionResult(action.describe(), True, f"restartedAt={stamp}")
 

@@ -4,11 +4,13 @@ this runs the rest the same way for all of them. Call it from inside a flow."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from prefect import get_run_logger
+from prefect.runtime import flow_run
 
 from incidents import templates
 from incidents.alerts import WITHDRAWN_REASON
@@ -68,9 +70,42 @@ def drill_approval(ctx: RunContext, alert: dict | None) -> tuple[str | None, flo
     return None, 0.0
 
 
+def _findings_json(findings: dict[str, Finding]) -> dict:
+    return json.loads(json.dumps({k: asdict(f) for k, f in findings.items()}, default=str))
+
+
+def _findings_from(data: dict | None) -> dict[str, Finding]:
+    return {k: Finding(**{**v, "details": tuple(v.get("details") or ())}) for k, v in (data or {}).items()}
+
+
+def _resumption(ctx: RunContext) -> dict | None:
+    """The approval this very run asked for before it was suspended (or interrupted), if any:
+    a rescheduled run continues from there instead of opening and diagnosing again."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return None
+    try:
+        return ctx.store().approval_for_run(str(run_id))
+    except StoreError:
+        return None
+
+
 def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None, dry_run: bool,
                  alert: dict | None) -> dict[str, Any]:
     logger = get_run_logger()
+    earlier = None if dry_run else _resumption(ctx)
+    if earlier is not None:
+        incident = ctx.store().get(earlier["incident_id"])
+        findings, plan = _findings_from(earlier["findings"]), Plan.from_dict(earlier["plan"])
+        logger.info("Resuming incident %s at its approval (%s)", incident.id, plan.summary)
+        record(ctx, incident.id, "runbook", "resumed", "Run resumed at its approval; diagnosis is not repeated",
+               {"flow_run_id": str(flow_run.get_id()), "run_count": flow_run.run_count})
+        outcome: dict[str, Any] = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
+                                   "service": ctx.service_name, "environment": ctx.environment,
+                                   "severity": incident.severity.value, "dry_run": dry_run,
+                                   "plan": [a.describe() for a in plan.actions], "resumed": True}
+        return _approve_act_verify(scenario, ctx, incident, findings, plan, alert, outcome)
+
     severity = Severity(severity) if severity else scenario.default_severity
     detected_by = "alert" if alert else "manual run"
     # Opening the incident (record, issue, Initial Alert) and the read-only checks run at the
@@ -78,9 +113,9 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     opening = open_incident.submit(ctx, scenario.name, severity, scenario.summary(ctx), alert, detected_by)
     findings = scenario.diagnose(ctx)
     incident = opening.result()
-    outcome: dict[str, Any] = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
-                               "service": ctx.service_name, "environment": ctx.environment,
-                               "severity": severity.value, "dry_run": dry_run}
+    outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
+               "service": ctx.service_name, "environment": ctx.environment,
+               "severity": severity.value, "dry_run": dry_run}
     record(ctx, incident.id, "runbook", "investigating", f"Investigation: {len(findings)} checks ran")
     if scenario.after_diagnosis:
         scenario.after_diagnosis(ctx, incident, findings)
@@ -112,8 +147,15 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
         return {**outcome, "outcome": "dry_run"}
 
     _status(ctx, incident, Status.IDENTIFIED, "pending approval", scenario.impact, plan.summary)
+    return _approve_act_verify(scenario, ctx, incident, findings, plan, alert, outcome)
+
+
+def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
+                        plan: Plan, alert: dict | None, outcome: dict[str, Any]) -> dict[str, Any]:
+    logger = get_run_logger()
     drill_id, delay = drill_approval(ctx, alert)
-    decision = request_approval(ctx, incident, plan, auto_approve_for_drill=drill_id, auto_approve_delay=delay)
+    decision = request_approval(ctx, incident, plan, auto_approve_for_drill=drill_id, auto_approve_delay=delay,
+                                findings=_findings_json(findings))
     outcome["decision"] = {"outcome": decision.outcome, "approver": decision.approver, "reason": decision.reason,
                            "automatic": decision.automatic}
     if not decision.approved and decision.reason == WITHDRAWN_REASON:
@@ -128,7 +170,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
         return {**outcome, "outcome": decision.outcome}
 
     try:
-        results = execute(ctx, plan.actions, decision.grant)
+        results = execute(ctx, plan, decision.grant)
     except (RemediationFailed, IntegrationError) as exc:
         logger.error("Remediation failed: %s", exc)
         record(ctx, incident.id, "runbook", "action_failed", f"Remediation failed: {exc}")

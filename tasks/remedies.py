@@ -1,9 +1,11 @@
 """Every remedy by the kind of action it performs, and the executor that runs exactly an
-approved plan."""
+approved plan, each action once."""
 
 from __future__ import annotations
 
-from incidents.plans import Grant, PlannedAction
+import inspect
+
+from incidents.plans import Grant, Plan, require_grant
 from integrations.errors import IntegrationError
 from tasks.context import RunContext
 from tasks.database import cancel_queries, clear_cache, terminate_sessions
@@ -25,15 +27,39 @@ REMEDIES = {
 }
 
 
-def execute(ctx: RunContext, actions: tuple[PlannedAction, ...], grant: Grant) -> list[ActionResult]:
-    """Run exactly the approved actions, in order; stop at the first failure."""
+def execute(ctx: RunContext, plan: Plan, grant: Grant) -> list[ActionResult]:
+    """Run exactly the approved actions, in order, each once; stop at the first failure.
+
+    Every action is claimed in the store's action log under (plan digest, action digest)
+    before it runs. A repeat — a retry, a re-run, a resumed suspension — finds the claim: an
+    action already done is skipped and says so; an action that was interrupted (claimed, never
+    finished) runs again only through its remedy's own check of the target, which is told when
+    the interrupted attempt began (e.g. a rollback first looks for the workflow run it may
+    already have dispatched)."""
+    store = ctx.store()
     results = []
-    for action in actions:
+    for action in plan.actions:
         remedy = REMEDIES.get(action.kind)
         if remedy is None:
             raise RemediationFailed(f"no remedy implements {action.kind!r}")
+        require_grant(grant, action)
+        entry = store.begin_action(plan.digest, action.digest, plan.incident_id, action.kind)
+        if entry["status"] == "done":
+            results.append(ActionResult(action.describe(), False,
+                                        f"already done at {entry['finished_at']:%H:%M:%S} UTC; this repeat was "
+                                        f"recognised and skipped ({entry['detail']})"))
+            continue
+        kwargs = {}
+        if not entry["first"] and "interrupted_at" in inspect.signature(remedy.fn).parameters:
+            kwargs["interrupted_at"] = entry["started_at"]
         try:
-            results.append(remedy(ctx, action, grant))
+            result = remedy(ctx, action, grant, **kwargs)
         except IntegrationError as exc:
+            store.finish_action(plan.digest, action.digest, "failed", str(exc)[:500])
             raise RemediationFailed(f"{action.describe()}: {exc}") from None
+        except Exception as exc:
+            store.finish_action(plan.digest, action.digest, "failed", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        store.finish_action(plan.digest, action.digest, "done", result.detail[:500])
+        results.append(result)
     return results

@@ -4,7 +4,8 @@ runbook run (which may be paused for an approval, suspended, or gone):
 - escalation of unacknowledged incidents, level by level, per the Escalation Matrix;
 - the Status Update cadence while an incident is open;
 - reminders for overdue post-mortems and overdue action items, and completion tracking of
-  action items (their GitHub issue closed = done).
+  action items (their GitHub issue closed = done);
+- the deadline of approvals whose runs are suspended (no process is left to notice it).
 
 Every step takes its turn through a conditional update in the store, so two sweeps at the
 same moment page nobody twice. `now` is a parameter so that tests can move the clock.
@@ -17,6 +18,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 
 from incidents import templates
 from incidents.config import EnvironmentConfig, load_environment
@@ -25,6 +27,7 @@ from incidents.followups import FollowUpStore
 from incidents.models import Incident
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
+from tasks.approval import TIMEOUT_REASON, deadline_answer
 from tasks.context import RunContext, SecretNotFound
 from tasks.notify import comment_on_issue, notify_slack
 from tasks.timeline import record
@@ -132,6 +135,34 @@ def track_action_items(environment: str, config: EnvironmentConfig, store: Follo
     return {"done": done, "reminded": reminded}
 
 
+def decline_expired_approvals(environment: str, config: EnvironmentConfig, store: FollowUpStore,
+                              now: datetime) -> list[int]:
+    """Approvals past their deadline: resume the waiting run with the deadline's decline, so it
+    reports "nothing changed" and escalates. A suspended run has no process that could notice
+    the deadline itself. A run that is no longer waiting gets the approval closed as timed out."""
+    declined = []
+    for approval in store.expired_approvals(environment, now):
+        try:
+            with get_client(sync_client=True) as client:
+                answer = client.resume_flow_run(approval["flow_run_id"], run_input=deadline_answer())
+            accepted = answer.status.value == "ACCEPT"
+        except Exception as exc:  # noqa: BLE001 - the run is gone or the API is down: close the request below
+            get_run_logger().warning("Approval %s: run %s not resumed: %s", approval["id"], approval["flow_run_id"], exc)
+            accepted = False
+        incident = store.get(approval["incident_id"])
+        ctx = _ctx(environment, config, incident)
+        if accepted:
+            record(ctx, incident.id, "incident-watch", "approval_deadline",
+                   "Approval deadline passed: the waiting run was resumed with a decline; nothing is changed")
+        else:
+            store.decide_approval(approval["id"], "timed_out", None, TIMEOUT_REASON)
+            record(ctx, incident.id, "incident-watch", "approval_timed_out",
+                   f"Approval deadline passed and run {approval['flow_run_id']} was no longer waiting: "
+                   "request closed as timed out; nothing was changed")
+        declined.append(approval["id"])
+    return declined
+
+
 @task(name="sweep-incidents", cache_policy=NO_CACHE)
 def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
     """One pass of the watch over the environment's incidents and follow-ups."""
@@ -151,6 +182,7 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
                 summary["status_updates"].append(incident.id)
         except StoreError as exc:
             get_run_logger().error("Incident %s skipped this sweep: %s", incident.id, exc)
+    summary["expired_approvals"] = decline_expired_approvals(environment, config, store, now)
     summary["postmortem_reminders"] = remind_postmortems(environment, config, store, now)
     summary["action_items"] = track_action_items(environment, config, store, now)
     get_run_logger().info("Sweep of %s: %s open, %s escalated, %s status updates, %s post-mortem reminders",

@@ -14,6 +14,17 @@ from tests.test_intake import TOKEN, _runs, deployments, live_intake  # noqa: F4
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
+def _run_until_suspended(run_flow, fn, run) -> None:
+    """A worker's process ends when its run suspends (waiting for approval); resuming the run
+    schedules it again, and the poller below picks it up again."""
+    from prefect.exceptions import Pause
+
+    try:
+        run_flow(fn, flow_run=run, parameters=run.parameters)
+    except Pause:
+        pass
+
+
 @pytest.fixture
 def inline_worker(deployments):  # noqa: F811
     """Runs what the intake schedules, on threads of this process, as a worker would."""
@@ -35,8 +46,8 @@ def inline_worker(deployments):  # noqa: F811
                 for dep_id, fn in flows.items():
                     for run in _runs(dep_id):
                         if run.state.is_scheduled() and client.set_flow_run_state(run.id, Pending()).status.value == "ACCEPT":
-                            thread = threading.Thread(target=run_flow, args=(fn,),
-                                                      kwargs={"flow_run": run, "parameters": run.parameters}, daemon=True)
+                            thread = threading.Thread(target=_run_until_suspended, args=(run_flow, fn, run),
+                                                      daemon=True)
                             thread.start()
                             threads.append(thread)
                 time.sleep(0.3)

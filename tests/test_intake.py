@@ -285,6 +285,7 @@ def test_alertmanager_starts_exactly_the_expected_runs(alertmanager, deployments
 
 def test_a_resolved_alert_withdraws_the_pending_approval_and_posts_an_update(alertmanager, deployments, world, store):
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import Pause
     from prefect.flow_engine import run_flow
 
     from flows.service_down import service_down
@@ -297,12 +298,19 @@ def test_a_resolved_alert_withdraws_the_pending_approval_and_posts_an_update(ale
     run = _wait_for(lambda: (_runs(deployments["service-down"]) or [None])[0])
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run.id)
-    # execute that very run here, as the worker would, until it waits for approval
+    # execute that very run here, as the worker would, until it waits for approval: a deployed
+    # run suspends (its process ends) and is scheduled again once answered
     worker = FlowThread(lambda: run_flow(service_down, flow_run=flow_run, parameters=flow_run.parameters))
     worker.wait_paused()
+    with pytest.raises(Pause):
+        worker.join(30)
     ends = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     _post_alerts(alertmanager, [{**alert, "endsAt": ends}])
-    result = worker.join(60)
+    with get_client(sync_client=True) as client:
+        _wait_for(lambda: client.read_flow_run(run.id).state.is_scheduled())
+        flow_run = client.read_flow_run(run.id)
+    result = FlowThread(lambda: run_flow(service_down, flow_run=flow_run, parameters=flow_run.parameters)).join(60)
+    assert result["resumed"] is True
     assert result["outcome"] == "withdrawn" and result["decision"]["reason"] == "alert resolved"
     assert not any("ESCALATION" in m["text"] for m in world.slack_messages), "a cleared alert pages nobody"
     assert world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["spec"]["containers"][0][
