@@ -46,3 +46,51 @@ def test_auto_approval_is_refused_where_drills_are_not_allowed(world, store):
         gate("no-drills", "drill-43")
     opened = store.list(limit=1)[0]
     assert len(store.list(limit=1000)) == before + 1 and store.approvals(opened.id) == []
+
+
+@flow(name="act-under-test")
+def act(environment: str, repeat: int, interrupt: bool = False) -> dict:
+    """Execute one approved rollout restart `repeat` times, as a retry or a re-run would."""
+    from incidents.plans import Grant
+    from tasks.context import RunContext
+    from tasks.remedies import execute
+
+    ctx = RunContext.load(environment, "api")
+    store = ctx.store()
+    incident = store.open_incident(dedup_key=f"act:{interrupt}", scenario="service-down", service="api",
+                                   environment=environment, severity=Severity.P1, title="t", detected_by="test",
+                                   flow_run_id=None, alert=None)
+    action = PlannedAction("rollout_restart", "deployment/api", "3 pods", "replaced", "kubectl rollout restart",
+                           {"namespace": "sandbox", "deployment": "api"})
+    plan = Plan(incident.id, "api", environment, (action,))
+    grant = Grant.issue(plan, "tess", "test")
+    details = []
+    for _ in range(repeat):
+        details += [r.detail for r in execute(ctx, plan, grant)]
+        if interrupt:  # as if the process died after acting and before recording it
+            with store._connect() as conn:
+                conn.execute("UPDATE action_log SET status = 'started', finished_at = NULL WHERE plan_digest = %s",
+                             (plan.digest,))
+    return {"incident": incident.id, "details": details}
+
+
+def _revision(world) -> str:
+    return world.cluster.get("deployments", "sandbox", "api")["metadata"]["annotations"][
+        "deployment.kubernetes.io/revision"]
+
+
+def test_an_approved_action_runs_once_however_often_it_is_executed(world, store):
+    before = _revision(world)
+    result = act("sandbox", repeat=3)
+    assert int(_revision(world)) == int(before) + 1, "restarted exactly once"
+    assert result["details"][0].startswith("restartedAt=")
+    assert all("recognised and skipped" in d for d in result["details"][1:]), result["details"]
+    log = store.action_log(result["incident"])
+    assert [(e["status"], e["attempts"]) for e in log] == [("done", 3)]
+
+
+def test_an_interrupted_action_checks_its_target_before_repeating(world, store):
+    before = _revision(world)
+    result = act("sandbox", repeat=2, interrupt=True)
+    assert int(_revision(world)) == int(before) + 1, "the interrupted restart was not repeated"
+    assert "already restarted" in result["details"][1], result["details"]

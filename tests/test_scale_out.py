@@ -34,50 +34,71 @@ def _wait(url: str, timeout: float = 90) -> None:
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
+class Stack:
+    """A Prefect server on PostgreSQL, the pool, every deployment, and named process workers,
+    each a process group that can be killed and started again."""
+
+    def __init__(self, home: Path, logs: Path, port: int):
+        self.api, self.logs, self.port = f"http://127.0.0.1:{port}/api", logs, port
+        self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "PREFECT_SERVER_DATABASE_CONNECTION_URL": ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://")
+                    .rsplit("/", 1)[0] + f"/{SCRATCH_DB}", "PREFECT_WORKER_QUERY_SECONDS": "1",
+                    "PREFECT_LOGGING_LEVEL": "INFO",
+                    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}  # no incident-watch runs mid-test
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.logs / f"{name}.log").open("a")
+        self.processes[name] = subprocess.Popen([str(BIN / "prefect"), *args], cwd=ROOT, env=self.env, stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_server(self) -> None:
+        self._spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        _wait(f"{self.api}/health", 120)
+
+    def start_worker(self, name: str) -> None:
+        self._spawn(name, ["worker", "start", "--pool", POOL, "--type", "process", "--name", name])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            workers = httpx.post(f"{self.api}/work_pools/{POOL}/workers/filter", json={}, timeout=5).json()
+            if any(w["name"] == name and w.get("status") == "ONLINE" for w in workers):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"worker {name} did not come online")
+
+    def kill(self, name: str, sig: int = 9) -> None:
+        process = self.processes.pop(name)
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(process.pid, 9)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.kill(name, 2)
+
+
 @pytest.fixture(scope="module")
 def pg_stack(sandbox, test_config, tmp_path_factory):
     """Server on PostgreSQL + pool + deployment + two workers, on free ports, torn down after."""
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
-    home, port = tmp_path_factory.mktemp("prefect-home"), free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_DATABASE_CONNECTION_URL": ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://")
-           .rsplit("/", 1)[0] + f"/{SCRATCH_DB}", "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "INFO",
-           "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}  # no incident-watch runs mid-test
-    logs = tmp_path_factory.mktemp("logs")
-    processes = [subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                  cwd=ROOT, env=env, stdout=(logs / "server.log").open("w"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)]
+    stack = Stack(tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("logs"), free_port())
     try:
-        _wait(f"{api}/health", 120)
+        stack.start_server()
         for cmd in (["work-pool", "create", POOL, "--type", "process"],
                     ["--no-prompt", "deploy", "--all"]):
-            done = subprocess.run([str(BIN / "prefect"), *cmd], cwd=ROOT, env=env, capture_output=True, text=True,
+            done = subprocess.run([str(BIN / "prefect"), *cmd], cwd=ROOT, env=stack.env, capture_output=True, text=True,
                                   timeout=120)
             assert done.returncode == 0, done.stdout + done.stderr
         for name in ("worker-a", "worker-b"):
-            processes.append(subprocess.Popen(
-                [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", name],
-                cwd=ROOT, env=env, stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
-                start_new_session=True))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            workers = httpx.post(f"{api}/work_pools/{POOL}/workers/filter", json={}, timeout=5).json()
-            if {w["name"] for w in workers if w.get("status") == "ONLINE"} >= {"worker-a", "worker-b"}:
-                break
-            time.sleep(1)
-        else:
-            raise AssertionError("the two workers did not come online")
-        yield api, logs
+            stack.start_worker(name)
+        yield stack
     finally:
-        for process in reversed(processes):
-            try:
-                os.killpg(process.pid, 2)
-                process.wait(20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(process.pid, 9)
+        stack.stop()
 
 
 def _run(api: str, params: dict) -> str:
@@ -87,6 +108,10 @@ def _run(api: str, params: dict) -> str:
 
 def _state(api: str, run_id: str) -> str:
     return httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["type"]
+
+
+def _state_name(api: str, run_id: str) -> str:
+    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["name"]
 
 
 def _until(api: str, run_id: str, states: tuple[str, ...], timeout: float = 120) -> str:
@@ -100,11 +125,12 @@ def _until(api: str, run_id: str, states: tuple[str, ...], timeout: float = 120)
 
 
 def test_service_down_end_to_end_on_a_postgres_backed_server_with_two_workers(pg_stack, world):
-    api, logs = pg_stack
+    api, logs = pg_stack.api, pg_stack.logs
     break_api(world)
     assert api_image(world) == BROKEN_IMAGE
     run_id = _run(api, {"service": "api", "environment": "sandbox"})
     assert _until(api, run_id, ("PAUSED", "FAILED", "CRASHED")) == "PAUSED"
+    assert _state_name(api, run_id) == "Suspended"  # its process has exited while it waits
     answer = httpx.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
         "run_input": {"approve": True, "approver": "quinn", "reason": "scale-out test"}}).json()
     assert answer["status"] == "ACCEPT"
@@ -114,16 +140,55 @@ def test_service_down_end_to_end_on_a_postgres_backed_server_with_two_workers(pg
 
     # several runs at once: each is executed by exactly one of the two workers, once. Both
     # workers may try to claim the same run; the server lets one move it to Pending and sends
-    # the other an abort, which that worker logs ("Aborted submission ...") and skips.
+    # the other an abort, which that worker logs ("Aborted submission ...") and skips. The
+    # approved run was executed twice on purpose: once until it suspended, once after approval.
     runs = [_run(api, {"service": "api", "environment": "sandbox", "dry_run": True}) for _ in range(4)]
     for rid in runs:
         assert _until(api, rid, ("COMPLETED", "FAILED", "CRASHED")) == "COMPLETED"
     worker_logs = {name: (logs / f"{name}.log").read_text() for name in ("worker-a", "worker-b")}
     for rid in [run_id, *runs]:
-        takers = [name for name, text in worker_logs.items()
-                  if text.count(f"submitting flow run '{rid}'") > text.count(f"Aborted submission of flow run '{rid}'")]
-        assert len(takers) == 1, f"run {rid} was executed by {takers}"
-        assert sum(text.count(f"submitting flow run '{rid}'") for text in worker_logs.values()) <= 2
+        executions = {name: text.count(f"submitting flow run '{rid}'") - text.count(f"Aborted submission of flow run '{rid}'")
+                      for name, text in worker_logs.items()}
+        assert sum(executions.values()) == (2 if rid == run_id else 1), f"run {rid} executions: {executions}"
         run = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"id": {"any_": [rid]}}}, timeout=5).json()[0]
-        # entered Running once; the approved run a second time, when it was resumed after its pause
-        assert run["run_count"] == (2 if rid == run_id else 1), run
+        assert run["state"]["type"] == "COMPLETED"
+    rollbacks = [r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"]
+    assert len(rollbacks) == 1
+
+
+def test_a_pending_approval_survives_killing_the_workers_and_the_server(pg_stack, world, store):
+    """Kill every worker and the Prefect server (SIGKILL) while a run waits for approval,
+    start them again, approve: the run finishes and the sandbox changed exactly once."""
+    api = pg_stack.api
+    break_api(world)
+    run_id = _run(api, {"service": "api", "environment": "sandbox"})
+    assert _until(api, run_id, ("PAUSED", "FAILED", "CRASHED")) == "PAUSED"
+    assert _state_name(api, run_id) == "Suspended"
+    incident = store.get(store.approval_for_run(run_id)["incident_id"])
+    notices_before = [m["text"] for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED")]
+
+    for name in ("worker-a", "worker-b", "server"):
+        pg_stack.kill(name)
+    pg_stack.start_server()
+    pg_stack.start_worker("worker-c")
+    assert _state_name(api, run_id) == "Suspended"  # still answerable after the restart
+
+    answer = httpx.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
+        "run_input": {"approve": True, "approver": "rita", "reason": "after the crash"}}).json()
+    assert answer["status"] == "ACCEPT", answer
+    assert _until(api, run_id, ("COMPLETED", "FAILED", "CRASHED"), timeout=150) == "COMPLETED"
+    assert "submitting flow run" in (pg_stack.logs / "worker-c.log").read_text()  # the new worker finished it
+
+    assert api_image(world).endswith(":v1.5.0")
+    assert httpx.get(f"{world.url}/services/api/__ok").status_code == 200
+    rollbacks = [r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"]
+    assert len(rollbacks) == 1, rollbacks  # the destructive step ran exactly once
+    log = store.action_log(incident.id)
+    assert [(e["kind"], e["status"], e["attempts"]) for e in log] == [("rollback", "done", 1)]
+    events = [e.kind for e in store.timeline(incident.id)]
+    assert events.count("action") == 1 and events.count("approval_requested") == 1 and "resumed" in events
+    assert events.count("detected") == 1 and events.count("diagnosed") == 1  # not opened or diagnosed again
+    notices_after = [m["text"] for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED")]
+    assert notices_after == notices_before  # not announced twice
+    assert store.get(incident.id).status.value == "Resolved"
+    assert store.approvals(incident.id)[0]["approver"] == "rita"

@@ -83,7 +83,7 @@ def _final(api: str, run_id: str) -> str:
 
 
 def test_approve_in_the_browser_heals_the_sandbox(pg_stack, world, page):  # noqa: F811
-    api, _ = pg_stack
+    api = pg_stack.api
     break_api(world)
     run_id = _start_from_the_ui(page, api)
     _answer_in_the_form(page, api, run_id, True, "rosa", "approved from the browser")
@@ -95,7 +95,7 @@ def test_approve_in_the_browser_heals_the_sandbox(pg_stack, world, page):  # noq
 
 
 def test_decline_in_the_browser_changes_nothing(pg_stack, world, page):  # noqa: F811
-    api, _ = pg_stack
+    api = pg_stack.api
     break_api(world)
     run_id = _start_from_the_ui(page, api)
     _answer_in_the_form(page, api, run_id, False, "sam", "declined from the browser")
