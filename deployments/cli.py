@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from deployments.prefect_api import auth_headers
 from incidents.config import ConfigError, config_path, load_config
 
 OK, FAILED, USAGE, WAITING, UNREACHABLE = 0, 1, 2, 3, 4
@@ -46,7 +47,7 @@ def api_url() -> str:
 
 def _api(method: str, path: str, **kwargs: Any) -> Any:
     try:
-        response = httpx.request(method, f"{api_url()}{path}", timeout=10, **kwargs)
+        response = httpx.request(method, f"{api_url()}{path}", timeout=10, headers=auth_headers(), **kwargs)
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the Prefect API at {api_url()} ({type(exc).__name__}); is `make up` running? "
                        "Set PREFECT_API_URL to use another server.", UNREACHABLE) from None

@@ -4,6 +4,7 @@
     POST /alerts/grafana        Grafana unified alerting (HMAC signature checked when configured)
     POST /alerts                a generic JSON alert (see incidents/alerts.py: parse_generic)
     GET  /healthz
+    GET  /approvals/<id>        the approval page (see deployments/approval_page.py); POST answers it
 
 Every POST needs `Authorization: Bearer $RUNBOOKS_ALERT_TOKEN`. A firing alert is routed by
 the config's `routing` rules and deduplicated in Redis on fingerprint + startsAt, then started
@@ -33,6 +34,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
+from deployments.approval_page import routes as approval_routes
+from deployments.prefect_api import auth_headers
 from incidents.alerts import WITHDRAWN_REASON, Alert, BadPayload, Route, parse_alertmanager, parse_generic, parse_grafana, route, \
     verify_grafana_signature
 
@@ -69,7 +72,7 @@ def create_app(settings: IntakeSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         state["redis"] = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        state["prefect"] = httpx.AsyncClient(base_url=settings.prefect_api_url.rstrip("/"),
+        state["prefect"] = httpx.AsyncClient(base_url=settings.prefect_api_url.rstrip("/"), headers=auth_headers(),
                                              timeout=httpx.Timeout(10.0, connect=3.0))
         # A few run creations at a time: an alert storm must not turn into a write storm on
         # the Prefect database (SQLite answers 503 to that), and duplicates never wait here.
@@ -250,6 +253,7 @@ def create_app(settings: IntakeSettings) -> Starlette:
         HttpRoute("/alerts/grafana", grafana, methods=["POST"]),
         HttpRoute("/alerts", generic, methods=["POST"]),
         HttpRoute("/healthz", healthz, methods=["GET"]),
+        *approval_routes(settings.prefect_api_url, auth_headers()),
     ], lifespan=lifespan)
 
 

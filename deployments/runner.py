@@ -21,6 +21,8 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 
+from deployments.prefect_api import auth_headers
+
 log = logging.getLogger("runbooks.runner")
 
 
@@ -50,7 +52,8 @@ def _execute(flow_run_id: str) -> None:
 
 class Runner:
     def __init__(self, api_url: str, pool: str, name: str, poll: float, max_runs: int):
-        self.http = httpx.Client(base_url=api_url.rstrip("/"), timeout=httpx.Timeout(5.0, connect=2.0))
+        self.http = httpx.Client(base_url=api_url.rstrip("/"), timeout=httpx.Timeout(5.0, connect=2.0),
+                                 headers=auth_headers())
         self.pool, self.name, self.poll, self.max_runs = pool, name, poll, max_runs
         self.children: dict[int, str] = {}
         self.stopping = False

@@ -20,6 +20,8 @@ from typing import Callable
 
 import httpx
 
+from deployments.prefect_api import auth_headers
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 PREFECT_HOME = ROOT / ".prefect"
@@ -56,8 +58,12 @@ def stack_env() -> dict[str, str]:
         RUNBOOKS_PROMETHEUS_URL=f"http://{HOST}:{PROMETHEUS_PORT}",
         RUNBOOKS_INTAKE_URL=INTAKE_URL,  # drills raise their alerts through the intake
     )
+    if env.get("PREFECT_API_AUTH_STRING"):  # protect the local server's UI and API with it too
+        env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
     # The sandbox's own fake credentials; a real environment keeps these in Secret blocks.
     env["RUNBOOKS_ALERT_TOKEN"] = alert_token()
+    for name, credential in approver_credentials().items():
+        env.setdefault(f"RUNBOOKS_SECRET_APPROVER_{name.upper()}", credential)
     env.setdefault("RUNBOOKS_SECRET_GITHUB_TOKEN", GITHUB_TOKEN)
     env.setdefault("RUNBOOKS_SECRET_SLACK_WEBHOOK_URL", SANDBOX_URL + SLACK_PATH)
     env.setdefault("RUNBOOKS_SECRET_SECURITY_WEBHOOK_URL", SANDBOX_URL + SLACK_SECURITY_PATH)
@@ -78,6 +84,23 @@ def alert_token() -> str:
     TOKEN_FILE.touch(mode=0o600)
     TOKEN_FILE.write_text(token)
     return token
+
+
+SANDBOX_APPROVERS = ("sam", "tess", "rita")  # config/sandbox.yaml's approvers
+APPROVERS_FILE = RUN_DIR / "approver-credentials"
+
+
+def approver_credentials() -> dict[str, str]:
+    """The sandbox approvers' credentials for the approval page: generated on the first
+    `make up`, kept in .run/approver-credentials (mode 600), passed to the intake by name."""
+    if APPROVERS_FILE.exists():
+        pairs = [line.split("=", 1) for line in APPROVERS_FILE.read_text().splitlines() if "=" in line]
+        return {name: value for name, value in pairs}
+    RUN_DIR.mkdir(exist_ok=True)
+    credentials = {name: secrets.token_urlsafe(12) for name in SANDBOX_APPROVERS}
+    APPROVERS_FILE.touch(mode=0o600)
+    APPROVERS_FILE.write_text("".join(f"{name}={value}\n" for name, value in credentials.items()))
+    return credentials
 
 
 @dataclass(frozen=True)
@@ -108,7 +131,7 @@ class Component:
 
 def _get_ok(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, timeout=2, headers=auth_headers()).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -116,7 +139,8 @@ def _get_ok(url: str) -> bool:
 def _worker_online(since: float, name: str) -> bool:
     """Our worker has sent a heartbeat since it was started (an old worker's ONLINE lingers)."""
     try:
-        response = httpx.post(f"{PREFECT_URL}/api/work_pools/{POOL}/workers/filter", json={}, timeout=2)
+        response = httpx.post(f"{PREFECT_URL}/api/work_pools/{POOL}/workers/filter", json={}, timeout=2,
+                              headers=auth_headers())
     except httpx.HTTPError:
         return False
     if response.status_code != 200:
@@ -211,7 +235,7 @@ def _prefect(args: list[str], env: dict[str, str], what: str, timeout: float = 1
 
 
 def _ensure_pool(env: dict[str, str]) -> None:
-    response = httpx.get(f"{PREFECT_URL}/api/work_pools/{POOL}", timeout=5)
+    response = httpx.get(f"{PREFECT_URL}/api/work_pools/{POOL}", timeout=5, headers=auth_headers())
     if response.status_code == 200:
         _say("work pool", f"{POOL} exists")
         return
@@ -222,7 +246,8 @@ def _ensure_pool(env: dict[str, str]) -> None:
 def _deploy(env: dict[str, str]) -> None:
     start = time.monotonic()
     _prefect(["--no-prompt", "deploy", "--all"], env, "prefect deploy --all", timeout=300)
-    names = [d["name"] for d in httpx.post(f"{PREFECT_URL}/api/deployments/filter", json={}, timeout=5).json()]
+    names = [d["name"] for d in httpx.post(f"{PREFECT_URL}/api/deployments/filter", json={}, timeout=5,
+                                                 headers=auth_headers()).json()]
     _say("deployments", f"{len(names)} registered in {time.monotonic() - start:.1f} s")
 
 
@@ -263,6 +288,8 @@ Ready.
   Sandbox           {SANDBOX_URL}  (Kubernetes API https://{HOST}:{SANDBOX_KUBE_PORT})
   Prometheus        http://{HOST}:{PROMETHEUS_PORT}  (scrapes the sandbox services)
   Alert intake      {INTAKE_URL}/alerts/alertmanager  (Authorization: Bearer {env["RUNBOOKS_ALERT_TOKEN"]})
+  Approval page     {INTAKE_URL}/approvals/<id>  (linked from each APPROVAL NEEDED message; approvers sam, tess,
+                    rita with their credentials in .run/approver-credentials)
   Kubeconfig        {kubeconfig}
   Logs              {RUN_DIR.relative_to(ROOT)}/
 

@@ -77,9 +77,51 @@ class KubernetesSettings(_Model):
     timeout_seconds: float = Field(10.0, gt=0, le=120)
 
 
+_SEVERITY = Literal["P0", "P1", "P2", "P3"]
+
+
+class Approver(_Model):
+    """A person who may approve, with a credential of their own (a secret, by name)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,99}$")
+    credential_secret: str
+    severities: list[_SEVERITY] = ["P0", "P1", "P2", "P3"]
+    _secret = field_validator("credential_secret")(_check_secret_name)
+
+
 class ApprovalSettings(_Model):
     timeout_seconds: int = Field(900, ge=1, le=7 * 24 * 3600)
     poll_seconds: float = Field(1.0, gt=0, le=60)
+    # Verified approvals: the approval page (POST /approvals/<id> on the intake) checks the
+    # approver's own credential. `require_verified`: a Resume without it (e.g. from the Prefect
+    # UI, which records no identity) is ignored and the run keeps waiting. `four_eyes`: these
+    # severities need two different verified approvers.
+    approvers: list[Approver] = []
+    require_verified: bool = False
+    four_eyes: list[_SEVERITY] = []
+    page_url: str = Field("http://127.0.0.1:8787", pattern=r"^https?://")
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> "ApprovalSettings":
+        names = [a.name for a in self.approvers]
+        if len(set(names)) != len(names):
+            raise ValueError("approver names must be unique")
+        if self.require_verified and not self.approvers:
+            raise ValueError("require_verified needs at least one approver")
+        for severity in self.four_eyes:
+            if sum(severity in a.severities for a in self.approvers) < 2:
+                raise ValueError(f"four_eyes for {severity} needs at least two approvers allowed to approve {severity}")
+        return self
+
+    def approver(self, name: str) -> Approver | None:
+        return next((a for a in self.approvers if a.name == name), None)
+
+    def needed(self, severity) -> int:
+        """How many different verified approvers a plan of this severity needs (0: the Resume form suffices)."""
+        value = getattr(severity, "value", severity)
+        if value in self.four_eyes:
+            return 2
+        return 1 if self.require_verified else 0
 
 
 class Timeouts(_Model):

@@ -96,6 +96,17 @@ CREATE TABLE IF NOT EXISTS action_log (
     detail        TEXT,
     PRIMARY KEY (plan_digest, action_digest)
 );
+-- verified approvals: who approved, checked against their own credential
+ALTER TABLE approvals ADD COLUMN IF NOT EXISTS attempt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE approvals ADD COLUMN IF NOT EXISTS verified BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS approval_signatures (
+    approval_id BIGINT NOT NULL REFERENCES approvals (id) ON DELETE CASCADE,
+    approver    TEXT NOT NULL,
+    decision    TEXT NOT NULL CHECK (decision IN ('approve', 'decline')),
+    reason      TEXT,
+    signed_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (approval_id, approver)
+);
 -- the post-incident process
 CREATE TABLE IF NOT EXISTS postmortems (
     incident_id      BIGINT PRIMARY KEY REFERENCES incidents (id) ON DELETE CASCADE,
@@ -371,6 +382,36 @@ class IncidentStore:
                 conn.execute("UPDATE incidents SET acknowledged_at = COALESCE(acknowledged_at, now()), "
                              "acknowledged_by = COALESCE(acknowledged_by, %s) "
                              "WHERE id = (SELECT incident_id FROM approvals WHERE id = %s)", (approver, approval_id))
+
+    def approval(self, approval_id: int) -> dict | None:
+        """An approval request with its incident's environment, severity and service."""
+        with self._connect() as conn:
+            return conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
+                                   FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.id = %s""",
+                                (approval_id,)).fetchone()
+
+    def sign(self, approval_id: int, approver: str, decision: str, reason: str) -> bool:
+        """A verified approver's answer; False if this approver already answered this request."""
+        with self._connect() as conn:
+            row = conn.execute("INSERT INTO approval_signatures (approval_id, approver, decision, reason) "
+                               "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING approver",
+                               (approval_id, approver, decision, reason)).fetchone()
+        return row is not None
+
+    def signatures(self, approval_id: int) -> list[dict]:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM approval_signatures WHERE approval_id = %s ORDER BY signed_at",
+                                (approval_id,)).fetchall()
+
+    def next_attempt(self, approval_id: int) -> int:
+        """An answer was not accepted (unverified): the gate asks again under a new pause key."""
+        with self._connect() as conn:
+            return conn.execute("UPDATE approvals SET attempt = attempt + 1 WHERE id = %s RETURNING attempt",
+                                (approval_id,)).fetchone()["attempt"]
+
+    def mark_verified(self, approval_id: int) -> None:
+        with self._connect() as conn:
+            conn.execute("UPDATE approvals SET verified = true WHERE id = %s", (approval_id,))
 
     def approvals(self, incident_id: int) -> list[dict]:
         with self._connect() as conn:

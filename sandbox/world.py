@@ -100,7 +100,8 @@ class Sandbox:
 
             env = inputs.get("environment", "")
             lines = [f"Rollback requested for {deployment} in environment {env or '(none)'}"]
-            if env not in ("sandbox", "production", "staging"):
+            # the sandbox cluster backs `sandbox` and its variants (sandbox-*); the other names are examples
+            if not (env in ("sandbox", "production", "staging") or env.startswith("sandbox-")):
                 return False, lines + [f"Error: unknown environment {env!r}"]
             with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as kubeconfig:
                 kubeconfig.write(self.kubeconfig_text())

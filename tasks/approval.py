@@ -99,25 +99,74 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
                                                               "automatic approval for a drill", automatic=True))
         return _finish(ctx, incident, plan, approval_id, decision)
 
-    link = ctx.run_url(run_id)
+    settings = ctx.config.approval
+    needed = settings.needed(incident.severity)
+    page = f"{settings.page_url.rstrip('/')}/approvals/{approval_id}" if settings.approvers and approval_id else None
+    link = page if needed else ctx.run_url(run_id)
     if earlier is None:
+        how = (f"Approve with your own credential ({needed} different approver{'s' if needed > 1 else ''} needed): {page}"
+               if needed else f"Review and approve: {ctx.run_url(run_id)}" + (f"\nVerified approval: {page}" if page else ""))
         notify_slack(ctx, incident.id,
                      f"⏸️ APPROVAL NEEDED\nIssue: {incident.issue_ref}\nService: {ctx.service_name} ({ctx.environment})\n"
                      + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
-                     + f"\nDeadline: {timeout // 60} min (then declined)\nReview and approve: {link}",
+                     + f"\nDeadline: {timeout // 60} min (then declined)\n{how}",
                      link=("Review the plan", link) if link else None)
 
-    answer, timed_out = _wait_for_answer(plan, timeout, ctx.config.approval.poll_seconds)
-    if timed_out:
-        decision = Decision("timed_out", None, TIMEOUT_REASON)
-    elif answer.approve:
-        decision = Decision("approved", answer.approver.strip(), answer.reason.strip(),
-                            grant=Grant.issue(plan, answer.approver.strip(), answer.reason.strip()))
-    else:
-        decision = Decision("declined", answer.approver.strip() or None, answer.reason.strip() or "declined")
+    deadline = time.monotonic() + timeout
+    attempt = earlier["attempt"] if earlier is not None else 0
+    while True:
+        remaining = max(1, int(deadline - time.monotonic()))
+        answer, timed_out = _wait_for_answer(plan, remaining, settings.poll_seconds, attempt,
+                                             _form_note(needed, page))
+        decision = _decide(ctx, plan, answer, timed_out, needed, approval_id)
+        if decision is not None:
+            break
+        signed = _approving_signers(ctx, approval_id)
+        record(ctx, incident.id, "runbook", "approval_unverified",
+               f"An approval by {answer.approver.strip()!r} without verified identity was ignored: "
+               f"{ctx.environment} needs {needed} verified approver(s) for {incident.severity.value} "
+               f"({len(signed)} so far). The run keeps waiting.", {"page": page})
+        notify_slack(ctx, incident.id, f"⚠️ APPROVAL NOT COUNTED\nIssue: {incident.issue_ref}\n"
+                                       f"A Resume by {answer.approver.strip()} carried no verified identity. "
+                                       f"Approve here: {page}")
+        attempt = ctx.store().next_attempt(approval_id)
     if earlier is not None and earlier["decision"] is not None:
         return decision  # decided and recorded before the run was interrupted: do not record it twice
     return _finish(ctx, incident, plan, approval_id, decision)
+
+
+def _form_note(needed: int, page: str | None) -> str:
+    if not needed:
+        return ""
+    return (f"**This environment requires verified approvers** ({needed} different approver"
+            f"{'s' if needed > 1 else ''}): approving here is not counted. Approve with your own credential on "
+            f"{page}. Declining here is accepted.\n\n")
+
+
+def _approving_signers(ctx: RunContext, approval_id: int | None) -> list[str]:
+    if approval_id is None:
+        return []
+    return [s["approver"] for s in ctx.store().signatures(approval_id) if s["decision"] == "approve"]
+
+
+def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out: bool, needed: int,
+            approval_id: int | None) -> Decision | None:
+    """The decision an answer makes, or None when an approval lacks the verified approvers it needs."""
+    if timed_out or answer is None:
+        return Decision("timed_out", None, TIMEOUT_REASON)
+    if not answer.approve:  # a decline changes nothing: it needs no verification
+        return Decision("declined", answer.approver.strip() or None, answer.reason.strip() or "declined")
+    if not needed:
+        return Decision("approved", answer.approver.strip(), answer.reason.strip(),
+                        grant=Grant.issue(plan, answer.approver.strip(), answer.reason.strip()))
+    if approval_id is None:
+        return Decision("declined", None, "approvers cannot be verified: the incident store is unavailable")
+    signers = list(dict.fromkeys(_approving_signers(ctx, approval_id)))
+    if len(signers) < needed:
+        return None
+    approver = " + ".join(signers) + " (verified)"
+    ctx.store().mark_verified(approval_id)
+    return Decision("approved", approver, answer.reason.strip(), grant=Grant.issue(plan, approver, answer.reason.strip()))
 
 
 def _earlier_request(store, run_id: str | None, plan: Plan) -> dict | None:
@@ -139,14 +188,15 @@ def _is_deadline(answer: ApprovalInput) -> bool:
     return (not answer.approve) and answer.approver == DEADLINE_APPROVER and answer.reason == TIMEOUT_REASON
 
 
-def _wait_for_answer(plan: Plan, timeout: int, poll: float) -> tuple[ApprovalInput | None, bool]:
+def _wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
+                     note: str = "") -> tuple[ApprovalInput | None, bool]:
     """Suspend (deployed run) or pause (in-process run) for the form.
 
     The deadline is enforced by resuming the run with a decline (a pause that simply expired
     would leave the run Failed): for a paused run by a timer here, for a suspended run (whose
     process is gone) by the incident watch (`tasks/watch.py`), from the approval's deadline_at."""
-    form = ApprovalInput.with_initial_data(description=plan.markdown(timeout), approve=False)
-    key = f"approval-{plan.digest[:12]}"
+    form = ApprovalInput.with_initial_data(description=note + plan.markdown(timeout), approve=False)
+    key = f"approval-{plan.digest[:12]}" + (f"-{attempt}" if attempt else "")
     if deployment.get_id():
         # the extra 10 minutes leave the watch (every minute) time to decline it at the deadline
         answer = suspend_flow_run(wait_for_input=form, timeout=timeout + 600, key=key)

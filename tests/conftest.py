@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DB = "runbooks_test"
 ADMIN_URL = os.environ.get("RUNBOOKS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BROKEN_IMAGE = "registry.sandbox.local/acme/api:v2-broken"
+APPROVER_CREDENTIALS = {"sam": "sam-credential-7f3a", "tess": "tess-credential-91bc", "rita": "rita-credential-0d42"}
 
 
 @pytest.fixture(scope="session")
@@ -68,13 +69,13 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
     raw = yaml.safe_load((ROOT / "config" / "sandbox.yaml").read_text())
     env = raw["environments"]["sandbox"]
     env.pop("prometheus", None)  # only the sandbox-prometheus environment below talks to one (the test's own)
-    env["approval"] = {"timeout_seconds": 120, "poll_seconds": 0.3}
+    env["approval"].update(timeout_seconds=120, poll_seconds=0.3)
     env["timeouts"].update(verify_seconds=30, verify_poll_seconds=0.5, workflow_seconds=30, probe_seconds=2)
     env["kubernetes"]["kubeconfig"] = "${RUNBOOKS_KUBECONFIG}"
     env["services"]["api"]["database"].update(long_query_seconds=2, idle_in_transaction_seconds=1, idle_seconds=1)
     env["services"]["api"]["errors"].update(sample_seconds=1)
     short = yaml.safe_load(yaml.safe_dump(env))
-    short["approval"] = {"timeout_seconds": 3, "poll_seconds": 0.3}
+    short["approval"].update(timeout_seconds=3, poll_seconds=0.3)
     raw["environments"]["sandbox-short"] = short
     no_drills = yaml.safe_load(yaml.safe_dump(env))
     no_drills["drills_allowed"] = False
@@ -85,6 +86,11 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
         "error_rate_query": 'sum(rate(http_requests_total{{service="{service}",code=~"5.."}}[5s]))'
                             ' / sum(rate(http_requests_total{{service="{service}"}}[5s]))'}
     raw["environments"]["sandbox-prometheus"] = with_prometheus
+    verified = yaml.safe_load(yaml.safe_dump(env))  # production's rules: verified approvers, four-eyes for P0
+    verified["approval"].update(require_verified=True, four_eyes=["P0"])
+    raw["environments"]["sandbox-verified"] = verified
+    os.environ.update({f"RUNBOOKS_SECRET_APPROVER_{name.upper()}": credential
+                       for name, credential in APPROVER_CREDENTIALS.items()})
     path = tmp_path_factory.mktemp("config") / "test.yaml"
     path.write_text(yaml.safe_dump(raw))
     os.environ["RUNBOOKS_CONFIG"] = str(path)
