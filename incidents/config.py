@@ -265,8 +265,8 @@ class GitHubTarget(_Model):
 
 
 class Scaling(_Model):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(10, ge=1)
+    min_replicas: int = Field(1, ge=0, le=1000)
+    max_replicas: int = Field(10, ge=1, le=1000)  # a typo of 10000 must not become a plan
 
     @model_validator(mode="after")
     def _ordered(self) -> "Scaling":

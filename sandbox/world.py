@@ -41,6 +41,8 @@ class Sandbox:
         self.ready_delay, self.tick_seconds, self.progress_deadline = ready_delay, tick_seconds, progress_deadline
         self.faults = Faults()
         self.slack_messages: list[dict] = []
+        # everything ever sent to the fake Slack and GitHub (never reset): what left the runbooks
+        self.received_bodies: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._servers: list = []
@@ -171,6 +173,8 @@ class Sandbox:
 
     # -- HTTP -----------------------------------------------------------------------------
     def _app(self, req: Request) -> Response:
+        if req.method != "GET" and req.path.startswith(("/slack", "/github")) and req.body:
+            self.received_bodies.append(req.body.decode("utf-8", "replace"))
         target = _target_of(req.path)
         if target:
             injected = self.faults.check(target)

@@ -4,11 +4,13 @@ that points everything at them."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import threading
 import time
+import traceback
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +44,39 @@ def database_url() -> str:
 APP_DB = "runbooks_test_app"
 CACHE_URL = os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
+# Canaries: every secret the runbooks are given carries a marker that must never show up in
+# anything they produce (tests/test_zz_secret_canaries.py looks for them at the end of the
+# session). The local PostgreSQL trusts the connection, so a password is carried but unused;
+# Redis has no password here, so its URL carries the marker as the client name.
+PG_CANARY = "canary-pg-5e1d0c"
+REDIS_CANARY = "canary-redis-77ab3f"
+CACHE_SECRET_URL = CACHE_URL + f"?client_name={REDIS_CANARY}"
+
+
+def with_password(url: str, password: str = PG_CANARY) -> str:
+    return url.replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
+
+
+class _Captured(logging.Handler):
+    """Every log record of the test process (message and exception text), for the canary check."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken format string is still worth keeping
+            text = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            text += " " + "".join(traceback.format_exception(*record.exc_info))
+        self.texts.append(text)
+
+
+CAPTURED_LOGS = _Captured()
+logging.getLogger().addHandler(CAPTURED_LOGS)
+
 
 @pytest.fixture(scope="session")
 def app_database_url() -> str:
@@ -65,11 +100,12 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
                       RUNBOOKS_SECRET_GITHUB_TOKEN=GITHUB_TOKEN,
                       RUNBOOKS_SECRET_SLACK_WEBHOOK_URL=sandbox.slack_webhook_url,
                       RUNBOOKS_SECRET_SECURITY_WEBHOOK_URL=sandbox.security_webhook_url,
-                      RUNBOOKS_SECRET_API_DATABASE_URL=app_database_url, RUNBOOKS_SECRET_API_CACHE_URL=CACHE_URL)
+                      RUNBOOKS_SECRET_API_DATABASE_URL=with_password(app_database_url),
+                      RUNBOOKS_SECRET_API_CACHE_URL=CACHE_SECRET_URL)
     raw = yaml.safe_load((ROOT / "config" / "sandbox.yaml").read_text())
     env = raw["environments"]["sandbox"]
     env.pop("prometheus", None)  # only the sandbox-prometheus environment below talks to one (the test's own)
-    env["approval"].update(timeout_seconds=120, poll_seconds=0.3)
+    env["approval"].update(timeout_seconds=900, poll_seconds=0.3)  # as in production: longer than P0's 5 min response
     env["timeouts"].update(verify_seconds=30, verify_poll_seconds=0.5, workflow_seconds=30, probe_seconds=2)
     env["kubernetes"]["kubeconfig"] = "${RUNBOOKS_KUBECONFIG}"
     env["services"]["api"]["database"].update(long_query_seconds=2, idle_in_transaction_seconds=1, idle_seconds=1)
