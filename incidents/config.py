@@ -131,6 +131,9 @@ class Timeouts(_Model):
     verify_poll_seconds: float = Field(2.0, gt=0, le=60)
     workflow_seconds: float = Field(300.0, gt=0, le=3600)
     recent_deploy_hours: float = Field(24.0, gt=0, le=24 * 14)
+    # transient failures (connect errors, 429 with Retry-After, 5xx) of GitHub, Slack and Kubernetes
+    retry_attempts: int = Field(4, ge=1, le=10)
+    retry_backoff_seconds: float = Field(0.5, ge=0, le=30)  # doubled per attempt
 
 
 _HANDLE = r"^@?[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,99})?$"  # @user or @org/team

@@ -171,6 +171,14 @@ def database_url() -> str:
     return os.environ.get("RUNBOOKS_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
+def connect_timeout() -> int:
+    """Seconds to wait for the store (`RUNBOOKS_DATABASE_TIMEOUT`, default 5); PostgreSQL counts whole seconds."""
+    try:
+        return max(1, int(float(os.environ.get("RUNBOOKS_DATABASE_TIMEOUT") or 5)))
+    except ValueError:
+        return 5
+
+
 def _redacted(url: str) -> str:
     try:
         params = conninfo_to_dict(url)
@@ -192,9 +200,10 @@ class IncidentStore:
     def _connect(self) -> Iterator[psycopg.Connection]:
         self.ensure_schema()
         try:
-            with psycopg.connect(self.url, connect_timeout=5, options=_OPTIONS, row_factory=dict_row) as conn:
+            with psycopg.connect(self.url, connect_timeout=connect_timeout(), options=_OPTIONS,
+                                 row_factory=dict_row) as conn:
                 yield conn
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:  # unreachable, cut off, or speaking something else
             raise StoreError(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
 
     def ensure_schema(self) -> None:

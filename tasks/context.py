@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from incidents.config import EnvironmentConfig, ServiceConfig, load_environment, secret_env_var
 from incidents.store import IncidentStore
 from integrations.github import GitHubClient
+from integrations.http import RetryPolicy
 from integrations.kubernetes import KubernetesClient
 from integrations.slack import SlackWebhook
 
@@ -52,16 +53,22 @@ class RunContext:
     def store(self) -> IncidentStore:
         return IncidentStore()
 
+    def retry(self, at_most: int = 10) -> RetryPolicy:
+        timeouts = self.config.timeouts
+        return RetryPolicy(attempts=min(at_most, timeouts.retry_attempts), backoff=timeouts.retry_backoff_seconds)
+
     def github(self) -> GitHubClient:
         return GitHubClient(self.config.github.api_url, resolve_secret(self.config.github.token_secret),
-                            timeout=self.config.timeouts.http_seconds)
+                            timeout=self.config.timeouts.http_seconds, retry=self.retry())
 
     def slack(self, webhook_secret: str | None = None) -> SlackWebhook:
-        return SlackWebhook(resolve_secret(webhook_secret or self.config.slack.webhook_secret))
+        # a notification never waits long: at most 3 attempts, within the HTTP timeout each
+        return SlackWebhook(resolve_secret(webhook_secret or self.config.slack.webhook_secret),
+                            timeout=min(5.0, self.config.timeouts.http_seconds), retry=self.retry(3))
 
     def kubernetes(self) -> KubernetesClient:
         kube = self.config.kubernetes
-        return KubernetesClient(kube.kubeconfig, kube.context, timeout=kube.timeout_seconds)
+        return KubernetesClient(kube.kubeconfig, kube.context, timeout=kube.timeout_seconds, retry=self.retry(3))
 
     def run_url(self, flow_run_id: str | None) -> str | None:
         return f"{self.config.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}" if flow_run_id else None

@@ -171,6 +171,12 @@ def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident,
 
     try:
         results = execute(ctx, plan, decision.grant)
+    except StoreError as exc:  # each action is claimed in the store first: nothing ran
+        exc = RemediationFailed(f"not started: the incident store, which makes each approved action run once, "
+                                f"is unreachable ({exc})")
+        logger.error("Remediation failed: %s", exc)
+        escalate_incident(ctx, incident, f"Remediation {exc}", Status.IDENTIFIED, scenario.impact)
+        return {**outcome, "outcome": "remediation_failed", "error": str(exc)}
     except (RemediationFailed, IntegrationError) as exc:
         logger.error("Remediation failed: %s", exc)
         record(ctx, incident.id, "runbook", "action_failed", f"Remediation failed: {exc}")

@@ -122,6 +122,13 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
         "error_rate_query": 'sum(rate(http_requests_total{{service="{service}",code=~"5.."}}[5s]))'
                             ' / sum(rate(http_requests_total{{service="{service}"}}[5s]))'}
     raw["environments"]["sandbox-prometheus"] = with_prometheus
+    matrix = yaml.safe_load(yaml.safe_dump(env))  # the fault matrix: every dependency behind a fault proxy
+    matrix["github"]["api_url"] = "${RUNBOOKS_MATRIX_GITHUB_URL:-http://127.0.0.1:9/github}"
+    matrix["slack"] = {"webhook_secret": "matrix-slack-url", "security_webhook_secret": "matrix-slack-url"}
+    matrix["kubernetes"] = {"kubeconfig": "${RUNBOOKS_MATRIX_KUBECONFIG:-/nonexistent}", "timeout_seconds": 1}
+    matrix["timeouts"].update(http_seconds=1, probe_seconds=1, verify_seconds=8, verify_poll_seconds=0.3,
+                              workflow_seconds=8, retry_attempts=2, retry_backoff_seconds=0.05)
+    raw["environments"]["sandbox-matrix"] = matrix
     verified = yaml.safe_load(yaml.safe_dump(env))  # production's rules: verified approvers, four-eyes for P0
     verified["approval"].update(require_verified=True, four_eyes=["P0"])
     raw["environments"]["sandbox-verified"] = verified
