@@ -42,7 +42,7 @@ class ApprovalInput(RunInput):
     """
 
     approve: bool = Field(False, description="On: run exactly this plan. Off: decline it; nothing changes.")
-    approver: str = Field("", min_length=1, max_length=200, pattern=r"\S",
+    approver: str = Field(min_length=1, max_length=200, pattern=r"\S",
                           description="Your name: who approved or declined (required).")
     reason: str = Field("", max_length=2000, description="Why (written to the incident timeline).")
 
@@ -156,9 +156,13 @@ def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out
         return Decision("timed_out", None, TIMEOUT_REASON)
     if not answer.approve:  # a decline changes nothing: it needs no verification
         return Decision("declined", answer.approver.strip() or None, answer.reason.strip() or "declined")
-    if not needed:
-        return Decision("approved", answer.approver.strip(), answer.reason.strip(),
-                        grant=Grant.issue(plan, answer.approver.strip(), answer.reason.strip()))
+    if not needed:  # the Resume form suffices here; an answer from the approval page is still marked verified
+        approver = answer.approver.strip()
+        signers = _approving_signers(ctx, approval_id) if approval_id is not None else []
+        if signers and approver == " + ".join(dict.fromkeys(signers)):
+            approver += " (verified)"
+            ctx.store().mark_verified(approval_id)
+        return Decision("approved", approver, answer.reason.strip(), grant=Grant.issue(plan, approver, answer.reason.strip()))
     if approval_id is None:
         return Decision("declined", None, "approvers cannot be verified: the incident store is unavailable")
     signers = list(dict.fromkeys(_approving_signers(ctx, approval_id)))

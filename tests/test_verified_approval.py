@@ -106,3 +106,29 @@ def test_a_single_verified_approver_suffices_below_p0_and_a_decline_changes_noth
     result = run.join(60)
     assert result["outcome"] == "declined" and result["decision"]["approver"] == "tess"
     assert api_image(world) == BROKEN_IMAGE
+
+
+def test_where_the_resume_form_suffices_an_answer_from_the_page_is_still_recorded_as_verified(
+        world, store, live_intake):  # noqa: F811
+    """The plain sandbox accepts the UI's Resume; an approver who uses the page instead gets the
+    verified mark, and a Resume with the same name typed in the form does not."""
+    from flows.service_down import service_down
+
+    break_api(world)
+    run = FlowThread(service_down, service="api", environment="sandbox", severity="P1")
+    paused = run.wait_paused()
+    approval = store.approval_for_run(str(paused.id))
+    answered = _post(f"{live_intake}/approvals/{approval['id']}", "sam", reason="v2 crash-loops")
+    assert answered.status_code == 200, answered.text
+    result = run.join(120)
+    assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam (verified)"
+    decided = store.approval(approval["id"])
+    assert decided["approver"] == "sam (verified)" and decided["verified"]
+
+    break_api(world)
+    run = FlowThread(service_down, service="api", environment="sandbox", severity="P1")
+    paused = run.wait_paused()
+    assert run.resume(paused.id, approve=True, approver="sam", reason="typed in the UI").status.value == "ACCEPT"
+    result = run.join(120)
+    assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam"
+    assert not store.approval(store.approval_for_run(str(paused.id))["id"])["verified"]
