@@ -20,7 +20,7 @@ from incidents.store import DrillStore
 from tasks.approval import DrillNotAllowed
 from tasks.context import RunContext
 from tasks.drill import (DrillFailed, check_recovered, clean_up, follow_runbook, inject_fault, publish_scorecard,
-                         raise_alert, scorecard, wait_for_detection)
+                         raise_alert, scorecard, unrecovered_outcome, wait_for_detection)
 from tasks.faults import sandbox_url
 
 
@@ -62,6 +62,9 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
         run = follow_runbook(run_id, timeout=deadline)
         if run["state"] != "COMPLETED":
             raise DrillFailed(f"the runbook's run ended {run['state']}: {run['message']}")
+        unrecovered = unrecovered_outcome(alert_key)
+        if unrecovered:
+            raise DrillFailed(f"the runbook ended without recovering the service ({unrecovered[:300]})")
         if not check_recovered(ctx, state, timeout=60):
             raise DrillFailed("the runbook finished but the fault is still visible")
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, and the fault cleaned up

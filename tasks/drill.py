@@ -68,6 +68,23 @@ def follow_runbook(run_id: str, timeout: float) -> dict[str, Any]:
             "message": run.state.message if run.state else None}
 
 
+@task(name="read-runbook-outcome", cache_policy=NO_CACHE)
+def unrecovered_outcome(alert_key: str) -> str | None:
+    """None when the runbook's incident records a resolution; otherwise why it ended without
+    one (its escalation, or the last step it recorded), so a failed runbook fails the drill
+    at once instead of after the recovery wait."""
+    store = DrillStore()
+    incident = store.incident_for_alert(alert_key)
+    if incident is None:
+        return "the runbook recorded no incident"
+    timeline = store.timeline(incident.id)
+    if any(e.kind == "resolved" for e in timeline):
+        return None
+    last = next((e for e in reversed(timeline) if e.kind in ("escalated", "action_failed")), None) \
+        or (timeline[-1] if timeline else None)
+    return f"{last.kind}: {last.message}" if last else "the incident's timeline is empty"
+
+
 @task(name="check-recovered", cache_policy=NO_CACHE)
 def check_recovered(ctx: RunContext, state: FaultState, timeout: float) -> bool:
     return wait_for(lambda: healed(ctx, state), timeout, poll=1.0)

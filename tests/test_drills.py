@@ -113,6 +113,7 @@ def test_a_drill_whose_runbook_fails_still_cleans_up_and_records_it(world, drill
     with pytest.raises(DrillFailed, match="failed") as err:
         _drill(scenario="service-down")
     assert "image restored" in str(err.value)
+    assert "ended without recovering the service (escalated" in str(err.value)
     assert not _image(world).endswith("-broken")
     drill_id = str(err.value).split()[1]
     row = DrillStore().drill(drill_id)
