@@ -57,15 +57,26 @@ class CacheClient(Closing):
                            int(clients.get("connected_clients", 0)), int(stats.get("evicted_keys", 0)),
                            int(self._call("DBSIZE", self._client.dbsize)))
 
+    def _scan(self, prefix: str, batch: int):
+        """The keys under `prefix`; SCAN runs as the keys are consumed, so its errors are
+        turned into IntegrationError here, where they happen."""
+        keys = self._client.scan_iter(f"{validate_prefix(prefix)}*", batch)
+        while True:
+            try:
+                key = next(keys)
+            except StopIteration:
+                return
+            except redis.RedisError as exc:
+                raise IntegrationError(f"Redis {self.where} (SCAN)", f"{type(exc).__name__}: {exc}") from None
+            yield key
+
     def count_prefix(self, prefix: str) -> int:
-        validate_prefix(prefix)
-        return sum(1 for _ in self._call("SCAN", self._client.scan_iter, f"{prefix}*", 500))
+        return sum(1 for _ in self._scan(prefix, 500))
 
     def delete_prefix(self, prefix: str, batch: int = 500) -> int:
         """UNLINK every key under `prefix`; returns how many were removed."""
-        validate_prefix(prefix)
         removed, pending = 0, []
-        for key in self._call("SCAN", self._client.scan_iter, f"{prefix}*", batch):
+        for key in self._scan(prefix, batch):
             pending.append(key)
             if len(pending) >= batch:
                 removed += self._call("UNLINK", self._client.unlink, *pending)

@@ -127,7 +127,10 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
     matrix["github"]["api_url"] = "${RUNBOOKS_MATRIX_GITHUB_URL:-http://127.0.0.1:9/github}"
     matrix["slack"] = {"webhook_secret": "matrix-slack-url", "security_webhook_secret": "matrix-slack-url"}
     matrix["kubernetes"] = {"kubeconfig": "${RUNBOOKS_MATRIX_KUBECONFIG:-/nonexistent}", "timeout_seconds": 1}
-    matrix["timeouts"].update(http_seconds=1, probe_seconds=1, verify_seconds=8, verify_poll_seconds=0.3,
+    matrix["prometheus"] = {**with_prometheus["prometheus"], "url": "${RUNBOOKS_MATRIX_PROMETHEUS_URL:-http://127.0.0.1:9}"}
+    matrix["services"]["api"]["database"]["dsn_secret"] = "matrix-api-database-url"
+    matrix["services"]["api"]["cache"]["url_secret"] = "matrix-api-cache-url"
+    matrix["timeouts"].update(http_seconds=1, probe_seconds=1, verify_seconds=5, verify_poll_seconds=0.3,
                               workflow_seconds=8, retry_attempts=2, retry_backoff_seconds=0.05)
     raw["environments"]["sandbox-matrix"] = matrix
     verified = yaml.safe_load(yaml.safe_dump(env))  # production's rules: verified approvers, four-eyes for P0
@@ -143,9 +146,17 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
 
 @pytest.fixture(scope="session")
 def prefect_server(test_config: Path):
+    import prefect.context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # A flow run's heartbeat thread sleeps in 1 s steps and is joined when the run ends, so
+    # every run ends up to 1 s late. Nothing here relies on heartbeats (the server's detection
+    # of crashed runs is not under test): off, also for flows run on other threads, which read
+    # the process-wide settings the way the harness itself arranges for its API URL.
+    with prefect_test_harness(server_startup_timeout=60), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
+            prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
         yield
 
 

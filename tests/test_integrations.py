@@ -166,3 +166,16 @@ def test_incident_store_dedups_open_incidents(store, world):
     assert resolved.resolved_at and resolved.root_cause == "cause"
     assert [e.message for e in store.timeline(first.id)] == ["checked dashboards"]
     store.ensure_schema()  # idempotent
+
+
+def test_redis_failures_while_scanning_are_named_like_every_other():
+    """SCAN runs lazily as keys are read: its failures must still come out as IntegrationError."""
+    from integrations.cache import CacheClient
+    from tests.conftest import free_port
+
+    with CacheClient(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5) as cache:  # nothing listens there
+        for call in (lambda: cache.delete_prefix("api:"), lambda: cache.count_prefix("api:")):
+            with pytest.raises(IntegrationError, match=r"Redis 127\.0\.0\.1:\d+/0 \(SCAN\) failed"):
+                call()
+        with pytest.raises(ValueError, match="invalid cache key prefix"):
+            cache.delete_prefix("*")
