@@ -130,9 +130,13 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
     matrix["prometheus"] = {**with_prometheus["prometheus"], "url": "${RUNBOOKS_MATRIX_PROMETHEUS_URL:-http://127.0.0.1:9}"}
     matrix["services"]["api"]["database"]["dsn_secret"] = "matrix-api-database-url"
     matrix["services"]["api"]["cache"]["url_secret"] = "matrix-api-cache-url"
-    matrix["timeouts"].update(http_seconds=1, probe_seconds=1, verify_seconds=5, verify_poll_seconds=0.3,
+    matrix["timeouts"].update(http_seconds=1, probe_seconds=1, verify_seconds=5, verify_poll_seconds=0.1,
                               workflow_seconds=8, retry_attempts=2, retry_backoff_seconds=0.05)
     raw["environments"]["sandbox-matrix"] = matrix
+    # the matrix's second lane: its own sandbox and proxies (tests/test_fault_matrix.py)
+    raw["environments"]["sandbox-matrix-a"] = yaml.safe_load(
+        yaml.safe_dump(matrix).replace("RUNBOOKS_MATRIX_", "RUNBOOKS_MATRIX_A_").replace("matrix-", "matrix-a-")
+        .replace("RUNBOOKS_SANDBOX_URL", "RUNBOOKS_MATRIX_A_SANDBOX_URL"))
     verified = yaml.safe_load(yaml.safe_dump(env))  # production's rules: verified approvers, four-eyes for P0
     verified["approval"].update(require_verified=True, four_eyes=["P0"])
     raw["environments"]["sandbox-verified"] = verified
@@ -281,6 +285,21 @@ def start_daemon(binary: str, args: list[str], package: str) -> tuple[subprocess
         time.sleep(0.2)
     process.terminate()
     pytest.fail(f"{binary} did not become ready within 30 s")
+
+
+def start_prometheus(home: Path, sandbox: Sandbox) -> tuple[subprocess.Popen, str]:
+    """Debian's Prometheus scraping the sandbox's api every second, data under `home`."""
+    config = home / "prometheus.yml"
+    config.write_text(f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: sandbox-api
+    metrics_path: /services/api/metrics
+    params: {{format: [prometheus]}}
+    static_configs: [{{targets: ["127.0.0.1:{sandbox.port}"]}}]
+""")
+    return start_daemon("prometheus", [f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}"],
+                        "prometheus")
 
 
 @pytest.hookimpl(hookwrapper=True)

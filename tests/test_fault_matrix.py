@@ -38,7 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from incidents.store import DrillStore, IncidentStore
 from sandbox.http import Fault
 from sandbox.world import SLACK_PATH
-from tests.conftest import break_api, free_port, kubectl, start_daemon
+from tests.conftest import break_api, free_port, kubectl, start_prometheus
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -104,61 +104,84 @@ def cache_server(tmp_path_factory):
     process.wait(10)
 
 
+@dataclass
+class Lane:
+    """Cells run in two lanes at once, each with a sandbox, an environment of the config and
+    fault proxies of its own. Lane "b" has the session's sandbox, whose api database the
+    PostgreSQL and Redis rows lock and Prometheus scrapes; lane "a" has a second sandbox with an api database of its
+    own, so one lane's lock is never in the other's way. The incident store is shared: its row
+    runs after both lanes, alone."""
+
+    name: str
+    world: Any
+    environment: str
+    proxies: dict[str, FaultProxy]
+
+
+@pytest.fixture(scope="module")
+def second_world(tmp_path_factory, app_database_url):
+    from sandbox.world import Sandbox
+
+    world = Sandbox(state_dir=tmp_path_factory.mktemp("sandbox-a"), ready_delay=0.3, tick_seconds=0.1,
+                    database_url=app_database_url + "_lane_a").start()
+    yield world
+    world.stop()
+
+
 @pytest.fixture(scope="module")
 def prometheus_server(sandbox, tmp_path_factory):
-    """A real Prometheus scraping the sandbox's api every second."""
-    home = tmp_path_factory.mktemp("prometheus")
-    (home / "prometheus.yml").write_text(f"""
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-scrape_configs:
-  - job_name: sandbox-api
-    metrics_path: /services/api/metrics
-    params: {{format: [prometheus]}}
-    static_configs: [{{targets: ["127.0.0.1:{sandbox.port}"]}}]
-""")
-    process, url = start_daemon("prometheus", [f"--config.file={home / 'prometheus.yml'}",
-                                               f"--storage.tsdb.path={home / 'data'}"], "prometheus")
+    """A real Prometheus scraping lane b's api every second."""
+    process, url = start_prometheus(tmp_path_factory.mktemp("prometheus"), sandbox)
     yield url
     process.terminate()
     process.wait(10)
 
 
-@pytest.fixture(scope="module")
-def proxies(sandbox, test_config, database_url, cache_server, prometheus_server):
-    from prefect.settings import PREFECT_API_URL
-
-    sandbox_port = int(sandbox.url.rsplit(":", 1)[1])
-    kube_port = int(sandbox.kube_url.rsplit(":", 1)[1])
-    api = httpx.URL(PREFECT_API_URL.value())
-    store = httpx.URL(database_url.replace("postgresql://", "http://"))
-    # "slow" holds a connection a little longer than the client waits (1 s; Prefect's client 2 s)
+def _world_proxies(world, prefix: str, config_dir) -> tuple[dict[str, FaultProxy], dict[str, str]]:
+    """Slack, GitHub and the Kubernetes API of one sandbox behind proxies, and the variables
+    that point the lane's environment at them."""
+    sandbox_port = int(world.url.rsplit(":", 1)[1])
+    kube_port = int(world.kube_url.rsplit(":", 1)[1])
+    # "slow" holds a connection a little longer than the client waits (1 s)
     made = {"slack": FaultProxy("127.0.0.1", sandbox_port, slow_seconds=1.3),
             "github": FaultProxy("127.0.0.1", sandbox_port, slow_seconds=1.3),
-            "kubernetes": FaultProxy("127.0.0.1", kube_port, slow_seconds=1.3),
-            "store": FaultProxy(store.host, store.port or 5432, slow_seconds=1.3),
-            "prefect": FaultProxy(api.host, api.port, slow_seconds=2.5),
-            "prometheus": FaultProxy("127.0.0.1", httpx.URL(prometheus_server).port, slow_seconds=1.3),
-            # past the clients' own timeouts: PostgreSQL's connect_timeout 3 s, Redis's socket timeout 3 s
-            "postgres": FaultProxy(*_host_port(os.environ["RUNBOOKS_SECRET_API_DATABASE_URL"]), slow_seconds=3.3),
-            "redis": FaultProxy("127.0.0.1", cache_server.connection_pool.connection_kwargs["port"],
-                                slow_seconds=3.3)}
-    kubeconfig = test_config.parent / "matrix.kubeconfig"
-    kubeconfig.write_text(sandbox.kubeconfig_text().replace(f":{kube_port}", f":{made['kubernetes'].port}"))
+            "kubernetes": FaultProxy("127.0.0.1", kube_port, slow_seconds=1.3)}
+    kubeconfig = config_dir / f"{prefix.lower()}.kubeconfig"
+    kubeconfig.write_text(world.kubeconfig_text().replace(f":{kube_port}", f":{made['kubernetes'].port}"))
+    secret = prefix.replace("RUNBOOKS_", "RUNBOOKS_SECRET_")
+    return made, {f"{prefix}_GITHUB_URL": f"http://127.0.0.1:{made['github'].port}/github",
+                  f"{secret}_SLACK_URL": f"http://127.0.0.1:{made['slack'].port}{SLACK_PATH}",
+                  f"{prefix}_KUBECONFIG": str(kubeconfig), f"{prefix}_SANDBOX_URL": world.url}
+
+
+@pytest.fixture(scope="module")
+def lanes(sandbox, second_world, test_config, database_url, cache_server, prometheus_server):
+    from prefect.settings import PREFECT_API_URL
+
+    a, a_env = _world_proxies(second_world, "RUNBOOKS_MATRIX_A", test_config.parent)
+    b, b_env = _world_proxies(sandbox, "RUNBOOKS_MATRIX", test_config.parent)
+    api = httpx.URL(PREFECT_API_URL.value())
+    store = httpx.URL(database_url.replace("postgresql://", "http://"))
+    b.update({"prometheus": FaultProxy("127.0.0.1", httpx.URL(prometheus_server).port, slow_seconds=1.3),
+              "store": FaultProxy(store.host, store.port or 5432, slow_seconds=1.3),
+              "prefect": FaultProxy(api.host, api.port, slow_seconds=2.5),  # Prefect's client waits 2 s
+              # past the clients' own timeouts: PostgreSQL's connect_timeout 3 s, Redis's socket timeout 3 s
+              "postgres": FaultProxy(*_host_port(os.environ["RUNBOOKS_SECRET_API_DATABASE_URL"]), slow_seconds=3.3),
+              "redis": FaultProxy("127.0.0.1", cache_server.connection_pool.connection_kwargs["port"],
+                                  slow_seconds=3.3)})
     saved = dict(os.environ)
     os.environ.update(
-        RUNBOOKS_MATRIX_GITHUB_URL=f"http://127.0.0.1:{made['github'].port}/github",
-        RUNBOOKS_SECRET_MATRIX_SLACK_URL=f"http://127.0.0.1:{made['slack'].port}{SLACK_PATH}",
-        RUNBOOKS_MATRIX_KUBECONFIG=str(kubeconfig), RUNBOOKS_DATABASE_TIMEOUT="1",
-        RUNBOOKS_MATRIX_PROMETHEUS_URL=f"http://127.0.0.1:{made['prometheus'].port}",
+        a_env, **b_env, RUNBOOKS_DATABASE_TIMEOUT="1",
+        RUNBOOKS_MATRIX_PROMETHEUS_URL=f"http://127.0.0.1:{b['prometheus'].port}",
         RUNBOOKS_SECRET_MATRIX_API_DATABASE_URL=make_conninfo(os.environ["RUNBOOKS_SECRET_API_DATABASE_URL"],
-                                                              host="127.0.0.1", port=str(made["postgres"].port)),
-        RUNBOOKS_SECRET_MATRIX_API_CACHE_URL=f"redis://127.0.0.1:{made['redis'].port}/0",
+                                                              host="127.0.0.1", port=str(b["postgres"].port)),
+        RUNBOOKS_SECRET_MATRIX_API_CACHE_URL=f"redis://127.0.0.1:{b['redis'].port}/0",
         RUNBOOKS_DATABASE_URL=database_url.replace(f"{store.host}:{store.port or 5432}",
-                                                   f"127.0.0.1:{made['store'].port}"))
-    yield made
+                                                   f"127.0.0.1:{b['store'].port}"))
+    yield {"a": Lane("a", second_world, "sandbox-matrix-a", a), "b": Lane("b", sandbox, "sandbox-matrix", b)}
     os.environ.clear()
     os.environ.update(saved)
-    for proxy in made.values():
+    for proxy in [*a.values(), *b.values()]:
         proxy.close()
 
 
@@ -167,15 +190,21 @@ def _host_port(dsn: str) -> tuple[str, int]:
     return params.get("host") or "127.0.0.1", int(params.get("port") or 5432)
 
 
-class OpenWatch:
-    """Stands in for open_incident in the lifecycle, to know when the incident is open."""
+class Hooks:
+    """Stands in for the lifecycle's open_incident and execute, and hands each call to the cell
+    running in that run's environment (one per lane), which turns its fault on and off around it."""
 
-    def __init__(self, task):
-        self.task, self.future = task, None
+    def __init__(self, open_task, execute):
+        self.open_task, self.execute = open_task, execute
+        self.opened: dict[str, Any] = {}  # environment -> the open_incident future of its cell
+        self.acts: dict[str, Callable] = {}  # environment -> its cell's act
 
-    def submit(self, *args, **kwargs):
-        self.future = self.task.submit(*args, **kwargs)
-        return self.future
+    def submit(self, ctx, *args, **kwargs):  # open_incident.submit
+        self.opened[ctx.environment] = self.open_task.submit(ctx, *args, **kwargs)
+        return self.opened[ctx.environment]
+
+    def act(self, ctx, plan, grant):  # execute
+        return self.acts[ctx.environment](ctx, plan, grant)
 
 
 def _service(dependency: str) -> str:
@@ -235,7 +264,7 @@ class Target:
             cleanup(RunContext.load("sandbox", self.service), self.state)
 
 
-def _prepare(world, cache: redis.Redis, dependency: str) -> Target:
+def _prepare(world, cache: redis.Redis, dependency: str) -> Target:  # noqa: C901 - one branch per fault
     """Reset the sandbox and make the fault: a bad deploy, an overload, or a lock held by an
     idle transaction (with waiters) while the service's cache evicts."""
     from incidents.drills import resolve_fault
@@ -255,6 +284,8 @@ def _prepare(world, cache: redis.Redis, dependency: str) -> Target:
         deadline = time.monotonic() + 10
         while world.cluster.ready_pods("sandbox", service) and time.monotonic() < deadline:
             time.sleep(0.05)
+    elif fault == "error-spike":  # 200 rps against 3 replicas of 40 rps: a share of requests fails
+        httpx.post(f"{world.url}/_sandbox/load", json={"service": service, "rps": 200}, timeout=5).raise_for_status()
     else:
         ctx = RunContext.load("sandbox", service)  # the direct paths, not the matrix's proxies
         if fault == "pg-lock":
@@ -271,23 +302,23 @@ def _prepare(world, cache: redis.Redis, dependency: str) -> Target:
     return target
 
 
-def _cell(world, proxies, monkeypatch, target: Target, mode: str, phase: str) -> dict[str, Any]:
-    """One run of the target's runbook with the dependency's fault on during `phase`."""
+def _cell(lane: Lane, hooks: Hooks, target: Target, mode: str, phase: str) -> dict[str, Any]:
+    """One run of the target's runbook, in the lane's environment, with the dependency's fault
+    on during `phase`."""
     import tasks.lifecycle as lifecycle
     from flows.database_issues import DATABASE_ISSUES
     from flows.high_error_rate import HIGH_ERROR_RATE
     from flows.service_down import SERVICE_DOWN
     from tasks.context import RunContext
 
-    dependency, service = target.dependency, target.service
+    dependency, service, env = target.dependency, target.service, lane.environment
     runbook = {"service-down": SERVICE_DOWN, "high-error-rate": HIGH_ERROR_RATE,
                "database-issues": DATABASE_ISSUES}[target.scenario]
-    switch = Switch(world, proxies)
-    opener = OpenWatch(lifecycle.open_incident)
-    monkeypatch.setattr(lifecycle, "open_incident", opener)
+    switch = Switch(lane.world, lane.proxies)
+    hooks.opened.pop(env, None)
 
     def diagnose(ctx):
-        opener.future.wait(30)
+        hooks.opened[env].wait(30)
         if phase == "open":
             switch.off()
         if phase == "diagnose":
@@ -303,24 +334,21 @@ def _cell(world, proxies, monkeypatch, target: Target, mode: str, phase: str) ->
             switch.on(dependency, mode)  # stays on through the close; off when the run ends
         return runbook.verify(ctx, findings, plan)
 
-    execute = lifecycle.execute
-
     def act(ctx, plan, grant):
         if phase == "act":
             switch.on(dependency, mode)
         try:
-            return execute(ctx, plan, grant)
+            return hooks.execute(ctx, plan, grant)
         finally:
             if phase == "act":
                 switch.off()
 
-    monkeypatch.setattr(lifecycle, "execute", act)
+    hooks.acts[env] = act
     scenario = replace(runbook, diagnose=diagnose, verify=verify)
     drill_id = f"matrix-{uuid.uuid4().hex[:10]}"
-    DrillStore().start_drill(drill_id, target.fault, target.scenario, "sandbox-matrix", service, "auto", 0, None)
+    DrillStore().start_drill(drill_id, target.fault, target.scenario, env, service, "auto", 0, None)
     alert = {"status": "firing", "fingerprint": drill_id, "startsAt": datetime.now(timezone.utc).isoformat(),
-             "labels": {"alertname": "MatrixCell", "service": service, "environment": "sandbox-matrix",
-                        "drill_id": drill_id}}
+             "labels": {"alertname": "MatrixCell", "service": service, "environment": env, "drill_id": drill_id}}
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -330,11 +358,11 @@ def _cell(world, proxies, monkeypatch, target: Target, mode: str, phase: str) ->
 
         @flow(name=target.scenario, validate_parameters=False)
         def cell() -> dict:
-            return lifecycle.run_scenario(scenario, RunContext.load("sandbox-matrix", service), None, False, alert)
+            return lifecycle.run_scenario(scenario, RunContext.load(env, service), None, False, alert)
 
         updates = {}
         if dependency == "prefect":
-            updates = {PREFECT_API_URL: f"http://127.0.0.1:{proxies['prefect'].port}/api",
+            updates = {PREFECT_API_URL: f"http://127.0.0.1:{lane.proxies['prefect'].port}/api",
                        PREFECT_API_REQUEST_TIMEOUT: 2.0, PREFECT_CLIENT_MAX_RETRIES: 1}
         try:
             with temporary_settings(updates=updates):
@@ -356,15 +384,15 @@ def _cell(world, proxies, monkeypatch, target: Target, mode: str, phase: str) ->
     return outcome
 
 
-def _judge(world, target: Target, phase: str, outcome: dict[str, Any]) -> list[str]:
+def _judge(lane: Lane, target: Target, phase: str, outcome: dict[str, Any]) -> list[str]:
     """What is wrong with this cell's outcome (an empty list: the cell passes)."""
-    problems = []
+    problems, world = [], lane.world
     if not outcome["ended"]:
         return ["the run did not end within 90 s"]
     dependency, service = target.dependency, target.service
     result, error = outcome.get("result"), outcome.get("error", "")
     store = IncidentStore()
-    found = [i for i in store.list(limit=50, environment="sandbox-matrix") if outcome["drill_id"] in i.dedup_key]
+    found = [i for i in store.list(limit=50, environment=lane.environment) if outcome["drill_id"] in i.dedup_key]
     incident = found[0] if found else None
     rollbacks = _rollbacks(world) - target.rollbacks
     if rollbacks > 1:
@@ -422,28 +450,52 @@ def _selected() -> dict[str, tuple[str, ...]]:
             for dep, modes in MODES.items() if any(o.split(":")[0] == dep for o in only)}
 
 
-def test_the_fault_matrix(world, proxies, cache_server, monkeypatch, capsys):
-    cells, failures = [], []
-    for dependency, modes in _selected().items():
-        for mode in modes:
+LANES = {"a": ("slack", "github", "kubernetes"), "b": ("prometheus", "postgres", "redis", "prefect")}
+
+
+def _run_lane(lane: Lane, hooks: Hooks, cache: redis.Redis, dependencies: list[str], cells: list) -> None:
+    for dependency in dependencies:
+        for mode in _selected()[dependency]:
             for phase in PHASES:
-                target = _prepare(world, cache_server, dependency)
+                target = _prepare(lane.world, cache, dependency)
+                outcome: dict[str, Any] = {"seconds": 0.0}
                 try:
-                    with monkeypatch.context() as patch:
-                        outcome = _cell(world, proxies, patch, target, mode, phase)
-                    problems = _judge(world, target, phase, outcome)
+                    outcome = _cell(lane, hooks, target, mode, phase)
+                    problems = _judge(lane, target, phase, outcome)
+                except Exception as exc:  # noqa: BLE001 - a broken cell is a failed cell, the lane goes on
+                    problems = [f"the cell itself failed: {type(exc).__name__}: {exc}"]
                 finally:
                     target.clean_up()
                 state = (outcome.get("result") or {}).get("outcome") or outcome.get("error", "")[:60]
-                cells.append((dependency, mode, phase, not problems, state, outcome["seconds"]))
-                if problems:
-                    failures.append((dependency, mode, phase, problems))
+                cells.append((dependency, mode, phase, problems, state, outcome["seconds"]))
+
+
+def test_the_fault_matrix(world, lanes, cache_server, monkeypatch, capsys):
+    import tasks.lifecycle as lifecycle
+
+    hooks = Hooks(lifecycle.open_incident, lifecycle.execute)
+    monkeypatch.setattr(lifecycle, "open_incident", hooks)
+    monkeypatch.setattr(lifecycle, "execute", hooks.act)
+    cells: list = []
+    started = time.monotonic()
+    threads = [threading.Thread(target=_run_lane, args=(lanes[name], hooks, cache_server,
+                                                        [d for d in deps if d in _selected()], cells))
+               for name, deps in LANES.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(1800)
+    if "store" in _selected():  # the store is every lane's: its row runs alone
+        _run_lane(lanes["b"], hooks, cache_server, ["store"], cells)
+    wall = time.monotonic() - started
     with capsys.disabled():
-        print(f"\nfault matrix: {sum(c[3] for c in cells)}/{len(cells)} cells passed "
-              f"({sum(c[5] for c in cells):.0f} s)")
+        print(f"\nfault matrix: {sum(not c[3] for c in cells)}/{len(cells)} cells passed "
+              f"(runs {sum(c[5] for c in cells):.0f} s, {wall:.0f} s wall in two lanes)")
         for dependency, modes in _selected().items():
             for mode in modes:
-                row = [c for c in cells if c[0] == dependency and c[1] == mode]
+                row = sorted((c for c in cells if c[0] == dependency and c[1] == mode), key=lambda c: PHASES.index(c[2]))
                 print(f"  {dependency:<11} {mode:<9} " + "  ".join(
-                    f"{c[2]}:{'ok' if c[3] else 'FAIL'} {c[4][:18]} {c[5]:.1f}s" for c in row))
+                    f"{c[2]}:{'FAIL' if c[3] else 'ok'} {c[4][:18]} {c[5]:.1f}s" for c in row))
+    assert len(cells) == sum(len(m) for m in _selected().values()) * len(PHASES), "cells are missing"
+    failures = [(c[0], c[1], c[2], c[3]) for c in cells if c[3]]
     assert not failures, failures

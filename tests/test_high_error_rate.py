@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import FlowThread, start_daemon
+from tests.conftest import FlowThread, start_prometheus
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -84,17 +84,7 @@ def test_no_spike_means_no_action(world):
 
 @pytest.fixture
 def prometheus(world, tmp_path):
-    config = tmp_path / "prometheus.yml"
-    config.write_text(f"""
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-scrape_configs:
-  - job_name: sandbox-api
-    metrics_path: /services/api/metrics
-    params: {{format: [prometheus]}}
-    static_configs: [{{targets: ["127.0.0.1:{world.port}"]}}]
-""")
-    process, url = start_daemon("prometheus", [f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}"],
-                                "prometheus")
+    process, url = start_prometheus(tmp_path, world)
     os.environ["RUNBOOKS_TEST_PROMETHEUS_URL"] = url
     yield url
     process.terminate()
