@@ -9,6 +9,7 @@ days; a run started in-process pauses instead.
 
 from __future__ import annotations
 
+from copy import copy
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -21,7 +22,7 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from incidents import postmortem, templates
 from incidents.followups import FollowUpStore
@@ -47,9 +48,9 @@ class ActionItem(BaseModel):
 class PostmortemInput(RunInput):
     """The post-mortem form; what the record cannot know."""
 
-    completed_by: str = Field("", min_length=1, max_length=200, pattern=r"\S",
+    completed_by: str = Field(min_length=1, max_length=200, pattern=r"\S",
                               description="Your name: who wrote this post-mortem (required).")
-    root_cause: str = Field("", min_length=1, max_length=5000, pattern=r"\S", description="The primary cause.")
+    root_cause: str = Field(min_length=1, max_length=5000, pattern=r"\S", description="The primary cause.")
     users_affected: str = Field("", max_length=300, description="Number or percentage of users affected.")
     business_impact: str = Field("", max_length=2000)
     what_went_well: str = Field("", max_length=3000)
@@ -98,11 +99,25 @@ def announce(ctx: RunContext, incident: Incident, store: FollowUpStore) -> None:
     record(ctx, incident.id, "runbook", "postmortem_requested", f"Post-mortem requested, due {templates.stamp(due)}")
 
 
+def prefilled(form: type[RunInput], description: str, **values) -> type[RunInput]:
+    """The form with `values` filled in and its description. Unlike RunInput.with_initial_data,
+    which replaces each field and so drops its rules (a required name could then be left
+    empty), this keeps every field's rules and only changes its default."""
+    fields = {}
+    for name, value in values.items():
+        info = copy(form.model_fields[name])
+        info.default = value
+        fields[name] = (info.annotation, info)
+    model = create_model(form.__name__, __base__=form, **fields)
+    model._description = description
+    return model
+
+
 def wait_for_form(ctx: RunContext, incident: Incident, description: str) -> PostmortemInput | None:
     """The form: suspended when deployed (frees the process), paused otherwise; None at the timeout."""
-    form = PostmortemInput.with_initial_data(description=description, root_cause=incident.root_cause or "",
-                                             users_affected=incident.users_affected or "",
-                                             business_impact=incident.impact or "")
+    known = {"root_cause": incident.root_cause, "users_affected": incident.users_affected,
+             "business_impact": incident.impact}
+    form = prefilled(PostmortemInput, description, **{k: v for k, v in known.items() if v})
     timeout = ctx.config.post_incident.form_timeout_seconds
     key = f"postmortem-{incident.id}"
     try:
