@@ -162,9 +162,9 @@ def lanes(sandbox, second_world, test_config, database_url, cache_server, promet
     b, b_env = _world_proxies(sandbox, "RUNBOOKS_MATRIX", test_config.parent)
     api = httpx.URL(PREFECT_API_URL.value())
     store = httpx.URL(database_url.replace("postgresql://", "http://"))
+    a["prefect"] = FaultProxy(api.host, api.port, slow_seconds=2.5)  # Prefect's client waits 2 s
     b.update({"prometheus": FaultProxy("127.0.0.1", httpx.URL(prometheus_server).port, slow_seconds=1.3),
               "store": FaultProxy(store.host, store.port or 5432, slow_seconds=1.3),
-              "prefect": FaultProxy(api.host, api.port, slow_seconds=2.5),  # Prefect's client waits 2 s
               # past the clients' own timeouts: PostgreSQL's connect_timeout 3 s, Redis's socket timeout 3 s
               "postgres": FaultProxy(*_host_port(os.environ["RUNBOOKS_SECRET_API_DATABASE_URL"]), slow_seconds=3.3),
               "redis": FaultProxy("127.0.0.1", cache_server.connection_pool.connection_kwargs["port"],
@@ -450,7 +450,7 @@ def _selected() -> dict[str, tuple[str, ...]]:
             for dep, modes in MODES.items() if any(o.split(":")[0] == dep for o in only)}
 
 
-LANES = {"a": ("slack", "github", "kubernetes"), "b": ("prometheus", "postgres", "redis", "prefect")}
+LANES = {"a": ("github", "kubernetes", "prefect"), "b": ("slack", "prometheus", "postgres", "redis")}  # ~even
 
 
 def _run_lane(lane: Lane, hooks: Hooks, cache: redis.Redis, dependencies: list[str], cells: list) -> None:
