@@ -158,10 +158,13 @@ def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out
         return Decision("declined", answer.approver.strip() or None, answer.reason.strip() or "declined")
     if not needed:  # the Resume form suffices here; an answer from the approval page is still marked verified
         approver = answer.approver.strip()
-        signers = _approving_signers(ctx, approval_id) if approval_id is not None else []
-        if signers and approver == " + ".join(dict.fromkeys(signers)):
-            approver += " (verified)"
-            ctx.store().mark_verified(approval_id)
+        try:
+            signers = _approving_signers(ctx, approval_id)
+            if signers and approver == " + ".join(dict.fromkeys(signers)):
+                ctx.store().mark_verified(approval_id)
+                approver += " (verified)"
+        except StoreError as exc:  # the answer counts all the same; only the mark is missing
+            get_run_logger().warning("Approval %s: signatures not readable: %s", approval_id, exc)
         return Decision("approved", approver, answer.reason.strip(), grant=Grant.issue(plan, approver, answer.reason.strip()))
     if approval_id is None:
         return Decision("declined", None, "approvers cannot be verified: the incident store is unavailable")
