@@ -93,4 +93,4 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
         return Plan(incident_id, service_name, environment, (), evidence + tuple(notes), summary)
     summary = "; ".join(a.describe() for a in actions)
     return Plan(incident_id, service_name, environment, tuple(actions), evidence + tuple(notes),
-                f"{len(actions)} remedies: {summary}")
+                f"{len(actions)} remed{'y' if len(actions) == 1 else 'ies'}: {summary}")
