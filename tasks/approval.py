@@ -26,6 +26,7 @@ from incidents.models import Incident
 from incidents.plans import Grant, Plan
 from incidents.store import StoreError
 from tasks.context import RunContext
+from tasks.forms import prefilled
 from tasks.notify import notify_slack
 from tasks.timeline import record
 
@@ -202,7 +203,7 @@ def _wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
     The deadline is enforced by resuming the run with a decline (a pause that simply expired
     would leave the run Failed): for a paused run by a timer here, for a suspended run (whose
     process is gone) by the incident watch (`tasks/watch.py`), from the approval's deadline_at."""
-    form = ApprovalInput.with_initial_data(description=note + plan.markdown(timeout), approve=False)
+    form = prefilled(ApprovalInput, note + plan.markdown(timeout))
     key = f"approval-{plan.digest[:12]}" + (f"-{attempt}" if attempt else "")
     if deployment.get_id():
         # the extra 10 minutes leave the watch (every minute) time to decline it at the deadline

@@ -9,7 +9,6 @@ days; a run started in-process pauses instead.
 
 from __future__ import annotations
 
-from copy import copy
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -22,13 +21,14 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field
 
 from incidents import postmortem, templates
 from incidents.followups import FollowUpStore
 from incidents.models import Incident
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
+from tasks.forms import prefilled
 from tasks.notify import comment_on_issue, notify_slack
 from tasks.timeline import record
 
@@ -97,20 +97,6 @@ def announce(ctx: RunContext, incident: Incident, store: FollowUpStore) -> None:
                                    f"Documentation: {ctx.config.roles.documentation}\nDue: {templates.stamp(due)}\n"
                                    f"Fill in the form: {link}", link=("Open the form", link) if link else None)
     record(ctx, incident.id, "runbook", "postmortem_requested", f"Post-mortem requested, due {templates.stamp(due)}")
-
-
-def prefilled(form: type[RunInput], description: str, **values) -> type[RunInput]:
-    """The form with `values` filled in and its description. Unlike RunInput.with_initial_data,
-    which replaces each field and so drops its rules (a required name could then be left
-    empty), this keeps every field's rules and only changes its default."""
-    fields = {}
-    for name, value in values.items():
-        info = copy(form.model_fields[name])
-        info.default = value
-        fields[name] = (info.annotation, info)
-    model = create_model(form.__name__, __base__=form, **fields)
-    model._description = description
-    return model
 
 
 def wait_for_form(ctx: RunContext, incident: Incident, description: str) -> PostmortemInput | None:

@@ -196,11 +196,16 @@ def kubectl(world: Sandbox, *args: str, check: bool = True, timeout: float = 30)
     return result
 
 
-def break_api(world: Sandbox) -> None:
-    kubectl(world, "set", "image", "deployment/api", f"api={BROKEN_IMAGE}")
+def break_deploy(world: Sandbox, service: str, image: str) -> None:
+    """A bad deploy made with the real kubectl; returns once no pod of the service is ready."""
+    kubectl(world, "set", "image", f"deployment/{service}", f"{service}={image}")
     deadline = time.monotonic() + 10
-    while world.cluster.ready_pods("sandbox", "api") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while world.cluster.ready_pods("sandbox", service) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def break_api(world: Sandbox) -> None:
+    break_deploy(world, "api", BROKEN_IMAGE)
 
 
 def api_image(world: Sandbox) -> str:

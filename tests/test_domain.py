@@ -168,3 +168,21 @@ def test_error_metrics_from_json_and_prometheus_text():
     assert parse_prometheus(text)[0] == ("http_requests_total", {"service": "api", "code": "200"}, 90.0)
     assert error_metrics(text).error_rate == 0.1
     assert error_metrics("no metrics here") is None
+
+
+def test_prefilled_forms_keep_their_rules_and_help_text():
+    """Prefect's with_initial_data replaces the fields it fills (rules and help text gone);
+    the gates' forms keep theirs."""
+    from tasks.approval import ApprovalInput
+    from tasks.forms import prefilled
+    from tasks.postmortem import PostmortemInput
+
+    approval = prefilled(ApprovalInput, "the plan").model_json_schema()
+    assert approval["required"] == ["approver"] and approval["properties"]["approve"]["description"].startswith("On:")
+    assert prefilled(ApprovalInput, "the plan")._description == "the plan"
+    postmortem = prefilled(PostmortemInput, "d", root_cause="a bad image").model_json_schema()
+    assert postmortem["required"] == ["completed_by"]
+    assert postmortem["properties"]["root_cause"] | {"default": None} == \
+        PostmortemInput.model_json_schema()["properties"]["root_cause"] | {"default": None}
+    assert postmortem["properties"]["root_cause"]["default"] == "a bad image"
+    assert prefilled(PostmortemInput, "d").model_json_schema()["required"] == ["completed_by", "root_cause"]

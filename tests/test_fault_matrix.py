@@ -38,7 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from incidents.store import DrillStore, IncidentStore
 from sandbox.http import Fault
 from sandbox.world import SLACK_PATH
-from tests.conftest import break_api, free_port, kubectl, start_prometheus
+from tests.conftest import break_deploy, free_port, start_prometheus
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -108,11 +108,10 @@ def cache_server(tmp_path_factory):
 class Lane:
     """Cells run in two lanes at once, each with a sandbox, an environment of the config and
     fault proxies of its own. Lane "b" has the session's sandbox, whose api database the
-    PostgreSQL and Redis rows lock and Prometheus scrapes; lane "a" has a second sandbox with an api database of its
-    own, so one lane's lock is never in the other's way. The incident store is shared: its row
+    PostgreSQL and Redis rows lock and Prometheus scrapes; lane "a" has a second sandbox with an
+    api database of its own, so one lane's lock is never in the other's way. The incident store is shared: its row
     runs after both lanes, alone."""
 
-    name: str
     world: Any
     environment: str
     proxies: dict[str, FaultProxy]
@@ -178,7 +177,7 @@ def lanes(sandbox, second_world, test_config, database_url, cache_server, promet
         RUNBOOKS_SECRET_MATRIX_API_CACHE_URL=f"redis://127.0.0.1:{b['redis'].port}/0",
         RUNBOOKS_DATABASE_URL=database_url.replace(f"{store.host}:{store.port or 5432}",
                                                    f"127.0.0.1:{b['store'].port}"))
-    yield {"a": Lane("a", second_world, "sandbox-matrix-a", a), "b": Lane("b", sandbox, "sandbox-matrix", b)}
+    yield {"a": Lane(second_world, "sandbox-matrix-a", a), "b": Lane(sandbox, "sandbox-matrix", b)}
     os.environ.clear()
     os.environ.update(saved)
     for proxy in [*a.values(), *b.values()]:
@@ -264,7 +263,7 @@ class Target:
             cleanup(RunContext.load("sandbox", self.service), self.state)
 
 
-def _prepare(world, cache: redis.Redis, dependency: str) -> Target:  # noqa: C901 - one branch per fault
+def _prepare(world, cache: redis.Redis, dependency: str) -> Target:
     """Reset the sandbox and make the fault: a bad deploy, an overload, or a lock held by an
     idle transaction (with waiters) while the service's cache evicts."""
     from incidents.drills import resolve_fault
@@ -276,14 +275,8 @@ def _prepare(world, cache: redis.Redis, dependency: str) -> Target:  # noqa: C90
     scenario, fault = SCENARIOS.get(dependency, ("service-down", "bad-deploy"))
     target = Target(dependency, service, scenario, fault, _image(world, service), _revision(world, service),
                     _replicas(world, service), _rollbacks(world))
-    if fault == "bad-deploy" and service == "api":
-        break_api(world)
-    elif fault == "bad-deploy":
-        kubectl(world, "set", "image", f"deployment/{service}",
-                f"{service}={target.good_image.rsplit(':', 1)[0]}:v9-broken")
-        deadline = time.monotonic() + 10
-        while world.cluster.ready_pods("sandbox", service) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    if fault == "bad-deploy":
+        break_deploy(world, service, f"{target.good_image.rsplit(':', 1)[0]}:v9-broken")
     elif fault == "error-spike":  # 200 rps against 3 replicas of 40 rps: a share of requests fails
         httpx.post(f"{world.url}/_sandbox/load", json={"service": service, "rps": 200}, timeout=5).raise_for_status()
     else:
@@ -412,29 +405,30 @@ def _judge(lane: Lane, target: Target, phase: str, outcome: dict[str, Any]) -> l
         if state == "remediation_failed":
             if name.lower() not in result.get("error", "").lower():
                 problems.append(f"the remediation failure does not name {name}: {result.get('error')}")
-            if incident and dependency != "store":
-                kinds = [e.kind for e in store.timeline(incident.id)]
-                if "escalated" not in kinds:
-                    problems.append("the remediation failure was not escalated")
         if state == "resolved" and not target.healed(world):
             problems.append(f"resolved, but the {target.fault} fault is still there")
         if state not in ("resolved", "remediation_failed", "not_recovered", "escalated", "no_action"):
             problems.append(f"unexpected outcome {state}")
+    timeline = store.timeline(incident.id) if incident is not None else []
+    kinds = [e.kind for e in timeline]
+    if result is not None and result.get("outcome") == "remediation_failed" and incident and dependency != "store" \
+            and "escalated" not in kinds:
+        problems.append("the remediation failure was not escalated")
     if incident is not None:  # the record says what happened, in order, each action once
-        kinds = [e.kind for e in store.timeline(incident.id)]
         if kinds and kinds[0] != "detected":
             problems.append(f"the timeline starts with {kinds[0]}")
         if result and result.get("outcome") == "resolved" and dependency != "store" and incident.resolved_at is None:
             problems.append("resolved, but the record is not")
-        repeated = [(a["kind"], a["attempts"]) for a in store.action_log(incident.id) if a["attempts"] != 1]
+        actions = store.action_log(incident.id)
+        repeated = [(a["kind"], a["attempts"]) for a in actions if a["attempts"] != 1]
         if repeated:
             problems.append(f"an action was started more than once: {repeated}")
-        if kinds.count("action") > len(store.action_log(incident.id)):
+        if kinds.count("action") > len(actions):
             problems.append("an action was recorded twice")
     elif dependency != "store" and not (dependency == "prefect" and phase == "open"):
         problems.append("no incident was recorded")
     if dependency == "prometheus" and phase == "diagnose" and incident is not None:
-        diagnosed = next((e for e in store.timeline(incident.id) if e.kind == "diagnosed"), None)
+        diagnosed = next((e for e in timeline if e.kind == "diagnosed"), None)
         seen = (diagnosed.data.get("findings") or {}).get("error rate (Prometheus)", {}) if diagnosed else {}
         if "could not check" not in (seen.get("summary") or "") or "Prometheus" not in seen.get("summary", ""):
             problems.append(f"the diagnosis does not say Prometheus could not be checked: {seen}")
@@ -457,15 +451,16 @@ def _run_lane(lane: Lane, hooks: Hooks, cache: redis.Redis, dependencies: list[s
     for dependency in dependencies:
         for mode in _selected()[dependency]:
             for phase in PHASES:
-                target = _prepare(lane.world, cache, dependency)
-                outcome: dict[str, Any] = {"seconds": 0.0}
+                target, outcome = None, {"seconds": 0.0}
                 try:
+                    target = _prepare(lane.world, cache, dependency)
                     outcome = _cell(lane, hooks, target, mode, phase)
                     problems = _judge(lane, target, phase, outcome)
-                except Exception as exc:  # noqa: BLE001 - a broken cell is a failed cell, the lane goes on
+                except (Exception, pytest.fail.Exception) as exc:  # a broken cell fails; the lane goes on
                     problems = [f"the cell itself failed: {type(exc).__name__}: {exc}"]
                 finally:
-                    target.clean_up()
+                    if target is not None:
+                        target.clean_up()
                 state = (outcome.get("result") or {}).get("outcome") or outcome.get("error", "")[:60]
                 cells.append((dependency, mode, phase, problems, state, outcome["seconds"]))
 

@@ -171,8 +171,8 @@ def test_post_incident_flow_end_to_end_files_action_items_and_tracks_them(world,
     assert bad.status.value == "REJECT"  # the typed form: wrong horizon, too short a title
     # the name is required; the root cause the runbook recorded is filled in, and may not be emptied
     assert "completed_by" in schema["required"] and schema["properties"]["root_cause"]["default"]
-    for bad in ({"root_cause": "a bad image"}, {"completed_by": " "}, {"completed_by": "dana", "root_cause": " "}):
-        assert run.resume(paused.id, **bad).status.value == "REJECT", bad
+    for incomplete in ({"root_cause": "a bad image"}, {"completed_by": " "}, {"completed_by": "dana", "root_cause": " "}):
+        assert run.resume(paused.id, **incomplete).status.value == "REJECT", incomplete
     answer = run.resume(paused.id, completed_by="dana", root_cause="Image v2 shipped without its config map",
                         users_affected="about 30% of checkout users", business_impact="checkout down 6 minutes",
                         what_went_well="rollback was one click", what_went_badly="nobody saw the canary",
