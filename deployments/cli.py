@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -45,17 +46,35 @@ def api_url() -> str:
     return os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
 
 
+BUSY = (429, 502, 503)  # the server asks to be asked again (Prefect answers 503 for errors a client can retry)
+BUSY_PAUSES = (0.5, 1.5, 3.0)  # seconds before each new try; a Retry-After up to 5 s is honoured instead
+
+
 def _api(method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        response = httpx.request(method, f"{api_url()}{path}", timeout=10, headers=auth_headers(), **kwargs)
-    except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach the Prefect API at {api_url()} ({type(exc).__name__}); is `make up` running? "
-                       "Set PREFECT_API_URL to use another server.", UNREACHABLE) from None
+    for pause in (*BUSY_PAUSES, None):
+        try:
+            response = httpx.request(method, f"{api_url()}{path}", timeout=10, headers=auth_headers(), **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the Prefect API at {api_url()} ({type(exc).__name__}); is `make up` "
+                           "running? Set PREFECT_API_URL to use another server.", UNREACHABLE) from None
+        if response.status_code not in BUSY or pause is None:
+            break
+        pause = _retry_after(response.headers.get("Retry-After"), pause)
+        print(f"runbooks: Prefect API busy ({response.status_code}) for {path}; trying again in {pause:g} s",
+              file=sys.stderr)
+        time.sleep(pause)
     if response.status_code == 404:
         raise CliError(f"not found: {path}")
     if response.status_code >= 400:
         raise CliError(f"Prefect API answered {response.status_code} for {path}: {response.text[:300]}")
     return response.json() if response.content else None
+
+
+def _retry_after(header: str | None, default: float) -> float:
+    try:
+        return min(max(float(header), 0.0), 5.0) if header else default
+    except ValueError:
+        return default
 
 
 def _find_run(ref: str) -> dict:
@@ -93,7 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         params["dry_run"] = args.dry_run
         if args.severity:
             params["severity"] = args.severity
-    run = _api("POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
+    # the key makes a create that is tried again (the server was busy) one run, never two
+    run = _api("POST", f"/deployments/{dep['id']}/create_flow_run",
+               json={"parameters": params, "idempotency_key": f"runbooks-cli-{uuid.uuid4()}"})
     print(f"started {deployment} run {run['name']} ({run['id']})")
     print(f"  UI: {api_url().removesuffix('/api')}/runs/flow-run/{run['id']}")
     if args.no_follow:
@@ -248,7 +269,8 @@ def cmd_postmortem(args: argparse.Namespace) -> int:
     deployment = f"post-incident/{incident.environment}"
     dep = _api("GET", f"/deployments/name/{deployment}")
     run = _api("POST", f"/deployments/{dep['id']}/create_flow_run",
-               json={"parameters": {"incident_id": incident.id, "environment": incident.environment}})
+               json={"parameters": {"incident_id": incident.id, "environment": incident.environment},
+                     "idempotency_key": f"runbooks-cli-{uuid.uuid4()}"})
     print(f"started {deployment} run {run['name']} for incident #{incident.id}")
     print(f"  the form (once the run waits for it): {api_url().removesuffix('/api')}/runs/flow-run/{run['id']}")
     return OK

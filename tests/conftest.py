@@ -42,6 +42,7 @@ def database_url() -> str:
 
 
 APP_DB = "runbooks_test_app"
+PREFECT_DB = "runbooks_test_prefect"  # the session's Prefect server's own database
 CACHE_URL = os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 # Canaries: every secret the runbooks are given carries a marker that must never show up in
@@ -150,18 +151,34 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
 
 @pytest.fixture(scope="session")
 def prefect_server(test_config: Path):
+    """A real Prefect server for the session, started the way Prefect's own test harness starts
+    it, but on PostgreSQL: the harness's SQLite answers 503 ("database is locked") when several
+    runs write at once, which the fault matrix and the CLI then met as the server's own failure."""
     import prefect.context
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.server.database.dependencies import temporary_database_interface
+    from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+                                  PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings)
 
-    # A flow run's heartbeat thread sleeps in 1 s steps and is joined when the run ends, so
-    # every run ends up to 1 s late. Nothing here relies on heartbeats (the server's detection
-    # of crashed runs is not under test): off, also for flows run on other threads, which read
-    # the process-wide settings the way the harness itself arranges for its API URL.
-    with prefect_test_harness(server_startup_timeout=60), \
-            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
-            prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
-        yield
+    with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {PREFECT_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {PREFECT_DB}")
+    url = ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{PREFECT_DB}"
+    with temporary_database_interface(), temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: url}):
+        server = SubprocessASGIServer(port=free_port())
+        server.start(timeout=90)
+        # A flow run's heartbeat thread sleeps in 1 s steps and is joined when the run ends, so
+        # every run ends up to 1 s late. Nothing here relies on heartbeats (the server's detection
+        # of crashed runs is not under test): off, also for flows run on other threads, which
+        # read the process-wide settings.
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
+                    prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+                yield
+                APILogWorker.drain_all()
+        finally:
+            server.stop()
 
 
 @pytest.fixture

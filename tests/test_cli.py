@@ -78,3 +78,33 @@ def test_errors_say_what_to_do_and_exit_codes_are_stable(cli, capsys, monkeypatc
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     assert cli(["approvals"]) == 4
     assert "is `make up` running?" in capsys.readouterr().err
+
+
+def test_a_busy_server_is_asked_again_and_a_run_starts_once(cli, capsys, monkeypatch):
+    """Prefect answers 503 for errors a client may retry (a busy database): the command waits
+    and asks again instead of failing the on-call engineer's `runbooks run`."""
+    import threading
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.faultproxy import FaultProxy
+
+    api = httpx.URL(PREFECT_API_URL.value())
+    proxy = FaultProxy(api.host, api.port)
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{proxy.port}/api")
+    try:
+        assert cli(["sandbox", "heal"]) == 0
+        capsys.readouterr()
+        proxy.mode = "5xx"
+        threading.Timer(1.0, setattr, (proxy, "mode", "pass")).start()
+        assert cli(["run", "service-down", "--dry-run", "--timeout", "60"]) == 0
+        out, err = capsys.readouterr()
+        assert "Prefect API busy (503)" in err and "trying again" in err
+        assert out.count("started service-down/sandbox run") == 1 and "run Completed" in out
+
+        proxy.mode = "429"  # busy for good: a clear answer after the last try, not a hang
+        assert cli(["approvals"]) == 1
+        assert "Prefect API answered 429" in capsys.readouterr().err
+    finally:
+        proxy.close()
