@@ -181,6 +181,15 @@ def prefect_server(test_config: Path):
             server.stop()
 
 
+@pytest.fixture(scope="session")
+def pg_stack(sandbox, test_config, tmp_path_factory):
+    """The production shape in small (tests/stack.py), started once: the scale-out tests and the
+    browser tests share it."""
+    from tests.stack import running_stack
+
+    yield from running_stack(tmp_path_factory)
+
+
 @pytest.fixture
 def world(sandbox: Sandbox, test_config: Path, database_url: str) -> Sandbox:
     """The sandbox as seeded (api and frontend healthy, no messages, no faults) and no open

@@ -4,101 +4,11 @@ is executed exactly once."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
-import psycopg
-import pytest
 
-from tests.conftest import ADMIN_URL, BROKEN_IMAGE, api_image, break_api, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-SCRATCH_DB = "runbooks_prefect_scratch"
-POOL = "incident-response"  # prefect.yaml's pool, on this test's own server
-
-
-def _wait(url: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
-
-
-class Stack:
-    """A Prefect server on PostgreSQL, the pool, every deployment, and named process workers,
-    each a process group that can be killed and started again."""
-
-    def __init__(self, home: Path, logs: Path, port: int):
-        self.api, self.logs, self.port = f"http://127.0.0.1:{port}/api", logs, port
-        self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                    "PREFECT_SERVER_DATABASE_CONNECTION_URL": ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://")
-                    .rsplit("/", 1)[0] + f"/{SCRATCH_DB}", "PREFECT_WORKER_QUERY_SECONDS": "1",
-                    "PREFECT_LOGGING_LEVEL": "INFO",
-                    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}  # no incident-watch runs mid-test
-        self.processes: dict[str, subprocess.Popen] = {}
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        log = (self.logs / f"{name}.log").open("a")
-        self.processes[name] = subprocess.Popen([str(BIN / "prefect"), *args], cwd=ROOT, env=self.env, stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
-
-    def start_server(self) -> None:
-        self._spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
-        _wait(f"{self.api}/health", 120)
-
-    def start_worker(self, name: str) -> None:
-        self._spawn(name, ["worker", "start", "--pool", POOL, "--type", "process", "--name", name])
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            workers = httpx.post(f"{self.api}/work_pools/{POOL}/workers/filter", json={}, timeout=5).json()
-            if any(w["name"] == name and w.get("status") == "ONLINE" for w in workers):
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"worker {name} did not come online")
-
-    def kill(self, name: str, sig: int = 9) -> None:
-        process = self.processes.pop(name)
-        try:
-            os.killpg(process.pid, sig)
-            process.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(process.pid, 9)
-
-    def stop(self) -> None:
-        for name in reversed(list(self.processes)):
-            self.kill(name, 2)
-
-
-@pytest.fixture(scope="module")
-def pg_stack(sandbox, test_config, tmp_path_factory):
-    """Server on PostgreSQL + pool + deployment + two workers, on free ports, torn down after."""
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
-    stack = Stack(tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("logs"), free_port())
-    try:
-        stack.start_server()
-        for cmd in (["work-pool", "create", POOL, "--type", "process"],
-                    ["--no-prompt", "deploy", "--all"]):
-            done = subprocess.run([str(BIN / "prefect"), *cmd], cwd=ROOT, env=stack.env, capture_output=True, text=True,
-                                  timeout=120)
-            assert done.returncode == 0, done.stdout + done.stderr
-        for name in ("worker-a", "worker-b"):
-            stack.start_worker(name)
-        yield stack
-    finally:
-        stack.stop()
+from tests.conftest import BROKEN_IMAGE, api_image, break_api
 
 
 def _run(api: str, params: dict) -> str:
@@ -170,7 +80,7 @@ def test_a_pending_approval_survives_killing_the_workers_and_the_server(pg_stack
     for name in ("worker-a", "worker-b", "server"):
         pg_stack.kill(name)
     pg_stack.start_server()
-    pg_stack.start_worker("worker-c")
+    pg_stack.start_workers("worker-c")
     assert _state_name(api, run_id) == "Suspended"  # still answerable after the restart
 
     answer = httpx.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from tests.conftest import BROKEN_IMAGE, api_image, break_api
-from tests.test_scale_out import pg_stack  # noqa: F401 - fixture
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -82,7 +81,7 @@ def _final(api: str, run_id: str) -> str:
     raise AssertionError(f"run {run_id} did not finish")
 
 
-def test_approve_in_the_browser_heals_the_sandbox(pg_stack, world, page):  # noqa: F811
+def test_approve_in_the_browser_heals_the_sandbox(pg_stack, world, page):
     api = pg_stack.api
     break_api(world)
     run_id = _start_from_the_ui(page, api)
@@ -94,7 +93,7 @@ def test_approve_in_the_browser_heals_the_sandbox(pg_stack, world, page):  # noq
     page.get_by_text("Completed").first.wait_for()
 
 
-def test_decline_in_the_browser_changes_nothing(pg_stack, world, page):  # noqa: F811
+def test_decline_in_the_browser_changes_nothing(pg_stack, world, page):
     api = pg_stack.api
     break_api(world)
     run_id = _start_from_the_ui(page, api)
