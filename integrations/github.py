@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from integrations.errors import Closing, IntegrationError
-from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, request
+from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, request, client as http_client
 
 API_VERSION = "2022-11-28"
 
@@ -30,7 +30,7 @@ class GitHubClient(Closing):
     def __init__(self, api_url: str, token: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  retry: RetryPolicy = RetryPolicy()):
         self.retry = retry
-        self._http = httpx.Client(
+        self._http = http_client(
             base_url=api_url.rstrip("/"), timeout=timeout, follow_redirects=False,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
                      "X-GitHub-Api-Version": API_VERSION, "User-Agent": "incident-runbooks"})
@@ -89,7 +89,7 @@ class GitHubClient(Closing):
         response = self._call("GET", path)
         if response.is_redirect:
             location = response.headers["Location"]
-            with httpx.Client(timeout=self._http.timeout) as plain:
+            with http_client(timeout=self._http.timeout) as plain:
                 response = request(plain, "GET", location, what=f"GitHub log download for job {job_id}", retry=self.retry)
         lines = response.text.splitlines()
         return "\n".join(lines[-tail_lines:])

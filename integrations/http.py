@@ -3,8 +3,11 @@ timeouts, 429 (honouring Retry-After) and 5xx."""
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -12,6 +15,19 @@ import httpx
 from integrations.errors import IntegrationError
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+
+
+@functools.lru_cache(maxsize=1)
+def tls_context() -> ssl.SSLContext:
+    """The verifying TLS context httpx builds for every new client (certifi's bundle, or
+    SSL_CERT_FILE / SSL_CERT_DIR), built once: loading the CA bundle costs tens of ms of CPU,
+    and the runbooks open a client per step. An SSLContext is safe to share between threads."""
+    return httpx.create_ssl_context()
+
+
+def client(**kwargs: Any) -> httpx.Client:
+    """An httpx.Client on the shared TLS context."""
+    return httpx.Client(verify=tls_context(), **kwargs)
 
 
 @dataclass(frozen=True)

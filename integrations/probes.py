@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from integrations.http import client as http_client
+
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -56,7 +58,7 @@ def probe_all(urls: list[str], timeout: float = 5.0, max_parallel: int = 64) -> 
         return []
     deadline = timeout + 1.0  # a hard stop even if a server trickles bytes past the read timeout
     limits = httpx.Limits(max_connections=max_parallel, max_keepalive_connections=max_parallel)
-    with httpx.Client(limits=limits, follow_redirects=False) as client, \
+    with http_client(limits=limits, follow_redirects=False) as client, \
             ThreadPoolExecutor(max_workers=min(max_parallel, len(urls))) as pool:
         futures = [pool.submit(probe, client, url, timeout) for url in urls]
         results = []
@@ -126,7 +128,7 @@ def error_metrics(body: Any) -> ErrorMetrics | None:
 def sample_error_rate(url: str, seconds: float, timeout: float = 5.0) -> tuple[ErrorMetrics, ErrorMetrics]:
     """Read /metrics twice, `seconds` apart: the counters' difference is the recent error rate
     (the totals since start would hide a fresh spike). Returns (window, totals)."""
-    with httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
+    with http_client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
         first = _counters(client, url)
         time.sleep(seconds)
         second = _counters(client, url)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import httpx
 
 from integrations.errors import Closing, IntegrationError
-from integrations.http import RetryPolicy, request
+from integrations.http import RetryPolicy, request, client as http_client
 
 
 class PrometheusClient(Closing):
     def __init__(self, url: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3)):
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+        self._http = http_client(base_url=url.rstrip("/"), timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
         self.retry = retry
 
     def close(self) -> None:

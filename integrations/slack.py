@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from integrations.errors import Closing
-from integrations.http import RetryPolicy, request
+from integrations.http import RetryPolicy, request, client as http_client
 
 
 class SlackWebhook(Closing):
@@ -18,7 +18,7 @@ class SlackWebhook(Closing):
             raise ValueError("Slack webhook URL must be an http(s) URL")
         self._url = url
         self.retry = retry
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+        self._http = http_client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
 
     def close(self) -> None:
         self._http.close()

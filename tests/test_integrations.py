@@ -179,3 +179,23 @@ def test_redis_failures_while_scanning_are_named_like_every_other():
                 call()
         with pytest.raises(ValueError, match="invalid cache key prefix"):
             cache.delete_prefix("*")
+
+
+def test_every_client_shares_one_verifying_tls_context():
+    """Building a TLS context loads the CA bundle (tens of ms of CPU); the runbooks open a client
+    per step, so they share one, and it still verifies certificates and host names."""
+    import ssl
+
+    from integrations.http import tls_context
+    from integrations.prometheus import PrometheusClient
+
+    shared = tls_context()
+    assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
+    clients = [GitHubClient("https://api.github.example", "t"), SlackWebhook("https://hooks.slack.example/x"),
+               PrometheusClient("https://prometheus.example")]
+    try:
+        for made in clients:
+            assert made._http._transport._pool._ssl_context is shared
+    finally:
+        for made in clients:
+            made.close()
