@@ -421,6 +421,10 @@ def _field_path(loc: tuple) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+# libyaml's safe loader where PyYAML was built with it (several times faster: the config is
+# read again by every run step, so an edit takes effect without a restart)
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 def config_path() -> Path:
     return Path(os.environ.get("RUNBOOKS_CONFIG") or DEFAULT_CONFIG)
 
@@ -428,7 +432,7 @@ def config_path() -> Path:
 def load_config(path: Path | str | None = None) -> ConfigFile:
     path = Path(path) if path else config_path()
     try:
-        raw = yaml.safe_load(_expand(path.read_text()))
+        raw = yaml.load(_expand(path.read_text()), Loader=SAFE_LOADER)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -78,7 +78,9 @@ class FaultProxy:
                     if self.mode == "slow":
                         time.sleep(self.slow_seconds)
                     return
-                readable, _, _ = select.select(sockets, [], [], 0.05)
+                readable, _, _ = select.select(sockets, [], [], 0.25)
+                if readable and self.mode != "pass":
+                    continue  # the fault came on while waiting: what arrived meets it
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:
