@@ -425,6 +425,7 @@ def _field_path(loc: tuple) -> str:
 # read again by every run step, so an edit takes effect without a restart)
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+
 def config_path() -> Path:
     return Path(os.environ.get("RUNBOOKS_CONFIG") or DEFAULT_CONFIG)
 

@@ -7,8 +7,8 @@ import functools
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 
