@@ -1,4 +1,4 @@
-"""Shared fixtures: one real Prefect server (test harness) per session, the sandbox for the
+"""Shared fixtures: one real Prefect server (on PostgreSQL) per session, the sandbox for the
 outside world, a scratch PostgreSQL database for the incident store, and a test config
 that points everything at them."""
 
