@@ -29,6 +29,9 @@ from typing import Any
 import httpx
 
 from deployments.prefect_api import auth_headers
+from integrations.errors import IntegrationError
+from integrations.http import RetryPolicy, request
+from integrations.http import client as http_client
 from incidents.config import ConfigError, config_path, load_config
 
 OK, FAILED, USAGE, WAITING, UNREACHABLE = 0, 1, 2, 3, 4
@@ -46,35 +49,28 @@ def api_url() -> str:
     return os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
 
 
-BUSY = (429, 502, 503)  # the server asks to be asked again (Prefect answers 503 for errors a client can retry)
-BUSY_PAUSES = (0.5, 1.5, 3.0)  # seconds before each new try; a Retry-After up to 5 s is honoured instead
+# A busy or restarting server (Prefect answers 503 for errors a client may retry) is asked
+# again after 0.5, 1 and 2 s (a Retry-After up to 5 s instead), saying so on stderr.
+API_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_wait=5.0)
 
 
 def _api(method: str, path: str, **kwargs: Any) -> Any:
-    for pause in (*BUSY_PAUSES, None):
-        try:
-            response = httpx.request(method, f"{api_url()}{path}", timeout=10, headers=auth_headers(), **kwargs)
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach the Prefect API at {api_url()} ({type(exc).__name__}); is `make up` "
-                           "running? Set PREFECT_API_URL to use another server.", UNREACHABLE) from None
-        if response.status_code not in BUSY or pause is None:
-            break
-        pause = _retry_after(response.headers.get("Retry-After"), pause)
-        print(f"runbooks: Prefect API busy ({response.status_code}) for {path}; trying again in {pause:g} s",
+    def say(why: str, pause: float) -> None:
+        print(f"runbooks: Prefect API busy or unreachable ({why[:80]}) for {path}; trying again in {pause:g} s",
               file=sys.stderr)
-        time.sleep(pause)
+
+    try:
+        with http_client(timeout=10, headers=auth_headers()) as client:
+            response = request(client, method, f"{api_url()}{path}", what=f"Prefect API {method} {path}",
+                               retry=API_RETRY, ok=(404,), on_retry=say, **kwargs)
+    except IntegrationError as exc:
+        if exc.status is None:
+            raise CliError(f"cannot reach the Prefect API at {api_url()} ({exc.reason}); is `make up` running? "
+                           "Set PREFECT_API_URL to use another server.", UNREACHABLE) from None
+        raise CliError(f"Prefect API answered {exc.status} for {path}: {exc.reason}") from None
     if response.status_code == 404:
         raise CliError(f"not found: {path}")
-    if response.status_code >= 400:
-        raise CliError(f"Prefect API answered {response.status_code} for {path}: {response.text[:300]}")
     return response.json() if response.content else None
-
-
-def _retry_after(header: str | None, default: float) -> float:
-    try:
-        return min(max(float(header), 0.0), 5.0) if header else default
-    except ValueError:
-        return default
 
 
 def _find_run(ref: str) -> dict:

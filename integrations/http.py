@@ -8,7 +8,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -58,10 +58,12 @@ def is_transient(status: int) -> bool:
 
 
 def request(client: httpx.Client, method: str, url: str, *, what: str, retry: RetryPolicy = RetryPolicy(),
-            ok: tuple[int, ...] = (), **kwargs) -> httpx.Response:
+            ok: tuple[int, ...] = (), on_retry: Callable[[str, float], None] | None = None,
+            **kwargs) -> httpx.Response:
     """Send one request with retries; raise IntegrationError naming `what` unless it succeeds.
 
-    A 2xx/3xx response, or one whose status is in `ok`, is returned as is.
+    A 2xx/3xx response, or one whose status is in `ok`, is returned as is. `on_retry(why,
+    seconds)` hears of each new try before the pause (a terminal says so).
     """
     last: str = ""
     for attempt in range(1, retry.attempts + 1):
@@ -80,7 +82,10 @@ def request(client: httpx.Client, method: str, url: str, *, what: str, retry: Re
                 raise IntegrationError(what, last, status=response.status_code)
         if attempt == retry.attempts:
             break
-        time.sleep(retry.delay(attempt, response))
+        pause = retry.delay(attempt, response)
+        if on_retry is not None:
+            on_retry(last, pause)
+        time.sleep(pause)
     raise IntegrationError(what, f"{last} (after {retry.attempts} attempts)",
                            status=response.status_code if response is not None else None, transient=True)
 

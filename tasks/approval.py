@@ -166,7 +166,7 @@ def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out
                 approver += " (verified)"
         except StoreError as exc:  # the answer counts all the same; only the mark is missing
             get_run_logger().warning("Approval %s: signatures not readable: %s", approval_id, exc)
-        return Decision("approved", approver, answer.reason.strip(), grant=Grant.issue(plan, approver, answer.reason.strip()))
+        return _approved(plan, approver, answer)
     if approval_id is None:
         return Decision("declined", None, "approvers cannot be verified: the incident store is unavailable")
     signers = list(dict.fromkeys(_approving_signers(ctx, approval_id)))
@@ -174,7 +174,12 @@ def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out
         return None
     approver = " + ".join(signers) + " (verified)"
     ctx.store().mark_verified(approval_id)
-    return Decision("approved", approver, answer.reason.strip(), grant=Grant.issue(plan, approver, answer.reason.strip()))
+    return _approved(plan, approver, answer)
+
+
+def _approved(plan: Plan, approver: str, answer: ApprovalInput) -> Decision:
+    reason = answer.reason.strip()
+    return Decision("approved", approver, reason, grant=Grant.issue(plan, approver, reason))
 
 
 def _earlier_request(store, run_id: str | None, plan: Plan) -> dict | None:

@@ -100,7 +100,7 @@ def test_a_busy_server_is_asked_again_and_a_run_starts_once(cli, capsys, monkeyp
         threading.Timer(1.0, setattr, (proxy, "mode", "pass")).start()
         assert cli(["run", "service-down", "--dry-run", "--timeout", "60"]) == 0
         out, err = capsys.readouterr()
-        assert "Prefect API busy (503)" in err and "trying again" in err
+        assert "Prefect API busy or unreachable (HTTP 503" in err and "trying again" in err
         assert out.count("started service-down/sandbox run") == 1 and "run Completed" in out
 
         proxy.mode = "429"  # busy for good: a clear answer after the last try, not a hang

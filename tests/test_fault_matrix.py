@@ -450,28 +450,33 @@ def _selected() -> dict[str, tuple[str, ...]]:
 LANES = {"a": ("github", "kubernetes", "prefect"), "b": ("slack", "prometheus", "postgres", "redis")}  # ~even
 
 
+def _run_cell(lane: Lane, hooks: Hooks, cache: redis.Redis, dependency: str, mode: str,
+              phase: str) -> tuple[list[str], dict[str, Any]]:
+    """Prepare, run and judge one cell: its problems (none: it passed) and the run's outcome."""
+    target, outcome = None, {"seconds": 0.0}
+    try:
+        target = _prepare(lane.world, cache, dependency)
+        outcome = _cell(lane, hooks, target, mode, phase)
+        return _judge(lane, target, phase, outcome), outcome
+    except (Exception, pytest.fail.Exception) as exc:  # a broken cell fails; the lane goes on
+        return [f"the cell itself failed: {type(exc).__name__}: {exc}"], outcome
+    finally:
+        if target is not None:
+            target.clean_up()
+
+
 def _run_lane(lane: Lane, hooks: Hooks, cache: redis.Redis, dependencies: list[str], cells: list,
               reruns: list) -> None:
     for dependency in dependencies:
         for mode in _selected()[dependency]:
             for phase in PHASES:
-                for attempt in (1, 2):
-                    target, outcome = None, {"seconds": 0.0}
-                    try:
-                        target = _prepare(lane.world, cache, dependency)
-                        outcome = _cell(lane, hooks, target, mode, phase)
-                        problems = _judge(lane, target, phase, outcome)
-                    except (Exception, pytest.fail.Exception) as exc:  # a broken cell fails; the lane goes on
-                        problems = [f"the cell itself failed: {type(exc).__name__}: {exc}"]
-                    finally:
-                        if target is not None:
-                            target.clean_up()
-                    # The Prefect row's client gets one retry, so that its faults end a run quickly;
-                    # the test server itself (SQLite, busy with both lanes) may then fail a run with
-                    # its own 503 before the fault is even on. That run tested nothing: once more.
-                    if not (dependency == "prefect" and outcome.get("before_fault") and attempt == 1):
-                        break
+                problems, outcome = _run_cell(lane, hooks, cache, dependency, mode, phase)
+                # The Prefect row's client gets one retry, so that its faults end a run quickly; the
+                # test server may still fail a run with its own 503 before the fault is even on.
+                # That run tested nothing: once more.
+                if dependency == "prefect" and outcome.get("before_fault"):
                     reruns.append(f"{dependency} {mode} {phase}: {outcome['error'][:120]}")
+                    problems, outcome = _run_cell(lane, hooks, cache, dependency, mode, phase)
                 state = (outcome.get("result") or {}).get("outcome") or outcome.get("error", "")[:60]
                 cells.append((dependency, mode, phase, problems, state, outcome["seconds"]))
 
