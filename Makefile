@@ -33,5 +33,6 @@ bench: $(STAMP)
 sandbox: $(STAMP)
 	$(PY) -m sandbox
 
-clean: down
+clean:
+	@if [ -x $(PY) ]; then $(PY) -m deployments.stack clean; fi
 	rm -rf $(VENV) .prefect .sandbox .run

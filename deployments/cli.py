@@ -4,6 +4,7 @@
     runbooks approvals                                                   runs waiting for approval
     runbooks approve RUN --reason "..." [--approver NAME]                the same gate as the UI
     runbooks decline RUN --reason "..."
+    runbooks cancel RUN [--by NAME] [--reason "..."]                      stop a run; the timeline says who
     runbooks incidents [--open]  /  runbooks incident ID                 the incident record
     runbooks ack ID [--by NAME]                                          acknowledge: escalation stops
     runbooks postmortem ID                                               start the post-incident run (its form)
@@ -182,6 +183,47 @@ def _answer(args: argparse.Namespace, approve: bool) -> int:
         raise CliError(f"refused: {(result.get('details') or {}).get('reason', result.get('status'))}")
     print(f"{'approved' if approve else 'declined'} {run['name']} as {approver}")
     return follow(run["id"], args.timeout) if args.follow else OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a run: the worker stops its process and the incident timeline records who and what
+    had been done. A run waiting for approval has no process: it is cancelled at once."""
+    run = _find_run(args.run)
+    if run["state"]["type"] in FINAL:
+        raise CliError(f"run {run['name']} has already ended ({run['state']['name']})")
+    who = _who(args.by)
+    message = f"Cancelled by {who}: {args.reason}" if args.reason else f"Cancelled by {who}"
+    waiting = run["state"]["type"] in ("PAUSED", "SCHEDULED")
+    state = {"type": "CANCELLED" if waiting else "CANCELLING", "name": "Cancelled" if waiting else "Cancelling",
+             "message": message}
+    result = _api("POST", f"/flow_runs/{run['id']}/set_state", json={"state": state, "force": waiting})
+    if result.get("status") != "ACCEPT":
+        raise CliError(f"refused: {(result.get('details') or {}).get('reason', result.get('status'))}")
+    if waiting:
+        _record_cancel_of_waiting_run(run, who, message)
+    started = time.monotonic()
+    print(f"cancelling {run['name']} ({run['state']['name']}) as {who}")
+    while time.monotonic() - started < args.timeout:
+        current = _api("GET", f"/flow_runs/{run['id']}")["state"]
+        if current["type"] in FINAL:
+            print(f"run {current['name']} after {time.monotonic() - started:.1f} s")
+            return OK if current["type"] == "CANCELLED" else FAILED
+        time.sleep(0.2)
+    print(f"still {current['name']} after {args.timeout:g} s: is a worker serving the pool?")
+    return FAILED
+
+
+def _record_cancel_of_waiting_run(run: dict, who: str, message: str) -> None:
+    """No process to stop, so no hook runs: the timeline entry is written here."""
+    store, store_error = _store()
+    try:
+        incident = store.incident_for_run(run["id"])
+        if incident is not None:
+            store.add_event(incident.id, who, "cancelled", f"Runbook run {run['name']} cancelled while it "
+                            f"was {run['state']['name'].lower()} ({message}); nothing was changed by it.",
+                            {"flow_run_id": run["id"]})
+    except store_error as exc:
+        print(f"runbooks: the Cancel is not in the incident timeline: {exc}", file=sys.stderr)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -368,6 +410,11 @@ def parser() -> argparse.ArgumentParser:
         answer.add_argument("--approver", help="your name (default: $RUNBOOKS_APPROVER or your login)")
         answer.add_argument("--follow", action="store_true", help="follow the run afterwards")
         answer.add_argument("--timeout", type=float, default=600)
+    cancel = sub.add_parser("cancel", help="cancel a run: its process is stopped, the timeline records it")
+    cancel.add_argument("run", help="flow run id or name")
+    cancel.add_argument("--by", help="your name (default: $RUNBOOKS_APPROVER or your login)")
+    cancel.add_argument("--reason", help="why (recorded with your name)")
+    cancel.add_argument("--timeout", type=float, default=30, help="seconds to wait for the run to end")
     incidents = sub.add_parser("incidents", help="list incidents")
     incidents.add_argument("--open", action="store_true")
     incidents.add_argument("--limit", type=int, default=20)
@@ -400,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sandbox" and args.action == "break" and not args.fault:
         p.error(f"sandbox break needs a fault: {', '.join(FAULTS)}")
     commands = {"run": cmd_run, "approvals": cmd_approvals, "approve": cmd_approve, "decline": cmd_decline,
+                "cancel": cmd_cancel,
                 "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config,
                 "ack": cmd_ack, "postmortem": cmd_postmortem, "metrics": cmd_metrics}
     try:

@@ -1,7 +1,9 @@
-"""The local stack behind `make up` / `make down`: the sandbox, a Prefect server on its own
-SQLite database under `.prefect/`, the `incident-response` process work pool, every
-deployment in prefect.yaml, and a worker. Idempotent: what is already running is left alone.
-`down` stops exactly what `up` started (the pid files under `.run/` say what that is)."""
+"""The local stack behind `make up` / `make down` / `make clean`: the sandbox, a Prefect server
+on its own PostgreSQL database (`runbooks_prefect` on the local server, created on first use),
+the `incident-response` work pool of the `runbooks-warm` worker type, every deployment in
+prefect.yaml, and that worker. Idempotent: what is already running is left alone. `down` stops
+exactly what `up` started (the pid files under `.run/` say what that is) and keeps the data;
+`clean` drops the Prefect database too."""
 
 from __future__ import annotations
 
@@ -35,8 +37,12 @@ SANDBOX_URL = f"http://{HOST}:{SANDBOX_PORT}"
 SANDBOX_APP_DATABASE = "postgresql://postgres@127.0.0.1:5432/runbooks_sandbox_app"
 POOL = "incident-response"
 WORKER_NAME = "runbooks-local-worker"
-RUNNER_NAME = "runbooks-warm-runner"
+WORKER_TYPE = "runbooks-warm"  # deployments/warm_worker.py
 BIN = Path(sys.executable).parent
+# The Prefect server's own database. SQLite only when asked for by name: under a handful of
+# runs at once it answers 503 "database is locked" (the UI does not retry, so clicks are lost).
+PREFECT_DATABASE = os.environ.get("RUNBOOKS_PREFECT_DATABASE_URL",
+                                  "postgresql://postgres@127.0.0.1:5432/runbooks_prefect")
 
 
 class StackError(RuntimeError):
@@ -51,13 +57,15 @@ def stack_env() -> dict[str, str]:
     env.update(
         PREFECT_HOME=str(PREFECT_HOME), PREFECT_API_URL=f"{PREFECT_URL}/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_URL=PREFECT_URL,
-        # the standard worker is the fallback; the warm runner (polling every 0.1 s) takes runs first
-        PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", "10"),
+        # the warm worker asks for due runs 10 times a second (one indexed query on PostgreSQL)
+        PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", "0.1"),
         RUNBOOKS_SANDBOX_URL=SANDBOX_URL, RUNBOOKS_KUBECONFIG=str(SANDBOX_DIR / "kubeconfig"),
         RUNBOOKS_UI_URL=PREFECT_URL, PYTHONUNBUFFERED="1",
         RUNBOOKS_PROMETHEUS_URL=f"http://{HOST}:{PROMETHEUS_PORT}",
         RUNBOOKS_INTAKE_URL=INTAKE_URL,  # drills raise their alerts through the intake
     )
+    if PREFECT_DATABASE != "sqlite":
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _asyncpg(PREFECT_DATABASE)
     if env.get("PREFECT_API_AUTH_STRING"):  # protect the local server's UI and API with it too
         env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
     # The sandbox's own fake credentials; a real environment keeps these in Secret blocks.
@@ -70,6 +78,35 @@ def stack_env() -> dict[str, str]:
     env.setdefault("RUNBOOKS_SECRET_API_DATABASE_URL", SANDBOX_APP_DATABASE)
     env.setdefault("RUNBOOKS_SECRET_API_CACHE_URL", "redis://127.0.0.1:6379/5")
     return env
+
+
+def _asyncpg(url: str) -> str:
+    return "postgresql+asyncpg://" + url.split("://", 1)[1]
+
+
+def _prefect_database(create: bool) -> str:
+    """Make sure the Prefect server's PostgreSQL database exists; say where it is."""
+    if PREFECT_DATABASE == "sqlite":
+        return f"SQLite under {PREFECT_HOME.relative_to(ROOT)}/ (asked for: it cannot take several runs at once)"
+    import psycopg
+    from psycopg import sql
+
+    admin, name = PREFECT_DATABASE.rsplit("/", 1)
+    try:
+        with psycopg.connect(f"{admin}/postgres", autocommit=True, connect_timeout=5) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists and create:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            if exists and not create:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        raise StackError(f"the Prefect server's database {name!r} on {admin.split('@')[-1]} could not be "
+                         f"{'created' if create else 'dropped'}: {str(exc).strip()}\n  Start PostgreSQL "
+                         "(e.g. `pg_ctlcluster --skip-systemctl-redirect 15 main start`) or point "
+                         "RUNBOOKS_PREFECT_DATABASE_URL at one.") from None
+    if create:
+        return f"PostgreSQL database {name} ({'exists' if exists else 'created'})"
+    return f"PostgreSQL database {name} ({'dropped' if exists else 'was not there'})"
 
 
 def alert_token() -> str:
@@ -184,11 +221,9 @@ COMPONENTS = [
                              f"--storage.tsdb.path={SANDBOX_DIR / 'prometheus-data'}",
                              f"--web.listen-address={HOST}:{PROMETHEUS_PORT}"],
               lambda since: _get_ok(f"http://{HOST}:{PROMETHEUS_PORT}/-/ready"), port=PROMETHEUS_PORT, wait_seconds=30),
-    Component("worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
+    Component("worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", WORKER_TYPE,
                          "--name", WORKER_NAME],
               lambda since: _worker_online(since, WORKER_NAME), stop_signal=signal.SIGINT, wait_seconds=90),
-    Component("warm-runner", [str(BIN / "python"), "-m", "deployments.runner", "--pool", POOL, "--name", RUNNER_NAME],
-              lambda since: _worker_online(since, RUNNER_NAME), wait_seconds=60),
     Component("intake", [str(BIN / "python"), "-m", "deployments.intake", "--port", str(INTAKE_PORT)],
               lambda since: _get_ok(f"{INTAKE_URL}/healthz"), port=INTAKE_PORT, wait_seconds=30),
 ]
@@ -236,11 +271,13 @@ def _prefect(args: list[str], env: dict[str, str], what: str, timeout: float = 1
 
 def _ensure_pool(env: dict[str, str]) -> None:
     response = httpx.get(f"{PREFECT_URL}/api/work_pools/{POOL}", timeout=5, headers=auth_headers())
-    if response.status_code == 200:
-        _say("work pool", f"{POOL} exists")
+    if response.status_code == 200 and response.json().get("type") == WORKER_TYPE:
+        _say("work pool", f"{POOL} exists ({WORKER_TYPE})")
         return
-    _prefect(["work-pool", "create", POOL, "--type", "process"], env, f"creating work pool {POOL}")
-    _say("work pool", f"{POOL} created (process)")
+    if response.status_code == 200:  # an older stack's process pool: its deployments are registered again below
+        _prefect(["work-pool", "delete", POOL], env, f"replacing work pool {POOL}")
+    _prefect(["work-pool", "create", POOL, "--type", WORKER_TYPE], env, f"creating work pool {POOL}")
+    _say("work pool", f"{POOL} created ({WORKER_TYPE})")
 
 
 def _deploy(env: dict[str, str]) -> None:
@@ -268,18 +305,20 @@ def up() -> None:
     env = stack_env()
     print("Starting the incident-runbooks stack", flush=True)
     _check_store()
-    sandbox, server, prometheus, worker, runner, intake = COMPONENTS
+    sandbox, server, prometheus, worker, intake = COMPONENTS
     _start(sandbox, env)
     if os.path.exists(PROMETHEUS_BIN):
         _write_prometheus_config()
         _start(prometheus, env)
     else:
         _say("prometheus", "not installed (apt-get install prometheus): high-error-rate uses /metrics only")
+    _say("prefect database", _prefect_database(create=True))
+    if PREFECT_DATABASE == "sqlite":
+        _say("warning", "SQLite answers 503 'database is locked' under several runs at once; see the README")
     _start(server, env)
     _ensure_pool(env)
     _deploy(env)
     _start(worker, env)
-    _start(runner, env)
     _start(intake, env)
     kubeconfig = (SANDBOX_DIR / "kubeconfig").relative_to(ROOT)
     print(f"""
@@ -323,14 +362,23 @@ def down() -> None:
         component.pid_file.unlink(missing_ok=True)
 
 
+def clean() -> None:
+    """`down`, then drop the Prefect server's database (runs, deployments, logs)."""
+    down()
+    _say("prefect database", _prefect_database(create=False))
+
+
+COMMANDS: dict[str, Callable[[], None]] = {"up": up, "down": down, "clean": clean}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     command = args[0] if args else "up"
-    try:
-        {"up": up, "down": down}[command]()
-    except KeyError:
-        print(f"usage: python -m deployments.stack up|down (got {command!r})", file=sys.stderr)
+    if command not in COMMANDS:
+        print(f"usage: python -m deployments.stack up|down|clean (got {command!r})", file=sys.stderr)
         return 2
+    try:
+        COMMANDS[command]()
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from incidents.database import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS,
 from incidents.diagnosis import HEALTH, Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
+from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.database import (check_cache, check_connections, check_reachable, check_replication, check_sessions,
                             verify_database)
@@ -65,7 +66,8 @@ DATABASE_ISSUES = Scenario(
 
 @flow(name="database-issues", description="Playbook Scenario 3 (P1): database issues. Diagnose PostgreSQL "
                                           "(locks, connections, queries, replication) and the cache; terminate, "
-                                          "cancel, clear or restart behind an approval; verify.")
+                                          "cancel, clear or restart behind an approval; verify.",
+      on_cancellation=[record_cancellation])
 def database_issues(service: str, environment: str = "sandbox", severity: Severity | None = None,
                     dry_run: bool = False, alert: dict[str, Any] | None = None) -> dict[str, Any]:
     """Args:

@@ -17,6 +17,7 @@ from incidents.diagnosis import DEPLOYS, HEALTH, ROLLOUT, Finding
 from incidents.error_rate import BREAKER, COMMITS, PROMETHEUS, RATE, plan_high_error_rate
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
+from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.diagnosis import check_rollout, gather, probe_endpoints, recent_deployments
 from tasks.error_rate import (check_circuit_breaker, measure_error_rate, prometheus_error_rate, recent_commits,
@@ -65,7 +66,8 @@ HIGH_ERROR_RATE = Scenario(
 
 @flow(name="high-error-rate", description="Playbook Scenario 2 (P1): high error rate. Measure it, look at recent "
                                           "changes and capacity; roll back, open the circuit breaker or scale up "
-                                          "behind an approval; verify the rate falls below the threshold.")
+                                          "behind an approval; verify the rate falls below the threshold.",
+      on_cancellation=[record_cancellation])
 def high_error_rate(service: str, environment: str = "sandbox", severity: Severity | None = None,
                     dry_run: bool = False, alert: dict[str, Any] | None = None) -> dict[str, Any]:
     """Args:

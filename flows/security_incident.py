@@ -20,6 +20,7 @@ from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from incidents.security import EVIDENCE, plan_security_incident, public_statement_draft, suspicious_cidrs
 from incidents.templates import stamp
+from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.diagnosis import gather, probe_endpoints
 from tasks.lifecycle import Scenario, run_scenario
@@ -71,7 +72,8 @@ SECURITY_INCIDENT = Scenario(
 
 @flow(name="security-incident", description="Playbook Scenario 4 (P0): security incident. Evidence first, "
                                             "then rotate secrets, block suspicious IPs and raise logging behind "
-                                            "an approval; tell the security team; draft public communication.")
+                                            "an approval; tell the security team; draft public communication.",
+      on_cancellation=[record_cancellation])
 def security_incident(service: str, environment: str = "sandbox", severity: Severity | None = None,
                       dry_run: bool = False, alert: dict[str, Any] | None = None) -> dict[str, Any]:
     """Args:

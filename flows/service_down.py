@@ -15,6 +15,7 @@ from prefect import flow
 from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, plan_service_down
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
+from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.deploys import verify_health
 from tasks.diagnosis import check_rollout, failed_run_logs, gather, pod_logs, probe_endpoints, recent_deployments
@@ -60,7 +61,8 @@ SERVICE_DOWN = Scenario(
 
 
 @flow(name="service-down", description="Playbook Scenario 1 (P0): a service is down. Diagnose, roll back or "
-                                       "restart behind an approval, verify, resolve or escalate.")
+                                       "restart behind an approval, verify, resolve or escalate.",
+      on_cancellation=[record_cancellation])
 def service_down(service: str, environment: str = "sandbox", severity: Severity | None = None, dry_run: bool = False,
                  alert: dict[str, Any] | None = None) -> dict[str, Any]:
     """Args:

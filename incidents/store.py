@@ -349,6 +349,16 @@ class IncidentStore:
             return conn.execute("SELECT * FROM approvals WHERE flow_run_id = %s ORDER BY id DESC LIMIT 1",
                                 (flow_run_id,)).fetchone()
 
+    def incident_for_run(self, flow_run_id: str) -> Incident | None:
+        """The incident a flow run opened, or asked an approval for (a run may join an open one)."""
+        with self._connect() as conn:
+            row = conn.execute("""SELECT * FROM incidents WHERE id = (
+                                      SELECT max(id) FROM (SELECT id FROM incidents WHERE flow_run_id = %s
+                                                           UNION SELECT incident_id FROM approvals
+                                                           WHERE flow_run_id = %s) AS mine)""",
+                               (flow_run_id, flow_run_id)).fetchone()
+        return _incident(row) if row else None
+
     def expired_approvals(self, environment: str, now: datetime) -> list[dict]:
         """Pending approvals past their deadline (their runs may be suspended: nobody else ends them)."""
         with self._connect() as conn:

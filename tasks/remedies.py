@@ -7,6 +7,7 @@ import inspect
 
 from incidents.plans import Grant, Plan, require_grant
 from integrations.errors import IntegrationError
+from tasks.cancellation import raise_if_cancelling
 from tasks.context import RunContext
 from tasks.database import cancel_queries, clear_cache, terminate_sessions
 from tasks.deploys import ActionResult, RemediationFailed, restart_deployment, rollback_deployment
@@ -43,6 +44,7 @@ def execute(ctx: RunContext, plan: Plan, grant: Grant) -> list[ActionResult]:
         if remedy is None:
             raise RemediationFailed(f"no remedy implements {action.kind!r}")
         require_grant(grant, action)
+        raise_if_cancelling(action.describe())
         entry = store.begin_action(plan.digest, action.digest, plan.incident_id, action.kind)
         if entry["status"] == "done":
             results.append(ActionResult(action.describe(), False,

@@ -1,0 +1,103 @@
+"""What a Cancel means for an incident. Pressing Cancel (UI, API or `runbooks cancel`) moves the
+run to Cancelling; the worker stops the run's process and runs the flow's on_cancellation hook,
+`record_cancellation`, which writes who cancelled and what had already been done to the
+incident timeline and posts a Status Update: a person has the incident now. Before each
+approved action the executor asks `raise_if_cancelling`, so that no action starts once a
+Cancel is pressed, even in the moment before the process is stopped."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.runtime import flow_run as current_run
+
+from incidents import templates
+from incidents.config import ConfigError
+from incidents.store import IncidentStore, StoreError
+from integrations.errors import IntegrationError
+from tasks.context import RunContext, SecretNotFound
+
+_log = logging.getLogger("runbooks.cancellation")
+# The worker stops a cancelled run's process within about a second; a run that is still here
+# after this long has no worker to stop it (e.g. it runs in a test's thread) and ends itself.
+STOP_WAIT_SECONDS = 10.0
+CANCEL_STATES = (StateType.CANCELLING, StateType.CANCELLED)
+
+
+class RunCancelled(Exception):
+    """The run was cancelled before the named action: it did not start."""
+
+
+def _state_of(flow_run_id: str) -> tuple[StateType | None, str]:
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return (state.type, state.message or "") if state else (None, "")
+
+
+def raise_if_cancelling(action: str) -> None:
+    """Before an action: if the run is being cancelled, wait for the worker to stop it, and
+    never start the action. Outside a flow run (a test calling the executor) there is no Cancel."""
+    run_id = current_run.get_id()
+    if not run_id:
+        return
+    state, message = _state_of(run_id)
+    if state not in CANCEL_STATES:
+        return
+    _log.warning("Run cancelled (%s); %s not started", message or "no reason given", action)
+    time.sleep(STOP_WAIT_SECONDS)
+    raise RunCancelled(f"cancelled before {action}; it was not started")
+
+
+def _who(message: str) -> str:
+    """`runbooks cancel` writes 'Cancelled by NAME: reason'; the UI writes no name."""
+    if message.startswith("Cancelled by "):
+        return message.removeprefix("Cancelled by ").split(":", 1)[0].strip() or "an operator"
+    return "an operator (Prefect UI or API)"
+
+
+def _done_so_far(store: IncidentStore, incident_id: int) -> list[str]:
+    return [f"{row['kind']} ({row['status']}{': ' + row['detail'] if row.get('detail') else ''})"
+            for row in store.action_log(incident_id)]
+
+
+def record_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_cancellation hook (run by the worker once the run's process is stopped)."""
+    run_id = str(flow_run.id)
+    try:
+        _, message = _state_of(run_id)
+    except Exception as exc:  # noqa: BLE001 - the API may be what failed; the record still matters
+        message = ""
+        _log.warning("could not read who cancelled run %s: %s", run_id, exc)
+    store = IncidentStore()
+    try:
+        incident = store.incident_for_run(run_id)
+        if incident is None:
+            _log.info("run %s was cancelled before it opened an incident", run_id)
+            return
+        done = _done_so_far(store, incident.id)
+        who = _who(message)
+        note = (f"Runbook run {flow_run.name} cancelled by {who}"
+                + (f" ({message.split(':', 1)[1].strip()})" if ":" in message else "")
+                + f". Done before the Cancel: {'; '.join(done) if done else 'nothing was changed'}."
+                + " The runbook has stopped: a person has the incident now.")
+        store.add_event(incident.id, who, "cancelled", note, {"flow_run_id": run_id, "done": done})
+    except StoreError as exc:
+        _log.error("Cancel of run %s not recorded in the incident timeline: %s", run_id, exc)
+        return
+    _post_status(flow_run, incident, note)
+
+
+def _post_status(flow_run: Any, incident: Any, note: str) -> None:
+    params = flow_run.parameters or {}
+    try:
+        ctx = RunContext.load(params.get("environment") or incident.environment,
+                              params.get("service") or incident.service)
+        text = templates.status_update(incident, "Runbook cancelled", "a person decides", "unchanged", note)
+        with ctx.slack() as webhook:
+            webhook.post(text, templates.slack_blocks(text, None))
+    except (IntegrationError, SecretNotFound, ConfigError, ValueError) as exc:
+        _log.warning("Cancel of incident %s not posted to Slack: %s", incident.id, exc)
