@@ -53,6 +53,8 @@ WORKER_TYPE = "runbooks-warm"
 # A Cancel ends the run's process at once (the engine exits on SIGTERM once it has the cancel
 # intent); one that ignores SIGTERM is killed after this long.
 KILL_AFTER_SECONDS = 5.0
+# How long a suspended attempt's process may take to exit before the resumed attempt kills it.
+PREVIOUS_ATTEMPT_SECONDS = 10.0
 # While the Prefect API is unreachable the worker keeps polling, at most this far apart.
 OUTAGE_POLL_SECONDS = 2.0
 
@@ -176,6 +178,7 @@ class WarmWorker(ProcessWorker):
     async def run(self, flow_run: FlowRun, configuration: ProcessJobConfiguration,
                   task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
         assert self._executor is not None, "the worker is not set up"
+        await self._previous_attempt_ended(flow_run)
         with ExitStack() as stack:
             cwd = configuration.working_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(suffix="prefect")))
             starter = ForkedEngineStarter(configuration.env, Path(cwd), self._executor.control_channel)
@@ -189,6 +192,20 @@ class WarmWorker(ProcessWorker):
         if execution.crash_unreported:
             self._runs_task_group.start_soon(self._report_crash_when_reachable, flow_run, execution.status_code)
         return ProcessWorkerResult(status_code=execution.status_code or 0, identifier=str(execution.handle.pid))
+
+    async def _previous_attempt_ended(self, flow_run: FlowRun) -> None:
+        """A resumed run can be handed out again while the process that suspended it is still
+        exiting. Prefect's executor tracks processes and control sessions by flow run id, so
+        the old attempt must be gone before the new one starts (or its clean-up would drop the
+        new one's registration and Cancel would find no process)."""
+        processes = self._executor.process_manager
+        deadline = anyio.current_time() + PREVIOUS_ATTEMPT_SECONDS
+        while processes.get(flow_run.id) is not None:
+            if anyio.current_time() > deadline:
+                _log.warning("flow run %s: the previous attempt's process is still there; killing it", flow_run.id)
+                await processes.kill(flow_run.id, force=True)
+                deadline = anyio.current_time() + PREVIOUS_ATTEMPT_SECONDS
+            await anyio.sleep(0.02)
 
     @staticmethod
     async def _execute(executor: Any, task_status: anyio.abc.TaskStatus[int] | None) -> FlowRunExecutionResult | None:

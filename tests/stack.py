@@ -1,6 +1,6 @@
 """A production-shaped Prefect stack for the tests that need one: a server whose own database is
-PostgreSQL, the pool, every deployment of prefect.yaml, and named process workers, each a
-process group that can be killed and started again. One per session (tests/conftest.py's
+PostgreSQL, the pool, every deployment of prefect.yaml, and named warm workers (the worker type
+`make up` starts, polling as often), each a process group that can be killed and started again. One per session (tests/conftest.py's
 `pg_stack`): the scale-out tests and the browser tests share it."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SCRATCH_DB = "runbooks_prefect_scratch"
 POOL = "incident-response"  # prefect.yaml's pool, on this stack's own server
+WORKER_TYPE = "runbooks-warm"  # deployments/warm_worker.py, as under `make up`
 
 
 def _wait(url: str, timeout: float = 90) -> None:
@@ -35,7 +36,7 @@ def _wait(url: str, timeout: float = 90) -> None:
 
 
 class Stack:
-    """A Prefect server on PostgreSQL, the pool, every deployment, and named process workers,
+    """A Prefect server on PostgreSQL, the pool, every deployment, and named warm workers,
     each a process group that can be killed and started again."""
 
     def __init__(self, home: Path, logs: Path, port: int):
@@ -43,8 +44,9 @@ class Stack:
         self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "PREFECT_SERVER_DATABASE_CONNECTION_URL": ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://")
-                    .rsplit("/", 1)[0] + f"/{SCRATCH_DB}", "PREFECT_WORKER_QUERY_SECONDS": "1",
+                    .rsplit("/", 1)[0] + f"/{SCRATCH_DB}", "PREFECT_WORKER_QUERY_SECONDS": "0.1",
                     "PREFECT_LOGGING_LEVEL": "INFO",
+                    "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",  # as under `make up`
                     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}  # no incident-watch runs mid-test
         self.processes: dict[str, subprocess.Popen] = {}
 
@@ -60,7 +62,7 @@ class Stack:
     def start_workers(self, *names: str) -> None:
         """Start the workers side by side and wait until each is online."""
         for name in names:
-            self._spawn(name, ["worker", "start", "--pool", POOL, "--type", "process", "--name", name])
+            self._spawn(name, ["worker", "start", "--pool", POOL, "--type", WORKER_TYPE, "--name", name])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             workers = httpx.post(f"{self.api}/work_pools/{POOL}/workers/filter", json={}, timeout=5).json()
@@ -91,7 +93,7 @@ def running_stack(tmp_path_factory):
     stack = Stack(tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("logs"), free_port())
     try:
         stack.start_server()
-        for cmd in (["work-pool", "create", POOL, "--type", "process"],
+        for cmd in (["work-pool", "create", POOL, "--type", WORKER_TYPE],
                     ["--no-prompt", "deploy", "--all"]):
             done = subprocess.run([str(BIN / "prefect"), *cmd], cwd=ROOT, env=stack.env, capture_output=True, text=True,
                                   timeout=120)
