@@ -1,11 +1,12 @@
 # `make up` and `make test` are all the set-up there is: each creates the virtual
-# environment first when it is missing (or when pyproject.toml changed).
+# environment first when it is missing (or when pyproject.toml changed) and installs the
+# Debian packages it uses when they are missing (scripts/debian-packages.sh).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down test bench sandbox venv clean
+.PHONY: up down test bench sandbox venv clean packages
 
 $(STAMP): pyproject.toml
 	@echo "Creating the virtual environment in $(VENV) (first run only)"
@@ -18,12 +19,14 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 up: $(STAMP)
+	@bash scripts/debian-packages.sh up
 	@$(PY) -m deployments.stack up
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m deployments.stack down; else echo "nothing to stop"; fi
 
 test: $(STAMP)
+	@bash scripts/debian-packages.sh test
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -57,8 +57,9 @@ def stack_env() -> dict[str, str]:
     env.update(
         PREFECT_HOME=str(PREFECT_HOME), PREFECT_API_URL=f"{PREFECT_URL}/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_URL=PREFECT_URL,
-        # the warm worker asks for due runs 10 times a second (one indexed query on PostgreSQL)
-        PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", "0.1"),
+        # the warm worker polls when the server announces a run of its pool (else every second);
+        # this is only the pause between two polls
+        PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", "0.05"),
         # a run held back by a deployment's concurrency limit is offered again after 2 s, not 30
         PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2",
         RUNBOOKS_SANDBOX_URL=SANDBOX_URL, RUNBOOKS_KUBECONFIG=str(SANDBOX_DIR / "kubeconfig"),

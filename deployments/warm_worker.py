@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping
-from contextlib import ExitStack
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,10 @@ import anyio
 import anyio.abc
 import httpx
 import prefect.engine
+from pydantic import PrivateAttr
 from prefect.client.schemas.objects import StateType
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
 from prefect.runner._hook_runner import HookRunner
@@ -46,6 +49,7 @@ from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, Proc
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
     from prefect.runner._control_channel import ControlChannel
 
 PRELOAD = "deployments.warm_preload"
@@ -53,10 +57,13 @@ WORKER_TYPE = "runbooks-warm"
 # A Cancel ends the run's process at once (the engine exits on SIGTERM once it has the cancel
 # intent); one that ignores SIGTERM is killed after this long.
 KILL_AFTER_SECONDS = 5.0
-# How long a suspended attempt's process may take to exit before the resumed attempt kills it.
-PREVIOUS_ATTEMPT_SECONDS = 10.0
 # While the Prefect API is unreachable the worker keeps polling, at most this far apart.
 OUTAGE_POLL_SECONDS = 2.0
+# The worker asks for due runs as soon as the server announces a flow-run event of its pool, and
+# otherwise this often. PREFECT_WORKER_QUERY_SECONDS (0.05 under `make up`) is then only the
+# pause between two polls: each poll costs the server ~15 ms of CPU, so polling 10 times a
+# second took a fifth of a core on a 2-core machine.
+POLL_SECONDS = float(os.environ.get("RUNBOOKS_WORKER_POLL_SECONDS", "1.0"))
 
 _context = multiprocessing.get_context("forkserver")
 _log = logging.getLogger("runbooks.warm_worker")
@@ -71,20 +78,32 @@ def start_fork_server(preload: str = PRELOAD) -> None:
 def run_engine(env: Mapping[str, str], cwd: str) -> None:
     """In the forked child: the run's environment and directory, then `python -m prefect.engine`.
 
-    Settings and logging are read again from the run's environment, so a deployment's
-    `job_variables.env` (PREFECT_* included) applies as it would to a new interpreter."""
+    Settings are read again from the run's environment, so a deployment's `job_variables.env`
+    (PREFECT_* included) applies as it would to a new interpreter; logging is configured
+    again only when the run's PREFECT_LOGGING_* differ from the fork server's (it costs
+    ~0.2 s); settings, only when PREFECT_* differ."""
+    settings_changed = _settings(os.environ) != _settings(env)
+    logging_changed = _settings(os.environ, "PREFECT_LOGGING_") != _settings(env, "PREFECT_LOGGING_")
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
-    from prefect.context import refresh_global_settings_context
-    from prefect.logging.configuration import setup_logging
+    if settings_changed:
+        from prefect.context import refresh_global_settings_context
 
-    refresh_global_settings_context()
-    setup_logging(incremental=False)
+        refresh_global_settings_context()
+    if logging_changed:
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging(incremental=False)
     sys.argv = ["prefect.engine"]
     runpy.run_path(prefect.engine.__file__, run_name="__main__")  # the module as `python -m` runs it
+
+
+def _settings(env: Mapping[str, str], prefix: str = "PREFECT_") -> dict[str, str]:
+    """Prefect's settings in an environment (PREFECT__* are a run's own bookkeeping, not settings)."""
+    return {key: value for key, value in env.items() if key.startswith(prefix) and not key.startswith("PREFECT__")}
 
 
 class _Termination:
@@ -155,35 +174,85 @@ class ForkedEngineStarter:
         process.join()
 
 
+class WarmJobConfiguration(ProcessJobConfiguration):
+    """The process worker's job configuration (same fields, same pool template), plus where a
+    run can start without its pull steps."""
+
+    _direct: tuple[Path, str] | None = PrivateAttr(default=None)
+
+    @property
+    def direct(self) -> tuple[Path, str] | None:
+        """(directory, entrypoint) when the deployment's only pull step is
+        `set_working_directory`, as `prefect deploy` records for code that is already on the
+        worker's machine: the run then starts in that directory with PREFECT__FLOW_ENTRYPOINT,
+        the way Prefect's Runner starts the flows it serves, instead of reading the deployment
+        again and running the step in the engine (~0.15 s). Any other pull step (git_clone,
+        ...) runs in the engine as usual."""
+        return self._direct
+
+    def prepare_for_flow_run(self, flow_run: FlowRun, deployment: DeploymentResponse | None = None,
+                             flow: Any = None, work_pool: Any = None, worker_name: str | None = None,
+                             worker_id: Any = None) -> None:
+        super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id)
+        self._direct = _direct_start(deployment)
+
+
+def _direct_start(deployment: DeploymentResponse | None) -> tuple[Path, str] | None:
+    if deployment is None:
+        return None
+    steps, entrypoint = deployment.pull_steps or [], deployment.entrypoint or ""
+    if len(steps) != 1 or ":" not in entrypoint:
+        return None
+    (step, arguments), = steps[0].items()
+    directory = (arguments or {}).get("directory")
+    if step.rsplit(".", 1)[-1] != "set_working_directory" or not isinstance(directory, str) or "{{" in directory:
+        return None
+    return Path(directory), entrypoint
+
+
 class WarmWorker(ProcessWorker):
     type = WORKER_TYPE
-    job_configuration = ProcessJobConfiguration
+    job_configuration = WarmJobConfiguration
     _description = ("Prefect's process worker with each run forked from a warm fork server (Prefect and the flows "
                     "imported once): the first step of a run starts in well under a second.")
     _display_name = "Process (warm fork server)"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._executor: FlowRunExecutorContext | None = None
+        self._lanes: list[FlowRunExecutorContext] = []
         self._api_down_since: float | None = None
         self._hooks = HookRunner(resolve_flow=load_flow_from_flow_run)
+        self._due = anyio.Event()
+        self._watching: anyio.CancelScope | None = None
+        # A forked run starts in well under a second: no run is claimed before it is due (a run
+        # put back for a concurrency slot would otherwise be claimed and refused in a loop).
+        self._prefetch_seconds = 0
 
     async def setup(self) -> None:
+        await super().setup()  # the worker's own client checks the server's API version here
+        # The fork server (and so every run's process) starts with the settings exactly as a
+        # run's environment spells them (Prefect writes them out normalised, e.g. 'False'), so
+        # that a run without PREFECT_* of its own need not read its settings again (~0.1 s);
+        # and the runs skip the version handshake the worker has just made (two requests each).
+        os.environ.update(self.job_configuration._base_environment())
+        os.environ["PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"] = "false"
         await anyio.to_thread.run_sync(start_fork_server)
-        # One executor context for every run, as Prefect's Runner has: one client, one control
-        # channel and one cancellation observer instead of a websocket pair per run.
-        self._executor = await self._exit_stack.enter_async_context(FlowRunExecutorContext())
-        await super().setup()
+        # Executor contexts shared by every run, as Prefect's Runner shares its one: a client, a
+        # control channel and a cancellation observer each, instead of a websocket pair per
+        # run. Two, so that a resumed run can start while its suspended attempt is still
+        # exiting in the other (see _context_for).
+        self._lanes = [await self._exit_stack.enter_async_context(FlowRunExecutorContext()) for _ in range(2)]
 
-    async def run(self, flow_run: FlowRun, configuration: ProcessJobConfiguration,
+    async def run(self, flow_run: FlowRun, configuration: WarmJobConfiguration,  # type: ignore[override]
                   task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
-        assert self._executor is not None, "the worker is not set up"
-        await self._previous_attempt_ended(flow_run)
-        with ExitStack() as stack:
-            cwd = configuration.working_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(suffix="prefect")))
-            starter = ForkedEngineStarter(configuration.env, Path(cwd), self._executor.control_channel)
-            executor = self._executor.create_executor(flow_run, starter, hook_runner=self._hooks,
-                                                      propose_submitting=False)
+        async with AsyncExitStack() as stack:
+            context = await self._context_for(flow_run, stack)
+            env, cwd = dict(configuration.env), configuration.working_dir
+            if configuration.direct is not None:
+                cwd, env["PREFECT__FLOW_ENTRYPOINT"] = configuration.direct
+            cwd = cwd or Path(stack.enter_context(tempfile.TemporaryDirectory(suffix="prefect")))
+            starter = ForkedEngineStarter(env, Path(cwd), context.control_channel)
+            executor = context.create_executor(flow_run, starter, hook_runner=self._hooks, propose_submitting=False)
             execution = await self._execute(executor, task_status)
         if execution is None:  # cancelled before it started, or the server refused it: nothing ran
             if task_status is not None:
@@ -193,19 +262,21 @@ class WarmWorker(ProcessWorker):
             self._runs_task_group.start_soon(self._report_crash_when_reachable, flow_run, execution.status_code)
         return ProcessWorkerResult(status_code=execution.status_code or 0, identifier=str(execution.handle.pid))
 
-    async def _previous_attempt_ended(self, flow_run: FlowRun) -> None:
-        """A resumed run can be handed out again while the process that suspended it is still
-        exiting. Prefect's executor tracks processes and control sessions by flow run id, so
-        the old attempt must be gone before the new one starts (or its clean-up would drop the
-        new one's registration and Cancel would find no process)."""
-        processes = self._executor.process_manager
-        deadline = anyio.current_time() + PREVIOUS_ATTEMPT_SECONDS
-        while processes.get(flow_run.id) is not None:
-            if anyio.current_time() > deadline:
-                _log.warning("flow run %s: the previous attempt's process is still there; killing it", flow_run.id)
-                await processes.kill(flow_run.id, force=True)
-                deadline = anyio.current_time() + PREVIOUS_ATTEMPT_SECONDS
-            await anyio.sleep(0.02)
+    async def _context_for(self, flow_run: FlowRun, stack: AsyncExitStack) -> FlowRunExecutorContext:
+        """A shared executor context in which this run has no attempt still running.
+
+        A resumed run is handed out again while the process that suspended it may still be
+        exiting (Prefect joins its heartbeat thread for up to a second). Prefect's executor
+        tracks processes and control sessions by flow run id, so in the same context the old
+        attempt's clean-up would drop the new attempt's registration and a Cancel would find
+        no process. The new attempt goes to the other shared context, or, should both hold
+        the run, to one of its own (~0.1 s to open), as every run has under Prefect's process
+        worker."""
+        assert self._lanes, "the worker is not set up"
+        for lane in self._lanes:
+            if lane.process_manager.get(flow_run.id) is None:
+                return lane
+        return await stack.enter_async_context(FlowRunExecutorContext())
 
     @staticmethod
     async def _execute(executor: Any, task_status: anyio.abc.TaskStatus[int] | None) -> FlowRunExecutionResult | None:
@@ -238,9 +309,43 @@ class WarmWorker(ProcessWorker):
             except httpx.HTTPError:
                 delay = min(delay * 2, 30.0)
 
+    async def _initialize_after_sync(self) -> None:
+        await super()._initialize_after_sync()
+        if self._watching is None and self._work_pool is not None:
+            self._watching = anyio.CancelScope()
+            self._runs_task_group.start_soon(self._watch_for_due_runs, self._watching)
+
+    async def _watch_for_due_runs(self, scope: anyio.CancelScope) -> None:
+        """Wake the poll when a flow run of this pool changes state (created, resumed, offered
+        a concurrency slot): the server's events, over its websocket, as Prefect's own
+        cancellation observer receives them."""
+        assert self._work_pool is not None
+        flow_run_events = EventFilter(event=EventNameFilter(prefix=["prefect.flow-run."]),
+                                      any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{self._work_pool.id}"]))
+        with scope:
+            while True:
+                try:
+                    async with get_events_subscriber(filter=flow_run_events) as events:
+                        async for event in events:
+                            if _offered_now(event.payload):
+                                self._due.set()
+                except Exception as exc:  # noqa: BLE001 - the poll goes on; listen again shortly
+                    _log.info("not listening for flow-run events (%s: %s); polling every %.1f s", type(exc).__name__,
+                              exc, POLL_SECONDS)
+                    await anyio.sleep(OUTAGE_POLL_SECONDS)
+
+    async def teardown(self, *exc_info: Any) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+        await super().teardown(*exc_info)
+
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
-        """Poll; an unreachable or failing API is waited out (Prefect's own loop would stop the
-        worker after a dozen failed polls, i.e. within seconds at a sub-second poll)."""
+        """Poll when a flow-run event arrives, or after POLL_SECONDS. An unreachable or failing
+        API is waited out (Prefect's own loop would stop the worker after a dozen failed
+        polls, i.e. within seconds at a sub-second poll)."""
+        with anyio.move_on_after(POLL_SECONDS):
+            await self._due.wait()
+        self._due = anyio.Event()
         try:
             runs = await super().get_and_submit_flow_runs()
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
@@ -276,6 +381,13 @@ class WarmWorker(ProcessWorker):
         if self._api_down_since is not None:
             _log.warning("Prefect API reachable again after %.1f s", anyio.current_time() - self._api_down_since)
             self._api_down_since = None
+
+
+def _offered_now(payload: Mapping[str, Any]) -> bool:
+    """A run that is due now (created, resumed); not one put back for later (a concurrency slot
+    or a retry to wait for): the poll after POLL_SECONDS finds those in time."""
+    state = payload.get("validated_state") or {}
+    return state.get("type") == "SCHEDULED" and state.get("name") not in ("AwaitingConcurrencySlot", "AwaitingRetry")
 
 
 class _Started:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import tempfile
 import threading
 import time
@@ -60,6 +61,7 @@ class Sandbox:
         self.router.add("GET", "/services/{name}/{endpoint}", self._service_endpoint)
         self.router.add("POST", "/_sandbox/load", self._set_load)
         self.router.add("POST", "/_sandbox/dependency", self._set_dependency)
+        self.router.add("POST", "/_sandbox/services", self._add_service)
         self.reset()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -68,7 +70,7 @@ class Sandbox:
             self.cluster = Cluster(ready_delay=self.ready_delay, progress_deadline=self.progress_deadline)
             self.kube = KubeApi(self.cluster, KUBE_TOKEN)
             self.github = GitHub(GITHUB_TOKEN)
-            self.services = {n: DemoService(n, NAMESPACE) for n in ("api", "frontend")}
+            self.services: dict[str, DemoService] = {}
             self.slack_messages.clear()
             self.faults.clear()
             self._seed()
@@ -84,17 +86,34 @@ class Sandbox:
         seed_deployment(c, Seed(NAMESPACE, "database", ["registry.sandbox.local/library/postgres:15.6"], replicas=1,
                                 age_hours=[240.0]))
         gh.repo("acme/incidents")
-        now = time.time()
-        for name, versions in (("api", ["v1.4.1", "v1.5.0"]), ("frontend", ["v3.2.0"])):
-            images = [f"{IMAGE.format(name=name)}:{v}" for v in versions]
-            ages = [72.0, 48.0][-len(versions):]
-            seed_deployment(self.cluster, Seed(NAMESPACE, name, images, replicas=3, age_hours=ages))
-            repo = f"acme/{name}"
-            for version, age in zip(versions, ages):
-                gh.add_commit(repo, f"Release {version}", at=now - age * 3600 - 600)
-                gh.record_run(repo, "deploy.yml", f"Deploy {version}", "success", at=now - age * 3600,
-                              log=[f"Deploying {images[versions.index(version)]}", "Deployed"])
-            gh.add_workflow(repo, "rollback.yml", self._rollback_runner(name))
+        self._seed_service("api", ["v1.4.1", "v1.5.0"])
+        self._seed_service("frontend", ["v3.2.0"])
+
+    def _seed_service(self, name: str, versions: list[str]) -> None:
+        """A demo service like api: a deployment with its revisions, its repo with commits,
+        deploy runs and a working rollback workflow."""
+        now, gh = time.time(), self.github
+        images = [f"{IMAGE.format(name=name)}:{v}" for v in versions]
+        ages = [72.0, 48.0][-len(versions):]
+        seed_deployment(self.cluster, Seed(NAMESPACE, name, images, replicas=3, age_hours=ages))
+        repo = f"acme/{name}"
+        for version, age in zip(versions, ages):
+            gh.add_commit(repo, f"Release {version}", at=now - age * 3600 - 600)
+            gh.record_run(repo, "deploy.yml", f"Deploy {version}", "success", at=now - age * 3600,
+                          log=[f"Deploying {images[versions.index(version)]}", "Deployed"])
+        gh.add_workflow(repo, "rollback.yml", self._rollback_runner(name))
+        self.services[name] = DemoService(name, NAMESPACE)
+
+    def _add_service(self, req: Request) -> Response:
+        """POST /_sandbox/services {"name": "svc-07"}: one more demo service like api (two
+        releases, healthy), for load tests with many services. `reset` removes it again."""
+        name = (req.json() or {}).get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9-]{0,40}", name):
+            return Response.json({"message": "give a name: lowercase letters, digits and dashes"}, 422)
+        with self._lock:
+            if name not in self.services:
+                self._seed_service(name, ["v1.4.1", "v1.5.0"])
+        return Response.json({"service": name, "url": f"/services/{name}"})
 
     def _rollback_runner(self, deployment: str):
         def run(repo: str, inputs: dict) -> tuple[bool, list[str]]:
