@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,9 @@ from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
 from prefect.runner._hook_runner import HookRunner
 from prefect.runner._process_manager import ProcessHandle
-from prefect.states import Crashed
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+                                            WorkPoolFilter, WorkPoolFilterName)
+from prefect.states import Crashed, Scheduled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 if TYPE_CHECKING:
@@ -57,6 +60,9 @@ WORKER_TYPE = "runbooks-warm"
 # A Cancel ends the run's process at once (the engine exits on SIGTERM once it has the cancel
 # intent); one that ignores SIGTERM is killed after this long.
 KILL_AFTER_SECONDS = 5.0
+# A Pending run nobody's worker label claims is taken to be stranded after this long (a claim
+# takes well under a second from Pending to a running process).
+STRANDED_SECONDS = 60.0
 # While the Prefect API is unreachable the worker keeps polling, at most this far apart.
 OUTAGE_POLL_SECONDS = 2.0
 # The worker asks for due runs as soon as the server announces a flow-run event of its pool, and
@@ -314,6 +320,33 @@ class WarmWorker(ProcessWorker):
         if self._watching is None and self._work_pool is not None:
             self._watching = anyio.CancelScope()
             self._runs_task_group.start_soon(self._watch_for_due_runs, self._watching)
+            self._runs_task_group.start_soon(self._reschedule_stranded_runs)
+
+    async def _reschedule_stranded_runs(self) -> None:
+        """At start: runs of this pool that a worker of this name claimed (Pending) and then
+        stopped before starting (`make down`, a crash) have no process and ran none of their
+        code; unclaimed-looking Pending runs older than STRANDED_SECONDS likewise. They go back
+        to Scheduled and run now, instead of waiting for ever and holding their deployment's
+        concurrency slot (a minute's incident-watch would block every later one)."""
+        try:
+            runs = await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.PENDING]))),
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])))
+        except httpx.HTTPError as exc:
+            _log.warning("could not look for runs left Pending by an earlier worker: %s", exc)
+            return
+        now = datetime.now(timezone.utc)
+        for run in runs:
+            owner = (run.labels or {}).get("prefect.worker.name")
+            age = (now - run.state.timestamp).total_seconds() if run.state and run.state.timestamp else 0.0
+            if run.id in self._submitting_flow_run_ids or not (owner == self.name or
+                                                               (owner is None and age > STRANDED_SECONDS)):
+                continue
+            await self.client.set_flow_run_state(run.id, Scheduled(message=(
+                f"Rescheduled by worker {self.name}: left Pending {age:.0f} s ago by a worker that stopped "
+                "before starting it")), force=True)
+            _log.warning("flow run %s (%s) was left Pending by a stopped worker: rescheduled", run.name, run.id)
 
     async def _watch_for_due_runs(self, scope: anyio.CancelScope) -> None:
         """Wake the poll when a flow run of this pool changes state (created, resumed, offered
