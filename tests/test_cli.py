@@ -108,3 +108,22 @@ def test_a_busy_server_is_asked_again_and_a_run_starts_once(cli, capsys, monkeyp
         assert "Prefect API answered 429" in capsys.readouterr().err
     finally:
         proxy.close()
+
+
+def test_cancel_a_run_waiting_for_approval_from_the_terminal(cli, world, store, capsys):
+    """A suspended run has no process to stop: `runbooks cancel` ends it at once, records who
+    cancelled in the incident timeline, and nothing changes in the sandbox."""
+    cli(["sandbox", "break", "bad-deploy"])
+    assert cli(["run", "service-down", "--timeout", "60"]) == 3
+    name = re.search(r"started \S+ run (\S+)", capsys.readouterr().out)[1]
+    assert cli(["cancel", name, "--by", "pat", "--reason", "taking over by hand"]) == 0
+    out = capsys.readouterr().out
+    assert f"cancelling {name}" in out and "run Cancelled" in out
+    incident = next(i for i in store.list(limit=5) if i.scenario == "service-down")
+    cancelled = [e for e in store.timeline(incident.id) if e.kind == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0].actor == "pat" and "taking over by hand" in cancelled[0].message
+    assert store.action_log(incident.id) == []
+    assert world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["spec"]["containers"][0][
+        "image"].endswith("v2-broken")
+    assert cli(["cancel", name, "--by", "pat"]) == 1  # already ended
+    assert "already ended" in capsys.readouterr().err
