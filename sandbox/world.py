@@ -157,7 +157,7 @@ class Sandbox:
     def _ticker(self) -> None:
         while not self._stop.wait(self.tick_seconds):
             self.cluster.tick()
-            for svc in self.services.values():
+            for svc in list(self.services.values()):  # a snapshot: services are added while it ticks
                 svc.tick(self.cluster, self.tick_seconds)
 
     # -- where things are ----------------------------------------------------------------
