@@ -47,7 +47,7 @@ from prefect.runner._hook_runner import HookRunner
 from prefect.runner._process_manager import ProcessHandle
 from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
                                             WorkPoolFilter, WorkPoolFilterName)
-from prefect.states import Crashed, Scheduled
+from prefect.states import Cancelled, Crashed, Scheduled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 if TYPE_CHECKING:
@@ -260,6 +260,7 @@ class WarmWorker(ProcessWorker):
             starter = ForkedEngineStarter(env, Path(cwd), context.control_channel)
             executor = context.create_executor(flow_run, starter, hook_runner=self._hooks, propose_submitting=False)
             execution = await self._execute(executor, task_status)
+        await self._end_cancel_missed_at_start(flow_run)
         if execution is None:  # cancelled before it started, or the server refused it: nothing ran
             if task_status is not None:
                 task_status.started(0)
@@ -267,6 +268,19 @@ class WarmWorker(ProcessWorker):
         if execution.crash_unreported:
             self._runs_task_group.start_soon(self._report_crash_when_reachable, flow_run, execution.status_code)
         return ProcessWorkerResult(status_code=execution.status_code or 0, identifier=str(execution.handle.pid))
+
+    async def _end_cancel_missed_at_start(self, flow_run: FlowRun) -> None:
+        """A Cancel pressed while the run was being claimed reaches no process (the executor
+        watches for Cancelling only once the process is registered); the engine then refuses to
+        run it and exits, and the run would stay Cancelling. Its process has ended: record
+        Cancelled."""
+        try:
+            current = await self.client.read_flow_run(flow_run.id)
+            if current.state is not None and current.state.type == StateType.CANCELLING:
+                await self.client.set_flow_run_state(flow_run.id, Cancelled(
+                    message=current.state.message or "Cancelled as it started; its process has ended."), force=True)
+        except httpx.HTTPError as exc:
+            _log.warning("flow run %s: could not check for a Cancel missed at its start: %s", flow_run.id, exc)
 
     async def _context_for(self, flow_run: FlowRun, stack: AsyncExitStack) -> FlowRunExecutorContext:
         """A shared executor context in which this run has no attempt still running.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -37,24 +38,42 @@ def page(request):
         browser.close()
 
 
-def _start_from_the_ui(page, api: str) -> str:
+def _runs_of(api: str, deployment_id: str, states: list[str] | None = None) -> list[dict]:
+    body: dict = {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 200}
+    if states:
+        body["flow_runs"] = {"state": {"type": {"any_": states}}}
+    return httpx.post(f"{api}/flow_runs/filter", timeout=10, json=body).json()
+
+
+def _click_run(page, api: str) -> str:
+    """Run -> Quick run -> Run on service-down/sandbox's page: the id of the run the click created."""
     ui = api.removesuffix("/api")
-    dep = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
-    before = {r["id"] for r in httpx.post(f"{api}/flow_runs/filter", timeout=5, json={
-        "deployments": {"id": {"any_": [dep["id"]]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 200}).json()}
+    dep = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=30).json()
+    before = {r["id"] for r in _runs_of(api, dep["id"])}
     page.goto(f"{ui}/deployments")
     page.get_by_text("service-down", exact=True).first.wait_for()
     page.goto(f"{ui}/deployments/deployment/{dep['id']}")
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Quick run", exact=True).click()
     page.get_by_role("dialog").get_by_role("button", name="Run", exact=True).click()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        new = [r["id"] for r in _runs_of(api, dep["id"]) if r["id"] not in before]
+        if new:
+            assert len(new) == 1, new
+            return new[0]
+        time.sleep(0.2)
+    raise AssertionError("the click on Run created no run")
+
+
+def _start_from_the_ui(page, api: str) -> str:
+    run_id = _click_run(page, api)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        paused = [r for r in httpx.post(f"{api}/flow_runs/filter", timeout=5, json={
-            "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}, "deployments": {"id": {"any_": [dep["id"]]}}}).json()
-                  if r["id"] not in before]
-        if paused:
-            return paused[0]["id"]
+        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
+        if state == "PAUSED":
+            return run_id
+        assert state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"), f"the UI's run ended {state}"
         time.sleep(0.5)
     raise AssertionError("the run started from the UI did not pause for approval")
 
@@ -77,7 +96,7 @@ def _answer_in_the_form(page, api: str, run_id: str, approve: bool, approver: st
 def _final(api: str, run_id: str) -> str:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["type"]
+        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
         if state in ("COMPLETED", "FAILED", "CRASHED"):
             return state
         time.sleep(0.5)
@@ -122,43 +141,63 @@ def _load_deployment(api: str, world, test_config, tmp_path, services: list[str]
     path = tmp_path / "load.yaml"
     path.write_text(yaml.safe_dump({**raw, "environments": {"sandbox-load": env}, "routing": []}))
     for name in services:
-        httpx.post(f"{world.url}/_sandbox/services", json={"name": name}, timeout=5).raise_for_status()
+        httpx.post(f"{world.url}/_sandbox/services", json={"name": name}, timeout=30).raise_for_status()
         httpx.post(f"{world.url}/_sandbox/deploy", json={"service": name, "version": "v2-broken"},
-                   timeout=5).raise_for_status()
-    base = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
+                   timeout=30).raise_for_status()
+    base = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=30).json()
     body = {key: base[key] for key in ("flow_id", "entrypoint", "path", "pull_steps", "work_pool_name",
                                        "work_queue_name", "parameter_openapi_schema", "enforce_parameter_schema")}
     body.update(name="sandbox-load", parameters={"service": services[0], "environment": "sandbox-load"},
                 job_variables={"env": {"RUNBOOKS_CONFIG": str(path)}})
-    response = httpx.post(f"{api}/deployments/", json=body, timeout=5)
+    response = httpx.post(f"{api}/deployments/", json=body, timeout=30)
     assert response.status_code in (200, 201), response.text
     return response.json()["id"]
 
 
 def test_run_and_resume_in_the_browser_land_at_once_under_load(pg_stack, world, page, test_config, tmp_path):
-    """50 incidents start at once; meanwhile a Run from the deployment page and a Resume in the
-    form each land on the first click (the UI does not retry: a 5xx would lose them)."""
+    """50 incidents start at once; while they are diagnosed, a Resume in the form and a Run from
+    the deployment page each land on the first click (the UI does not retry: a 5xx would lose
+    them). Then the load is cancelled while it runs: every one of the 50 ends Cancelled, and
+    the approved run completes its rollback."""
     api = pg_stack.api
     services = [f"load-{n:02d}" for n in range(LOAD)]
     deployment = _load_deployment(api, world, test_config, tmp_path, services)
-    load = [httpx.post(f"{api}/deployments/{deployment}/create_flow_run", timeout=10, json={
-        "parameters": {"service": name, "environment": "sandbox-load"}}).json()["id"] for name in services]
     break_api(world)
-    run_id = _start_from_the_ui(page, api)
-    busy = sum(httpx.get(f"{api}/flow_runs/{r}", timeout=5).json()["state"]["type"] in ("SCHEDULED", "PENDING", "RUNNING")
-               for r in load)
-    _answer_in_the_form(page, api, run_id, True, "rosa", "approved under load")
-    assert _final(api, run_id) == "COMPLETED"
-    assert api_image(world).endswith(":v1.5.0")
-    deadline = time.monotonic() + 180
-    states: list[str] = []
+    waiting = _start_from_the_ui(page, api)  # paused for approval before the load comes
+    with ThreadPoolExecutor(LOAD) as pool:  # all at once, as an alert storm would start them
+        load = list(pool.map(lambda name: httpx.post(f"{api}/deployments/{deployment}/create_flow_run", timeout=30, json={
+            "parameters": {"service": name, "environment": "sandbox-load"}}).json()["id"], services))
+    _answer_in_the_form(page, api, waiting, True, "rosa", "approved under load")
+    in_flight = [_in_flight(api, load)]
+    clicked = _click_run(page, api)
+    in_flight.append(_in_flight(api, load))
+    assert min(in_flight) >= LOAD // 2, f"load runs still in flight after the Resume and the Run: {in_flight}"
+    for r in [*load, clicked]:
+        httpx.post(f"{api}/flow_runs/{r}/set_state", timeout=30, json={"state": {
+            "type": "CANCELLING", "name": "Cancelling", "message": "Cancelled by the load test"}})
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        states = [httpx.get(f"{api}/flow_runs/{r}", timeout=5).json()["state"]["type"] for r in load]
-        if all(s in ("PAUSED", "COMPLETED", "FAILED", "CRASHED") for s in states):
+        states = _states(api, [*load, clicked])
+        if all(s in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for s in states):
             break
-        time.sleep(1)
-    assert states.count("PAUSED") == LOAD, f"load runs: {sorted(set(states))}"  # each reached its approval
-    for r in load:  # nothing to stop: they are suspended
-        httpx.post(f"{api}/flow_runs/{r}/set_state", timeout=5, json={"force": True, "state": {
-            "type": "CANCELLED", "name": "Cancelled", "message": "Cancelled by the load test"}})
-    print(f"{busy} of {LOAD} load runs were still before their approval when the UI run paused")
+        time.sleep(0.5)
+    assert states[:-1] == ["CANCELLED"] * LOAD, f"load runs: {[(s, states.count(s)) for s in set(states)]}"
+    assert states[-1] in ("CANCELLED", "COMPLETED"), states[-1]  # the UI's run: cancelled, or nothing to do
+    assert _final(api, waiting) == "COMPLETED"  # the Resume given under load was taken
+    assert api_image(world).endswith(":v1.5.0")
+    print(f"Resume, then Run, clicked with {in_flight} of {LOAD} load runs still in flight after each")
+
+
+def _states(api: str, runs: list[str]) -> list[str]:
+    found = {r["id"]: r["state"]["type"] for r in httpx.post(f"{api}/flow_runs/filter", timeout=30, json={
+        "flow_runs": {"id": {"any_": runs}}, "limit": len(runs)}).json()}
+    return [found[r] for r in runs]
+
+
+def _in_flight(api: str, runs: list[str]) -> int:
+    """How many of the runs have not yet reached their approval (or an end)."""
+    return sum(s in ("SCHEDULED", "PENDING", "RUNNING") for s in _states(api, runs))
+
+
+def _state(api: str, run_id: str) -> str:
+    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
