@@ -24,6 +24,7 @@ in what the worker and the intake logged while it ran (.run/*.log).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -40,7 +41,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 API, INTAKE, SANDBOX = "http://127.0.0.1:4200/api", "http://127.0.0.1:8787", "http://127.0.0.1:8790"
-LOGS = [ROOT / ".run" / "worker.log", ROOT / ".run" / "intake.log"]
+RUN_DIR = Path(os.environ.get("RUNBOOKS_RUN_DIR", ROOT / ".run"))  # where `make up` keeps its logs and token
+LOGS = [RUN_DIR / "worker.log", RUN_DIR / "intake.log"]
 # a 5xx answer of the Prefect API as httpx and the runbooks' own clients word it (not the
 # sandbox services' 503s, which the runbooks probe on purpose)
 LOGGED_5XX = re.compile(r"(\b5\d\d\b[^\n]*127\.0\.0\.1:4200/api|127\.0\.0\.1:4200/api[^\n]*\b5\d\d\b|Prefect API[^\n]*\b5\d\d\b)")
@@ -188,7 +190,7 @@ class Bench:
                            for name in services}
         raw["environments"] = {"sandbox-load": env}
         raw["routing"] = []
-        path = ROOT / ".run" / "load-config.yaml"
+        path = RUN_DIR / "load-config.yaml"
         path.write_text(yaml.safe_dump(raw))
         base = self.api.get("/deployments/name/service-down/sandbox").json()
         body = {key: base[key] for key in ("flow_id", "entrypoint", "path", "pull_steps", "work_pool_name",
@@ -280,14 +282,14 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,10,50")
     parser.add_argument("--parts", default="1,2,3")
     args = parser.parse_args()
-    token_file = ROOT / ".run" / "alert-token"
+    token_file = RUN_DIR / "alert-token"
     try:
         httpx.get(f"{INTAKE}/healthz", timeout=2).raise_for_status()
         httpx.get(f"{API}/health", timeout=2).raise_for_status()
     except httpx.HTTPError:
         print("engine latency: skipped - `make up` is not running (intake :8787 and Prefect :4200 must answer)")
         return 0
-    bench = Bench(token_file.read_text().strip())
+    bench = Bench(os.environ.get("RUNBOOKS_ALERT_TOKEN") or token_file.read_text().strip())
     offsets = _log_sizes()
     parts = set(args.parts.split(","))
     if "1" in parts:
