@@ -32,6 +32,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/diagnosis_fanout.py
 	$(PY) benchmarks/alert_intake.py
+	$(PY) benchmarks/engine_latency.py
 
 sandbox: $(STAMP)
 	$(PY) -m sandbox
