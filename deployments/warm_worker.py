@@ -8,9 +8,9 @@ and work-queue pause and the pool, queue and deployment concurrency limits hold)
 deployment's `job_variables` (`env`, `working_dir`), heartbeats and shows in the UI under the
 pool's Workers, and tracks each run's process with Prefect's own executor (control channel,
 Cancel -> kill -> on_cancellation hooks -> Cancelled, a process that dies without an end ->
-Crashed). Only how the process starts differs: `multiprocessing`'s fork server (a
-single-threaded process, started once, that imports `deployments.warm_preload`) forks a child
-that runs exactly what `python -m prefect.engine` runs.
+Crashed). How the process starts differs (deployments/forked_engine.py): it is forked from a
+fork server that imported everything once, and runs exactly what `python -m prefect.engine`
+runs. The README says what else differs, and why.
 
 Start it with `prefect worker start --pool incident-response --type runbooks-warm` (registered
 through the `prefect.collections` entry point in pyproject.toml).
@@ -19,47 +19,37 @@ through the `prefect.collections` entry point in pyproject.toml).
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.forkserver
 import os
-import runpy
-import signal
-import sys
 import tempfile
-import threading
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from contextlib import AsyncExitStack
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import httpx
-import prefect.engine
-from pydantic import PrivateAttr
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+                                            WorkPoolFilter, WorkPoolFilterName)
 from prefect.client.schemas.objects import StateType
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.flows import load_flow_from_flow_run
-from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
+from prefect.runner._flow_run_executor import FlowRunExecutorContext
 from prefect.runner._hook_runner import HookRunner
 from prefect.runner._process_manager import ProcessHandle
-from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
-                                            WorkPoolFilter, WorkPoolFilterName)
+
+from deployments.forked_engine import ForkedEngineStarter, start_fork_server
 from prefect.states import Cancelled, Crashed, Scheduled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
+from pydantic import PrivateAttr
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import DeploymentResponse
-    from prefect.runner._control_channel import ControlChannel
 
-PRELOAD = "deployments.warm_preload"
 WORKER_TYPE = "runbooks-warm"
-# A Cancel ends the run's process at once (the engine exits on SIGTERM once it has the cancel
-# intent); one that ignores SIGTERM is killed after this long.
-KILL_AFTER_SECONDS = 5.0
 # A Pending run nobody's worker label claims is taken to be stranded after this long (a claim
 # takes well under a second from Pending to a running process).
 STRANDED_SECONDS = 60.0
@@ -71,113 +61,7 @@ OUTAGE_POLL_SECONDS = 2.0
 # second took a fifth of a core on a 2-core machine.
 POLL_SECONDS = float(os.environ.get("RUNBOOKS_WORKER_POLL_SECONDS", "1.0"))
 
-_context = multiprocessing.get_context("forkserver")
 _log = logging.getLogger("runbooks.warm_worker")
-
-
-def start_fork_server(preload: str = PRELOAD) -> None:
-    """Start the fork server now, so that the first run does not wait for its imports."""
-    _context.set_forkserver_preload([preload])
-    multiprocessing.forkserver.ensure_running()
-
-
-def run_engine(env: Mapping[str, str], cwd: str) -> None:
-    """In the forked child: the run's environment and directory, then `python -m prefect.engine`.
-
-    Settings are read again from the run's environment, so a deployment's `job_variables.env`
-    (PREFECT_* included) applies as it would to a new interpreter; logging is configured
-    again only when the run's PREFECT_LOGGING_* differ from the fork server's (it costs
-    ~0.2 s); settings, only when PREFECT_* differ."""
-    settings_changed = _settings(os.environ) != _settings(env)
-    logging_changed = _settings(os.environ, "PREFECT_LOGGING_") != _settings(env, "PREFECT_LOGGING_")
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
-    if settings_changed:
-        from prefect.context import refresh_global_settings_context
-
-        refresh_global_settings_context()
-    if logging_changed:
-        from prefect.logging.configuration import setup_logging
-
-        setup_logging(incremental=False)
-    sys.argv = ["prefect.engine"]
-    runpy.run_path(prefect.engine.__file__, run_name="__main__")  # the module as `python -m` runs it
-
-
-def _settings(env: Mapping[str, str], prefix: str = "PREFECT_") -> dict[str, str]:
-    """Prefect's settings in an environment (PREFECT__* are a run's own bookkeeping, not settings)."""
-    return {key: value for key, value in env.items() if key.startswith(prefix) and not key.startswith("PREFECT__")}
-
-
-class _Termination:
-    """How a run's process is stopped: SIGTERM now and, if it is still there after
-    KILL_AFTER_SECONDS, SIGKILL. Prefect's default waits and polls every 3 s before it records
-    Cancelled; here the Cancel is recorded as soon as the signal is sent."""
-
-    wait_after_graceful_kill = False
-
-    def is_alive(self, pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def graceful_kill(self, pid: int) -> None:
-        os.kill(pid, signal.SIGTERM)
-        timer = threading.Timer(KILL_AFTER_SECONDS, self.hard_kill_if_alive, args=(pid,))
-        timer.daemon = True
-        timer.start()
-
-    def hard_kill_if_alive(self, pid: int) -> None:
-        if self.is_alive(pid):
-            self.hard_kill(pid)
-
-    def hard_kill(self, pid: int) -> None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def close(self) -> None:
-        pass
-
-
-class ForkedEngineStarter:
-    """A ProcessStarter (prefect.runner._flow_run_executor) that forks the run's process from
-    the fork server instead of starting a new interpreter."""
-
-    def __init__(self, env: Mapping[str, str | None], cwd: Path, control_channel: ControlChannel | None):
-        self._env = {key: value for key, value in env.items() if value is not None}
-        self._cwd = cwd
-        self._control_channel = control_channel
-
-    async def start(self, flow_run: FlowRun,
-                    task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED) -> None:
-        env = {**self._env, "PREFECT__FLOW_RUN_ID": str(flow_run.id),
-               # the worker runs on_cancellation / on_crashed hooks and records Cancelled (as Prefect's runner does)
-               "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false"}
-        registered = False
-        if self._control_channel is not None:
-            try:
-                port, token = self._control_channel.register(flow_run.id)
-                env.update(PREFECT__CONTROL_PORT=str(port), PREFECT__CONTROL_TOKEN=token)
-                registered = True
-            except RuntimeError:  # no loopback listener: Cancel falls back to a plain kill
-                pass
-        process = _context.Process(target=run_engine, args=(env, str(self._cwd)), name=f"flow-run-{flow_run.name}")
-        try:
-            await anyio.to_thread.run_sync(process.start)
-        except BaseException:
-            if registered and self._control_channel is not None:
-                self._control_channel.unregister(flow_run.id)
-            raise
-        task_status.started(ProcessHandle(process, termination_scope=_Termination()))
-        await anyio.wait_readable(process.sentinel)  # no thread per run: 50 runs need no 50 threads
-        process.join()
 
 
 class WarmJobConfiguration(ProcessJobConfiguration):
@@ -259,7 +143,7 @@ class WarmWorker(ProcessWorker):
             cwd = cwd or Path(stack.enter_context(tempfile.TemporaryDirectory(suffix="prefect")))
             starter = ForkedEngineStarter(env, Path(cwd), context.control_channel)
             executor = context.create_executor(flow_run, starter, hook_runner=self._hooks, propose_submitting=False)
-            execution = await self._execute(executor, task_status)
+            execution = await executor.submit(task_status=_PidOf(task_status))
         await self._end_cancel_missed_at_start(flow_run)
         if execution is None:  # cancelled before it started, or the server refused it: nothing ran
             if task_status is not None:
@@ -297,19 +181,6 @@ class WarmWorker(ProcessWorker):
             if lane.process_manager.get(flow_run.id) is None:
                 return lane
         return await stack.enter_async_context(FlowRunExecutorContext())
-
-    @staticmethod
-    async def _execute(executor: Any, task_status: anyio.abc.TaskStatus[int] | None) -> FlowRunExecutionResult | None:
-        execution: FlowRunExecutionResult | None = None
-        started = anyio.Event()
-
-        async def submit() -> None:
-            nonlocal execution
-            execution = await executor.submit(task_status=_Started(started, task_status))
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(submit)
-        return execution
 
     async def _report_crash_when_reachable(self, flow_run: FlowRun, code: int | None) -> None:
         """The run's process ended without an end recorded while the API was unreachable: record
@@ -437,14 +308,13 @@ def _offered_now(payload: Mapping[str, Any]) -> bool:
     return state.get("type") == "SCHEDULED" and state.get("name") not in ("AwaitingConcurrencySlot", "AwaitingRetry")
 
 
-class _Started:
+class _PidOf:
     """Passes the run's process id on to the worker's task_status (which wants a pid, where the
     executor hands out a ProcessHandle)."""
 
-    def __init__(self, event: anyio.Event, outer: anyio.abc.TaskStatus[int] | None):
-        self._event, self._outer = event, outer
+    def __init__(self, outer: anyio.abc.TaskStatus[int] | None):
+        self._outer = outer
 
     def started(self, handle: ProcessHandle | None = None) -> None:
-        self._event.set()
         if self._outer is not None and handle is not None and handle.pid is not None:
             self._outer.started(handle.pid)
