@@ -38,5 +38,5 @@ sandbox: $(STAMP)
 	$(PY) -m sandbox
 
 clean:
-	@if [ -x $(PY) ]; then $(PY) -m deployments.stack clean; fi
+	-@if [ -x $(PY) ]; then $(PY) -m deployments.stack clean; fi
 	rm -rf $(VENV) .prefect .sandbox .run
