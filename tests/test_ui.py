@@ -201,3 +201,30 @@ def _in_flight(api: str, runs: list[str]) -> int:
 
 def _state(api: str, run_id: str) -> str:
     return httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
+
+
+def test_cancel_in_the_browser_stops_a_runbook_that_is_verifying(pg_stack, world, page, store, app_database_url):
+    """The run page's Cancel -> Confirm: the run's process is gone within 2 s, the run ends
+    Cancelled, and the incident timeline says so (the UI gives no name)."""
+    from tests.test_warm_worker import _alive, _flow_run, _into_verification
+
+    api = pg_stack.api
+    run_id, incident_id, lock = _into_verification(api, world, store, app_database_url)
+    try:
+        pid = int(_flow_run(api, run_id)["infrastructure_pid"])
+        page.goto(f"{api.removesuffix('/api')}/runs/flow-run/{run_id}")
+        page.get_by_role("button", name="Cancel", exact=True).first.click()
+        page.get_by_role("button", name="Confirm", exact=True).click()
+        confirmed = time.monotonic()
+        while _alive(pid) and time.monotonic() - confirmed < 5:
+            time.sleep(0.05)
+        gone = time.monotonic() - confirmed
+        while _state(api, run_id) != "CANCELLED" and time.monotonic() - confirmed < 15:
+            time.sleep(0.1)
+    finally:
+        lock.release()
+    assert gone < 2.0, f"the run's process was still there {gone:.1f} s after Confirm"
+    assert _state(api, run_id) == "CANCELLED"
+    cancelled = [e for e in store.timeline(incident_id) if e.kind == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0].actor == "an operator (Prefect UI or API)"
+    assert "rollback (done" in cancelled[0].message
