@@ -34,6 +34,7 @@ from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, F
                                             WorkPoolFilter, WorkPoolFilterName)
 from prefect.client.schemas.objects import StateType
 from prefect.events.clients import get_events_subscriber
+from prefect.exceptions import ObjectNotFound
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutorContext
@@ -46,6 +47,8 @@ from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, Proc
 from pydantic import PrivateAttr
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import DeploymentResponse
 
@@ -53,6 +56,8 @@ WORKER_TYPE = "runbooks-warm"
 # A Pending run nobody's worker label claims is taken to be stranded after this long (a claim
 # takes well under a second from Pending to a running process).
 STRANDED_SECONDS = 60.0
+# Prefect's cancellation sequence (stop, on_cancellation hooks, Cancelled) ends well within this.
+CANCEL_GRACE_SECONDS = 5.0
 # While the Prefect API is unreachable the worker keeps polling, at most this far apart.
 OUTAGE_POLL_SECONDS = 2.0
 # The worker asks for due runs as soon as the server announces a flow-run event of its pool, and
@@ -144,7 +149,7 @@ class WarmWorker(ProcessWorker):
             starter = ForkedEngineStarter(env, Path(cwd), context.control_channel)
             executor = context.create_executor(flow_run, starter, hook_runner=self._hooks, propose_submitting=False)
             execution = await executor.submit(task_status=_PidOf(task_status))
-        await self._end_cancel_missed_at_start(flow_run)
+        self._runs_task_group.start_soon(self._end_cancel_missed_at_start, flow_run.id)
         if execution is None:  # cancelled before it started, or the server refused it: nothing ran
             if task_status is not None:
                 task_status.started(0)
@@ -153,18 +158,20 @@ class WarmWorker(ProcessWorker):
             self._runs_task_group.start_soon(self._report_crash_when_reachable, flow_run, execution.status_code)
         return ProcessWorkerResult(status_code=execution.status_code or 0, identifier=str(execution.handle.pid))
 
-    async def _end_cancel_missed_at_start(self, flow_run: FlowRun) -> None:
+    async def _end_cancel_missed_at_start(self, flow_run_id: UUID) -> None:
         """A Cancel pressed while the run was being claimed reaches no process (the executor
         watches for Cancelling only once the process is registered); the engine then refuses to
-        run it and exits, and the run would stay Cancelling. Its process has ended: record
-        Cancelled."""
+        run it and exits, and the run would stay Cancelling. Once its process has ended and
+        Prefect's own cancellation sequence has had its time (hooks, then Cancelled), a run
+        still Cancelling is recorded Cancelled."""
+        await anyio.sleep(CANCEL_GRACE_SECONDS)
         try:
-            current = await self.client.read_flow_run(flow_run.id)
+            current = await self.client.read_flow_run(flow_run_id)
             if current.state is not None and current.state.type == StateType.CANCELLING:
-                await self.client.set_flow_run_state(flow_run.id, Cancelled(
+                await self.client.set_flow_run_state(flow_run_id, Cancelled(
                     message=current.state.message or "Cancelled as it started; its process has ended."), force=True)
-        except httpx.HTTPError as exc:
-            _log.warning("flow run %s: could not check for a Cancel missed at its start: %s", flow_run.id, exc)
+        except (httpx.HTTPError, ObjectNotFound) as exc:
+            _log.warning("flow run %s: could not check for a Cancel missed at its start: %s", flow_run_id, exc)
 
     async def _context_for(self, flow_run: FlowRun, stack: AsyncExitStack) -> FlowRunExecutorContext:
         """A shared executor context in which this run has no attempt still running.
@@ -197,6 +204,8 @@ class WarmWorker(ProcessWorker):
                                                  "was unreachable; recorded by the worker afterwards."), force=True)
                 _log.warning("flow run %s recorded as Crashed after the API outage", flow_run.id)
                 return
+            except ObjectNotFound:  # the run was deleted meanwhile
+                return
             except httpx.HTTPError:
                 delay = min(delay * 2, 30.0)
 
@@ -228,9 +237,13 @@ class WarmWorker(ProcessWorker):
             if run.id in self._submitting_flow_run_ids or not (owner == self.name or
                                                                (owner is None and age > STRANDED_SECONDS)):
                 continue
-            await self.client.set_flow_run_state(run.id, Scheduled(message=(
-                f"Rescheduled by worker {self.name}: left Pending {age:.0f} s ago by a worker that stopped "
-                "before starting it")), force=True)
+            try:
+                await self.client.set_flow_run_state(run.id, Scheduled(message=(
+                    f"Rescheduled by worker {self.name}: left Pending {age:.0f} s ago by a worker that stopped "
+                    "before starting it")), force=True)
+            except (httpx.HTTPError, ObjectNotFound) as exc:
+                _log.warning("flow run %s left Pending by a stopped worker could not be rescheduled: %s", run.id, exc)
+                continue
             _log.warning("flow run %s (%s) was left Pending by a stopped worker: rescheduled", run.name, run.id)
 
     async def _watch_for_due_runs(self, scope: anyio.CancelScope) -> None:

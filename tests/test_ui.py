@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import BROKEN_IMAGE, api_image, break_api
+from tests.test_warm_worker import _deployment_like
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -144,14 +145,8 @@ def _load_deployment(api: str, world, test_config, tmp_path, services: list[str]
         httpx.post(f"{world.url}/_sandbox/services", json={"name": name}, timeout=30).raise_for_status()
         httpx.post(f"{world.url}/_sandbox/deploy", json={"service": name, "version": "v2-broken"},
                    timeout=30).raise_for_status()
-    base = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=30).json()
-    body = {key: base[key] for key in ("flow_id", "entrypoint", "path", "pull_steps", "work_pool_name",
-                                       "work_queue_name", "parameter_openapi_schema", "enforce_parameter_schema")}
-    body.update(name="sandbox-load", parameters={"service": services[0], "environment": "sandbox-load"},
-                job_variables={"env": {"RUNBOOKS_CONFIG": str(path)}})
-    response = httpx.post(f"{api}/deployments/", json=body, timeout=30)
-    assert response.status_code in (200, 201), response.text
-    return response.json()["id"]
+    return _deployment_like(api, "sandbox-load", parameters={"service": services[0], "environment": "sandbox-load"},
+                            job_variables={"env": {"RUNBOOKS_CONFIG": str(path)}})
 
 
 def test_run_and_resume_in_the_browser_land_at_once_under_load(pg_stack, world, page, test_config, tmp_path):

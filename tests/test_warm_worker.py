@@ -101,7 +101,7 @@ def test_cancel_while_verifying_stops_the_process_at_once_and_the_timeline_says_
                 and e.kind in ("action", "escalated")]
     assert world.cluster.get("deployments", "sandbox", "api")["metadata"]["annotations"][
         "deployment.kubernetes.io/revision"] == revision
-    assert [r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"].__len__() == 1
+    assert len([r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"]) == 1
     assert any("Runbook cancelled" in m["text"] for m in world.slack_messages)
     print(f"Cancel -> process gone {gone_after:.2f} s, run Cancelled {cancelled_after:.2f} s")
 
@@ -140,7 +140,7 @@ def _deployment_like(api: str, name: str, **fields) -> str:
     base = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
     body = {key: base[key] for key in ("flow_id", "entrypoint", "path", "pull_steps", "work_pool_name",
                                        "work_queue_name", "parameter_openapi_schema", "enforce_parameter_schema")}
-    body.update(name=name, parameters={"service": "api", "environment": "sandbox"}, **fields)
+    body.update({"name": name, "parameters": {"service": "api", "environment": "sandbox"}, **fields})
     response = httpx.post(f"{api}/deployments/", json=body, timeout=5)
     assert response.status_code in (200, 201), response.text
     return response.json()["id"]
