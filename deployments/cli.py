@@ -7,6 +7,7 @@
     runbooks cancel RUN [--by NAME] [--reason "..."]                      stop a run; the timeline says who
     runbooks incidents [--open]  /  runbooks incident ID                 the incident record
     runbooks ack ID [--by NAME]                                          acknowledge: escalation stops
+    runbooks resolve ID --by NAME --note TEXT                            resolve by hand: Resolution, issue closed
     runbooks postmortem ID                                               start the post-incident run (its form)
     runbooks metrics [--env sandbox] [--json] [--chart FILE.svg]         MTTD / MTTA / MTTR against targets
     runbooks sandbox break bad-deploy|error-spike|dependency-down|db-lock  /  runbooks sandbox heal
@@ -277,6 +278,24 @@ def _who(name: str | None) -> str:
     return (name or os.environ.get("RUNBOOKS_APPROVER") or getpass.getuser()).strip()
 
 
+def cmd_resolve(args: argparse.Namespace) -> int:
+    store, StoreError = _store()
+    os.environ.setdefault("PREFECT_API_URL", api_url())
+    try:
+        incident = store.get(args.id)
+        from tasks.watch import resolve_by_hand
+
+        done = resolve_by_hand(incident.environment, args.id, _who(args.by), args.note)
+    except StoreError as exc:
+        raise CliError(str(exc), FAILED if "no incident" in str(exc) else UNREACHABLE) from None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    stopped = done["stopped_runs"]
+    print(f"incident #{args.id} resolved by {done['resolved_by']}" + (f"; runs stopped at their approval: "
+                                                                       f"{', '.join(stopped)}" if stopped else ""))
+    return OK
+
+
 def cmd_ack(args: argparse.Namespace) -> int:
     store, StoreError = _store()
     os.environ.setdefault("PREFECT_API_URL", api_url())
@@ -423,6 +442,10 @@ def parser() -> argparse.ArgumentParser:
     ack = sub.add_parser("ack", help="acknowledge an incident: you are on it; escalation stops")
     ack.add_argument("id", type=int)
     ack.add_argument("--by", help="your name (default: $RUNBOOKS_APPROVER or your login)")
+    resolve = sub.add_parser("resolve", help="resolve an incident by hand: Resolution message, issue closed")
+    resolve.add_argument("id", type=int)
+    resolve.add_argument("--by", required=True, help="your name")
+    resolve.add_argument("--note", required=True, help="how it was resolved")
     postmortem = sub.add_parser("postmortem", help="start the post-incident run of an incident (its form)")
     postmortem.add_argument("id", type=int)
     metrics = sub.add_parser("metrics", help="MTTD, MTTA, MTTR, frequency and post-mortems against the targets")
@@ -449,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "approvals": cmd_approvals, "approve": cmd_approve, "decline": cmd_decline,
                 "cancel": cmd_cancel,
                 "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config,
-                "ack": cmd_ack, "postmortem": cmd_postmortem, "metrics": cmd_metrics}
+                "ack": cmd_ack, "resolve": cmd_resolve, "postmortem": cmd_postmortem, "metrics": cmd_metrics}
     try:
         if args.command in ("up", "down"):
             from deployments.stack import main as stack_main

@@ -6,11 +6,17 @@
     GET  /healthz
     GET  /approvals/<id>        the approval page (see deployments/approval_page.py); POST answers it
 
-Every POST needs `Authorization: Bearer $RUNBOOKS_ALERT_TOKEN`. A firing alert is routed by
-the config's `routing` rules and deduplicated in Redis on fingerprint + startsAt, then started
-as a flow run of `<scenario>/<environment>` with the same key as Prefect's idempotency key,
-so a resend never adds a run. A resolved alert never starts anything: it posts a Status
-Update to its incident and withdraws a pending approval.
+Every POST needs `Authorization: Bearer $RUNBOOKS_ALERT_TOKEN`. An alert loses the labels
+that only name its sender (`intake.ignore_labels`: Prometheus replicas), is routed by the
+config's `routing` rules, and is checked against the config (an unknown environment or
+service is answered 422 and reported in Slack). A firing alert is deduplicated in Redis on
+fingerprint + startsAt, then correlated: when an incident is open for its correlation key
+(environment + service, plus the route's `correlate` labels), the alert joins it; otherwise
+the intake opens the incident and starts one flow run of `<scenario>/<environment>` for it,
+with the alert's key as Prefect's idempotency key, so a resend - or a retry after the intake
+died between its claim and the run - never adds a run. A resolved alert never starts
+anything: it is noted on its incident, and once every alert of the incident has stayed
+resolved for `intake.resolve_grace_seconds` the pending approval is withdrawn.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -36,8 +43,15 @@ from starlette.routing import Route as HttpRoute
 
 from deployments.approval_page import routes as approval_routes
 from deployments.prefect_api import auth_headers
-from incidents.alerts import WITHDRAWN_REASON, Alert, BadPayload, Route, parse_alertmanager, parse_generic, parse_grafana, route, \
-    verify_grafana_signature
+from incidents import templates
+from incidents.alerts import DEFAULT_SEVERITY, Alert, BadPayload, Route, RunRequest, parse_alertmanager, parse_generic, \
+    parse_grafana, route, verify_grafana_signature
+from incidents.models import Incident, Severity
+from incidents.store import IncidentStore, StoreError
+from tasks.context import RunContext
+from tasks.correlation import alert_resolved, join, note_alert, withdraw_quiet
+from tasks.incident import alert_started_at
+from tasks.timeline import record
 
 log = logging.getLogger("runbooks.intake")
 KEY_PREFIX = "runbooks:alert:"
@@ -55,6 +69,11 @@ class IntakeSettings:
     dedup_seconds: int = 7 * 24 * 3600
     notify_unmatched: bool = True
     deployment_ids: dict[str, str] = field(default_factory=dict)
+    ignore_labels: tuple[str, ...] = ("replica", "prometheus_replica", "prometheus")
+    resolve_grace_seconds: float = 300.0
+    # environment -> its services, from the config (None: read the config when the app starts)
+    known_services: dict[str, set[str]] | None = None
+    claim_seconds: int = 60  # how long a claim that has not become a run holds off a concurrent delivery
 
 
 class Unavailable(Exception):
@@ -77,7 +96,11 @@ def create_app(settings: IntakeSettings) -> Starlette:
         # A few run creations at a time: an alert storm must not turn into a write storm on
         # the Prefect database (SQLite answers 503 to that), and duplicates never wait here.
         state["creating"] = asyncio.Semaphore(4)
+        state["known"] = settings.known_services if settings.known_services is not None else _known_services()
+        state["timers"] = set()
         yield
+        for task in state["timers"]:
+            task.cancel()
         await state["redis"].aclose()
         await state["prefect"].aclose()
 
@@ -117,42 +140,106 @@ def create_app(settings: IntakeSettings) -> Starlette:
         except Unavailable as exc:
             log.error("intake could not process %d alerts: %s", len(alerts), exc)
             return _json({"error": str(exc)}, 503)
+        if outcome["unknown"]:  # not retried by the sender (4xx); the reason says what to add to the config
+            return _json({"error": "; ".join(outcome["unknown"]), **outcome}, 422)
         return _json(outcome)
 
     async def handle(alerts: list[Alert]) -> dict[str, Any]:
-        outcome: dict[str, Any] = {"received": len(alerts), "started": [], "duplicates": 0, "unmatched": 0,
-                                   "resolved": 0, "errors": []}
+        outcome: dict[str, Any] = {"received": len(alerts), "started": [], "joined": [], "duplicates": 0,
+                                   "unmatched": 0, "resolved": 0, "unknown": [], "errors": []}
         for alert in alerts:
-            if alert.status == "resolved":
-                outcome["resolved"] += await resolved(alert)
-                continue
+            alert = alert.without_labels(settings.ignore_labels)
             request = route(alert, settings.routes)
             if request is None:
                 outcome["unmatched"] += 1
                 await unmatched(alert)
                 continue
-            key = KEY_PREFIX + alert.key
-            try:
-                first = await state["redis"].set(key, b"starting", nx=True, ex=settings.dedup_seconds)
-            except aioredis.RedisError as exc:
-                raise Unavailable(f"Redis: {exc}") from None
-            if not first:
+            problem = await unknown(alert, request)
+            if problem:
+                outcome["unknown"].append(problem)
+                continue
+            if alert.status == "resolved":
+                outcome["resolved"] += await resolved(alert, request)
+                continue
+            if not await claim(alert):
                 outcome["duplicates"] += 1
                 continue
             try:
-                run_id = await start_run(alert, request)
-            except Unavailable:
-                await state["redis"].delete(key)  # let the sender's retry try again
-                raise
-            except LookupError as exc:
-                outcome["errors"].append(str(exc))
-                await state["redis"].delete(key)
+                done = await correlate(alert, request)
+            except LookupError as exc:  # the route names a deployment that does not exist
+                await release(alert)
+                outcome["unknown"].append(str(exc))
                 log.error("%s", exc)
                 continue
-            await state["redis"].set(key, run_id.encode(), ex=settings.dedup_seconds)
-            outcome["started"].append({"deployment": request.deployment, "flow_run_id": run_id,
-                                       "fingerprint": alert.fingerprint})
+            except BaseException:
+                await release(alert)  # the sender's retry tries again (the idempotency key keeps it to one run)
+                raise
+            await state["redis"].set(KEY_PREFIX + alert.key, (done.get("flow_run_id") or f"joined:{done['incident_id']}"
+                                                               ).encode(), ex=settings.dedup_seconds)
+            outcome["joined" if done.get("joined") else "started"].append(done)
         return outcome
+
+    async def claim(alert: Alert) -> bool:
+        """False for an alert already handled (a resend). A claim that never became a run (the
+        intake died, Redis blinked) expires after `claim_seconds`, and a delivery that finds it
+        meanwhile goes ahead too: Prefect's idempotency key makes both one run."""
+        key = KEY_PREFIX + alert.key
+        try:
+            if await state["redis"].set(key, b"starting", nx=True, ex=settings.claim_seconds):
+                return True
+            return await state["redis"].get(key) in (b"starting", None)
+        except aioredis.RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from None
+
+    async def release(alert: Alert) -> None:
+        with contextlib.suppress(aioredis.RedisError):
+            if await state["redis"].get(KEY_PREFIX + alert.key) == b"starting":
+                await state["redis"].delete(KEY_PREFIX + alert.key)
+
+    async def unknown(alert: Alert, request: RunRequest) -> str | None:
+        """Why the config cannot take this alert (unknown environment or service), reported in
+        Slack once an hour per service; None when it can."""
+        known = state["known"]
+        if request.environment not in known:
+            problem = (f"alert {alert.labels.get('alertname', 'unnamed')} for unknown environment "
+                       f"{request.environment!r} (configured: {', '.join(sorted(known))})")
+        elif request.service not in known[request.environment]:
+            problem = (f"alert {alert.labels.get('alertname', 'unnamed')} for unknown service {request.service!r} in "
+                       f"{request.environment} - add it to the config (known: "
+                       f"{', '.join(sorted(known[request.environment]))})")
+        else:
+            return None
+        log.warning("%s", problem)
+        try:
+            first = await state["redis"].set(f"runbooks:unknown:{request.environment}:{request.service}", b"1",
+                                             nx=True, ex=3600)
+        except aioredis.RedisError:
+            first = True
+        if first and settings.notify_unmatched:
+            await run_in_threadpool(_notify_unknown, request.environment, problem)
+        return problem
+
+    async def correlate(alert: Alert, request: RunRequest) -> dict[str, Any]:
+        """Open the incident for this outage and start its run, or join the one already open."""
+        dep_id = await deployment_id(request.deployment)
+        parameter = {**alert.as_parameter(), "correlation_key": request.correlation_key}
+        try:
+            incident, ctx = await run_in_threadpool(_open_or_find, alert, request, parameter)
+        except StoreError as exc:
+            raise Unavailable(str(exc)) from None
+        if incident.created or incident.flow_run_id is None:
+            # a new incident, or one whose run was never started (the intake died in between):
+            # the incident's own alert starts it, under that alert's idempotency key
+            run_id = await start_run(dep_id, incident.alert or parameter, request, incident.severity)
+            await run_in_threadpool(ctx.store().set_runbook_run, incident.id, run_id)
+            if incident.created:
+                return {"deployment": request.deployment, "flow_run_id": run_id, "fingerprint": alert.fingerprint,
+                        "incident_id": incident.id}
+        joined = await run_in_threadpool(join, ctx, incident, parameter, _severity(request), alert.source)
+        log.info("alert %s (%s) joined incident %s (%s)", alert.fingerprint, alert.labels.get("alertname"),
+                 incident.id, joined.seen)
+        return {"joined": True, "incident_id": incident.id, "fingerprint": alert.fingerprint, "seen": joined.seen,
+                "severity": joined.incident.severity.value}
 
     async def deployment_id(name: str) -> str:
         if name not in settings.deployment_ids:
@@ -167,15 +254,13 @@ def create_app(settings: IntakeSettings) -> Starlette:
             settings.deployment_ids[name] = response.json()["id"]
         return settings.deployment_ids[name]
 
-    async def start_run(alert: Alert, request) -> str:
-        dep_id = await deployment_id(request.deployment)
+    async def start_run(dep_id: str, alert: dict[str, Any], request: RunRequest, severity: Severity) -> str:
         parameters: dict[str, Any] = {"service": request.service, "environment": request.environment,
-                                      "alert": alert.as_parameter()}
-        if request.severity:
-            parameters["severity"] = request.severity
-        name = f"{alert.labels.get('alertname', 'alert')}-{alert.fingerprint[:8]}".lower()
-        body = {"parameters": parameters, "idempotency_key": f"alert:{alert.key}", "name": name,
-                "tags": ["alert", alert.source]}
+                                      "alert": alert, "severity": severity.value}
+        key = f"{alert['fingerprint']}:{alert['startsAt']}"
+        name = f"{alert['labels'].get('alertname', 'alert')}-{alert['fingerprint'][:8]}".lower()
+        body = {"parameters": parameters, "idempotency_key": f"alert:{key}", "name": name,
+                "tags": ["alert", alert["source"]]}
         async with state["creating"]:
             for attempt in range(4):
                 try:
@@ -194,7 +279,7 @@ def create_app(settings: IntakeSettings) -> Starlette:
             raise Unavailable(f"Prefect API answered {response.status_code} creating a run of {request.deployment}: "
                               f"{response.text[:200]}")
         run_id = response.json()["id"]
-        log.info("alert %s (%s) started %s run %s", alert.fingerprint, alert.labels.get("alertname"),
+        log.info("alert %s (%s) started %s run %s", alert["fingerprint"], alert["labels"].get("alertname"),
                  request.deployment, run_id)
         return run_id
 
@@ -205,22 +290,37 @@ def create_app(settings: IntakeSettings) -> Starlette:
             if settings.notify_unmatched:
                 await run_in_threadpool(_notify_unmatched, alert)
 
-    async def resolved(alert: Alert) -> int:
-        run_id = await state["redis"].get(KEY_PREFIX + alert.key)
-        if not run_id or run_id == b"starting":
-            return 0
-        run_id = run_id.decode()
-        withdrawn = False
+    async def resolved(alert: Alert, request: RunRequest) -> int:
+        """Noted on the open incident of its outage; the withdrawal waits out the grace."""
         try:
-            response = await state["prefect"].get(f"/flow_runs/{run_id}")
-            if response.status_code == 200 and response.json()["state"]["type"] == "PAUSED":
-                result = await state["prefect"].post(f"/flow_runs/{run_id}/resume", json={"run_input": {
-                    "approve": False, "approver": f"{alert.source} (alert resolved)", "reason": WITHDRAWN_REASON}})
-                withdrawn = result.status_code < 300 and result.json().get("status") == "ACCEPT"
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"Prefect API: {exc}") from None
-        await run_in_threadpool(_status_update, alert, withdrawn)
-        return 1
+            noted = await run_in_threadpool(_note_resolved, alert, request, settings.resolve_grace_seconds)
+        except StoreError as exc:
+            raise Unavailable(str(exc)) from None
+        if noted:
+            task = asyncio.get_running_loop().create_task(withdraw_later(request.environment))
+            state["timers"].add(task)
+            task.add_done_callback(state["timers"].discard)
+        return int(noted)
+
+    async def withdraw_later(environment: str) -> None:
+        """After the grace: withdraw what stayed quiet. The incident watch does the same every
+        minute, so a restart of the intake loses no withdrawal."""
+        await asyncio.sleep(settings.resolve_grace_seconds + 0.5)
+
+        def resume(run_id: str, answer: dict) -> bool:
+            with httpx.Client(base_url=settings.prefect_api_url.rstrip("/"), headers=auth_headers(),
+                              timeout=httpx.Timeout(10.0, connect=3.0)) as client:
+                return client.post(f"/flow_runs/{run_id}/resume", json={"run_input": answer}).status_code < 300
+
+        try:
+            done = await run_in_threadpool(withdraw_quiet, IncidentStore(), environment,
+                                           settings.resolve_grace_seconds, datetime.now(timezone.utc), resume)
+        except StoreError as exc:
+            log.warning("withdrawal check failed (the incident watch will retry): %s", exc)
+            return
+        if done:
+            log.info("withdrew approvals %s: their alerts stayed resolved for %g s", done,
+                     settings.resolve_grace_seconds)
 
     async def alertmanager(request: Request) -> Response:
         return await receive(request, parse_alertmanager)
@@ -275,30 +375,55 @@ def _notify_unmatched(alert: Alert) -> None:
         log.warning("unrouted alert not reported to Slack: %s", exc)
 
 
-def _status_update(alert: Alert, withdrawn: bool) -> None:
-    """A Status Update on the alert's incident (and its timeline) that the alert resolved."""
-    from incidents import templates
-    from incidents.config import ConfigError, load_environment
-    from incidents.store import IncidentStore, StoreError
+def _known_services() -> dict[str, set[str]]:
+    from incidents.config import load_config
+
+    return {name: set(env.services) for name, env in load_config().environments.items()}
+
+
+def _severity(request: RunRequest) -> Severity:
+    return Severity(request.severity) if request.severity else DEFAULT_SEVERITY[request.scenario]
+
+
+def _open_or_find(alert: Alert, request: RunRequest, parameter: dict) -> tuple[Incident, RunContext]:
+    """The open incident for the alert's correlation key: opened here when there is none."""
+    ctx = RunContext.load(request.environment, request.service)
+    severity = _severity(request)
+    summary = alert.annotations.get("summary") or f"{alert.labels.get('alertname', 'alert')} for {request.service}"
+    incident = ctx.store().open_incident(
+        dedup_key=request.correlation_key, scenario=request.scenario, service=request.service,
+        environment=request.environment, severity=severity,
+        title=templates.issue_title_text(request.service, severity, summary), detected_by="alert", flow_run_id=None,
+        alert=parameter, started_at=alert_started_at(parameter))
+    if incident.created:
+        record(ctx, incident.id, alert.source, "detected", f"{request.scenario}: {summary}", {"alert": parameter})
+        note_alert(ctx, incident, parameter)
+    return incident, ctx
+
+
+def _note_resolved(alert: Alert, request: RunRequest, grace_seconds: float) -> bool:
+    ctx = RunContext.load(request.environment, request.service)
+    incident = ctx.store().open_for_key(request.correlation_key)
+    if incident is None:
+        return False
+    return alert_resolved(ctx, incident, alert.as_parameter(), grace_seconds)
+
+
+def _notify_unknown(environment: str, problem: str) -> None:
+    """To the incident channel of the alert's environment, else of the first configured one."""
+    from incidents.config import ConfigError, load_config
+    from incidents.templates import slack_text
     from integrations.errors import IntegrationError
     from integrations.slack import SlackWebhook
     from tasks.context import SecretNotFound, resolve_secret
 
     try:
-        store = IncidentStore()
-        found = [i for i in store.list(limit=200, open_only=True) if i.dedup_key == f"alert:{alert.key}"]
-        if not found:
-            return
-        incident = found[0]
-        note = "The alert resolved at its source." + (" The pending approval was withdrawn: nothing was changed."
-                                                      if withdrawn else "")
-        store.add_event(incident.id, alert.source, "alert_resolved", note, {"withdrawn": withdrawn})
-        env = load_environment(incident.environment)
+        envs = load_config().environments
+        env = envs.get(environment) or next(iter(envs.values()))
         with SlackWebhook(resolve_secret(env.slack.webhook_secret)) as slack:
-            slack.post(templates.status_update(incident, "Monitoring", "alert cleared; confirming",
-                                               "Recovering", note))
-    except (ConfigError, StoreError, IntegrationError, SecretNotFound) as exc:
-        log.warning("status update for resolved alert %s not posted: %s", alert.fingerprint, exc)
+            slack.post(f"⚠️ ALERT NOT STARTED\n{slack_text(problem, 500)}")
+    except (ConfigError, IntegrationError, SecretNotFound, StopIteration) as exc:
+        log.warning("alert for an unknown service not reported to Slack: %s", exc)
 
 
 def settings_from_env() -> IntakeSettings:
@@ -307,8 +432,10 @@ def settings_from_env() -> IntakeSettings:
     token = os.environ.get("RUNBOOKS_ALERT_TOKEN")
     if not token:
         raise SystemExit("RUNBOOKS_ALERT_TOKEN is not set: the intake refuses to run without a token")
+    config = load_config()
     return IntakeSettings(
-        token=token, routes=list(load_config().routing),
+        token=token, routes=list(config.routing), ignore_labels=tuple(config.intake.ignore_labels),
+        resolve_grace_seconds=config.intake.resolve_grace_seconds,
         redis_url=os.environ.get("RUNBOOKS_REDIS_URL", "redis://127.0.0.1:6379/0"),
         prefect_api_url=os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"),
         grafana_secret=os.environ.get("RUNBOOKS_GRAFANA_HMAC_SECRET") or None,

@@ -79,6 +79,10 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
     card, incident_id = scorecard(spec, injected_at, run, alert_key)
     status = "passed" if card["passed"] and not error else "failed"
     store.finish_drill(drill_id, status, card, error, run_id, incident_id)
+    if incident_id is not None and store.close(incident_id, "Drill", f"drill {drill_id} {status}"
+                                               + (f": {error[:300]}" if error else ""), postmortem_needed=False):
+        # a practice incident the runbook left open (it escalated, or still waits) ends with its drill
+        store.add_event(incident_id, "incident-drill", "drill_closed", f"Closed with drill {drill_id} ({status})")
     publish_scorecard(drill_id, environment, card, cleanup_done)
     result = {"drill_id": drill_id, "status": status, "error": error, "score": card, "cleanup": cleanup_done,
               "incident_id": incident_id}

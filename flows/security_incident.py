@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from incidents.diagnosis import HEALTH, Finding, report_markdown
@@ -36,18 +36,26 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
     return gather(futures, timeout=120)
 
 
-def keep_evidence(ctx: RunContext, incident: Incident, findings: dict[str, Finding], cidrs: list[str]) -> None:
+def keep_evidence(ctx: RunContext, incident: Incident, findings: dict[str, Finding], cidrs: list[str],
+                  dropped: list[str] = ()) -> None:
     """Before any change: the evidence as an artifact and on the issue, the security team told,
-    a public statement drafted."""
+    a public statement drafted. Addresses the alert named but that cannot be blocked are
+    recorded with the reason."""
     evidence = findings[EVIDENCE]
+    if dropped:
+        record(ctx, incident.id, "runbook", "addresses_dropped",
+               f"{len(dropped)} address(es) from the alert not blocked: {'; '.join(dropped)}"[:1000],
+               {"dropped": list(dropped), "kept": cidrs})
     publish_report(ctx, incident, "evidence", report_markdown(
         f"Evidence snapshot for incident {incident.id} (before any change)", [evidence], None, with_plan=False))
     record(ctx, incident.id, "runbook", "evidence_captured", evidence.summary,
            {"secrets": evidence.data.get("secrets", [])})
-    notify_security_team(ctx, incident.id, f"🔐 SECURITY INCIDENT\nIssue: {incident.issue_ref}\n"
-                                           f"Service: {ctx.service_name} ({ctx.environment})\n"
-                                           f"Suspicious sources: {', '.join(cidrs) or 'none named'}\n"
-                                           f"Evidence: {evidence.summary}")
+    if incident.detected_by != "dry run":  # a dry run tells nobody
+        notify_security_team(ctx, incident.id, f"🔐 SECURITY INCIDENT\nIssue: {incident.issue_ref}\n"
+                                               f"Service: {ctx.service_name} ({ctx.environment})\n"
+                                               f"Suspicious sources: {', '.join(cidrs) or 'none named'}\n"
+                                               + (f"Not blocked (invalid): {len(dropped)}\n" if dropped else "")
+                                               + f"Evidence: {evidence.summary}")
     create_markdown_artifact(markdown=public_statement_draft(ctx.service_name, stamp(incident.opened_at), cidrs),
                              key=f"incident-{incident.id}-public-draft",
                              description="Draft public communication: review before publishing; not sent")
@@ -83,11 +91,13 @@ def security_incident(service: str, environment: str = "sandbox", severity: Seve
         dry_run: capture evidence, diagnose and plan, change nothing, do not pause.
         alert: the alert; `annotations.suspicious_ips` (or label `source_ip`) names addresses to block.
     """
-    cidrs = suspicious_cidrs(alert)  # an invalid address stops the run here, before anything happens
+    cidrs, dropped = suspicious_cidrs(alert)  # an invalid address is dropped, with its reason; the rest go on
     ctx = RunContext.load(environment, service)
+    if dropped:
+        get_run_logger().warning("Addresses dropped from the alert: %s", "; ".join(dropped))
     scenario = dataclasses.replace(
         SECURITY_INCIDENT,
         plan=lambda c, incident, findings: plan_security_incident(incident.id, c.environment, c.service_name,
                                                                    c.service, findings, cidrs),
-        after_diagnosis=lambda c, incident, findings: keep_evidence(c, incident, findings, cidrs))
+        after_diagnosis=lambda c, incident, findings: keep_evidence(c, incident, findings, cidrs, dropped))
     return run_scenario(scenario, ctx, severity, dry_run, alert)

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -15,8 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from incidents.models import Severity
 
-WITHDRAWN_REASON = "alert resolved"  # the decline the intake sends when an alert resolves before approval
+WITHDRAWN_REASON = "alert resolved and stayed resolved"  # why the intake withdraws a pending approval
 SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-incident")
+# the severity a scenario's incident opens with when neither the route nor the alert names one
+DEFAULT_SEVERITY = {"service-down": Severity.P0, "high-error-rate": Severity.P1, "database-issues": Severity.P1,
+                    "security-incident": Severity.P0}
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")
 _FINGERPRINT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _SERVICE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -40,6 +43,15 @@ class Alert:
     def key(self) -> str:
         """One incident per firing: the fingerprint and when it started firing."""
         return f"{self.fingerprint}:{self.starts_at}"
+
+    def without_labels(self, ignored: list[str] | tuple[str, ...]) -> "Alert":
+        """The same alert without labels that only say who sent it (e.g. a Prometheus replica):
+        its fingerprint is then computed over the labels that are left, so both replicas of
+        an HA pair send one alert."""
+        dropped = {k: v for k, v in self.labels.items() if k not in ignored}
+        if len(dropped) == len(self.labels):
+            return self
+        return replace(self, labels=dropped, fingerprint=_fingerprint_of(dropped))
 
     def as_parameter(self) -> dict[str, Any]:
         return {"source": self.source, "status": self.status, "fingerprint": self.fingerprint,
@@ -154,8 +166,12 @@ def verify_grafana_signature(secret: str, body: bytes, signature: str | None, ti
         if age > max_age:
             raise PermissionError(f"signature timestamp is {age:.0f} s old (limit {max_age:.0f} s)")
         message = timestamp.encode() + b":" + body
-    expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature.strip().lower()):
+    expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest().encode()
+    try:
+        sent = signature.strip().lower().encode("ascii")
+    except UnicodeEncodeError:
+        raise PermissionError("signature is not hexadecimal") from None
+    if not hmac.compare_digest(expected, sent):
         raise PermissionError("signature does not match")
 
 
@@ -169,6 +185,8 @@ class Route(BaseModel):
     environment: str | None = None
     service: str | None = None
     severity: Severity | None = None
+    # labels that, besides environment and service, tell one outage from another (e.g. cluster)
+    correlate: list[str] = Field(default_factory=list, max_length=8)
 
 
 @dataclass(frozen=True)
@@ -177,10 +195,27 @@ class RunRequest:
     environment: str
     service: str
     severity: str | None
+    correlation_key: str = ""
 
     @property
     def deployment(self) -> str:
         return f"{self.scenario}/{self.environment}"
+
+    @property
+    def target(self) -> str:
+        return target_of(self.environment, self.service)
+
+
+def target_of(environment: str, service: str) -> str:
+    """What one runbook at a time may act on: a service in an environment."""
+    return f"{environment}/{service}"
+
+
+def correlation_key(environment: str, service: str, labels: dict[str, str], correlate: list[str] = ()) -> str:
+    """One open incident per outage: environment + service, plus the labels a route adds.
+    A drill is its own outage (it must never join, or be joined by, a real incident)."""
+    extra = [*correlate, *(["drill_id"] if "drill_id" in labels else [])]
+    return target_of(environment, service) + "".join(f"|{k}={labels.get(k, '')}" for k in dict.fromkeys(extra))
 
 
 def route(alert: Alert, routes: list[Route]) -> RunRequest | None:
@@ -194,5 +229,6 @@ def route(alert: Alert, routes: list[Route]) -> RunRequest | None:
                 return None
             severity = rule.severity.value if rule.severity else (
                 alert.labels["severity"] if alert.labels.get("severity") in Severity.__members__ else None)
-            return RunRequest(rule.scenario, environment, service, severity)
+            return RunRequest(rule.scenario, environment, service, severity,
+                              correlation_key(environment, service, alert.labels, rule.correlate))
     return None

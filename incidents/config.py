@@ -134,6 +134,8 @@ class Timeouts(_Model):
     # transient failures (connect errors, 429 with Retry-After, 5xx) of GitHub, Slack and Kubernetes
     retry_attempts: int = Field(4, ge=1, le=10)
     retry_backoff_seconds: float = Field(0.5, ge=0, le=30)  # doubled per attempt
+    # all checks pass on arrival: look again after this long before closing as "no impact found"
+    confirm_seconds: float = Field(30.0, ge=0, le=3600)
 
 
 _HANDLE = r"^@?[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,99})?$"  # @user or @org/team
@@ -400,9 +402,19 @@ class EnvironmentConfig(_Model):
         return self.services[name]
 
 
+class IntakeSettings(_Model):
+    """How the alert intake tells one alert from another and one outage from another."""
+    # labels left out of an alert's identity: an HA pair of Prometheus replicas sends the same
+    # alert twice (Alertmanager's own HA de-duplication drops these labels the same way)
+    ignore_labels: list[str] = Field(default_factory=lambda: ["replica", "prometheus_replica", "prometheus"])
+    # a resolved alert withdraws a pending approval only after this long without firing again
+    resolve_grace_seconds: float = Field(300.0, ge=0, le=24 * 3600)
+
+
 class ConfigFile(_Model):
     environments: dict[str, EnvironmentConfig]
     routing: list[Route] = []  # alert label matchers -> scenario runs (see incidents/alerts.py)
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
 
 
 def _expand(text: str) -> str:
@@ -453,7 +465,7 @@ def load_config(path: Path | str | None = None) -> ConfigFile:
         if kube.kubeconfig and not Path(kube.kubeconfig).is_absolute():
             kube = kube.model_copy(update={"kubeconfig": str((path.parent / kube.kubeconfig).resolve())})
         envs[name] = env.model_copy(update={"kubernetes": kube})
-    return ConfigFile(environments=envs, routing=parsed.routing)
+    return ConfigFile(environments=envs, routing=parsed.routing, intake=parsed.intake)
 
 
 def load_environment(environment: str, path: Path | str | None = None) -> EnvironmentConfig:

@@ -47,6 +47,7 @@ class FollowUpStore(IncidentStore):
                    FROM incidents i LEFT JOIN postmortems p ON p.incident_id = i.id
                    WHERE i.environment = %s AND i.resolved_at IS NOT NULL AND i.resolved_at + %s <= %s
                      AND p.completed_at IS NULL AND NOT COALESCE(i.alert -> 'labels' ? 'drill_id', false)
+                     AND i.postmortem_needed
                      AND (p.last_reminded_at IS NULL OR p.last_reminded_at + %s <= %s)
                    ORDER BY i.resolved_at""", (environment, due, now, remind_every, now)).fetchall()
 
@@ -120,4 +121,5 @@ class FollowUpStore(IncidentStore):
                           i.recovered_at, i.resolved_at, p.completed_at AS postmortem_at
                    FROM incidents i LEFT JOIN postmortems p ON p.incident_id = i.id
                    WHERE i.environment = %s AND (%s::timestamptz IS NULL OR COALESCE(i.started_at, i.opened_at) >= %s)
+                     AND i.detected_by <> 'dry run'
                    ORDER BY i.id""", (environment, since, since)).fetchall()

@@ -77,7 +77,9 @@ class Incident:
     impact: str | None = None
     users_affected: str | None = None
     last_update_at: datetime | None = None
+    announced_at: datetime | None = None      # its issue and Initial Alert went out (once)
     created: bool = field(default=False, compare=False)  # True when this call opened it
+    joined: bool = field(default=False, compare=False)   # True when a run joined it (another run works it)
 
     @property
     def issue_ref(self) -> str:

@@ -33,11 +33,12 @@ def validate_cidr(value: str) -> str:
     return str(network)
 
 
-def suspicious_cidrs(alert: dict[str, Any] | None) -> list[str]:
+def suspicious_cidrs(alert: dict[str, Any] | None) -> tuple[list[str], list[str]]:
     """Addresses named by the alert: annotation `suspicious_ips` (comma or space separated) or
-    label `source_ip`. Every one must be valid, or none is used."""
+    label `source_ip`. Returns the valid ones (normalised) and, for each value dropped, why:
+    one bad value must not stop a P0 containment of the rest."""
     if not alert:
-        return []
+        return [], []
     raw: list[str] = []
     for section in ("annotations", "labels"):
         values = alert.get(section) or {}
@@ -46,7 +47,13 @@ def suspicious_cidrs(alert: dict[str, Any] | None) -> list[str]:
         for key in ("suspicious_ips", "source_ip"):
             if values.get(key):
                 raw += str(values[key]).replace(",", " ").split()
-    return sorted({validate_cidr(v) for v in raw})
+    valid, dropped = set(), []
+    for value in raw:
+        try:
+            valid.add(validate_cidr(value))
+        except InvalidCidr as exc:
+            dropped.append(str(exc))
+    return sorted(valid), dropped
 
 
 def plan_security_incident(incident_id: int, environment: str, service_name: str, service: ServiceConfig,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -159,6 +159,46 @@ CREATE TABLE IF NOT EXISTS drills (
     score         JSONB,
     error         TEXT
 );
+-- correlation: one open incident per outage (dedup_key is its correlation key), the alerts
+-- that joined it (by identity: the fingerprint without replica labels), who announced it
+-- (issue + Initial Alert, once), and which runbook holds each target
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS announced_at TIMESTAMPTZ;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS postmortem_needed BOOLEAN NOT NULL DEFAULT true;
+CREATE TABLE IF NOT EXISTS incident_alerts (
+    incident_id  BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    identity     TEXT NOT NULL,
+    alertname    TEXT NOT NULL,
+    severity     TEXT,
+    status       TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
+    starts_at    TEXT NOT NULL,
+    first_seen   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    last_seen    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    resolved_at  TIMESTAMPTZ,
+    flaps        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (incident_id, identity)
+);
+CREATE INDEX IF NOT EXISTS incident_alerts_by_start ON incident_alerts (identity, starts_at);
+CREATE TABLE IF NOT EXISTS runbook_leases (
+    target       TEXT PRIMARY KEY,
+    flow_run_id  TEXT NOT NULL,
+    incident_id  BIGINT NOT NULL,
+    scenario     TEXT NOT NULL,
+    taken_at     TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- action claims belong to an incident: the same plan digest in another incident is a new action
+DO $$ BEGIN
+    IF (SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+        WHERE i.indrelid = 'action_log'::regclass AND i.indisprimary) = 2 THEN
+        ALTER TABLE action_log DROP CONSTRAINT action_log_pkey,
+                               ADD PRIMARY KEY (incident_id, plan_digest, action_digest);
+    END IF;
+    -- 'withdrawn': the alert resolved and stayed resolved (only the intake and the watch write it)
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'approvals_decision_check'
+                   AND pg_get_constraintdef(oid) LIKE '%withdrawn%') THEN
+        ALTER TABLE approvals DROP CONSTRAINT IF EXISTS approvals_decision_check,
+            ADD CONSTRAINT approvals_decision_check CHECK (decision IN ('approved', 'declined', 'timed_out', 'withdrawn'));
+    END IF;
+END $$;
 """
 _SCHEMA_LOCK = 7_310_224_001  # an advisory lock id: concurrent first uses create the schema once
 
@@ -368,8 +408,9 @@ class IncidentStore:
 
     # -- the action log: each approved action once ------------------------------------------------
     def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> dict:
-        """Claim an approved action. Returns the log row; `first` is False when the action was
-        seen before (done: skip it; started: it was interrupted, check before repeating)."""
+        """Claim an approved action of this incident's plan. Returns the log row; `first` is False
+        when the action was seen before (done: skip it; started: it was interrupted, check
+        before repeating). The same plan in another incident is another action."""
         with self._connect() as conn:
             row = conn.execute("""INSERT INTO action_log (plan_digest, action_digest, incident_id, kind, status)
                                   VALUES (%s, %s, %s, %s, 'started') ON CONFLICT DO NOTHING RETURNING *""",
@@ -377,14 +418,15 @@ class IncidentStore:
             if row is not None:
                 return {**row, "first": True}
             row = conn.execute("""UPDATE action_log SET attempts = attempts + 1
-                                  WHERE plan_digest = %s AND action_digest = %s RETURNING *""",
-                               (plan_digest, action_digest)).fetchone()
+                                  WHERE incident_id = %s AND plan_digest = %s AND action_digest = %s RETURNING *""",
+                               (incident_id, plan_digest, action_digest)).fetchone()
             return {**row, "first": False}
 
-    def finish_action(self, plan_digest: str, action_digest: str, status: str, detail: str) -> None:
+    def finish_action(self, incident_id: int, plan_digest: str, action_digest: str, status: str, detail: str) -> None:
         with self._connect() as conn:
             conn.execute("UPDATE action_log SET status = %s, detail = %s, finished_at = now() "
-                         "WHERE plan_digest = %s AND action_digest = %s", (status, detail, plan_digest, action_digest))
+                         "WHERE incident_id = %s AND plan_digest = %s AND action_digest = %s",
+                         (status, detail, incident_id, plan_digest, action_digest))
 
     def action_log(self, incident_id: int) -> list[dict]:
         with self._connect() as conn:
@@ -436,6 +478,148 @@ class IncidentStore:
         with self._connect() as conn:
             return conn.execute("SELECT * FROM approvals WHERE incident_id = %s ORDER BY id", (incident_id,)).fetchall()
 
+    # -- correlation: alerts joining an incident, announcement, severity --------------------------
+    def open_for_key(self, key: str) -> Incident | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM incidents WHERE dedup_key = %s AND resolved_at IS NULL", (key,)).fetchone()
+        return _incident(row) if row else None
+
+    def claim_announcement(self, incident_id: int) -> bool:
+        """Take the one turn to announce an incident (its issue and Initial Alert)."""
+        with self._connect() as conn:
+            row = conn.execute("UPDATE incidents SET announced_at = now() WHERE id = %s AND announced_at IS NULL "
+                               "RETURNING id", (incident_id,)).fetchone()
+        return row is not None
+
+    def set_runbook_run(self, incident_id: int, flow_run_id: str) -> str:
+        """Name the run that works the incident, unless one is named already; returns the named run."""
+        with self._connect() as conn:
+            return conn.execute("UPDATE incidents SET flow_run_id = COALESCE(flow_run_id, %s) WHERE id = %s "
+                                "RETURNING flow_run_id", (flow_run_id, incident_id)).fetchone()["flow_run_id"]
+
+    def raise_severity(self, incident_id: int, severity: Severity) -> Severity | None:
+        """Raise an open incident to `severity` when that is more severe; the old severity, or None."""
+        with self._connect() as conn:
+            row = conn.execute("""UPDATE incidents i SET severity = %s FROM incidents old
+                                  WHERE i.id = %s AND old.id = i.id AND i.resolved_at IS NULL AND i.severity > %s
+                                  RETURNING old.severity""", (severity.value, incident_id, severity.value)).fetchone()
+        return Severity(row["severity"]) if row else None
+
+    def record_alert(self, incident_id: int, identity: str, alertname: str, severity: str | None, starts_at: str
+                     ) -> str:
+        """An alert firing for the incident: 'new' (first time), 'refired' (it had resolved: a
+        flap) or 'repeat' (still firing: a resend or a replica)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                """INSERT INTO incident_alerts (incident_id, identity, alertname, severity, status, starts_at)
+                   VALUES (%s, %s, %s, %s, 'firing', %s)
+                   ON CONFLICT (incident_id, identity) DO UPDATE SET
+                       last_seen = now(), starts_at = EXCLUDED.starts_at, status = 'firing', resolved_at = NULL,
+                       flaps = incident_alerts.flaps + (incident_alerts.status = 'resolved')::int
+                   RETURNING (xmax = 0) AS inserted, flaps,
+                             (SELECT status FROM incident_alerts o WHERE o.incident_id = %s AND o.identity = %s)
+                             AS before""",
+                (incident_id, identity, alertname, severity, starts_at, incident_id, identity)).fetchone()
+        if row["inserted"]:
+            return "new"
+        return "refired" if row["before"] == "resolved" else "repeat"
+
+    def resolve_alert(self, incident_id: int, identity: str) -> bool:
+        """The alert resolved at its source; False when it was not firing for this incident."""
+        with self._connect() as conn:
+            row = conn.execute("UPDATE incident_alerts SET status = 'resolved', resolved_at = now(), last_seen = now() "
+                               "WHERE incident_id = %s AND identity = %s AND status = 'firing' RETURNING identity",
+                               (incident_id, identity)).fetchone()
+        return row is not None
+
+    def incident_alerts(self, incident_id: int) -> list[dict]:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM incident_alerts WHERE incident_id = %s ORDER BY first_seen",
+                                (incident_id,)).fetchall()
+
+    def incident_for_alert_start(self, identity: str, starts_at: str) -> Incident | None:
+        """The incident an alert (identity + startsAt) opened or joined."""
+        with self._connect() as conn:
+            row = conn.execute("""SELECT i.* FROM incidents i JOIN incident_alerts a ON a.incident_id = i.id
+                                  WHERE a.identity = %s AND a.starts_at = %s ORDER BY i.id DESC LIMIT 1""",
+                               (identity, starts_at)).fetchone()
+        return _incident(row) if row else None
+
+    def quiet_approvals(self, environment: str | None, grace_seconds: float, now: datetime) -> list[dict]:
+        """Pending approvals of open incidents whose every alert resolved and stayed resolved for
+        `grace_seconds`: the outage is over before anyone approved."""
+        with self._connect() as conn:
+            return conn.execute(
+                """SELECT a.*, i.environment FROM approvals a JOIN incidents i ON i.id = a.incident_id
+                   WHERE a.decision IS NULL AND a.flow_run_id IS NOT NULL AND i.resolved_at IS NULL
+                     AND (%s::text IS NULL OR i.environment = %s)
+                     AND EXISTS (SELECT 1 FROM incident_alerts x WHERE x.incident_id = i.id)
+                     AND NOT EXISTS (SELECT 1 FROM incident_alerts x WHERE x.incident_id = i.id
+                                     AND (x.status = 'firing' OR x.resolved_at > %s - make_interval(secs => %s)))
+                   ORDER BY a.id""", (environment, environment, now, grace_seconds)).fetchall()
+
+    def withdraw_approval(self, approval_id: int, by: str, reason: str) -> bool:
+        """Withdraw a pending approval (its alert resolved and stayed resolved). Never an
+        acknowledgement; False when it was answered meanwhile."""
+        with self._connect() as conn:
+            row = conn.execute("UPDATE approvals SET decision = 'withdrawn', approver = %s, reason = %s, automatic = true, "
+                               "decided_at = now() WHERE id = %s AND decision IS NULL RETURNING id",
+                               (by, reason, approval_id)).fetchone()
+        return row is not None
+
+    def close(self, incident_id: int, root_cause: str, resolution: str, *, postmortem_needed: bool = True) -> bool:
+        """Resolve an open incident (with or without a post-mortem to follow); False if it was not open."""
+        with self._connect() as conn:
+            row = conn.execute("""UPDATE incidents SET status = %s, root_cause = %s, resolution = %s,
+                                         postmortem_needed = %s, recovered_at = COALESCE(recovered_at, now()),
+                                         resolved_at = now()
+                                  WHERE id = %s AND resolved_at IS NULL RETURNING id""",
+                               (Status.RESOLVED.value, root_cause, resolution, postmortem_needed,
+                                incident_id)).fetchone()
+        return row is not None
+
+    def record_dry_run(self, scenario: str, service: str, environment: str, severity: Severity, title: str,
+                       flow_run_id: str | None) -> Incident:
+        """A dry run's record: closed from the start, pages nobody, not counted by the metrics."""
+        with self._connect() as conn:
+            row = conn.execute(
+                """INSERT INTO incidents (dedup_key, scenario, service, environment, severity, status, title,
+                                          detected_by, flow_run_id, started_at, resolved_at, recovered_at,
+                                          resolution, postmortem_needed)
+                   VALUES ('dry-run:' || gen_random_uuid(), %s, %s, %s, %s, %s, %s, 'dry run', %s, now(), now(),
+                           now(), 'dry run: nothing was changed', false) RETURNING *""",
+                (scenario, service, environment, severity.value, Status.RESOLVED.value, title, flow_run_id)).fetchone()
+        return _incident(row)
+
+    # -- runbook leases: one runbook acts on a target at a time ------------------------------------
+    def take_lease(self, target: str, flow_run_id: str, incident_id: int, scenario: str,
+                   holder_gone: Callable[[str], bool]) -> dict:
+        """Take the target for this run. Returns the lease as it stands: this run's when taken
+        (or already held), otherwise the holder's. A holder whose run is gone (`holder_gone`)
+        loses the lease."""
+        with self._connect() as conn:
+            row = conn.execute("""INSERT INTO runbook_leases (target, flow_run_id, incident_id, scenario)
+                                  VALUES (%s, %s, %s, %s)
+                                  ON CONFLICT (target) DO UPDATE SET target = EXCLUDED.target RETURNING *""",
+                               (target, flow_run_id, incident_id, scenario)).fetchone()
+        if row["flow_run_id"] == flow_run_id or not holder_gone(row["flow_run_id"]):
+            return row
+        with self._connect() as conn:
+            taken = conn.execute("""UPDATE runbook_leases SET flow_run_id = %s, incident_id = %s, scenario = %s,
+                                           taken_at = now() WHERE target = %s AND flow_run_id = %s RETURNING *""",
+                                 (flow_run_id, incident_id, scenario, target, row["flow_run_id"])).fetchone()
+            return taken or conn.execute("SELECT * FROM runbook_leases WHERE target = %s", (target,)).fetchone()
+
+    def release_lease(self, target: str, flow_run_id: str) -> bool:
+        with self._connect() as conn:
+            row = conn.execute("DELETE FROM runbook_leases WHERE target = %s AND flow_run_id = %s RETURNING target",
+                               (target, flow_run_id)).fetchone()
+        return row is not None
+
+    def leases(self) -> list[dict]:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM runbook_leases ORDER BY taken_at").fetchall()
+
 
 class DrillStore(IncidentStore):
     """Drills: one row per game day run, the score it earned, and the history."""
@@ -467,10 +651,9 @@ class DrillStore(IncidentStore):
                                 "ORDER BY started_at DESC LIMIT %s", (limit,)).fetchall()
 
     def incident_for_alert(self, alert_key: str) -> Incident | None:
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM incidents WHERE dedup_key = %s ORDER BY id DESC LIMIT 1",
-                               (f"alert:{alert_key}",)).fetchone()
-        return _incident(row) if row else None
+        """The incident an alert (`fingerprint:startsAt`) opened or joined."""
+        identity, _, starts_at = alert_key.partition(":")
+        return self.incident_for_alert_start(identity, starts_at)
 
 
 def _incident(row: dict) -> Incident:
@@ -483,4 +666,5 @@ def _incident(row: dict) -> Incident:
         started_at=row.get("started_at"), acknowledged_at=row.get("acknowledged_at"),
         acknowledged_by=row.get("acknowledged_by"), escalation_level=row.get("escalation_level") or 0,
         escalated_at=row.get("escalated_at"), recovered_at=row.get("recovered_at"), eta=row.get("eta"),
-        impact=row.get("impact"), users_affected=row.get("users_affected"), last_update_at=row.get("last_update_at"))
+        impact=row.get("impact"), users_affected=row.get("users_affected"), last_update_at=row.get("last_update_at"),
+        announced_at=row.get("announced_at"))

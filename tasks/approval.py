@@ -50,7 +50,7 @@ class ApprovalInput(RunInput):
 
 @dataclass(frozen=True)
 class Decision:
-    outcome: str  # approved | declined | timed_out
+    outcome: str  # approved | declined | timed_out | withdrawn
     approver: str | None
     reason: str
     automatic: bool = False
@@ -131,9 +131,26 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
                                        f"A Resume by {answer.approver.strip()} carried no verified identity. "
                                        f"Approve here: {page}")
         attempt = ctx.store().next_attempt(approval_id)
+    withdrawn = _withdrawal(ctx, approval_id)
+    if withdrawn is not None:
+        return _finish(ctx, incident, plan, None, withdrawn)  # the intake recorded it; only the timeline is left
     if earlier is not None and earlier["decision"] is not None:
         return decision  # decided and recorded before the run was interrupted: do not record it twice
     return _finish(ctx, incident, plan, approval_id, decision)
+
+
+def _withdrawal(ctx: RunContext, approval_id: int | None) -> Decision | None:
+    """The approval was withdrawn (its alerts resolved and stayed resolved): only the intake or
+    the incident watch records that, in the store. A person's decline is never a withdrawal."""
+    if approval_id is None:
+        return None
+    try:
+        row = ctx.store().approval(approval_id)
+    except StoreError:
+        return None
+    if row is None or row["decision"] != "withdrawn":
+        return None
+    return Decision("withdrawn", row["approver"], row["reason"] or "alert resolved", automatic=True)
 
 
 def _form_note(needed: int, page: str | None) -> str:
@@ -247,6 +264,8 @@ def _finish(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | 
                   f": {decision.reason or 'no reason given'}"
     elif decision.outcome == "timed_out":
         message = "Approval timed out: nothing was changed"
+    elif decision.outcome == "withdrawn":
+        message = f"Approval withdrawn ({decision.reason}): nothing was changed"
     else:
         message = f"Plan declined by {who}: {decision.reason}. Nothing was changed"
     logger.info(message)

@@ -16,6 +16,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run as current_run
 
 from incidents import templates
+from incidents.alerts import target_of
 from incidents.config import ConfigError
 from incidents.store import IncidentStore, StoreError
 from integrations.errors import IntegrationError
@@ -73,7 +74,10 @@ def record_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
         message = ""
         _log.warning("could not read who cancelled run %s: %s", run_id, exc)
     store = IncidentStore()
+    params = flow_run.parameters or {}
     try:
+        if params.get("environment") and params.get("service"):  # the service is free for the next runbook
+            store.release_lease(target_of(params["environment"], params["service"]), run_id)
         incident = store.incident_for_run(run_id)
         if incident is None:
             _log.info("run %s was cancelled before it opened an incident", run_id)

@@ -11,21 +11,25 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from incidents import templates
+from incidents.alerts import correlation_key
 from incidents.escalation import level_contacts
 from incidents.models import Incident, Severity, Status
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
+from tasks.correlation import join, note_alert
 from tasks.notify import comment_on_issue, notify_slack
 from tasks.postmortem import start_post_incident
 from tasks.timeline import record
 
 
 def dedup_key(scenario: str, ctx: RunContext, alert: dict | None) -> str:
-    """One open incident per firing alert (fingerprint + startsAt), else per scenario and service."""
-    if alert and alert.get("fingerprint"):
-        return f"alert:{alert['fingerprint']}:{alert.get('startsAt', '')}"
-    return f"{scenario}:{ctx.environment}:{ctx.service_name}"
+    """The incident's correlation key: one open incident per outage. The intake puts the key its
+    route computed into the alert; a manual run correlates by environment and service."""
+    given = (alert or {}).get("correlation_key")
+    if isinstance(given, str) and given:
+        return given
+    return correlation_key(ctx.environment, ctx.service_name, (alert or {}).get("labels") or {})
 
 
 def escalation_contacts(ctx: RunContext, severity: Severity, level: int = 0) -> list[str]:
@@ -47,23 +51,36 @@ def alert_started_at(alert: dict | None) -> datetime | None:
 
 @task(name="open-incident", cache_policy=NO_CACHE)
 def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: str, alert: dict | None = None,
-                  detected_by: str = "runbook") -> Incident:
-    """Find or open the incident, open its GitHub issue from the playbook template, and post the Initial Alert."""
+                  detected_by: str = "runbook", explicit_severity: Severity | None = None) -> Incident:
+    """Open the incident for this outage, or join the one already open for it (`joined` is then
+    True). The run that works the incident announces it, once: the GitHub issue from the
+    playbook template and the Initial Alert."""
     logger = get_run_logger()
     store = ctx.store()
+    run_id = str(flow_run.get_id() or "") or None
     incident = store.open_incident(
         dedup_key=dedup_key(scenario, ctx, alert), scenario=scenario, service=ctx.service_name,
         environment=ctx.environment, severity=severity, title=templates.issue_title_text(ctx.service_name, severity, summary),
-        detected_by=detected_by, flow_run_id=str(flow_run.get_id() or "") or None, alert=alert,
-        started_at=alert_started_at(alert))
-    if not incident.created:
-        logger.info("Incident %s is already open for this; joining it", incident.id)
-        record(ctx, incident.id, "runbook", "retriggered", f"{scenario} started again while the incident is open",
-               {"flow_run_id": flow_run.get_id()})
-        if incident.github_issue:
-            return incident
-    else:
+        detected_by=detected_by, flow_run_id=run_id, alert=alert, started_at=alert_started_at(alert))
+    if incident.created:
         record(ctx, incident.id, detected_by, "detected", f"{scenario}: {summary}", {"alert": alert} if alert else {})
+        note_alert(ctx, incident, alert)
+    elif run_id is None or store.set_runbook_run(incident.id, run_id) != run_id:
+        name = flow_run.get_name() or "a run"
+        logger.info("Incident %s is already open for this outage (worked by run %s): joining it", incident.id,
+                    incident.flow_run_id)
+        join(ctx, incident, alert, explicit_severity, f"{scenario} run {name}")
+        incident.joined = True
+        return incident
+    if store.claim_announcement(incident.id):
+        announce(ctx, incident, severity, summary)
+    return incident
+
+
+def announce(ctx: RunContext, incident: Incident, severity: Severity, summary: str) -> None:
+    """The incident's GitHub issue and its Initial Alert (paging level 0 of the matrix)."""
+    logger = get_run_logger()
+    severity = incident.severity  # an alert that joined before the announcement may have raised it
     repo = ctx.config.github.incident_repo
     try:
         with ctx.github() as github:
@@ -71,7 +88,7 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
                                         templates.issue_body(incident, summary, ctx.config.roles.table(),
                                                              ctx.config.escalation.policy(severity)),
                                         severity.labels)
-        store.attach_issue(incident.id, repo, issue["number"], issue["html_url"])
+        ctx.store().attach_issue(incident.id, repo, issue["number"], issue["html_url"])
         incident.github_repo, incident.github_issue, incident.issue_url = repo, issue["number"], issue["html_url"]
         record(ctx, incident.id, "runbook", "issue_opened", f"GitHub issue {repo}#{issue['number']} opened",
                {"url": issue["html_url"], "labels": severity.labels})
@@ -80,22 +97,24 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
         logger.error("Incident issue not opened: %s", exc)
         record(ctx, incident.id, "runbook", "notification_failed", f"GitHub issue not opened: {exc}")
     paged = escalation_contacts(ctx, severity, 0)
-    roles = ctx.config.roles
     notify_slack(ctx, incident.id, templates.initial_alert(incident, summary, paged=paged,
-                                                           commander=roles.incident_commander),
+                                                           commander=ctx.config.roles.incident_commander),
                  link=("Open the run", ctx.run_url(flow_run.get_id())) if flow_run.get_id() else None)
-    return incident
 
 
 @task(name="resolve-incident", cache_policy=NO_CACHE)
-def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_was_done: str, prevention: str) -> None:
+def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_was_done: str, prevention: str,
+                     postmortem: bool = True, actor: str = "runbook") -> bool:
     """Resolution message, issue comment and close, incident resolved in the record; then the
-    post-incident run starts (the post-mortem)."""
+    post-incident run starts (the post-mortem) when the outcome needs one. False (and nothing
+    posted) when the incident was resolved already, e.g. by hand meanwhile."""
     try:
-        ctx.store().resolve(incident.id, root_cause, what_was_done)
+        if not ctx.store().close(incident.id, root_cause, what_was_done, postmortem_needed=postmortem):
+            get_run_logger().info("Incident %s was resolved already; no second Resolution", incident.id)
+            return False
     except StoreError as exc:
         get_run_logger().error("Incident %s not marked resolved in the store: %s", incident.id, exc)
-    record(ctx, incident.id, "runbook", "resolved", f"Resolved: {what_was_done}", {"root_cause": root_cause})
+    record(ctx, incident.id, actor, "resolved", f"Resolved: {what_was_done}", {"root_cause": root_cause})
     text = templates.resolution(incident, root_cause, what_was_done, prevention)
     notify_slack(ctx, incident.id, text)
     if comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
@@ -105,7 +124,9 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
                 github.close_issue(incident.github_repo, incident.github_issue)
         except (IntegrationError, SecretNotFound) as exc:
             record(ctx, incident.id, "runbook", "notification_failed", f"issue not closed: {exc}")
-    start_post_incident(ctx, incident)
+    if postmortem:
+        start_post_incident(ctx, incident)
+    return True
 
 
 @task(name="escalate-incident", cache_policy=NO_CACHE)

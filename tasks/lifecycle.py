@@ -5,15 +5,18 @@ this runs the rest the same way for all of them. Call it from inside a flow."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from incidents import templates
-from incidents.alerts import WITHDRAWN_REASON
+from incidents.alerts import target_of
 from incidents.diagnosis import Finding, report_markdown
 from incidents.models import Incident, Severity, Status
 from incidents.plans import Plan
@@ -78,6 +81,13 @@ def _findings_from(data: dict | None) -> dict[str, Finding]:
     return {k: Finding(**{**v, "details": tuple(v.get("details") or ())}) for k, v in (data or {}).items()}
 
 
+def _current(ctx: RunContext, incident: Incident) -> Incident:
+    try:
+        return ctx.store().get(incident.id)
+    except StoreError:
+        return incident
+
+
 def _resumption(ctx: RunContext) -> dict | None:
     """The approval this very run asked for before it was suspended (or interrupted), if any:
     a rescheduled run continues from there instead of opening and diagnosing again."""
@@ -92,8 +102,10 @@ def _resumption(ctx: RunContext) -> dict | None:
 
 def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None, dry_run: bool,
                  alert: dict | None) -> dict[str, Any]:
+    if dry_run:
+        return _dry_run(scenario, ctx, severity, alert)
     logger = get_run_logger()
-    earlier = None if dry_run else _resumption(ctx)
+    earlier = _resumption(ctx)
     if earlier is not None:
         incident = ctx.store().get(earlier["incident_id"])
         findings, plan = _findings_from(earlier["findings"]), Plan.from_dict(earlier["plan"])
@@ -104,21 +116,49 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
                                    "service": ctx.service_name, "environment": ctx.environment,
                                    "severity": incident.severity.value, "dry_run": dry_run,
                                    "plan": [a.describe() for a in plan.actions], "resumed": True}
-        return _approve_act_verify(scenario, ctx, incident, findings, plan, alert, outcome)
+        return _holding(ctx, incident, scenario, lambda: _approve_act_verify(scenario, ctx, incident, findings, plan,
+                                                                             alert, outcome))
 
-    severity = Severity(severity) if severity else scenario.default_severity
+    explicit = Severity(severity) if severity else None
+    severity = explicit or scenario.default_severity
     detected_by = "alert" if alert else "manual run"
     # Opening the incident (record, issue, Initial Alert) and the read-only checks run at the
     # same time: the first diagnosis step should not wait for GitHub and Slack.
-    opening = open_incident.submit(ctx, scenario.name, severity, scenario.summary(ctx), alert, detected_by)
+    opening = open_incident.submit(ctx, scenario.name, severity, scenario.summary(ctx), alert, detected_by, explicit)
     findings = scenario.diagnose(ctx)
     incident = opening.result()
     outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
                "service": ctx.service_name, "environment": ctx.environment,
-               "severity": severity.value, "dry_run": dry_run}
-    record(ctx, incident.id, "runbook", "investigating", f"Investigation: {len(findings)} checks ran")
+               "severity": incident.severity.value, "dry_run": dry_run}
+    holder = _take_lease(ctx, incident, scenario)
+    if holder is not None:
+        return _contribute(scenario, ctx, incident, findings, holder, outcome)
+    return _holding(ctx, incident, scenario, lambda: _diagnosed(scenario, ctx, incident, findings, alert, outcome),
+                    taken=True)
+
+
+def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: dict | None) -> dict[str, Any]:
+    """Diagnose and plan, change nothing, page nobody: the record is closed from the start and
+    the metrics do not count it."""
+    severity = Severity(severity) if severity else scenario.default_severity
+    summary = scenario.summary(ctx)
+    record_ = ctx.store().record_dry_run(scenario.name, ctx.service_name, ctx.environment, severity,
+                                         templates.issue_title_text(ctx.service_name, severity, summary),
+                                         str(flow_run.get_id() or "") or None)
+    findings = scenario.diagnose(ctx)
     if scenario.after_diagnosis:
-        scenario.after_diagnosis(ctx, incident, findings)
+        scenario.after_diagnosis(ctx, record_, findings)
+    plan, failing = _plan(scenario, ctx, record_, findings)
+    publish_report(ctx, record_, "plan", "## Dry run: nothing was changed\n\n" + plan.markdown())
+    record(ctx, record_.id, "runbook", "dry_run", "Dry run: plan reported, nothing changed", {"plan": plan.to_dict()})
+    return {"incident_id": record_.id, "issue": None, "scenario": scenario.name, "service": ctx.service_name,
+            "environment": ctx.environment, "severity": severity.value, "dry_run": True,
+            "plan": [a.describe() for a in plan.actions], "failing": failing, "outcome": "dry_run"}
+
+
+def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding]
+          ) -> tuple[Plan, list[str]]:
+    """The plan from the findings, recorded on the timeline with the diagnosis report."""
     plan = scenario.plan(ctx, incident, findings)
     failing = [f.check for f in findings.values() if f.ok is False]
     record(ctx, incident.id, "runbook", "diagnosed",
@@ -127,27 +167,113 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     publish_report(ctx, incident, "diagnosis",
                    report_markdown(f"Diagnosis: {scenario.name} for {ctx.service_name} ({ctx.environment})",
                                    list(findings.values()), plan))
-    outcome["plan"] = [a.describe() for a in plan.actions]
-    logger.info("Plan: %s", plan.summary)
+    get_run_logger().info("Plan: %s", plan.summary)
+    return plan, failing
 
+
+# -- one runbook acts on a target at a time ------------------------------------------------------
+def _run_gone(flow_run_id: str) -> bool:
+    """A lease holder whose run ended (or vanished) without releasing it, e.g. it crashed."""
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except ObjectNotFound:
+        return True
+    return state is None or state.is_final()
+
+
+def _take_lease(ctx: RunContext, incident: Incident, scenario: Scenario) -> dict | None:
+    """None when this run now holds the service; else the lease of the run that does."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return None  # not a flow run (a test calling the function): nothing to share with
+    lease = ctx.store().take_lease(target_of(ctx.environment, ctx.service_name), str(run_id), incident.id,
+                                   scenario.name, _run_gone)
+    return None if lease["flow_run_id"] == str(run_id) else lease
+
+
+def _holding(ctx: RunContext, incident: Incident, scenario: Scenario, work: Callable[[], dict[str, Any]],
+             taken: bool = False) -> dict[str, Any]:
+    """Run `work` holding the service's lease, and give it back when the run ends here. A run
+    that suspends for its approval keeps it (suspension leaves by a BaseException); a run
+    that is cancelled gives it back in its on_cancellation hook; one that crashed loses it to
+    the next run that finds its holder gone."""
+    if not taken:
+        _take_lease(ctx, incident, scenario)  # a resumed run holds it still, or takes it back
+    try:
+        result = work()
+    except Exception:
+        release_lease(ctx)
+        raise
+    release_lease(ctx)
+    return result
+
+
+def release_lease(ctx: RunContext) -> None:
+    run_id = flow_run.get_id()
+    if run_id:
+        try:
+            ctx.store().release_lease(target_of(ctx.environment, ctx.service_name), str(run_id))
+        except StoreError as exc:
+            get_run_logger().warning("lease on %s not released: %s", ctx.service_name, exc)
+
+
+def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], holder: dict,
+                outcome: dict[str, Any]) -> dict[str, Any]:
+    """Another runbook holds this service: this run's findings join its incident, and no
+    second plan is made for the same target."""
+    failing = [f.check for f in findings.values() if f.ok is False]
+    held = f"run {holder['flow_run_id']} ({holder['scenario']}, incident {holder['incident_id']})"
+    note = (f"{scenario.name} found {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); "
+            f"{held} already works {ctx.service_name}, so no second plan is made")
+    get_run_logger().info("Contributing findings: %s", note)
+    record(ctx, incident.id, "runbook", "findings_added", note,
+           {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()}, "holder": holder})
+    publish_report(ctx, incident, f"{scenario.name}-findings",
+                   report_markdown(f"Findings of {scenario.name} for {ctx.service_name} (joined; {held} acts)",
+                                   list(findings.values()), None, with_plan=False))
+    return {**outcome, "outcome": "joined", "plan": [], "held_by": holder["flow_run_id"]}
+
+
+def _diagnosed(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
+               alert: dict | None, outcome: dict[str, Any]) -> dict[str, Any]:
+    record(ctx, incident.id, "runbook", "investigating", f"Investigation: {len(findings)} checks ran")
+    if scenario.after_diagnosis:
+        scenario.after_diagnosis(ctx, incident, findings)
+    plan, failing = _plan(scenario, ctx, incident, findings)
+    outcome["plan"] = [a.describe() for a in plan.actions]
     if not plan.actions:
-        if failing and not dry_run:
+        if failing:
             escalate_incident(ctx, incident, f"Checks fail ({', '.join(failing)}) but no automated remedy applies: "
                                              f"{plan.summary}", Status.INVESTIGATING, scenario.impact)
             return {**outcome, "outcome": "escalated"}
-        if not failing:
-            _status(ctx, incident, Status.MONITORING, "none needed", "None observed now", plan.summary)
-        return {**outcome, "outcome": "no_action"}
-    if dry_run:
-        publish_report(ctx, incident, "plan", "## Dry run: nothing was changed\n\n" + plan.markdown())
-        record(ctx, incident.id, "runbook", "dry_run", "Dry run: plan reported, nothing changed",
-               {"plan": plan.to_dict()})
-        _status(ctx, incident, Status.IDENTIFIED, "awaiting a real run", scenario.impact,
-                "Dry run: " + "; ".join(outcome["plan"]) + ". Nothing was changed.")
-        return {**outcome, "outcome": "dry_run"}
-
+        return _no_impact(scenario, ctx, incident, outcome)
     _status(ctx, incident, Status.IDENTIFIED, "pending approval", scenario.impact, plan.summary)
     return _approve_act_verify(scenario, ctx, incident, findings, plan, alert, outcome)
+
+
+def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Every check passed on arrival. After `timeouts.confirm_seconds` the checks run again:
+    still passing, the incident is resolved as "no impact found"; failing now, it escalates."""
+    wait = ctx.config.timeouts.confirm_seconds
+    record(ctx, incident.id, "runbook", "confirming", f"All checks pass; confirming in {wait:g} s before closing")
+    time.sleep(wait)
+    again = scenario.diagnose(ctx)
+    failing = [f.check for f in again.values() if f.ok is False]
+    if failing:
+        escalate_incident(ctx, incident, f"All checks passed on arrival but {', '.join(failing)} failed "
+                                         f"{wait:g} s later: the service is unstable.", Status.INVESTIGATING,
+                          scenario.impact)
+        return {**outcome, "outcome": "escalated"}
+    checks = ", ".join(f.check for f in again.values())
+    if incident.joined or not incident.created:
+        cause = "Not found: the checks pass again without any action by the runbook."
+    else:
+        cause = "No impact found: every check passed on arrival and again on confirmation."
+    resolve_incident(ctx, incident, cause, f"No action taken; checks passing twice, {wait:g} s apart ({checks})",
+                     "If the alert fired for a real problem the checks do not see, add a check for it.",
+                     postmortem=False)
+    return {**outcome, "outcome": "no_impact"}
 
 
 def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
@@ -158,10 +284,17 @@ def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident,
                                 findings=_findings_json(findings))
     outcome["decision"] = {"outcome": decision.outcome, "approver": decision.approver, "reason": decision.reason,
                            "automatic": decision.automatic}
-    if not decision.approved and decision.reason == WITHDRAWN_REASON:
-        _status(ctx, incident, Status.MONITORING, "alert cleared; confirming", scenario.impact,
-                "The alert resolved before the plan was approved; nothing was changed.")
+    if decision.outcome == "withdrawn":
+        resolve_incident(ctx, incident, "Withdrawn: the alert resolved before the plan was approved and stayed "
+                                        "resolved.", f"Nothing was changed ({decision.reason})",
+                         "If the alert flaps, review its threshold and duration.", postmortem=False,
+                         actor=decision.approver or "runbooks intake")
         return {**outcome, "outcome": "withdrawn"}
+    now = _current(ctx, incident)
+    if now.resolved_at is not None:  # resolved by hand while the approval waited
+        record(ctx, incident.id, "runbook", "stopped", "The incident was resolved while the approval waited; "
+                                                       "the plan is not run")
+        return {**outcome, "outcome": "resolved_elsewhere"}
     if not decision.approved:
         why = ("Nobody answered the approval in time" if decision.outcome == "timed_out"
                else f"The plan was declined by {decision.approver or 'an operator'} ({decision.reason})")

@@ -31,8 +31,8 @@ REMEDIES = {
 def execute(ctx: RunContext, plan: Plan, grant: Grant) -> list[ActionResult]:
     """Run exactly the approved actions, in order, each once; stop at the first failure.
 
-    Every action is claimed in the store's action log under (plan digest, action digest)
-    before it runs. A repeat — a retry, a re-run, a resumed suspension — finds the claim: an
+    Every action is claimed in the store's action log under (incident, plan digest, action
+    digest) before it runs. A repeat — a retry, a re-run, a resumed suspension — finds the claim: an
     action already done is skipped and says so; an action that was interrupted (claimed, never
     finished) runs again only through its remedy's own check of the target, which is told when
     the interrupted attempt began (e.g. a rollback first looks for the workflow run it may
@@ -57,11 +57,11 @@ def execute(ctx: RunContext, plan: Plan, grant: Grant) -> list[ActionResult]:
         try:
             result = remedy(ctx, action, grant, **kwargs)
         except IntegrationError as exc:
-            store.finish_action(plan.digest, action.digest, "failed", str(exc)[:500])
+            store.finish_action(plan.incident_id, plan.digest, action.digest, "failed", str(exc)[:500])
             raise RemediationFailed(f"{action.describe()}: {exc}") from None
         except Exception as exc:
-            store.finish_action(plan.digest, action.digest, "failed", f"{type(exc).__name__}: {exc}"[:500])
+            store.finish_action(plan.incident_id, plan.digest, action.digest, "failed", f"{type(exc).__name__}: {exc}"[:500])
             raise
-        store.finish_action(plan.digest, action.digest, "done", result.detail[:500])
+        store.finish_action(plan.incident_id, plan.digest, action.digest, "done", result.detail[:500])
         results.append(result)
     return results

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
 from incidents import templates
-from incidents.config import EnvironmentConfig, load_environment
+from incidents.config import EnvironmentConfig, load_config, load_environment
 from incidents.escalation import escalation_due, next_update, status_update_due
 from incidents.followups import FollowUpStore
 from incidents.models import Incident
@@ -29,6 +29,8 @@ from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.approval import TIMEOUT_REASON, deadline_answer
 from tasks.context import RunContext, SecretNotFound
+from tasks.correlation import withdraw_quiet
+from tasks.incident import resolve_incident
 from tasks.notify import comment_on_issue, notify_slack
 from tasks.timeline import record
 
@@ -163,6 +165,11 @@ def decline_expired_approvals(environment: str, config: EnvironmentConfig, store
     return declined
 
 
+def _resume(flow_run_id: str, answer: dict) -> bool:
+    with get_client(sync_client=True) as client:
+        return client.resume_flow_run(flow_run_id, run_input=answer).status.value == "ACCEPT"
+
+
 @task(name="sweep-incidents", cache_policy=NO_CACHE)
 def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
     """One pass of the watch over the environment's incidents and follow-ups."""
@@ -183,6 +190,8 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
         except StoreError as exc:
             get_run_logger().error("Incident %s skipped this sweep: %s", incident.id, exc)
     summary["expired_approvals"] = decline_expired_approvals(environment, config, store, now)
+    summary["withdrawn"] = withdraw_quiet(store, environment, load_config().intake.resolve_grace_seconds, now,
+                                          _resume)
     summary["postmortem_reminders"] = remind_postmortems(environment, config, store, now)
     summary["action_items"] = track_action_items(environment, config, store, now)
     get_run_logger().info("Sweep of %s: %s open, %s escalated, %s status updates, %s post-mortem reminders",
@@ -212,3 +221,34 @@ def acknowledge(environment: str, incident_id: int, by: str) -> bool:
                                                            incident.impact or "being assessed",
                                                            f"👀 Acknowledged by {by}; escalation stops."))
     return True
+
+
+@task(name="resolve-incident-by-hand", cache_policy=NO_CACHE)
+def resolve_by_hand(environment: str, incident_id: int, by: str, note: str) -> dict[str, Any]:
+    """A person closes the incident: Resolution message, issue closed with the Resolution
+    template, post-mortem started. A runbook still waiting for its approval is stopped (its
+    approval withdrawn in the person's name): nothing it planned runs any more."""
+    by, note = by.strip(), note.strip()
+    if not by or not note:
+        raise ValueError("say who resolves it (--by NAME) and how it was resolved (--note TEXT)")
+    config = load_environment(environment)
+    store = FollowUpStore()
+    incident = store.get(incident_id)
+    if incident.environment != environment:
+        raise ValueError(f"incident {incident_id} belongs to environment {incident.environment!r}, not {environment!r}")
+    if incident.resolved_at is not None:
+        raise ValueError(f"incident {incident_id} is already resolved ({incident.resolution or 'no resolution noted'})")
+    ctx = _ctx(environment, config, incident)
+    record(ctx, incident_id, by, "resolved_by_hand", f"Resolved by hand by {by}: {note}")
+    resolve_incident.fn(ctx, incident, f"Resolved by hand by {by} (see the note).", note,
+                        "To be worked out in the post-mortem.", actor=by)
+    stopped = []  # after the close: a woken run finds the incident resolved and does nothing
+    for approval in store.approvals(incident_id):
+        if approval["decision"] is None and approval["flow_run_id"] and \
+                store.withdraw_approval(approval["id"], by, f"incident resolved by hand: {note}"[:500]):
+            stopped.append(approval["flow_run_id"])
+            try:
+                _resume(approval["flow_run_id"], {"approve": False, "approver": by, "reason": "incident resolved by hand"})
+            except Exception as exc:  # noqa: BLE001 - the decision stands; the run reads it when it wakes
+                get_run_logger().warning("run %s not resumed: %s", approval["flow_run_id"], exc)
+    return {"incident_id": incident_id, "resolved_by": by, "stopped_runs": stopped}

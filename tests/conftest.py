@@ -104,11 +104,12 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
                       RUNBOOKS_SECRET_API_DATABASE_URL=with_password(app_database_url),
                       RUNBOOKS_SECRET_API_CACHE_URL=CACHE_SECRET_URL)
     raw = yaml.safe_load((ROOT / "config" / "sandbox.yaml").read_text())
+    raw.setdefault("intake", {})["resolve_grace_seconds"] = 2  # a flap test waits seconds, not minutes
     env = raw["environments"]["sandbox"]
     env.pop("prometheus", None)  # only the sandbox-prometheus environment below talks to one (the test's own)
     env["approval"].update(timeout_seconds=900, poll_seconds=0.3)  # as in production: longer than P0's 5 min response
     env["timeouts"].update(verify_seconds=30, verify_poll_seconds=0.5, workflow_seconds=30, probe_seconds=2,
-                           retry_backoff_seconds=0.1)  # retried as in production, with shorter pauses
+                           retry_backoff_seconds=0.1, confirm_seconds=1)  # retried as in production, shorter pauses
     env["kubernetes"]["kubeconfig"] = "${RUNBOOKS_KUBECONFIG}"
     env["services"]["api"]["database"].update(long_query_seconds=2, idle_in_transaction_seconds=1, idle_seconds=1)
     env["services"]["api"]["errors"].update(sample_seconds=1)

@@ -1,0 +1,154 @@
+"""One outage, one incident. What happens when an alert (or a run) meets an incident that is
+already open for its correlation key, and when the alerts of an incident resolve:
+
+- a firing alert **joins**: a timeline entry, and a Status Update in the incident's channel
+  when it says something new (a second symptom, a flap); never a second issue, Initial Alert
+  or page. A replica's copy or a resend is a timeline entry only.
+- a more severe alert **raises** the incident's severity and pages whom the new severity adds
+  (per the escalation matrix); a less severe one changes nothing but the timeline.
+- a resolved alert is noted; once every alert of the incident has stayed resolved for the
+  grace (`intake.resolve_grace_seconds`), a pending approval is **withdrawn** by the intake
+  (and, should the intake have restarted meanwhile, by the incident watch).
+
+Plain functions (not Prefect tasks): the intake calls them outside any flow run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from incidents import templates
+from incidents.alerts import WITHDRAWN_REASON
+from incidents.escalation import level_contacts
+from incidents.models import Incident, Severity
+from incidents.store import StoreError
+from integrations.errors import IntegrationError
+from tasks.context import RunContext, SecretNotFound
+from tasks.timeline import record
+
+_log = logging.getLogger("runbooks.correlation")
+WITHDRAWER = "runbooks intake (alert resolved)"
+
+
+@dataclass(frozen=True)
+class Joined:
+    incident: Incident
+    seen: str                      # new | refired | repeat | run
+    raised_from: Severity | None   # the severity before this alert raised it
+    paged: tuple[str, ...]         # whom the raise paged in addition
+
+
+def alert_identity(alert: dict) -> tuple[str, str]:
+    return str(alert.get("fingerprint") or ""), str(alert.get("startsAt") or "")
+
+
+def note_alert(ctx: RunContext, incident: Incident, alert: dict | None) -> str:
+    """Record that `alert` fires for `incident`: 'new', 'refired' (after resolving: a flap) or 'repeat'."""
+    if not alert or not alert.get("fingerprint"):
+        return "run"
+    labels = alert.get("labels") or {}
+    identity, starts_at = alert_identity(alert)
+    return ctx.store().record_alert(incident.id, identity, labels.get("alertname", "alert"),
+                                    labels.get("severity"), starts_at)
+
+
+def added_contacts(ctx: RunContext, before: Severity, after: Severity) -> list[str]:
+    """Who the escalation matrix pages at `after` (level 0) that it did not page at `before`."""
+    roles, matrix = ctx.config.roles, ctx.config.escalation
+    already = set(level_contacts(roles, matrix.policy(before), 0))
+    return [c for c in level_contacts(roles, matrix.policy(after), 0) if c not in already]
+
+
+def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Severity | None, by: str) -> Joined:
+    """`alert` (or a run, when None) joins the open `incident`."""
+    store = ctx.store()
+    seen = note_alert(ctx, incident, alert)
+    raised_from = store.raise_severity(incident.id, severity) if severity else None
+    paged: list[str] = []
+    if raised_from is not None:
+        incident.severity = severity
+        paged = added_contacts(ctx, raised_from, severity)
+    name = ((alert or {}).get("labels") or {}).get("alertname") or by
+    message = {
+        "new": f"{name} also fires: it joined incident {incident.id} (same outage)",
+        "refired": f"{name} fired again after it had resolved (a flap): incident {incident.id} continues",
+        "repeat": f"{name} sent again (a replica's copy or a resend)",
+        "run": f"{by} joined incident {incident.id}, which is already open",
+    }[seen]
+    if raised_from is not None:
+        message += f"; severity raised {raised_from.value} -> {severity.value}"
+    record(ctx, incident.id, by, "flap" if seen == "refired" else "joined", message,
+           {"alert": alert, "seen": seen, "raised_from": raised_from.value if raised_from else None, "paged": paged})
+    if incident.announced_at is not None and (seen in ("new", "refired") or raised_from is not None):
+        note = message + "." + (f" ⏫ Paging: {' '.join(paged)}" if paged else "")
+        post(ctx, incident, templates.status_update(incident, incident.status.value, incident.eta or "being assessed",
+                                                    incident.impact or "being assessed", note))
+        if raised_from is not None:
+            _comment(ctx, incident, f"### ⏫ Severity raised {raised_from.value} -> {severity.value}\n\n"
+                                    f"{templates.markdown_text(message, 600)}\n\nPaged: {' '.join(paged) or 'nobody new'}")
+    return Joined(incident, seen, raised_from, tuple(paged))
+
+
+def post(ctx: RunContext, incident: Incident, text: str) -> bool:
+    """A message to the incident channel; a failure is logged and written to the timeline."""
+    try:
+        with ctx.slack() as webhook:
+            webhook.post(text, templates.slack_blocks(text, None))
+    except (IntegrationError, SecretNotFound, ValueError) as exc:
+        _log.warning("Slack message for incident %s not delivered: %s", incident.id, exc)
+        record(ctx, incident.id, "runbook", "notification_failed", f"Slack: {text.splitlines()[0]} not delivered: {exc}")
+        return False
+    record(ctx, incident.id, "runbook", "notified", f"Slack: {text.splitlines()[0]}")
+    return True
+
+
+def _comment(ctx: RunContext, incident: Incident, body: str) -> None:
+    if not incident.github_repo or not incident.github_issue:
+        return
+    try:
+        with ctx.github() as github:
+            github.comment(incident.github_repo, incident.github_issue, body)
+    except (IntegrationError, SecretNotFound) as exc:
+        record(ctx, incident.id, "runbook", "notification_failed", f"GitHub comment not added: {exc}")
+
+
+def alert_resolved(ctx: RunContext, incident: Incident, alert: dict, grace_seconds: float) -> bool:
+    """An alert of `incident` resolved at its source: noted on the timeline (no message yet:
+    a flap would make it noise). False when it was not firing for this incident."""
+    identity, _ = alert_identity(alert)
+    if not ctx.store().resolve_alert(incident.id, identity):
+        return False
+    name = (alert.get("labels") or {}).get("alertname", "alert")
+    record(ctx, incident.id, alert.get("source") or "alert", "alert_resolved",
+           f"{name} resolved at its source; a pending approval is withdrawn if every alert of the incident stays "
+           f"resolved for {grace_seconds:g} s", {"identity": identity})
+    return True
+
+
+def withdraw_quiet(store, environment: str | None, grace_seconds: float, now: datetime,
+                   resume: Callable[[str, dict], bool]) -> list[int]:
+    """Withdraw the pending approvals of incidents whose alerts all resolved and stayed resolved
+    for the grace. The store takes the decision first (once, whoever sweeps); `resume` then
+    wakes the waiting run with a decline, which the run reads from the store as a withdrawal
+    (a person's decline, whatever its reason says, stays a decline). Returns the approvals."""
+    withdrawn = []
+    for approval in store.quiet_approvals(environment, grace_seconds, now):
+        if not store.withdraw_approval(approval["id"], WITHDRAWER, WITHDRAWN_REASON):
+            continue
+        withdrawn.append(approval["id"])
+        try:
+            resume(approval["flow_run_id"], {"approve": False, "approver": WITHDRAWER, "reason": WITHDRAWN_REASON})
+        except Exception as exc:  # noqa: BLE001 - the decision stands; the run reads it when it wakes
+            _log.warning("run %s not resumed after its approval was withdrawn: %s", approval["flow_run_id"], exc)
+    return withdrawn
+
+
+def incident_or_none(store, key: str) -> Incident | None:
+    try:
+        return store.open_for_key(key)
+    except StoreError as exc:
+        _log.warning("correlation lookup failed: %s", exc)
+        return None
