@@ -200,6 +200,8 @@ DO $$ BEGIN
     END IF;
 END $$;
 """
+# two Prometheus replicas evaluate the same rule this far apart at most (a later start is a re-fire)
+REPLICA_SKEW_SECONDS = 60
 _SCHEMA_LOCK = 7_310_224_001  # an advisory lock id: concurrent first uses create the schema once
 
 
@@ -507,8 +509,9 @@ class IncidentStore:
 
     def record_alert(self, incident_id: int, identity: str, alertname: str, severity: str | None, starts_at: str
                      ) -> str:
-        """An alert firing for the incident: 'new' (first time), 'refired' (it had resolved: a
-        flap) or 'repeat' (still firing: a resend or a replica)."""
+        """An alert firing for the incident: 'new' (first time), 'refired' (it had resolved, or
+        it fires with a start more than REPLICA_SKEW_SECONDS from the last one: a flap) or
+        'repeat' (still firing: a resend, or a replica that evaluated it a moment apart)."""
         with self._connect() as conn:
             row = conn.execute(
                 """INSERT INTO incident_alerts (incident_id, identity, alertname, severity, status, starts_at)
@@ -516,13 +519,15 @@ class IncidentStore:
                    ON CONFLICT (incident_id, identity) DO UPDATE SET
                        last_seen = now(), starts_at = EXCLUDED.starts_at, status = 'firing', resolved_at = NULL,
                        flaps = incident_alerts.flaps + (incident_alerts.status = 'resolved')::int
-                   RETURNING (xmax = 0) AS inserted, flaps,
-                             (SELECT status FROM incident_alerts o WHERE o.incident_id = %s AND o.identity = %s)
-                             AS before""",
-                (incident_id, identity, alertname, severity, starts_at, incident_id, identity)).fetchone()
+                   RETURNING (xmax = 0) AS inserted,
+                             (SELECT o.status = 'resolved' OR abs(extract(epoch FROM
+                                         NULLIF(%s, '')::timestamptz - NULLIF(o.starts_at, '')::timestamptz)) > %s
+                              FROM incident_alerts o WHERE o.incident_id = %s AND o.identity = %s) AS again""",
+                (incident_id, identity, alertname, severity, starts_at, starts_at, REPLICA_SKEW_SECONDS, incident_id,
+                 identity)).fetchone()
         if row["inserted"]:
             return "new"
-        return "refired" if row["before"] == "resolved" else "repeat"
+        return "refired" if row["again"] else "repeat"
 
     def resolve_alert(self, incident_id: int, identity: str) -> bool:
         """The alert resolved at its source; False when it was not firing for this incident."""

@@ -79,7 +79,7 @@ def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Seve
         "run": f"{by} joined incident {incident.id}, which is already open",
     }[seen]
     if raised_from is not None:
-        message += f"; severity raised {raised_from.value} -> {severity.value}"
+        message += f"; severity raised from {raised_from.value} to {severity.value}"
     record(ctx, incident.id, by, "flap" if seen == "refired" else "joined", message,
            {"alert": alert, "seen": seen, "raised_from": raised_from.value if raised_from else None, "paged": paged})
     if incident.announced_at is not None and (seen in ("new", "refired") or raised_from is not None):
@@ -87,7 +87,7 @@ def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Seve
         post(ctx, incident, templates.status_update(incident, incident.status.value, incident.eta or "being assessed",
                                                     incident.impact or "being assessed", note))
         if raised_from is not None:
-            _comment(ctx, incident, f"### ⏫ Severity raised {raised_from.value} -> {severity.value}\n\n"
+            _comment(ctx, incident, f"### ⏫ Severity raised from {raised_from.value} to {severity.value}\n\n"
                                     f"{templates.markdown_text(message, 600)}\n\nPaged: {' '.join(paged) or 'nobody new'}")
     return Joined(incident, seen, raised_from, tuple(paged))
 

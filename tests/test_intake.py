@@ -105,21 +105,94 @@ def test_auth_is_required_and_nothing_happens_without_it(intake, deployments):
     assert intake.get("/healthz").json()["ok"]
 
 
-def test_one_run_per_firing_alert_whatever_is_resent(intake, deployments):
+def test_one_run_per_outage_whatever_is_resent(intake, deployments, store):
     first = intake.post("/alerts/alertmanager", json=_am_payload(_alert("b1"), _alert("b2")), headers=AUTH).json()
-    assert len(first["started"]) == 2 and first["duplicates"] == 0
+    assert len(first["started"]) == 1 and len(first["joined"]) == 1 and first["duplicates"] == 0
+    incident_id = first["started"][0]["incident_id"]
+    assert first["joined"][0]["incident_id"] == incident_id and first["joined"][0]["seen"] == "new"
     for _ in range(3):
         again = intake.post("/alerts/alertmanager", json=_am_payload(_alert("b1"), _alert("b2")), headers=AUTH).json()
-        assert again["started"] == [] and again["duplicates"] == 2
+        assert again["started"] == [] and again["joined"] == [] and again["duplicates"] == 2
     runs = _runs(deployments["service-down"])
-    assert len(runs) == 2
-    params = sorted((r.parameters for r in runs), key=lambda p: p["alert"]["fingerprint"])
-    assert params[0]["service"] == "api" and params[0]["environment"] == "sandbox"
-    assert params[0]["alert"]["labels"]["alertname"] == "ServiceDown" and params[0]["alert"]["startsAt"]
-    # the same alert firing again later (a new startsAt) is a new incident
+    assert len(runs) == 1
+    params = runs[0].parameters
+    assert params["service"] == "api" and params["environment"] == "sandbox" and params["severity"] == "P0"
+    assert params["alert"]["labels"]["alertname"] == "ServiceDown" and params["alert"]["startsAt"]
+    assert params["alert"]["correlation_key"] == "sandbox/api"
+    assert store.get(incident_id).flow_run_id == str(runs[0].id)
+    # the same alert firing again later (a new startsAt) while the incident is open: a flap, it joins
     refire = intake.post("/alerts/alertmanager", json=_am_payload(_alert("b1", starts="2026-11-26T05:00:00Z")),
                          headers=AUTH).json()
-    assert len(refire["started"]) == 1
+    assert refire["started"] == [] and refire["joined"][0]["seen"] == "refired"
+    assert "flap" in [e.kind for e in store.timeline(incident_id)]
+    # once the incident is resolved, the next firing is a new incident (a run never joins a resolved one)
+    store.close(incident_id, "test", "test")
+    later = intake.post("/alerts/alertmanager", json=_am_payload(_alert("b1", starts="2026-11-26T07:00:00Z")),
+                        headers=AUTH).json()
+    assert len(later["started"]) == 1 and later["started"][0]["incident_id"] != incident_id
+    assert len(_runs(deployments["service-down"])) == 2
+
+
+def test_replicas_and_a_second_symptom_join_one_incident(intake, deployments, store, world):
+    a = _alert("x", replica="a", starts="2026-11-26T03:00:00Z")
+    b = _alert("y", replica="b", starts="2026-11-26T03:00:00Z")  # the HA pair: same alert but for the replica
+    first = intake.post("/alerts/alertmanager", json=_am_payload(a, b), headers=AUTH).json()
+    assert len(first["started"]) == 1 and first["joined"] == [] and first["duplicates"] == 1, first
+    incident_id = first["started"][0]["incident_id"]
+    late_b = _alert("y", replica="b", starts="2026-11-26T03:00:01Z")  # the other replica evaluated a second later
+    joined = intake.post("/alerts/alertmanager", json=_am_payload(late_b), headers=AUTH).json()
+    assert joined["joined"][0]["incident_id"] == incident_id
+    symptom = intake.post("/alerts/alertmanager", json=_am_payload(_alert("e1", name="HighErrorRate", severity="P1")),
+                          headers=AUTH).json()
+    assert symptom["started"] == [] and symptom["joined"][0]["incident_id"] == incident_id
+    assert symptom["joined"][0]["seen"] == "new" and symptom["joined"][0]["severity"] == "P0"  # P1 does not lower it
+    assert _runs(deployments["high-error-rate"]) == [] and len(_runs(deployments["service-down"])) == 1
+    alerts = {a["alertname"]: a for a in store.incident_alerts(incident_id)}
+    assert set(alerts) == {"ServiceDown", "HighErrorRate"}
+    assert [e.kind for e in store.timeline(incident_id)].count("joined") >= 2
+    assert store.open_for_key("sandbox/api").id == incident_id
+
+
+def test_a_more_severe_alert_raises_the_incident_and_pages_the_difference(intake, deployments, store, world):
+    from incidents.models import Severity
+    from incidents.store import IncidentStore
+    from tasks.context import RunContext
+
+    p2 = intake.post("/alerts/alertmanager", json=_am_payload(_alert("s1", name="HighErrorRate", severity="P2")),
+                     headers=AUTH).json()
+    incident_id = p2["started"][0]["incident_id"]
+    assert store.get(incident_id).severity == Severity.P2
+    IncidentStore().claim_announcement(incident_id)  # as the run does when it posts the Initial Alert
+    p0 = intake.post("/alerts/alertmanager", json=_am_payload(_alert("s2", name="ServiceDown", severity="P0")),
+                     headers=AUTH).json()
+    assert p0["joined"][0]["severity"] == "P0" and store.get(incident_id).severity == Severity.P0
+    ctx = RunContext.load("sandbox", "api")
+    from tasks.correlation import added_contacts
+
+    added = added_contacts(ctx, Severity.P2, Severity.P0)
+    assert added, "the sandbox's P0 pages someone P2 does not"
+    raised = [m["text"] for m in world.slack_messages if m["text"].startswith("📊 INCIDENT UPDATE")
+              and "severity raised from P2 to P0" in m["text"]]
+    assert len(raised) == 1 and all(c in raised[0] for c in added), raised
+    assert not any(m["text"].startswith("🚨") for m in world.slack_messages), "no second Initial Alert"
+    lower = intake.post("/alerts/alertmanager", json=_am_payload(_alert("s3", name="DatabaseIssues", severity="P3")),
+                        headers=AUTH).json()
+    assert lower["joined"][0]["severity"] == "P0"
+    assert len([m for m in world.slack_messages if "severity raised" in m["text"]]) == 1
+
+
+def test_unknown_service_is_refused_with_the_reason_and_reported(intake, deployments, world):
+    body = _am_payload(_alert("u1", service="payments"), _alert("u2"))
+    response = intake.post("/alerts/alertmanager", json=body, headers=AUTH)
+    assert response.status_code == 422, response.text
+    outcome = response.json()
+    assert "unknown service 'payments'" in outcome["error"] and "add it to the config" in outcome["error"]
+    assert len(outcome["started"]) == 1, "the known service's alert in the same delivery is still handled"
+    notices = [m["text"] for m in world.slack_messages if m["text"].startswith("⚠️ ALERT NOT STARTED")]
+    assert len(notices) == 1 and "payments" in notices[0]
+    env = intake.post("/alerts/alertmanager", json=_am_payload(_alert("u3", environment="mars")), headers=AUTH)
+    assert env.status_code == 422 and "unknown environment 'mars'" in env.json()["error"]
+    assert len(_runs(deployments["service-down"])) == 1
 
 
 def test_routing_picks_the_scenario_and_reports_unmatched_once(intake, deployments, world):
@@ -175,6 +248,10 @@ def test_grafana_signature(world, deployments, use_timestamp):
             stale = client.post("/alerts/grafana", content=body, headers={
                 **headers, "X-Grafana-Alerting-Signature": stale_sig, "X-Grafana-Alerting-Signature-Timestamp": old})
             assert stale.status_code == 401 and "old" in stale.json()["error"]
+        for bad in ("é" * 64, "zz", "", "\x00" * 64):  # any malformed header: refused, never a 500
+            refused = client.post("/alerts/grafana", content=body,
+                                  headers={**headers, "X-Grafana-Alerting-Signature": bad.encode("utf-8")})
+            assert refused.status_code == 401, (bad, refused.text)
         ok = client.post("/alerts/grafana", content=body, headers=headers)
         assert ok.status_code == 200 and len(ok.json()["started"]) == 1
 
