@@ -28,7 +28,7 @@ import hmac
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -228,9 +228,13 @@ def create_app(settings: IntakeSettings) -> Starlette:
         except StoreError as exc:
             raise Unavailable(str(exc)) from None
         if incident.created or incident.flow_run_id is None:
-            # a new incident, or one whose run was never started (the intake died in between):
-            # the incident's own alert starts it, under that alert's idempotency key
-            run_id = await start_run(dep_id, incident.alert or parameter, request, incident.severity)
+            # a new incident, or one whose run is not started yet (another delivery is starting
+            # it, or the intake died in between): the incident's own alert starts its scenario,
+            # under that alert's idempotency key, so all of these make one run
+            opener = replace(request, scenario=incident.scenario)
+            if opener.deployment != request.deployment:
+                dep_id = await deployment_id(opener.deployment)
+            run_id = await start_run(dep_id, incident.alert or parameter, opener, incident.severity)
             await run_in_threadpool(ctx.store().set_runbook_run, incident.id, run_id)
             if incident.created:
                 return {"deployment": request.deployment, "flow_run_id": run_id, "fingerprint": alert.fingerprint,
