@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -449,3 +450,60 @@ def test_a_resolve_that_stays_resolved_withdraws_and_resolves(alertmanager, depl
         "image"].endswith("-broken"), "a resolved alert never starts a remediation"
     assert any(m["text"].startswith("✅") or "RESOLVED" in m["text"] for m in world.slack_messages)
     assert {"alert_resolved", "approval_withdrawn", "resolved"} <= {e.kind for e in store.timeline(incident.id)}
+
+
+def test_an_intake_killed_between_claim_and_run_loses_nothing(world, deployments, store):
+    """The intake dies after claiming an alert (and opening its incident) but before the run
+    exists; the sender's next delivery starts exactly one run."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    _clean(deployments)
+    black_hole = socket.socket()  # a Prefect API that accepts the connection and never answers
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(16)
+
+    def intake(api: str) -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        env = {**os.environ, "RUNBOOKS_ALERT_TOKEN": TOKEN, "RUNBOOKS_REDIS_URL": REDIS_URL, "PREFECT_API_URL": api}
+        process = subprocess.Popen([sys.executable, "-m", "deployments.intake", "--port", str(port)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _healthy(url), timeout=30)
+        return process, url
+
+    body = _am_payload(_alert("k1", starts=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")))
+    hanging, url = intake(f"http://127.0.0.1:{black_hole.getsockname()[1]}/api")
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/alerts/alertmanager", json=body, headers=AUTH, timeout=2)
+        assert redis.Redis.from_url(REDIS_URL).get("runbooks:alert:k1:" + body["alerts"][0]["startsAt"]) == b"starting"
+    finally:
+        hanging.send_signal(signal.SIGKILL)
+        hanging.wait(10)
+        black_hole.close()
+    assert _runs(deployments["service-down"]) == [], "the run was never created"
+    process, url = intake(PREFECT_API_URL.value())
+    try:
+        retry = httpx.post(f"{url}/alerts/alertmanager", json=body, headers=AUTH, timeout=30)
+        assert retry.status_code == 200, retry.text
+        runs = _runs(deployments["service-down"])
+        assert len(runs) == 1, "the retry started the run"
+        again = httpx.post(f"{url}/alerts/alertmanager", json=body, headers=AUTH, timeout=30).json()
+        assert again["duplicates"] == 1 and len(_runs(deployments["service-down"])) == 1
+        incident = store.open_for_key("sandbox/api")
+        assert incident.flow_run_id == str(runs[0].id)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
