@@ -284,17 +284,17 @@ def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident,
                                 findings=_findings_json(findings))
     outcome["decision"] = {"outcome": decision.outcome, "approver": decision.approver, "reason": decision.reason,
                            "automatic": decision.automatic}
+    now = _current(ctx, incident)
+    if now.resolved_at is not None:  # resolved by hand while the approval waited
+        record(ctx, incident.id, "runbook", "stopped", "The incident was resolved while the approval waited; "
+                                                       "the plan is not run")
+        return {**outcome, "outcome": "resolved_elsewhere"}
     if decision.outcome == "withdrawn":
         resolve_incident(ctx, incident, "Withdrawn: the alert resolved before the plan was approved and stayed "
                                         "resolved.", f"Nothing was changed ({decision.reason})",
                          "If the alert flaps, review its threshold and duration.", postmortem=False,
                          actor=decision.approver or "runbooks intake")
         return {**outcome, "outcome": "withdrawn"}
-    now = _current(ctx, incident)
-    if now.resolved_at is not None:  # resolved by hand while the approval waited
-        record(ctx, incident.id, "runbook", "stopped", "The incident was resolved while the approval waited; "
-                                                       "the plan is not run")
-        return {**outcome, "outcome": "resolved_elsewhere"}
     if not decision.approved:
         why = ("Nobody answered the approval in time" if decision.outcome == "timed_out"
                else f"The plan was declined by {decision.approver or 'an operator'} ({decision.reason})")

@@ -114,13 +114,11 @@ def test_declined_containment_changes_nothing(world):
 @pytest.mark.parametrize("bad, reason", [("10.0.0.300", "invalid CIDR '10.0.0.300'"),
                                          ("0.0.0.0/0", "broader than /8"),
                                          ("127.0.0.1", "loopback")])
-def test_an_invalid_cidr_is_refused_and_changes_nothing(world, store, bad, reason):
-    from flows.security_incident import security_incident
-    from incidents.security import InvalidCidr
+def test_an_invalid_cidr_is_dropped_with_its_reason_and_the_rest_kept(bad, reason):
+    """One bad value in a P0 alert must not stop the containment of the others
+    (tests/test_correlation.py runs the whole runbook with one)."""
+    from incidents.security import suspicious_cidrs
 
-    before = len(store.list(limit=1000))
-    alert = {**ALERT, "annotations": {"suspicious_ips": f"203.0.113.7, {bad}"}}
-    with pytest.raises(InvalidCidr, match=reason):
-        security_incident(service="api", alert=alert)
-    assert len(store.list(limit=1000)) == before
-    assert world.slack_messages == [] and not world.cluster.list("networkpolicies", "sandbox")
+    kept, dropped = suspicious_cidrs({**ALERT, "annotations": {"suspicious_ips": f"203.0.113.7, {bad}"}})
+    assert kept == ["203.0.113.7/32"]
+    assert len(dropped) == 1 and reason in dropped[0]

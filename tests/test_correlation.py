@@ -1,0 +1,160 @@
+"""One outage, one incident, and an honest lifecycle: every way a run can end leaves its
+incident in the state a person would choose; one runbook acts on a service at a time; the
+action claims belong to their incident; a stale incident is never joined."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import BROKEN_IMAGE, FlowThread, api_image, break_api
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _texts(world) -> list[str]:
+    return [m["text"] for m in world.slack_messages]
+
+
+def _kinds(store, incident_id: int) -> list[str]:
+    return [e.kind for e in store.timeline(incident_id)]
+
+
+def test_a_dry_run_pages_nobody_and_leaves_nothing_open(world, store):
+    from flows.service_down import service_down
+    from incidents.followups import FollowUpStore
+
+    break_api(world)
+    result = service_down(service="api", dry_run=True)
+    assert result["outcome"] == "dry_run" and any("rollback" in p for p in result["plan"])
+    record = store.get(result["incident_id"])
+    assert record.resolved_at is not None and record.detected_by == "dry run" and record.github_issue is None
+    assert _texts(world) == [], "a dry run posts nothing: no Initial Alert, no page"
+    assert record.id not in [i.id for i in store.list(open_only=True)]
+    assert record.id not in [r["id"] for r in FollowUpStore().metric_rows("sandbox")], "not counted by the metrics"
+    assert api_image(world) == BROKEN_IMAGE
+
+
+def test_nothing_wrong_on_arrival_is_resolved_as_no_impact_after_confirming(world, store):
+    from flows.service_down import service_down
+
+    result = service_down(service="api")
+    assert result["outcome"] == "no_impact", result
+    incident = store.get(result["incident_id"])
+    assert incident.resolved_at is not None and incident.root_cause.startswith("No impact found")
+    kinds = _kinds(store, incident.id)
+    assert kinds.index("confirming") < kinds.index("resolved")
+    resolution = [t for t in _texts(world) if t.startswith("✅ INCIDENT RESOLVED")]
+    assert len(resolution) == 1 and "No impact found" in resolution[0]
+    issue = world.github.repo("acme/incidents").issues[-1]
+    assert issue["number"] == incident.github_issue and issue["state"] == "closed"
+
+
+@pytest.mark.parametrize("answer", ["declined", "timed_out"])
+def test_declined_or_timed_out_stays_open(world, store, answer):
+    from flows.service_down import service_down
+
+    break_api(world)
+    environment = "sandbox" if answer == "declined" else "sandbox-short"
+    run = FlowThread(service_down, service="api", environment=environment)
+    paused = run.wait_paused()
+    if answer == "declined":
+        # a person's decline whose reason reads like the intake's is still a decline
+        run.resume(paused.id, approve=False, approver="dana", reason="alert resolved and stayed resolved")
+    result = run.join()
+    assert result["outcome"] == answer, result
+    incident = store.get(result["incident_id"])
+    assert incident.resolved_at is None and "escalated" in _kinds(store, incident.id)
+    assert store.leases() == [], "the run gave the service back"
+
+
+def test_resolved_by_hand_closes_the_issue_and_stops_the_waiting_runbook(world, store, capsys):
+    from deployments.cli import main
+    from flows.service_down import service_down
+
+    break_api(world)
+    run = FlowThread(service_down, service="api")
+    paused = run.wait_paused()
+    incident = store.incident_for_run(str(paused.id))
+    with pytest.raises(SystemExit):  # --by and --note are required
+        main(["resolve", str(incident.id), "--by", "rita"])
+    assert main(["resolve", str(incident.id), "--by", "rita", "--note", "rolled back by hand"]) == 0
+    assert "resolved by rita" in capsys.readouterr().out
+    result = run.join()
+    assert result["outcome"] == "resolved_elsewhere", result
+    closed = store.get(incident.id)
+    assert closed.resolved_at is not None and closed.resolution == "rolled back by hand"
+    assert api_image(world) == BROKEN_IMAGE, "the runbook's plan did not run after the incident was resolved"
+    issue = [i for i in world.github.repo("acme/incidents").issues if i["number"] == incident.github_issue][0]
+    assert issue["state"] == "closed"
+    assert sum(t.startswith("✅ INCIDENT RESOLVED") for t in _texts(world)) == 1
+    assert main(["resolve", str(incident.id), "--by", "rita", "--note", "again"]) == 1  # already resolved: says so
+    assert store.leases() == []
+
+
+def test_a_second_scenario_on_a_held_service_contributes_its_findings(world, store):
+    from flows.high_error_rate import high_error_rate
+    from flows.service_down import service_down
+
+    break_api(world)
+    first = FlowThread(service_down, service="api")
+    paused = first.wait_paused()
+    incident = store.incident_for_run(str(paused.id))
+    assert [lease["flow_run_id"] for lease in store.leases()] == [str(paused.id)]
+    second = high_error_rate(service="api")
+    assert second["outcome"] == "joined" and second["incident_id"] == incident.id and second["plan"] == []
+    assert second["held_by"] == str(paused.id)
+    kinds = _kinds(store, incident.id)
+    assert "joined" in kinds and "findings_added" in kinds
+    assert len(store.approvals(incident.id)) == 1, "no second plan for the same deployment"
+    texts = _texts(world)
+    assert sum(t.startswith("🚨 INCIDENT ALERT") for t in texts) == 1
+    assert sum(t.startswith("⏸️ APPROVAL NEEDED") for t in texts) == 1
+    first.resume(paused.id, approve=False, approver="dana", reason="not now")
+    first.join()
+    assert store.leases() == []
+
+
+def test_a_run_never_joins_a_resolved_incident(world, store):
+    from flows.service_down import service_down
+
+    first = service_down(service="api")  # healthy: resolved as no impact
+    assert store.get(first["incident_id"]).resolved_at is not None
+    second = service_down(service="api")
+    assert second["incident_id"] != first["incident_id"]
+    assert sum(t.startswith("🚨 INCIDENT ALERT") for t in _texts(world)) == 2, "the new incident is announced"
+    assert "joined" not in _kinds(store, second["incident_id"])
+
+
+def test_action_claims_belong_to_their_incident(store):
+    from incidents.models import Severity
+
+    def incident(key: str):
+        return store.open_incident(dedup_key=key, scenario="service-down", service="api", environment="sandbox",
+                                   severity=Severity.P1, title="t", detected_by="test", flow_run_id=None, alert=None)
+
+    one, two = incident("claims:one"), incident("claims:two")
+    assert store.begin_action("same-plan", "same-action", one.id, "rollback")["first"]
+    store.finish_action(one.id, "same-plan", "same-action", "done", "rolled back")
+    other = store.begin_action("same-plan", "same-action", two.id, "rollback")
+    assert other["first"] and other["status"] == "started", "another incident's done action is not this one's"
+    repeat = store.begin_action("same-plan", "same-action", one.id, "rollback")
+    assert not repeat["first"] and repeat["status"] == "done"
+
+
+def test_a_security_alert_with_one_bad_address_still_reaches_its_approval(world, store):
+    from flows.security_incident import security_incident
+
+    alert = {"source": "generic", "status": "firing", "fingerprint": "sec-1", "startsAt": "2026-11-28T03:00:00Z",
+             "labels": {"alertname": "SecurityIncident", "service": "api", "environment": "sandbox"},
+             "annotations": {"suspicious_ips": "203.0.113.7, 10.0.0.300 198.51.100.0/24, 0.0.0.0/0"}}
+    run = FlowThread(security_incident, service="api", alert=alert)
+    paused = run.wait_paused()
+    incident = store.incident_for_run(str(paused.id))
+    plan = store.approvals(incident.id)[0]["plan"]
+    blocked = [a for a in plan["actions"] if a["kind"] == "block_ips"]
+    assert blocked and "203.0.113.7/32" in str(blocked[0]) and "198.51.100.0/24" in str(blocked[0])
+    assert "10.0.0.300" not in str(blocked[0]) and "0.0.0.0/0" not in str(blocked[0])
+    dropped = [e for e in store.timeline(incident.id) if e.kind == "addresses_dropped"]
+    assert len(dropped) == 1 and "10.0.0.300" in dropped[0].message and "0.0.0.0/0" in dropped[0].message
+    run.resume(paused.id, approve=False, approver="sec", reason="test")
+    run.join()
