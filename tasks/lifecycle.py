@@ -228,7 +228,8 @@ def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, finding
             f"{held} already works {ctx.service_name}, so no second plan is made")
     get_run_logger().info("Contributing findings: %s", note)
     record(ctx, incident.id, "runbook", "findings_added", note,
-           {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()}, "holder": holder})
+           {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
+            "holder": {k: holder[k] for k in ("flow_run_id", "scenario", "incident_id")}})
     publish_report(ctx, incident, f"{scenario.name}-findings",
                    report_markdown(f"Findings of {scenario.name} for {ctx.service_name} (joined; {held} acts)",
                                    list(findings.values()), None, with_plan=False))
