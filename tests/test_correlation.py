@@ -158,3 +158,38 @@ def test_a_security_alert_with_one_bad_address_still_reaches_its_approval(world,
     assert len(dropped) == 1 and "10.0.0.300" in dropped[0].message and "0.0.0.0/0" in dropped[0].message
     run.resume(paused.id, approve=False, approver="sec", reason="test")
     run.join()
+
+
+def test_the_watch_withdraws_only_after_every_alert_stayed_resolved_for_the_grace(store):
+    """The sweep behind the intake's timer (an intake restarted in the grace loses nothing)."""
+    from datetime import datetime, timedelta, timezone
+
+    from incidents.models import Severity
+    from tasks.correlation import withdraw_quiet
+
+    incident = store.open_incident(dedup_key="sandbox/quiet-test", scenario="service-down", service="api",
+                                   environment="sandbox", severity=Severity.P0, title="t", detected_by="alert",
+                                   flow_run_id="run-q", alert=None)
+    for identity in ("down", "errors"):
+        store.record_alert(incident.id, identity, identity, "P0", "2026-11-28T03:00:00Z")
+    approval = store.request_approval(incident.id, "digest", {"actions": []}, "run-q")
+    woken = []
+
+    def sweep(after: float) -> list[int]:
+        now = datetime.now(timezone.utc) + timedelta(seconds=after)
+        return withdraw_quiet(store, "sandbox", 300, now, lambda run, answer: woken.append((run, answer)) or True)
+
+    assert sweep(0) == [], "both alerts fire"
+    store.resolve_alert(incident.id, "down")
+    assert sweep(400) == [], "one alert still fires"
+    store.resolve_alert(incident.id, "errors")
+    assert sweep(100) == [], "inside the grace"
+    store.record_alert(incident.id, "errors", "errors", "P0", "2026-11-28T03:10:00Z")  # a flap
+    assert sweep(400) == [], "it fired again"
+    store.resolve_alert(incident.id, "errors")
+    assert sweep(301) == [approval] and sweep(600) == [], "withdrawn once"
+    row = store.approval(approval)
+    assert row["decision"] == "withdrawn" and woken == [("run-q", {"approve": False, "approver": row["approver"],
+                                                                   "reason": row["reason"]})]
+    assert store.get(incident.id).acknowledged_at is None
+    store.close(incident.id, "test", "test")

@@ -31,7 +31,10 @@ def test_overload_is_scaled_up_within_the_maximum(world, store):
     assert result["plan"] == ["scale deployment/api (namespace sandbox): replicas 3 -> replicas 6 (via kubectl scale)"]
     assert _replicas(world) == 6
     assert result["verification"]["recovered"]
-    report = world.github.repo("acme/incidents").comments[1][0]["body"]
+    from prefect.artifacts import Artifact
+
+    assert not world.github.repo("acme/incidents").issues, "a dry run opens no issue"
+    report = Artifact.get(f"incident-{result['incident_id']}-diagnosis").data
     line = next(l for l in report.splitlines() if l.startswith("| error rate (/metrics) |"))
     assert "❌" in line and "40.0%" in line, line
 
@@ -75,11 +78,11 @@ def test_a_failing_dependency_gets_the_circuit_breaker_and_a_decline_changes_not
     assert "circuit_breaker: off -> on (turn back with circuit_breaker=off)" in action.message
 
 
-def test_no_spike_means_no_action(world):
+def test_no_spike_means_no_action_and_no_impact(world):
     from flows.high_error_rate import high_error_rate
 
     result = FlowThread(high_error_rate, service="api").join(60)
-    assert result["outcome"] == "no_action" and result["plan"] == []
+    assert result["outcome"] == "no_impact" and result["plan"] == []
 
 
 @pytest.fixture
@@ -100,7 +103,10 @@ def test_prometheus_sees_the_spike_in_a_dry_run(world, prometheus):
     result = FlowThread(high_error_rate, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
     assert result["outcome"] == "dry_run"
     assert result["plan"][0].startswith("scale deployment/api")
-    report = world.github.repo("acme/incidents").comments[1][0]["body"]
+    from prefect.artifacts import Artifact
+
+    assert not world.github.repo("acme/incidents").issues, "a dry run opens no issue"
+    report = Artifact.get(f"incident-{result['incident_id']}-diagnosis").data
     line = next(l for l in report.splitlines() if l.startswith("| error rate (Prometheus) |"))
     assert "❌" in line and "threshold 5.0%" in line, line
     assert _replicas(world) == 3
