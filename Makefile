@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/diagnosis_fanout.py
 	$(PY) benchmarks/alert_intake.py
 	$(PY) benchmarks/engine_latency.py
+	$(PY) benchmarks/outage_replay.py
 
 sandbox: $(STAMP)
 	$(PY) -m sandbox

@@ -242,8 +242,20 @@ def create_app(settings: IntakeSettings) -> Starlette:
         joined = await run_in_threadpool(join, ctx, incident, parameter, _severity(request), alert.source)
         log.info("alert %s (%s) joined incident %s (%s)", alert.fingerprint, alert.labels.get("alertname"),
                  incident.id, joined.seen)
-        return {"joined": True, "incident_id": incident.id, "fingerprint": alert.fingerprint, "seen": joined.seen,
+        done = {"joined": True, "incident_id": incident.id, "fingerprint": alert.fingerprint, "seen": joined.seen,
                 "severity": joined.incident.severity.value}
+        if request.scenario != incident.scenario and await first_of_scenario(incident.id, request.scenario):
+            # another symptom: its runbook's checks add their findings to the incident (the
+            # incident's own runbook keeps the service; see tasks/lifecycle.py)
+            done["flow_run_id"] = await start_run(dep_id, parameter, request, joined.incident.severity)
+        return done
+
+    async def first_of_scenario(incident_id: int, scenario: str) -> bool:
+        try:
+            return bool(await state["redis"].set(f"runbooks:scenario:{incident_id}:{scenario}", b"1", nx=True,
+                                                 ex=settings.dedup_seconds))
+        except aioredis.RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from None
 
     async def deployment_id(name: str) -> str:
         if name not in settings.deployment_ids:

@@ -24,7 +24,6 @@ from incidents import templates
 from incidents.alerts import WITHDRAWN_REASON
 from incidents.escalation import level_contacts
 from incidents.models import Incident, Severity
-from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.timeline import record
@@ -145,10 +144,3 @@ def withdraw_quiet(store, environment: str | None, grace_seconds: float, now: da
             _log.warning("run %s not resumed after its approval was withdrawn: %s", approval["flow_run_id"], exc)
     return withdrawn
 
-
-def incident_or_none(store, key: str) -> Incident | None:
-    try:
-        return store.open_for_key(key)
-    except StoreError as exc:
-        _log.warning("correlation lookup failed: %s", exc)
-        return None

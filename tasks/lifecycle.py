@@ -130,7 +130,8 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
                "service": ctx.service_name, "environment": ctx.environment,
                "severity": incident.severity.value, "dry_run": dry_run}
-    holder = _take_lease(ctx, incident, scenario)
+    holder = _owner(incident) if incident.joined else None
+    holder = holder or _take_lease(ctx, incident, scenario)
     if holder is not None:
         return _contribute(scenario, ctx, incident, findings, holder, outcome)
     return _holding(ctx, incident, scenario, lambda: _diagnosed(scenario, ctx, incident, findings, alert, outcome),
@@ -180,6 +181,14 @@ def _run_gone(flow_run_id: str) -> bool:
     except ObjectNotFound:
         return True
     return state is None or state.is_final()
+
+
+def _owner(incident: Incident) -> dict | None:
+    """A joined incident is worked by its own run (the one its first alert started) while that
+    run lives: a second scenario never races it for the service, whichever diagnoses faster."""
+    if not incident.flow_run_id or _run_gone(incident.flow_run_id):
+        return None
+    return {"flow_run_id": incident.flow_run_id, "scenario": incident.scenario, "incident_id": incident.id}
 
 
 def _take_lease(ctx: RunContext, incident: Incident, scenario: Scenario) -> dict | None:
