@@ -317,8 +317,12 @@ def test_metrics_flow_publishes_a_table_and_a_chart_and_the_cli_prints_them(worl
     _open(store, "P1", "metrics-cli")
     result = incident_metrics("sandbox")
     assert any(f["metric"] == "MTTR" and f["scope"] == "all" for f in result["figures"])
-    with get_client(sync_client=True) as client:
-        artifacts = {a.key: a for a in client.read_artifacts() if a.key}
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["incident-metrics-sandbox", "incident-metrics-sandbox-trend"]
+    with get_client(sync_client=True) as client:  # by key: the suite makes more artifacts than one page holds
+        artifacts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
     assert artifacts["incident-metrics-sandbox"].type == "table"
     assert "data:image/svg+xml;base64," in artifacts["incident-metrics-sandbox-trend"].data
 
