@@ -129,7 +129,8 @@ class Replay:
                     "type": "CANCELLED", "name": "Cancelled", "message": "Cancelled by the outage replay"}})
         for incident in self.incidents_since(since):
             if incident.resolved_at is None:
-                self.store.resolve(incident.id, "outage replay", "closed by the outage replay benchmark")
+                self.store.close(incident.id, "outage replay", "closed by the outage replay benchmark",
+                                 postmortem_needed=False)
         self.sandbox.post("/_sandbox/deploy", json={"service": "api", "version": "v1.5.0"})
 
 

@@ -49,9 +49,8 @@ from incidents.alerts import DEFAULT_SEVERITY, Alert, BadPayload, Route, RunRequ
 from incidents.models import Incident, Severity
 from incidents.store import IncidentStore, StoreError
 from tasks.context import RunContext
-from tasks.correlation import alert_resolved, join, note_alert, withdraw_quiet
+from tasks.correlation import alert_resolved, detected, join, withdraw_quiet
 from tasks.incident import alert_started_at
-from tasks.timeline import record
 
 log = logging.getLogger("runbooks.intake")
 KEY_PREFIX = "runbooks:alert:"
@@ -216,7 +215,8 @@ def create_app(settings: IntakeSettings) -> Starlette:
         except aioredis.RedisError:
             first = True
         if first and settings.notify_unmatched:
-            await run_in_threadpool(_notify_unknown, request.environment, problem)
+            await run_in_threadpool(_notify_channel, request.environment,
+                                    f"⚠️ ALERT NOT STARTED\n{templates.slack_text(problem, 500)}")
         return problem
 
     async def correlate(alert: Alert, request: RunRequest) -> dict[str, Any]:
@@ -373,22 +373,28 @@ def create_app(settings: IntakeSettings) -> Starlette:
     ], lifespan=lifespan)
 
 
-def _notify_unmatched(alert: Alert) -> None:
-    """Reported once: to the incident channel of the environment the alert names, if any."""
+def _notify_channel(environment: str, text: str) -> None:
+    """A notice to the incident channel of `environment`, else of the first configured one."""
     from incidents.config import ConfigError, load_config
-    from incidents.templates import slack_text
     from integrations.errors import IntegrationError
     from integrations.slack import SlackWebhook
     from tasks.context import SecretNotFound, resolve_secret
 
     try:
         envs = load_config().environments
-        env = envs.get(alert.labels.get("environment", "")) or next(iter(envs.values()))
+        env = envs.get(environment) or next(iter(envs.values()))
         with SlackWebhook(resolve_secret(env.slack.webhook_secret)) as slack:
-            slack.post(f"⚠️ UNROUTED ALERT\n{slack_text(alert.labels.get('alertname', 'unnamed'))} matched no routing "
-                       f"rule; labels: {slack_text(', '.join(f'{k}={v}' for k, v in sorted(alert.labels.items())), 500)}")
+            slack.post(text)
     except (ConfigError, IntegrationError, SecretNotFound, StopIteration) as exc:
-        log.warning("unrouted alert not reported to Slack: %s", exc)
+        log.warning("notice %r not posted to Slack: %s", text.splitlines()[0], exc)
+
+
+def _notify_unmatched(alert: Alert) -> None:
+    """Reported once: to the incident channel of the environment the alert names, if any."""
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+    _notify_channel(alert.labels.get("environment", ""),
+                    f"⚠️ UNROUTED ALERT\n{templates.slack_text(alert.labels.get('alertname', 'unnamed'))} matched no "
+                    f"routing rule; labels: {templates.slack_text(labels, 500)}")
 
 
 def _known_services() -> dict[str, set[str]]:
@@ -412,8 +418,7 @@ def _open_or_find(alert: Alert, request: RunRequest, parameter: dict) -> tuple[I
         title=templates.issue_title_text(request.service, severity, summary), detected_by="alert", flow_run_id=None,
         alert=parameter, started_at=alert_started_at(parameter))
     if incident.created:
-        record(ctx, incident.id, alert.source, "detected", f"{request.scenario}: {summary}", {"alert": parameter})
-        note_alert(ctx, incident, parameter)
+        detected(ctx, incident, alert.source, f"{request.scenario}: {summary}", parameter)
     return incident, ctx
 
 
@@ -423,23 +428,6 @@ def _note_resolved(alert: Alert, request: RunRequest, grace_seconds: float) -> b
     if incident is None:
         return False
     return alert_resolved(ctx, incident, alert.as_parameter(), grace_seconds)
-
-
-def _notify_unknown(environment: str, problem: str) -> None:
-    """To the incident channel of the alert's environment, else of the first configured one."""
-    from incidents.config import ConfigError, load_config
-    from incidents.templates import slack_text
-    from integrations.errors import IntegrationError
-    from integrations.slack import SlackWebhook
-    from tasks.context import SecretNotFound, resolve_secret
-
-    try:
-        envs = load_config().environments
-        env = envs.get(environment) or next(iter(envs.values()))
-        with SlackWebhook(resolve_secret(env.slack.webhook_secret)) as slack:
-            slack.post(f"⚠️ ALERT NOT STARTED\n{slack_text(problem, 500)}")
-    except (ConfigError, IntegrationError, SecretNotFound, StopIteration) as exc:
-        log.warning("alert for an unknown service not reported to Slack: %s", exc)
 
 
 def settings_from_env() -> IntakeSettings:

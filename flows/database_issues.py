@@ -14,6 +14,7 @@ from prefect import flow
 
 from incidents.database import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS, plan_database_issues
 from incidents.diagnosis import HEALTH, Finding
+from incidents.alerts import DEFAULT_SEVERITY
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from tasks.cancellation import record_cancellation
@@ -59,7 +60,7 @@ def prevention(findings: dict[str, Finding], plan: Plan) -> str:
 
 
 DATABASE_ISSUES = Scenario(
-    name="database-issues", default_severity=Severity.P1, impact="Requests that touch the database fail or hang",
+    name="database-issues", default_severity=DEFAULT_SEVERITY["database-issues"], impact="Requests that touch the database fail or hang",
     summary=lambda ctx: f"database issues behind {ctx.service_name}", diagnose=diagnose, plan=plan,
     verify=verify_database, root_cause=root_cause, prevention=prevention)
 

@@ -15,6 +15,7 @@ from prefect import flow
 
 from incidents.diagnosis import DEPLOYS, HEALTH, ROLLOUT, Finding
 from incidents.error_rate import BREAKER, COMMITS, PROMETHEUS, RATE, plan_high_error_rate
+from incidents.alerts import DEFAULT_SEVERITY
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from tasks.cancellation import record_cancellation
@@ -59,7 +60,7 @@ def prevention(findings: dict[str, Finding], plan: Plan) -> str:
 
 
 HIGH_ERROR_RATE = Scenario(
-    name="high-error-rate", default_severity=Severity.P1, impact="A share of user requests fail",
+    name="high-error-rate", default_severity=DEFAULT_SEVERITY["high-error-rate"], impact="A share of user requests fail",
     summary=lambda ctx: f"high error rate on {ctx.service_name}", diagnose=diagnose, plan=plan,
     verify=verify_error_rate, root_cause=root_cause, prevention=prevention)
 

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from incidents.diagnosis import HEALTH, Finding, report_markdown
+from incidents.alerts import DEFAULT_SEVERITY
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from incidents.security import EVIDENCE, plan_security_incident, public_statement_draft, suspicious_cidrs
@@ -72,7 +73,7 @@ def prevention(findings: dict[str, Finding], plan: Plan) -> str:
 
 
 SECURITY_INCIDENT = Scenario(
-    name="security-incident", default_severity=Severity.P0, impact="Possible exposure of the service and its data",
+    name="security-incident", default_severity=DEFAULT_SEVERITY["security-incident"], impact="Possible exposure of the service and its data",
     summary=lambda ctx: f"security incident on {ctx.service_name}", diagnose=diagnose,
     plan=lambda ctx, incident, findings: Plan(incident.id, ctx.service_name, ctx.environment, ()),
     verify=verify_containment, root_cause=root_cause, prevention=prevention)

@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow
 
 from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, plan_service_down
+from incidents.alerts import DEFAULT_SEVERITY
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from tasks.cancellation import record_cancellation
@@ -54,7 +55,7 @@ def prevention(findings: dict[str, Finding], plan: Plan) -> str:
 
 
 SERVICE_DOWN = Scenario(
-    name="service-down", default_severity=Severity.P0, impact="Service unavailable to users",
+    name="service-down", default_severity=DEFAULT_SEVERITY["service-down"], impact="Service unavailable to users",
     summary=lambda ctx: f"{ctx.service_name} is down", diagnose=diagnose, plan=plan,
     verify=lambda ctx, findings, plan: verify_health(ctx),
     root_cause=root_cause, prevention=prevention)

@@ -17,7 +17,8 @@ from incidents.models import Severity
 
 WITHDRAWN_REASON = "alert resolved and stayed resolved"  # why the intake withdraws a pending approval
 SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-incident")
-# the severity a scenario's incident opens with when neither the route nor the alert names one
+# the severity a scenario's incident opens with when neither the route, the alert nor the run names one
+# (the flows' Scenario.default_severity is this)
 DEFAULT_SEVERITY = {"service-down": Severity.P0, "high-error-rate": Severity.P1, "database-issues": Severity.P1,
                     "security-incident": Severity.P0}
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")

@@ -332,12 +332,6 @@ class IncidentStore:
         with self._connect() as conn:
             conn.execute(query, (status.value, *fields.values(), incident_id))
 
-    def resolve(self, incident_id: int, root_cause: str, resolution: str) -> None:
-        with self._connect() as conn:
-            conn.execute("""UPDATE incidents SET status = %s, root_cause = %s, resolution = %s,
-                                   recovered_at = COALESCE(recovered_at, now()), resolved_at = now()
-                            WHERE id = %s""", (Status.RESOLVED.value, root_cause, resolution, incident_id))
-
     # -- acknowledgment, escalation, status cadence ----------------------------------------------
     def acknowledge(self, incident_id: int, by: str) -> bool:
         """Acknowledge an open incident (escalation stops); False if it already was, or is closed."""

@@ -19,8 +19,8 @@ from incidents import templates
 from incidents.alerts import target_of
 from incidents.config import ConfigError
 from incidents.store import IncidentStore, StoreError
-from integrations.errors import IntegrationError
-from tasks.context import RunContext, SecretNotFound
+from tasks.context import RunContext
+from tasks.notify import send_slack
 
 _log = logging.getLogger("runbooks.cancellation")
 # The worker stops a cancelled run's process within about a second; a run that is still here
@@ -100,8 +100,8 @@ def _post_status(flow_run: Any, incident: Any, note: str) -> None:
     try:
         ctx = RunContext.load(params.get("environment") or incident.environment,
                               params.get("service") or incident.service)
-        text = templates.status_update(incident, "Runbook cancelled", "a person decides", "unchanged", note)
-        with ctx.slack() as webhook:
-            webhook.post(text, templates.slack_blocks(text, None))
-    except (IntegrationError, SecretNotFound, ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError) as exc:
         _log.warning("Cancel of incident %s not posted to Slack: %s", incident.id, exc)
+        return
+    send_slack(ctx, incident.id, templates.status_update(incident, "Runbook cancelled", "a person decides",
+                                                         "unchanged", note), logger=_log)

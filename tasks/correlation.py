@@ -24,8 +24,8 @@ from incidents import templates
 from incidents.alerts import WITHDRAWN_REASON
 from incidents.escalation import level_contacts
 from incidents.models import Incident, Severity
-from integrations.errors import IntegrationError
-from tasks.context import RunContext, SecretNotFound
+from tasks.context import RunContext
+from tasks.notify import add_comment, send_slack
 from tasks.timeline import record
 
 _log = logging.getLogger("runbooks.correlation")
@@ -52,6 +52,12 @@ def note_alert(ctx: RunContext, incident: Incident, alert: dict | None) -> str:
     identity, starts_at = alert_identity(alert)
     return ctx.store().record_alert(incident.id, identity, labels.get("alertname", "alert"),
                                     labels.get("severity"), starts_at)
+
+
+def detected(ctx: RunContext, incident: Incident, by: str, what: str, alert: dict | None) -> None:
+    """The first entries of a new incident: what detected it, and its alert (if any)."""
+    record(ctx, incident.id, by, "detected", what, {"alert": alert} if alert else {})
+    note_alert(ctx, incident, alert)
 
 
 def added_contacts(ctx: RunContext, before: Severity, after: Severity) -> list[str]:
@@ -83,35 +89,14 @@ def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Seve
            {"alert": alert, "seen": seen, "raised_from": raised_from.value if raised_from else None, "paged": paged})
     if incident.announced_at is not None and (seen in ("new", "refired") or raised_from is not None):
         note = message + "." + (f" ⏫ Paging: {' '.join(paged)}" if paged else "")
-        post(ctx, incident, templates.status_update(incident, incident.status.value, incident.eta or "being assessed",
-                                                    incident.impact or "being assessed", note))
+        send_slack(ctx, incident.id, templates.status_update(incident, incident.status.value,
+                                                             incident.eta or "being assessed",
+                                                             incident.impact or "being assessed", note))
         if raised_from is not None:
-            _comment(ctx, incident, f"### ⏫ Severity raised from {raised_from.value} to {severity.value}\n\n"
-                                    f"{templates.markdown_text(message, 600)}\n\nPaged: {' '.join(paged) or 'nobody new'}")
+            add_comment(ctx, incident.id, incident.github_repo, incident.github_issue,
+                        f"### ⏫ Severity raised from {raised_from.value} to {severity.value}\n\n"
+                        f"{templates.markdown_text(message, 600)}\n\nPaged: {' '.join(paged) or 'nobody new'}")
     return Joined(incident, seen, raised_from, tuple(paged))
-
-
-def post(ctx: RunContext, incident: Incident, text: str) -> bool:
-    """A message to the incident channel; a failure is logged and written to the timeline."""
-    try:
-        with ctx.slack() as webhook:
-            webhook.post(text, templates.slack_blocks(text, None))
-    except (IntegrationError, SecretNotFound, ValueError) as exc:
-        _log.warning("Slack message for incident %s not delivered: %s", incident.id, exc)
-        record(ctx, incident.id, "runbook", "notification_failed", f"Slack: {text.splitlines()[0]} not delivered: {exc}")
-        return False
-    record(ctx, incident.id, "runbook", "notified", f"Slack: {text.splitlines()[0]}")
-    return True
-
-
-def _comment(ctx: RunContext, incident: Incident, body: str) -> None:
-    if not incident.github_repo or not incident.github_issue:
-        return
-    try:
-        with ctx.github() as github:
-            github.comment(incident.github_repo, incident.github_issue, body)
-    except (IntegrationError, SecretNotFound) as exc:
-        record(ctx, incident.id, "runbook", "notification_failed", f"GitHub comment not added: {exc}")
 
 
 def alert_resolved(ctx: RunContext, incident: Incident, alert: dict, grace_seconds: float) -> bool:

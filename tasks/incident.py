@@ -17,7 +17,7 @@ from incidents.models import Incident, Severity, Status
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
-from tasks.correlation import join, note_alert
+from tasks.correlation import detected, join
 from tasks.notify import comment_on_issue, notify_slack
 from tasks.postmortem import start_post_incident
 from tasks.timeline import record
@@ -63,8 +63,7 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
         environment=ctx.environment, severity=severity, title=templates.issue_title_text(ctx.service_name, severity, summary),
         detected_by=detected_by, flow_run_id=run_id, alert=alert, started_at=alert_started_at(alert))
     if incident.created:
-        record(ctx, incident.id, detected_by, "detected", f"{scenario}: {summary}", {"alert": alert} if alert else {})
-        note_alert(ctx, incident, alert)
+        detected(ctx, incident, detected_by, f"{scenario}: {summary}", alert)
     elif run_id is None or store.set_runbook_run(incident.id, run_id) != run_id:
         name = flow_run.get_name() or "a run"
         logger.info("Incident %s is already open for this outage (worked by run %s): joining it", incident.id,

@@ -103,7 +103,7 @@ def _resumption(ctx: RunContext) -> dict | None:
 def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None, dry_run: bool,
                  alert: dict | None) -> dict[str, Any]:
     if dry_run:
-        return _dry_run(scenario, ctx, severity, alert)
+        return _dry_run(scenario, ctx, severity)
     logger = get_run_logger()
     earlier = _resumption(ctx)
     if earlier is not None:
@@ -138,7 +138,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
                     taken=True)
 
 
-def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: dict | None) -> dict[str, Any]:
+def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None) -> dict[str, Any]:
     """Diagnose and plan, change nothing, page nobody: the record is closed from the start and
     the metrics do not count it."""
     severity = Severity(severity) if severity else scenario.default_severity

@@ -3,6 +3,8 @@ to the incident timeline, and the run goes on."""
 
 from __future__ import annotations
 
+import logging
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -13,14 +15,14 @@ from tasks.context import RunContext, SecretNotFound
 from tasks.timeline import record
 
 _NOTIFY_ERRORS = (IntegrationError, SecretNotFound, StoreError, ValueError)
+_log = logging.getLogger("runbooks.notify")
 
 
-@task(name="notify-slack", cache_policy=NO_CACHE)
-def notify_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, str] | None = None,
-                 webhook_secret: str | None = None) -> bool:
+def send_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, str] | None = None,
+               webhook_secret: str | None = None, logger: logging.Logger | logging.LoggerAdapter = _log) -> bool:
     """Post a template message to the incident channel (or the webhook named by
-    `webhook_secret`); False (never an exception) if it failed."""
-    logger = get_run_logger()
+    `webhook_secret`) and note it on the timeline; False (never an exception) if it failed.
+    Plain, so that the intake can use it outside a flow run."""
     headline = text.splitlines()[0]
     try:
         with ctx.slack(webhook_secret) as webhook:
@@ -33,6 +35,13 @@ def notify_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, 
     return True
 
 
+@task(name="notify-slack", cache_policy=NO_CACHE)
+def notify_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, str] | None = None,
+                 webhook_secret: str | None = None) -> bool:
+    """`send_slack` as a task of the run."""
+    return send_slack(ctx, incident_id, text, link, webhook_secret, get_run_logger())
+
+
 def notify_security_team(ctx: RunContext, incident_id: int, text: str) -> bool:
     """The security team's own Slack target; the incident channel when none is configured."""
     target = ctx.config.slack.security_webhook_secret
@@ -41,8 +50,8 @@ def notify_security_team(ctx: RunContext, incident_id: int, text: str) -> bool:
     return notify_slack(ctx, incident_id, text, webhook_secret=target)
 
 
-@task(name="comment-on-issue", cache_policy=NO_CACHE)
-def comment_on_issue(ctx: RunContext, incident_id: int, repo: str | None, number: int | None, body: str) -> bool:
+def add_comment(ctx: RunContext, incident_id: int, repo: str | None, number: int | None, body: str,
+                logger: logging.Logger | logging.LoggerAdapter = _log) -> bool:
     """Add a comment to the incident issue; False (never an exception) if it failed."""
     if not repo or not number:
         return False
@@ -50,8 +59,14 @@ def comment_on_issue(ctx: RunContext, incident_id: int, repo: str | None, number
         with ctx.github() as github:
             github.comment(repo, number, body)
     except _NOTIFY_ERRORS as exc:
-        get_run_logger().warning("Comment on %s#%s not added: %s", repo, number, exc)
+        logger.warning("Comment on %s#%s not added: %s", repo, number, exc)
         record(ctx, incident_id, "runbook", "notification_failed",
                f"GitHub comment on #{number} not added: {markdown_text(exc, 300)}")
         return False
     return True
+
+
+@task(name="comment-on-issue", cache_policy=NO_CACHE)
+def comment_on_issue(ctx: RunContext, incident_id: int, repo: str | None, number: int | None, body: str) -> bool:
+    """`add_comment` as a task of the run."""
+    return add_comment(ctx, incident_id, repo, number, body, get_run_logger())

@@ -200,22 +200,26 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
     return summary
 
 
+def _incident_in(environment: str, store: FollowUpStore, incident_id: int) -> tuple[Incident, RunContext]:
+    """A person names an incident: it must belong to the environment they act in."""
+    incident = store.get(incident_id)
+    if incident.environment != environment:
+        raise ValueError(f"incident {incident_id} belongs to environment {incident.environment!r}, not {environment!r}")
+    return incident, _ctx(environment, load_environment(environment), incident)
+
+
 @task(name="acknowledge-incident", cache_policy=NO_CACHE)
 def acknowledge(environment: str, incident_id: int, by: str) -> bool:
     """An explicit acknowledgment: escalation stops. False if it was already acknowledged."""
     by = by.strip()
     if not by:
         raise ValueError("say who acknowledges (a name)")
-    config = load_environment(environment)
     store = FollowUpStore()
-    incident = store.get(incident_id)
-    if incident.environment != environment:
-        raise ValueError(f"incident {incident_id} belongs to environment {incident.environment!r}, not {environment!r}")
+    incident, ctx = _incident_in(environment, store, incident_id)
     if not store.acknowledge(incident_id, by):
         get_run_logger().info("Incident %s was already acknowledged (by %s) or is closed", incident_id,
                               incident.acknowledged_by or "-")
         return False
-    ctx = _ctx(environment, config, incident)
     record(ctx, incident_id, by, "acknowledged", f"Acknowledged by {by}; escalation stops")
     notify_slack(ctx, incident_id, templates.status_update(incident, incident.status.value, incident.eta or "being assessed",
                                                            incident.impact or "being assessed",
@@ -231,14 +235,10 @@ def resolve_by_hand(environment: str, incident_id: int, by: str, note: str) -> d
     by, note = by.strip(), note.strip()
     if not by or not note:
         raise ValueError("say who resolves it (--by NAME) and how it was resolved (--note TEXT)")
-    config = load_environment(environment)
     store = FollowUpStore()
-    incident = store.get(incident_id)
-    if incident.environment != environment:
-        raise ValueError(f"incident {incident_id} belongs to environment {incident.environment!r}, not {environment!r}")
+    incident, ctx = _incident_in(environment, store, incident_id)
     if incident.resolved_at is not None:
         raise ValueError(f"incident {incident_id} is already resolved ({incident.resolution or 'no resolution noted'})")
-    ctx = _ctx(environment, config, incident)
     record(ctx, incident_id, by, "resolved_by_hand", f"Resolved by hand by {by}: {note}")
     resolve_incident.fn(ctx, incident, f"Resolved by hand by {by} (see the note).", note,
                         "To be worked out in the post-mortem.", actor=by)

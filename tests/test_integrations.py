@@ -159,7 +159,7 @@ def test_incident_store_dedups_open_incidents(store, world):
     second = store.open_incident(**args)
     assert first.created and not second.created and first.id == second.id
     store.add_event(first.id, "alice", "note", "checked dashboards")
-    store.resolve(first.id, "cause", "fix")
+    store.close(first.id, "cause", "fix")
     third = store.open_incident(**args)
     assert third.created and third.id != first.id
     resolved = store.get(first.id)

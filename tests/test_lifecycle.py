@@ -241,7 +241,7 @@ def test_an_overdue_post_mortem_is_reminded(world, store, database_url):
     from tasks.watch import sweep
 
     incident = _open(store, "P1", "overdue-pm")
-    store.resolve(incident.id, "a cause", "a fix")
+    store.close(incident.id, "a cause", "a fix")
     resolved = store.get(incident.id).resolved_at
     # (the record also holds other tests' resolved incidents: look at this one)
     assert incident.id not in sweep("sandbox", now=resolved + timedelta(days=6))["postmortem_reminders"]
