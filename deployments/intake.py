@@ -232,9 +232,8 @@ def create_app(settings: IntakeSettings) -> Starlette:
             # it, or the intake died in between): the incident's own alert starts its scenario,
             # under that alert's idempotency key, so all of these make one run
             opener = replace(request, scenario=incident.scenario)
-            if opener.deployment != request.deployment:
-                dep_id = await deployment_id(opener.deployment)
-            run_id = await start_run(dep_id, incident.alert or parameter, opener, incident.severity)
+            run_id = await start_run(await deployment_id(opener.deployment), incident.alert or parameter, opener,
+                                     incident.severity)
             await run_in_threadpool(ctx.store().set_runbook_run, incident.id, run_id)
             if incident.created:
                 return {"deployment": request.deployment, "flow_run_id": run_id, "fingerprint": alert.fingerprint,

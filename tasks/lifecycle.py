@@ -130,8 +130,9 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
                "service": ctx.service_name, "environment": ctx.environment,
                "severity": incident.severity.value, "dry_run": dry_run}
-    holder = _owner(incident) if incident.joined else None
-    holder = holder or _take_lease(ctx, incident, scenario)
+    holder = _holder(ctx, incident, scenario)
+    if holder is not None:
+        holder = _await_turn(ctx, incident, scenario, holder)
     if holder is not None:
         return _contribute(scenario, ctx, incident, findings, holder, outcome)
     return _holding(ctx, incident, scenario, lambda: _diagnosed(scenario, ctx, incident, findings, alert, outcome),
@@ -189,6 +190,30 @@ def _owner(incident: Incident) -> dict | None:
     if not incident.flow_run_id or _run_gone(incident.flow_run_id):
         return None
     return {"flow_run_id": incident.flow_run_id, "scenario": incident.scenario, "incident_id": incident.id}
+
+
+def _holder(ctx: RunContext, incident: Incident, scenario: Scenario) -> dict | None:
+    """None when this run may work the service now (it holds the lease); else who does."""
+    return (_owner(incident) if incident.joined else None) or _take_lease(ctx, incident, scenario)
+
+
+def _await_turn(ctx: RunContext, incident: Incident, scenario: Scenario, holder: dict) -> dict | None:
+    """Another runbook works the service. While it is still diagnosing (the incident has no
+    plan waiting for approval yet), wait: if it ends without a plan (say high-error-rate found
+    nothing to scale while the deploy is bad), this run takes over and plans. Once a plan is
+    asked for, or the incident is resolved, return the holder: this run adds its findings."""
+    deadline = time.monotonic() + ctx.config.timeouts.verify_seconds
+    store = ctx.store()
+    while time.monotonic() < deadline:
+        if store.approvals(incident.id) or store.get(incident.id).resolved_at is not None:
+            return holder
+        time.sleep(1.0)
+        holder = _holder(ctx, incident, scenario)
+        if holder is None:
+            get_run_logger().info("Run %s ended without a plan: this run works incident %s now",
+                                  incident.flow_run_id, incident.id)
+            return None
+    return holder
 
 
 def _take_lease(ctx: RunContext, incident: Incident, scenario: Scenario) -> dict | None:

@@ -193,3 +193,33 @@ def test_the_watch_withdraws_only_after_every_alert_stayed_resolved_for_the_grac
                                                                    "reason": row["reason"]})]
     assert store.get(incident.id).acknowledged_at is None
     store.close(incident.id, "test", "test")
+
+
+def test_a_runbook_without_a_plan_hands_the_incident_to_the_next(world, store):
+    """The messy night: HighErrorRate opens the incident first, ServiceDown joins while its
+    runbook still diagnoses. high-error-rate finds nothing to scale (the deploy is bad, not
+    the load) and escalates; service-down, which waited its turn, takes over and plans the
+    rollback, on the same incident."""
+    import time
+
+    from flows.high_error_rate import high_error_rate
+    from flows.service_down import service_down
+
+    break_api(world)
+    first = FlowThread(high_error_rate, service="api")
+    deadline = time.monotonic() + 30
+    while store.open_for_key("sandbox/api") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    opened = store.open_for_key("sandbox/api")
+    assert opened is not None and opened.scenario == "high-error-rate"
+    second = FlowThread(service_down, service="api")
+    paused = second.wait_paused()
+    assert first.join()["outcome"] == "escalated"
+    incident = store.incident_for_run(str(paused.id))
+    assert incident.id == opened.id, "the same incident, no second one"
+    [approval] = store.approvals(incident.id)
+    assert [a["kind"] for a in approval["plan"]["actions"]] == ["rollback"]
+    assert sum(t.startswith("🚨 INCIDENT ALERT") for t in _texts(world)) == 1
+    second.resume(paused.id, approve=False, approver="dana", reason="test")
+    assert second.join()["outcome"] == "declined"
+    assert store.leases() == []

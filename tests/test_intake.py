@@ -517,3 +517,21 @@ def _healthy(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_symptom_joining_an_incident_whose_run_is_not_started_yet_starts_both_rightly(intake, deployments, store):
+    """Two deliveries at once: HighErrorRate has opened the incident but not yet started its run
+    when ServiceDown joins. The opener's run is high-error-rate (under its own alert's key), the
+    symptom's run is service-down (under its own)."""
+    from incidents.models import Severity
+
+    opener = {**_alert("o1", name="HighErrorRate"), "source": "alertmanager", "correlation_key": "sandbox/api"}
+    incident = store.open_incident(dedup_key="sandbox/api", scenario="high-error-rate", service="api",
+                                   environment="sandbox", severity=Severity.P1, title="t", detected_by="alert",
+                                   flow_run_id=None, alert=opener)
+    joined = intake.post("/alerts/alertmanager", json=_am_payload(_alert("o2")), headers=AUTH).json()
+    assert joined["joined"][0]["incident_id"] == incident.id
+    [her] = _runs(deployments["high-error-rate"])
+    [sd] = _runs(deployments["service-down"])
+    assert her.parameters["alert"]["fingerprint"] == "o1" and sd.parameters["alert"]["fingerprint"] == "o2"
+    assert store.get(incident.id).flow_run_id == str(her.id)
