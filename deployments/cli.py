@@ -34,6 +34,7 @@ from deployments.prefect_api import auth_headers
 from integrations.errors import IntegrationError
 from integrations.http import RetryPolicy, request
 from integrations.http import client as http_client
+from incidents.alerts import target_of
 from incidents.config import ConfigError, config_path, load_config
 
 OK, FAILED, USAGE, WAITING, UNREACHABLE = 0, 1, 2, 3, 4
@@ -215,9 +216,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _record_cancel_of_waiting_run(run: dict, who: str, message: str) -> None:
-    """No process to stop, so no hook runs: the timeline entry is written here."""
+    """No process to stop, so no hook runs: the timeline entry is written (and the service's
+    lease given back) here."""
     store, store_error = _store()
     try:
+        params = run.get("parameters") or {}
+        if params.get("environment") and params.get("service"):  # the service is free for the next runbook
+            store.release_lease(target_of(params["environment"], params["service"]), run["id"])
         incident = store.incident_for_run(run["id"])
         if incident is not None:
             store.add_event(incident.id, who, "cancelled", f"Runbook run {run['name']} cancelled while it "
@@ -279,20 +284,29 @@ def _who(name: str | None) -> str:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
+    """Through the `resolve-incident/<env>` deployment: its worker holds the secrets that post
+    the Resolution and close the issue (a shell usually does not)."""
     store, StoreError = _store()
-    os.environ.setdefault("PREFECT_API_URL", api_url())
     try:
         incident = store.get(args.id)
-        from tasks.watch import resolve_by_hand
-
-        done = resolve_by_hand(incident.environment, args.id, _who(args.by), args.note)
     except StoreError as exc:
         raise CliError(str(exc), FAILED if "no incident" in str(exc) else UNREACHABLE) from None
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    stopped = done["stopped_runs"]
-    print(f"incident #{args.id} resolved by {done['resolved_by']}" + (f"; runs stopped at their approval: "
-                                                                       f"{', '.join(stopped)}" if stopped else ""))
+    if incident.resolved_at is not None:
+        raise CliError(f"incident #{args.id} is already resolved ({incident.resolution or 'no resolution noted'})")
+    by, note = _who(args.by), args.note.strip()
+    if not by or not note:
+        raise CliError("say who resolves it (--by NAME) and how it was resolved (--note TEXT)", USAGE)
+    deployment = f"resolve-incident/{incident.environment}"
+    dep = _api("GET", f"/deployments/name/{deployment}")
+    run = _api("POST", f"/deployments/{dep['id']}/create_flow_run", json={
+        "parameters": {"incident_id": incident.id, "resolved_by": by, "note": note,
+                       "environment": incident.environment},
+        "idempotency_key": f"runbooks-cli-{uuid.uuid4()}"})
+    print(f"resolving incident #{incident.id} through {deployment} run {run['name']}")
+    code = follow(run["id"], args.timeout)
+    if code != OK:
+        return code
+    print(f"incident #{incident.id} resolved by {by}")
     return OK
 
 
@@ -446,6 +460,7 @@ def parser() -> argparse.ArgumentParser:
     resolve.add_argument("id", type=int)
     resolve.add_argument("--by", required=True, help="your name")
     resolve.add_argument("--note", required=True, help="how it was resolved")
+    resolve.add_argument("--timeout", type=float, default=120, help="seconds to wait for the resolve run")
     postmortem = sub.add_parser("postmortem", help="start the post-incident run of an incident (its form)")
     postmortem.add_argument("id", type=int)
     metrics = sub.add_parser("metrics", help="MTTD, MTTA, MTTR, frequency and post-mortems against the targets")

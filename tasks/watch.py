@@ -246,9 +246,10 @@ def resolve_by_hand(environment: str, incident_id: int, by: str, note: str) -> d
     for approval in store.approvals(incident_id):
         if approval["decision"] is None and approval["flow_run_id"] and \
                 store.withdraw_approval(approval["id"], by, f"incident resolved by hand: {note}"[:500]):
-            stopped.append(approval["flow_run_id"])
-            try:
-                _resume(approval["flow_run_id"], {"approve": False, "approver": by, "reason": "incident resolved by hand"})
+            try:  # a run no longer waiting (cancelled, gone) has nothing to stop: its request is closed
+                if _resume(approval["flow_run_id"], {"approve": False, "approver": by,
+                                                     "reason": "incident resolved by hand"}):
+                    stopped.append(approval["flow_run_id"])
             except Exception as exc:  # noqa: BLE001 - the decision stands; the run reads it when it wakes
                 get_run_logger().warning("run %s not resumed: %s", approval["flow_run_id"], exc)
     return {"incident_id": incident_id, "resolved_by": by, "stopped_runs": stopped}

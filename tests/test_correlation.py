@@ -67,7 +67,42 @@ def test_declined_or_timed_out_stays_open(world, store, answer):
     assert store.leases() == [], "the run gave the service back"
 
 
-def test_resolved_by_hand_closes_the_issue_and_stops_the_waiting_runbook(world, store, capsys):
+@pytest.fixture
+def resolve_deployment(prefect_server, monkeypatch):
+    """`resolve-incident/sandbox` on the test server, its runs executed here as a worker would."""
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.flow_engine import run_flow
+    from prefect.states import Pending
+
+    from flows.resolve_incident import resolve_incident
+
+    with get_client(sync_client=True) as client:
+        dep_id = client.create_deployment(flow_id=client.create_flow(resolve_incident), name="sandbox",
+                                          entrypoint="flows/resolve_incident.py:resolve_incident")
+    stop = threading.Event()
+
+    def loop() -> None:
+        with get_client(sync_client=True) as client:
+            while not stop.is_set():
+                for run in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id]))):
+                    if run.state.is_scheduled() and client.set_flow_run_state(run.id, Pending()).status.value == "ACCEPT":
+                        run_flow(resolve_incident, flow_run=run, parameters=run.parameters)
+                time.sleep(0.2)
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the CLI talks to this server
+    yield dep_id
+    stop.set()
+    worker.join(30)
+
+
+def test_resolved_by_hand_closes_the_issue_and_stops_the_waiting_runbook(world, store, capsys, resolve_deployment):
     from deployments.cli import main
     from flows.service_down import service_down
 
