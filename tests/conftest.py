@@ -274,7 +274,7 @@ class FlowThread:
                 runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
                 mine = [r for r in runs if r.start_time and r.start_time >= self.started]
-                if mine:
+                if mine and _input_form_saved(client, mine[0]):
                     return mine[0]
                 if not self._thread.is_alive():
                     raise AssertionError(f"flow ended without pausing: {self.error or self.result}")
@@ -286,6 +286,29 @@ class FlowThread:
 
         with get_client(sync_client=True) as client:
             return client.resume_flow_run(run_id, run_input=run_input)
+
+
+def _input_form_saved(client, run) -> bool:
+    """Prefect sets PAUSED first and saves the run's input form just after: a Resume in
+    between is refused ("Run input schema not found"), as it would be for a very fast user."""
+    keyset = run.state.state_details.run_input_keyset
+    if not keyset:
+        return True
+    try:
+        client.read_flow_run_input(run.id, keyset["schema"])
+    except Exception:  # noqa: BLE001 - not saved yet (404)
+        return False
+    return True
+
+
+def read_all(reader: Callable[..., list], page: int = 200, **filters: Any) -> list:
+    """Every row a Prefect client reader returns, page after page (one call stops at 200)."""
+    rows: list = []
+    while True:
+        batch = reader(limit=page, offset=len(rows), **filters)
+        rows += batch
+        if len(batch) < page:
+            return rows
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from incidents.metrics import compute, trend_svg
 from incidents.models import Severity
 from integrations.github import GitHubClient
 from sandbox.world import GITHUB_TOKEN
-from tests.conftest import ROOT, FlowThread, break_api
+from tests.conftest import ROOT, FlowThread, break_api, read_all
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -212,7 +212,7 @@ def test_post_incident_flow_end_to_end_files_action_items_and_tracks_them(world,
         assert part in postmortem, part
 
     with get_client(sync_client=True) as client:
-        artifacts = {a.key: a for a in client.read_artifacts() if a.key}
+        artifacts = {a.key: a for a in read_all(client.read_artifacts) if a.key}
     assert f"postmortem-incident-{incident.id}" in artifacts
     proposals = artifacts["proposed-playbook-updates-sandbox"].data
     assert "Scenario 1: Service Down" in proposals and "Block deploys whose image fails the smoke test" in proposals

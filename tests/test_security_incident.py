@@ -9,7 +9,7 @@ import json
 import psycopg
 import pytest
 
-from tests.conftest import FlowThread
+from tests.conftest import FlowThread, read_all
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -37,8 +37,8 @@ def _everything_written(world, database_url: str, result: dict) -> str:
     for repo in world.github.repos.values():
         parts += [json.dumps(repo.issues), json.dumps(repo.comments)]
     with get_client(sync_client=True) as client:
-        parts += [json.dumps(a.data, default=str) for a in client.read_artifacts()]
-        parts += [log.message for log in client.read_logs()]
+        parts += [json.dumps(a.data, default=str) for a in read_all(client.read_artifacts)]
+        parts += [log.message for log in read_all(client.read_logs)]
     with psycopg.connect(database_url) as conn:
         for table in ("incidents", "timeline_events", "approvals"):
             parts += [str(row) for row in conn.execute(f"SELECT t::text FROM {table} t").fetchall()]

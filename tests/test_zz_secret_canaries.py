@@ -19,7 +19,7 @@ import redis
 from sandbox.http import Fault
 from sandbox.world import GITHUB_TOKEN, SLACK_PATH, SLACK_SECURITY_PATH
 from tests.conftest import (APPROVER_CREDENTIALS, CAPTURED_LOGS, PG_CANARY, REDIS_CANARY, FlowThread, break_api,
-                            with_password)
+                            read_all, with_password)
 from tests.test_intake import REDIS_URL, TOKEN
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -82,7 +82,7 @@ def _prefect_texts() -> list[tuple[str, str]]:
                 if len(runs) < 200:
                     break
                 offset += 200
-        found += [("artifact", f"{a.key} {a.description} {a.data}") for a in client.read_artifacts()]
+        found += [("artifact", f"{a.key} {a.description} {a.data}") for a in read_all(client.read_artifacts)]
     return found
 
 
