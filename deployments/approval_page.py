@@ -60,6 +60,10 @@ def _page(approval: dict, config: Any, signatures: list[dict], message: str = ""
     rows = "".join(f"<tr><td>{e(a['kind'])}</td><td><code>{e(a['target'])}</code></td><td>{e(a['before'])} → "
                    f"{e(a['after'])}</td><td>{e(a['via'])}</td></tr>" for a in plan.get("actions", []))
     evidence = "".join(f"<li>{e(x)}</li>" for x in plan.get("evidence", [])) or "<li>(none recorded)</li>"
+    judgement = (f"<p><b>Confidence:</b> {e(plan.get('confidence', 'strong'))}</p><p><b>Evidence for</b></p><ul>"
+                 + ("".join(f"<li>{e(x)}</li>" for x in plan.get("support", [])) or "<li>(none)</li>")
+                 + "</ul><p><b>Evidence against</b></p><ul>"
+                 + ("".join(f"<li>{e(x)}</li>" for x in plan.get("against", [])) or "<li>(none)</li>") + "</ul>")
     needed = max(1, config.approval.needed(approval["severity"]))
     signed = "".join(f"<li>{e(s['approver'])}: {e(s['decision'])} at {s['signed_at']:%H:%M:%S} UTC"
                      f"{' — ' + e(s['reason']) if s['reason'] else ''}</li>" for s in signatures) or "<li>nobody yet</li>"
@@ -82,7 +86,8 @@ def _page(approval: dict, config: Any, signatures: list[dict], message: str = ""
 {f'<p role="status"><b>{e(message)}</b></p>' if message else ''}
 <p>{e(plan.get('summary', ''))}</p>
 <table border="1" cellpadding="4"><tr><th>Action</th><th>Target</th><th>Before → After</th><th>Via</th></tr>{rows}</table>
-<h2>Evidence</h2><ul>{evidence}</ul>
+<h2>Why, and how sure</h2>{judgement}
+<h2>All checks</h2><ul>{evidence}</ul>
 <h2>Answers so far</h2><ul>{signed}</ul>
 {state}{form}
 <p><small>plan digest {e(approval['plan_digest'][:16])}</small></p></body></html>"""

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from prefect import flow
@@ -38,7 +39,7 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
     return gather(futures, timeout=120)
 
 
-def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding]) -> Plan:
+def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding], onset: datetime | None) -> Plan:
     return plan_database_issues(incident.id, ctx.environment, ctx.service_name, ctx.service, findings)
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from prefect import flow
@@ -18,6 +19,7 @@ from incidents.error_rate import BREAKER, COMMITS, PROMETHEUS, RATE, plan_high_e
 from incidents.alerts import DEFAULT_SEVERITY
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
+from flows.database_issues import DATABASE_ISSUES
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.diagnosis import check_rollout, gather, probe_endpoints, recent_deployments
@@ -41,8 +43,9 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
     return gather(futures, timeout=120)
 
 
-def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding]) -> Plan:
-    return plan_high_error_rate(incident.id, ctx.environment, ctx.service_name, ctx.service, findings)
+def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding], onset: datetime | None) -> Plan:
+    return plan_high_error_rate(incident.id, ctx.environment, ctx.service_name, ctx.service, findings, onset=onset,
+                  release_window_seconds=ctx.config.timeouts.release_window_seconds)
 
 
 def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
@@ -62,7 +65,8 @@ def prevention(findings: dict[str, Finding], plan: Plan) -> str:
 HIGH_ERROR_RATE = Scenario(
     name="high-error-rate", default_severity=DEFAULT_SEVERITY["high-error-rate"], impact="A share of user requests fail",
     summary=lambda ctx: f"high error rate on {ctx.service_name}", diagnose=diagnose, plan=plan,
-    verify=verify_error_rate, root_cause=root_cause, prevention=prevention)
+    verify=verify_error_rate, root_cause=root_cause, prevention=prevention,
+    handovers={DATABASE_ISSUES.name: DATABASE_ISSUES})
 
 
 @flow(name="high-error-rate", description="Playbook Scenario 2 (P1): high error rate. Measure it, look at recent "

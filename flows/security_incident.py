@@ -75,7 +75,7 @@ def prevention(findings: dict[str, Finding], plan: Plan) -> str:
 SECURITY_INCIDENT = Scenario(
     name="security-incident", default_severity=DEFAULT_SEVERITY["security-incident"], impact="Possible exposure of the service and its data",
     summary=lambda ctx: f"security incident on {ctx.service_name}", diagnose=diagnose,
-    plan=lambda ctx, incident, findings: Plan(incident.id, ctx.service_name, ctx.environment, ()),
+    plan=lambda ctx, incident, findings, onset: Plan(incident.id, ctx.service_name, ctx.environment, ()),
     verify=verify_containment, root_cause=root_cause, prevention=prevention)
 
 
@@ -98,7 +98,7 @@ def security_incident(service: str, environment: str = "sandbox", severity: Seve
         get_run_logger().warning("Addresses dropped from the alert: %s", "; ".join(dropped))
     scenario = dataclasses.replace(
         SECURITY_INCIDENT,
-        plan=lambda c, incident, findings: plan_security_incident(incident.id, c.environment, c.service_name,
+        plan=lambda c, incident, findings, onset: plan_security_incident(incident.id, c.environment, c.service_name,
                                                                    c.service, findings, cidrs),
         after_diagnosis=lambda c, incident, findings: keep_evidence(c, incident, findings, cidrs, dropped))
     return run_scenario(scenario, ctx, severity, dry_run, alert)

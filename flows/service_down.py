@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from prefect import flow
@@ -16,6 +17,7 @@ from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Fi
 from incidents.alerts import DEFAULT_SEVERITY
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
+from flows.database_issues import DATABASE_ISSUES
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.deploys import verify_health
@@ -35,8 +37,9 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
     return gather(futures, timeout=120)
 
 
-def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding]) -> Plan:
-    return plan_service_down(incident.id, ctx.environment, ctx.service_name, ctx.service, findings)
+def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding], onset: datetime | None) -> Plan:
+    return plan_service_down(incident.id, ctx.environment, ctx.service_name, ctx.service, findings, onset=onset,
+                  release_window_seconds=ctx.config.timeouts.release_window_seconds)
 
 
 def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
@@ -44,6 +47,8 @@ def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
     evidence = f" Pod logs: {logs.summary}" if logs and logs.ok is False else ""
     if plan.actions and plan.actions[0].kind == "rollback":
         return f"A bad deployment: {plan.actions[0].before} failed to serve.{evidence}"
+    if plan.actions and plan.actions[0].kind == "scale":
+        return f"The deployment was scaled to 0 replicas: nothing served ({plan.actions[0].before})."
     rollout = findings.get(ROLLOUT)
     return f"Unhealthy pods without a recent deployment ({rollout.summary if rollout else 'no rollout data'}).{evidence}"
 
@@ -51,6 +56,8 @@ def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
 def prevention(findings: dict[str, Finding], plan: Plan) -> str:
     if plan.actions and plan.actions[0].kind == "rollback":
         return "Gate deploys on the health checks (readiness probes, canary) and fix the release before redeploying."
+    if plan.actions and plan.actions[0].kind == "scale":
+        return "Guard the replica count (a minimum in the HPA or an admission policy against scaling to 0)."
     return "Find why the pods degraded (resources, dependencies) before it recurs; add an alert on restarts."
 
 
@@ -58,7 +65,7 @@ SERVICE_DOWN = Scenario(
     name="service-down", default_severity=DEFAULT_SEVERITY["service-down"], impact="Service unavailable to users",
     summary=lambda ctx: f"{ctx.service_name} is down", diagnose=diagnose, plan=plan,
     verify=lambda ctx, findings, plan: verify_health(ctx),
-    root_cause=root_cause, prevention=prevention)
+    root_cause=root_cause, prevention=prevention, handovers={DATABASE_ISSUES.name: DATABASE_ISSUES})
 
 
 @flow(name="service-down", description="Playbook Scenario 1 (P0): a service is down. Diagnose, roll back or "

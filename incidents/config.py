@@ -136,6 +136,9 @@ class Timeouts(_Model):
     retry_backoff_seconds: float = Field(0.5, ge=0, le=30)  # doubled per attempt
     # all checks pass on arrival: look again after this long before closing as "no impact found"
     confirm_seconds: float = Field(30.0, ge=0, le=3600)
+    # a bad release shows within minutes of going live: a failure that began later than this
+    # after a revision's rollout (while the revision served cleanly) is not blamed on it
+    release_window_seconds: float = Field(600.0, gt=0, le=24 * 3600)
 
 
 _HANDLE = r"^@?[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,99})?$"  # @user or @org/team
@@ -272,6 +275,9 @@ class GitHubTarget(_Model):
 class Scaling(_Model):
     min_replicas: int = Field(1, ge=0, le=1000)
     max_replicas: int = Field(10, ge=1, le=1000)  # a typo of 10000 must not become a plan
+    # requests per second one ready replica serves: with it, "short of capacity" is measured
+    # (load against ready replicas) instead of guessed, and a scale-up is sized to the load
+    capacity_rps_per_replica: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Scaling":

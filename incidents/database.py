@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from incidents.config import ServiceConfig
 from incidents.diagnosis import HEALTH, Finding
+from incidents.evidence import NONE, STRONG, Weighing, abstain, settle
 from incidents.plans import Plan, PlannedAction
 
 REACH = "database reachability"
@@ -86,11 +87,13 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
             "flushed" if service.cache.clear == "flushdb" else f"keys {service.cache.prefix}* removed", how,
             {"mode": service.cache.clear, "prefix": service.cache.prefix}))
     health = findings.get(HEALTH)
+    head = Plan(incident_id, service_name, environment, (), evidence + tuple(notes))
+    w = Weighing([f"{f.check}: {f.summary}" for f in findings.values() if f.ok is False and f.check != HEALTH],
+                 list(notes))
     if not actions:
         summary = "No database remedy applies" + (f" ({'; '.join(notes)})" if notes else "") + "."
         if health is not None and health.ok is False:
-            summary += " The service's database check still fails: a person must look."
-        return Plan(incident_id, service_name, environment, (), evidence + tuple(notes), summary)
+            return abstain(head, w, summary + " The service's database check still fails.")
+        return settle(head, [], STRONG if not w.support else NONE, w, summary)
     summary = "; ".join(a.describe() for a in actions)
-    return Plan(incident_id, service_name, environment, tuple(actions), evidence + tuple(notes),
-                f"{len(actions)} remed{'y' if len(actions) == 1 else 'ies'}: {summary}")
+    return settle(head, actions, STRONG, w, f"{len(actions)} remed{'y' if len(actions) == 1 else 'ies'}: {summary}")

@@ -4,9 +4,12 @@ Pure functions: the tasks gather the facts, this decides what they mean."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from incidents.config import ServiceConfig
+from incidents.evidence import (STRONG, WEAK, Handover, Release, ServiceFacts, Weighing, abstain, age, release_tie,
+                                service_facts, settle, version_of)
 from incidents.plans import Plan, PlannedAction
 from incidents.templates import markdown_code, markdown_text
 
@@ -54,6 +57,8 @@ def report_markdown(title: str, findings: list[Finding], plan: Plan | None, with
     else:
         parts.append(markdown_text(plan.summary, 500))
         parts += [f"- {markdown_text(a.describe(), 300)}" for a in plan.actions]
+    if plan is not None:
+        parts += ["", plan.judgement_markdown()]
     return "\n".join(parts)
 
 
@@ -76,31 +81,86 @@ def rollback_action(service: ServiceConfig, environment: str, recent: dict, prev
                          f"revision {previous['revision']} ({previous['image']})", via, params)
 
 
+def scale_action(service: ServiceConfig, current: int, target: int) -> PlannedAction:
+    k = service.kubernetes
+    return PlannedAction("scale", f"deployment/{k.deployment} (namespace {k.namespace})", f"replicas {current}",
+                         f"replicas {target}", "kubectl scale",
+                         {"namespace": k.namespace, "deployment": k.deployment, "from": current, "to": target})
+
+
+def live_release(facts: ServiceFacts) -> Release | None:
+    """The recent revision, if it is the one running (not one already rolled back)."""
+    recent = facts.recent
+    if recent is None or (facts.current is not None and facts.current.revision != recent.revision):
+        return None
+    return recent
+
+
 def plan_service_down(incident_id: int, environment: str, service_name: str, service: ServiceConfig,
-                      findings: dict[str, Finding]) -> Plan:
-    """Playbook Scenario 1: roll back when a recent deployment lines up with the failure,
-    otherwise restart the pods; nothing when the endpoints answer."""
-    health = findings.get(HEALTH)
-    rollout = findings.get(ROLLOUT)
-    deploys = findings.get(DEPLOYS)
-    evidence = tuple(f"{f.check}: {f.summary}" for f in findings.values())
-    target = f"deployment/{service.kubernetes.deployment} (namespace {service.kubernetes.namespace})"
-    base = {"namespace": service.kubernetes.namespace, "deployment": service.kubernetes.deployment}
-    if health is not None and health.ok:
-        return Plan(incident_id, service_name, environment, (), evidence,
-                    summary="All health endpoints answer: nothing to remediate.")
-    recent = (deploys.data.get("recent_revision") if deploys else None) or None
-    previous = (deploys.data.get("previous_revision") if deploys else None) or None
-    current = rollout.data.get("revision") if rollout else None
-    if recent and previous and (current is None or recent["revision"] == current):
-        action = rollback_action(service, environment, recent, previous)
-        summary = (f"Revision {recent['revision']} went live {recent['age']} ago and the service has failed since: "
-                   f"roll back to revision {previous['revision']}.")
-        return Plan(incident_id, service_name, environment, (action,), evidence, summary)
-    pods = rollout.data.get("pods", []) if rollout else []
-    restarts = sum(p.get("restarts", 0) for p in pods)
-    action = PlannedAction("rollout_restart", target, f"{len(pods)} pods ({restarts} restarts)",
-                           "every pod replaced", "kubectl rollout restart", {**base})
-    why = "No deployment in the recent window lines up with the failure" if not recent else \
-        "The recent deployment has no earlier revision to return to"
-    return Plan(incident_id, service_name, environment, (action,), evidence, f"{why}: restart the pods.")
+                      findings: dict[str, Finding], onset: datetime | None = None, now: datetime | None = None,
+                      release_window_seconds: float = 600.0) -> Plan:
+    """Playbook Scenario 1, weighed: nothing when the endpoints answer; replicas back when the
+    deployment was scaled to zero; the database diagnosis when /health names the database while
+    pods are ready; a rollback only when the new revision's pods fail and nothing contradicts it;
+    a restart (safe to try) when pods fail without a recent release; otherwise abstain."""
+    facts = service_facts(findings, now or datetime.now(timezone.utc), onset)
+    head = Plan(incident_id, service_name, environment, (), tuple(f"{f.check}: {f.summary}" for f in findings.values()))
+    w = Weighing()
+    if facts.endpoints_ok:
+        w.add(True, "every health endpoint answers")
+        return settle(head, [], STRONG, w, "All health endpoints answer: nothing to remediate.")
+    release = live_release(facts)
+    if facts.desired_replicas == 0:
+        target = max(service.scaling.min_replicas, 1)
+        w.add(True, f"deployment/{service.kubernetes.deployment} is scaled to 0 replicas: no pod serves")
+        if release:
+            w.against.append(f"{release.describe()} is not the cause: no pod of any revision runs")
+        return settle(head, [scale_action(service, 0, target)], STRONG, w,
+                      f"The deployment has 0 replicas: scale it back to {target} (the configured minimum).")
+    if facts.ready_pods and "database" in facts.failing_checks:
+        w.add(True, f"/health names the database as failing while {facts.ready_pods} pods are ready")
+        if release:
+            w.against.append(f"{release.describe()} is not the cause: its pods are ready and serve")
+        return settle(head, [], STRONG, w, "The service's pods are ready but its database check fails: the "
+                                           "database-issues diagnosis takes over.", handover=Handover.DATABASE.value)
+    failing = [p for p in facts.pods if not p.ready]
+    if facts.pods_known and not failing:
+        named = ", ".join(facts.failing_checks)
+        w.against.append(f"all {len(facts.pods)} pods are ready" + (f"; /health names {named} failing" if named else ""))
+        return abstain(head, w, "the endpoints fail while every pod is ready, and no remedy of this scenario "
+                                "fits that.")
+    if release and facts.previous:
+        return _rollback_or_abstain(head, service, environment, facts, release, failing, w, release_window_seconds)
+    if not facts.pods_known:
+        return abstain(head, w, "the pods could not be read, so nothing says what failed.")
+    w.add(True, f"{len(failing)} of {len(facts.pods)} pods are not ready and no release went out in the window")
+    w.against.append("nothing shows that a restart fixes what made them fail")
+    restarts = sum(p.restarts for p in facts.pods)
+    k = service.kubernetes
+    action = PlannedAction("rollout_restart", f"deployment/{k.deployment} (namespace {k.namespace})",
+                           f"{len(facts.pods)} pods ({restarts} restarts)", "every pod replaced",
+                           "kubectl rollout restart", {"namespace": k.namespace, "deployment": k.deployment})
+    why = "No deployment in the recent window lines up with the failure" if not facts.recent else \
+        "The recent deployment is not the one running"
+    return settle(head, [action], WEAK, w, f"{why}: restart the pods (a restart changes no version or config).")
+
+
+def _rollback_or_abstain(head: Plan, service: ServiceConfig, environment: str, facts: ServiceFacts, release: Release,
+                         failing: list, w: Weighing, window: float) -> Plan:
+    on_release = [p for p in failing if version_of(p.image) == release.version]
+    w.add(bool(on_release) and len(on_release) == len(failing),
+          f"{len(on_release)} of {len(facts.pods)} pods run {release.describe()} and are not ready"
+          + (f" ({', '.join(sorted({p.waiting for p in on_release if p.waiting}))})"
+             if any(p.waiting for p in on_release) else ""),
+          f"pods of other revisions fail too ({len(failing) - len(on_release)} of {len(failing)} failing pods)")
+    contradicted = len(w.against)
+    release_tie(facts, release, facts.previous, window, w)
+    if not on_release or len(w.against) > contradicted or len(on_release) != len(failing):
+        return abstain(head, w, f"the evidence conflicts on whether {release.describe()} is the cause.")
+    previous = facts.previous
+    action = rollback_action(service, environment, {"revision": release.revision, "image": release.image},
+                             {"revision": previous.revision, "image": previous.image})
+    went_live = age((facts.now - release.went_live).total_seconds()) if release.went_live else "recently"
+    return settle(head, [action], STRONG, w,
+                  f"Revision {release.revision} went live {went_live} ago and its pods fail: roll back to "
+                  f"revision {previous.revision}.")

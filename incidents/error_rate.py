@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timezone
+
 from incidents.config import ServiceConfig
-from incidents.diagnosis import DEPLOYS, HEALTH, ROLLOUT, Finding, rollback_action
+from incidents.diagnosis import Finding, live_release, rollback_action, scale_action
+from incidents.evidence import STRONG, WEAK, Handover, ServiceFacts, Weighing, abstain, release_tie, service_facts, settle
 from incidents.plans import Plan, PlannedAction
 
 RATE = "error rate (/metrics)"
@@ -13,52 +17,117 @@ BREAKER = "circuit breaker"
 
 
 def plan_high_error_rate(incident_id: int, environment: str, service_name: str, service: ServiceConfig,
-                         findings: dict[str, Finding]) -> Plan:
-    """A recent revision lines up with the spike: roll it back. A dependency fails: open the
-    circuit breaker. Otherwise the service is short of capacity: scale up, within its maximum."""
-    evidence = tuple(f"{f.check}: {f.summary}" for f in findings.values())
-    rate, prom = findings.get(RATE), findings.get(PROMETHEUS)
-    spiking = (rate is not None and rate.ok is False) or (prom is not None and prom.ok is False)
-    if not spiking:
-        return Plan(incident_id, service_name, environment, (), evidence,
-                    f"Error rate is below {service.errors.threshold:.1%}: nothing to remediate.")
-    deploys = findings.get(DEPLOYS)
-    recent = deploys.data.get("recent_revision") if deploys else None
-    previous = deploys.data.get("previous_revision") if deploys else None
-    if recent and previous:
-        action = rollback_action(service, environment, recent, previous)
-        return Plan(incident_id, service_name, environment, (action,), evidence,
-                    f"Revision {recent['revision']} went live {recent['age']} ago and lines up with the spike: "
-                    f"roll back to revision {previous['revision']}.")
-    health = findings.get(HEALTH)
-    failing = [c for c in (health.data.get("failing_checks", []) if health else []) if c != "database"]
+                         findings: dict[str, Finding], onset: datetime | None = None, now: datetime | None = None,
+                         release_window_seconds: float = 600.0) -> Plan:
+    """Playbook Scenario 2, weighed. Each cause the evidence names gets its remedy: a failing
+    dependency the circuit breaker, load above capacity a scale-up sized to it, a recent
+    revision a rollback only when its errors began with it and the causes found do not explain
+    them. Conflicting evidence, or no cause at all, is an abstention."""
+    facts = service_facts(findings, now or datetime.now(timezone.utc), onset, service.errors.threshold,
+                          service.scaling.capacity_rps_per_replica)
+    head = Plan(incident_id, service_name, environment, (), tuple(f"{f.check}: {f.summary}" for f in findings.values()))
+    w = Weighing()
+    if facts.error_rate is None and not _prometheus_spiking(findings):
+        return abstain(head, w, "the error rate could not be measured.")
+    if not facts.spiking and not _prometheus_spiking(findings):
+        w.add(True, f"the error rate is {facts.error_rate or 0:.1%}, below {service.errors.threshold:.1%}")
+        return settle(head, [], STRONG, w, f"Error rate is below {service.errors.threshold:.1%}: nothing to remediate.")
+    if "database" in facts.failing_checks:
+        w.add(True, "/health names the database as failing")
+        return settle(head, [], STRONG, w, "The service's database check fails: the database-issues diagnosis "
+                                           "takes over.", handover=Handover.DATABASE.value)
+    actions: list[PlannedAction] = []
+    dependencies = [c for c in facts.failing_checks if c != "database"]
+    breaker = _breaker(service, facts, dependencies, w)
+    if breaker:
+        actions.append(breaker)
+    scale = _capacity(service, facts, w)
+    if scale:
+        actions.append(scale)
+    release = live_release(facts)
+    rate = facts.error_rate if facts.error_rate is not None else 1.0
+    residual = rate - facts.overload_share
+    if release and facts.previous and (residual >= service.errors.threshold or not facts.overload_share):
+        before = len(w.support)
+        tied = release_tie(facts, release, facts.previous, release_window_seconds, w)
+        if tied and dependencies:
+            return abstain(head, w, f"the evidence conflicts: {', '.join(dependencies)} fails, and "
+                                    f"{release.describe()} has failed since it went live.")
+        if tied:
+            actions.insert(0, rollback_action(service, environment, {"revision": release.revision, "image": release.image},
+                                              {"revision": facts.previous.revision, "image": facts.previous.image}))
+        elif not actions and len(w.support) > before:
+            return abstain(head, w, f"{release.describe()} is a suspect, but the evidence does not tie the errors to it.")
+    elif release:
+        w.against.append(f"{release.describe()} is not needed to explain the errors: the overload fails "
+                         f"{facts.overload_share:.0%} of requests of the {rate:.0%} failing")
+    if actions:
+        return settle(head, actions, STRONG, w, _summary(actions, facts, rate))
+    if facts.capacity_rps is None and facts.desired_replicas is not None and not release:
+        guess = _step_up(service, facts.desired_replicas)
+        if guess:
+            w.add(True, "no failing dependency and no recent release; the capacity per replica is not configured")
+            return settle(head, [guess], WEAK, w, f"No cause found; the service may be short of capacity: add "
+                                                  f"{service.errors.scale_step} replicas (safe to try, undone by "
+                                                  f"scaling back).")
+    return abstain(head, w, f"the error rate is {rate:.0%} and no cause was found: "
+                            + ("; ".join(w.against) if w.against else "no failing dependency, no overload, "
+                                                                      "no recent release") + ".")
+
+
+def _prometheus_spiking(findings: dict[str, Finding]) -> bool:
+    prom = findings.get(PROMETHEUS)
+    return prom is not None and prom.ok is False
+
+
+def _breaker(service: ServiceConfig, facts: ServiceFacts, dependencies: list[str], w: Weighing) -> PlannedAction | None:
     breaker = service.circuit_breaker
-    notes: list[str] = []
-    if failing and breaker:
-        current = findings[BREAKER].data.get("value") if BREAKER in findings else None
-        if current != breaker.on_value:
-            where = f"configmap/{breaker.configmap}" if breaker.configmap else "redis flag"
-            params = {"namespace": service.kubernetes.namespace, "configmap": breaker.configmap,
-                      "redis_url_secret": breaker.redis_url_secret, "key": breaker.key, "value": breaker.on_value,
-                      "previous": current}
-            action = PlannedAction("circuit_breaker", f"{where} key {breaker.key}", f"{breaker.key}={current}",
-                                   f"{breaker.key}={breaker.on_value}", "flag switch (previous value recorded)", params)
-            return Plan(incident_id, service_name, environment, (action,), evidence,
-                        f"Dependency {', '.join(failing)} is failing: open the circuit breaker to shed its errors.")
-        notes.append("the circuit breaker is already on")
-    rollout = findings.get(ROLLOUT)
-    current = rollout.data.get("desired_replicas") if rollout else None
-    if current is None:
-        return Plan(incident_id, service_name, environment, (), evidence + tuple(notes),
-                    "Error rate is high but the replica count is unknown: a person must look.")
-    target = min(current + service.errors.scale_step, service.scaling.max_replicas)
+    if not dependencies:
+        return None
+    if breaker is None:
+        w.against.append(f"{', '.join(dependencies)} fails, and the service has no circuit breaker configured")
+        return None
+    if facts.breaker == breaker.on_value:
+        w.against.append(f"{', '.join(dependencies)} fails, and the circuit breaker is already on")
+        return None
+    w.add(True, f"/health names {', '.join(dependencies)} as failing: the breaker sheds its errors to a fallback")
+    where = f"configmap/{breaker.configmap}" if breaker.configmap else "redis flag"
+    params = {"namespace": service.kubernetes.namespace, "configmap": breaker.configmap,
+              "redis_url_secret": breaker.redis_url_secret, "key": breaker.key, "value": breaker.on_value,
+              "previous": facts.breaker}
+    return PlannedAction("circuit_breaker", f"{where} key {breaker.key}", f"{breaker.key}={facts.breaker}",
+                         f"{breaker.key}={breaker.on_value}", "flag switch (previous value recorded)", params)
+
+
+def _capacity(service: ServiceConfig, facts: ServiceFacts, w: Weighing) -> PlannedAction | None:
+    """A scale-up sized to the measured load, when the load exceeds what the ready replicas serve."""
+    if facts.capacity_rps is None or facts.request_rps is None or facts.desired_replicas is None:
+        return None
+    per = service.scaling.capacity_rps_per_replica
+    if not facts.overload_share:
+        w.against.append(f"the load ({facts.request_rps:g} rps) is within the capacity of the ready replicas "
+                         f"({facts.capacity_rps:g} rps)")
+        return None
+    current = facts.desired_replicas
+    needed = math.ceil(facts.request_rps * 1.2 / per)
+    target = min(max(needed, current + 1), service.scaling.max_replicas)
+    share = f"{facts.overload_share:.0%} of requests cannot be served"
     if target <= current:
-        return Plan(incident_id, service_name, environment, (), evidence + tuple(notes),
-                    f"Error rate is high and {current} replicas is already the configured maximum: a person must look.")
-    k = service.kubernetes
-    action = PlannedAction("scale", f"deployment/{k.deployment} (namespace {k.namespace})", f"replicas {current}",
-                           f"replicas {target}", "kubectl scale",
-                           {"namespace": k.namespace, "deployment": k.deployment, "from": current, "to": target})
-    return Plan(incident_id, service_name, environment, (action,), evidence + tuple(notes),
-                f"No recent change and no failing dependency: add capacity, {current} -> {target} replicas "
-                f"(maximum {service.scaling.max_replicas}).")
+        w.against.append(f"the load ({facts.request_rps:g} rps) exceeds capacity but {current} replicas is already "
+                         f"the configured maximum")
+        return None
+    w.add(True, f"the load ({facts.request_rps:g} rps) exceeds the capacity of {facts.ready_pods} ready replicas "
+                f"({facts.capacity_rps:g} rps at {per:g} each): {share}")
+    return scale_action(service, current, target)
+
+
+def _step_up(service: ServiceConfig, current: int) -> PlannedAction | None:
+    target = min(current + service.errors.scale_step, service.scaling.max_replicas)
+    return scale_action(service, current, target) if target > current else None
+
+
+def _summary(actions: list[PlannedAction], facts: ServiceFacts, rate: float) -> str:
+    parts = {"rollback": lambda a: f"the errors began with {a.before}: roll back to {a.after}",
+             "circuit_breaker": lambda a: f"a dependency fails: open the circuit breaker ({a.after})",
+             "scale": lambda a: f"the load exceeds capacity: scale {a.before} -> {a.after}"}
+    return f"Error rate {rate:.0%}: " + "; ".join(parts[a.kind](a) for a in actions) + "."

@@ -33,7 +33,7 @@ def _digest(data: Any) -> str:
 
 @dataclass(frozen=True)
 class PlannedAction:
-    kind: str  # rollback | rollout_restart | scale
+    kind: str  # rollback, rollout_restart, scale, circuit_breaker, terminate_sessions, cancel_queries, ...
     target: str  # e.g. "deployment/api (namespace sandbox)"
     before: str
     after: str
@@ -56,6 +56,28 @@ class Plan:
     actions: tuple[PlannedAction, ...]
     evidence: tuple[str, ...] = ()
     summary: str = ""
+    confidence: str = "strong"          # strong | weak | none (an abstention: no action)
+    support: tuple[str, ...] = ()       # the evidence for this choice
+    against: tuple[str, ...] = ()       # the evidence against it, or for another cause
+    handover: str | None = None         # the scenario that owns the cause found
+    scenario: str = ""                  # the scenario whose rule made it (after any handover)
+
+    @property
+    def abstained(self) -> bool:
+        return not self.actions and self.confidence == "none"
+
+    def judgement_lines(self) -> list[str]:
+        """Confidence, and the evidence for and against, as plain lines (Slack, CLI)."""
+        lines = [f"Confidence: {self.confidence}"]
+        lines += [f"  for: {s}" for s in self.support]
+        lines += [f"  against: {s}" for s in self.against]
+        return lines
+
+    def judgement_markdown(self) -> str:
+        support = "\n".join(f"- {markdown_text(s, 400)}" for s in self.support) or "- (none)"
+        against = "\n".join(f"- {markdown_text(s, 400)}" for s in self.against) or "- (none)"
+        return (f"**Confidence:** {self.confidence}\n\n**Evidence for**\n\n{support}\n\n"
+                f"**Evidence against**\n\n{against}")
 
     @property
     def digest(self) -> str:
@@ -69,7 +91,9 @@ class Plan:
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
         return cls(incident_id=data["incident_id"], service=data["service"], environment=data["environment"],
                    actions=tuple(PlannedAction(**a) for a in data["actions"]), evidence=tuple(data.get("evidence", ())),
-                   summary=data.get("summary", ""))
+                   summary=data.get("summary", ""), confidence=data.get("confidence", "strong"),
+                   support=tuple(data.get("support", ())), against=tuple(data.get("against", ())),
+                   handover=data.get("handover"), scenario=data.get("scenario", ""))
 
     def markdown(self, timeout_seconds: int | None = None) -> str:
         rows = "\n".join(
@@ -81,7 +105,8 @@ class Plan:
                 f"`{self.service}` in `{self.environment}`\n\n"
                 f"{markdown_text(self.summary, 500)}\n\n"
                 f"| # | Action | Target | Before → After | Via |\n|---|---|---|---|---|\n{rows}\n\n"
-                f"**Evidence**\n\n{evidence}\n\n"
+                f"{self.judgement_markdown()}\n\n"
+                f"**All checks**\n\n{evidence}\n\n"
                 f"Switch **approve** on, give your name and a reason, and submit to run exactly this plan. "
                 f"Submitting with approve off declines it and nothing changes.{waiting}\n\n"
                 f"<sub>plan digest {self.digest[:16]}</sub>")

@@ -8,6 +8,7 @@ from typing import Any
 
 from incidents.config import ServiceConfig
 from incidents.diagnosis import Finding
+from incidents.evidence import STRONG, Weighing, abstain, settle
 from incidents.plans import Plan, PlannedAction
 from incidents.templates import markdown_text
 
@@ -84,9 +85,13 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
             f"{sec.logging.key}={current}", f"{sec.logging.key}={sec.logging.level}", "ConfigMap patch",
             {"namespace": ns, "configmap": sec.logging.configmap, "key": sec.logging.key,
              "level": sec.logging.level, "previous": current}))
-    summary = ("Contain: " + "; ".join(a.kind.replace("_", " ") + " " + a.target for a in actions)
-               if actions else "No containment configured for this service: a person must act.")
-    return Plan(incident_id, service_name, environment, tuple(actions), evidence, summary)
+    w = Weighing([f"the alert reports a security incident on {service_name}"]
+                 + ([f"the alert names {', '.join(cidrs)} as sources"] if cidrs else []))
+    head = Plan(incident_id, service_name, environment, (), evidence)
+    if not actions:
+        return abstain(head, w, "no containment is configured for this service.")
+    return settle(head, actions, STRONG, w,
+                  "Contain: " + "; ".join(a.kind.replace("_", " ") + " " + a.target for a in actions))
 
 
 def public_statement_draft(service: str, opened_at: str, cidrs: list[str]) -> str:

@@ -7,7 +7,7 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -74,6 +74,8 @@ def probe_all(urls: list[str], timeout: float = 5.0, max_parallel: int = 64) -> 
 class ErrorMetrics:
     requests: float
     errors: float
+    # per version (the image tag that served them), when the service labels its counters so
+    by_version: dict[str, tuple[float, float]] = field(default_factory=dict, compare=False)
 
     @property
     def error_rate(self) -> float:
@@ -108,21 +110,34 @@ def error_metrics(body: Any) -> ErrorMetrics | None:
     if isinstance(body, dict):
         if "errors" in body:
             try:
-                return ErrorMetrics(float(body.get("requests") or 0), float(body["errors"]))
+                return ErrorMetrics(float(body.get("requests") or 0), float(body["errors"]), _versions(body))
             except (TypeError, ValueError):
                 return None
         return None
     if isinstance(body, str):
         total = errors = 0.0
         found = False
+        versions: dict[str, tuple[float, float]] = {}
         for name, labels, value in parse_prometheus(body):
             if name == "http_requests_total":
                 found = True
+                failed = value if labels.get("code", "").startswith("5") else 0.0
                 total += value
-                if labels.get("code", "").startswith("5"):
-                    errors += value
-        return ErrorMetrics(total, errors) if found else None
+                errors += failed
+                if labels.get("version"):
+                    seen = versions.get(labels["version"], (0.0, 0.0))
+                    versions[labels["version"]] = (seen[0] + value, seen[1] + failed)
+        return ErrorMetrics(total, errors, versions) if found else None
     return None
+
+
+def _versions(body: dict) -> dict[str, tuple[float, float]]:
+    """JSON `versions: {tag: {requests, errors}}`; anything malformed is left out."""
+    found = body.get("versions")
+    if not isinstance(found, dict):
+        return {}
+    return {str(v): (float(c.get("requests") or 0), float(c.get("errors") or 0))
+            for v, c in found.items() if isinstance(c, dict)}
 
 
 def sample_error_rate(url: str, seconds: float, timeout: float = 5.0) -> tuple[ErrorMetrics, ErrorMetrics]:
@@ -132,7 +147,9 @@ def sample_error_rate(url: str, seconds: float, timeout: float = 5.0) -> tuple[E
         first = _counters(client, url)
         time.sleep(seconds)
         second = _counters(client, url)
-    return ErrorMetrics(second.requests - first.requests, second.errors - first.errors), second
+    versions = {v: (r - first.by_version.get(v, (0.0, 0.0))[0], e - first.by_version.get(v, (0.0, 0.0))[1])
+                for v, (r, e) in second.by_version.items()}
+    return ErrorMetrics(second.requests - first.requests, second.errors - first.errors, versions), second
 
 
 def _counters(client: httpx.Client, url: str) -> ErrorMetrics:

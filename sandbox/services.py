@@ -7,7 +7,11 @@ Error model, per service and per tick:
 - a revision whose image tag contains `-errors` fails a share of what it serves: only a
   rollback fixes that;
 - a failing dependency fails half the requests, unless the circuit breaker (ConfigMap
-  `<service>-flags`, key `circuit_breaker` = on) sheds them to a fallback.
+  `<service>-flags`, key `circuit_breaker` = on) sheds them to a fallback;
+- a feature flag turned on (ConfigMap `<service>-flags`, key `new_checkout` = on) fails 40% of
+  what any revision serves, and nothing but `/metrics` shows it: a fault no remedy here fixes.
+`/metrics` counts requests and errors in all and per version (the image tag that served them),
+as a service labelling its metrics with its version does.
 `/health` reports `checks.database` from a real query on the service's PostgreSQL when one
 is configured: a table lock held elsewhere makes it fail.
 """
@@ -21,6 +25,7 @@ from sandbox.http import Request, Response
 
 BAD_REVISION_ERROR_SHARE = 0.3
 DEPENDENCY_ERROR_SHARE = 0.5
+FLAG_ERROR_SHARE = 0.4
 
 
 @dataclass
@@ -33,30 +38,44 @@ class DemoService:
     requests: float = 0.0
     errors: float = 0.0
     history: list[tuple[float, float]] = field(default_factory=list)
+    versions: dict[str, list[float]] = field(default_factory=dict)  # version -> [requests, errors]
 
     def tick(self, cluster: Cluster, seconds: float) -> None:
         ready = cluster.ready_pods(self.namespace, self.name)
         load = self.load_rps * seconds
+        version = _image(cluster, self.namespace, self.name).rsplit(":", 1)[-1]
         if not ready:
             failed = load
         else:
             capacity = ready * self.capacity_per_replica * seconds
             served = min(load, capacity)
             failed = load - served
-            image = _image(cluster, self.namespace, self.name)
-            if "-errors" in image.rsplit(":", 1)[-1]:
-                failed += served * BAD_REVISION_ERROR_SHARE
-            elif self.dependency_down and not self.breaker_on(cluster):
-                failed += served * DEPENDENCY_ERROR_SHARE
-        self.requests += load
-        self.errors += failed
+            flags = self.flags(cluster)
+            share = 0.0
+            if "-errors" in version:
+                share += BAD_REVISION_ERROR_SHARE
+            if self.dependency_down and flags.get("circuit_breaker") != "on":
+                share += DEPENDENCY_ERROR_SHARE
+            if flags.get("new_checkout") == "on":
+                share += FLAG_ERROR_SHARE
+            failed += served * min(share, 1.0)
+        self.count(version, load, failed)
+
+    def count(self, version: str, requests: float, errors: float) -> None:
+        self.requests += requests
+        self.errors += errors
+        counts = self.versions.setdefault(version, [0.0, 0.0])
+        counts[0] += requests
+        counts[1] += errors
+
+    def flags(self, cluster: Cluster) -> dict:
+        try:
+            return cluster.get("configmaps", self.namespace, f"{self.name}-flags").get("data") or {}
+        except Exception:  # noqa: BLE001 - no flags ConfigMap: every flag off
+            return {}
 
     def breaker_on(self, cluster: Cluster) -> bool:
-        try:
-            flags = cluster.get("configmaps", self.namespace, f"{self.name}-flags")
-        except Exception:  # noqa: BLE001 - no flags ConfigMap: breaker off
-            return False
-        return (flags.get("data") or {}).get("circuit_breaker") == "on"
+        return self.flags(cluster).get("circuit_breaker") == "on"
 
 
 def _image(cluster: Cluster, namespace: str, name: str) -> str:
@@ -107,5 +126,6 @@ def endpoint(svc: DemoService, cluster: Cluster, endpoint: str, req: Request, da
                 "# HELP http_requests_total Requests served.\n# TYPE http_requests_total counter\n"
                 f'http_requests_total{{service="{svc.name}",code="200"}} {requests - errors}\n'
                 f'http_requests_total{{service="{svc.name}",code="503"}} {errors}\n')
-        return Response.json({"requests": requests, "errors": errors, "ready_replicas": ready})
+        versions = {v: {"requests": int(c[0]), "errors": int(c[1])} for v, c in svc.versions.items()}
+        return Response.json({"requests": requests, "errors": errors, "ready_replicas": ready, "versions": versions})
     return Response.text("not found", 404)

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.cluster import Cluster, Seed, seed_deployment
+from sandbox.cluster import REVISION, Cluster, Seed, now_iso, seed_deployment
 from sandbox.github import GitHub
 from sandbox.http import Fault, Faults, Request, Response, Router, serve
 from sandbox.kube_api import KubeApi
-from sandbox.services import DemoService, endpoint as service_endpoint
+from sandbox.services import BAD_REVISION_ERROR_SHARE, DemoService, endpoint as service_endpoint
 from sandbox.tls import make_certificate, server_context
 
 NAMESPACE = "sandbox"
@@ -243,18 +243,39 @@ class Sandbox:
         return Response.json({"service": svc.name, "dependency_down": svc.dependency_down})
 
     def _deploy(self, req: Request) -> Response:
+        """POST /_sandbox/deploy {"service": "api", "version": "v1.6.0", "ago_seconds": 600}: a
+        release through "CI". `ago_seconds` (optional, up to a day) makes it one that went out
+        that long ago: its ReplicaSet, commit and deploy run are dated then, and the traffic it
+        served since is counted in `/metrics` (clean unless its tag says otherwise)."""
         data = req.json() or {}
-        name, version = data.get("service"), data.get("version")
-        if name not in self.services or not isinstance(version, str) or not version:
+        name, version, ago = data.get("service"), data.get("version"), data.get("ago_seconds", 0)
+        if name not in self.services or not isinstance(version, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,60}",
+                                                                                           version):
             return Response.json({"message": "give service (one of %s) and version" % sorted(self.services)}, 422)
+        if not isinstance(ago, (int, float)) or not 0 <= ago <= 86400:
+            return Response.json({"message": "ago_seconds must be a number of seconds from 0 to 86400"}, 422)
         image = f"{IMAGE.format(name=name)}:{version}"
-        self.cluster.patch("deployments", NAMESPACE, name,
-                           {"spec": {"template": {"spec": {"containers": [{"name": name, "image": image}]}}}},
-                           "application/strategic-merge-patch+json")
-        self.github.add_commit(f"acme/{name}", f"Release {version}")
-        run = self.github.record_run(f"acme/{name}", "deploy.yml", f"Deploy {version}", "success",
+        at = time.time() - ago
+        with self.cluster.lock:
+            self.cluster.patch("deployments", NAMESPACE, name,
+                               {"spec": {"template": {"spec": {"containers": [{"name": name, "image": image}]}}}},
+                               "application/strategic-merge-patch+json")
+            if ago:
+                self._backdate(name, version, at, ago)
+        self.github.add_commit(f"acme/{name}", f"Release {version}", at=at - 60)
+        run = self.github.record_run(f"acme/{name}", "deploy.yml", f"Deploy {version}", "success", at=at,
                                      log=[f"Deploying {image}", "Deployed"])
         return Response.json({"image": image, "run_id": run["id"]})
+
+    def _backdate(self, name: str, version: str, at: float, ago: float) -> None:
+        newest = max(self.cluster.replicasets_of(NAMESPACE, name),
+                     key=lambda rs: int(rs["metadata"]["annotations"].get(REVISION, "0")))
+        stored = self.cluster._objects[("replicasets", NAMESPACE, newest["metadata"]["name"])]
+        stored["metadata"]["creationTimestamp"] = now_iso(at)
+        svc = self.services[name]
+        served = svc.load_rps * ago
+        share = 1.0 if version.endswith("-broken") else BAD_REVISION_ERROR_SHARE if "-errors" in version else 0.0
+        svc.count(version, served, served * share)
 
     def _set_fault(self, req: Request) -> Response:
         data: dict[str, Any] = req.json() or {}

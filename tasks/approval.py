@@ -110,6 +110,7 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
         notify_slack(ctx, incident.id,
                      f"⏸️ APPROVAL NEEDED\nIssue: {incident.issue_ref}\nService: {ctx.service_name} ({ctx.environment})\n"
                      + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
+                     + "\n" + "\n".join(plan.judgement_lines())
                      + f"\nDeadline: {timeout // 60} min (then declined)\n{how}",
                      link=("Review the plan", link) if link else None)
 

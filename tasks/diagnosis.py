@@ -86,7 +86,7 @@ def check_rollout(ctx: RunContext) -> Finding:
         "rollout_done": status.done, "rollout_failed": status.failed, "oom_killed": len(oom),
         "desired_replicas": deployment["spec"].get("replicas", 1),
         "pods": [{"name": p.name, "ready": p.ready, "restarts": p.restarts, "waiting": p.waiting_reason,
-                  "last_termination": p.last_termination_reason} for p in pods]})
+                  "last_termination": p.last_termination_reason, "image": p.image} for p in pods]})
 
 
 @task(name="recent-deployments", cache_policy=NO_CACHE)

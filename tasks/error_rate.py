@@ -33,14 +33,24 @@ def _measure(ctx: RunContext) -> tuple[float, float, float]:
 @task(name="measure-error-rate", cache_policy=NO_CACHE)
 def measure_error_rate(ctx: RunContext) -> Finding:
     """`curl /metrics | jq '.errors'`, twice, a window apart: the recent error rate."""
-    threshold = ctx.service.errors.threshold
+    service = ctx.service
+    threshold, seconds = service.errors.threshold, service.errors.sample_seconds
     try:
-        rate, requests, errors = _measure(ctx)
+        window, totals = sample_error_rate(service.url(service.metrics_path), seconds, ctx.config.timeouts.probe_seconds)
     except Exception as exc:  # noqa: BLE001 - HTTP error, bad body: the check could not run
         return unavailable(RATE, f"{type(exc).__name__}: {exc}")
-    summary = f"{rate:.1%} of {requests:g} requests failed in {ctx.service.errors.sample_seconds:g} s " \
-              f"(threshold {threshold:.1%})"
-    return Finding(RATE, rate < threshold, summary, data={"rate": round(rate, 4), "requests": requests, "errors": errors})
+    rate = window.error_rate
+    summary = f"{rate:.1%} of {window.requests:g} requests failed in {seconds:g} s (threshold {threshold:.1%})"
+    versions = {v: {"window_requests": r, "window_errors": e, "requests": totals.by_version[v][0],
+                    "errors": totals.by_version[v][1]}
+                for v, (r, e) in window.by_version.items() if v in totals.by_version}
+    for v, (r, e) in totals.by_version.items():
+        versions.setdefault(v, {"window_requests": 0.0, "window_errors": 0.0, "requests": r, "errors": e})
+    details = tuple(f"version {v}: {c['window_errors']:g} errors of {c['window_requests']:g} requests in the window, "
+                    f"{c['errors']:g} of {c['requests']:g} in all" for v, c in versions.items())
+    return Finding(RATE, rate < threshold, summary, details,
+                   {"rate": round(rate, 4), "requests": window.requests, "errors": window.errors,
+                    "rps": round(window.requests / seconds, 2), "versions": versions})
 
 
 @task(name="prometheus-error-rate", cache_policy=NO_CACHE)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -26,7 +26,7 @@ from tasks.approval import request_approval
 from tasks.context import RunContext
 from tasks.deploys import RemediationFailed, Verification
 from tasks.remedies import execute
-from tasks.incident import escalate_incident, open_incident, resolve_incident
+from tasks.incident import alert_started_at, escalate_incident, open_incident, resolve_incident
 from tasks.notify import notify_slack
 from tasks.reporting import publish_report
 from tasks.timeline import record
@@ -39,12 +39,16 @@ class Scenario:
     impact: str
     summary: Callable[[RunContext], str]
     diagnose: Callable[[RunContext], dict[str, Finding]]
-    plan: Callable[[RunContext, Incident, dict[str, Finding]], Plan]
+    # the findings, and when the failure began (the alert's startsAt, None if unknown)
+    plan: Callable[[RunContext, Incident, dict[str, Finding], datetime | None], Plan]
     verify: Callable[[RunContext, dict[str, Finding], Plan], Verification]
     root_cause: Callable[[dict[str, Finding], Plan], str]
     prevention: Callable[[dict[str, Finding], Plan], str]
     # runs right after diagnosis, before any plan is shown (e.g. to keep evidence)
     after_diagnosis: Callable[[RunContext, Incident, dict[str, Finding]], None] | None = None
+    # scenarios this one hands over to when its plan names them (Plan.handover), e.g. a service
+    # down whose /health names the database goes on with the database-issues diagnosis
+    handovers: Mapping[str, "Scenario"] = field(default_factory=dict)
 
 
 def _status(ctx: RunContext, incident: Incident, status: Status, eta: str, impact: str, note: str) -> None:
@@ -103,7 +107,7 @@ def _resumption(ctx: RunContext) -> dict | None:
 def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None, dry_run: bool,
                  alert: dict | None) -> dict[str, Any]:
     if dry_run:
-        return _dry_run(scenario, ctx, severity)
+        return _dry_run(scenario, ctx, severity, alert)
     logger = get_run_logger()
     earlier = _resumption(ctx)
     if earlier is not None:
@@ -116,6 +120,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
                                    "service": ctx.service_name, "environment": ctx.environment,
                                    "severity": incident.severity.value, "dry_run": dry_run,
                                    "plan": [a.describe() for a in plan.actions], "resumed": True}
+        scenario = next((s for s in scenario.handovers.values() if plan.scenario == s.name), scenario)
         return _holding(ctx, incident, scenario, lambda: _approve_act_verify(scenario, ctx, incident, findings, plan,
                                                                              alert, outcome))
 
@@ -139,7 +144,13 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
                     taken=True)
 
 
-def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None) -> dict[str, Any]:
+def _onset(alert: dict | None, incident: Incident) -> datetime | None:
+    """When the failure began: the alert's startsAt, or the incident's first alert's; unknown
+    for a manual run (the time someone pressed Run says nothing about when it broke)."""
+    return alert_started_at(alert) or alert_started_at(incident.alert)
+
+
+def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: dict | None) -> dict[str, Any]:
     """Diagnose and plan, change nothing, page nobody: the record is closed from the start and
     the metrics do not count it."""
     severity = Severity(severity) if severity else scenario.default_severity
@@ -150,27 +161,43 @@ def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None) -> 
     findings = scenario.diagnose(ctx)
     if scenario.after_diagnosis:
         scenario.after_diagnosis(ctx, record_, findings)
-    plan, failing = _plan(scenario, ctx, record_, findings)
+    scenario, findings, plan, failing = _plan(scenario, ctx, record_, findings, alert_started_at(alert))
     publish_report(ctx, record_, "plan", "## Dry run: nothing was changed\n\n" + plan.markdown())
     record(ctx, record_.id, "runbook", "dry_run", "Dry run: plan reported, nothing changed", {"plan": plan.to_dict()})
     return {"incident_id": record_.id, "issue": None, "scenario": scenario.name, "service": ctx.service_name,
             "environment": ctx.environment, "severity": severity.value, "dry_run": True,
-            "plan": [a.describe() for a in plan.actions], "failing": failing, "outcome": "dry_run"}
+            "plan": [a.describe() for a in plan.actions], "failing": failing, "outcome": "dry_run",
+            "planned_by": scenario.name, "judgement": _judgement(plan)}
 
 
-def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding]
-          ) -> tuple[Plan, list[str]]:
-    """The plan from the findings, recorded on the timeline with the diagnosis report."""
-    plan = scenario.plan(ctx, incident, findings)
+def _judgement(plan: Plan) -> dict[str, Any]:
+    return {"confidence": plan.confidence, "abstained": plan.abstained, "summary": plan.summary,
+            "kinds": [a.kind for a in plan.actions], "support": list(plan.support), "against": list(plan.against)}
+
+
+def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
+          onset: datetime | None) -> tuple[Scenario, dict[str, Finding], Plan, list[str]]:
+    """The plan from the findings, recorded on the timeline with the diagnosis report. A plan
+    that hands over to another scenario runs that one's checks and planning rule; the rest of
+    the run (approval, action, verification) is then that scenario's."""
+    plan = scenario.plan(ctx, incident, findings, onset)
+    title = f"{scenario.name} for {ctx.service_name} ({ctx.environment})"
+    successor = next((s for s in scenario.handovers.values() if plan.handover == s.name), None)
+    if successor is not None:
+        record(ctx, incident.id, "runbook", "handed_over", f"{scenario.name} hands over to {successor.name}: "
+                                                           f"{plan.summary}", {"support": list(plan.support)})
+        get_run_logger().info("Handing over to %s: %s", successor.name, plan.summary)
+        findings = {**findings, **successor.diagnose(ctx)}
+        scenario, plan = successor, successor.plan(ctx, incident, findings, onset)
+        title = f"{title}, handed over to {successor.name}"
+    plan = replace(plan, scenario=scenario.name)
     failing = [f.check for f in findings.values() if f.ok is False]
     record(ctx, incident.id, "runbook", "diagnosed",
            f"Diagnosis: {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); {plan.summary}",
            {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()}})
-    publish_report(ctx, incident, "diagnosis",
-                   report_markdown(f"Diagnosis: {scenario.name} for {ctx.service_name} ({ctx.environment})",
-                                   list(findings.values()), plan))
-    get_run_logger().info("Plan: %s", plan.summary)
-    return plan, failing
+    publish_report(ctx, incident, "diagnosis", report_markdown(f"Diagnosis: {title}", list(findings.values()), plan))
+    get_run_logger().info("Plan (%s): %s", plan.confidence, plan.summary)
+    return scenario, findings, plan, failing
 
 
 # -- one runbook acts on a target at a time ------------------------------------------------------
@@ -275,9 +302,15 @@ def _diagnosed(scenario: Scenario, ctx: RunContext, incident: Incident, findings
     record(ctx, incident.id, "runbook", "investigating", f"Investigation: {len(findings)} checks ran")
     if scenario.after_diagnosis:
         scenario.after_diagnosis(ctx, incident, findings)
-    plan, failing = _plan(scenario, ctx, incident, findings)
+    scenario, findings, plan, failing = _plan(scenario, ctx, incident, findings, _onset(alert, incident))
     outcome["plan"] = [a.describe() for a in plan.actions]
+    outcome["judgement"] = _judgement(plan)
     if not plan.actions:
+        if plan.abstained:
+            reasons = "; ".join(plan.against) or "no evidence names a cause"
+            escalate_incident(ctx, incident, f"{plan.summary} Evidence against: {reasons}. Nothing was changed.",
+                              Status.INVESTIGATING, scenario.impact)
+            return {**outcome, "outcome": "abstained"}
         if failing:
             escalate_incident(ctx, incident, f"Checks fail ({', '.join(failing)}) but no automated remedy applies: "
                                              f"{plan.summary}", Status.INVESTIGATING, scenario.impact)
