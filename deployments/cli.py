@@ -111,6 +111,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         params["dry_run"] = args.dry_run
         if args.severity:
             params["severity"] = args.severity
+    elif args.fault:
+        from incidents.drills import CATALOG
+
+        if args.fault not in CATALOG:
+            raise CliError(f"no fault {args.fault!r} in the catalog; `runbooks faults` lists them", USAGE)
+        params.update(scenario=args.fault, service=args.service)
     # the key makes a create that is tried again (the server was busy) one run, never two
     run = _api("POST", f"/deployments/{dep['id']}/create_flow_run",
                json={"parameters": params, "idempotency_key": f"runbooks-cli-{uuid.uuid4()}"})
@@ -423,6 +429,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    from incidents.drills import CATALOG
+
+    print(f"{'fault':<38} {'scenario':<18} {'expected':<40} injected")
+    for spec in CATALOG.values():
+        how = "; ".join(step.describe() for step in spec.steps)
+        print(f"{spec.name:<38} {spec.scenario:<18} {spec.expected_text:<40} {how}"
+              + (" [sandbox only]" if spec.sandbox_only else ""))
+    print("\nPlay one end to end: runbooks run incident-drill --fault <fault>")
+    return OK
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="runbooks", description="Incident-response runbooks on Prefect.",
                                 epilog="Exit codes: 0 done, 1 failed, 2 usage, 3 waiting for approval, 4 unreachable.")
@@ -435,6 +453,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="diagnose and plan only; change nothing")
     run.add_argument("--no-follow", action="store_true")
     run.add_argument("--timeout", type=float, default=600, help="seconds to follow before giving up")
+    run.add_argument("--fault", help="incident-drill only: the catalog fault to play (see `runbooks faults`)")
+    sub.add_parser("faults", help="the fault catalog: each fault, how it is injected, and the expected outcome")
     sub.add_parser("approvals", help="list runs waiting for approval, with their plans")
     for name, verb in (("approve", "approve"), ("decline", "decline")):
         answer = sub.add_parser(name, help=f"{verb} a paused run's plan (the same gate as the UI)")
@@ -487,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "approvals": cmd_approvals, "approve": cmd_approve, "decline": cmd_decline,
                 "cancel": cmd_cancel,
                 "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config,
-                "ack": cmd_ack, "resolve": cmd_resolve, "postmortem": cmd_postmortem, "metrics": cmd_metrics}
+                "ack": cmd_ack, "resolve": cmd_resolve, "postmortem": cmd_postmortem, "metrics": cmd_metrics,
+                "faults": cmd_faults}
     try:
         if args.command in ("up", "down"):
             from deployments.stack import main as stack_main

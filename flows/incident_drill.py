@@ -15,7 +15,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from incidents.drills import resolve_fault
+from incidents.drills import NOTHING, REMEDY, resolve_fault
 from incidents.store import DrillStore
 from tasks.approval import DrillNotAllowed
 from tasks.context import RunContext
@@ -24,14 +24,22 @@ from tasks.drill import (DrillFailed, check_recovered, clean_up, follow_runbook,
 from tasks.faults import sandbox_url
 
 
+def _require_recovery(ctx: RunContext, state, alert_key: str) -> None:
+    unrecovered = unrecovered_outcome(alert_key)
+    if unrecovered:
+        raise DrillFailed(f"the runbook ended without recovering the service ({unrecovered[:300]})")
+    if not check_recovered(ctx, state, timeout=60):
+        raise DrillFailed("the runbook finished but the fault is still visible")
+
+
 @flow(name="incident-drill", description="A game day: inject a fault from the catalog, let the alert intake start "
                                          "the runbook, verify recovery, always clean up, and score it.")
 def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
                    approval_mode: Literal["auto", "human"] = "auto", approval_delay_seconds: float = 5.0,
                    deadline_minutes: float = 15.0, service: str = "api") -> dict[str, Any]:
     """Args:
-        scenario: a scenario (service-down, high-error-rate, database-issues, security-incident) or a fault
-            from the catalog (bad-deploy, error-spike, pg-lock, pg-connections, pg-long-query, leaked-credential).
+        scenario: a scenario (service-down, high-error-rate, database-issues, security-incident) or any fault
+            of the catalog (`runbooks drill --list`; README "Fault catalog"), e.g. release-then-dependency.
         environment: must say drills_allowed: true in its config.
         approval_mode: auto (the drill approves its own plan after the delay) or human (practise the real gate).
         approval_delay_seconds: how long an automatic approval waits, standing in for a person's reaction.
@@ -55,18 +63,15 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
     state, run, alert_key, run_id, error, cleanup_done = None, None, None, None, None, []
     try:
         state = inject_fault(ctx, spec)
-        if not wait_for_detection(ctx, state, timeout=min(deadline, 300)):
+        if spec.outcome != NOTHING and not wait_for_detection(ctx, state, timeout=min(deadline, 300)):
             raise DrillFailed(f"the fault's signal never showed within {min(deadline, 300):.0f} s")
-        started = raise_alert(ctx, spec, drill_id, state)
+        started = raise_alert(ctx, spec, drill_id, state, injected_at)
         alert_key, run_id = started["alert_key"], started["run_id"]
         run = follow_runbook(run_id, timeout=deadline)
         if run["state"] != "COMPLETED":
             raise DrillFailed(f"the runbook's run ended {run['state']}: {run['message']}")
-        unrecovered = unrecovered_outcome(alert_key)
-        if unrecovered:
-            raise DrillFailed(f"the runbook ended without recovering the service ({unrecovered[:300]})")
-        if not check_recovered(ctx, state, timeout=60):
-            raise DrillFailed("the runbook finished but the fault is still visible")
+        if spec.outcome == REMEDY:  # otherwise nothing is to recover: the score says whether it held back
+            _require_recovery(ctx, state, alert_key)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, and the fault cleaned up
         error = f"{type(exc).__name__}: {exc}"
         logger.error("Drill %s failed: %s", drill_id, error)

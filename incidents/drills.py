@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from incidents.templates import markdown_text
 
@@ -15,33 +16,151 @@ _COMMON_STEPS = ("detected", "issue_opened", "investigating", "diagnosed", "appr
 
 
 @dataclass(frozen=True)
+class Step:
+    """One thing done to the target, the way a user or a monitoring system would see it:
+    release (a version through CI; `ago_seconds` makes it one that went out earlier, via the
+    sandbox), load (requests per second), dependency (down), flag (a feature flag turned on
+    with kubectl), replicas (kubectl scale), pg_lock, pg_long_query, pg_connections, pg_idle (a
+    short, harmless idle transaction), leaked_credential."""
+    kind: str
+    value: Any = None
+    ago_seconds: float = 0.0
+
+    @property
+    def sandbox_only(self) -> bool:
+        return self.kind in ("load", "dependency") or (self.kind == "release" and self.value != "broken-by-kubectl")
+
+    def describe(self) -> str:
+        if self.kind == "release":
+            what = "a crash-looping image (kubectl set image)" if self.value == "broken-by-kubectl" else self.value
+            return f"release {what}" + (f" {self.ago_seconds / 60:g} min ago" if self.ago_seconds else "")
+        return self.kind.replace("_", " ") + (f" {self.value}" if self.value not in (None, True) else "")
+
+
+REMEDY, ABSTAIN, NOTHING = "remedy", "abstain", "none"
+# Planned without being needed, these make an outage worse: a healthy release rolled back, a
+# healthy session ended or its query cancelled, data cleared, credentials or traffic cut.
+HARMFUL_WHEN_UNNEEDED = frozenset({"rollback", "terminate_sessions", "cancel_queries", "clear_cache",
+                                   "rotate_secrets", "block_ips"})
+
+
+@dataclass(frozen=True)
 class FaultSpec:
     name: str
     scenario: str
     alertname: str
     severity: str
     description: str
-    sandbox_only: bool = False  # needs the sandbox's own controls to inject
+    steps: tuple[Step, ...] = ()
+    expected: frozenset[str] = frozenset()  # the remedy kinds that fix it (outcome remedy)
+    outcome: str = REMEDY                    # remedy | abstain (no remedy here fits) | none (nothing is wrong)
+    decoy_release: bool = False              # a healthy recent release that is not the cause
+
+    @property
+    def sandbox_only(self) -> bool:  # needs the sandbox's own controls to inject
+        return any(step.sandbox_only for step in self.steps)
+
+    @property
+    def faults(self) -> int:
+        """How many faults it combines (a healthy release is not one)."""
+        return sum(1 for s in self.steps if s.kind != "release" or "broken" in str(s.value) or "errors" in str(s.value))
+
+    @property
+    def expected_text(self) -> str:
+        return ", ".join(sorted(self.expected)) if self.outcome == REMEDY else self.outcome
 
     @property
     def expected_steps(self) -> tuple[str, ...]:
+        if self.outcome != REMEDY:
+            return _COMMON_STEPS[:4]
         extra = ("evidence_captured", "public_draft") if self.scenario == "security-incident" else ()
         return _COMMON_STEPS[:4] + extra + _COMMON_STEPS[4:]
 
 
+def grade(spec: FaultSpec, kinds: set[str] | frozenset[str], abstained: bool) -> str:
+    """right (the expected remedy, abstention or nothing), abstain, wrong (cannot fix it) or
+    harmful (makes it worse)."""
+    kinds = set(kinds)
+    if kinds & (HARMFUL_WHEN_UNNEEDED - spec.expected):
+        return "harmful"
+    if spec.outcome == REMEDY and kinds == set(spec.expected):
+        return "right"
+    if spec.outcome == ABSTAIN and abstained:
+        return "right"
+    if spec.outcome == NOTHING and not kinds and not abstained:
+        return "right"
+    if not kinds:
+        return "abstain"
+    return "wrong"
+
+
+def _spec(name: str, scenario: str, description: str, steps: list[Step], expected: set[str] | str,
+          decoy: bool = False) -> FaultSpec:
+    alertname, severity = _ALERTS[scenario]
+    outcome = expected if isinstance(expected, str) else REMEDY
+    kinds = frozenset(expected) if isinstance(expected, set) else frozenset()
+    return FaultSpec(name, scenario, alertname, severity, description, tuple(steps), kinds, outcome, decoy)
+
+
+_ALERTS = {"service-down": ("ServiceDown", "P0"), "high-error-rate": ("HighErrorRate", "P1"),
+           "database-issues": ("DatabaseIssues", "P1"), "security-incident": ("SecurityIncident", "P0")}
+_GOOD = Step("release", "v1.6.0", ago_seconds=600)  # a healthy release ten minutes before the fault
+_SD, _ER, _DB, _SEC = "service-down", "high-error-rate", "database-issues", "security-incident"
+
+# Each entry's expected outcome is written down here, before any run grades it.
 CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
-    FaultSpec("bad-deploy", "service-down", "ServiceDown", "P0",
-              "deploy an image whose tag ends in -broken; every endpoint answers 503"),
-    FaultSpec("error-spike", "high-error-rate", "HighErrorRate", "P1",
-              "raise the load past the replicas' capacity; the excess requests fail", sandbox_only=True),
-    FaultSpec("pg-lock", "database-issues", "DatabaseIssues", "P1",
-              "an idle-in-transaction session holds ACCESS EXCLUSIVE on the service's table, 3 sessions wait"),
-    FaultSpec("pg-connections", "database-issues", "DatabaseIssues", "P1",
-              "the application role's connection limit is nearly used up by idle sessions"),
-    FaultSpec("pg-long-query", "database-issues", "DatabaseIssues", "P1",
-              "a query runs far longer than the service's long-query threshold"),
-    FaultSpec("leaked-credential", "security-incident", "SecurityIncident", "P0",
-              "a canary credential is planted in the service's secret and reported seen from an outside address"),
+    _spec("bad-deploy", _SD, "deploy an image whose tag ends in -broken; every endpoint answers 503",
+          [Step("release", "broken-by-kubectl")], {"rollback"}),
+    _spec("broken-after-healthy", _SD, "a healthy release half an hour ago, then a crash-looping one",
+          [Step("release", "v1.6.0", ago_seconds=1800), Step("release", "v1.6.1-broken")], {"rollback"}),
+    _spec("scaled-to-zero", _SD, "someone scales the deployment to 0 replicas", [Step("replicas", 0)], {"scale"}),
+    _spec("release-then-scaled-to-zero", _SD, "a healthy release, then the deployment is scaled to 0",
+          [_GOOD, Step("replicas", 0)], {"scale"}, decoy=True),
+    _spec("db-lock-down", _SD, "a table lock makes /health fail its database check",
+          [Step("pg_lock")], {"terminate_sessions"}),
+    _spec("release-then-db-lock-down", _SD, "a healthy release, then a table lock fails /health's database check",
+          [_GOOD, Step("pg_lock")], {"terminate_sessions"}, decoy=True),
+    _spec("release-and-stale-alert", _SD, "a healthy release and a ServiceDown alert for a service that answers",
+          [Step("release", "v1.6.0", ago_seconds=300)], NOTHING, decoy=True),
+    _spec("broken-release-and-db-lock", _SD, "a crash-looping release and a table lock at once",
+          [Step("release", "v1.6.0-broken"), Step("pg_lock")], {"rollback"}),
+    _spec("error-spike", _ER, "raise the load past the replicas' capacity; the excess requests fail",
+          [Step("load", 200)], {"scale"}),
+    _spec("bad-release-errors", _ER, "a release that fails 30% of what it serves",
+          [Step("release", "v1.6.0-errors")], {"rollback"}),
+    _spec("release-then-dependency", _ER, "a healthy release, then the payments dependency goes down",
+          [_GOOD, Step("dependency", True)], {"circuit_breaker"}, decoy=True),
+    _spec("release-then-overload", _ER, "a healthy release, then load beyond capacity",
+          [_GOOD, Step("load", 200)], {"scale"}, decoy=True),
+    _spec("release-then-overload-and-dependency", _ER, "a healthy release, then overload and a dependency down",
+          [_GOOD, Step("load", 200), Step("dependency", True)], {"scale", "circuit_breaker"}, decoy=True),
+    _spec("release-then-feature-flag", _ER, "a healthy release, then a feature flag that fails 40% of requests",
+          [_GOOD, Step("flag", "new_checkout")], ABSTAIN, decoy=True),
+    _spec("bad-release-and-overload", _ER, "a release that fails 30% of requests, and load beyond capacity",
+          [Step("release", "v1.6.0-errors"), Step("load", 200)], {"rollback", "scale"}),
+    _spec("dependency-then-release", _ER, "the dependency goes down, then a healthy release goes out mid-outage",
+          [Step("dependency", True), Step("release", "v1.6.0")], {"circuit_breaker"}, decoy=True),
+    _spec("feature-flag", _ER, "a feature flag turned on fails 40% of requests", [Step("flag", "new_checkout")],
+          ABSTAIN),
+    _spec("dependency-down", _ER, "the payments dependency goes down", [Step("dependency", True)],
+          {"circuit_breaker"}),
+    _spec("pg-lock", _DB, "an idle-in-transaction session holds ACCESS EXCLUSIVE on the service's table, "
+                          "3 sessions wait", [Step("pg_lock")], {"terminate_sessions"}),
+    _spec("pg-connections", _DB, "the application role's connection limit is nearly used up by idle sessions",
+          [Step("pg_connections")], {"terminate_sessions"}),
+    _spec("pg-long-query", _DB, "a query runs far longer than the service's long-query threshold",
+          [Step("pg_long_query")], {"cancel_queries"}),
+    _spec("release-then-long-query", _DB, "a healthy release, then a runaway query",
+          [_GOOD, Step("pg_long_query")], {"cancel_queries"}, decoy=True),
+    _spec("pg-lock-and-long-query", _DB, "a lock with waiters and a runaway query at once",
+          [Step("pg_lock"), Step("pg_long_query")], {"terminate_sessions", "cancel_queries"}),
+    _spec("release-and-short-transaction", _DB, "a healthy release and a brief idle transaction: nothing is wrong",
+          [_GOOD, Step("pg_idle")], NOTHING, decoy=True),
+    _spec("leaked-credential", _SEC, "a canary credential is planted in the service's secret and reported seen "
+                                     "from an outside address", [Step("leaked_credential")],
+          {"rotate_secrets", "block_ips", "enable_logging"}),
+    _spec("release-then-leaked-credential", _SEC, "a healthy release, then a leaked credential",
+          [_GOOD, Step("leaked_credential")], {"rotate_secrets", "block_ips", "enable_logging"}, decoy=True),
 )}
 DEFAULT_FAULT = {"service-down": "bad-deploy", "high-error-rate": "error-spike", "database-issues": "pg-lock",
                  "security-incident": "leaked-credential"}
@@ -60,19 +179,29 @@ def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
 
 
 def score(fault: FaultSpec, injected_at: datetime, detected_at: datetime | None, approved_at: datetime | None,
-          recovered_at: datetime | None, steps_seen: list[str], outcome: str | None) -> dict:
-    """Times and the playbook steps the runbook took, against the playbook's targets."""
+          recovered_at: datetime | None, steps_seen: list[str], outcome: str | None,
+          judgement: dict | None = None) -> dict:
+    """Times, the playbook steps the runbook took, and its judgement (the plan graded against
+    the catalog's expected outcome), against the playbook's targets. A fault no remedy here
+    fits passes when the runbook abstains and changes nothing; one that needs a remedy, when
+    the right plan ran and the service recovered."""
     ttd = _seconds(detected_at, injected_at)
     tta = _seconds(approved_at, detected_at)
     ttr = _seconds(recovered_at, injected_at)
     steps = {step: step in steps_seen for step in fault.expected_steps}
     mttd_met = ttd is not None and ttd < MTTD_TARGET_SECONDS
-    mttr_met = ttr is not None and (fault.severity != "P0" or ttr < MTTR_TARGET_SECONDS_P0)
+    needs_remedy = fault.outcome == REMEDY
+    mttr_met = not needs_remedy or (ttr is not None and (fault.severity != "P0" or ttr < MTTR_TARGET_SECONDS_P0))
+    verdict = grade(fault, set(judgement.get("kinds") or ()), bool(judgement.get("abstained"))) if judgement else None
+    finished = outcome == "resolved" if needs_remedy else "action" not in steps_seen
     return {"fault": fault.name, "scenario": fault.scenario, "severity": fault.severity,
             "time_to_detect_s": ttd, "time_to_approve_s": tta, "time_to_recover_s": ttr,
-            "mttd_target_s": MTTD_TARGET_SECONDS, "mttr_target_s": MTTR_TARGET_SECONDS_P0 if fault.severity == "P0" else None,
+            "mttd_target_s": MTTD_TARGET_SECONDS,
+            "mttr_target_s": MTTR_TARGET_SECONDS_P0 if fault.severity == "P0" and needs_remedy else None,
             "mttd_met": mttd_met, "mttr_met": mttr_met, "steps": steps, "runbook_outcome": outcome,
-            "passed": bool(mttd_met and mttr_met and all(steps.values()) and outcome == "resolved")}
+            "expected": fault.expected_text, "judgement": verdict,
+            "planned": sorted((judgement or {}).get("kinds") or ()), "confidence": (judgement or {}).get("confidence"),
+            "passed": bool(mttd_met and mttr_met and all(steps.values()) and finished and verdict == "right")}
 
 
 def _fmt(value: float | None) -> str:
@@ -86,6 +215,9 @@ def scorecard_markdown(drill_id: str, environment: str, card: dict, cleanup: lis
     return f"""## Drill {markdown_text(drill_id)}: {card['fault']} → {card['scenario']} ({environment})
 
 **Result:** {'✅ passed' if card['passed'] else '❌ failed'} — runbook outcome `{card['runbook_outcome']}`
+
+**Judgement:** {card.get('judgement') or 'no plan recorded'} — expected {card.get('expected', '—')}, planned \
+{', '.join(card.get('planned') or []) or 'nothing'} (confidence {card.get('confidence') or '—'})
 
 | Measure | Value | Playbook target | Met |
 |---|---|---|---|

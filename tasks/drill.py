@@ -39,11 +39,13 @@ def wait_for_detection(ctx: RunContext, state: FaultState, timeout: float) -> bo
 
 
 @task(name="raise-alert", cache_policy=NO_CACHE)
-def raise_alert(ctx: RunContext, spec: FaultSpec, drill_id: str, state: FaultState) -> dict[str, Any]:
-    """What Alertmanager would do: post the alert to the intake. Returns the intake's answer."""
+def raise_alert(ctx: RunContext, spec: FaultSpec, drill_id: str, state: FaultState,
+                injected_at: datetime) -> dict[str, Any]:
+    """What Alertmanager would do: post the alert to the intake, starting when the fault did.
+    Returns the intake's answer."""
     url = os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8787").rstrip("/")
     token = os.environ.get("RUNBOOKS_ALERT_TOKEN", "")
-    starts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    starts = injected_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     alert = {"status": "firing", "fingerprint": drill_id, "startsAt": starts,
              "labels": {"alertname": spec.alertname, "service": ctx.service_name, "environment": ctx.environment,
                         "severity": spec.severity, "drill_id": drill_id},
@@ -102,7 +104,7 @@ def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_ke
     """Score the drill from the runbook's own record: its incident, timeline and approval."""
     store = DrillStore()
     incident = store.incident_for_alert(alert_key) if alert_key else None
-    steps, approved_at, recovered_at, outcome = [], None, None, None
+    steps, approved_at, recovered_at, outcome, judgement = [], None, None, None, None
     if incident:
         timeline = store.timeline(incident.id)
         steps = [e.kind for e in timeline]
@@ -110,8 +112,18 @@ def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_ke
         approvals = [a for a in store.approvals(incident.id) if a["decision"] == "approved"]
         approved_at = approvals[0]["decided_at"] if approvals else None
         outcome = "resolved" if "resolved" in steps else (run or {}).get("state", "").lower() or None
-    return score(spec, injected_at, (run or {}).get("started"), approved_at, recovered_at, steps, outcome), \
-        incident.id if incident else None
+        judgement = next((e.data.get("judgement") for e in reversed(timeline) if e.kind == "diagnosed"), None)
+    return score(spec, injected_at, (run or {}).get("started"), approved_at, recovered_at, steps, outcome,
+                 judgement), incident.id if incident else None
+
+
+def judged(alert_key: str) -> dict | None:
+    """The runbook's judgement (its plan's kinds, confidence, abstention) once it has made one."""
+    store = DrillStore()
+    incident = store.incident_for_alert(alert_key)
+    if incident is None:
+        return None
+    return next((e.data.get("judgement") for e in reversed(store.timeline(incident.id)) if e.kind == "diagnosed"), None)
 
 
 @task(name="publish-scorecard", cache_policy=NO_CACHE)

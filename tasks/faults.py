@@ -13,7 +13,7 @@ import httpx
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from incidents.drills import FaultSpec
+from incidents.drills import FaultSpec, Step
 from integrations.kubernetes import container_image
 from integrations.kubernetes_security import (get_config_value, remove_network_policy, secret_metadata,
                                               set_config_value, set_secret_values)
@@ -66,65 +66,138 @@ def _run_in_background(state: FaultState, url: str, sql: str) -> None:
     state.threads.append(thread)
 
 
-# -- inject ---------------------------------------------------------------------------------------------
-def inject(ctx: RunContext, spec: FaultSpec) -> FaultState:
-    state = FaultState(spec)
+# -- inject: one function per step kind ------------------------------------------------------------------
+def _flags_configmap(ctx: RunContext) -> str:
+    breaker = ctx.service.circuit_breaker
+    return breaker.configmap if breaker and breaker.configmap else f"{ctx.service.kubernetes.deployment}-flags"
+
+
+def _release(ctx: RunContext, state: FaultState, step: Step) -> None:
     k = ctx.service.kubernetes
-    if spec.name == "bad-deploy":
-        with ctx.kubernetes() as kube:
-            image = container_image(kube.get_deployment(k.namespace, k.deployment), k.container)
-            state.undo["image"] = image
-            kube.set_image(k.namespace, k.deployment, k.container, f"{image.rsplit(':', 1)[0]}:drill-{secrets.token_hex(3)}-broken")
-    elif spec.name == "error-spike":
-        with ctx.kubernetes() as kube:
-            state.undo["replicas"] = kube.get_deployment(k.namespace, k.deployment)["spec"].get("replicas", 1)
-        httpx.post(f"{sandbox_url()}/_sandbox/load", json={"service": ctx.service_name, "rps": 200}, timeout=5)
-    elif spec.name == "pg-lock":
-        table = ctx.service.database.drill_table
-        holder = psycopg.connect(_app_url(ctx), connect_timeout=5)
-        holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')  # validated name; stays open, idle
-        state.sessions.append(holder)
-        for _ in range(3):
-            _run_in_background(state, _app_url(ctx), f'SELECT count(*) FROM "{table}"')
-    elif spec.name == "pg-connections":
-        db = ctx.service.database
-        with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5) as admin:
-            state.undo["limit"] = admin.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s",
-                                                (db.app_role,)).fetchone()[0]
-            admin.execute(f'ALTER ROLE "{db.app_role}" CONNECTION LIMIT 6')
-        state.sessions += [psycopg.connect(_app_url(ctx), autocommit=True, connect_timeout=5) for _ in range(5)]
-    elif spec.name == "pg-long-query":
-        _run_in_background(state, _app_url(ctx), "SELECT pg_sleep(600)")
-    elif spec.name == "leaked-credential":
-        target = ctx.service.security.secrets[0] if ctx.service.security.secrets else None
-        if target is None:
-            raise FaultNotAvailable(f"service {ctx.service_name!r} has no security.secrets to plant a canary in")
-        canary = f"canary-{secrets.token_hex(8)}"
-        with ctx.kubernetes() as kube:
-            state.undo["version"] = set_secret_values(kube, k.namespace, target.name, {target.data_keys[0]: canary})
-            logging = ctx.service.security.logging
-            if logging:
-                state.undo["log_level"] = get_config_value(kube, k.namespace, logging.configmap, logging.key)
-        state.undo["secret"] = target.name
-        state.annotations = {"suspicious_ips": LEAK_SOURCE,
-                             "summary": f"canary credential in secret {target.name} used from {LEAK_SOURCE}"}
-    else:
-        raise FaultNotAvailable(f"no injector for {spec.name}")
+    with ctx.kubernetes() as kube:
+        state.undo.setdefault("image", container_image(kube.get_deployment(k.namespace, k.deployment), k.container))
+        if step.value == "broken-by-kubectl":
+            base = state.undo["image"].rsplit(":", 1)[0]
+            kube.set_image(k.namespace, k.deployment, k.container, f"{base}:drill-{secrets.token_hex(3)}-broken")
+            return
+    response = httpx.post(f"{sandbox_url()}/_sandbox/deploy", timeout=10,
+                          json={"service": ctx.service_name, "version": step.value, "ago_seconds": step.ago_seconds})
+    response.raise_for_status()
+
+
+def _load(ctx: RunContext, state: FaultState, step: Step) -> None:
+    with ctx.kubernetes() as kube:
+        k = ctx.service.kubernetes
+        state.undo.setdefault("replicas", kube.get_deployment(k.namespace, k.deployment)["spec"].get("replicas", 1))
+    httpx.post(f"{sandbox_url()}/_sandbox/load", json={"service": ctx.service_name, "rps": step.value},
+               timeout=5).raise_for_status()
+    state.undo["load"] = True
+
+
+def _dependency(ctx: RunContext, state: FaultState, step: Step) -> None:
+    httpx.post(f"{sandbox_url()}/_sandbox/dependency", json={"service": ctx.service_name, "down": True},
+               timeout=5).raise_for_status()
+    state.undo["dependency"] = True
+    _remember_flag(ctx, state, ctx.service.circuit_breaker.key if ctx.service.circuit_breaker else None)
+
+
+def _remember_flag(ctx: RunContext, state: FaultState, key: str | None) -> None:
+    if key is None:
+        return
+    with ctx.kubernetes() as kube:
+        state.undo.setdefault("flags", {}).setdefault(
+            key, get_config_value(kube, ctx.service.kubernetes.namespace, _flags_configmap(ctx), key))
+
+
+def _flag(ctx: RunContext, state: FaultState, step: Step) -> None:
+    """`kubectl patch configmap <service>-flags` turning a feature flag on."""
+    _remember_flag(ctx, state, step.value)
+    with ctx.kubernetes() as kube:
+        set_config_value(kube, ctx.service.kubernetes.namespace, _flags_configmap(ctx), step.value, "on")
+
+
+def _replicas(ctx: RunContext, state: FaultState, step: Step) -> None:
+    k = ctx.service.kubernetes
+    with ctx.kubernetes() as kube:
+        state.undo.setdefault("replicas", kube.get_deployment(k.namespace, k.deployment)["spec"].get("replicas", 1))
+        kube.scale(k.namespace, k.deployment, int(step.value))
+
+
+def _pg_lock(ctx: RunContext, state: FaultState, step: Step) -> None:
+    table = ctx.service.database.drill_table
+    holder = psycopg.connect(_app_url(ctx), connect_timeout=5)
+    holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')  # validated name; stays open, idle
+    state.sessions.append(holder)
+    for _ in range(3):
+        _run_in_background(state, _app_url(ctx), f'SELECT count(*) FROM "{table}"')
+
+
+def _pg_idle(ctx: RunContext, state: FaultState, step: Step) -> None:
+    """A transaction left open briefly, holding nothing anyone waits for: ordinary, not a fault."""
+    session = psycopg.connect(_app_url(ctx), connect_timeout=5)
+    session.execute("SELECT 1")
+    state.sessions.append(session)
+
+
+def _pg_connections(ctx: RunContext, state: FaultState, step: Step) -> None:
+    db = ctx.service.database
+    with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5) as admin:
+        state.undo["limit"] = admin.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s",
+                                            (db.app_role,)).fetchone()[0]
+        admin.execute(f'ALTER ROLE "{db.app_role}" CONNECTION LIMIT 6')
+    state.sessions += [psycopg.connect(_app_url(ctx), autocommit=True, connect_timeout=5) for _ in range(5)]
+
+
+def _pg_long_query(ctx: RunContext, state: FaultState, step: Step) -> None:
+    _run_in_background(state, _app_url(ctx), "SELECT pg_sleep(600)")
+
+
+def _leaked_credential(ctx: RunContext, state: FaultState, step: Step) -> None:
+    k = ctx.service.kubernetes
+    target = ctx.service.security.secrets[0] if ctx.service.security.secrets else None
+    if target is None:
+        raise FaultNotAvailable(f"service {ctx.service_name!r} has no security.secrets to plant a canary in")
+    canary = f"canary-{secrets.token_hex(8)}"
+    with ctx.kubernetes() as kube:
+        state.undo["version"] = set_secret_values(kube, k.namespace, target.name, {target.data_keys[0]: canary})
+        logging = ctx.service.security.logging
+        if logging:
+            state.undo["log_level"] = get_config_value(kube, k.namespace, logging.configmap, logging.key)
+    state.undo["secret"] = target.name
+    state.annotations = {"suspicious_ips": LEAK_SOURCE,
+                         "summary": f"canary credential in secret {target.name} used from {LEAK_SOURCE}"}
+
+
+_INJECT = {"release": _release, "load": _load, "dependency": _dependency, "flag": _flag, "replicas": _replicas,
+           "pg_lock": _pg_lock, "pg_idle": _pg_idle, "pg_connections": _pg_connections,
+           "pg_long_query": _pg_long_query, "leaked_credential": _leaked_credential}
+
+
+def inject(ctx: RunContext, spec: FaultSpec) -> FaultState:
+    """Every step of the fault, in order. A step that fails leaves what the earlier ones did in
+    the state, so clean-up undoes them."""
+    state = FaultState(spec)
+    for step in spec.steps:
+        if step.kind not in _INJECT:
+            raise FaultNotAvailable(f"no injector for step {step.kind!r} of {spec.name}")
+        _INJECT[step.kind](ctx, state, step)
     return state
 
 
 # -- what a monitor sees, and whether it is gone ------------------------------------------------------------
-def _db_problem(ctx: RunContext, spec: FaultSpec) -> bool:
+def _db_problem(ctx: RunContext) -> bool:
+    """Sessions waiting on a lock, a query past the long-query threshold, or the application
+    role near its connection limit with idle sessions: what a PostgreSQL alert rule watches."""
     db = ctx.service.database
     with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5,
                          options="-c statement_timeout=5000") as conn:
-        if spec.name == "pg-lock":
-            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                "AND cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0] > 0
-        if spec.name == "pg-long-query":
-            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
-                                "state = 'active' AND now() - query_start > make_interval(secs => %s) "
-                                "AND pid <> pg_backend_pid()", (db.long_query_seconds,)).fetchone()[0] > 0
+        if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0] > 0:
+            return True
+        if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                        "state = 'active' AND now() - query_start > make_interval(secs => %s) "
+                        "AND pid <> pg_backend_pid()", (db.long_query_seconds,)).fetchone()[0] > 0:
+            return True
         used, limit = conn.execute(
             "SELECT (SELECT count(*) FROM pg_stat_activity a WHERE a.usesysid = r.oid), r.rolconnlimit "
             "FROM pg_roles r WHERE r.rolname = %s", (db.app_role,)).fetchone()
@@ -135,25 +208,39 @@ def _db_problem(ctx: RunContext, spec: FaultSpec) -> bool:
         return limit > 0 and used >= db.connection_threshold * limit and idle_long > 0
 
 
+def _service_failing(ctx: RunContext) -> bool:
+    results = probe_all([ctx.service.url(p) for p in (ctx.service.ok_path, ctx.service.health_path)],
+                        ctx.config.timeouts.probe_seconds)
+    return not all(r.ok for r in results)
+
+
+def _errors_high(ctx: RunContext) -> bool:
+    window, _ = sample_error_rate(ctx.service.url(ctx.service.metrics_path), ctx.service.errors.sample_seconds)
+    return window.error_rate >= ctx.service.errors.threshold
+
+
+def _secret_planted(ctx: RunContext, state: FaultState) -> bool:
+    k = ctx.service.kubernetes
+    with ctx.kubernetes() as kube:
+        return secret_metadata(kube, k.namespace, [state.undo["secret"]])[0].resource_version == state.undo["version"]
+
+
 def signal(ctx: RunContext, state: FaultState) -> bool:
-    """True while the fault is visible the way monitoring would see it."""
-    name = state.spec.name
-    if name == "bad-deploy":
-        return not probe_all([ctx.service.url(ctx.service.ok_path)], ctx.config.timeouts.probe_seconds)[0].ok
-    if name == "error-spike":
-        window, _ = sample_error_rate(ctx.service.url(ctx.service.metrics_path), ctx.service.errors.sample_seconds)
-        return window.error_rate >= ctx.service.errors.threshold
-    if name.startswith("pg-"):
-        return _db_problem(ctx, state.spec)
-    if name == "leaked-credential":
-        k = ctx.service.kubernetes
-        with ctx.kubernetes() as kube:
-            return secret_metadata(kube, k.namespace, [state.undo["secret"]])[0].resource_version == state.undo["version"]
-    raise FaultNotAvailable(name)
+    """True while the fault is visible the way the scenario's alert rule would see it."""
+    scenario = state.spec.scenario
+    if scenario == "service-down":
+        return _service_failing(ctx)
+    if scenario == "high-error-rate":
+        return _errors_high(ctx)
+    if scenario == "database-issues":
+        return _db_problem(ctx)
+    if scenario == "security-incident":
+        return _secret_planted(ctx, state)
+    raise FaultNotAvailable(scenario)
 
 
 def healed(ctx: RunContext, state: FaultState) -> bool:
-    if state.spec.name == "leaked-credential":
+    if state.spec.scenario == "security-incident":
         k = ctx.service.kubernetes
         with ctx.kubernetes() as kube:
             return not signal(ctx, state) and kube.rollout_status(k.namespace, k.deployment).done
@@ -164,8 +251,6 @@ def healed(ctx: RunContext, state: FaultState) -> bool:
 def cleanup(ctx: RunContext, state: FaultState) -> list[str]:
     """Undo whatever the fault still leaves behind, whatever happened; says what it did."""
     done: list[str] = []
-    k = ctx.service.kubernetes
-    name = state.spec.name
     for conn in state.sessions:
         if not conn.closed:
             conn.close()
@@ -179,31 +264,75 @@ def cleanup(ctx: RunContext, state: FaultState) -> list[str]:
                     done.append(f"ended fault backend {pid}")
     for thread in state.threads:
         thread.join(10)
-    if name == "bad-deploy":
-        with ctx.kubernetes() as kube:
-            if container_image(kube.get_deployment(k.namespace, k.deployment), k.container).endswith("-broken"):
-                kube.set_image(k.namespace, k.deployment, k.container, state.undo["image"])
-                done.append(f"image restored to {state.undo['image']}")
-    elif name == "error-spike":
+    for undo in (_undo_traffic, _undo_flags, _undo_release, _undo_replicas, _undo_connections, _undo_leak):
+        done += undo(ctx, state)
+    return done
+
+
+def _undo_traffic(ctx: RunContext, state: FaultState) -> list[str]:
+    done = []
+    if state.undo.get("load"):
         httpx.post(f"{sandbox_url()}/_sandbox/load", json={"service": ctx.service_name, "rps": 50}, timeout=5)
         done.append("load back to 50 rps")
-        with ctx.kubernetes() as kube:
-            if kube.get_deployment(k.namespace, k.deployment)["spec"].get("replicas") != state.undo["replicas"]:
-                kube.scale(k.namespace, k.deployment, state.undo["replicas"])
-                done.append(f"replicas back to {state.undo['replicas']}")
-    elif name == "pg-connections" and "limit" in state.undo:
-        db = ctx.service.database
-        with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'ALTER ROLE "{db.app_role}" CONNECTION LIMIT {int(state.undo["limit"])}')
-        done.append(f"connection limit of {db.app_role} back to {state.undo['limit']}")
-    elif name == "leaked-credential":
-        sec = ctx.service.security
-        with ctx.kubernetes() as kube:
-            if remove_network_policy(kube, k.namespace, sec.block_policy):
-                done.append(f"networkpolicy/{sec.block_policy} removed")
-            if sec.logging and state.undo.get("log_level") is not None:
-                set_config_value(kube, k.namespace, sec.logging.configmap, sec.logging.key, state.undo["log_level"])
-                done.append(f"{sec.logging.key} back to {state.undo['log_level']}")
+    if state.undo.get("dependency"):
+        httpx.post(f"{sandbox_url()}/_sandbox/dependency", json={"service": ctx.service_name, "down": False}, timeout=5)
+        done.append("dependency back up")
+    return done
+
+
+def _undo_flags(ctx: RunContext, state: FaultState) -> list[str]:
+    done = []
+    with ctx.kubernetes() as kube:
+        for key, value in (state.undo.get("flags") or {}).items():
+            ns, configmap = ctx.service.kubernetes.namespace, _flags_configmap(ctx)
+            if get_config_value(kube, ns, configmap, key) != value:
+                set_config_value(kube, ns, configmap, key, value if value is not None else "off")
+                done.append(f"{key} back to {value or 'off'}")
+    return done
+
+
+def _undo_release(ctx: RunContext, state: FaultState) -> list[str]:
+    if "image" not in state.undo:
+        return []
+    k = ctx.service.kubernetes
+    with ctx.kubernetes() as kube:
+        if container_image(kube.get_deployment(k.namespace, k.deployment), k.container) != state.undo["image"]:
+            kube.set_image(k.namespace, k.deployment, k.container, state.undo["image"])
+            return [f"image restored to {state.undo['image']}"]
+    return []
+
+
+def _undo_replicas(ctx: RunContext, state: FaultState) -> list[str]:
+    if "replicas" not in state.undo:
+        return []
+    k = ctx.service.kubernetes
+    with ctx.kubernetes() as kube:
+        if kube.get_deployment(k.namespace, k.deployment)["spec"].get("replicas") != state.undo["replicas"]:
+            kube.scale(k.namespace, k.deployment, state.undo["replicas"])
+            return [f"replicas back to {state.undo['replicas']}"]
+    return []
+
+
+def _undo_connections(ctx: RunContext, state: FaultState) -> list[str]:
+    if "limit" not in state.undo:
+        return []
+    db = ctx.service.database
+    with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'ALTER ROLE "{db.app_role}" CONNECTION LIMIT {int(state.undo["limit"])}')
+    return [f"connection limit of {db.app_role} back to {state.undo['limit']}"]
+
+
+def _undo_leak(ctx: RunContext, state: FaultState) -> list[str]:
+    if "secret" not in state.undo:
+        return []
+    done = []
+    k, sec = ctx.service.kubernetes, ctx.service.security
+    with ctx.kubernetes() as kube:
+        if remove_network_policy(kube, k.namespace, sec.block_policy):
+            done.append(f"networkpolicy/{sec.block_policy} removed")
+        if sec.logging and state.undo.get("log_level") is not None:
+            set_config_value(kube, k.namespace, sec.logging.configmap, sec.logging.key, state.undo["log_level"])
+            done.append(f"{sec.logging.key} back to {state.undo['log_level']}")
     return done
 
 

@@ -163,7 +163,8 @@ def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None, ale
         scenario.after_diagnosis(ctx, record_, findings)
     scenario, findings, plan, failing = _plan(scenario, ctx, record_, findings, alert_started_at(alert))
     publish_report(ctx, record_, "plan", "## Dry run: nothing was changed\n\n" + plan.markdown())
-    record(ctx, record_.id, "runbook", "dry_run", "Dry run: plan reported, nothing changed", {"plan": plan.to_dict()})
+    record(ctx, record_.id, "runbook", "dry_run", "Dry run: plan reported, nothing changed",
+           {"plan": plan.to_dict(), "judgement": _judgement(plan)})
     return {"incident_id": record_.id, "issue": None, "scenario": scenario.name, "service": ctx.service_name,
             "environment": ctx.environment, "severity": severity.value, "dry_run": True,
             "plan": [a.describe() for a in plan.actions], "failing": failing, "outcome": "dry_run",
@@ -194,7 +195,8 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
     failing = [f.check for f in findings.values() if f.ok is False]
     record(ctx, incident.id, "runbook", "diagnosed",
            f"Diagnosis: {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); {plan.summary}",
-           {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()}})
+           {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
+            "judgement": _judgement(plan)})
     publish_report(ctx, incident, "diagnosis", report_markdown(f"Diagnosis: {title}", list(findings.values()), plan))
     get_run_logger().info("Plan (%s): %s", plan.confidence, plan.summary)
     return scenario, findings, plan, failing
