@@ -65,7 +65,7 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
         state = inject_fault(ctx, spec)
         if spec.outcome != NOTHING and not wait_for_detection(ctx, state, timeout=min(deadline, 300)):
             raise DrillFailed(f"the fault's signal never showed within {min(deadline, 300):.0f} s")
-        started = raise_alert(ctx, spec, drill_id, state, injected_at)
+        started = raise_alert(ctx, spec, drill_id, state, state.began_at or injected_at)
         alert_key, run_id = started["alert_key"], started["run_id"]
         run = follow_runbook(run_id, timeout=deadline)
         if run["state"] != "COMPLETED":

@@ -102,7 +102,8 @@ class Sandbox:
             gh.record_run(repo, "deploy.yml", f"Deploy {version}", "success", at=now - age * 3600,
                           log=[f"Deploying {images[versions.index(version)]}", "Deployed"])
         gh.add_workflow(repo, "rollback.yml", self._rollback_runner(name))
-        self.services[name] = DemoService(name, NAMESPACE)
+        service = self.services[name] = DemoService(name, NAMESPACE)
+        service.count(versions[-1], service.load_rps * 3600, 0.0)  # its pods served an hour before the counters were read
 
     def _add_service(self, req: Request) -> Response:
         """POST /_sandbox/services {"name": "svc-07"}: one more demo service like api (two

@@ -7,6 +7,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -34,6 +35,7 @@ class FaultState:
     sessions: list[psycopg.Connection] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
     annotations: dict[str, str] = field(default_factory=dict)
+    began_at: datetime | None = None  # when its first real fault step went in (a healthy release is none)
 
 
 def _app_url(ctx: RunContext) -> str:
@@ -83,6 +85,10 @@ def _release(ctx: RunContext, state: FaultState, step: Step) -> None:
     response = httpx.post(f"{sandbox_url()}/_sandbox/deploy", timeout=10,
                           json={"service": ctx.service_name, "version": step.value, "ago_seconds": step.ago_seconds})
     response.raise_for_status()
+    if not step.is_fault:  # CI waits for a healthy rollout (`kubectl rollout status`) before it reports done
+        with ctx.kubernetes() as kube:
+            if not wait_for(lambda: kube.rollout_status(k.namespace, k.deployment).done, 60):
+                raise FaultNotAvailable(f"the release {step.value} did not roll out within 60 s")
 
 
 def _load(ctx: RunContext, state: FaultState, step: Step) -> None:
@@ -180,6 +186,8 @@ def inject(ctx: RunContext, spec: FaultSpec) -> FaultState:
     for step in spec.steps:
         if step.kind not in _INJECT:
             raise FaultNotAvailable(f"no injector for step {step.kind!r} of {spec.name}")
+        if state.began_at is None and step.is_fault:
+            state.began_at = datetime.now(timezone.utc)
         _INJECT[step.kind](ctx, state, step)
     return state
 
@@ -337,9 +345,13 @@ def _undo_leak(ctx: RunContext, state: FaultState) -> list[str]:
 
 
 def wait_for(check, timeout: float, poll: float = 0.5) -> bool:
+    """True once `check` holds; a check that raises (a service mid-rollout answers 503) has not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():
-            return True
+        try:
+            if check():
+                return True
+        except (httpx.HTTPError, ValueError, psycopg.Error):
+            pass
         time.sleep(poll)
     return False
