@@ -25,6 +25,7 @@ class Step:
     kind: str
     value: Any = None
     ago_seconds: float = 0.0
+    after_seconds: float = 0.0  # time that passes before this step (an outage goes on a while)
 
     @property
     def is_fault(self) -> bool:
@@ -38,10 +39,11 @@ class Step:
         return self.kind in ("load", "dependency") or (self.kind == "release" and self.value != "broken-by-kubectl")
 
     def describe(self) -> str:
+        later = f"{self.after_seconds:g} s later, " if self.after_seconds else ""
         if self.kind == "release":
             what = "a crash-looping image (kubectl set image)" if self.value == "broken-by-kubectl" else self.value
-            return f"release {what}" + (f" {self.ago_seconds / 60:g} min ago" if self.ago_seconds else "")
-        return self.kind.replace("_", " ") + (f" {self.value}" if self.value not in (None, True) else "")
+            return f"{later}release {what}" + (f" {self.ago_seconds / 60:g} min ago" if self.ago_seconds else "")
+        return later + self.kind.replace("_", " ") + (f" {self.value}" if self.value not in (None, True) else "")
 
 
 REMEDY, ABSTAIN, NOTHING = "remedy", "abstain", "none"
@@ -146,7 +148,7 @@ CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
     _spec("bad-release-and-overload", _ER, "a release that fails 30% of requests, and load beyond capacity",
           [Step("release", "v1.6.0-errors"), Step("load", 200)], {"rollback", "scale"}),
     _spec("dependency-then-release", _ER, "the dependency goes down, then a healthy release goes out mid-outage",
-          [Step("dependency", True), Step("release", "v1.6.0")], {"circuit_breaker"}, decoy=True),
+          [Step("dependency", True), Step("release", "v1.6.0", after_seconds=20)], {"circuit_breaker"}, decoy=True),
     _spec("feature-flag", _ER, "a feature flag turned on fails 40% of requests", [Step("flag", "new_checkout")],
           ABSTAIN),
     _spec("dependency-down", _ER, "the payments dependency goes down", [Step("dependency", True)],
@@ -160,7 +162,7 @@ CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
     _spec("release-then-long-query", _DB, "a healthy release, then a runaway query",
           [_GOOD, Step("pg_long_query")], {"cancel_queries"}, decoy=True),
     _spec("pg-lock-and-long-query", _DB, "a lock with waiters and a runaway query at once",
-          [Step("pg_lock"), Step("pg_long_query")], {"terminate_sessions", "cancel_queries"}),
+          [Step("pg_long_query"), Step("pg_lock", after_seconds=12)], {"terminate_sessions", "cancel_queries"}),
     _spec("release-and-short-transaction", _DB, "a healthy release and a brief idle transaction: nothing is wrong",
           [_GOOD, Step("pg_idle")], NOTHING, decoy=True),
     _spec("leaked-credential", _SEC, "a canary credential is planted in the service's secret and reported seen "

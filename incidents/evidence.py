@@ -23,6 +23,11 @@ STRONG, WEAK, NONE = "strong", "weak", "none"
 SAFE_WHEN_UNSURE = frozenset({"scale", "circuit_breaker", "rollout_restart"})
 
 
+# An alert's startsAt comes after the failure began (a rule's `for:`), never before it; only the
+# clocks of the monitor and the cluster may disagree, by this much at most.
+CLOCK_SKEW_SECONDS = 10.0
+
+
 class Handover(str, Enum):
     DATABASE = "database-issues"
 
@@ -250,7 +255,7 @@ def release_tie(facts: ServiceFacts, release: Release, previous: Release | None,
                      f"the errors are not new with {release.version}")
     lag = facts.since_rollout(release)
     if lag is not None:
-        if lag < -60:
+        if lag < -CLOCK_SKEW_SECONDS:
             weighing.add(False, "", f"the failure began {age(lag)} before {release.describe()} went live")
         elif lag > window_seconds:
             weighing.add(False, "", f"the failure began {age(lag)} after {release.describe()} went live: a bad "

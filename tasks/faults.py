@@ -186,6 +186,7 @@ def inject(ctx: RunContext, spec: FaultSpec) -> FaultState:
     for step in spec.steps:
         if step.kind not in _INJECT:
             raise FaultNotAvailable(f"no injector for step {step.kind!r} of {spec.name}")
+        time.sleep(step.after_seconds)
         if state.began_at is None and step.is_fault:
             state.began_at = datetime.now(timezone.utc)
         _INJECT[step.kind](ctx, state, step)
