@@ -88,12 +88,15 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
             {"mode": service.cache.clear, "prefix": service.cache.prefix}))
     health = findings.get(HEALTH)
     head = Plan(incident_id, service_name, environment, (), evidence + tuple(notes))
-    w = Weighing([f"{f.check}: {f.summary}" for f in findings.values() if f.ok is False and f.check != HEALTH],
-                 list(notes))
+    w = Weighing([f"{f.check}: {f.summary}" for key, f in findings.items()
+                  if f.ok is False and key in (REACH, CONNECTIONS, SESSIONS, REPLICATION, CACHE)], list(notes))
     if not actions:
         summary = "No database remedy applies" + (f" ({'; '.join(notes)})" if notes else "") + "."
         if health is not None and health.ok is False:
             return abstain(head, w, summary + " The service's database check still fails.")
-        return settle(head, [], STRONG if not w.support else NONE, w, summary)
+        if w.support:  # a check fails that no remedy here treats
+            return settle(head, [], NONE, w, summary)
+        w.add(True, "every database check passes")
+        return settle(head, [], STRONG, w, summary)
     summary = "; ".join(a.describe() for a in actions)
     return settle(head, actions, STRONG, w, f"{len(actions)} remed{'y' if len(actions) == 1 else 'ies'}: {summary}")
