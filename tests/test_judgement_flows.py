@@ -1,0 +1,109 @@
+"""Judgement through Prefect: a handful of catalog faults injected as a user would (the drill
+injectors: sandbox controls, kubectl, SQL) and run as dry runs; an abstention that escalates
+with its reason and changes nothing; a service-down handed over to the database diagnosis,
+approved and verified. The whole catalog runs in benchmarks/judgement.py."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.conftest import FlowThread, api_image
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _alert(spec, state) -> dict:
+    began = state.began_at or datetime.now(timezone.utc)
+    return {"status": "firing", "startsAt": began.isoformat().replace("+00:00", "Z"),
+            "labels": {"alertname": spec.alertname, "service": "api", "environment": "sandbox"},
+            "annotations": {"summary": spec.description, **state.annotations}}
+
+
+def _flow(scenario: str):
+    from flows.database_issues import database_issues
+    from flows.high_error_rate import high_error_rate
+    from flows.security_incident import security_incident
+    from flows.service_down import service_down
+
+    return {f.name: f for f in (service_down, high_error_rate, database_issues, security_incident)}[scenario]
+
+
+@pytest.fixture
+def fault(world):
+    """Inject a catalog fault by name; cleaned up afterwards, whatever happened."""
+    from incidents.drills import CATALOG
+    from tasks.context import RunContext
+    from tasks.faults import cleanup, inject, signal, wait_for
+
+    ctx, states = RunContext.load("sandbox", "api"), []
+
+    def start(name: str):
+        spec = CATALOG[name]
+        state = inject(ctx, spec)
+        states.append(state)
+        assert wait_for(lambda: signal(ctx, state), 30, poll=0.3), f"{name} never became visible"
+        return spec, state
+
+    yield start
+    for state in states:
+        cleanup(ctx, state)
+
+
+@pytest.mark.parametrize("name", ["release-then-dependency", "release-then-overload-and-dependency",
+                                  "release-then-scaled-to-zero", "bad-release-errors"])
+def test_catalog_faults_get_the_expected_plan_in_a_dry_run(world, fault, name):
+    from incidents.drills import grade
+
+    spec, state = fault(name)
+    result = _flow(spec.scenario)(service="api", dry_run=True, alert=_alert(spec, state))
+    judged = result["judgement"]
+    assert grade(spec, set(judged["kinds"]), judged["abstained"]) == "right", judged
+    assert judged["confidence"] == "strong" and judged["support"]
+    assert not [m for m in world.slack_messages], "a dry run tells nobody"
+
+
+def test_service_down_hands_over_to_the_database_diagnosis(world, fault):
+    spec, state = fault("release-then-db-lock-down")
+    result = _flow("service-down")(service="api", dry_run=True, alert=_alert(spec, state))
+    assert result["planned_by"] == "database-issues"
+    assert result["judgement"]["kinds"] == ["terminate_sessions"]
+    assert "rollback" not in " ".join(result["plan"])
+
+
+def test_an_abstention_escalates_with_its_reason_and_changes_nothing(world, store, fault):
+    from flows.high_error_rate import high_error_rate
+
+    spec, state = fault("release-then-feature-flag")
+    image, replicas = api_image(world), world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"]
+    result = high_error_rate(service="api", alert=_alert(spec, state))
+    assert result["outcome"] == "abstained" and result["plan"] == [], result
+    assert result["judgement"]["abstained"] and result["judgement"]["against"]
+    assert api_image(world) == image and api_image(world).endswith(":v1.6.0")
+    assert world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"] == replicas
+    flags = world.cluster.get("configmaps", "sandbox", "api-flags")["data"]
+    assert flags["circuit_breaker"] == "off"
+    assert store.approvals(result["incident_id"]) == []
+    escalated = [e for e in store.timeline(result["incident_id"]) if e.kind == "escalated"]
+    assert escalated and "Abstaining" in escalated[0].message and "began after its rollout" in escalated[0].message
+    posted = "\n".join(m["text"] for m in world.slack_messages)
+    assert "Abstaining" in posted and "Nothing was changed" in posted
+
+
+def test_a_handed_over_plan_is_approved_acted_on_and_verified_by_the_database_scenario(world, store, fault):
+    from flows.service_down import service_down
+
+    spec, state = fault("db-lock-down")
+    run = FlowThread(service_down, service="api", severity="P1", alert=_alert(spec, state))
+    paused = run.wait_paused()
+    approval = store.approval_for_run(str(paused.id))
+    assert [a["kind"] for a in approval["plan"]["actions"]] == ["terminate_sessions"]
+    assert approval["plan"]["scenario"] == "database-issues" and approval["plan"]["confidence"] == "strong"
+    notice = next(m["text"] for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED"))
+    assert "Confidence: strong" in notice and "for:" in notice
+    assert run.resume(paused.id, approve=True, approver="dba-ana", reason="stale lock").status.value == "ACCEPT"
+    result = run.join(120)
+    assert result["outcome"] == "resolved", result
+    kinds = [e.kind for e in store.timeline(result["incident_id"])]
+    assert "handed_over" in kinds and kinds.index("handed_over") < kinds.index("diagnosed")
