@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/alert_intake.py
 	$(PY) benchmarks/engine_latency.py
 	$(PY) benchmarks/outage_replay.py
+	$(PY) benchmarks/judgement.py
 
 sandbox: $(STAMP)
 	$(PY) -m sandbox
