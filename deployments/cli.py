@@ -177,6 +177,9 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         for line in actions:
             cells = [c.strip() for c in line.strip("|").split("|")]
             print(f"    {cells[1]} {cells[2]}: {cells[3]} (via {cells[4]})")
+        confidence = next((line for line in _plain(plan).splitlines() if line.startswith("Confidence:")), None)
+        if confidence:
+            print(f"    {confidence}")
     return OK
 
 
