@@ -129,10 +129,11 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
         w.against.append(f"all {len(facts.pods)} pods are ready" + (f"; /health names {named} failing" if named else ""))
         return abstain(head, w, "the endpoints fail while every pod is ready, and no remedy of this scenario "
                                 "fits that.")
+    if not facts.pods_known:
+        return abstain(head, w, "the pods could not be read, so nothing says what failed"
+                                + (f" or whether {release.describe()} is the cause." if release else "."))
     if release and facts.previous:
         return _rollback_or_abstain(head, service, environment, facts, release, failing, w, release_window_seconds)
-    if not facts.pods_known:
-        return abstain(head, w, "the pods could not be read, so nothing says what failed.")
     w.add(True, f"{len(failing)} of {len(facts.pods)} pods are not ready and no release went out in the window")
     w.against.append("nothing shows that a restart fixes what made them fail")
     restarts = sum(p.restarts for p in facts.pods)

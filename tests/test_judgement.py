@@ -210,6 +210,13 @@ def test_failing_pods_of_an_older_revision_do_not_blame_the_new_one():
     assert not {a.kind for a in plan.actions} & {"rollback"}
 
 
+def test_unreadable_pods_never_blame_a_release():
+    findings = {HEALTH: health(endpoints_fail=True), ROLLOUT: Finding(ROLLOUT, None, "could not check: timeout"),
+                DEPLOYS: deploys((3, "v1.6.0", 60))}
+    plan = plan_for("service-down", findings, 30)
+    assert plan.abstained and "could not be read" in plan.summary
+
+
 def test_without_a_release_failing_pods_get_a_weak_restart_which_is_safe_to_try():
     findings = {HEALTH: health(endpoints_fail=True), ROLLOUT: rollout("v1.5.0", 2, False, restarts=4),
                 DEPLOYS: deploys()}
