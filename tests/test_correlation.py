@@ -233,7 +233,8 @@ def test_the_watch_withdraws_only_after_every_alert_stayed_resolved_for_the_grac
 def test_a_runbook_without_a_plan_hands_the_incident_to_the_next(world, store):
     """The messy night: HighErrorRate opens the incident first, ServiceDown joins while its
     runbook still diagnoses. high-error-rate finds nothing to scale (the deploy is bad, not
-    the load) and escalates; service-down, which waited its turn, takes over and plans the
+    the load; with no pod ready it cannot even measure the rate) and abstains, escalating;
+    service-down, which waited its turn, takes over and plans the
     rollback, on the same incident."""
     import time
 
@@ -249,7 +250,7 @@ def test_a_runbook_without_a_plan_hands_the_incident_to_the_next(world, store):
     assert opened is not None and opened.scenario == "high-error-rate"
     second = FlowThread(service_down, service="api")
     paused = second.wait_paused()
-    assert first.join()["outcome"] == "escalated"
+    assert first.join()["outcome"] == "abstained"  # no pod answers /metrics: the error rate is unknown
     incident = store.incident_for_run(str(paused.id))
     assert incident.id == opened.id, "the same incident, no second one"
     [approval] = store.approvals(incident.id)

@@ -410,7 +410,7 @@ def _judge(lane: Lane, target: Target, phase: str, outcome: dict[str, Any]) -> l
                 problems.append(f"the remediation failure does not name {name}: {result.get('error')}")
         if state == "resolved" and not target.healed(world):
             problems.append(f"resolved, but the {target.fault} fault is still there")
-        if state not in ("resolved", "remediation_failed", "not_recovered", "escalated", "no_impact"):
+        if state not in ("resolved", "remediation_failed", "not_recovered", "escalated", "abstained", "no_impact"):
             problems.append(f"unexpected outcome {state}")
     timeline = store.timeline(incident.id) if incident is not None else []
     kinds = [e.kind for e in timeline]
