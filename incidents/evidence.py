@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from incidents.plans import Plan, PlannedAction
 
 STRONG, WEAK, NONE = "strong", "weak", "none"
 
@@ -206,8 +209,8 @@ def age(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(abs(seconds)) % 60:02d}s"
 
 
-def settle(head: "Plan", actions: "list[PlannedAction]", confidence: str, weighing: Weighing, summary: str,
-           handover: str | None = None) -> "Plan":
+def settle(head: Plan, actions: list[PlannedAction], confidence: str, weighing: Weighing, summary: str,
+           handover: str | None = None) -> Plan:
     """The plan a rule may offer: its actions with their confidence and evidence; a weak choice
     that holds an action outside SAFE_WHEN_UNSURE becomes an abstention that says why."""
     from dataclasses import replace
@@ -224,7 +227,7 @@ def settle(head: "Plan", actions: "list[PlannedAction]", confidence: str, weighi
                    against=tuple(weighing.against), summary=summary, handover=handover)
 
 
-def abstain(head: "Plan", weighing: Weighing, reason: str) -> "Plan":
+def abstain(head: Plan, weighing: Weighing, reason: str) -> Plan:
     """No plan: the evidence conflicts or names no cause a remedy here fixes."""
     return settle(head, [], NONE, weighing, f"Abstaining: {reason} No change is planned; a person must look.")
 
