@@ -55,12 +55,40 @@ class GitHubClient(Closing):
     def get_run(self, repo: str, run_id: int) -> dict:
         return self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}").json()
 
-    def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str]) -> datetime:
-        """Start a workflow_dispatch run; returns the moment just before, to find the run by."""
+    def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str], *,
+                          confirm_seconds: float = 10.0) -> datetime:
+        """Start a workflow_dispatch run; returns the moment just before, to find the run by.
+
+        The POST is never simply sent again: when its answer is lost (a timeout, a dropped
+        connection, a 5xx), GitHub may have accepted it, so the run it would have created is
+        looked for first, and only when none appears within `confirm_seconds` is it sent again.
+        A 429 was not accepted and is retried after its Retry-After."""
         started = datetime.now(timezone.utc).replace(microsecond=0)
-        self._call("POST", f"{_repo_path(repo)}/actions/workflows/{quote(workflow, safe='')}/dispatches",
-                   json={"ref": ref, "inputs": inputs})
-        return started
+        path = f"{_repo_path(repo)}/actions/workflows/{quote(workflow, safe='')}/dispatches"
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                request(self._http, "POST", path, what=f"GitHub POST {path}", retry=RetryPolicy(attempts=1),
+                        json={"ref": ref, "inputs": inputs})
+                return started
+            except IntegrationError as exc:
+                if not exc.transient or attempt == self.retry.attempts:
+                    raise
+                if exc.status != 429 and self._dispatched(repo, workflow, started, confirm_seconds):
+                    return started
+            time.sleep(self.retry.delay(attempt, None))
+        raise AssertionError("unreachable")
+
+    def _dispatched(self, repo: str, workflow: str, since: datetime, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                if self.workflow_runs(repo, workflow=workflow, event="workflow_dispatch", since=since, per_page=1):
+                    return True
+            except IntegrationError:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(1.0)
 
     def wait_for_dispatched_run(self, repo: str, workflow: str, since: datetime, *, timeout: float = 300,
                                 poll: float = 2.0) -> dict:

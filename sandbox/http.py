@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import ssl
 import threading
 import time
@@ -44,6 +45,10 @@ class Response:
         return cls(status, text.encode(), {"Content-Type": "text/plain; charset=utf-8", **headers})
 
 
+# Handled in full, then the connection is closed without an answer: what a client sees when a
+# proxy or the network loses the response to a request the server did accept.
+LOST = Response(599, b"")
+
 Handler = Callable[..., Response]
 
 
@@ -77,6 +82,8 @@ class Fault:
     delay: float = 0.0
     retry_after: int | None = None
     count: int | None = None
+    lose_response: bool = False  # handle the request, then drop the answer
+    path: str | None = None      # only requests whose path contains this
 
     def take(self) -> bool:
         if self.count is None:
@@ -105,14 +112,17 @@ class Faults:
                 self._faults.clear()
                 self.hits.clear()
 
-    def check(self, target: str) -> Response | None:
+    def check(self, target: str, path: str = "") -> Response | None:
+        """The injected answer for this request (LOST: handle it, then drop the answer), or None."""
         with self._lock:
             self.hits[target] = self.hits.get(target, 0) + 1
             fault = self._faults.get(target)
-            if fault is None or not fault.take():
+            if fault is None or (fault.path and fault.path not in path) or not fault.take():
                 return None
         if fault.delay:
             time.sleep(fault.delay)
+        if fault.lose_response:
+            return LOST
         if fault.status is None:
             return None
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
@@ -146,6 +156,10 @@ def serve(app: Callable[[Request], Response], host: str, port: int,
             self._send(resp)
 
         def _send(self, resp: Response) -> None:
+            if resp is LOST:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             self.send_response(resp.status)
             for key, value in resp.headers.items():
                 self.send_header(key, value)

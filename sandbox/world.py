@@ -14,7 +14,7 @@ from typing import Any
 
 from sandbox.cluster import REVISION, Cluster, Seed, now_iso, seed_deployment
 from sandbox.github import GitHub
-from sandbox.http import Fault, Faults, Request, Response, Router, serve
+from sandbox.http import LOST, Fault, Faults, Request, Response, Router, serve
 from sandbox.kube_api import KubeApi
 from sandbox.services import BAD_REVISION_ERROR_SHARE, DemoService, endpoint as service_endpoint
 from sandbox.tls import make_certificate, server_context
@@ -130,12 +130,9 @@ class Sandbox:
                 kubeconfig.flush()
                 client = KubernetesClient(kubeconfig.name)
             try:
-                result = client.rollout_undo(NAMESPACE, deployment)
+                return rollback_to_target(client, deployment, inputs, lines)
             finally:
                 client.close()
-            lines.append(f"deployment.apps/{deployment} rolled back: revision {result.from_revision} -> {result.to_revision} "
-                         f"({result.image})")
-            return True, lines
         return run
 
     def start(self) -> "Sandbox":
@@ -196,10 +193,13 @@ class Sandbox:
         if req.method != "GET" and req.path.startswith(("/slack", "/github")) and req.body:
             self.received_bodies.append(req.body.decode("utf-8", "replace"))
         target = _target_of(req.path)
-        if target:
-            injected = self.faults.check(target)
-            if injected:
-                return injected
+        injected = self.faults.check(target, req.path) if target else None
+        if injected is not None and injected is not LOST:
+            return injected
+        resp = self._handle(req)
+        return LOST if injected is LOST else resp
+
+    def _handle(self, req: Request) -> Response:
         for handler in (self.kube.handle, self.github.handle):
             resp = handler(req)
             if resp is not None:
@@ -284,7 +284,8 @@ class Sandbox:
         if target not in ("kubernetes", "github", "slack", "services"):
             return Response.json({"message": "target must be kubernetes, github, slack or services"}, 422)
         self.faults.set(target, Fault(status=data.get("status"), delay=float(data.get("delay") or 0),
-                                      retry_after=data.get("retry_after"), count=data.get("count")))
+                                      retry_after=data.get("retry_after"), count=data.get("count"),
+                                      lose_response=bool(data.get("lose_response")), path=data.get("path")))
         return Response.json({"ok": True})
 
     def _clear_faults(self, req: Request) -> Response:
@@ -294,6 +295,29 @@ class Sandbox:
     def _reset(self, req: Request) -> Response:
         self.reset()
         return Response.json({"ok": True})
+
+
+def rollback_to_target(client, deployment: str, inputs: dict, lines: list[str]) -> tuple[bool, list[str]]:
+    """The rollback workflow's contract: roll *to* the named target (`to_image`, with
+    `to_revision` as where it was), so running it twice is harmless; without a target, undo
+    to the previous revision as `kubectl rollout undo` does."""
+    from integrations.kubernetes import container_image
+
+    target = inputs.get("to_image")
+    if not target:
+        result = client.rollout_undo(NAMESPACE, deployment)
+        return True, lines + [f"deployment.apps/{deployment} rolled back: revision {result.from_revision} -> "
+                              f"{result.to_revision} ({result.image})"]
+    current = container_image(client.get_deployment(NAMESPACE, deployment), deployment)
+    if current == target:
+        return True, lines + [f"deployment.apps/{deployment} already runs {target}: nothing to do"]
+    history = client.revision_history(NAMESPACE, deployment)
+    match = next((r for r in history if r.image == target), None)
+    if match is None:
+        return False, lines + [f"Error: no revision of {deployment} runs {target}"]
+    result = client.rollout_undo(NAMESPACE, deployment, to_revision=match.revision)
+    return True, lines + [f"deployment.apps/{deployment} rolled back to {target}: revision {result.from_revision} -> "
+                          f"{result.to_revision}"]
 
 
 APP_ROLE = "sandbox_app"

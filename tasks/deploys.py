@@ -68,8 +68,11 @@ def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
             logger.warning("An interrupted attempt already dispatched %s (run %s); following it instead of "
                            "dispatching again", p["workflow"], earlier[0]["id"])
         else:
-            logger.info("Dispatching %s in %s (environment=%s)", p["workflow"], p["repo"], p["environment"])
-            since = github.dispatch_workflow(p["repo"], p["workflow"], p["ref"], {"environment": p["environment"]})
+            logger.info("Dispatching %s in %s (environment=%s, to %s)", p["workflow"], p["repo"], p["environment"],
+                        p["to_image"])
+            # the target is named: a second dispatch (an answer lost in transit) rolls to it again, harmlessly
+            since = github.dispatch_workflow(p["repo"], p["workflow"], p["ref"], {
+                "environment": p["environment"], "to_revision": str(p["to_revision"]), "to_image": p["to_image"]})
         run = github.wait_for_dispatched_run(p["repo"], p["workflow"], since,
                                              timeout=ctx.config.timeouts.workflow_seconds, poll=1.0)
         if run.get("conclusion") != "success":

@@ -56,7 +56,8 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
     assert httpx.get(f"{world.url}/services/api/health").status_code == 200
     rollback_runs = [r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"]
     assert len(rollback_runs) == 1 and rollback_runs[0]["conclusion"] == "success"
-    assert rollback_runs[0]["inputs"] == {"environment": "sandbox"}
+    assert rollback_runs[0]["inputs"] == {"environment": "sandbox", "to_revision": "2",
+                                          "to_image": "registry.sandbox.local/acme/api:v1.5.0"}
 
     issue = world.github.repo("acme/incidents").issues[0]
     assert issue["state"] == "closed"
