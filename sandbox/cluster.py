@@ -123,6 +123,8 @@ class Cluster:
     def __init__(self, ready_delay: float = 1.0, crash_period: float = 3.0, progress_deadline: int = 60):
         self.ready_delay = ready_delay
         self.crash_period = crash_period
+        # lines a service's pods log (POST /_sandbox/logs), e.g. one that logs a credential
+        self.app_log_lines: dict[tuple[str, str], list[str]] = {}
         self.default_progress_deadline = progress_deadline
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
@@ -484,6 +486,8 @@ class Cluster:
                 raise ApiError(400, "BadRequest", f'previous terminated container "{spec_container["name"]}" in pod "{name}" not found')
             lines = [f"{now_iso(start)} starting {image}", f"{now_iso(start)} listening on :8080"]
             lines += [f"{now_iso(start + i)} GET /health 200 1ms" for i in range(1, 4)]
+        app = (pod["metadata"].get("labels") or {}).get("app", "")
+        lines += [f"{now_iso()} {line}" for line in self.app_log_lines.get((namespace, app), [])]
         if tail is not None and tail >= 0:
             lines = lines[-tail:] if tail else []
         return "".join(line + "\n" for line in lines)

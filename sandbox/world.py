@@ -62,6 +62,7 @@ class Sandbox:
         self.router.add("POST", "/_sandbox/load", self._set_load)
         self.router.add("POST", "/_sandbox/dependency", self._set_dependency)
         self.router.add("POST", "/_sandbox/services", self._add_service)
+        self.router.add("POST", "/_sandbox/logs", self._add_log_lines)
         self.reset()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -234,6 +235,17 @@ class Sandbox:
             return Response.json({"message": f"give service (one of {sorted(self.services)}) and rps >= 0"}, 422)
         svc.load_rps = float(rps)
         return Response.json({"service": svc.name, "rps": svc.load_rps})
+
+    def _add_log_lines(self, req: Request) -> Response:
+        """POST /_sandbox/logs {"service": "api", "lines": ["..."]}: the service's pods log these
+        lines (after their own), as an application that logs what it should not does."""
+        data = req.json() or {}
+        lines = data.get("lines")
+        if data.get("service") not in self.services or not isinstance(lines, list) \
+                or not all(isinstance(line, str) for line in lines):
+            return Response.json({"message": f"give service (one of {sorted(self.services)}) and lines (strings)"}, 422)
+        self.cluster.app_log_lines.setdefault((NAMESPACE, data["service"]), []).extend(lines)
+        return Response.json({"service": data["service"], "lines": len(lines)})
 
     def _set_dependency(self, req: Request) -> Response:
         data = req.json() or {}

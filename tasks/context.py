@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from incidents.redaction import remember_secret
 from incidents.config import EnvironmentConfig, ServiceConfig, load_environment, secret_env_var
 from incidents.store import IncidentStore
 from integrations.github import GitHubClient
@@ -22,6 +23,7 @@ def resolve_secret(name: str) -> str:
     """The environment variable RUNBOOKS_SECRET_<NAME> wins; else the Prefect Secret block `name`."""
     value = os.environ.get(secret_env_var(name))
     if value:
+        remember_secret(value)
         return value
     try:
         from prefect.blocks.system import Secret
@@ -31,7 +33,9 @@ def resolve_secret(name: str) -> str:
     except Exception as exc:  # noqa: BLE001 - block missing, server down: the message says which secret
         raise SecretNotFound(f"secret {name!r} not found: set {secret_env_var(name)} or create a Prefect "
                              f"Secret block named {name!r} ({type(exc).__name__})") from None
-    return value if isinstance(value, str) else str(value)
+    value = value if isinstance(value, str) else str(value)
+    remember_secret(value)
+    return value
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
 from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, unavailable
+from incidents.redaction import redact
 from integrations.errors import IntegrationError
 from integrations.kubernetes import container_image, revision_of, rollout_status_of
 from integrations.probes import error_metrics, probe_all
@@ -138,7 +139,7 @@ def failed_run_logs(ctx: RunContext) -> Finding:
     if not failed:
         return Finding(RUN_LOGS, True, "no failed workflow runs in the window")
     run = failed[0]
-    excerpt = "\n".join(f"== {job} ==\n{text}" for job, text in logs.items())
+    excerpt = redact("\n".join(f"== {job} ==\n{text}" for job, text in logs.items()))
     return Finding(RUN_LOGS, False, f"run {run['id']} ({run.get('display_title')}) failed",
                    (f"{len(failed)} failed runs in the window",), {"run_id": run["id"]}, excerpt or None)
 
@@ -153,7 +154,7 @@ def pod_logs(ctx: RunContext, tail_lines: int = 30) -> Finding:
             if not pods:
                 return Finding(POD_LOGS, False, "no pods to read logs from")
             pod = next((p for p in pods if not p.ready), pods[0])
-            text = kube.pod_logs(target.namespace, pod.name, target.container, tail_lines)
+            text = redact(kube.pod_logs(target.namespace, pod.name, target.container, tail_lines))
     except _CHECK_ERRORS as exc:
         return unavailable(POD_LOGS, exc)
     errors = [line for line in text.splitlines() if any(w in line for w in ("ERROR", "FATAL", "panic", "Exception"))]

@@ -14,6 +14,7 @@ from incidents import templates
 from incidents.alerts import correlation_key
 from incidents.escalation import level_contacts
 from incidents.models import Incident, Severity, Status
+from incidents.redaction import redact
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
@@ -83,9 +84,9 @@ def announce(ctx: RunContext, incident: Incident, severity: Severity, summary: s
     repo = ctx.config.github.incident_repo
     try:
         with ctx.github() as github:
-            issue = github.create_issue(repo, templates.issue_title(incident, summary),
-                                        templates.issue_body(incident, summary, ctx.config.roles.table(),
-                                                             ctx.config.escalation.policy(severity)),
+            issue = github.create_issue(repo, redact(templates.issue_title(incident, summary)),
+                                        redact(templates.issue_body(incident, summary, ctx.config.roles.table(),
+                                                                    ctx.config.escalation.policy(severity))),
                                         severity.labels)
         ctx.store().attach_issue(incident.id, repo, issue["number"], issue["html_url"])
         incident.github_repo, incident.github_issue, incident.issue_url = repo, issue["number"], issue["html_url"]

@@ -8,6 +8,7 @@ import logging
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from incidents.redaction import redact
 from incidents.store import StoreError
 from incidents.templates import markdown_text, slack_blocks
 from integrations.errors import IntegrationError
@@ -23,6 +24,7 @@ def send_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, st
     """Post a template message to the incident channel (or the webhook named by
     `webhook_secret`) and note it on the timeline; False (never an exception) if it failed.
     Plain, so that the intake can use it outside a flow run."""
+    text = redact(text)
     headline = text.splitlines()[0]
     try:
         with ctx.slack(webhook_secret) as webhook:
@@ -57,7 +59,7 @@ def add_comment(ctx: RunContext, incident_id: int, repo: str | None, number: int
         return False
     try:
         with ctx.github() as github:
-            github.comment(repo, number, body)
+            github.comment(repo, number, redact(body))
     except _NOTIFY_ERRORS as exc:
         logger.warning("Comment on %s#%s not added: %s", repo, number, exc)
         record(ctx, incident_id, "runbook", "notification_failed",

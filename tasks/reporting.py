@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from incidents.models import Incident
+from incidents.redaction import redact
 from tasks.context import RunContext
 from tasks.notify import comment_on_issue
 
@@ -14,6 +15,7 @@ from tasks.notify import comment_on_issue
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(ctx: RunContext, incident: Incident, kind: str, markdown: str) -> None:
     """`kind` names the report (diagnosis, plan, ...); the artifact key is stable per incident."""
+    markdown = redact(markdown)
     create_markdown_artifact(markdown=markdown, key=f"incident-{incident.id}-{kind}",
                              description=f"{kind.title()} for incident {incident.id} ({incident.service})")
     comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue, markdown)

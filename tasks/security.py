@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from incidents.diagnosis import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
+from incidents.redaction import redact
 from incidents.security import EVIDENCE
 from integrations.errors import IntegrationError
 from integrations.kubernetes_security import block_cidrs, get_config_value, rotate_secret, secret_metadata, \
@@ -43,7 +44,7 @@ def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) ->
         + [f"event {e['type']} {e['reason']} {e['object']}: {e['message']}" for e in events]
         + [f"secret {s.name} ({s.type}): keys {', '.join(s.keys)}; resourceVersion {s.resource_version}; "
            f"created {s.created}" for s in secrets_meta])
-    excerpt = "\n".join(f"== {name} ==\n{text}" for name, text in logs.items())
+    excerpt = redact("\n".join(f"== {name} ==\n{text}" for name, text in logs.items()))
     return Finding(EVIDENCE, True, f"captured {len(pods)} pods, {len(events)} events, {len(history)} revisions, "
                                    f"{len(logs)} pod logs, {len(secrets_meta)} secrets (metadata only)",
                    details, {"secrets": [{"name": s.name, "keys": list(s.keys), "resource_version": s.resource_version}

@@ -44,6 +44,9 @@ def _drive_paths(world, monkeypatch) -> None:
     from tasks.watch import sweep
 
     break_api(world)
+    world.cluster.app_log_lines[("sandbox", "api")] = [  # a service that logs its credentials
+        f"ERROR cannot connect to postgresql://sandbox_app:{PG_CANARY}@db.internal:5432/app",
+        f"DEBUG calling GitHub with Authorization: Bearer {GITHUB_TOKEN}"]
     run = FlowThread(service_down, service="api")
     run.resume(run.wait_paused().id, approve=True, approver="cara", reason="canary run")
     assert run.join()["outcome"] == "resolved"
