@@ -18,6 +18,12 @@ def _sessions(items: list[dict]) -> list[list]:
     return [[s["pid"], s["backend_start"]] for s in items]
 
 
+def _expect(items: list[dict], clock: str = "state") -> dict[str, dict]:
+    """What each session looked like when planned: its state and how long it had been in it
+    (`clock` state) or in its query (`clock` query). Re-checked before acting."""
+    return {str(s["pid"]): {"state": s["state"], "seconds": s["seconds"], "clock": clock} for s in items}
+
+
 def plan_database_issues(incident_id: int, environment: str, service_name: str, service: ServiceConfig,
                          findings: dict[str, Finding]) -> Plan:
     """Terminate root blockers and stale idle-in-transaction sessions, cancel runaway queries,
@@ -50,7 +56,8 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
             f"{root['state']} for {root['seconds']:.0f} s, blocking {len(root['waiters'])} sessions "
             f"(pids {', '.join(map(str, root['waiters']))})",
             "terminated: its locks are released and the waiters proceed", "pg_terminate_backend",
-            {"sessions": _sessions([root]), "allow_superuser": root["superuser"], "waiters": root["waiters"]}))
+            {"sessions": _sessions([root]), "allow_superuser": root["superuser"], "waiters": root["waiters"],
+             "expect": _expect([root])}))
     roots = {r["pid"] for r in data.get("root_blockers", [])}
     stale = [s for s in data.get("idle_in_transaction", []) if s["pid"] not in roots
              and s["seconds"] >= db.idle_in_transaction_seconds and (db.terminate_superusers or not s["superuser"])]
@@ -59,14 +66,14 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
             "terminate_sessions", f"{len(stale)} idle-in-transaction sessions",
             "idle in transaction: " + ", ".join(f"pid {s['pid']} ({s['seconds']:.0f} s)" for s in stale),
             "terminated: their snapshots and locks are released", "pg_terminate_backend",
-            {"sessions": _sessions(stale), "allow_superuser": False, "waiters": []}))
+            {"sessions": _sessions(stale), "allow_superuser": False, "waiters": [], "expect": _expect(stale)}))
     runaway = [q for q in data.get("long_queries", []) if (db.terminate_superusers or not q["superuser"])]
     if runaway:
         actions.append(PlannedAction(
             "cancel_queries", f"{len(runaway)} long-running queries",
             "running: " + ", ".join(f"pid {q['pid']} ({q['seconds']:.0f} s)" for q in runaway),
             "query cancelled, session kept", "pg_cancel_backend",
-            {"sessions": _sessions(runaway), "allow_superuser": False}))
+            {"sessions": _sessions(runaway), "allow_superuser": False, "expect": _expect(runaway, "query")}))
     connections = findings.get(CONNECTIONS)
     if connections and connections.ok is False:
         idle = [s for s in connections.data.get("idle_sessions", []) if not s["superuser"]]
@@ -76,7 +83,8 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
                 "terminate_sessions", f"{len(idle)} idle sessions ({scope['scope']})",
                 f"{scope['scope']}: {scope['used']}/{scope['limit']} connections",
                 f"{scope['scope']}: about {scope['used'] - len(idle)}/{scope['limit']} connections",
-                "pg_terminate_backend", {"sessions": _sessions(idle), "allow_superuser": False, "waiters": []}))
+                "pg_terminate_backend", {"sessions": _sessions(idle), "allow_superuser": False, "waiters": [],
+                                         "expect": _expect(idle)}))
         else:
             notes.append(f"connection pressure ({scope['scope']}) with no idle session old enough to end")
     cache = findings.get(CACHE)
@@ -85,7 +93,7 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
         actions.append(PlannedAction(
             "clear_cache", f"redis cache of {service_name}", cache.summary,
             "flushed" if service.cache.clear == "flushdb" else f"keys {service.cache.prefix}* removed", how,
-            {"mode": service.cache.clear, "prefix": service.cache.prefix}))
+            {"mode": service.cache.clear, "prefix": service.cache.prefix, "keys": cache.data.get("keys")}))
     health = findings.get(HEALTH)
     head = Plan(incident_id, service_name, environment, (), evidence + tuple(notes))
     w = Weighing([f"{f.check}: {f.summary}" for key, f in findings.items()

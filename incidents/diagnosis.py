@@ -140,7 +140,8 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
     k = service.kubernetes
     action = PlannedAction("rollout_restart", f"deployment/{k.deployment} (namespace {k.namespace})",
                            f"{len(facts.pods)} pods ({restarts} restarts)", "every pod replaced",
-                           "kubectl rollout restart", {"namespace": k.namespace, "deployment": k.deployment})
+                           "kubectl rollout restart", {"namespace": k.namespace, "deployment": k.deployment,
+                                                       "revision": facts.current.revision if facts.current else None})
     why = "No deployment in the recent window lines up with the failure" if not facts.recent else \
         "The recent deployment is not the one running"
     return settle(head, [action], WEAK, w, f"{why}: restart the pods (a restart changes no version or config).")

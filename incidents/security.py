@@ -71,7 +71,8 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
             f"keys {', '.join(target.data_keys)} at resourceVersion {version}",
             f"new random values; then rollout restart of {', '.join(sec.consumers) or 'no consumer'}",
             "Kubernetes Secret patch + kubectl rollout restart",
-            {"namespace": ns, "secret": target.name, "keys": list(target.data_keys), "consumers": list(sec.consumers)}))
+            {"namespace": ns, "secret": target.name, "keys": list(target.data_keys), "consumers": list(sec.consumers),
+             "resource_version": version}))
     if cidrs:
         actions.append(PlannedAction(
             "block_ips", f"networkpolicy/{sec.block_policy} (namespace {ns})", "no block for these addresses",

@@ -12,6 +12,7 @@ from tasks.context import RunContext
 from tasks.database import cancel_queries, clear_cache, terminate_sessions
 from tasks.deploys import ActionResult, RemediationFailed, restart_deployment, rollback_deployment
 from tasks.error_rate import scale_deployment, set_circuit_breaker
+from tasks.prechecks import recheck
 from tasks.security import block_ips, enable_logging, rotate_secrets
 
 REMEDIES = {
@@ -36,7 +37,8 @@ def execute(ctx: RunContext, plan: Plan, grant: Grant) -> list[ActionResult]:
     action already done is skipped and says so; an action that was interrupted (claimed, never
     finished) runs again only through its remedy's own check of the target, which is told when
     the interrupted attempt began (e.g. a rollback first looks for the workflow run it may
-    already have dispatched)."""
+    already have dispatched). Before its first attempt each action's target is read again
+    (`tasks.prechecks`): changed since the approval, nothing runs and the run escalates."""
     store = ctx.store()
     results = []
     for action in plan.actions:
@@ -55,6 +57,8 @@ def execute(ctx: RunContext, plan: Plan, grant: Grant) -> list[ActionResult]:
         if not entry["first"] and "interrupted_at" in inspect.signature(remedy.fn).parameters:
             kwargs["interrupted_at"] = entry["started_at"]
         try:
+            if entry["first"]:  # a retry of an interrupted attempt meets the target it changed itself
+                recheck(ctx, action)
             result = remedy(ctx, action, grant, **kwargs)
         except IntegrationError as exc:
             store.finish_action(plan.incident_id, plan.digest, action.digest, "failed", str(exc)[:500])

@@ -78,7 +78,8 @@ def sessions(roots: int = 0, long: int = 0, idle_seconds: float | None = None) -
 
 def connections(pressured: bool = False) -> Finding:
     scope = {"scope": "role sandbox_app", "used": 6, "limit": 6}
-    idle = [{"pid": 500 + n, "role": "sandbox_app", "superuser": False, "backend_start": _at(60)} for n in range(5)]
+    idle = [{"pid": 500 + n, "role": "sandbox_app", "superuser": False, "backend_start": _at(60), "state": "idle",
+             "seconds": 60.0} for n in range(5)]
     return Finding(CONNECTIONS, not pressured, "connections",
                    data={"pressured": [scope] if pressured else [], "idle_sessions": idle if pressured else []})
 

@@ -1,0 +1,134 @@
+"""Before acting, every remedy's target is read again: an action runs only if its target is
+still in the state the plan was approved for. One check per kind of action, in one place;
+the executor calls `recheck` before the first attempt of each action."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from incidents.plans import PlannedAction
+from integrations.cache import CacheClient
+from integrations.kubernetes import container_image, revision_of
+from integrations.kubernetes_security import get_config_value, secret_metadata
+from tasks.context import RunContext, resolve_secret
+from tasks.database import postgres
+from tasks.deploys import RemediationFailed
+
+# A session's clock may read a little less than at planning when the two reads straddle a
+# statement boundary; more than this and it is not the session that was planned for.
+_CLOCK_SLACK_SECONDS = 1.0
+
+
+class TargetChanged(RemediationFailed):
+    """The target is no longer as the approved plan found it: nothing was done."""
+
+
+def _deployment(ctx: RunContext, p: dict) -> dict:
+    with ctx.kubernetes() as kube:
+        return kube.get_deployment(p["namespace"], p["deployment"])
+
+
+def _rollback(ctx: RunContext, action: PlannedAction) -> str | None:
+    p = action.params
+    dep = _deployment(ctx, p)
+    revision, image = revision_of(dep), dep["spec"]["template"]["spec"]["containers"][0].get("image")
+    if revision != p["from_revision"] and image != p["to_image"]:
+        return f"deployment/{p['deployment']} is at revision {revision} ({image}), not {p['from_revision']} as planned"
+    return None
+
+
+def _restart(ctx: RunContext, action: PlannedAction) -> str | None:
+    p = action.params
+    dep = _deployment(ctx, p)
+    if dep["spec"].get("paused"):
+        return (f"deployment/{p['deployment']} is paused (kubectl rollout restart refuses a paused deployment; "
+                f"`kubectl rollout resume` it first, if that is intended)")
+    if p.get("revision") is not None and revision_of(dep) != p["revision"]:
+        return f"deployment/{p['deployment']} is at revision {revision_of(dep)}, not {p['revision']} as planned"
+    return None
+
+
+def _scale(ctx: RunContext, action: PlannedAction) -> str | None:
+    p = action.params
+    replicas = _deployment(ctx, p)["spec"].get("replicas", 1)
+    if replicas != p["from"] and replicas < p["to"]:
+        return f"deployment/{p['deployment']} has {replicas} replicas, not {p['from']} as planned"
+    return None
+
+
+def _config_value(ctx: RunContext, action: PlannedAction) -> str | None:
+    """The circuit breaker and the log level: the switch still holds the value the plan saw
+    (or already the one it sets)."""
+    p = action.params
+    target = p.get("value", p.get("level"))
+    if p.get("configmap"):
+        with ctx.kubernetes() as kube:
+            now = get_config_value(kube, p["namespace"], p["configmap"], p["key"])
+    else:
+        with CacheClient(resolve_secret(p["redis_url_secret"])) as cache:
+            now = cache.get(p["key"])
+    if now not in (p.get("previous"), target) and not (p.get("previous") in (None, "unknown") and now is None):
+        return f"{p['key']} is {now!r}, not {p.get('previous')!r} as planned"
+    return None
+
+
+def _sessions(ctx: RunContext, action: PlannedAction) -> str | None:
+    """Each backend is the same one (pid and start), in the same state, and has been in that
+    state (or that query) at least as long as when planned: it has not moved on and come back."""
+    expected = action.params.get("expect") or {}
+    current = {s.pid: s for s in postgres(ctx).sessions()}
+    changed = []
+    for pid, started in action.params["sessions"]:
+        now, want = current.get(int(pid)), expected.get(str(pid))
+        if now is None or now.backend_start.isoformat() != str(started):
+            changed.append(f"pid {pid} has ended")
+            continue
+        if want is None:
+            continue
+        clock = now.seconds_in_query if want["clock"] == "query" else now.seconds_in_state
+        if now.state != want["state"]:
+            changed.append(f"pid {pid} is {now.state}, not {want['state']}")
+        elif clock is None or clock + _CLOCK_SLACK_SECONDS < want["seconds"]:
+            changed.append(f"pid {pid} left {want['state']} and came back")
+    return "; ".join(changed) or None
+
+
+def _cache(ctx: RunContext, action: PlannedAction) -> str | None:
+    p, planned = action.params, action.params.get("keys")
+    if p["mode"] == "flushdb" or planned is None:
+        return None
+    with CacheClient(resolve_secret(ctx.service.cache.url_secret)) as cache:
+        now = cache.count_prefix(p["prefix"])
+    if now == 0:
+        return f"no key under {p['prefix']} is left"
+    if now > 2 * planned + 10:
+        return f"{now} keys under {p['prefix']}, not about {planned} as planned"
+    return None
+
+
+def _secret(ctx: RunContext, action: PlannedAction) -> str | None:
+    p = action.params
+    if p.get("resource_version") in (None, "?"):
+        return None
+    with ctx.kubernetes() as kube:
+        [meta] = secret_metadata(kube, p["namespace"], [p["secret"]])
+    if meta.resource_version != p["resource_version"]:
+        return (f"secret/{p['secret']} is at resourceVersion {meta.resource_version}, not {p['resource_version']}: "
+                f"someone changed it since the plan")
+    return None
+
+
+CHECKS: dict[str, Callable[[RunContext, PlannedAction], str | None]] = {
+    "rollback": _rollback, "rollout_restart": _restart, "scale": _scale,
+    "circuit_breaker": _config_value, "enable_logging": _config_value,
+    "terminate_sessions": _sessions, "cancel_queries": _sessions, "clear_cache": _cache,
+    "rotate_secrets": _secret,
+}
+
+
+def recheck(ctx: RunContext, action: PlannedAction) -> None:
+    """Raise TargetChanged unless the action's target is as the approved plan found it."""
+    check = CHECKS.get(action.kind)
+    problem = check(ctx, action) if check else None
+    if problem:
+        raise TargetChanged(f"target changed since approval: {problem}; {action.kind} not run")
