@@ -19,7 +19,8 @@ from incidents.diagnosis import HEALTH, Finding, report_markdown
 from incidents.alerts import DEFAULT_SEVERITY
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
-from incidents.security import EVIDENCE, plan_security_incident, public_statement_draft, suspicious_cidrs
+from incidents.security import (EVIDENCE, REVOKE_AT_ISSUER, plan_security_incident, public_statement_draft,
+                                suspicious_cidrs)
 from incidents.templates import stamp
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
@@ -27,7 +28,7 @@ from tasks.diagnosis import gather, probe_endpoints
 from tasks.lifecycle import Scenario, run_scenario
 from tasks.notify import notify_security_team
 from tasks.reporting import publish_report
-from tasks.security import capture_evidence, verify_containment
+from tasks.security import capture_evidence, file_revocation, verify_containment
 from tasks.timeline import record
 
 
@@ -69,7 +70,9 @@ def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
 
 
 def prevention(findings: dict[str, Finding], plan: Plan) -> str:
-    return "Shorter credential lifetimes with automatic rotation; review the evidence in the post-mortem."
+    revoke = (f"Rotation replaced the values in the cluster only: {REVOKE_AT_ISSUER} (action item filed). "
+              if any(a.kind == "rotate_secrets" for a in plan.actions) else "")
+    return revoke + "Shorter credential lifetimes with automatic rotation; review the evidence in the post-mortem."
 
 
 SECURITY_INCIDENT = Scenario(
@@ -101,4 +104,8 @@ def security_incident(service: str, environment: str = "sandbox", severity: Seve
         plan=lambda c, incident, findings, onset: plan_security_incident(incident.id, c.environment, c.service_name,
                                                                    c.service, findings, cidrs),
         after_diagnosis=lambda c, incident, findings: keep_evidence(c, incident, findings, cidrs, dropped))
-    return run_scenario(scenario, ctx, severity, dry_run, alert)
+    result = run_scenario(scenario, ctx, severity, dry_run, alert)
+    rotated = [line for line in result.get("plan", []) if line.startswith("rotate_secrets")]
+    if result.get("outcome") == "resolved" and rotated:
+        file_revocation(ctx, result["incident_id"], rotated)
+    return result

@@ -350,7 +350,20 @@ class SecurityTarget(_Model):
     secrets: list[SecretTarget] = []
     consumers: list[str] = []  # deployments restarted after a rotation
     logging: LoggingSwitch | None = None
+    # How suspicious addresses are blocked (see config/example-production.yaml):
+    #   ingress_denylist: ingress-nginx's denylist-source-range annotation on `ingress`, which
+    #     sees the real client address;
+    #   network_policy: a NetworkPolicy `block_policy`, only when no other policy selects the
+    #     pods (policies add up: it would widen what they allow).
+    block_strategy: Literal["ingress_denylist", "network_policy"] = "network_policy"
+    ingress: str | None = Field(None, pattern=_DNS_LABEL)
     block_policy: str = Field("block-suspicious-ips", pattern=_DNS_LABEL)
+
+    @model_validator(mode="after")
+    def _ingress_named(self) -> "SecurityTarget":
+        if self.block_strategy == "ingress_denylist" and not self.ingress:
+            raise ValueError("block_strategy ingress_denylist needs `ingress`: the Ingress in front of the service")
+        return self
 
 
 class ServiceConfig(_Model):

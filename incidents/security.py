@@ -13,7 +13,13 @@ from incidents.plans import Plan, PlannedAction
 from incidents.templates import markdown_text
 
 EVIDENCE = "evidence snapshot"
-_MIN_PREFIX = {4: 8, 6: 32}  # broader than this would block a large part of the internet, us included
+DENYLIST_ANNOTATION = "nginx.ingress.kubernetes.io/denylist-source-range"
+_MIN_PREFIX = {4: 16, 6: 48}  # broader than this would block a large part of the internet, us included
+# Addresses that never come from the internet: blocking them cuts in-cluster and internal
+# traffic (pods, nodes, load balancers, carrier-grade NAT), never an attacker's.
+_INTERNAL = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8"))
 
 
 class InvalidCidr(ValueError):
@@ -29,8 +35,10 @@ def validate_cidr(value: str) -> str:
     if network.prefixlen < _MIN_PREFIX[network.version]:
         raise InvalidCidr(f"refusing to block {network}: broader than /{_MIN_PREFIX[network.version]} "
                           f"for IPv{network.version}")
-    if network.is_loopback or network.is_link_local:
-        raise InvalidCidr(f"refusing to block {network}: loopback or link-local")
+    internal = next((n for n in _INTERNAL if n.version == network.version and network.overlaps(n)), None)
+    if internal is not None:
+        raise InvalidCidr(f"refusing to block {network}: it overlaps {internal}, a private, loopback, link-local "
+                          f"or otherwise internal range (blocking it cuts the cluster's own traffic)")
     return str(network)
 
 
@@ -57,28 +65,33 @@ def suspicious_cidrs(alert: dict[str, Any] | None) -> tuple[list[str], list[str]
     return sorted(valid), dropped
 
 
+REVOKE_AT_ISSUER = ("the leaked values stay valid wherever they were issued (a cloud provider, a payment API, "
+                    "a database) until revoked there: revoke them at their issuer")
+
+
 def plan_security_incident(incident_id: int, environment: str, service_name: str, service: ServiceConfig,
                            findings: dict[str, Finding], cidrs: list[str]) -> Plan:
     sec, ns = service.security, service.kubernetes.namespace
     evidence = tuple(f"{f.check}: {f.summary}" for f in findings.values())
     snapshot = findings.get(EVIDENCE)
     meta = {s["name"]: s for s in (snapshot.data.get("secrets", []) if snapshot else [])}
+    w = Weighing([f"the alert reports a security incident on {service_name}"]
+                 + ([f"the alert names {', '.join(cidrs)} as sources"] if cidrs else []))
     actions: list[PlannedAction] = []
     for target in sec.secrets:
         version = meta.get(target.name, {}).get("resource_version", "?")
         actions.append(PlannedAction(
             "rotate_secrets", f"secret/{target.name} (namespace {ns})",
             f"keys {', '.join(target.data_keys)} at resourceVersion {version}",
-            f"new random values; then rollout restart of {', '.join(sec.consumers) or 'no consumer'}",
+            f"new random values; then rollout restart of {', '.join(sec.consumers) or 'no consumer'}. "
+            f"Not done here: {REVOKE_AT_ISSUER}",
             "Kubernetes Secret patch + kubectl rollout restart",
             {"namespace": ns, "secret": target.name, "keys": list(target.data_keys), "consumers": list(sec.consumers),
              "resource_version": version}))
     if cidrs:
-        actions.append(PlannedAction(
-            "block_ips", f"networkpolicy/{sec.block_policy} (namespace {ns})", "no block for these addresses",
-            f"ingress to {service.kubernetes.deployment} denied from {', '.join(cidrs)}",
-            "NetworkPolicy ipBlock except", {"namespace": ns, "policy": sec.block_policy,
-                                             "app": service.kubernetes.deployment, "cidrs": cidrs}))
+        block = block_action(service, cidrs, (snapshot.data.get("containment") if snapshot else None) or {}, w)
+        if block is not None:
+            actions.append(block)
     if sec.logging:
         current = (snapshot.data.get("log_level") if snapshot else None) or "unknown"
         actions.append(PlannedAction(
@@ -86,13 +99,42 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
             f"{sec.logging.key}={current}", f"{sec.logging.key}={sec.logging.level}", "ConfigMap patch",
             {"namespace": ns, "configmap": sec.logging.configmap, "key": sec.logging.key,
              "level": sec.logging.level, "previous": current}))
-    w = Weighing([f"the alert reports a security incident on {service_name}"]
-                 + ([f"the alert names {', '.join(cidrs)} as sources"] if cidrs else []))
     head = Plan(incident_id, service_name, environment, (), evidence)
     if not actions:
         return abstain(head, w, "no containment is configured for this service.")
     return settle(head, actions, STRONG, w,
                   "Contain: " + "; ".join(a.kind.replace("_", " ") + " " + a.target for a in actions))
+
+
+def block_action(service: ServiceConfig, cidrs: list[str], state: dict, w: Weighing) -> PlannedAction | None:
+    """The block by the service's strategy, showing what is blocked now and after; a
+    NetworkPolicy is refused (with the reason and the alternative) when another policy
+    already selects the pods, because policies add up and it would widen their access."""
+    sec, k = service.security, service.kubernetes
+    if sec.block_strategy == "ingress_denylist":
+        now = sorted(state.get("denylist") or [])
+        return PlannedAction(
+            "block_ips", f"ingress/{sec.ingress} (namespace {k.namespace})",
+            f"deny list: {', '.join(now) or 'empty'}", f"deny list: {', '.join(sorted(set(now) | set(cidrs)))}",
+            f"ingress-nginx annotation {DENYLIST_ANNOTATION} (the controller sees the real client address)",
+            {"strategy": "ingress_denylist", "namespace": k.namespace, "ingress": sec.ingress, "cidrs": cidrs,
+             "existing": now})
+    others = state.get("policies") or []
+    if others:
+        alternative = (f"set block_strategy: ingress_denylist (Ingress {sec.ingress})" if sec.ingress
+                       else "set block_strategy: ingress_denylist with the service's Ingress")
+        w.against.append(f"block by NetworkPolicy refused: {', '.join(others)} already select the pods of "
+                         f"{k.deployment}, and a policy admitting all but {', '.join(cidrs)} would widen what they "
+                         f"may receive; {alternative}, or block at the edge by hand")
+        return None
+    now = sorted(state.get("policy_blocks") or [])
+    return PlannedAction(
+        "block_ips", f"networkpolicy/{sec.block_policy} (namespace {k.namespace})",
+        f"no other policy selects the pods; blocked: {', '.join(now) or 'nothing'}",
+        f"ingress to {k.deployment} from anywhere but {', '.join(sorted(set(now) | set(cidrs)))}, and from every "
+        f"pod and namespace of the cluster", "NetworkPolicy ipBlock except (sole policy on the pods)",
+        {"strategy": "network_policy", "namespace": k.namespace, "policy": sec.block_policy,
+         "app": k.deployment, "cidrs": cidrs, "labels": state.get("labels") or {"app": k.deployment}, "existing": now})
 
 
 def public_statement_draft(service: str, opened_at: str, cidrs: list[str]) -> str:

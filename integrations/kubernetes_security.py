@@ -79,36 +79,99 @@ def remove_network_policy(kube: KubernetesClient, namespace: str, policy: str) -
     return True
 
 
-def block_cidrs(kube: KubernetesClient, namespace: str, policy: str, app: str, cidrs: list[str]) -> list[str]:
-    """Create or extend a NetworkPolicy that admits ingress to `app` from anywhere except
-    `cidrs`. Returns every address the policy now blocks."""
-    networking = k8s.NetworkingV1Api(kube.api_client)
-    blocked = set(cidrs)
+DENYLIST = "nginx.ingress.kubernetes.io/denylist-source-range"
+
+
+def _networking(kube: KubernetesClient) -> k8s.NetworkingV1Api:
+    return k8s.NetworkingV1Api(kube.api_client)
+
+
+def _read_policy(kube: KubernetesClient, namespace: str, policy: str) -> dict | None:
     try:
-        existing = kube._json(networking.read_namespaced_network_policy(policy, namespace, _request_timeout=kube.timeout))
-        for rule in existing["spec"].get("ingress", []):
-            for peer in rule.get("from", []):
-                blocked |= set((peer.get("ipBlock") or {}).get("except", []))
+        return kube._json(_networking(kube).read_namespaced_network_policy(policy, namespace,
+                                                                             _request_timeout=kube.timeout))
     except k8s.ApiException as exc:
         if exc.status != 404:
             raise IntegrationError(f"Kubernetes read networkpolicy {namespace}/{policy}", f"HTTP {exc.status}") from None
-        existing = None
+        return None
+
+
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a label selector selects pods with `labels` (an expression counts as selecting:
+    when unsure, assume the policy applies)."""
+    if selector.get("matchExpressions"):
+        return True
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def policies_selecting(kube: KubernetesClient, namespace: str, labels: dict[str, str], ignore: str) -> list[str]:
+    """NetworkPolicies (other than `ignore`, our own block) that select pods with `labels`."""
+    found = kube._call(f"list networkpolicies in {namespace}", _networking(kube).list_namespaced_network_policy,
+                       namespace)
+    return sorted(p.metadata.name for p in found.items if p.metadata.name != ignore
+                  and _selects(kube._json(p)["spec"].get("podSelector") or {}, labels))
+
+
+def blocked_by_policy(kube: KubernetesClient, namespace: str, policy: str) -> list[str]:
+    existing = _read_policy(kube, namespace, policy)
+    return sorted({c for rule in (existing or {}).get("spec", {}).get("ingress", []) for peer in rule.get("from", [])
+                   for c in (peer.get("ipBlock") or {}).get("except", [])})
+
+
+def block_cidrs(kube: KubernetesClient, namespace: str, policy: str, app: str, cidrs: list[str]) -> list[str]:
+    """Create or extend the NetworkPolicy that admits ingress to `app` from anywhere except
+    `cidrs`, and from every pod and namespace of the cluster explicitly (in-cluster traffic is
+    matched by selectors, not by address). Returns every address the policy now blocks. Only
+    safe when no other policy selects the pods: policies add up, so on pods another policy
+    restricts this one would widen what they may receive."""
+    return _write_policy(kube, namespace, policy, app, set(cidrs) | set(blocked_by_policy(kube, namespace, policy)))
+
+
+def unblock_cidrs(kube: KubernetesClient, namespace: str, policy: str, app: str, cidrs: list[str]) -> list[str]:
+    """Take `cidrs` out of the block policy, keeping every other block; the policy is deleted
+    when nothing is left. Returns what stays blocked."""
+    remaining = set(blocked_by_policy(kube, namespace, policy)) - set(cidrs)
+    if remaining:
+        return _write_policy(kube, namespace, policy, app, remaining)
+    remove_network_policy(kube, namespace, policy)
+    return []
+
+
+def _write_policy(kube: KubernetesClient, namespace: str, policy: str, app: str, blocked: set[str]) -> list[str]:
+    existing = _read_policy(kube, namespace, policy)
     v4 = sorted(c for c in blocked if ":" not in c)
     v6 = sorted(c for c in blocked if ":" in c)
-    peers = []
+    peers: list[dict] = []
     if v4 or not v6:
         peers.append({"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}})
     if v6 or not v4:
         peers.append({"ipBlock": {"cidr": "::/0", "except": v6}})
+    peers += [{"podSelector": {}}, {"namespaceSelector": {}}]
     body = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": policy, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "runbooks"}},
             "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress"],
                      "ingress": [{"from": peers}]}}
     if existing is None:
-        kube._call(f"create networkpolicy {namespace}/{policy}", networking.create_namespaced_network_policy,
+        kube._call(f"create networkpolicy {namespace}/{policy}", _networking(kube).create_namespaced_network_policy,
                    namespace, body)
     else:
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        kube._call(f"replace networkpolicy {namespace}/{policy}", networking.replace_namespaced_network_policy,
+        kube._call(f"replace networkpolicy {namespace}/{policy}", _networking(kube).replace_namespaced_network_policy,
                    policy, namespace, body)
     return sorted(blocked)
+
+
+def ingress_denylist(kube: KubernetesClient, namespace: str, ingress: str) -> list[str]:
+    """The ranges ingress-nginx denies for this Ingress (its denylist-source-range annotation)."""
+    obj = kube._json(kube._call(f"read ingress {namespace}/{ingress}", _networking(kube).read_namespaced_ingress,
+                                ingress, namespace))
+    value = (obj["metadata"].get("annotations") or {}).get(DENYLIST, "")
+    return sorted({c.strip() for c in value.split(",") if c.strip()})
+
+
+def set_ingress_denylist(kube: KubernetesClient, namespace: str, ingress: str, cidrs: list[str]) -> list[str]:
+    """Write exactly `cidrs` as the Ingress's deny list (the annotation is removed when empty)."""
+    value = ",".join(sorted(set(cidrs))) or None
+    kube._call(f"annotate ingress {namespace}/{ingress}", _networking(kube).patch_namespaced_ingress, ingress,
+               namespace, {"metadata": {"annotations": {DENYLIST: value}}})
+    return sorted(set(cidrs))

@@ -55,6 +55,8 @@ RESOURCES: dict[str, Resource] = {
         Resource("apps", "v1", "deployments", "Deployment", short_names=("deploy",), subresources=("scale", "status")),
         Resource("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",)),
         Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",)),
+        Resource("networking.k8s.io", "v1", "ingresses", "Ingress", short_names=("ing",)),
+        Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", short_names=("hpa",)),
     )
 }
 

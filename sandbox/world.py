@@ -88,6 +88,11 @@ class Sandbox:
                                 age_hours=[240.0]))
         gh.repo("acme/incidents")
         self._seed_service("api", ["v1.4.1", "v1.5.0"])
+        c.create("ingresses", NAMESPACE, {  # ingress-nginx in front of api: it sees the real client address
+            "metadata": {"name": "api", "annotations": {"kubernetes.io/ingress.class": "nginx"}},
+            "spec": {"ingressClassName": "nginx", "rules": [{"host": "api.sandbox.local", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix",
+                 "backend": {"service": {"name": "api", "port": {"number": 8080}}}}]}}]}})
         self._seed_service("frontend", ["v3.2.0"])
 
     def _seed_service(self, name: str, versions: list[str]) -> None:

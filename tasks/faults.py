@@ -16,8 +16,9 @@ from psycopg.conninfo import make_conninfo
 
 from incidents.drills import FaultSpec, Step
 from integrations.kubernetes import container_image
-from integrations.kubernetes_security import (get_config_value, remove_network_policy, secret_metadata,
-                                              set_config_value, set_secret_values)
+from integrations.kubernetes_security import (blocked_by_policy, get_config_value, ingress_denylist, secret_metadata,
+                                              set_config_value, set_ingress_denylist, set_secret_values,
+                                              unblock_cidrs)
 from integrations.probes import probe_all, sample_error_rate
 from tasks.context import RunContext, resolve_secret
 
@@ -336,9 +337,16 @@ def _undo_leak(ctx: RunContext, state: FaultState) -> list[str]:
         return []
     done = []
     k, sec = ctx.service.kubernetes, ctx.service.security
-    with ctx.kubernetes() as kube:
-        if remove_network_policy(kube, k.namespace, sec.block_policy):
-            done.append(f"networkpolicy/{sec.block_policy} removed")
+    source = f"{LEAK_SOURCE}/32"
+    with ctx.kubernetes() as kube:  # only the drill's own block goes: a real incident's blocks stay
+        if source in blocked_by_policy(kube, k.namespace, sec.block_policy):
+            left = unblock_cidrs(kube, k.namespace, sec.block_policy, k.deployment, [source])
+            done.append(f"{source} unblocked in networkpolicy/{sec.block_policy}"
+                        + (f" ({', '.join(left)} stay blocked)" if left else " (policy removed: nothing else in it)"))
+        if sec.ingress and source in ingress_denylist(kube, k.namespace, sec.ingress):
+            set_ingress_denylist(kube, k.namespace, sec.ingress,
+                                 [c for c in ingress_denylist(kube, k.namespace, sec.ingress) if c != source])
+            done.append(f"{source} taken off ingress/{sec.ingress}'s deny list")
         if sec.logging and state.undo.get("log_level") is not None:
             set_config_value(kube, k.namespace, sec.logging.configmap, sec.logging.key, state.undo["log_level"])
             done.append(f"{sec.logging.key} back to {state.undo['log_level']}")

@@ -9,7 +9,7 @@ from typing import Callable
 from incidents.plans import PlannedAction
 from integrations.cache import CacheClient
 from integrations.kubernetes import container_image, revision_of
-from integrations.kubernetes_security import get_config_value, secret_metadata
+from integrations.kubernetes_security import get_config_value, ingress_denylist, policies_selecting, secret_metadata
 from tasks.context import RunContext, resolve_secret
 from tasks.database import postgres
 from tasks.deploys import RemediationFailed
@@ -118,7 +118,24 @@ def _secret(ctx: RunContext, action: PlannedAction) -> str | None:
     return None
 
 
+def _block(ctx: RunContext, action: PlannedAction) -> str | None:
+    """A NetworkPolicy block still has the pods to itself; a deny list still reads as planned."""
+    p = action.params
+    with ctx.kubernetes() as kube:
+        if p["strategy"] == "ingress_denylist":
+            now = ingress_denylist(kube, p["namespace"], p["ingress"])
+            if sorted(now) != sorted(p.get("existing") or []) and not set(p["cidrs"]) <= set(now):
+                return f"ingress/{p['ingress']} denies {', '.join(now) or 'nothing'} now, not as planned"
+            return None
+        others = policies_selecting(kube, p["namespace"], p.get("labels") or {"app": p["app"]}, p["policy"])
+    if others:
+        return (f"{', '.join(others)} now select the pods: a block policy would widen their access "
+                f"(policies add up)")
+    return None
+
+
 CHECKS: dict[str, Callable[[RunContext, PlannedAction], str | None]] = {
+    "block_ips": _block,
     "rollback": _rollback, "rollout_restart": _restart, "scale": _scale,
     "circuit_breaker": _config_value, "enable_logging": _config_value,
     "terminate_sessions": _sessions, "cancel_queries": _sessions, "clear_cache": _cache,

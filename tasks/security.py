@@ -4,6 +4,7 @@ taken before anything changes; secret values never leave the Kubernetes API."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -13,8 +14,9 @@ from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.redaction import redact
 from incidents.security import EVIDENCE
 from integrations.errors import IntegrationError
-from integrations.kubernetes_security import block_cidrs, get_config_value, rotate_secret, secret_metadata, \
-    set_config_value
+from integrations.kubernetes_security import (block_cidrs, blocked_by_policy, get_config_value, ingress_denylist,
+                                              policies_selecting, rotate_secret, secret_metadata, set_config_value,
+                                              set_ingress_denylist)
 from integrations.probes import probe_all
 from tasks.context import RunContext, SecretNotFound
 from tasks.deploys import ActionResult, Verification
@@ -36,6 +38,7 @@ def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) ->
             secrets_meta = secret_metadata(kube, target.namespace, [s.name for s in sec.secrets])
             log_level = (get_config_value(kube, target.namespace, sec.logging.configmap, sec.logging.key)
                          if sec.logging else None)
+            containment = containment_state(ctx, kube)
     except _ERRORS as exc:
         return unavailable(EVIDENCE, exc)
     details = tuple(
@@ -47,9 +50,30 @@ def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) ->
     excerpt = redact("\n".join(f"== {name} ==\n{text}" for name, text in logs.items()))
     return Finding(EVIDENCE, True, f"captured {len(pods)} pods, {len(events)} events, {len(history)} revisions, "
                                    f"{len(logs)} pod logs, {len(secrets_meta)} secrets (metadata only)",
-                   details, {"secrets": [{"name": s.name, "keys": list(s.keys), "resource_version": s.resource_version}
-                                         for s in secrets_meta], "log_level": log_level,
-                             "captured_at": time.time()}, excerpt or None)
+                   details + tuple(containment.pop("notes")),
+                   {"secrets": [{"name": s.name, "keys": list(s.keys), "resource_version": s.resource_version}
+                                for s in secrets_meta], "log_level": log_level,
+                    "captured_at": time.time(), "containment": containment}, excerpt or None)
+
+
+def containment_state(ctx: RunContext, kube) -> dict:
+    """What restricts the service's pods now: other NetworkPolicies selecting them, what our
+    block policy already blocks, and the Ingress's deny list."""
+    target, sec = ctx.service.kubernetes, ctx.service.security
+    labels = (kube.get_deployment(target.namespace, target.deployment)["spec"]["template"].get("metadata") or {}
+              ).get("labels") or {}
+    policies = policies_selecting(kube, target.namespace, labels, sec.block_policy)
+    state = {"labels": labels, "policies": policies,
+             "policy_blocks": blocked_by_policy(kube, target.namespace, sec.block_policy), "denylist": None}
+    if sec.ingress:
+        try:
+            state["denylist"] = ingress_denylist(kube, target.namespace, sec.ingress)
+        except IntegrationError as exc:
+            state["denylist_error"] = str(exc)
+    state["notes"] = [f"network policies selecting the pods: {', '.join(policies) or 'none'}",
+                      f"{sec.block_policy} blocks: {', '.join(state['policy_blocks']) or 'nothing'}"] + (
+        [f"ingress {sec.ingress} deny list: {', '.join(state['denylist'] or []) or 'empty'}"] if sec.ingress else [])
+    return state
 
 
 @task(name="rotate-secrets", cache_policy=NO_CACHE)
@@ -67,12 +91,25 @@ def rotate_secrets(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
 
 @task(name="block-ips", cache_policy=NO_CACHE)
 def block_ips(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
-    """Deny ingress from the planned CIDRs with a NetworkPolicy."""
+    """Deny the planned CIDRs: in the Ingress's deny list (ingress-nginx sees the real client
+    address), or with the block NetworkPolicy (only where no other policy selects the pods:
+    re-checked just before, in tasks.prechecks)."""
     require_grant(grant, action)
     p = action.params
     with ctx.kubernetes() as kube:
+        if p["strategy"] == "ingress_denylist":
+            blocked = set_ingress_denylist(kube, p["namespace"], p["ingress"],
+                                           sorted(set(ingress_denylist(kube, p["namespace"], p["ingress"])) | set(p["cidrs"])))
+            return ActionResult(action.describe(), True, f"ingress/{p['ingress']} denies {', '.join(blocked)}")
         blocked = block_cidrs(kube, p["namespace"], p["policy"], p["app"], p["cidrs"])
     return ActionResult(action.describe(), True, f"networkpolicy/{p['policy']} blocks {', '.join(blocked)}")
+
+
+def blocked_now(kube, p: dict) -> list[str]:
+    """What the planned block's mechanism blocks at this moment."""
+    if p["strategy"] == "ingress_denylist":
+        return ingress_denylist(kube, p["namespace"], p["ingress"])
+    return blocked_by_policy(kube, p["namespace"], p["policy"])
 
 
 @task(name="enable-logging", cache_policy=NO_CACHE)
@@ -107,6 +144,10 @@ def verify_containment(ctx: RunContext, findings: dict[str, Finding], plan: Plan
                             status = kube.rollout_status(p["namespace"], consumer)
                             if not status.done:
                                 problems.append(status.message)
+                    elif action.kind == "block_ips":
+                        missing = sorted(set(p["cidrs"]) - set(blocked_now(kube, p)))
+                        if missing:
+                            problems.append(f"not blocked: {', '.join(missing)}")
                     elif action.kind == "enable_logging":
                         value = get_config_value(kube, p["namespace"], p["configmap"], p["key"])
                         if value != p["level"]:
@@ -121,3 +162,18 @@ def verify_containment(ctx: RunContext, findings: dict[str, Finding], plan: Plan
         if elapsed + timeouts.verify_poll_seconds > timeouts.verify_seconds:
             return Verification(False, elapsed, "; ".join(problems))
         time.sleep(timeouts.verify_poll_seconds)
+
+
+def file_revocation(ctx: RunContext, incident_id: int, rotated: list[str]) -> list[dict]:
+    """Rotation changes the values in the cluster, not at their issuer: an action item (due in
+    24 h, owned by the security role) to revoke the leaked ones there, in the store and as a
+    GitHub issue, once."""
+    from incidents.followups import FollowUpStore
+    from tasks.postmortem import ActionItem, file_action_items
+
+    store = FollowUpStore()
+    incident = store.get(incident_id)
+    secrets_named = ", ".join(line.split(" ", 1)[1].split(":", 1)[0] for line in rotated)
+    item = ActionItem(title=f"Revoke the leaked credentials of {secrets_named} at their issuer",
+                      owner=ctx.config.roles.security.primary, due="24h")
+    return file_action_items(ctx, incident, [item], store, datetime.now(timezone.utc))

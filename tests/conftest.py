@@ -139,6 +139,9 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
     raw["environments"]["sandbox-matrix-a"] = yaml.safe_load(
         yaml.safe_dump(matrix).replace("RUNBOOKS_MATRIX_", "RUNBOOKS_MATRIX_A_").replace("matrix-", "matrix-a-")
         .replace("RUNBOOKS_SANDBOX_URL", "RUNBOOKS_MATRIX_A_SANDBOX_URL"))
+    ingress = yaml.safe_load(yaml.safe_dump(env))  # blocks through the Ingress's deny list
+    ingress["services"]["api"]["security"]["block_strategy"] = "ingress_denylist"
+    raw["environments"]["sandbox-ingress"] = ingress
     verified = yaml.safe_load(yaml.safe_dump(env))  # production's rules: verified approvers, four-eyes for P0
     verified["approval"].update(require_verified=True, four_eyes=["P0"])
     raw["environments"]["sandbox-verified"] = verified

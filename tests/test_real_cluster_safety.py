@@ -51,3 +51,103 @@ def test_a_second_dispatch_of_the_same_rollback_changes_nothing(world):
             assert api_image(world) == GOOD, "never back to the broken revision"
             time.sleep(1.1)  # the next dispatch is found by its own start second
     assert len(_rollback_runs(world)) == 2
+
+
+# -- containment that holds ---------------------------------------------------------------------------
+ALERT = {"labels": {"alertname": "SuspiciousLogins", "service": "api"},
+         "annotations": {"suspicious_ips": "203.0.113.7, 198.51.100.0/24", "summary": "credential stuffing"},
+         "startsAt": "2026-11-28T03:00:00Z"}
+ONLY_FROM_INGRESS = {"metadata": {"name": "api-only-from-ingress-nginx"}, "spec": {
+    "podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"],
+    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]}]}}
+
+
+def test_pods_another_policy_restricts_are_never_opened_up_by_a_block(world, store):
+    from flows.security_incident import security_incident
+
+    world.cluster.create("networkpolicies", "sandbox", ONLY_FROM_INGRESS)
+    run = FlowThread(security_incident, service="api", alert=ALERT)
+    paused = run.wait_paused()
+    approval = store.approval_for_run(str(paused.id))
+    assert [a["kind"] for a in approval["plan"]["actions"]] == ["rotate_secrets", "enable_logging"]
+    against = " ".join(approval["plan"]["against"])
+    assert "block by NetworkPolicy refused" in against and "api-only-from-ingress-nginx" in against
+    assert "ingress_denylist" in against, "the alternative is proposed"
+    run.resume(paused.id, approve=True, approver="ivan", reason="contain")
+    assert run.join(120)["outcome"] == "resolved"
+    assert [p["metadata"]["name"] for p in world.cluster.list("networkpolicies", "sandbox")] == \
+        ["api-only-from-ingress-nginx"], "no policy that admits the internet was added next to it"
+
+
+def test_a_policy_that_appears_after_approval_stops_the_block(world, store):
+    from flows.security_incident import security_incident
+
+    run = FlowThread(security_incident, service="api", alert=ALERT)
+    paused = run.wait_paused()
+    world.cluster.create("networkpolicies", "sandbox", ONLY_FROM_INGRESS)
+    run.resume(paused.id, approve=True, approver="ivan", reason="contain")
+    result = run.join(120)
+    assert result["outcome"] == "remediation_failed" and "target changed since approval" in result["error"]
+    assert "block-suspicious-ips" not in {p["metadata"]["name"] for p in world.cluster.list("networkpolicies", "sandbox")}
+
+
+def test_the_block_policy_keeps_in_cluster_traffic_and_is_verified(world):
+    from flows.security_incident import security_incident
+
+    run = FlowThread(security_incident, service="api", alert=ALERT)
+    run.resume(run.wait_paused().id, approve=True, approver="ivan", reason="contain")
+    result = run.join(120)
+    assert result["outcome"] == "resolved" and result["verification"]["recovered"]
+    peers = world.cluster.get("networkpolicies", "sandbox", "block-suspicious-ips")["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {}} in peers and {"namespaceSelector": {}} in peers
+
+
+def test_ingress_denylist_blocks_at_the_ingress_and_verification_sees_it(world, store):
+    from flows.security_incident import security_incident
+    from integrations.kubernetes_security import DENYLIST
+
+    run = FlowThread(security_incident, service="api", environment="sandbox-ingress", alert=ALERT)
+    paused = run.wait_paused()
+    [block] = [a for a in store.approval_for_run(str(paused.id))["plan"]["actions"] if a["kind"] == "block_ips"]
+    assert block["target"].startswith("ingress/api") and block["before"] == "deny list: empty"
+    assert block["after"] == "deny list: 198.51.100.0/24, 203.0.113.7/32"
+    run.resume(paused.id, approve=True, approver="ivan", reason="contain")
+    result = run.join(120)
+    assert result["outcome"] == "resolved", result
+    annotations = world.cluster.get("ingresses", "sandbox", "api")["metadata"]["annotations"]
+    assert annotations[DENYLIST] == "198.51.100.0/24,203.0.113.7/32"
+    assert not world.cluster.list("networkpolicies", "sandbox"), "no NetworkPolicy with this strategy"
+
+
+def test_drill_clean_up_keeps_an_incidents_block(world):
+    from incidents.drills import CATALOG
+    from integrations.kubernetes_security import block_cidrs, blocked_by_policy
+    from tasks.context import RunContext
+    from tasks.faults import LEAK_SOURCE, cleanup, inject
+
+    ctx = RunContext.load("sandbox", "api")
+    state = inject(ctx, CATALOG["leaked-credential"])
+    with ctx.kubernetes() as kube:  # a real incident's block, and the drill's own
+        block_cidrs(kube, "sandbox", "block-suspicious-ips", "api", ["198.51.100.7/32", f"{LEAK_SOURCE}/32"])
+    done = cleanup(ctx, state)
+    with ctx.kubernetes() as kube:
+        assert blocked_by_policy(kube, "sandbox", "block-suspicious-ips") == ["198.51.100.7/32"]
+    assert any("198.51.100.7/32 stay blocked" in line for line in done)
+
+
+def test_rotation_says_the_credential_must_be_revoked_at_its_issuer(world, store):
+    from flows.security_incident import security_incident
+    from incidents.followups import FollowUpStore
+
+    run = FlowThread(security_incident, service="api", alert=ALERT)
+    paused = run.wait_paused()
+    [rotate] = [a for a in store.approval_for_run(str(paused.id))["plan"]["actions"] if a["kind"] == "rotate_secrets"]
+    assert "revoke them at their issuer" in rotate["after"]
+    run.resume(paused.id, approve=True, approver="ivan", reason="contain")
+    result = run.join(120)
+    assert result["outcome"] == "resolved"
+    items = FollowUpStore().action_items(result["incident_id"])
+    assert [i["title"] for i in items] == ["Revoke the leaked credentials of secret/api-credentials (namespace "
+                                           "sandbox) at their issuer"] and items[0]["horizon"] == "24h"
+    resolution = next(m["text"] for m in world.slack_messages if "RESOLVED" in m["text"].upper())
+    assert "revoke them at their issuer" in resolution

@@ -112,8 +112,17 @@ def test_declined_containment_changes_nothing(world):
 
 
 @pytest.mark.parametrize("bad, reason", [("10.0.0.300", "invalid CIDR '10.0.0.300'"),
-                                         ("0.0.0.0/0", "broader than /8"),
-                                         ("127.0.0.1", "loopback")])
+                                         ("0.0.0.0/0", "broader than /16"),
+                                         ("198.0.0.0/8", "broader than /16"),
+                                         ("127.0.0.1", "overlaps 127.0.0.0/8"),
+                                         ("10.0.0.0/8", "broader than /16"),
+                                         ("10.1.2.3", "private"),
+                                         ("172.20.0.0/16", "overlaps 172.16.0.0/12"),
+                                         ("192.168.1.0/24", "overlaps 192.168.0.0/16"),
+                                         ("100.64.1.1", "overlaps 100.64.0.0/10"),
+                                         ("169.254.169.254", "link-local"),
+                                         ("fd00::1", "overlaps fc00::/7"),
+                                         ("2001:db8::/32", "broader than /48")])
 def test_an_invalid_cidr_is_dropped_with_its_reason_and_the_rest_kept(bad, reason):
     """One bad value in a P0 alert must not stop the containment of the others
     (tests/test_correlation.py runs the whole runbook with one)."""
