@@ -81,8 +81,18 @@ def rollback_action(service: ServiceConfig, environment: str, recent: dict, prev
                          f"revision {previous['revision']} ({previous['image']})", via, params)
 
 
-def scale_action(service: ServiceConfig, current: int, target: int) -> PlannedAction:
+def scale_action(service: ServiceConfig, current: int, target: int, autoscaler: dict | None = None) -> PlannedAction:
+    """kubectl scale; or, when an HPA owns the replica count (it would revert a manual scale),
+    its bounds: minReplicas up to the target, maxReplicas at least that."""
     k = service.kubernetes
+    if autoscaler:
+        top = max(autoscaler["max"], target)
+        return PlannedAction("scale", f"horizontalpodautoscaler/{autoscaler['name']} (namespace {k.namespace})",
+                             f"minReplicas {autoscaler['min']}, maxReplicas {autoscaler['max']} ({current} running)",
+                             f"minReplicas {target}, maxReplicas {top}",
+                             "HPA bounds patch (the HPA owns deployment/" + k.deployment + "'s replicas)",
+                             {"namespace": k.namespace, "deployment": k.deployment, "hpa": autoscaler["name"],
+                              "from": autoscaler["min"], "to": target, "max": top})
     return PlannedAction("scale", f"deployment/{k.deployment} (namespace {k.namespace})", f"replicas {current}",
                          f"replicas {target}", "kubectl scale",
                          {"namespace": k.namespace, "deployment": k.deployment, "from": current, "to": target})
@@ -115,7 +125,7 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
         w.add(True, f"deployment/{service.kubernetes.deployment} is scaled to 0 replicas: no pod serves")
         if release:
             w.against.append(f"{release.describe()} is not the cause: no pod of any revision runs")
-        return settle(head, [scale_action(service, 0, target)], STRONG, w,
+        return settle(head, [scale_action(service, 0, target, facts.autoscaler)], STRONG, w,
                       f"The deployment has 0 replicas: scale it back to {target} (the configured minimum).")
     if facts.ready_pods and "database" in facts.failing_checks:
         w.add(True, f"/health names the database as failing while {facts.ready_pods} pods are ready")

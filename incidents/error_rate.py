@@ -64,7 +64,7 @@ def plan_high_error_rate(incident_id: int, environment: str, service_name: str, 
     if actions:
         return settle(head, actions, STRONG, w, _summary(actions, facts, rate))
     if facts.capacity_rps is None and facts.desired_replicas is not None and not release:
-        guess = _step_up(service, facts.desired_replicas)
+        guess = _step_up(service, facts.desired_replicas, facts.autoscaler)
         if guess:
             w.add(True, "no failing dependency and no recent release; the capacity per replica is not configured")
             return settle(head, [guess], WEAK, w, f"No cause found; the service may be short of capacity: add "
@@ -118,12 +118,12 @@ def _capacity(service: ServiceConfig, facts: ServiceFacts, w: Weighing) -> Plann
         return None
     w.add(True, f"the load ({facts.request_rps:g} rps) exceeds the capacity of {facts.ready_pods} ready replicas "
                 f"({facts.capacity_rps:g} rps at {per:g} each): {share}")
-    return scale_action(service, current, target)
+    return scale_action(service, current, target, facts.autoscaler)
 
 
-def _step_up(service: ServiceConfig, current: int) -> PlannedAction | None:
+def _step_up(service: ServiceConfig, current: int, autoscaler: dict | None) -> PlannedAction | None:
     target = min(current + service.errors.scale_step, service.scaling.max_replicas)
-    return scale_action(service, current, target) if target > current else None
+    return scale_action(service, current, target, autoscaler) if target > current else None
 
 
 def _summary(actions: list[PlannedAction], facts: ServiceFacts, rate: float) -> str:

@@ -115,6 +115,7 @@ class ServiceFacts:
     capacity_rps: float | None = None             # ready replicas x capacity per replica, when configured
     traffic: tuple[Traffic, ...] = ()
     breaker: str | None = None
+    autoscaler: dict | None = None                # the HPA that owns the replica count: {name, min, max}
 
     @property
     def ready_pods(self) -> int:
@@ -201,7 +202,8 @@ def service_facts(findings: Mapping[str, Any], now: datetime, onset: datetime | 
         error_rate=rate_data.get("rate"), threshold=threshold,
         request_rps=rate_data.get("rps"),
         capacity_rps=ready * capacity_per_replica if capacity_per_replica and rollout_data else None,
-        traffic=traffic, breaker=(breaker.data.get("value") if breaker is not None and breaker.ok else None))
+        traffic=traffic, breaker=(breaker.data.get("value") if breaker is not None and breaker.ok else None),
+        autoscaler=rollout_data.get("autoscaler"))
 
 
 def age(seconds: float) -> str:

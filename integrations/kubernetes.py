@@ -298,6 +298,21 @@ class KubernetesClient(Closing):
                        plan.patch, _content_type="application/json-patch+json")
         return UndoResult(plan.from_revision, plan.to_revision, plan.image, skipped=plan.patch is None)
 
+    def autoscaler_of(self, namespace: str, deployment: str) -> dict | None:
+        """The HorizontalPodAutoscaler that scales this deployment, if any: {name, min, max}."""
+        found = self._call(f"list horizontalpodautoscalers in {namespace}",
+                           k8s.AutoscalingV2Api(self.api_client).list_namespaced_horizontal_pod_autoscaler, namespace)
+        for hpa in found.items:
+            ref = hpa.spec.scale_target_ref
+            if ref.kind == "Deployment" and ref.name == deployment:
+                return {"name": hpa.metadata.name, "min": hpa.spec.min_replicas or 1, "max": hpa.spec.max_replicas}
+        return None
+
+    def set_autoscaler_bounds(self, namespace: str, name: str, minimum: int, maximum: int) -> None:
+        self._call(f"patch horizontalpodautoscaler {namespace}/{name}",
+                   k8s.AutoscalingV2Api(self.api_client).patch_namespaced_horizontal_pod_autoscaler, name, namespace,
+                   {"spec": {"minReplicas": minimum, "maxReplicas": maximum}})
+
     def set_image(self, namespace: str, name: str, container: str, image: str) -> None:
         body = {"spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}}
         self._call(f"set image {namespace}/{name}", self.apps.patch_namespaced_deployment, name, namespace, body)

@@ -464,8 +464,26 @@ class Cluster:
 
     def tick(self) -> None:
         with self.lock:
+            self._autoscale()
             for (p, ns, name) in [k for k in self._objects if k[0] == "deployments"]:
                 self._refresh_status(ns, name)
+
+    def _autoscale(self) -> None:
+        """A HorizontalPodAutoscaler keeps its deployment's replicas within its bounds (it has no
+        metrics here, so within the bounds it leaves the count alone): a manual scale outside
+        them is reverted, as the real controller does."""
+        for (plural, ns, _), hpa in list(self._objects.items()):
+            if plural != "horizontalpodautoscalers":
+                continue
+            ref, spec = hpa["spec"].get("scaleTargetRef") or {}, hpa["spec"]
+            dep = self._objects.get(("deployments", ns, ref.get("name", "")))
+            if ref.get("kind") != "Deployment" or dep is None:
+                continue
+            replicas = dep["spec"].get("replicas", 1)
+            wanted = min(max(replicas, spec.get("minReplicas", 1)), spec.get("maxReplicas", replicas))
+            if wanted != replicas:
+                dep["spec"]["replicas"] = wanted
+                self._reconcile_deployment(ns, dep["metadata"]["name"])
 
     # -- logs ------------------------------------------------------------------------------
     def pod_logs(self, namespace: str, name: str, container: str | None = None, tail: int | None = None,

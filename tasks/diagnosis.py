@@ -64,6 +64,7 @@ def check_rollout(ctx: RunContext) -> Finding:
             status = rollout_status_of(deployment)
             pods = kube.pods(target.namespace, target.deployment)
             events = kube.events(target.namespace, {target.deployment, *(p.name for p in pods)}, limit=8)
+            autoscaler = kube.autoscaler_of(target.namespace, target.deployment)
     except _CHECK_ERRORS as exc:
         return unavailable(ROLLOUT, exc)
     crashing = [p for p in pods if p.waiting_reason in ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull")
@@ -77,6 +78,8 @@ def check_rollout(ctx: RunContext) -> Finding:
                                for e in events)
     healthy = status.done and not crashing and ready == len(pods) and pods
     summary = f"{ready}/{len(pods)} pods ready; {status.message}"
+    if autoscaler:
+        summary += f"; scaled by HPA {autoscaler['name']} ({autoscaler['min']}-{autoscaler['max']})"
     if crashing:
         summary += f"; {len(crashing)} pods crash-looping"
     oom = [p for p in pods if p.last_termination_reason == "OOMKilled"]
@@ -85,7 +88,8 @@ def check_rollout(ctx: RunContext) -> Finding:
     return Finding(ROLLOUT, bool(healthy), summary, details, {
         "revision": revision_of(deployment), "image": container_image(deployment, target.container),
         "rollout_done": status.done, "rollout_failed": status.failed, "oom_killed": len(oom),
-        "desired_replicas": deployment["spec"].get("replicas", 1),
+        "desired_replicas": deployment["spec"].get("replicas", 1), "autoscaler": autoscaler,
+        "paused": bool(deployment["spec"].get("paused")),
         "pods": [{"name": p.name, "ready": p.ready, "restarts": p.restarts, "waiting": p.waiting_reason,
                   "last_termination": p.last_termination_reason, "image": p.image} for p in pods]})
 

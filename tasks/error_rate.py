@@ -113,6 +113,11 @@ def scale_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> Ac
     """kubectl scale to the planned replica count, if the deployment is still where the plan found it."""
     require_grant(grant, action)
     p = action.params
+    if p.get("hpa"):  # the HPA owns the replica count: move its bounds, not the deployment
+        with ctx.kubernetes() as kube:
+            kube.set_autoscaler_bounds(p["namespace"], p["hpa"], p["to"], p["max"])
+        return ActionResult(action.describe(), True, f"HPA {p['hpa']}: minReplicas {p['from']} -> {p['to']}, "
+                                                     f"maxReplicas {p['max']}")
     with ctx.kubernetes() as kube:
         current = kube.get_deployment(p["namespace"], p["deployment"])["spec"].get("replicas", 1)
         if current != p["from"]:

@@ -49,8 +49,21 @@ def _restart(ctx: RunContext, action: PlannedAction) -> str | None:
 
 
 def _scale(ctx: RunContext, action: PlannedAction) -> str | None:
+    """The replica count (or, for an HPA, its minReplicas) is as planned, and who owns the
+    count has not changed: an HPA that appeared would revert a manual scale."""
     p = action.params
-    replicas = _deployment(ctx, p)["spec"].get("replicas", 1)
+    with ctx.kubernetes() as kube:
+        autoscaler = kube.autoscaler_of(p["namespace"], p["deployment"])
+        replicas = kube.get_deployment(p["namespace"], p["deployment"])["spec"].get("replicas", 1)
+    if p.get("hpa"):
+        if autoscaler is None or autoscaler["name"] != p["hpa"]:
+            return f"HPA {p['hpa']} no longer scales deployment/{p['deployment']}"
+        if autoscaler["min"] != p["from"] and autoscaler["min"] < p["to"]:
+            return f"HPA {p['hpa']} has minReplicas {autoscaler['min']}, not {p['from']} as planned"
+        return None
+    if autoscaler is not None:
+        return (f"HPA {autoscaler['name']} now scales deployment/{p['deployment']} ({autoscaler['min']}-"
+                f"{autoscaler['max']}): a manual scale would be reverted")
     if replicas != p["from"] and replicas < p["to"]:
         return f"deployment/{p['deployment']} has {replicas} replicas, not {p['from']} as planned"
     return None

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import GITHUB_TOKEN, FlowThread, api_image, break_api
+from tests.conftest import GITHUB_TOKEN, FlowThread, api_image, break_api, kubectl
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 GOOD = "registry.sandbox.local/acme/api:v1.5.0"
@@ -151,3 +151,51 @@ def test_rotation_says_the_credential_must_be_revoked_at_its_issuer(world, store
                                            "sandbox) at their issuer"] and items[0]["horizon"] == "24h"
     resolution = next(m["text"] for m in world.slack_messages if "RESOLVED" in m["text"].upper())
     assert "revoke them at their issuer" in resolution
+
+
+# -- Kubernetes semantics --------------------------------------------------------------------------
+HPA = {"metadata": {"name": "api"}, "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                                "name": "api"},
+                                             "minReplicas": 3, "maxReplicas": 5}}
+
+
+def test_a_deployment_an_hpa_scales_gets_its_hpa_bounds_raised_not_a_manual_scale(world):
+    from flows.high_error_rate import high_error_rate
+
+    world.cluster.create("horizontalpodautoscalers", "sandbox", HPA)
+    httpx.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})
+    run = FlowThread(high_error_rate, service="api")
+    paused = run.wait_paused()
+    run.resume(paused.id, approve=True, approver="kim", reason="peak")
+    result = run.join(60)
+    [planned] = result["plan"]
+    assert planned.startswith("scale horizontalpodautoscaler/api (namespace sandbox): minReplicas 3, maxReplicas 5 "
+                              "(3 running) -> minReplicas "), planned
+    hpa = world.cluster.get("horizontalpodautoscalers", "sandbox", "api")["spec"]
+    assert hpa["minReplicas"] >= 5 and hpa["maxReplicas"] >= hpa["minReplicas"]
+    assert result["outcome"] == "resolved", result
+    assert world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"] == hpa["minReplicas"], \
+        "the HPA, not a manual scale, moved the deployment"
+
+
+def test_a_manual_scale_is_reverted_by_the_hpa_so_it_is_never_planned_against_one(world):
+    world.cluster.create("horizontalpodautoscalers", "sandbox", HPA)
+    kubectl(world, "scale", "deployment/api", "--replicas=8")
+    deadline = time.monotonic() + 5
+    while world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"] != 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"] == 5
+
+
+def test_a_paused_deployment_is_reported_not_restarted(world, store):
+    from incidents.plans import Grant, Plan, PlannedAction
+    from tasks.context import RunContext
+    from tasks.prechecks import TargetChanged, recheck
+
+    kubectl(world, "rollout", "pause", "deployment/api")
+    action = PlannedAction("rollout_restart", "deployment/api", "3 pods", "replaced", "kubectl rollout restart",
+                           {"namespace": "sandbox", "deployment": "api", "revision": 2})
+    with pytest.raises(TargetChanged, match="paused"):
+        recheck(RunContext.load("sandbox", "api"), action)
+    assert "kubectl.kubernetes.io/restartedAt" not in (
+        world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["metadata"].get("annotations") or {})
