@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 import httpx
@@ -58,37 +58,46 @@ class GitHubClient(Closing):
     def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str], *,
                           confirm_seconds: float = 10.0) -> datetime:
         """Start a workflow_dispatch run; returns the moment just before, to find the run by.
-
-        The POST is never simply sent again: when its answer is lost (a timeout, a dropped
-        connection, a 5xx), GitHub may have accepted it, so the run it would have created is
-        looked for first, and only when none appears within `confirm_seconds` is it sent again.
-        A 429 was not accepted and is retried after its Retry-After."""
+        Sent at most once per accepted request (see `_post_once`): a lost answer is resolved by
+        looking for the run it created (GitHub creates it within seconds)."""
         started = datetime.now(timezone.utc).replace(microsecond=0)
-        path = f"{_repo_path(repo)}/actions/workflows/{quote(workflow, safe='')}/dispatches"
+
+        def created() -> bool:
+            deadline = time.monotonic() + confirm_seconds
+            while not self.workflow_runs(repo, workflow=workflow, event="workflow_dispatch", since=started, per_page=1):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(1.0)
+            return True
+
+        self._post_once(f"{_repo_path(repo)}/actions/workflows/{quote(workflow, safe='')}/dispatches",
+                        {"ref": ref, "inputs": inputs}, created)
+        return started
+
+    def _post_once(self, path: str, payload: dict, made: Callable[[], Any]) -> httpx.Response | None:
+        """POST that is never simply sent again: when its answer is lost (a timeout, a dropped
+        connection, a 5xx) GitHub may have acted on it, so `made()` looks for what it would have
+        made first (an issue, a comment, a run) and it is sent again only when nothing is found.
+        A 429 was not acted on and is retried after its Retry-After. When the look itself fails,
+        it raises rather than risk doing the work twice. Returns the response, or None when
+        `made()` found the work done."""
         for attempt in range(1, self.retry.attempts + 1):
             try:
-                request(self._http, "POST", path, what=f"GitHub POST {path}", retry=RetryPolicy(attempts=1),
-                        json={"ref": ref, "inputs": inputs})
-                return started
+                return request(self._http, "POST", path, what=f"GitHub POST {path}", retry=RetryPolicy(attempts=1),
+                               json=payload)
             except IntegrationError as exc:
                 if not exc.transient or attempt == self.retry.attempts:
                     raise
-                if exc.status != 429 and self._dispatched(repo, workflow, started, confirm_seconds):
-                    return started
+                if exc.status != 429:
+                    try:
+                        if made():
+                            return None
+                    except IntegrationError:  # cannot tell whether it was acted on: never send it blind
+                        raise IntegrationError(exc.what, f"{exc.reason}; whether GitHub acted on it could not be "
+                                                         f"checked, so it was not sent again", status=exc.status,
+                                               transient=True) from None
             time.sleep(self.retry.delay(attempt, None))
         raise AssertionError("unreachable")
-
-    def _dispatched(self, repo: str, workflow: str, since: datetime, wait: float) -> bool:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                if self.workflow_runs(repo, workflow=workflow, event="workflow_dispatch", since=since, per_page=1):
-                    return True
-            except IntegrationError:
-                pass
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(1.0)
 
     def wait_for_dispatched_run(self, repo: str, workflow: str, since: datetime, *, timeout: float = 300,
                                 poll: float = 2.0) -> dict:
@@ -136,13 +145,35 @@ class GitHubClient(Closing):
 
     def create_issue(self, repo: str, title: str, body: str, labels: list[str],
                      assignees: list[str] | None = None) -> dict:
+        """Open an issue once: a lost answer is resolved by finding the issue it opened."""
         payload: dict[str, Any] = {"title": title, "body": body, "labels": labels}
         if assignees:
             payload["assignees"] = assignees
-        return self._call("POST", f"{_repo_path(repo)}/issues", json=payload).json()
+        found: list[dict] = []
+
+        def opened() -> bool:
+            recent = self._call("GET", f"{_repo_path(repo)}/issues",
+                                params={"state": "all", "sort": "created", "direction": "desc", "per_page": 10}).json()
+            found[:] = [i for i in recent if i.get("title") == title and i.get("body") == body][:1]
+            return bool(found)
+
+        response = self._post_once(f"{_repo_path(repo)}/issues", payload, opened)
+        return response.json() if response is not None else found[0]
 
     def comment(self, repo: str, number: int, body: str) -> dict:
-        return self._call("POST", f"{_repo_path(repo)}/issues/{int(number)}/comments", json={"body": body}).json()
+        """Comment once: a lost answer is resolved by finding the comment among the newest."""
+        found: list[dict] = []
+
+        started = datetime.now(timezone.utc).replace(microsecond=0)
+
+        def posted() -> bool:
+            recent = self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}/comments",
+                                params={"since": iso(started), "per_page": 100}).json()
+            found[:] = [c for c in recent if c.get("body") == body][-1:]
+            return bool(found)
+
+        response = self._post_once(f"{_repo_path(repo)}/issues/{int(number)}/comments", {"body": body}, posted)
+        return response.json() if response is not None else found[0]
 
     def close_issue(self, repo: str, number: int, reason: str = "completed") -> dict:
         return self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}",

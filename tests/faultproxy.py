@@ -1,7 +1,8 @@
 """A TCP proxy in front of a real dependency that can be told, at any moment, to fail the way
 dependencies fail: refuse (down), hold the connection past the client's timeout (slow),
-answer an HTTP error itself (5xx, or 429 with Retry-After), or speak garbage (a protocol
-error, for PostgreSQL and Redis). TLS passes through untouched in `pass` mode."""
+answer an HTTP error itself (5xx, or 429 with Retry-After), speak garbage (a protocol
+error, for PostgreSQL and Redis), or lose the answer: forward a plain HTTP request, let the
+dependency act on it, and drop the connection before its response (lost). TLS passes through untouched in `pass` mode."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import socket
 import threading
 import time
 
-MODES = ("pass", "down", "slow", "5xx", "429", "garbage")
+MODES = ("pass", "down", "slow", "5xx", "429", "garbage", "lost")
 
 
 class FaultProxy:
@@ -63,11 +64,35 @@ class FaultProxy:
             if mode == "garbage":
                 client.sendall(b"\x00\xffnot the protocol you expected\r\n" * 4)
                 return
+            if mode == "lost":
+                self._lose(client)
+                return
             self._pipe(client)
         except OSError:
             pass
         finally:
             client.close()
+
+    def _lose(self, client: socket.socket) -> None:
+        """One plain HTTP request forwarded whole; the dependency's answer is read and dropped."""
+        client.settimeout(5)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = client.recv(65536)
+            if not chunk:
+                return
+            request += chunk
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = client.recv(65536)
+            if not chunk:
+                return
+            body += chunk
+        with socket.create_connection(self.upstream, timeout=10) as upstream:
+            upstream.sendall(head + b"\r\n\r\n" + body)
+            upstream.recv(65536)  # the dependency has answered: it acted on the request
 
     def _pipe(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self.upstream, timeout=5)

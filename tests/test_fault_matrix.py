@@ -44,8 +44,8 @@ from tests.faultproxy import FaultProxy
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 PHASES = ("open", "diagnose", "act", "verify")
-MODES = {"slack": ("down", "slow", "5xx", "429"), "github": ("down", "slow", "5xx", "429"),
-         "kubernetes": ("down", "slow", "5xx", "429"), "store": ("down", "slow", "protocol"),
+MODES = {"slack": ("down", "slow", "5xx", "429"), "github": ("down", "slow", "5xx", "429", "lost"),
+         "kubernetes": ("down", "slow", "5xx", "429", "lost"), "store": ("down", "slow", "protocol"),
          "prefect": ("down", "slow", "5xx", "429"), "prometheus": ("down", "slow", "5xx", "429"),
          "postgres": ("down", "slow", "protocol"), "redis": ("down", "slow", "protocol")}
 NAMES = {"slack": "Slack", "github": "GitHub", "kubernetes": "Kubernetes", "store": "incident store",
@@ -69,9 +69,10 @@ class Switch:
 
     def on(self, dependency: str, mode: str) -> None:
         self.used = True
-        if dependency == "kubernetes" and mode in ("5xx", "429"):  # TLS: the sandbox answers it
-            self.world.faults.set("kubernetes", Fault(status=503 if mode == "5xx" else 429,
-                                                      retry_after=1 if mode == "429" else None))
+        if dependency == "kubernetes" and mode in ("5xx", "429", "lost"):  # TLS: the sandbox answers it
+            self.world.faults.set("kubernetes", Fault(status={"5xx": 503, "429": 429}.get(mode),
+                                                      retry_after=1 if mode == "429" else None,
+                                                      lose_response=mode == "lost"))
             return
         self.proxies[dependency].mode = {"protocol": "garbage"}.get(mode, mode)
 

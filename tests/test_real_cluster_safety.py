@@ -199,3 +199,17 @@ def test_a_paused_deployment_is_reported_not_restarted(world, store):
         recheck(RunContext.load("sandbox", "api"), action)
     assert "kubectl.kubernetes.io/restartedAt" not in (
         world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["metadata"].get("annotations") or {})
+
+
+def test_an_issue_and_a_comment_whose_answers_are_lost_are_made_once(world):
+    from integrations.github import GitHubClient
+
+    with GitHubClient(f"{world.url}/github", GITHUB_TOKEN) as github:
+        httpx.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
+                                                         "path": "/acme/incidents/issues", "count": 1})
+        issue = github.create_issue("acme/incidents", "[P1] api: lost answer", "body of the lost answer", ["incident"])
+        assert [i["number"] for i in world.github.repo("acme/incidents").issues] == [issue["number"]]
+        httpx.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
+                                                         "path": "/comments", "count": 1})
+        github.comment("acme/incidents", issue["number"], "a status update")
+        assert [c["body"] for c in world.github.repo("acme/incidents").comments[issue["number"]]] == ["a status update"]
