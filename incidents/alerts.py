@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from incidents.models import Severity
+from incidents.redaction import redact
 
 WITHDRAWN_REASON = "alert resolved and stayed resolved"  # why the intake withdraws a pending approval
 SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-incident")
@@ -113,7 +114,7 @@ def _normalise(source: str, item: _AlertIn, require_start: bool) -> Alert:
     if item.startsAt is None and require_start:
         raise BadPayload("startsAt is required (it tells a re-fire from a resend)")
     return Alert(source, item.status, item.fingerprint or _fingerprint_of(item.labels), item.startsAt or "",
-                 dict(item.labels), dict(item.annotations), item.generatorURL)
+                 dict(item.labels), {k: redact(v) for k, v in item.annotations.items()}, item.generatorURL)
 
 
 def _errors(exc: ValidationError) -> str:

@@ -43,3 +43,12 @@ def redact(text: str | None) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def redact_alert(alert: dict | None) -> dict | None:
+    """An alert as it may be kept and shown: its annotations (free text from the monitoring
+    system, where a templated value can carry a credential) redacted; labels are identity."""
+    if not isinstance(alert, dict) or not isinstance(alert.get("annotations"), dict):
+        return alert
+    return {**alert, "annotations": {k: redact(v) if isinstance(v, str) else v
+                                     for k, v in alert["annotations"].items()}}

@@ -14,7 +14,7 @@ from incidents import templates
 from incidents.alerts import correlation_key
 from incidents.escalation import level_contacts
 from incidents.models import Incident, Severity, Status
-from incidents.redaction import redact
+from incidents.redaction import redact, redact_alert
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
@@ -62,7 +62,7 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
     incident = store.open_incident(
         dedup_key=dedup_key(scenario, ctx, alert), scenario=scenario, service=ctx.service_name,
         environment=ctx.environment, severity=severity, title=templates.issue_title_text(ctx.service_name, severity, summary),
-        detected_by=detected_by, flow_run_id=run_id, alert=alert, started_at=alert_started_at(alert))
+        detected_by=detected_by, flow_run_id=run_id, alert=redact_alert(alert), started_at=alert_started_at(alert))
     if incident.created:
         detected(ctx, incident, detected_by, f"{scenario}: {summary}", alert)
     elif run_id is None or store.set_runbook_run(incident.id, run_id) != run_id:

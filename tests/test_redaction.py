@@ -66,3 +66,17 @@ def test_a_pod_log_with_a_token_a_password_url_and_a_jwt_is_redacted_everywhere_
     for where, text in places.items():
         for secret in ("live-token-4242aa", "pw-5151bb", JWT):
             assert secret not in text, f"{secret} in {where}"
+
+
+def test_alert_annotations_are_redacted_where_they_enter():
+    from incidents.alerts import parse_alertmanager
+    from incidents.redaction import redact_alert
+
+    body = {"version": "4", "status": "firing", "alerts": [{
+        "status": "firing", "startsAt": "2026-11-28T03:00:00Z", "labels": {"alertname": "ServiceDown", "service": "api"},
+        "annotations": {"summary": "probe failed with Authorization: Bearer abcdefgh12345678",
+                        "suspicious_ips": "203.0.113.7"}}]}
+    [alert] = parse_alertmanager(body)
+    assert "abcdefgh12345678" not in str(alert.as_parameter()) and alert.annotations["suspicious_ips"] == "203.0.113.7"
+    manual = {"labels": {"service": "api"}, "annotations": {"summary": f"jwt {JWT}"}}
+    assert JWT not in str(redact_alert(manual)) and redact_alert(None) is None
