@@ -23,9 +23,13 @@ FAST = RetryPolicy(attempts=4, backoff=0.05)
 def test_github_5xx_is_retried_then_succeeds(world):
     world.faults.set("github", Fault(status=502, count=2))
     gh = GitHubClient(world.url + "/github", GITHUB_TOKEN, retry=FAST)
-    issue = gh.create_issue("acme/incidents", "t", "b", ["incident"])
-    assert issue["number"] == 1
+    assert gh.recent_commits("acme/api")  # a read is simply retried
     assert world.faults.hits["github"] == 3
+    world.faults.clear()
+    world.faults.set("github", Fault(status=502, count=1))
+    issue = gh.create_issue("acme/incidents", "t", "b", ["incident"])
+    assert issue["number"] == 1 and len(world.github.repo("acme/incidents").issues) == 1
+    assert world.faults.hits["github"] == 3, "POST (502), a look for the issue it may have opened (none), POST"
 
 
 def test_github_errors_name_the_call_and_do_not_retry_4xx(world):
