@@ -83,8 +83,8 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
         actions.append(PlannedAction(
             "rotate_secrets", f"secret/{target.name} (namespace {ns})",
             f"keys {', '.join(target.data_keys)} at resourceVersion {version}",
-            f"new random values; then rollout restart of {', '.join(sec.consumers) or 'no consumer'}. "
-            f"Not done here: {REVOKE_AT_ISSUER}",
+            f"new random values; then rollout restart of {', '.join(sec.consumers) or 'no consumer'} "
+            f"(the old values stay valid at their issuer until revoked there)",
             "Kubernetes Secret patch + kubectl rollout restart",
             {"namespace": ns, "secret": target.name, "keys": list(target.data_keys), "consumers": list(sec.consumers),
              "resource_version": version}))

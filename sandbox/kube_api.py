@@ -50,10 +50,10 @@ def _discovery(path: str) -> dict | None:
         return {"kind": "APIVersions", "versions": ["v1"],
                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
     if path == "/apis":
-        groups = sorted({r.group for r in RESOURCES.values() if r.group})
+        versions = sorted({(r.group, r.api_version.split("/")[-1]) for r in RESOURCES.values() if r.group})
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-            {"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
-             "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}} for g in groups]}
+            {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+             "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}} for g, v in versions]}
     if path == "/api/v1":
         return _resource_list("v1")
     parts = path.strip("/").split("/")

@@ -142,7 +142,7 @@ def test_rotation_says_the_credential_must_be_revoked_at_its_issuer(world, store
     run = FlowThread(security_incident, service="api", alert=ALERT)
     paused = run.wait_paused()
     [rotate] = [a for a in store.approval_for_run(str(paused.id))["plan"]["actions"] if a["kind"] == "rotate_secrets"]
-    assert "revoke them at their issuer" in rotate["after"]
+    assert "valid at their issuer until revoked there" in rotate["after"]
     run.resume(paused.id, approve=True, approver="ivan", reason="contain")
     result = run.join(120)
     assert result["outcome"] == "resolved"
