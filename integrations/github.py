@@ -81,22 +81,28 @@ class GitHubClient(Closing):
         A 429 was not acted on and is retried after its Retry-After. When the look itself fails,
         it raises rather than risk doing the work twice. Returns the response, or None when
         `made()` found the work done."""
+        what = f"GitHub POST {path}"
         for attempt in range(1, self.retry.attempts + 1):
             try:
-                return request(self._http, "POST", path, what=f"GitHub POST {path}", retry=RetryPolicy(attempts=1),
-                               json=payload)
+                response = request(self._http, "POST", path, what=what, retry=RetryPolicy(attempts=1), ok=(429,),
+                                   json=payload)
             except IntegrationError as exc:
                 if not exc.transient or attempt == self.retry.attempts:
                     raise
-                if exc.status != 429:
-                    try:
-                        if made():
-                            return None
-                    except IntegrationError:  # cannot tell whether it was acted on: never send it blind
-                        raise IntegrationError(exc.what, f"{exc.reason}; whether GitHub acted on it could not be "
-                                                         f"checked, so it was not sent again", status=exc.status,
-                                               transient=True) from None
-            time.sleep(self.retry.delay(attempt, None))
+                try:
+                    if made():
+                        return None
+                except IntegrationError:  # cannot tell whether it was acted on: never send it blind
+                    raise IntegrationError(what, f"{exc.reason}; whether GitHub acted on it could not be checked, "
+                                                 f"so it was not sent again", status=exc.status, transient=True) from None
+                time.sleep(self.retry.delay(attempt, None))
+                continue
+            if response.status_code != 429:
+                return response
+            if attempt == self.retry.attempts:
+                raise IntegrationError(what, f"HTTP 429: rate limited (after {attempt} attempts)", status=429,
+                                       transient=True)
+            time.sleep(self.retry.delay(attempt, response))  # not acted on: again after its Retry-After
         raise AssertionError("unreachable")
 
     def wait_for_dispatched_run(self, repo: str, workflow: str, since: datetime, *, timeout: float = 300,

@@ -203,3 +203,12 @@ def test_every_client_shares_one_verifying_tls_context():
     finally:
         for made in clients:
             made.close()
+
+
+def test_a_rate_limited_post_waits_its_retry_after_and_is_sent_again(world):
+    world.faults.set("github", Fault(status=429, retry_after=1, count=1))
+    gh = GitHubClient(world.url + "/github", GITHUB_TOKEN, retry=FAST)
+    started = time.monotonic()
+    issue = gh.create_issue("acme/incidents", "rate limited", "b", ["incident"])
+    assert time.monotonic() - started >= 0.9, "Retry-After honoured"
+    assert issue["number"] == 1 and world.faults.hits["github"] == 2, "a 429 was not acted on: no look, one resend"
