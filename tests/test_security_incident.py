@@ -89,8 +89,8 @@ def test_evidence_and_public_draft_are_artifacts(world):
     result = FlowThread(security_incident, service="api", alert=ALERT, dry_run=True).join(60)
     assert result["outcome"] == "dry_run"
     assert [a.split()[0] for a in result["plan"]] == ["rotate_secrets", "block_ips", "enable_logging"]
-    with get_client(sync_client=True) as client:
-        artifacts = {a.key: a for a in client.read_latest_artifacts()}
+    with get_client(sync_client=True) as client:  # every page: the suite makes more than one read returns
+        artifacts = {a.key: a for a in read_all(client.read_latest_artifacts)}
     evidence = artifacts[f"incident-{result['incident_id']}-evidence"].data
     assert "secret api-credentials \\(Opaque\\): keys api-key, token" in evidence and "## Plan" not in evidence
     draft = artifacts[f"incident-{result['incident_id']}-public-draft"].data

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import BROKEN_IMAGE, FlowThread, api_image, break_api, kubectl
+from tests.conftest import BROKEN_IMAGE, FlowThread, api_image, break_api, kubectl, read_all
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -128,9 +128,8 @@ def test_dry_run_reports_the_plan_and_changes_nothing(world, store):
     assert result["plan"] and "rollback" in result["plan"][0]
     assert api_image(world) == BROKEN_IMAGE
     assert not any(t.startswith("⏸️") for t in _texts(world)), "a dry run never asks for approval"
-    with get_client(sync_client=True) as client:
-        artifact = client.read_latest_artifacts()
-    keys = {a.key for a in artifact}
+    with get_client(sync_client=True) as client:  # every page: the suite makes more than one read returns
+        keys = {a.key for a in read_all(client.read_latest_artifacts)}
     assert f"incident-{result['incident_id']}-plan" in keys and f"incident-{result['incident_id']}-diagnosis" in keys
     assert store.approvals(result["incident_id"]) == []
 
