@@ -266,6 +266,15 @@ class Target:
             cleanup(RunContext.load("sandbox", self.service), self.state)
 
 
+def _settle(world, timeout: float = 30) -> None:
+    """Workflow runs an earlier cell dispatched finish first (one whose dispatch answer was lost
+    goes on after its runbook gave up): their runner would act on the next cell's cluster."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(run.get("status") != "completed" for repo in world.github.repos.values()
+                                              for run in repo.runs):
+        time.sleep(0.1)
+
+
 def _prepare(world, cache: redis.Redis, dependency: str) -> Target:
     """Reset the sandbox and make the fault: a bad deploy, an overload, or a lock held by an
     idle transaction (with waiters) while the service's cache evicts."""
@@ -273,6 +282,7 @@ def _prepare(world, cache: redis.Redis, dependency: str) -> Target:
     from tasks.context import RunContext
     from tasks.faults import inject, signal, wait_for
 
+    _settle(world)
     world.reset()
     service = _service(dependency)
     scenario, fault = SCENARIOS.get(dependency, ("service-down", "bad-deploy"))
