@@ -1,7 +1,14 @@
 """The approval page: approve or decline a pending plan with verified identity.
 
-    GET  /approvals/<id>    the plan, the evidence, who has approved so far, and a form
-    POST /approvals/<id>    approver, credential, decision (approve | decline), reason
+    GET  /approvals/<token>    the plan, the evidence, who has approved so far, and a form
+    POST /approvals/<token>    approver, credential, decision (approve | decline), reason
+
+The link carries the approval's random token, never its sequential id. Repeated wrong
+credentials (per client address and per approver name) are slowed down: after 3 failures
+within 10 minutes, further answers are refused with 429 for a pause that doubles each time.
+An answer is recorded only together with the resume of the run it completes: when Prefect
+does not take the resume, the signature is taken back and the answer can be given again (and
+if taking it back fails too, giving the same answer again is accepted as that answer).
 
 Served by the alert intake (http://127.0.0.1:8787 after `make up`). A GET never decides
 anything (mail and chat scanners prefetch links); only a POST with an approver configured for
@@ -18,6 +25,9 @@ import hashlib
 import hmac
 import html
 import logging
+import re
+import threading
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -43,15 +53,52 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
 
 
-def _load(approval_id: int) -> tuple[dict, Any]:
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+
+
+def _load(token: str) -> tuple[dict, Any]:
     from incidents.config import load_environment
     from incidents.store import IncidentStore
 
-    store = IncidentStore()
-    approval = store.approval(approval_id)
+    approval = IncidentStore().approval_by_token(token) if _TOKEN.match(token) else None
     if approval is None:
-        raise Refused(404, f"no approval request {approval_id}")
+        raise Refused(404, "no such approval request (links carry the request's token, as sent in Slack)")
     return approval, load_environment(approval["environment"])
+
+
+class Throttle:
+    """Slows down guessing: after `free` failures within `window` seconds for a key, answers are
+    refused for a pause that doubles with each further failure (at most `ceiling` seconds).
+    Kept in this process: several intakes each count their own."""
+
+    def __init__(self, free: int = 3, window: float = 600.0, ceiling: float = 300.0):
+        self.free, self.window, self.ceiling = free, window, ceiling
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, *keys: str) -> float:
+        """Seconds until these keys may try again (0: now)."""
+        now = time.monotonic()
+        longest = 0.0
+        with self._lock:
+            for key in keys:
+                recent = [t for t in self._failures.get(key, []) if now - t < self.window]
+                self._failures[key] = recent
+                if len(recent) >= self.free:
+                    pause = min(self.ceiling, 2.0 ** (len(recent) - self.free + 1))
+                    longest = max(longest, recent[-1] + pause - now)
+        return max(0.0, longest)
+
+    def failed(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.setdefault(key, []).append(time.monotonic())
+
+
+class Slowed(Refused):
+    def __init__(self, seconds: float):
+        super().__init__(429, f"too many wrong credentials: try again in {seconds:.0f} s")
+        self.retry_after = max(1, int(seconds + 0.999))
 
 
 def _page(approval: dict, config: Any, signatures: list[dict], message: str = "", status: int = 200) -> HTMLResponse:
@@ -72,7 +119,7 @@ def _page(approval: dict, config: Any, signatures: list[dict], message: str = ""
              f"<p>Needs {needed} different approver{'s' if needed > 1 else ''}. Deadline: "
              f"{approval['deadline_at']:%Y-%m-%d %H:%M:%S} UTC (then declined).</p>" if approval["deadline_at"] else "")
     form = "" if approval["decision"] else f"""
-<form method="post" action="/approvals/{approval['id']}">
+<form method="post" action="/approvals/{e(approval['token'])}">
   <label>Your name <input name="approver" required autocomplete="username"></label><br>
   <label>Your approver credential <input name="credential" type="password" required autocomplete="current-password"></label><br>
   <label>Reason <input name="reason" size="60"></label><br>
@@ -94,13 +141,12 @@ def _page(approval: dict, config: Any, signatures: list[dict], message: str = ""
     return HTMLResponse(body, status, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
 
-def _answer(approval_id: int, fields: dict[str, str], prefect_api_url: str, headers: dict[str, str]) -> tuple[int, str]:
-    """Check and record one answer; resume the run when the decision is complete."""
-    from incidents.store import IncidentStore
+def _answer(token: str, fields: dict[str, str], prefect_api_url: str, headers: dict[str, str],
+            throttle: Throttle, client: str) -> tuple[int, str]:
+    """Check the approver's credential, then record the answer (`record_answer`)."""
     from tasks.context import SecretNotFound, resolve_secret
 
-    approval, config = _load(approval_id)
-    store = IncidentStore()
+    approval, config = _load(token)
     if approval["decision"]:
         raise Refused(409, f"this request was already decided: {approval['decision']}")
     name, credential = fields.get("approver", "").strip(), fields.get("credential", "")
@@ -109,6 +155,10 @@ def _answer(approval_id: int, fields: dict[str, str], prefect_api_url: str, head
         raise Refused(400, "decision must be approve or decline")
     if not name or not credential:
         raise Refused(400, "give your name and your approver credential")
+    keys = (f"client:{client}", f"name:{name.lower()[:100]}")
+    pause = throttle.wait(*keys)
+    if pause > 0:
+        raise Slowed(pause)
     approver = config.approval.approver(name)
     try:
         genuine = approver is not None and _same(credential, resolve_secret(approver.credential_secret))
@@ -116,52 +166,110 @@ def _answer(approval_id: int, fields: dict[str, str], prefect_api_url: str, head
         log.error("approver %s has no credential configured: %s", name, exc)
         genuine = False
     if not genuine:
-        log.warning("approval %s: refused an answer for %r (unknown approver or wrong credential)", approval_id, name)
-        store.add_event(approval["incident_id"], "approval page", "approval_refused",
-                        f"An answer as {name[:100]!r} was refused: unknown approver or wrong credential")
+        throttle.failed(*keys)
+        log.warning("approval %s: refused an answer for %r (unknown approver or wrong credential)", approval["id"], name)
+        _store().add_event(approval["incident_id"], "approval page", "approval_refused",
+                           f"An answer as {name[:100]!r} was refused: unknown approver or wrong credential")
         raise Refused(403, "unknown approver or wrong credential")
-    if approval["severity"] not in approver.severities:
+    return record_answer(approval, config, approver.name, decision, reason, prefect_api_url, headers,
+                         via="approval page")
+
+
+def _store():
+    from incidents.store import IncidentStore
+
+    return IncidentStore()
+
+
+def record_answer(approval: dict, config: Any, name: str, decision: str, reason: str, prefect_api_url: str,
+                  headers: dict[str, str], via: str) -> tuple[int, str]:
+    """Record a verified approver's answer and, when it completes the decision, resume the run.
+
+    The answer counts only together with a successful resume: if Prefect does not take it, the
+    signature is taken back (the person may answer again); if taking it back fails as well, the
+    same answer given again is accepted as that answer and resumes the run."""
+    store = _store()
+    approver = config.approval.approver(name)
+    if approver is None or approval["severity"] not in approver.severities:
         raise Refused(403, f"{name} may not answer {approval['severity']} plans in {approval['environment']}")
+    approval_id = approval["id"]
     if not store.sign(approval_id, name, decision, reason):
-        raise Refused(409, f"{name} already answered this request; four-eyes needs a different approver")
-    store.add_event(approval["incident_id"], name, "approval_signed",
-                    f"{name} (verified) answered {decision}" + (f": {reason}" if reason else ""))
+        earlier = next((s for s in store.signatures(approval_id) if s["approver"] == name), None)
+        if earlier is None or earlier["decision"] != decision or decision == "approve" and not _completes(
+                store, config, approval):
+            raise Refused(409, f"{name} already answered this request; four-eyes needs a different approver")
+        log.info("approval %s: %s answered %s again: resuming the run with it", approval_id, name, decision)
+    else:
+        store.add_event(approval["incident_id"], name, "approval_signed",
+                        f"{name} (verified, {via}) answered {decision}" + (f": {reason}" if reason else ""))
     approving = [s["approver"] for s in store.signatures(approval_id) if s["decision"] == "approve"]
     needed = max(1, config.approval.needed(approval["severity"]))
     if decision == "approve" and len(approving) < needed:
         return 202, f"Approved by {', '.join(approving)}; waiting for {needed - len(approving)} more different approver(s)."
     run_input = {"approve": decision == "approve", "reason": reason or decision,
                  "approver": " + ".join(approving) if decision == "approve" else name}
-    try:
-        answer = httpx.post(f"{prefect_api_url.rstrip('/')}/flow_runs/{approval['flow_run_id']}/resume",
-                            json={"run_input": run_input}, headers=headers, timeout=10).json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise Refused(503, f"recorded, but the run could not be resumed (Prefect API: {type(exc).__name__}); "
-                           "answer again in a moment") from None
-    if answer.get("status") != "ACCEPT":
-        reason_text = (answer.get("details") or {}).get("reason", answer.get("status"))
-        raise Refused(409, f"recorded, but the run did not accept it: {reason_text}")
+    problem = _resume(approval["flow_run_id"], run_input, prefect_api_url, headers)
+    if problem is not None:
+        taken_back = _take_back(store, approval, name)
+        raise Refused(503, f"not recorded: the run could not be resumed ({problem}); answer again in a moment"
+                      if taken_back else f"the run could not be resumed ({problem}); give the same answer again")
     return 200, ("Approved" if decision == "approve" else "Declined") + f" by {run_input['approver']}; the run continues."
+
+
+def _completes(store: Any, config: Any, approval: dict) -> bool:
+    approving = {s["approver"] for s in store.signatures(approval["id"]) if s["decision"] == "approve"}
+    return len(approving) >= max(1, config.approval.needed(approval["severity"]))
+
+
+def _resume(flow_run_id: str | None, run_input: dict, prefect_api_url: str, headers: dict[str, str]) -> str | None:
+    """Resume the waiting run with the answer; None when Prefect took it, else why not."""
+    if not flow_run_id:
+        return "the request has no run"
+    try:
+        answer = httpx.post(f"{prefect_api_url.rstrip('/')}/flow_runs/{flow_run_id}/resume",
+                            json={"run_input": run_input}, headers=headers, timeout=10)
+        body = answer.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return f"Prefect API: {type(exc).__name__}"
+    if answer.status_code >= 400:
+        return f"Prefect API: HTTP {answer.status_code}"
+    if body.get("status") != "ACCEPT":
+        return "the run did not accept it: " + str((body.get("details") or {}).get("reason", body.get("status")))[:200]
+    return None
+
+
+def _take_back(store: Any, approval: dict, name: str) -> bool:
+    from incidents.store import StoreError
+
+    try:
+        taken = store.unsign(approval["id"], name)
+        store.add_event(approval["incident_id"], name, "approval_not_delivered",
+                        f"{name}'s answer was not delivered to the run (Prefect did not take the resume): "
+                        "taken back, to be given again")
+        return taken
+    except StoreError as exc:
+        log.error("approval %s: %s's answer could not be taken back: %s", approval["id"], name, exc)
+        return False
 
 
 def routes(prefect_api_url: str, headers: dict[str, str] | None = None) -> list[Route]:
     headers = headers or {}
+    throttle = Throttle()
 
     async def show(request: Request) -> Response:
-        approval_id = request.path_params["approval_id"]
+        token = request.path_params["token"]
 
         def load() -> HTMLResponse:
-            from incidents.store import IncidentStore
-
-            approval, config = _load(approval_id)
-            return _page(approval, config, IncidentStore().signatures(approval_id))
+            approval, config = _load(token)
+            return _page(approval, config, _store().signatures(approval["id"]))
         try:
             return await run_in_threadpool(load)
         except Refused as exc:
             return HTMLResponse(f"<p>{html.escape(str(exc))}</p>", exc.status)
 
     async def decide(request: Request) -> Response:
-        approval_id = request.path_params["approval_id"]
+        token = request.path_params["token"]
+        client = request.client.host if request.client else "unknown"
         body = await request.body()
         if len(body) > MAX_FORM_BYTES:
             return _reply(request, 413, "form too large")
@@ -171,26 +279,28 @@ def routes(prefect_api_url: str, headers: dict[str, str] | None = None) -> list[
                 fields = {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
             else:
                 fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-            status, message = await run_in_threadpool(_answer, approval_id, fields, prefect_api_url, headers)
+            status, message = await run_in_threadpool(_answer, token, fields, prefect_api_url, headers, throttle,
+                                                      client)
         except orjson.JSONDecodeError:
             status, message = 400, "body is not JSON"
+        except Slowed as exc:
+            return _reply(request, exc.status, str(exc), {"Retry-After": str(exc.retry_after)})
         except Refused as exc:
             status, message = exc.status, str(exc)
         if "text/html" in request.headers.get("accept", ""):
             def render() -> Response:
-                from incidents.store import IncidentStore
-
-                approval, config = _load(approval_id)
-                return _page(approval, config, IncidentStore().signatures(approval_id), message, status)
+                approval, config = _load(token)
+                return _page(approval, config, _store().signatures(approval["id"]), message, status)
             try:
                 return await run_in_threadpool(render)
             except Refused as exc:
                 return HTMLResponse(f"<p>{html.escape(str(exc))}</p>", exc.status)
         return _reply(request, status, message)
 
-    return [Route("/approvals/{approval_id:int}", show, methods=["GET"]),
-            Route("/approvals/{approval_id:int}", decide, methods=["POST"])]
+    return [Route("/approvals/{token}", show, methods=["GET"]),
+            Route("/approvals/{token}", decide, methods=["POST"])]
 
 
-def _reply(request: Request, status: int, message: str) -> Response:
-    return Response(orjson.dumps({"status": status, "message": message}), status, media_type="application/json")
+def _reply(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"status": status, "message": message}), status, media_type="application/json",
+                    headers=headers)

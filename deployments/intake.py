@@ -4,9 +4,12 @@
     POST /alerts/grafana        Grafana unified alerting (HMAC signature checked when configured)
     POST /alerts                a generic JSON alert (see incidents/alerts.py: parse_generic)
     GET  /healthz
-    GET  /approvals/<id>        the approval page (see deployments/approval_page.py); POST answers it
+    GET  /approvals/<token>     the approval page (see deployments/approval_page.py); POST answers it
+    POST /slack/interactions    Approve/Decline pressed in Slack (deployments/slack_interactions.py)
+    POST /pagerduty/webhooks    PagerDuty's v3 webhooks: acknowledged/resolved there (deployments/pagerduty_webhooks.py)
 
-Every POST needs `Authorization: Bearer $RUNBOOKS_ALERT_TOKEN`. An alert loses the labels
+Every alert POST needs `Authorization: Bearer $RUNBOOKS_ALERT_TOKEN` (Slack's and PagerDuty's
+requests are signed instead, and the approval page checks each approver's own credential). An alert loses the labels
 that only name its sender (`intake.ignore_labels`: Prometheus replicas), is routed by the
 config's `routing` rules, and is checked against the config (an unknown environment or
 service is answered 422 and reported in Slack). A firing alert is deduplicated in Redis on
@@ -42,6 +45,8 @@ from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
 from deployments.approval_page import routes as approval_routes
+from deployments.pagerduty_webhooks import routes as pagerduty_routes
+from deployments.slack_interactions import routes as slack_routes
 from deployments.prefect_api import auth_headers
 from incidents import templates
 from incidents.alerts import DEFAULT_SEVERITY, Alert, BadPayload, Route, RunRequest, parse_alertmanager, parse_generic, \
@@ -369,6 +374,8 @@ def create_app(settings: IntakeSettings) -> Starlette:
         HttpRoute("/alerts", generic, methods=["POST"]),
         HttpRoute("/healthz", healthz, methods=["GET"]),
         *approval_routes(settings.prefect_api_url, auth_headers()),
+        *slack_routes(settings.prefect_api_url, auth_headers()),
+        *pagerduty_routes(),
     ], lifespan=lifespan)
 
 
@@ -376,14 +383,12 @@ def _notify_channel(environment: str, text: str) -> None:
     """A notice to the incident channel of `environment`, else of the first configured one."""
     from incidents.config import ConfigError, load_config
     from integrations.errors import IntegrationError
-    from integrations.slack import SlackWebhook
-    from tasks.context import SecretNotFound, resolve_secret
+    from tasks.context import SecretNotFound
+    from tasks.notify import post_notice
 
     try:
         envs = load_config().environments
-        env = envs.get(environment) or next(iter(envs.values()))
-        with SlackWebhook(resolve_secret(env.slack.webhook_secret)) as slack:
-            slack.post(text)
+        post_notice(envs.get(environment) or next(iter(envs.values())), text)
     except (ConfigError, IntegrationError, SecretNotFound, StopIteration) as exc:
         log.warning("notice %r not posted to Slack: %s", text.splitlines()[0], exc)
 

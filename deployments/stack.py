@@ -51,6 +51,8 @@ class StackError(RuntimeError):
 
 def stack_env() -> dict[str, str]:
     """The environment every component runs with (the worker passes it on to flow runs)."""
+    from sandbox.pagerduty import routing_key
+    from sandbox.slack import BOT_TOKEN
     from sandbox.world import GITHUB_TOKEN, SLACK_PATH, SLACK_SECURITY_PATH
 
     env = dict(os.environ)
@@ -73,6 +75,12 @@ def stack_env() -> dict[str, str]:
         env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
     # The sandbox's own fake credentials; a real environment keeps these in Secret blocks.
     env["RUNBOOKS_ALERT_TOKEN"] = alert_token()
+    # what the sandbox's Slack app and PagerDuty sign their requests to the intake with
+    env.setdefault("RUNBOOKS_SLACK_SIGNING_SECRET", kept_secret("slack-signing-secret"))
+    env.setdefault("RUNBOOKS_PAGERDUTY_WEBHOOK_SECRET", kept_secret("pagerduty-webhook-secret"))
+    env.setdefault("RUNBOOKS_SECRET_SLACK_BOT_TOKEN", BOT_TOKEN)
+    for service in ("sre", "leads"):  # config/sandbox.yaml's PagerDuty services
+        env.setdefault(f"RUNBOOKS_SECRET_PAGERDUTY_{service.upper()}", routing_key(service))
     for name, credential in approver_credentials().items():
         env.setdefault(f"RUNBOOKS_SECRET_APPROVER_{name.upper()}", credential)
     env.setdefault("RUNBOOKS_SECRET_GITHUB_TOKEN", GITHUB_TOKEN)
@@ -124,6 +132,18 @@ def alert_token() -> str:
     TOKEN_FILE.touch(mode=0o600)
     TOKEN_FILE.write_text(token)
     return token
+
+
+def kept_secret(name: str) -> str:
+    """A secret generated on the first `make up` and kept in .run/<name> (mode 600)."""
+    path = RUN_DIR / name
+    if path.exists():
+        return path.read_text().strip()
+    RUN_DIR.mkdir(exist_ok=True)
+    value = secrets.token_urlsafe(24)
+    path.touch(mode=0o600)
+    path.write_text(value)
+    return value
 
 
 SANDBOX_APPROVERS = ("sam", "tess", "rita")  # config/sandbox.yaml's approvers

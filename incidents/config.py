@@ -53,15 +53,39 @@ class GitHubSettings(_Model):
     _secret = field_validator("token_secret")(_check_secret_name)
 
 
-class SlackSettings(_Model):
-    webhook_secret: str
-    security_webhook_secret: str | None = None  # the security team's own channel
-    _secret = field_validator("webhook_secret")(_check_secret_name)
+_CHANNEL_ID = r"^[CGD][A-Z0-9]{2,20}$"  # a Slack conversation ID, e.g. C0123ABCD (not "#incidents")
+SLACK_USER_ID = r"^[UW][A-Z0-9]{2,20}$"   # a Slack member ID: U… or, on Enterprise Grid, W…
+SLACK_GROUP_ID = r"^S[A-Z0-9]{2,20}$"     # a Slack user group (subteam) ID
 
-    @field_validator("security_webhook_secret")
+
+class SlackSettings(_Model):
+    """Where messages go. With a Slack app (`bot_token_secret` + `channel`) messages go through
+    the Web API: one thread per incident, its parent kept current, Approve/Decline buttons.
+    Without one, the incoming webhook(s) take flat messages, as before."""
+
+    webhook_secret: str | None = None
+    security_webhook_secret: str | None = None  # the security team's own channel
+    api_url: str = Field("https://slack.com/api", pattern=r"^https?://")
+    bot_token_secret: str | None = None  # xoxb-… of the app, by name
+    channel: str | None = Field(None, pattern=_CHANNEL_ID)  # the incident channel's ID
+    security_channel: str | None = Field(None, pattern=_CHANNEL_ID)  # the security team's channel's ID
+
+    @field_validator("webhook_secret", "security_webhook_secret", "bot_token_secret")
     @classmethod
-    def _security_secret(cls, value: str | None) -> str | None:
+    def _secrets(cls, value: str | None) -> str | None:
         return _check_secret_name(value) if value else value
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> "SlackSettings":
+        if bool(self.bot_token_secret) != bool(self.channel):
+            raise ValueError("a Slack app needs both bot_token_secret and channel (the channel's ID, e.g. C0123ABCD)")
+        if not self.bot_token_secret and not self.webhook_secret:
+            raise ValueError("set webhook_secret (an incoming webhook) or bot_token_secret and channel (a Slack app)")
+        return self
+
+    @property
+    def app(self) -> bool:
+        return self.bot_token_secret is not None
 
 
 class PrometheusSettings(_Model):
@@ -86,6 +110,8 @@ class Approver(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,99}$")
     credential_secret: str
     severities: list[_SEVERITY] = ["P0", "P1", "P2", "P3"]
+    # who this approver is in Slack: a press of Approve/Decline by this member is their verified answer
+    slack_user: str | None = Field(None, pattern=SLACK_USER_ID)
     _secret = field_validator("credential_secret")(_check_secret_name)
 
 
@@ -106,6 +132,9 @@ class ApprovalSettings(_Model):
         names = [a.name for a in self.approvers]
         if len(set(names)) != len(names):
             raise ValueError("approver names must be unique")
+        members = [a.slack_user for a in self.approvers if a.slack_user]
+        if len(set(members)) != len(members):
+            raise ValueError("two approvers share a slack_user: a button press must name one person")
         if self.require_verified and not self.approvers:
             raise ValueError("require_verified needs at least one approver")
         for severity in self.four_eyes:
@@ -115,6 +144,9 @@ class ApprovalSettings(_Model):
 
     def approver(self, name: str) -> Approver | None:
         return next((a for a in self.approvers if a.name == name), None)
+
+    def slack_approver(self, slack_user: str) -> Approver | None:
+        return next((a for a in self.approvers if slack_user and a.slack_user == slack_user), None)
 
     def needed(self, severity) -> int:
         """How many different verified approvers a plan of this severity needs (0: the Resume form suffices)."""
@@ -160,6 +192,23 @@ class Contact(_Model):
         return [self.primary] + ([self.backup] if self.backup and self.backup != self.primary else [])
 
 
+class SlackIdentity(_Model):
+    """Who a handle is in Slack: a member, a user group, or both. Slack notifies only for
+    mentions written with these IDs (`<@U…>`, `<!subteam^S…>`); "@name" in text rings nobody."""
+
+    user: str | None = Field(None, pattern=SLACK_USER_ID)
+    group: str | None = Field(None, pattern=SLACK_GROUP_ID)
+
+    @model_validator(mode="after")
+    def _something(self) -> "SlackIdentity":
+        if not self.user and not self.group:
+            raise ValueError("give user (a member ID, U…) and/or group (a user group ID, S…)")
+        return self
+
+    def mention(self) -> str:
+        return " ".join(([f"<@{self.user}>"] if self.user else []) + ([f"<!subteam^{self.group}>"] if self.group else []))
+
+
 def _contact(handle: str = "@mpcstudy") -> Contact:
     return Contact(primary=handle, backup=handle)
 
@@ -178,6 +227,25 @@ class Roles(_Model):
     security: Contact = _contact()
     infrastructure: Contact = _contact()
     team: list[str] = []
+    # display handle -> Slack IDs, e.g. "@oncall-ola": {user: U0123ABCD}; a handle without an
+    # entry is shown as text and notifies nobody
+    slack_ids: dict[str, SlackIdentity] = {}
+
+    @model_validator(mode="after")
+    def _known_handles(self) -> "Roles":
+        people = set(self.resolve("team"))
+        unknown = sorted(h for h in self.slack_ids if h not in people)
+        if unknown:
+            raise ValueError(f"slack_ids names {', '.join(unknown)}, who is not in roles (check the spelling)")
+        return self
+
+    def mention(self, handle: str) -> str:
+        """Slack's notifying syntax for a handle with IDs; the handle as text otherwise."""
+        identity = self.slack_ids.get(handle)
+        return identity.mention() if identity else handle
+
+    def mentions(self, handles: list[str]) -> list[str]:
+        return [self.mention(h) for h in handles]
 
     @field_validator("team")
     @classmethod
@@ -191,6 +259,8 @@ class Roles(_Model):
         """Handles for a reference used in escalation levels: a role or contact name
         (`on_call`), a contact's backup (`on_call.backup`), or `team` (everyone)."""
         name, _, part = reference.partition(".")
+        if name == "pagerduty":
+            return []  # a pager, not a person: see SeverityPolicy.pagers
         if name == "team":
             people = [self.incident_commander, self.communications, self.technical_owner, self.documentation]
             for contact in (self.on_call, self.team_lead, self.security, self.infrastructure):
@@ -212,7 +282,8 @@ class Roles(_Model):
 
 
 _ROLE_REFERENCE = re.compile(r"^(team|incident_commander|communications|technical_owner|documentation|"
-                             r"(on_call|team_lead|security|infrastructure)(\.backup)?)$")
+                             r"(on_call|team_lead|security|infrastructure)(\.backup)?|pagerduty\.[a-z0-9][a-z0-9-]{0,62})$")
+PAGER_PREFIX = "pagerduty."
 
 
 class SeverityPolicy(_Model):
@@ -231,8 +302,13 @@ class SeverityPolicy(_Model):
                 if not _ROLE_REFERENCE.match(ref):
                     raise ValueError(f"{ref!r} is not a role: use team, incident_commander, communications, "
                                      "technical_owner, documentation, on_call, team_lead, security, infrastructure "
-                                     "(a contact's backup as e.g. on_call.backup)")
+                                     "(a contact's backup as e.g. on_call.backup), or pagerduty.<service>")
         return value
+
+    def pagers(self, level: int) -> list[str]:
+        """The PagerDuty services (config `pagerduty.services`) triggered at `level`."""
+        level = min(level, len(self.levels) - 1)
+        return [ref[len(PAGER_PREFIX):] for ref in self.levels[level] if ref.startswith(PAGER_PREFIX)]
 
 
 class EscalationMatrix(_Model):
@@ -251,6 +327,28 @@ class EscalationMatrix(_Model):
 
     def policy(self, severity) -> SeverityPolicy:
         return getattr(self, getattr(severity, "value", severity))
+
+
+class PagerDutyService(_Model):
+    routing_key_secret: str  # the Events API v2 integration key of a PagerDuty service, by name
+    _secret = field_validator("routing_key_secret")(_check_secret_name)
+
+
+class PagerDutySettings(_Model):
+    """PagerDuty Events API v2: escalation levels name `pagerduty.<service>` to page through it.
+    PagerDuty's webhooks (v3) come back to the intake (`POST /pagerduty/webhooks`), verified
+    with RUNBOOKS_PAGERDUTY_WEBHOOK_SECRET."""
+
+    events_url: str = Field("https://events.pagerduty.com", pattern=r"^https?://")
+    services: dict[str, PagerDutyService] = Field(min_length=1)
+
+    @field_validator("services")
+    @classmethod
+    def _names(cls, value: dict[str, PagerDutyService]) -> dict[str, PagerDutyService]:
+        for name in value:
+            if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", name):
+                raise ValueError(f"PagerDuty service name {name!r}: lower-case letters, digits and '-'")
+        return value
 
 
 class PostIncidentSettings(_Model):
@@ -402,7 +500,20 @@ class EnvironmentConfig(_Model):
     escalation: EscalationMatrix = EscalationMatrix()
     post_incident: PostIncidentSettings = PostIncidentSettings()
     prometheus: PrometheusSettings | None = None
+    pagerduty: PagerDutySettings | None = None
     services: dict[str, ServiceConfig]
+
+    @model_validator(mode="after")
+    def _pagers_known(self) -> "EnvironmentConfig":
+        known = set(self.pagerduty.services) if self.pagerduty else set()
+        for severity in ("P0", "P1", "P2", "P3"):
+            policy = self.escalation.policy(severity)
+            for level in range(len(policy.levels)):
+                missing = [p for p in policy.pagers(level) if p not in known]
+                if missing:
+                    raise ValueError(f"escalation.{severity} pages pagerduty.{missing[0]}, which is not in "
+                                     "pagerduty.services")
+        return self
 
     @field_validator("services")
     @classmethod

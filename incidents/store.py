@@ -7,6 +7,7 @@ server, created when missing). The schema is created idempotently on first use.
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from datetime import datetime
 from typing import Any, Callable, Iterator
@@ -199,6 +200,21 @@ DO $$ BEGIN
             ADD CONSTRAINT approvals_decision_check CHECK (decision IN ('approved', 'declined', 'timed_out', 'withdrawn'));
     END IF;
 END $$;
+-- one Slack thread per incident (a Slack app's parent message), and what its parent shows now
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS slack_channel TEXT;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS slack_ts TEXT;
+ALTER TABLE incidents ADD COLUMN IF NOT EXISTS slack_parent TEXT;
+-- approval links carry a random token, not the sequential id
+ALTER TABLE approvals ADD COLUMN IF NOT EXISTS token TEXT;
+UPDATE approvals SET token = md5(random()::text || clock_timestamp()::text || id::text) WHERE token IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS approvals_by_token ON approvals (token);
+-- the PagerDuty services an incident triggered (acknowledge and resolve go to each)
+CREATE TABLE IF NOT EXISTS incident_pagers (
+    incident_id  BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    pager        TEXT NOT NULL,
+    triggered_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (incident_id, pager)
+);
 """
 # two Prometheus replicas evaluate the same rule this far apart at most (a later start is a re-fire)
 REPLICA_SKEW_SECONDS = 60
@@ -358,6 +374,42 @@ class IncidentStore:
                                (now, incident_id, seen)).fetchone()
         return row is not None
 
+    # -- Slack thread and pagers ------------------------------------------------------------------
+    def slack_thread(self, incident_id: int) -> dict | None:
+        """{channel, ts, parent} of the incident's Slack thread, or None before its first message."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT slack_channel AS channel, slack_ts AS ts, slack_parent AS parent "
+                               "FROM incidents WHERE id = %s", (incident_id,)).fetchone()
+        return row if row and row["ts"] else None
+
+    def start_slack_thread(self, incident_id: int, channel: str, ts: str, parent: str) -> bool:
+        """Record the thread's parent message; False when another message became the parent first."""
+        with self._connect() as conn:
+            row = conn.execute("UPDATE incidents SET slack_channel = %s, slack_ts = %s, slack_parent = %s "
+                               "WHERE id = %s AND slack_ts IS NULL RETURNING id",
+                               (channel, ts, parent, incident_id)).fetchone()
+        return row is not None
+
+    def set_slack_parent(self, incident_id: int, seen: str, parent: str) -> bool:
+        """Record the parent's new text, unless another update came first (then skip ours)."""
+        with self._connect() as conn:
+            row = conn.execute("UPDATE incidents SET slack_parent = %s WHERE id = %s AND slack_parent = %s "
+                               "RETURNING id", (parent, incident_id, seen)).fetchone()
+        return row is not None
+
+    def add_pager(self, incident_id: int, pager: str) -> bool:
+        """Note that a PagerDuty service was triggered for the incident; False if it was already."""
+        with self._connect() as conn:
+            row = conn.execute("INSERT INTO incident_pagers (incident_id, pager) VALUES (%s, %s) "
+                               "ON CONFLICT DO NOTHING RETURNING pager", (incident_id, pager)).fetchone()
+        return row is not None
+
+    def pagers(self, incident_id: int) -> list[str]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT pager FROM incident_pagers WHERE incident_id = %s ORDER BY triggered_at",
+                                (incident_id,)).fetchall()
+        return [r["pager"] for r in rows]
+
     # -- timeline -------------------------------------------------------------------------------
     def add_event(self, incident_id: int, actor: str, kind: str, message: str, data: dict | None = None) -> None:
         with self._connect() as conn:
@@ -375,9 +427,10 @@ class IncidentStore:
                          deadline_at: datetime | None = None, findings: dict | None = None) -> int:
         with self._connect() as conn:
             return conn.execute("INSERT INTO approvals (incident_id, plan_digest, plan, flow_run_id, deadline_at, "
-                                "findings) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                                "findings, token) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
                                 (incident_id, plan_digest, Jsonb(plan), flow_run_id, deadline_at,
-                                 Jsonb(findings) if findings is not None else None)).fetchone()["id"]
+                                 Jsonb(findings) if findings is not None else None,
+                                 secrets.token_urlsafe(18))).fetchone()["id"]
 
     def approval_for_run(self, flow_run_id: str) -> dict | None:
         """The latest approval a flow run asked for: a resumed run continues from it."""
@@ -446,6 +499,20 @@ class IncidentStore:
             return conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
                                    FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.id = %s""",
                                 (approval_id,)).fetchone()
+
+    def approval_by_token(self, token: str) -> dict | None:
+        """The approval a link names (its random token; ids are never accepted in links)."""
+        with self._connect() as conn:
+            return conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
+                                   FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.token = %s""",
+                                (token,)).fetchone()
+
+    def unsign(self, approval_id: int, approver: str) -> bool:
+        """Take back an answer the run never received (its resume failed): it may be given again."""
+        with self._connect() as conn:
+            row = conn.execute("DELETE FROM approval_signatures WHERE approval_id = %s AND approver = %s "
+                               "RETURNING approver", (approval_id, approver)).fetchone()
+        return row is not None
 
     def sign(self, approval_id: int, approver: str, decision: str, reason: str) -> bool:
         """A verified approver's answer; False if this approver already answered this request."""

@@ -61,12 +61,39 @@ def initial_alert(incident: Incident, summary: str, eta: str = "under investigat
     return "\n".join(lines)
 
 
-def status_update(incident: Incident, status: str, eta: str, impact: str, note: str | None = None) -> str:
+def status_update(incident: Incident, status: str, eta: str, impact: str, note: str | None = None,
+                  paging: list[str] = ()) -> str:
+    """`paging` holds mentions rendered from the config (`Roles.mentions`), never outside text."""
     lines = ["📊 INCIDENT UPDATE", f"Issue: {incident.issue_ref}", f"Status: {status}",
              f"ETA: {slack_text(eta)}", f"Impact: {slack_text(impact)}"]
     if note:
         lines.append(f"Note: {slack_text(note, 600)}")
+    if paging:
+        lines.append(f"Paging: {' '.join(paging)}")
     return "\n".join(lines)
+
+
+_PARENT_LINE = re.compile(r"^(Severity|Status): .*$", re.MULTILINE)
+
+
+def thread_parent(parent: str, incident: Incident) -> str:
+    """The thread's parent message (the Initial Alert) showing the incident's current severity
+    and status; the rest stays as first posted."""
+    current = {"Severity": incident.severity.value,
+               "Status": "✅ Resolved" if incident.resolved_at else incident.status.value}
+    return _PARENT_LINE.sub(lambda m: f"{m[1]}: {current[m[1]]}", parent)
+
+
+def approval_buttons(token: str, severity: str) -> list[dict]:
+    """Approve and Decline for a Slack app's approval message; the value is the approval's
+    token, and Slack asks the presser to confirm an approval (Block Kit confirm object)."""
+    confirm = {"title": {"type": "plain_text", "text": "Run this plan?"},
+               "text": {"type": "plain_text", "text": f"The plan runs as shown, on your name ({severity})."},
+               "confirm": {"type": "plain_text", "text": "Approve"}, "deny": {"type": "plain_text", "text": "Cancel"}}
+    return [{"type": "button", "action_id": "runbooks_approve", "style": "primary", "value": token,
+             "text": {"type": "plain_text", "text": "Approve"}, "confirm": confirm},
+            {"type": "button", "action_id": "runbooks_decline", "style": "danger", "value": token,
+             "text": {"type": "plain_text", "text": "Decline"}}]
 
 
 def resolution(incident: Incident, root_cause: str, what_was_done: str, prevention: str) -> str:
@@ -79,16 +106,21 @@ def resolution(incident: Incident, root_cause: str, what_was_done: str, preventi
     ])
 
 
-def slack_blocks(text: str, link: tuple[str, str] | None = None) -> list[dict]:
-    """Block Kit for a template message: a header line and the rest as a section."""
+def slack_blocks(text: str, link: tuple[str, str] | None = None, buttons: list[dict] | None = None) -> list[dict]:
+    """Block Kit for a template message: a header line, the rest as a section, and an actions
+    block with the link and any interactive buttons (Block Kit limits: header 150 characters,
+    section 3000, button label 75)."""
     head, _, rest = text.partition("\n")
     blocks: list[dict] = [{"type": "header", "text": {"type": "plain_text", "text": head[:150]}}]
     if rest:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": rest[:3000]}})
+    elements = list(buttons or [])
     if link:
         label, url = link
-        blocks.append({"type": "actions", "elements": [
-            {"type": "button", "text": {"type": "plain_text", "text": label[:75]}, "url": url}]})
+        elements.append({"type": "button", "action_id": "runbooks_link", "text": {"type": "plain_text",
+                                                                                   "text": label[:75]}, "url": url})
+    if elements:
+        blocks.append({"type": "actions", "block_id": "runbooks_actions", "elements": elements})
     return blocks
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 
@@ -19,8 +20,15 @@ def main() -> None:
     parser.add_argument("--database-url", default=None,
                         help="the api service's PostgreSQL (its /health reads table orders there)")
     args = parser.parse_args()
+    # what Slack and PagerDuty sign their requests to the intake with, and where the intake is
     sandbox = Sandbox(args.host, args.port, args.kube_port, args.state_dir, ready_delay=args.ready_delay,
-                      database_url=args.database_url).start()
+                      database_url=args.database_url,
+                      slack_signing_secret=os.environ.get("RUNBOOKS_SLACK_SIGNING_SECRET"),
+                      pagerduty_webhook_secret=os.environ.get("RUNBOOKS_PAGERDUTY_WEBHOOK_SECRET")).start()
+    intake = os.environ.get("RUNBOOKS_INTAKE_URL")
+    if intake:
+        sandbox.slack.interactions_url = intake.rstrip("/") + "/slack/interactions"
+        sandbox.pagerduty.webhook_url = intake.rstrip("/") + "/pagerduty/webhooks"
     print(f"sandbox listening on {sandbox.url} (Kubernetes API {sandbox.kube_url}); kubeconfig at {sandbox.kubeconfig}",
           flush=True)
     stop = threading.Event()

@@ -16,6 +16,8 @@ from sandbox.cluster import REVISION, Cluster, Seed, now_iso, seed_deployment
 from sandbox.github import GitHub
 from sandbox.http import LOST, Fault, Faults, Request, Response, Router, serve
 from sandbox.kube_api import KubeApi
+from sandbox.pagerduty import PagerDuty
+from sandbox.slack import Slack
 from sandbox.services import BAD_REVISION_ERROR_SHARE, DemoService, endpoint as service_endpoint
 from sandbox.tls import make_certificate, server_context
 
@@ -32,7 +34,8 @@ class Sandbox:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, kube_port: int = 0, state_dir: Path | str | None = None,
                  ready_delay: float = 1.0, tick_seconds: float = 0.2, progress_deadline: int = 60,
-                 database_url: str | None = None):
+                 database_url: str | None = None, slack_signing_secret: str | None = None,
+                 pagerduty_webhook_secret: str | None = None):
         self.host, self.port, self.kube_port = host, port, kube_port
         self.database_url = database_url
         if database_url:
@@ -41,7 +44,8 @@ class Sandbox:
         self.state_dir = Path(state_dir) if state_dir else None
         self.ready_delay, self.tick_seconds, self.progress_deadline = ready_delay, tick_seconds, progress_deadline
         self.faults = Faults()
-        self.slack_messages: list[dict] = []
+        self.slack = Slack("", slack_signing_secret)  # base_url is set once the port is known
+        self.pagerduty = PagerDuty(pagerduty_webhook_secret)
         # everything ever sent to the fake Slack and GitHub (never reset): what left the runbooks
         self.received_bodies: list[str] = []
         self._lock = threading.Lock()
@@ -54,10 +58,12 @@ class Sandbox:
         self.router.add("DELETE", "/_sandbox/faults", self._clear_faults)
         self.router.add("GET", "/_sandbox/slack/messages", lambda req: Response.json(self.slack_messages))
         self.router.add("DELETE", "/_sandbox/slack/messages", self._clear_slack)
+        self.router.add("POST", "/_sandbox/slack/press", self.slack.press)
+        self.router.add("POST", "/_sandbox/slack/app", self._configure_app)
+        self.router.add("GET", "/_sandbox/pagerduty/events", self.pagerduty.read_events)
+        self.router.add("GET", "/_sandbox/pagerduty/alerts", self.pagerduty.read_alerts)
+        self.router.add("POST", "/_sandbox/pagerduty/act", self.pagerduty.person_acts)
         self.router.add("POST", "/_sandbox/reset", self._reset)
-        self.router.add("POST", SLACK_PATH, lambda req: self._slack(req, "incidents"))
-        self.router.add("POST", SLACK_SECURITY_PATH, lambda req: self._slack(req, "security"))
-        self.router.add("POST", "/slack/services/{a}/{b}/{c}", lambda req, **_: Response.text("invalid_token", 403))
         self.router.add("GET", "/services/{name}/{endpoint}", self._service_endpoint)
         self.router.add("POST", "/_sandbox/load", self._set_load)
         self.router.add("POST", "/_sandbox/dependency", self._set_dependency)
@@ -72,7 +78,8 @@ class Sandbox:
             self.kube = KubeApi(self.cluster, KUBE_TOKEN)
             self.github = GitHub(GITHUB_TOKEN)
             self.services: dict[str, DemoService] = {}
-            self.slack_messages.clear()
+            self.slack.clear()
+            self.pagerduty.clear()
             self.faults.clear()
             self._seed()
 
@@ -146,6 +153,7 @@ class Sandbox:
         secure = serve(self._app, self.host, self.kube_port, tls=server_context(self.cert_pem, self._key_pem))
         self._servers = [plain, secure]
         self.port, self.kube_port = plain.server_address[1], secure.server_address[1]
+        self.slack.base_url = self.url  # response_urls point back here
         if self.state_dir:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.kubeconfig.write_text(self.kubeconfig_text())
@@ -206,25 +214,29 @@ class Sandbox:
         return LOST if injected is LOST else resp
 
     def _handle(self, req: Request) -> Response:
-        for handler in (self.kube.handle, self.github.handle):
+        for handler in (self.kube.handle, self.github.handle, self.slack.handle, self.pagerduty.handle):
             resp = handler(req)
             if resp is not None:
                 return resp
         return self.router.dispatch(req) or Response.json({"message": f"no such sandbox path {req.path}"}, 404)
 
-    def _slack(self, req: Request, channel: str) -> Response:
-        try:
-            payload = json.loads(req.body)
-        except ValueError:
-            return Response.text("invalid_payload", 400)
-        if not isinstance(payload, dict) or not (payload.get("text") or payload.get("blocks")):
-            return Response.text("no_text", 400)
-        self.slack_messages.append({**payload, "channel": channel, "received_at": time.time()})
-        return Response.text("ok")
+    @property
+    def slack_messages(self) -> list[dict]:
+        """Every message Slack received, by webhook or Web API (updated in place by chat.update)."""
+        return self.slack.messages
 
     def _clear_slack(self, req: Request) -> Response:
-        self.slack_messages.clear()
+        self.slack.clear()
         return Response.json({"ok": True})
+
+    def _configure_app(self, req: Request) -> Response:
+        """POST /_sandbox/slack/app {"interactions_url": ..., "pagerduty_webhook_url": ...}: where
+        Slack sends button presses and PagerDuty its webhooks (the intake)."""
+        data = req.json() or {}
+        self.slack.interactions_url = data.get("interactions_url") or self.slack.interactions_url
+        self.pagerduty.webhook_url = data.get("pagerduty_webhook_url") or self.pagerduty.webhook_url
+        return Response.json({"interactions_url": self.slack.interactions_url,
+                              "pagerduty_webhook_url": self.pagerduty.webhook_url})
 
     def _service_endpoint(self, req: Request, name: str, endpoint: str) -> Response:
         svc = self.services.get(name)
@@ -298,8 +310,8 @@ class Sandbox:
     def _set_fault(self, req: Request) -> Response:
         data: dict[str, Any] = req.json() or {}
         target = data.get("target")
-        if target not in ("kubernetes", "github", "slack", "services"):
-            return Response.json({"message": "target must be kubernetes, github, slack or services"}, 422)
+        if target not in ("kubernetes", "github", "slack", "pagerduty", "services"):
+            return Response.json({"message": "target must be kubernetes, github, slack, pagerduty or services"}, 422)
         self.faults.set(target, Fault(status=data.get("status"), delay=float(data.get("delay") or 0),
                                       retry_after=data.get("retry_after"), count=data.get("count"),
                                       lose_response=bool(data.get("lose_response")), path=data.get("path")))
@@ -373,6 +385,8 @@ def _target_of(path: str) -> str | None:
         return "github"
     if path.startswith("/slack/"):
         return "slack"
+    if path.startswith("/pagerduty/"):
+        return "pagerduty"
     if path.startswith("/services/"):
         return "services"
     return None

@@ -27,7 +27,9 @@ from incidents.plans import Grant, Plan
 from incidents.store import StoreError
 from tasks.context import RunContext
 from tasks.forms import prefilled
+from incidents.templates import approval_buttons, slack_text
 from tasks.notify import notify_slack
+from tasks.paging import update_pagers
 from tasks.timeline import record
 
 TIMEOUT_REASON = "no answer before the approval deadline"
@@ -102,7 +104,8 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
 
     settings = ctx.config.approval
     needed = settings.needed(incident.severity)
-    page = f"{settings.page_url.rstrip('/')}/approvals/{approval_id}" if settings.approvers and approval_id else None
+    token = _token(store, approval_id, earlier)
+    page = f"{settings.page_url.rstrip('/')}/approvals/{token}" if settings.approvers and token else None
     link = page if needed else ctx.run_url(run_id)
     if earlier is None:
         how = (f"Approve with your own credential ({needed} different approver{'s' if needed > 1 else ''} needed): {page}"
@@ -112,7 +115,7 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
                      + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
                      + "\n" + "\n".join(plan.judgement_lines())
                      + f"\nDeadline: {timeout // 60} min (then declined)\n{how}",
-                     link=("Review the plan", link) if link else None)
+                     link=("Review the plan", link) if link else None, buttons=_buttons(ctx, incident, token))
 
     deadline = time.monotonic() + timeout
     attempt = earlier["attempt"] if earlier is not None else 0
@@ -129,7 +132,8 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
                f"{ctx.environment} needs {needed} verified approver(s) for {incident.severity.value} "
                f"({len(signed)} so far). The run keeps waiting.", {"page": page})
         notify_slack(ctx, incident.id, f"⚠️ APPROVAL NOT COUNTED\nIssue: {incident.issue_ref}\n"
-                                       f"A Resume by {answer.approver.strip()} carried no verified identity. "
+                                       f"A Resume by {slack_text(answer.approver.strip(), 100)} carried no "
+                                       f"verified identity. "
                                        f"Approve here: {page}")
         attempt = ctx.store().next_attempt(approval_id)
     withdrawn = _withdrawal(ctx, approval_id)
@@ -138,6 +142,26 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
     if earlier is not None and earlier["decision"] is not None:
         return decision  # decided and recorded before the run was interrupted: do not record it twice
     return _finish(ctx, incident, plan, approval_id, decision)
+
+
+def _token(store, approval_id: int | None, earlier: dict | None) -> str | None:
+    """The approval's unguessable token, which links and buttons carry instead of its id."""
+    if earlier is not None:
+        return earlier.get("token")
+    if approval_id is None:
+        return None
+    try:
+        row = store.approval(approval_id)
+    except StoreError:
+        return None
+    return row["token"] if row else None
+
+
+def _buttons(ctx: RunContext, incident: Incident, token: str | None) -> list[dict] | None:
+    """Approve/Decline in Slack: with a Slack app, and approvers who have Slack member IDs."""
+    if not token or not ctx.config.slack.app or not any(a.slack_user for a in ctx.config.approval.approvers):
+        return None
+    return approval_buttons(token, incident.severity.value)
 
 
 def _withdrawal(ctx: RunContext, approval_id: int | None) -> Decision | None:
@@ -272,4 +296,6 @@ def _finish(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | 
     logger.info(message)
     record(ctx, incident.id, decision.approver or "runbook", f"approval_{decision.outcome}", message,
            {"plan_digest": plan.digest, "automatic": decision.automatic})
+    if decision.outcome in ("approved", "declined") and not decision.automatic:
+        update_pagers(ctx, incident, "acknowledge", decision.approver or "approver", logger)  # a person answered
     return decision

@@ -12,7 +12,8 @@ from incidents.store import IncidentStore
 from integrations.github import GitHubClient
 from integrations.http import RetryPolicy
 from integrations.kubernetes import KubernetesClient
-from integrations.slack import SlackWebhook
+from integrations.pagerduty import PagerDutyEvents
+from integrations.slack import SlackApp, SlackWebhook
 
 
 class SecretNotFound(LookupError):
@@ -67,8 +68,20 @@ class RunContext:
 
     def slack(self, webhook_secret: str | None = None) -> SlackWebhook:
         # a notification never waits long: at most 3 attempts, within the HTTP timeout each
-        return SlackWebhook(resolve_secret(webhook_secret or self.config.slack.webhook_secret),
+        return SlackWebhook(resolve_secret(webhook_secret or self.config.slack.webhook_secret or ""),
                             timeout=min(5.0, self.config.timeouts.http_seconds), retry=self.retry(3))
+
+    def slack_app(self) -> SlackApp:
+        slack = self.config.slack
+        return SlackApp(slack.api_url, resolve_secret(slack.bot_token_secret or ""),
+                        timeout=min(5.0, self.config.timeouts.http_seconds), retry=self.retry(3))
+
+    def pagerduty(self) -> PagerDutyEvents:
+        settings = self.config.pagerduty
+        if settings is None:
+            raise ValueError(f"environment {self.environment!r} has no pagerduty settings")
+        return PagerDutyEvents(settings.events_url, timeout=min(5.0, self.config.timeouts.http_seconds),
+                               retry=self.retry(3))
 
     def kubernetes(self) -> KubernetesClient:
         kube = self.config.kubernetes

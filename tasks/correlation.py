@@ -26,6 +26,7 @@ from incidents.escalation import level_contacts
 from incidents.models import Incident, Severity
 from tasks.context import RunContext
 from tasks.notify import add_comment, send_slack
+from tasks.paging import mentions, trigger_pagers
 from tasks.timeline import record
 
 _log = logging.getLogger("runbooks.correlation")
@@ -88,14 +89,17 @@ def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Seve
     record(ctx, incident.id, by, "flap" if seen == "refired" else "joined", message,
            {"alert": alert, "seen": seen, "raised_from": raised_from.value if raised_from else None, "paged": paged})
     if incident.announced_at is not None and (seen in ("new", "refired") or raised_from is not None):
-        note = message + "." + (f" ⏫ Paging: {' '.join(paged)}" if paged else "")
+        note = message + "." + (" ⏫ Paging the severity's contacts." if paged else "")
         send_slack(ctx, incident.id, templates.status_update(incident, incident.status.value,
                                                              incident.eta or "being assessed",
-                                                             incident.impact or "being assessed", note))
+                                                             incident.impact or "being assessed", note,
+                                                             paging=mentions(ctx, paged)))
         if raised_from is not None:
             add_comment(ctx, incident.id, incident.github_repo, incident.github_issue,
                         f"### ⏫ Severity raised from {raised_from.value} to {severity.value}\n\n"
                         f"{templates.markdown_text(message, 600)}\n\nPaged: {' '.join(paged) or 'nobody new'}")
+    if raised_from is not None and incident.announced_at is not None:
+        trigger_pagers(ctx, incident, 0)  # the new severity's pagers (one PagerDuty alert: the same dedup_key)
     return Joined(incident, seen, raised_from, tuple(paged))
 
 

@@ -20,6 +20,7 @@ from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.correlation import detected, join
 from tasks.notify import comment_on_issue, notify_slack
+from tasks.paging import mentions, trigger_pagers, update_pagers
 from tasks.postmortem import start_post_incident
 from tasks.timeline import record
 
@@ -97,9 +98,11 @@ def announce(ctx: RunContext, incident: Incident, severity: Severity, summary: s
         logger.error("Incident issue not opened: %s", exc)
         record(ctx, incident.id, "runbook", "notification_failed", f"GitHub issue not opened: {exc}")
     paged = escalation_contacts(ctx, severity, 0)
-    notify_slack(ctx, incident.id, templates.initial_alert(incident, summary, paged=paged,
-                                                           commander=ctx.config.roles.incident_commander),
+    roles = ctx.config.roles
+    notify_slack(ctx, incident.id, templates.initial_alert(incident, summary, paged=mentions(ctx, paged),
+                                                           commander=roles.mention(roles.incident_commander)),
                  link=("Open the run", ctx.run_url(flow_run.get_id())) if flow_run.get_id() else None)
+    trigger_pagers(ctx, incident, 0, logger)
 
 
 @task(name="resolve-incident", cache_policy=NO_CACHE)
@@ -117,6 +120,7 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
     record(ctx, incident.id, actor, "resolved", f"Resolved: {what_was_done}", {"root_cause": root_cause})
     text = templates.resolution(incident, root_cause, what_was_done, prevention)
     notify_slack(ctx, incident.id, text)
+    update_pagers(ctx, incident, "resolve", actor, get_run_logger())
     if comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
                         templates.resolution_markdown(root_cause, what_was_done, prevention)):
         try:
@@ -137,7 +141,7 @@ def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Sta
     if contacts:  # the Incident Commander takes over what the runbook could not do
         contacts = list(dict.fromkeys([ctx.config.roles.incident_commander, *contacts]))
     who = " ".join(contacts) if contacts else "(issue only, per the P3 process)"
-    note = f"ESCALATION ({incident.severity.value}: {incident.severity.escalation}) {why} Paging: {who}"
+    note = f"ESCALATION ({incident.severity.value}: {incident.severity.escalation}) {why}"
     try:
         ctx.store().set_status(incident.id, status)
     except StoreError as exc:
@@ -145,7 +149,7 @@ def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Sta
     record(ctx, incident.id, "runbook", "escalated", why, {"contacts": contacts, "severity": incident.severity.value})
     if contacts:
         notify_slack(ctx, incident.id, templates.status_update(incident, status.value, "unknown - needs a human",
-                                                               impact, note))
+                                                               impact, note, paging=mentions(ctx, contacts)))
     comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
                      f"### Escalated\n\n{templates.markdown_text(why, 600)}\n\nNotified: {who}")
     return contacts

@@ -10,9 +10,11 @@ from prefect.cache_policies import NO_CACHE
 
 from incidents.redaction import redact
 from incidents.store import StoreError
-from incidents.templates import markdown_text, slack_blocks
+from incidents.templates import markdown_text, slack_blocks, thread_parent
 from integrations.errors import IntegrationError
-from tasks.context import RunContext, SecretNotFound
+from incidents.config import EnvironmentConfig
+from integrations.slack import SlackApp, SlackWebhook
+from tasks.context import RunContext, SecretNotFound, resolve_secret
 from tasks.timeline import record
 
 _NOTIFY_ERRORS = (IntegrationError, SecretNotFound, StoreError, ValueError)
@@ -20,15 +22,23 @@ _log = logging.getLogger("runbooks.notify")
 
 
 def send_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, str] | None = None,
-               webhook_secret: str | None = None, logger: logging.Logger | logging.LoggerAdapter = _log) -> bool:
-    """Post a template message to the incident channel (or the webhook named by
-    `webhook_secret`) and note it on the timeline; False (never an exception) if it failed.
-    Plain, so that the intake can use it outside a flow run."""
+               security: bool = False, logger: logging.Logger | logging.LoggerAdapter = _log,
+               buttons: list[dict] | None = None) -> bool:
+    """Post a template message about an incident and note it on the timeline; False (never an
+    exception) if it failed. Plain, so that the intake can use it outside a flow run.
+
+    With a Slack app the incident's first message opens its thread and every later one goes
+    into it, the parent kept current; `security` messages go to the security team's channel.
+    With incoming webhooks every message is posted flat. `buttons` (interactive) need the app."""
     text = redact(text)
     headline = text.splitlines()[0]
     try:
-        with ctx.slack(webhook_secret) as webhook:
-            webhook.post(text, slack_blocks(text, link))
+        if ctx.config.slack.app:
+            with ctx.slack_app() as app:
+                _post_in_thread(ctx, app, incident_id, text, slack_blocks(text, link, buttons), security, logger)
+        else:
+            with ctx.slack(ctx.config.slack.security_webhook_secret if security else None) as webhook:
+                webhook.post(text, slack_blocks(text, link))
     except _NOTIFY_ERRORS as exc:
         logger.warning("Slack notification %r not delivered: %s", headline, exc)
         record(ctx, incident_id, "runbook", "notification_failed", f"Slack: {headline} not delivered: {exc}")
@@ -37,19 +47,60 @@ def send_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, st
     return True
 
 
+def post_notice(config: EnvironmentConfig, text: str) -> None:
+    """A message that belongs to no incident (an alert that could not start a run): top level in
+    the incident channel, by the app or the webhook. Raises IntegrationError or SecretNotFound."""
+    slack, text = config.slack, redact(text)
+    if slack.app:
+        with SlackApp(slack.api_url, resolve_secret(slack.bot_token_secret or "")) as app:
+            app.post(slack.channel or "", text, slack_blocks(text))
+    else:
+        with SlackWebhook(resolve_secret(slack.webhook_secret or "")) as webhook:
+            webhook.post(text)
+
+
+def _post_in_thread(ctx: RunContext, app: SlackApp, incident_id: int, text: str, blocks: list[dict],
+                    security: bool, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    slack = ctx.config.slack
+    if security:
+        app.post(slack.security_channel or slack.channel, text, blocks)
+        return
+    store = ctx.store()
+    thread = store.slack_thread(incident_id)
+    if thread is None:
+        posted = app.post(slack.channel, text, blocks)
+        if not store.start_slack_thread(incident_id, posted.channel, posted.ts, text):
+            logger.warning("Incident %s: another message opened its Slack thread first", incident_id)
+        return
+    app.post(thread["channel"], text, blocks, thread_ts=thread["ts"])
+    try:
+        _refresh_parent(ctx, app, incident_id, thread)
+    except _NOTIFY_ERRORS as exc:  # the message itself arrived: only the parent's status is stale
+        logger.warning("Incident %s: Slack thread parent not updated: %s", incident_id, exc)
+
+
+def _refresh_parent(ctx: RunContext, app: SlackApp, incident_id: int, thread: dict) -> None:
+    """Show the incident's current status and severity on the thread's parent message."""
+    store = ctx.store()
+    current = thread_parent(thread["parent"], store.get(incident_id))
+    if current != thread["parent"] and store.set_slack_parent(incident_id, thread["parent"], current):
+        app.update(thread["channel"], thread["ts"], current, slack_blocks(current))
+
+
 @task(name="notify-slack", cache_policy=NO_CACHE)
 def notify_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, str] | None = None,
-                 webhook_secret: str | None = None) -> bool:
+                 security: bool = False, buttons: list[dict] | None = None) -> bool:
     """`send_slack` as a task of the run."""
-    return send_slack(ctx, incident_id, text, link, webhook_secret, get_run_logger())
+    return send_slack(ctx, incident_id, text, link, security, get_run_logger(), buttons)
 
 
 def notify_security_team(ctx: RunContext, incident_id: int, text: str) -> bool:
-    """The security team's own Slack target; the incident channel when none is configured."""
-    target = ctx.config.slack.security_webhook_secret
-    if target is None:
+    """The security team's own Slack channel; the incident channel when none is configured."""
+    slack = ctx.config.slack
+    if (slack.security_channel if slack.app else slack.security_webhook_secret) is None:
         text = "[for the security team] " + text
-    return notify_slack(ctx, incident_id, text, webhook_secret=target)
+        return notify_slack(ctx, incident_id, text)
+    return notify_slack(ctx, incident_id, text, security=True)
 
 
 def add_comment(ctx: RunContext, incident_id: int, repo: str | None, number: int | None, body: str,

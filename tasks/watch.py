@@ -32,6 +32,7 @@ from tasks.context import RunContext, SecretNotFound
 from tasks.correlation import withdraw_quiet
 from tasks.incident import resolve_incident
 from tasks.notify import comment_on_issue, notify_slack
+from tasks.paging import mentions, retrigger_missing, trigger_pagers, update_pagers
 from tasks.timeline import record
 
 
@@ -48,16 +49,18 @@ def escalate(ctx: RunContext, incident: Incident, now: datetime) -> dict | None:
     minutes = due.overdue.total_seconds() / 60
     who = " ".join(due.contacts) or "(nobody configured at this level)"
     why = (f"Not acknowledged {minutes:.0f} min after it opened ({incident.severity.value} response time "
-           f"{policy.response_minutes:g} min): escalation level {due.level}. Paging: {who}. "
-           f"Acknowledge with `runbooks ack {incident.id}` or by answering the approval.")
+           f"{policy.response_minutes:g} min): escalation level {due.level}. "
+           f"Acknowledge with `runbooks ack {incident.id}`, in PagerDuty, or by answering the approval.")
     get_run_logger().warning("Incident %s: %s", incident.id, why)
-    record(ctx, incident.id, "incident-watch", "escalated", why,
+    record(ctx, incident.id, "incident-watch", "escalated", f"{why} Paging: {who}.",
            {"level": due.level, "contacts": due.contacts, "unacknowledged_minutes": round(minutes, 1)})
     notify_slack(ctx, incident.id, templates.status_update(
         incident, incident.status.value, incident.eta or "unknown - needs a human",
-        incident.impact or "being assessed", f"⏫ ESCALATION level {due.level}: {why}"))
+        incident.impact or "being assessed", f"⏫ ESCALATION level {due.level}: {why}",
+        paging=mentions(ctx, due.contacts)))
+    trigger_pagers(ctx, incident, due.level)
     comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
-                     f"### ⏫ Escalated to level {due.level}\n\n{templates.markdown_text(why, 600)}")
+                     f"### ⏫ Escalated to level {due.level}\n\n{templates.markdown_text(why, 600)}\n\nPaging: {who}")
     return {"incident": incident.id, "level": due.level, "contacts": due.contacts}
 
 
@@ -182,6 +185,7 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
         summary["open"] += 1
         ctx = _ctx(environment, config, incident)
         try:
+            retrigger_missing(ctx, incident)  # a page PagerDuty did not take is sent again
             escalated = escalate(ctx, incident, now)
             if escalated:
                 summary["escalated"].append(escalated)
@@ -221,6 +225,7 @@ def acknowledge(environment: str, incident_id: int, by: str) -> bool:
                               incident.acknowledged_by or "-")
         return False
     record(ctx, incident_id, by, "acknowledged", f"Acknowledged by {by}; escalation stops")
+    update_pagers(ctx, incident, "acknowledge", by)
     notify_slack(ctx, incident_id, templates.status_update(incident, incident.status.value, incident.eta or "being assessed",
                                                            incident.impact or "being assessed",
                                                            f"👀 Acknowledged by {by}; escalation stops."))

@@ -22,6 +22,8 @@ import yaml
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["PREFECT_LOGGING_LEVEL"] = os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING")
 
+from sandbox.pagerduty import routing_key  # noqa: E402
+from sandbox.slack import BOT_TOKEN as SLACK_BOT_TOKEN  # noqa: E402
 from sandbox.world import GITHUB_TOKEN, Sandbox  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,8 @@ TEST_DB = "runbooks_test"
 ADMIN_URL = os.environ.get("RUNBOOKS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BROKEN_IMAGE = "registry.sandbox.local/acme/api:v2-broken"
 APPROVER_CREDENTIALS = {"sam": "sam-credential-7f3a", "tess": "tess-credential-91bc", "rita": "rita-credential-0d42"}
+SLACK_SIGNING_SECRET = "slack-signing-canary-5e1d9c"
+PAGERDUTY_WEBHOOK_SECRET = "pagerduty-webhook-canary-77ab02"
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +92,8 @@ def app_database_url() -> str:
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory, app_database_url: str) -> Sandbox:
     world = Sandbox(state_dir=tmp_path_factory.mktemp("sandbox"), ready_delay=0.3, tick_seconds=0.1,
-                    database_url=app_database_url).start()
+                    database_url=app_database_url, slack_signing_secret=SLACK_SIGNING_SECRET,
+                    pagerduty_webhook_secret=PAGERDUTY_WEBHOOK_SECRET).start()
     yield world
     world.stop()
 
@@ -102,7 +107,12 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
                       RUNBOOKS_SECRET_SLACK_WEBHOOK_URL=sandbox.slack_webhook_url,
                       RUNBOOKS_SECRET_SECURITY_WEBHOOK_URL=sandbox.security_webhook_url,
                       RUNBOOKS_SECRET_API_DATABASE_URL=with_password(app_database_url),
-                      RUNBOOKS_SECRET_API_CACHE_URL=CACHE_SECRET_URL)
+                      RUNBOOKS_SECRET_API_CACHE_URL=CACHE_SECRET_URL,
+                      RUNBOOKS_SECRET_SLACK_BOT_TOKEN=SLACK_BOT_TOKEN,
+                      RUNBOOKS_SECRET_PAGERDUTY_SRE=routing_key("sre"),
+                      RUNBOOKS_SECRET_PAGERDUTY_LEADS=routing_key("leads"),
+                      RUNBOOKS_SLACK_SIGNING_SECRET=SLACK_SIGNING_SECRET,
+                      RUNBOOKS_PAGERDUTY_WEBHOOK_SECRET=PAGERDUTY_WEBHOOK_SECRET)
     raw = yaml.safe_load((ROOT / "config" / "sandbox.yaml").read_text())
     raw.setdefault("intake", {})["resolve_grace_seconds"] = 2  # a flap test waits seconds, not minutes
     env = raw["environments"]["sandbox"]
@@ -142,6 +152,10 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
     ingress = yaml.safe_load(yaml.safe_dump(env))  # blocks through the Ingress's deny list
     ingress["services"]["api"]["security"]["block_strategy"] = "ingress_denylist"
     raw["environments"]["sandbox-ingress"] = ingress
+    webhook_only = yaml.safe_load(yaml.safe_dump(env))  # a team without a Slack app: incoming webhooks
+    for key in ("api_url", "bot_token_secret", "channel", "security_channel"):
+        webhook_only["slack"].pop(key)
+    raw["environments"]["sandbox-webhook"] = webhook_only
     verified = yaml.safe_load(yaml.safe_dump(env))  # production's rules: verified approvers, four-eyes for P0
     verified["approval"].update(require_verified=True, four_eyes=["P0"])
     raw["environments"]["sandbox-verified"] = verified

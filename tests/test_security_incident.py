@@ -66,7 +66,7 @@ def test_approved_containment_rotates_blocks_and_logs_without_leaking(world, sto
     assert policy["spec"]["ingress"][0]["from"][0]["ipBlock"]["except"] == ["198.51.100.0/24", "203.0.113.7/32"]
     assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "debug"
 
-    security = [m for m in world.slack_messages if m["channel"] == "security"]
+    security = [m for m in world.slack_messages if m["channel"] == "C0SANDSEC"]
     assert security and security[0]["text"].startswith("🔐 SECURITY INCIDENT")
     timeline = store.timeline(result["incident_id"])
     kinds = [e.kind for e in timeline]

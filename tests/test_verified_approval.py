@@ -46,9 +46,9 @@ def test_p0_needs_two_verified_approvers_and_ignores_an_unverified_resume(world,
     run = FlowThread(service_down, service="api", environment="sandbox-verified")
     paused = run.wait_paused()
     approval = store.approval_for_run(str(paused.id))
-    page = f"{live_intake}/approvals/{approval['id']}"
+    page = f"{live_intake}/approvals/{approval['token']}"
     notice = next(m["text"] for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED"))
-    assert f"/approvals/{approval['id']}" in notice and "2 different approvers" in notice
+    assert f"/approvals/{approval['token']}" in notice and "2 different approvers" in notice
 
     # Looking never decides: a GET (also one carrying the form's fields, as a prefetching
     # scanner might send) shows the plan and changes nothing.
@@ -99,7 +99,7 @@ def test_a_single_verified_approver_suffices_below_p0_and_a_decline_changes_noth
     break_api(world)
     run = FlowThread(service_down, service="api", environment="sandbox-verified", severity="P1")
     paused = run.wait_paused()
-    page = f"{live_intake}/approvals/{store.approval_for_run(str(paused.id))['id']}"
+    page = f"{live_intake}/approvals/{store.approval_for_run(str(paused.id))['token']}"
     declined = httpx.post(page, timeout=15, json={"approver": "tess", "credential": APPROVER_CREDENTIALS["tess"],
                                                   "decision": "decline", "reason": "handling it by hand"})
     assert declined.status_code == 200, declined.text
@@ -118,7 +118,7 @@ def test_where_the_resume_form_suffices_an_answer_from_the_page_is_still_recorde
     run = FlowThread(service_down, service="api", environment="sandbox", severity="P1")
     paused = run.wait_paused()
     approval = store.approval_for_run(str(paused.id))
-    answered = _post(f"{live_intake}/approvals/{approval['id']}", "sam", reason="v2 crash-loops")
+    answered = _post(f"{live_intake}/approvals/{approval['token']}", "sam", reason="v2 crash-loops")
     assert answered.status_code == 200, answered.text
     result = run.join(120)
     assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam (verified)"
