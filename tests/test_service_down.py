@@ -68,7 +68,13 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
     assert any("Incident resolved" in c and "Root Cause" in c for c in comments)
 
     texts = _texts(world)
-    assert texts[0].startswith("🚨 INCIDENT ALERT\nSeverity: P0\nService: api\nIssue: #1\nStatus: Investigating")
+    # one Slack thread: the Initial Alert is its parent, kept current (now resolved), and every
+    # later message is a reply in it
+    parent, *replies = world.slack_messages
+    assert texts[0].startswith("🚨 INCIDENT ALERT\nSeverity: P0\nService: api\nIssue: #1\nStatus: ✅ Resolved")
+    assert parent["thread_ts"] is None and parent.get("edited")
+    assert replies and all(m["thread_ts"] == parent["ts"] and m["channel"] == parent["channel"] for m in replies)
+    assert "<@U0SANDOLA> <!subteam^S0SANDONCALL>" in texts[0] and "Incident Commander: <@U0SANDSAM>" in texts[0]
     assert any(t.startswith("✅ INCIDENT RESOLVED\nIssue: #1\nRoot Cause: A bad deployment") for t in texts)
 
     incident = store.get(result["incident_id"])
