@@ -18,7 +18,9 @@ import redis
 
 from sandbox.http import Fault
 from sandbox.world import GITHUB_TOKEN, SLACK_PATH, SLACK_SECURITY_PATH
-from tests.conftest import (APPROVER_CREDENTIALS, CAPTURED_LOGS, PG_CANARY, REDIS_CANARY, FlowThread, break_api,
+from sandbox.pagerduty import routing_key
+from sandbox.slack import BOT_TOKEN as SLACK_BOT_TOKEN
+from tests.conftest import (APPROVER_CREDENTIALS, CAPTURED_LOGS, PAGERDUTY_WEBHOOK_SECRET, SLACK_SIGNING_SECRET, PG_CANARY, REDIS_CANARY, FlowThread, break_api,
                             read_all, with_password)
 from tests.test_intake import REDIS_URL, TOKEN
 
@@ -31,6 +33,10 @@ CANARIES = {
     "database password": PG_CANARY,
     "cache url": REDIS_CANARY,
     "alert token": TOKEN,
+    "slack bot token": SLACK_BOT_TOKEN,
+    "slack signing secret": SLACK_SIGNING_SECRET,
+    "pagerduty webhook secret": PAGERDUTY_WEBHOOK_SECRET,
+    "pagerduty routing key": routing_key("sre"),
     **{f"approver credential ({name})": value for name, value in APPROVER_CREDENTIALS.items()},
 }
 
@@ -102,7 +108,7 @@ def _store_texts(database_url: str) -> list[tuple[str, str]]:
 def test_no_secret_ever_leaves_the_runbooks(world, monkeypatch, database_url, tmp_path_factory):
     held = " ".join(v for k, v in os.environ.items() if k.startswith("RUNBOOKS_SECRET_"))
     for name, canary in CANARIES.items():  # the runbooks really hold every canary
-        assert name == "alert token" or canary in held, name
+        assert name in ("alert token", "slack signing secret", "pagerduty webhook secret") or canary in held, name
     _drive_paths(world, monkeypatch)
 
     sources = _prefect_texts() + _store_texts(database_url)
