@@ -180,7 +180,7 @@ def test_a_more_severe_alert_raises_the_incident_and_pages_the_difference(intake
     assert added, "the sandbox's P0 pages someone P2 does not"
     raised = [m["text"] for m in world.slack_messages if m["text"].startswith("📊 INCIDENT UPDATE")
               and "severity raised from P2 to P0" in m["text"]]
-    assert len(raised) == 1 and all(c in raised[0] for c in added), raised
+    assert len(raised) == 1 and all(ctx.config.roles.mention(c) in raised[0] for c in added), raised
     assert not any(m["text"].startswith("🚨") for m in world.slack_messages), "no second Initial Alert"
     lower = intake.post("/alerts/alertmanager", json=_am_payload(_alert("s3", name="DatabaseIssues", severity="P3")),
                         headers=AUTH).json()
