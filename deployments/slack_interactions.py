@@ -96,7 +96,8 @@ def _press(payload: Any) -> dict | None:
     if action is None or not _USER_ID.match(str(user)):
         return None
     return {"user": user, "decision": DECISIONS[action["action_id"]], "token": str(action.get("value", "")),
-            "response_url": payload.get("response_url"), "blocks": (payload.get("message") or {}).get("blocks") or []}
+            "response_url": payload.get("response_url"), "blocks": (payload.get("message") or {}).get("blocks") or [],
+            "text": str((payload.get("message") or {}).get("text") or "")}
 
 
 def handle_press(press: dict, prefect_api_url: str, headers: dict[str, str]) -> None:
@@ -148,7 +149,8 @@ def _updated(press: dict, name: str, status: int, message: str) -> dict:
         blocks = [b for b in blocks if b is not None]
     blocks.append({"type": "context", "block_id": "runbooks_decided",
                    "elements": [{"type": "mrkdwn", "text": line[:3000]}]})
-    return {"replace_original": True, "text": line[:3000], "blocks": blocks}
+    text = (press.get("text", "") + "\n" + line).strip()
+    return {"replace_original": True, "text": text[-3000:], "blocks": blocks}
 
 
 def _without_buttons(block: dict) -> dict | None:

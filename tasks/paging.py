@@ -99,7 +99,7 @@ def _send(ctx: RunContext, incident: Incident, name: str, action: str,
         with ctx.pagerduty() as pagerduty:
             routing_key = resolve_secret(service.routing_key_secret)
             if action == "trigger":
-                pagerduty.send(routing_key, "trigger", key, summary=redact(f"[{incident.severity.value}] {incident.title}"),
+                pagerduty.send(routing_key, "trigger", key, summary=redact(incident.title),
                                source=f"{incident.environment}/{incident.service}",
                                severity=PAGERDUTY_SEVERITY[incident.severity.value],
                                details={"incident": incident.id, "scenario": incident.scenario,

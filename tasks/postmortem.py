@@ -94,7 +94,7 @@ def announce(ctx: RunContext, incident: Incident, store: FollowUpStore) -> None:
     link = ctx.run_url(run_id)
     notify_slack(ctx, incident.id, f"📝 POST-MORTEM NEEDED\nIssue: {incident.issue_ref}\n"
                                    f"Service: {templates.slack_text(incident.service)}\n"
-                                   f"Documentation: {ctx.config.roles.documentation}\nDue: {templates.stamp(due)}\n"
+                                   f"Documentation: {ctx.config.roles.mention(ctx.config.roles.documentation)}\nDue: {templates.stamp(due)}\n"
                                    f"Fill in the form: {link}", link=("Open the form", link) if link else None)
     record(ctx, incident.id, "runbook", "postmortem_requested", f"Post-mortem requested, due {templates.stamp(due)}")
 

@@ -94,7 +94,7 @@ def remind_postmortems(environment: str, config: EnvironmentConfig, store: Follo
         overdue = now - incident.resolved_at
         text = (f"📝 POST-MORTEM OVERDUE\nIssue: {incident.issue_ref}\nService: {templates.slack_text(incident.service)}\n"
                 f"Resolved {overdue.days} days ago; the playbook asks for the post-mortem within "
-                f"{settings.postmortem_due_days:g} days.\nDocumentation: {config.roles.documentation}\n"
+                f"{settings.postmortem_due_days:g} days.\nDocumentation: {config.roles.mention(config.roles.documentation)}\n"
                 f"Fill it in: the post-incident run" + (f" {ctx.run_url(row['postmortem_run'])}"
                                                           if row["postmortem_run"] else f" (`runbooks postmortem {incident.id}`)"))
         notify_slack(ctx, incident.id, text)

@@ -167,7 +167,7 @@ def test_post_incident_flow_end_to_end_files_action_items_and_tracks_them(world,
     assert "### Timeline" in description and "Incident detected" in description and "Service restored" in description
     assert "plan approved by alice" in description
     assert {"completed_by", "root_cause", "lessons", "action_items"} <= set(schema["properties"])
-    assert any(t.startswith("📝 POST-MORTEM NEEDED") and "@docs-ana" in t for t in _texts(world))
+    assert any(t.startswith("📝 POST-MORTEM NEEDED") and "<@U0SANDANA>" in t for t in _texts(world))
 
     bad = run.resume(paused.id, completed_by="dana", root_cause="x", action_items=[{"title": "a", "due": "2d"}])
     assert bad.status.value == "REJECT"  # the typed form: wrong horizon, too short a title
@@ -254,7 +254,7 @@ def test_an_overdue_post_mortem_is_reminded(world, store, database_url):
     assert incident.id in sweep("sandbox", now=resolved + timedelta(days=7, minutes=1))["postmortem_reminders"]
     assert incident.id not in sweep("sandbox", now=resolved + timedelta(days=7, hours=2))["postmortem_reminders"]
     assert incident.id in sweep("sandbox", now=resolved + timedelta(days=8, minutes=2))["postmortem_reminders"]
-    assert any(t.startswith("📝 POST-MORTEM OVERDUE") and "@docs-ana" in t for t in _texts(world))
+    assert any(t.startswith("📝 POST-MORTEM OVERDUE") and "<@U0SANDANA>" in t for t in _texts(world))
     assert [e.kind for e in store.timeline(incident.id)].count("postmortem_overdue") == 2
 
 
