@@ -114,7 +114,7 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
                      f"⏸️ APPROVAL NEEDED\nIssue: {incident.issue_ref}\nService: {ctx.service_name} ({ctx.environment})\n"
                      + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
                      + "\n" + "\n".join(plan.judgement_lines())
-                     + f"\nDeadline: {timeout // 60} min (then declined)\n{how}",
+                     + f"\nDeadline: {timeout // 60} min (then declined)\n{how}" + _approvers_line(ctx, incident),
                      link=("Review the plan", link) if link else None, buttons=_buttons(ctx, incident, token))
 
     deadline = time.monotonic() + timeout
@@ -155,6 +155,13 @@ def _token(store, approval_id: int | None, earlier: dict | None) -> str | None:
     except StoreError:
         return None
     return row["token"] if row else None
+
+
+def _approvers_line(ctx: RunContext, incident: Incident) -> str:
+    """The approvers of this severity who have Slack IDs, mentioned so that Slack notifies them."""
+    members = [f"<@{a.slack_user}>" for a in ctx.config.approval.approvers
+               if a.slack_user and incident.severity.value in a.severities]
+    return f"\nApprovers: {' '.join(members)}" if members else ""
 
 
 def _buttons(ctx: RunContext, incident: Incident, token: str | None) -> list[dict] | None:

@@ -102,6 +102,7 @@ def test_every_fault_is_drilled_end_to_end(world, store, drill_env, app_database
         assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'sandbox_app'").fetchone()[0] == 0
     assert not world.cluster.list("networkpolicies", "sandbox")
     assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "info"
+    assert world.pagerduty.events == [], "a drill never wakes anyone through PagerDuty"
 
 
 def test_a_drill_whose_runbook_fails_still_cleans_up_and_records_it(world, drill_env):

@@ -75,6 +75,29 @@ def test_slack_honours_retry_after(world):
     assert world.slack_messages[0]["text"] == "hello" and world.slack_messages[0]["blocks"]
 
 
+def test_the_slack_app_honours_retry_after_and_names_a_refusal_without_its_token(world):
+    from integrations.slack import SlackApp
+    from sandbox.slack import BOT_TOKEN
+
+    world.faults.set("slack", Fault(status=429, retry_after=1, count=1))
+    start = time.monotonic()
+    with SlackApp(world.url + "/slack/api", BOT_TOKEN) as app:
+        parent = app.post("C0SANDINC", "parent")
+        reply = app.post("C0SANDINC", "reply", thread_ts=parent.ts)
+        app.update("C0SANDINC", parent.ts, "parent, updated")
+    assert time.monotonic() - start >= 1.0
+    assert [(m["text"], m["thread_ts"]) for m in world.slack_messages] == [("parent, updated", None),
+                                                                           ("reply", parent.ts)]
+    assert reply.channel == "C0SANDINC" and reply.ts != parent.ts
+    for token, channel, error in (("xoxb-wrong", "C0SANDINC", "invalid_auth"), (BOT_TOKEN, "C0NOWHERE", "channel_not_found")):
+        with SlackApp(world.url + "/slack/api", token, retry=FAST) as app, pytest.raises(IntegrationError) as err:
+            app.post(channel, "x")
+        assert error in str(err.value) and "xoxb-wrong" not in str(err.value)
+    with SlackApp(world.url + "/slack/api", BOT_TOKEN) as app, pytest.raises(IntegrationError) as err:
+        app.post("C0SANDINC", "x", [{"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}])
+    assert "invalid_blocks" in str(err.value)  # Block Kit's header limit, as Slack enforces it
+
+
 def test_slack_errors_never_show_the_webhook_url(world):
     webhook = SlackWebhook(world.url + "/slack/services/T0/B0/not-the-secret", retry=FAST)
     with pytest.raises(IntegrationError) as err:

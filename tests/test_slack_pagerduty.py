@@ -108,6 +108,7 @@ def test_two_incidents_two_threads_and_every_message_in_its_own(world, store):
     notice = next(m for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED"))
     actions = next(b for b in notice["blocks"] if b["type"] == "actions")
     assert [e.get("action_id") for e in actions["elements"]][:2] == ["runbooks_approve", "runbooks_decline"]
+    assert "Approvers: <@U0SANDSAM> <@U0SANDTESS>" in notice["text"]  # rita may not approve P1: not called
     _vendor_shapes_hold(world)
     for name, run in runs.items():
         run.resume(paused[name].id, approve=False, approver="carol", reason="not now")
