@@ -350,8 +350,9 @@ Ready.
   Sandbox           {SANDBOX_URL}  (Kubernetes API https://{HOST}:{SANDBOX_KUBE_PORT})
   Prometheus        http://{HOST}:{PROMETHEUS_PORT}  (scrapes the sandbox services)
   Alert intake      {INTAKE_URL}/alerts/alertmanager  (Authorization: Bearer {env["RUNBOOKS_ALERT_TOKEN"]})
-  Approval page     {INTAKE_URL}/approvals/<id>  (linked from each APPROVAL NEEDED message; approvers sam, tess,
-                    rita with their credentials in .run/approver-credentials)
+  Approval page     {INTAKE_URL}/approvals/<token>  (linked from each APPROVAL NEEDED message; approvers sam,
+                    tess, rita with their credentials in .run/approver-credentials)
+  Slack thread      {SANDBOX_URL}/_sandbox/slack/messages  (PagerDuty: {SANDBOX_URL}/_sandbox/pagerduty/events)
   Kubeconfig        {kubeconfig}
   Logs              {RUN_DIR.relative_to(ROOT)}/
 
@@ -359,6 +360,8 @@ Try next:
   1. Break the sandbox:   KUBECONFIG={kubeconfig} kubectl -n sandbox set image deployment/api api=registry.sandbox.local/acme/api:v2-broken
   2. Run the runbook:     open {PREFECT_URL}/deployments, pick service-down / sandbox, click Run
   3. Approve the plan:    open the paused run, click Resume, switch approve on, give your name and a reason
+     or press Approve in Slack as sam:
+                          curl -X POST {SANDBOX_URL}/_sandbox/slack/press -d '{{"user": "U0SANDSAM", "action": "approve"}}'
 """, flush=True)
 
 
