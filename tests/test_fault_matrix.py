@@ -415,7 +415,10 @@ def _judge(lane: Lane, target: Target, phase: str, outcome: dict[str, Any]) -> l
     else:
         state = result.get("outcome")
         if phase in MUST_RESOLVE.get(dependency, ()) and state != "resolved":
-            problems.append(f"a {name} failure in {phase} stopped the remediation: {state} {result.get('error', '')}")
+            why = next((e.message for e in reversed(store.timeline(incident.id)) if e.kind in ("escalated", "diagnosed")),
+                       "") if incident is not None else ""
+            problems.append(f"a {name} failure in {phase} stopped the remediation: {state} {result.get('error', '')} "
+                            f"{why[:300]}")
         if state == "remediation_failed":
             if name.lower() not in result.get("error", "").lower():
                 problems.append(f"the remediation failure does not name {name}: {result.get('error')}")
