@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/engine_latency.py
 	$(PY) benchmarks/outage_replay.py
 	$(PY) benchmarks/judgement.py
+	$(PY) benchmarks/slack_interactions.py
 
 sandbox: $(STAMP)
 	$(PY) -m sandbox
