@@ -213,7 +213,9 @@ def record_answer(approval: dict, config: Any, name: str, decision: str, reason:
         taken_back = _take_back(store, approval, name)
         raise Refused(503, f"not recorded: the run could not be resumed ({problem}); answer again in a moment"
                       if taken_back else f"the run could not be resumed ({problem}); give the same answer again")
-    return 200, ("Approved" if decision == "approve" else "Declined") + f" by {run_input['approver']}; the run continues."
+    if decision == "approve":
+        return 200, f"Approved by {run_input['approver']}; the run continues."
+    return 200, f"Declined by {name}; nothing is changed and a person takes over."
 
 
 def _completes(store: Any, config: Any, approval: dict) -> bool:
