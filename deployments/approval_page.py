@@ -208,9 +208,13 @@ def record_answer(approval: dict, config: Any, name: str, decision: str, reason:
         return 202, f"Approved by {', '.join(approving)}; waiting for {needed - len(approving)} more different approver(s)."
     run_input = {"approve": decision == "approve", "reason": reason or decision,
                  "approver": " + ".join(approving) if decision == "approve" else name}
-    problem = _resume(approval["flow_run_id"], run_input, prefect_api_url, headers)
+    try:
+        problem = _resume(approval["flow_run_id"], run_input, prefect_api_url, headers)
+    except Refused:
+        _take_back(store, approval, name, "the run is no longer waiting")
+        raise
     if problem is not None:
-        taken_back = _take_back(store, approval, name)
+        taken_back = _take_back(store, approval, name, "Prefect did not take the resume")
         raise Refused(503, f"not recorded: the run could not be resumed ({problem}); answer again in a moment"
                       if taken_back else f"the run could not be resumed ({problem}); give the same answer again")
     if decision == "approve":
@@ -236,18 +240,32 @@ def _resume(flow_run_id: str | None, run_input: dict, prefect_api_url: str, head
     if answer.status_code >= 400:
         return f"Prefect API: HTTP {answer.status_code}"
     if body.get("status") != "ACCEPT":
+        ended = _ended(flow_run_id, prefect_api_url, headers)
+        if ended:
+            raise Refused(409, f"the run is no longer waiting (it is {ended}): nothing was changed, and "
+                               "nothing will be; the incident is with a person")
         return "the run did not accept it: " + str((body.get("details") or {}).get("reason", body.get("status")))[:200]
     return None
 
 
-def _take_back(store: Any, approval: dict, name: str) -> bool:
+def _ended(flow_run_id: str, prefect_api_url: str, headers: dict[str, str]) -> str | None:
+    """The final state's name of a run that will never wait again (cancelled, crashed, ...)."""
+    try:
+        state = httpx.get(f"{prefect_api_url.rstrip('/')}/flow_runs/{flow_run_id}", headers=headers,
+                          timeout=5).json().get("state") or {}
+    except (httpx.HTTPError, ValueError):
+        return None
+    return state.get("name") if state.get("type") in ("CANCELLED", "CANCELLING", "CRASHED", "FAILED",
+                                                      "COMPLETED") else None
+
+
+def _take_back(store: Any, approval: dict, name: str, why: str) -> bool:
     from incidents.store import StoreError
 
     try:
         taken = store.unsign(approval["id"], name)
         store.add_event(approval["incident_id"], name, "approval_not_delivered",
-                        f"{name}'s answer was not delivered to the run (Prefect did not take the resume): "
-                        "taken back, to be given again")
+                        f"{name}'s answer was not delivered to the run ({why}): taken back")
         return taken
     except StoreError as exc:
         log.error("approval %s: %s's answer could not be taken back: %s", approval["id"], name, exc)

@@ -455,6 +455,14 @@ class IncidentStore:
                                    WHERE i.environment = %s AND a.decision IS NULL AND a.deadline_at <= %s
                                      AND a.flow_run_id IS NOT NULL ORDER BY a.id""", (environment, now)).fetchall()
 
+    def waiting_approvals(self, environment: str, older_than_seconds: float = 30.0) -> list[dict]:
+        """Pending approvals of runs, asked for at least this long ago (the watch checks their runs)."""
+        with self._connect() as conn:
+            return conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
+                                   WHERE i.environment = %s AND a.decision IS NULL AND a.flow_run_id IS NOT NULL
+                                     AND a.requested_at <= now() - make_interval(secs => %s) ORDER BY a.id""",
+                                (environment, older_than_seconds)).fetchall()
+
     # -- the action log: each approved action once ------------------------------------------------
     def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> dict:
         """Claim an approved action of this incident's plan. Returns the log row; `first` is False

@@ -73,6 +73,14 @@ def record_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - the API may be what failed; the record still matters
         message = ""
         _log.warning("could not read who cancelled run %s: %s", run_id, exc)
+    note_cancellation(flow_run, message)
+
+
+def note_cancellation(flow_run: Any, message: str) -> None:
+    """Free the service, and write and announce who cancelled and what was done before. Also
+    called by the incident watch for a run cancelled while suspended at its approval: that run
+    has no process, so no worker runs its on_cancellation hook."""
+    run_id = str(flow_run.id)
     store = IncidentStore()
     params = flow_run.parameters or {}
     try:

@@ -28,6 +28,7 @@ from incidents.models import Incident
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.approval import TIMEOUT_REASON, deadline_answer
+from tasks.cancellation import note_cancellation
 from tasks.context import RunContext, SecretNotFound
 from tasks.correlation import withdraw_quiet
 from tasks.incident import resolve_incident
@@ -168,6 +169,40 @@ def decline_expired_approvals(environment: str, config: EnvironmentConfig, store
     return declined
 
 
+_ENDED = ("CANCELLED", "CRASHED", "FAILED", "COMPLETED")
+
+
+def close_ended_runs(environment: str, store: FollowUpStore) -> list[int]:
+    """Approvals whose runs ended without an answer are closed (withdrawn), so that a press in
+    Slack or on the page says so instead of failing. A run cancelled while suspended at its
+    approval has no process, so no worker runs its on_cancellation hook: the Cancel is recorded
+    and announced here."""
+    closed = []
+    waiting = store.waiting_approvals(environment)
+    if not waiting:
+        return closed
+    with get_client(sync_client=True) as client:
+        for approval in waiting:
+            try:
+                run = client.read_flow_run(approval["flow_run_id"])
+            except Exception as exc:  # noqa: BLE001 - the API is down or the run is gone: next sweep
+                get_run_logger().warning("Approval %s: run %s not read: %s", approval["id"], approval["flow_run_id"], exc)
+                continue
+            if run.state is None or run.state.type.value not in _ENDED:
+                continue
+            if not store.withdraw_approval(approval["id"], "incident-watch",
+                                           f"run {run.name} ended ({run.state.name}) without an answer"):
+                continue
+            closed.append(approval["id"])
+            if run.state.type.value == "CANCELLED":
+                note_cancellation(run, run.state.message or "")
+            else:
+                store.add_event(approval["incident_id"], "incident-watch", "approval_closed",
+                                f"Run {run.name} ended ({run.state.name}) while waiting for approval: the request "
+                                "is closed; nothing was changed")
+    return closed
+
+
 def _resume(flow_run_id: str, answer: dict) -> bool:
     with get_client(sync_client=True) as client:
         return client.resume_flow_run(flow_run_id, run_input=answer).status.value == "ACCEPT"
@@ -194,6 +229,7 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
         except StoreError as exc:
             get_run_logger().error("Incident %s skipped this sweep: %s", incident.id, exc)
     summary["expired_approvals"] = decline_expired_approvals(environment, config, store, now)
+    summary["ended_runs"] = close_ended_runs(environment, store)
     summary["withdrawn"] = withdraw_quiet(store, environment, load_config().intake.resolve_grace_seconds, now,
                                           _resume)
     summary["postmortem_reminders"] = remind_postmortems(environment, config, store, now)

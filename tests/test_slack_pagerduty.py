@@ -349,3 +349,33 @@ def test_a_pagerduty_outage_never_stops_the_run_and_the_watch_pages_again(world,
     assert [e["event_action"] for e in world.pagerduty.events] == ["trigger"]
     run.resume(paused.id, approve=True, approver="carol", reason="go")
     assert run.join(120)["outcome"] == "resolved"
+
+
+def test_a_run_cancelled_while_it_waits_closes_its_approval_and_a_press_then_says_so(world, store, slack_intake):
+    """A run suspended at its approval has no process: Cancel runs no hook. The watch closes its
+    request and records the Cancel; a press afterwards changes nothing and says why."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from flows.service_down import service_down
+    from tasks.watch import sweep
+
+    break_api(world)
+    run = FlowThread(service_down, service="api", severity="P1")
+    paused = run.wait_paused()
+    approval = store.approval_for_run(str(paused.id))
+    with get_client(sync_client=True) as client:  # what the UI's Cancel does to a run with no process
+        client.set_flow_run_state(paused.id, Cancelled(message="Cancelled by dana: taking over"), force=True)
+    with store._connect() as conn:  # asked for a minute ago: the watch leaves fresh requests alone
+        conn.execute("UPDATE approvals SET requested_at = now() - interval '1 minute' WHERE id = %s", (approval["id"],))
+    assert approval["id"] in sweep("sandbox")["ended_runs"]
+    closed = store.approval(approval["id"])
+    assert closed["decision"] == "withdrawn" and "without an answer" in closed["reason"]
+    cancelled = [e for e in store.timeline(approval["incident_id"]) if e.kind == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0].actor == "dana" and "nothing was changed" in cancelled[0].message
+    assert any("Runbook cancelled" in m["text"] for m in world.slack_messages)
+    _press(world, "U0SANDSAM")
+    _until(lambda: _ephemeral(world, "U0SANDSAM"))
+    assert "already decided: withdrawn" in _ephemeral(world, "U0SANDSAM")[0]
+    assert store.signatures(approval["id"]) == [] and api_image(world) == BROKEN_IMAGE
+    assert sweep("sandbox")["ended_runs"] == []  # once
