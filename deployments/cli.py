@@ -48,6 +48,14 @@ class CliError(Exception):
         self.code = code
 
 
+def store_failure(exc: Exception) -> CliError:
+    """The exit code of an incident store failure, chosen by its type, in one place: a wrong id
+    fails (1); a store that cannot be reached is unreachable (4), worth trying again."""
+    from incidents.store import NotFound
+
+    return CliError(str(exc), FAILED if isinstance(exc, NotFound) else UNREACHABLE)
+
+
 def api_url() -> str:
     return os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
 
@@ -261,7 +269,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     try:
         incidents = store.list(limit=args.limit, open_only=args.open)
     except StoreError as exc:
-        raise CliError(str(exc), UNREACHABLE) from None
+        raise store_failure(exc) from None
     if not incidents:
         print("no incidents" + (" open" if args.open else ""))
     for i in incidents:
@@ -276,7 +284,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
         incident = store.get(args.id)
         timeline = store.timeline(args.id)
     except StoreError as exc:
-        raise CliError(str(exc), FAILED if "no incident" in str(exc) else UNREACHABLE) from None
+        raise store_failure(exc) from None
     print(f"incident #{incident.id}: {incident.title}")
     print(f"  {incident.severity.value} ({incident.severity.label}), {incident.status.value}, "
           f"{incident.service} in {incident.environment}, issue {incident.issue_url or '-'}")
@@ -299,7 +307,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     try:
         incident = store.get(args.id)
     except StoreError as exc:
-        raise CliError(str(exc), FAILED if "no incident" in str(exc) else UNREACHABLE) from None
+        raise store_failure(exc) from None
     if incident.resolved_at is not None:
         raise CliError(f"incident #{args.id} is already resolved ({incident.resolution or 'no resolution noted'})")
     by, note = _who(args.by), args.note.strip()
@@ -329,7 +337,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
         acknowledged = acknowledge(incident.environment, args.id, _who(args.by))
         incident = store.get(args.id)
     except StoreError as exc:
-        raise CliError(str(exc), FAILED if "no incident" in str(exc) else UNREACHABLE) from None
+        raise store_failure(exc) from None
     if acknowledged:
         print(f"incident #{args.id} acknowledged by {incident.acknowledged_by}; escalation stops")
         return OK
@@ -345,7 +353,7 @@ def cmd_postmortem(args: argparse.Namespace) -> int:
     try:
         incident = store.get(args.id)
     except StoreError as exc:
-        raise CliError(str(exc), FAILED if "no incident" in str(exc) else UNREACHABLE) from None
+        raise store_failure(exc) from None
     deployment = f"post-incident/{incident.environment}"
     dep = _api("GET", f"/deployments/name/{deployment}")
     run = _api("POST", f"/deployments/{dep['id']}/create_flow_run",
@@ -364,7 +372,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     try:
         metrics = measure(args.env)
     except StoreError as exc:
-        raise CliError(str(exc), UNREACHABLE) from None
+        raise store_failure(exc) from None
     except ConfigError as exc:
         raise CliError(str(exc), USAGE) from None
     if args.chart:

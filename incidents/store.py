@@ -222,7 +222,15 @@ _SCHEMA_LOCK = 7_310_224_001  # an advisory lock id: concurrent first uses creat
 
 
 class StoreError(Exception):
-    """The incident store could not be reached or refused an operation."""
+    """The incident store failed an operation: `StoreUnreachable` or `NotFound`."""
+
+
+class StoreUnreachable(StoreError):
+    """The store could not be reached, cut the connection off, or speaks something else."""
+
+
+class NotFound(StoreError):
+    """What was asked for is not in the store (a wrong id): retrying will not help."""
 
 
 def database_url() -> str:
@@ -262,7 +270,7 @@ class IncidentStore:
                                  row_factory=dict_row) as conn:
                 yield conn
         except psycopg.Error as exc:  # unreachable, cut off, or speaking something else
-            raise StoreError(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
+            raise StoreUnreachable(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
 
     def ensure_schema(self) -> None:
         with self._ready_lock:
@@ -274,7 +282,7 @@ class IncidentStore:
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                     conn.execute(SCHEMA)
             except psycopg.Error as exc:
-                raise StoreError(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
+                raise StoreUnreachable(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
             self._ready.add(self.url)
 
     def _create_database_if_missing(self) -> None:
@@ -322,7 +330,7 @@ class IncidentStore:
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM incidents WHERE id = %s", (incident_id,)).fetchone()
         if row is None:
-            raise StoreError(f"no incident {incident_id}")
+            raise NotFound(f"no incident {incident_id}")
         return _incident(row)
 
     def list(self, limit: int = 50, open_only: bool = False, environment: str | None = None) -> list[Incident]:

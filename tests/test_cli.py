@@ -78,6 +78,16 @@ def test_errors_say_what_to_do_and_exit_codes_are_stable(cli, capsys, monkeypatc
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     assert cli(["approvals"]) == 4
     assert "is `make up` running?" in capsys.readouterr().err
+    # the incident store: a wrong id fails (1), a store out of reach is unreachable (4), by the error's type
+    assert cli(["incident", "987654321"]) == 1
+    assert "no incident 987654321" in capsys.readouterr().err
+    from incidents.store import IncidentStore
+
+    monkeypatch.setattr(IncidentStore, "_ready", set())  # the dead store below is never "ready"
+    monkeypatch.setenv("RUNBOOKS_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/runbooks_test")
+    monkeypatch.setenv("RUNBOOKS_DATABASE_TIMEOUT", "1")
+    assert cli(["incident", "1"]) == 4
+    assert "incident store at 127.0.0.1:9" in capsys.readouterr().err
 
 
 def test_a_busy_server_is_asked_again_and_a_run_starts_once(cli, capsys, monkeypatch):

@@ -20,18 +20,9 @@ from sandbox.slack import block_problems, sign
 from tests.conftest import (APPROVER_CREDENTIALS, BROKEN_IMAGE, SLACK_SIGNING_SECRET, FlowThread, api_image,
                             break_api, kubectl)
 from tests.test_intake import _settings, deployments, live_intake  # noqa: F401 - fixtures
+from tests.test_intake import _wait_for as _until
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-def _until(predicate, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def _press(world, user: str, action: str = "approve", **extra) -> dict:
