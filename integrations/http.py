@@ -37,9 +37,14 @@ class RetryPolicy:
     max_wait: float = 30.0  # never sleep longer than this for one Retry-After
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
-        header = response.headers.get("Retry-After") if response is not None else None
-        if header:
-            return min(_parse_retry_after(header), self.max_wait)
+        return self.pause(attempt, response.headers.get("Retry-After") if response is not None else None)
+
+    def pause(self, attempt: int, retry_after: str | None) -> float:
+        """How long to wait before the next attempt: the server's Retry-After (seconds or an
+        HTTP date) when it sent one, else the doubling backoff; never more than max_wait.
+        Every client (HTTP, Kubernetes) uses this one rule."""
+        if retry_after:
+            return min(_parse_retry_after(str(retry_after)), self.max_wait)
         return min(self.backoff * (2 ** (attempt - 1)), self.max_wait)
 
 

@@ -216,8 +216,7 @@ class KubernetesClient(Closing):
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 last, retry_after, status = f"{type(exc).__name__}: {exc}", None, None
             if attempt < self.retry.attempts:
-                wait = float(retry_after) if retry_after and str(retry_after).isdigit() else self.retry.delay(attempt, None)
-                time.sleep(min(wait, self.retry.max_wait))
+                time.sleep(self.retry.pause(attempt, retry_after))
         raise IntegrationError(f"Kubernetes {what}", f"{last} (after {self.retry.attempts} attempts)",
                                status=status, transient=True)
 

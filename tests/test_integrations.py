@@ -98,6 +98,17 @@ def test_the_slack_app_honours_retry_after_and_names_a_refusal_without_its_token
     assert "invalid_blocks" in str(err.value)  # Block Kit's header limit, as Slack enforces it
 
 
+def test_one_retry_rule_reads_retry_after_as_seconds_or_a_date():
+    from email.utils import format_datetime
+    from datetime import datetime, timedelta, timezone
+
+    policy = RetryPolicy(attempts=4, backoff=0.5, max_wait=30)
+    assert policy.pause(1, "1.5") == 1.5 and policy.pause(1, "120") == 30  # capped
+    in_ten = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
+    assert 8 <= policy.pause(1, in_ten) <= 10
+    assert policy.pause(3, None) == 2.0 and policy.pause(1, "soon") == 1.0  # backoff; unreadable: a second
+
+
 def test_slack_errors_never_show_the_webhook_url(world):
     webhook = SlackWebhook(world.url + "/slack/services/T0/B0/not-the-secret", retry=FAST)
     with pytest.raises(IntegrationError) as err:
