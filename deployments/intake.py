@@ -53,11 +53,14 @@ from incidents.alerts import DEFAULT_SEVERITY, Alert, BadPayload, Route, RunRequ
     parse_grafana, route, verify_grafana_signature
 from incidents.models import Incident, Severity
 from incidents.store import IncidentStore, StoreError
+from integrations.errors import IntegrationError
+from integrations.http import RetryPolicy, arequest
 from tasks.context import RunContext
 from tasks.correlation import alert_resolved, detected, join, withdraw_quiet
 from tasks.incident import alert_started_at
 
 log = logging.getLogger("runbooks.intake")
+CREATE_RETRY = RetryPolicy(attempts=4, backoff=0.2, max_wait=5.0)  # a busy Prefect API: 0.2, 0.4, 0.8 s
 KEY_PREFIX = "runbooks:alert:"
 
 
@@ -282,22 +285,12 @@ def create_app(settings: IntakeSettings) -> Starlette:
         body = {"parameters": parameters, "idempotency_key": f"alert:{key}", "name": name,
                 "tags": ["alert", alert["source"]]}
         async with state["creating"]:
-            for attempt in range(4):
-                try:
-                    response = await state["prefect"].post(f"/deployments/{dep_id}/create_flow_run", json=body)
-                except httpx.HTTPError as exc:
-                    response, error = None, f"{type(exc).__name__}: {exc}"
-                else:
-                    if response.status_code < 300 or not (response.status_code == 429 or response.status_code >= 500):
-                        break
-                    error = f"HTTP {response.status_code}"
-                if attempt < 3:
-                    await asyncio.sleep(0.2 * 2 ** attempt)
-            if response is None:
-                raise Unavailable(f"Prefect API: {error}")
-        if response.status_code >= 300:
-            raise Unavailable(f"Prefect API answered {response.status_code} creating a run of {request.deployment}: "
-                              f"{response.text[:200]}")
+            try:
+                response = await arequest(state["prefect"], "POST", f"/deployments/{dep_id}/create_flow_run",
+                                          what=f"Prefect API, creating a run of {request.deployment}",
+                                          retry=CREATE_RETRY, json=body)
+            except IntegrationError as exc:
+                raise Unavailable(str(exc)) from None
         run_id = response.json()["id"]
         log.info("alert %s (%s) started %s run %s", alert["fingerprint"], alert["labels"].get("alertname"),
                  request.deployment, run_id)

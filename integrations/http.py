@@ -3,6 +3,7 @@ timeouts, 429 (honouring Retry-After) and 5xx."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ssl
 import time
@@ -91,6 +92,29 @@ def request(client: httpx.Client, method: str, url: str, *, what: str, retry: Re
         if on_retry is not None:
             on_retry(last, pause)
         time.sleep(pause)
+    raise IntegrationError(what, f"{last} (after {retry.attempts} attempts)",
+                           status=response.status_code if response is not None else None, transient=True)
+
+
+async def arequest(client: httpx.AsyncClient, method: str, url: str, *, what: str, retry: RetryPolicy = RetryPolicy(),
+                   ok: tuple[int, ...] = (), **kwargs) -> httpx.Response:
+    """`request` for asyncio: the same retries, the same rule for Retry-After, the same errors."""
+    last: str = ""
+    response: httpx.Response | None = None
+    for attempt in range(1, retry.attempts + 1):
+        response = None
+        try:
+            response = await client.request(method, url, **kwargs)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            last = f"{type(exc).__name__}: {exc or 'no response'}"
+        else:
+            if response.status_code < 400 or response.status_code in ok:
+                return response
+            last = f"HTTP {response.status_code}: {_short(response)}"
+            if not is_transient(response.status_code):
+                raise IntegrationError(what, last, status=response.status_code)
+        if attempt < retry.attempts:
+            await asyncio.sleep(retry.delay(attempt, response))
     raise IntegrationError(what, f"{last} (after {retry.attempts} attempts)",
                            status=response.status_code if response is not None else None, transient=True)
 

@@ -98,6 +98,26 @@ def test_the_slack_app_honours_retry_after_and_names_a_refusal_without_its_token
     assert "invalid_blocks" in str(err.value)  # Block Kit's header limit, as Slack enforces it
 
 
+def test_the_async_request_retries_like_the_sync_one(world):
+    """The intake's calls to Prefect go through `arequest`: the same retries and errors as every client."""
+    import asyncio
+
+    import httpx
+
+    from integrations.http import arequest
+
+    async def call(path: str):
+        async with httpx.AsyncClient(base_url=world.url) as client:
+            return await arequest(client, "GET", path, what="the sandbox", retry=FAST)
+
+    world.faults.set("services", Fault(status=503, count=2, retry_after=0))
+    assert asyncio.run(call("/services/api/__ok")).status_code == 200
+    assert world.faults.hits["services"] == 3
+    with pytest.raises(IntegrationError) as refused:
+        asyncio.run(call("/services/nowhere/__ok"))  # 404: not worth asking again
+    assert refused.value.status == 404 and not refused.value.transient
+
+
 def test_one_retry_rule_reads_retry_after_as_seconds_or_a_date():
     from email.utils import format_datetime
     from datetime import datetime, timedelta, timezone
