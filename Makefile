@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down test bench sandbox venv clean packages
+.PHONY: up down test unit bench sandbox venv clean packages
 
 $(STAMP): pyproject.toml
 	@echo "Creating the virtual environment in $(VENV) (first run only)"
@@ -28,6 +28,9 @@ down:
 test: $(STAMP)
 	@bash scripts/debian-packages.sh test
 	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest -m unit -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/diagnosis_fanout.py

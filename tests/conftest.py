@@ -380,3 +380,17 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     if outcome.get_result().failed:
         item.failed = True
+
+
+# Fixtures that start or reach a service. A test that asks for none of them is a unit test
+# (`make unit`: `pytest -m unit`, seconds and no services); everything runs in `make test`.
+SERVICE_FIXTURES = {"sandbox", "world", "test_config", "prefect_server", "database_url", "app_database_url", "store",
+                    "cache_server", "deployments", "intake", "live_intake", "stack", "drill_env", "inline_worker",
+                    "prometheus_server", "second_world", "lanes", "alertmanager", "cli", "slack_intake"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.unit)
+
