@@ -8,7 +8,7 @@ from typing import Callable
 
 from incidents.plans import PlannedAction
 from integrations.cache import CacheClient
-from integrations.kubernetes import container_image, revision_of
+from integrations.kubernetes import revision_of
 from integrations.kubernetes_security import get_config_value, ingress_denylist, policies_selecting, secret_metadata
 from tasks.context import RunContext, resolve_secret
 from tasks.database import postgres

@@ -188,7 +188,7 @@ def test_a_manual_scale_is_reverted_by_the_hpa_so_it_is_never_planned_against_on
 
 
 def test_a_paused_deployment_is_reported_not_restarted(world, store):
-    from incidents.plans import Grant, Plan, PlannedAction
+    from incidents.plans import PlannedAction
     from tasks.context import RunContext
     from tasks.prechecks import TargetChanged, recheck
 
