@@ -20,10 +20,10 @@ venv: $(STAMP)
 
 up: $(STAMP)
 	@bash scripts/debian-packages.sh up
-	@$(PY) -m deployments.stack up
+	@$(PY) -m devstack.stack up
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m deployments.stack down; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack.stack down; else echo "nothing to stop"; fi
 
 test: $(STAMP)
 	@bash scripts/debian-packages.sh test
@@ -44,5 +44,5 @@ sandbox: $(STAMP)
 	$(PY) -m sandbox
 
 clean:
-	-@if [ -x $(PY) ]; then $(PY) -m deployments.stack clean; fi
+	-@if [ -x $(PY) ]; then $(PY) -m devstack.stack clean; fi
 	rm -rf $(VENV) .prefect .sandbox .run

@@ -122,7 +122,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="faults to play (default: the whole catalog)")
     args = parser.parse_args()
 
-    from deployments.stack import stack_env
+    from devstack.stack import stack_env
 
     os.environ.update(stack_env())
     from incidents.drills import CATALOG

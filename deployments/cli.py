@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                 "faults": cmd_faults}
     try:
         if args.command in ("up", "down"):
-            from deployments.stack import main as stack_main
+            from devstack.stack import main as stack_main
 
             return stack_main([args.command])
         if args.command == "sandbox":

@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     command = args[0] if args else "up"
     if command not in COMMANDS:
-        print(f"usage: python -m deployments.stack up|down|clean (got {command!r})", file=sys.stderr)
+        print(f"usage: python -m devstack.stack up|down|clean (got {command!r})", file=sys.stderr)
         return 2
     try:
         COMMANDS[command]()
