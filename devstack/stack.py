@@ -122,16 +122,7 @@ def _prefect_database(create: bool) -> str:
 
 def alert_token() -> str:
     """RUNBOOKS_ALERT_TOKEN when set; else the one generated on the first `make up` (kept in .run/)."""
-    token = os.environ.get("RUNBOOKS_ALERT_TOKEN")
-    if token:
-        return token
-    if TOKEN_FILE.exists():
-        return TOKEN_FILE.read_text().strip()
-    RUN_DIR.mkdir(exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    TOKEN_FILE.touch(mode=0o600)
-    TOKEN_FILE.write_text(token)
-    return token
+    return os.environ.get("RUNBOOKS_ALERT_TOKEN") or kept_secret(TOKEN_FILE.name)
 
 
 def kept_secret(name: str) -> str:
