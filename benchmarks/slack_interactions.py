@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import statistics
 import sys
 import threading
@@ -32,16 +31,7 @@ sys.path.insert(0, str(ROOT))
 SECRET = secrets.token_urlsafe(24)
 os.environ["RUNBOOKS_SLACK_SIGNING_SECRET"] = SECRET
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+from alert_intake import _free_port, _percentile  # noqa: E402 - the benchmarks' shared helpers (same folder)
 
 
 def _start_intake(port: int) -> None:

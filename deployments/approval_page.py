@@ -82,8 +82,9 @@ class Throttle:
         longest = 0.0
         with self._lock:
             for key in keys:
-                recent = [t for t in self._failures.get(key, []) if now - t < self.window]
-                self._failures[key] = recent
+                recent = [t for t in self._failures.pop(key, []) if now - t < self.window]
+                if recent:  # keys whose failures have aged out are forgotten, so the table stays small
+                    self._failures[key] = recent
                 if len(recent) >= self.free:
                     pause = min(self.ceiling, 2.0 ** (len(recent) - self.free + 1))
                     longest = max(longest, recent[-1] + pause - now)
