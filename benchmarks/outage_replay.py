@@ -148,7 +148,10 @@ def main() -> int:
         return 2
     since = datetime.now(timezone.utc)
     replay.sandbox.post("/_sandbox/deploy", json={"service": "api", "version": "v2-broken"}).raise_for_status()
-    outage = since - timedelta(seconds=30)
+    # The bad deploy goes live now and monitoring notices it a few seconds later: an alert that
+    # began before the deploy would (rightly) speak against blaming it.
+    outage = since + timedelta(seconds=3)
+    time.sleep(4)
     t0 = time.monotonic()
     replay.send(_alerts("ServiceDown", "firing", outage, "P0"))
     replay.send(_alerts("HighErrorRate", "firing", outage + timedelta(seconds=5), "P1"))

@@ -4,7 +4,7 @@ matrix names)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -140,16 +140,37 @@ def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Sta
     contacts = escalation_contacts(ctx, incident.severity, 0)
     if contacts:  # the Incident Commander takes over what the runbook could not do
         contacts = list(dict.fromkeys([ctx.config.roles.incident_commander, *contacts]))
+    paged = _already_escalated(ctx, incident)
+    fresh = [c for c in contacts if c not in paged]
     who = " ".join(contacts) if contacts else "(issue only, per the P3 process)"
+    if contacts and not fresh:
+        who = f"{who} (already escalated to them for this incident; not paged again)"
     note = f"ESCALATION ({incident.severity.value}: {incident.severity.escalation}) {why}"
     try:
         ctx.store().set_status(incident.id, status)
     except StoreError as exc:
         get_run_logger().error("Incident %s status not updated: %s", incident.id, exc)
-    record(ctx, incident.id, "runbook", "escalated", why, {"contacts": contacts, "severity": incident.severity.value})
+    record(ctx, incident.id, "runbook", "escalated", why,
+           {"contacts": contacts, "paged": fresh, "severity": incident.severity.value})
     if contacts:
         notify_slack(ctx, incident.id, templates.status_update(incident, status.value, "unknown - needs a human",
-                                                               impact, note, paging=mentions(ctx, contacts)))
+                                                               impact, note, paging=mentions(ctx, fresh)))
     comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
                      f"### Escalated\n\n{templates.markdown_text(why, 600)}\n\nNotified: {who}")
-    return contacts
+    return fresh
+
+
+def _already_escalated(ctx: RunContext, incident: Incident) -> set[str]:
+    """Who a runbook's escalation paged for this incident at its current severity within the
+    severity's response time: a second runbook that cannot act either (say both symptoms'
+    runbooks abstain) adds its reason to the thread without ringing the same people twice. Once
+    the response time has passed they are paged again (the watch escalates wider as well)."""
+    try:
+        events = ctx.store().timeline(incident.id)
+    except StoreError:
+        return set()
+    window = timedelta(minutes=ctx.config.escalation.policy(incident.severity).response_minutes)
+    since = datetime.now(timezone.utc) - window
+    return {contact for event in events if event.actor == "runbook" and event.kind == "escalated"
+            and event.data.get("severity") == incident.severity.value and event.at >= since
+            for contact in event.data.get("paged", event.data.get("contacts") or [])}

@@ -132,12 +132,13 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     opening = open_incident.submit(ctx, scenario.name, severity, scenario.summary(ctx), alert, detected_by, explicit)
     findings = scenario.diagnose(ctx)
     incident = opening.result()
-    outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
-               "service": ctx.service_name, "environment": ctx.environment,
-               "severity": incident.severity.value, "dry_run": dry_run}
     holder = _holder(ctx, incident, scenario)
     if holder is not None:
         holder = _await_turn(ctx, incident, scenario, holder)
+        incident = _current(ctx, incident)  # a joined incident got its issue from its own run meanwhile
+    outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
+               "service": ctx.service_name, "environment": ctx.environment,
+               "severity": incident.severity.value, "dry_run": dry_run}
     if holder is not None:
         return _contribute(scenario, ctx, incident, findings, holder, outcome)
     return _holding(ctx, incident, scenario, lambda: _diagnosed(scenario, ctx, incident, findings, alert, outcome),

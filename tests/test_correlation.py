@@ -259,3 +259,38 @@ def test_a_runbook_without_a_plan_hands_the_incident_to_the_next(world, store):
     second.resume(paused.id, approve=False, approver="dana", reason="test")
     assert second.join()["outcome"] == "declined"
     assert store.leases() == []
+
+
+def test_two_runbooks_that_both_abstain_page_once(world, store):
+    """The alert began before the bad revision went live, so service-down abstains (the
+    evidence conflicts) and escalates; high-error-rate, which waited its turn, cannot measure
+    the rate and abstains too. Its reason joins the thread and the issue, but the people the
+    first escalation paged are not paged again, and its update names the incident's issue."""
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from flows.high_error_rate import high_error_rate
+    from flows.service_down import service_down
+
+    began = (datetime.now(timezone.utc) - timedelta(minutes=2)).isoformat().replace("+00:00", "Z")
+    alert = {"status": "firing", "startsAt": began,
+             "labels": {"alertname": "ServiceDown", "service": "api", "environment": "sandbox"}}
+    break_api(world)
+    first = FlowThread(service_down, service="api", alert=alert)
+    deadline = time.monotonic() + 30
+    while store.open_for_key("sandbox/api") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = FlowThread(high_error_rate, service="api")
+    assert first.join()["outcome"] == "abstained"
+    assert second.join()["outcome"] == "abstained"
+    incident = store.open_for_key("sandbox/api")
+    escalations = [e for e in store.timeline(incident.id) if e.kind == "escalated"]
+    assert len(escalations) == 2 and escalations[0].data["paged"] and escalations[1].data["paged"] == []
+    updates = [t for t in _texts(world) if t.startswith("📊 INCIDENT UPDATE") and "ESCALATION" in t]
+    assert len(updates) == 2, updates
+    assert "Paging: " in updates[0] and "Paging: " not in updates[1]
+    assert f"Issue: #{incident.github_issue}" in updates[1]
+    comments = world.github.repo("acme/incidents").comments[incident.github_issue]
+    assert sum("### Escalated" in c["body"] for c in comments) == 2
+    assert "not paged again" in [c["body"] for c in comments if "### Escalated" in c["body"]][-1]
+    store.close(incident.id, "test", "test")
