@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from prefect import get_run_logger
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
@@ -133,16 +133,41 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     findings = scenario.diagnose(ctx)
     incident = opening.result()
     holder = _holder(ctx, incident, scenario)
-    if holder is not None:
+    if holder is not None and (holder["incident_id"] == incident.id or _failing(findings)):
         holder = _await_turn(ctx, incident, scenario, holder)
         incident = _current(ctx, incident)  # a joined incident got its issue from its own run meanwhile
     outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
                "service": ctx.service_name, "environment": ctx.environment,
                "severity": incident.severity.value, "dry_run": dry_run}
-    if holder is not None:
+    if holder is None:
+        return _holding(ctx, incident, scenario,
+                        lambda: _diagnosed(scenario, ctx, incident, findings, alert, outcome), taken=True)
+    if holder["incident_id"] == incident.id:
         return _contribute(scenario, ctx, incident, findings, holder, outcome)
-    return _holding(ctx, incident, scenario, lambda: _diagnosed(scenario, ctx, incident, findings, alert, outcome),
-                    taken=True)
+    return _beside(scenario, ctx, incident, findings, holder, outcome)
+
+
+def _failing(findings: Mapping[str, Finding]) -> list[str]:
+    return [f.check for f in findings.values() if f.ok is False]
+
+
+def _beside(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], holder: dict,
+            outcome: dict[str, Any]) -> dict[str, Any]:
+    """This run's incident is an outage of its own (a drill, another cluster's alert) for a
+    service that another incident's runbook holds. Nothing failing: confirmed and resolved as
+    no impact, without the lease (nothing is changed). Something failing: no second plan is
+    made for the service the holder acts on; the findings are recorded and this incident is
+    escalated, so that a person decides - it is never left open with nobody on it."""
+    failing = _failing(findings)
+    if not failing:
+        record(ctx, incident.id, "runbook", "investigating", f"Investigation: {len(findings)} checks ran")
+        return _no_impact(scenario, ctx, incident, outcome)
+    joined = _contribute(scenario, ctx, incident, findings, holder, outcome)
+    escalate_incident(ctx, incident, f"{', '.join(failing)} failing, but run {holder['flow_run_id']} "
+                                     f"(incident {holder['incident_id']}) already works {ctx.service_name}: no "
+                                     "second plan is made for it. Nothing was changed; a person must decide.",
+                      Status.INVESTIGATING, scenario.impact)
+    return {**joined, "outcome": "escalated"}
 
 
 def _onset(alert: dict | None, incident: Incident) -> datetime | None:
@@ -204,55 +229,66 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
 
 
 # -- one runbook acts on a target at a time ------------------------------------------------------
-def _run_gone(flow_run_id: str) -> bool:
+_TURN_POLL_SECONDS = 1.0
+def _run_gone(flow_run_id: str, client: SyncPrefectClient | None = None) -> bool:
     """A lease holder whose run ended (or vanished) without releasing it, e.g. it crashed."""
-    try:
+    if client is None:
         with get_client(sync_client=True) as client:
-            state = client.read_flow_run(flow_run_id).state
+            return _run_gone(flow_run_id, client)
+    try:
+        state = client.read_flow_run(flow_run_id).state
     except ObjectNotFound:
         return True
     return state is None or state.is_final()
 
 
-def _owner(incident: Incident) -> dict | None:
+def _owner(incident: Incident, gone: Callable[[str], bool]) -> dict | None:
     """A joined incident is worked by its own run (the one its first alert started) while that
     run lives: a second scenario never races it for the service, whichever diagnoses faster."""
-    if not incident.flow_run_id or _run_gone(incident.flow_run_id):
+    if not incident.flow_run_id or gone(incident.flow_run_id):
         return None
     return {"flow_run_id": incident.flow_run_id, "scenario": incident.scenario, "incident_id": incident.id}
 
 
-def _holder(ctx: RunContext, incident: Incident, scenario: Scenario) -> dict | None:
+def _holder(ctx: RunContext, incident: Incident, scenario: Scenario,
+            gone: Callable[[str], bool] = _run_gone) -> dict | None:
     """None when this run may work the service now (it holds the lease); else who does."""
-    return (_owner(incident) if incident.joined else None) or _take_lease(ctx, incident, scenario)
+    return (_owner(incident, gone) if incident.joined else None) or _take_lease(ctx, incident, scenario, gone)
 
 
 def _await_turn(ctx: RunContext, incident: Incident, scenario: Scenario, holder: dict) -> dict | None:
-    """Another runbook works the service. While it is still diagnosing (the incident has no
+    """Another runbook works the service. While it is still diagnosing (its incident has no
     plan waiting for approval yet), wait: if it ends without a plan (say high-error-rate found
     nothing to scale while the deploy is bad), this run takes over and plans. Once a plan is
-    asked for, or the incident is resolved, return the holder: this run adds its findings."""
+    asked for, or this run's incident is resolved, return the holder: this run adds its findings."""
     deadline = time.monotonic() + ctx.config.timeouts.verify_seconds
     store = ctx.store()
-    while time.monotonic() < deadline:
-        if store.approvals(incident.id) or store.get(incident.id).resolved_at is not None:
-            return holder
-        time.sleep(1.0)
-        holder = _holder(ctx, incident, scenario)
-        if holder is None:
-            get_run_logger().info("Run %s ended without a plan: this run works incident %s now",
-                                  incident.flow_run_id, incident.id)
-            return None
+    # One Prefect client for the whole wait: many runs waiting at once (a storm of alerts for
+    # one service) would otherwise each build a client, TLS context included, every poll.
+    with get_client(sync_client=True) as client:
+        def gone(run_id: str) -> bool:
+            return _run_gone(run_id, client)
+
+        while time.monotonic() < deadline:
+            if store.approvals(holder["incident_id"]) or store.get(incident.id).resolved_at is not None:
+                return holder
+            time.sleep(_TURN_POLL_SECONDS)
+            holder = _holder(ctx, incident, scenario, gone)
+            if holder is None:
+                get_run_logger().info("Run %s ended without a plan: this run works incident %s now",
+                                      incident.flow_run_id, incident.id)
+                return None
     return holder
 
 
-def _take_lease(ctx: RunContext, incident: Incident, scenario: Scenario) -> dict | None:
+def _take_lease(ctx: RunContext, incident: Incident, scenario: Scenario,
+                gone: Callable[[str], bool] = _run_gone) -> dict | None:
     """None when this run now holds the service; else the lease of the run that does."""
     run_id = flow_run.get_id()
     if not run_id:
         return None  # not a flow run (a test calling the function): nothing to share with
     lease = ctx.store().take_lease(target_of(ctx.environment, ctx.service_name), str(run_id), incident.id,
-                                   scenario.name, _run_gone)
+                                   scenario.name, gone)
     return None if lease["flow_run_id"] == str(run_id) else lease
 
 

@@ -294,3 +294,47 @@ def test_two_runbooks_that_both_abstain_page_once(world, store):
     assert sum("### Escalated" in c["body"] for c in comments) == 2
     assert "not paged again" in [c["body"] for c in comments if "### Escalated" in c["body"]][-1]
     store.close(incident.id, "test", "test")
+
+
+def test_an_outage_of_its_own_for_a_held_service_is_never_left_open(world, store):
+    """Another incident's runbook holds api (say the real incident, while a drill or another
+    cluster's alert opens an incident of its own). Healthy: resolved as no impact at once,
+    without waiting for the lease. Broken: no second plan for api, and the incident is
+    escalated to a person, not left open with nobody on it."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from flows.service_down import service_down
+    from incidents.alerts import target_of
+    from incidents.models import Severity
+
+    @flow(name="lease-holder")
+    def lease_holder() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:  # a live run of Prefect's holds the lease
+        holder_run = str(client.create_flow_run(lease_holder, state=Running()).id)
+    held = store.open_incident(dedup_key="sandbox/api/held", scenario="service-down", service="api",
+                               environment="sandbox", severity=Severity.P1, title="held", detected_by="test",
+                               flow_run_id=holder_run, alert=None)
+    store.take_lease(target_of("sandbox", "api"), holder_run, held.id, "service-down", lambda _: False)
+    store.request_approval(held.id, "held-plan", {"actions": []}, holder_run)  # the holder has its plan
+    try:
+        def own(key: str) -> dict:
+            return {"status": "firing", "correlation_key": key,
+                    "labels": {"alertname": "ServiceDown", "service": "api", "environment": "sandbox"}}
+
+        healthy = service_down(service="api", alert=own("sandbox/api/drill-healthy"))
+        assert healthy["outcome"] == "no_impact" and healthy["incident_id"] != held.id
+        assert store.get(healthy["incident_id"]).resolved_at is not None
+        break_api(world)
+        broken = service_down(service="api", alert=own("sandbox/api/drill-broken"))
+        assert broken["outcome"] == "escalated" and broken["held_by"] == holder_run and broken["plan"] == []
+        incident = store.get(broken["incident_id"])
+        assert incident.resolved_at is None and {"findings_added", "escalated"} <= set(_kinds(store, incident.id))
+        assert store.approvals(incident.id) == [] and api_image(world) == BROKEN_IMAGE, "nothing changed"
+        store.close(incident.id, "test", "test")
+    finally:
+        store.release_lease(target_of("sandbox", "api"), holder_run)
+        store.close(held.id, "test", "test")
