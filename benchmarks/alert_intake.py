@@ -177,7 +177,7 @@ def latency(alerts: int = 20, gap: float = 1.5) -> None:
                                                                  "task_runs": {"name": {"like_": "probe-endpoints"}}}).json()
             started = [t["start_time"] for t in tasks if t.get("start_time")]
             if started:
-                moment = datetime.fromisoformat(started[0].replace("Z", "+00:00")).timestamp()
+                moment = min(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for s in started)
                 delays.append(moment - t0)
                 del pending[run_id]
         time.sleep(0.5)

@@ -173,22 +173,39 @@ def follow(run_id: str, timeout: float) -> int:
 
 # -- approvals ---------------------------------------------------------------------------------------
 def cmd_approvals(args: argparse.Namespace) -> int:
+    """The paused runs and, for each one waiting for an approval, its plan as the incident store
+    holds it (the same record the approval gate checks). A run paused for another form (a
+    post-mortem) is listed as such."""
     runs = _api("POST", "/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}},
                                                    "sort": "START_TIME_DESC", "limit": 50})
     if not runs:
         print("no run is waiting for approval")
         return OK
+    store, StoreError = _store()
     for run in runs:
-        plan = _plan_of(run) or ""
-        actions = [line for line in _plain(plan).splitlines() if line.startswith("| ") and line[2:3].isdigit()]
         print(f"{run['name']}  {run['id']}  paused since {run['state']['timestamp'][:19]}Z")
-        for line in actions:
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            print(f"    {cells[1]} {cells[2]}: {cells[3]} (via {cells[4]})")
-        confidence = next((line for line in _plain(plan).splitlines() if line.startswith("Confidence:")), None)
-        if confidence:
-            print(f"    {confidence}")
+        try:
+            approval = store.approval_for_run(run["id"])
+        except StoreError as exc:
+            print(f"    (plan not shown: {exc})")
+            continue
+        if approval is None:
+            print("    waiting for a form, not an approval (a post-mortem, say): answer it in the UI")
+            continue
+        for line in _plan_lines(approval):
+            print(f"    {line}")
     return OK
+
+
+def _plan_lines(approval: dict) -> list[str]:
+    from incidents.plans import Plan
+
+    plan = Plan.from_dict(approval["plan"])
+    lines = [f"incident {approval['incident_id']}: {plan.summary}" if plan.summary
+             else f"incident {approval['incident_id']}"]
+    lines += [f"{n}. {action.describe()}" for n, action in enumerate(plan.actions, 1)]
+    lines.append(f"Confidence: {plan.confidence}")
+    return lines
 
 
 def _answer(args: argparse.Namespace, approve: bool) -> int:

@@ -34,7 +34,8 @@ def test_run_pause_approve_and_read_the_incident(cli, world, capsys):
 
     assert cli(["approvals"]) == 0
     listed = capsys.readouterr().out
-    assert name in listed and "rollback deployment/api" in listed
+    assert name in listed and "1. rollback deployment/api" in listed and "Confidence: strong" in listed
+    assert "revision 3" in listed and "incident " in listed  # from the stored plan, not the run's markdown
 
     assert cli(["approve", name, "--reason", "bad deploy", "--approver", "olga", "--follow", "--timeout", "90"]) == 0
     out = capsys.readouterr().out
