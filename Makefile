@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down test unit bench sandbox venv clean packages
+.PHONY: up down test unit lint bench sandbox venv clean packages
 
 $(STAMP): pyproject.toml
 	@echo "Creating the virtual environment in $(VENV) (first run only)"
@@ -31,6 +31,12 @@ test: $(STAMP)
 
 unit: $(STAMP)
 	$(PY) -m pytest -m unit -q
+
+# ruff (style, import order, bugbear) and mypy (strict on incidents/ and integrations/), as
+# configured in pyproject.toml; .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/diagnosis_fanout.py

@@ -54,7 +54,9 @@ def _payload(n: int, starts: str, run: str) -> dict:
         "annotations": {"summary": "benchmark alert"}}]}
 
 
-async def _storm(url: str, token: str, deliveries: int, distinct: int, in_flight: int) -> tuple[float, list[float], dict]:
+async def _storm(
+    url: str, token: str, deliveries: int, distinct: int, in_flight: int
+) -> tuple[float, list[float], dict]:
     """A lean load generator: `in_flight` keep-alive connections, each sending prebuilt
     requests one after another (httpx's per-request cost would otherwise dominate here)."""
     host, port = url.removeprefix("http://").split(":")
@@ -131,7 +133,10 @@ def storm(deliveries: int, distinct: int = 20, in_flight: int = 16) -> None:
     errors = [line for line in log_path.read_text().splitlines() if "ERROR" in line]
     if errors:
         print(f"  intake errors ({len(errors)}), first: {errors[0][:200]}")
-    print(f"storm: {deliveries} deliveries of {distinct} alerts, {in_flight} in flight, in {wall:.2f} s; statuses {statuses}")
+    print(
+        f"storm: {deliveries} deliveries of {distinct} alerts, {in_flight} in flight, in {wall:.2f} s; "
+        f"statuses {statuses}"
+    )
     print(f"  runs created:          {len(runs)} (expected {distinct}: {'met' if len(runs) == distinct else 'MISSED'})")
     print(f"  deliveries per second: {rate:8.0f}  (target >= 1000: {'met' if rate >= 1000 else 'MISSED'})")
     print(f"  response time p50:     {p50:8.1f} ms")
@@ -173,15 +178,19 @@ def latency(alerts: int = 20, gap: float = 1.5) -> None:
     pending = dict(sent)
     while pending and time.monotonic() < deadline:
         for run_id, t0 in list(pending.items()):
-            tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}},
-                                                                 "task_runs": {"name": {"like_": "probe-endpoints"}}}).json()
+            tasks = httpx.post(
+                f"{api}/task_runs/filter",
+                json={"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {"name": {"like_": "probe-endpoints"}}},
+            ).json()
             started = [t["start_time"] for t in tasks if t.get("start_time")]
             if started:
                 moment = min(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for s in started)
                 delays.append(moment - t0)
                 del pending[run_id]
         time.sleep(0.5)
-    print(f"latency: {alerts} alerts through the make up stack, {gap:g} s apart; {len(pending)} never started diagnosis")
+    print(
+        f"latency: {alerts} alerts through the make up stack, {gap:g} s apart; {len(pending)} never started diagnosis"
+    )
     if delays:
         p50, p99 = _percentile(delays, 0.5), _percentile(delays, 0.99)
         print(f"  alert -> first diagnosis step p50: {p50:5.2f} s  (target <= 2 s: {'met' if p50 <= 2 else 'MISSED'})")

@@ -92,8 +92,11 @@ def main() -> None:
     print(f"{ENDPOINTS} endpoints x {DELAY * 1000:.0f} ms + 1 that never answers; probe timeout {PROBE_TIMEOUT:g} s")
 
     wall, failing = project(urls)
-    print(f"project  (probe-endpoints task, concurrent):   {wall:6.2f} s  "
-          f"({failing} failing; target <= {1.5 * PROBE_TIMEOUT:.1f} s: {'met' if wall <= 1.5 * PROBE_TIMEOUT else 'MISSED'})")
+    print(
+        f"project  (probe-endpoints task, concurrent):   {wall:6.2f} s  "
+        f"({failing} failing; target <= {1.5 * PROBE_TIMEOUT:.1f} s: "
+        f"{'met' if wall <= 1.5 * PROBE_TIMEOUT else 'MISSED'})"
+    )
 
     seq, finished = sequential(urls, args.limit)
     state = "finished" if finished else f"stopped at the {args.limit:g} s limit (curl -f has no timeout)"

@@ -45,7 +45,9 @@ RUN_DIR = Path(os.environ.get("RUNBOOKS_RUN_DIR", ROOT / ".run"))  # where `make
 LOGS = [RUN_DIR / "worker.log", RUN_DIR / "intake.log"]
 # a 5xx answer of the Prefect API as httpx and the runbooks' own clients word it (not the
 # sandbox services' 503s, which the runbooks probe on purpose)
-LOGGED_5XX = re.compile(r"(\b5\d\d\b[^\n]*127\.0\.0\.1:4200/api|127\.0\.0\.1:4200/api[^\n]*\b5\d\d\b|Prefect API[^\n]*\b5\d\d\b)")
+LOGGED_5XX = re.compile(
+    r"(\b5\d\d\b[^\n]*127\.0\.0\.1:4200/api|127\.0\.0\.1:4200/api[^\n]*\b5\d\d\b|Prefect API[^\n]*\b5\d\d\b)"
+)
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 # A person reads the plan before approving: the Resume comes this long after the run suspended
 # (at once, it would also time the suspended process's own exit, which the approver never sees).
@@ -151,8 +153,10 @@ class Bench:
         delays = []
         for run_id, t0 in sent:
             def started() -> float | None:
-                tasks = self.api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}},
-                                                                "task_runs": {"name": {"like_": "probe-endpoints"}}}).json()
+                tasks = self.api.post(
+                    "/task_runs/filter",
+                    json={"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {"name": {"like_": "probe-endpoints"}}},
+                ).json()
                 # the earliest: a healthy run probes again when it confirms "no impact"
                 return min((_ts(t["start_time"]) for t in tasks if t.get("start_time")), default=None)
             delays.append(_until(f"run {run_id} diagnosing", started, 60, 0.2) - t0)
@@ -240,7 +244,7 @@ class Bench:
         deadline = time.monotonic() + 180
         while len(plans) < len(services) and time.monotonic() < deadline:
             messages = self.sandbox.get("/_sandbox/slack/messages").json()
-            for name, (run_id, t0) in started.items():
+            for name, (_run_id, t0) in started.items():
                 if name in plans:
                     continue
                 marker = f"Service: {name} (sandbox-load)"

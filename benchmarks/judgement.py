@@ -156,13 +156,23 @@ def main() -> int:
     created = [r["create_s"] for r in rows if "create_s" in r]
     print(f"\n{len(rows)} faults ({sum(s.decoy_release for s in chosen)} with a healthy recent release that is not "
           f"the cause, {sum(s.faults >= 2 for s in chosen)} combining two faults)")
-    print("  " + ", ".join(f"{g} {n}" for g, n in counts.items())
-          + f"; right {100 * counts['right'] / max(len(rows), 1):.0f}%  (target: 0 harmful, >= 90% right, the rest abstain)")
+    print(
+        "  "
+        + ", ".join(f"{g} {n}" for g, n in counts.items())
+        + f"; right {100 * counts['right'] / max(len(rows), 1):.0f}%"
+        + "  (target: 0 harmful, >= 90% right, the rest abstain)"
+    )
     if timed:
-        print(f"  time to plan (run start -> plan): median {statistics.median(timed):.2f} s, p99 {_pct(timed, 0.99):.2f} s, "
-              f"max {max(timed):.2f} s  (target: median <= 3 s)")
-        print(f"  time to plan (run created -> plan, with the worker's pick-up): median {statistics.median(created):.2f} s,"
-              f" p99 {_pct(created, 0.99):.2f} s")
+        print(
+            f"  time to plan (run start -> plan): median {statistics.median(timed):.2f} s, "
+            f"p99 {_pct(timed, 0.99):.2f} s, "
+            f"max {max(timed):.2f} s  (target: median <= 3 s)"
+        )
+        print(
+            "  time to plan (run created -> plan, with the worker's pick-up): "
+            f"median {statistics.median(created):.2f} s,"
+            f" p99 {_pct(created, 0.99):.2f} s"
+        )
     print(f"  errors seen: {counts['error']}")
     ok = counts["harmful"] == 0 and counts["error"] == 0 and counts["right"] >= 0.9 * len(rows) \
         and counts["wrong"] == 0 and (not timed or statistics.median(timed) <= 3.0)

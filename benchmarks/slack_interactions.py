@@ -89,7 +89,7 @@ def main() -> None:
     port = _free_port()
     _start_intake(port)
     bodies = []
-    for n in range(args.presses):
+    for _ in range(args.presses):
         message = {"channel": "C0SANDINC", "ts": f"{time.time():.6f}", "thread_ts": None, "text": "APPROVAL NEEDED",
                    "blocks": []}
         button = {"action_id": "runbooks_approve", "block_id": "runbooks_actions", "value": secrets.token_urlsafe(18),
@@ -111,7 +111,10 @@ def main() -> None:
     if reply_times:
         first = reply_times[0]
         gaps = [t - first for t in reply_times]
-        print(f"reply arrival after the first: median {statistics.median(gaps):.2f} s, p99 {_percentile(gaps, 0.99):.2f} s")
+        print(
+            f"reply arrival after the first: median {statistics.median(gaps):.2f} s, "
+            f"p99 {_percentile(gaps, 0.99):.2f} s"
+        )
     world.stop()
 
 

@@ -113,27 +113,39 @@ def _page(approval: dict, config: Any, signatures: list[dict], message: str = ""
                  + "</ul><p><b>Evidence against</b></p><ul>"
                  + ("".join(f"<li>{e(x)}</li>" for x in plan.get("against", [])) or "<li>(none)</li>") + "</ul>")
     needed = max(1, config.approval.needed(approval["severity"]))
-    signed = "".join(f"<li>{e(s['approver'])}: {e(s['decision'])} at {s['signed_at']:%H:%M:%S} UTC"
-                     f"{' — ' + e(s['reason']) if s['reason'] else ''}</li>" for s in signatures) or "<li>nobody yet</li>"
+    signed = (
+        "".join(
+            f"<li>{e(s['approver'])}: {e(s['decision'])} at {s['signed_at']:%H:%M:%S} UTC"
+            f"{' — ' + e(s['reason']) if s['reason'] else ''}</li>"
+            for s in signatures
+        )
+        or "<li>nobody yet</li>"
+    )
     state = (f"<p><b>Decided: {e(approval['decision'])}</b> by {e(approval['approver'] or '-')}</p>"
              if approval["decision"] else
              f"<p>Needs {needed} different approver{'s' if needed > 1 else ''}. Deadline: "
              f"{approval['deadline_at']:%Y-%m-%d %H:%M:%S} UTC (then declined).</p>" if approval["deadline_at"] else "")
-    form = "" if approval["decision"] else f"""
+    form = (
+        ""
+        if approval["decision"]
+        else f"""
 <form method="post" action="/approvals/{e(approval['token'])}">
   <label>Your name <input name="approver" required autocomplete="username"></label><br>
-  <label>Your approver credential <input name="credential" type="password" required autocomplete="current-password"></label><br>
+  <label>Your approver credential
+    <input name="credential" type="password" required autocomplete="current-password"></label><br>
   <label>Reason <input name="reason" size="60"></label><br>
   <button name="decision" value="approve">Approve this plan</button>
   <button name="decision" value="decline">Decline (nothing changes)</button>
 </form>"""
+    )
     body = f"""<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">
 <title>Approval {approval['id']}: {e(approval['service'])} ({e(approval['environment'])})</title></head><body>
 <h1>Approve remediation: {e(approval['service'])} in {e(approval['environment'])} ({e(approval['severity'])})</h1>
 <p>{e(approval['title'])} — incident {approval['incident_id']}, issue #{approval['github_issue'] or '-'}</p>
 {f'<p role="status"><b>{e(message)}</b></p>' if message else ''}
 <p>{e(plan.get('summary', ''))}</p>
-<table border="1" cellpadding="4"><tr><th>Action</th><th>Target</th><th>Before → After</th><th>Via</th></tr>{rows}</table>
+<table border="1" cellpadding="4">
+<tr><th>Action</th><th>Target</th><th>Before → After</th><th>Via</th></tr>{rows}</table>
 <h2>Why, and how sure</h2>{judgement}
 <h2>All checks</h2><ul>{evidence}</ul>
 <h2>Answers so far</h2><ul>{signed}</ul>
@@ -168,7 +180,9 @@ def _answer(token: str, fields: dict[str, str], prefect_api_url: str, headers: d
         genuine = False
     if not genuine:
         throttle.failed(*keys)
-        log.warning("approval %s: refused an answer for %r (unknown approver or wrong credential)", approval["id"], name)
+        log.warning(
+            "approval %s: refused an answer for %r (unknown approver or wrong credential)", approval["id"], name
+        )
         _store().add_event(approval["incident_id"], "approval page", "approval_refused",
                            f"An answer as {name[:100]!r} was refused: unknown approver or wrong credential")
         raise Refused(403, "unknown approver or wrong credential")
@@ -206,7 +220,10 @@ def record_answer(approval: dict, config: Any, name: str, decision: str, reason:
     approving = [s["approver"] for s in store.signatures(approval_id) if s["decision"] == "approve"]
     needed = max(1, config.approval.needed(approval["severity"]))
     if decision == "approve" and len(approving) < needed:
-        return 202, f"Approved by {', '.join(approving)}; waiting for {needed - len(approving)} more different approver(s)."
+        return (
+            202,
+            f"Approved by {', '.join(approving)}; waiting for {needed - len(approving)} more different approver(s).",
+        )
     run_input = {"approve": decision == "approve", "reason": reason or decision,
                  "approver": " + ".join(approving) if decision == "approve" else name}
     try:

@@ -31,11 +31,11 @@ from typing import Any
 import httpx
 
 from deployments.prefect_api import auth_headers
+from incidents.alerts import target_of
+from incidents.config import ConfigError, config_path, load_config
 from integrations.errors import IntegrationError
 from integrations.http import RetryPolicy, request
 from integrations.http import client as http_client
-from incidents.alerts import target_of
-from incidents.config import ConfigError, config_path, load_config
 
 OK, FAILED, USAGE, WAITING, UNREACHABLE = 0, 1, 2, 3, 4
 SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-incident", "incident-drill")

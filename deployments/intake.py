@@ -46,11 +46,21 @@ from starlette.routing import Route as HttpRoute
 
 from deployments.approval_page import routes as approval_routes
 from deployments.pagerduty_webhooks import routes as pagerduty_routes
-from deployments.slack_interactions import routes as slack_routes
 from deployments.prefect_api import auth_headers
+from deployments.slack_interactions import routes as slack_routes
 from incidents import templates
-from incidents.alerts import DEFAULT_SEVERITY, Alert, BadPayload, Route, RunRequest, parse_alertmanager, parse_generic, \
-    parse_grafana, route, verify_grafana_signature
+from incidents.alerts import (
+    DEFAULT_SEVERITY,
+    Alert,
+    BadPayload,
+    Route,
+    RunRequest,
+    parse_alertmanager,
+    parse_generic,
+    parse_grafana,
+    route,
+    verify_grafana_signature,
+)
 from incidents.models import Incident, Severity
 from incidents.store import IncidentStore, StoreError
 from integrations.errors import IntegrationError
@@ -344,9 +354,13 @@ def create_app(settings: IntakeSettings) -> Starlette:
             return got
         if settings.grafana_secret:
             try:
-                verify_grafana_signature(settings.grafana_secret, got, request.headers.get("x-grafana-alerting-signature"),
-                                         request.headers.get("x-grafana-alerting-signature-timestamp"),
-                                         use_timestamp=settings.grafana_use_timestamp)
+                verify_grafana_signature(
+                    settings.grafana_secret,
+                    got,
+                    request.headers.get("x-grafana-alerting-signature"),
+                    request.headers.get("x-grafana-alerting-signature-timestamp"),
+                    use_timestamp=settings.grafana_use_timestamp,
+                )
             except PermissionError as exc:
                 return _json({"error": f"Grafana signature refused: {exc}"}, 401)
         return await receive(request, parse_grafana, got)

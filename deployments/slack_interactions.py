@@ -106,7 +106,9 @@ def handle_press(press: dict, prefect_api_url: str, headers: dict[str, str]) -> 
         reply = _decide(press, prefect_api_url, headers)
     except Exception as exc:  # noqa: BLE001 - the presser must hear of it; nothing was recorded past this point
         log.exception("Slack press by %s not handled", press["user"])
-        reply = _ephemeral(f"Your press was not handled ({type(exc).__name__}); nothing changed. Use the approval page.")
+        reply = _ephemeral(
+            f"Your press was not handled ({type(exc).__name__}); nothing changed. Use the approval page."
+        )
     _respond(press.get("response_url"), reply)
 
 

@@ -30,21 +30,26 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import httpx
-from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
-                                            WorkPoolFilter, WorkPoolFilterName)
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
 from prefect.client.schemas.objects import StateType
 from prefect.events.clients import get_events_subscriber
-from prefect.exceptions import ObjectNotFound
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+from prefect.exceptions import ObjectNotFound
 from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutorContext
 from prefect.runner._hook_runner import HookRunner
 from prefect.runner._process_manager import ProcessHandle
-
-from deployments.forked_engine import ForkedEngineStarter, start_fork_server
 from prefect.states import Cancelled, Crashed, Scheduled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 from pydantic import PrivateAttr
+
+from deployments.forked_engine import ForkedEngineStarter, start_fork_server
 
 if TYPE_CHECKING:
     from uuid import UUID

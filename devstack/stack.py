@@ -198,7 +198,11 @@ def _worker_online(since: float, name: str) -> bool:
         return False
     for worker in response.json():
         beat = worker.get("last_heartbeat_time")
-        if worker.get("name") == name and beat and datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp() >= since:
+        if (
+            worker.get("name") == name
+            and beat
+            and datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp() >= since
+        ):
             return True
     return False
 
@@ -335,7 +339,8 @@ def up() -> None:
     _start(worker, env)
     _start(intake, env)
     kubeconfig = (SANDBOX_DIR / "kubeconfig").relative_to(ROOT)
-    print(f"""
+    print(
+        f"""
 Ready.
   Prefect UI        {PREFECT_URL}
   Sandbox           {SANDBOX_URL}  (Kubernetes API https://{HOST}:{SANDBOX_KUBE_PORT})
@@ -353,7 +358,9 @@ Try next:
   3. Approve the plan:    open the paused run, click Resume, switch approve on, give your name and a reason
      or press Approve in Slack as sam:
                           curl -X POST {SANDBOX_URL}/_sandbox/slack/press -d '{{"user": "U0SANDSAM", "action": "approve"}}'
-""", flush=True)
+""",  # noqa: E501 - commands to copy, one per line
+        flush=True,
+    )
 
 
 def down() -> None:

@@ -13,15 +13,21 @@ from typing import Any
 
 from prefect import flow
 
+from incidents.alerts import DEFAULT_SEVERITY
 from incidents.database import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS, plan_database_issues
 from incidents.diagnosis import HEALTH, Finding
-from incidents.alerts import DEFAULT_SEVERITY
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
-from tasks.database import (check_cache, check_connections, check_reachable, check_replication, check_sessions,
-                            verify_database)
+from tasks.database import (
+    check_cache,
+    check_connections,
+    check_reachable,
+    check_replication,
+    check_sessions,
+    verify_database,
+)
 from tasks.diagnosis import gather, probe_endpoints
 from tasks.lifecycle import Scenario, run_scenario
 
@@ -61,9 +67,16 @@ def prevention(findings: dict[str, Finding], plan: Plan) -> str:
 
 
 DATABASE_ISSUES = Scenario(
-    name="database-issues", default_severity=DEFAULT_SEVERITY["database-issues"], impact="Requests that touch the database fail or hang",
-    summary=lambda ctx: f"database issues behind {ctx.service_name}", diagnose=diagnose, plan=plan,
-    verify=verify_database, root_cause=root_cause, prevention=prevention)
+    name="database-issues",
+    default_severity=DEFAULT_SEVERITY["database-issues"],
+    impact="Requests that touch the database fail or hang",
+    summary=lambda ctx: f"database issues behind {ctx.service_name}",
+    diagnose=diagnose,
+    plan=plan,
+    verify=verify_database,
+    root_cause=root_cause,
+    prevention=prevention,
+)
 
 
 @flow(name="database-issues", description="Playbook Scenario 3 (P1): database issues. Diagnose PostgreSQL "

@@ -14,17 +14,22 @@ from typing import Any
 
 from prefect import flow
 
+from flows.database_issues import DATABASE_ISSUES
+from incidents.alerts import DEFAULT_SEVERITY
 from incidents.diagnosis import DEPLOYS, HEALTH, ROLLOUT, Finding
 from incidents.error_rate import BREAKER, COMMITS, PROMETHEUS, RATE, plan_high_error_rate
-from incidents.alerts import DEFAULT_SEVERITY
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
-from flows.database_issues import DATABASE_ISSUES
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.diagnosis import check_rollout, gather, probe_endpoints, recent_deployments
-from tasks.error_rate import (check_circuit_breaker, measure_error_rate, prometheus_error_rate, recent_commits,
-                              verify_error_rate)
+from tasks.error_rate import (
+    check_circuit_breaker,
+    measure_error_rate,
+    prometheus_error_rate,
+    recent_commits,
+    verify_error_rate,
+)
 from tasks.lifecycle import Scenario, run_scenario
 
 
@@ -57,16 +62,25 @@ def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
 
 def prevention(findings: dict[str, Finding], plan: Plan) -> str:
     kind = plan.actions[0].kind if plan.actions else None
-    return {"rollback": "Canary releases gated on the error rate.",
-            "circuit_breaker": "Keep the breaker automatic, with a timeout budget for the dependency.",
-            "scale": "An autoscaler on request rate, with headroom above peak load."}.get(kind, "Review in the post-mortem.")
+    return {
+        "rollback": "Canary releases gated on the error rate.",
+        "circuit_breaker": "Keep the breaker automatic, with a timeout budget for the dependency.",
+        "scale": "An autoscaler on request rate, with headroom above peak load.",
+    }.get(kind, "Review in the post-mortem.")
 
 
 HIGH_ERROR_RATE = Scenario(
-    name="high-error-rate", default_severity=DEFAULT_SEVERITY["high-error-rate"], impact="A share of user requests fail",
-    summary=lambda ctx: f"high error rate on {ctx.service_name}", diagnose=diagnose, plan=plan,
-    verify=verify_error_rate, root_cause=root_cause, prevention=prevention,
-    handovers={DATABASE_ISSUES.name: DATABASE_ISSUES})
+    name="high-error-rate",
+    default_severity=DEFAULT_SEVERITY["high-error-rate"],
+    impact="A share of user requests fail",
+    summary=lambda ctx: f"high error rate on {ctx.service_name}",
+    diagnose=diagnose,
+    plan=plan,
+    verify=verify_error_rate,
+    root_cause=root_cause,
+    prevention=prevention,
+    handovers={DATABASE_ISSUES.name: DATABASE_ISSUES},
+)
 
 
 @flow(name="high-error-rate", description="Playbook Scenario 2 (P1): high error rate. Measure it, look at recent "

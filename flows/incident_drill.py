@@ -19,8 +19,18 @@ from incidents.drills import NOTHING, REMEDY, resolve_fault
 from incidents.store import DrillStore
 from tasks.approval import DrillNotAllowed
 from tasks.context import RunContext
-from tasks.drill import (DrillFailed, check_recovered, clean_up, follow_runbook, inject_fault, publish_scorecard,
-                         raise_alert, scorecard, unrecovered_outcome, wait_for_detection)
+from tasks.drill import (
+    DrillFailed,
+    check_recovered,
+    clean_up,
+    follow_runbook,
+    inject_fault,
+    publish_scorecard,
+    raise_alert,
+    scorecard,
+    unrecovered_outcome,
+    wait_for_detection,
+)
 from tasks.faults import sandbox_url
 
 

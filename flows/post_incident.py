@@ -50,6 +50,8 @@ def post_incident(incident_id: int, environment: str = "sandbox") -> dict[str, A
                    "a playbook update) and action items (24h or 1w).\n\n" + draft(ctx, incident, store))
     answers = wait_for_form(ctx, incident, description)
     if answers is None:
-        record(ctx, incident_id, "runbook", "postmortem_waiting", "Post-mortem form not answered before the run's limit")
+        record(
+            ctx, incident_id, "runbook", "postmortem_waiting", "Post-mortem form not answered before the run's limit"
+        )
         return {"incident_id": incident_id, "outcome": "form_timed_out"}
     return {**publish(ctx, store.get(incident_id), answers, store), "outcome": "published"}

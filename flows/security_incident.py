@@ -15,12 +15,17 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from incidents.diagnosis import HEALTH, Finding, report_markdown
 from incidents.alerts import DEFAULT_SEVERITY
+from incidents.diagnosis import HEALTH, Finding, report_markdown
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
-from incidents.security import (EVIDENCE, REVOKE_AT_ISSUER, plan_security_incident, public_statement_draft,
-                                suspicious_cidrs)
+from incidents.security import (
+    EVIDENCE,
+    REVOKE_AT_ISSUER,
+    plan_security_incident,
+    public_statement_draft,
+    suspicious_cidrs,
+)
 from incidents.templates import stamp
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
@@ -76,10 +81,16 @@ def prevention(findings: dict[str, Finding], plan: Plan) -> str:
 
 
 SECURITY_INCIDENT = Scenario(
-    name="security-incident", default_severity=DEFAULT_SEVERITY["security-incident"], impact="Possible exposure of the service and its data",
-    summary=lambda ctx: f"security incident on {ctx.service_name}", diagnose=diagnose,
+    name="security-incident",
+    default_severity=DEFAULT_SEVERITY["security-incident"],
+    impact="Possible exposure of the service and its data",
+    summary=lambda ctx: f"security incident on {ctx.service_name}",
+    diagnose=diagnose,
     plan=lambda ctx, incident, findings, onset: Plan(incident.id, ctx.service_name, ctx.environment, ()),
-    verify=verify_containment, root_cause=root_cause, prevention=prevention)
+    verify=verify_containment,
+    root_cause=root_cause,
+    prevention=prevention,
+)
 
 
 @flow(name="security-incident", description="Playbook Scenario 4 (P0): security incident. Evidence first, "

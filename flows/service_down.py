@@ -13,11 +13,11 @@ from typing import Any
 
 from prefect import flow
 
-from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, plan_service_down
+from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY
+from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, plan_service_down
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
-from flows.database_issues import DATABASE_ISSUES
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.deploys import verify_health
@@ -50,7 +50,9 @@ def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
     if plan.actions and plan.actions[0].kind == "scale":
         return f"The deployment was scaled to 0 replicas: nothing served ({plan.actions[0].before})."
     rollout = findings.get(ROLLOUT)
-    return f"Unhealthy pods without a recent deployment ({rollout.summary if rollout else 'no rollout data'}).{evidence}"
+    return (
+        f"Unhealthy pods without a recent deployment ({rollout.summary if rollout else 'no rollout data'}).{evidence}"
+    )
 
 
 def prevention(findings: dict[str, Finding], plan: Plan) -> str:

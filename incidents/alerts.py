@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -213,7 +214,7 @@ def target_of(environment: str, service: str) -> str:
     return f"{environment}/{service}"
 
 
-def correlation_key(environment: str, service: str, labels: dict[str, str], correlate: list[str] = ()) -> str:
+def correlation_key(environment: str, service: str, labels: dict[str, str], correlate: Sequence[str] = ()) -> str:
     """One open incident per outage: environment + service, plus the labels a route adds.
     A drill is its own outage (it must never join, or be joined by, a real incident)."""
     extra = [*correlate, *(["drill_id"] if "drill_id" in labels else [])]

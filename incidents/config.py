@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from incidents.alerts import Route
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from incidents.alerts import Route
+from incidents.models import Severity
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "sandbox.yaml"
@@ -148,7 +150,7 @@ class ApprovalSettings(_Model):
     def slack_approver(self, slack_user: str) -> Approver | None:
         return next((a for a in self.approvers if slack_user and a.slack_user == slack_user), None)
 
-    def needed(self, severity) -> int:
+    def needed(self, severity: Severity | str) -> int:
         """How many different verified approvers a plan of this severity needs (0: the Resume form suffices)."""
         value = getattr(severity, "value", severity)
         if value in self.four_eyes:
@@ -184,7 +186,7 @@ class Contact(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _from_handle(cls, value):
+    def _from_handle(cls, value: Any) -> Any:
         return {"primary": value} if isinstance(value, str) else value
 
     @property
@@ -206,7 +208,9 @@ class SlackIdentity(_Model):
         return self
 
     def mention(self) -> str:
-        return " ".join(([f"<@{self.user}>"] if self.user else []) + ([f"<!subteam^{self.group}>"] if self.group else []))
+        return " ".join(
+            ([f"<@{self.user}>"] if self.user else []) + ([f"<!subteam^{self.group}>"] if self.group else [])
+        )
 
 
 def _contact(handle: str = "@mpcstudy") -> Contact:
@@ -325,8 +329,9 @@ class EscalationMatrix(_Model):
                                         status_minutes=120)
     P3: SeverityPolicy = SeverityPolicy(response_minutes=240, levels=[[], ["team_lead"]], status_minutes=480)
 
-    def policy(self, severity) -> SeverityPolicy:
-        return getattr(self, getattr(severity, "value", severity))
+    def policy(self, severity: Severity | str) -> SeverityPolicy:
+        policy: SeverityPolicy = getattr(self, getattr(severity, "value", severity))
+        return policy
 
 
 class PagerDutyService(_Model):
@@ -548,7 +553,7 @@ class ConfigFile(_Model):
 
 
 def _expand(text: str) -> str:
-    def sub(match: re.Match) -> str:
+    def sub(match: re.Match[str]) -> str:
         value = os.environ.get(match[1])
         if value is None:
             if match[2] is None:
@@ -559,7 +564,7 @@ def _expand(text: str) -> str:
     return _ENV_REF.sub(sub, text)
 
 
-def _field_path(loc: tuple) -> str:
+def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from incidents.config import ServiceConfig
 from incidents.diagnosis import HEALTH, Finding
 from incidents.evidence import NONE, STRONG, Weighing, abstain, settle
@@ -14,11 +16,11 @@ REPLICATION = "replication"
 CACHE = "cache"
 
 
-def _sessions(items: list[dict]) -> list[list]:
+def _sessions(items: list[dict[str, Any]]) -> list[list[Any]]:
     return [[s["pid"], s["backend_start"]] for s in items]
 
 
-def _expect(items: list[dict], clock: str = "state") -> dict[str, dict]:
+def _expect(items: list[dict[str, Any]], clock: str = "state") -> dict[str, dict[str, Any]]:
     """What each session looked like when planned: its state and how long it had been in it
     (`clock` state) or in its query (`clock` query). Re-checked before acting."""
     return {str(s["pid"]): {"state": s["state"], "seconds": s["seconds"], "clock": clock} for s in items}

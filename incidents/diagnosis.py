@@ -8,8 +8,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 from incidents.config import ServiceConfig
-from incidents.evidence import (STRONG, WEAK, Handover, Release, ServiceFacts, Weighing, abstain, age, release_tie,
-                                service_facts, settle, version_of)
+from incidents.evidence import (
+    STRONG,
+    WEAK,
+    Handover,
+    Release,
+    ServiceFacts,
+    Weighing,
+    abstain,
+    age,
+    release_tie,
+    service_facts,
+    settle,
+    version_of,
+)
 from incidents.plans import Plan, PlannedAction
 from incidents.templates import markdown_code, markdown_text
 
@@ -62,7 +74,9 @@ def report_markdown(title: str, findings: list[Finding], plan: Plan | None, with
     return "\n".join(parts)
 
 
-def rollback_action(service: ServiceConfig, environment: str, recent: dict, previous: dict) -> PlannedAction:
+def rollback_action(
+    service: ServiceConfig, environment: str, recent: dict[str, Any], previous: dict[str, Any]
+) -> PlannedAction:
     """Roll the deployment back from `recent` to `previous` (revision dicts with revision and
     image), through the service's rollback strategy."""
     k = service.kubernetes
@@ -81,7 +95,9 @@ def rollback_action(service: ServiceConfig, environment: str, recent: dict, prev
                          f"revision {previous['revision']} ({previous['image']})", via, params)
 
 
-def scale_action(service: ServiceConfig, current: int, target: int, autoscaler: dict | None = None) -> PlannedAction:
+def scale_action(
+    service: ServiceConfig, current: int, target: int, autoscaler: dict[str, Any] | None = None
+) -> PlannedAction:
     """kubectl scale; or, when an HPA owns the replica count (it would revert a manual scale),
     its bounds: minReplicas up to the target, maxReplicas at least that."""
     k = service.kubernetes
@@ -136,7 +152,9 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
     failing = [p for p in facts.pods if not p.ready]
     if facts.pods_known and not failing:
         named = ", ".join(facts.failing_checks)
-        w.against.append(f"all {len(facts.pods)} pods are ready" + (f"; /health names {named} failing" if named else ""))
+        w.against.append(
+            f"all {len(facts.pods)} pods are ready" + (f"; /health names {named} failing" if named else "")
+        )
         return abstain(head, w, "the endpoints fail while every pod is ready, and no remedy of this scenario "
                                 "fits that.")
     if not facts.pods_known:
@@ -158,7 +176,7 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
 
 
 def _rollback_or_abstain(head: Plan, service: ServiceConfig, environment: str, facts: ServiceFacts, release: Release,
-                         failing: list, w: Weighing, window: float) -> Plan:
+                         failing: list[Any], w: Weighing, window: float) -> Plan:
     on_release = [p for p in failing if version_of(p.image) == release.version]
     w.add(bool(on_release) and len(on_release) == len(failing),
           f"{len(on_release)} of {len(facts.pods)} pods run {release.describe()} and are not ready"
@@ -170,6 +188,8 @@ def _rollback_or_abstain(head: Plan, service: ServiceConfig, environment: str, f
     if not on_release or len(w.against) > contradicted or len(on_release) != len(failing):
         return abstain(head, w, f"the evidence conflicts on whether {release.describe()} is the cause.")
     previous = facts.previous
+    if previous is None:
+        return abstain(head, w, "there is no earlier revision to roll back to.")
     action = rollback_action(service, environment, {"revision": release.revision, "image": release.image},
                              {"revision": previous.revision, "image": previous.image})
     went_live = age((facts.now - release.went_live).total_seconds()) if release.went_live else "recently"

@@ -189,7 +189,7 @@ def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
 
 def score(fault: FaultSpec, injected_at: datetime, detected_at: datetime | None, approved_at: datetime | None,
           recovered_at: datetime | None, steps_seen: list[str], outcome: str | None,
-          judgement: dict | None = None) -> dict:
+          judgement: dict[str, Any] | None = None) -> dict[str, Any]:
     """Times, the playbook steps the runbook took, and its judgement (the plan graded against
     the catalog's expected outcome), against the playbook's targets. A fault no remedy here
     fits passes when the runbook abstains and changes nothing; one that needs a remedy, when
@@ -217,7 +217,7 @@ def _fmt(value: float | None) -> str:
     return f"{value:.1f} s" if value is not None else "—"
 
 
-def scorecard_markdown(drill_id: str, environment: str, card: dict, cleanup: list[str]) -> str:
+def scorecard_markdown(drill_id: str, environment: str, card: dict[str, Any], cleanup: list[str]) -> str:
     mark = {True: "✅", False: "❌"}
     rows = "\n".join(f"| {step} | {mark[done]} |" for step, done in card["steps"].items())
     mttr_target = f"< {card['mttr_target_s'] // 60} min" if card["mttr_target_s"] else "(no target below P0)"
@@ -239,10 +239,10 @@ def scorecard_markdown(drill_id: str, environment: str, card: dict, cleanup: lis
 {rows}
 
 **Clean-up:** {markdown_text('; '.join(cleanup) or 'nothing to undo', 600)}
-"""
+"""  # noqa: E501 - a Markdown table: one row per line
 
 
-def history_markdown(rows: list[dict]) -> str:
+def history_markdown(rows: list[dict[str, Any]]) -> str:
     """Past drills, newest first, and the trend per scenario (mean times over the last ten)."""
     lines = ["## Drill history", "", "| Started | Fault | Scenario | Env | Status | Detect | Recover | Passed |",
              "|---|---|---|---|---|---|---|---|"]
@@ -253,7 +253,7 @@ def history_markdown(rows: list[dict]) -> str:
                      f"{'✅' if s.get('passed') else '❌'} |")
     lines += ["", "### Trend per scenario (last 10 drills each)", "",
               "| Scenario | Drills | Passed | Mean detect | Mean recover |", "|---|---|---|---|---|"]
-    by_scenario: dict[str, list[dict]] = {}
+    by_scenario: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_scenario.setdefault(r["scenario"], []).append(r.get("score") or {})
     for scenario, scores in sorted(by_scenario.items()):

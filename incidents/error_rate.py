@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
+from typing import Any
 
 from incidents.config import ServiceConfig
 from incidents.diagnosis import Finding, live_release, rollback_action, scale_action
-from incidents.evidence import STRONG, WEAK, Handover, ServiceFacts, Weighing, abstain, release_tie, service_facts, settle
+from incidents.evidence import (
+    STRONG,
+    WEAK,
+    Handover,
+    ServiceFacts,
+    Weighing,
+    abstain,
+    release_tie,
+    service_facts,
+    settle,
+)
 from incidents.plans import Plan, PlannedAction
 
 RATE = "error rate (/metrics)"
@@ -54,10 +65,19 @@ def plan_high_error_rate(incident_id: int, environment: str, service_name: str, 
             return abstain(head, w, f"the evidence conflicts: {', '.join(dependencies)} fails, and "
                                     f"{release.describe()} has failed since it went live.")
         if tied:
-            actions.insert(0, rollback_action(service, environment, {"revision": release.revision, "image": release.image},
-                                              {"revision": facts.previous.revision, "image": facts.previous.image}))
+            actions.insert(
+                0,
+                rollback_action(
+                    service,
+                    environment,
+                    {"revision": release.revision, "image": release.image},
+                    {"revision": facts.previous.revision, "image": facts.previous.image},
+                ),
+            )
         elif not actions and len(w.support) > before:
-            return abstain(head, w, f"{release.describe()} is a suspect, but the evidence does not tie the errors to it.")
+            return abstain(
+                head, w, f"{release.describe()} is a suspect, but the evidence does not tie the errors to it."
+            )
     elif release:
         w.against.append(f"{release.describe()} is not needed to explain the errors: the overload fails "
                          f"{facts.overload_share:.0%} of requests of the {rate:.0%} failing")
@@ -101,9 +121,9 @@ def _breaker(service: ServiceConfig, facts: ServiceFacts, dependencies: list[str
 
 def _capacity(service: ServiceConfig, facts: ServiceFacts, w: Weighing) -> PlannedAction | None:
     """A scale-up sized to the measured load, when the load exceeds what the ready replicas serve."""
-    if facts.capacity_rps is None or facts.request_rps is None or facts.desired_replicas is None:
-        return None
     per = service.scaling.capacity_rps_per_replica
+    if facts.capacity_rps is None or facts.request_rps is None or facts.desired_replicas is None or not per:
+        return None
     if not facts.overload_share:
         w.against.append(f"the load ({facts.request_rps:g} rps) is within the capacity of the ready replicas "
                          f"({facts.capacity_rps:g} rps)")
@@ -121,7 +141,7 @@ def _capacity(service: ServiceConfig, facts: ServiceFacts, w: Weighing) -> Plann
     return scale_action(service, current, target, facts.autoscaler)
 
 
-def _step_up(service: ServiceConfig, current: int, autoscaler: dict | None) -> PlannedAction | None:
+def _step_up(service: ServiceConfig, current: int, autoscaler: dict[str, Any] | None) -> PlannedAction | None:
     target = min(current + service.errors.scale_step, service.scaling.max_replicas)
     return scale_action(service, current, target, autoscaler) if target > current else None
 

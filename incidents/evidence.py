@@ -75,8 +75,10 @@ class Pod:
 
     @property
     def failing(self) -> bool:
-        return not self.ready and (bool(self.restarts) or self.waiting in
-                                   ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"))
+        return not self.ready and (
+            bool(self.restarts)
+            or self.waiting in ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError")
+        )
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class ServiceFacts:
     capacity_rps: float | None = None             # ready replicas x capacity per replica, when configured
     traffic: tuple[Traffic, ...] = ()
     breaker: str | None = None
-    autoscaler: dict | None = None                # the HPA that owns the replica count: {name, min, max}
+    autoscaler: dict[str, Any] | None = None                # the HPA that owns the replica count: {name, min, max}
 
     @property
     def ready_pods(self) -> int:
@@ -253,7 +255,7 @@ def release_tie(facts: ServiceFacts, release: Release, previous: Release | None,
                                     f"in all before the errors rose to {new.window_rate:.0%}: they began after its "
                                     f"rollout, not with it")
     old = facts.traffic_of(previous.version) if previous is not None else None
-    if old is not None and old.requests:
+    if previous is not None and old is not None and old.requests:
         weighing.add(old.lifetime_rate < threshold,
                      f"the revision before it ({previous.version}) served with {old.lifetime_rate:.1%} errors",
                      f"the revision before it ({previous.version}) failed too ({old.lifetime_rate:.0%} errors): "

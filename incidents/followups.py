@@ -4,10 +4,11 @@ rows the success metrics are computed from. Same database as the incident store.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from incidents.store import IncidentStore
+from incidents.store import IncidentStore, required_row
 
 
 class FollowUpStore(IncidentStore):
@@ -23,23 +24,35 @@ class FollowUpStore(IncidentStore):
                              (flow_run_id, incident_id))
         return row is not None
 
-    def postmortem(self, incident_id: int) -> dict | None:
+    def postmortem(self, incident_id: int) -> dict[str, Any] | None:
         with self._connect() as conn:
             return conn.execute("SELECT * FROM postmortems WHERE incident_id = %s", (incident_id,)).fetchone()
 
-    def complete_postmortem(self, incident_id: int, by: str, root_cause: str, lessons: list[dict], markdown: str,
-                            users_affected: str | None) -> None:
+    def complete_postmortem(
+        self,
+        incident_id: int,
+        by: str,
+        root_cause: str,
+        lessons: list[dict[str, Any]],
+        markdown: str,
+        users_affected: str | None,
+    ) -> None:
         with self._connect() as conn:
-            conn.execute("""INSERT INTO postmortems (incident_id, completed_at, completed_by, root_cause, lessons, markdown)
+            conn.execute(
+                """INSERT INTO postmortems (incident_id, completed_at, completed_by, root_cause, lessons, markdown)
                             VALUES (%s, now(), %s, %s, %s, %s)
-                            ON CONFLICT (incident_id) DO UPDATE SET completed_at = COALESCE(postmortems.completed_at, now()),
+                            ON CONFLICT (incident_id) DO UPDATE
+                                SET completed_at = COALESCE(postmortems.completed_at, now()),
                                 completed_by = EXCLUDED.completed_by, root_cause = EXCLUDED.root_cause,
                                 lessons = EXCLUDED.lessons, markdown = EXCLUDED.markdown""",
-                         (incident_id, by, root_cause, Jsonb(lessons), markdown))
+                (incident_id, by, root_cause, Jsonb(lessons), markdown),
+            )
             conn.execute("UPDATE incidents SET root_cause = %s, users_affected = COALESCE(%s, users_affected) "
                          "WHERE id = %s", (root_cause, users_affected, incident_id))
 
-    def overdue_postmortems(self, environment: str, now: datetime, due: timedelta, remind_every: timedelta) -> list[dict]:
+    def overdue_postmortems(
+        self, environment: str, now: datetime, due: timedelta, remind_every: timedelta
+    ) -> list[dict[str, Any]]:
         """Resolved incidents whose post-mortem is not done `due` after resolution, not reminded lately."""
         with self._connect() as conn:
             return conn.execute(
@@ -58,14 +71,16 @@ class FollowUpStore(IncidentStore):
                          (incident_id, now))
 
     # -- action items ---------------------------------------------------------------------------
-    def add_action_item(self, incident_id: int, title: str, owner: str | None, horizon: str, due_at: datetime) -> dict:
+    def add_action_item(
+        self, incident_id: int, title: str, owner: str | None, horizon: str, due_at: datetime
+    ) -> dict[str, Any]:
         """Record an action item once; the same title for the same incident is the same item."""
         with self._connect() as conn:
             row = conn.execute("""INSERT INTO action_items (incident_id, title, owner, horizon, due_at)
                                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT (incident_id, title) DO NOTHING
                                   RETURNING *""", (incident_id, title, owner, horizon, due_at)).fetchone()
-            return row or conn.execute("SELECT * FROM action_items WHERE incident_id = %s AND title = %s",
-                                       (incident_id, title)).fetchone()
+            return row or required_row(conn.execute("SELECT * FROM action_items WHERE incident_id = %s AND title = %s",
+                                                    (incident_id, title)).fetchone())
 
     def attach_action_issue(self, item_id: int, repo: str, number: int, url: str) -> None:
         with self._connect() as conn:
@@ -73,8 +88,9 @@ class FollowUpStore(IncidentStore):
                          (repo, number, url, item_id))
 
     def action_items(self, incident_id: int | None = None, environment: str | None = None,
-                     open_only: bool = False) -> list[dict]:
-        where, args = [], []
+                     open_only: bool = False) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
         if incident_id is not None:
             where.append("a.incident_id = %s")
             args.append(incident_id)
@@ -91,7 +107,9 @@ class FollowUpStore(IncidentStore):
 
     def complete_action_item(self, item_id: int, at: datetime) -> None:
         with self._connect() as conn:
-            conn.execute("UPDATE action_items SET completed_at = COALESCE(completed_at, %s) WHERE id = %s", (at, item_id))
+            conn.execute(
+                "UPDATE action_items SET completed_at = COALESCE(completed_at, %s) WHERE id = %s", (at, item_id)
+            )
 
     def action_item_reminded(self, item_id: int, now: datetime) -> None:
         with self._connect() as conn:
@@ -103,7 +121,7 @@ class FollowUpStore(IncidentStore):
             conn.execute("INSERT INTO playbook_proposals (incident_id, section, proposal) VALUES (%s, %s, %s) "
                          "ON CONFLICT (incident_id, proposal) DO NOTHING", (incident_id, section, proposal))
 
-    def proposals(self, environment: str | None = None) -> list[dict]:
+    def proposals(self, environment: str | None = None) -> list[dict[str, Any]]:
         query = ("SELECT p.*, i.service, i.severity, i.github_issue, i.issue_url FROM playbook_proposals p "
                  "JOIN incidents i ON i.id = p.incident_id" + (" WHERE i.environment = %s" if environment else "")
                  + " ORDER BY p.section, p.proposed_at")
@@ -111,7 +129,7 @@ class FollowUpStore(IncidentStore):
             return conn.execute(query, [environment] if environment else []).fetchall()
 
     # -- metrics --------------------------------------------------------------------------------
-    def metric_rows(self, environment: str, since: datetime | None = None) -> list[dict]:
+    def metric_rows(self, environment: str, since: datetime | None = None) -> list[dict[str, Any]]:
         """Every incident of the environment (drills flagged) with its post-mortem completion."""
         with self._connect() as conn:
             return conn.execute(

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import mean
+from typing import Any
 
 SEVERITIES = ("P0", "P1", "P2", "P3")
 MTTD_TARGET = timedelta(minutes=5)
@@ -41,7 +42,7 @@ class Figure:
     counted: int
     left_out: int = 0
 
-    def row(self) -> dict:
+    def row(self) -> dict[str, Any]:
         if self.value is None:
             shown = "-"
         elif not self.unit:  # a count
@@ -56,13 +57,15 @@ class Figure:
 @dataclass
 class Metrics:
     figures: list[Figure] = field(default_factory=list)
-    months: dict[str, dict] = field(default_factory=dict)  # "2026-11" -> {"incidents": n, "mttr_minutes": x|None}
+    months: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # "2026-11" -> {"incidents": n, "mttr_minutes": x|None}
     drills_excluded: int = 0
 
     def figure(self, metric: str, scope: str) -> Figure:
         return next(f for f in self.figures if f.metric == metric and f.scope == scope)
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[dict[str, Any]]:
         return [f.row() for f in self.figures]
 
 
@@ -70,7 +73,7 @@ def _minutes(deltas: list[timedelta]) -> float | None:
     return round(mean(d.total_seconds() for d in deltas) / 60, 2) if deltas else None
 
 
-def compute(rows: list[dict], now: datetime, response_minutes: dict[str, float]) -> Metrics:
+def compute(rows: list[dict[str, Any]], now: datetime, response_minutes: dict[str, float]) -> Metrics:
     """Metrics for `rows` (FollowUpStore.metric_rows) as of `now`."""
     metrics = Metrics()
     incidents = [r for r in rows if not r["drill"]]
@@ -109,7 +112,9 @@ def compute(rows: list[dict], now: datetime, response_minutes: dict[str, float])
                                       month["incidents"] < MONTHLY_TARGET, month["incidents"]))
     metrics.months = dict(sorted(metrics.months.items()))
 
-    due = [r for r in incidents if r["resolved_at"] and (r["postmortem_at"] or r["resolved_at"] + POSTMORTEM_WITHIN <= now)]
+    due = [
+        r for r in incidents if r["resolved_at"] and (r["postmortem_at"] or r["resolved_at"] + POSTMORTEM_WITHIN <= now)
+    ]
     on_time = [r for r in due if r["postmortem_at"] and r["postmortem_at"] - r["resolved_at"] <= POSTMORTEM_WITHIN]
     share = round(100 * len(on_time) / len(due), 1) if due else None
     pending = len([r for r in incidents if r["resolved_at"]]) - len(due)
@@ -118,7 +123,7 @@ def compute(rows: list[dict], now: datetime, response_minutes: dict[str, float])
     return metrics
 
 
-def trend_svg(months: dict[str, dict], width: int = 640, height: int = 260) -> str:
+def trend_svg(months: dict[str, dict[str, Any]], width: int = 640, height: int = 260) -> str:
     """A chart of the trend per month: incidents (bars, left axis) and MTTR in minutes (line,
     right axis, with the P0 target of 30 min dashed). Plain SVG, no plotting library."""
     left, right, top, bottom = 48, 56, 28, 44
@@ -126,8 +131,8 @@ def trend_svg(months: dict[str, dict], width: int = 640, height: int = 260) -> s
     keys = list(months) or ["(no incidents)"]
     counts = [months[k]["incidents"] if k in months else 0 for k in keys]
     mttrs = [months[k].get("mttr_minutes") if k in months else None for k in keys]
-    max_count = max([*counts, MONTHLY_TARGET, 1])
-    max_mttr = max([m for m in mttrs if m is not None] + [MTTR_TARGET_P0.total_seconds() / 60]) * 1.15
+    max_count = int(max([*counts, MONTHLY_TARGET, 1]))
+    max_mttr: float = max([m for m in mttrs if m is not None] + [MTTR_TARGET_P0.total_seconds() / 60]) * 1.15
     step = plot_w / len(keys)
 
     def y_count(value: float) -> float:
@@ -145,8 +150,8 @@ def trend_svg(months: dict[str, dict], width: int = 640, height: int = 260) -> s
              f'<line x1="{left + plot_w}" y1="{top}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>']
     for tick in range(0, max_count + 1, max(1, max_count // 5)):
         parts.append(f'<text x="{left - 6}" y="{y_count(tick) + 4:.1f}" text-anchor="end">{tick}</text>')
-    for tick in (0, MTTR_TARGET_P0.total_seconds() / 60, round(max_mttr)):
-        parts.append(f'<text x="{left + plot_w + 6}" y="{y_mttr(tick) + 4:.1f}">{tick:g}m</text>')
+    for minutes in (0.0, MTTR_TARGET_P0.total_seconds() / 60, float(round(max_mttr))):
+        parts.append(f'<text x="{left + plot_w + 6}" y="{y_mttr(minutes) + 4:.1f}">{minutes:g}m</text>')
     parts.append(f'<line x1="{left}" y1="{y_mttr(30):.1f}" x2="{left + plot_w}" y2="{y_mttr(30):.1f}" '
                  'stroke="#c0392b" stroke-dasharray="4 3"/>')
     points = []

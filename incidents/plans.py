@@ -97,8 +97,10 @@ class Plan:
 
     def markdown(self, timeout_seconds: int | None = None) -> str:
         rows = "\n".join(
-            f"| {n} | **{a.kind}** | `{a.target}` | {markdown_text(a.before)} → {markdown_text(a.after)} | {markdown_text(a.via)} |"
-            for n, a in enumerate(self.actions, 1))
+            f"| {n} | **{a.kind}** | `{a.target}` | {markdown_text(a.before)} → {markdown_text(a.after)} "
+            f"| {markdown_text(a.via)} |"
+            for n, a in enumerate(self.actions, 1)
+        )
         evidence = "\n".join(f"- {markdown_text(e, 400)}" for e in self.evidence) or "- (none recorded)"
         waiting = f" Unanswered after {timeout_seconds // 60} min counts as declined." if timeout_seconds else ""
         return (f"### Approve remediation for incident {self.incident_id}: "
@@ -134,7 +136,7 @@ class Grant:
         return hmac.compare_digest(self.signature, _sign(fields))
 
 
-def _sign(fields: tuple) -> str:
+def _sign(fields: tuple[Any, ...]) -> str:
     return hmac.new(_KEY, json.dumps(fields, default=str).encode(), hashlib.sha256).hexdigest()
 
 

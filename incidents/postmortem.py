@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from incidents.models import Incident, TimelineEvent
 from incidents.templates import markdown_text, stamp
@@ -59,7 +59,7 @@ def human(delta: timedelta | None) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {seconds} s"
 
 
-def actions_taken(events: list[TimelineEvent], approvals: list[dict]) -> list[str]:
+def actions_taken(events: list[TimelineEvent], approvals: list[dict[str, Any]]) -> list[str]:
     """Every action the record shows, and every approval decision, as checklist lines in time order."""
     lines: list[tuple[datetime, str]] = []
     for approval in approvals:
@@ -69,7 +69,7 @@ def actions_taken(events: list[TimelineEvent], approvals: list[dict]) -> list[st
         steps = "; ".join(f"{a.get('kind')} {a.get('target')}: {a.get('before')} -> {a.get('after')}"
                           for a in (approval.get("plan") or {}).get("actions", []))
         reason = f": {markdown_text(approval['reason'], 200)}" if approval.get("reason") else ""
-        at = approval.get("decided_at") or approval.get("requested_at")
+        at = cast(datetime, approval.get("decided_at") or approval.get("requested_at"))
         lines.append((at, f"- [x] {stamp(at)} plan {decision} by {markdown_text(who)}{auto}{reason} "
                           f"({markdown_text(steps, 400)})"))
     for event in events:
@@ -80,18 +80,25 @@ def actions_taken(events: list[TimelineEvent], approvals: list[dict]) -> list[st
     return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
 
 
-def render(incident: Incident, events: list[TimelineEvent], approvals: list[dict], answers: dict[str, Any],
-           items: list[dict]) -> str:
+def render(incident: Incident, events: list[TimelineEvent], approvals: list[dict[str, Any]], answers: dict[str, Any],
+           items: list[dict[str, Any]]) -> str:
     """The post-mortem in the Incident Issue Template's form."""
     moments = key_moments(incident, events)
     timeline = "\n".join(f"- **{stamp(m.at) if m.at else 'n/a'}** - {m.label}"
                          + (f" ({markdown_text(m.detail, 160)})" if m.detail else "") for m in moments)
     actions = "\n".join(actions_taken(events, approvals)) or "- (no actions recorded)"
     lessons = answers.get("lessons") or []
-    lesson_lines = "\n".join(f"- {markdown_text(l['lesson'], 600)}"
-                             + (" _(proposed playbook change"
-                                + (f": {markdown_text(l['playbook_section'], 80)}" if l.get("playbook_section") else "")
-                                + ")_" if l.get("playbook_change") else "") for l in lessons)
+    lesson_lines = "\n".join(
+        f"- {markdown_text(lesson['lesson'], 600)}"
+        + (
+            " _(proposed playbook change"
+            + (f": {markdown_text(lesson['playbook_section'], 80)}" if lesson.get("playbook_section") else "")
+            + ")_"
+            if lesson.get("playbook_change")
+            else ""
+        )
+        for lesson in lessons
+    )
     went = [("What went well", answers.get("what_went_well")), ("What did not", answers.get("what_went_badly"))]
     went_lines = "\n".join(f"**{title}:** {markdown_text(text, 1500)}" for title, text in went if text)
     item_lines = "\n".join(

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 
 MARK = "[REDACTED]"
-_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S),
      f"-----{MARK} PRIVATE KEY-----"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), MARK),             # JWT
@@ -45,7 +46,7 @@ def redact(text: str | None) -> str:
     return text
 
 
-def redact_alert(alert: dict | None) -> dict | None:
+def redact_alert(alert: dict[str, Any] | None) -> dict[str, Any] | None:
     """An alert as it may be kept and shown: its annotations (free text from the monitoring
     system, where a templated value can carry a credential) redacted; labels are identity."""
     if not isinstance(alert, dict) or not isinstance(alert.get("annotations"), dict):

@@ -106,7 +106,7 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
                   "Contain: " + "; ".join(a.kind.replace("_", " ") + " " + a.target for a in actions))
 
 
-def block_action(service: ServiceConfig, cidrs: list[str], state: dict, w: Weighing) -> PlannedAction | None:
+def block_action(service: ServiceConfig, cidrs: list[str], state: dict[str, Any], w: Weighing) -> PlannedAction | None:
     """The block by the service's strategy, showing what is blocked now and after; a
     NetworkPolicy is refused (with the reason and the alternative) when another policy
     already selects the pods, because policies add up and it would widen their access."""

@@ -6,12 +6,13 @@ server, created when missing). The schema is created idempotently on first use.
 
 from __future__ import annotations
 
+import builtins
 import os
 import secrets
 import threading
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Callable, Iterator
-from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
@@ -20,6 +21,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from incidents.models import Incident, Severity, Status, TimelineEvent
+
+Row = dict[str, Any]  # rows come back as dicts (psycopg's dict_row)
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/runbooks"
 _OPTIONS = "-c statement_timeout=10000 -c lock_timeout=5000"
@@ -197,7 +200,8 @@ DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'approvals_decision_check'
                    AND pg_get_constraintdef(oid) LIKE '%withdrawn%') THEN
         ALTER TABLE approvals DROP CONSTRAINT IF EXISTS approvals_decision_check,
-            ADD CONSTRAINT approvals_decision_check CHECK (decision IN ('approved', 'declined', 'timed_out', 'withdrawn'));
+            ADD CONSTRAINT approvals_decision_check
+                CHECK (decision IN ('approved', 'declined', 'timed_out', 'withdrawn'));
     END IF;
 END $$;
 -- one Slack thread per incident (a Slack app's parent message), and what its parent shows now
@@ -253,6 +257,13 @@ def _redacted(url: str) -> str:
     return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
 
 
+def required_row(row: Row | None) -> Row:
+    """The row a statement always returns (INSERT ... RETURNING, an UPDATE of a row just read)."""
+    if row is None:
+        raise StoreError("the incident store returned no row where one was certain")
+    return row
+
+
 class IncidentStore:
     _ready: set[str] = set()
     _ready_lock = threading.Lock()
@@ -263,7 +274,7 @@ class IncidentStore:
 
     # -- connection and schema ----------------------------------------------------------------
     @contextmanager
-    def _connect(self) -> Iterator[psycopg.Connection]:
+    def _connect(self) -> Iterator[psycopg.Connection[Row]]:
         self.ensure_schema()
         try:
             with psycopg.connect(self.url, connect_timeout=connect_timeout(), options=_OPTIONS,
@@ -299,13 +310,13 @@ class IncidentStore:
         admin = make_conninfo(self.url, dbname="postgres")
         with psycopg.connect(admin, connect_timeout=5, autocommit=True) as conn:
             try:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(dbname))))
             except psycopg.errors.DuplicateDatabase:
                 pass
 
     # -- incidents ------------------------------------------------------------------------------
     def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,
-                      title: str, detected_by: str, flow_run_id: str | None, alert: dict | None,
+                      title: str, detected_by: str, flow_run_id: str | None, alert: dict[str, Any] | None,
                       started_at: datetime | None = None) -> Incident:
         """Open an incident, or return the one already open under `dedup_key`. `started_at` is
         when the problem began (an alert's startsAt); it defaults to now, the opening."""
@@ -322,7 +333,7 @@ class IncidentStore:
             if row is None:
                 row = conn.execute("SELECT * FROM incidents WHERE dedup_key = %s AND resolved_at IS NULL",
                                    (dedup_key,)).fetchone()
-            incident = _incident(row)
+            incident = _incident(required_row(row))
             incident.created = created
             return incident
 
@@ -333,7 +344,7 @@ class IncidentStore:
             raise NotFound(f"no incident {incident_id}")
         return _incident(row)
 
-    def list(self, limit: int = 50, open_only: bool = False, environment: str | None = None) -> list[Incident]:
+    def list(self, limit: int = 50, open_only: bool = False, environment: str | None = None) -> builtins.list[Incident]:
         where = (["resolved_at IS NULL"] if open_only else []) + (["environment = %s"] if environment else [])
         query = "SELECT * FROM incidents" + (" WHERE " + " AND ".join(where) if where else "") + \
                 " ORDER BY opened_at DESC LIMIT %s"
@@ -383,7 +394,7 @@ class IncidentStore:
         return row is not None
 
     # -- Slack thread and pagers ------------------------------------------------------------------
-    def slack_thread(self, incident_id: int) -> dict | None:
+    def slack_thread(self, incident_id: int) -> dict[str, Any] | None:
         """{channel, ts, parent} of the incident's Slack thread, or None before its first message."""
         with self._connect() as conn:
             row = conn.execute("SELECT slack_channel AS channel, slack_ts AS ts, slack_parent AS parent "
@@ -412,35 +423,40 @@ class IncidentStore:
                                "ON CONFLICT DO NOTHING RETURNING pager", (incident_id, pager)).fetchone()
         return row is not None
 
-    def pagers(self, incident_id: int) -> list[str]:
+    def pagers(self, incident_id: int) -> builtins.list[str]:
         with self._connect() as conn:
             rows = conn.execute("SELECT pager FROM incident_pagers WHERE incident_id = %s ORDER BY triggered_at",
                                 (incident_id,)).fetchall()
         return [r["pager"] for r in rows]
 
     # -- timeline -------------------------------------------------------------------------------
-    def add_event(self, incident_id: int, actor: str, kind: str, message: str, data: dict | None = None) -> None:
+    def add_event(
+        self, incident_id: int, actor: str, kind: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
         with self._connect() as conn:
-            conn.execute("INSERT INTO timeline_events (incident_id, actor, kind, message, data) VALUES (%s, %s, %s, %s, %s)",
-                         (incident_id, actor, kind, message, Jsonb(data or {})))
+            conn.execute(
+                "INSERT INTO timeline_events (incident_id, actor, kind, message, data) VALUES (%s, %s, %s, %s, %s)",
+                (incident_id, actor, kind, message, Jsonb(data or {})),
+            )
 
-    def timeline(self, incident_id: int) -> list[TimelineEvent]:
+    def timeline(self, incident_id: int) -> builtins.list[TimelineEvent]:
         with self._connect() as conn:
             rows = conn.execute("SELECT at, actor, kind, message, data FROM timeline_events "
                                 "WHERE incident_id = %s ORDER BY at, id", (incident_id,)).fetchall()
         return [TimelineEvent(**r) for r in rows]
 
     # -- approvals ------------------------------------------------------------------------------
-    def request_approval(self, incident_id: int, plan_digest: str, plan: dict, flow_run_id: str | None,
-                         deadline_at: datetime | None = None, findings: dict | None = None) -> int:
+    def request_approval(self, incident_id: int, plan_digest: str, plan: dict[str, Any], flow_run_id: str | None,
+                         deadline_at: datetime | None = None, findings: dict[str, Any] | None = None) -> int:
         with self._connect() as conn:
-            return conn.execute("INSERT INTO approvals (incident_id, plan_digest, plan, flow_run_id, deadline_at, "
-                                "findings, token) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                                (incident_id, plan_digest, Jsonb(plan), flow_run_id, deadline_at,
-                                 Jsonb(findings) if findings is not None else None,
-                                 secrets.token_urlsafe(18))).fetchone()["id"]
+            row = conn.execute("INSERT INTO approvals (incident_id, plan_digest, plan, flow_run_id, deadline_at, "
+                               "findings, token) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                               (incident_id, plan_digest, Jsonb(plan), flow_run_id, deadline_at,
+                                Jsonb(findings) if findings is not None else None,
+                                secrets.token_urlsafe(18))).fetchone()
+        return int(required_row(row)["id"])
 
-    def approval_for_run(self, flow_run_id: str) -> dict | None:
+    def approval_for_run(self, flow_run_id: str) -> dict[str, Any] | None:
         """The latest approval a flow run asked for: a resumed run continues from it."""
         with self._connect() as conn:
             return conn.execute("SELECT * FROM approvals WHERE flow_run_id = %s ORDER BY id DESC LIMIT 1",
@@ -456,14 +472,14 @@ class IncidentStore:
                                (flow_run_id, flow_run_id)).fetchone()
         return _incident(row) if row else None
 
-    def expired_approvals(self, environment: str, now: datetime) -> list[dict]:
+    def expired_approvals(self, environment: str, now: datetime) -> builtins.list[dict[str, Any]]:
         """Pending approvals past their deadline (their runs may be suspended: nobody else ends them)."""
         with self._connect() as conn:
             return conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
                                    WHERE i.environment = %s AND a.decision IS NULL AND a.deadline_at <= %s
                                      AND a.flow_run_id IS NOT NULL ORDER BY a.id""", (environment, now)).fetchall()
 
-    def waiting_approvals(self, environment: str, older_than_seconds: float = 30.0) -> list[dict]:
+    def waiting_approvals(self, environment: str, older_than_seconds: float = 30.0) -> builtins.list[dict[str, Any]]:
         """Pending approvals of runs, asked for at least this long ago (the watch checks their runs)."""
         with self._connect() as conn:
             return conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
@@ -472,7 +488,7 @@ class IncidentStore:
                                 (environment, older_than_seconds)).fetchall()
 
     # -- the action log: each approved action once ------------------------------------------------
-    def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> dict:
+    def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> dict[str, Any]:
         """Claim an approved action of this incident's plan. Returns the log row; `first` is False
         when the action was seen before (done: skip it; started: it was interrupted, check
         before repeating). The same plan in another incident is another action."""
@@ -485,7 +501,7 @@ class IncidentStore:
             row = conn.execute("""UPDATE action_log SET attempts = attempts + 1
                                   WHERE incident_id = %s AND plan_digest = %s AND action_digest = %s RETURNING *""",
                                (incident_id, plan_digest, action_digest)).fetchone()
-            return {**row, "first": False}
+            return {**required_row(row), "first": False}
 
     def finish_action(self, incident_id: int, plan_digest: str, action_digest: str, status: str, detail: str) -> None:
         with self._connect() as conn:
@@ -493,7 +509,7 @@ class IncidentStore:
                          "WHERE incident_id = %s AND plan_digest = %s AND action_digest = %s",
                          (status, detail, incident_id, plan_digest, action_digest))
 
-    def action_log(self, incident_id: int) -> list[dict]:
+    def action_log(self, incident_id: int) -> builtins.list[dict[str, Any]]:
         with self._connect() as conn:
             return conn.execute("SELECT * FROM action_log WHERE incident_id = %s ORDER BY started_at",
                                 (incident_id,)).fetchall()
@@ -509,14 +525,14 @@ class IncidentStore:
                              "acknowledged_by = COALESCE(acknowledged_by, %s) "
                              "WHERE id = (SELECT incident_id FROM approvals WHERE id = %s)", (approver, approval_id))
 
-    def approval(self, approval_id: int) -> dict | None:
+    def approval(self, approval_id: int) -> dict[str, Any] | None:
         """An approval request with its incident's environment, severity and service."""
         with self._connect() as conn:
             return conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
                                    FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.id = %s""",
                                 (approval_id,)).fetchone()
 
-    def approval_by_token(self, token: str) -> dict | None:
+    def approval_by_token(self, token: str) -> dict[str, Any] | None:
         """The approval a link names (its random token; ids are never accepted in links)."""
         with self._connect() as conn:
             return conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
@@ -538,7 +554,7 @@ class IncidentStore:
                                (approval_id, approver, decision, reason)).fetchone()
         return row is not None
 
-    def signatures(self, approval_id: int) -> list[dict]:
+    def signatures(self, approval_id: int) -> builtins.list[dict[str, Any]]:
         with self._connect() as conn:
             return conn.execute("SELECT * FROM approval_signatures WHERE approval_id = %s ORDER BY signed_at",
                                 (approval_id,)).fetchall()
@@ -546,21 +562,28 @@ class IncidentStore:
     def next_attempt(self, approval_id: int) -> int:
         """An answer was not accepted (unverified): the gate asks again under a new pause key."""
         with self._connect() as conn:
-            return conn.execute("UPDATE approvals SET attempt = attempt + 1 WHERE id = %s RETURNING attempt",
-                                (approval_id,)).fetchone()["attempt"]
+            return int(
+                required_row(
+                    conn.execute(
+                        "UPDATE approvals SET attempt = attempt + 1 WHERE id = %s RETURNING attempt", (approval_id,)
+                    ).fetchone()
+                )["attempt"]
+            )
 
     def mark_verified(self, approval_id: int) -> None:
         with self._connect() as conn:
             conn.execute("UPDATE approvals SET verified = true WHERE id = %s", (approval_id,))
 
-    def approvals(self, incident_id: int) -> list[dict]:
+    def approvals(self, incident_id: int) -> builtins.list[dict[str, Any]]:
         with self._connect() as conn:
             return conn.execute("SELECT * FROM approvals WHERE incident_id = %s ORDER BY id", (incident_id,)).fetchall()
 
     # -- correlation: alerts joining an incident, announcement, severity --------------------------
     def open_for_key(self, key: str) -> Incident | None:
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM incidents WHERE dedup_key = %s AND resolved_at IS NULL", (key,)).fetchone()
+            row = conn.execute(
+                "SELECT * FROM incidents WHERE dedup_key = %s AND resolved_at IS NULL", (key,)
+            ).fetchone()
         return _incident(row) if row else None
 
     def claim_announcement(self, incident_id: int) -> bool:
@@ -573,8 +596,15 @@ class IncidentStore:
     def set_runbook_run(self, incident_id: int, flow_run_id: str) -> str:
         """Name the run that works the incident, unless one is named already; returns the named run."""
         with self._connect() as conn:
-            return conn.execute("UPDATE incidents SET flow_run_id = COALESCE(flow_run_id, %s) WHERE id = %s "
-                                "RETURNING flow_run_id", (flow_run_id, incident_id)).fetchone()["flow_run_id"]
+            return str(
+                required_row(
+                    conn.execute(
+                        "UPDATE incidents SET flow_run_id = COALESCE(flow_run_id, %s) WHERE id = %s "
+                        "RETURNING flow_run_id",
+                        (flow_run_id, incident_id),
+                    ).fetchone()
+                )["flow_run_id"]
+            )
 
     def raise_severity(self, incident_id: int, severity: Severity) -> Severity | None:
         """Raise an open incident to `severity` when that is more severe; the old severity, or None."""
@@ -602,9 +632,9 @@ class IncidentStore:
                               FROM incident_alerts o WHERE o.incident_id = %s AND o.identity = %s) AS again""",
                 (incident_id, identity, alertname, severity, starts_at, starts_at, REPLICA_SKEW_SECONDS, incident_id,
                  identity)).fetchone()
-        if row["inserted"]:
+        if required_row(row)["inserted"]:
             return "new"
-        return "refired" if row["again"] else "repeat"
+        return "refired" if required_row(row)["again"] else "repeat"
 
     def resolve_alert(self, incident_id: int, identity: str) -> bool:
         """The alert resolved at its source; False when it was not firing for this incident."""
@@ -614,7 +644,7 @@ class IncidentStore:
                                (incident_id, identity)).fetchone()
         return row is not None
 
-    def incident_alerts(self, incident_id: int) -> list[dict]:
+    def incident_alerts(self, incident_id: int) -> builtins.list[dict[str, Any]]:
         with self._connect() as conn:
             return conn.execute("SELECT * FROM incident_alerts WHERE incident_id = %s ORDER BY first_seen",
                                 (incident_id,)).fetchall()
@@ -627,7 +657,9 @@ class IncidentStore:
                                (identity, starts_at)).fetchone()
         return _incident(row) if row else None
 
-    def quiet_approvals(self, environment: str | None, grace_seconds: float, now: datetime) -> list[dict]:
+    def quiet_approvals(
+        self, environment: str | None, grace_seconds: float, now: datetime
+    ) -> builtins.list[dict[str, Any]]:
         """Pending approvals of open incidents whose every alert resolved and stayed resolved for
         `grace_seconds`: the outage is over before anyone approved."""
         with self._connect() as conn:
@@ -644,9 +676,11 @@ class IncidentStore:
         """Withdraw a pending approval (its alert resolved and stayed resolved). Never an
         acknowledgement; False when it was answered meanwhile."""
         with self._connect() as conn:
-            row = conn.execute("UPDATE approvals SET decision = 'withdrawn', approver = %s, reason = %s, automatic = true, "
-                               "decided_at = now() WHERE id = %s AND decision IS NULL RETURNING id",
-                               (by, reason, approval_id)).fetchone()
+            row = conn.execute(
+                "UPDATE approvals SET decision = 'withdrawn', approver = %s, reason = %s, automatic = true, "
+                "decided_at = now() WHERE id = %s AND decision IS NULL RETURNING id",
+                (by, reason, approval_id),
+            ).fetchone()
         return row is not None
 
     def close(self, incident_id: int, root_cause: str, resolution: str, *, postmortem_needed: bool = True) -> bool:
@@ -671,11 +705,11 @@ class IncidentStore:
                    VALUES ('dry-run:' || gen_random_uuid(), %s, %s, %s, %s, %s, %s, 'dry run', %s, now(), now(),
                            now(), 'dry run: nothing was changed', false) RETURNING *""",
                 (scenario, service, environment, severity.value, Status.RESOLVED.value, title, flow_run_id)).fetchone()
-        return _incident(row)
+        return _incident(required_row(row))
 
     # -- runbook leases: one runbook acts on a target at a time ------------------------------------
     def take_lease(self, target: str, flow_run_id: str, incident_id: int, scenario: str,
-                   holder_gone: Callable[[str], bool]) -> dict:
+                   holder_gone: Callable[[str], bool]) -> dict[str, Any]:
         """Take the target for this run. Returns the lease as it stands: this run's when taken
         (or already held), otherwise the holder's. A holder whose run is gone (`holder_gone`)
         loses the lease."""
@@ -684,13 +718,16 @@ class IncidentStore:
                                   VALUES (%s, %s, %s, %s)
                                   ON CONFLICT (target) DO UPDATE SET target = EXCLUDED.target RETURNING *""",
                                (target, flow_run_id, incident_id, scenario)).fetchone()
+        row = required_row(row)
         if row["flow_run_id"] == flow_run_id or not holder_gone(row["flow_run_id"]):
             return row
         with self._connect() as conn:
             taken = conn.execute("""UPDATE runbook_leases SET flow_run_id = %s, incident_id = %s, scenario = %s,
                                            taken_at = now() WHERE target = %s AND flow_run_id = %s RETURNING *""",
                                  (flow_run_id, incident_id, scenario, target, row["flow_run_id"])).fetchone()
-            return taken or conn.execute("SELECT * FROM runbook_leases WHERE target = %s", (target,)).fetchone()
+            return taken or required_row(
+                conn.execute("SELECT * FROM runbook_leases WHERE target = %s", (target,)).fetchone()
+            )
 
     def release_lease(self, target: str, flow_run_id: str) -> bool:
         with self._connect() as conn:
@@ -698,7 +735,7 @@ class IncidentStore:
                                (target, flow_run_id)).fetchone()
         return row is not None
 
-    def leases(self) -> list[dict]:
+    def leases(self) -> builtins.list[dict[str, Any]]:
         with self._connect() as conn:
             return conn.execute("SELECT * FROM runbook_leases ORDER BY taken_at").fetchall()
 
@@ -715,11 +752,11 @@ class DrillStore(IncidentStore):
                          (drill_id, fault, scenario, environment, service, approval_mode, approval_delay_seconds,
                           flow_run_id))
 
-    def drill(self, drill_id: str) -> dict | None:
+    def drill(self, drill_id: str) -> dict[str, Any] | None:
         with self._connect() as conn:
             return conn.execute("SELECT * FROM drills WHERE id = %s", (drill_id,)).fetchone()
 
-    def finish_drill(self, drill_id: str, status: str, score: dict | None, error: str | None,
+    def finish_drill(self, drill_id: str, status: str, score: dict[str, Any] | None, error: str | None,
                      scenario_run_id: str | None, incident_id: int | None) -> None:
         with self._connect() as conn:
             conn.execute("""UPDATE drills SET status = %s, score = %s, error = %s, scenario_run_id = %s,
@@ -727,7 +764,7 @@ class DrillStore(IncidentStore):
                          (status, Jsonb(score) if score is not None else None, error, scenario_run_id, incident_id,
                           drill_id))
 
-    def drill_history(self, limit: int = 50) -> list[dict]:
+    def drill_history(self, limit: int = 50) -> list[dict[str, Any]]:
         with self._connect() as conn:
             return conn.execute("SELECT * FROM drills WHERE finished_at IS NOT NULL "
                                 "ORDER BY started_at DESC LIMIT %s", (limit,)).fetchall()
@@ -738,15 +775,35 @@ class DrillStore(IncidentStore):
         return self.incident_for_alert_start(identity, starts_at)
 
 
-def _incident(row: dict) -> Incident:
+def _incident(row: dict[str, Any]) -> Incident:
     return Incident(
-        id=row["id"], dedup_key=row["dedup_key"], scenario=row["scenario"], service=row["service"],
-        environment=row["environment"], severity=Severity(row["severity"]), status=Status(row["status"]),
-        title=row["title"], opened_at=row["opened_at"], detected_by=row["detected_by"], github_repo=row["github_repo"],
-        github_issue=row["github_issue"], issue_url=row["issue_url"], flow_run_id=row["flow_run_id"], alert=row["alert"],
-        resolved_at=row["resolved_at"], root_cause=row["root_cause"], resolution=row["resolution"],
-        started_at=row.get("started_at"), acknowledged_at=row.get("acknowledged_at"),
-        acknowledged_by=row.get("acknowledged_by"), escalation_level=row.get("escalation_level") or 0,
-        escalated_at=row.get("escalated_at"), recovered_at=row.get("recovered_at"), eta=row.get("eta"),
-        impact=row.get("impact"), users_affected=row.get("users_affected"), last_update_at=row.get("last_update_at"),
-        announced_at=row.get("announced_at"))
+        id=row["id"],
+        dedup_key=row["dedup_key"],
+        scenario=row["scenario"],
+        service=row["service"],
+        environment=row["environment"],
+        severity=Severity(row["severity"]),
+        status=Status(row["status"]),
+        title=row["title"],
+        opened_at=row["opened_at"],
+        detected_by=row["detected_by"],
+        github_repo=row["github_repo"],
+        github_issue=row["github_issue"],
+        issue_url=row["issue_url"],
+        flow_run_id=row["flow_run_id"],
+        alert=row["alert"],
+        resolved_at=row["resolved_at"],
+        root_cause=row["root_cause"],
+        resolution=row["resolution"],
+        started_at=row.get("started_at"),
+        acknowledged_at=row.get("acknowledged_at"),
+        acknowledged_by=row.get("acknowledged_by"),
+        escalation_level=row.get("escalation_level") or 0,
+        escalated_at=row.get("escalated_at"),
+        recovered_at=row.get("recovered_at"),
+        eta=row.get("eta"),
+        impact=row.get("impact"),
+        users_affected=row.get("users_affected"),
+        last_update_at=row.get("last_update_at"),
+        announced_at=row.get("announced_at"),
+    )

@@ -5,6 +5,7 @@ can neither mention a whole channel nor inject markdown."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +45,7 @@ def stamp(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
-def initial_alert(incident: Incident, summary: str, eta: str = "under investigation", paged: list[str] = (),
+def initial_alert(incident: Incident, summary: str, eta: str = "under investigation", paged: Sequence[str] = (),
                   commander: str | None = None) -> str:
     lines = [
         "🚨 INCIDENT ALERT",
@@ -62,7 +63,7 @@ def initial_alert(incident: Incident, summary: str, eta: str = "under investigat
 
 
 def status_update(incident: Incident, status: str, eta: str, impact: str, note: str | None = None,
-                  paging: list[str] = ()) -> str:
+                  paging: Sequence[str] = ()) -> str:
     """`paging` holds mentions rendered from the config (`Roles.mentions`), never outside text."""
     lines = ["📊 INCIDENT UPDATE", f"Issue: {incident.issue_ref}", f"Status: {status}",
              f"ETA: {slack_text(eta)}", f"Impact: {slack_text(impact)}"]
@@ -84,7 +85,7 @@ def thread_parent(parent: str, incident: Incident) -> str:
     return _PARENT_LINE.sub(lambda m: f"{m[1]}: {current[m[1]]}", parent)
 
 
-def approval_buttons(token: str, severity: str) -> list[dict]:
+def approval_buttons(token: str, severity: str) -> list[dict[str, Any]]:
     """Approve and Decline for a Slack app's approval message; the value is the approval's
     token, and Slack asks the presser to confirm an approval (Block Kit confirm object)."""
     confirm = {"title": {"type": "plain_text", "text": "Run this plan?"},
@@ -106,12 +107,14 @@ def resolution(incident: Incident, root_cause: str, what_was_done: str, preventi
     ])
 
 
-def slack_blocks(text: str, link: tuple[str, str] | None = None, buttons: list[dict] | None = None) -> list[dict]:
+def slack_blocks(
+    text: str, link: tuple[str, str] | None = None, buttons: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Block Kit for a template message: a header line, the rest as a section, and an actions
     block with the link and any interactive buttons (Block Kit limits: header 150 characters,
     section 3000, button label 75)."""
     head, _, rest = text.partition("\n")
-    blocks: list[dict] = [{"type": "header", "text": {"type": "plain_text", "text": head[:150]}}]
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": head[:150]}}]
     if rest:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": rest[:3000]}})
     elements = list(buttons or [])
@@ -134,8 +137,10 @@ def issue_title(incident: Incident, summary: str) -> str:
 
 
 def resolution_markdown(root_cause: str, what_was_done: str, prevention: str) -> str:
-    return (f"### ✅ Incident resolved\n\n**Root Cause:** {markdown_text(root_cause, 500)}\n\n"
-            f"**Resolution:** {markdown_text(what_was_done, 500)}\n\n**Prevention:** {markdown_text(prevention, 500)}\n")
+    return (
+        f"### ✅ Incident resolved\n\n**Root Cause:** {markdown_text(root_cause, 500)}\n\n"
+        f"**Resolution:** {markdown_text(what_was_done, 500)}\n\n**Prevention:** {markdown_text(prevention, 500)}\n"
+    )
 
 
 def issue_body(incident: Incident, summary: str, roles: list[tuple[str, str, str]], policy: Any,
@@ -143,7 +148,11 @@ def issue_body(incident: Incident, summary: str, roles: list[tuple[str, str, str
     """The playbook's Incident Issue Template, filled as far as is known when it opens."""
     alert_line = ""
     if incident.alert:
-        name = incident.alert.get("labels", {}).get("alertname") if isinstance(incident.alert.get("labels"), dict) else None
+        name = (
+            incident.alert.get("labels", {}).get("alertname")
+            if isinstance(incident.alert.get("labels"), dict)
+            else None
+        )
         alert_line = f"\n**Alert:** {markdown_text(name or 'external alert')}"
     role_rows = "\n".join(f"| {role} | {contact} | {backup or '-'} |" for role, contact, backup in roles)
     return f"""## 🚨 Incident Report
@@ -183,4 +192,4 @@ To be written in the post-mortem.
 {role_rows}
 
 _Escalation for {incident.severity.value}: acknowledge within {policy.response_minutes:g} min ({incident.severity.escalation}); unacknowledged, it escalates level by level. Status Updates every {policy.status_minutes:g} min while open._
-"""
+"""  # noqa: E501 - the issue body is Markdown; its lines are as long as they read

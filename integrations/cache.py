@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -43,7 +45,7 @@ class CacheClient(Closing):
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, what: str, fn, *args):
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
         except redis.RedisError as exc:
@@ -57,7 +59,7 @@ class CacheClient(Closing):
                            int(clients.get("connected_clients", 0)), int(stats.get("evicted_keys", 0)),
                            int(self._call("DBSIZE", self._client.dbsize)))
 
-    def _scan(self, prefix: str, batch: int):
+    def _scan(self, prefix: str, batch: int) -> Iterator[Any]:
         """The keys under `prefix`; SCAN runs as the keys are consumed, so its errors are
         turned into IntegrationError here, where they happen."""
         keys = self._client.scan_iter(f"{validate_prefix(prefix)}*", batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class IntegrationError(Exception):
     """`what` names the call (e.g. "GitHub POST /repos/acme/api/issues"); `reason` says why it failed."""
@@ -20,8 +22,8 @@ class Closing:
     def close(self) -> None:  # pragma: no cover - every client defines its own
         raise NotImplementedError
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, cast
 from urllib.parse import quote
 
 import httpx
 
 from integrations.errors import Closing, IntegrationError
-from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, request, client as http_client
+from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, request
+from integrations.http import client as http_client
 
 API_VERSION = "2022-11-28"
 
@@ -43,17 +44,19 @@ class GitHubClient(Closing):
 
     # -- Actions --------------------------------------------------------------------------------
     def workflow_runs(self, repo: str, *, since: datetime | None = None, workflow: str | None = None,
-                      event: str | None = None, per_page: int = 20) -> list[dict]:
-        path = _repo_path(repo) + (f"/actions/workflows/{quote(workflow, safe='')}/runs" if workflow else "/actions/runs")
+                      event: str | None = None, per_page: int = 20) -> list[dict[str, Any]]:
+        path = _repo_path(repo) + (
+            f"/actions/workflows/{quote(workflow, safe='')}/runs" if workflow else "/actions/runs"
+        )
         params: dict[str, Any] = {"per_page": per_page}
         if since:
             params["created"] = f">={iso(since)}"
         if event:
             params["event"] = event
-        return self._call("GET", path, params=params).json().get("workflow_runs", [])
+        return _json_list(self._call("GET", path, params=params).json().get("workflow_runs", []))
 
-    def get_run(self, repo: str, run_id: int) -> dict:
-        return self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}").json()
+    def get_run(self, repo: str, run_id: int) -> dict[str, Any]:
+        return _json_object(self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}").json())
 
     def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str], *,
                           confirm_seconds: float = 10.0) -> datetime:
@@ -74,7 +77,7 @@ class GitHubClient(Closing):
                         {"ref": ref, "inputs": inputs}, created)
         return started
 
-    def _post_once(self, path: str, payload: dict, made: Callable[[], Any]) -> httpx.Response | None:
+    def _post_once(self, path: str, payload: dict[str, Any], made: Callable[[], Any]) -> httpx.Response | None:
         """POST that is never simply sent again: when its answer is lost (a timeout, a dropped
         connection, a 5xx) GitHub may have acted on it, so `made()` looks for what it would have
         made first (an issue, a comment, a run) and it is sent again only when nothing is found.
@@ -93,8 +96,12 @@ class GitHubClient(Closing):
                     if made():
                         return None
                 except IntegrationError:  # cannot tell whether it was acted on: never send it blind
-                    raise IntegrationError(what, f"{exc.reason}; whether GitHub acted on it could not be checked, "
-                                                 f"so it was not sent again", status=exc.status, transient=True) from None
+                    raise IntegrationError(
+                        what,
+                        f"{exc.reason}; whether GitHub acted on it could not be checked, so it was not sent again",
+                        status=exc.status,
+                        transient=True,
+                    ) from None
                 time.sleep(self.retry.delay(attempt, None))
                 continue
             if response.status_code != 429:
@@ -106,10 +113,10 @@ class GitHubClient(Closing):
         raise AssertionError("unreachable")
 
     def wait_for_dispatched_run(self, repo: str, workflow: str, since: datetime, *, timeout: float = 300,
-                                poll: float = 2.0) -> dict:
+                                poll: float = 2.0) -> dict[str, Any]:
         """Find the run a dispatch created and poll it until it completes (or `timeout`)."""
         deadline = time.monotonic() + timeout
-        run: dict | None = None
+        run: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             if run is None:
                 runs = self.workflow_runs(repo, workflow=workflow, event="workflow_dispatch", since=since, per_page=5)
@@ -122,8 +129,10 @@ class GitHubClient(Closing):
         state = f"run {run['id']} still {run.get('status')}" if run else "no run appeared"
         raise IntegrationError(f"GitHub workflow {workflow} in {repo}", f"{state} after {timeout:g} s")
 
-    def run_jobs(self, repo: str, run_id: int) -> list[dict]:
-        return self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}/jobs").json().get("jobs", [])
+    def run_jobs(self, repo: str, run_id: int) -> list[dict[str, Any]]:
+        return _json_list(
+            self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}/jobs").json().get("jobs", [])
+        )
 
     def job_logs(self, repo: str, job_id: int, tail_lines: int = 40) -> str:
         """The job's log. GitHub answers with a redirect to short-lived storage; the token is
@@ -133,7 +142,9 @@ class GitHubClient(Closing):
         if response.is_redirect:
             location = response.headers["Location"]
             with http_client(timeout=self._http.timeout) as plain:
-                response = request(plain, "GET", location, what=f"GitHub log download for job {job_id}", retry=self.retry)
+                response = request(
+                    plain, "GET", location, what=f"GitHub log download for job {job_id}", retry=self.retry
+                )
         lines = response.text.splitlines()
         return "\n".join(lines[-tail_lines:])
 
@@ -143,19 +154,19 @@ class GitHubClient(Closing):
                 for job in self.run_jobs(repo, run_id) if job.get("conclusion") == "failure"}
 
     # -- commits and issues -----------------------------------------------------------------------
-    def recent_commits(self, repo: str, *, since: datetime | None = None, per_page: int = 10) -> list[dict]:
+    def recent_commits(self, repo: str, *, since: datetime | None = None, per_page: int = 10) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"per_page": per_page}
         if since:
             params["since"] = iso(since)
-        return self._call("GET", f"{_repo_path(repo)}/commits", params=params).json()
+        return _json_list(self._call("GET", f"{_repo_path(repo)}/commits", params=params).json())
 
     def create_issue(self, repo: str, title: str, body: str, labels: list[str],
-                     assignees: list[str] | None = None) -> dict:
+                     assignees: list[str] | None = None) -> dict[str, Any]:
         """Open an issue once: a lost answer is resolved by finding the issue it opened."""
         payload: dict[str, Any] = {"title": title, "body": body, "labels": labels}
         if assignees:
             payload["assignees"] = assignees
-        found: list[dict] = []
+        found: list[dict[str, Any]] = []
 
         def opened() -> bool:
             recent = self._call("GET", f"{_repo_path(repo)}/issues",
@@ -166,9 +177,9 @@ class GitHubClient(Closing):
         response = self._post_once(f"{_repo_path(repo)}/issues", payload, opened)
         return response.json() if response is not None else found[0]
 
-    def comment(self, repo: str, number: int, body: str) -> dict:
+    def comment(self, repo: str, number: int, body: str) -> dict[str, Any]:
         """Comment once: a lost answer is resolved by finding the comment among the newest."""
-        found: list[dict] = []
+        found: list[dict[str, Any]] = []
 
         started = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -181,12 +192,22 @@ class GitHubClient(Closing):
         response = self._post_once(f"{_repo_path(repo)}/issues/{int(number)}/comments", {"body": body}, posted)
         return response.json() if response is not None else found[0]
 
-    def close_issue(self, repo: str, number: int, reason: str = "completed") -> dict:
-        return self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}",
-                          json={"state": "closed", "state_reason": reason}).json()
+    def close_issue(self, repo: str, number: int, reason: str = "completed") -> dict[str, Any]:
+        return _json_object(self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}",
+                                       json={"state": "closed", "state_reason": reason}).json())
 
-    def get_issue(self, repo: str, number: int) -> dict:
-        return self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}").json()
+    def get_issue(self, repo: str, number: int) -> dict[str, Any]:
+        return _json_object(self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}").json())
 
-    def list_comments(self, repo: str, number: int) -> list[dict]:
-        return self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}/comments").json()
+    def list_comments(self, repo: str, number: int) -> list[dict[str, Any]]:
+        return _json_list(self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}/comments").json())
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    """GitHub answered JSON; an object where the API documents one."""
+    return cast(dict[str, Any], value)
+
+
+def _json_list(value: Any) -> list[dict[str, Any]]:
+    """GitHub answered JSON; a list of objects where the API documents one."""
+    return cast(list[dict[str, Any]], value)

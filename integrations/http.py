@@ -46,7 +46,7 @@ class RetryPolicy:
         Every client (HTTP, Kubernetes) uses this one rule."""
         if retry_after:
             return min(_parse_retry_after(str(retry_after)), self.max_wait)
-        return min(self.backoff * (2 ** (attempt - 1)), self.max_wait)
+        return min(self.backoff * 2.0 ** (attempt - 1), self.max_wait)
 
 
 def _parse_retry_after(value: str) -> float:
@@ -65,7 +65,7 @@ def is_transient(status: int) -> bool:
 
 def request(client: httpx.Client, method: str, url: str, *, what: str, retry: RetryPolicy = RetryPolicy(),
             ok: tuple[int, ...] = (), on_retry: Callable[[str, float], None] | None = None,
-            **kwargs) -> httpx.Response:
+            **kwargs: Any) -> httpx.Response:
     """Send one request with retries; raise IntegrationError naming `what` unless it succeeds.
 
     A 2xx/3xx response, or one whose status is in `ok`, is returned as is. `on_retry(why,
@@ -97,7 +97,7 @@ def request(client: httpx.Client, method: str, url: str, *, what: str, retry: Re
 
 
 async def arequest(client: httpx.AsyncClient, method: str, url: str, *, what: str, retry: RetryPolicy = RetryPolicy(),
-                   ok: tuple[int, ...] = (), **kwargs) -> httpx.Response:
+                   ok: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
     """`request` for asyncio: the same retries, the same rule for Retry-After, the same errors."""
     last: str = ""
     response: httpx.Response | None = None

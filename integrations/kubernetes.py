@@ -9,12 +9,12 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from integrations.errors import Closing, IntegrationError
 from integrations.http import RetryPolicy, is_transient
@@ -40,7 +40,7 @@ class RolloutStatus:
     failed: bool = False  # the progress deadline was exceeded
 
 
-def rollout_status_of(deployment: dict) -> RolloutStatus:
+def rollout_status_of(deployment: dict[str, Any]) -> RolloutStatus:
     """kubectl rollout status's verdict for one observation of a Deployment (API JSON)."""
     name = deployment["metadata"]["name"]
     spec, status = deployment.get("spec", {}), deployment.get("status") or {}
@@ -64,23 +64,26 @@ def rollout_status_of(deployment: dict) -> RolloutStatus:
     return RolloutStatus(True, f'deployment "{name}" successfully rolled out')
 
 
-def revision_of(obj: dict) -> int:
+def revision_of(obj: dict[str, Any]) -> int:
     try:
         return int((obj.get("metadata", {}).get("annotations") or {}).get(REVISION, "0"))
     except ValueError:
         return 0
 
 
-def _without_hash(template: dict) -> dict:
+def _without_hash(template: dict[str, Any]) -> dict[str, Any]:
     clean = copy.deepcopy(template)
     (clean.get("metadata", {}).get("labels") or {}).pop(HASH_LABEL, None)
     return clean
 
 
-def owned_replicasets(deployment: dict, replicasets: list[dict]) -> list[dict]:
+def owned_replicasets(deployment: dict[str, Any], replicasets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     uid = deployment["metadata"]["uid"]
-    return [rs for rs in replicasets
-            if any(ref.get("uid") == uid and ref.get("controller") for ref in rs["metadata"].get("ownerReferences") or [])]
+    return [
+        rs
+        for rs in replicasets
+        if any(ref.get("uid") == uid and ref.get("controller") for ref in rs["metadata"].get("ownerReferences") or [])
+    ]
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,10 @@ class UndoPlan:
     from_revision: int
     to_revision: int
     image: str
-    patch: list | None  # None: the deployment already runs that template (kubectl: "skipped rollback")
+    patch: list[Any] | None  # None: the deployment already runs that template (kubectl: "skipped rollback")
 
 
-def plan_undo(deployment: dict, replicasets: list[dict], to_revision: int = 0) -> UndoPlan:
+def plan_undo(deployment: dict[str, Any], replicasets: list[dict[str, Any]], to_revision: int = 0) -> UndoPlan:
     """kubectl rollout undo, computed client-side: pick the ReplicaSet for the revision (the
     previous one by default) and build the JSON patch that puts its template back."""
     name = deployment["metadata"]["name"]
@@ -115,6 +118,7 @@ def plan_undo(deployment: dict, replicasets: list[dict], to_revision: int = 0) -
         if previous is None:
             raise ValueError(f"no rollout history found for deployment {name!r}")
         target = previous
+    assert target is not None  # found, or the previous revision (both checked above)
     template = _without_hash(target["spec"]["template"])
     image = (template.get("spec", {}).get("containers") or [{}])[0].get("image", "")
     current = revision_of(deployment)
@@ -129,10 +133,10 @@ def plan_undo(deployment: dict, replicasets: list[dict], to_revision: int = 0) -
     return UndoPlan(current, revision_of(target), image, patch)
 
 
-def container_image(deployment: dict, container: str | None = None) -> str:
+def container_image(deployment: dict[str, Any], container: str | None = None) -> str:
     containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
     chosen = next((c for c in containers if c.get("name") == container), containers[0]) if container else containers[0]
-    return chosen.get("image", "")
+    return str(chosen.get("image", ""))
 
 
 # -- summaries returned to callers ----------------------------------------------------------
@@ -165,15 +169,20 @@ class UndoResult:
     skipped: bool
 
 
-def summarize_pod(pod: dict) -> PodSummary:
+def summarize_pod(pod: dict[str, Any]) -> PodSummary:
     status = pod.get("status") or {}
     cs = (status.get("containerStatuses") or [{}])[0]
     terminated = (cs.get("lastState") or {}).get("terminated") or {}
     return PodSummary(
-        name=pod["metadata"]["name"], phase=status.get("phase", "Unknown"), ready=bool(cs.get("ready")),
-        restarts=int(cs.get("restartCount") or 0), waiting_reason=((cs.get("state") or {}).get("waiting") or {}).get("reason"),
-        last_termination_reason=terminated.get("reason"), last_exit_code=terminated.get("exitCode"),
-        image=cs.get("image") or (pod.get("spec", {}).get("containers") or [{}])[0].get("image", ""))
+        name=pod["metadata"]["name"],
+        phase=status.get("phase", "Unknown"),
+        ready=bool(cs.get("ready")),
+        restarts=int(cs.get("restartCount") or 0),
+        waiting_reason=((cs.get("state") or {}).get("waiting") or {}).get("reason"),
+        last_termination_reason=terminated.get("reason"),
+        last_exit_code=terminated.get("exitCode"),
+        image=cs.get("image") or (pod.get("spec", {}).get("containers") or [{}])[0].get("image", ""),
+    )
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -220,19 +229,21 @@ class KubernetesClient(Closing):
         raise IntegrationError(f"Kubernetes {what}", f"{last} (after {self.retry.attempts} attempts)",
                                status=status, transient=True)
 
-    def _json(self, obj: Any) -> dict:
-        return self.api_client.sanitize_for_serialization(obj)
+    def _json(self, obj: Any) -> dict[str, Any]:
+        return cast(dict[str, Any], self.api_client.sanitize_for_serialization(obj))
 
-    def get_deployment(self, namespace: str, name: str) -> dict:
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         return self._json(self._call(f"get deployment {namespace}/{name}",
                                      self.apps.read_namespaced_deployment, name, namespace))
 
     def rollout_status(self, namespace: str, name: str) -> RolloutStatus:
         return rollout_status_of(self.get_deployment(namespace, name))
 
-    def _replicasets(self, deployment: dict) -> list[dict]:
+    def _replicasets(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
         meta = deployment["metadata"]
-        selector = ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"].get("matchLabels", {}).items()))
+        selector = ",".join(
+            f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"].get("matchLabels", {}).items())
+        )
         found = self._call(f"list replicasets of {meta['namespace']}/{meta['name']}",
                            self.apps.list_namespaced_replica_set, meta["namespace"], label_selector=selector)
         return owned_replicasets(deployment, [self._json(rs) for rs in found.items])
@@ -251,7 +262,7 @@ class KubernetesClient(Closing):
                            label_selector=selector)
         return [summarize_pod(self._json(p)) for p in found.items]
 
-    def events(self, namespace: str, names: set[str] | None = None, limit: int = 20) -> list[dict]:
+    def events(self, namespace: str, names: set[str] | None = None, limit: int = 20) -> list[dict[str, Any]]:
         found = self._call(f"list events in {namespace}", self.core.list_namespaced_event, namespace)
         events = [self._json(e) for e in found.items]
         if names:
@@ -266,13 +277,16 @@ class KubernetesClient(Closing):
         kwargs: dict[str, Any] = {"tail_lines": tail_lines, "previous": previous}
         if container:
             kwargs["container"] = container
-        return self._call(f"logs of pod {namespace}/{pod}", self.core.read_namespaced_pod_log, pod, namespace, **kwargs)
+        return str(self._call(f"logs of pod {namespace}/{pod}", self.core.read_namespaced_pod_log, pod, namespace,
+                              **kwargs))
 
     def scale(self, namespace: str, name: str, replicas: int) -> tuple[int, int]:
         """kubectl scale; returns (before, after)."""
         if not isinstance(replicas, int) or replicas < 0:
             raise ValueError(f"replicas must be a non-negative integer, got {replicas!r}")
-        scale = self._call(f"get scale of {namespace}/{name}", self.apps.read_namespaced_deployment_scale, name, namespace)
+        scale = self._call(
+            f"get scale of {namespace}/{name}", self.apps.read_namespaced_deployment_scale, name, namespace
+        )
         before = scale.spec.replicas
         self._call(f"scale {namespace}/{name} to {replicas}", self.apps.patch_namespaced_deployment_scale, name,
                    namespace, {"spec": {"replicas": replicas}})
@@ -297,7 +311,7 @@ class KubernetesClient(Closing):
                        plan.patch, _content_type="application/json-patch+json")
         return UndoResult(plan.from_revision, plan.to_revision, plan.image, skipped=plan.patch is None)
 
-    def autoscaler_of(self, namespace: str, deployment: str) -> dict | None:
+    def autoscaler_of(self, namespace: str, deployment: str) -> dict[str, Any] | None:
         """The HorizontalPodAutoscaler that scales this deployment, if any: {name, min, max}."""
         found = self._call(f"list horizontalpodautoscalers in {namespace}",
                            k8s.AutoscalingV2Api(self.api_client).list_namespaced_horizontal_pod_autoscaler, namespace)
@@ -319,6 +333,6 @@ class KubernetesClient(Closing):
 
 def _api_reason(exc: ApiException) -> str:
     try:
-        return f"HTTP {exc.status}: {json.loads(exc.body).get('message')}"
+        return f"HTTP {exc.status}: {json.loads(exc.body or '').get('message')}"
     except (TypeError, ValueError, AttributeError):
         return f"HTTP {exc.status}: {exc.reason}"

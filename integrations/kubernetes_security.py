@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import secrets as random_secrets
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes import client as k8s
 
@@ -26,9 +27,18 @@ class SecretMetadata:
 def secret_metadata(kube: KubernetesClient, namespace: str, names: list[str]) -> list[SecretMetadata]:
     found = []
     for name in names:
-        obj = kube._json(kube._call(f"read secret {namespace}/{name}", kube.core.read_namespaced_secret, name, namespace))
-        found.append(SecretMetadata(name, tuple(sorted((obj.get("data") or {}).keys())), obj.get("type", ""),
-                                    obj["metadata"].get("resourceVersion", ""), obj["metadata"].get("creationTimestamp", "")))
+        obj = kube._json(
+            kube._call(f"read secret {namespace}/{name}", kube.core.read_namespaced_secret, name, namespace)
+        )
+        found.append(
+            SecretMetadata(
+                name,
+                tuple(sorted((obj.get("data") or {}).keys())),
+                obj.get("type", ""),
+                obj["metadata"].get("resourceVersion", ""),
+                obj["metadata"].get("creationTimestamp", ""),
+            )
+        )
     return found
 
 
@@ -45,7 +55,7 @@ def set_secret_values(kube: KubernetesClient, namespace: str, name: str, values:
                              {"data": data})
     finally:
         data.clear()
-    return updated.metadata.resource_version
+    return str(updated.metadata.resource_version)
 
 
 def rotate_secret(kube: KubernetesClient, namespace: str, name: str, keys: list[str]) -> str:
@@ -54,7 +64,9 @@ def rotate_secret(kube: KubernetesClient, namespace: str, name: str, keys: list[
 
 
 def get_config_value(kube: KubernetesClient, namespace: str, configmap: str, key: str) -> str | None:
-    obj = kube._call(f"read configmap {namespace}/{configmap}", kube.core.read_namespaced_config_map, configmap, namespace)
+    obj = kube._call(
+        f"read configmap {namespace}/{configmap}", kube.core.read_namespaced_config_map, configmap, namespace
+    )
     return (obj.data or {}).get(key)
 
 
@@ -86,17 +98,19 @@ def _networking(kube: KubernetesClient) -> k8s.NetworkingV1Api:
     return k8s.NetworkingV1Api(kube.api_client)
 
 
-def _read_policy(kube: KubernetesClient, namespace: str, policy: str) -> dict | None:
+def _read_policy(kube: KubernetesClient, namespace: str, policy: str) -> dict[str, Any] | None:
     try:
         return kube._json(_networking(kube).read_namespaced_network_policy(policy, namespace,
                                                                              _request_timeout=kube.timeout))
     except k8s.ApiException as exc:
         if exc.status != 404:
-            raise IntegrationError(f"Kubernetes read networkpolicy {namespace}/{policy}", f"HTTP {exc.status}") from None
+            raise IntegrationError(
+                f"Kubernetes read networkpolicy {namespace}/{policy}", f"HTTP {exc.status}"
+            ) from None
         return None
 
 
-def _selects(selector: dict, labels: dict[str, str]) -> bool:
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     """Whether a label selector selects pods with `labels` (an expression counts as selecting:
     when unsure, assume the policy applies)."""
     if selector.get("matchExpressions"):
@@ -141,16 +155,22 @@ def _write_policy(kube: KubernetesClient, namespace: str, policy: str, app: str,
     existing = _read_policy(kube, namespace, policy)
     v4 = sorted(c for c in blocked if ":" not in c)
     v6 = sorted(c for c in blocked if ":" in c)
-    peers: list[dict] = []
+    peers: list[dict[str, Any]] = []
     if v4 or not v6:
         peers.append({"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}})
     if v6 or not v4:
         peers.append({"ipBlock": {"cidr": "::/0", "except": v6}})
     peers += [{"podSelector": {}}, {"namespaceSelector": {}}]
-    body = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": policy, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "runbooks"}},
-            "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress"],
-                     "ingress": [{"from": peers}]}}
+    body: dict[str, Any] = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": policy, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "runbooks"}},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": app}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers}],
+        },
+    }
     if existing is None:
         kube._call(f"create networkpolicy {namespace}/{policy}", _networking(kube).create_namespaced_network_policy,
                    namespace, body)

@@ -8,7 +8,8 @@ from typing import Any, Literal
 import httpx
 
 from integrations.errors import Closing, IntegrationError
-from integrations.http import RetryPolicy, request, client as http_client
+from integrations.http import RetryPolicy, request
+from integrations.http import client as http_client
 
 Action = Literal["trigger", "acknowledge", "resolve"]
 # PagerDuty's severities, most severe first
@@ -48,6 +49,9 @@ class PagerDutyEvents(Closing):
         except ValueError:
             data = {}
         if response.status_code != 202 or data.get("status") != "success":
-            raise IntegrationError(what, f"not accepted (HTTP {response.status_code}: {str(data.get('message'))[:100]})",
-                                   status=response.status_code)
+            raise IntegrationError(
+                what,
+                f"not accepted (HTTP {response.status_code}: {str(data.get('message'))[:100]})",
+                status=response.status_code,
+            )
         return str(data.get("dedup_key") or dedup_key)

@@ -100,15 +100,20 @@ class PostgresClient:
         self.statement_timeout_ms = statement_timeout_ms
         self.connect_timeout = connect_timeout
 
-    def _connect(self) -> psycopg.Connection:
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         try:
-            return psycopg.connect(self._dsn, connect_timeout=self.connect_timeout, autocommit=True, row_factory=dict_row,
-                                   options=f"-c statement_timeout={self.statement_timeout_ms} -c lock_timeout=2000",
-                                   application_name="runbooks-diagnosis")
+            return psycopg.connect(
+                self._dsn,
+                connect_timeout=self.connect_timeout,
+                autocommit=True,
+                row_factory=dict_row,
+                options=f"-c statement_timeout={self.statement_timeout_ms} -c lock_timeout=2000",
+                application_name="runbooks-diagnosis",
+            )
         except psycopg.Error as exc:
             raise IntegrationError(f"PostgreSQL {self.where}", _first_line(exc)) from None
 
-    def _query(self, what: str, sql: str, params: tuple = ()) -> list[dict]:
+    def _query(self, what: str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         try:
             with self._connect() as conn:
                 return conn.execute(sql, params).fetchall()
@@ -142,7 +147,9 @@ class PostgresClient:
 
     def replication(self) -> Replication:
         if self._query("recovery", "SELECT pg_is_in_recovery() AS replica")[0]["replica"]:
-            lag = self._query("replay lag", "SELECT EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float AS lag")
+            lag = self._query(
+                "replay lag", "SELECT EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float AS lag"
+            )
             return Replication("replica", replay_lag_seconds=lag[0]["lag"])
         replicas = self._query("replication", """
             SELECT application_name, client_addr::text AS client_addr, state, sync_state,

@@ -131,7 +131,7 @@ def error_metrics(body: Any) -> ErrorMetrics | None:
     return None
 
 
-def _versions(body: dict) -> dict[str, tuple[float, float]]:
+def _versions(body: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """JSON `versions: {tag: {requests, errors}}`; anything malformed is left out."""
     found = body.get("versions")
     if not isinstance(found, dict):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 
 from integrations.errors import Closing, IntegrationError
-from integrations.http import RetryPolicy, request, client as http_client
+from integrations.http import RetryPolicy, request
+from integrations.http import client as http_client
 
 
 class PrometheusClient(Closing):

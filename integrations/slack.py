@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from integrations.errors import Closing, IntegrationError
-from integrations.http import RetryPolicy, request, client as http_client
+from integrations.http import RetryPolicy, request
+from integrations.http import client as http_client
 
 
 def _http(timeout: float) -> httpx.Client:

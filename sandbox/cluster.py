@@ -209,8 +209,12 @@ class Cluster:
             current = self.get(plural, namespace, name)
             sent_rv = obj.get("metadata", {}).get("resourceVersion")
             if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": '
-                               "the object has been modified; please apply your changes to the latest version and try again")
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {plural} "{name}": '
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                )
             return self._update(plural, current, copy.deepcopy(obj))
 
     def patch(self, plural: str, namespace: str, name: str, body: Any, content_type: str) -> dict:
@@ -248,11 +252,16 @@ class Cluster:
     def get_scale(self, namespace: str, name: str) -> dict:
         dep = self.get("deployments", namespace, name)
         return {
-            "kind": "Scale", "apiVersion": "autoscaling/v1",
-            "metadata": {k: dep["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")},
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                k: dep["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            },
             "spec": {"replicas": dep["spec"].get("replicas", 1)},
-            "status": {"replicas": dep.get("status", {}).get("replicas", 0),
-                       "selector": selector_string(dep["spec"]["selector"].get("matchLabels", {}))},
+            "status": {
+                "replicas": dep.get("status", {}).get("replicas", 0),
+                "selector": selector_string(dep["spec"]["selector"].get("matchLabels", {})),
+            },
         }
 
     def set_scale(self, namespace: str, name: str, body: Any, content_type: str | None) -> dict:
@@ -261,16 +270,23 @@ class Cluster:
             new = apply_patch(scale, body, content_type) if content_type else body
             replicas = (new.get("spec") or {}).get("replicas")
             if not isinstance(replicas, int) or replicas < 0:
-                raise ApiError(422, "Invalid", f"spec.replicas: Invalid value: {replicas!r}: must be a non-negative integer")
+                raise ApiError(
+                    422, "Invalid", f"spec.replicas: Invalid value: {replicas!r}: must be a non-negative integer"
+                )
             self.patch("deployments", namespace, name, {"spec": {"replicas": replicas}}, "application/merge-patch+json")
             return self.get_scale(namespace, name)
 
     # -- the deployment controller ---------------------------------------------------------
     def _owned(self, plural: str, namespace: str, owner_uid: str) -> list[dict]:
         return [
-            o for (p, ns, _), o in self._objects.items()
-            if p == plural and ns == namespace
-            and any(ref.get("uid") == owner_uid and ref.get("controller") for ref in o["metadata"].get("ownerReferences", []))
+            o
+            for (p, ns, _), o in self._objects.items()
+            if p == plural
+            and ns == namespace
+            and any(
+                ref.get("uid") == owner_uid and ref.get("controller")
+                for ref in o["metadata"].get("ownerReferences", [])
+            )
         ]
 
     def replicasets_of(self, namespace: str, name: str) -> list[dict]:
@@ -292,17 +308,32 @@ class Cluster:
             rs_template = copy.deepcopy(template)
             rs_template.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = digest
             current = {
-                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
                 "metadata": {
-                    "name": f"{name}-{digest}", "namespace": namespace, "uid": str(uuid.uuid4()),
-                    "creationTimestamp": now_iso(at), "generation": 1,
+                    "name": f"{name}-{digest}",
+                    "namespace": namespace,
+                    "uid": str(uuid.uuid4()),
+                    "creationTimestamp": now_iso(at),
+                    "generation": 1,
                     "labels": dict(rs_template["metadata"]["labels"]),
                     "annotations": {REVISION: str(max_rev + 1)},
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
-                                         "uid": dep["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}],
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "Deployment",
+                            "name": name,
+                            "uid": dep["metadata"]["uid"],
+                            "controller": True,
+                            "blockOwnerDeletion": True,
+                        }
+                    ],
                 },
-                "spec": {"replicas": 0, "selector": {"matchLabels": {**spec["selector"].get("matchLabels", {}), HASH_LABEL: digest}},
-                         "template": rs_template},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {**spec["selector"].get("matchLabels", {}), HASH_LABEL: digest}},
+                    "template": rs_template,
+                },
                 "status": {"replicas": 0},
             }
             self._store("replicasets", current, "ADDED")
@@ -388,16 +419,32 @@ class Cluster:
                 "containerID": f"sandbox://{pod['metadata']['uid'][:12]}"}
         if rt.broken:
             restarts = int((now - rt.created) / self.crash_period)
-            cs = {**base, "ready": False, "started": False, "restartCount": restarts,
-                  "state": {"waiting": {"reason": "CrashLoopBackOff",
-                                        "message": f"back-off restarting failed container {container['name']} in pod {pod['metadata']['name']}"}}}
+            cs = {
+                **base,
+                "ready": False,
+                "started": False,
+                "restartCount": restarts,
+                "state": {
+                    "waiting": {
+                        "reason": "CrashLoopBackOff",
+                        "message": f"back-off restarting failed container {container['name']} "
+                                   f"in pod {pod['metadata']['name']}",
+                    }
+                },
+            }
             if restarts:
                 cs["lastState"] = {"terminated": {"exitCode": 1, "reason": "Error", "startedAt": started,
                                                   "finishedAt": now_iso(rt.created + restarts * self.crash_period)}}
             ready = False
         else:
             ready = now - rt.created >= self.ready_delay
-            cs = {**base, "ready": ready, "started": True, "restartCount": 0, "state": {"running": {"startedAt": started}}}
+            cs = {
+                **base,
+                "ready": ready,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": started}},
+            }
         cond = "True" if ready else "False"
         return {"phase": "Running", "hostIP": "10.0.0.1", "podIP": "10.244.0.10", "startTime": started,
                 "conditions": [{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": cond},
@@ -445,10 +492,16 @@ class Cluster:
             progressing = {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
                            "message": "ReplicaSet is progressing."}
         max_unavailable = desired // 4
-        available = {"type": "Available", "status": "True" if ready >= desired - max_unavailable else "False",
-                     "reason": "MinimumReplicasAvailable" if ready >= desired - max_unavailable else "MinimumReplicasUnavailable",
-                     "message": "Deployment has minimum availability." if ready >= desired - max_unavailable
-                     else "Deployment does not have minimum availability."}
+        available = {
+            "type": "Available",
+            "status": "True" if ready >= desired - max_unavailable else "False",
+            "reason": "MinimumReplicasAvailable"
+            if ready >= desired - max_unavailable
+            else "MinimumReplicasUnavailable",
+            "message": "Deployment has minimum availability."
+            if ready >= desired - max_unavailable
+            else "Deployment does not have minimum availability.",
+        }
         for cond in (progressing, available):
             cond["lastUpdateTime"] = cond["lastTransitionTime"] = stamp
         status = {"observedGeneration": dep["metadata"].get("generation", 1), "replicas": total,
@@ -465,7 +518,7 @@ class Cluster:
     def tick(self) -> None:
         with self.lock:
             self._autoscale()
-            for (p, ns, name) in [k for k in self._objects if k[0] == "deployments"]:
+            for (_, ns, name) in [k for k in self._objects if k[0] == "deployments"]:
                 self._refresh_status(ns, name)
 
     def _autoscale(self) -> None:
@@ -503,7 +556,11 @@ class Cluster:
                      f"{now_iso(start)} FATAL cannot start: invalid configuration (exit code 1)"]
         else:
             if previous:
-                raise ApiError(400, "BadRequest", f'previous terminated container "{spec_container["name"]}" in pod "{name}" not found')
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f'previous terminated container "{spec_container["name"]}" in pod "{name}" not found',
+                )
             lines = [f"{now_iso(start)} starting {image}", f"{now_iso(start)} listening on :8080"]
             lines += [f"{now_iso(start + i)} GET /health 200 1ms" for i in range(1, 4)]
         app = (pod["metadata"].get("labels") or {}).get("app", "")

@@ -93,9 +93,16 @@ class GitHub:
                    "created_at": stamp, "updated_at": stamp, "run_started_at": stamp, "run_attempt": 1,
                    "html_url": f"https://github.example/{full_name}/actions/runs/{run_id}", "inputs": inputs or {}}
             repo.runs.insert(0, run)
-            self.jobs[job_id] = {"id": job_id, "run_id": run_id, "name": run["name"], "status": run["status"],
-                                 "conclusion": conclusion, "started_at": stamp, "completed_at": stamp if conclusion else None,
-                                 "steps": [{"name": "Run", "number": 1, "status": run["status"], "conclusion": conclusion}]}
+            self.jobs[job_id] = {
+                "id": job_id,
+                "run_id": run_id,
+                "name": run["name"],
+                "status": run["status"],
+                "conclusion": conclusion,
+                "started_at": stamp,
+                "completed_at": stamp if conclusion else None,
+                "steps": [{"name": "Run", "number": 1, "status": run["status"], "conclusion": conclusion}],
+            }
             self.job_logs[job_id] = "".join(f"{stamp} {line}\n" for line in (log or [f"{title}: {conclusion}"]))
             return run
 
@@ -132,12 +139,14 @@ class GitHub:
             return _not_found()
         data = req.json() or {}
         if not isinstance(data, dict) or not str(data.get("title") or "").strip():
-            return Response.json({"message": "Validation Failed", "errors": [{"field": "title", "code": "missing_field"}]}, 422)
-        labels = [str(l) for l in data.get("labels") or []]
+            return Response.json(
+                {"message": "Validation Failed", "errors": [{"field": "title", "code": "missing_field"}]}, 422
+            )
+        labels = [str(label) for label in data.get("labels") or []]
         r.labels.update(labels)
         number = len(r.issues) + 1
         issue = {"number": number, "id": next(self._ids), "title": data["title"], "body": data.get("body") or "",
-                 "state": "open", "state_reason": None, "labels": [{"name": l} for l in labels],
+                 "state": "open", "state_reason": None, "labels": [{"name": label} for label in labels],
                  "assignees": [{"login": a} for a in data.get("assignees") or []],
                  "html_url": f"https://github.example/{owner}/{repo}/issues/{number}",
                  "created_at": now_iso(), "updated_at": now_iso(), "closed_at": None, "comments": 0}
@@ -149,9 +158,9 @@ class GitHub:
         if r is None:
             return _not_found()
         state = req.query.get("state", "open")
-        wanted = {l for l in req.query.get("labels", "").split(",") if l}
+        wanted = {label for label in req.query.get("labels", "").split(",") if label}
         found = [i for i in reversed(r.issues) if (state == "all" or i["state"] == state)
-                 and wanted <= {l["name"] for l in i["labels"]}]
+                 and wanted <= {label["name"] for label in i["labels"]}]
         return Response.json(found[: int(req.query.get("per_page", 30))])
 
     def _get_issue(self, req: Request, owner: str, repo: str, number: str) -> Response:
@@ -164,12 +173,14 @@ class GitHub:
             return _not_found()
         data = req.json() or {}
         if data.get("state") not in (None, "open", "closed"):
-            return Response.json({"message": "Validation Failed", "errors": [{"field": "state", "code": "invalid"}]}, 422)
+            return Response.json(
+                {"message": "Validation Failed", "errors": [{"field": "state", "code": "invalid"}]}, 422
+            )
         for key in ("title", "body", "state", "state_reason"):
             if key in data:
                 issue[key] = data[key]
         if "labels" in data:
-            issue["labels"] = [{"name": l} for l in data["labels"]]
+            issue["labels"] = [{"name": label} for label in data["labels"]]
         issue["closed_at"] = now_iso() if issue["state"] == "closed" else None
         issue["updated_at"] = now_iso()
         return Response.json(issue)
@@ -180,7 +191,9 @@ class GitHub:
             return _not_found()
         body = (req.json() or {}).get("body")
         if not body:
-            return Response.json({"message": "Validation Failed", "errors": [{"field": "body", "code": "missing_field"}]}, 422)
+            return Response.json(
+                {"message": "Validation Failed", "errors": [{"field": "body", "code": "missing_field"}]}, 422
+            )
         comment = {"id": next(self._ids), "body": body, "created_at": now_iso(),
                    "html_url": f"{issue['html_url']}#issuecomment-{len(self._comments(owner, repo, issue))}"}
         self._comments(owner, repo, issue).append(comment)
@@ -196,7 +209,7 @@ class GitHub:
 
     def _list_labels(self, req: Request, owner: str, repo: str) -> Response:
         r = self.repos.get(f"{owner}/{repo}")
-        return Response.json([{"name": l} for l in sorted(r.labels)]) if r else _not_found()
+        return Response.json([{"name": label} for label in sorted(r.labels)]) if r else _not_found()
 
     def _list_commits(self, req: Request, owner: str, repo: str) -> Response:
         r = self.repos.get(f"{owner}/{repo}")

@@ -144,10 +144,13 @@ def serve(app: Callable[[Request], Response], host: str, port: int,
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             req = Request(
-                method=self.command, path=parts.path,
+                method=self.command,
+                path=parts.path,
                 query={k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()},
-                headers={k.lower(): v for k, v in self.headers.items()}, body=body,
-                base_url=f"{'https' if tls else 'http'}://{self.headers.get('Host') or f'{host}:{server.server_address[1]}'}",
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=body,
+                base_url=f"{'https' if tls else 'http'}://"
+                         f"{self.headers.get('Host') or f'{host}:{server.server_address[1]}'}",
             )
             try:
                 resp = app(req)

@@ -57,7 +57,11 @@ def _discovery(path: str) -> dict | None:
     if path == "/api/v1":
         return _resource_list("v1")
     parts = path.strip("/").split("/")
-    if len(parts) == 3 and parts[0] == "apis" and any(r.api_version == f"{parts[1]}/{parts[2]}" for r in RESOURCES.values()):
+    if (
+        len(parts) == 3
+        and parts[0] == "apis"
+        and any(r.api_version == f"{parts[1]}/{parts[2]}" for r in RESOURCES.values())
+    ):
         return _resource_list(f"{parts[1]}/{parts[2]}")
     return None
 
@@ -92,15 +96,22 @@ _TABLE_COLUMNS = {
 def _row(plural: str, obj: dict) -> list:
     meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status", {})
     if plural == "deployments":
-        return [meta["name"], f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 1)}",
-                status.get("updatedReplicas", 0), status.get("availableReplicas", 0), _age(meta.get("creationTimestamp"))]
+        return [
+            meta["name"],
+            f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 1)}",
+            status.get("updatedReplicas", 0),
+            status.get("availableReplicas", 0),
+            _age(meta.get("creationTimestamp")),
+        ]
     if plural == "replicasets":
         return [meta["name"], spec.get("replicas", 0), status.get("replicas", 0), status.get("replicas", 0),
                 _age(meta.get("creationTimestamp"))]
     if plural == "pods":
         cs = (status.get("containerStatuses") or [{}])[0]
         state = cs.get("state", {})
-        shown = state.get("waiting", {}).get("reason") or ("Running" if "running" in state else status.get("phase", "Pending"))
+        shown = state.get("waiting", {}).get("reason") or (
+            "Running" if "running" in state else status.get("phase", "Pending")
+        )
         return [meta["name"], f"{int(bool(cs.get('ready')))}/1", shown, cs.get("restartCount", 0),
                 _age(meta.get("creationTimestamp"))]
     if plural == "events":

@@ -237,7 +237,9 @@ class Slack:
         data = req.json() or {}
         user, action = data.get("user"), data.get("action")
         if user not in USERS or action not in ACTION_IDS:
-            return Response.json({"message": f"give user (one of {sorted(USERS)}) and action (approve or decline)"}, 422)
+            return Response.json(
+                {"message": f"give user (one of {sorted(USERS)}) and action (approve or decline)"}, 422
+            )
         if not self.interactions_url or not self.signing_secret:
             return Response.json({"message": "the sandbox has no interactions URL or signing secret configured"}, 409)
         message, button = self._button(ACTION_IDS[action], data.get("ts"))
@@ -255,7 +257,9 @@ class Slack:
 
     def _button(self, action_id: str, ts: str | None) -> tuple[dict | None, dict | None]:
         with self._lock:
-            candidates = [m for m in reversed(self.messages) if not m.get("ephemeral") and (ts is None or m["ts"] == ts)]
+            candidates = [
+                m for m in reversed(self.messages) if not m.get("ephemeral") and (ts is None or m["ts"] == ts)
+            ]
         for message in candidates:
             for block in message["blocks"]:
                 for element in block.get("elements") or [] if block.get("type") == "actions" else []:
@@ -270,18 +274,39 @@ class Slack:
             self._responses[token] = {"channel": message["channel"], "ts": message["ts"],
                                       "thread_ts": message["thread_ts"], "user": user, "uses": 0, "at": time.time()}
         return {
-            "type": "block_actions", "team": {"id": TEAM, "domain": "sandbox"},
+            "type": "block_actions",
+            "team": {"id": TEAM, "domain": "sandbox"},
             "user": {"id": user, "username": USERS[user], "name": USERS[user], "team_id": TEAM},
-            "api_app_id": "A0SANDAPP", "token": "deprecated-verification-token", "trigger_id": f"{time.time():.0f}.sandbox",
-            "container": {"type": "message", "message_ts": message["ts"], "channel_id": message["channel"],
-                          "is_ephemeral": False, **({"thread_ts": message["thread_ts"]} if message["thread_ts"] else {})},
+            "api_app_id": "A0SANDAPP",
+            "token": "deprecated-verification-token",
+            "trigger_id": f"{time.time():.0f}.sandbox",
+            "container": {
+                "type": "message",
+                "message_ts": message["ts"],
+                "channel_id": message["channel"],
+                "is_ephemeral": False,
+                **({"thread_ts": message["thread_ts"]} if message["thread_ts"] else {}),
+            },
             "channel": {"id": message["channel"], "name": CHANNELS[message["channel"]]},
-            "message": {"type": "message", "ts": message["ts"], "text": message["text"], "blocks": message["blocks"],
-                        **({"thread_ts": message["thread_ts"]} if message["thread_ts"] else {})},
+            "message": {
+                "type": "message",
+                "ts": message["ts"],
+                "text": message["text"],
+                "blocks": message["blocks"],
+                **({"thread_ts": message["thread_ts"]} if message["thread_ts"] else {}),
+            },
             "response_url": f"{self.base_url}/slack/actions/{token}",
-            "actions": [{"type": "button", "action_id": button["action_id"], "block_id": button["block_id"],
-                         "value": button.get("value", ""), "text": button["text"], "style": button.get("style"),
-                         "action_ts": f"{time.time():.6f}"}],
+            "actions": [
+                {
+                    "type": "button",
+                    "action_id": button["action_id"],
+                    "block_id": button["block_id"],
+                    "value": button.get("value", ""),
+                    "text": button["text"],
+                    "style": button.get("style"),
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
         }
 
 

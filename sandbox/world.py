@@ -17,8 +17,9 @@ from sandbox.github import GitHub
 from sandbox.http import LOST, Fault, Faults, Request, Response, Router, serve
 from sandbox.kube_api import KubeApi
 from sandbox.pagerduty import PagerDuty
+from sandbox.services import BAD_REVISION_ERROR_SHARE, DemoService
+from sandbox.services import endpoint as service_endpoint
 from sandbox.slack import Slack
-from sandbox.services import BAD_REVISION_ERROR_SHARE, DemoService, endpoint as service_endpoint
 from sandbox.tls import make_certificate, server_context
 
 NAMESPACE = "sandbox"
@@ -116,7 +117,9 @@ class Sandbox:
                           log=[f"Deploying {images[versions.index(version)]}", "Deployed"])
         gh.add_workflow(repo, "rollback.yml", self._rollback_runner(name))
         service = self.services[name] = DemoService(name, NAMESPACE)
-        service.count(versions[-1], service.load_rps * 3600, 0.0)  # its pods served an hour before the counters were read
+        service.count(
+            versions[-1], service.load_rps * 3600, 0.0
+        )  # its pods served an hour before the counters were read
 
     def _add_service(self, req: Request) -> Response:
         """POST /_sandbox/services {"name": "svc-07"}: one more demo service like api (two
@@ -200,13 +203,28 @@ class Sandbox:
         return self.url + SLACK_SECURITY_PATH
 
     def kubeconfig_text(self) -> str:
-        return json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "sandbox", "preferences": {},
-            "clusters": [{"name": "sandbox", "cluster": {
-                "server": self.kube_url, "certificate-authority-data": base64.b64encode(self.cert_pem).decode()}}],
-            "users": [{"name": "sandbox", "user": {"token": KUBE_TOKEN}}],
-            "contexts": [{"name": "sandbox", "context": {"cluster": "sandbox", "user": "sandbox", "namespace": NAMESPACE}}],
-        }, indent=2)
+        return json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "sandbox",
+                "preferences": {},
+                "clusters": [
+                    {
+                        "name": "sandbox",
+                        "cluster": {
+                            "server": self.kube_url,
+                            "certificate-authority-data": base64.b64encode(self.cert_pem).decode(),
+                        },
+                    }
+                ],
+                "users": [{"name": "sandbox", "user": {"token": KUBE_TOKEN}}],
+                "contexts": [
+                    {"name": "sandbox", "context": {"cluster": "sandbox", "user": "sandbox", "namespace": NAMESPACE}}
+                ],
+            },
+            indent=2,
+        )
 
     # -- HTTP -----------------------------------------------------------------------------
     def _app(self, req: Request) -> Response:

@@ -25,9 +25,9 @@ from pydantic import Field
 from incidents.models import Incident
 from incidents.plans import Grant, Plan
 from incidents.store import StoreError
+from incidents.templates import approval_buttons, slack_text
 from tasks.context import RunContext
 from tasks.forms import prefilled
-from incidents.templates import approval_buttons, slack_text
 from tasks.notify import notify_slack
 from tasks.paging import update_pagers
 from tasks.timeline import record
@@ -108,14 +108,23 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
     page = f"{settings.page_url.rstrip('/')}/approvals/{token}" if settings.approvers and token else None
     link = page if needed else ctx.run_url(run_id)
     if earlier is None:
-        how = (f"Approve with your own credential ({needed} different approver{'s' if needed > 1 else ''} needed): {page}"
-               if needed else f"Review and approve: {ctx.run_url(run_id)}" + (f"\nVerified approval: {page}" if page else ""))
-        notify_slack(ctx, incident.id,
-                     f"⏸️ APPROVAL NEEDED\nIssue: {incident.issue_ref}\nService: {ctx.service_name} ({ctx.environment})\n"
-                     + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
-                     + "\n" + "\n".join(plan.judgement_lines())
-                     + f"\nDeadline: {timeout // 60} min (then declined)\n{how}" + _approvers_line(ctx, incident),
-                     link=("Review the plan", link) if link else None, buttons=_buttons(ctx, incident, token))
+        how = (
+            f"Approve with your own credential ({needed} different approver{'s' if needed > 1 else ''} needed): {page}"
+            if needed
+            else f"Review and approve: {ctx.run_url(run_id)}" + (f"\nVerified approval: {page}" if page else "")
+        )
+        notify_slack(
+            ctx,
+            incident.id,
+            f"⏸️ APPROVAL NEEDED\nIssue: {incident.issue_ref}\nService: {ctx.service_name} ({ctx.environment})\n"
+            + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
+            + "\n"
+            + "\n".join(plan.judgement_lines())
+            + f"\nDeadline: {timeout // 60} min (then declined)\n{how}"
+            + _approvers_line(ctx, incident),
+            link=("Review the plan", link) if link else None,
+            buttons=_buttons(ctx, incident, token),
+        )
 
     deadline = time.monotonic() + timeout
     attempt = earlier["attempt"] if earlier is not None else 0

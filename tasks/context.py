@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from incidents.redaction import remember_secret
 from incidents.config import EnvironmentConfig, ServiceConfig, load_environment, secret_env_var
+from incidents.redaction import remember_secret
 from incidents.store import IncidentStore
 from integrations.github import GitHubClient
 from integrations.http import RetryPolicy

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from incidents.database import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS
 from incidents.diagnosis import Finding, unavailable
-from incidents.plans import Grant, PlannedAction, Plan, require_grant
+from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from integrations.cache import CacheClient
 from integrations.errors import IntegrationError
 from integrations.postgres import PostgresClient, Session, root_blockers

@@ -52,7 +52,9 @@ def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
         if revision != p["from_revision"]:
             image = current["spec"]["template"]["spec"]["containers"][0].get("image")
             if image == p["to_image"]:
-                return ActionResult(action.describe(), False, f"already at {image} (revision {revision}): nothing to do")
+                return ActionResult(
+                    action.describe(), False, f"already at {image} (revision {revision}): nothing to do"
+                )
             raise RemediationFailed(f"deployment is at revision {revision}, not {p['from_revision']} as planned: "
                                     "it changed since the plan was approved, so the rollback was not run")
         if p["strategy"] == "kubernetes_undo":

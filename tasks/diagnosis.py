@@ -107,7 +107,9 @@ def recent_deployments(ctx: RunContext) -> Finding:
             history = kube.revision_history(target.namespace, target.deployment)
     except _CHECK_ERRORS as exc:
         return unavailable(DEPLOYS, exc)
-    revisions = [{"revision": r.revision, "image": r.image, "created": r.created, "age": _age(r.created)} for r in history]
+    revisions = [
+        {"revision": r.revision, "image": r.image, "created": r.created, "age": _age(r.created)} for r in history
+    ]
     data["revisions"] = revisions
     if revisions and _parse(revisions[0]["created"]) >= since:
         data["recent_revision"] = revisions[0]
@@ -119,8 +121,11 @@ def recent_deployments(ctx: RunContext) -> Finding:
             runs = github.workflow_runs(repo, since=since, per_page=10)
         data["runs"] = [{"id": r["id"], "title": r.get("display_title"), "workflow": r.get("name"),
                          "conclusion": r.get("conclusion"), "created_at": r.get("created_at")} for r in runs]
-        details += [f"run {r['id']} {r.get('name')}: {r.get('display_title')} -> {r.get('conclusion') or r.get('status')}"
-                    f" at {r.get('created_at')}" for r in runs[:5]]
+        details += [
+            f"run {r['id']} {r.get('name')}: {r.get('display_title')} -> {r.get('conclusion') or r.get('status')}"
+            f" at {r.get('created_at')}"
+            for r in runs[:5]
+        ]
     except _CHECK_ERRORS as exc:
         details.append(f"GitHub runs unavailable: {exc}")
     recent = data.get("recent_revision")
@@ -136,7 +141,9 @@ def failed_run_logs(ctx: RunContext) -> Finding:
     repo = ctx.service.github.repo
     try:
         with ctx.github() as github:
-            failed = [r for r in github.workflow_runs(repo, since=since, per_page=20) if r.get("conclusion") == "failure"]
+            failed = [
+                r for r in github.workflow_runs(repo, since=since, per_page=20) if r.get("conclusion") == "failure"
+            ]
             logs = github.failed_job_logs(repo, failed[0]["id"]) if failed else {}
     except _CHECK_ERRORS as exc:
         return unavailable(RUN_LOGS, exc)

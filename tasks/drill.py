@@ -52,7 +52,9 @@ def raise_alert(ctx: RunContext, spec: FaultSpec, drill_id: str, state: FaultSta
              "annotations": {"summary": f"drill {drill_id}: {spec.description}", **state.annotations}}
     response = httpx.post(f"{url}/alerts", json=alert, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     if response.status_code != 200 or not response.json().get("started"):
-        raise DrillFailed(f"the alert intake at {url} did not start a run: HTTP {response.status_code} {response.text[:200]}")
+        raise DrillFailed(
+            f"the alert intake at {url} did not start a run: HTTP {response.status_code} {response.text[:200]}"
+        )
     return {"run_id": response.json()["started"][0]["flow_run_id"], "alert_key": f"{drill_id}:{starts}"}
 
 
@@ -131,10 +133,22 @@ def publish_scorecard(drill_id: str, environment: str, card: dict, cleanup_done:
     create_markdown_artifact(markdown=scorecard_markdown(drill_id, environment, card, cleanup_done),
                              key=f"{drill_id}-scorecard", description=f"Drill {drill_id} scorecard")
     history = DrillStore().drill_history(50)
-    create_table_artifact(key="drill-history", description="Past drills, newest first", table=[
-        {"started": f"{r['started_at']:%Y-%m-%d %H:%M}", "fault": r["fault"], "scenario": r["scenario"],
-         "environment": r["environment"], "status": r["status"],
-         "detect_s": (r["score"] or {}).get("time_to_detect_s"), "recover_s": (r["score"] or {}).get("time_to_recover_s"),
-         "passed": bool((r["score"] or {}).get("passed"))} for r in history])
+    create_table_artifact(
+        key="drill-history",
+        description="Past drills, newest first",
+        table=[
+            {
+                "started": f"{r['started_at']:%Y-%m-%d %H:%M}",
+                "fault": r["fault"],
+                "scenario": r["scenario"],
+                "environment": r["environment"],
+                "status": r["status"],
+                "detect_s": (r["score"] or {}).get("time_to_detect_s"),
+                "recover_s": (r["score"] or {}).get("time_to_recover_s"),
+                "passed": bool((r["score"] or {}).get("passed")),
+            }
+            for r in history
+        ],
+    )
     create_markdown_artifact(markdown=history_markdown(history), key="drill-trend",
                              description="Drill trend per scenario")

@@ -36,7 +36,9 @@ def measure_error_rate(ctx: RunContext) -> Finding:
     service = ctx.service
     threshold, seconds = service.errors.threshold, service.errors.sample_seconds
     try:
-        window, totals = sample_error_rate(service.url(service.metrics_path), seconds, ctx.config.timeouts.probe_seconds)
+        window, totals = sample_error_rate(
+            service.url(service.metrics_path), seconds, ctx.config.timeouts.probe_seconds
+        )
     except Exception as exc:  # noqa: BLE001 - HTTP error, bad body: the check could not run
         return unavailable(RATE, f"{type(exc).__name__}: {exc}")
     rate = window.error_rate

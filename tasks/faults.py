@@ -16,9 +16,16 @@ from psycopg.conninfo import make_conninfo
 
 from incidents.drills import FaultSpec, Step
 from integrations.kubernetes import container_image
-from integrations.kubernetes_security import (blocked_by_policy, get_config_value, ingress_denylist, secret_metadata,
-                                              set_config_value, set_ingress_denylist, set_secret_values,
-                                              unblock_cidrs)
+from integrations.kubernetes_security import (
+    blocked_by_policy,
+    get_config_value,
+    ingress_denylist,
+    secret_metadata,
+    set_config_value,
+    set_ingress_denylist,
+    set_secret_values,
+    unblock_cidrs,
+)
 from integrations.probes import probe_all, sample_error_rate
 from tasks.context import RunContext, resolve_secret
 

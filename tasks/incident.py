@@ -61,9 +61,17 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
     store = ctx.store()
     run_id = str(flow_run.get_id() or "") or None
     incident = store.open_incident(
-        dedup_key=dedup_key(scenario, ctx, alert), scenario=scenario, service=ctx.service_name,
-        environment=ctx.environment, severity=severity, title=templates.issue_title_text(ctx.service_name, severity, summary),
-        detected_by=detected_by, flow_run_id=run_id, alert=redact_alert(alert), started_at=alert_started_at(alert))
+        dedup_key=dedup_key(scenario, ctx, alert),
+        scenario=scenario,
+        service=ctx.service_name,
+        environment=ctx.environment,
+        severity=severity,
+        title=templates.issue_title_text(ctx.service_name, severity, summary),
+        detected_by=detected_by,
+        flow_run_id=run_id,
+        alert=redact_alert(alert),
+        started_at=alert_started_at(alert),
+    )
     if incident.created:
         detected(ctx, incident, detected_by, f"{scenario}: {summary}", alert)
     elif run_id is None or store.set_runbook_run(incident.id, run_id) != run_id:

@@ -25,9 +25,9 @@ from integrations.errors import IntegrationError
 from tasks.approval import request_approval
 from tasks.context import RunContext
 from tasks.deploys import RemediationFailed, Verification
-from tasks.remedies import execute
 from tasks.incident import alert_started_at, escalate_incident, open_incident, resolve_incident
 from tasks.notify import notify_slack
+from tasks.remedies import execute
 from tasks.reporting import publish_report
 from tasks.timeline import record
 
@@ -219,10 +219,17 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
         title = f"{title}, handed over to {successor.name}"
     plan = replace(plan, scenario=scenario.name)
     failing = [f.check for f in findings.values() if f.ok is False]
-    record(ctx, incident.id, "runbook", "diagnosed",
-           f"Diagnosis: {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); {plan.summary}",
-           {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
-            "judgement": _judgement(plan)})
+    record(
+        ctx,
+        incident.id,
+        "runbook",
+        "diagnosed",
+        f"Diagnosis: {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); {plan.summary}",
+        {
+            "findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
+            "judgement": _judgement(plan),
+        },
+    )
     publish_report(ctx, incident, "diagnosis", report_markdown(f"Diagnosis: {title}", list(findings.values()), plan))
     get_run_logger().info("Plan (%s): %s", plan.confidence, plan.summary)
     return scenario, findings, plan, failing

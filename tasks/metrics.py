@@ -34,7 +34,10 @@ def publish_metrics(environment: str, now: datetime | None = None) -> dict[str, 
     image = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
     months = "\n".join(f"| {m} | {v['incidents']} | {'-' if v['mttr_minutes'] is None else v['mttr_minutes']} |"
                        for m, v in metrics.months.items()) or "| - | 0 | - |"
-    create_markdown_artifact(key=f"{key}-trend", description=f"Incidents and MTTR per month ({environment})",
-                             markdown=f"## Trend per month ({environment})\n\n![Incidents and MTTR per month]({image})\n\n"
-                                      f"| Month | Incidents | MTTR (min) |\n|---|---|---|\n{months}\n")
+    create_markdown_artifact(
+        key=f"{key}-trend",
+        description=f"Incidents and MTTR per month ({environment})",
+        markdown=f"## Trend per month ({environment})\n\n![Incidents and MTTR per month]({image})\n\n"
+        f"| Month | Incidents | MTTR (min) |\n|---|---|---|\n{months}\n",
+    )
     return {"figures": metrics.rows(), "months": metrics.months, "drills_excluded": metrics.drills_excluded}

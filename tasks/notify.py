@@ -8,11 +8,11 @@ import logging
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from incidents.config import EnvironmentConfig
 from incidents.redaction import redact
 from incidents.store import StoreError
 from incidents.templates import markdown_text, slack_blocks, thread_parent
 from integrations.errors import IntegrationError
-from incidents.config import EnvironmentConfig
 from integrations.slack import SlackApp, SlackWebhook
 from tasks.context import RunContext, SecretNotFound, resolve_secret
 from tasks.timeline import record

@@ -66,7 +66,9 @@ def retrigger_missing(ctx: RunContext, incident: Incident) -> list[str]:
         return []
     policy = ctx.config.escalation.policy(incident.severity)
     done = set(ctx.store().pagers(incident.id))
-    due = {p for level in range(min(incident.escalation_level, len(policy.levels) - 1) + 1) for p in policy.pagers(level)}
+    due = {
+        p for level in range(min(incident.escalation_level, len(policy.levels) - 1) + 1) for p in policy.pagers(level)
+    }
     reached = []
     for name in sorted(due - done):
         if _send(ctx, incident, name, "trigger", _log):
@@ -99,12 +101,16 @@ def _send(ctx: RunContext, incident: Incident, name: str, action: str,
         with ctx.pagerduty() as pagerduty:
             routing_key = resolve_secret(service.routing_key_secret)
             if action == "trigger":
-                pagerduty.send(routing_key, "trigger", key, summary=redact(incident.title),
-                               source=f"{incident.environment}/{incident.service}",
-                               severity=PAGERDUTY_SEVERITY[incident.severity.value],
-                               details={"incident": incident.id, "scenario": incident.scenario,
-                                        "issue": incident.issue_ref},
-                               links=[{"href": incident.issue_url, "text": "Incident issue"}] if incident.issue_url else None)
+                pagerduty.send(
+                    routing_key,
+                    "trigger",
+                    key,
+                    summary=redact(incident.title),
+                    source=f"{incident.environment}/{incident.service}",
+                    severity=PAGERDUTY_SEVERITY[incident.severity.value],
+                    details={"incident": incident.id, "scenario": incident.scenario, "issue": incident.issue_ref},
+                    links=[{"href": incident.issue_url, "text": "Incident issue"}] if incident.issue_url else None,
+                )
             else:
                 pagerduty.send(routing_key, action, key)  # type: ignore[arg-type]
     except _ERRORS as exc:

@@ -16,10 +16,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
-from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
@@ -92,10 +91,15 @@ def announce(ctx: RunContext, incident: Incident, store: FollowUpStore) -> None:
         return
     due = postmortem.due_at("1w", incident.resolved_at or datetime.now(timezone.utc))
     link = ctx.run_url(run_id)
-    notify_slack(ctx, incident.id, f"📝 POST-MORTEM NEEDED\nIssue: {incident.issue_ref}\n"
-                                   f"Service: {templates.slack_text(incident.service)}\n"
-                                   f"Documentation: {ctx.config.roles.mention(ctx.config.roles.documentation)}\nDue: {templates.stamp(due)}\n"
-                                   f"Fill in the form: {link}", link=("Open the form", link) if link else None)
+    notify_slack(
+        ctx,
+        incident.id,
+        f"📝 POST-MORTEM NEEDED\nIssue: {incident.issue_ref}\n"
+        f"Service: {templates.slack_text(incident.service)}\n"
+        f"Documentation: {ctx.config.roles.mention(ctx.config.roles.documentation)}\nDue: {templates.stamp(due)}\n"
+        f"Fill in the form: {link}",
+        link=("Open the form", link) if link else None,
+    )
     record(ctx, incident.id, "runbook", "postmortem_requested", f"Post-mortem requested, due {templates.stamp(due)}")
 
 
@@ -125,16 +129,23 @@ def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionIte
         row = store.add_action_item(incident.id, item.title.strip(), item.owner.strip() or None, item.due,
                                     postmortem.due_at(item.due, since))
         if not row["issue_number"]:
-            body = (f"Action item from the post-mortem of incident {incident.issue_ref} "
-                    f"({templates.markdown_text(incident.service)}, {incident.severity.value}).\n\n"
-                    f"**Due:** {templates.stamp(row['due_at'])} ({'Immediate, within 24 h' if item.due == '24h' else 'Follow-up, within 1 week'})\n"
-                    f"**Owner:** {templates.markdown_text(item.owner or 'unassigned')}\n\n"
-                    "Close this issue when it is done; the incident watch tracks completion and reminds when it is overdue.")
+            body = (
+                f"Action item from the post-mortem of incident {incident.issue_ref} "
+                f"({templates.markdown_text(incident.service)}, {incident.severity.value}).\n\n"
+                f"**Due:** {templates.stamp(row['due_at'])} "
+                f"({'Immediate, within 24 h' if item.due == '24h' else 'Follow-up, within 1 week'})\n"
+                f"**Owner:** {templates.markdown_text(item.owner or 'unassigned')}\n\n"
+                "Close this issue when it is done; the incident watch tracks completion and reminds when it is overdue."
+            )
             labels = [*ctx.config.post_incident.action_item_labels, f"due:{item.due}", incident.severity.value]
             try:
                 with ctx.github() as github:
-                    issue = github.create_issue(repo, f"[action item] {templates.issue_title_text(incident.service, incident.severity, item.title)}",
-                                                body, labels)
+                    issue = github.create_issue(
+                        repo,
+                        f"[action item] {templates.issue_title_text(incident.service, incident.severity, item.title)}",
+                        body,
+                        labels,
+                    )
             except (IntegrationError, SecretNotFound) as exc:
                 get_run_logger().error("Action item %r not filed: %s", item.title, exc)
                 record(ctx, incident.id, "runbook", "notification_failed", f"Action item not filed: {exc}")
@@ -158,9 +169,12 @@ def proposals_markdown(rows: list[dict]) -> str:
         if row["section"] != section:
             section = row["section"]
             lines += ["", f"### {templates.markdown_text(section or 'General', 120)}"]
-        lines.append(f"- {templates.markdown_text(row['proposal'], 1000)} (incident "
-                     f"#{row['github_issue'] or row['incident_id']}, {row['severity']} {templates.markdown_text(row['service'])}, "
-                     f"{row['proposed_at']:%Y-%m-%d})")
+        lines.append(
+            f"- {templates.markdown_text(row['proposal'], 1000)} (incident "
+            f"#{row['github_issue'] or row['incident_id']}, {row['severity']} "
+            f"{templates.markdown_text(row['service'])}, "
+            f"{row['proposed_at']:%Y-%m-%d})"
+        )
     return "\n".join(lines)
 
 
@@ -185,12 +199,21 @@ def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store
                              description="Lessons learned tagged as playbook changes")
     record(ctx, incident.id, answers.completed_by.strip(), "postmortem_completed",
            f"Post-mortem completed by {answers.completed_by.strip()}: {len(items)} action items, "
-           f"{sum(l.playbook_change for l in answers.lessons)} proposed playbook changes")
+           f"{sum(lesson.playbook_change for lesson in answers.lessons)} proposed playbook changes")
     notify_slack(ctx, incident.id, f"📝 POST-MORTEM PUBLISHED\nIssue: {incident.issue_ref}\n"
                                    f"Root Cause: {templates.slack_text(answers.root_cause, 300)}\n"
                                    f"Action items: {len(items)} filed")
     logger.info("Post-mortem of incident %s published; %s action items", incident.id, len(items))
-    return {"incident_id": incident.id, "action_items": [{k: str(v) if isinstance(v, datetime) else v for k, v in i.items()
-                                                          if k in ("title", "horizon", "due_at", "repo", "issue_number")}
-                                                         for i in items],
-            "commented": commented, "markdown_chars": len(markdown)}
+    return {
+        "incident_id": incident.id,
+        "action_items": [
+            {
+                k: str(v) if isinstance(v, datetime) else v
+                for k, v in i.items()
+                if k in ("title", "horizon", "due_at", "repo", "issue_number")
+            }
+            for i in items
+        ],
+        "commented": commented,
+        "markdown_chars": len(markdown),
+    }

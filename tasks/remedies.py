@@ -64,7 +64,9 @@ def execute(ctx: RunContext, plan: Plan, grant: Grant) -> list[ActionResult]:
             store.finish_action(plan.incident_id, plan.digest, action.digest, "failed", str(exc)[:500])
             raise RemediationFailed(f"{action.describe()}: {exc}") from None
         except Exception as exc:
-            store.finish_action(plan.incident_id, plan.digest, action.digest, "failed", f"{type(exc).__name__}: {exc}"[:500])
+            store.finish_action(
+                plan.incident_id, plan.digest, action.digest, "failed", f"{type(exc).__name__}: {exc}"[:500]
+            )
             raise
         store.finish_action(plan.incident_id, plan.digest, action.digest, "done", result.detail[:500])
         results.append(result)

@@ -14,9 +14,17 @@ from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.redaction import redact
 from incidents.security import EVIDENCE
 from integrations.errors import IntegrationError
-from integrations.kubernetes_security import (block_cidrs, blocked_by_policy, get_config_value, ingress_denylist,
-                                              policies_selecting, rotate_secret, secret_metadata, set_config_value,
-                                              set_ingress_denylist)
+from integrations.kubernetes_security import (
+    block_cidrs,
+    blocked_by_policy,
+    get_config_value,
+    ingress_denylist,
+    policies_selecting,
+    rotate_secret,
+    secret_metadata,
+    set_config_value,
+    set_ingress_denylist,
+)
 from integrations.probes import probe_all
 from tasks.context import RunContext, SecretNotFound
 from tasks.deploys import ActionResult, Verification
@@ -34,7 +42,9 @@ def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) ->
             pods = kube.pods(target.namespace, target.deployment)
             events = kube.events(target.namespace, limit=15)
             history = kube.revision_history(target.namespace, target.deployment)
-            logs = {p.name: kube.pod_logs(target.namespace, p.name, target.container, log_lines) for p in pods[:max_pods]}
+            logs = {
+                p.name: kube.pod_logs(target.namespace, p.name, target.container, log_lines) for p in pods[:max_pods]
+            }
             secrets_meta = secret_metadata(kube, target.namespace, [s.name for s in sec.secrets])
             log_level = (get_config_value(kube, target.namespace, sec.logging.configmap, sec.logging.key)
                          if sec.logging else None)
@@ -85,8 +95,12 @@ def rotate_secrets(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
         version = rotate_secret(kube, p["namespace"], p["secret"], p["keys"])
         restarted = [kube.rollout_restart(p["namespace"], consumer) and consumer for consumer in p["consumers"]]
     get_run_logger().info("Rotated %d keys of secret %s; restarted %s", len(p["keys"]), p["secret"], restarted)
-    return ActionResult(action.describe(), True, f"secret/{p['secret']} keys {', '.join(p['keys'])} rotated "
-                                                 f"(resourceVersion {version}); restarted {', '.join(restarted) or 'none'}")
+    return ActionResult(
+        action.describe(),
+        True,
+        f"secret/{p['secret']} keys {', '.join(p['keys'])} rotated "
+        f"(resourceVersion {version}); restarted {', '.join(restarted) or 'none'}",
+    )
 
 
 @task(name="block-ips", cache_policy=NO_CACHE)
@@ -98,8 +112,12 @@ def block_ips(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionRes
     p = action.params
     with ctx.kubernetes() as kube:
         if p["strategy"] == "ingress_denylist":
-            blocked = set_ingress_denylist(kube, p["namespace"], p["ingress"],
-                                           sorted(set(ingress_denylist(kube, p["namespace"], p["ingress"])) | set(p["cidrs"])))
+            blocked = set_ingress_denylist(
+                kube,
+                p["namespace"],
+                p["ingress"],
+                sorted(set(ingress_denylist(kube, p["namespace"], p["ingress"])) | set(p["cidrs"])),
+            )
             return ActionResult(action.describe(), True, f"ingress/{p['ingress']} denies {', '.join(blocked)}")
         blocked = block_cidrs(kube, p["namespace"], p["policy"], p["app"], p["cidrs"])
     return ActionResult(action.describe(), True, f"networkpolicy/{p['policy']} blocks {', '.join(blocked)}")

@@ -93,11 +93,18 @@ def remind_postmortems(environment: str, config: EnvironmentConfig, store: Follo
         incident = store.get(row["id"])
         ctx = _ctx(environment, config, incident)
         overdue = now - incident.resolved_at
-        text = (f"📝 POST-MORTEM OVERDUE\nIssue: {incident.issue_ref}\nService: {templates.slack_text(incident.service)}\n"
-                f"Resolved {overdue.days} days ago; the playbook asks for the post-mortem within "
-                f"{settings.postmortem_due_days:g} days.\nDocumentation: {config.roles.mention(config.roles.documentation)}\n"
-                f"Fill it in: the post-incident run" + (f" {ctx.run_url(row['postmortem_run'])}"
-                                                          if row["postmortem_run"] else f" (`runbooks postmortem {incident.id}`)"))
+        text = (
+            f"📝 POST-MORTEM OVERDUE\nIssue: {incident.issue_ref}\nService: {templates.slack_text(incident.service)}\n"
+            f"Resolved {overdue.days} days ago; the playbook asks for the post-mortem within "
+            f"{settings.postmortem_due_days:g} days.\n"
+            f"Documentation: {config.roles.mention(config.roles.documentation)}\n"
+            f"Fill it in: the post-incident run"
+            + (
+                f" {ctx.run_url(row['postmortem_run'])}"
+                if row["postmortem_run"]
+                else f" (`runbooks postmortem {incident.id}`)"
+            )
+        )
         notify_slack(ctx, incident.id, text)
         comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
                          f"### 📝 Post-mortem overdue\n\nResolved {overdue.days} days ago. "
@@ -128,12 +135,18 @@ def track_action_items(environment: str, config: EnvironmentConfig, store: Follo
             record(ctx, incident.id, "incident-watch", "action_item_done",
                    f"Action item done: {item['title']} ({item['repo']}#{item['issue_number']})")
             done.append(item["id"])
-        elif item["due_at"] <= now and (item["last_reminded_at"] is None or item["last_reminded_at"] + remind_every <= now):
+        elif item["due_at"] <= now and (
+            item["last_reminded_at"] is None or item["last_reminded_at"] + remind_every <= now
+        ):
             late = now - item["due_at"]
-            notify_slack(ctx, incident.id, f"⏰ ACTION ITEM OVERDUE\nIssue: {incident.issue_ref}\n"
-                                           f"Item: {templates.slack_text(item['title'])} ({item['repo']}#{item['issue_number']})\n"
-                                           f"Owner: {templates.slack_text(item['owner'] or 'unassigned')}\n"
-                                           f"Due: {templates.stamp(item['due_at'])} ({late.days} d {late.seconds // 3600} h ago)")
+            notify_slack(
+                ctx,
+                incident.id,
+                f"⏰ ACTION ITEM OVERDUE\nIssue: {incident.issue_ref}\n"
+                f"Item: {templates.slack_text(item['title'])} ({item['repo']}#{item['issue_number']})\n"
+                f"Owner: {templates.slack_text(item['owner'] or 'unassigned')}\n"
+                f"Due: {templates.stamp(item['due_at'])} ({late.days} d {late.seconds // 3600} h ago)",
+            )
             comment_on_issue(ctx, incident.id, item["repo"], item["issue_number"],
                              f"⏰ Overdue since {templates.stamp(item['due_at'])}.")
             store.action_item_reminded(item["id"], now)
@@ -153,7 +166,9 @@ def decline_expired_approvals(environment: str, config: EnvironmentConfig, store
                 answer = client.resume_flow_run(approval["flow_run_id"], run_input=deadline_answer())
             accepted = answer.status.value == "ACCEPT"
         except Exception as exc:  # noqa: BLE001 - the run is gone or the API is down: close the request below
-            get_run_logger().warning("Approval %s: run %s not resumed: %s", approval["id"], approval["flow_run_id"], exc)
+            get_run_logger().warning(
+                "Approval %s: run %s not resumed: %s", approval["id"], approval["flow_run_id"], exc
+            )
             accepted = False
         incident = store.get(approval["incident_id"])
         ctx = _ctx(environment, config, incident)
@@ -186,7 +201,9 @@ def close_ended_runs(environment: str, store: FollowUpStore) -> list[int]:
             try:
                 run = client.read_flow_run(approval["flow_run_id"])
             except Exception as exc:  # noqa: BLE001 - the API is down or the run is gone: next sweep
-                get_run_logger().warning("Approval %s: run %s not read: %s", approval["id"], approval["flow_run_id"], exc)
+                get_run_logger().warning(
+                    "Approval %s: run %s not read: %s", approval["id"], approval["flow_run_id"], exc
+                )
                 continue
             if run.state is None or run.state.type.value not in _ENDED:
                 continue
@@ -262,9 +279,17 @@ def acknowledge(environment: str, incident_id: int, by: str) -> bool:
         return False
     record(ctx, incident_id, by, "acknowledged", f"Acknowledged by {by}; escalation stops")
     update_pagers(ctx, incident, "acknowledge", by)
-    notify_slack(ctx, incident_id, templates.status_update(incident, incident.status.value, incident.eta or "being assessed",
-                                                           incident.impact or "being assessed",
-                                                           f"👀 Acknowledged by {by}; escalation stops."))
+    notify_slack(
+        ctx,
+        incident_id,
+        templates.status_update(
+            incident,
+            incident.status.value,
+            incident.eta or "being assessed",
+            incident.impact or "being assessed",
+            f"👀 Acknowledged by {by}; escalation stops.",
+        ),
+    )
     return True
 
 

@@ -176,8 +176,12 @@ def prefect_server(test_config: Path):
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.server.database.dependencies import temporary_database_interface
-    from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-                                  PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings)
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
 
     with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {PREFECT_DB} WITH (FORCE)")
@@ -191,8 +195,10 @@ def prefect_server(test_config: Path):
         # of crashed runs is not under test): off, also for flows run on other threads, which
         # read the process-wide settings.
         try:
-            with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
-                    prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+            with (
+                temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+                prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()),
+            ):
                 yield
                 APILogWorker.drain_all()
         finally:

@@ -2,7 +2,8 @@
 dependencies fail: refuse (down), hold the connection past the client's timeout (slow),
 answer an HTTP error itself (5xx, or 429 with Retry-After), speak garbage (a protocol
 error, for PostgreSQL and Redis), or lose the answer: forward a plain HTTP request, let the
-dependency act on it, and drop the connection before its response (lost). TLS passes through untouched in `pass` mode."""
+dependency act on it, and drop the connection before its response (lost). TLS passes through
+untouched in `pass` mode."""
 
 from __future__ import annotations
 

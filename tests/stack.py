@@ -1,7 +1,7 @@
 """A production-shaped Prefect stack for the tests that need one: a server whose own database is
 PostgreSQL, the pool, every deployment of prefect.yaml, and named warm workers (the worker type
-`make up` starts, polling as often), each a process group that can be killed and started again. One per session (tests/conftest.py's
-`pg_stack`): the scale-out tests and the browser tests share it."""
+`make up` starts, polling as often), each a process group that can be killed and started again.
+One per session (tests/conftest.py's `pg_stack`): the scale-out tests and the browser tests share it."""
 
 from __future__ import annotations
 

@@ -101,7 +101,9 @@ def test_ten_thousand_generated_alert_payloads_never_5xx_and_never_start_a_run(w
         async with app.router.lifespan_context(app), \
                 httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://intake") as client:
             for endpoint, body in _cases(count):
-                response = await client.post(endpoint, content=body, headers={**AUTH, "Content-Type": "application/json"})
+                response = await client.post(
+                    endpoint, content=body, headers={**AUTH, "Content-Type": "application/json"}
+                )
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
                 assert response.status_code < 500, (endpoint, body[:300], response.text)
                 if response.status_code >= 400:
@@ -166,13 +168,24 @@ def test_the_ui_path_refuses_parameters_of_the_wrong_type():
 
 # -- config files -------------------------------------------------------------------------------------
 BROKEN_CONFIGS = [
-    ("services.api.scaling.max_replicas", {"scaling": {"min_replicas": 2, "max_replicas": 100000}}, "less than or equal"),
+    (
+        "services.api.scaling.max_replicas",
+        {"scaling": {"min_replicas": 2, "max_replicas": 100000}},
+        "less than or equal",
+    ),
     ("services.api.scaling", {"scaling": {"min_replicas": 9, "max_replicas": 3}}, "above max_replicas"),
     ("services.api.scaling.min_replicas", {"scaling": {"min_replicas": -1, "max_replicas": 3}}, "greater than"),
     ("services.api.base_url", {"base_url": "ftp://x"}, "should match pattern"),
-    ("services.api.kubernetes.namespace", {"kubernetes": {"namespace": "Bad_NS", "deployment": "api",
-                                                          "container": "api"}}, "should match pattern"),
-    ("services.api.database.dsn_secret", {"database": {"dsn_secret": "postgresql://u:p@h/db"}}, "not the secret itself"),
+    (
+        "services.api.kubernetes.namespace",
+        {"kubernetes": {"namespace": "Bad_NS", "deployment": "api", "container": "api"}},
+        "should match pattern",
+    ),
+    (
+        "services.api.database.dsn_secret",
+        {"database": {"dsn_secret": "postgresql://u:p@h/db"}},
+        "not the secret itself",
+    ),
     ("services.api.surprise", {"surprise": 1}, "Extra inputs are not permitted"),
 ]
 

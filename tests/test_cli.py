@@ -44,7 +44,7 @@ def test_run_pause_approve_and_read_the_incident(cli, world, capsys):
     assert image.endswith(":v1.5.0")
 
     assert cli(["incidents", "--limit", "5"]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if "service-down" in l)
+    line = next(row for row in capsys.readouterr().out.splitlines() if "service-down" in row)
     incident_id = line.split()[0].lstrip("#")
     assert cli(["incident", incident_id]) == 0
     shown = capsys.readouterr().out

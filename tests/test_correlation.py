@@ -74,9 +74,9 @@ def resolve_deployment(prefect_server, monkeypatch):
     import time
 
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.flow_engine import run_flow
+    from prefect.settings import PREFECT_API_URL
     from prefect.states import Pending
 
     from flows.resolve_incident import resolve_incident
@@ -89,8 +89,13 @@ def resolve_deployment(prefect_server, monkeypatch):
     def loop() -> None:
         with get_client(sync_client=True) as client:
             while not stop.is_set():
-                for run in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id]))):
-                    if run.state.is_scheduled() and client.set_flow_run_state(run.id, Pending()).status.value == "ACCEPT":
+                for run in client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id]))
+                ):
+                    if (
+                        run.state.is_scheduled()
+                        and client.set_flow_run_state(run.id, Pending()).status.value == "ACCEPT"
+                    ):
                         run_flow(resolve_incident, flow_run=run, parameters=run.parameters)
                 time.sleep(0.2)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import re
+from datetime import datetime, timezone
 
 import pytest
 
@@ -63,7 +62,9 @@ def test_alert_text_cannot_inject_markdown_or_mentions_into_github():
 
 
 def test_issue_body_has_the_playbook_sections():
-    body = templates.issue_body(incident(), "api is down", Roles(incident_commander="@ic").table(), EscalationMatrix().P0)
+    body = templates.issue_body(
+        incident(), "api is down", Roles(incident_commander="@ic").table(), EscalationMatrix().P0
+    )
     assert "| Incident Commander | @ic | - |" in body and "acknowledge within 5 min" in body
     for heading in ("## 🚨 Incident Report", "**Severity:** P0", "**Start Time:** 2026-11-26 03:00:00 UTC",
                     "### 📊 Impact", "### Timeline", "### Actions Taken", "### Root Cause", "### Lessons Learned",

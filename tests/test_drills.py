@@ -45,7 +45,10 @@ def inline_worker(deployments):  # noqa: F811
             while not stop.is_set():
                 for dep_id, fn in flows.items():
                     for run in _runs(dep_id):
-                        if run.state.is_scheduled() and client.set_flow_run_state(run.id, Pending()).status.value == "ACCEPT":
+                        if (
+                            run.state.is_scheduled()
+                            and client.set_flow_run_state(run.id, Pending()).status.value == "ACCEPT"
+                        ):
                             thread = threading.Thread(target=_run_until_suspended, args=(run_flow, fn, run),
                                                       daemon=True)
                             thread.start()

@@ -359,8 +359,12 @@ def _cell(lane: Lane, hooks: Hooks, target: Target, mode: str, phase: str) -> di
 
     def run() -> None:
         from prefect import flow
-        from prefect.settings import (PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES,
-                                      temporary_settings)
+        from prefect.settings import (
+            PREFECT_API_REQUEST_TIMEOUT,
+            PREFECT_API_URL,
+            PREFECT_CLIENT_MAX_RETRIES,
+            temporary_settings,
+        )
 
         @flow(name=target.scenario, validate_parameters=False)
         def cell() -> dict:
@@ -415,8 +419,14 @@ def _judge(lane: Lane, target: Target, phase: str, outcome: dict[str, Any]) -> l
     else:
         state = result.get("outcome")
         if phase in MUST_RESOLVE.get(dependency, ()) and state != "resolved":
-            why = next((e.message for e in reversed(store.timeline(incident.id)) if e.kind in ("escalated", "diagnosed")),
-                       "") if incident is not None else ""
+            why = (
+                next(
+                    (e.message for e in reversed(store.timeline(incident.id)) if e.kind in ("escalated", "diagnosed")),
+                    "",
+                )
+                if incident is not None
+                else ""
+            )
             problems.append(f"a {name} failure in {phase} stopped the remediation: {state} {result.get('error', '')} "
                             f"{why[:300]}")
         if state == "remediation_failed":
@@ -519,7 +529,9 @@ def test_the_fault_matrix(world, lanes, cache_server, monkeypatch, capsys):
               f"(runs {sum(c[5] for c in cells):.0f} s, {wall:.0f} s wall in two lanes; {len(reruns)} run again)")
         for dependency, modes in _selected().items():
             for mode in modes:
-                row = sorted((c for c in cells if c[0] == dependency and c[1] == mode), key=lambda c: PHASES.index(c[2]))
+                row = sorted(
+                    (c for c in cells if c[0] == dependency and c[1] == mode), key=lambda c: PHASES.index(c[2])
+                )
                 print(f"  {dependency:<11} {mode:<9} " + "  ".join(
                     f"{c[2]}:{'FAIL' if c[3] else 'ok'} {c[4][:18]} {c[5]:.1f}s" for c in row))
         for rerun in reruns:

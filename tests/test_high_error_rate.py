@@ -35,7 +35,7 @@ def test_overload_is_scaled_up_within_the_maximum(world, store):
     assert 5 <= target <= 8 and _replicas(world) == target  # a 1 s window reads 160-240 rps (0.2 s ticks)
     assert result["verification"]["recovered"]
     report = world.github.repo("acme/incidents").comments[1][0]["body"]
-    line = next(l for l in report.splitlines() if l.startswith("| error rate (/metrics) |"))
+    line = next(row for row in report.splitlines() if row.startswith("| error rate (/metrics) |"))
     assert "❌" in line and re.search(r"\| (39\.[5-9]|40\.[0-4])% of", line), line  # 40 % fail, read by the clock
 
 
@@ -107,6 +107,6 @@ def test_prometheus_sees_the_spike_in_a_dry_run(world, prometheus):
 
     assert not world.github.repo("acme/incidents").issues, "a dry run opens no issue"
     report = Artifact.get(f"incident-{result['incident_id']}-diagnosis").data
-    line = next(l for l in report.splitlines() if l.startswith("| error rate (Prometheus) |"))
+    line = next(row for row in report.splitlines() if row.startswith("| error rate (Prometheus) |"))
     assert "❌" in line and "threshold 5.0%" in line, line
     assert _replicas(world) == 3

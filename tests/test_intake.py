@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from tests.conftest import FlowThread, free_port, start_daemon
@@ -212,12 +213,17 @@ def test_routing_picks_the_scenario_and_reports_unmatched_once(intake, deploymen
 
 
 def test_bad_input_gets_a_reason_and_changes_nothing(intake, deployments):
-    cases = [(b"{not json", 400), (json.dumps({"alerts": "x"}).encode(), 422),
-             (json.dumps(_am_payload({"status": "firing", "labels": {"bad-name": "x"}, "startsAt": "x"})).encode(), 422),
-             (json.dumps({**_am_payload(_alert("d1")), "version": "9"}).encode(), 422),
-             (b"[" + b"1," * 700_000 + b"1]", 413)]
+    cases = [
+        (b"{not json", 400),
+        (json.dumps({"alerts": "x"}).encode(), 422),
+        (json.dumps(_am_payload({"status": "firing", "labels": {"bad-name": "x"}, "startsAt": "x"})).encode(), 422),
+        (json.dumps({**_am_payload(_alert("d1")), "version": "9"}).encode(), 422),
+        (b"[" + b"1," * 700_000 + b"1]", 413),
+    ]
     for body, status in cases:
-        response = intake.post("/alerts/alertmanager", content=body, headers={**AUTH, "Content-Type": "application/json"})
+        response = intake.post(
+            "/alerts/alertmanager", content=body, headers={**AUTH, "Content-Type": "application/json"}
+        )
         assert response.status_code == status, (body[:60], response.text)
         assert response.json()["error"]
     assert _runs(deployments["service-down"]) == []
@@ -247,7 +253,9 @@ def test_grafana_signature(world, deployments, use_timestamp):
     if use_timestamp:
         headers["X-Grafana-Alerting-Signature-Timestamp"] = stamp
     with TestClient(create_app(_settings(grafana_secret=secret, grafana_use_timestamp=use_timestamp))) as client:
-        wrong = client.post("/alerts/grafana", content=body, headers={**headers, "X-Grafana-Alerting-Signature": "0" * 64})
+        wrong = client.post(
+            "/alerts/grafana", content=body, headers={**headers, "X-Grafana-Alerting-Signature": "0" * 64}
+        )
         assert wrong.status_code == 401 and "does not match" in wrong.json()["error"]
         if use_timestamp:
             old = str(int(time.time()) - 3600)
@@ -263,10 +271,11 @@ def test_grafana_signature(world, deployments, use_timestamp):
         assert ok.status_code == 200 and len(ok.json()["started"]) == 1
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                           lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12),
-                                                                                             children, max_size=4),
-                           max_leaves=20)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
 alertish = st.fixed_dictionaries({"alerts": st.lists(st.fixed_dictionaries({
     "status": st.sampled_from(["firing", "resolved", "bogus", ""]),
     "labels": st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=3) | json_values,

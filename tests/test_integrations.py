@@ -89,7 +89,10 @@ def test_the_slack_app_honours_retry_after_and_names_a_refusal_without_its_token
     assert [(m["text"], m["thread_ts"]) for m in world.slack_messages] == [("parent, updated", None),
                                                                            ("reply", parent.ts)]
     assert reply.channel == "C0SANDINC" and reply.ts != parent.ts
-    for token, channel, error in (("xoxb-wrong", "C0SANDINC", "invalid_auth"), (BOT_TOKEN, "C0NOWHERE", "channel_not_found")):
+    for token, channel, error in (
+        ("xoxb-wrong", "C0SANDINC", "invalid_auth"),
+        (BOT_TOKEN, "C0NOWHERE", "channel_not_found"),
+    ):
         with SlackApp(world.url + "/slack/api", token, retry=FAST) as app, pytest.raises(IntegrationError) as err:
             app.post(channel, "x")
         assert error in str(err.value) and "xoxb-wrong" not in str(err.value)
@@ -119,8 +122,8 @@ def test_the_async_request_retries_like_the_sync_one(world):
 
 
 def test_one_retry_rule_reads_retry_after_as_seconds_or_a_date():
-    from email.utils import format_datetime
     from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
 
     policy = RetryPolicy(attempts=4, backoff=0.5, max_wait=30)
     assert policy.pause(1, "1.5") == 1.5 and policy.pause(1, "120") == 30  # capped

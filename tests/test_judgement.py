@@ -98,57 +98,117 @@ def _service_down(findings: dict, onset: float | None = 5) -> tuple:
 def _errors(share: float, version: str, revision: int, recent: tuple | None, *, rps: float = 50.0,
             failing: tuple[str, ...] = (), versions: dict, onset: float | None = 5, extra: tuple = ()) -> tuple:
     ready = 3
-    findings = {RATE: rate(share, rps, versions), HEALTH: health(failing), ROLLOUT: rollout(version, revision, True, ready),
-                DEPLOYS: deploys(*([recent] if recent else []), *extra), BREAKER: breaker()}
+    findings = {
+        RATE: rate(share, rps, versions),
+        HEALTH: health(failing),
+        ROLLOUT: rollout(version, revision, True, ready),
+        DEPLOYS: deploys(*([recent] if recent else []), *extra),
+        BREAKER: breaker(),
+    }
     return "high-error-rate", findings, onset
 
 
 CLEAN_OLD = (0.0, 0.0, 180000.0, 100.0)  # v1.5.0: served an hour with 0.05% errors
 SCENES = {
-    "bad-deploy": _service_down({HEALTH: health(endpoints_fail=True),
-                                 ROLLOUT: rollout("drill-1a2b3c-broken", 3, False, waiting="CrashLoopBackOff", restarts=2),
-                                 DEPLOYS: deploys((3, "drill-1a2b3c-broken", 8))}),
-    "broken-after-healthy": _service_down({HEALTH: health(endpoints_fail=True),
-                                           ROLLOUT: rollout("v1.6.1-broken", 4, False, waiting="CrashLoopBackOff"),
-                                           DEPLOYS: deploys((3, "v1.6.0", 1800), (4, "v1.6.1-broken", 6))}),
-    "scaled-to-zero": _service_down({HEALTH: health(endpoints_fail=True), ROLLOUT: rollout("v1.5.0", 2, replicas=0),
-                                     DEPLOYS: deploys()}),
-    "release-then-scaled-to-zero": _service_down({HEALTH: health(endpoints_fail=True),
-                                                  ROLLOUT: rollout("v1.6.0", 3, replicas=0), DEPLOYS: deploys(GOOD)}),
+    "bad-deploy": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("drill-1a2b3c-broken", 3, False, waiting="CrashLoopBackOff", restarts=2),
+            DEPLOYS: deploys((3, "drill-1a2b3c-broken", 8)),
+        }
+    ),
+    "broken-after-healthy": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("v1.6.1-broken", 4, False, waiting="CrashLoopBackOff"),
+            DEPLOYS: deploys((3, "v1.6.0", 1800), (4, "v1.6.1-broken", 6)),
+        }
+    ),
+    "scaled-to-zero": _service_down(
+        {HEALTH: health(endpoints_fail=True), ROLLOUT: rollout("v1.5.0", 2, replicas=0), DEPLOYS: deploys()}
+    ),
+    "release-then-scaled-to-zero": _service_down(
+        {HEALTH: health(endpoints_fail=True), ROLLOUT: rollout("v1.6.0", 3, replicas=0), DEPLOYS: deploys(GOOD)}
+    ),
     "db-lock-down": _service_down({HEALTH: health(("database",)), ROLLOUT: rollout("v1.5.0", 2), DEPLOYS: deploys()}),
-    "release-then-db-lock-down": _service_down({HEALTH: health(("database",)), ROLLOUT: rollout("v1.6.0", 3),
-                                                DEPLOYS: deploys(GOOD)}),
-    "release-and-stale-alert": _service_down({HEALTH: health(), ROLLOUT: rollout("v1.6.0", 3),
-                                              DEPLOYS: deploys((3, "v1.6.0", 300))}),
-    "broken-release-and-db-lock": _service_down({HEALTH: health(endpoints_fail=True),
-                                                 ROLLOUT: rollout("v1.6.0-broken", 3, False, waiting="CrashLoopBackOff"),
-                                                 DEPLOYS: deploys((3, "v1.6.0-broken", 5))}),
+    "release-then-db-lock-down": _service_down(
+        {HEALTH: health(("database",)), ROLLOUT: rollout("v1.6.0", 3), DEPLOYS: deploys(GOOD)}
+    ),
+    "release-and-stale-alert": _service_down(
+        {HEALTH: health(), ROLLOUT: rollout("v1.6.0", 3), DEPLOYS: deploys((3, "v1.6.0", 300))}
+    ),
+    "broken-release-and-db-lock": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("v1.6.0-broken", 3, False, waiting="CrashLoopBackOff"),
+            DEPLOYS: deploys((3, "v1.6.0-broken", 5)),
+        }
+    ),
     "error-spike": _errors(0.4, "v1.5.0", 2, None, rps=200, versions={"v1.5.0": (400, 160, 180400, 260)}),
-    "bad-release-errors": _errors(0.3, "v1.6.0-errors", 3, (3, "v1.6.0-errors", 8),
-                                  versions={"v1.6.0-errors": (100, 30, 400, 118), "v1.5.0": CLEAN_OLD}),
-    "release-then-dependency": _errors(0.5, "v1.6.0", 3, GOOD, failing=("payments",),
-                                       versions={"v1.6.0": (100, 50, 30400, 200), "v1.5.0": CLEAN_OLD}),
-    "release-then-overload": _errors(0.4, "v1.6.0", 3, GOOD, rps=200,
-                                     versions={"v1.6.0": (400, 160, 30800, 320), "v1.5.0": CLEAN_OLD}),
-    "release-then-overload-and-dependency": _errors(0.7, "v1.6.0", 3, GOOD, rps=200, failing=("payments",),
-                                                    versions={"v1.6.0": (400, 280, 30800, 560), "v1.5.0": CLEAN_OLD}),
-    "release-then-feature-flag": _errors(0.4, "v1.6.0", 3, GOOD,
-                                         versions={"v1.6.0": (100, 40, 30400, 160), "v1.5.0": CLEAN_OLD}),
-    "bad-release-and-overload": _errors(0.58, "v1.6.0-errors", 3, (3, "v1.6.0-errors", 10), rps=200,
-                                        versions={"v1.6.0-errors": (400, 232, 2000, 1150), "v1.5.0": CLEAN_OLD}),
-    "dependency-then-release": _errors(0.5, "v1.6.0", 3, (3, "v1.6.0", 6), failing=("payments",), onset=26,
-                                       versions={"v1.6.0": (100, 50, 300, 150), "v1.5.0": (0, 0, 181000, 600)}),
+    "bad-release-errors": _errors(
+        0.3,
+        "v1.6.0-errors",
+        3,
+        (3, "v1.6.0-errors", 8),
+        versions={"v1.6.0-errors": (100, 30, 400, 118), "v1.5.0": CLEAN_OLD},
+    ),
+    "release-then-dependency": _errors(
+        0.5, "v1.6.0", 3, GOOD, failing=("payments",), versions={"v1.6.0": (100, 50, 30400, 200), "v1.5.0": CLEAN_OLD}
+    ),
+    "release-then-overload": _errors(
+        0.4, "v1.6.0", 3, GOOD, rps=200, versions={"v1.6.0": (400, 160, 30800, 320), "v1.5.0": CLEAN_OLD}
+    ),
+    "release-then-overload-and-dependency": _errors(
+        0.7,
+        "v1.6.0",
+        3,
+        GOOD,
+        rps=200,
+        failing=("payments",),
+        versions={"v1.6.0": (400, 280, 30800, 560), "v1.5.0": CLEAN_OLD},
+    ),
+    "release-then-feature-flag": _errors(
+        0.4, "v1.6.0", 3, GOOD, versions={"v1.6.0": (100, 40, 30400, 160), "v1.5.0": CLEAN_OLD}
+    ),
+    "bad-release-and-overload": _errors(
+        0.58,
+        "v1.6.0-errors",
+        3,
+        (3, "v1.6.0-errors", 10),
+        rps=200,
+        versions={"v1.6.0-errors": (400, 232, 2000, 1150), "v1.5.0": CLEAN_OLD},
+    ),
+    "dependency-then-release": _errors(
+        0.5,
+        "v1.6.0",
+        3,
+        (3, "v1.6.0", 6),
+        failing=("payments",),
+        onset=26,
+        versions={"v1.6.0": (100, 50, 300, 150), "v1.5.0": (0, 0, 181000, 600)},
+    ),
     "feature-flag": _errors(0.4, "v1.5.0", 2, None, versions={"v1.5.0": (100, 40, 180500, 300)}),
-    "dependency-down": _errors(0.5, "v1.5.0", 2, None, failing=("payments",),
-                               versions={"v1.5.0": (100, 50, 180500, 400)}),
+    "dependency-down": _errors(
+        0.5, "v1.5.0", 2, None, failing=("payments",), versions={"v1.5.0": (100, 50, 180500, 400)}
+    ),
     "pg-lock": ("database-issues", database(roots=1, health_failing=True), 5),
     "pg-connections": ("database-issues", database(pressured=True), 5),
     "pg-long-query": ("database-issues", database(long=1), 5),
     "release-then-long-query": ("database-issues", database(long=1), 5),  # its checks do not look at releases
     "pg-lock-and-long-query": ("database-issues", database(roots=1, long=1, health_failing=True), 5),
     "release-and-short-transaction": ("database-issues", database(idle_seconds=3.0), 5),
-    "leaked-credential": ("security-incident", {EVIDENCE: Finding(EVIDENCE, True, "snapshot", data={
-        "secrets": [{"name": "api-credentials", "resource_version": "7"}], "log_level": "info"})}, 5),
+    "leaked-credential": (
+        "security-incident",
+        {
+            EVIDENCE: Finding(
+                EVIDENCE,
+                True,
+                "snapshot",
+                data={"secrets": [{"name": "api-credentials", "resource_version": "7"}], "log_level": "info"},
+            )
+        },
+        5,
+    ),
 }
 SCENES["release-then-leaked-credential"] = SCENES["leaked-credential"]
 SCENES["release-then-db-lock-down"][1][ROLLOUT] = rollout("v1.6.0", 3)
@@ -166,7 +226,9 @@ def plan_for(scenario: str, findings: dict[str, Finding], onset_ago: float | Non
     else:
         plan = plan_security_incident(1, "sandbox", "api", SERVICE, findings, ["203.0.113.66/32"])
     if plan.handover == "database-issues":
-        return plan_database_issues(1, "sandbox", "api", SERVICE, {**findings, **database(roots=1, health_failing=True)})
+        return plan_database_issues(
+            1, "sandbox", "api", SERVICE, {**findings, **database(roots=1, health_failing=True)}
+        )
     return plan
 
 
@@ -197,8 +259,11 @@ def test_a_healthy_release_is_not_rolled_back_on_timing_alone():
 
 
 def test_an_alert_that_began_before_the_release_speaks_against_it():
-    findings = {HEALTH: health(endpoints_fail=True), ROLLOUT: rollout("v1.6.0-broken", 3, False, waiting="CrashLoopBackOff"),
-                DEPLOYS: deploys((3, "v1.6.0-broken", 60))}
+    findings = {
+        HEALTH: health(endpoints_fail=True),
+        ROLLOUT: rollout("v1.6.0-broken", 3, False, waiting="CrashLoopBackOff"),
+        DEPLOYS: deploys((3, "v1.6.0-broken", 60)),
+    }
     plan = plan_for("service-down", findings, 600)  # the failure began 9 minutes before the rollout
     assert plan.abstained and any("before revision 3" in line for line in plan.against)
     assert plan_for("service-down", findings, 30).actions[0].kind == "rollback"
@@ -226,7 +291,9 @@ def test_without_a_release_failing_pods_get_a_weak_restart_which_is_safe_to_try(
 
 
 def test_capacity_unknown_gives_a_weak_scale_up():
-    service = SERVICE.model_copy(update={"scaling": SERVICE.scaling.model_copy(update={"capacity_rps_per_replica": None})})
+    service = SERVICE.model_copy(
+        update={"scaling": SERVICE.scaling.model_copy(update={"capacity_rps_per_replica": None})}
+    )
     _, findings, _ = SCENES["feature-flag"]
     plan = plan_high_error_rate(1, "sandbox", "api", service, findings, now=NOW)
     assert plan.confidence == WEAK and [a.kind for a in plan.actions] == ["scale"]
@@ -259,4 +326,6 @@ def test_a_plan_keeps_its_judgement_through_its_record():
     again = Plan.from_dict(plan.to_dict())
     assert again == plan and again.digest == plan.digest
     shown = plan.markdown(900)
-    assert "**Confidence:** strong" in shown and "**Evidence for**" in shown and "has failed since it went live" in shown
+    assert (
+        "**Confidence:** strong" in shown and "**Evidence for**" in shown and "has failed since it went live" in shown
+    )

@@ -23,21 +23,36 @@ def deployment(generation=2, observed=2, replicas=3, updated=3, total=3, availab
 
 def replicaset(revision, image, owner="dep-uid", extra_annotations=None, name=None):
     return {
-        "metadata": {"name": name or f"api-{revision}", "annotations": {REVISION: str(revision), **(extra_annotations or {})},
-                     "ownerReferences": [{"uid": owner, "controller": True}]},
-        "spec": {"template": {"metadata": {"labels": {"app": "api", "pod-template-hash": f"h{revision}"}},
-                              "spec": {"containers": [{"name": "api", "image": image}]}}},
+        "metadata": {
+            "name": name or f"api-{revision}",
+            "annotations": {REVISION: str(revision), **(extra_annotations or {})},
+            "ownerReferences": [{"uid": owner, "controller": True}],
+        },
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app": "api", "pod-template-hash": f"h{revision}"}},
+                "spec": {"containers": [{"name": "api", "image": image}]},
+            }
+        },
     }
 
 
-@pytest.mark.parametrize("kwargs, done, failed, text", [
-    ({}, True, False, 'deployment "api" successfully rolled out'),
-    ({"generation": 3, "observed": 2}, False, False, "Waiting for deployment spec update to be observed..."),
-    ({"reason": "ProgressDeadlineExceeded", "available": 0}, False, True, 'deployment "api" exceeded its progress deadline'),
-    ({"updated": 1}, False, False, "1 out of 3 new replicas have been updated"),
-    ({"total": 5}, False, False, "2 old replicas are pending termination"),
-    ({"available": 1}, False, False, "1 of 3 updated replicas are available"),
-])
+@pytest.mark.parametrize(
+    "kwargs, done, failed, text",
+    [
+        ({}, True, False, 'deployment "api" successfully rolled out'),
+        ({"generation": 3, "observed": 2}, False, False, "Waiting for deployment spec update to be observed..."),
+        (
+            {"reason": "ProgressDeadlineExceeded", "available": 0},
+            False,
+            True,
+            'deployment "api" exceeded its progress deadline',
+        ),
+        ({"updated": 1}, False, False, "1 out of 3 new replicas have been updated"),
+        ({"total": 5}, False, False, "2 old replicas are pending termination"),
+        ({"available": 1}, False, False, "1 of 3 updated replicas are available"),
+    ],
+)
 def test_rollout_status_follows_kubectl(kwargs, done, failed, text):
     status = rollout_status_of(deployment(**kwargs))
     assert (status.done, status.failed) == (done, failed)

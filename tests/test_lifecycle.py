@@ -173,7 +173,11 @@ def test_post_incident_flow_end_to_end_files_action_items_and_tracks_them(world,
     assert bad.status.value == "REJECT"  # the typed form: wrong horizon, too short a title
     # the name is required; the root cause the runbook recorded is filled in, and may not be emptied
     assert "completed_by" in schema["required"] and schema["properties"]["root_cause"]["default"]
-    for incomplete in ({"root_cause": "a bad image"}, {"completed_by": " "}, {"completed_by": "dana", "root_cause": " "}):
+    for incomplete in (
+        {"root_cause": "a bad image"},
+        {"completed_by": " "},
+        {"completed_by": "dana", "root_cause": " "},
+    ):
         assert run.resume(paused.id, **incomplete).status.value == "REJECT", incomplete
     answer = run.resume(paused.id, completed_by="dana", root_cause="Image v2 shipped without its config map",
                         users_affected="about 30% of checkout users", business_impact="checkout down 6 minutes",
@@ -202,7 +206,7 @@ def test_post_incident_flow_end_to_end_files_action_items_and_tracks_them(world,
     filed = {i["number"]: i for i in repo.issues if i["title"].startswith("[action item]")}
     assert set(filed) == {i["issue_number"] for i in items}
     first = filed[items[0]["issue_number"]]
-    assert {"action-item", "due:24h", "P0"} <= {l["name"] for l in first["labels"]}
+    assert {"action-item", "due:24h", "P0"} <= {label["name"] for label in first["labels"]}
     assert f"**Due:** {items[0]['due_at']:%Y-%m-%d %H:%M:%S} UTC" in first["body"]
 
     comments = [c["body"] for c in repo.comments[incident.github_issue]]

@@ -88,7 +88,9 @@ def test_a_policy_that_appears_after_approval_stops_the_block(world, store):
     run.resume(paused.id, approve=True, approver="ivan", reason="contain")
     result = run.join(120)
     assert result["outcome"] == "remediation_failed" and "target changed since approval" in result["error"]
-    assert "block-suspicious-ips" not in {p["metadata"]["name"] for p in world.cluster.list("networkpolicies", "sandbox")}
+    assert "block-suspicious-ips" not in {
+        p["metadata"]["name"] for p in world.cluster.list("networkpolicies", "sandbox")
+    }
 
 
 def test_the_block_policy_keeps_in_cluster_traffic_and_is_verified(world):

@@ -72,10 +72,21 @@ def test_alert_annotations_are_redacted_where_they_enter():
     from incidents.alerts import parse_alertmanager
     from incidents.redaction import redact_alert
 
-    body = {"version": "4", "status": "firing", "alerts": [{
-        "status": "firing", "startsAt": "2026-11-28T03:00:00Z", "labels": {"alertname": "ServiceDown", "service": "api"},
-        "annotations": {"summary": "probe failed with Authorization: Bearer abcdefgh12345678",
-                        "suspicious_ips": "203.0.113.7"}}]}
+    body = {
+        "version": "4",
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "startsAt": "2026-11-28T03:00:00Z",
+                "labels": {"alertname": "ServiceDown", "service": "api"},
+                "annotations": {
+                    "summary": "probe failed with Authorization: Bearer abcdefgh12345678",
+                    "suspicious_ips": "203.0.113.7",
+                },
+            }
+        ],
+    }
     [alert] = parse_alertmanager(body)
     assert "abcdefgh12345678" not in str(alert.as_parameter()) and alert.annotations["suspicious_ips"] == "203.0.113.7"
     manual = {"labels": {"service": "api"}, "annotations": {"summary": f"jwt {JWT}"}}

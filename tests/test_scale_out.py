@@ -13,7 +13,9 @@ from tests.conftest import BROKEN_IMAGE, api_image, break_api
 
 def _run(api: str, params: dict) -> str:
     dep = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
-    return httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": params}, timeout=5).json()["id"]
+    return httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": params}, timeout=5).json()[
+        "id"
+    ]
 
 
 def _state(api: str, run_id: str) -> str:
@@ -57,8 +59,10 @@ def test_service_down_end_to_end_on_a_postgres_backed_server_with_two_workers(pg
         assert _until(api, rid, ("COMPLETED", "FAILED", "CRASHED")) == "COMPLETED"
     worker_logs = {name: (logs / f"{name}.log").read_text() for name in ("worker-a", "worker-b")}
     for rid in [run_id, *runs]:
-        executions = {name: text.count(f"submitting flow run '{rid}'") - text.count(f"Aborted submission of flow run '{rid}'")
-                      for name, text in worker_logs.items()}
+        executions = {
+            name: text.count(f"submitting flow run '{rid}'") - text.count(f"Aborted submission of flow run '{rid}'")
+            for name, text in worker_logs.items()
+        }
         assert sum(executions.values()) == (2 if rid == run_id else 1), f"run {rid} executions: {executions}"
         run = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"id": {"any_": [rid]}}}, timeout=5).json()[0]
         assert run["state"]["type"] == "COMPLETED"

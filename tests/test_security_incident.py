@@ -49,7 +49,9 @@ def test_approved_containment_rotates_blocks_and_logs_without_leaking(world, sto
     from flows.security_incident import security_incident
 
     _plant_canary(world)
-    restarted_before = world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["metadata"].get("annotations")
+    restarted_before = world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["metadata"].get(
+        "annotations"
+    )
     run = FlowThread(security_incident, service="api", alert=ALERT)
     paused = run.wait_paused()
     assert _secret_values(world)["token"] == CANARY, "nothing may change before the approval"

@@ -37,7 +37,11 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
     run = FlowThread(service_down, service="api")
     paused = run.wait_paused()
     form = _form(paused.id)
-    assert "rollback" in form["description"] and "revision 3" in form["description"] and "revision 2" in form["description"]
+    assert (
+        "rollback" in form["description"]
+        and "revision 3" in form["description"]
+        and "revision 2" in form["description"]
+    )
     assert "v2-broken" in form["description"]
     assert set(json.loads(form["schema"])["properties"]) == {"approve", "approver", "reason"}
     notice = [t for t in _texts(world) if t.startswith("⏸️ APPROVAL NEEDED")]
@@ -61,7 +65,7 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
 
     issue = world.github.repo("acme/incidents").issues[0]
     assert issue["state"] == "closed"
-    assert [l["name"] for l in issue["labels"]] == ["incident", "P0", "priority:high", "area:infra"]
+    assert [label["name"] for label in issue["labels"]] == ["incident", "P0", "priority:high", "area:infra"]
     assert "## 🚨 Incident Report" in issue["body"] and "**Severity:** P0" in issue["body"]
     comments = [c["body"] for c in world.github.repo("acme/incidents").comments[issue["number"]]]
     assert any(c.startswith("## Diagnosis") and "CrashLoopBackOff" in c for c in comments)
@@ -183,4 +187,4 @@ def test_kubernetes_undo_strategy_rolls_back_without_github(world):
     image = kubectl(world, "get", "deployment/frontend", "-o", "jsonpath={.spec.template.spec.containers[0].image}")
     assert image.stdout == "registry.sandbox.local/acme/frontend:v3.2.0"
     issue = world.github.repo("acme/incidents").issues[0]
-    assert [l["name"] for l in issue["labels"]] == ["incident", "P1", "priority:high", "area:infra"]
+    assert [label["name"] for label in issue["labels"]] == ["incident", "P1", "priority:high", "area:infra"]

@@ -17,8 +17,15 @@ import pytest
 
 from sandbox.pagerduty import event_problems, routing_key
 from sandbox.slack import block_problems, sign
-from tests.conftest import (APPROVER_CREDENTIALS, BROKEN_IMAGE, SLACK_SIGNING_SECRET, FlowThread, api_image,
-                            break_api, kubectl)
+from tests.conftest import (
+    APPROVER_CREDENTIALS,
+    BROKEN_IMAGE,
+    SLACK_SIGNING_SECRET,
+    FlowThread,
+    api_image,
+    break_api,
+    kubectl,
+)
 from tests.test_intake import _settings, deployments, live_intake  # noqa: F401 - fixtures
 from tests.test_intake import _wait_for as _until
 
@@ -129,7 +136,9 @@ def test_a_signed_press_by_sam_approves_and_completes_the_run_as_verified(world,
     _until(lambda: _ephemeral(world, "U0SANDRITA"))
     assert "not an approver for P1" in _ephemeral(world, "U0SANDRITA")[0]
     assert store.signatures(approval["id"]) == [] and store.approval(approval["id"])["decision"] is None
-    assert any(e.kind == "approval_refused" and "U0SANDMAL" in e.message for e in store.timeline(approval["incident_id"]))
+    assert any(
+        e.kind == "approval_refused" and "U0SANDMAL" in e.message for e in store.timeline(approval["incident_id"])
+    )
 
     started = time.monotonic()
     pressed = _press(world, "U0SANDSAM")
@@ -164,12 +173,18 @@ def test_unsigned_wrongly_signed_and_stale_presses_get_401_and_change_nothing(wo
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     cases = {
         "unsigned": {},
-        "wrongly signed": {"X-Slack-Request-Timestamp": now, "X-Slack-Signature": sign("not-the-secret", now, body.encode())},
-        "stale": {"X-Slack-Request-Timestamp": str(int(time.time()) - 400),
-                  "X-Slack-Signature": sign(SLACK_SIGNING_SECRET, str(int(time.time()) - 400), body.encode())},
-        "body changed": {"X-Slack-Request-Timestamp": now,
-                         "X-Slack-Signature": sign(SLACK_SIGNING_SECRET, now, body.replace("U0SANDSAM", "U0SANDTESS")
-                                                   .encode())},
+        "wrongly signed": {
+            "X-Slack-Request-Timestamp": now,
+            "X-Slack-Signature": sign("not-the-secret", now, body.encode()),
+        },
+        "stale": {
+            "X-Slack-Request-Timestamp": str(int(time.time()) - 400),
+            "X-Slack-Signature": sign(SLACK_SIGNING_SECRET, str(int(time.time()) - 400), body.encode()),
+        },
+        "body changed": {
+            "X-Slack-Request-Timestamp": now,
+            "X-Slack-Signature": sign(SLACK_SIGNING_SECRET, now, body.replace("U0SANDSAM", "U0SANDTESS").encode()),
+        },
     }
     for name, headers in cases.items():
         answer = httpx.post(url, content=body, headers={**form, **headers}, timeout=10)
@@ -324,8 +339,8 @@ def test_an_unacknowledged_p0_escalates_to_the_next_pagerduty_service(world, sto
 
 
 def test_a_pagerduty_outage_never_stops_the_run_and_the_watch_pages_again(world, store):
-    from sandbox.http import Fault
     from flows.service_down import service_down
+    from sandbox.http import Fault
     from tasks.watch import sweep
 
     break_api(world)
@@ -334,7 +349,9 @@ def test_a_pagerduty_outage_never_stops_the_run_and_the_watch_pages_again(world,
     paused = run.wait_paused()
     incident = store.incident_for_run(str(paused.id))
     assert world.pagerduty.events == []
-    assert any(e.kind == "notification_failed" and "PagerDuty trigger" in e.message for e in store.timeline(incident.id))
+    assert any(
+        e.kind == "notification_failed" and "PagerDuty trigger" in e.message for e in store.timeline(incident.id)
+    )
     world.faults.clear()
     sweep("sandbox", now=incident.opened_at + timedelta(seconds=30))
     assert [e["event_action"] for e in world.pagerduty.events] == ["trigger"]

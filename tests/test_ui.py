@@ -160,8 +160,16 @@ def test_run_and_resume_in_the_browser_land_at_once_under_load(pg_stack, world, 
     break_api(world)
     waiting = _start_from_the_ui(page, api)  # paused for approval before the load comes
     with ThreadPoolExecutor(LOAD) as pool:  # all at once, as an alert storm would start them
-        load = list(pool.map(lambda name: httpx.post(f"{api}/deployments/{deployment}/create_flow_run", timeout=30, json={
-            "parameters": {"service": name, "environment": "sandbox-load"}}).json()["id"], services))
+        load = list(
+            pool.map(
+                lambda name: httpx.post(
+                    f"{api}/deployments/{deployment}/create_flow_run",
+                    timeout=30,
+                    json={"parameters": {"service": name, "environment": "sandbox-load"}},
+                ).json()["id"],
+                services,
+            )
+        )
     _answer_in_the_form(page, api, waiting, True, "rosa", "approved under load")
     in_flight = [_in_flight(api, load)]
     clicked = _click_run(page, api)

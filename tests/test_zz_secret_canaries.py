@@ -17,11 +17,21 @@ import pytest
 import redis
 
 from sandbox.http import Fault
-from sandbox.world import GITHUB_TOKEN, SLACK_PATH, SLACK_SECURITY_PATH
 from sandbox.pagerduty import routing_key
 from sandbox.slack import BOT_TOKEN as SLACK_BOT_TOKEN
-from tests.conftest import (APPROVER_CREDENTIALS, CAPTURED_LOGS, PAGERDUTY_WEBHOOK_SECRET, SLACK_SIGNING_SECRET, PG_CANARY, REDIS_CANARY, FlowThread, break_api,
-                            read_all, with_password)
+from sandbox.world import GITHUB_TOKEN, SLACK_PATH, SLACK_SECURITY_PATH
+from tests.conftest import (
+    APPROVER_CREDENTIALS,
+    CAPTURED_LOGS,
+    PAGERDUTY_WEBHOOK_SECRET,
+    PG_CANARY,
+    REDIS_CANARY,
+    SLACK_SIGNING_SECRET,
+    FlowThread,
+    break_api,
+    read_all,
+    with_password,
+)
 from tests.test_intake import REDIS_URL, TOKEN
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
