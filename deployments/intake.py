@@ -9,17 +9,13 @@
     POST /pagerduty/webhooks    PagerDuty's v3 webhooks: acknowledged/resolved there (deployments/pagerduty_webhooks.py)
 
 Every alert POST needs `Authorization: Bearer $RUNBOOKS_ALERT_TOKEN` (Slack's and PagerDuty's
-requests are signed instead, and the approval page checks each approver's own credential). An alert loses the labels
-that only name its sender (`intake.ignore_labels`: Prometheus replicas), is routed by the
-config's `routing` rules, and is checked against the config (an unknown environment or
-service is answered 422 and reported in Slack). A firing alert is deduplicated in Redis on
-fingerprint + startsAt, then correlated: when an incident is open for its correlation key
-(environment + service, plus the route's `correlate` labels), the alert joins it; otherwise
-the intake opens the incident and starts one flow run of `<scenario>/<environment>` for it,
-with the alert's key as Prefect's idempotency key, so a resend - or a retry after the intake
-died between its claim and the run - never adds a run. A resolved alert never starts
-anything: it is noted on its incident, and once every alert of the incident has stayed
-resolved for `intake.resolve_grace_seconds` the pending approval is withdrawn.
+requests are signed instead; the approval page checks each approver's own credential). An
+alert loses its sender's labels (`intake.ignore_labels`), is routed by the config's `routing`,
+checked against the config (unknown environment or service: 422 and a Slack notice),
+deduplicated in Redis on fingerprint + startsAt, and correlated: it joins the open incident of
+its correlation key, or opens it and starts one run of `<scenario>/<environment>` under the
+alert's key as Prefect's idempotency key. A resolved alert never starts anything; see the
+README's "One outage, one incident" for correlation, flapping and withdrawal.
 """
 
 from __future__ import annotations
@@ -29,9 +25,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -45,15 +40,22 @@ from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
 from deployments.approval_page import routes as approval_routes
+from deployments.intake_records import (
+    known_services,
+    note_resolved,
+    notify_channel,
+    notify_unmatched,
+    open_or_find,
+    severity_of,
+)
+from deployments.intake_settings import IntakeSettings, settings_from_env
 from deployments.pagerduty_webhooks import routes as pagerduty_routes
 from deployments.prefect_api import auth_headers
 from deployments.slack_interactions import routes as slack_routes
 from incidents import templates
 from incidents.alerts import (
-    DEFAULT_SEVERITY,
     Alert,
     BadPayload,
-    Route,
     RunRequest,
     parse_alertmanager,
     parse_generic,
@@ -61,36 +63,15 @@ from incidents.alerts import (
     route,
     verify_grafana_signature,
 )
-from incidents.models import Incident, Severity
+from incidents.models import Severity
 from incidents.store import IncidentStore, StoreError
 from integrations.errors import IntegrationError
 from integrations.http import RetryPolicy, arequest
-from tasks.context import RunContext
-from tasks.correlation import alert_resolved, detected, join, withdraw_quiet
-from tasks.incident import alert_started_at
+from tasks.correlation import join, withdraw_quiet
 
 log = logging.getLogger("runbooks.intake")
 CREATE_RETRY = RetryPolicy(attempts=4, backoff=0.2, max_wait=5.0)  # a busy Prefect API: 0.2, 0.4, 0.8 s
 KEY_PREFIX = "runbooks:alert:"
-
-
-@dataclass
-class IntakeSettings:
-    token: str
-    routes: list[Route]
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    prefect_api_url: str = "http://127.0.0.1:4200/api"
-    grafana_secret: str | None = None
-    grafana_use_timestamp: bool = False
-    max_body_bytes: int = 1 << 20
-    dedup_seconds: int = 7 * 24 * 3600
-    notify_unmatched: bool = True
-    deployment_ids: dict[str, str] = field(default_factory=dict)
-    ignore_labels: tuple[str, ...] = ("replica", "prometheus_replica", "prometheus")
-    resolve_grace_seconds: float = 300.0
-    # environment -> its services, from the config (None: read the config when the app starts)
-    known_services: dict[str, set[str]] | None = None
-    claim_seconds: int = 60  # how long a claim that has not become a run holds off a concurrent delivery
 
 
 class Unavailable(Exception):
@@ -101,43 +82,51 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")
 
 
-def create_app(settings: IntakeSettings) -> Starlette:
-    state: dict[str, Any] = {}
-    expected_auth = f"Bearer {settings.token}".encode()
+class AlertIntake:
+    """The alert intake's handlers and the connections they share (opened in `lifespan`)."""
+
+    def __init__(self, settings: IntakeSettings):
+        self.settings = settings
+        self.state: dict[str, Any] = {}
+        self.expected_auth = f"Bearer {settings.token}".encode()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        state["redis"] = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        state["prefect"] = httpx.AsyncClient(base_url=settings.prefect_api_url.rstrip("/"), headers=auth_headers(),
-                                             timeout=httpx.Timeout(10.0, connect=3.0))
+    async def lifespan(self, app: Starlette):
+        self.state["redis"] = aioredis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
+        self.state["prefect"] = httpx.AsyncClient(base_url=self.settings.prefect_api_url.rstrip("/"),
+                                                  headers=auth_headers(), timeout=httpx.Timeout(10.0, connect=3.0))
         # A few run creations at a time: an alert storm must not turn into a write storm on
         # the Prefect database (SQLite answers 503 to that), and duplicates never wait here.
-        state["creating"] = asyncio.Semaphore(4)
-        state["known"] = settings.known_services if settings.known_services is not None else _known_services()
-        state["timers"] = set()
+        self.state["creating"] = asyncio.Semaphore(4)
+        self.state["known"] = (
+            self.settings.known_services if self.settings.known_services is not None else known_services()
+        )
+        self.state["timers"] = set()
         yield
-        for task in state["timers"]:
+        for task in self.state["timers"]:
             task.cancel()
-        await state["redis"].aclose()
-        await state["prefect"].aclose()
+        await self.state["redis"].aclose()
+        await self.state["prefect"].aclose()
 
-    async def read(request: Request) -> bytes | Response:
+    async def read(self, request: Request) -> bytes | Response:
         sent = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(sent, expected_auth):
+        if not hmac.compare_digest(sent, self.expected_auth):
             return _json({"error": "missing or wrong bearer token"}, 401)
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return _json({"error": f"body larger than {settings.max_body_bytes} bytes"}, 413)
+        if declared and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+            return _json({"error": f"body larger than {self.settings.max_body_bytes} bytes"}, 413)
         body = b""
         async for chunk in request.stream():
             body += chunk
-            if len(body) > settings.max_body_bytes:
-                return _json({"error": f"body larger than {settings.max_body_bytes} bytes"}, 413)
+            if len(body) > self.settings.max_body_bytes:
+                return _json({"error": f"body larger than {self.settings.max_body_bytes} bytes"}, 413)
         return body
 
-    async def receive(request: Request, parse, body: bytes | None = None) -> Response:
+    async def receive(self, request: Request, parse, body: bytes | None = None) -> Response:
         if body is None:
-            got = await read(request)
+            got = await self.read(request)
             if isinstance(got, Response):
                 return got
             body = got
@@ -150,7 +139,7 @@ def create_app(settings: IntakeSettings) -> Starlette:
         except BadPayload as exc:
             return _json({"error": str(exc)}, 422)
         try:
-            outcome = await handle(alerts)
+            outcome = await self.handle(alerts)
         except aioredis.RedisError as exc:
             log.error("intake could not reach Redis: %s", exc)
             return _json({"error": f"Redis: {exc}"}, 503)
@@ -161,62 +150,65 @@ def create_app(settings: IntakeSettings) -> Starlette:
             return _json({"error": "; ".join(outcome["unknown"]), **outcome}, 422)
         return _json(outcome)
 
-    async def handle(alerts: list[Alert]) -> dict[str, Any]:
+    async def handle(self, alerts: list[Alert]) -> dict[str, Any]:
         outcome: dict[str, Any] = {"received": len(alerts), "started": [], "joined": [], "duplicates": 0,
                                    "unmatched": 0, "resolved": 0, "unknown": [], "errors": []}
         for alert in alerts:
-            alert = alert.without_labels(settings.ignore_labels)
-            request = route(alert, settings.routes)
+            alert = alert.without_labels(self.settings.ignore_labels)
+            request = route(alert, self.settings.routes)
             if request is None:
                 outcome["unmatched"] += 1
-                await unmatched(alert)
+                await self.unmatched(alert)
                 continue
-            problem = await unknown(alert, request)
+            problem = await self.unknown(alert, request)
             if problem:
                 outcome["unknown"].append(problem)
                 continue
             if alert.status == "resolved":
-                outcome["resolved"] += await resolved(alert, request)
+                outcome["resolved"] += await self.resolved(alert, request)
                 continue
-            if not await claim(alert):
+            if not await self.claim(alert):
                 outcome["duplicates"] += 1
                 continue
             try:
-                done = await correlate(alert, request)
+                done = await self.correlate(alert, request)
             except LookupError as exc:  # the route names a deployment that does not exist
-                await release(alert)
+                await self.release(alert)
                 outcome["unknown"].append(str(exc))
                 log.error("%s", exc)
                 continue
             except BaseException:
-                await release(alert)  # the sender's retry tries again (the idempotency key keeps it to one run)
+                await self.release(alert)  # the sender's retry tries again (the idempotency key keeps it to one run)
                 raise
-            await state["redis"].set(KEY_PREFIX + alert.key, (done.get("flow_run_id") or f"joined:{done['incident_id']}"
-                                                               ).encode(), ex=settings.dedup_seconds)
+            await self.state["redis"].set(
+                KEY_PREFIX + alert.key,
+                (done.get("flow_run_id") or f"joined:{done['incident_id']}").encode(),
+                ex=self.settings.dedup_seconds,
+            )
             outcome["joined" if done.get("joined") else "started"].append(done)
         return outcome
 
-    async def claim(alert: Alert) -> bool:
+    async def claim(self, alert: Alert) -> bool:
         """False for an alert already handled (a resend). A claim that never became a run (the
         intake died, Redis blinked) expires after `claim_seconds`, and a delivery that finds it
         meanwhile goes ahead too: Prefect's idempotency key makes both one run."""
         key = KEY_PREFIX + alert.key
         try:
-            if await state["redis"].set(key, b"starting", nx=True, ex=settings.claim_seconds):
+            if await self.state["redis"].set(key, b"starting", nx=True, ex=self.settings.claim_seconds):
                 return True
-            return await state["redis"].get(key) in (b"starting", None)
+            return await self.state["redis"].get(key) in (b"starting", None)
         except aioredis.RedisError as exc:
             raise Unavailable(f"Redis: {exc}") from None
 
-    async def release(alert: Alert) -> None:
+    async def release(self, alert: Alert) -> None:
         with contextlib.suppress(aioredis.RedisError):
-            if await state["redis"].get(KEY_PREFIX + alert.key) == b"starting":
-                await state["redis"].delete(KEY_PREFIX + alert.key)
+            if await self.state["redis"].get(KEY_PREFIX + alert.key) == b"starting":
+                await self.state["redis"].delete(KEY_PREFIX + alert.key)
 
-    async def unknown(alert: Alert, request: RunRequest) -> str | None:
+    async def unknown(self, alert: Alert, request: RunRequest) -> str | None:
         """Why the config cannot take this alert (unknown environment or service), reported in
         Slack once an hour per service; None when it can."""
-        known = state["known"]
+        known = self.state["known"]
         if request.environment not in known:
             problem = (f"alert {alert.labels.get('alertname', 'unnamed')} for unknown environment "
                        f"{request.environment!r} (configured: {', '.join(sorted(known))})")
@@ -228,21 +220,21 @@ def create_app(settings: IntakeSettings) -> Starlette:
             return None
         log.warning("%s", problem)
         try:
-            first = await state["redis"].set(f"runbooks:unknown:{request.environment}:{request.service}", b"1",
+            first = await self.state["redis"].set(f"runbooks:unknown:{request.environment}:{request.service}", b"1",
                                              nx=True, ex=3600)
         except aioredis.RedisError:
             first = True
-        if first and settings.notify_unmatched:
-            await run_in_threadpool(_notify_channel, request.environment,
+        if first and self.settings.notify_unmatched:
+            await run_in_threadpool(notify_channel, request.environment,
                                     f"⚠️ ALERT NOT STARTED\n{templates.slack_text(problem, 500)}")
         return problem
 
-    async def correlate(alert: Alert, request: RunRequest) -> dict[str, Any]:
+    async def correlate(self, alert: Alert, request: RunRequest) -> dict[str, Any]:
         """Open the incident for this outage and start its run, or join the one already open."""
-        dep_id = await deployment_id(request.deployment)
+        dep_id = await self.deployment_id(request.deployment)
         parameter = {**alert.as_parameter(), "correlation_key": request.correlation_key}
         try:
-            incident, ctx = await run_in_threadpool(_open_or_find, alert, request, parameter)
+            incident, ctx = await run_in_threadpool(open_or_find, alert, request, parameter)
         except StoreError as exc:
             raise Unavailable(str(exc)) from None
         if incident.created or incident.flow_run_id is None:
@@ -250,53 +242,54 @@ def create_app(settings: IntakeSettings) -> Starlette:
             # it, or the intake died in between): the incident's own alert starts its scenario,
             # under that alert's idempotency key, so all of these make one run
             opener = replace(request, scenario=incident.scenario)
-            run_id = await start_run(await deployment_id(opener.deployment), incident.alert or parameter, opener,
-                                     incident.severity)
+            run_id = await self.start_run(
+                await self.deployment_id(opener.deployment), incident.alert or parameter, opener, incident.severity
+            )
             await run_in_threadpool(ctx.store().set_runbook_run, incident.id, run_id)
             if incident.created:
                 return {"deployment": request.deployment, "flow_run_id": run_id, "fingerprint": alert.fingerprint,
                         "incident_id": incident.id}
-        joined = await run_in_threadpool(join, ctx, incident, parameter, _severity(request), alert.source)
+        joined = await run_in_threadpool(join, ctx, incident, parameter, severity_of(request), alert.source)
         log.info("alert %s (%s) joined incident %s (%s)", alert.fingerprint, alert.labels.get("alertname"),
                  incident.id, joined.seen)
         done = {"joined": True, "incident_id": incident.id, "fingerprint": alert.fingerprint, "seen": joined.seen,
                 "severity": joined.incident.severity.value}
-        if request.scenario != incident.scenario and await first_of_scenario(incident.id, request.scenario):
+        if request.scenario != incident.scenario and await self.first_of_scenario(incident.id, request.scenario):
             # another symptom: its runbook's checks add their findings to the incident (the
             # incident's own runbook keeps the service; see tasks/lifecycle.py)
-            done["flow_run_id"] = await start_run(dep_id, parameter, request, joined.incident.severity)
+            done["flow_run_id"] = await self.start_run(dep_id, parameter, request, joined.incident.severity)
         return done
 
-    async def first_of_scenario(incident_id: int, scenario: str) -> bool:
+    async def first_of_scenario(self, incident_id: int, scenario: str) -> bool:
         try:
-            return bool(await state["redis"].set(f"runbooks:scenario:{incident_id}:{scenario}", b"1", nx=True,
-                                                 ex=settings.dedup_seconds))
+            return bool(await self.state["redis"].set(f"runbooks:scenario:{incident_id}:{scenario}", b"1", nx=True,
+                                                 ex=self.settings.dedup_seconds))
         except aioredis.RedisError as exc:
             raise Unavailable(f"Redis: {exc}") from None
 
-    async def deployment_id(name: str) -> str:
-        if name not in settings.deployment_ids:
+    async def deployment_id(self, name: str) -> str:
+        if name not in self.settings.deployment_ids:
             try:
-                response = await state["prefect"].get(f"/deployments/name/{name}")
+                response = await self.state["prefect"].get(f"/deployments/name/{name}")
             except httpx.HTTPError as exc:
                 raise Unavailable(f"Prefect API: {type(exc).__name__}: {exc}") from None
             if response.status_code == 404:
                 raise LookupError(f"routing names deployment {name!r}, which does not exist")
             if response.status_code != 200:
                 raise Unavailable(f"Prefect API answered {response.status_code} for deployment {name}")
-            settings.deployment_ids[name] = response.json()["id"]
-        return settings.deployment_ids[name]
+            self.settings.deployment_ids[name] = response.json()["id"]
+        return self.settings.deployment_ids[name]
 
-    async def start_run(dep_id: str, alert: dict[str, Any], request: RunRequest, severity: Severity) -> str:
+    async def start_run(self, dep_id: str, alert: dict[str, Any], request: RunRequest, severity: Severity) -> str:
         parameters: dict[str, Any] = {"service": request.service, "environment": request.environment,
                                       "alert": alert, "severity": severity.value}
         key = f"{alert['fingerprint']}:{alert['startsAt']}"
         name = f"{alert['labels'].get('alertname', 'alert')}-{alert['fingerprint'][:8]}".lower()
         body = {"parameters": parameters, "idempotency_key": f"alert:{key}", "name": name,
                 "tags": ["alert", alert["source"]]}
-        async with state["creating"]:
+        async with self.state["creating"]:
             try:
-                response = await arequest(state["prefect"], "POST", f"/deployments/{dep_id}/create_flow_run",
+                response = await arequest(self.state["prefect"], "POST", f"/deployments/{dep_id}/create_flow_run",
                                           what=f"Prefect API, creating a run of {request.deployment}",
                                           retry=CREATE_RETRY, json=body)
             except IntegrationError as exc:
@@ -306,155 +299,85 @@ def create_app(settings: IntakeSettings) -> Starlette:
                  request.deployment, run_id)
         return run_id
 
-    async def unmatched(alert: Alert) -> None:
-        first = await state["redis"].set(f"runbooks:unmatched:{alert.fingerprint}", b"1", nx=True, ex=86400)
+    async def unmatched(self, alert: Alert) -> None:
+        first = await self.state["redis"].set(f"runbooks:unmatched:{alert.fingerprint}", b"1", nx=True, ex=86400)
         if first:
             log.warning("alert %s matched no routing rule: labels %s", alert.fingerprint, alert.labels)
-            if settings.notify_unmatched:
-                await run_in_threadpool(_notify_unmatched, alert)
+            if self.settings.notify_unmatched:
+                await run_in_threadpool(notify_unmatched, alert)
 
-    async def resolved(alert: Alert, request: RunRequest) -> int:
+    async def resolved(self, alert: Alert, request: RunRequest) -> int:
         """Noted on the open incident of its outage; the withdrawal waits out the grace."""
         try:
-            noted = await run_in_threadpool(_note_resolved, alert, request, settings.resolve_grace_seconds)
+            noted = await run_in_threadpool(note_resolved, alert, request, self.settings.resolve_grace_seconds)
         except StoreError as exc:
             raise Unavailable(str(exc)) from None
         if noted:
-            task = asyncio.get_running_loop().create_task(withdraw_later(request.environment))
-            state["timers"].add(task)
-            task.add_done_callback(state["timers"].discard)
+            task = asyncio.get_running_loop().create_task(self.withdraw_later(request.environment))
+            self.state["timers"].add(task)
+            task.add_done_callback(self.state["timers"].discard)
         return int(noted)
 
-    async def withdraw_later(environment: str) -> None:
+    async def withdraw_later(self, environment: str) -> None:
         """After the grace: withdraw what stayed quiet. The incident watch does the same every
         minute, so a restart of the intake loses no withdrawal."""
-        await asyncio.sleep(settings.resolve_grace_seconds + 0.5)
+        await asyncio.sleep(self.settings.resolve_grace_seconds + 0.5)
 
         def resume(run_id: str, answer: dict) -> bool:
-            with httpx.Client(base_url=settings.prefect_api_url.rstrip("/"), headers=auth_headers(),
+            with httpx.Client(base_url=self.settings.prefect_api_url.rstrip("/"), headers=auth_headers(),
                               timeout=httpx.Timeout(10.0, connect=3.0)) as client:
                 return client.post(f"/flow_runs/{run_id}/resume", json={"run_input": answer}).status_code < 300
 
         try:
             done = await run_in_threadpool(withdraw_quiet, IncidentStore(), environment,
-                                           settings.resolve_grace_seconds, datetime.now(timezone.utc), resume)
+                                           self.settings.resolve_grace_seconds, datetime.now(timezone.utc), resume)
         except StoreError as exc:
             log.warning("withdrawal check failed (the incident watch will retry): %s", exc)
             return
         if done:
             log.info("withdrew approvals %s: their alerts stayed resolved for %g s", done,
-                     settings.resolve_grace_seconds)
+                     self.settings.resolve_grace_seconds)
 
-    async def alertmanager(request: Request) -> Response:
-        return await receive(request, parse_alertmanager)
+    async def alertmanager(self, request: Request) -> Response:
+        return await self.receive(request, parse_alertmanager)
 
-    async def grafana(request: Request) -> Response:
-        got = await read(request)
+    async def grafana(self, request: Request) -> Response:
+        got = await self.read(request)
         if isinstance(got, Response):
             return got
-        if settings.grafana_secret:
+        if self.settings.grafana_secret:
             try:
-                verify_grafana_signature(
-                    settings.grafana_secret,
-                    got,
-                    request.headers.get("x-grafana-alerting-signature"),
-                    request.headers.get("x-grafana-alerting-signature-timestamp"),
-                    use_timestamp=settings.grafana_use_timestamp,
-                )
+                verify_grafana_signature(self.settings.grafana_secret, got,
+                                         request.headers.get("x-grafana-alerting-signature"),
+                                         request.headers.get("x-grafana-alerting-signature-timestamp"),
+                                         use_timestamp=self.settings.grafana_use_timestamp)
             except PermissionError as exc:
                 return _json({"error": f"Grafana signature refused: {exc}"}, 401)
-        return await receive(request, parse_grafana, got)
+        return await self.receive(request, parse_grafana, got)
 
-    async def generic(request: Request) -> Response:
-        return await receive(request, parse_generic)
+    async def generic(self, request: Request) -> Response:
+        return await self.receive(request, parse_generic)
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         try:
-            await state["redis"].ping()
+            await self.state["redis"].ping()
         except aioredis.RedisError as exc:
             return _json({"ok": False, "redis": str(exc)}, 503)
-        return _json({"ok": True, "routes": len(settings.routes)})
+        return _json({"ok": True, "routes": len(self.settings.routes)})
 
+
+
+def create_app(settings: IntakeSettings) -> Starlette:
+    intake = AlertIntake(settings)
     return Starlette(routes=[
-        HttpRoute("/alerts/alertmanager", alertmanager, methods=["POST"]),
-        HttpRoute("/alerts/grafana", grafana, methods=["POST"]),
-        HttpRoute("/alerts", generic, methods=["POST"]),
-        HttpRoute("/healthz", healthz, methods=["GET"]),
+        HttpRoute("/alerts/alertmanager", intake.alertmanager, methods=["POST"]),
+        HttpRoute("/alerts/grafana", intake.grafana, methods=["POST"]),
+        HttpRoute("/alerts", intake.generic, methods=["POST"]),
+        HttpRoute("/healthz", intake.healthz, methods=["GET"]),
         *approval_routes(settings.prefect_api_url, auth_headers()),
         *slack_routes(settings.prefect_api_url, auth_headers()),
         *pagerduty_routes(),
-    ], lifespan=lifespan)
-
-
-def _notify_channel(environment: str, text: str) -> None:
-    """A notice to the incident channel of `environment`, else of the first configured one."""
-    from incidents.config import ConfigError, load_config
-    from integrations.errors import IntegrationError
-    from tasks.context import SecretNotFound
-    from tasks.notify import post_notice
-
-    try:
-        envs = load_config().environments
-        post_notice(envs.get(environment) or next(iter(envs.values())), text)
-    except (ConfigError, IntegrationError, SecretNotFound, StopIteration) as exc:
-        log.warning("notice %r not posted to Slack: %s", text.splitlines()[0], exc)
-
-
-def _notify_unmatched(alert: Alert) -> None:
-    """Reported once: to the incident channel of the environment the alert names, if any."""
-    labels = ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
-    _notify_channel(alert.labels.get("environment", ""),
-                    f"⚠️ UNROUTED ALERT\n{templates.slack_text(alert.labels.get('alertname', 'unnamed'))} matched no "
-                    f"routing rule; labels: {templates.slack_text(labels, 500)}")
-
-
-def _known_services() -> dict[str, set[str]]:
-    from incidents.config import load_config
-
-    return {name: set(env.services) for name, env in load_config().environments.items()}
-
-
-def _severity(request: RunRequest) -> Severity:
-    return Severity(request.severity) if request.severity else DEFAULT_SEVERITY[request.scenario]
-
-
-def _open_or_find(alert: Alert, request: RunRequest, parameter: dict) -> tuple[Incident, RunContext]:
-    """The open incident for the alert's correlation key: opened here when there is none."""
-    ctx = RunContext.load(request.environment, request.service)
-    severity = _severity(request)
-    summary = alert.annotations.get("summary") or f"{alert.labels.get('alertname', 'alert')} for {request.service}"
-    incident = ctx.store().open_incident(
-        dedup_key=request.correlation_key, scenario=request.scenario, service=request.service,
-        environment=request.environment, severity=severity,
-        title=templates.issue_title_text(request.service, severity, summary), detected_by="alert", flow_run_id=None,
-        alert=parameter, started_at=alert_started_at(parameter))
-    if incident.created:
-        detected(ctx, incident, alert.source, f"{request.scenario}: {summary}", parameter)
-    return incident, ctx
-
-
-def _note_resolved(alert: Alert, request: RunRequest, grace_seconds: float) -> bool:
-    ctx = RunContext.load(request.environment, request.service)
-    incident = ctx.store().open_for_key(request.correlation_key)
-    if incident is None:
-        return False
-    return alert_resolved(ctx, incident, alert.as_parameter(), grace_seconds)
-
-
-def settings_from_env() -> IntakeSettings:
-    from incidents.config import load_config
-
-    token = os.environ.get("RUNBOOKS_ALERT_TOKEN")
-    if not token:
-        raise SystemExit("RUNBOOKS_ALERT_TOKEN is not set: the intake refuses to run without a token")
-    config = load_config()
-    return IntakeSettings(
-        token=token, routes=list(config.routing), ignore_labels=tuple(config.intake.ignore_labels),
-        resolve_grace_seconds=config.intake.resolve_grace_seconds,
-        redis_url=os.environ.get("RUNBOOKS_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        prefect_api_url=os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"),
-        grafana_secret=os.environ.get("RUNBOOKS_GRAFANA_HMAC_SECRET") or None,
-        grafana_use_timestamp=os.environ.get("RUNBOOKS_GRAFANA_SIGNATURE_TIMESTAMP", "") in ("1", "true", "yes"))
+    ], lifespan=intake.lifespan)
 
 
 def main(argv: list[str] | None = None) -> None:

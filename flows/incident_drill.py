@@ -9,13 +9,14 @@ and score detection and recovery against the playbook's targets.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from incidents.drills import NOTHING, REMEDY, resolve_fault
+from incidents.drills import NOTHING, REMEDY, FaultSpec, resolve_fault
 from incidents.store import DrillStore
 from tasks.approval import DrillNotAllowed
 from tasks.context import RunContext
@@ -56,7 +57,6 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
         deadline_minutes: the whole drill's limit; the fault is cleaned up when it passes.
         service: the target service.
     """
-    logger = get_run_logger()
     spec = resolve_fault(scenario)
     ctx = RunContext.load(environment, service)
     if not ctx.config.drills_allowed:
@@ -70,34 +70,13 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
     store.start_drill(drill_id, spec.name, spec.scenario, environment, service, approval_mode, approval_delay_seconds,
                       flow_run.get_id())
     injected_at = datetime.now(timezone.utc)
-    state, run, alert_key, run_id, error, cleanup_done = None, None, None, None, None, []
-    try:
-        state = inject_fault(ctx, spec)
-        if spec.outcome != NOTHING and not wait_for_detection(ctx, state, timeout=min(deadline, 300)):
-            raise DrillFailed(f"the fault's signal never showed within {min(deadline, 300):.0f} s")
-        started = raise_alert(ctx, spec, drill_id, state, state.began_at or injected_at)
-        alert_key, run_id = started["alert_key"], started["run_id"]
-        run = follow_runbook(run_id, timeout=deadline)
-        if run["state"] != "COMPLETED":
-            raise DrillFailed(f"the runbook's run ended {run['state']}: {run['message']}")
-        if spec.outcome == REMEDY:  # otherwise nothing is to recover: the score says whether it held back
-            _require_recovery(ctx, state, alert_key)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded, and the fault cleaned up
-        error = f"{type(exc).__name__}: {exc}"
-        logger.error("Drill %s failed: %s", drill_id, error)
-    finally:
-        if state is not None:
-            try:
-                cleanup_done = clean_up(ctx, state)
-            except Exception as exc:  # noqa: BLE001 - a failed clean-up is the most important thing to report
-                error = (error + "; " if error else "") + f"CLEAN-UP FAILED: {type(exc).__name__}: {exc}"
-    card, incident_id = scorecard(spec, injected_at, run, alert_key)
+    played = _play(ctx, spec, drill_id, injected_at, deadline)
+    card, incident_id = scorecard(spec, injected_at, played.run, played.alert_key)
+    error, cleanup_done = played.error, played.cleanup
     status = "passed" if card["passed"] and not error else "failed"
-    store.finish_drill(drill_id, status, card, error, run_id, incident_id)
-    if incident_id is not None and store.close(incident_id, "Drill", f"drill {drill_id} {status}"
-                                               + (f": {error[:300]}" if error else ""), postmortem_needed=False):
-        # a practice incident the runbook left open (it escalated, or still waits) ends with its drill
-        store.add_event(incident_id, "incident-drill", "drill_closed", f"Closed with drill {drill_id} ({status})")
+    store.finish_drill(drill_id, status, card, error, played.run_id, incident_id)
+    if incident_id is not None:
+        _close_practice_incident(store, incident_id, drill_id, status, error)
     publish_scorecard(drill_id, environment, card, cleanup_done)
     result = {"drill_id": drill_id, "status": status, "error": error, "score": card, "cleanup": cleanup_done,
               "incident_id": incident_id}
@@ -105,3 +84,48 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
         raise DrillFailed(f"drill {drill_id} ({spec.name}) failed: {error or 'targets or playbook steps missed'}; "
                           f"clean-up: {'; '.join(cleanup_done) or 'nothing to undo'}")
     return result
+
+
+@dataclass
+class _Played:
+    run: dict[str, Any] | None = None
+    alert_key: str | None = None
+    run_id: str | None = None
+    error: str | None = None
+    cleanup: list[str] = field(default_factory=list)
+
+
+def _play(ctx: RunContext, spec: FaultSpec, drill_id: str, injected_at: datetime, deadline: float) -> _Played:
+    """Inject the fault, wait for its signal, raise the alert and follow the runbook; always
+    clean up. Every failure is recorded in the result, never raised."""
+    played, state = _Played(), None
+    try:
+        state = inject_fault(ctx, spec)
+        if spec.outcome != NOTHING and not wait_for_detection(ctx, state, timeout=min(deadline, 300)):
+            raise DrillFailed(f"the fault's signal never showed within {min(deadline, 300):.0f} s")
+        started = raise_alert(ctx, spec, drill_id, state, state.began_at or injected_at)
+        played.alert_key, played.run_id = started["alert_key"], started["run_id"]
+        played.run = follow_runbook(played.run_id, timeout=deadline)
+        if played.run["state"] != "COMPLETED":
+            raise DrillFailed(f"the runbook's run ended {played.run['state']}: {played.run['message']}")
+        if spec.outcome == REMEDY:  # otherwise nothing is to recover: the score says whether it held back
+            _require_recovery(ctx, state, played.alert_key)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded, and the fault cleaned up
+        played.error = f"{type(exc).__name__}: {exc}"
+        get_run_logger().error("Drill %s failed: %s", drill_id, played.error)
+    finally:
+        if state is not None:
+            try:
+                played.cleanup = clean_up(ctx, state)
+            except Exception as exc:  # noqa: BLE001 - a failed clean-up is the most important thing to report
+                played.error = (played.error + "; " if played.error else "") + \
+                    f"CLEAN-UP FAILED: {type(exc).__name__}: {exc}"
+    return played
+
+
+def _close_practice_incident(store: DrillStore, incident_id: int, drill_id: str, status: str,
+                             error: str | None) -> None:
+    """A practice incident the runbook left open (it escalated, or still waits) ends with its drill."""
+    note = f"drill {drill_id} {status}" + (f": {error[:300]}" if error else "")
+    if store.close(incident_id, "Drill", note, postmortem_needed=False):
+        store.add_event(incident_id, "incident-drill", "drill_closed", f"Closed with drill {drill_id} ({status})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from incidents.config import ServiceConfig
+from incidents.config import DatabaseTarget, ServiceConfig
 from incidents.diagnosis import HEALTH, Finding
 from incidents.evidence import NONE, STRONG, Weighing, abstain, settle
 from incidents.plans import Plan, PlannedAction
@@ -33,21 +33,41 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
     restart the database only when it does not answer at all."""
     db = service.database
     evidence = tuple(f"{f.check}: {f.summary}" for f in findings.values())
-    actions: list[PlannedAction] = []
-    notes: list[str] = []
-    reach = findings.get(REACH)
     if db is None:
         return Plan(incident_id, service_name, environment, (), evidence, "The service has no database configured.")
-    if reach is not None and reach.ok is False:
-        if db.deployment:
-            ns = service.kubernetes.namespace
-            actions.append(PlannedAction("rollout_restart", f"deployment/{db.deployment} (namespace {ns})",
-                                         "database not answering", "database pods replaced", "kubectl rollout restart",
-                                         {"namespace": ns, "deployment": db.deployment}))
-        else:
-            notes.append("the database does not answer and no deployment is configured to restart")
+    actions: list[PlannedAction] = []
+    notes: list[str] = []
+    _restart(db, service, findings.get(REACH), actions, notes)
     sessions = findings.get(SESSIONS)
-    data = sessions.data if sessions else {}
+    _session_remedies(db, sessions.data if sessions else {}, actions, notes)
+    _connection_remedy(findings.get(CONNECTIONS), actions, notes)
+    _cache_remedy(service_name, service, findings.get(CACHE), actions)
+    head = Plan(incident_id, service_name, environment, (), evidence + tuple(notes))
+    w = Weighing([f"{f.check}: {f.summary}" for key, f in findings.items()
+                  if f.ok is False and key in (REACH, CONNECTIONS, SESSIONS, REPLICATION, CACHE)], list(notes))
+    if not actions:
+        return _no_remedy(head, w, notes, findings.get(HEALTH))
+    summary = "; ".join(a.describe() for a in actions)
+    return settle(head, actions, STRONG, w, f"{len(actions)} remed{'y' if len(actions) == 1 else 'ies'}: {summary}")
+
+
+def _restart(db: DatabaseTarget, service: ServiceConfig, reach: Finding | None, actions: list[PlannedAction],
+             notes: list[str]) -> None:
+    """A database that does not answer at all: restart its pods, when a deployment is named."""
+    if reach is None or reach.ok is not False:
+        return
+    if not db.deployment:
+        notes.append("the database does not answer and no deployment is configured to restart")
+        return
+    ns = service.kubernetes.namespace
+    actions.append(PlannedAction("rollout_restart", f"deployment/{db.deployment} (namespace {ns})",
+                                 "database not answering", "database pods replaced", "kubectl rollout restart",
+                                 {"namespace": ns, "deployment": db.deployment}))
+
+
+def _session_remedies(db: DatabaseTarget, data: dict[str, Any], actions: list[PlannedAction],
+                      notes: list[str]) -> None:
+    """Root blockers, stale idle-in-transaction sessions and runaway queries."""
     for root in data.get("root_blockers", []):
         if root["superuser"] and not db.terminate_superusers:
             notes.append(f"root blocker pid {root['pid']} is a superuser session: not terminated "
@@ -76,37 +96,44 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
             "running: " + ", ".join(f"pid {q['pid']} ({q['seconds']:.0f} s)" for q in runaway),
             "query cancelled, session kept", "pg_cancel_backend",
             {"sessions": _sessions(runaway), "allow_superuser": False, "expect": _expect(runaway, "query")}))
-    connections = findings.get(CONNECTIONS)
-    if connections and connections.ok is False:
-        idle = [s for s in connections.data.get("idle_sessions", []) if not s["superuser"]]
-        scope = connections.data["pressured"][0]
-        if idle:
-            actions.append(PlannedAction(
-                "terminate_sessions", f"{len(idle)} idle sessions ({scope['scope']})",
-                f"{scope['scope']}: {scope['used']}/{scope['limit']} connections",
-                f"{scope['scope']}: about {scope['used'] - len(idle)}/{scope['limit']} connections",
-                "pg_terminate_backend", {"sessions": _sessions(idle), "allow_superuser": False, "waiters": [],
-                                         "expect": _expect(idle)}))
-        else:
-            notes.append(f"connection pressure ({scope['scope']}) with no idle session old enough to end")
-    cache = findings.get(CACHE)
-    if cache and cache.ok is False and service.cache:
-        how = "FLUSHDB" if service.cache.clear == "flushdb" else f"SCAN + UNLINK of keys {service.cache.prefix}*"
-        actions.append(PlannedAction(
-            "clear_cache", f"redis cache of {service_name}", cache.summary,
-            "flushed" if service.cache.clear == "flushdb" else f"keys {service.cache.prefix}* removed", how,
-            {"mode": service.cache.clear, "prefix": service.cache.prefix, "keys": cache.data.get("keys")}))
-    health = findings.get(HEALTH)
-    head = Plan(incident_id, service_name, environment, (), evidence + tuple(notes))
-    w = Weighing([f"{f.check}: {f.summary}" for key, f in findings.items()
-                  if f.ok is False and key in (REACH, CONNECTIONS, SESSIONS, REPLICATION, CACHE)], list(notes))
-    if not actions:
-        summary = "No database remedy applies" + (f" ({'; '.join(notes)})" if notes else "") + "."
-        if health is not None and health.ok is False:
-            return abstain(head, w, summary + " The service's database check still fails.")
-        if w.support:  # a check fails that no remedy here treats
-            return settle(head, [], NONE, w, summary)
-        w.add(True, "every database check passes")
-        return settle(head, [], STRONG, w, summary)
-    summary = "; ".join(a.describe() for a in actions)
-    return settle(head, actions, STRONG, w, f"{len(actions)} remed{'y' if len(actions) == 1 else 'ies'}: {summary}")
+
+
+def _connection_remedy(connections: Finding | None, actions: list[PlannedAction], notes: list[str]) -> None:
+    """Connection pressure: end the idle sessions old enough to end."""
+    if not connections or connections.ok is not False:
+        return
+    idle = [s for s in connections.data.get("idle_sessions", []) if not s["superuser"]]
+    scope = connections.data["pressured"][0]
+    if not idle:
+        notes.append(f"connection pressure ({scope['scope']}) with no idle session old enough to end")
+        return
+    actions.append(PlannedAction(
+        "terminate_sessions", f"{len(idle)} idle sessions ({scope['scope']})",
+        f"{scope['scope']}: {scope['used']}/{scope['limit']} connections",
+        f"{scope['scope']}: about {scope['used'] - len(idle)}/{scope['limit']} connections",
+        "pg_terminate_backend", {"sessions": _sessions(idle), "allow_superuser": False, "waiters": [],
+                                 "expect": _expect(idle)}))
+
+
+def _cache_remedy(service_name: str, service: ServiceConfig, cache: Finding | None,
+                  actions: list[PlannedAction]) -> None:
+    """Memory pressure in the service's cache: clear it the way the config says."""
+    if not cache or cache.ok is not False or not service.cache:
+        return
+    how = "FLUSHDB" if service.cache.clear == "flushdb" else f"SCAN + UNLINK of keys {service.cache.prefix}*"
+    actions.append(PlannedAction(
+        "clear_cache", f"redis cache of {service_name}", cache.summary,
+        "flushed" if service.cache.clear == "flushdb" else f"keys {service.cache.prefix}* removed", how,
+        {"mode": service.cache.clear, "prefix": service.cache.prefix, "keys": cache.data.get("keys")}))
+
+
+def _no_remedy(head: Plan, w: Weighing, notes: list[str], health: Finding | None) -> Plan:
+    summary = "No database remedy applies" + (f" ({'; '.join(notes)})" if notes else "") + "."
+    if health is not None and health.ok is False:
+        return abstain(head, w, summary + " The service's database check still fails.")
+    if w.support:  # a check fails that no remedy here treats
+        return settle(head, [], NONE, w, summary)
+    w.add(True, "every database check passes")
+    return settle(head, [], STRONG, w, summary)
+
+

@@ -152,9 +152,8 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
     failing = [p for p in facts.pods if not p.ready]
     if facts.pods_known and not failing:
         named = ", ".join(facts.failing_checks)
-        w.against.append(
-            f"all {len(facts.pods)} pods are ready" + (f"; /health names {named} failing" if named else "")
-        )
+        w.against.append(f"all {len(facts.pods)} pods are ready"
+                         + (f"; /health names {named} failing" if named else ""))
         return abstain(head, w, "the endpoints fail while every pod is ready, and no remedy of this scenario "
                                 "fits that.")
     if not facts.pods_known:
@@ -162,6 +161,11 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
                                 + (f" or whether {release.describe()} is the cause." if release else "."))
     if release and facts.previous:
         return _rollback_or_abstain(head, service, environment, facts, release, failing, w, release_window_seconds)
+    return _restart_plan(head, service, facts, failing, w)
+
+
+def _restart_plan(head: Plan, service: ServiceConfig, facts: ServiceFacts, failing: list[Any], w: Weighing) -> Plan:
+    """Pods fail and no release explains it: a restart, weakly (safe to try, changes no version)."""
     w.add(True, f"{len(failing)} of {len(facts.pods)} pods are not ready and no release went out in the window")
     w.against.append("nothing shows that a restart fixes what made them fail")
     restarts = sum(p.restarts for p in facts.pods)

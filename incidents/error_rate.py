@@ -12,6 +12,7 @@ from incidents.evidence import (
     STRONG,
     WEAK,
     Handover,
+    Release,
     ServiceFacts,
     Weighing,
     abstain,
@@ -38,15 +39,9 @@ def plan_high_error_rate(incident_id: int, environment: str, service_name: str, 
                           service.scaling.capacity_rps_per_replica)
     head = Plan(incident_id, service_name, environment, (), tuple(f"{f.check}: {f.summary}" for f in findings.values()))
     w = Weighing()
-    if facts.error_rate is None and not _prometheus_spiking(findings):
-        return abstain(head, w, "the error rate could not be measured.")
-    if not facts.spiking and not _prometheus_spiking(findings):
-        w.add(True, f"the error rate is {facts.error_rate or 0:.1%}, below {service.errors.threshold:.1%}")
-        return settle(head, [], STRONG, w, f"Error rate is below {service.errors.threshold:.1%}: nothing to remediate.")
-    if "database" in facts.failing_checks:
-        w.add(True, "/health names the database as failing")
-        return settle(head, [], STRONG, w, "The service's database check fails: the database-issues diagnosis "
-                                           "takes over.", handover=Handover.DATABASE.value)
+    early = _before_causes(head, w, service, facts, findings)
+    if early is not None:
+        return early
     actions: list[PlannedAction] = []
     dependencies = [c for c in facts.failing_checks if c != "database"]
     breaker = _breaker(service, facts, dependencies, w)
@@ -57,32 +52,60 @@ def plan_high_error_rate(incident_id: int, environment: str, service_name: str, 
         actions.append(scale)
     release = live_release(facts)
     rate = facts.error_rate if facts.error_rate is not None else 1.0
+    weighed = _weigh_release(head, w, service, environment, facts, release, dependencies, actions, rate,
+                             release_window_seconds)
+    if weighed is not None:
+        return weighed
+    if actions:
+        return settle(head, actions, STRONG, w, _summary(actions, facts, rate))
+    return _no_cause(head, w, service, facts, release, rate)
+
+
+def _before_causes(head: Plan, w: Weighing, service: ServiceConfig, facts: ServiceFacts,
+                   findings: dict[str, Finding]) -> Plan | None:
+    """The plans settled before any cause is weighed: an unmeasurable rate, a rate below the
+    threshold, or a failing database (handed over)."""
+    if facts.error_rate is None and not _prometheus_spiking(findings):
+        return abstain(head, w, "the error rate could not be measured.")
+    if not facts.spiking and not _prometheus_spiking(findings):
+        w.add(True, f"the error rate is {facts.error_rate or 0:.1%}, below {service.errors.threshold:.1%}")
+        return settle(head, [], STRONG, w, f"Error rate is below {service.errors.threshold:.1%}: nothing to remediate.")
+    if "database" in facts.failing_checks:
+        w.add(True, "/health names the database as failing")
+        return settle(head, [], STRONG, w, "The service's database check fails: the database-issues diagnosis "
+                                           "takes over.", handover=Handover.DATABASE.value)
+    return None
+
+
+def _weigh_release(head: Plan, w: Weighing, service: ServiceConfig, environment: str, facts: ServiceFacts,
+                   release: Release | None, dependencies: list[str], actions: list[PlannedAction], rate: float,
+                   window: float) -> Plan | None:
+    """A recent release the other causes do not explain: a rollback (first) when the errors are
+    tied to it, an abstention when the evidence conflicts. None: go on with `actions`."""
     residual = rate - facts.overload_share
     if release and facts.previous and (residual >= service.errors.threshold or not facts.overload_share):
         before = len(w.support)
-        tied = release_tie(facts, release, facts.previous, release_window_seconds, w)
+        tied = release_tie(facts, release, facts.previous, window, w)
         if tied and dependencies:
             return abstain(head, w, f"the evidence conflicts: {', '.join(dependencies)} fails, and "
                                     f"{release.describe()} has failed since it went live.")
         if tied:
-            actions.insert(
-                0,
-                rollback_action(
-                    service,
-                    environment,
-                    {"revision": release.revision, "image": release.image},
-                    {"revision": facts.previous.revision, "image": facts.previous.image},
-                ),
-            )
+            actions.insert(0, rollback_action(service, environment,
+                                              {"revision": release.revision, "image": release.image},
+                                              {"revision": facts.previous.revision, "image": facts.previous.image}))
         elif not actions and len(w.support) > before:
-            return abstain(
-                head, w, f"{release.describe()} is a suspect, but the evidence does not tie the errors to it."
-            )
+            return abstain(head, w, f"{release.describe()} is a suspect, but the evidence does not tie the errors "
+                                    "to it.")
     elif release:
         w.against.append(f"{release.describe()} is not needed to explain the errors: the overload fails "
                          f"{facts.overload_share:.0%} of requests of the {rate:.0%} failing")
-    if actions:
-        return settle(head, actions, STRONG, w, _summary(actions, facts, rate))
+    return None
+
+
+def _no_cause(head: Plan, w: Weighing, service: ServiceConfig, facts: ServiceFacts, release: Release | None,
+              rate: float) -> Plan:
+    """No remedy found: a weak, safe-to-try scale-up when the capacity is not configured,
+    otherwise an abstention naming what was ruled out."""
     if facts.capacity_rps is None and facts.desired_replicas is not None and not release:
         guess = _step_up(service, facts.desired_replicas, facts.autoscaler)
         if guess:

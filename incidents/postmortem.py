@@ -80,6 +80,24 @@ def actions_taken(events: list[TimelineEvent], approvals: list[dict[str, Any]]) 
     return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
 
 
+def _lesson_lines(lessons: list[dict[str, Any]]) -> str:
+    def line(lesson: dict[str, Any]) -> str:
+        text = f"- {markdown_text(lesson['lesson'], 600)}"
+        if not lesson.get("playbook_change"):
+            return text
+        section = f": {markdown_text(lesson['playbook_section'], 80)}" if lesson.get("playbook_section") else ""
+        return f"{text} _(proposed playbook change{section})_"
+
+    return "\n".join(line(lesson) for lesson in lessons)
+
+
+def _item_lines(items: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"- [{'x' if i.get('completed_at') else ' '}] {markdown_text(i['title'], 200)} — "
+        f"{markdown_text(i.get('owner') or 'unassigned', 60)}, due {stamp(i['due_at'])} ({i['horizon']})"
+        + (f" {i['repo']}#{i['issue_number']}" if i.get("issue_number") else "") for i in items) or "- (none)"
+
+
 def render(incident: Incident, events: list[TimelineEvent], approvals: list[dict[str, Any]], answers: dict[str, Any],
            items: list[dict[str, Any]]) -> str:
     """The post-mortem in the Incident Issue Template's form."""
@@ -87,24 +105,10 @@ def render(incident: Incident, events: list[TimelineEvent], approvals: list[dict
     timeline = "\n".join(f"- **{stamp(m.at) if m.at else 'n/a'}** - {m.label}"
                          + (f" ({markdown_text(m.detail, 160)})" if m.detail else "") for m in moments)
     actions = "\n".join(actions_taken(events, approvals)) or "- (no actions recorded)"
-    lessons = answers.get("lessons") or []
-    lesson_lines = "\n".join(
-        f"- {markdown_text(lesson['lesson'], 600)}"
-        + (
-            " _(proposed playbook change"
-            + (f": {markdown_text(lesson['playbook_section'], 80)}" if lesson.get("playbook_section") else "")
-            + ")_"
-            if lesson.get("playbook_change")
-            else ""
-        )
-        for lesson in lessons
-    )
+    lesson_lines = _lesson_lines(answers.get("lessons") or [])
     went = [("What went well", answers.get("what_went_well")), ("What did not", answers.get("what_went_badly"))]
     went_lines = "\n".join(f"**{title}:** {markdown_text(text, 1500)}" for title, text in went if text)
-    item_lines = "\n".join(
-        f"- [{'x' if i.get('completed_at') else ' '}] {markdown_text(i['title'], 200)} — "
-        f"{markdown_text(i.get('owner') or 'unassigned', 60)}, due {stamp(i['due_at'])} ({i['horizon']})"
-        + (f" {i['repo']}#{i['issue_number']}" if i.get("issue_number") else "") for i in items) or "- (none)"
+    item_lines = _item_lines(items)
     return f"""## 🚨 Incident Report (post-mortem)
 
 **Severity:** {incident.severity.value} ({incident.severity.label})

@@ -75,26 +75,12 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
     crash or restart cannot lose the approval; answering reschedules the run, which comes back
     here (`approval_for_run`) and gets the answer without asking again. A run started in-process
     (tests, `python -m flows...`) pauses instead."""
-    logger = get_run_logger()
     if auto_approve_for_drill and not ctx.config.drills_allowed:
         raise DrillNotAllowed(f"environment {ctx.environment!r} does not allow drills (drills_allowed is false)")
     store = ctx.store()
     run_id = flow_run.get_id()
-    timeout = ctx.config.approval.timeout_seconds
     earlier = _earlier_request(store, run_id, plan)
-    if earlier is not None:
-        approval_id = earlier["id"]
-        logger.info("Resumed: continuing with approval request %s for this plan", approval_id)
-    else:
-        try:
-            approval_id = store.request_approval(incident.id, plan.digest, plan.to_dict(), run_id,
-                                                 datetime.now(timezone.utc) + timedelta(seconds=timeout), findings)
-        except StoreError as exc:
-            logger.error("Approval request not recorded: %s", exc)
-            approval_id = None
-        record(ctx, incident.id, "runbook", "approval_requested",
-               "Approval requested: " + "; ".join(a.describe() for a in plan.actions), {"plan_digest": plan.digest})
-
+    approval_id = _recorded_request(ctx, incident, plan, earlier, run_id, findings)
     if auto_approve_for_drill:
         time.sleep(auto_approve_delay)  # a drill may practise a human's reaction time
         decision = Decision("approved", f"drill {auto_approve_for_drill}", "automatic approval for a drill",
@@ -106,27 +92,68 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
     needed = settings.needed(incident.severity)
     token = _token(store, approval_id, earlier)
     page = f"{settings.page_url.rstrip('/')}/approvals/{token}" if settings.approvers and token else None
-    link = page if needed else ctx.run_url(run_id)
     if earlier is None:
-        how = (
-            f"Approve with your own credential ({needed} different approver{'s' if needed > 1 else ''} needed): {page}"
-            if needed
-            else f"Review and approve: {ctx.run_url(run_id)}" + (f"\nVerified approval: {page}" if page else "")
-        )
-        notify_slack(
-            ctx,
-            incident.id,
-            f"⏸️ APPROVAL NEEDED\nIssue: {incident.issue_ref}\nService: {ctx.service_name} ({ctx.environment})\n"
-            + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
-            + "\n"
-            + "\n".join(plan.judgement_lines())
-            + f"\nDeadline: {timeout // 60} min (then declined)\n{how}"
-            + _approvers_line(ctx, incident),
-            link=("Review the plan", link) if link else None,
-            buttons=_buttons(ctx, incident, token),
-        )
+        _announce(ctx, incident, plan, run_id, needed, page, token)
+    decision = _await_decision(ctx, incident, plan, approval_id, earlier, needed, page)
+    withdrawn = _withdrawal(ctx, approval_id)
+    if withdrawn is not None:
+        return _finish(ctx, incident, plan, None, withdrawn)  # the intake recorded it; only the timeline is left
+    if earlier is not None and earlier["decision"] is not None:
+        return decision  # decided and recorded before the run was interrupted: do not record it twice
+    return _finish(ctx, incident, plan, approval_id, decision)
 
-    deadline = time.monotonic() + timeout
+
+def _recorded_request(ctx: RunContext, incident: Incident, plan: Plan, earlier: dict | None, run_id: str | None,
+                      findings: dict | None) -> int | None:
+    """The approval request's id: the one this run recorded before it was suspended, or a new
+    one (None when the store cannot record it; the gate still waits for an answer)."""
+    logger = get_run_logger()
+    if earlier is not None:
+        logger.info("Resumed: continuing with approval request %s for this plan", earlier["id"])
+        return int(earlier["id"])
+    timeout = ctx.config.approval.timeout_seconds
+    try:
+        approval_id: int | None = ctx.store().request_approval(
+            incident.id, plan.digest, plan.to_dict(), run_id,
+            datetime.now(timezone.utc) + timedelta(seconds=timeout), findings)
+    except StoreError as exc:
+        logger.error("Approval request not recorded: %s", exc)
+        approval_id = None
+    record(ctx, incident.id, "runbook", "approval_requested",
+           "Approval requested: " + "; ".join(a.describe() for a in plan.actions), {"plan_digest": plan.digest})
+    return approval_id
+
+
+def _announce(ctx: RunContext, incident: Incident, plan: Plan, run_id: str | None, needed: int, page: str | None,
+              token: str | None) -> None:
+    """The APPROVAL NEEDED message: the plan, how sure it is, the deadline and where to answer."""
+    timeout = ctx.config.approval.timeout_seconds
+    link = page if needed else ctx.run_url(run_id)
+    how = (
+        f"Approve with your own credential ({needed} different approver{'s' if needed > 1 else ''} needed): {page}"
+        if needed
+        else f"Review and approve: {ctx.run_url(run_id)}" + (f"\nVerified approval: {page}" if page else "")
+    )
+    notify_slack(
+        ctx,
+        incident.id,
+        f"⏸️ APPROVAL NEEDED\nIssue: {incident.issue_ref}\nService: {ctx.service_name} ({ctx.environment})\n"
+        + "\n".join(f"Plan: {a.describe()}" for a in plan.actions)
+        + "\n"
+        + "\n".join(plan.judgement_lines())
+        + f"\nDeadline: {timeout // 60} min (then declined)\n{how}"
+        + _approvers_line(ctx, incident),
+        link=("Review the plan", link) if link else None,
+        buttons=_buttons(ctx, incident, token),
+    )
+
+
+def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | None, earlier: dict | None,
+                    needed: int, page: str | None) -> Decision:
+    """Wait (suspended or paused) until an answer counts or the deadline passes. An approval
+    without the verified identity the severity needs is recorded, announced and waited past."""
+    settings = ctx.config.approval
+    deadline = time.monotonic() + settings.timeout_seconds
     attempt = earlier["attempt"] if earlier is not None else 0
     while True:
         remaining = max(1, int(deadline - time.monotonic()))
@@ -134,7 +161,7 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
                                              _form_note(needed, page))
         decision = _decide(ctx, plan, answer, timed_out, needed, approval_id)
         if decision is not None:
-            break
+            return decision
         signed = _approving_signers(ctx, approval_id)
         record(ctx, incident.id, "runbook", "approval_unverified",
                f"An approval by {answer.approver.strip()!r} without verified identity was ignored: "
@@ -145,12 +172,6 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
                                        f"verified identity. "
                                        f"Approve here: {page}")
         attempt = ctx.store().next_attempt(approval_id)
-    withdrawn = _withdrawal(ctx, approval_id)
-    if withdrawn is not None:
-        return _finish(ctx, incident, plan, None, withdrawn)  # the intake recorded it; only the timeline is left
-    if earlier is not None and earlier["decision"] is not None:
-        return decision  # decided and recorded before the run was interrupted: do not record it twice
-    return _finish(ctx, incident, plan, approval_id, decision)
 
 
 def _token(store, approval_id: int | None, earlier: dict | None) -> str | None:

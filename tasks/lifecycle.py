@@ -11,21 +11,19 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from prefect import get_run_logger
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from incidents import templates
-from incidents.alerts import target_of
 from incidents.diagnosis import Finding, report_markdown
 from incidents.models import Incident, Severity, Status
 from incidents.plans import Plan
 from incidents.store import DrillStore, StoreError
 from integrations.errors import IntegrationError
-from tasks.approval import request_approval
+from tasks.approval import Decision, request_approval
 from tasks.context import RunContext
 from tasks.deploys import RemediationFailed, Verification
 from tasks.incident import alert_started_at, escalate_incident, open_incident, resolve_incident
+from tasks.leases import await_turn, holder_of, holding
 from tasks.notify import notify_slack
 from tasks.remedies import execute
 from tasks.reporting import publish_report
@@ -121,8 +119,12 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
                                    "severity": incident.severity.value, "dry_run": dry_run,
                                    "plan": [a.describe() for a in plan.actions], "resumed": True}
         scenario = next((s for s in scenario.handovers.values() if plan.scenario == s.name), scenario)
-        return _holding(ctx, incident, scenario, lambda: _approve_act_verify(scenario, ctx, incident, findings, plan,
-                                                                             alert, outcome))
+        return holding(
+            ctx,
+            incident,
+            scenario.name,
+            lambda: _approve_act_verify(scenario, ctx, incident, findings, plan, alert, outcome),
+        )
 
     explicit = Severity(severity) if severity else None
     severity = explicit or scenario.default_severity
@@ -132,15 +134,15 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     opening = open_incident.submit(ctx, scenario.name, severity, scenario.summary(ctx), alert, detected_by, explicit)
     findings = scenario.diagnose(ctx)
     incident = opening.result()
-    holder = _holder(ctx, incident, scenario)
+    holder = holder_of(ctx, incident, scenario.name)
     if holder is not None and (holder["incident_id"] == incident.id or _failing(findings)):
-        holder = _await_turn(ctx, incident, scenario, holder)
+        holder = await_turn(ctx, incident, scenario.name, holder)
         incident = _current(ctx, incident)  # a joined incident got its issue from its own run meanwhile
     outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
                "service": ctx.service_name, "environment": ctx.environment,
                "severity": incident.severity.value, "dry_run": dry_run}
     if holder is None:
-        return _holding(ctx, incident, scenario,
+        return holding(ctx, incident, scenario.name,
                         lambda: _diagnosed(scenario, ctx, incident, findings, alert, outcome), taken=True)
     if holder["incident_id"] == incident.id:
         return _contribute(scenario, ctx, incident, findings, holder, outcome)
@@ -235,96 +237,6 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
     return scenario, findings, plan, failing
 
 
-# -- one runbook acts on a target at a time ------------------------------------------------------
-_TURN_POLL_SECONDS = 1.0
-def _run_gone(flow_run_id: str, client: SyncPrefectClient | None = None) -> bool:
-    """A lease holder whose run ended (or vanished) without releasing it, e.g. it crashed."""
-    if client is None:
-        with get_client(sync_client=True) as client:
-            return _run_gone(flow_run_id, client)
-    try:
-        state = client.read_flow_run(flow_run_id).state
-    except ObjectNotFound:
-        return True
-    return state is None or state.is_final()
-
-
-def _owner(incident: Incident, gone: Callable[[str], bool]) -> dict | None:
-    """A joined incident is worked by its own run (the one its first alert started) while that
-    run lives: a second scenario never races it for the service, whichever diagnoses faster."""
-    if not incident.flow_run_id or gone(incident.flow_run_id):
-        return None
-    return {"flow_run_id": incident.flow_run_id, "scenario": incident.scenario, "incident_id": incident.id}
-
-
-def _holder(ctx: RunContext, incident: Incident, scenario: Scenario,
-            gone: Callable[[str], bool] = _run_gone) -> dict | None:
-    """None when this run may work the service now (it holds the lease); else who does."""
-    return (_owner(incident, gone) if incident.joined else None) or _take_lease(ctx, incident, scenario, gone)
-
-
-def _await_turn(ctx: RunContext, incident: Incident, scenario: Scenario, holder: dict) -> dict | None:
-    """Another runbook works the service. While it is still diagnosing (its incident has no
-    plan waiting for approval yet), wait: if it ends without a plan (say high-error-rate found
-    nothing to scale while the deploy is bad), this run takes over and plans. Once a plan is
-    asked for, or this run's incident is resolved, return the holder: this run adds its findings."""
-    deadline = time.monotonic() + ctx.config.timeouts.verify_seconds
-    store = ctx.store()
-    # One Prefect client for the whole wait: many runs waiting at once (a storm of alerts for
-    # one service) would otherwise each build a client, TLS context included, every poll.
-    with get_client(sync_client=True) as client:
-        def gone(run_id: str) -> bool:
-            return _run_gone(run_id, client)
-
-        while time.monotonic() < deadline:
-            if store.approvals(holder["incident_id"]) or store.get(incident.id).resolved_at is not None:
-                return holder
-            time.sleep(_TURN_POLL_SECONDS)
-            holder = _holder(ctx, incident, scenario, gone)
-            if holder is None:
-                get_run_logger().info("Run %s ended without a plan: this run works incident %s now",
-                                      incident.flow_run_id, incident.id)
-                return None
-    return holder
-
-
-def _take_lease(ctx: RunContext, incident: Incident, scenario: Scenario,
-                gone: Callable[[str], bool] = _run_gone) -> dict | None:
-    """None when this run now holds the service; else the lease of the run that does."""
-    run_id = flow_run.get_id()
-    if not run_id:
-        return None  # not a flow run (a test calling the function): nothing to share with
-    lease = ctx.store().take_lease(target_of(ctx.environment, ctx.service_name), str(run_id), incident.id,
-                                   scenario.name, gone)
-    return None if lease["flow_run_id"] == str(run_id) else lease
-
-
-def _holding(ctx: RunContext, incident: Incident, scenario: Scenario, work: Callable[[], dict[str, Any]],
-             taken: bool = False) -> dict[str, Any]:
-    """Run `work` holding the service's lease, and give it back when the run ends here. A run
-    that suspends for its approval keeps it (suspension leaves by a BaseException); a run
-    that is cancelled gives it back in its on_cancellation hook; one that crashed loses it to
-    the next run that finds its holder gone."""
-    if not taken:
-        _take_lease(ctx, incident, scenario)  # a resumed run holds it still, or takes it back
-    try:
-        result = work()
-    except Exception:
-        release_lease(ctx)
-        raise
-    release_lease(ctx)
-    return result
-
-
-def release_lease(ctx: RunContext) -> None:
-    run_id = flow_run.get_id()
-    if run_id:
-        try:
-            ctx.store().release_lease(target_of(ctx.environment, ctx.service_name), str(run_id))
-        except StoreError as exc:
-            get_run_logger().warning("lease on %s not released: %s", ctx.service_name, exc)
-
-
 def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], holder: dict,
                 outcome: dict[str, Any]) -> dict[str, Any]:
     """Another runbook holds this service: this run's findings join its incident, and no
@@ -392,14 +304,22 @@ def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome:
 
 def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
                         plan: Plan, alert: dict | None, outcome: dict[str, Any]) -> dict[str, Any]:
-    logger = get_run_logger()
     drill_id, delay = drill_approval(ctx, alert)
     decision = request_approval(ctx, incident, plan, auto_approve_for_drill=drill_id, auto_approve_delay=delay,
                                 findings=_findings_json(findings))
     outcome["decision"] = {"outcome": decision.outcome, "approver": decision.approver, "reason": decision.reason,
                            "automatic": decision.automatic}
-    now = _current(ctx, incident)
-    if now.resolved_at is not None:  # resolved by hand while the approval waited
+    ended = _not_to_act(scenario, ctx, incident, decision, outcome)
+    if ended is not None:
+        return ended
+    return _act_and_verify(scenario, ctx, incident, findings, plan, decision, outcome)
+
+
+def _not_to_act(scenario: Scenario, ctx: RunContext, incident: Incident, decision: Decision,
+                outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """How the run ends when the plan is not to run: the incident was resolved meanwhile, the
+    alert withdrew the approval, or nobody approved. None when the plan was approved."""
+    if _current(ctx, incident).resolved_at is not None:  # resolved by hand while the approval waited
         record(ctx, incident.id, "runbook", "stopped", "The incident was resolved while the approval waited; "
                                                        "the plan is not run")
         return {**outcome, "outcome": "resolved_elsewhere"}
@@ -415,7 +335,12 @@ def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident,
         escalate_incident(ctx, incident, f"{why}; nothing was changed. A person must take over.", Status.IDENTIFIED,
                           scenario.impact)
         return {**outcome, "outcome": decision.outcome}
+    return None
 
+
+def _act_and_verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
+                    plan: Plan, decision: Decision, outcome: dict[str, Any]) -> dict[str, Any]:
+    logger = get_run_logger()
     try:
         results = execute(ctx, plan, decision.grant)
     except StoreError as exc:  # each action is claimed in the store first: nothing ran
@@ -435,7 +360,11 @@ def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident,
     done = "; ".join(f"{r.action} ({r.detail})" for r in results)
     outcome["actions"] = [r.detail for r in results]
     _status(ctx, incident, Status.MONITORING, "verifying now", scenario.impact, f"Applied: {done}")
+    return _verify(scenario, ctx, incident, findings, plan, done, outcome)
 
+
+def _verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], plan: Plan,
+            done: str, outcome: dict[str, Any]) -> dict[str, Any]:
     verification = scenario.verify(ctx, findings, plan)
     outcome["verification"] = {"recovered": verification.recovered, "seconds": round(verification.seconds, 1),
                                "detail": verification.detail}

@@ -1,0 +1,133 @@
+"""What the `runbooks` commands share: exit codes, errors, the Prefect API with retries, the
+incident store, and who is acting."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from deployments.prefect_api import auth_headers
+from integrations.errors import IntegrationError
+from integrations.http import RetryPolicy, request
+from integrations.http import client as http_client
+
+OK, FAILED, USAGE, WAITING, UNREACHABLE = 0, 1, 2, 3, 4
+SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-incident", "incident-drill")
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def store_failure(exc: Exception) -> CliError:
+    """The exit code of an incident store failure, chosen by its type, in one place: a wrong id
+    fails (1); a store that cannot be reached is unreachable (4), worth trying again."""
+    from incidents.store import NotFound
+
+    return CliError(str(exc), FAILED if isinstance(exc, NotFound) else UNREACHABLE)
+
+
+def api_url() -> str:
+    return os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
+
+
+# A busy or restarting server (Prefect answers 503 for errors a client may retry) is asked
+# again after 0.5, 1 and 2 s (a Retry-After up to 5 s instead), saying so on stderr.
+API_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_wait=5.0)
+
+
+def api(method: str, path: str, **kwargs: Any) -> Any:
+    def say(why: str, pause: float) -> None:
+        print(f"runbooks: Prefect API busy or unreachable ({why[:80]}) for {path}; trying again in {pause:g} s",
+              file=sys.stderr)
+
+    try:
+        with http_client(timeout=10, headers=auth_headers()) as client:
+            response = request(client, method, f"{api_url()}{path}", what=f"Prefect API {method} {path}",
+                               retry=API_RETRY, ok=(404,), on_retry=say, **kwargs)
+    except IntegrationError as exc:
+        if exc.status is None:
+            raise CliError(f"cannot reach the Prefect API at {api_url()} ({exc.reason}); is `make up` running? "
+                           "Set PREFECT_API_URL to use another server.", UNREACHABLE) from None
+        raise CliError(f"Prefect API answered {exc.status} for {path}: {exc.reason}") from None
+    if response.status_code == 404:
+        raise CliError(f"not found: {path}")
+    return response.json() if response.content else None
+
+
+def find_run(ref: str) -> dict:
+    """A flow run by id, or by name (as the UI shows it)."""
+    if len(ref) == 36 and ref.count("-") == 4:
+        return api("GET", f"/flow_runs/{ref}")
+    runs = api("POST", "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [ref]}}, "limit": 2})
+    if not runs:
+        raise CliError(f"no flow run with id or name {ref!r}; `runbooks approvals` lists the paused ones")
+    return runs[0]
+
+
+def plan_of(run: dict) -> str | None:
+    keys = (run["state"].get("state_details") or {}).get("run_input_keyset")
+    if not keys:
+        return None
+    try:
+        text = api("GET", f"/flow_runs/{run['id']}/input/{keys['description']}")
+    except CliError:
+        return None
+    return text if isinstance(text, str) else json.dumps(text)
+
+
+def plain(markdown: str) -> str:
+    return markdown.replace("\\", "").replace("**", "").replace("`", "")
+
+
+def open_store():
+    from incidents.store import IncidentStore, StoreError
+
+    return IncidentStore(), StoreError
+
+
+def actor_name(name: str | None) -> str:
+    return (name or os.environ.get("RUNBOOKS_APPROVER") or getpass.getuser()).strip()
+
+
+def follow(run_id: str, timeout: float) -> int:
+    """Print state changes and each step as it finishes, until the run pauses or ends."""
+    seen: set[str] = set()
+    last_state = None
+    deadline = time.monotonic() + timeout
+    while True:
+        run = api("GET", f"/flow_runs/{run_id}")
+        run["state"] = run.get("state") or {"type": "SCHEDULED", "name": "Scheduled"}
+        state = run["state"]["type"]
+        if state != last_state:
+            print(f"[{time.strftime('%H:%M:%S')}] run is {run['state']['name']}")
+            last_state = state
+        tasks = api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}},
+                                                        "sort": "EXPECTED_START_TIME_ASC"})
+        for task in tasks:
+            if (task.get("state") or {}).get("type") in FINAL and task["id"] not in seen:
+                seen.add(task["id"])
+                mark = "ok" if task["state"]["type"] == "COMPLETED" else task["state"]["type"].lower()
+                print(f"  [{mark}] {task['name'].rsplit('-', 1)[0]}")
+        if state == "PAUSED":
+            plan = plan_of(run)
+            if plan:
+                print("\n" + plain(plan) + "\n")
+            print(f"waiting for approval: runbooks approve {run['name']} --reason \"...\"   "
+                  f"(or: runbooks decline {run['name']} --reason \"...\")")
+            return WAITING
+        if state in FINAL:
+            message = run["state"].get("message") or ""
+            print(f"run {run['state']['name']}" + (f": {message}" if message and state != "COMPLETED" else ""))
+            return OK if state == "COMPLETED" else FAILED
+        if time.monotonic() > deadline:
+            print(f"still {run['state']['name']} after {timeout:g} s; follow it in the UI")
+            return WAITING if state == "PAUSED" else FAILED
+        time.sleep(1.0)

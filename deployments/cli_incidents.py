@@ -1,0 +1,147 @@
+"""`runbooks incidents | incident | ack | resolve | postmortem | metrics`: the incident record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import uuid
+
+from deployments.cli_common import (
+    OK,
+    USAGE,
+    CliError,
+    actor_name,
+    api,
+    api_url,
+    follow,
+    open_store,
+    store_failure,
+)
+from incidents.config import ConfigError
+
+
+# -- incidents ---------------------------------------------------------------------------------------
+def cmd_incidents(args: argparse.Namespace) -> int:
+    store, StoreError = open_store()
+    try:
+        incidents = store.list(limit=args.limit, open_only=args.open)
+    except StoreError as exc:
+        raise store_failure(exc) from None
+    if not incidents:
+        print("no incidents" + (" open" if args.open else ""))
+    for i in incidents:
+        print(f"#{i.id:<5} {i.severity.value} {i.status.value:<13} {i.scenario:<18} {i.service}/{i.environment}  "
+              f"opened {i.opened_at:%Y-%m-%d %H:%M}  {i.issue_url or ''}")
+    return OK
+
+
+def cmd_incident(args: argparse.Namespace) -> int:
+    store, StoreError = open_store()
+    try:
+        incident = store.get(args.id)
+        timeline = store.timeline(args.id)
+    except StoreError as exc:
+        raise store_failure(exc) from None
+    print(f"incident #{incident.id}: {incident.title}")
+    print(f"  {incident.severity.value} ({incident.severity.label}), {incident.status.value}, "
+          f"{incident.service} in {incident.environment}, issue {incident.issue_url or '-'}")
+    if incident.root_cause:
+        print(f"  root cause: {incident.root_cause}")
+    print("timeline:")
+    for event in timeline:
+        print(f"  {event.at:%H:%M:%S}  {event.actor:<24.24} {event.kind:<20} {event.message}")
+    return OK
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    """Through the `resolve-incident/<env>` deployment: its worker holds the secrets that post
+    the Resolution and close the issue (a shell usually does not)."""
+    store, StoreError = open_store()
+    try:
+        incident = store.get(args.id)
+    except StoreError as exc:
+        raise store_failure(exc) from None
+    if incident.resolved_at is not None:
+        raise CliError(f"incident #{args.id} is already resolved ({incident.resolution or 'no resolution noted'})")
+    by, note = actor_name(args.by), args.note.strip()
+    if not by or not note:
+        raise CliError("say who resolves it (--by NAME) and how it was resolved (--note TEXT)", USAGE)
+    deployment = f"resolve-incident/{incident.environment}"
+    dep = api("GET", f"/deployments/name/{deployment}")
+    run = api("POST", f"/deployments/{dep['id']}/create_flow_run", json={
+        "parameters": {"incident_id": incident.id, "resolved_by": by, "note": note,
+                       "environment": incident.environment},
+        "idempotency_key": f"runbooks-cli-{uuid.uuid4()}"})
+    print(f"resolving incident #{incident.id} through {deployment} run {run['name']}")
+    code = follow(run["id"], args.timeout)
+    if code != OK:
+        return code
+    print(f"incident #{incident.id} resolved by {by}")
+    return OK
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    store, StoreError = open_store()
+    os.environ.setdefault("PREFECT_API_URL", api_url())
+    try:
+        incident = store.get(args.id)
+        from tasks.watch import acknowledge
+
+        acknowledged = acknowledge(incident.environment, args.id, actor_name(args.by))
+        incident = store.get(args.id)
+    except StoreError as exc:
+        raise store_failure(exc) from None
+    if acknowledged:
+        print(f"incident #{args.id} acknowledged by {incident.acknowledged_by}; escalation stops")
+        return OK
+    if incident.resolved_at:
+        raise CliError(f"incident #{args.id} is already resolved")
+    print(f"incident #{args.id} was already acknowledged by {incident.acknowledged_by} at "
+          f"{incident.acknowledged_at:%Y-%m-%d %H:%M:%S} UTC")
+    return OK
+
+
+def cmd_postmortem(args: argparse.Namespace) -> int:
+    store, StoreError = open_store()
+    try:
+        incident = store.get(args.id)
+    except StoreError as exc:
+        raise store_failure(exc) from None
+    deployment = f"post-incident/{incident.environment}"
+    dep = api("GET", f"/deployments/name/{deployment}")
+    run = api("POST", f"/deployments/{dep['id']}/create_flow_run",
+               json={"parameters": {"incident_id": incident.id, "environment": incident.environment},
+                     "idempotency_key": f"runbooks-cli-{uuid.uuid4()}"})
+    print(f"started {deployment} run {run['name']} for incident #{incident.id}")
+    print(f"  the form (once the run waits for it): {api_url().removesuffix('/api')}/runs/flow-run/{run['id']}")
+    return OK
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from incidents.metrics import trend_svg
+    from incidents.store import StoreError
+    from tasks.metrics import measure
+
+    try:
+        metrics = measure(args.env)
+    except StoreError as exc:
+        raise store_failure(exc) from None
+    except ConfigError as exc:
+        raise CliError(str(exc), USAGE) from None
+    if args.chart:
+        with open(args.chart, "w", encoding="utf-8") as out:
+            out.write(trend_svg(metrics.months))
+    if args.json:
+        print(json.dumps({"figures": metrics.rows(), "months": metrics.months,
+                          "drills_excluded": metrics.drills_excluded}, indent=2))
+        return OK
+    rows = metrics.rows()
+    header = ("metric", "scope", "value", "target", "met", "counted", "left out")
+    widths = [max(len(str(r[h])) for r in [dict(zip(header, header)), *rows]) for h in header]
+    for row in [dict(zip(header, header)), *rows]:
+        print("  ".join(str(row[h]).ljust(w) for h, w in zip(header, widths)).rstrip())
+    print(f"({metrics.drills_excluded} drills excluded; durations count from the alert's start)")
+    if args.chart:
+        print(f"trend chart written to {args.chart}")
+    return OK

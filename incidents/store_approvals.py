@@ -1,0 +1,150 @@
+"""Approvals and the action log in the incident store: each plan's request and answer, the
+verified signatures, and each approved action claimed once."""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from incidents.models import Incident
+from incidents.store_base import StoreBase, incident_from_row, required_row
+
+
+class ApprovalRecords(StoreBase):
+    # -- approvals ------------------------------------------------------------------------------
+    def request_approval(self, incident_id: int, plan_digest: str, plan: dict[str, Any], flow_run_id: str | None,
+                         deadline_at: datetime | None = None, findings: dict[str, Any] | None = None) -> int:
+        with self._connect() as conn:
+            row = conn.execute("INSERT INTO approvals (incident_id, plan_digest, plan, flow_run_id, deadline_at, "
+                               "findings, token) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                               (incident_id, plan_digest, Jsonb(plan), flow_run_id, deadline_at,
+                                Jsonb(findings) if findings is not None else None,
+                                secrets.token_urlsafe(18))).fetchone()
+        return int(required_row(row)["id"])
+
+    def approval_for_run(self, flow_run_id: str) -> dict[str, Any] | None:
+        """The latest approval a flow run asked for: a resumed run continues from it."""
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM approvals WHERE flow_run_id = %s ORDER BY id DESC LIMIT 1",
+                                (flow_run_id,)).fetchone()
+
+    def incident_for_run(self, flow_run_id: str) -> Incident | None:
+        """The incident a flow run opened, or asked an approval for (a run may join an open one)."""
+        with self._connect() as conn:
+            row = conn.execute("""SELECT * FROM incidents WHERE id = (
+                                      SELECT max(id) FROM (SELECT id FROM incidents WHERE flow_run_id = %s
+                                                           UNION SELECT incident_id FROM approvals
+                                                           WHERE flow_run_id = %s) AS mine)""",
+                               (flow_run_id, flow_run_id)).fetchone()
+        return incident_from_row(row) if row else None
+
+    def expired_approvals(self, environment: str, now: datetime) -> builtins.list[dict[str, Any]]:
+        """Pending approvals past their deadline (their runs may be suspended: nobody else ends them)."""
+        with self._connect() as conn:
+            return conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
+                                   WHERE i.environment = %s AND a.decision IS NULL AND a.deadline_at <= %s
+                                     AND a.flow_run_id IS NOT NULL ORDER BY a.id""", (environment, now)).fetchall()
+
+    def waiting_approvals(self, environment: str, older_than_seconds: float = 30.0) -> builtins.list[dict[str, Any]]:
+        """Pending approvals of runs, asked for at least this long ago (the watch checks their runs)."""
+        with self._connect() as conn:
+            return conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
+                                   WHERE i.environment = %s AND a.decision IS NULL AND a.flow_run_id IS NOT NULL
+                                     AND a.requested_at <= now() - make_interval(secs => %s) ORDER BY a.id""",
+                                (environment, older_than_seconds)).fetchall()
+
+    # -- the action log: each approved action once ------------------------------------------------
+    def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> dict[str, Any]:
+        """Claim an approved action of this incident's plan. Returns the log row; `first` is False
+        when the action was seen before (done: skip it; started: it was interrupted, check
+        before repeating). The same plan in another incident is another action."""
+        with self._connect() as conn:
+            row = conn.execute("""INSERT INTO action_log (plan_digest, action_digest, incident_id, kind, status)
+                                  VALUES (%s, %s, %s, %s, 'started') ON CONFLICT DO NOTHING RETURNING *""",
+                               (plan_digest, action_digest, incident_id, kind)).fetchone()
+            if row is not None:
+                return {**row, "first": True}
+            row = conn.execute("""UPDATE action_log SET attempts = attempts + 1
+                                  WHERE incident_id = %s AND plan_digest = %s AND action_digest = %s RETURNING *""",
+                               (incident_id, plan_digest, action_digest)).fetchone()
+            return {**required_row(row), "first": False}
+
+    def finish_action(self, incident_id: int, plan_digest: str, action_digest: str, status: str, detail: str) -> None:
+        with self._connect() as conn:
+            conn.execute("UPDATE action_log SET status = %s, detail = %s, finished_at = now() "
+                         "WHERE incident_id = %s AND plan_digest = %s AND action_digest = %s",
+                         (status, detail, incident_id, plan_digest, action_digest))
+
+    def action_log(self, incident_id: int) -> builtins.list[dict[str, Any]]:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM action_log WHERE incident_id = %s ORDER BY started_at",
+                                (incident_id,)).fetchall()
+
+    def decide_approval(self, approval_id: int, decision: str, approver: str | None, reason: str | None,
+                        automatic: bool = False) -> None:
+        with self._connect() as conn:
+            conn.execute("UPDATE approvals SET decision = %s, approver = %s, reason = %s, automatic = %s, "
+                         "decided_at = now() WHERE id = %s AND decision IS NULL",
+                         (decision, approver, reason, automatic, approval_id))
+            if decision in ("approved", "declined"):  # a person answered: that acknowledges the incident
+                conn.execute("UPDATE incidents SET acknowledged_at = COALESCE(acknowledged_at, now()), "
+                             "acknowledged_by = COALESCE(acknowledged_by, %s) "
+                             "WHERE id = (SELECT incident_id FROM approvals WHERE id = %s)", (approver, approval_id))
+
+    def approval(self, approval_id: int) -> dict[str, Any] | None:
+        """An approval request with its incident's environment, severity and service."""
+        with self._connect() as conn:
+            return conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
+                                   FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.id = %s""",
+                                (approval_id,)).fetchone()
+
+    def approval_by_token(self, token: str) -> dict[str, Any] | None:
+        """The approval a link names (its random token; ids are never accepted in links)."""
+        with self._connect() as conn:
+            return conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
+                                   FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.token = %s""",
+                                (token,)).fetchone()
+
+    def unsign(self, approval_id: int, approver: str) -> bool:
+        """Take back an answer the run never received (its resume failed): it may be given again."""
+        with self._connect() as conn:
+            row = conn.execute("DELETE FROM approval_signatures WHERE approval_id = %s AND approver = %s "
+                               "RETURNING approver", (approval_id, approver)).fetchone()
+        return row is not None
+
+    def sign(self, approval_id: int, approver: str, decision: str, reason: str) -> bool:
+        """A verified approver's answer; False if this approver already answered this request."""
+        with self._connect() as conn:
+            row = conn.execute("INSERT INTO approval_signatures (approval_id, approver, decision, reason) "
+                               "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING approver",
+                               (approval_id, approver, decision, reason)).fetchone()
+        return row is not None
+
+    def signatures(self, approval_id: int) -> builtins.list[dict[str, Any]]:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM approval_signatures WHERE approval_id = %s ORDER BY signed_at",
+                                (approval_id,)).fetchall()
+
+    def next_attempt(self, approval_id: int) -> int:
+        """An answer was not accepted (unverified): the gate asks again under a new pause key."""
+        with self._connect() as conn:
+            return int(
+                required_row(
+                    conn.execute(
+                        "UPDATE approvals SET attempt = attempt + 1 WHERE id = %s RETURNING attempt", (approval_id,)
+                    ).fetchone()
+                )["attempt"]
+            )
+
+    def mark_verified(self, approval_id: int) -> None:
+        with self._connect() as conn:
+            conn.execute("UPDATE approvals SET verified = true WHERE id = %s", (approval_id,))
+
+    def approvals(self, incident_id: int) -> builtins.list[dict[str, Any]]:
+        with self._connect() as conn:
+            return conn.execute("SELECT * FROM approvals WHERE incident_id = %s ORDER BY id", (incident_id,)).fetchall()
+
