@@ -15,37 +15,71 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from incidents.alerts import Route
+from incidents.config_base import (
+    _CHANNEL_ID,
+    _DNS_LABEL,
+    _ENV_REF,
+    _REPO,
+    DEFAULT_CONFIG,
+    PROJECT_ROOT,
+    SLACK_GROUP_ID,
+    SLACK_USER_ID,
+    ConfigError,
+    _check_secret_name,
+    _Model,
+    secret_env_var,
+)
+from incidents.config_people import (
+    PAGER_PREFIX,
+    Contact,
+    EscalationMatrix,
+    Roles,
+    SeverityPolicy,
+    SlackIdentity,
+)
+from incidents.config_services import (
+    CacheTarget,
+    CircuitBreaker,
+    DatabaseTarget,
+    ErrorBudget,
+    GitHubTarget,
+    KubernetesTarget,
+    LoggingSwitch,
+    Scaling,
+    SecretTarget,
+    SecurityTarget,
+    ServiceConfig,
+)
 from incidents.models import Severity
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "config" / "sandbox.yaml"
-_SECRET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-_REPO = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(Exception):
-    """An invalid config file: says which file, which field and why."""
-
-
-def secret_env_var(name: str) -> str:
-    return "RUNBOOKS_SECRET_" + name.upper().replace("-", "_")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_secret_name(value: str) -> str:
-    if not _SECRET_NAME.match(value):
-        raise ValueError("must be the name of a secret (lower-case letters, digits, '-'), not the secret itself; "
-                         "put the value in a Prefect Secret block or the environment variable "
-                         f"{secret_env_var('<name>')}")
-    return value
+__all__ = [
+    "CacheTarget",
+    "CircuitBreaker",
+    "ConfigError",
+    "Contact",
+    "DEFAULT_CONFIG",
+    "DatabaseTarget",
+    "ErrorBudget",
+    "EscalationMatrix",
+    "GitHubTarget",
+    "KubernetesTarget",
+    "LoggingSwitch",
+    "PAGER_PREFIX",
+    "PROJECT_ROOT",
+    "Roles",
+    "SLACK_GROUP_ID",
+    "SLACK_USER_ID",
+    "Scaling",
+    "SecretTarget",
+    "SecurityTarget",
+    "ServiceConfig",
+    "SeverityPolicy",
+    "SlackIdentity",
+    "secret_env_var",
+]
 
 
 class GitHubSettings(_Model):
@@ -55,9 +89,6 @@ class GitHubSettings(_Model):
     _secret = field_validator("token_secret")(_check_secret_name)
 
 
-_CHANNEL_ID = r"^[CGD][A-Z0-9]{2,20}$"  # a Slack conversation ID, e.g. C0123ABCD (not "#incidents")
-SLACK_USER_ID = r"^[UW][A-Z0-9]{2,20}$"   # a Slack member ID: U… or, on Enterprise Grid, W…
-SLACK_GROUP_ID = r"^S[A-Z0-9]{2,20}$"     # a Slack user group (subteam) ID
 
 
 class SlackSettings(_Model):
@@ -175,165 +206,6 @@ class Timeouts(_Model):
     release_window_seconds: float = Field(600.0, gt=0, le=24 * 3600)
 
 
-_HANDLE = r"^@?[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,99})?$"  # @user or @org/team
-
-
-class Contact(_Model):
-    """A person (or rota) to page, with a backup; a plain handle in YAML means no backup."""
-
-    primary: str = Field(pattern=_HANDLE)
-    backup: str | None = Field(None, pattern=_HANDLE)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_handle(cls, value: Any) -> Any:
-        return {"primary": value} if isinstance(value, str) else value
-
-    @property
-    def handles(self) -> list[str]:
-        return [self.primary] + ([self.backup] if self.backup and self.backup != self.primary else [])
-
-
-class SlackIdentity(_Model):
-    """Who a handle is in Slack: a member, a user group, or both. Slack notifies only for
-    mentions written with these IDs (`<@U…>`, `<!subteam^S…>`); "@name" in text rings nobody."""
-
-    user: str | None = Field(None, pattern=SLACK_USER_ID)
-    group: str | None = Field(None, pattern=SLACK_GROUP_ID)
-
-    @model_validator(mode="after")
-    def _something(self) -> "SlackIdentity":
-        if not self.user and not self.group:
-            raise ValueError("give user (a member ID, U…) and/or group (a user group ID, S…)")
-        return self
-
-    def mention(self) -> str:
-        return " ".join(
-            ([f"<@{self.user}>"] if self.user else []) + ([f"<!subteam^{self.group}>"] if self.group else [])
-        )
-
-
-def _contact(handle: str = "@mpcstudy") -> Contact:
-    return Contact(primary=handle, backup=handle)
-
-
-class Roles(_Model):
-    """The playbook's Incident Roles and Emergency Contacts (its author used one placeholder
-    for all). `team` lists everyone "all team members" means for a P0; the roles and contacts
-    are always part of it."""
-
-    incident_commander: str = Field("@mpcstudy", pattern=_HANDLE)
-    communications: str = Field("@mpcstudy", pattern=_HANDLE)
-    technical_owner: str = Field("@mpcstudy", pattern=_HANDLE)
-    documentation: str = Field("@mpcstudy", pattern=_HANDLE)
-    on_call: Contact = _contact()
-    team_lead: Contact = _contact()
-    security: Contact = _contact()
-    infrastructure: Contact = _contact()
-    team: list[str] = []
-    # display handle -> Slack IDs, e.g. "@oncall-ola": {user: U0123ABCD}; a handle without an
-    # entry is shown as text and notifies nobody
-    slack_ids: dict[str, SlackIdentity] = {}
-
-    @model_validator(mode="after")
-    def _known_handles(self) -> "Roles":
-        people = set(self.resolve("team"))
-        unknown = sorted(h for h in self.slack_ids if h not in people)
-        if unknown:
-            raise ValueError(f"slack_ids names {', '.join(unknown)}, who is not in roles (check the spelling)")
-        return self
-
-    def mention(self, handle: str) -> str:
-        """Slack's notifying syntax for a handle with IDs; the handle as text otherwise."""
-        identity = self.slack_ids.get(handle)
-        return identity.mention() if identity else handle
-
-    def mentions(self, handles: list[str]) -> list[str]:
-        return [self.mention(h) for h in handles]
-
-    @field_validator("team")
-    @classmethod
-    def _team_handles(cls, value: list[str]) -> list[str]:
-        for handle in value:
-            if not re.match(_HANDLE, handle):
-                raise ValueError(f"{handle!r} is not a handle (letters, digits, '_', '.', '-', optional leading @)")
-        return value
-
-    def resolve(self, reference: str) -> list[str]:
-        """Handles for a reference used in escalation levels: a role or contact name
-        (`on_call`), a contact's backup (`on_call.backup`), or `team` (everyone)."""
-        name, _, part = reference.partition(".")
-        if name == "pagerduty":
-            return []  # a pager, not a person: see SeverityPolicy.pagers
-        if name == "team":
-            people = [self.incident_commander, self.communications, self.technical_owner, self.documentation]
-            for contact in (self.on_call, self.team_lead, self.security, self.infrastructure):
-                people += contact.handles
-            return list(dict.fromkeys(people + self.team))
-        value = getattr(self, name)
-        if isinstance(value, Contact):
-            return [value.backup or value.primary] if part == "backup" else [value.primary]
-        return [value]
-
-    def table(self) -> list[tuple[str, str, str]]:
-        """(role, contact, backup) rows, as the playbook's role and contact tables show them."""
-        rows = [(n.replace("_", " ").title(), getattr(self, n), "") for n in
-                ("incident_commander", "communications", "technical_owner", "documentation")]
-        for n in ("on_call", "team_lead", "security", "infrastructure"):
-            contact = getattr(self, n)
-            rows.append((n.replace("_", " ").title(), contact.primary, contact.backup or ""))
-        return rows
-
-
-_ROLE_REFERENCE = re.compile(r"^(team|incident_commander|communications|technical_owner|documentation|"
-                             r"(on_call|team_lead|security|infrastructure)(\.backup)?|pagerduty\.[a-z0-9][a-z0-9-]{0,62})$")
-PAGER_PREFIX = "pagerduty."
-
-
-class SeverityPolicy(_Model):
-    """One row of the Escalation Matrix. `levels[0]` is notified when the incident opens; each
-    response time that passes without an acknowledgment escalates to the next level."""
-
-    response_minutes: float = Field(gt=0, le=7 * 24 * 60)
-    levels: list[list[str]] = Field(min_length=1)
-    status_minutes: float = Field(gt=0, le=7 * 24 * 60)  # Status Update cadence while open
-
-    @field_validator("levels")
-    @classmethod
-    def _references(cls, value: list[list[str]]) -> list[list[str]]:
-        for level in value:
-            for ref in level:
-                if not _ROLE_REFERENCE.match(ref):
-                    raise ValueError(f"{ref!r} is not a role: use team, incident_commander, communications, "
-                                     "technical_owner, documentation, on_call, team_lead, security, infrastructure "
-                                     "(a contact's backup as e.g. on_call.backup), or pagerduty.<service>")
-        return value
-
-    def pagers(self, level: int) -> list[str]:
-        """The PagerDuty services (config `pagerduty.services`) triggered at `level`."""
-        level = min(level, len(self.levels) - 1)
-        return [ref[len(PAGER_PREFIX):] for ref in self.levels[level] if ref.startswith(PAGER_PREFIX)]
-
-
-class EscalationMatrix(_Model):
-    """The playbook's Escalation Matrix as defaults: P0 5 min, all team members; P1 15 min,
-    on-call + team lead; P2 1 h, team lead; P3 4 h, issue only."""
-
-    P0: SeverityPolicy = SeverityPolicy(response_minutes=5, levels=[["team"], ["on_call.backup", "team_lead.backup",
-                                                                               "infrastructure.backup"]],
-                                        status_minutes=15)
-    P1: SeverityPolicy = SeverityPolicy(response_minutes=15, levels=[["on_call", "team_lead"],
-                                                                     ["on_call.backup", "team_lead.backup"], ["team"]],
-                                        status_minutes=30)
-    P2: SeverityPolicy = SeverityPolicy(response_minutes=60, levels=[["team_lead"], ["team_lead.backup", "on_call"]],
-                                        status_minutes=120)
-    P3: SeverityPolicy = SeverityPolicy(response_minutes=240, levels=[[], ["team_lead"]], status_minutes=480)
-
-    def policy(self, severity: Severity | str) -> SeverityPolicy:
-        policy: SeverityPolicy = getattr(self, getattr(severity, "value", severity))
-        return policy
-
-
 class PagerDutyService(_Model):
     routing_key_secret: str  # the Events API v2 integration key of a PagerDuty service, by name
     _secret = field_validator("routing_key_secret")(_check_secret_name)
@@ -361,135 +233,6 @@ class PostIncidentSettings(_Model):
     postmortem_due_days: float = Field(7, gt=0, le=90)        # the playbook's "within 1 week"
     reminder_hours: float = Field(24, gt=0, le=24 * 30)        # overdue post-mortems / action items: remind this often
     action_item_labels: list[str] = ["action-item"]
-
-
-class KubernetesTarget(_Model):
-    namespace: str = Field(pattern=_DNS_LABEL)
-    deployment: str = Field(pattern=_DNS_LABEL)
-    container: str = Field(pattern=_DNS_LABEL)
-
-
-class GitHubTarget(_Model):
-    repo: str = Field(pattern=_REPO)
-    rollback_workflow: str = "rollback.yml"
-    ref: str = "main"
-
-
-class Scaling(_Model):
-    min_replicas: int = Field(1, ge=0, le=1000)
-    max_replicas: int = Field(10, ge=1, le=1000)  # a typo of 10000 must not become a plan
-    # requests per second one ready replica serves: with it, "short of capacity" is measured
-    # (load against ready replicas) instead of guessed, and a scale-up is sized to the load
-    capacity_rps_per_replica: float | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "Scaling":
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
-        return self
-
-
-class DatabaseTarget(_Model):
-    """The service's PostgreSQL, diagnosed and treated by database-issues."""
-
-    dsn_secret: str
-    deployment: str | None = Field(None, pattern=_DNS_LABEL)  # the Kubernetes deployment running it, if any
-    connection_threshold: float = Field(0.8, gt=0, le=1)  # of usable connections (server, or a role's limit)
-    long_query_seconds: float = Field(60.0, gt=0)
-    idle_in_transaction_seconds: float = Field(30.0, gt=0)
-    idle_seconds: float = Field(300.0, gt=0)  # idle sessions ended under connection pressure
-    statement_timeout_ms: int = Field(5000, ge=100, le=60000)
-    terminate_superusers: bool = False
-    app_role: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")  # the application's role (drills act as it)
-    drill_table: str = Field("orders", pattern=r"^[a-z_][a-z0-9_]{0,62}$")  # a table drills may lock
-    _secret = field_validator("dsn_secret")(_check_secret_name)
-
-
-class CacheTarget(_Model):
-    url_secret: str
-    prefix: str = Field(pattern=r"^[A-Za-z0-9_.:\-]{2,100}$")
-    clear: Literal["prefix", "flushdb"] = "prefix"  # FLUSHALL is never planned
-    memory_threshold: float = Field(0.9, gt=0, le=1)
-    _secret = field_validator("url_secret")(_check_secret_name)
-
-
-class CircuitBreaker(_Model):
-    """A switch the service reads: a ConfigMap key, or a feature-flag key in Redis."""
-
-    configmap: str | None = Field(None, pattern=_DNS_LABEL)
-    redis_url_secret: str | None = None
-    key: str = Field(pattern=r"^[A-Za-z0-9_.:\-]{1,200}$")
-    on_value: str = "on"
-
-    @model_validator(mode="after")
-    def _one_switch(self) -> "CircuitBreaker":
-        if (self.configmap is None) == (self.redis_url_secret is None):
-            raise ValueError("set exactly one of configmap or redis_url_secret")
-        if self.redis_url_secret:
-            _check_secret_name(self.redis_url_secret)
-        return self
-
-
-class ErrorBudget(_Model):
-    threshold: float = Field(0.05, gt=0, lt=1)  # error rate above this is a spike; below it, recovered
-    sample_seconds: float = Field(2.0, gt=0, le=60)  # /metrics is sampled twice this far apart
-    scale_step: int = Field(2, ge=1)  # replicas added per scale-up, up to scaling.max_replicas
-
-
-class SecretTarget(_Model):
-    # `keys` in YAML; not the attribute name, because dict(model) would take it for a mapping's keys()
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    name: str = Field(pattern=_DNS_LABEL)
-    data_keys: list[str] = Field(min_length=1, alias="keys")
-
-
-class LoggingSwitch(_Model):
-    configmap: str = Field(pattern=_DNS_LABEL)
-    key: str = "log_level"
-    level: str = "debug"
-
-
-class SecurityTarget(_Model):
-    secrets: list[SecretTarget] = []
-    consumers: list[str] = []  # deployments restarted after a rotation
-    logging: LoggingSwitch | None = None
-    # How suspicious addresses are blocked (see config/example-production.yaml):
-    #   ingress_denylist: ingress-nginx's denylist-source-range annotation on `ingress`, which
-    #     sees the real client address;
-    #   network_policy: a NetworkPolicy `block_policy`, only when no other policy selects the
-    #     pods (policies add up: it would widen what they allow).
-    block_strategy: Literal["ingress_denylist", "network_policy"] = "network_policy"
-    ingress: str | None = Field(None, pattern=_DNS_LABEL)
-    block_policy: str = Field("block-suspicious-ips", pattern=_DNS_LABEL)
-
-    @model_validator(mode="after")
-    def _ingress_named(self) -> "SecurityTarget":
-        if self.block_strategy == "ingress_denylist" and not self.ingress:
-            raise ValueError("block_strategy ingress_denylist needs `ingress`: the Ingress in front of the service")
-        return self
-
-
-class ServiceConfig(_Model):
-    base_url: str = Field(pattern=r"^https?://")
-    ok_path: str = "/__ok"
-    health_path: str = "/health"
-    metrics_path: str = "/metrics"
-    kubernetes: KubernetesTarget
-    github: GitHubTarget
-    rollback_strategy: Literal["github_workflow", "kubernetes_undo"] = "kubernetes_undo"
-    scaling: Scaling = Scaling()
-    errors: ErrorBudget = ErrorBudget()
-    circuit_breaker: CircuitBreaker | None = None
-    database: DatabaseTarget | None = None
-    cache: CacheTarget | None = None
-    security: SecurityTarget = SecurityTarget()
-
-    def url(self, path: str) -> str:
-        return self.base_url.rstrip("/") + path
-
-    @property
-    def endpoints(self) -> list[str]:
-        return [self.url(self.ok_path), self.url(self.health_path), self.url(self.metrics_path)]
 
 
 class EnvironmentConfig(_Model):
