@@ -8,7 +8,6 @@ exactly what `up` started (the pid files under `.run/` say what that is) and kee
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ from typing import Callable
 import httpx
 
 from deployments.prefect_api import auth_headers
+from devstack.kept import alert_token, approver_credentials, kept_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -118,40 +118,6 @@ def _prefect_database(create: bool) -> str:
     if create:
         return f"PostgreSQL database {name} ({'exists' if exists else 'created'})"
     return f"PostgreSQL database {name} ({'dropped' if exists else 'was not there'})"
-
-
-def alert_token() -> str:
-    """RUNBOOKS_ALERT_TOKEN when set; else the one generated on the first `make up` (kept in .run/)."""
-    return os.environ.get("RUNBOOKS_ALERT_TOKEN") or kept_secret(TOKEN_FILE.name)
-
-
-def kept_secret(name: str) -> str:
-    """A secret generated on the first `make up` and kept in .run/<name> (mode 600)."""
-    path = RUN_DIR / name
-    if path.exists():
-        return path.read_text().strip()
-    RUN_DIR.mkdir(exist_ok=True)
-    value = secrets.token_urlsafe(24)
-    path.touch(mode=0o600)
-    path.write_text(value)
-    return value
-
-
-SANDBOX_APPROVERS = ("sam", "tess", "rita")  # config/sandbox.yaml's approvers
-APPROVERS_FILE = RUN_DIR / "approver-credentials"
-
-
-def approver_credentials() -> dict[str, str]:
-    """The sandbox approvers' credentials for the approval page: generated on the first
-    `make up`, kept in .run/approver-credentials (mode 600), passed to the intake by name."""
-    if APPROVERS_FILE.exists():
-        pairs = [line.split("=", 1) for line in APPROVERS_FILE.read_text().splitlines() if "=" in line]
-        return {name: value for name, value in pairs}
-    RUN_DIR.mkdir(exist_ok=True)
-    credentials = {name: secrets.token_urlsafe(12) for name in SANDBOX_APPROVERS}
-    APPROVERS_FILE.touch(mode=0o600)
-    APPROVERS_FILE.write_text("".join(f"{name}={value}\n" for name, value in credentials.items()))
-    return credentials
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,33 @@ class Faults:
         return Response.json({"message": f"sandbox fault injected for {target}"}, fault.status, **headers)
 
 
+def _write_response(handler: BaseHTTPRequestHandler, resp: Response) -> None:
+    """Send `resp` on the handler's connection: whole, chunked (a stream), or not at all (LOST)."""
+    if resp is LOST:
+        handler.close_connection = True
+        handler.connection.shutdown(socket.SHUT_RDWR)
+        return
+    handler.send_response(resp.status)
+    for key, value in resp.headers.items():
+        handler.send_header(key, value)
+    if isinstance(resp.body, bytes):
+        handler.send_header("Content-Length", str(len(resp.body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(resp.body)
+        return
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    try:
+        for chunk in resp.body:
+            if chunk:
+                handler.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                handler.wfile.flush()
+        handler.wfile.write(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        handler.close_connection = True
+
+
 def serve(app: Callable[[Request], Response], host: str, port: int,
           tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
     """Start `app` on a daemon thread; port 0 picks a free one."""
@@ -143,45 +170,16 @@ def serve(app: Callable[[Request], Response], host: str, port: int,
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            req = Request(
-                method=self.command,
-                path=parts.path,
-                query={k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()},
-                headers={k.lower(): v for k, v in self.headers.items()},
-                body=body,
-                base_url=f"{'https' if tls else 'http'}://"
-                         f"{self.headers.get('Host') or f'{host}:{server.server_address[1]}'}",
-            )
+            origin = self.headers.get("Host") or f"{host}:{server.server_address[1]}"
+            req = Request(method=self.command, path=parts.path,
+                          query={k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()},
+                          headers={k.lower(): v for k, v in self.headers.items()}, body=body,
+                          base_url=f"{'https' if tls else 'http'}://{origin}")
             try:
                 resp = app(req)
             except Exception as exc:  # a bug in the sandbox must not look like a hung server
                 resp = Response.json({"message": f"sandbox error: {type(exc).__name__}: {exc}"}, 500)
-            self._send(resp)
-
-        def _send(self, resp: Response) -> None:
-            if resp is LOST:
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            self.send_response(resp.status)
-            for key, value in resp.headers.items():
-                self.send_header(key, value)
-            if isinstance(resp.body, bytes):
-                self.send_header("Content-Length", str(len(resp.body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(resp.body)
-                return
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            try:
-                for chunk in resp.body:
-                    if chunk:
-                        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                        self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True
+            _write_response(self, resp)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
