@@ -10,7 +10,7 @@
     runbooks resolve ID --by NAME --note TEXT                            resolve by hand: Resolution, issue closed
     runbooks postmortem ID                                               start the post-incident run (its form)
     runbooks metrics [--env sandbox] [--json] [--chart FILE.svg]         MTTD / MTTA / MTTR against targets
-    runbooks sandbox break bad-deploy|error-spike|dependency-down|db-lock  /  runbooks sandbox heal
+    runbooks sandbox break bad-deploy|error-spike|dependency-down  /  runbooks sandbox heal
     runbooks up | down | check-config [FILE]
 
 Exit codes: 0 done (run completed, answer accepted), 1 failed (run failed, answer refused,

@@ -33,7 +33,9 @@ def _digest(data: Any) -> str:
 
 @dataclass(frozen=True)
 class PlannedAction:
-    kind: str  # rollback, rollout_restart, scale, circuit_breaker, terminate_sessions, cancel_queries, ...
+    # one of tasks/remedies.py's REMEDIES: rollback, rollout_restart, scale, circuit_breaker, terminate_sessions,
+    # cancel_queries, clear_cache, rotate_secrets, block_ips, enable_logging
+    kind: str
     target: str  # e.g. "deployment/api (namespace sandbox)"
     before: str
     after: str
