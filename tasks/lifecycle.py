@@ -220,7 +220,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
         scenario, plan = successor, successor.plan(ctx, incident, findings, onset)
         title = f"{title}, handed over to {successor.name}"
     plan = replace(plan, scenario=scenario.name)
-    failing = [f.check for f in findings.values() if f.ok is False]
+    failing = _failing(findings)
     record(
         ctx,
         incident.id,
@@ -241,7 +241,7 @@ def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, finding
                 outcome: dict[str, Any]) -> dict[str, Any]:
     """Another runbook holds this service: this run's findings join its incident, and no
     second plan is made for the same target."""
-    failing = [f.check for f in findings.values() if f.ok is False]
+    failing = _failing(findings)
     held = f"run {holder['flow_run_id']} ({holder['scenario']}, incident {holder['incident_id']})"
     note = (f"{scenario.name} found {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); "
             f"{held} already works {ctx.service_name}, so no second plan is made")
@@ -285,7 +285,7 @@ def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome:
     record(ctx, incident.id, "runbook", "confirming", f"All checks pass; confirming in {wait:g} s before closing")
     time.sleep(wait)
     again = scenario.diagnose(ctx)
-    failing = [f.check for f in again.values() if f.ok is False]
+    failing = _failing(again)
     if failing:
         escalate_incident(ctx, incident, f"All checks passed on arrival but {', '.join(failing)} failed "
                                          f"{wait:g} s later: the service is unstable.", Status.INVESTIGATING,
