@@ -119,8 +119,8 @@ def cmd_postmortem(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from incidents.metrics import trend_svg
     from incidents.store import StoreError
+    from incidents.success_metrics import trend_svg
     from tasks.metrics import measure
 
     try:

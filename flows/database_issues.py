@@ -14,8 +14,8 @@ from typing import Any
 from prefect import flow
 
 from incidents.alerts import DEFAULT_SEVERITY
-from incidents.database import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS, plan_database_issues
-from incidents.diagnosis import HEALTH, Finding
+from incidents.database_rules import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS, plan_database_issues
+from incidents.findings import HEALTH, Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from tasks.cancellation import record_cancellation

@@ -16,10 +16,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from incidents.alerts import DEFAULT_SEVERITY
-from incidents.diagnosis import HEALTH, Finding, report_markdown
+from incidents.findings import HEALTH, Finding, report_markdown
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
-from incidents.security import (
+from incidents.security_rules import (
     EVIDENCE,
     REVOKE_AT_ISSUER,
     plan_security_incident,

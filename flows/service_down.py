@@ -15,9 +15,10 @@ from prefect import flow
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY
-from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, plan_service_down
+from incidents.findings import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
+from incidents.service_down_rules import plan_service_down
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.deploys import verify_health

@@ -1,6 +1,6 @@
 """What a diagnosis found, as typed facts, and how sure a plan built on them is.
 
-The checks write their findings (`incidents.diagnosis.Finding`); `service_facts` reads them in
+The checks write their findings (`incidents.findings.Finding`); `service_facts` reads them in
 this one place into `ServiceFacts`, and the planning rules reason over those. A plan carries
 its confidence and the evidence for and against it; `settle` turns a rule's choice into the
 plan it may offer: a weak choice only with actions that are safe to try and easy to undo,
@@ -175,8 +175,8 @@ def service_facts(findings: Mapping[str, Any], now: datetime, onset: datetime | 
                   threshold: float | None = None, capacity_per_replica: float | None = None) -> ServiceFacts:
     """The facts the rules need, read from the findings of whichever checks ran (a check that
     did not run, or could not, leaves its facts unknown)."""
-    from incidents.diagnosis import DEPLOYS, HEALTH, ROLLOUT
-    from incidents.error_rate import BREAKER, RATE
+    from incidents.error_rate_rules import BREAKER, RATE
+    from incidents.findings import DEPLOYS, HEALTH, ROLLOUT
 
     health, rollout, deploys = findings.get(HEALTH), findings.get(ROLLOUT), findings.get(DEPLOYS)
     rate, breaker = findings.get(RATE), findings.get(BREAKER)

@@ -8,8 +8,8 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from incidents.database import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS
-from incidents.diagnosis import Finding, unavailable
+from incidents.database_rules import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS
+from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from integrations.cache import CacheClient
 from integrations.errors import IntegrationError

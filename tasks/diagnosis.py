@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from incidents.diagnosis import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, unavailable
+from incidents.findings import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, unavailable
 from incidents.redaction import redact
 from integrations.errors import IntegrationError
 from integrations.kubernetes import container_image, revision_of, rollout_status_of

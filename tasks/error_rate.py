@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from incidents.diagnosis import Finding, unavailable
-from incidents.error_rate import BREAKER, COMMITS, PROMETHEUS, RATE
+from incidents.error_rate_rules import BREAKER, COMMITS, PROMETHEUS, RATE
+from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from integrations.cache import CacheClient
 from integrations.errors import IntegrationError

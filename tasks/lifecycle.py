@@ -14,7 +14,7 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from incidents import templates
-from incidents.diagnosis import Finding, report_markdown
+from incidents.findings import Finding, report_markdown
 from incidents.models import Incident, Severity, Status
 from incidents.plans import Plan
 from incidents.store import DrillStore, StoreError

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from incidents.config import load_environment
 from incidents.followups import FollowUpStore
-from incidents.metrics import Metrics, compute, trend_svg
+from incidents.success_metrics import Metrics, compute, trend_svg
 
 
 def measure(environment: str, now: datetime | None = None, since: datetime | None = None) -> Metrics:

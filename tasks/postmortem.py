@@ -22,7 +22,7 @@ from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
-from incidents import postmortem, templates
+from incidents import postmortem_report, templates
 from incidents.followups import FollowUpStore
 from incidents.models import Incident
 from integrations.errors import IntegrationError
@@ -80,7 +80,7 @@ def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
 
 def draft(ctx: RunContext, incident: Incident, store: FollowUpStore) -> str:
     """The post-mortem as far as the record knows it: the form's description."""
-    return postmortem.render(incident, store.timeline(incident.id), store.approvals(incident.id), {}, [])
+    return postmortem_report.render(incident, store.timeline(incident.id), store.approvals(incident.id), {}, [])
 
 
 @task(name="request-postmortem", cache_policy=NO_CACHE)
@@ -89,7 +89,7 @@ def announce(ctx: RunContext, incident: Incident, store: FollowUpStore) -> None:
     run_id = flow_run.get_id()
     if not store.start_postmortem(incident.id, run_id):
         return
-    due = postmortem.due_at("1w", incident.resolved_at or datetime.now(timezone.utc))
+    due = postmortem_report.due_at("1w", incident.resolved_at or datetime.now(timezone.utc))
     link = ctx.run_url(run_id)
     notify_slack(
         ctx,
@@ -127,7 +127,7 @@ def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionIte
     repo = ctx.config.github.incident_repo
     for item in items:
         row = store.add_action_item(incident.id, item.title.strip(), item.owner.strip() or None, item.due,
-                                    postmortem.due_at(item.due, since))
+                                    postmortem_report.due_at(item.due, since))
         if not row["issue_number"]:
             body = (
                 f"Action item from the post-mortem of incident {incident.issue_ref} "
@@ -184,7 +184,7 @@ def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store
     completed = datetime.now(timezone.utc)
     items = file_action_items(ctx, incident, answers.action_items, store, completed)
     data = answers.model_dump(exclude={"metadata"})
-    markdown = postmortem.render(incident, store.timeline(incident.id), store.approvals(incident.id), data,
+    markdown = postmortem_report.render(incident, store.timeline(incident.id), store.approvals(incident.id), data,
                                  store.action_items(incident.id))
     store.complete_postmortem(incident.id, answers.completed_by.strip(), answers.root_cause.strip(),
                               data["lessons"], markdown, answers.users_affected.strip() or None)

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from incidents.diagnosis import Finding, unavailable
+from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.redaction import redact
-from incidents.security import EVIDENCE
+from incidents.security_rules import EVIDENCE
 from integrations.errors import IntegrationError
 from integrations.kubernetes_security import (
     block_cidrs,

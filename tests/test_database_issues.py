@@ -208,8 +208,8 @@ def test_cache_is_cleared_by_prefix_only(world, test_config):
 
 def test_superuser_blockers_are_not_planned_for_termination():
     from incidents.config import load_environment
-    from incidents.database import SESSIONS, plan_database_issues
-    from incidents.diagnosis import Finding
+    from incidents.database_rules import SESSIONS, plan_database_issues
+    from incidents.findings import Finding
 
     service = load_environment("sandbox").services["api"]
     root = {"pid": 42, "role": "postgres", "superuser": True, "state": "idle in transaction",
@@ -222,8 +222,8 @@ def test_superuser_blockers_are_not_planned_for_termination():
 
 def test_an_unreachable_database_gets_a_restart_of_its_deployment():
     from incidents.config import load_environment
-    from incidents.database import REACH, plan_database_issues
-    from incidents.diagnosis import Finding
+    from incidents.database_rules import REACH, plan_database_issues
+    from incidents.findings import Finding
 
     service = load_environment("sandbox").services["api"]
     plan = plan_database_issues(1, "sandbox", "api", service,

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from incidents.config import load_environment
-from incidents.database import CONNECTIONS, REACH, SESSIONS, plan_database_issues
-from incidents.diagnosis import DEPLOYS, HEALTH, ROLLOUT, Finding, plan_service_down
+from incidents.database_rules import CONNECTIONS, REACH, SESSIONS, plan_database_issues
 from incidents.drills import CATALOG, grade
-from incidents.error_rate import BREAKER, RATE, plan_high_error_rate
+from incidents.error_rate_rules import BREAKER, RATE, plan_high_error_rate
 from incidents.evidence import NONE, SAFE_WHEN_UNSURE, STRONG, WEAK, Weighing, settle
+from incidents.findings import DEPLOYS, HEALTH, ROLLOUT, Finding
 from incidents.plans import Plan, PlannedAction
-from incidents.security import EVIDENCE, plan_security_incident
+from incidents.security_rules import EVIDENCE, plan_security_incident
+from incidents.service_down_rules import plan_service_down
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = load_environment("sandbox", ROOT / "config" / "sandbox.yaml").services["api"]

@@ -16,8 +16,8 @@ import pytest
 from incidents.config import load_environment
 from incidents.escalation import escalation_due, level_contacts, status_update_due
 from incidents.followups import FollowUpStore
-from incidents.metrics import compute, trend_svg
 from incidents.models import Severity
+from incidents.success_metrics import compute, trend_svg
 from integrations.github import GitHubClient
 from sandbox.world import GITHUB_TOKEN
 from tests.conftest import ROOT, FlowThread, break_api, read_all

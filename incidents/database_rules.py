@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from incidents.config import DatabaseTarget, ServiceConfig
-from incidents.diagnosis import HEALTH, Finding
 from incidents.evidence import NONE, STRONG, Weighing, abstain, settle
+from incidents.findings import HEALTH, Finding
 from incidents.plans import Plan, PlannedAction
 
 REACH = "database reachability"

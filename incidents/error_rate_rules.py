@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from incidents.config import ServiceConfig
-from incidents.diagnosis import Finding, live_release, rollback_action, scale_action
 from incidents.evidence import (
     STRONG,
     WEAK,
@@ -20,7 +19,9 @@ from incidents.evidence import (
     service_facts,
     settle,
 )
+from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
+from incidents.service_down_rules import live_release, rollback_action, scale_action
 
 RATE = "error rate (/metrics)"
 PROMETHEUS = "error rate (Prometheus)"

@@ -7,8 +7,8 @@ import ipaddress
 from typing import Any
 
 from incidents.config import ServiceConfig
-from incidents.diagnosis import Finding
 from incidents.evidence import STRONG, Weighing, abstain, settle
+from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
 from incidents.templates import markdown_text
 
