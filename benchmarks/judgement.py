@@ -59,7 +59,9 @@ def _judgement(store, run_id: str) -> dict | None:
     incident = store.incident_for_run(run_id)
     if incident is None:
         return None
-    event = next((e for e in store.timeline(incident.id) if e.kind == "dry_run"), None)
+    from incidents.models import EventKind
+
+    event = next((e for e in store.timeline(incident.id) if e.kind == EventKind.DRY_RUN), None)
     if event is None:
         return None
     if "judgement" in event.data:

@@ -38,6 +38,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from incidents.models import EventKind
+
 log = logging.getLogger("runbooks.approvals")
 MAX_FORM_BYTES = 16 * 1024
 
@@ -183,7 +185,7 @@ def _answer(token: str, fields: dict[str, str], prefect_api_url: str, headers: d
         log.warning(
             "approval %s: refused an answer for %r (unknown approver or wrong credential)", approval["id"], name
         )
-        _store().add_event(approval["incident_id"], "approval page", "approval_refused",
+        _store().add_event(approval["incident_id"], "approval page", EventKind.APPROVAL_REFUSED,
                            f"An answer as {name[:100]!r} was refused: unknown approver or wrong credential")
         raise Refused(403, "unknown approver or wrong credential")
     return record_answer(approval, config, approver.name, decision, reason, prefect_api_url, headers,
@@ -215,7 +217,7 @@ def record_answer(approval: dict, config: Any, name: str, decision: str, reason:
             raise Refused(409, f"{name} already answered this request; four-eyes needs a different approver")
         log.info("approval %s: %s answered %s again: resuming the run with it", approval_id, name, decision)
     else:
-        store.add_event(approval["incident_id"], name, "approval_signed",
+        store.add_event(approval["incident_id"], name, EventKind.APPROVAL_SIGNED,
                         f"{name} (verified, {via}) answered {decision}" + (f": {reason}" if reason else ""))
     approving = [s["approver"] for s in store.signatures(approval_id) if s["decision"] == "approve"]
     needed = max(1, config.approval.needed(approval["severity"]))
@@ -282,7 +284,7 @@ def _take_back(store: Any, approval: dict, name: str, why: str) -> bool:
 
     try:
         taken = store.unsign(approval["id"], name)
-        store.add_event(approval["incident_id"], name, "approval_not_delivered",
+        store.add_event(approval["incident_id"], name, EventKind.APPROVAL_NOT_DELIVERED,
                         f"{name}'s answer was not delivered to the run ({why}): taken back")
         return taken
     except StoreError as exc:

@@ -43,6 +43,7 @@ from deployments.cli_common import (
 from deployments.cli_incidents import cmd_ack, cmd_incident, cmd_incidents, cmd_metrics, cmd_postmortem, cmd_resolve
 from deployments.cli_local import FAULTS, cmd_check_config, cmd_faults, cmd_sandbox
 from incidents.alerts import target_of
+from incidents.models import EventKind
 
 
 # -- run and follow ----------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def _record_cancel_of_waiting_run(run: dict, who: str, message: str) -> None:
             store.release_lease(target_of(params["environment"], params["service"]), run["id"])
         incident = store.incident_for_run(run["id"])
         if incident is not None:
-            store.add_event(incident.id, who, "cancelled", f"Runbook run {run['name']} cancelled while it "
+            store.add_event(incident.id, who, EventKind.CANCELLED, f"Runbook run {run['name']} cancelled while it "
                             f"was {run['state']['name'].lower()} ({message}); nothing was changed by it.",
                             {"flow_run_id": run["id"]})
     except store_error as exc:

@@ -27,8 +27,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from incidents.models import EventKind
+
 log = logging.getLogger("runbooks.pagerduty")
 SECRET_ENV = "RUNBOOKS_PAGERDUTY_WEBHOOK_SECRET"
+# what PagerDuty told us, when the incident was acknowledged here already (or it is a resolve)
+_TOLD_KIND = {"acknowledged": EventKind.PAGER_ACKNOWLEDGED, "resolved": EventKind.PAGER_RESOLVED}
 MAX_BODY_BYTES = 256 * 1024
 
 
@@ -87,7 +91,7 @@ def handle_event(event: dict) -> dict:
     ctx = RunContext(environment, incident.service, config)
     acknowledged = store.acknowledge(incident_id, who)
     verb = "acknowledged" if kind == "incident.acknowledged" else "resolved"
-    record(ctx, incident_id, who, "acknowledged" if acknowledged else f"pager_{verb}",
+    record(ctx, incident_id, who, EventKind.ACKNOWLEDGED if acknowledged else _TOLD_KIND[verb],
            f"{verb.capitalize()} in PagerDuty by {agent}" + ("; escalation stops" if acknowledged else ""))
     if acknowledged or verb == "resolved":
         note = (f"👀 {verb.capitalize()} in PagerDuty by {agent}"

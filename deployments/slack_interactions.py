@@ -36,6 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from deployments.approval_page import Refused, record_answer
+from incidents.models import EventKind
 
 log = logging.getLogger("runbooks.slack")
 SIGNING_SECRET_ENV = "RUNBOOKS_SLACK_SIGNING_SECRET"
@@ -126,7 +127,7 @@ def _decide(press: dict, prefect_api_url: str, headers: dict[str, str]) -> dict:
     approver = config.approval.slack_approver(press["user"])
     severity, environment = approval["severity"], approval["environment"]
     if approver is None or severity not in approver.severities:
-        store.add_event(approval["incident_id"], "Slack", "approval_refused",
+        store.add_event(approval["incident_id"], "Slack", EventKind.APPROVAL_REFUSED,
                         f"A {press['decision']} press by Slack member {press['user']} was refused: "
                         f"not an approver for {severity} in {environment}")
         return _ephemeral(f"You are not an approver for {severity} in {environment}; nothing changed.")

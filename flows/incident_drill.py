@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from incidents.drills import NOTHING, REMEDY, FaultSpec, resolve_fault
+from incidents.models import EventKind
 from incidents.store import DrillStore
 from tasks.approval import DrillNotAllowed
 from tasks.context import RunContext
@@ -128,4 +129,5 @@ def _close_practice_incident(store: DrillStore, incident_id: int, drill_id: str,
     """A practice incident the runbook left open (it escalated, or still waits) ends with its drill."""
     note = f"drill {drill_id} {status}" + (f": {error[:300]}" if error else "")
     if store.close(incident_id, "Drill", note, postmortem_needed=False):
-        store.add_event(incident_id, "incident-drill", "drill_closed", f"Closed with drill {drill_id} ({status})")
+        store.add_event(incident_id, "incident-drill", EventKind.DRILL_CLOSED,
+                        f"Closed with drill {drill_id} ({status})")

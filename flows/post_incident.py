@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from incidents.config import load_environment
 from incidents.followups import FollowUpStore
+from incidents.models import EventKind, Outcome
 from tasks.context import RunContext
 from tasks.postmortem import announce, draft, publish, wait_for_form
 from tasks.timeline import record
@@ -41,7 +42,7 @@ def post_incident(incident_id: int, environment: str = "sandbox") -> dict[str, A
                     done["completed_by"])
         create_markdown_artifact(markdown=done["markdown"], key=f"postmortem-incident-{incident_id}",
                                  description=f"Post-mortem of incident {incident_id} ({incident.service})")
-        return {"incident_id": incident_id, "outcome": "already_completed"}
+        return {"incident_id": incident_id, "outcome": Outcome.ALREADY_COMPLETED}
     if incident.resolved_at is None:
         logger.warning("Incident %s is still open; the post-mortem describes it as far as it went", incident_id)
     announce(ctx, incident, store)
@@ -50,8 +51,7 @@ def post_incident(incident_id: int, environment: str = "sandbox") -> dict[str, A
                    "a playbook update) and action items (24h or 1w).\n\n" + draft(ctx, incident, store))
     answers = wait_for_form(ctx, incident, description)
     if answers is None:
-        record(
-            ctx, incident_id, "runbook", "postmortem_waiting", "Post-mortem form not answered before the run's limit"
-        )
-        return {"incident_id": incident_id, "outcome": "form_timed_out"}
-    return {**publish(ctx, store.get(incident_id), answers, store), "outcome": "published"}
+        record(ctx, incident_id, "runbook", EventKind.POSTMORTEM_WAITING,
+               "Post-mortem form not answered before the run's limit")
+        return {"incident_id": incident_id, "outcome": Outcome.FORM_TIMED_OUT}
+    return {**publish(ctx, store.get(incident_id), answers, store), "outcome": Outcome.PUBLISHED}

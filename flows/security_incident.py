@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from incidents.alerts import DEFAULT_SEVERITY
 from incidents.findings import HEALTH, Finding, report_markdown
-from incidents.models import Incident, Severity
+from incidents.models import EventKind, Incident, Outcome, Severity
 from incidents.plans import Plan
 from incidents.security_rules import (
     EVIDENCE,
@@ -50,12 +50,12 @@ def keep_evidence(ctx: RunContext, incident: Incident, findings: dict[str, Findi
     recorded with the reason."""
     evidence = findings[EVIDENCE]
     if dropped:
-        record(ctx, incident.id, "runbook", "addresses_dropped",
+        record(ctx, incident.id, "runbook", EventKind.ADDRESSES_DROPPED,
                f"{len(dropped)} address(es) from the alert not blocked: {'; '.join(dropped)}"[:1000],
                {"dropped": list(dropped), "kept": cidrs})
     publish_report(ctx, incident, "evidence", report_markdown(
         f"Evidence snapshot for incident {incident.id} (before any change)", [evidence], None, with_plan=False))
-    record(ctx, incident.id, "runbook", "evidence_captured", evidence.summary,
+    record(ctx, incident.id, "runbook", EventKind.EVIDENCE_CAPTURED, evidence.summary,
            {"secrets": evidence.data.get("secrets", [])})
     if incident.detected_by != "dry run":  # a dry run tells nobody
         notify_security_team(ctx, incident.id, f"🔐 SECURITY INCIDENT\nIssue: {incident.issue_ref}\n"
@@ -66,7 +66,7 @@ def keep_evidence(ctx: RunContext, incident: Incident, findings: dict[str, Findi
     create_markdown_artifact(markdown=public_statement_draft(ctx.service_name, stamp(incident.opened_at), cidrs),
                              key=f"incident-{incident.id}-public-draft",
                              description="Draft public communication: review before publishing; not sent")
-    record(ctx, incident.id, "runbook", "public_draft", "Public communication drafted (not published)")
+    record(ctx, incident.id, "runbook", EventKind.PUBLIC_DRAFT, "Public communication drafted (not published)")
 
 
 def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
@@ -117,6 +117,6 @@ def security_incident(service: str, environment: str = "sandbox", severity: Seve
         after_diagnosis=lambda c, incident, findings: keep_evidence(c, incident, findings, cidrs, dropped))
     result = run_scenario(scenario, ctx, severity, dry_run, alert)
     rotated = [line for line in result.get("plan", []) if line.startswith("rotate_secrets")]
-    if result.get("outcome") == "resolved" and rotated:
+    if result.get("outcome") == Outcome.RESOLVED and rotated:
         file_revocation(ctx, result["incident_id"], rotated)
     return result

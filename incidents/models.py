@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 
@@ -86,10 +86,101 @@ class Incident:
         return f"#{self.github_issue}" if self.github_issue else "(no issue yet)"
 
 
+class EventKind(StrEnum):
+    """What an entry of the incident timeline records. Stored as its value (a text column),
+    read back as the enum member; a kind written by an older release reads back as text."""
+
+    # the alert and the incident
+    DETECTED = "detected"
+    JOINED = "joined"  # another alert or run joined the open incident
+    FLAP = "flap"  # the same alert fired again while the incident was open
+    ALERT_RESOLVED = "alert_resolved"
+    ISSUE_OPENED = "issue_opened"
+    NOTIFIED = "notified"
+    NOTIFICATION_FAILED = "notification_failed"
+    STATUS_UPDATE = "status_update"
+    PAGED = "paged"
+    PAGER_ACKNOWLEDGE = "pager_acknowledge"  # we told PagerDuty a person answered
+    PAGER_RESOLVE = "pager_resolve"
+    PAGER_ACKNOWLEDGED = "pager_acknowledged"  # PagerDuty told us (the incident was acknowledged already)
+    PAGER_RESOLVED = "pager_resolved"
+    ACKNOWLEDGED = "acknowledged"
+    ESCALATED = "escalated"
+    # the runbook
+    INVESTIGATING = "investigating"
+    RESUMED = "resumed"
+    HANDED_OVER = "handed_over"
+    FINDINGS_ADDED = "findings_added"
+    DIAGNOSED = "diagnosed"
+    DRY_RUN = "dry_run"
+    CONFIRMING = "confirming"
+    STOPPED = "stopped"
+    ACTION = "action"
+    ACTION_FAILED = "action_failed"
+    RECOVERED = "recovered"
+    CANCELLED = "cancelled"
+    EVIDENCE_CAPTURED = "evidence_captured"
+    ADDRESSES_DROPPED = "addresses_dropped"
+    PUBLIC_DRAFT = "public_draft"
+    # approvals
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_APPROVED = "approval_approved"
+    APPROVAL_DECLINED = "approval_declined"
+    APPROVAL_TIMED_OUT = "approval_timed_out"
+    APPROVAL_WITHDRAWN = "approval_withdrawn"
+    APPROVAL_DEADLINE = "approval_deadline"
+    APPROVAL_CLOSED = "approval_closed"
+    APPROVAL_SIGNED = "approval_signed"
+    APPROVAL_UNVERIFIED = "approval_unverified"
+    APPROVAL_REFUSED = "approval_refused"
+    APPROVAL_NOT_DELIVERED = "approval_not_delivered"
+    # the end and after
+    RESOLVED = "resolved"
+    RESOLVED_BY_HAND = "resolved_by_hand"
+    DRILL_CLOSED = "drill_closed"
+    POSTMORTEM_REQUESTED = "postmortem_requested"
+    POSTMORTEM_STARTED = "postmortem_started"
+    POSTMORTEM_NOT_STARTED = "postmortem_not_started"
+    POSTMORTEM_WAITING = "postmortem_waiting"
+    POSTMORTEM_OVERDUE = "postmortem_overdue"
+    POSTMORTEM_COMPLETED = "postmortem_completed"
+    ACTION_ITEM_FILED = "action_item_filed"
+    ACTION_ITEM_DONE = "action_item_done"
+
+    @classmethod
+    def read(cls, value: str) -> EventKind | str:
+        try:
+            return cls(value)
+        except ValueError:
+            return value
+
+
+class Outcome(StrEnum):
+    """How a run ended: the `outcome` of the result a scenario flow (or the post-incident flow)
+    returns."""
+
+    RESOLVED = "resolved"  # acted, recovery verified, incident resolved
+    NOT_RECOVERED = "not_recovered"  # acted, the service did not recover: escalated
+    REMEDIATION_FAILED = "remediation_failed"  # an approved action failed or could not start: escalated
+    DECLINED = "declined"  # the plan was declined: escalated, nothing changed
+    TIMED_OUT = "timed_out"  # nobody answered the approval in time: escalated, nothing changed
+    WITHDRAWN = "withdrawn"  # the alert resolved and stayed resolved while the approval waited
+    RESOLVED_ELSEWHERE = "resolved_elsewhere"  # the incident was resolved while the run waited
+    ABSTAINED = "abstained"  # the evidence conflicts or is too thin: escalated with the findings
+    ESCALATED = "escalated"  # the checks fail and no remedy applies
+    NO_IMPACT = "no_impact"  # every check passes: resolved as no impact
+    JOINED = "joined"  # another runbook holds the service: findings added to its incident
+    DRY_RUN = "dry_run"  # planned only
+    # the post-incident flow
+    PUBLISHED = "published"
+    ALREADY_COMPLETED = "already_completed"
+    FORM_TIMED_OUT = "form_timed_out"
+
+
 @dataclass(frozen=True)
 class TimelineEvent:
     at: datetime
     actor: str
-    kind: str
+    kind: EventKind | str  # text only for a kind an older release wrote
     message: str
     data: dict[str, Any]

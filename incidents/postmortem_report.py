@@ -8,18 +8,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from incidents.models import Incident, TimelineEvent
+from incidents.models import EventKind, Incident, TimelineEvent
 from incidents.templates import markdown_text, stamp
 
 HORIZONS = {"24h": timedelta(hours=24), "1w": timedelta(days=7)}  # the playbook's Immediate / Follow-up
 
 # (label, timeline kinds that mark it); the first event of any of the kinds wins
 _MOMENTS = [
-    ("Investigation started", ("investigating",)),
-    ("Root cause identified", ("diagnosed",)),
-    ("Fix implemented", ("action",)),
-    ("Service restored", ("recovered",)),
+    ("Investigation started", (EventKind.INVESTIGATING,)),
+    ("Root cause identified", (EventKind.DIAGNOSED,)),
+    ("Fix implemented", (EventKind.ACTION,)),
+    ("Service restored", (EventKind.RECOVERED,)),
 ]
+
+_ACTIONS_TAKEN = (EventKind.ACTION, EventKind.ACTION_FAILED, EventKind.ESCALATED, EventKind.ACKNOWLEDGED,
+                  EventKind.RESOLVED)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def actions_taken(events: list[TimelineEvent], approvals: list[dict[str, Any]]) 
         lines.append((at, f"- [x] {stamp(at)} plan {decision} by {markdown_text(who)}{auto}{reason} "
                           f"({markdown_text(steps, 400)})"))
     for event in events:
-        if event.kind in ("action", "action_failed", "escalated", "acknowledged", "resolved"):
+        if event.kind in _ACTIONS_TAKEN:
             done = "x" if event.kind != "action_failed" else " "
             lines.append((event.at, f"- [{done}] {stamp(event.at)} {markdown_text(event.message, 400)} "
                                     f"({markdown_text(event.actor, 80)})"))

@@ -13,7 +13,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from incidents.models import Incident, Severity, Status, TimelineEvent
+from incidents.models import EventKind, Incident, Severity, Status, TimelineEvent
 from incidents.store_approvals import ApprovalRecords
 from incidents.store_base import (
     DEFAULT_DATABASE_URL,
@@ -155,19 +155,20 @@ class IncidentStore(ApprovalRecords, CorrelationRecords):
 
     # -- timeline -------------------------------------------------------------------------------
     def add_event(
-        self, incident_id: int, actor: str, kind: str, message: str, data: dict[str, Any] | None = None
+        self, incident_id: int, actor: str, kind: EventKind, message: str, data: dict[str, Any] | None = None
     ) -> None:
+        kind = EventKind(kind)  # an unknown kind is refused before anything is written
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO timeline_events (incident_id, actor, kind, message, data) VALUES (%s, %s, %s, %s, %s)",
-                (incident_id, actor, kind, message, Jsonb(data or {})),
+                (incident_id, actor, kind.value, message, Jsonb(data or {})),
             )
 
     def timeline(self, incident_id: int) -> builtins.list[TimelineEvent]:
         with self._connect() as conn:
             rows = conn.execute("SELECT at, actor, kind, message, data FROM timeline_events "
                                 "WHERE incident_id = %s ORDER BY at, id", (incident_id,)).fetchall()
-        return [TimelineEvent(**r) for r in rows]
+        return [TimelineEvent(**{**r, "kind": EventKind.read(r["kind"])}) for r in rows]
 
 class DrillStore(IncidentStore):
     """Drills: one row per game day run, the score it earned, and the history."""

@@ -22,7 +22,7 @@ from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
-from incidents.models import Incident
+from incidents.models import EventKind, Incident
 from incidents.plans import Grant, Plan
 from incidents.store import StoreError
 from incidents.templates import approval_buttons, slack_text
@@ -34,6 +34,8 @@ from tasks.timeline import record
 
 TIMEOUT_REASON = "no answer before the approval deadline"
 DEADLINE_APPROVER = "runbooks (approval deadline)"
+_DECISION_KIND = {"approved": EventKind.APPROVAL_APPROVED, "declined": EventKind.APPROVAL_DECLINED,
+                  "timed_out": EventKind.APPROVAL_TIMED_OUT, "withdrawn": EventKind.APPROVAL_WITHDRAWN}
 
 
 class ApprovalInput(RunInput):
@@ -119,7 +121,7 @@ def _recorded_request(ctx: RunContext, incident: Incident, plan: Plan, earlier: 
     except StoreError as exc:
         logger.error("Approval request not recorded: %s", exc)
         approval_id = None
-    record(ctx, incident.id, "runbook", "approval_requested",
+    record(ctx, incident.id, "runbook", EventKind.APPROVAL_REQUESTED,
            "Approval requested: " + "; ".join(a.describe() for a in plan.actions), {"plan_digest": plan.digest})
     return approval_id
 
@@ -163,7 +165,7 @@ def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id
         if decision is not None:
             return decision
         signed = _approving_signers(ctx, approval_id)
-        record(ctx, incident.id, "runbook", "approval_unverified",
+        record(ctx, incident.id, "runbook", EventKind.APPROVAL_UNVERIFIED,
                f"An approval by {answer.approver.strip()!r} without verified identity was ignored: "
                f"{ctx.environment} needs {needed} verified approver(s) for {incident.severity.value} "
                f"({len(signed)} so far). The run keeps waiting.", {"page": page})
@@ -331,7 +333,7 @@ def _finish(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | 
     else:
         message = f"Plan declined by {who}: {decision.reason}. Nothing was changed"
     logger.info(message)
-    record(ctx, incident.id, decision.approver or "runbook", f"approval_{decision.outcome}", message,
+    record(ctx, incident.id, decision.approver or "runbook", _DECISION_KIND[decision.outcome], message,
            {"plan_digest": plan.digest, "automatic": decision.automatic})
     if decision.outcome in ("approved", "declined") and not decision.automatic:
         update_pagers(ctx, incident, "acknowledge", decision.approver or "approver", logger)  # a person answered

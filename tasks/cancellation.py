@@ -18,6 +18,7 @@ from prefect.runtime import flow_run as current_run
 from incidents import templates
 from incidents.alerts import target_of
 from incidents.config import ConfigError
+from incidents.models import EventKind
 from incidents.store import IncidentStore, StoreError
 from tasks.context import RunContext
 from tasks.notify import send_slack
@@ -96,7 +97,7 @@ def note_cancellation(flow_run: Any, message: str) -> None:
                 + (f" ({message.split(':', 1)[1].strip()})" if ":" in message else "")
                 + f". Done before the Cancel: {'; '.join(done) if done else 'nothing was changed'}."
                 + " The runbook has stopped: a person has the incident now.")
-        store.add_event(incident.id, who, "cancelled", note, {"flow_run_id": run_id, "done": done})
+        store.add_event(incident.id, who, EventKind.CANCELLED, note, {"flow_run_id": run_id, "done": done})
     except StoreError as exc:
         _log.error("Cancel of run %s not recorded in the incident timeline: %s", run_id, exc)
         return

@@ -23,7 +23,7 @@ from typing import Callable
 from incidents import templates
 from incidents.alerts import WITHDRAWN_REASON
 from incidents.escalation import level_contacts
-from incidents.models import Incident, Severity
+from incidents.models import EventKind, Incident, Severity
 from tasks.context import RunContext
 from tasks.notify import add_comment, send_slack
 from tasks.paging import mentions, trigger_pagers
@@ -57,7 +57,7 @@ def note_alert(ctx: RunContext, incident: Incident, alert: dict | None) -> str:
 
 def detected(ctx: RunContext, incident: Incident, by: str, what: str, alert: dict | None) -> None:
     """The first entries of a new incident: what detected it, and its alert (if any)."""
-    record(ctx, incident.id, by, "detected", what, {"alert": alert} if alert else {})
+    record(ctx, incident.id, by, EventKind.DETECTED, what, {"alert": alert} if alert else {})
     note_alert(ctx, incident, alert)
 
 
@@ -86,7 +86,7 @@ def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Seve
     }[seen]
     if raised_from is not None:
         message += f"; severity raised from {raised_from.value} to {severity.value}"
-    record(ctx, incident.id, by, "flap" if seen == "refired" else "joined", message,
+    record(ctx, incident.id, by, EventKind.FLAP if seen == "refired" else EventKind.JOINED, message,
            {"alert": alert, "seen": seen, "raised_from": raised_from.value if raised_from else None, "paged": paged})
     if incident.announced_at is not None and (seen in ("new", "refired") or raised_from is not None):
         note = message + "." + (" ⏫ Paging the severity's contacts." if paged else "")
@@ -110,7 +110,7 @@ def alert_resolved(ctx: RunContext, incident: Incident, alert: dict, grace_secon
     if not ctx.store().resolve_alert(incident.id, identity):
         return False
     name = (alert.get("labels") or {}).get("alertname", "alert")
-    record(ctx, incident.id, alert.get("source") or "alert", "alert_resolved",
+    record(ctx, incident.id, alert.get("source") or "alert", EventKind.ALERT_RESOLVED,
            f"{name} resolved at its source; a pending approval is withdrawn if every alert of the incident stays "
            f"resolved for {grace_seconds:g} s", {"identity": identity})
     return True

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
 from incidents.drills import FaultSpec, history_markdown, score, scorecard_markdown
+from incidents.models import EventKind
 from incidents.store import DrillStore
 from tasks.context import RunContext
 from tasks.faults import FaultState, cleanup, healed, inject, signal, wait_for
@@ -82,9 +83,9 @@ def unrecovered_outcome(alert_key: str) -> str | None:
     if incident is None:
         return "the runbook recorded no incident"
     timeline = store.timeline(incident.id)
-    if any(e.kind == "resolved" for e in timeline):
+    if any(e.kind == EventKind.RESOLVED for e in timeline):
         return None
-    last = next((e for e in reversed(timeline) if e.kind in ("escalated", "action_failed")), None) \
+    last = next((e for e in reversed(timeline) if e.kind in (EventKind.ESCALATED, EventKind.ACTION_FAILED)), None) \
         or (timeline[-1] if timeline else None)
     return f"{last.kind}: {last.message}" if last else "the incident's timeline is empty"
 
@@ -110,11 +111,11 @@ def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_ke
     if incident:
         timeline = store.timeline(incident.id)
         steps = [e.kind for e in timeline]
-        recovered_at = next((e.at for e in timeline if e.kind == "recovered"), None)
+        recovered_at = next((e.at for e in timeline if e.kind == EventKind.RECOVERED), None)
         approvals = [a for a in store.approvals(incident.id) if a["decision"] == "approved"]
         approved_at = approvals[0]["decided_at"] if approvals else None
         outcome = "resolved" if "resolved" in steps else (run or {}).get("state", "").lower() or None
-        judgement = next((e.data.get("judgement") for e in reversed(timeline) if e.kind == "diagnosed"), None)
+        judgement = next((e.data.get("judgement") for e in reversed(timeline) if e.kind == EventKind.DIAGNOSED), None)
     return score(spec, injected_at, (run or {}).get("started"), approved_at, recovered_at, steps, outcome,
                  judgement), incident.id if incident else None
 
@@ -125,7 +126,8 @@ def judged(alert_key: str) -> dict | None:
     incident = store.incident_for_alert(alert_key)
     if incident is None:
         return None
-    return next((e.data.get("judgement") for e in reversed(store.timeline(incident.id)) if e.kind == "diagnosed"), None)
+    timeline = store.timeline(incident.id)
+    return next((e.data.get("judgement") for e in reversed(timeline) if e.kind == EventKind.DIAGNOSED), None)
 
 
 @task(name="publish-scorecard", cache_policy=NO_CACHE)

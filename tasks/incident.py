@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 from incidents import templates
 from incidents.alerts import correlation_key
 from incidents.escalation import level_contacts
-from incidents.models import Incident, Severity, Status
+from incidents.models import EventKind, Incident, Severity, Status
 from incidents.redaction import redact, redact_alert
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
@@ -99,12 +99,12 @@ def announce(ctx: RunContext, incident: Incident, severity: Severity, summary: s
                                         severity.labels)
         ctx.store().attach_issue(incident.id, repo, issue["number"], issue["html_url"])
         incident.github_repo, incident.github_issue, incident.issue_url = repo, issue["number"], issue["html_url"]
-        record(ctx, incident.id, "runbook", "issue_opened", f"GitHub issue {repo}#{issue['number']} opened",
+        record(ctx, incident.id, "runbook", EventKind.ISSUE_OPENED, f"GitHub issue {repo}#{issue['number']} opened",
                {"url": issue["html_url"], "labels": severity.labels})
         logger.info("Opened incident %s with issue %s", incident.id, issue["html_url"])
     except (IntegrationError, SecretNotFound) as exc:
         logger.error("Incident issue not opened: %s", exc)
-        record(ctx, incident.id, "runbook", "notification_failed", f"GitHub issue not opened: {exc}")
+        record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"GitHub issue not opened: {exc}")
     paged = escalation_contacts(ctx, severity, 0)
     roles = ctx.config.roles
     notify_slack(ctx, incident.id, templates.initial_alert(incident, summary, paged=mentions(ctx, paged),
@@ -125,7 +125,7 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
             return False
     except StoreError as exc:
         get_run_logger().error("Incident %s not marked resolved in the store: %s", incident.id, exc)
-    record(ctx, incident.id, actor, "resolved", f"Resolved: {what_was_done}", {"root_cause": root_cause})
+    record(ctx, incident.id, actor, EventKind.RESOLVED, f"Resolved: {what_was_done}", {"root_cause": root_cause})
     text = templates.resolution(incident, root_cause, what_was_done, prevention)
     notify_slack(ctx, incident.id, text)
     update_pagers(ctx, incident, "resolve", actor, get_run_logger())
@@ -135,7 +135,7 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
             with ctx.github() as github:
                 github.close_issue(incident.github_repo, incident.github_issue)
         except (IntegrationError, SecretNotFound) as exc:
-            record(ctx, incident.id, "runbook", "notification_failed", f"issue not closed: {exc}")
+            record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"issue not closed: {exc}")
     if postmortem:
         start_post_incident(ctx, incident)
     return True
@@ -158,7 +158,7 @@ def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Sta
         ctx.store().set_status(incident.id, status)
     except StoreError as exc:
         get_run_logger().error("Incident %s status not updated: %s", incident.id, exc)
-    record(ctx, incident.id, "runbook", "escalated", why,
+    record(ctx, incident.id, "runbook", EventKind.ESCALATED, why,
            {"contacts": contacts, "paged": fresh, "severity": incident.severity.value})
     if contacts:
         notify_slack(ctx, incident.id, templates.status_update(incident, status.value, "unknown - needs a human",
@@ -179,6 +179,6 @@ def _already_escalated(ctx: RunContext, incident: Incident) -> set[str]:
         return set()
     window = timedelta(minutes=ctx.config.escalation.policy(incident.severity).response_minutes)
     since = datetime.now(timezone.utc) - window
-    return {contact for event in events if event.actor == "runbook" and event.kind == "escalated"
+    return {contact for event in events if event.actor == "runbook" and event.kind == EventKind.ESCALATED
             and event.data.get("severity") == incident.severity.value and event.at >= since
             for contact in event.data.get("paged", event.data.get("contacts") or [])}

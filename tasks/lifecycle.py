@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 
 from incidents import templates
 from incidents.findings import Finding, report_markdown
-from incidents.models import Incident, Severity, Status
+from incidents.models import EventKind, Incident, Outcome, Severity, Status
 from incidents.plans import Plan
 from incidents.store import DrillStore, StoreError
 from integrations.errors import IntegrationError
@@ -112,7 +112,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
         incident = ctx.store().get(earlier["incident_id"])
         findings, plan = _findings_from(earlier["findings"]), Plan.from_dict(earlier["plan"])
         logger.info("Resuming incident %s at its approval (%s)", incident.id, plan.summary)
-        record(ctx, incident.id, "runbook", "resumed", "Run resumed at its approval; diagnosis is not repeated",
+        record(ctx, incident.id, "runbook", EventKind.RESUMED, "Run resumed at its approval; diagnosis is not repeated",
                {"flow_run_id": str(flow_run.get_id()), "run_count": flow_run.run_count})
         outcome: dict[str, Any] = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
                                    "service": ctx.service_name, "environment": ctx.environment,
@@ -162,14 +162,14 @@ def _beside(scenario: Scenario, ctx: RunContext, incident: Incident, findings: d
     escalated, so that a person decides - it is never left open with nobody on it."""
     failing = _failing(findings)
     if not failing:
-        record(ctx, incident.id, "runbook", "investigating", f"Investigation: {len(findings)} checks ran")
+        record(ctx, incident.id, "runbook", EventKind.INVESTIGATING, f"Investigation: {len(findings)} checks ran")
         return _no_impact(scenario, ctx, incident, outcome)
     joined = _contribute(scenario, ctx, incident, findings, holder, outcome)
     escalate_incident(ctx, incident, f"{', '.join(failing)} failing, but run {holder['flow_run_id']} "
                                      f"(incident {holder['incident_id']}) already works {ctx.service_name}: no "
                                      "second plan is made for it. Nothing was changed; a person must decide.",
                       Status.INVESTIGATING, scenario.impact)
-    return {**joined, "outcome": "escalated"}
+    return {**joined, "outcome": Outcome.ESCALATED}
 
 
 def _onset(alert: dict | None, incident: Incident) -> datetime | None:
@@ -191,11 +191,11 @@ def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None, ale
         scenario.after_diagnosis(ctx, record_, findings)
     scenario, findings, plan, failing = _plan(scenario, ctx, record_, findings, alert_started_at(alert))
     publish_report(ctx, record_, "plan", "## Dry run: nothing was changed\n\n" + plan.markdown())
-    record(ctx, record_.id, "runbook", "dry_run", "Dry run: plan reported, nothing changed",
+    record(ctx, record_.id, "runbook", EventKind.DRY_RUN, "Dry run: plan reported, nothing changed",
            {"plan": plan.to_dict(), "judgement": _judgement(plan)})
     return {"incident_id": record_.id, "issue": None, "scenario": scenario.name, "service": ctx.service_name,
             "environment": ctx.environment, "severity": severity.value, "dry_run": True,
-            "plan": [a.describe() for a in plan.actions], "failing": failing, "outcome": "dry_run",
+            "plan": [a.describe() for a in plan.actions], "failing": failing, "outcome": Outcome.DRY_RUN,
             "planned_by": scenario.name, "judgement": _judgement(plan)}
 
 
@@ -213,7 +213,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
     title = f"{scenario.name} for {ctx.service_name} ({ctx.environment})"
     successor = next((s for s in scenario.handovers.values() if plan.handover == s.name), None)
     if successor is not None:
-        record(ctx, incident.id, "runbook", "handed_over", f"{scenario.name} hands over to {successor.name}: "
+        record(ctx, incident.id, "runbook", EventKind.HANDED_OVER, f"{scenario.name} hands over to {successor.name}: "
                                                            f"{plan.summary}", {"support": list(plan.support)})
         get_run_logger().info("Handing over to %s: %s", successor.name, plan.summary)
         findings = {**findings, **successor.diagnose(ctx)}
@@ -225,7 +225,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
         ctx,
         incident.id,
         "runbook",
-        "diagnosed",
+        EventKind.DIAGNOSED,
         f"Diagnosis: {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); {plan.summary}",
         {
             "findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
@@ -246,18 +246,18 @@ def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, finding
     note = (f"{scenario.name} found {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); "
             f"{held} already works {ctx.service_name}, so no second plan is made")
     get_run_logger().info("Contributing findings: %s", note)
-    record(ctx, incident.id, "runbook", "findings_added", note,
+    record(ctx, incident.id, "runbook", EventKind.FINDINGS_ADDED, note,
            {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
             "holder": {k: holder[k] for k in ("flow_run_id", "scenario", "incident_id")}})
     publish_report(ctx, incident, f"{scenario.name}-findings",
                    report_markdown(f"Findings of {scenario.name} for {ctx.service_name} (joined; {held} acts)",
                                    list(findings.values()), None, with_plan=False))
-    return {**outcome, "outcome": "joined", "plan": [], "held_by": holder["flow_run_id"]}
+    return {**outcome, "outcome": Outcome.JOINED, "plan": [], "held_by": holder["flow_run_id"]}
 
 
 def _diagnosed(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
                alert: dict | None, outcome: dict[str, Any]) -> dict[str, Any]:
-    record(ctx, incident.id, "runbook", "investigating", f"Investigation: {len(findings)} checks ran")
+    record(ctx, incident.id, "runbook", EventKind.INVESTIGATING, f"Investigation: {len(findings)} checks ran")
     if scenario.after_diagnosis:
         scenario.after_diagnosis(ctx, incident, findings)
     scenario, findings, plan, failing = _plan(scenario, ctx, incident, findings, _onset(alert, incident))
@@ -268,11 +268,11 @@ def _diagnosed(scenario: Scenario, ctx: RunContext, incident: Incident, findings
             reasons = "; ".join(plan.against) or "no evidence names a cause"
             escalate_incident(ctx, incident, f"{plan.summary} Evidence against: {reasons}. Nothing was changed.",
                               Status.INVESTIGATING, scenario.impact)
-            return {**outcome, "outcome": "abstained"}
+            return {**outcome, "outcome": Outcome.ABSTAINED}
         if failing:
             escalate_incident(ctx, incident, f"Checks fail ({', '.join(failing)}) but no automated remedy applies: "
                                              f"{plan.summary}", Status.INVESTIGATING, scenario.impact)
-            return {**outcome, "outcome": "escalated"}
+            return {**outcome, "outcome": Outcome.ESCALATED}
         return _no_impact(scenario, ctx, incident, outcome)
     _status(ctx, incident, Status.IDENTIFIED, "pending approval", scenario.impact, plan.summary)
     return _approve_act_verify(scenario, ctx, incident, findings, plan, alert, outcome)
@@ -282,7 +282,8 @@ def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome:
     """Every check passed on arrival. After `timeouts.confirm_seconds` the checks run again:
     still passing, the incident is resolved as "no impact found"; failing now, it escalates."""
     wait = ctx.config.timeouts.confirm_seconds
-    record(ctx, incident.id, "runbook", "confirming", f"All checks pass; confirming in {wait:g} s before closing")
+    record(ctx, incident.id, "runbook", EventKind.CONFIRMING,
+           f"All checks pass; confirming in {wait:g} s before closing")
     time.sleep(wait)
     again = scenario.diagnose(ctx)
     failing = _failing(again)
@@ -290,7 +291,7 @@ def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome:
         escalate_incident(ctx, incident, f"All checks passed on arrival but {', '.join(failing)} failed "
                                          f"{wait:g} s later: the service is unstable.", Status.INVESTIGATING,
                           scenario.impact)
-        return {**outcome, "outcome": "escalated"}
+        return {**outcome, "outcome": Outcome.ESCALATED}
     checks = ", ".join(f.check for f in again.values())
     if incident.joined or not incident.created:
         cause = "Not found: the checks pass again without any action by the runbook."
@@ -299,7 +300,7 @@ def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome:
     resolve_incident(ctx, incident, cause, f"No action taken; checks passing twice, {wait:g} s apart ({checks})",
                      "If the alert fired for a real problem the checks do not see, add a check for it.",
                      postmortem=False)
-    return {**outcome, "outcome": "no_impact"}
+    return {**outcome, "outcome": Outcome.NO_IMPACT}
 
 
 def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
@@ -320,21 +321,21 @@ def _not_to_act(scenario: Scenario, ctx: RunContext, incident: Incident, decisio
     """How the run ends when the plan is not to run: the incident was resolved meanwhile, the
     alert withdrew the approval, or nobody approved. None when the plan was approved."""
     if _current(ctx, incident).resolved_at is not None:  # resolved by hand while the approval waited
-        record(ctx, incident.id, "runbook", "stopped", "The incident was resolved while the approval waited; "
+        record(ctx, incident.id, "runbook", EventKind.STOPPED, "The incident was resolved while the approval waited; "
                                                        "the plan is not run")
-        return {**outcome, "outcome": "resolved_elsewhere"}
+        return {**outcome, "outcome": Outcome.RESOLVED_ELSEWHERE}
     if decision.outcome == "withdrawn":
         resolve_incident(ctx, incident, "Withdrawn: the alert resolved before the plan was approved and stayed "
                                         "resolved.", f"Nothing was changed ({decision.reason})",
                          "If the alert flaps, review its threshold and duration.", postmortem=False,
                          actor=decision.approver or "runbooks intake")
-        return {**outcome, "outcome": "withdrawn"}
+        return {**outcome, "outcome": Outcome.WITHDRAWN}
     if not decision.approved:
         why = ("Nobody answered the approval in time" if decision.outcome == "timed_out"
                else f"The plan was declined by {decision.approver or 'an operator'} ({decision.reason})")
         escalate_incident(ctx, incident, f"{why}; nothing was changed. A person must take over.", Status.IDENTIFIED,
                           scenario.impact)
-        return {**outcome, "outcome": decision.outcome}
+        return {**outcome, "outcome": Outcome(decision.outcome)}
     return None
 
 
@@ -348,14 +349,14 @@ def _act_and_verify(scenario: Scenario, ctx: RunContext, incident: Incident, fin
                                 f"is unreachable ({exc})")
         logger.error("Remediation failed: %s", exc)
         escalate_incident(ctx, incident, f"Remediation {exc}", Status.IDENTIFIED, scenario.impact)
-        return {**outcome, "outcome": "remediation_failed", "error": str(exc)}
+        return {**outcome, "outcome": Outcome.REMEDIATION_FAILED, "error": str(exc)}
     except (RemediationFailed, IntegrationError) as exc:
         logger.error("Remediation failed: %s", exc)
-        record(ctx, incident.id, "runbook", "action_failed", f"Remediation failed: {exc}")
+        record(ctx, incident.id, "runbook", EventKind.ACTION_FAILED, f"Remediation failed: {exc}")
         escalate_incident(ctx, incident, f"Remediation failed: {exc}", Status.IDENTIFIED, scenario.impact)
-        return {**outcome, "outcome": "remediation_failed", "error": str(exc)}
+        return {**outcome, "outcome": Outcome.REMEDIATION_FAILED, "error": str(exc)}
     for result in results:
-        record(ctx, incident.id, decision.approver or "runbook", "action", f"{result.action}: {result.detail}",
+        record(ctx, incident.id, decision.approver or "runbook", EventKind.ACTION, f"{result.action}: {result.detail}",
                {"changed": result.changed})
     done = "; ".join(f"{r.action} ({r.detail})" for r in results)
     outcome["actions"] = [r.detail for r in results]
@@ -369,11 +370,11 @@ def _verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: d
     outcome["verification"] = {"recovered": verification.recovered, "seconds": round(verification.seconds, 1),
                                "detail": verification.detail}
     if verification.recovered:
-        record(ctx, incident.id, "runbook", "recovered", f"Recovery verified in {verification.seconds:.0f} s: "
-                                                         f"{verification.detail}")
+        record(ctx, incident.id, "runbook", EventKind.RECOVERED,
+               f"Recovery verified in {verification.seconds:.0f} s: {verification.detail}")
         resolve_incident(ctx, incident, scenario.root_cause(findings, plan), done, scenario.prevention(findings, plan))
-        return {**outcome, "outcome": "resolved"}
+        return {**outcome, "outcome": Outcome.RESOLVED}
     escalate_incident(ctx, incident, f"Applied {done}, but the service did not recover within "
                                      f"{ctx.config.timeouts.verify_seconds:g} s: {verification.detail}",
                       Status.IDENTIFIED, scenario.impact)
-    return {**outcome, "outcome": "not_recovered"}
+    return {**outcome, "outcome": Outcome.NOT_RECOVERED}

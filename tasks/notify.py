@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from incidents.config import EnvironmentConfig
+from incidents.models import EventKind
 from incidents.redaction import redact
 from incidents.store import StoreError
 from incidents.templates import markdown_text, slack_blocks, thread_parent
@@ -41,9 +42,9 @@ def send_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, st
                 webhook.post(text, slack_blocks(text, link))
     except _NOTIFY_ERRORS as exc:
         logger.warning("Slack notification %r not delivered: %s", headline, exc)
-        record(ctx, incident_id, "runbook", "notification_failed", f"Slack: {headline} not delivered: {exc}")
+        record(ctx, incident_id, "runbook", EventKind.NOTIFICATION_FAILED, f"Slack: {headline} not delivered: {exc}")
         return False
-    record(ctx, incident_id, "runbook", "notified", f"Slack: {headline}")
+    record(ctx, incident_id, "runbook", EventKind.NOTIFIED, f"Slack: {headline}")
     return True
 
 
@@ -113,7 +114,7 @@ def add_comment(ctx: RunContext, incident_id: int, repo: str | None, number: int
             github.comment(repo, number, redact(body))
     except _NOTIFY_ERRORS as exc:
         logger.warning("Comment on %s#%s not added: %s", repo, number, exc)
-        record(ctx, incident_id, "runbook", "notification_failed",
+        record(ctx, incident_id, "runbook", EventKind.NOTIFICATION_FAILED,
                f"GitHub comment on #{number} not added: {markdown_text(exc, 300)}")
         return False
     return True

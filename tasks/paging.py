@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
-from incidents.models import Incident
+from incidents.models import EventKind, Incident
 from incidents.redaction import redact
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
@@ -23,6 +23,8 @@ PAGERDUTY_SEVERITY = {"P0": "critical", "P1": "error", "P2": "warning", "P3": "i
 _KEY = re.compile(r"^runbooks/(?P<environment>[A-Za-z0-9_.-]{1,100})/incident-(?P<id>\d{1,18})$")
 _ERRORS = (IntegrationError, SecretNotFound, StoreError, ValueError)
 _log = logging.getLogger("runbooks.paging")
+_PAGED_KIND = {"trigger": EventKind.PAGED, "acknowledge": EventKind.PAGER_ACKNOWLEDGE,
+               "resolve": EventKind.PAGER_RESOLVE}
 
 
 def pager_key(incident: Incident) -> str:
@@ -115,8 +117,9 @@ def _send(ctx: RunContext, incident: Incident, name: str, action: str,
                 pagerduty.send(routing_key, action, key)  # type: ignore[arg-type]
     except _ERRORS as exc:
         logger.warning("Incident %s: PagerDuty %s to %s not delivered: %s", incident.id, action, name, exc)
-        record(ctx, incident.id, "runbook", "notification_failed", f"PagerDuty {action} to {name} not delivered: {exc}")
+        record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED,
+               f"PagerDuty {action} to {name} not delivered: {exc}")
         return False
-    record(ctx, incident.id, by or "runbook", "paged" if action == "trigger" else f"pager_{action}",
+    record(ctx, incident.id, by or "runbook", _PAGED_KIND[action],
            f"PagerDuty {action} sent to {name}", {"pager": name, "dedup_key": key, "action": action})
     return True

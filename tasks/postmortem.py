@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from incidents import postmortem_report, templates
 from incidents.followups import FollowUpStore
-from incidents.models import Incident
+from incidents.models import EventKind, Incident
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.forms import prefilled
@@ -70,10 +70,10 @@ def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
     except Exception as exc:  # noqa: BLE001 - no deployment, API down: the incident is resolved regardless
         why = f"no deployment {name}" if isinstance(exc, ObjectNotFound) else f"{type(exc).__name__}: {exc}"
         get_run_logger().warning("Post-incident run not started (%s)", why)
-        record(ctx, incident.id, "runbook", "postmortem_not_started",
+        record(ctx, incident.id, "runbook", EventKind.POSTMORTEM_NOT_STARTED,
                f"Post-incident run not started ({why}); start it with `runbooks postmortem {incident.id}`")
         return None
-    record(ctx, incident.id, "runbook", "postmortem_started", f"Post-incident run {run.name} started",
+    record(ctx, incident.id, "runbook", EventKind.POSTMORTEM_STARTED, f"Post-incident run {run.name} started",
            {"flow_run_id": str(run.id)})
     return str(run.id)
 
@@ -100,7 +100,8 @@ def announce(ctx: RunContext, incident: Incident, store: FollowUpStore) -> None:
         f"Fill in the form: {link}",
         link=("Open the form", link) if link else None,
     )
-    record(ctx, incident.id, "runbook", "postmortem_requested", f"Post-mortem requested, due {templates.stamp(due)}")
+    record(ctx, incident.id, "runbook", EventKind.POSTMORTEM_REQUESTED,
+           f"Post-mortem requested, due {templates.stamp(due)}")
 
 
 def wait_for_form(ctx: RunContext, incident: Incident, description: str) -> PostmortemInput | None:
@@ -148,12 +149,12 @@ def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionIte
                     )
             except (IntegrationError, SecretNotFound) as exc:
                 get_run_logger().error("Action item %r not filed: %s", item.title, exc)
-                record(ctx, incident.id, "runbook", "notification_failed", f"Action item not filed: {exc}")
+                record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"Action item not filed: {exc}")
                 filed.append(row)
                 continue
             store.attach_action_issue(row["id"], repo, issue["number"], issue["html_url"])
             row = {**row, "repo": repo, "issue_number": issue["number"], "issue_url": issue["html_url"]}
-            record(ctx, incident.id, "runbook", "action_item_filed",
+            record(ctx, incident.id, "runbook", EventKind.ACTION_ITEM_FILED,
                    f"Action item filed: {item.title} ({repo}#{issue['number']}, due {templates.stamp(row['due_at'])})")
         filed.append(row)
     return filed
@@ -197,7 +198,7 @@ def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store
     create_markdown_artifact(markdown=proposals_markdown(store.proposals(ctx.environment)),
                              key=f"proposed-playbook-updates-{ctx.environment}",
                              description="Lessons learned tagged as playbook changes")
-    record(ctx, incident.id, answers.completed_by.strip(), "postmortem_completed",
+    record(ctx, incident.id, answers.completed_by.strip(), EventKind.POSTMORTEM_COMPLETED,
            f"Post-mortem completed by {answers.completed_by.strip()}: {len(items)} action items, "
            f"{sum(lesson.playbook_change for lesson in answers.lessons)} proposed playbook changes")
     notify_slack(ctx, incident.id, f"📝 POST-MORTEM PUBLISHED\nIssue: {incident.issue_ref}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from incidents.models import EventKind
 from incidents.redaction import redact
 from incidents.store import StoreError
 from tasks.context import RunContext
@@ -11,7 +12,8 @@ from tasks.context import RunContext
 _log = logging.getLogger("runbooks.timeline")
 
 
-def record(ctx: RunContext, incident_id: int, actor: str, kind: str, message: str, data: dict | None = None) -> bool:
+def record(ctx: RunContext, incident_id: int, actor: str, kind: EventKind, message: str,
+           data: dict | None = None) -> bool:
     """Append to the timeline. A store outage is logged, not raised: it must not stop a remediation."""
     try:
         ctx.store().add_event(incident_id, actor, kind, redact(message), data)

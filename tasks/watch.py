@@ -24,7 +24,7 @@ from incidents import templates
 from incidents.config import EnvironmentConfig, load_config, load_environment
 from incidents.escalation import escalation_due, next_update, status_update_due
 from incidents.followups import FollowUpStore
-from incidents.models import Incident
+from incidents.models import EventKind, Incident
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.approval import TIMEOUT_REASON, deadline_answer
@@ -53,7 +53,7 @@ def escalate(ctx: RunContext, incident: Incident, now: datetime) -> dict | None:
            f"{policy.response_minutes:g} min): escalation level {due.level}. "
            f"Acknowledge with `runbooks ack {incident.id}`, in PagerDuty, or by answering the approval.")
     get_run_logger().warning("Incident %s: %s", incident.id, why)
-    record(ctx, incident.id, "incident-watch", "escalated", f"{why} Paging: {who}.",
+    record(ctx, incident.id, "incident-watch", EventKind.ESCALATED, f"{why} Paging: {who}.",
            {"level": due.level, "contacts": due.contacts, "unacknowledged_minutes": round(minutes, 1)})
     notify_slack(ctx, incident.id, templates.status_update(
         incident, incident.status.value, incident.eta or "unknown - needs a human",
@@ -80,7 +80,7 @@ def status_cadence(ctx: RunContext, incident: Incident, now: datetime) -> bool:
     notify_slack(ctx, incident.id, templates.status_update(incident, incident.status.value,
                                                            incident.eta or "being assessed",
                                                            incident.impact or "being assessed", note))
-    record(ctx, incident.id, "incident-watch", "status_update", f"Status Update: {incident.status.value}",
+    record(ctx, incident.id, "incident-watch", EventKind.STATUS_UPDATE, f"Status Update: {incident.status.value}",
            {"eta": incident.eta, "impact": incident.impact})
     return True
 
@@ -109,7 +109,8 @@ def remind_postmortems(environment: str, config: EnvironmentConfig, store: Follo
         comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
                          f"### 📝 Post-mortem overdue\n\nResolved {overdue.days} days ago. "
                          f"{config.roles.documentation}, please complete it.")
-        record(ctx, incident.id, "incident-watch", "postmortem_overdue", f"Post-mortem overdue ({overdue.days} days)")
+        record(ctx, incident.id, "incident-watch", EventKind.POSTMORTEM_OVERDUE,
+               f"Post-mortem overdue ({overdue.days} days)")
         store.postmortem_reminded(incident.id, now)
         reminded.append(incident.id)
     return reminded
@@ -132,7 +133,7 @@ def track_action_items(environment: str, config: EnvironmentConfig, store: Follo
             continue
         if issue.get("state") == "closed":
             store.complete_action_item(item["id"], now)
-            record(ctx, incident.id, "incident-watch", "action_item_done",
+            record(ctx, incident.id, "incident-watch", EventKind.ACTION_ITEM_DONE,
                    f"Action item done: {item['title']} ({item['repo']}#{item['issue_number']})")
             done.append(item["id"])
         elif item["due_at"] <= now and (
@@ -173,11 +174,11 @@ def decline_expired_approvals(environment: str, config: EnvironmentConfig, store
         incident = store.get(approval["incident_id"])
         ctx = _ctx(environment, config, incident)
         if accepted:
-            record(ctx, incident.id, "incident-watch", "approval_deadline",
+            record(ctx, incident.id, "incident-watch", EventKind.APPROVAL_DEADLINE,
                    "Approval deadline passed: the waiting run was resumed with a decline; nothing is changed")
         else:
             store.decide_approval(approval["id"], "timed_out", None, TIMEOUT_REASON)
-            record(ctx, incident.id, "incident-watch", "approval_timed_out",
+            record(ctx, incident.id, "incident-watch", EventKind.APPROVAL_TIMED_OUT,
                    f"Approval deadline passed and run {approval['flow_run_id']} was no longer waiting: "
                    "request closed as timed out; nothing was changed")
         declined.append(approval["id"])
@@ -214,7 +215,7 @@ def close_ended_runs(environment: str, store: FollowUpStore) -> list[int]:
             if run.state.type.value == "CANCELLED":
                 note_cancellation(run, run.state.message or "")
             else:
-                store.add_event(approval["incident_id"], "incident-watch", "approval_closed",
+                store.add_event(approval["incident_id"], "incident-watch", EventKind.APPROVAL_CLOSED,
                                 f"Run {run.name} ended ({run.state.name}) while waiting for approval: the request "
                                 "is closed; nothing was changed")
     return closed
@@ -277,7 +278,7 @@ def acknowledge(environment: str, incident_id: int, by: str) -> bool:
         get_run_logger().info("Incident %s was already acknowledged (by %s) or is closed", incident_id,
                               incident.acknowledged_by or "-")
         return False
-    record(ctx, incident_id, by, "acknowledged", f"Acknowledged by {by}; escalation stops")
+    record(ctx, incident_id, by, EventKind.ACKNOWLEDGED, f"Acknowledged by {by}; escalation stops")
     update_pagers(ctx, incident, "acknowledge", by)
     notify_slack(
         ctx,
@@ -305,7 +306,7 @@ def resolve_by_hand(environment: str, incident_id: int, by: str, note: str) -> d
     incident, ctx = _incident_in(environment, store, incident_id)
     if incident.resolved_at is not None:
         raise ValueError(f"incident {incident_id} is already resolved ({incident.resolution or 'no resolution noted'})")
-    record(ctx, incident_id, by, "resolved_by_hand", f"Resolved by hand by {by}: {note}")
+    record(ctx, incident_id, by, EventKind.RESOLVED_BY_HAND, f"Resolved by hand by {by}: {note}")
     resolve_incident.fn(ctx, incident, f"Resolved by hand by {by} (see the note).", note,
                         "To be worked out in the post-mortem.", actor=by)
     stopped = []  # after the close: a woken run finds the incident resolved and does nothing

@@ -4,9 +4,12 @@ world (`sandbox`) nor the developer tooling (`devstack`)."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION = ["flows.service_down", "flows.high_error_rate", "flows.database_issues", "flows.security_incident",
               "flows.incident_watch", "flows.post_incident", "flows.incident_drill", "deployments.intake",
               "deployments.approval_page", "deployments.slack_interactions", "deployments.pagerduty_webhooks",
@@ -21,3 +24,49 @@ def test_production_modules_import_nothing_from_the_sandbox_or_the_dev_stack():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def _timeline_writes() -> list[tuple[str, int, ast.expr]]:
+    """Every call that appends to the incident timeline outside the tests: `record(ctx, id,
+    actor, kind, ...)` (tasks/timeline.py) and `store.add_event(id, actor, kind, ...)`."""
+    found = []
+    for path in sorted(ROOT.glob("*/*.py")):
+        if path.parts[-2] in ("tests", "sandbox", ".venv"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            at = {"record": 3, "add_event": 2}.get(name or "")
+            if at is not None and len(node.args) > at:
+                found.append((str(path.relative_to(ROOT)), node.lineno, node.args[at]))
+    return found
+
+
+def _results(expr: ast.expr) -> list[ast.expr]:
+    """What an expression can evaluate to: both arms of `a if c else b`, else itself."""
+    if isinstance(expr, ast.IfExp):
+        return _results(expr.body) + _results(expr.orelse)
+    return [expr]
+
+
+def _as_text(expr: ast.expr) -> bool:
+    """A kind spelled as text: a string, an f-string, or EventKind(...) of one."""
+    if isinstance(expr, ast.Call):
+        return any(_as_text(arg) for arg in expr.args)
+    return isinstance(expr, ast.JoinedStr) or (isinstance(expr, ast.Constant) and isinstance(expr.value, str))
+
+
+def test_timeline_kinds_are_written_as_members_of_the_enum():
+    writes = _timeline_writes()
+    assert len(writes) > 40, "the scan no longer finds the timeline's writers"
+    bare = [f"{path}:{line}: {ast.unparse(kind)}" for path, line, kind in writes
+            if any(_as_text(leaf) for leaf in _results(kind))]
+    assert not bare, "timeline kinds written as text instead of EventKind members:\n" + "\n".join(bare)
+
+
+def test_a_kind_an_older_release_wrote_reads_back_as_text():
+    from incidents.models import EventKind
+
+    assert EventKind.read("approval_approved") is EventKind.APPROVAL_APPROVED
+    assert EventKind.read("note") == "note" and not isinstance(EventKind.read("note"), EventKind)

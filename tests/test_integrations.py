@@ -212,14 +212,14 @@ def test_destructive_tasks_refuse_to_run_without_a_grant(world, test_config):
 
 
 def test_incident_store_dedups_open_incidents(store, world):
-    from incidents.models import Severity
+    from incidents.models import EventKind, Severity
 
     args = dict(dedup_key=f"test:{time.time()}", scenario="service-down", service="api", environment="sandbox",
                 severity=Severity.P1, title="t", detected_by="test", flow_run_id=None, alert={"fingerprint": "f"})
     first = store.open_incident(**args)
     second = store.open_incident(**args)
     assert first.created and not second.created and first.id == second.id
-    store.add_event(first.id, "alice", "note", "checked dashboards")
+    store.add_event(first.id, "alice", EventKind.ACKNOWLEDGED, "checked dashboards")
     store.close(first.id, "cause", "fix")
     third = store.open_incident(**args)
     assert third.created and third.id != first.id
