@@ -31,14 +31,15 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from deployments.prefect_api import PrefectApi
 from incidents.models import EventKind
+from integrations.errors import IntegrationError
 
 log = logging.getLogger("runbooks.approvals")
 MAX_FORM_BYTES = 16 * 1024
@@ -156,8 +157,8 @@ def _page(approval: dict, config: Any, signatures: list[dict], message: str = ""
     return HTMLResponse(body, status, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
 
-def _answer(token: str, fields: dict[str, str], prefect_api_url: str, headers: dict[str, str],
-            throttle: Throttle, client: str) -> tuple[int, str]:
+def _answer(token: str, fields: dict[str, str], prefect: PrefectApi, throttle: Throttle,
+            client: str) -> tuple[int, str]:
     """Check the approver's credential, then record the answer (`record_answer`)."""
     from tasks.context import SecretNotFound, resolve_secret
 
@@ -188,8 +189,7 @@ def _answer(token: str, fields: dict[str, str], prefect_api_url: str, headers: d
         _store().add_event(approval["incident_id"], "approval page", EventKind.APPROVAL_REFUSED,
                            f"An answer as {name[:100]!r} was refused: unknown approver or wrong credential")
         raise Refused(403, "unknown approver or wrong credential")
-    return record_answer(approval, config, approver.name, decision, reason, prefect_api_url, headers,
-                         via="approval page")
+    return record_answer(approval, config, approver.name, decision, reason, prefect, via="approval page")
 
 
 def _store():
@@ -198,8 +198,8 @@ def _store():
     return IncidentStore()
 
 
-def record_answer(approval: dict, config: Any, name: str, decision: str, reason: str, prefect_api_url: str,
-                  headers: dict[str, str], via: str) -> tuple[int, str]:
+def record_answer(approval: dict, config: Any, name: str, decision: str, reason: str, prefect: PrefectApi,
+                  via: str) -> tuple[int, str]:
     """Record a verified approver's answer and, when it completes the decision, resume the run.
 
     The answer counts only together with a successful resume: if Prefect does not take it, the
@@ -229,7 +229,7 @@ def record_answer(approval: dict, config: Any, name: str, decision: str, reason:
     run_input = {"approve": decision == "approve", "reason": reason or decision,
                  "approver": " + ".join(approving) if decision == "approve" else name}
     try:
-        problem = _resume(approval["flow_run_id"], run_input, prefect_api_url, headers)
+        problem = _resume(approval["flow_run_id"], run_input, prefect)
     except Refused:
         _take_back(store, approval, name, "the run is no longer waiting")
         raise
@@ -247,20 +247,18 @@ def _completes(store: Any, config: Any, approval: dict) -> bool:
     return len(approving) >= max(1, config.approval.needed(approval["severity"]))
 
 
-def _resume(flow_run_id: str | None, run_input: dict, prefect_api_url: str, headers: dict[str, str]) -> str | None:
+def _resume(flow_run_id: str | None, run_input: dict, prefect: PrefectApi) -> str | None:
     """Resume the waiting run with the answer; None when Prefect took it, else why not."""
     if not flow_run_id:
         return "the request has no run"
     try:
-        answer = httpx.post(f"{prefect_api_url.rstrip('/')}/flow_runs/{flow_run_id}/resume",
-                            json={"run_input": run_input}, headers=headers, timeout=10)
-        body = answer.json()
-    except (httpx.HTTPError, ValueError) as exc:
+        body = prefect.resume(flow_run_id, run_input).json()
+    except IntegrationError as exc:
+        return f"Prefect API: HTTP {exc.status}" if exc.status else "Prefect API: unreachable"
+    except ValueError as exc:
         return f"Prefect API: {type(exc).__name__}"
-    if answer.status_code >= 400:
-        return f"Prefect API: HTTP {answer.status_code}"
     if body.get("status") != "ACCEPT":
-        ended = _ended(flow_run_id, prefect_api_url, headers)
+        ended = _ended(flow_run_id, prefect)
         if ended:
             raise Refused(409, f"the run is no longer waiting (it is {ended}): nothing was changed, and "
                                "nothing will be; the incident is with a person")
@@ -268,12 +266,11 @@ def _resume(flow_run_id: str | None, run_input: dict, prefect_api_url: str, head
     return None
 
 
-def _ended(flow_run_id: str, prefect_api_url: str, headers: dict[str, str]) -> str | None:
+def _ended(flow_run_id: str, prefect: PrefectApi) -> str | None:
     """The final state's name of a run that will never wait again (cancelled, crashed, ...)."""
     try:
-        state = httpx.get(f"{prefect_api_url.rstrip('/')}/flow_runs/{flow_run_id}", headers=headers,
-                          timeout=5).json().get("state") or {}
-    except (httpx.HTTPError, ValueError):
+        state = prefect.flow_run(flow_run_id).get("state") or {}
+    except (IntegrationError, ValueError):
         return None
     return state.get("name") if state.get("type") in ("CANCELLED", "CANCELLING", "CRASHED", "FAILED",
                                                       "COMPLETED") else None
@@ -292,8 +289,7 @@ def _take_back(store: Any, approval: dict, name: str, why: str) -> bool:
         return False
 
 
-def routes(prefect_api_url: str, headers: dict[str, str] | None = None) -> list[Route]:
-    headers = headers or {}
+def routes(prefect: PrefectApi) -> list[Route]:
     throttle = Throttle()
 
     async def show(request: Request) -> Response:
@@ -319,8 +315,7 @@ def routes(prefect_api_url: str, headers: dict[str, str] | None = None) -> list[
                 fields = {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
             else:
                 fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-            status, message = await run_in_threadpool(_answer, token, fields, prefect_api_url, headers, throttle,
-                                                      client)
+            status, message = await run_in_threadpool(_answer, token, fields, prefect, throttle, client)
         except orjson.JSONDecodeError:
             status, message = 400, "body is not JSON"
         except Slowed as exc:

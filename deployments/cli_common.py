@@ -10,10 +10,9 @@ import sys
 import time
 from typing import Any
 
-from deployments.prefect_api import auth_headers
+from deployments.prefect_api import PrefectApi, api_url
 from integrations.errors import IntegrationError
-from integrations.http import RetryPolicy, request
-from integrations.http import client as http_client
+from integrations.http import RetryPolicy
 
 OK, FAILED, USAGE, WAITING, UNREACHABLE = 0, 1, 2, 3, 4
 SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-incident", "incident-drill")
@@ -34,10 +33,6 @@ def store_failure(exc: Exception) -> CliError:
     return CliError(str(exc), FAILED if isinstance(exc, NotFound) else UNREACHABLE)
 
 
-def api_url() -> str:
-    return os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
-
-
 # A busy or restarting server (Prefect answers 503 for errors a client may retry) is asked
 # again after 0.5, 1 and 2 s (a Retry-After up to 5 s instead), saying so on stderr.
 API_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_wait=5.0)
@@ -49,9 +44,7 @@ def api(method: str, path: str, **kwargs: Any) -> Any:
               file=sys.stderr)
 
     try:
-        with http_client(timeout=10, headers=auth_headers()) as client:
-            response = request(client, method, f"{api_url()}{path}", what=f"Prefect API {method} {path}",
-                               retry=API_RETRY, ok=(404,), on_retry=say, **kwargs)
+        response = PrefectApi(timeout=10, retry=API_RETRY, on_retry=say).call(method, path, ok=(404,), **kwargs)
     except IntegrationError as exc:
         if exc.status is None:
             raise CliError(f"cannot reach the Prefect API at {api_url()} ({exc.reason}); is `make up` running? "

@@ -30,7 +30,6 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-import httpx
 import orjson
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
@@ -50,7 +49,7 @@ from deployments.intake_records import (
 )
 from deployments.intake_settings import IntakeSettings, settings_from_env
 from deployments.pagerduty_webhooks import routes as pagerduty_routes
-from deployments.prefect_api import auth_headers
+from deployments.prefect_api import AsyncPrefectApi, PrefectApi
 from deployments.slack_interactions import routes as slack_routes
 from incidents import templates
 from incidents.alerts import (
@@ -66,7 +65,7 @@ from incidents.alerts import (
 from incidents.models import Severity
 from incidents.store import IncidentStore, StoreError
 from integrations.errors import IntegrationError
-from integrations.http import RetryPolicy, arequest
+from integrations.http import RetryPolicy
 from tasks.correlation import join, withdraw_quiet
 
 log = logging.getLogger("runbooks.intake")
@@ -95,8 +94,7 @@ class AlertIntake:
         self.state["redis"] = aioredis.Redis.from_url(
             self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2
         )
-        self.state["prefect"] = httpx.AsyncClient(base_url=self.settings.prefect_api_url.rstrip("/"),
-                                                  headers=auth_headers(), timeout=httpx.Timeout(10.0, connect=3.0))
+        self.state["prefect"] = AsyncPrefectApi(self.settings.prefect_api_url)
         # A few run creations at a time: an alert storm must not turn into a write storm on
         # the Prefect database (SQLite answers 503 to that), and duplicates never wait here.
         self.state["creating"] = asyncio.Semaphore(4)
@@ -270,13 +268,11 @@ class AlertIntake:
     async def deployment_id(self, name: str) -> str:
         if name not in self.settings.deployment_ids:
             try:
-                response = await self.state["prefect"].get(f"/deployments/name/{name}")
-            except httpx.HTTPError as exc:
-                raise Unavailable(f"Prefect API: {type(exc).__name__}: {exc}") from None
+                response = await self.state["prefect"].call("GET", f"/deployments/name/{name}", ok=(404,))
+            except IntegrationError as exc:
+                raise Unavailable(str(exc)) from None
             if response.status_code == 404:
                 raise LookupError(f"routing names deployment {name!r}, which does not exist")
-            if response.status_code != 200:
-                raise Unavailable(f"Prefect API answered {response.status_code} for deployment {name}")
             self.settings.deployment_ids[name] = response.json()["id"]
         return self.settings.deployment_ids[name]
 
@@ -289,9 +285,9 @@ class AlertIntake:
                 "tags": ["alert", alert["source"]]}
         async with self.state["creating"]:
             try:
-                response = await arequest(self.state["prefect"], "POST", f"/deployments/{dep_id}/create_flow_run",
-                                          what=f"Prefect API, creating a run of {request.deployment}",
-                                          retry=CREATE_RETRY, json=body)
+                response = await self.state["prefect"].call("POST", f"/deployments/{dep_id}/create_flow_run",
+                                                            what=f"Prefect API, creating a run of {request.deployment}",
+                                                            retry=CREATE_RETRY, json=body)
             except IntegrationError as exc:
                 raise Unavailable(str(exc)) from None
         run_id = response.json()["id"]
@@ -323,10 +319,10 @@ class AlertIntake:
         minute, so a restart of the intake loses no withdrawal."""
         await asyncio.sleep(self.settings.resolve_grace_seconds + 0.5)
 
+        prefect = PrefectApi(self.settings.prefect_api_url)
+
         def resume(run_id: str, answer: dict) -> bool:
-            with httpx.Client(base_url=self.settings.prefect_api_url.rstrip("/"), headers=auth_headers(),
-                              timeout=httpx.Timeout(10.0, connect=3.0)) as client:
-                return client.post(f"/flow_runs/{run_id}/resume", json={"run_input": answer}).status_code < 300
+            return prefect.resume(run_id, answer).status_code < 300
 
         try:
             done = await run_in_threadpool(withdraw_quiet, IncidentStore(), environment,
@@ -374,8 +370,8 @@ def create_app(settings: IntakeSettings) -> Starlette:
         HttpRoute("/alerts/grafana", intake.grafana, methods=["POST"]),
         HttpRoute("/alerts", intake.generic, methods=["POST"]),
         HttpRoute("/healthz", intake.healthz, methods=["GET"]),
-        *approval_routes(settings.prefect_api_url, auth_headers()),
-        *slack_routes(settings.prefect_api_url, auth_headers()),
+        *approval_routes(PrefectApi(settings.prefect_api_url)),
+        *slack_routes(PrefectApi(settings.prefect_api_url)),
         *pagerduty_routes(),
     ], lifespan=intake.lifespan)
 

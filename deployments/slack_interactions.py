@@ -36,6 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from deployments.approval_page import Refused, record_answer
+from deployments.prefect_api import PrefectApi
 from incidents.models import EventKind
 
 log = logging.getLogger("runbooks.slack")
@@ -60,8 +61,7 @@ def verify(secret: str, timestamp: str, signature: str, body: bytes, now: float 
     return None if hmac.compare_digest(expected, signature) else "the signature does not match"
 
 
-def routes(prefect_api_url: str, headers: dict[str, str] | None = None) -> list[Route]:
-    headers = headers or {}
+def routes(prefect: PrefectApi) -> list[Route]:
 
     async def interaction(request: Request) -> Response:
         body = await request.body()
@@ -83,7 +83,7 @@ def routes(prefect_api_url: str, headers: dict[str, str] | None = None) -> list[
         press = _press(payload)
         if press is None:  # a link button, or an interaction the runbooks do not use: acknowledged
             return Response(status_code=200)
-        return Response(status_code=200, background=BackgroundTask(handle_press, press, prefect_api_url, headers))
+        return Response(status_code=200, background=BackgroundTask(handle_press, press, prefect))
 
     return [Route("/slack/interactions", interaction, methods=["POST"])]
 
@@ -101,10 +101,10 @@ def _press(payload: Any) -> dict | None:
             "text": str((payload.get("message") or {}).get("text") or "")}
 
 
-def handle_press(press: dict, prefect_api_url: str, headers: dict[str, str]) -> None:
+def handle_press(press: dict, prefect: PrefectApi) -> None:
     """Decide what a press means and tell Slack (after the 200 went out)."""
     try:
-        reply = _decide(press, prefect_api_url, headers)
+        reply = _decide(press, prefect)
     except Exception as exc:  # noqa: BLE001 - the presser must hear of it; nothing was recorded past this point
         log.exception("Slack press by %s not handled", press["user"])
         reply = _ephemeral(
@@ -113,7 +113,7 @@ def handle_press(press: dict, prefect_api_url: str, headers: dict[str, str]) -> 
     _respond(press.get("response_url"), reply)
 
 
-def _decide(press: dict, prefect_api_url: str, headers: dict[str, str]) -> dict:
+def _decide(press: dict, prefect: PrefectApi) -> dict:
     from incidents.config import load_environment
     from incidents.store import IncidentStore
 
@@ -133,8 +133,8 @@ def _decide(press: dict, prefect_api_url: str, headers: dict[str, str]) -> dict:
         return _ephemeral(f"You are not an approver for {severity} in {environment}; nothing changed.")
     reason = "approved in Slack" if press["decision"] == "approve" else "declined in Slack"
     try:
-        status, message = record_answer(approval, config, approver.name, press["decision"], reason, prefect_api_url,
-                                        headers, via="Slack")
+        status, message = record_answer(approval, config, approver.name, press["decision"], reason, prefect,
+                                        via="Slack")
     except Refused as exc:
         return _ephemeral(f"{exc}")
     return _updated(press, approver.name, status, message)

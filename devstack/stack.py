@@ -21,8 +21,9 @@ from typing import Callable
 
 import httpx
 
-from deployments.prefect_api import auth_headers
+from deployments.prefect_api import PrefectApi
 from devstack.kept import alert_token, approver_credentials, kept_secret
+from integrations.errors import IntegrationError
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -147,20 +148,30 @@ class Component:
 
 
 def _get_ok(url: str) -> bool:
+    """A service that is not Prefect answers 200 (Prefect's credentials go to Prefect only)."""
     try:
-        return httpx.get(url, timeout=2, headers=auth_headers()).status_code == 200
+        return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
+        return False
+
+
+def _prefect() -> PrefectApi:
+    return PrefectApi(f"{PREFECT_URL}/api", timeout=5)
+
+
+def _prefect_answers(path: str) -> bool:
+    try:
+        _prefect().call("GET", path)
+        return True
+    except IntegrationError:
         return False
 
 
 def _worker_online(since: float, name: str) -> bool:
     """Our worker has sent a heartbeat since it was started (an old worker's ONLINE lingers)."""
     try:
-        response = httpx.post(f"{PREFECT_URL}/api/work_pools/{POOL}/workers/filter", json={}, timeout=2,
-                              headers=auth_headers())
-    except httpx.HTTPError:
-        return False
-    if response.status_code != 200:
+        response = _prefect().call("POST", f"/work_pools/{POOL}/workers/filter", json={})
+    except IntegrationError:
         return False
     for worker in response.json():
         beat = worker.get("last_heartbeat_time")
@@ -200,7 +211,7 @@ COMPONENTS = [
                           "--database-url", SANDBOX_APP_DATABASE],
               lambda since: _get_ok(f"{SANDBOX_URL}/_sandbox/healthz"), port=SANDBOX_PORT, wait_seconds=30),
     Component("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(PREFECT_PORT)],
-              lambda since: _get_ok(f"{PREFECT_URL}/api/health"), port=PREFECT_PORT, wait_seconds=120),
+              lambda since: _prefect_answers("/health"), port=PREFECT_PORT, wait_seconds=120),
     Component("prometheus", [PROMETHEUS_BIN, f"--config.file={PROMETHEUS_CONFIG}",
                              f"--storage.tsdb.path={SANDBOX_DIR / 'prometheus-data'}",
                              f"--web.listen-address={HOST}:{PROMETHEUS_PORT}"],
@@ -254,7 +265,7 @@ def _prefect(args: list[str], env: dict[str, str], what: str, timeout: float = 1
 
 
 def _ensure_pool(env: dict[str, str]) -> None:
-    response = httpx.get(f"{PREFECT_URL}/api/work_pools/{POOL}", timeout=5, headers=auth_headers())
+    response = _prefect().call("GET", f"/work_pools/{POOL}", ok=(404,))
     if response.status_code == 200 and response.json().get("type") == WORKER_TYPE:
         _say("work pool", f"{POOL} exists ({WORKER_TYPE})")
         return
@@ -267,8 +278,7 @@ def _ensure_pool(env: dict[str, str]) -> None:
 def _deploy(env: dict[str, str]) -> None:
     start = time.monotonic()
     _prefect(["--no-prompt", "deploy", "--all"], env, "prefect deploy --all", timeout=300)
-    names = [d["name"] for d in httpx.post(f"{PREFECT_URL}/api/deployments/filter", json={}, timeout=5,
-                                                 headers=auth_headers()).json()]
+    names = [d["name"] for d in _prefect().call("POST", "/deployments/filter", json={}).json()]
     _say("deployments", f"{len(names)} registered in {time.monotonic() - start:.1f} s")
 
 
