@@ -155,13 +155,13 @@ def _get_ok(url: str) -> bool:
         return False
 
 
-def _prefect() -> PrefectApi:
+def _prefect_api() -> PrefectApi:
     return PrefectApi(f"{PREFECT_URL}/api", timeout=5)
 
 
 def _prefect_answers(path: str) -> bool:
     try:
-        _prefect().call("GET", path)
+        _prefect_api().call("GET", path)
         return True
     except IntegrationError:
         return False
@@ -170,7 +170,7 @@ def _prefect_answers(path: str) -> bool:
 def _worker_online(since: float, name: str) -> bool:
     """Our worker has sent a heartbeat since it was started (an old worker's ONLINE lingers)."""
     try:
-        response = _prefect().call("POST", f"/work_pools/{POOL}/workers/filter", json={})
+        response = _prefect_api().call("POST", f"/work_pools/{POOL}/workers/filter", json={})
     except IntegrationError:
         return False
     for worker in response.json():
@@ -265,7 +265,7 @@ def _prefect(args: list[str], env: dict[str, str], what: str, timeout: float = 1
 
 
 def _ensure_pool(env: dict[str, str]) -> None:
-    response = _prefect().call("GET", f"/work_pools/{POOL}", ok=(404,))
+    response = _prefect_api().call("GET", f"/work_pools/{POOL}", ok=(404,))
     if response.status_code == 200 and response.json().get("type") == WORKER_TYPE:
         _say("work pool", f"{POOL} exists ({WORKER_TYPE})")
         return
@@ -278,7 +278,7 @@ def _ensure_pool(env: dict[str, str]) -> None:
 def _deploy(env: dict[str, str]) -> None:
     start = time.monotonic()
     _prefect(["--no-prompt", "deploy", "--all"], env, "prefect deploy --all", timeout=300)
-    names = [d["name"] for d in _prefect().call("POST", "/deployments/filter", json={}).json()]
+    names = [d["name"] for d in _prefect_api().call("POST", "/deployments/filter", json={}).json()]
     _say("deployments", f"{len(names)} registered in {time.monotonic() - start:.1f} s")
 
 
