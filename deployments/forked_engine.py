@@ -137,6 +137,8 @@ class ForkedEngineStarter:
             if registered and self._control_channel is not None:
                 self._control_channel.unregister(flow_run.id)
             raise
-        task_status.started(ProcessHandle(process, termination_scope=_Termination()))
+        # Prefect's handle reads pid, exitcode and liveness, which every multiprocessing process has;
+        # its annotation names only the spawn and plain kinds.
+        task_status.started(ProcessHandle(process, termination_scope=_Termination()))  # type: ignore[arg-type]
         await anyio.wait_readable(process.sentinel)  # no thread per run: 50 runs need no 50 threads
         process.join()

@@ -72,7 +72,8 @@ def handle_event(event: dict) -> dict:
     from tasks.timeline import record
 
     kind = event.get("event_type")
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    data = event.get("data")
+    data = data if isinstance(data, dict) else {}
     named = incident_of_key(str(data.get("incident_key") or ""))
     if kind not in ("incident.acknowledged", "incident.resolved") or named is None:
         return {"ignored": kind or "no event_type"}

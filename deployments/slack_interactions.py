@@ -148,8 +148,7 @@ def _updated(press: dict, name: str, status: int, message: str) -> dict:
     blocks = [b for b in press["blocks"] if isinstance(b, dict) and not (b.get("type") == "context"
                                                                           and b.get("block_id") == "runbooks_decided")]
     if status != 202:  # decided: no button is left to press
-        blocks = [_without_buttons(b) for b in blocks]
-        blocks = [b for b in blocks if b is not None]
+        blocks = [kept for kept in map(_without_buttons, blocks) if kept is not None]
     blocks.append({"type": "context", "block_id": "runbooks_decided",
                    "elements": [{"type": "mrkdwn", "text": line[:3000]}]})
     text = (press.get("text", "") + "\n" + line).strip()

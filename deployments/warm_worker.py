@@ -113,6 +113,10 @@ def _direct_start(deployment: DeploymentResponse | None) -> tuple[Path, str] | N
     return Path(directory), entrypoint
 
 
+def _import_flows() -> None:
+    importlib.import_module(PRELOAD)
+
+
 class FlowsOfDeployments:
     """The flow whose on_cancellation / on_crashed hooks the worker runs for a run, loaded once
     per deployment version. Prefect's process worker loads it anew for every run: it reads the
@@ -184,14 +188,19 @@ class WarmWorker(ProcessWorker):
             starter = ForkedEngineStarter(env, Path(cwd), context.control_channel)
             executor = context.create_executor(flow_run, starter, hook_runner=self._hooks, propose_submitting=False)
             execution = await executor.submit(task_status=_PidOf(task_status))
-        self._runs_task_group.start_soon(self._end_cancel_missed_at_start, flow_run.id)
+        self._runs().start_soon(self._end_cancel_missed_at_start, flow_run.id)
         if execution is None:  # cancelled before it started, or the server refused it: nothing ran
             if task_status is not None:
                 task_status.started(0)
             return ProcessWorkerResult(status_code=0, identifier="")
         if execution.crash_unreported:
-            self._runs_task_group.start_soon(self._report_crash_when_reachable, flow_run, execution.status_code)
+            self._runs().start_soon(self._report_crash_when_reachable, flow_run, execution.status_code)
         return ProcessWorkerResult(status_code=execution.status_code or 0, identifier=str(execution.handle.pid))
+
+    def _runs(self) -> anyio.abc.TaskGroup:
+        """The worker's task group for its runs (Prefect opens it when the worker starts)."""
+        assert self._runs_task_group is not None, "the worker is not started"
+        return self._runs_task_group
 
     async def _end_cancel_missed_at_start(self, flow_run_id: UUID) -> None:
         """A Cancel pressed while the run was being claimed reaches no process (the executor
@@ -248,12 +257,12 @@ class WarmWorker(ProcessWorker):
         await super()._initialize_after_sync()
         if self._watching is None and self._work_pool is not None:
             self._watching = anyio.CancelScope()
-            self._runs_task_group.start_soon(self._watch_for_due_runs, self._watching)
-            self._runs_task_group.start_soon(self._reschedule_stranded_runs)
+            self._runs().start_soon(self._watch_for_due_runs, self._watching)
+            self._runs().start_soon(self._reschedule_stranded_runs)
             # The flows' modules, for the on_cancellation / on_crashed hooks the worker runs: imported
             # now, in the background, rather than by the first Cancel on a busy night (it took 30 s
             # with 50 runs in flight on a 2-core machine).
-            self._runs_task_group.start_soon(anyio.to_thread.run_sync, importlib.import_module, PRELOAD)
+            self._runs().start_soon(anyio.to_thread.run_sync, _import_flows)
 
     async def _reschedule_stranded_runs(self) -> None:
         """At start: runs of this pool that a worker of this name claimed (Pending) and then
