@@ -184,3 +184,20 @@ class TimelineEvent:
     kind: EventKind | str  # text only for a kind an older release wrote
     message: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Which run works a service (its target, `environment/service`) now, and for which
+    incident: one runbook acts on a target at a time. A joined incident's own run holds it
+    without a stored lease (no target, no time)."""
+
+    flow_run_id: str
+    incident_id: int
+    scenario: str
+    target: str | None = None
+    taken_at: datetime | None = None
+
+    def as_data(self) -> dict[str, Any]:
+        """What the timeline records of the holder."""
+        return {"flow_run_id": self.flow_run_id, "scenario": self.scenario, "incident_id": self.incident_id}

@@ -7,7 +7,7 @@ import builtins
 from datetime import datetime
 from typing import Any, Callable
 
-from incidents.models import Incident, Severity, Status
+from incidents.models import Incident, Lease, Severity, Status
 from incidents.store_base import REPLICA_SKEW_SECONDS, StoreBase, incident_from_row, required_row
 
 
@@ -143,7 +143,7 @@ class CorrelationRecords(StoreBase):
 
     # -- runbook leases: one runbook acts on a target at a time ------------------------------------
     def take_lease(self, target: str, flow_run_id: str, incident_id: int, scenario: str,
-                   holder_gone: Callable[[str], bool]) -> dict[str, Any]:
+                   holder_gone: Callable[[str], bool]) -> Lease:
         """Take the target for this run. Returns the lease as it stands: this run's when taken
         (or already held), otherwise the holder's. A holder whose run is gone (`holder_gone`)
         loses the lease."""
@@ -154,14 +154,14 @@ class CorrelationRecords(StoreBase):
                                (target, flow_run_id, incident_id, scenario)).fetchone()
         row = required_row(row)
         if row["flow_run_id"] == flow_run_id or not holder_gone(row["flow_run_id"]):
-            return row
+            return Lease(**row)
         with self._connect() as conn:
             taken = conn.execute("""UPDATE runbook_leases SET flow_run_id = %s, incident_id = %s, scenario = %s,
                                            taken_at = now() WHERE target = %s AND flow_run_id = %s RETURNING *""",
                                  (flow_run_id, incident_id, scenario, target, row["flow_run_id"])).fetchone()
-            return taken or required_row(
+            return Lease(**(taken or required_row(
                 conn.execute("SELECT * FROM runbook_leases WHERE target = %s", (target,)).fetchone()
-            )
+            )))
 
     def release_lease(self, target: str, flow_run_id: str) -> bool:
         with self._connect() as conn:
@@ -169,8 +169,8 @@ class CorrelationRecords(StoreBase):
                                (target, flow_run_id)).fetchone()
         return row is not None
 
-    def leases(self) -> builtins.list[dict[str, Any]]:
+    def leases(self) -> builtins.list[Lease]:
         with self._connect() as conn:
-            return conn.execute("SELECT * FROM runbook_leases ORDER BY taken_at").fetchall()
+            return [Lease(**row) for row in conn.execute("SELECT * FROM runbook_leases ORDER BY taken_at")]
 
 

@@ -14,7 +14,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from incidents.alerts import target_of
-from incidents.models import Incident
+from incidents.models import Incident, Lease
 from incidents.store import StoreError
 from tasks.context import RunContext
 
@@ -33,21 +33,21 @@ def run_gone(flow_run_id: str, client: SyncPrefectClient | None = None) -> bool:
     return state is None or state.is_final()
 
 
-def _owner(incident: Incident, gone: Callable[[str], bool]) -> dict[str, Any] | None:
+def _owner(incident: Incident, gone: Callable[[str], bool]) -> Lease | None:
     """A joined incident is worked by its own run (the one its first alert started) while that
     run lives: a second scenario never races it for the service, whichever diagnoses faster."""
     if not incident.flow_run_id or gone(incident.flow_run_id):
         return None
-    return {"flow_run_id": incident.flow_run_id, "scenario": incident.scenario, "incident_id": incident.id}
+    return Lease(incident.flow_run_id, incident.id, incident.scenario)
 
 
 def holder_of(ctx: RunContext, incident: Incident, scenario: str,
-              gone: Callable[[str], bool] = run_gone) -> dict[str, Any] | None:
+              gone: Callable[[str], bool] = run_gone) -> Lease | None:
     """None when this run may work the service now (it holds the lease); else who does."""
     return (_owner(incident, gone) if incident.joined else None) or take_lease(ctx, incident, scenario, gone)
 
 
-def await_turn(ctx: RunContext, incident: Incident, scenario: str, holder: dict[str, Any]) -> dict[str, Any] | None:
+def await_turn(ctx: RunContext, incident: Incident, scenario: str, holder: Lease) -> Lease | None:
     """Another runbook works the service. While it is still diagnosing (its incident has no
     plan waiting for approval yet), wait: if it ends without a plan (say high-error-rate found
     nothing to scale while the deploy is bad), this run takes over and plans. Once a plan is
@@ -61,7 +61,7 @@ def await_turn(ctx: RunContext, incident: Incident, scenario: str, holder: dict[
             return run_gone(run_id, client)
 
         while time.monotonic() < deadline:
-            if store.approvals(holder["incident_id"]) or store.get(incident.id).resolved_at is not None:
+            if store.approvals(holder.incident_id) or store.get(incident.id).resolved_at is not None:
                 return holder
             time.sleep(TURN_POLL_SECONDS)
             next_holder = holder_of(ctx, incident, scenario, gone)
@@ -74,14 +74,14 @@ def await_turn(ctx: RunContext, incident: Incident, scenario: str, holder: dict[
 
 
 def take_lease(ctx: RunContext, incident: Incident, scenario: str,
-               gone: Callable[[str], bool] = run_gone) -> dict[str, Any] | None:
+               gone: Callable[[str], bool] = run_gone) -> Lease | None:
     """None when this run now holds the service; else the lease of the run that does."""
     run_id = flow_run.get_id()
     if not run_id:
         return None  # not a flow run (a test calling the function): nothing to share with
     lease = ctx.store().take_lease(target_of(ctx.environment, ctx.service_name), str(run_id), incident.id,
                                    scenario, gone)
-    return None if lease["flow_run_id"] == str(run_id) else lease
+    return None if lease.flow_run_id == str(run_id) else lease
 
 
 def holding(ctx: RunContext, incident: Incident, scenario: str, work: Callable[[], dict[str, Any]],

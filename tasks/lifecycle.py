@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 
 from incidents import templates
 from incidents.findings import Finding, report_markdown
-from incidents.models import EventKind, Incident, Outcome, Severity, Status
+from incidents.models import EventKind, Incident, Lease, Outcome, Severity, Status
 from incidents.plans import Plan
 from incidents.store import DrillStore, StoreError
 from integrations.errors import IntegrationError
@@ -135,7 +135,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     findings = scenario.diagnose(ctx)
     incident = opening.result()
     holder = holder_of(ctx, incident, scenario.name)
-    if holder is not None and (holder["incident_id"] == incident.id or _failing(findings)):
+    if holder is not None and (holder.incident_id == incident.id or _failing(findings)):
         holder = await_turn(ctx, incident, scenario.name, holder)
         incident = _current(ctx, incident)  # a joined incident got its issue from its own run meanwhile
     outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
@@ -144,7 +144,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     if holder is None:
         return holding(ctx, incident, scenario.name,
                         lambda: _diagnosed(scenario, ctx, incident, findings, alert, outcome), taken=True)
-    if holder["incident_id"] == incident.id:
+    if holder.incident_id == incident.id:
         return _contribute(scenario, ctx, incident, findings, holder, outcome)
     return _beside(scenario, ctx, incident, findings, holder, outcome)
 
@@ -153,7 +153,7 @@ def _failing(findings: Mapping[str, Finding]) -> list[str]:
     return [f.check for f in findings.values() if f.ok is False]
 
 
-def _beside(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], holder: dict,
+def _beside(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], holder: Lease,
             outcome: dict[str, Any]) -> dict[str, Any]:
     """This run's incident is an outage of its own (a drill, another cluster's alert) for a
     service that another incident's runbook holds. Nothing failing: confirmed and resolved as
@@ -165,8 +165,8 @@ def _beside(scenario: Scenario, ctx: RunContext, incident: Incident, findings: d
         record(ctx, incident.id, "runbook", EventKind.INVESTIGATING, f"Investigation: {len(findings)} checks ran")
         return _no_impact(scenario, ctx, incident, outcome)
     joined = _contribute(scenario, ctx, incident, findings, holder, outcome)
-    escalate_incident(ctx, incident, f"{', '.join(failing)} failing, but run {holder['flow_run_id']} "
-                                     f"(incident {holder['incident_id']}) already works {ctx.service_name}: no "
+    escalate_incident(ctx, incident, f"{', '.join(failing)} failing, but run {holder.flow_run_id} "
+                                     f"(incident {holder.incident_id}) already works {ctx.service_name}: no "
                                      "second plan is made for it. Nothing was changed; a person must decide.",
                       Status.INVESTIGATING, scenario.impact)
     return {**joined, "outcome": Outcome.ESCALATED}
@@ -237,22 +237,22 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
     return scenario, findings, plan, failing
 
 
-def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], holder: dict,
+def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], holder: Lease,
                 outcome: dict[str, Any]) -> dict[str, Any]:
     """Another runbook holds this service: this run's findings join its incident, and no
     second plan is made for the same target."""
     failing = _failing(findings)
-    held = f"run {holder['flow_run_id']} ({holder['scenario']}, incident {holder['incident_id']})"
+    held = f"run {holder.flow_run_id} ({holder.scenario}, incident {holder.incident_id})"
     note = (f"{scenario.name} found {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); "
             f"{held} already works {ctx.service_name}, so no second plan is made")
     get_run_logger().info("Contributing findings: %s", note)
     record(ctx, incident.id, "runbook", EventKind.FINDINGS_ADDED, note,
            {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
-            "holder": {k: holder[k] for k in ("flow_run_id", "scenario", "incident_id")}})
+            "holder": holder.as_data()})
     publish_report(ctx, incident, f"{scenario.name}-findings",
                    report_markdown(f"Findings of {scenario.name} for {ctx.service_name} (joined; {held} acts)",
                                    list(findings.values()), None, with_plan=False))
-    return {**outcome, "outcome": Outcome.JOINED, "plan": [], "held_by": holder["flow_run_id"]}
+    return {**outcome, "outcome": Outcome.JOINED, "plan": [], "held_by": holder.flow_run_id}
 
 
 def _diagnosed(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],

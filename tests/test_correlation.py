@@ -139,7 +139,7 @@ def test_a_second_scenario_on_a_held_service_contributes_its_findings(world, sto
     first = FlowThread(service_down, service="api")
     paused = first.wait_paused()
     incident = store.incident_for_run(str(paused.id))
-    assert [lease["flow_run_id"] for lease in store.leases()] == [str(paused.id)]
+    assert [lease.flow_run_id for lease in store.leases()] == [str(paused.id)]
     second = high_error_rate(service="api")
     assert second["outcome"] == "joined" and second["incident_id"] == incident.id and second["plan"] == []
     assert second["held_by"] == str(paused.id)
