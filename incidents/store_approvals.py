@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from incidents.models import Incident
+from incidents.models import EventKind, Incident
 from incidents.store_base import StoreBase, incident_from_row, required_row
 
 
@@ -33,13 +33,18 @@ class ApprovalRecords(StoreBase):
                                 (flow_run_id,)).fetchone()
 
     def incident_for_run(self, flow_run_id: str) -> Incident | None:
-        """The incident a flow run opened, or asked an approval for (a run may join an open one)."""
+        """The incident a flow run opened, joined (an open one for the same outage), or asked an
+        approval for."""
         with self._connect() as conn:
             row = conn.execute("""SELECT * FROM incidents WHERE id = (
                                       SELECT max(id) FROM (SELECT id FROM incidents WHERE flow_run_id = %s
                                                            UNION SELECT incident_id FROM approvals
-                                                           WHERE flow_run_id = %s) AS mine)""",
-                               (flow_run_id, flow_run_id)).fetchone()
+                                                           WHERE flow_run_id = %s
+                                                           UNION SELECT incident_id FROM timeline_events
+                                                           WHERE kind = ANY(%s)
+                                                             AND data->>'flow_run_id' = %s) AS mine)""",
+                               (flow_run_id, flow_run_id, [EventKind.JOINED.value, EventKind.FLAP.value],
+                                flow_run_id)).fetchone()
         return incident_from_row(row) if row else None
 
     def expired_approvals(self, environment: str, now: datetime) -> builtins.list[dict[str, Any]]:

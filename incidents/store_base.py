@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS timeline_events (
     data        JSONB NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS timeline_by_incident ON timeline_events (incident_id, at);
+-- the run that joined an open incident (incident_for_run)
+CREATE INDEX IF NOT EXISTS timeline_by_joining_run ON timeline_events ((data->>'flow_run_id'))
+    WHERE kind IN ('joined', 'flap');
 CREATE TABLE IF NOT EXISTS approvals (
     id           BIGSERIAL PRIMARY KEY,
     incident_id  BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,

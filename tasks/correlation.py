@@ -68,8 +68,10 @@ def added_contacts(ctx: RunContext, before: Severity, after: Severity) -> list[s
     return [c for c in level_contacts(roles, matrix.policy(after), 0) if c not in already]
 
 
-def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Severity | None, by: str) -> Joined:
-    """`alert` (or a run, when None) joins the open `incident`."""
+def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Severity | None, by: str,
+         flow_run_id: str | None = None) -> Joined:
+    """`alert` (or a run, when None) joins the open `incident`; `flow_run_id` is the joining run's
+    (the store finds the incident of a run by it, e.g. for what its Cancel records)."""
     store = ctx.store()
     seen = note_alert(ctx, incident, alert)
     raised_from = store.raise_severity(incident.id, severity) if severity else None
@@ -87,7 +89,8 @@ def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Seve
     if raised_from is not None:
         message += f"; severity raised from {raised_from.value} to {severity.value}"
     record(ctx, incident.id, by, EventKind.FLAP if seen == "refired" else EventKind.JOINED, message,
-           {"alert": alert, "seen": seen, "raised_from": raised_from.value if raised_from else None, "paged": paged})
+           {"alert": alert, "seen": seen, "raised_from": raised_from.value if raised_from else None, "paged": paged,
+            "flow_run_id": flow_run_id})
     if incident.announced_at is not None and (seen in ("new", "refired") or raised_from is not None):
         note = message + "." + (" ⏫ Paging the severity's contacts." if paged else "")
         send_slack(ctx, incident.id, templates.status_update(incident, incident.status.value,

@@ -78,7 +78,7 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
         name = flow_run.get_name() or "a run"
         logger.info("Incident %s is already open for this outage (worked by run %s): joining it", incident.id,
                     incident.flow_run_id)
-        join(ctx, incident, alert, explicit_severity, f"{scenario} run {name}")
+        join(ctx, incident, alert, explicit_severity, f"{scenario} run {name}", run_id)
         incident.joined = True
         return incident
     if store.claim_announcement(incident.id):

@@ -4,6 +4,8 @@ action claims belong to their incident; a stale incident is never joined."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from tests.conftest import BROKEN_IMAGE, FlowThread, api_image, break_api
@@ -134,6 +136,7 @@ def test_resolved_by_hand_closes_the_issue_and_stops_the_waiting_runbook(world, 
 def test_a_second_scenario_on_a_held_service_contributes_its_findings(world, store):
     from flows.high_error_rate import high_error_rate
     from flows.service_down import service_down
+    from tasks.cancellation import note_cancellation
 
     break_api(world)
     first = FlowThread(service_down, service="api")
@@ -146,6 +149,12 @@ def test_a_second_scenario_on_a_held_service_contributes_its_findings(world, sto
     kinds = _kinds(store, incident.id)
     assert "joined" in kinds and "findings_added" in kinds
     assert len(store.approvals(incident.id)) == 1, "no second plan for the same deployment"
+    # a Cancel of the joined run is recorded on the incident it joined
+    joined_run = next(e for e in store.timeline(incident.id) if e.kind == "joined").data["flow_run_id"]
+    assert joined_run and joined_run != str(paused.id)
+    note_cancellation(SimpleNamespace(id=joined_run, name="joined-run", parameters={}), "Cancelled by olga: mine")
+    cancelled = [e for e in store.timeline(incident.id) if e.kind == "cancelled"]
+    assert [e.actor for e in cancelled] == ["olga"] and "joined-run" in cancelled[0].message
     texts = _texts(world)
     assert sum(t.startswith("🚨 INCIDENT ALERT") for t in texts) == 1
     assert sum(t.startswith("⏸️ APPROVAL NEEDED") for t in texts) == 1
