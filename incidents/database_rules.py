@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from incidents.action_params import ClearCache, RolloutRestart, Sessions, SessionState
 from incidents.config import DatabaseTarget, ServiceConfig
 from incidents.evidence import NONE, STRONG, Weighing, abstain, settle
 from incidents.findings import HEALTH, Finding
@@ -16,14 +17,14 @@ REPLICATION = "replication"
 CACHE = "cache"
 
 
-def _sessions(items: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[s["pid"], s["backend_start"]] for s in items]
+def _sessions(items: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    return [(s["pid"], s["backend_start"]) for s in items]
 
 
-def _expect(items: list[dict[str, Any]], clock: str = "state") -> dict[str, dict[str, Any]]:
+def _expect(items: list[dict[str, Any]], clock: Literal["state", "query"] = "state") -> dict[str, SessionState]:
     """What each session looked like when planned: its state and how long it had been in it
     (`clock` state) or in its query (`clock` query). Re-checked before acting."""
-    return {str(s["pid"]): {"state": s["state"], "seconds": s["seconds"], "clock": clock} for s in items}
+    return {str(s["pid"]): SessionState(state=s["state"], seconds=s["seconds"], clock=clock) for s in items}
 
 
 def plan_database_issues(incident_id: int, environment: str, service_name: str, service: ServiceConfig,
@@ -62,7 +63,7 @@ def _restart(db: DatabaseTarget, service: ServiceConfig, reach: Finding | None, 
     ns = service.kubernetes.namespace
     actions.append(PlannedAction("rollout_restart", f"deployment/{db.deployment} (namespace {ns})",
                                  "database not answering", "database pods replaced", "kubectl rollout restart",
-                                 {"namespace": ns, "deployment": db.deployment}))
+                                 RolloutRestart(namespace=ns, deployment=db.deployment)))
 
 
 def _session_remedies(db: DatabaseTarget, data: dict[str, Any], actions: list[PlannedAction],
@@ -78,8 +79,8 @@ def _session_remedies(db: DatabaseTarget, data: dict[str, Any], actions: list[Pl
             f"{root['state']} for {root['seconds']:.0f} s, blocking {len(root['waiters'])} sessions "
             f"(pids {', '.join(map(str, root['waiters']))})",
             "terminated: its locks are released and the waiters proceed", "pg_terminate_backend",
-            {"sessions": _sessions([root]), "allow_superuser": root["superuser"], "waiters": root["waiters"],
-             "expect": _expect([root])}))
+            Sessions(sessions=_sessions([root]), allow_superuser=root["superuser"], waiters=root["waiters"],
+                     expect=_expect([root]))))
     roots = {r["pid"] for r in data.get("root_blockers", [])}
     stale = [s for s in data.get("idle_in_transaction", []) if s["pid"] not in roots
              and s["seconds"] >= db.idle_in_transaction_seconds and (db.terminate_superusers or not s["superuser"])]
@@ -88,14 +89,14 @@ def _session_remedies(db: DatabaseTarget, data: dict[str, Any], actions: list[Pl
             "terminate_sessions", f"{len(stale)} idle-in-transaction sessions",
             "idle in transaction: " + ", ".join(f"pid {s['pid']} ({s['seconds']:.0f} s)" for s in stale),
             "terminated: their snapshots and locks are released", "pg_terminate_backend",
-            {"sessions": _sessions(stale), "allow_superuser": False, "waiters": [], "expect": _expect(stale)}))
+            Sessions(sessions=_sessions(stale), allow_superuser=False, waiters=[], expect=_expect(stale))))
     runaway = [q for q in data.get("long_queries", []) if (db.terminate_superusers or not q["superuser"])]
     if runaway:
         actions.append(PlannedAction(
             "cancel_queries", f"{len(runaway)} long-running queries",
             "running: " + ", ".join(f"pid {q['pid']} ({q['seconds']:.0f} s)" for q in runaway),
             "query cancelled, session kept", "pg_cancel_backend",
-            {"sessions": _sessions(runaway), "allow_superuser": False, "expect": _expect(runaway, "query")}))
+            Sessions(sessions=_sessions(runaway), allow_superuser=False, expect=_expect(runaway, "query"))))
 
 
 def _connection_remedy(connections: Finding | None, actions: list[PlannedAction], notes: list[str]) -> None:
@@ -111,8 +112,8 @@ def _connection_remedy(connections: Finding | None, actions: list[PlannedAction]
         "terminate_sessions", f"{len(idle)} idle sessions ({scope['scope']})",
         f"{scope['scope']}: {scope['used']}/{scope['limit']} connections",
         f"{scope['scope']}: about {scope['used'] - len(idle)}/{scope['limit']} connections",
-        "pg_terminate_backend", {"sessions": _sessions(idle), "allow_superuser": False, "waiters": [],
-                                 "expect": _expect(idle)}))
+        "pg_terminate_backend", Sessions(sessions=_sessions(idle), allow_superuser=False, waiters=[],
+                                         expect=_expect(idle))))
 
 
 def _cache_remedy(service_name: str, service: ServiceConfig, cache: Finding | None,
@@ -124,7 +125,8 @@ def _cache_remedy(service_name: str, service: ServiceConfig, cache: Finding | No
     actions.append(PlannedAction(
         "clear_cache", f"redis cache of {service_name}", cache.summary,
         "flushed" if service.cache.clear == "flushdb" else f"keys {service.cache.prefix}* removed", how,
-        {"mode": service.cache.clear, "prefix": service.cache.prefix, "keys": cache.data.get("keys")}))
+        ClearCache(mode=service.cache.clear, prefix=service.cache.prefix,
+                   planned_keys=cache.data.get("keys"))))
 
 
 def _no_remedy(head: Plan, w: Weighing, notes: list[str], health: Finding | None) -> Plan:

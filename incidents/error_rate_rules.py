@@ -6,6 +6,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from incidents.action_params import CircuitBreaker
 from incidents.config import ServiceConfig
 from incidents.evidence import (
     STRONG,
@@ -136,9 +137,9 @@ def _breaker(service: ServiceConfig, facts: ServiceFacts, dependencies: list[str
         return None
     w.add(True, f"/health names {', '.join(dependencies)} as failing: the breaker sheds its errors to a fallback")
     where = f"configmap/{breaker.configmap}" if breaker.configmap else "redis flag"
-    params = {"namespace": service.kubernetes.namespace, "configmap": breaker.configmap,
-              "redis_url_secret": breaker.redis_url_secret, "key": breaker.key, "value": breaker.on_value,
-              "previous": facts.breaker}
+    params = CircuitBreaker(namespace=service.kubernetes.namespace, configmap=breaker.configmap,
+                            redis_url_secret=breaker.redis_url_secret, key=breaker.key, value=breaker.on_value,
+                            previous=facts.breaker)
     return PlannedAction("circuit_breaker", f"{where} key {breaker.key}", f"{breaker.key}={facts.breaker}",
                          f"{breaker.key}={breaker.on_value}", "flag switch (previous value recorded)", params)
 

@@ -14,13 +14,18 @@ import hmac
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
+from incidents import action_params
+from incidents.action_params import ActionParams
 from incidents.templates import markdown_text
 
 _KEY = (os.environ.get("RUNBOOKS_GRANT_KEY") or secrets.token_hex(32)).encode()
+
+
+P = TypeVar("P", bound=ActionParams)
 
 
 class NotApproved(PermissionError):
@@ -40,11 +45,27 @@ class PlannedAction:
     before: str
     after: str
     via: str  # how it is done, in the operator's words
-    params: dict[str, Any] = field(default_factory=dict)
+    # the kind's model (incidents/action_params.py); a dict (a stored plan) is validated into it
+    params: ActionParams | dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", action_params.parse(self.kind, self.params))
+
+    def params_as(self, model: type[P]) -> P:
+        """The parameters as the model a remedy expects; a TypeError when the action is of another kind."""
+        if not isinstance(self.params, model):
+            raise TypeError(f"a {self.kind} action has {type(self.params).__name__} parameters, not {model.__name__}")
+        return self.params
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        params = self.params
+        data["params"] = params.as_dict() if isinstance(params, ActionParams) else dict(params)
+        return data
 
     @property
     def digest(self) -> str:
-        return _digest(asdict(self))
+        return _digest(self.as_dict())
 
     def describe(self) -> str:
         return f"{self.kind} {self.target}: {self.before} -> {self.after} (via {self.via})"
@@ -87,7 +108,9 @@ class Plan:
                         "actions": [a.digest for a in self.actions]})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["actions"] = [a.as_dict() for a in self.actions]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from incidents.action_params import EnableLogging, IngressDenylistBlock, NetworkPolicyBlock, RotateSecret
 from incidents.config import ServiceConfig
 from incidents.evidence import STRONG, Weighing, abstain, settle
 from incidents.findings import Finding
@@ -86,8 +87,8 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
             f"new random values; then rollout restart of {', '.join(sec.consumers) or 'no consumer'} "
             f"(the old values stay valid at their issuer until revoked there)",
             "Kubernetes Secret patch + kubectl rollout restart",
-            {"namespace": ns, "secret": target.name, "keys": list(target.data_keys), "consumers": list(sec.consumers),
-             "resource_version": version}))
+            RotateSecret(namespace=ns, secret=target.name, data_keys=list(target.data_keys),
+                         consumers=list(sec.consumers), resource_version=version)))
     if cidrs:
         block = block_action(service, cidrs, (snapshot.data.get("containment") if snapshot else None) or {}, w)
         if block is not None:
@@ -97,8 +98,8 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
         actions.append(PlannedAction(
             "enable_logging", f"configmap/{sec.logging.configmap} key {sec.logging.key} (namespace {ns})",
             f"{sec.logging.key}={current}", f"{sec.logging.key}={sec.logging.level}", "ConfigMap patch",
-            {"namespace": ns, "configmap": sec.logging.configmap, "key": sec.logging.key,
-             "level": sec.logging.level, "previous": current}))
+            EnableLogging(namespace=ns, configmap=sec.logging.configmap, key=sec.logging.key,
+                          level=sec.logging.level, previous=current)))
     head = Plan(incident_id, service_name, environment, (), evidence)
     if not actions:
         return abstain(head, w, "no containment is configured for this service.")
@@ -117,8 +118,8 @@ def block_action(service: ServiceConfig, cidrs: list[str], state: dict[str, Any]
             "block_ips", f"ingress/{sec.ingress} (namespace {k.namespace})",
             f"deny list: {', '.join(now) or 'empty'}", f"deny list: {', '.join(sorted(set(now) | set(cidrs)))}",
             f"ingress-nginx annotation {DENYLIST_ANNOTATION} (the controller sees the real client address)",
-            {"strategy": "ingress_denylist", "namespace": k.namespace, "ingress": sec.ingress, "cidrs": cidrs,
-             "existing": now})
+            IngressDenylistBlock(strategy="ingress_denylist", namespace=k.namespace, ingress=sec.ingress, cidrs=cidrs,
+                                 existing=now))
     others = state.get("policies") or []
     if others:
         alternative = (f"set block_strategy: ingress_denylist (Ingress {sec.ingress})" if sec.ingress
@@ -133,8 +134,9 @@ def block_action(service: ServiceConfig, cidrs: list[str], state: dict[str, Any]
         f"no other policy selects the pods; blocked: {', '.join(now) or 'nothing'}",
         f"ingress to {k.deployment} from anywhere but {', '.join(sorted(set(now) | set(cidrs)))}, and from every "
         f"pod and namespace of the cluster", "NetworkPolicy ipBlock except (sole policy on the pods)",
-        {"strategy": "network_policy", "namespace": k.namespace, "policy": sec.block_policy,
-         "app": k.deployment, "cidrs": cidrs, "labels": state.get("labels") or {"app": k.deployment}, "existing": now})
+        NetworkPolicyBlock(strategy="network_policy", namespace=k.namespace, policy=sec.block_policy,
+                           app=k.deployment, cidrs=cidrs, labels=state.get("labels") or {"app": k.deployment},
+                           existing=now))
 
 
 def public_statement_draft(service: str, opened_at: str, cidrs: list[str]) -> str:

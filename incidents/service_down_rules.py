@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from incidents.action_params import Rollback, RollbackByUndo, RollbackByWorkflow, RolloutRestart, Scale
 from incidents.config import ServiceConfig
 from incidents.evidence import (
     STRONG,
@@ -31,16 +32,17 @@ def rollback_action(
     """Roll the deployment back from `recent` to `previous` (revision dicts with revision and
     image), through the service's rollback strategy."""
     k = service.kubernetes
-    base = {"namespace": k.namespace, "deployment": k.deployment}
+    base = {"namespace": k.namespace, "deployment": k.deployment, "from_revision": recent["revision"],
+            "to_revision": previous["revision"], "to_image": previous["image"]}
+    params: Rollback
     if service.rollback_strategy == "github_workflow":
         gh = service.github
         via = f"GitHub workflow {gh.rollback_workflow} in {gh.repo} (environment={environment})"
-        params = {**base, "strategy": "github_workflow", "repo": gh.repo, "workflow": gh.rollback_workflow,
-                  "ref": gh.ref, "environment": environment}
+        params = RollbackByWorkflow(**base, strategy="github_workflow", repo=gh.repo, workflow=gh.rollback_workflow,
+                                    ref=gh.ref, environment=environment)
     else:
         via = "kubectl rollout undo"
-        params = {**base, "strategy": "kubernetes_undo"}
-    params.update(from_revision=recent["revision"], to_revision=previous["revision"], to_image=previous["image"])
+        params = RollbackByUndo(**base, strategy="kubernetes_undo")
     return PlannedAction("rollback", f"deployment/{k.deployment} (namespace {k.namespace})",
                          f"revision {recent['revision']} ({recent['image']})",
                          f"revision {previous['revision']} ({previous['image']})", via, params)
@@ -58,11 +60,11 @@ def scale_action(
                              f"minReplicas {autoscaler['min']}, maxReplicas {autoscaler['max']} ({current} running)",
                              f"minReplicas {target}, maxReplicas {top}",
                              "HPA bounds patch (the HPA owns deployment/" + k.deployment + "'s replicas)",
-                             {"namespace": k.namespace, "deployment": k.deployment, "hpa": autoscaler["name"],
-                              "from": autoscaler["min"], "to": target, "max": top})
+                             Scale(namespace=k.namespace, deployment=k.deployment, hpa=autoscaler["name"],
+                                   from_=autoscaler["min"], to=target, max=top))
     return PlannedAction("scale", f"deployment/{k.deployment} (namespace {k.namespace})", f"replicas {current}",
                          f"replicas {target}", "kubectl scale",
-                         {"namespace": k.namespace, "deployment": k.deployment, "from": current, "to": target})
+                         Scale(namespace=k.namespace, deployment=k.deployment, from_=current, to=target))
 
 
 def live_release(facts: ServiceFacts) -> Release | None:
@@ -123,8 +125,9 @@ def _restart_plan(head: Plan, service: ServiceConfig, facts: ServiceFacts, faili
     k = service.kubernetes
     action = PlannedAction("rollout_restart", f"deployment/{k.deployment} (namespace {k.namespace})",
                            f"{len(facts.pods)} pods ({restarts} restarts)", "every pod replaced",
-                           "kubectl rollout restart", {"namespace": k.namespace, "deployment": k.deployment,
-                                                       "revision": facts.current.revision if facts.current else None})
+                           "kubectl rollout restart",
+                           RolloutRestart(namespace=k.namespace, deployment=k.deployment,
+                                          revision=facts.current.revision if facts.current else None))
     why = "No deployment in the recent window lines up with the failure" if not facts.recent else \
         "The recent deployment is not the one running"
     return settle(head, [action], WEAK, w, f"{why}: restart the pods (a restart changes no version or config).")

@@ -8,6 +8,7 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from incidents.action_params import ClearCache, Sessions
 from incidents.database_rules import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS
 from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
@@ -147,8 +148,8 @@ def check_cache(ctx: RunContext) -> Finding:
 
 def _signal(ctx: RunContext, action: PlannedAction, grant: Grant, how: str) -> ActionResult:
     require_grant(grant, action)
-    sessions = [(int(pid), str(start)) for pid, start in action.params["sessions"]]
-    outcomes = postgres(ctx).signal(sessions, how, allow_superuser=bool(action.params.get("allow_superuser")))
+    p = action.params_as(Sessions)
+    outcomes = postgres(ctx).signal(p.sessions, how, allow_superuser=p.allow_superuser)
     get_run_logger().info("%s: %s", how, outcomes)
     done = [pid for pid, outcome in outcomes.items() if outcome == f"{how}d"]
     detail = ", ".join(f"pid {pid} {outcome}" for pid, outcome in outcomes.items())
@@ -171,13 +172,13 @@ def cancel_queries(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
 def clear_cache(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """Delete the planned key prefix (SCAN + UNLINK), or FLUSHDB when the plan says so."""
     require_grant(grant, action)
-    cache = ctx.service.cache
+    cache, p = ctx.service.cache, action.params_as(ClearCache)
     with CacheClient(resolve_secret(cache.url_secret)) as client:
-        if action.params["mode"] == "flushdb":
+        if p.mode == "flushdb":
             client.flushdb()
             return ActionResult(action.describe(), True, f"FLUSHDB on {client.where}")
-        removed = client.delete_prefix(action.params["prefix"])
-    return ActionResult(action.describe(), removed > 0, f"{removed} keys {action.params['prefix']}* removed")
+        removed = client.delete_prefix(p.prefix)
+    return ActionResult(action.describe(), removed > 0, f"{removed} keys {p.prefix}* removed")
 
 
 @task(name="verify-database", cache_policy=NO_CACHE)
@@ -185,7 +186,7 @@ def verify_database(ctx: RunContext, findings: dict[str, Finding], plan: Plan) -
     """Poll until the planned waiters are no longer blocked, no root blocker is left,
     connections are under the threshold and the service's health check passes."""
     timeouts, db = ctx.config.timeouts, ctx.service.database
-    waiters = {pid for a in plan.actions for pid in a.params.get("waiters", [])}
+    waiters = {pid for a in plan.actions if isinstance(a.params, Sessions) for pid in a.params.waiters}
     start, last = time.monotonic(), "not checked"
     while True:
         problems = []

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from incidents.action_params import Rollback, RollbackByUndo, RollbackByWorkflow, RolloutRestart
 from incidents.plans import Grant, PlannedAction, require_grant
 from integrations.kubernetes import revision_of
 from integrations.probes import probe_all
@@ -44,41 +45,45 @@ def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
     a workflow it dispatched is followed instead of dispatching a second one."""
     require_grant(grant, action)
     _check_kind(action, "rollback")
-    logger = get_run_logger()
-    p = action.params
+    p = action.params_as(Rollback)
     with ctx.kubernetes() as kube:
-        current = kube.get_deployment(p["namespace"], p["deployment"])
+        current = kube.get_deployment(p.namespace, p.deployment)
         revision = revision_of(current)
-        if revision != p["from_revision"]:
+        if revision != p.from_revision:
             image = current["spec"]["template"]["spec"]["containers"][0].get("image")
-            if image == p["to_image"]:
+            if image == p.to_image:
                 return ActionResult(
                     action.describe(), False, f"already at {image} (revision {revision}): nothing to do"
                 )
-            raise RemediationFailed(f"deployment is at revision {revision}, not {p['from_revision']} as planned: "
+            raise RemediationFailed(f"deployment is at revision {revision}, not {p.from_revision} as planned: "
                                     "it changed since the plan was approved, so the rollback was not run")
-        if p["strategy"] == "kubernetes_undo":
-            result = kube.rollout_undo(p["namespace"], p["deployment"], to_revision=p["to_revision"])
+        if isinstance(p, RollbackByUndo):
+            result = kube.rollout_undo(p.namespace, p.deployment, to_revision=p.to_revision)
             detail = (f"kubectl rollout undo: revision {result.from_revision} -> {result.to_revision} ({result.image})"
                       if not result.skipped else f"skipped: already at revision {result.to_revision}")
             return ActionResult(action.describe(), not result.skipped, detail)
+    return _rollback_by_workflow(ctx, action, action.params_as(RollbackByWorkflow), interrupted_at)
+
+
+def _rollback_by_workflow(ctx: RunContext, action: PlannedAction, p: RollbackByWorkflow,
+                          interrupted_at: datetime | None) -> ActionResult:
+    logger = get_run_logger()
     with ctx.github() as github:
-        earlier = github.workflow_runs(p["repo"], since=interrupted_at - timedelta(seconds=5), workflow=p["workflow"],
+        earlier = github.workflow_runs(p.repo, since=interrupted_at - timedelta(seconds=5), workflow=p.workflow,
                                        event="workflow_dispatch") if interrupted_at else []
         if earlier:
             since = interrupted_at - timedelta(seconds=5)
             logger.warning("An interrupted attempt already dispatched %s (run %s); following it instead of "
-                           "dispatching again", p["workflow"], earlier[0]["id"])
+                           "dispatching again", p.workflow, earlier[0]["id"])
         else:
-            logger.info("Dispatching %s in %s (environment=%s, to %s)", p["workflow"], p["repo"], p["environment"],
-                        p["to_image"])
+            logger.info("Dispatching %s in %s (environment=%s, to %s)", p.workflow, p.repo, p.environment, p.to_image)
             # the target is named: a second dispatch (an answer lost in transit) rolls to it again, harmlessly
-            since = github.dispatch_workflow(p["repo"], p["workflow"], p["ref"], {
-                "environment": p["environment"], "to_revision": str(p["to_revision"]), "to_image": p["to_image"]})
-        run = github.wait_for_dispatched_run(p["repo"], p["workflow"], since,
+            since = github.dispatch_workflow(p.repo, p.workflow, p.ref, {
+                "environment": p.environment, "to_revision": str(p.to_revision), "to_image": p.to_image})
+        run = github.wait_for_dispatched_run(p.repo, p.workflow, since,
                                              timeout=ctx.config.timeouts.workflow_seconds, poll=1.0)
         if run.get("conclusion") != "success":
-            logs = github.failed_job_logs(p["repo"], run["id"], tail_lines=15)
+            logs = github.failed_job_logs(p.repo, run["id"], tail_lines=15)
             excerpt = " | ".join(line for text in logs.values() for line in text.splitlines()[-3:])
             raise RemediationFailed(f"rollback workflow run {run['id']} ended {run.get('conclusion')}: {excerpt}")
     return ActionResult(action.describe(), True, f"workflow run {run['id']} ({run.get('html_url')}) succeeded")
@@ -91,14 +96,15 @@ def restart_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
     already restarted it is recognised by the restartedAt annotation)."""
     require_grant(grant, action)
     _check_kind(action, "rollout_restart")
+    p = action.params_as(RolloutRestart)
     with ctx.kubernetes() as kube:
         if interrupted_at:
-            current = kube.get_deployment(action.params["namespace"], action.params["deployment"])
+            current = kube.get_deployment(p.namespace, p.deployment)
             annotations = current["spec"]["template"].get("metadata", {}).get("annotations") or {}
             done = annotations.get("kubectl.kubernetes.io/restartedAt")
             if done and datetime.fromisoformat(done.replace("Z", "+00:00")) >= interrupted_at - timedelta(seconds=5):
                 return ActionResult(action.describe(), False, f"already restarted at {done} by the interrupted attempt")
-        stamp = kube.rollout_restart(action.params["namespace"], action.params["deployment"])
+        stamp = kube.rollout_restart(p.namespace, p.deployment)
     return ActionResult(action.describe(), True, f"restartedAt={stamp}")
 
 

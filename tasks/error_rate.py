@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from incidents.action_params import CircuitBreaker, Scale
 from incidents.error_rate_rules import BREAKER, COMMITS, PROMETHEUS, RATE
 from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
@@ -114,19 +115,19 @@ def check_circuit_breaker(ctx: RunContext) -> Finding:
 def scale_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """kubectl scale to the planned replica count, if the deployment is still where the plan found it."""
     require_grant(grant, action)
-    p = action.params
-    if p.get("hpa"):  # the HPA owns the replica count: move its bounds, not the deployment
+    p = action.params_as(Scale)
+    if p.hpa and p.max is not None:  # the HPA owns the replica count: move its bounds, not the deployment
         with ctx.kubernetes() as kube:
-            kube.set_autoscaler_bounds(p["namespace"], p["hpa"], p["to"], p["max"])
-        return ActionResult(action.describe(), True, f"HPA {p['hpa']}: minReplicas {p['from']} -> {p['to']}, "
-                                                     f"maxReplicas {p['max']}")
+            kube.set_autoscaler_bounds(p.namespace, p.hpa, p.to, p.max)
+        return ActionResult(action.describe(), True, f"HPA {p.hpa}: minReplicas {p.from_} -> {p.to}, "
+                                                     f"maxReplicas {p.max}")
     with ctx.kubernetes() as kube:
-        current = kube.get_deployment(p["namespace"], p["deployment"])["spec"].get("replicas", 1)
-        if current != p["from"]:
-            if current >= p["to"]:
+        current = kube.get_deployment(p.namespace, p.deployment)["spec"].get("replicas", 1)
+        if current != p.from_:
+            if current >= p.to:
                 return ActionResult(action.describe(), False, f"already at {current} replicas: nothing to do")
-            raise RemediationFailed(f"deployment has {current} replicas, not {p['from']} as planned: not scaled")
-        before, after = kube.scale(p["namespace"], p["deployment"], p["to"])
+            raise RemediationFailed(f"deployment has {current} replicas, not {p.from_} as planned: not scaled")
+        before, after = kube.scale(p.namespace, p.deployment, p.to)
     return ActionResult(action.describe(), True, f"replicas {before} -> {after}")
 
 
@@ -134,16 +135,16 @@ def scale_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> Ac
 def set_circuit_breaker(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """Turn the breaker switch on; the previous value goes into the result to turn it back."""
     require_grant(grant, action)
-    p = action.params
-    if p.get("configmap"):
+    p = action.params_as(CircuitBreaker)
+    if p.configmap:
         with ctx.kubernetes() as kube:
-            previous = set_config_value(kube, p["namespace"], p["configmap"], p["key"], p["value"])
+            previous = set_config_value(kube, p.namespace, p.configmap, p.key, p.value)
     else:
-        with CacheClient(resolve_secret(p["redis_url_secret"])) as cache:
-            previous = cache.set(p["key"], p["value"])
-    get_run_logger().info("circuit breaker %s: %s -> %s", p["key"], previous, p["value"])
-    return ActionResult(action.describe(), previous != p["value"],
-                        f"{p['key']}: {previous} -> {p['value']} (turn back with {p['key']}={previous})")
+        with CacheClient(resolve_secret(p.redis_url_secret or "")) as cache:
+            previous = cache.set(p.key, p.value)
+    get_run_logger().info("circuit breaker %s: %s -> %s", p.key, previous, p.value)
+    return ActionResult(action.describe(), previous != p.value,
+                        f"{p.key}: {previous} -> {p.value} (turn back with {p.key}={previous})")
 
 
 @task(name="verify-error-rate", cache_policy=NO_CACHE)

@@ -4,8 +4,21 @@ the executor calls `recheck` before the first attempt of each action."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
+from incidents.action_params import (
+    Block,
+    CircuitBreaker,
+    ClearCache,
+    EnableLogging,
+    IngressDenylistBlock,
+    NetworkPolicyBlock,
+    Rollback,
+    RolloutRestart,
+    RotateSecret,
+    Scale,
+    Sessions,
+)
 from incidents.plans import PlannedAction
 from integrations.cache import CacheClient
 from integrations.kubernetes import revision_of
@@ -23,124 +36,136 @@ class TargetChanged(RemediationFailed):
     """The target is no longer as the approved plan found it: nothing was done."""
 
 
-def _deployment(ctx: RunContext, p: dict) -> dict:
+def _deployment(ctx: RunContext, namespace: str, name: str) -> dict[str, Any]:
     with ctx.kubernetes() as kube:
-        return kube.get_deployment(p["namespace"], p["deployment"])
+        return kube.get_deployment(namespace, name)
 
 
 def _rollback(ctx: RunContext, action: PlannedAction) -> str | None:
-    p = action.params
-    dep = _deployment(ctx, p)
+    p = action.params_as(Rollback)
+    dep = _deployment(ctx, p.namespace, p.deployment)
     revision, image = revision_of(dep), dep["spec"]["template"]["spec"]["containers"][0].get("image")
-    if revision != p["from_revision"] and image != p["to_image"]:
-        return f"deployment/{p['deployment']} is at revision {revision} ({image}), not {p['from_revision']} as planned"
+    if revision != p.from_revision and image != p.to_image:
+        return f"deployment/{p.deployment} is at revision {revision} ({image}), not {p.from_revision} as planned"
     return None
 
 
 def _restart(ctx: RunContext, action: PlannedAction) -> str | None:
-    p = action.params
-    dep = _deployment(ctx, p)
+    p = action.params_as(RolloutRestart)
+    dep = _deployment(ctx, p.namespace, p.deployment)
     if dep["spec"].get("paused"):
-        return (f"deployment/{p['deployment']} is paused (kubectl rollout restart refuses a paused deployment; "
+        return (f"deployment/{p.deployment} is paused (kubectl rollout restart refuses a paused deployment; "
                 f"`kubectl rollout resume` it first, if that is intended)")
-    if p.get("revision") is not None and revision_of(dep) != p["revision"]:
-        return f"deployment/{p['deployment']} is at revision {revision_of(dep)}, not {p['revision']} as planned"
+    if p.revision is not None and revision_of(dep) != p.revision:
+        return f"deployment/{p.deployment} is at revision {revision_of(dep)}, not {p.revision} as planned"
     return None
 
 
 def _scale(ctx: RunContext, action: PlannedAction) -> str | None:
     """The replica count (or, for an HPA, its minReplicas) is as planned, and who owns the
     count has not changed: an HPA that appeared would revert a manual scale."""
-    p = action.params
+    p = action.params_as(Scale)
     with ctx.kubernetes() as kube:
-        autoscaler = kube.autoscaler_of(p["namespace"], p["deployment"])
-        replicas = kube.get_deployment(p["namespace"], p["deployment"])["spec"].get("replicas", 1)
-    if p.get("hpa"):
-        if autoscaler is None or autoscaler["name"] != p["hpa"]:
-            return f"HPA {p['hpa']} no longer scales deployment/{p['deployment']}"
-        if autoscaler["min"] != p["from"] and autoscaler["min"] < p["to"]:
-            return f"HPA {p['hpa']} has minReplicas {autoscaler['min']}, not {p['from']} as planned"
+        autoscaler = kube.autoscaler_of(p.namespace, p.deployment)
+        replicas = kube.get_deployment(p.namespace, p.deployment)["spec"].get("replicas", 1)
+    if p.hpa:
+        if autoscaler is None or autoscaler["name"] != p.hpa:
+            return f"HPA {p.hpa} no longer scales deployment/{p.deployment}"
+        if autoscaler["min"] != p.from_ and autoscaler["min"] < p.to:
+            return f"HPA {p.hpa} has minReplicas {autoscaler['min']}, not {p.from_} as planned"
         return None
     if autoscaler is not None:
-        return (f"HPA {autoscaler['name']} now scales deployment/{p['deployment']} ({autoscaler['min']}-"
+        return (f"HPA {autoscaler['name']} now scales deployment/{p.deployment} ({autoscaler['min']}-"
                 f"{autoscaler['max']}): a manual scale would be reverted")
-    if replicas != p["from"] and replicas < p["to"]:
-        return f"deployment/{p['deployment']} has {replicas} replicas, not {p['from']} as planned"
+    if replicas != p.from_ and replicas < p.to:
+        return f"deployment/{p.deployment} has {replicas} replicas, not {p.from_} as planned"
     return None
 
 
-def _config_value(ctx: RunContext, action: PlannedAction) -> str | None:
-    """The circuit breaker and the log level: the switch still holds the value the plan saw
-    (or already the one it sets)."""
-    p = action.params
-    target = p.get("value", p.get("level"))
-    if p.get("configmap"):
+def _switch_value(ctx: RunContext, namespace: str, configmap: str | None, redis_url_secret: str | None,
+                  key: str) -> str | None:
+    if configmap:
         with ctx.kubernetes() as kube:
-            now = get_config_value(kube, p["namespace"], p["configmap"], p["key"])
-    else:
-        with CacheClient(resolve_secret(p["redis_url_secret"])) as cache:
-            now = cache.get(p["key"])
-    if now not in (p.get("previous"), target) and not (p.get("previous") in (None, "unknown") and now is None):
-        return f"{p['key']} is {now!r}, not {p.get('previous')!r} as planned"
+            return get_config_value(kube, namespace, configmap, key)
+    with CacheClient(resolve_secret(redis_url_secret or "")) as cache:
+        return cache.get(key)
+
+
+def _switch_moved(key: str, now: str | None, previous: str | None, target: str) -> str | None:
+    """The switch still holds the value the plan saw (or already the one it sets)."""
+    if now not in (previous, target) and not (previous in (None, "unknown") and now is None):
+        return f"{key} is {now!r}, not {previous!r} as planned"
     return None
+
+
+def _breaker(ctx: RunContext, action: PlannedAction) -> str | None:
+    p = action.params_as(CircuitBreaker)
+    return _switch_moved(p.key, _switch_value(ctx, p.namespace, p.configmap, p.redis_url_secret, p.key), p.previous,
+                         p.value)
+
+
+def _log_level(ctx: RunContext, action: PlannedAction) -> str | None:
+    p = action.params_as(EnableLogging)
+    return _switch_moved(p.key, _switch_value(ctx, p.namespace, p.configmap, None, p.key), p.previous, p.level)
 
 
 def _sessions(ctx: RunContext, action: PlannedAction) -> str | None:
     """Each backend is the same one (pid and start), in the same state, and has been in that
     state (or that query) at least as long as when planned: it has not moved on and come back."""
-    expected = action.params.get("expect") or {}
+    p = action.params_as(Sessions)
     current = {s.pid: s for s in postgres(ctx).sessions()}
     changed = []
-    for pid, started in action.params["sessions"]:
-        now, want = current.get(int(pid)), expected.get(str(pid))
-        if now is None or now.backend_start.isoformat() != str(started):
+    for pid, started in p.sessions:
+        now, want = current.get(pid), p.expect.get(str(pid))
+        if now is None or now.backend_start.isoformat() != started:
             changed.append(f"pid {pid} has ended")
             continue
         if want is None:
             continue
-        clock = now.seconds_in_query if want["clock"] == "query" else now.seconds_in_state
-        if now.state != want["state"]:
-            changed.append(f"pid {pid} is {now.state}, not {want['state']}")
-        elif clock is None or clock + _CLOCK_SLACK_SECONDS < want["seconds"]:
-            changed.append(f"pid {pid} left {want['state']} and came back")
+        clock = now.seconds_in_query if want.clock == "query" else now.seconds_in_state
+        if now.state != want.state:
+            changed.append(f"pid {pid} is {now.state}, not {want.state}")
+        elif clock is None or clock + _CLOCK_SLACK_SECONDS < want.seconds:
+            changed.append(f"pid {pid} left {want.state} and came back")
     return "; ".join(changed) or None
 
 
 def _cache(ctx: RunContext, action: PlannedAction) -> str | None:
-    p, planned = action.params, action.params.get("keys")
-    if p["mode"] == "flushdb" or planned is None:
+    p = action.params_as(ClearCache)
+    if p.mode == "flushdb" or p.planned_keys is None:
         return None
     with CacheClient(resolve_secret(ctx.service.cache.url_secret)) as cache:
-        now = cache.count_prefix(p["prefix"])
+        now = cache.count_prefix(p.prefix)
     if now == 0:
-        return f"no key under {p['prefix']} is left"
-    if now > 2 * planned + 10:
-        return f"{now} keys under {p['prefix']}, not about {planned} as planned"
+        return f"no key under {p.prefix} is left"
+    if now > 2 * p.planned_keys + 10:
+        return f"{now} keys under {p.prefix}, not about {p.planned_keys} as planned"
     return None
 
 
 def _secret(ctx: RunContext, action: PlannedAction) -> str | None:
-    p = action.params
-    if p.get("resource_version") in (None, "?"):
+    p = action.params_as(RotateSecret)
+    if p.resource_version in (None, "?"):
         return None
     with ctx.kubernetes() as kube:
-        [meta] = secret_metadata(kube, p["namespace"], [p["secret"]])
-    if meta.resource_version != p["resource_version"]:
-        return (f"secret/{p['secret']} is at resourceVersion {meta.resource_version}, not {p['resource_version']}: "
+        [meta] = secret_metadata(kube, p.namespace, [p.secret])
+    if meta.resource_version != p.resource_version:
+        return (f"secret/{p.secret} is at resourceVersion {meta.resource_version}, not {p.resource_version}: "
                 f"someone changed it since the plan")
     return None
 
 
 def _block(ctx: RunContext, action: PlannedAction) -> str | None:
     """A NetworkPolicy block still has the pods to itself; a deny list still reads as planned."""
-    p = action.params
+    p = action.params_as(Block)
     with ctx.kubernetes() as kube:
-        if p["strategy"] == "ingress_denylist":
-            now = ingress_denylist(kube, p["namespace"], p["ingress"])
-            if sorted(now) != sorted(p.get("existing") or []) and not set(p["cidrs"]) <= set(now):
-                return f"ingress/{p['ingress']} denies {', '.join(now) or 'nothing'} now, not as planned"
+        if isinstance(p, IngressDenylistBlock):
+            now = ingress_denylist(kube, p.namespace, p.ingress)
+            if sorted(now) != sorted(p.existing) and not set(p.cidrs) <= set(now):
+                return f"ingress/{p.ingress} denies {', '.join(now) or 'nothing'} now, not as planned"
             return None
-        others = policies_selecting(kube, p["namespace"], p.get("labels") or {"app": p["app"]}, p["policy"])
+        policy = action.params_as(NetworkPolicyBlock)
+        others = policies_selecting(kube, policy.namespace, policy.labels or {"app": policy.app}, policy.policy)
     if others:
         return (f"{', '.join(others)} now select the pods: a block policy would widen their access "
                 f"(policies add up)")
@@ -150,7 +175,7 @@ def _block(ctx: RunContext, action: PlannedAction) -> str | None:
 CHECKS: dict[str, Callable[[RunContext, PlannedAction], str | None]] = {
     "block_ips": _block,
     "rollback": _rollback, "rollout_restart": _restart, "scale": _scale,
-    "circuit_breaker": _config_value, "enable_logging": _config_value,
+    "circuit_breaker": _breaker, "enable_logging": _log_level,
     "terminate_sessions": _sessions, "cancel_queries": _sessions, "clear_cache": _cache,
     "rotate_secrets": _secret,
 }

@@ -9,11 +9,20 @@ from datetime import datetime, timezone
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from incidents.action_params import (
+    ActionParams,
+    Block,
+    EnableLogging,
+    IngressDenylistBlock,
+    NetworkPolicyBlock,
+    RotateSecret,
+)
 from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.redaction import redact
 from incidents.security_rules import EVIDENCE
 from integrations.errors import IntegrationError
+from integrations.kubernetes import KubernetesClient
 from integrations.kubernetes_security import (
     block_cidrs,
     blocked_by_policy,
@@ -90,15 +99,15 @@ def containment_state(ctx: RunContext, kube) -> dict:
 def rotate_secrets(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """New random values for the planned keys, then a rollout restart of the consumers."""
     require_grant(grant, action)
-    p = action.params
+    p = action.params_as(RotateSecret)
     with ctx.kubernetes() as kube:
-        version = rotate_secret(kube, p["namespace"], p["secret"], p["keys"])
-        restarted = [kube.rollout_restart(p["namespace"], consumer) and consumer for consumer in p["consumers"]]
-    get_run_logger().info("Rotated %d keys of secret %s; restarted %s", len(p["keys"]), p["secret"], restarted)
+        version = rotate_secret(kube, p.namespace, p.secret, p.data_keys)
+        restarted = [kube.rollout_restart(p.namespace, consumer) and consumer for consumer in p.consumers]
+    get_run_logger().info("Rotated %d keys of secret %s; restarted %s", len(p.data_keys), p.secret, restarted)
     return ActionResult(
         action.describe(),
         True,
-        f"secret/{p['secret']} keys {', '.join(p['keys'])} rotated "
+        f"secret/{p.secret} keys {', '.join(p.data_keys)} rotated "
         f"(resourceVersion {version}); restarted {', '.join(restarted) or 'none'}",
     )
 
@@ -109,36 +118,58 @@ def block_ips(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionRes
     address), or with the block NetworkPolicy (only where no other policy selects the pods:
     re-checked just before, in tasks.prechecks)."""
     require_grant(grant, action)
-    p = action.params
+    p = action.params_as(Block)
     with ctx.kubernetes() as kube:
-        if p["strategy"] == "ingress_denylist":
+        if isinstance(p, IngressDenylistBlock):
             blocked = set_ingress_denylist(
-                kube,
-                p["namespace"],
-                p["ingress"],
-                sorted(set(ingress_denylist(kube, p["namespace"], p["ingress"])) | set(p["cidrs"])),
+                kube, p.namespace, p.ingress, sorted(set(ingress_denylist(kube, p.namespace, p.ingress)) | set(p.cidrs))
             )
-            return ActionResult(action.describe(), True, f"ingress/{p['ingress']} denies {', '.join(blocked)}")
-        blocked = block_cidrs(kube, p["namespace"], p["policy"], p["app"], p["cidrs"])
-    return ActionResult(action.describe(), True, f"networkpolicy/{p['policy']} blocks {', '.join(blocked)}")
+            return ActionResult(action.describe(), True, f"ingress/{p.ingress} denies {', '.join(blocked)}")
+        policy = action.params_as(NetworkPolicyBlock)
+        blocked = block_cidrs(kube, policy.namespace, policy.policy, policy.app, policy.cidrs)
+    return ActionResult(action.describe(), True, f"networkpolicy/{policy.policy} blocks {', '.join(blocked)}")
 
 
-def blocked_now(kube, p: dict) -> list[str]:
+def blocked_now(kube: KubernetesClient, p: Block) -> list[str]:
     """What the planned block's mechanism blocks at this moment."""
-    if p["strategy"] == "ingress_denylist":
-        return ingress_denylist(kube, p["namespace"], p["ingress"])
-    return blocked_by_policy(kube, p["namespace"], p["policy"])
+    if isinstance(p, IngressDenylistBlock):
+        return ingress_denylist(kube, p.namespace, p.ingress)
+    if isinstance(p, NetworkPolicyBlock):
+        return blocked_by_policy(kube, p.namespace, p.policy)
+    raise TypeError(f"no block strategy in {type(p).__name__}")
 
 
 @task(name="enable-logging", cache_policy=NO_CACHE)
 def enable_logging(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """Raise the service's log level through its ConfigMap; the previous level is kept in the result."""
     require_grant(grant, action)
-    p = action.params
+    p = action.params_as(EnableLogging)
     with ctx.kubernetes() as kube:
-        previous = set_config_value(kube, p["namespace"], p["configmap"], p["key"], p["level"])
-    return ActionResult(action.describe(), previous != p["level"],
-                        f"{p['key']}: {previous} -> {p['level']} (turn back with {p['key']}={previous})")
+        previous = set_config_value(kube, p.namespace, p.configmap, p.key, p.level)
+    return ActionResult(action.describe(), previous != p.level,
+                        f"{p.key}: {previous} -> {p.level} (turn back with {p.key}={previous})")
+
+
+def _not_contained(kube: KubernetesClient, p: ActionParams, secrets_before: dict[str, str]) -> list[str]:
+    """What of one containment action is not in place yet (nothing: it is)."""
+    problems = []
+    if isinstance(p, RotateSecret):
+        now = secret_metadata(kube, p.namespace, [p.secret])[0].resource_version
+        if now == secrets_before.get(p.secret):
+            problems.append(f"secret {p.secret} unchanged")
+        for consumer in p.consumers:
+            status = kube.rollout_status(p.namespace, consumer)
+            if not status.done:
+                problems.append(status.message)
+    elif isinstance(p, Block):
+        missing = sorted(set(p.cidrs) - set(blocked_now(kube, p)))
+        if missing:
+            problems.append(f"not blocked: {', '.join(missing)}")
+    elif isinstance(p, EnableLogging):
+        value = get_config_value(kube, p.namespace, p.configmap, p.key)
+        if value != p.level:
+            problems.append(f"{p.key} is {value}, not {p.level}")
+    return problems
 
 
 @task(name="verify-containment", cache_policy=NO_CACHE)
@@ -153,23 +184,7 @@ def verify_containment(ctx: RunContext, findings: dict[str, Finding], plan: Plan
         try:
             with ctx.kubernetes() as kube:
                 for action in plan.actions:
-                    p = action.params
-                    if action.kind == "rotate_secrets":
-                        now = secret_metadata(kube, p["namespace"], [p["secret"]])[0].resource_version
-                        if now == before.get(p["secret"]):
-                            problems.append(f"secret {p['secret']} unchanged")
-                        for consumer in p["consumers"]:
-                            status = kube.rollout_status(p["namespace"], consumer)
-                            if not status.done:
-                                problems.append(status.message)
-                    elif action.kind == "block_ips":
-                        missing = sorted(set(p["cidrs"]) - set(blocked_now(kube, p)))
-                        if missing:
-                            problems.append(f"not blocked: {', '.join(missing)}")
-                    elif action.kind == "enable_logging":
-                        value = get_config_value(kube, p["namespace"], p["configmap"], p["key"])
-                        if value != p["level"]:
-                            problems.append(f"{p['key']} is {value}, not {p['level']}")
+                    problems += _not_contained(kube, action.params, before)
         except _ERRORS as exc:
             problems.append(str(exc))
         failing = [r for r in probe_all(ctx.service.endpoints, timeouts.probe_seconds) if not r.ok]

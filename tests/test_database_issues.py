@@ -231,4 +231,4 @@ def test_an_unreachable_database_gets_a_restart_of_its_deployment():
     assert [a.describe() for a in plan.actions] == [
         "rollout_restart deployment/database (namespace sandbox): database not answering -> "
         "database pods replaced (via kubectl rollout restart)"]
-    assert plan.actions[0].params == {"namespace": "sandbox", "deployment": "database"}
+    assert plan.actions[0].params.as_dict() == {"namespace": "sandbox", "deployment": "database"}

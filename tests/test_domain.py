@@ -122,7 +122,8 @@ def test_shipped_configs_are_valid():
 
 def _plan(after: str = "revision 2") -> Plan:
     action = PlannedAction("rollback", "deployment/api", "revision 3", after, "kubectl rollout undo",
-                           {"namespace": "sandbox", "deployment": "api"})
+                           {"namespace": "sandbox", "deployment": "api", "strategy": "kubernetes_undo",
+                            "from_revision": 3, "to_revision": 2, "to_image": "acme/api:v1.4.1"})
     return Plan(1, "api", "sandbox", (action,), ("health: down",), "roll back")
 
 

@@ -18,6 +18,7 @@ from incidents.findings import DEPLOYS, HEALTH, ROLLOUT, Finding
 from incidents.plans import Plan, PlannedAction
 from incidents.security_rules import EVIDENCE, plan_security_incident
 from incidents.service_down_rules import plan_service_down
+from tests.action_samples import sample_action
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = load_environment("sandbox", ROOT / "config" / "sandbox.yaml").services["api"]
@@ -301,7 +302,7 @@ def test_capacity_unknown_gives_a_weak_scale_up():
 
 
 def _action(kind: str) -> PlannedAction:
-    return PlannedAction(kind, "target", "before", "after", "via")
+    return sample_action(kind)
 
 
 @pytest.mark.parametrize("kind", ["rollback", "terminate_sessions", "cancel_queries", "clear_cache", "rotate_secrets",

@@ -34,9 +34,9 @@ def _check(ctx, action) -> str | None:
 
 def test_deployment_targets_are_read_again(world, ctx):
     base = {"namespace": "sandbox", "deployment": "api"}
-    good = "registry.sandbox.local/acme/api:v1.4.1"
-    assert _check(ctx, _action("rollback", **base, from_revision=2, to_revision=1, to_image=good)) is None
-    assert "revision 2" in _check(ctx, _action("rollback", **base, from_revision=3, to_revision=2, to_image=good))
+    good, undo = "registry.sandbox.local/acme/api:v1.4.1", {**base, "strategy": "kubernetes_undo"}
+    assert _check(ctx, _action("rollback", **undo, from_revision=2, to_revision=1, to_image=good)) is None
+    assert "revision 2" in _check(ctx, _action("rollback", **undo, from_revision=3, to_revision=2, to_image=good))
     assert _check(ctx, _action("scale", **base, **{"from": 3, "to": 6})) is None
     kubectl(world, "scale", "deployment/api", "--replicas=4")
     assert "4 replicas" in _check(ctx, _action("scale", **base, **{"from": 3, "to": 6}))
@@ -56,7 +56,8 @@ def test_switches_and_secrets_are_read_again(world, ctx):
     kubectl(world, "patch", "configmap", "api-config", "-p", '{"data": {"log_level": "warn"}}')
     assert "'warn'" in _check(ctx, _action("enable_logging", **logging, previous="info"))
     version = world.cluster.get("secrets", "sandbox", "api-credentials")["metadata"]["resourceVersion"]
-    secret = {"namespace": "sandbox", "secret": "api-credentials", "resource_version": version}
+    secret = {"namespace": "sandbox", "secret": "api-credentials", "keys": ["token"], "consumers": ["api"],
+              "resource_version": version}
     assert _check(ctx, _action("rotate_secrets", **secret)) is None
     kubectl(world, "patch", "secret", "api-credentials", "-p", '{"data": {"token": "b3RoZXI="}}')
     assert "resourceVersion" in _check(ctx, _action("rotate_secrets", **secret))
