@@ -58,13 +58,14 @@ def project(urls: list[str]) -> tuple[float, int]:
     from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
+    from incidents.check_facts import HealthFacts
     from tasks.diagnosis import probe_endpoints
 
     @flow(name="bench-diagnosis-fanout")
     def fanout() -> tuple[float, int]:
         start = time.monotonic()
         finding = probe_endpoints(urls, PROBE_TIMEOUT)
-        failing = sum(1 for r in finding.data["results"] if not r["ok"])
+        failing = sum(1 for r in finding.facts(HealthFacts).results if not r.ok)
         return time.monotonic() - start, failing
 
     with prefect_test_harness(server_startup_timeout=60):

@@ -14,8 +14,9 @@ from typing import Any
 from prefect import flow
 
 from incidents.alerts import DEFAULT_SEVERITY
-from incidents.database_rules import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS, plan_database_issues
-from incidents.findings import HEALTH, Finding
+from incidents.check_facts import CACHE, CONNECTIONS, HEALTH, REACH, REPLICATION, SESSIONS
+from incidents.database_rules import plan_database_issues
+from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from tasks.cancellation import record_cancellation

@@ -16,8 +16,9 @@ from prefect import flow
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY
-from incidents.error_rate_rules import BREAKER, COMMITS, PROMETHEUS, RATE, plan_high_error_rate
-from incidents.findings import DEPLOYS, HEALTH, ROLLOUT, Finding
+from incidents.check_facts import BREAKER, COMMITS, DEPLOYS, HEALTH, PROMETHEUS, RATE, ROLLOUT
+from incidents.error_rate_rules import plan_high_error_rate
+from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from tasks.cancellation import record_cancellation

@@ -16,7 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from incidents.alerts import DEFAULT_SEVERITY
-from incidents.findings import HEALTH, Finding, report_markdown
+from incidents.check_facts import HEALTH, EvidenceFacts
+from incidents.findings import Finding, report_markdown
 from incidents.models import EventKind, Incident, Outcome, Severity
 from incidents.plans import Plan
 from incidents.security_rules import (
@@ -56,7 +57,7 @@ def keep_evidence(ctx: RunContext, incident: Incident, findings: dict[str, Findi
     publish_report(ctx, incident, "evidence", report_markdown(
         f"Evidence snapshot for incident {incident.id} (before any change)", [evidence], None, with_plan=False))
     record(ctx, incident.id, "runbook", EventKind.EVIDENCE_CAPTURED, evidence.summary,
-           {"secrets": evidence.data.get("secrets", [])})
+           {"secrets": [s.as_dict() for s in evidence.facts(EvidenceFacts).secrets]})
     if incident.detected_by != "dry run":  # a dry run tells nobody
         notify_security_team(ctx, incident.id, f"🔐 SECURITY INCIDENT\nIssue: {incident.issue_ref}\n"
                                                f"Service: {ctx.service_name} ({ctx.environment})\n"

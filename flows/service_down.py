@@ -15,7 +15,8 @@ from prefect import flow
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY
-from incidents.findings import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding
+from incidents.check_facts import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS
+from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from incidents.service_down_rules import plan_service_down

@@ -1,30 +1,36 @@
-"""Playbook Scenario 3 (database issues): the names of its checks and its planning rule."""
+"""Playbook Scenario 3 (database issues): its planning rule, over the facts of its checks."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from incidents.action_params import ClearCache, RolloutRestart, Sessions, SessionState
+from incidents.check_facts import (
+    CACHE,
+    CONNECTIONS,
+    HEALTH,
+    REACH,
+    REPLICATION,
+    SESSIONS,
+    CacheFacts,
+    ConnectionsFacts,
+    SessionBrief,
+    SessionsFacts,
+)
 from incidents.config import DatabaseTarget, ServiceConfig
 from incidents.evidence import NONE, STRONG, Weighing, abstain, settle
-from incidents.findings import HEALTH, Finding
+from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
 
-REACH = "database reachability"
-CONNECTIONS = "connections"
-SESSIONS = "sessions, locks and queries"
-REPLICATION = "replication"
-CACHE = "cache"
+
+def _sessions(items: list[SessionBrief]) -> list[tuple[int, str]]:
+    return [(s.pid, s.backend_start) for s in items]
 
 
-def _sessions(items: list[dict[str, Any]]) -> list[tuple[int, str]]:
-    return [(s["pid"], s["backend_start"]) for s in items]
-
-
-def _expect(items: list[dict[str, Any]], clock: Literal["state", "query"] = "state") -> dict[str, SessionState]:
+def _expect(items: list[SessionBrief], clock: Literal["state", "query"] = "state") -> dict[str, SessionState]:
     """What each session looked like when planned: its state and how long it had been in it
     (`clock` state) or in its query (`clock` query). Re-checked before acting."""
-    return {str(s["pid"]): SessionState(state=s["state"], seconds=s["seconds"], clock=clock) for s in items}
+    return {str(s.pid): SessionState(state=s.state, seconds=s.seconds, clock=clock) for s in items}
 
 
 def plan_database_issues(incident_id: int, environment: str, service_name: str, service: ServiceConfig,
@@ -40,7 +46,7 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
     notes: list[str] = []
     _restart(db, service, findings.get(REACH), actions, notes)
     sessions = findings.get(SESSIONS)
-    _session_remedies(db, sessions.data if sessions else {}, actions, notes)
+    _session_remedies(db, sessions.facts(SessionsFacts) if sessions else SessionsFacts(), actions, notes)
     _connection_remedy(findings.get(CONNECTIONS), actions, notes)
     _cache_remedy(service_name, service, findings.get(CACHE), actions)
     head = Plan(incident_id, service_name, environment, (), evidence + tuple(notes))
@@ -66,35 +72,35 @@ def _restart(db: DatabaseTarget, service: ServiceConfig, reach: Finding | None, 
                                  RolloutRestart(namespace=ns, deployment=db.deployment)))
 
 
-def _session_remedies(db: DatabaseTarget, data: dict[str, Any], actions: list[PlannedAction],
+def _session_remedies(db: DatabaseTarget, seen: SessionsFacts, actions: list[PlannedAction],
                       notes: list[str]) -> None:
     """Root blockers, stale idle-in-transaction sessions and runaway queries."""
-    for root in data.get("root_blockers", []):
-        if root["superuser"] and not db.terminate_superusers:
-            notes.append(f"root blocker pid {root['pid']} is a superuser session: not terminated "
+    for root in seen.root_blockers:
+        if root.superuser and not db.terminate_superusers:
+            notes.append(f"root blocker pid {root.pid} is a superuser session: not terminated "
                          "(set terminate_superusers to allow it)")
             continue
         actions.append(PlannedAction(
-            "terminate_sessions", f"backend {root['pid']} ({root['role']})",
-            f"{root['state']} for {root['seconds']:.0f} s, blocking {len(root['waiters'])} sessions "
-            f"(pids {', '.join(map(str, root['waiters']))})",
+            "terminate_sessions", f"backend {root.pid} ({root.role})",
+            f"{root.state} for {root.seconds:.0f} s, blocking {len(root.waiters)} sessions "
+            f"(pids {', '.join(map(str, root.waiters))})",
             "terminated: its locks are released and the waiters proceed", "pg_terminate_backend",
-            Sessions(sessions=_sessions([root]), allow_superuser=root["superuser"], waiters=root["waiters"],
+            Sessions(sessions=_sessions([root]), allow_superuser=root.superuser, waiters=root.waiters,
                      expect=_expect([root]))))
-    roots = {r["pid"] for r in data.get("root_blockers", [])}
-    stale = [s for s in data.get("idle_in_transaction", []) if s["pid"] not in roots
-             and s["seconds"] >= db.idle_in_transaction_seconds and (db.terminate_superusers or not s["superuser"])]
+    roots = {r.pid for r in seen.root_blockers}
+    stale = [s for s in seen.idle_in_transaction if s.pid not in roots
+             and s.seconds >= db.idle_in_transaction_seconds and (db.terminate_superusers or not s.superuser)]
     if stale:
         actions.append(PlannedAction(
             "terminate_sessions", f"{len(stale)} idle-in-transaction sessions",
-            "idle in transaction: " + ", ".join(f"pid {s['pid']} ({s['seconds']:.0f} s)" for s in stale),
+            "idle in transaction: " + ", ".join(f"pid {s.pid} ({s.seconds:.0f} s)" for s in stale),
             "terminated: their snapshots and locks are released", "pg_terminate_backend",
             Sessions(sessions=_sessions(stale), allow_superuser=False, waiters=[], expect=_expect(stale))))
-    runaway = [q for q in data.get("long_queries", []) if (db.terminate_superusers or not q["superuser"])]
+    runaway = [q for q in seen.long_queries if (db.terminate_superusers or not q.superuser)]
     if runaway:
         actions.append(PlannedAction(
             "cancel_queries", f"{len(runaway)} long-running queries",
-            "running: " + ", ".join(f"pid {q['pid']} ({q['seconds']:.0f} s)" for q in runaway),
+            "running: " + ", ".join(f"pid {q.pid} ({q.seconds:.0f} s)" for q in runaway),
             "query cancelled, session kept", "pg_cancel_backend",
             Sessions(sessions=_sessions(runaway), allow_superuser=False, expect=_expect(runaway, "query"))))
 
@@ -103,15 +109,16 @@ def _connection_remedy(connections: Finding | None, actions: list[PlannedAction]
     """Connection pressure: end the idle sessions old enough to end."""
     if not connections or connections.ok is not False:
         return
-    idle = [s for s in connections.data.get("idle_sessions", []) if not s["superuser"]]
-    scope = connections.data["pressured"][0]
+    seen = connections.facts(ConnectionsFacts)
+    idle = [s for s in seen.idle_sessions if not s.superuser]
+    scope = seen.pressured[0]
     if not idle:
-        notes.append(f"connection pressure ({scope['scope']}) with no idle session old enough to end")
+        notes.append(f"connection pressure ({scope.scope}) with no idle session old enough to end")
         return
     actions.append(PlannedAction(
-        "terminate_sessions", f"{len(idle)} idle sessions ({scope['scope']})",
-        f"{scope['scope']}: {scope['used']}/{scope['limit']} connections",
-        f"{scope['scope']}: about {scope['used'] - len(idle)}/{scope['limit']} connections",
+        "terminate_sessions", f"{len(idle)} idle sessions ({scope.scope})",
+        f"{scope.scope}: {scope.used}/{scope.limit} connections",
+        f"{scope.scope}: about {scope.used - len(idle)}/{scope.limit} connections",
         "pg_terminate_backend", Sessions(sessions=_sessions(idle), allow_superuser=False, waiters=[],
                                          expect=_expect(idle))))
 
@@ -126,7 +133,7 @@ def _cache_remedy(service_name: str, service: ServiceConfig, cache: Finding | No
         "clear_cache", f"redis cache of {service_name}", cache.summary,
         "flushed" if service.cache.clear == "flushdb" else f"keys {service.cache.prefix}* removed", how,
         ClearCache(mode=service.cache.clear, prefix=service.cache.prefix,
-                   planned_keys=cache.data.get("keys"))))
+                   planned_keys=cache.facts(CacheFacts).key_count)))
 
 
 def _no_remedy(head: Plan, w: Weighing, notes: list[str], health: Finding | None) -> Plan:

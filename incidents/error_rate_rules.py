@@ -1,12 +1,12 @@
-"""Playbook Scenario 2 (high error rate): check names and the planning rule."""
+"""Playbook Scenario 2 (high error rate): the planning rule."""
 
 from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Any
 
 from incidents.action_params import CircuitBreaker
+from incidents.check_facts import PROMETHEUS, Autoscaler
 from incidents.config import ServiceConfig
 from incidents.evidence import (
     STRONG,
@@ -23,11 +23,6 @@ from incidents.evidence import (
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
 from incidents.service_down_rules import live_release, rollback_action, scale_action
-
-RATE = "error rate (/metrics)"
-PROMETHEUS = "error rate (Prometheus)"
-COMMITS = "recent commits"
-BREAKER = "circuit breaker"
 
 
 def plan_high_error_rate(incident_id: int, environment: str, service_name: str, service: ServiceConfig,
@@ -166,7 +161,7 @@ def _capacity(service: ServiceConfig, facts: ServiceFacts, w: Weighing) -> Plann
     return scale_action(service, current, target, facts.autoscaler)
 
 
-def _step_up(service: ServiceConfig, current: int, autoscaler: dict[str, Any] | None) -> PlannedAction | None:
+def _step_up(service: ServiceConfig, current: int, autoscaler: Autoscaler | None) -> PlannedAction | None:
     target = min(current + service.errors.scale_step, service.scaling.max_replicas)
     return scale_action(service, current, target, autoscaler) if target > current else None
 

@@ -12,10 +12,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Mapping, TypeVar
+
+from incidents.check_facts import (
+    BREAKER,
+    DEPLOYS,
+    HEALTH,
+    RATE,
+    ROLLOUT,
+    Autoscaler,
+    BreakerFacts,
+    DeploysFacts,
+    Facts,
+    HealthFacts,
+    RateFacts,
+    Revision,
+    RolloutFacts,
+)
 
 if TYPE_CHECKING:
+    from incidents.findings import Finding
     from incidents.plans import Plan, PlannedAction
+
+F = TypeVar("F", bound=Facts)
 
 STRONG, WEAK, NONE = "strong", "weak", "none"
 
@@ -117,7 +136,7 @@ class ServiceFacts:
     capacity_rps: float | None = None             # ready replicas x capacity per replica, when configured
     traffic: tuple[Traffic, ...] = ()
     breaker: str | None = None
-    autoscaler: dict[str, Any] | None = None                # the HPA that owns the replica count: {name, min, max}
+    autoscaler: Autoscaler | None = None          # the HPA that owns the replica count
 
     @property
     def ready_pods(self) -> int:
@@ -158,54 +177,50 @@ class Weighing:
         return holds
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+def _release(revision: Revision | None) -> Release | None:
+    return Release(revision.revision, revision.image, _parse(revision.created)) if revision else None
+
+
+def _usable(findings: Mapping[str, Finding], check: str, model: type[F]) -> F | None:
+    """The facts of a check that ran and could look (None: it did not run, or could not see)."""
+    finding = findings.get(check)
+    return finding.facts(model) if finding is not None and finding.ok is not None else None
+
+
+def _current(rollout: RolloutFacts | None, deploys: DeploysFacts) -> Release | None:
+    """The revision the deployment runs now, with when it went live if the history has it."""
+    if rollout is None or rollout.revision is None:
         return None
+    known = next((r for r in deploys.revisions if r.revision == rollout.revision), None)
+    return _release(known) if known else Release(rollout.revision, rollout.image or "", None)
 
 
-def _release(data: Mapping[str, Any] | None) -> Release | None:
-    if not data or _int(data.get("revision")) is None:
-        return None
-    return Release(int(data["revision"]), str(data.get("image", "")), _parse(data.get("created")))
-
-
-def service_facts(findings: Mapping[str, Any], now: datetime, onset: datetime | None = None,
+def service_facts(findings: Mapping[str, Finding], now: datetime, onset: datetime | None = None,
                   threshold: float | None = None, capacity_per_replica: float | None = None) -> ServiceFacts:
     """The facts the rules need, read from the findings of whichever checks ran (a check that
     did not run, or could not, leaves its facts unknown)."""
-    from incidents.error_rate_rules import BREAKER, RATE
-    from incidents.findings import DEPLOYS, HEALTH, ROLLOUT
-
-    health, rollout, deploys = findings.get(HEALTH), findings.get(ROLLOUT), findings.get(DEPLOYS)
-    rate, breaker = findings.get(RATE), findings.get(BREAKER)
-    rollout_data = rollout.data if rollout is not None and rollout.ok is not None else {}
-    pods = tuple(Pod(p.get("name", ""), bool(p.get("ready")), int(p.get("restarts") or 0), p.get("waiting"),
-                     p.get("image", "")) for p in rollout_data.get("pods", []))
-    deploy_data = deploys.data if deploys is not None else {}
-    revisions = {int(r["revision"]): r for r in deploy_data.get("revisions", []) if _int(r.get("revision")) is not None}
-    current_no = _int(rollout_data.get("revision"))
-    current = _release(revisions.get(current_no)) if current_no in revisions else (
-        Release(current_no, rollout_data.get("image", ""), None) if current_no is not None else None)
-    rate_data = rate.data if rate is not None and rate.ok is not None else {}
-    traffic = tuple(Traffic(v, float(c.get("window_requests") or 0), float(c.get("window_errors") or 0),
-                            float(c.get("requests") or 0), float(c.get("errors") or 0))
-                    for v, c in (rate_data.get("versions") or {}).items())
+    health, breaker = findings.get(HEALTH), findings.get(BREAKER)
+    rollout, rate = _usable(findings, ROLLOUT, RolloutFacts), _usable(findings, RATE, RateFacts)
+    deploys = findings[DEPLOYS].facts(DeploysFacts) if DEPLOYS in findings else DeploysFacts()
+    pods_known = rollout is not None and bool(rollout.model_fields_set)
+    pods = tuple(Pod(p.name, p.ready, p.restarts, p.waiting, p.image) for p in rollout.pods) if rollout else ()
+    traffic = tuple(Traffic(v, float(c.window_requests), float(c.window_errors), float(c.requests), float(c.errors))
+                    for v, c in (rate.versions if rate else {}).items())
     ready = sum(p.ready for p in pods)
     return ServiceFacts(
         now=now, onset=onset,
         endpoints_ok=health.ok if health is not None else None,
-        failing_checks=tuple((health.data.get("failing_checks") or ()) if health is not None else ()),
-        pods=pods, pods_known=bool(rollout_data),
-        desired_replicas=_int(rollout_data.get("desired_replicas")),
-        current=current, recent=_release(deploy_data.get("recent_revision")),
-        previous=_release(deploy_data.get("previous_revision")),
-        error_rate=rate_data.get("rate"), threshold=threshold,
-        request_rps=rate_data.get("rps"),
-        capacity_rps=ready * capacity_per_replica if capacity_per_replica and rollout_data else None,
-        traffic=traffic, breaker=(breaker.data.get("value") if breaker is not None and breaker.ok else None),
-        autoscaler=rollout_data.get("autoscaler"))
+        failing_checks=tuple(health.facts(HealthFacts).failing_checks) if health is not None else (),
+        pods=pods, pods_known=pods_known,
+        desired_replicas=rollout.desired_replicas if rollout else None,
+        current=_current(rollout, deploys), recent=_release(deploys.recent_revision),
+        previous=_release(deploys.previous_revision),
+        error_rate=rate.rate if rate else None, threshold=threshold,
+        request_rps=rate.rps if rate else None,
+        capacity_rps=ready * capacity_per_replica if capacity_per_replica and pods_known else None,
+        traffic=traffic,
+        breaker=breaker.facts(BreakerFacts).value if breaker is not None and breaker.ok else None,
+        autoscaler=rollout.autoscaler if rollout else None)
 
 
 def age(seconds: float) -> str:

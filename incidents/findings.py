@@ -1,19 +1,17 @@
 """Findings of a diagnosis (what each check saw) and the report built from them. The checks'
-names of the service-down scenario, which every scenario shares, are here too."""
+names and the facts each reports are in `incidents/check_facts.py`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
+from incidents import check_facts
+from incidents.check_facts import Facts
 from incidents.plans import Plan
 from incidents.templates import markdown_code, markdown_text
 
-HEALTH = "health endpoints"
-ROLLOUT = "rollout and pods"
-DEPLOYS = "recent deployments"
-RUN_LOGS = "failed run logs"
-POD_LOGS = "pod logs"
+F = TypeVar("F", bound=Facts)
 
 
 @dataclass(frozen=True)
@@ -22,8 +20,26 @@ class Finding:
     ok: bool | None  # None: the check itself could not run
     summary: str
     details: tuple[str, ...] = ()
-    data: dict[str, Any] = field(default_factory=dict)
+    # the check's facts model (incidents/check_facts.py); a dict (a stored diagnosis) is validated into it
+    data: Facts | dict[str, Any] = field(default_factory=dict)
     log: str | None = None  # an excerpt shown as a code block
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", check_facts.parse(self.check, self.data))
+        object.__setattr__(self, "details", tuple(self.details))
+
+    def facts(self, model: type[F]) -> F:
+        """The facts as the model a reader expects; a TypeError when the finding is another check's."""
+        if not isinstance(self.data, model):
+            raise TypeError(f"the {self.check!r} check reports {type(self.data).__name__}, not {model.__name__}")
+        return self.data
+
+    def as_dict(self) -> dict[str, Any]:
+        """The finding as JSON-ready data (the timeline, a stored diagnosis); `Finding(**it)` reads it back."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["details"] = list(self.details)
+        data["data"] = self.data.as_dict() if isinstance(self.data, Facts) else dict(self.data)
+        return data
 
     @property
     def mark(self) -> str:

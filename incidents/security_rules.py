@@ -1,5 +1,5 @@
-"""Playbook Scenario 4 (security incident): suspicious addresses from the alert, the checks'
-names, the planning rule and the public-communication draft."""
+"""Playbook Scenario 4 (security incident): suspicious addresses from the alert, the
+planning rule and the public-communication draft."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import ipaddress
 from typing import Any
 
 from incidents.action_params import EnableLogging, IngressDenylistBlock, NetworkPolicyBlock, RotateSecret
+from incidents.check_facts import EVIDENCE, Containment, EvidenceFacts
 from incidents.config import ServiceConfig
 from incidents.evidence import STRONG, Weighing, abstain, settle
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
 from incidents.templates import markdown_text
 
-EVIDENCE = "evidence snapshot"
 DENYLIST_ANNOTATION = "nginx.ingress.kubernetes.io/denylist-source-range"
 _MIN_PREFIX = {4: 16, 6: 48}  # broader than this would block a large part of the internet, us included
 # Addresses that never come from the internet: blocking them cuts in-cluster and internal
@@ -74,13 +74,14 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
                            findings: dict[str, Finding], cidrs: list[str]) -> Plan:
     sec, ns = service.security, service.kubernetes.namespace
     evidence = tuple(f"{f.check}: {f.summary}" for f in findings.values())
-    snapshot = findings.get(EVIDENCE)
-    meta = {s["name"]: s for s in (snapshot.data.get("secrets", []) if snapshot else [])}
+    snapshot = findings[EVIDENCE].facts(EvidenceFacts) if EVIDENCE in findings else EvidenceFacts()
+    meta = {s.name: s for s in snapshot.secrets}
     w = Weighing([f"the alert reports a security incident on {service_name}"]
                  + ([f"the alert names {', '.join(cidrs)} as sources"] if cidrs else []))
     actions: list[PlannedAction] = []
     for target in sec.secrets:
-        version = meta.get(target.name, {}).get("resource_version", "?")
+        seen = meta.get(target.name)
+        version = (seen.resource_version if seen else None) or "?"
         actions.append(PlannedAction(
             "rotate_secrets", f"secret/{target.name} (namespace {ns})",
             f"keys {', '.join(target.data_keys)} at resourceVersion {version}",
@@ -90,11 +91,11 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
             RotateSecret(namespace=ns, secret=target.name, data_keys=list(target.data_keys),
                          consumers=list(sec.consumers), resource_version=version)))
     if cidrs:
-        block = block_action(service, cidrs, (snapshot.data.get("containment") if snapshot else None) or {}, w)
+        block = block_action(service, cidrs, snapshot.containment, w)
         if block is not None:
             actions.append(block)
     if sec.logging:
-        current = (snapshot.data.get("log_level") if snapshot else None) or "unknown"
+        current = snapshot.log_level or "unknown"
         actions.append(PlannedAction(
             "enable_logging", f"configmap/{sec.logging.configmap} key {sec.logging.key} (namespace {ns})",
             f"{sec.logging.key}={current}", f"{sec.logging.key}={sec.logging.level}", "ConfigMap patch",
@@ -107,20 +108,20 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
                   "Contain: " + "; ".join(a.kind.replace("_", " ") + " " + a.target for a in actions))
 
 
-def block_action(service: ServiceConfig, cidrs: list[str], state: dict[str, Any], w: Weighing) -> PlannedAction | None:
+def block_action(service: ServiceConfig, cidrs: list[str], state: Containment, w: Weighing) -> PlannedAction | None:
     """The block by the service's strategy, showing what is blocked now and after; a
     NetworkPolicy is refused (with the reason and the alternative) when another policy
     already selects the pods, because policies add up and it would widen their access."""
     sec, k = service.security, service.kubernetes
     if sec.block_strategy == "ingress_denylist":
-        now = sorted(state.get("denylist") or [])
+        now = sorted(state.denylist or [])
         return PlannedAction(
             "block_ips", f"ingress/{sec.ingress} (namespace {k.namespace})",
             f"deny list: {', '.join(now) or 'empty'}", f"deny list: {', '.join(sorted(set(now) | set(cidrs)))}",
             f"ingress-nginx annotation {DENYLIST_ANNOTATION} (the controller sees the real client address)",
             IngressDenylistBlock(strategy="ingress_denylist", namespace=k.namespace, ingress=sec.ingress, cidrs=cidrs,
                                  existing=now))
-    others = state.get("policies") or []
+    others = state.policies
     if others:
         alternative = (f"set block_strategy: ingress_denylist (Ingress {sec.ingress})" if sec.ingress
                        else "set block_strategy: ingress_denylist with the service's Ingress")
@@ -128,14 +129,14 @@ def block_action(service: ServiceConfig, cidrs: list[str], state: dict[str, Any]
                          f"{k.deployment}, and a policy admitting all but {', '.join(cidrs)} would widen what they "
                          f"may receive; {alternative}, or block at the edge by hand")
         return None
-    now = sorted(state.get("policy_blocks") or [])
+    now = sorted(state.policy_blocks)
     return PlannedAction(
         "block_ips", f"networkpolicy/{sec.block_policy} (namespace {k.namespace})",
         f"no other policy selects the pods; blocked: {', '.join(now) or 'nothing'}",
         f"ingress to {k.deployment} from anywhere but {', '.join(sorted(set(now) | set(cidrs)))}, and from every "
         f"pod and namespace of the cluster", "NetworkPolicy ipBlock except (sole policy on the pods)",
         NetworkPolicyBlock(strategy="network_policy", namespace=k.namespace, policy=sec.block_policy,
-                           app=k.deployment, cidrs=cidrs, labels=state.get("labels") or {"app": k.deployment},
+                           app=k.deployment, cidrs=cidrs, labels=state.labels or {"app": k.deployment},
                            existing=now))
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from incidents.action_params import Rollback, RollbackByUndo, RollbackByWorkflow, RolloutRestart, Scale
+from incidents.check_facts import Autoscaler
 from incidents.config import ServiceConfig
 from incidents.evidence import (
     STRONG,
@@ -49,19 +50,19 @@ def rollback_action(
 
 
 def scale_action(
-    service: ServiceConfig, current: int, target: int, autoscaler: dict[str, Any] | None = None
+    service: ServiceConfig, current: int, target: int, autoscaler: Autoscaler | None = None
 ) -> PlannedAction:
     """kubectl scale; or, when an HPA owns the replica count (it would revert a manual scale),
     its bounds: minReplicas up to the target, maxReplicas at least that."""
     k = service.kubernetes
     if autoscaler:
-        top = max(autoscaler["max"], target)
-        return PlannedAction("scale", f"horizontalpodautoscaler/{autoscaler['name']} (namespace {k.namespace})",
-                             f"minReplicas {autoscaler['min']}, maxReplicas {autoscaler['max']} ({current} running)",
+        top = max(autoscaler.max, target)
+        return PlannedAction("scale", f"horizontalpodautoscaler/{autoscaler.name} (namespace {k.namespace})",
+                             f"minReplicas {autoscaler.min}, maxReplicas {autoscaler.max} ({current} running)",
                              f"minReplicas {target}, maxReplicas {top}",
                              "HPA bounds patch (the HPA owns deployment/" + k.deployment + "'s replicas)",
-                             Scale(namespace=k.namespace, deployment=k.deployment, hpa=autoscaler["name"],
-                                   from_=autoscaler["min"], to=target, max=top))
+                             Scale(namespace=k.namespace, deployment=k.deployment, hpa=autoscaler.name,
+                                   from_=autoscaler.min, to=target, max=top))
     return PlannedAction("scale", f"deployment/{k.deployment} (namespace {k.namespace})", f"replicas {current}",
                          f"replicas {target}", "kubectl scale",
                          Scale(namespace=k.namespace, deployment=k.deployment, from_=current, to=target))

@@ -9,7 +9,19 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from incidents.action_params import ClearCache, Sessions
-from incidents.database_rules import CACHE, CONNECTIONS, REACH, REPLICATION, SESSIONS
+from incidents.check_facts import (
+    CACHE,
+    CONNECTIONS,
+    REACH,
+    REPLICATION,
+    SESSIONS,
+    CacheFacts,
+    ConnectionScope,
+    ConnectionsFacts,
+    ReplicationFacts,
+    SessionBrief,
+    SessionsFacts,
+)
 from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from integrations.cache import CacheClient
@@ -29,10 +41,13 @@ def postgres(ctx: RunContext) -> PostgresClient:
     return PostgresClient(resolve_secret(db.dsn_secret), statement_timeout_ms=db.statement_timeout_ms)
 
 
-def _brief(s: Session) -> dict:
-    return {"pid": s.pid, "role": s.role, "superuser": s.superuser, "state": s.state,
-            "backend_start": s.backend_start.isoformat(), "seconds": round(s.seconds_in_state, 1),
-            "query": s.query[:200]}
+def _brief(s: Session, seconds: float | None = None, waiters: list[int] | None = None) -> SessionBrief:
+    """The session as a check reports it: `seconds` in its state unless given (a query's own time)."""
+    blocking = {} if waiters is None else {"waiters": waiters}  # set only for a root blocker
+    return SessionBrief(pid=s.pid, role=s.role, superuser=s.superuser, state=s.state,
+                        backend_start=s.backend_start.isoformat(),
+                        seconds=round(s.seconds_in_state, 1) if seconds is None else seconds, query=s.query[:200],
+                        **blocking)
 
 
 @task(name="check-database-reachable", cache_policy=NO_CACHE)
@@ -59,29 +74,29 @@ def check_sessions(ctx: RunContext) -> Finding:
     by_pid = {s.pid: s for s in sessions}
     roots = root_blockers(sessions)
     blocked = {s.pid for s in sessions if s.blocked_by}
-    root_info = [{**_brief(by_pid[pid]), "waiters": waiters} for pid, waiters in roots.items() if pid in by_pid]
+    root_info = [_brief(by_pid[pid], waiters=waiters) for pid, waiters in roots.items() if pid in by_pid]
     idle_xact = [_brief(s) for s in sessions if (s.state or "").startswith("idle in transaction")]
     runaway = [s for s in sessions if s.state == "active" and s.pid not in blocked
                and (s.seconds_in_query or 0) >= db.long_query_seconds]
-    long_queries = [{**_brief(s), "seconds": round(s.seconds_in_query or 0, 1)} for s in runaway]
-    details = [f"root blocker pid {r['pid']} ({r['role']}, {r['state']} {r['seconds']:.0f} s) blocks "
-               f"{', '.join(map(str, r['waiters']))}: {r['query'][:80]}" for r in root_info]
-    details += [f"idle in transaction: pid {s['pid']} ({s['role']}) for {s['seconds']:.0f} s" for s in idle_xact]
-    details += [f"long query: pid {s['pid']} ({s['role']}) running {s['seconds']:.0f} s: {s['query'][:80]}"
+    long_queries = [_brief(s, seconds=round(s.seconds_in_query or 0, 1)) for s in runaway]
+    details = [f"root blocker pid {r.pid} ({r.role}, {r.state} {r.seconds:.0f} s) blocks "
+               f"{', '.join(map(str, r.waiters))}: {r.query[:80]}" for r in root_info]
+    details += [f"idle in transaction: pid {s.pid} ({s.role}) for {s.seconds:.0f} s" for s in idle_xact]
+    details += [f"long query: pid {s.pid} ({s.role}) running {s.seconds:.0f} s: {s.query[:80]}"
                 for s in long_queries]
     problems = []
     if root_info:
         problems.append(f"{len(blocked)} sessions blocked; root blockers: pid "
-                        + ", ".join(str(r["pid"]) for r in root_info))
-    stale = [s for s in idle_xact if s["seconds"] >= db.idle_in_transaction_seconds]
+                        + ", ".join(str(r.pid) for r in root_info))
+    stale = [s for s in idle_xact if s.seconds >= db.idle_in_transaction_seconds]
     if stale:
         problems.append(f"{len(stale)} idle in transaction over {db.idle_in_transaction_seconds:g} s")
     if long_queries:
         problems.append(f"{len(long_queries)} queries over {db.long_query_seconds:g} s")
     summary = "; ".join(problems) or f"{len(sessions)} sessions, no blocking, no long queries"
     return Finding(SESSIONS, not problems, summary, tuple(details),
-                   {"root_blockers": root_info, "idle_in_transaction": idle_xact, "long_queries": long_queries,
-                    "blocked": sorted(blocked)})
+                   SessionsFacts(root_blockers=root_info, idle_in_transaction=idle_xact, long_queries=long_queries,
+                                 blocked=sorted(blocked)))
 
 
 @task(name="check-database-connections", cache_policy=NO_CACHE)
@@ -94,20 +109,20 @@ def check_connections(ctx: RunContext) -> Finding:
         sessions = client.sessions()
     except _ERRORS as exc:
         return unavailable(CONNECTIONS, exc)
-    scopes = [{"scope": scope, "used": used, "limit": limit} for scope, used, limit in connections.pressure()]
-    pressured = [s for s in scopes if s["limit"] > 0 and s["used"] >= db.connection_threshold * s["limit"]]
-    details = tuple(f"{s['scope']}: {s['used']}/{s['limit']}" for s in scopes)
+    scopes = [ConnectionScope(scope=scope, used=used, limit=limit) for scope, used, limit in connections.pressure()]
+    pressured = [s for s in scopes if s.limit > 0 and s.used >= db.connection_threshold * s.limit]
+    details = tuple(f"{s.scope}: {s.used}/{s.limit}" for s in scopes)
     idle = []
     if pressured:
-        roles = {s["scope"].removeprefix("role ") for s in pressured if s["scope"].startswith("role ")}
+        roles = {s.scope.removeprefix("role ") for s in pressured if s.scope.startswith("role ")}
         idle = [_brief(s) for s in sessions if s.state == "idle" and s.seconds_in_state >= db.idle_seconds
                 and (not roles or s.role in roles)]
     usable = connections.usable
     summary = (f"{connections.used}/{usable} usable connections ({connections.reserved} reserved)"
-               + ("; pressure: " + ", ".join(f"{s['scope']} {s['used']}/{s['limit']}" for s in pressured)
+               + ("; pressure: " + ", ".join(f"{s.scope} {s.used}/{s.limit}" for s in pressured)
                   if pressured else ""))
     return Finding(CONNECTIONS, not pressured, summary, details,
-                   {"scopes": scopes, "pressured": pressured, "idle_sessions": idle})
+                   ConnectionsFacts(scopes=scopes, pressured=pressured, idle_sessions=idle))
 
 
 @task(name="check-replication", cache_policy=NO_CACHE)
@@ -121,12 +136,13 @@ def check_replication(ctx: RunContext, max_lag_seconds: float = 30.0) -> Finding
         lag = repl.replay_lag_seconds
         ok = lag is not None and lag <= max_lag_seconds
         return Finding(REPLICATION, ok, f"replica, replay lag {lag if lag is not None else 'unknown'} s",
-                       data={"role": "replica", "lag": lag})
+                       data=ReplicationFacts(role="replica", lag=lag))
     lagging = [r for r in repl.replicas if (r.get("replay_lag_seconds") or 0) > max_lag_seconds]
     details = tuple(f"{r['application_name']} {r['client_addr']} {r['state']} lag {r.get('replay_lag_seconds')}"
                     for r in repl.replicas)
     summary = f"primary with {len(repl.replicas)} replicas" + (f", {len(lagging)} lagging" if lagging else "")
-    return Finding(REPLICATION, not lagging, summary, details, {"role": "primary", "replicas": len(repl.replicas)})
+    return Finding(REPLICATION, not lagging, summary, details,
+                   ReplicationFacts(role="primary", replicas=len(repl.replicas)))
 
 
 @task(name="check-cache", cache_policy=NO_CACHE)
@@ -143,7 +159,7 @@ def check_cache(ctx: RunContext) -> Finding:
     pressured = (ratio is not None and ratio >= cache.memory_threshold) or health.evicted_keys > 0
     summary = (f"memory {health.used_memory // 1024} KiB" + (f" ({ratio:.0%} of max)" if ratio is not None else "")
                + f", {health.connected_clients} clients, {health.evicted_keys} evictions, {keys} keys {cache.prefix}*")
-    return Finding(CACHE, not pressured, summary, data={"keys": keys, "evicted": health.evicted_keys})
+    return Finding(CACHE, not pressured, summary, data=CacheFacts(key_count=keys, evicted=health.evicted_keys))
 
 
 def _signal(ctx: RunContext, action: PlannedAction, grant: Grant, how: str) -> ActionResult:

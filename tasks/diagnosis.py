@@ -4,12 +4,30 @@ that cannot reach what it checks says so in its Finding instead of failing the r
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from incidents.findings import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS, Finding, unavailable
+from incidents.check_facts import (
+    DEPLOYS,
+    HEALTH,
+    POD_LOGS,
+    ROLLOUT,
+    RUN_LOGS,
+    Autoscaler,
+    DeploysFacts,
+    HealthFacts,
+    PodFacts,
+    PodLogsFacts,
+    Probe,
+    Revision,
+    RolloutFacts,
+    RunLogsFacts,
+    WorkflowRun,
+)
+from incidents.findings import Finding, unavailable
 from incidents.redaction import redact
 from integrations.errors import IntegrationError
 from integrations.kubernetes import container_image, revision_of, rollout_status_of
@@ -34,8 +52,8 @@ def probe_endpoints(urls: list[str], timeout: float = 5.0) -> Finding:
     results = probe_all(urls, timeout)
     failing = [r for r in results if not r.ok]
     details = tuple(r.describe() for r in results)
-    data: dict = {"results": [{"url": r.url, "ok": r.ok, "status": r.status, "ms": round(r.seconds * 1000)}
-                              for r in results]}
+    data: dict[str, Any] = {"results": [Probe(url=r.url, ok=r.ok, status=r.status, ms=round(r.seconds * 1000))
+                                        for r in results]}
     failing_checks = sorted({name for r in results if isinstance(r.body, dict)
                              for name, check in (r.body.get("checks") or {}).items()
                              if isinstance(check, dict) and check.get("status") not in (None, "ok")})
@@ -51,7 +69,7 @@ def probe_endpoints(urls: list[str], timeout: float = 5.0) -> Finding:
         summary = f"{len(failing)} of {len(results)} endpoints failing"
     else:
         summary = f"all {len(results)} endpoints answer"
-    return Finding(HEALTH, not failing, summary, details, data)
+    return Finding(HEALTH, not failing, summary, details, HealthFacts(**data))
 
 
 @task(name="check-rollout", cache_policy=NO_CACHE)
@@ -85,13 +103,13 @@ def check_rollout(ctx: RunContext) -> Finding:
     oom = [p for p in pods if p.last_termination_reason == "OOMKilled"]
     if oom:
         summary += f"; {len(oom)} pods OOM-killed"
-    return Finding(ROLLOUT, bool(healthy), summary, details, {
-        "revision": revision_of(deployment), "image": container_image(deployment, target.container),
-        "rollout_done": status.done, "rollout_failed": status.failed, "oom_killed": len(oom),
-        "desired_replicas": deployment["spec"].get("replicas", 1), "autoscaler": autoscaler,
-        "paused": bool(deployment["spec"].get("paused")),
-        "pods": [{"name": p.name, "ready": p.ready, "restarts": p.restarts, "waiting": p.waiting_reason,
-                  "last_termination": p.last_termination_reason, "image": p.image} for p in pods]})
+    return Finding(ROLLOUT, bool(healthy), summary, details, RolloutFacts(
+        revision=revision_of(deployment), image=container_image(deployment, target.container),
+        rollout_done=status.done, rollout_failed=status.failed, oom_killed=len(oom),
+        desired_replicas=deployment["spec"].get("replicas", 1),
+        autoscaler=Autoscaler(**autoscaler) if autoscaler else None, paused=bool(deployment["spec"].get("paused")),
+        pods=[PodFacts(name=p.name, ready=p.ready, restarts=p.restarts, waiting=p.waiting_reason,
+                       last_termination=p.last_termination_reason, image=p.image) for p in pods]))
 
 
 @task(name="recent-deployments", cache_policy=NO_CACHE)
@@ -101,26 +119,24 @@ def recent_deployments(ctx: RunContext) -> Finding:
     since = datetime.now(timezone.utc) - timedelta(hours=hours)
     target, repo = ctx.service.kubernetes, ctx.service.github.repo
     details: list[str] = []
-    data: dict = {}
+    data: dict[str, Any] = {}
     try:
         with ctx.kubernetes() as kube:
             history = kube.revision_history(target.namespace, target.deployment)
     except _CHECK_ERRORS as exc:
         return unavailable(DEPLOYS, exc)
-    revisions = [
-        {"revision": r.revision, "image": r.image, "created": r.created, "age": _age(r.created)} for r in history
-    ]
+    revisions = [Revision(revision=r.revision, image=r.image, created=r.created, age=_age(r.created)) for r in history]
     data["revisions"] = revisions
-    if revisions and _parse(revisions[0]["created"]) >= since:
+    if revisions and _parse(history[0].created) >= since:
         data["recent_revision"] = revisions[0]
     if len(revisions) > 1:
         data["previous_revision"] = revisions[1]
-    details += [f"revision {r['revision']}: {r['image']} ({r['age']} ago)" for r in revisions[:4]]
+    details += [f"revision {r.revision}: {r.image} ({r.age} ago)" for r in revisions[:4]]
     try:
         with ctx.github() as github:
             runs = github.workflow_runs(repo, since=since, per_page=10)
-        data["runs"] = [{"id": r["id"], "title": r.get("display_title"), "workflow": r.get("name"),
-                         "conclusion": r.get("conclusion"), "created_at": r.get("created_at")} for r in runs]
+        data["runs"] = [WorkflowRun(id=r["id"], title=r.get("display_title"), workflow=r.get("name"),
+                                    conclusion=r.get("conclusion"), created_at=r.get("created_at")) for r in runs]
         details += [
             f"run {r['id']} {r.get('name')}: {r.get('display_title')} -> {r.get('conclusion') or r.get('status')}"
             f" at {r.get('created_at')}"
@@ -129,9 +145,9 @@ def recent_deployments(ctx: RunContext) -> Finding:
     except _CHECK_ERRORS as exc:
         details.append(f"GitHub runs unavailable: {exc}")
     recent = data.get("recent_revision")
-    summary = (f"revision {recent['revision']} ({recent['image']}) went live {recent['age']} ago"
+    summary = (f"revision {recent.revision} ({recent.image}) went live {recent.age} ago"
                if recent else f"no new revision in the last {hours:g} h")
-    return Finding(DEPLOYS, recent is None, summary, tuple(details), data)
+    return Finding(DEPLOYS, recent is None, summary, tuple(details), DeploysFacts(**data))
 
 
 @task(name="failed-run-logs", cache_policy=NO_CACHE)
@@ -152,7 +168,7 @@ def failed_run_logs(ctx: RunContext) -> Finding:
     run = failed[0]
     excerpt = redact("\n".join(f"== {job} ==\n{text}" for job, text in logs.items()))
     return Finding(RUN_LOGS, False, f"run {run['id']} ({run.get('display_title')}) failed",
-                   (f"{len(failed)} failed runs in the window",), {"run_id": run["id"]}, excerpt or None)
+                   (f"{len(failed)} failed runs in the window",), RunLogsFacts(run_id=run["id"]), excerpt or None)
 
 
 @task(name="pod-logs", cache_policy=NO_CACHE)
@@ -170,7 +186,7 @@ def pod_logs(ctx: RunContext, tail_lines: int = 30) -> Finding:
         return unavailable(POD_LOGS, exc)
     errors = [line for line in text.splitlines() if any(w in line for w in ("ERROR", "FATAL", "panic", "Exception"))]
     summary = f"{pod.name}: " + (errors[-1].split(" ", 1)[-1][:160] if errors else "no error lines")
-    return Finding(POD_LOGS, not errors, summary, (), {"pod": pod.name, "error_lines": len(errors)}, text)
+    return Finding(POD_LOGS, not errors, summary, (), PodLogsFacts(pod=pod.name, error_lines=len(errors)), text)
 
 
 def gather(futures: dict[str, PrefectFuture], timeout: float) -> dict[str, Finding]:

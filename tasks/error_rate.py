@@ -9,7 +9,17 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from incidents.action_params import CircuitBreaker, Scale
-from incidents.error_rate_rules import BREAKER, COMMITS, PROMETHEUS, RATE
+from incidents.check_facts import (
+    BREAKER,
+    COMMITS,
+    PROMETHEUS,
+    RATE,
+    BreakerFacts,
+    CommitsFacts,
+    PrometheusFacts,
+    RateFacts,
+    VersionTraffic,
+)
 from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from integrations.cache import CacheClient
@@ -52,8 +62,9 @@ def measure_error_rate(ctx: RunContext) -> Finding:
     details = tuple(f"version {v}: {c['window_errors']:g} errors of {c['window_requests']:g} requests in the window, "
                     f"{c['errors']:g} of {c['requests']:g} in all" for v, c in versions.items())
     return Finding(RATE, rate < threshold, summary, details,
-                   {"rate": round(rate, 4), "requests": window.requests, "errors": window.errors,
-                    "rps": round(window.requests / seconds, 2), "versions": versions})
+                   RateFacts(rate=round(rate, 4), requests=window.requests, errors=window.errors,
+                             rps=round(window.requests / seconds, 2),
+                             versions={v: VersionTraffic(**c) for v, c in versions.items()}))
 
 
 @task(name="prometheus-error-rate", cache_policy=NO_CACHE)
@@ -73,7 +84,7 @@ def prometheus_error_rate(ctx: RunContext) -> Finding:
         return Finding(PROMETHEUS, None, "no requests in the query window", (query,))
     threshold = ctx.service.errors.threshold
     return Finding(PROMETHEUS, rate < threshold, f"{rate:.1%} (threshold {threshold:.1%})", (query,),
-                   {"rate": round(rate, 4)})
+                   PrometheusFacts(rate=round(rate, 4)))
 
 
 @task(name="recent-commits", cache_policy=NO_CACHE)
@@ -89,7 +100,7 @@ def recent_commits(ctx: RunContext, limit: int = 10) -> Finding:
     lines = tuple(f"{c['sha'][:7]} {c['commit']['message'].splitlines()[0]} ({c['commit']['committer']['date']})"
                   for c in commits)
     summary = f"{len(commits)} commits in {repo} in the last {ctx.config.timeouts.recent_deploy_hours:g} h"
-    return Finding(COMMITS, True, summary, lines, {"count": len(commits)})
+    return Finding(COMMITS, True, summary, lines, CommitsFacts(count=len(commits)))
 
 
 def _breaker_value(ctx: RunContext) -> str | None:
@@ -108,7 +119,7 @@ def check_circuit_breaker(ctx: RunContext) -> Finding:
         value = _breaker_value(ctx)
     except _ERRORS as exc:
         return unavailable(BREAKER, exc)
-    return Finding(BREAKER, True, f"{breaker.key}={value}", data={"value": value})
+    return Finding(BREAKER, True, f"{breaker.key}={value}", data=BreakerFacts(value=value))
 
 
 @task(name="scale-deployment", cache_policy=NO_CACHE)

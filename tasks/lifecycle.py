@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
@@ -76,11 +76,11 @@ def drill_approval(ctx: RunContext, alert: dict | None) -> tuple[str | None, flo
 
 
 def _findings_json(findings: dict[str, Finding]) -> dict:
-    return json.loads(json.dumps({k: asdict(f) for k, f in findings.items()}, default=str))
+    return json.loads(json.dumps({k: f.as_dict() for k, f in findings.items()}, default=str))
 
 
 def _findings_from(data: dict | None) -> dict[str, Finding]:
-    return {k: Finding(**{**v, "details": tuple(v.get("details") or ())}) for k, v in (data or {}).items()}
+    return {k: Finding(**v) for k, v in (data or {}).items()}
 
 
 def _current(ctx: RunContext, incident: Incident) -> Incident:

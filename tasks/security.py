@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -17,10 +18,10 @@ from incidents.action_params import (
     NetworkPolicyBlock,
     RotateSecret,
 )
+from incidents.check_facts import EVIDENCE, Containment, EvidenceFacts, SecretMeta
 from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.redaction import redact
-from incidents.security_rules import EVIDENCE
 from integrations.errors import IntegrationError
 from integrations.kubernetes import KubernetesClient
 from integrations.kubernetes_security import (
@@ -57,7 +58,7 @@ def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) ->
             secrets_meta = secret_metadata(kube, target.namespace, [s.name for s in sec.secrets])
             log_level = (get_config_value(kube, target.namespace, sec.logging.configmap, sec.logging.key)
                          if sec.logging else None)
-            containment = containment_state(ctx, kube)
+            containment, notes = containment_state(ctx, kube)
     except _ERRORS as exc:
         return unavailable(EVIDENCE, exc)
     details = tuple(
@@ -69,30 +70,31 @@ def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) ->
     excerpt = redact("\n".join(f"== {name} ==\n{text}" for name, text in logs.items()))
     return Finding(EVIDENCE, True, f"captured {len(pods)} pods, {len(events)} events, {len(history)} revisions, "
                                    f"{len(logs)} pod logs, {len(secrets_meta)} secrets (metadata only)",
-                   details + tuple(containment.pop("notes")),
-                   {"secrets": [{"name": s.name, "keys": list(s.keys), "resource_version": s.resource_version}
-                                for s in secrets_meta], "log_level": log_level,
-                    "captured_at": time.time(), "containment": containment}, excerpt or None)
+                   details + tuple(notes),
+                   EvidenceFacts(secrets=[SecretMeta(name=s.name, data_keys=list(s.keys),
+                                                     resource_version=s.resource_version) for s in secrets_meta],
+                                 log_level=log_level, captured_at=time.time(), containment=containment),
+                   excerpt or None)
 
 
-def containment_state(ctx: RunContext, kube) -> dict:
+def containment_state(ctx: RunContext, kube: KubernetesClient) -> tuple[Containment, list[str]]:
     """What restricts the service's pods now: other NetworkPolicies selecting them, what our
-    block policy already blocks, and the Ingress's deny list."""
+    block policy already blocks, and the Ingress's deny list; and the same as lines for the report."""
     target, sec = ctx.service.kubernetes, ctx.service.security
     labels = (kube.get_deployment(target.namespace, target.deployment)["spec"]["template"].get("metadata") or {}
               ).get("labels") or {}
     policies = policies_selecting(kube, target.namespace, labels, sec.block_policy)
-    state = {"labels": labels, "policies": policies,
-             "policy_blocks": blocked_by_policy(kube, target.namespace, sec.block_policy), "denylist": None}
+    blocks = blocked_by_policy(kube, target.namespace, sec.block_policy)
+    denylist: dict[str, Any] = {"denylist": None}
     if sec.ingress:
         try:
-            state["denylist"] = ingress_denylist(kube, target.namespace, sec.ingress)
+            denylist["denylist"] = ingress_denylist(kube, target.namespace, sec.ingress)
         except IntegrationError as exc:
-            state["denylist_error"] = str(exc)
-    state["notes"] = [f"network policies selecting the pods: {', '.join(policies) or 'none'}",
-                      f"{sec.block_policy} blocks: {', '.join(state['policy_blocks']) or 'nothing'}"] + (
-        [f"ingress {sec.ingress} deny list: {', '.join(state['denylist'] or []) or 'empty'}"] if sec.ingress else [])
-    return state
+            denylist["denylist_error"] = str(exc)
+    notes = [f"network policies selecting the pods: {', '.join(policies) or 'none'}",
+             f"{sec.block_policy} blocks: {', '.join(blocks) or 'nothing'}"] + (
+        [f"ingress {sec.ingress} deny list: {', '.join(denylist['denylist'] or []) or 'empty'}"] if sec.ingress else [])
+    return Containment(labels=labels, policies=policies, policy_blocks=blocks, **denylist), notes
 
 
 @task(name="rotate-secrets", cache_policy=NO_CACHE)
@@ -150,7 +152,7 @@ def enable_logging(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
                         f"{p.key}: {previous} -> {p.level} (turn back with {p.key}={previous})")
 
 
-def _not_contained(kube: KubernetesClient, p: ActionParams, secrets_before: dict[str, str]) -> list[str]:
+def _not_contained(kube: KubernetesClient, p: ActionParams, secrets_before: dict[str, str | None]) -> list[str]:
     """What of one containment action is not in place yet (nothing: it is)."""
     problems = []
     if isinstance(p, RotateSecret):
@@ -177,8 +179,8 @@ def verify_containment(ctx: RunContext, findings: dict[str, Finding], plan: Plan
     """Rotated secrets have new versions, consumers rolled out, the block and the log level are
     in place, and the service answers."""
     timeouts, start = ctx.config.timeouts, time.monotonic()
-    before = {s["name"]: s["resource_version"] for s in findings[EVIDENCE].data.get("secrets", [])} \
-        if EVIDENCE in findings else {}
+    secrets = findings[EVIDENCE].facts(EvidenceFacts).secrets if EVIDENCE in findings else []
+    before = {s.name: s.resource_version for s in secrets}
     while True:
         problems = []
         try:

@@ -207,8 +207,9 @@ def test_cache_is_cleared_by_prefix_only(world, test_config):
 
 
 def test_superuser_blockers_are_not_planned_for_termination():
+    from incidents.check_facts import SESSIONS
     from incidents.config import load_environment
-    from incidents.database_rules import SESSIONS, plan_database_issues
+    from incidents.database_rules import plan_database_issues
     from incidents.findings import Finding
 
     service = load_environment("sandbox").services["api"]
@@ -221,8 +222,9 @@ def test_superuser_blockers_are_not_planned_for_termination():
 
 
 def test_an_unreachable_database_gets_a_restart_of_its_deployment():
+    from incidents.check_facts import REACH
     from incidents.config import load_environment
-    from incidents.database_rules import REACH, plan_database_issues
+    from incidents.database_rules import plan_database_issues
     from incidents.findings import Finding
 
     service = load_environment("sandbox").services["api"]

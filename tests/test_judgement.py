@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from incidents.check_facts import BREAKER, CONNECTIONS, DEPLOYS, EVIDENCE, HEALTH, RATE, REACH, ROLLOUT, SESSIONS
 from incidents.config import load_environment
-from incidents.database_rules import CONNECTIONS, REACH, SESSIONS, plan_database_issues
+from incidents.database_rules import plan_database_issues
 from incidents.drills import CATALOG, grade
-from incidents.error_rate_rules import BREAKER, RATE, plan_high_error_rate
+from incidents.error_rate_rules import plan_high_error_rate
 from incidents.evidence import NONE, SAFE_WHEN_UNSURE, STRONG, WEAK, Weighing, settle
-from incidents.findings import DEPLOYS, HEALTH, ROLLOUT, Finding
+from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
-from incidents.security_rules import EVIDENCE, plan_security_incident
+from incidents.security_rules import plan_security_incident
 from incidents.service_down_rules import plan_service_down
 from tests.action_samples import sample_action
 
