@@ -230,7 +230,7 @@ class AlertIntake:
     async def correlate(self, alert: Alert, request: RunRequest) -> dict[str, Any]:
         """Open the incident for this outage and start its run, or join the one already open."""
         dep_id = await self.deployment_id(request.deployment)
-        parameter = {**alert.as_parameter(), "correlation_key": request.correlation_key}
+        parameter = alert.as_parameter(request.correlation_key)
         try:
             incident, ctx = await run_in_threadpool(open_or_find, alert, request, parameter)
         except StoreError as exc:
@@ -241,7 +241,8 @@ class AlertIntake:
             # under that alert's idempotency key, so all of these make one run
             opener = replace(request, scenario=incident.scenario)
             run_id = await self.start_run(
-                await self.deployment_id(opener.deployment), incident.alert or parameter, opener, incident.severity
+                await self.deployment_id(opener.deployment), incident.alert or parameter.as_dict(), opener,
+                incident.severity
             )
             await run_in_threadpool(ctx.store().set_runbook_run, incident.id, run_id)
             if incident.created:
@@ -255,7 +256,7 @@ class AlertIntake:
         if request.scenario != incident.scenario and await self.first_of_scenario(incident.id, request.scenario):
             # another symptom: its runbook's checks add their findings to the incident (the
             # incident's own runbook keeps the service; see tasks/lifecycle.py)
-            done["flow_run_id"] = await self.start_run(dep_id, parameter, request, joined.incident.severity)
+            done["flow_run_id"] = await self.start_run(dep_id, parameter.as_dict(), request, joined.incident.severity)
         return done
 
     async def first_of_scenario(self, incident_id: int, scenario: str) -> bool:

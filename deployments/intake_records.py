@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 
 from incidents import templates
-from incidents.alerts import DEFAULT_SEVERITY, Alert, RunRequest
+from incidents.alerts import DEFAULT_SEVERITY, Alert, AlertParameter, RunRequest
 from incidents.models import Incident, Severity
 from tasks.context import RunContext
 from tasks.correlation import alert_resolved, detected
-from tasks.incident import alert_started_at
 
 log = logging.getLogger("runbooks.intake")
 
@@ -47,7 +46,7 @@ def severity_of(request: RunRequest) -> Severity:
     return Severity(request.severity) if request.severity else DEFAULT_SEVERITY[request.scenario]
 
 
-def open_or_find(alert: Alert, request: RunRequest, parameter: dict) -> tuple[Incident, RunContext]:
+def open_or_find(alert: Alert, request: RunRequest, parameter: AlertParameter) -> tuple[Incident, RunContext]:
     """The open incident for the alert's correlation key: opened here when there is none."""
     ctx = RunContext.load(request.environment, request.service)
     severity = severity_of(request)
@@ -56,7 +55,7 @@ def open_or_find(alert: Alert, request: RunRequest, parameter: dict) -> tuple[In
         dedup_key=request.correlation_key, scenario=request.scenario, service=request.service,
         environment=request.environment, severity=severity,
         title=templates.issue_title_text(request.service, severity, summary), detected_by="alert", flow_run_id=None,
-        alert=parameter, started_at=alert_started_at(parameter))
+        alert=parameter.as_dict(), started_at=parameter.started)
     if incident.created:
         detected(ctx, incident, alert.source, f"{request.scenario}: {summary}", parameter)
     return incident, ctx

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow
 
-from incidents.alerts import DEFAULT_SEVERITY
+from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
 from incidents.check_facts import CACHE, CONNECTIONS, HEALTH, REACH, REPLICATION, SESSIONS
 from incidents.database_rules import plan_database_issues
 from incidents.findings import Finding
@@ -85,7 +85,7 @@ DATABASE_ISSUES = Scenario(
                                           "cancel, clear or restart behind an approval; verify.",
       on_cancellation=[record_cancellation])
 def database_issues(service: str, environment: str = "sandbox", severity: Severity | None = None,
-                    dry_run: bool = False, alert: dict[str, Any] | None = None) -> dict[str, Any]:
+                    dry_run: bool = False, alert: AlertParameter | None = None) -> dict[str, Any]:
     """Args:
         service: the service whose database is in trouble (its config names the database and cache).
         environment: which environment's config to use.

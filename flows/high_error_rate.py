@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow
 
 from flows.database_issues import DATABASE_ISSUES
-from incidents.alerts import DEFAULT_SEVERITY
+from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
 from incidents.check_facts import BREAKER, COMMITS, DEPLOYS, HEALTH, PROMETHEUS, RATE, ROLLOUT
 from incidents.error_rate_rules import plan_high_error_rate
 from incidents.findings import Finding
@@ -89,7 +89,7 @@ HIGH_ERROR_RATE = Scenario(
                                           "behind an approval; verify the rate falls below the threshold.",
       on_cancellation=[record_cancellation])
 def high_error_rate(service: str, environment: str = "sandbox", severity: Severity | None = None,
-                    dry_run: bool = False, alert: dict[str, Any] | None = None) -> dict[str, Any]:
+                    dry_run: bool = False, alert: AlertParameter | None = None) -> dict[str, Any]:
     """Args:
         service: the service whose error rate is high.
         environment: which environment's config to use.

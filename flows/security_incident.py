@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from incidents.alerts import DEFAULT_SEVERITY
+from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
 from incidents.check_facts import HEALTH, EvidenceFacts
 from incidents.findings import Finding, report_markdown
 from incidents.models import EventKind, Incident, Outcome, Severity
@@ -99,7 +99,7 @@ SECURITY_INCIDENT = Scenario(
                                             "an approval; tell the security team; draft public communication.",
       on_cancellation=[record_cancellation])
 def security_incident(service: str, environment: str = "sandbox", severity: Severity | None = None,
-                      dry_run: bool = False, alert: dict[str, Any] | None = None) -> dict[str, Any]:
+                      dry_run: bool = False, alert: AlertParameter | None = None) -> dict[str, Any]:
     """Args:
         service: the affected service.
         environment: which environment's config to use.

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow
 
 from flows.database_issues import DATABASE_ISSUES
-from incidents.alerts import DEFAULT_SEVERITY
+from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
 from incidents.check_facts import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
@@ -76,7 +76,7 @@ SERVICE_DOWN = Scenario(
                                        "restart behind an approval, verify, resolve or escalate.",
       on_cancellation=[record_cancellation])
 def service_down(service: str, environment: str = "sandbox", severity: Severity | None = None, dry_run: bool = False,
-                 alert: dict[str, Any] | None = None) -> dict[str, Any]:
+                 alert: AlertParameter | None = None) -> dict[str, Any]:
     """Args:
         service: the service name from the environment's config (e.g. api).
         environment: which environment's config to use.

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,6 +26,56 @@ DEFAULT_SEVERITY = {"service-down": Severity.P0, "high-error-rate": Severity.P1,
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")
 _FINGERPRINT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _SERVICE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def starts_at_time(value: Any) -> datetime | None:
+    """When the problem began, from an alert's startsAt; None when it does not say (Alertmanager's
+    zero time included) or says something that is not a time."""
+    if not value or not isinstance(value, str) or value.startswith("0001-"):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+class AlertParameter(BaseModel):
+    """The `alert` parameter of every scenario flow: one alert as the intake hands it over (an
+    Alertmanager or Grafana entry, normalised) or as a person fills it in the UI's form.
+
+    The pinned interface is a JSON object (`alert: dict or None`), so the same JSON is accepted:
+    every field is optional, the wire names are kept (startsAt, generatorURL), and keys this
+    model does not name are kept as they came (`as_dict`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    source: str | None = None  # alertmanager | grafana | generic
+    status: Literal["firing", "resolved"] | None = None
+    fingerprint: str | None = None
+    starts_at: str | None = Field(None, alias="startsAt")
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    generator_url: str | None = Field(None, alias="generatorURL")
+    # the incident's correlation key, as the intake's route computed it
+    correlation_key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The alert as it came (wire names, with any keys the model does not name)."""
+        return self.model_dump(by_alias=True, exclude_unset=True)
+
+    @property
+    def started(self) -> datetime | None:
+        return starts_at_time(self.starts_at)
+
+    @property
+    def name(self) -> str | None:
+        return self.labels.get("alertname")
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """The alert's fingerprint and when it started firing (one firing of one alert)."""
+        return self.fingerprint or "", self.starts_at or ""
 
 
 class BadPayload(ValueError):
@@ -56,10 +106,14 @@ class Alert:
             return self
         return replace(self, labels=dropped, fingerprint=_fingerprint_of(dropped))
 
-    def as_parameter(self) -> dict[str, Any]:
-        return {"source": self.source, "status": self.status, "fingerprint": self.fingerprint,
-                "startsAt": self.starts_at, "labels": self.labels, "annotations": self.annotations,
-                "generatorURL": self.generator_url}
+    def as_parameter(self, correlation_key: str | None = None) -> AlertParameter:
+        """The alert as a scenario run's `alert` parameter."""
+        fields = {"source": self.source, "status": self.status, "fingerprint": self.fingerprint,
+                  "startsAt": self.starts_at, "labels": self.labels, "annotations": self.annotations,
+                  "generatorURL": self.generator_url}
+        if correlation_key is not None:
+            fields["correlation_key"] = correlation_key
+        return AlertParameter.model_validate(fields)
 
 
 class _AlertIn(BaseModel):

@@ -4,9 +4,9 @@ planning rule and the public-communication draft."""
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from incidents.action_params import EnableLogging, IngressDenylistBlock, NetworkPolicyBlock, RotateSecret
+from incidents.alerts import AlertParameter
 from incidents.check_facts import EVIDENCE, Containment, EvidenceFacts
 from incidents.config import ServiceConfig
 from incidents.evidence import STRONG, Weighing, abstain, settle
@@ -43,17 +43,14 @@ def validate_cidr(value: str) -> str:
     return str(network)
 
 
-def suspicious_cidrs(alert: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+def suspicious_cidrs(alert: AlertParameter | None) -> tuple[list[str], list[str]]:
     """Addresses named by the alert: annotation `suspicious_ips` (comma or space separated) or
     label `source_ip`. Returns the valid ones (normalised) and, for each value dropped, why:
     one bad value must not stop a P0 containment of the rest."""
     if not alert:
         return [], []
     raw: list[str] = []
-    for section in ("annotations", "labels"):
-        values = alert.get(section) or {}
-        if not isinstance(values, dict):
-            continue
+    for values in (alert.annotations, alert.labels):
         for key in ("suspicious_ips", "source_ip"):
             if values.get(key):
                 raw += str(values[key]).replace(",", " ").split()

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Callable
 
 from incidents import templates
-from incidents.alerts import WITHDRAWN_REASON
+from incidents.alerts import WITHDRAWN_REASON, AlertParameter
 from incidents.escalation import level_contacts
 from incidents.models import EventKind, Incident, Severity
 from tasks.context import RunContext
@@ -41,23 +41,18 @@ class Joined:
     paged: tuple[str, ...]         # whom the raise paged in addition
 
 
-def alert_identity(alert: dict) -> tuple[str, str]:
-    return str(alert.get("fingerprint") or ""), str(alert.get("startsAt") or "")
-
-
-def note_alert(ctx: RunContext, incident: Incident, alert: dict | None) -> str:
+def note_alert(ctx: RunContext, incident: Incident, alert: AlertParameter | None) -> str:
     """Record that `alert` fires for `incident`: 'new', 'refired' (after resolving: a flap) or 'repeat'."""
-    if not alert or not alert.get("fingerprint"):
+    if alert is None or not alert.fingerprint:
         return "run"
-    labels = alert.get("labels") or {}
-    identity, starts_at = alert_identity(alert)
-    return ctx.store().record_alert(incident.id, identity, labels.get("alertname", "alert"),
-                                    labels.get("severity"), starts_at)
+    identity, starts_at = alert.identity
+    return ctx.store().record_alert(incident.id, identity, alert.name or "alert", alert.labels.get("severity"),
+                                    starts_at)
 
 
-def detected(ctx: RunContext, incident: Incident, by: str, what: str, alert: dict | None) -> None:
+def detected(ctx: RunContext, incident: Incident, by: str, what: str, alert: AlertParameter | None) -> None:
     """The first entries of a new incident: what detected it, and its alert (if any)."""
-    record(ctx, incident.id, by, EventKind.DETECTED, what, {"alert": alert} if alert else {})
+    record(ctx, incident.id, by, EventKind.DETECTED, what, {"alert": alert.as_dict()} if alert else {})
     note_alert(ctx, incident, alert)
 
 
@@ -68,7 +63,7 @@ def added_contacts(ctx: RunContext, before: Severity, after: Severity) -> list[s
     return [c for c in level_contacts(roles, matrix.policy(after), 0) if c not in already]
 
 
-def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Severity | None, by: str,
+def join(ctx: RunContext, incident: Incident, alert: AlertParameter | None, severity: Severity | None, by: str,
          flow_run_id: str | None = None) -> Joined:
     """`alert` (or a run, when None) joins the open `incident`; `flow_run_id` is the joining run's
     (the store finds the incident of a run by it, e.g. for what its Cancel records)."""
@@ -79,7 +74,7 @@ def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Seve
     if raised_from is not None:
         incident.severity = severity
         paged = added_contacts(ctx, raised_from, severity)
-    name = ((alert or {}).get("labels") or {}).get("alertname") or by
+    name = (alert.name if alert else None) or by
     message = {
         "new": f"{name} also fires: it joined incident {incident.id} (same outage)",
         "refired": f"{name} fired again after it had resolved (a flap): incident {incident.id} continues",
@@ -89,8 +84,8 @@ def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Seve
     if raised_from is not None:
         message += f"; severity raised from {raised_from.value} to {severity.value}"
     record(ctx, incident.id, by, EventKind.FLAP if seen == "refired" else EventKind.JOINED, message,
-           {"alert": alert, "seen": seen, "raised_from": raised_from.value if raised_from else None, "paged": paged,
-            "flow_run_id": flow_run_id})
+           {"alert": alert.as_dict() if alert else None, "seen": seen,
+            "raised_from": raised_from.value if raised_from else None, "paged": paged, "flow_run_id": flow_run_id})
     if incident.announced_at is not None and (seen in ("new", "refired") or raised_from is not None):
         note = message + "." + (" ⏫ Paging the severity's contacts." if paged else "")
         send_slack(ctx, incident.id, templates.status_update(incident, incident.status.value,
@@ -106,14 +101,14 @@ def join(ctx: RunContext, incident: Incident, alert: dict | None, severity: Seve
     return Joined(incident, seen, raised_from, tuple(paged))
 
 
-def alert_resolved(ctx: RunContext, incident: Incident, alert: dict, grace_seconds: float) -> bool:
+def alert_resolved(ctx: RunContext, incident: Incident, alert: AlertParameter, grace_seconds: float) -> bool:
     """An alert of `incident` resolved at its source: noted on the timeline (no message yet:
     a flap would make it noise). False when it was not firing for this incident."""
-    identity, _ = alert_identity(alert)
+    identity, _ = alert.identity
     if not ctx.store().resolve_alert(incident.id, identity):
         return False
-    name = (alert.get("labels") or {}).get("alertname", "alert")
-    record(ctx, incident.id, alert.get("source") or "alert", EventKind.ALERT_RESOLVED,
+    name = alert.name or "alert"
+    record(ctx, incident.id, alert.source or "alert", EventKind.ALERT_RESOLVED,
            f"{name} resolved at its source; a pending approval is withdrawn if every alert of the incident stays "
            f"resolved for {grace_seconds:g} s", {"identity": identity})
     return True

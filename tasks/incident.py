@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from incidents import templates
-from incidents.alerts import correlation_key
+from incidents.alerts import AlertParameter, correlation_key
 from incidents.escalation import level_contacts
 from incidents.models import EventKind, Incident, Severity, Status
 from incidents.redaction import redact, redact_alert
@@ -25,13 +25,12 @@ from tasks.postmortem import start_post_incident
 from tasks.timeline import record
 
 
-def dedup_key(scenario: str, ctx: RunContext, alert: dict | None) -> str:
+def dedup_key(scenario: str, ctx: RunContext, alert: AlertParameter | None) -> str:
     """The incident's correlation key: one open incident per outage. The intake puts the key its
     route computed into the alert; a manual run correlates by environment and service."""
-    given = (alert or {}).get("correlation_key")
-    if isinstance(given, str) and given:
-        return given
-    return correlation_key(ctx.environment, ctx.service_name, (alert or {}).get("labels") or {})
+    if alert is not None and alert.correlation_key:
+        return alert.correlation_key
+    return correlation_key(ctx.environment, ctx.service_name, alert.labels if alert else {})
 
 
 def escalation_contacts(ctx: RunContext, severity: Severity, level: int = 0) -> list[str]:
@@ -39,20 +38,9 @@ def escalation_contacts(ctx: RunContext, severity: Severity, level: int = 0) -> 
     return level_contacts(ctx.config.roles, ctx.config.escalation.policy(severity), level)
 
 
-def alert_started_at(alert: dict | None) -> datetime | None:
-    """When the problem began, as the alert says (its startsAt); None if it does not say."""
-    value = (alert or {}).get("startsAt")
-    if not value or not isinstance(value, str) or value.startswith("0001-"):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
 @task(name="open-incident", cache_policy=NO_CACHE)
-def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: str, alert: dict | None = None,
+def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: str,
+                  alert: AlertParameter | None = None,
                   detected_by: str = "runbook", explicit_severity: Severity | None = None) -> Incident:
     """Open the incident for this outage, or join the one already open for it (`joined` is then
     True). The run that works the incident announces it, once: the GitHub issue from the
@@ -69,8 +57,8 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
         title=templates.issue_title_text(ctx.service_name, severity, summary),
         detected_by=detected_by,
         flow_run_id=run_id,
-        alert=redact_alert(alert),
-        started_at=alert_started_at(alert),
+        alert=redact_alert(alert.as_dict() if alert else None),
+        started_at=alert.started if alert else None,
     )
     if incident.created:
         detected(ctx, incident, detected_by, f"{scenario}: {summary}", alert)

@@ -14,6 +14,7 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from incidents import templates
+from incidents.alerts import AlertParameter, starts_at_time
 from incidents.findings import Finding, report_markdown
 from incidents.models import EventKind, Incident, Lease, Outcome, Severity, Status
 from incidents.plans import Plan
@@ -22,7 +23,7 @@ from integrations.errors import IntegrationError
 from tasks.approval import Decision, request_approval
 from tasks.context import RunContext
 from tasks.deploys import RemediationFailed, Verification
-from tasks.incident import alert_started_at, escalate_incident, open_incident, resolve_incident
+from tasks.incident import escalate_incident, open_incident, resolve_incident
 from tasks.leases import await_turn, holder_of, holding
 from tasks.notify import notify_slack
 from tasks.remedies import execute
@@ -59,10 +60,10 @@ def _status(ctx: RunContext, incident: Incident, status: Status, eta: str, impac
     notify_slack(ctx, incident.id, templates.status_update(incident, status.value, eta, impact, note))
 
 
-def drill_approval(ctx: RunContext, alert: dict | None) -> tuple[str | None, float]:
+def drill_approval(ctx: RunContext, alert: AlertParameter | None) -> tuple[str | None, float]:
     """A drill's alert carries its drill id; only a drill that is registered, still running,
     for this environment and service, and set to automatic approval may approve its own plan."""
-    drill_id = ((alert or {}).get("labels") or {}).get("drill_id")
+    drill_id = alert.labels.get("drill_id") if alert else None
     if not drill_id:
         return None, 0.0
     try:
@@ -103,7 +104,7 @@ def _resumption(ctx: RunContext) -> dict | None:
 
 
 def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None, dry_run: bool,
-                 alert: dict | None) -> dict[str, Any]:
+                 alert: AlertParameter | None) -> dict[str, Any]:
     if dry_run:
         return _dry_run(scenario, ctx, severity, alert)
     logger = get_run_logger()
@@ -172,13 +173,14 @@ def _beside(scenario: Scenario, ctx: RunContext, incident: Incident, findings: d
     return {**joined, "outcome": Outcome.ESCALATED}
 
 
-def _onset(alert: dict | None, incident: Incident) -> datetime | None:
+def _onset(alert: AlertParameter | None, incident: Incident) -> datetime | None:
     """When the failure began: the alert's startsAt, or the incident's first alert's; unknown
     for a manual run (the time someone pressed Run says nothing about when it broke)."""
-    return alert_started_at(alert) or alert_started_at(incident.alert)
+    return (alert.started if alert else None) or starts_at_time((incident.alert or {}).get("startsAt"))
 
 
-def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: dict | None) -> dict[str, Any]:
+def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None,
+             alert: AlertParameter | None) -> dict[str, Any]:
     """Diagnose and plan, change nothing, page nobody: the record is closed from the start and
     the metrics do not count it."""
     severity = Severity(severity) if severity else scenario.default_severity
@@ -189,7 +191,7 @@ def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None, ale
     findings = scenario.diagnose(ctx)
     if scenario.after_diagnosis:
         scenario.after_diagnosis(ctx, record_, findings)
-    scenario, findings, plan, failing = _plan(scenario, ctx, record_, findings, alert_started_at(alert))
+    scenario, findings, plan, failing = _plan(scenario, ctx, record_, findings, alert.started if alert else None)
     publish_report(ctx, record_, "plan", "## Dry run: nothing was changed\n\n" + plan.markdown())
     record(ctx, record_.id, "runbook", EventKind.DRY_RUN, "Dry run: plan reported, nothing changed",
            {"plan": plan.to_dict(), "judgement": _judgement(plan)})
@@ -256,7 +258,7 @@ def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, finding
 
 
 def _diagnosed(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
-               alert: dict | None, outcome: dict[str, Any]) -> dict[str, Any]:
+               alert: AlertParameter | None, outcome: dict[str, Any]) -> dict[str, Any]:
     record(ctx, incident.id, "runbook", EventKind.INVESTIGATING, f"Investigation: {len(findings)} checks ran")
     if scenario.after_diagnosis:
         scenario.after_diagnosis(ctx, incident, findings)
@@ -304,7 +306,7 @@ def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome:
 
 
 def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
-                        plan: Plan, alert: dict | None, outcome: dict[str, Any]) -> dict[str, Any]:
+                        plan: Plan, alert: AlertParameter | None, outcome: dict[str, Any]) -> dict[str, Any]:
     drill_id, delay = drill_approval(ctx, alert)
     decision = request_approval(ctx, incident, plan, auto_approve_for_drill=drill_id, auto_approve_delay=delay,
                                 findings=_findings_json(findings))

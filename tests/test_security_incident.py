@@ -128,8 +128,10 @@ def test_declined_containment_changes_nothing(world):
 def test_an_invalid_cidr_is_dropped_with_its_reason_and_the_rest_kept(bad, reason):
     """One bad value in a P0 alert must not stop the containment of the others
     (tests/test_correlation.py runs the whole runbook with one)."""
+    from incidents.alerts import AlertParameter
     from incidents.security_rules import suspicious_cidrs
 
-    kept, dropped = suspicious_cidrs({**ALERT, "annotations": {"suspicious_ips": f"203.0.113.7, {bad}"}})
+    alert = {**ALERT, "annotations": {"suspicious_ips": f"203.0.113.7, {bad}"}}
+    kept, dropped = suspicious_cidrs(AlertParameter.model_validate(alert))
     assert kept == ["203.0.113.7/32"]
     assert len(dropped) == 1 and reason in dropped[0]
