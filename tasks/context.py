@@ -1,18 +1,23 @@
 """What every task of a run needs: the environment's config, the service, and clients built
-from them with secrets resolved at the last moment (never stored, never logged)."""
+from them with secrets resolved at the last moment (never stored, never logged), through the
+run's wiring (the real clients, or a test's fakes)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from incidents.config import EnvironmentConfig, ServiceConfig, load_environment, secret_env_var
 from incidents.redaction import remember_secret
 from incidents.store import IncidentStore
+from integrations.cache import CacheClient
 from integrations.github import GitHubClient
 from integrations.http import RetryPolicy
 from integrations.kubernetes import KubernetesClient
 from integrations.pagerduty import PagerDutyEvents
+from integrations.postgres import PostgresClient
+from integrations.prometheus import PrometheusClient
 from integrations.slack import SlackApp, SlackWebhook
 
 
@@ -39,53 +44,127 @@ def resolve_secret(name: str) -> str:
     return value
 
 
+class Wiring(Protocol):
+    """How a run reaches what it checks and changes: one factory per client, each called when
+    the client is needed (secrets resolved then). `ProductionWiring` is the one place the real
+    clients are built; a test hands `RunContext` a wiring of in-memory fakes instead."""
+
+    def store(self) -> IncidentStore: ...
+
+    def kubernetes(self, ctx: RunContext) -> KubernetesClient: ...
+
+    def postgres(self, ctx: RunContext) -> PostgresClient: ...
+
+    def cache(self, ctx: RunContext, url_secret: str) -> CacheClient: ...
+
+    def prometheus(self, ctx: RunContext) -> PrometheusClient: ...
+
+    def github(self, ctx: RunContext) -> GitHubClient: ...
+
+    def slack(self, ctx: RunContext, webhook_secret: str) -> SlackWebhook: ...
+
+    def slack_app(self, ctx: RunContext) -> SlackApp: ...
+
+    def pagerduty(self, ctx: RunContext) -> PagerDutyEvents: ...
+
+
+class ProductionWiring:
+    """The real clients, with the environment's timeouts and the project's retry rule."""
+
+    def store(self) -> IncidentStore:
+        return IncidentStore()
+
+    def kubernetes(self, ctx: RunContext) -> KubernetesClient:
+        kube = ctx.config.kubernetes
+        return KubernetesClient(kube.kubeconfig, kube.context, timeout=kube.timeout_seconds, retry=ctx.retry(3))
+
+    def postgres(self, ctx: RunContext) -> PostgresClient:
+        db = ctx.service.database
+        if db is None:
+            raise SecretNotFound(f"service {ctx.service_name!r} has no database configured")
+        return PostgresClient(resolve_secret(db.dsn_secret), statement_timeout_ms=db.statement_timeout_ms)
+
+    def cache(self, ctx: RunContext, url_secret: str) -> CacheClient:
+        return CacheClient(resolve_secret(url_secret))
+
+    def prometheus(self, ctx: RunContext) -> PrometheusClient:
+        prom = ctx.config.prometheus
+        if prom is None:
+            raise ValueError(f"environment {ctx.environment!r} has no prometheus settings")
+        return PrometheusClient(prom.url, timeout=ctx.config.timeouts.probe_seconds)
+
+    def github(self, ctx: RunContext) -> GitHubClient:
+        return GitHubClient(ctx.config.github.api_url, resolve_secret(ctx.config.github.token_secret),
+                            timeout=ctx.config.timeouts.http_seconds, retry=ctx.retry())
+
+    def slack(self, ctx: RunContext, webhook_secret: str) -> SlackWebhook:
+        # a notification never waits long: at most 3 attempts, within the HTTP timeout each
+        return SlackWebhook(resolve_secret(webhook_secret), timeout=min(5.0, ctx.config.timeouts.http_seconds),
+                            retry=ctx.retry(3))
+
+    def slack_app(self, ctx: RunContext) -> SlackApp:
+        slack = ctx.config.slack
+        return SlackApp(slack.api_url, resolve_secret(slack.bot_token_secret or ""),
+                        timeout=min(5.0, ctx.config.timeouts.http_seconds), retry=ctx.retry(3))
+
+    def pagerduty(self, ctx: RunContext) -> PagerDutyEvents:
+        settings = ctx.config.pagerduty
+        if settings is None:
+            raise ValueError(f"environment {ctx.environment!r} has no pagerduty settings")
+        return PagerDutyEvents(settings.events_url, timeout=min(5.0, ctx.config.timeouts.http_seconds),
+                               retry=ctx.retry(3))
+
+
+PRODUCTION = ProductionWiring()
+
+
 @dataclass(frozen=True)
 class RunContext:
     environment: str
     service_name: str
     config: EnvironmentConfig
+    wiring: Wiring = field(default=PRODUCTION, compare=False, repr=False)
 
     @classmethod
-    def load(cls, environment: str, service: str) -> "RunContext":
+    def load(cls, environment: str, service: str, wiring: Wiring = PRODUCTION) -> "RunContext":
         config = load_environment(environment)
         config.service(service)  # an unknown service fails here, before anything happens
-        return cls(environment, service, config)
+        return cls(environment, service, config, wiring)
 
     @property
     def service(self) -> ServiceConfig:
         return self.config.services[self.service_name]
 
-    def store(self) -> IncidentStore:
-        return IncidentStore()
-
     def retry(self, at_most: int = 10) -> RetryPolicy:
         timeouts = self.config.timeouts
         return RetryPolicy(attempts=min(at_most, timeouts.retry_attempts), backoff=timeouts.retry_backoff_seconds)
 
-    def github(self) -> GitHubClient:
-        return GitHubClient(self.config.github.api_url, resolve_secret(self.config.github.token_secret),
-                            timeout=self.config.timeouts.http_seconds, retry=self.retry())
-
-    def slack(self, webhook_secret: str | None = None) -> SlackWebhook:
-        # a notification never waits long: at most 3 attempts, within the HTTP timeout each
-        return SlackWebhook(resolve_secret(webhook_secret or self.config.slack.webhook_secret or ""),
-                            timeout=min(5.0, self.config.timeouts.http_seconds), retry=self.retry(3))
-
-    def slack_app(self) -> SlackApp:
-        slack = self.config.slack
-        return SlackApp(slack.api_url, resolve_secret(slack.bot_token_secret or ""),
-                        timeout=min(5.0, self.config.timeouts.http_seconds), retry=self.retry(3))
-
-    def pagerduty(self) -> PagerDutyEvents:
-        settings = self.config.pagerduty
-        if settings is None:
-            raise ValueError(f"environment {self.environment!r} has no pagerduty settings")
-        return PagerDutyEvents(settings.events_url, timeout=min(5.0, self.config.timeouts.http_seconds),
-                               retry=self.retry(3))
+    def store(self) -> IncidentStore:
+        return self.wiring.store()
 
     def kubernetes(self) -> KubernetesClient:
-        kube = self.config.kubernetes
-        return KubernetesClient(kube.kubeconfig, kube.context, timeout=kube.timeout_seconds, retry=self.retry(3))
+        return self.wiring.kubernetes(self)
+
+    def postgres(self) -> PostgresClient:
+        return self.wiring.postgres(self)
+
+    def cache(self, url_secret: str) -> CacheClient:
+        return self.wiring.cache(self, url_secret)
+
+    def prometheus(self) -> PrometheusClient:
+        return self.wiring.prometheus(self)
+
+    def github(self) -> GitHubClient:
+        return self.wiring.github(self)
+
+    def slack(self, webhook_secret: str | None = None) -> SlackWebhook:
+        return self.wiring.slack(self, webhook_secret or self.config.slack.webhook_secret or "")
+
+    def slack_app(self) -> SlackApp:
+        return self.wiring.slack_app(self)
+
+    def pagerduty(self) -> PagerDutyEvents:
+        return self.wiring.pagerduty(self)
 
     def run_url(self, flow_run_id: str | None) -> str | None:
         return f"{self.config.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}" if flow_run_id else None

@@ -24,21 +24,13 @@ from incidents.check_facts import (
 )
 from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
-from integrations.cache import CacheClient
 from integrations.errors import IntegrationError
-from integrations.postgres import PostgresClient, Session, root_blockers
+from integrations.postgres import Session, root_blockers
 from integrations.probes import probe_all
-from tasks.context import RunContext, SecretNotFound, resolve_secret
+from tasks.context import RunContext, SecretNotFound
 from tasks.deploys import ActionResult, Verification
 
 _ERRORS = (IntegrationError, SecretNotFound)
-
-
-def postgres(ctx: RunContext) -> PostgresClient:
-    db = ctx.service.database
-    if db is None:
-        raise SecretNotFound(f"service {ctx.service_name!r} has no database configured")
-    return PostgresClient(resolve_secret(db.dsn_secret), statement_timeout_ms=db.statement_timeout_ms)
 
 
 def _brief(s: Session, seconds: float | None = None, waiters: list[int] | None = None) -> SessionBrief:
@@ -54,7 +46,7 @@ def _brief(s: Session, seconds: float | None = None, waiters: list[int] | None =
 def check_reachable(ctx: RunContext) -> Finding:
     """pg_isready from the runbook's side: connect and answer within the timeouts."""
     try:
-        seconds = postgres(ctx).ping()
+        seconds = ctx.postgres().ping()
     except SecretNotFound as exc:
         return unavailable(REACH, exc)
     except IntegrationError as exc:
@@ -68,7 +60,7 @@ def check_sessions(ctx: RunContext) -> Finding:
     transaction, and long-running queries."""
     db = ctx.service.database
     try:
-        sessions = postgres(ctx).sessions()
+        sessions = ctx.postgres().sessions()
     except _ERRORS as exc:
         return unavailable(SESSIONS, exc)
     by_pid = {s.pid: s for s in sessions}
@@ -104,7 +96,7 @@ def check_connections(ctx: RunContext) -> Finding:
     """Connections against max_connections (less the reserved slots) and each role's limit."""
     db = ctx.service.database
     try:
-        client = postgres(ctx)
+        client = ctx.postgres()
         connections = client.connections()
         sessions = client.sessions()
     except _ERRORS as exc:
@@ -129,7 +121,7 @@ def check_connections(ctx: RunContext) -> Finding:
 def check_replication(ctx: RunContext, max_lag_seconds: float = 30.0) -> Finding:
     """pg_stat_replication on a primary, pg_last_xact_replay_timestamp on a replica."""
     try:
-        repl = postgres(ctx).replication()
+        repl = ctx.postgres().replication()
     except _ERRORS as exc:
         return unavailable(REPLICATION, exc)
     if repl.role == "replica":
@@ -150,7 +142,7 @@ def check_cache(ctx: RunContext) -> Finding:
     """Redis memory, clients and evictions."""
     cache = ctx.service.cache
     try:
-        with CacheClient(resolve_secret(cache.url_secret)) as client:
+        with ctx.cache(cache.url_secret) as client:
             health = client.health()
             keys = client.count_prefix(cache.prefix)
     except _ERRORS as exc:
@@ -165,7 +157,7 @@ def check_cache(ctx: RunContext) -> Finding:
 def _signal(ctx: RunContext, action: PlannedAction, grant: Grant, how: str) -> ActionResult:
     require_grant(grant, action)
     p = action.params_as(Sessions)
-    outcomes = postgres(ctx).signal(p.sessions, how, allow_superuser=p.allow_superuser)
+    outcomes = ctx.postgres().signal(p.sessions, how, allow_superuser=p.allow_superuser)
     get_run_logger().info("%s: %s", how, outcomes)
     done = [pid for pid, outcome in outcomes.items() if outcome == f"{how}d"]
     detail = ", ".join(f"pid {pid} {outcome}" for pid, outcome in outcomes.items())
@@ -189,7 +181,7 @@ def clear_cache(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionR
     """Delete the planned key prefix (SCAN + UNLINK), or FLUSHDB when the plan says so."""
     require_grant(grant, action)
     cache, p = ctx.service.cache, action.params_as(ClearCache)
-    with CacheClient(resolve_secret(cache.url_secret)) as client:
+    with ctx.cache(cache.url_secret) as client:
         if p.mode == "flushdb":
             client.flushdb()
             return ActionResult(action.describe(), True, f"FLUSHDB on {client.where}")
@@ -207,7 +199,7 @@ def verify_database(ctx: RunContext, findings: dict[str, Finding], plan: Plan) -
     while True:
         problems = []
         try:
-            client = postgres(ctx)
+            client = ctx.postgres()
             sessions = client.sessions()
             still = sorted(waiters & {s.pid for s in sessions if s.blocked_by})
             if still:

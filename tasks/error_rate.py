@@ -22,12 +22,10 @@ from incidents.check_facts import (
 )
 from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
-from integrations.cache import CacheClient
 from integrations.errors import IntegrationError
 from integrations.kubernetes_security import get_config_value, set_config_value
 from integrations.probes import sample_error_rate
-from integrations.prometheus import PrometheusClient
-from tasks.context import RunContext, SecretNotFound, resolve_secret
+from tasks.context import RunContext, SecretNotFound
 from tasks.deploys import ActionResult, RemediationFailed, Verification
 
 _ERRORS = (IntegrationError, SecretNotFound)
@@ -72,7 +70,7 @@ def prometheus_error_rate(ctx: RunContext) -> Finding:
     """The same ratio from Prometheus, when the environment configures one."""
     prom = ctx.config.prometheus
     query = prom.error_rate_query.format(service=ctx.service_name)
-    with PrometheusClient(prom.url, timeout=ctx.config.timeouts.probe_seconds) as client:
+    with ctx.prometheus() as client:
         try:
             series = client.query(query)
         except IntegrationError as exc:
@@ -108,7 +106,7 @@ def _breaker_value(ctx: RunContext) -> str | None:
     if breaker.configmap:
         with ctx.kubernetes() as kube:
             return get_config_value(kube, ns, breaker.configmap, breaker.key)
-    with CacheClient(resolve_secret(breaker.redis_url_secret)) as cache:
+    with ctx.cache(breaker.redis_url_secret) as cache:
         return cache.get(breaker.key)
 
 
@@ -151,7 +149,7 @@ def set_circuit_breaker(ctx: RunContext, action: PlannedAction, grant: Grant) ->
         with ctx.kubernetes() as kube:
             previous = set_config_value(kube, p.namespace, p.configmap, p.key, p.value)
     else:
-        with CacheClient(resolve_secret(p.redis_url_secret or "")) as cache:
+        with ctx.cache(p.redis_url_secret or "") as cache:
             previous = cache.set(p.key, p.value)
     get_run_logger().info("circuit breaker %s: %s -> %s", p.key, previous, p.value)
     return ActionResult(action.describe(), previous != p.value,

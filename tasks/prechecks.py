@@ -20,11 +20,9 @@ from incidents.action_params import (
     Sessions,
 )
 from incidents.plans import PlannedAction
-from integrations.cache import CacheClient
 from integrations.kubernetes import revision_of
 from integrations.kubernetes_security import get_config_value, ingress_denylist, policies_selecting, secret_metadata
-from tasks.context import RunContext, resolve_secret
-from tasks.database import postgres
+from tasks.context import RunContext
 from tasks.deploys import RemediationFailed
 
 # A session's clock may read a little less than at planning when the two reads straddle a
@@ -87,7 +85,7 @@ def _switch_value(ctx: RunContext, namespace: str, configmap: str | None, redis_
     if configmap:
         with ctx.kubernetes() as kube:
             return get_config_value(kube, namespace, configmap, key)
-    with CacheClient(resolve_secret(redis_url_secret or "")) as cache:
+    with ctx.cache(redis_url_secret or "") as cache:
         return cache.get(key)
 
 
@@ -113,7 +111,7 @@ def _sessions(ctx: RunContext, action: PlannedAction) -> str | None:
     """Each backend is the same one (pid and start), in the same state, and has been in that
     state (or that query) at least as long as when planned: it has not moved on and come back."""
     p = action.params_as(Sessions)
-    current = {s.pid: s for s in postgres(ctx).sessions()}
+    current = {s.pid: s for s in ctx.postgres().sessions()}
     changed = []
     for pid, started in p.sessions:
         now, want = current.get(pid), p.expect.get(str(pid))
@@ -134,7 +132,7 @@ def _cache(ctx: RunContext, action: PlannedAction) -> str | None:
     p = action.params_as(ClearCache)
     if p.mode == "flushdb" or p.planned_keys is None:
         return None
-    with CacheClient(resolve_secret(ctx.service.cache.url_secret)) as cache:
+    with ctx.cache(ctx.service.cache.url_secret) as cache:
         now = cache.count_prefix(p.prefix)
     if now == 0:
         return f"no key under {p.prefix} is left"

@@ -64,13 +64,11 @@ def test_switches_and_secrets_are_read_again(world, ctx):
 
 
 def test_sessions_are_the_same_backends_in_the_same_state(ctx, app_database_url):
-    from tasks.database import postgres
-
     url = make_conninfo(app_database_url, user="sandbox_app")
     with psycopg.connect(url) as idle, psycopg.connect(url, autocommit=True) as other:
         idle.execute("SELECT 1")  # idle in transaction from here on
         time.sleep(1.2)
-        [planned] = [s for s in postgres(ctx).sessions() if s.pid == idle.info.backend_pid]
+        [planned] = [s for s in ctx.postgres().sessions() if s.pid == idle.info.backend_pid]
         action = _action("terminate_sessions", sessions=[[planned.pid, planned.backend_start.isoformat()]],
                          expect={str(planned.pid): {"state": planned.state, "seconds": planned.seconds_in_state,
                                                     "clock": "state"}})
