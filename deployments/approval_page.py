@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from deployments.prefect_api import PrefectApi
 from incidents.models import EventKind
-from integrations.errors import IntegrationError
+from integrations.errors import IntegrationError, Unreachable
 
 log = logging.getLogger("runbooks.approvals")
 MAX_FORM_BYTES = 16 * 1024
@@ -254,7 +254,7 @@ def _resume(flow_run_id: str | None, run_input: dict, prefect: PrefectApi) -> st
     try:
         body = prefect.resume(flow_run_id, run_input).json()
     except IntegrationError as exc:
-        return f"Prefect API: HTTP {exc.status}" if exc.status else "Prefect API: unreachable"
+        return "Prefect API: unreachable" if isinstance(exc, Unreachable) else f"Prefect API: HTTP {exc.status}"
     except ValueError as exc:
         return f"Prefect API: {type(exc).__name__}"
     if body.get("status") != "ACCEPT":

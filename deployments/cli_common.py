@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from deployments.prefect_api import PrefectApi, api_url
-from integrations.errors import IntegrationError
+from integrations.errors import IntegrationError, Unreachable
 from integrations.http import RetryPolicy
 
 OK, FAILED, USAGE, WAITING, UNREACHABLE = 0, 1, 2, 3, 4
@@ -33,6 +33,15 @@ def store_failure(exc: Exception) -> CliError:
     return CliError(str(exc), FAILED if isinstance(exc, NotFound) else UNREACHABLE)
 
 
+def api_failure(exc: IntegrationError, path: str) -> CliError:
+    """The exit code of a failed Prefect API call, chosen by its type, in one place: no answer
+    is unreachable (4), worth trying again; an answer that refused fails (1)."""
+    if isinstance(exc, Unreachable):
+        return CliError(f"cannot reach the Prefect API at {api_url()} ({exc.reason}); is `make up` running? "
+                        "Set PREFECT_API_URL to use another server.", UNREACHABLE)
+    return CliError(f"Prefect API answered {exc.status} for {path}: {exc.reason}")
+
+
 # A busy or restarting server (Prefect answers 503 for errors a client may retry) is asked
 # again after 0.5, 1 and 2 s (a Retry-After up to 5 s instead), saying so on stderr.
 API_RETRY = RetryPolicy(attempts=4, backoff=0.5, max_wait=5.0)
@@ -46,10 +55,7 @@ def api(method: str, path: str, **kwargs: Any) -> Any:
     try:
         response = PrefectApi(timeout=10, retry=API_RETRY, on_retry=say).call(method, path, ok=(404,), **kwargs)
     except IntegrationError as exc:
-        if exc.status is None:
-            raise CliError(f"cannot reach the Prefect API at {api_url()} ({exc.reason}); is `make up` running? "
-                           "Set PREFECT_API_URL to use another server.", UNREACHABLE) from None
-        raise CliError(f"Prefect API answered {exc.status} for {path}: {exc.reason}") from None
+        raise api_failure(exc, path) from None
     if response.status_code == 404:
         raise CliError(f"not found: {path}")
     return response.json() if response.content else None

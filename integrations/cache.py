@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from integrations.errors import Closing, IntegrationError
+from integrations.errors import Closing, IntegrationError, Refused, TimedOut, Unreachable
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:\-]{2,100}$")
 
@@ -36,6 +36,15 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+def _error(what: str, exc: redis.RedisError) -> IntegrationError:
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, redis.TimeoutError):
+        return TimedOut(what, reason, transient=True)
+    if isinstance(exc, redis.ConnectionError):
+        return Unreachable(what, reason, transient=True)
+    return Refused(what, reason)
+
+
 class CacheClient(Closing):
     def __init__(self, url: str, *, timeout: float = 3.0):
         self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -49,7 +58,7 @@ class CacheClient(Closing):
         try:
             return fn(*args)
         except redis.RedisError as exc:
-            raise IntegrationError(f"Redis {self.where} ({what})", f"{type(exc).__name__}: {exc}") from None
+            raise _error(f"Redis {self.where} ({what})", exc) from None
 
     def health(self) -> CacheHealth:
         memory = self._call("INFO memory", self._client.info, "memory")
@@ -69,7 +78,7 @@ class CacheClient(Closing):
             except StopIteration:
                 return
             except redis.RedisError as exc:
-                raise IntegrationError(f"Redis {self.where} (SCAN)", f"{type(exc).__name__}: {exc}") from None
+                raise _error(f"Redis {self.where} (SCAN)", exc) from None
             yield key
 
     def count_prefix(self, prefix: str) -> int:

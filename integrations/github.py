@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from integrations.errors import Closing, IntegrationError
+from integrations.errors import Closing, IntegrationError, TimedOut, refusal
 from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, request
 from integrations.http import client as http_client
 
@@ -96,7 +96,7 @@ class GitHubClient(Closing):
                     if made():
                         return None
                 except IntegrationError:  # cannot tell whether it was acted on: never send it blind
-                    raise IntegrationError(
+                    raise type(exc)(
                         what,
                         f"{exc.reason}; whether GitHub acted on it could not be checked, so it was not sent again",
                         status=exc.status,
@@ -107,8 +107,7 @@ class GitHubClient(Closing):
             if response.status_code != 429:
                 return response
             if attempt == self.retry.attempts:
-                raise IntegrationError(what, f"HTTP 429: rate limited (after {attempt} attempts)", status=429,
-                                       transient=True)
+                raise refusal(what, f"HTTP 429: rate limited (after {attempt} attempts)", 429, transient=True)
             time.sleep(self.retry.delay(attempt, response))  # not acted on: again after its Retry-After
         raise AssertionError("unreachable")
 
@@ -127,7 +126,7 @@ class GitHubClient(Closing):
                 return run
             time.sleep(poll)
         state = f"run {run['id']} still {run.get('status')}" if run else "no run appeared"
-        raise IntegrationError(f"GitHub workflow {workflow} in {repo}", f"{state} after {timeout:g} s")
+        raise TimedOut(f"GitHub workflow {workflow} in {repo}", f"{state} after {timeout:g} s")
 
     def run_jobs(self, repo: str, run_id: int) -> list[dict[str, Any]]:
         return _json_list(

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import httpx
 
-from integrations.errors import IntegrationError
+from integrations.errors import gave_up, refusal
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 
@@ -71,52 +71,50 @@ def request(client: httpx.Client, method: str, url: str, *, what: str, retry: Re
     A 2xx/3xx response, or one whose status is in `ok`, is returned as is. `on_retry(why,
     seconds)` hears of each new try before the pause (a terminal says so).
     """
-    last: str = ""
+    last, timed_out = "", False
     for attempt in range(1, retry.attempts + 1):
         response = None
         try:
             response = client.request(method, url, **kwargs)
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            last = f"{type(exc).__name__}: {exc or 'no response'}"
-            transient = True
+            last, timed_out = f"{type(exc).__name__}: {exc or 'no response'}", isinstance(exc, httpx.TimeoutException)
         else:
             if response.status_code < 400 or response.status_code in ok:
                 return response
             last = f"HTTP {response.status_code}: {_short(response)}"
-            transient = is_transient(response.status_code)
-            if not transient:
-                raise IntegrationError(what, last, status=response.status_code)
+            if not is_transient(response.status_code):
+                raise refusal(what, last, response.status_code)
         if attempt == retry.attempts:
             break
         pause = retry.delay(attempt, response)
         if on_retry is not None:
             on_retry(last, pause)
         time.sleep(pause)
-    raise IntegrationError(what, f"{last} (after {retry.attempts} attempts)",
-                           status=response.status_code if response is not None else None, transient=True)
+    raise gave_up(what, f"{last} (after {retry.attempts} attempts)",
+                  response.status_code if response is not None else None, timed_out=timed_out)
 
 
 async def arequest(client: httpx.AsyncClient, method: str, url: str, *, what: str, retry: RetryPolicy = RetryPolicy(),
                    ok: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
     """`request` for asyncio: the same retries, the same rule for Retry-After, the same errors."""
-    last: str = ""
+    last, timed_out = "", False
     response: httpx.Response | None = None
     for attempt in range(1, retry.attempts + 1):
         response = None
         try:
             response = await client.request(method, url, **kwargs)
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            last = f"{type(exc).__name__}: {exc or 'no response'}"
+            last, timed_out = f"{type(exc).__name__}: {exc or 'no response'}", isinstance(exc, httpx.TimeoutException)
         else:
             if response.status_code < 400 or response.status_code in ok:
                 return response
             last = f"HTTP {response.status_code}: {_short(response)}"
             if not is_transient(response.status_code):
-                raise IntegrationError(what, last, status=response.status_code)
+                raise refusal(what, last, response.status_code)
         if attempt < retry.attempts:
             await asyncio.sleep(retry.delay(attempt, response))
-    raise IntegrationError(what, f"{last} (after {retry.attempts} attempts)",
-                           status=response.status_code if response is not None else None, transient=True)
+    raise gave_up(what, f"{last} (after {retry.attempts} attempts)",
+                  response.status_code if response is not None else None, timed_out=timed_out)
 
 
 def _short(response: httpx.Response) -> str:

@@ -16,7 +16,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from integrations.errors import Closing, IntegrationError
+from integrations.errors import Closing, IntegrationError, gave_up, refusal
 from integrations.http import RetryPolicy, is_transient
 
 REVISION = "deployment.kubernetes.io/revision"
@@ -212,22 +212,23 @@ class KubernetesClient(Closing):
         self.api_client.close()
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        last = ""
+        last, timed_out = "", False
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 return fn(*args, _request_timeout=self.timeout, **kwargs)
             except ApiException as exc:
                 reason = _api_reason(exc)
                 if not is_transient(exc.status or 0):
-                    raise IntegrationError(f"Kubernetes {what}", reason, status=exc.status) from None
+                    raise refusal(f"Kubernetes {what}", reason, exc.status) from None
                 last, retry_after = reason, (exc.headers or {}).get("Retry-After")
                 status = exc.status
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 last, retry_after, status = f"{type(exc).__name__}: {exc}", None, None
+                timed_out = isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError))
             if attempt < self.retry.attempts:
                 time.sleep(self.retry.pause(attempt, retry_after))
-        raise IntegrationError(f"Kubernetes {what}", f"{last} (after {self.retry.attempts} attempts)",
-                               status=status, transient=True)
+        raise gave_up(f"Kubernetes {what}", f"{last} (after {self.retry.attempts} attempts)", status,
+                      timed_out=timed_out)
 
     def _json(self, obj: Any) -> dict[str, Any]:
         return cast(dict[str, Any], self.api_client.sanitize_for_serialization(obj))

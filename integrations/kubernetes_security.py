@@ -11,7 +11,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from integrations.errors import IntegrationError
+from integrations.errors import IntegrationError, NotFound, refusal
 from integrations.kubernetes import KubernetesClient
 
 
@@ -84,10 +84,8 @@ def remove_network_policy(kube: KubernetesClient, namespace: str, policy: str) -
     try:
         kube._call(f"delete networkpolicy {namespace}/{policy}", networking.delete_namespaced_network_policy,
                    policy, namespace)
-    except IntegrationError as exc:
-        if exc.status == 404:
-            return False
-        raise
+    except NotFound:
+        return False
     return True
 
 
@@ -104,9 +102,8 @@ def _read_policy(kube: KubernetesClient, namespace: str, policy: str) -> dict[st
                                                                              _request_timeout=kube.timeout))
     except k8s.ApiException as exc:
         if exc.status != 404:
-            raise IntegrationError(
-                f"Kubernetes read networkpolicy {namespace}/{policy}", f"HTTP {exc.status}"
-            ) from None
+            raise refusal(f"Kubernetes read networkpolicy {namespace}/{policy}", f"HTTP {exc.status}",
+                          exc.status) from None
         return None
 
 

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from integrations.errors import IntegrationError
+from integrations.errors import IntegrationError, Refused, TimedOut, Unreachable
 
 
 @dataclass(frozen=True)
@@ -111,14 +111,14 @@ class PostgresClient:
                 application_name="runbooks-diagnosis",
             )
         except psycopg.Error as exc:
-            raise IntegrationError(f"PostgreSQL {self.where}", _first_line(exc)) from None
+            raise _error(f"PostgreSQL {self.where}", exc) from None
 
     def _query(self, what: str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         try:
             with self._connect() as conn:
                 return conn.execute(sql, params).fetchall()
         except psycopg.Error as exc:
-            raise IntegrationError(f"PostgreSQL {self.where} ({what})", _first_line(exc)) from None
+            raise _error(f"PostgreSQL {self.where} ({what})", exc) from None
 
     def ping(self) -> float:
         """pg_isready, from the client side: seconds to connect and answer."""
@@ -182,8 +182,19 @@ class PostgresClient:
                                             (pid,)).fetchone()
                         outcomes[pid] = f"{how}d" if done and done["ok"] else f"{how} failed"
         except psycopg.Error as exc:
-            raise IntegrationError(f"PostgreSQL {self.where} ({how} backends)", _first_line(exc)) from None
+            raise _error(f"PostgreSQL {self.where} ({how} backends)", exc) from None
         return outcomes
+
+
+def _error(what: str, exc: psycopg.Error) -> IntegrationError:
+    """No connection: Unreachable (TimedOut when the connect timed out); a statement timeout:
+    TimedOut; any other error the server answered with (it has a SQLSTATE): Refused."""
+    reason = _first_line(exc)
+    if isinstance(exc, (psycopg.errors.ConnectionTimeout, psycopg.errors.QueryCanceled)):
+        return TimedOut(what, reason, transient=True)
+    if exc.sqlstate is None:
+        return Unreachable(what, reason, transient=True)
+    return Refused(what, reason)
 
 
 def _first_line(exc: Exception) -> str:
