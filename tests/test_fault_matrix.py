@@ -35,6 +35,7 @@ import pytest
 import redis
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from incidents.alerts import AlertParameter
 from incidents.store import DrillStore, IncidentStore
 from sandbox.http import Fault
 from sandbox.world import SLACK_PATH
@@ -353,8 +354,9 @@ def _cell(lane: Lane, hooks: Hooks, target: Target, mode: str, phase: str) -> di
     scenario = replace(runbook, diagnose=diagnose, verify=verify)
     drill_id = f"matrix-{uuid.uuid4().hex[:10]}"
     DrillStore().start_drill(drill_id, target.fault, target.scenario, env, service, "auto", 0, None)
-    alert = {"status": "firing", "fingerprint": drill_id, "startsAt": datetime.now(timezone.utc).isoformat(),
-             "labels": {"alertname": "MatrixCell", "service": service, "environment": env, "drill_id": drill_id}}
+    alert = AlertParameter(status="firing", fingerprint=drill_id, startsAt=datetime.now(timezone.utc).isoformat(),
+                           labels={"alertname": "MatrixCell", "service": service, "environment": env,
+                                   "drill_id": drill_id})
     outcome: dict[str, Any] = {}
 
     def run() -> None:
