@@ -139,8 +139,8 @@ class Bench:
         approval = self.store.approval_for_run(run_id)
         if approval is None:
             return None
-        started = [row["started_at"].timestamp() for row in self.store.action_log(approval["incident_id"])
-                   if row["started_at"].timestamp() >= after - 1]
+        started = [row.started_at.timestamp() for row in self.store.action_log(approval.incident_id)
+                   if row.started_at.timestamp() >= after - 1]
         return min(started) if started else None
 
     # -- 1 ------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ class Bench:
                 "type": "CANCELLED", "name": "Cancelled", "message": "Cancelled by the engine latency benchmark"}})
             if approval is not None:
                 try:
-                    self.store.resolve(approval["incident_id"], "benchmark", "cancelled by the benchmark")
+                    self.store.resolve(approval.incident_id, "benchmark", "cancelled by the benchmark")
                 except Exception:  # noqa: BLE001 - already resolved
                     pass
 

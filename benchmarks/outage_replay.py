@@ -104,7 +104,7 @@ class Replay:
                     if m["received_at"] >= since.timestamp()]
         texts = [m.get("text") or "" for m in messages]
         issues = [i for i in self._issues() if i["created_at"] >= _iso(since)[:19]]
-        waiting = sum(1 for i in incidents for a in self.store.approvals(i.id) if a["decision"] is None)
+        waiting = sum(1 for i in incidents for a in self.store.approvals(i.id) if a.decision is None)
         return {
             "incidents": len(incidents),
             "issues": len(issues),

@@ -38,7 +38,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from deployments.prefect_api import PrefectApi
-from incidents.models import EventKind
+from incidents.models import Approval, EventKind, Signature
+from incidents.plans import Plan
 from integrations.errors import IntegrationError, Unreachable
 
 log = logging.getLogger("runbooks.approvals")
@@ -59,14 +60,14 @@ def _same(given: str, expected: str) -> bool:
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 
 
-def _load(token: str) -> tuple[dict, Any]:
+def _load(token: str) -> tuple[Approval, Any]:
     from incidents.config import load_environment
     from incidents.store import IncidentStore
 
     approval = IncidentStore().approval_by_token(token) if _TOKEN.match(token) else None
-    if approval is None:
+    if approval is None or approval.environment is None:
         raise Refused(404, "no such approval request (links carry the request's token, as sent in Slack)")
-    return approval, load_environment(approval["environment"])
+    return approval, load_environment(approval.environment)
 
 
 class Throttle:
@@ -105,34 +106,39 @@ class Slowed(Refused):
         self.retry_after = max(1, int(seconds + 0.999))
 
 
-def _page(approval: dict, config: Any, signatures: list[dict], message: str = "", status: int = 200) -> HTMLResponse:
-    e = html.escape
-    plan = approval["plan"] or {}
-    rows = "".join(f"<tr><td>{e(a['kind'])}</td><td><code>{e(a['target'])}</code></td><td>{e(a['before'])} → "
-                   f"{e(a['after'])}</td><td>{e(a['via'])}</td></tr>" for a in plan.get("actions", []))
-    evidence = "".join(f"<li>{e(x)}</li>" for x in plan.get("evidence", [])) or "<li>(none recorded)</li>"
-    judgement = (f"<p><b>Confidence:</b> {e(plan.get('confidence', 'strong'))}</p><p><b>Evidence for</b></p><ul>"
-                 + ("".join(f"<li>{e(x)}</li>" for x in plan.get("support", [])) or "<li>(none)</li>")
+def _escaped(value: object) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _signed(signatures: list[Signature]) -> str:
+    """Who answered so far, as list items."""
+    items = "".join(f"<li>{_escaped(s.approver)}: {_escaped(s.decision)} at {s.signed_at:%H:%M:%S} UTC"
+                    f"{' — ' + _escaped(s.reason) if s.reason else ''}</li>" for s in signatures)
+    return items or "<li>nobody yet</li>"
+
+
+def _page(approval: Approval, config: Any, signatures: list[Signature], message: str = "",
+          status: int = 200) -> HTMLResponse:
+    e = _escaped
+    plan = Plan.from_dict(approval.plan)
+    rows = "".join(f"<tr><td>{e(a.kind)}</td><td><code>{e(a.target)}</code></td><td>{e(a.before)} → "
+                   f"{e(a.after)}</td><td>{e(a.via)}</td></tr>" for a in plan.actions)
+    evidence = "".join(f"<li>{e(x)}</li>" for x in plan.evidence) or "<li>(none recorded)</li>"
+    judgement = (f"<p><b>Confidence:</b> {e(plan.confidence)}</p><p><b>Evidence for</b></p><ul>"
+                 + ("".join(f"<li>{e(x)}</li>" for x in plan.support) or "<li>(none)</li>")
                  + "</ul><p><b>Evidence against</b></p><ul>"
-                 + ("".join(f"<li>{e(x)}</li>" for x in plan.get("against", [])) or "<li>(none)</li>") + "</ul>")
-    needed = max(1, config.approval.needed(approval["severity"]))
-    signed = (
-        "".join(
-            f"<li>{e(s['approver'])}: {e(s['decision'])} at {s['signed_at']:%H:%M:%S} UTC"
-            f"{' — ' + e(s['reason']) if s['reason'] else ''}</li>"
-            for s in signatures
-        )
-        or "<li>nobody yet</li>"
-    )
-    state = (f"<p><b>Decided: {e(approval['decision'])}</b> by {e(approval['approver'] or '-')}</p>"
-             if approval["decision"] else
+                 + ("".join(f"<li>{e(x)}</li>" for x in plan.against) or "<li>(none)</li>") + "</ul>")
+    needed = max(1, config.approval.needed(approval.severity))
+    signed = _signed(signatures)
+    state = (f"<p><b>Decided: {e(approval.decision)}</b> by {e(approval.approver or '-')}</p>"
+             if approval.decision else
              f"<p>Needs {needed} different approver{'s' if needed > 1 else ''}. Deadline: "
-             f"{approval['deadline_at']:%Y-%m-%d %H:%M:%S} UTC (then declined).</p>" if approval["deadline_at"] else "")
+             f"{approval.deadline_at:%Y-%m-%d %H:%M:%S} UTC (then declined).</p>" if approval.deadline_at else "")
     form = (
         ""
-        if approval["decision"]
+        if approval.decision
         else f"""
-<form method="post" action="/approvals/{e(approval['token'])}">
+<form method="post" action="/approvals/{e(approval.token)}">
   <label>Your name <input name="approver" required autocomplete="username"></label><br>
   <label>Your approver credential
     <input name="credential" type="password" required autocomplete="current-password"></label><br>
@@ -142,18 +148,18 @@ def _page(approval: dict, config: Any, signatures: list[dict], message: str = ""
 </form>"""
     )
     body = f"""<!doctype html><html><head><meta charset="utf-8"><meta name="robots" content="noindex">
-<title>Approval {approval['id']}: {e(approval['service'])} ({e(approval['environment'])})</title></head><body>
-<h1>Approve remediation: {e(approval['service'])} in {e(approval['environment'])} ({e(approval['severity'])})</h1>
-<p>{e(approval['title'])} — incident {approval['incident_id']}, issue #{approval['github_issue'] or '-'}</p>
+<title>Approval {approval.id}: {e(approval.service)} ({e(approval.environment)})</title></head><body>
+<h1>Approve remediation: {e(approval.service)} in {e(approval.environment)} ({e(approval.severity)})</h1>
+<p>{e(approval.title)} — incident {approval.incident_id}, issue #{approval.github_issue or '-'}</p>
 {f'<p role="status"><b>{e(message)}</b></p>' if message else ''}
-<p>{e(plan.get('summary', ''))}</p>
+<p>{e(plan.summary)}</p>
 <table border="1" cellpadding="4">
 <tr><th>Action</th><th>Target</th><th>Before → After</th><th>Via</th></tr>{rows}</table>
 <h2>Why, and how sure</h2>{judgement}
 <h2>All checks</h2><ul>{evidence}</ul>
 <h2>Answers so far</h2><ul>{signed}</ul>
 {state}{form}
-<p><small>plan digest {e(approval['plan_digest'][:16])}</small></p></body></html>"""
+<p><small>plan digest {e(approval.plan_digest[:16])}</small></p></body></html>"""
     return HTMLResponse(body, status, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
 
@@ -163,8 +169,8 @@ def _answer(token: str, fields: dict[str, str], prefect: PrefectApi, throttle: T
     from tasks.context import SecretNotFound, resolve_secret
 
     approval, config = _load(token)
-    if approval["decision"]:
-        raise Refused(409, f"this request was already decided: {approval['decision']}")
+    if approval.decision:
+        raise Refused(409, f"this request was already decided: {approval.decision}")
     name, credential = fields.get("approver", "").strip(), fields.get("credential", "")
     decision, reason = fields.get("decision", ""), fields.get("reason", "").strip()[:2000]
     if decision not in ("approve", "decline"):
@@ -184,9 +190,9 @@ def _answer(token: str, fields: dict[str, str], prefect: PrefectApi, throttle: T
     if not genuine:
         throttle.failed(*keys)
         log.warning(
-            "approval %s: refused an answer for %r (unknown approver or wrong credential)", approval["id"], name
+            "approval %s: refused an answer for %r (unknown approver or wrong credential)", approval.id, name
         )
-        _store().add_event(approval["incident_id"], "approval page", EventKind.APPROVAL_REFUSED,
+        _store().add_event(approval.incident_id, "approval page", EventKind.APPROVAL_REFUSED,
                            f"An answer as {name[:100]!r} was refused: unknown approver or wrong credential")
         raise Refused(403, "unknown approver or wrong credential")
     return record_answer(approval, config, approver.name, decision, reason, prefect, via="approval page")
@@ -198,7 +204,7 @@ def _store():
     return IncidentStore()
 
 
-def record_answer(approval: dict, config: Any, name: str, decision: str, reason: str, prefect: PrefectApi,
+def record_answer(approval: Approval, config: Any, name: str, decision: str, reason: str, prefect: PrefectApi,
                   via: str) -> tuple[int, str]:
     """Record a verified approver's answer and, when it completes the decision, resume the run.
 
@@ -207,20 +213,20 @@ def record_answer(approval: dict, config: Any, name: str, decision: str, reason:
     same answer given again is accepted as that answer and resumes the run."""
     store = _store()
     approver = config.approval.approver(name)
-    if approver is None or approval["severity"] not in approver.severities:
-        raise Refused(403, f"{name} may not answer {approval['severity']} plans in {approval['environment']}")
-    approval_id = approval["id"]
+    if approver is None or approval.severity not in approver.severities:
+        raise Refused(403, f"{name} may not answer {approval.severity} plans in {approval.environment}")
+    approval_id = approval.id
     if not store.sign(approval_id, name, decision, reason):
-        earlier = next((s for s in store.signatures(approval_id) if s["approver"] == name), None)
-        if earlier is None or earlier["decision"] != decision or decision == "approve" and not _completes(
+        earlier = next((s for s in store.signatures(approval_id) if s.approver == name), None)
+        if earlier is None or earlier.decision != decision or decision == "approve" and not _completes(
                 store, config, approval):
             raise Refused(409, f"{name} already answered this request; four-eyes needs a different approver")
         log.info("approval %s: %s answered %s again: resuming the run with it", approval_id, name, decision)
     else:
-        store.add_event(approval["incident_id"], name, EventKind.APPROVAL_SIGNED,
+        store.add_event(approval.incident_id, name, EventKind.APPROVAL_SIGNED,
                         f"{name} (verified, {via}) answered {decision}" + (f": {reason}" if reason else ""))
-    approving = [s["approver"] for s in store.signatures(approval_id) if s["decision"] == "approve"]
-    needed = max(1, config.approval.needed(approval["severity"]))
+    approving = [s.approver for s in store.signatures(approval_id) if s.decision == "approve"]
+    needed = max(1, config.approval.needed(approval.severity))
     if decision == "approve" and len(approving) < needed:
         return (
             202,
@@ -229,7 +235,7 @@ def record_answer(approval: dict, config: Any, name: str, decision: str, reason:
     run_input = {"approve": decision == "approve", "reason": reason or decision,
                  "approver": " + ".join(approving) if decision == "approve" else name}
     try:
-        problem = _resume(approval["flow_run_id"], run_input, prefect)
+        problem = _resume(approval.flow_run_id, run_input, prefect)
     except Refused:
         _take_back(store, approval, name, "the run is no longer waiting")
         raise
@@ -242,9 +248,9 @@ def record_answer(approval: dict, config: Any, name: str, decision: str, reason:
     return 200, f"Declined by {name}; nothing is changed and a person takes over."
 
 
-def _completes(store: Any, config: Any, approval: dict) -> bool:
-    approving = {s["approver"] for s in store.signatures(approval["id"]) if s["decision"] == "approve"}
-    return len(approving) >= max(1, config.approval.needed(approval["severity"]))
+def _completes(store: Any, config: Any, approval: Approval) -> bool:
+    approving = {s.approver for s in store.signatures(approval.id) if s.decision == "approve"}
+    return len(approving) >= max(1, config.approval.needed(approval.severity))
 
 
 def _resume(flow_run_id: str | None, run_input: dict, prefect: PrefectApi) -> str | None:
@@ -276,16 +282,16 @@ def _ended(flow_run_id: str, prefect: PrefectApi) -> str | None:
                                                       "COMPLETED") else None
 
 
-def _take_back(store: Any, approval: dict, name: str, why: str) -> bool:
+def _take_back(store: Any, approval: Approval, name: str, why: str) -> bool:
     from incidents.store import StoreError
 
     try:
-        taken = store.unsign(approval["id"], name)
-        store.add_event(approval["incident_id"], name, EventKind.APPROVAL_NOT_DELIVERED,
+        taken = store.unsign(approval.id, name)
+        store.add_event(approval.incident_id, name, EventKind.APPROVAL_NOT_DELIVERED,
                         f"{name}'s answer was not delivered to the run ({why}): taken back")
         return taken
     except StoreError as exc:
-        log.error("approval %s: %s's answer could not be taken back: %s", approval["id"], name, exc)
+        log.error("approval %s: %s's answer could not be taken back: %s", approval.id, name, exc)
         return False
 
 
@@ -297,7 +303,7 @@ def routes(prefect: PrefectApi) -> list[Route]:
 
         def load() -> HTMLResponse:
             approval, config = _load(token)
-            return _page(approval, config, _store().signatures(approval["id"]))
+            return _page(approval, config, _store().signatures(approval.id))
         try:
             return await run_in_threadpool(load)
         except Refused as exc:
@@ -325,7 +331,7 @@ def routes(prefect: PrefectApi) -> list[Route]:
         if "text/html" in request.headers.get("accept", ""):
             def render() -> Response:
                 approval, config = _load(token)
-                return _page(approval, config, _store().signatures(approval["id"]), message, status)
+                return _page(approval, config, _store().signatures(approval.id), message, status)
             try:
                 return await run_in_threadpool(render)
             except Refused as exc:

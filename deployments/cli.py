@@ -43,7 +43,7 @@ from deployments.cli_common import (
 from deployments.cli_incidents import cmd_ack, cmd_incident, cmd_incidents, cmd_metrics, cmd_postmortem, cmd_resolve
 from deployments.cli_local import FAULTS, cmd_check_config, cmd_faults, cmd_sandbox
 from incidents.alerts import target_of
-from incidents.models import EventKind
+from incidents.models import Approval, EventKind
 
 
 # -- run and follow ----------------------------------------------------------------------------------
@@ -98,12 +98,12 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     return OK
 
 
-def _plan_lines(approval: dict) -> list[str]:
+def _plan_lines(approval: Approval) -> list[str]:
     from incidents.plans import Plan
 
-    plan = Plan.from_dict(approval["plan"])
-    lines = [f"incident {approval['incident_id']}: {plan.summary}" if plan.summary
-             else f"incident {approval['incident_id']}"]
+    plan = Plan.from_dict(approval.plan)
+    lines = [f"incident {approval.incident_id}: {plan.summary}" if plan.summary
+             else f"incident {approval.incident_id}"]
     lines += [f"{n}. {action.describe()}" for n, action in enumerate(plan.actions, 1)]
     lines.append(f"Confidence: {plan.confidence}")
     return lines

@@ -119,15 +119,15 @@ def _decide(press: dict, prefect: PrefectApi) -> dict:
 
     store = IncidentStore()
     approval = store.approval_by_token(press["token"]) if re.match(r"^[A-Za-z0-9_-]{20,64}$", press["token"]) else None
-    if approval is None:
+    if approval is None or approval.environment is None:
         return _ephemeral("This approval request is unknown; nothing changed.")
-    if approval["decision"]:
-        return _ephemeral(f"This request was already decided: {approval['decision']} by {approval['approver'] or '-'}.")
-    config = load_environment(approval["environment"])
+    if approval.decision:
+        return _ephemeral(f"This request was already decided: {approval.decision} by {approval.approver or '-'}.")
+    config = load_environment(approval.environment)
     approver = config.approval.slack_approver(press["user"])
-    severity, environment = approval["severity"], approval["environment"]
+    severity, environment = approval.severity, approval.environment
     if approver is None or severity not in approver.severities:
-        store.add_event(approval["incident_id"], "Slack", EventKind.APPROVAL_REFUSED,
+        store.add_event(approval.incident_id, "Slack", EventKind.APPROVAL_REFUSED,
                         f"A {press['decision']} press by Slack member {press['user']} was refused: "
                         f"not an approver for {severity} in {environment}")
         return _ephemeral(f"You are not an approver for {severity} in {environment}; nothing changed.")

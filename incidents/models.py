@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any
@@ -201,3 +201,82 @@ class Lease:
     def as_data(self) -> dict[str, Any]:
         """What the timeline records of the holder."""
         return {"flow_run_id": self.flow_run_id, "scenario": self.scenario, "incident_id": self.incident_id}
+
+
+def _columns(cls: type[Any], row: dict[str, Any]) -> dict[str, Any]:
+    """The row's values for the dataclass's fields (a column added by a later schema is left out)."""
+    return {f.name: row[f.name] for f in fields(cls) if f.name in row}
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A plan's approval request and its answer. `plan` is the plan's record (`Plan.from_dict`);
+    `findings`, what the diagnosis saw (a resumed run continues from them). The incident's
+    environment, severity, service, issue and title come with it when the store joins them
+    (`IncidentStore.approval`, `approval_by_token`)."""
+
+    id: int
+    incident_id: int
+    plan_digest: str
+    plan: dict[str, Any]
+    flow_run_id: str | None
+    requested_at: datetime
+    token: str | None = None
+    deadline_at: datetime | None = None
+    findings: dict[str, Any] | None = None
+    decision: str | None = None  # approved | declined | timed_out | withdrawn; None: pending
+    decided_at: datetime | None = None
+    approver: str | None = None
+    reason: str | None = None
+    automatic: bool = False
+    attempt: int = 0  # raised each time an unverified answer is refused, so the gate asks again
+    verified: bool = False
+    environment: str | None = None
+    severity: str | None = None
+    service: str | None = None
+    github_issue: int | None = None
+    title: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Approval":
+        return cls(**_columns(cls, row))
+
+    @property
+    def pending(self) -> bool:
+        return self.decision is None
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A verified approver's answer to an approval request."""
+
+    approval_id: int
+    approver: str
+    decision: str  # approve | decline
+    reason: str | None
+    signed_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Signature":
+        return cls(**_columns(cls, row))
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """One approved action in the action log, claimed once: `first` is True for the claim that
+    created it (a repeat finds it done, or started and interrupted)."""
+
+    plan_digest: str
+    action_digest: str
+    incident_id: int
+    kind: str
+    status: str  # started | done | failed
+    attempts: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    detail: str | None = None
+    first: bool = False
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], first: bool = False) -> "ActionRecord":
+        return cls(**_columns(cls, row), first=first)

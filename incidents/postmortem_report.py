@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from incidents.models import EventKind, Incident, TimelineEvent
+from incidents.models import Approval, EventKind, Incident, TimelineEvent
 from incidents.templates import markdown_text, stamp
 
 HORIZONS = {"24h": timedelta(hours=24), "1w": timedelta(days=7)}  # the playbook's Immediate / Follow-up
@@ -62,17 +62,17 @@ def human(delta: timedelta | None) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {seconds} s"
 
 
-def actions_taken(events: list[TimelineEvent], approvals: list[dict[str, Any]]) -> list[str]:
+def actions_taken(events: list[TimelineEvent], approvals: list[Approval]) -> list[str]:
     """Every action the record shows, and every approval decision, as checklist lines in time order."""
     lines: list[tuple[datetime, str]] = []
     for approval in approvals:
-        decision = approval.get("decision") or "pending"
-        who = approval.get("approver") or "nobody"
-        auto = " (automatic, drill)" if approval.get("automatic") else ""
+        decision = approval.decision or "pending"
+        who = approval.approver or "nobody"
+        auto = " (automatic, drill)" if approval.automatic else ""
         steps = "; ".join(f"{a.get('kind')} {a.get('target')}: {a.get('before')} -> {a.get('after')}"
-                          for a in (approval.get("plan") or {}).get("actions", []))
-        reason = f": {markdown_text(approval['reason'], 200)}" if approval.get("reason") else ""
-        at = cast(datetime, approval.get("decided_at") or approval.get("requested_at"))
+                          for a in (approval.plan or {}).get("actions", []))
+        reason = f": {markdown_text(approval.reason, 200)}" if approval.reason else ""
+        at = approval.decided_at or approval.requested_at
         lines.append((at, f"- [x] {stamp(at)} plan {decision} by {markdown_text(who)}{auto}{reason} "
                           f"({markdown_text(steps, 400)})"))
     for event in events:
@@ -101,7 +101,7 @@ def _item_lines(items: list[dict[str, Any]]) -> str:
         + (f" {i['repo']}#{i['issue_number']}" if i.get("issue_number") else "") for i in items) or "- (none)"
 
 
-def render(incident: Incident, events: list[TimelineEvent], approvals: list[dict[str, Any]], answers: dict[str, Any],
+def render(incident: Incident, events: list[TimelineEvent], approvals: list[Approval], answers: dict[str, Any],
            items: list[dict[str, Any]]) -> str:
     """The post-mortem in the Incident Issue Template's form."""
     moments = key_moments(incident, events)

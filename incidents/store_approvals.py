@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from incidents.models import EventKind, Incident
+from incidents.models import ActionRecord, Approval, EventKind, Incident, Signature
 from incidents.store_base import StoreBase, incident_from_row, required_row
 
 
@@ -26,11 +26,12 @@ class ApprovalRecords(StoreBase):
                                 secrets.token_urlsafe(18))).fetchone()
         return int(required_row(row)["id"])
 
-    def approval_for_run(self, flow_run_id: str) -> dict[str, Any] | None:
+    def approval_for_run(self, flow_run_id: str) -> Approval | None:
         """The latest approval a flow run asked for: a resumed run continues from it."""
         with self._connect() as conn:
-            return conn.execute("SELECT * FROM approvals WHERE flow_run_id = %s ORDER BY id DESC LIMIT 1",
-                                (flow_run_id,)).fetchone()
+            row = conn.execute("SELECT * FROM approvals WHERE flow_run_id = %s ORDER BY id DESC LIMIT 1",
+                               (flow_run_id,)).fetchone()
+        return Approval.from_row(row) if row else None
 
     def incident_for_run(self, flow_run_id: str) -> Incident | None:
         """The incident a flow run opened, joined (an open one for the same outage), or asked an
@@ -47,23 +48,25 @@ class ApprovalRecords(StoreBase):
                                 flow_run_id)).fetchone()
         return incident_from_row(row) if row else None
 
-    def expired_approvals(self, environment: str, now: datetime) -> builtins.list[dict[str, Any]]:
+    def expired_approvals(self, environment: str, now: datetime) -> builtins.list[Approval]:
         """Pending approvals past their deadline (their runs may be suspended: nobody else ends them)."""
         with self._connect() as conn:
-            return conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
+            rows = conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
                                    WHERE i.environment = %s AND a.decision IS NULL AND a.deadline_at <= %s
                                      AND a.flow_run_id IS NOT NULL ORDER BY a.id""", (environment, now)).fetchall()
+        return [Approval.from_row(row) for row in rows]
 
-    def waiting_approvals(self, environment: str, older_than_seconds: float = 30.0) -> builtins.list[dict[str, Any]]:
+    def waiting_approvals(self, environment: str, older_than_seconds: float = 30.0) -> builtins.list[Approval]:
         """Pending approvals of runs, asked for at least this long ago (the watch checks their runs)."""
         with self._connect() as conn:
-            return conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
+            rows = conn.execute("""SELECT a.* FROM approvals a JOIN incidents i ON i.id = a.incident_id
                                    WHERE i.environment = %s AND a.decision IS NULL AND a.flow_run_id IS NOT NULL
                                      AND a.requested_at <= now() - make_interval(secs => %s) ORDER BY a.id""",
                                 (environment, older_than_seconds)).fetchall()
+        return [Approval.from_row(row) for row in rows]
 
     # -- the action log: each approved action once ------------------------------------------------
-    def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> dict[str, Any]:
+    def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> ActionRecord:
         """Claim an approved action of this incident's plan. Returns the log row; `first` is False
         when the action was seen before (done: skip it; started: it was interrupted, check
         before repeating). The same plan in another incident is another action."""
@@ -72,11 +75,11 @@ class ApprovalRecords(StoreBase):
                                   VALUES (%s, %s, %s, %s, 'started') ON CONFLICT DO NOTHING RETURNING *""",
                                (plan_digest, action_digest, incident_id, kind)).fetchone()
             if row is not None:
-                return {**row, "first": True}
+                return ActionRecord.from_row(row, first=True)
             row = conn.execute("""UPDATE action_log SET attempts = attempts + 1
                                   WHERE incident_id = %s AND plan_digest = %s AND action_digest = %s RETURNING *""",
                                (incident_id, plan_digest, action_digest)).fetchone()
-            return {**required_row(row), "first": False}
+            return ActionRecord.from_row(required_row(row))
 
     def finish_action(self, incident_id: int, plan_digest: str, action_digest: str, status: str, detail: str) -> None:
         with self._connect() as conn:
@@ -84,10 +87,11 @@ class ApprovalRecords(StoreBase):
                          "WHERE incident_id = %s AND plan_digest = %s AND action_digest = %s",
                          (status, detail, incident_id, plan_digest, action_digest))
 
-    def action_log(self, incident_id: int) -> builtins.list[dict[str, Any]]:
+    def action_log(self, incident_id: int) -> builtins.list[ActionRecord]:
         with self._connect() as conn:
-            return conn.execute("SELECT * FROM action_log WHERE incident_id = %s ORDER BY started_at",
+            rows = conn.execute("SELECT * FROM action_log WHERE incident_id = %s ORDER BY started_at",
                                 (incident_id,)).fetchall()
+        return [ActionRecord.from_row(row) for row in rows]
 
     def decide_approval(self, approval_id: int, decision: str, approver: str | None, reason: str | None,
                         automatic: bool = False) -> None:
@@ -100,19 +104,21 @@ class ApprovalRecords(StoreBase):
                              "acknowledged_by = COALESCE(acknowledged_by, %s) "
                              "WHERE id = (SELECT incident_id FROM approvals WHERE id = %s)", (approver, approval_id))
 
-    def approval(self, approval_id: int) -> dict[str, Any] | None:
+    def approval(self, approval_id: int) -> Approval | None:
         """An approval request with its incident's environment, severity and service."""
         with self._connect() as conn:
-            return conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
-                                   FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.id = %s""",
-                                (approval_id,)).fetchone()
+            row = conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
+                                  FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.id = %s""",
+                               (approval_id,)).fetchone()
+        return Approval.from_row(row) if row else None
 
-    def approval_by_token(self, token: str) -> dict[str, Any] | None:
+    def approval_by_token(self, token: str) -> Approval | None:
         """The approval a link names (its random token; ids are never accepted in links)."""
         with self._connect() as conn:
-            return conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
-                                   FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.token = %s""",
-                                (token,)).fetchone()
+            row = conn.execute("""SELECT a.*, i.environment, i.severity, i.service, i.github_issue, i.title
+                                  FROM approvals a JOIN incidents i ON i.id = a.incident_id WHERE a.token = %s""",
+                               (token,)).fetchone()
+        return Approval.from_row(row) if row else None
 
     def unsign(self, approval_id: int, approver: str) -> bool:
         """Take back an answer the run never received (its resume failed): it may be given again."""
@@ -129,10 +135,11 @@ class ApprovalRecords(StoreBase):
                                (approval_id, approver, decision, reason)).fetchone()
         return row is not None
 
-    def signatures(self, approval_id: int) -> builtins.list[dict[str, Any]]:
+    def signatures(self, approval_id: int) -> builtins.list[Signature]:
         with self._connect() as conn:
-            return conn.execute("SELECT * FROM approval_signatures WHERE approval_id = %s ORDER BY signed_at",
+            rows = conn.execute("SELECT * FROM approval_signatures WHERE approval_id = %s ORDER BY signed_at",
                                 (approval_id,)).fetchall()
+        return [Signature.from_row(row) for row in rows]
 
     def next_attempt(self, approval_id: int) -> int:
         """An answer was not accepted (unverified): the gate asks again under a new pause key."""
@@ -149,7 +156,8 @@ class ApprovalRecords(StoreBase):
         with self._connect() as conn:
             conn.execute("UPDATE approvals SET verified = true WHERE id = %s", (approval_id,))
 
-    def approvals(self, incident_id: int) -> builtins.list[dict[str, Any]]:
+    def approvals(self, incident_id: int) -> builtins.list[Approval]:
         with self._connect() as conn:
-            return conn.execute("SELECT * FROM approvals WHERE incident_id = %s ORDER BY id", (incident_id,)).fetchall()
+            rows = conn.execute("SELECT * FROM approvals WHERE incident_id = %s ORDER BY id", (incident_id,)).fetchall()
+        return [Approval.from_row(row) for row in rows]
 

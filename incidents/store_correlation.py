@@ -7,7 +7,7 @@ import builtins
 from datetime import datetime
 from typing import Any, Callable
 
-from incidents.models import Incident, Lease, Severity, Status
+from incidents.models import Approval, Incident, Lease, Severity, Status
 from incidents.store_base import REPLICA_SKEW_SECONDS, StoreBase, incident_from_row, required_row
 
 
@@ -93,11 +93,11 @@ class CorrelationRecords(StoreBase):
 
     def quiet_approvals(
         self, environment: str | None, grace_seconds: float, now: datetime
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> builtins.list[Approval]:
         """Pending approvals of open incidents whose every alert resolved and stayed resolved for
         `grace_seconds`: the outage is over before anyone approved."""
         with self._connect() as conn:
-            return conn.execute(
+            rows = conn.execute(
                 """SELECT a.*, i.environment FROM approvals a JOIN incidents i ON i.id = a.incident_id
                    WHERE a.decision IS NULL AND a.flow_run_id IS NOT NULL AND i.resolved_at IS NULL
                      AND (%s::text IS NULL OR i.environment = %s)
@@ -105,6 +105,7 @@ class CorrelationRecords(StoreBase):
                      AND NOT EXISTS (SELECT 1 FROM incident_alerts x WHERE x.incident_id = i.id
                                      AND (x.status = 'firing' OR x.resolved_at > %s - make_interval(secs => %s)))
                    ORDER BY a.id""", (environment, environment, now, grace_seconds)).fetchall()
+        return [Approval.from_row(row) for row in rows]
 
     def withdraw_approval(self, approval_id: int, by: str, reason: str) -> bool:
         """Withdraw a pending approval (its alert resolved and stayed resolved). Never an

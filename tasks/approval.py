@@ -22,9 +22,9 @@ from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
-from incidents.models import EventKind, Incident
+from incidents.models import Approval, EventKind, Incident
 from incidents.plans import Grant, Plan
-from incidents.store import StoreError
+from incidents.store import IncidentStore, StoreError
 from incidents.templates import approval_buttons, slack_text
 from tasks.context import RunContext
 from tasks.forms import prefilled
@@ -100,19 +100,19 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
     withdrawn = _withdrawal(ctx, approval_id)
     if withdrawn is not None:
         return _finish(ctx, incident, plan, None, withdrawn)  # the intake recorded it; only the timeline is left
-    if earlier is not None and earlier["decision"] is not None:
+    if earlier is not None and earlier.decision is not None:
         return decision  # decided and recorded before the run was interrupted: do not record it twice
     return _finish(ctx, incident, plan, approval_id, decision)
 
 
-def _recorded_request(ctx: RunContext, incident: Incident, plan: Plan, earlier: dict | None, run_id: str | None,
+def _recorded_request(ctx: RunContext, incident: Incident, plan: Plan, earlier: Approval | None, run_id: str | None,
                       findings: dict | None) -> int | None:
     """The approval request's id: the one this run recorded before it was suspended, or a new
     one (None when the store cannot record it; the gate still waits for an answer)."""
     logger = get_run_logger()
     if earlier is not None:
-        logger.info("Resumed: continuing with approval request %s for this plan", earlier["id"])
-        return int(earlier["id"])
+        logger.info("Resumed: continuing with approval request %s for this plan", earlier.id)
+        return int(earlier.id)
     timeout = ctx.config.approval.timeout_seconds
     try:
         approval_id: int | None = ctx.store().request_approval(
@@ -150,13 +150,13 @@ def _announce(ctx: RunContext, incident: Incident, plan: Plan, run_id: str | Non
     )
 
 
-def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | None, earlier: dict | None,
+def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | None, earlier: Approval | None,
                     needed: int, page: str | None) -> Decision:
     """Wait (suspended or paused) until an answer counts or the deadline passes. An approval
     without the verified identity the severity needs is recorded, announced and waited past."""
     settings = ctx.config.approval
     deadline = time.monotonic() + settings.timeout_seconds
-    attempt = earlier["attempt"] if earlier is not None else 0
+    attempt = earlier.attempt if earlier is not None else 0
     while True:
         remaining = max(1, int(deadline - time.monotonic()))
         answer, timed_out = _wait_for_answer(plan, remaining, settings.poll_seconds, attempt,
@@ -176,17 +176,17 @@ def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id
         attempt = ctx.store().next_attempt(approval_id)
 
 
-def _token(store, approval_id: int | None, earlier: dict | None) -> str | None:
+def _token(store: IncidentStore, approval_id: int | None, earlier: Approval | None) -> str | None:
     """The approval's unguessable token, which links and buttons carry instead of its id."""
     if earlier is not None:
-        return earlier.get("token")
+        return earlier.token
     if approval_id is None:
         return None
     try:
         row = store.approval(approval_id)
     except StoreError:
         return None
-    return row["token"] if row else None
+    return row.token if row else None
 
 
 def _approvers_line(ctx: RunContext, incident: Incident) -> str:
@@ -212,9 +212,9 @@ def _withdrawal(ctx: RunContext, approval_id: int | None) -> Decision | None:
         row = ctx.store().approval(approval_id)
     except StoreError:
         return None
-    if row is None or row["decision"] != "withdrawn":
+    if row is None or row.decision != "withdrawn":
         return None
-    return Decision("withdrawn", row["approver"], row["reason"] or "alert resolved", automatic=True)
+    return Decision("withdrawn", row.approver, row.reason or "alert resolved", automatic=True)
 
 
 def _form_note(needed: int, page: str | None) -> str:
@@ -228,7 +228,7 @@ def _form_note(needed: int, page: str | None) -> str:
 def _approving_signers(ctx: RunContext, approval_id: int | None) -> list[str]:
     if approval_id is None:
         return []
-    return [s["approver"] for s in ctx.store().signatures(approval_id) if s["decision"] == "approve"]
+    return [s.approver for s in ctx.store().signatures(approval_id) if s.decision == "approve"]
 
 
 def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out: bool, needed: int,
@@ -263,14 +263,14 @@ def _approved(plan: Plan, approver: str, answer: ApprovalInput) -> Decision:
     return Decision("approved", approver, reason, grant=Grant.issue(plan, approver, reason))
 
 
-def _earlier_request(store, run_id: str | None, plan: Plan) -> dict | None:
+def _earlier_request(store: IncidentStore, run_id: str | None, plan: Plan) -> Approval | None:
     if not run_id:
         return None
     try:
         earlier = store.approval_for_run(run_id)
     except StoreError:
         return None
-    return earlier if earlier and earlier["plan_digest"] == plan.digest else None
+    return earlier if earlier and earlier.plan_digest == plan.digest else None
 
 
 def deadline_answer() -> dict:

@@ -62,7 +62,7 @@ def _who(message: str) -> str:
 
 
 def _done_so_far(store: IncidentStore, incident_id: int) -> list[str]:
-    return [f"{row['kind']} ({row['status']}{': ' + row['detail'] if row.get('detail') else ''})"
+    return [f"{row.kind} ({row.status}{': ' + row.detail if row.detail else ''})"
             for row in store.action_log(incident_id)]
 
 

@@ -122,12 +122,12 @@ def withdraw_quiet(store, environment: str | None, grace_seconds: float, now: da
     (a person's decline, whatever its reason says, stays a decline). Returns the approvals."""
     withdrawn = []
     for approval in store.quiet_approvals(environment, grace_seconds, now):
-        if not store.withdraw_approval(approval["id"], WITHDRAWER, WITHDRAWN_REASON):
+        if not store.withdraw_approval(approval.id, WITHDRAWER, WITHDRAWN_REASON):
             continue
-        withdrawn.append(approval["id"])
+        withdrawn.append(approval.id)
         try:
-            resume(approval["flow_run_id"], {"approve": False, "approver": WITHDRAWER, "reason": WITHDRAWN_REASON})
+            resume(approval.flow_run_id, {"approve": False, "approver": WITHDRAWER, "reason": WITHDRAWN_REASON})
         except Exception as exc:  # noqa: BLE001 - the decision stands; the run reads it when it wakes
-            _log.warning("run %s not resumed after its approval was withdrawn: %s", approval["flow_run_id"], exc)
+            _log.warning("run %s not resumed after its approval was withdrawn: %s", approval.flow_run_id, exc)
     return withdrawn
 

@@ -112,7 +112,7 @@ def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_ke
         timeline = store.timeline(incident.id)
         steps = [e.kind for e in timeline]
         recovered_at = next((e.at for e in timeline if e.kind == EventKind.RECOVERED), None)
-        approvals = [a for a in store.approvals(incident.id) if a["decision"] == "approved"]
+        approvals = [a for a in store.approvals(incident.id) if a.decision == "approved"]
         approved_at = approvals[0]["decided_at"] if approvals else None
         outcome = "resolved" if "resolved" in steps else (run or {}).get("state", "").lower() or None
         judgement = next((e.data.get("judgement") for e in reversed(timeline) if e.kind == EventKind.DIAGNOSED), None)

@@ -48,16 +48,16 @@ def execute(ctx: RunContext, plan: Plan, grant: Grant) -> list[ActionResult]:
         require_grant(grant, action)
         raise_if_cancelling(action.describe())
         entry = store.begin_action(plan.digest, action.digest, plan.incident_id, action.kind)
-        if entry["status"] == "done":
+        if entry.status == "done":
             results.append(ActionResult(action.describe(), False,
-                                        f"already done at {entry['finished_at']:%H:%M:%S} UTC; this repeat was "
-                                        f"recognised and skipped ({entry['detail']})"))
+                                        f"already done at {entry.finished_at:%H:%M:%S} UTC; this repeat was "
+                                        f"recognised and skipped ({entry.detail})"))
             continue
         kwargs = {}
-        if not entry["first"] and "interrupted_at" in inspect.signature(remedy.fn).parameters:
-            kwargs["interrupted_at"] = entry["started_at"]
+        if not entry.first and "interrupted_at" in inspect.signature(remedy.fn).parameters:
+            kwargs["interrupted_at"] = entry.started_at
         try:
-            if entry["first"]:  # a retry of an interrupted attempt meets the target it changed itself
+            if entry.first:  # a retry of an interrupted attempt meets the target it changed itself
                 recheck(ctx, action)
             result = remedy(ctx, action, grant, **kwargs)
         except IntegrationError as exc:

@@ -164,24 +164,24 @@ def decline_expired_approvals(environment: str, config: EnvironmentConfig, store
     for approval in store.expired_approvals(environment, now):
         try:
             with get_client(sync_client=True) as client:
-                answer = client.resume_flow_run(approval["flow_run_id"], run_input=deadline_answer())
+                answer = client.resume_flow_run(approval.flow_run_id, run_input=deadline_answer())
             accepted = answer.status.value == "ACCEPT"
         except Exception as exc:  # noqa: BLE001 - the run is gone or the API is down: close the request below
             get_run_logger().warning(
-                "Approval %s: run %s not resumed: %s", approval["id"], approval["flow_run_id"], exc
+                "Approval %s: run %s not resumed: %s", approval.id, approval.flow_run_id, exc
             )
             accepted = False
-        incident = store.get(approval["incident_id"])
+        incident = store.get(approval.incident_id)
         ctx = _ctx(environment, config, incident)
         if accepted:
             record(ctx, incident.id, "incident-watch", EventKind.APPROVAL_DEADLINE,
                    "Approval deadline passed: the waiting run was resumed with a decline; nothing is changed")
         else:
-            store.decide_approval(approval["id"], "timed_out", None, TIMEOUT_REASON)
+            store.decide_approval(approval.id, "timed_out", None, TIMEOUT_REASON)
             record(ctx, incident.id, "incident-watch", EventKind.APPROVAL_TIMED_OUT,
-                   f"Approval deadline passed and run {approval['flow_run_id']} was no longer waiting: "
+                   f"Approval deadline passed and run {approval.flow_run_id} was no longer waiting: "
                    "request closed as timed out; nothing was changed")
-        declined.append(approval["id"])
+        declined.append(approval.id)
     return declined
 
 
@@ -200,22 +200,22 @@ def close_ended_runs(environment: str, store: FollowUpStore) -> list[int]:
     with get_client(sync_client=True) as client:
         for approval in waiting:
             try:
-                run = client.read_flow_run(approval["flow_run_id"])
+                run = client.read_flow_run(approval.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - the API is down or the run is gone: next sweep
                 get_run_logger().warning(
-                    "Approval %s: run %s not read: %s", approval["id"], approval["flow_run_id"], exc
+                    "Approval %s: run %s not read: %s", approval.id, approval.flow_run_id, exc
                 )
                 continue
             if run.state is None or run.state.type.value not in _ENDED:
                 continue
-            if not store.withdraw_approval(approval["id"], "incident-watch",
+            if not store.withdraw_approval(approval.id, "incident-watch",
                                            f"run {run.name} ended ({run.state.name}) without an answer"):
                 continue
-            closed.append(approval["id"])
+            closed.append(approval.id)
             if run.state.type.value == "CANCELLED":
                 note_cancellation(run, run.state.message or "")
             else:
-                store.add_event(approval["incident_id"], "incident-watch", EventKind.APPROVAL_CLOSED,
+                store.add_event(approval.incident_id, "incident-watch", EventKind.APPROVAL_CLOSED,
                                 f"Run {run.name} ended ({run.state.name}) while waiting for approval: the request "
                                 "is closed; nothing was changed")
     return closed
@@ -311,12 +311,12 @@ def resolve_by_hand(environment: str, incident_id: int, by: str, note: str) -> d
                         "To be worked out in the post-mortem.", actor=by)
     stopped = []  # after the close: a woken run finds the incident resolved and does nothing
     for approval in store.approvals(incident_id):
-        if approval["decision"] is None and approval["flow_run_id"] and \
-                store.withdraw_approval(approval["id"], by, f"incident resolved by hand: {note}"[:500]):
+        if approval.decision is None and approval.flow_run_id and \
+                store.withdraw_approval(approval.id, by, f"incident resolved by hand: {note}"[:500]):
             try:  # a run no longer waiting (cancelled, gone) has nothing to stop: its request is closed
-                if _resume(approval["flow_run_id"], {"approve": False, "approver": by,
+                if _resume(approval.flow_run_id, {"approve": False, "approver": by,
                                                      "reason": "incident resolved by hand"}):
-                    stopped.append(approval["flow_run_id"])
+                    stopped.append(approval.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - the decision stands; the run reads it when it wakes
-                get_run_logger().warning("run %s not resumed: %s", approval["flow_run_id"], exc)
+                get_run_logger().warning("run %s not resumed: %s", approval.flow_run_id, exc)
     return {"incident_id": incident_id, "resolved_by": by, "stopped_runs": stopped}

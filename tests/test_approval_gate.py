@@ -32,7 +32,7 @@ def test_a_drill_may_approve_its_own_plan_and_it_is_recorded(world, store):
     result = gate("sandbox", "drill-42")
     assert result["automatic"] and result["approver"] == "drill drill-42"
     approval = store.approvals(result["incident"])[0]
-    assert approval["automatic"] and approval["decision"] == "approved"
+    assert approval.automatic and approval.decision == "approved"
     event = next(e for e in store.timeline(result["incident"]) if e.kind == "approval_approved")
     assert "(automatic, drill)" in event.message
     assert not any(m["text"].startswith("⏸️") for m in world.slack_messages), "an automatic approval asks nobody"
@@ -86,7 +86,7 @@ def test_an_approved_action_runs_once_however_often_it_is_executed(world, store)
     assert result["details"][0].startswith("restartedAt=")
     assert all("recognised and skipped" in d for d in result["details"][1:]), result["details"]
     log = store.action_log(result["incident"])
-    assert [(e["status"], e["attempts"]) for e in log] == [("done", 3)]
+    assert [(e.status, e.attempts) for e in log] == [("done", 3)]
 
 
 def test_an_interrupted_action_checks_its_target_before_repeating(world, store):

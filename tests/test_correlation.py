@@ -182,12 +182,12 @@ def test_action_claims_belong_to_their_incident(store):
                                    severity=Severity.P1, title="t", detected_by="test", flow_run_id=None, alert=None)
 
     one, two = incident("claims:one"), incident("claims:two")
-    assert store.begin_action("same-plan", "same-action", one.id, "rollback")["first"]
+    assert store.begin_action("same-plan", "same-action", one.id, "rollback").first
     store.finish_action(one.id, "same-plan", "same-action", "done", "rolled back")
     other = store.begin_action("same-plan", "same-action", two.id, "rollback")
-    assert other["first"] and other["status"] == "started", "another incident's done action is not this one's"
+    assert other.first and other.status == "started", "another incident's done action is not this one's"
     repeat = store.begin_action("same-plan", "same-action", one.id, "rollback")
-    assert not repeat["first"] and repeat["status"] == "done"
+    assert not repeat.first and repeat.status == "done"
 
 
 def test_a_security_alert_with_one_bad_address_still_reaches_its_approval(world, store):
@@ -199,7 +199,7 @@ def test_a_security_alert_with_one_bad_address_still_reaches_its_approval(world,
     run = FlowThread(security_incident, service="api", alert=alert)
     paused = run.wait_paused()
     incident = store.incident_for_run(str(paused.id))
-    plan = store.approvals(incident.id)[0]["plan"]
+    plan = store.approvals(incident.id)[0].plan
     blocked = [a for a in plan["actions"] if a["kind"] == "block_ips"]
     assert blocked and "203.0.113.7/32" in str(blocked[0]) and "198.51.100.0/24" in str(blocked[0])
     assert "10.0.0.300" not in str(blocked[0]) and "0.0.0.0/0" not in str(blocked[0])
@@ -238,8 +238,8 @@ def test_the_watch_withdraws_only_after_every_alert_stayed_resolved_for_the_grac
     store.resolve_alert(incident.id, "errors")
     assert sweep(301) == [approval] and sweep(600) == [], "withdrawn once"
     row = store.approval(approval)
-    assert row["decision"] == "withdrawn" and woken == [("run-q", {"approve": False, "approver": row["approver"],
-                                                                   "reason": row["reason"]})]
+    assert row.decision == "withdrawn" and woken == [("run-q", {"approve": False, "approver": row.approver,
+                                                               "reason": row.reason})]
     assert store.get(incident.id).acknowledged_at is None
     store.close(incident.id, "test", "test")
 
@@ -268,7 +268,7 @@ def test_a_runbook_without_a_plan_hands_the_incident_to_the_next(world, store):
     incident = store.incident_for_run(str(paused.id))
     assert incident.id == opened.id, "the same incident, no second one"
     [approval] = store.approvals(incident.id)
-    assert [a["kind"] for a in approval["plan"]["actions"]] == ["rollback"]
+    assert [a["kind"] for a in approval.plan["actions"]] == ["rollback"]
     assert sum(t.startswith("🚨 INCIDENT ALERT") for t in _texts(world)) == 1
     second.resume(paused.id, approve=False, approver="dana", reason="test")
     assert second.join()["outcome"] == "declined"

@@ -96,7 +96,7 @@ def test_every_fault_is_drilled_end_to_end(world, store, drill_env, app_database
     row = DrillStore().drill(result["drill_id"])
     assert row["status"] == "passed" and row["score"]["passed"] and row["incident_id"] == result["incident_id"]
     approval = store.approvals(result["incident_id"])[0]
-    assert approval["automatic"] and approval["approver"] == f"drill {result['drill_id']}"
+    assert approval.automatic and approval.approver == f"drill {result['drill_id']}"
     # cleaned up: nothing of the fault is left
     assert not _image(world).endswith("-broken")
     assert world.services["api"].load_rps == 50

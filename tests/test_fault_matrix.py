@@ -449,7 +449,7 @@ def _judge(lane: Lane, target: Target, phase: str, outcome: dict[str, Any]) -> l
         if result and result.get("outcome") == "resolved" and dependency != "store" and incident.resolved_at is None:
             problems.append("resolved, but the record is not")
         actions = store.action_log(incident.id)
-        repeated = [(a["kind"], a["attempts"]) for a in actions if a["attempts"] != 1]
+        repeated = [(a.kind, a.attempts) for a in actions if a.attempts != 1]
         if repeated:
             problems.append(f"an action was started more than once: {repeated}")
         if kinds.count("action") > len(actions):

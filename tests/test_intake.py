@@ -463,7 +463,7 @@ def test_a_resolve_that_stays_resolved_withdraws_and_resolves(alertmanager, depl
     incident = store.get(result["incident_id"])
     assert incident.resolved_at is not None and "Withdrawn" in incident.root_cause
     assert incident.acknowledged_at is None, "a resolved alert is not an acknowledgement"
-    assert store.approvals(incident.id)[0]["decision"] == "withdrawn"
+    assert store.approvals(incident.id)[0].decision == "withdrawn"
     assert not any("ESCALATION" in m["text"] for m in world.slack_messages), "a cleared alert pages nobody"
     assert world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["spec"]["containers"][0][
         "image"].endswith("-broken"), "a resolved alert never starts a remediation"

@@ -56,12 +56,12 @@ def test_a_pod_log_with_a_token_a_password_url_and_a_jwt_is_redacted_everywhere_
     run.join(60)
     with get_client(sync_client=True) as client:
         artifacts = [json.dumps(a.data) for a in read_all(client.read_artifacts)
-                     if a.key and a.key.startswith(f"incident-{approval['incident_id']}-")]
+                     if a.key and a.key.startswith(f"incident-{approval.incident_id}-")]
     comments = [c["body"] for c in world.github.repo("acme/incidents").comments.get(
-        store.get(approval["incident_id"]).github_issue, [])]
+        store.get(approval.incident_id).github_issue, [])]
     places = {"artifacts": "\n".join(artifacts), "issue comments": "\n".join(comments),
-              "slack": json.dumps(world.slack_messages), "approval findings": json.dumps(approval["findings"]),
-              "timeline": "\n".join(e.message for e in store.timeline(approval["incident_id"]))}
+              "slack": json.dumps(world.slack_messages), "approval findings": json.dumps(approval.findings),
+              "timeline": "\n".join(e.message for e in store.timeline(approval.incident_id))}
     assert MARK in places["issue comments"] and MARK in places["artifacts"], "the log was copied, redacted"
     for where, text in places.items():
         for secret in ("live-token-4242aa", "pw-5151bb", JWT):

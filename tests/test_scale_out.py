@@ -78,7 +78,7 @@ def test_a_pending_approval_survives_killing_the_workers_and_the_server(pg_stack
     run_id = _run(api, {"service": "api", "environment": "sandbox"})
     assert _until(api, run_id, ("PAUSED", "FAILED", "CRASHED")) == "PAUSED"
     assert _state_name(api, run_id) == "Suspended"
-    incident = store.get(store.approval_for_run(run_id)["incident_id"])
+    incident = store.get(store.approval_for_run(run_id).incident_id)
     notices_before = [m["text"] for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED")]
 
     for name in ("worker-a", "worker-b", "server"):
@@ -98,11 +98,11 @@ def test_a_pending_approval_survives_killing_the_workers_and_the_server(pg_stack
     rollbacks = [r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"]
     assert len(rollbacks) == 1, rollbacks  # the destructive step ran exactly once
     log = store.action_log(incident.id)
-    assert [(e["kind"], e["status"], e["attempts"]) for e in log] == [("rollback", "done", 1)]
+    assert [(e.kind, e.status, e.attempts) for e in log] == [("rollback", "done", 1)]
     events = [e.kind for e in store.timeline(incident.id)]
     assert events.count("action") == 1 and events.count("approval_requested") == 1 and "resumed" in events
     assert events.count("detected") == 1 and events.count("diagnosed") == 1  # not opened or diagnosed again
     notices_after = [m["text"] for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED")]
     assert notices_after == notices_before  # not announced twice
     assert store.get(incident.id).status.value == "Resolved"
-    assert store.approvals(incident.id)[0]["approver"] == "rita"
+    assert store.approvals(incident.id)[0].approver == "rita"

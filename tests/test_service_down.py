@@ -88,7 +88,7 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
                  "approval_approved", "action", "recovered", "resolved"):
         assert kind in kinds, f"timeline lacks {kind}: {kinds}"
     approval = store.approvals(incident.id)[0]
-    assert (approval["decision"], approval["approver"], approval["reason"]) == ("approved", "alice", "v2 broke it")
+    assert (approval.decision, approval.approver, approval.reason) == ("approved", "alice", "v2 broke it")
 
 
 def test_declined_plan_changes_nothing_and_escalates(world, store):
@@ -123,7 +123,7 @@ def test_unanswered_approval_times_out_as_declined(world, store):
     assert api_image(world) == BROKEN_IMAGE
     assert any("ESCALATION" in t and "Nobody answered" in t for t in _texts(world))
     approval = store.approvals(result["incident_id"])[0]
-    assert approval["decision"] == "timed_out"
+    assert approval.decision == "timed_out"
     assert "approval_timed_out" in [e.kind for e in store.timeline(result["incident_id"])]
 
 

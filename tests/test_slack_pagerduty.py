@@ -135,9 +135,9 @@ def test_a_signed_press_by_sam_approves_and_completes_the_run_as_verified(world,
     _press(world, "U0SANDRITA")
     _until(lambda: _ephemeral(world, "U0SANDRITA"))
     assert "not an approver for P1" in _ephemeral(world, "U0SANDRITA")[0]
-    assert store.signatures(approval["id"]) == [] and store.approval(approval["id"])["decision"] is None
+    assert store.signatures(approval.id) == [] and store.approval(approval.id).decision is None
     assert any(
-        e.kind == "approval_refused" and "U0SANDMAL" in e.message for e in store.timeline(approval["incident_id"])
+        e.kind == "approval_refused" and "U0SANDMAL" in e.message for e in store.timeline(approval.incident_id)
     )
 
     started = time.monotonic()
@@ -146,9 +146,9 @@ def test_a_signed_press_by_sam_approves_and_completes_the_run_as_verified(world,
     result = run.join(120)
     assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam (verified)"
     assert api_image(world).endswith(":v1.5.0")
-    decided = store.approval(approval["id"])
-    assert decided["verified"] and decided["approver"] == "sam (verified)"
-    signed = [e for e in store.timeline(approval["incident_id"]) if e.kind == "approval_signed"]
+    decided = store.approval(approval.id)
+    assert decided.verified and decided.approver == "sam (verified)"
+    signed = [e for e in store.timeline(approval.incident_id) if e.kind == "approval_signed"]
     assert len(signed) == 1 and signed[0].actor == "sam" and "Slack" in signed[0].message
     message = world.slack.find(world.slack_messages[0]["channel"], pressed["ts"])
     assert "<@U0SANDSAM> (sam, verified in Slack)" in message["text"]
@@ -191,7 +191,7 @@ def test_unsigned_wrongly_signed_and_stale_presses_get_401_and_change_nothing(wo
         assert answer.status_code == 401, (name, answer.text)
     assert _press(world, "U0SANDSAM", age_seconds=360)["status"] == 401  # replayed after 6 minutes
     time.sleep(1)
-    assert store.signatures(approval["id"]) == [] and store.approval(approval["id"])["decision"] is None
+    assert store.signatures(approval.id) == [] and store.approval(approval.id).decision is None
     assert api_image(world) == BROKEN_IMAGE
     run.resume(paused.id, approve=False, approver="carol", reason="done testing")
     assert run.join(60)["outcome"] == "declined"
@@ -205,7 +205,7 @@ def test_two_presses_by_two_approvers_satisfy_four_eyes_for_p0(world, store, sla
     paused = run.wait_paused()
     approval = store.approval_for_run(str(paused.id))
     first = _press(world, "U0SANDSAM")
-    _until(lambda: len(store.signatures(approval["id"])) == 1)
+    _until(lambda: len(store.signatures(approval.id)) == 1)
     time.sleep(0.5)
     message = world.slack.find(world.slack_messages[0]["channel"], first["ts"])
     assert "waiting for 1 more" in message["text"]
@@ -254,16 +254,16 @@ def test_a_prefect_outage_during_an_approval_page_post_does_not_strand_the_decis
     _until(lambda: server.started, 10)
     form = {"approver": "sam", "credential": APPROVER_CREDENTIALS["sam"], "decision": "approve", "reason": "v2 broke"}
     try:
-        down = httpx.post(f"http://127.0.0.1:{port}/approvals/{approval['token']}", data=form, timeout=15)
+        down = httpx.post(f"http://127.0.0.1:{port}/approvals/{approval.token}", data=form, timeout=15)
     finally:
         server.should_exit = True
     assert down.status_code == 503 and "not recorded" in down.json()["message"], down.text
-    assert store.signatures(approval["id"]) == [] and store.approval(approval["id"])["decision"] is None
-    again = httpx.post(f"{live_intake}/approvals/{approval['token']}", data=form, timeout=15)
+    assert store.signatures(approval.id) == [] and store.approval(approval.id).decision is None
+    again = httpx.post(f"{live_intake}/approvals/{approval.token}", data=form, timeout=15)
     assert again.status_code == 200, again.text
     assert run.join(120)["outcome"] == "resolved"
     # the link carries a random token: the sequential id does not open it
-    assert httpx.get(f"{live_intake}/approvals/{approval['id']}", timeout=10).status_code == 404
+    assert httpx.get(f"{live_intake}/approvals/{approval.id}", timeout=10).status_code == 404
 
 
 def test_wrong_credentials_are_slowed_down(world, store, live_intake):  # noqa: F811
@@ -272,7 +272,7 @@ def test_wrong_credentials_are_slowed_down(world, store, live_intake):  # noqa: 
     break_api(world)
     run = FlowThread(service_down, service="api", environment="sandbox-verified", severity="P1")
     paused = run.wait_paused()
-    page = f"{live_intake}/approvals/{store.approval_for_run(str(paused.id))['token']}"
+    page = f"{live_intake}/approvals/{store.approval_for_run(str(paused.id)).token}"
     wrong = {"approver": "tess", "credential": "guess", "decision": "approve"}
     answers = [httpx.post(page, data=wrong, timeout=10) for _ in range(4)]
     assert [a.status_code for a in answers] == [403, 403, 403, 429]
@@ -375,15 +375,15 @@ def test_a_run_cancelled_while_it_waits_closes_its_approval_and_a_press_then_say
     with get_client(sync_client=True) as client:  # what the UI's Cancel does to a run with no process
         client.set_flow_run_state(paused.id, Cancelled(message="Cancelled by dana: taking over"), force=True)
     with store._connect() as conn:  # asked for a minute ago: the watch leaves fresh requests alone
-        conn.execute("UPDATE approvals SET requested_at = now() - interval '1 minute' WHERE id = %s", (approval["id"],))
-    assert approval["id"] in sweep("sandbox")["ended_runs"]
-    closed = store.approval(approval["id"])
-    assert closed["decision"] == "withdrawn" and "without an answer" in closed["reason"]
-    cancelled = [e for e in store.timeline(approval["incident_id"]) if e.kind == "cancelled"]
+        conn.execute("UPDATE approvals SET requested_at = now() - interval '1 minute' WHERE id = %s", (approval.id,))
+    assert approval.id in sweep("sandbox")["ended_runs"]
+    closed = store.approval(approval.id)
+    assert closed.decision == "withdrawn" and "without an answer" in closed.reason
+    cancelled = [e for e in store.timeline(approval.incident_id) if e.kind == "cancelled"]
     assert len(cancelled) == 1 and cancelled[0].actor == "dana" and "nothing was changed" in cancelled[0].message
     assert any("Runbook cancelled" in m["text"] for m in world.slack_messages)
     _press(world, "U0SANDSAM")
     _until(lambda: _ephemeral(world, "U0SANDSAM"))
     assert "already decided: withdrawn" in _ephemeral(world, "U0SANDSAM")[0]
-    assert store.signatures(approval["id"]) == [] and api_image(world) == BROKEN_IMAGE
+    assert store.signatures(approval.id) == [] and api_image(world) == BROKEN_IMAGE
     assert sweep("sandbox")["ended_runs"] == []  # once

@@ -46,9 +46,9 @@ def test_p0_needs_two_verified_approvers_and_ignores_an_unverified_resume(world,
     run = FlowThread(service_down, service="api", environment="sandbox-verified")
     paused = run.wait_paused()
     approval = store.approval_for_run(str(paused.id))
-    page = f"{live_intake}/approvals/{approval['token']}"
+    page = f"{live_intake}/approvals/{approval.token}"
     notice = next(m["text"] for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED"))
-    assert f"/approvals/{approval['token']}" in notice and "2 different approvers" in notice
+    assert f"/approvals/{approval.token}" in notice and "2 different approvers" in notice
 
     # Looking never decides: a GET (also one carrying the form's fields, as a prefetching
     # scanner might send) shows the plan and changes nothing.
@@ -56,22 +56,22 @@ def test_p0_needs_two_verified_approvers_and_ignores_an_unverified_resume(world,
         shown = httpx.get(url, timeout=10)
         assert shown.status_code == 200 and "rollback" in shown.text and "v2-broken" in shown.text
         assert 'method="post"' in shown.text and "Needs 2 different approvers" in shown.text
-    assert store.signatures(approval["id"]) == [] and store.approval(approval["id"])["decision"] is None
+    assert store.signatures(approval.id) == [] and store.approval(approval.id).decision is None
 
     # Wrong credential, unknown approver, an approver not allowed for P0: refused, nothing recorded.
     assert _post(page, "sam", credential="guess").status_code == 403
     assert _post(page, "mallory").status_code == 403
     refused = _post(page, "rita")
     assert refused.status_code == 403 and "may not answer P0" in refused.json()["message"]
-    assert store.signatures(approval["id"]) == []
-    assert "refused" in " ".join(e.message for e in store.timeline(approval["incident_id"]))
+    assert store.signatures(approval.id) == []
+    assert "refused" in " ".join(e.message for e in store.timeline(approval.incident_id))
 
     # A Resume from the Prefect UI (no identity) is not counted: the run asks again.
     assert run.resume(paused.id, approve=True, approver="mallory", reason="trust me").status.value == "ACCEPT"
-    _until(lambda: store.approval(approval["id"])["attempt"] == 1 and _state(paused.id)[0] == "PAUSED")
+    _until(lambda: store.approval(approval.id).attempt == 1 and _state(paused.id)[0] == "PAUSED")
     assert api_image(world) == BROKEN_IMAGE
     assert any(e.kind == "approval_unverified" and "mallory" in e.message
-               for e in store.timeline(approval["incident_id"]))
+               for e in store.timeline(approval.incident_id))
 
     first = _post(page, "sam", reason="v2 crash-loops")
     assert first.status_code == 202 and "waiting for 1 more" in first.json()["message"]
@@ -85,11 +85,11 @@ def test_p0_needs_two_verified_approvers_and_ignores_an_unverified_resume(world,
     assert result["outcome"] == "resolved", result
     assert result["decision"]["approver"] == "sam + tess (verified)"
     assert api_image(world).endswith(":v1.5.0")
-    decided = store.approval(approval["id"])
-    assert decided["decision"] == "approved" and decided["approver"] == "sam + tess (verified)" and decided["verified"]
-    signed = [(e.actor, e.kind) for e in store.timeline(approval["incident_id"]) if e.kind == "approval_signed"]
+    decided = store.approval(approval.id)
+    assert decided.decision == "approved" and decided.approver == "sam + tess (verified)" and decided.verified
+    signed = [(e.actor, e.kind) for e in store.timeline(approval.incident_id) if e.kind == "approval_signed"]
     assert signed == [("sam", "approval_signed"), ("tess", "approval_signed")]
-    assert store.get(approval["incident_id"]).acknowledged_by == "sam + tess (verified)"
+    assert store.get(approval.incident_id).acknowledged_by == "sam + tess (verified)"
     assert httpx.post(page, timeout=10, data={"approver": "sam"}).status_code == 409  # decided: closed
 
 
@@ -99,7 +99,7 @@ def test_a_single_verified_approver_suffices_below_p0_and_a_decline_changes_noth
     break_api(world)
     run = FlowThread(service_down, service="api", environment="sandbox-verified", severity="P1")
     paused = run.wait_paused()
-    page = f"{live_intake}/approvals/{store.approval_for_run(str(paused.id))['token']}"
+    page = f"{live_intake}/approvals/{store.approval_for_run(str(paused.id)).token}"
     declined = httpx.post(page, timeout=15, json={"approver": "tess", "credential": APPROVER_CREDENTIALS["tess"],
                                                   "decision": "decline", "reason": "handling it by hand"})
     assert declined.status_code == 200, declined.text
@@ -118,12 +118,12 @@ def test_where_the_resume_form_suffices_an_answer_from_the_page_is_still_recorde
     run = FlowThread(service_down, service="api", environment="sandbox", severity="P1")
     paused = run.wait_paused()
     approval = store.approval_for_run(str(paused.id))
-    answered = _post(f"{live_intake}/approvals/{approval['token']}", "sam", reason="v2 crash-loops")
+    answered = _post(f"{live_intake}/approvals/{approval.token}", "sam", reason="v2 crash-loops")
     assert answered.status_code == 200, answered.text
     result = run.join(120)
     assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam (verified)"
-    decided = store.approval(approval["id"])
-    assert decided["approver"] == "sam (verified)" and decided["verified"]
+    decided = store.approval(approval.id)
+    assert decided.approver == "sam (verified)" and decided.verified
 
     break_api(world)
     run = FlowThread(service_down, service="api", environment="sandbox", severity="P1")
@@ -131,4 +131,4 @@ def test_where_the_resume_form_suffices_an_answer_from_the_page_is_still_recorde
     assert run.resume(paused.id, approve=True, approver="sam", reason="typed in the UI").status.value == "ACCEPT"
     result = run.join(120)
     assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam"
-    assert not store.approval(store.approval_for_run(str(paused.id))["id"])["verified"]
+    assert not store.approval(store.approval_for_run(str(paused.id)).id)["verified"]
