@@ -113,7 +113,7 @@ def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_ke
         steps = [e.kind for e in timeline]
         recovered_at = next((e.at for e in timeline if e.kind == EventKind.RECOVERED), None)
         approvals = [a for a in store.approvals(incident.id) if a.decision == "approved"]
-        approved_at = approvals[0]["decided_at"] if approvals else None
+        approved_at = approvals[0].decided_at if approvals else None
         outcome = "resolved" if "resolved" in steps else (run or {}).get("state", "").lower() or None
         judgement = next((e.data.get("judgement") for e in reversed(timeline) if e.kind == EventKind.DIAGNOSED), None)
     return score(spec, injected_at, (run or {}).get("started"), approved_at, recovered_at, steps, outcome,

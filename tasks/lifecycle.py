@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from incidents import templates
 from incidents.alerts import AlertParameter, starts_at_time
 from incidents.findings import Finding, report_markdown
-from incidents.models import EventKind, Incident, Lease, Outcome, Severity, Status
+from incidents.models import Approval, EventKind, Incident, Lease, Outcome, Severity, Status
 from incidents.plans import Plan
 from incidents.store import DrillStore, StoreError
 from integrations.errors import IntegrationError
@@ -91,7 +91,7 @@ def _current(ctx: RunContext, incident: Incident) -> Incident:
         return incident
 
 
-def _resumption(ctx: RunContext) -> dict | None:
+def _resumption(ctx: RunContext) -> Approval | None:
     """The approval this very run asked for before it was suspended (or interrupted), if any:
     a rescheduled run continues from there instead of opening and diagnosing again."""
     run_id = flow_run.get_id()

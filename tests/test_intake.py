@@ -436,7 +436,7 @@ def test_a_flap_inside_the_grace_continues_the_incident(alertmanager, deployment
     _wait_for(lambda: "flap" in [e.kind for e in store.timeline(incident.id)])
     time.sleep(GRACE + 2)
     assert _run_state(run.id).is_paused(), "a flap inside the grace withdraws nothing"
-    assert [a["decision"] for a in store.approvals(incident.id)] == [None]
+    assert [a.decision for a in store.approvals(incident.id)] == [None]
     assert len(_runs(deployments["service-down"])) == 1
     texts = [m["text"] for m in world.slack_messages]
     assert sum(t.startswith("🚨 INCIDENT ALERT") for t in texts) == 1, "no second Initial Alert, no second page"

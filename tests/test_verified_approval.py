@@ -131,4 +131,4 @@ def test_where_the_resume_form_suffices_an_answer_from_the_page_is_still_recorde
     assert run.resume(paused.id, approve=True, approver="sam", reason="typed in the UI").status.value == "ACCEPT"
     result = run.join(120)
     assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam"
-    assert not store.approval(store.approval_for_run(str(paused.id)).id)["verified"]
+    assert not store.approval(store.approval_for_run(str(paused.id)).id).verified

@@ -51,14 +51,14 @@ def _into_verification(api: str, world, store, app_database_url: str) -> tuple[s
     break_api(world)
     run_id = _run(api, {"service": "api", "environment": "sandbox"})
     assert _until(api, run_id, ("PAUSED", "FAILED", "CRASHED")) == "PAUSED"
-    incident_id = store.approval_for_run(run_id)["incident_id"]
+    incident_id = store.approval_for_run(run_id).incident_id
     lock = _HealthLock(app_database_url)
     answer = httpx.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
         "run_input": {"approve": True, "approver": "quinn", "reason": "warm worker test"}}).json()
     assert answer["status"] == "ACCEPT", answer
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if [e for e in store.action_log(incident_id) if e["status"] == "done"]:
+        if [e for e in store.action_log(incident_id) if e.status == "done"]:
             break
         assert _state(api, run_id) not in FINAL, _flow_run(api, run_id)["state"]
         time.sleep(0.2)
@@ -96,7 +96,7 @@ def test_cancel_while_verifying_stops_the_process_at_once_and_the_timeline_says_
     assert len(cancelled) == 1, [e.kind for e in events]
     assert cancelled[0].actor == "nora"
     assert "taking over" in cancelled[0].message and "rollback (done" in cancelled[0].message
-    assert [(e["kind"], e["status"]) for e in store.action_log(incident_id)] == [("rollback", "done")]
+    assert [(e.kind, e.status) for e in store.action_log(incident_id)] == [("rollback", "done")]
     assert not [e for e in events if e.kind in ("recovered", "action_failed") or e.at > cancelled[0].at
                 and e.kind in ("action", "escalated")]
     assert world.cluster.get("deployments", "sandbox", "api")["metadata"]["annotations"][
