@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 # the checks every scenario shares (service down)
 HEALTH = "health endpoints"
@@ -225,7 +225,6 @@ FACTS: dict[str, type[Facts]] = {
     BREAKER: BreakerFacts, REACH: NoFacts, SESSIONS: SessionsFacts, CONNECTIONS: ConnectionsFacts,
     REPLICATION: ReplicationFacts, CACHE: CacheFacts, EVIDENCE: EvidenceFacts,
 }
-_ADAPTERS = {check: TypeAdapter(model) for check, model in FACTS.items()}
 
 
 class UnknownCheck(ValueError):
@@ -241,5 +240,4 @@ def parse(check: str, data: Facts | dict[str, Any]) -> Facts:
         if not isinstance(data, model):
             raise ValueError(f"{type(data).__name__} are not the facts of the {check!r} check")
         return data
-    parsed: Facts = _ADAPTERS[check].validate_python(data)
-    return parsed
+    return model.model_validate(data)

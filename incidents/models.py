@@ -241,10 +241,6 @@ class Approval:
     def from_row(cls, row: dict[str, Any]) -> "Approval":
         return cls(**_columns(cls, row))
 
-    @property
-    def pending(self) -> bool:
-        return self.decision is None
-
 
 @dataclass(frozen=True)
 class Signature:
