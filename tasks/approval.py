@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
@@ -30,6 +30,7 @@ from tasks.context import RunContext
 from tasks.forms import prefilled
 from tasks.notify import notify_slack
 from tasks.paging import update_pagers
+from tasks.steps import run_logger
 from tasks.timeline import record
 
 TIMEOUT_REASON = "no answer before the approval deadline"
@@ -69,14 +70,21 @@ class DrillNotAllowed(PermissionError):
     pass
 
 
+# How the gate gets an answer: (plan, seconds left, poll interval, attempt, note for the form)
+# -> (the form as submitted or None, whether the deadline passed). `wait_for_answer` pauses the run.
+Ask = Callable[[Plan, int, float, int, str], "tuple[ApprovalInput | None, bool]"]
+
+
 def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_approve_for_drill: str | None = None,
-                     auto_approve_delay: float = 0.0, findings: dict | None = None) -> Decision:
+                     auto_approve_delay: float = 0.0, findings: dict | None = None,
+                     ask: Ask | None = None) -> Decision:
     """Ask for approval of `plan` and wait for the answer (or the deadline).
 
     A run started from a deployment suspends while it waits: its process exits, so a worker
     crash or restart cannot lose the approval; answering reschedules the run, which comes back
     here (`approval_for_run`) and gets the answer without asking again. A run started in-process
-    (tests, `python -m flows...`) pauses instead."""
+    (tests, `python -m flows...`) pauses instead. `ask` replaces the pause (the unit tier answers
+    with it); everything else - the record, the verification, the decision - is the same."""
     if auto_approve_for_drill and not ctx.config.drills_allowed:
         raise DrillNotAllowed(f"environment {ctx.environment!r} does not allow drills (drills_allowed is false)")
     store = ctx.store()
@@ -96,7 +104,7 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
     page = f"{settings.page_url.rstrip('/')}/approvals/{token}" if settings.approvers and token else None
     if earlier is None:
         _announce(ctx, incident, plan, run_id, needed, page, token)
-    decision = _await_decision(ctx, incident, plan, approval_id, earlier, needed, page)
+    decision = _await_decision(ctx, incident, plan, approval_id, earlier, needed, page, ask or wait_for_answer)
     withdrawn = _withdrawal(ctx, approval_id)
     if withdrawn is not None:
         return _finish(ctx, incident, plan, None, withdrawn)  # the intake recorded it; only the timeline is left
@@ -109,7 +117,7 @@ def _recorded_request(ctx: RunContext, incident: Incident, plan: Plan, earlier: 
                       findings: dict | None) -> int | None:
     """The approval request's id: the one this run recorded before it was suspended, or a new
     one (None when the store cannot record it; the gate still waits for an answer)."""
-    logger = get_run_logger()
+    logger = run_logger()
     if earlier is not None:
         logger.info("Resumed: continuing with approval request %s for this plan", earlier.id)
         return int(earlier.id)
@@ -151,7 +159,7 @@ def _announce(ctx: RunContext, incident: Incident, plan: Plan, run_id: str | Non
 
 
 def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | None, earlier: Approval | None,
-                    needed: int, page: str | None) -> Decision:
+                    needed: int, page: str | None, ask: Ask) -> Decision:
     """Wait (suspended or paused) until an answer counts or the deadline passes. An approval
     without the verified identity the severity needs is recorded, announced and waited past."""
     settings = ctx.config.approval
@@ -159,8 +167,7 @@ def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id
     attempt = earlier.attempt if earlier is not None else 0
     while True:
         remaining = max(1, int(deadline - time.monotonic()))
-        answer, timed_out = _wait_for_answer(plan, remaining, settings.poll_seconds, attempt,
-                                             _form_note(needed, page))
+        answer, timed_out = ask(plan, remaining, settings.poll_seconds, attempt, _form_note(needed, page))
         decision = _decide(ctx, plan, answer, timed_out, needed, approval_id)
         if decision is not None:
             return decision
@@ -246,7 +253,7 @@ def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out
                 ctx.store().mark_verified(approval_id)
                 approver += " (verified)"
         except StoreError as exc:  # the answer counts all the same; only the mark is missing
-            get_run_logger().warning("Approval %s: signatures not readable: %s", approval_id, exc)
+            run_logger().warning("Approval %s: signatures not readable: %s", approval_id, exc)
         return _approved(plan, approver, answer)
     if approval_id is None:
         return Decision("declined", None, "approvers cannot be verified: the incident store is unavailable")
@@ -282,8 +289,8 @@ def _is_deadline(answer: ApprovalInput) -> bool:
     return (not answer.approve) and answer.approver == DEADLINE_APPROVER and answer.reason == TIMEOUT_REASON
 
 
-def _wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
-                     note: str = "") -> tuple[ApprovalInput | None, bool]:
+def wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
+                    note: str = "") -> tuple[ApprovalInput | None, bool]:
     """Suspend (deployed run) or pause (in-process run) for the form.
 
     The deadline is enforced by resuming the run with a decline (a pause that simply expired
@@ -315,7 +322,7 @@ def _wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
 
 
 def _finish(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | None, decision: Decision) -> Decision:
-    logger = get_run_logger()
+    logger = run_logger()
     if approval_id is not None:
         try:
             ctx.store().decide_approval(approval_id, decision.outcome, decision.approver, decision.reason,

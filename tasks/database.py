@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import time
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from incidents.action_params import ClearCache, Sessions
 from incidents.check_facts import (
     CACHE,
@@ -29,6 +26,7 @@ from integrations.postgres import Session, root_blockers
 from integrations.probes import probe_all
 from tasks.context import RunContext, SecretNotFound
 from tasks.deploys import ActionResult, Verification
+from tasks.steps import run_logger, step
 
 _ERRORS = (IntegrationError, SecretNotFound)
 
@@ -42,7 +40,7 @@ def _brief(s: Session, seconds: float | None = None, waiters: list[int] | None =
                         **blocking)
 
 
-@task(name="check-database-reachable", cache_policy=NO_CACHE)
+@step("check-database-reachable")
 def check_reachable(ctx: RunContext) -> Finding:
     """pg_isready from the runbook's side: connect and answer within the timeouts."""
     try:
@@ -54,7 +52,7 @@ def check_reachable(ctx: RunContext) -> Finding:
     return Finding(REACH, True, f"answers in {seconds * 1000:.0f} ms")
 
 
-@task(name="check-database-sessions", cache_policy=NO_CACHE)
+@step("check-database-sessions")
 def check_sessions(ctx: RunContext) -> Finding:
     """Blocking chains (pg_blocking_pids) with their root blockers, sessions idle in a
     transaction, and long-running queries."""
@@ -91,7 +89,7 @@ def check_sessions(ctx: RunContext) -> Finding:
                                  blocked=sorted(blocked)))
 
 
-@task(name="check-database-connections", cache_policy=NO_CACHE)
+@step("check-database-connections")
 def check_connections(ctx: RunContext) -> Finding:
     """Connections against max_connections (less the reserved slots) and each role's limit."""
     db = ctx.service.database
@@ -117,7 +115,7 @@ def check_connections(ctx: RunContext) -> Finding:
                    ConnectionsFacts(scopes=scopes, pressured=pressured, idle_sessions=idle))
 
 
-@task(name="check-replication", cache_policy=NO_CACHE)
+@step("check-replication")
 def check_replication(ctx: RunContext, max_lag_seconds: float = 30.0) -> Finding:
     """pg_stat_replication on a primary, pg_last_xact_replay_timestamp on a replica."""
     try:
@@ -137,7 +135,7 @@ def check_replication(ctx: RunContext, max_lag_seconds: float = 30.0) -> Finding
                    ReplicationFacts(role="primary", replicas=len(repl.replicas)))
 
 
-@task(name="check-cache", cache_policy=NO_CACHE)
+@step("check-cache")
 def check_cache(ctx: RunContext) -> Finding:
     """Redis memory, clients and evictions."""
     cache = ctx.service.cache
@@ -158,25 +156,25 @@ def _signal(ctx: RunContext, action: PlannedAction, grant: Grant, how: str) -> A
     require_grant(grant, action)
     p = action.params_as(Sessions)
     outcomes = ctx.postgres().signal(p.sessions, how, allow_superuser=p.allow_superuser)
-    get_run_logger().info("%s: %s", how, outcomes)
+    run_logger().info("%s: %s", how, outcomes)
     done = [pid for pid, outcome in outcomes.items() if outcome == f"{how}d"]
     detail = ", ".join(f"pid {pid} {outcome}" for pid, outcome in outcomes.items())
     return ActionResult(action.describe(), bool(done), detail)
 
 
-@task(name="terminate-sessions", cache_policy=NO_CACHE)
+@step("terminate-sessions")
 def terminate_sessions(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """pg_terminate_backend for exactly the planned backends (cancelling alone leaves locks held)."""
     return _signal(ctx, action, grant, "terminate")
 
 
-@task(name="cancel-queries", cache_policy=NO_CACHE)
+@step("cancel-queries")
 def cancel_queries(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """pg_cancel_backend for exactly the planned backends."""
     return _signal(ctx, action, grant, "cancel")
 
 
-@task(name="clear-cache", cache_policy=NO_CACHE)
+@step("clear-cache")
 def clear_cache(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """Delete the planned key prefix (SCAN + UNLINK), or FLUSHDB when the plan says so."""
     require_grant(grant, action)
@@ -189,7 +187,7 @@ def clear_cache(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionR
     return ActionResult(action.describe(), removed > 0, f"{removed} keys {p.prefix}* removed")
 
 
-@task(name="verify-database", cache_policy=NO_CACHE)
+@step("verify-database")
 def verify_database(ctx: RunContext, findings: dict[str, Finding], plan: Plan) -> Verification:
     """Poll until the planned waiters are no longer blocked, no root blocker is left,
     connections are under the threshold and the service's health check passes."""

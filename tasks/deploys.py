@@ -11,14 +11,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from incidents.action_params import Rollback, RollbackByUndo, RollbackByWorkflow, RolloutRestart
 from incidents.plans import Grant, PlannedAction, require_grant
 from integrations.kubernetes import revision_of
 from integrations.probes import probe_all
 from tasks.context import RunContext
+from tasks.steps import run_logger, step
 
 
 class RemediationFailed(RuntimeError):
@@ -37,7 +35,7 @@ def _check_kind(action: PlannedAction, kind: str) -> None:
         raise ValueError(f"expected a {kind} action, got {action.kind}")
 
 
-@task(name="rollback-deployment", cache_policy=NO_CACHE)
+@step("rollback-deployment")
 def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
                         interrupted_at: datetime | None = None) -> ActionResult:
     """Roll the deployment back to the planned revision, through the service's strategy.
@@ -67,7 +65,7 @@ def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
 
 def _rollback_by_workflow(ctx: RunContext, action: PlannedAction, p: RollbackByWorkflow,
                           interrupted_at: datetime | None) -> ActionResult:
-    logger = get_run_logger()
+    logger = run_logger()
     with ctx.github() as github:
         earlier = github.workflow_runs(p.repo, since=interrupted_at - timedelta(seconds=5), workflow=p.workflow,
                                        event="workflow_dispatch") if interrupted_at else []
@@ -89,7 +87,7 @@ def _rollback_by_workflow(ctx: RunContext, action: PlannedAction, p: RollbackByW
     return ActionResult(action.describe(), True, f"workflow run {run['id']} ({run.get('html_url')}) succeeded")
 
 
-@task(name="restart-deployment", cache_policy=NO_CACHE)
+@step("restart-deployment")
 def restart_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
                        interrupted_at: datetime | None = None) -> ActionResult:
     """kubectl rollout restart of the planned deployment (once: an interrupted attempt that
@@ -115,10 +113,10 @@ class Verification:
     detail: str
 
 
-@task(name="verify-recovery", cache_policy=NO_CACHE)
+@step("verify-recovery")
 def verify_health(ctx: RunContext, consecutive: int = 2) -> Verification:
     """Poll the health endpoints until they pass `consecutive` times in a row, or the deadline."""
-    logger = get_run_logger()
+    logger = run_logger()
     timeouts = ctx.config.timeouts
     start = time.monotonic()
     streak, last = 0, "not checked"

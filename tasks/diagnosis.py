@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
 from incidents.check_facts import (
@@ -33,6 +31,7 @@ from integrations.errors import IntegrationError
 from integrations.kubernetes import container_image, revision_of, rollout_status_of
 from integrations.probes import error_metrics, probe_all
 from tasks.context import RunContext, SecretNotFound
+from tasks.steps import run_logger, step
 
 _CHECK_ERRORS = (IntegrationError, SecretNotFound)
 
@@ -46,7 +45,7 @@ def _age(stamp: str) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
-@task(name="probe-endpoints", cache_policy=NO_CACHE)
+@step("probe-endpoints")
 def probe_endpoints(urls: list[str], timeout: float = 5.0) -> Finding:
     """`curl -f` of every endpoint at once; the check takes as long as the slowest probe."""
     results = probe_all(urls, timeout)
@@ -72,7 +71,7 @@ def probe_endpoints(urls: list[str], timeout: float = 5.0) -> Finding:
     return Finding(HEALTH, not failing, summary, details, HealthFacts(**data))
 
 
-@task(name="check-rollout", cache_policy=NO_CACHE)
+@step("check-rollout")
 def check_rollout(ctx: RunContext) -> Finding:
     """Rollout status by kubectl's rules, pods with restarts and last termination, recent events."""
     target = ctx.service.kubernetes
@@ -112,7 +111,7 @@ def check_rollout(ctx: RunContext) -> Finding:
                        last_termination=p.last_termination_reason, image=p.image) for p in pods]))
 
 
-@task(name="recent-deployments", cache_policy=NO_CACHE)
+@step("recent-deployments")
 def recent_deployments(ctx: RunContext) -> Finding:
     """What changed in the window: ReplicaSet revisions and GitHub workflow runs (`gh run list`)."""
     hours = ctx.config.timeouts.recent_deploy_hours
@@ -150,7 +149,7 @@ def recent_deployments(ctx: RunContext) -> Finding:
     return Finding(DEPLOYS, recent is None, summary, tuple(details), DeploysFacts(**data))
 
 
-@task(name="failed-run-logs", cache_policy=NO_CACHE)
+@step("failed-run-logs")
 def failed_run_logs(ctx: RunContext) -> Finding:
     """`gh run view --log-failed` for the newest failed run in the window."""
     since = datetime.now(timezone.utc) - timedelta(hours=ctx.config.timeouts.recent_deploy_hours)
@@ -171,7 +170,7 @@ def failed_run_logs(ctx: RunContext) -> Finding:
                    (f"{len(failed)} failed runs in the window",), RunLogsFacts(run_id=run["id"]), excerpt or None)
 
 
-@task(name="pod-logs", cache_policy=NO_CACHE)
+@step("pod-logs")
 def pod_logs(ctx: RunContext, tail_lines: int = 30) -> Finding:
     """The log tail of a pod that is not ready (its previous container if it restarted)."""
     target = ctx.service.kubernetes
@@ -191,7 +190,7 @@ def pod_logs(ctx: RunContext, tail_lines: int = 30) -> Finding:
 
 def gather(futures: dict[str, PrefectFuture], timeout: float) -> dict[str, Finding]:
     """Wait for submitted checks; a check that failed or overran becomes an 'unavailable' Finding."""
-    logger = get_run_logger()
+    logger = run_logger()
     findings: dict[str, Finding] = {}
     for check, future in futures.items():
         try:

@@ -9,9 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
 from incidents.drills import FaultSpec, history_markdown, score, scorecard_markdown
@@ -19,6 +17,7 @@ from incidents.models import EventKind
 from incidents.store import DrillStore
 from tasks.context import RunContext
 from tasks.faults import FaultState, cleanup, healed, inject, signal, wait_for
+from tasks.steps import run_logger, step
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
@@ -27,19 +26,19 @@ class DrillFailed(RuntimeError):
     pass
 
 
-@task(name="inject-fault", cache_policy=NO_CACHE)
+@step("inject-fault")
 def inject_fault(ctx: RunContext, spec: FaultSpec) -> FaultState:
-    get_run_logger().info("Injecting %s: %s", spec.name, spec.description)
+    run_logger().info("Injecting %s: %s", spec.name, spec.description)
     return inject(ctx, spec)
 
 
-@task(name="wait-for-detection", cache_policy=NO_CACHE)
+@step("wait-for-detection")
 def wait_for_detection(ctx: RunContext, state: FaultState, timeout: float) -> bool:
     """Poll the signal a monitor would watch until it shows the fault."""
     return wait_for(lambda: signal(ctx, state), timeout)
 
 
-@task(name="raise-alert", cache_policy=NO_CACHE)
+@step("raise-alert")
 def raise_alert(ctx: RunContext, spec: FaultSpec, drill_id: str, state: FaultState,
                 injected_at: datetime) -> dict[str, Any]:
     """What Alertmanager would do: post the alert to the intake, starting when the fault did.
@@ -59,7 +58,7 @@ def raise_alert(ctx: RunContext, spec: FaultSpec, drill_id: str, state: FaultSta
     return {"run_id": response.json()["started"][0]["flow_run_id"], "alert_key": f"{drill_id}:{starts}"}
 
 
-@task(name="follow-runbook", cache_policy=NO_CACHE)
+@step("follow-runbook")
 def follow_runbook(run_id: str, timeout: float) -> dict[str, Any]:
     """Wait for the runbook's run to end; its start time is when the fault was detected."""
     deadline = time.monotonic() + timeout
@@ -73,7 +72,7 @@ def follow_runbook(run_id: str, timeout: float) -> dict[str, Any]:
             "message": run.state.message if run.state else None}
 
 
-@task(name="read-runbook-outcome", cache_policy=NO_CACHE)
+@step("read-runbook-outcome")
 def unrecovered_outcome(alert_key: str) -> str | None:
     """None when the runbook's incident records a resolution; otherwise why it ended without
     one (its escalation, or the last step it recorded), so a failed runbook fails the drill
@@ -90,15 +89,15 @@ def unrecovered_outcome(alert_key: str) -> str | None:
     return f"{last.kind}: {last.message}" if last else "the incident's timeline is empty"
 
 
-@task(name="check-recovered", cache_policy=NO_CACHE)
+@step("check-recovered")
 def check_recovered(ctx: RunContext, state: FaultState, timeout: float) -> bool:
     return wait_for(lambda: healed(ctx, state), timeout, poll=1.0)
 
 
-@task(name="clean-up-fault", cache_policy=NO_CACHE)
+@step("clean-up-fault")
 def clean_up(ctx: RunContext, state: FaultState) -> list[str]:
     done = cleanup(ctx, state)
-    get_run_logger().info("Clean-up: %s", "; ".join(done) or "nothing left to undo")
+    run_logger().info("Clean-up: %s", "; ".join(done) or "nothing left to undo")
     return done
 
 
@@ -130,7 +129,7 @@ def judged(alert_key: str) -> dict | None:
     return next((e.data.get("judgement") for e in reversed(timeline) if e.kind == EventKind.DIAGNOSED), None)
 
 
-@task(name="publish-scorecard", cache_policy=NO_CACHE)
+@step("publish-scorecard")
 def publish_scorecard(drill_id: str, environment: str, card: dict, cleanup_done: list[str]) -> None:
     create_markdown_artifact(markdown=scorecard_markdown(drill_id, environment, card, cleanup_done),
                              key=f"{drill_id}-scorecard", description=f"Drill {drill_id} scorecard")

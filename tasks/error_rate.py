@@ -5,9 +5,6 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from incidents.action_params import CircuitBreaker, Scale
 from incidents.check_facts import (
     BREAKER,
@@ -27,6 +24,7 @@ from integrations.kubernetes_security import get_config_value, set_config_value
 from integrations.probes import sample_error_rate
 from tasks.context import RunContext, SecretNotFound
 from tasks.deploys import ActionResult, RemediationFailed, Verification
+from tasks.steps import run_logger, step
 
 _ERRORS = (IntegrationError, SecretNotFound)
 
@@ -39,7 +37,7 @@ def _measure(ctx: RunContext) -> tuple[float, float, float]:
     return window.error_rate, window.requests, window.errors
 
 
-@task(name="measure-error-rate", cache_policy=NO_CACHE)
+@step("measure-error-rate")
 def measure_error_rate(ctx: RunContext) -> Finding:
     """`curl /metrics | jq '.errors'`, twice, a window apart: the recent error rate."""
     service = ctx.service
@@ -65,7 +63,7 @@ def measure_error_rate(ctx: RunContext) -> Finding:
                              versions={v: VersionTraffic(**c) for v, c in versions.items()}))
 
 
-@task(name="prometheus-error-rate", cache_policy=NO_CACHE)
+@step("prometheus-error-rate")
 def prometheus_error_rate(ctx: RunContext) -> Finding:
     """The same ratio from Prometheus, when the environment configures one."""
     prom = ctx.config.prometheus
@@ -85,7 +83,7 @@ def prometheus_error_rate(ctx: RunContext) -> Finding:
                    PrometheusFacts(rate=round(rate, 4)))
 
 
-@task(name="recent-commits", cache_policy=NO_CACHE)
+@step("recent-commits")
 def recent_commits(ctx: RunContext, limit: int = 10) -> Finding:
     """`git log --oneline -10` of the service's repository, within the recent window."""
     since = datetime.now(timezone.utc) - timedelta(hours=ctx.config.timeouts.recent_deploy_hours)
@@ -110,7 +108,7 @@ def _breaker_value(ctx: RunContext) -> str | None:
         return cache.get(breaker.key)
 
 
-@task(name="check-circuit-breaker", cache_policy=NO_CACHE)
+@step("check-circuit-breaker")
 def check_circuit_breaker(ctx: RunContext) -> Finding:
     breaker = ctx.service.circuit_breaker
     try:
@@ -120,7 +118,7 @@ def check_circuit_breaker(ctx: RunContext) -> Finding:
     return Finding(BREAKER, True, f"{breaker.key}={value}", data=BreakerFacts(value=value))
 
 
-@task(name="scale-deployment", cache_policy=NO_CACHE)
+@step("scale-deployment")
 def scale_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """kubectl scale to the planned replica count, if the deployment is still where the plan found it."""
     require_grant(grant, action)
@@ -140,7 +138,7 @@ def scale_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> Ac
     return ActionResult(action.describe(), True, f"replicas {before} -> {after}")
 
 
-@task(name="set-circuit-breaker", cache_policy=NO_CACHE)
+@step("set-circuit-breaker")
 def set_circuit_breaker(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """Turn the breaker switch on; the previous value goes into the result to turn it back."""
     require_grant(grant, action)
@@ -151,12 +149,12 @@ def set_circuit_breaker(ctx: RunContext, action: PlannedAction, grant: Grant) ->
     else:
         with ctx.cache(p.redis_url_secret or "") as cache:
             previous = cache.set(p.key, p.value)
-    get_run_logger().info("circuit breaker %s: %s -> %s", p.key, previous, p.value)
+    run_logger().info("circuit breaker %s: %s -> %s", p.key, previous, p.value)
     return ActionResult(action.describe(), previous != p.value,
                         f"{p.key}: {previous} -> {p.value} (turn back with {p.key}={previous})")
 
 
-@task(name="verify-error-rate", cache_policy=NO_CACHE)
+@step("verify-error-rate")
 def verify_error_rate(ctx: RunContext, findings: dict[str, Finding], plan: Plan) -> Verification:
     """Sample the error rate until it is below the threshold, or the deadline."""
     timeouts, threshold = ctx.config.timeouts, ctx.service.errors.threshold
@@ -170,7 +168,7 @@ def verify_error_rate(ctx: RunContext, findings: dict[str, Finding], plan: Plan)
         except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
             last = f"{type(exc).__name__}: {exc}"
         elapsed = time.monotonic() - start
-        get_run_logger().info("verify: %s (%.0f s of %.0f s)", last, elapsed, timeouts.verify_seconds)
+        run_logger().info("verify: %s (%.0f s of %.0f s)", last, elapsed, timeouts.verify_seconds)
         if elapsed + timeouts.verify_poll_seconds + ctx.service.errors.sample_seconds > timeouts.verify_seconds:
             return Verification(False, elapsed, last)
         time.sleep(timeouts.verify_poll_seconds)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from incidents import templates
@@ -22,6 +20,7 @@ from tasks.correlation import detected, join
 from tasks.notify import comment_on_issue, notify_slack
 from tasks.paging import mentions, trigger_pagers, update_pagers
 from tasks.postmortem import start_post_incident
+from tasks.steps import run_logger, step
 from tasks.timeline import record
 
 
@@ -38,14 +37,14 @@ def escalation_contacts(ctx: RunContext, severity: Severity, level: int = 0) -> 
     return level_contacts(ctx.config.roles, ctx.config.escalation.policy(severity), level)
 
 
-@task(name="open-incident", cache_policy=NO_CACHE)
+@step("open-incident")
 def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: str,
                   alert: AlertParameter | None = None,
                   detected_by: str = "runbook", explicit_severity: Severity | None = None) -> Incident:
     """Open the incident for this outage, or join the one already open for it (`joined` is then
     True). The run that works the incident announces it, once: the GitHub issue from the
     playbook template and the Initial Alert."""
-    logger = get_run_logger()
+    logger = run_logger()
     store = ctx.store()
     run_id = str(flow_run.get_id() or "") or None
     incident = store.open_incident(
@@ -76,7 +75,7 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
 
 def announce(ctx: RunContext, incident: Incident, severity: Severity, summary: str) -> None:
     """The incident's GitHub issue and its Initial Alert (paging level 0 of the matrix)."""
-    logger = get_run_logger()
+    logger = run_logger()
     severity = incident.severity  # an alert that joined before the announcement may have raised it
     repo = ctx.config.github.incident_repo
     try:
@@ -101,7 +100,7 @@ def announce(ctx: RunContext, incident: Incident, severity: Severity, summary: s
     trigger_pagers(ctx, incident, 0, logger)
 
 
-@task(name="resolve-incident", cache_policy=NO_CACHE)
+@step("resolve-incident")
 def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_was_done: str, prevention: str,
                      postmortem: bool = True, actor: str = "runbook") -> bool:
     """Resolution message, issue comment and close, incident resolved in the record; then the
@@ -109,14 +108,14 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
     posted) when the incident was resolved already, e.g. by hand meanwhile."""
     try:
         if not ctx.store().close(incident.id, root_cause, what_was_done, postmortem_needed=postmortem):
-            get_run_logger().info("Incident %s was resolved already; no second Resolution", incident.id)
+            run_logger().info("Incident %s was resolved already; no second Resolution", incident.id)
             return False
     except StoreError as exc:
-        get_run_logger().error("Incident %s not marked resolved in the store: %s", incident.id, exc)
+        run_logger().error("Incident %s not marked resolved in the store: %s", incident.id, exc)
     record(ctx, incident.id, actor, EventKind.RESOLVED, f"Resolved: {what_was_done}", {"root_cause": root_cause})
     text = templates.resolution(incident, root_cause, what_was_done, prevention)
     notify_slack(ctx, incident.id, text)
-    update_pagers(ctx, incident, "resolve", actor, get_run_logger())
+    update_pagers(ctx, incident, "resolve", actor, run_logger())
     if comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
                         templates.resolution_markdown(root_cause, what_was_done, prevention)):
         try:
@@ -129,7 +128,7 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
     return True
 
 
-@task(name="escalate-incident", cache_policy=NO_CACHE)
+@step("escalate-incident")
 def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Status = Status.INVESTIGATING,
                       impact: str = "Service unavailable") -> list[str]:
     """Status Update plus the escalation the severity matrix asks for; returns who was notified."""
@@ -145,7 +144,7 @@ def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Sta
     try:
         ctx.store().set_status(incident.id, status)
     except StoreError as exc:
-        get_run_logger().error("Incident %s status not updated: %s", incident.id, exc)
+        run_logger().error("Incident %s status not updated: %s", incident.id, exc)
     record(ctx, incident.id, "runbook", EventKind.ESCALATED, why,
            {"contacts": contacts, "paged": fresh, "severity": incident.severity.value})
     if contacts:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prefect import get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
@@ -17,6 +16,7 @@ from incidents.alerts import target_of
 from incidents.models import Incident, Lease
 from incidents.store import StoreError
 from tasks.context import RunContext
+from tasks.steps import run_logger
 
 TURN_POLL_SECONDS = 1.0
 
@@ -66,7 +66,7 @@ def await_turn(ctx: RunContext, incident: Incident, scenario: str, holder: Lease
             time.sleep(TURN_POLL_SECONDS)
             next_holder = holder_of(ctx, incident, scenario, gone)
             if next_holder is None:
-                get_run_logger().info("Run %s ended without a plan: this run works incident %s now",
+                run_logger().info("Run %s ended without a plan: this run works incident %s now",
                                       incident.flow_run_id, incident.id)
                 return None
             holder = next_holder
@@ -107,4 +107,4 @@ def release_lease(ctx: RunContext) -> None:
         try:
             ctx.store().release_lease(target_of(ctx.environment, ctx.service_name), str(run_id))
         except StoreError as exc:
-            get_run_logger().warning("lease on %s not released: %s", ctx.service_name, exc)
+            run_logger().warning("lease on %s not released: %s", ctx.service_name, exc)

@@ -10,25 +10,40 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from incidents import templates
 from incidents.alerts import AlertParameter, starts_at_time
 from incidents.findings import Finding, report_markdown
 from incidents.models import Approval, EventKind, Incident, Lease, Outcome, Severity, Status
-from incidents.plans import Plan
+from incidents.plans import Grant, Plan
 from incidents.store import DrillStore, StoreError
 from integrations.errors import IntegrationError
-from tasks.approval import Decision, request_approval
+from tasks.approval import Ask, Decision, request_approval, wait_for_answer
 from tasks.context import RunContext
-from tasks.deploys import RemediationFailed, Verification
+from tasks.deploys import ActionResult, RemediationFailed, Verification
 from tasks.incident import escalate_incident, open_incident, resolve_incident
 from tasks.leases import await_turn, holder_of, holding
 from tasks.notify import notify_slack
 from tasks.remedies import execute
 from tasks.reporting import publish_report
+from tasks.steps import run_logger
 from tasks.timeline import record
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Where the lifecycle reaches past its own logic at a phase boundary: opening the incident
+    (submitted, so the read-only checks run meanwhile), asking a person (the run pauses), and
+    running the approved actions. The defaults are the real ones; the fault matrix wraps `open`
+    and `execute` to fault a dependency during that phase, and the unit tier answers `ask`."""
+
+    open: Callable[..., Any] = open_incident.submit
+    ask: Ask = wait_for_answer
+    execute: Callable[[RunContext, Plan, Grant], list[ActionResult]] = execute
+
+
+PHASES = Phases()
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class Scenario:
     # scenarios this one hands over to when its plan names them (Plan.handover), e.g. a service
     # down whose /health names the database goes on with the database-issues diagnosis
     handovers: Mapping[str, "Scenario"] = field(default_factory=dict)
+    phases: Phases = PHASES
 
 
 def _status(ctx: RunContext, incident: Incident, status: Status, eta: str, impact: str, note: str) -> None:
@@ -56,7 +72,7 @@ def _status(ctx: RunContext, incident: Incident, status: Status, eta: str, impac
     try:
         ctx.store().set_status(incident.id, status, eta=eta, impact=impact, last_update_at=datetime.now(timezone.utc))
     except StoreError as exc:
-        get_run_logger().error("Incident %s status not updated: %s", incident.id, exc)
+        run_logger().error("Incident %s status not updated: %s", incident.id, exc)
     notify_slack(ctx, incident.id, templates.status_update(incident, status.value, eta, impact, note))
 
 
@@ -107,7 +123,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
                  alert: AlertParameter | None) -> dict[str, Any]:
     if dry_run:
         return _dry_run(scenario, ctx, severity, alert)
-    logger = get_run_logger()
+    logger = run_logger()
     earlier = _resumption(ctx)
     if earlier is not None:
         incident = ctx.store().get(earlier.incident_id)
@@ -132,7 +148,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     detected_by = "alert" if alert else "manual run"
     # Opening the incident (record, issue, Initial Alert) and the read-only checks run at the
     # same time: the first diagnosis step should not wait for GitHub and Slack.
-    opening = open_incident.submit(ctx, scenario.name, severity, scenario.summary(ctx), alert, detected_by, explicit)
+    opening = scenario.phases.open(ctx, scenario.name, severity, scenario.summary(ctx), alert, detected_by, explicit)
     findings = scenario.diagnose(ctx)
     incident = opening.result()
     holder = holder_of(ctx, incident, scenario.name)
@@ -217,7 +233,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
     if successor is not None:
         record(ctx, incident.id, "runbook", EventKind.HANDED_OVER, f"{scenario.name} hands over to {successor.name}: "
                                                            f"{plan.summary}", {"support": list(plan.support)})
-        get_run_logger().info("Handing over to %s: %s", successor.name, plan.summary)
+        run_logger().info("Handing over to %s: %s", successor.name, plan.summary)
         findings = {**findings, **successor.diagnose(ctx)}
         scenario, plan = successor, successor.plan(ctx, incident, findings, onset)
         title = f"{title}, handed over to {successor.name}"
@@ -235,7 +251,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
         },
     )
     publish_report(ctx, incident, "diagnosis", report_markdown(f"Diagnosis: {title}", list(findings.values()), plan))
-    get_run_logger().info("Plan (%s): %s", plan.confidence, plan.summary)
+    run_logger().info("Plan (%s): %s", plan.confidence, plan.summary)
     return scenario, findings, plan, failing
 
 
@@ -247,7 +263,7 @@ def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, finding
     held = f"run {holder.flow_run_id} ({holder.scenario}, incident {holder.incident_id})"
     note = (f"{scenario.name} found {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); "
             f"{held} already works {ctx.service_name}, so no second plan is made")
-    get_run_logger().info("Contributing findings: %s", note)
+    run_logger().info("Contributing findings: %s", note)
     record(ctx, incident.id, "runbook", EventKind.FINDINGS_ADDED, note,
            {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
             "holder": holder.as_data()})
@@ -309,7 +325,7 @@ def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident,
                         plan: Plan, alert: AlertParameter | None, outcome: dict[str, Any]) -> dict[str, Any]:
     drill_id, delay = drill_approval(ctx, alert)
     decision = request_approval(ctx, incident, plan, auto_approve_for_drill=drill_id, auto_approve_delay=delay,
-                                findings=_findings_json(findings))
+                                findings=_findings_json(findings), ask=scenario.phases.ask)
     outcome["decision"] = {"outcome": decision.outcome, "approver": decision.approver, "reason": decision.reason,
                            "automatic": decision.automatic}
     ended = _not_to_act(scenario, ctx, incident, decision, outcome)
@@ -343,9 +359,9 @@ def _not_to_act(scenario: Scenario, ctx: RunContext, incident: Incident, decisio
 
 def _act_and_verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
                     plan: Plan, decision: Decision, outcome: dict[str, Any]) -> dict[str, Any]:
-    logger = get_run_logger()
+    logger = run_logger()
     try:
-        results = execute(ctx, plan, decision.grant)
+        results = scenario.phases.execute(ctx, plan, decision.grant)
     except StoreError as exc:  # each action is claimed in the store first: nothing ran
         exc = RemediationFailed(f"not started: the incident store, which makes each approved action run once, "
                                 f"is unreachable ({exc})")

@@ -7,13 +7,12 @@ import base64
 from datetime import datetime, timezone
 from typing import Any
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from incidents.config import load_environment
 from incidents.followups import FollowUpStore
 from incidents.success_metrics import Metrics, compute, trend_svg
+from tasks.steps import step
 
 
 def measure(environment: str, now: datetime | None = None, since: datetime | None = None) -> Metrics:
@@ -23,7 +22,7 @@ def measure(environment: str, now: datetime | None = None, since: datetime | Non
     return compute(FollowUpStore().metric_rows(environment, since), now or datetime.now(timezone.utc), response)
 
 
-@task(name="publish-metrics", cache_policy=NO_CACHE)
+@step("publish-metrics")
 def publish_metrics(environment: str, now: datetime | None = None) -> dict[str, Any]:
     metrics = measure(environment, now)
     key = f"incident-metrics-{environment}"

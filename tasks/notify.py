@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import logging
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from incidents.config import EnvironmentConfig
 from incidents.models import EventKind
 from incidents.redaction import redact
@@ -16,6 +13,7 @@ from incidents.templates import markdown_text, slack_blocks, thread_parent
 from integrations.errors import IntegrationError
 from integrations.slack import SlackApp, SlackWebhook
 from tasks.context import RunContext, SecretNotFound, resolve_secret
+from tasks.steps import run_logger, step
 from tasks.timeline import record
 
 _NOTIFY_ERRORS = (IntegrationError, SecretNotFound, StoreError, ValueError)
@@ -88,11 +86,11 @@ def _refresh_parent(ctx: RunContext, app: SlackApp, incident_id: int, thread: di
         app.update(thread["channel"], thread["ts"], current, slack_blocks(current))
 
 
-@task(name="notify-slack", cache_policy=NO_CACHE)
+@step("notify-slack")
 def notify_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, str] | None = None,
                  security: bool = False, buttons: list[dict] | None = None) -> bool:
     """`send_slack` as a task of the run."""
-    return send_slack(ctx, incident_id, text, link, security, get_run_logger(), buttons)
+    return send_slack(ctx, incident_id, text, link, security, run_logger(), buttons)
 
 
 def notify_security_team(ctx: RunContext, incident_id: int, text: str) -> bool:
@@ -120,7 +118,7 @@ def add_comment(ctx: RunContext, incident_id: int, repo: str | None, number: int
     return True
 
 
-@task(name="comment-on-issue", cache_policy=NO_CACHE)
+@step("comment-on-issue")
 def comment_on_issue(ctx: RunContext, incident_id: int, repo: str | None, number: int | None, body: str) -> bool:
     """`add_comment` as a task of the run."""
-    return add_comment(ctx, incident_id, repo, number, body, get_run_logger())
+    return add_comment(ctx, incident_id, repo, number, body, run_logger())

@@ -12,9 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Literal
 
-from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
@@ -29,6 +27,7 @@ from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.forms import prefilled
 from tasks.notify import comment_on_issue, notify_slack
+from tasks.steps import run_logger, step
 from tasks.timeline import record
 
 
@@ -69,7 +68,7 @@ def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
                              timeout=0, as_subflow=False, tags=["post-incident"])
     except Exception as exc:  # noqa: BLE001 - no deployment, API down: the incident is resolved regardless
         why = f"no deployment {name}" if isinstance(exc, ObjectNotFound) else f"{type(exc).__name__}: {exc}"
-        get_run_logger().warning("Post-incident run not started (%s)", why)
+        run_logger().warning("Post-incident run not started (%s)", why)
         record(ctx, incident.id, "runbook", EventKind.POSTMORTEM_NOT_STARTED,
                f"Post-incident run not started ({why}); start it with `runbooks postmortem {incident.id}`")
         return None
@@ -83,7 +82,7 @@ def draft(ctx: RunContext, incident: Incident, store: FollowUpStore) -> str:
     return postmortem_report.render(incident, store.timeline(incident.id), store.approvals(incident.id), {}, [])
 
 
-@task(name="request-postmortem", cache_policy=NO_CACHE)
+@step("request-postmortem")
 def announce(ctx: RunContext, incident: Incident, store: FollowUpStore) -> None:
     """Register the post-mortem (once) and tell the Documentation role where the form is."""
     run_id = flow_run.get_id()
@@ -120,7 +119,7 @@ def wait_for_form(ctx: RunContext, incident: Incident, description: str) -> Post
         return None
 
 
-@task(name="file-action-items", cache_policy=NO_CACHE)
+@step("file-action-items")
 def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionItem], store: FollowUpStore,
                       since: datetime) -> list[dict]:
     """Each action item once in the store and once as a GitHub issue with its due date."""
@@ -148,7 +147,7 @@ def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionIte
                         labels,
                     )
             except (IntegrationError, SecretNotFound) as exc:
-                get_run_logger().error("Action item %r not filed: %s", item.title, exc)
+                run_logger().error("Action item %r not filed: %s", item.title, exc)
                 record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"Action item not filed: {exc}")
                 filed.append(row)
                 continue
@@ -179,9 +178,9 @@ def proposals_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@task(name="publish-postmortem", cache_policy=NO_CACHE)
+@step("publish-postmortem")
 def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store: FollowUpStore) -> dict:
-    logger = get_run_logger()
+    logger = run_logger()
     completed = datetime.now(timezone.utc)
     items = file_action_items(ctx, incident, answers.action_items, store, completed)
     data = answers.model_dump(exclude={"metadata"})

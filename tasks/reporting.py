@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from incidents.models import Incident
 from incidents.redaction import redact
 from tasks.context import RunContext
 from tasks.notify import comment_on_issue
+from tasks.steps import step
 
 
-@task(name="publish-report", cache_policy=NO_CACHE)
+@step("publish-report")
 def publish_report(ctx: RunContext, incident: Incident, kind: str, markdown: str) -> None:
     """`kind` names the report (diagnosis, plan, ...); the artifact key is stable per incident."""
     markdown = redact(markdown)

@@ -7,9 +7,6 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from incidents.action_params import (
     ActionParams,
     Block,
@@ -38,11 +35,12 @@ from integrations.kubernetes_security import (
 from integrations.probes import probe_all
 from tasks.context import RunContext, SecretNotFound
 from tasks.deploys import ActionResult, Verification
+from tasks.steps import run_logger, step
 
 _ERRORS = (IntegrationError, SecretNotFound)
 
 
-@task(name="capture-evidence", cache_policy=NO_CACHE)
+@step("capture-evidence")
 def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) -> Finding:
     """Pods, events, revision history, recent logs, and the metadata (never the values) of the
     service's secrets, as they are before any containment."""
@@ -97,7 +95,7 @@ def containment_state(ctx: RunContext, kube: KubernetesClient) -> tuple[Containm
     return Containment(labels=labels, policies=policies, policy_blocks=blocks, **denylist), notes
 
 
-@task(name="rotate-secrets", cache_policy=NO_CACHE)
+@step("rotate-secrets")
 def rotate_secrets(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """New random values for the planned keys, then a rollout restart of the consumers."""
     require_grant(grant, action)
@@ -105,7 +103,7 @@ def rotate_secrets(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
     with ctx.kubernetes() as kube:
         version = rotate_secret(kube, p.namespace, p.secret, p.data_keys)
         restarted = [kube.rollout_restart(p.namespace, consumer) and consumer for consumer in p.consumers]
-    get_run_logger().info("Rotated %d keys of secret %s; restarted %s", len(p.data_keys), p.secret, restarted)
+    run_logger().info("Rotated %d keys of secret %s; restarted %s", len(p.data_keys), p.secret, restarted)
     return ActionResult(
         action.describe(),
         True,
@@ -114,7 +112,7 @@ def rotate_secrets(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
     )
 
 
-@task(name="block-ips", cache_policy=NO_CACHE)
+@step("block-ips")
 def block_ips(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """Deny the planned CIDRs: in the Ingress's deny list (ingress-nginx sees the real client
     address), or with the block NetworkPolicy (only where no other policy selects the pods:
@@ -141,7 +139,7 @@ def blocked_now(kube: KubernetesClient, p: Block) -> list[str]:
     raise TypeError(f"no block strategy in {type(p).__name__}")
 
 
-@task(name="enable-logging", cache_policy=NO_CACHE)
+@step("enable-logging")
 def enable_logging(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """Raise the service's log level through its ConfigMap; the previous level is kept in the result."""
     require_grant(grant, action)
@@ -174,7 +172,7 @@ def _not_contained(kube: KubernetesClient, p: ActionParams, secrets_before: dict
     return problems
 
 
-@task(name="verify-containment", cache_policy=NO_CACHE)
+@step("verify-containment")
 def verify_containment(ctx: RunContext, findings: dict[str, Finding], plan: Plan) -> Verification:
     """Rotated secrets have new versions, consumers rolled out, the block and the log level are
     in place, and the service answers."""

@@ -16,8 +16,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
 from incidents import templates
@@ -34,6 +32,7 @@ from tasks.correlation import withdraw_quiet
 from tasks.incident import resolve_incident
 from tasks.notify import comment_on_issue, notify_slack
 from tasks.paging import mentions, retrigger_missing, trigger_pagers, update_pagers
+from tasks.steps import run_logger, step
 from tasks.timeline import record
 
 
@@ -52,7 +51,7 @@ def escalate(ctx: RunContext, incident: Incident, now: datetime) -> dict | None:
     why = (f"Not acknowledged {minutes:.0f} min after it opened ({incident.severity.value} response time "
            f"{policy.response_minutes:g} min): escalation level {due.level}. "
            f"Acknowledge with `runbooks ack {incident.id}`, in PagerDuty, or by answering the approval.")
-    get_run_logger().warning("Incident %s: %s", incident.id, why)
+    run_logger().warning("Incident %s: %s", incident.id, why)
     record(ctx, incident.id, "incident-watch", EventKind.ESCALATED, f"{why} Paging: {who}.",
            {"level": due.level, "contacts": due.contacts, "unacknowledged_minutes": round(minutes, 1)})
     notify_slack(ctx, incident.id, templates.status_update(
@@ -129,7 +128,7 @@ def track_action_items(environment: str, config: EnvironmentConfig, store: Follo
             with ctx.github() as github:
                 issue = github.get_issue(item["repo"], item["issue_number"])
         except (IntegrationError, SecretNotFound) as exc:
-            get_run_logger().warning("Action item %s not checked: %s", item["id"], exc)
+            run_logger().warning("Action item %s not checked: %s", item["id"], exc)
             continue
         if issue.get("state") == "closed":
             store.complete_action_item(item["id"], now)
@@ -167,7 +166,7 @@ def decline_expired_approvals(environment: str, config: EnvironmentConfig, store
                 answer = client.resume_flow_run(approval.flow_run_id, run_input=deadline_answer())
             accepted = answer.status.value == "ACCEPT"
         except Exception as exc:  # noqa: BLE001 - the run is gone or the API is down: close the request below
-            get_run_logger().warning(
+            run_logger().warning(
                 "Approval %s: run %s not resumed: %s", approval.id, approval.flow_run_id, exc
             )
             accepted = False
@@ -202,7 +201,7 @@ def close_ended_runs(environment: str, store: FollowUpStore) -> list[int]:
             try:
                 run = client.read_flow_run(approval.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - the API is down or the run is gone: next sweep
-                get_run_logger().warning(
+                run_logger().warning(
                     "Approval %s: run %s not read: %s", approval.id, approval.flow_run_id, exc
                 )
                 continue
@@ -226,7 +225,7 @@ def _resume(flow_run_id: str, answer: dict) -> bool:
         return client.resume_flow_run(flow_run_id, run_input=answer).status.value == "ACCEPT"
 
 
-@task(name="sweep-incidents", cache_policy=NO_CACHE)
+@step("sweep-incidents")
 def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
     """One pass of the watch over the environment's incidents and follow-ups."""
     now = now or datetime.now(timezone.utc)
@@ -245,14 +244,14 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
             if status_cadence(ctx, incident, now):
                 summary["status_updates"].append(incident.id)
         except StoreError as exc:
-            get_run_logger().error("Incident %s skipped this sweep: %s", incident.id, exc)
+            run_logger().error("Incident %s skipped this sweep: %s", incident.id, exc)
     summary["expired_approvals"] = decline_expired_approvals(environment, config, store, now)
     summary["ended_runs"] = close_ended_runs(environment, store)
     summary["withdrawn"] = withdraw_quiet(store, environment, load_config().intake.resolve_grace_seconds, now,
                                           _resume)
     summary["postmortem_reminders"] = remind_postmortems(environment, config, store, now)
     summary["action_items"] = track_action_items(environment, config, store, now)
-    get_run_logger().info("Sweep of %s: %s open, %s escalated, %s status updates, %s post-mortem reminders",
+    run_logger().info("Sweep of %s: %s open, %s escalated, %s status updates, %s post-mortem reminders",
                           environment, summary["open"], len(summary["escalated"]), len(summary["status_updates"]),
                           len(summary["postmortem_reminders"]))
     return summary
@@ -266,7 +265,7 @@ def _incident_in(environment: str, store: FollowUpStore, incident_id: int) -> tu
     return incident, _ctx(environment, load_environment(environment), incident)
 
 
-@task(name="acknowledge-incident", cache_policy=NO_CACHE)
+@step("acknowledge-incident")
 def acknowledge(environment: str, incident_id: int, by: str) -> bool:
     """An explicit acknowledgment: escalation stops. False if it was already acknowledged."""
     by = by.strip()
@@ -275,7 +274,7 @@ def acknowledge(environment: str, incident_id: int, by: str) -> bool:
     store = FollowUpStore()
     incident, ctx = _incident_in(environment, store, incident_id)
     if not store.acknowledge(incident_id, by):
-        get_run_logger().info("Incident %s was already acknowledged (by %s) or is closed", incident_id,
+        run_logger().info("Incident %s was already acknowledged (by %s) or is closed", incident_id,
                               incident.acknowledged_by or "-")
         return False
     record(ctx, incident_id, by, EventKind.ACKNOWLEDGED, f"Acknowledged by {by}; escalation stops")
@@ -294,7 +293,7 @@ def acknowledge(environment: str, incident_id: int, by: str) -> bool:
     return True
 
 
-@task(name="resolve-incident-by-hand", cache_policy=NO_CACHE)
+@step("resolve-incident-by-hand")
 def resolve_by_hand(environment: str, incident_id: int, by: str, note: str) -> dict[str, Any]:
     """A person closes the incident: Resolution message, issue closed with the Resolution
     template, post-mortem started. A runbook still waiting for its approval is stopped (its
@@ -318,5 +317,5 @@ def resolve_by_hand(environment: str, incident_id: int, by: str, note: str) -> d
                                                      "reason": "incident resolved by hand"}):
                     stopped.append(approval.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - the decision stands; the run reads it when it wakes
-                get_run_logger().warning("run %s not resumed: %s", approval.flow_run_id, exc)
+                run_logger().warning("run %s not resumed: %s", approval.flow_run_id, exc)
     return {"incident_id": incident_id, "resolved_by": by, "stopped_runs": stopped}

@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import psycopg
@@ -193,23 +193,6 @@ def _host_port(dsn: str) -> tuple[str, int]:
     return params.get("host") or "127.0.0.1", int(params.get("port") or 5432)
 
 
-class Hooks:
-    """Stands in for the lifecycle's open_incident and execute, and hands each call to the cell
-    running in that run's environment (one per lane), which turns its fault on and off around it."""
-
-    def __init__(self, open_task, execute):
-        self.open_task, self.execute = open_task, execute
-        self.opened: dict[str, Any] = {}  # environment -> the open_incident future of its cell
-        self.acts: dict[str, Callable] = {}  # environment -> its cell's act
-
-    def submit(self, ctx, *args, **kwargs):  # open_incident.submit
-        self.opened[ctx.environment] = self.open_task.submit(ctx, *args, **kwargs)
-        return self.opened[ctx.environment]
-
-    def act(self, ctx, plan, grant):  # execute
-        return self.acts[ctx.environment](ctx, plan, grant)
-
-
 def _service(dependency: str) -> str:
     """GitHub's cells use api, whose rollback is a GitHub workflow, and so do the cells whose
     runbook is not service-down; the others use frontend, rolled back through the Kubernetes
@@ -309,7 +292,7 @@ def _prepare(world, cache: redis.Redis, dependency: str) -> Target:
     return target
 
 
-def _cell(lane: Lane, hooks: Hooks, target: Target, mode: str, phase: str) -> dict[str, Any]:
+def _cell(lane: Lane, target: Target, mode: str, phase: str) -> dict[str, Any]:
     """One run of the target's runbook, in the lane's environment, with the dependency's fault
     on during `phase`."""
     import tasks.lifecycle as lifecycle
@@ -322,10 +305,14 @@ def _cell(lane: Lane, hooks: Hooks, target: Target, mode: str, phase: str) -> di
     runbook = {"service-down": SERVICE_DOWN, "high-error-rate": HIGH_ERROR_RATE,
                "database-issues": DATABASE_ISSUES}[target.scenario]
     switch = Switch(lane.world, lane.proxies)
-    hooks.opened.pop(env, None)
+    opened: list = []  # the open_incident future of this cell's run
+
+    def open_(ctx, *args, **kwargs):
+        opened.append(lifecycle.PHASES.open(ctx, *args, **kwargs))
+        return opened[0]
 
     def diagnose(ctx):
-        hooks.opened[env].wait(30)
+        opened[0].wait(30)
         if phase == "open":
             switch.off()
         if phase == "diagnose":
@@ -345,13 +332,13 @@ def _cell(lane: Lane, hooks: Hooks, target: Target, mode: str, phase: str) -> di
         if phase == "act":
             switch.on(dependency, mode)
         try:
-            return hooks.execute(ctx, plan, grant)
+            return lifecycle.PHASES.execute(ctx, plan, grant)
         finally:
             if phase == "act":
                 switch.off()
 
-    hooks.acts[env] = act
-    scenario = replace(runbook, diagnose=diagnose, verify=verify)
+    scenario = replace(runbook, diagnose=diagnose, verify=verify,
+                       phases=replace(lifecycle.PHASES, open=open_, execute=act))
     drill_id = f"matrix-{uuid.uuid4().hex[:10]}"
     DrillStore().start_drill(drill_id, target.fault, target.scenario, env, service, "auto", 0, None)
     alert = AlertParameter(status="firing", fingerprint=drill_id, startsAt=datetime.now(timezone.utc).isoformat(),
@@ -476,13 +463,13 @@ def _selected() -> dict[str, tuple[str, ...]]:
 LANES = {"a": ("github", "kubernetes", "prefect"), "b": ("slack", "prometheus", "postgres", "redis")}  # ~even
 
 
-def _run_cell(lane: Lane, hooks: Hooks, cache: redis.Redis, dependency: str, mode: str,
+def _run_cell(lane: Lane, cache: redis.Redis, dependency: str, mode: str,
               phase: str) -> tuple[list[str], dict[str, Any]]:
     """Prepare, run and judge one cell: its problems (none: it passed) and the run's outcome."""
     target, outcome = None, {"seconds": 0.0}
     try:
         target = _prepare(lane.world, cache, dependency)
-        outcome = _cell(lane, hooks, target, mode, phase)
+        outcome = _cell(lane, target, mode, phase)
         return _judge(lane, target, phase, outcome), outcome
     except (Exception, pytest.fail.Exception) as exc:  # a broken cell fails; the lane goes on
         return [f"the cell itself failed: {type(exc).__name__}: {exc}"], outcome
@@ -491,32 +478,27 @@ def _run_cell(lane: Lane, hooks: Hooks, cache: redis.Redis, dependency: str, mod
             target.clean_up()
 
 
-def _run_lane(lane: Lane, hooks: Hooks, cache: redis.Redis, dependencies: list[str], cells: list,
+def _run_lane(lane: Lane, cache: redis.Redis, dependencies: list[str], cells: list,
               reruns: list) -> None:
     for dependency in dependencies:
         for mode in _selected()[dependency]:
             for phase in PHASES:
-                problems, outcome = _run_cell(lane, hooks, cache, dependency, mode, phase)
+                problems, outcome = _run_cell(lane, cache, dependency, mode, phase)
                 # The Prefect row's client gets one retry, so that its faults end a run quickly; the
                 # test server may still fail a run with its own 503 before the fault is even on.
                 # That run tested nothing: once more.
                 if dependency == "prefect" and outcome.get("before_fault"):
                     reruns.append(f"{dependency} {mode} {phase}: {outcome['error'][:120]}")
-                    problems, outcome = _run_cell(lane, hooks, cache, dependency, mode, phase)
+                    problems, outcome = _run_cell(lane, cache, dependency, mode, phase)
                 state = (outcome.get("result") or {}).get("outcome") or outcome.get("error", "")[:60]
                 cells.append((dependency, mode, phase, problems, state, outcome["seconds"]))
 
 
-def test_the_fault_matrix(world, lanes, cache_server, monkeypatch, capsys):
-    import tasks.lifecycle as lifecycle
-
-    hooks = Hooks(lifecycle.open_incident, lifecycle.execute)
-    monkeypatch.setattr(lifecycle, "open_incident", hooks)
-    monkeypatch.setattr(lifecycle, "execute", hooks.act)
+def test_the_fault_matrix(world, lanes, cache_server, capsys):
     cells: list = []
     reruns: list[str] = []
     started = time.monotonic()
-    threads = [threading.Thread(target=_run_lane, args=(lanes[name], hooks, cache_server,
+    threads = [threading.Thread(target=_run_lane, args=(lanes[name], cache_server,
                                                         [d for d in deps if d in _selected()], cells, reruns))
                for name, deps in LANES.items()]
     for thread in threads:
@@ -524,7 +506,7 @@ def test_the_fault_matrix(world, lanes, cache_server, monkeypatch, capsys):
     for thread in threads:
         thread.join(1800)
     if "store" in _selected():  # the store is every lane's: its row runs alone
-        _run_lane(lanes["b"], hooks, cache_server, ["store"], cells, reruns)
+        _run_lane(lanes["b"], cache_server, ["store"], cells, reruns)
     wall = time.monotonic() - started
     with capsys.disabled():
         print(f"\nfault matrix: {sum(not c[3] for c in cells)}/{len(cells)} cells passed "

@@ -1,0 +1,90 @@
+"""How the project declares a Prefect task, and the one place a task may run without Prefect.
+
+`@step("name")` is `prefect.task` with the project's rule that no result is cached (every call
+reads or changes the present). In a flow run each step is a task run, as always. The unit tier
+(`make unit`, no services) runs the lifecycle and the approval gate inside `inline_steps()`:
+each step's function is called directly in the calling thread, because a Prefect task run
+needs a Prefect API to report to. Production code never enters `inline_steps()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Generic, TypeVar
+
+from prefect import Task, get_run_logger
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+
+R = TypeVar("R")
+
+_INLINE: ContextVar[bool] = ContextVar("runbooks_inline_steps", default=False)
+_FALLBACK = logging.getLogger("runbooks")
+
+
+class Done(Generic[R]):
+    """What `submit` gives back inline: the call has run; `result()` returns or raises as a
+    Prefect future would."""
+
+    def __init__(self, call: Callable[[], R]):
+        self._value: Any = None
+        self._error: BaseException | None = None
+        try:
+            self._value = call()
+        except Exception as exc:  # noqa: BLE001 - raised again by result(), as a future does
+            self._error = exc
+
+    def wait(self, timeout: float | None = None) -> None:
+        return None
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[no-any-return]
+
+
+class Step(Task):  # type: ignore[type-arg]
+    """A Prefect task that runs as a plain call inside `inline_steps()`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _INLINE.get():
+            return self.fn(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        if _INLINE.get():
+            return Done(lambda: self.fn(*args, **kwargs))
+        return super().submit(*args, **kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        if _INLINE.get():
+            raise NotImplementedError(f"step {self.name}: map is not run inline; give the test its own diagnosis")
+        return super().map(*args, **kwargs)
+
+
+def step(name: str, **options: Any) -> Callable[[Callable[..., Any]], Step]:
+    def declare(fn: Callable[..., Any]) -> Step:
+        return Step(fn=fn, name=name, cache_policy=NO_CACHE, **options)
+
+    return declare
+
+
+@contextmanager
+def inline_steps() -> Iterator[None]:
+    """Run every step as a plain call until the block ends (the unit tier only)."""
+    token = _INLINE.set(True)
+    try:
+        yield
+    finally:
+        _INLINE.reset(token)
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run's logger (its lines show on the run's page); outside a run, the project's."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return _FALLBACK
