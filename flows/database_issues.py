@@ -94,4 +94,4 @@ def database_issues(service: str, environment: str = "sandbox", severity: Severi
         alert: the alert that started the run, if any.
     """
     ctx = RunContext.load(environment, service)
-    return run_scenario(DATABASE_ISSUES, ctx, severity, dry_run, alert)
+    return run_scenario(DATABASE_ISSUES, ctx, severity, dry_run, alert).as_dict()

@@ -98,4 +98,4 @@ def high_error_rate(service: str, environment: str = "sandbox", severity: Severi
         alert: the alert that started the run, if any.
     """
     ctx = RunContext.load(environment, service)
-    return run_scenario(HIGH_ERROR_RATE, ctx, severity, dry_run, alert)
+    return run_scenario(HIGH_ERROR_RATE, ctx, severity, dry_run, alert).as_dict()

@@ -117,7 +117,7 @@ def security_incident(service: str, environment: str = "sandbox", severity: Seve
                                                                    c.service, findings, cidrs),
         after_diagnosis=lambda c, incident, findings: keep_evidence(c, incident, findings, cidrs, dropped))
     result = run_scenario(scenario, ctx, severity, dry_run, alert)
-    rotated = [line for line in result.get("plan", []) if line.startswith("rotate_secrets")]
-    if result.get("outcome") == Outcome.RESOLVED and rotated:
-        file_revocation(ctx, result["incident_id"], rotated)
-    return result
+    rotated = [line for line in result.plan or [] if line.startswith("rotate_secrets")]
+    if result.outcome == Outcome.RESOLVED and rotated:
+        file_revocation(ctx, result.incident_id, rotated)
+    return result.as_dict()

@@ -85,4 +85,4 @@ def service_down(service: str, environment: str = "sandbox", severity: Severity 
         alert: the alert that started the run, if any (Alertmanager/Grafana payload entry).
     """
     ctx = RunContext.load(environment, service)
-    return run_scenario(SERVICE_DOWN, ctx, severity, dry_run, alert)
+    return run_scenario(SERVICE_DOWN, ctx, severity, dry_run, alert).as_dict()

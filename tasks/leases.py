@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
@@ -19,6 +19,7 @@ from tasks.context import RunContext
 from tasks.steps import run_logger
 
 TURN_POLL_SECONDS = 1.0
+T = TypeVar("T")
 
 
 def run_gone(flow_run_id: str, client: SyncPrefectClient | None = None) -> bool:
@@ -84,8 +85,7 @@ def take_lease(ctx: RunContext, incident: Incident, scenario: str,
     return None if lease.flow_run_id == str(run_id) else lease
 
 
-def holding(ctx: RunContext, incident: Incident, scenario: str, work: Callable[[], dict[str, Any]],
-            taken: bool = False) -> dict[str, Any]:
+def holding(ctx: RunContext, incident: Incident, scenario: str, work: Callable[[], T], taken: bool = False) -> T:
     """Run `work` holding the service's lease, and give it back when the run ends here. A run
     that suspends for its approval keeps it (suspension leaves by a BaseException); a run
     that is cancelled gives it back in its on_cancellation hook; one that crashed loses it to

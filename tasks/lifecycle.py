@@ -17,6 +17,7 @@ from incidents.alerts import AlertParameter, starts_at_time
 from incidents.findings import Finding, report_markdown
 from incidents.models import Approval, EventKind, Incident, Lease, Outcome, Severity, Status
 from incidents.plans import Grant, Plan
+from incidents.run_result import DecisionSummary, Judgement, RunResult, VerificationSummary
 from incidents.store import DrillStore, StoreError
 from integrations.errors import IntegrationError
 from tasks.approval import Ask, Decision, request_approval, wait_for_answer
@@ -120,7 +121,7 @@ def _resumption(ctx: RunContext) -> Approval | None:
 
 
 def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None, dry_run: bool,
-                 alert: AlertParameter | None) -> dict[str, Any]:
+                 alert: AlertParameter | None) -> RunResult:
     if dry_run:
         return _dry_run(scenario, ctx, severity, alert)
     logger = run_logger()
@@ -131,10 +132,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
         logger.info("Resuming incident %s at its approval (%s)", incident.id, plan.summary)
         record(ctx, incident.id, "runbook", EventKind.RESUMED, "Run resumed at its approval; diagnosis is not repeated",
                {"flow_run_id": str(flow_run.get_id()), "run_count": flow_run.run_count})
-        outcome: dict[str, Any] = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
-                                   "service": ctx.service_name, "environment": ctx.environment,
-                                   "severity": incident.severity.value, "dry_run": dry_run,
-                                   "plan": [a.describe() for a in plan.actions], "resumed": True}
+        outcome = _result(scenario, ctx, incident).with_(plan=[a.describe() for a in plan.actions], resumed=True)
         scenario = next((s for s in scenario.handovers.values() if plan.scenario == s.name), scenario)
         return holding(
             ctx,
@@ -155,9 +153,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     if holder is not None and (holder.incident_id == incident.id or _failing(findings)):
         holder = await_turn(ctx, incident, scenario.name, holder)
         incident = _current(ctx, incident)  # a joined incident got its issue from its own run meanwhile
-    outcome = {"incident_id": incident.id, "issue": incident.issue_url, "scenario": scenario.name,
-               "service": ctx.service_name, "environment": ctx.environment,
-               "severity": incident.severity.value, "dry_run": dry_run}
+    outcome = _result(scenario, ctx, incident)
     if holder is None:
         return holding(ctx, incident, scenario.name,
                         lambda: _diagnosed(scenario, ctx, incident, findings, alert, outcome), taken=True)
@@ -166,12 +162,18 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     return _beside(scenario, ctx, incident, findings, holder, outcome)
 
 
+def _result(scenario: Scenario, ctx: RunContext, incident: Incident, dry_run: bool = False) -> RunResult:
+    return RunResult(incident_id=incident.id, issue=incident.issue_url, scenario=scenario.name,
+                     service=ctx.service_name, environment=ctx.environment, severity=incident.severity.value,
+                     dry_run=dry_run)
+
+
 def _failing(findings: Mapping[str, Finding]) -> list[str]:
     return [f.check for f in findings.values() if f.ok is False]
 
 
 def _beside(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], holder: Lease,
-            outcome: dict[str, Any]) -> dict[str, Any]:
+            outcome: RunResult) -> RunResult:
     """This run's incident is an outage of its own (a drill, another cluster's alert) for a
     service that another incident's runbook holds. Nothing failing: confirmed and resolved as
     no impact, without the lease (nothing is changed). Something failing: no second plan is
@@ -186,7 +188,7 @@ def _beside(scenario: Scenario, ctx: RunContext, incident: Incident, findings: d
                                      f"(incident {holder.incident_id}) already works {ctx.service_name}: no "
                                      "second plan is made for it. Nothing was changed; a person must decide.",
                       Status.INVESTIGATING, scenario.impact)
-    return {**joined, "outcome": Outcome.ESCALATED}
+    return joined.ended(Outcome.ESCALATED)
 
 
 def _onset(alert: AlertParameter | None, incident: Incident) -> datetime | None:
@@ -196,7 +198,7 @@ def _onset(alert: AlertParameter | None, incident: Incident) -> datetime | None:
 
 
 def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None,
-             alert: AlertParameter | None) -> dict[str, Any]:
+             alert: AlertParameter | None) -> RunResult:
     """Diagnose and plan, change nothing, page nobody: the record is closed from the start and
     the metrics do not count it."""
     severity = Severity(severity) if severity else scenario.default_severity
@@ -210,16 +212,15 @@ def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     scenario, findings, plan, failing = _plan(scenario, ctx, record_, findings, alert.started if alert else None)
     publish_report(ctx, record_, "plan", "## Dry run: nothing was changed\n\n" + plan.markdown())
     record(ctx, record_.id, "runbook", EventKind.DRY_RUN, "Dry run: plan reported, nothing changed",
-           {"plan": plan.to_dict(), "judgement": _judgement(plan)})
-    return {"incident_id": record_.id, "issue": None, "scenario": scenario.name, "service": ctx.service_name,
-            "environment": ctx.environment, "severity": severity.value, "dry_run": True,
-            "plan": [a.describe() for a in plan.actions], "failing": failing, "outcome": Outcome.DRY_RUN,
-            "planned_by": scenario.name, "judgement": _judgement(plan)}
+           {"plan": plan.to_dict(), "judgement": _judgement(plan).model_dump()})
+    return _result(scenario, ctx, record_, dry_run=True).ended(
+        Outcome.DRY_RUN, plan=[a.describe() for a in plan.actions], failing=failing, planned_by=scenario.name,
+        judgement=_judgement(plan))
 
 
-def _judgement(plan: Plan) -> dict[str, Any]:
-    return {"confidence": plan.confidence, "abstained": plan.abstained, "summary": plan.summary,
-            "kinds": [a.kind for a in plan.actions], "support": list(plan.support), "against": list(plan.against)}
+def _judgement(plan: Plan) -> Judgement:
+    return Judgement(confidence=plan.confidence, abstained=plan.abstained, summary=plan.summary,
+                     kinds=[a.kind for a in plan.actions], support=list(plan.support), against=list(plan.against))
 
 
 def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
@@ -247,7 +248,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
         f"Diagnosis: {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); {plan.summary}",
         {
             "findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
-            "judgement": _judgement(plan),
+            "judgement": _judgement(plan).model_dump(),
         },
     )
     publish_report(ctx, incident, "diagnosis", report_markdown(f"Diagnosis: {title}", list(findings.values()), plan))
@@ -256,7 +257,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
 
 
 def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], holder: Lease,
-                outcome: dict[str, Any]) -> dict[str, Any]:
+                outcome: RunResult) -> RunResult:
     """Another runbook holds this service: this run's findings join its incident, and no
     second plan is made for the same target."""
     failing = _failing(findings)
@@ -270,33 +271,32 @@ def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, finding
     publish_report(ctx, incident, f"{scenario.name}-findings",
                    report_markdown(f"Findings of {scenario.name} for {ctx.service_name} (joined; {held} acts)",
                                    list(findings.values()), None, with_plan=False))
-    return {**outcome, "outcome": Outcome.JOINED, "plan": [], "held_by": holder.flow_run_id}
+    return outcome.ended(Outcome.JOINED, plan=[], held_by=holder.flow_run_id)
 
 
 def _diagnosed(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
-               alert: AlertParameter | None, outcome: dict[str, Any]) -> dict[str, Any]:
+               alert: AlertParameter | None, outcome: RunResult) -> RunResult:
     record(ctx, incident.id, "runbook", EventKind.INVESTIGATING, f"Investigation: {len(findings)} checks ran")
     if scenario.after_diagnosis:
         scenario.after_diagnosis(ctx, incident, findings)
     scenario, findings, plan, failing = _plan(scenario, ctx, incident, findings, _onset(alert, incident))
-    outcome["plan"] = [a.describe() for a in plan.actions]
-    outcome["judgement"] = _judgement(plan)
+    outcome = outcome.with_(plan=[a.describe() for a in plan.actions], judgement=_judgement(plan))
     if not plan.actions:
         if plan.abstained:
             reasons = "; ".join(plan.against) or "no evidence names a cause"
             escalate_incident(ctx, incident, f"{plan.summary} Evidence against: {reasons}. Nothing was changed.",
                               Status.INVESTIGATING, scenario.impact)
-            return {**outcome, "outcome": Outcome.ABSTAINED}
+            return outcome.ended(Outcome.ABSTAINED)
         if failing:
             escalate_incident(ctx, incident, f"Checks fail ({', '.join(failing)}) but no automated remedy applies: "
                                              f"{plan.summary}", Status.INVESTIGATING, scenario.impact)
-            return {**outcome, "outcome": Outcome.ESCALATED}
+            return outcome.ended(Outcome.ESCALATED)
         return _no_impact(scenario, ctx, incident, outcome)
     _status(ctx, incident, Status.IDENTIFIED, "pending approval", scenario.impact, plan.summary)
     return _approve_act_verify(scenario, ctx, incident, findings, plan, alert, outcome)
 
 
-def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome: dict[str, Any]) -> dict[str, Any]:
+def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome: RunResult) -> RunResult:
     """Every check passed on arrival. After `timeouts.confirm_seconds` the checks run again:
     still passing, the incident is resolved as "no impact found"; failing now, it escalates."""
     wait = ctx.config.timeouts.confirm_seconds
@@ -309,7 +309,7 @@ def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome:
         escalate_incident(ctx, incident, f"All checks passed on arrival but {', '.join(failing)} failed "
                                          f"{wait:g} s later: the service is unstable.", Status.INVESTIGATING,
                           scenario.impact)
-        return {**outcome, "outcome": Outcome.ESCALATED}
+        return outcome.ended(Outcome.ESCALATED)
     checks = ", ".join(f.check for f in again.values())
     if incident.joined or not incident.created:
         cause = "Not found: the checks pass again without any action by the runbook."
@@ -318,16 +318,16 @@ def _no_impact(scenario: Scenario, ctx: RunContext, incident: Incident, outcome:
     resolve_incident(ctx, incident, cause, f"No action taken; checks passing twice, {wait:g} s apart ({checks})",
                      "If the alert fired for a real problem the checks do not see, add a check for it.",
                      postmortem=False)
-    return {**outcome, "outcome": Outcome.NO_IMPACT}
+    return outcome.ended(Outcome.NO_IMPACT)
 
 
 def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
-                        plan: Plan, alert: AlertParameter | None, outcome: dict[str, Any]) -> dict[str, Any]:
+                        plan: Plan, alert: AlertParameter | None, outcome: RunResult) -> RunResult:
     drill_id, delay = drill_approval(ctx, alert)
     decision = request_approval(ctx, incident, plan, auto_approve_for_drill=drill_id, auto_approve_delay=delay,
                                 findings=_findings_json(findings), ask=scenario.phases.ask)
-    outcome["decision"] = {"outcome": decision.outcome, "approver": decision.approver, "reason": decision.reason,
-                           "automatic": decision.automatic}
+    outcome = outcome.with_(decision=DecisionSummary(outcome=decision.outcome, approver=decision.approver,
+                                                     reason=decision.reason, automatic=decision.automatic))
     ended = _not_to_act(scenario, ctx, incident, decision, outcome)
     if ended is not None:
         return ended
@@ -335,30 +335,30 @@ def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident,
 
 
 def _not_to_act(scenario: Scenario, ctx: RunContext, incident: Incident, decision: Decision,
-                outcome: dict[str, Any]) -> dict[str, Any] | None:
+                outcome: RunResult) -> RunResult | None:
     """How the run ends when the plan is not to run: the incident was resolved meanwhile, the
     alert withdrew the approval, or nobody approved. None when the plan was approved."""
     if _current(ctx, incident).resolved_at is not None:  # resolved by hand while the approval waited
         record(ctx, incident.id, "runbook", EventKind.STOPPED, "The incident was resolved while the approval waited; "
                                                        "the plan is not run")
-        return {**outcome, "outcome": Outcome.RESOLVED_ELSEWHERE}
+        return outcome.ended(Outcome.RESOLVED_ELSEWHERE)
     if decision.outcome == "withdrawn":
         resolve_incident(ctx, incident, "Withdrawn: the alert resolved before the plan was approved and stayed "
                                         "resolved.", f"Nothing was changed ({decision.reason})",
                          "If the alert flaps, review its threshold and duration.", postmortem=False,
                          actor=decision.approver or "runbooks intake")
-        return {**outcome, "outcome": Outcome.WITHDRAWN}
+        return outcome.ended(Outcome.WITHDRAWN)
     if not decision.approved:
         why = ("Nobody answered the approval in time" if decision.outcome == "timed_out"
                else f"The plan was declined by {decision.approver or 'an operator'} ({decision.reason})")
         escalate_incident(ctx, incident, f"{why}; nothing was changed. A person must take over.", Status.IDENTIFIED,
                           scenario.impact)
-        return {**outcome, "outcome": Outcome(decision.outcome)}
+        return outcome.ended(Outcome(decision.outcome))
     return None
 
 
 def _act_and_verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding],
-                    plan: Plan, decision: Decision, outcome: dict[str, Any]) -> dict[str, Any]:
+                    plan: Plan, decision: Decision, outcome: RunResult) -> RunResult:
     logger = run_logger()
     try:
         results = scenario.phases.execute(ctx, plan, decision.grant)
@@ -367,32 +367,33 @@ def _act_and_verify(scenario: Scenario, ctx: RunContext, incident: Incident, fin
                                 f"is unreachable ({exc})")
         logger.error("Remediation failed: %s", exc)
         escalate_incident(ctx, incident, f"Remediation {exc}", Status.IDENTIFIED, scenario.impact)
-        return {**outcome, "outcome": Outcome.REMEDIATION_FAILED, "error": str(exc)}
+        return outcome.ended(Outcome.REMEDIATION_FAILED, error=str(exc))
     except (RemediationFailed, IntegrationError) as exc:
         logger.error("Remediation failed: %s", exc)
         record(ctx, incident.id, "runbook", EventKind.ACTION_FAILED, f"Remediation failed: {exc}")
         escalate_incident(ctx, incident, f"Remediation failed: {exc}", Status.IDENTIFIED, scenario.impact)
-        return {**outcome, "outcome": Outcome.REMEDIATION_FAILED, "error": str(exc)}
+        return outcome.ended(Outcome.REMEDIATION_FAILED, error=str(exc))
     for result in results:
         record(ctx, incident.id, decision.approver or "runbook", EventKind.ACTION, f"{result.action}: {result.detail}",
                {"changed": result.changed})
     done = "; ".join(f"{r.action} ({r.detail})" for r in results)
-    outcome["actions"] = [r.detail for r in results]
+    outcome = outcome.with_(actions=[r.detail for r in results])
     _status(ctx, incident, Status.MONITORING, "verifying now", scenario.impact, f"Applied: {done}")
     return _verify(scenario, ctx, incident, findings, plan, done, outcome)
 
 
 def _verify(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dict[str, Finding], plan: Plan,
-            done: str, outcome: dict[str, Any]) -> dict[str, Any]:
+            done: str, outcome: RunResult) -> RunResult:
     verification = scenario.verify(ctx, findings, plan)
-    outcome["verification"] = {"recovered": verification.recovered, "seconds": round(verification.seconds, 1),
-                               "detail": verification.detail}
+    outcome = outcome.with_(verification=VerificationSummary(recovered=verification.recovered,
+                                                             seconds=round(verification.seconds, 1),
+                                                             detail=verification.detail))
     if verification.recovered:
         record(ctx, incident.id, "runbook", EventKind.RECOVERED,
                f"Recovery verified in {verification.seconds:.0f} s: {verification.detail}")
         resolve_incident(ctx, incident, scenario.root_cause(findings, plan), done, scenario.prevention(findings, plan))
-        return {**outcome, "outcome": Outcome.RESOLVED}
+        return outcome.ended(Outcome.RESOLVED)
     escalate_incident(ctx, incident, f"Applied {done}, but the service did not recover within "
                                      f"{ctx.config.timeouts.verify_seconds:g} s: {verification.detail}",
                       Status.IDENTIFIED, scenario.impact)
-    return {**outcome, "outcome": Outcome.NOT_RECOVERED}
+    return outcome.ended(Outcome.NOT_RECOVERED)

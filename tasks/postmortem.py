@@ -27,7 +27,7 @@ from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.forms import prefilled
 from tasks.notify import comment_on_issue, notify_slack
-from tasks.steps import run_logger, step
+from tasks.steps import inline, run_logger, step
 from tasks.timeline import record
 
 
@@ -64,6 +64,8 @@ def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
         return None
     name = f"post-incident/{ctx.environment}"
     try:
+        if inline():
+            raise RuntimeError("no Prefect API (steps run inline)")
         run = run_deployment(name=name, parameters={"incident_id": incident.id, "environment": ctx.environment},
                              timeout=0, as_subflow=False, tags=["post-incident"])
     except Exception as exc:  # noqa: BLE001 - no deployment, API down: the incident is resolved regardless

@@ -8,13 +8,14 @@ from incidents.models import Incident
 from incidents.redaction import redact
 from tasks.context import RunContext
 from tasks.notify import comment_on_issue
-from tasks.steps import step
+from tasks.steps import inline, step
 
 
 @step("publish-report")
 def publish_report(ctx: RunContext, incident: Incident, kind: str, markdown: str) -> None:
     """`kind` names the report (diagnosis, plan, ...); the artifact key is stable per incident."""
     markdown = redact(markdown)
-    create_markdown_artifact(markdown=markdown, key=f"incident-{incident.id}-{kind}",
-                             description=f"{kind.title()} for incident {incident.id} ({incident.service})")
+    if not inline():
+        create_markdown_artifact(markdown=markdown, key=f"incident-{incident.id}-{kind}",
+                                 description=f"{kind.title()} for incident {incident.id} ({incident.service})")
     comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue, markdown)

@@ -72,6 +72,12 @@ def step(name: str, **options: Any) -> Callable[[Callable[..., Any]], Step]:
     return declare
 
 
+def inline() -> bool:
+    """Inside `inline_steps()`: there is no Prefect API, so nothing is reported to one (no
+    artifact, no deployment run started); what reaches the incident's people still goes."""
+    return _INLINE.get()
+
+
 @contextmanager
 def inline_steps() -> Iterator[None]:
     """Run every step as a plain call until the block ends (the unit tier only)."""

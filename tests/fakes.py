@@ -1,5 +1,6 @@
 """In-memory stand-ins for what a run reaches, handed to RunContext through its wiring, so
-the rules that read targets (re-checks, remedies) run in the unit tier with no services.
+the rules that read targets (re-checks, remedies) and a run's whole lifecycle (with
+tests/fake_store.py) run in the unit tier with no services.
 They hold state like the real thing and fail the way it does (a missing deployment raises
 the client's own error); they are for tests only, never shipped."""
 
@@ -12,7 +13,9 @@ from typing import Any
 
 from integrations.errors import IntegrationError
 from integrations.postgres import Session
+from integrations.slack import Posted
 from tasks.context import RunContext
+from tests.fake_store import FakeStore
 
 
 def deployment(revision: int, image: str, replicas: int = 3, paused: bool = False) -> dict[str, Any]:
@@ -84,6 +87,81 @@ class FakeCache:
         return sum(key.startswith(prefix) for key in self.values)
 
 
+class _Client:
+    """A client used as a context manager, that can be set to fail as an outage would."""
+
+    name = "client"
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def __enter__(self) -> Any:
+        if self.down:
+            raise IntegrationError(self.name, "connection refused")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class FakeGitHub(_Client):
+    """Issues and their comments, as the REST API keeps them."""
+
+    name = "GitHub"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.issues: dict[int, dict[str, Any]] = {}
+
+    def create_issue(self, repo: str, title: str, body: str, labels: list[str],
+                     assignees: list[str] | None = None) -> dict[str, Any]:
+        number = len(self.issues) + 1
+        self.issues[number] = {"number": number, "title": title, "body": body, "labels": labels, "state": "open",
+                               "comments": [], "html_url": f"https://github.example/{repo}/issues/{number}"}
+        return dict(self.issues[number])
+
+    def comment(self, repo: str, number: int, body: str) -> dict[str, Any]:
+        self.issues[number]["comments"].append(body)
+        return {"body": body}
+
+    def close_issue(self, repo: str, number: int, reason: str = "completed") -> dict[str, Any]:
+        self.issues[number]["state"] = "closed"
+        return dict(self.issues[number])
+
+
+class FakeSlackApp(_Client):
+    """chat.postMessage and chat.update: every message, threaded or not, in order."""
+
+    name = "Slack"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[dict[str, Any]] = []
+
+    def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
+             thread_ts: str | None = None) -> Posted:
+        ts = f"{1700000000 + len(self.messages)}.000100"
+        self.messages.append({"channel": channel, "text": text, "blocks": blocks, "thread_ts": thread_ts, "ts": ts})
+        return Posted(channel, ts)
+
+    def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+        next(m for m in self.messages if m["ts"] == ts)["text"] = text
+
+    def headlines(self) -> list[str]:
+        return [m["text"].splitlines()[0] for m in self.messages]
+
+
+class FakePagerDuty(_Client):
+    name = "PagerDuty"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str]] = []  # (routing key, action)
+
+    def send(self, routing_key: str, action: str, dedup_key: str, **fields: Any) -> None:
+        self.events.append((routing_key, action))
+
+
 @dataclass
 class FakeWiring:
     """A run's wiring of fakes; a client the test did not give fails as unreachable would."""
@@ -91,9 +169,29 @@ class FakeWiring:
     kube: FakeKubernetes = field(default_factory=FakeKubernetes)
     postgres_: FakePostgres = field(default_factory=FakePostgres)
     caches: dict[str, FakeCache] = field(default_factory=dict)  # by the secret naming its URL
+    store_: FakeStore | None = None
+    github_: FakeGitHub | None = None
+    slack_: FakeSlackApp | None = None
+    pagerduty_: FakePagerDuty | None = None
+
+    @classmethod
+    def of_services(cls) -> FakeWiring:
+        """The store, GitHub, Slack and PagerDuty a run's lifecycle reaches, all up."""
+        return cls(store_=FakeStore(), github_=FakeGitHub(), slack_=FakeSlackApp(), pagerduty_=FakePagerDuty())
 
     def store(self) -> Any:
-        raise IntegrationError("incident store", "not part of this test")
+        if self.store_ is None:
+            raise IntegrationError("incident store", "not part of this test")
+        return self.store_
+
+    def github(self, ctx: RunContext) -> Any:
+        return self.github_ or self._absent(ctx)
+
+    def slack_app(self, ctx: RunContext) -> Any:
+        return self.slack_ or self._absent(ctx)
+
+    def pagerduty(self, ctx: RunContext) -> Any:
+        return self.pagerduty_ or self._absent(ctx)
 
     def kubernetes(self, ctx: RunContext) -> Any:
         return self.kube
@@ -109,7 +207,7 @@ class FakeWiring:
     def _absent(self, ctx: RunContext, *args: Any) -> Any:
         raise IntegrationError("client", "not part of this test")
 
-    prometheus = github = slack = slack_app = pagerduty = _absent
+    prometheus = slack = _absent
 
 
 def context(wiring: FakeWiring, service: str = "api") -> RunContext:

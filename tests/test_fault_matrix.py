@@ -357,7 +357,7 @@ def _cell(lane: Lane, target: Target, mode: str, phase: str) -> dict[str, Any]:
 
         @flow(name=target.scenario, validate_parameters=False)
         def cell() -> dict:
-            return lifecycle.run_scenario(scenario, RunContext.load(env, service), None, False, alert)
+            return lifecycle.run_scenario(scenario, RunContext.load(env, service), None, False, alert).as_dict()
 
         updates = {}
         if dependency == "prefect":

@@ -1,0 +1,259 @@
+"""The incident store in memory, for the unit tier: the methods a run's lifecycle and its
+approval gate call, with the rules of the SQL in incidents/store*.py that they rely on (one
+open incident per dedup key, an approval decided once, an action claimed once, a thread
+opened once). A method the real store has and this one lacks fails with AttributeError, so a
+test never passes on a call it did not mean to make. For tests only, never shipped."""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import secrets
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+from incidents.models import (
+    ActionRecord,
+    Approval,
+    EventKind,
+    Incident,
+    Lease,
+    Severity,
+    Signature,
+    Status,
+    TimelineEvent,
+)
+from incidents.store import NotFound
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.incidents: dict[int, Incident] = {}
+        self.events: dict[int, list[TimelineEvent]] = {}
+        self.approvals_: dict[int, Approval] = {}
+        self.signatures_: dict[int, list[Signature]] = {}
+        self.actions: dict[tuple[int, str, str], ActionRecord] = {}
+        self.threads: dict[int, dict[str, str]] = {}
+        self.pagers_: dict[int, list[str]] = {}
+        self.alerts: dict[tuple[int, str], str] = {}  # (incident, identity) -> firing | resolved
+        self.leases: dict[str, Lease] = {}
+        self._ids = itertools.count(1)
+
+    # -- incidents -------------------------------------------------------------------------------
+    def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,
+                      title: str, detected_by: str, flow_run_id: str | None, alert: dict[str, Any] | None,
+                      started_at: datetime | None = None) -> Incident:
+        for incident in self.incidents.values():
+            if incident.dedup_key == dedup_key and incident.resolved_at is None:
+                return replace(incident, created=False)
+        now = _now()
+        incident = Incident(id=next(self._ids), dedup_key=dedup_key, scenario=scenario, service=service,
+                            environment=environment, severity=severity, status=Status.INVESTIGATING, title=title,
+                            opened_at=now, detected_by=detected_by, flow_run_id=flow_run_id, alert=alert,
+                            started_at=min(started_at or now, now), last_update_at=now)
+        self.incidents[incident.id] = incident
+        return replace(incident, created=True)
+
+    def get(self, incident_id: int) -> Incident:
+        if incident_id not in self.incidents:
+            raise NotFound(f"no incident {incident_id}")
+        return replace(self.incidents[incident_id])
+
+    def list(self, limit: int = 50, open_only: bool = False, environment: str | None = None) -> builtins.list[Incident]:
+        rows = [i for i in self.incidents.values() if (not open_only or i.resolved_at is None)
+                and (environment is None or i.environment == environment)]
+        return [replace(i) for i in sorted(rows, key=lambda i: i.opened_at, reverse=True)[:limit]]
+
+    def _update(self, incident_id: int, **fields: Any) -> None:
+        self.incidents[incident_id] = replace(self.incidents[incident_id], **fields)
+
+    def attach_issue(self, incident_id: int, repo: str, number: int, url: str) -> None:
+        self._update(incident_id, github_repo=repo, github_issue=number, issue_url=url)
+
+    def set_status(self, incident_id: int, status: Status, **fields: Any) -> None:
+        allowed = {"root_cause", "resolution", "recovered_at", "resolved_at", "severity", "eta", "impact",
+                   "users_affected", "last_update_at"}
+        if set(fields) - allowed:
+            raise ValueError(f"cannot set {sorted(set(fields) - allowed)} on an incident")
+        self._update(incident_id, status=status, **fields)
+
+    def close(self, incident_id: int, root_cause: str, resolution: str, *, postmortem_needed: bool = True) -> bool:
+        incident = self.incidents[incident_id]
+        if incident.resolved_at is not None:
+            return False
+        now = _now()
+        self._update(incident_id, status=Status.RESOLVED, root_cause=root_cause, resolution=resolution,
+                     recovered_at=incident.recovered_at or now, resolved_at=now)
+        return True
+
+    def record_dry_run(self, scenario: str, service: str, environment: str, severity: Severity, title: str,
+                       flow_run_id: str | None) -> Incident:
+        now = _now()
+        incident = Incident(id=next(self._ids), dedup_key=f"dry-run:{secrets.token_hex(8)}", scenario=scenario,
+                            service=service, environment=environment, severity=severity, status=Status.RESOLVED,
+                            title=title, opened_at=now, detected_by="dry run", flow_run_id=flow_run_id,
+                            started_at=now, resolved_at=now, recovered_at=now,
+                            resolution="dry run: nothing was changed")
+        self.incidents[incident.id] = incident
+        return replace(incident)
+
+    # -- correlation and announcement ------------------------------------------------------------
+    def claim_announcement(self, incident_id: int) -> bool:
+        if self.incidents[incident_id].announced_at is not None:
+            return False
+        self._update(incident_id, announced_at=_now())
+        return True
+
+    def set_runbook_run(self, incident_id: int, flow_run_id: str) -> str:
+        named = self.incidents[incident_id].flow_run_id or flow_run_id
+        self._update(incident_id, flow_run_id=named)
+        return named
+
+    def raise_severity(self, incident_id: int, severity: Severity) -> Severity | None:
+        incident = self.incidents[incident_id]
+        if incident.resolved_at is not None or not incident.severity > severity:  # P0 < P1: "more severe" is lower
+            return None
+        self._update(incident_id, severity=severity)
+        return incident.severity
+
+    def record_alert(self, incident_id: int, identity: str, alertname: str, severity: str | None,
+                     starts_at: str) -> str:
+        before = self.alerts.get((incident_id, identity))
+        self.alerts[incident_id, identity] = "firing"
+        return {None: "new", "resolved": "refired"}.get(before, "repeat")
+
+    # -- timeline, Slack thread, pagers ----------------------------------------------------------
+    def add_event(self, incident_id: int, actor: str, kind: EventKind, message: str,
+                  data: dict[str, Any] | None = None) -> None:
+        self.events.setdefault(incident_id, []).append(TimelineEvent(_now(), actor, EventKind(kind), message,
+                                                                     dict(data or {})))
+
+    def timeline(self, incident_id: int) -> builtins.list[TimelineEvent]:
+        return builtins.list(self.events.get(incident_id, []))
+
+    def slack_thread(self, incident_id: int) -> dict[str, Any] | None:
+        return dict(self.threads[incident_id]) if incident_id in self.threads else None
+
+    def start_slack_thread(self, incident_id: int, channel: str, ts: str, parent: str) -> bool:
+        if incident_id in self.threads:
+            return False
+        self.threads[incident_id] = {"channel": channel, "ts": ts, "parent": parent}
+        return True
+
+    def set_slack_parent(self, incident_id: int, seen: str, parent: str) -> bool:
+        thread = self.threads.get(incident_id)
+        if thread is None or thread["parent"] != seen:
+            return False
+        thread["parent"] = parent
+        return True
+
+    def add_pager(self, incident_id: int, pager: str) -> bool:
+        pagers = self.pagers_.setdefault(incident_id, [])
+        if pager in pagers:
+            return False
+        pagers.append(pager)
+        return True
+
+    def pagers(self, incident_id: int) -> builtins.list[str]:
+        return builtins.list(self.pagers_.get(incident_id, []))
+
+    # -- approvals -------------------------------------------------------------------------------
+    def request_approval(self, incident_id: int, plan_digest: str, plan: dict[str, Any], flow_run_id: str | None,
+                         deadline_at: datetime | None = None, findings: dict[str, Any] | None = None) -> int:
+        approval_id = next(self._ids)
+        self.approvals_[approval_id] = Approval(id=approval_id, incident_id=incident_id, plan_digest=plan_digest,
+                                                plan=plan, flow_run_id=flow_run_id, requested_at=_now(),
+                                                token=secrets.token_urlsafe(18), deadline_at=deadline_at,
+                                                findings=findings)
+        return approval_id
+
+    def approval_for_run(self, flow_run_id: str) -> Approval | None:
+        mine = [a for a in self.approvals_.values() if a.flow_run_id == flow_run_id]
+        return mine[-1] if mine else None
+
+    def approval(self, approval_id: int) -> Approval | None:
+        approval = self.approvals_.get(approval_id)
+        if approval is None:
+            return None
+        incident = self.incidents[approval.incident_id]
+        return replace(approval, environment=incident.environment, severity=incident.severity.value,
+                       service=incident.service, github_issue=incident.github_issue, title=incident.title)
+
+    def approvals(self, incident_id: int) -> builtins.list[Approval]:
+        return [a for a in self.approvals_.values() if a.incident_id == incident_id]
+
+    def decide_approval(self, approval_id: int, decision: str, approver: str | None, reason: str | None,
+                        automatic: bool = False) -> None:
+        approval = self.approvals_[approval_id]
+        if approval.decision is not None:
+            return
+        self.approvals_[approval_id] = replace(approval, decision=decision, approver=approver, reason=reason,
+                                               automatic=automatic, decided_at=_now())
+        incident = self.incidents[approval.incident_id]
+        if decision in ("approved", "declined") and incident.acknowledged_at is None:
+            self._update(incident.id, acknowledged_at=_now(), acknowledged_by=approver)
+
+    def withdraw_approval(self, approval_id: int, by: str, reason: str) -> bool:
+        if self.approvals_[approval_id].decision is not None:
+            return False
+        self.approvals_[approval_id] = replace(self.approvals_[approval_id], decision="withdrawn", approver=by,
+                                               reason=reason, automatic=True, decided_at=_now())
+        return True
+
+    def sign(self, approval_id: int, approver: str, decision: str, reason: str) -> bool:
+        signed = self.signatures_.setdefault(approval_id, [])
+        if any(s.approver == approver for s in signed):
+            return False
+        signed.append(Signature(approval_id, approver, decision, reason, _now()))
+        return True
+
+    def signatures(self, approval_id: int) -> builtins.list[Signature]:
+        return builtins.list(self.signatures_.get(approval_id, []))
+
+    def next_attempt(self, approval_id: int) -> int:
+        approval = self.approvals_[approval_id]
+        self.approvals_[approval_id] = replace(approval, attempt=approval.attempt + 1)
+        return approval.attempt + 1
+
+    def mark_verified(self, approval_id: int) -> None:
+        self.approvals_[approval_id] = replace(self.approvals_[approval_id], verified=True)
+
+    # -- the action log --------------------------------------------------------------------------
+    def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> ActionRecord:
+        key = (incident_id, plan_digest, action_digest)
+        if key not in self.actions:
+            self.actions[key] = ActionRecord(plan_digest, action_digest, incident_id, kind, "started", 1, _now())
+            return replace(self.actions[key], first=True)
+        self.actions[key] = replace(self.actions[key], attempts=self.actions[key].attempts + 1)
+        return self.actions[key]
+
+    def finish_action(self, incident_id: int, plan_digest: str, action_digest: str, status: str, detail: str) -> None:
+        key = (incident_id, plan_digest, action_digest)
+        self.actions[key] = replace(self.actions[key], status=status, detail=detail, finished_at=_now())
+
+    def action_log(self, incident_id: int) -> builtins.list[ActionRecord]:
+        return [a for a in self.actions.values() if a.incident_id == incident_id]
+
+    # -- leases ----------------------------------------------------------------------------------
+    def take_lease(self, target: str, flow_run_id: str, incident_id: int, scenario: str,
+                   holder_gone: Callable[[str], bool]) -> Lease:
+        held = self.leases.get(target)
+        if held is None or held.flow_run_id == flow_run_id or holder_gone(held.flow_run_id):
+            held = self.leases[target] = Lease(flow_run_id, incident_id, scenario, target, _now())
+        return held
+
+    def release_lease(self, target: str, flow_run_id: str) -> bool:
+        if target in self.leases and self.leases[target].flow_run_id == flow_run_id:
+            del self.leases[target]
+            return True
+        return False
+
+    # -- reading what happened (tests) -----------------------------------------------------------
+    def kinds(self, incident_id: int) -> builtins.list[str]:
+        return [str(e.kind) for e in self.timeline(incident_id)]
