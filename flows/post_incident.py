@@ -37,10 +37,10 @@ def post_incident(incident_id: int, environment: str = "sandbox") -> dict[str, A
         raise ValueError(f"incident {incident_id} belongs to environment {incident.environment!r}, not {environment!r}")
     ctx = RunContext(environment, incident.service, config)
     done = store.postmortem(incident_id)
-    if done and done["completed_at"]:
+    if done and done.completed_at:
         logger.info("The post-mortem of incident %s was completed by %s; publishing it again", incident_id,
-                    done["completed_by"])
-        create_markdown_artifact(markdown=done["markdown"], key=f"postmortem-incident-{incident_id}",
+                    done.completed_by)
+        create_markdown_artifact(markdown=done.markdown or "", key=f"postmortem-incident-{incident_id}",
                                  description=f"Post-mortem of incident {incident_id} ({incident.service})")
         return {"incident_id": incident_id, "outcome": Outcome.ALREADY_COMPLETED}
     if incident.resolved_at is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from incidents.models import Drill
 from incidents.templates import markdown_text
 
 MTTD_TARGET_SECONDS = 5 * 60  # playbook Success Metrics: MTTD < 5 minutes
@@ -242,20 +243,20 @@ def scorecard_markdown(drill_id: str, environment: str, card: dict[str, Any], cl
 """  # noqa: E501 - a Markdown table: one row per line
 
 
-def history_markdown(rows: list[dict[str, Any]]) -> str:
+def history_markdown(rows: list[Drill]) -> str:
     """Past drills, newest first, and the trend per scenario (mean times over the last ten)."""
     lines = ["## Drill history", "", "| Started | Fault | Scenario | Env | Status | Detect | Recover | Passed |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        s = r.get("score") or {}
-        lines.append(f"| {r['started_at']:%Y-%m-%d %H:%M} | {r['fault']} | {r['scenario']} | {r['environment']} | "
-                     f"{r['status']} | {_fmt(s.get('time_to_detect_s'))} | {_fmt(s.get('time_to_recover_s'))} | "
+        s = r.score or {}
+        lines.append(f"| {r.started_at:%Y-%m-%d %H:%M} | {r.fault} | {r.scenario} | {r.environment} | "
+                     f"{r.status} | {_fmt(s.get('time_to_detect_s'))} | {_fmt(s.get('time_to_recover_s'))} | "
                      f"{'✅' if s.get('passed') else '❌'} |")
     lines += ["", "### Trend per scenario (last 10 drills each)", "",
               "| Scenario | Drills | Passed | Mean detect | Mean recover |", "|---|---|---|---|---|"]
     by_scenario: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_scenario.setdefault(r["scenario"], []).append(r.get("score") or {})
+        by_scenario.setdefault(r.scenario, []).append(r.score or {})
     for scenario, scores in sorted(by_scenario.items()):
         recent = scores[:10]
         detect = [s["time_to_detect_s"] for s in recent if s.get("time_to_detect_s") is not None]

@@ -8,6 +8,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from incidents.models import ActionItemRecord, OverduePostmortem, Postmortem, Proposal
 from incidents.store import IncidentStore, required_row
 
 
@@ -24,9 +25,10 @@ class FollowUpStore(IncidentStore):
                              (flow_run_id, incident_id))
         return row is not None
 
-    def postmortem(self, incident_id: int) -> dict[str, Any] | None:
+    def postmortem(self, incident_id: int) -> Postmortem | None:
         with self._connect() as conn:
-            return conn.execute("SELECT * FROM postmortems WHERE incident_id = %s", (incident_id,)).fetchone()
+            row = conn.execute("SELECT * FROM postmortems WHERE incident_id = %s", (incident_id,)).fetchone()
+        return Postmortem.from_row(row) if row else None
 
     def complete_postmortem(
         self,
@@ -52,17 +54,18 @@ class FollowUpStore(IncidentStore):
 
     def overdue_postmortems(
         self, environment: str, now: datetime, due: timedelta, remind_every: timedelta
-    ) -> list[dict[str, Any]]:
+    ) -> list[OverduePostmortem]:
         """Resolved incidents whose post-mortem is not done `due` after resolution, not reminded lately."""
         with self._connect() as conn:
-            return conn.execute(
-                """SELECT i.*, p.requested_at, p.last_reminded_at, p.flow_run_id AS postmortem_run
+            rows = conn.execute(
+                """SELECT i.id, p.flow_run_id AS postmortem_run
                    FROM incidents i LEFT JOIN postmortems p ON p.incident_id = i.id
                    WHERE i.environment = %s AND i.resolved_at IS NOT NULL AND i.resolved_at + %s <= %s
                      AND p.completed_at IS NULL AND NOT COALESCE(i.alert -> 'labels' ? 'drill_id', false)
                      AND i.postmortem_needed
                      AND (p.last_reminded_at IS NULL OR p.last_reminded_at + %s <= %s)
                    ORDER BY i.resolved_at""", (environment, due, now, remind_every, now)).fetchall()
+        return [OverduePostmortem(row["id"], row["postmortem_run"]) for row in rows]
 
     def postmortem_reminded(self, incident_id: int, now: datetime) -> None:
         with self._connect() as conn:
@@ -73,14 +76,15 @@ class FollowUpStore(IncidentStore):
     # -- action items ---------------------------------------------------------------------------
     def add_action_item(
         self, incident_id: int, title: str, owner: str | None, horizon: str, due_at: datetime
-    ) -> dict[str, Any]:
+    ) -> ActionItemRecord:
         """Record an action item once; the same title for the same incident is the same item."""
         with self._connect() as conn:
             row = conn.execute("""INSERT INTO action_items (incident_id, title, owner, horizon, due_at)
                                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT (incident_id, title) DO NOTHING
                                   RETURNING *""", (incident_id, title, owner, horizon, due_at)).fetchone()
-            return row or required_row(conn.execute("SELECT * FROM action_items WHERE incident_id = %s AND title = %s",
-                                                    (incident_id, title)).fetchone())
+            return ActionItemRecord.from_row(row or required_row(
+                conn.execute("SELECT * FROM action_items WHERE incident_id = %s AND title = %s",
+                             (incident_id, title)).fetchone()))
 
     def attach_action_issue(self, item_id: int, repo: str, number: int, url: str) -> None:
         with self._connect() as conn:
@@ -88,7 +92,7 @@ class FollowUpStore(IncidentStore):
                          (repo, number, url, item_id))
 
     def action_items(self, incident_id: int | None = None, environment: str | None = None,
-                     open_only: bool = False) -> list[dict[str, Any]]:
+                     open_only: bool = False) -> list[ActionItemRecord]:
         where: list[str] = []
         args: list[Any] = []
         if incident_id is not None:
@@ -103,7 +107,7 @@ class FollowUpStore(IncidentStore):
                  "JOIN incidents i ON i.id = a.incident_id" + (" WHERE " + " AND ".join(where) if where else "")
                  + " ORDER BY a.due_at, a.id")
         with self._connect() as conn:
-            return conn.execute(query, args).fetchall()
+            return [ActionItemRecord.from_row(row) for row in conn.execute(query, args).fetchall()]
 
     def complete_action_item(self, item_id: int, at: datetime) -> None:
         with self._connect() as conn:
@@ -121,12 +125,12 @@ class FollowUpStore(IncidentStore):
             conn.execute("INSERT INTO playbook_proposals (incident_id, section, proposal) VALUES (%s, %s, %s) "
                          "ON CONFLICT (incident_id, proposal) DO NOTHING", (incident_id, section, proposal))
 
-    def proposals(self, environment: str | None = None) -> list[dict[str, Any]]:
+    def proposals(self, environment: str | None = None) -> list[Proposal]:
         query = ("SELECT p.*, i.service, i.severity, i.github_issue, i.issue_url FROM playbook_proposals p "
                  "JOIN incidents i ON i.id = p.incident_id" + (" WHERE i.environment = %s" if environment else "")
                  + " ORDER BY p.section, p.proposed_at")
         with self._connect() as conn:
-            return conn.execute(query, [environment] if environment else []).fetchall()
+            return [Proposal.from_row(row) for row in conn.execute(query, [environment] if environment else [])]
 
     # -- metrics --------------------------------------------------------------------------------
     def metric_rows(self, environment: str, since: datetime | None = None) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from incidents.models import Approval, EventKind, Incident, TimelineEvent
+from incidents.models import ActionItemRecord, Approval, EventKind, Incident, TimelineEvent
 from incidents.templates import markdown_text, stamp
 
 HORIZONS = {"24h": timedelta(hours=24), "1w": timedelta(days=7)}  # the playbook's Immediate / Follow-up
@@ -94,15 +94,15 @@ def _lesson_lines(lessons: list[dict[str, Any]]) -> str:
     return "\n".join(line(lesson) for lesson in lessons)
 
 
-def _item_lines(items: list[dict[str, Any]]) -> str:
+def _item_lines(items: list[ActionItemRecord]) -> str:
     return "\n".join(
-        f"- [{'x' if i.get('completed_at') else ' '}] {markdown_text(i['title'], 200)} — "
-        f"{markdown_text(i.get('owner') or 'unassigned', 60)}, due {stamp(i['due_at'])} ({i['horizon']})"
-        + (f" {i['repo']}#{i['issue_number']}" if i.get("issue_number") else "") for i in items) or "- (none)"
+        f"- [{'x' if i.completed_at else ' '}] {markdown_text(i.title, 200)} — "
+        f"{markdown_text(i.owner or 'unassigned', 60)}, due {stamp(i.due_at)} ({i.horizon})"
+        + (f" {i.repo}#{i.issue_number}" if i.issue_number else "") for i in items) or "- (none)"
 
 
 def render(incident: Incident, events: list[TimelineEvent], approvals: list[Approval], answers: dict[str, Any],
-           items: list[dict[str, Any]]) -> str:
+           items: list[ActionItemRecord]) -> str:
     """The post-mortem in the Incident Issue Template's form."""
     moments = key_moments(incident, events)
     timeline = "\n".join(f"- **{stamp(m.at) if m.at else 'n/a'}** - {m.label}"

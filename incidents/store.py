@@ -13,7 +13,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from incidents.models import EventKind, Incident, Severity, Status, TimelineEvent
+from incidents.models import Drill, EventKind, Incident, Severity, Status, TimelineEvent
 from incidents.store_approvals import ApprovalRecords
 from incidents.store_base import (
     DEFAULT_DATABASE_URL,
@@ -182,9 +182,10 @@ class DrillStore(IncidentStore):
                          (drill_id, fault, scenario, environment, service, approval_mode, approval_delay_seconds,
                           flow_run_id))
 
-    def drill(self, drill_id: str) -> dict[str, Any] | None:
+    def drill(self, drill_id: str) -> Drill | None:
         with self._connect() as conn:
-            return conn.execute("SELECT * FROM drills WHERE id = %s", (drill_id,)).fetchone()
+            row = conn.execute("SELECT * FROM drills WHERE id = %s", (drill_id,)).fetchone()
+        return Drill.from_row(row) if row else None
 
     def finish_drill(self, drill_id: str, status: str, score: dict[str, Any] | None, error: str | None,
                      scenario_run_id: str | None, incident_id: int | None) -> None:
@@ -194,10 +195,11 @@ class DrillStore(IncidentStore):
                          (status, Jsonb(score) if score is not None else None, error, scenario_run_id, incident_id,
                           drill_id))
 
-    def drill_history(self, limit: int = 50) -> list[dict[str, Any]]:
+    def drill_history(self, limit: int = 50) -> list[Drill]:
         with self._connect() as conn:
-            return conn.execute("SELECT * FROM drills WHERE finished_at IS NOT NULL "
+            rows = conn.execute("SELECT * FROM drills WHERE finished_at IS NOT NULL "
                                 "ORDER BY started_at DESC LIMIT %s", (limit,)).fetchall()
+        return [Drill.from_row(row) for row in rows]
 
     def incident_for_alert(self, alert_key: str) -> Incident | None:
         """The incident an alert (`fingerprint:startsAt`) opened or joined."""

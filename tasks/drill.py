@@ -139,14 +139,14 @@ def publish_scorecard(drill_id: str, environment: str, card: dict, cleanup_done:
         description="Past drills, newest first",
         table=[
             {
-                "started": f"{r['started_at']:%Y-%m-%d %H:%M}",
-                "fault": r["fault"],
-                "scenario": r["scenario"],
-                "environment": r["environment"],
-                "status": r["status"],
-                "detect_s": (r["score"] or {}).get("time_to_detect_s"),
-                "recover_s": (r["score"] or {}).get("time_to_recover_s"),
-                "passed": bool((r["score"] or {}).get("passed")),
+                "started": f"{r.started_at:%Y-%m-%d %H:%M}",
+                "fault": r.fault,
+                "scenario": r.scenario,
+                "environment": r.environment,
+                "status": r.status,
+                "detect_s": (r.score or {}).get("time_to_detect_s"),
+                "recover_s": (r.score or {}).get("time_to_recover_s"),
+                "passed": bool((r.score or {}).get("passed")),
             }
             for r in history
         ],

@@ -87,9 +87,9 @@ def drill_approval(ctx: RunContext, alert: AlertParameter | None) -> tuple[str |
         drill = DrillStore().drill(drill_id)
     except StoreError:
         return None, 0.0
-    if (drill and drill["status"] == "running" and drill["environment"] == ctx.environment
-            and drill["service"] == ctx.service_name and drill["approval_mode"] == "auto"):
-        return drill_id, float(drill["approval_delay_seconds"])
+    if (drill and drill.status == "running" and drill.environment == ctx.environment
+            and drill.service == ctx.service_name and drill.approval_mode == "auto"):
+        return drill_id, float(drill.approval_delay_seconds)
     return None, 0.0
 
 

@@ -9,6 +9,7 @@ days; a run started in-process pauses instead.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from incidents import postmortem_report, templates
 from incidents.followups import FollowUpStore
-from incidents.models import EventKind, Incident
+from incidents.models import ActionItemRecord, EventKind, Incident, Proposal
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.forms import prefilled
@@ -123,18 +124,18 @@ def wait_for_form(ctx: RunContext, incident: Incident, description: str) -> Post
 
 @step("file-action-items")
 def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionItem], store: FollowUpStore,
-                      since: datetime) -> list[dict]:
+                      since: datetime) -> list[ActionItemRecord]:
     """Each action item once in the store and once as a GitHub issue with its due date."""
     filed = []
     repo = ctx.config.github.incident_repo
     for item in items:
         row = store.add_action_item(incident.id, item.title.strip(), item.owner.strip() or None, item.due,
                                     postmortem_report.due_at(item.due, since))
-        if not row["issue_number"]:
+        if not row.issue_number:
             body = (
                 f"Action item from the post-mortem of incident {incident.issue_ref} "
                 f"({templates.markdown_text(incident.service)}, {incident.severity.value}).\n\n"
-                f"**Due:** {templates.stamp(row['due_at'])} "
+                f"**Due:** {templates.stamp(row.due_at)} "
                 f"({'Immediate, within 24 h' if item.due == '24h' else 'Follow-up, within 1 week'})\n"
                 f"**Owner:** {templates.markdown_text(item.owner or 'unassigned')}\n\n"
                 "Close this issue when it is done; the incident watch tracks completion and reminds when it is overdue."
@@ -153,29 +154,29 @@ def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionIte
                 record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"Action item not filed: {exc}")
                 filed.append(row)
                 continue
-            store.attach_action_issue(row["id"], repo, issue["number"], issue["html_url"])
-            row = {**row, "repo": repo, "issue_number": issue["number"], "issue_url": issue["html_url"]}
+            store.attach_action_issue(row.id, repo, issue["number"], issue["html_url"])
+            row = replace(row, repo=repo, issue_number=issue["number"], issue_url=issue["html_url"])
             record(ctx, incident.id, "runbook", EventKind.ACTION_ITEM_FILED,
-                   f"Action item filed: {item.title} ({repo}#{issue['number']}, due {templates.stamp(row['due_at'])})")
+                   f"Action item filed: {item.title} ({repo}#{issue['number']}, due {templates.stamp(row.due_at)})")
         filed.append(row)
     return filed
 
 
-def proposals_markdown(rows: list[dict]) -> str:
+def proposals_markdown(rows: list[Proposal]) -> str:
     if not rows:
         return "## Proposed playbook updates\n\nNone yet: no lesson has been tagged as a playbook change."
     lines = ["## Proposed playbook updates", "",
              "Lessons learned that post-mortems tagged as changes to the playbook, by section.", ""]
     section = None
     for row in rows:
-        if row["section"] != section:
-            section = row["section"]
+        if row.section != section:
+            section = row.section
             lines += ["", f"### {templates.markdown_text(section or 'General', 120)}"]
         lines.append(
-            f"- {templates.markdown_text(row['proposal'], 1000)} (incident "
-            f"#{row['github_issue'] or row['incident_id']}, {row['severity']} "
-            f"{templates.markdown_text(row['service'])}, "
-            f"{row['proposed_at']:%Y-%m-%d})"
+            f"- {templates.markdown_text(row.proposal, 1000)} (incident "
+            f"#{row.github_issue or row.incident_id}, {row.severity} "
+            f"{templates.markdown_text(row.service)}, "
+            f"{row.proposed_at:%Y-%m-%d})"
         )
     return "\n".join(lines)
 
@@ -208,14 +209,8 @@ def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store
     logger.info("Post-mortem of incident %s published; %s action items", incident.id, len(items))
     return {
         "incident_id": incident.id,
-        "action_items": [
-            {
-                k: str(v) if isinstance(v, datetime) else v
-                for k, v in i.items()
-                if k in ("title", "horizon", "due_at", "repo", "issue_number")
-            }
-            for i in items
-        ],
+        "action_items": [{"title": i.title, "horizon": i.horizon, "due_at": str(i.due_at), "repo": i.repo,
+                          "issue_number": i.issue_number} for i in items],
         "commented": commented,
         "markdown_chars": len(markdown),
     }

@@ -89,7 +89,7 @@ def remind_postmortems(environment: str, config: EnvironmentConfig, store: Follo
     reminded = []
     for row in store.overdue_postmortems(environment, now, timedelta(days=settings.postmortem_due_days),
                                          timedelta(hours=settings.reminder_hours)):
-        incident = store.get(row["id"])
+        incident = store.get(row.incident_id)
         ctx = _ctx(environment, config, incident)
         overdue = now - incident.resolved_at
         text = (
@@ -99,8 +99,8 @@ def remind_postmortems(environment: str, config: EnvironmentConfig, store: Follo
             f"Documentation: {config.roles.mention(config.roles.documentation)}\n"
             f"Fill it in: the post-incident run"
             + (
-                f" {ctx.run_url(row['postmortem_run'])}"
-                if row["postmortem_run"]
+                f" {ctx.run_url(row.postmortem_run)}"
+                if row.postmortem_run
                 else f" (`runbooks postmortem {incident.id}`)"
             )
         )
@@ -120,37 +120,37 @@ def track_action_items(environment: str, config: EnvironmentConfig, store: Follo
     done, reminded = [], []
     remind_every = timedelta(hours=config.post_incident.reminder_hours)
     for item in store.action_items(environment=environment, open_only=True):
-        if not item["issue_number"]:
+        if not item.issue_number:
             continue
-        incident = store.get(item["incident_id"])
+        incident = store.get(item.incident_id)
         ctx = _ctx(environment, config, incident)
         try:
             with ctx.github() as github:
-                issue = github.get_issue(item["repo"], item["issue_number"])
+                issue = github.get_issue(item.repo, item.issue_number)
         except (IntegrationError, SecretNotFound) as exc:
-            run_logger().warning("Action item %s not checked: %s", item["id"], exc)
+            run_logger().warning("Action item %s not checked: %s", item.id, exc)
             continue
         if issue.get("state") == "closed":
-            store.complete_action_item(item["id"], now)
+            store.complete_action_item(item.id, now)
             record(ctx, incident.id, "incident-watch", EventKind.ACTION_ITEM_DONE,
-                   f"Action item done: {item['title']} ({item['repo']}#{item['issue_number']})")
-            done.append(item["id"])
-        elif item["due_at"] <= now and (
-            item["last_reminded_at"] is None or item["last_reminded_at"] + remind_every <= now
+                   f"Action item done: {item.title} ({item.repo}#{item.issue_number})")
+            done.append(item.id)
+        elif item.due_at <= now and (
+            item.last_reminded_at is None or item.last_reminded_at + remind_every <= now
         ):
-            late = now - item["due_at"]
+            late = now - item.due_at
             notify_slack(
                 ctx,
                 incident.id,
                 f"⏰ ACTION ITEM OVERDUE\nIssue: {incident.issue_ref}\n"
-                f"Item: {templates.slack_text(item['title'])} ({item['repo']}#{item['issue_number']})\n"
-                f"Owner: {templates.slack_text(item['owner'] or 'unassigned')}\n"
-                f"Due: {templates.stamp(item['due_at'])} ({late.days} d {late.seconds // 3600} h ago)",
+                f"Item: {templates.slack_text(item.title)} ({item.repo}#{item.issue_number})\n"
+                f"Owner: {templates.slack_text(item.owner or 'unassigned')}\n"
+                f"Due: {templates.stamp(item.due_at)} ({late.days} d {late.seconds // 3600} h ago)",
             )
-            comment_on_issue(ctx, incident.id, item["repo"], item["issue_number"],
-                             f"⏰ Overdue since {templates.stamp(item['due_at'])}.")
-            store.action_item_reminded(item["id"], now)
-            reminded.append(item["id"])
+            comment_on_issue(ctx, incident.id, item.repo, item.issue_number,
+                             f"⏰ Overdue since {templates.stamp(item.due_at)}.")
+            store.action_item_reminded(item.id, now)
+            reminded.append(item.id)
     return {"done": done, "reminded": reminded}
 
 

@@ -194,20 +194,20 @@ def test_post_incident_flow_end_to_end_files_action_items_and_tracks_them(world,
 
     followups = FollowUpStore()
     done = followups.postmortem(incident.id)
-    assert done["completed_by"] == "dana" and done["completed_at"] is not None
+    assert done.completed_by == "dana" and done.completed_at is not None
     items = followups.action_items(incident.id)
-    assert [(i["title"], i["horizon"]) for i in items] == [("Add a smoke test to the deploy pipeline", "24h"),
+    assert [(i.title, i.horizon) for i in items] == [("Add a smoke test to the deploy pipeline", "24h"),
                                                             ("Write a canary policy", "1w")]
-    assert items[0]["due_at"] - done["completed_at"] < timedelta(hours=24, seconds=5)
-    assert items[0]["due_at"] - done["completed_at"] > timedelta(hours=23, minutes=59)
-    assert timedelta(days=6, hours=23) < items[1]["due_at"] - done["completed_at"] < timedelta(days=7, seconds=5)
+    assert items[0].due_at - done.completed_at < timedelta(hours=24, seconds=5)
+    assert items[0].due_at - done.completed_at > timedelta(hours=23, minutes=59)
+    assert timedelta(days=6, hours=23) < items[1].due_at - done.completed_at < timedelta(days=7, seconds=5)
 
     repo = world.github.repo("acme/incidents")
     filed = {i["number"]: i for i in repo.issues if i["title"].startswith("[action item]")}
-    assert set(filed) == {i["issue_number"] for i in items}
-    first = filed[items[0]["issue_number"]]
+    assert set(filed) == {i.issue_number for i in items}
+    first = filed[items[0].issue_number]
     assert {"action-item", "due:24h", "P0"} <= {label["name"] for label in first["labels"]}
-    assert f"**Due:** {items[0]['due_at']:%Y-%m-%d %H:%M:%S} UTC" in first["body"]
+    assert f"**Due:** {items[0].due_at:%Y-%m-%d %H:%M:%S} UTC" in first["body"]
 
     comments = [c["body"] for c in repo.comments[incident.github_issue]]
     postmortem = next(c for c in comments if c.startswith("## 🚨 Incident Report (post-mortem)"))
@@ -226,16 +226,16 @@ def test_post_incident_flow_end_to_end_files_action_items_and_tracks_them(world,
 
     # completion tracking: a closed issue is done; an open one past its due date is reminded, once a day
     with GitHubClient(f"{world.url}/github", GITHUB_TOKEN) as github:
-        github.close_issue("acme/incidents", items[1]["issue_number"])
-    later = items[0]["due_at"] + timedelta(hours=1)
-    ours = {i["id"] for i in items}  # other tests' incidents (e.g. a revoke-at-issuer item) are tracked too
+        github.close_issue("acme/incidents", items[1].issue_number)
+    later = items[0].due_at + timedelta(hours=1)
+    ours = {i.id for i in items}  # other tests' incidents (e.g. a revoke-at-issuer item) are tracked too
 
     def swept(now) -> dict:
         return {k: [i for i in v if i in ours] for k, v in sweep("sandbox", now=now)["action_items"].items()}
 
-    assert swept(later) == {"done": [items[1]["id"]], "reminded": [items[0]["id"]]}
+    assert swept(later) == {"done": [items[1].id], "reminded": [items[0].id]}
     assert swept(later + timedelta(hours=1)) == {"done": [], "reminded": []}
-    assert swept(later + timedelta(hours=25))["reminded"] == [items[0]["id"]]
+    assert swept(later + timedelta(hours=25))["reminded"] == [items[0].id]
     assert any(t.startswith("⏰ ACTION ITEM OVERDUE") and "smoke test" in t for t in _texts(world))
 
     # run again by hand: the finished post-mortem is published again, nothing filed twice

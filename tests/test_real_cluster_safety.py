@@ -149,8 +149,8 @@ def test_rotation_says_the_credential_must_be_revoked_at_its_issuer(world, store
     result = run.join(120)
     assert result["outcome"] == "resolved"
     items = FollowUpStore().action_items(result["incident_id"])
-    assert [i["title"] for i in items] == ["Revoke the leaked credentials of secret/api-credentials (namespace "
-                                           "sandbox) at their issuer"] and items[0]["horizon"] == "24h"
+    assert [i.title for i in items] == ["Revoke the leaked credentials of secret/api-credentials (namespace "
+                                           "sandbox) at their issuer"] and items[0].horizon == "24h"
     resolution = next(m["text"] for m in world.slack_messages if m["text"].startswith("✅ INCIDENT RESOLVED"))
     assert "revoke them at their issuer" in resolution
 
