@@ -30,7 +30,8 @@ from tasks.database import (
     verify_database,
 )
 from tasks.diagnosis import gather, probe_endpoints
-from tasks.lifecycle import Scenario, run_scenario
+from tasks.lifecycle import run_scenario
+from tasks.scenario import Scenario
 
 
 def diagnose(ctx: RunContext) -> dict[str, Finding]:

@@ -31,7 +31,8 @@ from tasks.error_rate import (
     recent_commits,
     verify_error_rate,
 )
-from tasks.lifecycle import Scenario, run_scenario
+from tasks.lifecycle import run_scenario
+from tasks.scenario import Scenario
 
 
 def diagnose(ctx: RunContext) -> dict[str, Finding]:

@@ -31,9 +31,10 @@ from incidents.templates import stamp
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.diagnosis import gather, probe_endpoints
-from tasks.lifecycle import Scenario, run_scenario
+from tasks.lifecycle import run_scenario
 from tasks.notify import notify_security_team
 from tasks.reporting import publish_report
+from tasks.scenario import Scenario
 from tasks.security import capture_evidence, file_revocation, verify_containment
 from tasks.timeline import record
 

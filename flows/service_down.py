@@ -24,7 +24,8 @@ from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.deploys import verify_health
 from tasks.diagnosis import check_rollout, failed_run_logs, gather, pod_logs, probe_endpoints, recent_deployments
-from tasks.lifecycle import Scenario, run_scenario
+from tasks.lifecycle import run_scenario
+from tasks.scenario import Scenario
 
 
 def diagnose(ctx: RunContext) -> dict[str, Finding]:

@@ -1,14 +1,15 @@
 """The lifecycle every scenario flow follows (open, diagnose, plan, approve, act, verify,
 close or escalate). A scenario supplies what it diagnoses, how it plans and how it verifies;
-this runs the rest the same way for all of them. Call it from inside a flow."""
+this runs the rest the same way for all of them (tasks/scenario.py says what a scenario
+supplies). Call it from inside a flow."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 from prefect.runtime import flow_run
 
@@ -16,55 +17,20 @@ from incidents import templates
 from incidents.alerts import AlertParameter, starts_at_time
 from incidents.findings import Finding, report_markdown
 from incidents.models import Approval, EventKind, Incident, Lease, Outcome, Severity, Status
-from incidents.plans import Grant, Plan
+from incidents.plans import Plan
 from incidents.run_result import DecisionSummary, Judgement, RunResult, VerificationSummary
 from incidents.store import DrillStore, StoreError
 from integrations.errors import IntegrationError
-from tasks.approval import Ask, Decision, request_approval, wait_for_answer
+from tasks.approval import Decision, request_approval
 from tasks.context import RunContext
-from tasks.deploys import ActionResult, RemediationFailed, Verification
-from tasks.incident import escalate_incident, open_incident, resolve_incident
+from tasks.deploys import RemediationFailed
+from tasks.incident import escalate_incident, resolve_incident
 from tasks.leases import await_turn, holder_of, holding
 from tasks.notify import notify_slack
-from tasks.remedies import execute
 from tasks.reporting import publish_report
+from tasks.scenario import Scenario
 from tasks.steps import run_logger
 from tasks.timeline import record
-
-
-@dataclass(frozen=True)
-class Phases:
-    """Where the lifecycle reaches past its own logic at a phase boundary: opening the incident
-    (submitted, so the read-only checks run meanwhile), asking a person (the run pauses), and
-    running the approved actions. The defaults are the real ones; the fault matrix wraps `open`
-    and `execute` to fault a dependency during that phase, and the unit tier answers `ask`."""
-
-    open: Callable[..., Any] = open_incident.submit
-    ask: Ask = wait_for_answer
-    execute: Callable[[RunContext, Plan, Grant], list[ActionResult]] = execute
-
-
-PHASES = Phases()
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    default_severity: Severity
-    impact: str
-    summary: Callable[[RunContext], str]
-    diagnose: Callable[[RunContext], dict[str, Finding]]
-    # the findings, and when the failure began (the alert's startsAt, None if unknown)
-    plan: Callable[[RunContext, Incident, dict[str, Finding], datetime | None], Plan]
-    verify: Callable[[RunContext, dict[str, Finding], Plan], Verification]
-    root_cause: Callable[[dict[str, Finding], Plan], str]
-    prevention: Callable[[dict[str, Finding], Plan], str]
-    # runs right after diagnosis, before any plan is shown (e.g. to keep evidence)
-    after_diagnosis: Callable[[RunContext, Incident, dict[str, Finding]], None] | None = None
-    # scenarios this one hands over to when its plan names them (Plan.handover), e.g. a service
-    # down whose /health names the database goes on with the database-issues diagnosis
-    handovers: Mapping[str, "Scenario"] = field(default_factory=dict)
-    phases: Phases = PHASES
 
 
 def _status(ctx: RunContext, incident: Incident, status: Status, eta: str, impact: str, note: str) -> None:

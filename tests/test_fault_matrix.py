@@ -300,6 +300,7 @@ def _cell(lane: Lane, target: Target, mode: str, phase: str) -> dict[str, Any]:
     from flows.high_error_rate import HIGH_ERROR_RATE
     from flows.service_down import SERVICE_DOWN
     from tasks.context import RunContext
+    from tasks.scenario import PHASES
 
     dependency, service, env = target.dependency, target.service, lane.environment
     runbook = {"service-down": SERVICE_DOWN, "high-error-rate": HIGH_ERROR_RATE,
@@ -308,7 +309,7 @@ def _cell(lane: Lane, target: Target, mode: str, phase: str) -> dict[str, Any]:
     opened: list = []  # the open_incident future of this cell's run
 
     def open_(ctx, *args, **kwargs):
-        opened.append(lifecycle.PHASES.open(ctx, *args, **kwargs))
+        opened.append(PHASES.open(ctx, *args, **kwargs))
         return opened[0]
 
     def diagnose(ctx):
@@ -332,13 +333,13 @@ def _cell(lane: Lane, target: Target, mode: str, phase: str) -> dict[str, Any]:
         if phase == "act":
             switch.on(dependency, mode)
         try:
-            return lifecycle.PHASES.execute(ctx, plan, grant)
+            return PHASES.execute(ctx, plan, grant)
         finally:
             if phase == "act":
                 switch.off()
 
     scenario = replace(runbook, diagnose=diagnose, verify=verify,
-                       phases=replace(lifecycle.PHASES, open=open_, execute=act))
+                       phases=replace(PHASES, open=open_, execute=act))
     drill_id = f"matrix-{uuid.uuid4().hex[:10]}"
     DrillStore().start_drill(drill_id, target.fault, target.scenario, env, service, "auto", 0, None)
     alert = AlertParameter(status="firing", fingerprint=drill_id, startsAt=datetime.now(timezone.utc).isoformat(),

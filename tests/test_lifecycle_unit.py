@@ -19,7 +19,8 @@ from incidents.run_result import RunResult
 from tasks.approval import DEADLINE_APPROVER, TIMEOUT_REASON, ApprovalInput
 from tasks.context import RunContext
 from tasks.deploys import Verification
-from tasks.lifecycle import PHASES, Scenario, run_scenario
+from tasks.lifecycle import run_scenario
+from tasks.scenario import PHASES, Scenario
 from tasks.steps import inline_steps
 from tests.action_samples import sample_action
 from tests.fakes import FakeWiring, deployment
