@@ -56,14 +56,14 @@ def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding], onse
 
 
 def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
-    kind = plan.actions[0].kind if plan.actions else None
+    kind = plan.actions[0].kind if plan.actions else ""
     return {"rollback": f"A bad change: {plan.actions[0].before if plan.actions else ''} raised the error rate.",
             "circuit_breaker": "A failing dependency made requests fail.",
             "scale": "Load above the service's capacity."}.get(kind, "Unknown: see the diagnosis.")
 
 
 def prevention(findings: dict[str, Finding], plan: Plan) -> str:
-    kind = plan.actions[0].kind if plan.actions else None
+    kind = plan.actions[0].kind if plan.actions else ""
     return {
         "rollback": "Canary releases gated on the error rate.",
         "circuit_breaker": "Keep the breaker automatic, with a timeout budget for the dependency.",

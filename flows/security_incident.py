@@ -10,18 +10,18 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
-from incidents.check_facts import HEALTH, EvidenceFacts
+from incidents.check_facts import EVIDENCE, HEALTH, EvidenceFacts
 from incidents.findings import Finding, report_markdown
 from incidents.models import EventKind, Incident, Outcome, Severity
 from incidents.plans import Plan
 from incidents.security_rules import (
-    EVIDENCE,
     REVOKE_AT_ISSUER,
     plan_security_incident,
     public_statement_draft,
@@ -46,7 +46,7 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
 
 
 def keep_evidence(ctx: RunContext, incident: Incident, findings: dict[str, Finding], cidrs: list[str],
-                  dropped: list[str] = ()) -> None:
+                  dropped: Sequence[str] = ()) -> None:
     """Before any change: the evidence as an artifact and on the issue, the security team told,
     a public statement drafted. Addresses the alert named but that cannot be blocked are
     recorded with the reason."""

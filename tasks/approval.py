@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout
@@ -169,8 +170,8 @@ def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id
         remaining = max(1, int(deadline - time.monotonic()))
         answer, timed_out = ask(plan, remaining, settings.poll_seconds, attempt, _form_note(needed, page))
         decision = _decide(ctx, plan, answer, timed_out, needed, approval_id)
-        if decision is not None:
-            return decision
+        if decision is not None or answer is None or approval_id is None:  # None: an approval to verify
+            return decision or Decision("timed_out", None, TIMEOUT_REASON)
         signed = _approving_signers(ctx, approval_id)
         record(ctx, incident.id, "runbook", EventKind.APPROVAL_UNVERIFIED,
                f"An approval by {answer.approver.strip()!r} without verified identity was ignored: "
@@ -249,7 +250,7 @@ def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out
         approver = answer.approver.strip()
         try:
             signers = _approving_signers(ctx, approval_id)
-            if signers and approver == " + ".join(dict.fromkeys(signers)):
+            if signers and approval_id is not None and approver == " + ".join(dict.fromkeys(signers)):
                 ctx.store().mark_verified(approval_id)
                 approver += " (verified)"
         except StoreError as exc:  # the answer counts all the same; only the mark is missing
@@ -306,14 +307,16 @@ def wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
 
     def decline_at_deadline() -> None:
         with get_client(sync_client=True) as client:
-            client.resume_flow_run(run_id, run_input=deadline_answer())
+            client.resume_flow_run(UUID(str(run_id)), run_input=deadline_answer())
 
     # The timer thread runs in a copy of this context: Prefect's settings (which server) live there.
     timer = threading.Timer(timeout, contextvars.copy_context().run, args=(decline_at_deadline,))
     timer.daemon = True
     timer.start()
     try:
-        answer = pause_flow_run(wait_for_input=form, timeout=timeout + 60, poll_interval=poll, key=key)
+        # Prefect types the poll interval as int and sleeps it as given: a fraction of a second works
+        answer = pause_flow_run(wait_for_input=form, timeout=timeout + 60, poll_interval=poll,  # type: ignore[call-overload]
+                                key=key)
     except FlowPauseTimeout:
         return None, True
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
@@ -36,7 +37,7 @@ class RunCancelled(Exception):
 
 def _state_of(flow_run_id: str) -> tuple[StateType | None, str]:
     with get_client(sync_client=True) as client:
-        state = client.read_flow_run(flow_run_id).state
+        state = client.read_flow_run(UUID(flow_run_id)).state
     return (state.type, state.message or "") if state else (None, "")
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
 from incidents.config import EnvironmentConfig, ServiceConfig, load_environment, secret_env_var
+from incidents.config_services import CacheTarget, CircuitBreaker, DatabaseTarget
 from incidents.redaction import remember_secret
 from incidents.store import IncidentStore
 from integrations.cache import CacheClient
@@ -25,6 +26,20 @@ class SecretNotFound(LookupError):
     pass
 
 
+class NotConfigured(SecretNotFound):
+    """The service's config has no block for what a step needs (its database, its cache, its
+    circuit breaker): reported like a missing secret, as a check that could not run."""
+
+
+T = TypeVar("T")
+
+
+def _configured(block: T | None, service: str, what: str) -> T:
+    if block is None:
+        raise NotConfigured(f"service {service!r} has no {what} configured")
+    return block
+
+
 def resolve_secret(name: str) -> str:
     """The environment variable RUNBOOKS_SECRET_<NAME> wins; else the Prefect Secret block `name`."""
     value = os.environ.get(secret_env_var(name))
@@ -34,7 +49,7 @@ def resolve_secret(name: str) -> str:
     try:
         from prefect.blocks.system import Secret
 
-        secret = Secret.load(name, validate=False)
+        secret = cast(Secret, Secret.load(name, validate=False))  # sync: Prefect's load is sync-compatible
         value = secret.get()
     except Exception as exc:  # noqa: BLE001 - block missing, server down: the message says which secret
         raise SecretNotFound(f"secret {name!r} not found: set {secret_env_var(name)} or create a Prefect "
@@ -79,9 +94,7 @@ class ProductionWiring:
         return KubernetesClient(kube.kubeconfig, kube.context, timeout=kube.timeout_seconds, retry=ctx.retry(3))
 
     def postgres(self, ctx: RunContext) -> PostgresClient:
-        db = ctx.service.database
-        if db is None:
-            raise SecretNotFound(f"service {ctx.service_name!r} has no database configured")
+        db = ctx.database_target()
         return PostgresClient(resolve_secret(db.dsn_secret), statement_timeout_ms=db.statement_timeout_ms)
 
     def cache(self, ctx: RunContext, url_secret: str) -> CacheClient:
@@ -134,6 +147,15 @@ class RunContext:
     @property
     def service(self) -> ServiceConfig:
         return self.config.services[self.service_name]
+
+    def database_target(self) -> DatabaseTarget:
+        return _configured(self.service.database, self.service_name, "database")
+
+    def cache_target(self) -> CacheTarget:
+        return _configured(self.service.cache, self.service_name, "cache")
+
+    def circuit_breaker(self) -> CircuitBreaker:
+        return _configured(self.service.circuit_breaker, self.service_name, "circuit_breaker")
 
     def retry(self, at_most: int = 10) -> RetryPolicy:
         timeouts = self.config.timeouts

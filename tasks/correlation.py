@@ -71,7 +71,7 @@ def join(ctx: RunContext, incident: Incident, alert: AlertParameter | None, seve
     seen = note_alert(ctx, incident, alert)
     raised_from = store.raise_severity(incident.id, severity) if severity else None
     paged: list[str] = []
-    if raised_from is not None:
+    if raised_from is not None and severity is not None:
         incident.severity = severity
         paged = added_contacts(ctx, raised_from, severity)
     name = (alert.name if alert else None) or by
@@ -82,7 +82,7 @@ def join(ctx: RunContext, incident: Incident, alert: AlertParameter | None, seve
         "run": f"{by} joined incident {incident.id}, which is already open",
     }[seen]
     if raised_from is not None:
-        message += f"; severity raised from {raised_from.value} to {severity.value}"
+        message += f"; severity raised from {raised_from.value} to {incident.severity.value}"
     record(ctx, incident.id, by, EventKind.FLAP if seen == "refired" else EventKind.JOINED, message,
            {"alert": alert.as_dict() if alert else None, "seen": seen,
             "raised_from": raised_from.value if raised_from else None, "paged": paged, "flow_run_id": flow_run_id})
@@ -94,7 +94,7 @@ def join(ctx: RunContext, incident: Incident, alert: AlertParameter | None, seve
                                                              paging=mentions(ctx, paged)))
         if raised_from is not None:
             add_comment(ctx, incident.id, incident.github_repo, incident.github_issue,
-                        f"### ⏫ Severity raised from {raised_from.value} to {severity.value}\n\n"
+                        f"### ⏫ Severity raised from {raised_from.value} to {incident.severity.value}\n\n"
                         f"{templates.markdown_text(message, 600)}\n\nPaged: {' '.join(paged) or 'nobody new'}")
     if raised_from is not None and incident.announced_at is not None:
         trigger_pagers(ctx, incident, 0)  # the new severity's pagers (one PagerDuty alert: the same dedup_key)

@@ -56,7 +56,7 @@ def check_reachable(ctx: RunContext) -> Finding:
 def check_sessions(ctx: RunContext) -> Finding:
     """Blocking chains (pg_blocking_pids) with their root blockers, sessions idle in a
     transaction, and long-running queries."""
-    db = ctx.service.database
+    db = ctx.database_target()
     try:
         sessions = ctx.postgres().sessions()
     except _ERRORS as exc:
@@ -92,7 +92,7 @@ def check_sessions(ctx: RunContext) -> Finding:
 @step("check-database-connections")
 def check_connections(ctx: RunContext) -> Finding:
     """Connections against max_connections (less the reserved slots) and each role's limit."""
-    db = ctx.service.database
+    db = ctx.database_target()
     try:
         client = ctx.postgres()
         connections = client.connections()
@@ -138,7 +138,7 @@ def check_replication(ctx: RunContext, max_lag_seconds: float = 30.0) -> Finding
 @step("check-cache")
 def check_cache(ctx: RunContext) -> Finding:
     """Redis memory, clients and evictions."""
-    cache = ctx.service.cache
+    cache = ctx.cache_target()
     try:
         with ctx.cache(cache.url_secret) as client:
             health = client.health()
@@ -178,7 +178,7 @@ def cancel_queries(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
 def clear_cache(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionResult:
     """Delete the planned key prefix (SCAN + UNLINK), or FLUSHDB when the plan says so."""
     require_grant(grant, action)
-    cache, p = ctx.service.cache, action.params_as(ClearCache)
+    cache, p = ctx.cache_target(), action.params_as(ClearCache)
     with ctx.cache(cache.url_secret) as client:
         if p.mode == "flushdb":
             client.flushdb()
@@ -191,7 +191,7 @@ def clear_cache(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionR
 def verify_database(ctx: RunContext, findings: dict[str, Finding], plan: Plan) -> Verification:
     """Poll until the planned waiters are no longer blocked, no root blocker is left,
     connections are under the threshold and the service's health check passes."""
-    timeouts, db = ctx.config.timeouts, ctx.service.database
+    timeouts, db = ctx.config.timeouts, ctx.database_target()
     waiters = {pid for a in plan.actions if isinstance(a.params, Sessions) for pid in a.params.waiters}
     start, last = time.monotonic(), "not checked"
     while True:

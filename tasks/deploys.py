@@ -67,17 +67,20 @@ def _rollback_by_workflow(ctx: RunContext, action: PlannedAction, p: RollbackByW
                           interrupted_at: datetime | None) -> ActionResult:
     logger = run_logger()
     with ctx.github() as github:
-        earlier = github.workflow_runs(p.repo, since=interrupted_at - timedelta(seconds=5), workflow=p.workflow,
-                                       event="workflow_dispatch") if interrupted_at else []
-        if earlier:
-            since = interrupted_at - timedelta(seconds=5)
+        attempted = interrupted_at - timedelta(seconds=5) if interrupted_at else None
+        earlier = github.workflow_runs(p.repo, since=attempted, workflow=p.workflow,
+                                       event="workflow_dispatch") if attempted else []
+        if earlier and attempted:
+            since = attempted
             logger.warning("An interrupted attempt already dispatched %s (run %s); following it instead of "
                            "dispatching again", p.workflow, earlier[0]["id"])
         else:
             logger.info("Dispatching %s in %s (environment=%s, to %s)", p.workflow, p.repo, p.environment, p.to_image)
             # the target is named: a second dispatch (an answer lost in transit) rolls to it again, harmlessly
-            since = github.dispatch_workflow(p.repo, p.workflow, p.ref, {
-                "environment": p.environment, "to_revision": str(p.to_revision), "to_image": p.to_image})
+            # without a known image the workflow undoes to the previous revision, as kubectl does
+            inputs = {"environment": p.environment, "to_revision": str(p.to_revision)}
+            since = github.dispatch_workflow(p.repo, p.workflow, p.ref,
+                                             {**inputs, "to_image": p.to_image} if p.to_image else inputs)
         run = github.wait_for_dispatched_run(p.repo, p.workflow, since,
                                              timeout=ctx.config.timeouts.workflow_seconds, poll=1.0)
         if run.get("conclusion") != "success":

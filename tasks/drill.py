@@ -7,6 +7,7 @@ import os
 import time
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import httpx
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -64,7 +65,7 @@ def follow_runbook(run_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
-            run = client.read_flow_run(run_id)
+            run = client.read_flow_run(UUID(run_id))
             if run.state and run.state.type.value in FINAL or time.monotonic() > deadline:
                 break
             time.sleep(1.0)

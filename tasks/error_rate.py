@@ -22,7 +22,7 @@ from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from integrations.errors import IntegrationError
 from integrations.kubernetes_security import get_config_value, set_config_value
 from integrations.probes import sample_error_rate
-from tasks.context import RunContext, SecretNotFound
+from tasks.context import NotConfigured, RunContext, SecretNotFound
 from tasks.deploys import ActionResult, RemediationFailed, Verification
 from tasks.steps import run_logger, step
 
@@ -67,6 +67,8 @@ def measure_error_rate(ctx: RunContext) -> Finding:
 def prometheus_error_rate(ctx: RunContext) -> Finding:
     """The same ratio from Prometheus, when the environment configures one."""
     prom = ctx.config.prometheus
+    if prom is None:
+        return unavailable(PROMETHEUS, NotConfigured(f"environment {ctx.environment!r} has no prometheus settings"))
     query = prom.error_rate_query.format(service=ctx.service_name)
     with ctx.prometheus() as client:
         try:
@@ -100,17 +102,17 @@ def recent_commits(ctx: RunContext, limit: int = 10) -> Finding:
 
 
 def _breaker_value(ctx: RunContext) -> str | None:
-    breaker, ns = ctx.service.circuit_breaker, ctx.service.kubernetes.namespace
+    breaker, ns = ctx.circuit_breaker(), ctx.service.kubernetes.namespace
     if breaker.configmap:
         with ctx.kubernetes() as kube:
             return get_config_value(kube, ns, breaker.configmap, breaker.key)
-    with ctx.cache(breaker.redis_url_secret) as cache:
+    with ctx.cache(breaker.redis_url_secret or "") as cache:
         return cache.get(breaker.key)
 
 
 @step("check-circuit-breaker")
 def check_circuit_breaker(ctx: RunContext) -> Finding:
-    breaker = ctx.service.circuit_breaker
+    breaker = ctx.circuit_breaker()
     try:
         value = _breaker_value(ctx)
     except _ERRORS as exc:

@@ -46,6 +46,14 @@ class FaultState:
     began_at: datetime | None = None  # when its first real fault step went in (a healthy release is none)
 
 
+def _row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The one row a fault's own query always returns."""
+    row = cursor.fetchone()
+    if row is None:
+        raise FaultNotAvailable("PostgreSQL returned no row where one was expected")
+    return row
+
+
 def _app_url(ctx: RunContext) -> str:
     db = ctx.service.database
     if db is None or not db.app_role:
@@ -138,7 +146,7 @@ def _replicas(ctx: RunContext, state: FaultState, step: Step) -> None:
 
 
 def _pg_lock(ctx: RunContext, state: FaultState, step: Step) -> None:
-    table = ctx.service.database.drill_table
+    table = ctx.database_target().drill_table
     holder = psycopg.connect(_app_url(ctx), connect_timeout=5)
     holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')  # validated name; stays open, idle
     state.sessions.append(holder)
@@ -154,10 +162,10 @@ def _pg_idle(ctx: RunContext, state: FaultState, step: Step) -> None:
 
 
 def _pg_connections(ctx: RunContext, state: FaultState, step: Step) -> None:
-    db = ctx.service.database
+    db = ctx.database_target()
     with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5) as admin:
-        state.undo["limit"] = admin.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s",
-                                            (db.app_role,)).fetchone()[0]
+        state.undo["limit"] = _row(admin.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s",
+                                                 (db.app_role,)))[0]
         admin.execute(f'ALTER ROLE "{db.app_role}" CONNECTION LIMIT 6')
     state.sessions += [psycopg.connect(_app_url(ctx), autocommit=True, connect_timeout=5) for _ in range(5)]
 
@@ -205,23 +213,23 @@ def inject(ctx: RunContext, spec: FaultSpec) -> FaultState:
 def _db_problem(ctx: RunContext) -> bool:
     """Sessions waiting on a lock, a query past the long-query threshold, or the application
     role near its connection limit with idle sessions: what a PostgreSQL alert rule watches."""
-    db = ctx.service.database
+    db = ctx.database_target()
     with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5,
                          options="-c statement_timeout=5000") as conn:
-        if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND cardinality(pg_blocking_pids(pid)) > 0").fetchone()[0] > 0:
+        if _row(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND cardinality(pg_blocking_pids(pid)) > 0"))[0] > 0:
             return True
-        if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
-                        "state = 'active' AND now() - query_start > make_interval(secs => %s) "
-                        "AND pid <> pg_backend_pid()", (db.long_query_seconds,)).fetchone()[0] > 0:
+        if _row(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                             "state = 'active' AND now() - query_start > make_interval(secs => %s) "
+                             "AND pid <> pg_backend_pid()", (db.long_query_seconds,)))[0] > 0:
             return True
-        used, limit = conn.execute(
+        used, limit = _row(conn.execute(
             "SELECT (SELECT count(*) FROM pg_stat_activity a WHERE a.usesysid = r.oid), r.rolconnlimit "
-            "FROM pg_roles r WHERE r.rolname = %s", (db.app_role,)).fetchone()
-        idle_long = conn.execute(
+            "FROM pg_roles r WHERE r.rolname = %s", (db.app_role,)))
+        idle_long = _row(conn.execute(
             "SELECT count(*) FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid WHERE r.rolname = %s "
             "AND a.state = 'idle' AND now() - a.state_change > make_interval(secs => %s)",
-            (db.app_role, db.idle_seconds)).fetchone()[0]
+            (db.app_role, db.idle_seconds)))[0]
         return limit > 0 and used >= db.connection_threshold * limit and idle_long > 0
 
 
@@ -273,7 +281,7 @@ def cleanup(ctx: RunContext, state: FaultState) -> list[str]:
             conn.close()
             done.append("closed a fault session")
     if state.undo.get("pids"):
-        db = ctx.service.database
+        db = ctx.database_target()
         with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5) as admin:
             for pid in state.undo["pids"]:
                 if admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s",
@@ -333,7 +341,7 @@ def _undo_replicas(ctx: RunContext, state: FaultState) -> list[str]:
 def _undo_connections(ctx: RunContext, state: FaultState) -> list[str]:
     if "limit" not in state.undo:
         return []
-    db = ctx.service.database
+    db = ctx.database_target()
     with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5) as admin:
         admin.execute(f'ALTER ROLE "{db.app_role}" CONNECTION LIMIT {int(state.undo["limit"])}')
     return [f"connection limit of {db.app_role} back to {state.undo['limit']}"]

@@ -116,11 +116,12 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
     text = templates.resolution(incident, root_cause, what_was_done, prevention)
     notify_slack(ctx, incident.id, text)
     update_pagers(ctx, incident, "resolve", actor, run_logger())
-    if comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
-                        templates.resolution_markdown(root_cause, what_was_done, prevention)):
+    repo, number = incident.github_repo, incident.github_issue
+    if comment_on_issue(ctx, incident.id, repo, number, templates.resolution_markdown(root_cause, what_was_done,
+                                                                                      prevention)) and repo and number:
         try:
             with ctx.github() as github:
-                github.close_issue(incident.github_repo, incident.github_issue)
+                github.close_issue(repo, number)
         except (IntegrationError, SecretNotFound) as exc:
             record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"issue not closed: {exc}")
     if postmortem:

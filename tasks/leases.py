@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import TypeVar
+from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
@@ -28,7 +29,7 @@ def run_gone(flow_run_id: str, client: SyncPrefectClient | None = None) -> bool:
         with get_client(sync_client=True) as client:
             return run_gone(flow_run_id, client)
     try:
-        state = client.read_flow_run(flow_run_id).state
+        state = client.read_flow_run(UUID(flow_run_id)).state
     except ObjectNotFound:
         return True
     return state is None or state.is_final()

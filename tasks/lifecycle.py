@@ -329,11 +329,11 @@ def _act_and_verify(scenario: Scenario, ctx: RunContext, incident: Incident, fin
     try:
         results = scenario.phases.execute(ctx, plan, decision.grant)
     except StoreError as exc:  # each action is claimed in the store first: nothing ran
-        exc = RemediationFailed(f"not started: the incident store, which makes each approved action run once, "
-                                f"is unreachable ({exc})")
-        logger.error("Remediation failed: %s", exc)
-        escalate_incident(ctx, incident, f"Remediation {exc}", Status.IDENTIFIED, scenario.impact)
-        return outcome.ended(Outcome.REMEDIATION_FAILED, error=str(exc))
+        failed = RemediationFailed(f"not started: the incident store, which makes each approved action run once, "
+                                   f"is unreachable ({exc})")
+        logger.error("Remediation failed: %s", failed)
+        escalate_incident(ctx, incident, f"Remediation {failed}", Status.IDENTIFIED, scenario.impact)
+        return outcome.ended(Outcome.REMEDIATION_FAILED, error=str(failed))
     except (RemediationFailed, IntegrationError) as exc:
         logger.error("Remediation failed: %s", exc)
         record(ctx, incident.id, "runbook", EventKind.ACTION_FAILED, f"Remediation failed: {exc}")

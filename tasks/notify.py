@@ -62,12 +62,12 @@ def _post_in_thread(ctx: RunContext, app: SlackApp, incident_id: int, text: str,
                     security: bool, logger: logging.Logger | logging.LoggerAdapter) -> None:
     slack = ctx.config.slack
     if security:
-        app.post(slack.security_channel or slack.channel, text, blocks)
+        app.post(slack.security_channel or slack.channel or "", text, blocks)
         return
     store = ctx.store()
     thread = store.slack_thread(incident_id)
     if thread is None:
-        posted = app.post(slack.channel, text, blocks)
+        posted = app.post(slack.channel or "", text, blocks)
         if not store.start_slack_thread(incident_id, posted.channel, posted.ts, text):
             logger.warning("Incident %s: another message opened its Slack thread first", incident_id)
         return

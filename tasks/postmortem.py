@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Literal, cast
 
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
@@ -67,8 +68,9 @@ def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
     try:
         if inline():
             raise RuntimeError("no Prefect API (steps run inline)")
-        run = run_deployment(name=name, parameters={"incident_id": incident.id, "environment": ctx.environment},
-                             timeout=0, as_subflow=False, tags=["post-incident"])
+        run = cast(FlowRun, run_deployment(name=name, parameters={"incident_id": incident.id,
+                                                                  "environment": ctx.environment},
+                                           timeout=0, as_subflow=False, tags=["post-incident"]))  # sync-compatible
     except Exception as exc:  # noqa: BLE001 - no deployment, API down: the incident is resolved regardless
         why = f"no deployment {name}" if isinstance(exc, ObjectNotFound) else f"{type(exc).__name__}: {exc}"
         run_logger().warning("Post-incident run not started (%s)", why)
@@ -116,7 +118,8 @@ def wait_for_form(ctx: RunContext, incident: Incident, description: str) -> Post
     try:
         if deployment.get_id():
             return suspend_flow_run(wait_for_input=form, timeout=timeout, key=key)
-        return pause_flow_run(wait_for_input=form, timeout=timeout, poll_interval=ctx.config.approval.poll_seconds,
+        poll = ctx.config.approval.poll_seconds  # Prefect types it as int and sleeps it as given
+        return pause_flow_run(wait_for_input=form, timeout=timeout, poll_interval=poll,  # type: ignore[call-overload]
                               key=key)
     except FlowPauseTimeout:
         return None

@@ -132,7 +132,7 @@ def _cache(ctx: RunContext, action: PlannedAction) -> str | None:
     p = action.params_as(ClearCache)
     if p.mode == "flushdb" or p.planned_keys is None:
         return None
-    with ctx.cache(ctx.service.cache.url_secret) as cache:
+    with ctx.cache(ctx.cache_target().url_secret) as cache:
         now = cache.count_prefix(p.prefix)
     if now == 0:
         return f"no key under {p.prefix} is left"

@@ -29,7 +29,7 @@ REMEDIES = {
 }
 
 
-def execute(ctx: RunContext, plan: Plan, grant: Grant) -> list[ActionResult]:
+def execute(ctx: RunContext, plan: Plan, grant: Grant | None) -> list[ActionResult]:
     """Run exactly the approved actions, in order, each once; stop at the first failure.
 
     Every action is claimed in the store's action log under (incident, plan digest, action

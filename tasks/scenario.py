@@ -28,7 +28,7 @@ class Phases:
 
     open: Callable[..., Any] = open_incident.submit
     ask: Ask = wait_for_answer
-    execute: Callable[[RunContext, Plan, Grant], list[ActionResult]] = execute
+    execute: Callable[[RunContext, Plan, Grant | None], list[ActionResult]] = execute
 
 
 PHASES = Phases()

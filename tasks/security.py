@@ -150,7 +150,8 @@ def enable_logging(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
                         f"{p.key}: {previous} -> {p.level} (turn back with {p.key}={previous})")
 
 
-def _not_contained(kube: KubernetesClient, p: ActionParams, secrets_before: dict[str, str | None]) -> list[str]:
+def _not_contained(kube: KubernetesClient, p: ActionParams | dict[str, Any],
+                   secrets_before: dict[str, str | None]) -> list[str]:
     """What of one containment action is not in place yet (nothing: it is)."""
     problems = []
     if isinstance(p, RotateSecret):

@@ -43,10 +43,10 @@ class Done(Generic[R]):
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         if self._error is not None:
             raise self._error
-        return self._value  # type: ignore[no-any-return]
+        return self._value
 
 
-class Step(Task):  # type: ignore[type-arg]
+class Step(Task):
     """A Prefect task that runs as a plain call inside `inline_steps()`."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

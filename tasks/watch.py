@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
 
@@ -91,7 +92,7 @@ def remind_postmortems(environment: str, config: EnvironmentConfig, store: Follo
                                          timedelta(hours=settings.reminder_hours)):
         incident = store.get(row.incident_id)
         ctx = _ctx(environment, config, incident)
-        overdue = now - incident.resolved_at
+        overdue = now - (incident.resolved_at or now)
         text = (
             f"📝 POST-MORTEM OVERDUE\nIssue: {incident.issue_ref}\nService: {templates.slack_text(incident.service)}\n"
             f"Resolved {overdue.days} days ago; the playbook asks for the post-mortem within "
@@ -120,7 +121,7 @@ def track_action_items(environment: str, config: EnvironmentConfig, store: Follo
     done, reminded = [], []
     remind_every = timedelta(hours=config.post_incident.reminder_hours)
     for item in store.action_items(environment=environment, open_only=True):
-        if not item.issue_number:
+        if not item.repo or not item.issue_number:
             continue
         incident = store.get(item.incident_id)
         ctx = _ctx(environment, config, incident)
@@ -163,7 +164,7 @@ def decline_expired_approvals(environment: str, config: EnvironmentConfig, store
     for approval in store.expired_approvals(environment, now):
         try:
             with get_client(sync_client=True) as client:
-                answer = client.resume_flow_run(approval.flow_run_id, run_input=deadline_answer())
+                answer = client.resume_flow_run(UUID(str(approval.flow_run_id)), run_input=deadline_answer())
             accepted = answer.status.value == "ACCEPT"
         except Exception as exc:  # noqa: BLE001 - the run is gone or the API is down: close the request below
             run_logger().warning(
@@ -192,14 +193,14 @@ def close_ended_runs(environment: str, store: FollowUpStore) -> list[int]:
     Slack or on the page says so instead of failing. A run cancelled while suspended at its
     approval has no process, so no worker runs its on_cancellation hook: the Cancel is recorded
     and announced here."""
-    closed = []
+    closed: list[int] = []
     waiting = store.waiting_approvals(environment)
     if not waiting:
         return closed
     with get_client(sync_client=True) as client:
         for approval in waiting:
             try:
-                run = client.read_flow_run(approval.flow_run_id)
+                run = client.read_flow_run(UUID(str(approval.flow_run_id)))
             except Exception as exc:  # noqa: BLE001 - the API is down or the run is gone: next sweep
                 run_logger().warning(
                     "Approval %s: run %s not read: %s", approval.id, approval.flow_run_id, exc
@@ -222,7 +223,7 @@ def close_ended_runs(environment: str, store: FollowUpStore) -> list[int]:
 
 def _resume(flow_run_id: str, answer: dict) -> bool:
     with get_client(sync_client=True) as client:
-        return client.resume_flow_run(flow_run_id, run_input=answer).status.value == "ACCEPT"
+        return client.resume_flow_run(UUID(flow_run_id), run_input=answer).status.value == "ACCEPT"
 
 
 @step("sweep-incidents")
