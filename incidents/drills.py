@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from incidents.models import Drill
+from incidents.followup_models import Drill
 from incidents.templates import markdown_text
 
 MTTD_TARGET_SECONDS = 5 * 60  # playbook Success Metrics: MTTD < 5 minutes

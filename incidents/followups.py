@@ -8,8 +8,9 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from incidents.models import ActionItemRecord, OverduePostmortem, Postmortem, Proposal
+from incidents.followup_models import ActionItemRecord, OverduePostmortem, Postmortem, Proposal
 from incidents.store import IncidentStore, required_row
+from incidents.success_metrics import MetricRow
 
 
 class FollowUpStore(IncidentStore):
@@ -133,10 +134,10 @@ class FollowUpStore(IncidentStore):
             return [Proposal.from_row(row) for row in conn.execute(query, [environment] if environment else [])]
 
     # -- metrics --------------------------------------------------------------------------------
-    def metric_rows(self, environment: str, since: datetime | None = None) -> list[dict[str, Any]]:
+    def metric_rows(self, environment: str, since: datetime | None = None) -> list[MetricRow]:
         """Every incident of the environment (drills flagged) with its post-mortem completion."""
         with self._connect() as conn:
-            return conn.execute(
+            rows = conn.execute(
                 """SELECT i.id, i.severity, i.detected_by, i.alert IS NOT NULL AS from_alert,
                           COALESCE(i.alert -> 'labels' ? 'drill_id', false) AS drill,
                           COALESCE(i.started_at, i.opened_at) AS started_at, i.opened_at, i.acknowledged_at,
@@ -145,3 +146,4 @@ class FollowUpStore(IncidentStore):
                    WHERE i.environment = %s AND (%s::timestamptz IS NULL OR COALESCE(i.started_at, i.opened_at) >= %s)
                      AND i.detected_by <> 'dry run'
                    ORDER BY i.id""", (environment, since, since)).fetchall()
+        return [MetricRow(**row) for row in rows]

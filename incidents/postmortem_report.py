@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from incidents.models import ActionItemRecord, Approval, EventKind, Incident, TimelineEvent
+from incidents.followup_models import ActionItemRecord
+from incidents.models import Approval, EventKind, Incident, TimelineEvent
 from incidents.templates import markdown_text, stamp
 
 HORIZONS = {"24h": timedelta(hours=24), "1w": timedelta(days=7)}  # the playbook's Immediate / Follow-up

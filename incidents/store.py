@@ -13,7 +13,8 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from incidents.models import Drill, EventKind, Incident, Severity, Status, TimelineEvent
+from incidents.followup_models import Drill
+from incidents.models import EventKind, Incident, Severity, SlackThread, Status, TimelineEvent
 from incidents.store_approvals import ApprovalRecords
 from incidents.store_base import (
     DEFAULT_DATABASE_URL,
@@ -118,12 +119,12 @@ class IncidentStore(ApprovalRecords, CorrelationRecords):
         return row is not None
 
     # -- Slack thread and pagers ------------------------------------------------------------------
-    def slack_thread(self, incident_id: int) -> dict[str, Any] | None:
-        """{channel, ts, parent} of the incident's Slack thread, or None before its first message."""
+    def slack_thread(self, incident_id: int) -> SlackThread | None:
+        """The incident's Slack thread, or None before its first message."""
         with self._connect() as conn:
             row = conn.execute("SELECT slack_channel AS channel, slack_ts AS ts, slack_parent AS parent "
                                "FROM incidents WHERE id = %s", (incident_id,)).fetchone()
-        return row if row and row["ts"] else None
+        return SlackThread(row["channel"], row["ts"], row["parent"]) if row and row["ts"] else None
 
     def start_slack_thread(self, incident_id: int, channel: str, ts: str, parent: str) -> bool:
         """Record the thread's parent message; False when another message became the parent first."""

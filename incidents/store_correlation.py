@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any, Callable
+from typing import Callable
 
-from incidents.models import Approval, Incident, Lease, Severity, Status
+from incidents.models import Approval, Incident, IncidentAlert, Lease, Severity, Status
 from incidents.store_base import REPLICA_SKEW_SECONDS, StoreBase, incident_from_row, required_row
 
 
@@ -78,10 +78,11 @@ class CorrelationRecords(StoreBase):
                                (incident_id, identity)).fetchone()
         return row is not None
 
-    def incident_alerts(self, incident_id: int) -> builtins.list[dict[str, Any]]:
+    def incident_alerts(self, incident_id: int) -> builtins.list[IncidentAlert]:
         with self._connect() as conn:
-            return conn.execute("SELECT * FROM incident_alerts WHERE incident_id = %s ORDER BY first_seen",
+            rows = conn.execute("SELECT * FROM incident_alerts WHERE incident_id = %s ORDER BY first_seen",
                                 (incident_id,)).fetchall()
+        return [IncidentAlert.from_row(row) for row in rows]
 
     def incident_for_alert_start(self, identity: str, starts_at: str) -> Incident | None:
         """The incident an alert (identity + startsAt) opened or joined."""

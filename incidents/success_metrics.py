@@ -31,6 +31,23 @@ POSTMORTEM_WITHIN = timedelta(days=7)
 MONTHLY_TARGET = 1
 
 
+@dataclass(frozen=True)
+class MetricRow:
+    """One incident as the metrics read it (FollowUpStore.metric_rows)."""
+
+    id: int
+    severity: str
+    detected_by: str
+    from_alert: bool
+    drill: bool
+    started_at: datetime  # when the problem began: the alert's startsAt, else the opening
+    opened_at: datetime
+    acknowledged_at: datetime | None
+    recovered_at: datetime | None
+    resolved_at: datetime | None
+    postmortem_at: datetime | None  # the post-mortem's completion
+
+
 @dataclass
 class Figure:
     metric: str
@@ -73,38 +90,38 @@ def _minutes(deltas: list[timedelta]) -> float | None:
     return round(mean(d.total_seconds() for d in deltas) / 60, 2) if deltas else None
 
 
-def compute(rows: list[dict[str, Any]], now: datetime, response_minutes: dict[str, float]) -> Metrics:
+def compute(rows: list[MetricRow], now: datetime, response_minutes: dict[str, float]) -> Metrics:
     """Metrics for `rows` (FollowUpStore.metric_rows) as of `now`."""
     metrics = Metrics()
-    incidents = [r for r in rows if not r["drill"]]
+    incidents = [r for r in rows if not r.drill]
     metrics.drills_excluded = len(rows) - len(incidents)
     for scope in ("all", *SEVERITIES):
-        chosen = [r for r in incidents if scope == "all" or r["severity"] == scope]
+        chosen = [r for r in incidents if scope == "all" or r.severity == scope]
         if not chosen and scope != "all":
             continue
-        alerted = [r for r in chosen if r["from_alert"]]
-        mttd = _minutes([r["opened_at"] - r["started_at"] for r in alerted])
+        alerted = [r for r in chosen if r.from_alert]
+        mttd = _minutes([r.opened_at - r.started_at for r in alerted])
         metrics.figures.append(Figure("MTTD", scope, mttd, "min", "< 5 min",
                                       None if mttd is None else mttd < MTTD_TARGET.total_seconds() / 60,
                                       len(alerted), len(chosen) - len(alerted)))
-        acked = [r for r in chosen if r["acknowledged_at"]]
-        mtta = _minutes([r["acknowledged_at"] - r["started_at"] for r in acked])
+        acked = [r for r in chosen if r.acknowledged_at]
+        mtta = _minutes([a - r.started_at for r in acked if (a := r.acknowledged_at)])
         limit = response_minutes.get(scope)
         metrics.figures.append(Figure("MTTA", scope, mtta, "min", f"< {limit:g} min" if limit else "-",
                                       None if mtta is None or not limit else mtta < limit,
                                       len(acked), len(chosen) - len(acked)))
-        recovered = [r for r in chosen if r["recovered_at"]]
-        mttr = _minutes([r["recovered_at"] - r["started_at"] for r in recovered])
+        recovered = [r for r in chosen if r.recovered_at]
+        mttr = _minutes([at - r.started_at for r in recovered if (at := r.recovered_at)])
         p0 = scope == "P0"
         metrics.figures.append(Figure("MTTR", scope, mttr, "min", "< 30 min" if p0 else "-",
                                       None if mttr is None or not p0 else mttr < MTTR_TARGET_P0.total_seconds() / 60,
                                       len(recovered), len(chosen) - len(recovered)))
 
     for r in incidents:
-        month = metrics.months.setdefault(f"{r['started_at']:%Y-%m}", {"incidents": 0, "_mttr": []})
+        month = metrics.months.setdefault(f"{r.started_at:%Y-%m}", {"incidents": 0, "_mttr": []})
         month["incidents"] += 1
-        if r["recovered_at"]:
-            month["_mttr"].append(r["recovered_at"] - r["started_at"])
+        if r.recovered_at:
+            month["_mttr"].append(r.recovered_at - r.started_at)
     for key in sorted(metrics.months):
         month = metrics.months[key]
         month["mttr_minutes"] = _minutes(month.pop("_mttr"))
@@ -113,11 +130,12 @@ def compute(rows: list[dict[str, Any]], now: datetime, response_minutes: dict[st
     metrics.months = dict(sorted(metrics.months.items()))
 
     due = [
-        r for r in incidents if r["resolved_at"] and (r["postmortem_at"] or r["resolved_at"] + POSTMORTEM_WITHIN <= now)
+        r for r in incidents if r.resolved_at and (r.postmortem_at or r.resolved_at + POSTMORTEM_WITHIN <= now)
     ]
-    on_time = [r for r in due if r["postmortem_at"] and r["postmortem_at"] - r["resolved_at"] <= POSTMORTEM_WITHIN]
+    on_time = [r for r in due
+               if r.postmortem_at and r.resolved_at and r.postmortem_at - r.resolved_at <= POSTMORTEM_WITHIN]
     share = round(100 * len(on_time) / len(due), 1) if due else None
-    pending = len([r for r in incidents if r["resolved_at"]]) - len(due)
+    pending = len([r for r in incidents if r.resolved_at]) - len(due)
     metrics.figures.append(Figure("Post-mortems within a week", "all", share, "%", "100 %",
                                   None if share is None else share == 100.0, len(due), pending))
     return metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from incidents.config import EnvironmentConfig
-from incidents.models import EventKind
+from incidents.models import EventKind, SlackThread
 from incidents.redaction import redact
 from incidents.store import StoreError
 from incidents.templates import markdown_text, slack_blocks, thread_parent
@@ -71,19 +71,19 @@ def _post_in_thread(ctx: RunContext, app: SlackApp, incident_id: int, text: str,
         if not store.start_slack_thread(incident_id, posted.channel, posted.ts, text):
             logger.warning("Incident %s: another message opened its Slack thread first", incident_id)
         return
-    app.post(thread["channel"], text, blocks, thread_ts=thread["ts"])
+    app.post(thread.channel, text, blocks, thread_ts=thread.ts)
     try:
         _refresh_parent(ctx, app, incident_id, thread)
     except _NOTIFY_ERRORS as exc:  # the message itself arrived: only the parent's status is stale
         logger.warning("Incident %s: Slack thread parent not updated: %s", incident_id, exc)
 
 
-def _refresh_parent(ctx: RunContext, app: SlackApp, incident_id: int, thread: dict) -> None:
+def _refresh_parent(ctx: RunContext, app: SlackApp, incident_id: int, thread: SlackThread) -> None:
     """Show the incident's current status and severity on the thread's parent message."""
     store = ctx.store()
-    current = thread_parent(thread["parent"], store.get(incident_id))
-    if current != thread["parent"] and store.set_slack_parent(incident_id, thread["parent"], current):
-        app.update(thread["channel"], thread["ts"], current, slack_blocks(current))
+    current = thread_parent(thread.parent, store.get(incident_id))
+    if current != thread.parent and store.set_slack_parent(incident_id, thread.parent, current):
+        app.update(thread.channel, thread.ts, current, slack_blocks(current))
 
 
 @step("notify-slack")

@@ -23,8 +23,9 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
 from incidents import postmortem_report, templates
+from incidents.followup_models import ActionItemRecord, Proposal
 from incidents.followups import FollowUpStore
-from incidents.models import ActionItemRecord, EventKind, Incident, Proposal
+from incidents.models import EventKind, Incident
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.forms import prefilled

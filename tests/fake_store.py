@@ -22,6 +22,7 @@ from incidents.models import (
     Lease,
     Severity,
     Signature,
+    SlackThread,
     Status,
     TimelineEvent,
 )
@@ -39,7 +40,7 @@ class FakeStore:
         self.approvals_: dict[int, Approval] = {}
         self.signatures_: dict[int, list[Signature]] = {}
         self.actions: dict[tuple[int, str, str], ActionRecord] = {}
-        self.threads: dict[int, dict[str, str]] = {}
+        self.threads: dict[int, SlackThread] = {}
         self.pagers_: dict[int, list[str]] = {}
         self.alerts: dict[tuple[int, str], str] = {}  # (incident, identity) -> firing | resolved
         self.leases: dict[str, Lease] = {}
@@ -137,20 +138,20 @@ class FakeStore:
     def timeline(self, incident_id: int) -> builtins.list[TimelineEvent]:
         return builtins.list(self.events.get(incident_id, []))
 
-    def slack_thread(self, incident_id: int) -> dict[str, Any] | None:
-        return dict(self.threads[incident_id]) if incident_id in self.threads else None
+    def slack_thread(self, incident_id: int) -> SlackThread | None:
+        return self.threads.get(incident_id)
 
     def start_slack_thread(self, incident_id: int, channel: str, ts: str, parent: str) -> bool:
         if incident_id in self.threads:
             return False
-        self.threads[incident_id] = {"channel": channel, "ts": ts, "parent": parent}
+        self.threads[incident_id] = SlackThread(channel, ts, parent)
         return True
 
     def set_slack_parent(self, incident_id: int, seen: str, parent: str) -> bool:
         thread = self.threads.get(incident_id)
-        if thread is None or thread["parent"] != seen:
+        if thread is None or thread.parent != seen:
             return False
-        thread["parent"] = parent
+        self.threads[incident_id] = replace(thread, parent=parent)
         return True
 
     def add_pager(self, incident_id: int, pager: str) -> bool:

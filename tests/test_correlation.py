@@ -32,7 +32,7 @@ def test_a_dry_run_pages_nobody_and_leaves_nothing_open(world, store):
     assert record.resolved_at is not None and record.detected_by == "dry run" and record.github_issue is None
     assert _texts(world) == [], "a dry run posts nothing: no Initial Alert, no page"
     assert record.id not in [i.id for i in store.list(open_only=True)]
-    assert record.id not in [r["id"] for r in FollowUpStore().metric_rows("sandbox")], "not counted by the metrics"
+    assert record.id not in [r.id for r in FollowUpStore().metric_rows("sandbox")], "not counted by the metrics"
     assert api_image(world) == BROKEN_IMAGE
 
 

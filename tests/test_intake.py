@@ -155,8 +155,8 @@ def test_replicas_and_a_second_symptom_join_one_incident(intake, deployments, st
                         headers=AUTH).json()
     assert again["joined"] and "flow_run_id" not in again["joined"][0]
     assert len(_runs(deployments["high-error-rate"])) == 1
-    alerts = {a["alertname"]: a for a in store.incident_alerts(incident_id)}
-    assert {a["alertname"] for a in alerts.values()} >= {"ServiceDown", "HighErrorRate"}
+    alerts = {a.alertname: a for a in store.incident_alerts(incident_id)}
+    assert set(alerts) >= {"ServiceDown", "HighErrorRate"}
     assert [e.kind for e in store.timeline(incident_id)].count("joined") >= 2
     assert store.open_for_key("sandbox/api").id == incident_id
 
