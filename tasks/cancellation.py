@@ -98,11 +98,17 @@ def note_cancellation(flow_run: Any, message: str) -> None:
                 + (f" ({message.split(':', 1)[1].strip()})" if ":" in message else "")
                 + f". Done before the Cancel: {'; '.join(done) if done else 'nothing was changed'}."
                 + " The runbook has stopped: a person has the incident now.")
-        store.add_event(incident.id, who, EventKind.CANCELLED, note, {"flow_run_id": run_id, "done": done})
+        if not _recorded(store, incident.id, run_id):  # `runbooks cancel` records a waiting run's Cancel itself
+            store.add_event(incident.id, who, EventKind.CANCELLED, note, {"flow_run_id": run_id, "done": done})
     except StoreError as exc:
         _log.error("Cancel of run %s not recorded in the incident timeline: %s", run_id, exc)
         return
     _post_status(flow_run, incident, note)
+
+
+def _recorded(store: IncidentStore, incident_id: int, run_id: str) -> bool:
+    return any(e.kind == EventKind.CANCELLED and e.data.get("flow_run_id") == run_id
+               for e in store.timeline(incident_id))
 
 
 def _post_status(flow_run: Any, incident: Any, note: str) -> None:

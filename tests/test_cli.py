@@ -4,9 +4,11 @@ list and answer approvals, read incidents, break and heal the sandbox; exit code
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 
+from tasks.cancellation import note_cancellation
 from tests.test_drills import inline_worker  # noqa: F401 - fixture
 from tests.test_intake import deployments  # noqa: F401 - fixture
 
@@ -133,6 +135,11 @@ def test_cancel_a_run_waiting_for_approval_from_the_terminal(cli, world, store, 
     incident = next(i for i in store.list(limit=5) if i.scenario == "service-down")
     cancelled = [e for e in store.timeline(incident.id) if e.kind == "cancelled"]
     assert len(cancelled) == 1 and cancelled[0].actor == "pat" and "taking over by hand" in cancelled[0].message
+    # the incident watch, finding the run ended, announces the Cancel without writing it twice
+    run_id = cancelled[0].data["flow_run_id"]
+    note_cancellation(SimpleNamespace(id=run_id, name=name, parameters={"environment": "sandbox", "service": "api"}),
+                      "Cancelled by pat: taking over by hand")
+    assert [e.kind for e in store.timeline(incident.id)].count("cancelled") == 1
     assert store.action_log(incident.id) == []
     assert world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["spec"]["containers"][0][
         "image"].endswith("v2-broken")
