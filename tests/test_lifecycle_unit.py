@@ -219,3 +219,20 @@ def test_a_dry_run_plans_changes_nothing_and_pages_nobody(wiring):
     assert _replicas(wiring) == 3 and wiring.pagerduty_.events == [] and wiring.slack_.messages == []
     incident = wiring.store_.get(result.incident_id)
     assert incident.resolved_at is not None and EventKind.DRY_RUN in wiring.store_.kinds(incident.id)
+
+
+def test_what_a_flow_returns_has_the_fields_the_run_reached(wiring):
+    """The mapping tools outside the project read (`outcome` and the incident's fields always,
+    the rest once the run got there), built from RunResult."""
+    base = {"incident_id", "issue", "scenario", "service", "environment", "severity", "dry_run", "outcome"}
+    declined = _run(_scenario(Person({"approve": False, "approver": "tess", "reason": "no"})), _context(wiring))
+    assert set(declined.as_dict()) == base | {"plan", "judgement", "decision"}
+    assert declined.as_dict()["decision"] == {"outcome": "declined", "approver": "tess", "reason": "no",
+                                              "automatic": False}
+    store = wiring.store_
+    store.close(declined.incident_id, "x", "y")  # a new outage next
+    resolved = _run(_scenario(Person({"approve": True, "approver": "sam", "reason": "go"})), _context(wiring))
+    shape = resolved.as_dict()
+    assert set(shape) == base | {"plan", "judgement", "decision", "actions", "verification"}
+    assert shape["outcome"] == "resolved" and shape["actions"] == ["replicas 3 -> 6"]
+    assert shape["verification"] == {"recovered": True, "seconds": 1.0, "detail": "0.1% errors"}
