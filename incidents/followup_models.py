@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from incidents.models import _columns
+from incidents.models import StoreRow
 
 
 @dataclass(frozen=True)
-class Drill:
+class Drill(StoreRow):
     """A drill's record: what was injected where, how its approval is given, and its score
     (incidents/drills.py `score`) once it finished."""
 
@@ -31,13 +31,10 @@ class Drill:
     score: dict[str, Any] | None = None
     error: str | None = None
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Drill":
-        return cls(**_columns(cls, row))
 
 
 @dataclass(frozen=True)
-class Postmortem:
+class Postmortem(StoreRow):
     """An incident's post-mortem: requested when it resolved, completed through the form."""
 
     incident_id: int
@@ -50,13 +47,10 @@ class Postmortem:
     markdown: str | None = None
     last_reminded_at: datetime | None = None
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Postmortem":
-        return cls(**_columns(cls, row))
 
 
 @dataclass(frozen=True)
-class ActionItemRecord:
+class ActionItemRecord(StoreRow):
     """A post-mortem's action item, tracked through its GitHub issue; the incident's environment,
     service and issue come with it when the store joins them."""
 
@@ -76,13 +70,10 @@ class ActionItemRecord:
     service: str | None = None
     incident_issue: int | None = None
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "ActionItemRecord":
-        return cls(**_columns(cls, row))
 
 
 @dataclass(frozen=True)
-class Proposal:
+class Proposal(StoreRow):
     """A lesson a post-mortem tagged as a change to the playbook, with its incident's facts."""
 
     id: int
@@ -95,9 +86,6 @@ class Proposal:
     github_issue: int | None = None
     issue_url: str | None = None
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Proposal":
-        return cls(**_columns(cls, row))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 
 class Severity(str, Enum):
@@ -208,8 +208,19 @@ def _columns(cls: type[Any], row: dict[str, Any]) -> dict[str, Any]:
     return {f.name: row[f.name] for f in fields(cls) if f.name in row}
 
 
+R = TypeVar("R", bound="StoreRow")
+
+
+class StoreRow:
+    """A row of the store as a frozen dataclass: `from_row` takes the columns the class declares."""
+
+    @classmethod
+    def from_row(cls: type[R], row: dict[str, Any]) -> R:
+        return cls(**_columns(cls, row))
+
+
 @dataclass(frozen=True)
-class Approval:
+class Approval(StoreRow):
     """A plan's approval request and its answer. `plan` is the plan's record (`Plan.from_dict`);
     `findings`, what the diagnosis saw (a resumed run continues from them). The incident's
     environment, severity, service, issue and title come with it when the store joins them
@@ -237,13 +248,10 @@ class Approval:
     github_issue: int | None = None
     title: str | None = None
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Approval":
-        return cls(**_columns(cls, row))
 
 
 @dataclass(frozen=True)
-class Signature:
+class Signature(StoreRow):
     """A verified approver's answer to an approval request."""
 
     approval_id: int
@@ -252,9 +260,6 @@ class Signature:
     reason: str | None
     signed_at: datetime
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Signature":
-        return cls(**_columns(cls, row))
 
 
 @dataclass(frozen=True)
@@ -288,7 +293,7 @@ class SlackThread:
 
 
 @dataclass(frozen=True)
-class IncidentAlert:
+class IncidentAlert(StoreRow):
     """An alert that opened or joined an incident, by identity (its fingerprint without replica labels)."""
 
     incident_id: int
@@ -302,6 +307,3 @@ class IncidentAlert:
     resolved_at: datetime | None = None
     flaps: int = 0
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "IncidentAlert":
-        return cls(**_columns(cls, row))
