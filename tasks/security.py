@@ -17,6 +17,7 @@ from incidents.action_params import (
 )
 from incidents.check_facts import EVIDENCE, Containment, EvidenceFacts, SecretMeta
 from incidents.findings import Finding, unavailable
+from incidents.followup_models import ActionItemRecord
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.redaction import redact
 from integrations.errors import IntegrationError
@@ -198,7 +199,7 @@ def verify_containment(ctx: RunContext, findings: dict[str, Finding], plan: Plan
         time.sleep(timeouts.verify_poll_seconds)
 
 
-def file_revocation(ctx: RunContext, incident_id: int, rotated: list[str]) -> list[dict]:
+def file_revocation(ctx: RunContext, incident_id: int, rotated: list[str]) -> list[ActionItemRecord]:
     """Rotation changes the values in the cluster, not at their issuer: an action item (due in
     24 h, owned by the security role) to revoke the leaked ones there, in the store and as a
     GitHub issue, once."""
