@@ -9,7 +9,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from incidents.followup_models import ActionItemRecord, OverduePostmortem, Postmortem, Proposal
-from incidents.store import IncidentStore, required_row
+from incidents.store import DrillStore, IncidentStore, required_row
 from incidents.success_metrics import MetricRow
 
 
@@ -147,3 +147,8 @@ class FollowUpStore(IncidentStore):
                      AND i.detected_by <> 'dry run'
                    ORDER BY i.id""", (environment, since, since)).fetchall()
         return [MetricRow(**row) for row in rows]
+
+
+class RunbookStore(FollowUpStore, DrillStore):
+    """Everything a run keeps: incidents, approvals and the action log, follow-ups and drills.
+    The store the wiring hands a run (`RunContext.store()`)."""

@@ -10,8 +10,8 @@ from typing import Protocol, TypeVar, cast
 
 from incidents.config import EnvironmentConfig, ServiceConfig, load_environment, secret_env_var
 from incidents.config_services import CacheTarget, CircuitBreaker, DatabaseTarget
+from incidents.followups import RunbookStore
 from incidents.redaction import remember_secret
-from incidents.store import IncidentStore
 from integrations.cache import CacheClient
 from integrations.github import GitHubClient
 from integrations.http import RetryPolicy
@@ -64,7 +64,7 @@ class Wiring(Protocol):
     the client is needed (secrets resolved then). `ProductionWiring` is the one place the real
     clients are built; a test hands `RunContext` a wiring of in-memory fakes instead."""
 
-    def store(self) -> IncidentStore: ...
+    def store(self) -> RunbookStore: ...
 
     def kubernetes(self, ctx: RunContext) -> KubernetesClient: ...
 
@@ -86,8 +86,8 @@ class Wiring(Protocol):
 class ProductionWiring:
     """The real clients, with the environment's timeouts and the project's retry rule."""
 
-    def store(self) -> IncidentStore:
-        return IncidentStore()
+    def store(self) -> RunbookStore:
+        return RunbookStore()
 
     def kubernetes(self, ctx: RunContext) -> KubernetesClient:
         kube = ctx.config.kubernetes
@@ -161,7 +161,7 @@ class RunContext:
         timeouts = self.config.timeouts
         return RetryPolicy(attempts=min(at_most, timeouts.retry_attempts), backoff=timeouts.retry_backoff_seconds)
 
-    def store(self) -> IncidentStore:
+    def store(self) -> RunbookStore:
         return self.wiring.store()
 
     def kubernetes(self) -> KubernetesClient:

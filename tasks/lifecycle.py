@@ -19,7 +19,7 @@ from incidents.findings import Finding, report_markdown
 from incidents.models import Approval, EventKind, Incident, Lease, Outcome, Severity, Status
 from incidents.plans import Plan
 from incidents.run_result import DecisionSummary, Judgement, RunResult, VerificationSummary
-from incidents.store import DrillStore, StoreError
+from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.approval import Decision, request_approval
 from tasks.context import RunContext
@@ -50,7 +50,7 @@ def drill_approval(ctx: RunContext, alert: AlertParameter | None) -> tuple[str |
     if not drill_id:
         return None, 0.0
     try:
-        drill = DrillStore().drill(drill_id)
+        drill = ctx.store().drill(drill_id)
     except StoreError:
         return None, 0.0
     if (drill and drill.status == "running" and drill.environment == ctx.environment

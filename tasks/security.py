@@ -203,10 +203,9 @@ def file_revocation(ctx: RunContext, incident_id: int, rotated: list[str]) -> li
     """Rotation changes the values in the cluster, not at their issuer: an action item (due in
     24 h, owned by the security role) to revoke the leaked ones there, in the store and as a
     GitHub issue, once."""
-    from incidents.followups import FollowUpStore
     from tasks.postmortem import ActionItem, file_action_items
 
-    store = FollowUpStore()
+    store = ctx.store()
     incident = store.get(incident_id)
     secrets_named = ", ".join(line.split(" ", 1)[1].split(":", 1)[0] for line in rotated)
     item = ActionItem(title=f"Revoke the leaked credentials of {secrets_named} at their issuer",

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
+from incidents.followup_models import Drill
 from incidents.models import (
     ActionRecord,
     Approval,
@@ -44,6 +45,7 @@ class FakeStore:
         self.pagers_: dict[int, list[str]] = {}
         self.alerts: dict[tuple[int, str], str] = {}  # (incident, identity) -> firing | resolved
         self.leases: dict[str, Lease] = {}
+        self.drills: dict[str, Drill] = {}
         self._ids = itertools.count(1)
 
     # -- incidents -------------------------------------------------------------------------------
@@ -254,6 +256,10 @@ class FakeStore:
             del self.leases[target]
             return True
         return False
+
+    # -- drills ----------------------------------------------------------------------------------
+    def drill(self, drill_id: str) -> Drill | None:
+        return self.drills.get(drill_id)
 
     # -- reading what happened (tests) -----------------------------------------------------------
     def kinds(self, incident_id: int) -> builtins.list[str]:

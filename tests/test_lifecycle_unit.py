@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from incidents.alerts import AlertParameter
 from incidents.findings import Finding
+from incidents.followup_models import Drill
 from incidents.models import EventKind, Outcome, Severity, Status
 from incidents.plans import Plan
 from incidents.run_result import RunResult
@@ -23,7 +25,7 @@ from tasks.lifecycle import run_scenario
 from tasks.scenario import PHASES, Scenario
 from tasks.steps import inline_steps
 from tests.action_samples import sample_action
-from tests.fakes import FakeWiring, deployment
+from tests.fakes import FakeWiring, ago, deployment
 
 SECRETS = {"RUNBOOKS_SECRET_PAGERDUTY_SRE": "r" * 32, "RUNBOOKS_SECRET_PAGERDUTY_LEADS": "l" * 32,
            "RUNBOOKS_SECRET_GITHUB_TOKEN": "unit-token", "RUNBOOKS_SECRET_SLACK_BOT_TOKEN": "xoxb-unit"}
@@ -236,3 +238,30 @@ def test_what_a_flow_returns_has_the_fields_the_run_reached(wiring):
     assert set(shape) == base | {"plan", "judgement", "decision", "actions", "verification"}
     assert shape["outcome"] == "resolved" and shape["actions"] == ["replicas 3 -> 6"]
     assert shape["verification"] == {"recovered": True, "seconds": 1.0, "detail": "0.1% errors"}
+
+
+def _drill_alert(drill_id: str) -> AlertParameter:
+    return AlertParameter(status="firing", fingerprint=drill_id, startsAt=ago(5).isoformat(),
+                          labels={"alertname": "DrillErrors", "service": "api", "environment": "sandbox",
+                                  "drill_id": drill_id})
+
+
+def test_a_registered_running_drill_approves_its_own_plan(wiring):
+    wiring.store_.drills["d-1"] = Drill("d-1", "error-spike", "high-error-rate", "sandbox", "api", "auto", 0.0,
+                                        "running", ago(10))
+    person = Person()
+    with inline_steps():
+        result = run_scenario(_scenario(person), _context(wiring), None, False, _drill_alert("d-1"))
+    assert result.outcome == Outcome.RESOLVED and person.asked == 0 and _replicas(wiring) == 6
+    assert result.decision is not None and result.decision.automatic and result.decision.approver == "drill d-1"
+
+
+@pytest.mark.parametrize("drill", [None, ("finished", "auto"), ("running", "human")])
+def test_any_other_drill_id_leaves_the_approval_to_a_person(wiring, drill):
+    if drill is not None:
+        wiring.store_.drills["d-2"] = Drill("d-2", "error-spike", "high-error-rate", "sandbox", "api", drill[1], 0.0,
+                                            drill[0], ago(10))
+    person = Person({"approve": False, "approver": "tess", "reason": "not a drill I know"})
+    with inline_steps():
+        result = run_scenario(_scenario(person), _context(wiring), None, False, _drill_alert("d-2"))
+    assert result.outcome == Outcome.DECLINED and person.asked == 1 and _replicas(wiring) == 3
