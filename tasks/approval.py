@@ -170,8 +170,10 @@ def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id
         remaining = max(1, int(deadline - time.monotonic()))
         answer, timed_out = ask(plan, remaining, settings.poll_seconds, attempt, _form_note(needed, page))
         decision = _decide(ctx, plan, answer, timed_out, needed, approval_id)
-        if decision is not None or answer is None or approval_id is None:  # None: an approval to verify
-            return decision or Decision("timed_out", None, TIMEOUT_REASON)
+        if decision is not None:
+            return decision
+        # _decide waits only on an approval it could verify: an answer, to a recorded request
+        assert answer is not None and approval_id is not None
         signed = _approving_signers(ctx, approval_id)
         record(ctx, incident.id, "runbook", EventKind.APPROVAL_UNVERIFIED,
                f"An approval by {answer.approver.strip()!r} without verified identity was ignored: "

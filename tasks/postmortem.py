@@ -60,20 +60,26 @@ class PostmortemInput(RunInput):
     action_items: list[ActionItem] = Field(default_factory=list, max_length=50)
 
 
+def _run_post_incident(name: str, environment: str, incident_id: int) -> tuple[FlowRun | None, str]:
+    """The post-incident deployment's new run, or None and why not."""
+    if inline():
+        return None, "no Prefect API: steps run inline"
+    try:
+        run = run_deployment(name=name, parameters={"incident_id": incident_id, "environment": environment},
+                             timeout=0, as_subflow=False, tags=["post-incident"])
+    except Exception as exc:  # noqa: BLE001 - no deployment, API down: the incident is resolved regardless
+        return None, f"no deployment {name}" if isinstance(exc, ObjectNotFound) else f"{type(exc).__name__}: {exc}"
+    return cast(FlowRun, run), ""  # sync-compatible: a FlowRun when called from sync code
+
+
 def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
     """Start the `post-incident/<environment>` deployment for a resolved incident (not for
     drills). Never raises: without the deployment it says how to run it by hand."""
     if ((incident.alert or {}).get("labels") or {}).get("drill_id"):
         return None
     name = f"post-incident/{ctx.environment}"
-    try:
-        if inline():
-            raise RuntimeError("no Prefect API (steps run inline)")
-        run = cast(FlowRun, run_deployment(name=name, parameters={"incident_id": incident.id,
-                                                                  "environment": ctx.environment},
-                                           timeout=0, as_subflow=False, tags=["post-incident"]))  # sync-compatible
-    except Exception as exc:  # noqa: BLE001 - no deployment, API down: the incident is resolved regardless
-        why = f"no deployment {name}" if isinstance(exc, ObjectNotFound) else f"{type(exc).__name__}: {exc}"
+    run, why = _run_post_incident(name, ctx.environment, incident.id)
+    if run is None:
         run_logger().warning("Post-incident run not started (%s)", why)
         record(ctx, incident.id, "runbook", EventKind.POSTMORTEM_NOT_STARTED,
                f"Post-incident run not started ({why}); start it with `runbooks postmortem {incident.id}`")
