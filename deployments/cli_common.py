@@ -62,13 +62,20 @@ def api(method: str, path: str, **kwargs: Any) -> Any:
 
 
 def find_run(ref: str) -> dict:
-    """A flow run by id, or by name (as the UI shows it)."""
+    """A flow run by id, or by name (as the UI shows it). Runs an alert starts are named after
+    its fingerprint, so a name recurs with each outage: the one run of that name that has not
+    ended is meant; when all have ended, the newest."""
     if len(ref) == 36 and ref.count("-") == 4:
         return api("GET", f"/flow_runs/{ref}")
-    runs = api("POST", "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [ref]}}, "limit": 2})
+    runs = api("POST", "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [ref]}},
+                                                   "sort": "EXPECTED_START_TIME_DESC", "limit": 50})
     if not runs:
         raise CliError(f"no flow run with id or name {ref!r}; `runbooks approvals` lists the paused ones")
-    return runs[0]
+    live = [r for r in runs if (r.get("state") or {}).get("type") not in FINAL]
+    if len(live) > 1:
+        raise CliError(f"{len(live)} runs named {ref!r} have not ended ({', '.join(r['id'] for r in live)}): "
+                       "give the id")
+    return live[0] if live else runs[0]
 
 
 def plan_of(run: dict) -> str | None:
