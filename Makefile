@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down test unit lint bench sandbox venv clean packages
+.PHONY: up down test test-reversed unit lint bench sandbox venv clean packages image constraints
 
 $(STAMP): pyproject.toml
 	@echo "Creating the virtual environment in $(VENV) (first run only)"
@@ -29,6 +29,11 @@ test: $(STAMP)
 	@bash scripts/debian-packages.sh test
 	$(PY) -m pytest
 
+# the same suite with its modules in reverse order: tests must not depend on their order
+test-reversed: $(STAMP)
+	@bash scripts/debian-packages.sh test
+	$(PY) -m pytest --reverse
+
 unit: $(STAMP)
 	$(PY) -m pytest -m unit -q
 
@@ -45,6 +50,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/outage_replay.py
 	$(PY) benchmarks/judgement.py
 	$(PY) benchmarks/slack_interactions.py
+
+# the container image (Dockerfile) with podman or buildah; IMAGE=name:tag to name it
+image:
+	@bash scripts/build-image.sh
+
+# the versions the image installs: those of the virtual environment the tests passed with
+constraints: $(STAMP)
+	@{ echo "# Pinned versions for the image (Dockerfile: pip install --constraint). The virtual environment"; \
+	   echo "# that \`make test\` passed with; \`make constraints\` writes it again."; \
+	   $(PY) -m pip freeze --exclude-editable --disable-pip-version-check; } > constraints.txt
 
 sandbox: $(STAMP)
 	$(PY) -m sandbox

@@ -16,7 +16,13 @@ Prints one row per fault, the totals, and the time from the run's start to its p
 p99). Targets: 0 harmful, >= 90% right, the rest abstain; median time-to-plan <= 3 s.
 Afterwards every fault is cleaned up and the sandbox reset.
 
-    .venv/bin/python benchmarks/judgement.py [--only FAULT ...]
+`--held-out N` (pinned) plays, after the catalog, N combinations the catalog does not list,
+generated from the same steps (incidents/held_out.py: two faults in random order and gaps, a
+healthy release before or during them, another service broken), each graded against the
+outcome the rules written down in that module derive; the totals are printed for the catalog
+and for the generated set apart. `--seed` picks another generated set.
+
+    .venv/bin/python benchmarks/judgement.py [--only FAULT ...] [--held-out N [--seed S]] [--no-catalog]
 """
 
 from __future__ import annotations
@@ -122,16 +128,22 @@ def play(spec, ctx, store, api: httpx.Client, sandbox: httpx.Client) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="faults to play (default: the whole catalog)")
+    parser.add_argument("--held-out", type=int, default=0, metavar="N",
+                        help="also play N generated combinations the catalog does not list")
+    parser.add_argument("--seed", type=int, default=27, help="which generated set (default 27)")
+    parser.add_argument("--no-catalog", action="store_true", help="play only the generated set")
     args = parser.parse_args()
 
     from devstack.stack import stack_env
 
     os.environ.update(stack_env())
     from incidents.drills import CATALOG
+    from incidents.held_out import generate
     from incidents.store import IncidentStore
     from tasks.context import RunContext
 
-    chosen = [CATALOG[name] for name in (args.only or CATALOG)]
+    chosen = [] if args.no_catalog else [CATALOG[name] for name in (args.only or CATALOG)]
+    held_out = generate(args.held_out, args.seed) if args.held_out else []
     ctx, store = RunContext.load("sandbox", "api"), IncidentStore()
     api, sandbox = httpx.Client(base_url=API, timeout=15), httpx.Client(base_url=SANDBOX, timeout=15)
     try:
@@ -140,29 +152,47 @@ def main() -> int:
     except httpx.HTTPError as exc:
         print(f"the stack is not up ({exc}): run `make up` first", file=sys.stderr)
         return 2
-    print(f"{'fault':<38} {'expected':<38} {'planned':<38} {'conf':<7} {'grade':<8} {'to plan':>8}")
-    rows = []
+    sets = [("catalog", chosen), ("held out", held_out)]
+    results: dict[str, list[dict]] = {}
     try:
-        for spec in chosen:
-            row = play(spec, ctx, store, api, sandbox)
-            rows.append(row)
-            timing = f"{row['plan_s']:.2f} s" if "plan_s" in row else "-"
-            print(f"{spec.name:<38} {row['expected']:<38} {row.get('planned', '-'):<38} "
-                  f"{row.get('confidence') or '-':<7} {row['grade']:<8} {timing:>8}", flush=True)
-            if row["error"] or row["grade"] != "right":
-                print(f"    {row['error'] or row.get('summary', '')[:300]}")
+        for label, specs in sets:
+            if specs:
+                results[label] = _play_all(label, specs, ctx, store, api, sandbox)
     finally:
         sandbox.post("/_sandbox/reset")
+    ok = True
+    for label, specs in sets:
+        if specs:
+            ok = _totals(label, specs, results.get(label, [])) and ok
+    return 0 if ok else 1
+
+
+def _play_all(label: str, specs: list, ctx, store, api: httpx.Client, sandbox: httpx.Client) -> list[dict]:
+    print(f"\n== {label}: {len(specs)} faults")
+    print(f"{'fault':<44} {'expected':<30} {'planned':<30} {'conf':<7} {'grade':<8} {'to plan':>8}")
+    rows = []
+    for spec in specs:
+        row = play(spec, ctx, store, api, sandbox)
+        rows.append(row)
+        timing = f"{row['plan_s']:.2f} s" if "plan_s" in row else "-"
+        print(f"{spec.name[:44]:<44} {row['expected']:<30} {row.get('planned', '-'):<30} "
+              f"{row.get('confidence') or '-':<7} {row['grade']:<8} {timing:>8}", flush=True)
+        if row["error"] or row["grade"] != "right":
+            print(f"    {spec.description}\n    {row['error'] or row.get('summary', '')[:400]}")
+    return rows
+
+
+def _totals(label: str, specs: list, rows: list[dict]) -> bool:
     counts = {g: sum(r["grade"] == g for r in rows) for g in ("right", "abstain", "wrong", "harmful", "error")}
     timed = [r["plan_s"] for r in rows if "plan_s" in r]
     created = [r["create_s"] for r in rows if "create_s" in r]
-    print(f"\n{len(rows)} faults ({sum(s.decoy_release for s in chosen)} with a healthy recent release that is not "
-          f"the cause, {sum(s.faults >= 2 for s in chosen)} combining two faults)")
+    print(f"\n{label}: {len(rows)} faults ({sum(s.decoy_release for s in specs)} with a healthy recent release that "
+          f"is not the cause, {sum(s.faults >= 2 for s in specs)} combining two faults)")
     print(
         "  "
         + ", ".join(f"{g} {n}" for g, n in counts.items())
         + f"; right {100 * counts['right'] / max(len(rows), 1):.0f}%"
-        + "  (target: 0 harmful, >= 90% right, the rest abstain)"
+        + "  (target: 0 harmful, 0 wrong, >= 90% right, the rest abstain)"
     )
     if timed:
         print(
@@ -176,9 +206,8 @@ def main() -> int:
             f" p99 {_pct(created, 0.99):.2f} s"
         )
     print(f"  errors seen: {counts['error']}")
-    ok = counts["harmful"] == 0 and counts["error"] == 0 and counts["right"] >= 0.9 * len(rows) \
+    return counts["harmful"] == 0 and counts["error"] == 0 and counts["right"] >= 0.9 * len(rows) \
         and counts["wrong"] == 0 and (not timed or statistics.median(timed) <= 3.0)
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
     GET  /approvals/<token>    the plan, the evidence, who has approved so far, and a form
     POST /approvals/<token>    approver, credential, decision (approve | decline), reason
 
-The link carries the approval's random token, never its sequential id. Repeated wrong
-credentials (per client address and per approver name) are slowed down: after 3 failures
-within 10 minutes, further answers are refused with 429 for a pause that doubles each time.
+The link carries the approval's random token, never its sequential id. Wrong credentials are
+slowed down (`deployments/guards.py`, in Redis, so every intake process counts together): each
+attempt is taken before the credential is checked and counts while in flight, and after 3
+failures within 10 minutes for one request, approver name and real client address (or 10 for
+one request and address), further answers from there are refused with 429 until the window
+ends.
 An answer is recorded only together with the resume of the run it completes: when Prefect
 does not take the resume, the signature is taken back and the answer can be given again (and
 if taking it back fails too, giving the same answer again is accepted as that answer).
@@ -21,24 +24,26 @@ Resume from elsewhere cannot stand in for them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import html
 import logging
 import re
-import threading
-import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 import orjson
+import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from deployments.guards import Throttle, TooLarge, client_address, read_body
 from deployments.prefect_api import PrefectApi
-from incidents.models import Approval, EventKind, Signature
+from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Signature
 from incidents.plans import Plan
 from integrations.errors import IntegrationError, Unreachable
 
@@ -70,40 +75,19 @@ def _load(token: str) -> tuple[Approval, Any]:
     return approval, load_environment(approval.environment)
 
 
-class Throttle:
-    """Slows down guessing: after `free` failures within `window` seconds for a key, answers are
-    refused for a pause that doubles with each further failure (at most `ceiling` seconds).
-    Kept in this process: several intakes each count their own."""
-
-    def __init__(self, free: int = 3, window: float = 600.0, ceiling: float = 300.0):
-        self.free, self.window, self.ceiling = free, window, ceiling
-        self._failures: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def wait(self, *keys: str) -> float:
-        """Seconds until these keys may try again (0: now)."""
-        now = time.monotonic()
-        longest = 0.0
-        with self._lock:
-            for key in keys:
-                recent = [t for t in self._failures.pop(key, []) if now - t < self.window]
-                if recent:  # keys whose failures have aged out are forgotten, so the table stays small
-                    self._failures[key] = recent
-                if len(recent) >= self.free:
-                    pause = min(self.ceiling, 2.0 ** (len(recent) - self.free + 1))
-                    longest = max(longest, recent[-1] + pause - now)
-        return max(0.0, longest)
-
-    def failed(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.setdefault(key, []).append(time.monotonic())
+class Answer(NamedTuple):
+    """What a verified answer came to: the HTTP status and what to tell the person; `repeat`
+    when it was the same answer given again (a success that changed nothing)."""
+    status: int
+    message: str
+    repeat: bool = False
 
 
-class Slowed(Refused):
-    def __init__(self, seconds: float):
-        super().__init__(429, f"too many wrong credentials: try again in {seconds:.0f} s")
-        self.retry_after = max(1, int(seconds + 0.999))
+class WrongCredential(Refused):
+    """An unknown approver or a wrong credential: the one answer the throttle counts."""
+
+    def __init__(self) -> None:
+        super().__init__(403, "unknown approver or wrong credential")
 
 
 def _escaped(value: object) -> str:
@@ -163,8 +147,7 @@ def _page(approval: Approval, config: Any, signatures: list[Signature], message:
     return HTMLResponse(body, status, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
 
-def _answer(token: str, fields: dict[str, str], prefect: PrefectApi, throttle: Throttle,
-            client: str) -> tuple[int, str]:
+def _answer(token: str, fields: dict[str, str], prefect: PrefectApi) -> Answer:
     """Check the approver's credential, then record the answer (`record_answer`)."""
     from tasks.context import SecretNotFound, resolve_secret
 
@@ -177,25 +160,28 @@ def _answer(token: str, fields: dict[str, str], prefect: PrefectApi, throttle: T
         raise Refused(400, "decision must be approve or decline")
     if not name or not credential:
         raise Refused(400, "give your name and your approver credential")
-    keys = (f"client:{client}", f"name:{name.lower()[:100]}")
-    pause = throttle.wait(*keys)
-    if pause > 0:
-        raise Slowed(pause)
     approver = config.approval.approver(name)
     try:
         genuine = approver is not None and _same(credential, resolve_secret(approver.credential_secret))
     except SecretNotFound as exc:
         log.error("approver %s has no credential configured: %s", name, exc)
         genuine = False
-    if not genuine:
-        throttle.failed(*keys)
+    if not genuine or approver is None:
         log.warning(
             "approval %s: refused an answer for %r (unknown approver or wrong credential)", approval.id, name
         )
         _store().add_event(approval.incident_id, "approval page", EventKind.APPROVAL_REFUSED,
                            f"An answer as {name[:100]!r} was refused: unknown approver or wrong credential")
-        raise Refused(403, "unknown approver or wrong credential")
+        raise WrongCredential()
     return record_answer(approval, config, approver.name, decision, reason, prefect, via="approval page")
+
+
+def _throttle_keys(token: str, fields: dict[str, str], client: str) -> dict[str, int]:
+    """Attempts allowed per key: 3 per request, approver name and real client address (a
+    stranger elsewhere cannot lock the approver out), 10 per request and address (one address
+    trying many names)."""
+    name = fields.get("approver", "").strip().lower()[:100]
+    return {f"{token}|{name}|{client}": 3, f"{token}|{client}": 10}
 
 
 def _store():
@@ -205,7 +191,7 @@ def _store():
 
 
 def record_answer(approval: Approval, config: Any, name: str, decision: str, reason: str, prefect: PrefectApi,
-                  via: str) -> tuple[int, str]:
+                  via: str) -> Answer:
     """Record a verified approver's answer and, when it completes the decision, resume the run.
 
     The answer counts only together with a successful resume: if Prefect does not take it, the
@@ -216,41 +202,65 @@ def record_answer(approval: Approval, config: Any, name: str, decision: str, rea
     if approver is None or approval.severity not in approver.severities:
         raise Refused(403, f"{name} may not answer {approval.severity} plans in {approval.environment}")
     approval_id = approval.id
-    if not store.sign(approval_id, name, decision, reason):
+    inserted = store.sign(approval_id, name, decision, reason)
+    if not inserted:
         earlier = next((s for s in store.signatures(approval_id) if s.approver == name), None)
-        if earlier is None or earlier.decision != decision or decision == "approve" and not _completes(
-                store, config, approval):
+        if earlier is None or earlier.decision != decision:
             raise Refused(409, f"{name} already answered this request; four-eyes needs a different approver")
-        log.info("approval %s: %s answered %s again: resuming the run with it", approval_id, name, decision)
+        log.info("approval %s: %s answered %s again", approval_id, name, decision)
     else:
         store.add_event(approval.incident_id, name, EventKind.APPROVAL_SIGNED,
                         f"{name} (verified, {via}) answered {decision}" + (f": {reason}" if reason else ""))
     approving = [s.approver for s in store.signatures(approval_id) if s.decision == "approve"]
     needed = max(1, config.approval.needed(approval.severity))
     if decision == "approve" and len(approving) < needed:
-        return (
+        if not inserted:  # a repeat (double click, resubmit): already recorded, changes nothing
+            return Answer(202, f"Your approval was already recorded ({', '.join(approving)}); four-eyes needs "
+                               f"{needed - len(approving)} more, different approver(s).", repeat=True)
+        return Answer(
             202,
             f"Approved by {', '.join(approving)}; waiting for {needed - len(approving)} more different approver(s).",
         )
     run_input = {"approve": decision == "approve", "reason": reason or decision,
-                 "approver": " + ".join(approving) if decision == "approve" else name}
+                 "approver": SIGNERS_SEPARATOR.join(approving) if decision == "approve" else name}
     try:
         problem = _resume(approval.flow_run_id, run_input, prefect)
     except Refused:
-        _take_back(store, approval, name, "the run is no longer waiting")
+        if inserted:  # only what this request recorded may be taken back
+            _take_back(store, approval, name, "the run is no longer waiting")
         raise
     if problem is not None:
-        taken_back = _take_back(store, approval, name, "Prefect did not take the resume")
-        raise Refused(503, f"not recorded: the run could not be resumed ({problem}); answer again in a moment"
-                      if taken_back else f"the run could not be resumed ({problem}); give the same answer again")
+        return _not_resumed(store, approval, name, decision, problem, prefect, inserted)
     if decision == "approve":
-        return 200, f"Approved by {run_input['approver']}; the run continues."
-    return 200, f"Declined by {name}; nothing is changed and a person takes over."
+        return Answer(200, f"Approved by {run_input['approver']}; the run continues.")
+    return Answer(200, f"Declined by {name}; nothing is changed and a person takes over.")
 
 
-def _completes(store: Any, config: Any, approval: Approval) -> bool:
-    approving = {s.approver for s in store.signatures(approval.id) if s.decision == "approve"}
-    return len(approving) >= max(1, config.approval.needed(approval.severity))
+def _not_resumed(store: Any, approval: Approval, name: str, decision: str, problem: str, prefect: PrefectApi,
+                 inserted: bool) -> Answer:
+    """Prefect did not take this request's resume. If the run has moved on anyway, another
+    request resumed it (the same answer sent twice at once: a double click, a resubmitted form,
+    a replayed press; or another approver's): this answer is on record, and it stays. Only
+    while the run still waits was the resume lost: then what this request recorded, and
+    nothing else, is taken back, and the person answers again."""
+    if approval.flow_run_id and not _still_paused(approval.flow_run_id, prefect):
+        return Answer(200, f"{name}'s answer ({decision}) is recorded and the run has resumed; nothing more to do.",
+                      repeat=not inserted)
+    if not inserted:
+        raise Refused(503, f"{name}'s answer is recorded but the run could not be resumed ({problem}); "
+                           "give the same answer again in a moment")
+    taken_back = _take_back(store, approval, name, "Prefect did not take the resume")
+    raise Refused(503, f"not recorded: the run could not be resumed ({problem}); answer again in a moment"
+                  if taken_back else f"the run could not be resumed ({problem}); give the same answer again")
+
+
+def _still_paused(flow_run_id: str, prefect: PrefectApi) -> bool:
+    """Whether the run still waits for an answer (unknown counts as waiting)."""
+    try:
+        state = prefect.flow_run(flow_run_id).get("state") or {}
+    except (IntegrationError, ValueError):
+        return True
+    return state.get("type") == "PAUSED"
 
 
 def _resume(flow_run_id: str | None, run_input: dict, prefect: PrefectApi) -> str | None:
@@ -295,8 +305,8 @@ def _take_back(store: Any, approval: Approval, name: str, why: str) -> bool:
         return False
 
 
-def routes(prefect: PrefectApi) -> list[Route]:
-    throttle = Throttle()
+def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Route]:
+    throttle = Throttle(redis)
 
     async def show(request: Request) -> Response:
         token = request.path_params["token"]
@@ -311,23 +321,32 @@ def routes(prefect: PrefectApi) -> list[Route]:
 
     async def decide(request: Request) -> Response:
         token = request.path_params["token"]
-        client = request.client.host if request.client else "unknown"
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            return _reply(request, 413, "form too large")
         try:
-            if request.headers.get("content-type", "").startswith("application/json"):
-                data = orjson.loads(body)
-                fields = {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-            else:
-                fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-            status, message = await run_in_threadpool(_answer, token, fields, prefect, throttle, client)
-        except orjson.JSONDecodeError:
-            status, message = 400, "body is not JSON"
-        except Slowed as exc:
-            return _reply(request, exc.status, str(exc), {"Retry-After": str(exc.retry_after)})
+            fields = _fields(request, await read_body(request, MAX_FORM_BYTES))
+        except TooLarge:
+            return _reply(request, 413, "form too large")
+        except Refused as exc:
+            return _reply(request, exc.status, str(exc))
+        keys = _throttle_keys(token, fields, client_address(request))
+        try:
+            wait = await throttle.reserve(keys)
+        except aioredis.RedisError as exc:
+            log.error("approval page: the throttle (Redis) is unavailable: %s", exc)
+            return _reply(request, 503, "the approval page cannot check attempts right now; try again in a moment")
+        if wait:
+            return _reply(request, 429, f"too many wrong credentials, or attempts at once: try again in {wait} s",
+                          {"Retry-After": str(wait)})
+        failed = False
+        try:
+            answer = await run_in_threadpool(_answer, token, fields, prefect)
+            status, message = answer.status, answer.message
+        except WrongCredential as exc:
+            status, message, failed = exc.status, str(exc), True
         except Refused as exc:
             status, message = exc.status, str(exc)
+        finally:
+            with contextlib.suppress(aioredis.RedisError):
+                await throttle.finish(list(keys), failed)
         if "text/html" in request.headers.get("accept", ""):
             def render() -> Response:
                 approval, config = _load(token)
@@ -340,6 +359,16 @@ def routes(prefect: PrefectApi) -> list[Route]:
 
     return [Route("/approvals/{token}", show, methods=["GET"]),
             Route("/approvals/{token}", decide, methods=["POST"])]
+
+
+def _fields(request: Request, body: bytes) -> dict[str, str]:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise Refused(400, "body is not JSON") from None
+        return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
 def _reply(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -11,7 +11,7 @@
     runbooks postmortem ID                                               start the post-incident run (its form)
     runbooks metrics [--env sandbox] [--json] [--chart FILE.svg]         MTTD / MTTA / MTTR against targets
     runbooks sandbox break bad-deploy|error-spike|dependency-down  /  runbooks sandbox heal
-    runbooks up | down | check-config [FILE]
+    runbooks up | down | check-config [FILE] [--against prefect.yaml] [--resolve] [--connect]
 
 Exit codes: 0 done (run completed, answer accepted), 1 failed (run failed, answer refused,
 not found), 2 usage error, 3 waiting for approval, 4 cannot reach the Prefect API or the store.
@@ -26,6 +26,8 @@ import time
 import uuid
 from typing import Any
 
+from deployments.cli_check_config import add_parser as add_check_config
+from deployments.cli_check_config import cmd_check_config
 from deployments.cli_common import (
     FAILED,
     FINAL,
@@ -40,8 +42,10 @@ from deployments.cli_common import (
     follow,
     open_store,
 )
+from deployments.cli_containment import add_commands as add_containment_commands
+from deployments.cli_containment import cmd_containment
 from deployments.cli_incidents import cmd_ack, cmd_incident, cmd_incidents, cmd_metrics, cmd_postmortem, cmd_resolve
-from deployments.cli_local import FAULTS, cmd_check_config, cmd_faults, cmd_sandbox
+from deployments.cli_local import FAULTS, cmd_faults, cmd_sandbox
 from incidents.alerts import target_of
 from incidents.models import Approval, EventKind
 
@@ -188,7 +192,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-follow", action="store_true")
     run.add_argument("--timeout", type=float, default=600, help="seconds to follow before giving up")
     run.add_argument("--fault", help="incident-drill only: the catalog fault to play (see `runbooks faults`)")
-    sub.add_parser("faults", help="the fault catalog: each fault, how it is injected, and the expected outcome")
+    faults = sub.add_parser("faults", help="the fault catalog: each fault, how it is injected, and the expected "
+                                           "outcome")
+    faults.add_argument("--json", action="store_true", help="print the catalog as a JSON list, one object per fault")
     sub.add_parser("approvals", help="list runs waiting for approval, with their plans")
     for name, verb in (("approve", "approve"), ("decline", "decline")):
         answer = sub.add_parser(name, help=f"{verb} a paused run's plan (the same gate as the UI)")
@@ -199,6 +205,7 @@ def parser() -> argparse.ArgumentParser:
         answer.add_argument("--timeout", type=float, default=600)
     _run_commands(sub)
     _incident_commands(sub)
+    add_containment_commands(sub)
     _local_commands(sub)
     return p
 
@@ -239,8 +246,7 @@ def _local_commands(sub: Any) -> None:
     sandbox.add_argument("fault", nargs="?", help=f"for break: {', '.join(FAULTS)}")
     sub.add_parser("up", help="start the local stack")
     sub.add_parser("down", help="stop what `runbooks up` started")
-    check = sub.add_parser("check-config", help="validate a config file")
-    check.add_argument("file", nargs="?")
+    add_check_config(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cancel": cmd_cancel,
                 "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config,
                 "ack": cmd_ack, "resolve": cmd_resolve, "postmortem": cmd_postmortem, "metrics": cmd_metrics,
-                "faults": cmd_faults}
+                "faults": cmd_faults, "containment": cmd_containment}
     try:
         if args.command in ("up", "down"):
             from devstack.stack import main as stack_main

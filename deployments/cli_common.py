@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from deployments.prefect_api import PrefectApi, api_url
+from deployments.prefect_api import PrefectApi, api_url, explain
 from integrations.errors import IntegrationError, Unreachable
 from integrations.http import RetryPolicy
 
@@ -39,6 +39,8 @@ def api_failure(exc: IntegrationError, path: str) -> CliError:
     if isinstance(exc, Unreachable):
         return CliError(f"cannot reach the Prefect API at {api_url()} ({exc.reason}); is `make up` running? "
                         "Set PREFECT_API_URL to use another server.", UNREACHABLE)
+    if exc.status in (401, 403):
+        return CliError(explain(exc))
     return CliError(f"Prefect API answered {exc.status} for {path}: {exc.reason}")
 
 

@@ -1,8 +1,9 @@
-"""`runbooks sandbox | check-config | faults`: the local sandbox and the config, for developers."""
+"""`runbooks sandbox | faults`: the local sandbox and the config, for developers."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -14,7 +15,6 @@ from deployments.cli_common import (
     USAGE,
     CliError,
 )
-from incidents.config import ConfigError, config_path, load_config
 
 # -- sandbox -----------------------------------------------------------------------------------------
 FAULTS = {
@@ -49,23 +49,12 @@ def cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
     return OK
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    path = args.file or config_path()
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        raise CliError(f"invalid: {exc}") from None
-    for name, env in config.environments.items():
-        services = ", ".join(f"{s} ({c.rollback_strategy})" for s, c in env.services.items())
-        print(f"{path}: environment {name}: production={env.production} drills_allowed={env.drills_allowed}; "
-              f"services: {services}")
-    print(f"{len(config.routing)} alert routing rules")
-    return OK
-
-
 def cmd_faults(args: argparse.Namespace) -> int:
     from incidents.drills import CATALOG
 
+    if getattr(args, "json", False):
+        print(json.dumps([spec.as_json() for spec in CATALOG.values()], indent=2))
+        return OK
     print(f"{'fault':<38} {'scenario':<18} {'expected':<40} injected")
     for spec in CATALOG.values():
         how = "; ".join(step.describe() for step in spec.steps)

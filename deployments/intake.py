@@ -3,7 +3,8 @@
     POST /alerts/alertmanager   Alertmanager webhook (version 4)
     POST /alerts/grafana        Grafana unified alerting (HMAC signature checked when configured)
     POST /alerts                a generic JSON alert (see incidents/alerts.py: parse_generic)
-    GET  /healthz
+    GET  /healthz               alive (Redis answers): the liveness probe
+    GET  /readyz                ready (Redis answers, Prefect accepts the credentials): the readiness probe
     GET  /approvals/<token>     the approval page (see deployments/approval_page.py); POST answers it
     POST /slack/interactions    Approve/Decline pressed in Slack (deployments/slack_interactions.py)
     POST /pagerduty/webhooks    PagerDuty's v3 webhooks: acknowledged/resolved there (deployments/pagerduty_webhooks.py)
@@ -39,6 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
 from deployments.approval_page import routes as approval_routes
+from deployments.guards import TooLarge, read_body
 from deployments.intake_records import (
     known_services,
     note_resolved,
@@ -49,7 +51,7 @@ from deployments.intake_records import (
 )
 from deployments.intake_settings import IntakeSettings, settings_from_env
 from deployments.pagerduty_webhooks import routes as pagerduty_routes
-from deployments.prefect_api import AsyncPrefectApi, PrefectApi
+from deployments.prefect_api import AsyncPrefectApi, PrefectApi, explain
 from deployments.slack_interactions import routes as slack_routes
 from incidents import templates
 from incidents.alerts import (
@@ -64,7 +66,7 @@ from incidents.alerts import (
 )
 from incidents.models import Severity
 from incidents.store import IncidentStore, StoreError
-from integrations.errors import IntegrationError
+from integrations.errors import IntegrationError, NotFound
 from integrations.http import RetryPolicy
 from tasks.correlation import join, withdraw_quiet
 
@@ -75,6 +77,15 @@ KEY_PREFIX = "runbooks:alert:"
 
 class Unavailable(Exception):
     """Something the intake depends on (Redis, Prefect) failed: 503, so the sender retries."""
+
+
+class DeploymentMissing(Unavailable):
+    """Routing names a Prefect deployment that does not exist (not deployed yet, or deleted):
+    503, so the sender retries until it is there."""
+
+    def __init__(self, deployment: str):
+        super().__init__(f"routing names deployment {deployment!r}, which does not exist in Prefect")
+        self.deployment = deployment
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -108,19 +119,18 @@ class AlertIntake:
         await self.state["redis"].aclose()
         await self.state["prefect"].aclose()
 
+    def redis(self) -> aioredis.Redis:
+        """The Redis connection the intake's routes share (opened in `lifespan`)."""
+        return self.state["redis"]
+
     async def read(self, request: Request) -> bytes | Response:
         sent = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(sent, self.expected_auth):
             return _json({"error": "missing or wrong bearer token"}, 401)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
-            return _json({"error": f"body larger than {self.settings.max_body_bytes} bytes"}, 413)
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.settings.max_body_bytes:
-                return _json({"error": f"body larger than {self.settings.max_body_bytes} bytes"}, 413)
-        return body
+        try:
+            return await read_body(request, self.settings.max_body_bytes)
+        except TooLarge as exc:
+            return _json({"error": str(exc)}, 413)
 
     async def receive(self, request: Request, parse, body: bytes | None = None) -> Response:
         if body is None:
@@ -170,11 +180,10 @@ class AlertIntake:
                 continue
             try:
                 done = await self.correlate(alert, request)
-            except LookupError as exc:  # the route names a deployment that does not exist
+            except DeploymentMissing as exc:  # told in Slack; the 503 makes the sender retry until it exists
                 await self.release(alert)
-                outcome["unknown"].append(str(exc))
-                log.error("%s", exc)
-                continue
+                await self.report_missing(exc, alert, request)
+                raise
             except BaseException:
                 await self.release(alert)  # the sender's retry tries again (the idempotency key keeps it to one run)
                 raise
@@ -194,9 +203,29 @@ class AlertIntake:
         try:
             if await self.state["redis"].set(key, b"starting", nx=True, ex=self.settings.claim_seconds):
                 return True
-            return await self.state["redis"].get(key) in (b"starting", None)
+            held = await self.state["redis"].get(key)
+            if held in (b"starting", None):
+                return True
+            if not await self.ended(held.decode()):
+                return False
+            log.info("alert %s still fires after its incident ended: a new occurrence", alert.fingerprint)
+            await self.state["redis"].set(key, b"starting", ex=self.settings.claim_seconds)
+            return True
         except aioredis.RedisError as exc:
             raise Unavailable(f"Redis: {exc}") from None
+
+    async def ended(self, held: str) -> bool:
+        """Whether the incident a handled alert went to (its run's, or `joined:<id>`) has been
+        resolved since: the same alert firing again is then a new occurrence, not a resend."""
+        def lookup() -> bool:
+            store = IncidentStore()
+            incident = (store.get(int(held.split(":", 1)[1])) if held.startswith("joined:")
+                        else store.incident_for_run(held))
+            return incident is not None and incident.resolved_at is not None
+        try:
+            return await run_in_threadpool(lookup)
+        except StoreError as exc:
+            raise Unavailable(str(exc)) from None
 
     async def release(self, alert: Alert) -> None:
         with contextlib.suppress(aioredis.RedisError):
@@ -242,7 +271,7 @@ class AlertIntake:
             opener = replace(request, scenario=incident.scenario)
             run_id = await self.start_run(
                 await self.deployment_id(opener.deployment), incident.alert or parameter.as_dict(), opener,
-                incident.severity
+                incident.severity, incident.id
             )
             await run_in_threadpool(ctx.store().set_runbook_run, incident.id, run_id)
             if incident.created:
@@ -256,7 +285,8 @@ class AlertIntake:
         if request.scenario != incident.scenario and await self.first_of_scenario(incident.id, request.scenario):
             # another symptom: its runbook's checks add their findings to the incident (the
             # incident's own runbook keeps the service; see tasks/lifecycle.py)
-            done["flow_run_id"] = await self.start_run(dep_id, parameter.as_dict(), request, joined.incident.severity)
+            done["flow_run_id"] = await self.start_run(dep_id, parameter.as_dict(), request, joined.incident.severity,
+                                                       incident.id)
         return done
 
     async def first_of_scenario(self, incident_id: int, scenario: str) -> bool:
@@ -271,30 +301,62 @@ class AlertIntake:
             try:
                 response = await self.state["prefect"].call("GET", f"/deployments/name/{name}", ok=(404,))
             except IntegrationError as exc:
-                raise Unavailable(str(exc)) from None
+                raise Unavailable(explain(exc)) from None
             if response.status_code == 404:
-                raise LookupError(f"routing names deployment {name!r}, which does not exist")
+                raise DeploymentMissing(name)
             self.settings.deployment_ids[name] = response.json()["id"]
         return self.settings.deployment_ids[name]
 
-    async def start_run(self, dep_id: str, alert: dict[str, Any], request: RunRequest, severity: Severity) -> str:
+    async def report_missing(self, exc: DeploymentMissing, alert: Alert, request: RunRequest) -> None:
+        """An alert that cannot start its runbook is not dropped in silence: the incident channel
+        hears of it (once an hour per deployment), and the sender keeps retrying (503)."""
+        log.error("alert %s (%s): %s", alert.fingerprint, alert.labels.get("alertname"), exc)
+        try:
+            first = await self.state["redis"].set(f"runbooks:missing:{exc.deployment}", b"1", nx=True, ex=3600)
+        except aioredis.RedisError:
+            first = True
+        if first and self.settings.notify_unmatched:
+            await run_in_threadpool(
+                notify_channel, request.environment,
+                f"⚠️ ALERT NOT STARTED\n{templates.slack_text(alert.labels.get('alertname', 'unnamed'))} for "
+                f"{templates.slack_text(request.service)}: {templates.slack_text(str(exc), 300)}. The alert sender "
+                f"is answered 503 and retries until the deployment exists (`prefect deploy`).")
+
+    async def start_run(self, dep_id: str, alert: dict[str, Any], request: RunRequest, severity: Severity,
+                        incident_id: int) -> str:
+        """One run per alert and incident: deliveries of the same alert for the same incident make
+        one run (the idempotency key), and the alert firing on after that incident ended starts
+        a new one for the new incident."""
         parameters: dict[str, Any] = {"service": request.service, "environment": request.environment,
                                       "alert": alert, "severity": severity.value}
-        key = f"{alert['fingerprint']}:{alert['startsAt']}"
+        key = f"{alert['fingerprint']}:{alert['startsAt']}:{incident_id}"
         name = f"{alert['labels'].get('alertname', 'alert')}-{alert['fingerprint'][:8]}".lower()
         body = {"parameters": parameters, "idempotency_key": f"alert:{key}", "name": name,
                 "tags": ["alert", alert["source"]]}
         async with self.state["creating"]:
             try:
-                response = await self.state["prefect"].call("POST", f"/deployments/{dep_id}/create_flow_run",
-                                                            what=f"Prefect API, creating a run of {request.deployment}",
-                                                            retry=CREATE_RETRY, json=body)
+                response = await self.create_run(dep_id, request.deployment, body)
+            except NotFound:  # the deployment was deleted (or re-created under a new id): look it up again
+                self.settings.deployment_ids.pop(request.deployment, None)
+                try:
+                    response = await self.create_run(await self.deployment_id(request.deployment),
+                                                     request.deployment, body)
+                except NotFound:
+                    self.settings.deployment_ids.pop(request.deployment, None)
+                    raise DeploymentMissing(request.deployment) from None
+                except IntegrationError as exc:
+                    raise Unavailable(explain(exc)) from None
             except IntegrationError as exc:
-                raise Unavailable(str(exc)) from None
+                raise Unavailable(explain(exc)) from None
         run_id = response.json()["id"]
         log.info("alert %s (%s) started %s run %s", alert["fingerprint"], alert["labels"].get("alertname"),
                  request.deployment, run_id)
         return run_id
+
+    async def create_run(self, dep_id: str, deployment: str, body: dict[str, Any]) -> Any:
+        return await self.state["prefect"].call("POST", f"/deployments/{dep_id}/create_flow_run",
+                                                what=f"Prefect API, creating a run of {deployment}",
+                                                retry=CREATE_RETRY, json=body)
 
     async def unmatched(self, alert: Alert) -> None:
         first = await self.state["redis"].set(f"runbooks:unmatched:{alert.fingerprint}", b"1", nx=True, ex=86400)
@@ -362,6 +424,22 @@ class AlertIntake:
             return _json({"ok": False, "redis": str(exc)}, 503)
         return _json({"ok": True, "routes": len(self.settings.routes)})
 
+    async def readyz(self, request: Request) -> Response:
+        """Ready to start runbooks: Redis answers and Prefect does not refuse the intake's
+        credentials (a Kubernetes readiness probe: a pod with a wrong PREFECT_API_KEY gets no
+        alerts). A Prefect that is down or busy is every replica's problem, not this pod's: the
+        pod stays ready and answers each alert 503, so the sender retries."""
+        try:
+            await self.state["redis"].ping()
+        except aioredis.RedisError as exc:
+            return _json({"ok": False, "redis": str(exc)}, 503)
+        try:
+            await self.state["prefect"].call("POST", "/deployments/count", json={}, what="Prefect API readiness")
+        except IntegrationError as exc:
+            refused = exc.status in (401, 403)
+            return _json({"ok": not refused, "prefect": explain(exc)}, 503 if refused else 200)
+        return _json({"ok": True, "routes": len(self.settings.routes)})
+
 
 
 def create_app(settings: IntakeSettings) -> Starlette:
@@ -371,8 +449,9 @@ def create_app(settings: IntakeSettings) -> Starlette:
         HttpRoute("/alerts/grafana", intake.grafana, methods=["POST"]),
         HttpRoute("/alerts", intake.generic, methods=["POST"]),
         HttpRoute("/healthz", intake.healthz, methods=["GET"]),
-        *approval_routes(PrefectApi(settings.prefect_api_url)),
-        *slack_routes(PrefectApi(settings.prefect_api_url)),
+        HttpRoute("/readyz", intake.readyz, methods=["GET"]),
+        *approval_routes(PrefectApi(settings.prefect_api_url), intake.redis),
+        *slack_routes(PrefectApi(settings.prefect_api_url), intake.redis),
         *pagerduty_routes(),
     ], lifespan=intake.lifespan)
 

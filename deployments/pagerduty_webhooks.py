@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from deployments.guards import TooLarge, read_body
 from incidents.models import EventKind
 
 log = logging.getLogger("runbooks.pagerduty")
@@ -37,14 +38,17 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 def verify(secret: str, header: str, body: bytes) -> bool:
-    expected = "v1=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return any(hmac.compare_digest(expected, part.strip()) for part in header.split(",") if part.strip())
+    expected = ("v1=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()).encode()
+    # bytes: a header with characters outside ASCII is a wrong signature, not an error
+    return any(hmac.compare_digest(expected, part.strip().encode("utf-8", "surrogateescape"))
+               for part in header.split(",") if part.strip())
 
 
 def routes() -> list[Route]:
     async def webhook(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        try:
+            body = await read_body(request, MAX_BODY_BYTES)
+        except TooLarge:
             return _json(413, {"error": "delivery too large"})
         secret = os.environ.get(SECRET_ENV)
         if not secret:

@@ -1,9 +1,13 @@
 """The Prefect REST API as the project's own services and tools call it: the CLI, the intake,
 the approval page and the dev stack. One place decides the base URL (`PREFECT_API_URL`), the
-credentials (with the server's API auth string enabled, `PREFECT_SERVER_API_AUTH_STRING`,
-clients set `PREFECT_API_AUTH_STRING` to the same value and send it as HTTP Basic
-credentials, as Prefect's own client does), a timeout on every call and the project's one
-retry rule (integrations/http.py: connect errors, 429 and 5xx, Retry-After honoured).
+credentials, a timeout on every call and the project's one retry rule (integrations/http.py:
+connect errors, 429 and 5xx, Retry-After honoured).
+
+Credentials are Prefect's own settings, sent as Prefect's client sends them: `PREFECT_API_KEY`
+(Prefect Cloud, or a server behind a proxy that wants a key) as `Authorization: Bearer <key>`;
+otherwise `PREFECT_API_AUTH_STRING` (a self-hosted server started with the same
+`PREFECT_SERVER_API_AUTH_STRING`) as HTTP Basic credentials. With both set, the key wins, as in
+Prefect's client.
 
 Flows and the worker use Prefect's own client (`prefect.client`); these callers run outside
 Prefect's settings and context (a web service, a shell command) and want plain JSON, short
@@ -18,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from integrations.errors import IntegrationError
 from integrations.http import RetryPolicy, arequest, request
 
 DEFAULT_URL = "http://127.0.0.1:4200/api"
@@ -30,10 +35,30 @@ def api_url(url: str | None = None) -> str:
 
 
 def auth_headers() -> dict[str, str]:
+    key = os.environ.get("PREFECT_API_KEY")
+    if key:
+        return {"Authorization": f"Bearer {key}"}
     secret = os.environ.get("PREFECT_API_AUTH_STRING")
     if not secret:
         return {}
     return {"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()}
+
+
+def credentials_in_use() -> str:
+    """Which credential a refused call sent, by name only (never its value)."""
+    if os.environ.get("PREFECT_API_KEY"):
+        return "PREFECT_API_KEY"
+    if os.environ.get("PREFECT_API_AUTH_STRING"):
+        return "PREFECT_API_AUTH_STRING"
+    return "no credentials (set PREFECT_API_KEY or PREFECT_API_AUTH_STRING)"
+
+
+def explain(exc: IntegrationError) -> str:
+    """What a failed call means to whoever runs it: a refused credential is named as such."""
+    if exc.status in (401, 403):
+        return (f"the Prefect API at {api_url()} refused the credentials (HTTP {exc.status}, sent "
+                f"{credentials_in_use()}): check PREFECT_API_KEY / PREFECT_API_AUTH_STRING")
+    return str(exc)
 
 
 class PrefectApi:

@@ -4,8 +4,9 @@
 
 Every request is verified with the app's signing secret (RUNBOOKS_SLACK_SIGNING_SECRET):
 `X-Slack-Signature` must be `v0=` + hex HMAC-SHA256 of `v0:{X-Slack-Request-Timestamp}:{raw body}`,
-and a timestamp older than 5 minutes is refused (a replay). Unsigned, wrongly signed and stale
-requests get 401 and change nothing.
+and a timestamp older than 5 minutes is refused. Unsigned, wrongly signed and stale requests
+get 401 and change nothing. A signature seen before (a replay within the 5 minutes, kept in
+Redis) is acknowledged and not acted on.
 
 Slack wants an answer within 3 seconds, so the press is acknowledged at once (200, empty) and
 handled right after: the Slack member who pressed must be a configured approver
@@ -25,17 +26,20 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
+import redis.asyncio as aioredis
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from deployments.approval_page import Refused, record_answer
+from deployments.guards import ReplayCache, TooLarge, read_body
 from deployments.prefect_api import PrefectApi
 from incidents.models import EventKind
 
@@ -57,25 +61,37 @@ def verify(secret: str, timestamp: str, signature: str, body: bytes, now: float 
         return "the timestamp is not a number"
     if abs(age) > MAX_AGE_SECONDS:
         return "the request is older than 5 minutes"
-    expected = "v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return None if hmac.compare_digest(expected, signature) else "the signature does not match"
+    expected = b"v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body,
+                                 hashlib.sha256).hexdigest().encode()
+    # bytes: a header with characters outside ASCII is a wrong signature, not an error
+    return None if hmac.compare_digest(expected, signature.encode("utf-8", "surrogateescape")) \
+        else "the signature does not match"
 
 
-def routes(prefect: PrefectApi) -> list[Route]:
+def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Route]:
+    seen = ReplayCache(redis, "runbooks:slack:seen:")
 
     async def interaction(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        try:
+            body = await read_body(request, MAX_BODY_BYTES)
+        except TooLarge:
             return _json(413, "request too large")
         secret = os.environ.get(SIGNING_SECRET_ENV)
         if not secret:
             log.error("a Slack interaction arrived but %s is not set: refused", SIGNING_SECRET_ENV)
             return _json(401, "Slack interactivity is not configured here")
-        problem = verify(secret, request.headers.get("x-slack-request-timestamp", ""),
-                         request.headers.get("x-slack-signature", ""), body)
+        signature = request.headers.get("x-slack-signature", "")
+        problem = verify(secret, request.headers.get("x-slack-request-timestamp", ""), signature, body)
         if problem:
             log.warning("Slack interaction refused: %s", problem)
             return _json(401, problem)
+        try:
+            if not await seen.first(signature, MAX_AGE_SECONDS * 2):
+                log.warning("Slack interaction replayed (a signature seen before): acknowledged, not acted on")
+                return Response(status_code=200)
+        except aioredis.RedisError as exc:
+            log.error("Slack interaction: the replay cache (Redis) is unavailable: %s", exc)
+            return _json(503, "try again in a moment")
         try:
             payload = orjson.loads(parse_qs(body.decode("utf-8"))["payload"][0])
         except (KeyError, IndexError, UnicodeDecodeError, orjson.JSONDecodeError):
@@ -133,11 +149,12 @@ def _decide(press: dict, prefect: PrefectApi) -> dict:
         return _ephemeral(f"You are not an approver for {severity} in {environment}; nothing changed.")
     reason = "approved in Slack" if press["decision"] == "approve" else "declined in Slack"
     try:
-        status, message = record_answer(approval, config, approver.name, press["decision"], reason, prefect,
-                                        via="Slack")
+        answer = record_answer(approval, config, approver.name, press["decision"], reason, prefect, via="Slack")
     except Refused as exc:
         return _ephemeral(f"{exc}")
-    return _updated(press, approver.name, status, message)
+    if answer.repeat:  # a double click: only the presser hears that it was already counted
+        return _ephemeral(answer.message)
+    return _updated(press, approver.name, answer.status, answer.message)
 
 
 def _updated(press: dict, name: str, status: int, message: str) -> dict:

@@ -22,7 +22,7 @@ import importlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +66,11 @@ WORKER_TYPE = "runbooks-warm"
 STRANDED_SECONDS = 60.0
 # Prefect's cancellation sequence (stop, on_cancellation hooks, Cancelled) ends well within this.
 CANCEL_GRACE_SECONDS = 5.0
+# How often the worker looks for runs it claimed that are Cancelling with no process of its own
+# left to stop, and how long such a run must have been Cancelling before the worker ends it.
+CANCEL_SWEEP_SECONDS = 5.0
+# Prefect's own sequence took up to 50 s a run with 50 cancelled at once on 2 cores
+CANCEL_STRANDED_SECONDS = float(os.environ.get("RUNBOOKS_CANCEL_STRANDED_SECONDS", "60"))
 # While the Prefect API is unreachable the worker keeps polling, at most this far apart.
 OUTAGE_POLL_SECONDS = 2.0
 # The worker asks for due runs as soon as the server announces a flow-run event of its pool, and
@@ -158,6 +163,7 @@ class WarmWorker(ProcessWorker):
         self._hooks = HookRunner(resolve_flow=FlowsOfDeployments(lambda: self.client))
         self._due = anyio.Event()
         self._watching: anyio.CancelScope | None = None
+        self._ending: set[UUID] = set()  # stranded Cancels being ended by this worker
         # A forked run starts in well under a second: no run is claimed before it is due (a run
         # put back for a concurrency slot would otherwise be claimed and refused in a loop).
         self._prefetch_seconds = 0
@@ -176,6 +182,8 @@ class WarmWorker(ProcessWorker):
         # run. Two, so that a resumed run can start while its suspended attempt is still
         # exiting in the other (see _context_for).
         self._lanes = [await self._exit_stack.enter_async_context(FlowRunExecutorContext()) for _ in range(2)]
+        for lane in self._lanes:
+            _contain_cancel_errors(lane)
 
     async def run(self, flow_run: FlowRun, configuration: WarmJobConfiguration,  # type: ignore[override]
                   task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
@@ -188,14 +196,25 @@ class WarmWorker(ProcessWorker):
             starter = ForkedEngineStarter(env, Path(cwd), context.control_channel)
             executor = context.create_executor(flow_run, starter, hook_runner=self._hooks, propose_submitting=False)
             execution = await executor.submit(task_status=_PidOf(task_status))
-        self._runs().start_soon(self._end_cancel_missed_at_start, flow_run.id)
+        self._background(self._end_cancel_missed_at_start, flow_run.id)
         if execution is None:  # cancelled before it started, or the server refused it: nothing ran
             if task_status is not None:
                 task_status.started(0)
             return ProcessWorkerResult(status_code=0, identifier="")
         if execution.crash_unreported:
-            self._runs().start_soon(self._report_crash_when_reachable, flow_run, execution.status_code)
+            self._background(self._report_crash_when_reachable, flow_run, execution.status_code)
         return ProcessWorkerResult(status_code=execution.status_code or 0, identifier=str(execution.handle.pid))
+
+    def _background(self, work: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start `work` in the worker's task group for its runs, where an error would cancel the
+        worker itself (anyio cancels a task group's host when a child raises): it is logged."""
+        async def logged() -> None:
+            try:
+                await work(*args)
+            except Exception:  # noqa: BLE001 - the worker must go on claiming runs
+                _log.exception("the worker's background step %s failed", getattr(work, "__name__", work))
+
+        self._runs().start_soon(logged)
 
     def _runs(self) -> anyio.abc.TaskGroup:
         """The worker's task group for its runs (Prefect opens it when the worker starts)."""
@@ -216,6 +235,64 @@ class WarmWorker(ProcessWorker):
                     message=current.state.message or "Cancelled as it started; its process has ended."), force=True)
         except (httpx.HTTPError, ObjectNotFound) as exc:
             _log.warning("flow run %s: could not check for a Cancel missed at its start: %s", flow_run_id, exc)
+
+    async def _end_stranded_cancels(self) -> None:
+        """Every CANCEL_SWEEP_SECONDS: a run this worker claimed that has been Cancelling for
+        CANCEL_STRANDED_SECONDS while no process of it runs here is ended as Prefect's sequence
+        would have ended it (on_cancellation hooks, then Cancelled). Prefect's observer hears of a
+        Cancel over the events websocket and polls only while that is down: a Cancel whose event
+        was lost, or that came as the run's process was exiting, was otherwise never ended
+        (seen with 50 runs cancelled at once on 2 cores: 6 stayed Cancelling for 4 minutes)."""
+        while True:
+            await anyio.sleep(CANCEL_SWEEP_SECONDS)
+            try:
+                runs = await self._pool_runs(StateType.CANCELLING)
+            except Exception as exc:  # noqa: BLE001 - an error here would stop the worker; look again later
+                _log.info("could not look for stranded Cancels: %s: %s", type(exc).__name__, exc)
+                continue
+            now = datetime.now(timezone.utc)
+            for run in runs:
+                if run.id not in self._ending and self._stranded_cancel(run, now):
+                    self._ending.add(run.id)
+                    self._background(self._end_cancel, run)
+
+    def _stranded_cancel(self, run: FlowRun, now: datetime) -> bool:
+        return _owner(run) == self.name and _state_age(run, now) > CANCEL_STRANDED_SECONDS
+
+    def _lane_of(self, run_id: UUID) -> FlowRunExecutorContext | None:
+        """The shared executor context in which a process of this run still runs, if any."""
+        return next((lane for lane in self._lanes if lane.process_manager.get(run_id)), None)
+
+    async def _pool_runs(self, state: StateType) -> list[FlowRun]:
+        """This worker's pool's runs in `state` (raises httpx.HTTPError when the API fails)."""
+        return await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state]))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])))
+
+    async def _end_cancel(self, run: FlowRun) -> None:
+        try:
+            lane = self._lane_of(run.id)
+            if lane is not None:  # the Cancel never reached the process: Prefect's own sequence, now
+                _log.warning("flow run %s (%s) has been Cancelling for %.0f s and its process still runs: "
+                             "stopping it", run.name, run.id, CANCEL_STRANDED_SECONDS)
+                await _cancellation_manager(lane).cancel_by_id(run.id)
+            else:
+                await self._end_cancel_of(run)
+        finally:
+            self._ending.discard(run.id)
+
+    async def _end_cancel_of(self, run: FlowRun) -> None:
+        if run.state is not None:
+            await self._hooks.run_cancellation_hooks(run, run.state)
+        try:
+            current = await self.client.read_flow_run(run.id)
+            if current.state is not None and current.state.type == StateType.CANCELLING:
+                await self.client.set_flow_run_state(run.id, Cancelled(
+                    message=current.state.message or "Cancelled; its process had already ended."), force=True)
+                _log.warning("flow run %s (%s) was Cancelling with no process left: recorded Cancelled", run.name,
+                             run.id)
+        except (httpx.HTTPError, ObjectNotFound) as exc:
+            _log.warning("flow run %s: could not end its Cancel: %s", run.id, exc)
 
     async def _context_for(self, flow_run: FlowRun, stack: AsyncExitStack) -> FlowRunExecutorContext:
         """A shared executor context in which this run has no attempt still running.
@@ -257,12 +334,13 @@ class WarmWorker(ProcessWorker):
         await super()._initialize_after_sync()
         if self._watching is None and self._work_pool is not None:
             self._watching = anyio.CancelScope()
-            self._runs().start_soon(self._watch_for_due_runs, self._watching)
-            self._runs().start_soon(self._reschedule_stranded_runs)
+            self._background(self._watch_for_due_runs, self._watching)
+            self._background(self._reschedule_stranded_runs)
+            self._background(self._end_stranded_cancels)
             # The flows' modules, for the on_cancellation / on_crashed hooks the worker runs: imported
             # now, in the background, rather than by the first Cancel on a busy night (it took 30 s
             # with 50 runs in flight on a 2-core machine).
-            self._runs().start_soon(anyio.to_thread.run_sync, _import_flows)
+            self._background(anyio.to_thread.run_sync, _import_flows)
 
     async def _reschedule_stranded_runs(self) -> None:
         """At start: runs of this pool that a worker of this name claimed (Pending) and then
@@ -271,17 +349,13 @@ class WarmWorker(ProcessWorker):
         to Scheduled and run now, instead of waiting for ever and holding their deployment's
         concurrency slot (a minute's incident-watch would block every later one)."""
         try:
-            runs = await self.client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                    any_=[StateType.PENDING]))),
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])))
+            runs = await self._pool_runs(StateType.PENDING)
         except httpx.HTTPError as exc:
             _log.warning("could not look for runs left Pending by an earlier worker: %s", exc)
             return
         now = datetime.now(timezone.utc)
         for run in runs:
-            owner = (run.labels or {}).get("prefect.worker.name")
-            age = (now - run.state.timestamp).total_seconds() if run.state and run.state.timestamp else 0.0
+            owner, age = _owner(run), _state_age(run, now)
             if run.id in self._submitting_flow_run_ids or not (owner == self.name or
                                                                (owner is None and age > STRANDED_SECONDS)):
                 continue
@@ -360,6 +434,42 @@ class WarmWorker(ProcessWorker):
         if self._api_down_since is not None:
             _log.warning("Prefect API reachable again after %.1f s", anyio.current_time() - self._api_down_since)
             self._api_down_since = None
+
+
+def _cancellation_manager(lane: FlowRunExecutorContext) -> Any:
+    """Prefect's CancellationManager of a shared executor context (kill -> on_cancellation hooks ->
+    Cancelled; FlowRunExecutorContext does not expose it)."""
+    return lane._cancellation_manager  # noqa: SLF001
+
+
+def _contain_cancel_errors(lane: FlowRunExecutorContext) -> None:
+    """Prefect's observer runs each Cancel it hears of (read the run, kill its process, hooks,
+    Cancelled) in the context's task group, and the host of that group is the worker's own main
+    task: one error there -- a read of the run that timed out with 50 runs cancelled at once on 2
+    cores -- cancelled the worker, which then claimed nothing more (every later run stayed
+    Scheduled). Such an error is logged instead, and the stranded-Cancel sweep ends the run."""
+    manager = _cancellation_manager(lane)
+    cancel_by_id = manager.cancel_by_id
+
+    async def contained(flow_run_id: UUID) -> None:
+        try:
+            await cancel_by_id(flow_run_id)
+        except Exception:  # noqa: BLE001 - the sweep ends the run; the worker must go on
+            _log.exception("flow run %s: Prefect's cancellation failed; the worker ends it within %.0f s",
+                           flow_run_id, CANCEL_STRANDED_SECONDS + CANCEL_SWEEP_SECONDS)
+
+    manager.cancel_by_id = contained
+
+
+def _owner(run: FlowRun) -> str | None:
+    """The name of the worker that claimed the run (Prefect labels it), if any."""
+    owner = (run.labels or {}).get("prefect.worker.name")
+    return owner if isinstance(owner, str) else None
+
+
+def _state_age(run: FlowRun, now: datetime) -> float:
+    """Seconds since the run entered its current state (0 when the state has no time)."""
+    return (now - run.state.timestamp).total_seconds() if run.state and run.state.timestamp else 0.0
 
 
 def _offered_now(payload: Mapping[str, Any]) -> bool:

@@ -37,6 +37,13 @@ PREFECT_URL = f"http://{HOST}:{PREFECT_PORT}"
 SANDBOX_URL = f"http://{HOST}:{SANDBOX_PORT}"
 SANDBOX_APP_DATABASE = "postgresql://postgres@127.0.0.1:5432/runbooks_sandbox_app"
 POOL = "incident-response"
+# The Prefect server's connections to PostgreSQL. Prefect's default (5, and 10 more under load)
+# ran out with 50 runbooks in flight on a 2-core machine: requests waited 30 s for a connection,
+# then a run's engine got HTTP 500 reading its own flow run and crashed. 40 in all stays well
+# inside PostgreSQL's default max_connections (100). docs/install.md gives the same values for
+# Prefect's Helm chart.
+SERVER_DATABASE_POOL = {"PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "10",
+                        "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "30"}
 WORKER_NAME = "runbooks-local-worker"
 WORKER_TYPE = "runbooks-warm"  # deployments/warm_worker.py
 BIN = Path(sys.executable).parent
@@ -65,13 +72,15 @@ def stack_env() -> dict[str, str]:
         PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", "0.05"),
         # a run held back by a deployment's concurrency limit is offered again after 2 s, not 30
         PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2",
-        RUNBOOKS_SANDBOX_URL=SANDBOX_URL, RUNBOOKS_KUBECONFIG=str(SANDBOX_DIR / "kubeconfig"),
+        RUNBOOKS_SANDBOX_URL=SANDBOX_URL, RUNBOOKS_KUBECONFIG=str(SANDBOX_DIR / "runbooks.kubeconfig"),
         RUNBOOKS_UI_URL=PREFECT_URL, PYTHONUNBUFFERED="1",
         RUNBOOKS_PROMETHEUS_URL=f"http://{HOST}:{PROMETHEUS_PORT}",
         RUNBOOKS_INTAKE_URL=INTAKE_URL,  # drills raise their alerts through the intake
     )
     if PREFECT_DATABASE != "sqlite":
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _asyncpg(PREFECT_DATABASE)
+        for key, value in SERVER_DATABASE_POOL.items():
+            env.setdefault(key, value)
     if env.get("PREFECT_API_AUTH_STRING"):  # protect the local server's UI and API with it too
         env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
     # The sandbox's own fake credentials; a real environment keeps these in Secret blocks.
@@ -277,7 +286,9 @@ def _ensure_pool(env: dict[str, str]) -> None:
 
 def _deploy(env: dict[str, str]) -> None:
     start = time.monotonic()
-    _prefect(["--no-prompt", "deploy", "--all"], env, "prefect deploy --all", timeout=300)
+    # the sandbox's and staging's; production's belong on the production Prefect (docs/install.md)
+    _prefect(["--no-prompt", "deploy", "--name", "*/sandbox", "--name", "*/staging"], env,
+             "prefect deploy --name '*/sandbox' --name '*/staging'", timeout=300)
     names = [d["name"] for d in _prefect_api().call("POST", "/deployments/filter", json={}).json()]
     _say("deployments", f"{len(names)} registered in {time.monotonic() - start:.1f} s")
 

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow
 
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
-from incidents.check_facts import CACHE, CONNECTIONS, HEALTH, REACH, REPLICATION, SESSIONS
+from incidents.check_facts import CACHE, CONNECTIONS, HEALTH, POD_LOGS, REACH, REPLICATION, SESSIONS
 from incidents.database_rules import plan_database_issues
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
@@ -29,18 +29,20 @@ from tasks.database import (
     check_sessions,
     verify_database,
 )
-from tasks.diagnosis import gather, probe_endpoints
+from tasks.diagnosis import gather, pod_logs, probe_endpoints
 from tasks.lifecycle import run_scenario
 from tasks.scenario import Scenario
 
 
 def diagnose(ctx: RunContext) -> dict[str, Finding]:
     futures = {
-        HEALTH: probe_endpoints.submit([ctx.service.url(ctx.service.health_path)], ctx.config.timeouts.probe_seconds),
+        HEALTH: probe_endpoints.submit([ctx.service.url(ctx.service.health_path)], ctx.config.timeouts.probe_seconds,
+                                        ctx.service.latency_slo_ms),
         REACH: check_reachable.submit(ctx),
         CONNECTIONS: check_connections.submit(ctx),
         SESSIONS: check_sessions.submit(ctx),
         REPLICATION: check_replication.submit(ctx),
+        POD_LOGS: pod_logs.submit(ctx),  # the playbook's checklist: logs in every scenario
     }
     if ctx.service.cache:
         futures[CACHE] = check_cache.submit(ctx)

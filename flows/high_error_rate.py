@@ -16,14 +16,33 @@ from prefect import flow
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
-from incidents.check_facts import BREAKER, COMMITS, DEPLOYS, HEALTH, PROMETHEUS, RATE, ROLLOUT
+from incidents.check_facts import (
+    BREAKER,
+    COMMITS,
+    CONFIG,
+    DEPLOYS,
+    HEALTH,
+    NETWORK,
+    POD_LOGS,
+    PROMETHEUS,
+    RATE,
+    ROLLOUT,
+)
 from incidents.error_rate_rules import plan_high_error_rate
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
-from tasks.diagnosis import check_rollout, gather, probe_endpoints, recent_deployments
+from tasks.diagnosis import (
+    check_rollout,
+    config_changes,
+    gather,
+    network_reach,
+    pod_logs,
+    probe_endpoints,
+    recent_deployments,
+)
 from tasks.error_rate import (
     check_circuit_breaker,
     measure_error_rate,
@@ -38,10 +57,14 @@ from tasks.scenario import Scenario
 def diagnose(ctx: RunContext) -> dict[str, Finding]:
     futures = {
         RATE: measure_error_rate.submit(ctx),
-        HEALTH: probe_endpoints.submit([ctx.service.url(ctx.service.health_path)], ctx.config.timeouts.probe_seconds),
+        HEALTH: probe_endpoints.submit([ctx.service.url(ctx.service.health_path)], ctx.config.timeouts.probe_seconds,
+                                        ctx.service.latency_slo_ms),
         DEPLOYS: recent_deployments.submit(ctx),
         COMMITS: recent_commits.submit(ctx),
         ROLLOUT: check_rollout.submit(ctx),
+        POD_LOGS: pod_logs.submit(ctx),  # the playbook's checklist: logs in every scenario
+        CONFIG: config_changes.submit(ctx),
+        NETWORK: network_reach.submit(ctx),
     }
     if ctx.config.prometheus:
         futures[PROMETHEUS] = prometheus_error_rate.submit(ctx)

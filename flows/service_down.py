@@ -15,7 +15,7 @@ from prefect import flow
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
-from incidents.check_facts import DEPLOYS, HEALTH, POD_LOGS, ROLLOUT, RUN_LOGS
+from incidents.check_facts import CONFIG, DEPLOYS, HEALTH, NETWORK, POD_LOGS, ROLLOUT, RUN_LOGS
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
@@ -23,7 +23,16 @@ from incidents.service_down_rules import plan_service_down
 from tasks.cancellation import record_cancellation
 from tasks.context import RunContext
 from tasks.deploys import verify_health
-from tasks.diagnosis import check_rollout, failed_run_logs, gather, pod_logs, probe_endpoints, recent_deployments
+from tasks.diagnosis import (
+    check_rollout,
+    config_changes,
+    failed_run_logs,
+    gather,
+    network_reach,
+    pod_logs,
+    probe_endpoints,
+    recent_deployments,
+)
 from tasks.lifecycle import run_scenario
 from tasks.scenario import Scenario
 
@@ -31,11 +40,14 @@ from tasks.scenario import Scenario
 def diagnose(ctx: RunContext) -> dict[str, Finding]:
     """The independent checks, all at once."""
     futures = {
-        HEALTH: probe_endpoints.submit(ctx.service.endpoints, ctx.config.timeouts.probe_seconds),
+        HEALTH: probe_endpoints.submit(ctx.service.endpoints, ctx.config.timeouts.probe_seconds,
+                                        ctx.service.latency_slo_ms),
         ROLLOUT: check_rollout.submit(ctx),
         DEPLOYS: recent_deployments.submit(ctx),
         RUN_LOGS: failed_run_logs.submit(ctx),
         POD_LOGS: pod_logs.submit(ctx),
+        CONFIG: config_changes.submit(ctx),
+        NETWORK: network_reach.submit(ctx),
     }
     return gather(futures, timeout=120)
 

@@ -22,6 +22,8 @@ ROLLOUT = "rollout and pods"
 DEPLOYS = "recent deployments"
 RUN_LOGS = "failed run logs"
 POD_LOGS = "pod logs"
+CONFIG = "config changes"
+NETWORK = "network and DNS"
 # high error rate
 RATE = "error rate (/metrics)"
 PROMETHEUS = "error rate (Prometheus)"
@@ -64,6 +66,8 @@ class HealthFacts(Facts):
     results: list[Probe] = []
     failing_checks: list[str] = []  # what the service's /health names as failing
     error_rate: float | None = None  # from a /metrics body, when an endpoint serves one
+    slo_ms: float | None = None  # the latency objective the answers were held to
+    slow: list[Probe] = []  # endpoints that answered, slower than the objective
 
 
 class PodFacts(Facts):
@@ -89,6 +93,7 @@ class RolloutFacts(Facts):
     rollout_done: bool | None = None
     rollout_failed: bool | None = None
     oom_killed: int = 0
+    memory_limit: str | None = None  # the container's resources.limits.memory, as the deployment sets it
     desired_replicas: int | None = None
     autoscaler: Autoscaler | None = None
     paused: bool = False
@@ -212,6 +217,28 @@ class Containment(Facts):
     denylist_error: str | None = None
 
 
+class ConfigChange(Facts):
+    kind: str  # configmap | secret
+    name: str
+    changed_at: str | None = None  # ISO time of its last change; None: it could not be read
+    error: str | None = None
+
+
+class ConfigFacts(Facts):
+    objects: list[ConfigChange] = []  # every ConfigMap and Secret the pods read
+
+
+class Reached(Facts):
+    name: str
+    outcome: str  # ok | http_error | unresolvable | refused | timed_out | unreachable
+    detail: str = ""
+    status: int | None = None
+
+
+class NetworkFacts(Facts):
+    dependencies: list[Reached] = []  # each dependency, probed directly
+
+
 class EvidenceFacts(Facts):
     secrets: list[SecretMeta] = []
     log_level: str | None = None
@@ -223,7 +250,8 @@ FACTS: dict[str, type[Facts]] = {
     HEALTH: HealthFacts, ROLLOUT: RolloutFacts, DEPLOYS: DeploysFacts, RUN_LOGS: RunLogsFacts,
     POD_LOGS: PodLogsFacts, RATE: RateFacts, PROMETHEUS: PrometheusFacts, COMMITS: CommitsFacts,
     BREAKER: BreakerFacts, REACH: NoFacts, SESSIONS: SessionsFacts, CONNECTIONS: ConnectionsFacts,
-    REPLICATION: ReplicationFacts, CACHE: CacheFacts, EVIDENCE: EvidenceFacts,
+    REPLICATION: ReplicationFacts, CACHE: CacheFacts, EVIDENCE: EvidenceFacts, CONFIG: ConfigFacts,
+    NETWORK: NetworkFacts,
 }
 
 

@@ -162,9 +162,12 @@ class ApprovalSettings(_Model):
 
     @model_validator(mode="after")
     def _enough_approvers(self) -> "ApprovalSettings":
-        names = [a.name for a in self.approvers]
+        names = [a.name.lower() for a in self.approvers]
         if len(set(names)) != len(names):
-            raise ValueError("approver names must be unique")
+            raise ValueError("approver names must be unique, whatever their case (alice and Alice are one person)")
+        secrets = [a.credential_secret for a in self.approvers]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two approvers share a credential_secret: one credential would count as two approvers")
         members = [a.slack_user for a in self.approvers if a.slack_user]
         if len(set(members)) != len(members):
             raise ValueError("two approvers share a slack_user: a button press must name one person")
@@ -336,7 +339,7 @@ def load_config(path: Path | str | None = None) -> ConfigFile:
         parsed = ConfigFile.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {problems}", tuple(tuple(e["loc"]) for e in exc.errors())) from None
     envs = {}
     for name, env in parsed.environments.items():
         kube = env.kubernetes

@@ -17,7 +17,12 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
-    """An invalid config file: says which file, which field and why."""
+    """An invalid config file: says which file, which field and why. `fields`: the path of each
+    invalid field (keys and list indexes), where the file's structure was understood."""
+
+    def __init__(self, message: str, fields: tuple[tuple[str | int, ...], ...] = ()):
+        super().__init__(message)
+        self.fields = fields
 
 
 def secret_env_var(name: str) -> str:

@@ -108,12 +108,22 @@ class SecurityTarget(_Model):
     block_strategy: Literal["ingress_denylist", "network_policy"] = "network_policy"
     ingress: str | None = Field(None, pattern=_DNS_LABEL)
     block_policy: str = Field("block-suspicious-ips", pattern=_DNS_LABEL)
+    # how long containment stands before the watch asks about a block (it is never lifted
+    # without a person) and turns a raised log level back (debug logs cost and may leak)
+    block_hours: float = Field(72.0, gt=0, le=24 * 90)
+    logging_hours: float = Field(6.0, gt=0, le=24 * 30)
 
     @model_validator(mode="after")
     def _ingress_named(self) -> "SecurityTarget":
         if self.block_strategy == "ingress_denylist" and not self.ingress:
             raise ValueError("block_strategy ingress_denylist needs `ingress`: the Ingress in front of the service")
         return self
+
+
+class Dependency(_Model):
+    """Something the service calls, as `/health` names it: probed directly (DNS, TCP, HTTP), so
+    "down for everyone" is told from "failing only from this service"."""
+    url: str = Field(pattern=r"^https?://")  # its own health endpoint
 
 
 class ServiceConfig(_Model):
@@ -130,6 +140,9 @@ class ServiceConfig(_Model):
     database: DatabaseTarget | None = None
     cache: CacheTarget | None = None
     security: SecurityTarget = SecurityTarget()
+    dependencies: dict[str, Dependency] = {}  # by the name /health gives each check
+    # the objective for one answer of its endpoints: slower is a finding ("slow", not "down")
+    latency_slo_ms: float | None = Field(None, gt=0)
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path

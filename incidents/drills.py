@@ -22,7 +22,11 @@ class Step:
     release (a version through CI; `ago_seconds` makes it one that went out earlier, via the
     sandbox), load (requests per second), dependency (down), flag (a feature flag turned on
     with kubectl), replicas (kubectl scale), pg_lock, pg_long_query, pg_connections, pg_idle (a
-    short, harmless idle transaction), leaked_credential."""
+    short, harmless idle transaction), leaked_credential, config (a value the service rejects
+    in its ConfigMap, rolled out by a restart), memory (the pods outgrow their memory
+    limit and are OOM-killed, via the sandbox), latency (ms added to every answer, via the
+    sandbox), other_broken (another service of the
+    namespace crash-loops: not the target's fault)."""
     kind: str
     value: Any = None
     ago_seconds: float = 0.0
@@ -32,18 +36,21 @@ class Step:
     def is_fault(self) -> bool:
         """A healthy release and a harmless idle transaction are not faults; the rest are."""
         if self.kind == "release":
-            return "broken" in str(self.value) or "errors" in str(self.value)
-        return self.kind != "pg_idle"
+            return any(word in str(self.value) for word in ("broken", "errors", "breaks"))
+        return self.kind not in ("pg_idle", "other_broken")
 
     @property
     def sandbox_only(self) -> bool:
-        return self.kind in ("load", "dependency") or (self.kind == "release" and self.value != "broken-by-kubectl")
+        return self.kind in ("load", "dependency", "memory", "latency") or (self.kind == "release"
+                                                                 and self.value != "broken-by-kubectl")
 
     def describe(self) -> str:
         later = f"{self.after_seconds:g} s later, " if self.after_seconds else ""
         if self.kind == "release":
             what = "a crash-looping image (kubectl set image)" if self.value == "broken-by-kubectl" else self.value
             return f"{later}release {what}" + (f" {self.ago_seconds / 60:g} min ago" if self.ago_seconds else "")
+        if self.kind == "other_broken":
+            return f"{later}another service ({self.value}) crash-loops (kubectl set image)"
         return later + self.kind.replace("_", " ") + (f" {self.value}" if self.value not in (None, True) else "")
 
 
@@ -79,6 +86,17 @@ class FaultSpec:
     def expected_text(self) -> str:
         return ", ".join(sorted(self.expected)) if self.outcome == REMEDY else self.outcome
 
+    def as_json(self) -> dict[str, Any]:
+        """The fault as `runbooks faults --json` prints it (a pinned shape: name, scenario, steps,
+        outcome and the remedy kinds expected, plus the alert it raises)."""
+        return {"name": self.name, "scenario": self.scenario, "description": self.description,
+                "alert": {"alertname": self.alertname, "severity": self.severity},
+                "steps": [{"kind": s.kind, "value": s.value, "ago_seconds": s.ago_seconds,
+                           "after_seconds": s.after_seconds, "is_fault": s.is_fault, "describe": s.describe()}
+                          for s in self.steps],
+                "outcome": self.outcome, "expected": sorted(self.expected), "expected_text": self.expected_text,
+                "decoy_release": self.decoy_release, "faults": self.faults, "sandbox_only": self.sandbox_only}
+
     @property
     def expected_steps(self) -> tuple[str, ...]:
         if self.outcome != REMEDY:
@@ -104,7 +122,7 @@ def grade(spec: FaultSpec, kinds: set[str] | frozenset[str], abstained: bool) ->
     return "wrong"
 
 
-def _spec(name: str, scenario: str, description: str, steps: list[Step], expected: set[str] | str,
+def fault_spec(name: str, scenario: str, description: str, steps: list[Step], expected: set[str] | str,
           decoy: bool = False) -> FaultSpec:
     alertname, severity = _ALERTS[scenario]
     outcome = expected if isinstance(expected, str) else REMEDY
@@ -119,57 +137,97 @@ _SD, _ER, _DB, _SEC = "service-down", "high-error-rate", "database-issues", "sec
 
 # Each entry's expected outcome is written down here, before any run grades it.
 CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
-    _spec("bad-deploy", _SD, "deploy an image whose tag ends in -broken; every endpoint answers 503",
+    fault_spec("bad-deploy", _SD, "deploy an image whose tag ends in -broken; every endpoint answers 503",
           [Step("release", "broken-by-kubectl")], {"rollback"}),
-    _spec("broken-after-healthy", _SD, "a healthy release half an hour ago, then a crash-looping one",
+    fault_spec("broken-after-healthy", _SD, "a healthy release half an hour ago, then a crash-looping one",
           [Step("release", "v1.6.0", ago_seconds=1800), Step("release", "v1.6.1-broken")], {"rollback"}),
-    _spec("scaled-to-zero", _SD, "someone scales the deployment to 0 replicas", [Step("replicas", 0)], {"scale"}),
-    _spec("release-then-scaled-to-zero", _SD, "a healthy release, then the deployment is scaled to 0",
+    fault_spec("bad-config-rollout", _SD, "a ConfigMap value the service rejects, rolled out by kubectl rollout "
+                                          "restart (no new image): a rollback would not undo it",
+               [Step("config", "verbose")], ABSTAIN),
+    fault_spec("release-then-bad-config", _SD, "a healthy release, then a bad ConfigMap value rolled out by a restart",
+               [_GOOD, Step("config", "verbose")], ABSTAIN, decoy=True),
+    fault_spec("latency", _SD, "every answer comes 1.4 s late against a 1 s objective: slow, not down",
+               [Step("latency", 1400)], ABSTAIN),
+    fault_spec("release-then-latency", _SD, "a healthy release, then every answer 1.4 s late",
+               [_GOOD, Step("latency", 1400)], ABSTAIN, decoy=True),
+    fault_spec("oom-kills", _SD, "the pods outgrow their memory limit and are OOM-killed in a loop, no release: a "
+                                 "restart brings the same limit back", [Step("memory", "oom")], ABSTAIN),
+    fault_spec("release-then-oom-kills", _SD, "a healthy release, then the pods are OOM-killed in a loop",
+               [_GOOD, Step("memory", "oom")], ABSTAIN, decoy=True),
+    fault_spec("scaled-to-zero", _SD, "someone scales the deployment to 0 replicas", [Step("replicas", 0)], {"scale"}),
+    fault_spec("release-then-scaled-to-zero", _SD, "a healthy release, then the deployment is scaled to 0",
           [_GOOD, Step("replicas", 0)], {"scale"}, decoy=True),
-    _spec("db-lock-down", _SD, "a table lock makes /health fail its database check",
+    fault_spec("db-lock-down", _SD, "a table lock makes /health fail its database check",
           [Step("pg_lock")], {"terminate_sessions"}),
-    _spec("release-then-db-lock-down", _SD, "a healthy release, then a table lock fails /health's database check",
+    fault_spec("release-then-db-lock-down", _SD, "a healthy release, then a table lock fails /health's database check",
           [_GOOD, Step("pg_lock")], {"terminate_sessions"}, decoy=True),
-    _spec("release-and-stale-alert", _SD, "a healthy release and a ServiceDown alert for a service that answers",
+    fault_spec("release-and-stale-alert", _SD, "a healthy release and a ServiceDown alert for a service that answers",
           [Step("release", "v1.6.0", ago_seconds=300)], NOTHING, decoy=True),
-    _spec("broken-release-and-db-lock", _SD, "a crash-looping release and a table lock at once",
+    fault_spec("broken-release-and-db-lock", _SD, "a crash-looping release and a table lock at once",
           [Step("release", "v1.6.0-broken"), Step("pg_lock")], {"rollback"}),
-    _spec("error-spike", _ER, "raise the load past the replicas' capacity; the excess requests fail",
+    fault_spec("error-spike", _ER, "raise the load past the replicas' capacity; the excess requests fail",
           [Step("load", 200)], {"scale"}),
-    _spec("bad-release-errors", _ER, "a release that fails 30% of what it serves",
+    fault_spec("bad-release-errors", _ER, "a release that fails 30% of what it serves",
           [Step("release", "v1.6.0-errors")], {"rollback"}),
-    _spec("release-then-dependency", _ER, "a healthy release, then the payments dependency goes down",
+    fault_spec("release-then-dependency", _ER, "a healthy release, then the payments dependency goes down",
           [_GOOD, Step("dependency", True)], {"circuit_breaker"}, decoy=True),
-    _spec("release-then-overload", _ER, "a healthy release, then load beyond capacity",
+    fault_spec("release-then-overload", _ER, "a healthy release, then load beyond capacity",
           [_GOOD, Step("load", 200)], {"scale"}, decoy=True),
-    _spec("release-then-overload-and-dependency", _ER, "a healthy release, then overload and a dependency down",
+    fault_spec("release-then-overload-and-dependency", _ER, "a healthy release, then overload and a dependency down",
           [_GOOD, Step("load", 200), Step("dependency", True)], {"scale", "circuit_breaker"}, decoy=True),
-    _spec("release-then-feature-flag", _ER, "a healthy release, then a feature flag that fails 40% of requests",
+    fault_spec("release-then-feature-flag", _ER, "a healthy release, then a feature flag that fails 40% of requests",
           [_GOOD, Step("flag", "new_checkout")], ABSTAIN, decoy=True),
-    _spec("bad-release-and-overload", _ER, "a release that fails 30% of requests, and load beyond capacity",
+    fault_spec("bad-release-and-overload", _ER, "a release that fails 30% of requests, and load beyond capacity",
           [Step("release", "v1.6.0-errors"), Step("load", 200)], {"rollback", "scale"}),
-    _spec("dependency-then-release", _ER, "the dependency goes down, then a healthy release goes out mid-outage",
+    fault_spec("dependency-then-release", _ER, "the dependency goes down, then a healthy release goes out mid-outage",
           [Step("dependency", True), Step("release", "v1.6.0", after_seconds=20)], {"circuit_breaker"}, decoy=True),
-    _spec("feature-flag", _ER, "a feature flag turned on fails 40% of requests", [Step("flag", "new_checkout")],
+    fault_spec("two-bad-releases", _SD, "a crash-looping release, and another crash-looping one 20 s later: the last "
+                                   "revision that served is two back",
+          [Step("release", "v1.6.0-broken"), Step("release", "v1.6.1-broken", after_seconds=20)], {"rollback"}),
+    fault_spec("bad-deploy-and-frontend-broken", _SD, "the frontend crash-loops, then a crash-looping api release: "
+                                                     "only the api's own release is rolled back",
+               [Step("other_broken", "frontend"), Step("release", "broken-by-kubectl", after_seconds=5)],
+               {"rollback"}),
+    fault_spec("two-erroring-releases", _ER, "a release that fails 30% of requests, and another as bad 20 s later: "
+                                             "the last revision that served cleanly is two back",
+               [Step("release", "v1.6.0-errors"), Step("release", "v1.6.1-errors", after_seconds=20)], {"rollback"}),
+    fault_spec("overload-then-bad-release", _ER, "load beyond capacity for a while, then a release that fails 30% of "
+                                            "requests on its own",
+          [Step("load", 200), Step("release", "v1.6.0-errors", after_seconds=30)], {"rollback", "scale"}),
+    fault_spec("release-then-dependency-at-once", _ER, "a healthy release, and the payments dependency down seconds "
+                                                  "later", [Step("release", "v1.6.0"),
+                                                            Step("dependency", True, after_seconds=10)],
+          {"circuit_breaker"}, decoy=True),
+    fault_spec("release-breaks-dependency-calls", _ER, "a release whose calls to payments are rejected: /health "
+                                                       "names payments, which answers everyone else",
+               [Step("release", "v1.6.0-breaks-payments")], {"rollback"}),
+    fault_spec("feature-flag", _ER, "a feature flag turned on fails 40% of requests", [Step("flag", "new_checkout")],
           ABSTAIN),
-    _spec("dependency-down", _ER, "the payments dependency goes down", [Step("dependency", True)],
+    fault_spec("dependency-down", _ER, "the payments dependency goes down", [Step("dependency", True)],
           {"circuit_breaker"}),
-    _spec("pg-lock", _DB, "an idle-in-transaction session holds ACCESS EXCLUSIVE on the service's table, "
+    fault_spec("dependency-down-and-frontend-broken", _ER, "the frontend crash-loops and payments goes down: only "
+                                                           "the api's own remedy", [Step("other_broken", "frontend"),
+                                                                                    Step("dependency", True)],
+               {"circuit_breaker"}),
+    fault_spec("pg-lock", _DB, "an idle-in-transaction session holds ACCESS EXCLUSIVE on the service's table, "
                           "3 sessions wait", [Step("pg_lock")], {"terminate_sessions"}),
-    _spec("pg-connections", _DB, "the application role's connection limit is nearly used up by idle sessions",
+    fault_spec("pg-connections", _DB, "the application role's connection limit is nearly used up by idle sessions",
           [Step("pg_connections")], {"terminate_sessions"}),
-    _spec("pg-long-query", _DB, "a query runs far longer than the service's long-query threshold",
+    fault_spec("pg-long-query", _DB, "a query runs far longer than the service's long-query threshold",
           [Step("pg_long_query")], {"cancel_queries"}),
-    _spec("release-then-long-query", _DB, "a healthy release, then a runaway query",
+    fault_spec("release-then-pg-connections", _DB, "a healthy release, then the app role's connections nearly used "
+                                                   "up by idle sessions", [_GOOD, Step("pg_connections")],
+               {"terminate_sessions"}, decoy=True),
+    fault_spec("release-then-long-query", _DB, "a healthy release, then a runaway query",
           [_GOOD, Step("pg_long_query")], {"cancel_queries"}, decoy=True),
-    _spec("pg-lock-and-long-query", _DB, "a lock with waiters and a runaway query at once",
+    fault_spec("pg-lock-and-long-query", _DB, "a lock with waiters and a runaway query at once",
           [Step("pg_long_query"), Step("pg_lock", after_seconds=12)], {"terminate_sessions", "cancel_queries"}),
-    _spec("release-and-short-transaction", _DB, "a healthy release and a brief idle transaction: nothing is wrong",
+    fault_spec("release-and-short-transaction", _DB, "a healthy release and a brief idle transaction: nothing is wrong",
           [_GOOD, Step("pg_idle")], NOTHING, decoy=True),
-    _spec("leaked-credential", _SEC, "a canary credential is planted in the service's secret and reported seen "
+    fault_spec("leaked-credential", _SEC, "a canary credential is planted in the service's secret and reported seen "
                                      "from an outside address", [Step("leaked_credential")],
           {"rotate_secrets", "block_ips", "enable_logging"}),
-    _spec("release-then-leaked-credential", _SEC, "a healthy release, then a leaked credential",
+    fault_spec("release-then-leaked-credential", _SEC, "a healthy release, then a leaked credential",
           [_GOOD, Step("leaked_credential")], {"rotate_secrets", "block_ips", "enable_logging"}, decoy=True),
 )}
 DEFAULT_FAULT = {"service-down": "bad-deploy", "high-error-rate": "error-spike", "database-issues": "pg-lock",

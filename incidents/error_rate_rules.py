@@ -16,7 +16,9 @@ from incidents.evidence import (
     ServiceFacts,
     Weighing,
     abstain,
+    config_behind,
     release_tie,
+    rollback_target,
     service_facts,
     settle,
 )
@@ -80,16 +82,25 @@ def _weigh_release(head: Plan, w: Weighing, service: ServiceConfig, environment:
     """A recent release the other causes do not explain: a rollback (first) when the errors are
     tied to it, an abstention when the evidence conflicts. None: go on with `actions`."""
     residual = rate - facts.overload_share
-    if release and facts.previous and (residual >= service.errors.threshold or not facts.overload_share):
+    config = config_behind(facts, release, window) if release else None
+    if config and not actions:
+        w.add(True, config)
+        return abstain(head, w, f"{config}: a rollback of the deployment would not undo that change; revert it.")
+    if config:
+        w.against.append(f"{config}: a rollback would not undo it")
+    elif release and facts.previous and (residual >= service.errors.threshold or not facts.overload_share):
         before = len(w.support)
         tied = release_tie(facts, release, facts.previous, window, w)
-        if tied and dependencies:
-            return abstain(head, w, f"the evidence conflicts: {', '.join(dependencies)} fails, and "
-                                    f"{release.describe()} has failed since it went live.")
-        if tied:
+        if tied and dependencies and not _calls_broken_by(release, facts, dependencies, w, actions):
+            return _dependency_or_release(head, w, facts, release, dependencies, actions)
+        target = rollback_target(facts, release, window, w) if tied else None
+        if target is not None:
             actions.insert(0, rollback_action(service, environment,
                                               {"revision": release.revision, "image": release.image},
-                                              {"revision": facts.previous.revision, "image": facts.previous.image}))
+                                              {"revision": target.revision, "image": target.image}))
+        elif tied and not actions:
+            return abstain(head, w, f"the errors began with {release.describe()}, but no earlier revision is known "
+                                    "to have served cleanly.")
         elif not actions and len(w.support) > before:
             return abstain(head, w, f"{release.describe()} is a suspect, but the evidence does not tie the errors "
                                     "to it.")
@@ -97,6 +108,41 @@ def _weigh_release(head: Plan, w: Weighing, service: ServiceConfig, environment:
         w.against.append(f"{release.describe()} is not needed to explain the errors: the overload fails "
                          f"{facts.overload_share:.0%} of requests of the {rate:.0%} failing")
     return None
+
+
+def _calls_broken_by(release: Release, facts: ServiceFacts, dependencies: list[str], w: Weighing,
+                     actions: list[PlannedAction]) -> bool:
+    """Every dependency /health names as failing answers its direct probe: only this service's
+    calls to it fail, and they began with `release` -- the release is the cause, the breaker
+    (taken out of `actions`) would only hide it."""
+    if not all(facts.answers_directly(d) for d in dependencies):
+        return False
+    w.add(True, f"{', '.join(dependencies)} answers directly ({'; '.join(facts.reach_detail(d) for d in dependencies)})"
+                f": only this service's calls to it fail, since {release.describe()}")
+    actions[:] = [a for a in actions if a.kind != "circuit_breaker"]
+    w.support[:] = [line for line in w.support if line != _breaker_reason(dependencies)]
+    return True
+
+
+def _dependency_or_release(head: Plan, w: Weighing, facts: ServiceFacts, release: Release, dependencies: list[str],
+                           actions: list[PlannedAction]) -> Plan:
+    """A dependency /health names as failing, and a release the errors began with: the breaker
+    is safe whichever is the cause (it sheds the dependency's calls to a fallback; a rollback
+    is not safe if the release is healthy), so it is offered alone, and the release stays a
+    suspect in the plan -- strongly when the dependency is down for everyone (its direct probe
+    fails), weakly when it was not probed. Without a breaker to offer, a person must decide."""
+    named = ", ".join(dependencies)
+    down = [d for d in dependencies if facts.answers_directly(d) is False]
+    if down:
+        w.add(True, f"{', '.join(down)} is down for every caller: {'; '.join(facts.reach_detail(d) for d in down)}")
+    w.against.append(f"{release.describe()} is a suspect too: the errors began with it; if the breaker does not "
+                     "bring them down, a rollback is the next step")
+    if not any(a.kind == "circuit_breaker" for a in actions):
+        return abstain(head, w, f"the evidence conflicts: {named} fails, and {release.describe()} has failed since "
+                                "it went live.")
+    return settle(head, actions, STRONG if down else WEAK, w,
+                  f"{named} fails and the errors began with {release.describe()}: open the circuit breaker first, "
+                  "which is safe whichever is the cause.")
 
 
 def _no_cause(head: Plan, w: Weighing, service: ServiceConfig, facts: ServiceFacts, release: Release | None,
@@ -130,7 +176,7 @@ def _breaker(service: ServiceConfig, facts: ServiceFacts, dependencies: list[str
     if facts.breaker == breaker.on_value:
         w.against.append(f"{', '.join(dependencies)} fails, and the circuit breaker is already on")
         return None
-    w.add(True, f"/health names {', '.join(dependencies)} as failing: the breaker sheds its errors to a fallback")
+    w.add(True, _breaker_reason(dependencies))
     where = f"configmap/{breaker.configmap}" if breaker.configmap else "redis flag"
     params = CircuitBreaker(namespace=service.kubernetes.namespace, configmap=breaker.configmap,
                             redis_url_secret=breaker.redis_url_secret, key=breaker.key, value=breaker.on_value,
@@ -159,6 +205,10 @@ def _capacity(service: ServiceConfig, facts: ServiceFacts, w: Weighing) -> Plann
     w.add(True, f"the load ({facts.request_rps:g} rps) exceeds the capacity of {facts.ready_pods} ready replicas "
                 f"({facts.capacity_rps:g} rps at {per:g} each): {share}")
     return scale_action(service, current, target, facts.autoscaler)
+
+
+def _breaker_reason(dependencies: list[str]) -> str:
+    return f"/health names {', '.join(dependencies)} as failing: the breaker sheds its errors to a fallback"
 
 
 def _step_up(service: ServiceConfig, current: int, autoscaler: Autoscaler | None) -> PlannedAction | None:

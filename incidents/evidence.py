@@ -16,15 +16,19 @@ from typing import TYPE_CHECKING, Mapping, TypeVar
 
 from incidents.check_facts import (
     BREAKER,
+    CONFIG,
     DEPLOYS,
     HEALTH,
+    NETWORK,
     RATE,
     ROLLOUT,
     Autoscaler,
     BreakerFacts,
+    ConfigFacts,
     DeploysFacts,
     Facts,
     HealthFacts,
+    NetworkFacts,
     RateFacts,
     Revision,
     RolloutFacts,
@@ -44,6 +48,13 @@ STRONG, WEAK, NONE = "strong", "weak", "none"
 # secret or a block is never offered on a hunch.
 SAFE_WHEN_UNSURE = frozenset({"scale", "circuit_breaker", "rollout_restart"})
 
+
+# An earlier revision whose lifetime error rate is at least this share of the newest's current
+# rate failed from its start, as a bad release does (not after serving cleanly for a while).
+FAILED_FROM_START = 0.8
+
+# A revision served cleanly below this error rate when the scenario sets no threshold of its own.
+CLEAN_ERROR_RATE = 0.05
 
 # An alert's startsAt comes after the failure began (a rule's `for:`), never before it; only the
 # clocks of the monitor and the cluster may disagree, by this much at most.
@@ -91,6 +102,11 @@ class Pod:
     restarts: int
     waiting: str | None
     image: str
+    last_termination: str | None = None  # why its container last ended (OOMKilled, Error, ...)
+
+    @property
+    def oom_killed(self) -> bool:
+        return self.last_termination == "OOMKilled"
 
     @property
     def failing(self) -> bool:
@@ -130,6 +146,7 @@ class ServiceFacts:
     current: Release | None = None                # the revision the deployment runs now
     recent: Release | None = None                 # the newest revision, when it went live in the window
     previous: Release | None = None               # the one before the newest
+    history: tuple[Release, ...] = ()             # every revision the cluster keeps, newest first
     error_rate: float | None = None               # in the sampling window
     threshold: float | None = None
     request_rps: float | None = None
@@ -137,10 +154,23 @@ class ServiceFacts:
     traffic: tuple[Traffic, ...] = ()
     breaker: str | None = None
     autoscaler: Autoscaler | None = None          # the HPA that owns the replica count
+    memory_limit: str | None = None               # the container's memory limit
+    config_changes: tuple[tuple[str, datetime], ...] = ()  # (configmap/x or secret/y, when it last changed)
+    reached: tuple[tuple[str, str, str], ...] = ()  # (dependency, outcome, detail) of its direct probe
+    slow: tuple[tuple[str, int], ...] = ()        # (endpoint, ms) of answers slower than the objective
+    slo_ms: float | None = None
 
     @property
     def ready_pods(self) -> int:
         return sum(p.ready for p in self.pods)
+
+    def answers_directly(self, dependency: str) -> bool | None:
+        """Whether a dependency answered its direct probe (None: not probed)."""
+        found = next((outcome for name, outcome, _ in self.reached if name == dependency), None)
+        return None if found is None else found == "ok"
+
+    def reach_detail(self, dependency: str) -> str:
+        return next((detail for name, _, detail in self.reached if name == dependency), "not probed")
 
     def traffic_of(self, version: str) -> Traffic | None:
         return next((t for t in self.traffic if t.version == version), None)
@@ -200,10 +230,12 @@ def service_facts(findings: Mapping[str, Finding], now: datetime, onset: datetim
     """The facts the rules need, read from the findings of whichever checks ran (a check that
     did not run, or could not, leaves its facts unknown)."""
     health, breaker = findings.get(HEALTH), findings.get(BREAKER)
+    health_facts = health.facts(HealthFacts) if health is not None else None
     rollout, rate = _usable(findings, ROLLOUT, RolloutFacts), _usable(findings, RATE, RateFacts)
     deploys = findings[DEPLOYS].facts(DeploysFacts) if DEPLOYS in findings else DeploysFacts()
     pods_known = rollout is not None and bool(rollout.model_fields_set)
-    pods = tuple(Pod(p.name, p.ready, p.restarts, p.waiting, p.image) for p in rollout.pods) if rollout else ()
+    pods = tuple(Pod(p.name, p.ready, p.restarts, p.waiting, p.image, p.last_termination)
+                 for p in rollout.pods) if rollout else ()
     traffic = tuple(Traffic(v, float(c.window_requests), float(c.window_errors), float(c.requests), float(c.errors))
                     for v, c in (rate.versions if rate else {}).items())
     ready = sum(p.ready for p in pods)
@@ -215,12 +247,27 @@ def service_facts(findings: Mapping[str, Finding], now: datetime, onset: datetim
         desired_replicas=rollout.desired_replicas if rollout else None,
         current=_current(rollout, deploys), recent=_release(deploys.recent_revision),
         previous=_release(deploys.previous_revision),
+        history=tuple(r for r in map(_release, deploys.revisions) if r is not None),
         error_rate=rate.rate if rate else None, threshold=threshold,
         request_rps=rate.rps if rate else None,
         capacity_rps=ready * capacity_per_replica if capacity_per_replica and pods_known else None,
         traffic=traffic,
         breaker=breaker.facts(BreakerFacts).value if breaker is not None and breaker.ok else None,
-        autoscaler=rollout.autoscaler if rollout else None)
+        autoscaler=rollout.autoscaler if rollout else None, memory_limit=rollout.memory_limit if rollout else None,
+        config_changes=_config_changes(findings), reached=_reached(findings),
+        slow=tuple((p.url, p.ms or 0) for p in health_facts.slow) if health_facts else (),
+        slo_ms=health_facts.slo_ms if health_facts else None)
+
+
+def _reached(findings: Mapping[str, Finding]) -> tuple[tuple[str, str, str], ...]:
+    network = _usable(findings, NETWORK, NetworkFacts)
+    return tuple((r.name, r.outcome, r.detail) for r in network.dependencies) if network else ()
+
+
+def _config_changes(findings: Mapping[str, Finding]) -> tuple[tuple[str, datetime], ...]:
+    config = _usable(findings, CONFIG, ConfigFacts)
+    stamped = ((f"{c.kind}/{c.name}", _parse(c.changed_at)) for c in (config.objects if config else []))
+    return tuple((name, at) for name, at in stamped if at is not None)
 
 
 def age(seconds: float) -> str:
@@ -270,18 +317,134 @@ def release_tie(facts: ServiceFacts, release: Release, previous: Release | None,
                                     f"in all before the errors rose to {new.window_rate:.0%}: they began after its "
                                     f"rollout, not with it")
     old = facts.traffic_of(previous.version) if previous is not None else None
-    if previous is not None and old is not None and old.requests:
-        weighing.add(old.lifetime_rate < threshold,
-                     f"the revision before it ({previous.version}) served with {old.lifetime_rate:.1%} errors",
+    if previous is not None and old is not None and old.requests and _clean_rate(facts, old) is None \
+            and _began_with(facts, previous, window_seconds) and _failed_from_start(facts, previous, new):
+        weighing.add(True, f"the revision before it ({previous.version}) failed too ({old.lifetime_rate:.0%} errors), "
+                           f"and the failure began with it: both came with the failure")
+    elif previous is not None and old is not None and old.requests:
+        clean = _clean_rate(facts, old)
+        weighing.add(clean is not None,
+                     f"the revision before it ({previous.version}) served with {old.lifetime_rate:.1%} errors"
+                     + (f", all of them the overload's ({facts.overload_share:.0%} of requests cannot be served)"
+                        if clean == "overload" else ""),
                      f"the revision before it ({previous.version}) failed too ({old.lifetime_rate:.0%} errors): "
                      f"the errors are not new with {release.version}")
     lag = facts.since_rollout(release)
     if lag is not None:
         if lag < -CLOCK_SKEW_SECONDS:
-            weighing.add(False, "", f"the failure began {age(lag)} before {release.describe()} went live")
+            supported = _began_before(facts, release, new, window_seconds, weighing) or supported
         elif lag > window_seconds:
             weighing.add(False, "", f"the failure began {age(lag)} after {release.describe()} went live: a bad "
                                     f"release fails within {age(window_seconds)}")
         else:
             supported = weighing.add(True, f"the failure began {age(max(lag, 0))} after {release.describe()} went live")
     return supported and len(weighing.against) == before
+
+
+def _clean_rate(facts: ServiceFacts, traffic: Traffic) -> str | None:
+    """Whether a revision served cleanly by its own record: "clean" below the error threshold,
+    "overload" when its errors are no more than the share of requests the overload fails
+    (measured now, under the same load), None when it failed on its own."""
+    threshold = facts.threshold if facts.threshold is not None else CLEAN_ERROR_RATE
+    if traffic.lifetime_rate < threshold:
+        return "clean"
+    if facts.overload_share and traffic.lifetime_rate - facts.overload_share < threshold:
+        return "overload"
+    return None
+
+
+def rollback_target(facts: ServiceFacts, release: Release, window_seconds: float,
+                    weighing: Weighing) -> Release | None:
+    """The revision to roll `release` back to: the newest one before it with a record of serving
+    cleanly -- never merely the previous one, which may have failed too (two bad releases in a
+    row). A revision's record is its own traffic (requests at an error rate below the threshold,
+    or no more than the overload's share) when the error rate was measured per version;
+    otherwise it counts as having served when it was live at least `window_seconds` (the time a
+    bad release takes to fail) before the next one replaced it. Adds why revisions were passed
+    over to `weighing`; None when no revision has such a record."""
+    replaced_at, passed = release.went_live, list[str]()
+    for candidate in (r for r in facts.history if r.revision < release.revision):
+        served = _served(facts, candidate, replaced_at, window_seconds)
+        if served is None:
+            if passed:
+                weighing.add(True, f"revision {candidate.revision} ({candidate.version}) is the last that served "
+                                   f"cleanly; passed over: {'; '.join(passed)}")
+            return candidate
+        passed.append(served)
+        replaced_at = candidate.went_live
+    weighing.against.append("no earlier revision has a record of serving cleanly"
+                            + (f" ({'; '.join(passed)})" if passed else ""))
+    return None
+
+
+def _served(facts: ServiceFacts, candidate: Release, replaced_at: datetime | None, window: float) -> str | None:
+    """None when `candidate` has a record of serving cleanly, else why not."""
+    traffic = facts.traffic_of(candidate.version)
+    if traffic is not None and traffic.requests:
+        if _clean_rate(facts, traffic) is not None:
+            return None
+        return f"revision {candidate.revision} ({candidate.version}) failed {traffic.lifetime_rate:.0%} of its " \
+               f"{traffic.requests:g} requests"
+    if candidate.went_live is None or replaced_at is None:
+        return None  # no times to judge by: the history's order is all there is
+    live = (replaced_at - candidate.went_live).total_seconds()
+    if live >= window:
+        return None
+    return f"revision {candidate.revision} ({candidate.version}) was live only {age(live)} before it was replaced" \
+           + (", and no request it served is recorded" if facts.traffic else "")
+
+
+def _began_with(facts: ServiceFacts, revision: Release, window: float) -> bool:
+    """The failure began within `window` after `revision` went live (not before it)."""
+    if facts.onset is None or revision.went_live is None:
+        return False
+    return -CLOCK_SKEW_SECONDS <= (facts.onset - revision.went_live).total_seconds() <= window
+
+
+def _failed_from_start(facts: ServiceFacts, revision: Release, new: Traffic | None) -> bool:
+    """An earlier revision failed from its start about as much as the newest fails now, by its own
+    traffic (no traffic recorded: nothing says otherwise). One that served cleanly for a while
+    before the failure began (a healthy release, then a fault no check sees) does not."""
+    old = facts.traffic_of(revision.version)
+    if old is None or not old.requests or new is None or not new.window_requests:
+        return True
+    return old.lifetime_rate >= FAILED_FROM_START * new.window_rate
+
+
+def _began_before(facts: ServiceFacts, release: Release, new: Traffic | None, window: float,
+                  weighing: Weighing) -> bool:
+    """The failure began before `release` went live. That speaks against it, unless the onset is
+    explained without clearing it: an earlier revision went live just before the onset and
+    `release` replaced it (two bad releases in a row: both are rolled back), or the onset was the
+    overload's and `release` fails more than the overload on its own."""
+    assert facts.onset is not None
+    lag = facts.since_rollout(release) or 0.0
+    began = next((r for r in facts.history if r.revision < release.revision and _began_with(facts, r, window)
+                  and _failed_from_start(facts, r, new)), None)
+    if began is not None and began.went_live is not None:
+        return weighing.add(True, f"the failure began {age(max((facts.onset - began.went_live).total_seconds(), 0))} "
+                                  f"after {began.describe()} went live, and {release.describe()} replaced it "
+                                  f"{age(-lag)} into the failure: both came with it")
+    threshold = facts.threshold or 0.0
+    own = new.window_rate - facts.overload_share if new is not None and new.window_requests else 0.0
+    if facts.overload_share and own >= threshold:
+        return weighing.add(True, f"the failure began {age(lag)} before {release.describe()} went live, with the "
+                                  f"overload ({facts.overload_share:.0%} of requests cannot be served); "
+                                  f"{release.version} fails {own:.0%} more on its own")
+    weighing.add(False, "", f"the failure began {age(lag)} before {release.describe()} went live")
+    return False
+
+
+def config_behind(facts: ServiceFacts, release: Release, window_seconds: float) -> str | None:
+    """A revision that rolled out no new image (a restart, or a change of the pod template
+    alone) with a ConfigMap or Secret the pods read changed shortly before it: that change is
+    the suspect, and a rollback of the deployment does not undo it. What was found, or None."""
+    if facts.previous is None or release.image != facts.previous.image or release.went_live is None:
+        return None
+    went_live = release.went_live
+    changed = [(name, (went_live - at).total_seconds()) for name, at in facts.config_changes
+               if -CLOCK_SKEW_SECONDS <= (went_live - at).total_seconds() <= window_seconds]
+    if not changed:
+        return None
+    return "; ".join(f"{name} changed {age(max(ago, 0))} before {release.describe()} rolled out with the same image "
+                     f"as revision {facts.previous.revision}" for name, ago in changed)

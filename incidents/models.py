@@ -137,6 +137,11 @@ class EventKind(StrEnum):
     # the end and after
     RESOLVED = "resolved"
     RESOLVED_BY_HAND = "resolved_by_hand"
+    # containment that stands after the incident (incidents/containment.py)
+    CONTAINMENT_RECORDED = "containment_recorded"
+    CONTAINMENT_EXPIRED = "containment_expired"
+    CONTAINMENT_WIDENS = "containment_widens"
+    CONTAINMENT_LIFTED = "containment_lifted"
     DRILL_CLOSED = "drill_closed"
     POSTMORTEM_REQUESTED = "postmortem_requested"
     POSTMORTEM_STARTED = "postmortem_started"
@@ -249,6 +254,8 @@ class Approval(StoreRow):
     title: str | None = None
 
 
+SIGNERS_SEPARATOR = ", "  # how the approval page names several verified approvers in the Resume input
+
 
 @dataclass(frozen=True)
 class Signature(StoreRow):
@@ -271,11 +278,12 @@ class ActionRecord:
     action_digest: str
     incident_id: int
     kind: str
-    status: str  # started | done | failed
+    status: str  # started | done | failed | refused (the target changed: the grant has ended)
     attempts: int
     started_at: datetime
     finished_at: datetime | None = None
     detail: str | None = None
+    acting_at: datetime | None = None  # when an attempt began to change the target
     first: bool = False
 
     @classmethod

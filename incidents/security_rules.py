@@ -23,16 +23,46 @@ _INTERNAL = tuple(ipaddress.ip_network(n) for n in (
     "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8"))
 
 
+# IPv6 ranges that carry an IPv4 address in their last 32 bits (IPv4-mapped, IPv4-translated,
+# IPv4-compatible, NAT64's well-known prefix): a block there is a block of that IPv4 range.
+_IPV4_IN_LAST_32 = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::ffff:0:0:0/96", "::/96",
+                                                             "64:ff9b::/96"))
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # 6to4: the IPv4 address in bits 16-48
+# IPv6 ranges whose embedded IPv4 address cannot be read off the prefix (Teredo, local NAT64)
+_OPAQUE_TRANSLATION = tuple(ipaddress.IPv6Network(n) for n in ("2001::/32", "64:ff9b:1::/48"))
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class InvalidCidr(ValueError):
     pass
 
 
+def _as_ipv4(network: Network) -> Network:
+    """An IPv6 range that embeds IPv4 addresses, as the IPv4 range it stands for (checked as
+    that); every other range as it is. A range that only partly covers translation space, or
+    whose IPv4 part cannot be read, is refused."""
+    if not isinstance(network, ipaddress.IPv6Network):
+        return network
+    if any(network.subnet_of(space) for space in _IPV4_IN_LAST_32):
+        return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    if network.subnet_of(_SIX_TO_FOUR):
+        return ipaddress.IPv4Network(((int(network.network_address) >> 80) & 0xFFFFFFFF,
+                                      min(32, network.prefixlen - 16)))
+    overlapped = [s for s in (*_IPV4_IN_LAST_32, _SIX_TO_FOUR, *_OPAQUE_TRANSLATION) if network.overlaps(s)]
+    if overlapped:
+        raise InvalidCidr(f"refusing to block {network}: it overlaps {overlapped[0]}, IPv6 space that carries IPv4 "
+                          f"addresses (block the IPv4 addresses themselves)")
+    return network
+
+
 def validate_cidr(value: str) -> str:
-    """A CIDR or single address to block, normalised (203.0.113.7 -> 203.0.113.7/32)."""
+    """A CIDR or single address to block, normalised (203.0.113.7 -> 203.0.113.7/32; an IPv4
+    address written in IPv6, such as ::ffff:203.0.113.7, as the IPv4 address it is)."""
     try:
-        network = ipaddress.ip_network(str(value).strip(), strict=False)
+        parsed = ipaddress.ip_network(str(value).strip(), strict=False)
     except ValueError as exc:
         raise InvalidCidr(f"invalid CIDR {value!r}: {exc}") from None
+    network = _as_ipv4(parsed)
     if network.prefixlen < _MIN_PREFIX[network.version]:
         raise InvalidCidr(f"refusing to block {network}: broader than /{_MIN_PREFIX[network.version]} "
                           f"for IPv{network.version}")
@@ -130,11 +160,19 @@ def block_action(service: ServiceConfig, cidrs: list[str], state: Containment, w
     return PlannedAction(
         "block_ips", f"networkpolicy/{sec.block_policy} (namespace {k.namespace})",
         f"no other policy selects the pods; blocked: {', '.join(now) or 'nothing'}",
-        f"ingress to {k.deployment} from anywhere but {', '.join(sorted(set(now) | set(cidrs)))}, and from every "
-        f"pod and namespace of the cluster", "NetworkPolicy ipBlock except (sole policy on the pods)",
+        f"ingress to {k.deployment} from {admitted_ranges(set(now) | set(cidrs))}, and from every pod and "
+        f"namespace of the cluster", "NetworkPolicy ipBlock except (sole policy on the pods)",
         NetworkPolicyBlock(strategy="network_policy", namespace=k.namespace, policy=sec.block_policy,
                            app=k.deployment, cidrs=cidrs, labels=state.labels or {"app": k.deployment},
                            existing=now))
+
+
+def admitted_ranges(blocked: set[str]) -> str:
+    """What a block policy admits, family by family (the policy admits both, always)."""
+    v4 = sorted(c for c in blocked if ":" not in c)
+    v6 = sorted(c for c in blocked if ":" in c)
+    return (f"IPv4 0.0.0.0/0 except {', '.join(v4) or 'nothing'} "
+            f"and IPv6 ::/0 except {', '.join(v6) or 'nothing'}")
 
 
 def public_statement_draft(service: str, opened_at: str, cidrs: list[str]) -> str:

@@ -3,6 +3,7 @@ other scenarios reuse. Pure functions: the tasks gather the facts, this decides 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +19,9 @@ from incidents.evidence import (
     Weighing,
     abstain,
     age,
+    config_behind,
     release_tie,
+    rollback_target,
     service_facts,
     settle,
     version_of,
@@ -68,6 +71,11 @@ def scale_action(
                          Scale(namespace=k.namespace, deployment=k.deployment, from_=current, to=target))
 
 
+# A release whose pods are OOM-killed this soon after it went live runs out of memory at start;
+# later, they served first, and memory outgrew the limit for reasons the release need not hold.
+OOM_AT_START_SECONDS = 120.0
+
+
 def live_release(facts: ServiceFacts) -> Release | None:
     """The recent revision, if it is the one running (not one already rolled back)."""
     recent = facts.recent
@@ -86,6 +94,12 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
     facts = service_facts(findings, now or datetime.now(timezone.utc), onset)
     head = Plan(incident_id, service_name, environment, (), tuple(f"{f.check}: {f.summary}" for f in findings.values()))
     w = Weighing()
+    if facts.endpoints_ok and facts.slow:
+        slowest = max(ms for _, ms in facts.slow)
+        w.add(True, f"every health endpoint answers, {len(facts.slow)} slower than the {facts.slo_ms:g} ms objective "
+                    f"(up to {slowest} ms)")
+        return abstain(head, w, f"the service is slow, not down: answers take up to {slowest} ms against a "
+                                f"{facts.slo_ms:g} ms objective, and no remedy of this scenario fits that.")
     if facts.endpoints_ok:
         w.add(True, "every health endpoint answers")
         return settle(head, [], STRONG, w, "All health endpoints answer: nothing to remediate.")
@@ -113,9 +127,26 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
     if not facts.pods_known:
         return abstain(head, w, "the pods could not be read, so nothing says what failed"
                                 + (f" or whether {release.describe()} is the cause." if release else "."))
+    oom = _oom_killed(facts, failing, w)
     if release and facts.previous:
-        return _rollback_or_abstain(head, service, environment, facts, release, failing, w, release_window_seconds)
+        plan = _rollback_or_abstain(head, service, environment, facts, release, failing, w, release_window_seconds)
+        return replace(plan, summary=f"Abstaining: {oom}; {plan.summary.removeprefix('Abstaining: ')}") \
+            if oom and plan.abstained else plan
+    if oom:
+        return abstain(head, w, f"{oom}: a restart brings the same limit back and they are killed again; the limit "
+                                "must be raised, or what outgrows it found.")
     return _restart_plan(head, service, facts, failing, w)
+
+
+def _oom_killed(facts: ServiceFacts, failing: list[Any], w: Weighing) -> str | None:
+    """The failing pods the kernel killed for using more memory than their limit, said once."""
+    oom = [p for p in failing if p.oom_killed]
+    if not oom:
+        return None
+    said = (f"{len(oom)} of {len(facts.pods)} pods were OOM-killed (memory limit "
+            f"{facts.memory_limit or 'not set'})")
+    w.add(True, said)
+    return said
 
 
 def _restart_plan(head: Plan, service: ServiceConfig, facts: ServiceFacts, failing: list[Any], w: Weighing) -> Plan:
@@ -136,6 +167,11 @@ def _restart_plan(head: Plan, service: ServiceConfig, facts: ServiceFacts, faili
 
 def _rollback_or_abstain(head: Plan, service: ServiceConfig, environment: str, facts: ServiceFacts, release: Release,
                          failing: list[Any], w: Weighing, window: float) -> Plan:
+    config = config_behind(facts, release, window)
+    if config:
+        w.add(True, config)
+        return abstain(head, w, f"{config}: a rollback of the deployment would not undo that change; revert it and "
+                                "restart the pods.")
     on_release = [p for p in failing if version_of(p.image) == release.version]
     w.add(bool(on_release) and len(on_release) == len(failing),
           f"{len(on_release)} of {len(facts.pods)} pods run {release.describe()} and are not ready"
@@ -144,14 +180,19 @@ def _rollback_or_abstain(head: Plan, service: ServiceConfig, environment: str, f
           f"pods of other revisions fail too ({len(failing) - len(on_release)} of {len(failing)} failing pods)")
     contradicted = len(w.against)
     release_tie(facts, release, facts.previous, window, w)
+    lag = facts.since_rollout(release)
+    if any(p.oom_killed for p in on_release) and lag is not None and lag > OOM_AT_START_SECONDS:
+        w.against.append(f"its pods were OOM-killed {age(lag)} after {release.describe()} went live: they ran "
+                         "until their memory outgrew the limit, and timing alone does not tie that to the release")
     if not on_release or len(w.against) > contradicted or len(on_release) != len(failing):
         return abstain(head, w, f"the evidence conflicts on whether {release.describe()} is the cause.")
-    previous = facts.previous
-    if previous is None:
-        return abstain(head, w, "there is no earlier revision to roll back to.")
+    target = rollback_target(facts, release, window, w)
+    if target is None:
+        return abstain(head, w, f"{release.describe()} fails, but no earlier revision is known to have served "
+                                "cleanly, so none is a safe target.")
     action = rollback_action(service, environment, {"revision": release.revision, "image": release.image},
-                             {"revision": previous.revision, "image": previous.image})
+                             {"revision": target.revision, "image": target.image})
     went_live = age((facts.now - release.went_live).total_seconds()) if release.went_live else "recently"
     return settle(head, [action], STRONG, w,
                   f"Revision {release.revision} went live {went_live} ago and its pods fail: roll back to "
-                  f"revision {previous.revision}.")
+                  f"revision {target.revision}, the last that served cleanly.")

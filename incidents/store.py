@@ -29,15 +29,17 @@ from incidents.store_base import (
     incident_from_row,
     required_row,
 )
+from incidents.store_containment import ContainmentRecords
 from incidents.store_correlation import CorrelationRecords
 
 __all__ = ["DEFAULT_DATABASE_URL", "REPLICA_SKEW_SECONDS", "SCHEMA", "DrillStore", "IncidentStore", "NotFound", "Row",
            "StoreError", "StoreUnreachable", "connect_timeout", "database_url", "required_row"]
 
 
-class IncidentStore(ApprovalRecords, CorrelationRecords):
+class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords):
     """The incident record: incidents, their timeline, Slack thread and pagers (here), approvals
-    and the action log (store_approvals), correlation and leases (store_correlation)."""
+    and the action log (store_approvals), correlation and leases (store_correlation), standing
+    containment (store_containment)."""
 
     # -- incidents ------------------------------------------------------------------------------
     def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,

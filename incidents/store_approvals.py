@@ -81,6 +81,14 @@ class ApprovalRecords(StoreBase):
                                (incident_id, plan_digest, action_digest)).fetchone()
             return ActionRecord.from_row(required_row(row))
 
+    def mark_acting(self, incident_id: int, plan_digest: str, action_digest: str) -> None:
+        """The re-check passed and the remedy begins to change the target: from now on a repeat
+        meets a target this action may already have changed (it checks for its own work instead)."""
+        with self._connect() as conn:
+            conn.execute("UPDATE action_log SET acting_at = COALESCE(acting_at, now()) "
+                         "WHERE incident_id = %s AND plan_digest = %s AND action_digest = %s",
+                         (incident_id, plan_digest, action_digest))
+
     def finish_action(self, incident_id: int, plan_digest: str, action_digest: str, status: str, detail: str) -> None:
         with self._connect() as conn:
             conn.execute("UPDATE action_log SET status = %s, detail = %s, finished_at = now() "

@@ -192,6 +192,12 @@ DO $$ BEGIN
         ALTER TABLE action_log DROP CONSTRAINT action_log_pkey,
                                ADD PRIMARY KEY (incident_id, plan_digest, action_digest);
     END IF;
+    -- 'refused': the re-check found the target changed since the approval; that grant has ended
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'action_log_status_check'
+                   AND pg_get_constraintdef(oid) LIKE '%refused%') THEN
+        ALTER TABLE action_log DROP CONSTRAINT IF EXISTS action_log_status_check,
+            ADD CONSTRAINT action_log_status_check CHECK (status IN ('started', 'done', 'failed', 'refused'));
+    END IF;
     -- 'withdrawn': the alert resolved and stayed resolved (only the intake and the watch write it)
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'approvals_decision_check'
                    AND pg_get_constraintdef(oid) LIKE '%withdrawn%') THEN
@@ -200,6 +206,27 @@ DO $$ BEGIN
                 CHECK (decision IN ('approved', 'declined', 'timed_out', 'withdrawn'));
     END IF;
 END $$;
+-- standing containment (blocks, raised log levels): recorded with an expiry and how to revert it
+CREATE TABLE IF NOT EXISTS containments (
+    id                   BIGSERIAL PRIMARY KEY,
+    incident_id          BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    environment          TEXT NOT NULL,
+    service              TEXT NOT NULL,
+    kind                 TEXT NOT NULL,
+    target               TEXT NOT NULL,
+    params               JSONB NOT NULL,
+    applied_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
+    expires_at           TIMESTAMPTZ NOT NULL,
+    status               TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'lifted')),
+    lifted_at            TIMESTAMPTZ,
+    lifted_by            TEXT,
+    note                 TEXT,
+    expiry_asked_at      TIMESTAMPTZ,
+    widening_reported_at TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS containments_active ON containments (environment) WHERE status = 'active';
+-- when an attempt at an action began to act (after its re-check): before that, every attempt re-checks
+ALTER TABLE action_log ADD COLUMN IF NOT EXISTS acting_at TIMESTAMPTZ;
 -- one Slack thread per incident (a Slack app's parent message), and what its parent shows now
 ALTER TABLE incidents ADD COLUMN IF NOT EXISTS slack_channel TEXT;
 ALTER TABLE incidents ADD COLUMN IF NOT EXISTS slack_ts TEXT;

@@ -1,6 +1,7 @@
 """The playbook's Communication Templates and Incident Issue Template, rendered from an
-incident. Text that came from outside (alert summaries, log lines) is escaped first, so it
-can neither mention a whole channel nor inject markdown."""
+incident. Text that came from outside (alert summaries, log lines) is redacted, then escaped
+(redaction first: a secret with an `_` in it would no longer match once escaped as `\\_`), so
+it can neither leak a credential, mention a whole channel nor inject markdown."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from incidents.models import Incident
+from incidents.redaction import redact
 
 _MASS_MENTION = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 _MENTION = re.compile(r"@(?=[A-Za-z0-9])")
@@ -18,7 +20,8 @@ _ZWSP = "\u200b"
 
 
 def _one_line(text: Any, limit: int) -> str:
-    flat = " ".join(str(text if text is not None else "").split())
+    """Redacted before it is cut, so a cut can never leave part of a secret standing."""
+    flat = " ".join(redact(str(text if text is not None else "")).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -36,7 +39,7 @@ def markdown_text(text: Any, limit: int = 300) -> str:
 
 def markdown_code(text: str, limit: int = 4000) -> str:
     """A fenced block for log excerpts; a fence inside the text cannot close it."""
-    body = text[-limit:].replace("```", "`\u200b``")
+    body = redact(text)[-limit:].replace("```", "`\u200b``")
     body = _MENTION.sub("@" + _ZWSP, body)
     return f"```text\n{body}\n```"
 

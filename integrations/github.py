@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, cast
 from urllib.parse import quote
 
 import httpx
 
-from integrations.errors import Closing, IntegrationError, TimedOut, refusal
+from integrations.errors import Closing, IntegrationError, Refused, TimedOut, refusal
 from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, request
 from integrations.http import client as http_client
 
 API_VERSION = "2022-11-28"
+# The input a dispatched workflow is sent and shows in its run-name, so its run can be found
+# where GitHub does not return it (see `GitHubClient.dispatch_workflow`).
+DISPATCH_INPUT = "dispatch_id"
 
 
 def iso(moment: datetime) -> str:
@@ -58,24 +61,54 @@ class GitHubClient(Closing):
     def get_run(self, repo: str, run_id: int) -> dict[str, Any]:
         return _json_object(self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}").json())
 
-    def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str], *,
-                          confirm_seconds: float = 10.0) -> datetime:
-        """Start a workflow_dispatch run; returns the moment just before, to find the run by.
-        Sent at most once per accepted request (see `_post_once`): a lost answer is resolved by
-        looking for the run it created (GitHub creates it within seconds)."""
-        started = datetime.now(timezone.utc).replace(microsecond=0)
+    def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str], dispatch_id: str, *,
+                          confirm_seconds: float = 10.0) -> int:
+        """Start a workflow_dispatch run and return its id, never guessed. GitHub returns the
+        run it created when asked (`return_run_details`, changelog 2026-02-19: 200 with
+        `workflow_run_id`). A server that refuses the parameter (older Enterprise Server: 400 or
+        422 naming it) is sent the dispatch again without it, and the run is found by
+        `dispatch_id`, an input the workflow shows in its run-name (`display_title`); a lost
+        answer is resolved the same way, so the POST is never simply repeated (`_post_once`)."""
+        path = f"{_repo_path(repo)}/actions/workflows/{quote(workflow, safe='')}/dispatches"
+        payload: dict[str, Any] = {"ref": ref, "inputs": {**inputs, DISPATCH_INPUT: dispatch_id}}
+        since = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=5)
+        found: list[int] = []
 
-        def created() -> bool:
-            deadline = time.monotonic() + confirm_seconds
-            while not self.workflow_runs(repo, workflow=workflow, event="workflow_dispatch", since=started, per_page=1):
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(1.0)
-            return True
+        def made() -> bool:
+            run = self._await_dispatched(repo, workflow, dispatch_id, since, confirm_seconds)
+            found.extend([run["id"]] if run else [])
+            return run is not None
 
-        self._post_once(f"{_repo_path(repo)}/actions/workflows/{quote(workflow, safe='')}/dispatches",
-                        {"ref": ref, "inputs": inputs}, created)
-        return started
+        try:
+            response = self._post_once(path, {**payload, "return_run_details": True}, made)
+        except Refused as exc:
+            if exc.status not in (400, 422) or "return_run_details" not in exc.reason:
+                raise
+            response = self._post_once(path, payload, made)  # a server without run details
+        if found:
+            return found[0]
+        if response is not None and response.status_code == 200 and "workflow_run_id" in response.json():
+            return int(response.json()["workflow_run_id"])
+        run = self._await_dispatched(repo, workflow, dispatch_id, since, confirm_seconds * 3)
+        if run is None:
+            raise TimedOut(f"GitHub workflow {workflow} in {repo}",
+                           f"the dispatch was accepted but no run with dispatch_id {dispatch_id} appeared (does the "
+                           f"workflow's run-name show inputs.{DISPATCH_INPUT}?)")
+        return int(run["id"])
+
+    def find_dispatched_run(self, repo: str, workflow: str, dispatch_id: str, since: datetime) -> dict[str, Any] | None:
+        """The run a dispatch with this `dispatch_id` created (its run-name shows the id), or None."""
+        runs = self.workflow_runs(repo, workflow=workflow, event="workflow_dispatch", since=since, per_page=50)
+        return next((r for r in runs if dispatch_id in str(r.get("display_title") or "")), None)
+
+    def _await_dispatched(self, repo: str, workflow: str, dispatch_id: str, since: datetime,
+                          seconds: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + seconds
+        while True:
+            run = self.find_dispatched_run(repo, workflow, dispatch_id, since)
+            if run is not None or time.monotonic() >= deadline:
+                return run
+            time.sleep(1.0)
 
     def _post_once(self, path: str, payload: dict[str, Any], made: Callable[[], Any]) -> httpx.Response | None:
         """POST that is never simply sent again: when its answer is lost (a timeout, a dropped
@@ -111,22 +144,18 @@ class GitHubClient(Closing):
             time.sleep(self.retry.delay(attempt, response))  # not acted on: again after its Retry-After
         raise AssertionError("unreachable")
 
-    def wait_for_dispatched_run(self, repo: str, workflow: str, since: datetime, *, timeout: float = 300,
-                                poll: float = 2.0) -> dict[str, Any]:
-        """Find the run a dispatch created and poll it until it completes (or `timeout`)."""
+    def wait_for_run(self, repo: str, workflow: str, run_id: int, *, timeout: float = 300,
+                     poll: float = 2.0) -> dict[str, Any]:
+        """Poll a workflow run until it completes (or `timeout`)."""
         deadline = time.monotonic() + timeout
-        run: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            if run is None:
-                runs = self.workflow_runs(repo, workflow=workflow, event="workflow_dispatch", since=since, per_page=5)
-                run = runs[0] if runs else None
-            else:
-                run = self.get_run(repo, run["id"])
-            if run and run.get("status") == "completed":
+        while True:
+            run = self.get_run(repo, run_id)
+            if run.get("status") == "completed":
                 return run
+            if time.monotonic() >= deadline:
+                raise TimedOut(f"GitHub workflow {workflow} in {repo}",
+                               f"run {run_id} still {run.get('status')} after {timeout:g} s")
             time.sleep(poll)
-        state = f"run {run['id']} still {run.get('status')}" if run else "no run appeared"
-        raise TimedOut(f"GitHub workflow {workflow} in {repo}", f"{state} after {timeout:g} s")
 
     def run_jobs(self, repo: str, run_id: int) -> list[dict[str, Any]]:
         return _json_list(

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, cast
 
 import urllib3
@@ -185,17 +188,88 @@ def summarize_pod(pod: dict[str, Any]) -> PodSummary:
     )
 
 
+# -- in-cluster credentials ---------------------------------------------------------------------
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclass(frozen=True)
+class InCluster:
+    """A pod's own credentials: the ServiceAccount token, the cluster's CA and the pod's
+    namespace, which the kubelet projects into `directory`, and the API server's address in
+    KUBERNETES_SERVICE_HOST / KUBERNETES_SERVICE_PORT."""
+
+    directory: str = SERVICE_ACCOUNT_DIR
+    environ: Mapping[str, str] | None = None  # None: the process's environment
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        return os.environ if self.environ is None else self.environ
+
+    @property
+    def applies(self) -> bool:
+        return bool(self.env.get("KUBERNETES_SERVICE_HOST"))
+
+    def namespace(self) -> str | None:
+        try:
+            return Path(self.directory, "namespace").read_text().strip() or None
+        except OSError:
+            return None
+
+    def api_client(self) -> k8s.ApiClient:
+        """A client that reads the token file again whenever the kubelet has rotated it (the
+        projected token expires within the hour; the file is replaced before it does)."""
+        token_file = Path(self.directory, "token")
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.incluster_config.InClusterConfigLoader(
+                token_filename=str(token_file), cert_filename=str(Path(self.directory, "ca.crt")),
+                try_refresh_token=False, environ=self.env).load_and_set(configuration)
+        except k8s_config.ConfigException as exc:
+            raise IntegrationError("Kubernetes in-cluster config", f"{exc} (in {self.directory}, "
+                                   "KUBERNETES_SERVICE_HOST/PORT)") from exc
+        configuration.refresh_api_key_hook = cast(Any, _TokenFile(token_file))  # typed None in the client
+        return k8s.ApiClient(configuration)
+
+
+class _TokenFile:
+    """The Configuration's refresh hook: the token as the file holds it now, read again only when
+    the file changed (a stat per request)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._seen: tuple[float, int] | None = None
+
+    def __call__(self, configuration: k8s.Configuration) -> None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return  # keep the token held; the API server says if it has expired
+        if (stat.st_mtime, stat.st_ino) != self._seen:
+            token = self.path.read_text().strip()
+            if token:
+                configuration.api_key["BearerToken"] = f"Bearer {token}"
+                self._seen = (stat.st_mtime, stat.st_ino)
+
+
 # -- the client --------------------------------------------------------------------------------
 class KubernetesClient(Closing):
-    """The operations a runbook needs, each with a timeout and retries on transient failures."""
+    """The operations a runbook needs, each with a timeout and retries on transient failures.
+
+    Credentials: a kubeconfig file (and context); with no kubeconfig inside a pod
+    (KUBERNETES_SERVICE_HOST set), the pod's ServiceAccount (`InCluster`); otherwise
+    ~/.kube/config, as kubectl does."""
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None, *, host: str | None = None,
-                 token: str | None = None, timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(attempts=3)):
+                 token: str | None = None, timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(attempts=3),
+                 in_cluster: InCluster | None = None):
+        in_cluster = in_cluster or InCluster()
         if host:
             configuration = k8s.Configuration(host=host)
             if token:
                 configuration.api_key = {"authorization": f"Bearer {token}"}
             api_client = k8s.ApiClient(configuration)
+        elif kubeconfig is None and in_cluster.applies:
+            api_client = in_cluster.api_client()
         else:
             try:
                 api_client = k8s_config.new_client_from_config(config_file=kubeconfig, context=context)
@@ -326,6 +400,18 @@ class KubernetesClient(Closing):
         self._call(f"patch horizontalpodautoscaler {namespace}/{name}",
                    k8s.AutoscalingV2Api(self.api_client).patch_namespaced_horizontal_pod_autoscaler, name, namespace,
                    {"spec": {"minReplicas": minimum, "maxReplicas": maximum}})
+
+    def can_i(self, verb: str, group: str, resource: str, namespace: str, name: str = "",
+              subresource: str = "") -> bool:
+        """What `kubectl auth can-i` asks: a SelfSubjectAccessReview, which every authenticated
+        identity may create."""
+        review = k8s.V1SelfSubjectAccessReview(spec=k8s.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=k8s.V1ResourceAttributes(verb=verb, group=group, resource=resource,
+                                                         subresource=subresource or None, namespace=namespace,
+                                                         name=name or None)))
+        answer = self._call(f"access review ({verb} {resource} in {namespace})",
+                            k8s.AuthorizationV1Api(self.api_client).create_self_subject_access_review, review)
+        return bool(answer.status and answer.status.allowed)
 
     def set_image(self, namespace: str, name: str, container: str, image: str) -> None:
         body = {"spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}}

@@ -148,16 +148,17 @@ def unblock_cidrs(kube: KubernetesClient, namespace: str, policy: str, app: str,
     return []
 
 
-def _write_policy(kube: KubernetesClient, namespace: str, policy: str, app: str, blocked: set[str]) -> list[str]:
-    existing = _read_policy(kube, namespace, policy)
+def block_peers(blocked: set[str] | list[str]) -> list[dict[str, Any]]:
+    """Both address families admitted, each with its own family's exceptions: a peer for one
+    family only would cut every client of the other off (an ipBlock admits its family alone)."""
     v4 = sorted(c for c in blocked if ":" not in c)
     v6 = sorted(c for c in blocked if ":" in c)
-    peers: list[dict[str, Any]] = []
-    if v4 or not v6:
-        peers.append({"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}})
-    if v6 or not v4:
-        peers.append({"ipBlock": {"cidr": "::/0", "except": v6}})
-    peers += [{"podSelector": {}}, {"namespaceSelector": {}}]
+    return [{"ipBlock": {"cidr": "0.0.0.0/0", "except": v4}}, {"ipBlock": {"cidr": "::/0", "except": v6}}]
+
+
+def _write_policy(kube: KubernetesClient, namespace: str, policy: str, app: str, blocked: set[str]) -> list[str]:
+    existing = _read_policy(kube, namespace, policy)
+    peers = block_peers(blocked) + [{"podSelector": {}}, {"namespaceSelector": {}}]
     body: dict[str, Any] = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -4,13 +4,13 @@ its own timeout. A probe measures, so it is never retried."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from integrations.http import client as http_client
 
@@ -82,26 +82,12 @@ class ErrorMetrics:
         return self.errors / self.requests if self.requests else 0.0
 
 
-_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
 def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Samples of the Prometheus text exposition format: (name, labels, value)."""
-    samples = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if not match:
-            continue
-        try:
-            value = float(match["value"])
-        except ValueError:
-            continue
-        samples.append((match["name"], dict(_LABEL.findall(match["labels"] or "")), value))
-    return samples
+    """Samples of the Prometheus text exposition format: (name, labels, value), read by
+    prometheus_client's parser (label values may hold any character, `}` included, as in
+    `path="/orders/{id}"`). Raises ValueError for text that is not in that format."""
+    return [(sample.name, dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 def error_metrics(body: Any) -> ErrorMetrics | None:
@@ -118,7 +104,11 @@ def error_metrics(body: Any) -> ErrorMetrics | None:
         total = errors = 0.0
         found = False
         versions: dict[str, tuple[float, float]] = {}
-        for name, labels, value in parse_prometheus(body):
+        try:
+            samples = parse_prometheus(body)
+        except ValueError:
+            return None
+        for name, labels, value in samples:
             if name == "http_requests_total":
                 found = True
                 failed = value if labels.get("code", "").startswith("5") else 0.0

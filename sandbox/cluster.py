@@ -28,6 +28,9 @@ from sandbox.k8s_objects import (
 from sandbox.patch import apply_patch
 from sandbox.selectors import matches_fields, matches_labels, selector_string
 
+# What every seeded container asks for and may use (a service outgrowing its memory limit is OOM-killed).
+CONTAINER_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+
 
 class Cluster(DeploymentController):
     """Thread-safe object store with a deployment controller driven by `tick()`."""
@@ -38,6 +41,8 @@ class Cluster(DeploymentController):
         # lines a service's pods log (POST /_sandbox/logs), e.g. one that logs a credential
         self.app_log_lines: dict[tuple[str, str], list[str]] = {}
         self.default_progress_deadline = progress_deadline
+        # deployments whose pods outgrow their memory limit (POST /_sandbox/memory): OOM-killed
+        self.memory_leaks: set[tuple[str, str]] = set()
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self._rv = 1
@@ -109,6 +114,7 @@ class Cluster(DeploymentController):
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", now_iso())
             meta["generation"] = 1
+            _stamp_write(plural, obj, None)
             self._store(plural, obj, "ADDED")
             if plural == "deployments":
                 self._reconcile_deployment(namespace, name)
@@ -143,6 +149,7 @@ class Cluster(DeploymentController):
             new["status"] = current.get("status", {})
             if new.get("spec") != current.get("spec"):
                 meta["generation"] = current["metadata"].get("generation", 1) + 1
+        _stamp_write(plural, new, current)
         self._store(plural, new, "MODIFIED")
         if plural == "deployments":
             self._reconcile_deployment(meta.get("namespace", ""), meta["name"])
@@ -259,6 +266,22 @@ class Cluster(DeploymentController):
         return "".join(line + "\n" for line in lines)
 
     # -- helpers for the rest of the sandbox -----------------------------------------------
+    def set_memory_leak(self, namespace: str, deployment: str, leaking: bool) -> int:
+        """The deployment's pods (now and later ones) use more memory than their limit and are
+        OOM-killed in a loop, whatever their image; or no longer. Returns the pods affected."""
+        with self.lock:
+            dep = self._objects[("deployments", namespace, deployment)]
+            (self.memory_leaks.add if leaking else self.memory_leaks.discard)((namespace, deployment))
+            now, affected = time.time(), 0
+            for rs in self._owned("replicasets", namespace, dep["metadata"]["uid"]):
+                for pod in self._owned("pods", namespace, rs["metadata"]["uid"]):
+                    rt = self._pods.get((namespace, pod["metadata"]["name"]))
+                    if rt is not None:
+                        rt.oom_since, affected = (now if leaking else None), affected + 1
+            self._refresh_status(namespace, deployment, now)
+            self.changed.notify_all()
+            return affected
+
     def ready_pods(self, namespace: str, deployment: str) -> int:
         with self.lock:
             dep = self._objects.get(("deployments", namespace, deployment))
@@ -273,6 +296,21 @@ class Cluster(DeploymentController):
                 if found or remaining <= 0:
                     return found
                 self.changed.wait(remaining)
+
+
+def _stamp_write(plural: str, new: dict, current: dict | None) -> None:
+    """metadata.managedFields as the API server keeps it for ConfigMaps and Secrets: a write that
+    changes the object's content stamps its time; one that changes nothing keeps the old time."""
+    if plural not in ("configmaps", "secrets"):
+        return
+    content = {k: v for k, v in new.items() if k not in ("metadata", "apiVersion", "kind")}
+    if current is not None and content == {k: v for k, v in current.items()
+                                           if k not in ("metadata", "apiVersion", "kind")}:
+        new["metadata"]["managedFields"] = current["metadata"].get("managedFields", [])
+        return
+    stamp = now_iso() if current is not None else new["metadata"].get("creationTimestamp") or now_iso()
+    new["metadata"]["managedFields"] = [{"manager": "kubectl", "operation": "Update" if current else "Create",
+                                         "apiVersion": "v1", "time": stamp, "fieldsType": "FieldsV1"}]
 
 
 @dataclass
@@ -297,7 +335,10 @@ def seed_deployment(cluster: Cluster, seed: Seed) -> None:
                      "strategy": {"type": "Recreate"}, "revisionHistoryLimit": 10,
                      "template": {"metadata": {"labels": labels},
                                   "spec": {"containers": [{"name": container, "image": first,
-                                                           "ports": [{"containerPort": 8080}]}]}}},
+                                                           "ports": [{"containerPort": 8080}],
+                                                           "resources": CONTAINER_RESOURCES,
+                                                           "envFrom": [{"configMapRef": {
+                                                               "name": f"{seed.name}-config", "optional": True}}]}]}}},
         })
         for image in rest:
             cluster.patch("deployments", seed.namespace, seed.name,

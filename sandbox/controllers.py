@@ -18,6 +18,7 @@ from sandbox.k8s_objects import (
     is_broken_image,
     new_replicaset,
     now_iso,
+    rejects_config,
     template_without_hash,
 )
 
@@ -83,7 +84,9 @@ class DeploymentController:
                 "spec": {**copy.deepcopy(template["spec"]), "nodeName": "sandbox-node-1"},
                 "status": {"phase": "Pending"},
             }
-            self._pods[(ns, pod_name)] = _PodRuntime(time.time(), is_broken_image(image))
+            leaking = (ns, meta["ownerReferences"][0]["name"]) in self.memory_leaks
+            broken = is_broken_image(image) or self._config_rejected(ns, template["spec"])
+            self._pods[(ns, pod_name)] = _PodRuntime(time.time(), broken, time.time() if leaking else None)
             self._store("pods", pod, "ADDED")
         rs["spec"]["replicas"] = replicas
         rs["status"] = {"replicas": replicas, "observedGeneration": meta.get("generation", 1)}
@@ -93,6 +96,16 @@ class DeploymentController:
         if replicas != old:
             self._record_event(ns, "Deployment", owner, "Normal", "ScalingReplicaSet",
                                f"Scaled {verb} replica set {meta['name']} from {old} to {replicas}")
+
+    def _config_rejected(self, namespace: str, pod_spec: dict) -> bool:
+        """A new pod's container reads its ConfigMaps (envFrom) at start and exits on a bad one."""
+        for container in pod_spec.get("containers") or []:
+            for source in container.get("envFrom") or []:
+                name = (source.get("configMapRef") or {}).get("name")
+                found = self._objects.get(("configmaps", namespace, name)) if name else None
+                if found is not None and rejects_config(found.get("data") or {}):
+                    return True
+        return False
 
     def _record_event(self, namespace: str, kind: str, name: str, type_: str, reason: str, message: str) -> None:
         for (p, ns, _), ev in self._objects.items():
@@ -117,8 +130,10 @@ class DeploymentController:
         started = now_iso(rt.created)
         base = {"name": container["name"], "image": container.get("image", ""), "imageID": "",
                 "containerID": f"sandbox://{pod['metadata']['uid'][:12]}"}
-        if rt.broken:
-            restarts = int((now - rt.created) / self.crash_period)
+        if rt.broken or rt.oom_since is not None:
+            since = rt.created if rt.broken else rt.oom_since or rt.created
+            # an OOM kill shows at once (the memory grew before anyone looked); a bad image's first crash takes a period
+            restarts = int((now - since) / self.crash_period) + (0 if rt.broken else 1)
             cs = {
                 **base,
                 "ready": False,
@@ -133,8 +148,10 @@ class DeploymentController:
                 },
             }
             if restarts:
-                cs["lastState"] = {"terminated": {"exitCode": 1, "reason": "Error", "startedAt": started,
-                                                  "finishedAt": now_iso(rt.created + restarts * self.crash_period)}}
+                oom = not rt.broken
+                cs["lastState"] = {"terminated": {"exitCode": 137 if oom else 1,
+                                                  "reason": "OOMKilled" if oom else "Error", "startedAt": started,
+                                                  "finishedAt": now_iso(since + restarts * self.crash_period)}}
             ready = False
         else:
             ready = now - rt.created >= self.ready_delay

@@ -38,6 +38,12 @@ class GitHub:
         self.job_logs: dict[int, str] = {}
         self.lock = threading.RLock()
         self._ids = itertools.count(1000)
+        # GitHub answers a dispatch with the run it created when asked (return_run_details);
+        # False: an older Enterprise Server, which refuses the parameter (422 naming it)
+        self.run_details = True
+        # called with each dispatched run before the dispatch is answered (a test's stand-in for
+        # another operator who dispatches the same workflow at that moment)
+        self.on_dispatch: Callable[[str, str], None] | None = None
         self.run_delay = 0.3
         self.router = Router()
         r, p = self.router, prefix
@@ -263,11 +269,20 @@ class GitHub:
         data = req.json() or {}
         if not data.get("ref"):
             return Response.json({"message": "Invalid request.\n\n\"ref\" wasn't supplied."}, 422)
+        if "return_run_details" in data and not self.run_details:  # an older GitHub Enterprise Server
+            return Response.json({"message": "Invalid request.\n\n\"return_run_details\" is not a permitted key.",
+                                  "documentation_url": "https://docs.github.com/rest/actions/workflows"}, 422)
         inputs = {str(k): str(v) for k, v in (data.get("inputs") or {}).items()}
-        run = self.record_run(full, workflow, f"{workflow.rsplit('.', 1)[0]} ({inputs.get('environment', 'default')})",
-                              None, event="workflow_dispatch", inputs=inputs)
+        # the workflow's run-name: `<name> (<environment>) <dispatch_id>`, as the rollback workflow declares it
+        title = f"{workflow.rsplit('.', 1)[0]} ({inputs.get('environment', 'default')}) {inputs.get('dispatch_id', '')}"
+        run = self.record_run(full, workflow, title.strip(), None, event="workflow_dispatch", inputs=inputs)
         runner = self.runners.get((full, workflow))
         threading.Thread(target=self._execute, args=(full, run, runner, inputs), daemon=True).start()
+        if self.on_dispatch is not None:
+            self.on_dispatch(full, workflow)
+        if data.get("return_run_details") is True:  # GitHub since 2026-02-19: the run it created
+            return Response.json({"workflow_run_id": run["id"], "html_url": run["html_url"],
+                                  "run_url": f"{self.prefix}/repos/{full}/actions/runs/{run['id']}"}, 200)
         return Response(204)
 
     def _execute(self, full: str, run: dict, runner: Runner | None, inputs: dict) -> None:

@@ -91,6 +91,15 @@ def _prune(value: Any) -> Any:
     return value
 
 
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+def rejects_config(data: dict) -> bool:
+    """What a demo service does with its ConfigMap at start: a log_level it does not know makes
+    it exit (CrashLoopBackOff), as a service validating its config would."""
+    return data.get("log_level", "info") not in LOG_LEVELS
+
+
 def is_broken_image(image: str) -> bool:
     return image.rsplit(":", 1)[-1].endswith("-broken") if ":" in image else False
 
@@ -99,6 +108,7 @@ def is_broken_image(image: str) -> bool:
 class _PodRuntime:
     created: float
     broken: bool
+    oom_since: float | None = None  # its memory outgrows the container's limit: OOM-killed again and again
 
 
 @dataclass

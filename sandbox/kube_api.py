@@ -10,9 +10,11 @@ from typing import Iterator
 
 from sandbox.cluster import RESOURCES, ApiError, Cluster
 from sandbox.http import Request, Response
+from sandbox.rbac import ADMIN, Attributes, Authorizer
 from sandbox.selectors import matches_fields, matches_labels
 
 _WATCH_CAP_SECONDS = 60.0
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
 def _age(stamp: str | None) -> str:
@@ -132,31 +134,101 @@ def _table(plural: str, items: list[dict], rv: str) -> dict:
     }
 
 
+def _fields(data: bytes) -> dict[int, bytes | int]:
+    """A protobuf message's fields (the last of each number): varints and length-delimited."""
+    out: dict[int, bytes | int] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out[number] = varint()
+        elif wire == 2:
+            size = varint()
+            out[number], i = data[i:i + size], i + size
+        else:
+            raise ValueError(f"protobuf wire type {wire} is not served by the sandbox")
+    return out
+
+
+_RESOURCE_ATTRIBUTES = {1: "namespace", 2: "verb", 3: "group", 4: "version", 5: "resource", 6: "subresource", 7: "name"}
+
+
+def _protobuf_review(body: bytes) -> dict:
+    """A SelfSubjectAccessReview as kubectl sends it (`application/vnd.kubernetes.protobuf`: the
+    magic `k8s\\0`, then runtime.Unknown whose field 2 is the object): its resourceAttributes."""
+    if not body.startswith(b"k8s\x00"):
+        raise ValueError("a protobuf body starts with k8s\\0")
+    review = _fields(_bytes(_fields(body[4:]), 2))
+    attributes = _fields(_bytes(_fields(_bytes(review, 2)), 1))
+    return {"spec": {"resourceAttributes": {name: _bytes(attributes, n).decode()
+                                            for n, name in _RESOURCE_ATTRIBUTES.items() if n in attributes}}}
+
+
+def _bytes(fields: dict[int, bytes | int], number: int) -> bytes:
+    value = fields.get(number, b"")
+    return value if isinstance(value, bytes) else b""
+
+
+def _verb(method: str, name: str | None, query: dict[str, str]) -> str:
+    """The authorizer's verb for a request, as the API server derives it."""
+    if method == "GET":
+        if query.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if name else "list"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+
+
+def _attributes(req: Request, parsed: tuple[str, str | None, str | None, str | None]) -> Attributes:
+    plural, namespace, name, sub = parsed
+    return Attributes(_verb(req.method, name, req.query), RESOURCES[plural].group, plural, sub or "",
+                      namespace or "", name or "")
+
+
 class KubeApi:
-    def __init__(self, cluster: Cluster, token: str):
+    def __init__(self, cluster: Cluster, authorizer: Authorizer):
         self.cluster = cluster
-        self.token = token
+        self.authorizer = authorizer
 
     def handle(self, req: Request) -> Response | None:
         if not (req.path.startswith(("/api", "/version", "/openapi")) and not req.path.startswith("/apis-")):
             return None
+        user = self.authorizer.user(req.header("authorization"))
         # /version is public, as on a real API server (system:public-info-viewer).
-        if req.path != "/version" and req.header("authorization") != f"Bearer {self.token}":
+        if req.path != "/version" and user is None:
             return Response.json(ApiError(401, "Unauthorized", "Unauthorized").status(), 401)
         try:
-            return self._handle(req)
+            return self._handle(req, user or "")
         except ApiError as err:
             return Response.json(err.status(), err.code)
         except (ValueError, KeyError, TypeError) as err:
             return Response.json(ApiError(400, "BadRequest", str(err)).status(), 400)
 
-    def _handle(self, req: Request) -> Response:
-        discovery = _discovery(req.path)
+    def _handle(self, req: Request, user: str) -> Response:
+        discovery = _discovery(req.path)  # discovery is open to every authenticated user (system:discovery)
         if discovery is not None:
             return Response.json(discovery)
+        if req.path == ACCESS_REVIEWS and req.method == "POST":
+            return Response.json(self._review(req, user), 201)
         parsed = _parse(req.path)
         if parsed is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        asked = _attributes(req, parsed)
+        if not self.authorizer.allows(user, asked):
+            raise ApiError(403, "Forbidden", asked.forbidden_message(user))
         plural, namespace, name, sub = parsed
         c, m = self.cluster, req.method
         if sub == "scale" and plural == "deployments":
@@ -200,6 +272,19 @@ class KubeApi:
                 return Response.json({"kind": "Status", "apiVersion": "v1", "status": "Success",
                                       "details": {"name": name, "kind": plural}})
         raise ApiError(405, "MethodNotAllowed", f"{m} is not supported on {req.path}")
+
+    def _review(self, req: Request, user: str) -> dict:
+        """A SelfSubjectAccessReview (what `kubectl auth can-i` asks): may I do this? Every
+        authenticated user may ask (system:basic-user); asking is not recorded as a use."""
+        body = _protobuf_review(req.body) if "protobuf" in req.header("content-type") else (req.json() or {})
+        ra = (body.get("spec") or {}).get("resourceAttributes") or {}
+        asked = Attributes(ra.get("verb", ""), ra.get("group", ""), ra.get("resource", ""), ra.get("subresource", ""),
+                           ra.get("namespace", ""), ra.get("name", ""))
+        rbac = self.authorizer.rbac
+        allowed = user == ADMIN or rbac is None or rbac.allows(user, asked)
+        return {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "metadata": {},
+                "spec": body.get("spec") or {}, "status": {"allowed": allowed, **(
+                    {} if allowed else {"reason": "no RBAC rule of the sandbox's rendered manifests allows it"})}}
 
     def _watch(self, req: Request, plural: str, namespace: str | None) -> Response:
         since = int(req.query.get("resourceVersion") or 0) or int(self.cluster.resource_version)

@@ -7,9 +7,13 @@ Error model, per service and per tick:
 - a revision whose image tag contains `-errors` fails a share of what it serves: only a
   rollback fixes that;
 - a failing dependency fails half the requests, unless the circuit breaker (ConfigMap
-  `<service>-flags`, key `circuit_breaker` = on) sheds them to a fallback;
+  `<service>-flags`, key `circuit_breaker` = on) sheds them to a fallback; the dependency
+  itself (`/dependencies/payments/health`) then answers 503;
+- a revision whose tag contains `-breaks-payments` sends the dependency requests it rejects:
+  half the requests fail and `/health` names payments, while payments itself answers 200;
 - a feature flag turned on (ConfigMap `<service>-flags`, key `new_checkout` = on) fails 40% of
   what any revision serves, and nothing but `/metrics` shows it: a fault no remedy here fixes.
+- added latency (`/_sandbox/latency`) slows every answer but `/metrics`'s: slow, not down.
 `/metrics` counts requests and errors in all and per version (the image tag that served them),
 as a service labelling its metrics with its version does.
 `/health` reports `checks.database` from a real query on the service's PostgreSQL when one
@@ -18,6 +22,7 @@ is configured: a table lock held elsewhere makes it fail.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from sandbox.cluster import Cluster
@@ -35,6 +40,7 @@ class DemoService:
     load_rps: float = 50.0
     capacity_per_replica: float = 40.0
     dependency_down: bool = False
+    latency_ms: float = 0.0  # added to every answer of its endpoints but /metrics (POST /_sandbox/latency)
     requests: float = 0.0
     errors: float = 0.0
     history: list[tuple[float, float]] = field(default_factory=list)
@@ -54,12 +60,16 @@ class DemoService:
             share = 0.0
             if "-errors" in version:
                 share += BAD_REVISION_ERROR_SHARE
-            if self.dependency_down and flags.get("circuit_breaker") != "on":
+            if self.payments_failing(version) and flags.get("circuit_breaker") != "on":
                 share += DEPENDENCY_ERROR_SHARE
             if flags.get("new_checkout") == "on":
                 share += FLAG_ERROR_SHARE
             failed += served * min(share, 1.0)
         self.count(version, load, failed)
+
+    def payments_failing(self, version: str) -> bool:
+        """Its calls to payments fail: payments is down, or this revision breaks the calls."""
+        return self.dependency_down or "-breaks-payments" in version
 
     def count(self, version: str, requests: float, errors: float) -> None:
         self.requests += requests
@@ -107,17 +117,20 @@ def endpoint(svc: DemoService, cluster: Cluster, endpoint: str, req: Request, da
     ready = cluster.ready_pods(svc.namespace, svc.name)
     if not ready:
         return Response.json({"status": "unavailable", "reason": "no ready pods"}, 503)
+    if svc.latency_ms and endpoint != "metrics":
+        time.sleep(svc.latency_ms / 1000)
     if endpoint == "__ok":
         return Response.text("ok")
     if endpoint == "health":
         db = database_check(database_url)
         healthy = db["status"] == "ok"
         checks = {"database": db}
-        if svc.dependency_down:
+        failing = svc.payments_failing(_image(cluster, svc.namespace, svc.name).rsplit(":", 1)[-1])
+        if failing:
             shed = svc.breaker_on(cluster)
-            checks["payments"] = {"status": "error", "error": "upstream timeout",
-                                  "circuit_breaker": "open" if shed else "closed"}
-        status = "ok" if healthy and not svc.dependency_down else "degraded"
+            checks["payments"] = {"status": "error", "circuit_breaker": "open" if shed else "closed",
+                                  "error": "upstream timeout" if svc.dependency_down else "HTTP 400 from payments"}
+        status = "ok" if healthy and not failing else "degraded"
         return Response.json({"status": status, "checks": checks}, 200 if healthy else 503)
     if endpoint == "metrics":
         requests, errors = int(svc.requests), int(svc.errors)

@@ -18,13 +18,18 @@ from sandbox.github import GitHub
 from sandbox.http import LOST, Fault, Faults, Request, Response, Router, serve
 from sandbox.kube_api import KubeApi
 from sandbox.pagerduty import PagerDuty
+from sandbox.rbac import ADMIN, Authorizer, Rbac, render, service_account_user
 from sandbox.services import BAD_REVISION_ERROR_SHARE, DemoService
 from sandbox.services import endpoint as service_endpoint
 from sandbox.slack import Slack
 from sandbox.tls import make_certificate, server_context
 
 NAMESPACE = "sandbox"
-KUBE_TOKEN = "sandbox-kube-token"
+KUBE_TOKEN = "sandbox-kube-token"  # the cluster admin's: tests, kubectl and the sandbox's own CI
+# The runbooks' ServiceAccount (deploy/kubernetes): what the runbooks use, authorized against the
+# Roles that `kubectl kustomize deploy/kubernetes/overlays/sandbox` renders.
+RUNBOOKS_KUBE_TOKEN = "sandbox-runbooks-token"
+RUNBOOKS_USER = service_account_user("runbooks", "runbooks")
 GITHUB_TOKEN = "sandbox-github-token"
 SLACK_PATH = "/slack/services/T0SANDBOX/B0SANDBOX/sandbox-webhook-secret"
 SLACK_SECURITY_PATH = "/slack/services/T0SANDBOX/B0SECURITY/security-webhook-secret"
@@ -37,8 +42,12 @@ class Sandbox:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, kube_port: int = 0, state_dir: Path | str | None = None,
                  ready_delay: float = 1.0, tick_seconds: float = 0.2, progress_deadline: int = 60,
                  database_url: str | None = None, slack_signing_secret: str | None = None,
-                 pagerduty_webhook_secret: str | None = None):
+                 pagerduty_webhook_secret: str | None = None, rbac_overlay: str | None = "sandbox"):
+        """`rbac_overlay`: the overlay of deploy/kubernetes/overlays whose Roles authorize the
+        runbooks' token (None: any token may do anything)."""
         self.host, self.port, self.kube_port = host, port, kube_port
+        self.authorizer = Authorizer({KUBE_TOKEN: ADMIN, RUNBOOKS_KUBE_TOKEN: RUNBOOKS_USER},
+                                     Rbac.from_manifests(render(rbac_overlay)) if rbac_overlay else None)
         self.database_url = database_url
         if database_url:
             prepare_app_database(database_url)
@@ -67,8 +76,11 @@ class Sandbox:
         self.router.add("POST", "/_sandbox/pagerduty/act", self.pagerduty.person_acts)
         self.router.add("POST", "/_sandbox/reset", self._reset)
         self.router.add("GET", "/services/{name}/{endpoint}", self._service_endpoint)
+        self.router.add("GET", "/dependencies/{name}/health", self._dependency_health)
         self.router.add("POST", "/_sandbox/load", self._set_load)
         self.router.add("POST", "/_sandbox/dependency", self._set_dependency)
+        self.router.add("POST", "/_sandbox/memory", self._set_memory_leak)
+        self.router.add("POST", "/_sandbox/latency", self._set_latency)
         self.router.add("POST", "/_sandbox/services", self._add_service)
         self.router.add("POST", "/_sandbox/logs", self._add_log_lines)
         self.reset()
@@ -77,7 +89,7 @@ class Sandbox:
     def reset(self) -> None:
         with self._lock:
             self.cluster = Cluster(ready_delay=self.ready_delay, progress_deadline=self.progress_deadline)
-            self.kube = KubeApi(self.cluster, KUBE_TOKEN)
+            self.kube = KubeApi(self.cluster, self.authorizer)
             self.github = GitHub(GITHUB_TOKEN)
             self.services: dict[str, DemoService] = {}
             self.slack.clear()
@@ -89,9 +101,11 @@ class Sandbox:
         c, gh = self.cluster, self.github
         c.create("namespaces", "", {"metadata": {"name": NAMESPACE}})
         c.create("namespaces", "", {"metadata": {"name": "default"}})
-        c.create("configmaps", NAMESPACE, {"metadata": {"name": "api-flags"}, "data": {"circuit_breaker": "off"}})
-        c.create("configmaps", NAMESPACE, {"metadata": {"name": "api-config"}, "data": {"log_level": "info"}})
-        c.create("secrets", NAMESPACE, {"metadata": {"name": "api-credentials"}, "type": "Opaque",
+        seeded = {"creationTimestamp": now_iso(time.time() - 72 * 3600)}  # config as old as the first release
+        c.create("configmaps", NAMESPACE, {"metadata": {"name": "api-flags", **seeded},
+                                           "data": {"circuit_breaker": "off"}})
+        c.create("configmaps", NAMESPACE, {"metadata": {"name": "api-config", **seeded}, "data": {"log_level": "info"}})
+        c.create("secrets", NAMESPACE, {"metadata": {"name": "api-credentials", **seeded}, "type": "Opaque",
                                         "data": {"token": "c2FuZGJveC1vbmx5", "api-key": "c2FuZGJveC1rZXk="}})
         seed_deployment(c, Seed(NAMESPACE, "database", ["registry.sandbox.local/library/postgres:15.6"], replicas=1,
                                 age_hours=[240.0]))
@@ -161,6 +175,7 @@ class Sandbox:
         if self.state_dir:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.kubeconfig.write_text(self.kubeconfig_text())
+            self.runbooks_kubeconfig.write_text(self.kubeconfig_text(RUNBOOKS_KUBE_TOKEN))
         threading.Thread(target=self._ticker, name="sandbox-ticker", daemon=True).start()
         return self
 
@@ -196,6 +211,22 @@ class Sandbox:
         return self.state_dir / "kubeconfig" if self.state_dir else None
 
     @property
+    def runbooks_kubeconfig(self) -> Path | None:
+        """The runbooks' own kubeconfig: their ServiceAccount's token, held to the shipped Role."""
+        return self.state_dir / "runbooks.kubeconfig" if self.state_dir else None
+
+    def issue_token(self, token: str, user: str = RUNBOOKS_USER) -> None:
+        """A new token for a user (a rotated projected ServiceAccount token)."""
+        self.authorizer.tokens[token] = user
+
+    def revoke_token(self, token: str) -> None:
+        self.authorizer.tokens.pop(token, None)
+
+    def use_rbac(self, overlay: str) -> None:
+        """Authorize the runbooks against another overlay's Roles (e.g. `read-only`)."""
+        self.authorizer.rbac = Rbac.from_manifests(render(overlay))
+
+    @property
     def slack_webhook_url(self) -> str:
         return self.url + SLACK_PATH
 
@@ -203,7 +234,7 @@ class Sandbox:
     def security_webhook_url(self) -> str:
         return self.url + SLACK_SECURITY_PATH
 
-    def kubeconfig_text(self) -> str:
+    def kubeconfig_text(self, token: str = KUBE_TOKEN) -> str:
         return json.dumps(
             {
                 "apiVersion": "v1",
@@ -219,7 +250,7 @@ class Sandbox:
                         },
                     }
                 ],
-                "users": [{"name": "sandbox", "user": {"token": KUBE_TOKEN}}],
+                "users": [{"name": "sandbox", "user": {"token": token}}],
                 "contexts": [
                     {"name": "sandbox", "context": {"cluster": "sandbox", "user": "sandbox", "namespace": NAMESPACE}}
                 ],
@@ -263,6 +294,15 @@ class Sandbox:
         return Response.json({"interactions_url": self.slack.interactions_url,
                               "pagerduty_webhook_url": self.pagerduty.webhook_url})
 
+    def _dependency_health(self, req: Request, name: str) -> Response:
+        """GET /dependencies/payments/health: the dependency's own health, down while
+        /_sandbox/dependency says so (for any service), whoever calls it."""
+        if name != "payments":
+            return Response.text("no such dependency", 404)
+        if any(svc.dependency_down for svc in self.services.values()):
+            return Response.json({"status": "down", "error": "payments is unavailable"}, 503)
+        return Response.json({"status": "ok"})
+
     def _service_endpoint(self, req: Request, name: str, endpoint: str) -> Response:
         svc = self.services.get(name)
         if svc is None:
@@ -296,6 +336,27 @@ class Sandbox:
             return Response.json({"message": f"give service (one of {sorted(self.services)}) and down true|false"}, 422)
         svc.dependency_down = data["down"]
         return Response.json({"service": svc.name, "dependency_down": svc.dependency_down})
+
+    def _set_latency(self, req: Request) -> Response:
+        """POST /_sandbox/latency {"service": "api", "ms": 2500}: every answer of its endpoints
+        (but /metrics) comes that much later; 0 ends it."""
+        data = req.json() or {}
+        svc, ms = self.services.get(data.get("service")), data.get("ms")
+        if svc is None or not isinstance(ms, (int, float)) or not 0 <= ms <= 30000:
+            return Response.json({"message": f"give service (one of {sorted(self.services)}) and ms 0-30000"}, 422)
+        svc.latency_ms = float(ms)
+        return Response.json({"service": svc.name, "latency_ms": svc.latency_ms})
+
+    def _set_memory_leak(self, req: Request) -> Response:
+        """POST /_sandbox/memory {"service": "api", "oom": true}: the service's pods outgrow their
+        memory limit and are OOM-killed in a loop (CrashLoopBackOff, last state OOMKilled, exit
+        137), whatever their image and however often they are restarted; false ends it."""
+        data = req.json() or {}
+        svc = self.services.get(data.get("service"))
+        if svc is None or not isinstance(data.get("oom"), bool):
+            return Response.json({"message": f"give service (one of {sorted(self.services)}) and oom true|false"}, 422)
+        pods = self.cluster.set_memory_leak(svc.namespace, svc.name, data["oom"])
+        return Response.json({"service": svc.name, "oom": data["oom"], "pods": pods})
 
     def _deploy(self, req: Request) -> Response:
         """POST /_sandbox/deploy {"service": "api", "version": "v1.6.0", "ago_seconds": 600}: a

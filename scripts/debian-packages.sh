@@ -3,10 +3,14 @@
 # `make test`, `make up` and .ci/run, so that the README's two commands are all the set-up.
 #   scripts/debian-packages.sh test   kubectl, Prometheus, Alertmanager, Chromium, redis-server
 #   scripts/debian-packages.sh up     kubectl and Prometheus (the stack's own)
+#   scripts/debian-packages.sh image  podman, runc and mmdebstrap (`make image`, and running the image)
 # Without root or apt-get it installs nothing and prints the one command to run instead.
 set -euo pipefail
 
 want=(kubectl:kubernetes-client prometheus:prometheus)
+if [ "${1:-test}" = image ]; then
+  want=(podman:podman mmdebstrap:mmdebstrap runc:runc)
+fi
 if [ "${1:-test}" = test ]; then
   want+=(prometheus-alertmanager:prometheus-alertmanager chromium:chromium redis-server:redis-server)
 fi

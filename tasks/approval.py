@@ -9,6 +9,7 @@ Called from a flow (a pause belongs to the flow run), not as a task.
 from __future__ import annotations
 
 import contextvars
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +24,9 @@ from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
-from incidents.models import Approval, EventKind, Incident
+from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Incident
 from incidents.plans import Grant, Plan
+from incidents.redaction import redact
 from incidents.store import IncidentStore, StoreError
 from incidents.templates import approval_buttons, slack_text
 from tasks.context import RunContext
@@ -35,7 +37,7 @@ from tasks.steps import run_logger
 from tasks.timeline import record
 
 TIMEOUT_REASON = "no answer before the approval deadline"
-DEADLINE_APPROVER = "runbooks (approval deadline)"
+DEADLINE_APPROVER = "runbooks: approval deadline"  # no parentheses: the form refuses them in names
 _DECISION_KIND = {"approved": EventKind.APPROVAL_APPROVED, "declined": EventKind.APPROVAL_DECLINED,
                   "timed_out": EventKind.APPROVAL_TIMED_OUT, "withdrawn": EventKind.APPROVAL_WITHDRAWN}
 
@@ -49,8 +51,10 @@ class ApprovalInput(RunInput):
     """
 
     approve: bool = Field(False, description="On: run exactly this plan. Off: decline it; nothing changes.")
-    approver: str = Field(min_length=1, max_length=200, pattern=r"\S",
-                          description="Your name: who approved or declined (required).")
+    # A typed name cannot pose as a verified or a joint decision: no "+" and no parentheses
+    # (the gate adds "(verified)" or "(unverified)" itself; the approval page sends "sam, tess").
+    approver: str = Field(min_length=1, max_length=200, pattern=r"^[^+()]*[^+()\s][^+()]*$",
+                          description="Your name: who approved or declined (required; no + or parentheses).")
     reason: str = Field("", max_length=2000, description="Why (written to the incident timeline).")
 
 
@@ -246,18 +250,11 @@ def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out
     """The decision an answer makes, or None when an approval lacks the verified approvers it needs."""
     if timed_out or answer is None:
         return Decision("timed_out", None, TIMEOUT_REASON)
-    if not answer.approve:  # a decline changes nothing: it needs no verification
-        return Decision("declined", answer.approver.strip() or None, answer.reason.strip() or "declined")
+    if not answer.approve:  # a decline changes nothing: it needs no verification, only a label
+        return Decision("declined", _labelled(ctx, approval_id, answer.approver.strip(), "decline"),
+                        answer.reason.strip() or "declined")
     if not needed:  # the Resume form suffices here; an answer from the approval page is still marked verified
-        approver = answer.approver.strip()
-        try:
-            signers = _approving_signers(ctx, approval_id)
-            if signers and approval_id is not None and approver == " + ".join(dict.fromkeys(signers)):
-                ctx.store().mark_verified(approval_id)
-                approver += " (verified)"
-        except StoreError as exc:  # the answer counts all the same; only the mark is missing
-            run_logger().warning("Approval %s: signatures not readable: %s", approval_id, exc)
-        return _approved(plan, approver, answer)
+        return _approved(plan, _labelled(ctx, approval_id, answer.approver.strip(), "approve"), answer)
     if approval_id is None:
         return Decision("declined", None, "approvers cannot be verified: the incident store is unavailable")
     signers = list(dict.fromkeys(_approving_signers(ctx, approval_id)))
@@ -266,6 +263,23 @@ def _decide(ctx: RunContext, plan: Plan, answer: ApprovalInput | None, timed_out
     approver = " + ".join(signers) + " (verified)"
     ctx.store().mark_verified(approval_id)
     return _approved(plan, approver, answer)
+
+
+def _labelled(ctx: RunContext, approval_id: int | None, typed: str, decision: str) -> str:
+    """The name an answer was given under, marked "(verified)" when the approval page or Slack
+    recorded exactly these approvers' signatures for this decision, else "(unverified)": a name
+    typed in the Resume form is only what someone typed."""
+    if approval_id is None:
+        return f"{typed} (unverified)"
+    try:
+        signed = list(dict.fromkeys(s.approver for s in ctx.store().signatures(approval_id) if s.decision == decision))
+        if signed and typed == SIGNERS_SEPARATOR.join(signed):
+            if decision == "approve":
+                ctx.store().mark_verified(approval_id)
+            return f"{typed} (verified)"
+    except StoreError as exc:  # the answer counts all the same; only the mark is missing
+        run_logger().warning("Approval %s: signatures not readable: %s", approval_id, exc)
+    return f"{typed} (unverified)"
 
 
 def _approved(plan: Plan, approver: str, answer: ApprovalInput) -> Decision:
@@ -281,6 +295,11 @@ def _earlier_request(store: IncidentStore, run_id: str | None, plan: Plan) -> Ap
     except StoreError:
         return None
     return earlier if earlier and earlier.plan_digest == plan.digest else None
+
+
+def form_name(name: str) -> str:
+    """A name as the Resume form accepts it (no + or parentheses), for answers the runbooks give."""
+    return " ".join(re.sub(r"[+()]", " ", name).split()) or "unnamed"
 
 
 def deadline_answer() -> dict:
@@ -299,7 +318,7 @@ def wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
     The deadline is enforced by resuming the run with a decline (a pause that simply expired
     would leave the run Failed): for a paused run by a timer here, for a suspended run (whose
     process is gone) by the incident watch (`tasks/watch.py`), from the approval's deadline_at."""
-    form = prefilled(ApprovalInput, note + plan.markdown(timeout))
+    form = prefilled(ApprovalInput, redact(note + plan.markdown(timeout)))
     key = f"approval-{plan.digest[:12]}" + (f"-{attempt}" if attempt else "")
     if deployment.get_id():
         # the extra 10 minutes leave the watch (every minute) time to decline it at the deadline

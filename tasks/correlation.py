@@ -30,7 +30,7 @@ from tasks.paging import mentions, trigger_pagers
 from tasks.timeline import record
 
 _log = logging.getLogger("runbooks.correlation")
-WITHDRAWER = "runbooks intake (alert resolved)"
+WITHDRAWER = "runbooks intake: alert resolved"  # no parentheses: the form refuses them in names
 
 
 @dataclass(frozen=True)

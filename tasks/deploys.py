@@ -60,29 +60,30 @@ def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
             detail = (f"kubectl rollout undo: revision {result.from_revision} -> {result.to_revision} ({result.image})"
                       if not result.skipped else f"skipped: already at revision {result.to_revision}")
             return ActionResult(action.describe(), not result.skipped, detail)
-    return _rollback_by_workflow(ctx, action, action.params_as(RollbackByWorkflow), interrupted_at)
+    # the same id for every attempt at this action of this plan: a retry finds its own run, never another's
+    dispatch_id = f"{grant.plan_digest[:12]}-{action.digest[:8]}"
+    return _rollback_by_workflow(ctx, action, action.params_as(RollbackByWorkflow), interrupted_at, dispatch_id)
 
 
 def _rollback_by_workflow(ctx: RunContext, action: PlannedAction, p: RollbackByWorkflow,
-                          interrupted_at: datetime | None) -> ActionResult:
+                          interrupted_at: datetime | None, dispatch_id: str) -> ActionResult:
     logger = run_logger()
     with ctx.github() as github:
-        attempted = interrupted_at - timedelta(seconds=5) if interrupted_at else None
-        earlier = github.workflow_runs(p.repo, since=attempted, workflow=p.workflow,
-                                       event="workflow_dispatch") if attempted else []
-        if earlier and attempted:
-            since = attempted
+        earlier = github.find_dispatched_run(p.repo, p.workflow, dispatch_id, interrupted_at - timedelta(seconds=5)) \
+            if interrupted_at else None
+        if earlier is not None:
+            run_id = int(earlier["id"])
             logger.warning("An interrupted attempt already dispatched %s (run %s); following it instead of "
-                           "dispatching again", p.workflow, earlier[0]["id"])
+                           "dispatching again", p.workflow, run_id)
         else:
             logger.info("Dispatching %s in %s (environment=%s, to %s)", p.workflow, p.repo, p.environment, p.to_image)
             # the target is named: a second dispatch (an answer lost in transit) rolls to it again, harmlessly
             # without a known image the workflow undoes to the previous revision, as kubectl does
             inputs = {"environment": p.environment, "to_revision": str(p.to_revision)}
-            since = github.dispatch_workflow(p.repo, p.workflow, p.ref,
-                                             {**inputs, "to_image": p.to_image} if p.to_image else inputs)
-        run = github.wait_for_dispatched_run(p.repo, p.workflow, since,
-                                             timeout=ctx.config.timeouts.workflow_seconds, poll=1.0)
+            run_id = github.dispatch_workflow(p.repo, p.workflow, p.ref,
+                                              {**inputs, "to_image": p.to_image} if p.to_image else inputs,
+                                              dispatch_id)
+        run = github.wait_for_run(p.repo, p.workflow, run_id, timeout=ctx.config.timeouts.workflow_seconds, poll=1.0)
         if run.get("conclusion") != "success":
             logs = github.failed_job_logs(p.repo, run["id"], tail_lines=15)
             excerpt = " | ".join(line for text in logs.values() for line in text.splitlines()[-3:])

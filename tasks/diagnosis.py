@@ -3,23 +3,30 @@ that cannot reach what it checks says so in its Finding instead of failing the r
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prefect.futures import PrefectFuture
 
 from incidents.check_facts import (
+    CONFIG,
     DEPLOYS,
     HEALTH,
+    NETWORK,
     POD_LOGS,
     ROLLOUT,
     RUN_LOGS,
     Autoscaler,
+    ConfigChange,
+    ConfigFacts,
     DeploysFacts,
     HealthFacts,
+    NetworkFacts,
     PodFacts,
     PodLogsFacts,
     Probe,
+    Reached,
     Revision,
     RolloutFacts,
     RunLogsFacts,
@@ -29,7 +36,9 @@ from incidents.findings import Finding, unavailable
 from incidents.redaction import redact
 from integrations.errors import IntegrationError
 from integrations.kubernetes import container_image, revision_of, rollout_status_of
+from integrations.kubernetes_config import config_refs, last_changed
 from integrations.probes import error_metrics, probe_all
+from integrations.reach import reach
 from tasks.context import RunContext, SecretNotFound
 from tasks.steps import run_logger, step
 
@@ -46,13 +55,17 @@ def _age(stamp: str) -> str:
 
 
 @step("probe-endpoints")
-def probe_endpoints(urls: list[str], timeout: float = 5.0) -> Finding:
-    """`curl -f` of every endpoint at once; the check takes as long as the slowest probe."""
+def probe_endpoints(urls: list[str], timeout: float = 5.0, slo_ms: float | None = None) -> Finding:
+    """`curl -f` of every endpoint at once; the check takes as long as the slowest probe. With a
+    latency objective, an answer slower than it is a finding: slow is not down."""
     results = probe_all(urls, timeout)
     failing = [r for r in results if not r.ok]
     details = tuple(r.describe() for r in results)
-    data: dict[str, Any] = {"results": [Probe(url=r.url, ok=r.ok, status=r.status, ms=round(r.seconds * 1000))
-                                        for r in results]}
+    probes = [Probe(url=r.url, ok=r.ok, status=r.status, ms=round(r.seconds * 1000)) for r in results]
+    data: dict[str, Any] = {"results": probes}
+    slow = [p for p in probes if slo_ms and p.ok and p.ms is not None and p.ms > slo_ms]
+    if slo_ms:
+        data.update(slo_ms=slo_ms, slow=slow)
     failing_checks = sorted({name for r in results if isinstance(r.body, dict)
                              for name, check in (r.body.get("checks") or {}).items()
                              if isinstance(check, dict) and check.get("status") not in (None, "ok")})
@@ -68,6 +81,8 @@ def probe_endpoints(urls: list[str], timeout: float = 5.0) -> Finding:
         summary = f"{len(failing)} of {len(results)} endpoints failing"
     else:
         summary = f"all {len(results)} endpoints answer"
+    if slow:
+        summary += f"; {len(slow)} slower than the {slo_ms:g} ms objective (up to {max(p.ms or 0 for p in slow)} ms)"
     return Finding(HEALTH, not failing, summary, details, HealthFacts(**data))
 
 
@@ -105,10 +120,56 @@ def check_rollout(ctx: RunContext) -> Finding:
     return Finding(ROLLOUT, bool(healthy), summary, details, RolloutFacts(
         revision=revision_of(deployment), image=container_image(deployment, target.container),
         rollout_done=status.done, rollout_failed=status.failed, oom_killed=len(oom),
+        memory_limit=_memory_limit(deployment, target.container),
         desired_replicas=deployment["spec"].get("replicas", 1),
         autoscaler=Autoscaler(**autoscaler) if autoscaler else None, paused=bool(deployment["spec"].get("paused")),
         pods=[PodFacts(name=p.name, ready=p.ready, restarts=p.restarts, waiting=p.waiting_reason,
                        last_termination=p.last_termination_reason, image=p.image) for p in pods]))
+
+
+def _memory_limit(deployment: dict[str, Any], container: str | None) -> str | None:
+    containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
+    chosen = next((c for c in containers if c.get("name") == container), containers[0])
+    return ((chosen.get("resources") or {}).get("limits") or {}).get("memory")
+
+
+@step("network-and-dns")
+def network_reach(ctx: RunContext) -> Finding:
+    """Each dependency the config names, probed directly, all at once: resolves, connects,
+    answers; and if not, which of those failed."""
+    deps = ctx.service.dependencies
+    timeout = ctx.config.timeouts.probe_seconds
+    with ThreadPoolExecutor(max_workers=max(len(deps), 1)) as pool:
+        found = list(pool.map(lambda item: reach(item[0], item[1].url, timeout), deps.items()))
+    failing = [r for r in found if not r.ok]
+    summary = ("; ".join(f"{r.name}: {r.detail}" for r in failing) if failing
+               else f"{len(found)} dependencies answer directly" if found else "no dependencies configured")
+    return Finding(NETWORK, not failing, summary, tuple(f"{r.name} ({r.url}): {r.outcome}, {r.detail}" for r in found),
+                   NetworkFacts(dependencies=[Reached(name=r.name, outcome=r.outcome, detail=r.detail, status=r.status)
+                                              for r in found]))
+
+
+@step("config-changes")
+def config_changes(ctx: RunContext) -> Finding:
+    """The ConfigMaps and Secrets the pods read, and when each last changed (a config rolled by a
+    restart breaks a service as a release does, and a rollback does not undo it)."""
+    target = ctx.service.kubernetes
+    window = ctx.config.timeouts.release_window_seconds
+    try:
+        with ctx.kubernetes() as kube:
+            objects = [last_changed(kube, target.namespace, ref)
+                       for ref in config_refs(kube.get_deployment(target.namespace, target.deployment))]
+    except _CHECK_ERRORS as exc:
+        return unavailable(CONFIG, exc)
+    now = datetime.now(timezone.utc)
+    recent = [o for o in objects if o.changed_at and (now - o.changed_at).total_seconds() <= window]
+    details = tuple(f"{o.describe()}: " + (f"changed {_age(o.changed_at.isoformat())} ago" if o.changed_at
+                                           else f"could not read ({o.error})") for o in objects)
+    summary = (f"{', '.join(o.describe() for o in recent)} changed in the last {window / 60:g} min" if recent
+               else f"no change in the last {window / 60:g} min to the {len(objects)} ConfigMaps and Secrets read")
+    return Finding(CONFIG, not recent, summary, details, ConfigFacts(objects=[
+        ConfigChange(kind=o.kind, name=o.name, changed_at=o.changed_at.isoformat() if o.changed_at else None,
+                     error=o.error) for o in objects]))
 
 
 @step("recent-deployments")

@@ -116,10 +116,15 @@ def _load(ctx: RunContext, state: FaultState, step: Step) -> None:
     state.undo["load"] = True
 
 
-def _dependency(ctx: RunContext, state: FaultState, step: Step) -> None:
-    httpx.post(f"{sandbox_url()}/_sandbox/dependency", json={"service": ctx.service_name, "down": True},
+def _sandbox_control(ctx: RunContext, state: FaultState, control: str, **body: Any) -> None:
+    """One of the sandbox's controls for the target service; clean-up turns it back."""
+    httpx.post(f"{sandbox_url()}/_sandbox/{control}", json={"service": ctx.service_name, **body},
                timeout=5).raise_for_status()
-    state.undo["dependency"] = True
+    state.undo[control] = True
+
+
+def _dependency(ctx: RunContext, state: FaultState, step: Step) -> None:
+    _sandbox_control(ctx, state, "dependency", down=True)
     _remember_flag(ctx, state, ctx.service.circuit_breaker.key if ctx.service.circuit_breaker else None)
 
 
@@ -190,7 +195,36 @@ def _leaked_credential(ctx: RunContext, state: FaultState, step: Step) -> None:
                          "summary": f"canary credential in secret {target.name} used from {LEAK_SOURCE}"}
 
 
-_INJECT = {"release": _release, "load": _load, "dependency": _dependency, "flag": _flag, "replicas": _replicas,
+def _config(ctx: RunContext, state: FaultState, step: Step) -> None:
+    """A value the service rejects in the ConfigMap its pods read, rolled out by a restart
+    (kubectl patch configmap, then kubectl rollout restart): no new image."""
+    k = ctx.service.kubernetes
+    with ctx.kubernetes() as kube:
+        previous = set_config_value(kube, k.namespace, f"{k.deployment}-config", "log_level", str(step.value))
+        state.undo.setdefault("config", previous or "info")
+        kube.rollout_restart(k.namespace, k.deployment)
+
+
+def _latency(ctx: RunContext, state: FaultState, step: Step) -> None:
+    _sandbox_control(ctx, state, "latency", ms=step.value)
+
+
+def _memory(ctx: RunContext, state: FaultState, step: Step) -> None:
+    _sandbox_control(ctx, state, "memory", oom=True)
+
+
+def _other_broken(ctx: RunContext, state: FaultState, step: Step) -> None:
+    """Another service of the namespace crash-loops (kubectl set image): not the target's fault."""
+    ns, other = ctx.service.kubernetes.namespace, str(step.value)
+    with ctx.kubernetes() as kube:
+        image = container_image(kube.get_deployment(ns, other), other)
+        state.undo.setdefault("other", {"deployment": other, "image": image})
+        kube.set_image(ns, other, other, f"{image.rsplit(':', 1)[0]}:drill-{secrets.token_hex(3)}-broken")
+
+
+_INJECT = {"release": _release, "other_broken": _other_broken, "memory": _memory, "config": _config,
+           "latency": _latency,
+           "load": _load, "dependency": _dependency, "flag": _flag, "replicas": _replicas,
            "pg_lock": _pg_lock, "pg_idle": _pg_idle, "pg_connections": _pg_connections,
            "pg_long_query": _pg_long_query, "leaked_credential": _leaked_credential}
 
@@ -234,9 +268,11 @@ def _db_problem(ctx: RunContext) -> bool:
 
 
 def _service_failing(ctx: RunContext) -> bool:
+    """Down, or slower than its latency objective (what a latency alert sees)."""
     results = probe_all([ctx.service.url(p) for p in (ctx.service.ok_path, ctx.service.health_path)],
                         ctx.config.timeouts.probe_seconds)
-    return not all(r.ok for r in results)
+    slo = ctx.service.latency_slo_ms
+    return not all(r.ok for r in results) or bool(slo and any(r.seconds * 1000 > slo for r in results))
 
 
 def _errors_high(ctx: RunContext) -> bool:
@@ -299,6 +335,12 @@ def _undo_traffic(ctx: RunContext, state: FaultState) -> list[str]:
     if state.undo.get("load"):
         httpx.post(f"{sandbox_url()}/_sandbox/load", json={"service": ctx.service_name, "rps": 50}, timeout=5)
         done.append("load back to 50 rps")
+    if state.undo.get("latency"):
+        httpx.post(f"{sandbox_url()}/_sandbox/latency", json={"service": ctx.service_name, "ms": 0}, timeout=5)
+        done.append("latency back to none")
+    if state.undo.get("memory"):
+        httpx.post(f"{sandbox_url()}/_sandbox/memory", json={"service": ctx.service_name, "oom": False}, timeout=5)
+        done.append("memory back within its limit")
     if state.undo.get("dependency"):
         httpx.post(f"{sandbox_url()}/_sandbox/dependency", json={"service": ctx.service_name, "down": False}, timeout=5)
         done.append("dependency back up")
@@ -306,8 +348,12 @@ def _undo_traffic(ctx: RunContext, state: FaultState) -> list[str]:
 
 
 def _undo_flags(ctx: RunContext, state: FaultState) -> list[str]:
-    done = []
+    done, k = [], ctx.service.kubernetes
     with ctx.kubernetes() as kube:
+        if "config" in state.undo:
+            set_config_value(kube, k.namespace, f"{k.deployment}-config", "log_level", state.undo["config"])
+            kube.rollout_restart(k.namespace, k.deployment)
+            done.append(f"log_level back to {state.undo['config']}, pods restarted")
         for key, value in (state.undo.get("flags") or {}).items():
             ns, configmap = ctx.service.kubernetes.namespace, _flags_configmap(ctx)
             if get_config_value(kube, ns, configmap, key) != value:
@@ -317,14 +363,16 @@ def _undo_flags(ctx: RunContext, state: FaultState) -> list[str]:
 
 
 def _undo_release(ctx: RunContext, state: FaultState) -> list[str]:
-    if "image" not in state.undo:
-        return []
-    k = ctx.service.kubernetes
+    k, done = ctx.service.kubernetes, []
+    other = state.undo.get("other") or {}
+    targets = ([(k.deployment, k.container, state.undo["image"])] if "image" in state.undo else []) + \
+        ([(other["deployment"], other["deployment"], other["image"])] if other else [])
     with ctx.kubernetes() as kube:
-        if container_image(kube.get_deployment(k.namespace, k.deployment), k.container) != state.undo["image"]:
-            kube.set_image(k.namespace, k.deployment, k.container, state.undo["image"])
-            return [f"image restored to {state.undo['image']}"]
-    return []
+        for deployment, container, image in targets:
+            if container_image(kube.get_deployment(k.namespace, deployment), container) != image:
+                kube.set_image(k.namespace, deployment, container, image)
+                done.append(f"deployment/{deployment}: image restored to {image}")
+    return done
 
 
 def _undo_replicas(ctx: RunContext, state: FaultState) -> list[str]:

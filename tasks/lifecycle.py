@@ -21,6 +21,7 @@ from incidents.plans import Plan
 from incidents.run_result import DecisionSummary, Judgement, RunResult, VerificationSummary
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
+from tasks import permissions
 from tasks.approval import Decision, request_approval
 from tasks.context import RunContext
 from tasks.deploys import RemediationFailed
@@ -249,8 +250,9 @@ def _diagnosed(scenario: Scenario, ctx: RunContext, incident: Incident, findings
     outcome = outcome.with_(plan=[a.describe() for a in plan.actions], judgement=_judgement(plan))
     if not plan.actions:
         if plan.abstained:
-            reasons = "; ".join(plan.against) or "no evidence names a cause"
-            escalate_incident(ctx, incident, f"{plan.summary} Evidence against: {reasons}. Nothing was changed.",
+            # an abstention that names what it found (OOM kills, a config change, latency) has nothing against
+            against = f" Evidence against: {'; '.join(plan.against)}." if plan.against else ""
+            escalate_incident(ctx, incident, f"{plan.summary}{against} Nothing was changed.",
                               Status.INVESTIGATING, scenario.impact)
             return outcome.ended(Outcome.ABSTAINED)
         if failing:
@@ -258,6 +260,11 @@ def _diagnosed(scenario: Scenario, ctx: RunContext, incident: Incident, findings
                                              f"{plan.summary}", Status.INVESTIGATING, scenario.impact)
             return outcome.ended(Outcome.ESCALATED)
         return _no_impact(scenario, ctx, incident, outcome)
+    refused = permissions.missing(ctx, plan.actions)
+    if refused:  # nobody is asked to approve what the runbooks may not do
+        escalate_incident(ctx, incident, f"{plan.summary} Not put to approval: {permissions.lacking(refused)}. "
+                                         "Nothing was changed; a person must act.", Status.IDENTIFIED, scenario.impact)
+        return outcome.ended(Outcome.ABSTAINED)
     _status(ctx, incident, Status.IDENTIFIED, "pending approval", scenario.impact, plan.summary)
     return _approve_act_verify(scenario, ctx, incident, findings, plan, alert, outcome)
 

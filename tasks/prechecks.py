@@ -22,6 +22,7 @@ from incidents.action_params import (
 from incidents.plans import PlannedAction
 from integrations.kubernetes import revision_of
 from integrations.kubernetes_security import get_config_value, ingress_denylist, policies_selecting, secret_metadata
+from tasks import permissions
 from tasks.context import RunContext
 from tasks.deploys import RemediationFailed
 
@@ -180,7 +181,11 @@ CHECKS: dict[str, Callable[[RunContext, PlannedAction], str | None]] = {
 
 
 def recheck(ctx: RunContext, action: PlannedAction) -> None:
-    """Raise TargetChanged unless the action's target is as the approved plan found it."""
+    """Raise TargetChanged unless the action's target is as the approved plan found it, and the
+    runbooks may still change it (a Role edited since the approval)."""
+    refused = permissions.missing(ctx, [action])
+    if refused:
+        raise TargetChanged(f"{permissions.lacking(refused)}; {action.kind} not run")
     check = CHECKS.get(action.kind)
     problem = check(ctx, action) if check else None
     if problem:

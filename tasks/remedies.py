@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import inspect
 
-from incidents.plans import Grant, Plan, require_grant
+from incidents.models import ActionRecord
+from incidents.plans import Grant, Plan, PlannedAction, require_grant
+from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.cancellation import raise_if_cancelling
+from tasks.containment import record_containment
 from tasks.context import RunContext
 from tasks.database import cancel_queries, clear_cache, terminate_sessions
 from tasks.deploys import ActionResult, RemediationFailed, restart_deployment, rollback_deployment
 from tasks.error_rate import scale_deployment, set_circuit_breaker
-from tasks.prechecks import recheck
+from tasks.prechecks import TargetChanged, recheck
 from tasks.security import block_ips, enable_logging, rotate_secrets
+from tasks.steps import run_logger
 
 REMEDIES = {
     "rollback": rollback_deployment,
@@ -34,11 +38,12 @@ def execute(ctx: RunContext, plan: Plan, grant: Grant | None) -> list[ActionResu
 
     Every action is claimed in the store's action log under (incident, plan digest, action
     digest) before it runs. A repeat — a retry, a re-run, a resumed suspension — finds the claim: an
-    action already done is skipped and says so; an action that was interrupted (claimed, never
-    finished) runs again only through its remedy's own check of the target, which is told when
-    the interrupted attempt began (e.g. a rollback first looks for the workflow run it may
-    already have dispatched). Before its first attempt each action's target is read again
-    (`tasks.prechecks`): changed since the approval, nothing runs and the run escalates."""
+    action already done is skipped and says so. Until an attempt begins to act, every attempt
+    reads the action's target again (`tasks.prechecks`): changed since the approval, nothing
+    runs, the action is marked refused and its grant has ended (a later attempt is refused
+    too). An attempt that was interrupted after it began to act runs again only through its
+    remedy's own check of the target, which is told when that attempt began to act (e.g. a
+    rollback first looks for the workflow run it may already have dispatched)."""
     store = ctx.store()
     results = []
     for action in plan.actions:
@@ -53,21 +58,36 @@ def execute(ctx: RunContext, plan: Plan, grant: Grant | None) -> list[ActionResu
                                         f"already done at {entry.finished_at:%H:%M:%S} UTC; this repeat was "
                                         f"recognised and skipped ({entry.detail})"))
             continue
-        kwargs = {}
-        if not entry.first and "interrupted_at" in inspect.signature(remedy.fn).parameters:
-            kwargs["interrupted_at"] = entry.started_at
-        try:
-            if entry.first:  # a retry of an interrupted attempt meets the target it changed itself
-                recheck(ctx, action)
-            result = remedy(ctx, action, grant, **kwargs)
-        except IntegrationError as exc:
-            store.finish_action(plan.incident_id, plan.digest, action.digest, "failed", str(exc)[:500])
-            raise RemediationFailed(f"{action.describe()}: {exc}") from None
-        except Exception as exc:
-            store.finish_action(
-                plan.incident_id, plan.digest, action.digest, "failed", f"{type(exc).__name__}: {exc}"[:500]
-            )
-            raise
-        store.finish_action(plan.incident_id, plan.digest, action.digest, "done", result.detail[:500])
-        results.append(result)
+        results.append(_attempt(ctx, plan, action, grant, entry))
     return results
+
+
+def _attempt(ctx: RunContext, plan: Plan, action: PlannedAction, grant: Grant | None,
+             entry: ActionRecord) -> ActionResult:
+    store, remedy = ctx.store(), REMEDIES[action.kind]
+    key = (plan.incident_id, plan.digest, action.digest)
+    if entry.status == "refused":
+        raise TargetChanged(f"{action.describe()}: refused before ({entry.detail}); the approval for it has ended")
+    kwargs = {}
+    try:
+        if entry.acting_at is None:  # nothing has acted yet: the target must still be as approved
+            recheck(ctx, action)
+            store.mark_acting(*key)
+        elif "interrupted_at" in inspect.signature(remedy.fn).parameters:
+            kwargs["interrupted_at"] = entry.acting_at
+        result = remedy(ctx, action, grant, **kwargs)
+    except TargetChanged as exc:
+        store.finish_action(*key, "refused", str(exc)[:500])
+        raise
+    except IntegrationError as exc:
+        store.finish_action(*key, "failed", str(exc)[:500])
+        raise RemediationFailed(f"{action.describe()}: {exc}") from None
+    except Exception as exc:
+        store.finish_action(*key, "failed", f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    store.finish_action(*key, "done", result.detail[:500])
+    try:
+        record_containment(ctx, plan, action)
+    except StoreError as exc:  # it is in place all the same; the watch will not see it, so say so
+        run_logger().error("%s is in place but not recorded as standing containment: %s", action.describe(), exc)
+    return result

@@ -19,6 +19,8 @@ from prefect import Task, get_run_logger
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
+from incidents.redaction import RedactingFilter
+
 R = TypeVar("R")
 
 _INLINE: ContextVar[bool] = ContextVar("runbooks_inline_steps", default=False)
@@ -86,6 +88,11 @@ def inline_steps() -> Iterator[None]:
         yield
     finally:
         _INLINE.reset(token)
+
+
+_REDACT = RedactingFilter()
+for _name in ("prefect.flow_runs", "prefect.task_runs", "runbooks"):  # what runs log, redacted first
+    logging.getLogger(_name).addFilter(_REDACT)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -26,8 +26,9 @@ from incidents.followups import FollowUpStore
 from incidents.models import EventKind, Incident
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
-from tasks.approval import TIMEOUT_REASON, deadline_answer
+from tasks.approval import TIMEOUT_REASON, deadline_answer, form_name
 from tasks.cancellation import note_cancellation
+from tasks.containment import review_containments
 from tasks.context import RunContext, SecretNotFound
 from tasks.correlation import withdraw_quiet
 from tasks.incident import resolve_incident
@@ -252,6 +253,7 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
                                           _resume)
     summary["postmortem_reminders"] = remind_postmortems(environment, config, store, now)
     summary["action_items"] = track_action_items(environment, config, store, now)
+    summary["containment"] = review_containments(environment, store, now)
     run_logger().info("Sweep of %s: %s open, %s escalated, %s status updates, %s post-mortem reminders",
                           environment, summary["open"], len(summary["escalated"]), len(summary["status_updates"]),
                           len(summary["postmortem_reminders"]))
@@ -314,7 +316,7 @@ def resolve_by_hand(environment: str, incident_id: int, by: str, note: str) -> d
         if approval.decision is None and approval.flow_run_id and \
                 store.withdraw_approval(approval.id, by, f"incident resolved by hand: {note}"[:500]):
             try:  # a run no longer waiting (cancelled, gone) has nothing to stop: its request is closed
-                if _resume(approval.flow_run_id, {"approve": False, "approver": by,
+                if _resume(approval.flow_run_id, {"approve": False, "approver": form_name(by),
                                                      "reason": "incident resolved by hand"}):
                     stopped.append(approval.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - the decision stands; the run reads it when it wakes

@@ -102,7 +102,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, app_database_url: str) -> 
 def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
                 tmp_path_factory: pytest.TempPathFactory) -> Path:
     """config/sandbox.yaml with short waits, plus `sandbox-short` whose approval times out in 3 s."""
-    os.environ.update(RUNBOOKS_SANDBOX_URL=sandbox.url, RUNBOOKS_KUBECONFIG=str(sandbox.kubeconfig),
+    os.environ.update(RUNBOOKS_SANDBOX_URL=sandbox.url, RUNBOOKS_KUBECONFIG=str(sandbox.runbooks_kubeconfig),
                       RUNBOOKS_SECRET_GITHUB_TOKEN=GITHUB_TOKEN,
                       RUNBOOKS_SECRET_SLACK_WEBHOOK_URL=sandbox.slack_webhook_url,
                       RUNBOOKS_SECRET_SECURITY_WEBHOOK_URL=sandbox.security_webhook_url,
@@ -217,13 +217,17 @@ def pg_stack(sandbox, test_config, tmp_path_factory):
 @pytest.fixture
 def world(sandbox: Sandbox, test_config: Path, database_url: str) -> Sandbox:
     """The sandbox as seeded (api and frontend healthy, no messages, no faults) and no open
-    incident left by an earlier test (they would be joined instead of opened)."""
+    incident, standing containment or runbook lease left by an earlier test (they would be
+    joined instead of opened, reviewed by the watch, or hold the service)."""
     sandbox.reset()
     from incidents.store import IncidentStore
 
     IncidentStore(database_url).ensure_schema()
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE incidents SET resolved_at = now(), status = 'Resolved' WHERE resolved_at IS NULL")
+        conn.execute("UPDATE containments SET status = 'lifted', note = 'the sandbox was reset' "
+                     "WHERE status = 'active'")  # what stood in the old sandbox is gone with it
+        conn.execute("DELETE FROM runbook_leases")  # no runbook works the new sandbox yet, whatever a test left
     return sandbox
 
 
@@ -395,8 +399,20 @@ SERVICE_FIXTURES = {"sandbox", "world", "test_config", "prefect_server", "databa
                     "prometheus_server", "second_world", "lanes", "alertmanager", "cli", "slack_intake"}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the test modules in reverse order (tests must not depend on their order); "
+                          "the secret canaries still run last")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if not SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.unit)
+    if config.getoption("--reverse"):
+        modules: dict[str, list] = {}
+        for item in items:
+            modules.setdefault(item.module.__name__, []).append(item)
+        order = sorted(modules, key=lambda name: (name.endswith("test_zz_secret_canaries"), -list(modules).index(name)))
+        items[:] = [item for name in order for item in modules[name]]
 

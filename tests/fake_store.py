@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
+from incidents.containment import StandingContainment
 from incidents.followup_models import Drill
 from incidents.models import (
     ActionRecord,
@@ -46,6 +47,7 @@ class FakeStore:
         self.alerts: dict[tuple[int, str], str] = {}  # (incident, identity) -> firing | resolved
         self.leases: dict[str, Lease] = {}
         self.drills: dict[str, Drill] = {}
+        self.standing: dict[int, StandingContainment] = {}
         self._ids = itertools.count(1)
 
     # -- incidents -------------------------------------------------------------------------------
@@ -236,9 +238,20 @@ class FakeStore:
         self.actions[key] = replace(self.actions[key], attempts=self.actions[key].attempts + 1)
         return self.actions[key]
 
+    def mark_acting(self, incident_id: int, plan_digest: str, action_digest: str) -> None:
+        key = (incident_id, plan_digest, action_digest)
+        self.actions[key] = replace(self.actions[key], acting_at=self.actions[key].acting_at or _now())
+
     def finish_action(self, incident_id: int, plan_digest: str, action_digest: str, status: str, detail: str) -> None:
         key = (incident_id, plan_digest, action_digest)
         self.actions[key] = replace(self.actions[key], status=status, detail=detail, finished_at=_now())
+
+    def record_containment(self, incident_id: int, environment: str, service: str, kind: str, target: str,
+                           params: dict[str, Any], expires_at: datetime) -> StandingContainment:
+        standing = StandingContainment(next(self._ids), incident_id, environment, service, kind, target, params,
+                                       _now(), expires_at, "active")
+        self.standing[standing.id] = standing
+        return standing
 
     def action_log(self, incident_id: int) -> builtins.list[ActionRecord]:
         return [a for a in self.actions.values() if a.incident_id == incident_id]

@@ -33,6 +33,7 @@ class FakeKubernetes:
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.autoscalers: dict[tuple[str, str], dict[str, Any]] = {}  # by the deployment they scale
         self.calls: list[str] = []
+        self.refused: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) the Role does not grant
 
     def __enter__(self) -> FakeKubernetes:
         return self
@@ -45,6 +46,10 @@ class FakeKubernetes:
         if (namespace, name) not in self.deployments:
             raise IntegrationError(f"Kubernetes read deployment {namespace}/{name}", "HTTP 404: not found", status=404)
         return copy.deepcopy(self.deployments[namespace, name])
+
+    def can_i(self, verb: str, group: str, resource: str, namespace: str, name: str = "",
+              subresource: str = "") -> bool:
+        return (verb, resource + (f"/{subresource}" if subresource else "")) not in self.refused
 
     def autoscaler_of(self, namespace: str, deployment_name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.autoscalers.get((namespace, deployment_name)))

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from devstack.stack import SERVER_DATABASE_POOL
 from tests.conftest import ADMIN_URL, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,10 @@ class Stack:
                     .rsplit("/", 1)[0] + f"/{SCRATCH_DB}", "PREFECT_WORKER_QUERY_SECONDS": "0.05",
                     "PREFECT_LOGGING_LEVEL": "INFO",
                     "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",  # as under `make up`
-                    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}  # no incident-watch runs mid-test
+                    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no incident-watch runs mid-test
+                    # a Cancel left with no process is ended after 20 s here (60 s by default)
+                    "RUNBOOKS_CANCEL_STRANDED_SECONDS": "20",
+                    **SERVER_DATABASE_POOL}
         self.processes: dict[str, subprocess.Popen] = {}
 
     def _spawn(self, name: str, args: list[str]) -> None:

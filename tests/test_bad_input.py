@@ -208,6 +208,12 @@ def test_a_broken_config_file_names_the_field_and_the_reason(tmp_path, field, ch
     ({"four_eyes": ["P0"], "approvers": [{"name": "sam", "credential_secret": "approver-sam"}]}, "two approvers"),
     ({"approvers": [{"name": "sam", "credential_secret": "hunter2!"}]}, "not the secret itself"),
     ({"four_eyes": ["P9"]}, "four_eyes"),
+    ({"four_eyes": ["P0"], "approvers": [{"name": "alice", "credential_secret": "approver-alice"},
+                                         {"name": "Alice", "credential_secret": "approver-alice2"}]},
+     "whatever their case"),
+    ({"four_eyes": ["P0"], "approvers": [{"name": "alice", "credential_secret": "approver-shared"},
+                                         {"name": "bob", "credential_secret": "approver-shared"}]},
+     "share a credential_secret"),
 ])
 def test_a_broken_approval_config_is_refused(tmp_path, approval, reason):
     import yaml
@@ -230,7 +236,9 @@ def test_bad_approval_input_is_rejected_and_the_run_keeps_waiting(world, store):
     paused = run.wait_paused()
     for bad in ({"approve": "yes please", "approver": "al"}, {"approve": True}, {"approve": True, "approver": 5},
                 {"approve": True, "approver": "   "}, {"approve": True, "approver": "al", "reason": "x" * 3000},
-                {"approve": True, "approver": "a" * 300}, {"approve": [True], "approver": "al"}):
+                {"approve": True, "approver": "a" * 300}, {"approve": [True], "approver": "al"},
+                {"approve": True, "approver": "sam + tess (verified)"},
+                {"approve": True, "approver": "sam (verified)"}):
         answer = run.resume(paused.id, **bad)
         assert answer.status.value == "REJECT", bad
         assert answer.details.reason, "a rejection says why"

@@ -100,6 +100,7 @@ def test_approved_plan_terminates_only_the_root_blocker(lock_fault, world, store
     assert lock_fault.results == ["finished"] * 3, "the waiters must proceed"
     report = world.github.repo("acme/incidents").comments[1][0]["body"]
     assert f"root blocker pid {lock_fault.holder_pid}" in report
+    assert any(row.startswith("| pod logs |") for row in report.splitlines()), report  # the checklist's logs
     actions = [e.message for e in store.timeline(result["incident_id"]) if e.kind == "action"]
     assert len(actions) == 1 and f"pid {lock_fault.holder_pid} terminated" in actions[0]
 

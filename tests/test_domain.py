@@ -172,6 +172,19 @@ def test_error_metrics_from_json_and_prometheus_text():
     assert error_metrics("no metrics here") is None
 
 
+def test_errors_on_templated_routes_are_counted():
+    """Label values may hold `}` (templated routes): every sample counts, none is dropped."""
+    text = ('# TYPE http_requests_total counter\n'
+            'http_requests_total{code="200",path="/orders/{id}"} 93\n'
+            'http_requests_total{code="500",path="/orders/{id}"} 7\n'
+            'http_requests_total{code="503",path="/users/{user}/cart/{item}",version="v2"} 5\n'
+            'http_requests_total{code="200",path="/health"} 95\n')
+    metrics = error_metrics(text)
+    assert (metrics.requests, metrics.errors) == (200.0, 12.0)
+    assert metrics.by_version == {"v2": (5.0, 5.0)}
+    assert ("http_requests_total", {"code": "500", "path": "/orders/{id}"}, 7.0) in parse_prometheus(text)
+
+
 def test_prefilled_forms_keep_their_rules_and_help_text():
     """Prefect's with_initial_data replaces the fields it fills (rules and help text gone);
     the gates' forms keep theirs."""

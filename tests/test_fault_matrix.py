@@ -38,7 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from incidents.alerts import AlertParameter
 from incidents.store import DrillStore, IncidentStore
 from sandbox.http import Fault
-from sandbox.world import SLACK_PATH
+from sandbox.world import RUNBOOKS_KUBE_TOKEN, SLACK_PATH
 from tests.conftest import break_deploy, free_port, start_prometheus
 from tests.faultproxy import FaultProxy
 
@@ -150,7 +150,8 @@ def _world_proxies(world, prefix: str, config_dir) -> tuple[dict[str, FaultProxy
             "github": FaultProxy("127.0.0.1", sandbox_port, slow_seconds=1.3),
             "kubernetes": FaultProxy("127.0.0.1", kube_port, slow_seconds=1.3)}
     kubeconfig = config_dir / f"{prefix.lower()}.kubeconfig"
-    kubeconfig.write_text(world.kubeconfig_text().replace(f":{kube_port}", f":{made['kubernetes'].port}"))
+    kubeconfig.write_text(world.kubeconfig_text(RUNBOOKS_KUBE_TOKEN).replace(f":{kube_port}",
+                                                                            f":{made['kubernetes'].port}"))
     secret = prefix.replace("RUNBOOKS_", "RUNBOOKS_SECRET_")
     return made, {f"{prefix}_GITHUB_URL": f"http://127.0.0.1:{made['github'].port}/github",
                   f"{secret}_SLACK_URL": f"http://127.0.0.1:{made['slack'].port}{SLACK_PATH}",

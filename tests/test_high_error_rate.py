@@ -37,6 +37,7 @@ def test_overload_is_scaled_up_within_the_maximum(world, store):
     report = world.github.repo("acme/incidents").comments[1][0]["body"]
     line = next(row for row in report.splitlines() if row.startswith("| error rate (/metrics) |"))
     assert "❌" in line and re.search(r"\| (39\.[5-9]|40\.[0-4])% of", line), line  # 40 % fail, read by the clock
+    assert any(row.startswith("| pod logs |") for row in report.splitlines()), report  # the checklist's logs
 
 
 def test_a_recent_bad_revision_is_rolled_back(world):

@@ -544,3 +544,61 @@ def test_a_symptom_joining_an_incident_whose_run_is_not_started_yet_starts_both_
     [sd] = _runs(deployments["service-down"])
     assert her.parameters["alert"]["fingerprint"] == "o1" and sd.parameters["alert"]["fingerprint"] == "o2"
     assert store.get(incident.id).flow_run_id == str(her.id)
+
+
+def test_an_alert_for_a_deployment_that_does_not_exist_is_retried_and_reported(intake, deployments, world, store):
+    """Routing names service-down/sandbox-verified, which is not deployed: 503 (Alertmanager
+    retries a 5xx, drops a 4xx), one Slack notice, nothing opened. Once it is deployed the
+    retry starts the run; deleted and deployed again (a new id), the cached id is forgotten."""
+    from prefect.client.orchestration import get_client
+
+    from flows.service_down import service_down
+
+    body = _am_payload(_alert("m1", environment="sandbox-verified"))
+    for _ in range(2):
+        response = intake.post("/alerts/alertmanager", json=body, headers=AUTH)
+        assert response.status_code == 503, response.text
+        assert "service-down/sandbox-verified" in response.json()["error"]
+    notices = [m["text"] for m in world.slack_messages if m["text"].startswith("⚠️ ALERT NOT STARTED")]
+    assert len(notices) == 1 and "does not exist" in notices[0] and "retries" in notices[0], notices
+    assert not [i for i in store.list(open_only=True)
+                if i.environment == "sandbox-verified"], "nothing was opened"
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(service_down)
+        made = [client.create_deployment(flow_id=flow_id, name="sandbox-verified",
+                                         entrypoint="flows/service_down.py:service_down")]
+        try:
+            started = intake.post("/alerts/alertmanager", json=body, headers=AUTH)
+            assert started.status_code == 200 and len(started.json()["started"]) == 1, started.text
+            client.delete_deployment(made[0])
+            made.append(client.create_deployment(flow_id=flow_id, name="sandbox-verified",
+                                                 entrypoint="flows/service_down.py:service_down"))
+            assert made[1] != made[0]
+            again = intake.post("/alerts/alertmanager", headers=AUTH,  # another service: a new incident, a new run
+                                json=_am_payload(_alert("m2", service="frontend", environment="sandbox-verified")))
+            assert again.status_code == 200 and len(again.json()["started"]) == 1, again.text
+            assert again.json()["started"][0]["flow_run_id"] in {str(r.id) for r in _runs(made[1])}
+        finally:
+            for dep_id in made:
+                for run in _runs(dep_id):
+                    client.delete_flow_run(run.id)
+            client.delete_deployment(made[-1])
+
+
+def test_an_alert_still_firing_after_its_incident_closed_is_a_new_occurrence(intake, deployments, store):
+    """Alertmanager resends a firing alert with its first startsAt. While the incident is open
+    that is a duplicate; once it was closed (no impact found, resolved by hand) the fault is
+    back or never left: a new incident and a new run, not 7 days of silence."""
+    body = _am_payload(_alert("r1"))
+    first = intake.post("/alerts/alertmanager", json=body, headers=AUTH).json()
+    [started] = first["started"]
+    resend = intake.post("/alerts/alertmanager", json=body, headers=AUTH).json()
+    assert resend["duplicates"] == 1 and resend["started"] == []
+    assert store.close(started["incident_id"], "nothing found", "no impact found")
+    back = intake.post("/alerts/alertmanager", json=body, headers=AUTH).json()
+    assert back["duplicates"] == 0 and len(back["started"]) == 1, back
+    assert back["started"][0]["incident_id"] != started["incident_id"]
+    assert back["started"][0]["flow_run_id"] != started["flow_run_id"], "a new run, not the old one by its key"
+    assert len(_runs(deployments["service-down"])) == 2
+    again = intake.post("/alerts/alertmanager", json=body, headers=AUTH).json()
+    assert again["duplicates"] == 1, "the new incident is open: resends are duplicates again"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 
 from integrations.errors import IntegrationError
@@ -48,23 +49,45 @@ def test_github_errors_name_the_call_and_do_not_retry_4xx(world):
 def test_github_dispatch_jobs_and_redirected_logs(world):
     gh = GitHubClient(world.url + "/github", GITHUB_TOKEN)
     break_api(world)
-    since = gh.dispatch_workflow("acme/api", "rollback.yml", "main", {"environment": "sandbox"})
-    run = gh.wait_for_dispatched_run("acme/api", "rollback.yml", since, timeout=20, poll=0.2)
+    run_id = gh.dispatch_workflow("acme/api", "rollback.yml", "main", {"environment": "sandbox"}, "t-1")
+    run = gh.wait_for_run("acme/api", "rollback.yml", run_id, timeout=20, poll=0.2)
     assert run["conclusion"] == "success" and run["event"] == "workflow_dispatch"
     job = gh.run_jobs("acme/api", run["id"])[0]
     log = gh.job_logs("acme/api", job["id"])
     assert "rolled back: revision 3 -> 2" in log
     assert api_image(world).endswith(":v1.5.0")
     # a failing workflow shows up in --log-failed
-    gh.dispatch_workflow("acme/api", "rollback.yml", "main", {"environment": "mars"})
+    gh.dispatch_workflow("acme/api", "rollback.yml", "main", {"environment": "mars"}, "t-2")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         failed = gh.workflow_runs("acme/api", workflow="rollback.yml")[0]
         if failed["status"] == "completed":
             break
         time.sleep(0.2)
-    assert failed["inputs"] == {"environment": "mars"} and failed["conclusion"] == "failure"
+    assert failed["inputs"] == {"environment": "mars", "dispatch_id": "t-2"} and failed["conclusion"] == "failure"
     assert "unknown environment 'mars'" in "".join(gh.failed_job_logs("acme/api", failed["id"]).values())
+
+
+@pytest.mark.parametrize("run_details", [True, False], ids=["github.com", "older enterprise server"])
+def test_a_dispatch_follows_its_own_run_never_the_newest(world, run_details):
+    """Someone else dispatches the same workflow right after us: the client follows the run
+    GitHub says it created (return_run_details), or, where the server refuses that parameter,
+    the run whose run-name shows our dispatch_id; never simply the newest."""
+    world.github.run_details = run_details
+    taken: list[int] = []
+
+    def someone_else(full: str, workflow: str) -> None:
+        if not taken:  # another operator's dispatch of the same workflow lands right after ours
+            taken.append(world.github.record_run(full, workflow, "rollback (production) theirs", None,
+                                                 event="workflow_dispatch")["id"])
+
+    world.github.on_dispatch = someone_else
+    gh = GitHubClient(world.url + "/github", GITHUB_TOKEN)
+    run_id = gh.dispatch_workflow("acme/api", "rollback.yml", "main", {"environment": "sandbox"}, "ours-1")
+    newest = gh.workflow_runs("acme/api", workflow="rollback.yml", event="workflow_dispatch")[0]
+    assert taken and newest["id"] == taken[0] != run_id, "someone else's run is the newest"
+    assert "ours-1" in gh.get_run("acme/api", run_id)["display_title"]
+    assert gh.wait_for_run("acme/api", "rollback.yml", run_id, timeout=20, poll=0.2)["conclusion"] == "success"
 
 
 def test_slack_honours_retry_after(world):
@@ -149,7 +172,7 @@ def test_probes_report_status_and_timeouts(world):
 
 
 def test_kubernetes_client_operations(world):
-    kube = KubernetesClient(str(world.kubeconfig))
+    kube = KubernetesClient(str(world.runbooks_kubeconfig))
     assert kube.rollout_status("sandbox", "api").done
     assert kube.scale("sandbox", "api", 5) == (3, 5)
     assert world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"] == 5
@@ -269,3 +292,64 @@ def test_a_rate_limited_post_waits_its_retry_after_and_is_sent_again(world):
     issue = gh.create_issue("acme/incidents", "rate limited", "b", ["incident"])
     assert time.monotonic() - started >= 0.9, "Retry-After honoured"
     assert issue["number"] == 1 and world.faults.hits["github"] == 2, "a 429 was not acted on: no look, one resend"
+
+
+def test_the_config_a_deployment_reads_and_when_it_changed(world):
+    """A ConfigMap changed with the real kubectl is stamped by the API (managedFields time); a
+    write that changes nothing keeps the old time; a value the service rejects, rolled out by
+    a restart, crash-loops the new pods with the same image."""
+    from integrations.kubernetes_config import ConfigRef, config_refs, last_changed
+
+    kube = KubernetesClient(str(world.runbooks_kubeconfig))
+    refs = config_refs(kube.get_deployment("sandbox", "api"))
+    assert refs == [ConfigRef("configmap", "api-config")]
+    seeded = last_changed(kube, "sandbox", refs[0]).changed_at
+    time.sleep(1.1)
+    kubectl(world, "patch", "configmap", "api-config", "-p", '{"data": {"log_level": "info"}}')  # no change
+    assert last_changed(kube, "sandbox", refs[0]).changed_at == seeded
+    kubectl(world, "patch", "configmap", "api-config", "-p", '{"data": {"log_level": "verbose"}}')
+    changed = last_changed(kube, "sandbox", refs[0]).changed_at
+    assert seeded is not None and changed is not None and changed > seeded
+    kubectl(world, "rollout", "restart", "deployment/api")
+    time.sleep(0.5)
+    pods = kube.pods("sandbox", "api")
+    assert pods and all(p.waiting_reason == "CrashLoopBackOff" for p in pods if p.image.endswith(":v1.5.0"))
+    missing = last_changed(kube, "sandbox", ConfigRef("secret", "no-such-secret"))
+    assert missing.changed_at is None and "not found" in (missing.error or "")
+    spec = {"spec": {"template": {"spec": {
+        "initContainers": [{"envFrom": [{"secretRef": {"name": "init-creds"}}]}],
+        "containers": [{"env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "flags", "key": "a"}}},
+                                {"name": "B", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}]}],
+        "volumes": [{"name": "v", "projected": {"sources": [{"configMap": {"name": "proj"}},
+                                                            {"secret": {"name": "tls"}}]}},
+                    {"name": "w", "secret": {"secretName": "certs"}}]}}}}
+    assert [(r.kind, r.name) for r in config_refs(spec)] == [
+        ("configmap", "flags"), ("configmap", "proj"), ("secret", "certs"), ("secret", "db"), ("secret", "init-creds"),
+        ("secret", "tls")]
+
+
+def test_reach_tells_unresolvable_from_refused_from_silent_from_an_error_answer(world):
+    """The network and DNS check: each way of not reaching a host is named, within its timeout."""
+    import socket
+
+    from integrations.reach import reach
+
+    silent = socket.socket()  # accepts the connection (backlog), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        found = {
+            "dns": reach("dns", "http://payments.does-not-exist.invalid/health", 2.0),
+            "refused": reach("refused", "http://127.0.0.1:1/health", 2.0),
+            "silent": reach("silent", f"http://127.0.0.1:{silent.getsockname()[1]}/health", 1.0),
+            "down": None,
+            "up": reach("up", f"{world.url}/dependencies/payments/health", 2.0),
+        }
+        httpx.post(f"{world.url}/_sandbox/dependency", json={"service": "api", "down": True}).raise_for_status()
+        found["down"] = reach("down", f"{world.url}/dependencies/payments/health", 2.0)
+    finally:
+        silent.close()
+    assert {name: r.outcome for name, r in found.items()} == {
+        "dns": "unresolvable", "refused": "refused", "silent": "timed_out", "down": "http_error", "up": "ok"}
+    assert "does not resolve" in found["dns"].detail and found["down"].status == 503
+    assert found["silent"].seconds < 3

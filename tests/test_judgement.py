@@ -9,7 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from incidents.check_facts import BREAKER, CONNECTIONS, DEPLOYS, EVIDENCE, HEALTH, RATE, REACH, ROLLOUT, SESSIONS
+from incidents.check_facts import (
+    BREAKER,
+    CONFIG,
+    CONNECTIONS,
+    DEPLOYS,
+    EVIDENCE,
+    HEALTH,
+    NETWORK,
+    RATE,
+    REACH,
+    ROLLOUT,
+    SESSIONS,
+)
 from incidents.config import load_environment
 from incidents.database_rules import plan_database_issues
 from incidents.drills import CATALOG, grade
@@ -34,18 +46,22 @@ def _at(seconds_ago: float) -> str:
 
 
 # -- what each check reports ------------------------------------------------------------------------
-def health(failing: tuple[str, ...] = (), endpoints_fail: bool = False) -> Finding:
+def health(failing: tuple[str, ...] = (), endpoints_fail: bool = False, slow_ms: int | None = None) -> Finding:
     down = endpoints_fail or "database" in failing
-    return Finding(HEALTH, not down, "some endpoints failing" if down else "all endpoints answer",
-                   data={"failing_checks": list(failing)} if failing else {})
+    data: dict = {"failing_checks": list(failing)} if failing else {}
+    if slow_ms:
+        data.update(slo_ms=1000, slow=[{"url": f"http://api/{p}", "ok": True, "status": 200, "ms": slow_ms}
+                                       for p in ("__ok", "health")])
+    return Finding(HEALTH, not down, "some endpoints failing" if down else "all endpoints answer", data=data)
 
 
 def rollout(version: str, revision: int, ready: bool = True, replicas: int = 3, waiting: str | None = None,
-            restarts: int = 0) -> Finding:
-    pods = [{"name": f"api-{n}", "ready": ready, "restarts": restarts, "waiting": waiting,
+            restarts: int = 0, last: str | None = None) -> Finding:
+    pods = [{"name": f"api-{n}", "ready": ready, "restarts": restarts, "waiting": waiting, "last_termination": last,
              "image": IMAGE.format(version)} for n in range(replicas)]
     return Finding(ROLLOUT, ready and replicas > 0, f"{replicas if ready else 0}/{replicas} pods ready", data={
-        "revision": revision, "image": IMAGE.format(version), "desired_replicas": replicas, "pods": pods})
+        "revision": revision, "image": IMAGE.format(version), "desired_replicas": replicas, "pods": pods,
+        "memory_limit": "256Mi", "oom_killed": replicas if last == "OOMKilled" else 0})
 
 
 def deploys(*extra: tuple[int, str, float]) -> Finding:
@@ -62,6 +78,17 @@ def rate(share: float, rps: float = 50.0, versions: dict | None = None) -> Findi
             "versions": {v: dict(zip(("window_requests", "window_errors", "requests", "errors"), c))
                          for v, c in (versions or {}).items()}}
     return Finding(RATE, share < 0.05, f"{share:.0%}", data=data)
+
+
+def config_changed(*objects: tuple[str, str, float]) -> Finding:
+    return Finding(CONFIG, True, "config", data={"objects": [
+        {"kind": kind, "name": name, "changed_at": _at(ago)} for kind, name, ago in objects]})
+
+
+def network(payments: str = "ok") -> Finding:
+    detail = "HTTP 200 in 2 ms" if payments == "ok" else "answers HTTP 503"
+    return Finding(NETWORK, payments == "ok", detail, data={"dependencies": [
+        {"name": "payments", "outcome": payments, "detail": detail, "status": 200 if payments == "ok" else 503}]})
 
 
 def breaker(value: str = "off") -> Finding:
@@ -127,6 +154,37 @@ SCENES = {
             DEPLOYS: deploys((3, "v1.6.0", 1800), (4, "v1.6.1-broken", 6)),
         }
     ),
+    "bad-config-rollout": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("v1.5.0", 3, False, waiting="CrashLoopBackOff", restarts=1, last="Error"),
+            DEPLOYS: deploys((3, "v1.5.0", 5)),  # kubectl rollout restart: a new revision, the same image
+            CONFIG: config_changed(("configmap", "api-config", 7), ("secret", "api-credentials", 72 * 3600)),
+        }, onset=4),
+    "release-then-bad-config": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("v1.6.0", 4, False, waiting="CrashLoopBackOff", restarts=1, last="Error"),
+            DEPLOYS: deploys(GOOD, (4, "v1.6.0", 5)),
+            CONFIG: config_changed(("configmap", "api-config", 7)),
+        }, onset=4),
+    "latency": _service_down({HEALTH: health(slow_ms=1412), ROLLOUT: rollout("v1.5.0", 2), DEPLOYS: deploys()}),
+    "release-then-latency": _service_down(
+        {HEALTH: health(slow_ms=1407), ROLLOUT: rollout("v1.6.0", 3), DEPLOYS: deploys(GOOD)}),
+    "oom-kills": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("v1.5.0", 2, False, waiting="CrashLoopBackOff", restarts=2, last="OOMKilled"),
+            DEPLOYS: deploys(),
+        }
+    ),
+    "release-then-oom-kills": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("v1.6.0", 3, False, waiting="CrashLoopBackOff", restarts=2, last="OOMKilled"),
+            DEPLOYS: deploys(GOOD),
+        }
+    ),
     "scaled-to-zero": _service_down(
         {HEALTH: health(endpoints_fail=True), ROLLOUT: rollout("v1.5.0", 2, replicas=0), DEPLOYS: deploys()}
     ),
@@ -190,13 +248,41 @@ SCENES = {
         onset=26,
         versions={"v1.6.0": (100, 50, 300, 150), "v1.5.0": (0, 0, 181000, 600)},
     ),
+    "two-bad-releases": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("v1.6.1-broken", 4, False, waiting="CrashLoopBackOff", restarts=1),
+            DEPLOYS: deploys((3, "v1.6.0-broken", 25), (4, "v1.6.1-broken", 5)),
+        }, onset=25),
+    "bad-deploy-and-frontend-broken": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("drill-4d5e6f-broken", 3, False, waiting="CrashLoopBackOff", restarts=1),
+            DEPLOYS: deploys((3, "drill-4d5e6f-broken", 4)),
+        }, onset=9),
+    "two-erroring-releases": _errors(
+        0.3, "v1.6.1-errors", 4, (4, "v1.6.1-errors", 6), onset=26, extra=((3, "v1.6.0-errors", 26),),
+        versions={"v1.6.1-errors": (100, 30, 300, 90), "v1.6.0-errors": (0, 0, 1000, 300), "v1.5.0": CLEAN_OLD}),
+    # v1.5.0 served 30 s of the overload (40% of it failing) before v1.6.0-errors went live
+    "overload-then-bad-release": _errors(
+        0.7, "v1.6.0-errors", 3, (3, "v1.6.0-errors", 8), rps=200, onset=38,
+        versions={"v1.6.0-errors": (400, 280, 1600, 1100), "v1.5.0": (0, 0, 6000, 2400)}),
+    "release-then-dependency-at-once": _errors(
+        0.5, "v1.6.0", 3, (3, "v1.6.0", 14), failing=("payments",), onset=4,
+        versions={"v1.6.0": (100, 50, 700, 300), "v1.5.0": CLEAN_OLD}),
+    "release-breaks-dependency-calls": _errors(
+        0.5, "v1.6.0-breaks-payments", 3, (3, "v1.6.0-breaks-payments", 8), failing=("payments",),
+        versions={"v1.6.0-breaks-payments": (100, 50, 400, 200), "v1.5.0": CLEAN_OLD}),
     "feature-flag": _errors(0.4, "v1.5.0", 2, None, versions={"v1.5.0": (100, 40, 180500, 300)}),
     "dependency-down": _errors(
         0.5, "v1.5.0", 2, None, failing=("payments",), versions={"v1.5.0": (100, 50, 180500, 400)}
     ),
+    "dependency-down-and-frontend-broken": _errors(
+        0.5, "v1.5.0", 2, None, failing=("payments",), versions={"v1.5.0": (100, 50, 180500, 400)}),
     "pg-lock": ("database-issues", database(roots=1, health_failing=True), 5),
     "pg-connections": ("database-issues", database(pressured=True), 5),
     "pg-long-query": ("database-issues", database(long=1), 5),
+    "release-then-pg-connections": ("database-issues", database(pressured=True), 5),
     "release-then-long-query": ("database-issues", database(long=1), 5),  # its checks do not look at releases
     "pg-lock-and-long-query": ("database-issues", database(roots=1, long=1, health_failing=True), 5),
     "release-and-short-transaction": ("database-issues", database(idle_seconds=3.0), 5),
@@ -214,6 +300,7 @@ SCENES = {
     ),
 }
 SCENES["release-then-leaked-credential"] = SCENES["leaked-credential"]
+SCENES["release-breaks-dependency-calls"][1][NETWORK] = network("ok")  # payments answers everyone else
 SCENES["release-then-db-lock-down"][1][ROLLOUT] = rollout("v1.6.0", 3)
 
 
@@ -332,3 +419,137 @@ def test_a_plan_keeps_its_judgement_through_its_record():
     assert (
         "**Confidence:** strong" in shown and "**Evidence for**" in shown and "has failed since it went live" in shown
     )
+
+
+def test_two_bad_releases_in_a_row_roll_back_past_both_to_the_last_that_served():
+    """The previous revision crash-looped too, seconds before the newest replaced it: the target is
+    the revision that served for days, and the plan says why the previous one was passed over."""
+    plan = plan_for(*SCENES["two-bad-releases"])
+    (action,) = plan.actions
+    assert (action.params.from_revision, action.params.to_revision) == (4, 2), action.params
+    assert action.params.to_image.endswith(":v1.5.0")
+    assert any("passed over: revision 3 (v1.6.0-broken) was live only 0m20s" in line for line in plan.support), \
+        plan.support
+
+
+def test_no_revision_with_a_record_of_serving_is_no_rollback():
+    """Every earlier revision was live for seconds only: none is a known-good target."""
+    findings = {HEALTH: health(endpoints_fail=True),
+                ROLLOUT: rollout("v1.6.1-broken", 4, False, waiting="CrashLoopBackOff"),
+                DEPLOYS: Finding(DEPLOYS, False, "recent", data={"revisions": [
+                    {"revision": r, "image": IMAGE.format(v), "created": _at(ago)}
+                    for r, v, ago in ((4, "v1.6.1-broken", 5), (3, "v1.6.0-broken", 25), (2, "v1.5.9", 40))],
+                    "recent_revision": {"revision": 4, "image": IMAGE.format("v1.6.1-broken"), "created": _at(5)},
+                    "previous_revision": {"revision": 3, "image": IMAGE.format("v1.6.0-broken"), "created": _at(25)}})}
+    plan = plan_for("service-down", findings, 25)
+    assert plan.abstained and not plan.actions
+    assert any("no earlier revision has a record of serving cleanly" in line for line in plan.against), plan.against
+
+
+def test_a_revision_that_failed_by_its_own_traffic_is_never_the_target():
+    _, findings, onset = SCENES["bad-release-errors"]
+    findings = {**findings, DEPLOYS: deploys((3, "v1.6.0-errors", 8)),
+                RATE: rate(0.3, versions={"v1.6.0-errors": (100, 30, 400, 118), "v1.5.0": CLEAN_OLD,
+                                          "v1.4.1": (0, 0, 1000, 10)})}
+    plan = plan_for("high-error-rate", findings, onset)
+    assert [a.params.to_revision for a in plan.actions if a.kind == "rollback"] == [2]
+    bad_old = {**findings, RATE: rate(0.3, versions={"v1.6.0-errors": (100, 30, 400, 118),
+                                                     "v1.5.0": (0, 0, 1000, 300), "v1.4.1": (0, 0, 1000, 10)})}
+    assert plan_for("high-error-rate", bad_old, onset).abstained  # v1.5.0 failed too: the errors are not new
+
+
+def test_an_erroring_release_under_overload_gets_a_rollback_and_a_scale_up():
+    """The previous revision's errors under the same overload are the overload's, not its own."""
+    plan = plan_for(*SCENES["overload-then-bad-release"])
+    assert [a.kind for a in plan.actions] == ["rollback", "scale"] and plan.confidence == STRONG
+    assert any("fails 30% more on its own" in line for line in plan.support), plan.support
+
+
+def test_a_dependency_down_right_after_a_release_gets_the_breaker_that_is_safe_for_both():
+    plan = plan_for(*SCENES["release-then-dependency-at-once"])
+    assert [a.kind for a in plan.actions] == ["circuit_breaker"] and plan.confidence == WEAK
+    assert any("is a suspect too" in line and "a rollback is the next step" in line for line in plan.against)
+
+
+def test_runbooks_faults_json_lists_the_catalog_with_steps_and_outcomes(capsys):
+    """`runbooks faults --json` (pinned): one object per fault, with at least its name, steps and
+    expected outcome, in the catalog's order."""
+    import json
+
+    from deployments.cli import main
+
+    assert main(["faults", "--json"]) == 0
+    faults = json.loads(capsys.readouterr().out)
+    assert [f["name"] for f in faults] == list(CATALOG)
+    two = next(f for f in faults if f["name"] == "two-bad-releases")
+    assert two["outcome"] == "remedy" and two["expected"] == ["rollback"] and two["scenario"] == "service-down"
+    assert [(s["kind"], s["value"], s["after_seconds"]) for s in two["steps"]] == [
+        ("release", "v1.6.0-broken", 0.0), ("release", "v1.6.1-broken", 20.0)]
+    assert {f["outcome"] for f in faults} == {"remedy", "abstain", "none"}
+
+
+def test_oom_kills_are_named_and_never_met_with_a_restart():
+    """A restart brings the same memory limit back: the plan abstains and says what it found."""
+    for name in ("oom-kills", "release-then-oom-kills"):
+        plan = plan_for(*SCENES[name])
+        assert plan.abstained and not plan.actions, (name, plan.summary)
+        assert "3 of 3 pods were OOM-killed (memory limit 256Mi)" in plan.summary, (name, plan.summary)
+    crashing = plan_for("service-down", {HEALTH: health(endpoints_fail=True), DEPLOYS: deploys(),
+                                         ROLLOUT: rollout("v1.5.0", 2, False, restarts=4, last="Error")}, None)
+    assert [a.kind for a in crashing.actions] == ["rollout_restart"]  # an ordinary crash still gets its weak restart
+    leaking_release = plan_for("service-down", {
+        HEALTH: health(endpoints_fail=True), DEPLOYS: deploys((3, "v1.6.0-broken", 8)),
+        ROLLOUT: rollout("v1.6.0-broken", 3, False, waiting="CrashLoopBackOff", last="OOMKilled")}, 5)
+    assert [a.kind for a in leaking_release.actions] == ["rollback"]  # a release that leaks is rolled back
+
+
+def test_a_bad_config_rolled_by_a_restart_is_named_and_not_rolled_back():
+    """A rollback of the deployment does not undo a ConfigMap: abstain, naming the change."""
+    for name in ("bad-config-rollout", "release-then-bad-config"):
+        plan = plan_for(*SCENES[name])
+        assert plan.abstained and not plan.actions, (name, plan.summary)
+        assert "configmap/api-config changed 0m02s before revision" in plan.summary, plan.summary
+        assert "rolled out with the same image" in plan.summary and "secret/api-credentials" not in plan.summary
+    _, findings, onset = SCENES["bad-deploy"]  # a new image: the config check changes nothing
+    plan = plan_for("service-down", {**findings, CONFIG: config_changed(("configmap", "api-config", 9))}, onset)
+    assert [a.kind for a in plan.actions] == ["rollback"]
+
+
+def test_a_dependency_probed_directly_separates_a_release_that_breaks_its_calls_from_an_outage():
+    """/health names payments failing and the errors began with a release: payments answering
+    its direct probe puts it on the release (rollback, no breaker); payments down for everyone
+    gets the breaker with confidence; not probed, the breaker weakly."""
+    _, findings, onset = SCENES["release-breaks-dependency-calls"]
+    plan = plan_for("high-error-rate", findings, onset)
+    assert [a.kind for a in plan.actions] == ["rollback"] and plan.confidence == STRONG
+    assert any("payments answers directly (HTTP 200 in 2 ms)" in line for line in plan.support), plan.support
+    down = plan_for("high-error-rate", {**findings, NETWORK: network("http_error")}, onset)
+    assert [a.kind for a in down.actions] == ["circuit_breaker"] and down.confidence == STRONG
+    assert any("payments is down for every caller: answers HTTP 503" in line for line in down.support)
+    unprobed = plan_for("high-error-rate", {k: v for k, v in findings.items() if k != NETWORK}, onset)
+    assert [a.kind for a in unprobed.actions] == ["circuit_breaker"] and unprobed.confidence == WEAK
+
+
+def test_slow_is_a_finding_not_down():
+    plan = plan_for(*SCENES["latency"])
+    assert plan.abstained and "slow, not down: answers take up to 1412 ms against a 1000 ms objective" in plan.summary
+    _, findings, onset = SCENES["release-and-stale-alert"]
+    assert not plan_for("service-down", findings, onset).abstained  # fast and answering: nothing to do
+
+
+def test_two_erroring_releases_roll_back_past_both():
+    plan = plan_for(*SCENES["two-erroring-releases"])
+    assert [(a.kind, a.params.to_revision) for a in plan.actions] == [("rollback", 2)], plan.summary
+    assert any("failed too (30% errors), and the failure began with it" in line for line in plan.support)
+    assert any("passed over: revision 3 (v1.6.0-errors) failed 30%" in line for line in plan.support), plan.support
+
+
+def test_a_fault_no_check_sees_between_two_healthy_releases_rolls_back_neither():
+    """A healthy release, 15 s later a feature flag failing 40 %, and a second healthy release
+    20 s into the outage: the first release served cleanly before the failure began (its own
+    traffic says so), so neither release is tied to it."""
+    findings = _errors(0.4, "v1.6.1", 4, (4, "v1.6.1", 15), onset=35, extra=((3, "v1.6.0", 50),),
+                       versions={"v1.6.1": (100, 40, 750, 300), "v1.6.0": (0, 0, 1750, 400), "v1.5.0": CLEAN_OLD})
+    plan = plan_for(*findings)
+    assert not {a.kind for a in plan.actions} & {"rollback"}, plan.summary
+    assert plan.abstained

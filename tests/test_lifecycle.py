@@ -113,7 +113,7 @@ def test_escalation_keeps_working_while_the_runbook_waits_for_approval(world, st
     assert run.resume(paused.id, approve=True, approver="alice", reason="roll it back").status.value == "ACCEPT"
     assert run.join()["outcome"] == "resolved"
     after = store.get(incident.id)
-    assert after.acknowledged_by == "alice" and after.acknowledged_at is not None
+    assert after.acknowledged_by == "alice (unverified)" and after.acknowledged_at is not None
     assert sweep("sandbox", now=incident.opened_at + timedelta(hours=2))["escalated"] == []
 
 

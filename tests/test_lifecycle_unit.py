@@ -109,7 +109,7 @@ def test_an_approved_plan_runs_once_is_verified_and_the_incident_closes(wiring):
                           (EventKind.RECOVERED, EventKind.RESOLVED)]:
         assert kinds.index(before) < kinds.index(after), kinds
     [approval] = store.approvals(incident.id)
-    assert (approval.decision, approval.approver) == ("approved", "sam")
+    assert (approval.decision, approval.approver) == ("approved", "sam (unverified)")
     [logged] = store.action_log(incident.id)
     assert (logged.kind, logged.status) == ("scale", "done")
     issue = wiring.github_.issues[1]
@@ -122,7 +122,7 @@ def test_an_approved_plan_runs_once_is_verified_and_the_incident_closes(wiring):
 def test_a_declined_plan_changes_nothing_and_a_person_takes_over(wiring):
     result = _run(_scenario(Person({"approve": False, "approver": "tess", "reason": "not now"})), _context(wiring))
     store = wiring.store_
-    assert result.outcome == Outcome.DECLINED and result.decision.approver == "tess"
+    assert result.outcome == Outcome.DECLINED and result.decision.approver == "tess (unverified)"
     assert _replicas(wiring) == 3 and not [c for c in wiring.kube.calls if c.startswith("scale")]
     assert store.action_log(result.incident_id) == []
     assert EventKind.ESCALATED in store.kinds(result.incident_id)
@@ -229,7 +229,7 @@ def test_what_a_flow_returns_has_the_fields_the_run_reached(wiring):
     base = {"incident_id", "issue", "scenario", "service", "environment", "severity", "dry_run", "outcome"}
     declined = _run(_scenario(Person({"approve": False, "approver": "tess", "reason": "no"})), _context(wiring))
     assert set(declined.as_dict()) == base | {"plan", "judgement", "decision"}
-    assert declined.as_dict()["decision"] == {"outcome": "declined", "approver": "tess", "reason": "no",
+    assert declined.as_dict()["decision"] == {"outcome": "declined", "approver": "tess (unverified)", "reason": "no",
                                               "automatic": False}
     store = wiring.store_
     store.close(declined.incident_id, "x", "y")  # a new outage next
@@ -265,3 +265,18 @@ def test_any_other_drill_id_leaves_the_approval_to_a_person(wiring, drill):
     with inline_steps():
         result = run_scenario(_scenario(person), _context(wiring), None, False, _drill_alert("d-2"))
     assert result.outcome == Outcome.DECLINED and person.asked == 1 and _replicas(wiring) == 3
+
+
+@pytest.mark.parametrize("typed", ["sam + tess (verified)", "sam (verified)", "ana+bo", "x (unverified)"])
+def test_a_typed_name_cannot_pose_as_a_verified_or_joint_decision(typed):
+    """The Resume form's schema (checked by the Prefect server) and the model refuse it."""
+    import jsonschema
+    from pydantic import ValidationError
+
+    from tasks.approval import ApprovalInput
+
+    with pytest.raises(ValidationError):
+        ApprovalInput(approve=True, approver=typed, reason="")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"approve": True, "approver": typed, "reason": ""}, ApprovalInput.model_json_schema())
+    jsonschema.validate({"approve": True, "approver": "sam, tess", "reason": ""}, ApprovalInput.model_json_schema())

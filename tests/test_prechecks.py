@@ -110,3 +110,58 @@ def test_a_target_changed_after_approval_is_not_acted_on_and_escalates(world, st
     assert world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"] == 4, "not scaled on top"
     events = store.timeline(result["incident_id"])
     assert any(e.kind == "escalated" and "target changed since approval" in e.message for e in events)
+
+
+def test_an_attempt_after_a_refused_one_is_refused_too_and_deletes_nothing(ctx, store):
+    """Attempt 1 finds 500 keys where 10 were planned and is refused; attempt 2 (a retry, a
+    re-run) re-checks as well and is refused: the grant for that action has ended."""
+    from incidents.models import Severity
+    from incidents.plans import Grant, Plan
+    from integrations.cache import CacheClient
+    from tasks.context import resolve_secret
+    from tasks.prechecks import TargetChanged
+    from tasks.remedies import execute
+
+    incident = store.open_incident(dedup_key=f"recheck:{time.time()}", scenario="database-issues", service="api",
+                                   environment="sandbox", severity=Severity.P1, title="t", detected_by="test",
+                                   flow_run_id=None, alert=None)
+    plan = Plan(incident.id, "api", "sandbox", (_action("clear_cache", mode="prefix", prefix="api:", keys=10),))
+    grant = Grant.issue(plan, "kim", "test")
+    with CacheClient(resolve_secret(ctx.service.cache.url_secret)) as cache:
+        cache.delete_prefix("api:")
+        for n in range(500):
+            cache.set(f"api:k{n}", "v")
+        for attempt in (1, 2):
+            with pytest.raises(TargetChanged, match="500 keys|ended"):
+                execute(ctx, plan, grant)
+            assert cache.count_prefix("api:") == 500, f"attempt {attempt} deleted keys"
+        [entry] = store.action_log(incident.id)
+        assert entry.status == "refused" and entry.attempts == 2 and entry.acting_at is None
+        cache.delete_prefix("api:")
+
+
+def test_an_attempt_whose_re_check_could_not_read_the_target_re_checks_next_time(ctx, store):
+    """A re-check that failed on an outage never acted: the next attempt re-checks, and a target
+    that changed meanwhile is refused then."""
+    from incidents.models import Severity
+    from incidents.plans import Grant, Plan
+    from integrations.cache import CacheClient
+    from tasks.context import resolve_secret
+    from tasks.prechecks import TargetChanged
+    from tasks.remedies import execute
+
+    incident = store.open_incident(dedup_key=f"recheck2:{time.time()}", scenario="database-issues", service="api",
+                                   environment="sandbox", severity=Severity.P1, title="t", detected_by="test",
+                                   flow_run_id=None, alert=None)
+    plan = Plan(incident.id, "api", "sandbox", (_action("clear_cache", mode="prefix", prefix="api:", keys=10),))
+    grant = Grant.issue(plan, "kim", "test")
+    store.begin_action(plan.digest, plan.actions[0].digest, incident.id, "clear_cache")  # attempt 1: cut off
+    store.finish_action(incident.id, plan.digest, plan.actions[0].digest, "failed", "Redis: connection refused")
+    with CacheClient(resolve_secret(ctx.service.cache.url_secret)) as cache:
+        cache.delete_prefix("api:")
+        for n in range(500):
+            cache.set(f"api:k{n}", "v")
+        with pytest.raises(TargetChanged):
+            execute(ctx, plan, grant)
+        assert cache.count_prefix("api:") == 500
+        cache.delete_prefix("api:")

@@ -41,15 +41,14 @@ def test_a_second_dispatch_of_the_same_rollback_changes_nothing(world):
     break_api(world)
     inputs = {"environment": "sandbox", "to_revision": "2", "to_image": GOOD}
     with GitHubClient(f"{world.url}/github", GITHUB_TOKEN) as github:
-        for _ in range(2):  # e.g. two operators, or a retry after a lost answer
-            since = github.dispatch_workflow("acme/api", "rollback.yml", "main", inputs)
-            done = github.wait_for_dispatched_run("acme/api", "rollback.yml", since, timeout=30, poll=0.2)
+        for n in range(2):  # e.g. two operators, or a retry after a lost answer
+            run_id = github.dispatch_workflow("acme/api", "rollback.yml", "main", inputs, f"op-{n}")
+            done = github.wait_for_run("acme/api", "rollback.yml", run_id, timeout=30, poll=0.2)
             assert done["conclusion"] == "success"
             deadline = time.monotonic() + 10
             while api_image(world) != GOOD and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert api_image(world) == GOOD, "never back to the broken revision"
-            time.sleep(1.1)  # the next dispatch is found by its own start second
     assert len(_rollback_runs(world)) == 2
 
 
@@ -215,3 +214,126 @@ def test_an_issue_and_a_comment_whose_answers_are_lost_are_made_once(world):
                                                          "path": "/comments", "count": 1})
         github.comment("acme/incidents", issue["number"], "a status update")
         assert [c["body"] for c in world.github.repo("acme/incidents").comments[issue["number"]]] == ["a status update"]
+
+
+def _admits_from_outside(policy: dict, address: str) -> bool:
+    """Whether a NetworkPolicy admits a client outside the cluster (Kubernetes semantics: an
+    ipBlock admits an address of its own family inside `cidr` and outside every `except`)."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    for rule in policy["spec"].get("ingress", []):
+        for peer in rule.get("from", []):
+            block = peer.get("ipBlock")
+            if not block:
+                continue
+            cidr = ipaddress.ip_network(block["cidr"])
+            if cidr.version == ip.version and ip in cidr and not any(
+                    ip in ipaddress.ip_network(e) for e in block.get("except", [])):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("cidrs, blocked, admitted", [
+    (["203.0.113.7/32"], ["203.0.113.7"], ["198.51.100.9", "2001:db8:9::1"]),
+    (["2001:db8:1:2::7/128"], ["2001:db8:1:2::7"], ["198.51.100.9", "2001:db8:9::1"]),
+    (["203.0.113.0/24", "2001:db8:1::/48"], ["203.0.113.99", "2001:db8:1:5::1"], ["198.51.100.9", "2001:db8:9::1"]),
+], ids=["ipv4", "ipv6", "mixed"])
+def test_a_block_of_one_family_still_admits_every_outside_client_of_the_other(world, cidrs, blocked, admitted):
+    from integrations.kubernetes_security import block_cidrs
+    from tasks.context import RunContext
+
+    ctx = RunContext.load("sandbox", "api")
+    with ctx.kubernetes() as kube:
+        block_cidrs(kube, "sandbox", "block-suspicious-ips", "api", cidrs)
+    policy = world.cluster.get("networkpolicies", "sandbox", "block-suspicious-ips")
+    for address in blocked:
+        assert not _admits_from_outside(policy, address), f"{address} is blocked"
+    for address in admitted:
+        assert _admits_from_outside(policy, address), f"{address} is still admitted: {policy['spec']}"
+
+
+def test_the_plan_shows_what_a_block_admits_in_both_families():
+    from incidents.security_rules import admitted_ranges
+
+    assert admitted_ranges({"2001:db8:1:2::7/128"}) == \
+        "IPv4 0.0.0.0/0 except nothing and IPv6 ::/0 except 2001:db8:1:2::7/128"
+    assert admitted_ranges({"203.0.113.7/32", "2001:db8::/64"}) == \
+        "IPv4 0.0.0.0/0 except 203.0.113.7/32 and IPv6 ::/0 except 2001:db8::/64"
+
+
+# -- containment that never outlives its reason unnoticed ---------------------------------------------
+def _contained(world, store) -> int:
+    """A security incident whose block (NetworkPolicy) and debug logging were approved and applied."""
+    from flows.security_incident import security_incident
+
+    run = FlowThread(security_incident, service="api", alert=ALERT)
+    run.resume(run.wait_paused().id, approve=True, approver="ivan", reason="contain")
+    result = run.join(120)
+    assert result["outcome"] == "resolved", result
+    return result["incident_id"]
+
+
+def test_a_restriction_added_after_a_block_is_reported_and_the_block_lifted_by_a_person(world, store):
+    """NetworkPolicies add up: a block from an earlier incident ("all but two addresses") voids a
+    restriction the team adds later. The watch reports it once, with what to do; a person lifts it."""
+    from datetime import datetime, timezone
+
+    from integrations.kubernetes_security import DENYLIST
+    from tasks.containment import lift
+    from tasks.watch import sweep
+
+    incident_id = _contained(world, store)
+    standing = {c.kind: c for c in store.containments("sandbox") if c.incident_id == incident_id}
+    assert set(standing) == {"block_ips", "enable_logging"}
+    block = standing["block_ips"]
+    assert block.expires_at > datetime.now(timezone.utc) and sorted(block.params["cidrs"]) == \
+        ["198.51.100.0/24", "203.0.113.7/32"]
+    assert sweep("sandbox")["containment"]["widening"] == [], "nothing else selects the pods yet"
+
+    world.cluster.create("networkpolicies", "sandbox", ONLY_FROM_INGRESS)  # the team restricts api later
+    assert sweep("sandbox")["containment"]["widening"] == [block.id]
+    assert sweep("sandbox")["containment"]["widening"] == [], "reported once"
+    told = [m["text"] for m in world.slack_messages if m["text"].startswith("⚠️ CONTAINMENT WIDENS ACCESS")]
+    assert len(told) == 1 and "api-only-from-ingress-nginx" in told[0] and f"lift {block.id}" in told[0]
+    assert any(e.kind == "containment_widens" for e in store.timeline(incident_id))
+    assert any("CONTAINMENT WIDENS ACCESS" in c["body"] for c in world.github.repo("acme/incidents").comments.get(
+        store.get(incident_id).github_issue, []))
+
+    lift("sandbox", block.id, "ivan", "the team's policy restricts api now", move_to_ingress=True)
+    names = {p["metadata"]["name"] for p in world.cluster.list("networkpolicies", "sandbox")}
+    assert names == {"api-only-from-ingress-nginx"}, "the widening policy is gone, the team's stays"
+    lifted = store.containment(block.id)
+    assert not lifted.active and lifted.lifted_by == "ivan"
+    assert any(e.kind == "containment_lifted" and e.actor == "ivan" for e in store.timeline(incident_id))
+    denied = world.cluster.get("ingresses", "sandbox", "api")["metadata"]["annotations"][DENYLIST]
+    assert denied == "198.51.100.0/24,203.0.113.7/32", "moved to the Ingress's deny list"
+    [moved] = [c for c in store.containments("sandbox") if c.incident_id == incident_id and c.kind == "block_ips"]
+    assert moved.target.startswith("ingress/api") and moved.params["cidrs"] == block.params["cidrs"], \
+        "the moved block stands in its turn, with an expiry"
+
+
+def test_a_raised_log_level_is_turned_back_when_it_expires_and_an_expired_block_is_put_to_a_person(world, store):
+    from datetime import datetime, timedelta, timezone
+
+    from tasks.watch import sweep
+
+    incident_id = _contained(world, store)
+    assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "debug"
+    standing = {c.kind: c for c in store.containments("sandbox") if c.incident_id == incident_id}
+    assert sweep("sandbox")["containment"]["reverted"] == [], "not expired yet"
+    later = datetime.now(timezone.utc) + timedelta(hours=7)  # logging_hours 6, block_hours 72
+    done = sweep("sandbox", now=later)["containment"]
+    assert done["reverted"] == [standing["enable_logging"].id] and done["asked"] == []
+    assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "info"
+    assert store.containment(standing["block_ips"].id).active, "a block is never lifted by the watch"
+
+    much_later = datetime.now(timezone.utc) + timedelta(hours=73)
+    assert sweep("sandbox", now=much_later)["containment"]["asked"] == [standing["block_ips"].id]
+    assert sweep("sandbox", now=much_later)["containment"]["asked"] == [], "asked once"
+    asked = [m["text"] for m in world.slack_messages if m["text"].startswith("⏳ CONTAINMENT EXPIRED")]
+    assert len(asked) == 1 and f"containment lift {standing['block_ips'].id}" in asked[0]
+    assert world.cluster.get("networkpolicies", "sandbox", "block-suspicious-ips"), "still in place"
+    world.cluster.delete("networkpolicies", "sandbox", "block-suspicious-ips")  # someone removes it by hand
+    assert sweep("sandbox", now=much_later)["containment"]["gone"] == [standing["block_ips"].id]
+    assert not store.containment(standing["block_ips"].id).active, "what no longer stands is not listed"

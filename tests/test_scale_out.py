@@ -105,4 +105,4 @@ def test_a_pending_approval_survives_killing_the_workers_and_the_server(pg_stack
     notices_after = [m["text"] for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED")]
     assert notices_after == notices_before  # not announced twice
     assert store.get(incident.id).status.value == "Resolved"
-    assert store.approvals(incident.id)[0].approver == "rita"
+    assert store.approvals(incident.id)[0].approver == "rita (unverified)"

@@ -124,7 +124,17 @@ def test_declined_containment_changes_nothing(world):
                                          ("100.64.1.1", "overlaps 100.64.0.0/10"),
                                          ("169.254.169.254", "link-local"),
                                          ("fd00::1", "overlaps fc00::/7"),
-                                         ("2001:db8::/32", "broader than /48")])
+                                         ("2001:db8::/32", "broader than /48"),
+                                         ("::ffff:0:0/96", "broader than /16"),            # IPv4-mapped: all IPv4
+                                         ("::ffff:10.0.0.0/104", "broader than /16"),
+                                         ("::ffff:10.1.2.3", "private"),
+                                         ("::ffff:0:a01:203/128", "private"),              # IPv4-translated
+                                         ("64:ff9b::/96", "broader than /16"),             # NAT64
+                                         ("64:ff9b::a01:203", "private"),
+                                         ("2002::/16", "broader than /16"),                # 6to4
+                                         ("2002:a01:203::/48", "private"),
+                                         ("2001::/32", "carries IPv4"),                     # Teredo
+                                         ("64:ff9b:1::/48", "carries IPv4")])
 def test_an_invalid_cidr_is_dropped_with_its_reason_and_the_rest_kept(bad, reason):
     """One bad value in a P0 alert must not stop the containment of the others
     (tests/test_correlation.py runs the whole runbook with one)."""
@@ -135,3 +145,12 @@ def test_an_invalid_cidr_is_dropped_with_its_reason_and_the_rest_kept(bad, reaso
     kept, dropped = suspicious_cidrs(AlertParameter.model_validate(alert))
     assert kept == ["203.0.113.7/32"]
     assert len(dropped) == 1 and reason in dropped[0]
+
+
+def test_an_ipv4_address_written_in_ipv6_is_blocked_as_the_ipv4_address_it_is():
+    from incidents.security_rules import validate_cidr
+
+    assert validate_cidr("::ffff:198.51.100.9") == "198.51.100.9/32"
+    assert validate_cidr("64:ff9b::c633:6409") == "198.51.100.9/32"
+    assert validate_cidr("2002:c633:6400::/40") == "198.51.100.0/24"
+    assert validate_cidr("2001:db8:1:2::7") == "2001:db8:1:2::7/128"

@@ -60,8 +60,10 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
     assert httpx.get(f"{world.url}/services/api/health").status_code == 200
     rollback_runs = [r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"]
     assert len(rollback_runs) == 1 and rollback_runs[0]["conclusion"] == "success"
-    assert rollback_runs[0]["inputs"] == {"environment": "sandbox", "to_revision": "2",
-                                          "to_image": "registry.sandbox.local/acme/api:v1.5.0"}
+    inputs = dict(rollback_runs[0]["inputs"])
+    assert inputs.pop("dispatch_id") in rollback_runs[0]["display_title"], "the run shows whose dispatch it is"
+    assert inputs == {"environment": "sandbox", "to_revision": "2",
+                      "to_image": "registry.sandbox.local/acme/api:v1.5.0"}
 
     issue = world.github.repo("acme/incidents").issues[0]
     assert issue["state"] == "closed"
@@ -88,7 +90,7 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
                  "approval_approved", "action", "recovered", "resolved"):
         assert kind in kinds, f"timeline lacks {kind}: {kinds}"
     approval = store.approvals(incident.id)[0]
-    assert (approval.decision, approval.approver, approval.reason) == ("approved", "alice", "v2 broke it")
+    assert (approval.decision, approval.approver, approval.reason) == ("approved", "alice (unverified)", "v2 broke it")
 
 
 def test_declined_plan_changes_nothing_and_escalates(world, store):
@@ -108,7 +110,7 @@ def test_declined_plan_changes_nothing_and_escalates(world, store):
     assert any(t.startswith("📊 INCIDENT UPDATE") and "ESCALATION (P0" in t and "bob" in t for t in _texts(world))
     timeline = store.timeline(result["incident_id"])
     declined = [e for e in timeline if e.kind == "approval_declined"]
-    assert declined and declined[0].actor == "bob" and "Nothing was changed" in declined[0].message
+    assert declined and declined[0].actor == "bob (unverified)" and "Nothing was changed" in declined[0].message
     assert world.github.repo("acme/incidents").issues[0]["state"] == "open"
 
 

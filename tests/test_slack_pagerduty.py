@@ -50,6 +50,14 @@ def _vendor_shapes_hold(world) -> None:
         assert event_problems({k: v for k, v in event.items() if k != "received_at"}) == [], event
 
 
+def _press_body(world, action_id: str, user: str = "U0SANDSAM") -> str:
+    """The form body Slack sends when `user` presses a button of the APPROVAL NEEDED message."""
+    notice = next(m for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED"))
+    button = next(e for b in notice["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e.get("action_id") == action_id)
+    return urlencode({"payload": json.dumps(world.slack.payload(user, notice, {**button, "block_id": "a"}))})
+
+
 def _ephemeral(world, user: str) -> list[str]:
     return [m["text"] for m in world.slack_messages if m.get("ephemeral") and m["user"] == user]
 
@@ -164,10 +172,7 @@ def test_unsigned_wrongly_signed_and_stale_presses_get_401_and_change_nothing(wo
     run = FlowThread(service_down, service="api", severity="P1")
     paused = run.wait_paused()
     approval = store.approval_for_run(str(paused.id))
-    notice = next(m for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED"))
-    button = next(e for b in notice["blocks"] if b["type"] == "actions" for e in b["elements"]
-                  if e.get("action_id") == "runbooks_approve")
-    body = urlencode({"payload": json.dumps(world.slack.payload("U0SANDSAM", notice, {**button, "block_id": "a"}))})
+    body = _press_body(world, "runbooks_approve")
     url = f"{slack_intake}/slack/interactions"
     now = str(int(time.time()))
     form = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -387,3 +392,87 @@ def test_a_run_cancelled_while_it_waits_closes_its_approval_and_a_press_then_say
     assert "already decided: withdrawn" in _ephemeral(world, "U0SANDSAM")[0]
     assert store.signatures(approval.id) == [] and api_image(world) == BROKEN_IMAGE
     assert sweep("sandbox")["ended_runs"] == []  # once
+
+
+def test_a_replayed_signed_press_is_acknowledged_and_not_acted_on(world, store, slack_intake):
+    """Slack's signature is valid for 5 minutes: the same signed request again (a replay, or a
+    retried delivery) is answered 200 and handled once."""
+    from flows.service_down import service_down
+
+    break_api(world)
+    run = FlowThread(service_down, service="api", severity="P1")
+    paused = run.wait_paused()
+    approval = store.approval_for_run(str(paused.id))
+    body = _press_body(world, "runbooks_decline")
+    now = str(int(time.time()))
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": now,
+               "X-Slack-Signature": sign(SLACK_SIGNING_SECRET, now, body.encode())}
+    for _ in range(3):
+        answer = httpx.post(f"{slack_intake}/slack/interactions", content=body, headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+    assert run.join(60)["outcome"] == "declined"
+    time.sleep(1)
+    signed = [e for e in store.timeline(approval.incident_id) if e.kind == "approval_signed"]
+    assert len(signed) == 1, [e.message for e in signed]
+    assert not [e for e in store.timeline(approval.incident_id) if e.kind == "approval_not_delivered"]
+
+
+@pytest.mark.parametrize("path", ["/slack/interactions", "/pagerduty/webhooks"])
+def test_a_signature_header_outside_ascii_is_a_wrong_signature_not_an_error(slack_intake, path):
+    headers = {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": "v0=\u00e9\u00e9",
+               "X-PagerDuty-Signature": "v1=\u00e9\u00e9", "Content-Type": "application/x-www-form-urlencoded"}
+    answer = httpx.post(f"{slack_intake}{path}", content=b"payload=%7B%7D",
+                        headers={k: v.encode("latin-1") for k, v in headers.items()}, timeout=10)
+    assert answer.status_code == 401, answer.text
+
+
+@pytest.mark.parametrize("path", ["/slack/interactions", "/pagerduty/webhooks", "/approvals/" + "a" * 32,
+                                  "/alerts/alertmanager"])
+def test_every_route_answers_an_oversized_body_before_it_has_all_been_sent(slack_intake, path):
+    """A sender that declares no length streams 2 MiB and keeps the request open: each route
+    answers 413 (or 401) from what it has read so far, instead of waiting for the rest."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(slack_intake)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: intake\r\nTransfer-Encoding: chunked\r\n"
+                     "Content-Type: application/json\r\nAuthorization: Bearer wrong\r\n\r\n".encode())
+        chunk = b"x" * 65536
+        for _ in range(32):
+            conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        conn.settimeout(5)  # the request is not finished: only an early answer arrives
+        head = conn.recv(200).decode("latin-1")
+    assert head.startswith(("HTTP/1.1 413", "HTTP/1.1 401")), head
+
+
+def test_parallel_guesses_are_counted_one_by_one_and_never_lock_the_real_approver_out(
+        world, store, live_intake, monkeypatch):  # noqa: F811
+    """50 wrong guesses at once as tess from one address: 3 reach the credential check; tess
+    herself, from her own address behind the same trusted proxy, is not locked out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.service_down import service_down
+
+    monkeypatch.setenv("RUNBOOKS_TRUSTED_PROXIES", "127.0.0.0/8")
+    break_api(world)
+    run = FlowThread(service_down, service="api", environment="sandbox-verified", severity="P1")
+    paused = run.wait_paused()
+    approval = store.approval_for_run(str(paused.id))
+    page = f"{live_intake}/approvals/{approval.token}"
+    wrong = {"approver": "tess", "credential": "guess", "decision": "approve"}
+
+    def guess(_):
+        return httpx.post(page, data=wrong, timeout=30, headers={"X-Forwarded-For": "203.0.113.5"}).status_code
+
+    with ThreadPoolExecutor(25) as pool:
+        statuses = list(pool.map(guess, range(50)))
+    assert statuses.count(403) == 3 and statuses.count(429) == 47, statuses
+    refused = [e for e in store.timeline(approval.incident_id) if e.kind == "approval_refused"]
+    assert len(refused) == 3, "only three guesses reached the credential check"
+    spoofed = httpx.post(page, data=wrong, timeout=10, headers={"X-Forwarded-For": "198.51.100.8, 203.0.113.5"})
+    assert spoofed.status_code == 429, "a client cannot claim another address in front of the proxy's"
+    real = httpx.post(page, timeout=15, headers={"X-Forwarded-For": "198.51.100.8"},
+                      data={**wrong, "credential": APPROVER_CREDENTIALS["tess"], "decision": "decline"})
+    assert real.status_code == 200, real.text
+    assert run.join(60)["outcome"] == "declined"

@@ -76,8 +76,9 @@ def test_p0_needs_two_verified_approvers_and_ignores_an_unverified_resume(world,
     first = _post(page, "sam", reason="v2 crash-loops")
     assert first.status_code == 202 and "waiting for 1 more" in first.json()["message"]
     assert _state(paused.id)[0] == "PAUSED" and api_image(world) == BROKEN_IMAGE
-    again = _post(page, "sam")
-    assert again.status_code == 409 and "different approver" in again.json()["message"]
+    again = _post(page, "sam")  # a double click: already recorded, still one approver
+    assert again.status_code == 202 and "different approver" in again.json()["message"]
+    assert [s.approver for s in store.signatures(approval.id)] == ["sam"]
     second = _post(page, "tess", reason="agreed")
     assert second.status_code == 200, second.text
 
@@ -104,7 +105,7 @@ def test_a_single_verified_approver_suffices_below_p0_and_a_decline_changes_noth
                                                   "decision": "decline", "reason": "handling it by hand"})
     assert declined.status_code == 200, declined.text
     result = run.join(60)
-    assert result["outcome"] == "declined" and result["decision"]["approver"] == "tess"
+    assert result["outcome"] == "declined" and result["decision"]["approver"] == "tess (verified)"
     assert api_image(world) == BROKEN_IMAGE
 
 
@@ -130,5 +131,63 @@ def test_where_the_resume_form_suffices_an_answer_from_the_page_is_still_recorde
     paused = run.wait_paused()
     assert run.resume(paused.id, approve=True, approver="sam", reason="typed in the UI").status.value == "ACCEPT"
     result = run.join(120)
-    assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam"
+    assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam (unverified)"
     assert not store.approval(store.approval_for_run(str(paused.id)).id).verified
+
+
+def test_the_same_verified_answer_again_after_the_run_resumed_never_takes_a_signature_back(
+        world, store, live_intake):  # noqa: F811
+    """sam approves (202), tess approves (200, the run resumes), tess's answer arrives again (a
+    double click, a resubmitted form, a replayed press) before the run has recorded its
+    decision: a success that changes nothing, and both signatures stay."""
+    from prefect.settings import PREFECT_API_URL
+
+    from deployments.approval_page import Refused, record_answer
+    from deployments.prefect_api import PrefectApi
+    from flows.service_down import service_down
+    from incidents.config import load_environment
+
+    break_api(world)
+    run = FlowThread(service_down, service="api", environment="sandbox-verified")
+    paused = run.wait_paused()
+    approval = store.approval(store.approval_for_run(str(paused.id)).id)  # as the page loaded it, undecided
+    page = f"{live_intake}/approvals/{approval.token}"
+    assert _post(page, "sam").status_code == 202
+    assert _post(page, "tess").status_code == 200
+    config = load_environment("sandbox-verified")
+    for _ in range(2):  # the repeat, arriving while the run goes on (the page's early 409 not yet in force)
+        try:
+            answer = record_answer(approval, config, "tess", "approve", "ok", PrefectApi(PREFECT_API_URL.value()),
+                                   via="approval page")
+            assert answer.status in (200, 202) and answer.repeat, answer
+        except Refused as exc:
+            assert exc.status == 409 and "no longer waiting" in str(exc), exc
+        assert sorted(s.approver for s in store.signatures(approval.id)) == ["sam", "tess"]
+    result = run.join(120)
+    assert result["outcome"] == "resolved", result
+    assert result["decision"]["approver"] == "sam + tess (verified)"
+    kinds = [e.kind for e in store.timeline(approval.incident_id)]
+    assert "approval_not_delivered" not in kinds and "approval_unverified" not in kinds
+
+
+def test_the_same_answer_sent_several_times_at_once_counts_once_and_stays(world, store, live_intake):  # noqa: F811
+    """A double (or triple) click sends the same verified answer in parallel: whichever request
+    recorded the signature, and whichever resumed the run, the signature stays and the run's
+    decision is verified (found trying it as a user: the request that had recorded it lost the
+    race to resume and took the signature back)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.service_down import service_down
+
+    break_api(world)
+    run = FlowThread(service_down, service="api", environment="sandbox-verified", severity="P1")
+    paused = run.wait_paused()
+    approval = store.approval_for_run(str(paused.id))
+    page = f"{live_intake}/approvals/{approval.token}"
+    with ThreadPoolExecutor(3) as pool:  # a triple click
+        answers = list(pool.map(lambda _: _post(page, "sam", reason="v2 crash-loops"), range(3)))
+    assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+    result = run.join(120)
+    assert result["outcome"] == "resolved" and result["decision"]["approver"] == "sam (verified)", result
+    assert [s.approver for s in store.signatures(approval.id)] == ["sam"]
+    assert "approval_not_delivered" not in [e.kind for e in store.timeline(approval.incident_id)]

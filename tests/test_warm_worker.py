@@ -9,12 +9,14 @@ import os
 import signal
 import time
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import psycopg
 import pytest
 import yaml
 
+from deployments.warm_worker import CANCEL_GRACE_SECONDS
 from tests.conftest import break_api
 from tests.test_scale_out import _run, _state, _until
 
@@ -116,6 +118,48 @@ def test_a_run_whose_process_is_killed_is_crashed(pg_stack, world, store, app_da
         lock.release()
     assert "SIGKILL" in (_flow_run(api, run_id)["state"]["message"] or "") or \
         "-9" in (_flow_run(api, run_id)["state"]["message"] or "")
+
+
+def test_a_cancel_left_with_no_process_is_ended_by_the_worker_that_claimed_the_run(pg_stack, world):
+    """A Cancelling run whose process is gone (its Cancel event lost, or it came as the process
+    exited) is ended by its worker's sweep: on_cancellation hooks, then Cancelled."""
+    api = pg_stack.api
+    break_api(world)
+    run_id = _run(api, {"service": "api", "environment": "sandbox", "dry_run": True})
+    assert _until(api, run_id, FINAL, timeout=90) == "COMPLETED"
+    assert (_flow_run(api, run_id).get("labels") or {}).get("prefect.worker.name", "").startswith("worker-")
+    time.sleep(CANCEL_GRACE_SECONDS + 5)  # its process and the executor's hold on it are long gone
+    forced = httpx.post(f"{api}/flow_runs/{run_id}/set_state", timeout=10, json={"force": True, "state": {
+        "type": "CANCELLING", "name": "Cancelling", "message": "Cancelled by the sweep test"}})
+    assert forced.status_code in (200, 201), forced.text
+    started = time.monotonic()
+    assert _until(api, run_id, FINAL, timeout=60) == "CANCELLED"
+    assert 15 < time.monotonic() - started < 45  # after RUNBOOKS_CANCEL_STRANDED_SECONDS (20 s here), not at once
+    assert _flow_run(api, run_id)["state"]["message"] == "Cancelled by the sweep test"
+
+
+def test_an_error_in_prefects_cancellation_does_not_stop_the_worker(pg_stack):
+    """Prefect runs each Cancel its observer hears of in the executor context's task group, whose
+    host is the worker's main task; an error there (a read of the run timing out under load, or
+    a run deleted meanwhile) cancelled the whole worker. The worker's contexts log it instead."""
+    import anyio
+    from prefect.runner._flow_run_executor import FlowRunExecutorContext
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.warm_worker import _contain_cancel_errors
+
+    async def a_cancel_that_fails() -> int:
+        ticks = 0
+        async with FlowRunExecutorContext() as lane:
+            _contain_cancel_errors(lane)
+            lane._observer.on_cancelling(uuid4())  # a Cancelling run the API no longer knows
+            for _ in range(10):  # the worker's main task goes on (cancelled here without the containment)
+                await anyio.sleep(0.1)
+                ticks += 1
+        return ticks
+
+    with temporary_settings(updates={PREFECT_API_URL: pg_stack.api}):
+        assert anyio.run(a_cancel_that_fails) == 10
 
 
 def _set_pool_paused(api: str, paused: bool) -> None:

@@ -136,3 +136,28 @@ def test_no_secret_ever_leaves_the_runbooks(world, monkeypatch, database_url, tm
              if canary in text]
     assert not leaks, f"{len(leaks)} leaks, e.g. {leaks[:5]}"
     print(f"canaries: {len(CANARIES)} secrets checked in {len(sources)} outputs; no leak")
+
+
+def _whole_suite(config: pytest.Config) -> bool:
+    option = config.option
+    return not option.keyword and not option.markexpr and (
+        config.args == list(config.getini("testpaths")) or config.args in ([], [str(config.rootpath)]))
+
+
+def test_the_runbooks_role_grants_only_what_the_suite_used(world, request):
+    """Least privilege, measured: every (verb, group, resource) that runbooks-responder grants was
+    used by the runbooks somewhere in this session, and the runbooks met no refusal they did not
+    provoke on purpose. Only meaningful after the whole suite (this module runs last)."""
+    from sandbox.rbac import Rbac, render
+    from sandbox.world import RUNBOOKS_USER
+    from tests.test_rbac import PROVOKED, ROLE, grants
+
+    if not _whole_suite(request.config):
+        pytest.skip("compares the Role with what the whole suite used: run `make test`")
+    ledger = world.authorizer.ledger
+    used = {(verb, group, resource) for verb, group, resource, _ in ledger.allowed.get(RUNBOOKS_USER, set())}
+    unused = grants(Rbac.from_manifests(render("sandbox")), ROLE) - used
+    assert not unused, f"{ROLE} grants what no test used: {sorted(unused)}"
+    refused = ledger.refused.get(RUNBOOKS_USER, set()) - PROVOKED
+    assert not refused, f"the runbooks were refused: {sorted(refused)}"
+    print(f"{ROLE}: {len(used)} grants used, none unused; refusals only where provoked")
