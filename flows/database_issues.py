@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
 from incidents.check_facts import CACHE, CONNECTIONS, HEALTH, POD_LOGS, REACH, REPLICATION, SESSIONS
@@ -19,7 +20,7 @@ from incidents.database_rules import plan_database_issues
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
-from tasks.cancellation import record_cancellation
+from tasks.cancellation import RunCancelled, ended_cancelled, record_cancellation
 from tasks.context import RunContext
 from tasks.database import (
     check_cache,
@@ -88,7 +89,7 @@ DATABASE_ISSUES = Scenario(
                                           "cancel, clear or restart behind an approval; verify.",
       on_cancellation=[record_cancellation])
 def database_issues(service: str, environment: str = "sandbox", severity: Severity | None = None,
-                    dry_run: bool = False, alert: AlertParameter | None = None) -> dict[str, Any]:
+                    dry_run: bool = False, alert: AlertParameter | None = None) -> dict[str, Any] | State:
     """Args:
         service: the service whose database is in trouble (its config names the database and cache).
         environment: which environment's config to use.
@@ -97,4 +98,7 @@ def database_issues(service: str, environment: str = "sandbox", severity: Severi
         alert: the alert that started the run, if any.
     """
     ctx = RunContext.load(environment, service)
-    return run_scenario(DATABASE_ISSUES, ctx, severity, dry_run, alert).as_dict()
+    try:
+        return run_scenario(DATABASE_ISSUES, ctx, severity, dry_run, alert).as_dict()
+    except RunCancelled as exc:  # a Cancel the worker had not acted on yet: the run ends Cancelled itself
+        return ended_cancelled(exc)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
@@ -32,7 +33,7 @@ from incidents.error_rate_rules import plan_high_error_rate
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
-from tasks.cancellation import record_cancellation
+from tasks.cancellation import RunCancelled, ended_cancelled, record_cancellation
 from tasks.context import RunContext
 from tasks.diagnosis import (
     check_rollout,
@@ -113,7 +114,7 @@ HIGH_ERROR_RATE = Scenario(
                                           "behind an approval; verify the rate falls below the threshold.",
       on_cancellation=[record_cancellation])
 def high_error_rate(service: str, environment: str = "sandbox", severity: Severity | None = None,
-                    dry_run: bool = False, alert: AlertParameter | None = None) -> dict[str, Any]:
+                    dry_run: bool = False, alert: AlertParameter | None = None) -> dict[str, Any] | State:
     """Args:
         service: the service whose error rate is high.
         environment: which environment's config to use.
@@ -122,4 +123,7 @@ def high_error_rate(service: str, environment: str = "sandbox", severity: Severi
         alert: the alert that started the run, if any.
     """
     ctx = RunContext.load(environment, service)
-    return run_scenario(HIGH_ERROR_RATE, ctx, severity, dry_run, alert).as_dict()
+    try:
+        return run_scenario(HIGH_ERROR_RATE, ctx, severity, dry_run, alert).as_dict()
+    except RunCancelled as exc:  # a Cancel the worker had not acted on yet: the run ends Cancelled itself
+        return ended_cancelled(exc)

@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import State
 
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
 from incidents.check_facts import EVIDENCE, HEALTH, EvidenceFacts
@@ -28,7 +29,7 @@ from incidents.security_rules import (
     suspicious_cidrs,
 )
 from incidents.templates import stamp
-from tasks.cancellation import record_cancellation
+from tasks.cancellation import RunCancelled, ended_cancelled, record_cancellation
 from tasks.context import RunContext
 from tasks.diagnosis import gather, probe_endpoints
 from tasks.lifecycle import run_scenario
@@ -100,7 +101,7 @@ SECURITY_INCIDENT = Scenario(
                                             "an approval; tell the security team; draft public communication.",
       on_cancellation=[record_cancellation])
 def security_incident(service: str, environment: str = "sandbox", severity: Severity | None = None,
-                      dry_run: bool = False, alert: AlertParameter | None = None) -> dict[str, Any]:
+                      dry_run: bool = False, alert: AlertParameter | None = None) -> dict[str, Any] | State:
     """Args:
         service: the affected service.
         environment: which environment's config to use.
@@ -117,7 +118,10 @@ def security_incident(service: str, environment: str = "sandbox", severity: Seve
         plan=lambda c, incident, findings, onset: plan_security_incident(incident.id, c.environment, c.service_name,
                                                                    c.service, findings, cidrs),
         after_diagnosis=lambda c, incident, findings: keep_evidence(c, incident, findings, cidrs, dropped))
-    result = run_scenario(scenario, ctx, severity, dry_run, alert)
+    try:
+        result = run_scenario(scenario, ctx, severity, dry_run, alert)
+    except RunCancelled as exc:  # a Cancel the worker had not acted on yet: the run ends Cancelled itself
+        return ended_cancelled(exc)
     rotated = [line for line in result.plan or [] if line.startswith("rotate_secrets")]
     if result.outcome == Outcome.RESOLVED and rotated:
         file_revocation(ctx, result.incident_id, rotated)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
@@ -20,7 +21,7 @@ from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from incidents.service_down_rules import plan_service_down
-from tasks.cancellation import record_cancellation
+from tasks.cancellation import RunCancelled, ended_cancelled, record_cancellation
 from tasks.context import RunContext
 from tasks.deploys import verify_health
 from tasks.diagnosis import (
@@ -89,7 +90,7 @@ SERVICE_DOWN = Scenario(
                                        "restart behind an approval, verify, resolve or escalate.",
       on_cancellation=[record_cancellation])
 def service_down(service: str, environment: str = "sandbox", severity: Severity | None = None, dry_run: bool = False,
-                 alert: AlertParameter | None = None) -> dict[str, Any]:
+                 alert: AlertParameter | None = None) -> dict[str, Any] | State:
     """Args:
         service: the service name from the environment's config (e.g. api).
         environment: which environment's config to use.
@@ -98,4 +99,7 @@ def service_down(service: str, environment: str = "sandbox", severity: Severity 
         alert: the alert that started the run, if any (Alertmanager/Grafana payload entry).
     """
     ctx = RunContext.load(environment, service)
-    return run_scenario(SERVICE_DOWN, ctx, severity, dry_run, alert).as_dict()
+    try:
+        return run_scenario(SERVICE_DOWN, ctx, severity, dry_run, alert).as_dict()
+    except RunCancelled as exc:  # a Cancel the worker had not acted on yet: the run ends Cancelled itself
+        return ended_cancelled(exc)

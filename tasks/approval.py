@@ -29,6 +29,7 @@ from incidents.plans import Grant, Plan
 from incidents.redaction import redact
 from incidents.store import IncidentStore, StoreError
 from incidents.templates import approval_buttons, slack_text
+from tasks.cancellation import cancelling_now, raise_if_cancelling
 from tasks.context import RunContext
 from tasks.forms import prefilled
 from tasks.notify import notify_slack
@@ -320,9 +321,14 @@ def wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
     process is gone) by the incident watch (`tasks/watch.py`), from the approval's deadline_at."""
     form = prefilled(ApprovalInput, redact(note + plan.markdown(timeout)))
     key = f"approval-{plan.digest[:12]}" + (f"-{attempt}" if attempt else "")
+    raise_if_cancelling("the wait for approval")
     if deployment.get_id():
-        # the extra 10 minutes leave the watch (every minute) time to decline it at the deadline
-        answer = suspend_flow_run(wait_for_input=form, timeout=timeout + 600, key=key)
+        try:  # the extra 10 minutes leave the watch (every minute) time to decline it at the deadline
+            answer = suspend_flow_run(wait_for_input=form, timeout=timeout + 600, key=key)
+        except RuntimeError:  # Prefect refuses to suspend a run cancelled since the check above
+            if cancelling_now():
+                raise_if_cancelling("the wait for approval")
+            raise
         return answer, _is_deadline(answer)
     run_id = flow_run.get_id()
 
@@ -340,6 +346,10 @@ def wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
                                 key=key)
     except FlowPauseTimeout:
         return None, True
+    except RuntimeError:  # Prefect refuses to pause a run cancelled since the check above
+        if cancelling_now():
+            raise_if_cancelling("the wait for approval")
+        raise
     finally:
         timer.cancel()
     return answer, _is_deadline(answer)

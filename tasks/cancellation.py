@@ -3,7 +3,11 @@ run to Cancelling; the worker stops the run's process and runs the flow's on_can
 `record_cancellation`, which writes who cancelled and what had already been done to the
 incident timeline and posts a Status Update: a person has the incident now. Before each
 approved action the executor asks `raise_if_cancelling`, so that no action starts once a
-Cancel is pressed, even in the moment before the process is stopped."""
+Cancel is pressed, even in the moment before the process is stopped; so does the approval
+gate before it pauses (Prefect refuses to pause or suspend a Cancelling run, and the run would
+end Failed). A run whose process the worker has not stopped by then (a worker busy with many
+Cancels at once) ends itself: `ended_cancelled` records the Cancel as the hook would and
+ends the run Cancelled."""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import State, StateType
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run as current_run
+from prefect.states import Cancelled
 
 from incidents import templates
 from incidents.alerts import target_of
@@ -53,6 +59,27 @@ def raise_if_cancelling(action: str) -> None:
     _log.warning("Run cancelled (%s); %s not started", message or "no reason given", action)
     time.sleep(STOP_WAIT_SECONDS)
     raise RunCancelled(f"cancelled before {action}; it was not started")
+
+
+def cancelling_now() -> bool:
+    """Whether this flow run is being cancelled (False outside a flow run)."""
+    run_id = current_run.get_id()
+    return run_id is not None and _state_of(run_id)[0] in CANCEL_STATES
+
+
+def ended_cancelled(exc: RunCancelled) -> State:
+    """The final state of a run that stopped itself on a Cancel: the Cancel is recorded as the
+    on_cancellation hook records it (who, and what was done before), and the run ends Cancelled,
+    not Failed. Return it from the flow."""
+    context = FlowRunContext.get()
+    message = ""
+    if context is not None and context.flow_run is not None:
+        try:
+            message = _state_of(str(context.flow_run.id))[1]
+        except Exception as error:  # noqa: BLE001 - the API may be what failed; the record still matters
+            _log.warning("could not read who cancelled run %s: %s", context.flow_run.id, error)
+        note_cancellation(context.flow_run, message)
+    return Cancelled(message=message or f"Cancelled: {exc}")
 
 
 def _who(message: str) -> str:

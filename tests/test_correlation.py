@@ -352,3 +352,51 @@ def test_an_outage_of_its_own_for_a_held_service_is_never_left_open(world, store
     finally:
         store.release_lease(target_of("sandbox", "api"), holder_run)
         store.close(held.id, "test", "test")
+
+
+@pytest.mark.parametrize("when", ["before the approval", "before the action"])
+def test_a_cancel_no_worker_acted_on_ends_the_run_cancelled_not_failed(world, store, monkeypatch, when):
+    """A Cancel the worker has not acted on (a worker busy with 50 Cancels at once; here no worker
+    at all) is found by the run itself before it pauses or acts: it waits for the worker, then
+    ends Cancelled (not Failed, which Prefect's refusal to pause a Cancelling run used to give),
+    with the Cancel in the timeline and nothing changed."""
+    import dataclasses
+
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+    from prefect.states import Cancelling
+
+    import flows.service_down as service_down_flow
+    import tasks.cancellation
+
+    monkeypatch.setattr(tasks.cancellation, "STOP_WAIT_SECONDS", 0.5)
+
+    def cancel_me() -> None:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.get_id(), Cancelling(message="Cancelled by nora: taking over"),
+                                      force=True)
+
+    real = service_down_flow.SERVICE_DOWN
+    if when == "before the approval":
+        def plan(*args):
+            cancel_me()
+            return real.plan(*args)
+        scenario = dataclasses.replace(real, plan=plan)
+    else:
+        def execute(*args):
+            cancel_me()
+            return real.phases.execute(*args)
+        scenario = dataclasses.replace(real, phases=dataclasses.replace(real.phases, execute=execute))
+    monkeypatch.setattr(service_down_flow, "SERVICE_DOWN", scenario)
+    break_api(world)
+    run = FlowThread(service_down_flow.service_down, service="api", return_state=True)
+    if when == "before the action":
+        run.resume(run.wait_paused().id, approve=True, approver="quinn", reason="go")
+    state = run.join()
+    assert state.type.value == "CANCELLED", state
+    incident = store.incident_for_run(str(state.state_details.flow_run_id))
+    cancelled = [e for e in store.timeline(incident.id) if e.kind == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0].actor == "nora", cancelled
+    assert "nothing was changed" in cancelled[0].message
+    assert api_image(world) == BROKEN_IMAGE
+    assert any("Runbook cancelled" in m["text"] for m in world.slack_messages)

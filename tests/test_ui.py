@@ -189,7 +189,8 @@ def test_run_and_resume_in_the_browser_land_at_once_under_load(pg_stack, world, 
             break
         time.sleep(0.5)
     settled = time.monotonic() - cancelled_at
-    assert states[:-1] == ["CANCELLED"] * LOAD, f"load runs: {[(s, states.count(s)) for s in set(states)]}"
+    assert states[:-1] == ["CANCELLED"] * LOAD, (
+        f"load runs: {[(s, states.count(s)) for s in set(states)]}; not cancelled: {_why_not_cancelled(api, load)}")
     assert states[-1] in ("CANCELLED", "COMPLETED"), states[-1]  # the UI's run: cancelled, or nothing to do
     assert _final(api, waiting) == "COMPLETED"  # the Resume given under load was taken
     assert api_image(world).endswith(":v1.5.0")
@@ -201,6 +202,19 @@ def _states(api: str, runs: list[str]) -> list[str]:
     found = {r["id"]: r["state"]["type"] for r in httpx.post(f"{api}/flow_runs/filter", timeout=30, json={
         "flow_runs": {"id": {"any_": runs}}, "limit": len(runs)}).json()}
     return [found[r] for r in runs]
+
+
+def _why_not_cancelled(api: str, runs: list[str]) -> list[str]:
+    """Each run that did not end Cancelled: its state, the state's message and its last error logs."""
+    found = httpx.post(f"{api}/flow_runs/filter", timeout=30, json={
+        "flow_runs": {"id": {"any_": runs}}, "limit": len(runs)}).json()
+    said = []
+    for run in (r for r in found if r["state"]["type"] != "CANCELLED"):
+        logs = httpx.post(f"{api}/logs/filter", timeout=30, json={
+            "logs": {"flow_run_id": {"any_": [run["id"]]}, "level": {"ge_": 30}}, "limit": 5, "sort": "TIMESTAMP_DESC"})
+        said.append(f"{run['name']} {run['state']['type']}: {run['state']['message']!r}; "
+                    f"logs: {[entry['message'][:400] for entry in logs.json()]}")
+    return said
 
 
 def _in_flight(api: str, runs: list[str]) -> int:
