@@ -84,3 +84,13 @@ def test_connect_says_when_the_cluster_cannot_be_reached(capsys, tmp_path):
     path.write_text(text)
     code, out = _check(capsys, path, "--connect")
     assert code == 1 and "production: Kubernetes unreachable" in out, out
+
+
+@pytest.mark.unit
+def test_the_example_config_is_the_production_overlays_config():
+    """kustomize reads only files below the overlay, so the overlay holds the config and
+    config/ holds a copy (not a link: links do not survive every checkout or archive)."""
+    overlay = ROOT / "deploy" / "kubernetes" / "overlays" / "production" / "runbooks.yaml"
+    assert not PRODUCTION.is_symlink()
+    assert PRODUCTION.read_text() == overlay.read_text(), (
+        f"edit both: cp {overlay.relative_to(ROOT)} {PRODUCTION.relative_to(ROOT)}")
