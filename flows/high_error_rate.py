@@ -24,6 +24,7 @@ from incidents.check_facts import (
     DEPLOYS,
     HEALTH,
     NETWORK,
+    NODES,
     POD_LOGS,
     PROMETHEUS,
     RATE,
@@ -52,6 +53,7 @@ from tasks.error_rate import (
     verify_error_rate,
 )
 from tasks.lifecycle import run_scenario
+from tasks.nodes import node_conditions
 from tasks.scenario import Scenario
 
 
@@ -66,6 +68,7 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
         POD_LOGS: pod_logs.submit(ctx),  # the playbook's checklist: logs in every scenario
         CONFIG: config_changes.submit(ctx),
         NETWORK: network_reach.submit(ctx),
+        NODES: node_conditions.submit(ctx),
     }
     if ctx.config.prometheus:
         futures[PROMETHEUS] = prometheus_error_rate.submit(ctx)

@@ -16,7 +16,7 @@ from prefect.client.schemas.objects import State
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
-from incidents.check_facts import CONFIG, DEPLOYS, HEALTH, NETWORK, POD_LOGS, ROLLOUT, RUN_LOGS
+from incidents.check_facts import CONFIG, DEPLOYS, HEALTH, NETWORK, NODES, POD_LOGS, ROLLOUT, RUN_LOGS
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
@@ -35,6 +35,7 @@ from tasks.diagnosis import (
     recent_deployments,
 )
 from tasks.lifecycle import run_scenario
+from tasks.nodes import node_conditions
 from tasks.scenario import Scenario
 
 
@@ -49,6 +50,7 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
         POD_LOGS: pod_logs.submit(ctx),
         CONFIG: config_changes.submit(ctx),
         NETWORK: network_reach.submit(ctx),
+        NODES: node_conditions.submit(ctx),
     }
     return gather(futures, timeout=120)
 

@@ -24,6 +24,7 @@ RUN_LOGS = "failed run logs"
 POD_LOGS = "pod logs"
 CONFIG = "config changes"
 NETWORK = "network and DNS"
+NODES = "nodes"
 # high error rate
 RATE = "error rate (/metrics)"
 PROMETHEUS = "error rate (Prometheus)"
@@ -77,6 +78,7 @@ class PodFacts(Facts):
     waiting: str | None = None
     last_termination: str | None = None
     image: str = ""
+    node: str | None = None  # the node it runs on (None: not scheduled)
 
 
 class Autoscaler(Facts):
@@ -228,6 +230,23 @@ class ConfigFacts(Facts):
     objects: list[ConfigChange] = []  # every ConfigMap and Secret the pods read
 
 
+class NodeState(Facts):
+    """A node one of the service's pods runs on."""
+
+    name: str
+    ready: str = "Unknown"  # the Ready condition: True, False, or Unknown (its kubelet stopped reporting)
+    pressures: list[str] = []  # MemoryPressure, DiskPressure, PIDPressure that hold
+    unschedulable: bool = False  # no new pod is placed there (cordoned or tainted NoSchedule)
+    pods: int = 0  # the service's pods on it
+    error: str | None = None  # the node could not be read
+
+
+class NodeFacts(Facts):
+    nodes: list[NodeState] = []
+    unscheduled: int = 0  # the service's pods that no node took (Pending, unschedulable)
+    schedulable: bool | None = None  # whether any node read could take a new pod (None: none readable)
+
+
 class Reached(Facts):
     name: str
     outcome: str  # ok | http_error | unresolvable | refused | timed_out | unreachable
@@ -251,7 +270,7 @@ FACTS: dict[str, type[Facts]] = {
     POD_LOGS: PodLogsFacts, RATE: RateFacts, PROMETHEUS: PrometheusFacts, COMMITS: CommitsFacts,
     BREAKER: BreakerFacts, REACH: NoFacts, SESSIONS: SessionsFacts, CONNECTIONS: ConnectionsFacts,
     REPLICATION: ReplicationFacts, CACHE: CacheFacts, EVIDENCE: EvidenceFacts, CONFIG: ConfigFacts,
-    NETWORK: NetworkFacts,
+    NETWORK: NetworkFacts, NODES: NodeFacts,
 }
 
 

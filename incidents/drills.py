@@ -25,7 +25,8 @@ class Step:
     short, harmless idle transaction), leaked_credential, config (a value the service rejects
     in its ConfigMap, rolled out by a restart), memory (the pods outgrow their memory
     limit and are OOM-killed, via the sandbox), latency (ms added to every answer, via the
-    sandbox), other_broken (another service of the
+    sandbox), node (the node most of its pods run on stops reporting, NotReady; "all NotReady":
+    every node, via the sandbox), other_broken (another service of the
     namespace crash-loops: not the target's fault)."""
     kind: str
     value: Any = None
@@ -41,7 +42,7 @@ class Step:
 
     @property
     def sandbox_only(self) -> bool:
-        return self.kind in ("load", "dependency", "memory", "latency") or (self.kind == "release"
+        return self.kind in ("load", "dependency", "memory", "latency", "node") or (self.kind == "release"
                                                                  and self.value != "broken-by-kubectl")
 
     def describe(self) -> str:
@@ -154,6 +155,10 @@ CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
                                  "restart brings the same limit back", [Step("memory", "oom")], ABSTAIN),
     fault_spec("release-then-oom-kills", _SD, "a healthy release, then the pods are OOM-killed in a loop",
                [_GOOD, Step("memory", "oom")], ABSTAIN, decoy=True),
+    fault_spec("all-nodes-not-ready", _SD, "every node stops reporting (NotReady): no pod serves and no node takes "
+                                           "new ones; no remedy here helps", [Step("node", "all NotReady")], ABSTAIN),
+    fault_spec("release-then-all-nodes-not-ready", _SD, "a healthy release, then every node stops reporting",
+               [_GOOD, Step("node", "all NotReady")], ABSTAIN, decoy=True),
     fault_spec("scaled-to-zero", _SD, "someone scales the deployment to 0 replicas", [Step("replicas", 0)], {"scale"}),
     fault_spec("release-then-scaled-to-zero", _SD, "a healthy release, then the deployment is scaled to 0",
           [_GOOD, Step("replicas", 0)], {"scale"}, decoy=True),
@@ -171,6 +176,11 @@ CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
           [Step("release", "v1.6.0-errors")], {"rollback"}),
     fault_spec("release-then-dependency", _ER, "a healthy release, then the payments dependency goes down",
           [_GOOD, Step("dependency", True)], {"circuit_breaker"}, decoy=True),
+    fault_spec("node-not-ready", _ER, "the node most pods run on stops reporting (NotReady): its pods serve "
+                                      "nothing and the rest cannot carry the load; new pods go to a Ready node",
+               [Step("node", "NotReady")], {"scale"}),
+    fault_spec("release-then-node-not-ready", _ER, "a healthy release, then the node most pods run on goes NotReady",
+               [_GOOD, Step("node", "NotReady")], {"scale"}, decoy=True),
     fault_spec("release-then-overload", _ER, "a healthy release, then load beyond capacity",
           [_GOOD, Step("load", 200)], {"scale"}, decoy=True),
     fault_spec("release-then-overload-and-dependency", _ER, "a healthy release, then overload and a dependency down",

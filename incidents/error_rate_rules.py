@@ -195,8 +195,17 @@ def _capacity(service: ServiceConfig, facts: ServiceFacts, w: Weighing) -> Plann
                          f"({facts.capacity_rps:g} rps)")
         return None
     current = facts.desired_replicas
-    needed = math.ceil(facts.request_rps * 1.2 / per)
+    lost = facts.lost_to_nodes()  # they count in the replicas but serve nothing until replaced
+    needed = math.ceil(facts.request_rps * 1.2 / per) + len(lost)
     target = min(max(needed, current + 1), service.scaling.max_replicas)
+    if lost and not (facts.nodes and facts.nodes.schedulable):
+        w.against.append(f"{len(lost)} pods are lost with their nodes and no node of the cluster takes new pods: "
+                         "more replicas would wait too")
+        return None
+    if lost:
+        w.add(True, f"{len(lost)} of {len(facts.pods)} pods serve nothing: their node "
+                    f"{', '.join(n.name for n in facts.down_nodes) or '(none took them)'} is NotReady; new pods go "
+                    "to Ready nodes")
     share = f"{facts.overload_share:.0%} of requests cannot be served"
     if target <= current:
         w.against.append(f"the load ({facts.request_rps:g} rps) exceeds capacity but {current} replicas is already "

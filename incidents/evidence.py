@@ -20,6 +20,7 @@ from incidents.check_facts import (
     DEPLOYS,
     HEALTH,
     NETWORK,
+    NODES,
     RATE,
     ROLLOUT,
     Autoscaler,
@@ -29,6 +30,8 @@ from incidents.check_facts import (
     Facts,
     HealthFacts,
     NetworkFacts,
+    NodeFacts,
+    NodeState,
     RateFacts,
     Revision,
     RolloutFacts,
@@ -103,6 +106,7 @@ class Pod:
     waiting: str | None
     image: str
     last_termination: str | None = None  # why its container last ended (OOMKilled, Error, ...)
+    node: str | None = None  # the node it runs on (None: no node took it)
 
     @property
     def oom_killed(self) -> bool:
@@ -159,10 +163,24 @@ class ServiceFacts:
     reached: tuple[tuple[str, str, str], ...] = ()  # (dependency, outcome, detail) of its direct probe
     slow: tuple[tuple[str, int], ...] = ()        # (endpoint, ms) of answers slower than the objective
     slo_ms: float | None = None
+    nodes: NodeFacts | None = None                # the nodes the pods run on (None: not read)
 
     @property
     def ready_pods(self) -> int:
         return sum(p.ready for p in self.pods)
+
+    @property
+    def down_nodes(self) -> tuple[NodeState, ...]:
+        """The nodes of the service's pods whose kubelet does not report Ready."""
+        return tuple(n for n in (self.nodes.nodes if self.nodes else []) if not n.error and n.ready != "True")
+
+    def lost_to_nodes(self) -> list[Pod]:
+        """The pods that are not ready because their node is down or no node took them."""
+        if self.nodes is None:
+            return []
+        down = {n.name for n in self.down_nodes}
+        waiting = self.nodes.unscheduled > 0  # a pod without a node is one no node took only then
+        return [p for p in self.pods if not p.ready and (p.node in down if p.node else waiting)]
 
     def answers_directly(self, dependency: str) -> bool | None:
         """Whether a dependency answered its direct probe (None: not probed)."""
@@ -234,7 +252,7 @@ def service_facts(findings: Mapping[str, Finding], now: datetime, onset: datetim
     rollout, rate = _usable(findings, ROLLOUT, RolloutFacts), _usable(findings, RATE, RateFacts)
     deploys = findings[DEPLOYS].facts(DeploysFacts) if DEPLOYS in findings else DeploysFacts()
     pods_known = rollout is not None and bool(rollout.model_fields_set)
-    pods = tuple(Pod(p.name, p.ready, p.restarts, p.waiting, p.image, p.last_termination)
+    pods = tuple(Pod(p.name, p.ready, p.restarts, p.waiting, p.image, p.last_termination, p.node)
                  for p in rollout.pods) if rollout else ()
     traffic = tuple(Traffic(v, float(c.window_requests), float(c.window_errors), float(c.requests), float(c.errors))
                     for v, c in (rate.versions if rate else {}).items())
@@ -256,7 +274,7 @@ def service_facts(findings: Mapping[str, Finding], now: datetime, onset: datetim
         autoscaler=rollout.autoscaler if rollout else None, memory_limit=rollout.memory_limit if rollout else None,
         config_changes=_config_changes(findings), reached=_reached(findings),
         slow=tuple((p.url, p.ms or 0) for p in health_facts.slow) if health_facts else (),
-        slo_ms=health_facts.slo_ms if health_facts else None)
+        slo_ms=health_facts.slo_ms if health_facts else None, nodes=_usable(findings, NODES, NodeFacts))
 
 
 def _reached(findings: Mapping[str, Finding]) -> tuple[tuple[str, str, str], ...]:

@@ -127,6 +127,9 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
     if not facts.pods_known:
         return abstain(head, w, "the pods could not be read, so nothing says what failed"
                                 + (f" or whether {release.describe()} is the cause." if release else "."))
+    nodes = _lost_to_nodes(head, service, facts, failing, release, w)
+    if nodes is not None:
+        return nodes
     oom = _oom_killed(facts, failing, w)
     if release and facts.previous:
         plan = _rollback_or_abstain(head, service, environment, facts, release, failing, w, release_window_seconds)
@@ -136,6 +139,33 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
         return abstain(head, w, f"{oom}: a restart brings the same limit back and they are killed again; the limit "
                                 "must be raised, or what outgrows it found.")
     return _restart_plan(head, service, facts, failing, w)
+
+
+def _lost_to_nodes(head: Plan, service: ServiceConfig, facts: ServiceFacts, failing: list[Any],
+                   release: Release | None, w: Weighing) -> Plan | None:
+    """Every failing pod sits on a node that stopped reporting, or waits for one: what they run is
+    not the cause. The scheduler puts new pods only on Ready nodes, so a restart replaces them
+    there at once (not in 5 minutes, when the node's pods are evicted); with no node to take
+    them, no remedy here helps. None: the nodes do not explain the failing pods."""
+    lost = facts.lost_to_nodes()
+    if not lost or len(lost) != len(failing):
+        return None
+    down = ", ".join(f"{n.name} ({n.pods} pods)" for n in facts.down_nodes)
+    w.add(True, f"{len(lost)} of {len(facts.pods)} pods are not ready because "
+                + (f"node {down} is NotReady (its kubelet stopped reporting)" if down else "no node took them"))
+    if release:
+        w.against.append(f"{release.describe()} is not the cause: its pods fail where they run, not for what they run")
+    if not (facts.nodes and facts.nodes.schedulable):
+        return abstain(head, w, "the pods are lost with their nodes and no node of the cluster takes new pods: "
+                                "no remedy here helps until a node is Ready (the platform's on-call).")
+    k = service.kubernetes
+    action = PlannedAction("rollout_restart", f"deployment/{k.deployment} (namespace {k.namespace})",
+                           f"{len(lost)} of {len(facts.pods)} pods on NotReady nodes",
+                           "every pod replaced on a Ready node", "kubectl rollout restart",
+                           RolloutRestart(namespace=k.namespace, deployment=k.deployment,
+                                          revision=facts.current.revision if facts.current else None))
+    return settle(head, [action], STRONG, w, "The pods are lost with their node, and other nodes take new pods: "
+                                             "restart the deployment so its pods are replaced there now.")
 
 
 def _oom_killed(facts: ServiceFacts, failing: list[Any], w: Weighing) -> str | None:

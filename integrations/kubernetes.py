@@ -153,6 +153,16 @@ class PodSummary:
     last_termination_reason: str | None
     last_exit_code: int | None
     image: str
+    node: str | None = None  # None: not scheduled yet (Pending)
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    name: str
+    ready: str  # the Ready condition's status: True, False or Unknown (the kubelet stopped reporting)
+    pressures: tuple[str, ...]  # MemoryPressure, DiskPressure, PIDPressure conditions that are True
+    unschedulable: bool  # cordoned, or tainted NoSchedule: no new pod is placed there
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,15 +186,34 @@ def summarize_pod(pod: dict[str, Any]) -> PodSummary:
     status = pod.get("status") or {}
     cs = (status.get("containerStatuses") or [{}])[0]
     terminated = (cs.get("lastState") or {}).get("terminated") or {}
+    # the pod's Ready condition decides (a pod on an unreachable node keeps its containers' last
+    # reported state, ready included, while the node controller marks the pod not Ready)
+    condition = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     return PodSummary(
         name=pod["metadata"]["name"],
         phase=status.get("phase", "Unknown"),
-        ready=bool(cs.get("ready")),
+        ready=condition.get("status") == "True" if condition else bool(cs.get("ready")),
         restarts=int(cs.get("restartCount") or 0),
         waiting_reason=((cs.get("state") or {}).get("waiting") or {}).get("reason"),
         last_termination_reason=terminated.get("reason"),
         last_exit_code=terminated.get("exitCode"),
         image=cs.get("image") or (pod.get("spec", {}).get("containers") or [{}])[0].get("image", ""),
+        node=(pod.get("spec") or {}).get("nodeName"),
+    )
+
+
+def summarize_node(node: dict[str, Any]) -> NodeSummary:
+    conditions = {c.get("type"): c for c in (node.get("status") or {}).get("conditions") or []}
+    ready = conditions.get("Ready") or {}
+    spec = node.get("spec") or {}
+    return NodeSummary(
+        name=node["metadata"]["name"],
+        ready=ready.get("status", "Unknown"),
+        pressures=tuple(kind for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")
+                        if (conditions.get(kind) or {}).get("status") == "True"),
+        unschedulable=bool(spec.get("unschedulable"))
+        or any(t.get("effect") == "NoSchedule" for t in spec.get("taints") or []),
+        reason=ready.get("reason") or "",
     )
 
 
@@ -336,6 +365,10 @@ class KubernetesClient(Closing):
         found = self._call(f"list pods of {namespace}/{deployment}", self.core.list_namespaced_pod, namespace,
                            label_selector=selector)
         return [summarize_pod(self._json(p)) for p in found.items]
+
+    def nodes(self) -> list[NodeSummary]:
+        """Every node's conditions (needs `list nodes`, a cluster-wide read)."""
+        return [summarize_node(self._json(n)) for n in self._call("list nodes", self.core.list_node).items]
 
     def events(self, namespace: str, names: set[str] | None = None, limit: int = 20) -> list[dict[str, Any]]:
         found = self._call(f"list events in {namespace}", self.core.list_namespaced_event, namespace)

@@ -25,6 +25,7 @@ from sandbox.k8s_objects import (
     _PodRuntime,
     now_iso,
 )
+from sandbox.nodes import NODE_NAMES, node_object
 from sandbox.patch import apply_patch
 from sandbox.selectors import matches_fields, matches_labels, selector_string
 
@@ -50,6 +51,8 @@ class Cluster(DeploymentController):
         self._pods: dict[tuple[str, str], _PodRuntime] = {}
         self._progress_started: dict[tuple[str, str], float] = {}
         self.events: list[WatchEvent] = []
+        for index, name in enumerate(NODE_NAMES):
+            self.create("nodes", "", node_object(name, index))
 
     # -- store ---------------------------------------------------------------------------
     def _next_rv(self) -> str:
@@ -281,6 +284,18 @@ class Cluster(DeploymentController):
             self._refresh_status(namespace, deployment, now)
             self.changed.notify_all()
             return affected
+
+    def set_node_state(self, name: str, state: str) -> int:
+        """The node becomes Ready, NotReady or under pressure (sandbox.nodes.STATES); the pods
+        follow at once. Returns how many pods run on it."""
+        with self.lock:
+            current = self.get("nodes", "", name)
+            index = NODE_NAMES.index(name) if name in NODE_NAMES else len(NODE_NAMES)
+            fresh = node_object(name, index, state)
+            self._update("nodes", current, {**current, "spec": fresh["spec"], "status": fresh["status"]})
+            for (_, ns, dep) in [k for k in self._objects if k[0] == "deployments"]:
+                self._refresh_status(ns, dep)
+            return sum(1 for (p, _, _), o in self._objects.items() if p == "pods" and o["spec"].get("nodeName") == name)
 
     def ready_pods(self, namespace: str, deployment: str) -> int:
         with self.lock:

@@ -7,6 +7,7 @@ import copy
 import secrets
 import time
 import uuid
+from collections import Counter
 
 from sandbox.k8s_objects import (
     _SAFE,
@@ -21,6 +22,12 @@ from sandbox.k8s_objects import (
     rejects_config,
     template_without_hash,
 )
+from sandbox.nodes import reachable, schedulable
+
+
+def pod_ready(status: dict) -> bool:
+    """A pod's readiness as Services and kubectl read it: its Ready condition."""
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
 
 
 class DeploymentController:
@@ -81,9 +88,12 @@ class DeploymentController:
                              "creationTimestamp": now_iso(), "labels": dict(template["metadata"].get("labels", {})),
                              "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": meta["name"],
                                                   "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]},
-                "spec": {**copy.deepcopy(template["spec"]), "nodeName": "sandbox-node-1"},
+                "spec": copy.deepcopy(template["spec"]),
                 "status": {"phase": "Pending"},
             }
+            node = self._place()
+            if node:
+                pod["spec"]["nodeName"] = node
             leaking = (ns, meta["ownerReferences"][0]["name"]) in self.memory_leaks
             broken = is_broken_image(image) or self._config_rejected(ns, template["spec"])
             self._pods[(ns, pod_name)] = _PodRuntime(time.time(), broken, time.time() if leaking else None)
@@ -125,7 +135,47 @@ class DeploymentController:
             "firstTimestamp": stamp, "lastTimestamp": stamp, "source": {"component": "sandbox-controller"},
         }, "ADDED")
 
+    def _place(self) -> str | None:
+        """The scheduler: the schedulable node with the fewest pods, or None (the pod stays Pending)."""
+        nodes = [o for (p, _, _), o in self._objects.items() if p == "nodes" and schedulable(o)]
+        if not nodes:
+            return None
+        load = Counter(o["spec"].get("nodeName") for (p, _, _), o in self._objects.items() if p == "pods")
+        return min(nodes, key=lambda n: (load[n["metadata"]["name"]], n["metadata"]["name"]))["metadata"]["name"]
+
+    def _schedule_pending(self, pod: dict, rt: _PodRuntime, now: float) -> None:
+        """A Pending pod is bound to a node once one can take it; its containers start then."""
+        if pod["spec"].get("nodeName"):
+            return
+        node = self._place()
+        if node:
+            pod["spec"]["nodeName"] = node
+            rt.created = now
+            if rt.oom_since is not None:
+                rt.oom_since = now
+
     def _pod_status(self, pod: dict, rt: _PodRuntime, now: float) -> dict:
+        node_name = pod["spec"].get("nodeName")
+        if not node_name:
+            nodes = sum(1 for (p, _, _) in self._objects if p == "nodes")
+            return {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": f"0/{nodes} nodes are available: {nodes} node(s) had untolerated taints."}]}
+        status = self._container_status(pod, rt, now)
+        if not reachable(self._objects.get(("nodes", "", node_name))):
+            # the node lifecycle controller marks the pods of an unreachable node not Ready; their
+            # containers keep the state the kubelet last reported
+            status["conditions"] = [{**c, "status": "False"} if c["type"] == "Ready" else c
+                                    for c in status["conditions"]]
+        status["hostIP"] = self._node_ip(node_name)
+        return status
+
+    def _node_ip(self, node_name: str) -> str:
+        node = self._objects.get(("nodes", "", node_name)) or {}
+        return next((a["address"] for a in (node.get("status") or {}).get("addresses") or []
+                     if a["type"] == "InternalIP"), "")
+
+    def _container_status(self, pod: dict, rt: _PodRuntime, now: float) -> dict:
         container = pod["spec"]["containers"][0]
         started = now_iso(rt.created)
         base = {"name": container["name"], "image": container.get("image", ""), "imageID": "",
@@ -181,16 +231,17 @@ class DeploymentController:
                 rt = self._pods.get((namespace, pod["metadata"]["name"]))
                 if rt is None:
                     continue
+                self._schedule_pending(pod, rt, now)
                 status = self._pod_status(pod, rt, now)
                 if status != pod.get("status"):
-                    if rt.broken and status["containerStatuses"][0]["restartCount"] != \
+                    if rt.broken and (status.get("containerStatuses") or [{}])[0].get("restartCount") != \
                             (pod.get("status", {}).get("containerStatuses") or [{}])[0].get("restartCount"):
                         self._record_event(namespace, "Pod", pod["metadata"]["name"], "Warning", "BackOff",
                                            "Back-off restarting failed container")
                     pod["status"] = status
                     self._store("pods", pod, "MODIFIED")
                 total += 1
-                is_ready = status["containerStatuses"][0]["ready"]
+                is_ready = pod_ready(status)
                 ready += is_ready
                 if template_without_hash(rs["spec"]["template"]) == template:
                     updated += 1

@@ -38,6 +38,7 @@ RESOURCES: dict[str, Resource] = {
     r.plural: r
     for r in (
         Resource("", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",)),
+        Resource("", "v1", "nodes", "Node", namespaced=False, short_names=("no",)),
         Resource("", "v1", "pods", "Pod", short_names=("po",), subresources=("log",)),
         Resource("", "v1", "events", "Event", short_names=("ev",)),
         Resource("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),

@@ -92,6 +92,7 @@ _TABLE_COLUMNS = {
     "replicasets": ["Name", "Desired", "Current", "Ready", "Age"],
     "pods": ["Name", "Ready", "Status", "Restarts", "Age"],
     "events": ["Last Seen", "Type", "Reason", "Object", "Message"],
+    "nodes": ["Name", "Status", "Roles", "Age", "Version"],
 }
 
 
@@ -120,6 +121,13 @@ def _row(plural: str, obj: dict) -> list:
         involved = obj.get("involvedObject", {})
         return [_age(obj.get("lastTimestamp")), obj.get("type", ""), obj.get("reason", ""),
                 f"{involved.get('kind', '').lower()}/{involved.get('name', '')}", obj.get("message", "")]
+    if plural == "nodes":
+        ready = next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), "Unknown")
+        shown = "Ready" if ready == "True" else "NotReady"
+        if any(t.get("effect") == "NoSchedule" for t in spec.get("taints") or []) and ready == "True":
+            shown += ",SchedulingDisabled"
+        return [meta["name"], shown, "<none>", _age(meta.get("creationTimestamp")),
+                status.get("nodeInfo", {}).get("kubeletVersion", "")]
     return [meta["name"], _age(meta.get("creationTimestamp"))]
 
 

@@ -17,6 +17,7 @@ from sandbox.cluster import REVISION, Cluster, Seed, now_iso, seed_deployment
 from sandbox.github import GitHub
 from sandbox.http import LOST, Fault, Faults, Request, Response, Router, serve
 from sandbox.kube_api import KubeApi
+from sandbox.nodes import STATES as NODE_STATES
 from sandbox.pagerduty import PagerDuty
 from sandbox.rbac import ADMIN, Authorizer, Rbac, render, service_account_user
 from sandbox.services import BAD_REVISION_ERROR_SHARE, DemoService
@@ -81,6 +82,7 @@ class Sandbox:
         self.router.add("POST", "/_sandbox/dependency", self._set_dependency)
         self.router.add("POST", "/_sandbox/memory", self._set_memory_leak)
         self.router.add("POST", "/_sandbox/latency", self._set_latency)
+        self.router.add("POST", "/_sandbox/node", self._set_node)
         self.router.add("POST", "/_sandbox/services", self._add_service)
         self.router.add("POST", "/_sandbox/logs", self._add_log_lines)
         self.reset()
@@ -346,6 +348,18 @@ class Sandbox:
             return Response.json({"message": f"give service (one of {sorted(self.services)}) and ms 0-30000"}, 422)
         svc.latency_ms = float(ms)
         return Response.json({"service": svc.name, "latency_ms": svc.latency_ms})
+
+    def _set_node(self, req: Request) -> Response:
+        """POST /_sandbox/node {"node": "sandbox-node-1", "state": "NotReady"}: the node's kubelet
+        stops reporting (NotReady: its pods are marked not Ready, new pods go elsewhere), or it is
+        under MemoryPressure or DiskPressure (no new pods), or Ready again."""
+        data = req.json() or {}
+        names = [n["metadata"]["name"] for n in self.cluster.list("nodes")]
+        if data.get("node") not in names or data.get("state") not in NODE_STATES:
+            return Response.json({"message": f"give node (one of {names}) and state (one of {list(NODE_STATES)})"},
+                                 422)
+        pods = self.cluster.set_node_state(data["node"], data["state"])
+        return Response.json({"node": data["node"], "state": data["state"], "pods": pods})
 
     def _set_memory_leak(self, req: Request) -> Response:
         """POST /_sandbox/memory {"service": "api", "oom": true}: the service's pods outgrow their

@@ -124,7 +124,7 @@ def check_rollout(ctx: RunContext) -> Finding:
         desired_replicas=deployment["spec"].get("replicas", 1),
         autoscaler=Autoscaler(**autoscaler) if autoscaler else None, paused=bool(deployment["spec"].get("paused")),
         pods=[PodFacts(name=p.name, ready=p.ready, restarts=p.restarts, waiting=p.waiting_reason,
-                       last_termination=p.last_termination_reason, image=p.image) for p in pods]))
+                       last_termination=p.last_termination_reason, image=p.image, node=p.node) for p in pods]))
 
 
 def _memory_limit(deployment: dict[str, Any], container: str | None) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -213,6 +214,19 @@ def _memory(ctx: RunContext, state: FaultState, step: Step) -> None:
     _sandbox_control(ctx, state, "memory", oom=True)
 
 
+def _node(ctx: RunContext, state: FaultState, step: Step) -> None:
+    """The node most of the service's pods run on stops reporting (NotReady), or every node does
+    ("all NotReady"), via the sandbox: the pods there stop serving, new ones go elsewhere."""
+    k = ctx.service.kubernetes
+    with ctx.kubernetes() as kube:
+        busiest = Counter(p.node for p in kube.pods(k.namespace, k.deployment) if p.node).most_common(1)
+        names = [n.name for n in kube.nodes()] if str(step.value).startswith("all") else [n for n, _ in busiest]
+    for name in names:
+        httpx.post(f"{sandbox_url()}/_sandbox/node", json={"node": name, "state": "NotReady"},
+                   timeout=5).raise_for_status()
+        state.undo.setdefault("nodes", []).append(name)
+
+
 def _other_broken(ctx: RunContext, state: FaultState, step: Step) -> None:
     """Another service of the namespace crash-loops (kubectl set image): not the target's fault."""
     ns, other = ctx.service.kubernetes.namespace, str(step.value)
@@ -223,7 +237,7 @@ def _other_broken(ctx: RunContext, state: FaultState, step: Step) -> None:
 
 
 _INJECT = {"release": _release, "other_broken": _other_broken, "memory": _memory, "config": _config,
-           "latency": _latency,
+           "latency": _latency, "node": _node,
            "load": _load, "dependency": _dependency, "flag": _flag, "replicas": _replicas,
            "pg_lock": _pg_lock, "pg_idle": _pg_idle, "pg_connections": _pg_connections,
            "pg_long_query": _pg_long_query, "leaked_credential": _leaked_credential}
@@ -344,6 +358,9 @@ def _undo_traffic(ctx: RunContext, state: FaultState) -> list[str]:
     if state.undo.get("dependency"):
         httpx.post(f"{sandbox_url()}/_sandbox/dependency", json={"service": ctx.service_name, "down": False}, timeout=5)
         done.append("dependency back up")
+    for node in state.undo.get("nodes", []):
+        httpx.post(f"{sandbox_url()}/_sandbox/node", json={"node": node, "state": "Ready"}, timeout=5)
+        done.append(f"node {node} Ready again")
     return done
 
 

@@ -86,7 +86,8 @@ def _image(world) -> str:
 
 
 @pytest.mark.parametrize("fault", ["bad-deploy", "error-spike", "pg-lock", "pg-connections", "pg-long-query",
-                                   "leaked-credential", "two-bad-releases", "bad-deploy-and-frontend-broken"])
+                                   "leaked-credential", "two-bad-releases", "bad-deploy-and-frontend-broken",
+                                   "node-not-ready"])
 def test_every_fault_is_drilled_end_to_end(world, store, drill_env, app_database_url, fault):
     from incidents.store import DrillStore
 

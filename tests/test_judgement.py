@@ -17,6 +17,7 @@ from incidents.check_facts import (
     EVIDENCE,
     HEALTH,
     NETWORK,
+    NODES,
     RATE,
     REACH,
     ROLLOUT,
@@ -304,6 +305,37 @@ SCENES["release-breaks-dependency-calls"][1][NETWORK] = network("ok")  # payment
 SCENES["release-then-db-lock-down"][1][ROLLOUT] = rollout("v1.6.0", 3)
 
 
+# -- nodes: the scheduler spread 3 pods over two nodes (1, 2, 1) ------------------------------------
+def on_nodes(version: str, revision: int, down: set[str]) -> Finding:
+    """The pods as the API shows them when `down` nodes stopped reporting: not Ready, their
+    containers' last reported state unchanged (running, no restarts)."""
+    data = rollout(version, revision).data.as_dict()
+    pods = [{**pod, "node": node, "ready": node not in down}
+            for pod, node in zip(data["pods"], ("node-1", "node-2", "node-1"))]
+    ready = sum(p["ready"] for p in pods)
+    return Finding(ROLLOUT, ready == 3, f"{ready}/3 pods ready", data={**data, "pods": pods})
+
+
+def nodes(down: set[str], schedulable: bool = True) -> Finding:
+    states = [{"name": name, "ready": "Unknown" if name in down else "True", "pods": pods,
+               "unschedulable": name in down} for name, pods in (("node-1", 2), ("node-2", 1))]
+    return Finding(NODES, not down, "nodes", data={"nodes": states, "schedulable": schedulable})
+
+
+for _name, _recent, _version, _revision in (("all-nodes-not-ready", None, "v1.5.0", 2),
+                                            ("release-then-all-nodes-not-ready", GOOD, "v1.6.0", 3)):
+    SCENES[_name] = _service_down({HEALTH: health(endpoints_fail=True),
+                                   ROLLOUT: on_nodes(_version, _revision, {"node-1", "node-2"}),
+                                   DEPLOYS: deploys(*([_recent] if _recent else [])),
+                                   NODES: nodes({"node-1", "node-2"}, schedulable=False)})
+SCENES["node-not-ready"] = _errors(0.2, "v1.5.0", 2, None, versions={"v1.5.0": (100, 20, 180100, 120)})
+SCENES["release-then-node-not-ready"] = _errors(0.2, "v1.6.0", 3, GOOD,
+                                                versions={"v1.6.0": (100, 20, 30100, 120), "v1.5.0": CLEAN_OLD})
+for _name in ("node-not-ready", "release-then-node-not-ready"):
+    _version, _revision = ("v1.6.0", 3) if _name.startswith("release") else ("v1.5.0", 2)
+    SCENES[_name][1].update({ROLLOUT: on_nodes(_version, _revision, {"node-1"}), NODES: nodes({"node-1"})})
+
+
 def plan_for(scenario: str, findings: dict[str, Finding], onset_ago: float | None) -> Plan:
     """The rule of the scenario, then the rule it hands over to (as the lifecycle does)."""
     onset = NOW - timedelta(seconds=onset_ago) if onset_ago is not None else None
@@ -553,3 +585,33 @@ def test_a_fault_no_check_sees_between_two_healthy_releases_rolls_back_neither()
     plan = plan_for(*findings)
     assert not {a.kind for a in plan.actions} & {"rollback"}, plan.summary
     assert plan.abstained
+
+
+def test_pods_lost_with_their_node_are_restarted_onto_a_ready_one_never_rolled_back():
+    """Every pod down because its node stopped reporting, right after a release: the release is
+    not the cause; another node takes pods, so a restart replaces them there now."""
+    findings = {HEALTH: health(endpoints_fail=True), ROLLOUT: on_nodes("v1.6.0", 3, {"node-1", "node-2"}),
+                DEPLOYS: deploys(GOOD), NODES: nodes({"node-1", "node-2"}, schedulable=True)}
+    plan = plan_for("service-down", findings, 5)
+    assert [a.kind for a in plan.actions] == ["rollout_restart"] and plan.confidence == STRONG, plan.summary
+    assert any("NotReady" in s for s in plan.support)
+    assert any("not the cause" in a for a in plan.against)
+
+
+def test_nodes_that_explain_only_some_failing_pods_leave_the_other_rules_to_judge():
+    findings = {HEALTH: health(endpoints_fail=True),
+                ROLLOUT: rollout("v1.6.0-broken", 3, False, waiting="CrashLoopBackOff"),
+                DEPLOYS: deploys((3, "v1.6.0-broken", 5)), NODES: nodes({"node-1"})}
+    plan = plan_for("service-down", findings, 5)  # the pods crash on every node: the release is the cause
+    assert [a.kind for a in plan.actions] == ["rollback"], plan.summary
+
+
+def test_lost_pods_count_in_the_scale_up_and_no_ready_node_means_no_scale_up():
+    _, findings, onset = SCENES["node-not-ready"]
+    plan = plan_for("high-error-rate", findings, onset)
+    scale = next(a for a in plan.actions if a.kind == "scale")
+    assert scale.params.to == 4, "2 ready replicas carry 50 rps x 1.2 at 40 each, and 2 of 3 replicas serve nothing"
+    stuck = {**findings, NODES: nodes({"node-1"}, schedulable=False)}
+    plan = plan_for("high-error-rate", stuck, onset)
+    assert not [a for a in plan.actions if a.kind == "scale"], plan.summary
+    assert any("no node of the cluster takes new pods" in a for a in plan.against)

@@ -55,7 +55,8 @@ def fault(world):
                                   "release-then-scaled-to-zero", "bad-release-errors", "two-bad-releases",
                                   "overload-then-bad-release", "release-then-dependency-at-once", "oom-kills",
                                   "bad-deploy-and-frontend-broken", "bad-config-rollout",
-                                  "release-breaks-dependency-calls", "dependency-down", "latency"])
+                                  "release-breaks-dependency-calls", "dependency-down", "latency", "node-not-ready",
+                                  "release-then-all-nodes-not-ready"])
 def test_catalog_faults_get_the_expected_plan_in_a_dry_run(world, fault, name):
     from incidents.drills import ABSTAIN, grade
 
@@ -66,7 +67,8 @@ def test_catalog_faults_get_the_expected_plan_in_a_dry_run(world, fault, name):
     assert judged["support"]
     if spec.outcome == ABSTAIN:  # an abstention names what it found
         assert {"oom-kills": "OOM-killed", "bad-config-rollout": "configmap/api-config changed",
-                "latency": "slow, not down"}[name] in \
+                "latency": "slow, not down",
+                "release-then-all-nodes-not-ready": "no node of the cluster takes new pods"}[name] in \
             judged["summary"], judged
     elif not spec.decoy_release:
         assert judged["confidence"] == "strong", judged

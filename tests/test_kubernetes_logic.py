@@ -94,3 +94,63 @@ def test_undo_is_skipped_when_the_template_already_matches():
     dep = deployment(image="app:v2")
     plan = plan_undo(dep, [replicaset(2, "app:v2"), replicaset(3, "app:v3")], to_revision=2)
     assert plan.patch is None and plan.to_revision == 2
+
+
+# -- nodes -------------------------------------------------------------------------------------------
+def _sandbox_cluster():
+    from sandbox.cluster import Cluster, Seed, seed_deployment
+
+    cluster = Cluster(ready_delay=0)
+    cluster.create("namespaces", "", {"metadata": {"name": "shop"}})
+    seed_deployment(cluster, Seed("shop", "api", ["app:v1", "app:v2"], replicas=3, age_hours=[72, 48]))
+    cluster.tick()
+    return cluster
+
+
+def _summaries(cluster):
+    from integrations.kubernetes import summarize_node, summarize_pod
+
+    return ([summarize_node(n) for n in cluster.list("nodes")],
+            [summarize_pod(p) for p in cluster.list("pods", "shop")])
+
+
+def test_a_node_that_stops_reporting_takes_its_pods_out_and_new_pods_go_elsewhere():
+    """As Kubernetes does it: the node's Ready is Unknown and it is tainted; its pods are marked not
+    Ready (their containers keep their last state); the scheduler places new pods on Ready nodes."""
+    from tasks.nodes import node_facts, summarize
+
+    cluster = _sandbox_cluster()
+    nodes, pods = _summaries(cluster)
+    assert [p.node for p in pods].count("sandbox-node-1") == 2 and all(p.ready for p in pods)
+    facts = node_facts(nodes, pods)
+    assert summarize(facts) == (True, "the 2 nodes the pods run on are Ready, without pressure")
+
+    assert cluster.set_node_state("sandbox-node-1", "NotReady") == 2
+    nodes, pods = _summaries(cluster)
+    lost = [p for p in pods if p.node == "sandbox-node-1"]
+    assert lost and not any(p.ready for p in lost) and all(p.ready for p in pods if p not in lost)
+    assert cluster.ready_pods("shop", "api") == 1
+    node = next(n for n in nodes if n.name == "sandbox-node-1")
+    assert node.ready == "Unknown" and node.unschedulable and node.reason == "NodeStatusUnknown"
+    facts = node_facts(nodes, pods)
+    assert summarize(facts) == (False, "sandbox-node-1 NotReady (2 pods)") and facts.schedulable
+
+    cluster.patch("deployments", "shop", "api", {"spec": {"replicas": 5}}, "application/merge-patch+json")
+    cluster.tick()
+    _, pods = _summaries(cluster)
+    assert [p.node for p in pods].count("sandbox-node-2") == 3 and cluster.ready_pods("shop", "api") == 3
+
+    cluster.set_node_state("sandbox-node-2", "MemoryPressure")
+    cluster.patch("deployments", "shop", "api", {"spec": {"replicas": 6}}, "application/merge-patch+json")
+    cluster.tick()
+    nodes, pods = _summaries(cluster)
+    facts = node_facts(nodes, pods)
+    assert facts.unscheduled == 1 and facts.schedulable is False
+    assert summarize(facts) == (False, "sandbox-node-1 NotReady (2 pods); sandbox-node-2 MemoryPressure (3 pods); "
+                                       "1 pods wait for a node (Pending, unschedulable); no node of the cluster takes "
+                                       "new pods")
+
+    cluster.set_node_state("sandbox-node-1", "Ready")
+    cluster.tick()
+    _, pods = _summaries(cluster)
+    assert all(p.node for p in pods) and cluster.ready_pods("shop", "api") == 6

@@ -48,7 +48,11 @@ def test_each_overlay_renders_hardened_workloads_and_no_secret(overlay):
     assert {"Namespace", "ServiceAccount", "ClusterRole", "RoleBinding", "Deployment", "Service",
             "PodDisruptionBudget", "ConfigMap"} <= kinds, kinds
     assert "Secret" not in kinds, "secrets are referenced, never shipped"
-    assert "ClusterRoleBinding" not in kinds, "nothing is granted cluster-wide"
+    cluster_wide = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert [b["roleRef"]["name"] for b in cluster_wide] == ["runbooks-node-reader"], "only nodes are cluster-wide"
+    node_reader = next(d for d in docs if d["kind"] == "ClusterRole"
+                       and d["metadata"]["name"] == "runbooks-node-reader")
+    assert node_reader["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]
     for binding in (d for d in docs if d["kind"] == "RoleBinding"):
         assert binding["roleRef"]["kind"] == "ClusterRole" and binding["metadata"]["namespace"] != "runbooks"
     for dep in (d for d in docs if d["kind"] == "Deployment"):
