@@ -29,6 +29,7 @@ from incidents.check_facts import (
     PROMETHEUS,
     RATE,
     ROLLOUT,
+    USAGE,
 )
 from incidents.error_rate_rules import plan_high_error_rate
 from incidents.findings import Finding
@@ -55,6 +56,7 @@ from tasks.error_rate import (
 from tasks.lifecycle import run_scenario
 from tasks.nodes import node_conditions
 from tasks.scenario import Scenario
+from tasks.usage import resource_usage
 
 
 def diagnose(ctx: RunContext) -> dict[str, Finding]:
@@ -69,6 +71,7 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
         CONFIG: config_changes.submit(ctx),
         NETWORK: network_reach.submit(ctx),
         NODES: node_conditions.submit(ctx),
+        USAGE: resource_usage.submit(ctx),
     }
     if ctx.config.prometheus:
         futures[PROMETHEUS] = prometheus_error_rate.submit(ctx)

@@ -16,7 +16,7 @@ from prefect.client.schemas.objects import State
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
-from incidents.check_facts import CONFIG, DEPLOYS, HEALTH, NETWORK, NODES, POD_LOGS, ROLLOUT, RUN_LOGS
+from incidents.check_facts import CONFIG, DEPLOYS, HEALTH, NETWORK, NODES, POD_LOGS, ROLLOUT, RUN_LOGS, USAGE
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
@@ -37,6 +37,7 @@ from tasks.diagnosis import (
 from tasks.lifecycle import run_scenario
 from tasks.nodes import node_conditions
 from tasks.scenario import Scenario
+from tasks.usage import resource_usage
 
 
 def diagnose(ctx: RunContext) -> dict[str, Finding]:
@@ -51,6 +52,7 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
         CONFIG: config_changes.submit(ctx),
         NETWORK: network_reach.submit(ctx),
         NODES: node_conditions.submit(ctx),
+        USAGE: resource_usage.submit(ctx),
     }
     return gather(futures, timeout=120)
 

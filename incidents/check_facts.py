@@ -25,6 +25,7 @@ POD_LOGS = "pod logs"
 CONFIG = "config changes"
 NETWORK = "network and DNS"
 NODES = "nodes"
+USAGE = "resource usage"
 # high error rate
 RATE = "error rate (/metrics)"
 PROMETHEUS = "error rate (Prometheus)"
@@ -230,6 +231,30 @@ class ConfigFacts(Facts):
     objects: list[ConfigChange] = []  # every ConfigMap and Secret the pods read
 
 
+class PodUsageFacts(Facts):
+    pod: str
+    cpu_m: float
+    memory_mi: float
+
+
+class UsageFacts(Facts):
+    """The pods' newest samples from the metrics API, and the container's requests and limits."""
+
+    pods: list[PodUsageFacts] = []
+    cpu_request_m: float | None = None
+    cpu_limit_m: float | None = None
+    memory_request_mi: float | None = None
+    memory_limit_mi: float | None = None
+
+    @property
+    def cpu_peak_m(self) -> float | None:
+        return max((p.cpu_m for p in self.pods), default=None)
+
+    @property
+    def memory_peak_mi(self) -> float | None:
+        return max((p.memory_mi for p in self.pods), default=None)
+
+
 class NodeState(Facts):
     """A node one of the service's pods runs on."""
 
@@ -270,7 +295,7 @@ FACTS: dict[str, type[Facts]] = {
     POD_LOGS: PodLogsFacts, RATE: RateFacts, PROMETHEUS: PrometheusFacts, COMMITS: CommitsFacts,
     BREAKER: BreakerFacts, REACH: NoFacts, SESSIONS: SessionsFacts, CONNECTIONS: ConnectionsFacts,
     REPLICATION: ReplicationFacts, CACHE: CacheFacts, EVIDENCE: EvidenceFacts, CONFIG: ConfigFacts,
-    NETWORK: NetworkFacts, NODES: NodeFacts,
+    NETWORK: NetworkFacts, NODES: NodeFacts, USAGE: UsageFacts,
 }
 
 

@@ -213,6 +213,9 @@ def _capacity(service: ServiceConfig, facts: ServiceFacts, w: Weighing) -> Plann
         return None
     w.add(True, f"the load ({facts.request_rps:g} rps) exceeds the capacity of {facts.ready_pods} ready replicas "
                 f"({facts.capacity_rps:g} rps at {per:g} each): {share}")
+    saturated = facts.cpu_saturation()
+    if saturated:
+        w.add(True, f"{saturated}: saturated, as the load says")
     return scale_action(service, current, target, facts.autoscaler)
 
 

@@ -23,6 +23,7 @@ from incidents.check_facts import (
     NODES,
     RATE,
     ROLLOUT,
+    USAGE,
     Autoscaler,
     BreakerFacts,
     ConfigFacts,
@@ -35,6 +36,7 @@ from incidents.check_facts import (
     RateFacts,
     Revision,
     RolloutFacts,
+    UsageFacts,
 )
 
 if TYPE_CHECKING:
@@ -164,6 +166,7 @@ class ServiceFacts:
     slow: tuple[tuple[str, int], ...] = ()        # (endpoint, ms) of answers slower than the objective
     slo_ms: float | None = None
     nodes: NodeFacts | None = None                # the nodes the pods run on (None: not read)
+    usage: UsageFacts | None = None               # the pods' CPU and memory (None: not read)
 
     @property
     def ready_pods(self) -> int:
@@ -173,6 +176,22 @@ class ServiceFacts:
     def down_nodes(self) -> tuple[NodeState, ...]:
         """The nodes of the service's pods whose kubelet does not report Ready."""
         return tuple(n for n in (self.nodes.nodes if self.nodes else []) if not n.error and n.ready != "True")
+
+    def cpu_saturation(self) -> str | None:
+        """How far the pods' CPU runs above their request, when it does (None: within it, or unknown)."""
+        usage = self.usage
+        peak = usage.cpu_peak_m if usage else None
+        if usage is None or peak is None or not usage.cpu_request_m or peak < usage.cpu_request_m:
+            return None
+        ratio = peak / usage.cpu_request_m
+        return f"the pods use up to {peak:g}m CPU, {ratio:.1f}x their {usage.cpu_request_m:g}m request"
+
+    def memory_use(self) -> str | None:
+        usage = self.usage
+        peak = usage.memory_peak_mi if usage else None
+        if usage is None or peak is None or not usage.memory_limit_mi:
+            return None
+        return f"memory up to {peak:g}Mi of the {usage.memory_limit_mi:g}Mi limit ({peak / usage.memory_limit_mi:.0%})"
 
     def lost_to_nodes(self) -> list[Pod]:
         """The pods that are not ready because their node is down or no node took them."""
@@ -274,7 +293,8 @@ def service_facts(findings: Mapping[str, Finding], now: datetime, onset: datetim
         autoscaler=rollout.autoscaler if rollout else None, memory_limit=rollout.memory_limit if rollout else None,
         config_changes=_config_changes(findings), reached=_reached(findings),
         slow=tuple((p.url, p.ms or 0) for p in health_facts.slow) if health_facts else (),
-        slo_ms=health_facts.slo_ms if health_facts else None, nodes=_usable(findings, NODES, NodeFacts))
+        slo_ms=health_facts.slo_ms if health_facts else None, nodes=_usable(findings, NODES, NodeFacts),
+        usage=_usable(findings, USAGE, UsageFacts))
 
 
 def _reached(findings: Mapping[str, Finding]) -> tuple[tuple[str, str, str], ...]:

@@ -173,8 +173,9 @@ def _oom_killed(facts: ServiceFacts, failing: list[Any], w: Weighing) -> str | N
     oom = [p for p in failing if p.oom_killed]
     if not oom:
         return None
+    memory = facts.memory_use()
     said = (f"{len(oom)} of {len(facts.pods)} pods were OOM-killed (memory limit "
-            f"{facts.memory_limit or 'not set'})")
+            f"{facts.memory_limit or 'not set'}" + (f"; {memory}" if memory else "") + ")")
     w.add(True, said)
     return said
 

@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timezone
 from typing import Iterator
 
+from sandbox import metrics_api
 from sandbox.cluster import RESOURCES, ApiError, Cluster
 from sandbox.http import Request, Response
 from sandbox.rbac import ADMIN, Attributes, Authorizer
@@ -52,12 +53,15 @@ def _discovery(path: str) -> dict | None:
         return {"kind": "APIVersions", "versions": ["v1"],
                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
     if path == "/apis":
-        versions = sorted({(r.group, r.api_version.split("/")[-1]) for r in RESOURCES.values() if r.group})
+        versions = sorted({(r.group, r.api_version.split("/")[-1]) for r in RESOURCES.values() if r.group}
+                          | {("metrics.k8s.io", "v1beta1")})
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
             {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
              "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}} for g, v in versions]}
     if path == "/api/v1":
         return _resource_list("v1")
+    if path == metrics_api.PATH:
+        return metrics_api.resource_list()
     parts = path.strip("/").split("/")
     if (
         len(parts) == 3
@@ -207,9 +211,10 @@ def _attributes(req: Request, parsed: tuple[str, str | None, str | None, str | N
 
 
 class KubeApi:
-    def __init__(self, cluster: Cluster, authorizer: Authorizer):
+    def __init__(self, cluster: Cluster, authorizer: Authorizer, load: metrics_api.Load | None = None):
         self.cluster = cluster
         self.authorizer = authorizer
+        self.load = load  # what each deployment's pods serve, for the metrics API (None: it is not served)
 
     def handle(self, req: Request) -> Response | None:
         if not (req.path.startswith(("/api", "/version", "/openapi")) and not req.path.startswith("/apis-")):
@@ -231,6 +236,8 @@ class KubeApi:
             return Response.json(discovery)
         if req.path == ACCESS_REVIEWS and req.method == "POST":
             return Response.json(self._review(req, user), 201)
+        if req.path.startswith(metrics_api.PATH + "/") and self.load is not None:
+            return self._metrics(req, user)
         parsed = _parse(req.path)
         if parsed is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -280,6 +287,23 @@ class KubeApi:
                 return Response.json({"kind": "Status", "apiVersion": "v1", "status": "Success",
                                       "details": {"name": name, "kind": plural}})
         raise ApiError(405, "MethodNotAllowed", f"{m} is not supported on {req.path}")
+
+    def _metrics(self, req: Request, user: str) -> Response:
+        """GET .../namespaces/NS/pods[/NAME]: PodMetrics, authorized as (get|list, metrics.k8s.io, pods)."""
+        found = metrics_api.parse(req.path)
+        if found is None or req.method != "GET" or self.load is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        namespace, name = found
+        asked = Attributes("get" if name else "list", "metrics.k8s.io", "pods", "", namespace or "", name or "")
+        if not self.authorizer.allows(user, asked):
+            raise ApiError(403, "Forbidden", asked.forbidden_message(user))
+        items = metrics_api.pod_metrics(self.cluster, self.load, namespace, name, req.query.get("labelSelector"))
+        if name:
+            if not items:
+                raise ApiError(404, "NotFound", f'podmetrics.metrics.k8s.io "{name}" not found')
+            return Response.json(items[0])
+        return Response.json({"kind": "PodMetricsList", "apiVersion": metrics_api.GROUP_VERSION,
+                              "metadata": {}, "items": items})
 
     def _review(self, req: Request, user: str) -> dict:
         """A SelfSubjectAccessReview (what `kubectl auth can-i` asks): may I do this? Every

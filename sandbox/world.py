@@ -91,7 +91,7 @@ class Sandbox:
     def reset(self) -> None:
         with self._lock:
             self.cluster = Cluster(ready_delay=self.ready_delay, progress_deadline=self.progress_deadline)
-            self.kube = KubeApi(self.cluster, self.authorizer)
+            self.kube = KubeApi(self.cluster, self.authorizer, self._served_per_pod)
             self.github = GitHub(GITHUB_TOKEN)
             self.services: dict[str, DemoService] = {}
             self.slack.clear()
@@ -348,6 +348,14 @@ class Sandbox:
             return Response.json({"message": f"give service (one of {sorted(self.services)}) and ms 0-30000"}, 422)
         svc.latency_ms = float(ms)
         return Response.json({"service": svc.name, "latency_ms": svc.latency_ms})
+
+    def _served_per_pod(self, namespace: str, deployment: str) -> tuple[float, float] | None:
+        """What each ready pod of a demo service serves (rps) and can serve, for the metrics API."""
+        svc = self.services.get(deployment)
+        ready = self.cluster.ready_pods(namespace, deployment)
+        if svc is None or svc.namespace != namespace or not ready:
+            return None
+        return min(svc.load_rps / ready, svc.capacity_per_replica), svc.capacity_per_replica
 
     def _set_node(self, req: Request) -> Response:
         """POST /_sandbox/node {"node": "sandbox-node-1", "state": "NotReady"}: the node's kubelet

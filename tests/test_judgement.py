@@ -22,6 +22,7 @@ from incidents.check_facts import (
     REACH,
     ROLLOUT,
     SESSIONS,
+    USAGE,
 )
 from incidents.config import load_environment
 from incidents.database_rules import plan_database_issues
@@ -615,3 +616,24 @@ def test_lost_pods_count_in_the_scale_up_and_no_ready_node_means_no_scale_up():
     plan = plan_for("high-error-rate", stuck, onset)
     assert not [a for a in plan.actions if a.kind == "scale"], plan.summary
     assert any("no node of the cluster takes new pods" in a for a in plan.against)
+
+
+def usage(cpu_m: float, memory_mi: float) -> Finding:
+    return Finding(USAGE, memory_mi < 230, "usage", data={
+        "pods": [{"pod": f"api-{n}", "cpu_m": cpu_m, "memory_mi": memory_mi} for n in range(3)],
+        "cpu_request_m": 100.0, "memory_request_mi": 128.0, "memory_limit_mi": 256.0})
+
+
+def test_the_memory_samples_are_named_with_an_oom_kill():
+    _, findings, onset = SCENES["oom-kills"]
+    plan = plan_for("service-down", {**findings, USAGE: usage(1.0, 250.0)}, onset)
+    assert plan.abstained and "memory up to 250Mi of the 256Mi limit (98%)" in plan.summary, plan.summary
+
+
+def test_cpu_far_above_its_request_supports_a_scale_up():
+    _, findings, onset = SCENES["error-spike"]
+    plan = plan_for("high-error-rate", {**findings, USAGE: usage(250.0, 96.0)}, onset)
+    assert [a.kind for a in plan.actions] == ["scale"]
+    assert any("2.5x their 100m request: saturated" in s for s in plan.support), plan.support
+    calm = plan_for("high-error-rate", {**findings, USAGE: usage(60.0, 96.0)}, onset)
+    assert not any("saturated" in s for s in calm.support)

@@ -154,3 +154,43 @@ def test_a_node_that_stops_reporting_takes_its_pods_out_and_new_pods_go_elsewher
     cluster.tick()
     _, pods = _summaries(cluster)
     assert all(p.node for p in pods) and cluster.ready_pods("shop", "api") == 6
+
+
+# -- resource usage ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("quantity, cores_m", [("250m", 250.0), ("2", 2000.0), ("250000000n", 250.0),
+                                               ("1500u", 1.5), ("0.5", 500.0)])
+def test_cpu_quantities_read_as_kubernetes_writes_them(quantity, cores_m):
+    from integrations.kubernetes_usage import millicores
+
+    assert millicores(quantity) == pytest.approx(cores_m)
+
+
+@pytest.mark.parametrize("quantity, mib", [("256Mi", 256.0), ("262144Ki", 256.0), ("1Gi", 1024.0),
+                                           ("1048576", 1.0), ("1G", 1e9 / 2**20)])
+def test_memory_quantities_read_as_kubernetes_writes_them(quantity, mib):
+    from integrations.kubernetes_usage import mebibytes
+
+    assert mebibytes(quantity) == pytest.approx(mib)
+
+
+def test_a_quantity_that_is_not_one_is_a_clear_error():
+    from integrations.kubernetes_usage import BadQuantity, millicores
+
+    with pytest.raises(BadQuantity, match="not a CPU quantity: '12cores'"):
+        millicores("12cores")
+
+
+def test_usage_near_the_memory_limit_is_a_finding_and_cpu_over_request_is_said():
+    from incidents.check_facts import PodUsageFacts, UsageFacts
+    from tasks.usage import summarize
+
+    def facts(memory: float) -> UsageFacts:
+        return UsageFacts(pods=[PodUsageFacts(pod="api-1", cpu_m=250.0, memory_mi=memory)], cpu_request_m=100.0,
+                          memory_limit_mi=256.0)
+
+    ok, summary, details = summarize(facts(96.0))
+    assert ok is True and summary == "CPU up to 250m per pod, 2.5x its 100m request; memory up to 96Mi of its 256Mi " \
+                                     "limit (38%)"
+    assert details == ("pod api-1: CPU 250m (250% of 100), memory 96Mi (38% of 256)",)
+    assert summarize(facts(250.0))[0] is False
+    assert summarize(UsageFacts())[0] is None
