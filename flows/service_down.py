@@ -16,7 +16,18 @@ from prefect.client.schemas.objects import State
 
 from flows.database_issues import DATABASE_ISSUES
 from incidents.alerts import DEFAULT_SEVERITY, AlertParameter
-from incidents.check_facts import CONFIG, DEPLOYS, HEALTH, NETWORK, NODES, POD_LOGS, ROLLOUT, RUN_LOGS, USAGE
+from incidents.check_facts import (
+    CONFIG,
+    DEPLOYS,
+    HEALTH,
+    LATENCY,
+    NETWORK,
+    NODES,
+    POD_LOGS,
+    ROLLOUT,
+    RUN_LOGS,
+    USAGE,
+)
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
@@ -34,6 +45,7 @@ from tasks.diagnosis import (
     probe_endpoints,
     recent_deployments,
 )
+from tasks.latency import prometheus_latency
 from tasks.lifecycle import run_scenario
 from tasks.nodes import node_conditions
 from tasks.scenario import Scenario
@@ -53,6 +65,7 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
         NETWORK: network_reach.submit(ctx),
         NODES: node_conditions.submit(ctx),
         USAGE: resource_usage.submit(ctx),
+        LATENCY: prometheus_latency.submit(ctx),
     }
     return gather(futures, timeout=120)
 

@@ -29,6 +29,7 @@ USAGE = "resource usage"
 # high error rate
 RATE = "error rate (/metrics)"
 PROMETHEUS = "error rate (Prometheus)"
+LATENCY = "latency (Prometheus)"
 COMMITS = "recent commits"
 BREAKER = "circuit breaker"
 # database issues
@@ -231,6 +232,12 @@ class ConfigFacts(Facts):
     objects: list[ConfigChange] = []  # every ConfigMap and Secret the pods read
 
 
+class LatencyFacts(Facts):
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    slo_ms: float | None = None
+
+
 class PodUsageFacts(Facts):
     pod: str
     cpu_m: float
@@ -295,7 +302,7 @@ FACTS: dict[str, type[Facts]] = {
     POD_LOGS: PodLogsFacts, RATE: RateFacts, PROMETHEUS: PrometheusFacts, COMMITS: CommitsFacts,
     BREAKER: BreakerFacts, REACH: NoFacts, SESSIONS: SessionsFacts, CONNECTIONS: ConnectionsFacts,
     REPLICATION: ReplicationFacts, CACHE: CacheFacts, EVIDENCE: EvidenceFacts, CONFIG: ConfigFacts,
-    NETWORK: NetworkFacts, NODES: NodeFacts, USAGE: UsageFacts,
+    NETWORK: NetworkFacts, NODES: NodeFacts, USAGE: UsageFacts, LATENCY: LatencyFacts,
 }
 
 

@@ -126,6 +126,10 @@ class PrometheusSettings(_Model):
     # {service} is replaced by the service name; the result is an error ratio (0..1)
     error_rate_query: str = ('sum(rate(http_requests_total{{service="{service}",code=~"5.."}}[1m]))'
                              ' / sum(rate(http_requests_total{{service="{service}"}}[1m]))')
+    # {service} and {quantile} (0.5, 0.99) are replaced; the result is seconds. Used for services
+    # with a latency_slo_ms.
+    latency_query: str = ('histogram_quantile({quantile}, sum(rate(http_request_duration_seconds_bucket'
+                          '{{service="{service}"}}[1m])) by (le))')
 
 
 class KubernetesSettings(_Model):

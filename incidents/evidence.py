@@ -19,6 +19,7 @@ from incidents.check_facts import (
     CONFIG,
     DEPLOYS,
     HEALTH,
+    LATENCY,
     NETWORK,
     NODES,
     RATE,
@@ -30,6 +31,7 @@ from incidents.check_facts import (
     DeploysFacts,
     Facts,
     HealthFacts,
+    LatencyFacts,
     NetworkFacts,
     NodeFacts,
     NodeState,
@@ -292,9 +294,23 @@ def service_facts(findings: Mapping[str, Finding], now: datetime, onset: datetim
         breaker=breaker.facts(BreakerFacts).value if breaker is not None and breaker.ok else None,
         autoscaler=rollout.autoscaler if rollout else None, memory_limit=rollout.memory_limit if rollout else None,
         config_changes=_config_changes(findings), reached=_reached(findings),
-        slow=tuple((p.url, p.ms or 0) for p in health_facts.slow) if health_facts else (),
-        slo_ms=health_facts.slo_ms if health_facts else None, nodes=_usable(findings, NODES, NodeFacts),
+        slow=_slow(health_facts, _usable(findings, LATENCY, LatencyFacts)),
+        slo_ms=(health_facts.slo_ms if health_facts else None) or _latency_slo(findings),
+        nodes=_usable(findings, NODES, NodeFacts),
         usage=_usable(findings, USAGE, UsageFacts))
+
+
+def _slow(health: HealthFacts | None, latency: LatencyFacts | None) -> tuple[tuple[str, int], ...]:
+    """Answers slower than the objective: each slow probe, and all requests' p99 from Prometheus."""
+    slow = [(p.url, p.ms or 0) for p in health.slow] if health else []
+    if latency and latency.p99_ms is not None and latency.slo_ms and latency.p99_ms > latency.slo_ms:
+        slow.append(("p99 of all requests (Prometheus)", round(latency.p99_ms)))
+    return tuple(slow)
+
+
+def _latency_slo(findings: Mapping[str, Finding]) -> float | None:
+    latency = _usable(findings, LATENCY, LatencyFacts)
+    return latency.slo_ms if latency else None
 
 
 def _reached(findings: Mapping[str, Finding]) -> tuple[tuple[str, str, str], ...]:

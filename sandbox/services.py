@@ -15,7 +15,9 @@ Error model, per service and per tick:
   what any revision serves, and nothing but `/metrics` shows it: a fault no remedy here fixes.
 - added latency (`/_sandbox/latency`) slows every answer but `/metrics`'s: slow, not down.
 `/metrics` counts requests and errors in all and per version (the image tag that served them),
-as a service labelling its metrics with its version does.
+as a service labelling its metrics with its version does; in Prometheus's text format it also
+has the histogram `http_request_duration_seconds` (every request takes 20 ms plus any added
+latency), for `histogram_quantile`.
 `/health` reports `checks.database` from a real query on the service's PostgreSQL when one
 is configured: a table lock held elsewhere makes it fail.
 """
@@ -31,6 +33,8 @@ from sandbox.http import Request, Response
 BAD_REVISION_ERROR_SHARE = 0.3
 DEPENDENCY_ERROR_SHARE = 0.5
 FLAG_ERROR_SHARE = 0.4
+BASE_LATENCY_SECONDS = 0.02
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # le, in seconds (and +Inf)
 
 
 @dataclass
@@ -45,6 +49,9 @@ class DemoService:
     errors: float = 0.0
     history: list[tuple[float, float]] = field(default_factory=list)
     versions: dict[str, list[float]] = field(default_factory=dict)  # version -> [requests, errors]
+    durations: dict[float, float] = field(default_factory=dict)  # histogram bucket (le) -> requests at most that long
+    duration_sum: float = 0.0
+    duration_count: float = 0.0  # requests observed since start (seeded, back-dated traffic has no timing)
 
     def tick(self, cluster: Cluster, seconds: float) -> None:
         ready = cluster.ready_pods(self.namespace, self.name)
@@ -66,6 +73,26 @@ class DemoService:
                 share += FLAG_ERROR_SHARE
             failed += served * min(share, 1.0)
         self.count(version, load, failed)
+        self.observe(load, BASE_LATENCY_SECONDS + self.latency_ms / 1000)
+
+    def observe(self, requests: float, seconds: float) -> None:
+        for le in DURATION_BUCKETS:
+            if seconds <= le:
+                self.durations[le] = self.durations.get(le, 0.0) + requests
+        self.duration_sum += requests * seconds
+        self.duration_count += requests
+
+    def histogram(self) -> str:
+        """http_request_duration_seconds in Prometheus's text format (cumulative buckets)."""
+        label = f'service="{self.name}"'
+        lines = ["# HELP http_request_duration_seconds Time to answer a request.",
+                 "# TYPE http_request_duration_seconds histogram"]
+        lines += [f'http_request_duration_seconds_bucket{{{label},le="{le:g}"}} {int(self.durations.get(le, 0.0))}'
+                  for le in DURATION_BUCKETS]
+        lines += [f'http_request_duration_seconds_bucket{{{label},le="+Inf"}} {int(self.duration_count)}',
+                  f"http_request_duration_seconds_sum{{{label}}} {self.duration_sum:.3f}",
+                  f"http_request_duration_seconds_count{{{label}}} {int(self.duration_count)}"]
+        return "\n".join(lines) + "\n"
 
     def payments_failing(self, version: str) -> bool:
         """Its calls to payments fail: payments is down, or this revision breaks the calls."""
@@ -138,7 +165,7 @@ def endpoint(svc: DemoService, cluster: Cluster, endpoint: str, req: Request, da
             return Response.text(
                 "# HELP http_requests_total Requests served.\n# TYPE http_requests_total counter\n"
                 f'http_requests_total{{service="{svc.name}",code="200"}} {requests - errors}\n'
-                f'http_requests_total{{service="{svc.name}",code="503"}} {errors}\n')
+                f'http_requests_total{{service="{svc.name}",code="503"}} {errors}\n' + svc.histogram())
         versions = {v: {"requests": int(c[0]), "errors": int(c[1])} for v, c in svc.versions.items()}
         return Response.json({"requests": requests, "errors": errors, "ready_replicas": ready, "versions": versions})
     return Response.text("not found", 404)

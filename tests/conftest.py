@@ -133,7 +133,9 @@ def test_config(sandbox: Sandbox, database_url: str, app_database_url: str,
     with_prometheus["prometheus"] = {
         "url": "${RUNBOOKS_TEST_PROMETHEUS_URL:-http://127.0.0.1:9}",
         "error_rate_query": 'sum(rate(http_requests_total{{service="{service}",code=~"5.."}}[5s]))'
-                            ' / sum(rate(http_requests_total{{service="{service}"}}[5s]))'}
+                            ' / sum(rate(http_requests_total{{service="{service}"}}[5s]))',
+        "latency_query": 'histogram_quantile({quantile}, sum(rate(http_request_duration_seconds_bucket'
+                         '{{service="{service}"}}[5s])) by (le))'}
     raw["environments"]["sandbox-prometheus"] = with_prometheus
     matrix = yaml.safe_load(yaml.safe_dump(env))  # the fault matrix: every dependency behind a fault proxy
     matrix["github"]["api_url"] = "${RUNBOOKS_MATRIX_GITHUB_URL:-http://127.0.0.1:9/github}"

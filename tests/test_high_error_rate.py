@@ -111,3 +111,23 @@ def test_prometheus_sees_the_spike_in_a_dry_run(world, prometheus):
     line = next(row for row in report.splitlines() if row.startswith("| error rate (Prometheus) |"))
     assert "❌" in line and "threshold 5.0%" in line, line
     assert _replicas(world) == 3
+
+
+def test_prometheus_latency_makes_slow_a_finding_of_all_requests(world, prometheus):
+    """Every answer 1.4 s late against api's 1 s objective: Prometheus's histogram_quantile over
+    the request-duration histogram puts p99 above it, and service-down abstains: slow, not down."""
+    from prefect.artifacts import Artifact
+
+    from flows.service_down import service_down
+
+    time.sleep(3)  # a baseline of fast requests in the 5 s window first
+    httpx.post(f"{world.url}/_sandbox/latency", json={"service": "api", "ms": 1400}).raise_for_status()
+    time.sleep(7)  # a few 1 s scrapes into the 5 s rate window
+    result = FlowThread(service_down, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
+    judged = result["judgement"]
+    assert judged["abstained"] and "slow, not down" in judged["summary"], judged
+    report = Artifact.get(f"incident-{result['incident_id']}-diagnosis").data
+    line = next(row for row in report.splitlines() if row.startswith("| latency (Prometheus) |"))
+    assert "❌" in line and "against the 1000 ms objective" in line, line
+    p99 = float(line.split("p99 ")[1].split(" ms")[0])
+    assert 1000 < p99 <= 2500, line  # in the (1 s, 2.5 s] bucket, where every slow request fell

@@ -16,6 +16,7 @@ from incidents.check_facts import (
     DEPLOYS,
     EVIDENCE,
     HEALTH,
+    LATENCY,
     NETWORK,
     NODES,
     RATE,
@@ -637,3 +638,12 @@ def test_cpu_far_above_its_request_supports_a_scale_up():
     assert any("2.5x their 100m request: saturated" in s for s in plan.support), plan.support
     calm = plan_for("high-error-rate", {**findings, USAGE: usage(60.0, 96.0)}, onset)
     assert not any("saturated" in s for s in calm.support)
+
+
+def test_a_slow_p99_from_prometheus_is_slow_even_when_the_probes_were_quick():
+    findings = {HEALTH: health(), ROLLOUT: rollout("v1.5.0", 2), DEPLOYS: deploys(),
+                LATENCY: Finding(LATENCY, False, "p99", data={"p50_ms": 1750.0, "p99_ms": 2485.0, "slo_ms": 1000.0})}
+    plan = plan_for("service-down", findings, 5)
+    assert plan.abstained and "slow, not down" in plan.summary and "2485 ms" in plan.summary, plan.summary
+    fast = {**findings, LATENCY: Finding(LATENCY, True, "p99", data={"p50_ms": 20.0, "p99_ms": 49.0, "slo_ms": 1000.0})}
+    assert not plan_for("service-down", fast, 5).abstained
