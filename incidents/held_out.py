@@ -9,6 +9,8 @@ Faults of the target service, and the remedy each needs:
     high-error-rate   erroring release (a version failing ~30% on its own)  -> rollback
                       load beyond capacity                                  -> scale
                       the payments dependency down                          -> circuit_breaker
+                      the node most pods run on NotReady (its pods lost)    -> scale (new pods go to
+                                                                               a Ready node)
     service-down      crash-looping release                                 -> rollback
                       deployment scaled to 0                                -> scale
 
@@ -24,6 +26,8 @@ Faults of the target service, and the remedy each needs:
 4. Left out, because the expected outcome is not one remedy set: a healthy release after a
    bad release (it replaces the bad one: the fault is gone), and a crash-looping release scaled
    to 0 (either remedy alone is half the fix).
+5. A node NotReady comes last: any rollout after it (a release, good or bad) replaces every pod
+   on the Ready node, and the node's fault is gone before the runbook looks.
 """
 
 from __future__ import annotations
@@ -45,12 +49,13 @@ class _Atom:
 
 _FAULTS = {
     _ER: (_Atom("erroring-release", "rollback", True), _Atom("overload", "scale"),
-          _Atom("dependency", "circuit_breaker")),
+          _Atom("dependency", "circuit_breaker"), _Atom("node-not-ready", "scale")),
     _SD: (_Atom("crash-release", "rollback", True), _Atom("scaled-to-zero", "scale")),
 }
 _PAIRS = {  # the faults combined (rule 4 leaves crash-release with scaled-to-zero out)
     _ER: [("erroring-release",), ("overload",), ("dependency",), ("erroring-release", "overload"),
-          ("erroring-release", "dependency"), ("overload", "dependency"), ("erroring-release", "erroring-release")],
+          ("erroring-release", "dependency"), ("overload", "dependency"), ("erroring-release", "erroring-release"),
+          ("node-not-ready",), ("erroring-release", "node-not-ready"), ("dependency", "node-not-ready")],
     _SD: [("crash-release",), ("scaled-to-zero",), ("crash-release", "crash-release")],
 }
 
@@ -74,6 +79,8 @@ def _fault_step(name: str, n: int, rng: random.Random) -> Step:
         return Step("load", 200, after_seconds=gap)
     if name == "dependency":
         return Step("dependency", True, after_seconds=gap)
+    if name == "node-not-ready":
+        return Step("node", "NotReady", after_seconds=gap)
     return Step("replicas", 0, after_seconds=gap)
 
 
@@ -114,13 +121,16 @@ def _one(rng: random.Random, index: int) -> FaultSpec:
     faults = rng.choice(_PAIRS[scenario])
     if len(set(faults)) == len(faults) and rng.random() < 0.5:
         faults = tuple(reversed(faults))
+    if "node-not-ready" in faults:  # rule 5
+        faults = tuple(sorted(faults, key=lambda f: f == "node-not-ready"))
     steps = [_fault_step(f, n, rng) for n, f in enumerate(faults)]
     steps[0] = Step(steps[0].kind, steps[0].value)  # the first fault comes as the set-up ends
     parts, decoy = list(faults), False
     if rng.random() < 0.7:
         healthy, when = _healthy(rng, index % 10)
         releases_first = any(a.release for a in _FAULTS[scenario] if a.name in faults)
-        during = when == "seconds" and not releases_first and rng.random() < 0.5  # rule 4: never after a bad one
+        # rules 4 and 5: never after a bad release, nor after a node's fault
+        during = when == "seconds" and not releases_first and "node-not-ready" not in faults and rng.random() < 0.5
         if during:
             steps.append(Step(healthy.kind, healthy.value, after_seconds=float(rng.choice((10, 20)))))
         else:
