@@ -45,9 +45,10 @@ def node_object(name: str, index: int, state: str = "Ready") -> dict[str, Any]:
             return _condition(kind, "True", f"KubeletHas{what}", f"kubelet has {what.lower()}", stamp)
         return _condition(kind, "False", f"KubeletHasNo{what}", f"kubelet has no {what.lower()}", stamp)
 
+    taints = [{**t, "timeAdded": stamp} if t["effect"] == "NoExecute" else t for t in _TAINTS.get(state, [])]
     return {
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
-        "spec": {"podCIDR": f"10.244.{index}.0/24", **({"taints": _TAINTS[state]} if state in _TAINTS else {})},
+        "spec": {"podCIDR": f"10.244.{index}.0/24", **({"taints": taints} if taints else {})},
         "status": {
             "conditions": [pressure("MemoryPressure", "InsufficientMemory"),
                            pressure("DiskPressure", "DiskPressure"),
@@ -59,8 +60,11 @@ def node_object(name: str, index: int, state: str = "Ready") -> dict[str, Any]:
             "allocatable": {"cpu": "3800m", "memory": "15Gi", "pods": "110"},
             "addresses": [{"type": "InternalIP", "address": f"10.0.0.{index + 1}"},
                           {"type": "Hostname", "address": name}],
-            "nodeInfo": {"kubeletVersion": "v1.32.0", "osImage": "Debian GNU/Linux 12 (bookworm)",
-                         "containerRuntimeVersion": "containerd://1.7.24", "architecture": "amd64"},
+            "nodeInfo": {"machineID": f"{index + 1:032x}", "systemUUID": f"00000000-0000-0000-0000-{index + 1:012x}",
+                         "bootID": f"b0070000-0000-0000-0000-{index + 1:012x}", "kernelVersion": "6.1.0-28-amd64",
+                         "osImage": "Debian GNU/Linux 12 (bookworm)", "containerRuntimeVersion": "containerd://1.7.24",
+                         "kubeletVersion": "v1.32.0", "kubeProxyVersion": "v1.32.0", "operatingSystem": "linux",
+                         "architecture": "amd64"},
         },
     }
 
