@@ -62,6 +62,8 @@ FAILED_FROM_START = 0.8
 
 # A revision served cleanly below this error rate when the scenario sets no threshold of its own.
 CLEAN_ERROR_RATE = 0.05
+# A new revision failing at least 1 / ROSE_WITH_RELEASE times the rate of the one before: the errors rose with it.
+ROSE_WITH_RELEASE = 0.5
 
 # An alert's startsAt comes after the failure began (a rule's `for:`), never before it; only the
 # clocks of the monitor and the cluster may disagree, by this much at most.
@@ -375,6 +377,10 @@ def release_tie(facts: ServiceFacts, release: Release, previous: Release | None,
             and _began_with(facts, previous, window_seconds) and _failed_from_start(facts, previous, new):
         weighing.add(True, f"the revision before it ({previous.version}) failed too ({old.lifetime_rate:.0%} errors), "
                            f"and the failure began with it: both came with the failure")
+    elif previous is not None and old is not None and old.requests and _rose_with(facts, old, new):
+        weighing.add(True, f"the revision before it ({previous.version}) served with {old.lifetime_rate:.1%} errors, "
+                           f"a fraction of the {new.window_rate if new else 0:.0%} {release.version} fails now: the "
+                           "errors rose with it")
     elif previous is not None and old is not None and old.requests:
         clean = _clean_rate(facts, old)
         weighing.add(clean is not None,
@@ -393,6 +399,13 @@ def release_tie(facts: ServiceFacts, release: Release, previous: Release | None,
         else:
             supported = weighing.add(True, f"the failure began {age(max(lag, 0))} after {release.describe()} went live")
     return supported and len(weighing.against) == before
+
+
+def _rose_with(facts: ServiceFacts, old: Traffic, new: Traffic | None) -> bool:
+    """The revision before was not clean, but the new one fails several times as often: the
+    errors rose with it (a revision live for seconds carries its own rollout's gap in its record)."""
+    return (_clean_rate(facts, old) is None and new is not None and bool(new.window_requests)
+            and old.lifetime_rate < ROSE_WITH_RELEASE * new.window_rate)
 
 
 def _clean_rate(facts: ServiceFacts, traffic: Traffic) -> str | None:

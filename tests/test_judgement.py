@@ -647,3 +647,20 @@ def test_a_slow_p99_from_prometheus_is_slow_even_when_the_probes_were_quick():
     assert plan.abstained and "slow, not down" in plan.summary and "2485 ms" in plan.summary, plan.summary
     fast = {**findings, LATENCY: Finding(LATENCY, True, "p99", data={"p50_ms": 20.0, "p99_ms": 49.0, "slo_ms": 1000.0})}
     assert not plan_for("service-down", fast, 5).abstained
+
+
+def test_a_release_failing_many_times_more_than_one_live_for_seconds_before_it_is_rolled_back():
+    """v1.6.5 went out 15 s before v1.7.0-errors: its record is its own rollout's gap (50 of its 750
+    requests failed while no pod was ready, 6.7 %), not a failure like the new one's 30 %."""
+    versions = {"v1.7.0-errors": (100, 30, 300, 90), "v1.6.5": (0, 0, 750, 50), "v1.5.0": CLEAN_OLD}
+    _, findings, onset = _errors(0.3, "v1.7.0-errors", 4, (4, "v1.7.0-errors", 6), versions=versions,
+                                 extra=((3, "v1.6.5", 21),))
+    plan = plan_for("high-error-rate", findings, onset)
+    assert [a.kind for a in plan.actions] == ["rollback"], f"{plan.summary} | {plan.against}"
+    assert plan.actions[0].params.to_revision == 2, "v1.6.5 was live 15 s: no record of serving cleanly"
+    assert any("the errors rose with it" in s for s in plan.support)
+    versions["v1.6.5"] = (0, 0, 360000, 72000)  # live for 2 hours at 20 %: the errors are not new
+    _, findings, onset = _errors(0.3, "v1.7.0-errors", 4, (4, "v1.7.0-errors", 6), versions=versions,
+                                 extra=((3, "v1.6.5", 7200),))
+    plan = plan_for("high-error-rate", findings, onset)
+    assert plan.abstained and any("the errors are not new" in a for a in plan.against), plan.summary
