@@ -136,6 +136,11 @@ def plan_undo(deployment: dict[str, Any], replicasets: list[dict[str, Any]], to_
     return UndoPlan(current, revision_of(target), image, patch)
 
 
+def selector_of(deployment: dict[str, Any]) -> str:
+    """The deployment's pod selector as a label selector string (`app=api,tier=web`)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"].get("matchLabels", {}).items()))
+
+
 def container_image(deployment: dict[str, Any], container: str | None = None) -> str:
     containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
     chosen = next((c for c in containers if c.get("name") == container), containers[0]) if container else containers[0]
@@ -345,9 +350,7 @@ class KubernetesClient(Closing):
 
     def _replicasets(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
         meta = deployment["metadata"]
-        selector = ",".join(
-            f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"].get("matchLabels", {}).items())
-        )
+        selector = selector_of(deployment)
         found = self._call(f"list replicasets of {meta['namespace']}/{meta['name']}",
                            self.apps.list_namespaced_replica_set, meta["namespace"], label_selector=selector)
         return owned_replicasets(deployment, [self._json(rs) for rs in found.items])
@@ -361,7 +364,7 @@ class KubernetesClient(Closing):
 
     def pods(self, namespace: str, deployment: str) -> list[PodSummary]:
         dep = self.get_deployment(namespace, deployment)
-        selector = ",".join(f"{k}={v}" for k, v in sorted(dep["spec"]["selector"].get("matchLabels", {}).items()))
+        selector = selector_of(dep)
         found = self._call(f"list pods of {namespace}/{deployment}", self.core.list_namespaced_pod, namespace,
                            label_selector=selector)
         return [summarize_pod(self._json(p)) for p in found.items]

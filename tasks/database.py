@@ -135,20 +135,31 @@ def check_replication(ctx: RunContext, max_lag_seconds: float = 30.0) -> Finding
                    ReplicationFacts(role="primary", replicas=len(repl.replicas)))
 
 
+# Redis counts evictions since it started: a cache evicting now is one whose count grows over this.
+EVICTION_SAMPLE_SECONDS = 1.0
+
+
 @step("check-cache")
 def check_cache(ctx: RunContext) -> Finding:
-    """Redis memory, clients and evictions."""
+    """Redis memory, clients, and evictions happening now (not the count since it started: an LRU
+    cache that evicted last week is not under pressure today)."""
     cache = ctx.cache_target()
+    started = time.monotonic()
     try:
         with ctx.cache(cache.url_secret) as client:
-            health = client.health()
+            first = client.health()
             keys = client.count_prefix(cache.prefix)
+            time.sleep(max(0.0, EVICTION_SAMPLE_SECONDS - (time.monotonic() - started)))
+            health = client.health()
     except _ERRORS as exc:
         return unavailable(CACHE, exc)
     ratio = health.memory_ratio
-    pressured = (ratio is not None and ratio >= cache.memory_threshold) or health.evicted_keys > 0
-    summary = (f"memory {health.used_memory // 1024} KiB" + (f" ({ratio:.0%} of max)" if ratio is not None else "")
-               + f", {health.connected_clients} clients, {health.evicted_keys} evictions, {keys} keys {cache.prefix}*")
+    evicting = max(health.evicted_keys - first.evicted_keys, 0)
+    pressured = (ratio is not None and ratio >= cache.memory_threshold) or evicting > 0
+    memory = f"memory {health.used_memory // 1024} KiB" + (f" ({ratio:.0%} of max)" if ratio is not None else "")
+    summary = (f"{memory}, {health.connected_clients} clients, {evicting} evictions in the last "
+               f"{EVICTION_SAMPLE_SECONDS:g} s ({health.evicted_keys} since Redis started), "
+               f"{keys} keys {cache.prefix}*")
     return Finding(CACHE, not pressured, summary, data=CacheFacts(key_count=keys, evicted=health.evicted_keys))
 
 

@@ -16,6 +16,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from incidents.drills import FaultSpec, Step
+from integrations.errors import IntegrationError
 from integrations.kubernetes import container_image
 from integrations.kubernetes_security import (
     blocked_by_policy,
@@ -29,6 +30,7 @@ from integrations.kubernetes_security import (
 )
 from integrations.probes import probe_all, sample_error_rate
 from tasks.context import RunContext, resolve_secret
+from tasks.latency import latency_query, quantile_ms
 
 LEAK_SOURCE = "203.0.113.66"
 
@@ -351,7 +353,7 @@ def _undo_traffic(ctx: RunContext, state: FaultState) -> list[str]:
         done.append("load back to 50 rps")
     if state.undo.get("latency"):
         httpx.post(f"{sandbox_url()}/_sandbox/latency", json={"service": ctx.service_name, "ms": 0}, timeout=5)
-        done.append("latency back to none")
+        done.append("latency back to none" + _until_prometheus_forgets(ctx))
     if state.undo.get("memory"):
         httpx.post(f"{sandbox_url()}/_sandbox/memory", json={"service": ctx.service_name, "oom": False}, timeout=5)
         done.append("memory back within its limit")
@@ -362,6 +364,26 @@ def _undo_traffic(ctx: RunContext, state: FaultState) -> list[str]:
         httpx.post(f"{sandbox_url()}/_sandbox/node", json={"node": node, "state": "Ready"}, timeout=5)
         done.append(f"node {node} Ready again")
     return done
+
+
+def _until_prometheus_forgets(ctx: RunContext, timeout: float = 90.0) -> str:
+    """Prometheus's p99 keeps the slow answers for its query's window after they end: the next
+    fault would find the service slow. Waits until p99 is back under the objective."""
+    slo = ctx.service.latency_slo_ms
+    if ctx.config.prometheus is None or slo is None:
+        return ""
+    deadline = time.monotonic() + timeout
+    query = latency_query(ctx, 0.99)
+    with ctx.prometheus() as client:
+        while time.monotonic() < deadline:
+            try:
+                p99 = quantile_ms(client, query)
+            except IntegrationError as exc:
+                return f" (Prometheus not asked: {exc})"
+            if p99 is None or p99 <= slo:
+                return f" (Prometheus p99 {p99 if p99 is not None else 'n/a'} ms again)"
+            time.sleep(2)
+    return f" (Prometheus p99 still above {slo:g} ms after {timeout:g} s)"
 
 
 def _undo_flags(ctx: RunContext, state: FaultState) -> list[str]:

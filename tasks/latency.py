@@ -14,12 +14,19 @@ from tasks.steps import step
 QUANTILES = (0.5, 0.99)
 
 
-def _quantile_ms(client: PrometheusClient, query: str) -> float | None:
+def quantile_ms(client: PrometheusClient, query: str) -> float | None:
     """The query's value in ms (None: no series, or NaN for no requests in the window)."""
     series = client.query(query)
     if not series or series[0][1] != series[0][1]:
         return None
     return round(series[0][1] * 1000, 1)
+
+
+def latency_query(ctx: RunContext, quantile: float) -> str:
+    prom = ctx.config.prometheus
+    if prom is None:
+        raise NotConfigured(f"environment {ctx.environment!r} has no prometheus settings")
+    return prom.latency_query.format(service=ctx.service_name, quantile=quantile)
 
 
 @step("latency-prometheus")
@@ -29,10 +36,10 @@ def prometheus_latency(ctx: RunContext) -> Finding:
     if prom is None or slo is None:
         missing = "prometheus settings" if prom is None else f"a latency_slo_ms for {ctx.service_name}"
         return unavailable(LATENCY, NotConfigured(f"environment {ctx.environment!r} has no {missing}"))
-    queries = [prom.latency_query.format(service=ctx.service_name, quantile=q) for q in QUANTILES]
+    queries = [latency_query(ctx, q) for q in QUANTILES]
     try:
         with ctx.prometheus() as client:
-            p50, p99 = (_quantile_ms(client, q) for q in queries)
+            p50, p99 = (quantile_ms(client, q) for q in queries)
     except IntegrationError as exc:
         return unavailable(LATENCY, exc)
     if p99 is None:

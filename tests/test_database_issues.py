@@ -235,3 +235,56 @@ def test_an_unreachable_database_gets_a_restart_of_its_deployment():
         "rollout_restart deployment/database (namespace sandbox): database not answering -> "
         "database pods replaced (via kubectl rollout restart)"]
     assert plan.actions[0].params.as_dict() == {"namespace": "sandbox", "deployment": "database"}
+
+
+def test_a_cache_that_evicted_once_is_not_under_pressure_now(world, tmp_path, monkeypatch):
+    """Redis counts evictions since it started. A cache that evicted earlier and has room now is
+    not under pressure (clearing it would only cost its hit rate); one evicting now is."""
+    import subprocess
+
+    from prefect.logging import disable_run_logger
+
+    from tasks.context import RunContext
+    from tasks.database import check_cache
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = redis.Redis(port=port, socket_timeout=2)
+    try:
+        for _ in range(100):
+            try:
+                cache.ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.1)
+
+        def fill(keys: int) -> None:
+            pipe = cache.pipeline(transaction=False)
+            for n in range(keys):
+                pipe.set(f"api:blob:{n}:{time.monotonic_ns()}", "x" * 10_000)
+            pipe.execute()
+
+        fill(400)  # ~4 MB into 2 MB: it evicted
+        assert int(cache.info("stats")["evicted_keys"]) > 0
+        cache.config_set("maxmemory", "64mb")  # room again
+        monkeypatch.setenv("RUNBOOKS_SECRET_API_CACHE_URL", f"redis://127.0.0.1:{port}/0")
+        with disable_run_logger():
+            calm = check_cache.fn(RunContext.load("sandbox", "api"))
+        assert calm.ok is True and "0 evictions in the last 1 s" in calm.summary, calm.summary
+        cache.config_set("maxmemory", "2mb")
+        stop = threading.Event()
+        writer = threading.Thread(target=lambda: [fill(50) for _ in iter(stop.is_set, True)], daemon=True)
+        writer.start()
+        try:
+            with disable_run_logger():
+                pressed = check_cache.fn(RunContext.load("sandbox", "api"))
+        finally:
+            stop.set()
+            writer.join(10)
+        assert pressed.ok is False and "0 evictions in the last" not in pressed.summary, pressed.summary
+    finally:
+        server.terminate()
+        server.wait(10)
