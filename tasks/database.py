@@ -136,7 +136,7 @@ def check_replication(ctx: RunContext, max_lag_seconds: float = 30.0) -> Finding
 
 
 # Redis counts evictions since it started: a cache evicting now is one whose count grows over this.
-EVICTION_SAMPLE_SECONDS = 1.0
+EVICTION_SAMPLE_SECONDS = 0.5
 
 
 @step("check-cache")
