@@ -65,8 +65,9 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
         NETWORK: network_reach.submit(ctx),
         NODES: node_conditions.submit(ctx),
         USAGE: resource_usage.submit(ctx),
-        LATENCY: prometheus_latency.submit(ctx),
     }
+    if ctx.config.prometheus and ctx.service.latency_slo_ms:  # else the probes' timings are the latency
+        futures[LATENCY] = prometheus_latency.submit(ctx)
     return gather(futures, timeout=120)
 
 

@@ -3,8 +3,9 @@
 and the container's `resources` in the deployment.
 
 Quantities follow Kubernetes' notation: CPU in cores (`2`), millicores (`250m`), micro- or
-nanocores (`250000u`, `250000000n`); memory in bytes with binary (`Ki`, `Mi`, `Gi`) or decimal
-(`k`, `M`, `G`) suffixes.
+nanocores (`250000u`, `250000000n`); memory in bytes with binary (`Ki`, `Mi`, `Gi`, …) or decimal
+(`k`, `M`, `G`, …) suffixes, an exponent (`129e6`), or in millibytes (`128974848000m`, as the API
+server may canonicalise a fractional value).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from kubernetes import client as k8s
 from integrations.kubernetes import KubernetesClient
 
 _CPU = {"n": 1e-6, "u": 1e-3, "m": 1.0}
-_MEMORY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_MEMORY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+           "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 
 
 class BadQuantity(ValueError):

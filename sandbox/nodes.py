@@ -26,6 +26,17 @@ _TAINTS = {
 }
 
 
+# (reason, message) the kubelet writes for each pressure condition: [False, True]
+_PRESSURE = {
+    "MemoryPressure": (("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                       ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available")),
+    "DiskPressure": (("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                     ("KubeletHasDiskPressure", "kubelet has disk pressure")),
+    "PIDPressure": (("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                    ("KubeletHasInsufficientPID", "kubelet has insufficient PID available")),
+}
+
+
 def _condition(type_: str, status: str, reason: str, message: str, stamp: str) -> dict[str, str]:
     return {"type": type_, "status": status, "reason": reason, "message": message,
             "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
@@ -38,24 +49,18 @@ def node_object(name: str, index: int, state: str = "Ready") -> dict[str, Any]:
     ready = (_condition("Ready", "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.", stamp)
              if unreachable else _condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", stamp))
 
-    def pressure(kind: str, what: str) -> dict[str, str]:
+    def pressure(kind: str) -> dict[str, str]:
         if unreachable:
             return _condition(kind, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.", stamp)
-        if state == kind:
-            return _condition(kind, "True", f"KubeletHas{what}", f"kubelet has {what.lower()}", stamp)
-        return _condition(kind, "False", f"KubeletHasNo{what}", f"kubelet has no {what.lower()}", stamp)
+        reason, message = _PRESSURE[kind][state == kind]
+        return _condition(kind, "True" if state == kind else "False", reason, message, stamp)
 
     taints = [{**t, "timeAdded": stamp} if t["effect"] == "NoExecute" else t for t in _TAINTS.get(state, [])]
     return {
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
         "spec": {"podCIDR": f"10.244.{index}.0/24", **({"taints": taints} if taints else {})},
         "status": {
-            "conditions": [pressure("MemoryPressure", "InsufficientMemory"),
-                           pressure("DiskPressure", "DiskPressure"),
-                           pressure("PIDPressure", "SufficientPID") if not unreachable else
-                           _condition("PIDPressure", "Unknown", "NodeStatusUnknown",
-                                      "Kubelet stopped posting node status.", stamp),
-                           ready],
+            "conditions": [pressure("MemoryPressure"), pressure("DiskPressure"), pressure("PIDPressure"), ready],
             "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
             "allocatable": {"cpu": "3800m", "memory": "15Gi", "pods": "110"},
             "addresses": [{"type": "InternalIP", "address": f"10.0.0.{index + 1}"},

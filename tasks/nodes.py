@@ -53,6 +53,8 @@ def summarize(facts: NodeFacts) -> tuple[bool | None, str]:
         return False, "; ".join(parts)
     if unread:
         return None, "; ".join(_line(n) for n in unread)
+    if not facts.nodes:
+        return True, "no pod runs on a node" + ("" if facts.schedulable else "; no node of the cluster takes new pods")
     return True, f"the {len(facts.nodes)} nodes the pods run on are Ready, without pressure"
 
 

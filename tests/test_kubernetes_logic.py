@@ -166,7 +166,8 @@ def test_cpu_quantities_read_as_kubernetes_writes_them(quantity, cores_m):
 
 
 @pytest.mark.parametrize("quantity, mib", [("256Mi", 256.0), ("262144Ki", 256.0), ("1Gi", 1024.0),
-                                           ("1048576", 1.0), ("1G", 1e9 / 2**20)])
+                                           ("1048576", 1.0), ("1G", 1e9 / 2**20), ("129e6", 129e6 / 2**20),
+                                           ("1048576000m", 1.0), ("1Pi", 2**30)])
 def test_memory_quantities_read_as_kubernetes_writes_them(quantity, mib):
     from integrations.kubernetes_usage import mebibytes
 
