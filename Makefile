@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `make up HA=1`: the scale-out stack (devstack/ha.py)
 up: $(STAMP)
 	@bash scripts/debian-packages.sh up
-	@$(PY) -m devstack.stack up
+	@$(PY) -m devstack.stack up $(if $(HA),--ha)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack.stack down; else echo "nothing to stop"; fi

@@ -244,7 +244,9 @@ def _local_commands(sub: Any) -> None:
     sandbox = sub.add_parser("sandbox", help="break or heal the sandbox, or serve it in the foreground")
     sandbox.add_argument("action", choices=["break", "heal", "serve"])
     sandbox.add_argument("fault", nargs="?", help=f"for break: {', '.join(FAULTS)}")
-    sub.add_parser("up", help="start the local stack")
+    up = sub.add_parser("up", help="start the local stack")
+    up.add_argument("--ha", action="store_true", help="the scale-out stack: two Prefect API servers behind HAProxy, "
+                                                      "services apart, Redis messaging, two intakes, two workers")
     sub.add_parser("down", help="stop what `runbooks up` started")
     add_check_config(sub)
 
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("up", "down"):
             from devstack.stack import main as stack_main
 
-            return stack_main([args.command])
+            return stack_main([args.command, *(["--ha"] if getattr(args, "ha", False) else [])])
         if args.command == "sandbox":
             return cmd_sandbox(args, rest)
         return commands[args.command](args)

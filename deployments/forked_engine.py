@@ -35,6 +35,9 @@ PRELOAD = "deployments.warm_preload"
 KILL_AFTER_SECONDS = 5.0
 
 _context = multiprocessing.get_context("forkserver")
+# what the fork server's environment passes on to a run whose own environment does not say:
+# where the run's metrics files go (deployments/worker_metrics.py)
+_KEPT = ("PROMETHEUS_MULTIPROC_DIR",)
 
 
 def start_fork_server(preload: str = PRELOAD) -> None:
@@ -52,8 +55,9 @@ def run_engine(env: Mapping[str, str], cwd: str) -> None:
     ~0.2 s); settings, only when PREFECT_* differ."""
     settings_changed = _settings(os.environ) != _settings(env)
     logging_changed = _settings(os.environ, "PREFECT_LOGGING_") != _settings(env, "PREFECT_LOGGING_")
+    kept = {key: os.environ[key] for key in _KEPT if key in os.environ}
     os.environ.clear()
-    os.environ.update(env)
+    os.environ.update({**kept, **env})
     os.chdir(cwd)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
@@ -65,6 +69,9 @@ def run_engine(env: Mapping[str, str], cwd: str) -> None:
         from prefect.logging.configuration import setup_logging
 
         setup_logging(incremental=False)
+    from deployments import log_format
+
+    log_format.apply("run")
     sys.argv = ["prefect.engine"]
     runpy.run_path(prefect.engine.__file__, run_name="__main__")  # the module as `python -m` runs it
 

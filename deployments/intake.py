@@ -5,6 +5,7 @@
     POST /alerts                a generic JSON alert (see incidents/alerts.py: parse_generic)
     GET  /healthz               alive (Redis answers): the liveness probe
     GET  /readyz                ready (Redis answers, Prefect accepts the credentials): the readiness probe
+    GET  /metrics               Prometheus metrics (deployments/intake_metrics.py; docs/observability.md)
     GET  /approvals/<token>     the approval page (see deployments/approval_page.py); POST answers it
     POST /slack/interactions    Approve/Decline pressed in Slack (deployments/slack_interactions.py)
     POST /pagerduty/webhooks    PagerDuty's v3 webhooks: acknowledged/resolved there (deployments/pagerduty_webhooks.py)
@@ -35,12 +36,15 @@ import orjson
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
+from deployments import log_format
 from deployments.approval_page import routes as approval_routes
 from deployments.guards import TooLarge, read_body
+from deployments.intake_metrics import IntakeMetrics, Timed
 from deployments.intake_records import (
     known_services,
     note_resolved,
@@ -76,7 +80,11 @@ KEY_PREFIX = "runbooks:alert:"
 
 
 class Unavailable(Exception):
-    """Something the intake depends on (Redis, Prefect) failed: 503, so the sender retries."""
+    """Something the intake depends on (Redis, Prefect, the store) failed: 503, so the sender retries."""
+
+    def __init__(self, message: str, dependency: str = "prefect"):
+        super().__init__(message)
+        self.dependency = dependency
 
 
 class DeploymentMissing(Unavailable):
@@ -95,8 +103,9 @@ def _json(data: Any, status: int = 200) -> Response:
 class AlertIntake:
     """The alert intake's handlers and the connections they share (opened in `lifespan`)."""
 
-    def __init__(self, settings: IntakeSettings):
+    def __init__(self, settings: IntakeSettings, metrics: IntakeMetrics | None = None):
         self.settings = settings
+        self.metrics = metrics or IntakeMetrics()
         self.state: dict[str, Any] = {}
         self.expected_auth = f"Bearer {settings.token}".encode()
 
@@ -132,28 +141,34 @@ class AlertIntake:
         except TooLarge as exc:
             return _json({"error": str(exc)}, 413)
 
-    async def receive(self, request: Request, parse, body: bytes | None = None) -> Response:
+    async def receive(self, request: Request, parse, source: str, body: bytes | None = None) -> Response:
         if body is None:
             got = await self.read(request)
             if isinstance(got, Response):
+                self.metrics.refused(source)
                 return got
             body = got
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            self.metrics.refused(source)
             return _json({"error": f"body is not JSON: {exc}"}, 400)
         try:
             alerts = parse(payload)
         except BadPayload as exc:
+            self.metrics.refused(source)
             return _json({"error": str(exc)}, 422)
         try:
             outcome = await self.handle(alerts)
         except aioredis.RedisError as exc:
             log.error("intake could not reach Redis: %s", exc)
+            self.metrics.failed(source, "redis", len(alerts))
             return _json({"error": f"Redis: {exc}"}, 503)
         except Unavailable as exc:
             log.error("intake could not process %d alerts: %s", len(alerts), exc)
+            self.metrics.failed(source, exc.dependency, len(alerts))
             return _json({"error": str(exc)}, 503)
+        self.metrics.counted(source, outcome, len(alerts))
         if outcome["unknown"]:  # not retried by the sender (4xx); the reason says what to add to the config
             return _json({"error": "; ".join(outcome["unknown"]), **outcome}, 422)
         return _json(outcome)
@@ -212,7 +227,7 @@ class AlertIntake:
             await self.state["redis"].set(key, b"starting", ex=self.settings.claim_seconds)
             return True
         except aioredis.RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from None
+            raise Unavailable(f"Redis: {exc}", "redis") from None
 
     async def ended(self, held: str) -> bool:
         """Whether the incident a handled alert went to (its run's, or `joined:<id>`) has been
@@ -225,7 +240,7 @@ class AlertIntake:
         try:
             return await run_in_threadpool(lookup)
         except StoreError as exc:
-            raise Unavailable(str(exc)) from None
+            raise Unavailable(str(exc), "store") from None
 
     async def release(self, alert: Alert) -> None:
         with contextlib.suppress(aioredis.RedisError):
@@ -263,7 +278,7 @@ class AlertIntake:
         try:
             incident, ctx = await run_in_threadpool(open_or_find, alert, request, parameter)
         except StoreError as exc:
-            raise Unavailable(str(exc)) from None
+            raise Unavailable(str(exc), "store") from None
         if incident.created or incident.flow_run_id is None:
             # a new incident, or one whose run is not started yet (another delivery is starting
             # it, or the intake died in between): the incident's own alert starts its scenario,
@@ -294,7 +309,7 @@ class AlertIntake:
             return bool(await self.state["redis"].set(f"runbooks:scenario:{incident_id}:{scenario}", b"1", nx=True,
                                                  ex=self.settings.dedup_seconds))
         except aioredis.RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from None
+            raise Unavailable(f"Redis: {exc}", "redis") from None
 
     async def deployment_id(self, name: str) -> str:
         if name not in self.settings.deployment_ids:
@@ -350,7 +365,7 @@ class AlertIntake:
                 raise Unavailable(explain(exc)) from None
         run_id = response.json()["id"]
         log.info("alert %s (%s) started %s run %s", alert["fingerprint"], alert["labels"].get("alertname"),
-                 request.deployment, run_id)
+                 request.deployment, run_id, extra={"incident": incident_id, "run": run_id})
         return run_id
 
     async def create_run(self, dep_id: str, deployment: str, body: dict[str, Any]) -> Any:
@@ -370,7 +385,7 @@ class AlertIntake:
         try:
             noted = await run_in_threadpool(note_resolved, alert, request, self.settings.resolve_grace_seconds)
         except StoreError as exc:
-            raise Unavailable(str(exc)) from None
+            raise Unavailable(str(exc), "store") from None
         if noted:
             task = asyncio.get_running_loop().create_task(self.withdraw_later(request.environment))
             self.state["timers"].add(task)
@@ -398,11 +413,12 @@ class AlertIntake:
                      self.settings.resolve_grace_seconds)
 
     async def alertmanager(self, request: Request) -> Response:
-        return await self.receive(request, parse_alertmanager)
+        return await self.receive(request, parse_alertmanager, "alertmanager")
 
     async def grafana(self, request: Request) -> Response:
         got = await self.read(request)
         if isinstance(got, Response):
+            self.metrics.refused("grafana")
             return got
         if self.settings.grafana_secret:
             try:
@@ -411,11 +427,12 @@ class AlertIntake:
                                          request.headers.get("x-grafana-alerting-signature-timestamp"),
                                          use_timestamp=self.settings.grafana_use_timestamp)
             except PermissionError as exc:
+                self.metrics.refused("grafana")
                 return _json({"error": f"Grafana signature refused: {exc}"}, 401)
-        return await self.receive(request, parse_grafana, got)
+        return await self.receive(request, parse_grafana, "grafana", got)
 
     async def generic(self, request: Request) -> Response:
-        return await self.receive(request, parse_generic)
+        return await self.receive(request, parse_generic, "generic")
 
     async def healthz(self, request: Request) -> Response:
         try:
@@ -442,9 +459,10 @@ class AlertIntake:
 
 
 
-def create_app(settings: IntakeSettings) -> Starlette:
-    intake = AlertIntake(settings)
+def create_app(settings: IntakeSettings, metrics: IntakeMetrics | None = None) -> Starlette:
+    intake = AlertIntake(settings, metrics)
     return Starlette(routes=[
+        HttpRoute("/metrics", intake.metrics.serve, methods=["GET"]),
         HttpRoute("/alerts/alertmanager", intake.alertmanager, methods=["POST"]),
         HttpRoute("/alerts/grafana", intake.grafana, methods=["POST"]),
         HttpRoute("/alerts", intake.generic, methods=["POST"]),
@@ -453,7 +471,7 @@ def create_app(settings: IntakeSettings) -> Starlette:
         *approval_routes(PrefectApi(settings.prefect_api_url), intake.redis),
         *slack_routes(PrefectApi(settings.prefect_api_url), intake.redis),
         *pagerduty_routes(),
-    ], lifespan=intake.lifespan)
+    ], lifespan=intake.lifespan, middleware=[Middleware(Timed, metrics=intake.metrics)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -464,8 +482,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    # force: importing Prefect has configured the root logger already (WARNING), and without it
+    # the intake's INFO lines (a run started, an alert joined) were never written
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout,
+                        force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call is noise here
+    try:
+        log_format.apply("intake")
+    except log_format.LogFormatError as exc:
+        parser.error(str(exc))
     uvicorn.run(create_app(settings_from_env()), host=args.host, port=args.port, log_level="warning",
                 access_log=False, loop="uvloop", http="httptools", backlog=4096)
 

@@ -24,7 +24,7 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,9 @@ from prefect.states import Cancelled, Crashed, Scheduled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 from pydantic import PrivateAttr
 
+from deployments import log_format
 from deployments.forked_engine import PRELOAD, ForkedEngineStarter, start_fork_server
+from deployments.worker_metrics import WorkerStats, prepare_run_metrics, serve
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -64,6 +66,14 @@ WORKER_TYPE = "runbooks-warm"
 # A Pending run nobody's worker label claims is taken to be stranded after this long (a claim
 # takes well under a second from Pending to a running process).
 STRANDED_SECONDS = 60.0
+# A Pending run whose worker is gone is given to a live one after this long (the worker that
+# claimed it was killed between the claim and the run's start; Prefect 3.9 labels a Pending run
+# with no worker, so nothing else would ever run it). Checked every PENDING_SWEEP_SECONDS by one
+# worker of the pool: the first live one by name. Only runs that went Pending before a worker of
+# the pool stopped heartbeating are candidates: a run a live worker claimed and is slow to start
+# (50 at once on 2 cores) is never taken from it.
+PENDING_STRANDED_SECONDS = float(os.environ.get("RUNBOOKS_PENDING_STRANDED_SECONDS", "30"))
+PENDING_SWEEP_SECONDS = 5.0
 # Prefect's cancellation sequence (stop, on_cancellation hooks, Cancelled) ends well within this.
 CANCEL_GRACE_SECONDS = 5.0
 # How often the worker looks for runs it claimed that are Cancelling with no process of its own
@@ -164,6 +174,7 @@ class WarmWorker(ProcessWorker):
         self._due = anyio.Event()
         self._watching: anyio.CancelScope | None = None
         self._ending: set[UUID] = set()  # stranded Cancels being ended by this worker
+        self._stats = WorkerStats()  # served on RUNBOOKS_WORKER_METRICS_PORT (deployments/worker_metrics.py)
         # A forked run starts in well under a second: no run is claimed before it is due (a run
         # put back for a concurrency slot would otherwise be claimed and refused in a loop).
         self._prefetch_seconds = 0
@@ -176,6 +187,7 @@ class WarmWorker(ProcessWorker):
         # and the runs skip the version handshake the worker has just made (two requests each).
         os.environ.update(self.job_configuration._base_environment())
         os.environ["PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"] = "false"
+        _observable(self._stats)
         await anyio.to_thread.run_sync(start_fork_server)
         # Executor contexts shared by every run, as Prefect's Runner shares its one: a client, a
         # control channel and a cancellation observer each, instead of a websocket pair per
@@ -195,12 +207,19 @@ class WarmWorker(ProcessWorker):
             cwd = cwd or Path(stack.enter_context(tempfile.TemporaryDirectory(suffix="prefect")))
             starter = ForkedEngineStarter(env, Path(cwd), context.control_channel)
             executor = context.create_executor(flow_run, starter, hook_runner=self._hooks, propose_submitting=False)
-            execution = await executor.submit(task_status=_PidOf(task_status))
+            self._stats.run_started()
+            try:
+                execution = await executor.submit(task_status=_PidOf(task_status))
+            except BaseException:
+                self._stats.run_ended(None)
+                raise
         self._background(self._end_cancel_missed_at_start, flow_run.id)
         if execution is None:  # cancelled before it started, or the server refused it: nothing ran
+            self._stats.run_skipped()
             if task_status is not None:
                 task_status.started(0)
             return ProcessWorkerResult(status_code=0, identifier="")
+        self._stats.run_ended(execution.status_code)
         if execution.crash_unreported:
             self._background(self._report_crash_when_reachable, flow_run, execution.status_code)
         return ProcessWorkerResult(status_code=execution.status_code or 0, identifier=str(execution.handle.pid))
@@ -336,6 +355,7 @@ class WarmWorker(ProcessWorker):
             self._watching = anyio.CancelScope()
             self._background(self._watch_for_due_runs, self._watching)
             self._background(self._reschedule_stranded_runs)
+            self._background(self._reclaim_stranded_pending)
             self._background(self._end_stranded_cancels)
             # The flows' modules, for the on_cancellation / on_crashed hooks the worker runs: imported
             # now, in the background, rather than by the first Cancel on a busy night (it took 30 s
@@ -367,6 +387,36 @@ class WarmWorker(ProcessWorker):
                 _log.warning("flow run %s left Pending by a stopped worker could not be rescheduled: %s", run.id, exc)
                 continue
             _log.warning("flow run %s (%s) was left Pending by a stopped worker: rescheduled", run.name, run.id)
+
+    async def _reclaim_stranded_pending(self) -> None:
+        """Every PENDING_SWEEP_SECONDS, if this is the pool's sweeper: a run Pending for
+        PENDING_STRANDED_SECONDS, since before a worker of the pool was last heard of, that
+        this worker is not starting goes back to Scheduled, so a live worker runs it. One
+        sweeper, and the run read again just before: two sweepers reading at different moments
+        put back a run another had just claimed again."""
+        while True:
+            await anyio.sleep(PENDING_SWEEP_SECONDS)
+            try:
+                now = datetime.now(timezone.utc)
+                live, dead_since = _liveness(await self.client.read_workers_for_work_pool(self._work_pool_name), now)
+                if not live or live[0] != self.name or dead_since is None:
+                    continue
+                for run in await self._pool_runs(StateType.PENDING):
+                    if (run.id not in self._submitting_flow_run_ids and _state_age(run, now) > PENDING_STRANDED_SECONDS
+                            and run.state is not None and run.state.timestamp is not None
+                            and run.state.timestamp <= dead_since):
+                        await self._put_back_pending(run)
+            except Exception as exc:  # noqa: BLE001 - an error here would stop the worker; look again later
+                _log.info("could not look for stranded Pending runs: %s: %s", type(exc).__name__, exc)
+
+    async def _put_back_pending(self, run: FlowRun) -> None:
+        current = await self.client.read_flow_run(run.id)
+        if current.state is None or run.state is None or current.state.id != run.state.id:
+            return  # it moved on since the list was read
+        await self.client.set_flow_run_state(run.id, Scheduled(message=(
+            f"Rescheduled by worker {self.name}: Pending for {PENDING_STRANDED_SECONDS:.0f} s with no worker "
+            "starting it (the one that claimed it stopped)")), force=True)
+        _log.warning("flow run %s (%s) was left Pending by a worker that stopped: rescheduled", run.name, run.id)
 
     async def _watch_for_due_runs(self, scope: anyio.CancelScope) -> None:
         """Wake the poll when a flow run of this pool changes state (created, resumed, offered
@@ -406,6 +456,7 @@ class WarmWorker(ProcessWorker):
             await anyio.sleep(OUTAGE_POLL_SECONDS)
             return []
         self._api_reachable()
+        self._stats.polled()
         return runs
 
     async def _sync_and_initialize(self) -> None:
@@ -425,6 +476,7 @@ class WarmWorker(ProcessWorker):
             self._submitting_flow_run_ids.discard(flow_run.id)
 
     def _api_unreachable(self, exc: Exception) -> None:
+        self._stats.prefect_errors += 1
         if self._api_down_since is None:
             self._api_down_since = anyio.current_time()
             _log.warning("Prefect API unreachable (%s: %s); still polling every %.0f s", type(exc).__name__, exc,
@@ -434,6 +486,19 @@ class WarmWorker(ProcessWorker):
         if self._api_down_since is not None:
             _log.warning("Prefect API reachable again after %.1f s", anyio.current_time() - self._api_down_since)
             self._api_down_since = None
+
+
+def _observable(stats: WorkerStats) -> None:
+    """The worker's logs (its own INFO lines, RUNBOOKS_LOG_FORMAT) and its /metrics. Prefect's
+    logging leaves the root at WARNING: the worker's own INFO lines were never written."""
+    logging.getLogger("runbooks").setLevel(logging.INFO)
+    log_format.apply("worker")
+    directory = prepare_run_metrics()  # before the fork server starts: every run's process inherits it
+    if _served.get("port") is None:  # once per process (a test may set up several workers)
+        _served["port"] = serve(stats, directory)
+
+
+_served: dict[str, int | None] = {}
 
 
 def _cancellation_manager(lane: FlowRunExecutorContext) -> Any:
@@ -459,6 +524,24 @@ def _contain_cancel_errors(lane: FlowRunExecutorContext) -> None:
                            flow_run_id, CANCEL_STRANDED_SECONDS + CANCEL_SWEEP_SECONDS)
 
     manager.cancel_by_id = contained
+
+
+def _liveness(workers: list[Any], now: datetime) -> tuple[list[str], datetime | None]:
+    """The pool's live workers by name (a heartbeat within 3 intervals), and the latest moment a
+    worker that is not live any more may still have been alive (its last heartbeat and 3
+    intervals; None: no worker of the pool has died in the last 10 minutes). Only a run that
+    went Pending before then can be a dead one's."""
+    live, last_dead = [], None
+    for worker in workers:
+        beat = worker.last_heartbeat_time
+        if beat is None:
+            continue
+        grace = timedelta(seconds=3 * (worker.heartbeat_interval_seconds or 30))
+        if now - beat <= grace:
+            live.append(worker.name)
+        elif now - beat <= timedelta(minutes=10) and (last_dead is None or beat + grace > last_dead):
+            last_dead = beat + grace
+    return sorted(live), last_dead
 
 
 def _owner(run: FlowRun) -> str | None:

@@ -7,7 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
-RUN_DIR = Path(__file__).resolve().parent.parent / ".run"
+# RUNBOOKS_STACK_DIR: where a second stack keeps its state (devstack/stack.py)
+RUN_DIR = Path(os.environ.get("RUNBOOKS_STACK_DIR") or Path(__file__).resolve().parent.parent) / ".run"
 TOKEN_FILE = RUN_DIR / "alert-token"
 
 

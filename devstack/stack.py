@@ -3,7 +3,12 @@ on its own PostgreSQL database (`runbooks_prefect` on the local server, created 
 the `incident-response` work pool of the `runbooks-warm` worker type, every deployment in
 prefect.yaml, and that worker. Idempotent: what is already running is left alone. `down` stops
 exactly what `up` started (the pid files under `.run/` say what that is) and keeps the data;
-`clean` drops the Prefect database too."""
+`clean` drops the Prefect database too.
+
+`make up HA=1` starts the scale-out stack instead (devstack/ha.py). A second stack beside the
+first (the failover test's): RUNBOOKS_STACK_DIR for its state, RUNBOOKS_STACK_PORT_OFFSET added
+to every port, and its own databases (RUNBOOKS_PREFECT_DATABASE_URL, RUNBOOKS_DATABASE_URL,
+RUNBOOKS_SANDBOX_APP_DATABASE_URL) and Redis (RUNBOOKS_REDIS_URL)."""
 
 from __future__ import annotations
 
@@ -26,16 +31,28 @@ from devstack.kept import alert_token, approver_credentials, kept_secret
 from integrations.errors import IntegrationError
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = ROOT / ".run"
-PREFECT_HOME = ROOT / ".prefect"
-SANDBOX_DIR = ROOT / ".sandbox"
+STATE_DIR = Path(os.environ.get("RUNBOOKS_STACK_DIR") or ROOT)
+RUN_DIR = STATE_DIR / ".run"
+PREFECT_HOME = STATE_DIR / ".prefect"
+SANDBOX_DIR = STATE_DIR / ".sandbox"
 HOST = "127.0.0.1"
-PREFECT_PORT, SANDBOX_PORT, SANDBOX_KUBE_PORT, PROMETHEUS_PORT, INTAKE_PORT = 4200, 8790, 8791, 9090, 8787
+# Keep a second stack's ports below Linux's ephemeral range (32768-60999): an outgoing
+# connection may hold any port there, and a listener on it then cannot start.
+PORT_OFFSET = int(os.environ.get("RUNBOOKS_STACK_PORT_OFFSET") or 0)
+
+
+def port(base: int) -> int:
+    return base + PORT_OFFSET
+
+
+PREFECT_PORT, SANDBOX_PORT, SANDBOX_KUBE_PORT = port(4200), port(8790), port(8791)
+PROMETHEUS_PORT, ALERTMANAGER_PORT, INTAKE_PORT, WORKER_METRICS_PORT = port(9090), port(9093), port(8787), port(8793)
 INTAKE_URL = f"http://{HOST}:{INTAKE_PORT}"
 TOKEN_FILE = RUN_DIR / "alert-token"
 PREFECT_URL = f"http://{HOST}:{PREFECT_PORT}"
 SANDBOX_URL = f"http://{HOST}:{SANDBOX_PORT}"
-SANDBOX_APP_DATABASE = "postgresql://postgres@127.0.0.1:5432/runbooks_sandbox_app"
+SANDBOX_APP_DATABASE = (os.environ.get("RUNBOOKS_SANDBOX_APP_DATABASE_URL")
+                        or "postgresql://postgres@127.0.0.1:5432/runbooks_sandbox_app")
 POOL = "incident-response"
 # The Prefect server's connections to PostgreSQL. Prefect's default (5, and 10 more under load)
 # ran out with 50 runbooks in flight on a 2-core machine: requests waited 30 s for a connection,
@@ -76,6 +93,9 @@ def stack_env() -> dict[str, str]:
         RUNBOOKS_UI_URL=PREFECT_URL, PYTHONUNBUFFERED="1",
         RUNBOOKS_PROMETHEUS_URL=f"http://{HOST}:{PROMETHEUS_PORT}",
         RUNBOOKS_INTAKE_URL=INTAKE_URL,  # drills raise their alerts through the intake
+        # a worker that dies is taken for dead after 3 missed heartbeats (15 s): the Pending runs
+        # it had claimed go to a live worker (deployments/warm_worker.py)
+        PREFECT_WORKER_HEARTBEAT_SECONDS=env.get("PREFECT_WORKER_HEARTBEAT_SECONDS", "5"),
     )
     if PREFECT_DATABASE != "sqlite":
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _asyncpg(PREFECT_DATABASE)
@@ -138,6 +158,7 @@ class Component:
     port: int | None = None
     stop_signal: int = signal.SIGTERM
     wait_seconds: float = 60.0
+    env: tuple[tuple[str, str], ...] = ()  # this component's own settings, over stack_env()
 
     @property
     def pid_file(self) -> Path:
@@ -203,15 +224,54 @@ PROMETHEUS_BIN = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMETHEUS_CONFIG = SANDBOX_DIR / "prometheus.yml"
 
 
-def _write_prometheus_config() -> None:
-    """Scrape every sandbox demo service's /metrics in the Prometheus text format."""
+ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
+ALERTMANAGER_CONFIG = SANDBOX_DIR / "alertmanager.yml"
+RULES_FILE = ROOT / "deploy" / "prometheus" / "runbooks-rules.yml"
+SELF_PAGER = "runbooks-self"  # the sandbox PagerDuty service the self-alerts page
+
+
+def _write_prometheus_config(intakes: list[int], workers: list[int]) -> None:
+    """Scrape every sandbox demo service's /metrics, and the runbooks' own intakes and workers;
+    evaluate the self-alert rules (deploy/prometheus/) and send what fires to Alertmanager."""
     SANDBOX_DIR.mkdir(exist_ok=True)
     jobs = "".join(f"""  - job_name: sandbox-{name}
     metrics_path: /services/{name}/metrics
     params: {{format: [prometheus]}}
     static_configs: [{{targets: ["{HOST}:{SANDBOX_PORT}"]}}]
 """ for name in ("api", "frontend"))
-    PROMETHEUS_CONFIG.write_text(f"global: {{scrape_interval: 5s, evaluation_interval: 5s}}\nscrape_configs:\n{jobs}")
+    for job, ports in (("runbooks-intake", intakes), ("runbooks-worker", workers)):
+        targets = ", ".join(f'"{HOST}:{p}"' for p in ports)
+        jobs += f"""  - job_name: {job}
+    static_configs: [{{targets: [{targets}]}}]
+"""
+    PROMETHEUS_CONFIG.write_text(f"""global: {{scrape_interval: 5s, evaluation_interval: 5s}}
+rule_files: ["{RULES_FILE}"]
+alerting:
+  alertmanagers: [{{static_configs: [{{targets: ["{HOST}:{ALERTMANAGER_PORT}"]}}]}}]
+scrape_configs:
+{jobs}""")
+
+
+def self_alert_routing(sandbox_url: str, group_wait: str = "10s") -> str:
+    """Alertmanager's configuration: every self-alert straight to the sandbox's PagerDuty (Events
+    API v2), never through the runbooks' own intake."""
+    from sandbox.pagerduty import routing_key
+
+    return f"""route:
+  receiver: runbooks-self
+  group_by: [alertname, instance]
+  group_wait: {group_wait}
+  group_interval: 1m
+  repeat_interval: 4h
+receivers:
+  - name: runbooks-self
+    pagerduty_configs:
+      - routing_key: {routing_key(SELF_PAGER)}
+        url: {sandbox_url}/pagerduty/v2/enqueue
+        send_resolved: true
+        # every shipped rule's own severity label (critical, warning); Alertmanager's default is "error"
+        severity: '{{{{ .CommonLabels.severity }}}}'
+"""
 
 
 COMPONENTS = [
@@ -221,13 +281,20 @@ COMPONENTS = [
               lambda since: _get_ok(f"{SANDBOX_URL}/_sandbox/healthz"), port=SANDBOX_PORT, wait_seconds=30),
     Component("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(PREFECT_PORT)],
               lambda since: _prefect_answers("/health"), port=PREFECT_PORT, wait_seconds=120),
+    Component("alertmanager", [ALERTMANAGER_BIN, f"--config.file={ALERTMANAGER_CONFIG}",
+                               f"--storage.path={SANDBOX_DIR / 'alertmanager-data'}", "--cluster.listen-address=",
+                               f"--web.listen-address={HOST}:{ALERTMANAGER_PORT}"],
+              lambda since: _get_ok(f"http://{HOST}:{ALERTMANAGER_PORT}/-/ready"), port=ALERTMANAGER_PORT,
+              wait_seconds=30),
     Component("prometheus", [PROMETHEUS_BIN, f"--config.file={PROMETHEUS_CONFIG}",
                              f"--storage.tsdb.path={SANDBOX_DIR / 'prometheus-data'}",
                              f"--web.listen-address={HOST}:{PROMETHEUS_PORT}"],
               lambda since: _get_ok(f"http://{HOST}:{PROMETHEUS_PORT}/-/ready"), port=PROMETHEUS_PORT, wait_seconds=30),
     Component("worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", WORKER_TYPE,
                          "--name", WORKER_NAME],
-              lambda since: _worker_online(since, WORKER_NAME), stop_signal=signal.SIGINT, wait_seconds=90),
+              lambda since: _worker_online(since, WORKER_NAME), stop_signal=signal.SIGINT, wait_seconds=90,
+              env=(("RUNBOOKS_WORKER_METRICS_PORT", str(WORKER_METRICS_PORT)),
+                   ("RUNBOOKS_WORKER_METRICS_HOST", HOST))),
     Component("intake", [str(BIN / "python"), "-m", "deployments.intake", "--port", str(INTAKE_PORT)],
               lambda since: _get_ok(f"{INTAKE_URL}/healthz"), port=INTAKE_PORT, wait_seconds=30),
 ]
@@ -247,7 +314,8 @@ def _start(component: Component, env: dict[str, str]) -> None:
     RUN_DIR.mkdir(exist_ok=True)
     log = component.log_file.open("ab")
     started = time.time() - 1
-    process = subprocess.Popen(component.command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(component.command, cwd=ROOT, env={**env, **dict(component.env)}, stdout=log,
+                               stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
     component.pid_file.write_text(str(process.pid))
     start = time.monotonic()
@@ -306,38 +374,87 @@ def _check_store() -> None:
     _say("incident store", f"PostgreSQL {store.where} ready")
 
 
-def up() -> None:
-    env = stack_env()
-    print("Starting the incident-runbooks stack", flush=True)
-    _check_store()
-    sandbox, server, prometheus, worker, intake = COMPONENTS
-    _start(sandbox, env)
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _start_monitoring(env: dict[str, str], intakes: list[int], workers: list[int]) -> None:
+    """Alertmanager (self-alerts to the sandbox's PagerDuty) and Prometheus, when installed."""
+    by_name = {c.name: c for c in COMPONENTS}
+    if os.path.exists(ALERTMANAGER_BIN):
+        SANDBOX_DIR.mkdir(exist_ok=True)
+        ALERTMANAGER_CONFIG.write_text(self_alert_routing(SANDBOX_URL))
+        _start(by_name["alertmanager"], env)
+    else:
+        _say("alertmanager", "not installed (apt-get install prometheus-alertmanager): self-alerts page nobody")
     if os.path.exists(PROMETHEUS_BIN):
-        _write_prometheus_config()
-        _start(prometheus, env)
+        _write_prometheus_config(intakes, workers)
+        _start(by_name["prometheus"], env)
     else:
         _say("prometheus", "not installed (apt-get install prometheus): high-error-rate uses /metrics only")
+
+
+def up(ha: bool = False) -> None:
+    env = stack_env()
+    shape = " (scale-out: two API servers, two intakes, two workers)" if ha else ""
+    print(f"Starting the incident-runbooks stack{shape}", flush=True)
+    _check_store()
+    by_name = {c.name: c for c in COMPONENTS}
+    _start(by_name["sandbox"], env)
+    if ha:
+        from devstack import ha as scale_out
+
+        _start_monitoring(env, list(scale_out.INTAKE_PORTS), list(scale_out.WORKER_METRICS_PORTS))
+    else:
+        _start_monitoring(env, [INTAKE_PORT], [WORKER_METRICS_PORT])
     _say("prefect database", _prefect_database(create=True))
     if PREFECT_DATABASE == "sqlite":
+        if ha:
+            raise StackError("the scale-out stack needs PostgreSQL for Prefect's database "
+                             "(RUNBOOKS_PREFECT_DATABASE_URL)")
         _say("warning", "SQLite answers 503 'database is locked' under several runs at once; see the README")
-    _start(server, env)
+    if ha:
+        scale_out.start_servers(env)
+    else:
+        _start(by_name["prefect-server"], env)
     _ensure_pool(env)
     _deploy(env)
-    _start(worker, env)
-    _start(intake, env)
-    kubeconfig = (SANDBOX_DIR / "kubeconfig").relative_to(ROOT)
+    if ha:
+        scale_out.start_workers_and_intakes(env)
+    else:
+        _start(by_name["worker"], env)
+        _start(by_name["intake"], env)
+    _ready(env, ha)
+
+
+def _ready(env: dict[str, str], ha: bool) -> None:
+    kubeconfig = _shown(SANDBOX_DIR / "kubeconfig")
+    scale_out = ""
+    if ha:
+        from devstack import ha as layout
+
+        api, intakes = layout.API_PORTS, layout.INTAKE_PORTS
+        scale_out = (f"""
+  Scale-out         Prefect API servers :{api[0]} and :{api[1]} (no services), services in their own
+                    process, Redis messaging :{layout.MESSAGING_PORT}, HAProxy on :{PREFECT_PORT} and
+                    :{INTAKE_PORT}, intakes :{intakes[0]} and :{intakes[1]}, two workers""")
     print(
         f"""
 Ready.
   Prefect UI        {PREFECT_URL}
   Sandbox           {SANDBOX_URL}  (Kubernetes API https://{HOST}:{SANDBOX_KUBE_PORT})
-  Prometheus        http://{HOST}:{PROMETHEUS_PORT}  (scrapes the sandbox services)
+  Prometheus        http://{HOST}:{PROMETHEUS_PORT}  (scrapes the sandbox services and the runbooks' own /metrics)
+  Alertmanager      http://{HOST}:{ALERTMANAGER_PORT}  (self-alerts page the sandbox PagerDuty's {SELF_PAGER})
   Alert intake      {INTAKE_URL}/alerts/alertmanager  (Authorization: Bearer {env["RUNBOOKS_ALERT_TOKEN"]})
+  Metrics           {INTAKE_URL}/metrics, worker http://{HOST}:{WORKER_METRICS_PORT}/metrics{scale_out}
   Approval page     {INTAKE_URL}/approvals/<token>  (linked from each APPROVAL NEEDED message; approvers sam,
                     tess, rita with their credentials in .run/approver-credentials)
   Slack thread      {SANDBOX_URL}/_sandbox/slack/messages  (PagerDuty: {SANDBOX_URL}/_sandbox/pagerduty/events)
   Kubeconfig        {kubeconfig}
-  Logs              {RUN_DIR.relative_to(ROOT)}/
+  Logs              {_shown(RUN_DIR)}/
 
 Try next:
   1. Break the sandbox:   KUBECONFIG={kubeconfig} kubectl -n sandbox set image deployment/api api=registry.sandbox.local/acme/api:v2-broken
@@ -350,13 +467,26 @@ Try next:
     )
 
 
+def _all_components() -> list[Component]:
+    """Every process either stack may have started, in the order to stop them."""
+    from devstack import ha as scale_out
+
+    extra = scale_out.components()
+    order = ["intake", "intake-1", "intake-2", "worker", "worker-1", "worker-2", "haproxy", "prefect-services",
+             "prefect-server", "prefect-api-1", "prefect-api-2", "prefect-redis", "prometheus", "alertmanager",
+             "sandbox"]
+    by_name = {c.name: c for c in [*COMPONENTS, *extra]}
+    return [by_name[name] for name in order]
+
+
 def down() -> None:
     print("Stopping the incident-runbooks stack", flush=True)
-    for component in reversed(COMPONENTS):
+    for component in _all_components():
         pid = component.pid()
         if pid is None:
+            if component.pid_file.exists() or component in COMPONENTS:
+                _say(component.name, "not running")
             component.pid_file.unlink(missing_ok=True)
-            _say(component.name, "not running")
             continue
         try:
             os.killpg(pid, component.stop_signal)
@@ -379,14 +509,16 @@ def clean() -> None:
     _say("prefect database", _prefect_database(create=False))
 
 
-COMMANDS: dict[str, Callable[[], None]] = {"up": up, "down": down, "clean": clean}
+COMMANDS: dict[str, Callable[[], None]] = {"up": up, "up-ha": lambda: up(ha=True), "down": down, "clean": clean}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     command = args[0] if args else "up"
-    if command not in COMMANDS:
-        print(f"usage: python -m devstack.stack up|down|clean (got {command!r})", file=sys.stderr)
+    if command == "up" and "--ha" in args[1:]:
+        command = "up-ha"
+    if command not in COMMANDS or any(a != "--ha" for a in args[1:]):
+        print(f"usage: python -m devstack.stack up [--ha]|down|clean (got {' '.join(args)!r})", file=sys.stderr)
         return 2
     try:
         COMMANDS[command]()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,16 @@ from psycopg.types.json import Jsonb
 
 from incidents.models import ActionRecord, Approval, EventKind, Incident, Signature
 from incidents.store_base import StoreBase, incident_from_row, required_row
+
+
+@dataclass(frozen=True)
+class WaitingApprovals:
+    """The unanswered approvals of one environment."""
+
+    environment: str
+    waiting: int
+    overdue: int
+    oldest_seconds: float
 
 
 class ApprovalRecords(StoreBase):
@@ -64,6 +75,18 @@ class ApprovalRecords(StoreBase):
                                      AND a.requested_at <= now() - make_interval(secs => %s) ORDER BY a.id""",
                                 (environment, older_than_seconds)).fetchall()
         return [Approval.from_row(row) for row in rows]
+
+    def approvals_waiting(self) -> builtins.list[WaitingApprovals]:
+        """Per environment: the approvals nobody has answered yet, how many are past their
+        deadline, and how long the oldest has waited (the intake's /metrics)."""
+        with self._connect() as conn:
+            rows = conn.execute("""SELECT i.environment, count(*) AS waiting,
+                                          count(*) FILTER (WHERE a.deadline_at <= now()) AS overdue,
+                                          extract(epoch FROM now() - min(a.requested_at))::float AS oldest_seconds
+                                   FROM approvals a JOIN incidents i ON i.id = a.incident_id
+                                   WHERE a.decision IS NULL AND a.flow_run_id IS NOT NULL AND i.resolved_at IS NULL
+                                   GROUP BY i.environment ORDER BY i.environment""").fetchall()
+        return [WaitingApprovals(**row) for row in rows]
 
     # -- the action log: each approved action once ------------------------------------------------
     def begin_action(self, plan_digest: str, action_digest: str, incident_id: int, kind: str) -> ActionRecord:

@@ -3,6 +3,7 @@ use), its errors, and the connection every record class uses."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from contextlib import contextmanager
@@ -246,6 +247,20 @@ CREATE TABLE IF NOT EXISTS incident_pagers (
 # two Prometheus replicas evaluate the same rule this far apart at most (a later start is a re-fire)
 REPLICA_SKEW_SECONDS = 60
 _SCHEMA_LOCK = 7_310_224_001  # an advisory lock id: concurrent first uses create the schema once
+SCHEMA_FINGERPRINT = hashlib.sha256(SCHEMA.encode()).hexdigest()
+_SCHEMA_TABLE = ("CREATE TABLE IF NOT EXISTS runbooks_schema "
+                 "(one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), fingerprint TEXT NOT NULL)")
+_RECORD_SCHEMA = ("INSERT INTO runbooks_schema (fingerprint) VALUES (%s) "
+                  "ON CONFLICT (one) DO UPDATE SET fingerprint = excluded.fingerprint")
+
+
+def _schema_in_place(conn: psycopg.Connection[Any]) -> bool:
+    """The schema this code applies is the one the database has (its fingerprint is recorded)."""
+    row = conn.execute("SELECT to_regclass('runbooks_schema') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return False
+    recorded = conn.execute("SELECT fingerprint FROM runbooks_schema").fetchone()
+    return recorded is not None and recorded[0] == SCHEMA_FINGERPRINT
 
 
 class StoreError(Exception):
@@ -309,14 +324,22 @@ class StoreBase:
             raise StoreUnreachable(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
 
     def ensure_schema(self) -> None:
+        """Apply SCHEMA once per database, not once per process: a process whose schema is in
+        place only reads its fingerprint. (Applying it takes exclusive table locks even where
+        nothing changes - ALTER TABLE ... ADD COLUMN IF NOT EXISTS does - and a run starting
+        beside another run's write deadlocked against it.)"""
         with self._ready_lock:
             if self.url in self._ready:
                 return
             try:
                 self._create_database_if_missing()
                 with psycopg.connect(self.url, connect_timeout=5, options=_OPTIONS) as conn:
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                    conn.execute(SCHEMA)
+                    if not _schema_in_place(conn):
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                        if not _schema_in_place(conn):  # another process may have applied it meanwhile
+                            conn.execute(SCHEMA)
+                            conn.execute(_SCHEMA_TABLE)
+                            conn.execute(_RECORD_SCHEMA, (SCHEMA_FINGERPRINT,))
             except psycopg.Error as exc:
                 raise StoreUnreachable(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
             self._ready.add(self.url)

@@ -21,8 +21,9 @@ from incidents.plans import Plan
 from incidents.run_result import DecisionSummary, Judgement, RunResult, VerificationSummary
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
-from tasks import permissions
+from tasks import permissions, telemetry
 from tasks.approval import Decision, request_approval
+from tasks.cancellation import RunCancelled
 from tasks.context import RunContext
 from tasks.deploys import RemediationFailed
 from tasks.incident import escalate_incident, resolve_incident
@@ -89,12 +90,25 @@ def _resumption(ctx: RunContext) -> Approval | None:
 
 def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None, dry_run: bool,
                  alert: AlertParameter | None) -> RunResult:
-    if dry_run:
-        return _dry_run(scenario, ctx, severity, alert)
+    """A scenario's run, counted in the run metrics (tasks/telemetry.py): started each time its
+    process starts (a resumed run counts again), finished with its outcome. A run that suspends
+    at its approval leaves by Prefect's signal (not an Exception) and is not finished yet."""
+    telemetry.run_started(scenario.name)
+    try:
+        result = _dry_run(scenario, ctx, severity, alert) if dry_run else _run(scenario, ctx, severity, alert)
+    except Exception as exc:
+        telemetry.run_finished(scenario.name, "cancelled" if isinstance(exc, RunCancelled) else "error")
+        raise
+    telemetry.run_finished(scenario.name, result.outcome.value if result.outcome else "none")
+    return result
+
+
+def _run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: AlertParameter | None) -> RunResult:
     logger = run_logger()
     earlier = _resumption(ctx)
     if earlier is not None:
         incident = ctx.store().get(earlier.incident_id)
+        telemetry.current_incident.set(incident.id)
         findings, plan = _findings_from(earlier.findings), Plan.from_dict(earlier.plan)
         logger.info("Resuming incident %s at its approval (%s)", incident.id, plan.summary)
         record(ctx, incident.id, "runbook", EventKind.RESUMED, "Run resumed at its approval; diagnosis is not repeated",
@@ -116,6 +130,7 @@ def run_scenario(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     opening = scenario.phases.open(ctx, scenario.name, severity, scenario.summary(ctx), alert, detected_by, explicit)
     findings = scenario.diagnose(ctx)
     incident = opening.result()
+    telemetry.current_incident.set(incident.id)
     holder = holder_of(ctx, incident, scenario.name)
     if holder is not None and (holder.incident_id == incident.id or _failing(findings)):
         holder = await_turn(ctx, incident, scenario.name, holder)
@@ -218,6 +233,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
             "judgement": _judgement(plan).model_dump(),
         },
     )
+    telemetry.planned(incident)
     publish_report(ctx, incident, "diagnosis", report_markdown(f"Diagnosis: {title}", list(findings.values()), plan))
     run_logger().info("Plan (%s): %s", plan.confidence, plan.summary)
     return scenario, findings, plan, failing

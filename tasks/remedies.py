@@ -9,6 +9,7 @@ from incidents.models import ActionRecord
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.store import StoreError
 from integrations.errors import IntegrationError
+from tasks import telemetry
 from tasks.cancellation import raise_if_cancelling
 from tasks.containment import record_containment
 from tasks.context import RunContext
@@ -75,19 +76,36 @@ def _attempt(ctx: RunContext, plan: Plan, action: PlannedAction, grant: Grant | 
             store.mark_acting(*key)
         elif "interrupted_at" in inspect.signature(remedy.fn).parameters:
             kwargs["interrupted_at"] = entry.acting_at
+        _told(ctx, plan, action, "started")
         result = remedy(ctx, action, grant, **kwargs)
     except TargetChanged as exc:
         store.finish_action(*key, "refused", str(exc)[:500])
+        _told(ctx, plan, action, "refused", detail=str(exc))
         raise
     except IntegrationError as exc:
         store.finish_action(*key, "failed", str(exc)[:500])
+        _told(ctx, plan, action, "failed", detail=str(exc))
         raise RemediationFailed(f"{action.describe()}: {exc}") from None
     except Exception as exc:
         store.finish_action(*key, "failed", f"{type(exc).__name__}: {exc}"[:500])
+        _told(ctx, plan, action, "failed", detail=f"{type(exc).__name__}: {exc}")
         raise
     store.finish_action(*key, "done", result.detail[:500])
+    _told(ctx, plan, action, "succeeded", grant, result.detail)
     try:
         record_containment(ctx, plan, action)
     except StoreError as exc:  # it is in place all the same; the watch will not see it, so say so
         run_logger().error("%s is in place but not recorded as standing containment: %s", action.describe(), exc)
     return result
+
+
+def _told(ctx: RunContext, plan: Plan, action: PlannedAction, phase: str, grant: Grant | None = None,
+          detail: str = "") -> None:
+    """The action's event and counts (tasks/telemetry.py); a store that cannot say which incident
+    it is leaves the event out, never the action."""
+    try:
+        incident = ctx.store().get(plan.incident_id)
+    except StoreError as exc:
+        run_logger().warning("%s: event %s not emitted: %s", action.describe(), phase, exc)
+        incident = None
+    telemetry.action(incident, phase, action.kind, action.digest, grant.granted_at if grant else None, detail)

@@ -51,13 +51,16 @@ class Stack:
                     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no incident-watch runs mid-test
                     # a Cancel left with no process is ended after 20 s here (60 s by default)
                     "RUNBOOKS_CANCEL_STRANDED_SECONDS": "20",
+                    "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",  # as under `make up`
+                    "RUNBOOKS_WORKER_METRICS_HOST": "127.0.0.1",
                     **SERVER_DATABASE_POOL}
         self.processes: dict[str, subprocess.Popen] = {}
+        self.metrics_ports: dict[str, int] = {}  # each worker's /metrics
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], **env: str) -> None:
         log = (self.logs / f"{name}.log").open("a")
-        self.processes[name] = subprocess.Popen([str(BIN / "prefect"), *args], cwd=ROOT, env=self.env, stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = subprocess.Popen([str(BIN / "prefect"), *args], cwd=ROOT, env={**self.env, **env},
+                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_server(self) -> None:
         self._spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
@@ -66,7 +69,9 @@ class Stack:
     def start_workers(self, *names: str) -> None:
         """Start the workers side by side and wait until each is online."""
         for name in names:
-            self._spawn(name, ["worker", "start", "--pool", POOL, "--type", WORKER_TYPE, "--name", name])
+            self.metrics_ports[name] = free_port()
+            self._spawn(name, ["worker", "start", "--pool", POOL, "--type", WORKER_TYPE, "--name", name],
+                        RUNBOOKS_WORKER_METRICS_PORT=str(self.metrics_ports[name]))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             workers = httpx.post(f"{self.api}/work_pools/{POOL}/workers/filter", json={}, timeout=5).json()
@@ -76,7 +81,12 @@ class Stack:
             time.sleep(0.5)
         raise AssertionError(f"workers {sorted(set(names) - online)} did not come online")
 
+    def workers(self) -> list[str]:
+        """The workers running now."""
+        return [name for name in self.processes if name in self.metrics_ports]
+
     def kill(self, name: str, sig: int = 9) -> None:
+        self.metrics_ports.pop(name, None)
         process = self.processes.pop(name)
         try:
             os.killpg(process.pid, sig)

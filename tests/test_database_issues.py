@@ -273,7 +273,7 @@ def test_a_cache_that_evicted_once_is_not_under_pressure_now(world, tmp_path, mo
         monkeypatch.setenv("RUNBOOKS_SECRET_API_CACHE_URL", f"redis://127.0.0.1:{port}/0")
         with disable_run_logger():
             calm = check_cache.fn(RunContext.load("sandbox", "api"))
-        assert calm.ok is True and "0 evictions in the last 0.5 s" in calm.summary, calm.summary
+        assert calm.ok is True and " 0 evictions in the last 0.5 s" in calm.summary, calm.summary
         cache.config_set("maxmemory", "2mb")
         stop = threading.Event()
         writer = threading.Thread(target=lambda: [fill(50) for _ in iter(stop.is_set, True)], daemon=True)
@@ -284,7 +284,7 @@ def test_a_cache_that_evicted_once_is_not_under_pressure_now(world, tmp_path, mo
         finally:
             stop.set()
             writer.join(10)
-        assert pressed.ok is False and "0 evictions in the last" not in pressed.summary, pressed.summary
+        assert pressed.ok is False and " 0 evictions in the last" not in pressed.summary, pressed.summary
     finally:
         server.terminate()
         server.wait(10)

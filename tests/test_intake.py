@@ -229,6 +229,57 @@ def test_bad_input_gets_a_reason_and_changes_nothing(intake, deployments):
     assert _runs(deployments["service-down"]) == []
 
 
+def _metrics(intake) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = intake.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(answer.text) for s in family.samples}
+
+
+def _alerts(metrics, source: str, outcome: str) -> float:
+    return metrics.get(("runbooks_alerts_received_total", (("outcome", outcome), ("source", source))), 0.0)
+
+
+def test_metrics_count_each_alert_by_source_and_outcome(intake, deployments):
+    before = _metrics(intake)
+    assert intake.post("/alerts/alertmanager", json=_am_payload(_alert("m1")), headers=AUTH).json()["started"]
+    intake.post("/alerts/alertmanager", json=_am_payload(_alert("m1")), headers=AUTH)  # a resend
+    assert intake.post("/alerts/alertmanager", json=_am_payload(_alert("m2", environment="mars")),
+                       headers=AUTH).status_code == 422
+    assert intake.post("/alerts/alertmanager", json=_am_payload(_alert("m3")), headers={}).status_code == 401
+    assert intake.post("/alerts", content=b"{not json", headers=AUTH).status_code == 400
+    after = _metrics(intake)
+    for outcome, grew in (("started", 1), ("duplicate", 1), ("unknown", 1), ("refused", 1), ("joined", 0)):
+        assert _alerts(after, "alertmanager", outcome) - _alerts(before, "alertmanager", outcome) == grew, outcome
+    assert _alerts(after, "generic", "refused") - _alerts(before, "generic", "refused") == 1
+    route = (("route", "/alerts/alertmanager"),)
+    assert after[("runbooks_intake_request_seconds_count", route)] - \
+        before.get(("runbooks_intake_request_seconds_count", route), 0) == 4
+    assert all(name.startswith(("runbooks_", "process_", "python_")) for name, _ in after), \
+        sorted({n for n, _ in after if not n.startswith(("runbooks_", "process_"))})
+
+
+def test_metrics_show_the_approvals_waiting_and_the_overdue_ones(intake, store, world):
+    from datetime import datetime, timedelta, timezone
+
+    from incidents.models import Severity
+
+    now = datetime.now(timezone.utc)
+    opened = [store.open_incident(dedup_key=f"metrics-{n}-{now.timestamp()}", scenario="service-down", service="api",
+                                  environment="sandbox", severity=Severity.P1, title=f"metrics {n}",
+                                  detected_by="alert", flow_run_id=None, alert=None) for n in range(2)]
+    store.request_approval(opened[0].id, "d" * 64, {"actions": []}, "run-metrics-1", now - timedelta(seconds=5))
+    store.request_approval(opened[1].id, "e" * 64, {"actions": []}, "run-metrics-2", now + timedelta(hours=1))
+    time.sleep(1.1)
+    metrics = _metrics(intake)
+    env = (("environment", "sandbox"),)
+    assert metrics[("runbooks_approvals_waiting", env)] == 2
+    assert metrics[("runbooks_approvals_overdue", env)] == 1
+    assert metrics[("runbooks_approval_oldest_age_seconds", env)] >= 1.0
+
+
 def test_generic_format(intake, deployments):
     alert = {"status": "firing", "labels": {"alertname": "DatabaseIssues", "service": "api", "environment": "sandbox"},
              "startsAt": "2026-11-26T03:00:00Z"}

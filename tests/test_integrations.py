@@ -252,6 +252,27 @@ def test_incident_store_dedups_open_incidents(store, world):
     store.ensure_schema()  # idempotent
 
 
+def test_a_process_whose_schema_is_in_place_takes_no_lock_to_check_it(store, world, database_url):
+    """Applying the schema takes exclusive table locks even where nothing changes (ALTER TABLE
+    ... ADD COLUMN IF NOT EXISTS), and a run's process doing so on its first write deadlocked
+    against another run's INSERT. A new process whose schema is in place only reads its
+    fingerprint: it does not wait behind a writer's open transaction."""
+    import psycopg
+
+    from incidents.store import IncidentStore
+
+    store.ensure_schema()
+    with psycopg.connect(database_url) as writer:  # a run mid-transaction on the incidents table
+        writer.execute("LOCK TABLE incidents IN ROW EXCLUSIVE MODE")
+        IncidentStore._ready.discard(database_url)  # as a new process starts
+        started = time.monotonic()
+        IncidentStore(database_url).ensure_schema()  # the old code waited 5 s here, then failed
+        took = time.monotonic() - started
+        writer.rollback()
+    assert took < 2.0, f"ensure_schema waited {took:.1f} s behind a writer"
+    assert database_url in IncidentStore._ready
+
+
 def test_redis_failures_while_scanning_are_named_like_every_other():
     """SCAN runs lazily as keys are read: its failures must still come out as IntegrationError."""
     from integrations.cache import CacheClient

@@ -106,3 +106,39 @@ def test_a_pending_approval_survives_killing_the_workers_and_the_server(pg_stack
     assert notices_after == notices_before  # not announced twice
     assert store.get(incident.id).status.value == "Resolved"
     assert store.approvals(incident.id)[0].approver == "rita (unverified)"
+
+
+def test_a_run_a_dead_worker_claimed_and_never_started_is_run_by_a_live_one(pg_stack, world):
+    """A worker killed between claiming a run (Pending) and starting it: Prefect 3.9 labels a
+    Pending run with no worker, so nothing else would ever run it. The pool's sweeper (its first
+    live worker) puts it back to Scheduled after RUNBOOKS_PENDING_STRANDED_SECONDS (30), once,
+    and a live worker runs it. Staged exactly: the run is created Pending, as the dead worker's
+    claim left it, and that worker is then killed. A run a live worker claimed is never taken:
+    one created Pending after the death stays Pending."""
+    api = pg_stack.api
+    dep = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
+
+    def pending_run() -> str:
+        return httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", timeout=5, json={
+            "parameters": {"service": "api", "environment": "sandbox", "dry_run": True},
+            "state": {"type": "PENDING", "name": "Pending"}}).json()["id"]
+
+    pg_stack.start_workers("worker-doomed")
+    run_id = pending_run()
+    time.sleep(1)
+    pg_stack.kill("worker-doomed")
+    time.sleep(20)  # three missed heartbeats (5 s each): the worker is dead
+    started = time.monotonic()
+    after_death = pending_run()  # as a live worker's slow-to-start claim looks
+    time.sleep(3)
+    assert _state(api, run_id) == "PENDING"  # not before its time: a live worker may still be starting it
+    assert _until(api, run_id, ("COMPLETED", "FAILED", "CRASHED"), timeout=60) == "COMPLETED"
+    states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=5).json()
+    put_back = [s for s in states if s["type"] == "SCHEDULED" and "Rescheduled by worker" in (s["message"] or "")]
+    assert len(put_back) == 1, [(s["type"], s["message"]) for s in states]
+    logs = "".join((pg_stack.logs / f"{name}.log").read_text() for name in pg_stack.workers())
+    assert f"({run_id}) was left Pending by a worker that stopped: rescheduled" in logs
+    time.sleep(max(0.0, started + 42 - time.monotonic()))  # the later run is Pending 40 s now, past its 30 s
+    assert _state(api, after_death) == "PENDING"  # and it was claimed after the death: it is left alone
+    httpx.post(f"{api}/flow_runs/{after_death}/set_state", timeout=5, json={
+        "force": True, "state": {"type": "CANCELLED", "name": "Cancelled", "message": "test done"}})
