@@ -23,10 +23,12 @@ class Step:
     sandbox), load (requests per second), dependency (down), flag (a feature flag turned on
     with kubectl), replicas (kubectl scale), pg_lock, pg_long_query, pg_connections, pg_idle (a
     short, harmless idle transaction), leaked_credential, config (a value the service rejects
-    in its ConfigMap, rolled out by a restart), memory (the pods outgrow their memory
+    in its ConfigMap, rolled out by a restart), secret (its credential written again with a
+    trailing newline, as `echo` leaves it, rolled out by a restart), memory (the pods outgrow their memory
     limit and are OOM-killed, via the sandbox), latency (ms added to every answer, via the
     sandbox), node (the node most of its pods run on stops reporting, NotReady; "all NotReady":
-    every node, via the sandbox), other_broken (another service of the
+    every node, via the sandbox), canary (one pod of another version beside the three stable
+    ones, behind the same Service, via the sandbox), other_broken (another service of the
     namespace crash-loops: not the target's fault)."""
     kind: str
     value: Any = None
@@ -42,7 +44,7 @@ class Step:
 
     @property
     def sandbox_only(self) -> bool:
-        return self.kind in ("load", "dependency", "memory", "latency", "node") or (self.kind == "release"
+        return self.kind in ("load", "dependency", "memory", "latency", "node", "canary") or (self.kind == "release"
                                                                  and self.value != "broken-by-kubectl")
 
     def describe(self) -> str:
@@ -50,6 +52,10 @@ class Step:
         if self.kind == "release":
             what = "a crash-looping image (kubectl set image)" if self.value == "broken-by-kubectl" else self.value
             return f"{later}release {what}" + (f" {self.ago_seconds / 60:g} min ago" if self.ago_seconds else "")
+        if self.kind == "canary":
+            return f"{later}a canary of {self.value}: one pod beside the three stable ones"
+        if self.kind == "secret":
+            return f"{later}its credential rewritten with a trailing newline (echo), rolled out by a restart"
         if self.kind == "other_broken":
             return f"{later}another service ({self.value}) crash-loops (kubectl set image)"
         return later + self.kind.replace("_", " ") + (f" {self.value}" if self.value not in (None, True) else "")
@@ -147,6 +153,13 @@ CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
                [Step("config", "verbose")], ABSTAIN),
     fault_spec("release-then-bad-config", _SD, "a healthy release, then a bad ConfigMap value rolled out by a restart",
                [_GOOD, Step("config", "verbose")], ABSTAIN, decoy=True),
+    fault_spec("bad-secret-rollout", _SD, "the credential in the service's Secret written again with a trailing "
+                                          "newline (echo), rolled out by kubectl rollout restart: the pods exit "
+                                          "at start, and a rollback would not undo it",
+               [Step("secret", "trailing-newline")], ABSTAIN),
+    fault_spec("release-then-bad-secret", _SD, "a healthy release, then a credential with a trailing newline rolled "
+                                               "out by a restart", [_GOOD, Step("secret", "trailing-newline")],
+               ABSTAIN, decoy=True),
     fault_spec("latency", _SD, "every answer comes 1.4 s late against a 1 s objective: slow, not down",
                [Step("latency", 1400)], ABSTAIN),
     fault_spec("release-then-latency", _SD, "a healthy release, then every answer 1.4 s late",
@@ -211,6 +224,11 @@ CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
     fault_spec("release-breaks-dependency-calls", _ER, "a release whose calls to payments are rejected: /health "
                                                        "names payments, which answers everyone else",
                [Step("release", "v1.6.0-breaks-payments")], {"rollback"}),
+    fault_spec("canary-errors", _ER, "a canary of a release that fails 30% of what it serves, one pod beside the "
+                                     "three stable ones: a rollback of the deployment would not remove it",
+               [Step("canary", "v1.6.1-errors")], ABSTAIN),
+    fault_spec("release-then-canary-errors", _ER, "a healthy release, then an erroring canary beside it",
+               [_GOOD, Step("canary", "v1.6.1-errors")], ABSTAIN, decoy=True),
     fault_spec("feature-flag", _ER, "a feature flag turned on fails 40% of requests", [Step("flag", "new_checkout")],
           ABSTAIN),
     fault_spec("dependency-down", _ER, "the payments dependency goes down", [Step("dependency", True)],

@@ -9,6 +9,7 @@ from incidents.action_params import CircuitBreaker
 from incidents.check_facts import PROMETHEUS, Autoscaler
 from incidents.config import ServiceConfig
 from incidents.evidence import (
+    CLOCK_SKEW_SECONDS,
     STRONG,
     WEAK,
     Handover,
@@ -17,10 +18,13 @@ from incidents.evidence import (
     Weighing,
     abstain,
     config_behind,
+    failed_since_live,
+    recently_clean,
     release_tie,
     rollback_target,
     service_facts,
     settle,
+    version_of,
 )
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
@@ -38,7 +42,7 @@ def plan_high_error_rate(incident_id: int, environment: str, service_name: str, 
                           service.scaling.capacity_rps_per_replica)
     head = Plan(incident_id, service_name, environment, (), tuple(f"{f.check}: {f.summary}" for f in findings.values()))
     w = Weighing()
-    early = _before_causes(head, w, service, facts, findings)
+    early = _before_causes(head, w, service, facts, findings) or _canary(head, w, service, facts)
     if early is not None:
         return early
     actions: list[PlannedAction] = []
@@ -76,6 +80,36 @@ def _before_causes(head: Plan, w: Weighing, service: ServiceConfig, facts: Servi
     return None
 
 
+def _canary(head: Plan, w: Weighing, service: ServiceConfig, facts: ServiceFacts) -> Plan | None:
+    """A version that is none of the deployment's revisions serves beside it (a canary, or any
+    other Deployment behind the same Service) and fails, while the deployment's own version
+    serves cleanly: the errors are the canary's. A rollback of the deployment would not remove
+    it, and no remedy here stops a canary: abstain, naming it and its share of requests."""
+    own = facts.traffic_of(facts.current.version) if facts.current else None
+    threshold = service.errors.threshold
+    if own is None or own.window_rate >= threshold:
+        return None
+    known = {r.version for r in facts.history}
+    total = sum(t.window_requests for t in facts.traffic)
+    failing = [t for t in facts.traffic if t.version not in known and t.window_requests and t.window_rate >= threshold]
+    if not failing or not total:
+        return None
+    k = service.kubernetes
+    for t in failing:
+        pods = ", ".join(p.name for p in facts.pods if version_of(p.image) == t.version)
+        w.add(True, f"{t.version}, none of deployment/{k.deployment}'s revisions, serves "
+                    f"{t.window_requests / total:.0%} of requests and fails {t.window_rate:.0%} of them"
+                    + (f" (pods {pods})" if pods else ""))
+    w.add(True, f"{own.version}, the deployment's own version, fails {own.window_rate:.1%} of what it serves")
+    w.against.append(f"a rollback of deployment/{k.deployment} would not remove "
+                     f"{', '.join(t.version for t in failing)}: it is not one of its revisions")
+    names = ", ".join(t.version for t in failing)
+    share = sum(t.window_requests for t in failing) / total
+    return abstain(head, w, f"the errors come from {names}, a canary serving {share:.0%} of requests beside "
+                            f"deployment/{k.deployment}: stop the canary (scale it to 0, or abort it in the rollout "
+                            "tool); no remedy here does that.")
+
+
 def _weigh_release(head: Plan, w: Weighing, service: ServiceConfig, environment: str, facts: ServiceFacts,
                    release: Release | None, dependencies: list[str], actions: list[PlannedAction], rate: float,
                    window: float) -> Plan | None:
@@ -102,12 +136,34 @@ def _weigh_release(head: Plan, w: Weighing, service: ServiceConfig, environment:
             return abstain(head, w, f"the errors began with {release.describe()}, but no earlier revision is known "
                                     "to have served cleanly.")
         elif not actions and len(w.support) > before:
-            return abstain(head, w, f"{release.describe()} is a suspect, but the evidence does not tie the errors "
-                                    "to it.")
+            return _weak_rollback(head, w, service, environment, facts, release, window)
     elif release:
         w.against.append(f"{release.describe()} is not needed to explain the errors: the overload fails "
                          f"{facts.overload_share:.0%} of requests of the {rate:.0%} failing")
     return None
+
+
+def _weak_rollback(head: Plan, w: Weighing, service: ServiceConfig, environment: str, facts: ServiceFacts,
+                   release: Release, window: float) -> Plan:
+    """A release that has failed since it went live, but the evidence does not tie the errors
+    to it alone (the revision before failed too, and no alert says when the errors began): a
+    rollback to the last revision that served cleanly, replaced within the release window, is
+    as safe as a restart, so it is offered weakly, with the evidence for and against, behind
+    the same approval. Anything that speaks for the release (it served cleanly first, the
+    failure began long after it) or a clean revision replaced longer ago is an abstention."""
+    lag = facts.since_rollout(release)
+    target = rollback_target(facts, release, window, Weighing()) if failed_since_live(facts, release) else None
+    timing_against = lag is not None and not -CLOCK_SKEW_SECONDS <= lag <= window
+    if target is None or not recently_clean(facts, target, window) or timing_against:
+        return abstain(head, w, f"{release.describe()} is a suspect, but the evidence does not tie the errors to it.")
+    w.add(True, f"revision {target.revision} ({target.version}) served cleanly by its own record until less than "
+                f"{window / 60:g} min ago: a rollback to it brings back what served then")
+    action = rollback_action(service, environment, {"revision": release.revision, "image": release.image},
+                             {"revision": target.revision, "image": target.image})
+    return settle(head, [action], WEAK, w,
+                  f"{release.describe()} has failed since it went live, but the evidence does not tie the errors to "
+                  f"it alone: roll back to revision {target.revision}, the last that served cleanly (as safe as a "
+                  "restart; weigh the evidence against before approving).", weak_safe=frozenset({"rollback"}))
 
 
 def _calls_broken_by(release: Release, facts: ServiceFacts, dependencies: list[str], w: Weighing,

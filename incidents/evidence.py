@@ -332,12 +332,13 @@ def age(seconds: float) -> str:
 
 
 def settle(head: Plan, actions: list[PlannedAction], confidence: str, weighing: Weighing, summary: str,
-           handover: str | None = None) -> Plan:
+           handover: str | None = None, weak_safe: frozenset[str] = frozenset()) -> Plan:
     """The plan a rule may offer: its actions with their confidence and evidence; a weak choice
-    that holds an action outside SAFE_WHEN_UNSURE becomes an abstention that says why."""
+    that holds an action outside SAFE_WHEN_UNSURE (and `weak_safe`, what the rule showed safe
+    here) becomes an abstention that says why."""
     from dataclasses import replace
 
-    unsafe = sorted({a.kind for a in actions if a.kind not in SAFE_WHEN_UNSURE})
+    unsafe = sorted({a.kind for a in actions if a.kind not in SAFE_WHEN_UNSURE | weak_safe})
     if confidence == WEAK and unsafe:
         return replace(head, actions=(), confidence=NONE, support=tuple(weighing.support),
                        against=tuple(weighing.against),
@@ -442,6 +443,25 @@ def rollback_target(facts: ServiceFacts, release: Release, window_seconds: float
     weighing.against.append("no earlier revision has a record of serving cleanly"
                             + (f" ({'; '.join(passed)})" if passed else ""))
     return None
+
+
+def failed_since_live(facts: ServiceFacts, release: Release) -> bool:
+    """`release` fails now and has failed about as much over its whole life, by its own traffic:
+    it never served cleanly (a healthy release that a later fault broke did, for a while)."""
+    new = facts.traffic_of(release.version)
+    return (new is not None and bool(new.window_requests) and new.window_rate >= (facts.threshold or 0.0)
+            and new.lifetime_rate >= 0.5 * new.window_rate)
+
+
+def recently_clean(facts: ServiceFacts, target: Release, seconds: float) -> bool:
+    """`target` served cleanly by its own traffic and was serving until less than `seconds` ago
+    (every revision after it went live since): a rollback to it brings back what served
+    minutes ago, as safe as a restart."""
+    traffic = facts.traffic_of(target.version)
+    if traffic is None or not traffic.requests or _clean_rate(facts, traffic) is None:
+        return False
+    after = [r.went_live for r in facts.history if r.revision > target.revision]
+    return bool(after) and all(t is not None and (facts.now - t).total_seconds() <= seconds for t in after)
 
 
 def _served(facts: ServiceFacts, candidate: Release, replaced_at: datetime | None, window: float) -> str | None:

@@ -215,6 +215,9 @@ def _rollback_or_abstain(head: Plan, service: ServiceConfig, environment: str, f
     if any(p.oom_killed for p in on_release) and lag is not None and lag > OOM_AT_START_SECONDS:
         w.against.append(f"its pods were OOM-killed {age(lag)} after {release.describe()} went live: they ran "
                          "until their memory outgrew the limit, and timing alone does not tie that to the release")
+    elif any(p.oom_killed for p in on_release) and lag is None:
+        w.against.append(f"its pods were OOM-killed, and no alert says when the failure began: nothing ties the "
+                         f"kills to {release.describe()} rather than to memory outgrowing the limit later")
     if not on_release or len(w.against) > contradicted or len(on_release) != len(failing):
         return abstain(head, w, f"the evidence conflicts on whether {release.describe()} is the cause.")
     target = rollback_target(facts, release, window, w)

@@ -58,6 +58,27 @@ def set_secret_values(kube: KubernetesClient, namespace: str, name: str, values:
     return str(updated.metadata.resource_version)
 
 
+def append_to_secret_value(kube: KubernetesClient, namespace: str, name: str, key: str, suffix: str) -> str:
+    """`suffix` added to one value of a Secret (a drill's credential written with `echo`: a
+    trailing newline). Returns the value as it was, still base64-encoded, for
+    `restore_secret_value`; the caller keeps it in memory only."""
+    obj = kube._json(kube._call(f"read secret {namespace}/{name}", kube.core.read_namespaced_secret, name, namespace))
+    encoded = (obj.get("data") or {}).get(key)
+    if encoded is None:
+        raise IntegrationError(f"Kubernetes set secret {namespace}/{name}", f"key {key!r} does not exist")
+    changed = base64.b64encode(base64.b64decode(encoded) + suffix.encode()).decode()
+    kube._call(f"set secret {namespace}/{name}", kube.core.patch_namespaced_secret, name, namespace,
+               {"data": {key: changed}})
+    return str(encoded)
+
+
+def restore_secret_value(kube: KubernetesClient, namespace: str, name: str, key: str, encoded: str) -> str:
+    """One value of a Secret back as `append_to_secret_value` found it; its new resourceVersion."""
+    updated = kube._call(f"set secret {namespace}/{name}", kube.core.patch_namespaced_secret, name, namespace,
+                         {"data": {key: encoded}})
+    return str(updated.metadata.resource_version)
+
+
 def rotate_secret(kube: KubernetesClient, namespace: str, name: str, keys: list[str]) -> str:
     """New random values for `keys`; returns the secret's new resourceVersion."""
     return set_secret_values(kube, namespace, name, {key: random_secrets.token_urlsafe(32) for key in keys})

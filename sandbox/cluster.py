@@ -336,6 +336,25 @@ class Seed:
     replicas: int = 3
     container: str | None = None
     age_hours: list[float] = field(default_factory=list)
+    secrets: tuple[str, ...] = ()  # Secrets its container reads at start (envFrom)
+
+
+def canary_of(stable: dict, name: str, image: str, replicas: int) -> dict:
+    """A canary Deployment beside `stable`, as a progressive-delivery setup makes one: the same
+    pod template with another image, labelled track=canary (so the Service, which selects on
+    the app label alone, sends it its share of requests), and its own selector."""
+    template = copy.deepcopy(stable["spec"]["template"])
+    labels = {**template["metadata"].get("labels", {}), "track": "canary"}
+    template["metadata"]["labels"] = labels
+    template["spec"]["containers"][0]["image"] = image
+    return {"metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, "strategy": {"type": "Recreate"},
+                     "revisionHistoryLimit": 10, "template": template}}
+
+
+def _env_from(seed: Seed) -> list[dict]:
+    return [{"configMapRef": {"name": f"{seed.name}-config", "optional": True}},
+            *({"secretRef": {"name": name}} for name in seed.secrets)]
 
 
 def seed_deployment(cluster: Cluster, seed: Seed) -> None:
@@ -352,8 +371,7 @@ def seed_deployment(cluster: Cluster, seed: Seed) -> None:
                                   "spec": {"containers": [{"name": container, "image": first,
                                                            "ports": [{"containerPort": 8080}],
                                                            "resources": CONTAINER_RESOURCES,
-                                                           "envFrom": [{"configMapRef": {
-                                                               "name": f"{seed.name}-config", "optional": True}}]}]}}},
+                                                           "envFrom": _env_from(seed)}]}}},
         })
         for image in rest:
             cluster.patch("deployments", seed.namespace, seed.name,

@@ -20,6 +20,7 @@ from sandbox.k8s_objects import (
     new_replicaset,
     now_iso,
     rejects_config,
+    rejects_credentials,
     template_without_hash,
 )
 from sandbox.nodes import reachable, schedulable
@@ -108,13 +109,16 @@ class DeploymentController:
                                f"Scaled {verb} replica set {meta['name']} from {old} to {replicas}")
 
     def _config_rejected(self, namespace: str, pod_spec: dict) -> bool:
-        """A new pod's container reads its ConfigMaps (envFrom) at start and exits on a bad one."""
+        """A new pod's container reads its ConfigMaps and Secrets (envFrom) at start and exits on
+        a bad one."""
         for container in pod_spec.get("containers") or []:
             for source in container.get("envFrom") or []:
-                name = (source.get("configMapRef") or {}).get("name")
-                found = self._objects.get(("configmaps", namespace, name)) if name else None
-                if found is not None and rejects_config(found.get("data") or {}):
-                    return True
+                for ref, plural, rejects in (("configMapRef", "configmaps", rejects_config),
+                                             ("secretRef", "secrets", rejects_credentials)):
+                    name = (source.get(ref) or {}).get("name")
+                    found = self._objects.get((plural, namespace, name)) if name else None
+                    if found is not None and rejects(found.get("data") or {}):
+                        return True
         return False
 
     def _record_event(self, namespace: str, kind: str, name: str, type_: str, reason: str, message: str) -> None:

@@ -3,6 +3,8 @@ and timestamps, pod templates and the ReplicaSets and conditions a deployment co
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import hashlib
 import json
@@ -99,6 +101,20 @@ def rejects_config(data: dict) -> bool:
     """What a demo service does with its ConfigMap at start: a log_level it does not know makes
     it exit (CrashLoopBackOff), as a service validating its config would."""
     return data.get("log_level", "info") not in LOG_LEVELS
+
+
+def rejects_credentials(data: dict) -> bool:
+    """What a demo service does with the Secret it reads at start: an empty credential, or one
+    with a trailing newline (written with `echo`, as `echo $TOKEN | base64` does), makes it exit,
+    as a client whose first authenticated call is refused would."""
+    for encoded in data.values():
+        try:
+            value = base64.b64decode(encoded or "", validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return True
+        if not value or value != value.strip():
+            return True
+    return False
 
 
 def is_broken_image(image: str) -> bool:

@@ -14,6 +14,9 @@ Error model, per service and per tick:
 - a feature flag turned on (ConfigMap `<service>-flags`, key `new_checkout` = on) fails 40% of
   what any revision serves, and nothing but `/metrics` shows it: a fault no remedy here fixes.
 - added latency (`/_sandbox/latency`) slows every answer but `/metrics`'s: slow, not down.
+- a canary (`/_sandbox/canary`): a second Deployment `<service>-canary` runs another version
+  behind the same Service; requests are split by ready pods, and each version fails (or not)
+  by its own tag.
 `/metrics` counts requests and errors in all and per version (the image tag that served them),
 as a service labelling its metrics with its version does; in Prometheus's text format it also
 has the histogram `http_request_duration_seconds` (every request takes 20 ms plus any added
@@ -52,28 +55,40 @@ class DemoService:
     durations: dict[float, float] = field(default_factory=dict)  # histogram bucket (le) -> requests at most that long
     duration_sum: float = 0.0
     duration_count: float = 0.0  # requests observed since start (seeded, back-dated traffic has no timing)
+    canary: str | None = None  # the Deployment of a canary beside it, behind the same Service
+
+    def tracks(self, cluster: Cluster) -> list[tuple[str, int]]:
+        """Each Deployment behind the service's Service (its own, then a canary's) and its ready pods."""
+        names = [self.name, *([self.canary] if self.canary else [])]
+        return [(name, cluster.ready_pods(self.namespace, name)) for name in names]
+
+    def ready(self, cluster: Cluster) -> int:
+        return sum(pods for _, pods in self.tracks(cluster))
 
     def tick(self, cluster: Cluster, seconds: float) -> None:
-        ready = cluster.ready_pods(self.namespace, self.name)
+        tracks = self.tracks(cluster)
+        ready = sum(pods for _, pods in tracks)
         load = self.load_rps * seconds
-        version = _image(cluster, self.namespace, self.name).rsplit(":", 1)[-1]
         if not ready:
-            failed = load
-        else:
-            capacity = ready * self.capacity_per_replica * seconds
-            served = min(load, capacity)
-            failed = load - served
-            flags = self.flags(cluster)
-            share = 0.0
-            if "-errors" in version:
-                share += BAD_REVISION_ERROR_SHARE
-            if self.payments_failing(version) and flags.get("circuit_breaker") != "on":
-                share += DEPENDENCY_ERROR_SHARE
-            if flags.get("new_checkout") == "on":
-                share += FLAG_ERROR_SHARE
-            failed += served * min(share, 1.0)
-        self.count(version, load, failed)
+            self.count(_version(cluster, self.namespace, self.name), load, load)
+        for deployment, pods in tracks:  # the Service spreads requests over every ready pod
+            if ready and pods:
+                self._serve(cluster, deployment, load * pods / ready, pods * self.capacity_per_replica * seconds)
         self.observe(load, BASE_LATENCY_SECONDS + self.latency_ms / 1000)
+
+    def _serve(self, cluster: Cluster, deployment: str, load: float, capacity: float) -> None:
+        version = _version(cluster, self.namespace, deployment)
+        served = min(load, capacity)
+        failed = load - served
+        flags = self.flags(cluster)
+        share = 0.0
+        if "-errors" in version:
+            share += BAD_REVISION_ERROR_SHARE
+        if self.payments_failing(version) and flags.get("circuit_breaker") != "on":
+            share += DEPENDENCY_ERROR_SHARE
+        if flags.get("new_checkout") == "on":
+            share += FLAG_ERROR_SHARE
+        self.count(version, load, failed + served * min(share, 1.0))
 
     def observe(self, requests: float, seconds: float) -> None:
         for le in DURATION_BUCKETS:
@@ -123,6 +138,10 @@ def _image(cluster: Cluster, namespace: str, name: str) -> str:
     return dep["spec"]["template"]["spec"]["containers"][0].get("image", "")
 
 
+def _version(cluster: Cluster, namespace: str, deployment: str) -> str:
+    return _image(cluster, namespace, deployment).rsplit(":", 1)[-1]
+
+
 def database_check(url: str | None) -> dict:
     """What the service's own health check does: read its main table, briefly, as the
     application role (so a lock or a full connection limit makes it fail)."""
@@ -141,7 +160,7 @@ def database_check(url: str | None) -> dict:
 
 
 def endpoint(svc: DemoService, cluster: Cluster, endpoint: str, req: Request, database_url: str | None) -> Response:
-    ready = cluster.ready_pods(svc.namespace, svc.name)
+    ready = svc.ready(cluster)
     if not ready:
         return Response.json({"status": "unavailable", "reason": "no ready pods"}, 503)
     if svc.latency_ms and endpoint != "metrics":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.app_database import prepare_app_database
-from sandbox.cluster import REVISION, Cluster, Seed, now_iso, seed_deployment
+from sandbox.cluster import REVISION, Cluster, Seed, canary_of, now_iso, seed_deployment
 from sandbox.github import GitHub
 from sandbox.http import LOST, Fault, Faults, Request, Response, Router, serve
 from sandbox.kube_api import KubeApi
@@ -83,6 +83,7 @@ class Sandbox:
         self.router.add("POST", "/_sandbox/memory", self._set_memory_leak)
         self.router.add("POST", "/_sandbox/latency", self._set_latency)
         self.router.add("POST", "/_sandbox/node", self._set_node)
+        self.router.add("POST", "/_sandbox/canary", self._set_canary)
         self.router.add("POST", "/_sandbox/services", self._add_service)
         self.router.add("POST", "/_sandbox/logs", self._add_log_lines)
         self.reset()
@@ -112,7 +113,7 @@ class Sandbox:
         seed_deployment(c, Seed(NAMESPACE, "database", ["registry.sandbox.local/library/postgres:15.6"], replicas=1,
                                 age_hours=[240.0]))
         gh.repo("acme/incidents")
-        self._seed_service("api", ["v1.4.1", "v1.5.0"])
+        self._seed_service("api", ["v1.4.1", "v1.5.0"], secrets=("api-credentials",))
         c.create("ingresses", NAMESPACE, {  # ingress-nginx in front of api: it sees the real client address
             "metadata": {"name": "api", "annotations": {"kubernetes.io/ingress.class": "nginx"}},
             "spec": {"ingressClassName": "nginx", "rules": [{"host": "api.sandbox.local", "http": {"paths": [
@@ -120,13 +121,13 @@ class Sandbox:
                  "backend": {"service": {"name": "api", "port": {"number": 8080}}}}]}}]}})
         self._seed_service("frontend", ["v3.2.0"])
 
-    def _seed_service(self, name: str, versions: list[str]) -> None:
+    def _seed_service(self, name: str, versions: list[str], secrets: tuple[str, ...] = ()) -> None:
         """A demo service like api: a deployment with its revisions, its repo with commits,
         deploy runs and a working rollback workflow."""
         now, gh = time.time(), self.github
         images = [f"{IMAGE.format(name=name)}:{v}" for v in versions]
         ages = [72.0, 48.0][-len(versions):]
-        seed_deployment(self.cluster, Seed(NAMESPACE, name, images, replicas=3, age_hours=ages))
+        seed_deployment(self.cluster, Seed(NAMESPACE, name, images, replicas=3, age_hours=ages, secrets=secrets))
         repo = f"acme/{name}"
         for version, age in zip(versions, ages):
             gh.add_commit(repo, f"Release {version}", at=now - age * 3600 - 600)
@@ -348,6 +349,35 @@ class Sandbox:
             return Response.json({"message": f"give service (one of {sorted(self.services)}) and ms 0-30000"}, 422)
         svc.latency_ms = float(ms)
         return Response.json({"service": svc.name, "latency_ms": svc.latency_ms})
+
+    def _set_canary(self, req: Request) -> Response:
+        """POST /_sandbox/canary {"service": "api", "version": "v1.6.1-errors", "replicas": 1}: a
+        canary of that version beside the service's own Deployment (`<service>-canary`, labels
+        app=<service> and track=canary), behind the same Service: requests are split by ready
+        pods, and `/metrics` counts each version apart. replicas 0 scales the canary to 0."""
+        data = req.json() or {}
+        svc, version, replicas = self.services.get(data.get("service")), data.get("version"), data.get("replicas", 1)
+        if svc is None or not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 10 or (
+                replicas and not (isinstance(version, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,60}", version))):
+            return Response.json({"message": f"give service (one of {sorted(self.services)}), version and replicas "
+                                             "0-10"}, 422)
+        name = f"{svc.name}-canary"
+        with self.cluster.lock:
+            if ("deployments", svc.namespace, name) not in self.cluster._objects:
+                if replicas:
+                    stable = self.cluster.get("deployments", svc.namespace, svc.name)
+                    image = f"{IMAGE.format(name=svc.name)}:{version}"
+                    self.cluster.create("deployments", svc.namespace, canary_of(stable, name, image, replicas))
+            else:
+                patch: dict[str, Any] = {"spec": {"replicas": replicas}}
+                if replicas:
+                    container = self.cluster.get("deployments", svc.namespace, name)["spec"]["template"]["spec"][
+                        "containers"][0]["name"]
+                    patch["spec"]["template"] = {"spec": {"containers": [
+                        {"name": container, "image": f"{IMAGE.format(name=svc.name)}:{version}"}]}}
+                self.cluster.patch("deployments", svc.namespace, name, patch, "application/strategic-merge-patch+json")
+            svc.canary = name
+        return Response.json({"service": svc.name, "canary": name, "version": version, "replicas": replicas})
 
     def _served_per_pod(self, namespace: str, deployment: str) -> tuple[float, float] | None:
         """What each ready pod of a demo service serves (rps) and can serve, for the metrics API."""

@@ -17,11 +17,13 @@ from psycopg.conninfo import make_conninfo
 
 from incidents.drills import FaultSpec, Step
 from integrations.errors import IntegrationError
-from integrations.kubernetes import container_image
+from integrations.kubernetes import RESTARTED_AT, KubernetesClient, container_image
 from integrations.kubernetes_security import (
+    append_to_secret_value,
     blocked_by_policy,
     get_config_value,
     ingress_denylist,
+    restore_secret_value,
     secret_metadata,
     set_config_value,
     set_ingress_denylist,
@@ -47,6 +49,7 @@ class FaultState:
     threads: list[threading.Thread] = field(default_factory=list)
     annotations: dict[str, str] = field(default_factory=dict)
     began_at: datetime | None = None  # when its first real fault step went in (a healthy release is none)
+    kept_credential: str | None = field(default=None, repr=False)  # a value it changed, to put back; memory only
 
 
 def _row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
@@ -208,8 +211,28 @@ def _config(ctx: RunContext, state: FaultState, step: Step) -> None:
         kube.rollout_restart(k.namespace, k.deployment)
 
 
+def _secret(ctx: RunContext, state: FaultState, step: Step) -> None:
+    """The service's credential written again with a trailing newline (`echo $TOKEN | base64`
+    into its Secret), rolled out by a restart (kubectl rollout restart): no new image."""
+    k = ctx.service.kubernetes
+    target = ctx.service.security.secrets[0] if ctx.service.security.secrets else None
+    if target is None:
+        raise FaultNotAvailable(f"service {ctx.service_name!r} has no security.secrets whose credential to break")
+    with ctx.kubernetes() as kube:
+        kept = append_to_secret_value(kube, k.namespace, target.name, target.data_keys[0], "\n")
+        if state.kept_credential is None:
+            state.kept_credential = kept
+            state.undo["credential"] = (target.name, target.data_keys[0])
+        kube.rollout_restart(k.namespace, k.deployment)
+
+
 def _latency(ctx: RunContext, state: FaultState, step: Step) -> None:
     _sandbox_control(ctx, state, "latency", ms=step.value)
+
+
+def _canary(ctx: RunContext, state: FaultState, step: Step) -> None:
+    """A canary of another version (one pod beside the stable three), via the sandbox."""
+    _sandbox_control(ctx, state, "canary", version=step.value, replicas=1)
 
 
 def _memory(ctx: RunContext, state: FaultState, step: Step) -> None:
@@ -239,7 +262,7 @@ def _other_broken(ctx: RunContext, state: FaultState, step: Step) -> None:
 
 
 _INJECT = {"release": _release, "other_broken": _other_broken, "memory": _memory, "config": _config,
-           "latency": _latency, "node": _node,
+           "secret": _secret, "latency": _latency, "node": _node, "canary": _canary,
            "load": _load, "dependency": _dependency, "flag": _flag, "replicas": _replicas,
            "pg_lock": _pg_lock, "pg_idle": _pg_idle, "pg_connections": _pg_connections,
            "pg_long_query": _pg_long_query, "leaked_credential": _leaked_credential}
@@ -360,6 +383,9 @@ def _undo_traffic(ctx: RunContext, state: FaultState) -> list[str]:
     if state.undo.get("dependency"):
         httpx.post(f"{sandbox_url()}/_sandbox/dependency", json={"service": ctx.service_name, "down": False}, timeout=5)
         done.append("dependency back up")
+    if state.undo.get("canary"):
+        httpx.post(f"{sandbox_url()}/_sandbox/canary", json={"service": ctx.service_name, "replicas": 0}, timeout=5)
+        done.append("canary scaled to 0")
     for node in state.undo.get("nodes", []):
         httpx.post(f"{sandbox_url()}/_sandbox/node", json={"node": node, "state": "Ready"}, timeout=5)
         done.append(f"node {node} Ready again")
@@ -389,16 +415,33 @@ def _until_prometheus_forgets(ctx: RunContext, timeout: float = 90.0) -> str:
 def _undo_flags(ctx: RunContext, state: FaultState) -> list[str]:
     done, k = [], ctx.service.kubernetes
     with ctx.kubernetes() as kube:
+        restored = []
         if "config" in state.undo:
             set_config_value(kube, k.namespace, f"{k.deployment}-config", "log_level", state.undo["config"])
-            kube.rollout_restart(k.namespace, k.deployment)
-            done.append(f"log_level back to {state.undo['config']}, pods restarted")
+            restored.append(f"log_level back to {state.undo['config']}")
+        if "credential" in state.undo and state.kept_credential is not None:
+            name, key = state.undo["credential"]
+            restore_secret_value(kube, k.namespace, name, key, state.kept_credential)
+            restored.append(f"secret/{name} key {key} back as it was")
+        if restored:  # one restart after both
+            _restart_anew(kube, k.namespace, k.deployment)
+            done.append(", ".join(restored) + ", pods restarted")
         for key, value in (state.undo.get("flags") or {}).items():
             ns, configmap = ctx.service.kubernetes.namespace, _flags_configmap(ctx)
             if get_config_value(kube, ns, configmap, key) != value:
                 set_config_value(kube, ns, configmap, key, value if value is not None else "off")
                 done.append(f"{key} back to {value or 'off'}")
     return done
+
+
+def _restart_anew(kube: KubernetesClient, namespace: str, deployment: str) -> None:
+    """kubectl rollout restart stamps the pod template to the second: a second restart within
+    that second changes nothing and rolls nothing out. Waits for the next second if needed."""
+    template = kube.get_deployment(namespace, deployment)["spec"]["template"]
+    stamped = ((template.get("metadata") or {}).get("annotations") or {}).get(RESTARTED_AT)
+    if stamped is not None and stamped >= datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"):
+        time.sleep(1.05 - datetime.now(timezone.utc).microsecond / 1e6)
+    kube.rollout_restart(namespace, deployment)
 
 
 def _undo_release(ctx: RunContext, state: FaultState) -> list[str]:

@@ -131,3 +131,43 @@ def test_prometheus_latency_makes_slow_a_finding_of_all_requests(world, promethe
     assert "❌" in line and "against the 1000 ms objective" in line, line
     p99 = float(line.split("p99 ")[1].split(" ms")[0])
     assert 1000 < p99 <= 2500, line  # in the (1 s, 2.5 s] bucket, where every slow request fell
+
+
+def test_a_canary_serves_its_share_beside_the_deployment_and_is_counted_apart(world):
+    """/_sandbox/canary: a second Deployment of another version behind the same Service. The
+    requests split by ready pods (1 of 4), each version fails by its own tag, and the pods the
+    deployment's selector (app=api) matches include the canary's, as `kubectl get pods -l
+    app=api` shows them. Scaled to 0, it serves nothing more."""
+    from integrations.kubernetes import KubernetesClient
+
+    assert httpx.post(f"{world.url}/_sandbox/canary", json={"service": "api", "replicas": 1}).status_code == 422
+    assert httpx.post(f"{world.url}/_sandbox/canary",
+                      json={"service": "api", "version": "v1.6.1-errors", "replicas": 1}).status_code == 200
+    kube = KubernetesClient(str(world.runbooks_kubeconfig))
+    deadline = time.monotonic() + 10
+    while world.cluster.ready_pods("sandbox", "api-canary") < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    images = sorted(p.image.rsplit(":", 1)[-1] for p in kube.pods("sandbox", "api"))
+    assert images == ["v1.5.0", "v1.5.0", "v1.5.0", "v1.6.1-errors"], images
+
+    def versions() -> dict:
+        return httpx.get(f"{world.url}/services/api/metrics").json()["versions"]
+
+    first = versions()
+    time.sleep(2)
+    last = versions()
+    served = {v: (c["requests"] - first.get(v, {"requests": 0})["requests"],
+                  c["errors"] - first.get(v, {"errors": 0})["errors"]) for v, c in last.items()}
+    canary, stable = served["v1.6.1-errors"], served["v1.5.0"]
+    assert 0.2 <= canary[0] / (canary[0] + stable[0]) <= 0.3, served  # a quarter of the requests
+    assert 0.25 <= canary[1] / canary[0] <= 0.35 and stable[1] == 0, served  # 30 % of the canary's fail
+    assert world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["spec"]["containers"][0][
+        "image"].endswith(":v1.5.0")  # the deployment itself is untouched
+
+    httpx.post(f"{world.url}/_sandbox/canary", json={"service": "api", "replicas": 0}).raise_for_status()
+    deadline = time.monotonic() + 10
+    while world.cluster.ready_pods("sandbox", "api-canary") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = versions()["v1.6.1-errors"]["requests"]
+    time.sleep(1)
+    assert versions()["v1.6.1-errors"]["requests"] == before

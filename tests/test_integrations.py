@@ -323,7 +323,7 @@ def test_the_config_a_deployment_reads_and_when_it_changed(world):
 
     kube = KubernetesClient(str(world.runbooks_kubeconfig))
     refs = config_refs(kube.get_deployment("sandbox", "api"))
-    assert refs == [ConfigRef("configmap", "api-config")]
+    assert refs == [ConfigRef("configmap", "api-config"), ConfigRef("secret", "api-credentials")]
     seeded = last_changed(kube, "sandbox", refs[0]).changed_at
     time.sleep(1.1)
     kubectl(world, "patch", "configmap", "api-config", "-p", '{"data": {"log_level": "info"}}')  # no change

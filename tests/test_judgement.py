@@ -171,6 +171,20 @@ SCENES = {
             DEPLOYS: deploys(GOOD, (4, "v1.6.0", 5)),
             CONFIG: config_changed(("configmap", "api-config", 7)),
         }, onset=4),
+    "bad-secret-rollout": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("v1.5.0", 3, False, waiting="CrashLoopBackOff", restarts=1, last="Error"),
+            DEPLOYS: deploys((3, "v1.5.0", 5)),
+            CONFIG: config_changed(("configmap", "api-config", 72 * 3600), ("secret", "api-credentials", 6)),
+        }, onset=4),
+    "release-then-bad-secret": _service_down(
+        {
+            HEALTH: health(endpoints_fail=True),
+            ROLLOUT: rollout("v1.6.0", 4, False, waiting="CrashLoopBackOff", restarts=1, last="Error"),
+            DEPLOYS: deploys(GOOD, (4, "v1.6.0", 5)),
+            CONFIG: config_changed(("configmap", "api-config", 72 * 3600), ("secret", "api-credentials", 6)),
+        }, onset=4),
     "latency": _service_down({HEALTH: health(slow_ms=1412), ROLLOUT: rollout("v1.5.0", 2), DEPLOYS: deploys()}),
     "release-then-latency": _service_down(
         {HEALTH: health(slow_ms=1407), ROLLOUT: rollout("v1.6.0", 3), DEPLOYS: deploys(GOOD)}),
@@ -276,6 +290,11 @@ SCENES = {
     "release-breaks-dependency-calls": _errors(
         0.5, "v1.6.0-breaks-payments", 3, (3, "v1.6.0-breaks-payments", 8), failing=("payments",),
         versions={"v1.6.0-breaks-payments": (100, 50, 400, 200), "v1.5.0": CLEAN_OLD}),
+    "canary-errors": _errors(  # one canary pod of four: a quarter of the requests, 30 % of them fail
+        0.075, "v1.5.0", 2, None, versions={"v1.5.0": (75, 0, 180075, 100), "v1.6.1-errors": (25, 7.5, 400, 120)}),
+    "release-then-canary-errors": _errors(
+        0.075, "v1.6.0", 3, GOOD, versions={"v1.6.0": (75, 0, 30075, 10), "v1.6.1-errors": (25, 7.5, 400, 120),
+                                            "v1.5.0": CLEAN_OLD}),
     "feature-flag": _errors(0.4, "v1.5.0", 2, None, versions={"v1.5.0": (100, 40, 180500, 300)}),
     "dependency-down": _errors(
         0.5, "v1.5.0", 2, None, failing=("payments",), versions={"v1.5.0": (100, 50, 180500, 400)}
@@ -436,10 +455,14 @@ def test_a_weak_plan_never_holds_an_action_outside_the_safe_list(kind):
 
 
 def test_weak_plans_from_every_scene_hold_only_safe_actions():
-    plans = [plan_for(*scene) for scene in SCENES.values()]
+    """With the alert or without it; the one weak rollback is to a revision replaced minutes ago."""
+    plans = [plan_for(s, f, onset) for s, f, onset in SCENES.values()] + \
+        [plan_for(s, f, None) for s, f, _ in SCENES.values()]
     for plan in plans:
         if plan.confidence == WEAK:
-            assert {a.kind for a in plan.actions} <= SAFE_WHEN_UNSURE, plan.summary
+            assert {a.kind for a in plan.actions} <= SAFE_WHEN_UNSURE | {"rollback"}, plan.summary
+            assert "rollback" not in {a.kind for a in plan.actions} or "served cleanly by its own record until " \
+                "less than 10 min ago" in " ".join(plan.support), plan.support
     safe = settle(Plan(1, "api", "sandbox", ()), [_action(k) for k in sorted(SAFE_WHEN_UNSURE)], WEAK, Weighing(), "ok")
     assert safe.confidence == WEAK and len(safe.actions) == len(SAFE_WHEN_UNSURE)
 
@@ -549,6 +572,34 @@ def test_a_bad_config_rolled_by_a_restart_is_named_and_not_rolled_back():
     assert [a.kind for a in plan.actions] == ["rollback"]
 
 
+def test_a_bad_secret_rolled_by_a_restart_is_named_and_not_rolled_back():
+    """A Secret changed and rolled out by a restart: the same image as before, so a rollback of
+    the deployment would bring the same credential back. Abstain, naming the Secret alone."""
+    for name in ("bad-secret-rollout", "release-then-bad-secret"):
+        plan = plan_for(*SCENES[name])
+        assert plan.abstained and not plan.actions, (name, plan.summary)
+        assert "secret/api-credentials changed 0m01s before revision" in plan.summary, plan.summary
+        assert "configmap/api-config" not in plan.summary, plan.summary
+    _, findings, onset = SCENES["broken-after-healthy"]  # a new image: the Secret's change is not the suspect
+    plan = plan_for("service-down", {**findings, CONFIG: config_changed(("secret", "api-credentials", 9))}, onset)
+    assert [a.kind for a in plan.actions] == ["rollback"], plan.summary
+
+
+def test_an_erroring_canary_is_named_with_its_share_and_nothing_of_the_deployment_is_rolled_back():
+    for name in ("canary-errors", "release-then-canary-errors"):
+        plan = plan_for(*SCENES[name])
+        assert plan.abstained and not plan.actions, (name, plan.summary)
+        assert "the errors come from v1.6.1-errors, a canary serving 25% of requests" in plan.summary, plan.summary
+        assert any("fails 30% of them" in line for line in plan.support), plan.support
+    # the same version once rolled out by the deployment itself is a release, not a canary
+    _, findings, onset = SCENES["bad-release-errors"]
+    assert [a.kind for a in plan_for("high-error-rate", findings, onset).actions] == ["rollback"]
+    # and a canary serving cleanly beside a failing deployment is not blamed
+    _, findings, onset = SCENES["feature-flag"]
+    quiet = {**findings, RATE: rate(0.4, 50, {"v1.5.0": (75, 30, 180500, 300), "v1.6.1": (25, 0, 400, 0)})}
+    assert "canary" not in plan_for("high-error-rate", quiet, onset).summary
+
+
 def test_a_dependency_probed_directly_separates_a_release_that_breaks_its_calls_from_an_outage():
     """/health names payments failing and the errors began with a release: payments answering
     its direct probe puts it on the release (rollback, no breaker); payments down for everyone
@@ -576,6 +627,37 @@ def test_two_erroring_releases_roll_back_past_both():
     assert [(a.kind, a.params.to_revision) for a in plan.actions] == [("rollback", 2)], plan.summary
     assert any("failed too (30% errors), and the failure began with it" in line for line in plan.support)
     assert any("passed over: revision 3 (v1.6.0-errors) failed 30%" in line for line in plan.support), plan.support
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_each_catalog_fault_is_judged_right_from_a_manual_run_without_an_alert(name):
+    """Started from the UI or the CLI, a run has no alert saying when the failure began: no
+    fault is judged worse for it (a weak rollback may stand in for a strong one)."""
+    scenario, findings, _ = SCENES[name]
+    plan = plan_for(scenario, findings, None)
+    assert grade(CATALOG[name], {a.kind for a in plan.actions}, plan.abstained) == "right", plan.summary
+
+
+def test_without_an_alert_two_erroring_releases_get_a_weak_rollback_to_the_revision_that_served():
+    """Nothing says when the errors began, and the revision before failed too: the errors are
+    not tied to the newest release alone. A rollback to v1.5.0, which served cleanly until
+    seconds ago, is as safe as a restart: offered weakly, with the evidence against it."""
+    scenario, findings, _ = SCENES["two-erroring-releases"]
+    plan = plan_for(scenario, findings, None)
+    assert plan.confidence == WEAK and [(a.kind, a.params.to_revision) for a in plan.actions] == [("rollback", 2)]
+    assert any("the errors are not new with v1.6.1-errors" in line for line in plan.against), plan.against
+    assert any("served cleanly by its own record" in line for line in plan.support), plan.support
+    # the same, but the clean revision was replaced two hours ago: the errors may be older than both
+    stale = {**findings, DEPLOYS: deploys((3, "v1.6.0-errors", 2 * 3600), (4, "v1.6.1-errors", 6))}
+    plan = plan_for(scenario, stale, None)
+    assert plan.abstained and "is a suspect, but the evidence does not tie the errors to it" in plan.summary
+
+
+def test_without_an_alert_oom_kills_after_a_healthy_release_are_not_rolled_back():
+    scenario, findings, _ = SCENES["release-then-oom-kills"]
+    plan = plan_for(scenario, findings, None)
+    assert plan.abstained and not plan.actions, plan.summary
+    assert any("no alert says when the failure began" in line for line in plan.against), plan.against
 
 
 def test_a_fault_no_check_sees_between_two_healthy_releases_rolls_back_neither():

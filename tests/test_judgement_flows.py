@@ -5,6 +5,7 @@ approved and verified. The whole catalog runs in benchmarks/judgement.py."""
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timezone
 
 import pytest
@@ -54,9 +55,9 @@ def fault(world):
 @pytest.mark.parametrize("name", ["release-then-dependency", "release-then-overload-and-dependency",
                                   "release-then-scaled-to-zero", "bad-release-errors", "two-bad-releases",
                                   "overload-then-bad-release", "release-then-dependency-at-once", "oom-kills",
-                                  "bad-deploy-and-frontend-broken", "bad-config-rollout",
+                                  "bad-deploy-and-frontend-broken", "bad-config-rollout", "bad-secret-rollout",
                                   "release-breaks-dependency-calls", "dependency-down", "latency", "node-not-ready",
-                                  "release-then-all-nodes-not-ready"])
+                                  "release-then-all-nodes-not-ready", "canary-errors"])
 def test_catalog_faults_get_the_expected_plan_in_a_dry_run(world, fault, name):
     from incidents.drills import ABSTAIN, grade
 
@@ -67,6 +68,7 @@ def test_catalog_faults_get_the_expected_plan_in_a_dry_run(world, fault, name):
     assert judged["support"]
     if spec.outcome == ABSTAIN:  # an abstention names what it found
         assert {"oom-kills": "OOM-killed", "bad-config-rollout": "configmap/api-config changed",
+                "bad-secret-rollout": "secret/api-credentials changed", "canary-errors": "a canary serving 25%",
                 "latency": "slow, not down",
                 "release-then-all-nodes-not-ready": "no node of the cluster takes new pods"}[name] in \
             judged["summary"], judged
@@ -122,3 +124,32 @@ def test_a_handed_over_plan_is_approved_acted_on_and_verified_by_the_database_sc
     assert result["outcome"] == "resolved", result
     kinds = [e.kind for e in store.timeline(result["incident_id"])]
     assert "handed_over" in kinds and kinds.index("handed_over") < kinds.index("diagnosed")
+
+
+def test_a_credential_written_with_echo_crash_loops_the_new_pods_and_clean_up_puts_it_back(world):
+    """The bad-secret fault as kubectl does it: the Secret's value gains a trailing newline and a
+    rollout restart starts pods with it, which exit; clean-up writes the value back exactly (it
+    was kept in memory only, never in the fault's printed state) and the service serves again."""
+    from incidents.drills import CATALOG
+    from integrations.kubernetes import KubernetesClient
+    from tasks.context import RunContext
+    from tasks.faults import cleanup, healed, inject, signal, wait_for
+
+    ctx, kube = RunContext.load("sandbox", "api"), KubernetesClient(str(world.runbooks_kubeconfig))
+
+    def token() -> str:
+        return kube.core.read_namespaced_secret("api-credentials", "sandbox").data["token"]
+
+    before = token()
+    state = inject(ctx, CATALOG["bad-secret-rollout"])
+    try:
+        assert wait_for(lambda: signal(ctx, state), 30, poll=0.3), "the service never went down"
+        assert base64.b64decode(token()) == base64.b64decode(before) + b"\n"
+        pods = kube.pods("sandbox", "api")
+        assert pods and all(p.waiting_reason == "CrashLoopBackOff" for p in pods), pods
+        assert before not in repr(state) and base64.b64decode(before).decode() not in repr(state)
+    finally:
+        done = cleanup(ctx, state)
+    assert token() == before, done
+    assert any("secret/api-credentials key token back as it was, pods restarted" in d for d in done), done
+    assert wait_for(lambda: healed(ctx, state), 60), "the service did not serve again after clean-up"
