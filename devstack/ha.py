@@ -26,6 +26,7 @@ from devstack.stack import (
     INTAKE_PORT,
     POOL,
     PREFECT_PORT,
+    REDIS_BIN,
     RUN_DIR,
     WORKER_NAME,
     WORKER_TYPE,
@@ -37,6 +38,7 @@ from devstack.stack import (
     _start,
     _worker_online,
     port,
+    redis_ready,
 )
 
 API_PORTS = (port(4201), port(4202))
@@ -44,7 +46,6 @@ INTAKE_PORTS = (port(8785), port(8786))
 WORKER_METRICS_PORTS = (port(8793), port(8794))
 MESSAGING_PORT = port(8795)
 HAPROXY_BIN = shutil.which("haproxy") or "/usr/sbin/haproxy"
-REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
 HAPROXY_CONFIG = RUN_DIR / "haproxy.cfg"
 
 
@@ -94,7 +95,7 @@ def components() -> list[Component]:
     return [
         Component("prefect-redis", [REDIS_BIN, "--bind", HOST, "--port", str(MESSAGING_PORT), "--save", "",
                                     "--appendonly", "no"],
-                  _redis_ready, port=MESSAGING_PORT, wait_seconds=20),
+                  redis_ready(MESSAGING_PORT), port=MESSAGING_PORT, wait_seconds=20),
         *api,
         Component("prefect-services", [str(BIN / "prefect"), "server", "services", "start"], _alive_for(5),
                   wait_seconds=30, env=server),
@@ -104,15 +105,6 @@ def components() -> list[Component]:
         *workers,
         *intakes,
     ]
-
-
-def _redis_ready(since: float) -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis(host=HOST, port=MESSAGING_PORT, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
 
 
 def haproxy_config() -> str:

@@ -47,6 +47,11 @@ def port(base: int) -> int:
 
 PREFECT_PORT, SANDBOX_PORT, SANDBOX_KUBE_PORT = port(4200), port(8790), port(8791)
 PROMETHEUS_PORT, ALERTMANAGER_PORT, INTAKE_PORT, WORKER_METRICS_PORT = port(9090), port(9093), port(8787), port(8793)
+# The sandbox api's cache: a Redis of its own with a memory limit, as a real cache has (the
+# cache-memory-pressure faults fill it; the machine's shared Redis has no limit to reach).
+API_CACHE_PORT = port(8792)
+API_CACHE_MAXMEMORY = "2mb"
+REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
 INTAKE_URL = f"http://{HOST}:{INTAKE_PORT}"
 TOKEN_FILE = RUN_DIR / "alert-token"
 PREFECT_URL = f"http://{HOST}:{PREFECT_PORT}"
@@ -117,7 +122,8 @@ def stack_env() -> dict[str, str]:
     env.setdefault("RUNBOOKS_SECRET_SLACK_WEBHOOK_URL", SANDBOX_URL + SLACK_PATH)
     env.setdefault("RUNBOOKS_SECRET_SECURITY_WEBHOOK_URL", SANDBOX_URL + SLACK_SECURITY_PATH)
     env.setdefault("RUNBOOKS_SECRET_API_DATABASE_URL", SANDBOX_APP_DATABASE)
-    env.setdefault("RUNBOOKS_SECRET_API_CACHE_URL", "redis://127.0.0.1:6379/5")
+    env.setdefault("RUNBOOKS_SECRET_API_CACHE_URL", f"redis://{HOST}:{API_CACHE_PORT}/0" if os.path.exists(REDIS_BIN)
+                   else "redis://127.0.0.1:6379/5")
     return env
 
 
@@ -175,6 +181,18 @@ class Component:
             return pid
         except (OSError, ValueError):
             return None
+
+
+def redis_ready(port: int) -> Callable[[float], bool]:
+    def ready(since: float) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host=HOST, port=port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    return ready
 
 
 def _get_ok(url: str) -> bool:
@@ -279,6 +297,9 @@ COMPONENTS = [
                           "--kube-port", str(SANDBOX_KUBE_PORT), "--state-dir", str(SANDBOX_DIR),
                           "--database-url", SANDBOX_APP_DATABASE],
               lambda since: _get_ok(f"{SANDBOX_URL}/_sandbox/healthz"), port=SANDBOX_PORT, wait_seconds=30),
+    Component("api-cache", [REDIS_BIN, "--bind", HOST, "--port", str(API_CACHE_PORT), "--save", "", "--appendonly",
+                            "no", "--maxmemory", API_CACHE_MAXMEMORY, "--maxmemory-policy", "allkeys-lru"],
+              redis_ready(API_CACHE_PORT), port=API_CACHE_PORT, wait_seconds=20),
     Component("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(PREFECT_PORT)],
               lambda since: _prefect_answers("/health"), port=PREFECT_PORT, wait_seconds=120),
     Component("alertmanager", [ALERTMANAGER_BIN, f"--config.file={ALERTMANAGER_CONFIG}",
@@ -404,6 +425,11 @@ def up(ha: bool = False) -> None:
     _check_store()
     by_name = {c.name: c for c in COMPONENTS}
     _start(by_name["sandbox"], env)
+    if os.path.exists(REDIS_BIN):
+        _start(by_name["api-cache"], env)
+    else:
+        _say("api-cache", "redis-server not installed: the api's cache is the machine's Redis (db 5), which has no "
+                          "memory limit, so the cache-memory-pressure faults refuse it")
     if ha:
         from devstack import ha as scale_out
 
@@ -474,7 +500,7 @@ def _all_components() -> list[Component]:
     extra = scale_out.components()
     order = ["intake", "intake-1", "intake-2", "worker", "worker-1", "worker-2", "haproxy", "prefect-services",
              "prefect-server", "prefect-api-1", "prefect-api-2", "prefect-redis", "prometheus", "alertmanager",
-             "sandbox"]
+             "api-cache", "sandbox"]
     by_name = {c.name: c for c in [*COMPONENTS, *extra]}
     return [by_name[name] for name in order]
 

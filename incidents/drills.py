@@ -28,7 +28,8 @@ class Step:
     limit and are OOM-killed, via the sandbox), latency (ms added to every answer, via the
     sandbox), node (the node most of its pods run on stops reporting, NotReady; "all NotReady":
     every node, via the sandbox), canary (one pod of another version beside the three stable
-    ones, behind the same Service, via the sandbox), other_broken (another service of the
+    ones, behind the same Service, via the sandbox), cache_fill (keys without a TTL written into
+    the service's cache, one with a memory limit, until it is full), other_broken (another service of the
     namespace crash-loops: not the target's fault)."""
     kind: str
     value: Any = None
@@ -52,6 +53,8 @@ class Step:
         if self.kind == "release":
             what = "a crash-looping image (kubectl set image)" if self.value == "broken-by-kubectl" else self.value
             return f"{later}release {what}" + (f" {self.ago_seconds / 60:g} min ago" if self.ago_seconds else "")
+        if self.kind == "cache_fill":
+            return f"{later}the cache filled to its memory limit with keys without a TTL"
         if self.kind == "canary":
             return f"{later}a canary of {self.value}: one pod beside the three stable ones"
         if self.kind == "secret":
@@ -250,6 +253,13 @@ CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
           [_GOOD, Step("pg_long_query")], {"cancel_queries"}, decoy=True),
     fault_spec("pg-lock-and-long-query", _DB, "a lock with waiters and a runaway query at once",
           [Step("pg_long_query"), Step("pg_lock", after_seconds=12)], {"terminate_sessions", "cancel_queries"}),
+    fault_spec("cache-memory-pressure", _DB, "keys without a TTL fill the service's Redis cache to its memory "
+                                             "limit (a job caching without expiry)", [Step("cache_fill")],
+               {"clear_cache"}),
+    fault_spec("release-then-cache-memory-pressure", _DB, "a healthy release, then the cache filled to its limit",
+               [_GOOD, Step("cache_fill")], {"clear_cache"}, decoy=True),
+    fault_spec("pg-lock-and-cache-memory-pressure", _DB, "a table lock with waiters, and the cache full",
+               [Step("pg_lock"), Step("cache_fill", after_seconds=5)], {"terminate_sessions", "clear_cache"}),
     fault_spec("release-and-short-transaction", _DB, "a healthy release and a brief idle transaction: nothing is wrong",
           [_GOOD, Step("pg_idle")], NOTHING, decoy=True),
     fault_spec("leaked-credential", _SEC, "a canary credential is planted in the service's secret and reported seen "

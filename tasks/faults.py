@@ -37,6 +37,10 @@ from tasks.latency import latency_query, quantile_ms
 LEAK_SOURCE = "203.0.113.66"
 
 
+CACHE_DRILL_MAX_BYTES = 256 * 2**20  # a drill fills no bigger cache than this
+CACHE_DRILL_VALUE_BYTES = 64 * 1024
+
+
 class FaultNotAvailable(RuntimeError):
     pass
 
@@ -185,6 +189,32 @@ def _pg_long_query(ctx: RunContext, state: FaultState, step: Step) -> None:
     _run_in_background(state, _app_url(ctx), "SELECT pg_sleep(600)")
 
 
+def _cache_fill(ctx: RunContext, state: FaultState, step: Step) -> None:
+    """Keys without a TTL written into the service's cache until it is full (a job that caches
+    without expiry): used memory reaches the limit and Redis evicts. Refused on a cache with no
+    memory limit (it would take the machine's memory and never evict) or a large one."""
+    cache = ctx.cache_target()
+    prefix = f"{cache.prefix}drill-{secrets.token_hex(4)}:"
+    with ctx.cache(cache.url_secret) as client:
+        start = client.health()
+        if not start.maxmemory or start.maxmemory > CACHE_DRILL_MAX_BYTES:
+            raise FaultNotAvailable(
+                f"the cache of {ctx.service_name} ({client.where}) has " + (
+                    f"a {start.maxmemory // 2**20} MiB limit: a drill fills one of at most "
+                    f"{CACHE_DRILL_MAX_BYTES // 2**20} MiB" if start.maxmemory else
+                    "no memory limit (maxmemory 0): filling it would take the machine's memory and never evict"))
+        state.undo["cache_keys"] = prefix
+        value = "x" * CACHE_DRILL_VALUE_BYTES
+        for n in range(2 * start.maxmemory // CACHE_DRILL_VALUE_BYTES + 8):
+            try:
+                client.set(f"{prefix}{n}", value)
+            except IntegrationError:
+                break  # full, with nothing it may evict (maxmemory-policy noeviction)
+            now = client.health()
+            if now.evicted_keys > start.evicted_keys or (now.memory_ratio or 0.0) >= 0.98:
+                break
+
+
 def _leaked_credential(ctx: RunContext, state: FaultState, step: Step) -> None:
     k = ctx.service.kubernetes
     target = ctx.service.security.secrets[0] if ctx.service.security.secrets else None
@@ -265,7 +295,7 @@ _INJECT = {"release": _release, "other_broken": _other_broken, "memory": _memory
            "secret": _secret, "latency": _latency, "node": _node, "canary": _canary,
            "load": _load, "dependency": _dependency, "flag": _flag, "replicas": _replicas,
            "pg_lock": _pg_lock, "pg_idle": _pg_idle, "pg_connections": _pg_connections,
-           "pg_long_query": _pg_long_query, "leaked_credential": _leaked_credential}
+           "pg_long_query": _pg_long_query, "leaked_credential": _leaked_credential, "cache_fill": _cache_fill}
 
 
 def inject(ctx: RunContext, spec: FaultSpec) -> FaultState:
@@ -306,6 +336,16 @@ def _db_problem(ctx: RunContext) -> bool:
         return limit > 0 and used >= db.connection_threshold * limit and idle_long > 0
 
 
+def _cache_full(ctx: RunContext) -> bool:
+    """The service's cache at its memory threshold: what a Redis memory alert rule watches."""
+    cache = ctx.service.cache
+    if cache is None:
+        return False
+    with ctx.cache(cache.url_secret) as client:
+        ratio = client.health().memory_ratio
+    return ratio is not None and ratio >= cache.memory_threshold
+
+
 def _service_failing(ctx: RunContext) -> bool:
     """Down, or slower than its latency objective (what a latency alert sees)."""
     results = probe_all([ctx.service.url(p) for p in (ctx.service.ok_path, ctx.service.health_path)],
@@ -333,7 +373,7 @@ def signal(ctx: RunContext, state: FaultState) -> bool:
     if scenario == "high-error-rate":
         return _errors_high(ctx)
     if scenario == "database-issues":
-        return _db_problem(ctx)
+        return _db_problem(ctx) or _cache_full(ctx)
     if scenario == "security-incident":
         return _secret_planted(ctx, state)
     raise FaultNotAvailable(scenario)
@@ -364,7 +404,8 @@ def cleanup(ctx: RunContext, state: FaultState) -> list[str]:
                     done.append(f"ended fault backend {pid}")
     for thread in state.threads:
         thread.join(10)
-    for undo in (_undo_traffic, _undo_flags, _undo_release, _undo_replicas, _undo_connections, _undo_leak):
+    for undo in (_undo_traffic, _undo_flags, _undo_release, _undo_replicas, _undo_connections, _undo_leak,
+                 _undo_cache):
         done += undo(ctx, state)
     return done
 
@@ -475,6 +516,16 @@ def _undo_connections(ctx: RunContext, state: FaultState) -> list[str]:
     with psycopg.connect(resolve_secret(db.dsn_secret), autocommit=True, connect_timeout=5) as admin:
         admin.execute(f'ALTER ROLE "{db.app_role}" CONNECTION LIMIT {int(state.undo["limit"])}')
     return [f"connection limit of {db.app_role} back to {state.undo['limit']}"]
+
+
+def _undo_cache(ctx: RunContext, state: FaultState) -> list[str]:
+    """Only the drill's own keys go: whatever else the cache holds stays."""
+    prefix = state.undo.get("cache_keys")
+    if not prefix:
+        return []
+    with ctx.cache(ctx.cache_target().url_secret) as client:
+        removed = client.delete_prefix(prefix)
+    return [f"{removed} drill keys {prefix}* removed from the cache"]
 
 
 def _undo_leak(ctx: RunContext, state: FaultState) -> list[str]:

@@ -418,3 +418,35 @@ def pytest_collection_modifyitems(config, items):
         order = sorted(modules, key=lambda name: (name.endswith("test_zz_secret_canaries"), -list(modules).index(name)))
         items[:] = [item for name in order for item in modules[name]]
 
+
+
+@pytest.fixture
+def small_cache(tmp_path, monkeypatch):
+    """A Redis of its own as the api's cache, with a memory limit (2 MB, allkeys-lru) as a real
+    cache has; the machine's shared Redis has none, so the cache faults refuse it."""
+    import redis
+
+    path = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(path):
+        pytest.fail("redis-server is not installed: .ci/run installs it (Debian package redis-server)")
+    port = free_port()
+    server = subprocess.Popen([path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                server.kill()
+                pytest.fail("redis-server did not answer within 10 s")
+            time.sleep(0.1)
+    monkeypatch.setenv("RUNBOOKS_SECRET_API_CACHE_URL", url)
+    yield url
+    client.close()
+    server.terminate()
+    server.wait(10)

@@ -17,6 +17,7 @@ from incidents.check_facts import (
     EVIDENCE,
     HEALTH,
     LATENCY,
+    CACHE,
     NETWORK,
     NODES,
     RATE,
@@ -117,10 +118,17 @@ def connections(pressured: bool = False) -> Finding:
                    data={"pressured": [scope] if pressured else [], "idle_sessions": idle if pressured else []})
 
 
+def cache(full: bool = False) -> Finding:
+    summary = ("memory 1990 KiB (97% of max), 2 clients, 0 evictions in the last 0.5 s (3 since Redis started), "
+               "31 keys api:*") if full else "memory 900 KiB (44% of max), 1 clients, 0 evictions, 0 keys api:*"
+    return Finding(CACHE, not full, summary, data={"keys": 31 if full else 0, "evicted": 3 if full else 0})
+
+
 def database(roots: int = 0, long: int = 0, pressured: bool = False, idle_seconds: float | None = None,
-             health_failing: bool = False) -> dict[str, Finding]:
+             health_failing: bool = False, cache_full: bool = False) -> dict[str, Finding]:
     return {HEALTH: health(("database",) if health_failing else ()), REACH: Finding(REACH, True, "answers"),
-            CONNECTIONS: connections(pressured), SESSIONS: sessions(roots, long, idle_seconds)}
+            CONNECTIONS: connections(pressured), SESSIONS: sessions(roots, long, idle_seconds),
+            CACHE: cache(cache_full)}
 
 
 # -- what the diagnosis sees for each fault of the catalog, and the alert's startsAt -------------------
@@ -307,6 +315,10 @@ SCENES = {
     "release-then-pg-connections": ("database-issues", database(pressured=True), 5),
     "release-then-long-query": ("database-issues", database(long=1), 5),  # its checks do not look at releases
     "pg-lock-and-long-query": ("database-issues", database(roots=1, long=1, health_failing=True), 5),
+    "cache-memory-pressure": ("database-issues", database(cache_full=True), 5),
+    "release-then-cache-memory-pressure": ("database-issues", database(cache_full=True), 5),
+    "pg-lock-and-cache-memory-pressure": ("database-issues", database(roots=1, health_failing=True, cache_full=True),
+                                          5),
     "release-and-short-transaction": ("database-issues", database(idle_seconds=3.0), 5),
     "leaked-credential": (
         "security-incident",

@@ -153,3 +153,26 @@ def test_a_credential_written_with_echo_crash_loops_the_new_pods_and_clean_up_pu
     assert token() == before, done
     assert any("secret/api-credentials key token back as it was, pods restarted" in d for d in done), done
     assert wait_for(lambda: healed(ctx, state), 60), "the service did not serve again after clean-up"
+
+
+def test_a_full_cache_gets_a_clear_in_a_dry_run_and_clean_up_removes_only_the_drill_keys(world, small_cache, fault):
+    import redis
+
+    from incidents.drills import CATALOG, grade
+    from tasks.context import RunContext
+    from tasks.faults import FaultNotAvailable, cleanup, inject
+
+    spec, state = fault("cache-memory-pressure")
+    cache = redis.Redis.from_url(small_cache, socket_timeout=2)
+    cache.set("api:user:1", "kept")  # the service's own key, written after the drill's
+    result = _flow(spec.scenario)(service="api", dry_run=True, alert=_alert(spec, state))
+    judged = result["judgement"]
+    assert grade(spec, set(judged["kinds"]), judged["abstained"]) == "right", judged
+    assert judged["kinds"] == ["clear_cache"] and judged["confidence"] == "strong", judged
+    done = cleanup(RunContext.load("sandbox", "api"), state)
+    assert not list(cache.scan_iter(f"{state.undo['cache_keys']}*")), done
+    assert cache.get("api:user:1") == b"kept" and any("drill keys" in d for d in done), done
+
+    cache.config_set("maxmemory", "0")  # a cache without a limit: filling it would never evict
+    with pytest.raises(FaultNotAvailable, match="no memory limit"):
+        inject(RunContext.load("sandbox", "api"), CATALOG["cache-memory-pressure"])
