@@ -11,13 +11,13 @@ import pytest
 
 from incidents.check_facts import (
     BREAKER,
+    CACHE,
     CONFIG,
     CONNECTIONS,
     DEPLOYS,
     EVIDENCE,
     HEALTH,
     LATENCY,
-    CACHE,
     NETWORK,
     NODES,
     RATE,
