@@ -249,7 +249,8 @@ SELF_PAGER = "runbooks-self"  # the sandbox PagerDuty service the self-alerts pa
 
 
 def _write_prometheus_config(intakes: list[int], workers: list[int]) -> None:
-    """Scrape every sandbox demo service's /metrics, and the runbooks' own intakes and workers;
+    """Scrape every sandbox demo service's /metrics, its kubelet's volume stats, and the runbooks'
+    own intakes and workers;
     evaluate the self-alert rules (deploy/prometheus/) and send what fires to Alertmanager."""
     SANDBOX_DIR.mkdir(exist_ok=True)
     jobs = "".join(f"""  - job_name: sandbox-{name}
@@ -257,6 +258,11 @@ def _write_prometheus_config(intakes: list[int], workers: list[int]) -> None:
     params: {{format: [prometheus]}}
     static_configs: [{{targets: ["{HOST}:{SANDBOX_PORT}"]}}]
 """ for name in ("api", "frontend"))
+    jobs += f"""  - job_name: sandbox-kubelet
+    metrics_path: /_sandbox/kubelet/metrics
+    honor_labels: true
+    static_configs: [{{targets: ["{HOST}:{SANDBOX_PORT}"]}}]
+"""
     for job, ports in (("runbooks-intake", intakes), ("runbooks-worker", workers)):
         targets = ", ".join(f'"{HOST}:{p}"' for p in ports)
         jobs += f"""  - job_name: {job}

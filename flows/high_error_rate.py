@@ -30,6 +30,7 @@ from incidents.check_facts import (
     RATE,
     ROLLOUT,
     USAGE,
+    VOLUMES,
 )
 from incidents.error_rate_rules import plan_high_error_rate
 from incidents.findings import Finding
@@ -57,6 +58,7 @@ from tasks.lifecycle import run_scenario
 from tasks.nodes import node_conditions
 from tasks.scenario import Scenario
 from tasks.usage import resource_usage
+from tasks.volumes import volume_usage
 
 
 def diagnose(ctx: RunContext) -> dict[str, Finding]:
@@ -75,6 +77,8 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
     }
     if ctx.config.prometheus:
         futures[PROMETHEUS] = prometheus_error_rate.submit(ctx)
+    if ctx.config.prometheus:  # the kubelet's volume stats are read there
+        futures[VOLUMES] = volume_usage.submit(ctx)
     if ctx.service.circuit_breaker:
         futures[BREAKER] = check_circuit_breaker.submit(ctx)
     return gather(futures, timeout=120)

@@ -27,6 +27,7 @@ from incidents.check_facts import (
     ROLLOUT,
     RUN_LOGS,
     USAGE,
+    VOLUMES,
 )
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
@@ -50,6 +51,7 @@ from tasks.lifecycle import run_scenario
 from tasks.nodes import node_conditions
 from tasks.scenario import Scenario
 from tasks.usage import resource_usage
+from tasks.volumes import volume_usage
 
 
 def diagnose(ctx: RunContext) -> dict[str, Finding]:
@@ -68,6 +70,8 @@ def diagnose(ctx: RunContext) -> dict[str, Finding]:
     }
     if ctx.config.prometheus and ctx.service.latency_slo_ms:  # else the probes' timings are the latency
         futures[LATENCY] = prometheus_latency.submit(ctx)
+    if ctx.config.prometheus:  # the kubelet's volume stats are read there
+        futures[VOLUMES] = volume_usage.submit(ctx)
     return gather(futures, timeout=120)
 
 

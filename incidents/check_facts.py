@@ -26,6 +26,7 @@ CONFIG = "config changes"
 NETWORK = "network and DNS"
 NODES = "nodes"
 USAGE = "resource usage"
+VOLUMES = "volumes"
 # high error rate
 RATE = "error rate (/metrics)"
 PROMETHEUS = "error rate (Prometheus)"
@@ -238,6 +239,19 @@ class LatencyFacts(Facts):
     slo_ms: float | None = None
 
 
+class VolumeUse(Facts):
+    claim: str
+    used_ratio: float | None = None  # None: the kubelet's stats for it were not found
+
+
+class VolumeFacts(Facts):
+    volumes: list[VolumeUse] = []  # each PersistentVolumeClaim the pods mount
+    full_at: float = 0.9
+
+    def full(self) -> list[VolumeUse]:
+        return [v for v in self.volumes if v.used_ratio is not None and v.used_ratio >= self.full_at]
+
+
 class PodUsageFacts(Facts):
     pod: str
     cpu_m: float
@@ -302,7 +316,7 @@ FACTS: dict[str, type[Facts]] = {
     POD_LOGS: PodLogsFacts, RATE: RateFacts, PROMETHEUS: PrometheusFacts, COMMITS: CommitsFacts,
     BREAKER: BreakerFacts, REACH: NoFacts, SESSIONS: SessionsFacts, CONNECTIONS: ConnectionsFacts,
     REPLICATION: ReplicationFacts, CACHE: CacheFacts, EVIDENCE: EvidenceFacts, CONFIG: ConfigFacts,
-    NETWORK: NetworkFacts, NODES: NodeFacts, USAGE: UsageFacts, LATENCY: LatencyFacts,
+    NETWORK: NetworkFacts, NODES: NodeFacts, USAGE: UsageFacts, LATENCY: LatencyFacts, VOLUMES: VolumeFacts,
 }
 
 

@@ -130,6 +130,10 @@ class PrometheusSettings(_Model):
     # with a latency_slo_ms.
     latency_query: str = ('histogram_quantile({quantile}, sum(rate(http_request_duration_seconds_bucket'
                           '{{service="{service}"}}[1m])) by (le))')
+    # {namespace} is replaced; one series per PersistentVolumeClaim, the share of it used (0..1),
+    # from the kubelet's volume stats
+    volume_query: str = ('max by (persistentvolumeclaim) (kubelet_volume_stats_used_bytes{{namespace="{namespace}"}}'
+                         ' / kubelet_volume_stats_capacity_bytes{{namespace="{namespace}"}})')
 
 
 class KubernetesSettings(_Model):

@@ -28,7 +28,8 @@ class Step:
     limit and are OOM-killed, via the sandbox), latency (ms added to every answer, via the
     sandbox), node (the node most of its pods run on stops reporting, NotReady; "all NotReady":
     every node, via the sandbox), canary (one pod of another version beside the three stable
-    ones, behind the same Service, via the sandbox), cache_fill (keys without a TTL written into
+    ones, behind the same Service, via the sandbox), volume (the service's volume claim filled to
+    that many percent, via the sandbox), cache_fill (keys without a TTL written into
     the service's cache, one with a memory limit, until it is full), other_broken (another service of the
     namespace crash-loops: not the target's fault)."""
     kind: str
@@ -45,14 +46,16 @@ class Step:
 
     @property
     def sandbox_only(self) -> bool:
-        return self.kind in ("load", "dependency", "memory", "latency", "node", "canary") or (self.kind == "release"
-                                                                 and self.value != "broken-by-kubectl")
+        return self.kind in ("load", "dependency", "memory", "latency", "node", "canary", "volume") or (
+            self.kind == "release" and self.value != "broken-by-kubectl")
 
     def describe(self) -> str:
         later = f"{self.after_seconds:g} s later, " if self.after_seconds else ""
         if self.kind == "release":
             what = "a crash-looping image (kubectl set image)" if self.value == "broken-by-kubectl" else self.value
             return f"{later}release {what}" + (f" {self.ago_seconds / 60:g} min ago" if self.ago_seconds else "")
+        if self.kind == "volume":
+            return f"{later}its volume claim {self.value} % full"
         if self.kind == "cache_fill":
             return f"{later}the cache filled to its memory limit with keys without a TTL"
         if self.kind == "canary":
@@ -232,6 +235,10 @@ CATALOG: dict[str, FaultSpec] = {f.name: f for f in (
                [Step("canary", "v1.6.1-errors")], ABSTAIN),
     fault_spec("release-then-canary-errors", _ER, "a healthy release, then an erroring canary beside it",
                [_GOOD, Step("canary", "v1.6.1-errors")], ABSTAIN, decoy=True),
+    fault_spec("volume-full", _ER, "the volume claim the api writes to fills to 98%: its writes (40% of requests) fail "
+                                   "whatever version runs", [Step("volume", 98)], ABSTAIN),
+    fault_spec("release-then-volume-full", _ER, "a healthy release, then the volume claim full",
+               [_GOOD, Step("volume", 98)], ABSTAIN, decoy=True),
     fault_spec("feature-flag", _ER, "a feature flag turned on fails 40% of requests", [Step("flag", "new_checkout")],
           ABSTAIN),
     fault_spec("dependency-down", _ER, "the payments dependency goes down", [Step("dependency", True)],

@@ -47,6 +47,9 @@ def plan_high_error_rate(incident_id: int, environment: str, service_name: str, 
         return early
     actions: list[PlannedAction] = []
     dependencies = [c for c in facts.failing_checks if c != "database"]
+    full = _full_volume(head, w, service, facts, dependencies)
+    if full is not None:
+        return full
     breaker = _breaker(service, facts, dependencies, w)
     if breaker:
         actions.append(breaker)
@@ -108,6 +111,24 @@ def _canary(head: Plan, w: Weighing, service: ServiceConfig, facts: ServiceFacts
     return abstain(head, w, f"the errors come from {names}, a canary serving {share:.0%} of requests beside "
                             f"deployment/{k.deployment}: stop the canary (scale it to 0, or abort it in the rollout "
                             "tool); no remedy here does that.")
+
+
+def _full_volume(head: Plan, w: Weighing, service: ServiceConfig, facts: ServiceFacts,
+                 dependencies: list[str]) -> Plan | None:
+    """A volume claim the pods write to is full: its writes fail whatever version runs, and no
+    remedy here frees or grows a volume. With no other cause in sight (no overload, no failing
+    dependency) that is an abstention naming the claim; otherwise it is said against the plan."""
+    if not facts.full_volumes:
+        return None
+    named = ", ".join(f"{claim} ({used:.0%} used)" for claim, used in facts.full_volumes)
+    said = f"volume claim {named}: the writes fail whatever version runs, and no remedy here frees or grows it"
+    if facts.overload_share or dependencies:
+        w.against.append(said)
+        return None
+    w.add(True, said)
+    return abstain(head, w, f"the volume claim {named} is full: free space on it or expand the claim "
+                            f"(deployment/{service.kubernetes.deployment}'s data); a rollback or a scale-up would "
+                            "not help.")
 
 
 def _weigh_release(head: Plan, w: Weighing, service: ServiceConfig, environment: str, facts: ServiceFacts,

@@ -25,6 +25,7 @@ from incidents.check_facts import (
     RATE,
     ROLLOUT,
     USAGE,
+    VOLUMES,
     Autoscaler,
     BreakerFacts,
     ConfigFacts,
@@ -39,6 +40,7 @@ from incidents.check_facts import (
     Revision,
     RolloutFacts,
     UsageFacts,
+    VolumeFacts,
 )
 
 if TYPE_CHECKING:
@@ -171,6 +173,7 @@ class ServiceFacts:
     slo_ms: float | None = None
     nodes: NodeFacts | None = None                # the nodes the pods run on (None: not read)
     usage: UsageFacts | None = None               # the pods' CPU and memory (None: not read)
+    full_volumes: tuple[tuple[str, float], ...] = ()  # (claim, share used) of each claim at its threshold
 
     @property
     def ready_pods(self) -> int:
@@ -299,7 +302,13 @@ def service_facts(findings: Mapping[str, Finding], now: datetime, onset: datetim
         slow=_slow(health_facts, _usable(findings, LATENCY, LatencyFacts)),
         slo_ms=(health_facts.slo_ms if health_facts else None) or _latency_slo(findings),
         nodes=_usable(findings, NODES, NodeFacts),
-        usage=_usable(findings, USAGE, UsageFacts))
+        usage=_usable(findings, USAGE, UsageFacts),
+        full_volumes=_full_volumes(findings))
+
+
+def _full_volumes(findings: Mapping[str, Finding]) -> tuple[tuple[str, float], ...]:
+    volumes = _usable(findings, VOLUMES, VolumeFacts)
+    return tuple((v.claim, v.used_ratio or 0.0) for v in volumes.full()) if volumes else ()
 
 
 def _slow(health: HealthFacts | None, latency: LatencyFacts | None) -> tuple[tuple[str, int], ...]:

@@ -84,3 +84,10 @@ def last_changed(kube: KubernetesClient, namespace: str, ref: ConfigRef) -> Conf
         return ConfigObject(ref.kind, ref.name, None, str(exc))
     times = [t for t in (_parse(f.get("time")) for f in meta.get("managedFields") or []) if t is not None]
     return ConfigObject(ref.kind, ref.name, max(times, default=None) or _parse(meta.get("creationTimestamp")))
+
+
+def volume_claims(deployment: dict[str, Any]) -> list[str]:
+    """The PersistentVolumeClaims the pod template mounts."""
+    volumes = deployment["spec"]["template"]["spec"].get("volumes") or []
+    return sorted({v["persistentVolumeClaim"]["claimName"] for v in volumes
+                   if (v.get("persistentVolumeClaim") or {}).get("claimName")})

@@ -337,6 +337,7 @@ class Seed:
     container: str | None = None
     age_hours: list[float] = field(default_factory=list)
     secrets: tuple[str, ...] = ()  # Secrets its container reads at start (envFrom)
+    claims: tuple[str, ...] = ()  # PersistentVolumeClaims its pods mount (under /data/<claim>)
 
 
 def canary_of(stable: dict, name: str, image: str, replicas: int) -> dict:
@@ -357,6 +358,16 @@ def _env_from(seed: Seed) -> list[dict]:
             *({"secretRef": {"name": name}} for name in seed.secrets)]
 
 
+def _pod_spec(seed: Seed, container: str, image: str) -> dict:
+    main = {"name": container, "image": image, "ports": [{"containerPort": 8080}], "resources": CONTAINER_RESOURCES,
+            "envFrom": _env_from(seed)}
+    spec: dict = {"containers": [main]}
+    if seed.claims:
+        main["volumeMounts"] = [{"name": claim, "mountPath": f"/data/{claim}"} for claim in seed.claims]
+        spec["volumes"] = [{"name": claim, "persistentVolumeClaim": {"claimName": claim}} for claim in seed.claims]
+    return spec
+
+
 def seed_deployment(cluster: Cluster, seed: Seed) -> None:
     """Create a deployment and roll it through `images`, back-dating each revision."""
     container = seed.container or seed.name
@@ -367,11 +378,7 @@ def seed_deployment(cluster: Cluster, seed: Seed) -> None:
             "metadata": {"name": seed.name, "labels": labels},
             "spec": {"replicas": seed.replicas, "selector": {"matchLabels": labels},
                      "strategy": {"type": "Recreate"}, "revisionHistoryLimit": 10,
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": container, "image": first,
-                                                           "ports": [{"containerPort": 8080}],
-                                                           "resources": CONTAINER_RESOURCES,
-                                                           "envFrom": _env_from(seed)}]}}},
+                     "template": {"metadata": {"labels": labels}, "spec": _pod_spec(seed, container, first)}},
         })
         for image in rest:
             cluster.patch("deployments", seed.namespace, seed.name,

@@ -45,6 +45,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("", "v1", "events", "Event", short_names=("ev",)),
         Resource("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
         Resource("", "v1", "secrets", "Secret"),
+        Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short_names=("pvc",)),
         Resource("apps", "v1", "deployments", "Deployment", short_names=("deploy",), subresources=("scale", "status")),
         Resource("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",)),
         Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",)),

@@ -14,6 +14,8 @@ Error model, per service and per tick:
 - a feature flag turned on (ConfigMap `<service>-flags`, key `new_checkout` = on) fails 40% of
   what any revision serves, and nothing but `/metrics` shows it: a fault no remedy here fixes.
 - added latency (`/_sandbox/latency`) slows every answer but `/metrics`'s: slow, not down.
+- a volume claim filled past 98% (`/_sandbox/volume`) fails the writes, 40% of requests (no
+  space left on device); the kubelet's volume stats (`/_sandbox/kubelet/metrics`) show it.
 - a canary (`/_sandbox/canary`): a second Deployment `<service>-canary` runs another version
   behind the same Service; requests are split by ready pods, and each version fails (or not)
   by its own tag.
@@ -37,6 +39,9 @@ BAD_REVISION_ERROR_SHARE = 0.3
 DEPENDENCY_ERROR_SHARE = 0.5
 FLAG_ERROR_SHARE = 0.4
 BASE_LATENCY_SECONDS = 0.02
+WRITE_SHARE = 0.4  # of requests: they write to the volume claim, and fail when it is full
+VOLUME_WRITES_FAIL_AT = 0.98
+VOLUME_CAPACITY_BYTES = 1 << 30  # each claim: 1 GiB
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # le, in seconds (and +Inf)
 
 
@@ -56,6 +61,8 @@ class DemoService:
     duration_sum: float = 0.0
     duration_count: float = 0.0  # requests observed since start (seeded, back-dated traffic has no timing)
     canary: str | None = None  # the Deployment of a canary beside it, behind the same Service
+    claim: str | None = None  # the PersistentVolumeClaim its pods write to
+    volume_used: float = 0.35  # the share of the claim used (POST /_sandbox/volume)
 
     def tracks(self, cluster: Cluster) -> list[tuple[str, int]]:
         """Each Deployment behind the service's Service (its own, then a canary's) and its ready pods."""
@@ -88,6 +95,8 @@ class DemoService:
             share += DEPENDENCY_ERROR_SHARE
         if flags.get("new_checkout") == "on":
             share += FLAG_ERROR_SHARE
+        if self.claim and self.volume_used >= VOLUME_WRITES_FAIL_AT:
+            share += WRITE_SHARE
         self.count(version, load, failed + served * min(share, 1.0))
 
     def observe(self, requests: float, seconds: float) -> None:
@@ -128,6 +137,24 @@ class DemoService:
 
     def breaker_on(self, cluster: Cluster) -> bool:
         return self.flags(cluster).get("circuit_breaker") == "on"
+
+
+def volume_stats(services: list[DemoService]) -> str:
+    """The kubelet's volume metrics for each service's claim, in Prometheus's text format, as
+    the kubelet serves them (`kubelet_volume_stats_*{namespace, persistentvolumeclaim}`)."""
+    lines = []
+    for name, help_ in (("capacity_bytes", "Capacity in bytes of the volume"),
+                        ("used_bytes", "Number of used bytes in the volume"),
+                        ("available_bytes", "Number of available bytes in the volume")):
+        lines += [f"# HELP kubelet_volume_stats_{name} {help_}", f"# TYPE kubelet_volume_stats_{name} gauge"]
+        for svc in services:
+            if svc.claim:
+                used = int(svc.volume_used * VOLUME_CAPACITY_BYTES)
+                value = {"capacity_bytes": VOLUME_CAPACITY_BYTES, "used_bytes": used,
+                         "available_bytes": VOLUME_CAPACITY_BYTES - used}[name]
+                lines.append(f'kubelet_volume_stats_{name}{{namespace="{svc.namespace}",'
+                             f'persistentvolumeclaim="{svc.claim}"}} {value}')
+    return "\n".join(lines) + "\n"
 
 
 def _image(cluster: Cluster, namespace: str, name: str) -> str:

@@ -20,7 +20,7 @@ from sandbox.kube_api import KubeApi
 from sandbox.nodes import STATES as NODE_STATES
 from sandbox.pagerduty import PagerDuty
 from sandbox.rbac import ADMIN, Authorizer, Rbac, render, service_account_user
-from sandbox.services import BAD_REVISION_ERROR_SHARE, DemoService
+from sandbox.services import BAD_REVISION_ERROR_SHARE, DemoService, volume_stats
 from sandbox.services import endpoint as service_endpoint
 from sandbox.slack import Slack
 from sandbox.tls import make_certificate, server_context
@@ -84,6 +84,9 @@ class Sandbox:
         self.router.add("POST", "/_sandbox/latency", self._set_latency)
         self.router.add("POST", "/_sandbox/node", self._set_node)
         self.router.add("POST", "/_sandbox/canary", self._set_canary)
+        self.router.add("POST", "/_sandbox/volume", self._set_volume)
+        self.router.add("GET", "/_sandbox/kubelet/metrics", lambda req: Response.text(
+            volume_stats(list(self.services.values()))))
         self.router.add("POST", "/_sandbox/services", self._add_service)
         self.router.add("POST", "/_sandbox/logs", self._add_log_lines)
         self.reset()
@@ -113,7 +116,11 @@ class Sandbox:
         seed_deployment(c, Seed(NAMESPACE, "database", ["registry.sandbox.local/library/postgres:15.6"], replicas=1,
                                 age_hours=[240.0]))
         gh.repo("acme/incidents")
-        self._seed_service("api", ["v1.4.1", "v1.5.0"], secrets=("api-credentials",))
+        c.create("persistentvolumeclaims", NAMESPACE, {
+            "metadata": {"name": "api-data", **seeded},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}}})
+        self._seed_service("api", ["v1.4.1", "v1.5.0"], secrets=("api-credentials",), claims=("api-data",))
         c.create("ingresses", NAMESPACE, {  # ingress-nginx in front of api: it sees the real client address
             "metadata": {"name": "api", "annotations": {"kubernetes.io/ingress.class": "nginx"}},
             "spec": {"ingressClassName": "nginx", "rules": [{"host": "api.sandbox.local", "http": {"paths": [
@@ -121,20 +128,22 @@ class Sandbox:
                  "backend": {"service": {"name": "api", "port": {"number": 8080}}}}]}}]}})
         self._seed_service("frontend", ["v3.2.0"])
 
-    def _seed_service(self, name: str, versions: list[str], secrets: tuple[str, ...] = ()) -> None:
+    def _seed_service(self, name: str, versions: list[str], secrets: tuple[str, ...] = (),
+                      claims: tuple[str, ...] = ()) -> None:
         """A demo service like api: a deployment with its revisions, its repo with commits,
         deploy runs and a working rollback workflow."""
         now, gh = time.time(), self.github
         images = [f"{IMAGE.format(name=name)}:{v}" for v in versions]
         ages = [72.0, 48.0][-len(versions):]
-        seed_deployment(self.cluster, Seed(NAMESPACE, name, images, replicas=3, age_hours=ages, secrets=secrets))
+        seed_deployment(self.cluster, Seed(NAMESPACE, name, images, replicas=3, age_hours=ages, secrets=secrets,
+                                           claims=claims))
         repo = f"acme/{name}"
         for version, age in zip(versions, ages):
             gh.add_commit(repo, f"Release {version}", at=now - age * 3600 - 600)
             gh.record_run(repo, "deploy.yml", f"Deploy {version}", "success", at=now - age * 3600,
                           log=[f"Deploying {images[versions.index(version)]}", "Deployed"])
         gh.add_workflow(repo, "rollback.yml", self._rollback_runner(name))
-        service = self.services[name] = DemoService(name, NAMESPACE)
+        service = self.services[name] = DemoService(name, NAMESPACE, claim=claims[0] if claims else None)
         service.count(
             versions[-1], service.load_rps * 3600, 0.0
         )  # its pods served an hour before the counters were read
@@ -349,6 +358,19 @@ class Sandbox:
             return Response.json({"message": f"give service (one of {sorted(self.services)}) and ms 0-30000"}, 422)
         svc.latency_ms = float(ms)
         return Response.json({"service": svc.name, "latency_ms": svc.latency_ms})
+
+    def _set_volume(self, req: Request) -> Response:
+        """POST /_sandbox/volume {"service": "api", "used_percent": 98}: how full the service's
+        volume claim is (35 % to begin with). From 98 % its writes, 40 % of requests, fail."""
+        data = req.json() or {}
+        svc, used = self.services.get(data.get("service")), data.get("used_percent")
+        if svc is None or svc.claim is None or not isinstance(used, (int, float)) or isinstance(used, bool) \
+                or not 0 <= used <= 100:
+            claimed = sorted(n for n, s in self.services.items() if s.claim)
+            return Response.json({"message": f"give service (one with a volume claim: {claimed}) and used_percent "
+                                             "0-100"}, 422)
+        svc.volume_used = used / 100
+        return Response.json({"service": svc.name, "claim": svc.claim, "used_percent": used})
 
     def _set_canary(self, req: Request) -> Response:
         """POST /_sandbox/canary {"service": "api", "version": "v1.6.1-errors", "replicas": 1}: a

@@ -265,6 +265,11 @@ def _canary(ctx: RunContext, state: FaultState, step: Step) -> None:
     _sandbox_control(ctx, state, "canary", version=step.value, replicas=1)
 
 
+def _volume(ctx: RunContext, state: FaultState, step: Step) -> None:
+    """The service's volume claim filled to `step.value` percent, via the sandbox."""
+    _sandbox_control(ctx, state, "volume", used_percent=step.value)
+
+
 def _memory(ctx: RunContext, state: FaultState, step: Step) -> None:
     _sandbox_control(ctx, state, "memory", oom=True)
 
@@ -292,7 +297,7 @@ def _other_broken(ctx: RunContext, state: FaultState, step: Step) -> None:
 
 
 _INJECT = {"release": _release, "other_broken": _other_broken, "memory": _memory, "config": _config,
-           "secret": _secret, "latency": _latency, "node": _node, "canary": _canary,
+           "secret": _secret, "latency": _latency, "node": _node, "canary": _canary, "volume": _volume,
            "load": _load, "dependency": _dependency, "flag": _flag, "replicas": _replicas,
            "pg_lock": _pg_lock, "pg_idle": _pg_idle, "pg_connections": _pg_connections,
            "pg_long_query": _pg_long_query, "leaked_credential": _leaked_credential, "cache_fill": _cache_fill}
@@ -424,6 +429,10 @@ def _undo_traffic(ctx: RunContext, state: FaultState) -> list[str]:
     if state.undo.get("dependency"):
         httpx.post(f"{sandbox_url()}/_sandbox/dependency", json={"service": ctx.service_name, "down": False}, timeout=5)
         done.append("dependency back up")
+    if state.undo.get("volume"):
+        httpx.post(f"{sandbox_url()}/_sandbox/volume", json={"service": ctx.service_name, "used_percent": 35},
+                   timeout=5)
+        done.append("volume claim back to 35 % used")
     if state.undo.get("canary"):
         httpx.post(f"{sandbox_url()}/_sandbox/canary", json={"service": ctx.service_name, "replicas": 0}, timeout=5)
         done.append("canary scaled to 0")

@@ -372,7 +372,8 @@ def start_daemon(binary: str, args: list[str], package: str) -> tuple[subprocess
 
 
 def start_prometheus(home: Path, sandbox: Sandbox) -> tuple[subprocess.Popen, str]:
-    """Debian's Prometheus scraping the sandbox's api every second, data under `home`."""
+    """Debian's Prometheus scraping the sandbox's api and its kubelet's volume stats every
+    second, data under `home`."""
     config = home / "prometheus.yml"
     config.write_text(f"""
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
@@ -380,6 +381,10 @@ scrape_configs:
   - job_name: sandbox-api
     metrics_path: /services/api/metrics
     params: {{format: [prometheus]}}
+    static_configs: [{{targets: ["127.0.0.1:{sandbox.port}"]}}]
+  - job_name: sandbox-kubelet
+    metrics_path: /_sandbox/kubelet/metrics
+    honor_labels: true
     static_configs: [{{targets: ["127.0.0.1:{sandbox.port}"]}}]
 """)
     return start_daemon("prometheus", [f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}"],
@@ -398,7 +403,7 @@ def pytest_runtest_makereport(item, call):
 # (`make unit`: `pytest -m unit`, seconds and no services); everything runs in `make test`.
 SERVICE_FIXTURES = {"sandbox", "world", "test_config", "prefect_server", "database_url", "app_database_url", "store",
                     "cache_server", "deployments", "intake", "live_intake", "stack", "drill_env", "inline_worker",
-                    "prometheus_server", "second_world", "lanes", "alertmanager", "cli", "slack_intake"}
+                    "prometheus_server", "second_world", "lanes", "alertmanager", "cli", "slack_intake", "small_cache"}
 
 
 def pytest_addoption(parser):

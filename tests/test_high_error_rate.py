@@ -171,3 +171,37 @@ def test_a_canary_serves_its_share_beside_the_deployment_and_is_counted_apart(wo
     before = versions()["v1.6.1-errors"]["requests"]
     time.sleep(1)
     assert versions()["v1.6.1-errors"]["requests"] == before
+
+
+def test_a_full_volume_is_read_from_the_kubelets_stats_and_named_in_a_dry_run(world, prometheus, monkeypatch):
+    """The volume claim api writes to filled to 98 %: its writes (40 % of requests) fail. The
+    check reads the kubelet's volume stats through Prometheus for the claims the deployment
+    mounts, and the plan abstains naming the claim (no rollback, no scale-up)."""
+    from prefect.artifacts import Artifact
+    from prefect.logging import disable_run_logger
+
+    from flows.high_error_rate import high_error_rate
+    from tasks.context import RunContext
+    from tasks.volumes import volume_usage
+
+    assert httpx.post(f"{world.url}/_sandbox/volume", json={"service": "frontend", "used_percent": 98}).status_code \
+        == 422  # frontend mounts no claim
+    assert httpx.post(f"{world.url}/_sandbox/volume", json={"service": "api", "used_percent": 101}).status_code == 422
+    httpx.post(f"{world.url}/_sandbox/volume", json={"service": "api", "used_percent": 98}).raise_for_status()
+    stats = httpx.get(f"{world.url}/_sandbox/kubelet/metrics").text
+    assert 'kubelet_volume_stats_capacity_bytes{namespace="sandbox",persistentvolumeclaim="api-data"} 1073741824' \
+        in stats, stats
+    time.sleep(4)  # a few 1 s scrapes
+    result = FlowThread(high_error_rate, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
+    judged = result["judgement"]
+    assert judged["abstained"] and "the volume claim api-data (98% used) is full" in judged["summary"], judged
+    report = Artifact.get(f"incident-{result['incident_id']}-diagnosis").data
+    line = next(row for row in report.splitlines() if row.startswith("| volumes |"))
+    assert "❌" in line and "api-data: 98% used" in line, line
+
+    with disable_run_logger():
+        calm = volume_usage.fn(RunContext.load("sandbox-prometheus", "frontend"))
+        assert calm.ok is True and calm.summary == "the pods mount no volume claim", calm
+        monkeypatch.setenv("RUNBOOKS_TEST_PROMETHEUS_URL", "http://127.0.0.1:9")  # nothing listens there
+        unread = volume_usage.fn(RunContext.load("sandbox-prometheus", "api"))
+    assert unread.ok is None and "could not" in unread.summary.lower(), unread

@@ -25,6 +25,7 @@ from incidents.check_facts import (
     ROLLOUT,
     SESSIONS,
     USAGE,
+    VOLUMES,
 )
 from incidents.config import load_environment
 from incidents.database_rules import plan_database_issues
@@ -132,6 +133,16 @@ def database(roots: int = 0, long: int = 0, pressured: bool = False, idle_second
 
 
 # -- what the diagnosis sees for each fault of the catalog, and the alert's startsAt -------------------
+def volumes(used: float = 0.35) -> Finding:
+    return Finding(VOLUMES, used < 0.9, f"api-data: {used:.0%} used",
+                   data={"volumes": [{"claim": "api-data", "used_ratio": used}], "full_at": 0.9})
+
+
+def _with(scene: tuple, findings: dict[str, Finding]) -> tuple:
+    scenario, found, onset = scene
+    return scenario, {**found, **findings}, onset
+
+
 def _service_down(findings: dict, onset: float | None = 5) -> tuple:
     return "service-down", findings, onset
 
@@ -303,6 +314,11 @@ SCENES = {
     "release-then-canary-errors": _errors(
         0.075, "v1.6.0", 3, GOOD, versions={"v1.6.0": (75, 0, 30075, 10), "v1.6.1-errors": (25, 7.5, 400, 120),
                                             "v1.5.0": CLEAN_OLD}),
+    "volume-full": _with(_errors(0.4, "v1.5.0", 2, None, versions={"v1.5.0": (100, 40, 180500, 300)}),
+                         {VOLUMES: volumes(0.98)}),
+    "release-then-volume-full": _with(_errors(0.4, "v1.6.0", 3, GOOD, versions={"v1.6.0": (100, 40, 30400, 160),
+                                                                                "v1.5.0": CLEAN_OLD}),
+                                      {VOLUMES: volumes(0.98)}),
     "feature-flag": _errors(0.4, "v1.5.0", 2, None, versions={"v1.5.0": (100, 40, 180500, 300)}),
     "dependency-down": _errors(
         0.5, "v1.5.0", 2, None, failing=("payments",), versions={"v1.5.0": (100, 50, 180500, 400)}
@@ -610,6 +626,21 @@ def test_an_erroring_canary_is_named_with_its_share_and_nothing_of_the_deploymen
     _, findings, onset = SCENES["feature-flag"]
     quiet = {**findings, RATE: rate(0.4, 50, {"v1.5.0": (75, 30, 180500, 300), "v1.6.1": (25, 0, 400, 0)})}
     assert "canary" not in plan_for("high-error-rate", quiet, onset).summary
+
+
+def test_a_full_volume_is_named_and_neither_rolled_back_nor_scaled():
+    for name in ("volume-full", "release-then-volume-full"):
+        plan = plan_for(*SCENES[name])
+        assert plan.abstained and not plan.actions, (name, plan.summary)
+        assert "the volume claim api-data (98% used) is full" in plan.summary, plan.summary
+    # with an overload too, the scale-up still goes ahead, the full volume said against it
+    scenario, findings, onset = SCENES["error-spike"]
+    plan = plan_for(scenario, {**findings, VOLUMES: volumes(0.98)}, onset)
+    assert [a.kind for a in plan.actions] == ["scale"], plan.summary
+    assert any("volume claim api-data (98% used)" in line for line in plan.against), plan.against
+    # a volume below its threshold changes nothing
+    scenario, findings, onset = SCENES["feature-flag"]
+    assert "volume" not in plan_for(scenario, {**findings, VOLUMES: volumes(0.6)}, onset).summary
 
 
 def test_a_dependency_probed_directly_separates_a_release_that_breaks_its_calls_from_an_outage():
