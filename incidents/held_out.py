@@ -13,6 +13,10 @@ Faults of the target service, and the remedy each needs:
                                                                                a Ready node)
     service-down      crash-looping release                                 -> rollback
                       deployment scaled to 0                                -> scale
+    database-issues   a table lock held idle in a transaction, with waiters -> terminate_sessions
+                      the app role's connections nearly used up by idle
+                      sessions                                              -> terminate_sessions
+                      the service's cache full (keys without a TTL)         -> clear_cache
 
 1. A combination needs the union of its faults' remedies; two bad releases in a row need one
    rollback (to the last revision that served).
@@ -28,6 +32,10 @@ Faults of the target service, and the remedy each needs:
    to 0 (either remedy alone is half the fix).
 5. A node NotReady comes last: any rollout after it (a release, good or bad) replaces every pod
    on the Ready node, and the node's fault is gone before the runbook looks.
+6. Database faults combine with the full cache only: a lock's holder and waiters together with
+   the connection pressure's idle sessions exceed the role's limit, so one fault would stop the
+   other from being staged. A runaway query is left out (its remedy, cancel_queries, would be
+   the only one of its kind, and its combinations are in the catalog).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from dataclasses import dataclass
 
 from incidents.drills import CATALOG, FaultSpec, Step, fault_spec
 
-_ER, _SD = "high-error-rate", "service-down"
+_ER, _SD, _DB = "high-error-rate", "service-down", "database-issues"
 
 
 @dataclass(frozen=True)
@@ -51,12 +59,15 @@ _FAULTS = {
     _ER: (_Atom("erroring-release", "rollback", True), _Atom("overload", "scale"),
           _Atom("dependency", "circuit_breaker"), _Atom("node-not-ready", "scale")),
     _SD: (_Atom("crash-release", "rollback", True), _Atom("scaled-to-zero", "scale")),
+    _DB: (_Atom("lock", "terminate_sessions"), _Atom("connections", "terminate_sessions"),
+          _Atom("cache-full", "clear_cache")),
 }
 _PAIRS = {  # the faults combined (rule 4 leaves crash-release with scaled-to-zero out)
     _ER: [("erroring-release",), ("overload",), ("dependency",), ("erroring-release", "overload"),
           ("erroring-release", "dependency"), ("overload", "dependency"), ("erroring-release", "erroring-release"),
           ("node-not-ready",), ("erroring-release", "node-not-ready"), ("dependency", "node-not-ready")],
     _SD: [("crash-release",), ("scaled-to-zero",), ("crash-release", "crash-release")],
+    _DB: [("lock",), ("connections",), ("cache-full",), ("lock", "cache-full"), ("connections", "cache-full")],
 }
 
 
@@ -81,6 +92,9 @@ def _fault_step(name: str, n: int, rng: random.Random) -> Step:
         return Step("dependency", True, after_seconds=gap)
     if name == "node-not-ready":
         return Step("node", "NotReady", after_seconds=gap)
+    if name in ("lock", "connections", "cache-full"):
+        return Step({"lock": "pg_lock", "connections": "pg_connections", "cache-full": "cache_fill"}[name],
+                    after_seconds=gap)
     return Step("replicas", 0, after_seconds=gap)
 
 
@@ -117,7 +131,7 @@ def _shape(spec: FaultSpec) -> tuple[object, ...]:
 
 
 def _one(rng: random.Random, index: int) -> FaultSpec:
-    scenario = rng.choice((_ER, _ER, _SD))
+    scenario = rng.choice((_ER, _ER, _SD, _DB))
     faults = rng.choice(_PAIRS[scenario])
     if len(set(faults)) == len(faults) and rng.random() < 0.5:
         faults = tuple(reversed(faults))

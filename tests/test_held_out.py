@@ -22,7 +22,7 @@ def test_the_set_mixes_what_the_issue_asks_for():
     assert sum(s.faults >= 2 for s in specs) >= 10  # two faults
     assert sum(s.decoy_release for s in specs) >= 15  # a healthy release before or during
     assert sum(any(st.kind == "other_broken" for st in s.steps) for s in specs) >= 5  # another service broken
-    assert {s.scenario for s in specs} == {"high-error-rate", "service-down"}
+    assert {s.scenario for s in specs} == {"high-error-rate", "service-down", "database-issues"}
     assert any(st.after_seconds for s in specs for st in s.steps)  # gaps
 
 
@@ -38,6 +38,12 @@ def test_the_rules_written_down():
     assert expected_remedies(er, ("erroring-release", "erroring-release")) == {"rollback"}
     assert expected_remedies(er, ("erroring-release", "dependency")) == {"circuit_breaker"}  # rule 2
     assert expected_remedies(sd, ("crash-release", "crash-release")) == {"rollback"}
+    db = "database-issues"
+    assert expected_remedies(db, ("lock", "cache-full")) == {"terminate_sessions", "clear_cache"}  # rule 6
+    assert expected_remedies(db, ("connections",)) == {"terminate_sessions"}
     for spec in generate(60):  # rule 3: a healthy release or another service never adds a harmful remedy
         bad_release = any(st.kind == "release" and st.is_fault for st in spec.steps)
-        assert bad_release or not spec.expected & HARMFUL_WHEN_UNNEEDED, spec
+        assert bad_release or "rollback" not in spec.expected, spec
+        assert spec.expected & HARMFUL_WHEN_UNNEEDED <= {"rollback", "terminate_sessions", "clear_cache"}, spec
+        if {"pg_lock", "pg_connections"} <= {st.kind for st in spec.steps}:  # rule 6
+            raise AssertionError(f"a lock and connection pressure together cannot both be staged: {spec}")
