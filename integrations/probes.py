@@ -4,6 +4,7 @@ its own timeout. A probe measures, so it is never retried."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class ErrorMetrics:
     errors: float
     # per version (the image tag that served them), when the service labels its counters so
     by_version: dict[str, tuple[float, float]] = field(default_factory=dict, compare=False)
+    seconds: float = field(default=0.0, compare=False)  # how long the window was (0: totals since start)
 
     @property
     def error_rate(self) -> float:
@@ -130,16 +132,50 @@ def _versions(body: dict[str, Any]) -> dict[str, tuple[float, float]]:
             for v, c in found.items() if isinstance(c, dict)}
 
 
-def sample_error_rate(url: str, seconds: float, timeout: float = 5.0) -> tuple[ErrorMetrics, ErrorMetrics]:
-    """Read /metrics twice, `seconds` apart: the counters' difference is the recent error rate
-    (the totals since start would hide a fresh spike). Returns (window, totals)."""
+SETTLE_AFTER_SECONDS = 1.0  # the shortest window that may settle early
+SETTLE_MIN_REQUESTS = 30
+SETTLE_POLL_SECONDS = 0.25
+
+
+def wilson_interval(errors: float, requests: float, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of an error rate measured on `requests` requests."""
+    if requests <= 0:
+        return 0.0, 1.0
+    p, n = errors / requests, requests
+    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n)), min(1.0, (centre + spread) / (1 + z * z / n))
+
+
+def settled(window: ErrorMetrics, threshold: float) -> bool:
+    """Enough requests that the error rate is surely above the threshold, or surely below it
+    (its 95 % interval wholly on one side): a longer window would not change the finding."""
+    if window.requests < SETTLE_MIN_REQUESTS:
+        return False
+    low, high = wilson_interval(window.errors, window.requests)
+    return low > threshold or high < threshold
+
+
+def sample_error_rate(url: str, seconds: float, timeout: float = 5.0,
+                      threshold: float | None = None) -> tuple[ErrorMetrics, ErrorMetrics]:
+    """Read /metrics at the start and again `seconds` later: the counters' difference is the
+    recent error rate (the totals since start would hide a fresh spike). Given a `threshold`,
+    the window ends early -- read every SETTLE_POLL_SECONDS from SETTLE_AFTER_SECONDS on --
+    once the rate is surely above or below it. Returns (window, totals)."""
     with http_client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
-        first = _counters(client, url)
-        time.sleep(seconds)
-        second = _counters(client, url)
+        started, first = time.monotonic(), _counters(client, url)
+        time.sleep(min(seconds, SETTLE_AFTER_SECONDS) if threshold is not None else seconds)
+        while True:
+            second, elapsed = _counters(client, url), time.monotonic() - started
+            window = _difference(first, second, elapsed)
+            if threshold is None or elapsed >= seconds or settled(window, threshold):
+                return window, second
+            time.sleep(min(SETTLE_POLL_SECONDS, max(0.0, seconds - elapsed)))
+
+
+def _difference(first: ErrorMetrics, second: ErrorMetrics, seconds: float) -> ErrorMetrics:
     versions = {v: (r - first.by_version.get(v, (0.0, 0.0))[0], e - first.by_version.get(v, (0.0, 0.0))[1])
                 for v, (r, e) in second.by_version.items()}
-    return ErrorMetrics(second.requests - first.requests, second.errors - first.errors, versions), second
+    return ErrorMetrics(second.requests - first.requests, second.errors - first.errors, versions, seconds)
 
 
 def _counters(client: httpx.Client, url: str) -> ErrorMetrics:

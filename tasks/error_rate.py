@@ -41,15 +41,18 @@ def _measure(ctx: RunContext) -> tuple[float, float, float]:
 def measure_error_rate(ctx: RunContext) -> Finding:
     """`curl /metrics | jq '.errors'`, twice, a window apart: the recent error rate."""
     service = ctx.service
-    threshold, seconds = service.errors.threshold, service.errors.sample_seconds
+    threshold = service.errors.threshold
     try:
         window, totals = sample_error_rate(
-            service.url(service.metrics_path), seconds, ctx.config.timeouts.probe_seconds
+            service.url(service.metrics_path), service.errors.sample_seconds, ctx.config.timeouts.probe_seconds,
+            threshold=threshold,
         )
     except Exception as exc:  # noqa: BLE001 - HTTP error, bad body: the check could not run
         return unavailable(RATE, f"{type(exc).__name__}: {exc}")
-    rate = window.error_rate
-    summary = f"{rate:.1%} of {window.requests:g} requests failed in {seconds:g} s (threshold {threshold:.1%})"
+    rate, seconds = window.error_rate, window.seconds
+    early = " (settled early: surely on one side of the threshold)" if seconds < service.errors.sample_seconds else ""
+    summary = (f"{rate:.1%} of {window.requests:g} requests failed in {seconds:.1f} s (threshold {threshold:.1%})"
+               + early)
     versions = {v: {"window_requests": r, "window_errors": e, "requests": totals.by_version[v][0],
                     "errors": totals.by_version[v][1]}
                 for v, (r, e) in window.by_version.items() if v in totals.by_version}

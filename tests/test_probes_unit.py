@@ -1,0 +1,56 @@
+"""The error-rate window that ends once the rate is surely on one side of the threshold."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from integrations.probes import ErrorMetrics, sample_error_rate, settled, wilson_interval
+
+
+def test_the_interval_narrows_with_requests_and_settles_only_when_wholly_on_one_side():
+    low, high = wilson_interval(0, 100)
+    assert low == 0.0 and 0.035 < high < 0.04
+    assert not settled(ErrorMetrics(50, 0), 0.05)  # 0 of 50 could still be 7 %
+    assert settled(ErrorMetrics(100, 0), 0.05)
+    assert settled(ErrorMetrics(37, 15), 0.05)  # 40 % of 37: surely above 5 %
+    assert not settled(ErrorMetrics(100, 7.5), 0.05)  # 7.5 %: could be either side
+    assert not settled(ErrorMetrics(20, 20), 0.05)  # too few requests to say anything
+
+
+@pytest.fixture
+def counters():
+    """A /metrics whose counters grow by the clock: 100 requests a second, `share` failing."""
+    state = {"share": 0.4, "start": time.monotonic()}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            requests = (time.monotonic() - state["start"]) * 100
+            body = json.dumps({"requests": int(requests), "errors": int(requests * state["share"])}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/metrics", state
+    server.shutdown()
+
+
+def test_a_clear_spike_ends_the_window_early_and_an_unclear_rate_uses_all_of_it(counters):
+    url, state = counters
+    window, _ = sample_error_rate(url, 2.0, threshold=0.05)
+    assert 1.0 <= window.seconds < 1.6 and window.error_rate > 0.3, window
+    state["share"] = 0.07
+    window, _ = sample_error_rate(url, 2.0, threshold=0.05)
+    assert window.seconds >= 2.0, window
+    window, _ = sample_error_rate(url, 2.0)  # no threshold: the whole window, as the verification reads it
+    assert window.seconds >= 2.0
