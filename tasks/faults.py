@@ -346,8 +346,11 @@ def _cache_full(ctx: RunContext) -> bool:
     cache = ctx.service.cache
     if cache is None:
         return False
-    with ctx.cache(cache.url_secret) as client:
-        ratio = client.health().memory_ratio
+    try:
+        with ctx.cache(cache.url_secret) as client:
+            ratio = client.health().memory_ratio
+    except IntegrationError:  # a cache no one can read raises no memory alert either
+        return False
     return ratio is not None and ratio >= cache.memory_threshold
 
 
