@@ -71,7 +71,7 @@ def handle_event(event: dict) -> dict:
     from incidents.config import ConfigError, load_environment
     from incidents.store import IncidentStore, StoreError
     from tasks.context import RunContext
-    from tasks.notify import send_slack
+    from tasks.notify import refresh_issue, send_slack
     from tasks.paging import incident_of_key
     from tasks.timeline import record
 
@@ -98,6 +98,8 @@ def handle_event(event: dict) -> dict:
     verb = "acknowledged" if kind == "incident.acknowledged" else "resolved"
     record(ctx, incident_id, who, EventKind.ACKNOWLEDGED if acknowledged else _TOLD_KIND[verb],
            f"{verb.capitalize()} in PagerDuty by {agent}" + ("; escalation stops" if acknowledged else ""))
+    if acknowledged:
+        refresh_issue(ctx, incident_id)
     if acknowledged or verb == "resolved":
         note = (f"👀 {verb.capitalize()} in PagerDuty by {agent}"
                 + ("; escalation stops." if acknowledged else ".")

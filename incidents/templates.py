@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from incidents.models import Incident
+from incidents.models import Incident, TimelineEvent
 from incidents.redaction import redact
 
 _MASS_MENTION = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
@@ -146,9 +146,40 @@ def resolution_markdown(root_cause: str, what_was_done: str, prevention: str) ->
     )
 
 
+# The timeline entries an issue's reader needs (the rest is in `runbooks incident N`).
+KEY_MOMENTS = frozenset({"detected", "acknowledged", "escalated", "diagnosed", "approval_approved",
+                         "approval_declined", "approval_timed_out", "action", "action_failed", "recovered",
+                         "resolved", "resolved_by_hand", "cancelled"})
+SEVERITY_LABELS = frozenset({"P0", "P1", "P2", "P3", "priority:high"})
+
+
+def key_moments(events: Sequence[TimelineEvent]) -> list[tuple[datetime, str, str]]:
+    """(when, kind, what) of the timeline entries the issue shows: KEY_MOMENTS, and an alert
+    that joined and raised the severity."""
+    return [(e.at, str(e.kind), e.message) for e in events
+            if str(e.kind) in KEY_MOMENTS or (str(e.kind) in ("joined", "flap") and e.data.get("raised_from"))]
+
+
+def summary_of(title: str) -> str:
+    """The summary an issue title (`[P1] api: summary`) was made from."""
+    return title.split(": ", 1)[1] if title.startswith("[") and ": " in title else title
+
+
+def duration_text(incident: Incident, now: datetime) -> str:
+    began = incident.started_at or incident.opened_at
+    end = incident.resolved_at or now
+    minutes = max(0, int((end - began).total_seconds() // 60))
+    said = f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes} min"
+    return said if incident.resolved_at else f"ongoing ({said} so far)"
+
+
 def issue_body(incident: Incident, summary: str, roles: list[tuple[str, str, str]], policy: Any,
-               impact: str = "Being assessed") -> str:
-    """The playbook's Incident Issue Template, filled as far as is known when it opens."""
+               impact: str = "Being assessed", moments: Sequence[tuple[datetime, str, str]] = (),
+               now: datetime | None = None) -> str:
+    """The playbook's Incident Issue Template, filled with what the record knows: written when
+    the incident opens, and again in place as its status, severity and roles change, so the
+    issue tells what the store knows (`moments`: the timeline's key entries, oldest first, as
+    (when, kind, what))."""
     alert_line = ""
     if incident.alert:
         name = (
@@ -158,30 +189,37 @@ def issue_body(incident: Incident, summary: str, roles: list[tuple[str, str, str
         )
         alert_line = f"\n**Alert:** {markdown_text(name or 'external alert')}"
     role_rows = "\n".join(f"| {role} | {contact} | {backup or '-'} |" for role, contact, backup in roles)
+    commander = next((contact for role, contact, _ in roles if role.lower().startswith("incident commander")), "-")
+    resolved = f"\n**Resolved:** {stamp(incident.resolved_at)}" if incident.resolved_at else ""
+    timeline = "\n".join(f"- **{stamp(at)}** - {markdown_text(what, 200)}" for at, _, what in moments) or (
+        f"- **{stamp(incident.opened_at)}** - Incident detected\n- **{stamp(incident.opened_at)}** - "
+        "Investigation started")
+    actions = [f"- [{'x' if kind == 'action' else ' '}] {markdown_text(what, 200)}" for _, kind, what in moments
+               if kind in ("action", "action_failed")]
     return f"""## 🚨 Incident Report
 
 **Severity:** {incident.severity.value} ({incident.severity.label})
 **Service:** {markdown_text(incident.service)} ({markdown_text(incident.environment)})
 **Start Time:** {stamp(incident.opened_at)}
 **Detected By:** {markdown_text(incident.detected_by)}
-**Status:** Investigating{alert_line}
+**Status:** {incident.status.value}{resolved}
+**Commander:** {commander}{alert_line}
 
 **Summary:** {markdown_text(summary)}
 
 ### 📊 Impact
-- **Users Affected:** {markdown_text(impact)}
-- **Duration:** ongoing
-- **Business Impact:** {markdown_text(impact)}
+- **Users Affected:** {markdown_text(incident.users_affected or impact)}
+- **Duration:** {duration_text(incident, now or incident.opened_at)}
+- **Business Impact:** {markdown_text(incident.impact or impact)}
 
 ### Timeline
-- **{stamp(incident.opened_at)}** - Incident detected
-- **{stamp(incident.opened_at)}** - Investigation started
+{timeline}
 
 ### Actions Taken
-- [ ] Diagnosis (report follows as a comment)
+{chr(10).join(actions) or "- [ ] Diagnosis (report follows as a comment)"}
 
 ### Root Cause
-To be determined.
+{markdown_text(incident.root_cause, 500) if incident.root_cause else "To be determined."}
 
 ### Lessons Learned
 To be written in the post-mortem.

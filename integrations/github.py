@@ -224,6 +224,12 @@ class GitHubClient(Closing):
         return _json_object(self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}",
                                        json={"state": "closed", "state_reason": reason}).json())
 
+    def update_issue(self, repo: str, number: int, *, title: str | None = None, body: str | None = None,
+                     labels: list[str] | None = None) -> dict[str, Any]:
+        """Rewrite an issue's title, body or labels in place (PATCH; labels replace the set)."""
+        payload = {k: v for k, v in (("title", title), ("body", body), ("labels", labels)) if v is not None}
+        return _json_object(self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}", json=payload).json())
+
     def get_issue(self, repo: str, number: int) -> dict[str, Any]:
         return _json_object(self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}").json())
 

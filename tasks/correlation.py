@@ -25,7 +25,7 @@ from incidents.alerts import WITHDRAWN_REASON, AlertParameter
 from incidents.escalation import level_contacts
 from incidents.models import EventKind, Incident, Severity
 from tasks.context import RunContext
-from tasks.notify import add_comment, send_slack
+from tasks.notify import add_comment, refresh_issue, send_slack
 from tasks.paging import mentions, trigger_pagers
 from tasks.timeline import record
 
@@ -97,6 +97,7 @@ def join(ctx: RunContext, incident: Incident, alert: AlertParameter | None, seve
                         f"### ⏫ Severity raised from {raised_from.value} to {incident.severity.value}\n\n"
                         f"{templates.markdown_text(message, 600)}\n\nPaged: {' '.join(paged) or 'nobody new'}")
     if raised_from is not None and incident.announced_at is not None:
+        refresh_issue(ctx, incident.id)  # the title, labels and body say the new severity
         trigger_pagers(ctx, incident, 0)  # the new severity's pagers (one PagerDuty alert: the same dedup_key)
     return Joined(incident, seen, raised_from, tuple(paged))
 

@@ -17,7 +17,7 @@ from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.correlation import detected, join
-from tasks.notify import comment_on_issue, notify_slack
+from tasks.notify import comment_on_issue, notify_slack, refresh_issue
 from tasks.paging import mentions, trigger_pagers, update_pagers
 from tasks.postmortem import start_post_incident
 from tasks.steps import run_logger, step
@@ -124,6 +124,7 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
                 github.close_issue(repo, number)
         except (IntegrationError, SecretNotFound) as exc:
             record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"issue not closed: {exc}")
+    refresh_issue(ctx, incident.id, run_logger())
     if postmortem:
         start_post_incident(ctx, incident)
     return True
@@ -153,6 +154,7 @@ def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Sta
                                                                impact, note, paging=mentions(ctx, fresh)))
     comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
                      f"### Escalated\n\n{templates.markdown_text(why, 600)}\n\nNotified: {who}")
+    refresh_issue(ctx, incident.id, run_logger())
     return fresh
 
 

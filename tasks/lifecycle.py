@@ -28,7 +28,7 @@ from tasks.context import RunContext
 from tasks.deploys import RemediationFailed
 from tasks.incident import escalate_incident, resolve_incident
 from tasks.leases import await_turn, holder_of, holding
-from tasks.notify import notify_slack
+from tasks.notify import notify_slack, refresh_issue
 from tasks.reporting import publish_report
 from tasks.scenario import Scenario
 from tasks.steps import run_logger
@@ -43,6 +43,7 @@ def _status(ctx: RunContext, incident: Incident, status: Status, eta: str, impac
     except StoreError as exc:
         run_logger().error("Incident %s status not updated: %s", incident.id, exc)
     notify_slack(ctx, incident.id, templates.status_update(incident, status.value, eta, impact, note))
+    refresh_issue(ctx, incident.id, run_logger())
 
 
 def drill_approval(ctx: RunContext, alert: AlertParameter | None) -> tuple[str | None, float]:

@@ -4,7 +4,9 @@ to the incident timeline, and the run goes on."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
+from incidents import templates
 from incidents.config import EnvironmentConfig
 from incidents.models import EventKind, SlackThread
 from incidents.redaction import redact
@@ -114,6 +116,36 @@ def add_comment(ctx: RunContext, incident_id: int, repo: str | None, number: int
         logger.warning("Comment on %s#%s not added: %s", repo, number, exc)
         record(ctx, incident_id, "runbook", EventKind.NOTIFICATION_FAILED,
                f"GitHub comment on #{number} not added: {markdown_text(exc, 300)}")
+        return False
+    return True
+
+
+def refresh_issue(ctx: RunContext, incident_id: int, logger: logging.Logger | logging.LoggerAdapter = _log) -> bool:
+    """The incident's issue rewritten in place from the record, so that it tells what the store
+    knows: the body (status, severity, duration, commander, key moments, root cause), the
+    title's severity, and the severity labels (labels people added stay). False (never an
+    exception) if it failed."""
+    try:
+        store = ctx.store()
+        incident = store.get(incident_id)
+        repo, number = incident.github_repo, incident.github_issue
+        if not repo or not number:
+            return False
+        summary = templates.summary_of(incident.title)
+        body = templates.issue_body(incident, summary, ctx.config.roles.table(),
+                                    ctx.config.escalation.policy(incident.severity),
+                                    moments=templates.key_moments(store.timeline(incident_id)),
+                                    now=datetime.now(timezone.utc))
+        with ctx.github() as github:
+            current = github.get_issue(repo, number)
+            kept = [str(label.get("name")) for label in current.get("labels") or []
+                    if label.get("name") not in templates.SEVERITY_LABELS]
+            github.update_issue(repo, number, title=redact(templates.issue_title(incident, summary)),
+                                body=redact(body), labels=list(dict.fromkeys([*kept, *incident.severity.labels])))
+    except _NOTIFY_ERRORS as exc:
+        logger.warning("Issue of incident %s not brought up to date: %s", incident_id, exc)
+        record(ctx, incident_id, "runbook", EventKind.NOTIFICATION_FAILED,
+               f"GitHub issue not brought up to date: {markdown_text(exc, 300)}")
         return False
     return True
 

@@ -32,7 +32,7 @@ from tasks.containment import review_containments
 from tasks.context import RunContext, SecretNotFound
 from tasks.correlation import withdraw_quiet
 from tasks.incident import resolve_incident
-from tasks.notify import comment_on_issue, notify_slack
+from tasks.notify import comment_on_issue, notify_slack, refresh_issue
 from tasks.paging import mentions, retrigger_missing, trigger_pagers, update_pagers
 from tasks.steps import run_logger, step
 from tasks.timeline import record
@@ -282,6 +282,7 @@ def acknowledge(environment: str, incident_id: int, by: str) -> bool:
         return False
     record(ctx, incident_id, by, EventKind.ACKNOWLEDGED, f"Acknowledged by {by}; escalation stops")
     update_pagers(ctx, incident, "acknowledge", by)
+    refresh_issue(ctx, incident_id, run_logger())
     notify_slack(
         ctx,
         incident_id,

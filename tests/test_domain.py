@@ -72,6 +72,34 @@ def test_issue_body_has_the_playbook_sections():
         assert heading in body
 
 
+def test_the_issue_body_is_rewritten_from_the_record_as_the_incident_moves_on():
+    from datetime import timedelta
+
+    from incidents.models import TimelineEvent
+
+    opened = datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc)
+    events = [TimelineEvent(opened, "runbook", "detected", "service-down: api is down", {}),
+              TimelineEvent(opened, "runbook", "issue_opened", "GitHub issue opened", {}),
+              TimelineEvent(opened + timedelta(minutes=2), "alice", "approval_approved", "Approved by alice", {}),
+              TimelineEvent(opened + timedelta(minutes=3), "runbook", "action", "rollback: revision 3 -> 2", {}),
+              TimelineEvent(opened + timedelta(minutes=4), "am", "joined", "ServiceDown also fires; severity raised "
+                                                                          "from P1 to P0", {"raised_from": "P1"}),
+              TimelineEvent(opened + timedelta(minutes=5), "am", "joined", "a replica's copy", {"raised_from": None})]
+    moments = templates.key_moments(events)
+    assert [kind for _, kind, _ in moments] == ["detected", "approval_approved", "action", "joined"]
+    roles = Roles(incident_commander="@ic").table()
+    open_body = templates.issue_body(incident(), "api is down", roles, EscalationMatrix().P0, moments=moments,
+                                     now=opened + timedelta(minutes=12))
+    assert "**Status:** Investigating" in open_body and "- **Duration:** ongoing (12 min so far)" in open_body
+    assert "**Commander:** @ic" in open_body and "- [x] rollback: revision 3 -&gt; 2" in open_body  # Markdown-safe
+    assert "severity raised from P1 to P0" in open_body and "a replica's copy" not in open_body
+    done = incident(status=Status.RESOLVED, resolved_at=opened + timedelta(minutes=75), root_cause="v2 broke it")
+    body = templates.issue_body(done, "api is down", roles, EscalationMatrix().P0, moments=moments)
+    assert "**Status:** Resolved\n**Resolved:** 2026-11-26 04:15:00 UTC" in body and "- **Duration:** 1h15m" in body
+    assert "### Root Cause\nv2 broke it" in body
+    assert templates.summary_of("[P1] api: error rate 40%: above 5%") == "error rate 40%: above 5%"
+
+
 def test_severity_labels_and_matrix():
     assert Severity.P0.labels == ["incident", "P0", "priority:high", "area:infra"]
     assert Severity.P2.labels == ["incident", "P2", "area:infra"]

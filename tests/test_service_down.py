@@ -69,6 +69,10 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
     assert issue["state"] == "closed"
     assert [label["name"] for label in issue["labels"]] == ["incident", "P0", "priority:high", "area:infra"]
     assert "## 🚨 Incident Report" in issue["body"] and "**Severity:** P0" in issue["body"]
+    # the body tells what the store knows, rewritten in place as the incident moved on
+    assert "**Status:** Resolved" in issue["body"] and "**Resolved:** " in issue["body"], issue["body"]
+    assert "- **Duration:** ongoing" not in issue["body"] and "**Commander:** @" in issue["body"]
+    assert "- [x] " in issue["body"] and "A bad deployment" in issue["body"], issue["body"]
     comments = [c["body"] for c in world.github.repo("acme/incidents").comments[issue["number"]]]
     assert any(c.startswith("## Diagnosis") and "CrashLoopBackOff" in c for c in comments)
     assert any("Incident resolved" in c and "Root Cause" in c for c in comments)
