@@ -7,6 +7,8 @@
     runbooks cancel RUN [--by NAME] [--reason "..."]                      stop a run; the timeline says who
     runbooks incidents [--open]  /  runbooks incident ID                 the incident record
     runbooks ack ID [--by NAME]                                          acknowledge: escalation stops
+    runbooks role ID commander|comms|owner|scribe @HANDLE [--by NAME]    hand an incident role over
+    runbooks note ID TEXT [--by NAME]                                    a note for the timeline and post-mortem
     runbooks resolve ID --by NAME --note TEXT                            resolve by hand: Resolution, issue closed
     runbooks postmortem ID                                               start the post-incident run (its form)
     runbooks metrics [--env sandbox] [--json] [--chart FILE.svg]         MTTD / MTTA / MTTR against targets
@@ -44,7 +46,16 @@ from deployments.cli_common import (
 )
 from deployments.cli_containment import add_commands as add_containment_commands
 from deployments.cli_containment import cmd_containment
-from deployments.cli_incidents import cmd_ack, cmd_incident, cmd_incidents, cmd_metrics, cmd_postmortem, cmd_resolve
+from deployments.cli_incidents import (
+    cmd_ack,
+    cmd_incident,
+    cmd_incidents,
+    cmd_metrics,
+    cmd_note,
+    cmd_postmortem,
+    cmd_resolve,
+    cmd_role,
+)
 from deployments.cli_local import FAULTS, cmd_faults, cmd_sandbox
 from incidents.alerts import target_of
 from incidents.models import Approval, EventKind
@@ -227,6 +238,15 @@ def _incident_commands(sub: Any) -> None:
     ack = sub.add_parser("ack", help="acknowledge an incident: you are on it; escalation stops")
     ack.add_argument("id", type=int)
     ack.add_argument("--by", help="your name (default: $RUNBOOKS_APPROVER or your login)")
+    role = sub.add_parser("role", help="hand an incident role over (commander, comms, owner, scribe)")
+    role.add_argument("id", type=int)
+    role.add_argument("role", choices=["commander", "comms", "owner", "scribe"])
+    role.add_argument("handle", help="who takes it over (@name)")
+    role.add_argument("--by", help="your name (default: $RUNBOOKS_APPROVER or your login)")
+    note = sub.add_parser("note", help="a note for the incident's timeline and its post-mortem")
+    note.add_argument("id", type=int)
+    note.add_argument("text", nargs="+")
+    note.add_argument("--by", help="your name (default: $RUNBOOKS_APPROVER or your login)")
     resolve = sub.add_parser("resolve", help="resolve an incident by hand: Resolution message, issue closed")
     resolve.add_argument("id", type=int)
     resolve.add_argument("--by", required=True, help="your name")
@@ -261,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "approvals": cmd_approvals, "approve": cmd_approve, "decline": cmd_decline,
                 "cancel": cmd_cancel,
                 "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config,
-                "ack": cmd_ack, "resolve": cmd_resolve, "postmortem": cmd_postmortem, "metrics": cmd_metrics,
-                "faults": cmd_faults, "containment": cmd_containment}
+                "ack": cmd_ack, "role": cmd_role, "note": cmd_note, "resolve": cmd_resolve,
+                "postmortem": cmd_postmortem, "metrics": cmd_metrics, "faults": cmd_faults,
+                "containment": cmd_containment}
     try:
         if args.command in ("up", "down"):
             from devstack.stack import main as stack_main

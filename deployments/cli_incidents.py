@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import uuid
+from typing import Any
 
 from deployments.cli_common import (
     OK,
@@ -19,6 +20,7 @@ from deployments.cli_common import (
     store_failure,
 )
 from incidents.config import ConfigError
+from incidents.config_people import ROLE_TITLES
 
 
 # -- incidents ---------------------------------------------------------------------------------------
@@ -48,10 +50,23 @@ def cmd_incident(args: argparse.Namespace) -> int:
           f"{incident.service} in {incident.environment}, issue {incident.issue_url or '-'}")
     if incident.root_cause:
         print(f"  root cause: {incident.root_cause}")
+    print("  roles: " + ", ".join(f"{ROLE_TITLES[role]} {holder}" for role, holder in _holders(store, incident)))
     print("timeline:")
     for event in timeline:
         print(f"  {event.at:%H:%M:%S}  {event.actor:<24.24} {event.kind:<20} {event.message}")
     return OK
+
+
+def _holders(store: Any, incident: Any) -> list[tuple[str, str]]:
+    """Each incident role and who holds it: handed over, else the environment's rota."""
+    from incidents.config import load_environment
+
+    assigned = store.assigned_roles(incident.id)
+    try:
+        roles = load_environment(incident.environment).roles
+    except (ConfigError, LookupError, OSError):
+        return [(role, assigned.get(role, "(the rota's: config not readable here)")) for role in ROLE_TITLES]
+    return [(role, roles.holder(role, assigned)) for role in ROLE_TITLES]
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
@@ -78,6 +93,47 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     if code != OK:
         return code
     print(f"incident #{incident.id} resolved by {by}")
+    return OK
+
+
+def _incident_context(store: Any, StoreError: type[Exception], incident_id: int) -> tuple[Any, Any]:
+    from tasks.context import RunContext
+
+    try:
+        incident = store.get(incident_id)
+        return incident, RunContext.load(incident.environment, incident.service)
+    except StoreError as exc:
+        raise store_failure(exc) from None
+    except (ConfigError, LookupError) as exc:
+        raise CliError(f"incident #{incident_id}: {exc}") from None
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    """Hand a role over: the timeline, the thread and the issue say who holds it now."""
+    from tasks.roles import RoleError, hand_over
+
+    store, StoreError = open_store()
+    _, ctx = _incident_context(store, StoreError, args.id)
+    try:
+        print(hand_over(ctx, args.id, args.role, args.handle, actor_name(args.by)))
+    except RoleError as exc:
+        raise CliError(str(exc), USAGE) from None
+    except StoreError as exc:
+        raise store_failure(exc) from None
+    return OK
+
+
+def cmd_note(args: argparse.Namespace) -> int:
+    from tasks.roles import RoleError, add_note
+
+    store, StoreError = open_store()
+    _, ctx = _incident_context(store, StoreError, args.id)
+    try:
+        print(add_note(ctx, args.id, " ".join(args.text), actor_name(args.by)))
+    except RoleError as exc:
+        raise CliError(str(exc), USAGE) from None
+    except StoreError as exc:
+        raise store_failure(exc) from None
     return OK
 
 

@@ -68,30 +68,39 @@ def verify(secret: str, timestamp: str, signature: str, body: bytes, now: float 
         else "the signature does not match"
 
 
+async def verified_body(request: Request, seen: ReplayCache, what: str) -> bytes | Response:
+    """The body of a request Slack signed, recently, and that was not seen before; else the
+    answer to give (401 unsigned or stale, 200 and nothing done for a replay, 503 without Redis)."""
+    try:
+        body = await read_body(request, MAX_BODY_BYTES)
+    except TooLarge:
+        return _json(413, "request too large")
+    secret = os.environ.get(SIGNING_SECRET_ENV)
+    if not secret:
+        log.error("a Slack %s arrived but %s is not set: refused", what, SIGNING_SECRET_ENV)
+        return _json(401, "Slack is not configured here")
+    signature = request.headers.get("x-slack-signature", "")
+    problem = verify(secret, request.headers.get("x-slack-request-timestamp", ""), signature, body)
+    if problem:
+        log.warning("Slack %s refused: %s", what, problem)
+        return _json(401, problem)
+    try:
+        if not await seen.first(signature, MAX_AGE_SECONDS * 2):
+            log.warning("Slack %s replayed (a signature seen before): acknowledged, not acted on", what)
+            return Response(status_code=200)
+    except aioredis.RedisError as exc:
+        log.error("Slack %s: the replay cache (Redis) is unavailable: %s", what, exc)
+        return _json(503, "try again in a moment")
+    return body
+
+
 def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Route]:
     seen = ReplayCache(redis, "runbooks:slack:seen:")
 
     async def interaction(request: Request) -> Response:
-        try:
-            body = await read_body(request, MAX_BODY_BYTES)
-        except TooLarge:
-            return _json(413, "request too large")
-        secret = os.environ.get(SIGNING_SECRET_ENV)
-        if not secret:
-            log.error("a Slack interaction arrived but %s is not set: refused", SIGNING_SECRET_ENV)
-            return _json(401, "Slack interactivity is not configured here")
-        signature = request.headers.get("x-slack-signature", "")
-        problem = verify(secret, request.headers.get("x-slack-request-timestamp", ""), signature, body)
-        if problem:
-            log.warning("Slack interaction refused: %s", problem)
-            return _json(401, problem)
-        try:
-            if not await seen.first(signature, MAX_AGE_SECONDS * 2):
-                log.warning("Slack interaction replayed (a signature seen before): acknowledged, not acted on")
-                return Response(status_code=200)
-        except aioredis.RedisError as exc:
-            log.error("Slack interaction: the replay cache (Redis) is unavailable: %s", exc)
-            return _json(503, "try again in a moment")
+        body = await verified_body(request, seen, "interaction")
+        if isinstance(body, Response):
+            return body
         try:
             payload = orjson.loads(parse_qs(body.decode("utf-8"))["payload"][0])
         except (KeyError, IndexError, UnicodeDecodeError, orjson.JSONDecodeError):

@@ -11,6 +11,7 @@ from incidents.config_base import SLACK_GROUP_ID, SLACK_USER_ID, _Model
 from incidents.models import Severity
 
 _HANDLE = r"^@?[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,99})?$"  # @user or @org/team
+HANDLE = _HANDLE
 
 
 class Contact(_Model):
@@ -83,6 +84,10 @@ class Roles(_Model):
         identity = self.slack_ids.get(handle)
         return identity.mention() if identity else handle
 
+    def handle_of(self, slack_user: str) -> str | None:
+        """The handle whose Slack identity is this member (None: not in the config)."""
+        return next((h for h, identity in self.slack_ids.items() if slack_user and identity.user == slack_user), None)
+
     def mentions(self, handles: list[str]) -> list[str]:
         return [self.mention(h) for h in handles]
 
@@ -110,9 +115,16 @@ class Roles(_Model):
             return [value.backup or value.primary] if part == "backup" else [value.primary]
         return [value]
 
-    def table(self) -> list[tuple[str, str, str]]:
-        """(role, contact, backup) rows, as the playbook's role and contact tables show them."""
-        rows = [(n.replace("_", " ").title(), getattr(self, n), "") for n in
+    def holder(self, role: str, assigned: dict[str, str] | None = None) -> str:
+        """Who holds an incident role (`commander`, `comms`, `owner`, `scribe`): the one it was
+        handed over to, else the rota's."""
+        return (assigned or {}).get(role) or getattr(self, INCIDENT_ROLES[role])
+
+    def table(self, assigned: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+        """(role, contact, backup) rows, as the playbook's role and contact tables show them;
+        `assigned`: an incident's own holders (role -> handle), over the rota's."""
+        by_field = {field: role for role, field in INCIDENT_ROLES.items()}
+        rows = [(n.replace("_", " ").title(), self.holder(by_field[n], assigned), "") for n in
                 ("incident_commander", "communications", "technical_owner", "documentation")]
         for n in ("on_call", "team_lead", "security", "infrastructure"):
             contact = getattr(self, n)
@@ -120,6 +132,11 @@ class Roles(_Model):
         return rows
 
 
+# The playbook's incident roles, as commands name them, and the rota field each defaults to.
+INCIDENT_ROLES = {"commander": "incident_commander", "comms": "communications", "owner": "technical_owner",
+                  "scribe": "documentation"}
+ROLE_TITLES = {"commander": "Incident Commander", "comms": "Communications lead", "owner": "Technical Owner",
+               "scribe": "Scribe"}
 _ROLE_REFERENCE = re.compile(r"^(team|incident_commander|communications|technical_owner|documentation|"
                              r"(on_call|team_lead|security|infrastructure)(\.backup)?|pagerduty\.[a-z0-9][a-z0-9-]{0,62})$")
 PAGER_PREFIX = "pagerduty."

@@ -110,6 +110,9 @@ class EventKind(StrEnum):
     INVESTIGATING = "investigating"
     RESUMED = "resumed"
     HANDED_OVER = "handed_over"
+    ROLE_ASSIGNED = "role_assigned"  # an incident role handed over to someone
+    NOTE = "note"  # the scribe's (or anyone's) note, for the timeline and the post-mortem
+    COMMAND_REFUSED = "command_refused"  # a Slack command by someone without the right
     FINDINGS_ADDED = "findings_added"
     DIAGNOSED = "diagnosed"
     DRY_RUN = "dry_run"

@@ -236,6 +236,16 @@ ALTER TABLE incidents ADD COLUMN IF NOT EXISTS slack_parent TEXT;
 ALTER TABLE approvals ADD COLUMN IF NOT EXISTS token TEXT;
 UPDATE approvals SET token = md5(random()::text || clock_timestamp()::text || id::text) WHERE token IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS approvals_by_token ON approvals (token);
+-- who holds each of the playbook's incident roles for one incident (the config's rota until a
+-- hand-over writes a row)
+CREATE TABLE IF NOT EXISTS incident_roles (
+    incident_id BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    role        TEXT NOT NULL,
+    handle      TEXT NOT NULL,
+    assigned_by TEXT NOT NULL,
+    assigned_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (incident_id, role)
+);
 -- the PagerDuty services an incident triggered (acknowledge and resolve go to each)
 CREATE TABLE IF NOT EXISTS incident_pagers (
     incident_id  BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,

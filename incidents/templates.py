@@ -149,7 +149,7 @@ def resolution_markdown(root_cause: str, what_was_done: str, prevention: str) ->
 # The timeline entries an issue's reader needs (the rest is in `runbooks incident N`).
 KEY_MOMENTS = frozenset({"detected", "acknowledged", "escalated", "diagnosed", "approval_approved",
                          "approval_declined", "approval_timed_out", "action", "action_failed", "recovered",
-                         "resolved", "resolved_by_hand", "cancelled"})
+                         "resolved", "resolved_by_hand", "cancelled", "role_assigned", "note"})
 SEVERITY_LABELS = frozenset({"P0", "P1", "P2", "P3", "priority:high"})
 
 

@@ -132,7 +132,7 @@ def refresh_issue(ctx: RunContext, incident_id: int, logger: logging.Logger | lo
         if not repo or not number:
             return False
         summary = templates.summary_of(incident.title)
-        body = templates.issue_body(incident, summary, ctx.config.roles.table(),
+        body = templates.issue_body(incident, summary, ctx.config.roles.table(store.assigned_roles(incident_id)),
                                     ctx.config.escalation.policy(incident.severity),
                                     moments=templates.key_moments(store.timeline(incident_id)),
                                     now=datetime.now(timezone.utc))

@@ -341,3 +341,39 @@ def test_metrics_flow_publishes_a_table_and_a_chart_and_the_cli_prints_them(worl
     assert done.returncode == 0, done.stderr
     for word in ("MTTD", "MTTA", "MTTR", "Incidents per month", "Post-mortems within a week", "target"):
         assert word in done.stdout, done.stdout
+
+
+def test_an_incident_role_is_handed_over_and_the_record_the_thread_and_the_issue_agree(world, store):
+    """`runbooks role` and `runbooks note`, as an on-call engineer types them: the holder is
+    per incident (the rota's until handed over), said in the thread with Slack mentions, on
+    the issue (its Commander line and roles table) and by `runbooks incident`; a bad handle is
+    refused and changes nothing."""
+    incident = _open(store, "P1", "roles-1")
+    with GitHubClient(world.url + "/github", GITHUB_TOKEN) as github:
+        issue = github.create_issue("acme/incidents", incident.title, "## 🚨 Incident Report", ["incident", "P1"])
+    store.attach_issue(incident.id, "acme/incidents", issue["number"], issue["html_url"])
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "deployments.cli", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+
+    bad = cli("role", str(incident.id), "commander", "not a handle!", "--by", "sam")
+    assert bad.returncode == 2 and "is not a handle" in bad.stderr, (bad.stdout, bad.stderr)
+    assert store.assigned_roles(incident.id) == {}
+    done = cli("role", str(incident.id), "commander", "@oncall-ben", "--by", "sam")
+    assert done.returncode == 0, done.stderr
+    assert "Incident Commander handed over from @ic-sam to @oncall-ben by sam" in done.stdout, done.stdout
+    assert cli("note", str(incident.id), "rolled", "back", "by", "hand", "--by", "ana").returncode == 0
+    assert store.assigned_roles(incident.id) == {"commander": "@oncall-ben"}
+
+    roles = load_environment("sandbox").roles
+    said = _messages(world, "👤 Incident Commander")
+    assert said == [f"👤 Incident Commander: {roles.mention('@oncall-ben')} takes over from {roles.mention('@ic-sam')} "
+                    "(handed over by sam)"], said
+    assert _messages(world, "📝 Note by ana: rolled back by hand")
+    body = world.github.repo("acme/incidents").issues[issue["number"] - 1]["body"]
+    assert "**Commander:** @oncall-ben" in body and "| Incident Commander | @oncall-ben | - |" in body, body
+    assert "Note by ana: rolled back by hand" in body and "handed over from @ic-sam to @oncall-ben" in body
+    shown = cli("incident", str(incident.id)).stdout
+    assert "Incident Commander @oncall-ben" in shown and "Scribe @docs-ana" in shown, shown
+    assert "role_assigned" in shown and "Note by ana: rolled back by hand" in shown, shown
