@@ -141,7 +141,7 @@ def refresh_issue(ctx: RunContext, incident_id: int, logger: logging.Logger | lo
             kept = [str(label.get("name")) for label in current.get("labels") or []
                     if label.get("name") not in templates.SEVERITY_LABELS]
             github.update_issue(repo, number, title=redact(templates.issue_title(incident, summary)),
-                                body=redact(body), labels=list(dict.fromkeys([*kept, *incident.severity.labels])))
+                                body=redact(body), labels=list(dict.fromkeys([*incident.severity.labels, *kept])))
     except _NOTIFY_ERRORS as exc:
         logger.warning("Issue of incident %s not brought up to date: %s", incident_id, exc)
         record(ctx, incident_id, "runbook", EventKind.NOTIFICATION_FAILED,

@@ -47,4 +47,5 @@ def add_note(ctx: RunContext, incident_id: int, text: str, by: str) -> str:
         raise RoleError("write the note after the incident's id")
     record(ctx, incident_id, by, EventKind.NOTE, f"Note by {by}: {text[:1000]}")
     send_slack(ctx, incident_id, f"📝 Note by {by}: {text[:1000]}")
+    refresh_issue(ctx, incident_id)
     return f"noted on incident {incident_id}"

@@ -191,7 +191,11 @@ def test_a_full_volume_is_read_from_the_kubelets_stats_and_named_in_a_dry_run(wo
     stats = httpx.get(f"{world.url}/_sandbox/kubelet/metrics").text
     assert 'kubelet_volume_stats_capacity_bytes{namespace="sandbox",persistentvolumeclaim="api-data"} 1073741824' \
         in stats, stats
-    time.sleep(4)  # a few 1 s scrapes
+    deadline = time.monotonic() + 30  # until Prometheus has scraped the full claim (its first scrapes take a while)
+    while time.monotonic() < deadline and not [
+            s for s in httpx.get(f"{prometheus}/api/v1/query", params={"query": "kubelet_volume_stats_used_bytes"})
+            .json()["data"]["result"] if float(s["value"][1]) > 0.97 * 2**30]:
+        time.sleep(0.5)
     result = FlowThread(high_error_rate, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
     judged = result["judgement"]
     assert judged["abstained"] and "the volume claim api-data (98% used) is full" in judged["summary"], judged

@@ -193,8 +193,8 @@ def test_a_more_severe_alert_raises_the_incident_and_pages_the_difference(intake
     # the issue says the new severity: its title, its labels (a person's label stays), its body
     issue = world.github.repo("acme/incidents").issues[issue["number"] - 1]
     assert issue["title"].startswith("[P0] api: "), issue["title"]
-    assert [label["name"] for label in issue["labels"]] == ["customer-facing", "incident", "P0", "priority:high",
-                                                            "area:infra"], issue["labels"]
+    assert [label["name"] for label in issue["labels"]] == ["incident", "P0", "priority:high", "area:infra",
+                                                            "customer-facing"], issue["labels"]
     assert "**Severity:** P0" in issue["body"] and "severity raised from P2 to P0" in issue["body"], issue["body"]
     lower = intake.post("/alerts/alertmanager", json=_am_payload(_alert("s3", name="DatabaseIssues", severity="P3")),
                         headers=AUTH).json()
