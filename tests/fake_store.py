@@ -48,6 +48,7 @@ class FakeStore:
         self.leases: dict[str, Lease] = {}
         self.drills: dict[str, Drill] = {}
         self.standing: dict[int, StandingContainment] = {}
+        self.roles: dict[int, dict[str, str]] = {}
         self._ids = itertools.count(1)
 
     # -- incidents -------------------------------------------------------------------------------
@@ -167,6 +168,14 @@ class FakeStore:
 
     def pagers(self, incident_id: int) -> builtins.list[str]:
         return builtins.list(self.pagers_.get(incident_id, []))
+
+    def assign_role(self, incident_id: int, role: str, handle: str, by: str) -> str | None:
+        held = self.roles.setdefault(incident_id, {})
+        before, held[role] = held.get(role), handle
+        return before
+
+    def assigned_roles(self, incident_id: int) -> dict[str, str]:
+        return dict(self.roles.get(incident_id, {}))
 
     # -- approvals -------------------------------------------------------------------------------
     def request_approval(self, incident_id: int, plan_digest: str, plan: dict[str, Any], flow_run_id: str | None,

@@ -133,6 +133,18 @@ class FakeGitHub(_Client):
         self.issues[number]["state"] = "closed"
         return dict(self.issues[number])
 
+    def get_issue(self, repo: str, number: int) -> dict[str, Any]:
+        issue = self.issues[number]
+        return {**issue, "labels": [{"name": label} for label in issue["labels"]]}
+
+    def update_issue(self, repo: str, number: int, *, title: str | None = None, body: str | None = None,
+                     labels: list[str] | None = None) -> dict[str, Any]:
+        issue = self.issues[number]
+        for key, value in (("title", title), ("body", body), ("labels", labels)):
+            if value is not None:
+                issue[key] = value
+        return dict(issue)
+
 
 class FakeSlackApp(_Client):
     """chat.postMessage and chat.update: every message, threaded or not, in order."""

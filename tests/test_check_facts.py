@@ -41,6 +41,7 @@ STORED = {
                                      "errors": 300}}},
     c.PROMETHEUS: {"rate": 0.3},
     c.LATENCY: {"p50_ms": 1750.0, "p99_ms": 2485.0, "slo_ms": 1000.0},
+    c.VOLUMES: {"volumes": [{"claim": "api-data", "used_ratio": 0.98}, {"claim": "api-logs"}], "full_at": 0.9},
     c.NODES: {"nodes": [{"name": "node-1", "ready": "Unknown", "pressures": [], "unschedulable": True, "pods": 2},
                         {"name": "node-2", "ready": "True", "pressures": ["MemoryPressure"], "pods": 1}],
               "unscheduled": 1, "schedulable": False},

@@ -69,7 +69,7 @@ def test_a_kind_an_older_release_wrote_reads_back_as_text():
     from incidents.models import EventKind
 
     assert EventKind.read("approval_approved") is EventKind.APPROVAL_APPROVED
-    assert EventKind.read("note") == "note" and not isinstance(EventKind.read("note"), EventKind)
+    assert EventKind.read("memo") == "memo" and not isinstance(EventKind.read("memo"), EventKind)
 
 
 def test_the_readme_architecture_names_every_module():
