@@ -57,8 +57,7 @@ from deployments.cli_incidents import (
     cmd_role,
 )
 from deployments.cli_local import FAULTS, cmd_faults, cmd_sandbox
-from incidents.alerts import target_of
-from incidents.models import Approval, EventKind
+from incidents.models import Approval
 
 
 # -- run and follow ----------------------------------------------------------------------------------
@@ -140,21 +139,23 @@ def _answer(args: argparse.Namespace, approve: bool) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a run: the worker stops its process and the incident timeline records who and what
     had been done. A run waiting for approval has no process: it is cancelled at once."""
+    from deployments.prefect_api import PrefectApi
+    from deployments.run_control import CancelRefused, cancel_run
+
     run = find_run(args.run)
     if run["state"]["type"] in FINAL:
         raise CliError(f"run {run['name']} has already ended ({run['state']['name']})")
     who = actor_name(args.by)
-    message = f"Cancelled by {who}: {args.reason}" if args.reason else f"Cancelled by {who}"
-    waiting = run["state"]["type"] in ("PAUSED", "SCHEDULED")
-    state = {"type": "CANCELLED" if waiting else "CANCELLING", "name": "Cancelled" if waiting else "Cancelling",
-             "message": message}
-    result = api("POST", f"/flow_runs/{run['id']}/set_state", json={"state": state, "force": waiting})
-    if result.get("status") != "ACCEPT":
-        raise CliError(f"refused: {(result.get('details') or {}).get('reason', result.get('status'))}")
-    if waiting:
-        _record_cancel_of_waiting_run(run, who, message)
+    store, store_error = open_store()
+    try:
+        cancel_run(PrefectApi(api_url()), store, run, who, args.reason or "")
+    except CancelRefused as exc:
+        raise CliError(f"refused: {exc}") from None
+    except store_error as exc:
+        print(f"runbooks: the Cancel is not in the incident timeline: {exc}", file=sys.stderr)
     started = time.monotonic()
     print(f"cancelling {run['name']} ({run['state']['name']}) as {who}")
+    current = run["state"]
     while time.monotonic() - started < args.timeout:
         current = api("GET", f"/flow_runs/{run['id']}")["state"]
         if current["type"] in FINAL:
@@ -163,23 +164,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     print(f"still {current['name']} after {args.timeout:g} s: is a worker serving the pool?")
     return FAILED
-
-
-def _record_cancel_of_waiting_run(run: dict, who: str, message: str) -> None:
-    """No process to stop, so no hook runs: the timeline entry is written (and the service's
-    lease given back) here."""
-    store, store_error = open_store()
-    try:
-        params = run.get("parameters") or {}
-        if params.get("environment") and params.get("service"):  # the service is free for the next runbook
-            store.release_lease(target_of(params["environment"], params["service"]), run["id"])
-        incident = store.incident_for_run(run["id"])
-        if incident is not None:
-            store.add_event(incident.id, who, EventKind.CANCELLED, f"Runbook run {run['name']} cancelled while it "
-                            f"was {run['state']['name'].lower()} ({message}); nothing was changed by it.",
-                            {"flow_run_id": run["id"]})
-    except store_error as exc:
-        print(f"runbooks: the Cancel is not in the incident timeline: {exc}", file=sys.stderr)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@
     GET  /readyz                ready (Redis answers, Prefect accepts the credentials): the readiness probe
     GET  /metrics               Prometheus metrics (deployments/intake_metrics.py; docs/observability.md)
     GET  /approvals/<token>     the approval page (see deployments/approval_page.py); POST answers it
-    POST /slack/interactions    Approve/Decline pressed in Slack (deployments/slack_interactions.py)
+    POST /slack/interactions    buttons pressed, forms sent in Slack (deployments/slack_interactions.py)
+    POST /slack/commands        the /incident slash command (deployments/slack_commands.py)
     POST /pagerduty/webhooks    PagerDuty's v3 webhooks: acknowledged/resolved there (deployments/pagerduty_webhooks.py)
 
 Every alert POST needs `Authorization: Bearer $RUNBOOKS_ALERT_TOKEN` (Slack's and PagerDuty's
@@ -56,6 +57,7 @@ from deployments.intake_records import (
 from deployments.intake_settings import IntakeSettings, settings_from_env
 from deployments.pagerduty_webhooks import routes as pagerduty_routes
 from deployments.prefect_api import AsyncPrefectApi, PrefectApi, explain
+from deployments.slack_commands import routes as slack_command_routes
 from deployments.slack_interactions import routes as slack_routes
 from incidents import templates
 from incidents.alerts import (
@@ -183,31 +185,44 @@ class AlertIntake:
                 outcome["unmatched"] += 1
                 await self.unmatched(alert)
                 continue
-            problem = await self.unknown(alert, request)
-            if problem:
-                outcome["unknown"].append(problem)
-                continue
-            if alert.status == "resolved":
-                outcome["resolved"] += await self.resolved(alert, request)
-                continue
-            if not await self.claim(alert):
-                outcome["duplicates"] += 1
-                continue
-            try:
-                done = await self.correlate(alert, request)
-            except DeploymentMissing as exc:  # told in Slack; the 503 makes the sender retry until it exists
-                await self.release(alert)
-                await self.report_missing(exc, alert, request)
-                raise
-            except BaseException:
-                await self.release(alert)  # the sender's retry tries again (the idempotency key keeps it to one run)
-                raise
-            await self.state["redis"].set(
-                KEY_PREFIX + alert.key,
-                (done.get("flow_run_id") or f"joined:{done['incident_id']}").encode(),
-                ex=self.settings.dedup_seconds,
-            )
-            outcome["joined" if done.get("joined") else "started"].append(done)
+            await self.handle_routed(alert, request, outcome)
+        return outcome
+
+    async def handle_routed(self, alert: Alert, request: RunRequest, outcome: dict[str, Any]) -> None:
+        """One alert whose runbook is known: checked against the config, deduplicated and
+        correlated; what became of it is added to `outcome`. Also what `/incident declare` does."""
+        problem = await self.unknown(alert, request)
+        if problem:
+            outcome["unknown"].append(problem)
+            return
+        if alert.status == "resolved":
+            outcome["resolved"] += await self.resolved(alert, request)
+            return
+        if not await self.claim(alert):
+            outcome["duplicates"] += 1
+            return
+        try:
+            done = await self.correlate(alert, request)
+        except DeploymentMissing as exc:  # told in Slack; the 503 makes the sender retry until it exists
+            await self.release(alert)
+            await self.report_missing(exc, alert, request)
+            raise
+        except BaseException:
+            await self.release(alert)  # the sender's retry tries again (the idempotency key keeps it to one run)
+            raise
+        await self.state["redis"].set(
+            KEY_PREFIX + alert.key,
+            (done.get("flow_run_id") or f"joined:{done['incident_id']}").encode(),
+            ex=self.settings.dedup_seconds,
+        )
+        outcome["joined" if done.get("joined") else "started"].append(done)
+
+    async def declare(self, alert: Alert, request: RunRequest) -> dict[str, Any]:
+        """A declared incident (`/incident declare`), handled exactly as an alert for it."""
+        outcome: dict[str, Any] = {"received": 1, "started": [], "joined": [], "duplicates": 0, "unmatched": 0,
+                                   "resolved": 0, "unknown": [], "errors": []}
+        await self.handle_routed(alert, request, outcome)
+        self.metrics.counted("slack", outcome, 1)
         return outcome
 
     async def claim(self, alert: Alert) -> bool:
@@ -470,6 +485,7 @@ def create_app(settings: IntakeSettings, metrics: IntakeMetrics | None = None) -
         HttpRoute("/readyz", intake.readyz, methods=["GET"]),
         *approval_routes(PrefectApi(settings.prefect_api_url), intake.redis),
         *slack_routes(PrefectApi(settings.prefect_api_url), intake.redis),
+        *slack_command_routes(PrefectApi(settings.prefect_api_url), intake.redis, intake.declare),
         *pagerduty_routes(),
     ], lifespan=intake.lifespan, middleware=[Middleware(Timed, metrics=intake.metrics)])
 

@@ -1,6 +1,10 @@
-"""Approve and Decline from Slack: the Slack app's interactivity Request URL on the intake.
+"""Buttons and forms in Slack: the Slack app's interactivity Request URL on the intake.
 
-    POST /slack/interactions    Slack's form-encoded `payload` (block_actions)
+    POST /slack/interactions    Slack's form-encoded `payload` (block_actions, view_submission)
+
+Acknowledge and Resolve on an incident's parent message act as `/incident ack` and the
+Resolve form (a modal opened with views.open; its submission resolves as `/incident resolve`
+does); see deployments/slack_commands.py for who may. The rest of this page is Approve/Decline.
 
 Every request is verified with the app's signing secret (RUNBOOKS_SLACK_SIGNING_SECRET):
 `X-Slack-Signature` must be `v0=` + hex HMAC-SHA256 of `v0:{X-Slack-Request-Timestamp}:{raw body}`,
@@ -34,6 +38,7 @@ from urllib.parse import parse_qs
 import orjson
 import redis.asyncio as aioredis
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -42,6 +47,7 @@ from deployments.approval_page import Refused, record_answer
 from deployments.guards import ReplayCache, TooLarge, read_body
 from deployments.prefect_api import PrefectApi
 from incidents.models import EventKind
+from incidents.templates import ACK_ACTION, RESOLVE_ACTION, RESOLVE_CALLBACK
 
 log = logging.getLogger("runbooks.slack")
 SIGNING_SECRET_ENV = "RUNBOOKS_SLACK_SIGNING_SECRET"
@@ -105,6 +111,11 @@ def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Rou
             payload = orjson.loads(parse_qs(body.decode("utf-8"))["payload"][0])
         except (KeyError, IndexError, UnicodeDecodeError, orjson.JSONDecodeError):
             return _json(400, "expected a form field `payload` holding JSON")
+        if isinstance(payload, dict) and payload.get("type") == "view_submission":
+            return await run_in_threadpool(submitted, payload, prefect)
+        incident_press = _incident_press(payload)
+        if incident_press is not None:
+            return Response(status_code=200, background=BackgroundTask(handle_incident_press, incident_press, prefect))
         press = _press(payload)
         if press is None:  # a link button, or an interaction the runbooks do not use: acknowledged
             return Response(status_code=200)
@@ -124,6 +135,106 @@ def _press(payload: Any) -> dict | None:
     return {"user": user, "decision": DECISIONS[action["action_id"]], "token": str(action.get("value", "")),
             "response_url": payload.get("response_url"), "blocks": (payload.get("message") or {}).get("blocks") or [],
             "text": str((payload.get("message") or {}).get("text") or "")}
+
+
+def _incident_press(payload: Any) -> dict | None:
+    """Acknowledge or Resolve on an incident's parent message: who, which incident, where to answer."""
+    if not isinstance(payload, dict) or payload.get("type") != "block_actions":
+        return None
+    action = next((a for a in payload.get("actions") or [] if isinstance(a, dict)
+                   and a.get("action_id") in (ACK_ACTION, RESOLVE_ACTION)), None)
+    user = (payload.get("user") or {}).get("id", "")
+    if action is None or not _USER_ID.match(str(user)) or not str(action.get("value", "")).isdigit():
+        return None
+    return {"user": str(user), "name": str((payload.get("user") or {}).get("name") or ""),
+            "verb": "ack" if action["action_id"] == ACK_ACTION else "resolve", "incident_id": int(action["value"]),
+            "trigger_id": str(payload.get("trigger_id") or ""), "response_url": str(payload.get("response_url") or ""),
+            "channel": str((payload.get("channel") or {}).get("id") or "")}
+
+
+def handle_incident_press(press: dict, prefect: PrefectApi) -> None:
+    """Acknowledge: as `/incident ack`. Resolve: the modal that asks how (views.open, within the
+    3 s its trigger_id lives), for the commander or an approver of the incident's severity."""
+    from deployments.slack_commands import Command, Invocation, authorise, on_incident
+    from incidents.store import IncidentStore, StoreError
+
+    who = Invocation(press["user"], press["name"], press["channel"], press["response_url"])
+    command = Command(press["verb"], press["incident_id"])
+    reply: str | None
+    try:
+        if press["verb"] == "ack":
+            reply = on_incident(prefect, command, who)
+        else:
+            allowed = authorise(IncidentStore(), command, who)
+            reply = allowed if isinstance(allowed, str) else _open_resolve_modal(allowed[0], allowed[1],
+                                                                                 press["trigger_id"])
+    except StoreError as exc:
+        reply = str(exc)
+    except Exception as exc:  # noqa: BLE001 - the presser must hear of it
+        log.exception("Slack %s press by %s not handled", press["verb"], press["user"])
+        reply = f"Your press was not handled ({type(exc).__name__}); nothing changed."
+    if reply:
+        _respond(press["response_url"], _ephemeral(reply))
+
+
+def _open_resolve_modal(incident: Any, config: Any, trigger_id: str) -> str | None:
+    from incidents import templates
+    from integrations.errors import IntegrationError
+    from tasks.context import RunContext
+
+    try:
+        with RunContext(incident.environment, incident.service, config).slack_app() as app:
+            app.open_view(trigger_id, templates.resolve_modal(incident))
+    except IntegrationError as exc:
+        return f"The Resolve form did not open ({exc}); `/incident resolve {incident.id} <how>` does the same."
+    return None
+
+
+def submitted(payload: dict, prefect: PrefectApi) -> Response:
+    """The Resolve modal sent: checked at once (a refusal shows on the form), resolved right after."""
+    from deployments.slack_commands import Command, Invocation, authorise
+    from incidents.store import IncidentStore, StoreError
+
+    view = payload.get("view") or {}
+    user = (payload.get("user") or {}).get("id", "")
+    if view.get("callback_id") != RESOLVE_CALLBACK or not str(view.get("private_metadata", "")).isdigit() \
+            or not _USER_ID.match(str(user)):
+        return Response(status_code=200)
+    values = ((view.get("state") or {}).get("values") or {}).get("resolution") or {}
+    note = " ".join(str((values.get("note") or {}).get("value") or "").split())
+    if not note:
+        return _form_error("say how it was resolved")
+    command = Command("resolve", int(view["private_metadata"]), text=note[:1000])
+    who = Invocation(str(user), str((payload.get("user") or {}).get("name") or ""), "", "")
+    try:
+        allowed = authorise(IncidentStore(), command, who)
+    except StoreError as exc:
+        return _form_error(str(exc))
+    if isinstance(allowed, str):
+        return _form_error(allowed)
+    incident, config, name = allowed
+    if incident.resolved_at is not None:
+        return _form_error(f"incident {incident.id} is already resolved")
+    return Response(status_code=200, background=BackgroundTask(_resolve_after, prefect, incident, config, name, note))
+
+
+def _resolve_after(prefect: PrefectApi, incident: Any, config: Any, name: str, note: str) -> None:
+    from deployments.slack_commands import CommandError, start_resolve
+    from tasks.context import RunContext
+    from tasks.notify import send_slack
+
+    try:
+        log.info("%s", start_resolve(prefect, incident, name, note))
+    except CommandError as exc:  # nobody waits on a closed modal: the thread hears of it
+        log.warning("incident %s not resolved from Slack: %s", incident.id, exc)
+        send_slack(RunContext(incident.environment, incident.service, config), incident.id,
+                   f"⚠️ RESOLVE FAILED\n{name}'s resolution was not carried out: {exc}. "
+                   f"`/incident resolve {incident.id} <how>` tries again.")
+
+
+def _form_error(message: str) -> Response:
+    return Response(orjson.dumps({"response_action": "errors", "errors": {"resolution": message[:150]}}), 200,
+                    media_type="application/json")
 
 
 def handle_press(press: dict, prefect: PrefectApi) -> None:

@@ -104,7 +104,7 @@ class Alert:
         dropped = {k: v for k, v in self.labels.items() if k not in ignored}
         if len(dropped) == len(self.labels):
             return self
-        return replace(self, labels=dropped, fingerprint=_fingerprint_of(dropped))
+        return replace(self, labels=dropped, fingerprint=fingerprint_of(dropped))
 
     def as_parameter(self, correlation_key: str | None = None) -> AlertParameter:
         """The alert as a scenario run's `alert` parameter."""
@@ -161,14 +161,15 @@ class _Group(BaseModel):
     truncatedAlerts: int = 0
 
 
-def _fingerprint_of(labels: dict[str, str]) -> str:
+def fingerprint_of(labels: dict[str, str]) -> str:
+    """A stable fingerprint of an alert's labels (when its sender gives none)."""
     return hashlib.sha256("\x00".join(f"{k}={v}" for k, v in sorted(labels.items())).encode()).hexdigest()[:16]
 
 
 def _normalise(source: str, item: _AlertIn, require_start: bool) -> Alert:
     if item.startsAt is None and require_start:
         raise BadPayload("startsAt is required (it tells a re-fire from a resend)")
-    return Alert(source, item.status, item.fingerprint or _fingerprint_of(item.labels), item.startsAt or "",
+    return Alert(source, item.status, item.fingerprint or fingerprint_of(item.labels), item.startsAt or "",
                  dict(item.labels), {k: redact(v) for k, v in item.annotations.items()}, item.generatorURL)
 
 
@@ -266,6 +267,23 @@ class RunRequest:
 def target_of(environment: str, service: str) -> str:
     """What one runbook at a time may act on: a service in an environment."""
     return f"{environment}/{service}"
+
+
+SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-incident")
+DECLARED_ALERTNAME = "Declared"
+
+
+def declared(environment: str, service: str, scenario: str, severity: str | None, summary: str, by: str,
+             at: datetime) -> tuple[Alert, RunRequest]:
+    """An incident a person declares (`/incident declare`), as the alert it stands for: the
+    same correlation as an alert of that service (a declare for an open outage joins it)."""
+    labels = {"alertname": DECLARED_ALERTNAME, "service": service, "environment": environment}
+    if severity:
+        labels["severity"] = severity
+    annotations = {"summary": redact(summary or f"declared by {by}"), "declared_by": by}
+    alert = Alert("slack", "firing", fingerprint_of(labels), at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), labels,
+                  annotations, None)
+    return alert, RunRequest(scenario, environment, service, severity, correlation_key(environment, service, labels))
 
 
 def correlation_key(environment: str, service: str, labels: dict[str, str], correlate: Sequence[str] = ()) -> str:

@@ -112,6 +112,7 @@ class EventKind(StrEnum):
     HANDED_OVER = "handed_over"
     ROLE_ASSIGNED = "role_assigned"  # an incident role handed over to someone
     NOTE = "note"  # the scribe's (or anyone's) note, for the timeline and the post-mortem
+    SEVERITY_CHANGED = "severity_changed"  # a person set the incident's severity
     COMMAND_REFUSED = "command_refused"  # a Slack command by someone without the right
     FINDINGS_ADDED = "findings_added"
     DIAGNOSED = "diagnosed"

@@ -48,6 +48,15 @@ class CorrelationRecords(StoreBase):
                                   RETURNING old.severity""", (severity.value, incident_id, severity.value)).fetchone()
         return Severity(row["severity"]) if row else None
 
+    def set_severity(self, incident_id: int, severity: Severity) -> Severity | None:
+        """Set an open incident's severity (a person's call: up or down); the old one, or None
+        when it is closed or already `severity`."""
+        with self._connect() as conn:
+            row = conn.execute("""UPDATE incidents i SET severity = %s FROM incidents old
+                                  WHERE i.id = %s AND old.id = i.id AND i.resolved_at IS NULL AND i.severity <> %s
+                                  RETURNING old.severity""", (severity.value, incident_id, severity.value)).fetchone()
+        return Severity(row["severity"]) if row else None
+
     def record_alert(self, incident_id: int, identity: str, alertname: str, severity: str | None, starts_at: str
                      ) -> str:
         """An alert firing for the incident: 'new' (first time), 'refired' (it had resolved, or

@@ -77,15 +77,66 @@ def status_update(incident: Incident, status: str, eta: str, impact: str, note: 
     return "\n".join(lines)
 
 
-_PARENT_LINE = re.compile(r"^(Severity|Status): .*$", re.MULTILINE)
+_PARENT_LINE = re.compile(r"^(Severity|Status|Incident Commander): .*$", re.MULTILINE)
 
 
-def thread_parent(parent: str, incident: Incident) -> str:
-    """The thread's parent message (the Initial Alert) showing the incident's current severity
-    and status; the rest stays as first posted."""
-    current = {"Severity": incident.severity.value,
-               "Status": "✅ Resolved" if incident.resolved_at else incident.status.value}
-    return _PARENT_LINE.sub(lambda m: f"{m[1]}: {current[m[1]]}", parent)
+def thread_parent(parent: str, incident: Incident, commander: str | None = None) -> str:
+    """The thread's parent message (the Initial Alert) showing the incident's current severity,
+    status (and who acknowledged it) and commander (`commander`: a mention from the config);
+    the rest stays as first posted."""
+    status = "✅ Resolved" if incident.resolved_at else incident.status.value
+    if incident.acknowledged_by and not incident.resolved_at:
+        status += f" (acknowledged by {slack_text(incident.acknowledged_by, 100)})"
+    current = {"Severity": incident.severity.value, "Status": status}
+    if commander:
+        current["Incident Commander"] = commander
+    return _PARENT_LINE.sub(lambda m: f"{m[1]}: {current.get(m[1], m[0].partition(': ')[2])}", parent)
+
+
+# The incident's own buttons, on its thread's parent message (deployments/slack_interactions.py).
+ACK_ACTION, RESOLVE_ACTION = "runbooks_ack", "runbooks_resolve"
+
+
+def incident_buttons(incident: Incident) -> list[dict[str, Any]]:
+    """Acknowledge (until someone has) and Resolve (until it is), valued with the incident's id."""
+    if incident.resolved_at:
+        return []
+    buttons = [] if incident.acknowledged_at else [
+        {"type": "button", "action_id": ACK_ACTION, "value": str(incident.id),
+         "text": {"type": "plain_text", "text": "Acknowledge"}}]
+    return buttons + [{"type": "button", "action_id": RESOLVE_ACTION, "value": str(incident.id),
+                       "text": {"type": "plain_text", "text": "Resolve…"}}]
+
+
+def with_buttons(blocks: list[dict[str, Any]], buttons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`blocks` with `buttons` added to its actions block (or a new one)."""
+    if not buttons:
+        return blocks
+    for n, block in enumerate(blocks):
+        if block.get("type") == "actions" and block.get("block_id") == "runbooks_actions":
+            return [*blocks[:n], {**block, "elements": [*block["elements"], *buttons]}, *blocks[n + 1:]]
+    return [*blocks, {"type": "actions", "block_id": "runbooks_actions", "elements": buttons}]
+
+
+RESOLVE_CALLBACK = "runbooks_resolve"
+
+
+def resolve_modal(incident: Incident) -> dict[str, Any]:
+    """The Resolve button's modal (views.open): how it was resolved, in the resolver's words."""
+    return {
+        "type": "modal", "callback_id": RESOLVE_CALLBACK, "private_metadata": str(incident.id),
+        "title": {"type": "plain_text", "text": f"Resolve incident {incident.id}"[:24]},
+        "submit": {"type": "plain_text", "text": "Resolve"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": (
+                f"*{slack_text(incident.service, 60)}* ({incident.severity.value}): {slack_text(incident.title, 200)}."
+                " The Resolution goes to the thread and the issue, and the post-mortem starts.")}},
+            {"type": "input", "block_id": "resolution", "label": {"type": "plain_text", "text": "How was it resolved?"},
+             "element": {"type": "plain_text_input", "action_id": "note", "multiline": True, "min_length": 3,
+                         "max_length": 1000}},
+        ],
+    }
 
 
 def approval_buttons(token: str, severity: str) -> list[dict[str, Any]]:
@@ -149,7 +200,8 @@ def resolution_markdown(root_cause: str, what_was_done: str, prevention: str) ->
 # The timeline entries an issue's reader needs (the rest is in `runbooks incident N`).
 KEY_MOMENTS = frozenset({"detected", "acknowledged", "escalated", "diagnosed", "approval_approved",
                          "approval_declined", "approval_timed_out", "action", "action_failed", "recovered",
-                         "resolved", "resolved_by_hand", "cancelled", "role_assigned", "note"})
+                         "resolved", "resolved_by_hand", "cancelled", "role_assigned", "note",
+                         "severity_changed"})
 SEVERITY_LABELS = frozenset({"P0", "P1", "P2", "P3", "priority:high"})
 
 

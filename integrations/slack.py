@@ -89,6 +89,10 @@ class SlackApp(Closing):
             body["blocks"] = blocks
         self._call("chat.update", body)
 
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        """views.open: a modal for the person whose interaction carried `trigger_id` (valid 3 s)."""
+        self._call("views.open", {"trigger_id": trigger_id, "view": view})
+
 
 def respond(response_url: str, message: dict[str, Any], *, timeout: float = 5.0,
             retry: RetryPolicy = RetryPolicy(attempts=3)) -> None:

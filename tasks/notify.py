@@ -68,8 +68,9 @@ def _post_in_thread(ctx: RunContext, app: SlackApp, incident_id: int, text: str,
         return
     store = ctx.store()
     thread = store.slack_thread(incident_id)
-    if thread is None:
-        posted = app.post(slack.channel or "", text, blocks)
+    if thread is None:  # the parent: the incident's own buttons (Acknowledge, Resolve) go with it
+        posted = app.post(slack.channel or "", text, templates.with_buttons(
+            blocks, templates.incident_buttons(store.get(incident_id))))
         if not store.start_slack_thread(incident_id, posted.channel, posted.ts, text):
             logger.warning("Incident %s: another message opened its Slack thread first", incident_id)
         return
@@ -83,9 +84,13 @@ def _post_in_thread(ctx: RunContext, app: SlackApp, incident_id: int, text: str,
 def _refresh_parent(ctx: RunContext, app: SlackApp, incident_id: int, thread: SlackThread) -> None:
     """Show the incident's current status and severity on the thread's parent message."""
     store = ctx.store()
-    current = thread_parent(thread.parent, store.get(incident_id))
+    incident = store.get(incident_id)
+    roles = ctx.config.roles
+    commander = roles.mention(roles.holder("commander", store.assigned_roles(incident_id)))
+    current = thread_parent(thread.parent, incident, commander)
     if current != thread.parent and store.set_slack_parent(incident_id, thread.parent, current):
-        app.update(thread.channel, thread.ts, current, slack_blocks(current))
+        app.update(thread.channel, thread.ts, current,
+                   templates.with_buttons(slack_blocks(current), templates.incident_buttons(incident)))
 
 
 @step("notify-slack")

@@ -1,14 +1,18 @@
-"""The playbook's incident roles, per incident: hand-overs and the scribe's notes. Each change
-is a timeline entry, a message in the incident's Slack thread, and the issue rewritten."""
+"""The playbook's incident roles, per incident: hand-overs, the scribe's notes and the
+commander's severity call. Each change is a timeline entry, a message in the incident's Slack
+thread, and the issue rewritten."""
 
 from __future__ import annotations
 
 import re
 
+from incidents import templates
 from incidents.config_people import HANDLE, INCIDENT_ROLES, ROLE_TITLES
-from incidents.models import EventKind
+from incidents.models import EventKind, Severity
 from tasks.context import RunContext
+from tasks.correlation import added_contacts
 from tasks.notify import refresh_issue, send_slack
+from tasks.paging import mentions, trigger_pagers
 from tasks.timeline import record
 
 _HANDLE = re.compile(HANDLE)
@@ -49,3 +53,31 @@ def add_note(ctx: RunContext, incident_id: int, text: str, by: str) -> str:
     send_slack(ctx, incident_id, f"📝 Note by {by}: {text[:1000]}")
     refresh_issue(ctx, incident_id)
     return f"noted on incident {incident_id}"
+
+
+def set_severity(ctx: RunContext, incident_id: int, severity: str, by: str) -> str:
+    """A person's severity call (up or down): the timeline, the thread (paging whom the new
+    severity adds), the issue's title and labels, and the pagers of a raised severity."""
+    if severity not in Severity.__members__:
+        raise RoleError(f"{severity!r} is not a severity: one of {', '.join(Severity.__members__)}")
+    new = Severity(severity)
+    store = ctx.store()
+    before = store.set_severity(incident_id, new)
+    incident = store.get(incident_id)
+    if before is None:
+        raise RoleError(f"incident {incident_id} is resolved" if incident.resolved_at
+                        else f"incident {incident_id} is {new.value} already")
+    raised = new < before  # P0 < P1: more severe
+    paged = added_contacts(ctx, before, new) if raised else []
+    said = f"Severity {'raised' if raised else 'lowered'} from {before.value} to {new.value} by {by}"
+    record(ctx, incident_id, by, EventKind.SEVERITY_CHANGED, said,
+           {"from": before.value, "to": new.value, "paged": paged})
+    note = said + "." + (" ⏫ Paging the severity's contacts." if paged else "")
+    send_slack(ctx, incident_id, templates.status_update(incident, incident.status.value,
+                                                         incident.eta or "being assessed",
+                                                         incident.impact or "being assessed", note,
+                                                         paging=mentions(ctx, paged)))
+    refresh_issue(ctx, incident_id)
+    if raised:
+        trigger_pagers(ctx, incident, 0)
+    return said

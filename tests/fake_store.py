@@ -128,6 +128,13 @@ class FakeStore:
         self._update(incident_id, severity=severity)
         return incident.severity
 
+    def set_severity(self, incident_id: int, severity: Severity) -> Severity | None:
+        incident = self.incidents[incident_id]
+        if incident.resolved_at is not None or incident.severity == severity:
+            return None
+        self._update(incident_id, severity=severity)
+        return incident.severity
+
     def record_alert(self, incident_id: int, identity: str, alertname: str, severity: str | None,
                      starts_at: str) -> str:
         before = self.alerts.get((incident_id, identity))
