@@ -494,6 +494,8 @@ Try next:
   3. Approve the plan:    open the paused run, click Resume, switch approve on, give your name and a reason
      or press Approve in Slack as sam:
                           curl -X POST {SANDBOX_URL}/_sandbox/slack/press -d '{{"user": "U0SANDSAM", "action": "approve"}}'
+  4. Or run it all from Slack, as sam typing /incident (answers: {SANDBOX_URL}/_sandbox/slack/messages):
+                          curl -X POST {SANDBOX_URL}/_sandbox/slack/command -d '{{"user": "U0SANDSAM", "text": "declare api service-down P1 api is down"}}'
 """,  # noqa: E501 - commands to copy, one per line
         flush=True,
     )

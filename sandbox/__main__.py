@@ -28,6 +28,7 @@ def main() -> None:
     intake = os.environ.get("RUNBOOKS_INTAKE_URL")
     if intake:
         sandbox.slack.interactions_url = intake.rstrip("/") + "/slack/interactions"
+        sandbox.slack.commands_url = intake.rstrip("/") + "/slack/commands"
         sandbox.pagerduty.webhook_url = intake.rstrip("/") + "/pagerduty/webhooks"
     print(f"sandbox listening on {sandbox.url} (Kubernetes API {sandbox.kube_url}); kubeconfig at {sandbox.kubeconfig}",
           flush=True)

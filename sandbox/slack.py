@@ -1,5 +1,6 @@
 """Slack as the runbooks meet it: incoming webhooks, the Web API methods a Slack app uses
-(chat.postMessage, chat.update), interaction `response_url`s, and a person pressing a button.
+(chat.postMessage, chat.update, views.open), interaction `response_url`s, and a person pressing a
+button, typing a slash command or sending a modal.
 
 The shapes follow Slack's documentation: Web API methods answer HTTP 200 with `ok` true or
 false and an `error` code (api.slack.com/web); a message is named by its channel and `ts`, and
@@ -31,8 +32,11 @@ CHANNELS = {"C0SANDINC": "incidents", "C0SANDSEC": "security"}
 WEBHOOKS = {"/slack/services/T0SANDBOX/B0SANDBOX/sandbox-webhook-secret": "C0SANDINC",
             "/slack/services/T0SANDBOX/B0SECURITY/security-webhook-secret": "C0SANDSEC"}
 # the sandbox's people (config/sandbox.yaml gives approvers sam and tess these member IDs)
-USERS = {"U0SANDSAM": "sam", "U0SANDTESS": "tess", "U0SANDRITA": "rita", "U0SANDOLA": "ola", "U0SANDMAL": "mallory"}
-ACTION_IDS = {"approve": "runbooks_approve", "decline": "runbooks_decline"}
+USERS = {"U0SANDSAM": "sam", "U0SANDTESS": "tess", "U0SANDRITA": "rita", "U0SANDOLA": "ola", "U0SANDMAL": "mallory",
+         "U0SANDKIM": "kim", "U0SANDLEE": "lee", "U0SANDANA": "ana", "U0SANDIVY": "ivy"}
+ACTION_IDS = {"approve": "runbooks_approve", "decline": "runbooks_decline", "acknowledge": "runbooks_ack",
+              "resolve": "runbooks_resolve"}
+TRIGGER_SECONDS = 3.0  # a trigger_id opens one view, within 3 s (api.slack.com/interactivity/handling#modal_responses)
 
 
 def block_problems(blocks: Any) -> list[str]:
@@ -98,7 +102,10 @@ class Slack:
         self.base_url = base_url
         self.signing_secret = signing_secret
         self.interactions_url: str | None = None  # the app's Request URL (the intake's /slack/interactions)
+        self.commands_url: str | None = None  # the /incident command's Request URL (the intake's /slack/commands)
         self.messages: list[dict] = []
+        self.views: list[dict] = []  # modals opened: {"id", "user", "view", "opened_at", "closed"}
+        self._triggers: dict[str, dict] = {}  # trigger_id -> {"user", "at", "used"}
         self._responses: dict[str, dict] = {}  # response_url token -> {channel, ts, user, uses}
         self._lock = threading.Lock()
         self._clock = itertools.count(1)
@@ -107,6 +114,8 @@ class Slack:
         with self._lock:
             self.messages.clear()
             self._responses.clear()
+            self.views.clear()
+            self._triggers.clear()
 
     def _ts(self) -> str:
         return f"{int(time.time())}.{next(self._clock):06d}"
@@ -167,6 +176,8 @@ class Slack:
             return self._post_message(body)
         if method == "chat.update":
             return self._update(body)
+        if method == "views.open":
+            return self._open_view(body)
         return _api_error("unknown_method")
 
     def _post_message(self, body: dict) -> Response:
@@ -199,6 +210,27 @@ class Slack:
             message["edited"] = time.time()
         return Response.json({"ok": True, "channel": message["channel"], "ts": message["ts"], "text": message["text"]})
 
+    def _open_view(self, body: dict) -> Response:
+        """views.open: a trigger_id opens one view, within 3 s of the interaction that carried it."""
+        with self._lock:
+            trigger = self._triggers.get(str(body.get("trigger_id", "")))
+            if trigger is None:
+                return _api_error("invalid_trigger_id")
+            if trigger["used"]:
+                return _api_error("exchanged_trigger_id")
+            if time.time() - trigger["at"] > TRIGGER_SECONDS:
+                return _api_error("expired_trigger_id")
+            view = body.get("view")
+            problems = view_problems(view)
+            if problems:
+                return Response.json({"ok": False, "error": "invalid_arguments", "response_metadata":
+                                      {"messages": problems}})
+            trigger["used"] = True
+            opened = {"id": f"V0SAND{len(self.views) + 1:04d}", "user": trigger["user"], "view": view,
+                      "opened_at": time.time(), "closed": False}
+            self.views.append(opened)
+        return Response.json({"ok": True, "view": {"id": opened["id"], **view}})
+
     def _response_url(self, req: Request, token: str) -> Response:
         """A response_url answers for 30 minutes, at most 5 times (api.slack.com/interactivity/handling)."""
         with self._lock:
@@ -230,30 +262,24 @@ class Slack:
 
     # -- a person pressing a button (a control of the sandbox) -----------------------------------
     def press(self, req: Request) -> Response:
-        """POST /_sandbox/slack/press {"user": "U0SANDSAM", "action": "approve" | "decline", "ts": "<message
-        ts>"?, "age_seconds": 0?}: Slack's block_actions request for that press, signed as Slack
+        """POST /_sandbox/slack/press {"user": "U0SANDSAM", "action": "approve" | "decline" | "acknowledge" |
+        "resolve", "ts": "<message ts>"?, "age_seconds": 0?}: Slack's block_actions request for that press, signed as Slack
         signs it, sent to the app's Request URL (the intake). Without `ts`, the latest message with
         that button. Answers with what the intake answered."""
         data = req.json() or {}
         user, action = data.get("user"), data.get("action")
         if user not in USERS or action not in ACTION_IDS:
             return Response.json(
-                {"message": f"give user (one of {sorted(USERS)}) and action (approve or decline)"}, 422
+                {"message": f"give user (one of {sorted(USERS)}) and action (one of {sorted(ACTION_IDS)})"}, 422
             )
-        if not self.interactions_url or not self.signing_secret:
-            return Response.json({"message": "the sandbox has no interactions URL or signing secret configured"}, 409)
         message, button = self._button(ACTION_IDS[action], data.get("ts"))
         if message is None:
             return Response.json({"message": f"no message with a {action} button"}, 404)
         body = urlencode({"payload": json.dumps(self.payload(user, message, button))})
-        timestamp = str(int(time.time() - float(data.get("age_seconds") or 0)))
-        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": timestamp,
-                   "X-Slack-Signature": sign(self.signing_secret, timestamp, body.encode())}
-        try:
-            answer = httpx.post(self.interactions_url, content=body, headers=headers, timeout=5)
-        except httpx.HTTPError as exc:
-            return Response.json({"message": f"the Request URL did not answer: {type(exc).__name__}"}, 502)
-        return Response.json({"status": answer.status_code, "body": answer.text[:2000], "ts": message["ts"]})
+        sent = self._send(self.interactions_url, body, float(data.get("age_seconds") or 0))
+        if isinstance(sent, Response):
+            return sent
+        return Response.json({"status": sent[0], "body": sent[1][:2000], "ts": message["ts"]})
 
     def _button(self, action_id: str, ts: str | None) -> tuple[dict | None, dict | None]:
         with self._lock:
@@ -270,6 +296,7 @@ class Slack:
     def payload(self, user: str, message: dict, button: dict) -> dict:
         """A block_actions payload as Slack sends it for a button press in a message."""
         token = secrets.token_urlsafe(12)
+        trigger_id = self._trigger(user)
         with self._lock:
             self._responses[token] = {"channel": message["channel"], "ts": message["ts"],
                                       "thread_ts": message["thread_ts"], "user": user, "uses": 0, "at": time.time()}
@@ -279,7 +306,7 @@ class Slack:
             "user": {"id": user, "username": USERS[user], "name": USERS[user], "team_id": TEAM},
             "api_app_id": "A0SANDAPP",
             "token": "deprecated-verification-token",
-            "trigger_id": f"{time.time():.0f}.sandbox",
+            "trigger_id": trigger_id,
             "container": {
                 "type": "message",
                 "message_ts": message["ts"],
@@ -308,6 +335,129 @@ class Slack:
                 }
             ],
         }
+
+
+    def _trigger(self, user: str) -> str:
+        trigger_id = f"{time.time():.0f}.{secrets.token_hex(8)}"
+        with self._lock:
+            self._triggers[trigger_id] = {"user": user, "at": time.time(), "used": False}
+        return trigger_id
+
+    def _send(self, url: str | None, body: str, age_seconds: float) -> tuple[int, str] | Response:
+        """A signed form POST to the app, as Slack sends one; the app's status and body."""
+        if not url or not self.signing_secret:
+            return Response.json({"message": "the sandbox has no Request URL or signing secret configured"}, 409)
+        timestamp = str(int(time.time() - age_seconds))
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": timestamp,
+                   "X-Slack-Signature": sign(self.signing_secret, timestamp, body.encode())}
+        try:
+            answer = httpx.post(url, content=body, headers=headers, timeout=5)
+        except httpx.HTTPError as exc:
+            return Response.json({"message": f"the Request URL did not answer: {type(exc).__name__}"}, 502)
+        return answer.status_code, answer.text
+
+    # -- a person typing a slash command (a control of the sandbox) ------------------------------
+    def command(self, req: Request) -> Response:
+        """POST /_sandbox/slack/command {"user": "U0SANDSAM", "text": "declare api service-down P1",
+        "channel": "C0SANDINC"?, "command": "/incident"?, "age_seconds": 0?}: Slack's slash-command
+        request (form-encoded, signed) to the command's Request URL. The app's immediate answer
+        is shown to the typist only (recorded as an ephemeral message), as are its later
+        answers through the request's response_url."""
+        data = req.json() or {}
+        user, text = data.get("user"), data.get("text")
+        channel = data.get("channel") or "C0SANDINC"
+        if user not in USERS or not isinstance(text, str) or channel not in CHANNELS:
+            return Response.json({"message": f"give user (one of {sorted(USERS)}), text, and a channel of "
+                                             f"{sorted(CHANNELS)}"}, 422)
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._responses[token] = {"channel": channel, "ts": None, "thread_ts": None, "user": user, "uses": 0,
+                                      "at": time.time()}
+        form = {"token": "deprecated-verification-token", "team_id": TEAM, "team_domain": "sandbox",
+                "channel_id": channel, "channel_name": CHANNELS[channel], "user_id": user, "user_name": USERS[user],
+                "command": data.get("command") or "/incident", "text": text, "api_app_id": "A0SANDAPP",
+                "is_enterprise_install": "false", "response_url": f"{self.base_url}/slack/actions/{token}",
+                "trigger_id": self._trigger(user)}
+        sent = self._send(self.commands_url, urlencode(form), float(data.get("age_seconds") or 0))
+        if isinstance(sent, Response):
+            return sent
+        status, body = sent
+        if status == 200 and body:
+            try:
+                shown = json.loads(body)
+            except ValueError:
+                shown = {"text": body}
+            self._record(via="command", channel=channel, ts=self._ts(), text=str(shown.get("text", "")),
+                         blocks=shown.get("blocks") or [], ephemeral=shown.get("response_type") != "in_channel",
+                         user=user)
+        return Response.json({"status": status, "body": body[:2000]})
+
+    # -- a person sending a modal (a control of the sandbox) -------------------------------------
+    def submit(self, req: Request) -> Response:
+        """POST /_sandbox/slack/submit {"user": "U0SANDSAM", "values": {"<block_id>": {"<action_id>":
+        "text"}}, "view_id": optional (else the user's latest open view)}: Slack's view_submission
+        to the Request URL. The modal closes unless the app answers `response_action: errors`."""
+        data = req.json() or {}
+        user = data.get("user")
+        with self._lock:
+            opened = [v for v in self.views if v["user"] == user and not v["closed"]
+                      and (not data.get("view_id") or v["id"] == data["view_id"])]
+        if not opened:
+            return Response.json({"message": f"{user} has no open view"}, 404)
+        view = opened[-1]
+        values = {block: {action: {"type": "plain_text_input", "value": value} for action, value in fields.items()}
+                  for block, fields in (data.get("values") or {}).items()}
+        payload = {"type": "view_submission", "team": {"id": TEAM, "domain": "sandbox"},
+                   "user": {"id": user, "username": USERS.get(user, ""), "name": USERS.get(user, ""), "team_id": TEAM},
+                   "api_app_id": "A0SANDAPP", "token": "deprecated-verification-token", "trigger_id": self._trigger(user),
+                   "view": {**view["view"], "id": view["id"], "team_id": TEAM, "state": {"values": values},
+                            "hash": secrets.token_hex(6), "app_id": "A0SANDAPP", "bot_id": "B0SANDBOT"},
+                   "response_urls": []}
+        sent = self._send(self.interactions_url, urlencode({"payload": json.dumps(payload)}),
+                          float(data.get("age_seconds") or 0))
+        if isinstance(sent, Response):
+            return sent
+        status, body = sent
+        errors = None
+        if status == 200 and body:
+            try:
+                errors = (json.loads(body) or {}).get("errors") if json.loads(body).get("response_action") == "errors" \
+                    else None
+            except (ValueError, AttributeError):
+                errors = None
+        if status == 200 and not errors:
+            with self._lock:
+                view["closed"] = True
+        return Response.json({"status": status, "body": body[:2000], "errors": errors, "closed": view["closed"]})
+
+
+def view_problems(view: Any) -> list[str]:
+    """What breaks a modal's documented limits (api.slack.com/reference/surfaces/views)."""
+    if not isinstance(view, dict) or view.get("type") != "modal":
+        return ["view must be an object of type modal"]
+    problems = []
+    for key, limit, required in (("title", 24, True), ("submit", 24, False), ("close", 24, False)):
+        part = view.get(key)
+        if part is None and not required:
+            continue
+        if not isinstance(part, dict) or part.get("type") != "plain_text" or not 0 < len(part.get("text", "")) <= limit:
+            problems.append(f"{key} must be plain_text of 1 to {limit} characters")
+    if len(str(view.get("callback_id", ""))) > 255 or len(str(view.get("private_metadata", ""))) > 3000:
+        problems.append("callback_id is at most 255 characters, private_metadata 3000")
+    blocks = view.get("blocks")
+    if not isinstance(blocks, list) or not 0 < len(blocks) <= 100:
+        return problems + ["blocks must hold 1 to 100 blocks"]
+    inputs = [b for b in blocks if isinstance(b, dict) and b.get("type") == "input"]
+    if inputs and "submit" not in view:
+        problems.append("a view with input blocks needs submit")
+    for block in inputs:
+        label = block.get("label") or {}
+        if label.get("type") != "plain_text" or not 0 < len(label.get("text", "")) <= 2000:
+            problems.append("an input's label must be plain_text of 1 to 2000 characters")
+        if not isinstance(block.get("element"), dict) or not block["element"].get("action_id"):
+            problems.append("an input needs an element with an action_id")
+    problems += block_problems([b for b in blocks if isinstance(b, dict) and b.get("type") != "input"])
+    return problems
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -71,6 +71,9 @@ class Sandbox:
         self.router.add("GET", "/_sandbox/slack/messages", lambda req: Response.json(self.slack_messages))
         self.router.add("DELETE", "/_sandbox/slack/messages", self._clear_slack)
         self.router.add("POST", "/_sandbox/slack/press", self.slack.press)
+        self.router.add("POST", "/_sandbox/slack/command", self.slack.command)
+        self.router.add("POST", "/_sandbox/slack/submit", self.slack.submit)
+        self.router.add("GET", "/_sandbox/slack/views", lambda req: Response.json(self.slack.views))
         self.router.add("POST", "/_sandbox/slack/app", self._configure_app)
         self.router.add("GET", "/_sandbox/pagerduty/events", self.pagerduty.read_events)
         self.router.add("GET", "/_sandbox/pagerduty/alerts", self.pagerduty.read_alerts)
@@ -298,12 +301,13 @@ class Sandbox:
         return Response.json({"ok": True})
 
     def _configure_app(self, req: Request) -> Response:
-        """POST /_sandbox/slack/app {"interactions_url": ..., "pagerduty_webhook_url": ...}: where
-        Slack sends button presses and PagerDuty its webhooks (the intake)."""
+        """POST /_sandbox/slack/app {"interactions_url": ..., "commands_url": ..., "pagerduty_webhook_url":
+        ...}: where Slack sends button presses and slash commands, and PagerDuty its webhooks (the intake)."""
         data = req.json() or {}
         self.slack.interactions_url = data.get("interactions_url") or self.slack.interactions_url
+        self.slack.commands_url = data.get("commands_url") or self.slack.commands_url
         self.pagerduty.webhook_url = data.get("pagerduty_webhook_url") or self.pagerduty.webhook_url
-        return Response.json({"interactions_url": self.slack.interactions_url,
+        return Response.json({"interactions_url": self.slack.interactions_url, "commands_url": self.slack.commands_url,
                               "pagerduty_webhook_url": self.pagerduty.webhook_url})
 
     def _dependency_health(self, req: Request, name: str) -> Response:
