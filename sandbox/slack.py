@@ -263,8 +263,8 @@ class Slack:
     # -- a person pressing a button (a control of the sandbox) -----------------------------------
     def press(self, req: Request) -> Response:
         """POST /_sandbox/slack/press {"user": "U0SANDSAM", "action": "approve" | "decline" | "acknowledge" |
-        "resolve", "ts": "<message ts>"?, "age_seconds": 0?}: Slack's block_actions request for that press, signed as Slack
-        signs it, sent to the app's Request URL (the intake). Without `ts`, the latest message with
+        "resolve", "ts": "<message ts>"?, "age_seconds": 0?}: Slack's block_actions request for that
+        press, signed as Slack signs it, sent to the app's Request URL (the intake). Without `ts`, the latest message with
         that button. Answers with what the intake answered."""
         data = req.json() or {}
         user, action = data.get("user"), data.get("action")
@@ -409,7 +409,8 @@ class Slack:
                   for block, fields in (data.get("values") or {}).items()}
         payload = {"type": "view_submission", "team": {"id": TEAM, "domain": "sandbox"},
                    "user": {"id": user, "username": USERS.get(user, ""), "name": USERS.get(user, ""), "team_id": TEAM},
-                   "api_app_id": "A0SANDAPP", "token": "deprecated-verification-token", "trigger_id": self._trigger(user),
+                   "api_app_id": "A0SANDAPP", "token": "deprecated-verification-token",
+                   "trigger_id": self._trigger(user),
                    "view": {**view["view"], "id": view["id"], "team_id": TEAM, "state": {"values": values},
                             "hash": secrets.token_hex(6), "app_id": "A0SANDAPP", "bot_id": "B0SANDBOT"},
                    "response_urls": []}
@@ -418,17 +419,20 @@ class Slack:
         if isinstance(sent, Response):
             return sent
         status, body = sent
-        errors = None
-        if status == 200 and body:
-            try:
-                errors = (json.loads(body) or {}).get("errors") if json.loads(body).get("response_action") == "errors" \
-                    else None
-            except (ValueError, AttributeError):
-                errors = None
+        errors = _form_errors(body) if status == 200 else None
         if status == 200 and not errors:
             with self._lock:
                 view["closed"] = True
         return Response.json({"status": status, "body": body[:2000], "errors": errors, "closed": view["closed"]})
+
+
+def _form_errors(body: str) -> dict | None:
+    """The app's `response_action: errors` answer to a view submission, if that is what it is."""
+    try:
+        answer = json.loads(body) if body else None
+    except ValueError:
+        return None
+    return answer.get("errors") if isinstance(answer, dict) and answer.get("response_action") == "errors" else None
 
 
 def view_problems(view: Any) -> list[str]:
