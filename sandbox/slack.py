@@ -264,8 +264,8 @@ class Slack:
     def press(self, req: Request) -> Response:
         """POST /_sandbox/slack/press {"user": "U0SANDSAM", "action": "approve" | "decline" | "acknowledge" |
         "resolve", "ts": "<message ts>"?, "age_seconds": 0?}: Slack's block_actions request for that
-        press, signed as Slack signs it, sent to the app's Request URL (the intake). Without `ts`, the latest message with
-        that button. Answers with what the intake answered."""
+        press, signed as Slack signs it, sent to the app's Request URL (the intake). Without `ts`, the
+        latest message with that button. Answers with what the intake answered."""
         data = req.json() or {}
         user, action = data.get("user"), data.get("action")
         if user not in USERS or action not in ACTION_IDS:
