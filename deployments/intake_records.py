@@ -54,7 +54,8 @@ def open_or_find(alert: Alert, request: RunRequest, parameter: AlertParameter) -
     incident = ctx.store().open_incident(
         dedup_key=request.correlation_key, scenario=request.scenario, service=request.service,
         environment=request.environment, severity=severity,
-        title=templates.issue_title_text(request.service, severity, summary), detected_by="alert", flow_run_id=None,
+        title=templates.issue_title_text(request.service, severity, summary),
+        detected_by="slack" if alert.source == "slack" else "alert", flow_run_id=None,
         alert=parameter.as_dict(), started_at=parameter.started)
     if incident.created:
         detected(ctx, incident, alert.source, f"{request.scenario}: {summary}", parameter)
