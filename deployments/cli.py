@@ -14,6 +14,7 @@
     runbooks metrics [--env sandbox] [--json] [--chart FILE.svg]         MTTD / MTTA / MTTR against targets
     runbooks sandbox break bad-deploy|error-spike|dependency-down  /  runbooks sandbox heal
     runbooks up | down | check-config [FILE] [--against prefect.yaml] [--resolve] [--connect]
+    runbooks slack-manifest [FILE] [--env ENV] [--url HTTPS] [-o FILE]   the Slack app's manifest (/incident)
 
 Exit codes: 0 done (run completed, answer accepted), 1 failed (run failed, answer refused,
 not found), 2 usage error, 3 waiting for approval, 4 cannot reach the Prefect API or the store.
@@ -57,6 +58,8 @@ from deployments.cli_incidents import (
     cmd_role,
 )
 from deployments.cli_local import FAULTS, cmd_faults, cmd_sandbox
+from deployments.slack_manifest import add_parser as add_slack_manifest
+from deployments.slack_manifest import cmd_slack_manifest
 from incidents.models import Approval
 
 
@@ -253,6 +256,7 @@ def _local_commands(sub: Any) -> None:
                                                       "services apart, Redis messaging, two intakes, two workers")
     sub.add_parser("down", help="stop what `runbooks up` started")
     add_check_config(sub)
+    add_slack_manifest(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "approvals": cmd_approvals, "approve": cmd_approve, "decline": cmd_decline,
                 "cancel": cmd_cancel,
                 "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config,
+                "slack-manifest": cmd_slack_manifest,
                 "ack": cmd_ack, "role": cmd_role, "note": cmd_note, "resolve": cmd_resolve,
                 "postmortem": cmd_postmortem, "metrics": cmd_metrics, "faults": cmd_faults,
                 "containment": cmd_containment}

@@ -148,3 +148,34 @@ def test_the_resolve_form_is_a_valid_modal_and_a_broken_one_is_refused():
     assert "title must be plain_text of 1 to 24 characters" in view_problems(
         {**modal, "title": {"type": "plain_text", "text": "Resolve incident 1234567890"}})
     assert "a view with input blocks needs submit" in view_problems({k: v for k, v in modal.items() if k != "submit"})
+
+
+def test_the_pinned_manifest_is_the_config_s_and_holds_what_the_app_uses_and_no_more():
+    import subprocess
+    import sys
+
+    import yaml
+
+    from deployments.slack_manifest import manifest, problems, render
+
+    root = Path(__file__).resolve().parents[1]
+    pinned = (root / "deploy" / "slack" / "manifest.yaml").read_text()
+    generated = render(manifest(load_config(root / "config" / "example-production.yaml")
+                                .environments["production"].approval.page_url),
+                       "config/example-production.yaml --env production")
+    assert pinned == generated, "deploy/slack/manifest.yaml is stale: run the command in its first lines"
+    data = yaml.safe_load(pinned)
+    assert problems(data) == []
+    assert data["features"]["slash_commands"][0]["url"] == "https://runbooks-intake.internal.example/slack/commands"
+    broken = yaml.safe_load(pinned)
+    broken["oauth_config"]["scopes"]["bot"].append("channels:history")
+    broken["features"]["slash_commands"][0].update(command="/Incident Runbooks", url="http://x/slack/commands")
+    broken["settings"]["interactivity"]["request_url"] = "https://x/elsewhere"
+    found = problems(broken)
+    assert any("exactly chat:write, commands" in p for p in found), found
+    assert any("lowercase" in p for p in found) and any("HTTPS url" in p for p in found), found
+    assert any("settings.interactivity" in p for p in found), found
+    plain = subprocess.run([sys.executable, "-m", "deployments.cli", "slack-manifest", "config/sandbox.yaml"],
+                           cwd=root, capture_output=True, text=True, timeout=60,
+                           env={**__import__("os").environ, "RUNBOOKS_INTAKE_URL": "http://127.0.0.1:8787"})
+    assert plain.returncode != 0 and "HTTPS URLs only" in plain.stderr and "--url" in plain.stderr, plain.stderr
