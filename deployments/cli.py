@@ -9,6 +9,7 @@
     runbooks ack ID [--by NAME]                                          acknowledge: escalation stops
     runbooks role ID commander|comms|owner|scribe @HANDLE [--by NAME]    hand an incident role over
     runbooks note ID TEXT [--by NAME]                                    a note for the timeline and post-mortem
+    runbooks summary ID [--by NAME]                                      the 24-hour summary went to stakeholders
     runbooks resolve ID --by NAME --note TEXT                            resolve by hand: Resolution, issue closed
     runbooks postmortem ID                                               start the post-incident run (its form)
     runbooks metrics [--env sandbox] [--json] [--chart FILE.svg]         MTTD / MTTA / MTTR against targets
@@ -56,6 +57,7 @@ from deployments.cli_incidents import (
     cmd_postmortem,
     cmd_resolve,
     cmd_role,
+    cmd_summary,
 )
 from deployments.cli_local import FAULTS, cmd_faults, cmd_sandbox
 from deployments.slack_manifest import add_parser as add_slack_manifest
@@ -234,6 +236,9 @@ def _incident_commands(sub: Any) -> None:
     note.add_argument("id", type=int)
     note.add_argument("text", nargs="+")
     note.add_argument("--by", help="your name (default: $RUNBOOKS_APPROVER or your login)")
+    summary = sub.add_parser("summary", help="say the 24-hour summary went to stakeholders (the comms lead's duty)")
+    summary.add_argument("id", type=int)
+    summary.add_argument("--by", help="your name (default: $RUNBOOKS_APPROVER or your login)")
     resolve = sub.add_parser("resolve", help="resolve an incident by hand: Resolution message, issue closed")
     resolve.add_argument("id", type=int)
     resolve.add_argument("--by", required=True, help="your name")
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cancel": cmd_cancel,
                 "incidents": cmd_incidents, "incident": cmd_incident, "check-config": cmd_check_config,
                 "slack-manifest": cmd_slack_manifest,
-                "ack": cmd_ack, "role": cmd_role, "note": cmd_note, "resolve": cmd_resolve,
+                "ack": cmd_ack, "role": cmd_role, "note": cmd_note, "summary": cmd_summary, "resolve": cmd_resolve,
                 "postmortem": cmd_postmortem, "metrics": cmd_metrics, "faults": cmd_faults,
                 "containment": cmd_containment}
     try:

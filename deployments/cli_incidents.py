@@ -137,6 +137,21 @@ def cmd_note(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    """The Communications lead sent the 24-hour summary drafted in the thread: its duty is done."""
+    from tasks.duties import DutyError, summary_sent
+
+    store, StoreError = open_store()
+    _, ctx = _incident_context(store, StoreError, args.id)
+    try:
+        print(summary_sent(ctx, args.id, actor_name(args.by)))
+    except DutyError as exc:
+        raise CliError(str(exc)) from None
+    except StoreError as exc:
+        raise store_failure(exc) from None
+    return OK
+
+
 def cmd_ack(args: argparse.Namespace) -> int:
     store, StoreError = open_store()
     os.environ.setdefault("PREFECT_API_URL", api_url())

@@ -17,11 +17,13 @@ thread, its issue and its timeline, as when it is done from the CLI.
     /incident role <id> <commander|comms|owner|scribe> <@someone>
     /incident note <id> <text>
     /incident cancel <id> <reason>
+    /incident summary <id> sent
 
 Who may do what comes from the incident's environment's config: anyone the config knows (a
 handle in `roles.slack_ids` with this member ID, or an approver's `slack_user`) may declare,
 acknowledge and write notes; the incident's commander (as handed over, else the rota's) and
-the approvers for its severity may also resolve, cancel, hand roles over and set the severity.
+the approvers for its severity may also resolve, cancel, hand roles over and set the severity;
+the Communications lead, the commander and those approvers may say the 24-hour summary was sent.
 A refusal is ephemeral and written to the incident's timeline.
 """
 
@@ -46,7 +48,7 @@ from deployments.guards import ReplayCache
 from deployments.prefect_api import PrefectApi, explain
 from deployments.slack_interactions import verified_body
 from incidents.alerts import SCENARIOS, Alert, RunRequest, declared
-from incidents.config_people import INCIDENT_ROLES
+from incidents.config_people import INCIDENT_ROLES, ROLE_TITLES
 from incidents.models import Severity
 from incidents.store import StoreError
 
@@ -55,10 +57,12 @@ COMMAND = "/incident"
 USAGE = (f"`{COMMAND} declare <service> <scenario> [P0-P3] [env=<name>] [summary]` · `{COMMAND} status [id]` · "
          f"`{COMMAND} ack <id>` · `{COMMAND} resolve <id> <how>` · `{COMMAND} severity <id> <P0-P3>` · "
          f"`{COMMAND} role <id> <{'|'.join(INCIDENT_ROLES)}> <@someone>` · `{COMMAND} note <id> <text>` · "
-         f"`{COMMAND} cancel <id> <reason>`")
-# verbs any member may use; the rest are the commander's and the severity's approvers'
+         f"`{COMMAND} cancel <id> <reason>` · `{COMMAND} summary <id> sent`")
+# verbs any member may use; the rest are for these incident roles' holders and the severity's approvers
 MEMBER_VERBS = frozenset({"declare", "ack", "note"})
-LEAD_VERBS = frozenset({"resolve", "severity", "role", "cancel"})
+VERB_ROLES = {"resolve": ("commander",), "severity": ("commander",), "role": ("commander",),
+              "cancel": ("commander",), "summary": ("comms", "commander")}
+LEAD_VERBS = frozenset(VERB_ROLES)
 _ID = re.compile(r"^#?([1-9][0-9]{0,11})$")
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,20})(\|[^>]*)?>$")
 
@@ -113,6 +117,10 @@ def parse(text: str) -> Command:
         if len(rest) != 1 or rest[0].upper() not in Severity.__members__:
             raise CommandError(f"`{COMMAND} severity <id> <P0-P3>`")
         return Command(verb, incident_id, (rest[0].upper(),))
+    if verb == "summary":
+        if [w.lower() for w in rest] != ["sent"]:
+            raise CommandError(f"`{COMMAND} summary <id> sent`: say that the 24-hour summary went to stakeholders")
+        return Command(verb, incident_id)
     if verb == "role":
         if len(rest) != 2 or rest[0].lower() not in INCIDENT_ROLES:
             raise CommandError(f"`{COMMAND} role <id> <{'|'.join(INCIDENT_ROLES)}> <@someone>`")
@@ -144,10 +152,12 @@ class Caller:
     handle: str | None
     approver_for: tuple[str, ...]  # the severities they may approve
 
-    def may(self, verb: str, severity: str, commander: str) -> bool:
+    def may(self, verb: str, severity: str, holders: dict[str, str]) -> bool:
+        """`holders`: who holds each incident role (role -> handle)."""
         if verb in MEMBER_VERBS:
             return True
-        return self.handle == commander or severity in self.approver_for
+        return any(self.handle == holders.get(role) for role in VERB_ROLES.get(verb, ())) \
+            or severity in self.approver_for
 
 
 def caller_in(config: Any, user: str) -> Caller | None:
@@ -232,6 +242,7 @@ def on_incident(prefect: PrefectApi, command: Command, who: Invocation) -> str:
 def act(prefect: PrefectApi, command: Command, incident: Any, config: Any, by: str) -> str:
     """Carry out a command `by` may give; what changed, in a sentence."""
     from tasks.context import RunContext
+    from tasks.duties import DutyError, summary_sent
     from tasks.roles import RoleError, add_note, hand_over, set_severity
     from tasks.watch import acknowledge
 
@@ -247,7 +258,9 @@ def act(prefect: PrefectApi, command: Command, incident: Any, config: Any, by: s
             return set_severity(ctx, incident.id, command.words[0], by)
         if command.verb == "role":
             return hand_over(ctx, incident.id, command.words[0], handle_in(config, command.words[1]), by)
-    except RoleError as exc:
+        if command.verb == "summary":
+            return summary_sent(ctx, incident.id, by)
+    except (RoleError, DutyError) as exc:
         raise CommandError(str(exc)) from None
     if command.verb == "resolve":
         return start_resolve(prefect, incident, by, command.text)
@@ -262,8 +275,9 @@ def authorise(store: Any, command: Command, who: Invocation) -> tuple[Any, Any, 
     incident = store.get(command.incident_id)  # StoreError (no such incident) is said as it is
     config = load_environment(incident.environment)
     caller = caller_in(config, who.user)
-    commander = config.roles.holder("commander", store.assigned_roles(incident.id))
-    if caller is None or not caller.may(command.verb, incident.severity.value, commander):
+    assigned = store.assigned_roles(incident.id)
+    holders = {role: config.roles.holder(role, assigned) for role in INCIDENT_ROLES}
+    if caller is None or not caller.may(command.verb, incident.severity.value, holders):
         return _refused(store, incident, command, who, caller)
     return incident, config, caller.name
 
@@ -325,8 +339,9 @@ def _status(store: Any, incident: Any) -> str:
 def _refused(store: Any, incident: Any, command: Command, who: Invocation, caller: Caller | None) -> str:
     from incidents.models import EventKind
 
+    holders = " or ".join(f"the incident's {ROLE_TITLES[r]}" for r in VERB_ROLES.get(command.verb, ()))
     why = (f"not in the {incident.environment} config's roles or approvers" if caller is None
-           else f"only the incident's commander or an approver for {incident.severity.value} may")
+           else f"only {holders} or an approver for {incident.severity.value} may")
     store.add_event(incident.id, "Slack", EventKind.COMMAND_REFUSED,
                     f"{COMMAND} {command.verb} by Slack member {who.user} ({caller.name if caller else who.user_name}) "
                     f"was refused: {why}")

@@ -24,7 +24,7 @@ from incidents.config import ConfigError, config_path, load_config
 BOT_SCOPES = ("chat:write", "commands")
 NAME = "Incident Runbooks"
 USAGE_HINT = ("declare <service> <scenario> [P0-P3] [summary] | status [id] | "
-              "ack|resolve|severity|role|note|cancel <id> …")
+              "ack|resolve|severity|role|note|cancel|summary <id> …")
 # the manifest's documented limits (api.slack.com/reference/manifests)
 LIMITS = {"name": 35, "description": 140, "display_name": 80, "command": 32, "command_description": 2000,
           "usage_hint": 1000}

@@ -149,6 +149,8 @@ class SeverityPolicy(_Model):
     response_minutes: float = Field(gt=0, le=7 * 24 * 60)
     levels: list[list[str]] = Field(min_length=1)
     status_minutes: float = Field(gt=0, le=7 * 24 * 60)  # Status Update cadence while open
+    # the Communications lead's stakeholder update drafts while open (None: no drafts)
+    stakeholder_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60)
 
     @field_validator("levels")
     @classmethod
@@ -169,14 +171,15 @@ class SeverityPolicy(_Model):
 
 class EscalationMatrix(_Model):
     """The playbook's Escalation Matrix as defaults: P0 5 min, all team members; P1 15 min,
-    on-call + team lead; P2 1 h, team lead; P3 4 h, issue only."""
+    on-call + team lead; P2 1 h, team lead; P3 4 h, issue only. Stakeholder update drafts every
+    30 min for P0 and every hour for P1 (the playbook names the duty, not the cadence)."""
 
     P0: SeverityPolicy = SeverityPolicy(response_minutes=5, levels=[["team"], ["on_call.backup", "team_lead.backup",
                                                                                "infrastructure.backup"]],
-                                        status_minutes=15)
+                                        status_minutes=15, stakeholder_minutes=30)
     P1: SeverityPolicy = SeverityPolicy(response_minutes=15, levels=[["on_call", "team_lead"],
                                                                      ["on_call.backup", "team_lead.backup"], ["team"]],
-                                        status_minutes=30)
+                                        status_minutes=30, stakeholder_minutes=60)
     P2: SeverityPolicy = SeverityPolicy(response_minutes=60, levels=[["team_lead"], ["team_lead.backup", "on_call"]],
                                         status_minutes=120)
     P3: SeverityPolicy = SeverityPolicy(response_minutes=240, levels=[[], ["team_lead"]], status_minutes=480)

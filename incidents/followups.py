@@ -138,11 +138,14 @@ class FollowUpStore(IncidentStore):
         """Every incident of the environment (drills flagged) with its post-mortem completion."""
         with self._connect() as conn:
             rows = conn.execute(
-                """SELECT i.id, i.severity, i.detected_by, i.alert IS NOT NULL AS from_alert,
+                """SELECT i.id, i.severity, i.detected_by,
+                          i.alert IS NOT NULL AND i.detected_by <> 'slack' AS from_alert,
                           COALESCE(i.alert -> 'labels' ? 'drill_id', false) AS drill,
                           COALESCE(i.started_at, i.opened_at) AS started_at, i.opened_at, i.acknowledged_at,
-                          i.recovered_at, i.resolved_at, p.completed_at AS postmortem_at
+                          i.recovered_at, i.resolved_at, p.completed_at AS postmortem_at,
+                          d.due_at AS summary_due, d.done_at AS summary_at
                    FROM incidents i LEFT JOIN postmortems p ON p.incident_id = i.id
+                   LEFT JOIN incident_duties d ON d.incident_id = i.id AND d.duty = 'summary_24h' AND d.slot = ''
                    WHERE i.environment = %s AND (%s::timestamptz IS NULL OR COALESCE(i.started_at, i.opened_at) >= %s)
                      AND i.detected_by <> 'dry run'
                    ORDER BY i.id""", (environment, since, since)).fetchall()

@@ -114,6 +114,11 @@ class EventKind(StrEnum):
     NOTE = "note"  # the scribe's (or anyone's) note, for the timeline and the post-mortem
     SEVERITY_CHANGED = "severity_changed"  # a person set the incident's severity
     COMMAND_REFUSED = "command_refused"  # a Slack command by someone without the right
+    COMMANDER_ASKED = "commander_asked"  # the approvers were silent: the commander is asked to decide
+    STAKEHOLDER_DRAFT = "stakeholder_draft"  # a stakeholder update drafted for the Communications lead
+    SUMMARY_DRAFTED = "summary_drafted"  # the 24-hour summary (and public statement) drafted
+    SUMMARY_SENT = "summary_sent"  # the Communications lead sent the 24-hour summary
+    SUMMARY_OVERDUE = "summary_overdue"
     FINDINGS_ADDED = "findings_added"
     DIAGNOSED = "diagnosed"
     DRY_RUN = "dry_run"

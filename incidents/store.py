@@ -31,13 +31,14 @@ from incidents.store_base import (
 )
 from incidents.store_containment import ContainmentRecords
 from incidents.store_correlation import CorrelationRecords
+from incidents.store_duties import DutyRecords
 from incidents.store_roles import RoleRecords
 
 __all__ = ["DEFAULT_DATABASE_URL", "REPLICA_SKEW_SECONDS", "SCHEMA", "DrillStore", "IncidentStore", "NotFound", "Row",
            "StoreError", "StoreUnreachable", "connect_timeout", "database_url", "required_row"]
 
 
-class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, RoleRecords):
+class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, RoleRecords, DutyRecords):
     """The incident record: incidents, their timeline, Slack thread and pagers (here), approvals
     and the action log (store_approvals), correlation and leases (store_correlation), standing
     containment (store_containment)."""

@@ -246,6 +246,21 @@ CREATE TABLE IF NOT EXISTS incident_roles (
     assigned_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (incident_id, role)
 );
+-- the incident roles' duties, each claimed once by whoever gets there first (two sweeps at the
+-- same moment post nothing twice): the commander asked about a silent approval (slot: the
+-- approval's id), the communications lead's stakeholder update drafts (slot: the cadence's
+-- count), the 24-hour summary (due a day after the resolution; done when the comms lead sent it)
+CREATE TABLE IF NOT EXISTS incident_duties (
+    incident_id      BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    duty             TEXT NOT NULL,
+    slot             TEXT NOT NULL DEFAULT '',
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    due_at           TIMESTAMPTZ,
+    done_at          TIMESTAMPTZ,
+    done_by          TEXT,
+    last_reminded_at TIMESTAMPTZ,
+    PRIMARY KEY (incident_id, duty, slot)
+);
 -- the PagerDuty services an incident triggered (acknowledge and resolve go to each)
 CREATE TABLE IF NOT EXISTS incident_pagers (
     incident_id  BIGINT NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,

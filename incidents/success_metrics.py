@@ -4,17 +4,21 @@ Every duration counts from when the problem began: the alert's `startsAt` when a
 started the incident, else the moment the runbook opened it.
 
 - MTTD (time to detect): start -> the runbook run opened the incident. Only incidents that an
-  alert started are counted (a manual run has no independent start).
+  alert started are counted (a manual run, or a person's `/incident declare`, has no
+  independent start).
 - MTTA (time to acknowledge): start -> the first acknowledgment (an approval decided by a
   person, or an explicit acknowledge). Incidents nobody acknowledged are left out and counted.
 - MTTR (time to recover): start -> verified recovery. Open incidents are left out and counted.
 - Incident frequency: incidents per calendar month (UTC) of their start.
 - Post-mortem completion: of the resolved incidents whose week has passed (or whose
   post-mortem is done), the share with a post-mortem completed within the week.
+- 24-hour summaries: of the summaries drafted at resolution whose day has passed (or that
+  were sent), the share the Communications lead sent within the day.
 
 Drills are real runs of the runbooks but not incidents: they are excluded and counted.
 Targets: MTTD < 5 min, MTTR < 30 min for P0, < 1 incident per month, 100 % post-mortems within
-a week; MTTA is held against the severity's response time in the Escalation Matrix.
+a week, 100 % 24-hour summaries within the day; MTTA is held against the severity's response
+time in the Escalation Matrix.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class MetricRow:
     recovered_at: datetime | None
     resolved_at: datetime | None
     postmortem_at: datetime | None  # the post-mortem's completion
+    summary_due: datetime | None = None  # the 24-hour summary's due time (drafted at resolution)
+    summary_at: datetime | None = None  # when the Communications lead said it was sent
 
 
 @dataclass
@@ -138,6 +144,13 @@ def compute(rows: list[MetricRow], now: datetime, response_minutes: dict[str, fl
     pending = len([r for r in incidents if r.resolved_at]) - len(due)
     metrics.figures.append(Figure("Post-mortems within a week", "all", share, "%", "100 %",
                                   None if share is None else share == 100.0, len(due), pending))
+    drafted = [r for r in incidents if r.summary_due]
+    summaries = [r for r in drafted if r.summary_at or (r.summary_due and r.summary_due <= now)]
+    sent = [r for r in summaries if r.summary_at and r.summary_due and r.summary_at <= r.summary_due]
+    share = round(100 * len(sent) / len(summaries), 1) if summaries else None
+    metrics.figures.append(Figure("24-hour summaries sent on time", "all", share, "%", "100 %",
+                                  None if share is None else share == 100.0, len(summaries),
+                                  len(drafted) - len(summaries)))
     return metrics
 
 

@@ -201,7 +201,7 @@ def resolution_markdown(root_cause: str, what_was_done: str, prevention: str) ->
 KEY_MOMENTS = frozenset({"detected", "acknowledged", "escalated", "diagnosed", "approval_approved",
                          "approval_declined", "approval_timed_out", "action", "action_failed", "recovered",
                          "resolved", "resolved_by_hand", "cancelled", "role_assigned", "note",
-                         "severity_changed"})
+                         "severity_changed", "commander_asked", "summary_sent"})
 SEVERITY_LABELS = frozenset({"P0", "P1", "P2", "P3", "priority:high"})
 
 
@@ -286,3 +286,46 @@ To be written in the post-mortem.
 
 _Escalation for {incident.severity.value}: acknowledge within {policy.response_minutes:g} min ({incident.severity.escalation}); unacknowledged, it escalates level by level. Status Updates every {policy.status_minutes:g} min while open._
 """  # noqa: E501 - the issue body is Markdown; its lines are as long as they read
+
+
+def _plain_duration(start: datetime | None, end: datetime | None) -> str:
+    if not start or not end:
+        return "ongoing"
+    minutes = max(0, int((end - start).total_seconds() // 60))
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def stakeholder_update(incident: Incident, comms: str, next_at: datetime) -> str:
+    """A draft for people outside the team (no runbook jargon), for the Communications lead to
+    send on; `comms` is their mention from the config."""
+    impact = slack_text(incident.impact or incident.users_affected or "being assessed")
+    return "\n".join([
+        "📣 STAKEHOLDER UPDATE (draft)",
+        f"For: {comms} - edit and send to stakeholders; nothing has been sent.",
+        f"We are working on a problem with {slack_text(incident.service, 60)} ({incident.severity.label} priority).",
+        f"What you may notice: {impact}.",
+        f"Where we are: {incident.status.value}; ETA: {slack_text(incident.eta or 'being assessed')}.",
+        f"Next update by {next_at:%H:%M} UTC.",
+    ])
+
+
+def summary_24h(incident: Incident, comms: str, moments: Sequence[TimelineEvent], due: datetime) -> str:
+    """The playbook's "Immediate (within 24h)" summary, drafted from the record for the
+    Communications lead: timeline, root cause, impact, and a public statement to adapt."""
+    lines = [
+        "📋 24-HOUR SUMMARY (draft)",
+        f"Issue: {incident.issue_ref}",
+        f"For: {comms} - check it, send it to stakeholders by {due:%Y-%m-%d %H:%M} UTC, then "
+        f"`/incident summary {incident.id} sent`.",
+        f"Duration: {_plain_duration(incident.started_at or incident.opened_at, incident.resolved_at)}",
+        f"Root cause: {slack_text(incident.root_cause or 'to be worked out in the post-mortem', 500)}",
+        f"Resolution: {slack_text(incident.resolution or '-', 500)}",
+        f"Impact: {slack_text(incident.impact or incident.users_affected or 'being assessed', 300)}",
+        "Timeline:",
+        *[f"• {e.at:%H:%M} {slack_text(e.message, 160)}" for e in moments[-12:]],
+        "Public statement (draft): "
+        f"Between {(incident.started_at or incident.opened_at):%H:%M} and "
+        f"{(incident.resolved_at or incident.opened_at):%H:%M} UTC, {slack_text(incident.service, 60)} was degraded. "
+        "The problem is fixed, and we are reviewing how to prevent it.",
+    ]
+    return "\n".join(lines)

@@ -17,6 +17,7 @@ from incidents.store import StoreError
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.correlation import detected, join
+from tasks.duties import draft_summary
 from tasks.notify import comment_on_issue, notify_slack, refresh_issue
 from tasks.paging import mentions, trigger_pagers, update_pagers
 from tasks.postmortem import start_post_incident
@@ -126,6 +127,10 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
             record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"issue not closed: {exc}")
     refresh_issue(ctx, incident.id, run_logger())
     if postmortem:
+        try:
+            draft_summary(ctx, incident.id)
+        except StoreError as exc:
+            run_logger().error("Incident %s: 24-hour summary not drafted: %s", incident.id, exc)
         start_post_incident(ctx, incident)
     return True
 

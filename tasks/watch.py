@@ -5,6 +5,8 @@ runbook run (which may be paused for an approval, suspended, or gone):
 - the Status Update cadence while an incident is open;
 - reminders for overdue post-mortems and overdue action items, and completion tracking of
   action items (their GitHub issue closed = done);
+- the roles' duties (tasks/duties.py): the commander asked when approvers are silent, the
+  stakeholder update drafts, reminders for overdue 24-hour summaries;
 - the deadline of approvals whose runs are suspended (no process is left to notice it).
 
 Every step takes its turn through a conditional update in the store, so two sweeps at the
@@ -31,6 +33,7 @@ from tasks.cancellation import note_cancellation
 from tasks.containment import review_containments
 from tasks.context import RunContext, SecretNotFound
 from tasks.correlation import withdraw_quiet
+from tasks.duties import ask_commander, remind_summaries, stakeholder_draft
 from tasks.incident import resolve_incident
 from tasks.notify import comment_on_issue, notify_slack, refresh_issue
 from tasks.paging import mentions, retrigger_missing, trigger_pagers, update_pagers
@@ -234,7 +237,7 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
     config = load_environment(environment)
     store = FollowUpStore()
     summary: dict[str, Any] = {"open": 0, "escalated": [], "status_updates": [], "postmortem_reminders": [],
-                               "action_items": {}}
+                               "action_items": {}, "commander_asked": [], "stakeholder_drafts": []}
     for incident in store.list(limit=500, open_only=True, environment=environment):
         summary["open"] += 1
         ctx = _ctx(environment, config, incident)
@@ -245,6 +248,9 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
                 summary["escalated"].append(escalated)
             if status_cadence(ctx, incident, now):
                 summary["status_updates"].append(incident.id)
+            summary["commander_asked"] += ask_commander(ctx, incident, now)
+            if stakeholder_draft(ctx, incident, now):
+                summary["stakeholder_drafts"].append(incident.id)
         except StoreError as exc:
             run_logger().error("Incident %s skipped this sweep: %s", incident.id, exc)
     summary["expired_approvals"] = decline_expired_approvals(environment, config, store, now)
@@ -252,6 +258,7 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
     summary["withdrawn"] = withdraw_quiet(store, environment, load_config().intake.resolve_grace_seconds, now,
                                           _resume)
     summary["postmortem_reminders"] = remind_postmortems(environment, config, store, now)
+    summary["summary_reminders"] = remind_summaries(environment, config, store, now)
     summary["action_items"] = track_action_items(environment, config, store, now)
     summary["containment"] = review_containments(environment, store, now)
     run_logger().info("Sweep of %s: %s open, %s escalated, %s status updates, %s post-mortem reminders",

@@ -29,6 +29,7 @@ from incidents.models import (
     TimelineEvent,
 )
 from incidents.store import NotFound
+from incidents.store_duties import Duty
 
 
 def _now() -> datetime:
@@ -49,6 +50,7 @@ class FakeStore:
         self.drills: dict[str, Drill] = {}
         self.standing: dict[int, StandingContainment] = {}
         self.roles: dict[int, dict[str, str]] = {}
+        self.duties: dict[tuple[int, str, str], Duty] = {}
         self._ids = itertools.count(1)
 
     # -- incidents -------------------------------------------------------------------------------
@@ -183,6 +185,23 @@ class FakeStore:
 
     def assigned_roles(self, incident_id: int) -> dict[str, str]:
         return dict(self.roles.get(incident_id, {}))
+
+    # -- the roles' duties -----------------------------------------------------------------------
+    def claim_duty(self, incident_id: int, duty: str, slot: str = "", due_at: datetime | None = None) -> bool:
+        if (incident_id, duty, slot) in self.duties:
+            return False
+        self.duties[incident_id, duty, slot] = Duty(incident_id, duty, slot, _now(), due_at, None, None, None)
+        return True
+
+    def duty(self, incident_id: int, duty: str, slot: str = "") -> Duty | None:
+        return self.duties.get((incident_id, duty, slot))
+
+    def complete_duty(self, incident_id: int, duty: str, by: str, slot: str = "") -> bool:
+        held = self.duties.get((incident_id, duty, slot))
+        if held is None or held.done_at is not None:
+            return False
+        self.duties[incident_id, duty, slot] = replace(held, done_at=_now(), done_by=by)
+        return True
 
     # -- approvals -------------------------------------------------------------------------------
     def request_approval(self, incident_id: int, plan_digest: str, plan: dict[str, Any], flow_run_id: str | None,

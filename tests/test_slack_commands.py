@@ -153,7 +153,7 @@ def test_a_whole_incident_from_slack_declare_ack_roles_note_severity_approve_pos
     _type(world, "U0SANDMAL", f"ack {incident.id}")
     assert "not in the sandbox config's roles or approvers" in _told(world, "U0SANDMAL", "Refused")
     _type(world, "U0SANDOLA", f"severity {incident.id} P0")
-    assert "only the incident's commander or an approver for P1" in _told(world, "U0SANDOLA", "Refused")
+    assert "only the incident's Incident Commander or an approver for P1" in _told(world, "U0SANDOLA", "Refused")
     refused = [e.message for e in store.timeline(incident.id) if e.kind == "command_refused"]
     assert len(refused) == 2 and "U0SANDMAL" in refused[0] and "severity" in refused[1], refused
     after = store.get(incident.id)
@@ -218,7 +218,7 @@ def test_resolve_from_the_parent_message_opens_a_form_and_stops_the_waiting_runb
     parent = _parent(world)
 
     _press(world, "U0SANDOLA", "resolve", ts=parent["ts"])  # on-call, not the commander nor an approver
-    assert "only the incident's commander or an approver" in _told(world, "U0SANDOLA", "Refused")
+    assert "only the incident's Incident Commander or an approver" in _told(world, "U0SANDOLA", "Refused")
     assert world.slack.views == []
 
     _press(world, "U0SANDSAM", "resolve", ts=parent["ts"])

@@ -47,6 +47,7 @@ def test_every_verb_parses_to_what_it_acts_on():
     assert parse("role 12 Comms <@U0SANDKIM|kim>") == Command("role", 12, ("comms", "<@U0SANDKIM|kim>"))
     assert parse("note 12   the  cache was cold ") == Command("note", 12, text="the cache was cold")
     assert parse("cancel #12 wrong service") == Command("cancel", 12, text="wrong service")
+    assert parse("summary 12 Sent") == Command("summary", 12)
 
 
 @pytest.mark.parametrize("text, says", [
@@ -63,6 +64,8 @@ def test_every_verb_parses_to_what_it_acts_on():
     ("resolve 12", "how it was resolved"),
     ("note 12", "the note"),
     ("cancel 12", "why"),
+    ("summary 12", "summary <id> sent"),
+    ("summary 12 drafted", "summary <id> sent"),
     ("declare api", "scenarios: service-down"),
     ("declare api restart-everything", "scenarios: service-down"),
 ])
@@ -78,13 +81,16 @@ def test_rights_come_from_the_config(sandbox):
     assert sam is not None and sam.name == "sam" and sam.handle == "@ic-sam"
     assert ola is not None and ola.name == "@oncall-ola" and ola.approver_for == ()
     assert rita is not None and rita.approver_for == ("P2", "P3")
+    rota = {"commander": "@ic-sam", "comms": "@comms-kim"}
     for verb in ("declare", "ack", "note"):
-        assert ola.may(verb, "P1", commander="@ic-sam")
-    for verb in ("resolve", "severity", "role", "cancel"):
-        assert not ola.may(verb, "P1", commander="@ic-sam"), verb
-        assert ola.may(verb, "P1", commander="@oncall-ola"), "the commander, as handed over"
-        assert sam.may(verb, "P1", commander="@lead-tess"), "an approver for the severity"
-        assert not rita.may(verb, "P1", commander="@ic-sam") and rita.may(verb, "P2", commander="@ic-sam")
+        assert ola.may(verb, "P1", rota)
+    for verb in ("resolve", "severity", "role", "cancel", "summary"):
+        assert not ola.may(verb, "P1", rota), verb
+        assert ola.may(verb, "P1", {**rota, "commander": "@oncall-ola"}), "the commander, as handed over"
+        assert sam.may(verb, "P1", {"commander": "@lead-tess"}), "an approver for the severity"
+        assert not rita.may(verb, "P1", rota) and rita.may(verb, "P2", rota)
+    kim = caller_in(sandbox, "U0SANDKIM")
+    assert kim is not None and kim.may("summary", "P1", rota) and not kim.may("resolve", "P1", rota)
 
 
 def test_a_declare_finds_its_environment_by_the_channel(config_file):
