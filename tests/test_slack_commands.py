@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def lifecycle(prefect_server):
-    """The resolve-incident and post-incident deployments (no worker runs them: the test does)."""
+    """The resolve-incident and post-incident deployments for this test only (no worker runs
+    them: the test does); other tests rely on post-incident/sandbox not existing."""
     from prefect.client.orchestration import get_client
 
     from flows.post_incident import post_incident
@@ -35,7 +36,10 @@ def lifecycle(prefect_server):
         for fn, path in ((resolve_incident, "flows/resolve_incident.py:resolve_incident"),
                          (post_incident, "flows/post_incident.py:post_incident")):
             ids[fn.name] = client.create_deployment(flow_id=client.create_flow(fn), name="sandbox", entrypoint=path)
-    return ids
+    yield ids
+    with get_client(sync_client=True) as client:
+        for deployment_id in ids.values():
+            client.delete_deployment(deployment_id)
 
 
 @pytest.fixture
