@@ -277,7 +277,7 @@ def declared(environment: str, service: str, scenario: str, severity: str | None
              at: datetime) -> tuple[Alert, RunRequest]:
     """An incident a person declares (`/incident declare`), as the alert it stands for: the
     same correlation as an alert of that service (a declare for an open outage joins it)."""
-    labels = {"alertname": DECLARED_ALERTNAME, "service": service, "environment": environment}
+    labels = {"alertname": DECLARED_ALERTNAME, "service": service, "environment": environment, "declared_by": by}
     if severity:
         labels["severity"] = severity
     annotations = {"summary": redact(summary or f"declared by {by}"), "declared_by": by}

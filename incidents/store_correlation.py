@@ -10,6 +10,9 @@ from typing import Callable
 from incidents.models import Approval, Incident, IncidentAlert, Lease, Severity, Status
 from incidents.store_base import REPLICA_SKEW_SECONDS, StoreBase, incident_from_row, required_row
 
+# the title's "[P1] " prefix follows the severity (templates.issue_title_text writes it)
+_RETITLED = "title = regexp_replace(i.title, '^\\[P[0-3]\\]', '[' || %s || ']')"
+
 
 class CorrelationRecords(StoreBase):
     # -- correlation: alerts joining an incident, announcement, severity --------------------------
@@ -43,18 +46,20 @@ class CorrelationRecords(StoreBase):
     def raise_severity(self, incident_id: int, severity: Severity) -> Severity | None:
         """Raise an open incident to `severity` when that is more severe; the old severity, or None."""
         with self._connect() as conn:
-            row = conn.execute("""UPDATE incidents i SET severity = %s FROM incidents old
+            row = conn.execute(f"""UPDATE incidents i SET severity = %s, {_RETITLED} FROM incidents old
                                   WHERE i.id = %s AND old.id = i.id AND i.resolved_at IS NULL AND i.severity > %s
-                                  RETURNING old.severity""", (severity.value, incident_id, severity.value)).fetchone()
+                                  RETURNING old.severity""", (severity.value, severity.value, incident_id,
+                                                              severity.value)).fetchone()
         return Severity(row["severity"]) if row else None
 
     def set_severity(self, incident_id: int, severity: Severity) -> Severity | None:
         """Set an open incident's severity (a person's call: up or down); the old one, or None
         when it is closed or already `severity`."""
         with self._connect() as conn:
-            row = conn.execute("""UPDATE incidents i SET severity = %s FROM incidents old
+            row = conn.execute(f"""UPDATE incidents i SET severity = %s, {_RETITLED} FROM incidents old
                                   WHERE i.id = %s AND old.id = i.id AND i.resolved_at IS NULL AND i.severity <> %s
-                                  RETURNING old.severity""", (severity.value, incident_id, severity.value)).fetchone()
+                                  RETURNING old.severity""", (severity.value, severity.value, incident_id,
+                                                              severity.value)).fetchone()
         return Severity(row["severity"]) if row else None
 
     def record_alert(self, incident_id: int, identity: str, alertname: str, severity: str | None, starts_at: str

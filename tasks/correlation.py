@@ -81,6 +81,10 @@ def join(ctx: RunContext, incident: Incident, alert: AlertParameter | None, seve
         "repeat": f"{name} sent again (a replica's copy or a resend)",
         "run": f"{by} joined incident {incident.id}, which is already open",
     }[seen]
+    if alert is not None and alert.source == "slack":  # a person's /incident declare, not an alert
+        declarer = alert.annotations.get("declared_by", "someone")
+        message = (f"{declarer} declared it again" if seen == "repeat"
+                   else f"{declarer} declared the same outage in Slack: it joined incident {incident.id}")
     if raised_from is not None:
         message += f"; severity raised from {raised_from.value} to {incident.severity.value}"
     record(ctx, incident.id, by, EventKind.FLAP if seen == "refired" else EventKind.JOINED, message,

@@ -126,9 +126,12 @@ def _run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: 
     explicit = Severity(severity) if severity else None
     severity = explicit or scenario.default_severity
     detected_by = "alert" if alert else "manual run"
+    # a person's declaration (/incident declare) is summed up in their words
+    declared = alert.annotations.get("summary") if alert and alert.source == "slack" else None
     # Opening the incident (record, issue, Initial Alert) and the read-only checks run at the
     # same time: the first diagnosis step should not wait for GitHub and Slack.
-    opening = scenario.phases.open(ctx, scenario.name, severity, scenario.summary(ctx), alert, detected_by, explicit)
+    opening = scenario.phases.open(ctx, scenario.name, severity, declared or scenario.summary(ctx), alert,
+                                   detected_by, explicit)
     findings = scenario.diagnose(ctx)
     incident = opening.result()
     telemetry.current_incident.set(incident.id)

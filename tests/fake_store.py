@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,6 +35,11 @@ from incidents.store_duties import Duty
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _retitled(title: str, severity: Severity) -> str:
+    """The store's title prefix follows the severity ("[P1] api: ..." -> "[P0] api: ...")."""
+    return re.sub(r"^\[P[0-3]\]", f"[{severity.value}]", title)
 
 
 class FakeStore:
@@ -127,14 +133,14 @@ class FakeStore:
         incident = self.incidents[incident_id]
         if incident.resolved_at is not None or not incident.severity > severity:  # P0 < P1: "more severe" is lower
             return None
-        self._update(incident_id, severity=severity)
+        self._update(incident_id, severity=severity, title=_retitled(incident.title, severity))
         return incident.severity
 
     def set_severity(self, incident_id: int, severity: Severity) -> Severity | None:
         incident = self.incidents[incident_id]
         if incident.resolved_at is not None or incident.severity == severity:
             return None
-        self._update(incident_id, severity=severity)
+        self._update(incident_id, severity=severity, title=_retitled(incident.title, severity))
         return incident.severity
 
     def record_alert(self, incident_id: int, identity: str, alertname: str, severity: str | None,

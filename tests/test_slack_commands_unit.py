@@ -116,8 +116,11 @@ def test_a_declared_incident_correlates_as_an_alert_of_its_service_does():
     assert request.deployment == "service-down/sandbox" and request.severity == "P1"
     assert alert.source == "slack" and alert.starts_at == "2026-12-06T13:00:00.000000Z"
     assert alert.annotations["declared_by"] == "sam"
-    again, _ = declared("sandbox", "api", "service-down", "P1", "", "tess", at.replace(minute=5))
-    assert again.fingerprint == alert.fingerprint and again.key != alert.key, "one alert, declared twice"
+    again, _ = declared("sandbox", "api", "service-down", "P1", "", "sam", at.replace(minute=5))
+    assert again.fingerprint == alert.fingerprint and again.key != alert.key, "one person's declaration, twice"
+    other, other_request = declared("sandbox", "api", "service-down", "P1", "", "tess", at)
+    assert other.fingerprint != alert.fingerprint and other_request.correlation_key == "sandbox/api", \
+        "another person's declaration of the same outage: the same incident"
     assert route(alert, []) is None, "a declaration needs no routing rule"
 
 
