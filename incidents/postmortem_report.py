@@ -113,6 +113,8 @@ def render(incident: Incident, events: list[TimelineEvent], approvals: list[Appr
     went = [("What went well", answers.get("what_went_well")), ("What did not", answers.get("what_went_badly"))]
     went_lines = "\n".join(f"**{title}:** {markdown_text(text, 1500)}" for title, text in went if text)
     item_lines = _item_lines(items)
+    notes = "\n".join(f"- **{stamp(e.at)}** - {markdown_text(e.message, 1000)}" for e in events
+                      if e.kind == "note") or "- (none)"
     return f"""## 🚨 Incident Report (post-mortem)
 
 **Severity:** {incident.severity.value} ({incident.severity.label})
@@ -132,6 +134,9 @@ def render(incident: Incident, events: list[TimelineEvent], approvals: list[Appr
 
 ### Actions Taken
 {actions}
+
+### Notes (the scribe's and others', as written during the incident)
+{notes}
 
 ### Root Cause
 {markdown_text(answers.get('root_cause') or incident.root_cause or 'not determined', 3000)}

@@ -188,3 +188,17 @@ def test_the_pinned_manifest_is_the_config_s_and_holds_what_the_app_uses_and_no_
                            cwd=root, capture_output=True, text=True, timeout=60,
                            env={**__import__("os").environ, "RUNBOOKS_INTAKE_URL": "http://127.0.0.1:8787"})
     assert plain.returncode != 0 and "HTTPS URLs only" in plain.stderr and "--url" in plain.stderr, plain.stderr
+
+
+def test_the_scribe_s_notes_go_into_the_post_mortem_escaped():
+    from incidents.models import TimelineEvent
+    from incidents.postmortem_report import render
+
+    at = datetime(2026, 12, 6, 13, 40, tzinfo=timezone.utc)
+    events = [TimelineEvent(at, "@docs-ana", "note", "Note by @docs-ana: EU checkout fails <!channel> *bold*", {}),
+              TimelineEvent(at, "runbook", "notified", "Slack: 📊 INCIDENT UPDATE", {})]
+    report = render(_incident(resolved_at=at), events, [], {}, [])
+    notes = report.split("### Notes")[1].split("###")[0]
+    assert "**2026-12-06 13:40:00 UTC** - Note by @\u200bdocs-ana: EU checkout fails" in notes, notes
+    assert "<!channel>" not in notes and "\\*bold\\*" in notes and "INCIDENT UPDATE" not in notes
+    assert "- (none)" in render(_incident(resolved_at=at), events[1:], [], {}, []).split("### Notes")[1]
