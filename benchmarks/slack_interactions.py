@@ -1,13 +1,17 @@
-"""Slack interactivity benchmark: Slack wants a 200 within 3 s for every button press.
+"""Slack interactivity benchmark: Slack wants a 200 within 3 s for every button press and
+every slash command.
 
 200 signed block_actions presses (16 in flight) go to an intake of its own; each names an
 approval request that does not exist, so each is verified, acknowledged, looked up in the
 incident store and answered through its response_url with an ephemeral reply, as a refused
-press is. Prints the acknowledgement time (median, p99, max; target p99 < 3 s, the point being
-far less), the time until the reply reached Slack (median, p99), and errors seen. Needs
-PostgreSQL and Redis; no Prefect server (a refused press never resumes a run).
+press is. With --commands, 200 signed `/incident status <id>` commands for incidents that do
+not exist go to /slack/commands instead: each is verified, answered "⏳" at once, looked up in
+the store and answered through its response_url. Prints the acknowledgement time (median, p99,
+max; target p99 < 3 s, the point being far less), the time until the reply reached Slack
+(median, p99), and errors seen. Needs PostgreSQL and Redis; no Prefect server (neither a
+refused press nor a status command starts or resumes a run).
 
-    .venv/bin/python benchmarks/slack_interactions.py [--presses 200]
+    .venv/bin/python benchmarks/slack_interactions.py [--presses 200] [--commands]
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presses", type=int, default=200)
     parser.add_argument("--in-flight", type=int, default=16)
+    parser.add_argument("--commands", action="store_true", help="/incident status commands instead of presses")
     args = parser.parse_args()
     from sandbox.world import Sandbox
 
@@ -89,22 +94,27 @@ def main() -> None:
     port = _free_port()
     _start_intake(port)
     bodies = []
-    for _ in range(args.presses):
+    for n in range(args.presses):
+        if args.commands:
+            bodies.append(urlencode(world.slack.command_form("U0SANDOLA", f"status {900_000_000 + n}")))
+            continue
         message = {"channel": "C0SANDINC", "ts": f"{time.time():.6f}", "thread_ts": None, "text": "APPROVAL NEEDED",
                    "blocks": []}
         button = {"action_id": "runbooks_approve", "block_id": "runbooks_actions", "value": secrets.token_urlsafe(18),
                   "text": {"type": "plain_text", "text": "Approve"}}
         payload = world.slack.payload("U0SANDMAL", message, button)
         bodies.append(urlencode({"payload": json.dumps(payload)}))
+    path = "/slack/commands" if args.commands else "/slack/interactions"
     started = time.perf_counter()
-    acks, errors = asyncio.run(_run(f"http://127.0.0.1:{port}/slack/interactions", bodies, args.in_flight))
+    acks, errors = asyncio.run(_run(f"http://127.0.0.1:{port}{path}", bodies, args.in_flight))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len([m for m in world.slack_messages if m.get("ephemeral")]) < args.presses:
         time.sleep(0.05)
     replies = [m for m in world.slack_messages if m.get("ephemeral")]
     reply_times = sorted(m["received_at"] for m in replies)
     wall = time.perf_counter() - started
-    print(f"presses: {args.presses}, {args.in_flight} in flight, errors seen: {errors}")
+    what = "/incident status commands" if args.commands else "presses"
+    print(f"{what}: {args.presses}, {args.in_flight} in flight, errors seen: {errors}")
     print(f"acknowledged (HTTP 200): median {statistics.median(acks) * 1000:.1f} ms, "
           f"p99 {_percentile(acks, 0.99) * 1000:.1f} ms, max {max(acks) * 1000:.1f} ms (Slack's limit: 3000 ms)")
     print(f"ephemeral replies received: {len(replies)} of {args.presses}; all within {wall:.1f} s of the first press")

@@ -369,15 +369,7 @@ class Slack:
         if user not in USERS or not isinstance(text, str) or channel not in CHANNELS:
             return Response.json({"message": f"give user (one of {sorted(USERS)}), text, and a channel of "
                                              f"{sorted(CHANNELS)}"}, 422)
-        token = secrets.token_urlsafe(12)
-        with self._lock:
-            self._responses[token] = {"channel": channel, "ts": None, "thread_ts": None, "user": user, "uses": 0,
-                                      "at": time.time()}
-        form = {"token": "deprecated-verification-token", "team_id": TEAM, "team_domain": "sandbox",
-                "channel_id": channel, "channel_name": CHANNELS[channel], "user_id": user, "user_name": USERS[user],
-                "command": data.get("command") or "/incident", "text": text, "api_app_id": "A0SANDAPP",
-                "is_enterprise_install": "false", "response_url": f"{self.base_url}/slack/actions/{token}",
-                "trigger_id": self._trigger(user)}
+        form = self.command_form(user, text, channel, data.get("command") or "/incident")
         sent = self._send(self.commands_url, urlencode(form), float(data.get("age_seconds") or 0))
         if isinstance(sent, Response):
             return sent
@@ -391,6 +383,17 @@ class Slack:
                          blocks=shown.get("blocks") or [], ephemeral=shown.get("response_type") != "in_channel",
                          user=user)
         return Response.json({"status": status, "body": body[:2000]})
+
+    def command_form(self, user: str, text: str, channel: str = "C0SANDINC", command: str = "/incident") -> dict:
+        """The form fields of Slack's slash-command request, with a response_url that answers here."""
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._responses[token] = {"channel": channel, "ts": None, "thread_ts": None, "user": user, "uses": 0,
+                                      "at": time.time()}
+        return {"token": "deprecated-verification-token", "team_id": TEAM, "team_domain": "sandbox",
+                "channel_id": channel, "channel_name": CHANNELS[channel], "user_id": user, "user_name": USERS[user],
+                "command": command, "text": text, "api_app_id": "A0SANDAPP", "is_enterprise_install": "false",
+                "response_url": f"{self.base_url}/slack/actions/{token}", "trigger_id": self._trigger(user)}
 
     # -- a person sending a modal (a control of the sandbox) -------------------------------------
     def submit(self, req: Request) -> Response:
