@@ -83,8 +83,12 @@ def join(ctx: RunContext, incident: Incident, alert: AlertParameter | None, seve
     }[seen]
     if alert is not None and alert.source == "slack":  # a person's /incident declare, not an alert
         declarer = alert.annotations.get("declared_by", "someone")
-        message = (f"{declarer} declared it again" if seen == "repeat"
-                   else f"{declarer} declared the same outage in Slack: it joined incident {incident.id}")
+        if by != "slack":  # the run a joining declaration started
+            message = f"{by} joined incident {incident.id} (declared by {declarer}), which is already open"
+        elif seen == "repeat":
+            message = f"{declarer} declared it again"
+        else:
+            message = f"{declarer} declared the same outage in Slack: it joined incident {incident.id}"
     if raised_from is not None:
         message += f"; severity raised from {raised_from.value} to {incident.severity.value}"
     record(ctx, incident.id, by, EventKind.FLAP if seen == "refired" else EventKind.JOINED, message,
