@@ -281,8 +281,8 @@ class AlertIntake:
                                              nx=True, ex=3600)
         except aioredis.RedisError:
             first = True
-        if first and self.settings.notify_unmatched:
-            await run_in_threadpool(notify_channel, request.environment,
+        if first and self.settings.notify_unmatched and alert.source != "slack":  # a typo in a declare: only
+            await run_in_threadpool(notify_channel, request.environment,  # its typist is told (ephemeral)
                                     f"⚠️ ALERT NOT STARTED\n{templates.slack_text(problem, 500)}")
         return problem
 

@@ -251,6 +251,8 @@ def act(prefect: PrefectApi, command: Command, incident: Any, config: Any, by: s
         if command.verb == "ack":
             if acknowledge(incident.environment, incident.id, by):
                 return f"Incident {incident.id} acknowledged by {by}; escalation stops."
+            if incident.resolved_at is not None:
+                return f"Incident {incident.id} is resolved already; nothing to acknowledge."
             return f"Incident {incident.id} was acknowledged already (by {incident.acknowledged_by or '-'})."
         if command.verb == "note":
             return add_note(ctx, incident.id, command.text, by)

@@ -265,3 +265,11 @@ def test_unsigned_stale_and_replayed_commands_get_401_or_nothing(world, store, s
     time.sleep(1)
     assert len(_runs(deployments["service-down"])) == 1, "one declaration, one run"
     assert _type(world, "U0SANDSAM", "reboot everything")["body"].count("unknown command") == 1
+    _type(world, "U0SANDMAL", "declare api service-down env=sandbox")
+    assert "nothing was declared" in _told(world, "U0SANDMAL", "not in the sandbox config")
+    _type(world, "U0SANDSAM", "declare paymentz service-down env=sandbox")
+    assert "unknown service 'paymentz'" in _told(world, "U0SANDSAM", "Not declared")
+    _type(world, "U0SANDSAM", "declare api service-down")  # C0SANDINC is several test environments' channel
+    assert "add env=<name>" in _told(world, "U0SANDSAM", "incident channel of sandbox, ")
+    assert not any("ALERT NOT STARTED" in m["text"] for m in world.slack_messages), "a typo is told to its typist"
+    assert len(_runs(deployments["service-down"])) == 1, "nothing more was started"
