@@ -270,6 +270,7 @@ def test_unsigned_stale_and_replayed_commands_get_401_or_nothing(world, store, s
     _type(world, "U0SANDSAM", "declare paymentz service-down env=sandbox")
     assert "unknown service 'paymentz'" in _told(world, "U0SANDSAM", "Not declared")
     _type(world, "U0SANDSAM", "declare api service-down")  # C0SANDINC is several test environments' channel
-    assert "add env=<name>" in _told(world, "U0SANDSAM", "incident channel of sandbox, ")
+    ambiguous = _told(world, "U0SANDSAM", "add env=<name>")
+    assert "the incident channel of " in ambiguous and "sandbox-verified" in ambiguous, ambiguous
     assert not any("ALERT NOT STARTED" in m["text"] for m in world.slack_messages), "a typo is told to its typist"
     assert len(_runs(deployments["service-down"])) == 1, "nothing more was started"
