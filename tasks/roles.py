@@ -50,7 +50,8 @@ def add_note(ctx: RunContext, incident_id: int, text: str, by: str) -> str:
     if not text:
         raise RoleError("write the note after the incident's id")
     record(ctx, incident_id, by, EventKind.NOTE, f"Note by {by}: {text[:1000]}")
-    send_slack(ctx, incident_id, f"📝 Note by {by}: {text[:1000]}")
+    # Slack's escaped command text turns "@channel" into <!channel>: a note must not ring anyone
+    send_slack(ctx, incident_id, f"📝 Note by {by}: {templates.slack_text(text, 1000)}")
     refresh_issue(ctx, incident_id)
     return f"noted on incident {incident_id}"
 

@@ -173,6 +173,10 @@ def test_a_whole_incident_from_slack_declare_ack_roles_note_severity_approve_pos
     assert "handed over from @ic-sam to @comms-kim by sam" in _told(world, "U0SANDSAM", "handed over")
     _type(world, "U0SANDANA", f"note {incident.id} customers in the EU report checkout errors")
     _told(world, "U0SANDANA", "noted")
+    _type(world, "U0SANDANA", f"note {incident.id} <!channel> look at <https://evil.example|this>")
+    _until(lambda: any("look at" in t for t in _thread(world, parent)))
+    escaped = next(t for t in _thread(world, parent) if "look at" in t)
+    assert "<!channel>" not in escaped and "&lt;!channel&gt;" in escaped and "<https://" not in escaped, escaped
     _type(world, "U0SANDKIM", f"severity {incident.id} P0")
     assert "raised from P1 to P0 by @comms-kim" in _told(world, "U0SANDKIM", "Severity")
     current = store.get(incident.id)
