@@ -15,10 +15,20 @@ worker, the intake, the sandbox). Each part prints median, p99 and the Prefect A
    time-to-plan p50/p99 for each size. The waiting runs are cancelled and their incidents
    resolved afterwards.
 
+4. Many services (`--parts 4`, --services 50): the same services, a second intake whose config
+   is the generated one (so each alert is routed, deduplicated and correlated as any other),
+   and one Alertmanager alert per service, all posted at once. Prints time-to-plan (alert POST
+   -> approval request posted) p50/p99, how many reached their plan, and the CPU-seconds the
+   round cost per run, from /proc (benchmarks/proc_cpu.py): the Prefect server, the worker with
+   its fork server and every run it forked, the second intake, PostgreSQL, and the whole
+   machine, less what the same parts spend idle over as long. With --services 1 it is the cost
+   of one service-down run to its approval.
+
 5xx are counted on every answer the benchmark gets from the Prefect API and the intake, and
 in what the worker and the intake logged while it ran (.run/*.log).
 
     .venv/bin/python benchmarks/engine_latency.py [--alerts 20] [--cycles 8] [--sizes 1,10,50]
+    .venv/bin/python benchmarks/engine_latency.py --parts 4 --services 50
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import argparse
 import os
 import re
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -40,9 +51,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.proc_cpu import Parts, postgres_sessions, session_of  # noqa: E402
+
 API, INTAKE, SANDBOX = "http://127.0.0.1:4200/api", "http://127.0.0.1:8787", "http://127.0.0.1:8790"
 RUN_DIR = Path(os.environ.get("RUNBOOKS_RUN_DIR", ROOT / ".run"))  # where `make up` keeps its logs and token
-LOGS = [RUN_DIR / "worker.log", RUN_DIR / "intake.log"]
+LOGS = [RUN_DIR / "worker.log", RUN_DIR / "intake.log", RUN_DIR / "intake-load.log"]
 # a 5xx answer of the Prefect API as httpx and the runbooks' own clients word it (not the
 # sandbox services' 503s, which the runbooks probe on purpose)
 LOGGED_5XX = re.compile(
@@ -224,6 +237,68 @@ class Bench:
         for size in sizes:
             self.round(deployment, services[:size])
 
+    def many_services(self, count: int, token: str) -> None:
+        """Part 4: one alert per service, all at once, through an intake that knows them."""
+        services = [f"svc-{n:03d}" for n in range(1, count + 1)]
+        print(f"4. many services: {count} alerts at once, one per service, through the intake")
+        for name in services:
+            self.sandbox.post("/_sandbox/services", json={"name": name}).raise_for_status()
+            self.sandbox.post("/_sandbox/deploy", json={"service": name, "version": "v2-broken"}).raise_for_status()
+        _, config = self.load_deployment(services)
+        intake, url = _second_intake(config)
+        try:
+            client = self.counting.client(base_url=url, headers={"Authorization": f"Bearer {token}"})
+            parts = _parts(intake)
+            idle = _idle(parts, 5.0)
+            parts.start()
+            t_start = time.monotonic()
+            started = self._alerts_at_once(client, services)
+            plans = self._plans(started, "sandbox-load", 180)
+            seconds = time.monotonic() - t_start
+            spent = parts.spent()
+            states = [self.state(run_id) for run_id, _ in started.values()]
+            print(f"  {len(plans)}/{count} reached their approval request in {seconds:.1f} s; "
+                  f"runs now: {', '.join(f'{s.lower()} x{states.count(s)}' for s in sorted(set(states)))}")
+            _summary(f"time-to-plan ({count} alerts at once)", list(plans.values()), "goal p99 <= 30 s")
+            _cpu_report(spent, idle, seconds, max(len(plans), 1))
+            self.clean_up(started)
+        finally:
+            intake.terminate()
+            intake.wait(20)
+
+    def _alerts_at_once(self, client: httpx.Client, services: list[str]) -> dict[str, tuple[str, float]]:
+        started: dict[str, tuple[str, float]] = {}
+        lock = threading.Lock()
+
+        def post(name: str) -> None:
+            t0 = time.time()
+            answer = client.post("/alerts/alertmanager", json=_alert(name, "sandbox-load"))
+            answer.raise_for_status()
+            with lock:
+                started[name] = (answer.json()["started"][0]["flow_run_id"], t0)
+
+        threads = [threading.Thread(target=post, args=(name,)) for name in services]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return started
+
+    def _plans(self, started: dict[str, tuple[str, float]], environment: str, timeout: float) -> dict[str, float]:
+        """Seconds from each alert to its approval request in Slack."""
+        plans: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        while len(plans) < len(started) and time.monotonic() < deadline:
+            messages = self.sandbox.get("/_sandbox/slack/messages").json()
+            for name, (_run_id, t0) in started.items():
+                marker = f"Service: {name} ({environment})"
+                hits = [m["received_at"] for m in messages if m["received_at"] >= t0 and marker in (m.get("text") or "")
+                        and (m.get("text") or "").startswith("⏸️ APPROVAL NEEDED")]
+                if hits and name not in plans:
+                    plans[name] = min(hits) - t0
+            time.sleep(0.25)
+        return plans
+
     def round(self, deployment: str, services: list[str]) -> None:
         started: dict[str, tuple[str, float]] = {}
         lock = threading.Lock()
@@ -240,19 +315,7 @@ class Bench:
             thread.start()
         for thread in threads:
             thread.join()
-        plans: dict[str, float] = {}
-        deadline = time.monotonic() + 180
-        while len(plans) < len(services) and time.monotonic() < deadline:
-            messages = self.sandbox.get("/_sandbox/slack/messages").json()
-            for name, (_run_id, t0) in started.items():
-                if name in plans:
-                    continue
-                marker = f"Service: {name} (sandbox-load)"
-                hits = [m["received_at"] for m in messages if m["received_at"] >= t0 and marker in (m.get("text") or "")
-                        and (m.get("text") or "").startswith("⏸️ APPROVAL NEEDED")]
-                if hits:
-                    plans[name] = min(hits) - t0
-            time.sleep(0.25)
+        plans = self._plans(started, "sandbox-load", 180)
         states = [self.state(run_id) for run_id, _ in started.values()]
         print(f"  {len(services):>2} at once: {len(plans)}/{len(services)} reached their approval request; "
               f"runs now: {', '.join(f'{s.lower()} x{states.count(s)}' for s in sorted(set(states)))}")
@@ -270,6 +333,58 @@ class Bench:
                     self.store.resolve(approval.incident_id, "benchmark", "cancelled by the benchmark")
                 except Exception:  # noqa: BLE001 - already resolved
                     pass
+
+
+def _second_intake(config: Path) -> tuple[subprocess.Popen, str]:
+    """An intake like `make up`'s, on a free port, whose config is the generated one."""
+    from devstack.stack import stack_env
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {**stack_env(), "RUNBOOKS_CONFIG": str(config)}
+    log = (RUN_DIR / "intake-load.log").open("a")
+    process = subprocess.Popen([sys.executable, "-m", "deployments.intake", "--port", str(port)], cwd=ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    _until("the second intake", lambda: _answers(f"{url}/healthz"), 60, 0.2)
+    return process, url
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _parts(intake: subprocess.Popen) -> Parts:
+    """The stack's parts by their process sessions (`make up` starts each in its own)."""
+    parts: dict[str, set[int]] = {}
+    for name in ("server", "worker"):
+        pid_file = RUN_DIR / f"{name}.pid"
+        sid = session_of(int(pid_file.read_text())) if pid_file.exists() else None
+        parts[name] = {sid} if sid else set()
+    parts["intake"] = {intake.pid}
+    parts["postgres"] = postgres_sessions()
+    return Parts(parts)
+
+
+def _idle(parts: Parts, seconds: float) -> dict[str, float]:
+    """CPU-seconds per second each part spends with nothing to do (polling, heartbeats)."""
+    parts.start()
+    time.sleep(seconds)
+    return {name: value / seconds for name, value in parts.spent().items()}
+
+
+def _cpu_report(spent: dict[str, float], idle: dict[str, float], seconds: float, runs: int) -> None:
+    """CPU-seconds per run: each part's spend less its idle rate over the round's length."""
+    work = {name: max(0.0, value - idle.get(name, 0.0) * seconds) for name, value in spent.items()}
+    stack = sum(value for name, value in work.items() if name != "machine")
+    print(f"  CPU-seconds per run to its approval ({runs} runs, idle spend taken off): "
+          f"stack {stack / runs:.2f} (goal <= 1.0) = " +
+          " + ".join(f"{name} {work[name] / runs:.2f}" for name in ("server", "worker", "intake", "postgres")) +
+          f"; whole machine {work['machine'] / runs:.2f}")
+    print("  raw CPU-seconds of the round: " + ", ".join(f"{name} {value:.1f}" for name, value in spent.items()))
 
 
 def _log_sizes() -> list[int]:
@@ -292,7 +407,8 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=2.0, help="seconds between the alerts of part 1")
     parser.add_argument("--cycles", type=int, default=8)
     parser.add_argument("--sizes", default="1,10,50")
-    parser.add_argument("--parts", default="1,2,3")
+    parser.add_argument("--parts", default="1,2,3", help="which parts to run: 1, 2, 3, 4 (see above)")
+    parser.add_argument("--services", type=int, default=50, help="part 4: how many services, one alert each")
     args = parser.parse_args()
     token_file = RUN_DIR / "alert-token"
     try:
@@ -301,7 +417,8 @@ def main() -> int:
     except httpx.HTTPError:
         print("engine latency: skipped - `make up` is not running (intake :8787 and Prefect :4200 must answer)")
         return 0
-    bench = Bench(os.environ.get("RUNBOOKS_ALERT_TOKEN") or token_file.read_text().strip())
+    token = os.environ.get("RUNBOOKS_ALERT_TOKEN") or token_file.read_text().strip()
+    bench = Bench(token)
     offsets = _log_sizes()
     parts = set(args.parts.split(","))
     if "1" in parts:
@@ -310,6 +427,8 @@ def main() -> int:
         bench.plan_and_action(args.cycles)
     if "3" in parts:
         bench.many([int(size) for size in args.sizes.split(",")])
+    if "4" in parts:
+        bench.many_services(args.services, token)
     logged = _logged_5xx(offsets)
     print(f"Prefect API 5xx: {len(bench.counting.fivexx)} answered to the benchmark, {len(logged)} logged by the "
           "worker and the intake")

@@ -3,12 +3,16 @@ act on."""
 
 from __future__ import annotations
 
-APP_ROLE = "sandbox_app"
+import os
+
+# The application's role. RUNBOOKS_SANDBOX_APP_ROLE names another, for two sandboxes on one
+# PostgreSQL that must not share a connection limit (the test lanes, tests/lanes.py).
+APP_ROLE = os.environ.get("RUNBOOKS_SANDBOX_APP_ROLE", "sandbox_app")
 
 
 def prepare_app_database(url: str) -> None:
     """The api service's own database on the real PostgreSQL: table `orders`, and a
-    non-superuser role `sandbox_app` that the service (and fault injection) connects as."""
+    non-superuser role APP_ROLE (`sandbox_app`) that the service (and fault injection) connects as."""
     import psycopg
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict, make_conninfo

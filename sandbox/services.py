@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from sandbox.app_database import APP_ROLE
 from sandbox.cluster import Cluster
 from sandbox.http import Request, Response
 
@@ -178,7 +179,7 @@ def database_check(url: str | None) -> dict:
     from psycopg.conninfo import make_conninfo
 
     try:
-        with psycopg.connect(make_conninfo(url, user="sandbox_app"), connect_timeout=2, autocommit=True,
+        with psycopg.connect(make_conninfo(url, user=APP_ROLE), connect_timeout=2, autocommit=True,
                              options="-c lock_timeout=500 -c statement_timeout=1500") as conn:
             conn.execute("SELECT count(*) FROM orders").fetchone()
         return {"status": "ok"}

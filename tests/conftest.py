@@ -22,12 +22,28 @@ import yaml
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["PREFECT_LOGGING_LEVEL"] = os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING")
 
+# `make test` runs the suite in parallel lanes (tests/lanes.py), each a pytest session of its
+# own on the machine's one PostgreSQL and one Redis: each lane has its own databases, Redis
+# databases and application role (a connection-limit fault on one lane's role must not refuse
+# another lane's sandbox). Lane 0 (a plain `pytest`) keeps the plain names.
+LANE = int(os.environ.get("RUNBOOKS_TEST_LANE", "0"))
+LANE_REDIS_DBS = ((15, 14, 13, 12), (11, 10, 9, 8), (4, 3, 2, 1))[LANE]  # 5 is `make up`'s, 0 the default
+
+
+def in_lane(name: str) -> str:
+    """A database or role name of this lane."""
+    return f"{name}_lane{LANE}" if LANE else name
+
+
+APP_ROLE = in_lane("sandbox_app")
+os.environ["RUNBOOKS_SANDBOX_APP_ROLE"] = APP_ROLE  # the sandbox and config/sandbox.yaml's app_role
+
 from sandbox.pagerduty import routing_key  # noqa: E402
 from sandbox.slack import BOT_TOKEN as SLACK_BOT_TOKEN  # noqa: E402
 from sandbox.world import GITHUB_TOKEN, Sandbox  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_DB = "runbooks_test"
+TEST_DB = in_lane("runbooks_test")
 ADMIN_URL = os.environ.get("RUNBOOKS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BROKEN_IMAGE = "registry.sandbox.local/acme/api:v2-broken"
 APPROVER_CREDENTIALS = {"sam": "sam-credential-7f3a", "tess": "tess-credential-91bc", "rita": "rita-credential-0d42"}
@@ -45,9 +61,9 @@ def database_url() -> str:
     return url
 
 
-APP_DB = "runbooks_test_app"
-PREFECT_DB = "runbooks_test_prefect"  # the session's Prefect server's own database
-CACHE_URL = os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+APP_DB = in_lane("runbooks_test_app")
+PREFECT_DB = in_lane("runbooks_test_prefect")  # the session's Prefect server's own database
+CACHE_URL = os.environ.get("RUNBOOKS_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{LANE_REDIS_DBS[0]}")
 
 # Canaries: every secret the runbooks are given carries a marker that must never show up in
 # anything they produce (tests/test_zz_secret_canaries.py looks for them at the end of the

@@ -15,11 +15,11 @@ import httpx
 import psycopg
 
 from devstack.stack import SERVER_DATABASE_POOL
-from tests.conftest import ADMIN_URL, free_port
+from tests.conftest import ADMIN_URL, free_port, in_lane
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-SCRATCH_DB = "runbooks_prefect_scratch"
+SCRATCH_DB = in_lane("runbooks_prefect_scratch")
 POOL = "incident-response"  # prefect.yaml's pool, on this stack's own server
 WORKER_TYPE = "runbooks-warm"  # deployments/warm_worker.py, as under `make up`
 

@@ -12,17 +12,17 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import CACHE_URL, FlowThread
+from tests.conftest import APP_ROLE, CACHE_URL, FlowThread
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 class LockFault:
     """A session idle in a transaction holding an ACCESS EXCLUSIVE lock on `orders`, and
-    `waiters` sessions blocked behind it, all as the non-superuser role sandbox_app."""
+    `waiters` sessions blocked behind it, all as the non-superuser role APP_ROLE (sandbox_app)."""
 
     def __init__(self, app_url: str, waiters: int = 3):
-        self.url = make_conninfo(app_url, user="sandbox_app")
+        self.url = make_conninfo(app_url, user=APP_ROLE)
         self.holder = psycopg.connect(self.url)
         self.holder.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # opens a transaction, then idles
         self.holder_pid = self.holder.info.backend_pid
@@ -87,7 +87,7 @@ def test_approved_plan_terminates_only_the_root_blocker(lock_fault, world, store
     run = FlowThread(database_issues, service="api")
     paused = run.wait_paused()
     plan = _plan_text(paused.id)
-    assert f"backend {lock_fault.holder_pid} (sandbox_app)" in plan and "pg\\_terminate\\_backend" in plan
+    assert f"backend {lock_fault.holder_pid} ({APP_ROLE})" in plan and "pg\\_terminate\\_backend" in plan
     # 3 waiters, plus the service's own health check when it happens to be waiting too
     assert re.search(r"blocking [34] sessions", plan), plan
     assert lock_fault.holder_alive() and lock_fault.blocked() == 3, "nothing may change before the approval"
@@ -130,7 +130,7 @@ def test_declined_plan_terminates_nothing(lock_fault, world, store):
 def test_dry_run_names_a_long_query_and_cancels_nothing(world, app_database_url):
     from flows.database_issues import database_issues
 
-    conn = psycopg.connect(make_conninfo(app_database_url, user="sandbox_app"), autocommit=True)
+    conn = psycopg.connect(make_conninfo(app_database_url, user=APP_ROLE), autocommit=True)
     pid = conn.info.backend_pid
     sleeper = threading.Thread(target=lambda: _swallow(conn, "SELECT pg_sleep(30)"), daemon=True)
     sleeper.start()
@@ -159,15 +159,16 @@ def test_connection_pressure_ends_idle_sessions(world, app_database_url):
     from flows.database_issues import database_issues
 
     with psycopg.connect(app_database_url, autocommit=True) as admin:
-        admin.execute("ALTER ROLE sandbox_app CONNECTION LIMIT 6")
-    idle = [psycopg.connect(make_conninfo(app_database_url, user="sandbox_app"), autocommit=True) for _ in range(5)]
+        admin.execute(f"ALTER ROLE {APP_ROLE} CONNECTION LIMIT 6")
+    idle = [psycopg.connect(make_conninfo(app_database_url, user=APP_ROLE), autocommit=True) for _ in range(5)]
     try:
         time.sleep(1.5)  # idle longer than idle_seconds (1 s in the test config)
         run = FlowThread(database_issues, service="api")
         paused = run.wait_paused()
         plan = _plan_text(paused.id)
         # 5 idle sessions, plus the service's own health check when it is connected at that moment
-        assert re.search(r"role sandbox\\_app: [56]/6 connections", plan), plan
+        escaped = APP_ROLE.replace("_", "\\_")  # Markdown
+        assert re.search(re.escape(f"role {escaped}: ") + "[56]/6 connections", plan), plan
         run.resume(paused.id, approve=True, approver="grace", reason="pool leak")
         result = run.join()
         assert result["outcome"] == "resolved", result
@@ -181,7 +182,7 @@ def test_connection_pressure_ends_idle_sessions(world, app_database_url):
         assert alive == 0
     finally:
         with psycopg.connect(app_database_url, autocommit=True) as admin:
-            admin.execute("ALTER ROLE sandbox_app CONNECTION LIMIT -1")
+            admin.execute(f"ALTER ROLE {APP_ROLE} CONNECTION LIMIT -1")
         for conn in idle:
             conn.close()
 

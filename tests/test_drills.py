@@ -9,6 +9,7 @@ import time
 import psycopg
 import pytest
 
+from tests.conftest import APP_ROLE
 from tests.test_intake import TOKEN, _runs, deployments, live_intake  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -109,8 +110,8 @@ def test_every_fault_is_drilled_end_to_end(world, store, drill_env, app_database
         "image"].endswith("-broken")
     assert world.services["api"].load_rps == 50
     with psycopg.connect(app_database_url, autocommit=True) as conn:
-        assert conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = 'sandbox_app'").fetchone() == (-1,)
-        assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'sandbox_app'").fetchone()[0] == 0
+        assert conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone() == (-1,)
+        assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (APP_ROLE,)).fetchone()[0] == 0
     assert not world.cluster.list("networkpolicies", "sandbox")
     assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "info"
     assert world.pagerduty.events == [], "a drill never wakes anyone through PagerDuty"

@@ -17,13 +17,14 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ADMIN_URL
+from tests.conftest import ADMIN_URL, LANE_REDIS_DBS, in_lane
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFSET = 20000  # below Linux's ephemeral ports (32768-60999): a listener there can find its port taken
-DATABASES = ("runbooks_failover_prefect", "runbooks_failover", "runbooks_failover_app")
-REDIS_DBS = (12, 13)
-KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")  # the rest of the test session's environment is its own
+DATABASES = tuple(in_lane(name) for name in ("runbooks_failover_prefect", "runbooks_failover", "runbooks_failover_app"))
+REDIS_DBS = (LANE_REDIS_DBS[3], LANE_REDIS_DBS[2])
+# the rest of the test session's environment is its own (the lane's application role is kept: tests/lanes.py)
+KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "RUNBOOKS_SANDBOX_APP_ROLE")
 
 
 def _databases(create: bool) -> None:

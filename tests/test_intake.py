@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from tests.conftest import FlowThread, free_port, start_daemon
+from tests.conftest import LANE_REDIS_DBS, FlowThread, free_port, start_daemon
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 TOKEN = "test-alert-token"
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = f"redis://127.0.0.1:6379/{LANE_REDIS_DBS[1]}"
 GRACE = 2.0  # intake.resolve_grace_seconds for the live intake (300 by default)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

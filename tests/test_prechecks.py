@@ -10,7 +10,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from incidents.plans import PlannedAction
-from tests.conftest import FlowThread, kubectl
+from tests.conftest import APP_ROLE, FlowThread, kubectl
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -64,7 +64,7 @@ def test_switches_and_secrets_are_read_again(world, ctx):
 
 
 def test_sessions_are_the_same_backends_in_the_same_state(ctx, app_database_url):
-    url = make_conninfo(app_database_url, user="sandbox_app")
+    url = make_conninfo(app_database_url, user=APP_ROLE)
     with psycopg.connect(url) as idle, psycopg.connect(url, autocommit=True) as other:
         idle.execute("SELECT 1")  # idle in transaction from here on
         time.sleep(1.2)

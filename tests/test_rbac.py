@@ -34,6 +34,21 @@ def _docs(overlay: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(render(overlay)) if d]
 
 
+def role_usage_problems(allowed: set[tuple[str, ...]] | list, refused: set[tuple[str, ...]] | list) -> list[str]:
+    """What is wrong with the Role given the runbooks' requests of a whole suite: (verb, group,
+    resource, namespace) allowed and refused. Empty when every grant was used and every refusal
+    was provoked on purpose (tests/test_zz_secret_canaries.py, and tests/lanes.py over its lanes)."""
+    used = {(verb, group, resource) for verb, group, resource, _ in allowed}
+    problems = []
+    unused = grants(Rbac.from_manifests(render("sandbox")), ROLE) - used
+    if unused:
+        problems.append(f"{ROLE} grants what no test used: {sorted(unused)}")
+    unprovoked = {tuple(grant) for grant in refused} - PROVOKED
+    if unprovoked:
+        problems.append(f"the runbooks were refused: {sorted(unprovoked)}")
+    return problems
+
+
 def grants(rbac: Rbac, role: str) -> set[tuple[str, str, str]]:
     """(verb, group, resource[/subresource]) each a rule of `role` grants."""
     return {(verb, group, resource) for rule in rbac.roles[("", role)]
