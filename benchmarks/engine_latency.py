@@ -51,7 +51,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.proc_cpu import Parts, postgres_sessions, session_of  # noqa: E402
+from benchmarks.proc_cpu import Parts, session_of  # noqa: E402
 
 API, INTAKE, SANDBOX = "http://127.0.0.1:4200/api", "http://127.0.0.1:8787", "http://127.0.0.1:8790"
 RUN_DIR = Path(os.environ.get("RUNBOOKS_RUN_DIR", ROOT / ".run"))  # where `make up` keeps its logs and token
@@ -65,6 +65,8 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 # A person reads the plan before approving: the Resume comes this long after the run suspended
 # (at once, it would also time the suspended process's own exit, which the approver never sees).
 READING_SECONDS = 3.0
+# A run's process exits just after it is recorded PAUSED; part 4 counts it once it has
+SUSPENDED_EXIT_SECONDS = 2.0
 
 
 class Counting:
@@ -214,7 +216,6 @@ class Bench:
                                   "rollback_strategy": api["rollback_strategy"], "scaling": api["scaling"]}
                            for name in services}
         raw["environments"] = {"sandbox-load": env}
-        raw["routing"] = []
         path = RUN_DIR / "load-config.yaml"
         path.write_text(yaml.safe_dump(raw))
         base = self.api.get("/deployments/name/service-down/sandbox").json()
@@ -249,11 +250,15 @@ class Bench:
         try:
             client = self.counting.client(base_url=url, headers={"Authorization": f"Bearer {token}"})
             parts = _parts(intake)
+            time.sleep(3.0)  # what an earlier round left (runs being cancelled) settles first
             idle = _idle(parts, 5.0)
             parts.start()
             t_start = time.monotonic()
             started = self._alerts_at_once(client, services)
             plans = self._plans(started, "sandbox-load", 180)
+            for run_id, _ in started.values():  # and suspended: its input form saved, its process gone
+                _until(f"run {run_id} paused", lambda run_id=run_id: self.state(run_id) in ("PAUSED", *FINAL), 60, 0.2)
+            time.sleep(SUSPENDED_EXIT_SECONDS)  # the suspended processes exit and are reaped (counted)
             seconds = time.monotonic() - t_start
             spent = parts.spent()
             states = [self.state(run_id) for run_id, _ in started.values()]
@@ -359,13 +364,15 @@ def _answers(url: str) -> bool:
 
 def _parts(intake: subprocess.Popen) -> Parts:
     """The stack's parts by their process sessions (`make up` starts each in its own)."""
-    parts: dict[str, set[int]] = {}
-    for name in ("server", "worker"):
-        pid_file = RUN_DIR / f"{name}.pid"
+    parts: dict[str, set[int | str]] = {}
+    for name, component in (("server", "prefect-server"), ("worker", "worker")):
+        pid_file = RUN_DIR / f"{component}.pid"
         sid = session_of(int(pid_file.read_text())) if pid_file.exists() else None
-        parts[name] = {sid} if sid else set()
+        if sid is None:
+            raise SystemExit(f"engine latency: no {component} process (.run/{component}.pid): is `make up` running?")
+        parts[name] = {sid}
     parts["intake"] = {intake.pid}
-    parts["postgres"] = postgres_sessions()
+    parts["postgres"] = {"postgres"}
     return Parts(parts)
 
 
@@ -380,7 +387,7 @@ def _cpu_report(spent: dict[str, float], idle: dict[str, float], seconds: float,
     """CPU-seconds per run: each part's spend less its idle rate over the round's length."""
     work = {name: max(0.0, value - idle.get(name, 0.0) * seconds) for name, value in spent.items()}
     stack = sum(value for name, value in work.items() if name != "machine")
-    print(f"  CPU-seconds per run to its approval ({runs} runs, idle spend taken off): "
+    print(f"  CPU-seconds per run to its approval, suspended ({runs} runs, idle spend taken off): "
           f"stack {stack / runs:.2f} (goal <= 1.0) = " +
           " + ".join(f"{name} {work[name] / runs:.2f}" for name in ("server", "worker", "intake", "postgres")) +
           f"; whole machine {work['machine'] / runs:.2f}")

@@ -3,7 +3,8 @@
 the intake, the sandbox) and PostgreSQL's postmaster with its backends. A process's time
 counts its own user and system time plus that of the children it has reaped (a run's process
 that has ended is counted in its fork server's), so a delta between two readings is what the
-part spent in between, ended children included."""
+part spent in between, ended children included. PostgreSQL is counted by its processes'
+name, server-wide: the benchmark's parts are its only clients while it measures."""
 
 from __future__ import annotations
 
@@ -25,27 +26,21 @@ def _stat(pid: str) -> tuple[str, int, float] | None:
     return command, int(fields[3]), sum(int(value) for value in fields[11:15]) / TICK
 
 
-def sessions() -> dict[int, float]:
-    """CPU-seconds per session id, over every live process."""
-    totals: dict[int, float] = {}
+def sessions() -> dict[int | str, float]:
+    """CPU-seconds per session id over every live process, and under "postgres" those of
+    PostgreSQL's processes (each backend is a session of its own; the postmaster's reaped
+    children count the backends that have ended)."""
+    totals: dict[int | str, float] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := _stat(entry)) is not None:
-            totals[stat[1]] = totals.get(stat[1], 0.0) + stat[2]
+            key: int | str = "postgres" if stat[0].startswith("postgres") else stat[1]
+            totals[key] = totals.get(key, 0.0) + stat[2]
     return totals
 
 
 def session_of(pid: int) -> int | None:
     stat = _stat(str(pid))
     return stat[1] if stat else None
-
-
-def postgres_sessions() -> set[int]:
-    """The session of every postgres process (the postmaster's, which its backends share)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _stat(entry)) is not None and stat[0].startswith("postgres"):
-            found.add(stat[1])
-    return found
 
 
 def machine_busy() -> float:
@@ -55,9 +50,9 @@ def machine_busy() -> float:
 
 
 class Parts:
-    """The named parts to measure: {name: session ids}."""
+    """The named parts to measure: {name: session ids, or "postgres"}."""
 
-    def __init__(self, parts: dict[str, set[int]]):
+    def __init__(self, parts: dict[str, set[int | str]]):
         self.parts = parts
         self._start: dict[str, float] = {}
         self._machine = 0.0

@@ -6,11 +6,30 @@ a fork copies only the thread that forks."""
 import importlib
 import pkgutil
 
+import kubernetes.client
+import prefect.cli  # noqa: F401 - see below
 import prefect.engine  # noqa: F401
 import prefect.flow_engine  # noqa: F401
+import prefect.task_engine  # noqa: F401
 
 import deployments.forked_engine  # noqa: F401 - the child's entry point (run_engine) lives there
 import flows
+from integrations.http import tls_context
 
 for _module in pkgutil.iter_modules(flows.__path__):
     importlib.import_module(f"flows.{_module.name}")
+
+# The Kubernetes client imports its API classes and models when first asked for one (the package
+# is large): left to the runs, every run imported them again, 40% of its CPU (py-spy, one
+# service-down run to its approval). All of them, once, here: ~1 s at the worker's start, and
+# ~80 MB in the fork server that its forked runs share.
+for _name in dir(kubernetes.client):
+    if _name[:1].isupper():
+        getattr(kubernetes.client, _name)
+
+# prefect.cli (imported above): multiprocessing prepares each forked child as a child of the
+# worker, running the worker's main script again (`prefect`, the CLI), which imports prefect.cli;
+# left to the runs, that was 9% of a run's CPU.
+
+# The runbooks' verifying TLS context (certifi's bundle), loaded once for every run.
+tls_context()
