@@ -26,14 +26,17 @@ up: $(STAMP)
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack.stack down; else echo "nothing to stop"; fi
 
+# the whole suite in parallel lanes (tests/lanes.py; LANES=1 for one pytest session, as
+# `$(PY) -m pytest` runs it); ARGS are passed to every lane's pytest
+LANES ?= 3
 test: $(STAMP)
 	@bash scripts/debian-packages.sh test
-	$(PY) -m pytest
+	$(PY) -m tests.lanes --lanes $(LANES) $(if $(ARGS),-- $(ARGS))
 
-# the same suite with its modules in reverse order: tests must not depend on their order
+# the same suite with each lane's modules in reverse order: tests must not depend on their order
 test-reversed: $(STAMP)
 	@bash scripts/debian-packages.sh test
-	$(PY) -m pytest --reverse
+	$(PY) -m tests.lanes --lanes $(LANES) --reverse $(if $(ARGS),-- $(ARGS))
 
 unit: $(STAMP)
 	$(PY) -m pytest -m unit -q

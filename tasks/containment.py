@@ -122,9 +122,9 @@ def _tell(ctx: RunContext, standing: StandingContainment, kind: EventKind, text:
     record(ctx, standing.incident_id, WATCH, kind, text.split("\n", 1)[1], {"containment_id": standing.id})
     send_slack(ctx, standing.incident_id, text)
     incident = ctx.store().get(standing.incident_id)
-    comment_on_issue.fn(ctx, incident.id, incident.github_repo, incident.github_issue,
-                        f"### {templates.markdown_text(text.splitlines()[0])}\n\n"
-                        f"{templates.markdown_text(text.split(chr(10), 1)[1], 1200)}")
+    comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
+                     f"### {templates.markdown_text(text.splitlines()[0])}\n\n"
+                     f"{templates.markdown_text(text.split(chr(10), 1)[1], 1200)}")
 
 
 def _lift_record(ctx: RunContext, standing: StandingContainment, by: str, note: str) -> None:

@@ -95,9 +95,10 @@ def announce(ctx: RunContext, incident: Incident, severity: Severity, summary: s
         record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"GitHub issue not opened: {exc}")
     paged = escalation_contacts(ctx, severity, 0)
     roles = ctx.config.roles
+    run_url = ctx.run_url(flow_run.get_id())
     notify_slack(ctx, incident.id, templates.initial_alert(incident, summary, paged=mentions(ctx, paged),
                                                            commander=roles.mention(roles.incident_commander)),
-                 link=("Open the run", ctx.run_url(flow_run.get_id())) if flow_run.get_id() else None)
+                 link=("Open the run", run_url) if run_url else None)
     trigger_pagers(ctx, incident, 0, logger)
 
 

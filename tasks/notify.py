@@ -15,7 +15,7 @@ from incidents.templates import markdown_text, slack_blocks, thread_parent
 from integrations.errors import IntegrationError
 from integrations.slack import SlackApp, SlackWebhook
 from tasks.context import RunContext, SecretNotFound, resolve_secret
-from tasks.steps import run_logger, step
+from tasks.steps import run_logger
 from tasks.timeline import record
 
 _NOTIFY_ERRORS = (IntegrationError, SecretNotFound, StoreError, ValueError)
@@ -93,10 +93,11 @@ def _refresh_parent(ctx: RunContext, app: SlackApp, incident_id: int, thread: Sl
                    templates.with_buttons(slack_blocks(current), templates.incident_buttons(incident)))
 
 
-@step("notify-slack")
 def notify_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, str] | None = None,
                  security: bool = False, buttons: list[dict] | None = None) -> bool:
-    """`send_slack` as a task of the run."""
+    """`send_slack` with the run's logger. A plain call, not a task run: a notification is on the
+    incident's timeline and in Slack, and three task runs per run cost the server their events
+    (the README's "What a run costs")."""
     return send_slack(ctx, incident_id, text, link, security, run_logger(), buttons)
 
 
@@ -155,7 +156,6 @@ def refresh_issue(ctx: RunContext, incident_id: int, logger: logging.Logger | lo
     return True
 
 
-@step("comment-on-issue")
 def comment_on_issue(ctx: RunContext, incident_id: int, repo: str | None, number: int | None, body: str) -> bool:
-    """`add_comment` as a task of the run."""
+    """`add_comment` with the run's logger (a plain call, as notify_slack)."""
     return add_comment(ctx, incident_id, repo, number, body, run_logger())

@@ -8,12 +8,12 @@ from incidents.models import Incident
 from incidents.redaction import redact
 from tasks.context import RunContext
 from tasks.notify import comment_on_issue
-from tasks.steps import inline, step
+from tasks.steps import inline
 
 
-@step("publish-report")
 def publish_report(ctx: RunContext, incident: Incident, kind: str, markdown: str) -> None:
-    """`kind` names the report (diagnosis, plan, ...); the artifact key is stable per incident."""
+    """`kind` names the report (diagnosis, plan, ...); the artifact key is stable per incident.
+    A plain call, not a task run: the artifact is the run's (its Artifacts tab), as before."""
     markdown = redact(markdown)
     if not inline():
         create_markdown_artifact(markdown=markdown, key=f"incident-{incident.id}-{kind}",
