@@ -328,11 +328,14 @@ class Bench:
         self.clean_up(started)
 
     def clean_up(self, started: dict[str, tuple[str, float]]) -> None:
-        """Cancel the waiting runs (nothing to stop: they are suspended) and resolve their incidents."""
+        """Cancel the waiting runs (nothing to stop: they are suspended), resolve their incidents,
+        and delete the runs: Prefect's cancellation clean-up looks at every run cancelled within
+        a day, every 20 s, and hundreds of the benchmark's own would be the next round's load."""
         for run_id, _ in started.values():
             approval = self.store.approval_for_run(run_id)
             self.api.post(f"/flow_runs/{run_id}/set_state", json={"force": True, "state": {
                 "type": "CANCELLED", "name": "Cancelled", "message": "Cancelled by the engine latency benchmark"}})
+            self.api.delete(f"/flow_runs/{run_id}")
             if approval is not None:
                 try:
                     self.store.resolve(approval.incident_id, "benchmark", "cancelled by the benchmark")
