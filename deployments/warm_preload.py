@@ -44,6 +44,6 @@ tls_context()
 # engine reading its flow run). Built here, once (~0.7 s).
 for _schemas in (prefect.client.schemas.objects, prefect.client.schemas.responses, prefect.client.schemas.actions):
     for _model in vars(_schemas).values():
-        if (inspect.isclass(_model) and issubclass(_model, pydantic.BaseModel) and _model.__module__ == _schemas.__name__
-                and not _model.__pydantic_complete__):
+        if (inspect.isclass(_model) and issubclass(_model, pydantic.BaseModel)
+                and _model.__module__ == _schemas.__name__ and not _model.__pydantic_complete__):
             _model.model_rebuild()

@@ -1,0 +1,37 @@
+"""How `make test` deals the suite to its lanes (tests/lanes.py), and how it reads a lane's times."""
+
+from __future__ import annotations
+
+from tests.lanes import LAST, TOGETHER, deal, module_times, modules
+
+
+def test_every_module_is_dealt_once_the_stack_modules_together_and_the_canaries_apart():
+    names = modules()
+    assert LAST not in names and "test_fault_matrix" in names
+    times = {name: float(len(name)) for name in names}
+    lanes = deal(names, times, 3)
+    dealt = [name for lane in lanes for name in lane]
+    assert sorted(dealt) == sorted(names)
+    for group in TOGETHER:
+        holding = [lane for lane in lanes if set(group) & set(lane)]
+        assert len(holding) == 1 and set(group) <= set(holding[0])
+
+
+def test_the_lanes_are_balanced_by_measured_time():
+    times = {"a": 300.0, "b": 250.0, "c": 200.0, "d": 100.0, "e": 100.0, "f": 50.0}
+    lanes = deal(list(times), times, 3)
+    loads = sorted(sum(times[name] for name in lane) for lane in lanes)
+    assert loads == [300.0, 350.0, 350.0]  # longest first, each to the emptiest lane
+    assert deal(["x", "y"], {}, 3) == [["x"], ["y"], []]  # never measured: each counts alike
+
+
+def test_a_lanes_junit_report_gives_seconds_per_module_without_the_canaries(tmp_path):
+    report = tmp_path / "lane.xml"
+    report.write_text("""<testsuites><testsuite>
+<testcase classname="tests.test_a" name="t1" time="1.5"/>
+<testcase classname="tests.test_a.TestGroup" name="t2" time="2.0"/>
+<testcase classname="tests.test_b" name="t3" time="0.25"/>
+<testcase classname="tests.test_zz_secret_canaries" name="t4" time="9"/>
+</testsuite></testsuites>""")
+    assert module_times(report) == {"test_a": 3.5, "test_b": 0.25}
+    assert module_times(tmp_path / "missing.xml") == {}
