@@ -193,7 +193,7 @@ class SlackCommands:
                 reply = await run_in_threadpool(on_incident, self.prefect, command, who)
         except (CommandError, StoreError) as exc:  # StoreError: e.g. "no incident 42"
             reply = str(exc)
-        except Exception as exc:  # noqa: BLE001 - the person must hear of it
+        except Exception as exc:  # the person must hear of it (logged with its traceback)
             log.exception("/incident %s by %s failed", command.verb, who.user)
             reply = f"`{COMMAND} {command.verb}` failed ({type(exc).__name__}: {str(exc)[:200]}); see the intake's log."
         await run_in_threadpool(_answer, who.response_url, reply)

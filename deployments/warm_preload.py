@@ -8,13 +8,13 @@ import inspect
 import pkgutil
 
 import kubernetes.client
-import prefect.cli  # noqa: F401 - see below
+import prefect.cli  # see below
 import prefect.client.schemas.actions
 import prefect.client.schemas.objects
 import prefect.client.schemas.responses
-import prefect.engine  # noqa: F401
-import prefect.flow_engine  # noqa: F401
-import prefect.task_engine  # noqa: F401
+import prefect.engine
+import prefect.flow_engine
+import prefect.task_engine
 import pydantic
 
 import deployments.forked_engine  # noqa: F401 - the child's entry point (run_engine) lives there

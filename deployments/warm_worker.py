@@ -504,7 +504,7 @@ _served: dict[str, int | None] = {}
 def _cancellation_manager(lane: FlowRunExecutorContext) -> Any:
     """Prefect's CancellationManager of a shared executor context (kill -> on_cancellation hooks ->
     Cancelled; FlowRunExecutorContext does not expose it)."""
-    return lane._cancellation_manager  # noqa: SLF001
+    return lane._cancellation_manager  # private to Prefect (see the README)
 
 
 def _contain_cancel_errors(lane: FlowRunExecutorContext) -> None:

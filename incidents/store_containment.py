@@ -56,6 +56,6 @@ class ContainmentRecords(StoreBase):
         if column not in ("expiry_asked_at", "widening_reported_at"):
             raise ValueError(f"not a containment mark: {column}")
         with self._connect() as conn:
-            row = conn.execute(f"UPDATE containments SET {column} = now() "  # noqa: S608 - the column is checked above
+            row = conn.execute(f"UPDATE containments SET {column} = now() "  # the column is checked above
                                f"WHERE id = %s AND {column} IS NULL RETURNING id", (containment_id,)).fetchone()
         return row is not None

@@ -293,7 +293,7 @@ class GitHub:
             run["updated_at"] = now_iso()
         try:
             ok, lines = runner(full, inputs) if runner else (True, ["nothing to do"])
-        except Exception as exc:  # the workflow failed; its log says why, as on GitHub
+        except Exception as exc:  # noqa: BLE001 - the workflow failed; its log says why, as on GitHub
             ok, lines = False, [f"Error: {exc}"]
         time.sleep(self.run_delay)
         with self.lock:

@@ -177,7 +177,7 @@ def serve(app: Callable[[Request], Response], host: str, port: int,
                           base_url=f"{'https' if tls else 'http'}://{origin}")
             try:
                 resp = app(req)
-            except Exception as exc:  # a bug in the sandbox must not look like a hung server
+            except Exception as exc:  # noqa: BLE001 - a bug in the sandbox must not look like a hung server
                 resp = Response.json({"message": f"sandbox error: {type(exc).__name__}: {exc}"}, 500)
             _write_response(self, resp)
 

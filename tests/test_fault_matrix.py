@@ -473,7 +473,7 @@ def _run_cell(lane: Lane, cache: redis.Redis, dependency: str, mode: str,
         target = _prepare(lane.world, cache, dependency)
         outcome = _cell(lane, target, mode, phase)
         return _judge(lane, target, phase, outcome), outcome
-    except (Exception, pytest.fail.Exception) as exc:  # a broken cell fails; the lane goes on
+    except (Exception, pytest.fail.Exception) as exc:  # noqa: BLE001 - a broken cell fails; the lane goes on
         return [f"the cell itself failed: {type(exc).__name__}: {exc}"], outcome
     finally:
         if target is not None:

@@ -28,7 +28,7 @@ def counters():
     state = {"share": 0.4, "start": time.monotonic()}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):  # http.server's name
             requests = (time.monotonic() - state["start"]) * 100
             body = json.dumps({"requests": int(requests), "errors": int(requests * state["share"])}).encode()
             self.send_response(200)
