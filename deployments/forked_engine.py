@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 import prefect.engine
-from prefect.runner._process_manager import ProcessHandle
+
+from deployments.prefect_private import ProcessHandle
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
-    from prefect.runner._control_channel import ControlChannel
+
+    from deployments.prefect_private import ControlChannel
 
 PRELOAD = "deployments.warm_preload"
 # A Cancel ends the run's process at once (the engine exits on SIGTERM once it has the cancel

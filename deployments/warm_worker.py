@@ -43,15 +43,13 @@ from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.exceptions import ObjectNotFound
 from prefect.flows import load_flow_from_flow_run
-from prefect.runner._flow_run_executor import FlowRunExecutorContext
-from prefect.runner._hook_runner import HookRunner
-from prefect.runner._process_manager import ProcessHandle
 from prefect.states import Cancelled, Crashed, Scheduled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 from pydantic import PrivateAttr
 
 from deployments import log_format
 from deployments.forked_engine import PRELOAD, ForkedEngineStarter, start_fork_server
+from deployments.prefect_private import FlowRunExecutorContext, HookRunner, ProcessHandle, cancellation_manager
 from deployments.worker_metrics import WorkerStats, prepare_run_metrics, serve
 
 if TYPE_CHECKING:
@@ -294,7 +292,7 @@ class WarmWorker(ProcessWorker):
             if lane is not None:  # the Cancel never reached the process: Prefect's own sequence, now
                 _log.warning("flow run %s (%s) has been Cancelling for %.0f s and its process still runs: "
                              "stopping it", run.name, run.id, CANCEL_STRANDED_SECONDS)
-                await _cancellation_manager(lane).cancel_by_id(run.id)
+                await cancellation_manager(lane).cancel_by_id(run.id)
             else:
                 await self._end_cancel_of(run)
         finally:
@@ -501,19 +499,13 @@ def _observable(stats: WorkerStats) -> None:
 _served: dict[str, int | None] = {}
 
 
-def _cancellation_manager(lane: FlowRunExecutorContext) -> Any:
-    """Prefect's CancellationManager of a shared executor context (kill -> on_cancellation hooks ->
-    Cancelled; FlowRunExecutorContext does not expose it)."""
-    return lane._cancellation_manager  # private to Prefect (see the README)
-
-
 def _contain_cancel_errors(lane: FlowRunExecutorContext) -> None:
     """Prefect's observer runs each Cancel it hears of (read the run, kill its process, hooks,
     Cancelled) in the context's task group, and the host of that group is the worker's own main
     task: one error there -- a read of the run that timed out with 50 runs cancelled at once on 2
     cores -- cancelled the worker, which then claimed nothing more (every later run stayed
     Scheduled). Such an error is logged instead, and the stranded-Cancel sweep ends the run."""
-    manager = _cancellation_manager(lane)
+    manager = cancellation_manager(lane)
     cancel_by_id = manager.cancel_by_id
 
     async def contained(flow_run_id: UUID) -> None:
@@ -523,7 +515,7 @@ def _contain_cancel_errors(lane: FlowRunExecutorContext) -> None:
             _log.exception("flow run %s: Prefect's cancellation failed; the worker ends it within %.0f s",
                            flow_run_id, CANCEL_STRANDED_SECONDS + CANCEL_SWEEP_SECONDS)
 
-    manager.cancel_by_id = contained
+    manager.cancel_by_id = contained  # type: ignore[method-assign]  # on this instance only
 
 
 def _liveness(workers: list[Any], now: datetime) -> tuple[list[str], datetime | None]:

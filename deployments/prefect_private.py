@@ -1,0 +1,72 @@
+"""Every private part of Prefect that the warm worker (deployments/warm_worker.py,
+deployments/forked_engine.py) relies on, named in one place.
+
+Prefect keeps these out of its public API, so any release may move or change them; that is why
+pyproject.toml pins `prefect` below its next minor release. `tests/test_prefect_private.py`
+checks each one against the installed Prefect (it exists, is the kind of thing the worker uses,
+takes the arguments the worker passes): after an upgrade that changed one, that test fails and
+names it, and this module is where the worker is adapted.
+
+Upgrade path: raise the pin in pyproject.toml, `make venv`, run `pytest
+tests/test_prefect_private.py`; for each failure, find the private's new home or shape in
+Prefect's source and adapt the import here (or the worker where it overrides a method); then
+`make test` (tests/test_warm_worker.py, tests/test_scale_out.py and tests/test_ui.py run the
+worker end to end), `make constraints`, and lift the pin to the next minor release.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prefect.runner._cancellation_manager import CancellationManager
+from prefect.runner._flow_run_executor import FlowRunExecutorContext
+from prefect.runner._hook_runner import HookRunner
+from prefect.runner._process_manager import ProcessHandle
+
+if TYPE_CHECKING:
+    from prefect.runner._control_channel import ControlChannel
+
+__all__ = ["CancellationManager", "ControlChannel", "FlowRunExecutorContext", "HookRunner", "ProcessHandle",
+           "cancellation_manager", "PRIVATE_MODULES", "PRIVATE_MEMBERS", "CALLED_WITH"]
+
+# The private modules imported, and what of each.
+PRIVATE_MODULES = {
+    "prefect.runner._flow_run_executor": ("FlowRunExecutorContext",),  # a shared client, control channel, observer
+    "prefect.runner._hook_runner": ("HookRunner",),  # on_cancellation / on_crashed hooks of a run
+    "prefect.runner._process_manager": ("ProcessHandle",),  # what a process starter hands the executor
+    "prefect.runner._control_channel": ("ControlChannel",),  # how the executor tells a run's process to stop
+    "prefect.runner._cancellation_manager": ("CancellationManager",),  # kill -> hooks -> Cancelled
+}
+
+# Private members of Prefect's classes that the worker reads, sets or overrides:
+# (module:class, name, "method" | "attribute", how the worker uses it).
+PRIVATE_MEMBERS = (
+    ("prefect.workers.base:BaseWorker", "_submit_run", "method", "overridden: an API outage while submitting"),
+    ("prefect.workers.base:BaseWorker", "_sync_and_initialize", "method", "overridden: an API outage is waited out"),
+    ("prefect.workers.base:BaseWorker", "_initialize_after_sync", "method", "overridden: watch pool events"),
+    ("prefect.workers.base:BaseWorker", "_release_limit_slot", "method", "called for a run whose submission failed"),
+    ("prefect.workers.base:BaseWorker", "_runs_task_group", "attribute", "the task group the worker's runs live in"),
+    ("prefect.workers.base:BaseWorker", "_exit_stack", "attribute", "holds the shared executor contexts"),
+    ("prefect.workers.base:BaseWorker", "_work_pool_name", "attribute", "the pool's runs are looked up by it"),
+    ("prefect.workers.base:BaseWorker", "_work_pool", "attribute", "its id filters the pool's events"),
+    ("prefect.workers.base:BaseWorker", "_submitting_flow_run_ids", "attribute", "a failed submission leaves it"),
+    ("prefect.workers.base:BaseWorker", "_prefetch_seconds", "attribute", "set to 0: no run claimed before due"),
+    ("prefect.workers.base:BaseJobConfiguration", "_base_environment", "method", "the settings a run inherits"),
+    ("prefect.runner._flow_run_executor:FlowRunExecutorContext", "_cancellation_manager", "attribute",
+     "its CancellationManager, made to log instead of cancel the worker on an error"),
+)
+
+# Calls the worker makes into private classes: (module:class.method, keyword arguments passed).
+CALLED_WITH = (
+    ("prefect.runner._flow_run_executor:FlowRunExecutorContext.create_executor", ("hook_runner", "propose_submitting")),
+    ("prefect.runner._hook_runner:HookRunner.__init__", ("resolve_flow",)),
+    ("prefect.runner._process_manager:ProcessHandle.__init__", ("termination_scope",)),
+    ("prefect.runner._cancellation_manager:CancellationManager.cancel_by_id", ("flow_run_id",)),
+)
+
+
+def cancellation_manager(context: FlowRunExecutorContext) -> CancellationManager:
+    """The CancellationManager of a shared executor context (kill -> on_cancellation hooks ->
+    Cancelled); FlowRunExecutorContext does not expose it."""
+    manager: CancellationManager = context._cancellation_manager
+    return manager

@@ -1,0 +1,68 @@
+"""The private parts of Prefect the warm worker relies on (deployments/prefect_private.py), checked
+against the installed Prefect: after an upgrade that moved or changed one, this fails here and
+names it. Also: nothing else in the project imports a private Prefect module."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+from deployments import prefect_private
+from deployments.prefect_private import CALLED_WITH, PRIVATE_MEMBERS, PRIVATE_MODULES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _class(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("module", sorted(PRIVATE_MODULES))
+def test_each_private_module_still_has_what_is_imported_from_it(module):
+    imported = importlib.import_module(module)
+    missing = [name for name in PRIVATE_MODULES[module] if not hasattr(imported, name)]
+    assert not missing, f"{module} no longer has {missing}: adapt deployments/prefect_private.py"
+
+
+@pytest.mark.parametrize(("owner", "name", "kind", "use"), PRIVATE_MEMBERS,
+                         ids=[f"{owner.rsplit(':', 1)[1]}.{name}" for owner, name, _, _ in PRIVATE_MEMBERS])
+def test_each_private_member_is_still_there(owner, name, kind, use):
+    cls = _class(owner)
+    if kind == "method":
+        assert callable(getattr(cls, name, None)), f"{owner}.{name} ({use}) is gone: adapt the warm worker"
+    else:  # an instance attribute: set somewhere in the class or its bases
+        sources = "".join(inspect.getsource(base) for base in cls.__mro__ if base.__module__.startswith("prefect"))
+        assert f"self.{name}" in sources, f"{owner} no longer sets self.{name} ({use}): adapt the warm worker"
+
+
+@pytest.mark.parametrize(("target", "keywords"), CALLED_WITH, ids=[target for target, _ in CALLED_WITH])
+def test_each_private_call_still_takes_the_arguments_the_worker_passes(target, keywords):
+    owner, _, method = target.rpartition(".")
+    parameters = inspect.signature(getattr(_class(owner), method)).parameters
+    missing = [keyword for keyword in keywords if keyword not in parameters]
+    assert not missing, f"{target} no longer takes {missing}: adapt the warm worker"
+
+
+def test_the_adapter_names_every_private_it_imports():
+    tree = ast.parse(Path(prefect_private.__file__).read_text())
+    imported = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module and "._" in node.module for alias in node.names}
+    named = {(module, name) for module, names in PRIVATE_MODULES.items() for name in names}
+    assert imported == named
+
+
+def test_no_other_module_imports_a_private_prefect_module():
+    offenders = []
+    for path in sorted(ROOT.glob("*/*.py")):
+        if path.parts[-2] in ("tests", ".venv") or path.name == "prefect_private.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("prefect") \
+                    and any(part.startswith("_") for part in node.module.split(".")):
+                offenders.append(f"{path.relative_to(ROOT)}: from {node.module} import ...")
+    assert not offenders, f"private Prefect imports outside deployments/prefect_private.py: {offenders}"
