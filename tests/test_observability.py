@@ -167,6 +167,10 @@ def _self_pages(world) -> list[dict]:
     return [e for e in world.pagerduty.events if e["routing_key"] == routing_key(SELF_PAGER)]
 
 
+def _triggers(world) -> list[dict]:
+    return [e for e in _self_pages(world) if e.get("event_action") == "trigger"]
+
+
 def test_a_stopped_worker_pages_pagerduty_within_the_rules_for(pg_stack, world, tmp_path):
     checked = subprocess.run(["promtool", "check", "rules", str(RULES_FILE)], capture_output=True, text=True,
                              timeout=30)
@@ -200,11 +204,16 @@ scrape_configs:
             return answer["data"]["result"]
 
         _wait(up, 30, "Prometheus did not scrape the worker")
+        # With `for` cut to 5 s, the rule's absent() can fire before Prometheus's first scrape on a
+        # loaded machine (with the shipped 1m it cannot); such a page is delivered within the
+        # group wait and is not what this test is about. From here on the worker is up.
+        time.sleep(3)
+        before = len(_triggers(world))
         time.sleep(7)  # longer than the rule's `for`: a worker that is up pages nobody
-        assert _self_pages(world) == []
+        assert _triggers(world)[before:] == []
         pg_stack.kill("worker-watched")
         killed = time.monotonic()
-        pages = _wait(lambda: _self_pages(world), 40, "no page reached PagerDuty")
+        pages = _wait(lambda: _triggers(world)[before:], 40, "no page reached PagerDuty")
         took = time.monotonic() - killed
         summary = pages[0]["payload"]["summary"]
         assert "RunbooksWorkerDown" in summary and f"127.0.0.1:{port}" in summary, summary
@@ -212,6 +221,8 @@ scrape_configs:
         # for (5 s) + a scrape (2 s) + an evaluation (1 s) + the group wait (1 s), and room for a loaded machine
         assert took < 5 + 20, f"paged {took:.1f} s after the worker stopped"
     finally:
+        if "worker-watched" in pg_stack.processes:  # a failure above must not leave it claiming later tests' runs
+            pg_stack.kill("worker-watched")
         for process in (prometheus, alertmanager):
             process.terminate()
             process.wait(10)
