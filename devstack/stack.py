@@ -380,12 +380,18 @@ def _ensure_pool(env: dict[str, str]) -> None:
 
 
 def _deploy(env: dict[str, str]) -> None:
-    start = time.monotonic()
-    # the sandbox's and staging's; production's belong on the production Prefect (docs/install.md)
-    _prefect(["--no-prompt", "deploy", "--name", "*/sandbox", "--name", "*/staging"], env,
-             "prefect deploy --name '*/sandbox' --name '*/staging'", timeout=300)
-    names = [d["name"] for d in _prefect_api().call("POST", "/deployments/filter", json={}).json()]
-    _say("deployments", f"{len(names)} registered in {time.monotonic() - start:.1f} s")
+    from devstack.deploying import api_ca_env, deploy_if_changed
+
+    def run_deploy() -> None:
+        start = time.monotonic()
+        # the sandbox's and staging's; production's belong on the production Prefect (docs/install.md)
+        _prefect(["--no-prompt", "deploy", "--name", "*/sandbox", "--name", "*/staging"],
+                 {**env, **api_ca_env(env["PREFECT_API_URL"], SANDBOX_DIR / "kubeconfig", RUN_DIR)},
+                 "prefect deploy --name '*/sandbox' --name '*/staging'", timeout=300)
+        names = [d["name"] for d in _prefect_api().call("POST", "/deployments/filter", json={}).json()]
+        _say("deployments", f"{len(names)} registered in {time.monotonic() - start:.1f} s")
+
+    deploy_if_changed(ROOT, _prefect_api(), RUN_DIR / "deployed.json", run_deploy, _say)
 
 
 def _check_store() -> None:
