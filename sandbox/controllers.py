@@ -231,6 +231,7 @@ class DeploymentController:
         template = template_without_hash(dep["spec"]["template"])
         total = updated = ready = 0
         for rs in owned_rs:
+            of_template = template_without_hash(rs["spec"]["template"]) == template
             for pod in self._owned("pods", namespace, rs["metadata"]["uid"]):
                 rt = self._pods.get((namespace, pod["metadata"]["name"]))
                 if rt is None:
@@ -247,8 +248,7 @@ class DeploymentController:
                 total += 1
                 is_ready = pod_ready(status)
                 ready += is_ready
-                if template_without_hash(rs["spec"]["template"]) == template:
-                    updated += 1
+                updated += of_template
         desired = dep["spec"].get("replicas", 1)
         deadline = dep["spec"].get("progressDeadlineSeconds", self.default_progress_deadline)
         started = self._progress_started.get((namespace, name), now)

@@ -79,7 +79,7 @@ def template_hash(template: dict) -> str:
 def template_without_hash(template: dict) -> dict:
     """The template as the controller compares it: no hash label, and no null or empty fields
     (kubectl sends Go's zero values such as `creationTimestamp: null` and `resources: {}`)."""
-    clean = _prune(copy.deepcopy(template))
+    clean = _prune(template)  # a new dict or list at every level: the template is not touched
     labels = clean.get("metadata", {}).get("labels")
     if labels:
         labels.pop(HASH_LABEL, None)

@@ -229,3 +229,25 @@ def test_prefilled_forms_keep_their_rules_and_help_text():
         PostmortemInput.model_json_schema()["properties"]["root_cause"] | {"default": None}
     assert postmortem["properties"]["root_cause"]["default"] == "a bad image"
     assert prefilled(PostmortemInput, "d").model_json_schema()["required"] == ["completed_by", "root_cause"]
+
+
+def test_the_same_config_text_is_parsed_once_and_an_edit_or_a_changed_variable_is_seen_at_once(tmp_path,
+                                                                                                   monkeypatch):
+    from incidents.config import PROJECT_ROOT
+
+    path = tmp_path / "runbooks.yaml"
+    text = (PROJECT_ROOT / "config" / "sandbox.yaml").read_text()
+    path.write_text(text)
+    monkeypatch.setenv("RUNBOOKS_SANDBOX_APP_ROLE", "app_one")
+    first = load_config(path)
+    assert load_config(path) is first  # parsed once
+    role = first.environments["sandbox"].services["api"].database.app_role
+    assert role == "app_one"
+    monkeypatch.setenv("RUNBOOKS_SANDBOX_APP_ROLE", "app_two")
+    assert load_config(path).environments["sandbox"].services["api"].database.app_role == "app_two"
+    path.write_text(text.replace("environments:", "environments:  # edited", 1).replace("sandbox:", "drill:", 1))
+    assert set(load_config(path).environments) == {"drill"}
+    path.write_text("environments: [unclosed")
+    for _ in range(2):  # a broken file fails every time, never served from what was parsed before
+        with pytest.raises(ConfigError, match="not valid YAML"):
+            load_config(path)
