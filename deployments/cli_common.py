@@ -105,6 +105,22 @@ def actor_name(name: str | None) -> str:
     return (name or os.environ.get("RUNBOOKS_APPROVER") or getpass.getuser()).strip()
 
 
+# The server records a step's state from its events in batches, at most a second after it changed
+# (PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL, devstack/stack.py): the last steps
+# before a pause or the end are read again after this long.
+RECORDER_LAG_SECONDS = 1.2
+
+
+def _print_finished_steps(run_id: str, seen: set[str]) -> None:
+    tasks = api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}},
+                                                    "sort": "EXPECTED_START_TIME_ASC"})
+    for task in tasks:
+        if (task.get("state") or {}).get("type") in FINAL and task["id"] not in seen:
+            seen.add(task["id"])
+            mark = "ok" if task["state"]["type"] == "COMPLETED" else task["state"]["type"].lower()
+            print(f"  [{mark}] {task['name'].rsplit('-', 1)[0]}")
+
+
 def follow(run_id: str, timeout: float) -> int:
     """Print state changes and each step as it finishes, until the run pauses or ends."""
     seen: set[str] = set()
@@ -117,13 +133,10 @@ def follow(run_id: str, timeout: float) -> int:
         if state != last_state:
             print(f"[{time.strftime('%H:%M:%S')}] run is {run['state']['name']}")
             last_state = state
-        tasks = api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}},
-                                                        "sort": "EXPECTED_START_TIME_ASC"})
-        for task in tasks:
-            if (task.get("state") or {}).get("type") in FINAL and task["id"] not in seen:
-                seen.add(task["id"])
-                mark = "ok" if task["state"]["type"] == "COMPLETED" else task["state"]["type"].lower()
-                print(f"  [{mark}] {task['name'].rsplit('-', 1)[0]}")
+        _print_finished_steps(run_id, seen)
+        if state == "PAUSED" or state in FINAL:
+            time.sleep(RECORDER_LAG_SECONDS)
+            _print_finished_steps(run_id, seen)
         if state == "PAUSED":
             plan = plan_of(run)
             if plan:

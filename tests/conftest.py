@@ -38,9 +38,13 @@ def in_lane(name: str) -> str:
 APP_ROLE = in_lane("sandbox_app")
 os.environ["RUNBOOKS_SANDBOX_APP_ROLE"] = APP_ROLE  # the sandbox and config/sandbox.yaml's app_role
 
+from devstack.stack import SERVER_TASK_RUN_RECORDER  # noqa: E402
 from sandbox.pagerduty import routing_key  # noqa: E402
 from sandbox.slack import BOT_TOKEN as SLACK_BOT_TOKEN  # noqa: E402
 from sandbox.world import GITHUB_TOKEN, Sandbox  # noqa: E402
+
+for _key, _value in SERVER_TASK_RUN_RECORDER.items():  # the test servers record task runs as `make up`'s does
+    os.environ.setdefault(_key, _value)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DB = in_lane("runbooks_test")

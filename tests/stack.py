@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from devstack.stack import SERVER_DATABASE_POOL
+from devstack.stack import SERVER_DATABASE_POOL, SERVER_TASK_RUN_RECORDER
 from tests.conftest import ADMIN_URL, free_port, in_lane
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ class Stack:
                     "RUNBOOKS_CANCEL_STRANDED_SECONDS": "20",
                     "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",  # as under `make up`
                     "RUNBOOKS_WORKER_METRICS_HOST": "127.0.0.1",
-                    **SERVER_DATABASE_POOL}
+                    **SERVER_DATABASE_POOL, **SERVER_TASK_RUN_RECORDER}
         self.processes: dict[str, subprocess.Popen] = {}
         self.metrics_ports: dict[str, int] = {}  # each worker's /metrics
 
