@@ -28,6 +28,9 @@ from integrations.errors import IntegrationError
 # What a deployment is made of: the file that defines it, the flows' code, and the models their
 # parameters are typed with.
 SOURCES = ("prefect.yaml", "flows/*.py", "incidents/*.py")
+# The deployments of prefect.yaml the local stack registers: the sandbox's and staging's
+# (production's belong on the production Prefect, docs/install.md).
+DEPLOYED = ("sandbox", "staging")
 
 
 class DeploymentApi(Protocol):
@@ -69,7 +72,9 @@ class DeployRecord:
 
 
 def deployment_ids(api: DeploymentApi) -> tuple[str, ...]:
-    return tuple(sorted(d["id"] for d in api.call("POST", "/deployments/filter", json={}).json()))
+    """The IDs of the deployments `make up` registers (a benchmark's own deployment is not one)."""
+    return tuple(sorted(d["id"] for d in api.call("POST", "/deployments/filter", json={}).json()
+                        if d.get("name") in DEPLOYED))
 
 
 def still_registered(record: DeployRecord | None, current: str, api: DeploymentApi) -> bool:

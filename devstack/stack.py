@@ -389,16 +389,16 @@ def _ensure_pool(env: dict[str, str]) -> None:
 
 
 def _deploy(env: dict[str, str]) -> None:
-    from devstack.deploying import api_ca_env, deploy_if_changed
+    from devstack.deploying import DEPLOYED, api_ca_env, deploy_if_changed
 
     def run_deploy() -> None:
         start = time.monotonic()
-        # the sandbox's and staging's; production's belong on the production Prefect (docs/install.md)
-        _prefect(["--no-prompt", "deploy", "--name", "*/sandbox", "--name", "*/staging"],
+        names = [arg for name in DEPLOYED for arg in ("--name", f"*/{name}")]
+        _prefect(["--no-prompt", "deploy", *names],
                  {**env, **api_ca_env(env["PREFECT_API_URL"], SANDBOX_DIR / "kubeconfig", RUN_DIR)},
-                 "prefect deploy --name '*/sandbox' --name '*/staging'", timeout=300)
-        names = [d["name"] for d in _prefect_api().call("POST", "/deployments/filter", json={}).json()]
-        _say("deployments", f"{len(names)} registered in {time.monotonic() - start:.1f} s")
+                 f"prefect deploy {' '.join(names)}", timeout=300)
+        registered = _prefect_api().call("POST", "/deployments/filter", json={}).json()
+        _say("deployments", f"{len(registered)} registered in {time.monotonic() - start:.1f} s")
 
     deploy_if_changed(ROOT, _prefect_api(), RUN_DIR / "deployed.json", run_deploy, _say)
 
