@@ -30,6 +30,7 @@ import hmac
 import html
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
@@ -43,12 +44,16 @@ from starlette.routing import Route
 
 from deployments.guards import Throttle, TooLarge, client_address, read_body
 from deployments.prefect_api import PrefectApi
-from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Signature
+from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Signature, pause_key
 from incidents.plans import Plan
 from integrations.errors import IntegrationError, Unreachable
 
 log = logging.getLogger("runbooks.approvals")
 MAX_FORM_BYTES = 16 * 1024
+# An answer that comes before the run has paused for its request waits this long for the pause,
+# looking every PAUSE_POLL_SECONDS (a run pauses within seconds of posting its request).
+PAUSE_WAIT_SECONDS = 30.0
+PAUSE_POLL_SECONDS = 0.5
 
 
 class Refused(Exception):
@@ -223,17 +228,32 @@ def record_answer(approval: Approval, config: Any, name: str, decision: str, rea
         )
     run_input = {"approve": decision == "approve", "reason": reason or decision,
                  "approver": SIGNERS_SEPARATOR.join(approving) if decision == "approve" else name}
-    try:
-        problem = _resume(approval.flow_run_id, run_input, prefect)
-    except Refused:
-        if inserted:  # only what this request recorded may be taken back
-            _take_back(store, approval, name, "the run is no longer waiting")
-        raise
+    problem = _hand_over(store, approval, name, run_input, prefect, inserted)
     if problem is not None:
         return _not_resumed(store, approval, name, decision, problem, prefect, inserted)
     if decision == "approve":
         return Answer(200, f"Approved by {run_input['approver']}; the run continues.")
     return Answer(200, f"Declined by {name}; nothing is changed and a person takes over.")
+
+
+def _hand_over(store: Any, approval: Approval, name: str, run_input: dict, prefect: PrefectApi,
+               inserted: bool) -> str | None:
+    """Resume the run with the answer, waiting for its pause if it has not paused for this
+    request yet; None when Prefect took it, else why not. Refused (and what this request
+    recorded taken back) when the run will never wait for it or did not pause in time."""
+    try:
+        problem = _resume(approval.flow_run_id, run_input, prefect)
+        if problem is not None and _on_its_way_to_the_pause(approval, prefect):
+            problem = _resume_once_paused(approval, run_input, prefect)
+    except Refused:
+        if inserted:  # only what this request recorded may be taken back
+            _take_back(store, approval, name, "the run is no longer waiting")
+        raise
+    if problem is not None and _on_its_way_to_the_pause(approval, prefect):
+        if inserted:
+            _take_back(store, approval, name, "the run had not paused for the request")
+        raise Refused(503, f"not recorded: {problem}; answer again in a moment")
+    return problem
 
 
 def _not_resumed(store: Any, approval: Approval, name: str, decision: str, problem: str, prefect: PrefectApi,
@@ -252,6 +272,47 @@ def _not_resumed(store: Any, approval: Approval, name: str, decision: str, probl
     taken_back = _take_back(store, approval, name, "Prefect did not take the resume")
     raise Refused(503, f"not recorded: the run could not be resumed ({problem}); answer again in a moment"
                   if taken_back else f"the run could not be resumed ({problem}); give the same answer again")
+
+
+def _on_its_way_to_the_pause(approval: Approval, prefect: PrefectApi) -> bool:
+    """Whether the run has not paused for this request yet: the request's message goes out a
+    moment before the run pauses (~2 s on a loaded 2-core machine), and a press in between met a
+    run that was still running. Taking that for "another request resumed it" lost the answer: the
+    signature stayed, the message lost its buttons, and the run paused and waited for ever
+    (found by the failover benchmark). A run that is running or about to, for which Prefect holds
+    no answer under this request's pause key, is on its way."""
+    if not approval.flow_run_id:
+        return False
+    try:
+        state = prefect.flow_run(approval.flow_run_id).get("state") or {}
+    except (IntegrationError, ValueError):
+        return False
+    return state.get("type") in ("RUNNING", "PENDING", "SCHEDULED") and not _answer_held(approval, prefect)
+
+
+def _answer_held(approval: Approval, prefect: PrefectApi) -> bool:
+    """Whether Prefect holds a Resume's answer for this request's pause (unknown counts as held)."""
+    key = pause_key(approval.plan_digest, approval.attempt)
+    for state_name in ("suspended", "paused"):
+        path = f"/flow_runs/{approval.flow_run_id}/input/{state_name}-{key}-response"
+        try:
+            if prefect.call("GET", path, ok=(404,)).status_code != 404:
+                return True
+        except IntegrationError:
+            return True
+    return False
+
+
+def _resume_once_paused(approval: Approval, run_input: dict, prefect: PrefectApi) -> str | None:
+    """Hand the answer over once the run has paused for it; why not, if it does not within
+    PAUSE_WAIT_SECONDS (the answer is then taken back, and the person answers again)."""
+    assert approval.flow_run_id is not None
+    deadline = time.monotonic() + PAUSE_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(PAUSE_POLL_SECONDS)
+        if not _on_its_way_to_the_pause(approval, prefect):
+            return _resume(approval.flow_run_id, run_input, prefect)
+    return f"the run did not pause for this request within {PAUSE_WAIT_SECONDS:g} s"
 
 
 def _still_paused(flow_run_id: str, prefect: PrefectApi) -> bool:

@@ -266,6 +266,13 @@ class Approval(StoreRow):
 SIGNERS_SEPARATOR = ", "  # how the approval page names several verified approvers in the Resume input
 
 
+def pause_key(plan_digest: str, attempt: int) -> str:
+    """The key a run pauses under for an approval request (tasks/approval.py): Prefect keeps the
+    answer a Resume hands over as the run input `<state>-<key>-response` ("suspended" for a
+    deployed run, "paused" for one run in-process)."""
+    return f"approval-{plan_digest[:12]}" + (f"-{attempt}" if attempt else "")
+
+
 @dataclass(frozen=True)
 class Signature(StoreRow):
     """A verified approver's answer to an approval request."""

@@ -24,7 +24,7 @@ from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
-from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Incident
+from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Incident, pause_key
 from incidents.plans import Grant, Plan
 from incidents.redaction import redact
 from incidents.store import IncidentStore, StoreError
@@ -320,7 +320,7 @@ def wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
     would leave the run Failed): for a paused run by a timer here, for a suspended run (whose
     process is gone) by the incident watch (`tasks/watch.py`), from the approval's deadline_at."""
     form = prefilled(ApprovalInput, redact(note + plan.markdown(timeout)))
-    key = f"approval-{plan.digest[:12]}" + (f"-{attempt}" if attempt else "")
+    key = pause_key(plan.digest, attempt)
     raise_if_cancelling("the wait for approval")
     if deployment.get_id():
         try:  # the extra 10 minutes leave the watch (every minute) time to decline it at the deadline

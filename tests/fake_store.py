@@ -262,6 +262,12 @@ class FakeStore:
     def signatures(self, approval_id: int) -> builtins.list[Signature]:
         return builtins.list(self.signatures_.get(approval_id, []))
 
+    def unsign(self, approval_id: int, approver: str) -> bool:
+        signed = self.signatures_.get(approval_id, [])
+        kept = [s for s in signed if s.approver != approver]
+        self.signatures_[approval_id] = kept
+        return len(kept) < len(signed)
+
     def next_attempt(self, approval_id: int) -> int:
         approval = self.approvals_[approval_id]
         self.approvals_[approval_id] = replace(approval, attempt=approval.attempt + 1)
