@@ -55,7 +55,7 @@ class Run:
 
 
 @pytest.fixture
-def store(monkeypatch):
+def fake(monkeypatch):
     fake = FakeStore()
     monkeypatch.setattr(page, "_store", lambda: fake)
     monkeypatch.setattr(page, "PAUSE_POLL_SECONDS", 0.01)
@@ -74,30 +74,30 @@ def _config():
     return load_environment("sandbox", PROJECT_ROOT / "config" / "sandbox.yaml")
 
 
-def test_an_answer_before_the_pause_is_handed_over_once_the_run_pauses(store):
-    approval, run = _approval(store), Run(pauses_after=3)
+def test_an_answer_before_the_pause_is_handed_over_once_the_run_pauses(fake):
+    approval, run = _approval(fake), Run(pauses_after=3)
     answer = record_answer(approval, _config(), "sam", "approve", "ok", run, via="Slack")
     assert answer.status == 200 and "the run continues" in answer.message
     assert run.resumes[0] == "RUNNING" and run.resumes[-1] == "PAUSED" and run.state == "SCHEDULED"
-    assert [s.approver for s in store.signatures(approval.id)] == ["sam"]
+    assert [s.approver for s in fake.signatures(approval.id)] == ["sam"]
 
 
-def test_an_answer_the_run_never_pauses_for_is_taken_back_and_the_person_answers_again(store, monkeypatch):
+def test_an_answer_the_run_never_pauses_for_is_taken_back_and_the_person_answers_again(fake, monkeypatch):
     monkeypatch.setattr(page, "PAUSE_WAIT_SECONDS", 0.1)
-    approval, run = _approval(store), Run(pauses_after=None)
+    approval, run = _approval(fake), Run(pauses_after=None)
     with pytest.raises(Refused) as refused:
         record_answer(approval, _config(), "sam", "approve", "ok", run, via="Slack")
     assert refused.value.status == 503 and "answer again" in str(refused.value)
-    assert store.signatures(approval.id) == []  # taken back: the same answer may be given again
+    assert fake.signatures(approval.id) == []  # taken back: the same answer may be given again
     assert run.state == "RUNNING"
 
 
-def test_a_repeat_after_another_request_resumed_the_run_changes_nothing_and_does_not_wait(store, monkeypatch):
+def test_a_repeat_after_another_request_resumed_the_run_changes_nothing_and_does_not_wait(fake, monkeypatch):
     monkeypatch.setattr(page, "PAUSE_WAIT_SECONDS", 30.0)  # waiting here would show as a slow test
-    approval, run = _approval(store), Run(pauses_after=0)
+    approval, run = _approval(fake), Run(pauses_after=0)
     assert record_answer(approval, _config(), "sam", "approve", "ok", run, via="Slack").status == 200
     run.state = "RUNNING"  # resumed with sam's answer, and going on
     again = record_answer(approval, _config(), "sam", "approve", "ok", run, via="Slack")
     assert again.status == 200 and again.repeat and "has resumed" in again.message
     assert run.resumes == ["PAUSED", "RUNNING"]  # one attempt, no wait for a pause that is over
-    assert [s.approver for s in store.signatures(approval.id)] == ["sam"]
+    assert [s.approver for s in fake.signatures(approval.id)] == ["sam"]
