@@ -8,6 +8,7 @@ import logging
 from incidents import templates
 from incidents.alerts import DEFAULT_SEVERITY, Alert, AlertParameter, RunRequest
 from incidents.models import Incident, Severity
+from incidents.vocabulary import DetectedBy
 from tasks.context import RunContext
 from tasks.correlation import alert_resolved, detected
 
@@ -55,7 +56,7 @@ def open_or_find(alert: Alert, request: RunRequest, parameter: AlertParameter) -
         dedup_key=request.correlation_key, scenario=request.scenario, service=request.service,
         environment=request.environment, severity=severity,
         title=templates.issue_title_text(request.service, severity, summary),
-        detected_by="slack" if alert.source == "slack" else "alert", flow_run_id=None,
+        detected_by=DetectedBy.SLACK if alert.source == "slack" else DetectedBy.ALERT, flow_run_id=None,
         alert=parameter.as_dict(), started_at=parameter.started)
     if incident.created:
         detected(ctx, incident, alert.source, f"{request.scenario}: {summary}", parameter)

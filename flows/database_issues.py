@@ -20,6 +20,7 @@ from incidents.database_rules import plan_database_issues
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
+from incidents.vocabulary import ActionKind
 from tasks.cancellation import RunCancelled, ended_cancelled, record_cancellation
 from tasks.context import RunContext
 from tasks.database import (
@@ -62,11 +63,11 @@ def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
 def prevention(findings: dict[str, Finding], plan: Plan) -> str:
     kinds = {a.kind for a in plan.actions}
     advice = []
-    if "terminate_sessions" in kinds:
+    if ActionKind.TERMINATE_SESSIONS in kinds:
         advice.append("set idle_in_transaction_session_timeout and lock_timeout for the application role")
-    if "cancel_queries" in kinds:
+    if ActionKind.CANCEL_QUERIES in kinds:
         advice.append("set statement_timeout and index the slow query")
-    if "clear_cache" in kinds:
+    if ActionKind.CLEAR_CACHE in kinds:
         advice.append("set maxmemory-policy and TTLs on the cache keys")
     return "; ".join(advice) or "review connection pool sizing against max_connections"
 

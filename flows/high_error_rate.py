@@ -36,6 +36,7 @@ from incidents.error_rate_rules import plan_high_error_rate
 from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
+from incidents.vocabulary import ActionKind
 from tasks.cancellation import RunCancelled, ended_cancelled, record_cancellation
 from tasks.context import RunContext
 from tasks.diagnosis import (
@@ -90,19 +91,22 @@ def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding], onse
 
 
 def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
-    kind = plan.actions[0].kind if plan.actions else ""
-    return {"rollback": f"A bad change: {plan.actions[0].before if plan.actions else ''} raised the error rate.",
-            "circuit_breaker": "A failing dependency made requests fail.",
-            "scale": "Load above the service's capacity."}.get(kind, "Unknown: see the diagnosis.")
+    if not plan.actions:
+        return "Unknown: see the diagnosis."
+    first = plan.actions[0]
+    return {ActionKind.ROLLBACK: f"A bad change: {first.before} raised the error rate.",
+            ActionKind.CIRCUIT_BREAKER: "A failing dependency made requests fail.",
+            ActionKind.SCALE: "Load above the service's capacity."}.get(first.kind, "Unknown: see the diagnosis.")
 
 
 def prevention(findings: dict[str, Finding], plan: Plan) -> str:
-    kind = plan.actions[0].kind if plan.actions else ""
+    if not plan.actions:
+        return "Review in the post-mortem."
     return {
-        "rollback": "Canary releases gated on the error rate.",
-        "circuit_breaker": "Keep the breaker automatic, with a timeout budget for the dependency.",
-        "scale": "An autoscaler on request rate, with headroom above peak load.",
-    }.get(kind, "Review in the post-mortem.")
+        ActionKind.ROLLBACK: "Canary releases gated on the error rate.",
+        ActionKind.CIRCUIT_BREAKER: "Keep the breaker automatic, with a timeout budget for the dependency.",
+        ActionKind.SCALE: "An autoscaler on request rate, with headroom above peak load.",
+    }.get(plan.actions[0].kind, "Review in the post-mortem.")
 
 
 HIGH_ERROR_RATE = Scenario(

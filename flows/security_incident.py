@@ -29,6 +29,7 @@ from incidents.security_rules import (
     suspicious_cidrs,
 )
 from incidents.templates import stamp
+from incidents.vocabulary import ActionKind, DetectedBy
 from tasks.cancellation import RunCancelled, ended_cancelled, record_cancellation
 from tasks.context import RunContext
 from tasks.diagnosis import gather, probe_endpoints
@@ -60,7 +61,7 @@ def keep_evidence(ctx: RunContext, incident: Incident, findings: dict[str, Findi
         f"Evidence snapshot for incident {incident.id} (before any change)", [evidence], None, with_plan=False))
     record(ctx, incident.id, "runbook", EventKind.EVIDENCE_CAPTURED, evidence.summary,
            {"secrets": [s.as_dict() for s in evidence.facts(EvidenceFacts).secrets]})
-    if incident.detected_by != "dry run":  # a dry run tells nobody
+    if incident.detected_by != DetectedBy.DRY_RUN:  # a dry run tells nobody
         notify_security_team(ctx, incident.id, f"🔐 SECURITY INCIDENT\nIssue: {incident.issue_ref}\n"
                                                f"Service: {ctx.service_name} ({ctx.environment})\n"
                                                f"Suspicious sources: {', '.join(cidrs) or 'none named'}\n"
@@ -79,7 +80,7 @@ def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
 
 def prevention(findings: dict[str, Finding], plan: Plan) -> str:
     revoke = (f"Rotation replaced the values in the cluster only: {REVOKE_AT_ISSUER} (action item filed). "
-              if any(a.kind == "rotate_secrets" for a in plan.actions) else "")
+              if any(a.kind == ActionKind.ROTATE_SECRETS for a in plan.actions) else "")
     return revoke + "Shorter credential lifetimes with automatic rotation; review the evidence in the post-mortem."
 
 

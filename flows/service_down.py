@@ -33,6 +33,7 @@ from incidents.findings import Finding
 from incidents.models import Incident, Severity
 from incidents.plans import Plan
 from incidents.service_down_rules import plan_service_down
+from incidents.vocabulary import ActionKind
 from tasks.cancellation import RunCancelled, ended_cancelled, record_cancellation
 from tasks.context import RunContext
 from tasks.deploys import verify_health
@@ -83,9 +84,9 @@ def plan(ctx: RunContext, incident: Incident, findings: dict[str, Finding], onse
 def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
     logs = findings.get(POD_LOGS)
     evidence = f" Pod logs: {logs.summary}" if logs and logs.ok is False else ""
-    if plan.actions and plan.actions[0].kind == "rollback":
+    if plan.actions and plan.actions[0].kind == ActionKind.ROLLBACK:
         return f"A bad deployment: {plan.actions[0].before} failed to serve.{evidence}"
-    if plan.actions and plan.actions[0].kind == "scale":
+    if plan.actions and plan.actions[0].kind == ActionKind.SCALE:
         return f"The deployment was scaled to 0 replicas: nothing served ({plan.actions[0].before})."
     rollout = findings.get(ROLLOUT)
     return (
@@ -94,9 +95,9 @@ def root_cause(findings: dict[str, Finding], plan: Plan) -> str:
 
 
 def prevention(findings: dict[str, Finding], plan: Plan) -> str:
-    if plan.actions and plan.actions[0].kind == "rollback":
+    if plan.actions and plan.actions[0].kind == ActionKind.ROLLBACK:
         return "Gate deploys on the health checks (readiness probes, canary) and fix the release before redeploying."
-    if plan.actions and plan.actions[0].kind == "scale":
+    if plan.actions and plan.actions[0].kind == ActionKind.SCALE:
         return "Guard the replica count (a minimum in the HPA or an admission policy against scaling to 0)."
     return "Find why the pods degraded (resources, dependencies) before it recurs; add an alert on restarts."
 

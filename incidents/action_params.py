@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from incidents.vocabulary import ActionKind
+
 
 class ActionParams(BaseModel):
     """No field may be named like a mapping method (keys, items, values, get): Prefect walks
@@ -23,7 +25,7 @@ class ActionParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    kinds: ClassVar[tuple[str, ...]] = ()
+    kinds: ClassVar[tuple[ActionKind, ...]] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The fields the planner set, under their wire names (what the digest covers)."""
@@ -31,7 +33,7 @@ class ActionParams(BaseModel):
 
 
 class Rollback(ActionParams):
-    kinds = ("rollback",)
+    kinds = (ActionKind.ROLLBACK,)
     namespace: str
     deployment: str
     from_revision: int
@@ -56,7 +58,7 @@ class RollbackByWorkflow(Rollback):
 
 
 class RolloutRestart(ActionParams):
-    kinds = ("rollout_restart",)
+    kinds = (ActionKind.ROLLOUT_RESTART,)
     namespace: str
     deployment: str
     revision: int | None = None  # the revision planned for; not set: any revision may be restarted
@@ -65,7 +67,7 @@ class RolloutRestart(ActionParams):
 class Scale(ActionParams):
     """Replicas `from_` -> `to`; with `hpa`, the autoscaler's minReplicas (and maxReplicas `max`)."""
 
-    kinds = ("scale",)
+    kinds = (ActionKind.SCALE,)
     namespace: str
     deployment: str
     from_: int = Field(alias="from")
@@ -83,7 +85,7 @@ class Scale(ActionParams):
 class CircuitBreaker(ActionParams):
     """A flag in a ConfigMap (`configmap`) or in Redis (`redis_url_secret`)."""
 
-    kinds = ("circuit_breaker",)
+    kinds = (ActionKind.CIRCUIT_BREAKER,)
     namespace: str
     configmap: str | None
     redis_url_secret: str | None
@@ -110,7 +112,7 @@ class SessionState(BaseModel):
 class Sessions(ActionParams):
     """Backends by (pid, backend_start ISO), so a reused pid is never signalled."""
 
-    kinds = ("terminate_sessions", "cancel_queries")
+    kinds = (ActionKind.TERMINATE_SESSIONS, ActionKind.CANCEL_QUERIES)
     sessions: list[tuple[int, str]]
     allow_superuser: bool = False
     waiters: list[int] = []
@@ -118,7 +120,7 @@ class Sessions(ActionParams):
 
 
 class ClearCache(ActionParams):
-    kinds = ("clear_cache",)
+    kinds = (ActionKind.CLEAR_CACHE,)
     mode: Literal["prefix", "flushdb"]
     prefix: str
     # keys under the prefix when planned; wire name "keys" (a field named keys would turn the
@@ -127,7 +129,7 @@ class ClearCache(ActionParams):
 
 
 class RotateSecret(ActionParams):
-    kinds = ("rotate_secrets",)
+    kinds = (ActionKind.ROTATE_SECRETS,)
     namespace: str
     secret: str
     data_keys: list[str] = Field(alias="keys")
@@ -136,7 +138,7 @@ class RotateSecret(ActionParams):
 
 
 class Block(ActionParams):
-    kinds = ("block_ips",)
+    kinds = (ActionKind.BLOCK_IPS,)
     namespace: str
     cidrs: list[str]
     existing: list[str] = []
@@ -155,7 +157,7 @@ class NetworkPolicyBlock(Block):
 
 
 class EnableLogging(ActionParams):
-    kinds = ("enable_logging",)
+    kinds = (ActionKind.ENABLE_LOGGING,)
     namespace: str
     configmap: str
     key: str
@@ -165,27 +167,20 @@ class EnableLogging(ActionParams):
 
 _ROLLBACK = Annotated[RollbackByUndo | RollbackByWorkflow, Field(discriminator="strategy")]
 _BLOCK = Annotated[IngressDenylistBlock | NetworkPolicyBlock, Field(discriminator="strategy")]
-_BY_KIND: dict[str, TypeAdapter[Any]] = {
-    "rollback": TypeAdapter(_ROLLBACK),
-    "block_ips": TypeAdapter(_BLOCK),
+_BY_KIND: dict[ActionKind, TypeAdapter[Any]] = {
+    ActionKind.ROLLBACK: TypeAdapter(_ROLLBACK),
+    ActionKind.BLOCK_IPS: TypeAdapter(_BLOCK),
     **{kind: TypeAdapter(model) for model in (RolloutRestart, Scale, CircuitBreaker, Sessions, ClearCache,
                                                RotateSecret, EnableLogging) for kind in model.kinds},
 }
-KINDS = tuple(sorted(_BY_KIND))
 
 P = TypeVar("P", bound=ActionParams)
 
 
-class UnknownActionKind(ValueError):
-    pass
-
-
 def parse(kind: str, params: ActionParams | dict[str, Any]) -> ActionParams:
     """The parameters of an action of `kind`, validated by that kind's model; a ValueError
-    (pydantic's ValidationError, or UnknownActionKind) names what is wrong."""
-    adapter = _BY_KIND.get(kind)
-    if adapter is None:
-        raise UnknownActionKind(f"no action kind {kind!r} (known: {', '.join(KINDS)})")
+    (pydantic's ValidationError, or UnknownKind) names what is wrong."""
+    adapter = _BY_KIND[ActionKind.parse(kind)]
     if isinstance(params, ActionParams):
         if kind not in params.kinds:
             raise ValueError(f"{type(params).__name__} parameters do not belong to a {kind} action")

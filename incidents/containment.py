@@ -12,8 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from incidents.models import StoreRow
-
-CONTAINMENT_KINDS = ("block_ips", "enable_logging")
+from incidents.vocabulary import ActionKind
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class StandingContainment(StoreRow):
     incident_id: int
     environment: str
     service: str
-    kind: str
+    kind: ActionKind
     target: str
     params: dict[str, Any]
     applied_at: datetime
@@ -37,6 +36,9 @@ class StandingContainment(StoreRow):
     expiry_asked_at: datetime | None = None
     widening_reported_at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ActionKind.parse(self.kind))
+
     @property
     def active(self) -> bool:
         return self.status == "active"
@@ -45,7 +47,7 @@ class StandingContainment(StoreRow):
         return self.active and self.expires_at <= now
 
     def describe(self) -> str:
-        if self.kind == "enable_logging":
+        if self.kind == ActionKind.ENABLE_LOGGING:
             p = self.params
             return f"{p.get('key')}={p.get('level')} on configmap/{p.get('configmap')} (was {p.get('previous')})"
         return f"block of {', '.join(self.params.get('cidrs', []))} via {self.target}"

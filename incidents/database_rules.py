@@ -18,9 +18,10 @@ from incidents.check_facts import (
     SessionsFacts,
 )
 from incidents.config import DatabaseTarget, ServiceConfig
-from incidents.evidence import NONE, STRONG, Weighing, abstain, settle
+from incidents.evidence import Weighing, abstain, settle
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
+from incidents.vocabulary import ActionKind, Confidence
 
 
 def _sessions(items: list[SessionBrief]) -> list[tuple[int, str]]:
@@ -55,7 +56,8 @@ def plan_database_issues(incident_id: int, environment: str, service_name: str, 
     if not actions:
         return _no_remedy(head, w, notes, findings.get(HEALTH))
     summary = "; ".join(a.describe() for a in actions)
-    return settle(head, actions, STRONG, w, f"{len(actions)} remed{'y' if len(actions) == 1 else 'ies'}: {summary}")
+    return settle(head, actions, Confidence.STRONG, w,
+                  f"{len(actions)} remed{'y' if len(actions) == 1 else 'ies'}: {summary}")
 
 
 def _restart(db: DatabaseTarget, service: ServiceConfig, reach: Finding | None, actions: list[PlannedAction],
@@ -67,7 +69,7 @@ def _restart(db: DatabaseTarget, service: ServiceConfig, reach: Finding | None, 
         notes.append("the database does not answer and no deployment is configured to restart")
         return
     ns = service.kubernetes.namespace
-    actions.append(PlannedAction("rollout_restart", f"deployment/{db.deployment} (namespace {ns})",
+    actions.append(PlannedAction(ActionKind.ROLLOUT_RESTART, f"deployment/{db.deployment} (namespace {ns})",
                                  "database not answering", "database pods replaced", "kubectl rollout restart",
                                  RolloutRestart(namespace=ns, deployment=db.deployment)))
 
@@ -81,7 +83,7 @@ def _session_remedies(db: DatabaseTarget, seen: SessionsFacts, actions: list[Pla
                          "(set terminate_superusers to allow it)")
             continue
         actions.append(PlannedAction(
-            "terminate_sessions", f"backend {root.pid} ({root.role})",
+            ActionKind.TERMINATE_SESSIONS, f"backend {root.pid} ({root.role})",
             f"{root.state} for {root.seconds:.0f} s, blocking {len(root.waiters)} sessions "
             f"(pids {', '.join(map(str, root.waiters))})",
             "terminated: its locks are released and the waiters proceed", "pg_terminate_backend",
@@ -92,14 +94,14 @@ def _session_remedies(db: DatabaseTarget, seen: SessionsFacts, actions: list[Pla
              and s.seconds >= db.idle_in_transaction_seconds and (db.terminate_superusers or not s.superuser)]
     if stale:
         actions.append(PlannedAction(
-            "terminate_sessions", f"{len(stale)} idle-in-transaction sessions",
+            ActionKind.TERMINATE_SESSIONS, f"{len(stale)} idle-in-transaction sessions",
             "idle in transaction: " + ", ".join(f"pid {s.pid} ({s.seconds:.0f} s)" for s in stale),
             "terminated: their snapshots and locks are released", "pg_terminate_backend",
             Sessions(sessions=_sessions(stale), allow_superuser=False, waiters=[], expect=_expect(stale))))
     runaway = [q for q in seen.long_queries if (db.terminate_superusers or not q.superuser)]
     if runaway:
         actions.append(PlannedAction(
-            "cancel_queries", f"{len(runaway)} long-running queries",
+            ActionKind.CANCEL_QUERIES, f"{len(runaway)} long-running queries",
             "running: " + ", ".join(f"pid {q.pid} ({q.seconds:.0f} s)" for q in runaway),
             "query cancelled, session kept", "pg_cancel_backend",
             Sessions(sessions=_sessions(runaway), allow_superuser=False, expect=_expect(runaway, "query"))))
@@ -116,7 +118,7 @@ def _connection_remedy(connections: Finding | None, actions: list[PlannedAction]
         notes.append(f"connection pressure ({scope.scope}) with no idle session old enough to end")
         return
     actions.append(PlannedAction(
-        "terminate_sessions", f"{len(idle)} idle sessions ({scope.scope})",
+        ActionKind.TERMINATE_SESSIONS, f"{len(idle)} idle sessions ({scope.scope})",
         f"{scope.scope}: {scope.used}/{scope.limit} connections",
         f"{scope.scope}: about {scope.used - len(idle)}/{scope.limit} connections",
         "pg_terminate_backend", Sessions(sessions=_sessions(idle), allow_superuser=False, waiters=[],
@@ -130,7 +132,7 @@ def _cache_remedy(service_name: str, service: ServiceConfig, cache: Finding | No
         return
     how = "FLUSHDB" if service.cache.clear == "flushdb" else f"SCAN + UNLINK of keys {service.cache.prefix}*"
     actions.append(PlannedAction(
-        "clear_cache", f"redis cache of {service_name}", cache.summary,
+        ActionKind.CLEAR_CACHE, f"redis cache of {service_name}", cache.summary,
         "flushed" if service.cache.clear == "flushdb" else f"keys {service.cache.prefix}* removed", how,
         ClearCache(mode=service.cache.clear, prefix=service.cache.prefix,
                    planned_keys=cache.facts(CacheFacts).key_count)))
@@ -141,8 +143,8 @@ def _no_remedy(head: Plan, w: Weighing, notes: list[str], health: Finding | None
     if health is not None and health.ok is False:
         return abstain(head, w, summary + " The service's database check still fails.")
     if w.support:  # a check fails that no remedy here treats
-        return settle(head, [], NONE, w, summary)
+        return settle(head, [], Confidence.NONE, w, summary)
     w.add(True, "every database check passes")
-    return settle(head, [], STRONG, w, summary)
+    return settle(head, [], Confidence.STRONG, w, summary)
 
 

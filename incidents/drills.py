@@ -9,6 +9,7 @@ from typing import Any
 
 from incidents.followup_models import Drill
 from incidents.templates import markdown_text
+from incidents.vocabulary import ActionKind
 
 MTTD_TARGET_SECONDS = 5 * 60  # playbook Success Metrics: MTTD < 5 minutes
 MTTR_TARGET_SECONDS_P0 = 30 * 60  # MTTR < 30 minutes for P0
@@ -70,8 +71,8 @@ class Step:
 REMEDY, ABSTAIN, NOTHING = "remedy", "abstain", "none"
 # Planned without being needed, these make an outage worse: a healthy release rolled back, a
 # healthy session ended or its query cancelled, data cleared, credentials or traffic cut.
-HARMFUL_WHEN_UNNEEDED = frozenset({"rollback", "terminate_sessions", "cancel_queries", "clear_cache",
-                                   "rotate_secrets", "block_ips"})
+HARMFUL_WHEN_UNNEEDED = frozenset({ActionKind.ROLLBACK, ActionKind.TERMINATE_SESSIONS, ActionKind.CANCEL_QUERIES,
+                                   ActionKind.CLEAR_CACHE, ActionKind.ROTATE_SECRETS, ActionKind.BLOCK_IPS})
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class FaultSpec:
     severity: str
     description: str
     steps: tuple[Step, ...] = ()
-    expected: frozenset[str] = frozenset()  # the remedy kinds that fix it (outcome remedy)
+    expected: frozenset[ActionKind] = frozenset()  # the remedy kinds that fix it (outcome remedy)
     outcome: str = REMEDY                    # remedy | abstain (no remedy here fits) | none (nothing is wrong)
     decoy_release: bool = False              # a healthy recent release that is not the cause
 
@@ -139,7 +140,7 @@ def fault_spec(name: str, scenario: str, description: str, steps: list[Step], ex
           decoy: bool = False) -> FaultSpec:
     alertname, severity = _ALERTS[scenario]
     outcome = expected if isinstance(expected, str) else REMEDY
-    kinds = frozenset(expected) if isinstance(expected, set) else frozenset()
+    kinds = frozenset(ActionKind.parse(k) for k in expected) if isinstance(expected, set) else frozenset()
     return FaultSpec(name, scenario, alertname, severity, description, tuple(steps), kinds, outcome, decoy)
 
 

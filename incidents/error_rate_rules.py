@@ -10,8 +10,6 @@ from incidents.check_facts import PROMETHEUS, Autoscaler
 from incidents.config import ServiceConfig
 from incidents.evidence import (
     CLOCK_SKEW_SECONDS,
-    STRONG,
-    WEAK,
     Handover,
     Release,
     ServiceFacts,
@@ -29,6 +27,7 @@ from incidents.evidence import (
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
 from incidents.service_down_rules import live_release, rollback_action, scale_action
+from incidents.vocabulary import ActionKind, Confidence
 
 
 def plan_high_error_rate(incident_id: int, environment: str, service_name: str, service: ServiceConfig,
@@ -63,7 +62,7 @@ def plan_high_error_rate(incident_id: int, environment: str, service_name: str, 
     if weighed is not None:
         return weighed
     if actions:
-        return settle(head, actions, STRONG, w, _summary(actions, facts, rate))
+        return settle(head, actions, Confidence.STRONG, w, _summary(actions, facts, rate))
     return _no_cause(head, w, service, facts, release, rate)
 
 
@@ -75,11 +74,13 @@ def _before_causes(head: Plan, w: Weighing, service: ServiceConfig, facts: Servi
         return abstain(head, w, "the error rate could not be measured.")
     if not facts.spiking and not _prometheus_spiking(findings):
         w.add(True, f"the error rate is {facts.error_rate or 0:.1%}, below {service.errors.threshold:.1%}")
-        return settle(head, [], STRONG, w, f"Error rate is below {service.errors.threshold:.1%}: nothing to remediate.")
+        return settle(head, [], Confidence.STRONG, w,
+                      f"Error rate is below {service.errors.threshold:.1%}: nothing to remediate.")
     if "database" in facts.failing_checks:
         w.add(True, "/health names the database as failing")
-        return settle(head, [], STRONG, w, "The service's database check fails: the database-issues diagnosis "
-                                           "takes over.", handover=Handover.DATABASE.value)
+        return settle(head, [], Confidence.STRONG, w,
+                      "The service's database check fails: the database-issues diagnosis takes over.",
+                      handover=Handover.DATABASE.value)
     return None
 
 
@@ -181,10 +182,10 @@ def _weak_rollback(head: Plan, w: Weighing, service: ServiceConfig, environment:
                 f"{window / 60:g} min ago: a rollback to it brings back what served then")
     action = rollback_action(service, environment, {"revision": release.revision, "image": release.image},
                              {"revision": target.revision, "image": target.image})
-    return settle(head, [action], WEAK, w,
+    return settle(head, [action], Confidence.WEAK, w,
                   f"{release.describe()} has failed since it went live, but the evidence does not tie the errors to "
                   f"it alone: roll back to revision {target.revision}, the last that served cleanly (as safe as a "
-                  "restart; weigh the evidence against before approving).", weak_safe=frozenset({"rollback"}))
+                  "restart; weigh the evidence against before approving).", weak_safe=frozenset({ActionKind.ROLLBACK}))
 
 
 def _calls_broken_by(release: Release, facts: ServiceFacts, dependencies: list[str], w: Weighing,
@@ -196,7 +197,7 @@ def _calls_broken_by(release: Release, facts: ServiceFacts, dependencies: list[s
         return False
     w.add(True, f"{', '.join(dependencies)} answers directly ({'; '.join(facts.reach_detail(d) for d in dependencies)})"
                 f": only this service's calls to it fail, since {release.describe()}")
-    actions[:] = [a for a in actions if a.kind != "circuit_breaker"]
+    actions[:] = [a for a in actions if a.kind != ActionKind.CIRCUIT_BREAKER]
     w.support[:] = [line for line in w.support if line != _breaker_reason(dependencies)]
     return True
 
@@ -214,10 +215,10 @@ def _dependency_or_release(head: Plan, w: Weighing, facts: ServiceFacts, release
         w.add(True, f"{', '.join(down)} is down for every caller: {'; '.join(facts.reach_detail(d) for d in down)}")
     w.against.append(f"{release.describe()} is a suspect too: the errors began with it; if the breaker does not "
                      "bring them down, a rollback is the next step")
-    if not any(a.kind == "circuit_breaker" for a in actions):
+    if not any(a.kind == ActionKind.CIRCUIT_BREAKER for a in actions):
         return abstain(head, w, f"the evidence conflicts: {named} fails, and {release.describe()} has failed since "
                                 "it went live.")
-    return settle(head, actions, STRONG if down else WEAK, w,
+    return settle(head, actions, Confidence.STRONG if down else Confidence.WEAK, w,
                   f"{named} fails and the errors began with {release.describe()}: open the circuit breaker first, "
                   "which is safe whichever is the cause.")
 
@@ -230,9 +231,10 @@ def _no_cause(head: Plan, w: Weighing, service: ServiceConfig, facts: ServiceFac
         guess = _step_up(service, facts.desired_replicas, facts.autoscaler)
         if guess:
             w.add(True, "no failing dependency and no recent release; the capacity per replica is not configured")
-            return settle(head, [guess], WEAK, w, f"No cause found; the service may be short of capacity: add "
-                                                  f"{service.errors.scale_step} replicas (safe to try, undone by "
-                                                  f"scaling back).")
+            return settle(head, [guess], Confidence.WEAK, w,
+                          f"No cause found; the service may be short of capacity: add "
+                          f"{service.errors.scale_step} replicas (safe to try, undone by "
+                          f"scaling back).")
     return abstain(head, w, f"the error rate is {rate:.0%} and no cause was found: "
                             + ("; ".join(w.against) if w.against else "no failing dependency, no overload, "
                                                                       "no recent release") + ".")
@@ -258,7 +260,7 @@ def _breaker(service: ServiceConfig, facts: ServiceFacts, dependencies: list[str
     params = CircuitBreaker(namespace=service.kubernetes.namespace, configmap=breaker.configmap,
                             redis_url_secret=breaker.redis_url_secret, key=breaker.key, value=breaker.on_value,
                             previous=facts.breaker)
-    return PlannedAction("circuit_breaker", f"{where} key {breaker.key}", f"{breaker.key}={facts.breaker}",
+    return PlannedAction(ActionKind.CIRCUIT_BREAKER, f"{where} key {breaker.key}", f"{breaker.key}={facts.breaker}",
                          f"{breaker.key}={breaker.on_value}", "flag switch (previous value recorded)", params)
 
 
@@ -306,7 +308,7 @@ def _step_up(service: ServiceConfig, current: int, autoscaler: Autoscaler | None
 
 
 def _summary(actions: list[PlannedAction], facts: ServiceFacts, rate: float) -> str:
-    parts = {"rollback": lambda a: f"the errors began with {a.before}: roll back to {a.after}",
-             "circuit_breaker": lambda a: f"a dependency fails: open the circuit breaker ({a.after})",
-             "scale": lambda a: f"the load exceeds capacity: scale {a.before} -> {a.after}"}
+    parts = {ActionKind.ROLLBACK: lambda a: f"the errors began with {a.before}: roll back to {a.after}",
+             ActionKind.CIRCUIT_BREAKER: lambda a: f"a dependency fails: open the circuit breaker ({a.after})",
+             ActionKind.SCALE: lambda a: f"the load exceeds capacity: scale {a.before} -> {a.after}"}
     return f"Error rate {rate:.0%}: " + "; ".join(parts[a.kind](a) for a in actions) + "."

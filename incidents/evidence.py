@@ -42,20 +42,13 @@ from incidents.check_facts import (
     UsageFacts,
     VolumeFacts,
 )
+from incidents.vocabulary import SAFE_WHEN_UNSURE, ActionKind, Confidence
 
 if TYPE_CHECKING:
     from incidents.findings import Finding
     from incidents.plans import Plan, PlannedAction
 
 F = TypeVar("F", bound=Facts)
-
-STRONG, WEAK, NONE = "strong", "weak", "none"
-
-# Actions a plan may offer on weak evidence: trying them cannot make the outage worse and
-# they are undone in one step (scale back down, switch the breaker back, the pods of an
-# unchanged version come back). A rollback, a terminated session, a cleared cache, a rotated
-# secret or a block is never offered on a hunch.
-SAFE_WHEN_UNSURE = frozenset({"scale", "circuit_breaker", "rollout_restart"})
 
 
 # An earlier revision whose lifetime error rate is at least this share of the newest's current
@@ -340,28 +333,29 @@ def age(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(abs(seconds)) % 60:02d}s"
 
 
-def settle(head: Plan, actions: list[PlannedAction], confidence: str, weighing: Weighing, summary: str,
-           handover: str | None = None, weak_safe: frozenset[str] = frozenset()) -> Plan:
+def settle(head: Plan, actions: list[PlannedAction], confidence: Confidence, weighing: Weighing, summary: str,
+           handover: str | None = None, weak_safe: frozenset[ActionKind] = frozenset()) -> Plan:
     """The plan a rule may offer: its actions with their confidence and evidence; a weak choice
-    that holds an action outside SAFE_WHEN_UNSURE (and `weak_safe`, what the rule showed safe
+    that holds an action not safe when unsure (incidents/vocabulary.py; and `weak_safe`, what the rule showed safe
     here) becomes an abstention that says why."""
     from dataclasses import replace
 
     unsafe = sorted({a.kind for a in actions if a.kind not in SAFE_WHEN_UNSURE | weak_safe})
-    if confidence == WEAK and unsafe:
-        return replace(head, actions=(), confidence=NONE, support=tuple(weighing.support),
+    if confidence == Confidence.WEAK and unsafe:
+        return replace(head, actions=(), confidence=Confidence.NONE, support=tuple(weighing.support),
                        against=tuple(weighing.against),
                        summary=f"Abstaining: {summary} But the evidence is weak, and {', '.join(unsafe)} is not "
                                f"safe to try on weak evidence: a person must decide.")
-    if not actions and confidence != STRONG:
-        confidence = NONE
+    if not actions and confidence != Confidence.STRONG:
+        confidence = Confidence.NONE
     return replace(head, actions=tuple(actions), confidence=confidence, support=tuple(weighing.support),
                    against=tuple(weighing.against), summary=summary, handover=handover)
 
 
 def abstain(head: Plan, weighing: Weighing, reason: str) -> Plan:
     """No plan: the evidence conflicts or names no cause a remedy here fixes."""
-    return settle(head, [], NONE, weighing, f"Abstaining: {reason} No change is planned; a person must look.")
+    return settle(head, [], Confidence.NONE, weighing,
+                  f"Abstaining: {reason} No change is planned; a person must look.")
 
 
 def release_tie(facts: ServiceFacts, release: Release, previous: Release | None, window_seconds: float,

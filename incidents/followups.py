@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 from incidents.followup_models import ActionItemRecord, OverduePostmortem, Postmortem, Proposal
 from incidents.store import DrillStore, IncidentStore, required_row
 from incidents.success_metrics import MetricRow
+from incidents.vocabulary import DetectedBy
 
 
 class FollowUpStore(IncidentStore):
@@ -139,7 +140,7 @@ class FollowUpStore(IncidentStore):
         with self._connect() as conn:
             rows = conn.execute(
                 """SELECT i.id, i.severity, i.detected_by,
-                          i.alert IS NOT NULL AND i.detected_by <> 'slack' AS from_alert,
+                          i.alert IS NOT NULL AND i.detected_by <> %s AS from_alert,
                           COALESCE(i.alert -> 'labels' ? 'drill_id', false) AS drill,
                           COALESCE(i.started_at, i.opened_at) AS started_at, i.opened_at, i.acknowledged_at,
                           i.recovered_at, i.resolved_at, p.completed_at AS postmortem_at,
@@ -147,8 +148,8 @@ class FollowUpStore(IncidentStore):
                    FROM incidents i LEFT JOIN postmortems p ON p.incident_id = i.id
                    LEFT JOIN incident_duties d ON d.incident_id = i.id AND d.duty = 'summary_24h' AND d.slot = ''
                    WHERE i.environment = %s AND (%s::timestamptz IS NULL OR COALESCE(i.started_at, i.opened_at) >= %s)
-                     AND i.detected_by <> 'dry run'
-                   ORDER BY i.id""", (environment, since, since)).fetchall()
+                     AND i.detected_by <> %s
+                   ORDER BY i.id""", (DetectedBy.SLACK, environment, since, since, DetectedBy.DRY_RUN)).fetchall()
         return [MetricRow(**row) for row in rows]
 
 

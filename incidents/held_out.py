@@ -44,6 +44,7 @@ import random
 from dataclasses import dataclass
 
 from incidents.drills import CATALOG, FaultSpec, Step, fault_spec
+from incidents.vocabulary import ActionKind
 
 _ER, _SD, _DB = "high-error-rate", "service-down", "database-issues"
 
@@ -56,11 +57,11 @@ class _Atom:
 
 
 _FAULTS = {
-    _ER: (_Atom("erroring-release", "rollback", True), _Atom("overload", "scale"),
-          _Atom("dependency", "circuit_breaker"), _Atom("node-not-ready", "scale")),
-    _SD: (_Atom("crash-release", "rollback", True), _Atom("scaled-to-zero", "scale")),
-    _DB: (_Atom("lock", "terminate_sessions"), _Atom("connections", "terminate_sessions"),
-          _Atom("cache-full", "clear_cache")),
+    _ER: (_Atom("erroring-release", ActionKind.ROLLBACK, True), _Atom("overload", ActionKind.SCALE),
+          _Atom("dependency", ActionKind.CIRCUIT_BREAKER), _Atom("node-not-ready", ActionKind.SCALE)),
+    _SD: (_Atom("crash-release", ActionKind.ROLLBACK, True), _Atom("scaled-to-zero", ActionKind.SCALE)),
+    _DB: (_Atom("lock", ActionKind.TERMINATE_SESSIONS), _Atom("connections", ActionKind.TERMINATE_SESSIONS),
+          _Atom("cache-full", ActionKind.CLEAR_CACHE)),
 }
 _PAIRS = {  # the faults combined (rule 4 leaves crash-release with scaled-to-zero out)
     _ER: [("erroring-release",), ("overload",), ("dependency",), ("erroring-release", "overload"),
@@ -76,7 +77,7 @@ def expected_remedies(scenario: str, faults: tuple[str, ...]) -> frozenset[str]:
     atoms = {a.name: a for a in _FAULTS[scenario]}
     kinds = {atoms[f].remedy for f in faults}
     if scenario == _ER and {"erroring-release", "dependency"} <= set(faults):
-        kinds.discard("rollback")
+        kinds.discard(ActionKind.ROLLBACK)
     return frozenset(kinds)
 
 

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
+from incidents.vocabulary import DetectedBy
+
 
 class Severity(str, Enum):
     P0 = "P0"
@@ -58,7 +60,7 @@ class Incident:
     status: Status
     title: str
     opened_at: datetime
-    detected_by: str = "runbook"
+    detected_by: DetectedBy | str = DetectedBy.RUNBOOK  # text only for a value an older release wrote
     github_repo: str | None = None
     github_issue: int | None = None
     issue_url: str | None = None

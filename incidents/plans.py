@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from incidents import action_params
 from incidents.action_params import ActionParams
 from incidents.templates import markdown_text
+from incidents.vocabulary import ActionKind, Confidence
 
 _KEY = (os.environ.get("RUNBOOKS_GRANT_KEY") or secrets.token_hex(32)).encode()
 
@@ -38,9 +39,7 @@ def _digest(data: Any) -> str:
 
 @dataclass(frozen=True)
 class PlannedAction:
-    # one of tasks/remedies.py's REMEDIES: rollback, rollout_restart, scale, circuit_breaker, terminate_sessions,
-    # cancel_queries, clear_cache, rotate_secrets, block_ips, enable_logging
-    kind: str
+    kind: ActionKind  # text (a stored plan) is read into the member; an unknown kind is refused
     target: str  # e.g. "deployment/api (namespace sandbox)"
     before: str
     after: str
@@ -49,6 +48,7 @@ class PlannedAction:
     params: ActionParams | dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ActionKind.parse(self.kind))
         object.__setattr__(self, "params", action_params.parse(self.kind, self.params))
 
     def params_as(self, model: type[P]) -> P:
@@ -79,15 +79,18 @@ class Plan:
     actions: tuple[PlannedAction, ...]
     evidence: tuple[str, ...] = ()
     summary: str = ""
-    confidence: str = "strong"          # strong | weak | none (an abstention: no action)
+    confidence: Confidence = Confidence.STRONG  # NONE: an abstention, no action
     support: tuple[str, ...] = ()       # the evidence for this choice
     against: tuple[str, ...] = ()       # the evidence against it, or for another cause
     handover: str | None = None         # the scenario that owns the cause found
     scenario: str = ""                  # the scenario whose rule made it (after any handover)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "confidence", Confidence.parse(self.confidence))
+
     @property
     def abstained(self) -> bool:
-        return not self.actions and self.confidence == "none"
+        return not self.actions and self.confidence is Confidence.NONE
 
     def judgement_lines(self) -> list[str]:
         """Confidence, and the evidence for and against, as plain lines (Slack, CLI)."""
@@ -116,7 +119,7 @@ class Plan:
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
         return cls(incident_id=data["incident_id"], service=data["service"], environment=data["environment"],
                    actions=tuple(PlannedAction(**a) for a in data["actions"]), evidence=tuple(data.get("evidence", ())),
-                   summary=data.get("summary", ""), confidence=data.get("confidence", "strong"),
+                   summary=data.get("summary", ""), confidence=data.get("confidence", Confidence.STRONG),
                    support=tuple(data.get("support", ())), against=tuple(data.get("against", ())),
                    handover=data.get("handover"), scenario=data.get("scenario", ""))
 

@@ -9,10 +9,11 @@ from incidents.action_params import EnableLogging, IngressDenylistBlock, Network
 from incidents.alerts import AlertParameter
 from incidents.check_facts import EVIDENCE, Containment, EvidenceFacts
 from incidents.config import ServiceConfig
-from incidents.evidence import STRONG, Weighing, abstain, settle
+from incidents.evidence import Weighing, abstain, settle
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
 from incidents.templates import markdown_text
+from incidents.vocabulary import ActionKind, Confidence
 
 DENYLIST_ANNOTATION = "nginx.ingress.kubernetes.io/denylist-source-range"
 _MIN_PREFIX = {4: 16, 6: 48}  # broader than this would block a large part of the internet, us included
@@ -110,7 +111,7 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
         seen = meta.get(target.name)
         version = (seen.resource_version if seen else None) or "?"
         actions.append(PlannedAction(
-            "rotate_secrets", f"secret/{target.name} (namespace {ns})",
+            ActionKind.ROTATE_SECRETS, f"secret/{target.name} (namespace {ns})",
             f"keys {', '.join(target.data_keys)} at resourceVersion {version}",
             f"new random values; then rollout restart of {', '.join(sec.consumers) or 'no consumer'} "
             f"(the old values stay valid at their issuer until revoked there)",
@@ -124,14 +125,14 @@ def plan_security_incident(incident_id: int, environment: str, service_name: str
     if sec.logging:
         current = snapshot.log_level or "unknown"
         actions.append(PlannedAction(
-            "enable_logging", f"configmap/{sec.logging.configmap} key {sec.logging.key} (namespace {ns})",
+            ActionKind.ENABLE_LOGGING, f"configmap/{sec.logging.configmap} key {sec.logging.key} (namespace {ns})",
             f"{sec.logging.key}={current}", f"{sec.logging.key}={sec.logging.level}", "ConfigMap patch",
             EnableLogging(namespace=ns, configmap=sec.logging.configmap, key=sec.logging.key,
                           level=sec.logging.level, previous=current)))
     head = Plan(incident_id, service_name, environment, (), evidence)
     if not actions:
         return abstain(head, w, "no containment is configured for this service.")
-    return settle(head, actions, STRONG, w,
+    return settle(head, actions, Confidence.STRONG, w,
                   "Contain: " + "; ".join(a.kind.replace("_", " ") + " " + a.target for a in actions))
 
 
@@ -143,7 +144,7 @@ def block_action(service: ServiceConfig, cidrs: list[str], state: Containment, w
     if sec.block_strategy == "ingress_denylist":
         now = sorted(state.denylist or [])
         return PlannedAction(
-            "block_ips", f"ingress/{sec.ingress} (namespace {k.namespace})",
+            ActionKind.BLOCK_IPS, f"ingress/{sec.ingress} (namespace {k.namespace})",
             f"deny list: {', '.join(now) or 'empty'}", f"deny list: {', '.join(sorted(set(now) | set(cidrs)))}",
             f"ingress-nginx annotation {DENYLIST_ANNOTATION} (the controller sees the real client address)",
             IngressDenylistBlock(strategy="ingress_denylist", namespace=k.namespace, ingress=sec.ingress, cidrs=cidrs,
@@ -158,7 +159,7 @@ def block_action(service: ServiceConfig, cidrs: list[str], state: Containment, w
         return None
     now = sorted(state.policy_blocks)
     return PlannedAction(
-        "block_ips", f"networkpolicy/{sec.block_policy} (namespace {k.namespace})",
+        ActionKind.BLOCK_IPS, f"networkpolicy/{sec.block_policy} (namespace {k.namespace})",
         f"no other policy selects the pods; blocked: {', '.join(now) or 'nothing'}",
         f"ingress to {k.deployment} from {admitted_ranges(set(now) | set(cidrs))}, and from every pod and "
         f"namespace of the cluster", "NetworkPolicy ipBlock except (sole policy on the pods)",

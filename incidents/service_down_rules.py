@@ -11,8 +11,6 @@ from incidents.action_params import Rollback, RollbackByUndo, RollbackByWorkflow
 from incidents.check_facts import Autoscaler
 from incidents.config import ServiceConfig
 from incidents.evidence import (
-    STRONG,
-    WEAK,
     Handover,
     Release,
     ServiceFacts,
@@ -28,6 +26,7 @@ from incidents.evidence import (
 )
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
+from incidents.vocabulary import ActionKind, Confidence
 
 
 def rollback_action(
@@ -47,7 +46,7 @@ def rollback_action(
     else:
         via = "kubectl rollout undo"
         params = RollbackByUndo(**base, strategy="kubernetes_undo")
-    return PlannedAction("rollback", f"deployment/{k.deployment} (namespace {k.namespace})",
+    return PlannedAction(ActionKind.ROLLBACK, f"deployment/{k.deployment} (namespace {k.namespace})",
                          f"revision {recent['revision']} ({recent['image']})",
                          f"revision {previous['revision']} ({previous['image']})", via, params)
 
@@ -60,14 +59,14 @@ def scale_action(
     k = service.kubernetes
     if autoscaler:
         top = max(autoscaler.max, target)
-        return PlannedAction("scale", f"horizontalpodautoscaler/{autoscaler.name} (namespace {k.namespace})",
+        return PlannedAction(ActionKind.SCALE, f"horizontalpodautoscaler/{autoscaler.name} (namespace {k.namespace})",
                              f"minReplicas {autoscaler.min}, maxReplicas {autoscaler.max} ({current} running)",
                              f"minReplicas {target}, maxReplicas {top}",
                              "HPA bounds patch (the HPA owns deployment/" + k.deployment + "'s replicas)",
                              Scale(namespace=k.namespace, deployment=k.deployment, hpa=autoscaler.name,
                                    from_=autoscaler.min, to=target, max=top))
-    return PlannedAction("scale", f"deployment/{k.deployment} (namespace {k.namespace})", f"replicas {current}",
-                         f"replicas {target}", "kubectl scale",
+    return PlannedAction(ActionKind.SCALE, f"deployment/{k.deployment} (namespace {k.namespace})",
+                         f"replicas {current}", f"replicas {target}", "kubectl scale",
                          Scale(namespace=k.namespace, deployment=k.deployment, from_=current, to=target))
 
 
@@ -102,21 +101,21 @@ def plan_service_down(incident_id: int, environment: str, service_name: str, ser
                                 f"{facts.slo_ms:g} ms objective, and no remedy of this scenario fits that.")
     if facts.endpoints_ok:
         w.add(True, "every health endpoint answers")
-        return settle(head, [], STRONG, w, "All health endpoints answer: nothing to remediate.")
+        return settle(head, [], Confidence.STRONG, w, "All health endpoints answer: nothing to remediate.")
     release = live_release(facts)
     if facts.desired_replicas == 0:
         target = max(service.scaling.min_replicas, 1)
         w.add(True, f"deployment/{service.kubernetes.deployment} is scaled to 0 replicas: no pod serves")
         if release:
             w.against.append(f"{release.describe()} is not the cause: no pod of any revision runs")
-        return settle(head, [scale_action(service, 0, target, facts.autoscaler)], STRONG, w,
+        return settle(head, [scale_action(service, 0, target, facts.autoscaler)], Confidence.STRONG, w,
                       f"The deployment has 0 replicas: scale it back to {target} (the configured minimum).")
     if facts.ready_pods and "database" in facts.failing_checks:
         w.add(True, f"/health names the database as failing while {facts.ready_pods} pods are ready")
         if release:
             w.against.append(f"{release.describe()} is not the cause: its pods are ready and serve")
-        return settle(head, [], STRONG, w, "The service's pods are ready but its database check fails: the "
-                                           "database-issues diagnosis takes over.", handover=Handover.DATABASE.value)
+        return settle(head, [], Confidence.STRONG, w, "The service's pods are ready but its database check fails: the "
+                      "database-issues diagnosis takes over.", handover=Handover.DATABASE.value)
     failing = [p for p in facts.pods if not p.ready]
     if facts.pods_known and not failing:
         named = ", ".join(facts.failing_checks)
@@ -159,13 +158,14 @@ def _lost_to_nodes(head: Plan, service: ServiceConfig, facts: ServiceFacts, fail
         return abstain(head, w, "the pods are lost with their nodes and no node of the cluster takes new pods: "
                                 "no remedy here helps until a node is Ready (the platform's on-call).")
     k = service.kubernetes
-    action = PlannedAction("rollout_restart", f"deployment/{k.deployment} (namespace {k.namespace})",
+    action = PlannedAction(ActionKind.ROLLOUT_RESTART, f"deployment/{k.deployment} (namespace {k.namespace})",
                            f"{len(lost)} of {len(facts.pods)} pods on NotReady nodes",
                            "every pod replaced on a Ready node", "kubectl rollout restart",
                            RolloutRestart(namespace=k.namespace, deployment=k.deployment,
                                           revision=facts.current.revision if facts.current else None))
-    return settle(head, [action], STRONG, w, "The pods are lost with their node, and other nodes take new pods: "
-                                             "restart the deployment so its pods are replaced there now.")
+    return settle(head, [action], Confidence.STRONG, w,
+                  "The pods are lost with their node, and other nodes take new pods: "
+                  "restart the deployment so its pods are replaced there now.")
 
 
 def _oom_killed(facts: ServiceFacts, failing: list[Any], w: Weighing) -> str | None:
@@ -186,14 +186,15 @@ def _restart_plan(head: Plan, service: ServiceConfig, facts: ServiceFacts, faili
     w.against.append("nothing shows that a restart fixes what made them fail")
     restarts = sum(p.restarts for p in facts.pods)
     k = service.kubernetes
-    action = PlannedAction("rollout_restart", f"deployment/{k.deployment} (namespace {k.namespace})",
+    action = PlannedAction(ActionKind.ROLLOUT_RESTART, f"deployment/{k.deployment} (namespace {k.namespace})",
                            f"{len(facts.pods)} pods ({restarts} restarts)", "every pod replaced",
                            "kubectl rollout restart",
                            RolloutRestart(namespace=k.namespace, deployment=k.deployment,
                                           revision=facts.current.revision if facts.current else None))
     why = "No deployment in the recent window lines up with the failure" if not facts.recent else \
         "The recent deployment is not the one running"
-    return settle(head, [action], WEAK, w, f"{why}: restart the pods (a restart changes no version or config).")
+    return settle(head, [action], Confidence.WEAK, w,
+                  f"{why}: restart the pods (a restart changes no version or config).")
 
 
 def _rollback_or_abstain(head: Plan, service: ServiceConfig, environment: str, facts: ServiceFacts, release: Release,
@@ -227,6 +228,6 @@ def _rollback_or_abstain(head: Plan, service: ServiceConfig, environment: str, f
     action = rollback_action(service, environment, {"revision": release.revision, "image": release.image},
                              {"revision": target.revision, "image": target.image})
     went_live = age((facts.now - release.went_live).total_seconds()) if release.went_live else "recently"
-    return settle(head, [action], STRONG, w,
+    return settle(head, [action], Confidence.STRONG, w,
                   f"Revision {release.revision} went live {went_live} ago and its pods fail: roll back to "
                   f"revision {target.revision}, the last that served cleanly.")

@@ -33,6 +33,7 @@ from incidents.store_containment import ContainmentRecords
 from incidents.store_correlation import CorrelationRecords
 from incidents.store_duties import DutyRecords
 from incidents.store_roles import RoleRecords
+from incidents.vocabulary import DetectedBy
 
 __all__ = ["DEFAULT_DATABASE_URL", "REPLICA_SKEW_SECONDS", "SCHEMA", "DrillStore", "IncidentStore", "NotFound", "Row",
            "StoreError", "StoreUnreachable", "connect_timeout", "database_url", "required_row"]
@@ -45,7 +46,7 @@ class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, Rol
 
     # -- incidents ------------------------------------------------------------------------------
     def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,
-                      title: str, detected_by: str, flow_run_id: str | None, alert: dict[str, Any] | None,
+                      title: str, detected_by: DetectedBy, flow_run_id: str | None, alert: dict[str, Any] | None,
                       started_at: datetime | None = None) -> Incident:
         """Open an incident, or return the one already open under `dedup_key`. `started_at` is
         when the problem began (an alert's startsAt); it defaults to now, the opening."""

@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from incidents.models import Incident, Severity, Status
+from incidents.vocabulary import DetectedBy
 
 Row = dict[str, Any]  # rows come back as dicts (psycopg's dict_row)
 
@@ -399,7 +400,7 @@ def incident_from_row(row: dict[str, Any]) -> Incident:
         status=Status(row["status"]),
         title=row["title"],
         opened_at=row["opened_at"],
-        detected_by=row["detected_by"],
+        detected_by=DetectedBy.read(row["detected_by"]),
         github_repo=row["github_repo"],
         github_issue=row["github_issue"],
         issue_url=row["issue_url"],

@@ -11,10 +11,11 @@ from psycopg.types.json import Jsonb
 
 from incidents.containment import StandingContainment
 from incidents.store_base import StoreBase, required_row
+from incidents.vocabulary import ActionKind
 
 
 class ContainmentRecords(StoreBase):
-    def record_containment(self, incident_id: int, environment: str, service: str, kind: str, target: str,
+    def record_containment(self, incident_id: int, environment: str, service: str, kind: ActionKind, target: str,
                            params: dict[str, Any], expires_at: datetime) -> StandingContainment:
         with self._connect() as conn:
             row = conn.execute("""INSERT INTO containments (incident_id, environment, service, kind, target, params,

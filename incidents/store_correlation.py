@@ -9,6 +9,7 @@ from typing import Callable
 
 from incidents.models import Approval, Incident, IncidentAlert, Lease, Severity, Status
 from incidents.store_base import REPLICA_SKEW_SECONDS, StoreBase, incident_from_row, required_row
+from incidents.vocabulary import DetectedBy
 
 # the title's "[P1] " prefix follows the severity (templates.issue_title_text writes it)
 _RETITLED = "title = regexp_replace(i.title, '^\\[P[0-3]\\]', '[' || %s || ']')"
@@ -152,9 +153,10 @@ class CorrelationRecords(StoreBase):
                 """INSERT INTO incidents (dedup_key, scenario, service, environment, severity, status, title,
                                           detected_by, flow_run_id, started_at, resolved_at, recovered_at,
                                           resolution, postmortem_needed)
-                   VALUES ('dry-run:' || gen_random_uuid(), %s, %s, %s, %s, %s, %s, 'dry run', %s, now(), now(),
+                   VALUES ('dry-run:' || gen_random_uuid(), %s, %s, %s, %s, %s, %s, %s, %s, now(), now(),
                            now(), 'dry run: nothing was changed', false) RETURNING *""",
-                (scenario, service, environment, severity.value, Status.RESOLVED.value, title, flow_run_id)).fetchone()
+                (scenario, service, environment, severity.value, Status.RESOLVED.value, title, DetectedBy.DRY_RUN,
+                 flow_run_id)).fetchone()
         return incident_from_row(required_row(row))
 
     # -- runbook leases: one runbook acts on a target at a time ------------------------------------

@@ -28,6 +28,8 @@ from datetime import datetime, timedelta
 from statistics import mean
 from typing import Any
 
+from incidents.vocabulary import DetectedBy
+
 SEVERITIES = ("P0", "P1", "P2", "P3")
 MTTD_TARGET = timedelta(minutes=5)
 MTTR_TARGET_P0 = timedelta(minutes=30)
@@ -41,7 +43,7 @@ class MetricRow:
 
     id: int
     severity: str
-    detected_by: str
+    detected_by: DetectedBy | str
     from_alert: bool
     drill: bool
     started_at: datetime  # when the problem began: the alert's startsAt, else the opening

@@ -12,10 +12,11 @@ from typing import Any
 from incidents import templates
 from incidents.action_params import Block, EnableLogging, IngressDenylistBlock, NetworkPolicyBlock
 from incidents.action_params import parse as parse_action_params
-from incidents.containment import CONTAINMENT_KINDS, StandingContainment, expiry
+from incidents.containment import StandingContainment, expiry
 from incidents.models import EventKind
 from incidents.plans import Plan, PlannedAction
 from incidents.store import IncidentStore, StoreError
+from incidents.vocabulary import CONTAINMENT_KINDS, ActionKind
 from integrations.errors import IntegrationError
 from integrations.kubernetes import KubernetesClient
 from integrations.kubernetes_security import (
@@ -42,7 +43,7 @@ def record_containment(ctx: RunContext, plan: Plan, action: PlannedAction) -> St
     if action.kind not in CONTAINMENT_KINDS:
         return None
     sec = ctx.service.security
-    hours = sec.block_hours if action.kind == "block_ips" else sec.logging_hours
+    hours = sec.block_hours if action.kind == ActionKind.BLOCK_IPS else sec.logging_hours
     standing = ctx.store().record_containment(plan.incident_id, plan.environment, plan.service, action.kind,
                                               action.target, dict(action.params),
                                               expiry(datetime.now(timezone.utc), hours))
@@ -162,7 +163,7 @@ def _record_moved(ctx: RunContext, standing: StandingContainment, params: Networ
     moved = IngressDenylistBlock(strategy="ingress_denylist", namespace=params.namespace, ingress=ingress,
                                  cidrs=params.cidrs)
     again = ctx.store().record_containment(
-        standing.incident_id, standing.environment, standing.service, "block_ips",
+        standing.incident_id, standing.environment, standing.service, ActionKind.BLOCK_IPS,
         f"ingress/{ingress} (namespace {params.namespace})", moved.model_dump(),
         expiry(datetime.now(timezone.utc), ctx.service.security.block_hours))
     record(ctx, standing.incident_id, by, EventKind.CONTAINMENT_RECORDED,

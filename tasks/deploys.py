@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from incidents.action_params import Rollback, RollbackByUndo, RollbackByWorkflow, RolloutRestart
 from incidents.plans import Grant, PlannedAction, require_grant
+from incidents.vocabulary import ActionKind
 from integrations.kubernetes import revision_of
 from integrations.probes import probe_all
 from tasks.context import RunContext
@@ -42,7 +43,7 @@ def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
     `interrupted_at`: an earlier attempt of this very action began then and never finished;
     a workflow it dispatched is followed instead of dispatching a second one."""
     require_grant(grant, action)
-    _check_kind(action, "rollback")
+    _check_kind(action, ActionKind.ROLLBACK)
     p = action.params_as(Rollback)
     with ctx.kubernetes() as kube:
         current = kube.get_deployment(p.namespace, p.deployment)
@@ -97,7 +98,7 @@ def restart_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
     """kubectl rollout restart of the planned deployment (once: an interrupted attempt that
     already restarted it is recognised by the restartedAt annotation)."""
     require_grant(grant, action)
-    _check_kind(action, "rollout_restart")
+    _check_kind(action, ActionKind.ROLLOUT_RESTART)
     p = action.params_as(RolloutRestart)
     with ctx.kubernetes() as kube:
         if interrupted_at:

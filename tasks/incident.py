@@ -14,6 +14,7 @@ from incidents.escalation import level_contacts
 from incidents.models import EventKind, Incident, Severity, Status
 from incidents.redaction import redact, redact_alert
 from incidents.store import StoreError
+from incidents.vocabulary import DetectedBy
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.correlation import detected, join
@@ -41,7 +42,7 @@ def escalation_contacts(ctx: RunContext, severity: Severity, level: int = 0) -> 
 @step("open-incident")
 def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: str,
                   alert: AlertParameter | None = None,
-                  detected_by: str = "runbook", explicit_severity: Severity | None = None) -> Incident:
+                  detected_by: DetectedBy = DetectedBy.RUNBOOK, explicit_severity: Severity | None = None) -> Incident:
     """Open the incident for this outage, or join the one already open for it (`joined` is then
     True). The run that works the incident announces it, once: the GitHub issue from the
     playbook template and the Initial Alert."""

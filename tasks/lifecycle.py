@@ -20,6 +20,7 @@ from incidents.models import Approval, EventKind, Incident, Lease, Outcome, Seve
 from incidents.plans import Plan
 from incidents.run_result import DecisionSummary, Judgement, RunResult, VerificationSummary
 from incidents.store import StoreError
+from incidents.vocabulary import DetectedBy
 from integrations.errors import IntegrationError
 from tasks import permissions, telemetry
 from tasks.approval import Decision, request_approval
@@ -125,7 +126,7 @@ def _run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: 
 
     explicit = Severity(severity) if severity else None
     severity = explicit or scenario.default_severity
-    detected_by = "alert" if alert else "manual run"
+    detected_by = DetectedBy.ALERT if alert else DetectedBy.MANUAL_RUN
     # a person's declaration (/incident declare) is summed up in their words
     declared = alert.annotations.get("summary") if alert and alert.source == "slack" else None
     # Opening the incident (record, issue, Initial Alert) and the read-only checks run at the

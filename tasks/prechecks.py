@@ -20,6 +20,7 @@ from incidents.action_params import (
     Sessions,
 )
 from incidents.plans import PlannedAction
+from incidents.vocabulary import ActionKind
 from integrations.kubernetes import revision_of
 from integrations.kubernetes_security import get_config_value, ingress_denylist, policies_selecting, secret_metadata
 from tasks import permissions
@@ -171,12 +172,12 @@ def _block(ctx: RunContext, action: PlannedAction) -> str | None:
     return None
 
 
-CHECKS: dict[str, Callable[[RunContext, PlannedAction], str | None]] = {
-    "block_ips": _block,
-    "rollback": _rollback, "rollout_restart": _restart, "scale": _scale,
-    "circuit_breaker": _breaker, "enable_logging": _log_level,
-    "terminate_sessions": _sessions, "cancel_queries": _sessions, "clear_cache": _cache,
-    "rotate_secrets": _secret,
+CHECKS: dict[ActionKind, Callable[[RunContext, PlannedAction], str | None]] = {
+    ActionKind.BLOCK_IPS: _block,
+    ActionKind.ROLLBACK: _rollback, ActionKind.ROLLOUT_RESTART: _restart, ActionKind.SCALE: _scale,
+    ActionKind.CIRCUIT_BREAKER: _breaker, ActionKind.ENABLE_LOGGING: _log_level,
+    ActionKind.TERMINATE_SESSIONS: _sessions, ActionKind.CANCEL_QUERIES: _sessions, ActionKind.CLEAR_CACHE: _cache,
+    ActionKind.ROTATE_SECRETS: _secret,
 }
 
 
@@ -186,7 +187,6 @@ def recheck(ctx: RunContext, action: PlannedAction) -> None:
     refused = permissions.missing(ctx, [action])
     if refused:
         raise TargetChanged(f"{permissions.lacking(refused)}; {action.kind} not run")
-    check = CHECKS.get(action.kind)
-    problem = check(ctx, action) if check else None
+    problem = CHECKS[action.kind](ctx, action)
     if problem:
         raise TargetChanged(f"target changed since approval: {problem}; {action.kind} not run")

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import inspect
 
+from prefect import Task
+
 from incidents.models import ActionRecord
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.store import StoreError
+from incidents.vocabulary import ActionKind
 from integrations.errors import IntegrationError
 from tasks import telemetry
 from tasks.cancellation import raise_if_cancelling
@@ -20,17 +23,17 @@ from tasks.prechecks import TargetChanged, recheck
 from tasks.security import block_ips, enable_logging, rotate_secrets
 from tasks.steps import run_logger
 
-REMEDIES = {
-    "rollback": rollback_deployment,
-    "rollout_restart": restart_deployment,
-    "terminate_sessions": terminate_sessions,
-    "cancel_queries": cancel_queries,
-    "clear_cache": clear_cache,
-    "scale": scale_deployment,
-    "circuit_breaker": set_circuit_breaker,
-    "rotate_secrets": rotate_secrets,
-    "block_ips": block_ips,
-    "enable_logging": enable_logging,
+REMEDIES: dict[ActionKind, Task[..., ActionResult]] = {
+    ActionKind.ROLLBACK: rollback_deployment,
+    ActionKind.ROLLOUT_RESTART: restart_deployment,
+    ActionKind.TERMINATE_SESSIONS: terminate_sessions,
+    ActionKind.CANCEL_QUERIES: cancel_queries,
+    ActionKind.CLEAR_CACHE: clear_cache,
+    ActionKind.SCALE: scale_deployment,
+    ActionKind.CIRCUIT_BREAKER: set_circuit_breaker,
+    ActionKind.ROTATE_SECRETS: rotate_secrets,
+    ActionKind.BLOCK_IPS: block_ips,
+    ActionKind.ENABLE_LOGGING: enable_logging,
 }
 
 
@@ -48,9 +51,6 @@ def execute(ctx: RunContext, plan: Plan, grant: Grant | None) -> list[ActionResu
     store = ctx.store()
     results = []
     for action in plan.actions:
-        remedy = REMEDIES.get(action.kind)
-        if remedy is None:
-            raise RemediationFailed(f"no remedy implements {action.kind!r}")
         require_grant(grant, action)
         raise_if_cancelling(action.describe())
         entry = store.begin_action(plan.digest, action.digest, plan.incident_id, action.kind)

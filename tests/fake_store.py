@@ -31,6 +31,7 @@ from incidents.models import (
 )
 from incidents.store import NotFound
 from incidents.store_duties import Duty
+from incidents.vocabulary import ActionKind, DetectedBy
 
 
 def _now() -> datetime:
@@ -111,7 +112,7 @@ class FakeStore:
         now = _now()
         incident = Incident(id=next(self._ids), dedup_key=f"dry-run:{secrets.token_hex(8)}", scenario=scenario,
                             service=service, environment=environment, severity=severity, status=Status.RESOLVED,
-                            title=title, opened_at=now, detected_by="dry run", flow_run_id=flow_run_id,
+                            title=title, opened_at=now, detected_by=DetectedBy.DRY_RUN, flow_run_id=flow_run_id,
                             started_at=now, resolved_at=now, recovered_at=now,
                             resolution="dry run: nothing was changed")
         self.incidents[incident.id] = incident
@@ -293,7 +294,7 @@ class FakeStore:
         key = (incident_id, plan_digest, action_digest)
         self.actions[key] = replace(self.actions[key], status=status, detail=detail, finished_at=_now())
 
-    def record_containment(self, incident_id: int, environment: str, service: str, kind: str, target: str,
+    def record_containment(self, incident_id: int, environment: str, service: str, kind: ActionKind, target: str,
                            params: dict[str, Any], expires_at: datetime) -> StandingContainment:
         standing = StandingContainment(next(self._ids), incident_id, environment, service, kind, target, params,
                                        _now(), expires_at, "active")

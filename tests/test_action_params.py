@@ -7,15 +7,14 @@ import pytest
 from pydantic import ValidationError
 
 from incidents.action_params import (
-    KINDS,
     IngressDenylistBlock,
     NetworkPolicyBlock,
     RollbackByUndo,
     RollbackByWorkflow,
     Scale,
-    UnknownActionKind,
 )
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
+from incidents.vocabulary import SAFE_WHEN_UNSURE, ActionKind, Confidence, Safety, UnknownKind
 from tests.action_samples import SAMPLES, sample_action
 
 # The digests of SAMPLES' actions as the release before the models computed them (params as
@@ -51,11 +50,27 @@ def test_every_stored_shape_parses_dumps_back_and_keeps_its_digest(name):
     assert again == action and again.digest == action.digest
 
 
-def test_every_remedy_kind_has_a_model_and_a_sample():
+def test_every_action_kind_has_a_model_a_remedy_a_re_check_a_safety_class_and_a_sample():
+    from incidents.action_params import _BY_KIND
     from tasks.prechecks import CHECKS
     from tasks.remedies import REMEDIES
 
-    assert set(KINDS) == set(REMEDIES) == set(CHECKS) == {kind for kind, _ in SAMPLES.values()}
+    kinds = set(ActionKind)
+    assert set(_BY_KIND) == set(REMEDIES) == set(CHECKS) == {kind for kind, _ in SAMPLES.values()} == kinds
+    assert {kind: kind.safety for kind in ActionKind}.keys() == kinds
+    assert all(isinstance(kind.safety, Safety) for kind in ActionKind)
+    # what weak evidence may offer is exactly what is undone in one step
+    assert SAFE_WHEN_UNSURE == {ActionKind.SCALE, ActionKind.CIRCUIT_BREAKER, ActionKind.ROLLOUT_RESTART}
+
+
+def test_a_stored_kind_reads_back_as_the_member_and_writes_the_same_text():
+    action = PlannedAction("rollback", "t", "b", "a", "via", SAMPLES["rollback by undo"][1])
+    assert action.kind is ActionKind.ROLLBACK and action.as_dict()["kind"] == "rollback"
+    plan = Plan.from_dict({**Plan(1, "api", "sandbox", (action,)).to_dict(), "confidence": "weak"})
+    assert plan.confidence is Confidence.WEAK and plan.actions[0].kind is ActionKind.ROLLBACK
+    assert f"{plan.confidence}" == "weak" and plan.to_dict()["confidence"] == "weak"
+    with pytest.raises(UnknownKind, match="no confidence 'sure'"):
+        Plan(1, "api", "sandbox", (), confidence="sure")
 
 
 def test_the_strategy_chooses_the_model():
@@ -84,7 +99,7 @@ def test_a_malformed_action_is_refused_naming_the_field(kind, params, wrong):
 
 
 def test_an_unknown_kind_or_a_model_of_another_kind_is_refused():
-    with pytest.raises(UnknownActionKind, match="'drop_table'.*known: block_ips"):
+    with pytest.raises(UnknownKind, match="'drop_table'.*known: block_ips"):
         PlannedAction("drop_table", "target", "before", "after", "via", {})
     with pytest.raises(ValueError, match="Scale parameters do not belong to a rollback action"):
         PlannedAction("rollback", "target", "before", "after", "via", _action("scale").params)

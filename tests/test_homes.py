@@ -65,6 +65,28 @@ def test_timeline_kinds_are_written_as_members_of_the_enum():
     assert not bare, "timeline kinds written as text instead of EventKind members:\n" + "\n".join(bare)
 
 
+def _production_calls(name: str, at: int) -> list[tuple[str, int, ast.expr]]:
+    """The argument at position `at` of every call of `name` outside the tests and the sandbox."""
+    found = []
+    for path in sorted(ROOT.glob("*/*.py")):
+        if path.parts[-2] in ("tests", "sandbox", ".venv"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == name and len(node.args) > at:
+                found.append((str(path.relative_to(ROOT)), node.lineno, node.args[at]))
+    return found
+
+
+def test_action_kinds_and_confidence_are_written_as_members_of_their_enums():
+    """A planner spells an action's kind and a plan's confidence with incidents/vocabulary.py's
+    members, so a misspelt kind is a NameError at import, not a plan refused at 3 a.m."""
+    actions, settled = _production_calls("PlannedAction", 0), _production_calls("settle", 2)
+    assert len(actions) > 10 and len(settled) > 10, "the scan no longer finds the planners"
+    bare = [f"{path}:{line}: {ast.unparse(kind)}" for path, line, kind in actions + settled
+            if any(_as_text(leaf) for leaf in _results(kind))]
+    assert not bare, "kinds written as text instead of enum members:\n" + "\n".join(bare)
+
+
 def test_a_kind_an_older_release_wrote_reads_back_as_text():
     from incidents.models import EventKind
 

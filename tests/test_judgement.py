@@ -31,11 +31,12 @@ from incidents.config import load_environment
 from incidents.database_rules import plan_database_issues
 from incidents.drills import CATALOG, grade
 from incidents.error_rate_rules import plan_high_error_rate
-from incidents.evidence import NONE, SAFE_WHEN_UNSURE, STRONG, WEAK, Weighing, settle
+from incidents.evidence import SAFE_WHEN_UNSURE, Weighing, settle
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
 from incidents.security_rules import plan_security_incident
 from incidents.service_down_rules import plan_service_down
+from incidents.vocabulary import Confidence
 from tests.action_samples import sample_action
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -417,7 +418,7 @@ def test_the_rules_judge_each_catalog_fault_right(name):
     verdict = grade(spec, kinds, plan.abstained)
     assert verdict == "right", f"{name}: expected {spec.expected_text}, planned {kinds or plan.confidence}: " \
                                f"{plan.summary} | for {plan.support} | against {plan.against}"
-    assert plan.actions or plan.confidence in (STRONG, NONE)
+    assert plan.actions or plan.confidence in (Confidence.STRONG, Confidence.NONE)
     assert plan.support or plan.abstained, "a plan says why"
 
 
@@ -458,7 +459,7 @@ def test_without_a_release_failing_pods_get_a_weak_restart_which_is_safe_to_try(
     findings = {HEALTH: health(endpoints_fail=True), ROLLOUT: rollout("v1.5.0", 2, False, restarts=4),
                 DEPLOYS: deploys()}
     plan = plan_for("service-down", findings, None)
-    assert plan.confidence == WEAK and [a.kind for a in plan.actions] == ["rollout_restart"]
+    assert plan.confidence == Confidence.WEAK and [a.kind for a in plan.actions] == ["rollout_restart"]
 
 
 def test_capacity_unknown_gives_a_weak_scale_up():
@@ -467,7 +468,7 @@ def test_capacity_unknown_gives_a_weak_scale_up():
     )
     _, findings, _ = SCENES["feature-flag"]
     plan = plan_high_error_rate(1, "sandbox", "api", service, findings, now=NOW)
-    assert plan.confidence == WEAK and [a.kind for a in plan.actions] == ["scale"]
+    assert plan.confidence == Confidence.WEAK and [a.kind for a in plan.actions] == ["scale"]
 
 
 def _action(kind: str) -> PlannedAction:
@@ -478,7 +479,7 @@ def _action(kind: str) -> PlannedAction:
                                   "block_ips", "enable_logging"])
 def test_a_weak_plan_never_holds_an_action_outside_the_safe_list(kind):
     head = Plan(1, "api", "sandbox", ())
-    plan = settle(head, [_action("scale"), _action(kind)], WEAK, Weighing(["a hunch"], []), "Try this.")
+    plan = settle(head, [_action("scale"), _action(kind)], Confidence.WEAK, Weighing(["a hunch"], []), "Try this.")
     assert not plan.actions and plan.abstained and kind in plan.summary
 
 
@@ -487,12 +488,13 @@ def test_weak_plans_from_every_scene_hold_only_safe_actions():
     plans = [plan_for(s, f, onset) for s, f, onset in SCENES.values()] + \
         [plan_for(s, f, None) for s, f, _ in SCENES.values()]
     for plan in plans:
-        if plan.confidence == WEAK:
+        if plan.confidence == Confidence.WEAK:
             assert {a.kind for a in plan.actions} <= SAFE_WHEN_UNSURE | {"rollback"}, plan.summary
             assert "rollback" not in {a.kind for a in plan.actions} or "served cleanly by its own record until " \
                 "less than 10 min ago" in " ".join(plan.support), plan.support
-    safe = settle(Plan(1, "api", "sandbox", ()), [_action(k) for k in sorted(SAFE_WHEN_UNSURE)], WEAK, Weighing(), "ok")
-    assert safe.confidence == WEAK and len(safe.actions) == len(SAFE_WHEN_UNSURE)
+    safe = settle(Plan(1, "api", "sandbox", ()), [_action(k) for k in sorted(SAFE_WHEN_UNSURE)], Confidence.WEAK,
+                  Weighing(), "ok")
+    assert safe.confidence == Confidence.WEAK and len(safe.actions) == len(SAFE_WHEN_UNSURE)
 
 
 def test_a_plan_keeps_its_judgement_through_its_record():
@@ -546,13 +548,13 @@ def test_a_revision_that_failed_by_its_own_traffic_is_never_the_target():
 def test_an_erroring_release_under_overload_gets_a_rollback_and_a_scale_up():
     """The previous revision's errors under the same overload are the overload's, not its own."""
     plan = plan_for(*SCENES["overload-then-bad-release"])
-    assert [a.kind for a in plan.actions] == ["rollback", "scale"] and plan.confidence == STRONG
+    assert [a.kind for a in plan.actions] == ["rollback", "scale"] and plan.confidence == Confidence.STRONG
     assert any("fails 30% more on its own" in line for line in plan.support), plan.support
 
 
 def test_a_dependency_down_right_after_a_release_gets_the_breaker_that_is_safe_for_both():
     plan = plan_for(*SCENES["release-then-dependency-at-once"])
-    assert [a.kind for a in plan.actions] == ["circuit_breaker"] and plan.confidence == WEAK
+    assert [a.kind for a in plan.actions] == ["circuit_breaker"] and plan.confidence == Confidence.WEAK
     assert any("is a suspect too" in line and "a rollback is the next step" in line for line in plan.against)
 
 
@@ -649,13 +651,13 @@ def test_a_dependency_probed_directly_separates_a_release_that_breaks_its_calls_
     gets the breaker with confidence; not probed, the breaker weakly."""
     _, findings, onset = SCENES["release-breaks-dependency-calls"]
     plan = plan_for("high-error-rate", findings, onset)
-    assert [a.kind for a in plan.actions] == ["rollback"] and plan.confidence == STRONG
+    assert [a.kind for a in plan.actions] == ["rollback"] and plan.confidence == Confidence.STRONG
     assert any("payments answers directly (HTTP 200 in 2 ms)" in line for line in plan.support), plan.support
     down = plan_for("high-error-rate", {**findings, NETWORK: network("http_error")}, onset)
-    assert [a.kind for a in down.actions] == ["circuit_breaker"] and down.confidence == STRONG
+    assert [a.kind for a in down.actions] == ["circuit_breaker"] and down.confidence == Confidence.STRONG
     assert any("payments is down for every caller: answers HTTP 503" in line for line in down.support)
     unprobed = plan_for("high-error-rate", {k: v for k, v in findings.items() if k != NETWORK}, onset)
-    assert [a.kind for a in unprobed.actions] == ["circuit_breaker"] and unprobed.confidence == WEAK
+    assert [a.kind for a in unprobed.actions] == ["circuit_breaker"] and unprobed.confidence == Confidence.WEAK
 
 
 def test_slow_is_a_finding_not_down():
@@ -687,7 +689,8 @@ def test_without_an_alert_two_erroring_releases_get_a_weak_rollback_to_the_revis
     seconds ago, is as safe as a restart: offered weakly, with the evidence against it."""
     scenario, findings, _ = SCENES["two-erroring-releases"]
     plan = plan_for(scenario, findings, None)
-    assert plan.confidence == WEAK and [(a.kind, a.params.to_revision) for a in plan.actions] == [("rollback", 2)]
+    assert plan.confidence == Confidence.WEAK
+    assert [(a.kind, a.params.to_revision) for a in plan.actions] == [("rollback", 2)]
     assert any("the errors are not new with v1.6.1-errors" in line for line in plan.against), plan.against
     assert any("served cleanly by its own record" in line for line in plan.support), plan.support
     # the same, but the clean revision was replaced two hours ago: the errors may be older than both
@@ -720,7 +723,7 @@ def test_pods_lost_with_their_node_are_restarted_onto_a_ready_one_never_rolled_b
     findings = {HEALTH: health(endpoints_fail=True), ROLLOUT: on_nodes("v1.6.0", 3, {"node-1", "node-2"}),
                 DEPLOYS: deploys(GOOD), NODES: nodes({"node-1", "node-2"}, schedulable=True)}
     plan = plan_for("service-down", findings, 5)
-    assert [a.kind for a in plan.actions] == ["rollout_restart"] and plan.confidence == STRONG, plan.summary
+    assert [a.kind for a in plan.actions] == ["rollout_restart"] and plan.confidence == Confidence.STRONG, plan.summary
     assert any("NotReady" in s for s in plan.support)
     assert any("not the cause" in a for a in plan.against)
 
