@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	@# the sandbox and the dev stack are not in the package: the checkout itself is on the venv's path
+	@$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_path('purelib'), 'incident-runbooks-checkout.pth').write_text(str(pathlib.Path.cwd()) + '\n')"
 	@$(PY) -c "import prefect, kubernetes, psycopg, redis, httpx" || (echo "dependency install failed"; exit 1)
 	@touch $(STAMP)
 
