@@ -44,6 +44,7 @@ from starlette.routing import Route
 
 from deployments.guards import Throttle, TooLarge, client_address, read_body
 from deployments.prefect_api import PrefectApi
+from incidents.errors import RunbookError
 from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Signature, pause_key
 from incidents.plans import Plan
 from integrations.errors import IntegrationError, Unreachable
@@ -56,7 +57,7 @@ PAUSE_WAIT_SECONDS = 30.0
 PAUSE_POLL_SECONDS = 0.5
 
 
-class Refused(Exception):
+class AnswerRefused(RunbookError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
@@ -76,7 +77,7 @@ def _load(token: str) -> tuple[Approval, Any]:
 
     approval = IncidentStore().approval_by_token(token) if _TOKEN.match(token) else None
     if approval is None or approval.environment is None:
-        raise Refused(404, "no such approval request (links carry the request's token, as sent in Slack)")
+        raise AnswerRefused(404, "no such approval request (links carry the request's token, as sent in Slack)")
     return approval, load_environment(approval.environment)
 
 
@@ -88,7 +89,7 @@ class Answer(NamedTuple):
     repeat: bool = False
 
 
-class WrongCredential(Refused):
+class WrongCredential(AnswerRefused):
     """An unknown approver or a wrong credential: the one answer the throttle counts."""
 
     def __init__(self) -> None:
@@ -158,13 +159,13 @@ def _answer(token: str, fields: dict[str, str], prefect: PrefectApi) -> Answer:
 
     approval, config = _load(token)
     if approval.decision:
-        raise Refused(409, f"this request was already decided: {approval.decision}")
+        raise AnswerRefused(409, f"this request was already decided: {approval.decision}")
     name, credential = fields.get("approver", "").strip(), fields.get("credential", "")
     decision, reason = fields.get("decision", ""), fields.get("reason", "").strip()[:2000]
     if decision not in ("approve", "decline"):
-        raise Refused(400, "decision must be approve or decline")
+        raise AnswerRefused(400, "decision must be approve or decline")
     if not name or not credential:
-        raise Refused(400, "give your name and your approver credential")
+        raise AnswerRefused(400, "give your name and your approver credential")
     approver = config.approval.approver(name)
     try:
         genuine = approver is not None and _same(credential, resolve_secret(approver.credential_secret))
@@ -205,13 +206,13 @@ def record_answer(approval: Approval, config: Any, name: str, decision: str, rea
     store = _store()
     approver = config.approval.approver(name)
     if approver is None or approval.severity not in approver.severities:
-        raise Refused(403, f"{name} may not answer {approval.severity} plans in {approval.environment}")
+        raise AnswerRefused(403, f"{name} may not answer {approval.severity} plans in {approval.environment}")
     approval_id = approval.id
     inserted = store.sign(approval_id, name, decision, reason)
     if not inserted:
         earlier = next((s for s in store.signatures(approval_id) if s.approver == name), None)
         if earlier is None or earlier.decision != decision:
-            raise Refused(409, f"{name} already answered this request; four-eyes needs a different approver")
+            raise AnswerRefused(409, f"{name} already answered this request; four-eyes needs a different approver")
         log.info("approval %s: %s answered %s again", approval_id, name, decision)
     else:
         store.add_event(approval.incident_id, name, EventKind.APPROVAL_SIGNED,
@@ -239,20 +240,20 @@ def record_answer(approval: Approval, config: Any, name: str, decision: str, rea
 def _hand_over(store: Any, approval: Approval, name: str, run_input: dict, prefect: PrefectApi,
                inserted: bool) -> str | None:
     """Resume the run with the answer, waiting for its pause if it has not paused for this
-    request yet; None when Prefect took it, else why not. Refused (and what this request
+    request yet; None when Prefect took it, else why not. AnswerRefused (and what this request
     recorded taken back) when the run will never wait for it or did not pause in time."""
     try:
         problem = _resume(approval.flow_run_id, run_input, prefect)
         if problem is not None and _on_its_way_to_the_pause(approval, prefect):
             problem = _resume_once_paused(approval, run_input, prefect)
-    except Refused:
+    except AnswerRefused:
         if inserted:  # only what this request recorded may be taken back
             _take_back(store, approval, name, "the run is no longer waiting")
         raise
     if problem is not None and _on_its_way_to_the_pause(approval, prefect):
         if inserted:
             _take_back(store, approval, name, "the run had not paused for the request")
-        raise Refused(503, f"not recorded: {problem}; answer again in a moment")
+        raise AnswerRefused(503, f"not recorded: {problem}; answer again in a moment")
     return problem
 
 
@@ -267,10 +268,10 @@ def _not_resumed(store: Any, approval: Approval, name: str, decision: str, probl
         return Answer(200, f"{name}'s answer ({decision}) is recorded and the run has resumed; nothing more to do.",
                       repeat=not inserted)
     if not inserted:
-        raise Refused(503, f"{name}'s answer is recorded but the run could not be resumed ({problem}); "
+        raise AnswerRefused(503, f"{name}'s answer is recorded but the run could not be resumed ({problem}); "
                            "give the same answer again in a moment")
     taken_back = _take_back(store, approval, name, "Prefect did not take the resume")
-    raise Refused(503, f"not recorded: the run could not be resumed ({problem}); answer again in a moment"
+    raise AnswerRefused(503, f"not recorded: the run could not be resumed ({problem}); answer again in a moment"
                   if taken_back else f"the run could not be resumed ({problem}); give the same answer again")
 
 
@@ -337,7 +338,7 @@ def _resume(flow_run_id: str | None, run_input: dict, prefect: PrefectApi) -> st
     if body.get("status") != "ACCEPT":
         ended = _ended(flow_run_id, prefect)
         if ended:
-            raise Refused(409, f"the run is no longer waiting (it is {ended}): nothing was changed, and "
+            raise AnswerRefused(409, f"the run is no longer waiting (it is {ended}): nothing was changed, and "
                                "nothing will be; the incident is with a person")
         return "the run did not accept it: " + str((body.get("details") or {}).get("reason", body.get("status")))[:200]
     return None
@@ -377,7 +378,7 @@ def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Rou
             return _page(approval, config, _store().signatures(approval.id))
         try:
             return await run_in_threadpool(load)
-        except Refused as exc:
+        except AnswerRefused as exc:
             return HTMLResponse(f"<p>{html.escape(str(exc))}</p>", exc.status)
 
     async def decide(request: Request) -> Response:
@@ -386,7 +387,7 @@ def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Rou
             fields = _fields(request, await read_body(request, MAX_FORM_BYTES))
         except TooLarge:
             return _reply(request, 413, "form too large")
-        except Refused as exc:
+        except AnswerRefused as exc:
             return _reply(request, exc.status, str(exc))
         keys = _throttle_keys(token, fields, client_address(request))
         try:
@@ -403,7 +404,7 @@ def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Rou
             status, message = answer.status, answer.message
         except WrongCredential as exc:
             status, message, failed = exc.status, str(exc), True
-        except Refused as exc:
+        except AnswerRefused as exc:
             status, message = exc.status, str(exc)
         finally:
             with contextlib.suppress(aioredis.RedisError):
@@ -414,7 +415,7 @@ def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Rou
                 return _page(approval, config, _store().signatures(approval.id), message, status)
             try:
                 return await run_in_threadpool(render)
-            except Refused as exc:
+            except AnswerRefused as exc:
                 return HTMLResponse(f"<p>{html.escape(str(exc))}</p>", exc.status)
         return _reply(request, status, message)
 
@@ -427,7 +428,7 @@ def _fields(request: Request, body: bytes) -> dict[str, str]:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise Refused(400, "body is not JSON") from None
+            raise AnswerRefused(400, "body is not JSON") from None
         return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
     return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from deployments.prefect_api import PrefectApi, api_url, explain
+from incidents.errors import RunbookError
 from integrations.errors import IntegrationError, Unreachable
 from integrations.http import RetryPolicy
 
@@ -19,18 +20,16 @@ SCENARIOS = ("service-down", "high-error-rate", "database-issues", "security-inc
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
-class CliError(Exception):
+class CliError(RunbookError):
     def __init__(self, message: str, code: int = FAILED):
         super().__init__(message)
         self.code = code
 
 
-def store_failure(exc: Exception) -> CliError:
-    """The exit code of an incident store failure, chosen by its type, in one place: a wrong id
-    fails (1); a store that cannot be reached is unreachable (4), worth trying again."""
-    from incidents.store import NotFound
-
-    return CliError(str(exc), FAILED if isinstance(exc, NotFound) else UNREACHABLE)
+def store_failure(exc: RunbookError) -> CliError:
+    """The exit code of an incident store failure, in one place: a wrong id fails (1); a store
+    that cannot be reached is unreachable (4), worth trying again (the error's `transient`)."""
+    return CliError(str(exc), UNREACHABLE if exc.transient else FAILED)
 
 
 def api_failure(exc: IntegrationError, path: str) -> CliError:

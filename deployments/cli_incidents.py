@@ -21,6 +21,7 @@ from deployments.cli_common import (
 )
 from incidents.config import ConfigError
 from incidents.config_people import ROLE_TITLES
+from incidents.errors import RunbookError
 
 
 # -- incidents ---------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def _holders(store: Any, incident: Any) -> list[tuple[str, str]]:
     assigned = store.assigned_roles(incident.id)
     try:
         roles = load_environment(incident.environment).roles
-    except (ConfigError, LookupError, OSError):
+    except (ConfigError, OSError):
         return [(role, assigned.get(role, "(the rota's: config not readable here)")) for role in ROLE_TITLES]
     return [(role, roles.holder(role, assigned)) for role in ROLE_TITLES]
 
@@ -96,7 +97,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return OK
 
 
-def _incident_context(store: Any, StoreError: type[Exception], incident_id: int) -> tuple[Any, Any]:
+def _incident_context(store: Any, StoreError: type[RunbookError], incident_id: int) -> tuple[Any, Any]:
     from tasks.context import RunContext
 
     try:
@@ -104,7 +105,7 @@ def _incident_context(store: Any, StoreError: type[Exception], incident_id: int)
         return incident, RunContext.load(incident.environment, incident.service)
     except StoreError as exc:
         raise store_failure(exc) from None
-    except (ConfigError, LookupError) as exc:
+    except ConfigError as exc:
         raise CliError(f"incident #{incident_id}: {exc}") from None
 
 

@@ -14,10 +14,12 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
+from incidents.errors import RunbookError
+
 TRUSTED_PROXIES_ENV = "RUNBOOKS_TRUSTED_PROXIES"
 
 
-class TooLarge(Exception):
+class TooLarge(RunbookError):
     def __init__(self, limit: int):
         super().__init__(f"body larger than {limit} bytes")
         self.limit = limit

@@ -70,6 +70,7 @@ from incidents.alerts import (
     route,
     verify_grafana_signature,
 )
+from incidents.errors import RunbookError
 from incidents.models import Severity
 from incidents.store import IncidentStore, StoreError
 from integrations.errors import IntegrationError, NotFound
@@ -81,8 +82,10 @@ CREATE_RETRY = RetryPolicy(attempts=4, backoff=0.2, max_wait=5.0)  # a busy Pref
 KEY_PREFIX = "runbooks:alert:"
 
 
-class Unavailable(Exception):
+class Unavailable(RunbookError):
     """Something the intake depends on (Redis, Prefect, the store) failed: 503, so the sender retries."""
+
+    transient = True
 
     def __init__(self, message: str, dependency: str = "prefect"):
         super().__init__(message)

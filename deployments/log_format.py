@@ -11,13 +11,14 @@ import logging
 import os
 from datetime import datetime, timezone
 
+from incidents.errors import RunbookError
 from incidents.redaction import redact
 
 FORMATS = ("text", "json")
 ENV = "RUNBOOKS_LOG_FORMAT"
 
 
-class LogFormatError(ValueError):
+class LogFormatError(RunbookError, ValueError):
     """RUNBOOKS_LOG_FORMAT names no format this project writes."""
 
 

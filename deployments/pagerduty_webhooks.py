@@ -88,7 +88,7 @@ def handle_event(event: dict) -> dict:
     try:
         incident = store.get(incident_id)
         config = load_environment(environment)
-    except (StoreError, ConfigError, LookupError) as exc:
+    except (StoreError, ConfigError) as exc:
         log.warning("PagerDuty %s for incident %s ignored: %s", kind, incident_id, exc)
         return {"ignored": "unknown incident"}
     if incident.environment != environment:

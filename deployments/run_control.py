@@ -12,13 +12,14 @@ from typing import Any
 
 from deployments.prefect_api import PrefectApi
 from incidents.alerts import target_of
+from incidents.errors import RunbookError
 from incidents.models import EventKind
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 WAITING = ("PAUSED", "SCHEDULED")
 
 
-class CancelRefused(Exception):
+class CancelRefused(RunbookError):
     """Prefect did not accept the Cancel; the message is its reason."""
 
 

@@ -49,6 +49,7 @@ from deployments.prefect_api import PrefectApi, explain
 from deployments.slack_interactions import verified_body
 from incidents.alerts import SCENARIOS, Alert, RunRequest, declared
 from incidents.config_people import INCIDENT_ROLES, ROLE_TITLES
+from incidents.errors import RunbookError
 from incidents.models import Severity
 from incidents.store import StoreError
 
@@ -69,7 +70,7 @@ _MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,20})(\|[^>]*)?>$")
 Declare = Callable[[Alert, RunRequest], Awaitable[dict[str, Any]]]
 
 
-class CommandError(ValueError):
+class CommandError(RunbookError, ValueError):
     """A command that does not parse, or that cannot be carried out; the message says why."""
 
 

@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from deployments.approval_page import Refused, record_answer
+from deployments.approval_page import AnswerRefused, record_answer
 from deployments.guards import ReplayCache, TooLarge, read_body
 from deployments.prefect_api import PrefectApi
 from incidents.models import EventKind
@@ -270,7 +270,7 @@ def _decide(press: dict, prefect: PrefectApi) -> dict:
     reason = "approved in Slack" if press["decision"] == "approve" else "declined in Slack"
     try:
         answer = record_answer(approval, config, approver.name, press["decision"], reason, prefect, via="Slack")
-    except Refused as exc:
+    except AnswerRefused as exc:
         return _ephemeral(f"{exc}")
     if answer.repeat:  # a double click: only the presser hears that it was already counted
         return _ephemeral(answer.message)

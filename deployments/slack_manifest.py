@@ -20,6 +20,7 @@ import yaml
 from deployments.cli_common import OK, CliError
 from deployments.slack_commands import COMMAND, LEAD_VERBS, MEMBER_VERBS
 from incidents.config import ConfigError, config_path, load_config
+from incidents.errors import RunbookError
 
 BOT_SCOPES = ("chat:write", "commands")
 NAME = "Incident Runbooks"
@@ -31,7 +32,7 @@ LIMITS = {"name": 35, "description": 140, "display_name": 80, "command": 32, "co
 _HTTPS = re.compile(r"^https://[^/\s]+(/\S*)?$")
 
 
-class ManifestError(ValueError):
+class ManifestError(RunbookError, ValueError):
     """The manifest cannot be made (no public HTTPS address for the intake)."""
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from incidents.errors import RunbookError
 from incidents.models import Severity
 from incidents.redaction import redact
 
@@ -78,7 +79,7 @@ class AlertParameter(BaseModel):
         return self.fingerprint or "", self.starts_at or ""
 
 
-class BadPayload(ValueError):
+class BadPayload(RunbookError, ValueError):
     """The payload is not what the endpoint accepts; the message says why."""
 
 

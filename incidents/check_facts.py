@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from incidents.errors import RunbookError
+
 # the checks every scenario shares (service down)
 HEALTH = "health endpoints"
 ROLLOUT = "rollout and pods"
@@ -320,7 +322,7 @@ FACTS: dict[str, type[Facts]] = {
 }
 
 
-class UnknownCheck(ValueError):
+class UnknownCheck(RunbookError, ValueError):
     pass
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from incidents.errors import RunbookError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "sandbox.yaml"
 _SECRET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -16,7 +18,7 @@ _REPO = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(Exception):
+class ConfigError(RunbookError):
     """An invalid config file: says which file, which field and why. `fields`: the path of each
     invalid field (keys and list indexes), where the file's structure was understood."""
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from incidents import action_params
 from incidents.action_params import ActionParams
+from incidents.errors import RunbookError
 from incidents.templates import markdown_text
 from incidents.vocabulary import ActionKind, Confidence
 
@@ -29,7 +30,7 @@ _KEY = (os.environ.get("RUNBOOKS_GRANT_KEY") or secrets.token_hex(32)).encode()
 P = TypeVar("P", bound=ActionParams)
 
 
-class NotApproved(PermissionError):
+class NotApproved(RunbookError, PermissionError):
     """A destructive step was called without a grant for exactly that action."""
 
 

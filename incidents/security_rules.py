@@ -9,6 +9,7 @@ from incidents.action_params import EnableLogging, IngressDenylistBlock, Network
 from incidents.alerts import AlertParameter
 from incidents.check_facts import EVIDENCE, Containment, EvidenceFacts
 from incidents.config import ServiceConfig
+from incidents.errors import RunbookError
 from incidents.evidence import Weighing, abstain, settle
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
@@ -34,7 +35,7 @@ _OPAQUE_TRANSLATION = tuple(ipaddress.IPv6Network(n) for n in ("2001::/32", "64:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class InvalidCidr(ValueError):
+class InvalidCidr(RunbookError, ValueError):
     pass
 
 

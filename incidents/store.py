@@ -20,7 +20,7 @@ from incidents.store_base import (
     DEFAULT_DATABASE_URL,
     REPLICA_SKEW_SECONDS,
     SCHEMA,
-    NotFound,
+    RecordNotFound,
     Row,
     StoreError,
     StoreUnreachable,
@@ -35,8 +35,8 @@ from incidents.store_duties import DutyRecords
 from incidents.store_roles import RoleRecords
 from incidents.vocabulary import DetectedBy
 
-__all__ = ["DEFAULT_DATABASE_URL", "REPLICA_SKEW_SECONDS", "SCHEMA", "DrillStore", "IncidentStore", "NotFound", "Row",
-           "StoreError", "StoreUnreachable", "connect_timeout", "database_url", "required_row"]
+__all__ = ["DEFAULT_DATABASE_URL", "REPLICA_SKEW_SECONDS", "SCHEMA", "DrillStore", "IncidentStore", "RecordNotFound",
+           "Row", "StoreError", "StoreUnreachable", "connect_timeout", "database_url", "required_row"]
 
 
 class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, RoleRecords, DutyRecords):
@@ -71,7 +71,7 @@ class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, Rol
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM incidents WHERE id = %s", (incident_id,)).fetchone()
         if row is None:
-            raise NotFound(f"no incident {incident_id}")
+            raise RecordNotFound(f"no incident {incident_id}")
         return incident_from_row(row)
 
     def list(self, limit: int = 50, open_only: bool = False, environment: str | None = None) -> builtins.list[Incident]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Iterator
 
 import psycopg
@@ -14,6 +14,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
+from incidents.errors import RunbookError
 from incidents.models import Incident, Severity, Status
 from incidents.vocabulary import DetectedBy
 
@@ -289,15 +290,17 @@ def _schema_in_place(conn: psycopg.Connection[Any]) -> bool:
     return recorded is not None and recorded[0] == SCHEMA_FINGERPRINT
 
 
-class StoreError(Exception):
-    """The incident store failed an operation: `StoreUnreachable` or `NotFound`."""
+class StoreError(RunbookError):
+    """The incident store failed an operation: `StoreUnreachable` or `RecordNotFound`."""
 
 
 class StoreUnreachable(StoreError):
     """The store could not be reached, cut the connection off, or speaks something else."""
 
+    transient = True
 
-class NotFound(StoreError):
+
+class RecordNotFound(StoreError):
     """What was asked for is not in the store (a wrong id): retrying will not help."""
 
 
@@ -379,14 +382,16 @@ class StoreBase:
             psycopg.connect(self.url, connect_timeout=5).close()
             return
         except psycopg.OperationalError as exc:
-            if "does not exist" not in str(exc):
-                raise
+            failure = exc  # libpq gives a failed connection no SQLSTATE: the catalogue says if the database is missing
         admin = make_conninfo(self.url, dbname="postgres")
-        with psycopg.connect(admin, connect_timeout=5, autocommit=True) as conn:
-            try:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(dbname))))
-            except psycopg.errors.DuplicateDatabase:
-                pass
+        try:
+            with psycopg.connect(admin, connect_timeout=5, autocommit=True) as conn:
+                if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                    raise failure  # it exists: the first failure is the answer
+                with suppress(psycopg.errors.DuplicateDatabase):  # created by another process meanwhile
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(dbname))))
+        except psycopg.Error:
+            raise failure from None  # whatever the administrative connection met, the first failure is the answer
 
 
 def incident_from_row(row: dict[str, Any]) -> Incident:

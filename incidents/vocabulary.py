@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from incidents.errors import RunbookError
 
-class UnknownKind(ValueError):
+
+class UnknownKind(RunbookError, ValueError):
     """A text that names no member of the vocabulary asked for."""
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import Self
 
+from incidents.errors import RunbookError
 
-class IntegrationError(Exception):
+
+class IntegrationError(RunbookError):
     """A call to something outside failed. Catch a subclass to handle one way of failing:
     Unreachable (TimedOut), Refused (NotFound, Conflict); this base class when any will do.
     `what` names the call (e.g. "GitHub POST /repos/acme/api/issues"); `reason` says why it failed."""

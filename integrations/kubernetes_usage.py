@@ -15,6 +15,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
+from incidents.errors import RunbookError
 from integrations.kubernetes import KubernetesClient
 
 _CPU = {"n": 1e-6, "u": 1e-3, "m": 1.0}
@@ -22,7 +23,7 @@ _MEMORY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei"
            "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 
 
-class BadQuantity(ValueError):
+class BadQuantity(RunbookError, ValueError):
     pass
 
 

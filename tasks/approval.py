@@ -24,6 +24,7 @@ from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
+from incidents.errors import RunbookError
 from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Incident, pause_key
 from incidents.plans import Grant, Plan
 from incidents.redaction import redact
@@ -72,7 +73,7 @@ class Decision:
         return self.outcome == "approved"
 
 
-class DrillNotAllowed(PermissionError):
+class DrillNotAllowed(RunbookError, PermissionError):
     pass
 
 

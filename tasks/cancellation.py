@@ -25,6 +25,7 @@ from prefect.states import Cancelled
 from incidents import templates
 from incidents.alerts import target_of
 from incidents.config import ConfigError
+from incidents.errors import RunbookError
 from incidents.models import EventKind
 from incidents.store import IncidentStore, StoreError
 from tasks.context import RunContext
@@ -37,7 +38,7 @@ STOP_WAIT_SECONDS = 10.0
 CANCEL_STATES = (StateType.CANCELLING, StateType.CANCELLED)
 
 
-class RunCancelled(Exception):
+class RunCancelled(RunbookError):
     """The run was cancelled before the named action: it did not start."""
 
 

@@ -10,6 +10,7 @@ from typing import Protocol, TypeVar, cast
 
 from incidents.config import EnvironmentConfig, ServiceConfig, load_environment, secret_env_var
 from incidents.config_services import CacheTarget, CircuitBreaker, DatabaseTarget
+from incidents.errors import RunbookError
 from incidents.followups import RunbookStore
 from incidents.redaction import remember_secret
 from integrations.cache import CacheClient
@@ -22,7 +23,7 @@ from integrations.prometheus import PrometheusClient
 from integrations.slack import SlackApp, SlackWebhook
 
 
-class SecretNotFound(LookupError):
+class SecretNotFound(RunbookError):
     pass
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from incidents.action_params import Rollback, RollbackByUndo, RollbackByWorkflow, RolloutRestart
+from incidents.errors import RunbookError
 from incidents.plans import Grant, PlannedAction, require_grant
 from incidents.vocabulary import ActionKind
 from integrations.kubernetes import revision_of
@@ -20,7 +21,7 @@ from tasks.context import RunContext
 from tasks.steps import run_logger, step
 
 
-class RemediationFailed(RuntimeError):
+class RemediationFailed(RunbookError):
     """The remedy was attempted and did not work; the message says what happened."""
 
 

@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 
 from incidents.drills import FaultSpec, history_markdown, score, scorecard_markdown
+from incidents.errors import RunbookError
 from incidents.models import EventKind
 from incidents.store import DrillStore
 from tasks.context import RunContext
@@ -23,7 +24,7 @@ from tasks.steps import run_logger, step
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
-class DrillFailed(RuntimeError):
+class DrillFailed(RunbookError):
     pass
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from incidents import templates
 from incidents.config import EnvironmentConfig
+from incidents.errors import RunbookError
 from incidents.models import EventKind, Incident
 from incidents.store_duties import COMMANDER_ASKED, STAKEHOLDER_UPDATE, SUMMARY_24H
 from tasks.context import RunContext
@@ -29,7 +30,7 @@ from tasks.timeline import record
 SUMMARY_WITHIN = timedelta(hours=24)
 
 
-class DutyError(ValueError):
+class DutyError(RunbookError, ValueError):
     """A duty that cannot be marked done (none drafted, or done already)."""
 
 

@@ -16,6 +16,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from incidents.drills import FaultSpec, Step
+from incidents.errors import RunbookError
 from integrations.errors import IntegrationError
 from integrations.kubernetes import RESTARTED_AT, KubernetesClient, container_image
 from integrations.kubernetes_security import (
@@ -41,7 +42,7 @@ CACHE_DRILL_MAX_BYTES = 256 * 2**20  # a drill fills no bigger cache than this
 CACHE_DRILL_VALUE_BYTES = 64 * 1024
 
 
-class FaultNotAvailable(RuntimeError):
+class FaultNotAvailable(RunbookError):
     pass
 
 

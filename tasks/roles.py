@@ -8,6 +8,7 @@ import re
 
 from incidents import templates
 from incidents.config_people import HANDLE, INCIDENT_ROLES, ROLE_TITLES
+from incidents.errors import RunbookError
 from incidents.models import EventKind, Severity
 from tasks.context import RunContext
 from tasks.correlation import added_contacts
@@ -18,7 +19,7 @@ from tasks.timeline import record
 _HANDLE = re.compile(HANDLE)
 
 
-class RoleError(ValueError):
+class RoleError(RunbookError, ValueError):
     """A hand-over or note that cannot be made (unknown role, bad handle, closed incident)."""
 
 

@@ -29,7 +29,7 @@ from incidents.models import (
     Status,
     TimelineEvent,
 )
-from incidents.store import NotFound
+from incidents.store import RecordNotFound
 from incidents.store_duties import Duty
 from incidents.vocabulary import ActionKind, DetectedBy
 
@@ -77,7 +77,7 @@ class FakeStore:
 
     def get(self, incident_id: int) -> Incident:
         if incident_id not in self.incidents:
-            raise NotFound(f"no incident {incident_id}")
+            raise RecordNotFound(f"no incident {incident_id}")
         return replace(self.incidents[incident_id])
 
     def list(self, limit: int = 50, open_only: bool = False, environment: str | None = None) -> builtins.list[Incident]:

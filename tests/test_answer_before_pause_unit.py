@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import deployments.approval_page as page
-from deployments.approval_page import Refused, record_answer
+from deployments.approval_page import AnswerRefused, record_answer
 from incidents.config import PROJECT_ROOT, load_environment
 from incidents.models import Severity, pause_key
 from tests.fake_store import FakeStore
@@ -85,7 +85,7 @@ def test_an_answer_before_the_pause_is_handed_over_once_the_run_pauses(fake):
 def test_an_answer_the_run_never_pauses_for_is_taken_back_and_the_person_answers_again(fake, monkeypatch):
     monkeypatch.setattr(page, "PAUSE_WAIT_SECONDS", 0.1)
     approval, run = _approval(fake), Run(pauses_after=None)
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(AnswerRefused) as refused:
         record_answer(approval, _config(), "sam", "approve", "ok", run, via="Slack")
     assert refused.value.status == 503 and "answer again" in str(refused.value)
     assert fake.signatures(approval.id) == []  # taken back: the same answer may be given again

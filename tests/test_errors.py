@@ -74,3 +74,72 @@ def test_the_cli_maps_a_failure_to_its_exit_code_by_type():
     assert api_failure(TimedOut("Prefect API GET /x", "ReadTimeout"), "/x").code == UNREACHABLE
     refused = api_failure(Refused("Prefect API GET /x", "HTTP 422: bad", status=422), "/x")
     assert refused.code == FAILED and "answered 422" in str(refused)
+
+
+def _project_errors() -> dict[str, type[BaseException]]:
+    """Every exception class defined in the packages a user installs, by module.name."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    found: dict[str, type[BaseException]] = {}
+    for package in ("incidents", "integrations", "tasks", "flows", "deployments"):
+        for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            loaded = importlib.import_module(f"{package}.{module.name}")
+            for name, value in vars(loaded).items():
+                if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == loaded.__name__:
+                    found[f"{loaded.__name__}.{name}"] = value
+    return found
+
+
+def test_every_error_the_project_defines_has_one_root_and_a_name_of_its_own():
+    from incidents.errors import RunbookError
+
+    errors = _project_errors()
+    assert len(errors) > 30, "the scan no longer finds the project's errors"
+    stray = sorted(name for name, kind in errors.items() if not issubclass(kind, RunbookError))
+    assert not stray, f"errors outside RunbookError: {stray}"
+    names = [name.rsplit(".", 1)[1] for name in errors]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == [], "two errors share a name"
+
+
+def test_whether_to_try_again_is_the_error_s_property_not_its_message():
+    from incidents.config_base import ConfigError
+    from incidents.store import RecordNotFound, StoreUnreachable
+    from integrations.errors import gave_up, no_answer, refusal
+
+    assert StoreUnreachable("x").transient and not RecordNotFound("x").transient and not ConfigError("x").transient
+    assert no_answer("GET /", "refused").transient and no_answer("GET /", "slow", timed_out=True).transient
+    assert not refusal("GET /", "HTTP 404", 404).transient and gave_up("GET /", "HTTP 503", 503).transient
+
+
+def test_the_cli_maps_a_store_failure_to_its_exit_code_by_transience():
+    from deployments.cli_common import FAILED, UNREACHABLE, store_failure
+    from incidents.store import RecordNotFound, StoreError, StoreUnreachable
+
+    assert store_failure(StoreUnreachable("incident store at db: refused")).code == UNREACHABLE
+    assert store_failure(RecordNotFound("no incident 7")).code == FAILED
+    assert store_failure(StoreError("no row where one was certain")).code == FAILED
+
+
+def test_a_missing_database_is_told_from_the_catalogue_not_the_message(database_url):
+    """Only a database that does not exist is created; a role that does not exist (whose message
+    also says 'does not exist') is the store's failure, reported as such, and nothing is created."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    from incidents.store import IncidentStore, StoreUnreachable
+    from tests.conftest import ADMIN_URL
+
+    name = f"runbooks_probe_{uuid.uuid4().hex[:8]}"
+    with pytest.raises(StoreUnreachable, match='role "nobody_here" does not exist'):
+        IncidentStore(make_conninfo(database_url, user="nobody_here", dbname=name)).ensure_schema()
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
+        try:
+            IncidentStore(make_conninfo(database_url, dbname=name)).ensure_schema()
+            assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

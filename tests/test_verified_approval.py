@@ -142,7 +142,7 @@ def test_the_same_verified_answer_again_after_the_run_resumed_never_takes_a_sign
     decision: a success that changes nothing, and both signatures stay."""
     from prefect.settings import PREFECT_API_URL
 
-    from deployments.approval_page import Refused, record_answer
+    from deployments.approval_page import AnswerRefused, record_answer
     from deployments.prefect_api import PrefectApi
     from flows.service_down import service_down
     from incidents.config import load_environment
@@ -160,7 +160,7 @@ def test_the_same_verified_answer_again_after_the_run_resumed_never_takes_a_sign
             answer = record_answer(approval, config, "tess", "approve", "ok", PrefectApi(PREFECT_API_URL.value()),
                                    via="approval page")
             assert answer.status in (200, 202) and answer.repeat, answer
-        except Refused as exc:
+        except AnswerRefused as exc:
             assert exc.status == 409 and "no longer waiting" in str(exc), exc
         assert sorted(s.approver for s in store.signatures(approval.id)) == ["sam", "tess"]
     result = run.join(120)
