@@ -203,6 +203,17 @@ class TimelineEvent:
 
 
 @dataclass(frozen=True)
+class CancelRequest:
+    """Who asked, through the runbooks, for a run's Cancel, and why. A Cancel pressed in Prefect's
+    UI or sent to its API leaves none: that run was cancelled by an operator, name unknown."""
+
+    flow_run_id: str
+    requested_by: str
+    reason: str
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
 class Lease:
     """Which run works a service (its target, `environment/service`) now, and for which
     incident: one runbook acts on a target at a time. A joined incident's own run holds it

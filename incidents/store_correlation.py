@@ -7,7 +7,7 @@ import builtins
 from datetime import datetime
 from typing import Callable
 
-from incidents.models import Approval, Incident, IncidentAlert, Lease, Severity, Status
+from incidents.models import Approval, CancelRequest, Incident, IncidentAlert, Lease, Severity, Status
 from incidents.store_base import REPLICA_SKEW_SECONDS, StoreBase, incident_from_row, required_row
 from incidents.vocabulary import DetectedBy
 
@@ -186,6 +186,19 @@ class CorrelationRecords(StoreBase):
             row = conn.execute("DELETE FROM runbook_leases WHERE target = %s AND flow_run_id = %s RETURNING target",
                                (target, flow_run_id)).fetchone()
         return row is not None
+
+    # -- who asked for a Cancel -----------------------------------------------------------------------
+    def request_cancel(self, flow_run_id: str, requested_by: str, reason: str) -> None:
+        """Written before the Cancel goes to Prefect; the latest request for a run stands."""
+        with self._connect() as conn:
+            conn.execute("""INSERT INTO cancel_requests (flow_run_id, requested_by, reason) VALUES (%s, %s, %s)
+                            ON CONFLICT (flow_run_id) DO UPDATE SET requested_by = EXCLUDED.requested_by,
+                                reason = EXCLUDED.reason, requested_at = now()""", (flow_run_id, requested_by, reason))
+
+    def cancel_request(self, flow_run_id: str) -> CancelRequest | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM cancel_requests WHERE flow_run_id = %s", (flow_run_id,)).fetchone()
+        return CancelRequest(**row) if row else None
 
     def leases(self) -> builtins.list[Lease]:
         with self._connect() as conn:

@@ -83,11 +83,13 @@ def ended_cancelled(exc: RunCancelled) -> State:
     return Cancelled(message=message or f"Cancelled: {exc}")
 
 
-def _who(message: str) -> str:
-    """`runbooks cancel` writes 'Cancelled by NAME: reason'; the UI writes no name."""
-    if message.startswith("Cancelled by "):
-        return message.removeprefix("Cancelled by ").split(":", 1)[0].strip() or "an operator"
-    return "an operator (Prefect UI or API)"
+def _who_and_why(store: IncidentStore, run_id: str, message: str) -> tuple[str, str]:
+    """Who cancelled and why: as `runbooks cancel` or `/incident cancel` recorded it; a Cancel
+    from Prefect's UI or API names no one, and its state message (if any) is quoted as given."""
+    request = store.cancel_request(run_id)
+    if request is not None:
+        return request.requested_by, request.reason
+    return "an operator (Prefect UI or API)", message
 
 
 def _done_so_far(store: IncidentStore, incident_id: int) -> list[str]:
@@ -121,9 +123,8 @@ def note_cancellation(flow_run: Any, message: str) -> None:
             _log.info("run %s was cancelled before it opened an incident", run_id)
             return
         done = _done_so_far(store, incident.id)
-        who = _who(message)
-        note = (f"Runbook run {flow_run.name} cancelled by {who}"
-                + (f" ({message.split(':', 1)[1].strip()})" if ":" in message else "")
+        who, why = _who_and_why(store, run_id, message)
+        note = (f"Runbook run {flow_run.name} cancelled by {who}" + (f" ({why})" if why else "")
                 + f". Done before the Cancel: {'; '.join(done) if done else 'nothing was changed'}."
                 + " The runbook has stopped: a person has the incident now.")
         if not _recorded(store, incident.id, run_id):  # `runbooks cancel` records a waiting run's Cancel itself

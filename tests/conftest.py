@@ -434,7 +434,7 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if not SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if not SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("services"):
             item.add_marker(pytest.mark.unit)
     if config.getoption("--reverse"):
         modules: dict[str, list] = {}

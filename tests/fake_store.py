@@ -20,6 +20,7 @@ from incidents.followup_models import Drill
 from incidents.models import (
     ActionRecord,
     Approval,
+    CancelRequest,
     EventKind,
     Incident,
     Lease,
@@ -54,6 +55,7 @@ class FakeStore:
         self.pagers_: dict[int, list[str]] = {}
         self.alerts: dict[tuple[int, str], str] = {}  # (incident, identity) -> firing | resolved
         self.leases: dict[str, Lease] = {}
+        self.cancel_requests: dict[str, CancelRequest] = {}
         self.drills: dict[str, Drill] = {}
         self.standing: dict[int, StandingContainment] = {}
         self.roles: dict[int, dict[str, str]] = {}
@@ -62,7 +64,7 @@ class FakeStore:
 
     # -- incidents -------------------------------------------------------------------------------
     def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,
-                      title: str, detected_by: str, flow_run_id: str | None, alert: dict[str, Any] | None,
+                      title: str, detected_by: DetectedBy, flow_run_id: str | None, alert: dict[str, Any] | None,
                       started_at: datetime | None = None) -> Incident:
         for incident in self.incidents.values():
             if incident.dedup_key == dedup_key and incident.resolved_at is None:
@@ -317,6 +319,12 @@ class FakeStore:
             del self.leases[target]
             return True
         return False
+
+    def request_cancel(self, flow_run_id: str, requested_by: str, reason: str) -> None:
+        self.cancel_requests[flow_run_id] = CancelRequest(flow_run_id, requested_by, reason, _now())
+
+    def cancel_request(self, flow_run_id: str) -> CancelRequest | None:
+        return self.cancel_requests.get(flow_run_id)
 
     # -- drills ----------------------------------------------------------------------------------
     def drill(self, drill_id: str) -> Drill | None:

@@ -152,6 +152,7 @@ def test_a_second_scenario_on_a_held_service_contributes_its_findings(world, sto
     # a Cancel of the joined run is recorded on the incident it joined
     joined_run = next(e for e in store.timeline(incident.id) if e.kind == "joined").data["flow_run_id"]
     assert joined_run and joined_run != str(paused.id)
+    store.request_cancel(joined_run, "olga", "mine")  # as `runbooks cancel --by olga` records it
     note_cancellation(SimpleNamespace(id=joined_run, name="joined-run", parameters={}), "Cancelled by olga: mine")
     cancelled = [e for e in store.timeline(incident.id) if e.kind == "cancelled"]
     assert [e.actor for e in cancelled] == ["olga"] and "joined-run" in cancelled[0].message
@@ -373,6 +374,7 @@ def test_a_cancel_no_worker_acted_on_ends_the_run_cancelled_not_failed(world, st
 
     def cancel_me() -> None:
         with get_client(sync_client=True) as client:
+            store.request_cancel(str(flow_run.get_id()), "nora", "taking over")  # as `runbooks cancel` does
             client.set_flow_run_state(flow_run.get_id(), Cancelling(message="Cancelled by nora: taking over"),
                                       force=True)
 

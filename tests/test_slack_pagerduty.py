@@ -385,7 +385,9 @@ def test_a_run_cancelled_while_it_waits_closes_its_approval_and_a_press_then_say
     closed = store.approval(approval.id)
     assert closed.decision == "withdrawn" and "without an answer" in closed.reason
     cancelled = [e for e in store.timeline(approval.incident_id) if e.kind == "cancelled"]
-    assert len(cancelled) == 1 and cancelled[0].actor == "dana" and "nothing was changed" in cancelled[0].message
+    # the UI names no one: its message is quoted as given, and no name is read out of it
+    assert len(cancelled) == 1 and cancelled[0].actor == "an operator (Prefect UI or API)", cancelled
+    assert "(Cancelled by dana: taking over)" in cancelled[0].message and "nothing was changed" in cancelled[0].message
     assert any("Runbook cancelled" in m["text"] for m in world.slack_messages)
     _press(world, "U0SANDSAM")
     _until(lambda: _ephemeral(world, "U0SANDSAM"))

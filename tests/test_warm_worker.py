@@ -78,6 +78,7 @@ def test_cancel_while_verifying_stops_the_process_at_once_and_the_timeline_says_
     try:
         pid = int(_flow_run(api, run_id)["infrastructure_pid"])
         assert _alive(pid)
+        store.request_cancel(run_id, "nora", "taking over")  # as `runbooks cancel --by nora` records it first
         pressed = time.monotonic()
         result = httpx.post(f"{api}/flow_runs/{run_id}/set_state", timeout=5, json={
             "state": {"type": "CANCELLING", "name": "Cancelling", "message": "Cancelled by nora: taking over"}}).json()
