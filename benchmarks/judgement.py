@@ -1,6 +1,6 @@
 """Grades the runbooks' judgement on the fault catalog, through the running `make up` stack.
 
-For each fault of the catalog (`runbooks faults`; README "Fault catalog"): the sandbox is reset,
+For each fault of the catalog (`runbooks faults`; docs/judgement.md, "Fault catalog"): the sandbox is reset,
 the fault is injected only through the sandbox's public controls, kubectl and SQL (the drill
 injectors), and once monitoring would see it, the scenario's deployment is run in dry-run mode
 with the alert a monitor would send (startsAt = when the fault began). The plan it reports is

@@ -18,7 +18,7 @@ checked against the config (unknown environment or service: 422 and a Slack noti
 deduplicated in Redis on fingerprint + startsAt, and correlated: it joins the open incident of
 its correlation key, or opens it and starts one run of `<scenario>/<environment>` under the
 alert's key as Prefect's idempotency key. A resolved alert never starts anything; see the
-README's "One outage, one incident" for correlation, flapping and withdrawal.
+docs/alerts.md, "One outage, one incident", for correlation, flapping and withdrawal.
 """
 
 from __future__ import annotations

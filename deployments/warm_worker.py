@@ -10,7 +10,7 @@ pool's Workers, and tracks each run's process with Prefect's own executor (contr
 Cancel -> kill -> on_cancellation hooks -> Cancelled, a process that dies without an end ->
 Crashed). How the process starts differs (deployments/forked_engine.py): it is forked from a
 fork server that imported everything once, and runs exactly what `python -m prefect.engine`
-runs. The README says what else differs, and why.
+runs. docs/alerts.md says what else differs, and why.
 
 Start it with `prefect worker start --pool incident-response --type runbooks-warm` (registered
 through the `prefect.collections` entry point in pyproject.toml).

@@ -462,7 +462,7 @@ def up(ha: bool = False) -> None:
         if ha:
             raise StackError("the scale-out stack needs PostgreSQL for Prefect's database "
                              "(RUNBOOKS_PREFECT_DATABASE_URL)")
-        _say("warning", "SQLite answers 503 'database is locked' under several runs at once; see the README")
+        _say("warning", "SQLite answers 503 'database is locked' under several runs at once; see docs/alerts.md")
     if ha:
         scale_out.start_servers(env)
     else:

@@ -51,7 +51,7 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
                    deadline_minutes: float = 15.0, service: str = "api") -> dict[str, Any]:
     """Args:
         scenario: a scenario (service-down, high-error-rate, database-issues, security-incident) or any fault
-            of the catalog (`runbooks drill --list`; README "Fault catalog"), e.g. release-then-dependency.
+            of the catalog (`runbooks drill --list`; docs/judgement.md, "Fault catalog"), e.g. release-then-dependency.
         environment: must say drills_allowed: true in its config.
         approval_mode: auto (the drill approves its own plan after the delay) or human (practise the real gate).
         approval_delay_seconds: how long an automatic approval waits, standing in for a person's reaction.

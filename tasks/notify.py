@@ -97,7 +97,7 @@ def notify_slack(ctx: RunContext, incident_id: int, text: str, link: tuple[str, 
                  security: bool = False, buttons: list[dict] | None = None) -> bool:
     """`send_slack` with the run's logger. A plain call, not a task run: a notification is on the
     incident's timeline and in Slack, and three task runs per run cost the server their events
-    (the README's "What a run costs")."""
+    (docs/benchmarks.md, "What a run costs")."""
     return send_slack(ctx, incident_id, text, link, security, run_logger(), buttons)
 
 
