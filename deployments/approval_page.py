@@ -46,7 +46,6 @@ from deployments.guards import Throttle, TooLarge, client_address, read_body
 from deployments.prefect_api import PrefectApi
 from incidents.errors import RunbookError
 from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Signature, pause_key
-from incidents.plans import Plan
 from integrations.errors import IntegrationError, Unreachable
 
 log = logging.getLogger("runbooks.approvals")
@@ -110,7 +109,7 @@ def _signed(signatures: list[Signature]) -> str:
 def _page(approval: Approval, config: Any, signatures: list[Signature], message: str = "",
           status: int = 200) -> HTMLResponse:
     e = _escaped
-    plan = Plan.from_dict(approval.plan)
+    plan = approval.plan
     rows = "".join(f"<tr><td>{e(a.kind)}</td><td><code>{e(a.target)}</code></td><td>{e(a.before)} → "
                    f"{e(a.after)}</td><td>{e(a.via)}</td></tr>" for a in plan.actions)
     evidence = "".join(f"<li>{e(x)}</li>" for x in plan.evidence) or "<li>(none recorded)</li>"

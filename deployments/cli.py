@@ -118,9 +118,7 @@ def cmd_approvals(args: argparse.Namespace) -> int:
 
 
 def _plan_lines(approval: Approval) -> list[str]:
-    from incidents.plans import Plan
-
-    plan = Plan.from_dict(approval.plan)
+    plan = approval.plan
     lines = [f"incident {approval.incident_id}: {plan.summary}" if plan.summary
              else f"incident {approval.incident_id}"]
     lines += [f"{n}. {action.describe()}" for n, action in enumerate(plan.actions, 1)]

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from incidents.vocabulary import DetectedBy
+
+if TYPE_CHECKING:
+    from incidents.plans import Plan
 
 
 class Severity(str, Enum):
@@ -248,15 +251,15 @@ class StoreRow:
 
 @dataclass(frozen=True)
 class Approval(StoreRow):
-    """A plan's approval request and its answer. `plan` is the plan's record (`Plan.from_dict`);
-    `findings`, what the diagnosis saw (a resumed run continues from them). The incident's
-    environment, severity, service, issue and title come with it when the store joins them
-    (`IncidentStore.approval`, `approval_by_token`)."""
+    """A plan's approval request and its answer. `plan` is the plan asked about, read back from
+    its stored record (`Plan.from_dict`) once, here; `findings`, what the diagnosis saw (a resumed
+    run continues from them). The incident's environment, severity, service, issue and title come
+    with it when the store joins them (`IncidentStore.approval`, `approval_by_token`)."""
 
     id: int
     incident_id: int
     plan_digest: str
-    plan: dict[str, Any]
+    plan: Plan
     flow_run_id: str | None
     requested_at: datetime
     token: str | None = None
@@ -274,6 +277,12 @@ class Approval(StoreRow):
     service: str | None = None
     github_issue: int | None = None
     title: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.plan, dict):  # the stored record (a JSON column)
+            from incidents.plans import Plan
+
+            object.__setattr__(self, "plan", Plan.from_dict(self.plan))
 
 
 SIGNERS_SEPARATOR = ", "  # how the approval page names several verified approvers in the Resume input

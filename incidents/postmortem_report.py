@@ -70,8 +70,7 @@ def actions_taken(events: list[TimelineEvent], approvals: list[Approval]) -> lis
         decision = approval.decision or "pending"
         who = approval.approver or "nobody"
         auto = " (automatic, drill)" if approval.automatic else ""
-        steps = "; ".join(f"{a.get('kind')} {a.get('target')}: {a.get('before')} -> {a.get('after')}"
-                          for a in (approval.plan or {}).get("actions", []))
+        steps = "; ".join(f"{a.kind} {a.target}: {a.before} -> {a.after}" for a in approval.plan.actions)
         reason = f": {markdown_text(approval.reason, 200)}" if approval.reason else ""
         at = approval.decided_at or approval.requested_at
         lines.append((at, f"- [x] {stamp(at)} plan {decision} by {markdown_text(who)}{auto}{reason} "

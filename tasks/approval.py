@@ -131,7 +131,7 @@ def _recorded_request(ctx: RunContext, incident: Incident, plan: Plan, earlier: 
     timeout = ctx.config.approval.timeout_seconds
     try:
         approval_id: int | None = ctx.store().request_approval(
-            incident.id, plan.digest, plan.to_dict(), run_id,
+            incident.id, plan, run_id,
             datetime.now(timezone.utc) + timedelta(seconds=timeout), findings)
     except StoreError as exc:
         logger.error("Approval request not recorded: %s", exc)

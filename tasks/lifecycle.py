@@ -111,7 +111,7 @@ def _run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: 
     if earlier is not None:
         incident = ctx.store().get(earlier.incident_id)
         telemetry.current_incident.set(incident.id)
-        findings, plan = _findings_from(earlier.findings), Plan.from_dict(earlier.plan)
+        findings, plan = _findings_from(earlier.findings), earlier.plan
         logger.info("Resuming incident %s at its approval (%s)", incident.id, plan.summary)
         record(ctx, incident.id, "runbook", EventKind.RESUMED, "Run resumed at its approval; diagnosis is not repeated",
                {"flow_run_id": str(flow_run.get_id()), "run_count": flow_run.run_count})

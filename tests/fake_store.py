@@ -30,6 +30,7 @@ from incidents.models import (
     Status,
     TimelineEvent,
 )
+from incidents.plans import Plan
 from incidents.store import RecordNotFound
 from incidents.store_duties import Duty
 from incidents.vocabulary import ActionKind, DetectedBy
@@ -213,10 +214,10 @@ class FakeStore:
         return True
 
     # -- approvals -------------------------------------------------------------------------------
-    def request_approval(self, incident_id: int, plan_digest: str, plan: dict[str, Any], flow_run_id: str | None,
+    def request_approval(self, incident_id: int, plan: Plan, flow_run_id: str | None,
                          deadline_at: datetime | None = None, findings: dict[str, Any] | None = None) -> int:
         approval_id = next(self._ids)
-        self.approvals_[approval_id] = Approval(id=approval_id, incident_id=incident_id, plan_digest=plan_digest,
+        self.approvals_[approval_id] = Approval(id=approval_id, incident_id=incident_id, plan_digest=plan.digest,
                                                 plan=plan, flow_run_id=flow_run_id, requested_at=_now(),
                                                 token=secrets.token_urlsafe(18), deadline_at=deadline_at,
                                                 findings=findings)

@@ -15,10 +15,12 @@ import deployments.approval_page as page
 from deployments.approval_page import AnswerRefused, record_answer
 from incidents.config import PROJECT_ROOT, load_environment
 from incidents.models import Severity, pause_key
+from incidents.plans import Plan
 from tests.fake_store import FakeStore
 
 RUN = "7f7416ed-6a58-4161-bfae-99cc24c50945"
-DIGEST = "d7d064df1ead276e" + "0" * 48
+PLAN = Plan(1, "api", "sandbox", ())  # incident 1: the first a fresh fake store opens
+DIGEST = PLAN.digest
 
 
 class Run:
@@ -66,7 +68,8 @@ def _approval(store: FakeStore):
     incident = store.open_incident(dedup_key="api", scenario="service-down", service="api", environment="sandbox",
                                    severity=Severity.P2, title="api is down", detected_by="alert", flow_run_id=RUN,
                                    alert=None)
-    approval_id = store.request_approval(incident.id, DIGEST, {"actions": []}, RUN)
+    assert incident.id == PLAN.incident_id
+    approval_id = store.request_approval(incident.id, PLAN, RUN)
     return replace(store.approval(approval_id), environment="sandbox", severity="P2")  # as the store joins them
 
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from incidents.plans import Plan
 from tests.conftest import BROKEN_IMAGE, FlowThread, api_image, break_api
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -222,7 +223,7 @@ def test_the_watch_withdraws_only_after_every_alert_stayed_resolved_for_the_grac
                                    flow_run_id="run-q", alert=None)
     for identity in ("down", "errors"):
         store.record_alert(incident.id, identity, identity, "P0", "2026-11-28T03:00:00Z")
-    approval = store.request_approval(incident.id, "digest", {"actions": []}, "run-q")
+    approval = store.request_approval(incident.id, Plan(incident.id, "api", "sandbox", ()), "run-q")
     woken = []
 
     def sweep(after: float) -> list[int]:
@@ -269,7 +270,7 @@ def test_a_runbook_without_a_plan_hands_the_incident_to_the_next(world, store):
     incident = store.incident_for_run(str(paused.id))
     assert incident.id == opened.id, "the same incident, no second one"
     [approval] = store.approvals(incident.id)
-    assert [a["kind"] for a in approval.plan["actions"]] == ["rollback"]
+    assert [a.kind for a in approval.plan.actions] == ["rollback"]
     assert sum(t.startswith("🚨 INCIDENT ALERT") for t in _texts(world)) == 1
     second.resume(paused.id, approve=False, approver="dana", reason="test")
     assert second.join()["outcome"] == "declined"
@@ -334,7 +335,7 @@ def test_an_outage_of_its_own_for_a_held_service_is_never_left_open(world, store
                                environment="sandbox", severity=Severity.P1, title="held", detected_by="test",
                                flow_run_id=holder_run, alert=None)
     store.take_lease(target_of("sandbox", "api"), holder_run, held.id, "service-down", lambda _: False)
-    store.request_approval(held.id, "held-plan", {"actions": []}, holder_run)  # the holder has its plan
+    store.request_approval(held.id, Plan(held.id, "api", "sandbox", ()), holder_run)  # the holder has its plan
     try:
         def own(key: str) -> dict:
             return {"status": "firing", "correlation_key": key,

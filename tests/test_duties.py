@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from incidents.models import Severity
+from incidents.plans import Plan
 from incidents.success_metrics import MetricRow, compute
 from integrations.github import GitHubClient
 from sandbox.world import GITHUB_TOKEN
@@ -33,7 +34,8 @@ def test_the_commander_is_asked_once_when_no_approver_answers_within_the_respons
     from tasks.watch import sweep
 
     incident = _open(store, "P1", "duty-commander")
-    approval_id = store.request_approval(incident.id, "d" * 64, {"summary": "roll back"}, None)
+    plan = Plan(incident.id, "api", "sandbox", (), summary="roll back")
+    approval_id = store.request_approval(incident.id, plan, None)
     requested = store.approval(approval_id).requested_at
     assert sweep("sandbox", now=requested + timedelta(minutes=14, seconds=59))["commander_asked"] == []
     store.assign_role(incident.id, "commander", "@comms-kim", "sam")  # handed over meanwhile: kim is asked
@@ -46,7 +48,7 @@ def test_the_commander_is_asked_once_when_no_approver_answers_within_the_respons
     assert len(events) == 1 and events[0].data["commander"] == "@comms-kim"
 
     answered = _open(store, "P1", "duty-answered")
-    signed_id = store.request_approval(answered.id, "e" * 64, {"summary": "scale"}, None)
+    signed_id = store.request_approval(answered.id, Plan(answered.id, "api", "sandbox", (), summary="scale"), None)
     store.sign(signed_id, "sam", "approve", "ok")  # one approver answered (four-eyes waits for another)
     later = store.approval(signed_id).requested_at + timedelta(hours=1)
     assert signed_id not in sweep("sandbox", now=later)["commander_asked"], "an approver spoke: not silent"

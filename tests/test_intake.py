@@ -283,8 +283,12 @@ def test_metrics_show_the_approvals_waiting_and_the_overdue_ones(intake, store, 
     opened = [store.open_incident(dedup_key=f"metrics-{n}-{now.timestamp()}", scenario="service-down", service="api",
                                   environment="sandbox", severity=Severity.P1, title=f"metrics {n}",
                                   detected_by="alert", flow_run_id=None, alert=None) for n in range(2)]
-    store.request_approval(opened[0].id, "d" * 64, {"actions": []}, "run-metrics-1", now - timedelta(seconds=5))
-    store.request_approval(opened[1].id, "e" * 64, {"actions": []}, "run-metrics-2", now + timedelta(hours=1))
+    from incidents.plans import Plan
+
+    store.request_approval(opened[0].id, Plan(opened[0].id, "api", "sandbox", ()), "run-metrics-1",
+                           now - timedelta(seconds=5))
+    store.request_approval(opened[1].id, Plan(opened[1].id, "api", "sandbox", ()), "run-metrics-2",
+                           now + timedelta(hours=1))
     time.sleep(1.1)
     metrics = _metrics(intake)
     env = (("environment", "sandbox"),)

@@ -116,8 +116,8 @@ def test_a_handed_over_plan_is_approved_acted_on_and_verified_by_the_database_sc
     run = FlowThread(service_down, service="api", severity="P1", alert=_alert(spec, state))
     paused = run.wait_paused()
     approval = store.approval_for_run(str(paused.id))
-    assert [a["kind"] for a in approval.plan["actions"]] == ["terminate_sessions"]
-    assert approval.plan["scenario"] == "database-issues" and approval.plan["confidence"] == "strong"
+    assert [a.kind for a in approval.plan.actions] == ["terminate_sessions"]
+    assert approval.plan.scenario == "database-issues" and approval.plan.confidence == "strong"
     notice = next(m["text"] for m in world.slack_messages if m["text"].startswith("⏸️ APPROVAL NEEDED"))
     assert "Confidence: strong" in notice and "for:" in notice
     assert run.resume(paused.id, approve=True, approver="dba-ana", reason="stale lock").status.value == "ACCEPT"

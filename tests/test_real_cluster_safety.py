@@ -68,8 +68,8 @@ def test_pods_another_policy_restricts_are_never_opened_up_by_a_block(world, sto
     run = FlowThread(security_incident, service="api", alert=ALERT)
     paused = run.wait_paused()
     approval = store.approval_for_run(str(paused.id))
-    assert [a["kind"] for a in approval.plan["actions"]] == ["rotate_secrets", "enable_logging"]
-    against = " ".join(approval.plan["against"])
+    assert [a.kind for a in approval.plan.actions] == ["rotate_secrets", "enable_logging"]
+    against = " ".join(approval.plan.against)
     assert "block by NetworkPolicy refused" in against and "api-only-from-ingress-nginx" in against
     assert "ingress_denylist" in against, "the alternative is proposed"
     run.resume(paused.id, approve=True, approver="ivan", reason="contain")
@@ -109,9 +109,9 @@ def test_ingress_denylist_blocks_at_the_ingress_and_verification_sees_it(world, 
 
     run = FlowThread(security_incident, service="api", environment="sandbox-ingress", alert=ALERT)
     paused = run.wait_paused()
-    [block] = [a for a in store.approval_for_run(str(paused.id)).plan["actions"] if a["kind"] == "block_ips"]
-    assert block["target"].startswith("ingress/api") and block["before"] == "deny list: empty"
-    assert block["after"] == "deny list: 198.51.100.0/24, 203.0.113.7/32"
+    [block] = [a for a in store.approval_for_run(str(paused.id)).plan.actions if a.kind == "block_ips"]
+    assert block.target.startswith("ingress/api") and block.before == "deny list: empty"
+    assert block.after == "deny list: 198.51.100.0/24, 203.0.113.7/32"
     run.resume(paused.id, approve=True, approver="ivan", reason="contain")
     result = run.join(120)
     assert result["outcome"] == "resolved", result
@@ -142,8 +142,8 @@ def test_rotation_says_the_credential_must_be_revoked_at_its_issuer(world, store
 
     run = FlowThread(security_incident, service="api", alert=ALERT)
     paused = run.wait_paused()
-    [rotate] = [a for a in store.approval_for_run(str(paused.id)).plan["actions"] if a["kind"] == "rotate_secrets"]
-    assert "valid at their issuer until revoked there" in rotate["after"]
+    [rotate] = [a for a in store.approval_for_run(str(paused.id)).plan.actions if a.kind == "rotate_secrets"]
+    assert "valid at their issuer until revoked there" in rotate.after
     run.resume(paused.id, approve=True, approver="ivan", reason="contain")
     result = run.join(120)
     assert result["outcome"] == "resolved"

@@ -14,6 +14,7 @@ import pytest
 
 from incidents.followups import RunbookStore
 from incidents.models import EventKind, Severity, Status
+from incidents.plans import Plan
 from incidents.store import RecordNotFound
 from incidents.vocabulary import ActionKind, DetectedBy
 from tests.fake_store import FakeStore
@@ -114,9 +115,11 @@ def test_announcement_thread_pager_and_duty_are_each_claimed_once(either):
 def test_a_decision_is_taken_once_and_a_signature_once_per_approver(either):
     incident = _open(either)
     run = _unique("run")
-    approval_id = either.request_approval(incident.id, "d1", {"actions": []}, run)
+    plan = Plan(incident.id, "api", "sandbox", (), summary="roll back")
+    approval_id = either.request_approval(incident.id, plan, run)
     assert either.approval_for_run(run).id == approval_id
-    assert either.approval(approval_id).environment == "sandbox"
+    asked = either.approval(approval_id)
+    assert asked.environment == "sandbox" and asked.plan == plan and asked.plan_digest == plan.digest
     assert either.sign(approval_id, "sam", "approve", "ok") and not either.sign(approval_id, "sam", "approve", "ok")
     assert either.unsign(approval_id, "sam") and not either.unsign(approval_id, "sam")
     assert either.signatures(approval_id) == []
