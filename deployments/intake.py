@@ -303,7 +303,7 @@ class AlertIntake:
             # under that alert's idempotency key, so all of these make one run
             opener = replace(request, scenario=incident.scenario)
             run_id = await self.start_run(
-                await self.deployment_id(opener.deployment), incident.alert or parameter.as_dict(), opener,
+                await self.deployment_id(opener.deployment), (incident.alert or parameter).as_dict(), opener,
                 incident.severity, incident.id
             )
             await run_in_threadpool(ctx.store().set_runbook_run, incident.id, run_id)

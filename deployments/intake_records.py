@@ -57,7 +57,7 @@ def open_or_find(alert: Alert, request: RunRequest, parameter: AlertParameter) -
         environment=request.environment, severity=severity,
         title=templates.issue_title_text(request.service, severity, summary),
         detected_by=DetectedBy.SLACK if alert.source == "slack" else DetectedBy.ALERT, flow_run_id=None,
-        alert=parameter.as_dict(), started_at=parameter.started)
+        alert=parameter.redacted(), started_at=parameter.started)
     if incident.created:
         detected(ctx, incident, alert.source, f"{request.scenario}: {summary}", parameter)
     return incident, ctx

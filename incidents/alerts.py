@@ -65,6 +65,18 @@ class AlertParameter(BaseModel):
         """The alert as it came (wire names, with any keys the model does not name)."""
         return self.model_dump(by_alias=True, exclude_unset=True)
 
+    def redacted(self) -> AlertParameter:
+        """The alert as it may be kept and shown: its annotations (free text from the monitoring
+        system, where a templated value can carry a credential) redacted; labels are identity."""
+        if not self.annotations:
+            return self
+        return self.model_copy(update={"annotations": {k: redact(v) for k, v in self.annotations.items()}})
+
+    @property
+    def drill_id(self) -> str | None:
+        """The drill that raised it (tasks/drill.py labels its alerts), or None for a real one."""
+        return self.labels.get("drill_id") or None
+
     @property
     def started(self) -> datetime | None:
         return starts_at_time(self.starts_at)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from incidents.vocabulary import DetectedBy
 
 if TYPE_CHECKING:
+    from incidents.alerts import AlertParameter
     from incidents.plans import Plan
 
 
@@ -68,7 +69,7 @@ class Incident:
     github_issue: int | None = None
     issue_url: str | None = None
     flow_run_id: str | None = None
-    alert: dict[str, Any] | None = None
+    alert: AlertParameter | None = None  # the alert that opened it; read from its stored record here, once
     resolved_at: datetime | None = None
     root_cause: str | None = None
     resolution: str | None = None
@@ -85,6 +86,12 @@ class Incident:
     announced_at: datetime | None = None      # its issue and Initial Alert went out (once)
     created: bool = field(default=False, compare=False)  # True when this call opened it
     joined: bool = field(default=False, compare=False)   # True when a run joined it (another run works it)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alert, dict):  # the stored record (a JSON column)
+            from incidents.alerts import AlertParameter
+
+            self.alert = AlertParameter.model_validate(self.alert)
 
     @property
     def issue_ref(self) -> str:

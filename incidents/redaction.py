@@ -14,7 +14,6 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import quote
 
 MARK = "[REDACTED]"
@@ -143,15 +142,6 @@ def redact(text: str | None) -> str:
         at = last
     pieces.append(text[at:])
     return "".join(pieces)
-
-
-def redact_alert(alert: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An alert as it may be kept and shown: its annotations (free text from the monitoring
-    system, where a templated value can carry a credential) redacted; labels are identity."""
-    if not isinstance(alert, dict) or not isinstance(alert.get("annotations"), dict):
-        return alert
-    return {**alert, "annotations": {k: redact(v) if isinstance(v, str) else v
-                                     for k, v in alert["annotations"].items()}}
 
 
 class RedactingFilter(logging.Filter):

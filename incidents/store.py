@@ -13,6 +13,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from incidents.alerts import AlertParameter
 from incidents.followup_models import Drill
 from incidents.models import EventKind, Incident, Severity, SlackThread, Status, TimelineEvent
 from incidents.store_approvals import ApprovalRecords
@@ -46,7 +47,7 @@ class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, Rol
 
     # -- incidents ------------------------------------------------------------------------------
     def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,
-                      title: str, detected_by: DetectedBy, flow_run_id: str | None, alert: dict[str, Any] | None,
+                      title: str, detected_by: DetectedBy, flow_run_id: str | None, alert: AlertParameter | None,
                       started_at: datetime | None = None) -> Incident:
         """Open an incident, or return the one already open under `dedup_key`. `started_at` is
         when the problem began (an alert's startsAt); it defaults to now, the opening."""
@@ -58,7 +59,8 @@ class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, Rol
                    ON CONFLICT (dedup_key) WHERE resolved_at IS NULL DO NOTHING
                    RETURNING *""",
                 (dedup_key, scenario, service, environment, severity.value, Status.INVESTIGATING.value, title,
-                 detected_by, flow_run_id, Jsonb(alert) if alert is not None else None, started_at)).fetchone()
+                 detected_by, flow_run_id, Jsonb(alert.as_dict()) if alert is not None else None,
+                 started_at)).fetchone()
             created = row is not None
             if row is None:
                 row = conn.execute("SELECT * FROM incidents WHERE dedup_key = %s AND resolved_at IS NULL",

@@ -234,11 +234,7 @@ def issue_body(incident: Incident, summary: str, roles: list[tuple[str, str, str
     (when, kind, what))."""
     alert_line = ""
     if incident.alert:
-        name = (
-            incident.alert.get("labels", {}).get("alertname")
-            if isinstance(incident.alert.get("labels"), dict)
-            else None
-        )
+        name = incident.alert.name
         alert_line = f"\n**Alert:** {markdown_text(name or 'external alert')}"
     role_rows = "\n".join(f"| {role} | {contact} | {backup or '-'} |" for role, contact, backup in roles)
     commander = next((contact for role, contact, _ in roles if role.lower().startswith("incident commander")), "-")

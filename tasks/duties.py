@@ -96,7 +96,7 @@ def draft_summary(ctx: RunContext, incident_id: int) -> bool:
     resolved, in the thread and on the issue; due a day after the resolution."""
     store = ctx.store()
     incident = store.get(incident_id)
-    if incident.resolved_at is None or ((incident.alert or {}).get("labels") or {}).get("drill_id"):
+    if incident.resolved_at is None or (incident.alert is not None and incident.alert.drill_id):
         return False  # a drill's summary would go to real stakeholders
     due = incident.resolved_at + SUMMARY_WITHIN
     if not store.claim_duty(incident_id, SUMMARY_24H, due_at=due):

@@ -12,7 +12,7 @@ from incidents import templates
 from incidents.alerts import AlertParameter, correlation_key
 from incidents.escalation import level_contacts
 from incidents.models import EventKind, Incident, Severity, Status
-from incidents.redaction import redact, redact_alert
+from incidents.redaction import redact
 from incidents.store import StoreError
 from incidents.vocabulary import DetectedBy
 from integrations.errors import IntegrationError
@@ -58,7 +58,7 @@ def open_incident(ctx: RunContext, scenario: str, severity: Severity, summary: s
         title=templates.issue_title_text(ctx.service_name, severity, summary),
         detected_by=detected_by,
         flow_run_id=run_id,
-        alert=redact_alert(alert.as_dict() if alert else None),
+        alert=alert.redacted() if alert else None,
         started_at=alert.started if alert else None,
     )
     if incident.created:

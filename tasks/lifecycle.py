@@ -14,7 +14,7 @@ from typing import Mapping
 from prefect.runtime import flow_run
 
 from incidents import templates
-from incidents.alerts import AlertParameter, starts_at_time
+from incidents.alerts import AlertParameter
 from incidents.findings import Finding, report_markdown
 from incidents.models import Approval, EventKind, Incident, Lease, Outcome, Severity, Status
 from incidents.plans import Plan
@@ -181,7 +181,7 @@ def _beside(scenario: Scenario, ctx: RunContext, incident: Incident, findings: d
 def _onset(alert: AlertParameter | None, incident: Incident) -> datetime | None:
     """When the failure began: the alert's startsAt, or the incident's first alert's; unknown
     for a manual run (the time someone pressed Run says nothing about when it broke)."""
-    return (alert.started if alert else None) or starts_at_time((incident.alert or {}).get("startsAt"))
+    return (alert.started if alert else None) or (incident.alert.started if incident.alert else None)
 
 
 def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None,

@@ -39,8 +39,7 @@ def incident_of_key(key: str) -> tuple[str, int] | None:
 
 
 def is_drill(incident: Incident) -> bool:
-    labels = (incident.alert or {}).get("labels") if isinstance(incident.alert, dict) else None
-    return isinstance(labels, dict) and bool(labels.get("drill_id"))
+    return incident.alert is not None and incident.alert.drill_id is not None
 
 
 def mentions(ctx: RunContext, handles: list[str]) -> list[str]:

@@ -75,7 +75,7 @@ def _run_post_incident(name: str, environment: str, incident_id: int) -> tuple[F
 def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
     """Start the `post-incident/<environment>` deployment for a resolved incident (not for
     drills). Never raises: without the deployment it says how to run it by hand."""
-    if ((incident.alert or {}).get("labels") or {}).get("drill_id"):
+    if incident.alert is not None and incident.alert.drill_id:
         return None
     name = f"post-incident/{ctx.environment}"
     run, why = _run_post_incident(name, ctx.environment, incident.id)

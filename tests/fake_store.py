@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
+from incidents.alerts import AlertParameter
 from incidents.containment import StandingContainment
 from incidents.followup_models import Drill
 from incidents.models import (
@@ -65,7 +66,7 @@ class FakeStore:
 
     # -- incidents -------------------------------------------------------------------------------
     def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,
-                      title: str, detected_by: DetectedBy, flow_run_id: str | None, alert: dict[str, Any] | None,
+                      title: str, detected_by: DetectedBy, flow_run_id: str | None, alert: AlertParameter | None,
                       started_at: datetime | None = None) -> Incident:
         for incident in self.incidents.values():
             if incident.dedup_key == dedup_key and incident.resolved_at is None:

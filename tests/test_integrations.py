@@ -235,10 +235,12 @@ def test_destructive_tasks_refuse_to_run_without_a_grant(world, test_config):
 
 
 def test_incident_store_dedups_open_incidents(store, world):
+    from incidents.alerts import AlertParameter
     from incidents.models import EventKind, Severity
 
     args = dict(dedup_key=f"test:{time.time()}", scenario="service-down", service="api", environment="sandbox",
-                severity=Severity.P1, title="t", detected_by="test", flow_run_id=None, alert={"fingerprint": "f"})
+                severity=Severity.P1, title="t", detected_by="test", flow_run_id=None,
+                alert=AlertParameter(fingerprint="f"))
     first = store.open_incident(**args)
     second = store.open_incident(**args)
     assert first.created and not second.created and first.id == second.id

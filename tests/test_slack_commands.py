@@ -141,7 +141,7 @@ def test_a_whole_incident_from_slack_declare_ack_roles_note_severity_approve_pos
     run, incident = _declare(world, store, deployments, "U0SANDSAM",
                              "declare api service-down P1 env=sandbox api answers 503 since the deploy")
     assert incident.severity == Severity.P1 and incident.detected_by == "slack"
-    assert incident.alert["annotations"] == {"summary": "api answers 503 since the deploy", "declared_by": "sam"}
+    assert incident.alert.annotations == {"summary": "api answers 503 since the deploy", "declared_by": "sam"}
     parent = _parent(world)
     assert "Incident Commander: <@U0SANDSAM>" in parent["text"]
     assert _buttons(parent)[-2:] == ["runbooks_ack", "runbooks_resolve"], parent["blocks"]

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from incidents.alerts import AlertParameter
 from incidents.followups import RunbookStore
 from incidents.models import EventKind, Severity, Status
 from incidents.plans import Plan
@@ -66,6 +67,16 @@ def test_one_open_incident_per_key_and_a_closed_one_takes_no_more(either):
     assert after.created and after.id != first.id
     still_open = [i.id for i in either.list(open_only=True, environment="sandbox")]
     assert after.id in still_open and first.id not in still_open
+
+
+def test_the_alert_that_opened_an_incident_reads_back_as_the_alert(either):
+    alert = AlertParameter.model_validate({"status": "firing", "fingerprint": "f1", "startsAt": "2026-11-28T03:00:00Z",
+                                           "labels": {"alertname": "ServiceDown", "drill_id": "d-1"},
+                                           "annotations": {"summary": "api is down"}, "custom": "kept"})
+    incident = either.get(_open(either, alert=alert).id)
+    assert isinstance(incident.alert, AlertParameter) and incident.alert.as_dict() == alert.as_dict()
+    assert incident.alert.name == "ServiceDown" and incident.alert.drill_id == "d-1"
+    assert either.get(_open(either).id).alert is None
 
 
 def test_an_unknown_incident_is_not_found_and_that_is_not_worth_retrying(either):
