@@ -21,8 +21,8 @@ from kubernetes.client.exceptions import ApiException
 
 from integrations.errors import Closing, IntegrationError, gave_up, refusal
 from integrations.http import RetryPolicy, is_transient
+from integrations.kubernetes_views import REVISION, AutoscalerView, DeploymentView, deployment_view
 
-REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 TIMED_OUT_REASON = "ProgressDeadlineExceeded"
@@ -142,9 +142,8 @@ def selector_of(deployment: dict[str, Any]) -> str:
 
 
 def container_image(deployment: dict[str, Any], container: str | None = None) -> str:
-    containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
-    chosen = next((c for c in containers if c.get("name") == container), containers[0]) if container else containers[0]
-    return str(chosen.get("image", ""))
+    """The image of the named container of a Deployment's (or ReplicaSet's) pod template, else the first's."""
+    return deployment_view(deployment).container(container).image
 
 
 # -- summaries returned to callers ----------------------------------------------------------
@@ -342,8 +341,13 @@ class KubernetesClient(Closing):
         return cast(dict[str, Any], self.api_client.sanitize_for_serialization(obj))
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        """The Deployment as the API serialises it (for the rollout and undo rules, and faults)."""
         return self._json(self._call(f"get deployment {namespace}/{name}",
                                      self.apps.read_namespaced_deployment, name, namespace))
+
+    def deployment(self, namespace: str, name: str) -> DeploymentView:
+        """What the runbooks read of a Deployment: replicas, revision, containers, template metadata."""
+        return deployment_view(self.get_deployment(namespace, name))
 
     def rollout_status(self, namespace: str, name: str) -> RolloutStatus:
         return rollout_status_of(self.get_deployment(namespace, name))
@@ -422,14 +426,14 @@ class KubernetesClient(Closing):
                        plan.patch, _content_type="application/json-patch+json")
         return UndoResult(plan.from_revision, plan.to_revision, plan.image, skipped=plan.patch is None)
 
-    def autoscaler_of(self, namespace: str, deployment: str) -> dict[str, Any] | None:
-        """The HorizontalPodAutoscaler that scales this deployment, if any: {name, min, max}."""
+    def autoscaler_of(self, namespace: str, deployment: str) -> AutoscalerView | None:
+        """The HorizontalPodAutoscaler that scales this deployment, if any."""
         found = self._call(f"list horizontalpodautoscalers in {namespace}",
                            k8s.AutoscalingV2Api(self.api_client).list_namespaced_horizontal_pod_autoscaler, namespace)
         for hpa in found.items:
             ref = hpa.spec.scale_target_ref
             if ref.kind == "Deployment" and ref.name == deployment:
-                return {"name": hpa.metadata.name, "min": hpa.spec.min_replicas or 1, "max": hpa.spec.max_replicas}
+                return AutoscalerView(hpa.metadata.name, hpa.spec.min_replicas or 1, hpa.spec.max_replicas)
         return None
 
     def set_autoscaler_bounds(self, namespace: str, name: str, minimum: int, maximum: int) -> None:

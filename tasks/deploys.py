@@ -15,7 +15,7 @@ from incidents.action_params import Rollback, RollbackByUndo, RollbackByWorkflow
 from incidents.errors import RunbookError
 from incidents.plans import Grant, PlannedAction, require_grant
 from incidents.vocabulary import ActionKind
-from integrations.kubernetes import revision_of
+from integrations.kubernetes import RESTARTED_AT
 from integrations.probes import probe_all
 from tasks.context import RunContext
 from tasks.steps import run_logger, step
@@ -47,10 +47,10 @@ def rollback_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
     _check_kind(action, ActionKind.ROLLBACK)
     p = action.params_as(Rollback)
     with ctx.kubernetes() as kube:
-        current = kube.get_deployment(p.namespace, p.deployment)
-        revision = revision_of(current)
+        current = kube.deployment(p.namespace, p.deployment)
+        revision = current.revision
         if revision != p.from_revision:
-            image = current["spec"]["template"]["spec"]["containers"][0].get("image")
+            image = current.image
             if image == p.to_image:
                 return ActionResult(
                     action.describe(), False, f"already at {image} (revision {revision}): nothing to do"
@@ -103,9 +103,7 @@ def restart_deployment(ctx: RunContext, action: PlannedAction, grant: Grant,
     p = action.params_as(RolloutRestart)
     with ctx.kubernetes() as kube:
         if interrupted_at:
-            current = kube.get_deployment(p.namespace, p.deployment)
-            annotations = current["spec"]["template"].get("metadata", {}).get("annotations") or {}
-            done = annotations.get("kubectl.kubernetes.io/restartedAt")
+            done = kube.deployment(p.namespace, p.deployment).template_annotations.get(RESTARTED_AT)
             if done and datetime.fromisoformat(done.replace("Z", "+00:00")) >= interrupted_at - timedelta(seconds=5):
                 return ActionResult(action.describe(), False, f"already restarted at {done} by the interrupted attempt")
         stamp = kube.rollout_restart(p.namespace, p.deployment)

@@ -35,8 +35,9 @@ from incidents.check_facts import (
 from incidents.findings import Finding, unavailable
 from incidents.redaction import redact
 from integrations.errors import IntegrationError
-from integrations.kubernetes import container_image, revision_of, rollout_status_of
+from integrations.kubernetes import rollout_status_of
 from integrations.kubernetes_config import config_refs, last_changed
+from integrations.kubernetes_views import deployment_view
 from integrations.probes import error_metrics, probe_all
 from integrations.reach import reach
 from tasks.context import RunContext, SecretNotFound
@@ -111,26 +112,22 @@ def check_rollout(ctx: RunContext) -> Finding:
     healthy = status.done and not crashing and ready == len(pods) and pods
     summary = f"{ready}/{len(pods)} pods ready; {status.message}"
     if autoscaler:
-        summary += f"; scaled by HPA {autoscaler['name']} ({autoscaler['min']}-{autoscaler['max']})"
+        summary += f"; scaled by HPA {autoscaler.name} ({autoscaler.min}-{autoscaler.max})"
     if crashing:
         summary += f"; {len(crashing)} pods crash-looping"
     oom = [p for p in pods if p.last_termination_reason == "OOMKilled"]
     if oom:
         summary += f"; {len(oom)} pods OOM-killed"
+    view = deployment_view(deployment)
+    container = view.container(target.container)
     return Finding(ROLLOUT, bool(healthy), summary, details, RolloutFacts(
-        revision=revision_of(deployment), image=container_image(deployment, target.container),
+        revision=view.revision, image=container.image,
         rollout_done=status.done, rollout_failed=status.failed, oom_killed=len(oom),
-        memory_limit=_memory_limit(deployment, target.container),
-        desired_replicas=deployment["spec"].get("replicas", 1),
-        autoscaler=Autoscaler(**autoscaler) if autoscaler else None, paused=bool(deployment["spec"].get("paused")),
+        memory_limit=container.memory_limit, desired_replicas=view.replicas,
+        autoscaler=Autoscaler(name=autoscaler.name, min=autoscaler.min, max=autoscaler.max) if autoscaler else None,
+        paused=view.paused,
         pods=[PodFacts(name=p.name, ready=p.ready, restarts=p.restarts, waiting=p.waiting_reason,
                        last_termination=p.last_termination_reason, image=p.image, node=p.node) for p in pods]))
-
-
-def _memory_limit(deployment: dict[str, Any], container: str | None) -> str | None:
-    containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
-    chosen = next((c for c in containers if c.get("name") == container), containers[0])
-    return ((chosen.get("resources") or {}).get("limits") or {}).get("memory")
 
 
 @step("network-and-dns")

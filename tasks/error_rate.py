@@ -134,7 +134,7 @@ def scale_deployment(ctx: RunContext, action: PlannedAction, grant: Grant) -> Ac
         return ActionResult(action.describe(), True, f"HPA {p.hpa}: minReplicas {p.from_} -> {p.to}, "
                                                      f"maxReplicas {p.max}")
     with ctx.kubernetes() as kube:
-        current = kube.get_deployment(p.namespace, p.deployment)["spec"].get("replicas", 1)
+        current = kube.deployment(p.namespace, p.deployment).replicas
         if current != p.from_:
             if current >= p.to:
                 return ActionResult(action.describe(), False, f"already at {current} replicas: nothing to do")

@@ -18,7 +18,7 @@ from psycopg.conninfo import make_conninfo
 from incidents.drills import FaultSpec, Step
 from incidents.errors import RunbookError
 from integrations.errors import IntegrationError
-from integrations.kubernetes import RESTARTED_AT, KubernetesClient, container_image
+from integrations.kubernetes import RESTARTED_AT, KubernetesClient
 from integrations.kubernetes_security import (
     append_to_secret_value,
     blocked_by_policy,
@@ -104,7 +104,7 @@ def _flags_configmap(ctx: RunContext) -> str:
 def _release(ctx: RunContext, state: FaultState, step: Step) -> None:
     k = ctx.service.kubernetes
     with ctx.kubernetes() as kube:
-        state.undo.setdefault("image", container_image(kube.get_deployment(k.namespace, k.deployment), k.container))
+        state.undo.setdefault("image", kube.deployment(k.namespace, k.deployment).container(k.container).image)
         if step.value == "broken-by-kubectl":
             base = state.undo["image"].rsplit(":", 1)[0]
             kube.set_image(k.namespace, k.deployment, k.container, f"{base}:drill-{secrets.token_hex(3)}-broken")
@@ -121,7 +121,7 @@ def _release(ctx: RunContext, state: FaultState, step: Step) -> None:
 def _load(ctx: RunContext, state: FaultState, step: Step) -> None:
     with ctx.kubernetes() as kube:
         k = ctx.service.kubernetes
-        state.undo.setdefault("replicas", kube.get_deployment(k.namespace, k.deployment)["spec"].get("replicas", 1))
+        state.undo.setdefault("replicas", kube.deployment(k.namespace, k.deployment).replicas)
     httpx.post(f"{sandbox_url()}/_sandbox/load", json={"service": ctx.service_name, "rps": step.value},
                timeout=5).raise_for_status()
     state.undo["load"] = True
@@ -157,7 +157,7 @@ def _flag(ctx: RunContext, state: FaultState, step: Step) -> None:
 def _replicas(ctx: RunContext, state: FaultState, step: Step) -> None:
     k = ctx.service.kubernetes
     with ctx.kubernetes() as kube:
-        state.undo.setdefault("replicas", kube.get_deployment(k.namespace, k.deployment)["spec"].get("replicas", 1))
+        state.undo.setdefault("replicas", kube.deployment(k.namespace, k.deployment).replicas)
         kube.scale(k.namespace, k.deployment, int(step.value))
 
 
@@ -292,7 +292,7 @@ def _other_broken(ctx: RunContext, state: FaultState, step: Step) -> None:
     """Another service of the namespace crash-loops (kubectl set image): not the target's fault."""
     ns, other = ctx.service.kubernetes.namespace, str(step.value)
     with ctx.kubernetes() as kube:
-        image = container_image(kube.get_deployment(ns, other), other)
+        image = kube.deployment(ns, other).container(other).image
         state.undo.setdefault("other", {"deployment": other, "image": image})
         kube.set_image(ns, other, other, f"{image.rsplit(':', 1)[0]}:drill-{secrets.token_hex(3)}-broken")
 
@@ -491,8 +491,7 @@ def _undo_flags(ctx: RunContext, state: FaultState) -> list[str]:
 def _restart_anew(kube: KubernetesClient, namespace: str, deployment: str) -> None:
     """kubectl rollout restart stamps the pod template to the second: a second restart within
     that second changes nothing and rolls nothing out. Waits for the next second if needed."""
-    template = kube.get_deployment(namespace, deployment)["spec"]["template"]
-    stamped = ((template.get("metadata") or {}).get("annotations") or {}).get(RESTARTED_AT)
+    stamped = kube.deployment(namespace, deployment).template_annotations.get(RESTARTED_AT)
     if stamped is not None and stamped >= datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"):
         time.sleep(1.05 - datetime.now(timezone.utc).microsecond / 1e6)
     kube.rollout_restart(namespace, deployment)
@@ -505,7 +504,7 @@ def _undo_release(ctx: RunContext, state: FaultState) -> list[str]:
         ([(other["deployment"], other["deployment"], other["image"])] if other else [])
     with ctx.kubernetes() as kube:
         for deployment, container, image in targets:
-            if container_image(kube.get_deployment(k.namespace, deployment), container) != image:
+            if kube.deployment(k.namespace, deployment).container(container).image != image:
                 kube.set_image(k.namespace, deployment, container, image)
                 done.append(f"deployment/{deployment}: image restored to {image}")
     return done
@@ -516,7 +515,7 @@ def _undo_replicas(ctx: RunContext, state: FaultState) -> list[str]:
         return []
     k = ctx.service.kubernetes
     with ctx.kubernetes() as kube:
-        if kube.get_deployment(k.namespace, k.deployment)["spec"].get("replicas") != state.undo["replicas"]:
+        if kube.deployment(k.namespace, k.deployment).replicas != state.undo["replicas"]:
             kube.scale(k.namespace, k.deployment, state.undo["replicas"])
             return [f"replicas back to {state.undo['replicas']}"]
     return []

@@ -4,7 +4,7 @@ the executor calls `recheck` before the first attempt of each action."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from incidents.action_params import (
     Block,
@@ -21,8 +21,8 @@ from incidents.action_params import (
 )
 from incidents.plans import PlannedAction
 from incidents.vocabulary import ActionKind
-from integrations.kubernetes import revision_of
 from integrations.kubernetes_security import get_config_value, ingress_denylist, policies_selecting, secret_metadata
+from integrations.kubernetes_views import DeploymentView
 from tasks import permissions
 from tasks.context import RunContext
 from tasks.deploys import RemediationFailed
@@ -36,28 +36,28 @@ class TargetChanged(RemediationFailed):
     """The target is no longer as the approved plan found it: nothing was done."""
 
 
-def _deployment(ctx: RunContext, namespace: str, name: str) -> dict[str, Any]:
+def _deployment(ctx: RunContext, namespace: str, name: str) -> DeploymentView:
     with ctx.kubernetes() as kube:
-        return kube.get_deployment(namespace, name)
+        return kube.deployment(namespace, name)
 
 
 def _rollback(ctx: RunContext, action: PlannedAction) -> str | None:
     p = action.params_as(Rollback)
     dep = _deployment(ctx, p.namespace, p.deployment)
-    revision, image = revision_of(dep), dep["spec"]["template"]["spec"]["containers"][0].get("image")
-    if revision != p.from_revision and image != p.to_image:
-        return f"deployment/{p.deployment} is at revision {revision} ({image}), not {p.from_revision} as planned"
+    if dep.revision != p.from_revision and dep.image != p.to_image:
+        return (f"deployment/{p.deployment} is at revision {dep.revision} ({dep.image}), not {p.from_revision} "
+                f"as planned")
     return None
 
 
 def _restart(ctx: RunContext, action: PlannedAction) -> str | None:
     p = action.params_as(RolloutRestart)
     dep = _deployment(ctx, p.namespace, p.deployment)
-    if dep["spec"].get("paused"):
+    if dep.paused:
         return (f"deployment/{p.deployment} is paused (kubectl rollout restart refuses a paused deployment; "
                 f"`kubectl rollout resume` it first, if that is intended)")
-    if p.revision is not None and revision_of(dep) != p.revision:
-        return f"deployment/{p.deployment} is at revision {revision_of(dep)}, not {p.revision} as planned"
+    if p.revision is not None and dep.revision != p.revision:
+        return f"deployment/{p.deployment} is at revision {dep.revision}, not {p.revision} as planned"
     return None
 
 
@@ -67,16 +67,16 @@ def _scale(ctx: RunContext, action: PlannedAction) -> str | None:
     p = action.params_as(Scale)
     with ctx.kubernetes() as kube:
         autoscaler = kube.autoscaler_of(p.namespace, p.deployment)
-        replicas = kube.get_deployment(p.namespace, p.deployment)["spec"].get("replicas", 1)
+        replicas = kube.deployment(p.namespace, p.deployment).replicas
     if p.hpa:
-        if autoscaler is None or autoscaler["name"] != p.hpa:
+        if autoscaler is None or autoscaler.name != p.hpa:
             return f"HPA {p.hpa} no longer scales deployment/{p.deployment}"
-        if autoscaler["min"] != p.from_ and autoscaler["min"] < p.to:
-            return f"HPA {p.hpa} has minReplicas {autoscaler['min']}, not {p.from_} as planned"
+        if autoscaler.min != p.from_ and autoscaler.min < p.to:
+            return f"HPA {p.hpa} has minReplicas {autoscaler.min}, not {p.from_} as planned"
         return None
     if autoscaler is not None:
-        return (f"HPA {autoscaler['name']} now scales deployment/{p.deployment} ({autoscaler['min']}-"
-                f"{autoscaler['max']}): a manual scale would be reverted")
+        return (f"HPA {autoscaler.name} now scales deployment/{p.deployment} ({autoscaler.min}-"
+                f"{autoscaler.max}): a manual scale would be reverted")
     if replicas != p.from_ and replicas < p.to:
         return f"deployment/{p.deployment} has {replicas} replicas, not {p.from_} as planned"
     return None

@@ -80,8 +80,7 @@ def containment_state(ctx: RunContext, kube: KubernetesClient) -> tuple[Containm
     """What restricts the service's pods now: other NetworkPolicies selecting them, what our
     block policy already blocks, and the Ingress's deny list; and the same as lines for the report."""
     target, sec = ctx.service.kubernetes, ctx.service.security
-    labels = (kube.get_deployment(target.namespace, target.deployment)["spec"]["template"].get("metadata") or {}
-              ).get("labels") or {}
+    labels = dict(kube.deployment(target.namespace, target.deployment).template_labels)
     policies = policies_selecting(kube, target.namespace, labels, sec.block_policy)
     blocks = blocked_by_policy(kube, target.namespace, sec.block_policy)
     denylist: dict[str, Any] = {"denylist": None}

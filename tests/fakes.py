@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from integrations.errors import IntegrationError
+from integrations.kubernetes_views import AutoscalerView, DeploymentView, deployment_view
 from integrations.postgres import Session
 from integrations.slack import Posted
 from tasks.context import RunContext
@@ -31,7 +32,7 @@ class FakeKubernetes:
 
     def __init__(self) -> None:
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
-        self.autoscalers: dict[tuple[str, str], dict[str, Any]] = {}  # by the deployment they scale
+        self.autoscalers: dict[tuple[str, str], AutoscalerView] = {}  # by the deployment they scale
         self.calls: list[str] = []
         self.refused: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) the Role does not grant
 
@@ -51,8 +52,11 @@ class FakeKubernetes:
               subresource: str = "") -> bool:
         return (verb, resource + (f"/{subresource}" if subresource else "")) not in self.refused
 
-    def autoscaler_of(self, namespace: str, deployment_name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.autoscalers.get((namespace, deployment_name)))
+    def deployment(self, namespace: str, name: str) -> DeploymentView:
+        return deployment_view(self.get_deployment(namespace, name))
+
+    def autoscaler_of(self, namespace: str, deployment_name: str) -> AutoscalerView | None:
+        return self.autoscalers.get((namespace, deployment_name))
 
     def scale(self, namespace: str, name: str, replicas: int) -> tuple[int, int]:
         self.calls.append(f"scale {namespace}/{name} {replicas}")

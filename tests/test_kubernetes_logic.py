@@ -195,3 +195,23 @@ def test_usage_near_the_memory_limit_is_a_finding_and_cpu_over_request_is_said()
     assert details == ("pod api-1: CPU 250m (250% of 100), memory 96Mi (38% of 256)",)
     assert summarize(facts(250.0))[0] is False
     assert summarize(UsageFacts())[0] is None
+
+
+def test_a_deployment_reads_as_its_view_with_kubernetes_defaults_applied_once():
+    from integrations.kubernetes_views import ContainerView, deployment_view
+
+    full = deployment(annotations={REVISION: "7"}, paused=True)
+    full["metadata"]["namespace"] = "sandbox"
+    full["spec"]["template"]["metadata"]["annotations"] = {"kubectl.kubernetes.io/restartedAt": "2026-12-01T00:00:00Z"}
+    full["spec"]["template"]["spec"]["containers"] = [
+        {"name": "sidecar", "image": "proxy:1"},
+        {"name": "api", "image": "app:v7", "resources": {"limits": {"memory": "256Mi"}}}]
+    view = deployment_view(full)
+    assert (view.namespace, view.name, view.replicas, view.paused, view.revision) == ("sandbox", "api", 3, True, 7)
+    assert view.container("api") == ContainerView("api", "app:v7", "256Mi")
+    assert view.image == "proxy:1" and view.container("missing").name == "sidecar"  # kubectl's default: the first
+    assert view.template_labels == {"app": "api"} and "kubectl.kubernetes.io/restartedAt" in view.template_annotations
+    bare = {"metadata": {"name": "db", "annotations": {REVISION: "not a number"}}, "spec": {"template": {}}}
+    view = deployment_view(bare)
+    assert (view.replicas, view.paused, view.revision, view.image) == (1, False, 0, "")  # unset replicas: 1
+    assert deployment_view(deployment(replicas=0)).replicas == 0  # scaled to zero is not "unset"

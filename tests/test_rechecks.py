@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from integrations.kubernetes_views import AutoscalerView
 from tasks.prechecks import CHECKS, TargetChanged, recheck
 from tests.action_samples import sample_action
 from tests.fakes import FakeCache, FakeWiring, ago, context, deployment, session
@@ -46,10 +47,10 @@ def test_a_scale_checks_the_count_and_who_owns_it(wiring):
     assert "has 4 replicas, not 3 as planned" in _check(wiring, "scale")
     wiring.kube.deployments["sandbox", "api"] = deployment(3, NEW, replicas=6)
     assert _check(wiring, "scale") is None  # someone already scaled to the target: not in the way
-    wiring.kube.autoscalers["sandbox", "api"] = {"name": "api", "min": 3, "max": 8}
+    wiring.kube.autoscalers["sandbox", "api"] = AutoscalerView("api", 3, 8)
     assert "HPA api now scales deployment/api (3-8): a manual scale would be reverted" in _check(wiring, "scale")
     assert "minReplicas 3, not 2 as planned" in _check(wiring, "scale an hpa")
-    wiring.kube.autoscalers["sandbox", "api"] = {"name": "api", "min": 2, "max": 8}
+    wiring.kube.autoscalers["sandbox", "api"] = AutoscalerView("api", 2, 8)
     assert _check(wiring, "scale an hpa") is None
     del wiring.kube.autoscalers["sandbox", "api"]
     assert "HPA api no longer scales deployment/api" in _check(wiring, "scale an hpa")
