@@ -3,6 +3,7 @@ names and the facts each reports are in `incidents/check_facts.py`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -44,6 +45,11 @@ class Finding:
     @property
     def mark(self) -> str:
         return {True: "✅", False: "❌", None: "⚠️"}[self.ok]
+
+
+def findings_record(findings: Mapping[str, Finding]) -> dict[str, dict[str, Any]]:
+    """A diagnosis as it is stored with its approval request (JSON); `Finding(**each)` reads it back."""
+    return {check: finding.as_dict() for check, finding in findings.items()}
 
 
 def unavailable(check: str, error: Exception | str) -> Finding:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import builtins
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from incidents.findings import Finding, findings_record
 from incidents.models import ActionRecord, Approval, EventKind, Incident, Signature
 from incidents.plans import Plan
 from incidents.store_base import StoreBase, incident_from_row, required_row
@@ -29,12 +30,12 @@ class WaitingApprovals:
 class ApprovalRecords(StoreBase):
     # -- approvals ------------------------------------------------------------------------------
     def request_approval(self, incident_id: int, plan: Plan, flow_run_id: str | None,
-                         deadline_at: datetime | None = None, findings: dict[str, Any] | None = None) -> int:
+                         deadline_at: datetime | None = None, findings: Mapping[str, Finding] | None = None) -> int:
         with self._connect() as conn:
             row = conn.execute("INSERT INTO approvals (incident_id, plan_digest, plan, flow_run_id, deadline_at, "
                                "findings, token) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
                                (incident_id, plan.digest, Jsonb(plan.to_dict()), flow_run_id, deadline_at,
-                                Jsonb(findings) if findings is not None else None,
+                                Jsonb(findings_record(findings)) if findings is not None else None,
                                 secrets.token_urlsafe(18))).fetchone()
         return int(required_row(row)["id"])
 

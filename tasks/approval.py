@@ -12,7 +12,7 @@ import contextvars
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
@@ -25,6 +25,7 @@ from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
 from incidents.errors import RunbookError
+from incidents.findings import Finding
 from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Incident, pause_key
 from incidents.plans import Grant, Plan
 from incidents.redaction import redact
@@ -83,7 +84,7 @@ Ask = Callable[[Plan, int, float, int, str], "tuple[ApprovalInput | None, bool]"
 
 
 def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_approve_for_drill: str | None = None,
-                     auto_approve_delay: float = 0.0, findings: dict | None = None,
+                     auto_approve_delay: float = 0.0, findings: Mapping[str, Finding] | None = None,
                      ask: Ask | None = None) -> Decision:
     """Ask for approval of `plan` and wait for the answer (or the deadline).
 
@@ -121,7 +122,7 @@ def request_approval(ctx: RunContext, incident: Incident, plan: Plan, *, auto_ap
 
 
 def _recorded_request(ctx: RunContext, incident: Incident, plan: Plan, earlier: Approval | None, run_id: str | None,
-                      findings: dict | None) -> int | None:
+                      findings: Mapping[str, Finding] | None) -> int | None:
     """The approval request's id: the one this run recorded before it was suspended, or a new
     one (None when the store cannot record it; the gate still waits for an answer)."""
     logger = run_logger()

@@ -5,7 +5,6 @@ supplies). Call it from inside a flow."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -61,10 +60,6 @@ def drill_approval(ctx: RunContext, alert: AlertParameter | None) -> tuple[str |
             and drill.service == ctx.service_name and drill.approval_mode == "auto"):
         return drill_id, float(drill.approval_delay_seconds)
     return None, 0.0
-
-
-def _findings_json(findings: dict[str, Finding]) -> dict:
-    return json.loads(json.dumps({k: f.as_dict() for k, f in findings.items()}, default=str))
 
 
 def _findings_from(data: dict | None) -> dict[str, Finding]:
@@ -319,7 +314,7 @@ def _approve_act_verify(scenario: Scenario, ctx: RunContext, incident: Incident,
                         plan: Plan, alert: AlertParameter | None, outcome: RunResult) -> RunResult:
     drill_id, delay = drill_approval(ctx, alert)
     decision = request_approval(ctx, incident, plan, auto_approve_for_drill=drill_id, auto_approve_delay=delay,
-                                findings=_findings_json(findings), ask=scenario.phases.ask)
+                                findings=findings, ask=scenario.phases.ask)
     outcome = outcome.with_(decision=DecisionSummary(outcome=decision.outcome, approver=decision.approver,
                                                      reason=decision.reason, automatic=decision.automatic))
     ended = _not_to_act(scenario, ctx, incident, decision, outcome)

@@ -10,13 +10,14 @@ import builtins
 import itertools
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 from incidents.alerts import AlertParameter
 from incidents.containment import StandingContainment
+from incidents.findings import Finding, findings_record
 from incidents.followup_models import Drill
 from incidents.models import (
     ActionRecord,
@@ -216,12 +217,12 @@ class FakeStore:
 
     # -- approvals -------------------------------------------------------------------------------
     def request_approval(self, incident_id: int, plan: Plan, flow_run_id: str | None,
-                         deadline_at: datetime | None = None, findings: dict[str, Any] | None = None) -> int:
+                         deadline_at: datetime | None = None, findings: Mapping[str, Finding] | None = None) -> int:
         approval_id = next(self._ids)
         self.approvals_[approval_id] = Approval(id=approval_id, incident_id=incident_id, plan_digest=plan.digest,
                                                 plan=plan, flow_run_id=flow_run_id, requested_at=_now(),
                                                 token=secrets.token_urlsafe(18), deadline_at=deadline_at,
-                                                findings=findings)
+                                                findings=findings_record(findings) if findings is not None else None)
         return approval_id
 
     def approval_for_run(self, flow_run_id: str) -> Approval | None:
