@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from incidents.alerts import AlertParameter
+from incidents.check_facts import ROLLOUT
 from incidents.findings import Finding, unavailable
 from incidents.followups import RunbookStore
 from incidents.models import EventKind, Severity, Status
@@ -128,7 +129,7 @@ def test_a_decision_is_taken_once_and_a_signature_once_per_approver(either):
     incident = _open(either)
     run = _unique("run")
     plan = Plan(incident.id, "api", "sandbox", (), summary="roll back")
-    seen = {"rollout": unavailable("rollout", "Kubernetes API timed out")}
+    seen = {ROLLOUT: unavailable(ROLLOUT, "Kubernetes API timed out")}
     approval_id = either.request_approval(incident.id, plan, run, findings=seen)
     assert {k: Finding(**v) for k, v in either.approval(approval_id).findings.items()} == seen  # what a resume reads
     assert either.approval_for_run(run).id == approval_id
