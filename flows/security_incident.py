@@ -37,7 +37,7 @@ from tasks.lifecycle import run_scenario
 from tasks.notify import notify_security_team
 from tasks.reporting import publish_report
 from tasks.scenario import Scenario
-from tasks.security import capture_evidence, file_revocation, verify_containment
+from tasks.security import capture_evidence, file_revocation, rotated_secrets, verify_containment
 from tasks.timeline import record
 
 
@@ -123,7 +123,7 @@ def security_incident(service: str, environment: str = "sandbox", severity: Seve
         result = run_scenario(scenario, ctx, severity, dry_run, alert)
     except RunCancelled as exc:  # a Cancel the worker had not acted on yet: the run ends Cancelled itself
         return ended_cancelled(exc)
-    rotated = [line for line in result.plan or [] if line.startswith("rotate_secrets")]
-    if result.outcome == Outcome.RESOLVED and rotated:
+    rotated = rotated_secrets(ctx, result.incident_id) if result.outcome == Outcome.RESOLVED else []
+    if rotated:
         file_revocation(ctx, result.incident_id, rotated)
     return result.as_dict()

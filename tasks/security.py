@@ -20,6 +20,7 @@ from incidents.findings import Finding, unavailable
 from incidents.followup_models import ActionItemRecord
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.redaction import redact
+from incidents.vocabulary import ActionKind
 from integrations.errors import IntegrationError
 from integrations.kubernetes import KubernetesClient
 from integrations.kubernetes_security import (
@@ -198,7 +199,14 @@ def verify_containment(ctx: RunContext, findings: dict[str, Finding], plan: Plan
         time.sleep(timeouts.verify_poll_seconds)
 
 
-def file_revocation(ctx: RunContext, incident_id: int, rotated: list[str]) -> list[ActionItemRecord]:
+def rotated_secrets(ctx: RunContext, incident_id: int) -> list[PlannedAction]:
+    """The secret rotations of the incident's approved plan (what the executor ran, once)."""
+    approved = [a for a in ctx.store().approvals(incident_id) if a.decision == "approved"]
+    plan = approved[-1].plan if approved else None
+    return [a for a in plan.actions if a.kind == ActionKind.ROTATE_SECRETS] if plan else []
+
+
+def file_revocation(ctx: RunContext, incident_id: int, rotated: list[PlannedAction]) -> list[ActionItemRecord]:
     """Rotation changes the values in the cluster, not at their issuer: an action item (due in
     24 h, owned by the security role) to revoke the leaked ones there, in the store and as a
     GitHub issue, once."""
@@ -206,7 +214,7 @@ def file_revocation(ctx: RunContext, incident_id: int, rotated: list[str]) -> li
 
     store = ctx.store()
     incident = store.get(incident_id)
-    secrets_named = ", ".join(line.split(" ", 1)[1].split(":", 1)[0] for line in rotated)
+    secrets_named = ", ".join(action.target for action in rotated)
     item = ActionItem(title=f"Revoke the leaked credentials of {secrets_named} at their issuer",
                       owner=ctx.config.roles.security.primary, due="24h")
     return file_action_items(ctx, incident, [item], store, datetime.now(timezone.utc))
