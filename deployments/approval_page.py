@@ -43,7 +43,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from deployments.guards import Throttle, TooLarge, client_address, read_body
-from deployments.prefect_api import PrefectApi
+from deployments.prefect_api import PrefectApi, RunControls
 from incidents.errors import RunbookError
 from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Signature, pause_key
 from integrations.errors import IntegrationError, Unreachable
@@ -195,7 +195,7 @@ def _store():
     return IncidentStore()
 
 
-def record_answer(approval: Approval, config: Any, name: str, decision: str, reason: str, prefect: PrefectApi,
+def record_answer(approval: Approval, config: Any, name: str, decision: str, reason: str, prefect: RunControls,
                   via: str) -> Answer:
     """Record a verified approver's answer and, when it completes the decision, resume the run.
 
@@ -236,7 +236,7 @@ def record_answer(approval: Approval, config: Any, name: str, decision: str, rea
     return Answer(200, f"Declined by {name}; nothing is changed and a person takes over.")
 
 
-def _hand_over(store: Any, approval: Approval, name: str, run_input: dict, prefect: PrefectApi,
+def _hand_over(store: Any, approval: Approval, name: str, run_input: dict, prefect: RunControls,
                inserted: bool) -> str | None:
     """Resume the run with the answer, waiting for its pause if it has not paused for this
     request yet; None when Prefect took it, else why not. AnswerRefused (and what this request
@@ -256,7 +256,7 @@ def _hand_over(store: Any, approval: Approval, name: str, run_input: dict, prefe
     return problem
 
 
-def _not_resumed(store: Any, approval: Approval, name: str, decision: str, problem: str, prefect: PrefectApi,
+def _not_resumed(store: Any, approval: Approval, name: str, decision: str, problem: str, prefect: RunControls,
                  inserted: bool) -> Answer:
     """Prefect did not take this request's resume. If the run has moved on anyway, another
     request resumed it (the same answer sent twice at once: a double click, a resubmitted form,
@@ -274,7 +274,7 @@ def _not_resumed(store: Any, approval: Approval, name: str, decision: str, probl
                   if taken_back else f"the run could not be resumed ({problem}); give the same answer again")
 
 
-def _on_its_way_to_the_pause(approval: Approval, prefect: PrefectApi) -> bool:
+def _on_its_way_to_the_pause(approval: Approval, prefect: RunControls) -> bool:
     """Whether the run has not paused for this request yet: the request's message goes out a
     moment before the run pauses (~2 s on a loaded 2-core machine), and a press in between met a
     run that was still running. Taking that for "another request resumed it" lost the answer: the
@@ -290,7 +290,7 @@ def _on_its_way_to_the_pause(approval: Approval, prefect: PrefectApi) -> bool:
     return state.get("type") in ("RUNNING", "PENDING", "SCHEDULED") and not _answer_held(approval, prefect)
 
 
-def _answer_held(approval: Approval, prefect: PrefectApi) -> bool:
+def _answer_held(approval: Approval, prefect: RunControls) -> bool:
     """Whether Prefect holds a Resume's answer for this request's pause (unknown counts as held)."""
     key = pause_key(approval.plan_digest, approval.attempt)
     for state_name in ("suspended", "paused"):
@@ -303,7 +303,7 @@ def _answer_held(approval: Approval, prefect: PrefectApi) -> bool:
     return False
 
 
-def _resume_once_paused(approval: Approval, run_input: dict, prefect: PrefectApi) -> str | None:
+def _resume_once_paused(approval: Approval, run_input: dict, prefect: RunControls) -> str | None:
     """Hand the answer over once the run has paused for it; why not, if it does not within
     PAUSE_WAIT_SECONDS (the answer is then taken back, and the person answers again)."""
     assert approval.flow_run_id is not None
@@ -315,7 +315,7 @@ def _resume_once_paused(approval: Approval, run_input: dict, prefect: PrefectApi
     return f"the run did not pause for this request within {PAUSE_WAIT_SECONDS:g} s"
 
 
-def _still_paused(flow_run_id: str, prefect: PrefectApi) -> bool:
+def _still_paused(flow_run_id: str, prefect: RunControls) -> bool:
     """Whether the run still waits for an answer (unknown counts as waiting)."""
     try:
         state = prefect.flow_run(flow_run_id).get("state") or {}
@@ -324,7 +324,7 @@ def _still_paused(flow_run_id: str, prefect: PrefectApi) -> bool:
     return state.get("type") == "PAUSED"
 
 
-def _resume(flow_run_id: str | None, run_input: dict, prefect: PrefectApi) -> str | None:
+def _resume(flow_run_id: str | None, run_input: dict, prefect: RunControls) -> str | None:
     """Resume the waiting run with the answer; None when Prefect took it, else why not."""
     if not flow_run_id:
         return "the request has no run"
@@ -343,7 +343,7 @@ def _resume(flow_run_id: str | None, run_input: dict, prefect: PrefectApi) -> st
     return None
 
 
-def _ended(flow_run_id: str, prefect: PrefectApi) -> str | None:
+def _ended(flow_run_id: str, prefect: RunControls) -> str | None:
     """The final state's name of a run that will never wait again (cancelled, crashed, ...)."""
     try:
         state = prefect.flow_run(flow_run_id).get("state") or {}

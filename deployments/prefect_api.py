@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -59,6 +59,17 @@ def explain(exc: IntegrationError) -> str:
         return (f"the Prefect API at {api_url()} refused the credentials (HTTP {exc.status}, sent "
                 f"{credentials_in_use()}): check PREFECT_API_KEY / PREFECT_API_AUTH_STRING")
     return str(exc)
+
+
+class RunControls(Protocol):
+    """What the approval page asks of Prefect about one run: read it, read its input, resume it.
+    PrefectApi is the real one; a test hands in its own (tests/test_answer_before_pause_unit.py)."""
+
+    def call(self, method: str, path: str, *, ok: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response: ...
+
+    def resume(self, flow_run_id: str, run_input: dict[str, Any]) -> httpx.Response: ...
+
+    def flow_run(self, flow_run_id: str) -> dict[str, Any]: ...
 
 
 class PrefectApi:

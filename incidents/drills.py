@@ -3,6 +3,7 @@ runbook to do about it), scoring against the playbook's targets, and the reports
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -119,19 +120,19 @@ class FaultSpec:
         return _COMMON_STEPS[:4] + extra + _COMMON_STEPS[4:]
 
 
-def grade(spec: FaultSpec, kinds: set[str] | frozenset[str], abstained: bool) -> str:
+def grade(spec: FaultSpec, kinds: Collection[ActionKind | str], abstained: bool) -> str:
     """right (the expected remedy, abstention or nothing), abstain, wrong (cannot fix it) or
     harmful (makes it worse)."""
-    kinds = set(kinds)
-    if kinds & (HARMFUL_WHEN_UNNEEDED - spec.expected):
+    planned = {ActionKind.parse(kind) for kind in kinds}
+    if planned & (HARMFUL_WHEN_UNNEEDED - spec.expected):
         return "harmful"
-    if spec.outcome == REMEDY and kinds == set(spec.expected):
+    if spec.outcome == REMEDY and planned == set(spec.expected):
         return "right"
     if spec.outcome == ABSTAIN and abstained:
         return "right"
-    if spec.outcome == NOTHING and not kinds and not abstained:
+    if spec.outcome == NOTHING and not planned and not abstained:
         return "right"
-    if not kinds:
+    if not planned:
         return "abstain"
     return "wrong"
 

@@ -3,8 +3,8 @@ names and the facts each reports are in `incidents/check_facts.py`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from incidents import check_facts
@@ -15,19 +15,25 @@ from incidents.templates import markdown_code, markdown_text
 F = TypeVar("F", bound=Facts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Finding:
     check: str
     ok: bool | None  # None: the check itself could not run
     summary: str
-    details: tuple[str, ...] = ()
-    # the check's facts model (incidents/check_facts.py); a dict (a stored diagnosis) is validated into it
-    data: Facts | dict[str, Any] = field(default_factory=dict)
-    log: str | None = None  # an excerpt shown as a code block
+    details: tuple[str, ...]
+    data: Facts  # the check's facts model (incidents/check_facts.py)
+    log: str | None  # an excerpt shown as a code block
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "data", check_facts.parse(self.check, self.data))
-        object.__setattr__(self, "details", tuple(self.details))
+    def __init__(self, check: str, ok: bool | None, summary: str, details: Iterable[str] = (),
+                 data: Facts | Mapping[str, Any] | None = None, log: str | None = None) -> None:
+        """A mapping for the facts (a stored diagnosis) is validated into the check's model here."""
+        given = data if isinstance(data, Facts) else dict(data or {})
+        object.__setattr__(self, "check", check)
+        object.__setattr__(self, "ok", ok)
+        object.__setattr__(self, "summary", summary)
+        object.__setattr__(self, "details", tuple(details))
+        object.__setattr__(self, "data", check_facts.parse(check, given))
+        object.__setattr__(self, "log", log)
 
     def facts(self, model: type[F]) -> F:
         """The facts as the model a reader expects; a TypeError when the finding is another check's."""
@@ -39,7 +45,7 @@ class Finding:
         """The finding as JSON-ready data (the timeline, a stored diagnosis); `Finding(**it)` reads it back."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["details"] = list(self.details)
-        data["data"] = self.data.as_dict() if isinstance(self.data, Facts) else dict(self.data)
+        data["data"] = self.data.as_dict()
         return data
 
     @property

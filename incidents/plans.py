@@ -14,7 +14,8 @@ import hmac
 import json
 import os
 import secrets
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -38,19 +39,27 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PlannedAction:
-    kind: ActionKind  # text (a stored plan) is read into the member; an unknown kind is refused
+    kind: ActionKind
     target: str  # e.g. "deployment/api (namespace sandbox)"
     before: str
     after: str
     via: str  # how it is done, in the operator's words
-    # the kind's model (incidents/action_params.py); a dict (a stored plan) is validated into it
-    params: ActionParams | dict[str, Any] = field(default_factory=dict)
+    params: ActionParams  # the kind's model (incidents/action_params.py)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", ActionKind.parse(self.kind))
-        object.__setattr__(self, "params", action_params.parse(self.kind, self.params))
+    def __init__(self, kind: ActionKind | str, target: str, before: str, after: str, via: str,
+                 params: ActionParams | Mapping[str, Any] | None = None) -> None:
+        """Text for the kind and a mapping for the parameters (a stored plan, the wire) are read
+        into the member and the kind's model here; an unknown kind or a malformed parameter is refused."""
+        parsed = ActionKind.parse(kind)
+        given = params if isinstance(params, ActionParams) else dict(params or {})
+        object.__setattr__(self, "kind", parsed)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "before", before)
+        object.__setattr__(self, "after", after)
+        object.__setattr__(self, "via", via)
+        object.__setattr__(self, "params", action_params.parse(parsed, given))
 
     def params_as(self, model: type[P]) -> P:
         """The parameters as the model a remedy expects; a TypeError when the action is of another kind."""
@@ -60,8 +69,7 @@ class PlannedAction:
 
     def as_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        params = self.params
-        data["params"] = params.as_dict() if isinstance(params, ActionParams) else dict(params)
+        data["params"] = self.params.as_dict()
         return data
 
     @property

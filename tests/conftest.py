@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -110,7 +111,7 @@ def app_database_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def sandbox(tmp_path_factory: pytest.TempPathFactory, app_database_url: str) -> Sandbox:
+def sandbox(tmp_path_factory: pytest.TempPathFactory, app_database_url: str) -> Iterator[Sandbox]:
     world = Sandbox(state_dir=tmp_path_factory.mktemp("sandbox"), ready_delay=0.3, tick_seconds=0.1,
                     database_url=app_database_url, slack_signing_secret=SLACK_SIGNING_SECRET,
                     pagerduty_webhook_secret=PAGERDUTY_WEBHOOK_SECRET).start()
@@ -258,6 +259,13 @@ def store(database_url: str):
     from incidents.store import IncidentStore
 
     return IncidentStore(database_url)
+
+
+def ended(result: dict[str, Any] | Any) -> dict[str, Any]:
+    """What a scenario flow called in the test returned: its result, or a failure naming the state
+    it ended in (a flow returns a State only when its run was cancelled)."""
+    assert isinstance(result, dict), f"the run ended {result!r}"
+    return result
 
 
 def kubectl(world: Sandbox, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ what it carried, and a value no alert can have is refused with the field named."
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 from prefect.utilities.callables import parameter_schema
@@ -14,7 +15,7 @@ from incidents.alerts import Alert, AlertParameter
 
 START = "2026-11-29T00:01:02Z"
 # what the intake sent as the parameter before the model (Alert.as_parameter plus the route's key)
-INTAKE_JSON = {"source": "alertmanager", "status": "firing", "fingerprint": "0f3c2a9e1b7d4c55",
+INTAKE_JSON: dict[str, Any] = {"source": "alertmanager", "status": "firing", "fingerprint": "0f3c2a9e1b7d4c55",
                "startsAt": START, "labels": {"alertname": "ServiceDown", "service": "api", "environment": "sandbox"},
                "annotations": {"summary": "api is down"}, "generatorURL": "http://prometheus/graph",
                "correlation_key": "sandbox/api"}

@@ -16,6 +16,7 @@ from deployments.approval_page import AnswerRefused, record_answer
 from incidents.config import PROJECT_ROOT, load_environment
 from incidents.models import Severity, pause_key
 from incidents.plans import Plan
+from incidents.vocabulary import DetectedBy
 from tests.fake_store import FakeStore
 
 RUN = "7f7416ed-6a58-4161-bfae-99cc24c50945"
@@ -66,8 +67,8 @@ def fake(monkeypatch):
 
 def _approval(store: FakeStore):
     incident = store.open_incident(dedup_key="api", scenario="service-down", service="api", environment="sandbox",
-                                   severity=Severity.P2, title="api is down", detected_by="alert", flow_run_id=RUN,
-                                   alert=None)
+                                   severity=Severity.P2, title="api is down", detected_by=DetectedBy.ALERT,
+                                   flow_run_id=RUN, alert=None)
     assert incident.id == PLAN.incident_id
     approval_id = store.request_approval(incident.id, PLAN, RUN)
     return replace(store.approval(approval_id), environment="sandbox", severity="P2")  # as the store joins them

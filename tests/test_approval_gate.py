@@ -7,6 +7,7 @@ from prefect import flow
 
 from incidents.models import Severity
 from incidents.plans import Plan, PlannedAction, require_grant
+from incidents.vocabulary import DetectedBy
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -19,7 +20,7 @@ def gate(environment: str, drill: str | None) -> dict:
     ctx = RunContext.load(environment, "api")
     incident = ctx.store().open_incident(dedup_key=f"gate:{environment}:{drill}", scenario="service-down",
                                          service="api", environment=environment, severity=Severity.P3, title="t",
-                                         detected_by="test", flow_run_id=None, alert=None)
+                                         detected_by=DetectedBy.RUNBOOK, flow_run_id=None, alert=None)
     action = PlannedAction("rollout_restart", "deployment/api", "3 pods", "replaced", "kubectl rollout restart",
                            {"namespace": "sandbox", "deployment": "api"})
     plan = Plan(incident.id, "api", environment, (action,))
@@ -58,8 +59,8 @@ def act(environment: str, repeat: int, interrupt: bool = False) -> dict:
     ctx = RunContext.load(environment, "api")
     store = ctx.store()
     incident = store.open_incident(dedup_key=f"act:{interrupt}", scenario="service-down", service="api",
-                                   environment=environment, severity=Severity.P1, title="t", detected_by="test",
-                                   flow_run_id=None, alert=None)
+                                   environment=environment, severity=Severity.P1, title="t",
+                                   detected_by=DetectedBy.RUNBOOK, flow_run_id=None, alert=None)
     action = PlannedAction("rollout_restart", "deployment/api", "3 pods", "replaced", "kubectl rollout restart",
                            {"namespace": "sandbox", "deployment": "api"})
     plan = Plan(incident.id, "api", environment, (action,))

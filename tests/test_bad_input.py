@@ -58,12 +58,12 @@ def _mutate(rng: random.Random, value, depth: int = 0):
             out["startsAt"] = rng.choice(["not a date", 12, None, "2026-02-30T00:00:00Z"])
         return out
     if isinstance(value, list) and value and depth < 4 and rng.random() < 0.8:
-        out = list(value)
-        i = rng.randrange(len(out))
-        out[i] = _mutate(rng, out[i], depth + 1)
+        items = list(value)
+        i = rng.randrange(len(items))
+        items[i] = _mutate(rng, items[i], depth + 1)
         if rng.random() < 0.2:
-            out = out * rng.randint(2, 30)
-        return out
+            items = items * rng.randint(2, 30)
+        return items
     return rng.choice(JUNK)
 
 

@@ -5,6 +5,7 @@ unknown (never healthy)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -17,7 +18,7 @@ START = "2026-11-29T00:01:02.345678+00:00"
 SESSION = {"pid": 4242, "role": "sandbox_app", "superuser": False, "state": "idle in transaction",
            "backend_start": START, "seconds": 61.3, "query": "LOCK accounts"}
 # one stored diagnosis per check, in the shapes the checks wrote before the models existed
-STORED = {
+STORED: dict[str, dict[str, Any]] = {
     c.HEALTH: {"results": [{"url": "http://api/health", "ok": False, "status": 503, "ms": 12}],
                "failing_checks": ["database"], "error_rate": 0.25},
     c.ROLLOUT: {"revision": 3, "image": "acme/api:v1.5.0", "rollout_done": False, "rollout_failed": True,

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from incidents.alerts import AlertParameter
 from incidents.plans import Plan
-from tests.conftest import BROKEN_IMAGE, FlowThread, api_image, break_api
+from tests.conftest import BROKEN_IMAGE, FlowThread, api_image, break_api, ended
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -27,7 +28,7 @@ def test_a_dry_run_pages_nobody_and_leaves_nothing_open(world, store):
     from incidents.followups import FollowUpStore
 
     break_api(world)
-    result = service_down(service="api", dry_run=True)
+    result = ended(service_down(service="api", dry_run=True))
     assert result["outcome"] == "dry_run" and any("rollback" in p for p in result["plan"])
     record = store.get(result["incident_id"])
     assert record.resolved_at is not None and record.detected_by == "dry run" and record.github_issue is None
@@ -40,7 +41,7 @@ def test_a_dry_run_pages_nobody_and_leaves_nothing_open(world, store):
 def test_nothing_wrong_on_arrival_is_resolved_as_no_impact_after_confirming(world, store):
     from flows.service_down import service_down
 
-    result = service_down(service="api")
+    result = ended(service_down(service="api"))
     assert result["outcome"] == "no_impact", result
     incident = store.get(result["incident_id"])
     assert incident.resolved_at is not None and incident.root_cause.startswith("No impact found")
@@ -144,7 +145,7 @@ def test_a_second_scenario_on_a_held_service_contributes_its_findings(world, sto
     paused = first.wait_paused()
     incident = store.incident_for_run(str(paused.id))
     assert [lease.flow_run_id for lease in store.leases()] == [str(paused.id)]
-    second = high_error_rate(service="api")
+    second = ended(high_error_rate(service="api"))
     assert second["outcome"] == "joined" and second["incident_id"] == incident.id and second["plan"] == []
     assert second["held_by"] == str(paused.id)
     kinds = _kinds(store, incident.id)
@@ -168,9 +169,9 @@ def test_a_second_scenario_on_a_held_service_contributes_its_findings(world, sto
 def test_a_run_never_joins_a_resolved_incident(world, store):
     from flows.service_down import service_down
 
-    first = service_down(service="api")  # healthy: resolved as no impact
+    first = ended(service_down(service="api"))  # healthy: resolved as no impact
     assert store.get(first["incident_id"]).resolved_at is not None
-    second = service_down(service="api")
+    second = ended(service_down(service="api"))
     assert second["incident_id"] != first["incident_id"]
     assert sum(t.startswith("🚨 INCIDENT ALERT") for t in _texts(world)) == 2, "the new incident is announced"
     assert "joined" not in _kinds(store, second["incident_id"])
@@ -224,11 +225,15 @@ def test_the_watch_withdraws_only_after_every_alert_stayed_resolved_for_the_grac
     for identity in ("down", "errors"):
         store.record_alert(incident.id, identity, identity, "P0", "2026-11-28T03:00:00Z")
     approval = store.request_approval(incident.id, Plan(incident.id, "api", "sandbox", ()), "run-q")
-    woken = []
+    woken: list[tuple[str, dict]] = []
+
+    def wake(run: str, answer: dict) -> bool:
+        woken.append((run, answer))
+        return True
 
     def sweep(after: float) -> list[int]:
         now = datetime.now(timezone.utc) + timedelta(seconds=after)
-        return withdraw_quiet(store, "sandbox", 300, now, lambda run, answer: woken.append((run, answer)) or True)
+        return withdraw_quiet(store, "sandbox", 300, now, wake)
 
     assert sweep(0) == [], "both alerts fire"
     store.resolve_alert(incident.id, "down")
@@ -337,15 +342,16 @@ def test_an_outage_of_its_own_for_a_held_service_is_never_left_open(world, store
     store.take_lease(target_of("sandbox", "api"), holder_run, held.id, "service-down", lambda _: False)
     store.request_approval(held.id, Plan(held.id, "api", "sandbox", ()), holder_run)  # the holder has its plan
     try:
-        def own(key: str) -> dict:
-            return {"status": "firing", "correlation_key": key,
-                    "labels": {"alertname": "ServiceDown", "service": "api", "environment": "sandbox"}}
+        def own(key: str) -> AlertParameter:
+            return AlertParameter.model_validate({
+                "status": "firing", "correlation_key": key,
+                "labels": {"alertname": "ServiceDown", "service": "api", "environment": "sandbox"}})
 
-        healthy = service_down(service="api", alert=own("sandbox/api/drill-healthy"))
+        healthy = ended(service_down(service="api", alert=own("sandbox/api/drill-healthy")))
         assert healthy["outcome"] == "no_impact" and healthy["incident_id"] != held.id
         assert store.get(healthy["incident_id"]).resolved_at is not None
         break_api(world)
-        broken = service_down(service="api", alert=own("sandbox/api/drill-broken"))
+        broken = ended(service_down(service="api", alert=own("sandbox/api/drill-broken")))
         assert broken["outcome"] == "escalated" and broken["held_by"] == holder_run and broken["plan"] == []
         incident = store.get(broken["incident_id"])
         assert incident.resolved_at is None and {"findings_added", "escalated"} <= set(_kinds(store, incident.id))

@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from typing import cast
 
 import psycopg
 import pytest
@@ -269,7 +270,7 @@ def test_a_cache_that_evicted_once_is_not_under_pressure_now(world, tmp_path, mo
             pipe.execute()
 
         fill(400)  # ~4 MB into 2 MB: it evicted
-        assert int(cache.info("stats")["evicted_keys"]) > 0
+        assert int(cast(dict, cache.info("stats"))["evicted_keys"]) > 0
         cache.config_set("maxmemory", "64mb")  # room again
         monkeypatch.setenv("RUNBOOKS_SECRET_API_CACHE_URL", f"redis://127.0.0.1:{port}/0")
         with disable_run_logger():
@@ -277,7 +278,11 @@ def test_a_cache_that_evicted_once_is_not_under_pressure_now(world, tmp_path, mo
         assert calm.ok is True and " 0 evictions in the last 0.5 s" in calm.summary, calm.summary
         cache.config_set("maxmemory", "2mb")
         stop = threading.Event()
-        writer = threading.Thread(target=lambda: [fill(50) for _ in iter(stop.is_set, True)], daemon=True)
+        def keep_filling() -> None:
+            while not stop.is_set():
+                fill(50)
+
+        writer = threading.Thread(target=keep_filling, daemon=True)
         writer.start()
         try:
             with disable_run_logger():

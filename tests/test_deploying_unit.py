@@ -21,7 +21,8 @@ class Deployments:
     """The Prefect API's deployment filter, holding the deployments registered so far."""
 
     def __init__(self, url: str = API) -> None:
-        self.url, self.ids, self.down = url, [], False
+        self.url, self.down = url, False
+        self.ids: list[str] = []
         self.others: list[str] = []  # deployments of other names (a benchmark's)
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

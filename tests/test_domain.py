@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from sandbox.patch import PatchError, apply_patch
 
 
 def incident(**kw) -> Incident:
-    base = dict(id=7, dedup_key="k", scenario="service-down", service="api", environment="sandbox",
+    base: dict[str, Any] = dict(id=7, dedup_key="k", scenario="service-down", service="api", environment="sandbox",
                 severity=Severity.P0, status=Status.INVESTIGATING, title="t",
                 opened_at=datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc), github_issue=42)
     base.update(kw)

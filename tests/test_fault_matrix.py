@@ -192,7 +192,7 @@ def lanes(sandbox, second_world, test_config, database_url, cache_server, promet
 
 def _host_port(dsn: str) -> tuple[str, int]:
     params = conninfo_to_dict(dsn)
-    return params.get("host") or "127.0.0.1", int(params.get("port") or 5432)
+    return str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
 
 
 def _service(dependency: str) -> str:

@@ -104,10 +104,9 @@ def test_prometheus_sees_the_spike_in_a_dry_run(world, prometheus):
     result = FlowThread(high_error_rate, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
     assert result["outcome"] == "dry_run"
     assert result["plan"][0].startswith("scale deployment/api")
-    from prefect.artifacts import Artifact
 
     assert not world.github.repo("acme/incidents").issues, "a dry run opens no issue"
-    report = Artifact.get(f"incident-{result['incident_id']}-diagnosis").data
+    report = _report(f"incident-{result['incident_id']}-diagnosis")
     line = next(row for row in report.splitlines() if row.startswith("| error rate (Prometheus) |"))
     assert "❌" in line and "threshold 5.0%" in line, line
     assert _replicas(world) == 3
@@ -116,7 +115,6 @@ def test_prometheus_sees_the_spike_in_a_dry_run(world, prometheus):
 def test_prometheus_latency_makes_slow_a_finding_of_all_requests(world, prometheus):
     """Every answer 1.4 s late against api's 1 s objective: Prometheus's histogram_quantile over
     the request-duration histogram puts p99 above it, and service-down abstains: slow, not down."""
-    from prefect.artifacts import Artifact
 
     from flows.service_down import service_down
 
@@ -126,7 +124,7 @@ def test_prometheus_latency_makes_slow_a_finding_of_all_requests(world, promethe
     result = FlowThread(service_down, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
     judged = result["judgement"]
     assert judged["abstained"] and "slow, not down" in judged["summary"], judged
-    report = Artifact.get(f"incident-{result['incident_id']}-diagnosis").data
+    report = _report(f"incident-{result['incident_id']}-diagnosis")
     line = next(row for row in report.splitlines() if row.startswith("| latency (Prometheus) |"))
     assert "❌" in line and "against the 1000 ms objective" in line, line
     p99 = float(line.split("p99 ")[1].split(" ms")[0])
@@ -177,7 +175,6 @@ def test_a_full_volume_is_read_from_the_kubelets_stats_and_named_in_a_dry_run(wo
     """The volume claim api writes to filled to 98 %: its writes (40 % of requests) fail. The
     check reads the kubelet's volume stats through Prometheus for the claims the deployment
     mounts, and the plan abstains naming the claim (no rollback, no scale-up)."""
-    from prefect.artifacts import Artifact
     from prefect.logging import disable_run_logger
 
     from flows.high_error_rate import high_error_rate
@@ -199,7 +196,7 @@ def test_a_full_volume_is_read_from_the_kubelets_stats_and_named_in_a_dry_run(wo
     result = FlowThread(high_error_rate, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
     judged = result["judgement"]
     assert judged["abstained"] and "the volume claim api-data (98% used) is full" in judged["summary"], judged
-    report = Artifact.get(f"incident-{result['incident_id']}-diagnosis").data
+    report = _report(f"incident-{result['incident_id']}-diagnosis")
     line = next(row for row in report.splitlines() if row.startswith("| volumes |"))
     assert "❌" in line and "api-data: 98% used" in line, line
 
@@ -209,3 +206,12 @@ def test_a_full_volume_is_read_from_the_kubelets_stats_and_named_in_a_dry_run(wo
         monkeypatch.setenv("RUNBOOKS_TEST_PROMETHEUS_URL", "http://127.0.0.1:9")  # nothing listens there
         unread = volume_usage.fn(RunContext.load("sandbox-prometheus", "api"))
     assert unread.ok is None and "could not" in unread.summary.lower(), unread
+
+
+def _report(key: str) -> str:
+    """A run's report artifact, as markdown."""
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get(key)
+    assert isinstance(artifact, Artifact), f"no artifact {key}"
+    return str(artifact.data)

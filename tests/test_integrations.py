@@ -4,6 +4,7 @@ kubectl, destructive tasks without a grant, and the incident store on real Postg
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -298,7 +299,7 @@ def test_every_client_shares_one_verifying_tls_context():
 
     shared = tls_context()
     assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
-    clients = [GitHubClient("https://api.github.example", "t"), SlackWebhook("https://hooks.slack.example/x"),
+    clients: list[Any] = [GitHubClient("https://api.github.example", "t"), SlackWebhook("https://hooks.slack.example/x"),
                PrometheusClient("https://prometheus.example")]
     try:
         for made in clients:

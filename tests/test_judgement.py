@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from incidents.action_params import Rollback, Scale
 from incidents.check_facts import (
     BREAKER,
     CACHE,
@@ -31,12 +32,12 @@ from incidents.config import load_environment
 from incidents.database_rules import plan_database_issues
 from incidents.drills import CATALOG, grade
 from incidents.error_rate_rules import plan_high_error_rate
-from incidents.evidence import SAFE_WHEN_UNSURE, Weighing, settle
+from incidents.evidence import Weighing, settle
 from incidents.findings import Finding
 from incidents.plans import Plan, PlannedAction
 from incidents.security_rules import plan_security_incident
 from incidents.service_down_rules import plan_service_down
-from incidents.vocabulary import Confidence
+from incidents.vocabulary import SAFE_WHEN_UNSURE, Confidence
 from tests.action_samples import sample_action
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -513,8 +514,9 @@ def test_two_bad_releases_in_a_row_roll_back_past_both_to_the_last_that_served()
     the revision that served for days, and the plan says why the previous one was passed over."""
     plan = plan_for(*SCENES["two-bad-releases"])
     (action,) = plan.actions
-    assert (action.params.from_revision, action.params.to_revision) == (4, 2), action.params
-    assert action.params.to_image.endswith(":v1.5.0")
+    params = action.params_as(Rollback)
+    assert (params.from_revision, params.to_revision) == (4, 2), params
+    assert params.to_image.endswith(":v1.5.0")
     assert any("passed over: revision 3 (v1.6.0-broken) was live only 0m20s" in line for line in plan.support), \
         plan.support
 
@@ -539,7 +541,7 @@ def test_a_revision_that_failed_by_its_own_traffic_is_never_the_target():
                 RATE: rate(0.3, versions={"v1.6.0-errors": (100, 30, 400, 118), "v1.5.0": CLEAN_OLD,
                                           "v1.4.1": (0, 0, 1000, 10)})}
     plan = plan_for("high-error-rate", findings, onset)
-    assert [a.params.to_revision for a in plan.actions if a.kind == "rollback"] == [2]
+    assert [a.params_as(Rollback).to_revision for a in plan.actions if a.kind == "rollback"] == [2]
     bad_old = {**findings, RATE: rate(0.3, versions={"v1.6.0-errors": (100, 30, 400, 118),
                                                      "v1.5.0": (0, 0, 1000, 300), "v1.4.1": (0, 0, 1000, 10)})}
     assert plan_for("high-error-rate", bad_old, onset).abstained  # v1.5.0 failed too: the errors are not new
@@ -669,7 +671,7 @@ def test_slow_is_a_finding_not_down():
 
 def test_two_erroring_releases_roll_back_past_both():
     plan = plan_for(*SCENES["two-erroring-releases"])
-    assert [(a.kind, a.params.to_revision) for a in plan.actions] == [("rollback", 2)], plan.summary
+    assert [(a.kind, a.params_as(Rollback).to_revision) for a in plan.actions] == [("rollback", 2)], plan.summary
     assert any("failed too (30% errors), and the failure began with it" in line for line in plan.support)
     assert any("passed over: revision 3 (v1.6.0-errors) failed 30%" in line for line in plan.support), plan.support
 
@@ -690,7 +692,7 @@ def test_without_an_alert_two_erroring_releases_get_a_weak_rollback_to_the_revis
     scenario, findings, _ = SCENES["two-erroring-releases"]
     plan = plan_for(scenario, findings, None)
     assert plan.confidence == Confidence.WEAK
-    assert [(a.kind, a.params.to_revision) for a in plan.actions] == [("rollback", 2)]
+    assert [(a.kind, a.params_as(Rollback).to_revision) for a in plan.actions] == [("rollback", 2)]
     assert any("the errors are not new with v1.6.1-errors" in line for line in plan.against), plan.against
     assert any("served cleanly by its own record" in line for line in plan.support), plan.support
     # the same, but the clean revision was replaced two hours ago: the errors may be older than both
@@ -740,7 +742,8 @@ def test_lost_pods_count_in_the_scale_up_and_no_ready_node_means_no_scale_up():
     _, findings, onset = SCENES["node-not-ready"]
     plan = plan_for("high-error-rate", findings, onset)
     scale = next(a for a in plan.actions if a.kind == "scale")
-    assert scale.params.to == 4, "2 ready replicas carry 50 rps x 1.2 at 40 each, and 2 of 3 replicas serve nothing"
+    assert scale.params_as(Scale).to == 4, \
+        "2 ready replicas carry 50 rps x 1.2 at 40 each, and 2 of 3 replicas serve nothing"
     stuck = {**findings, NODES: nodes({"node-1"}, schedulable=False)}
     plan = plan_for("high-error-rate", stuck, onset)
     assert not [a for a in plan.actions if a.kind == "scale"], plan.summary
@@ -785,7 +788,7 @@ def test_a_release_failing_many_times_more_than_one_live_for_seconds_before_it_i
                                  extra=((3, "v1.6.5", 21),))
     plan = plan_for("high-error-rate", findings, onset)
     assert [a.kind for a in plan.actions] == ["rollback"], f"{plan.summary} | {plan.against}"
-    assert plan.actions[0].params.to_revision == 2, "v1.6.5 was live 15 s: no record of serving cleanly"
+    assert plan.actions[0].params_as(Rollback).to_revision == 2, "v1.6.5 was live 15 s: no record of serving cleanly"
     assert any("the errors rose with it" in s for s in plan.support)
     versions["v1.6.5"] = (0, 0, 360000, 72000)  # live for 2 hours at 20 %: the errors are not new
     _, findings, onset = _errors(0.3, "v1.7.0-errors", 4, (4, "v1.7.0-errors", 6), versions=versions,

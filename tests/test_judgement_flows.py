@@ -10,16 +10,18 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.conftest import FlowThread, api_image
+from incidents.alerts import AlertParameter
+from tests.conftest import FlowThread, api_image, ended
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def _alert(spec, state) -> dict:
+def _alert(spec, state) -> AlertParameter:
     began = state.began_at or datetime.now(timezone.utc)
-    return {"status": "firing", "startsAt": began.isoformat().replace("+00:00", "Z"),
-            "labels": {"alertname": spec.alertname, "service": "api", "environment": "sandbox"},
-            "annotations": {"summary": spec.description, **state.annotations}}
+    return AlertParameter.model_validate({
+        "status": "firing", "startsAt": began.isoformat().replace("+00:00", "Z"),
+        "labels": {"alertname": spec.alertname, "service": "api", "environment": "sandbox"},
+        "annotations": {"summary": spec.description, **state.annotations}})
 
 
 def _flow(scenario: str):
@@ -95,7 +97,7 @@ def test_an_abstention_escalates_with_its_reason_and_changes_nothing(world, stor
 
     spec, state = fault("release-then-feature-flag")
     image, replicas = api_image(world), world.cluster.get("deployments", "sandbox", "api")["spec"]["replicas"]
-    result = high_error_rate(service="api", alert=_alert(spec, state))
+    result = ended(high_error_rate(service="api", alert=_alert(spec, state)))
     assert result["outcome"] == "abstained" and result["plan"] == [], result
     assert result["judgement"]["abstained"] and result["judgement"]["against"]
     assert api_image(world) == image and api_image(world).endswith(":v1.6.0")
@@ -139,7 +141,7 @@ def test_a_credential_written_with_echo_crash_loops_the_new_pods_and_clean_up_pu
     ctx, kube = RunContext.load("sandbox", "api"), KubernetesClient(str(world.runbooks_kubeconfig))
 
     def token() -> str:
-        return kube.core.read_namespaced_secret("api-credentials", "sandbox").data["token"]
+        return str(kube.core.read_namespaced_secret("api-credentials", "sandbox").data["token"])
 
     before = token()
     state = inject(ctx, CATALOG["bad-secret-rollout"])

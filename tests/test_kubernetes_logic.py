@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from integrations.kubernetes import ANNOTATIONS_TO_SKIP, REVISION, plan_undo, rollout_status_of
+from integrations.kubernetes import ANNOTATIONS_TO_SKIP, plan_undo, rollout_status_of
+from integrations.kubernetes_views import REVISION
 
 
 def deployment(generation=2, observed=2, replicas=3, updated=3, total=3, available=3, reason="NewReplicaSetAvailable",

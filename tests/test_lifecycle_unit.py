@@ -18,6 +18,7 @@ from incidents.followup_models import Drill
 from incidents.models import EventKind, Outcome, Severity, Status
 from incidents.plans import Plan
 from incidents.run_result import RunResult
+from incidents.vocabulary import Confidence
 from tasks.approval import DEADLINE_APPROVER, TIMEOUT_REASON, ApprovalInput
 from tasks.context import RunContext
 from tasks.deploys import Verification
@@ -75,7 +76,7 @@ def _scenario(person: Person, *, failing: bool = True, act: bool = True, recover
     def plan(ctx: RunContext, incident: Any, findings: dict[str, Finding], onset: Any) -> Plan:
         actions = (sample_action("scale"),) if act and failing else ()
         return Plan(incident.id, ctx.service_name, ctx.environment, actions, summary="scale api 3 -> 6",
-                    confidence="strong" if actions else "none",
+                    confidence=Confidence.STRONG if actions else Confidence.NONE,
                     against=() if actions else ("the error rate and the deploys disagree",))
 
     return Scenario(name="high-error-rate", default_severity=Severity.P1, impact="Errors for some users",

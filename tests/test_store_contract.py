@@ -101,7 +101,7 @@ def test_the_timeline_keeps_order_and_refuses_an_unknown_kind(either):
     either.add_event(incident.id, "runbook", EventKind.DETECTED, "first", {"n": 1})
     either.add_event(incident.id, "sam", EventKind.NOTE, "second")
     with pytest.raises(ValueError):
-        either.add_event(incident.id, "sam", "made_up", "third")  # type: ignore[arg-type]
+        either.add_event(incident.id, "sam", "made_up", "third")
     events = either.timeline(incident.id)
     assert [(e.kind, e.message, e.data) for e in events] == [(EventKind.DETECTED, "first", {"n": 1}),
                                                             (EventKind.NOTE, "second", {})]
