@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from incidents.vocabulary import DetectedBy
+from incidents.vocabulary import DetectedBy, Word
 
 if TYPE_CHECKING:
     from incidents.alerts import AlertParameter
@@ -98,7 +98,7 @@ class Incident:
         return f"#{self.github_issue}" if self.github_issue else "(no issue yet)"
 
 
-class EventKind(StrEnum):
+class EventKind(Word):
     """What an entry of the incident timeline records. Stored as its value (a text column),
     read back as the enum member; a kind written by an older release reads back as text."""
 
@@ -172,13 +172,6 @@ class EventKind(StrEnum):
     POSTMORTEM_COMPLETED = "postmortem_completed"
     ACTION_ITEM_FILED = "action_item_filed"
     ACTION_ITEM_DONE = "action_item_done"
-
-    @classmethod
-    def read(cls, value: str) -> EventKind | str:
-        try:
-            return cls(value)
-        except ValueError:
-            return value
 
 
 class Outcome(StrEnum):

@@ -9,7 +9,9 @@ their re-checks, the parameter models) are built from it, and a test holds each 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Self
 
 from incidents.errors import RunbookError
 
@@ -18,7 +20,27 @@ class UnknownKind(RunbookError, ValueError):
     """A text that names no member of the vocabulary asked for."""
 
 
-class ActionKind(StrEnum):
+class Word(StrEnum):
+    """A vocabulary: `parse` refuses a text that names no member (input, a plan being made);
+    `read` keeps such a text as it is (a record an older or newer release wrote)."""
+
+    @classmethod
+    def parse(cls, value: str) -> Self:
+        try:
+            return cls(value)
+        except ValueError:
+            noun = re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower()  # ActionKind: "action kind"
+            raise UnknownKind(f"no {noun} {value!r} (known: {', '.join(sorted(cls))})") from None
+
+    @classmethod
+    def read(cls, value: str) -> Self | str:
+        try:
+            return cls(value)
+        except ValueError:
+            return value
+
+
+class ActionKind(Word):
     ROLLBACK = "rollback"
     ROLLOUT_RESTART = "rollout_restart"
     SCALE = "scale"
@@ -29,13 +51,6 @@ class ActionKind(StrEnum):
     ROTATE_SECRETS = "rotate_secrets"
     BLOCK_IPS = "block_ips"
     ENABLE_LOGGING = "enable_logging"
-
-    @classmethod
-    def parse(cls, value: str) -> ActionKind:
-        try:
-            return cls(value)
-        except ValueError:
-            raise UnknownKind(f"no action kind {value!r} (known: {', '.join(sorted(cls))})") from None
 
     @property
     def safety(self) -> Safety:
@@ -74,20 +89,13 @@ SAFE_WHEN_UNSURE = frozenset(kind for kind in ActionKind if kind.safety is Safet
 CONTAINMENT_KINDS = frozenset(kind for kind in ActionKind if kind.safety is Safety.STANDS_AFTER_THE_INCIDENT)
 
 
-class Confidence(StrEnum):
+class Confidence(Word):
     STRONG = "strong"
     WEAK = "weak"
     NONE = "none"  # an abstention: no action
 
-    @classmethod
-    def parse(cls, value: str) -> Confidence:
-        try:
-            return cls(value)
-        except ValueError:
-            raise UnknownKind(f"no confidence {value!r} (known: {', '.join(cls)})") from None
 
-
-class DetectedBy(StrEnum):
+class DetectedBy(Word):
     """Who or what opened the incident (the playbook's 'Detected By')."""
 
     ALERT = "alert"  # an alert through the intake
@@ -95,11 +103,3 @@ class DetectedBy(StrEnum):
     MANUAL_RUN = "manual run"  # a run started by hand, with no alert
     RUNBOOK = "runbook"  # a runbook opened it itself (the database's default)
     DRY_RUN = "dry run"  # a dry run's record: closed from the start, counted nowhere
-
-    @classmethod
-    def read(cls, value: str) -> DetectedBy | str:
-        """A stored value as the member; text only for a value an older release wrote."""
-        try:
-            return cls(value)
-        except ValueError:
-            return value
