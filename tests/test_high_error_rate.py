@@ -209,9 +209,10 @@ def test_a_full_volume_is_read_from_the_kubelets_stats_and_named_in_a_dry_run(wo
 
 
 def _report(key: str) -> str:
-    """A run's report artifact, as markdown."""
+    """A run's report artifact, as markdown (read synchronously: Artifact.get is Prefect's sync-or-async call)."""
     from prefect.artifacts import Artifact
+    from prefect.client.schemas.objects import Artifact as Stored
 
     artifact = Artifact.get(key)
-    assert isinstance(artifact, Artifact), f"no artifact {key}"
+    assert isinstance(artifact, Stored), f"no artifact {key}: {artifact!r}"
     return str(artifact.data)
