@@ -203,7 +203,7 @@ def test_a_security_alert_with_one_bad_address_still_reaches_its_approval(world,
     paused = run.wait_paused()
     incident = store.incident_for_run(str(paused.id))
     plan = store.approvals(incident.id)[0].plan
-    blocked = [a for a in plan["actions"] if a["kind"] == "block_ips"]
+    blocked = [a.as_dict() for a in plan.actions if a.kind == "block_ips"]
     assert blocked and "203.0.113.7/32" in str(blocked[0]) and "198.51.100.0/24" in str(blocked[0])
     assert "10.0.0.300" not in str(blocked[0]) and "0.0.0.0/0" not in blocked[0]["params"]["cidrs"]
     dropped = [e for e in store.timeline(incident.id) if e.kind == "addresses_dropped"]

@@ -600,9 +600,11 @@ def test_a_symptom_joining_an_incident_whose_run_is_not_started_yet_starts_both_
     """Two deliveries at once: HighErrorRate has opened the incident but not yet started its run
     when ServiceDown joins. The opener's run is high-error-rate (under its own alert's key), the
     symptom's run is service-down (under its own)."""
+    from incidents.alerts import AlertParameter
     from incidents.models import Severity
 
-    opener = {**_alert("o1", name="HighErrorRate"), "source": "alertmanager", "correlation_key": "sandbox/api"}
+    opener = AlertParameter.model_validate(
+        {**_alert("o1", name="HighErrorRate"), "source": "alertmanager", "correlation_key": "sandbox/api"})
     incident = store.open_incident(dedup_key="sandbox/api", scenario="high-error-rate", service="api",
                                    environment="sandbox", severity=Severity.P1, title="t", detected_by="alert",
                                    flow_run_id=None, alert=opener)
