@@ -116,6 +116,22 @@ def module_times(junit: Path) -> dict[str, float]:
     return times
 
 
+def failures(junit: Path) -> list[str]:
+    """Each failed or erred test in one lane's JUnit report, with the first line of its reason:
+    printed again after every lane has ended, so the end of the output names what failed."""
+    found: list[str] = []
+    if not junit.exists():
+        return found
+    for case in ElementTree.parse(junit).iter("testcase"):
+        for problem in [*case.iter("failure"), *case.iter("error")]:
+            parts = (case.get("classname") or "").split(".")
+            cut = next((i + 1 for i, part in enumerate(parts) if part.startswith("test_")), len(parts))
+            node = "::".join(["/".join(parts[:cut]) + ".py", *parts[cut:], case.get("name") or "?"])
+            reason = (problem.get("message") or "").strip().splitlines()
+            found.append(f"{problem.tag.upper()} {node}: {reason[0][:300] if reason else '?'}")
+    return found
+
+
 def check_role(lanes: list[Lane], selecting: bool) -> int:
     """Least privilege over the whole suite: the Role's every grant used in some lane, and no
     refusal anywhere that a test did not provoke (tests/test_rbac.py: role_usage_problems)."""
@@ -162,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[lanes] {len(lanes)} lanes in {time.monotonic() - started:.0f} s:")
     for lane, code in zip(lanes, codes):
         print(f"[lanes]   lane {lane.number}: {lane.last_line} (exit {code}, log {lane.log_path.relative_to(ROOT)})")
+        for failure in failures(lane.junit):
+            print(f"[lanes]     {failure}")
     codes.append(check_role(lanes, selecting=any(arg.split("=")[0] in SELECTING for arg in args.pytest_args)))
     if args.record:
         measured = {**times}

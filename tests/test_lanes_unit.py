@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.lanes import LAST, TOGETHER, deal, module_times, modules
+from tests.lanes import LAST, TOGETHER, deal, failures, module_times, modules
 
 
 def test_every_module_is_dealt_once_the_stack_modules_together_and_the_canaries_apart():
@@ -35,3 +35,17 @@ def test_a_lanes_junit_report_gives_seconds_per_module_without_the_canaries(tmp_
 </testsuite></testsuites>""")
     assert module_times(report) == {"test_a": 3.5, "test_b": 0.25}
     assert module_times(tmp_path / "missing.xml") == {}
+
+
+def test_a_lanes_failures_are_named_with_the_first_line_of_their_reason(tmp_path):
+    report = tmp_path / "lane.xml"
+    report.write_text("""<testsuites><testsuite>
+<testcase classname="tests.test_a" name="t1"><failure message="assert 2.1 &lt; 2&#10;more">tb</failure></testcase>
+<testcase classname="tests.test_b" name="t2" time="2.0"><error message="fixture broke">tb</error></testcase>
+<testcase classname="tests.test_b" name="t3" time="0.25"/>
+<testcase classname="tests.test_c.TestGroup" name="t4" time="1"><failure message="">tb</failure></testcase>
+</testsuite></testsuites>""")
+    assert failures(report) == ["FAILURE tests/test_a.py::t1: assert 2.1 < 2",
+                                "ERROR tests/test_b.py::t2: fixture broke",
+                                "FAILURE tests/test_c.py::TestGroup::t4: ?"]
+    assert failures(tmp_path / "missing.xml") == []
