@@ -77,15 +77,18 @@ class PrefectApi:
     connection, so one instance may be shared between threads."""
 
     def __init__(self, url: str | None = None, *, timeout: float | httpx.Timeout = TIMEOUT,
-                 retry: RetryPolicy = ONCE, on_retry: Callable[[str, float], None] | None = None):
+                 retry: RetryPolicy = ONCE, on_retry: Callable[[str, float], None] | None = None,
+                 transport: httpx.BaseTransport | None = None):
         self.url = api_url(url)
         self._timeout = timeout
         self._retry = retry
         self._on_retry = on_retry
+        self._transport = transport  # a test's httpx.MockTransport; None: the network
 
     def call(self, method: str, path: str, *, ok: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
         """The response (2xx/3xx, or a status in `ok`); IntegrationError naming the call otherwise."""
-        with httpx.Client(base_url=self.url, headers=auth_headers(), timeout=self._timeout) as client:
+        with httpx.Client(base_url=self.url, headers=auth_headers(), timeout=self._timeout,
+                          transport=self._transport) as client:
             return request(client, method, path, what=f"Prefect API {method} {path}", retry=self._retry, ok=ok,
                            on_retry=self._on_retry, **kwargs)
 

@@ -27,13 +27,14 @@ def cancel_run(prefect: PrefectApi, store: Any, run: dict[str, Any], who: str, r
     """Cancel `run` (a flow run as the API returns it); True when it was waiting and is now
     Cancelled, False when it is Cancelling (its worker stops it). Raises CancelRefused."""
     message = f"Cancelled by {who}: {reason}" if reason else f"Cancelled by {who}"  # what the UI shows
-    store.request_cancel(run["id"], who, reason)  # what the run's on_cancellation hook reads
+    request = store.request_cancel(run["id"], who, reason)  # what the run's on_cancellation hook reads
     waiting = run["state"]["type"] in WAITING
     state = {"type": "CANCELLED" if waiting else "CANCELLING", "name": "Cancelled" if waiting else "Cancelling",
              "message": message}
-    result = prefect.call("POST", f"/flow_runs/{run['id']}/set_state",
-                          json={"state": state, "force": waiting}).json()
+    # a call that fails on the way may still have reached Prefect: its request stays
+    result = prefect.call("POST", f"/flow_runs/{run['id']}/set_state", json={"state": state, "force": waiting}).json()
     if result.get("status") != "ACCEPT":
+        store.withdraw_cancel(request)  # a later Cancel from the UI must not be put in this person's name
         raise CancelRefused(str((result.get("details") or {}).get("reason", result.get("status"))))
     if waiting:
         record_waiting_cancel(store, run, who, message)

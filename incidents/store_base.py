@@ -181,13 +181,16 @@ CREATE TABLE IF NOT EXISTS incident_alerts (
     PRIMARY KEY (incident_id, identity)
 );
 CREATE INDEX IF NOT EXISTS incident_alerts_by_start ON incident_alerts (identity, starts_at);
--- who asked for a run's Cancel through the runbooks (the CLI, Slack): its on_cancellation hook names them
+-- who asked for a run's Cancel through the runbooks (the CLI, Slack): its on_cancellation hook
+-- names the latest; a request Prefect refused is withdrawn, and rows are kept 30 days (store_correlation)
 CREATE TABLE IF NOT EXISTS cancel_requests (
-    flow_run_id   TEXT PRIMARY KEY,
+    id            BIGSERIAL PRIMARY KEY,
+    flow_run_id   TEXT NOT NULL,
     requested_by  TEXT NOT NULL,
     reason        TEXT NOT NULL DEFAULT '',
     requested_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+CREATE INDEX IF NOT EXISTS cancel_requests_by_run ON cancel_requests (flow_run_id, id);
 CREATE TABLE IF NOT EXISTS runbook_leases (
     target       TEXT PRIMARY KEY,
     flow_run_id  TEXT NOT NULL,

@@ -4,7 +4,7 @@ and severity, the withdrawal of quiet approvals, and one runbook per target at a
 from __future__ import annotations
 
 import builtins
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable
 
 from incidents.models import Approval, CancelRequest, Incident, IncidentAlert, Lease, Severity, Status
@@ -12,6 +12,7 @@ from incidents.store_base import REPLICA_SKEW_SECONDS, StoreBase, incident_from_
 from incidents.vocabulary import DetectedBy
 
 # the title's "[P1] " prefix follows the severity (templates.issue_title_text writes it)
+CANCEL_REQUESTS_KEPT = timedelta(days=30)  # who asked for a Cancel, kept well past any run's end
 _RETITLED = "title = regexp_replace(i.title, '^\\[P[0-3]\\]', '[' || %s || ']')"
 
 
@@ -188,16 +189,25 @@ class CorrelationRecords(StoreBase):
         return row is not None
 
     # -- who asked for a Cancel -----------------------------------------------------------------------
-    def request_cancel(self, flow_run_id: str, requested_by: str, reason: str) -> None:
-        """Written before the Cancel goes to Prefect; the latest request for a run stands."""
+    def request_cancel(self, flow_run_id: str, requested_by: str, reason: str) -> int:
+        """Written before the Cancel goes to Prefect; the latest request for a run stands. Returns
+        the request's id, for `withdraw_cancel` if Prefect refuses it. Requests older than
+        CANCEL_REQUESTS_KEPT are dropped here: by then their runs have long ended."""
         with self._connect() as conn:
-            conn.execute("""INSERT INTO cancel_requests (flow_run_id, requested_by, reason) VALUES (%s, %s, %s)
-                            ON CONFLICT (flow_run_id) DO UPDATE SET requested_by = EXCLUDED.requested_by,
-                                reason = EXCLUDED.reason, requested_at = now()""", (flow_run_id, requested_by, reason))
+            conn.execute("DELETE FROM cancel_requests WHERE requested_at < now() - %s", (CANCEL_REQUESTS_KEPT,))
+            return int(required_row(conn.execute(
+                "INSERT INTO cancel_requests (flow_run_id, requested_by, reason) VALUES (%s, %s, %s) RETURNING id",
+                (flow_run_id, requested_by, reason)).fetchone())["id"])
+
+    def withdraw_cancel(self, request_id: int) -> None:
+        """A request Prefect refused: a later Cancel from the UI must not be put in its name."""
+        with self._connect() as conn:
+            conn.execute("DELETE FROM cancel_requests WHERE id = %s", (request_id,))
 
     def cancel_request(self, flow_run_id: str) -> CancelRequest | None:
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM cancel_requests WHERE flow_run_id = %s", (flow_run_id,)).fetchone()
+            row = conn.execute("""SELECT flow_run_id, requested_by, reason, requested_at FROM cancel_requests
+                                  WHERE flow_run_id = %s ORDER BY id DESC LIMIT 1""", (flow_run_id,)).fetchone()
         return CancelRequest(**row) if row else None
 
     def leases(self) -> builtins.list[Lease]:

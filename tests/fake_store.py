@@ -58,7 +58,7 @@ class FakeStore:
         self.pagers_: dict[int, list[str]] = {}
         self.alerts: dict[tuple[int, str], str] = {}  # (incident, identity) -> firing | resolved
         self.leases: dict[str, Lease] = {}
-        self.cancel_requests: dict[str, CancelRequest] = {}
+        self.cancel_requests: dict[int, CancelRequest] = {}
         self.drills: dict[str, Drill] = {}
         self.standing: dict[int, StandingContainment] = {}
         self.roles: dict[int, dict[str, str]] = {}
@@ -229,6 +229,13 @@ class FakeStore:
         mine = [a for a in self.approvals_.values() if a.flow_run_id == flow_run_id]
         return mine[-1] if mine else None
 
+    def incident_for_run(self, flow_run_id: str) -> Incident | None:
+        mine = {i.id for i in self.incidents.values() if i.flow_run_id == flow_run_id}
+        mine |= {a.incident_id for a in self.approvals_.values() if a.flow_run_id == flow_run_id}
+        mine |= {incident_id for incident_id, events in self.events.items() for e in events
+                 if e.kind in (EventKind.JOINED, EventKind.FLAP) and e.data.get("flow_run_id") == flow_run_id}
+        return self.incidents[max(mine)] if mine else None
+
     def approval(self, approval_id: int) -> Approval | None:
         approval = self.approvals_.get(approval_id)
         if approval is None:
@@ -323,11 +330,17 @@ class FakeStore:
             return True
         return False
 
-    def request_cancel(self, flow_run_id: str, requested_by: str, reason: str) -> None:
-        self.cancel_requests[flow_run_id] = CancelRequest(flow_run_id, requested_by, reason, _now())
+    def request_cancel(self, flow_run_id: str, requested_by: str, reason: str) -> int:
+        request_id = max(self.cancel_requests, default=0) + 1
+        self.cancel_requests[request_id] = CancelRequest(flow_run_id, requested_by, reason, _now())
+        return request_id
+
+    def withdraw_cancel(self, request_id: int) -> None:
+        self.cancel_requests.pop(request_id, None)
 
     def cancel_request(self, flow_run_id: str) -> CancelRequest | None:
-        return self.cancel_requests.get(flow_run_id)
+        mine = [request_id for request_id, r in self.cancel_requests.items() if r.flow_run_id == flow_run_id]
+        return self.cancel_requests[max(mine)] if mine else None
 
     # -- drills ----------------------------------------------------------------------------------
     def drill(self, drill_id: str) -> Drill | None:

@@ -181,7 +181,29 @@ def test_the_latest_cancel_request_for_a_run_stands(either):
     assert (request.requested_by, request.reason) == ("dana", "")
 
 
+def test_a_withdrawn_cancel_request_leaves_the_one_before_it(either):
+    run = _unique("run")
+    either.request_cancel(run, "sam", "taking over")
+    refused = either.request_cancel(run, "dana", "")  # Prefect refused dana's Cancel
+    either.withdraw_cancel(refused)
+    assert either.cancel_request(run).requested_by == "sam"
+    either.withdraw_cancel(either.request_cancel(_unique("run"), "lee", ""))
+    assert either.cancel_request(run).requested_by == "sam"  # withdrawing another run's leaves this one
+
+
 def test_a_dry_run_is_recorded_closed_and_counted_nowhere(either):
     dry = either.record_dry_run("service-down", "api", "sandbox", Severity.P1, "[P1] api dry run", "run-5")
     assert dry.detected_by is DetectedBy.DRY_RUN and dry.resolved_at is not None and dry.status is Status.RESOLVED
     assert dry.id not in [i.id for i in either.list(open_only=True)]
+
+
+def test_a_run_finds_the_incident_it_opened_joined_or_asked_an_approval_for(either):
+    opener, joiner, asker = _unique("run"), _unique("run"), _unique("run")
+    assert either.incident_for_run(opener) is None
+    incident = _open(either, flow_run_id=opener)
+    assert either.incident_for_run(opener).id == incident.id
+    either.add_event(incident.id, "runbook", EventKind.JOINED, "joined", {"flow_run_id": joiner})
+    assert either.incident_for_run(joiner).id == incident.id
+    other = _open(either)
+    either.request_approval(other.id, Plan(other.id, "api", "sandbox", (), summary="restart"), asker)
+    assert either.incident_for_run(asker).id == other.id
