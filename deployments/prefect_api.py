@@ -103,9 +103,11 @@ class PrefectApi:
 class AsyncPrefectApi:
     """The same for the intake's event loop: one pooled connection set for the service's life."""
 
-    def __init__(self, url: str | None = None, *, timeout: float | httpx.Timeout = TIMEOUT):
+    def __init__(self, url: str | None = None, *, timeout: float | httpx.Timeout = TIMEOUT,
+                 transport: httpx.AsyncBaseTransport | None = None):
         self.url = api_url(url)
-        self._client = httpx.AsyncClient(base_url=self.url, headers=auth_headers(), timeout=timeout)
+        self._client = httpx.AsyncClient(base_url=self.url, headers=auth_headers(), timeout=timeout,
+                                         transport=transport)
 
     async def call(self, method: str, path: str, *, retry: RetryPolicy = ONCE, ok: tuple[int, ...] = (),
                    what: str | None = None, **kwargs: Any) -> httpx.Response:

@@ -32,10 +32,12 @@ def _repo_path(repo: str) -> str:
 
 class GitHubClient(Closing):
     def __init__(self, api_url: str, token: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 retry: RetryPolicy = RetryPolicy()):
+                 retry: RetryPolicy = RetryPolicy(), transport: httpx.BaseTransport | None = None):
+        """`transport`: a test's httpx.MockTransport; None sends to the network."""
         self.retry = retry
+        self._transport = transport
         self._http = http_client(
-            base_url=api_url.rstrip("/"), timeout=timeout, follow_redirects=False,
+            base_url=api_url.rstrip("/"), timeout=timeout, follow_redirects=False, transport=transport,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
                      "X-GitHub-Api-Version": API_VERSION, "User-Agent": "incident-runbooks"})
 
@@ -169,7 +171,7 @@ class GitHubClient(Closing):
         response = self._call("GET", path)
         if response.is_redirect:
             location = response.headers["Location"]
-            with http_client(timeout=self._http.timeout) as plain:
+            with http_client(timeout=self._http.timeout, transport=self._transport) as plain:
                 response = request(
                     plain, "GET", location, what=f"GitHub log download for job {job_id}", retry=self.retry
                 )

@@ -38,6 +38,10 @@ class RetryPolicy:
     max_wait: float = 30.0  # never sleep longer than this for one Retry-After
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None and "Retry-After" not in response.headers and _limit_spent(response):
+            reset = response.headers.get("X-RateLimit-Reset", "")  # epoch seconds (GitHub's primary limit)
+            if reset.isdigit():
+                return min(max(int(reset) - time.time(), 0.0), self.max_wait)
         return self.pause(attempt, response.headers.get("Retry-After") if response is not None else None)
 
     def pause(self, attempt: int, retry_after: str | None) -> float:
@@ -63,6 +67,19 @@ def is_transient(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+def _limit_spent(response: httpx.Response) -> bool:
+    return bool(response.headers.get("X-RateLimit-Remaining") == "0")
+
+
+def worth_retrying(response: httpx.Response) -> bool:
+    """429 and 5xx; and a 403 that is a rate limit, as GitHub sends its primary and secondary
+    limits (docs.github.com, "Rate limits for the REST API": a 403 or 429 with Retry-After, or
+    with X-RateLimit-Remaining 0 and X-RateLimit-Reset): a refusal only until the limit resets."""
+    if is_transient(response.status_code):
+        return True
+    return response.status_code == 403 and ("Retry-After" in response.headers or _limit_spent(response))
+
+
 def request(client: httpx.Client, method: str, url: str, *, what: str, retry: RetryPolicy = RetryPolicy(),
             ok: tuple[int, ...] = (), on_retry: Callable[[str, float], None] | None = None,
             **kwargs: Any) -> httpx.Response:
@@ -82,7 +99,7 @@ def request(client: httpx.Client, method: str, url: str, *, what: str, retry: Re
             if response.status_code < 400 or response.status_code in ok:
                 return response
             last = f"HTTP {response.status_code}: {_short(response)}"
-            if not is_transient(response.status_code):
+            if not worth_retrying(response):
                 raise refusal(what, last, response.status_code)
         if attempt == retry.attempts:
             break
@@ -109,7 +126,7 @@ async def arequest(client: httpx.AsyncClient, method: str, url: str, *, what: st
             if response.status_code < 400 or response.status_code in ok:
                 return response
             last = f"HTTP {response.status_code}: {_short(response)}"
-            if not is_transient(response.status_code):
+            if not worth_retrying(response):
                 raise refusal(what, last, response.status_code)
         if attempt < retry.attempts:
             await asyncio.sleep(retry.delay(attempt, response))

@@ -19,10 +19,13 @@ SEVERITIES = ("critical", "error", "warning", "info")
 class PagerDutyEvents(Closing):
     """The routing key is a secret: it is never part of an error message."""
 
-    def __init__(self, events_url: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3)):
+    def __init__(self, events_url: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3),
+                 transport: httpx.BaseTransport | None = None):
+        """`transport`: a test's httpx.MockTransport; None sends to the network."""
         self._url = events_url.rstrip("/") + "/v2/enqueue"
         self.retry = retry
-        self._http = http_client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)), follow_redirects=False)
+        self._http = http_client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)), follow_redirects=False,
+                                 transport=transport)
 
     def close(self) -> None:
         self._http.close()

@@ -10,8 +10,11 @@ from integrations.http import client as http_client
 
 
 class PrometheusClient(Closing):
-    def __init__(self, url: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3)):
-        self._http = http_client(base_url=url.rstrip("/"), timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+    def __init__(self, url: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3),
+                 transport: httpx.BaseTransport | None = None):
+        """`transport`: a test's httpx.MockTransport; None sends to the network."""
+        self._http = http_client(base_url=url.rstrip("/"), timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+                                 transport=transport)
         self.retry = retry
 
     def close(self) -> None:

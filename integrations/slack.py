@@ -13,19 +13,22 @@ from integrations.http import RetryPolicy, request
 from integrations.http import client as http_client
 
 
-def _http(timeout: float) -> httpx.Client:
-    return http_client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)), follow_redirects=False)
+def _http(timeout: float, transport: httpx.BaseTransport | None) -> httpx.Client:
+    """`transport`: a test's httpx.MockTransport; None sends to the network."""
+    return http_client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)), follow_redirects=False,
+                       transport=transport)
 
 
 class SlackWebhook(Closing):
     """The webhook URL is a secret: it is never part of an error message or a log line."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3)):
+    def __init__(self, url: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3),
+                 transport: httpx.BaseTransport | None = None):
         if not url.startswith(("https://", "http://")):
             raise ValueError("Slack webhook URL must be an http(s) URL")
         self._url = url
         self.retry = retry
-        self._http = _http(timeout)
+        self._http = _http(timeout, transport)
 
     def close(self) -> None:
         self._http.close()
@@ -49,11 +52,12 @@ class SlackApp(Closing):
     Slack answers HTTP 200 with `{"ok": false, "error": "..."}` for a refused call, and 429 with
     Retry-After when rate limited (api.slack.com/docs/rate-limits)."""
 
-    def __init__(self, api_url: str, token: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3)):
+    def __init__(self, api_url: str, token: str, *, timeout: float = 5.0, retry: RetryPolicy = RetryPolicy(attempts=3),
+                 transport: httpx.BaseTransport | None = None):
         self.retry = retry
         self._base = api_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"}
-        self._http = _http(timeout)
+        self._http = _http(timeout, transport)
 
     def close(self) -> None:
         self._http.close()
@@ -95,8 +99,8 @@ class SlackApp(Closing):
 
 
 def respond(response_url: str, message: dict[str, Any], *, timeout: float = 5.0,
-            retry: RetryPolicy = RetryPolicy(attempts=3)) -> None:
+            retry: RetryPolicy = RetryPolicy(attempts=3), transport: httpx.BaseTransport | None = None) -> None:
     """Answer an interaction through its `response_url` (valid 30 minutes, 5 uses): an
     ephemeral reply to the person who pressed, or `replace_original` to update the message."""
-    with _http(timeout) as http:
+    with _http(timeout, transport) as http:
         request(http, "POST", response_url, what="Slack response_url", retry=retry, json=message)

@@ -1,5 +1,7 @@
 """The integration clients against the sandbox, including its injected failures, the real
-kubectl, destructive tasks without a grant, and the incident store on real PostgreSQL."""
+kubectl, destructive tasks without a grant, and the incident store on real PostgreSQL. The
+clients' own rules (retries and their waits, refusals, what an error never shows) are tested
+against the vendors' answers in the unit tier (tests/test_clients_unit.py)."""
 
 from __future__ import annotations
 
@@ -20,31 +22,6 @@ from sandbox.world import GITHUB_TOKEN
 from tests.conftest import BROKEN_IMAGE, api_image, break_api, kubectl
 
 FAST = RetryPolicy(attempts=4, backoff=0.05)
-
-
-def test_github_5xx_is_retried_then_succeeds(world):
-    world.faults.set("github", Fault(status=502, count=2))
-    gh = GitHubClient(world.url + "/github", GITHUB_TOKEN, retry=FAST)
-    assert gh.recent_commits("acme/api")  # a read is simply retried
-    assert world.faults.hits["github"] == 3
-    world.faults.clear()
-    world.faults.set("github", Fault(status=502, count=1))
-    issue = gh.create_issue("acme/incidents", "t", "b", ["incident"])
-    assert issue["number"] == 1 and len(world.github.repo("acme/incidents").issues) == 1
-    assert world.faults.hits["github"] == 3, "POST (502), a look for the issue it may have opened (none), POST"
-
-
-def test_github_errors_name_the_call_and_do_not_retry_4xx(world):
-    gh = GitHubClient(world.url + "/github", "wrong-token", retry=FAST)
-    with pytest.raises(IntegrationError) as err:
-        gh.recent_commits("acme/api")
-    assert err.value.status == 401 and "GitHub GET /repos/acme/api/commits" in str(err.value)
-    assert "Bad credentials" in str(err.value) and "wrong-token" not in str(err.value)
-    world.faults.set("github", Fault(status=503))
-    gh = GitHubClient(world.url + "/github", GITHUB_TOKEN, retry=RetryPolicy(attempts=3, backoff=0.01))
-    with pytest.raises(IntegrationError, match="after 3 attempts") as err:
-        gh.workflow_runs("acme/api")
-    assert err.value.transient
 
 
 def test_github_dispatch_jobs_and_redirected_logs(world):
@@ -89,14 +66,6 @@ def test_a_dispatch_follows_its_own_run_never_the_newest(world, run_details):
     assert taken and newest["id"] == taken[0] != run_id, "someone else's run is the newest"
     assert "ours-1" in gh.get_run("acme/api", run_id)["display_title"]
     assert gh.wait_for_run("acme/api", "rollback.yml", run_id, timeout=20, poll=0.2)["conclusion"] == "success"
-
-
-def test_slack_honours_retry_after(world):
-    world.faults.set("slack", Fault(status=429, retry_after=1, count=1))
-    start = time.monotonic()
-    SlackWebhook(world.slack_webhook_url).post("hello", [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}])
-    assert time.monotonic() - start >= 1.0
-    assert world.slack_messages[0]["text"] == "hello" and world.slack_messages[0]["blocks"]
 
 
 def test_the_slack_app_honours_retry_after_and_names_a_refusal_without_its_token(world):
@@ -154,13 +123,6 @@ def test_one_retry_rule_reads_retry_after_as_seconds_or_a_date():
     in_ten = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
     assert 8 <= policy.pause(1, in_ten) <= 10
     assert policy.pause(3, None) == 2.0 and policy.pause(1, "soon") == 1.0  # backoff; unreadable: a second
-
-
-def test_slack_errors_never_show_the_webhook_url(world):
-    webhook = SlackWebhook(world.url + "/slack/services/T0/B0/not-the-secret", retry=FAST)
-    with pytest.raises(IntegrationError) as err:
-        webhook.post("x")
-    assert "invalid_token" in str(err.value) and "not-the-secret" not in str(err.value)
 
 
 def test_probes_report_status_and_timeouts(world):
