@@ -14,6 +14,7 @@ from deployments.prefect_api import PrefectApi
 from incidents.alerts import target_of
 from incidents.errors import RunbookError
 from incidents.models import EventKind
+from incidents.timeline_payloads import CancelledRun
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 WAITING = ("PAUSED", "SCHEDULED")
@@ -50,4 +51,4 @@ def record_waiting_cancel(store: Any, run: dict[str, Any], who: str, message: st
     if incident is not None:
         store.add_event(incident.id, who, EventKind.CANCELLED, f"Runbook run {run['name']} cancelled while it "
                         f"was {run['state']['name'].lower()} ({message}); nothing was changed by it.",
-                        {"flow_run_id": run["id"]})
+                        CancelledRun(flow_run_id=run["id"]))

@@ -29,6 +29,7 @@ from incidents.security_rules import (
     suspicious_cidrs,
 )
 from incidents.templates import stamp
+from incidents.timeline_payloads import AddressesDropped, EvidenceCaptured
 from incidents.vocabulary import ActionKind, DetectedBy
 from tasks.cancellation import RunCancelled, ended_cancelled, record_cancellation
 from tasks.context import RunContext
@@ -56,11 +57,11 @@ def keep_evidence(ctx: RunContext, incident: Incident, findings: dict[str, Findi
     if dropped:
         record(ctx, incident.id, "runbook", EventKind.ADDRESSES_DROPPED,
                f"{len(dropped)} address(es) from the alert not blocked: {'; '.join(dropped)}"[:1000],
-               {"dropped": list(dropped), "kept": cidrs})
+               AddressesDropped(dropped=list(dropped), kept=cidrs))
     publish_report(ctx, incident, "evidence", report_markdown(
         f"Evidence snapshot for incident {incident.id} (before any change)", [evidence], None, with_plan=False))
     record(ctx, incident.id, "runbook", EventKind.EVIDENCE_CAPTURED, evidence.summary,
-           {"secrets": [s.as_dict() for s in evidence.facts(EvidenceFacts).secrets]})
+           EvidenceCaptured(secrets=list(evidence.facts(EvidenceFacts).secrets)))
     if incident.detected_by != DetectedBy.DRY_RUN:  # a dry run tells nobody
         notify_security_team(ctx, incident.id, f"🔐 SECURITY INCIDENT\nIssue: {incident.issue_ref}\n"
                                                f"Service: {ctx.service_name} ({ctx.environment})\n"

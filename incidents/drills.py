@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from incidents.followup_models import Drill
+from incidents.run_result import Judgement
 from incidents.templates import markdown_text
 from incidents.vocabulary import ActionKind
 
@@ -295,7 +296,7 @@ def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
 
 def score(fault: FaultSpec, injected_at: datetime, detected_at: datetime | None, approved_at: datetime | None,
           recovered_at: datetime | None, steps_seen: list[str], outcome: str | None,
-          judgement: dict[str, Any] | None = None) -> dict[str, Any]:
+          judgement: Judgement | None = None) -> dict[str, Any]:
     """Times, the playbook steps the runbook took, and its judgement (the plan graded against
     the catalog's expected outcome), against the playbook's targets. A fault no remedy here
     fits passes when the runbook abstains and changes nothing; one that needs a remedy, when
@@ -307,7 +308,7 @@ def score(fault: FaultSpec, injected_at: datetime, detected_at: datetime | None,
     mttd_met = ttd is not None and ttd < MTTD_TARGET_SECONDS
     needs_remedy = fault.outcome == REMEDY
     mttr_met = not needs_remedy or (ttr is not None and (fault.severity != "P0" or ttr < MTTR_TARGET_SECONDS_P0))
-    verdict = grade(fault, set(judgement.get("kinds") or ()), bool(judgement.get("abstained"))) if judgement else None
+    verdict = grade(fault, set(judgement.kinds), judgement.abstained) if judgement else None
     finished = outcome == "resolved" if needs_remedy else "action" not in steps_seen
     return {"fault": fault.name, "scenario": fault.scenario, "severity": fault.severity,
             "time_to_detect_s": ttd, "time_to_approve_s": tta, "time_to_recover_s": ttr,
@@ -315,7 +316,8 @@ def score(fault: FaultSpec, injected_at: datetime, detected_at: datetime | None,
             "mttr_target_s": MTTR_TARGET_SECONDS_P0 if fault.severity == "P0" and needs_remedy else None,
             "mttd_met": mttd_met, "mttr_met": mttr_met, "steps": steps, "runbook_outcome": outcome,
             "expected": fault.expected_text, "judgement": verdict,
-            "planned": sorted((judgement or {}).get("kinds") or ()), "confidence": (judgement or {}).get("confidence"),
+            "planned": sorted(judgement.kinds) if judgement else [],
+            "confidence": judgement.confidence if judgement else None,
             "passed": bool(mttd_met and mttr_met and all(steps.values()) and finished and verdict == "right")}
 
 

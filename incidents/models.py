@@ -12,6 +12,7 @@ from incidents.vocabulary import DetectedBy, Word
 if TYPE_CHECKING:
     from incidents.alerts import AlertParameter
     from incidents.plans import Plan
+    from incidents.timeline_payloads import Payload
 
 
 class Severity(str, Enum):
@@ -202,7 +203,7 @@ class TimelineEvent:
     actor: str
     kind: EventKind | str  # text only for a kind an older release wrote
     message: str
-    data: dict[str, Any]
+    data: Payload  # the kind's model (incidents/timeline_payloads.py)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from incidents import timeline_payloads as payloads
 from incidents.alerts import AlertParameter
 from incidents.followup_models import Drill
 from incidents.models import EventKind, Incident, Severity, SlackThread, Status, TimelineEvent
@@ -34,6 +35,7 @@ from incidents.store_containment import ContainmentRecords
 from incidents.store_correlation import CorrelationRecords
 from incidents.store_duties import DutyRecords
 from incidents.store_roles import RoleRecords
+from incidents.timeline_payloads import Payload
 from incidents.vocabulary import DetectedBy
 
 __all__ = ["DEFAULT_DATABASE_URL", "REPLICA_SKEW_SECONDS", "SCHEMA", "DrillStore", "IncidentStore", "RecordNotFound",
@@ -162,21 +164,28 @@ class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, Rol
         return [r["pager"] for r in rows]
 
     # -- timeline -------------------------------------------------------------------------------
-    def add_event(
-        self, incident_id: int, actor: str, kind: EventKind, message: str, data: dict[str, Any] | None = None
-    ) -> None:
-        kind = EventKind(kind)  # an unknown kind is refused before anything is written
+    def add_event(self, incident_id: int, actor: str, kind: EventKind, message: str,
+                  data: Payload | None = None) -> None:
+        """`data`: the kind's payload model (PAYLOADS); an unknown kind or another kind's
+        payload is refused before anything is written."""
+        kind = EventKind(kind)
+        stored = payloads.checked(kind, data).as_data()
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO timeline_events (incident_id, actor, kind, message, data) VALUES (%s, %s, %s, %s, %s)",
-                (incident_id, actor, kind.value, message, Jsonb(data or {})),
+                (incident_id, actor, kind.value, message, Jsonb(stored)),
             )
 
     def timeline(self, incident_id: int) -> builtins.list[TimelineEvent]:
         with self._connect() as conn:
             rows = conn.execute("SELECT at, actor, kind, message, data FROM timeline_events "
                                 "WHERE incident_id = %s ORDER BY at, id", (incident_id,)).fetchall()
-        return [TimelineEvent(**{**r, "kind": EventKind.read(r["kind"])}) for r in rows]
+        return [_event(row) for row in rows]
+
+def _event(row: dict[str, Any]) -> TimelineEvent:
+    kind = EventKind.read(row["kind"])
+    return TimelineEvent(row["at"], row["actor"], kind, row["message"], payloads.read(kind, row["data"]))
+
 
 class DrillStore(IncidentStore):
     """Drills: one row per game day run, the score it earned, and the history."""

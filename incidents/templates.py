@@ -208,8 +208,9 @@ SEVERITY_LABELS = frozenset({"P0", "P1", "P2", "P3", "priority:high"})
 def key_moments(events: Sequence[TimelineEvent]) -> list[tuple[datetime, str, str]]:
     """(when, kind, what) of the timeline entries the issue shows: KEY_MOMENTS, and an alert
     that joined and raised the severity."""
+    from incidents.timeline_payloads import AlertJoined  # it imports plans, which import this module
     return [(e.at, str(e.kind), e.message) for e in events
-            if str(e.kind) in KEY_MOMENTS or (str(e.kind) in ("joined", "flap") and e.data.get("raised_from"))]
+            if str(e.kind) in KEY_MOMENTS or (isinstance(e.data, AlertJoined) and e.data.raised_from)]
 
 
 def summary_of(title: str) -> str:

@@ -31,6 +31,7 @@ from incidents.plans import Grant, Plan
 from incidents.redaction import redact
 from incidents.store import IncidentStore, StoreError
 from incidents.templates import approval_buttons, slack_text
+from incidents.timeline_payloads import ApprovalStep, UnverifiedAnswer
 from tasks.cancellation import cancelling_now, raise_if_cancelling
 from tasks.context import RunContext
 from tasks.forms import prefilled
@@ -138,7 +139,8 @@ def _recorded_request(ctx: RunContext, incident: Incident, plan: Plan, earlier: 
         logger.error("Approval request not recorded: %s", exc)
         approval_id = None
     record(ctx, incident.id, "runbook", EventKind.APPROVAL_REQUESTED,
-           "Approval requested: " + "; ".join(a.describe() for a in plan.actions), {"plan_digest": plan.digest})
+           "Approval requested: " + "; ".join(a.describe() for a in plan.actions),
+           ApprovalStep(plan_digest=plan.digest))
     return approval_id
 
 
@@ -185,7 +187,7 @@ def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id
         record(ctx, incident.id, "runbook", EventKind.APPROVAL_UNVERIFIED,
                f"An approval by {answer.approver.strip()!r} without verified identity was ignored: "
                f"{ctx.environment} needs {needed} verified approver(s) for {incident.severity.value} "
-               f"({len(signed)} so far). The run keeps waiting.", {"page": page})
+               f"({len(signed)} so far). The run keeps waiting.", UnverifiedAnswer(page=page))
         notify_slack(ctx, incident.id, f"⚠️ APPROVAL NOT COUNTED\nIssue: {incident.issue_ref}\n"
                                        f"A Resume by {slack_text(answer.approver.strip(), 100)} carried no "
                                        f"verified identity. "
@@ -377,7 +379,7 @@ def _finish(ctx: RunContext, incident: Incident, plan: Plan, approval_id: int | 
         message = f"Plan declined by {who}: {decision.reason}. Nothing was changed"
     logger.info(message)
     record(ctx, incident.id, decision.approver or "runbook", _DECISION_KIND[decision.outcome], message,
-           {"plan_digest": plan.digest, "automatic": decision.automatic})
+           ApprovalStep(plan_digest=plan.digest, automatic=decision.automatic))
     if decision.outcome in ("approved", "declined") and not decision.automatic:
         update_pagers(ctx, incident, "acknowledge", decision.approver or "approver", logger)  # a person answered
     return decision

@@ -28,6 +28,7 @@ from incidents.config import ConfigError
 from incidents.errors import RunbookError
 from incidents.models import EventKind
 from incidents.store import IncidentStore, StoreError
+from incidents.timeline_payloads import CancelledRun
 from tasks.context import RunContext
 from tasks.notify import send_slack
 
@@ -128,7 +129,7 @@ def note_cancellation(flow_run: Any, message: str) -> None:
                 + f". Done before the Cancel: {'; '.join(done) if done else 'nothing was changed'}."
                 + " The runbook has stopped: a person has the incident now.")
         if not _recorded(store, incident.id, run_id):  # `runbooks cancel` records a waiting run's Cancel itself
-            store.add_event(incident.id, who, EventKind.CANCELLED, note, {"flow_run_id": run_id, "done": done})
+            store.add_event(incident.id, who, EventKind.CANCELLED, note, CancelledRun(flow_run_id=run_id, done=done))
     except StoreError as exc:
         _log.error("Cancel of run %s not recorded in the incident timeline: %s", run_id, exc)
         return
@@ -136,8 +137,7 @@ def note_cancellation(flow_run: Any, message: str) -> None:
 
 
 def _recorded(store: IncidentStore, incident_id: int, run_id: str) -> bool:
-    return any(e.kind == EventKind.CANCELLED and e.data.get("flow_run_id") == run_id
-               for e in store.timeline(incident_id))
+    return any(isinstance(e.data, CancelledRun) and e.data.flow_run_id == run_id for e in store.timeline(incident_id))
 
 
 def _post_status(flow_run: Any, incident: Any, note: str) -> None:

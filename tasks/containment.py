@@ -16,6 +16,7 @@ from incidents.containment import StandingContainment, expiry
 from incidents.models import EventKind
 from incidents.plans import Plan, PlannedAction
 from incidents.store import IncidentStore, StoreError
+from incidents.timeline_payloads import ContainmentRef
 from incidents.vocabulary import CONTAINMENT_KINDS, ActionKind
 from integrations.errors import IntegrationError
 from integrations.kubernetes import KubernetesClient
@@ -49,7 +50,7 @@ def record_containment(ctx: RunContext, plan: Plan, action: PlannedAction) -> St
                                               expiry(datetime.now(timezone.utc), hours))
     record(ctx, plan.incident_id, "runbook", EventKind.CONTAINMENT_RECORDED,
            f"Containment #{standing.id} stands until {templates.stamp(standing.expires_at)}: {standing.describe()}",
-           {"containment_id": standing.id})
+           ContainmentRef(containment_id=standing.id))
     return standing
 
 
@@ -120,7 +121,7 @@ def _widening(ctx: RunContext, kube: KubernetesClient, standing: StandingContain
 
 
 def _tell(ctx: RunContext, standing: StandingContainment, kind: EventKind, text: str) -> None:
-    record(ctx, standing.incident_id, WATCH, kind, text.split("\n", 1)[1], {"containment_id": standing.id})
+    record(ctx, standing.incident_id, WATCH, kind, text.split("\n", 1)[1], ContainmentRef(containment_id=standing.id))
     send_slack(ctx, standing.incident_id, text)
     incident = ctx.store().get(standing.incident_id)
     comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
@@ -132,7 +133,7 @@ def _lift_record(ctx: RunContext, standing: StandingContainment, by: str, note: 
     if ctx.store().lift_containment(standing.id, by, note):
         record(ctx, standing.incident_id, by, EventKind.CONTAINMENT_LIFTED,
                f"Containment #{standing.id} ({standing.describe()}) lifted by {by}: {note}",
-               {"containment_id": standing.id})
+               ContainmentRef(containment_id=standing.id))
 
 
 def lift(environment: str, containment_id: int, by: str, reason: str, move_to_ingress: bool = False) -> str:
@@ -168,7 +169,7 @@ def _record_moved(ctx: RunContext, standing: StandingContainment, params: Networ
         expiry(datetime.now(timezone.utc), ctx.service.security.block_hours))
     record(ctx, standing.incident_id, by, EventKind.CONTAINMENT_RECORDED,
            f"Containment #{again.id} (moved from #{standing.id} by {by}) stands until "
-           f"{templates.stamp(again.expires_at)}: {again.describe()}", {"containment_id": again.id})
+           f"{templates.stamp(again.expires_at)}: {again.describe()}", ContainmentRef(containment_id=again.id))
 
 
 def _undo(ctx: RunContext, kube: KubernetesClient, params: Any, move_to_ingress: bool) -> str:
@@ -208,5 +209,5 @@ def extend(environment: str, containment_id: int, by: str, hours: float) -> date
     ctx = RunContext.load(environment, standing.service)
     record(ctx, standing.incident_id, by, EventKind.CONTAINMENT_RECORDED,
            f"Containment #{standing.id} ({standing.describe()}) kept by {by} until {templates.stamp(until)}",
-           {"containment_id": standing.id})
+           ContainmentRef(containment_id=standing.id))
     return until

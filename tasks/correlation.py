@@ -24,6 +24,7 @@ from incidents import templates
 from incidents.alerts import WITHDRAWN_REASON, AlertParameter
 from incidents.escalation import level_contacts
 from incidents.models import EventKind, Incident, Severity
+from incidents.timeline_payloads import AlertCleared, AlertJoined, AlertSeen
 from tasks.context import RunContext
 from tasks.notify import add_comment, refresh_issue, send_slack
 from tasks.paging import mentions, trigger_pagers
@@ -52,7 +53,7 @@ def note_alert(ctx: RunContext, incident: Incident, alert: AlertParameter | None
 
 def detected(ctx: RunContext, incident: Incident, by: str, what: str, alert: AlertParameter | None) -> None:
     """The first entries of a new incident: what detected it, and its alert (if any)."""
-    record(ctx, incident.id, by, EventKind.DETECTED, what, {"alert": alert.as_dict()} if alert else {})
+    record(ctx, incident.id, by, EventKind.DETECTED, what, AlertSeen(alert=alert) if alert else AlertSeen())
     note_alert(ctx, incident, alert)
 
 
@@ -92,8 +93,7 @@ def join(ctx: RunContext, incident: Incident, alert: AlertParameter | None, seve
     if raised_from is not None:
         message += f"; severity raised from {raised_from.value} to {incident.severity.value}"
     record(ctx, incident.id, by, EventKind.FLAP if seen == "refired" else EventKind.JOINED, message,
-           {"alert": alert.as_dict() if alert else None, "seen": seen,
-            "raised_from": raised_from.value if raised_from else None, "paged": paged, "flow_run_id": flow_run_id})
+           AlertJoined(alert=alert, seen=seen, raised_from=raised_from, paged=paged, flow_run_id=flow_run_id))
     if incident.announced_at is not None and (seen in ("new", "refired") or raised_from is not None):
         note = message + "." + (" ⏫ Paging the severity's contacts." if paged else "")
         send_slack(ctx, incident.id, templates.status_update(incident, incident.status.value,
@@ -119,7 +119,7 @@ def alert_resolved(ctx: RunContext, incident: Incident, alert: AlertParameter, g
     name = alert.name or "alert"
     record(ctx, incident.id, alert.source or "alert", EventKind.ALERT_RESOLVED,
            f"{name} resolved at its source; a pending approval is withdrawn if every alert of the incident stays "
-           f"resolved for {grace_seconds:g} s", {"identity": identity})
+           f"resolved for {grace_seconds:g} s", AlertCleared(identity=identity))
     return True
 
 

@@ -17,6 +17,7 @@ from incidents.drills import FaultSpec, history_markdown, score, scorecard_markd
 from incidents.errors import RunbookError
 from incidents.models import EventKind
 from incidents.store import DrillStore
+from incidents.timeline_payloads import Diagnosis
 from tasks.context import RunContext
 from tasks.faults import FaultState, cleanup, healed, inject, signal, wait_for
 from tasks.steps import run_logger, step
@@ -116,19 +117,9 @@ def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_ke
         approvals = [a for a in store.approvals(incident.id) if a.decision == "approved"]
         approved_at = approvals[0].decided_at if approvals else None
         outcome = "resolved" if "resolved" in steps else (run or {}).get("state", "").lower() or None
-        judgement = next((e.data.get("judgement") for e in reversed(timeline) if e.kind == EventKind.DIAGNOSED), None)
+        judgement = next((e.data.judgement for e in reversed(timeline) if isinstance(e.data, Diagnosis)), None)
     return score(spec, injected_at, (run or {}).get("started"), approved_at, recovered_at, steps, outcome,
                  judgement), incident.id if incident else None
-
-
-def judged(alert_key: str) -> dict | None:
-    """The runbook's judgement (its plan's kinds, confidence, abstention) once it has made one."""
-    store = DrillStore()
-    incident = store.incident_for_alert(alert_key)
-    if incident is None:
-        return None
-    timeline = store.timeline(incident.id)
-    return next((e.data.get("judgement") for e in reversed(timeline) if e.kind == EventKind.DIAGNOSED), None)
 
 
 @step("publish-scorecard")

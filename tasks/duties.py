@@ -23,6 +23,7 @@ from incidents.config import EnvironmentConfig
 from incidents.errors import RunbookError
 from incidents.models import EventKind, Incident
 from incidents.store_duties import COMMANDER_ASKED, STAKEHOLDER_UPDATE, SUMMARY_24H
+from incidents.timeline_payloads import CommanderAsked, StakeholderDraft, SummaryDrafted
 from tasks.context import RunContext
 from tasks.notify import comment_on_issue, refresh_issue, send_slack
 from tasks.timeline import record
@@ -68,7 +69,7 @@ def ask_commander(ctx: RunContext, incident: Incident, now: datetime) -> list[in
             f"Approvers: {' '.join(approvers) or '(none configured)'}",
         ]))
         record(ctx, incident.id, "incident-watch", EventKind.COMMANDER_ASKED, said,
-               {"approval_id": approval.id, "commander": commander, "silent_minutes": round(minutes, 1)})
+               CommanderAsked(approval_id=approval.id, commander=commander, silent_minutes=round(minutes, 1)))
         asked.append(approval.id)
     return asked
 
@@ -87,7 +88,7 @@ def stakeholder_draft(ctx: RunContext, incident: Incident, now: datetime) -> boo
     send_slack(ctx, incident.id, templates.stakeholder_update(incident, ctx.config.roles.mention(comms), next_at))
     record(ctx, incident.id, "incident-watch", EventKind.STAKEHOLDER_DRAFT,
            f"Stakeholder update {count} drafted for {comms} (every {cadence:g} min for {incident.severity.value})",
-           {"count": count, "comms": comms})
+           StakeholderDraft(count=count, comms=comms))
     return True
 
 
@@ -109,7 +110,7 @@ def draft_summary(ctx: RunContext, incident_id: int) -> bool:
                      "### 📋 24-hour summary (draft)\n\n" + "\n\n".join(
                          templates.markdown_text(line, 600) for line in text.splitlines()[2:]))
     record(ctx, incident_id, "runbook", EventKind.SUMMARY_DRAFTED,
-           f"24-hour summary drafted for {comms}; due {due:%Y-%m-%d %H:%M} UTC", {"due": due.isoformat()})
+           f"24-hour summary drafted for {comms}; due {due:%Y-%m-%d %H:%M} UTC", SummaryDrafted(due=due))
     return True
 
 

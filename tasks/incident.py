@@ -14,6 +14,7 @@ from incidents.escalation import level_contacts
 from incidents.models import EventKind, Incident, Severity, Status
 from incidents.redaction import redact
 from incidents.store import StoreError
+from incidents.timeline_payloads import Escalation, IssueOpened, Resolution
 from incidents.vocabulary import DetectedBy
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
@@ -89,7 +90,7 @@ def announce(ctx: RunContext, incident: Incident, severity: Severity, summary: s
         ctx.store().attach_issue(incident.id, repo, issue["number"], issue["html_url"])
         incident.github_repo, incident.github_issue, incident.issue_url = repo, issue["number"], issue["html_url"]
         record(ctx, incident.id, "runbook", EventKind.ISSUE_OPENED, f"GitHub issue {repo}#{issue['number']} opened",
-               {"url": issue["html_url"], "labels": severity.labels})
+               IssueOpened(url=issue["html_url"], labels=list(severity.labels)))
         logger.info("Opened incident %s with issue %s", incident.id, issue["html_url"])
     except (IntegrationError, SecretNotFound) as exc:
         logger.error("Incident issue not opened: %s", exc)
@@ -115,7 +116,7 @@ def resolve_incident(ctx: RunContext, incident: Incident, root_cause: str, what_
             return False
     except StoreError as exc:
         run_logger().error("Incident %s not marked resolved in the store: %s", incident.id, exc)
-    record(ctx, incident.id, actor, EventKind.RESOLVED, f"Resolved: {what_was_done}", {"root_cause": root_cause})
+    record(ctx, incident.id, actor, EventKind.RESOLVED, f"Resolved: {what_was_done}", Resolution(root_cause=root_cause))
     text = templates.resolution(incident, root_cause, what_was_done, prevention)
     notify_slack(ctx, incident.id, text)
     update_pagers(ctx, incident, "resolve", actor, run_logger())
@@ -155,7 +156,7 @@ def escalate_incident(ctx: RunContext, incident: Incident, why: str, status: Sta
     except StoreError as exc:
         run_logger().error("Incident %s status not updated: %s", incident.id, exc)
     record(ctx, incident.id, "runbook", EventKind.ESCALATED, why,
-           {"contacts": contacts, "paged": fresh, "severity": incident.severity.value})
+           Escalation(contacts=contacts, paged=fresh, severity=incident.severity))
     if contacts:
         notify_slack(ctx, incident.id, templates.status_update(incident, status.value, "unknown - needs a human",
                                                                impact, note, paging=mentions(ctx, fresh)))
@@ -176,6 +177,6 @@ def _already_escalated(ctx: RunContext, incident: Incident) -> set[str]:
         return set()
     window = timedelta(minutes=ctx.config.escalation.policy(incident.severity).response_minutes)
     since = datetime.now(timezone.utc) - window
-    return {contact for event in events if event.actor == "runbook" and event.kind == EventKind.ESCALATED
-            and event.data.get("severity") == incident.severity.value and event.at >= since
-            for contact in event.data.get("paged", event.data.get("contacts") or [])}
+    escalations = [(e.at, e.data) for e in events if e.actor == "runbook" and isinstance(e.data, Escalation)]
+    return {contact for at, escalation in escalations if escalation.severity == incident.severity and at >= since
+            for contact in escalation.rung()}

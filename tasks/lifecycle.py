@@ -19,6 +19,16 @@ from incidents.models import Approval, EventKind, Incident, Lease, Outcome, Seve
 from incidents.plans import Plan
 from incidents.run_result import DecisionSummary, Judgement, RunResult, VerificationSummary
 from incidents.store import StoreError
+from incidents.timeline_payloads import (
+    ActionTaken,
+    Diagnosis,
+    DryRunPlan,
+    FindingBrief,
+    FindingsAdded,
+    HandedOver,
+    Resumed,
+    RunHolder,
+)
 from incidents.vocabulary import DetectedBy
 from integrations.errors import IntegrationError
 from tasks import permissions, telemetry
@@ -109,7 +119,7 @@ def _run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: 
         findings, plan = _findings_from(earlier.findings), earlier.plan
         logger.info("Resuming incident %s at its approval (%s)", incident.id, plan.summary)
         record(ctx, incident.id, "runbook", EventKind.RESUMED, "Run resumed at its approval; diagnosis is not repeated",
-               {"flow_run_id": str(flow_run.get_id()), "run_count": flow_run.run_count})
+               Resumed(flow_run_id=str(flow_run.get_id()), run_count=flow_run.run_count))
         outcome = _result(scenario, ctx, incident).with_(plan=[a.describe() for a in plan.actions], resumed=True)
         scenario = next((s for s in scenario.handovers.values() if plan.scenario == s.name), scenario)
         return holding(
@@ -194,10 +204,14 @@ def _dry_run(scenario: Scenario, ctx: RunContext, severity: Severity | None,
     scenario, findings, plan, failing = _plan(scenario, ctx, record_, findings, alert.started if alert else None)
     publish_report(ctx, record_, "plan", "## Dry run: nothing was changed\n\n" + plan.markdown())
     record(ctx, record_.id, "runbook", EventKind.DRY_RUN, "Dry run: plan reported, nothing changed",
-           {"plan": plan.to_dict(), "judgement": _judgement(plan).model_dump()})
+           DryRunPlan(plan=plan, judgement=_judgement(plan)))
     return _result(scenario, ctx, record_, dry_run=True).ended(
         Outcome.DRY_RUN, plan=[a.describe() for a in plan.actions], failing=failing, planned_by=scenario.name,
         judgement=_judgement(plan))
+
+
+def _briefs(findings: dict[str, Finding]) -> dict[str, FindingBrief]:
+    return {name: FindingBrief(ok=finding.ok, summary=finding.summary) for name, finding in findings.items()}
 
 
 def _judgement(plan: Plan) -> Judgement:
@@ -215,7 +229,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
     successor = next((s for s in scenario.handovers.values() if plan.handover == s.name), None)
     if successor is not None:
         record(ctx, incident.id, "runbook", EventKind.HANDED_OVER, f"{scenario.name} hands over to {successor.name}: "
-                                                           f"{plan.summary}", {"support": list(plan.support)})
+                                                           f"{plan.summary}", HandedOver(support=list(plan.support)))
         run_logger().info("Handing over to %s: %s", successor.name, plan.summary)
         findings = {**findings, **successor.diagnose(ctx)}
         scenario, plan = successor, successor.plan(ctx, incident, findings, onset)
@@ -228,10 +242,7 @@ def _plan(scenario: Scenario, ctx: RunContext, incident: Incident, findings: dic
         "runbook",
         EventKind.DIAGNOSED,
         f"Diagnosis: {len(failing)} of {len(findings)} checks failing ({', '.join(failing) or 'none'}); {plan.summary}",
-        {
-            "findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
-            "judgement": _judgement(plan).model_dump(),
-        },
+        Diagnosis(findings=_briefs(findings), judgement=_judgement(plan)),
     )
     telemetry.planned(incident)
     publish_report(ctx, incident, "diagnosis", report_markdown(f"Diagnosis: {title}", list(findings.values()), plan))
@@ -249,8 +260,7 @@ def _contribute(scenario: Scenario, ctx: RunContext, incident: Incident, finding
             f"{held} already works {ctx.service_name}, so no second plan is made")
     run_logger().info("Contributing findings: %s", note)
     record(ctx, incident.id, "runbook", EventKind.FINDINGS_ADDED, note,
-           {"findings": {k: {"ok": f.ok, "summary": f.summary} for k, f in findings.items()},
-            "holder": holder.as_data()})
+           FindingsAdded(findings=_briefs(findings), holder=RunHolder.model_validate(holder.as_data())))
     publish_report(ctx, incident, f"{scenario.name}-findings",
                    report_markdown(f"Findings of {scenario.name} for {ctx.service_name} (joined; {held} acts)",
                                    list(findings.values()), None, with_plan=False))
@@ -364,7 +374,7 @@ def _act_and_verify(scenario: Scenario, ctx: RunContext, incident: Incident, fin
         return outcome.ended(Outcome.REMEDIATION_FAILED, error=str(exc))
     for result in results:
         record(ctx, incident.id, decision.approver or "runbook", EventKind.ACTION, f"{result.action}: {result.detail}",
-               {"changed": result.changed})
+               ActionTaken(changed=result.changed))
     done = "; ".join(f"{r.action} ({r.detail})" for r in results)
     outcome = outcome.with_(actions=[r.detail for r in results])
     _status(ctx, incident, Status.MONITORING, "verifying now", scenario.impact, f"Applied: {done}")

@@ -15,6 +15,7 @@ import re
 from incidents.models import EventKind, Incident
 from incidents.redaction import redact
 from incidents.store import StoreError
+from incidents.timeline_payloads import PagerStep
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound, resolve_secret
 from tasks.timeline import record
@@ -120,5 +121,5 @@ def _send(ctx: RunContext, incident: Incident, name: str, action: str,
                f"PagerDuty {action} to {name} not delivered: {exc}")
         return False
     record(ctx, incident.id, by or "runbook", _PAGED_KIND[action],
-           f"PagerDuty {action} sent to {name}", {"pager": name, "dedup_key": key, "action": action})
+           f"PagerDuty {action} sent to {name}", PagerStep(pager=name, dedup_key=key, action=action))
     return True

@@ -26,6 +26,7 @@ from incidents import postmortem_report, templates
 from incidents.followup_models import ActionItemRecord, Proposal
 from incidents.followups import FollowUpStore
 from incidents.models import EventKind, Incident
+from incidents.timeline_payloads import RunStarted
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
 from tasks.forms import prefilled
@@ -85,7 +86,7 @@ def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
                f"Post-incident run not started ({why}); start it with `runbooks postmortem {incident.id}`")
         return None
     record(ctx, incident.id, "runbook", EventKind.POSTMORTEM_STARTED, f"Post-incident run {run.name} started",
-           {"flow_run_id": str(run.id)})
+           RunStarted(flow_run_id=str(run.id)))
     return str(run.id)
 
 

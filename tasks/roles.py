@@ -10,6 +10,7 @@ from incidents import templates
 from incidents.config_people import HANDLE, INCIDENT_ROLES, ROLE_TITLES
 from incidents.errors import RunbookError
 from incidents.models import EventKind, Severity
+from incidents.timeline_payloads import RoleChange, SeverityChange
 from tasks.context import RunContext
 from tasks.correlation import added_contacts
 from tasks.notify import refresh_issue, send_slack
@@ -38,7 +39,7 @@ def hand_over(ctx: RunContext, incident_id: int, role: str, handle: str, by: str
     before = store.assign_role(incident_id, role, handle, by) or roles.holder(role)
     title = ROLE_TITLES[role]
     said = f"{title} handed over from {before} to {handle} by {by}"
-    record(ctx, incident_id, by, EventKind.ROLE_ASSIGNED, said, {"role": role, "from": before, "to": handle})
+    record(ctx, incident_id, by, EventKind.ROLE_ASSIGNED, said, RoleChange(role=role, before=before, to=handle))
     send_slack(ctx, incident_id, f"👤 {title}: {roles.mention(handle)} takes over from {roles.mention(before)} "
                                  f"(handed over by {by})")
     refresh_issue(ctx, incident_id)
@@ -73,7 +74,7 @@ def set_severity(ctx: RunContext, incident_id: int, severity: str, by: str) -> s
     paged = added_contacts(ctx, before, new) if raised else []
     said = f"Severity {'raised' if raised else 'lowered'} from {before.value} to {new.value} by {by}"
     record(ctx, incident_id, by, EventKind.SEVERITY_CHANGED, said,
-           {"from": before.value, "to": new.value, "paged": paged})
+           SeverityChange(before=before, to=new, paged=paged))
     note = said + "." + (" ⏫ Paging the severity's contacts." if paged else "")
     send_slack(ctx, incident_id, templates.status_update(incident, incident.status.value,
                                                          incident.eta or "being assessed",

@@ -28,6 +28,7 @@ from prometheus_client import Counter, Histogram
 
 from incidents.models import EventKind, Incident
 from incidents.redaction import redact
+from incidents.timeline_payloads import ApprovalStep, NoData, Payload, payload_as
 
 _log = logging.getLogger("runbooks.telemetry")
 # the incident this run works on, once it is known (JSON log lines carry it; deployments/log_format.py)
@@ -87,18 +88,18 @@ def notification_failed(message: str) -> None:
     NOTIFICATIONS_FAILED.labels(next((name for prefix, name in _CHANNELS if message.startswith(prefix)), "other")).inc()
 
 
-def timeline_entry(incident: Incident, kind: EventKind | str, actor: str, data: dict[str, Any] | None) -> None:
+def timeline_entry(incident: Incident, kind: EventKind | str, actor: str, data: Payload | None) -> None:
     """A timeline entry as an event, and a decision in the counts (tasks/timeline.record calls this)."""
-    data = data or {}
     if kind in INCIDENT_EVENTS:
         emit(INCIDENT_EVENTS[EventKind(kind)], incident, f"runbooks.incident.{incident.id}", actor)
     elif kind in APPROVAL_EVENTS:
         decision = str(kind).removeprefix("approval_")
         if kind != EventKind.APPROVAL_REQUESTED:
             APPROVALS_DECIDED.labels(decision).inc()
-        digest = str(data.get("plan_digest") or "plan")[:16]
+        step = payload_as(data or NoData(), ApprovalStep)
+        digest = step.plan_digest[:16] if step else "plan"
         emit(APPROVAL_EVENTS[EventKind(kind)], incident, f"runbooks.approval.{incident.id}.{digest}", actor,
-             {"runbooks.decision": decision, "runbooks.automatic": str(bool(data.get("automatic"))).lower()})
+             {"runbooks.decision": decision, "runbooks.automatic": str(bool(step and step.automatic)).lower()})
 
 
 def action(incident: Incident | None, phase: str, kind: str, action_digest: str, granted_at: str | None = None,

@@ -7,6 +7,7 @@ import logging
 from incidents.models import EventKind
 from incidents.redaction import redact
 from incidents.store import StoreError
+from incidents.timeline_payloads import Payload
 from tasks import telemetry
 from tasks.context import RunContext
 
@@ -14,7 +15,7 @@ _log = logging.getLogger("runbooks.timeline")
 
 
 def record(ctx: RunContext, incident_id: int, actor: str, kind: EventKind, message: str,
-           data: dict | None = None) -> bool:
+           data: Payload | None = None) -> bool:
     """Append to the timeline, and tell the transitions as Prefect events (tasks/telemetry.py).
     A store outage is logged, not raised: it must not stop a remediation."""
     try:
@@ -29,7 +30,7 @@ def record(ctx: RunContext, incident_id: int, actor: str, kind: EventKind, messa
     return True
 
 
-def _tell(ctx: RunContext, incident_id: int, actor: str, kind: EventKind, data: dict | None) -> None:
+def _tell(ctx: RunContext, incident_id: int, actor: str, kind: EventKind, data: Payload | None) -> None:
     """The event of a transition carries the incident's service, severity and scenario as they are now."""
     try:
         incident = ctx.store().get(incident_id)

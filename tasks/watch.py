@@ -27,6 +27,7 @@ from incidents.escalation import escalation_due, next_update, status_update_due
 from incidents.followups import FollowUpStore
 from incidents.models import EventKind, Incident
 from incidents.store import StoreError
+from incidents.timeline_payloads import Escalation, StatusUpdate
 from integrations.errors import IntegrationError
 from tasks.approval import TIMEOUT_REASON, deadline_answer, form_name
 from tasks.cancellation import note_cancellation
@@ -58,7 +59,7 @@ def escalate(ctx: RunContext, incident: Incident, now: datetime) -> dict | None:
            f"Acknowledge with `runbooks ack {incident.id}`, in PagerDuty, or by answering the approval.")
     run_logger().warning("Incident %s: %s", incident.id, why)
     record(ctx, incident.id, "incident-watch", EventKind.ESCALATED, f"{why} Paging: {who}.",
-           {"level": due.level, "contacts": due.contacts, "unacknowledged_minutes": round(minutes, 1)})
+           Escalation(level=due.level, contacts=list(due.contacts), unacknowledged_minutes=round(minutes, 1)))
     notify_slack(ctx, incident.id, templates.status_update(
         incident, incident.status.value, incident.eta or "unknown - needs a human",
         incident.impact or "being assessed", f"⏫ ESCALATION level {due.level}: {why}",
@@ -85,7 +86,7 @@ def status_cadence(ctx: RunContext, incident: Incident, now: datetime) -> bool:
                                                            incident.eta or "being assessed",
                                                            incident.impact or "being assessed", note))
     record(ctx, incident.id, "incident-watch", EventKind.STATUS_UPDATE, f"Status Update: {incident.status.value}",
-           {"eta": incident.eta, "impact": incident.impact})
+           StatusUpdate(eta=incident.eta, impact=incident.impact))
     return True
 
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
+from incidents import timeline_payloads as payloads
 from incidents.alerts import AlertParameter
 from incidents.containment import StandingContainment
 from incidents.findings import Finding, findings_record
@@ -35,6 +36,7 @@ from incidents.models import (
 from incidents.plans import Plan
 from incidents.store import RecordNotFound
 from incidents.store_duties import Duty
+from incidents.timeline_payloads import AlertJoined, Payload
 from incidents.vocabulary import ActionKind, DetectedBy
 
 
@@ -157,9 +159,11 @@ class FakeStore:
 
     # -- timeline, Slack thread, pagers ----------------------------------------------------------
     def add_event(self, incident_id: int, actor: str, kind: EventKind, message: str,
-                  data: dict[str, Any] | None = None) -> None:
-        self.events.setdefault(incident_id, []).append(TimelineEvent(_now(), actor, EventKind(kind), message,
-                                                                     dict(data or {})))
+                  data: Payload | None = None) -> None:
+        kind = EventKind(kind)
+        stored = payloads.checked(kind, data).as_data()  # read back as the real store reads its JSON
+        self.events.setdefault(incident_id, []).append(TimelineEvent(_now(), actor, kind, message,
+                                                                     payloads.read(kind, stored)))
 
     def timeline(self, incident_id: int) -> builtins.list[TimelineEvent]:
         return builtins.list(self.events.get(incident_id, []))
@@ -233,7 +237,7 @@ class FakeStore:
         mine = {i.id for i in self.incidents.values() if i.flow_run_id == flow_run_id}
         mine |= {a.incident_id for a in self.approvals_.values() if a.flow_run_id == flow_run_id}
         mine |= {incident_id for incident_id, events in self.events.items() for e in events
-                 if e.kind in (EventKind.JOINED, EventKind.FLAP) and e.data.get("flow_run_id") == flow_run_id}
+                 if isinstance(e.data, AlertJoined) and e.data.flow_run_id == flow_run_id}
         return self.incidents[max(mine)] if mine else None
 
     def approval(self, approval_id: int) -> Approval | None:

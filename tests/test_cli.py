@@ -148,7 +148,7 @@ def test_cancel_a_run_waiting_for_approval_from_the_terminal(cli, world, store, 
     cancelled = [e for e in store.timeline(incident.id) if e.kind == "cancelled"]
     assert len(cancelled) == 1 and cancelled[0].actor == "pat" and "taking over by hand" in cancelled[0].message
     # the incident watch, finding the run ended, announces the Cancel without writing it twice
-    run_id = cancelled[0].data["flow_run_id"]
+    run_id = cancelled[0].data.flow_run_id
     note_cancellation(SimpleNamespace(id=run_id, name=name, parameters={"environment": "sandbox", "service": "api"}),
                       "Cancelled by pat: taking over by hand")
     assert [e.kind for e in store.timeline(incident.id)].count("cancelled") == 1

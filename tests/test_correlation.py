@@ -152,7 +152,7 @@ def test_a_second_scenario_on_a_held_service_contributes_its_findings(world, sto
     assert "joined" in kinds and "findings_added" in kinds
     assert len(store.approvals(incident.id)) == 1, "no second plan for the same deployment"
     # a Cancel of the joined run is recorded on the incident it joined
-    joined_run = next(e for e in store.timeline(incident.id) if e.kind == "joined").data["flow_run_id"]
+    joined_run = next(e for e in store.timeline(incident.id) if e.kind == "joined").data.flow_run_id
     assert joined_run and joined_run != str(paused.id)
     store.request_cancel(joined_run, "olga", "mine")  # as `runbooks cancel --by olga` records it
     note_cancellation(SimpleNamespace(id=joined_run, name="joined-run", parameters={}), "Cancelled by olga: mine")
@@ -306,7 +306,7 @@ def test_two_runbooks_that_both_abstain_page_once(world, store):
     assert second.join()["outcome"] == "abstained"
     incident = store.open_for_key("sandbox/api")
     escalations = [e for e in store.timeline(incident.id) if e.kind == "escalated"]
-    assert len(escalations) == 2 and escalations[0].data["paged"] and escalations[1].data["paged"] == []
+    assert len(escalations) == 2 and escalations[0].data.paged and escalations[1].data.paged == []
     updates = [t for t in _texts(world) if t.startswith("📊 INCIDENT UPDATE") and "ESCALATION" in t]
     assert len(updates) == 2, updates
     assert "Paging: " in updates[0] and "Paging: " not in updates[1]

@@ -76,16 +76,21 @@ def test_issue_body_has_the_playbook_sections():
 def test_the_issue_body_is_rewritten_from_the_record_as_the_incident_moves_on():
     from datetime import timedelta
 
-    from incidents.models import TimelineEvent
+    from incidents import timeline_payloads as payloads
+    from incidents.models import EventKind, Severity, TimelineEvent
 
     opened = datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc)
-    events = [TimelineEvent(opened, "runbook", "detected", "service-down: api is down", {}),
-              TimelineEvent(opened, "runbook", "issue_opened", "GitHub issue opened", {}),
-              TimelineEvent(opened + timedelta(minutes=2), "alice", "approval_approved", "Approved by alice", {}),
-              TimelineEvent(opened + timedelta(minutes=3), "runbook", "action", "rollback: revision 3 -> 2", {}),
-              TimelineEvent(opened + timedelta(minutes=4), "am", "joined", "ServiceDown also fires; severity raised "
-                                                                          "from P1 to P0", {"raised_from": "P1"}),
-              TimelineEvent(opened + timedelta(minutes=5), "am", "joined", "a replica's copy", {"raised_from": None})]
+    issue = payloads.IssueOpened(url="https://github.test/acme/incidents/issues/1")
+    events = [TimelineEvent(opened, "runbook", EventKind.DETECTED, "service-down: api is down", payloads.AlertSeen()),
+              TimelineEvent(opened, "runbook", EventKind.ISSUE_OPENED, "GitHub issue opened", issue),
+              TimelineEvent(opened + timedelta(minutes=2), "alice", EventKind.APPROVAL_APPROVED, "Approved by alice",
+                            payloads.ApprovalStep(plan_digest="d")),
+              TimelineEvent(opened + timedelta(minutes=3), "runbook", EventKind.ACTION, "rollback: revision 3 -> 2",
+                            payloads.ActionTaken(changed=True)),
+              TimelineEvent(opened + timedelta(minutes=4), "am", EventKind.JOINED, "ServiceDown also fires; severity "
+                            "raised from P1 to P0", payloads.AlertJoined(seen="new", raised_from=Severity.P1)),
+              TimelineEvent(opened + timedelta(minutes=5), "am", EventKind.JOINED, "a replica's copy",
+                            payloads.AlertJoined(seen="repeat"))]
     moments = templates.key_moments(events)
     assert [kind for _, kind, _ in moments] == ["detected", "approval_approved", "action", "joined"]
     roles = Roles(incident_commander="@ic").table()

@@ -45,7 +45,7 @@ def test_the_commander_is_asked_once_when_no_approver_answers_within_the_respons
     assert len(asked) == 1 and "Incident Commander: <@U0SANDKIM>" in asked[0], asked
     assert "Approvers: <@U0SANDSAM> <@U0SANDTESS>" in asked[0], "rita may not approve P1: not named"
     events = [e for e in store.timeline(incident.id) if e.kind == "commander_asked"]
-    assert len(events) == 1 and events[0].data["commander"] == "@comms-kim"
+    assert len(events) == 1 and events[0].data.commander == "@comms-kim"
 
     answered = _open(store, "P1", "duty-answered")
     signed_id = store.request_approval(answered.id, Plan(answered.id, "api", "sandbox", (), summary="scale"), None)

@@ -38,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from incidents.alerts import AlertParameter
 from incidents.store import DrillStore, IncidentStore
+from incidents.timeline_payloads import Diagnosis
 from sandbox.http import Fault
 from sandbox.world import RUNBOOKS_KUBE_TOKEN, SLACK_PATH
 from tests.conftest import break_deploy, free_port, start_prometheus
@@ -447,9 +448,9 @@ def _judge(lane: Lane, target: Target, phase: str, outcome: dict[str, Any]) -> l
     elif dependency != "store" and not (dependency == "prefect" and phase == "open"):
         problems.append(f"no incident was recorded ({(result or {}).get('outcome') or error[:200]})")
     if dependency == "prometheus" and phase == "diagnose" and incident is not None:
-        diagnosed = next((e for e in timeline if e.kind == "diagnosed"), None)
-        seen = (diagnosed.data.get("findings") or {}).get("error rate (Prometheus)", {}) if diagnosed else {}
-        if "could not check" not in (seen.get("summary") or "") or "Prometheus" not in seen.get("summary", ""):
+        diagnosis = next((e.data for e in timeline if isinstance(e.data, Diagnosis)), None)
+        seen = diagnosis.findings.get("error rate (Prometheus)") if diagnosis else None
+        if seen is None or "could not check" not in seen.summary or "Prometheus" not in seen.summary:
             problems.append(f"the diagnosis does not say Prometheus could not be checked: {seen}")
     return problems
 

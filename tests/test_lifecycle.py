@@ -69,7 +69,7 @@ def test_escalation_fires_at_the_response_time_of_each_severity_and_stops_on_ack
     assert first == [{"incident": incident.id, "level": 1, "contacts": EXPECTED_LEVEL1[severity]}]
     assert sweep("sandbox", now=opened + response)["escalated"] == []  # once, however often the watch runs
     events = _kinds(store, incident.id, "escalated")
-    assert len(events) == 1 and events[0].data["level"] == 1 and events[0].data["contacts"] == EXPECTED_LEVEL1[severity]
+    assert len(events) == 1 and events[0].data.level == 1 and events[0].data.contacts == EXPECTED_LEVEL1[severity]
     page = _messages(world, "📊 INCIDENT UPDATE")
     roles = load_environment("sandbox").roles  # handles are paged by their Slack IDs
     assert any("ESCALATION level 1" in t and all(roles.mention(c) in t for c in EXPECTED_LEVEL1[severity])

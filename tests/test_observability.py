@@ -122,7 +122,7 @@ def test_a_run_is_counted_and_its_events_fire_an_automation(pg_stack, world, sto
     assert automation_messages() == fired  # once, and never the P3 one
 
     # the resolved P0 starts its post-incident run, which suspends on its form: a third process
-    post_runs = [e.data["flow_run_id"] for e in store.timeline(incident_id) if e.kind == EventKind.POSTMORTEM_STARTED]
+    post_runs = [e.data.flow_run_id for e in store.timeline(incident_id) if e.kind == EventKind.POSTMORTEM_STARTED]
     assert len(post_runs) == 1, post_runs
     try:
         assert _until(api, post_runs[0], ("PAUSED", "FAILED", "CRASHED")) == "PAUSED"

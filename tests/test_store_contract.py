@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from incidents import timeline_payloads as payloads
 from incidents.alerts import AlertParameter
 from incidents.check_facts import ROLLOUT
 from incidents.findings import Finding, unavailable
@@ -96,15 +97,19 @@ def test_a_start_in_the_future_is_the_opening_and_severity_only_rises_by_raise(e
     assert either.set_severity(incident.id, Severity.P0) is None and either.set_severity(incident.id, Severity.P2)
 
 
-def test_the_timeline_keeps_order_and_refuses_an_unknown_kind(either):
+def test_the_timeline_keeps_order_and_its_payloads_and_refuses_an_unknown_kind_or_another_kinds_payload(either):
     incident = _open(either)
-    either.add_event(incident.id, "runbook", EventKind.DETECTED, "first", {"n": 1})
+    escalation = payloads.Escalation(contacts=["@ic"], paged=[], severity=Severity.P1)
+    either.add_event(incident.id, "runbook", EventKind.ESCALATED, "first", escalation)
     either.add_event(incident.id, "sam", EventKind.NOTE, "second")
     with pytest.raises(ValueError):
         either.add_event(incident.id, "sam", "made_up", "third")
+    with pytest.raises(payloads.WrongPayload, match="a note entry takes NoData, not Escalation"):
+        either.add_event(incident.id, "sam", EventKind.NOTE, "fourth", escalation)
     events = either.timeline(incident.id)
-    assert [(e.kind, e.message, e.data) for e in events] == [(EventKind.DETECTED, "first", {"n": 1}),
-                                                            (EventKind.NOTE, "second", {})]
+    assert [(e.kind, e.message, e.data) for e in events] == [(EventKind.ESCALATED, "first", escalation),
+                                                            (EventKind.NOTE, "second", payloads.NoData())]
+    assert events[0].data.rung() == [] and events[0].data.severity is Severity.P1
 
 
 def test_announcement_thread_pager_and_duty_are_each_claimed_once(either):
@@ -202,7 +207,8 @@ def test_a_run_finds_the_incident_it_opened_joined_or_asked_an_approval_for(eith
     assert either.incident_for_run(opener) is None
     incident = _open(either, flow_run_id=opener)
     assert either.incident_for_run(opener).id == incident.id
-    either.add_event(incident.id, "runbook", EventKind.JOINED, "joined", {"flow_run_id": joiner})
+    joined = payloads.AlertJoined(seen="new", flow_run_id=joiner)
+    either.add_event(incident.id, "runbook", EventKind.JOINED, "joined", joined)
     assert either.incident_for_run(joiner).id == incident.id
     other = _open(either)
     either.request_approval(other.id, Plan(other.id, "api", "sandbox", (), summary="restart"), asker)
