@@ -74,12 +74,12 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
     played = _play(ctx, spec, drill_id, injected_at, deadline)
     card, incident_id = scorecard(spec, injected_at, played.run, played.alert_key)
     error, cleanup_done = played.error, played.cleanup
-    status = "passed" if card["passed"] and not error else "failed"
+    status = "passed" if card.passed and not error else "failed"
     store.finish_drill(drill_id, status, card, error, played.run_id, incident_id)
     if incident_id is not None:
         _close_practice_incident(store, incident_id, drill_id, status, error)
     publish_scorecard(drill_id, environment, card, cleanup_done)
-    result = {"drill_id": drill_id, "status": status, "error": error, "score": card, "cleanup": cleanup_done,
+    result = {"drill_id": drill_id, "status": status, "error": error, "score": card.as_data(), "cleanup": cleanup_done,
               "incident_id": incident_id}
     if status == "failed":
         raise DrillFailed(f"drill {drill_id} ({spec.name}) failed: {error or 'targets or playbook steps missed'}; "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from incidents.followup_models import Drill
+from incidents.followup_models import Drill, Scorecard
 from incidents.run_result import Judgement
 from incidents.templates import markdown_text
 from incidents.vocabulary import ActionKind
@@ -296,7 +296,7 @@ def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
 
 def score(fault: FaultSpec, injected_at: datetime, detected_at: datetime | None, approved_at: datetime | None,
           recovered_at: datetime | None, steps_seen: list[str], outcome: str | None,
-          judgement: Judgement | None = None) -> dict[str, Any]:
+          judgement: Judgement | None = None) -> Scorecard:
     """Times, the playbook steps the runbook took, and its judgement (the plan graded against
     the catalog's expected outcome), against the playbook's targets. A fault no remedy here
     fits passes when the runbook abstains and changes nothing; one that needs a remedy, when
@@ -310,44 +310,43 @@ def score(fault: FaultSpec, injected_at: datetime, detected_at: datetime | None,
     mttr_met = not needs_remedy or (ttr is not None and (fault.severity != "P0" or ttr < MTTR_TARGET_SECONDS_P0))
     verdict = grade(fault, set(judgement.kinds), judgement.abstained) if judgement else None
     finished = outcome == "resolved" if needs_remedy else "action" not in steps_seen
-    return {"fault": fault.name, "scenario": fault.scenario, "severity": fault.severity,
-            "time_to_detect_s": ttd, "time_to_approve_s": tta, "time_to_recover_s": ttr,
-            "mttd_target_s": MTTD_TARGET_SECONDS,
-            "mttr_target_s": MTTR_TARGET_SECONDS_P0 if fault.severity == "P0" and needs_remedy else None,
-            "mttd_met": mttd_met, "mttr_met": mttr_met, "steps": steps, "runbook_outcome": outcome,
-            "expected": fault.expected_text, "judgement": verdict,
-            "planned": sorted(judgement.kinds) if judgement else [],
-            "confidence": judgement.confidence if judgement else None,
-            "passed": bool(mttd_met and mttr_met and all(steps.values()) and finished and verdict == "right")}
+    return Scorecard(
+        fault=fault.name, scenario=fault.scenario, severity=fault.severity,
+        time_to_detect_s=ttd, time_to_approve_s=tta, time_to_recover_s=ttr, mttd_target_s=MTTD_TARGET_SECONDS,
+        mttr_target_s=MTTR_TARGET_SECONDS_P0 if fault.severity == "P0" and needs_remedy else None,
+        mttd_met=mttd_met, mttr_met=mttr_met, steps=steps, runbook_outcome=outcome, expected=fault.expected_text,
+        judgement=verdict, planned=sorted(judgement.kinds) if judgement else [],
+        confidence=judgement.confidence if judgement else None,
+        passed=bool(mttd_met and mttr_met and all(steps.values()) and finished and verdict == "right"))
 
 
 def _fmt(value: float | None) -> str:
     return f"{value:.1f} s" if value is not None else "—"
 
 
-def scorecard_markdown(drill_id: str, environment: str, card: dict[str, Any], cleanup: list[str]) -> str:
+def scorecard_markdown(drill_id: str, environment: str, card: Scorecard, cleanup: list[str]) -> str:
     mark = {True: "✅", False: "❌"}
-    rows = "\n".join(f"| {step} | {mark[done]} |" for step, done in card["steps"].items())
-    mttr_target = f"< {card['mttr_target_s'] // 60} min" if card["mttr_target_s"] else "(no target below P0)"
-    return f"""## Drill {markdown_text(drill_id)}: {card['fault']} → {card['scenario']} ({environment})
+    rows = "\n".join(f"| {step} | {mark[done]} |" for step, done in card.steps.items())
+    mttr_target = f"< {card.mttr_target_s // 60:g} min" if card.mttr_target_s else "(no target below P0)"
+    return f"""## Drill {markdown_text(drill_id)}: {card.fault} → {card.scenario} ({environment})
 
-**Result:** {'✅ passed' if card['passed'] else '❌ failed'} — runbook outcome `{card['runbook_outcome']}`
+**Result:** {'✅ passed' if card.passed else '❌ failed'} — runbook outcome `{card.runbook_outcome}`
 
-**Judgement:** {card.get('judgement') or 'no plan recorded'} — expected {card.get('expected', '—')}, planned \
-{', '.join(card.get('planned') or []) or 'nothing'} (confidence {card.get('confidence') or '—'})
+**Judgement:** {card.judgement or 'no plan recorded'} — expected {card.expected or '—'}, planned \
+{', '.join(card.planned) or 'nothing'} (confidence {card.confidence or '—'})
 
 | Measure | Value | Playbook target | Met |
 |---|---|---|---|
-| Time to detect (fault → runbook started) | {_fmt(card['time_to_detect_s'])} | < 5 min | {mark[card['mttd_met']]} |
-| Time to approve (started → approved) | {_fmt(card['time_to_approve_s'])} | — | |
-| Time to recover (fault → verified recovery) | {_fmt(card['time_to_recover_s'])} | {mttr_target} | {mark[card['mttr_met']]} |
+| Time to detect (fault → runbook started) | {_fmt(card.time_to_detect_s)} | < 5 min | {mark[card.mttd_met]} |
+| Time to approve (started → approved) | {_fmt(card.time_to_approve_s)} | — | |
+| Time to recover (fault → verified recovery) | {_fmt(card.time_to_recover_s)} | {mttr_target} | {mark[card.mttr_met]} |
 
 | Playbook step | Done |
 |---|---|
 {rows}
 
 **Clean-up:** {markdown_text('; '.join(cleanup) or 'nothing to undo', 600)}
-"""  # noqa: E501 - a Markdown table: one row per line
+"""
 
 
 def history_markdown(rows: list[Drill]) -> str:
@@ -355,20 +354,20 @@ def history_markdown(rows: list[Drill]) -> str:
     lines = ["## Drill history", "", "| Started | Fault | Scenario | Env | Status | Detect | Recover | Passed |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        s = r.score or {}
+        s = r.score
+        detected, recovered = (s.time_to_detect_s, s.time_to_recover_s) if s else (None, None)
         lines.append(f"| {r.started_at:%Y-%m-%d %H:%M} | {r.fault} | {r.scenario} | {r.environment} | "
-                     f"{r.status} | {_fmt(s.get('time_to_detect_s'))} | {_fmt(s.get('time_to_recover_s'))} | "
-                     f"{'✅' if s.get('passed') else '❌'} |")
+                     f"{r.status} | {_fmt(detected)} | {_fmt(recovered)} | {'✅' if s and s.passed else '❌'} |")
     lines += ["", "### Trend per scenario (last 10 drills each)", "",
               "| Scenario | Drills | Passed | Mean detect | Mean recover |", "|---|---|---|---|---|"]
-    by_scenario: dict[str, list[dict[str, Any]]] = {}
+    by_scenario: dict[str, list[Scorecard | None]] = {}
     for r in rows:
-        by_scenario.setdefault(r.scenario, []).append(r.score or {})
+        by_scenario.setdefault(r.scenario, []).append(r.score)
     for scenario, scores in sorted(by_scenario.items()):
         recent = scores[:10]
-        detect = [s["time_to_detect_s"] for s in recent if s.get("time_to_detect_s") is not None]
-        recover = [s["time_to_recover_s"] for s in recent if s.get("time_to_recover_s") is not None]
-        lines.append(f"| {scenario} | {len(recent)} | {sum(bool(s.get('passed')) for s in recent)} | "
+        detect = [s.time_to_detect_s for s in recent if s and s.time_to_detect_s is not None]
+        recover = [s.time_to_recover_s for s in recent if s and s.time_to_recover_s is not None]
+        lines.append(f"| {scenario} | {len(recent)} | {sum(bool(s and s.passed) for s in recent)} | "
                      f"{_fmt(sum(detect) / len(detect) if detect else None)} | "
                      f"{_fmt(sum(recover) / len(recover) if recover else None)} |")
     return "\n".join(lines)

@@ -7,7 +7,38 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from incidents.models import StoreRow
+
+
+class Scorecard(BaseModel):
+    """A drill's score (incidents/drills.py `score`): times against the playbook's targets, the
+    playbook steps taken, and the plan graded against the catalog's expected outcome. Stored as
+    JSON with the drill; a field a later release adds reads back with its default here."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    fault: str
+    scenario: str
+    severity: str
+    time_to_detect_s: float | None = None
+    time_to_approve_s: float | None = None
+    time_to_recover_s: float | None = None
+    mttd_target_s: float | None = None
+    mttr_target_s: float | None = None  # only a P0 that needs a remedy has one
+    mttd_met: bool = False
+    mttr_met: bool = False
+    steps: dict[str, bool] = {}  # the fault's expected playbook steps: taken or not
+    runbook_outcome: str | None = None
+    expected: str = ""
+    judgement: str | None = None  # right | abstain | wrong | harmful; None: no plan recorded
+    planned: list[str] = []
+    confidence: str | None = None
+    passed: bool = False
+
+    def as_data(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
 
 @dataclass(frozen=True)
@@ -28,8 +59,12 @@ class Drill(StoreRow):
     flow_run_id: str | None = None
     scenario_run_id: str | None = None
     incident_id: int | None = None
-    score: dict[str, Any] | None = None
+    score: Scorecard | None = None
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.score, dict):  # the stored record (a JSON column)
+            object.__setattr__(self, "score", Scorecard.model_validate(self.score))
 
 
 

@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 
 from incidents import timeline_payloads as payloads
 from incidents.alerts import AlertParameter
-from incidents.followup_models import Drill
+from incidents.followup_models import Drill, Scorecard
 from incidents.models import EventKind, Incident, Severity, SlackThread, Status, TimelineEvent
 from incidents.store_approvals import ApprovalRecords
 from incidents.store_base import (
@@ -204,13 +204,13 @@ class DrillStore(IncidentStore):
             row = conn.execute("SELECT * FROM drills WHERE id = %s", (drill_id,)).fetchone()
         return Drill.from_row(row) if row else None
 
-    def finish_drill(self, drill_id: str, status: str, score: dict[str, Any] | None, error: str | None,
+    def finish_drill(self, drill_id: str, status: str, score: Scorecard | None, error: str | None,
                      scenario_run_id: str | None, incident_id: int | None) -> None:
         with self._connect() as conn:
             conn.execute("""UPDATE drills SET status = %s, score = %s, error = %s, scenario_run_id = %s,
                                               incident_id = %s, finished_at = now() WHERE id = %s""",
-                         (status, Jsonb(score) if score is not None else None, error, scenario_run_id, incident_id,
-                          drill_id))
+                         (status, Jsonb(score.as_data()) if score is not None else None, error, scenario_run_id,
+                          incident_id, drill_id))
 
     def drill_history(self, limit: int = 50) -> list[Drill]:
         with self._connect() as conn:

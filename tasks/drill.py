@@ -15,6 +15,7 @@ from prefect.client.orchestration import get_client
 
 from incidents.drills import FaultSpec, history_markdown, score, scorecard_markdown
 from incidents.errors import RunbookError
+from incidents.followup_models import Scorecard
 from incidents.models import EventKind
 from incidents.store import DrillStore
 from incidents.timeline_payloads import Diagnosis
@@ -105,7 +106,7 @@ def clean_up(ctx: RunContext, state: FaultState) -> list[str]:
 
 
 def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_key: str | None
-              ) -> tuple[dict, int | None]:
+              ) -> tuple[Scorecard, int | None]:
     """Score the drill from the runbook's own record: its incident, timeline and approval."""
     store = DrillStore()
     incident = store.incident_for_alert(alert_key) if alert_key else None
@@ -123,7 +124,7 @@ def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_ke
 
 
 @step("publish-scorecard")
-def publish_scorecard(drill_id: str, environment: str, card: dict, cleanup_done: list[str]) -> None:
+def publish_scorecard(drill_id: str, environment: str, card: Scorecard, cleanup_done: list[str]) -> None:
     create_markdown_artifact(markdown=scorecard_markdown(drill_id, environment, card, cleanup_done),
                              key=f"{drill_id}-scorecard", description=f"Drill {drill_id} scorecard")
     history = DrillStore().drill_history(50)
@@ -137,9 +138,9 @@ def publish_scorecard(drill_id: str, environment: str, card: dict, cleanup_done:
                 "scenario": r.scenario,
                 "environment": r.environment,
                 "status": r.status,
-                "detect_s": (r.score or {}).get("time_to_detect_s"),
-                "recover_s": (r.score or {}).get("time_to_recover_s"),
-                "passed": bool((r.score or {}).get("passed")),
+                "detect_s": r.score.time_to_detect_s if r.score else None,
+                "recover_s": r.score.time_to_recover_s if r.score else None,
+                "passed": bool(r.score and r.score.passed),
             }
             for r in history
         ],

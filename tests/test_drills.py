@@ -101,7 +101,7 @@ def test_every_fault_is_drilled_end_to_end(world, store, drill_env, app_database
     assert card["time_to_recover_s"] >= card["time_to_detect_s"] and card["mttr_met"]
     assert all(card["steps"].values()), card["steps"]
     row = DrillStore().drill(result["drill_id"])
-    assert row.status == "passed" and row.score["passed"] and row.incident_id == result["incident_id"]
+    assert row.status == "passed" and row.score.passed and row.incident_id == result["incident_id"]
     approval = store.approvals(result["incident_id"])[0]
     assert approval.automatic and approval.approver == f"drill {result['drill_id']}"
     # cleaned up: nothing of the fault is left
@@ -130,7 +130,7 @@ def test_a_drill_whose_runbook_fails_still_cleans_up_and_records_it(world, drill
     assert not _image(world).endswith("-broken")
     drill_id = str(err.value).split()[1]
     row = DrillStore().drill(drill_id)
-    assert row.status == "failed" and row.error and row.score["runbook_outcome"] != "resolved"
+    assert row.status == "failed" and row.error and row.score.runbook_outcome != "resolved"
 
 
 def test_a_drill_is_refused_where_drills_are_not_allowed(world, drill_env):
