@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from incidents.models import StoreRow
 
@@ -68,6 +68,14 @@ class Drill(StoreRow):
 
 
 
+class Lesson(BaseModel):
+    """A lesson learned, as the post-mortem form asks for it and the store keeps it."""
+
+    lesson: str = Field(min_length=1, max_length=2000, pattern=r"\S", description="What was learned.")
+    playbook_change: bool = Field(False, description="On: propose this as a change to the playbook.")
+    playbook_section: str = Field("", max_length=120, description="Which playbook section (e.g. Scenario 1).")
+
+
 @dataclass(frozen=True)
 class Postmortem(StoreRow):
     """An incident's post-mortem: requested when it resolved, completed through the form."""
@@ -78,9 +86,13 @@ class Postmortem(StoreRow):
     completed_at: datetime | None = None
     completed_by: str | None = None
     root_cause: str | None = None
-    lessons: list[dict[str, Any]] | None = None
+    lessons: list[Lesson] | None = None
     markdown: str | None = None
     last_reminded_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.lessons and isinstance(self.lessons[0], dict):  # the stored record (a JSON column)
+            object.__setattr__(self, "lessons", [Lesson.model_validate(lesson) for lesson in self.lessons])
 
 
 

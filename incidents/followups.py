@@ -8,7 +8,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from incidents.followup_models import ActionItemRecord, OverduePostmortem, Postmortem, Proposal
+from incidents.followup_models import ActionItemRecord, Lesson, OverduePostmortem, Postmortem, Proposal
 from incidents.store import DrillStore, IncidentStore, required_row
 from incidents.success_metrics import MetricRow
 from incidents.vocabulary import DetectedBy
@@ -37,7 +37,7 @@ class FollowUpStore(IncidentStore):
         incident_id: int,
         by: str,
         root_cause: str,
-        lessons: list[dict[str, Any]],
+        lessons: list[Lesson],
         markdown: str,
         users_affected: str | None,
     ) -> None:
@@ -49,7 +49,7 @@ class FollowUpStore(IncidentStore):
                                 SET completed_at = COALESCE(postmortems.completed_at, now()),
                                 completed_by = EXCLUDED.completed_by, root_cause = EXCLUDED.root_cause,
                                 lessons = EXCLUDED.lessons, markdown = EXCLUDED.markdown""",
-                (incident_id, by, root_cause, Jsonb(lessons), markdown),
+                (incident_id, by, root_cause, Jsonb([lesson.model_dump() for lesson in lessons]), markdown),
             )
             conn.execute("UPDATE incidents SET root_cause = %s, users_affected = COALESCE(%s, users_affected) "
                          "WHERE id = %s", (root_cause, users_affected, incident_id))

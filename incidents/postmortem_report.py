@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from incidents.followup_models import ActionItemRecord
+from pydantic import BaseModel, ConfigDict
+
+from incidents.followup_models import ActionItemRecord, Lesson
 from incidents.models import Approval, EventKind, Incident, TimelineEvent
 from incidents.templates import markdown_text, stamp
 
@@ -83,12 +84,25 @@ def actions_taken(events: list[TimelineEvent], approvals: list[Approval]) -> lis
     return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
 
 
-def _lesson_lines(lessons: list[dict[str, Any]]) -> str:
-    def line(lesson: dict[str, Any]) -> str:
-        text = f"- {markdown_text(lesson['lesson'], 600)}"
-        if not lesson.get("playbook_change"):
+class Answers(BaseModel):
+    """What the post-mortem form adds to the record (tasks/postmortem.py's form gives it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    root_cause: str = ""
+    users_affected: str = ""
+    business_impact: str = ""
+    what_went_well: str = ""
+    what_went_badly: str = ""
+    lessons: list[Lesson] = []
+
+
+def _lesson_lines(lessons: list[Lesson]) -> str:
+    def line(lesson: Lesson) -> str:
+        text = f"- {markdown_text(lesson.lesson, 600)}"
+        if not lesson.playbook_change:
             return text
-        section = f": {markdown_text(lesson['playbook_section'], 80)}" if lesson.get("playbook_section") else ""
+        section = f": {markdown_text(lesson.playbook_section, 80)}" if lesson.playbook_section else ""
         return f"{text} _(proposed playbook change{section})_"
 
     return "\n".join(line(lesson) for lesson in lessons)
@@ -101,15 +115,15 @@ def _item_lines(items: list[ActionItemRecord]) -> str:
         + (f" {i.repo}#{i.issue_number}" if i.issue_number else "") for i in items) or "- (none)"
 
 
-def render(incident: Incident, events: list[TimelineEvent], approvals: list[Approval], answers: dict[str, Any],
+def render(incident: Incident, events: list[TimelineEvent], approvals: list[Approval], answers: Answers,
            items: list[ActionItemRecord]) -> str:
     """The post-mortem in the Incident Issue Template's form."""
     moments = key_moments(incident, events)
     timeline = "\n".join(f"- **{stamp(m.at) if m.at else 'n/a'}** - {m.label}"
                          + (f" ({markdown_text(m.detail, 160)})" if m.detail else "") for m in moments)
     actions = "\n".join(actions_taken(events, approvals)) or "- (no actions recorded)"
-    lesson_lines = _lesson_lines(answers.get("lessons") or [])
-    went = [("What went well", answers.get("what_went_well")), ("What did not", answers.get("what_went_badly"))]
+    lesson_lines = _lesson_lines(answers.lessons)
+    went = [("What went well", answers.what_went_well), ("What did not", answers.what_went_badly)]
     went_lines = "\n".join(f"**{title}:** {markdown_text(text, 1500)}" for title, text in went if text)
     item_lines = _item_lines(items)
     notes = "\n".join(f"- **{stamp(e.at)}** - {markdown_text(e.message, 1000)}" for e in events
@@ -124,9 +138,9 @@ def render(incident: Incident, events: list[TimelineEvent], approvals: list[Appr
 **Incident issue:** {incident.issue_ref}
 
 ### 📊 Impact
-- **Users Affected:** {markdown_text(answers.get('users_affected') or incident.users_affected or 'unknown', 300)}
+- **Users Affected:** {markdown_text(answers.users_affected or incident.users_affected or 'unknown', 300)}
 - **Duration:** {human(duration(incident))}
-- **Business Impact:** {markdown_text(answers.get('business_impact') or incident.impact or 'not assessed', 600)}
+- **Business Impact:** {markdown_text(answers.business_impact or incident.impact or 'not assessed', 600)}
 
 ### Timeline
 {timeline}
@@ -138,7 +152,7 @@ def render(incident: Incident, events: list[TimelineEvent], approvals: list[Appr
 {notes}
 
 ### Root Cause
-{markdown_text(answers.get('root_cause') or incident.root_cause or 'not determined', 3000)}
+{markdown_text(answers.root_cause or incident.root_cause or 'not determined', 3000)}
 
 ### Lessons Learned
 {went_lines}

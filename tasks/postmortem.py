@@ -23,7 +23,7 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
 from incidents import postmortem_report, templates
-from incidents.followup_models import ActionItemRecord, Proposal
+from incidents.followup_models import ActionItemRecord, Lesson, Proposal
 from incidents.followups import FollowUpStore
 from incidents.models import EventKind, Incident
 from incidents.timeline_payloads import RunStarted
@@ -33,12 +33,6 @@ from tasks.forms import prefilled
 from tasks.notify import comment_on_issue, notify_slack
 from tasks.steps import inline, run_logger, step
 from tasks.timeline import record
-
-
-class Lesson(BaseModel):
-    lesson: str = Field(min_length=1, max_length=2000, pattern=r"\S", description="What was learned.")
-    playbook_change: bool = Field(False, description="On: propose this as a change to the playbook.")
-    playbook_section: str = Field("", max_length=120, description="Which playbook section (e.g. Scenario 1).")
 
 
 class ActionItem(BaseModel):
@@ -92,7 +86,8 @@ def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
 
 def draft(ctx: RunContext, incident: Incident, store: FollowUpStore) -> str:
     """The post-mortem as far as the record knows it: the form's description."""
-    return postmortem_report.render(incident, store.timeline(incident.id), store.approvals(incident.id), {}, [])
+    return postmortem_report.render(incident, store.timeline(incident.id), store.approvals(incident.id),
+                                   postmortem_report.Answers(), [])
 
 
 @step("request-postmortem")
@@ -197,11 +192,12 @@ def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store
     logger = run_logger()
     completed = datetime.now(timezone.utc)
     items = file_action_items(ctx, incident, answers.action_items, store, completed)
-    data = answers.model_dump(exclude={"metadata"})
-    markdown = postmortem_report.render(incident, store.timeline(incident.id), store.approvals(incident.id), data,
-                                 store.action_items(incident.id))
+    told = postmortem_report.Answers.model_validate(answers.model_dump(exclude={"metadata", "completed_by",
+                                                                                "action_items"}))
+    markdown = postmortem_report.render(incident, store.timeline(incident.id), store.approvals(incident.id), told,
+                                        store.action_items(incident.id))
     store.complete_postmortem(incident.id, answers.completed_by.strip(), answers.root_cause.strip(),
-                              data["lessons"], markdown, answers.users_affected.strip() or None)
+                              answers.lessons, markdown, answers.users_affected.strip() or None)
     create_markdown_artifact(markdown=markdown, key=f"postmortem-incident-{incident.id}",
                              description=f"Post-mortem of incident {incident.id} ({incident.service})")
     commented = comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue, markdown)

@@ -192,15 +192,15 @@ def test_the_pinned_manifest_is_the_config_s_and_holds_what_the_app_uses_and_no_
 
 def test_the_scribe_s_notes_go_into_the_post_mortem_escaped():
     from incidents.models import TimelineEvent
-    from incidents.postmortem_report import render
+    from incidents.postmortem_report import Answers, render
     from incidents.timeline_payloads import NoData
 
     at = datetime(2026, 12, 6, 13, 40, tzinfo=timezone.utc)
     events = [TimelineEvent(at, "@docs-ana", "note", "Note by @docs-ana: EU checkout fails <!channel> *bold*",
                             NoData()),
               TimelineEvent(at, "runbook", "notified", "Slack: 📊 INCIDENT UPDATE", NoData())]
-    report = render(_incident(resolved_at=at), events, [], {}, [])
+    report = render(_incident(resolved_at=at), events, [], Answers(), [])
     notes = report.split("### Notes")[1].split("###")[0]
     assert "**2026-12-06 13:40:00 UTC** - Note by @\u200bdocs-ana: EU checkout fails" in notes, notes
     assert "<!channel>" not in notes and "\\*bold\\*" in notes and "INCIDENT UPDATE" not in notes
-    assert "- (none)" in render(_incident(resolved_at=at), events[1:], [], {}, []).split("### Notes")[1]
+    assert "- (none)" in render(_incident(resolved_at=at), events[1:], [], Answers(), []).split("### Notes")[1]
