@@ -37,7 +37,7 @@ from tasks.faults import sandbox_url
 
 
 def _require_recovery(ctx: RunContext, state, alert_key: str) -> None:
-    unrecovered = unrecovered_outcome(alert_key)
+    unrecovered = unrecovered_outcome(ctx, alert_key)
     if unrecovered:
         raise DrillFailed(f"the runbook ended without recovering the service ({unrecovered[:300]})")
     if not check_recovered(ctx, state, timeout=60):
@@ -67,18 +67,18 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
         sandbox_url()  # raises FaultNotAvailable before anything is touched
     deadline = deadline_minutes * 60
     drill_id = f"drill-{uuid.uuid4().hex[:10]}"
-    store = DrillStore()
+    store = ctx.store()
     store.start_drill(drill_id, spec.name, spec.scenario, environment, service, approval_mode, approval_delay_seconds,
                       flow_run.get_id())
     injected_at = datetime.now(timezone.utc)
     played = _play(ctx, spec, drill_id, injected_at, deadline)
-    card, incident_id = scorecard(spec, injected_at, played.run, played.alert_key)
+    card, incident_id = scorecard(ctx, spec, injected_at, played.run, played.alert_key)
     error, cleanup_done = played.error, played.cleanup
     status = "passed" if card.passed and not error else "failed"
     store.finish_drill(drill_id, status, card, error, played.run_id, incident_id)
     if incident_id is not None:
         _close_practice_incident(store, incident_id, drill_id, status, error)
-    publish_scorecard(drill_id, environment, card, cleanup_done)
+    publish_scorecard(ctx, drill_id, card, cleanup_done)
     result = {"drill_id": drill_id, "status": status, "error": error, "score": card.as_data(), "cleanup": cleanup_done,
               "incident_id": incident_id}
     if status == "failed":

@@ -13,10 +13,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from incidents.config import load_environment
-from incidents.followups import FollowUpStore
 from incidents.models import EventKind, Outcome
-from tasks.context import RunContext
+from tasks.context import Scope
 from tasks.postmortem import announce, draft, publish, wait_for_form
 from tasks.timeline import record
 
@@ -30,12 +28,12 @@ def post_incident(incident_id: int, environment: str = "sandbox") -> dict[str, A
         environment: the incident's environment.
     """
     logger = get_run_logger()
-    config = load_environment(environment)
-    store = FollowUpStore()
+    scope = Scope.load(environment)
+    store = scope.store()
     incident = store.get(incident_id)
     if incident.environment != environment:
         raise ValueError(f"incident {incident_id} belongs to environment {incident.environment!r}, not {environment!r}")
-    ctx = RunContext(environment, incident.service, config)
+    ctx = scope.ctx(incident.service)
     done = store.postmortem(incident_id)
     if done and done.completed_at:
         logger.info("The post-mortem of incident %s was completed by %s; publishing it again", incident_id,

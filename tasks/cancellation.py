@@ -29,7 +29,7 @@ from incidents.errors import RunbookError
 from incidents.models import EventKind
 from incidents.store import IncidentStore, StoreError
 from incidents.timeline_payloads import CancelledRun
-from tasks.context import RunContext
+from tasks.context import PRODUCTION, RunContext, Wiring
 from tasks.notify import send_slack
 
 _log = logging.getLogger("runbooks.cancellation")
@@ -109,12 +109,12 @@ def record_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
     note_cancellation(flow_run, message)
 
 
-def note_cancellation(flow_run: Any, message: str) -> None:
+def note_cancellation(flow_run: Any, message: str, wiring: Wiring = PRODUCTION) -> None:
     """Free the service, and write and announce who cancelled and what was done before. Also
     called by the incident watch for a run cancelled while suspended at its approval: that run
     has no process, so no worker runs its on_cancellation hook."""
     run_id = str(flow_run.id)
-    store = IncidentStore()
+    store = wiring.store()
     params = flow_run.parameters or {}
     try:
         if params.get("environment") and params.get("service"):  # the service is free for the next runbook
@@ -133,18 +133,18 @@ def note_cancellation(flow_run: Any, message: str) -> None:
     except StoreError as exc:
         _log.error("Cancel of run %s not recorded in the incident timeline: %s", run_id, exc)
         return
-    _post_status(flow_run, incident, note)
+    _post_status(flow_run, incident, note, wiring)
 
 
 def _recorded(store: IncidentStore, incident_id: int, run_id: str) -> bool:
     return any(isinstance(e.data, CancelledRun) and e.data.flow_run_id == run_id for e in store.timeline(incident_id))
 
 
-def _post_status(flow_run: Any, incident: Any, note: str) -> None:
+def _post_status(flow_run: Any, incident: Any, note: str, wiring: Wiring) -> None:
     params = flow_run.parameters or {}
     try:
         ctx = RunContext.load(params.get("environment") or incident.environment,
-                              params.get("service") or incident.service)
+                              params.get("service") or incident.service, wiring)
     except (ConfigError, ValueError) as exc:
         _log.warning("Cancel of incident %s not posted to Slack: %s", incident.id, exc)
         return

@@ -15,7 +15,7 @@ from incidents.action_params import parse as parse_action_params
 from incidents.containment import StandingContainment, expiry
 from incidents.models import EventKind
 from incidents.plans import Plan, PlannedAction
-from incidents.store import IncidentStore, StoreError
+from incidents.store import StoreError
 from incidents.timeline_payloads import ContainmentRef
 from incidents.vocabulary import CONTAINMENT_KINDS, ActionKind
 from integrations.errors import IntegrationError
@@ -28,7 +28,7 @@ from integrations.kubernetes_security import (
     set_ingress_denylist,
     unblock_cidrs,
 )
-from tasks.context import RunContext, SecretNotFound
+from tasks.context import PRODUCTION, RunContext, Scope, SecretNotFound, Wiring
 from tasks.notify import comment_on_issue, send_slack
 from tasks.security import blocked_now
 from tasks.steps import run_logger
@@ -54,12 +54,13 @@ def record_containment(ctx: RunContext, plan: Plan, action: PlannedAction) -> St
     return standing
 
 
-def review_containments(environment: str, store: IncidentStore, now: datetime) -> dict[str, list[int]]:
+def review_containments(scope: Scope, now: datetime) -> dict[str, list[int]]:
     """The watch's pass over standing containment: what it reverted, asked about, reported."""
     done: dict[str, list[int]] = {"reverted": [], "asked": [], "widening": [], "gone": []}
-    for standing in store.containments(environment):
+    for standing in scope.store().containments(scope.environment):
         try:
-            ctx = RunContext.load(environment, standing.service)
+            scope.config.service(standing.service)  # a service no longer configured is reported, not reviewed
+            ctx = scope.ctx(standing.service)
             with ctx.kubernetes() as kube:
                 outcome = _review(ctx, kube, standing, now)
         except _ERRORS as exc:
@@ -136,17 +137,18 @@ def _lift_record(ctx: RunContext, standing: StandingContainment, by: str, note: 
                ContainmentRef(containment_id=standing.id))
 
 
-def lift(environment: str, containment_id: int, by: str, reason: str, move_to_ingress: bool = False) -> str:
+def lift(environment: str, containment_id: int, by: str, reason: str, move_to_ingress: bool = False,
+         wiring: Wiring = PRODUCTION) -> str:
     """A person lifts a standing containment (their command is the decision, recorded with
     their name): the block's addresses are taken out (other blocks stay), or moved to the
     Ingress's deny list; a log level is turned back if it is still the incident's."""
-    store = IncidentStore()
+    store = wiring.store()
     standing = store.containment(containment_id)
     if standing is None or standing.environment != environment:
         raise ValueError(f"no containment #{containment_id} in {environment}")
     if not standing.active:
         raise ValueError(f"containment #{containment_id} was already lifted by {standing.lifted_by}: {standing.note}")
-    ctx = RunContext.load(environment, standing.service)
+    ctx = RunContext.load(environment, standing.service, wiring)
     params = parse_action_params(standing.kind, standing.params)
     with ctx.kubernetes() as kube:
         note = _undo(ctx, kube, params, move_to_ingress)
@@ -199,14 +201,14 @@ def _undo(ctx: RunContext, kube: KubernetesClient, params: Any, move_to_ingress:
            f"({'deleted' if not left else 'still blocks ' + ', '.join(left)}){moved}"
 
 
-def extend(environment: str, containment_id: int, by: str, hours: float) -> datetime:
-    store = IncidentStore()
+def extend(environment: str, containment_id: int, by: str, hours: float, wiring: Wiring = PRODUCTION) -> datetime:
+    store = wiring.store()
     standing = store.containment(containment_id)
     if standing is None or standing.environment != environment or not standing.active:
         raise ValueError(f"no standing containment #{containment_id} in {environment}")
     until = expiry(datetime.now(timezone.utc), hours)
     store.extend_containment(containment_id, until)
-    ctx = RunContext.load(environment, standing.service)
+    ctx = RunContext.load(environment, standing.service, wiring)
     record(ctx, standing.incident_id, by, EventKind.CONTAINMENT_RECORDED,
            f"Containment #{standing.id} ({standing.describe()}) kept by {by} until {templates.stamp(until)}",
            ContainmentRef(containment_id=standing.id))

@@ -191,3 +191,24 @@ class RunContext:
 
     def run_url(self, flow_run_id: str | None) -> str | None:
         return f"{self.config.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}" if flow_run_id else None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """An environment's incidents as the watch and a person's command reach them: the store and
+    each incident's run context, both through one wiring (a test hands in fakes)."""
+
+    environment: str
+    config: EnvironmentConfig
+    wiring: Wiring = field(default=PRODUCTION, compare=False, repr=False)
+
+    @classmethod
+    def load(cls, environment: str, wiring: Wiring = PRODUCTION) -> Scope:
+        return cls(environment, load_environment(environment), wiring)
+
+    def store(self) -> RunbookStore:
+        return self.wiring.store()
+
+    def ctx(self, service: str) -> RunContext:
+        """The run context of one of the environment's services."""
+        return RunContext(self.environment, service, self.config, self.wiring)

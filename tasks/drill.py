@@ -17,7 +17,6 @@ from incidents.drills import FaultSpec, history_markdown, score, scorecard_markd
 from incidents.errors import RunbookError
 from incidents.followup_models import Scorecard
 from incidents.models import EventKind
-from incidents.store import DrillStore
 from incidents.timeline_payloads import Diagnosis
 from tasks.context import RunContext
 from tasks.faults import FaultState, cleanup, healed, inject, signal, wait_for
@@ -77,11 +76,11 @@ def follow_runbook(run_id: str, timeout: float) -> dict[str, Any]:
 
 
 @step("read-runbook-outcome")
-def unrecovered_outcome(alert_key: str) -> str | None:
+def unrecovered_outcome(ctx: RunContext, alert_key: str) -> str | None:
     """None when the runbook's incident records a resolution; otherwise why it ended without
     one (its escalation, or the last step it recorded), so a failed runbook fails the drill
     at once instead of after the recovery wait."""
-    store = DrillStore()
+    store = ctx.store()
     incident = store.incident_for_alert(alert_key)
     if incident is None:
         return "the runbook recorded no incident"
@@ -105,10 +104,10 @@ def clean_up(ctx: RunContext, state: FaultState) -> list[str]:
     return done
 
 
-def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_key: str | None
+def scorecard(ctx: RunContext, spec: FaultSpec, injected_at: datetime, run: dict | None, alert_key: str | None
               ) -> tuple[Scorecard, int | None]:
     """Score the drill from the runbook's own record: its incident, timeline and approval."""
-    store = DrillStore()
+    store = ctx.store()
     incident = store.incident_for_alert(alert_key) if alert_key else None
     steps, approved_at, recovered_at, outcome, judgement = [], None, None, None, None
     if incident:
@@ -124,10 +123,10 @@ def scorecard(spec: FaultSpec, injected_at: datetime, run: dict | None, alert_ke
 
 
 @step("publish-scorecard")
-def publish_scorecard(drill_id: str, environment: str, card: Scorecard, cleanup_done: list[str]) -> None:
-    create_markdown_artifact(markdown=scorecard_markdown(drill_id, environment, card, cleanup_done),
+def publish_scorecard(ctx: RunContext, drill_id: str, card: Scorecard, cleanup_done: list[str]) -> None:
+    create_markdown_artifact(markdown=scorecard_markdown(drill_id, ctx.environment, card, cleanup_done),
                              key=f"{drill_id}-scorecard", description=f"Drill {drill_id} scorecard")
-    history = DrillStore().drill_history(50)
+    history = ctx.store().drill_history(50)
     create_table_artifact(
         key="drill-history",
         description="Past drills, newest first",

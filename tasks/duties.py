@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from incidents import templates
-from incidents.config import EnvironmentConfig
 from incidents.errors import RunbookError
 from incidents.models import EventKind, Incident
 from incidents.store_duties import COMMANDER_ASKED, STAKEHOLDER_UPDATE, SUMMARY_24H
 from incidents.timeline_payloads import CommanderAsked, StakeholderDraft, SummaryDrafted
-from tasks.context import RunContext
+from tasks.context import RunContext, Scope
 from tasks.notify import comment_on_issue, refresh_issue, send_slack
 from tasks.timeline import record
 
@@ -132,15 +130,15 @@ def summary_sent(ctx: RunContext, incident_id: int, by: str) -> str:
     return said
 
 
-def remind_summaries(environment: str, config: EnvironmentConfig, store: Any, now: datetime) -> list[int]:
+def remind_summaries(scope: Scope, now: datetime) -> list[int]:
     """Overdue 24-hour summaries: the Communications lead is reminded (every reminder_hours)."""
-    reminded = []
-    for duty in store.overdue_duties(environment, SUMMARY_24H, now,
+    reminded, config, store = [], scope.config, scope.store()
+    for duty in store.overdue_duties(scope.environment, SUMMARY_24H, now,
                                      timedelta(hours=config.post_incident.reminder_hours)):
         if not store.duty_reminded(duty, now):
             continue
         incident = store.get(duty.incident_id)
-        ctx = RunContext(environment, incident.service, config)
+        ctx = scope.ctx(incident.service)
         comms = _holder(ctx, incident.id, "comms")
         late = now - (duty.due_at or now)
         send_slack(ctx, incident.id, "\n".join([

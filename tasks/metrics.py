@@ -10,16 +10,17 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from incidents.config import load_environment
-from incidents.followups import FollowUpStore
 from incidents.success_metrics import Metrics, compute, trend_svg
+from tasks.context import PRODUCTION, Wiring
 from tasks.steps import step
 
 
-def measure(environment: str, now: datetime | None = None, since: datetime | None = None) -> Metrics:
+def measure(environment: str, now: datetime | None = None, since: datetime | None = None,
+            wiring: Wiring = PRODUCTION) -> Metrics:
     """Metrics of the environment's incident record as of `now` (used by the flow and the CLI)."""
     config = load_environment(environment)
     response = {s: config.escalation.policy(s).response_minutes for s in ("P0", "P1", "P2", "P3")}
-    return compute(FollowUpStore().metric_rows(environment, since), now or datetime.now(timezone.utc), response)
+    return compute(wiring.store().metric_rows(environment, since), now or datetime.now(timezone.utc), response)
 
 
 @step("publish-metrics")

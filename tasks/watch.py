@@ -22,9 +22,8 @@ from uuid import UUID
 from prefect.client.orchestration import get_client
 
 from incidents import templates
-from incidents.config import EnvironmentConfig, load_config, load_environment
+from incidents.config import load_config
 from incidents.escalation import escalation_due, next_update, status_update_due
-from incidents.followups import FollowUpStore
 from incidents.models import EventKind, Incident
 from incidents.store import StoreError
 from incidents.timeline_payloads import Escalation, StatusUpdate
@@ -32,7 +31,7 @@ from integrations.errors import IntegrationError
 from tasks.approval import TIMEOUT_REASON, deadline_answer, form_name
 from tasks.cancellation import note_cancellation
 from tasks.containment import review_containments
-from tasks.context import RunContext, SecretNotFound
+from tasks.context import PRODUCTION, RunContext, Scope, SecretNotFound, Wiring
 from tasks.correlation import withdraw_quiet
 from tasks.duties import ask_commander, remind_summaries, stakeholder_draft
 from tasks.incident import resolve_incident
@@ -40,10 +39,6 @@ from tasks.notify import comment_on_issue, notify_slack, refresh_issue
 from tasks.paging import mentions, retrigger_missing, trigger_pagers, update_pagers
 from tasks.steps import run_logger, step
 from tasks.timeline import record
-
-
-def _ctx(environment: str, config: EnvironmentConfig, incident: Incident) -> RunContext:
-    return RunContext(environment, incident.service, config)
 
 
 def escalate(ctx: RunContext, incident: Incident, now: datetime) -> dict | None:
@@ -90,13 +85,14 @@ def status_cadence(ctx: RunContext, incident: Incident, now: datetime) -> bool:
     return True
 
 
-def remind_postmortems(environment: str, config: EnvironmentConfig, store: FollowUpStore, now: datetime) -> list[int]:
+def remind_postmortems(scope: Scope, now: datetime) -> list[int]:
+    environment, config, store = scope.environment, scope.config, scope.store()
     settings = config.post_incident
     reminded = []
     for row in store.overdue_postmortems(environment, now, timedelta(days=settings.postmortem_due_days),
                                          timedelta(hours=settings.reminder_hours)):
         incident = store.get(row.incident_id)
-        ctx = _ctx(environment, config, incident)
+        ctx = scope.ctx(incident.service)
         overdue = now - (incident.resolved_at or now)
         text = (
             f"📝 POST-MORTEM OVERDUE\nIssue: {incident.issue_ref}\nService: {templates.slack_text(incident.service)}\n"
@@ -121,15 +117,16 @@ def remind_postmortems(environment: str, config: EnvironmentConfig, store: Follo
     return reminded
 
 
-def track_action_items(environment: str, config: EnvironmentConfig, store: FollowUpStore, now: datetime) -> dict:
+def track_action_items(scope: Scope, now: datetime) -> dict:
     """Closed issue = done; open past its due date = a reminder (at most every reminder_hours)."""
     done, reminded = [], []
-    remind_every = timedelta(hours=config.post_incident.reminder_hours)
-    for item in store.action_items(environment=environment, open_only=True):
+    remind_every = timedelta(hours=scope.config.post_incident.reminder_hours)
+    store = scope.store()
+    for item in store.action_items(environment=scope.environment, open_only=True):
         if not item.repo or not item.issue_number:
             continue
         incident = store.get(item.incident_id)
-        ctx = _ctx(environment, config, incident)
+        ctx = scope.ctx(incident.service)
         try:
             with ctx.github() as github:
                 issue = github.get_issue(item.repo, item.issue_number)
@@ -160,13 +157,12 @@ def track_action_items(environment: str, config: EnvironmentConfig, store: Follo
     return {"done": done, "reminded": reminded}
 
 
-def decline_expired_approvals(environment: str, config: EnvironmentConfig, store: FollowUpStore,
-                              now: datetime) -> list[int]:
+def decline_expired_approvals(scope: Scope, now: datetime) -> list[int]:
     """Approvals past their deadline: resume the waiting run with the deadline's decline, so it
     reports "nothing changed" and escalates. A suspended run has no process that could notice
     the deadline itself. A run that is no longer waiting gets the approval closed as timed out."""
-    declined = []
-    for approval in store.expired_approvals(environment, now):
+    declined, store = [], scope.store()
+    for approval in store.expired_approvals(scope.environment, now):
         try:
             with get_client(sync_client=True) as client:
                 answer = client.resume_flow_run(UUID(str(approval.flow_run_id)), run_input=deadline_answer())
@@ -177,7 +173,7 @@ def decline_expired_approvals(environment: str, config: EnvironmentConfig, store
             )
             accepted = False
         incident = store.get(approval.incident_id)
-        ctx = _ctx(environment, config, incident)
+        ctx = scope.ctx(incident.service)
         if accepted:
             record(ctx, incident.id, "incident-watch", EventKind.APPROVAL_DEADLINE,
                    "Approval deadline passed: the waiting run was resumed with a decline; nothing is changed")
@@ -193,13 +189,14 @@ def decline_expired_approvals(environment: str, config: EnvironmentConfig, store
 _ENDED = ("CANCELLED", "CRASHED", "FAILED", "COMPLETED")
 
 
-def close_ended_runs(environment: str, store: FollowUpStore) -> list[int]:
+def close_ended_runs(scope: Scope) -> list[int]:
     """Approvals whose runs ended without an answer are closed (withdrawn), so that a press in
     Slack or on the page says so instead of failing. A run cancelled while suspended at its
     approval has no process, so no worker runs its on_cancellation hook: the Cancel is recorded
     and announced here."""
     closed: list[int] = []
-    waiting = store.waiting_approvals(environment)
+    store = scope.store()
+    waiting = store.waiting_approvals(scope.environment)
     if not waiting:
         return closed
     with get_client(sync_client=True) as client:
@@ -218,7 +215,7 @@ def close_ended_runs(environment: str, store: FollowUpStore) -> list[int]:
                 continue
             closed.append(approval.id)
             if run.state.type.value == "CANCELLED":
-                note_cancellation(run, run.state.message or "")
+                note_cancellation(run, run.state.message or "", scope.wiring)
             else:
                 store.add_event(approval.incident_id, "incident-watch", EventKind.APPROVAL_CLOSED,
                                 f"Run {run.name} ended ({run.state.name}) while waiting for approval: the request "
@@ -232,16 +229,16 @@ def _resume(flow_run_id: str, answer: dict) -> bool:
 
 
 @step("sweep-incidents")
-def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
+def sweep(environment: str, now: datetime | None = None, wiring: Wiring = PRODUCTION) -> dict[str, Any]:
     """One pass of the watch over the environment's incidents and follow-ups."""
     now = now or datetime.now(timezone.utc)
-    config = load_environment(environment)
-    store = FollowUpStore()
+    scope = Scope.load(environment, wiring)
+    store = scope.store()
     summary: dict[str, Any] = {"open": 0, "escalated": [], "status_updates": [], "postmortem_reminders": [],
                                "action_items": {}, "commander_asked": [], "stakeholder_drafts": []}
     for incident in store.list(limit=500, open_only=True, environment=environment):
         summary["open"] += 1
-        ctx = _ctx(environment, config, incident)
+        ctx = scope.ctx(incident.service)
         try:
             retrigger_missing(ctx, incident)  # a page PagerDuty did not take is sent again
             escalated = escalate(ctx, incident, now)
@@ -254,37 +251,36 @@ def sweep(environment: str, now: datetime | None = None) -> dict[str, Any]:
                 summary["stakeholder_drafts"].append(incident.id)
         except StoreError as exc:
             run_logger().error("Incident %s skipped this sweep: %s", incident.id, exc)
-    summary["expired_approvals"] = decline_expired_approvals(environment, config, store, now)
-    summary["ended_runs"] = close_ended_runs(environment, store)
+    summary["expired_approvals"] = decline_expired_approvals(scope, now)
+    summary["ended_runs"] = close_ended_runs(scope)
     summary["withdrawn"] = withdraw_quiet(store, environment, load_config().intake.resolve_grace_seconds, now,
                                           _resume)
-    summary["postmortem_reminders"] = remind_postmortems(environment, config, store, now)
-    summary["summary_reminders"] = remind_summaries(environment, config, store, now)
-    summary["action_items"] = track_action_items(environment, config, store, now)
-    summary["containment"] = review_containments(environment, store, now)
+    summary["postmortem_reminders"] = remind_postmortems(scope, now)
+    summary["summary_reminders"] = remind_summaries(scope, now)
+    summary["action_items"] = track_action_items(scope, now)
+    summary["containment"] = review_containments(scope, now)
     run_logger().info("Sweep of %s: %s open, %s escalated, %s status updates, %s post-mortem reminders",
                           environment, summary["open"], len(summary["escalated"]), len(summary["status_updates"]),
                           len(summary["postmortem_reminders"]))
     return summary
 
 
-def _incident_in(environment: str, store: FollowUpStore, incident_id: int) -> tuple[Incident, RunContext]:
+def _incident_in(environment: str, wiring: Wiring, incident_id: int) -> tuple[Incident, RunContext]:
     """A person names an incident: it must belong to the environment they act in."""
-    incident = store.get(incident_id)
+    incident = wiring.store().get(incident_id)
     if incident.environment != environment:
         raise ValueError(f"incident {incident_id} belongs to environment {incident.environment!r}, not {environment!r}")
-    return incident, _ctx(environment, load_environment(environment), incident)
+    return incident, Scope.load(environment, wiring).ctx(incident.service)
 
 
 @step("acknowledge-incident")
-def acknowledge(environment: str, incident_id: int, by: str) -> bool:
+def acknowledge(environment: str, incident_id: int, by: str, wiring: Wiring = PRODUCTION) -> bool:
     """An explicit acknowledgment: escalation stops. False if it was already acknowledged."""
     by = by.strip()
     if not by:
         raise ValueError("say who acknowledges (a name)")
-    store = FollowUpStore()
-    incident, ctx = _incident_in(environment, store, incident_id)
-    if not store.acknowledge(incident_id, by):
+    incident, ctx = _incident_in(environment, wiring, incident_id)
+    if not ctx.store().acknowledge(incident_id, by):
         run_logger().info("Incident %s was already acknowledged (by %s) or is closed", incident_id,
                               incident.acknowledged_by or "-")
         return False
@@ -306,15 +302,16 @@ def acknowledge(environment: str, incident_id: int, by: str) -> bool:
 
 
 @step("resolve-incident-by-hand")
-def resolve_by_hand(environment: str, incident_id: int, by: str, note: str) -> dict[str, Any]:
+def resolve_by_hand(environment: str, incident_id: int, by: str, note: str,
+                    wiring: Wiring = PRODUCTION) -> dict[str, Any]:
     """A person closes the incident: Resolution message, issue closed with the Resolution
     template, post-mortem started. A runbook still waiting for its approval is stopped (its
     approval withdrawn in the person's name): nothing it planned runs any more."""
     by, note = by.strip(), note.strip()
     if not by or not note:
         raise ValueError("say who resolves it (--by NAME) and how it was resolved (--note TEXT)")
-    store = FollowUpStore()
-    incident, ctx = _incident_in(environment, store, incident_id)
+    incident, ctx = _incident_in(environment, wiring, incident_id)
+    store = ctx.store()
     if incident.resolved_at is not None:
         raise ValueError(f"incident {incident_id} is already resolved ({incident.resolution or 'no resolution noted'})")
     record(ctx, incident_id, by, EventKind.RESOLVED_BY_HAND, f"Resolved by hand by {by}: {note}")

@@ -434,6 +434,18 @@ SERVICE_FIXTURES = {"sandbox", "world", "test_config", "prefect_server", "databa
                     "prometheus_server", "second_world", "lanes", "alertmanager", "cli", "slack_intake", "small_cache"}
 
 
+@pytest.fixture(autouse=True)
+def _no_prefect_in_the_unit_tier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit test has no Prefect API: a lifecycle event it tells is dropped here. Without this,
+    Prefect's events client starts an ephemeral server of its own (15-30 s, on SQLite) for the
+    first test that tells one. A test that checks the events records them itself
+    (tests/test_telemetry_unit.py)."""
+    if request.node.get_closest_marker("unit"):
+        from tasks import telemetry
+
+        monkeypatch.setattr(telemetry, "emit_event", lambda event, **fields: None)
+
+
 def pytest_addoption(parser):
     parser.addoption("--reverse", action="store_true",
                      help="run the test modules in reverse order (tests must not depend on their order); "

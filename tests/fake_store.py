@@ -105,6 +105,20 @@ class FakeStore:
             raise ValueError(f"cannot set {sorted(set(fields) - allowed)} on an incident")
         self._update(incident_id, status=status, **fields)
 
+    def acknowledge(self, incident_id: int, by: str) -> bool:
+        incident = self.incidents[incident_id]
+        if incident.acknowledged_at is not None or incident.resolved_at is not None:
+            return False
+        self._update(incident_id, acknowledged_at=_now(), acknowledged_by=by)
+        return True
+
+    def escalate_to(self, incident_id: int, seen_level: int, level: int) -> bool:
+        incident = self.incidents[incident_id]
+        if incident.escalation_level != seen_level or incident.acknowledged_at or incident.resolved_at:
+            return False
+        self._update(incident_id, escalation_level=level, escalated_at=_now())
+        return True
+
     def close(self, incident_id: int, root_cause: str, resolution: str, *, postmortem_needed: bool = True) -> bool:
         incident = self.incidents[incident_id]
         if incident.resolved_at is not None:

@@ -213,3 +213,15 @@ def test_a_run_finds_the_incident_it_opened_joined_or_asked_an_approval_for(eith
     other = _open(either)
     either.request_approval(other.id, Plan(other.id, "api", "sandbox", (), summary="restart"), asker)
     assert either.incident_for_run(asker).id == other.id
+
+
+def test_escalation_moves_one_level_at_a_time_until_someone_acknowledges(either):
+    incident = _open(either)
+    assert either.escalate_to(incident.id, 0, 1) and not either.escalate_to(incident.id, 0, 1)  # another sweep
+    assert either.get(incident.id).escalation_level == 1
+    assert either.acknowledge(incident.id, "dana") and not either.acknowledge(incident.id, "sam")
+    assert either.get(incident.id).acknowledged_by == "dana"
+    assert not either.escalate_to(incident.id, 1, 2)  # acknowledged: escalation stops
+    closed = _open(either)
+    either.close(closed.id, "x", "y")
+    assert not either.acknowledge(closed.id, "dana") and not either.escalate_to(closed.id, 0, 1)
