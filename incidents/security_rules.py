@@ -143,6 +143,7 @@ def block_action(service: ServiceConfig, cidrs: list[str], state: Containment, w
     already selects the pods, because policies add up and it would widen their access."""
     sec, k = service.security, service.kubernetes
     if sec.block_strategy == "ingress_denylist":
+        assert sec.ingress, "the config refuses ingress_denylist without an ingress"  # config_services.py
         now = sorted(state.denylist or [])
         return PlannedAction(
             ActionKind.BLOCK_IPS, f"ingress/{sec.ingress} (namespace {k.namespace})",

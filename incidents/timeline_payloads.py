@@ -111,7 +111,7 @@ class PagerStep(Payload):
 
 # -- the runbook --------------------------------------------------------------------------------------
 class FindingBrief(Payload):
-    ok: bool
+    ok: bool | None  # None: the check itself could not run
     summary: str
 
 
