@@ -21,11 +21,17 @@ from kubernetes.client.exceptions import ApiException
 
 from integrations.errors import Closing, IntegrationError, gave_up, refusal
 from integrations.http import RetryPolicy, is_transient
-from integrations.kubernetes_views import REVISION, AutoscalerView, DeploymentView, deployment_view
+from integrations.kubernetes_views import (
+    REVISION,
+    AutoscalerView,
+    DeploymentView,
+    RolloutStatus,
+    deployment_view,
+    rollout_status_of,
+)
 
 HASH_LABEL = "pod-template-hash"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-TIMED_OUT_REASON = "ProgressDeadlineExceeded"
 # Annotations kubectl keeps from the deployment, never copies from the ReplicaSet, on undo.
 ANNOTATIONS_TO_SKIP = frozenset({
     "kubectl.kubernetes.io/last-applied-configuration",
@@ -36,37 +42,6 @@ ANNOTATIONS_TO_SKIP = frozenset({
     "deprecated.deployment.rollback.to",
 })
 # -- pure logic (kubectl's rules) ------------------------------------------------------------
-@dataclass(frozen=True)
-class RolloutStatus:
-    done: bool
-    message: str
-    failed: bool = False  # the progress deadline was exceeded
-
-
-def rollout_status_of(deployment: dict[str, Any]) -> RolloutStatus:
-    """kubectl rollout status's verdict for one observation of a Deployment (API JSON)."""
-    name = deployment["metadata"]["name"]
-    spec, status = deployment.get("spec", {}), deployment.get("status") or {}
-    if deployment["metadata"].get("generation", 0) > status.get("observedGeneration", 0):
-        return RolloutStatus(False, "Waiting for deployment spec update to be observed...")
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Progressing" and cond.get("reason") == TIMED_OUT_REASON:
-            return RolloutStatus(False, f'deployment "{name}" exceeded its progress deadline', failed=True)
-    replicas = spec.get("replicas", 1)
-    updated, total = status.get("updatedReplicas", 0), status.get("replicas", 0)
-    available = status.get("availableReplicas", 0)
-    if updated < replicas:
-        return RolloutStatus(False, f'Waiting for deployment "{name}" rollout to finish: '
-                                    f"{updated} out of {replicas} new replicas have been updated...")
-    if total > updated:
-        return RolloutStatus(False, f'Waiting for deployment "{name}" rollout to finish: '
-                                    f"{total - updated} old replicas are pending termination...")
-    if available < updated:
-        return RolloutStatus(False, f'Waiting for deployment "{name}" rollout to finish: '
-                                    f"{available} of {updated} updated replicas are available...")
-    return RolloutStatus(True, f'deployment "{name}" successfully rolled out')
-
-
 def revision_of(obj: dict[str, Any]) -> int:
     try:
         return int((obj.get("metadata", {}).get("annotations") or {}).get(REVISION, "0"))
@@ -138,7 +113,7 @@ def plan_undo(deployment: dict[str, Any], replicasets: list[dict[str, Any]], to_
 
 def selector_of(deployment: dict[str, Any]) -> str:
     """The deployment's pod selector as a label selector string (`app=api,tier=web`)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"].get("matchLabels", {}).items()))
+    return deployment_view(deployment).selector
 
 
 def container_image(deployment: dict[str, Any], container: str | None = None) -> str:
@@ -158,6 +133,21 @@ class PodSummary:
     last_exit_code: int | None
     image: str
     node: str | None = None  # None: not scheduled yet (Pending)
+
+
+@dataclass(frozen=True)
+class EventSummary:
+    """A Kubernetes event about an object of the service (a pod, the deployment)."""
+
+    type: str | None  # Normal | Warning
+    reason: str | None
+    object: str | None  # the involved object's name
+    message: str | None
+    count: int
+    last_seen: str | None  # lastTimestamp, as Kubernetes gives it
+
+    def describe(self) -> str:
+        return f"event {self.type} {self.reason} on {self.object}: {self.message} (x{self.count})"
 
 
 @dataclass(frozen=True)
@@ -346,7 +336,8 @@ class KubernetesClient(Closing):
                                      self.apps.read_namespaced_deployment, name, namespace))
 
     def deployment(self, namespace: str, name: str) -> DeploymentView:
-        """What the runbooks read of a Deployment: replicas, revision, containers, template metadata."""
+        """What the runbooks read of a Deployment, from one read: replicas, revision, containers,
+        template metadata, selector, and kubectl's rollout verdict."""
         return deployment_view(self.get_deployment(namespace, name))
 
     def rollout_status(self, namespace: str, name: str) -> RolloutStatus:
@@ -377,14 +368,15 @@ class KubernetesClient(Closing):
         """Every node's conditions (needs `list nodes`, a cluster-wide read)."""
         return [summarize_node(self._json(n)) for n in self._call("list nodes", self.core.list_node).items]
 
-    def events(self, namespace: str, names: set[str] | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def events(self, namespace: str, names: set[str] | None = None, limit: int = 20) -> list[EventSummary]:
+        """The newest events in the namespace (about `names` only, when given)."""
         found = self._call(f"list events in {namespace}", self.core.list_namespaced_event, namespace)
         events = [self._json(e) for e in found.items]
         if names:
             events = [e for e in events if e["involvedObject"].get("name") in names]
         events.sort(key=lambda e: e.get("lastTimestamp") or "", reverse=True)
-        return [{"type": e.get("type"), "reason": e.get("reason"), "object": e["involvedObject"].get("name"),
-                 "message": e.get("message"), "count": e.get("count", 1), "last_seen": e.get("lastTimestamp")}
+        return [EventSummary(type=e.get("type"), reason=e.get("reason"), object=e["involvedObject"].get("name"),
+                             message=e.get("message"), count=int(e.get("count") or 1), last_seen=e.get("lastTimestamp"))
                 for e in events[:limit]]
 
     def pod_logs(self, namespace: str, pod: str, container: str | None = None, tail_lines: int = 50,

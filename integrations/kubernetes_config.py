@@ -91,3 +91,13 @@ def volume_claims(deployment: dict[str, Any]) -> list[str]:
     volumes = deployment["spec"]["template"]["spec"].get("volumes") or []
     return sorted({v["persistentVolumeClaim"]["claimName"] for v in volumes
                    if (v.get("persistentVolumeClaim") or {}).get("claimName")})
+
+
+def deployment_config_refs(kube: KubernetesClient, namespace: str, name: str) -> list[ConfigRef]:
+    """Every ConfigMap and Secret the Deployment's pod template reads (one read of it)."""
+    return config_refs(kube.get_deployment(namespace, name))
+
+
+def deployment_volume_claims(kube: KubernetesClient, namespace: str, name: str) -> list[str]:
+    """The PersistentVolumeClaims the Deployment's pod template mounts (one read of it)."""
+    return volume_claims(kube.get_deployment(namespace, name))

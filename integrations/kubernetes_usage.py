@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client as k8s
 
 from incidents.errors import RunbookError
-from integrations.kubernetes import KubernetesClient
+from integrations.kubernetes import KubernetesClient, selector_of
 
 _CPU = {"n": 1e-6, "u": 1e-3, "m": 1.0}
 _MEMORY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -93,3 +93,11 @@ def pod_usage(kube: KubernetesClient, namespace: str, selector: str, container: 
         usages.append(PodUsage(item["metadata"]["name"], sum(millicores(u.get("cpu", "0")) for u in usage),
                                sum(mebibytes(u.get("memory", "0")) for u in usage)))
     return usages
+
+
+def deployment_usage(kube: KubernetesClient, namespace: str, name: str,
+                     container: str | None = None) -> tuple[Resources, list[PodUsage]]:
+    """The container's requests and limits in the Deployment's template, and its pods' newest
+    samples (pod_usage: IntegrationError 404 when no metrics API is served)."""
+    deployment = kube.get_deployment(namespace, name)
+    return container_resources(deployment, container), pod_usage(kube, namespace, selector_of(deployment), container)

@@ -12,6 +12,39 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REVISION = "deployment.kubernetes.io/revision"
+TIMED_OUT_REASON = "ProgressDeadlineExceeded"
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    done: bool
+    message: str
+    failed: bool = False  # the progress deadline was exceeded
+
+
+def rollout_status_of(deployment: Mapping[str, Any]) -> RolloutStatus:
+    """kubectl rollout status's verdict for one observation of a Deployment (API JSON)."""
+    metadata = deployment.get("metadata") or {}
+    name = metadata.get("name", "")
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    if metadata.get("generation", 0) > status.get("observedGeneration", 0):
+        return RolloutStatus(False, "Waiting for deployment spec update to be observed...")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == TIMED_OUT_REASON:
+            return RolloutStatus(False, f'deployment "{name}" exceeded its progress deadline', failed=True)
+    replicas = spec.get("replicas", 1)
+    updated, total = status.get("updatedReplicas", 0), status.get("replicas", 0)
+    available = status.get("availableReplicas", 0)
+    if updated < replicas:
+        return RolloutStatus(False, f'Waiting for deployment "{name}" rollout to finish: '
+                                    f"{updated} out of {replicas} new replicas have been updated...")
+    if total > updated:
+        return RolloutStatus(False, f'Waiting for deployment "{name}" rollout to finish: '
+                                    f"{total - updated} old replicas are pending termination...")
+    if available < updated:
+        return RolloutStatus(False, f'Waiting for deployment "{name}" rollout to finish: '
+                                    f"{available} of {updated} updated replicas are available...")
+    return RolloutStatus(True, f'deployment "{name}" successfully rolled out')
 
 
 @dataclass(frozen=True)
@@ -31,6 +64,8 @@ class DeploymentView:
     containers: tuple[ContainerView, ...]
     template_labels: Mapping[str, str] = field(default_factory=dict)
     template_annotations: Mapping[str, str] = field(default_factory=dict)
+    selector: str = ""  # the pod selector's matchLabels as a label selector (`app=api,tier=web`)
+    rollout: RolloutStatus = RolloutStatus(False, "not observed")  # kubectl rollout status's verdict
 
     def container(self, name: str | None = None) -> ContainerView:
         """The named container, else the first (kubectl's default container); an empty one
@@ -73,4 +108,7 @@ def deployment_view(obj: Mapping[str, Any]) -> DeploymentView:
         replicas=1 if replicas is None else int(replicas), paused=bool(spec.get("paused")),
         revision=_revision(metadata), containers=containers,
         template_labels=dict((template.get("metadata") or {}).get("labels") or {}),
-        template_annotations=dict((template.get("metadata") or {}).get("annotations") or {}))
+        template_annotations=dict((template.get("metadata") or {}).get("annotations") or {}),
+        selector=",".join(f"{k}={v}" for k, v in sorted(((spec.get("selector") or {}).get("matchLabels")
+                                                          or {}).items())),
+        rollout=rollout_status_of(obj))

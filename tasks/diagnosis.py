@@ -35,9 +35,7 @@ from incidents.check_facts import (
 from incidents.findings import Finding, unavailable
 from incidents.redaction import redact
 from integrations.errors import IntegrationError
-from integrations.kubernetes import rollout_status_of
-from integrations.kubernetes_config import config_refs, last_changed
-from integrations.kubernetes_views import deployment_view
+from integrations.kubernetes_config import deployment_config_refs, last_changed
 from integrations.probes import error_metrics, probe_all
 from integrations.reach import reach
 from tasks.context import RunContext, SecretNotFound
@@ -93,8 +91,8 @@ def check_rollout(ctx: RunContext) -> Finding:
     target = ctx.service.kubernetes
     try:
         with ctx.kubernetes() as kube:
-            deployment = kube.get_deployment(target.namespace, target.deployment)
-            status = rollout_status_of(deployment)
+            view = kube.deployment(target.namespace, target.deployment)
+            status = view.rollout
             pods = kube.pods(target.namespace, target.deployment)
             events = kube.events(target.namespace, {target.deployment, *(p.name for p in pods)}, limit=8)
             autoscaler = kube.autoscaler_of(target.namespace, target.deployment)
@@ -107,8 +105,7 @@ def check_rollout(ctx: RunContext) -> Finding:
         f"pod {p.name}: {'ready' if p.ready else 'NOT ready'}, {p.restarts} restarts"
         + (f", waiting: {p.waiting_reason}" if p.waiting_reason else "")
         + (f", last exit: {p.last_termination_reason} ({p.last_exit_code})" if p.last_termination_reason else "")
-        for p in pods) + tuple(f"event {e['type']} {e['reason']} on {e['object']}: {e['message']} (x{e['count']})"
-                               for e in events)
+        for p in pods) + tuple(e.describe() for e in events)
     healthy = status.done and not crashing and ready == len(pods) and pods
     summary = f"{ready}/{len(pods)} pods ready; {status.message}"
     if autoscaler:
@@ -118,7 +115,6 @@ def check_rollout(ctx: RunContext) -> Finding:
     oom = [p for p in pods if p.last_termination_reason == "OOMKilled"]
     if oom:
         summary += f"; {len(oom)} pods OOM-killed"
-    view = deployment_view(deployment)
     container = view.container(target.container)
     return Finding(ROLLOUT, bool(healthy), summary, details, RolloutFacts(
         revision=view.revision, image=container.image,
@@ -155,7 +151,7 @@ def config_changes(ctx: RunContext) -> Finding:
     try:
         with ctx.kubernetes() as kube:
             objects = [last_changed(kube, target.namespace, ref)
-                       for ref in config_refs(kube.get_deployment(target.namespace, target.deployment))]
+                       for ref in deployment_config_refs(kube, target.namespace, target.deployment)]
     except _CHECK_ERRORS as exc:
         return unavailable(CONFIG, exc)
     now = datetime.now(timezone.utc)

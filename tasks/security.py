@@ -64,7 +64,7 @@ def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) ->
     details = tuple(
         [f"pod {p.name}: {'ready' if p.ready else 'not ready'}, {p.restarts} restarts, image {p.image}" for p in pods]
         + [f"revision {r.revision}: {r.image} created {r.created}" for r in history[:5]]
-        + [f"event {e['type']} {e['reason']} {e['object']}: {e['message']}" for e in events]
+        + [e.describe() for e in events]
         + [f"secret {s.name} ({s.type}): keys {', '.join(s.keys)}; resourceVersion {s.resource_version}; "
            f"created {s.created}" for s in secrets_meta])
     excerpt = redact("\n".join(f"== {name} ==\n{text}" for name, text in logs.items()))

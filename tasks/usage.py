@@ -7,8 +7,7 @@ from __future__ import annotations
 from incidents.check_facts import USAGE, PodUsageFacts, UsageFacts
 from incidents.findings import Finding, unavailable
 from integrations.errors import IntegrationError
-from integrations.kubernetes import selector_of
-from integrations.kubernetes_usage import BadQuantity, container_resources, pod_usage
+from integrations.kubernetes_usage import BadQuantity, deployment_usage
 from tasks.context import RunContext, SecretNotFound
 from tasks.steps import step
 
@@ -42,9 +41,7 @@ def resource_usage(ctx: RunContext) -> Finding:
     target = ctx.service.kubernetes
     try:
         with ctx.kubernetes() as kube:
-            deployment = kube.get_deployment(target.namespace, target.deployment)
-            usage = pod_usage(kube, target.namespace, selector_of(deployment), target.container)
-        res = container_resources(deployment, target.container)
+            res, usage = deployment_usage(kube, target.namespace, target.deployment, target.container)
     except IntegrationError as exc:
         hint = " (no metrics API is served: is metrics-server installed?)" if exc.status == 404 else ""
         return unavailable(USAGE, f"{exc}{hint}")

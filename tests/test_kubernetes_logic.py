@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from integrations.kubernetes import ANNOTATIONS_TO_SKIP, plan_undo, rollout_status_of
-from integrations.kubernetes_views import REVISION
+from integrations.kubernetes import ANNOTATIONS_TO_SKIP, plan_undo
+from integrations.kubernetes_views import REVISION, rollout_status_of
 
 
 def deployment(generation=2, observed=2, replicas=3, updated=3, total=3, available=3, reason="NewReplicaSetAvailable",
@@ -212,7 +212,11 @@ def test_a_deployment_reads_as_its_view_with_kubernetes_defaults_applied_once():
     assert view.container("api") == ContainerView("api", "app:v7", "256Mi")
     assert view.image == "proxy:1" and view.container("missing").name == "sidecar"  # kubectl's default: the first
     assert view.template_labels == {"app": "api"} and "kubectl.kubernetes.io/restartedAt" in view.template_annotations
+    assert view.rollout == rollout_status_of(full) and view.rollout.done
+    full["spec"]["selector"] = {"matchLabels": {"tier": "web", "app": "api"}}
+    assert deployment_view(full).selector == "app=api,tier=web"
     bare = {"metadata": {"name": "db", "annotations": {REVISION: "not a number"}}, "spec": {"template": {}}}
     view = deployment_view(bare)
     assert (view.replicas, view.paused, view.revision, view.image) == (1, False, 0, "")  # unset replicas: 1
+    assert view.selector == "" and not view.rollout.done  # no replica observed yet
     assert deployment_view(deployment(replicas=0)).replicas == 0  # scaled to zero is not "unset"
