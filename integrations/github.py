@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, cast
+from typing import Any, Callable
 from urllib.parse import quote
 
 import httpx
 
 from integrations.errors import Closing, IntegrationError, Refused, TimedOut, refusal
+from integrations.github_views import CommentView, CommitView, IssueView, JobView, RunView
 from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, request
 from integrations.http import client as http_client
 
@@ -49,7 +50,7 @@ class GitHubClient(Closing):
 
     # -- Actions --------------------------------------------------------------------------------
     def workflow_runs(self, repo: str, *, since: datetime | None = None, workflow: str | None = None,
-                      event: str | None = None, per_page: int = 20) -> list[dict[str, Any]]:
+                      event: str | None = None, per_page: int = 20) -> list[RunView]:
         path = _repo_path(repo) + (
             f"/actions/workflows/{quote(workflow, safe='')}/runs" if workflow else "/actions/runs"
         )
@@ -58,10 +59,10 @@ class GitHubClient(Closing):
             params["created"] = f">={iso(since)}"
         if event:
             params["event"] = event
-        return _json_list(self._call("GET", path, params=params).json().get("workflow_runs", []))
+        return [RunView.from_api(r) for r in self._call("GET", path, params=params).json().get("workflow_runs", [])]
 
-    def get_run(self, repo: str, run_id: int) -> dict[str, Any]:
-        return _json_object(self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}").json())
+    def get_run(self, repo: str, run_id: int) -> RunView:
+        return RunView.from_api(self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}").json())
 
     def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str], dispatch_id: str, *,
                           confirm_seconds: float = 10.0) -> int:
@@ -78,7 +79,7 @@ class GitHubClient(Closing):
 
         def made() -> bool:
             run = self._await_dispatched(repo, workflow, dispatch_id, since, confirm_seconds)
-            found.extend([run["id"]] if run else [])
+            found.extend([run.id] if run else [])
             return run is not None
 
         try:
@@ -96,15 +97,15 @@ class GitHubClient(Closing):
             raise TimedOut(f"GitHub workflow {workflow} in {repo}",
                            f"the dispatch was accepted but no run with dispatch_id {dispatch_id} appeared (does the "
                            f"workflow's run-name show inputs.{DISPATCH_INPUT}?)")
-        return int(run["id"])
+        return run.id
 
-    def find_dispatched_run(self, repo: str, workflow: str, dispatch_id: str, since: datetime) -> dict[str, Any] | None:
+    def find_dispatched_run(self, repo: str, workflow: str, dispatch_id: str, since: datetime) -> RunView | None:
         """The run a dispatch with this `dispatch_id` created (its run-name shows the id), or None."""
         runs = self.workflow_runs(repo, workflow=workflow, event="workflow_dispatch", since=since, per_page=50)
-        return next((r for r in runs if dispatch_id in str(r.get("display_title") or "")), None)
+        return next((r for r in runs if dispatch_id in (r.display_title or "")), None)
 
     def _await_dispatched(self, repo: str, workflow: str, dispatch_id: str, since: datetime,
-                          seconds: float) -> dict[str, Any] | None:
+                          seconds: float) -> RunView | None:
         deadline = time.monotonic() + seconds
         while True:
             run = self.find_dispatched_run(repo, workflow, dispatch_id, since)
@@ -147,22 +148,21 @@ class GitHubClient(Closing):
         raise AssertionError("unreachable")
 
     def wait_for_run(self, repo: str, workflow: str, run_id: int, *, timeout: float = 300,
-                     poll: float = 2.0) -> dict[str, Any]:
+                     poll: float = 2.0) -> RunView:
         """Poll a workflow run until it completes (or `timeout`)."""
         deadline = time.monotonic() + timeout
         while True:
             run = self.get_run(repo, run_id)
-            if run.get("status") == "completed":
+            if run.status == "completed":
                 return run
             if time.monotonic() >= deadline:
                 raise TimedOut(f"GitHub workflow {workflow} in {repo}",
-                               f"run {run_id} still {run.get('status')} after {timeout:g} s")
+                               f"run {run_id} still {run.status} after {timeout:g} s")
             time.sleep(poll)
 
-    def run_jobs(self, repo: str, run_id: int) -> list[dict[str, Any]]:
-        return _json_list(
-            self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}/jobs").json().get("jobs", [])
-        )
+    def run_jobs(self, repo: str, run_id: int) -> list[JobView]:
+        jobs = self._call("GET", f"{_repo_path(repo)}/actions/runs/{int(run_id)}/jobs").json().get("jobs", [])
+        return [JobView.from_api(job) for job in jobs]
 
     def job_logs(self, repo: str, job_id: int, tail_lines: int = 40) -> str:
         """The job's log. GitHub answers with a redirect to short-lived storage; the token is
@@ -180,18 +180,18 @@ class GitHubClient(Closing):
 
     def failed_job_logs(self, repo: str, run_id: int, tail_lines: int = 40) -> dict[str, str]:
         """`gh run view --log-failed`: the log tail of each failed job of a run."""
-        return {job["name"]: self.job_logs(repo, job["id"], tail_lines)
-                for job in self.run_jobs(repo, run_id) if job.get("conclusion") == "failure"}
+        return {job.name: self.job_logs(repo, job.id, tail_lines)
+                for job in self.run_jobs(repo, run_id) if job.conclusion == "failure"}
 
     # -- commits and issues -----------------------------------------------------------------------
-    def recent_commits(self, repo: str, *, since: datetime | None = None, per_page: int = 10) -> list[dict[str, Any]]:
+    def recent_commits(self, repo: str, *, since: datetime | None = None, per_page: int = 10) -> list[CommitView]:
         params: dict[str, Any] = {"per_page": per_page}
         if since:
             params["since"] = iso(since)
-        return _json_list(self._call("GET", f"{_repo_path(repo)}/commits", params=params).json())
+        return [CommitView.from_api(c) for c in self._call("GET", f"{_repo_path(repo)}/commits", params=params).json()]
 
     def create_issue(self, repo: str, title: str, body: str, labels: list[str],
-                     assignees: list[str] | None = None) -> dict[str, Any]:
+                     assignees: list[str] | None = None) -> IssueView:
         """Open an issue once: a lost answer is resolved by finding the issue it opened."""
         payload: dict[str, Any] = {"title": title, "body": body, "labels": labels}
         if assignees:
@@ -205,9 +205,9 @@ class GitHubClient(Closing):
             return bool(found)
 
         response = self._post_once(f"{_repo_path(repo)}/issues", payload, opened)
-        return response.json() if response is not None else found[0]
+        return IssueView.from_api(response.json() if response is not None else found[0])
 
-    def comment(self, repo: str, number: int, body: str) -> dict[str, Any]:
+    def comment(self, repo: str, number: int, body: str) -> CommentView:
         """Comment once: a lost answer is resolved by finding the comment among the newest."""
         found: list[dict[str, Any]] = []
 
@@ -220,30 +220,21 @@ class GitHubClient(Closing):
             return bool(found)
 
         response = self._post_once(f"{_repo_path(repo)}/issues/{int(number)}/comments", {"body": body}, posted)
-        return response.json() if response is not None else found[0]
+        return CommentView.from_api(response.json() if response is not None else found[0])
 
-    def close_issue(self, repo: str, number: int, reason: str = "completed") -> dict[str, Any]:
-        return _json_object(self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}",
-                                       json={"state": "closed", "state_reason": reason}).json())
+    def close_issue(self, repo: str, number: int, reason: str = "completed") -> IssueView:
+        return IssueView.from_api(self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}",
+                                             json={"state": "closed", "state_reason": reason}).json())
 
     def update_issue(self, repo: str, number: int, *, title: str | None = None, body: str | None = None,
-                     labels: list[str] | None = None) -> dict[str, Any]:
+                     labels: list[str] | None = None) -> IssueView:
         """Rewrite an issue's title, body or labels in place (PATCH; labels replace the set)."""
         payload = {k: v for k, v in (("title", title), ("body", body), ("labels", labels)) if v is not None}
-        return _json_object(self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}", json=payload).json())
+        return IssueView.from_api(self._call("PATCH", f"{_repo_path(repo)}/issues/{int(number)}", json=payload).json())
 
-    def get_issue(self, repo: str, number: int) -> dict[str, Any]:
-        return _json_object(self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}").json())
+    def get_issue(self, repo: str, number: int) -> IssueView:
+        return IssueView.from_api(self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}").json())
 
-    def list_comments(self, repo: str, number: int) -> list[dict[str, Any]]:
-        return _json_list(self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}/comments").json())
-
-
-def _json_object(value: Any) -> dict[str, Any]:
-    """GitHub answered JSON; an object where the API documents one."""
-    return cast(dict[str, Any], value)
-
-
-def _json_list(value: Any) -> list[dict[str, Any]]:
-    """GitHub answered JSON; a list of objects where the API documents one."""
-    return cast(list[dict[str, Any]], value)
+    def list_comments(self, repo: str, number: int) -> list[CommentView]:
+        return [CommentView.from_api(c)
+                for c in self._call("GET", f"{_repo_path(repo)}/issues/{int(number)}/comments").json()]

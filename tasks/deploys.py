@@ -74,7 +74,7 @@ def _rollback_by_workflow(ctx: RunContext, action: PlannedAction, p: RollbackByW
         earlier = github.find_dispatched_run(p.repo, p.workflow, dispatch_id, interrupted_at - timedelta(seconds=5)) \
             if interrupted_at else None
         if earlier is not None:
-            run_id = int(earlier["id"])
+            run_id = int(earlier.id)
             logger.warning("An interrupted attempt already dispatched %s (run %s); following it instead of "
                            "dispatching again", p.workflow, run_id)
         else:
@@ -86,11 +86,11 @@ def _rollback_by_workflow(ctx: RunContext, action: PlannedAction, p: RollbackByW
                                               {**inputs, "to_image": p.to_image} if p.to_image else inputs,
                                               dispatch_id)
         run = github.wait_for_run(p.repo, p.workflow, run_id, timeout=ctx.config.timeouts.workflow_seconds, poll=1.0)
-        if run.get("conclusion") != "success":
-            logs = github.failed_job_logs(p.repo, run["id"], tail_lines=15)
+        if run.conclusion != "success":
+            logs = github.failed_job_logs(p.repo, run.id, tail_lines=15)
             excerpt = " | ".join(line for text in logs.values() for line in text.splitlines()[-3:])
-            raise RemediationFailed(f"rollback workflow run {run['id']} ended {run.get('conclusion')}: {excerpt}")
-    return ActionResult(action.describe(), True, f"workflow run {run['id']} ({run.get('html_url')}) succeeded")
+            raise RemediationFailed(f"rollback workflow run {run.id} ended {run.conclusion}: {excerpt}")
+    return ActionResult(action.describe(), True, f"workflow run {run.id} ({run.html_url}) succeeded")
 
 
 @step("restart-deployment")

@@ -188,11 +188,11 @@ def recent_deployments(ctx: RunContext) -> Finding:
     try:
         with ctx.github() as github:
             runs = github.workflow_runs(repo, since=since, per_page=10)
-        data["runs"] = [WorkflowRun(id=r["id"], title=r.get("display_title"), workflow=r.get("name"),
-                                    conclusion=r.get("conclusion"), created_at=r.get("created_at")) for r in runs]
+        data["runs"] = [WorkflowRun(id=r.id, title=r.display_title, workflow=r.name,
+                                    conclusion=r.conclusion, created_at=r.created_at) for r in runs]
         details += [
-            f"run {r['id']} {r.get('name')}: {r.get('display_title')} -> {r.get('conclusion') or r.get('status')}"
-            f" at {r.get('created_at')}"
+            f"run {r.id} {r.name}: {r.display_title} -> {r.conclusion or r.status}"
+            f" at {r.created_at}"
             for r in runs[:5]
         ]
     except _CHECK_ERRORS as exc:
@@ -211,17 +211,17 @@ def failed_run_logs(ctx: RunContext) -> Finding:
     try:
         with ctx.github() as github:
             failed = [
-                r for r in github.workflow_runs(repo, since=since, per_page=20) if r.get("conclusion") == "failure"
+                r for r in github.workflow_runs(repo, since=since, per_page=20) if r.conclusion == "failure"
             ]
-            logs = github.failed_job_logs(repo, failed[0]["id"]) if failed else {}
+            logs = github.failed_job_logs(repo, failed[0].id) if failed else {}
     except _CHECK_ERRORS as exc:
         return unavailable(RUN_LOGS, exc)
     if not failed:
         return Finding(RUN_LOGS, True, "no failed workflow runs in the window")
     run = failed[0]
     excerpt = redact("\n".join(f"== {job} ==\n{text}" for job, text in logs.items()))
-    return Finding(RUN_LOGS, False, f"run {run['id']} ({run.get('display_title')}) failed",
-                   (f"{len(failed)} failed runs in the window",), RunLogsFacts(run_id=run["id"]), excerpt or None)
+    return Finding(RUN_LOGS, False, f"run {run.id} ({run.display_title}) failed",
+                   (f"{len(failed)} failed runs in the window",), RunLogsFacts(run_id=run.id), excerpt or None)
 
 
 @step("pod-logs")

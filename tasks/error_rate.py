@@ -98,8 +98,7 @@ def recent_commits(ctx: RunContext, limit: int = 10) -> Finding:
             commits = github.recent_commits(repo, since=since, per_page=limit)
     except _ERRORS as exc:
         return unavailable(COMMITS, exc)
-    lines = tuple(f"{c['sha'][:7]} {c['commit']['message'].splitlines()[0]} ({c['commit']['committer']['date']})"
-                  for c in commits)
+    lines = tuple(f"{c.sha[:7]} {c.headline} ({c.committed_at})" for c in commits)
     summary = f"{len(commits)} commits in {repo} in the last {ctx.config.timeouts.recent_deploy_hours:g} h"
     return Finding(COMMITS, True, summary, lines, CommitsFacts(count=len(commits)))
 

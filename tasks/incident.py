@@ -87,11 +87,11 @@ def announce(ctx: RunContext, incident: Incident, severity: Severity, summary: s
                                         redact(templates.issue_body(incident, summary, ctx.config.roles.table(),
                                                                     ctx.config.escalation.policy(severity))),
                                         severity.labels)
-        ctx.store().attach_issue(incident.id, repo, issue["number"], issue["html_url"])
-        incident.github_repo, incident.github_issue, incident.issue_url = repo, issue["number"], issue["html_url"]
-        record(ctx, incident.id, "runbook", EventKind.ISSUE_OPENED, f"GitHub issue {repo}#{issue['number']} opened",
-               IssueOpened(url=issue["html_url"], labels=list(severity.labels)))
-        logger.info("Opened incident %s with issue %s", incident.id, issue["html_url"])
+        ctx.store().attach_issue(incident.id, repo, issue.number, issue.html_url)
+        incident.github_repo, incident.github_issue, incident.issue_url = repo, issue.number, issue.html_url
+        record(ctx, incident.id, "runbook", EventKind.ISSUE_OPENED, f"GitHub issue {repo}#{issue.number} opened",
+               IssueOpened(url=issue.html_url, labels=list(severity.labels)))
+        logger.info("Opened incident %s with issue %s", incident.id, issue.html_url)
     except (IntegrationError, SecretNotFound) as exc:
         logger.error("Incident issue not opened: %s", exc)
         record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"GitHub issue not opened: {exc}")

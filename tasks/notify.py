@@ -144,8 +144,7 @@ def refresh_issue(ctx: RunContext, incident_id: int, logger: logging.Logger | lo
                                     now=datetime.now(timezone.utc))
         with ctx.github() as github:
             current = github.get_issue(repo, number)
-            kept = [str(label.get("name")) for label in current.get("labels") or []
-                    if label.get("name") not in templates.SEVERITY_LABELS]
+            kept = [label for label in current.labels if label not in templates.SEVERITY_LABELS]
             github.update_issue(repo, number, title=redact(templates.issue_title(incident, summary)),
                                 body=redact(body), labels=list(dict.fromkeys([*incident.severity.labels, *kept])))
     except _NOTIFY_ERRORS as exc:

@@ -160,10 +160,10 @@ def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionIte
                 record(ctx, incident.id, "runbook", EventKind.NOTIFICATION_FAILED, f"Action item not filed: {exc}")
                 filed.append(row)
                 continue
-            store.attach_action_issue(row.id, repo, issue["number"], issue["html_url"])
-            row = replace(row, repo=repo, issue_number=issue["number"], issue_url=issue["html_url"])
+            store.attach_action_issue(row.id, repo, issue.number, issue.html_url)
+            row = replace(row, repo=repo, issue_number=issue.number, issue_url=issue.html_url)
             record(ctx, incident.id, "runbook", EventKind.ACTION_ITEM_FILED,
-                   f"Action item filed: {item.title} ({repo}#{issue['number']}, due {templates.stamp(row.due_at)})")
+                   f"Action item filed: {item.title} ({repo}#{issue.number}, due {templates.stamp(row.due_at)})")
         filed.append(row)
     return filed
 

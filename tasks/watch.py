@@ -133,7 +133,7 @@ def track_action_items(scope: Scope, now: datetime) -> dict:
         except (IntegrationError, SecretNotFound) as exc:
             run_logger().warning("Action item %s not checked: %s", item.id, exc)
             continue
-        if issue.get("state") == "closed":
+        if issue.state == "closed":
             store.complete_action_item(item.id, now)
             record(ctx, incident.id, "incident-watch", EventKind.ACTION_ITEM_DONE,
                    f"Action item done: {item.title} ({item.repo}#{item.issue_number})")

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from integrations.errors import IntegrationError
+from integrations.github_views import CommentView, IssueView
 from integrations.kubernetes_views import AutoscalerView, DeploymentView, deployment_view
 from integrations.postgres import Session
 from integrations.slack import Posted
@@ -123,31 +124,32 @@ class FakeGitHub(_Client):
         self.issues: dict[int, dict[str, Any]] = {}
 
     def create_issue(self, repo: str, title: str, body: str, labels: list[str],
-                     assignees: list[str] | None = None) -> dict[str, Any]:
+                     assignees: list[str] | None = None) -> IssueView:
         number = len(self.issues) + 1
         self.issues[number] = {"number": number, "title": title, "body": body, "labels": labels, "state": "open",
                                "comments": [], "html_url": f"https://github.example/{repo}/issues/{number}"}
-        return dict(self.issues[number])
+        return self.get_issue(repo, number)
 
-    def comment(self, repo: str, number: int, body: str) -> dict[str, Any]:
+    def comment(self, repo: str, number: int, body: str) -> CommentView:
         self.issues[number]["comments"].append(body)
-        return {"body": body}
+        return CommentView(len(self.issues[number]["comments"]), body)
 
-    def close_issue(self, repo: str, number: int, reason: str = "completed") -> dict[str, Any]:
+    def close_issue(self, repo: str, number: int, reason: str = "completed") -> IssueView:
         self.issues[number]["state"] = "closed"
-        return dict(self.issues[number])
+        return self.get_issue(repo, number)
 
-    def get_issue(self, repo: str, number: int) -> dict[str, Any]:
+    def get_issue(self, repo: str, number: int) -> IssueView:
+        """As GitHub answers: labels as objects, read by the client into the view."""
         issue = self.issues[number]
-        return {**issue, "labels": [{"name": label} for label in issue["labels"]]}
+        return IssueView.from_api({**issue, "labels": [{"name": label} for label in issue["labels"]]})
 
     def update_issue(self, repo: str, number: int, *, title: str | None = None, body: str | None = None,
-                     labels: list[str] | None = None) -> dict[str, Any]:
+                     labels: list[str] | None = None) -> IssueView:
         issue = self.issues[number]
         for key, value in (("title", title), ("body", body), ("labels", labels)):
             if value is not None:
                 issue[key] = value
-        return dict(issue)
+        return self.get_issue(repo, number)
 
 
 class FakeSlackApp(_Client):

@@ -44,7 +44,8 @@ def test_a_github_read_is_retried_through_5xx_with_a_doubling_backoff(slept):
     commits = f"{GITHUB}/repos/acme/api/commits"
     script = Script(("GET", commits, answer("github", "bad_gateway")),
                     ("GET", commits, answer("github", "unavailable")), ("GET", commits, answer("github", "commits")))
-    assert _github(script).recent_commits("acme/api")[0]["commit"]["message"] == "Fix all the bugs"
+    commit = _github(script).recent_commits("acme/api")[0]
+    assert (commit.headline, commit.author, commit.sha[:7]) == ("Fix all the bugs", "Monalisa Octocat", "6dcb09b")
     assert len(script.requests) == 3 and slept == [0.5, 1.0]
     sent = script.requests[0]
     assert sent.headers["Authorization"] == f"Bearer {TOKEN}" and sent.headers["X-GitHub-Api-Version"] == "2022-11-28"
@@ -120,7 +121,7 @@ def test_an_issue_whose_answer_was_lost_is_looked_for_before_it_is_sent_again(sl
     script = Script(("POST", issues, answer("github", "bad_gateway")), ("GET", issues, answer("github", "no_issues")),
                     ("POST", issues, answer("github", "issue_created")))
     issue = _github(script).create_issue("acme/incidents", "[P1] api is down", "b", ["incident"])
-    assert issue["number"] == 1347 and [r.method for r in script.requests] == ["POST", "GET", "POST"]
+    assert issue.number == 1347 and [r.method for r in script.requests] == ["POST", "GET", "POST"]
     looked = Script(("POST", issues, answer("github", "bad_gateway")),
                     *[("GET", issues, answer("github", "bad_gateway")) for _ in range(2)])
     with pytest.raises(IntegrationError, match="could not be checked, so it was not sent again"):

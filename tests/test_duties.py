@@ -78,14 +78,14 @@ def test_the_24_hour_summary_is_drafted_at_resolution_reminded_when_overdue_and_
     incident = _open(store, "P1", "duty-summary")
     with GitHubClient(world.url + "/github", GITHUB_TOKEN) as github:
         issue = github.create_issue("acme/incidents", incident.title, "## 🚨 Incident Report", ["incident", "P1"])
-    store.attach_issue(incident.id, "acme/incidents", issue["number"], issue["html_url"])
+    store.attach_issue(incident.id, "acme/incidents", issue.number, issue.html_url)
     incident = store.get(incident.id)
     ctx = RunContext.load("sandbox", "api")
     assert resolve_incident.fn(ctx, incident, "a bad release", "rolled back to v1.5.0", "canary releases")
     drafted = _messages(world, "📋 24-HOUR SUMMARY (draft)")
     assert len(drafted) == 1 and "For: <@U0SANDKIM>" in drafted[0] and "Root cause: a bad release" in drafted[0]
     assert "Public statement (draft)" in drafted[0]
-    comments = world.github.repo("acme/incidents").comments.get(issue["number"], [])
+    comments = world.github.repo("acme/incidents").comments.get(issue.number, [])
     assert any("24-hour summary (draft)" in c["body"] for c in comments), comments
     resolved_at = store.get(incident.id).resolved_at
 
@@ -105,7 +105,7 @@ def test_the_24_hour_summary_is_drafted_at_resolution_reminded_when_overdue_and_
     again = cli("summary", str(incident.id), "--by", "kim")
     assert again.returncode != 0 and "marked sent already (by kim)" in again.stderr
     assert incident.id not in sweep("sandbox", now=resolved_at + timedelta(hours=96))["summary_reminders"]
-    body = world.github.repo("acme/incidents").issues[issue["number"] - 1]["body"]
+    body = world.github.repo("acme/incidents").issues[issue.number - 1]["body"]
     assert "24-hour summary sent by kim" in body, body
     never = _open(store, "P2", "duty-no-summary")
     refused = cli("summary", str(never.id), "--by", "kim")

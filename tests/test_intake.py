@@ -177,7 +177,7 @@ def test_a_more_severe_alert_raises_the_incident_and_pages_the_difference(intake
     with GitHubClient(world.url + "/github", GITHUB_TOKEN) as github:  # as the run opens it, and a person labels it
         issue = github.create_issue("acme/incidents", "[P2] api: error rate", "## 🚨 Incident Report",
                                     ["incident", "P2", "customer-facing"])
-    IncidentStore().attach_issue(incident_id, "acme/incidents", issue["number"], issue["html_url"])
+    IncidentStore().attach_issue(incident_id, "acme/incidents", issue.number, issue.html_url)
     p0 = intake.post("/alerts/alertmanager", json=_am_payload(_alert("s2", name="ServiceDown", severity="P0")),
                      headers=AUTH).json()
     assert p0["joined"][0]["severity"] == "P0" and store.get(incident_id).severity == Severity.P0
@@ -191,11 +191,11 @@ def test_a_more_severe_alert_raises_the_incident_and_pages_the_difference(intake
     assert len(raised) == 1 and all(ctx.config.roles.mention(c) in raised[0] for c in added), raised
     assert not any(m["text"].startswith("🚨") for m in world.slack_messages), "no second Initial Alert"
     # the issue says the new severity: its title, its labels (a person's label stays), its body
-    issue = world.github.repo("acme/incidents").issues[issue["number"] - 1]
-    assert issue["title"].startswith("[P0] api: "), issue["title"]
-    assert [label["name"] for label in issue["labels"]] == ["incident", "P0", "priority:high", "area:infra",
-                                                            "customer-facing"], issue["labels"]
-    assert "**Severity:** P0" in issue["body"] and "severity raised from P2 to P0" in issue["body"], issue["body"]
+    stored = world.github.repo("acme/incidents").issues[issue.number - 1]
+    assert stored["title"].startswith("[P0] api: "), stored["title"]
+    assert [label["name"] for label in stored["labels"]] == ["incident", "P0", "priority:high", "area:infra",
+                                                             "customer-facing"], stored["labels"]
+    assert "**Severity:** P0" in stored["body"] and "severity raised from P2 to P0" in stored["body"], stored["body"]
     lower = intake.post("/alerts/alertmanager", json=_am_payload(_alert("s3", name="DatabaseIssues", severity="P3")),
                         headers=AUTH).json()
     assert lower["joined"][0]["severity"] == "P0"

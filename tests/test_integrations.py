@@ -29,9 +29,9 @@ def test_github_dispatch_jobs_and_redirected_logs(world):
     break_api(world)
     run_id = gh.dispatch_workflow("acme/api", "rollback.yml", "main", {"environment": "sandbox"}, "t-1")
     run = gh.wait_for_run("acme/api", "rollback.yml", run_id, timeout=20, poll=0.2)
-    assert run["conclusion"] == "success" and run["event"] == "workflow_dispatch"
-    job = gh.run_jobs("acme/api", run["id"])[0]
-    log = gh.job_logs("acme/api", job["id"])
+    assert run.conclusion == "success" and run.event == "workflow_dispatch"
+    job = gh.run_jobs("acme/api", run.id)[0]
+    log = gh.job_logs("acme/api", job.id)
     assert "rolled back: revision 3 -> 2" in log
     assert api_image(world).endswith(":v1.5.0")
     # a failing workflow shows up in --log-failed
@@ -39,11 +39,11 @@ def test_github_dispatch_jobs_and_redirected_logs(world):
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         failed = gh.workflow_runs("acme/api", workflow="rollback.yml")[0]
-        if failed["status"] == "completed":
+        if failed.status == "completed":
             break
         time.sleep(0.2)
-    assert failed["inputs"] == {"environment": "mars", "dispatch_id": "t-2"} and failed["conclusion"] == "failure"
-    assert "unknown environment 'mars'" in "".join(gh.failed_job_logs("acme/api", failed["id"]).values())
+    assert failed.inputs == {"environment": "mars", "dispatch_id": "t-2"} and failed.conclusion == "failure"
+    assert "unknown environment 'mars'" in "".join(gh.failed_job_logs("acme/api", failed.id).values())
 
 
 @pytest.mark.parametrize("run_details", [True, False], ids=["github.com", "older enterprise server"])
@@ -63,9 +63,9 @@ def test_a_dispatch_follows_its_own_run_never_the_newest(world, run_details):
     gh = GitHubClient(world.url + "/github", GITHUB_TOKEN)
     run_id = gh.dispatch_workflow("acme/api", "rollback.yml", "main", {"environment": "sandbox"}, "ours-1")
     newest = gh.workflow_runs("acme/api", workflow="rollback.yml", event="workflow_dispatch")[0]
-    assert taken and newest["id"] == taken[0] != run_id, "someone else's run is the newest"
-    assert "ours-1" in gh.get_run("acme/api", run_id)["display_title"]
-    assert gh.wait_for_run("acme/api", "rollback.yml", run_id, timeout=20, poll=0.2)["conclusion"] == "success"
+    assert taken and newest.id == taken[0] != run_id, "someone else's run is the newest"
+    assert "ours-1" in gh.get_run("acme/api", run_id).display_title
+    assert gh.wait_for_run("acme/api", "rollback.yml", run_id, timeout=20, poll=0.2).conclusion == "success"
 
 
 def test_the_slack_app_honours_retry_after_and_names_a_refusal_without_its_token(world):
@@ -277,7 +277,7 @@ def test_a_rate_limited_post_waits_its_retry_after_and_is_sent_again(world):
     started = time.monotonic()
     issue = gh.create_issue("acme/incidents", "rate limited", "b", ["incident"])
     assert time.monotonic() - started >= 0.9, "Retry-After honoured"
-    assert issue["number"] == 1 and world.faults.hits["github"] == 2, "a 429 was not acted on: no look, one resend"
+    assert issue.number == 1 and world.faults.hits["github"] == 2, "a 429 was not acted on: no look, one resend"
 
 
 def test_the_config_a_deployment_reads_and_when_it_changed(world):

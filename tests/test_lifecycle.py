@@ -351,7 +351,7 @@ def test_an_incident_role_is_handed_over_and_the_record_the_thread_and_the_issue
     incident = _open(store, "P1", "roles-1")
     with GitHubClient(world.url + "/github", GITHUB_TOKEN) as github:
         issue = github.create_issue("acme/incidents", incident.title, "## 🚨 Incident Report", ["incident", "P1"])
-    store.attach_issue(incident.id, "acme/incidents", issue["number"], issue["html_url"])
+    store.attach_issue(incident.id, "acme/incidents", issue.number, issue.html_url)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "deployments.cli", *args], cwd=ROOT, capture_output=True,
@@ -371,7 +371,7 @@ def test_an_incident_role_is_handed_over_and_the_record_the_thread_and_the_issue
     assert said == [f"👤 Incident Commander: {roles.mention('@oncall-ben')} takes over from {roles.mention('@ic-sam')} "
                     "(handed over by sam)"], said
     assert _messages(world, "📝 Note by ana: rolled back by hand")
-    body = world.github.repo("acme/incidents").issues[issue["number"] - 1]["body"]
+    body = world.github.repo("acme/incidents").issues[issue.number - 1]["body"]
     assert "**Commander:** @oncall-ben" in body and "| Incident Commander | @oncall-ben | - |" in body, body
     assert "Note by ana: rolled back by hand" in body, body
     assert "handed over from @\u200bic-sam to @\u200boncall-ben" in body, body  # no mention rings from the timeline

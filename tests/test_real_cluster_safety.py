@@ -44,7 +44,7 @@ def test_a_second_dispatch_of_the_same_rollback_changes_nothing(world):
         for n in range(2):  # e.g. two operators, or a retry after a lost answer
             run_id = github.dispatch_workflow("acme/api", "rollback.yml", "main", inputs, f"op-{n}")
             done = github.wait_for_run("acme/api", "rollback.yml", run_id, timeout=30, poll=0.2)
-            assert done["conclusion"] == "success"
+            assert done.conclusion == "success"
             deadline = time.monotonic() + 10
             while api_image(world) != GOOD and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -209,11 +209,11 @@ def test_an_issue_and_a_comment_whose_answers_are_lost_are_made_once(world):
         httpx.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
                                                          "path": "/acme/incidents/issues", "count": 1})
         issue = github.create_issue("acme/incidents", "[P1] api: lost answer", "body of the lost answer", ["incident"])
-        assert [i["number"] for i in world.github.repo("acme/incidents").issues] == [issue["number"]]
+        assert [i["number"] for i in world.github.repo("acme/incidents").issues] == [issue.number]
         httpx.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
                                                          "path": "/comments", "count": 1})
-        github.comment("acme/incidents", issue["number"], "a status update")
-        assert [c["body"] for c in world.github.repo("acme/incidents").comments[issue["number"]]] == ["a status update"]
+        github.comment("acme/incidents", issue.number, "a status update")
+        assert [c["body"] for c in world.github.repo("acme/incidents").comments[issue.number]] == ["a status update"]
 
 
 def _admits_from_outside(policy: dict, address: str) -> bool:
