@@ -53,9 +53,23 @@ class Connections:
 
 
 @dataclass(frozen=True)
+class Replica:
+    """A standby as the primary's pg_stat_replication shows it."""
+
+    application_name: str
+    client_addr: str | None
+    state: str | None
+    sync_state: str | None
+    replay_lag_seconds: float | None  # None: no lag measured yet
+
+    def describe(self) -> str:
+        return f"{self.application_name} {self.client_addr} {self.state} lag {self.replay_lag_seconds}"
+
+
+@dataclass(frozen=True)
 class Replication:
     role: str  # primary | replica
-    replicas: list[dict[str, Any]] = field(default_factory=list)
+    replicas: list[Replica] = field(default_factory=list)
     replay_lag_seconds: float | None = None
 
 
@@ -154,7 +168,7 @@ class PostgresClient:
         replicas = self._query("replication", """
             SELECT application_name, client_addr::text AS client_addr, state, sync_state,
                    EXTRACT(EPOCH FROM replay_lag)::float AS replay_lag_seconds FROM pg_stat_replication""")
-        return Replication("primary", replicas=replicas)
+        return Replication("primary", replicas=[Replica(**row) for row in replicas])
 
     def signal(self, sessions: list[tuple[int, str]], how: str, allow_superuser: bool = False) -> dict[int, str]:
         """Terminate or cancel backends given as (pid, backend_start ISO). Each is checked

@@ -127,9 +127,8 @@ def check_replication(ctx: RunContext, max_lag_seconds: float = 30.0) -> Finding
         ok = lag is not None and lag <= max_lag_seconds
         return Finding(REPLICATION, ok, f"replica, replay lag {lag if lag is not None else 'unknown'} s",
                        data=ReplicationFacts(role="replica", lag=lag))
-    lagging = [r for r in repl.replicas if (r.get("replay_lag_seconds") or 0) > max_lag_seconds]
-    details = tuple(f"{r['application_name']} {r['client_addr']} {r['state']} lag {r.get('replay_lag_seconds')}"
-                    for r in repl.replicas)
+    lagging = [r for r in repl.replicas if (r.replay_lag_seconds or 0) > max_lag_seconds]
+    details = tuple(r.describe() for r in repl.replicas)
     summary = f"primary with {len(repl.replicas)} replicas" + (f", {len(lagging)} lagging" if lagging else "")
     return Finding(REPLICATION, not lagging, summary, details,
                    ReplicationFacts(role="primary", replicas=len(repl.replicas)))
