@@ -228,8 +228,7 @@ def _state(api: str, run_id: str) -> str:
 
 def test_cancel_in_the_browser_stops_a_runbook_that_is_verifying(pg_stack, world, page, store, app_database_url):
     """The run page's Cancel -> Confirm: the run's process is gone within 2 s of the Cancel reaching
-    the API, the run ends
-    Cancelled, and the incident timeline says so (the UI gives no name)."""
+    the API, the run ends Cancelled, and the incident timeline says so (the UI gives no name)."""
     from tests.test_warm_worker import _alive, _flow_run, _into_verification
 
     api = pg_stack.api
