@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Self
 from urllib.parse import quote
 
 import httpx
@@ -29,6 +29,42 @@ def _repo_path(repo: str) -> str:
     if not owner or not name or "/" in name:
         raise ValueError(f"GitHub repository must look like owner/name, got {repo!r}")
     return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+
+
+class GitHub(Protocol):
+    """What the runbooks ask of GitHub. GitHubClient is the real one; the unit tier's fake
+    (tests/fakes.py) implements the same, and mypy holds both to it."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def workflow_runs(self, repo: str, *, since: datetime | None = None, workflow: str | None = None,
+                      event: str | None = None, per_page: int = 20) -> list[RunView]: ...
+
+    def find_dispatched_run(self, repo: str, workflow: str, dispatch_id: str, since: datetime) -> RunView | None: ...
+
+    def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str], dispatch_id: str, *,
+                          confirm_seconds: float = 10.0) -> int: ...
+
+    def wait_for_run(self, repo: str, workflow: str, run_id: int, *, timeout: float = 300,
+                     poll: float = 2.0) -> RunView: ...
+
+    def failed_job_logs(self, repo: str, run_id: int, tail_lines: int = 40) -> dict[str, str]: ...
+
+    def recent_commits(self, repo: str, *, since: datetime | None = None, per_page: int = 10) -> list[CommitView]: ...
+
+    def create_issue(self, repo: str, title: str, body: str, labels: list[str],
+                     assignees: list[str] | None = None) -> IssueView: ...
+
+    def comment(self, repo: str, number: int, body: str) -> CommentView: ...
+
+    def close_issue(self, repo: str, number: int, reason: str = "completed") -> IssueView: ...
+
+    def update_issue(self, repo: str, number: int, *, title: str | None = None, body: str | None = None,
+                     labels: list[str] | None = None) -> IssueView: ...
+
+    def get_issue(self, repo: str, number: int) -> IssueView: ...
 
 
 class GitHubClient(Closing):

@@ -3,7 +3,7 @@ acknowledge and resolve alerts on a service's routing key, correlated by `dedup_
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, Self
 
 import httpx
 
@@ -14,6 +14,19 @@ from integrations.http import client as http_client
 Action = Literal["trigger", "acknowledge", "resolve"]
 # PagerDuty's severities, most severe first
 SEVERITIES = ("critical", "error", "warning", "info")
+
+
+class Pager(Protocol):
+    """What a run asks of PagerDuty. PagerDutyEvents is the real one; the unit tier's fake
+    (tests/fakes.py) implements the same."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def send(self, routing_key: str, action: Action, dedup_key: str, *, summary: str | None = None,
+             source: str | None = None, severity: str | None = None, details: dict[str, Any] | None = None,
+             links: list[dict[str, str]] | None = None) -> str: ...
 
 
 class PagerDutyEvents(Closing):

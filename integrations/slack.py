@@ -4,7 +4,7 @@ updates, interactive buttons). Both honour 429 Retry-After through `integrations
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, Self
 
 import httpx
 
@@ -44,6 +44,22 @@ class SlackWebhook(Closing):
 class Posted:
     channel: str
     ts: str  # Slack's message id within the channel; a thread is named by its parent's ts
+
+
+class SlackThreads(Protocol):
+    """What a run asks of a Slack app: post (in a thread), update, open a form. SlackApp is the real one;
+    the unit tier's fake (tests/fakes.py) implements the same."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
+             thread_ts: str | None = None) -> Posted: ...
+
+    def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None: ...
+
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None: ...
 
 
 class SlackApp(Closing):

@@ -14,13 +14,13 @@ from incidents.errors import RunbookError
 from incidents.followups import RunbookStore
 from incidents.redaction import remember_secret
 from integrations.cache import CacheClient
-from integrations.github import GitHubClient
+from integrations.github import GitHub, GitHubClient
 from integrations.http import RetryPolicy
 from integrations.kubernetes import KubernetesClient
-from integrations.pagerduty import PagerDutyEvents
+from integrations.pagerduty import Pager, PagerDutyEvents
 from integrations.postgres import PostgresClient
 from integrations.prometheus import PrometheusClient
-from integrations.slack import SlackApp, SlackWebhook
+from integrations.slack import SlackApp, SlackThreads, SlackWebhook
 
 
 class SecretNotFound(RunbookError):
@@ -75,13 +75,13 @@ class Wiring(Protocol):
 
     def prometheus(self, ctx: RunContext) -> PrometheusClient: ...
 
-    def github(self, ctx: RunContext) -> GitHubClient: ...
+    def github(self, ctx: RunContext) -> GitHub: ...
 
     def slack(self, ctx: RunContext, webhook_secret: str) -> SlackWebhook: ...
 
-    def slack_app(self, ctx: RunContext) -> SlackApp: ...
+    def slack_app(self, ctx: RunContext) -> SlackThreads: ...
 
-    def pagerduty(self, ctx: RunContext) -> PagerDutyEvents: ...
+    def pagerduty(self, ctx: RunContext) -> Pager: ...
 
 
 class ProductionWiring:
@@ -177,16 +177,16 @@ class RunContext:
     def prometheus(self) -> PrometheusClient:
         return self.wiring.prometheus(self)
 
-    def github(self) -> GitHubClient:
+    def github(self) -> GitHub:
         return self.wiring.github(self)
 
     def slack(self, webhook_secret: str | None = None) -> SlackWebhook:
         return self.wiring.slack(self, webhook_secret or self.config.slack.webhook_secret or "")
 
-    def slack_app(self) -> SlackApp:
+    def slack_app(self) -> SlackThreads:
         return self.wiring.slack_app(self)
 
-    def pagerduty(self) -> PagerDutyEvents:
+    def pagerduty(self) -> Pager:
         return self.wiring.pagerduty(self)
 
     def run_url(self, flow_run_id: str | None) -> str | None:

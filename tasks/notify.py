@@ -13,7 +13,7 @@ from incidents.redaction import redact
 from incidents.store import StoreError
 from incidents.templates import markdown_text, slack_blocks, thread_parent
 from integrations.errors import IntegrationError
-from integrations.slack import SlackApp, SlackWebhook
+from integrations.slack import SlackApp, SlackThreads, SlackWebhook
 from tasks.context import RunContext, SecretNotFound, resolve_secret
 from tasks.steps import run_logger
 from tasks.timeline import record
@@ -60,7 +60,7 @@ def post_notice(config: EnvironmentConfig, text: str) -> None:
             webhook.post(text)
 
 
-def _post_in_thread(ctx: RunContext, app: SlackApp, incident_id: int, text: str, blocks: list[dict],
+def _post_in_thread(ctx: RunContext, app: SlackThreads, incident_id: int, text: str, blocks: list[dict],
                     security: bool, logger: logging.Logger | logging.LoggerAdapter) -> None:
     slack = ctx.config.slack
     if security:
@@ -81,7 +81,7 @@ def _post_in_thread(ctx: RunContext, app: SlackApp, incident_id: int, text: str,
         logger.warning("Incident %s: Slack thread parent not updated: %s", incident_id, exc)
 
 
-def _refresh_parent(ctx: RunContext, app: SlackApp, incident_id: int, thread: SlackThread) -> None:
+def _refresh_parent(ctx: RunContext, app: SlackThreads, incident_id: int, thread: SlackThread) -> None:
     """Show the incident's current status and severity on the thread's parent message."""
     store = ctx.store()
     incident = store.get(incident_id)

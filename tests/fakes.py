@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NoReturn, Self
 
 from integrations.errors import IntegrationError
-from integrations.github_views import CommentView, IssueView
+from integrations.github_views import CommentView, CommitView, IssueView, RunView
 from integrations.kubernetes_views import AutoscalerView, DeploymentView, deployment_view
+from integrations.pagerduty import Action
 from integrations.postgres import Session
 from integrations.slack import Posted
 from tasks.context import RunContext
@@ -105,7 +106,7 @@ class _Client:
     def __init__(self) -> None:
         self.down = False
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         if self.down:
             raise IntegrationError(self.name, "connection refused")
         return self
@@ -115,13 +116,45 @@ class _Client:
 
 
 class FakeGitHub(_Client):
-    """Issues and their comments, as the REST API keeps them."""
+    """Issues and their comments, as the REST API keeps them; workflow runs that end as
+    `conclusion` says the moment they are dispatched; the commits a test puts in."""
 
     name = "GitHub"
 
-    def __init__(self) -> None:
+    def __init__(self, conclusion: str = "success") -> None:
         super().__init__()
         self.issues: dict[int, dict[str, Any]] = {}
+        self.runs: list[tuple[str, str, RunView]] = []  # (repo, workflow, run), oldest first
+        self.commits: list[CommitView] = []
+        self.conclusion = conclusion
+
+    def workflow_runs(self, repo: str, *, since: datetime | None = None, workflow: str | None = None,
+                      event: str | None = None, per_page: int = 20) -> list[RunView]:
+        return [run for r, w, run in reversed(self.runs) if r == repo and workflow in (None, w)
+                and event in (None, run.event)][:per_page]
+
+    def find_dispatched_run(self, repo: str, workflow: str, dispatch_id: str, since: datetime) -> RunView | None:
+        return next((r for r in self.workflow_runs(repo, workflow=workflow) if dispatch_id in (r.display_title or "")),
+                    None)
+
+    def dispatch_workflow(self, repo: str, workflow: str, ref: str, inputs: dict[str, str], dispatch_id: str, *,
+                          confirm_seconds: float = 10.0) -> int:
+        run = RunView(id=len(self.runs) + 1, name=workflow, display_title=f"{workflow} {dispatch_id}",
+                      event="workflow_dispatch", status="completed", conclusion=self.conclusion,
+                      html_url=f"https://github.example/{repo}/actions/runs/{len(self.runs) + 1}", inputs=inputs)
+        self.runs.append((repo, workflow, run))
+        return run.id
+
+    def wait_for_run(self, repo: str, workflow: str, run_id: int, *, timeout: float = 300,
+                     poll: float = 2.0) -> RunView:
+        return next(run for r, _, run in self.runs if r == repo and run.id == run_id)
+
+    def failed_job_logs(self, repo: str, run_id: int, tail_lines: int = 40) -> dict[str, str]:
+        run = self.wait_for_run(repo, "", run_id)
+        return {"rollback": "the workflow failed"} if run.conclusion == "failure" else {}
+
+    def recent_commits(self, repo: str, *, since: datetime | None = None, per_page: int = 10) -> list[CommitView]:
+        return self.commits[:per_page]
 
     def create_issue(self, repo: str, title: str, body: str, labels: list[str],
                      assignees: list[str] | None = None) -> IssueView:
@@ -160,6 +193,7 @@ class FakeSlackApp(_Client):
     def __init__(self) -> None:
         super().__init__()
         self.messages: list[dict[str, Any]] = []
+        self.views: list[dict[str, Any]] = []
 
     def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
              thread_ts: str | None = None) -> Posted:
@@ -169,6 +203,9 @@ class FakeSlackApp(_Client):
 
     def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
         next(m for m in self.messages if m["ts"] == ts)["text"] = text
+
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        self.views.append(view)
 
     def headlines(self) -> list[str]:
         return [m["text"].splitlines()[0] for m in self.messages]
@@ -181,8 +218,11 @@ class FakePagerDuty(_Client):
         super().__init__()
         self.events: list[tuple[str, str]] = []  # (routing key, action)
 
-    def send(self, routing_key: str, action: str, dedup_key: str, **fields: Any) -> None:
+    def send(self, routing_key: str, action: Action, dedup_key: str, *, summary: str | None = None,
+             source: str | None = None, severity: str | None = None, details: dict[str, Any] | None = None,
+             links: list[dict[str, str]] | None = None) -> str:
         self.events.append((routing_key, action))
+        return dedup_key
 
 
 @dataclass
@@ -207,13 +247,13 @@ class FakeWiring:
             raise IntegrationError("incident store", "not part of this test")
         return self.store_
 
-    def github(self, ctx: RunContext) -> Any:
+    def github(self, ctx: RunContext) -> FakeGitHub:
         return self.github_ or self._absent(ctx)
 
-    def slack_app(self, ctx: RunContext) -> Any:
+    def slack_app(self, ctx: RunContext) -> FakeSlackApp:
         return self.slack_ or self._absent(ctx)
 
-    def pagerduty(self, ctx: RunContext) -> Any:
+    def pagerduty(self, ctx: RunContext) -> FakePagerDuty:
         return self.pagerduty_ or self._absent(ctx)
 
     def kubernetes(self, ctx: RunContext) -> Any:
@@ -227,7 +267,7 @@ class FakeWiring:
             raise IntegrationError(f"Redis {url_secret}", "connection refused")
         return self.caches[url_secret]
 
-    def _absent(self, ctx: RunContext, *args: Any) -> Any:
+    def _absent(self, ctx: RunContext, *args: Any) -> NoReturn:
         raise IntegrationError("client", "not part of this test")
 
     prometheus = slack = _absent
