@@ -26,7 +26,7 @@ from incidents.config import load_config
 from incidents.escalation import escalation_due, next_update, status_update_due
 from incidents.models import EventKind, Incident
 from incidents.store import StoreError
-from incidents.timeline_payloads import Escalation, StatusUpdate
+from incidents.timeline_payloads import ApprovalStep, Escalation, StatusUpdate
 from integrations.errors import IntegrationError
 from tasks.approval import TIMEOUT_REASON, deadline_answer, form_name
 from tasks.cancellation import note_cancellation
@@ -181,7 +181,7 @@ def decline_expired_approvals(scope: Scope, now: datetime) -> list[int]:
             store.decide_approval(approval.id, "timed_out", None, TIMEOUT_REASON)
             record(ctx, incident.id, "incident-watch", EventKind.APPROVAL_TIMED_OUT,
                    f"Approval deadline passed and run {approval.flow_run_id} was no longer waiting: "
-                   "request closed as timed out; nothing was changed")
+                   "request closed as timed out; nothing was changed", ApprovalStep(plan_digest=approval.plan_digest))
         declined.append(approval.id)
     return declined
 

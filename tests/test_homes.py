@@ -92,3 +92,52 @@ def test_a_kind_an_older_release_wrote_reads_back_as_text():
 
     assert EventKind.read("approval_approved") is EventKind.APPROVAL_APPROVED
     assert EventKind.read("memo") == "memo" and not isinstance(EventKind.read("memo"), EventKind)
+
+
+def _data_argument(node: ast.Call, at: int) -> ast.expr | None:
+    """The payload handed to `record(ctx, id, actor, kind, message, data)` or
+    `add_event(id, actor, kind, message, data)`: positional or `data=`."""
+    if len(node.args) > at + 2:
+        return node.args[at + 2]
+    return next((k.value for k in node.keywords if k.arg == "data"), None)
+
+
+def _payload_writes() -> list[tuple[str, int, str, str]]:
+    """(path, line, kind member, payload constructor or "-") of every timeline write whose kind is
+    written as an EventKind member."""
+    found = []
+    for path in sorted(ROOT.glob("*/*.py")):
+        if path.parts[-2] in ("tests", "sandbox", ".venv"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            at = {"record": 3, "add_event": 2}.get(name or "")
+            if at is None or len(node.args) <= at:
+                continue
+            data = _data_argument(node, at)
+            made = {"-"} if data is None else {ast.unparse(d.func).split(".")[-1] if isinstance(d, ast.Call)
+                                               else ast.unparse(d) for d in _results(data)}
+            for kind in _results(node.args[at]):
+                if isinstance(kind, ast.Attribute) and ast.unparse(kind.value) == "EventKind":
+                    found += [(str(path.relative_to(ROOT)), node.lineno, kind.attr, m) for m in sorted(made)]
+    return found
+
+
+def test_every_timeline_write_hands_its_kind_s_payload_model():
+    """The store refuses another kind's payload at run time (incidents/timeline_payloads.py);
+    this finds the write that would be refused before a run does: each write whose kind is a
+    member hands that kind's model, or nothing where the kind records nothing."""
+    from incidents.models import EventKind
+    from incidents.timeline_payloads import PAYLOADS, NoData
+
+    writes = _payload_writes()
+    assert len(writes) > 50, "the scan no longer finds the timeline's writers"
+    wrong = []
+    for path, line, member, made in writes:
+        model = PAYLOADS[EventKind[member]]
+        expected = "-" if model is NoData else model.__name__
+        if made != expected and (made == "-" or made[0].isupper()):  # a variable is checked at run time
+            wrong.append(f"{path}:{line}: {member} takes {expected}, given {made}")
+    assert not wrong, "timeline writes with another kind's payload:\n" + "\n".join(wrong)
