@@ -59,7 +59,7 @@ def review_containments(scope: Scope, now: datetime) -> dict[str, list[int]]:
     done: dict[str, list[int]] = {"reverted": [], "asked": [], "widening": [], "gone": []}
     for standing in scope.store().containments(scope.environment):
         try:
-            scope.config.service(standing.service)  # a service no longer configured is reported, not reviewed
+            scope.config.service(standing.service)  # an unknown service fails here, as RunContext.load does
             ctx = scope.ctx(standing.service)
             with ctx.kubernetes() as kube:
                 outcome = _review(ctx, kube, standing, now)

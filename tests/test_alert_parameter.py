@@ -54,8 +54,8 @@ def test_readers_get_typed_fields():
     alert = AlertParameter.model_validate(INTAKE_JSON)
     assert alert.started == datetime(2026, 11, 29, 0, 1, 2, tzinfo=timezone.utc)
     assert alert.name == "ServiceDown" and alert.identity == (INTAKE_JSON["fingerprint"], START)
-    assert AlertParameter(startsAt="0001-01-01T00:00:00Z").started is None  # Alertmanager's "not known"
-    assert AlertParameter(startsAt="yesterday").started is None
+    assert AlertParameter(starts_at="0001-01-01T00:00:00Z").started is None  # Alertmanager's "not known"
+    assert AlertParameter(starts_at="yesterday").started is None
 
 
 @pytest.mark.parametrize("given, field", [

@@ -345,7 +345,7 @@ def _cell(lane: Lane, target: Target, mode: str, phase: str) -> dict[str, Any]:
                        phases=replace(PHASES, open=open_, execute=act))
     drill_id = f"matrix-{uuid.uuid4().hex[:10]}"
     DrillStore().start_drill(drill_id, target.fault, target.scenario, env, service, "auto", 0, None)
-    alert = AlertParameter(status="firing", fingerprint=drill_id, startsAt=datetime.now(timezone.utc).isoformat(),
+    alert = AlertParameter(status="firing", fingerprint=drill_id, starts_at=datetime.now(timezone.utc).isoformat(),
                            labels={"alertname": "MatrixCell", "service": service, "environment": env,
                                    "drill_id": drill_id})
     outcome: dict[str, Any] = {}

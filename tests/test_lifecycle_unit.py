@@ -242,7 +242,7 @@ def test_what_a_flow_returns_has_the_fields_the_run_reached(wiring):
 
 
 def _drill_alert(drill_id: str) -> AlertParameter:
-    return AlertParameter(status="firing", fingerprint=drill_id, startsAt=ago(5).isoformat(),
+    return AlertParameter(status="firing", fingerprint=drill_id, starts_at=ago(5).isoformat(),
                           labels={"alertname": "DrillErrors", "service": "api", "environment": "sandbox",
                                   "drill_id": drill_id})
 
