@@ -23,6 +23,7 @@ from tasks.approval import DrillNotAllowed
 from tasks.context import RunContext
 from tasks.drill import (
     DrillFailed,
+    RunEnd,
     check_recovered,
     clean_up,
     follow_runbook,
@@ -89,7 +90,7 @@ def incident_drill(scenario: str = "service-down", environment: str = "sandbox",
 
 @dataclass
 class _Played:
-    run: dict[str, Any] | None = None
+    run: RunEnd | None = None
     alert_key: str | None = None
     run_id: str | None = None
     error: str | None = None
@@ -105,10 +106,10 @@ def _play(ctx: RunContext, spec: FaultSpec, drill_id: str, injected_at: datetime
         if spec.outcome != NOTHING and not wait_for_detection(ctx, state, timeout=min(deadline, 300)):
             raise DrillFailed(f"the fault's signal never showed within {min(deadline, 300):.0f} s")
         started = raise_alert(ctx, spec, drill_id, state, state.began_at or injected_at)
-        played.alert_key, played.run_id = started["alert_key"], started["run_id"]
+        played.alert_key, played.run_id = started.alert_key, started.run_id
         played.run = follow_runbook(played.run_id, timeout=deadline)
-        if played.run["state"] != "COMPLETED":
-            raise DrillFailed(f"the runbook's run ended {played.run['state']}: {played.run['message']}")
+        if played.run.state != "COMPLETED":
+            raise DrillFailed(f"the runbook's run ended {played.run.state}: {played.run.message}")
         if spec.outcome == REMEDY:  # otherwise nothing is to recover: the score says whether it held back
             _require_recovery(ctx, state, played.alert_key)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, and the fault cleaned up

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import httpx
@@ -41,11 +41,28 @@ def wait_for_detection(ctx: RunContext, state: FaultState, timeout: float) -> bo
     return wait_for(lambda: signal(ctx, state), timeout)
 
 
+@dataclass(frozen=True)
+class RaisedAlert:
+    """The run the intake started for a drill's alert, and the alert's key (`fingerprint:startsAt`)."""
+
+    run_id: str
+    alert_key: str
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How the runbook's run ended: its final state type, when it started (when the fault was
+    detected), and its state message."""
+
+    state: str | None
+    started: datetime | None
+    message: str | None
+
+
 @step("raise-alert")
 def raise_alert(ctx: RunContext, spec: FaultSpec, drill_id: str, state: FaultState,
-                injected_at: datetime) -> dict[str, Any]:
-    """What Alertmanager would do: post the alert to the intake, starting when the fault did.
-    Returns the intake's answer."""
+                injected_at: datetime) -> RaisedAlert:
+    """What Alertmanager would do: post the alert to the intake, starting when the fault did."""
     url = os.environ.get("RUNBOOKS_INTAKE_URL", "http://127.0.0.1:8787").rstrip("/")
     token = os.environ.get("RUNBOOKS_ALERT_TOKEN", "")
     starts = injected_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -58,11 +75,11 @@ def raise_alert(ctx: RunContext, spec: FaultSpec, drill_id: str, state: FaultSta
         raise DrillFailed(
             f"the alert intake at {url} did not start a run: HTTP {response.status_code} {response.text[:200]}"
         )
-    return {"run_id": response.json()["started"][0]["flow_run_id"], "alert_key": f"{drill_id}:{starts}"}
+    return RaisedAlert(run_id=str(response.json()["started"][0]["flow_run_id"]), alert_key=f"{drill_id}:{starts}")
 
 
 @step("follow-runbook")
-def follow_runbook(run_id: str, timeout: float) -> dict[str, Any]:
+def follow_runbook(run_id: str, timeout: float) -> RunEnd:
     """Wait for the runbook's run to end; its start time is when the fault was detected."""
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
@@ -71,8 +88,8 @@ def follow_runbook(run_id: str, timeout: float) -> dict[str, Any]:
             if run.state and run.state.type.value in FINAL or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
-    return {"state": run.state.type.value if run.state else None, "started": run.start_time,
-            "message": run.state.message if run.state else None}
+    return RunEnd(state=run.state.type.value if run.state else None, started=run.start_time,
+                  message=run.state.message if run.state else None)
 
 
 @step("read-runbook-outcome")
@@ -104,7 +121,7 @@ def clean_up(ctx: RunContext, state: FaultState) -> list[str]:
     return done
 
 
-def scorecard(ctx: RunContext, spec: FaultSpec, injected_at: datetime, run: dict | None, alert_key: str | None
+def scorecard(ctx: RunContext, spec: FaultSpec, injected_at: datetime, run: RunEnd | None, alert_key: str | None
               ) -> tuple[Scorecard, int | None]:
     """Score the drill from the runbook's own record: its incident, timeline and approval."""
     store = ctx.store()
@@ -116,9 +133,10 @@ def scorecard(ctx: RunContext, spec: FaultSpec, injected_at: datetime, run: dict
         recovered_at = next((e.at for e in timeline if e.kind == EventKind.RECOVERED), None)
         approvals = [a for a in store.approvals(incident.id) if a.decision == "approved"]
         approved_at = approvals[0].decided_at if approvals else None
-        outcome = "resolved" if "resolved" in steps else (run or {}).get("state", "").lower() or None
+        ended = (run.state or "").lower() if run else ""
+        outcome = "resolved" if "resolved" in steps else ended or None
         judgement = next((e.data.judgement for e in reversed(timeline) if isinstance(e.data, Diagnosis)), None)
-    return score(spec, injected_at, (run or {}).get("started"), approved_at, recovered_at, steps, outcome,
+    return score(spec, injected_at, run.started if run else None, approved_at, recovered_at, steps, outcome,
                  judgement), incident.id if incident else None
 
 
