@@ -26,9 +26,10 @@ def test_production_modules_import_nothing_from_the_sandbox_or_the_dev_stack():
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
 
 
-def _timeline_writes() -> list[tuple[str, int, ast.expr]]:
-    """Every call that appends to the incident timeline outside the tests: `record(ctx, id,
-    actor, kind, ...)` (tasks/timeline.py) and `store.add_event(id, actor, kind, ...)`."""
+def _timeline_calls() -> list[tuple[str, ast.Call, int]]:
+    """Every call that appends to the incident timeline outside the tests, with the position of
+    its kind: `record(ctx, id, actor, kind, ...)` (tasks/timeline.py) and `store.add_event(id,
+    actor, kind, ...)`."""
     found = []
     for path in sorted(ROOT.glob("*/*.py")):
         if path.parts[-2] in ("tests", "sandbox", ".venv"):
@@ -39,8 +40,13 @@ def _timeline_writes() -> list[tuple[str, int, ast.expr]]:
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
             at = {"record": 3, "add_event": 2}.get(name or "")
             if at is not None and len(node.args) > at:
-                found.append((str(path.relative_to(ROOT)), node.lineno, node.args[at]))
+                found.append((str(path.relative_to(ROOT)), node, at))
     return found
+
+
+def _timeline_writes() -> list[tuple[str, int, ast.expr]]:
+    """(path, line, kind expression) of every timeline write."""
+    return [(path, node.lineno, node.args[at]) for path, node, at in _timeline_calls()]
 
 
 def _results(expr: ast.expr) -> list[ast.expr]:
@@ -106,22 +112,13 @@ def _payload_writes() -> list[tuple[str, int, str, str]]:
     """(path, line, kind member, payload constructor or "-") of every timeline write whose kind is
     written as an EventKind member."""
     found = []
-    for path in sorted(ROOT.glob("*/*.py")):
-        if path.parts[-2] in ("tests", "sandbox", ".venv"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Call):
-                continue
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-            at = {"record": 3, "add_event": 2}.get(name or "")
-            if at is None or len(node.args) <= at:
-                continue
-            data = _data_argument(node, at)
-            made = {"-"} if data is None else {ast.unparse(d.func).split(".")[-1] if isinstance(d, ast.Call)
-                                               else ast.unparse(d) for d in _results(data)}
-            for kind in _results(node.args[at]):
-                if isinstance(kind, ast.Attribute) and ast.unparse(kind.value) == "EventKind":
-                    found += [(str(path.relative_to(ROOT)), node.lineno, kind.attr, m) for m in sorted(made)]
+    for path, node, at in _timeline_calls():
+        data = _data_argument(node, at)
+        made = {"-"} if data is None else {ast.unparse(d.func).split(".")[-1] if isinstance(d, ast.Call)
+                                           else ast.unparse(d) for d in _results(data)}
+        for kind in _results(node.args[at]):
+            if isinstance(kind, ast.Attribute) and ast.unparse(kind.value) == "EventKind":
+                found += [(path, node.lineno, kind.attr, m) for m in sorted(made)]
     return found
 
 
