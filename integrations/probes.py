@@ -162,14 +162,25 @@ def sample_error_rate(url: str, seconds: float, timeout: float = 5.0,
     the window ends early -- read every SETTLE_POLL_SECONDS from SETTLE_AFTER_SECONDS on --
     once the rate is surely above or below it. Returns (window, totals)."""
     with http_client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))) as client:
-        started, first = time.monotonic(), _counters(client, url)
+        first, started = _read_at(client, url)
         time.sleep(min(seconds, SETTLE_AFTER_SECONDS) if threshold is not None else seconds)
         while True:
-            second, elapsed = _counters(client, url), time.monotonic() - started
+            second, at = _read_at(client, url)
+            elapsed = at - started
             window = _difference(first, second, elapsed)
             if threshold is None or elapsed >= seconds or settled(window, threshold):
                 return window, second
             time.sleep(min(SETTLE_POLL_SECONDS, max(0.0, seconds - elapsed)))
+
+
+def _read_at(client: httpx.Client, url: str) -> tuple[ErrorMetrics, float]:
+    """The counters, and when the service read them: the midpoint of the request. Timing the
+    window from before the first request to after the second counted the requests' latency as
+    window time, so a slow /metrics (a busy host) made the load read low and a scale-up could
+    be judged unneeded (a CI pass on a loaded 2-core machine once abstained on node-not-ready)."""
+    before = time.monotonic()
+    metrics = _counters(client, url)
+    return metrics, (before + time.monotonic()) / 2
 
 
 def _difference(first: ErrorMetrics, second: ErrorMetrics, seconds: float) -> ErrorMetrics:

@@ -25,11 +25,13 @@ def test_the_interval_narrows_with_requests_and_settles_only_when_wholly_on_one_
 @pytest.fixture
 def counters():
     """A /metrics whose counters grow by the clock: 100 requests a second, `share` failing."""
-    state = {"share": 0.4, "start": time.monotonic()}
+    state = {"share": 0.4, "start": time.monotonic(), "latency": 0.0}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # http.server's name
+            time.sleep(state["latency"] / 2)  # the way in; the counters are read halfway
             requests = (time.monotonic() - state["start"]) * 100
+            time.sleep(state["latency"] / 2)  # and the way back
             body = json.dumps({"requests": int(requests), "errors": int(requests * state["share"])}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -54,3 +56,13 @@ def test_a_clear_spike_ends_the_window_early_and_an_unclear_rate_uses_all_of_it(
     assert window.seconds >= 2.0, window
     window, _ = sample_error_rate(url, 2.0)  # no threshold: the whole window, as the verification reads it
     assert window.seconds >= 2.0
+
+
+def test_the_load_is_read_right_when_the_metrics_answer_slowly(counters):
+    """The window is timed from when the service read its counters, not from before the first
+    request to after the second: a /metrics that takes 0.4 s each way around does not make
+    100 rps read as 70."""
+    url, state = counters
+    state["latency"], state["share"] = 0.4, 0.0
+    window, _ = sample_error_rate(url, 1.0)
+    assert 95 <= window.requests / window.seconds <= 105, (window.requests, window.seconds)
