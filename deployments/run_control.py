@@ -14,6 +14,7 @@ from deployments.prefect_api import PrefectApi
 from incidents.alerts import target_of
 from incidents.errors import RunbookError
 from incidents.models import EventKind
+from incidents.redaction import redact
 from incidents.timeline_payloads import CancelledRun
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -27,7 +28,7 @@ class CancelRefused(RunbookError):
 def cancel_run(prefect: PrefectApi, store: Any, run: dict[str, Any], who: str, reason: str) -> bool:
     """Cancel `run` (a flow run as the API returns it); True when it was waiting and is now
     Cancelled, False when it is Cancelling (its worker stops it). Raises CancelRefused."""
-    message = f"Cancelled by {who}: {reason}" if reason else f"Cancelled by {who}"  # what the UI shows
+    message = redact(f"Cancelled by {who}: {reason}" if reason else f"Cancelled by {who}")  # what the UI shows
     request = store.request_cancel(run["id"], who, reason)  # what the run's on_cancellation hook reads
     waiting = run["state"]["type"] in WAITING
     state = {"type": "CANCELLED" if waiting else "CANCELLING", "name": "Cancelled" if waiting else "Cancelling",

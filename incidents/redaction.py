@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 MARK = "[REDACTED]"
@@ -142,6 +143,17 @@ def redact(text: str | None) -> str:
         at = last
     pieces.append(text[at:])
     return "".join(pieces)
+
+
+def redact_data(value: Any) -> Any:
+    """JSON-shaped `value` with every string in it redacted (keys are the writer's own)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(item) for item in value]
+    return value
 
 
 class RedactingFilter(logging.Filter):

@@ -17,6 +17,7 @@ from incidents import timeline_payloads as payloads
 from incidents.alerts import AlertParameter
 from incidents.followup_models import Drill, Scorecard
 from incidents.models import EventKind, Incident, Severity, SlackThread, Status, TimelineEvent
+from incidents.redaction import redact, redact_data
 from incidents.store_approvals import ApprovalRecords
 from incidents.store_base import (
     DEFAULT_DATABASE_URL,
@@ -167,13 +168,15 @@ class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, Rol
     def add_event(self, incident_id: int, actor: str, kind: EventKind, message: str,
                   data: Payload | None = None) -> None:
         """`data`: the kind's payload model (PAYLOADS); an unknown kind or another kind's
-        payload is refused before anything is written."""
+        payload is refused before anything is written. The actor, the message and the payload
+        are redacted here, whoever writes: a person's reason (a Cancel, an answer, a command)
+        is written by the web services and the CLI straight to the store."""
         kind = EventKind(kind)
-        stored = payloads.checked(kind, data).as_data()
+        stored = redact_data(payloads.checked(kind, data).as_data())
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO timeline_events (incident_id, actor, kind, message, data) VALUES (%s, %s, %s, %s, %s)",
-                (incident_id, actor, kind.value, message, Jsonb(stored)),
+                (incident_id, redact(actor), kind.value, redact(message), Jsonb(stored)),
             )
 
     def timeline(self, incident_id: int) -> builtins.list[TimelineEvent]:
@@ -181,6 +184,7 @@ class IncidentStore(ApprovalRecords, CorrelationRecords, ContainmentRecords, Rol
             rows = conn.execute("SELECT at, actor, kind, message, data FROM timeline_events "
                                 "WHERE incident_id = %s ORDER BY at, id", (incident_id,)).fetchall()
         return [_event(row) for row in rows]
+
 
 def _event(row: dict[str, Any]) -> TimelineEvent:
     kind = EventKind.read(row["kind"])

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from incidents.models import Approval, CancelRequest, Incident, IncidentAlert, Lease, Severity, Status
+from incidents.redaction import redact
 from incidents.store_base import REPLICA_SKEW_SECONDS, StoreBase, incident_from_row, required_row
 from incidents.vocabulary import DetectedBy
 
@@ -197,7 +198,7 @@ class CorrelationRecords(StoreBase):
             conn.execute("DELETE FROM cancel_requests WHERE requested_at < now() - %s", (CANCEL_REQUESTS_KEPT,))
             return int(required_row(conn.execute(
                 "INSERT INTO cancel_requests (flow_run_id, requested_by, reason) VALUES (%s, %s, %s) RETURNING id",
-                (flow_run_id, requested_by, reason)).fetchone())["id"])
+                (flow_run_id, redact(requested_by), redact(reason))).fetchone())["id"])
 
     def withdraw_cancel(self, request_id: int) -> None:
         """A request Prefect refused: a later Cancel from the UI must not be put in its name."""

@@ -19,9 +19,9 @@ def record(ctx: RunContext, incident_id: int, actor: str, kind: EventKind, messa
     """Append to the timeline, and tell the transitions as Prefect events (tasks/telemetry.py).
     A store outage is logged, not raised: it must not stop a remediation."""
     try:
-        ctx.store().add_event(incident_id, actor, kind, redact(message), data)
+        ctx.store().add_event(incident_id, actor, kind, message, data)  # the store redacts
     except StoreError as exc:
-        _log.error("timeline entry lost (%s: %s): %s", kind, message, exc)
+        _log.error("timeline entry lost (%s: %s): %s", kind, redact(message), exc)
         return False
     if kind == EventKind.NOTIFICATION_FAILED:
         telemetry.notification_failed(message)

@@ -34,6 +34,7 @@ from incidents.models import (
     TimelineEvent,
 )
 from incidents.plans import Plan
+from incidents.redaction import redact, redact_data
 from incidents.store import RecordNotFound
 from incidents.store_duties import Duty
 from incidents.timeline_payloads import AlertJoined, Payload
@@ -175,8 +176,8 @@ class FakeStore:
     def add_event(self, incident_id: int, actor: str, kind: EventKind, message: str,
                   data: Payload | None = None) -> None:
         kind = EventKind(kind)
-        stored = payloads.checked(kind, data).as_data()  # read back as the real store reads its JSON
-        self.events.setdefault(incident_id, []).append(TimelineEvent(_now(), actor, kind, message,
+        stored = redact_data(payloads.checked(kind, data).as_data())  # read back as the real store reads its JSON
+        self.events.setdefault(incident_id, []).append(TimelineEvent(_now(), redact(actor), kind, redact(message),
                                                                      payloads.read(kind, stored)))
 
     def timeline(self, incident_id: int) -> builtins.list[TimelineEvent]:
@@ -350,7 +351,7 @@ class FakeStore:
 
     def request_cancel(self, flow_run_id: str, requested_by: str, reason: str) -> int:
         request_id = max(self.cancel_requests, default=0) + 1
-        self.cancel_requests[request_id] = CancelRequest(flow_run_id, requested_by, reason, _now())
+        self.cancel_requests[request_id] = CancelRequest(flow_run_id, redact(requested_by), redact(reason), _now())
         return request_id
 
     def withdraw_cancel(self, request_id: int) -> None:

@@ -69,3 +69,11 @@ def test_a_refused_cancel_is_withdrawn_and_the_one_before_it_stands(status):
     with pytest.raises(CancelRefused):
         cancel_run(_prefect(status, sent), fresh, _run("RUNNING", "Running"), "dana", "mine")
     assert fresh.cancel_request(RUN_ID) is None  # a later Cancel from the UI names no one
+
+
+def test_a_credential_in_the_reason_reaches_neither_prefect_nor_the_store():
+    store, sent = FakeStore(), _sent()
+    token = "xoxb-" + "1234567890-" * 3 + "abcdefabcdef"
+    cancel_run(_prefect("ACCEPT", sent), store, _run("RUNNING", "Running"), "nora", f"pasted {token}")
+    assert token not in sent[0]["state"]["message"] and "[REDACTED]" in sent[0]["state"]["message"]
+    assert token not in store.cancel_request(RUN_ID).reason

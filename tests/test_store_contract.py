@@ -225,3 +225,17 @@ def test_escalation_moves_one_level_at_a_time_until_someone_acknowledges(either)
     closed = _open(either)
     either.close(closed.id, "x", "y")
     assert not either.acknowledge(closed.id, "dana") and not either.escalate_to(closed.id, 0, 1)
+
+
+def test_a_credential_in_what_a_person_wrote_never_reaches_the_timeline(either):
+    """Reasons reach the store straight from the CLI and the web services (a Cancel, an answer, a
+    command): the store redacts the actor, the message, the payload and a Cancel's reason."""
+    token, dsn = "ghp_" + "a1B2" * 9, "postgres://app:hunter2-pw@db.internal:5432/app"
+    incident, run = _open(either), _unique("run")
+    either.add_event(incident.id, "sam", EventKind.RESOLVED, f"rolled back; used {token}",
+                     payloads.Resolution(root_cause=f"the release read {dsn}"))
+    either.request_cancel(run, "nora", f"taking over with {token}")
+    [event] = either.timeline(incident.id)
+    said = f"{event.actor} {event.message} {event.data.as_data()} {either.cancel_request(run).reason}"
+    assert token not in said and "hunter2-pw" not in said and said.count("[REDACTED]") == 3, said
+    assert "postgres://app:[REDACTED]@db.internal:5432/app" in said  # the rest kept for the reader
