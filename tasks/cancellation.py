@@ -93,9 +93,12 @@ def _who_and_why(store: IncidentStore, run_id: str, message: str) -> tuple[str, 
     return "an operator (Prefect UI or API)", message
 
 
-def _done_so_far(store: IncidentStore, incident_id: int) -> list[str]:
+def _done_so_far(store: IncidentStore, incident_id: int, run_id: str) -> list[str]:
+    """The actions of the plans this run had approved: not another run's on the same incident
+    (a run that joined it, or took over once this one was cancelled while it waited)."""
+    mine = {a.plan_digest for a in store.approvals(incident_id) if a.flow_run_id == run_id and a.decision == "approved"}
     return [f"{row.kind} ({row.status}{': ' + row.detail if row.detail else ''})"
-            for row in store.action_log(incident_id)]
+            for row in store.action_log(incident_id) if row.plan_digest in mine]
 
 
 def record_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
@@ -123,7 +126,7 @@ def note_cancellation(flow_run: Any, message: str, wiring: Wiring = PRODUCTION) 
         if incident is None:
             _log.info("run %s was cancelled before it opened an incident", run_id)
             return
-        done = _done_so_far(store, incident.id)
+        done = _done_so_far(store, incident.id, run_id)
         who, why = _who_and_why(store, run_id, message)
         note = (f"Runbook run {flow_run.name} cancelled by {who}" + (f" ({why})" if why else "")
                 + f". Done before the Cancel: {'; '.join(done) if done else 'nothing was changed'}."

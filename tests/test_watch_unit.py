@@ -42,3 +42,30 @@ def test_an_acknowledgment_stops_escalation_and_is_told_where_the_incident_is(wi
     with inline_steps(), pytest.raises(ValueError, match="belongs to environment 'sandbox', not 'production'"):
         acknowledge("production", incident_id, "dana", wiring)
 
+
+
+def test_a_cancelled_run_is_told_only_what_it_did_not_a_run_that_took_over(wiring):
+    """Two runs plan the same rollback for one incident; the first is cancelled while it waits,
+    the second is approved and acts. The first's Cancel, noted after the second acted (the watch
+    notes a waiting run's Cancel on its next sweep), says it changed nothing."""
+    from types import SimpleNamespace
+
+    from incidents.plans import Plan
+    from tasks.cancellation import note_cancellation
+    from tests.action_samples import sample_action
+
+    store = wiring.store_
+    incident_id = _open(wiring)
+    plan = Plan(incident_id, "api", "sandbox", (sample_action("scale"),), summary="scale up")
+    store.request_approval(incident_id, plan, "run-cancelled")
+    taken_over = store.request_approval(incident_id, plan, "run-approved")
+    store.decide_approval(taken_over, "approved", "sam", "go")
+    action = plan.actions[0]
+    store.begin_action(plan.digest, action.digest, incident_id, action.kind)
+    store.finish_action(incident_id, plan.digest, action.digest, "done", "3 -> 6 replicas")
+    with inline_steps():
+        note_cancellation(SimpleNamespace(id="run-cancelled", name="first-run", parameters={}), "", wiring)
+        note_cancellation(SimpleNamespace(id="run-approved", name="second-run", parameters={}), "", wiring)
+    notes = [e.message for e in store.timeline(incident_id) if e.kind == EventKind.CANCELLED]
+    assert "first-run" in notes[0] and "Done before the Cancel: nothing was changed" in notes[0], notes
+    assert "second-run" in notes[1] and "scale (done: 3 -> 6 replicas)" in notes[1], notes
