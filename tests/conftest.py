@@ -229,12 +229,20 @@ def prefect_server(test_config: Path):
 
 
 @pytest.fixture(scope="session")
-def pg_stack(sandbox, test_config, tmp_path_factory):
-    """The production shape in small (tests/stack.py), started once: the scale-out tests and the
-    browser tests share it."""
+def _pg_stack_once(sandbox, test_config, tmp_path_factory):
     from tests.stack import running_stack
 
     yield from running_stack(tmp_path_factory)
+
+
+@pytest.fixture
+def pg_stack(_pg_stack_once):
+    """The production shape in small (tests/stack.py), started once: the scale-out tests and the
+    browser tests share it. Each test gets it settled: server and workers up, no run in flight."""
+    fixed = _pg_stack_once.settle()
+    if fixed:
+        print(f"pg_stack, before this test: {'; '.join(fixed)}")
+    return _pg_stack_once
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -42,6 +43,8 @@ DEFAULT_LANES = 3
 # pytest options that run less than the whole suite
 SELECTING = {"-k", "-m", "--lf", "--last-failed", "--deselect", "-x", "--exitfirst", "--maxfail"}
 MAX_LANES = 3  # tests/conftest.py's LANE_REDIS_DBS
+# a frame of the suite's own code in pytest's traceback ("tests/test_ui.py:171: ReadTimeout")
+TRACEBACK_LINE = re.compile(r"^(tests/[\w/]+\.py:\d+):", re.MULTILINE)
 
 
 def modules() -> list[str]:
@@ -117,8 +120,9 @@ def module_times(junit: Path) -> dict[str, float]:
 
 
 def failures(junit: Path) -> list[str]:
-    """Each failed or erred test in one lane's JUnit report, with the first line of its reason:
-    printed again after every lane has ended, so the end of the output names what failed."""
+    """Each failed or erred test in one lane's JUnit report, with the first line of its reason
+    and the last line of the test suite's own code in its traceback: printed again after every
+    lane has ended, so the end of the output names what failed and where."""
     found: list[str] = []
     if not junit.exists():
         return found
@@ -128,7 +132,9 @@ def failures(junit: Path) -> list[str]:
             cut = next((i + 1 for i, part in enumerate(parts) if part.startswith("test_")), len(parts))
             node = "::".join(["/".join(parts[:cut]) + ".py", *parts[cut:], case.get("name") or "?"])
             reason = (problem.get("message") or "").strip().splitlines()
-            found.append(f"{problem.tag.upper()} {node}: {reason[0][:300] if reason else '?'}")
+            where = TRACEBACK_LINE.findall(problem.text or "")
+            at = f" (at {where[-1]})" if where else ""
+            found.append(f"{problem.tag.upper()} {node}{at}: {reason[0][:300] if reason else '?'}")
     return found
 
 

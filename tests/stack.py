@@ -22,6 +22,8 @@ BIN = Path(sys.executable).parent
 SCRATCH_DB = in_lane("runbooks_prefect_scratch")
 POOL = "incident-response"  # prefect.yaml's pool, on this stack's own server
 WORKER_TYPE = "runbooks-warm"  # deployments/warm_worker.py, as under `make up`
+WORKERS = ("worker-a", "worker-b")  # the stack's own two; a test may start more and must stop them
+IN_FLIGHT = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 
 
 def _wait(url: str, timeout: float = 90) -> None:
@@ -94,6 +96,40 @@ class Stack:
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(process.pid, 9)
 
+    def settle(self, timeout: float = 180) -> list[str]:
+        """The stack as the next test expects it: its server and both workers up, and no run
+        left in flight by the test before (each is cancelled, as an operator would, and waited
+        for). One failed test then fails alone instead of leaving 50 runs to slow the next.
+        Returns what had to be put right, for the test's output."""
+        done: list[str] = []
+        if "server" not in self.processes or self.processes["server"].poll() is not None:
+            self.processes.pop("server", None)
+            self.start_server()
+            done.append("started the server again")
+        down = [name for name in WORKERS if name not in self.processes or self.processes[name].poll() is not None]
+        if down:
+            for name in down:
+                self.processes.pop(name, None)
+            self.start_workers(*down)
+            done.append(f"started {down} again")
+        left = self._in_flight()
+        for run in left:
+            if run["state"]["type"] != "CANCELLING":
+                httpx.post(f"{self.api}/flow_runs/{run['id']}/set_state", timeout=30, json={"force": True, "state": {
+                    "type": "CANCELLING", "name": "Cancelling", "message": "left in flight by the test before"}})
+        deadline = time.monotonic() + timeout
+        while left and self._in_flight() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if left:
+            done.append(f"cancelled {len(left)} runs left in flight")
+        stuck = self._in_flight()
+        assert not stuck, f"{len(stuck)} runs still in flight {timeout:.0f} s after their Cancel"
+        return done
+
+    def _in_flight(self) -> list[dict]:
+        return httpx.post(f"{self.api}/flow_runs/filter", timeout=30, json={
+            "flow_runs": {"state": {"type": {"any_": IN_FLIGHT}}}, "limit": 200}).json()
+
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
             self.kill(name, 2)
@@ -112,7 +148,7 @@ def running_stack(tmp_path_factory):
             done = subprocess.run([str(BIN / "prefect"), *cmd], cwd=ROOT, env=stack.env, capture_output=True, text=True,
                                   timeout=120)
             assert done.returncode == 0, done.stdout + done.stderr
-        stack.start_workers("worker-a", "worker-b")
+        stack.start_workers(*WORKERS)
         yield stack
     finally:
         stack.stop()

@@ -41,11 +41,13 @@ def test_a_lanes_failures_are_named_with_the_first_line_of_their_reason(tmp_path
     report = tmp_path / "lane.xml"
     report.write_text("""<testsuites><testsuite>
 <testcase classname="tests.test_a" name="t1"><failure message="assert 2.1 &lt; 2&#10;more">tb</failure></testcase>
-<testcase classname="tests.test_b" name="t2" time="2.0"><error message="fixture broke">tb</error></testcase>
+<testcase classname="tests.test_b" name="t2" time="2.0"><error message="fixture broke">tests/conftest.py:12: in world
+    x()
+tests/stack.py:40: ReadTimeout</error></testcase>
 <testcase classname="tests.test_b" name="t3" time="0.25"/>
 <testcase classname="tests.test_c.TestGroup" name="t4" time="1"><failure message="">tb</failure></testcase>
 </testsuite></testsuites>""")
     assert failures(report) == ["FAILURE tests/test_a.py::t1: assert 2.1 < 2",
-                                "ERROR tests/test_b.py::t2: fixture broke",
+                                "ERROR tests/test_b.py::t2 (at tests/stack.py:40): fixture broke",
                                 "FAILURE tests/test_c.py::TestGroup::t4: ?"]
     assert failures(tmp_path / "missing.xml") == []
