@@ -7,7 +7,7 @@ import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, Self
 
 import redis
 
@@ -43,6 +43,29 @@ def _error(what: str, exc: redis.RedisError) -> IntegrationError:
     if isinstance(exc, redis.ConnectionError):
         return Unreachable(what, reason, transient=True)
     return Refused(what, reason)
+
+
+class Cache(Protocol):
+    """What the runbooks ask of a service's Redis. CacheClient is the real one; the unit tier's
+    fake (tests/fakes.py) implements the same, and mypy holds both to it."""
+
+    where: str  # host:port/db, for what a person reads
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def health(self) -> CacheHealth: ...
+
+    def count_prefix(self, prefix: str) -> int: ...
+
+    def delete_prefix(self, prefix: str, batch: int = 500) -> int: ...
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str) -> str | None: ...
+
+    def flushdb(self) -> None: ...
 
 
 class CacheClient(Closing):

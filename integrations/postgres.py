@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -104,6 +104,21 @@ FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
 WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND a.datname = current_database()
 ORDER BY a.backend_start
 """
+
+
+class Postgres(Protocol):
+    """What the runbooks ask of a service's PostgreSQL. PostgresClient is the real one; the
+    unit tier's fake (tests/fakes.py) implements the same, and mypy holds both to it."""
+
+    def ping(self) -> float: ...
+
+    def sessions(self) -> list[Session]: ...
+
+    def connections(self) -> Connections: ...
+
+    def replication(self) -> Replication: ...
+
+    def signal(self, sessions: list[tuple[int, str]], how: str, allow_superuser: bool = False) -> dict[int, str]: ...
 
 
 class PostgresClient:

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Protocol, Self
+
 import httpx
 
 from integrations.errors import Closing, IntegrationError
 from integrations.http import RetryPolicy, request
 from integrations.http import client as http_client
+
+
+class Prometheus(Protocol):
+    """What the runbooks ask of Prometheus. PrometheusClient is the real one; the unit tier's
+    fake (tests/fakes.py) implements the same, and mypy holds both to it."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]: ...
 
 
 class PrometheusClient(Closing):

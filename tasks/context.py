@@ -13,13 +13,13 @@ from incidents.config_services import CacheTarget, CircuitBreaker, DatabaseTarge
 from incidents.errors import RunbookError
 from incidents.followups import RunbookStore
 from incidents.redaction import remember_secret
-from integrations.cache import CacheClient
+from integrations.cache import Cache, CacheClient
 from integrations.github import GitHub, GitHubClient
 from integrations.http import RetryPolicy
 from integrations.kubernetes import KubernetesClient
 from integrations.pagerduty import Pager, PagerDutyEvents
-from integrations.postgres import PostgresClient
-from integrations.prometheus import PrometheusClient
+from integrations.postgres import Postgres, PostgresClient
+from integrations.prometheus import Prometheus, PrometheusClient
 from integrations.slack import SlackApp, SlackThreads, SlackWebhook
 
 
@@ -69,11 +69,11 @@ class Wiring(Protocol):
 
     def kubernetes(self, ctx: RunContext) -> KubernetesClient: ...
 
-    def postgres(self, ctx: RunContext) -> PostgresClient: ...
+    def postgres(self, ctx: RunContext) -> Postgres: ...
 
-    def cache(self, ctx: RunContext, url_secret: str) -> CacheClient: ...
+    def cache(self, ctx: RunContext, url_secret: str) -> Cache: ...
 
-    def prometheus(self, ctx: RunContext) -> PrometheusClient: ...
+    def prometheus(self, ctx: RunContext) -> Prometheus: ...
 
     def github(self, ctx: RunContext) -> GitHub: ...
 
@@ -168,13 +168,13 @@ class RunContext:
     def kubernetes(self) -> KubernetesClient:
         return self.wiring.kubernetes(self)
 
-    def postgres(self) -> PostgresClient:
+    def postgres(self) -> Postgres:
         return self.wiring.postgres(self)
 
-    def cache(self, url_secret: str) -> CacheClient:
+    def cache(self, url_secret: str) -> Cache:
         return self.wiring.cache(self, url_secret)
 
-    def prometheus(self) -> PrometheusClient:
+    def prometheus(self) -> Prometheus:
         return self.wiring.prometheus(self)
 
     def github(self) -> GitHub:

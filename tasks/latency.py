@@ -7,14 +7,14 @@ from __future__ import annotations
 from incidents.check_facts import LATENCY, LatencyFacts
 from incidents.findings import Finding, unavailable
 from integrations.errors import IntegrationError
-from integrations.prometheus import PrometheusClient
+from integrations.prometheus import Prometheus
 from tasks.context import NotConfigured, RunContext
 from tasks.steps import step
 
 QUANTILES = (0.5, 0.99)
 
 
-def quantile_ms(client: PrometheusClient, query: str) -> float | None:
+def quantile_ms(client: Prometheus, query: str) -> float | None:
     """The query's value in ms (None: no series, or NaN for no requests in the window)."""
     series = client.query(query)
     if not series or series[0][1] != series[0][1]:

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn, Self
 
+from integrations.cache import CacheHealth, validate_prefix
 from integrations.errors import IntegrationError
 from integrations.github_views import CommentView, CommitView, IssueView, RunView
 from integrations.kubernetes_views import AutoscalerView, DeploymentView, deployment_view
 from integrations.pagerduty import Action
-from integrations.postgres import Session
+from integrations.postgres import Connections, Replication, Session
 from integrations.slack import Posted
 from tasks.context import RunContext
 from tests.fake_store import FakeStore
@@ -69,10 +70,45 @@ class FakeKubernetes:
 
 @dataclass
 class FakePostgres:
+    """A server's sessions, connections and replication as a test sets them; signal() checks
+    each backend again as the real client does (same backend start, never a superuser's unless
+    allowed) and ends the sessions it terminates."""
+
     sessions_now: list[Session] = field(default_factory=list)
+    connections_now: Connections = field(default_factory=lambda: Connections(used=5, max_connections=100, reserved=3))
+    replication_now: Replication = field(default_factory=lambda: Replication("primary"))
+    ping_seconds: float = 0.002
+    signalled: list[tuple[int, str]] = field(default_factory=list)  # (pid, terminate | cancel)
+
+    def ping(self) -> float:
+        return self.ping_seconds
 
     def sessions(self) -> list[Session]:
         return list(self.sessions_now)
+
+    def connections(self) -> Connections:
+        return self.connections_now
+
+    def replication(self) -> Replication:
+        return self.replication_now
+
+    def signal(self, sessions: list[tuple[int, str]], how: str, allow_superuser: bool = False) -> dict[int, str]:
+        if how not in ("terminate", "cancel"):
+            raise ValueError(f"how must be terminate or cancel, got {how!r}")
+        live = {s.pid: s for s in self.sessions_now}
+        outcomes: dict[int, str] = {}
+        for pid, started in sessions:
+            now = live.get(pid)
+            if now is None or now.backend_start != datetime.fromisoformat(started):
+                outcomes[pid] = "gone (already ended)"
+            elif now.superuser and not allow_superuser:
+                outcomes[pid] = "refused: superuser session"
+            else:
+                self.signalled.append((pid, how))
+                outcomes[pid] = f"{how}d"
+                if how == "terminate":
+                    self.sessions_now = [s for s in self.sessions_now if s.pid != pid]
+        return outcomes
 
 
 def session(pid: int, state: str, seconds: float, started: datetime, query_seconds: float | None = None) -> Session:
@@ -82,8 +118,12 @@ def session(pid: int, state: str, seconds: float, started: datetime, query_secon
 
 
 class FakeCache:
-    def __init__(self) -> None:
+    """A Redis database's keys; memory as a test sets it."""
+
+    def __init__(self, used_memory: int = 1_000_000, maxmemory: int = 0) -> None:
         self.values: dict[str, str] = {}
+        self.used_memory, self.maxmemory = used_memory, maxmemory
+        self.where = "cache.test:6379/0"
 
     def __enter__(self) -> FakeCache:
         return self
@@ -91,11 +131,46 @@ class FakeCache:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def health(self) -> CacheHealth:
+        return CacheHealth(self.used_memory, self.maxmemory, connected_clients=1, evicted_keys=0, keys=len(self.values))
+
     def get(self, key: str) -> str | None:
         return self.values.get(key)
 
+    def set(self, key: str, value: str) -> str | None:
+        previous, self.values[key] = self.values.get(key), value
+        return previous
+
     def count_prefix(self, prefix: str) -> int:
-        return sum(key.startswith(prefix) for key in self.values)
+        return sum(key.startswith(validate_prefix(prefix)) for key in self.values)
+
+    def delete_prefix(self, prefix: str, batch: int = 500) -> int:
+        gone = [key for key in self.values if key.startswith(validate_prefix(prefix))]
+        for key in gone:
+            del self.values[key]
+        return len(gone)
+
+    def flushdb(self) -> None:
+        self.values.clear()
+
+
+@dataclass
+class FakePrometheus:
+    """Instant queries answered from what a test put in, by the query's exact text; a query
+    nobody answered has no series, as Prometheus answers for a metric with no samples."""
+
+    answers: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+    asked: list[str] = field(default_factory=list)
+
+    def __enter__(self) -> FakePrometheus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        self.asked.append(promql)
+        return list(self.answers.get(promql, []))
 
 
 class _Client:
@@ -236,6 +311,7 @@ class FakeWiring:
     github_: FakeGitHub | None = None
     slack_: FakeSlackApp | None = None
     pagerduty_: FakePagerDuty | None = None
+    prometheus_: FakePrometheus | None = None
 
     @classmethod
     def of_services(cls) -> FakeWiring:
@@ -259,10 +335,13 @@ class FakeWiring:
     def kubernetes(self, ctx: RunContext) -> Any:
         return self.kube
 
-    def postgres(self, ctx: RunContext) -> Any:
+    def postgres(self, ctx: RunContext) -> FakePostgres:
         return self.postgres_
 
-    def cache(self, ctx: RunContext, url_secret: str) -> Any:
+    def prometheus(self, ctx: RunContext) -> FakePrometheus:
+        return self.prometheus_ or self._absent(ctx)
+
+    def cache(self, ctx: RunContext, url_secret: str) -> FakeCache:
         if url_secret not in self.caches:
             raise IntegrationError(f"Redis {url_secret}", "connection refused")
         return self.caches[url_secret]
@@ -270,7 +349,7 @@ class FakeWiring:
     def _absent(self, ctx: RunContext, *args: Any) -> NoReturn:
         raise IntegrationError("client", "not part of this test")
 
-    prometheus = slack = _absent
+    slack = _absent
 
 
 def context(wiring: FakeWiring, service: str = "api") -> RunContext:
