@@ -21,6 +21,9 @@ from kubernetes.client.exceptions import ApiException
 
 from integrations.errors import Closing, IntegrationError, gave_up, refusal
 from integrations.http import RetryPolicy, is_transient
+from integrations.kubernetes_config import ConfigObjects
+from integrations.kubernetes_security import SecurityObjects
+from integrations.kubernetes_usage import ResourceUsage
 from integrations.kubernetes_views import (
     REVISION,
     AutoscalerView,
@@ -275,7 +278,7 @@ class _TokenFile:
 
 
 # -- the client --------------------------------------------------------------------------------
-class KubernetesClient(Closing):
+class KubernetesClient(Closing, SecurityObjects, ConfigObjects, ResourceUsage):
     """The operations a runbook needs, each with a timeout and retries on transient failures.
 
     Credentials: a kubeconfig file (and context); with no kubeconfig inside a pod

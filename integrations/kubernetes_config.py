@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from integrations.errors import IntegrationError
-from integrations.kubernetes import KubernetesClient
+from integrations.kubernetes_api import ApiAccess
 
 CONFIGMAP, SECRET = "configmap", "secret"
 
@@ -75,17 +75,6 @@ def _parse(stamp: str | None) -> datetime | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
 
 
-def last_changed(kube: KubernetesClient, namespace: str, ref: ConfigRef) -> ConfigObject:
-    """When `ref` last changed; an object that cannot be read (missing, forbidden) says why."""
-    read = kube.core.read_namespaced_config_map if ref.kind == CONFIGMAP else kube.core.read_namespaced_secret
-    try:
-        meta = kube._json(kube._call(f"read {ref.kind} {namespace}/{ref.name}", read, ref.name, namespace))["metadata"]
-    except IntegrationError as exc:
-        return ConfigObject(ref.kind, ref.name, None, str(exc))
-    times = [t for t in (_parse(f.get("time")) for f in meta.get("managedFields") or []) if t is not None]
-    return ConfigObject(ref.kind, ref.name, max(times, default=None) or _parse(meta.get("creationTimestamp")))
-
-
 def volume_claims(deployment: dict[str, Any]) -> list[str]:
     """The PersistentVolumeClaims the pod template mounts."""
     volumes = deployment["spec"]["template"]["spec"].get("volumes") or []
@@ -93,11 +82,24 @@ def volume_claims(deployment: dict[str, Any]) -> list[str]:
                    if (v.get("persistentVolumeClaim") or {}).get("claimName")})
 
 
-def deployment_config_refs(kube: KubernetesClient, namespace: str, name: str) -> list[ConfigRef]:
-    """Every ConfigMap and Secret the Deployment's pod template reads (one read of it)."""
-    return config_refs(kube.get_deployment(namespace, name))
+class ConfigObjects(ApiAccess):
+    """KubernetesClient's reads of the ConfigMaps and Secrets a deployment uses (mixed into it)."""
 
+    def last_changed(self, namespace: str, ref: ConfigRef) -> ConfigObject:
+        """When `ref` last changed; an object that cannot be read (missing, forbidden) says why."""
+        read = self.core.read_namespaced_config_map if ref.kind == CONFIGMAP else self.core.read_namespaced_secret
+        try:
+            obj = self._json(self._call(f"read {ref.kind} {namespace}/{ref.name}", read, ref.name, namespace))
+            meta = obj["metadata"]
+        except IntegrationError as exc:
+            return ConfigObject(ref.kind, ref.name, None, str(exc))
+        times = [t for t in (_parse(f.get("time")) for f in meta.get("managedFields") or []) if t is not None]
+        return ConfigObject(ref.kind, ref.name, max(times, default=None) or _parse(meta.get("creationTimestamp")))
 
-def deployment_volume_claims(kube: KubernetesClient, namespace: str, name: str) -> list[str]:
-    """The PersistentVolumeClaims the Deployment's pod template mounts (one read of it)."""
-    return volume_claims(kube.get_deployment(namespace, name))
+    def deployment_config_refs(self, namespace: str, name: str) -> list[ConfigRef]:
+        """Every ConfigMap and Secret the Deployment's pod template reads (one read of it)."""
+        return config_refs(self.get_deployment(namespace, name))
+
+    def deployment_volume_claims(self, namespace: str, name: str) -> list[str]:
+        """The PersistentVolumeClaims the Deployment's pod template mounts (one read of it)."""
+        return volume_claims(self.get_deployment(namespace, name))

@@ -16,7 +16,8 @@ from typing import Any
 from kubernetes import client as k8s
 
 from incidents.errors import RunbookError
-from integrations.kubernetes import KubernetesClient, selector_of
+from integrations.kubernetes_api import ApiAccess
+from integrations.kubernetes_views import deployment_view
 
 _CPU = {"n": 1e-6, "u": 1e-3, "m": 1.0}
 _MEMORY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -79,25 +80,28 @@ def container_resources(deployment: dict[str, Any], container: str | None = None
                      read(requests, "memory", mebibytes), read(limits, "memory", mebibytes))
 
 
-def pod_usage(kube: KubernetesClient, namespace: str, selector: str, container: str | None = None) -> list[PodUsage]:
-    """The newest sample of each pod that has one (a pod on an unreachable node, or not running,
-    has none). Raises IntegrationError: 404 when no metrics API is served (no metrics-server)."""
-    api = k8s.CustomObjectsApi(kube.api_client)
-    found = kube._call(f"list pod metrics in {namespace}", api.list_namespaced_custom_object, "metrics.k8s.io",
-                       "v1beta1", namespace, "pods", label_selector=selector)
-    usages = []
-    for item in found.get("items") or []:
-        containers = item.get("containers") or []
-        chosen = [c for c in containers if container is None or c.get("name") == container] or containers
-        usage = [c.get("usage") or {} for c in chosen]
-        usages.append(PodUsage(item["metadata"]["name"], sum(millicores(u.get("cpu", "0")) for u in usage),
-                               sum(mebibytes(u.get("memory", "0")) for u in usage)))
-    return usages
+class ResourceUsage(ApiAccess):
+    """KubernetesClient's reads of what a deployment's pods use (mixed into it)."""
 
+    def pod_usage(self, namespace: str, selector: str, container: str | None = None) -> list[PodUsage]:
+        """The newest sample of each pod that has one (a pod on an unreachable node, or not running,
+        has none). Raises IntegrationError: 404 when no metrics API is served (no metrics-server)."""
+        api = k8s.CustomObjectsApi(self.api_client)
+        found = self._call(f"list pod metrics in {namespace}", api.list_namespaced_custom_object, "metrics.k8s.io",
+                           "v1beta1", namespace, "pods", label_selector=selector)
+        usages = []
+        for item in found.get("items") or []:
+            containers = item.get("containers") or []
+            chosen = [c for c in containers if container is None or c.get("name") == container] or containers
+            usage = [c.get("usage") or {} for c in chosen]
+            usages.append(PodUsage(item["metadata"]["name"], sum(millicores(u.get("cpu", "0")) for u in usage),
+                                   sum(mebibytes(u.get("memory", "0")) for u in usage)))
+        return usages
 
-def deployment_usage(kube: KubernetesClient, namespace: str, name: str,
-                     container: str | None = None) -> tuple[Resources, list[PodUsage]]:
-    """The container's requests and limits in the Deployment's template, and its pods' newest
-    samples (pod_usage: IntegrationError 404 when no metrics API is served)."""
-    deployment = kube.get_deployment(namespace, name)
-    return container_resources(deployment, container), pod_usage(kube, namespace, selector_of(deployment), container)
+    def deployment_usage(self, namespace: str, name: str,
+                         container: str | None = None) -> tuple[Resources, list[PodUsage]]:
+        """The container's requests and limits in the Deployment's template, and its pods' newest
+        samples (pod_usage: IntegrationError 404 when no metrics API is served)."""
+        deployment = self.get_deployment(namespace, name)
+        selector = deployment_view(deployment).selector
+        return container_resources(deployment, container), self.pod_usage(namespace, selector, container)

@@ -19,15 +19,7 @@ from incidents.store import StoreError
 from incidents.timeline_payloads import ContainmentRef
 from incidents.vocabulary import CONTAINMENT_KINDS, ActionKind
 from integrations.errors import IntegrationError
-from integrations.kubernetes import KubernetesClient
-from integrations.kubernetes_security import (
-    get_config_value,
-    ingress_denylist,
-    policies_selecting,
-    set_config_value,
-    set_ingress_denylist,
-    unblock_cidrs,
-)
+from integrations.kubernetes_protocol import Kubernetes
 from tasks.context import PRODUCTION, RunContext, Scope, SecretNotFound, Wiring
 from tasks.notify import comment_on_issue, send_slack
 from tasks.security import blocked_now
@@ -71,7 +63,7 @@ def review_containments(scope: Scope, now: datetime) -> dict[str, list[int]]:
     return done
 
 
-def _review(ctx: RunContext, kube: KubernetesClient, standing: StandingContainment, now: datetime) -> str | None:
+def _review(ctx: RunContext, kube: Kubernetes, standing: StandingContainment, now: datetime) -> str | None:
     params = parse_action_params(standing.kind, standing.params)
     if isinstance(params, EnableLogging):
         return "reverted" if standing.expired(now) and _revert_logging(ctx, kube, standing, params) else None
@@ -91,12 +83,12 @@ def _review(ctx: RunContext, kube: KubernetesClient, standing: StandingContainme
     return None
 
 
-def _revert_logging(ctx: RunContext, kube: KubernetesClient, standing: StandingContainment,
+def _revert_logging(ctx: RunContext, kube: Kubernetes, standing: StandingContainment,
                     p: EnableLogging) -> bool:
     """Turn the level back, but only if it is still the level the incident set (re-checked)."""
-    now_value = get_config_value(kube, p.namespace, p.configmap, p.key)
+    now_value = kube.get_config_value(p.namespace, p.configmap, p.key)
     if now_value == p.level and p.previous is not None:
-        set_config_value(kube, p.namespace, p.configmap, p.key, p.previous)
+        kube.set_config_value(p.namespace, p.configmap, p.key, p.previous)
         note = f"expired: {p.key} turned back from {p.level} to {p.previous}"
     else:
         note = f"expired: {p.key} is {now_value} now (changed by someone else), left as it is"
@@ -104,10 +96,10 @@ def _revert_logging(ctx: RunContext, kube: KubernetesClient, standing: StandingC
     return True
 
 
-def _widening(ctx: RunContext, kube: KubernetesClient, standing: StandingContainment, p: NetworkPolicyBlock) -> bool:
+def _widening(ctx: RunContext, kube: Kubernetes, standing: StandingContainment, p: NetworkPolicyBlock) -> bool:
     """Another policy selecting the same pods makes "all but these addresses" a widening:
     reported once, with what to do (lifting it needs a person)."""
-    others = policies_selecting(kube, p.namespace, p.labels or {"app": p.app}, p.policy)
+    others = kube.policies_selecting(p.namespace, p.labels or {"app": p.app}, p.policy)
     if not others or not ctx.store().mark_containment(standing.id, "widening_reported_at"):
         return False
     ingress = ctx.service.security.ingress
@@ -174,16 +166,16 @@ def _record_moved(ctx: RunContext, standing: StandingContainment, params: Networ
            f"{templates.stamp(again.expires_at)}: {again.describe()}", ContainmentRef(containment_id=again.id))
 
 
-def _undo(ctx: RunContext, kube: KubernetesClient, params: Any, move_to_ingress: bool) -> str:
+def _undo(ctx: RunContext, kube: Kubernetes, params: Any, move_to_ingress: bool) -> str:
     if isinstance(params, EnableLogging):
-        now_value = get_config_value(kube, params.namespace, params.configmap, params.key)
+        now_value = kube.get_config_value(params.namespace, params.configmap, params.key)
         if now_value != params.level or params.previous is None:
             return f"{params.key} is {now_value} (not the incident's {params.level}): left as it is"
-        set_config_value(kube, params.namespace, params.configmap, params.key, params.previous)
+        kube.set_config_value(params.namespace, params.configmap, params.key, params.previous)
         return f"{params.key} turned back from {params.level} to {params.previous}"
     if isinstance(params, IngressDenylistBlock):
-        left = set_ingress_denylist(kube, params.namespace, params.ingress, sorted(
-            set(ingress_denylist(kube, params.namespace, params.ingress)) - set(params.cidrs)))
+        left = kube.set_ingress_denylist(params.namespace, params.ingress, sorted(
+            set(kube.ingress_denylist(params.namespace, params.ingress)) - set(params.cidrs)))
         return f"ingress/{params.ingress} no longer denies {', '.join(params.cidrs)} (still denies: " \
                f"{', '.join(left) or 'nothing'})"
     if not isinstance(params, NetworkPolicyBlock):
@@ -193,10 +185,10 @@ def _undo(ctx: RunContext, kube: KubernetesClient, params: Any, move_to_ingress:
         ingress = ctx.service.security.ingress
         if not ingress:
             raise ValueError(f"{ctx.service_name} has no Ingress configured (security.ingress) to move the block to")
-        set_ingress_denylist(kube, params.namespace, ingress,
-                             sorted(set(ingress_denylist(kube, params.namespace, ingress)) | set(params.cidrs)))
+        kube.set_ingress_denylist(params.namespace, ingress,
+                                  sorted(set(kube.ingress_denylist(params.namespace, ingress)) | set(params.cidrs)))
         moved = f"; ingress/{ingress} denies them instead"
-    left = unblock_cidrs(kube, params.namespace, params.policy, params.app, params.cidrs)
+    left = kube.unblock_cidrs(params.namespace, params.policy, params.app, params.cidrs)
     return f"networkpolicy/{params.policy} no longer blocks {', '.join(params.cidrs)} " \
            f"({'deleted' if not left else 'still blocks ' + ', '.join(left)}){moved}"
 

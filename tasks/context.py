@@ -17,6 +17,7 @@ from integrations.cache import Cache, CacheClient
 from integrations.github import GitHub, GitHubClient
 from integrations.http import RetryPolicy
 from integrations.kubernetes import KubernetesClient
+from integrations.kubernetes_protocol import Kubernetes
 from integrations.pagerduty import Pager, PagerDutyEvents
 from integrations.postgres import Postgres, PostgresClient
 from integrations.prometheus import Prometheus, PrometheusClient
@@ -67,7 +68,7 @@ class Wiring(Protocol):
 
     def store(self) -> RunbookStore: ...
 
-    def kubernetes(self, ctx: RunContext) -> KubernetesClient: ...
+    def kubernetes(self, ctx: RunContext) -> Kubernetes: ...
 
     def postgres(self, ctx: RunContext) -> Postgres: ...
 
@@ -165,7 +166,7 @@ class RunContext:
     def store(self) -> RunbookStore:
         return self.wiring.store()
 
-    def kubernetes(self) -> KubernetesClient:
+    def kubernetes(self) -> Kubernetes:
         return self.wiring.kubernetes(self)
 
     def postgres(self) -> Postgres:

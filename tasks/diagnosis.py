@@ -35,7 +35,6 @@ from incidents.check_facts import (
 from incidents.findings import Finding, unavailable
 from incidents.redaction import redact
 from integrations.errors import IntegrationError
-from integrations.kubernetes_config import deployment_config_refs, last_changed
 from integrations.probes import error_metrics, probe_all
 from integrations.reach import reach
 from tasks.context import RunContext, SecretNotFound
@@ -150,8 +149,8 @@ def config_changes(ctx: RunContext) -> Finding:
     window = ctx.config.timeouts.release_window_seconds
     try:
         with ctx.kubernetes() as kube:
-            objects = [last_changed(kube, target.namespace, ref)
-                       for ref in deployment_config_refs(kube, target.namespace, target.deployment)]
+            objects = [kube.last_changed(target.namespace, ref)
+                       for ref in kube.deployment_config_refs(target.namespace, target.deployment)]
     except _CHECK_ERRORS as exc:
         return unavailable(CONFIG, exc)
     now = datetime.now(timezone.utc)

@@ -20,7 +20,6 @@ from incidents.check_facts import (
 from incidents.findings import Finding, unavailable
 from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from integrations.errors import IntegrationError
-from integrations.kubernetes_security import get_config_value, set_config_value
 from integrations.probes import sample_error_rate
 from tasks.context import NotConfigured, RunContext, SecretNotFound
 from tasks.deploys import ActionResult, RemediationFailed, Verification
@@ -107,7 +106,7 @@ def _breaker_value(ctx: RunContext) -> str | None:
     breaker, ns = ctx.circuit_breaker(), ctx.service.kubernetes.namespace
     if breaker.configmap:
         with ctx.kubernetes() as kube:
-            return get_config_value(kube, ns, breaker.configmap, breaker.key)
+            return kube.get_config_value(ns, breaker.configmap, breaker.key)
     with ctx.cache(breaker.redis_url_secret or "") as cache:
         return cache.get(breaker.key)
 
@@ -149,7 +148,7 @@ def set_circuit_breaker(ctx: RunContext, action: PlannedAction, grant: Grant) ->
     p = action.params_as(CircuitBreaker)
     if p.configmap:
         with ctx.kubernetes() as kube:
-            previous = set_config_value(kube, p.namespace, p.configmap, p.key, p.value)
+            previous = kube.set_config_value(p.namespace, p.configmap, p.key, p.value)
     else:
         with ctx.cache(p.redis_url_secret or "") as cache:
             previous = cache.set(p.key, p.value)

@@ -18,19 +18,8 @@ from psycopg.conninfo import make_conninfo
 from incidents.drills import FaultSpec, Step
 from incidents.errors import RunbookError
 from integrations.errors import IntegrationError
-from integrations.kubernetes import RESTARTED_AT, KubernetesClient
-from integrations.kubernetes_security import (
-    append_to_secret_value,
-    blocked_by_policy,
-    get_config_value,
-    ingress_denylist,
-    restore_secret_value,
-    secret_metadata,
-    set_config_value,
-    set_ingress_denylist,
-    set_secret_values,
-    unblock_cidrs,
-)
+from integrations.kubernetes import RESTARTED_AT
+from integrations.kubernetes_protocol import Kubernetes
 from integrations.probes import probe_all, sample_error_rate
 from tasks.context import RunContext, resolve_secret
 from tasks.latency import latency_query, quantile_ms
@@ -144,14 +133,14 @@ def _remember_flag(ctx: RunContext, state: FaultState, key: str | None) -> None:
         return
     with ctx.kubernetes() as kube:
         state.undo.setdefault("flags", {}).setdefault(
-            key, get_config_value(kube, ctx.service.kubernetes.namespace, _flags_configmap(ctx), key))
+            key, kube.get_config_value(ctx.service.kubernetes.namespace, _flags_configmap(ctx), key))
 
 
 def _flag(ctx: RunContext, state: FaultState, step: Step) -> None:
     """`kubectl patch configmap <service>-flags` turning a feature flag on."""
     _remember_flag(ctx, state, step.value)
     with ctx.kubernetes() as kube:
-        set_config_value(kube, ctx.service.kubernetes.namespace, _flags_configmap(ctx), step.value, "on")
+        kube.set_config_value(ctx.service.kubernetes.namespace, _flags_configmap(ctx), step.value, "on")
 
 
 def _replicas(ctx: RunContext, state: FaultState, step: Step) -> None:
@@ -223,10 +212,10 @@ def _leaked_credential(ctx: RunContext, state: FaultState, step: Step) -> None:
         raise FaultNotAvailable(f"service {ctx.service_name!r} has no security.secrets to plant a canary in")
     canary = f"canary-{secrets.token_hex(8)}"
     with ctx.kubernetes() as kube:
-        state.undo["version"] = set_secret_values(kube, k.namespace, target.name, {target.data_keys[0]: canary})
+        state.undo["version"] = kube.set_secret_values(k.namespace, target.name, {target.data_keys[0]: canary})
         logging = ctx.service.security.logging
         if logging:
-            state.undo["log_level"] = get_config_value(kube, k.namespace, logging.configmap, logging.key)
+            state.undo["log_level"] = kube.get_config_value(k.namespace, logging.configmap, logging.key)
     state.undo["secret"] = target.name
     state.annotations = {"suspicious_ips": LEAK_SOURCE,
                          "summary": f"canary credential in secret {target.name} used from {LEAK_SOURCE}"}
@@ -237,7 +226,7 @@ def _config(ctx: RunContext, state: FaultState, step: Step) -> None:
     (kubectl patch configmap, then kubectl rollout restart): no new image."""
     k = ctx.service.kubernetes
     with ctx.kubernetes() as kube:
-        previous = set_config_value(kube, k.namespace, f"{k.deployment}-config", "log_level", str(step.value))
+        previous = kube.set_config_value(k.namespace, f"{k.deployment}-config", "log_level", str(step.value))
         state.undo.setdefault("config", previous or "info")
         kube.rollout_restart(k.namespace, k.deployment)
 
@@ -250,7 +239,7 @@ def _secret(ctx: RunContext, state: FaultState, step: Step) -> None:
     if target is None:
         raise FaultNotAvailable(f"service {ctx.service_name!r} has no security.secrets whose credential to break")
     with ctx.kubernetes() as kube:
-        kept = append_to_secret_value(kube, k.namespace, target.name, target.data_keys[0], "\n")
+        kept = kube.append_to_secret_value(k.namespace, target.name, target.data_keys[0], "\n")
         if state.kept_credential is None:
             state.kept_credential = kept
             state.undo["credential"] = (target.name, target.data_keys[0])
@@ -371,7 +360,7 @@ def _errors_high(ctx: RunContext) -> bool:
 def _secret_planted(ctx: RunContext, state: FaultState) -> bool:
     k = ctx.service.kubernetes
     with ctx.kubernetes() as kube:
-        return secret_metadata(kube, k.namespace, [state.undo["secret"]])[0].resource_version == state.undo["version"]
+        return kube.secret_metadata(k.namespace, [state.undo["secret"]])[0].resource_version == state.undo["version"]
 
 
 def signal(ctx: RunContext, state: FaultState) -> bool:
@@ -471,24 +460,24 @@ def _undo_flags(ctx: RunContext, state: FaultState) -> list[str]:
     with ctx.kubernetes() as kube:
         restored = []
         if "config" in state.undo:
-            set_config_value(kube, k.namespace, f"{k.deployment}-config", "log_level", state.undo["config"])
+            kube.set_config_value(k.namespace, f"{k.deployment}-config", "log_level", state.undo["config"])
             restored.append(f"log_level back to {state.undo['config']}")
         if "credential" in state.undo and state.kept_credential is not None:
             name, key = state.undo["credential"]
-            restore_secret_value(kube, k.namespace, name, key, state.kept_credential)
+            kube.restore_secret_value(k.namespace, name, key, state.kept_credential)
             restored.append(f"secret/{name} key {key} back as it was")
         if restored:  # one restart after both
             _restart_anew(kube, k.namespace, k.deployment)
             done.append(", ".join(restored) + ", pods restarted")
         for key, value in (state.undo.get("flags") or {}).items():
             ns, configmap = ctx.service.kubernetes.namespace, _flags_configmap(ctx)
-            if get_config_value(kube, ns, configmap, key) != value:
-                set_config_value(kube, ns, configmap, key, value if value is not None else "off")
+            if kube.get_config_value(ns, configmap, key) != value:
+                kube.set_config_value(ns, configmap, key, value if value is not None else "off")
                 done.append(f"{key} back to {value or 'off'}")
     return done
 
 
-def _restart_anew(kube: KubernetesClient, namespace: str, deployment: str) -> None:
+def _restart_anew(kube: Kubernetes, namespace: str, deployment: str) -> None:
     """kubectl rollout restart stamps the pod template to the second: a second restart within
     that second changes nothing and rolls nothing out. Waits for the next second if needed."""
     stamped = kube.deployment(namespace, deployment).template_annotations.get(RESTARTED_AT)
@@ -547,16 +536,16 @@ def _undo_leak(ctx: RunContext, state: FaultState) -> list[str]:
     k, sec = ctx.service.kubernetes, ctx.service.security
     source = f"{LEAK_SOURCE}/32"
     with ctx.kubernetes() as kube:  # only the drill's own block goes: a real incident's blocks stay
-        if source in blocked_by_policy(kube, k.namespace, sec.block_policy):
-            left = unblock_cidrs(kube, k.namespace, sec.block_policy, k.deployment, [source])
+        if source in kube.blocked_by_policy(k.namespace, sec.block_policy):
+            left = kube.unblock_cidrs(k.namespace, sec.block_policy, k.deployment, [source])
             done.append(f"{source} unblocked in networkpolicy/{sec.block_policy}"
                         + (f" ({', '.join(left)} stay blocked)" if left else " (policy removed: nothing else in it)"))
-        if sec.ingress and source in ingress_denylist(kube, k.namespace, sec.ingress):
-            set_ingress_denylist(kube, k.namespace, sec.ingress,
-                                 [c for c in ingress_denylist(kube, k.namespace, sec.ingress) if c != source])
+        if sec.ingress and source in kube.ingress_denylist(k.namespace, sec.ingress):
+            kube.set_ingress_denylist(k.namespace, sec.ingress,
+                                      [c for c in kube.ingress_denylist(k.namespace, sec.ingress) if c != source])
             done.append(f"{source} taken off ingress/{sec.ingress}'s deny list")
         if sec.logging and state.undo.get("log_level") is not None:
-            set_config_value(kube, k.namespace, sec.logging.configmap, sec.logging.key, state.undo["log_level"])
+            kube.set_config_value(k.namespace, sec.logging.configmap, sec.logging.key, state.undo["log_level"])
             done.append(f"{sec.logging.key} back to {state.undo['log_level']}")
     return done
 

@@ -21,7 +21,6 @@ from incidents.action_params import (
 )
 from incidents.plans import PlannedAction
 from incidents.vocabulary import ActionKind
-from integrations.kubernetes_security import get_config_value, ingress_denylist, policies_selecting, secret_metadata
 from integrations.kubernetes_views import DeploymentView
 from tasks import permissions
 from tasks.context import RunContext
@@ -86,7 +85,7 @@ def _switch_value(ctx: RunContext, namespace: str, configmap: str | None, redis_
                   key: str) -> str | None:
     if configmap:
         with ctx.kubernetes() as kube:
-            return get_config_value(kube, namespace, configmap, key)
+            return kube.get_config_value(namespace, configmap, key)
     with ctx.cache(redis_url_secret or "") as cache:
         return cache.get(key)
 
@@ -148,7 +147,7 @@ def _secret(ctx: RunContext, action: PlannedAction) -> str | None:
     if p.resource_version in (None, "?"):
         return None
     with ctx.kubernetes() as kube:
-        [meta] = secret_metadata(kube, p.namespace, [p.secret])
+        [meta] = kube.secret_metadata(p.namespace, [p.secret])
     if meta.resource_version != p.resource_version:
         return (f"secret/{p.secret} is at resourceVersion {meta.resource_version}, not {p.resource_version}: "
                 f"someone changed it since the plan")
@@ -160,12 +159,12 @@ def _block(ctx: RunContext, action: PlannedAction) -> str | None:
     p = action.params_as(Block)
     with ctx.kubernetes() as kube:
         if isinstance(p, IngressDenylistBlock):
-            now = ingress_denylist(kube, p.namespace, p.ingress)
+            now = kube.ingress_denylist(p.namespace, p.ingress)
             if sorted(now) != sorted(p.existing) and not set(p.cidrs) <= set(now):
                 return f"ingress/{p.ingress} denies {', '.join(now) or 'nothing'} now, not as planned"
             return None
         policy = action.params_as(NetworkPolicyBlock)
-        others = policies_selecting(kube, policy.namespace, policy.labels or {"app": policy.app}, policy.policy)
+        others = kube.policies_selecting(policy.namespace, policy.labels or {"app": policy.app}, policy.policy)
     if others:
         return (f"{', '.join(others)} now select the pods: a block policy would widen their access "
                 f"(policies add up)")

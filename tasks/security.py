@@ -22,18 +22,7 @@ from incidents.plans import Grant, Plan, PlannedAction, require_grant
 from incidents.redaction import redact
 from incidents.vocabulary import ActionKind
 from integrations.errors import IntegrationError
-from integrations.kubernetes import KubernetesClient
-from integrations.kubernetes_security import (
-    block_cidrs,
-    blocked_by_policy,
-    get_config_value,
-    ingress_denylist,
-    policies_selecting,
-    rotate_secret,
-    secret_metadata,
-    set_config_value,
-    set_ingress_denylist,
-)
+from integrations.kubernetes_protocol import Kubernetes
 from integrations.probes import probe_all
 from tasks.context import RunContext, SecretNotFound
 from tasks.deploys import ActionResult, Verification
@@ -55,8 +44,8 @@ def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) ->
             logs = {
                 p.name: kube.pod_logs(target.namespace, p.name, target.container, log_lines) for p in pods[:max_pods]
             }
-            secrets_meta = secret_metadata(kube, target.namespace, [s.name for s in sec.secrets])
-            log_level = (get_config_value(kube, target.namespace, sec.logging.configmap, sec.logging.key)
+            secrets_meta = kube.secret_metadata(target.namespace, [s.name for s in sec.secrets])
+            log_level = (kube.get_config_value(target.namespace, sec.logging.configmap, sec.logging.key)
                          if sec.logging else None)
             containment, notes = containment_state(ctx, kube)
     except _ERRORS as exc:
@@ -77,17 +66,17 @@ def capture_evidence(ctx: RunContext, log_lines: int = 20, max_pods: int = 3) ->
                    excerpt or None)
 
 
-def containment_state(ctx: RunContext, kube: KubernetesClient) -> tuple[Containment, list[str]]:
+def containment_state(ctx: RunContext, kube: Kubernetes) -> tuple[Containment, list[str]]:
     """What restricts the service's pods now: other NetworkPolicies selecting them, what our
     block policy already blocks, and the Ingress's deny list; and the same as lines for the report."""
     target, sec = ctx.service.kubernetes, ctx.service.security
     labels = dict(kube.deployment(target.namespace, target.deployment).template_labels)
-    policies = policies_selecting(kube, target.namespace, labels, sec.block_policy)
-    blocks = blocked_by_policy(kube, target.namespace, sec.block_policy)
+    policies = kube.policies_selecting(target.namespace, labels, sec.block_policy)
+    blocks = kube.blocked_by_policy(target.namespace, sec.block_policy)
     denylist: dict[str, Any] = {"denylist": None}
     if sec.ingress:
         try:
-            denylist["denylist"] = ingress_denylist(kube, target.namespace, sec.ingress)
+            denylist["denylist"] = kube.ingress_denylist(target.namespace, sec.ingress)
         except IntegrationError as exc:
             denylist["denylist_error"] = str(exc)
     notes = [f"network policies selecting the pods: {', '.join(policies) or 'none'}",
@@ -102,7 +91,7 @@ def rotate_secrets(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
     require_grant(grant, action)
     p = action.params_as(RotateSecret)
     with ctx.kubernetes() as kube:
-        version = rotate_secret(kube, p.namespace, p.secret, p.data_keys)
+        version = kube.rotate_secret(p.namespace, p.secret, p.data_keys)
         restarted = [kube.rollout_restart(p.namespace, consumer) and consumer for consumer in p.consumers]
     run_logger().info("Rotated %d keys of secret %s; restarted %s", len(p.data_keys), p.secret, restarted)
     return ActionResult(
@@ -122,21 +111,20 @@ def block_ips(ctx: RunContext, action: PlannedAction, grant: Grant) -> ActionRes
     p = action.params_as(Block)
     with ctx.kubernetes() as kube:
         if isinstance(p, IngressDenylistBlock):
-            blocked = set_ingress_denylist(
-                kube, p.namespace, p.ingress, sorted(set(ingress_denylist(kube, p.namespace, p.ingress)) | set(p.cidrs))
-            )
+            denied = set(kube.ingress_denylist(p.namespace, p.ingress)) | set(p.cidrs)
+            blocked = kube.set_ingress_denylist(p.namespace, p.ingress, sorted(denied))
             return ActionResult(action.describe(), True, f"ingress/{p.ingress} denies {', '.join(blocked)}")
         policy = action.params_as(NetworkPolicyBlock)
-        blocked = block_cidrs(kube, policy.namespace, policy.policy, policy.app, policy.cidrs)
+        blocked = kube.block_cidrs(policy.namespace, policy.policy, policy.app, policy.cidrs)
     return ActionResult(action.describe(), True, f"networkpolicy/{policy.policy} blocks {', '.join(blocked)}")
 
 
-def blocked_now(kube: KubernetesClient, p: Block) -> list[str]:
+def blocked_now(kube: Kubernetes, p: Block) -> list[str]:
     """What the planned block's mechanism blocks at this moment."""
     if isinstance(p, IngressDenylistBlock):
-        return ingress_denylist(kube, p.namespace, p.ingress)
+        return kube.ingress_denylist(p.namespace, p.ingress)
     if isinstance(p, NetworkPolicyBlock):
-        return blocked_by_policy(kube, p.namespace, p.policy)
+        return kube.blocked_by_policy(p.namespace, p.policy)
     raise TypeError(f"no block strategy in {type(p).__name__}")
 
 
@@ -146,17 +134,17 @@ def enable_logging(ctx: RunContext, action: PlannedAction, grant: Grant) -> Acti
     require_grant(grant, action)
     p = action.params_as(EnableLogging)
     with ctx.kubernetes() as kube:
-        previous = set_config_value(kube, p.namespace, p.configmap, p.key, p.level)
+        previous = kube.set_config_value(p.namespace, p.configmap, p.key, p.level)
     return ActionResult(action.describe(), previous != p.level,
                         f"{p.key}: {previous} -> {p.level} (turn back with {p.key}={previous})")
 
 
-def _not_contained(kube: KubernetesClient, p: ActionParams | dict[str, Any],
+def _not_contained(kube: Kubernetes, p: ActionParams | dict[str, Any],
                    secrets_before: dict[str, str | None]) -> list[str]:
     """What of one containment action is not in place yet (nothing: it is)."""
     problems = []
     if isinstance(p, RotateSecret):
-        now = secret_metadata(kube, p.namespace, [p.secret])[0].resource_version
+        now = kube.secret_metadata(p.namespace, [p.secret])[0].resource_version
         if now == secrets_before.get(p.secret):
             problems.append(f"secret {p.secret} unchanged")
         for consumer in p.consumers:
@@ -168,7 +156,7 @@ def _not_contained(kube: KubernetesClient, p: ActionParams | dict[str, Any],
         if missing:
             problems.append(f"not blocked: {', '.join(missing)}")
     elif isinstance(p, EnableLogging):
-        value = get_config_value(kube, p.namespace, p.configmap, p.key)
+        value = kube.get_config_value(p.namespace, p.configmap, p.key)
         if value != p.level:
             problems.append(f"{p.key} is {value}, not {p.level}")
     return problems

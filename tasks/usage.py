@@ -7,7 +7,7 @@ from __future__ import annotations
 from incidents.check_facts import USAGE, PodUsageFacts, UsageFacts
 from incidents.findings import Finding, unavailable
 from integrations.errors import IntegrationError
-from integrations.kubernetes_usage import BadQuantity, deployment_usage
+from integrations.kubernetes_usage import BadQuantity
 from tasks.context import RunContext, SecretNotFound
 from tasks.steps import step
 
@@ -41,7 +41,7 @@ def resource_usage(ctx: RunContext) -> Finding:
     target = ctx.service.kubernetes
     try:
         with ctx.kubernetes() as kube:
-            res, usage = deployment_usage(kube, target.namespace, target.deployment, target.container)
+            res, usage = kube.deployment_usage(target.namespace, target.deployment, target.container)
     except IntegrationError as exc:
         hint = " (no metrics API is served: is metrics-server installed?)" if exc.status == 404 else ""
         return unavailable(USAGE, f"{exc}{hint}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 from incidents.check_facts import VOLUMES, VolumeFacts, VolumeUse
 from incidents.findings import Finding, unavailable
 from integrations.errors import IntegrationError
-from integrations.kubernetes_config import deployment_volume_claims
 from tasks.context import NotConfigured, RunContext, SecretNotFound
 from tasks.steps import step
 
@@ -27,7 +26,7 @@ def volume_usage(ctx: RunContext) -> Finding:
     k = ctx.service.kubernetes
     try:
         with ctx.kubernetes() as kube:
-            claims = deployment_volume_claims(kube, k.namespace, k.deployment)
+            claims = kube.deployment_volume_claims(k.namespace, k.deployment)
     except (IntegrationError, SecretNotFound, OSError, ValueError) as exc:
         return unavailable(VOLUMES, exc)
     if not claims:

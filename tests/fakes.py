@@ -6,7 +6,6 @@ the client's own error); they are for tests only, never shipped."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn, Self
@@ -14,58 +13,12 @@ from typing import Any, NoReturn, Self
 from integrations.cache import CacheHealth, validate_prefix
 from integrations.errors import IntegrationError
 from integrations.github_views import CommentView, CommitView, IssueView, RunView
-from integrations.kubernetes_views import AutoscalerView, DeploymentView, deployment_view
 from integrations.pagerduty import Action
 from integrations.postgres import Connections, Replication, Session
 from integrations.slack import Posted
 from tasks.context import RunContext
+from tests.fake_kubernetes import FakeKubernetes
 from tests.fake_store import FakeStore
-
-
-def deployment(revision: int, image: str, replicas: int = 3, paused: bool = False) -> dict[str, Any]:
-    """A Deployment object as the API returns it, with the revision annotation kubectl reads."""
-    return {"metadata": {"annotations": {"deployment.kubernetes.io/revision": str(revision)}, "generation": 1},
-            "spec": {"replicas": replicas, "paused": paused,
-                     "template": {"spec": {"containers": [{"name": "app", "image": image}]}}},
-            "status": {"observedGeneration": 1}}
-
-
-class FakeKubernetes:
-    """Deployments and HPAs by (namespace, name); the calls the re-checks and remedies make."""
-
-    def __init__(self) -> None:
-        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
-        self.autoscalers: dict[tuple[str, str], AutoscalerView] = {}  # by the deployment they scale
-        self.calls: list[str] = []
-        self.refused: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) the Role does not grant
-
-    def __enter__(self) -> FakeKubernetes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
-        self.calls.append(f"get deployment {namespace}/{name}")
-        if (namespace, name) not in self.deployments:
-            raise IntegrationError(f"Kubernetes read deployment {namespace}/{name}", "HTTP 404: not found", status=404)
-        return copy.deepcopy(self.deployments[namespace, name])
-
-    def can_i(self, verb: str, group: str, resource: str, namespace: str, name: str = "",
-              subresource: str = "") -> bool:
-        return (verb, resource + (f"/{subresource}" if subresource else "")) not in self.refused
-
-    def deployment(self, namespace: str, name: str) -> DeploymentView:
-        return deployment_view(self.get_deployment(namespace, name))
-
-    def autoscaler_of(self, namespace: str, deployment_name: str) -> AutoscalerView | None:
-        return self.autoscalers.get((namespace, deployment_name))
-
-    def scale(self, namespace: str, name: str, replicas: int) -> tuple[int, int]:
-        self.calls.append(f"scale {namespace}/{name} {replicas}")
-        spec = self.deployments[namespace, name]["spec"]
-        before, spec["replicas"] = spec["replicas"], replicas
-        return before, replicas
 
 
 @dataclass
@@ -332,7 +285,7 @@ class FakeWiring:
     def pagerduty(self, ctx: RunContext) -> FakePagerDuty:
         return self.pagerduty_ or self._absent(ctx)
 
-    def kubernetes(self, ctx: RunContext) -> Any:
+    def kubernetes(self, ctx: RunContext) -> FakeKubernetes:
         return self.kube
 
     def postgres(self, ctx: RunContext) -> FakePostgres:

@@ -284,23 +284,23 @@ def test_the_config_a_deployment_reads_and_when_it_changed(world):
     """A ConfigMap changed with the real kubectl is stamped by the API (managedFields time); a
     write that changes nothing keeps the old time; a value the service rejects, rolled out by
     a restart, crash-loops the new pods with the same image."""
-    from integrations.kubernetes_config import ConfigRef, config_refs, last_changed
+    from integrations.kubernetes_config import ConfigRef, config_refs
 
     kube = KubernetesClient(str(world.runbooks_kubeconfig))
     refs = config_refs(kube.get_deployment("sandbox", "api"))
     assert refs == [ConfigRef("configmap", "api-config"), ConfigRef("secret", "api-credentials")]
-    seeded = last_changed(kube, "sandbox", refs[0]).changed_at
+    seeded = kube.last_changed("sandbox", refs[0]).changed_at
     time.sleep(1.1)
     kubectl(world, "patch", "configmap", "api-config", "-p", '{"data": {"log_level": "info"}}')  # no change
-    assert last_changed(kube, "sandbox", refs[0]).changed_at == seeded
+    assert kube.last_changed("sandbox", refs[0]).changed_at == seeded
     kubectl(world, "patch", "configmap", "api-config", "-p", '{"data": {"log_level": "verbose"}}')
-    changed = last_changed(kube, "sandbox", refs[0]).changed_at
+    changed = kube.last_changed("sandbox", refs[0]).changed_at
     assert seeded is not None and changed is not None and changed > seeded
     kubectl(world, "rollout", "restart", "deployment/api")
     time.sleep(0.5)
     pods = kube.pods("sandbox", "api")
     assert pods and all(p.waiting_reason == "CrashLoopBackOff" for p in pods if p.image.endswith(":v1.5.0"))
-    missing = last_changed(kube, "sandbox", ConfigRef("secret", "no-such-secret"))
+    missing = kube.last_changed("sandbox", ConfigRef("secret", "no-such-secret"))
     assert missing.changed_at is None and "not found" in (missing.error or "")
     spec = {"spec": {"template": {"spec": {
         "initContainers": [{"envFrom": [{"secretRef": {"name": "init-creds"}}]}],

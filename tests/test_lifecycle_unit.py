@@ -26,7 +26,8 @@ from tasks.lifecycle import run_scenario
 from tasks.scenario import PHASES, Scenario
 from tasks.steps import inline_steps
 from tests.action_samples import sample_action
-from tests.fakes import FakeWiring, ago, deployment
+from tests.fake_kubernetes import deployment
+from tests.fakes import FakeWiring, ago
 
 SECRETS = {"RUNBOOKS_SECRET_PAGERDUTY_SRE": "r" * 32, "RUNBOOKS_SECRET_PAGERDUTY_LEADS": "l" * 32,
            "RUNBOOKS_SECRET_GITHUB_TOKEN": "unit-token", "RUNBOOKS_SECRET_SLACK_BOT_TOKEN": "xoxb-unit"}

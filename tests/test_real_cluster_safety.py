@@ -122,17 +122,16 @@ def test_ingress_denylist_blocks_at_the_ingress_and_verification_sees_it(world, 
 
 def test_drill_clean_up_keeps_an_incidents_block(world):
     from incidents.drills import CATALOG
-    from integrations.kubernetes_security import block_cidrs, blocked_by_policy
     from tasks.context import RunContext
     from tasks.faults import LEAK_SOURCE, cleanup, inject
 
     ctx = RunContext.load("sandbox", "api")
     state = inject(ctx, CATALOG["leaked-credential"])
     with ctx.kubernetes() as kube:  # a real incident's block, and the drill's own
-        block_cidrs(kube, "sandbox", "block-suspicious-ips", "api", ["198.51.100.7/32", f"{LEAK_SOURCE}/32"])
+        kube.block_cidrs("sandbox", "block-suspicious-ips", "api", ["198.51.100.7/32", f"{LEAK_SOURCE}/32"])
     done = cleanup(ctx, state)
     with ctx.kubernetes() as kube:
-        assert blocked_by_policy(kube, "sandbox", "block-suspicious-ips") == ["198.51.100.7/32"]
+        assert kube.blocked_by_policy("sandbox", "block-suspicious-ips") == ["198.51.100.7/32"]
     assert any("198.51.100.7/32 stay blocked" in line for line in done)
 
 
@@ -240,12 +239,11 @@ def _admits_from_outside(policy: dict, address: str) -> bool:
     (["203.0.113.0/24", "2001:db8:1::/48"], ["203.0.113.99", "2001:db8:1:5::1"], ["198.51.100.9", "2001:db8:9::1"]),
 ], ids=["ipv4", "ipv6", "mixed"])
 def test_a_block_of_one_family_still_admits_every_outside_client_of_the_other(world, cidrs, blocked, admitted):
-    from integrations.kubernetes_security import block_cidrs
     from tasks.context import RunContext
 
     ctx = RunContext.load("sandbox", "api")
     with ctx.kubernetes() as kube:
-        block_cidrs(kube, "sandbox", "block-suspicious-ips", "api", cidrs)
+        kube.block_cidrs("sandbox", "block-suspicious-ips", "api", cidrs)
     policy = world.cluster.get("networkpolicies", "sandbox", "block-suspicious-ips")
     for address in blocked:
         assert not _admits_from_outside(policy, address), f"{address} is blocked"

@@ -9,7 +9,8 @@ import pytest
 from integrations.kubernetes_views import AutoscalerView
 from tasks.prechecks import CHECKS, TargetChanged, recheck
 from tests.action_samples import sample_action
-from tests.fakes import FakeCache, FakeWiring, ago, context, deployment, session
+from tests.fake_kubernetes import deployment
+from tests.fakes import FakeCache, FakeWiring, ago, context, session
 
 OLD, NEW = "acme/api:v1.4.1", "acme/api:v1.5.0"
 
