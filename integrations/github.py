@@ -11,7 +11,7 @@ import httpx
 
 from integrations.errors import Closing, IntegrationError, Refused, TimedOut, refusal
 from integrations.github_views import CommentView, CommitView, IssueView, JobView, RunView
-from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, request
+from integrations.http import DEFAULT_TIMEOUT, RetryPolicy, rate_limited, refused, request
 from integrations.http import client as http_client
 
 API_VERSION = "2022-11-28"
@@ -153,14 +153,15 @@ class GitHubClient(Closing):
         """POST that is never simply sent again: when its answer is lost (a timeout, a dropped
         connection, a 5xx) GitHub may have acted on it, so `made()` looks for what it would have
         made first (an issue, a comment, a run) and it is sent again only when nothing is found.
-        A 429 was not acted on and is retried after its Retry-After. When the look itself fails,
+        A rate limit (429, or GitHub's 403 with Retry-After or its limit spent) was not acted on and
+        is sent again after the limit's wait, without a look. When the look itself fails,
         it raises rather than risk doing the work twice. Returns the response, or None when
         `made()` found the work done."""
         what = f"GitHub POST {path}"
         for attempt in range(1, self.retry.attempts + 1):
             try:
-                response = request(self._http, "POST", path, what=what, retry=RetryPolicy(attempts=1), ok=(429,),
-                                   json=payload)
+                response = request(self._http, "POST", path, what=what, retry=RetryPolicy(attempts=1),
+                                   ok=(403, 429), json=payload)
             except IntegrationError as exc:
                 if not exc.transient or attempt == self.retry.attempts:
                     raise
@@ -176,10 +177,13 @@ class GitHubClient(Closing):
                     ) from None
                 time.sleep(self.retry.delay(attempt, None))
                 continue
-            if response.status_code != 429:
+            if response.status_code not in (403, 429):
                 return response
+            if not rate_limited(response):
+                raise refused(what, response)  # a 403 that is no rate limit: refused, never sent again
             if attempt == self.retry.attempts:
-                raise refusal(what, f"HTTP 429: rate limited (after {attempt} attempts)", 429, transient=True)
+                raise refusal(what, f"HTTP {response.status_code}: rate limited (after {attempt} attempts)",
+                              response.status_code, transient=True)
             time.sleep(self.retry.delay(attempt, response))  # not acted on: again after its Retry-After
         raise AssertionError("unreachable")
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import httpx
 
-from integrations.errors import gave_up, refusal
+from integrations.errors import IntegrationError, gave_up, refusal
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 
@@ -71,13 +71,23 @@ def _limit_spent(response: httpx.Response) -> bool:
     return bool(response.headers.get("X-RateLimit-Remaining") == "0")
 
 
-def worth_retrying(response: httpx.Response) -> bool:
-    """429 and 5xx; and a 403 that is a rate limit, as GitHub sends its primary and secondary
-    limits (docs.github.com, "Rate limits for the REST API": a 403 or 429 with Retry-After, or
-    with X-RateLimit-Remaining 0 and X-RateLimit-Reset): a refusal only until the limit resets."""
-    if is_transient(response.status_code):
+def rate_limited(response: httpx.Response) -> bool:
+    """A 429; or a 403 that is a rate limit, as GitHub sends its primary and secondary limits
+    (docs.github.com, "Rate limits for the REST API": a 403 or 429 with Retry-After, or with
+    X-RateLimit-Remaining 0 and X-RateLimit-Reset). Either way the request was not acted on."""
+    if response.status_code == 429:
         return True
     return response.status_code == 403 and ("Retry-After" in response.headers or _limit_spent(response))
+
+
+def worth_retrying(response: httpx.Response) -> bool:
+    """5xx and rate limits: a refusal only until the server recovers or the limit resets."""
+    return is_transient(response.status_code) or rate_limited(response)
+
+
+def refused(what: str, response: httpx.Response) -> IntegrationError:
+    """The error for an answer that refused the request (its status and the first of its message)."""
+    return refusal(what, f"HTTP {response.status_code}: {_short(response)}", response.status_code)
 
 
 def request(client: httpx.Client, method: str, url: str, *, what: str, retry: RetryPolicy = RetryPolicy(),
@@ -100,7 +110,7 @@ def request(client: httpx.Client, method: str, url: str, *, what: str, retry: Re
                 return response
             last = f"HTTP {response.status_code}: {_short(response)}"
             if not worth_retrying(response):
-                raise refusal(what, last, response.status_code)
+                raise refused(what, response)
         if attempt == retry.attempts:
             break
         pause = retry.delay(attempt, response)

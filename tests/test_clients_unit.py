@@ -129,6 +129,23 @@ def test_an_issue_whose_answer_was_lost_is_looked_for_before_it_is_sent_again(sl
     assert [r.method for r in looked.requests] == ["POST", "GET", "GET"]  # the look retried; the POST never blind
 
 
+def test_a_post_github_rate_limited_is_sent_again_after_the_wait_without_a_look(slept):
+    """A rate limit's 403 was not acted on: no look for the issue (the look costs the same
+    limit), just the wait GitHub asked for; a 403 that is no rate limit is never sent again."""
+    issues = f"{GITHUB}/repos/acme/incidents/issues"
+    reset = int(time.time()) + 8
+    script = Script(("POST", issues, answer("github", "secondary_rate_limit")),
+                    ("POST", issues, answer("github", "primary_rate_limit", reset=reset)),
+                    ("POST", issues, answer("github", "issue_created")))
+    assert _github(script).create_issue("acme/incidents", "[P1] api is down", "b", ["incident"]).number == 1347
+    assert [r.method for r in script.requests] == ["POST", "POST", "POST"]
+    assert slept[0] == 1.0 and 6 <= slept[1] <= 8  # Retry-After, then until the reset
+    refused = Script(("POST", issues, answer("github", "forbidden")))
+    with pytest.raises(Refused, match="Resource not accessible by integration") as error:
+        _github(refused).create_issue("acme/incidents", "[P1] api is down", "b", ["incident"])
+    assert error.value.status == 403 and not error.value.transient and len(refused.requests) == 1
+
+
 def test_a_jobs_log_is_fetched_from_where_github_redirects_without_the_token(slept):
     logs = f"{GITHUB}/repos/acme/api/actions/jobs/7/logs"
     storage = "https://pipelines.actions.githubusercontent.com/"
