@@ -17,4 +17,4 @@ def incident_watch(environment: str = "sandbox") -> dict[str, Any]:
     """Args:
         environment: the environment whose incidents are watched.
     """
-    return sweep(environment)
+    return sweep(environment).model_dump(mode="json")

@@ -25,6 +25,7 @@ from tasks.notify import comment_on_issue, send_slack
 from tasks.security import blocked_now
 from tasks.steps import run_logger
 from tasks.timeline import record
+from tasks.watch_summary import ContainmentReviewed, Handled
 
 WATCH = "incident watch"
 _ERRORS = (IntegrationError, SecretNotFound, StoreError)
@@ -46,9 +47,9 @@ def record_containment(ctx: RunContext, plan: Plan, action: PlannedAction) -> St
     return standing
 
 
-def review_containments(scope: Scope, now: datetime) -> dict[str, list[int]]:
+def review_containments(scope: Scope, now: datetime) -> ContainmentReviewed:
     """The watch's pass over standing containment: what it reverted, asked about, reported."""
-    done: dict[str, list[int]] = {"reverted": [], "asked": [], "widening": [], "gone": []}
+    done = ContainmentReviewed()
     for standing in scope.store().containments(scope.environment):
         try:
             scope.config.service(standing.service)  # an unknown service fails here, as RunContext.load does
@@ -59,11 +60,11 @@ def review_containments(scope: Scope, now: datetime) -> dict[str, list[int]]:
             run_logger().error("Containment #%s not reviewed this sweep: %s", standing.id, exc)
             continue
         if outcome:
-            done[outcome].append(standing.id)
+            getattr(done, outcome).append(standing.id)
     return done
 
 
-def _review(ctx: RunContext, kube: Kubernetes, standing: StandingContainment, now: datetime) -> str | None:
+def _review(ctx: RunContext, kube: Kubernetes, standing: StandingContainment, now: datetime) -> Handled | None:
     params = parse_action_params(standing.kind, standing.params)
     if isinstance(params, EnableLogging):
         return "reverted" if standing.expired(now) and _revert_logging(ctx, kube, standing, params) else None

@@ -39,9 +39,10 @@ from tasks.notify import comment_on_issue, notify_slack, refresh_issue
 from tasks.paging import mentions, retrigger_missing, trigger_pagers, update_pagers
 from tasks.steps import run_logger, step
 from tasks.timeline import record
+from tasks.watch_summary import ActionItemsTracked, Escalated, SweepSummary
 
 
-def escalate(ctx: RunContext, incident: Incident, now: datetime) -> dict | None:
+def escalate(ctx: RunContext, incident: Incident, now: datetime) -> Escalated | None:
     """Page the next level when the response time passed without an acknowledgment."""
     policy = ctx.config.escalation.policy(incident.severity)
     due = escalation_due(incident, ctx.config.roles, policy, now)
@@ -62,7 +63,7 @@ def escalate(ctx: RunContext, incident: Incident, now: datetime) -> dict | None:
     trigger_pagers(ctx, incident, due.level)
     comment_on_issue(ctx, incident.id, incident.github_repo, incident.github_issue,
                      f"### ⏫ Escalated to level {due.level}\n\n{templates.markdown_text(why, 600)}\n\nPaging: {who}")
-    return {"incident": incident.id, "level": due.level, "contacts": due.contacts}
+    return Escalated(incident=incident.id, level=due.level, contacts=list(due.contacts))
 
 
 def status_cadence(ctx: RunContext, incident: Incident, now: datetime) -> bool:
@@ -117,9 +118,9 @@ def remind_postmortems(scope: Scope, now: datetime) -> list[int]:
     return reminded
 
 
-def track_action_items(scope: Scope, now: datetime) -> dict:
+def track_action_items(scope: Scope, now: datetime) -> ActionItemsTracked:
     """Closed issue = done; open past its due date = a reminder (at most every reminder_hours)."""
-    done, reminded = [], []
+    tracked = ActionItemsTracked()
     remind_every = timedelta(hours=scope.config.post_incident.reminder_hours)
     store = scope.store()
     for item in store.action_items(environment=scope.environment, open_only=True):
@@ -137,7 +138,7 @@ def track_action_items(scope: Scope, now: datetime) -> dict:
             store.complete_action_item(item.id, now)
             record(ctx, incident.id, "incident-watch", EventKind.ACTION_ITEM_DONE,
                    f"Action item done: {item.title} ({item.repo}#{item.issue_number})")
-            done.append(item.id)
+            tracked.done.append(item.id)
         elif item.due_at <= now and (
             item.last_reminded_at is None or item.last_reminded_at + remind_every <= now
         ):
@@ -153,8 +154,8 @@ def track_action_items(scope: Scope, now: datetime) -> dict:
             comment_on_issue(ctx, incident.id, item.repo, item.issue_number,
                              f"⏰ Overdue since {templates.stamp(item.due_at)}.")
             store.action_item_reminded(item.id, now)
-            reminded.append(item.id)
-    return {"done": done, "reminded": reminded}
+            tracked.reminded.append(item.id)
+    return tracked
 
 
 def decline_expired_approvals(scope: Scope, now: datetime) -> list[int]:
@@ -229,39 +230,37 @@ def _resume(flow_run_id: str, answer: dict) -> bool:
 
 
 @step("sweep-incidents")
-def sweep(environment: str, now: datetime | None = None, wiring: Wiring = PRODUCTION) -> dict[str, Any]:
+def sweep(environment: str, now: datetime | None = None, wiring: Wiring = PRODUCTION) -> SweepSummary:
     """One pass of the watch over the environment's incidents and follow-ups."""
     now = now or datetime.now(timezone.utc)
     scope = Scope.load(environment, wiring)
     store = scope.store()
-    summary: dict[str, Any] = {"open": 0, "escalated": [], "status_updates": [], "postmortem_reminders": [],
-                               "action_items": {}, "commander_asked": [], "stakeholder_drafts": []}
+    summary = SweepSummary()
     for incident in store.list(limit=500, open_only=True, environment=environment):
-        summary["open"] += 1
+        summary.open += 1
         ctx = scope.ctx(incident.service)
         try:
             retrigger_missing(ctx, incident)  # a page PagerDuty did not take is sent again
             escalated = escalate(ctx, incident, now)
             if escalated:
-                summary["escalated"].append(escalated)
+                summary.escalated.append(escalated)
             if status_cadence(ctx, incident, now):
-                summary["status_updates"].append(incident.id)
-            summary["commander_asked"] += ask_commander(ctx, incident, now)
+                summary.status_updates.append(incident.id)
+            summary.commander_asked += ask_commander(ctx, incident, now)
             if stakeholder_draft(ctx, incident, now):
-                summary["stakeholder_drafts"].append(incident.id)
+                summary.stakeholder_drafts.append(incident.id)
         except StoreError as exc:
             run_logger().error("Incident %s skipped this sweep: %s", incident.id, exc)
-    summary["expired_approvals"] = decline_expired_approvals(scope, now)
-    summary["ended_runs"] = close_ended_runs(scope)
-    summary["withdrawn"] = withdraw_quiet(store, environment, load_config().intake.resolve_grace_seconds, now,
-                                          _resume)
-    summary["postmortem_reminders"] = remind_postmortems(scope, now)
-    summary["summary_reminders"] = remind_summaries(scope, now)
-    summary["action_items"] = track_action_items(scope, now)
-    summary["containment"] = review_containments(scope, now)
+    summary.expired_approvals = decline_expired_approvals(scope, now)
+    summary.ended_runs = close_ended_runs(scope)
+    summary.withdrawn = withdraw_quiet(store, environment, load_config().intake.resolve_grace_seconds, now, _resume)
+    summary.postmortem_reminders = remind_postmortems(scope, now)
+    summary.summary_reminders = remind_summaries(scope, now)
+    summary.action_items = track_action_items(scope, now)
+    summary.containment = review_containments(scope, now)
     run_logger().info("Sweep of %s: %s open, %s escalated, %s status updates, %s post-mortem reminders",
-                          environment, summary["open"], len(summary["escalated"]), len(summary["status_updates"]),
-                          len(summary["postmortem_reminders"]))
+                      environment, summary.open, len(summary.escalated), len(summary.status_updates),
+                      len(summary.postmortem_reminders))
     return summary
 
 

@@ -37,10 +37,10 @@ def test_the_commander_is_asked_once_when_no_approver_answers_within_the_respons
     plan = Plan(incident.id, "api", "sandbox", (), summary="roll back")
     approval_id = store.request_approval(incident.id, plan, None)
     requested = store.approval(approval_id).requested_at
-    assert sweep("sandbox", now=requested + timedelta(minutes=14, seconds=59))["commander_asked"] == []
+    assert sweep("sandbox", now=requested + timedelta(minutes=14, seconds=59)).commander_asked == []
     store.assign_role(incident.id, "commander", "@comms-kim", "sam")  # handed over meanwhile: kim is asked
-    assert sweep("sandbox", now=requested + timedelta(minutes=15))["commander_asked"] == [approval_id]
-    assert sweep("sandbox", now=requested + timedelta(minutes=40))["commander_asked"] == [], "once per request"
+    assert sweep("sandbox", now=requested + timedelta(minutes=15)).commander_asked == [approval_id]
+    assert sweep("sandbox", now=requested + timedelta(minutes=40)).commander_asked == [], "once per request"
     asked = _messages(world, "🧭 DECISION NEEDED")
     assert len(asked) == 1 and "Incident Commander: <@U0SANDKIM>" in asked[0], asked
     assert "Approvers: <@U0SANDSAM> <@U0SANDTESS>" in asked[0], "rita may not approve P1: not named"
@@ -51,7 +51,7 @@ def test_the_commander_is_asked_once_when_no_approver_answers_within_the_respons
     signed_id = store.request_approval(answered.id, Plan(answered.id, "api", "sandbox", (), summary="scale"), None)
     store.sign(signed_id, "sam", "approve", "ok")  # one approver answered (four-eyes waits for another)
     later = store.approval(signed_id).requested_at + timedelta(hours=1)
-    assert signed_id not in sweep("sandbox", now=later)["commander_asked"], "an approver spoke: not silent"
+    assert signed_id not in sweep("sandbox", now=later).commander_asked, "an approver spoke: not silent"
 
 
 def test_stakeholder_drafts_follow_the_severity_s_cadence_for_the_comms_lead(world, store):
@@ -60,14 +60,14 @@ def test_stakeholder_drafts_follow_the_severity_s_cadence_for_the_comms_lead(wor
     p0 = _open(store, "P0", "duty-stakeholders-p0")
     p2 = _open(store, "P2", "duty-stakeholders-p2")
     opened = p0.opened_at
-    assert sweep("sandbox", now=opened + timedelta(minutes=29))["stakeholder_drafts"] == []
-    assert sweep("sandbox", now=opened + timedelta(minutes=30, seconds=5))["stakeholder_drafts"] == [p0.id]
-    assert sweep("sandbox", now=opened + timedelta(minutes=31))["stakeholder_drafts"] == []
-    assert sweep("sandbox", now=opened + timedelta(minutes=61))["stakeholder_drafts"] == [p0.id]
+    assert sweep("sandbox", now=opened + timedelta(minutes=29)).stakeholder_drafts == []
+    assert sweep("sandbox", now=opened + timedelta(minutes=30, seconds=5)).stakeholder_drafts == [p0.id]
+    assert sweep("sandbox", now=opened + timedelta(minutes=31)).stakeholder_drafts == []
+    assert sweep("sandbox", now=opened + timedelta(minutes=61)).stakeholder_drafts == [p0.id]
     drafts = _messages(world, "📣 STAKEHOLDER UPDATE (draft)")
     assert len(drafts) == 2 and all("For: <@U0SANDKIM>" in d and "Critical priority" in d for d in drafts), drafts
     assert f"Next update by {opened + timedelta(minutes=60):%H:%M} UTC" in drafts[0]
-    assert p2.id not in sweep("sandbox", now=opened + timedelta(hours=9))["stakeholder_drafts"], "P2: no cadence"
+    assert p2.id not in sweep("sandbox", now=opened + timedelta(hours=9)).stakeholder_drafts, "P2: no cadence"
 
 
 def test_the_24_hour_summary_is_drafted_at_resolution_reminded_when_overdue_and_marked_sent(world, store):
@@ -89,10 +89,10 @@ def test_the_24_hour_summary_is_drafted_at_resolution_reminded_when_overdue_and_
     assert any("24-hour summary (draft)" in c["body"] for c in comments), comments
     resolved_at = store.get(incident.id).resolved_at
 
-    assert incident.id not in sweep("sandbox", now=resolved_at + timedelta(hours=23))["summary_reminders"]
-    assert incident.id in sweep("sandbox", now=resolved_at + timedelta(hours=24, seconds=1))["summary_reminders"]
-    assert incident.id not in sweep("sandbox", now=resolved_at + timedelta(hours=25))["summary_reminders"]
-    assert incident.id in sweep("sandbox", now=resolved_at + timedelta(hours=48, seconds=2))["summary_reminders"]
+    assert incident.id not in sweep("sandbox", now=resolved_at + timedelta(hours=23)).summary_reminders
+    assert incident.id in sweep("sandbox", now=resolved_at + timedelta(hours=24, seconds=1)).summary_reminders
+    assert incident.id not in sweep("sandbox", now=resolved_at + timedelta(hours=25)).summary_reminders
+    assert incident.id in sweep("sandbox", now=resolved_at + timedelta(hours=48, seconds=2)).summary_reminders
     overdue = _messages(world, "📋 24-HOUR SUMMARY OVERDUE")
     assert len([t for t in overdue if f"summary {incident.id} sent" in t]) == 2 and "<@U0SANDKIM>" in overdue[0]
 
@@ -104,7 +104,7 @@ def test_the_24_hour_summary_is_drafted_at_resolution_reminded_when_overdue_and_
     assert sent.returncode == 0 and "24-hour summary sent by kim (on time)" in sent.stdout, (sent.stdout, sent.stderr)
     again = cli("summary", str(incident.id), "--by", "kim")
     assert again.returncode != 0 and "marked sent already (by kim)" in again.stderr
-    assert incident.id not in sweep("sandbox", now=resolved_at + timedelta(hours=96))["summary_reminders"]
+    assert incident.id not in sweep("sandbox", now=resolved_at + timedelta(hours=96)).summary_reminders
     body = world.github.repo("acme/incidents").issues[issue.number - 1]["body"]
     assert "24-hour summary sent by kim" in body, body
     never = _open(store, "P2", "duty-no-summary")

@@ -20,6 +20,7 @@ from incidents.models import Severity
 from incidents.success_metrics import compute, trend_svg
 from integrations.github import GitHubClient
 from sandbox.world import GITHUB_TOKEN
+from tasks.watch_summary import Escalated
 from tests.conftest import ROOT, FlowThread, break_api, read_all
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -64,10 +65,10 @@ def test_escalation_fires_at_the_response_time_of_each_severity_and_stops_on_ack
     opened = incident.opened_at
     response = timedelta(minutes=RESPONSE[severity])
 
-    assert sweep("sandbox", now=opened + response - timedelta(seconds=1))["escalated"] == []
-    first = sweep("sandbox", now=opened + response)["escalated"]
-    assert first == [{"incident": incident.id, "level": 1, "contacts": EXPECTED_LEVEL1[severity]}]
-    assert sweep("sandbox", now=opened + response)["escalated"] == []  # once, however often the watch runs
+    assert sweep("sandbox", now=opened + response - timedelta(seconds=1)).escalated == []
+    first = sweep("sandbox", now=opened + response).escalated
+    assert first == [Escalated(incident=incident.id, level=1, contacts=EXPECTED_LEVEL1[severity])]
+    assert sweep("sandbox", now=opened + response).escalated == []  # once, however often the watch runs
     events = _kinds(store, incident.id, "escalated")
     assert len(events) == 1 and events[0].data.level == 1 and events[0].data.contacts == EXPECTED_LEVEL1[severity]
     page = _messages(world, "📊 INCIDENT UPDATE")
@@ -78,7 +79,7 @@ def test_escalation_fires_at_the_response_time_of_each_severity_and_stops_on_ack
     assert acknowledge("sandbox", incident.id, "zoe") is True
     assert acknowledge("sandbox", incident.id, "zoe") is False  # already acknowledged
     assert store.get(incident.id).acknowledged_by == "zoe"
-    assert sweep("sandbox", now=opened + 10 * response)["escalated"] == []
+    assert sweep("sandbox", now=opened + 10 * response).escalated == []
     assert len(_kinds(store, incident.id, "escalated")) == 1
     assert [e.actor for e in _kinds(store, incident.id, "acknowledged")] == ["zoe"]
 
@@ -109,12 +110,12 @@ def test_escalation_keeps_working_while_the_runbook_waits_for_approval(world, st
     assert incident.flow_run_id == str(paused.id) and incident.acknowledged_at is None
 
     summary = sweep("sandbox", now=incident.opened_at + timedelta(minutes=5, seconds=1))
-    assert summary["escalated"] == [{"incident": incident.id, "level": 1, "contacts": P0_LEVEL1}]
+    assert summary.escalated == [Escalated(incident=incident.id, level=1, contacts=P0_LEVEL1)]
     assert run.resume(paused.id, approve=True, approver="alice", reason="roll it back").status.value == "ACCEPT"
     assert run.join()["outcome"] == "resolved"
     after = store.get(incident.id)
     assert after.acknowledged_by == "alice (unverified)" and after.acknowledged_at is not None
-    assert sweep("sandbox", now=incident.opened_at + timedelta(hours=2))["escalated"] == []
+    assert sweep("sandbox", now=incident.opened_at + timedelta(hours=2)).escalated == []
 
 
 def test_status_updates_follow_the_cadence_with_eta_and_impact(world, store):
@@ -123,18 +124,18 @@ def test_status_updates_follow_the_cadence_with_eta_and_impact(world, store):
     incident = _open(store, "P0", "cadence-p0")
     store.set_status(incident.id, incident.status, eta="30 min", impact="Checkout unavailable",
                      last_update_at=incident.opened_at)
-    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=14))["status_updates"] == []
-    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=15))["status_updates"] == [incident.id]
-    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=15))["status_updates"] == []
-    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=29))["status_updates"] == []
-    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=30))["status_updates"] == [incident.id]
+    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=14)).status_updates == []
+    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=15)).status_updates == [incident.id]
+    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=15)).status_updates == []
+    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=29)).status_updates == []
+    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=30)).status_updates == [incident.id]
     updates = [t for t in _messages(world, "📊 INCIDENT UPDATE") if "Periodic update" in t]
     assert len(updates) == 2
     assert "ETA: 30 min" in updates[0] and "Impact: Checkout unavailable" in updates[0] and "every 15 min" in updates[0]
 
     slow = _open(store, "P3", "cadence-p3")  # P3 is updated far less often
-    assert sweep("sandbox", now=slow.opened_at + timedelta(hours=7))["status_updates"] == [incident.id]
-    assert slow.id in sweep("sandbox", now=slow.opened_at + timedelta(hours=8))["status_updates"]
+    assert sweep("sandbox", now=slow.opened_at + timedelta(hours=7)).status_updates == [incident.id]
+    assert slow.id in sweep("sandbox", now=slow.opened_at + timedelta(hours=8)).status_updates
 
 
 def _resolve_through_service_down(world, store):
@@ -231,7 +232,7 @@ def test_post_incident_flow_end_to_end_files_action_items_and_tracks_them(world,
     ours = {i.id for i in items}  # other tests' incidents (e.g. a revoke-at-issuer item) are tracked too
 
     def swept(now) -> dict:
-        return {k: [i for i in v if i in ours] for k, v in sweep("sandbox", now=now)["action_items"].items()}
+        return {k: [i for i in v if i in ours] for k, v in sweep("sandbox", now=now).action_items.model_dump().items()}
 
     assert swept(later) == {"done": [items[1].id], "reminded": [items[0].id]}
     assert swept(later + timedelta(hours=1)) == {"done": [], "reminded": []}
@@ -254,10 +255,10 @@ def test_an_overdue_post_mortem_is_reminded(world, store, database_url):
     store.close(incident.id, "a cause", "a fix")
     resolved = store.get(incident.id).resolved_at
     # (the record also holds other tests' resolved incidents: look at this one)
-    assert incident.id not in sweep("sandbox", now=resolved + timedelta(days=6))["postmortem_reminders"]
-    assert incident.id in sweep("sandbox", now=resolved + timedelta(days=7, minutes=1))["postmortem_reminders"]
-    assert incident.id not in sweep("sandbox", now=resolved + timedelta(days=7, hours=2))["postmortem_reminders"]
-    assert incident.id in sweep("sandbox", now=resolved + timedelta(days=8, minutes=2))["postmortem_reminders"]
+    assert incident.id not in sweep("sandbox", now=resolved + timedelta(days=6)).postmortem_reminders
+    assert incident.id in sweep("sandbox", now=resolved + timedelta(days=7, minutes=1)).postmortem_reminders
+    assert incident.id not in sweep("sandbox", now=resolved + timedelta(days=7, hours=2)).postmortem_reminders
+    assert incident.id in sweep("sandbox", now=resolved + timedelta(days=8, minutes=2)).postmortem_reminders
     assert any(t.startswith("📝 POST-MORTEM OVERDUE") and "<@U0SANDANA>" in t for t in _texts(world))
     assert [e.kind for e in store.timeline(incident.id)].count("postmortem_overdue") == 2
 

@@ -287,11 +287,11 @@ def test_a_restriction_added_after_a_block_is_reported_and_the_block_lifted_by_a
     block = standing["block_ips"]
     assert block.expires_at > datetime.now(timezone.utc) and sorted(block.params["cidrs"]) == \
         ["198.51.100.0/24", "203.0.113.7/32"]
-    assert sweep("sandbox")["containment"]["widening"] == [], "nothing else selects the pods yet"
+    assert sweep("sandbox").containment.widening == [], "nothing else selects the pods yet"
 
     world.cluster.create("networkpolicies", "sandbox", ONLY_FROM_INGRESS)  # the team restricts api later
-    assert sweep("sandbox")["containment"]["widening"] == [block.id]
-    assert sweep("sandbox")["containment"]["widening"] == [], "reported once"
+    assert sweep("sandbox").containment.widening == [block.id]
+    assert sweep("sandbox").containment.widening == [], "reported once"
     told = [m["text"] for m in world.slack_messages if m["text"].startswith("⚠️ CONTAINMENT WIDENS ACCESS")]
     assert len(told) == 1 and "api-only-from-ingress-nginx" in told[0] and f"lift {block.id}" in told[0]
     assert any(e.kind == "containment_widens" for e in store.timeline(incident_id))
@@ -319,19 +319,19 @@ def test_a_raised_log_level_is_turned_back_when_it_expires_and_an_expired_block_
     incident_id = _contained(world, store)
     assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "debug"
     standing = {c.kind: c for c in store.containments("sandbox") if c.incident_id == incident_id}
-    assert sweep("sandbox")["containment"]["reverted"] == [], "not expired yet"
+    assert sweep("sandbox").containment.reverted == [], "not expired yet"
     later = datetime.now(timezone.utc) + timedelta(hours=7)  # logging_hours 6, block_hours 72
-    done = sweep("sandbox", now=later)["containment"]
-    assert done["reverted"] == [standing["enable_logging"].id] and done["asked"] == []
+    done = sweep("sandbox", now=later).containment
+    assert done.reverted == [standing["enable_logging"].id] and done.asked == []
     assert world.cluster.get("configmaps", "sandbox", "api-config")["data"]["log_level"] == "info"
     assert store.containment(standing["block_ips"].id).active, "a block is never lifted by the watch"
 
     much_later = datetime.now(timezone.utc) + timedelta(hours=73)
-    assert sweep("sandbox", now=much_later)["containment"]["asked"] == [standing["block_ips"].id]
-    assert sweep("sandbox", now=much_later)["containment"]["asked"] == [], "asked once"
+    assert sweep("sandbox", now=much_later).containment.asked == [standing["block_ips"].id]
+    assert sweep("sandbox", now=much_later).containment.asked == [], "asked once"
     asked = [m["text"] for m in world.slack_messages if m["text"].startswith("⏳ CONTAINMENT EXPIRED")]
     assert len(asked) == 1 and f"containment lift {standing['block_ips'].id}" in asked[0]
     assert world.cluster.get("networkpolicies", "sandbox", "block-suspicious-ips"), "still in place"
     world.cluster.delete("networkpolicies", "sandbox", "block-suspicious-ips")  # someone removes it by hand
-    assert sweep("sandbox", now=much_later)["containment"]["gone"] == [standing["block_ips"].id]
+    assert sweep("sandbox", now=much_later).containment.gone == [standing["block_ips"].id]
     assert not store.containment(standing["block_ips"].id).active, "what no longer stands is not listed"

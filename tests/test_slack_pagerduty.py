@@ -314,7 +314,7 @@ def test_pagerduty_trigger_acknowledge_resolve_one_dedup_key_and_an_acknowledgem
                                                                     "user": "Ola Oncall"}, timeout=15).json()
     assert acted["status"] == 200 and json.loads(acted["body"])["escalation_stopped"] is True
     assert store.get(incident.id).acknowledged_by == "Ola Oncall (PagerDuty)"
-    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=10))["escalated"] == []  # P0: due at 5
+    assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=10)).escalated == []  # P0: due at 5
     assert any("Acknowledged in PagerDuty by Ola Oncall" in m["text"] for m in world.slack_messages)
     forged = httpx.post(f"{slack_intake}/pagerduty/webhooks", content=b'{"event": {}}', timeout=10,
                         headers={"X-PagerDuty-Signature": "v1=00"})
@@ -381,7 +381,7 @@ def test_a_run_cancelled_while_it_waits_closes_its_approval_and_a_press_then_say
         client.set_flow_run_state(paused.id, Cancelled(message="Cancelled by dana: taking over"), force=True)
     with store._connect() as conn:  # asked for a minute ago: the watch leaves fresh requests alone
         conn.execute("UPDATE approvals SET requested_at = now() - interval '1 minute' WHERE id = %s", (approval.id,))
-    assert approval.id in sweep("sandbox")["ended_runs"]
+    assert approval.id in sweep("sandbox").ended_runs
     closed = store.approval(approval.id)
     assert closed.decision == "withdrawn" and "without an answer" in closed.reason
     cancelled = [e for e in store.timeline(approval.incident_id) if e.kind == "cancelled"]
@@ -393,7 +393,7 @@ def test_a_run_cancelled_while_it_waits_closes_its_approval_and_a_press_then_say
     _until(lambda: _ephemeral(world, "U0SANDSAM"))
     assert "already decided: withdrawn" in _ephemeral(world, "U0SANDSAM")[0]
     assert store.signatures(approval.id) == [] and api_image(world) == BROKEN_IMAGE
-    assert sweep("sandbox")["ended_runs"] == []  # once
+    assert sweep("sandbox").ended_runs == []  # once
 
 
 def test_a_replayed_signed_press_is_acknowledged_and_not_acted_on(world, store, slack_intake):
