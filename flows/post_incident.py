@@ -52,4 +52,5 @@ def post_incident(incident_id: int, environment: str = "sandbox") -> dict[str, A
         record(ctx, incident_id, "runbook", EventKind.POSTMORTEM_WAITING,
                "Post-mortem form not answered before the run's limit")
         return {"incident_id": incident_id, "outcome": Outcome.FORM_TIMED_OUT}
-    return {**publish(ctx, store.get(incident_id), answers, store), "outcome": Outcome.PUBLISHED}
+    published = publish(ctx, store.get(incident_id), answers, store)
+    return {**published.model_dump(mode="json"), "outcome": Outcome.PUBLISHED}

@@ -188,7 +188,26 @@ def proposals_markdown(rows: list[Proposal]) -> str:
 
 
 @step("publish-postmortem")
-def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store: FollowUpStore) -> dict:
+class FiledItem(BaseModel):
+    """An action item as filed: its GitHub issue, when one could be opened."""
+
+    title: str
+    horizon: str  # 24h | 1w
+    due_at: str
+    repo: str | None
+    issue_number: int | None
+
+
+class Published(BaseModel):
+    """A published post-mortem; the post-incident flow returns it as JSON, with its outcome."""
+
+    incident_id: int
+    action_items: list[FiledItem]
+    commented: bool
+    markdown_chars: int
+
+
+def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store: FollowUpStore) -> Published:
     logger = run_logger()
     completed = datetime.now(timezone.utc)
     items = file_action_items(ctx, incident, answers.action_items, store, completed)
@@ -214,10 +233,6 @@ def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store
                                    f"Root Cause: {templates.slack_text(answers.root_cause, 300)}\n"
                                    f"Action items: {len(items)} filed")
     logger.info("Post-mortem of incident %s published; %s action items", incident.id, len(items))
-    return {
-        "incident_id": incident.id,
-        "action_items": [{"title": i.title, "horizon": i.horizon, "due_at": str(i.due_at), "repo": i.repo,
-                          "issue_number": i.issue_number} for i in items],
-        "commented": commented,
-        "markdown_chars": len(markdown),
-    }
+    return Published(incident_id=incident.id, commented=commented, markdown_chars=len(markdown),
+                     action_items=[FiledItem(title=i.title, horizon=i.horizon, due_at=str(i.due_at), repo=i.repo,
+                                             issue_number=i.issue_number) for i in items])
