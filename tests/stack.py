@@ -112,18 +112,22 @@ class Stack:
                 self.processes.pop(name, None)
             self.start_workers(*down)
             done.append(f"started {down} again")
-        left = self._in_flight()
-        for run in left:
-            if run["state"]["type"] != "CANCELLING":
-                httpx.post(f"{self.api}/flow_runs/{run['id']}/set_state", timeout=30, json={"force": True, "state": {
-                    "type": "CANCELLING", "name": "Cancelling", "message": "left in flight by the test before"}})
+        # Rounds: a run may start another while the first are cancelled (a resolved incident's
+        # post-incident run, which suspends until its form is answered).
+        cancelled: set[str] = set()
         deadline = time.monotonic() + timeout
-        while left and self._in_flight() and time.monotonic() < deadline:
+        while (left := self._in_flight()) and time.monotonic() < deadline:
+            for run in left:
+                if run["id"] not in cancelled and run["state"]["type"] != "CANCELLING":
+                    httpx.post(f"{self.api}/flow_runs/{run['id']}/set_state", timeout=30, json={
+                        "force": True, "state": {"type": "CANCELLING", "name": "Cancelling",
+                                                 "message": "left in flight by the test before"}})
+                    cancelled.add(run["id"])
             time.sleep(0.5)
-        if left:
-            done.append(f"cancelled {len(left)} runs left in flight")
-        stuck = self._in_flight()
-        assert not stuck, f"{len(stuck)} runs still in flight {timeout:.0f} s after their Cancel"
+        if cancelled:
+            done.append(f"cancelled {len(cancelled)} runs left in flight")
+        stuck = [f"{run['name']} ({run['state']['type']})" for run in self._in_flight()]
+        assert not stuck, f"runs still in flight {timeout:.0f} s after their Cancel: {stuck}"
         return done
 
     def _in_flight(self) -> list[dict]:

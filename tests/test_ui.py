@@ -46,8 +46,9 @@ def _runs_of(api: str, deployment_id: str, states: list[str] | None = None) -> l
     return httpx.post(f"{api}/flow_runs/filter", timeout=10, json=body).json()
 
 
-def _click_run(page, api: str) -> str:
-    """Run -> Quick run -> Run on service-down/sandbox's page: the id of the run the click created."""
+def _click_run(page, api: str, before_click=lambda: None) -> str:
+    """Run -> Quick run -> Run on service-down/sandbox's page: the id of the run the click created.
+    `before_click` is called just before the last click, the one that creates the run."""
     ui = api.removesuffix("/api")
     dep = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=30).json()
     before = {r["id"] for r in _runs_of(api, dep["id"])}
@@ -56,7 +57,10 @@ def _click_run(page, api: str) -> str:
     page.goto(f"{ui}/deployments/deployment/{dep['id']}")
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Quick run", exact=True).click()
-    page.get_by_role("dialog").get_by_role("button", name="Run", exact=True).click()
+    run = page.get_by_role("dialog").get_by_role("button", name="Run", exact=True)
+    run.wait_for()
+    before_click()
+    run.click()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         new = [r["id"] for r in _runs_of(api, dep["id"]) if r["id"] not in before]
@@ -171,10 +175,9 @@ def test_run_and_resume_in_the_browser_land_at_once_under_load(pg_stack, world, 
             )
         )
     _answer_in_the_form(page, api, waiting, True, "rosa", "approved under load")
-    in_flight = [_in_flight(api, load)]
-    clicked = _click_run(page, api)
-    in_flight.append(_in_flight(api, load))
-    assert min(in_flight) >= LOAD // 2, f"load runs still in flight after the Resume and the Run: {in_flight}"
+    in_flight = [_in_flight(api, load)]  # after the Resume landed, and as the Run is clicked
+    clicked = _click_run(page, api, before_click=lambda: in_flight.append(_in_flight(api, load)))
+    assert min(in_flight) >= LOAD // 2, f"load runs in flight after the Resume and at the Run: {in_flight}"
     for r in [*load, clicked]:
         httpx.post(f"{api}/flow_runs/{r}/set_state", timeout=30, json={"state": {
             "type": "CANCELLING", "name": "Cancelling", "message": "Cancelled by the load test"}})
@@ -194,7 +197,7 @@ def test_run_and_resume_in_the_browser_land_at_once_under_load(pg_stack, world, 
     assert states[-1] in ("CANCELLED", "COMPLETED"), states[-1]  # the UI's run: cancelled, or nothing to do
     assert _final(api, waiting) == "COMPLETED"  # the Resume given under load was taken
     assert api_image(world).endswith(":v1.5.0")
-    print(f"Resume, then Run, clicked with {in_flight} of {LOAD} load runs still in flight after each; "
+    print(f"Resume, then Run, clicked with {in_flight} of {LOAD} load runs in flight; "
           f"all {LOAD + 1} cancelled runs ended {settled:.1f} s after the Cancel")
 
 
