@@ -187,7 +187,6 @@ def proposals_markdown(rows: list[Proposal]) -> str:
     return "\n".join(lines)
 
 
-@step("publish-postmortem")
 class FiledItem(BaseModel):
     """An action item as filed: its GitHub issue, when one could be opened."""
 
@@ -207,6 +206,7 @@ class Published(BaseModel):
     markdown_chars: int
 
 
+@step("publish-postmortem")
 def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store: FollowUpStore) -> Published:
     logger = run_logger()
     completed = datetime.now(timezone.utc)
