@@ -5,13 +5,16 @@ tests/test_database_issues.py and tests/test_prechecks.py."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
 
+from incidents.config import PrometheusSettings
 from incidents.plans import Grant, NotApproved, Plan
 from integrations.postgres import Connections, Replica, Replication
 from tasks.database import cancel_queries, check_connections, check_replication, terminate_sessions
+from tasks.context import RunContext
 from tasks.latency import latency_query, prometheus_latency
 from tests.action_samples import sample_action
 from tests.fakes import FakePostgres, FakePrometheus, FakeWiring, ago, context, session
@@ -74,14 +77,23 @@ def test_replication_lag_on_a_primary_and_on_a_replica():
     assert check_replication.fn(context(FakeWiring(postgres_=postgres))).ok is False
 
 
+def _watched(wiring: FakeWiring) -> RunContext:
+    """The api service with Prometheus settings and a 1000 ms objective, whichever config the
+    session loaded (the service tier's test config has neither)."""
+    ctx = context(wiring)
+    service = ctx.service.model_copy(update={"latency_slo_ms": 1000.0})
+    config = ctx.config.model_copy(update={"prometheus": PrometheusSettings(url="http://prometheus.test"),
+                                           "services": {**ctx.config.services, ctx.service_name: service}})
+    return replace(ctx, config=config)
+
+
 def test_latency_is_judged_against_the_services_objective():
-    ctx = context(FakeWiring())
-    p50, p99 = latency_query(ctx, 0.5), latency_query(ctx, 0.99)
+    p50, p99 = latency_query(_watched(FakeWiring()), 0.5), latency_query(_watched(FakeWiring()), 0.99)
     prometheus = FakePrometheus({p50: [({}, 0.120)], p99: [({}, 1.5)]})
-    finding = prometheus_latency.fn(context(FakeWiring(prometheus_=prometheus)))
+    finding = prometheus_latency.fn(_watched(FakeWiring(prometheus_=prometheus)))
     assert finding.ok is False and finding.summary == "p50 120 ms, p99 1500 ms against the 1000 ms objective"
     assert prometheus.asked == [p50, p99] and "api" in p99
     prometheus.answers[p99] = [({}, float("nan"))]  # no requests in the window: unknown, not fine
-    assert prometheus_latency.fn(context(FakeWiring(prometheus_=prometheus))).ok is None
-    down = prometheus_latency.fn(context(FakeWiring()))  # Prometheus not reachable
-    assert down.ok is None
+    assert prometheus_latency.fn(_watched(FakeWiring(prometheus_=prometheus))).ok is None
+    down = prometheus_latency.fn(_watched(FakeWiring()))  # Prometheus not reachable
+    assert down.ok is None and "not part of this test" in down.summary
