@@ -36,7 +36,9 @@ def test_overload_is_scaled_up_within_the_maximum(world, store):
     assert result["verification"]["recovered"]
     report = world.github.repo("acme/incidents").comments[1][0]["body"]
     line = next(row for row in report.splitlines() if row.startswith("| error rate (/metrics) |"))
-    assert "❌" in line and re.search(r"\| (39\.[5-9]|40\.[0-4])% of", line), line  # 40 % fail, read by the clock
+    # 40 % fail (200 rps against 120 of capacity). The counters are whole numbers when read, so
+    # each of the two deltas over ~200 requests may be one off: 39.3-40.7 % (CI read 83 of 205).
+    assert "❌" in line and re.search(r"\| (39\.[3-9]|40\.[0-7])% of", line), line
     assert any(row.startswith("| pod logs |") for row in report.splitlines()), report  # the checklist's logs
 
 
