@@ -13,8 +13,8 @@ import pytest
 from incidents.config import PrometheusSettings
 from incidents.plans import Grant, NotApproved, Plan
 from integrations.postgres import Connections, Replica, Replication
-from tasks.database import cancel_queries, check_connections, check_replication, terminate_sessions
 from tasks.context import RunContext
+from tasks.database import cancel_queries, check_connections, check_replication, terminate_sessions
 from tasks.latency import latency_query, prometheus_latency
 from tests.action_samples import sample_action
 from tests.fakes import FakePostgres, FakePrometheus, FakeWiring, ago, context, session
