@@ -24,10 +24,12 @@ not found), 2 usage error, 3 waiting for approval, 4 cannot reach the Prefect AP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from deployments.cli_check_config import add_parser as add_check_config
@@ -262,6 +264,21 @@ def _local_commands(sub: Any) -> None:
     add_slack_manifest(sub)
 
 
+@contextlib.contextmanager
+def _prefect_api_env() -> Iterator[None]:
+    """What a command does in this process (a note, a containment lift) reaches the same Prefect
+    API as the runs, its Secret blocks included: unset, Prefect would start a temporary server of
+    its own. Set for the command only, so a caller's environment is left as it was."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    os.environ["PREFECT_API_URL"] = api_url()
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args, rest = p.parse_known_args(argv)
@@ -283,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             return stack_main([args.command, *(["--ha"] if getattr(args, "ha", False) else [])])
         if args.command == "sandbox":
             return cmd_sandbox(args, rest)
-        return commands[args.command](args)
+        with _prefect_api_env():
+            return commands[args.command](args)
     except CliError as exc:
         print(f"runbooks: {exc}", file=sys.stderr)
         return exc.code

@@ -6,11 +6,10 @@ person's decision, recorded with their name, and act with this shell's Kubernete
 from __future__ import annotations
 
 import argparse
-import os
 from datetime import datetime, timezone
 from typing import Any
 
-from deployments.cli_common import OK, USAGE, CliError, actor_name, api_url, open_store, store_failure
+from deployments.cli_common import OK, USAGE, CliError, actor_name, open_store, store_failure
 
 
 def add_commands(sub: Any) -> None:
@@ -32,7 +31,6 @@ def cmd_containment(args: argparse.Namespace) -> int:
     if args.id is None:
         raise CliError(f"containment {args.action} needs the containment's number (see `runbooks containment`)", USAGE)
     by = actor_name(args.by)
-    os.environ.setdefault("PREFECT_API_URL", api_url())
     from tasks.containment import extend, lift
 
     _, StoreError = open_store()

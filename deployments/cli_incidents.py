@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import uuid
 from typing import Any
 
@@ -155,7 +154,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_ack(args: argparse.Namespace) -> int:
     store, StoreError = open_store()
-    os.environ.setdefault("PREFECT_API_URL", api_url())
     try:
         incident = store.get(args.id)
         from tasks.watch import acknowledge

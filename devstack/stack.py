@@ -28,6 +28,7 @@ import httpx
 
 from deployments.prefect_api import PrefectApi
 from devstack.kept import alert_token, approver_credentials, kept_secret
+from incidents.config_base import SECRET_ENV_PREFIX
 from integrations.errors import IntegrationError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -388,6 +389,22 @@ def _ensure_pool(env: dict[str, str]) -> None:
     _say("work pool", f"{POOL} created ({WORKER_TYPE})")
 
 
+def _store_secrets(env: dict[str, str]) -> None:
+    """The sandbox's fake credentials as Prefect Secret blocks too, where production keeps its
+    own (tasks.context.resolve_secret): a `runbooks` command run in any shell then finds them,
+    not only the processes this stack starts with them in their environment."""
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from pydantic import SecretStr
+
+    secrets = {key.removeprefix(SECRET_ENV_PREFIX).lower().replace("_", "-"): value
+               for key, value in env.items() if key.startswith(SECRET_ENV_PREFIX)}
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        for name, value in secrets.items():
+            Secret(value=SecretStr(value)).save(name, overwrite=True)
+    _say("secrets", f"{len(secrets)} Secret blocks for the sandbox's fake credentials ({', '.join(sorted(secrets))})")
+
+
 def _deploy(env: dict[str, str]) -> None:
     from devstack.deploying import DEPLOYED, api_ca_env, deploy_if_changed
 
@@ -468,6 +485,7 @@ def up(ha: bool = False) -> None:
     else:
         _start(by_name["prefect-server"], env)
     _ensure_pool(env)
+    _store_secrets(env)
     _deploy(env)
     if ha:
         scale_out.start_workers_and_intakes(env)

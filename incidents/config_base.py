@@ -27,8 +27,12 @@ class ConfigError(RunbookError):
         self.fields = fields
 
 
+SECRET_ENV_PREFIX = "RUNBOOKS_SECRET_"
+
+
 def secret_env_var(name: str) -> str:
-    return "RUNBOOKS_SECRET_" + name.upper().replace("-", "_")
+    """The environment variable that holds secret `name` (`github-token`: RUNBOOKS_SECRET_GITHUB_TOKEN)."""
+    return SECRET_ENV_PREFIX + name.upper().replace("-", "_")
 
 
 class _Model(BaseModel):
