@@ -87,12 +87,29 @@ class StackError(RuntimeError):
     pass
 
 
-def stack_env() -> dict[str, str]:
-    """The environment every component runs with (the worker passes it on to flow runs)."""
+def sandbox_secrets() -> dict[str, str]:
+    """The sandbox's own fake credentials, as the environment variables a run resolves secrets
+    from (a real environment keeps its credentials in Secret blocks)."""
     from sandbox.pagerduty import routing_key
     from sandbox.slack import BOT_TOKEN
     from sandbox.world import GITHUB_TOKEN, SLACK_PATH, SLACK_SECURITY_PATH
 
+    secrets = {"RUNBOOKS_SECRET_SLACK_BOT_TOKEN": BOT_TOKEN}
+    for service in ("sre", "leads"):  # config/sandbox.yaml's PagerDuty services
+        secrets[f"RUNBOOKS_SECRET_PAGERDUTY_{service.upper()}"] = routing_key(service)
+    for name, credential in approver_credentials().items():
+        secrets[f"RUNBOOKS_SECRET_APPROVER_{name.upper()}"] = credential
+    secrets.update(RUNBOOKS_SECRET_GITHUB_TOKEN=GITHUB_TOKEN,
+                   RUNBOOKS_SECRET_SLACK_WEBHOOK_URL=SANDBOX_URL + SLACK_PATH,
+                   RUNBOOKS_SECRET_SECURITY_WEBHOOK_URL=SANDBOX_URL + SLACK_SECURITY_PATH,
+                   RUNBOOKS_SECRET_API_DATABASE_URL=SANDBOX_APP_DATABASE,
+                   RUNBOOKS_SECRET_API_CACHE_URL=f"redis://{HOST}:{API_CACHE_PORT}/0" if os.path.exists(REDIS_BIN)
+                   else "redis://127.0.0.1:6379/5")
+    return secrets
+
+
+def stack_env() -> dict[str, str]:
+    """The environment every component runs with (the worker passes it on to flow runs)."""
     env = dict(os.environ)
     env.update(
         PREFECT_HOME=str(PREFECT_HOME), PREFECT_API_URL=f"{PREFECT_URL}/api",
@@ -123,17 +140,8 @@ def stack_env() -> dict[str, str]:
     # what the sandbox's Slack app and PagerDuty sign their requests to the intake with
     env.setdefault("RUNBOOKS_SLACK_SIGNING_SECRET", kept_secret("slack-signing-secret"))
     env.setdefault("RUNBOOKS_PAGERDUTY_WEBHOOK_SECRET", kept_secret("pagerduty-webhook-secret"))
-    env.setdefault("RUNBOOKS_SECRET_SLACK_BOT_TOKEN", BOT_TOKEN)
-    for service in ("sre", "leads"):  # config/sandbox.yaml's PagerDuty services
-        env.setdefault(f"RUNBOOKS_SECRET_PAGERDUTY_{service.upper()}", routing_key(service))
-    for name, credential in approver_credentials().items():
-        env.setdefault(f"RUNBOOKS_SECRET_APPROVER_{name.upper()}", credential)
-    env.setdefault("RUNBOOKS_SECRET_GITHUB_TOKEN", GITHUB_TOKEN)
-    env.setdefault("RUNBOOKS_SECRET_SLACK_WEBHOOK_URL", SANDBOX_URL + SLACK_PATH)
-    env.setdefault("RUNBOOKS_SECRET_SECURITY_WEBHOOK_URL", SANDBOX_URL + SLACK_SECURITY_PATH)
-    env.setdefault("RUNBOOKS_SECRET_API_DATABASE_URL", SANDBOX_APP_DATABASE)
-    env.setdefault("RUNBOOKS_SECRET_API_CACHE_URL", f"redis://{HOST}:{API_CACHE_PORT}/0" if os.path.exists(REDIS_BIN)
-                   else "redis://127.0.0.1:6379/5")
+    for key, value in sandbox_secrets().items():
+        env.setdefault(key, value)
     return env
 
 
@@ -389,20 +397,38 @@ def _ensure_pool(env: dict[str, str]) -> None:
     _say("work pool", f"{POOL} created ({WORKER_TYPE})")
 
 
+def secret_blocks(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The Secret blocks to store for the sandbox ({block name: value}) and the names left out
+    because `env` holds a value the stack did not supply."""
+    stored, skipped = {}, []
+    for key, value in sandbox_secrets().items():
+        name = key.removeprefix(SECRET_ENV_PREFIX).lower().replace("_", "-")
+        if env.get(key) == value:
+            stored[name] = value
+        else:
+            skipped.append(name)
+    return stored, skipped
+
+
 def _store_secrets(env: dict[str, str]) -> None:
     """The sandbox's fake credentials as Prefect Secret blocks too, where production keeps its
     own (tasks.context.resolve_secret): a `runbooks` command run in any shell then finds them,
-    not only the processes this stack starts with them in their environment."""
+    not only the processes this stack starts with them in their environment. Only the values
+    the stack itself supplies are stored: a credential the caller's shell set (a real token,
+    say) stays in the environment of the processes started here and is never written to the
+    Prefect database."""
     from prefect.blocks.system import Secret
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from pydantic import SecretStr
 
-    secrets = {key.removeprefix(SECRET_ENV_PREFIX).lower().replace("_", "-"): value
-               for key, value in env.items() if key.startswith(SECRET_ENV_PREFIX)}
+    stored, skipped = secret_blocks(env)
     with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        for name, value in secrets.items():
+        for name, value in stored.items():
             Secret(value=SecretStr(value)).save(name, overwrite=True)
-    _say("secrets", f"{len(secrets)} Secret blocks for the sandbox's fake credentials ({', '.join(sorted(secrets))})")
+    _say("secrets", f"{len(stored)} Secret blocks for the sandbox's fake credentials ({', '.join(sorted(stored))})")
+    if skipped:
+        _say("secrets", f"not stored, set in your shell: {', '.join(sorted(skipped))} "
+                        "(the stack's processes have them; other shells need them too)")
 
 
 def _deploy(env: dict[str, str]) -> None:

@@ -129,3 +129,18 @@ def test_plain_http_gets_the_sandbox_ca_as_the_bundle_and_https_keeps_its_own(tm
     assert Path(env["PREFECT_API_SSL_CERT_FILE"]).read_bytes() == pem
     assert api_ca_env("https://prefect.example.com/api", kubeconfig, tmp_path / ".run") == {}
     assert api_ca_env(API, tmp_path / "no-kubeconfig", tmp_path / ".run") == {}
+
+
+def test_make_up_stores_only_the_sandbox_credentials_it_supplies(monkeypatch):
+    """A credential from the caller's shell (a real token, another environment's database) is
+    never written to the Prefect database as a Secret block; the sandbox's fake ones are."""
+    import devstack.stack as stack
+
+    monkeypatch.setattr(stack, "approver_credentials", lambda: {"sam": "sandbox-credential"})
+    env = {**stack.sandbox_secrets(), "RUNBOOKS_SECRET_GITHUB_TOKEN": "ghp_from_the_shell",
+           "RUNBOOKS_SECRET_PROD_DATABASE_URL": "postgresql://prod", "RUNBOOKS_ALERT_TOKEN": "t"}
+    stored, skipped = stack.secret_blocks(env)
+    assert skipped == ["github-token"]
+    assert "ghp_from_the_shell" not in stored.values() and "prod-database-url" not in stored
+    assert stored["approver-sam"] == "sandbox-credential"
+    assert stored["slack-bot-token"] == stack.sandbox_secrets()["RUNBOOKS_SECRET_SLACK_BOT_TOKEN"]
