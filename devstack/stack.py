@@ -560,21 +560,23 @@ Try next:
     )
 
 
-def _all_components() -> list[Component]:
-    """Every process either stack may have started, in the order to stop them."""
+def _all_components() -> list[list[Component]]:
+    """Every process either stack may have started, in waves to stop them: the API's clients,
+    then the API, then what the API and the runs stood on."""
     from devstack import ha as scale_out
 
-    extra = scale_out.components()
-    order = ["intake", "intake-1", "intake-2", "worker", "worker-1", "worker-2", "haproxy", "prefect-services",
-             "prefect-server", "prefect-api-1", "prefect-api-2", "prefect-redis", "prometheus", "alertmanager",
-             "api-cache", "sandbox"]
-    by_name = {c.name: c for c in [*COMPONENTS, *extra]}
-    return [by_name[name] for name in order]
+    waves = [["intake", "intake-1", "intake-2", "worker", "worker-1", "worker-2"],
+             ["haproxy", "prefect-services", "prefect-server", "prefect-api-1", "prefect-api-2"],
+             ["prefect-redis", "prometheus", "alertmanager", "api-cache", "sandbox"]]
+    by_name = {c.name: c for c in [*COMPONENTS, *scale_out.components()]}
+    return [[by_name[name] for name in wave] for wave in waves]
 
 
-def down() -> None:
-    print("Stopping the incident-runbooks stack", flush=True)
-    for component in _all_components():
+def _stop_wave(components: list[Component], grace: float = 20) -> None:
+    """Signal every running component of a wave at once, then wait for them together: a
+    process still there after `grace` seconds is killed."""
+    running: dict[str, tuple[Component, int]] = {}
+    for component in components:
         pid = component.pid()
         if pid is None:
             if component.pid_file.exists() or component in COMPONENTS:
@@ -585,15 +587,23 @@ def down() -> None:
             os.killpg(pid, component.stop_signal)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and component.pid():
-            time.sleep(0.2)
+        running[component.name] = (component, pid)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(component.pid() for component, _ in running.values()):
+        time.sleep(0.1)
+    for component, pid in running.values():
         if component.pid():
             os.killpg(pid, signal.SIGKILL)
-            _say(component.name, f"killed (pid {pid}) after 20 s")
+            _say(component.name, f"killed (pid {pid}) after {grace:.0f} s")
         else:
             _say(component.name, f"stopped (pid {pid})")
         component.pid_file.unlink(missing_ok=True)
+
+
+def down() -> None:
+    print("Stopping the incident-runbooks stack", flush=True)
+    for wave in _all_components():
+        _stop_wave(wave)
 
 
 def clean() -> None:

@@ -5,7 +5,9 @@ One per session (tests/conftest.py's `pg_stack`): the scale-out tests and the br
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -51,8 +53,10 @@ class Stack:
                     "PREFECT_LOGGING_LEVEL": "INFO",
                     "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",  # as under `make up`
                     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no incident-watch runs mid-test
-                    # a Cancel left with no process is ended after 20 s here (60 s by default)
-                    "RUNBOOKS_CANCEL_STRANDED_SECONDS": "20",
+                    # a Cancel left with no process is ended after 10 s here (60 s by default)
+                    "RUNBOOKS_CANCEL_STRANDED_SECONDS": "10",
+                    # a run left Pending by a dead worker is put back after 20 s here (30 s by default)
+                    "RUNBOOKS_PENDING_STRANDED_SECONDS": "20",
                     "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",  # as under `make up`
                     "RUNBOOKS_WORKER_METRICS_HOST": "127.0.0.1",
                     **SERVER_DATABASE_POOL, **SERVER_TASK_RUN_RECORDER}
@@ -68,12 +72,12 @@ class Stack:
         self._spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
         _wait(f"{self.api}/health", 120)
 
-    def start_workers(self, *names: str) -> None:
-        """Start the workers side by side and wait until each is online."""
+    def start_workers(self, *names: str, **env: str) -> None:
+        """Start the workers side by side (with `env` over the stack's) and wait until each is online."""
         for name in names:
             self.metrics_ports[name] = free_port()
             self._spawn(name, ["worker", "start", "--pool", POOL, "--type", WORKER_TYPE, "--name", name],
-                        RUNBOOKS_WORKER_METRICS_PORT=str(self.metrics_ports[name]))
+                        RUNBOOKS_WORKER_METRICS_PORT=str(self.metrics_ports[name]), **env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             workers = httpx.post(f"{self.api}/work_pools/{POOL}/workers/filter", json={}, timeout=5).json()
@@ -135,8 +139,20 @@ class Stack:
             "flow_runs": {"state": {"type": {"any_": IN_FLIGHT}}}, "limit": 200}).json()
 
     def stop(self) -> None:
-        for name in reversed(list(self.processes)):
-            self.kill(name, 2)
+        """Interrupt every process at once and wait for them together (one by one, the stack
+        took ~20 s to stop); one still there after 20 s is killed."""
+        processes, self.processes = self.processes, {}
+        self.metrics_ports.clear()
+        for process in processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+        deadline = time.monotonic() + 20
+        for process in processes.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
 
 def running_stack(tmp_path_factory):

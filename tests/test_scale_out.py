@@ -111,10 +111,11 @@ def test_a_pending_approval_survives_killing_the_workers_and_the_server(pg_stack
 def test_a_run_a_dead_worker_claimed_and_never_started_is_run_by_a_live_one(pg_stack, world):
     """A worker killed between claiming a run (Pending) and starting it: Prefect 3.9 labels a
     Pending run with no worker, so nothing else would ever run it. The pool's sweeper (its first
-    live worker) puts it back to Scheduled after RUNBOOKS_PENDING_STRANDED_SECONDS (30), once,
-    and a live worker runs it. Staged exactly: the run is created Pending, as the dead worker's
-    claim left it, and that worker is then killed. A run a live worker claimed is never taken:
-    one created Pending after the death stays Pending."""
+    live worker) puts it back to Scheduled after RUNBOOKS_PENDING_STRANDED_SECONDS (20 on this
+    stack), once, and a live worker runs it. Staged exactly: the run is created Pending, as the
+    dead worker's claim left it, and that worker is then killed. The doomed worker beats every
+    2 s, so it is taken for dead 6 s after its last beat (3 missed), well before the threshold.
+    A run a live worker claimed is never taken: one created Pending after the death stays Pending."""
     api = pg_stack.api
     dep = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
 
@@ -123,14 +124,16 @@ def test_a_run_a_dead_worker_claimed_and_never_started_is_run_by_a_live_one(pg_s
             "parameters": {"service": "api", "environment": "sandbox", "dry_run": True},
             "state": {"type": "PENDING", "name": "Pending"}}).json()["id"]
 
-    pg_stack.start_workers("worker-doomed")
+    pg_stack.start_workers("worker-doomed", PREFECT_WORKER_HEARTBEAT_SECONDS="2")
     run_id = pending_run()
+    created = time.monotonic()
     time.sleep(1)
     pg_stack.kill("worker-doomed")
-    time.sleep(20)  # three missed heartbeats (5 s each): the worker is dead
+    time.sleep(9)  # three missed heartbeats (2 s each) and a margin: the worker is dead
     started = time.monotonic()
     after_death = pending_run()  # as a live worker's slow-to-start claim looks
     time.sleep(3)
+    assert time.monotonic() - created < 18, "the check below came too late to mean anything"
     assert _state(api, run_id) == "PENDING"  # not before its time: a live worker may still be starting it
     assert _until(api, run_id, ("COMPLETED", "FAILED", "CRASHED"), timeout=60) == "COMPLETED"
     states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=5).json()
@@ -138,7 +141,7 @@ def test_a_run_a_dead_worker_claimed_and_never_started_is_run_by_a_live_one(pg_s
     assert len(put_back) == 1, [(s["type"], s["message"]) for s in states]
     logs = "".join((pg_stack.logs / f"{name}.log").read_text() for name in pg_stack.workers())
     assert f"({run_id}) was left Pending by a worker that stopped: rescheduled" in logs
-    time.sleep(max(0.0, started + 42 - time.monotonic()))  # the later run is Pending 40 s now, past its 30 s
+    time.sleep(max(0.0, started + 30 - time.monotonic()))  # the later run is Pending 30 s now, past its 20 s
     assert _state(api, after_death) == "PENDING"  # and it was claimed after the death: it is left alone
     httpx.post(f"{api}/flow_runs/{after_death}/set_state", timeout=5, json={
         "force": True, "state": {"type": "CANCELLED", "name": "Cancelled", "message": "test done"}})

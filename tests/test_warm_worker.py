@@ -135,7 +135,7 @@ def test_a_cancel_left_with_no_process_is_ended_by_the_worker_that_claimed_the_r
     assert forced.status_code in (200, 201), forced.text
     started = time.monotonic()
     assert _until(api, run_id, FINAL, timeout=60) == "CANCELLED"
-    assert 15 < time.monotonic() - started < 45  # after RUNBOOKS_CANCEL_STRANDED_SECONDS (20 s here), not at once
+    assert 8 < time.monotonic() - started < 35  # after RUNBOOKS_CANCEL_STRANDED_SECONDS (10 s here), not at once
     assert _flow_run(api, run_id)["state"]["message"] == "Cancelled by the sweep test"
 
 
