@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 
 from incidents.drills import NOTHING, REMEDY, FaultSpec, resolve_fault
 from incidents.models import EventKind
-from incidents.store import DrillStore
+from incidents.store_protocol import Records
 from tasks.approval import DrillNotAllowed
 from tasks.context import RunContext
 from tasks.drill import (
@@ -125,7 +125,7 @@ def _play(ctx: RunContext, spec: FaultSpec, drill_id: str, injected_at: datetime
     return played
 
 
-def _close_practice_incident(store: DrillStore, incident_id: int, drill_id: str, status: str,
+def _close_practice_incident(store: Records, incident_id: int, drill_id: str, status: str,
                              error: str | None) -> None:
     """A practice incident the runbook left open (it escalated, or still waits) ends with its drill."""
     note = f"drill {drill_id} {status}" + (f": {error[:300]}" if error else "")

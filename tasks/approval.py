@@ -29,7 +29,8 @@ from incidents.findings import Finding
 from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Incident, pause_key
 from incidents.plans import Grant, Plan
 from incidents.redaction import redact
-from incidents.store import IncidentStore, StoreError
+from incidents.store import StoreError
+from incidents.store_protocol import Records
 from incidents.templates import approval_buttons, slack_text
 from incidents.timeline_payloads import ApprovalStep, UnverifiedAnswer
 from tasks.cancellation import cancelling_now, raise_if_cancelling
@@ -195,7 +196,7 @@ def _await_decision(ctx: RunContext, incident: Incident, plan: Plan, approval_id
         attempt = ctx.store().next_attempt(approval_id)
 
 
-def _token(store: IncidentStore, approval_id: int | None, earlier: Approval | None) -> str | None:
+def _token(store: Records, approval_id: int | None, earlier: Approval | None) -> str | None:
     """The approval's unguessable token, which links and buttons carry instead of its id."""
     if earlier is not None:
         return earlier.token
@@ -292,7 +293,7 @@ def _approved(plan: Plan, approver: str, answer: ApprovalInput) -> Decision:
     return Decision("approved", approver, reason, grant=Grant.issue(plan, approver, reason))
 
 
-def _earlier_request(store: IncidentStore, run_id: str | None, plan: Plan) -> Approval | None:
+def _earlier_request(store: Records, run_id: str | None, plan: Plan) -> Approval | None:
     if not run_id:
         return None
     try:

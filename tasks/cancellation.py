@@ -27,7 +27,8 @@ from incidents.alerts import target_of
 from incidents.config import ConfigError
 from incidents.errors import RunbookError
 from incidents.models import EventKind
-from incidents.store import IncidentStore, StoreError
+from incidents.store import StoreError
+from incidents.store_protocol import Records
 from incidents.timeline_payloads import CancelledRun
 from tasks.context import PRODUCTION, RunContext, Wiring
 from tasks.notify import send_slack
@@ -84,7 +85,7 @@ def ended_cancelled(exc: RunCancelled) -> State:
     return Cancelled(message=message or f"Cancelled: {exc}")
 
 
-def _who_and_why(store: IncidentStore, run_id: str, message: str) -> tuple[str, str]:
+def _who_and_why(store: Records, run_id: str, message: str) -> tuple[str, str]:
     """Who cancelled and why: as `runbooks cancel` or `/incident cancel` recorded it; a Cancel
     from Prefect's UI or API names no one, and its state message (if any) is quoted as given."""
     request = store.cancel_request(run_id)
@@ -93,7 +94,7 @@ def _who_and_why(store: IncidentStore, run_id: str, message: str) -> tuple[str, 
     return "an operator (Prefect UI or API)", message
 
 
-def _done_so_far(store: IncidentStore, incident_id: int, run_id: str) -> list[str]:
+def _done_so_far(store: Records, incident_id: int, run_id: str) -> list[str]:
     """The actions of the plans this run had approved: not another run's on the same incident
     (a run that joined it, or took over once this one was cancelled while it waited)."""
     mine = {a.plan_digest for a in store.approvals(incident_id) if a.flow_run_id == run_id and a.decision == "approved"}
@@ -139,7 +140,7 @@ def note_cancellation(flow_run: Any, message: str, wiring: Wiring = PRODUCTION) 
     _post_status(flow_run, incident, note, wiring)
 
 
-def _recorded(store: IncidentStore, incident_id: int, run_id: str) -> bool:
+def _recorded(store: Records, incident_id: int, run_id: str) -> bool:
     return any(isinstance(e.data, CancelledRun) and e.data.flow_run_id == run_id for e in store.timeline(incident_id))
 
 

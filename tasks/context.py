@@ -13,6 +13,7 @@ from incidents.config_services import CacheTarget, CircuitBreaker, DatabaseTarge
 from incidents.errors import RunbookError
 from incidents.followups import RunbookStore
 from incidents.redaction import remember_secret
+from incidents.store_protocol import Records
 from integrations.cache import Cache, CacheClient
 from integrations.github import GitHub, GitHubClient
 from integrations.http import RetryPolicy
@@ -66,7 +67,7 @@ class Wiring(Protocol):
     the client is needed (secrets resolved then). `ProductionWiring` is the one place the real
     clients are built; a test hands `RunContext` a wiring of in-memory fakes instead."""
 
-    def store(self) -> RunbookStore: ...
+    def store(self) -> Records: ...
 
     def kubernetes(self, ctx: RunContext) -> Kubernetes: ...
 
@@ -163,7 +164,7 @@ class RunContext:
         timeouts = self.config.timeouts
         return RetryPolicy(attempts=min(at_most, timeouts.retry_attempts), backoff=timeouts.retry_backoff_seconds)
 
-    def store(self) -> RunbookStore:
+    def store(self) -> Records:
         return self.wiring.store()
 
     def kubernetes(self) -> Kubernetes:
@@ -207,7 +208,7 @@ class Scope:
     def load(cls, environment: str, wiring: Wiring = PRODUCTION) -> Scope:
         return cls(environment, load_environment(environment), wiring)
 
-    def store(self) -> RunbookStore:
+    def store(self) -> Records:
         return self.wiring.store()
 
     def ctx(self, service: str) -> RunContext:

@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 
 from incidents import postmortem_report, templates
 from incidents.followup_models import ActionItemRecord, Lesson, Proposal
-from incidents.followups import FollowUpStore
 from incidents.models import EventKind, Incident
+from incidents.store_protocol import Records
 from incidents.timeline_payloads import RunStarted
 from integrations.errors import IntegrationError
 from tasks.context import RunContext, SecretNotFound
@@ -84,14 +84,14 @@ def start_post_incident(ctx: RunContext, incident: Incident) -> str | None:
     return str(run.id)
 
 
-def draft(ctx: RunContext, incident: Incident, store: FollowUpStore) -> str:
+def draft(ctx: RunContext, incident: Incident, store: Records) -> str:
     """The post-mortem as far as the record knows it: the form's description."""
     return postmortem_report.render(incident, store.timeline(incident.id), store.approvals(incident.id),
                                    postmortem_report.Answers(), [])
 
 
 @step("request-postmortem")
-def announce(ctx: RunContext, incident: Incident, store: FollowUpStore) -> None:
+def announce(ctx: RunContext, incident: Incident, store: Records) -> None:
     """Register the post-mortem (once) and tell the Documentation role where the form is."""
     run_id = flow_run.get_id()
     if not store.start_postmortem(incident.id, run_id):
@@ -129,7 +129,7 @@ def wait_for_form(ctx: RunContext, incident: Incident, description: str) -> Post
 
 
 @step("file-action-items")
-def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionItem], store: FollowUpStore,
+def file_action_items(ctx: RunContext, incident: Incident, items: list[ActionItem], store: Records,
                       since: datetime) -> list[ActionItemRecord]:
     """Each action item once in the store and once as a GitHub issue with its due date."""
     filed = []
@@ -207,7 +207,7 @@ class Published(BaseModel):
 
 
 @step("publish-postmortem")
-def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store: FollowUpStore) -> Published:
+def publish(ctx: RunContext, incident: Incident, answers: PostmortemInput, store: Records) -> Published:
     logger = run_logger()
     completed = datetime.now(timezone.utc)
     items = file_action_items(ctx, incident, answers.action_items, store, completed)

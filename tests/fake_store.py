@@ -26,6 +26,7 @@ from incidents.models import (
     CancelRequest,
     EventKind,
     Incident,
+    IncidentAlert,
     Lease,
     Severity,
     Signature,
@@ -39,6 +40,7 @@ from incidents.store import RecordNotFound
 from incidents.store_duties import Duty
 from incidents.timeline_payloads import AlertJoined, Payload
 from incidents.vocabulary import ActionKind, DetectedBy
+from tests.fake_followups import FakeFollowUps
 
 
 def _now() -> datetime:
@@ -50,7 +52,7 @@ def _retitled(title: str, severity: Severity) -> str:
     return re.sub(r"^\[P[0-3]\]", f"[{severity.value}]", title)
 
 
-class FakeStore:
+class FakeStore(FakeFollowUps):
     def __init__(self) -> None:
         self.incidents: dict[int, Incident] = {}
         self.events: dict[int, list[TimelineEvent]] = {}
@@ -59,14 +61,16 @@ class FakeStore:
         self.actions: dict[tuple[int, str, str], ActionRecord] = {}
         self.threads: dict[int, SlackThread] = {}
         self.pagers_: dict[int, list[str]] = {}
-        self.alerts: dict[tuple[int, str], str] = {}  # (incident, identity) -> firing | resolved
+        self.alerts: dict[tuple[int, str], IncidentAlert] = {}  # by (incident, identity)
         self.leases: dict[str, Lease] = {}
         self.cancel_requests: dict[int, CancelRequest] = {}
         self.drills: dict[str, Drill] = {}
         self.standing: dict[int, StandingContainment] = {}
         self.roles: dict[int, dict[str, str]] = {}
         self.duties: dict[tuple[int, str, str], Duty] = {}
+        self.postmortem_needed: dict[int, bool] = {}
         self._ids = itertools.count(1)
+        self._init_followups()
 
     # -- incidents -------------------------------------------------------------------------------
     def open_incident(self, *, dedup_key: str, scenario: str, service: str, environment: str, severity: Severity,
@@ -125,6 +129,7 @@ class FakeStore:
         if incident.resolved_at is not None:
             return False
         now = _now()
+        self.postmortem_needed[incident_id] = postmortem_needed
         self._update(incident_id, status=Status.RESOLVED, root_cause=root_cause, resolution=resolution,
                      recovered_at=incident.recovered_at or now, resolved_at=now)
         return True
@@ -141,6 +146,10 @@ class FakeStore:
         return replace(incident)
 
     # -- correlation and announcement ------------------------------------------------------------
+    def open_for_key(self, key: str) -> Incident | None:
+        found = [i for i in self.incidents.values() if i.dedup_key == key and i.resolved_at is None]
+        return replace(found[0]) if found else None
+
     def claim_announcement(self, incident_id: int) -> bool:
         if self.incidents[incident_id].announced_at is not None:
             return False
@@ -168,9 +177,11 @@ class FakeStore:
 
     def record_alert(self, incident_id: int, identity: str, alertname: str, severity: str | None,
                      starts_at: str) -> str:
-        before = self.alerts.get((incident_id, identity))
-        self.alerts[incident_id, identity] = "firing"
-        return {None: "new", "resolved": "refired"}.get(before, "repeat")
+        before, now = self.alerts.get((incident_id, identity)), _now()
+        self.alerts[incident_id, identity] = IncidentAlert(
+            incident_id, identity, alertname, severity, "firing", starts_at, before.first_seen if before else now, now,
+            flaps=(before.flaps + (before.status == "resolved")) if before else 0)
+        return "new" if before is None else "refired" if before.status == "resolved" else "repeat"
 
     # -- timeline, Slack thread, pagers ----------------------------------------------------------
     def add_event(self, incident_id: int, actor: str, kind: EventKind, message: str,

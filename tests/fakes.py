@@ -271,7 +271,7 @@ class FakeWiring:
         """The store, GitHub, Slack and PagerDuty a run's lifecycle reaches, all up."""
         return cls(store_=FakeStore(), github_=FakeGitHub(), slack_=FakeSlackApp(), pagerduty_=FakePagerDuty())
 
-    def store(self) -> Any:
+    def store(self) -> FakeStore:
         if self.store_ is None:
             raise IntegrationError("incident store", "not part of this test")
         return self.store_

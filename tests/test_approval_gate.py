@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from prefect import flow
 
+from incidents.followups import RunbookStore
 from incidents.models import Severity
 from incidents.plans import Plan, PlannedAction, require_grant
 from incidents.vocabulary import DetectedBy
@@ -69,7 +71,7 @@ def act(environment: str, repeat: int, interrupt: bool = False) -> dict:
     for _ in range(repeat):
         details += [r.detail for r in execute(ctx, plan, grant)]
         if interrupt:  # as if the process died after acting and before recording it
-            with store._connect() as conn:
+            with psycopg.connect(RunbookStore().url, autocommit=True) as conn:  # the real store's own table
                 conn.execute("UPDATE action_log SET status = 'started', finished_at = NULL WHERE plan_digest = %s",
                              (plan.digest,))
     return {"incident": incident.id, "details": details}

@@ -20,6 +20,7 @@ from incidents.followups import RunbookStore
 from incidents.models import EventKind, Severity, Status
 from incidents.plans import Plan
 from incidents.store import RecordNotFound
+from incidents.store_protocol import Records
 from incidents.vocabulary import ActionKind, DetectedBy
 from tests.fake_store import FakeStore
 
@@ -31,13 +32,17 @@ def _public(cls: type) -> dict[str, inspect.Signature]:
             if not name.startswith("_")}
 
 
-def test_every_method_of_the_fake_is_the_real_store_s_with_the_same_signature():
+def test_every_method_of_the_fake_is_the_real_store_s_with_the_same_signature_and_covers_the_protocol():
     fake, real = _public(FakeStore), _public(RunbookStore)
     missing = sorted(set(fake) - set(real) - TEST_HELPERS)
     assert not missing, f"the fake offers what the real store does not: {missing}"
     drifted = {name: (str(fake[name]), str(real[name])) for name in set(fake) & set(real) if fake[name] != real[name]}
     assert not drifted, f"signatures drifted (fake, real): {drifted}"
-    assert len(set(fake) & set(real)) >= 45, "the fake no longer covers what the runs use"
+    asked = _public(Records)
+    assert not sorted(set(asked) - set(fake)), f"the fake lacks what a run may ask: {sorted(set(asked) - set(fake))}"
+    spelled = {name: str(sig).replace("builtins.list", "list") for name, sig in asked.items()}
+    assert spelled == {name: str(real[name]).replace("builtins.list", "list") for name in asked}, (
+        "the protocol a run is handed drifted from the real store")
 
 
 @pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.services)])
