@@ -15,6 +15,7 @@ from incidents.alerts import target_of
 from incidents.errors import RunbookError
 from incidents.models import EventKind
 from incidents.redaction import redact
+from incidents.store_protocol import Records
 from incidents.timeline_payloads import CancelledRun
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -25,7 +26,7 @@ class CancelRefused(RunbookError):
     """Prefect did not accept the Cancel; the message is its reason."""
 
 
-def cancel_run(prefect: PrefectApi, store: Any, run: dict[str, Any], who: str, reason: str) -> bool:
+def cancel_run(prefect: PrefectApi, store: Records, run: dict[str, Any], who: str, reason: str) -> bool:
     """Cancel `run` (a flow run as the API returns it); True when it was waiting and is now
     Cancelled, False when it is Cancelling (its worker stops it). Raises CancelRefused."""
     message = redact(f"Cancelled by {who}: {reason}" if reason else f"Cancelled by {who}")  # what the UI shows
@@ -43,7 +44,7 @@ def cancel_run(prefect: PrefectApi, store: Any, run: dict[str, Any], who: str, r
     return waiting
 
 
-def record_waiting_cancel(store: Any, run: dict[str, Any], who: str, message: str) -> None:
+def record_waiting_cancel(store: Records, run: dict[str, Any], who: str, message: str) -> None:
     """The timeline entry (and the lease given back) for a run cancelled while it waited."""
     params = run.get("parameters") or {}
     if params.get("environment") and params.get("service"):  # the service is free for the next runbook

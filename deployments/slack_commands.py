@@ -376,9 +376,9 @@ def start_resolve(prefect: PrefectApi, incident: Any, by: str, note: str) -> str
 def cancel_incident_runs(prefect: PrefectApi, incident: Any, by: str, reason: str) -> str:
     """Cancel the incident's runbook runs that have not ended (its own and any that joined)."""
     from deployments.run_control import FINAL, CancelRefused, cancel_run
-    from incidents.store import IncidentStore
+    from incidents.followups import RunbookStore
 
-    store = IncidentStore()
+    store = RunbookStore()
     ids = dict.fromkeys([incident.flow_run_id, *(a.flow_run_id for a in store.approvals(incident.id))])
     cancelled = []
     for run_id in filter(None, ids):

@@ -151,9 +151,7 @@ def _weigh_release(head: Plan, w: Weighing, service: ServiceConfig, environment:
             return _dependency_or_release(head, w, facts, release, dependencies, actions)
         target = rollback_target(facts, release, window, w) if tied else None
         if target is not None:
-            actions.insert(0, rollback_action(service, environment,
-                                              {"revision": release.revision, "image": release.image},
-                                              {"revision": target.revision, "image": target.image}))
+            actions.insert(0, rollback_action(service, environment, release, target))
         elif tied and not actions:
             return abstain(head, w, f"the errors began with {release.describe()}, but no earlier revision is known "
                                     "to have served cleanly.")
@@ -180,8 +178,7 @@ def _weak_rollback(head: Plan, w: Weighing, service: ServiceConfig, environment:
         return abstain(head, w, f"{release.describe()} is a suspect, but the evidence does not tie the errors to it.")
     w.add(True, f"revision {target.revision} ({target.version}) served cleanly by its own record until less than "
                 f"{window / 60:g} min ago: a rollback to it brings back what served then")
-    action = rollback_action(service, environment, {"revision": release.revision, "image": release.image},
-                             {"revision": target.revision, "image": target.image})
+    action = rollback_action(service, environment, release, target)
     return settle(head, [action], Confidence.WEAK, w,
                   f"{release.describe()} has failed since it went live, but the evidence does not tie the errors to "
                   f"it alone: roll back to revision {target.revision}, the last that served cleanly (as safe as a "

@@ -29,14 +29,12 @@ from incidents.plans import Plan, PlannedAction
 from incidents.vocabulary import ActionKind, Confidence
 
 
-def rollback_action(
-    service: ServiceConfig, environment: str, recent: dict[str, Any], previous: dict[str, Any]
-) -> PlannedAction:
-    """Roll the deployment back from `recent` to `previous` (revision dicts with revision and
-    image), through the service's rollback strategy."""
+def rollback_action(service: ServiceConfig, environment: str, recent: Release, previous: Release) -> PlannedAction:
+    """Roll the deployment back from the `recent` release to the `previous` one, through the
+    service's rollback strategy."""
     k = service.kubernetes
-    base = {"namespace": k.namespace, "deployment": k.deployment, "from_revision": recent["revision"],
-            "to_revision": previous["revision"], "to_image": previous["image"]}
+    base: dict[str, Any] = {"namespace": k.namespace, "deployment": k.deployment, "from_revision": recent.revision,
+                            "to_revision": previous.revision, "to_image": previous.image}
     params: Rollback
     if service.rollback_strategy == "github_workflow":
         gh = service.github
@@ -47,8 +45,8 @@ def rollback_action(
         via = "kubectl rollout undo"
         params = RollbackByUndo(**base, strategy="kubernetes_undo")
     return PlannedAction(ActionKind.ROLLBACK, f"deployment/{k.deployment} (namespace {k.namespace})",
-                         f"revision {recent['revision']} ({recent['image']})",
-                         f"revision {previous['revision']} ({previous['image']})", via, params)
+                         f"revision {recent.revision} ({recent.image})",
+                         f"revision {previous.revision} ({previous.image})", via, params)
 
 
 def scale_action(
@@ -225,8 +223,7 @@ def _rollback_or_abstain(head: Plan, service: ServiceConfig, environment: str, f
     if target is None:
         return abstain(head, w, f"{release.describe()} fails, but no earlier revision is known to have served "
                                 "cleanly, so none is a safe target.")
-    action = rollback_action(service, environment, {"revision": release.revision, "image": release.image},
-                             {"revision": target.revision, "image": target.image})
+    action = rollback_action(service, environment, release, target)
     went_live = age((facts.now - release.went_live).total_seconds()) if release.went_live else "recently"
     return settle(head, [action], Confidence.STRONG, w,
                   f"Revision {release.revision} went live {went_live} ago and its pods fail: roll back to "
