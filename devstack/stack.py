@@ -427,8 +427,9 @@ def _store_secrets(env: dict[str, str]) -> None:
             Secret(value=SecretStr(value)).save(name, overwrite=True)
     _say("secrets", f"{len(stored)} Secret blocks for the sandbox's fake credentials ({', '.join(sorted(stored))})")
     if skipped:
-        _say("secrets", f"not stored, set in your shell: {', '.join(sorted(skipped))} "
-                        "(the stack's processes have them; other shells need them too)")
+        _say("secrets", f"not stored, taken from your shell instead of the sandbox's: {', '.join(sorted(skipped))} "
+                        "(the stack's processes use your values, which the sandbox does not accept; "
+                        "unset them and run make down and make up for the sandbox's own)")
 
 
 def _deploy(env: dict[str, str]) -> None:
