@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs
 
 import orjson
@@ -47,6 +47,9 @@ from deployments.prefect_api import PrefectApi, RunControls
 from incidents.errors import RunbookError
 from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Signature, pause_key
 from integrations.errors import IntegrationError, Unreachable
+
+if TYPE_CHECKING:  # for the annotations only: the store is imported where it is built
+    from incidents.store_protocol import Records
 
 log = logging.getLogger("runbooks.approvals")
 MAX_FORM_BYTES = 16 * 1024
@@ -236,7 +239,7 @@ def record_answer(approval: Approval, config: Any, name: str, decision: str, rea
     return Answer(200, f"Declined by {name}; nothing is changed and a person takes over.")
 
 
-def _hand_over(store: Any, approval: Approval, name: str, run_input: dict, prefect: RunControls,
+def _hand_over(store: Records, approval: Approval, name: str, run_input: dict, prefect: RunControls,
                inserted: bool) -> str | None:
     """Resume the run with the answer, waiting for its pause if it has not paused for this
     request yet; None when Prefect took it, else why not. AnswerRefused (and what this request
@@ -256,7 +259,7 @@ def _hand_over(store: Any, approval: Approval, name: str, run_input: dict, prefe
     return problem
 
 
-def _not_resumed(store: Any, approval: Approval, name: str, decision: str, problem: str, prefect: RunControls,
+def _not_resumed(store: Records, approval: Approval, name: str, decision: str, problem: str, prefect: RunControls,
                  inserted: bool) -> Answer:
     """Prefect did not take this request's resume. If the run has moved on anyway, another
     request resumed it (the same answer sent twice at once: a double click, a resubmitted form,
@@ -353,7 +356,7 @@ def _ended(flow_run_id: str, prefect: RunControls) -> str | None:
                                                       "COMPLETED") else None
 
 
-def _take_back(store: Any, approval: Approval, name: str, why: str) -> bool:
+def _take_back(store: Records, approval: Approval, name: str, why: str) -> bool:
     from incidents.store import StoreError
 
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
 from deployments.cli_common import (
     OK,
@@ -21,6 +21,11 @@ from deployments.cli_common import (
 from incidents.config import ConfigError
 from incidents.config_people import ROLE_TITLES
 from incidents.errors import RunbookError
+
+if TYPE_CHECKING:  # for the annotations only: the store is imported where it is built
+    from incidents.models import Incident
+    from incidents.store_protocol import Records
+    from tasks.context import RunContext
 
 
 # -- incidents ---------------------------------------------------------------------------------------
@@ -57,7 +62,7 @@ def cmd_incident(args: argparse.Namespace) -> int:
     return OK
 
 
-def _holders(store: Any, incident: Any) -> list[tuple[str, str]]:
+def _holders(store: Records, incident: Incident) -> list[tuple[str, str]]:
     """Each incident role and who holds it: handed over, else the environment's rota."""
     from incidents.config import load_environment
 
@@ -96,7 +101,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return OK
 
 
-def _incident_context(store: Any, StoreError: type[RunbookError], incident_id: int) -> tuple[Any, Any]:
+def _incident_context(store: Records, StoreError: type[RunbookError], incident_id: int) -> tuple[Incident, RunContext]:
     from tasks.context import RunContext
 
     try:

@@ -71,6 +71,7 @@ from incidents.alerts import (
     verify_grafana_signature,
 )
 from incidents.errors import RunbookError
+from incidents.followups import RunbookStore
 from incidents.models import Severity
 from incidents.store import IncidentStore, StoreError
 from integrations.errors import IntegrationError, NotFound
@@ -421,7 +422,7 @@ class AlertIntake:
             return prefect.resume(run_id, answer).status_code < 300
 
         try:
-            done = await run_in_threadpool(withdraw_quiet, IncidentStore(), environment,
+            done = await run_in_threadpool(withdraw_quiet, RunbookStore(), environment,
                                            self.settings.resolve_grace_seconds, datetime.now(timezone.utc), resume)
         except StoreError as exc:
             log.warning("withdrawal check failed (the incident watch will retry): %s", exc)

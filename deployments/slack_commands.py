@@ -34,7 +34,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import redis.asyncio as aioredis
@@ -52,6 +52,10 @@ from incidents.config_people import INCIDENT_ROLES, ROLE_TITLES
 from incidents.errors import RunbookError
 from incidents.models import Severity
 from incidents.store import StoreError
+
+if TYPE_CHECKING:  # for the annotations only: the store is imported where it is built
+    from incidents.models import Incident
+    from incidents.store_protocol import Records
 
 log = logging.getLogger("runbooks.slack")
 COMMAND = "/incident"
@@ -227,9 +231,9 @@ class SlackCommands:
 
 def on_incident(prefect: PrefectApi, command: Command, who: Invocation) -> str:
     """Every command but declare: on one incident (or, `status` alone, the open ones)."""
-    from incidents.store import IncidentStore
+    from incidents.followups import RunbookStore
 
-    store = IncidentStore()
+    store = RunbookStore()
     if command.incident_id is None:
         return _open_incidents(store)
     if command.verb == "status":
@@ -270,11 +274,13 @@ def act(prefect: PrefectApi, command: Command, incident: Any, config: Any, by: s
     return cancel_incident_runs(prefect, incident, by, command.text)
 
 
-def authorise(store: Any, command: Command, who: Invocation) -> tuple[Any, Any, str] | str:
+def authorise(store: Records, command: Command, who: Invocation) -> tuple[Any, Any, str] | str:
     """(incident, its environment's config, the caller's name) when `who` may do `command` on
     its incident; else the refusal (written to the incident's timeline) to tell them."""
     from incidents.config import load_environment
 
+    if command.incident_id is None:
+        return f"Which incident? /incident {command.verb} <number>"
     incident = store.get(command.incident_id)  # StoreError (no such incident) is said as it is
     config = load_environment(incident.environment)
     caller = caller_in(config, who.user)
@@ -320,7 +326,7 @@ def _declared_reply(outcome: dict[str, Any], service: str, scenario: str, enviro
     return "This was declared a moment ago already; nothing new was opened."
 
 
-def _open_incidents(store: Any) -> str:
+def _open_incidents(store: Records) -> str:
     incidents = store.list(limit=10, open_only=True)
     if not incidents:
         return "No open incidents."
@@ -328,7 +334,7 @@ def _open_incidents(store: Any) -> str:
         f"• {i.id} {i.severity.value} {i.environment}/{i.service} {i.status.value}: {i.title[:80]}" for i in incidents)
 
 
-def _status(store: Any, incident: Any) -> str:
+def _status(store: Records, incident: Incident) -> str:
     from incidents.config_people import ROLE_TITLES
 
     assigned = store.assigned_roles(incident.id)
@@ -339,7 +345,7 @@ def _status(store: Any, incident: Any) -> str:
             f"{state} · {ack}\n{incident.title[:200]}\nRoles: {roles}\nIssue: {incident.issue_url or '-'}")
 
 
-def _refused(store: Any, incident: Any, command: Command, who: Invocation, caller: Caller | None) -> str:
+def _refused(store: Records, incident: Incident, command: Command, who: Invocation, caller: Caller | None) -> str:
     from incidents.models import EventKind
 
     holders = " or ".join(f"the incident's {ROLE_TITLES[r]}" for r in VERB_ROLES.get(command.verb, ()))

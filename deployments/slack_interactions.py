@@ -156,7 +156,8 @@ def handle_incident_press(press: dict, prefect: PrefectApi) -> None:
     """Acknowledge: as `/incident ack`. Resolve: the modal that asks how (views.open, within the
     3 s its trigger_id lives), for the commander or an approver of the incident's severity."""
     from deployments.slack_commands import Command, Invocation, authorise, on_incident
-    from incidents.store import IncidentStore, StoreError
+    from incidents.followups import RunbookStore
+    from incidents.store import StoreError
 
     who = Invocation(press["user"], press["name"], press["channel"], press["response_url"])
     command = Command(press["verb"], press["incident_id"])
@@ -165,7 +166,7 @@ def handle_incident_press(press: dict, prefect: PrefectApi) -> None:
         if press["verb"] == "ack":
             reply = on_incident(prefect, command, who)
         else:
-            allowed = authorise(IncidentStore(), command, who)
+            allowed = authorise(RunbookStore(), command, who)
             reply = allowed if isinstance(allowed, str) else _open_resolve_modal(allowed[0], allowed[1],
                                                                                  press["trigger_id"])
     except StoreError as exc:
@@ -193,7 +194,8 @@ def _open_resolve_modal(incident: Any, config: Any, trigger_id: str) -> str | No
 def submitted(payload: dict, prefect: PrefectApi) -> Response:
     """The Resolve modal sent: checked at once (a refusal shows on the form), resolved right after."""
     from deployments.slack_commands import Command, Invocation, authorise
-    from incidents.store import IncidentStore, StoreError
+    from incidents.followups import RunbookStore
+    from incidents.store import StoreError
 
     view = payload.get("view") or {}
     user = (payload.get("user") or {}).get("id", "")
@@ -207,7 +209,7 @@ def submitted(payload: dict, prefect: PrefectApi) -> Response:
     command = Command("resolve", int(view["private_metadata"]), text=note[:1000])
     who = Invocation(str(user), str((payload.get("user") or {}).get("name") or ""), "", "")
     try:
-        allowed = authorise(IncidentStore(), command, who)
+        allowed = authorise(RunbookStore(), command, who)
     except StoreError as exc:
         return _form_error(str(exc))
     if isinstance(allowed, str):
@@ -251,9 +253,9 @@ def handle_press(press: dict, prefect: PrefectApi) -> None:
 
 def _decide(press: dict, prefect: PrefectApi) -> dict:
     from incidents.config import load_environment
-    from incidents.store import IncidentStore
+    from incidents.followups import RunbookStore
 
-    store = IncidentStore()
+    store = RunbookStore()
     approval = store.approval_by_token(press["token"]) if re.match(r"^[A-Za-z0-9_-]{20,64}$", press["token"]) else None
     if approval is None or approval.environment is None:
         return _ephemeral("This approval request is unknown; nothing changed.")

@@ -24,6 +24,7 @@ from incidents import templates
 from incidents.alerts import WITHDRAWN_REASON, AlertParameter
 from incidents.escalation import level_contacts
 from incidents.models import EventKind, Incident, Severity
+from incidents.store_protocol import Records
 from incidents.timeline_payloads import AlertCleared, AlertJoined, AlertSeen
 from tasks.context import RunContext
 from tasks.notify import add_comment, refresh_issue, send_slack
@@ -123,7 +124,7 @@ def alert_resolved(ctx: RunContext, incident: Incident, alert: AlertParameter, g
     return True
 
 
-def withdraw_quiet(store, environment: str | None, grace_seconds: float, now: datetime,
+def withdraw_quiet(store: Records, environment: str | None, grace_seconds: float, now: datetime,
                    resume: Callable[[str, dict], bool]) -> list[int]:
     """Withdraw the pending approvals of incidents whose alerts all resolved and stayed resolved
     for the grace. The store takes the decision first (once, whoever sweeps); `resume` then
@@ -131,8 +132,8 @@ def withdraw_quiet(store, environment: str | None, grace_seconds: float, now: da
     (a person's decline, whatever its reason says, stays a decline). Returns the approvals."""
     withdrawn = []
     for approval in store.quiet_approvals(environment, grace_seconds, now):
-        if not store.withdraw_approval(approval.id, WITHDRAWER, WITHDRAWN_REASON):
-            continue
+        if approval.flow_run_id is None or not store.withdraw_approval(approval.id, WITHDRAWER, WITHDRAWN_REASON):
+            continue  # (the store lists only approvals of runs; answered meanwhile: not ours to withdraw)
         withdrawn.append(approval.id)
         try:
             resume(approval.flow_run_id, {"approve": False, "approver": WITHDRAWER, "reason": WITHDRAWN_REASON})
