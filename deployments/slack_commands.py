@@ -54,6 +54,7 @@ from incidents.models import Severity
 from incidents.store import StoreError
 
 if TYPE_CHECKING:  # for the annotations only: the store is imported where it is built
+    from incidents.config import EnvironmentConfig
     from incidents.models import Incident
     from incidents.store_protocol import Records
 
@@ -244,7 +245,7 @@ def on_incident(prefect: PrefectApi, command: Command, who: Invocation) -> str:
     return act(prefect, command, *allowed)
 
 
-def act(prefect: PrefectApi, command: Command, incident: Any, config: Any, by: str) -> str:
+def act(prefect: PrefectApi, command: Command, incident: Incident, config: EnvironmentConfig, by: str) -> str:
     """Carry out a command `by` may give; what changed, in a sentence."""
     from tasks.context import RunContext
     from tasks.duties import DutyError, summary_sent
@@ -274,7 +275,7 @@ def act(prefect: PrefectApi, command: Command, incident: Any, config: Any, by: s
     return cancel_incident_runs(prefect, incident, by, command.text)
 
 
-def authorise(store: Records, command: Command, who: Invocation) -> tuple[Any, Any, str] | str:
+def authorise(store: Records, command: Command, who: Invocation) -> tuple[Incident, EnvironmentConfig, str] | str:
     """(incident, its environment's config, the caller's name) when `who` may do `command` on
     its incident; else the refusal (written to the incident's timeline) to tell them."""
     from incidents.config import load_environment
@@ -357,7 +358,7 @@ def _refused(store: Records, incident: Incident, command: Command, who: Invocati
     return f"Refused: {why} `{COMMAND} {command.verb}` incident {incident.id}; nothing changed."
 
 
-def start_resolve(prefect: PrefectApi, incident: Any, by: str, note: str) -> str:
+def start_resolve(prefect: PrefectApi, incident: Incident, by: str, note: str) -> str:
     """Resolve through the `resolve-incident/<env>` deployment, as `runbooks resolve` does: its
     worker posts the Resolution, closes the issue and starts the post-mortem."""
     import uuid
@@ -379,7 +380,7 @@ def start_resolve(prefect: PrefectApi, incident: Any, by: str, note: str) -> str
             f"comes to the thread and the issue, then the post-mortem.")
 
 
-def cancel_incident_runs(prefect: PrefectApi, incident: Any, by: str, reason: str) -> str:
+def cancel_incident_runs(prefect: PrefectApi, incident: Incident, by: str, reason: str) -> str:
     """Cancel the incident's runbook runs that have not ended (its own and any that joined)."""
     from deployments.run_control import FINAL, CancelRefused, cancel_run
     from incidents.followups import RunbookStore

@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -46,8 +46,11 @@ from starlette.routing import Route
 from deployments.approval_page import AnswerRefused, record_answer
 from deployments.guards import ReplayCache, TooLarge, read_body
 from deployments.prefect_api import PrefectApi
-from incidents.models import EventKind
+from incidents.models import EventKind, Incident
 from incidents.templates import ACK_ACTION, RESOLVE_ACTION, RESOLVE_CALLBACK
+
+if TYPE_CHECKING:  # for the annotations only: the config is loaded where it is needed
+    from incidents.config import EnvironmentConfig
 
 log = logging.getLogger("runbooks.slack")
 SIGNING_SECRET_ENV = "RUNBOOKS_SLACK_SIGNING_SECRET"
@@ -178,7 +181,7 @@ def handle_incident_press(press: dict, prefect: PrefectApi) -> None:
         _respond(press["response_url"], _ephemeral(reply))
 
 
-def _open_resolve_modal(incident: Any, config: Any, trigger_id: str) -> str | None:
+def _open_resolve_modal(incident: Incident, config: EnvironmentConfig, trigger_id: str) -> str | None:
     from incidents import templates
     from integrations.errors import IntegrationError
     from tasks.context import RunContext
@@ -220,7 +223,8 @@ def submitted(payload: dict, prefect: PrefectApi) -> Response:
     return Response(status_code=200, background=BackgroundTask(_resolve_after, prefect, incident, config, name, note))
 
 
-def _resolve_after(prefect: PrefectApi, incident: Any, config: Any, name: str, note: str) -> None:
+def _resolve_after(prefect: PrefectApi, incident: Incident, config: EnvironmentConfig, name: str,
+                   note: str) -> None:
     from deployments.slack_commands import CommandError, start_resolve
     from tasks.context import RunContext
     from tasks.notify import send_slack

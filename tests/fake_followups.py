@@ -260,7 +260,7 @@ class FakeFollowUps:
 
     # -- the roles' duties, overdue ------------------------------------------------------------
     def overdue_duties(self, environment: str, duty: str, now: datetime, remind_every: timedelta) -> list[Duty]:
-        return [d for key, d in sorted(self.duties.items(), key=lambda item: item[0][0])
+        return [d for d in sorted(self.duties.values(), key=lambda d: d.incident_id)
                 if d.duty == duty and d.done_at is None and d.due_at is not None and d.due_at <= now
                 and self.incidents[d.incident_id].environment == environment
                 and (d.last_reminded_at is None or d.last_reminded_at <= now - remind_every)]
