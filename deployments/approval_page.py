@@ -48,7 +48,8 @@ from incidents.errors import RunbookError
 from incidents.models import SIGNERS_SEPARATOR, Approval, EventKind, Signature, pause_key
 from integrations.errors import IntegrationError, Unreachable
 
-if TYPE_CHECKING:  # for the annotations only: the store is imported where it is built
+if TYPE_CHECKING:  # for the annotations only: the store and the config are imported where they are built
+    from incidents.config import EnvironmentConfig
     from incidents.store_protocol import Records
 
 log = logging.getLogger("runbooks.approvals")
@@ -109,7 +110,7 @@ def _signed(signatures: list[Signature]) -> str:
     return items or "<li>nobody yet</li>"
 
 
-def _page(approval: Approval, config: Any, signatures: list[Signature], message: str = "",
+def _page(approval: Approval, config: EnvironmentConfig, signatures: list[Signature], message: str = "",
           status: int = 200) -> HTMLResponse:
     e = _escaped
     plan = approval.plan
@@ -120,7 +121,7 @@ def _page(approval: Approval, config: Any, signatures: list[Signature], message:
                  + ("".join(f"<li>{e(x)}</li>" for x in plan.support) or "<li>(none)</li>")
                  + "</ul><p><b>Evidence against</b></p><ul>"
                  + ("".join(f"<li>{e(x)}</li>" for x in plan.against) or "<li>(none)</li>") + "</ul>")
-    needed = max(1, config.approval.needed(approval.severity))
+    needed = max(1, config.approval.needed(approval.severity or ""))  # none joined: not four-eyes
     signed = _signed(signatures)
     state = (f"<p><b>Decided: {e(approval.decision)}</b> by {e(approval.approver or '-')}</p>"
              if approval.decision else
@@ -198,8 +199,8 @@ def _store():
     return IncidentStore()
 
 
-def record_answer(approval: Approval, config: Any, name: str, decision: str, reason: str, prefect: RunControls,
-                  via: str) -> Answer:
+def record_answer(approval: Approval, config: EnvironmentConfig, name: str, decision: str, reason: str,
+                  prefect: RunControls, via: str) -> Answer:
     """Record a verified approver's answer and, when it completes the decision, resume the run.
 
     The answer counts only together with a successful resume: if Prefect does not take it, the

@@ -208,8 +208,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         with open(args.chart, "w", encoding="utf-8") as out:
             out.write(trend_svg(metrics.months))
     if args.json:
-        print(json.dumps({"figures": metrics.rows(), "months": metrics.months,
-                          "drills_excluded": metrics.drills_excluded}, indent=2))
+        print(json.dumps(metrics.as_json(), indent=2))
         return OK
     rows = metrics.rows()
     header = ("metric", "scope", "value", "target", "met", "counted", "left out")

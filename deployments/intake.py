@@ -62,6 +62,7 @@ from deployments.slack_interactions import routes as slack_routes
 from incidents import templates
 from incidents.alerts import (
     Alert,
+    AlertParameter,
     BadPayload,
     RunRequest,
     parse_alertmanager,
@@ -76,6 +77,7 @@ from incidents.models import Severity
 from incidents.store import IncidentStore, StoreError
 from integrations.errors import IntegrationError, NotFound
 from integrations.http import RetryPolicy
+from tasks.approval import ApprovalInput
 from tasks.correlation import join, withdraw_quiet
 
 log = logging.getLogger("runbooks.intake")
@@ -304,7 +306,7 @@ class AlertIntake:
             # under that alert's idempotency key, so all of these make one run
             opener = replace(request, scenario=incident.scenario)
             run_id = await self.start_run(
-                await self.deployment_id(opener.deployment), (incident.alert or parameter).as_dict(), opener,
+                await self.deployment_id(opener.deployment), incident.alert or parameter, opener,
                 incident.severity, incident.id
             )
             await run_in_threadpool(ctx.store().set_runbook_run, incident.id, run_id)
@@ -319,7 +321,7 @@ class AlertIntake:
         if request.scenario != incident.scenario and await self.first_of_scenario(incident.id, request.scenario):
             # another symptom: its runbook's checks add their findings to the incident (the
             # incident's own runbook keeps the service; see tasks/lifecycle.py)
-            done["flow_run_id"] = await self.start_run(dep_id, parameter.as_dict(), request, joined.incident.severity,
+            done["flow_run_id"] = await self.start_run(dep_id, parameter, request, joined.incident.severity,
                                                        incident.id)
         return done
 
@@ -356,17 +358,18 @@ class AlertIntake:
                 f"{templates.slack_text(request.service)}: {templates.slack_text(str(exc), 300)}. The alert sender "
                 f"is answered 503 and retries until the deployment exists (`prefect deploy`).")
 
-    async def start_run(self, dep_id: str, alert: dict[str, Any], request: RunRequest, severity: Severity,
+    async def start_run(self, dep_id: str, alert: AlertParameter, request: RunRequest, severity: Severity,
                         incident_id: int) -> str:
         """One run per alert and incident: deliveries of the same alert for the same incident make
         one run (the idempotency key), and the alert firing on after that incident ended starts
-        a new one for the new incident."""
+        a new one for the new incident. The alert goes to the run as the JSON it came as."""
         parameters: dict[str, Any] = {"service": request.service, "environment": request.environment,
-                                      "alert": alert, "severity": severity.value}
-        key = f"{alert['fingerprint']}:{alert['startsAt']}:{incident_id}"
-        name = f"{alert['labels'].get('alertname', 'alert')}-{alert['fingerprint'][:8]}".lower()
+                                      "alert": alert.as_dict(), "severity": severity.value}
+        fingerprint = alert.fingerprint or ""
+        key = f"{fingerprint}:{alert.starts_at}:{incident_id}"
+        name = f"{alert.labels.get('alertname', 'alert')}-{fingerprint[:8]}".lower()
         body = {"parameters": parameters, "idempotency_key": f"alert:{key}", "name": name,
-                "tags": ["alert", alert["source"]]}
+                "tags": ["alert", alert.source or "generic"]}
         async with self.state["creating"]:
             try:
                 response = await self.create_run(dep_id, request.deployment, body)
@@ -383,7 +386,7 @@ class AlertIntake:
             except IntegrationError as exc:
                 raise Unavailable(explain(exc)) from None
         run_id = response.json()["id"]
-        log.info("alert %s (%s) started %s run %s", alert["fingerprint"], alert["labels"].get("alertname"),
+        log.info("alert %s (%s) started %s run %s", fingerprint, alert.labels.get("alertname"),
                  request.deployment, run_id, extra={"incident": incident_id, "run": run_id})
         return run_id
 
@@ -418,8 +421,8 @@ class AlertIntake:
 
         prefect = PrefectApi(self.settings.prefect_api_url)
 
-        def resume(run_id: str, answer: dict) -> bool:
-            return prefect.resume(run_id, answer).status_code < 300
+        def resume(run_id: str, answer: ApprovalInput) -> bool:
+            return prefect.resume(run_id, answer.model_dump()).status_code < 300
 
         try:
             done = await run_in_threadpool(withdraw_quiet, RunbookStore(), environment,

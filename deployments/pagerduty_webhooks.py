@@ -22,6 +22,7 @@ import logging
 import os
 
 import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,6 +36,41 @@ SECRET_ENV = "RUNBOOKS_PAGERDUTY_WEBHOOK_SECRET"
 # what PagerDuty told us, when the incident was acknowledged here already (or it is a resolve)
 _TOLD_KIND = {"acknowledged": EventKind.PAGER_ACKNOWLEDGED, "resolved": EventKind.PAGER_RESOLVED}
 MAX_BODY_BYTES = 256 * 1024
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Agent(_Part):
+    summary: str | None = None  # the person, as PagerDuty names them
+
+
+class IncidentData(_Part):
+    incident_key: str | None = None  # for an incident: the dedup_key of the alert that opened it
+
+
+class WebhookEvent(_Part):
+    """The part of a v3 webhook delivery's `event` this project reads; the rest is ignored."""
+
+    event_type: str | None = None  # incident.acknowledged, incident.resolved, ...
+    agent: Agent | None = None
+    data: IncidentData | None = None
+
+    @classmethod
+    def parse(cls, body: bytes) -> WebhookEvent:
+        """The delivery's event; a ValueError says why a body is not one."""
+        try:
+            delivery = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"body is not JSON: {exc}") from None
+        if not isinstance(delivery, dict) or not isinstance(delivery.get("event") or {}, dict):
+            raise ValueError("body is not a webhook event")
+        try:
+            return cls.model_validate(delivery.get("event") or {})
+        except ValidationError as exc:
+            raise ValueError(f"body is not a webhook event: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}") \
+                from None
 
 
 def verify(secret: str, header: str, body: bytes) -> bool:
@@ -58,15 +94,16 @@ def routes() -> list[Route]:
             log.warning("PagerDuty webhook refused: signature missing or wrong")
             return _json(401, {"error": "signature missing or wrong"})
         try:
-            event = orjson.loads(body).get("event") or {}
-        except (orjson.JSONDecodeError, AttributeError):
-            return _json(400, {"error": "body is not a webhook event"})
+            event = WebhookEvent.parse(body)
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
         return _json(200, await run_in_threadpool(handle_event, event))
 
     return [Route("/pagerduty/webhooks", webhook, methods=["POST"])]
 
 
-def handle_event(event: dict) -> dict:
+def handle_event(event: WebhookEvent) -> dict[str, object]:
+    """What a delivery changes here; the answer's body says what was done or why it was ignored."""
     from incidents import templates
     from incidents.config import ConfigError, load_environment
     from incidents.store import IncidentStore, StoreError
@@ -75,14 +112,12 @@ def handle_event(event: dict) -> dict:
     from tasks.paging import incident_of_key
     from tasks.timeline import record
 
-    kind = event.get("event_type")
-    data = event.get("data")
-    data = data if isinstance(data, dict) else {}
-    named = incident_of_key(str(data.get("incident_key") or ""))
+    kind = event.event_type
+    named = incident_of_key((event.data.incident_key or "") if event.data else "")
     if kind not in ("incident.acknowledged", "incident.resolved") or named is None:
         return {"ignored": kind or "no event_type"}
     environment, incident_id = named
-    agent = str((event.get("agent") or {}).get("summary") or "someone")[:100]
+    agent = ((event.agent.summary if event.agent else None) or "someone")[:100]
     who = f"{agent} (PagerDuty)"
     store = IncidentStore()
     try:
@@ -111,5 +146,5 @@ def handle_event(event: dict) -> dict:
     return {"incident": incident_id, verb: True, "escalation_stopped": acknowledged}
 
 
-def _json(status: int, data: dict) -> Response:
+def _json(status: int, data: dict[str, object]) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")

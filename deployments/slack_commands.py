@@ -166,14 +166,14 @@ class Caller:
             or severity in self.approver_for
 
 
-def caller_in(config: Any, user: str) -> Caller | None:
+def caller_in(config: EnvironmentConfig, user: str) -> Caller | None:
     """The member `user` in an environment's config: None when it does not know them."""
     handle = config.roles.handle_of(user)
     approver = config.approval.slack_approver(user)
     if handle is None and approver is None:
         return None
     return Caller(approver.name if approver else str(handle), handle,
-                  tuple(s.value if hasattr(s, "value") else str(s) for s in approver.severities) if approver else ())
+                  tuple(approver.severities) if approver else ())
 
 
 def environments_of(config_file: Any, channel: str) -> list[str]:
@@ -300,7 +300,7 @@ def _one_environment(candidates: list[str], channel: str) -> str:
     raise CommandError(f"this channel is the incident channel of {', '.join(candidates)}: add env=<name>")
 
 
-def handle_in(config: Any, who: str) -> str:
+def handle_in(config: EnvironmentConfig, who: str) -> str:
     """A role's new holder as typed: a Slack mention (`<@U…|name>`, a member the config knows) or
     a handle (`@name`)."""
     mention = _MENTION.match(who)

@@ -46,8 +46,16 @@ from starlette.routing import Route
 from deployments.approval_page import AnswerRefused, record_answer
 from deployments.guards import ReplayCache, TooLarge, read_body
 from deployments.prefect_api import PrefectApi
+from deployments.slack_payloads import (
+    DECISIONS,
+    ApprovalPress,
+    IncidentPress,
+    ResolveSubmission,
+    approval_press,
+    incident_press,
+    resolve_submission,
+)
 from incidents.models import EventKind, Incident
-from incidents.templates import ACK_ACTION, RESOLVE_ACTION, RESOLVE_CALLBACK
 
 if TYPE_CHECKING:  # for the annotations only: the config is loaded where it is needed
     from incidents.config import EnvironmentConfig
@@ -56,8 +64,6 @@ log = logging.getLogger("runbooks.slack")
 SIGNING_SECRET_ENV = "RUNBOOKS_SLACK_SIGNING_SECRET"
 MAX_AGE_SECONDS = 300
 MAX_BODY_BYTES = 64 * 1024
-DECISIONS = {"runbooks_approve": "approve", "runbooks_decline": "decline"}
-_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 
 
 def verify(secret: str, timestamp: str, signature: str, body: bytes, now: float | None = None) -> str | None:
@@ -115,11 +121,12 @@ def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Rou
         except (KeyError, IndexError, UnicodeDecodeError, orjson.JSONDecodeError):
             return _json(400, "expected a form field `payload` holding JSON")
         if isinstance(payload, dict) and payload.get("type") == "view_submission":
-            return await run_in_threadpool(submitted, payload, prefect)
-        incident_press = _incident_press(payload)
-        if incident_press is not None:
-            return Response(status_code=200, background=BackgroundTask(handle_incident_press, incident_press, prefect))
-        press = _press(payload)
+            form = resolve_submission(payload)
+            return Response(status_code=200) if form is None else await run_in_threadpool(submitted, form, prefect)
+        on_incident = incident_press(payload)
+        if on_incident is not None:
+            return Response(status_code=200, background=BackgroundTask(handle_incident_press, on_incident, prefect))
+        press = approval_press(payload)
         if press is None:  # a link button, or an interaction the runbooks do not use: acknowledged
             return Response(status_code=200)
         return Response(status_code=200, background=BackgroundTask(handle_press, press, prefect))
@@ -127,58 +134,30 @@ def routes(prefect: PrefectApi, redis: Callable[[], aioredis.Redis]) -> list[Rou
     return [Route("/slack/interactions", interaction, methods=["POST"])]
 
 
-def _press(payload: Any) -> dict | None:
-    if not isinstance(payload, dict) or payload.get("type") != "block_actions":
-        return None
-    action = next((a for a in payload.get("actions") or [] if isinstance(a, dict) and a.get("action_id") in DECISIONS),
-                  None)
-    user = (payload.get("user") or {}).get("id", "")
-    if action is None or not _USER_ID.match(str(user)):
-        return None
-    return {"user": user, "decision": DECISIONS[action["action_id"]], "token": str(action.get("value", "")),
-            "response_url": payload.get("response_url"), "blocks": (payload.get("message") or {}).get("blocks") or [],
-            "text": str((payload.get("message") or {}).get("text") or "")}
-
-
-def _incident_press(payload: Any) -> dict | None:
-    """Acknowledge or Resolve on an incident's parent message: who, which incident, where to answer."""
-    if not isinstance(payload, dict) or payload.get("type") != "block_actions":
-        return None
-    action = next((a for a in payload.get("actions") or [] if isinstance(a, dict)
-                   and a.get("action_id") in (ACK_ACTION, RESOLVE_ACTION)), None)
-    user = (payload.get("user") or {}).get("id", "")
-    if action is None or not _USER_ID.match(str(user)) or not str(action.get("value", "")).isdigit():
-        return None
-    return {"user": str(user), "name": str((payload.get("user") or {}).get("name") or ""),
-            "verb": "ack" if action["action_id"] == ACK_ACTION else "resolve", "incident_id": int(action["value"]),
-            "trigger_id": str(payload.get("trigger_id") or ""), "response_url": str(payload.get("response_url") or ""),
-            "channel": str((payload.get("channel") or {}).get("id") or "")}
-
-
-def handle_incident_press(press: dict, prefect: PrefectApi) -> None:
+def handle_incident_press(press: IncidentPress, prefect: PrefectApi) -> None:
     """Acknowledge: as `/incident ack`. Resolve: the modal that asks how (views.open, within the
     3 s its trigger_id lives), for the commander or an approver of the incident's severity."""
     from deployments.slack_commands import Command, Invocation, authorise, on_incident
     from incidents.followups import RunbookStore
     from incidents.store import StoreError
 
-    who = Invocation(press["user"], press["name"], press["channel"], press["response_url"])
-    command = Command(press["verb"], press["incident_id"])
+    who = Invocation(press.user, press.name, press.channel, press.response_url)
+    command = Command(press.verb, press.incident_id)
     reply: str | None
     try:
-        if press["verb"] == "ack":
+        if press.verb == "ack":
             reply = on_incident(prefect, command, who)
         else:
             allowed = authorise(RunbookStore(), command, who)
             reply = allowed if isinstance(allowed, str) else _open_resolve_modal(allowed[0], allowed[1],
-                                                                                 press["trigger_id"])
+                                                                                 press.trigger_id)
     except StoreError as exc:
         reply = str(exc)
     except Exception as exc:  # the presser must hear of it (logged with its traceback)
-        log.exception("Slack %s press by %s not handled", press["verb"], press["user"])
+        log.exception("Slack %s press by %s not handled", press.verb, press.user)
         reply = f"Your press was not handled ({type(exc).__name__}); nothing changed."
     if reply:
-        _respond(press["response_url"], _ephemeral(reply))
+        _respond(press.response_url, _ephemeral(reply))
 
 
 def _open_resolve_modal(incident: Incident, config: EnvironmentConfig, trigger_id: str) -> str | None:
@@ -194,23 +173,17 @@ def _open_resolve_modal(incident: Incident, config: EnvironmentConfig, trigger_i
     return None
 
 
-def submitted(payload: dict, prefect: PrefectApi) -> Response:
+def submitted(form: ResolveSubmission, prefect: PrefectApi) -> Response:
     """The Resolve modal sent: checked at once (a refusal shows on the form), resolved right after."""
     from deployments.slack_commands import Command, Invocation, authorise
     from incidents.followups import RunbookStore
     from incidents.store import StoreError
 
-    view = payload.get("view") or {}
-    user = (payload.get("user") or {}).get("id", "")
-    if view.get("callback_id") != RESOLVE_CALLBACK or not str(view.get("private_metadata", "")).isdigit() \
-            or not _USER_ID.match(str(user)):
-        return Response(status_code=200)
-    values = ((view.get("state") or {}).get("values") or {}).get("resolution") or {}
-    note = " ".join(str((values.get("note") or {}).get("value") or "").split())
+    note = form.note
     if not note:
         return _form_error("say how it was resolved")
-    command = Command("resolve", int(view["private_metadata"]), text=note[:1000])
-    who = Invocation(str(user), str((payload.get("user") or {}).get("name") or ""), "", "")
+    command = Command("resolve", form.incident_id, text=note[:1000])
+    who = Invocation(form.user, form.name, "", "")
     try:
         allowed = authorise(RunbookStore(), command, who)
     except StoreError as exc:
@@ -243,39 +216,39 @@ def _form_error(message: str) -> Response:
                     media_type="application/json")
 
 
-def handle_press(press: dict, prefect: PrefectApi) -> None:
+def handle_press(press: ApprovalPress, prefect: PrefectApi) -> None:
     """Decide what a press means and tell Slack (after the 200 went out)."""
     try:
         reply = _decide(press, prefect)
     except Exception as exc:  # the presser must hear of it; nothing was recorded past this point
-        log.exception("Slack press by %s not handled", press["user"])
+        log.exception("Slack press by %s not handled", press.user)
         reply = _ephemeral(
             f"Your press was not handled ({type(exc).__name__}); nothing changed. Use the approval page."
         )
-    _respond(press.get("response_url"), reply)
+    _respond(press.response_url, reply)
 
 
-def _decide(press: dict, prefect: PrefectApi) -> dict:
+def _decide(press: ApprovalPress, prefect: PrefectApi) -> dict[str, Any]:
     from incidents.config import load_environment
     from incidents.followups import RunbookStore
 
     store = RunbookStore()
-    approval = store.approval_by_token(press["token"]) if re.match(r"^[A-Za-z0-9_-]{20,64}$", press["token"]) else None
+    approval = store.approval_by_token(press.token) if re.match(r"^[A-Za-z0-9_-]{20,64}$", press.token) else None
     if approval is None or approval.environment is None:
         return _ephemeral("This approval request is unknown; nothing changed.")
     if approval.decision:
         return _ephemeral(f"This request was already decided: {approval.decision} by {approval.approver or '-'}.")
     config = load_environment(approval.environment)
-    approver = config.approval.slack_approver(press["user"])
+    approver = config.approval.slack_approver(press.user)
     severity, environment = approval.severity, approval.environment
     if approver is None or severity not in approver.severities:
         store.add_event(approval.incident_id, "Slack", EventKind.APPROVAL_REFUSED,
-                        f"A {press['decision']} press by Slack member {press['user']} was refused: "
+                        f"A {press.decision} press by Slack member {press.user} was refused: "
                         f"not an approver for {severity} in {environment}")
         return _ephemeral(f"You are not an approver for {severity} in {environment}; nothing changed.")
-    reason = "approved in Slack" if press["decision"] == "approve" else "declined in Slack"
+    reason = "approved in Slack" if press.decision == "approve" else "declined in Slack"
     try:
-        answer = record_answer(approval, config, approver.name, press["decision"], reason, prefect, via="Slack")
+        answer = record_answer(approval, config, approver.name, press.decision, reason, prefect, via="Slack")
     except AnswerRefused as exc:
         return _ephemeral(f"{exc}")
     if answer.repeat:  # a double click: only the presser hears that it was already counted
@@ -283,37 +256,36 @@ def _decide(press: dict, prefect: PrefectApi) -> dict:
     return _updated(press, approver.name, answer.status, answer.message)
 
 
-def _updated(press: dict, name: str, status: int, message: str) -> dict:
+def _updated(press: ApprovalPress, name: str, status: int, message: str) -> dict[str, Any]:
     """The approval message with who decided; the buttons stay only while more approvers are needed."""
     at = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
-    mark = "✅" if press["decision"] == "approve" else "🛑"
-    line = f"{mark} <@{press['user']}> ({name}, verified in Slack) at {at}: {message}"
-    blocks = [b for b in press["blocks"] if isinstance(b, dict) and not (b.get("type") == "context"
-                                                                          and b.get("block_id") == "runbooks_decided")]
+    mark = "✅" if press.decision == "approve" else "🛑"
+    line = f"{mark} <@{press.user}> ({name}, verified in Slack) at {at}: {message}"
+    blocks = [b for b in press.blocks if not (b.get("type") == "context" and b.get("block_id") == "runbooks_decided")]
     if status != 202:  # decided: no button is left to press
         blocks = [kept for kept in map(_without_buttons, blocks) if kept is not None]
     blocks.append({"type": "context", "block_id": "runbooks_decided",
                    "elements": [{"type": "mrkdwn", "text": line[:3000]}]})
-    text = (press.get("text", "") + "\n" + line).strip()
+    text = (press.text + "\n" + line).strip()
     return {"replace_original": True, "text": text[-3000:], "blocks": blocks}
 
 
-def _without_buttons(block: dict) -> dict | None:
+def _without_buttons(block: dict[str, Any]) -> dict[str, Any] | None:
     if block.get("type") != "actions":
         return block
     kept = [e for e in block.get("elements") or [] if e.get("action_id") not in DECISIONS]
     return {**block, "elements": kept} if kept else None
 
 
-def _ephemeral(text: str) -> dict:
+def _ephemeral(text: str) -> dict[str, Any]:
     return {"response_type": "ephemeral", "replace_original": False, "text": text}
 
 
-def _respond(response_url: Any, message: dict) -> None:
+def _respond(response_url: str, message: dict[str, Any]) -> None:
     from integrations.errors import IntegrationError
     from integrations.slack import respond
 
-    if not isinstance(response_url, str) or not response_url.startswith(("https://", "http://")):
+    if not response_url.startswith(("https://", "http://")):
         log.warning("Slack press answered without a response_url: %s", message.get("text", "")[:200])
         return
     try:

@@ -16,4 +16,4 @@ def incident_metrics(environment: str = "sandbox") -> dict[str, Any]:
     """Args:
         environment: whose incident record is measured.
     """
-    return publish_metrics(environment)
+    return publish_metrics(environment).as_json()

@@ -19,4 +19,4 @@ def resolve_incident(incident_id: int, resolved_by: str, note: str, environment:
         note: how it was resolved (goes into the Resolution message and the issue).
         environment: the incident's environment.
     """
-    return resolve_by_hand(environment, incident_id, resolved_by, note)
+    return resolve_by_hand(environment, incident_id, resolved_by, note).model_dump(mode="json")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
+from incidents import action_params
+from incidents.action_params import ActionParams, Block, EnableLogging
 from incidents.models import StoreRow
 from incidents.vocabulary import ActionKind
 
@@ -18,7 +19,8 @@ from incidents.vocabulary import ActionKind
 @dataclass(frozen=True)
 class StandingContainment(StoreRow):
     """One containment change as it stands: `params` are the approved action's parameters
-    (what it changed and, for a log level, the level before)."""
+    (what it changed and, for a log level, the level before), read back from the stored record
+    as the kind's model (`incidents.action_params`)."""
 
     id: int
     incident_id: int
@@ -26,7 +28,7 @@ class StandingContainment(StoreRow):
     service: str
     kind: ActionKind
     target: str
-    params: dict[str, Any]
+    params: ActionParams
     applied_at: datetime
     expires_at: datetime
     status: str  # active | lifted
@@ -38,6 +40,7 @@ class StandingContainment(StoreRow):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", ActionKind.parse(self.kind))
+        object.__setattr__(self, "params", action_params.parse(self.kind, self.params))
 
     @property
     def active(self) -> bool:
@@ -47,10 +50,11 @@ class StandingContainment(StoreRow):
         return self.active and self.expires_at <= now
 
     def describe(self) -> str:
-        if self.kind == ActionKind.ENABLE_LOGGING:
-            p = self.params
-            return f"{p.get('key')}={p.get('level')} on configmap/{p.get('configmap')} (was {p.get('previous')})"
-        return f"block of {', '.join(self.params.get('cidrs', []))} via {self.target}"
+        p = self.params
+        if isinstance(p, EnableLogging):
+            return f"{p.key}={p.level} on configmap/{p.configmap} (was {p.previous})"
+        cidrs = p.cidrs if isinstance(p, Block) else []
+        return f"block of {', '.join(cidrs)} via {self.target}"
 
 
 def expiry(now: datetime, hours: float) -> datetime:

@@ -11,6 +11,7 @@ from incidents.vocabulary import DetectedBy, Word
 
 if TYPE_CHECKING:
     from incidents.alerts import AlertParameter
+    from incidents.findings import Finding
     from incidents.plans import Plan
     from incidents.timeline_payloads import Payload
 
@@ -254,8 +255,9 @@ class StoreRow:
 class Approval(StoreRow):
     """A plan's approval request and its answer. `plan` is the plan asked about, read back from
     its stored record (`Plan.from_dict`) once, here; `findings`, what the diagnosis saw (a resumed
-    run continues from them). The incident's environment, severity, service, issue and title come
-    with it when the store joins them (`IncidentStore.approval`, `approval_by_token`)."""
+    run continues from them), read back as `Finding`s the same way. The incident's environment,
+    severity, service, issue and title come with it when the store joins them
+    (`IncidentStore.approval`, `approval_by_token`)."""
 
     id: int
     incident_id: int
@@ -265,7 +267,7 @@ class Approval(StoreRow):
     requested_at: datetime
     token: str | None = None
     deadline_at: datetime | None = None
-    findings: dict[str, Any] | None = None
+    findings: dict[str, Finding] | None = None
     decision: str | None = None  # approved | declined | timed_out | withdrawn; None: pending
     decided_at: datetime | None = None
     approver: str | None = None
@@ -284,6 +286,11 @@ class Approval(StoreRow):
             from incidents.plans import Plan
 
             object.__setattr__(self, "plan", Plan.from_dict(self.plan))
+        from incidents.findings import Finding
+
+        stored: dict[str, Any] = dict(self.findings or {})  # the JSON column, or Findings already
+        if any(not isinstance(each, Finding) for each in stored.values()):
+            object.__setattr__(self, "findings", {check: Finding(**each) for check, each in stored.items()})
 
 
 SIGNERS_SEPARATOR = ", "  # how the approval page names several verified approvers in the Resume input

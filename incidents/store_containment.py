@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from incidents.action_params import ActionParams
 from incidents.containment import StandingContainment
 from incidents.store_base import StoreBase, required_row
 from incidents.vocabulary import ActionKind
@@ -16,12 +16,13 @@ from incidents.vocabulary import ActionKind
 
 class ContainmentRecords(StoreBase):
     def record_containment(self, incident_id: int, environment: str, service: str, kind: ActionKind, target: str,
-                           params: dict[str, Any], expires_at: datetime) -> StandingContainment:
+                           params: ActionParams, expires_at: datetime) -> StandingContainment:
         with self._connect() as conn:
             row = conn.execute("""INSERT INTO containments (incident_id, environment, service, kind, target, params,
                                                             expires_at)
                                   VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *""",
-                               (incident_id, environment, service, kind, target, Jsonb(params), expires_at)).fetchone()
+                               (incident_id, environment, service, kind, target, Jsonb(params.as_dict()),
+                                expires_at)).fetchone()
         return StandingContainment.from_row(required_row(row))
 
     def containments(self, environment: str | None = None, active_only: bool = True) -> builtins.list[

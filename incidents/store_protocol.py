@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from incidents.action_params import ActionParams
 from incidents.alerts import AlertParameter
 from incidents.containment import StandingContainment
 from incidents.findings import Finding
@@ -141,7 +142,7 @@ class Records(Protocol):
 
     # -- standing containment -----------------------------------------------------------------------
     def record_containment(self, incident_id: int, environment: str, service: str, kind: ActionKind, target: str,
-                           params: dict[str, Any], expires_at: datetime) -> StandingContainment: ...
+                           params: ActionParams, expires_at: datetime) -> StandingContainment: ...
     def containments(self, environment: str | None = None,
                      active_only: bool = True) -> builtins.list[StandingContainment]: ...
     def containment(self, containment_id: int) -> StandingContainment | None: ...

@@ -23,7 +23,7 @@ time in the Escalation Matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from statistics import mean
 from typing import Any
@@ -79,19 +79,32 @@ class Figure:
                 "left out": self.left_out}
 
 
+@dataclass(frozen=True)
+class Month:
+    """One month of the trend: the incidents that started in it, and their MTTR in minutes (None:
+    none has recovered)."""
+
+    incidents: int
+    mttr_minutes: float | None
+
+
 @dataclass
 class Metrics:
     figures: list[Figure] = field(default_factory=list)
-    months: dict[str, dict[str, Any]] = field(
-        default_factory=dict
-    )  # "2026-11" -> {"incidents": n, "mttr_minutes": x|None}
+    months: dict[str, Month] = field(default_factory=dict)  # "2026-11" -> that month, oldest first
     drills_excluded: int = 0
 
     def figure(self, metric: str, scope: str) -> Figure:
         return next(f for f in self.figures if f.metric == metric and f.scope == scope)
 
     def rows(self) -> list[dict[str, Any]]:
+        """The figures as the table's rows (the metrics artifact, `runbooks metrics`)."""
         return [f.row() for f in self.figures]
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures, the months and the drills left out, as the flow's result and `--json` give them."""
+        return {"figures": self.rows(), "months": {key: asdict(month) for key, month in self.months.items()},
+                "drills_excluded": self.drills_excluded}
 
 
 def _minutes(deltas: list[timedelta]) -> float | None:
@@ -125,17 +138,7 @@ def compute(rows: list[MetricRow], now: datetime, response_minutes: dict[str, fl
                                       None if mttr is None or not p0 else mttr < MTTR_TARGET_P0.total_seconds() / 60,
                                       len(recovered), len(chosen) - len(recovered)))
 
-    for r in incidents:
-        month = metrics.months.setdefault(f"{r.started_at:%Y-%m}", {"incidents": 0, "_mttr": []})
-        month["incidents"] += 1
-        if r.recovered_at:
-            month["_mttr"].append(r.recovered_at - r.started_at)
-    for key in sorted(metrics.months):
-        month = metrics.months[key]
-        month["mttr_minutes"] = _minutes(month.pop("_mttr"))
-        metrics.figures.append(Figure("Incidents per month", key, month["incidents"], "", "< 1",
-                                      month["incidents"] < MONTHLY_TARGET, month["incidents"]))
-    metrics.months = dict(sorted(metrics.months.items()))
+    _add_months(metrics, incidents)
 
     due = [
         r for r in incidents if r.resolved_at and (r.postmortem_at or r.resolved_at + POSTMORTEM_WITHIN <= now)
@@ -156,14 +159,28 @@ def compute(rows: list[MetricRow], now: datetime, response_minutes: dict[str, fl
     return metrics
 
 
-def trend_svg(months: dict[str, dict[str, Any]], width: int = 640, height: int = 260) -> str:
+def _add_months(metrics: Metrics, incidents: list[MetricRow]) -> None:
+    """The incidents per month (a figure each, against the playbook's "fewer than one") and each
+    month's MTTR, oldest month first."""
+    recoveries: dict[str, list[timedelta]] = {}
+    for r in incidents:
+        recovered = recoveries.setdefault(f"{r.started_at:%Y-%m}", [])
+        if r.recovered_at:
+            recovered.append(r.recovered_at - r.started_at)
+    for key in sorted(recoveries):
+        count = sum(1 for r in incidents if f"{r.started_at:%Y-%m}" == key)
+        metrics.months[key] = Month(count, _minutes(recoveries[key]))
+        metrics.figures.append(Figure("Incidents per month", key, count, "", "< 1", count < MONTHLY_TARGET, count))
+
+
+def trend_svg(months: dict[str, Month], width: int = 640, height: int = 260) -> str:
     """A chart of the trend per month: incidents (bars, left axis) and MTTR in minutes (line,
     right axis, with the P0 target of 30 min dashed). Plain SVG, no plotting library."""
     left, right, top, bottom = 48, 56, 28, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     keys = list(months) or ["(no incidents)"]
-    counts = [months[k]["incidents"] if k in months else 0 for k in keys]
-    mttrs = [months[k].get("mttr_minutes") if k in months else None for k in keys]
+    counts = [months[k].incidents if k in months else 0 for k in keys]
+    mttrs = [months[k].mttr_minutes if k in months else None for k in keys]
     max_count = int(max([*counts, MONTHLY_TARGET, 1]))
     max_mttr: float = max([m for m in mttrs if m is not None] + [MTTR_TARGET_P0.total_seconds() / 60]) * 1.15
     step = plot_w / len(keys)

@@ -308,9 +308,9 @@ def form_name(name: str) -> str:
     return " ".join(re.sub(r"[+()]", " ", name).split()) or "unnamed"
 
 
-def deadline_answer() -> dict:
+def deadline_answer() -> ApprovalInput:
     """What the deadline submits: a decline the gate reads as a timeout."""
-    return {"approve": False, "approver": DEADLINE_APPROVER, "reason": TIMEOUT_REASON}
+    return ApprovalInput(approve=False, approver=DEADLINE_APPROVER, reason=TIMEOUT_REASON)
 
 
 def _is_deadline(answer: ApprovalInput) -> bool:
@@ -339,7 +339,7 @@ def wait_for_answer(plan: Plan, timeout: int, poll: float, attempt: int = 0,
 
     def decline_at_deadline() -> None:
         with get_client(sync_client=True) as client:
-            client.resume_flow_run(UUID(str(run_id)), run_input=deadline_answer())
+            client.resume_flow_run(UUID(str(run_id)), run_input=deadline_answer().model_dump())
 
     # The timer thread runs in a copy of this context: Prefect's settings (which server) live there.
     timer = threading.Timer(timeout, contextvars.copy_context().run, args=(decline_at_deadline,))

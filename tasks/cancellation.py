@@ -26,7 +26,7 @@ from incidents import templates
 from incidents.alerts import target_of
 from incidents.config import ConfigError
 from incidents.errors import RunbookError
-from incidents.models import EventKind
+from incidents.models import EventKind, Incident
 from incidents.store import StoreError
 from incidents.store_protocol import Records
 from incidents.timeline_payloads import CancelledRun
@@ -144,7 +144,7 @@ def _recorded(store: Records, incident_id: int, run_id: str) -> bool:
     return any(isinstance(e.data, CancelledRun) and e.data.flow_run_id == run_id for e in store.timeline(incident_id))
 
 
-def _post_status(flow_run: Any, incident: Any, note: str, wiring: Wiring) -> None:
+def _post_status(flow_run: Any, incident: Incident, note: str, wiring: Wiring) -> None:
     params = flow_run.parameters or {}
     try:
         ctx = RunContext.load(params.get("environment") or incident.environment,

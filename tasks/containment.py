@@ -7,11 +7,9 @@ NetworkPolicy has turned into a widening is reported); lifted or extended by a p
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
 
 from incidents import templates
-from incidents.action_params import Block, EnableLogging, IngressDenylistBlock, NetworkPolicyBlock
-from incidents.action_params import parse as parse_action_params
+from incidents.action_params import ActionParams, Block, EnableLogging, IngressDenylistBlock, NetworkPolicyBlock
 from incidents.containment import StandingContainment, expiry
 from incidents.models import EventKind
 from incidents.plans import Plan, PlannedAction
@@ -39,7 +37,7 @@ def record_containment(ctx: RunContext, plan: Plan, action: PlannedAction) -> St
     sec = ctx.service.security
     hours = sec.block_hours if action.kind == ActionKind.BLOCK_IPS else sec.logging_hours
     standing = ctx.store().record_containment(plan.incident_id, plan.environment, plan.service, action.kind,
-                                              action.target, dict(action.params),
+                                              action.target, action.params,
                                               expiry(datetime.now(timezone.utc), hours))
     record(ctx, plan.incident_id, "runbook", EventKind.CONTAINMENT_RECORDED,
            f"Containment #{standing.id} stands until {templates.stamp(standing.expires_at)}: {standing.describe()}",
@@ -65,7 +63,7 @@ def review_containments(scope: Scope, now: datetime) -> ContainmentReviewed:
 
 
 def _review(ctx: RunContext, kube: Kubernetes, standing: StandingContainment, now: datetime) -> Handled | None:
-    params = parse_action_params(standing.kind, standing.params)
+    params = standing.params
     if isinstance(params, EnableLogging):
         return "reverted" if standing.expired(now) and _revert_logging(ctx, kube, standing, params) else None
     if isinstance(params, Block) and not set(params.cidrs) & set(blocked_now(kube, params)):
@@ -142,7 +140,7 @@ def lift(environment: str, containment_id: int, by: str, reason: str, move_to_in
     if not standing.active:
         raise ValueError(f"containment #{containment_id} was already lifted by {standing.lifted_by}: {standing.note}")
     ctx = RunContext.load(environment, standing.service, wiring)
-    params = parse_action_params(standing.kind, standing.params)
+    params = standing.params
     with ctx.kubernetes() as kube:
         note = _undo(ctx, kube, params, move_to_ingress)
     _lift_record(ctx, standing, by, f"{note} ({reason})")
@@ -160,14 +158,14 @@ def _record_moved(ctx: RunContext, standing: StandingContainment, params: Networ
                                  cidrs=params.cidrs)
     again = ctx.store().record_containment(
         standing.incident_id, standing.environment, standing.service, ActionKind.BLOCK_IPS,
-        f"ingress/{ingress} (namespace {params.namespace})", moved.model_dump(),
+        f"ingress/{ingress} (namespace {params.namespace})", moved,
         expiry(datetime.now(timezone.utc), ctx.service.security.block_hours))
     record(ctx, standing.incident_id, by, EventKind.CONTAINMENT_RECORDED,
            f"Containment #{again.id} (moved from #{standing.id} by {by}) stands until "
            f"{templates.stamp(again.expires_at)}: {again.describe()}", ContainmentRef(containment_id=again.id))
 
 
-def _undo(ctx: RunContext, kube: Kubernetes, params: Any, move_to_ingress: bool) -> str:
+def _undo(ctx: RunContext, kube: Kubernetes, params: ActionParams, move_to_ingress: bool) -> str:
     if isinstance(params, EnableLogging):
         now_value = kube.get_config_value(params.namespace, params.configmap, params.key)
         if now_value != params.level or params.previous is None:

@@ -26,6 +26,7 @@ from incidents.escalation import level_contacts
 from incidents.models import EventKind, Incident, Severity
 from incidents.store_protocol import Records
 from incidents.timeline_payloads import AlertCleared, AlertJoined, AlertSeen
+from tasks.approval import ApprovalInput
 from tasks.context import RunContext
 from tasks.notify import add_comment, refresh_issue, send_slack
 from tasks.paging import mentions, trigger_pagers
@@ -125,7 +126,7 @@ def alert_resolved(ctx: RunContext, incident: Incident, alert: AlertParameter, g
 
 
 def withdraw_quiet(store: Records, environment: str | None, grace_seconds: float, now: datetime,
-                   resume: Callable[[str, dict], bool]) -> list[int]:
+                   resume: Callable[[str, ApprovalInput], bool]) -> list[int]:
     """Withdraw the pending approvals of incidents whose alerts all resolved and stayed resolved
     for the grace. The store takes the decision first (once, whoever sweeps); `resume` then
     wakes the waiting run with a decline, which the run reads from the store as a withdrawal
@@ -136,7 +137,7 @@ def withdraw_quiet(store: Records, environment: str | None, grace_seconds: float
             continue  # (the store lists only approvals of runs; answered meanwhile: not ours to withdraw)
         withdrawn.append(approval.id)
         try:
-            resume(approval.flow_run_id, {"approve": False, "approver": WITHDRAWER, "reason": WITHDRAWN_REASON})
+            resume(approval.flow_run_id, ApprovalInput(approve=False, approver=WITHDRAWER, reason=WITHDRAWN_REASON))
         except Exception as exc:  # noqa: BLE001 - the decision stands; the run reads it when it wakes
             _log.warning("run %s not resumed after its approval was withdrawn: %s", approval.flow_run_id, exc)
     return withdrawn

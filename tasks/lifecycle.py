@@ -72,10 +72,6 @@ def drill_approval(ctx: RunContext, alert: AlertParameter | None) -> tuple[str |
     return None, 0.0
 
 
-def _findings_from(data: dict | None) -> dict[str, Finding]:
-    return {k: Finding(**v) for k, v in (data or {}).items()}
-
-
 def _current(ctx: RunContext, incident: Incident) -> Incident:
     try:
         return ctx.store().get(incident.id)
@@ -116,7 +112,7 @@ def _run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: 
     if earlier is not None:
         incident = ctx.store().get(earlier.incident_id)
         telemetry.current_incident.set(incident.id)
-        findings, plan = _findings_from(earlier.findings), earlier.plan
+        findings, plan = dict(earlier.findings or {}), earlier.plan
         logger.info("Resuming incident %s at its approval (%s)", incident.id, plan.summary)
         record(ctx, incident.id, "runbook", EventKind.RESUMED, "Run resumed at its approval; diagnosis is not repeated",
                Resumed(flow_run_id=str(flow_run.get_id()), run_count=flow_run.run_count))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime, timezone
-from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -24,7 +23,7 @@ def measure(environment: str, now: datetime | None = None, since: datetime | Non
 
 
 @step("publish-metrics")
-def publish_metrics(environment: str, now: datetime | None = None) -> dict[str, Any]:
+def publish_metrics(environment: str, now: datetime | None = None) -> Metrics:
     metrics = measure(environment, now)
     key = f"incident-metrics-{environment}"
     create_table_artifact(table=metrics.rows(), key=key,
@@ -32,7 +31,7 @@ def publish_metrics(environment: str, now: datetime | None = None) -> dict[str, 
                                       f"({metrics.drills_excluded} drills excluded)")
     svg = trend_svg(metrics.months)
     image = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
-    months = "\n".join(f"| {m} | {v['incidents']} | {'-' if v['mttr_minutes'] is None else v['mttr_minutes']} |"
+    months = "\n".join(f"| {m} | {v.incidents} | {'-' if v.mttr_minutes is None else v.mttr_minutes} |"
                        for m, v in metrics.months.items()) or "| - | 0 | - |"
     create_markdown_artifact(
         key=f"{key}-trend",
@@ -40,4 +39,4 @@ def publish_metrics(environment: str, now: datetime | None = None) -> dict[str, 
         markdown=f"## Trend per month ({environment})\n\n![Incidents and MTTR per month]({image})\n\n"
         f"| Month | Incidents | MTTR (min) |\n|---|---|---|\n{months}\n",
     )
-    return {"figures": metrics.rows(), "months": metrics.months, "drills_excluded": metrics.drills_excluded}
+    return metrics

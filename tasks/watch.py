@@ -16,7 +16,6 @@ same moment page nobody twice. `now` is a parameter so that tests can move the c
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -28,7 +27,7 @@ from incidents.models import EventKind, Incident
 from incidents.store import StoreError
 from incidents.timeline_payloads import ApprovalStep, Escalation, StatusUpdate
 from integrations.errors import IntegrationError
-from tasks.approval import TIMEOUT_REASON, deadline_answer, form_name
+from tasks.approval import TIMEOUT_REASON, ApprovalInput, deadline_answer, form_name
 from tasks.cancellation import note_cancellation
 from tasks.containment import review_containments
 from tasks.context import PRODUCTION, RunContext, Scope, SecretNotFound, Wiring
@@ -39,7 +38,7 @@ from tasks.notify import comment_on_issue, notify_slack, refresh_issue
 from tasks.paging import mentions, retrigger_missing, trigger_pagers, update_pagers
 from tasks.steps import run_logger, step
 from tasks.timeline import record
-from tasks.watch_summary import ActionItemsTracked, Escalated, SweepSummary
+from tasks.watch_summary import ActionItemsTracked, Escalated, ResolvedByHand, SweepSummary
 
 
 def escalate(ctx: RunContext, incident: Incident, now: datetime) -> Escalated | None:
@@ -165,9 +164,7 @@ def decline_expired_approvals(scope: Scope, now: datetime) -> list[int]:
     declined, store = [], scope.store()
     for approval in store.expired_approvals(scope.environment, now):
         try:
-            with get_client(sync_client=True) as client:
-                answer = client.resume_flow_run(UUID(str(approval.flow_run_id)), run_input=deadline_answer())
-            accepted = answer.status.value == "ACCEPT"
+            accepted = _resume(str(approval.flow_run_id), deadline_answer())
         except Exception as exc:  # noqa: BLE001 - the run is gone or the API is down: close the request below
             run_logger().warning(
                 "Approval %s: run %s not resumed: %s", approval.id, approval.flow_run_id, exc
@@ -224,9 +221,9 @@ def close_ended_runs(scope: Scope) -> list[int]:
     return closed
 
 
-def _resume(flow_run_id: str, answer: dict) -> bool:
+def _resume(flow_run_id: str, answer: ApprovalInput) -> bool:
     with get_client(sync_client=True) as client:
-        return client.resume_flow_run(UUID(flow_run_id), run_input=answer).status.value == "ACCEPT"
+        return client.resume_flow_run(UUID(flow_run_id), run_input=answer.model_dump()).status.value == "ACCEPT"
 
 
 @step("sweep-incidents")
@@ -302,7 +299,7 @@ def acknowledge(environment: str, incident_id: int, by: str, wiring: Wiring = PR
 
 @step("resolve-incident-by-hand")
 def resolve_by_hand(environment: str, incident_id: int, by: str, note: str,
-                    wiring: Wiring = PRODUCTION) -> dict[str, Any]:
+                    wiring: Wiring = PRODUCTION) -> ResolvedByHand:
     """A person closes the incident: Resolution message, issue closed with the Resolution
     template, post-mortem started. A runbook still waiting for its approval is stopped (its
     approval withdrawn in the person's name): nothing it planned runs any more."""
@@ -321,9 +318,9 @@ def resolve_by_hand(environment: str, incident_id: int, by: str, note: str,
         if approval.decision is None and approval.flow_run_id and \
                 store.withdraw_approval(approval.id, by, f"incident resolved by hand: {note}"[:500]):
             try:  # a run no longer waiting (cancelled, gone) has nothing to stop: its request is closed
-                if _resume(approval.flow_run_id, {"approve": False, "approver": form_name(by),
-                                                     "reason": "incident resolved by hand"}):
+                if _resume(approval.flow_run_id, ApprovalInput(approve=False, approver=form_name(by),
+                                                               reason="incident resolved by hand")):
                     stopped.append(approval.flow_run_id)
             except Exception as exc:  # noqa: BLE001 - the decision stands; the run reads it when it wakes
                 run_logger().warning("run %s not resumed: %s", approval.flow_run_id, exc)
-    return {"incident_id": incident_id, "resolved_by": by, "stopped_runs": stopped}
+    return ResolvedByHand(incident_id=incident_id, resolved_by=by, stopped_runs=stopped)

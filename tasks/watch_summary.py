@@ -1,5 +1,6 @@
-"""What one pass of the incident watch did (tasks/watch.py): typed for the watch's own steps
-and for tests; the incident-watch flow returns it as JSON (its result, with the same keys)."""
+"""What one pass of the incident watch did, and what a resolution by hand did (tasks/watch.py):
+typed for the watch's own steps and for tests; the incident-watch and resolve-incident flows
+return them as JSON (their results, with the same keys)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,11 @@ class SweepSummary(BaseModel):
     summary_reminders: list[int] = Field(default_factory=list)
     action_items: ActionItemsTracked = Field(default_factory=ActionItemsTracked)  # item ids
     containment: ContainmentReviewed = Field(default_factory=ContainmentReviewed)  # containment ids
+
+
+class ResolvedByHand(BaseModel):
+    """An incident a person closed, and the waiting runbooks that stopped with it (their run ids)."""
+
+    incident_id: int
+    resolved_by: str
+    stopped_runs: list[str] = Field(default_factory=list)

@@ -16,9 +16,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from incidents import timeline_payloads as payloads
+from incidents.action_params import ActionParams
 from incidents.alerts import AlertParameter
 from incidents.containment import StandingContainment
-from incidents.findings import Finding, findings_record
+from incidents.findings import Finding
 from incidents.followup_models import Drill
 from incidents.models import (
     ActionRecord,
@@ -252,7 +253,7 @@ class FakeStore(FakeFollowUps):
         self.approvals_[approval_id] = Approval(id=approval_id, incident_id=incident_id, plan_digest=plan.digest,
                                                 plan=plan, flow_run_id=flow_run_id, requested_at=_now(),
                                                 token=secrets.token_urlsafe(18), deadline_at=deadline_at,
-                                                findings=findings_record(findings) if findings is not None else None)
+                                                findings=dict(findings) if findings is not None else None)
         return approval_id
 
     def approval_for_run(self, flow_run_id: str) -> Approval | None:
@@ -337,7 +338,7 @@ class FakeStore(FakeFollowUps):
         self.actions[key] = replace(self.actions[key], status=status, detail=detail, finished_at=_now())
 
     def record_containment(self, incident_id: int, environment: str, service: str, kind: ActionKind, target: str,
-                           params: dict[str, Any], expires_at: datetime) -> StandingContainment:
+                           params: ActionParams, expires_at: datetime) -> StandingContainment:
         standing = StandingContainment(next(self._ids), incident_id, environment, service, kind, target, params,
                                        _now(), expires_at, "active")
         self.standing[standing.id] = standing

@@ -217,6 +217,7 @@ def test_the_watch_withdraws_only_after_every_alert_stayed_resolved_for_the_grac
     from datetime import datetime, timedelta, timezone
 
     from incidents.models import Severity
+    from tasks.approval import ApprovalInput
     from tasks.correlation import withdraw_quiet
 
     incident = store.open_incident(dedup_key="sandbox/quiet-test", scenario="service-down", service="api",
@@ -225,9 +226,9 @@ def test_the_watch_withdraws_only_after_every_alert_stayed_resolved_for_the_grac
     for identity in ("down", "errors"):
         store.record_alert(incident.id, identity, identity, "P0", "2026-11-28T03:00:00Z")
     approval = store.request_approval(incident.id, Plan(incident.id, "api", "sandbox", ()), "run-q")
-    woken: list[tuple[str, dict]] = []
+    woken: list[tuple[str, ApprovalInput]] = []
 
-    def wake(run: str, answer: dict) -> bool:
+    def wake(run: str, answer: ApprovalInput) -> bool:
         woken.append((run, answer))
         return True
 
@@ -245,8 +246,8 @@ def test_the_watch_withdraws_only_after_every_alert_stayed_resolved_for_the_grac
     store.resolve_alert(incident.id, "errors")
     assert sweep(301) == [approval] and sweep(600) == [], "withdrawn once"
     row = store.approval(approval)
-    assert row.decision == "withdrawn" and woken == [("run-q", {"approve": False, "approver": row.approver,
-                                                               "reason": row.reason})]
+    assert row.decision == "withdrawn" and woken == [("run-q", ApprovalInput(approve=False, approver=row.approver,
+                                                                            reason=row.reason))]
     assert store.get(incident.id).acknowledged_at is None
     store.close(incident.id, "test", "test")
 

@@ -17,7 +17,7 @@ from incidents.config import load_environment
 from incidents.escalation import escalation_due, level_contacts, status_update_due
 from incidents.followups import FollowUpStore
 from incidents.models import Severity
-from incidents.success_metrics import compute, trend_svg
+from incidents.success_metrics import Month, compute, trend_svg
 from integrations.github import GitHubClient
 from sandbox.world import GITHUB_TOKEN
 from tasks.watch_summary import Escalated
@@ -311,8 +311,8 @@ def test_metrics_of_a_seeded_history_are_exact(store, database_url):
     assert (figure("MTTR", "all").value, figure("MTTR", "all").left_out) == (35.0, 1)  # D still open
     assert (figure("MTTR", "P0").value, figure("MTTR", "P0").met) == (30.0, False)  # target is < 30 min
     assert (figure("MTTR", "P1").value, figure("MTTR", "P1").met) == (30.0, None)  # no P1 target
-    assert metrics.months == {"2026-10": {"incidents": 1, "mttr_minutes": 20.0},
-                              "2026-11": {"incidents": 4, "mttr_minutes": 40.0}}
+    assert metrics.months == {"2026-10": Month(incidents=1, mttr_minutes=20.0),
+                              "2026-11": Month(incidents=4, mttr_minutes=40.0)}
     assert figure("Incidents per month", "2026-11").met is False
     postmortems = figure("Post-mortems within a week", "all")
     assert (postmortems.value, postmortems.counted, postmortems.left_out, postmortems.met) == (33.3, 3, 1, False)

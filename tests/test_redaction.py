@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from incidents.findings import findings_record
 from incidents.redaction import MARK, redact, remember_secret
 from incidents.templates import markdown_code, markdown_text, slack_blocks, slack_text
 
@@ -107,7 +108,7 @@ def test_a_pod_log_full_of_leaked_credentials_is_redacted_in_every_sink(world, s
               "issue comments": "\n".join(c["body"] for c in repo.comments.get(incident.github_issue, [])),
               "artifacts": "\n".join(artifacts), "slack": json.dumps(world.slack_messages),
               "pagerduty": json.dumps(world.pagerduty.events), "approval form": "\n".join(form),
-              "approval findings": json.dumps(approval.findings),
+              "approval findings": json.dumps(findings_record(approval.findings or {})),  # as stored
               "timeline": "\n".join(e.message for e in store.timeline(approval.incident_id)),
               "prefect logs": "\n".join(logs)}
     assert MARK in places["issue comments"] and MARK in places["artifacts"], "the log was copied, redacted"

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from incidents.action_params import IngressDenylistBlock
 from incidents.alerts import AlertParameter
 from incidents.followup_models import Lesson, Scorecard
 from incidents.models import Severity
@@ -161,8 +162,10 @@ def test_an_approval_is_quiet_once_every_alert_of_its_incident_stayed_resolved_f
 def test_standing_containment_is_lifted_once_extended_while_active_and_each_mark_taken_once(either):
     environment = _unique("env")
     incident = _open(either, environment=environment)
-    standing = either.record_containment(incident.id, environment, "api", ActionKind.BLOCK_IPS, "ingress/api",
-                                         {"cidrs": ["203.0.113.7/32"]}, NOW + timedelta(hours=4))
+    block = IngressDenylistBlock(strategy="ingress_denylist", namespace="prod", ingress="api", cidrs=["203.0.113.7/32"])
+    standing = either.record_containment(incident.id, environment, "api", ActionKind.BLOCK_IPS, "ingress/api", block,
+                                         NOW + timedelta(hours=4))
+    assert either.containment(standing.id).params == standing.params  # read back as the kind's model
     assert either.mark_containment(standing.id, "expiry_asked_at")
     assert not either.mark_containment(standing.id, "expiry_asked_at")
     with pytest.raises(ValueError):
