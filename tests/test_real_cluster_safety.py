@@ -277,6 +277,7 @@ def test_a_restriction_added_after_a_block_is_reported_and_the_block_lifted_by_a
     restriction the team adds later. The watch reports it once, with what to do; a person lifts it."""
     from datetime import datetime, timezone
 
+    from incidents.action_params import IngressDenylistBlock, NetworkPolicyBlock
     from integrations.kubernetes_security import DENYLIST
     from tasks.containment import lift
     from tasks.watch import sweep
@@ -285,7 +286,8 @@ def test_a_restriction_added_after_a_block_is_reported_and_the_block_lifted_by_a
     standing = {c.kind: c for c in store.containments("sandbox") if c.incident_id == incident_id}
     assert set(standing) == {"block_ips", "enable_logging"}
     block = standing["block_ips"]
-    assert block.expires_at > datetime.now(timezone.utc) and sorted(block.params["cidrs"]) == \
+    assert isinstance(block.params, NetworkPolicyBlock), "read back as the kind's model"
+    assert block.expires_at > datetime.now(timezone.utc) and sorted(block.params.cidrs) == \
         ["198.51.100.0/24", "203.0.113.7/32"]
     assert sweep("sandbox").containment.widening == [], "nothing else selects the pods yet"
 
@@ -307,7 +309,8 @@ def test_a_restriction_added_after_a_block_is_reported_and_the_block_lifted_by_a
     denied = world.cluster.get("ingresses", "sandbox", "api")["metadata"]["annotations"][DENYLIST]
     assert denied == "198.51.100.0/24,203.0.113.7/32", "moved to the Ingress's deny list"
     [moved] = [c for c in store.containments("sandbox") if c.incident_id == incident_id and c.kind == "block_ips"]
-    assert moved.target.startswith("ingress/api") and moved.params["cidrs"] == block.params["cidrs"], \
+    assert isinstance(moved.params, IngressDenylistBlock) and moved.params.cidrs == block.params.cidrs
+    assert moved.target.startswith("ingress/api"), \
         "the moved block stands in its turn, with an expiry"
 
 
