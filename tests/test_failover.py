@@ -64,7 +64,8 @@ def ha_stack(tmp_path, database_url):
             f"\n--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in sorted(logs.glob("*.log")))
         yield env
     finally:
-        _stack(env, "down", timeout=120)
+        down = _stack(env, "down", timeout=120)
+        print(down.stdout[-3000:], down.stderr[-2000:])  # which part needed a kill, if any
         _databases(create=False)
         for db in REDIS_DBS:
             redis.Redis(db=db).flushdb()
