@@ -6,6 +6,7 @@ that is none of these parses to None and is acknowledged without effect."""
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,7 +67,7 @@ def _user(payload: dict[str, Any]) -> tuple[str, str] | None:
     return (user_id, str(user.get("name") or "")) if USER_ID.match(user_id) else None
 
 
-def _action(payload: dict[str, Any], action_ids: Any) -> dict[str, Any] | None:
+def _action(payload: dict[str, Any], action_ids: Collection[str]) -> dict[str, Any] | None:
     if payload.get("type") != "block_actions":
         return None
     return next((a for a in _dicts(payload.get("actions")) if a.get("action_id") in action_ids), None)
