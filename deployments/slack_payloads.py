@@ -15,6 +15,9 @@ from incidents.templates import ACK_ACTION, RESOLVE_ACTION, RESOLVE_CALLBACK
 
 DECISIONS = {"runbooks_approve": "approve", "runbooks_decline": "decline"}
 USER_ID = re.compile(SLACK_USER_ID)
+# an incident number as the buttons and the form carry it: ASCII digits only (str.isdigit also
+# takes "²", which int() refuses), and no longer than the store's bigint
+_INCIDENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def approval_press(payload: Any) -> ApprovalPress | None:
 def incident_press(payload: Any) -> IncidentPress | None:
     payload = _dict(payload)
     action, user = _action(payload, (ACK_ACTION, RESOLVE_ACTION)), _user(payload)
-    if action is None or user is None or not str(action.get("value", "")).isdigit():
+    if action is None or user is None or not _INCIDENT_ID.fullmatch(str(action.get("value", ""))):
         return None
     return IncidentPress(user=user[0], name=user[1], verb="ack" if action["action_id"] == ACK_ACTION else "resolve",
                          incident_id=int(action["value"]), trigger_id=str(payload.get("trigger_id") or ""),
@@ -102,7 +105,7 @@ def resolve_submission(payload: Any) -> ResolveSubmission | None:
     view, user = _dict(payload.get("view")), _user(payload)
     metadata = str(view.get("private_metadata", ""))
     if payload.get("type") != "view_submission" or view.get("callback_id") != RESOLVE_CALLBACK \
-            or not metadata.isdigit() or user is None:
+            or not _INCIDENT_ID.fullmatch(metadata) or user is None:
         return None
     values = _dict(_dict(_dict(view.get("state")).get("values")).get("resolution"))
     note = " ".join(str(_dict(values.get("note")).get("value") or "").split())

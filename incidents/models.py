@@ -255,9 +255,12 @@ class StoreRow:
 class Approval(StoreRow):
     """A plan's approval request and its answer. `plan` is the plan asked about, read back from
     its stored record (`Plan.from_dict`) once, here; `findings`, what the diagnosis saw (a resumed
-    run continues from them), read back as `Finding`s the same way. The incident's environment,
-    severity, service, issue and title come with it when the store joins them
-    (`IncidentStore.approval`, `approval_by_token`)."""
+    run continues from them), read back as `Finding`s the same way. A stored diagnosis that no
+    longer reads back (a later version changed a check's facts) leaves `findings` None and says
+    why in `unreadable_findings`: only a resume needs the findings, so only a resume fails on it,
+    while the approval page, Slack, the watch and the post-mortem still read the row. The
+    incident's environment, severity, service, issue and title come with it when the store joins
+    them (`IncidentStore.approval`, `approval_by_token`)."""
 
     id: int
     incident_id: int
@@ -280,6 +283,7 @@ class Approval(StoreRow):
     service: str | None = None
     github_issue: int | None = None
     title: str | None = None
+    unreadable_findings: str | None = None  # not a column: why the stored diagnosis did not read back
 
     def __post_init__(self) -> None:
         if isinstance(self.plan, dict):  # the stored record (a JSON column)
@@ -289,8 +293,13 @@ class Approval(StoreRow):
         from incidents.findings import Finding
 
         stored: dict[str, Any] = dict(self.findings or {})  # the JSON column, or Findings already
-        if any(not isinstance(each, Finding) for each in stored.values()):
+        if all(isinstance(each, Finding) for each in stored.values()):
+            return
+        try:
             object.__setattr__(self, "findings", {check: Finding(**each) for check, each in stored.items()})
+        except (TypeError, ValueError) as exc:  # pydantic's ValidationError and UnknownCheck are ValueErrors
+            object.__setattr__(self, "findings", None)
+            object.__setattr__(self, "unreadable_findings", f"{type(exc).__name__}: {exc}"[:500])
 
 
 SIGNERS_SEPARATOR = ", "  # how the approval page names several verified approvers in the Resume input

@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 
 from incidents import templates
 from incidents.alerts import AlertParameter
+from incidents.errors import RunbookError
 from incidents.findings import Finding, report_markdown
 from incidents.models import Approval, EventKind, Incident, Lease, Outcome, Severity, Status
 from incidents.plans import Plan
@@ -72,6 +73,10 @@ def drill_approval(ctx: RunContext, alert: AlertParameter | None) -> tuple[str |
     return None, 0.0
 
 
+class DiagnosisUnreadable(RunbookError):
+    """A resumed run's stored diagnosis does not read back (a later version changed a check's facts)."""
+
+
 def _current(ctx: RunContext, incident: Incident) -> Incident:
     try:
         return ctx.store().get(incident.id)
@@ -112,6 +117,9 @@ def _run(scenario: Scenario, ctx: RunContext, severity: Severity | None, alert: 
     if earlier is not None:
         incident = ctx.store().get(earlier.incident_id)
         telemetry.current_incident.set(incident.id)
+        if earlier.unreadable_findings:
+            raise DiagnosisUnreadable(f"approval {earlier.id}'s stored diagnosis does not read back "
+                                      f"({earlier.unreadable_findings}); nothing was changed: run the runbook again")
         findings, plan = dict(earlier.findings or {}), earlier.plan
         logger.info("Resuming incident %s at its approval (%s)", incident.id, plan.summary)
         record(ctx, incident.id, "runbook", EventKind.RESUMED, "Run resumed at its approval; diagnosis is not repeated",

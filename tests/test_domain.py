@@ -257,3 +257,37 @@ def test_the_same_config_text_is_parsed_once_and_an_edit_or_a_changed_variable_i
     for _ in range(2):  # a broken file fails every time, never served from what was parsed before
         with pytest.raises(ConfigError, match="not valid YAML"):
             load_config(path)
+
+
+def _approval_row(findings: Any) -> dict[str, Any]:
+    """An approvals row as the store reads it (its JSON columns still JSON)."""
+    plan = Plan(7, "api", "sandbox", (), summary="roll back")
+    return {"id": 3, "incident_id": 7, "plan_digest": plan.digest, "plan": plan.to_dict(), "flow_run_id": "run-1",
+            "requested_at": datetime(2026, 12, 1, tzinfo=timezone.utc), "findings": findings}
+
+
+def test_an_approvals_stored_diagnosis_reads_back_as_findings():
+    from incidents.check_facts import ROLLOUT
+    from incidents.findings import findings_record, unavailable
+    from incidents.models import Approval
+
+    seen = {ROLLOUT: unavailable(ROLLOUT, "Kubernetes API timed out")}
+    approval = Approval.from_row(_approval_row(findings_record(seen)))
+    assert approval.findings == seen and approval.unreadable_findings is None
+
+
+@pytest.mark.parametrize("stored", [
+    {"a check this version no longer has": {"check": "a check this version no longer has", "ok": False,
+                                            "summary": "s", "details": [], "data": {}, "log": None}},
+    {"rollout and pods": {"check": "rollout and pods", "ok": False, "summary": "s", "details": [],
+                          "data": {"a fact this version no longer has": 1}, "log": None}},
+    {"rollout and pods": "not a finding"},
+])
+def test_a_stored_diagnosis_that_no_longer_reads_back_spoils_only_the_findings(stored):
+    """Every reader of the approval (its page, Slack, the watch, the post-mortem) still gets the
+    row; the findings are None and say why, and only a resume, which needs them, stops on it."""
+    from incidents.models import Approval
+
+    approval = Approval.from_row(_approval_row(stored))
+    assert approval.findings is None and approval.unreadable_findings
+    assert approval.plan.summary == "roll back"

@@ -282,3 +282,19 @@ def test_a_typed_name_cannot_pose_as_a_verified_or_joint_decision(typed):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"approve": True, "approver": typed, "reason": ""}, ApprovalInput.model_json_schema())
     jsonschema.validate({"approve": True, "approver": "sam, tess", "reason": ""}, ApprovalInput.model_json_schema())
+
+
+def test_a_resumed_run_whose_stored_diagnosis_does_not_read_back_stops_and_changes_nothing(wiring, monkeypatch):
+    """The approval row still reads (tests/test_domain.py); the resume, which needs the findings,
+    stops with the reason before anything acts."""
+    import tasks.lifecycle as lifecycle
+
+    first = _run(_scenario(Person(None)), _context(wiring))  # asked, then declined at its deadline
+    [asked] = wiring.store_.approvals(first.incident_id)
+    unreadable = replace(asked, findings=None, unreadable_findings="ValidationError: a fact this version lacks")
+    monkeypatch.setattr(lifecycle, "_resumption", lambda ctx: unreadable)
+    approving = Person({"approve": True, "approver": "sam", "reason": "go"})
+    with pytest.raises(lifecycle.DiagnosisUnreadable, match="does not read back.*a fact this version lacks"):
+        _run(_scenario(approving), _context(wiring))
+    assert approving.asked == 0 and _replicas(wiring) == 3
+    assert not [c for c in wiring.kube.calls if c.startswith("scale")]

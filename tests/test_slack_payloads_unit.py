@@ -55,6 +55,8 @@ def test_acknowledge_and_resolve_presses_name_the_incident():
 
 @pytest.mark.parametrize("payload", [
     _block_actions("runbooks_ack", "forty-two"),  # not an incident number
+    _block_actions("runbooks_ack", "4²"),  # a digit to str.isdigit, not to int()
+    _block_actions("runbooks_ack", "9" * 5000),  # past the store's bigint (and Python's int() digit limit)
     _block_actions("runbooks_ack", "42", user={"id": "not a member"}),
     _block_actions("runbooks_ack", "42", user="U0SANDSAM"),  # malformed: the user is not an object
     _block_actions("runbooks_ack", "42", actions="not a list"),
@@ -82,6 +84,7 @@ def test_the_resolve_form_is_read_with_its_note_folded():
 @pytest.mark.parametrize("payload", [
     _submission("done", callback_id="someone_elses_modal"),
     _submission("done", private_metadata="42; DROP"),
+    _submission("done", private_metadata="٤٢"),  # Arabic-Indic digits: not what the form was given
     {**_submission("done"), "user": {"id": "nobody"}},
     {**_submission("done"), "type": "block_actions"},
 ])
