@@ -20,7 +20,10 @@ from incidents.vocabulary import ActionKind
 class StandingContainment(StoreRow):
     """One containment change as it stands: `params` are the approved action's parameters
     (what it changed and, for a log level, the level before), read back from the stored record
-    as the kind's model (`incidents.action_params`)."""
+    as the kind's model (`incidents.action_params`). A record that no longer reads back (a later
+    version changed the model) keeps the row readable: `params` is None, `unreadable_params` says
+    why, the watch asks a person about it when it expires, and a person can lift it after
+    undoing it by hand."""
 
     id: int
     incident_id: int
@@ -28,7 +31,7 @@ class StandingContainment(StoreRow):
     service: str
     kind: ActionKind
     target: str
-    params: ActionParams
+    params: ActionParams | None
     applied_at: datetime
     expires_at: datetime
     status: str  # active | lifted
@@ -37,10 +40,17 @@ class StandingContainment(StoreRow):
     note: str | None = None
     expiry_asked_at: datetime | None = None
     widening_reported_at: datetime | None = None
+    unreadable_params: str | None = None  # not a column: why the stored params did not read back
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", ActionKind.parse(self.kind))
-        object.__setattr__(self, "params", action_params.parse(self.kind, self.params))
+        if self.params is None or isinstance(self.params, ActionParams):
+            return
+        try:
+            object.__setattr__(self, "params", action_params.parse(self.kind, self.params))
+        except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            object.__setattr__(self, "params", None)
+            object.__setattr__(self, "unreadable_params", f"{type(exc).__name__}: {exc}"[:500])
 
     @property
     def active(self) -> bool:
@@ -51,6 +61,8 @@ class StandingContainment(StoreRow):
 
     def describe(self) -> str:
         p = self.params
+        if p is None:
+            return f"{self.kind} on {self.target} (its recorded parameters do not read back: {self.unreadable_params})"
         if isinstance(p, EnableLogging):
             return f"{p.key}={p.level} on configmap/{p.configmap} (was {p.previous})"
         cidrs = p.cidrs if isinstance(p, Block) else []

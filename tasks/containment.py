@@ -165,7 +165,9 @@ def _record_moved(ctx: RunContext, standing: StandingContainment, params: Networ
            f"{templates.stamp(again.expires_at)}: {again.describe()}", ContainmentRef(containment_id=again.id))
 
 
-def _undo(ctx: RunContext, kube: Kubernetes, params: ActionParams, move_to_ingress: bool) -> str:
+def _undo(ctx: RunContext, kube: Kubernetes, params: ActionParams | None, move_to_ingress: bool) -> str:
+    if params is None:  # its record no longer reads back: the person lifting it undid it by hand
+        return "its recorded parameters do not read back, so nothing was undone here (undone by hand)"
     if isinstance(params, EnableLogging):
         now_value = kube.get_config_value(params.namespace, params.configmap, params.key)
         if now_value != params.level or params.previous is None:

@@ -291,3 +291,37 @@ def test_a_stored_diagnosis_that_no_longer_reads_back_spoils_only_the_findings(s
     approval = Approval.from_row(_approval_row(stored))
     assert approval.findings is None and approval.unreadable_findings
     assert approval.plan.summary == "roll back"
+
+
+def _containment_row(params: Any) -> dict[str, Any]:
+    at = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    return {"id": 4, "incident_id": 7, "environment": "sandbox", "service": "api", "kind": "block_ips",
+            "target": "networkpolicy/block-suspicious-ips (namespace sandbox)", "params": params, "applied_at": at,
+            "expires_at": at, "status": "active"}
+
+
+def test_a_standing_blocks_params_read_back_as_its_model():
+    from incidents.action_params import NetworkPolicyBlock
+    from incidents.containment import StandingContainment
+
+    standing = StandingContainment.from_row(_containment_row({
+        "strategy": "network_policy", "namespace": "sandbox", "cidrs": ["203.0.113.7/32"],
+        "policy": "block-suspicious-ips", "app": "api"}))
+    assert isinstance(standing.params, NetworkPolicyBlock) and standing.unreadable_params is None
+    assert standing.describe().startswith("block of 203.0.113.7/32 via networkpolicy/")
+
+
+@pytest.mark.parametrize("stored", [
+    {"strategy": "network_policy", "namespace": "sandbox", "cidrs": ["203.0.113.7/32"], "policy": "p", "app": "api",
+     "a field this version no longer has": 1},
+    {"strategy": "a strategy this version no longer has", "namespace": "sandbox", "cidrs": []},
+    ["not", "params"],
+])
+def test_a_standing_containment_whose_params_no_longer_read_back_is_still_listed_and_says_so(stored):
+    """The list, the watch and `runbooks containment lift` still get the row: a block that
+    stands must never drop out of sight because its record is older than the code."""
+    from incidents.containment import StandingContainment
+
+    standing = StandingContainment.from_row(_containment_row(stored))
+    assert standing.params is None and standing.unreadable_params
+    assert "do not read back" in standing.describe() and standing.active

@@ -69,3 +69,32 @@ def test_a_cancelled_run_is_told_only_what_it_did_not_a_run_that_took_over(wirin
     notes = [e.message for e in store.timeline(incident_id) if e.kind == EventKind.CANCELLED]
     assert "first-run" in notes[0] and "Done before the Cancel: nothing was changed" in notes[0], notes
     assert "second-run" in notes[1] and "scale (done: 3 -> 6 replicas)" in notes[1], notes
+
+
+def test_a_containment_whose_record_no_longer_reads_back_is_asked_about_and_lifted_by_a_person(wiring):
+    """A block recorded by an older version whose params this version cannot read: the watch
+    asks a person once it expires (it cannot undo what it cannot read), and the person's lift
+    closes it, saying nothing was undone here."""
+    from datetime import datetime, timedelta, timezone
+
+    from incidents.containment import StandingContainment
+    from incidents.vocabulary import ActionKind
+    from tasks.containment import lift, review_containments
+    from tasks.context import Scope
+
+    incident_id = _open(wiring, Severity.P0)
+    now = datetime.now(timezone.utc)
+    standing = StandingContainment(9, incident_id, "sandbox", "api", ActionKind.BLOCK_IPS,
+                                   "networkpolicy/block-suspicious-ips (namespace sandbox)",
+                                   {"strategy": "a strategy this version no longer has"},  # type: ignore[arg-type]
+                                   now - timedelta(hours=25), now - timedelta(hours=1), "active")
+    wiring.store_.standing[standing.id] = standing
+    with inline_steps():
+        assert review_containments(Scope.load("sandbox", wiring), now).asked == [9]
+        lift("sandbox", 9, "sam", "undone by hand with kubectl", wiring=wiring)
+    lifted = wiring.store_.containment(9)
+    assert lifted is not None and not lifted.active and lifted.lifted_by == "sam"
+    assert "nothing was undone here" in (lifted.note or "")
+    assert not [c for c in wiring.kube.calls if "block" in c or "denylist" in c], wiring.kube.calls
+    told = [m["text"] for m in wiring.slack_.messages if "CONTAINMENT" in m["text"]]
+    assert any("do not read back" in t for t in told), told
