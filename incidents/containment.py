@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from incidents import action_params
 from incidents.action_params import ActionParams, Block, EnableLogging
-from incidents.models import StoreRow
+from incidents.models import StoreRow, unreadable
 from incidents.vocabulary import ActionKind
 
 
@@ -50,7 +50,7 @@ class StandingContainment(StoreRow):
             object.__setattr__(self, "params", action_params.parse(self.kind, self.params))
         except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             object.__setattr__(self, "params", None)
-            object.__setattr__(self, "unreadable_params", f"{type(exc).__name__}: {exc}"[:500])
+            object.__setattr__(self, "unreadable_params", unreadable(exc))
 
     @property
     def active(self) -> bool:

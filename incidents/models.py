@@ -240,6 +240,15 @@ def _columns(cls: type[Any], row: dict[str, Any]) -> dict[str, Any]:
     return {f.name: row[f.name] for f in fields(cls) if f.name in row}
 
 
+def unreadable(exc: Exception) -> str:
+    """Why a stored record did not read back, in one line (pydantic's first error: where, what)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and errors():
+        first = errors()[0]
+        return f"{'.'.join(str(part) for part in first['loc']) or 'the record'}: {first['msg']}"[:300]
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
 R = TypeVar("R", bound="StoreRow")
 
 
@@ -299,7 +308,7 @@ class Approval(StoreRow):
             object.__setattr__(self, "findings", {check: Finding(**each) for check, each in stored.items()})
         except (TypeError, ValueError) as exc:  # pydantic's ValidationError and UnknownCheck are ValueErrors
             object.__setattr__(self, "findings", None)
-            object.__setattr__(self, "unreadable_findings", f"{type(exc).__name__}: {exc}"[:500])
+            object.__setattr__(self, "unreadable_findings", unreadable(exc))
 
 
 SIGNERS_SEPARATOR = ", "  # how the approval page names several verified approvers in the Resume input

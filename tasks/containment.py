@@ -167,7 +167,7 @@ def _record_moved(ctx: RunContext, standing: StandingContainment, params: Networ
 
 def _undo(ctx: RunContext, kube: Kubernetes, params: ActionParams | None, move_to_ingress: bool) -> str:
     if params is None:  # its record no longer reads back: the person lifting it undid it by hand
-        return "its recorded parameters do not read back, so nothing was undone here (undone by hand)"
+        return "its recorded parameters do not read back, so nothing was undone here: the one lifting it undoes it"
     if isinstance(params, EnableLogging):
         now_value = kube.get_config_value(params.namespace, params.configmap, params.key)
         if now_value != params.level or params.previous is None:
