@@ -1,5 +1,6 @@
 """Every private part of Prefect that the warm worker (deployments/warm_worker.py,
-deployments/forked_engine.py) relies on, named in one place.
+deployments/forked_engine.py) relies on, named in one place; and the one place where the
+project changes how Prefect's client behaves (share_tls_contexts, below).
 
 Prefect keeps these out of its public API, so any release may move or change them; that is why
 pyproject.toml pins `prefect` below its next minor release. `tests/test_prefect_private.py`
@@ -16,18 +17,25 @@ worker end to end), `make constraints`, and lift the pin to the next minor relea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+import importlib
+import os
+import ssl
+from typing import TYPE_CHECKING, Any
 
+import certifi
 from prefect.runner._cancellation_manager import CancellationManager
 from prefect.runner._flow_run_executor import FlowRunExecutorContext
 from prefect.runner._hook_runner import HookRunner
 from prefect.runner._process_manager import ProcessHandle
+from prefect.settings import PREFECT_API_SSL_CERT_FILE
 
 if TYPE_CHECKING:
     from prefect.runner._control_channel import ControlChannel
 
 __all__ = ["CancellationManager", "ControlChannel", "FlowRunExecutorContext", "HookRunner", "ProcessHandle",
-           "cancellation_manager", "PRIVATE_MODULES", "PRIVATE_MEMBERS", "CALLED_WITH"]
+           "cancellation_manager", "share_tls_contexts", "PRIVATE_MODULES", "PRIVATE_MEMBERS", "CALLED_WITH",
+           "TLS_CONTEXT_MODULES"]
 
 # The private modules imported, and what of each.
 PRIVATE_MODULES = {
@@ -70,3 +78,54 @@ def cancellation_manager(context: FlowRunExecutorContext) -> CancellationManager
     Cancelled); FlowRunExecutorContext does not expose it."""
     manager: CancellationManager = context._cancellation_manager
     return manager
+
+
+# Prefect's client modules that build a verifying TLS context of their own for every client,
+# websocket and version check (`ssl.create_default_context(cafile=...)`: the CA bundle parsed
+# again, ~23 ms of CPU each, several times in every run's process).
+TLS_CONTEXT_MODULES = ("prefect.client.orchestration", "prefect._internal.websockets",
+                       "prefect._internal.version_checking")
+
+
+class _SharedVerifyingContexts:
+    """Stands in for the `ssl` module inside TLS_CONTEXT_MODULES: a verifying context asked for
+    with a CA file (or directory, or data) is built once per CA source and shared (an SSLContext
+    is safe to share between threads and clients; Prefect only configures a context before its
+    first use). A CA file that changes on disk gets a new context. A call without a CA source is
+    Prefect's insecure branch (PREFECT_API_TLS_INSECURE_SKIP_VERIFY), which turns verification
+    off on what it gets: that one is never shared."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ssl, name)
+
+    def create_default_context(self, purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH, *, cafile: str | None = None,
+                               capath: str | None = None, cadata: str | bytes | None = None) -> ssl.SSLContext:
+        if cafile is None and capath is None and cadata is None:
+            return ssl.create_default_context(purpose)
+        return _verifying_context(purpose, cafile, capath, cadata, _modified(cafile))
+
+
+@functools.lru_cache(maxsize=8)
+def _verifying_context(purpose: ssl.Purpose, cafile: str | None, capath: str | None, cadata: str | bytes | None,
+                       modified: float | None) -> ssl.SSLContext:
+    return ssl.create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
+
+
+def _modified(path: str | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None  # ssl reports the missing file itself
+
+
+def share_tls_contexts() -> ssl.SSLContext:
+    """Prefect's clients in this process share one verifying TLS context per CA source instead
+    of parsing the CA bundle for each client. Idempotent; affects only TLS_CONTEXT_MODULES.
+    Returns the context Prefect's clients will ask for (PREFECT_API_SSL_CERT_FILE, else
+    certifi's bundle), built now: a process that forks runs builds it once for all of them."""
+    for name in TLS_CONTEXT_MODULES:
+        module = importlib.import_module(name)
+        if not isinstance(getattr(module, "ssl", None), _SharedVerifyingContexts):
+            setattr(module, "ssl", _SharedVerifyingContexts())  # noqa: B010 - a module global, replaced on purpose
+    cafile = PREFECT_API_SSL_CERT_FILE.value() or certifi.where()
+    return _SharedVerifyingContexts().create_default_context(cafile=cafile)

@@ -19,6 +19,7 @@ import pydantic
 
 import deployments.forked_engine  # noqa: F401 - the child's entry point (run_engine) lives there
 import flows
+from deployments.prefect_private import share_tls_contexts
 from integrations.http import tls_context
 
 for _module in pkgutil.iter_modules(flows.__path__):
@@ -36,8 +37,11 @@ for _name in dir(kubernetes.client):
 # worker, running the worker's main script again (`prefect`, the CLI), which imports prefect.cli;
 # left to the runs, that was 9% of a run's CPU.
 
-# The runbooks' verifying TLS context (certifi's bundle), loaded once for every run.
+# The runbooks' verifying TLS context (certifi's bundle), loaded once for every run; and Prefect's
+# own clients made to share one (each client, events websocket and version check in a run built
+# its own: ~27 ms of CPU apiece, 3-5 of them a run).
 tls_context()
+share_tls_contexts()
 
 # Prefect's client schemas (FlowRun, TaskRun, State, ...) finish building their pydantic
 # validators when first used: in every run's process that was ~10% of its main thread (the

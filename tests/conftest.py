@@ -39,6 +39,7 @@ def in_lane(name: str) -> str:
 APP_ROLE = in_lane("sandbox_app")
 os.environ["RUNBOOKS_SANDBOX_APP_ROLE"] = APP_ROLE  # the sandbox and config/sandbox.yaml's app_role
 
+from deployments.prefect_private import share_tls_contexts  # noqa: E402
 from devstack.stack import SERVER_TASK_RUN_RECORDER  # noqa: E402
 from sandbox.pagerduty import routing_key  # noqa: E402
 from sandbox.slack import BOT_TOKEN as SLACK_BOT_TOKEN  # noqa: E402
@@ -46,6 +47,9 @@ from sandbox.world import GITHUB_TOKEN, Sandbox  # noqa: E402
 
 for _key, _value in SERVER_TASK_RUN_RECORDER.items():  # the test servers record task runs as `make up`'s does
     os.environ.setdefault(_key, _value)
+# The lanes run flows in this process, as a run does in the warm worker's fork server
+# (deployments/warm_preload.py): with Prefect's clients sharing one TLS context, as there.
+share_tls_contexts()
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DB = in_lane("runbooks_test")

@@ -7,8 +7,11 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import os
+import ssl
 from pathlib import Path
 
+import certifi
 import pytest
 
 from deployments import prefect_private
@@ -66,3 +69,41 @@ def test_no_other_module_imports_a_private_prefect_module():
                     and any(part.startswith("_") for part in node.module.split(".")):
                 offenders.append(f"{path.relative_to(ROOT)}: from {node.module} import ...")
     assert not offenders, f"private Prefect imports outside deployments/prefect_private.py: {offenders}"
+
+
+@pytest.mark.parametrize("module", prefect_private.TLS_CONTEXT_MODULES)
+def test_each_module_whose_tls_context_is_shared_still_builds_one_from_its_ssl_global(module):
+    source = inspect.getsource(importlib.import_module(module))
+    assert "ssl.create_default_context(cafile=" in source, (
+        f"{module} no longer builds its verifying TLS context with ssl.create_default_context(cafile=...): "
+        "adapt share_tls_contexts in deployments/prefect_private.py")
+
+
+def test_prefects_clients_share_one_verifying_context_and_a_changed_ca_file_gets_a_new_one(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
+
+    def context_of(client) -> ssl.SSLContext:
+        return client._client._transport._pool._ssl_context  # httpx's transport -> httpcore's pool
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
+    settings = {PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_API_SSL_CERT_FILE: str(bundle)}
+    with temporary_settings(updates=settings):
+        prefect_private.share_tls_contexts()
+        first, second = get_client(sync_client=True), get_client(sync_client=True)
+        assert context_of(first) is context_of(second)
+        assert context_of(get_client()) is context_of(first)  # the async client too
+        os.utime(bundle, (1, 1))  # the bundle replaced on disk: read again
+        changed = get_client(sync_client=True)
+        assert context_of(changed) is not context_of(first)
+        assert context_of(changed).verify_mode == ssl.CERT_REQUIRED
+
+
+def test_the_insecure_context_is_never_shared():
+    prefect_private.share_tls_contexts()
+    shim = importlib.import_module("prefect._internal.version_checking").ssl
+    insecure = shim.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # what Prefect does with it
+    assert shim.create_default_context() is not insecure
+    assert shim.create_default_context(cafile=certifi.where()).verify_mode == ssl.CERT_REQUIRED
