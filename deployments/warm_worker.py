@@ -22,6 +22,7 @@ import importlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
@@ -81,11 +82,20 @@ CANCEL_SWEEP_SECONDS = 5.0
 CANCEL_STRANDED_SECONDS = float(os.environ.get("RUNBOOKS_CANCEL_STRANDED_SECONDS", "60"))
 # While the Prefect API is unreachable the worker keeps polling, at most this far apart.
 OUTAGE_POLL_SECONDS = 2.0
-# The worker asks for due runs as soon as the server announces a flow-run event of its pool, and
-# otherwise this often. PREFECT_WORKER_QUERY_SECONDS (0.05 under `make up`) is then only the
-# pause between two polls: each poll costs the server ~15 ms of CPU, so polling 10 times a
-# second took a fifth of a core on a 2-core machine.
+# The worker asks for due runs as soon as the server announces a flow-run event of its pool that
+# makes a run due (created, resumed, late). Otherwise it polls every POLL_SECONDS while a run of
+# the pool waits to come back (put back for a concurrency slot or a retry: no event says when it
+# is due) or while the events websocket is down, and every IDLE_POLL_SECONDS (Prefect's own
+# default) when nothing is waiting: a run that comes due with no event (one scheduled ahead, a
+# drill) starts at most that late. PREFECT_WORKER_QUERY_SECONDS (0.05 under `make up`) is only the
+# pause between two polls. Each poll costs the server ~15 ms of CPU: 10 polls a second took a
+# fifth of a core on a 2-core machine, and one a second from each of two idle workers half of an
+# idle server's CPU (4.1 CPU-s a minute, 2.2 at one poll in 30 s).
 POLL_SECONDS = float(os.environ.get("RUNBOOKS_WORKER_POLL_SECONDS", "1.0"))
+IDLE_POLL_SECONDS = float(os.environ.get("RUNBOOKS_WORKER_IDLE_POLL_SECONDS", "10.0"))
+# How long after a run of the pool was put back the worker keeps polling every POLL_SECONDS; a run
+# still waiting is put back again (and renews this) each time its slot wait ends.
+PUT_BACK_WINDOW_SECONDS = 30.0
 
 _log = logging.getLogger("runbooks.warm_worker")
 
@@ -171,6 +181,8 @@ class WarmWorker(ProcessWorker):
         self._hooks = HookRunner(resolve_flow=FlowsOfDeployments(lambda: self.client))
         self._due = anyio.Event()
         self._watching: anyio.CancelScope | None = None
+        self._listening = False  # to the server's flow-run events of the pool
+        self._put_back_at = float("-inf")  # when a run of the pool was last put back for later (monotonic)
         self._ending: set[UUID] = set()  # stranded Cancels being ended by this worker
         self._stats = WorkerStats()  # served on RUNBOOKS_WORKER_METRICS_PORT (deployments/worker_metrics.py)
         # A forked run starts in well under a second: no run is claimed before it is due (a run
@@ -427,10 +439,17 @@ class WarmWorker(ProcessWorker):
             while True:
                 try:
                     async with get_events_subscriber(filter=flow_run_events) as events:
+                        self._listening = True
+                        self._due.set()  # a run created before the subscription began
                         async for event in events:
                             if _offered_now(event.payload):
                                 self._due.set()
+                            elif _put_back(event.payload):
+                                self._put_back_at = time.monotonic()
+                                self._due.set()  # the wait ahead is then POLL_SECONDS
+                    self._listening = False
                 except Exception as exc:  # noqa: BLE001 - the poll goes on; listen again shortly
+                    self._listening = False
                     _log.info("not listening for flow-run events (%s: %s); polling every %.1f s", type(exc).__name__,
                               exc, POLL_SECONDS)
                     await anyio.sleep(OUTAGE_POLL_SECONDS)
@@ -441,10 +460,10 @@ class WarmWorker(ProcessWorker):
         await super().teardown(*exc_info)
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
-        """Poll when a flow-run event arrives, or after POLL_SECONDS. An unreachable or failing
-        API is waited out (Prefect's own loop would stop the worker after a dozen failed
-        polls, i.e. within seconds at a sub-second poll)."""
-        with anyio.move_on_after(POLL_SECONDS):
+        """Poll when a flow-run event makes a run due, or after poll_interval(). An unreachable
+        or failing API is waited out (Prefect's own loop would stop the worker after a dozen
+        failed polls, i.e. within seconds at a sub-second poll)."""
+        with anyio.move_on_after(self.poll_interval()):
             await self._due.wait()
         self._due = anyio.Event()
         try:
@@ -456,6 +475,12 @@ class WarmWorker(ProcessWorker):
         self._api_reachable()
         self._stats.polled()
         return runs
+
+    def poll_interval(self) -> float:
+        """POLL_SECONDS while a run of the pool may come due with no event to say so (one was put
+        back for later, or the events websocket is down), else IDLE_POLL_SECONDS."""
+        waiting = time.monotonic() - self._put_back_at < PUT_BACK_WINDOW_SECONDS
+        return POLL_SECONDS if waiting or not self._listening else IDLE_POLL_SECONDS
 
     async def _sync_and_initialize(self) -> None:
         try:
@@ -547,11 +572,19 @@ def _state_age(run: FlowRun, now: datetime) -> float:
     return (now - run.state.timestamp).total_seconds() if run.state and run.state.timestamp else 0.0
 
 
+PUT_BACK = ("AwaitingConcurrencySlot", "AwaitingRetry")  # Scheduled again, for later
+
+
 def _offered_now(payload: Mapping[str, Any]) -> bool:
-    """A run that is due now (created, resumed); not one put back for later (a concurrency slot
-    or a retry to wait for): the poll after POLL_SECONDS finds those in time."""
+    """A run that is due now (created, resumed, late); not one put back for later (a concurrency
+    slot or a retry to wait for): the polls every POLL_SECONDS find those in time."""
     state = payload.get("validated_state") or {}
-    return state.get("type") == "SCHEDULED" and state.get("name") not in ("AwaitingConcurrencySlot", "AwaitingRetry")
+    return state.get("type") == "SCHEDULED" and state.get("name") not in PUT_BACK
+
+
+def _put_back(payload: Mapping[str, Any]) -> bool:
+    state = payload.get("validated_state") or {}
+    return state.get("type") == "SCHEDULED" and state.get("name") in PUT_BACK
 
 
 class _PidOf:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from uuid import uuid4
 
@@ -211,6 +212,11 @@ def test_a_deployment_concurrency_limit_of_one_is_honoured(pg_stack, world):
     assert not overlap, "both runs were Running at once"
     first, second = sorted((_flow_run(api, r) for r in runs), key=lambda r: r["start_time"])
     assert second["start_time"] >= first["end_time"]
+    # put back for the slot (2 s a wait here), the waiting run is polled for every second, not
+    # only every IDLE_POLL_SECONDS: it starts within a few seconds of the slot's release
+    gap = (datetime.fromisoformat(second["start_time"]) - datetime.fromisoformat(first["end_time"])).total_seconds()
+    print(f"the second run started {gap:.1f} s after the first ended")
+    assert gap < 8, f"the run waiting for the slot started {gap:.1f} s after it was free"
 
 
 def test_job_variables_env_reaches_the_run(pg_stack, world, test_config, tmp_path: Path):

@@ -1,0 +1,48 @@
+"""How often the warm worker asks Prefect for due runs (deployments/warm_worker.py): at once on
+an event that makes a run due, every POLL_SECONDS while a run may come due with no event to say
+so, and every IDLE_POLL_SECONDS otherwise."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from deployments import warm_worker
+from deployments.warm_worker import IDLE_POLL_SECONDS, POLL_SECONDS, PUT_BACK_WINDOW_SECONDS, WarmWorker
+
+
+def _event(name: str, kind: str = "SCHEDULED") -> dict:
+    """A flow-run state event's payload, as Prefect's server sends it (state_payload)."""
+    return {"intended": {"from": "PENDING", "to": kind},
+            "initial_state": {"type": "PENDING", "name": "Pending"},
+            "validated_state": {"type": kind, "name": name}}
+
+
+@pytest.mark.parametrize(("name", "kind", "due", "put_back"), [
+    ("Scheduled", "SCHEDULED", True, False),  # created
+    ("Resuming", "SCHEDULED", True, False),  # an approval given
+    ("Late", "SCHEDULED", True, False),
+    ("AwaitingConcurrencySlot", "SCHEDULED", False, True),
+    ("AwaitingRetry", "SCHEDULED", False, True),
+    ("Running", "RUNNING", False, False),
+    ("Paused", "PAUSED", False, False),
+])
+def test_each_flow_run_event_is_due_now_put_back_or_neither(name, kind, due, put_back):
+    payload = _event(name, kind)
+    assert warm_worker._offered_now(payload) is due
+    assert warm_worker._put_back(payload) is put_back
+
+
+def test_a_worker_polls_often_only_while_a_run_may_come_due_unannounced():
+    assert POLL_SECONDS < IDLE_POLL_SECONDS
+    worker = WarmWorker(work_pool_name="incident-response")
+    assert worker.poll_interval() == POLL_SECONDS  # not yet listening to the server's events
+    worker._listening = True
+    assert worker.poll_interval() == IDLE_POLL_SECONDS  # nothing waits: the events say when
+    worker._put_back_at = time.monotonic()
+    assert worker.poll_interval() == POLL_SECONDS  # a run waits for a slot or a retry
+    worker._put_back_at = time.monotonic() - PUT_BACK_WINDOW_SECONDS - 1
+    assert worker.poll_interval() == IDLE_POLL_SECONDS
+    worker._listening = False  # the websocket dropped
+    assert worker.poll_interval() == POLL_SECONDS
