@@ -22,21 +22,30 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--
          "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-@pytest.fixture
-def page(request):
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module (each launch cost seconds of CPU); each test gets a fresh
+    context of its own (no cookies, storage or cache from the test before)."""
     if not os.path.exists(CHROMIUM):
         pytest.fail("chromium is not installed: .ci/run installs it (Debian package chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 900})
-        tab.set_default_timeout(20_000)
-        yield tab
-        if getattr(request.node, "failed", False):
-            ARTIFACTS.mkdir(exist_ok=True)
-            tab.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-        browser.close()
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(request, browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(20_000)
+    yield tab
+    if getattr(request.node, "failed", False):
+        ARTIFACTS.mkdir(exist_ok=True)
+        tab.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
 
 
 def _runs_of(api: str, deployment_id: str, states: list[str] | None = None) -> list[dict]:
