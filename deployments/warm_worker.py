@@ -444,9 +444,8 @@ class WarmWorker(ProcessWorker):
                         async for event in events:
                             if _offered_now(event.payload):
                                 self._due.set()
-                            elif _put_back(event.payload):
+                            elif _put_back(event.payload):  # no poll now: it is not due yet
                                 self._put_back_at = time.monotonic()
-                                self._due.set()  # the wait ahead is then POLL_SECONDS
                     self._listening = False
                 except Exception as exc:  # noqa: BLE001 - the poll goes on; listen again shortly
                     self._listening = False
@@ -463,8 +462,11 @@ class WarmWorker(ProcessWorker):
         """Poll when a flow-run event makes a run due, or after poll_interval(). An unreachable
         or failing API is waited out (Prefect's own loop would stop the worker after a dozen
         failed polls, i.e. within seconds at a sub-second poll)."""
-        with anyio.move_on_after(self.poll_interval()):
-            await self._due.wait()
+        waited = time.monotonic()
+        # in steps of POLL_SECONDS: a run put back meanwhile shortens the wait without a poll
+        while not self._due.is_set() and time.monotonic() - waited < self.poll_interval():
+            with anyio.move_on_after(POLL_SECONDS):
+                await self._due.wait()
         self._due = anyio.Event()
         try:
             runs = await super().get_and_submit_flow_runs()

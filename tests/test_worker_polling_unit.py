@@ -46,3 +46,40 @@ def test_a_worker_polls_often_only_while_a_run_may_come_due_unannounced():
     assert worker.poll_interval() == IDLE_POLL_SECONDS
     worker._listening = False  # the websocket dropped
     assert worker.poll_interval() == POLL_SECONDS
+
+
+def _time_to_poll(monkeypatch, during_wait) -> float:
+    """Seconds from the start of the worker's wait to its poll, with POLL_SECONDS 0.05 and
+    IDLE_POLL_SECONDS 5; `during_wait(worker)` is called 0.2 s into the wait."""
+    import anyio
+    from prefect.workers.process import ProcessWorker
+
+    monkeypatch.setattr(warm_worker, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(warm_worker, "IDLE_POLL_SECONDS", 5.0)
+    polled: list[float] = []
+
+    async def poll(self):
+        polled.append(time.monotonic())
+        return []
+
+    monkeypatch.setattr(ProcessWorker, "get_and_submit_flow_runs", poll)
+    worker = WarmWorker(work_pool_name="incident-response")
+    worker._listening = True
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker.get_and_submit_flow_runs)
+            await anyio.sleep(0.2)
+            during_wait(worker)
+        return polled[0] - started
+
+    return anyio.run(scenario)
+
+
+def test_a_run_put_back_during_an_idle_wait_shortens_it_without_a_poll_of_its_own(monkeypatch):
+    assert _time_to_poll(monkeypatch, lambda worker: setattr(worker, "_put_back_at", time.monotonic())) < 1.0
+
+
+def test_an_event_that_makes_a_run_due_ends_the_wait_at_once(monkeypatch):
+    assert _time_to_poll(monkeypatch, lambda worker: worker._due.set()) < 0.5
