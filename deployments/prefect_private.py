@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import ssl
+import sys
 from typing import TYPE_CHECKING, Any
 
 import certifi
+import pydantic
 from prefect.runner._cancellation_manager import CancellationManager
 from prefect.runner._flow_run_executor import FlowRunExecutorContext
 from prefect.runner._hook_runner import HookRunner
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CancellationManager", "ControlChannel", "FlowRunExecutorContext", "HookRunner", "ProcessHandle",
            "cancellation_manager", "share_tls_contexts", "PRIVATE_MODULES", "PRIVATE_MEMBERS", "CALLED_WITH",
-           "TLS_CONTEXT_MODULES"]
+           "TLS_CONTEXT_MODULES", "complete_models", "MODEL_MODULES"]
 
 # The private modules imported, and what of each.
 PRIVATE_MODULES = {
@@ -129,3 +132,29 @@ def share_tls_contexts() -> ssl.SSLContext:
             setattr(module, "ssl", _SharedVerifyingContexts())  # noqa: B010 - a module global, replaced on purpose
     cafile = PREFECT_API_SSL_CERT_FILE.value() or certifi.where()
     return _SharedVerifyingContexts().create_default_context(cafile=cafile)
+
+
+# Modules of Prefect's client whose models a run uses that the flows' imports do not load:
+# artifacts, and the events and filters of Prefect's suspension observer (a private module).
+MODEL_MODULES = ("prefect.artifacts", "prefect.events.filters", "prefect.events.schemas.events",
+                 "prefect._internal.observers", "prefect.client.schemas.objects",
+                 "prefect.client.schemas.responses", "prefect.client.schemas.actions")
+
+
+def complete_models() -> int:
+    """Build now every pydantic model of Prefect's client that would finish building when first
+    used (the validators of a model with forward references are built lazily, in every process
+    that uses it): MODEL_MODULES and every other loaded prefect module outside the server.
+    Returns how many were built."""
+    for name in MODEL_MODULES:
+        importlib.import_module(name)
+    built = 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("prefect.") or name.startswith("prefect.server."):
+            continue
+        for model in list(vars(module).values()):
+            if (inspect.isclass(model) and issubclass(model, pydantic.BaseModel) and model.__module__ == name
+                    and not model.__pydantic_complete__):
+                model.model_rebuild(raise_errors=False)
+                built += 1
+    return built

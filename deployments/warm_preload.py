@@ -4,22 +4,13 @@ process is forked from there, so none of it is imported again. No threads may be
 a fork copies only the thread that forks."""
 
 import importlib
-import inspect
 import pkgutil
 
 import kubernetes.client
-import prefect.cli  # see below
-import prefect.client.schemas.actions
-import prefect.client.schemas.objects
-import prefect.client.schemas.responses
-import prefect.engine
-import prefect.flow_engine
-import prefect.task_engine
-import pydantic
 
 import deployments.forked_engine  # noqa: F401 - the child's entry point (run_engine) lives there
 import flows
-from deployments.prefect_private import share_tls_contexts
+from deployments.prefect_private import complete_models, share_tls_contexts
 from integrations.http import tls_context
 
 for _module in pkgutil.iter_modules(flows.__path__):
@@ -43,11 +34,8 @@ for _name in dir(kubernetes.client):
 tls_context()
 share_tls_contexts()
 
-# Prefect's client schemas (FlowRun, TaskRun, State, ...) finish building their pydantic
-# validators when first used: in every run's process that was ~10% of its main thread (the
-# engine reading its flow run). Built here, once (~0.7 s).
-for _schemas in (prefect.client.schemas.objects, prefect.client.schemas.responses, prefect.client.schemas.actions):
-    for _model in vars(_schemas).values():
-        if (inspect.isclass(_model) and issubclass(_model, pydantic.BaseModel)
-                and _model.__module__ == _schemas.__name__ and not _model.__pydantic_complete__):
-            _model.model_rebuild()
+# Prefect's pydantic models (FlowRun, TaskRun, State, events, filters, artifacts, ...) finish
+# building their validators when first used: in every run's process that was ~10% of its main
+# thread (the engine reading its flow run), and again for the events and filters of Prefect's
+# suspension observer and for each artifact. Built here, once.
+complete_models()

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.exceptions import ObjectNotFound
 from prefect.flows import load_flow_from_flow_run
+from prefect.settings import get_current_settings
 from prefect.states import Cancelled, Crashed, Scheduled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 from pydantic import PrivateAttr
@@ -100,6 +102,17 @@ PUT_BACK_WINDOW_SECONDS = 30.0
 _log = logging.getLogger("runbooks.warm_worker")
 
 
+@dataclass
+class _BuiltEnvironment:
+    """The settings a run's environment was last built from, and that environment."""
+
+    settings: object = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+_BASE_ENVIRONMENT = _BuiltEnvironment()
+
+
 class WarmJobConfiguration(ProcessJobConfiguration):
     """The process worker's job configuration (same fields, same pool template), plus where a
     run can start without its pull steps."""
@@ -115,6 +128,16 @@ class WarmJobConfiguration(ProcessJobConfiguration):
         again and running the step in the engine (~0.15 s). Any other pull step (git_clone,
         ...) runs in the engine as usual."""
         return self._direct
+
+    @classmethod
+    def _base_environment(cls) -> dict[str, str]:
+        """Prefect's: the worker's settings, written out as every run's environment. Built once
+        per settings object (the worker's do not change while it runs) instead of for every run
+        it starts: ~23 ms of the worker's CPU a run, more under load (py-spy, 50 runs at once)."""
+        settings = get_current_settings()
+        if _BASE_ENVIRONMENT.settings is not settings:
+            _BASE_ENVIRONMENT.settings, _BASE_ENVIRONMENT.env = settings, super()._base_environment()
+        return dict(_BASE_ENVIRONMENT.env)
 
     def prepare_for_flow_run(self, flow_run: FlowRun, deployment: DeploymentResponse | None = None,
                              flow: Any = None, work_pool: Any = None, worker_name: str | None = None,

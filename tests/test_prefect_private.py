@@ -107,3 +107,14 @@ def test_the_insecure_context_is_never_shared():
     insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # what Prefect does with it
     assert shim.create_default_context() is not insecure
     assert shim.create_default_context(cafile=certifi.where()).verify_mode == ssl.CERT_REQUIRED
+
+
+def test_every_client_model_a_run_uses_is_built_before_the_runs_fork():
+    assert prefect_private.complete_models() >= 0
+    import pydantic
+
+    incomplete = [f"{name}.{model.__name__}" for name in prefect_private.MODEL_MODULES
+                  for model in vars(importlib.import_module(name)).values()
+                  if inspect.isclass(model) and issubclass(model, pydantic.BaseModel) and model.__module__ == name
+                  and not model.__pydantic_complete__]
+    assert not incomplete, f"still built lazily in every run: {incomplete}"

@@ -1,6 +1,7 @@
-"""How often the warm worker asks Prefect for due runs (deployments/warm_worker.py): at once on
-an event that makes a run due, every POLL_SECONDS while a run may come due with no event to say
-so, and every IDLE_POLL_SECONDS otherwise."""
+"""The warm worker (deployments/warm_worker.py) without a server: how often it asks Prefect for
+due runs (at once on an event that makes a run due, every POLL_SECONDS while a run may come due
+with no event to say so, every IDLE_POLL_SECONDS otherwise), and the environment its runs
+inherit, built once per settings object."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import time
 import pytest
 
 from deployments import warm_worker
-from deployments.warm_worker import IDLE_POLL_SECONDS, POLL_SECONDS, PUT_BACK_WINDOW_SECONDS, WarmWorker
+from deployments.warm_worker import (
+    IDLE_POLL_SECONDS,
+    POLL_SECONDS,
+    PUT_BACK_WINDOW_SECONDS,
+    WarmJobConfiguration,
+    WarmWorker,
+)
 
 
 def _event(name: str, kind: str = "SCHEDULED") -> dict:
@@ -83,3 +90,27 @@ def test_a_run_put_back_during_an_idle_wait_shortens_it_without_a_poll_of_its_ow
 
 def test_an_event_that_makes_a_run_due_ends_the_wait_at_once(monkeypatch):
     assert _time_to_poll(monkeypatch, lambda worker: worker._due.set()) < 0.5
+
+
+def test_a_runs_environment_is_built_once_per_settings_object(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.base import BaseJobConfiguration
+
+    built: list[str] = []
+    real = BaseJobConfiguration._base_environment.__func__  # type: ignore[attr-defined]
+
+    def counting(cls):
+        built.append(PREFECT_API_URL.value() or "")
+        return real(cls)
+
+    monkeypatch.setattr(BaseJobConfiguration, "_base_environment", classmethod(counting))
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        first = WarmJobConfiguration._base_environment()
+        first["PREFECT_API_URL"] = "changed by a caller"
+        again = WarmJobConfiguration._base_environment()
+    assert again["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"  # a copy each time
+    assert len(built) == 1
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4300/api"}):
+        other = WarmJobConfiguration._base_environment()
+    assert other["PREFECT_API_URL"] == "http://127.0.0.1:4300/api"  # other settings: built again
+    assert len(built) == 2
