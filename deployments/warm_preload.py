@@ -7,6 +7,10 @@ import importlib
 import pkgutil
 
 import kubernetes.client
+import prefect.cli  # imported for the runs (see below)
+import prefect.engine  # imported for the runs
+import prefect.flow_engine  # imported for the runs
+import prefect.task_engine  # noqa: F401 - imported for the runs (the four bind one name: ruff sees only this one)
 
 import deployments.forked_engine  # noqa: F401 - the child's entry point (run_engine) lives there
 import flows

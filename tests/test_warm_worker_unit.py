@@ -114,3 +114,17 @@ def test_a_runs_environment_is_built_once_per_settings_object(monkeypatch):
         other = WarmJobConfiguration._base_environment()
     assert other["PREFECT_API_URL"] == "http://127.0.0.1:4300/api"  # other settings: built again
     assert len(built) == 2
+
+
+def test_the_fork_server_preload_imports_prefects_engine_and_cli_and_builds_the_models():
+    """What every forked run would otherwise import or build itself (deployments/warm_preload.py)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, deployments.warm_preload, prefect.events.schemas.events as events; "
+             "print(all(name in sys.modules for name in ('prefect.cli', 'prefect.engine', 'prefect.flow_engine', "
+             "'prefect.task_engine', 'kubernetes.client.models.v1_deployment')), "
+             "events.ReceivedEvent.__pydantic_complete__)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True"], done.stdout
