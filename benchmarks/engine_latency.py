@@ -344,19 +344,18 @@ class Bench:
         self.clean_up(started)
 
     def clean_up(self, started: dict[str, tuple[str, float]]) -> None:
-        """Cancel the waiting runs (nothing to stop: they are suspended), resolve their incidents,
-        and delete the runs: Prefect's cancellation clean-up looks at every run cancelled within
-        a day, every 20 s, and hundreds of the benchmark's own would be the next round's load."""
+        """Cancel the waiting runs (nothing to stop: they are suspended), delete them, and resolve
+        every open incident of the load's environment. Deleted: Prefect's cancellation clean-up
+        looks at every run cancelled within a day, every 20 s, and hundreds of the benchmark's
+        own would be the next round's load."""
         for run_id, _ in started.values():
-            approval = self.store.approval_for_run(run_id)
             self.api.post(f"/flow_runs/{run_id}/set_state", json={"force": True, "state": {
                 "type": "CANCELLED", "name": "Cancelled", "message": "Cancelled by the engine latency benchmark"}})
             self.api.delete(f"/flow_runs/{run_id}")
-            if approval is not None:
-                try:
-                    self.store.resolve(approval.incident_id, "benchmark", "cancelled by the benchmark")
-                except Exception:  # noqa: BLE001 - already resolved
-                    pass
+        # every incident the load opened, also one whose run had not recorded its approval yet
+        for incident in self.store.list(limit=1000, open_only=True, environment="sandbox-load"):
+            self.store.close(incident.id, "engine latency benchmark", "cancelled by the benchmark",
+                             postmortem_needed=False)
 
 
 def _second_intake(config: Path) -> tuple[subprocess.Popen, str]:
