@@ -52,7 +52,7 @@ def _runs_of(api: str, deployment_id: str, states: list[str] | None = None) -> l
     body: dict = {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 200}
     if states:
         body["flow_runs"] = {"state": {"type": {"any_": states}}}
-    return httpx.post(f"{api}/flow_runs/filter", timeout=10, json=body).json()
+    return httpx.post(f"{api}/flow_runs/filter", timeout=30, json=body).json()
 
 
 def _click_run(page, api: str, before_click=lambda: None) -> str:
