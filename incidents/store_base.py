@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 
 from incidents.errors import RunbookError
 from incidents.models import Incident, Severity, Status
+from incidents.store_connections import IDLE
 from incidents.vocabulary import DetectedBy
 
 Row = dict[str, Any]  # rows come back as dicts (psycopg's dict_row)
@@ -354,13 +355,24 @@ class StoreBase:
     # -- connection and schema ----------------------------------------------------------------
     @contextmanager
     def _connect(self) -> Iterator[psycopg.Connection[Row]]:
+        """A connection for one operation, committed at the end of the block (rolled back and
+        closed if it raises). The process's last connection is reused if it is still alive
+        (incidents/store_connections.py)."""
         self.ensure_schema()
         try:
-            with psycopg.connect(self.url, connect_timeout=connect_timeout(), options=_OPTIONS,
-                                 row_factory=dict_row) as conn:
+            conn = IDLE.take(self.url, connect_timeout()) or self._new_connection()
+            try:
                 yield conn
+                conn.commit()
+            except BaseException:
+                conn.close()  # the server rolls back what the operation began
+                raise
+            IDLE.give_back(self.url, conn)
         except psycopg.Error as exc:  # unreachable, cut off, or speaking something else
             raise StoreUnreachable(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
+
+    def _new_connection(self) -> psycopg.Connection[Row]:
+        return psycopg.connect(self.url, connect_timeout=connect_timeout(), options=_OPTIONS, row_factory=dict_row)
 
     def ensure_schema(self) -> None:
         """Apply SCHEMA once per database, not once per process: a process whose schema is in
@@ -371,8 +383,12 @@ class StoreBase:
             if self.url in self._ready:
                 return
             try:
-                self._create_database_if_missing()
-                with psycopg.connect(self.url, connect_timeout=5, options=_OPTIONS) as conn:
+                try:
+                    conn = psycopg.connect(self.url, connect_timeout=5, options=_OPTIONS)
+                except psycopg.OperationalError:
+                    self._create_database_if_missing()  # or raises why not
+                    conn = psycopg.connect(self.url, connect_timeout=5, options=_OPTIONS)
+                with conn:
                     if not _schema_in_place(conn):
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                         if not _schema_in_place(conn):  # another process may have applied it meanwhile

@@ -1,0 +1,115 @@
+"""A process keeps its last incident-store connection a moment for the next operation
+(incidents/store_connections.py), on the real PostgreSQL: it is reused while alive, never
+after an error, never when the server or a proxy ended it, never for longer than IDLE_SECONDS,
+never by a forked child; and checking it is bounded by the store's timeout."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+import pytest
+
+from incidents.store import IncidentStore
+from incidents.store_base import StoreUnreachable
+from incidents.store_connections import IDLE, IdleConnections, alive
+from tests.conftest import ADMIN_URL
+from tests.faultproxy import FaultProxy
+
+
+def _backend(store: IncidentStore) -> int:
+    with store._connect() as conn:
+        return conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+
+
+@pytest.fixture
+def fresh_idle():
+    IDLE.close_all()
+    yield IDLE
+    IDLE.close_all()
+
+
+def test_operations_a_moment_apart_share_one_connection_then_it_is_closed(store, fresh_idle):
+    first = _backend(store)
+    assert [_backend(store) for _ in range(5)] == [first] * 5
+    assert fresh_idle.count() == 1
+    time.sleep(IDLE.idle_seconds + 1)
+    assert fresh_idle.count() == 0, "an idle connection outlived IDLE_SECONDS"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        assert admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (first,)).fetchone()[0] == 0
+    assert _backend(store) != first
+
+
+def test_a_connection_whose_operation_failed_is_not_used_again(store, fresh_idle):
+    first = _backend(store)
+    with pytest.raises(RuntimeError), store._connect() as conn:
+        conn.execute("CREATE TABLE half_done (x int)")  # never committed
+        raise RuntimeError("the operation failed half-way")
+    assert _backend(store) != first
+    with store._connect() as conn:
+        assert conn.execute("SELECT to_regclass('half_done') AS t").fetchone()["t"] is None
+
+
+def test_a_connection_the_server_ended_is_replaced_without_an_error(store, fresh_idle):
+    first = _backend(store)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+    time.sleep(0.2)
+    assert _backend(store) != first  # the operation ran, on a new connection
+
+
+def test_a_connection_a_proxy_cut_is_replaced_and_a_store_that_went_down_is_reported(database_url, fresh_idle):
+    host, port = "127.0.0.1", int(database_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = FaultProxy(host, port)
+    try:
+        store = IncidentStore(database_url.replace(f":{port}/", f":{proxy.port}/"))
+        first = _backend(store)
+        proxy.mode = "down"
+        time.sleep(0.5)  # the proxy cuts kept-alive connections within 0.25 s
+        with pytest.raises(StoreUnreachable):
+            _backend(store)
+        proxy.mode = "pass"
+        assert _backend(store) != first
+    finally:
+        proxy.close()
+
+
+def test_checking_a_kept_connection_is_bounded_when_the_server_stops_answering(database_url):
+    port = int(database_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = FaultProxy("127.0.0.1", port, slow_seconds=10)
+    try:
+        conn = psycopg.connect(database_url.replace(f":{port}/", f":{proxy.port}/"))
+        assert alive(conn, timeout=2)
+        proxy.mode = "slow"  # the proxy holds the connection, answering nothing, for 10 s
+        started = time.monotonic()
+        assert not alive(conn, timeout=1)
+        assert time.monotonic() - started < 2
+        conn.close()
+    finally:
+        proxy.close()
+
+
+def test_a_forked_child_starts_with_none_and_leaves_the_parents_connection_alive(store, fresh_idle):
+    first = _backend(store)
+    child = os.fork()
+    if child == 0:  # the child: none of its parent's connections, and one of its own works
+        code = 0 if IDLE.count() == 0 and _backend(store) != first else 1
+        os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _backend(store) == first
+
+
+def test_only_keep_connections_are_kept_per_database(database_url):
+    idle = IdleConnections(idle_seconds=30, keep=1)
+    a, b = psycopg.connect(database_url), psycopg.connect(database_url)
+    idle.give_back(database_url, a)
+    idle.give_back(database_url, b)
+    assert idle.count() == 1 and b.closed and not a.closed
+    inside = psycopg.connect(database_url)
+    inside.execute("SELECT 1")  # a transaction left open: never kept
+    idle.give_back("other", inside)
+    assert idle.count() == 1 and inside.closed
+    assert idle.take(database_url, timeout=2) is a
+    a.close()
