@@ -7,7 +7,6 @@ import re
 import socket
 import ssl
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
@@ -84,6 +83,8 @@ class Fault:
     count: int | None = None
     lose_response: bool = False  # handle the request, then drop the answer
     path: str | None = None      # only requests whose path contains this
+    # set when the fault is cleared or replaced: a request held for `delay` goes on at once
+    lifted: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def take(self) -> bool:
         if self.count is None:
@@ -102,15 +103,22 @@ class Faults:
 
     def set(self, target: str, fault: Fault) -> None:
         with self._lock:
+            replaced = self._faults.get(target)
             self._faults[target] = fault
+        if replaced is not None:
+            replaced.lifted.set()
 
     def clear(self, target: str | None = None) -> None:
+        """End the target's fault (all faults without one); requests it holds go on at once."""
         with self._lock:
             if target:
-                self._faults.pop(target, None)
+                ended = [f for f in [self._faults.pop(target, None)] if f is not None]
             else:
+                ended = list(self._faults.values())
                 self._faults.clear()
                 self.hits.clear()
+        for fault in ended:
+            fault.lifted.set()
 
     def check(self, target: str, path: str = "") -> Response | None:
         """The injected answer for this request (LOST: handle it, then drop the answer), or None."""
@@ -119,8 +127,8 @@ class Faults:
             fault = self._faults.get(target)
             if fault is None or (fault.path and fault.path not in path) or not fault.take():
                 return None
-        if fault.delay:
-            time.sleep(fault.delay)
+        if fault.delay and fault.lifted.wait(fault.delay):
+            return None  # cleared while the request was held: it is answered as without the fault
         if fault.lose_response:
             return LOST
         if fault.status is None:

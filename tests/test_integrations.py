@@ -5,6 +5,7 @@ against the vendors' answers in the unit tier (tests/test_clients_unit.py)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -132,6 +133,24 @@ def test_probes_report_status_and_timeouts(world):
     assert time.monotonic() - start < 2.0
     assert not results[0].ok and "no answer within 0.5 s" in results[0].error
     assert not results[1].ok and "ConnectError" in results[1].error
+
+
+def test_a_request_held_by_a_delay_goes_on_when_the_fault_is_cleared(world):
+    """The sandbox's delay holds a request; clearing (or replacing) the fault lets it go on at
+    once, answered as without the fault (tests/test_ui.py holds its load's probes this way)."""
+    world.faults.set("services", Fault(delay=30.0, path="/services/api/"))
+    answered: list[tuple[int, float]] = []
+    started = time.monotonic()
+    held = threading.Thread(target=lambda: answered.append(
+        (httpx.get(world.url + "/services/api/__ok", timeout=40).status_code, time.monotonic() - started)))
+    held.start()
+    frontend = httpx.get(world.url + "/services/frontend/__ok", timeout=5)  # another path: not held
+    assert frontend.status_code == 200 and time.monotonic() - started < 2
+    time.sleep(1.0)
+    assert not answered, "the request was not held"
+    httpx.delete(world.url + "/_sandbox/faults", timeout=5).raise_for_status()
+    held.join(5)
+    assert answered and answered[0][0] == 200 and answered[0][1] < 3, answered
 
 
 def test_kubernetes_client_operations(world):
