@@ -471,11 +471,15 @@ def _suspend_at_approval(deployments, alertmanager, alert):
 
 
 def _continue(run_id):
+    """Run a suspended run again, as a worker would once it is resumed. The resume comes after
+    the answer is recorded (a signature, a withdrawal): the run is taken up once it is Scheduled
+    again, not as soon as the store shows the answer."""
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
 
     from flows.service_down import service_down
 
+    _wait_for(lambda: _run_state(run_id).is_scheduled(), timeout=30)
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run_id)
     return FlowThread(lambda: run_flow(service_down, flow_run=flow_run, parameters=flow_run.parameters)).join(60)
