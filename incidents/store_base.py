@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from incidents.errors import RunbookError
 from incidents.models import Incident, Severity, Status
-from incidents.store_connections import IDLE
+from incidents.store_connections import CHECK_SECONDS, IDLE
 from incidents.vocabulary import DetectedBy
 
 Row = dict[str, Any]  # rows come back as dicts (psycopg's dict_row)
@@ -360,7 +360,7 @@ class StoreBase:
         (incidents/store_connections.py)."""
         self.ensure_schema()
         try:
-            conn = IDLE.take(self.url, connect_timeout()) or self._new_connection()
+            conn = IDLE.take(self.url, min(connect_timeout(), CHECK_SECONDS)) or self._new_connection()
             try:
                 yield conn
                 conn.commit()

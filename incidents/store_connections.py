@@ -7,9 +7,11 @@ so each process keeps its last connection per database for IDLE_SECONDS, then cl
 
 - A connection is only kept when its operation committed and left it idle; one that met an
   error is closed.
-- Before it is used again it must answer a round trip within the store's timeout (a server
-  restarted, a proxy that cut it, a connection the server ended): otherwise it is closed and
-  the operation connects afresh, meeting the store's connect timeout as it always did.
+- Before it is used again it must answer a round trip within CHECK_SECONDS, or the store's
+  timeout if that is shorter (a server restarted, a proxy that cut it, a connection the server
+  ended): otherwise it is closed and the operation connects afresh, meeting the store's connect
+  timeout as it always did. A store that stops answering is reported at most CHECK_SECONDS later
+  than before.
 - Idle ones are closed by a daemon thread after IDLE_SECONDS, so a process holds no
   PostgreSQL connection slot when it is not using the store (50 runbooks at once on a server
   of max_connections 100 must not hold them).
@@ -29,6 +31,9 @@ import psycopg
 from psycopg import pq
 
 IDLE_SECONDS = 2.0  # how long a connection waits for the next operation
+# how long a kept connection may take to answer its check: an idle server answers in well under
+# a millisecond, and one that does not answer then is met again by a fresh connect's own timeout
+CHECK_SECONDS = 1.0
 KEEP = 1  # idle connections kept per database per process; more in flight at once are closed on return
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from incidents.store import IncidentStore
 from incidents.store_base import StoreUnreachable
-from incidents.store_connections import IDLE, IdleConnections, alive
+from incidents.store_connections import CHECK_SECONDS, IDLE, IdleConnections, alive
 from tests.conftest import ADMIN_URL
 from tests.faultproxy import FaultProxy
 
@@ -75,7 +75,8 @@ def test_a_connection_a_proxy_cut_is_replaced_and_a_store_that_went_down_is_repo
         proxy.close()
 
 
-def test_checking_a_kept_connection_is_bounded_when_the_server_stops_answering(database_url):
+def test_checking_a_kept_connection_is_bounded_when_the_server_stops_answering(database_url, store):
+    store.ensure_schema()  # the database exists
     port = int(database_url.rsplit(":", 1)[1].split("/")[0])
     proxy = FaultProxy("127.0.0.1", port, slow_seconds=10)
     try:
@@ -86,6 +87,23 @@ def test_checking_a_kept_connection_is_bounded_when_the_server_stops_answering(d
         assert not alive(conn, timeout=1)
         assert time.monotonic() - started < 2
         conn.close()
+    finally:
+        proxy.close()
+
+
+def test_a_store_that_stops_answering_is_reported_within_the_check_and_the_connect_timeout(
+        database_url, fresh_idle, monkeypatch):
+    port = int(database_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = FaultProxy("127.0.0.1", port, slow_seconds=10)
+    monkeypatch.setenv("RUNBOOKS_DATABASE_TIMEOUT", "2")
+    try:
+        store = IncidentStore(database_url.replace(f":{port}/", f":{proxy.port}/"))
+        _backend(store)  # a connection is kept
+        proxy.mode = "slow"  # kept and new connections get no answer for 10 s
+        started = time.monotonic()
+        with pytest.raises(StoreUnreachable):
+            _backend(store)
+        assert time.monotonic() - started < 2 + CHECK_SECONDS + 1  # the check, then a connect timing out
     finally:
         proxy.close()
 
@@ -101,7 +119,8 @@ def test_a_forked_child_starts_with_none_and_leaves_the_parents_connection_alive
     assert _backend(store) == first
 
 
-def test_only_keep_connections_are_kept_per_database(database_url):
+def test_only_keep_connections_are_kept_per_database(database_url, store):
+    store.ensure_schema()  # the database exists
     idle = IdleConnections(idle_seconds=30, keep=1)
     a, b = psycopg.connect(database_url), psycopg.connect(database_url)
     idle.give_back(database_url, a)
