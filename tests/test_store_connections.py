@@ -7,15 +7,30 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from incidents.store import IncidentStore
 from incidents.store_base import StoreUnreachable
 from incidents.store_connections import CHECK_SECONDS, IDLE, IdleConnections, alive
 from tests.conftest import ADMIN_URL
 from tests.faultproxy import FaultProxy
+
+
+@contextmanager
+def _through_proxy(database_url: str, slow_seconds: float = 3.0) -> Iterator[tuple[FaultProxy, str]]:
+    """A fault proxy in front of the test database, and the connection string that goes through it."""
+    params = conninfo_to_dict(database_url)
+    proxy = FaultProxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432),
+                       slow_seconds=slow_seconds)
+    try:
+        yield proxy, make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port))
+    finally:
+        proxy.close()
 
 
 def _backend(store: IncidentStore) -> int:
@@ -60,10 +75,8 @@ def test_a_connection_the_server_ended_is_replaced_without_an_error(store, fresh
 
 
 def test_a_connection_a_proxy_cut_is_replaced_and_a_store_that_went_down_is_reported(database_url, fresh_idle):
-    host, port = "127.0.0.1", int(database_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = FaultProxy(host, port)
-    try:
-        store = IncidentStore(database_url.replace(f":{port}/", f":{proxy.port}/"))
+    with _through_proxy(database_url) as (proxy, proxied):
+        store = IncidentStore(proxied)
         first = _backend(store)
         proxy.mode = "down"
         time.sleep(0.5)  # the proxy cuts kept-alive connections within 0.25 s
@@ -71,41 +84,31 @@ def test_a_connection_a_proxy_cut_is_replaced_and_a_store_that_went_down_is_repo
             _backend(store)
         proxy.mode = "pass"
         assert _backend(store) != first
-    finally:
-        proxy.close()
 
 
 def test_checking_a_kept_connection_is_bounded_when_the_server_stops_answering(database_url, store):
     store.ensure_schema()  # the database exists
-    port = int(database_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = FaultProxy("127.0.0.1", port, slow_seconds=10)
-    try:
-        conn = psycopg.connect(database_url.replace(f":{port}/", f":{proxy.port}/"))
+    with _through_proxy(database_url, slow_seconds=10) as (proxy, proxied):
+        conn = psycopg.connect(proxied)
         assert alive(conn, timeout=2)
         proxy.mode = "slow"  # the proxy holds the connection, answering nothing, for 10 s
         started = time.monotonic()
         assert not alive(conn, timeout=1)
         assert time.monotonic() - started < 2
         conn.close()
-    finally:
-        proxy.close()
 
 
 def test_a_store_that_stops_answering_is_reported_within_the_check_and_the_connect_timeout(
         database_url, fresh_idle, monkeypatch):
-    port = int(database_url.rsplit(":", 1)[1].split("/")[0])
-    proxy = FaultProxy("127.0.0.1", port, slow_seconds=10)
     monkeypatch.setenv("RUNBOOKS_DATABASE_TIMEOUT", "2")
-    try:
-        store = IncidentStore(database_url.replace(f":{port}/", f":{proxy.port}/"))
+    with _through_proxy(database_url, slow_seconds=10) as (proxy, proxied):
+        store = IncidentStore(proxied)
         _backend(store)  # a connection is kept
         proxy.mode = "slow"  # kept and new connections get no answer for 10 s
         started = time.monotonic()
         with pytest.raises(StoreUnreachable):
             _backend(store)
         assert time.monotonic() - started < 2 + CHECK_SECONDS + 1  # the check, then a connect timing out
-    finally:
-        proxy.close()
 
 
 def test_a_forked_child_starts_with_none_and_leaves_the_parents_connection_alive(store, fresh_idle):
