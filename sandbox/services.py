@@ -159,11 +159,7 @@ def volume_stats(services: list[DemoService]) -> str:
 
 
 def _image(cluster: Cluster, namespace: str, name: str) -> str:
-    try:
-        dep = cluster.get("deployments", namespace, name)
-    except Exception:  # noqa: BLE001
-        return ""
-    return dep["spec"]["template"]["spec"]["containers"][0].get("image", "")
+    return cluster.deployment_image(namespace, name)
 
 
 def _version(cluster: Cluster, namespace: str, deployment: str) -> str:
