@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from integrations import http
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -114,7 +116,7 @@ def storm(deliveries: int, distinct: int = 20, in_flight: int = 16) -> None:
         try:
             for _ in range(100):
                 try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    if http.get(f"{url}/healthz", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.1)
@@ -158,8 +160,8 @@ def latency(alerts: int = 20, gap: float = 1.5) -> None:
     token_file = ROOT / ".run" / "alert-token"
     token = os.environ.get("RUNBOOKS_ALERT_TOKEN") or (token_file.read_text().strip() if token_file.exists() else "")
     try:
-        httpx.get(f"{intake}/healthz", timeout=2).raise_for_status()
-        httpx.get(f"{api}/health", timeout=2).raise_for_status()
+        http.get(f"{intake}/healthz", timeout=2).raise_for_status()
+        http.get(f"{api}/health", timeout=2).raise_for_status()
     except httpx.HTTPError:
         print("latency: skipped - `make up` is not running (intake :8787 and Prefect :4200 must answer)")
         return
@@ -178,7 +180,7 @@ def latency(alerts: int = 20, gap: float = 1.5) -> None:
     pending = dict(sent)
     while pending and time.monotonic() < deadline:
         for run_id, t0 in list(pending.items()):
-            tasks = httpx.post(
+            tasks = http.post(
                 f"{api}/task_runs/filter",
                 json={"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {"name": {"like_": "probe-endpoints"}}},
             ).json()

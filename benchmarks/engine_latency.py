@@ -49,6 +49,8 @@ from typing import Any, Callable
 import httpx
 import yaml
 
+from integrations import http
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.proc_cpu import Parts, session_of  # noqa: E402
@@ -376,7 +378,7 @@ def _second_intake(config: Path) -> tuple[subprocess.Popen, str]:
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return http.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -438,8 +440,8 @@ def main() -> int:
     args = parser.parse_args()
     token_file = RUN_DIR / "alert-token"
     try:
-        httpx.get(f"{INTAKE}/healthz", timeout=2).raise_for_status()
-        httpx.get(f"{API}/health", timeout=2).raise_for_status()
+        http.get(f"{INTAKE}/healthz", timeout=2).raise_for_status()
+        http.get(f"{API}/health", timeout=2).raise_for_status()
     except httpx.HTTPError:
         print("engine latency: skipped - `make up` is not running (intake :8787 and Prefect :4200 must answer)")
         return 0

@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from integrations import http
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 API, INTAKE, SANDBOX = "http://127.0.0.1:4200/api", "http://127.0.0.1:8787", "http://127.0.0.1:8790"
@@ -142,7 +144,7 @@ def main() -> int:
     token = os.environ.get("RUNBOOKS_ALERT_TOKEN") or (RUN_DIR / "alert-token").read_text().strip()
     replay = Replay(token)
     try:
-        httpx.get(f"{INTAKE}/healthz", timeout=3).raise_for_status()
+        http.get(f"{INTAKE}/healthz", timeout=3).raise_for_status()
     except httpx.HTTPError as exc:
         print(f"the intake is not answering ({exc}): run `make up` first", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from deployments.cli_common import (
     USAGE,
     CliError,
 )
+from integrations import http
 
 # -- sandbox -----------------------------------------------------------------------------------------
 FAULTS = {
@@ -34,13 +35,13 @@ def cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
         return OK
     try:
         if args.action == "heal":
-            httpx.post(f"{url}/_sandbox/reset", timeout=10).raise_for_status()
+            http.post(f"{url}/_sandbox/reset", timeout=10).raise_for_status()
             print("sandbox reset: api and frontend healthy, messages and faults cleared")
             return OK
         if args.fault not in FAULTS:
             raise CliError(f"unknown fault {args.fault!r}; choose one of: {', '.join(FAULTS)}", USAGE)
         path, body = FAULTS[args.fault]
-        httpx.post(f"{url}{path}", json=body, timeout=10).raise_for_status()
+        http.post(f"{url}{path}", json=body, timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the sandbox at {url} ({type(exc).__name__}); is `make up` running?",
                        UNREACHABLE) from None

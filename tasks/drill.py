@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-import httpx
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 
@@ -18,6 +17,7 @@ from incidents.errors import RunbookError
 from incidents.followup_models import Scorecard
 from incidents.models import EventKind
 from incidents.timeline_payloads import Diagnosis
+from integrations import http
 from tasks.context import RunContext
 from tasks.faults import FaultState, cleanup, healed, inject, signal, wait_for
 from tasks.steps import run_logger, step
@@ -70,7 +70,7 @@ def raise_alert(ctx: RunContext, spec: FaultSpec, drill_id: str, state: FaultSta
              "labels": {"alertname": spec.alertname, "service": ctx.service_name, "environment": ctx.environment,
                         "severity": spec.severity, "drill_id": drill_id},
              "annotations": {"summary": f"drill {drill_id}: {spec.description}", **state.annotations}}
-    response = httpx.post(f"{url}/alerts", json=alert, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    response = http.post(f"{url}/alerts", json=alert, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     if response.status_code != 200 or not response.json().get("started"):
         raise DrillFailed(
             f"the alert intake at {url} did not start a run: HTTP {response.status_code} {response.text[:200]}"

@@ -17,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 
 from incidents.drills import FaultSpec, Step
 from incidents.errors import RunbookError
+from integrations import http
 from integrations.errors import IntegrationError
 from integrations.kubernetes import RESTARTED_AT
 from integrations.kubernetes_protocol import Kubernetes
@@ -98,8 +99,8 @@ def _release(ctx: RunContext, state: FaultState, step: Step) -> None:
             base = state.undo["image"].rsplit(":", 1)[0]
             kube.set_image(k.namespace, k.deployment, k.container, f"{base}:drill-{secrets.token_hex(3)}-broken")
             return
-    response = httpx.post(f"{sandbox_url()}/_sandbox/deploy", timeout=10,
-                          json={"service": ctx.service_name, "version": step.value, "ago_seconds": step.ago_seconds})
+    response = http.post(f"{sandbox_url()}/_sandbox/deploy", timeout=10,
+                         json={"service": ctx.service_name, "version": step.value, "ago_seconds": step.ago_seconds})
     response.raise_for_status()
     if not step.is_fault:  # CI waits for a healthy rollout (`kubectl rollout status`) before it reports done
         with ctx.kubernetes() as kube:
@@ -111,15 +112,15 @@ def _load(ctx: RunContext, state: FaultState, step: Step) -> None:
     with ctx.kubernetes() as kube:
         k = ctx.service.kubernetes
         state.undo.setdefault("replicas", kube.deployment(k.namespace, k.deployment).replicas)
-    httpx.post(f"{sandbox_url()}/_sandbox/load", json={"service": ctx.service_name, "rps": step.value},
-               timeout=5).raise_for_status()
+    http.post(f"{sandbox_url()}/_sandbox/load", json={"service": ctx.service_name, "rps": step.value},
+              timeout=5).raise_for_status()
     state.undo["load"] = True
 
 
 def _sandbox_control(ctx: RunContext, state: FaultState, control: str, **body: Any) -> None:
     """One of the sandbox's controls for the target service; clean-up turns it back."""
-    httpx.post(f"{sandbox_url()}/_sandbox/{control}", json={"service": ctx.service_name, **body},
-               timeout=5).raise_for_status()
+    http.post(f"{sandbox_url()}/_sandbox/{control}", json={"service": ctx.service_name, **body},
+              timeout=5).raise_for_status()
     state.undo[control] = True
 
 
@@ -272,8 +273,8 @@ def _node(ctx: RunContext, state: FaultState, step: Step) -> None:
         busiest = Counter(p.node for p in kube.pods(k.namespace, k.deployment) if p.node).most_common(1)
         names = [n.name for n in kube.nodes()] if str(step.value).startswith("all") else [n for n, _ in busiest]
     for name in names:
-        httpx.post(f"{sandbox_url()}/_sandbox/node", json={"node": name, "state": "NotReady"},
-                   timeout=5).raise_for_status()
+        http.post(f"{sandbox_url()}/_sandbox/node", json={"node": name, "state": "NotReady"},
+                  timeout=5).raise_for_status()
         state.undo.setdefault("nodes", []).append(name)
 
 
@@ -411,26 +412,26 @@ def cleanup(ctx: RunContext, state: FaultState) -> list[str]:
 def _undo_traffic(ctx: RunContext, state: FaultState) -> list[str]:
     done = []
     if state.undo.get("load"):
-        httpx.post(f"{sandbox_url()}/_sandbox/load", json={"service": ctx.service_name, "rps": 50}, timeout=5)
+        http.post(f"{sandbox_url()}/_sandbox/load", json={"service": ctx.service_name, "rps": 50}, timeout=5)
         done.append("load back to 50 rps")
     if state.undo.get("latency"):
-        httpx.post(f"{sandbox_url()}/_sandbox/latency", json={"service": ctx.service_name, "ms": 0}, timeout=5)
+        http.post(f"{sandbox_url()}/_sandbox/latency", json={"service": ctx.service_name, "ms": 0}, timeout=5)
         done.append("latency back to none" + _until_prometheus_forgets(ctx))
     if state.undo.get("memory"):
-        httpx.post(f"{sandbox_url()}/_sandbox/memory", json={"service": ctx.service_name, "oom": False}, timeout=5)
+        http.post(f"{sandbox_url()}/_sandbox/memory", json={"service": ctx.service_name, "oom": False}, timeout=5)
         done.append("memory back within its limit")
     if state.undo.get("dependency"):
-        httpx.post(f"{sandbox_url()}/_sandbox/dependency", json={"service": ctx.service_name, "down": False}, timeout=5)
+        http.post(f"{sandbox_url()}/_sandbox/dependency", json={"service": ctx.service_name, "down": False}, timeout=5)
         done.append("dependency back up")
     if state.undo.get("volume"):
-        httpx.post(f"{sandbox_url()}/_sandbox/volume", json={"service": ctx.service_name, "used_percent": 35},
-                   timeout=5)
+        http.post(f"{sandbox_url()}/_sandbox/volume", json={"service": ctx.service_name, "used_percent": 35},
+                  timeout=5)
         done.append("volume claim back to 35 % used")
     if state.undo.get("canary"):
-        httpx.post(f"{sandbox_url()}/_sandbox/canary", json={"service": ctx.service_name, "replicas": 0}, timeout=5)
+        http.post(f"{sandbox_url()}/_sandbox/canary", json={"service": ctx.service_name, "replicas": 0}, timeout=5)
         done.append("canary scaled to 0")
     for node in state.undo.get("nodes", []):
-        httpx.post(f"{sandbox_url()}/_sandbox/node", json={"node": node, "state": "Ready"}, timeout=5)
+        http.post(f"{sandbox_url()}/_sandbox/node", json={"node": node, "state": "Ready"}, timeout=5)
         done.append(f"node {node} Ready again")
     return done
 

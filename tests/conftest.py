@@ -41,6 +41,7 @@ os.environ["RUNBOOKS_SANDBOX_APP_ROLE"] = APP_ROLE  # the sandbox and config/san
 
 from deployments.prefect_private import share_tls_contexts  # noqa: E402
 from devstack.stack import SERVER_TASK_RUN_RECORDER  # noqa: E402
+from integrations import http  # noqa: E402
 from sandbox.pagerduty import routing_key  # noqa: E402
 from sandbox.slack import BOT_TOKEN as SLACK_BOT_TOKEN  # noqa: E402
 from sandbox.world import GITHUB_TOKEN, Sandbox  # noqa: E402
@@ -402,7 +403,7 @@ def start_daemon(binary: str, args: list[str], package: str) -> tuple[subprocess
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+            if http.get(f"{url}/-/ready", timeout=1).status_code == 200:
                 return process, url
         except httpx.HTTPError:
             pass

@@ -17,6 +17,7 @@ import httpx
 import psycopg
 
 from devstack.stack import SERVER_DATABASE_POOL, SERVER_TASK_RUN_RECORDER
+from integrations import http
 from tests.conftest import ADMIN_URL, free_port, in_lane
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def _wait(url: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if http.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -80,7 +81,7 @@ class Stack:
                         RUNBOOKS_WORKER_METRICS_PORT=str(self.metrics_ports[name]), **env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            workers = httpx.post(f"{self.api}/work_pools/{POOL}/workers/filter", json={}, timeout=5).json()
+            workers = http.post(f"{self.api}/work_pools/{POOL}/workers/filter", json={}, timeout=5).json()
             online = {w["name"] for w in workers if w.get("status") == "ONLINE"}
             if online >= set(names):
                 return
@@ -123,7 +124,7 @@ class Stack:
         while (left := self._in_flight()) and time.monotonic() < deadline:
             for run in left:
                 if run["id"] not in cancelled and run["state"]["type"] != "CANCELLING":
-                    httpx.post(f"{self.api}/flow_runs/{run['id']}/set_state", timeout=30, json={
+                    http.post(f"{self.api}/flow_runs/{run['id']}/set_state", timeout=30, json={
                         "force": True, "state": {"type": "CANCELLING", "name": "Cancelling",
                                                  "message": "left in flight by the test before"}})
                     cancelled.add(run["id"])
@@ -135,7 +136,7 @@ class Stack:
         return done
 
     def _in_flight(self) -> list[dict]:
-        return httpx.post(f"{self.api}/flow_runs/filter", timeout=30, json={
+        return http.post(f"{self.api}/flow_runs/filter", timeout=30, json={
             "flow_runs": {"state": {"type": {"any_": IN_FLIGHT}}}, "limit": 200}).json()
 
     def stop(self) -> None:

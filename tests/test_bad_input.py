@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from incidents.config import ConfigError, load_config
+from integrations import http
 from tests.conftest import BROKEN_IMAGE, ROOT, FlowThread, api_image, break_api
 from tests.test_intake import AUTH, _clean, _runs, _settings, deployments  # noqa: F401 - fixture
 
@@ -160,7 +161,7 @@ def test_the_ui_path_refuses_parameters_of_the_wrong_type():
     api = PREFECT_API_URL.value()
     for params in ({"service": 42}, {"service": "api", "severity": "P7"}, {"service": "api", "dry_run": "maybe"},
                    {"environment": "sandbox"}):
-        answer = httpx.post(f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": params}, timeout=10)
+        answer = http.post(f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": params}, timeout=10)
         assert answer.status_code in (409, 422), (params, answer.status_code, answer.text)
         assert "alidation" in answer.text, answer.text
     assert _runs(dep_id) == []

@@ -39,6 +39,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from incidents.alerts import AlertParameter
 from incidents.store import DrillStore, IncidentStore
 from incidents.timeline_payloads import Diagnosis
+from integrations import http
 from sandbox.http import Fault
 from sandbox.world import RUNBOOKS_KUBE_TOKEN, SLACK_PATH
 from tests.conftest import break_deploy, free_port, start_prometheus
@@ -278,7 +279,7 @@ def _prepare(world, cache: redis.Redis, dependency: str) -> Target:
     if fault == "bad-deploy":
         break_deploy(world, service, f"{target.good_image.rsplit(':', 1)[0]}:v9-broken")
     elif fault == "error-spike":  # 200 rps against 3 replicas of 40 rps: a share of requests fails
-        httpx.post(f"{world.url}/_sandbox/load", json={"service": service, "rps": 200}, timeout=5).raise_for_status()
+        http.post(f"{world.url}/_sandbox/load", json={"service": service, "rps": 200}, timeout=5).raise_for_status()
     else:
         ctx = RunContext.load("sandbox", service)  # the direct paths, not the matrix's proxies
         if fault == "pg-lock":

@@ -7,9 +7,9 @@ import os
 import re
 import time
 
-import httpx
 import pytest
 
+from integrations import http
 from tests.conftest import FlowThread, start_prometheus
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -22,7 +22,7 @@ def _replicas(world) -> int:
 def test_overload_is_scaled_up_within_the_maximum(world, store):
     from flows.high_error_rate import high_error_rate
 
-    httpx.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})  # 3 x 40 rps capacity
+    http.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})  # 3 x 40 rps capacity
     run = FlowThread(high_error_rate, service="api")
     paused = run.wait_paused()
     assert _replicas(world) == 3
@@ -45,7 +45,7 @@ def test_overload_is_scaled_up_within_the_maximum(world, store):
 def test_a_recent_bad_revision_is_rolled_back(world):
     from flows.high_error_rate import high_error_rate
 
-    httpx.post(f"{world.url}/_sandbox/deploy", json={"service": "api", "version": "v1.6.0-errors"})
+    http.post(f"{world.url}/_sandbox/deploy", json={"service": "api", "version": "v1.6.0-errors"})
     time.sleep(1.0)
     run = FlowThread(high_error_rate, service="api")
     paused = run.wait_paused()
@@ -60,7 +60,7 @@ def test_a_recent_bad_revision_is_rolled_back(world):
 def test_a_failing_dependency_gets_the_circuit_breaker_and_a_decline_changes_nothing(world, store):
     from flows.high_error_rate import high_error_rate
 
-    httpx.post(f"{world.url}/_sandbox/dependency", json={"service": "api", "down": True})
+    http.post(f"{world.url}/_sandbox/dependency", json={"service": "api", "down": True})
     run = FlowThread(high_error_rate, service="api")
     paused = run.wait_paused()
     run.resume(paused.id, approve=False, approver="mo", reason="payments team is on it")
@@ -101,7 +101,7 @@ def prometheus(world, tmp_path):
 def test_prometheus_sees_the_spike_in_a_dry_run(world, prometheus):
     from flows.high_error_rate import high_error_rate
 
-    httpx.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})
+    http.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})
     time.sleep(7)  # a few 1 s scrapes into the 5 s rate window
     result = FlowThread(high_error_rate, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
     assert result["outcome"] == "dry_run"
@@ -121,7 +121,7 @@ def test_prometheus_latency_makes_slow_a_finding_of_all_requests(world, promethe
     from flows.service_down import service_down
 
     time.sleep(3)  # a baseline of fast requests in the 5 s window first
-    httpx.post(f"{world.url}/_sandbox/latency", json={"service": "api", "ms": 1400}).raise_for_status()
+    http.post(f"{world.url}/_sandbox/latency", json={"service": "api", "ms": 1400}).raise_for_status()
     time.sleep(7)  # a few 1 s scrapes into the 5 s rate window
     result = FlowThread(service_down, service="api", environment="sandbox-prometheus", dry_run=True).join(60)
     judged = result["judgement"]
@@ -140,9 +140,9 @@ def test_a_canary_serves_its_share_beside_the_deployment_and_is_counted_apart(wo
     app=api` shows them. Scaled to 0, it serves nothing more."""
     from integrations.kubernetes import KubernetesClient
 
-    assert httpx.post(f"{world.url}/_sandbox/canary", json={"service": "api", "replicas": 1}).status_code == 422
-    assert httpx.post(f"{world.url}/_sandbox/canary",
-                      json={"service": "api", "version": "v1.6.1-errors", "replicas": 1}).status_code == 200
+    assert http.post(f"{world.url}/_sandbox/canary", json={"service": "api", "replicas": 1}).status_code == 422
+    assert http.post(f"{world.url}/_sandbox/canary",
+                     json={"service": "api", "version": "v1.6.1-errors", "replicas": 1}).status_code == 200
     kube = KubernetesClient(str(world.runbooks_kubeconfig))
     deadline = time.monotonic() + 10
     while world.cluster.ready_pods("sandbox", "api-canary") < 1 and time.monotonic() < deadline:
@@ -151,7 +151,7 @@ def test_a_canary_serves_its_share_beside_the_deployment_and_is_counted_apart(wo
     assert images == ["v1.5.0", "v1.5.0", "v1.5.0", "v1.6.1-errors"], images
 
     def versions() -> dict:
-        return httpx.get(f"{world.url}/services/api/metrics").json()["versions"]
+        return http.get(f"{world.url}/services/api/metrics").json()["versions"]
 
     first = versions()
     time.sleep(2)
@@ -164,7 +164,7 @@ def test_a_canary_serves_its_share_beside_the_deployment_and_is_counted_apart(wo
     assert world.cluster.get("deployments", "sandbox", "api")["spec"]["template"]["spec"]["containers"][0][
         "image"].endswith(":v1.5.0")  # the deployment itself is untouched
 
-    httpx.post(f"{world.url}/_sandbox/canary", json={"service": "api", "replicas": 0}).raise_for_status()
+    http.post(f"{world.url}/_sandbox/canary", json={"service": "api", "replicas": 0}).raise_for_status()
     deadline = time.monotonic() + 10
     while world.cluster.ready_pods("sandbox", "api-canary") and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -183,16 +183,16 @@ def test_a_full_volume_is_read_from_the_kubelets_stats_and_named_in_a_dry_run(wo
     from tasks.context import RunContext
     from tasks.volumes import volume_usage
 
-    assert httpx.post(f"{world.url}/_sandbox/volume", json={"service": "frontend", "used_percent": 98}).status_code \
+    assert http.post(f"{world.url}/_sandbox/volume", json={"service": "frontend", "used_percent": 98}).status_code \
         == 422  # frontend mounts no claim
-    assert httpx.post(f"{world.url}/_sandbox/volume", json={"service": "api", "used_percent": 101}).status_code == 422
-    httpx.post(f"{world.url}/_sandbox/volume", json={"service": "api", "used_percent": 98}).raise_for_status()
-    stats = httpx.get(f"{world.url}/_sandbox/kubelet/metrics").text
+    assert http.post(f"{world.url}/_sandbox/volume", json={"service": "api", "used_percent": 101}).status_code == 422
+    http.post(f"{world.url}/_sandbox/volume", json={"service": "api", "used_percent": 98}).raise_for_status()
+    stats = http.get(f"{world.url}/_sandbox/kubelet/metrics").text
     assert 'kubelet_volume_stats_capacity_bytes{namespace="sandbox",persistentvolumeclaim="api-data"} 1073741824' \
         in stats, stats
     deadline = time.monotonic() + 30  # until Prometheus has scraped the full claim (its first scrapes take a while)
     while time.monotonic() < deadline and not [
-            s for s in httpx.get(f"{prometheus}/api/v1/query", params={"query": "kubelet_volume_stats_used_bytes"})
+            s for s in http.get(f"{prometheus}/api/v1/query", params={"query": "kubelet_volume_stats_used_bytes"})
             .json()["data"]["result"] if float(s["value"][1]) > 0.97 * 2**30]:
         time.sleep(0.5)
     result = FlowThread(high_error_rate, service="api", environment="sandbox-prometheus", dry_run=True).join(60)

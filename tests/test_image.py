@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from integrations import http
 from tests.test_intake import deployments  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ def test_the_image_serves_the_intake_and_starts_a_runbook_from_an_alert(world, d
         deadline = time.monotonic() + 120  # a vfs copy of the image's filesystem comes first
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                if http.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
@@ -91,8 +92,8 @@ def test_the_image_serves_the_intake_and_starts_a_runbook_from_an_alert(world, d
                 pytest.fail(f"the intake in the image exited: {container.stdout.read()[-2000:]}")
         else:
             pytest.fail("the intake in the image did not answer /healthz within 120 s")
-        answer = httpx.post(f"http://127.0.0.1:{port}/alerts/alertmanager", json=_am_payload(_alert("image-1")),
-                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        answer = http.post(f"http://127.0.0.1:{port}/alerts/alertmanager", json=_am_payload(_alert("image-1")),
+                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert answer.status_code == 200, answer.text
         assert len(_runs(deployments["service-down"])) == 1
     finally:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from integrations import http
 from tests.conftest import LANE_REDIS_DBS, FlowThread, free_port, start_daemon
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -420,7 +421,7 @@ receivers:
 
 
 def _post_alerts(am: str, alerts: list[dict]) -> None:
-    assert httpx.post(f"{am}/api/v2/alerts", json=alerts, timeout=5).status_code == 200
+    assert http.post(f"{am}/api/v2/alerts", json=alerts, timeout=5).status_code == 200
 
 
 def _wait_for(predicate, timeout: float = 20.0):
@@ -571,7 +572,7 @@ def test_an_intake_killed_between_claim_and_run_loses_nothing(world, deployments
     hanging, url = intake(f"http://127.0.0.1:{black_hole.getsockname()[1]}/api")
     try:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{url}/alerts/alertmanager", json=body, headers=AUTH, timeout=2)
+            http.post(f"{url}/alerts/alertmanager", json=body, headers=AUTH, timeout=2)
         assert redis.Redis.from_url(REDIS_URL).get("runbooks:alert:k1:" + body["alerts"][0]["startsAt"]) == b"starting"
     finally:
         hanging.send_signal(signal.SIGKILL)
@@ -580,11 +581,11 @@ def test_an_intake_killed_between_claim_and_run_loses_nothing(world, deployments
     assert _runs(deployments["service-down"]) == [], "the run was never created"
     process, url = intake(PREFECT_API_URL.value())
     try:
-        retry = httpx.post(f"{url}/alerts/alertmanager", json=body, headers=AUTH, timeout=30)
+        retry = http.post(f"{url}/alerts/alertmanager", json=body, headers=AUTH, timeout=30)
         assert retry.status_code == 200, retry.text
         runs = _runs(deployments["service-down"])
         assert len(runs) == 1, "the retry started the run"
-        again = httpx.post(f"{url}/alerts/alertmanager", json=body, headers=AUTH, timeout=30).json()
+        again = http.post(f"{url}/alerts/alertmanager", json=body, headers=AUTH, timeout=30).json()
         assert again["duplicates"] == 1 and len(_runs(deployments["service-down"])) == 1
         incident = store.open_for_key("sandbox/api")
         assert incident.flow_run_id == str(runs[0].id)
@@ -595,7 +596,7 @@ def test_an_intake_killed_between_claim_and_run_loses_nothing(world, deployments
 
 def _healthy(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        return http.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 

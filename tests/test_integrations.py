@@ -9,9 +9,9 @@ import threading
 import time
 from typing import Any
 
-import httpx
 import pytest
 
+from integrations import http
 from integrations.errors import IntegrationError
 from integrations.github import GitHubClient
 from integrations.http import RetryPolicy
@@ -142,13 +142,13 @@ def test_a_request_held_by_a_delay_goes_on_when_the_fault_is_cleared(world):
     answered: list[tuple[int, float]] = []
     started = time.monotonic()
     held = threading.Thread(target=lambda: answered.append(
-        (httpx.get(world.url + "/services/api/__ok", timeout=40).status_code, time.monotonic() - started)))
+        (http.get(world.url + "/services/api/__ok", timeout=40).status_code, time.monotonic() - started)))
     held.start()
-    frontend = httpx.get(world.url + "/services/frontend/__ok", timeout=5)  # another path: not held
+    frontend = http.get(world.url + "/services/frontend/__ok", timeout=5)  # another path: not held
     assert frontend.status_code == 200 and time.monotonic() - started < 2
     time.sleep(1.0)
     assert not answered, "the request was not held"
-    httpx.delete(world.url + "/_sandbox/faults", timeout=5).raise_for_status()
+    http.delete(world.url + "/_sandbox/faults", timeout=5).raise_for_status()
     held.join(5)
     assert answered and answered[0][0] == 200 and answered[0][1] < 3, answered
 
@@ -350,7 +350,7 @@ def test_reach_tells_unresolvable_from_refused_from_silent_from_an_error_answer(
             "down": None,
             "up": reach("up", f"{world.url}/dependencies/payments/health", 2.0),
         }
-        httpx.post(f"{world.url}/_sandbox/dependency", json={"service": "api", "down": True}).raise_for_status()
+        http.post(f"{world.url}/_sandbox/dependency", json={"service": "api", "down": True}).raise_for_status()
         found["down"] = reach("down", f"{world.url}/dependencies/payments/health", 2.0)
     finally:
         silent.close()

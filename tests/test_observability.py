@@ -12,12 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.stack import RULES_FILE, SELF_PAGER, self_alert_routing
 from incidents.models import EventKind
+from integrations import http
 from sandbox.pagerduty import routing_key
 from tests.conftest import break_api, start_daemon
 from tests.test_scale_out import _run, _until
@@ -26,7 +26,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def _scrape(port: int) -> Samples:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    text = http.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -64,7 +64,7 @@ def _automation(api: str, block_id: str, severity: str) -> str:
                          "subject": f"AUTOMATION {severity}",
                          "body": "approval needed for incident {{ event.resource['runbooks.incident'] }} "
                                  "({{ event.resource['runbooks.service'] }})"}]}
-    answer = httpx.post(f"{api}/automations/", json=body, timeout=10)
+    answer = http.post(f"{api}/automations/", json=body, timeout=10)
     assert answer.status_code == 201, answer.text
     return answer.json()["id"]
 
@@ -79,8 +79,8 @@ def automations(pg_stack, world):
     made = [_automation(api, block_id, severity) for severity in ("P0", "P3")]
     yield made
     for automation_id in made:
-        httpx.delete(f"{api}/automations/{automation_id}", timeout=10)
-    httpx.delete(f"{api}/block_documents/{block_id}", timeout=10)
+        http.delete(f"{api}/automations/{automation_id}", timeout=10)
+    http.delete(f"{api}/block_documents/{block_id}", timeout=10)
 
 
 def _notification_block(api: str, slack_url: str) -> str:
@@ -97,7 +97,7 @@ def _runbooks_events(api: str, incident_id: int) -> list[dict]:
     body = {"filter": {"event": {"prefix": ["runbooks."]},
                        "any_resource": {"id": [f"runbooks.incident.{incident_id}"]},
                        "order": "ASC"}, "limit": 50}
-    return httpx.post(f"{api}/events/filter", json=body, timeout=10).json()["events"]
+    return http.post(f"{api}/events/filter", json=body, timeout=10).json()["events"]
 
 
 def test_a_run_is_counted_and_its_events_fire_an_automation(pg_stack, world, store, automations):
@@ -115,7 +115,7 @@ def test_a_run_is_counted_and_its_events_fire_an_automation(pg_stack, world, sto
     fired = _wait(automation_messages, 60, "the P0 Automation did not fire")
     assert fired == [f"AUTOMATION P0: approval needed for incident {incident_id} (api)"], fired
 
-    answer = httpx.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
+    answer = http.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
         "run_input": {"approve": True, "approver": "quinn", "reason": "observability test"}}).json()
     assert answer["status"] == "ACCEPT", answer
     assert _until(api, run_id, ("COMPLETED", "FAILED", "CRASHED")) == "COMPLETED"
@@ -130,7 +130,7 @@ def test_a_run_is_counted_and_its_events_fire_an_automation(pg_stack, world, sto
         after = _wait(lambda: (s := _summed(pg_stack)) and _grew(before, s, "runbooks_worker_runs_total", exit="ok")
                       >= 3 and s, 15, "the workers did not count the three processes")
     finally:  # the stack is shared: no form left waiting
-        httpx.post(f"{api}/flow_runs/{post_runs[0]}/set_state", timeout=5, json={
+        http.post(f"{api}/flow_runs/{post_runs[0]}/set_state", timeout=5, json={
             "force": True, "state": {"type": "CANCELLED", "name": "Cancelled", "message": "test done"}})
     # suspended, resumed, and the post-incident run suspended on its form
     assert _grew(before, after, "runbooks_worker_runs_total", exit="ok") == 3
@@ -199,8 +199,8 @@ scrape_configs:
                                                        f"--storage.tsdb.path={tmp_path / 'prom'}"], "prometheus")
     try:
         def up() -> list:
-            answer = httpx.get(f"{prom_url}/api/v1/query", params={"query": 'up{job="runbooks-worker"} == 1'},
-                               timeout=5).json()
+            answer = http.get(f"{prom_url}/api/v1/query", params={"query": 'up{job="runbooks-worker"} == 1'},
+                              timeout=5).json()
             return answer["data"]["result"]
 
         _wait(up, 30, "Prometheus did not scrape the worker")

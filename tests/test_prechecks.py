@@ -10,6 +10,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from incidents.plans import PlannedAction
+from integrations import http
 from tests.conftest import APP_ROLE, FlowThread, kubectl
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -96,11 +97,10 @@ def test_a_cache_with_no_key_left_is_not_cleared(ctx):
 
 
 def test_a_target_changed_after_approval_is_not_acted_on_and_escalates(world, store):
-    import httpx
 
     from flows.high_error_rate import high_error_rate
 
-    httpx.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})
+    http.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})
     run = FlowThread(high_error_rate, service="api")
     paused = run.wait_paused()
     kubectl(world, "scale", "deployment/api", "--replicas=4")  # someone acts by hand meanwhile

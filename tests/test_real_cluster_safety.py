@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 
+from integrations import http
 from tests.conftest import GITHUB_TOKEN, FlowThread, api_image, break_api, kubectl
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -25,7 +25,7 @@ def test_a_lost_dispatch_answer_causes_no_second_rollback(world):
     run = FlowThread(service_down, service="api", severity="P1")
     paused = run.wait_paused()
     # GitHub accepts the dispatch; its answer never arrives (the connection drops)
-    httpx.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
+    http.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
                                                      "path": "/dispatches", "count": 1}).raise_for_status()
     assert run.resume(paused.id, approve=True, approver="alice", reason="v2 broke it").status.value == "ACCEPT"
     result = run.join(120)
@@ -163,7 +163,7 @@ def test_a_deployment_an_hpa_scales_gets_its_hpa_bounds_raised_not_a_manual_scal
     from flows.high_error_rate import high_error_rate
 
     world.cluster.create("horizontalpodautoscalers", "sandbox", HPA)
-    httpx.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})
+    http.post(f"{world.url}/_sandbox/load", json={"service": "api", "rps": 200})
     run = FlowThread(high_error_rate, service="api")
     paused = run.wait_paused()
     run.resume(paused.id, approve=True, approver="kim", reason="peak")
@@ -205,11 +205,11 @@ def test_an_issue_and_a_comment_whose_answers_are_lost_are_made_once(world):
     from integrations.github import GitHubClient
 
     with GitHubClient(f"{world.url}/github", GITHUB_TOKEN) as github:
-        httpx.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
+        http.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
                                                          "path": "/acme/incidents/issues", "count": 1})
         issue = github.create_issue("acme/incidents", "[P1] api: lost answer", "body of the lost answer", ["incident"])
         assert [i["number"] for i in world.github.repo("acme/incidents").issues] == [issue.number]
-        httpx.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
+        http.post(f"{world.url}/_sandbox/faults", json={"target": "github", "lose_response": True,
                                                          "path": "/comments", "count": 1})
         github.comment("acme/incidents", issue.number, "a status update")
         assert [c["body"] for c in world.github.repo("acme/incidents").comments[issue.number]] == ["a status update"]

@@ -6,24 +6,23 @@ from __future__ import annotations
 
 import time
 
-import httpx
-
+from integrations import http
 from tests.conftest import BROKEN_IMAGE, api_image, break_api
 
 
 def _run(api: str, params: dict) -> str:
-    dep = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
-    return httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": params}, timeout=5).json()[
+    dep = http.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
+    return http.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": params}, timeout=5).json()[
         "id"
     ]
 
 
 def _state(api: str, run_id: str) -> str:
-    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["type"]
+    return http.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["type"]
 
 
 def _state_name(api: str, run_id: str) -> str:
-    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["name"]
+    return http.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["name"]
 
 
 def _until(api: str, run_id: str, states: tuple[str, ...], timeout: float = 120) -> str:
@@ -43,12 +42,12 @@ def test_service_down_end_to_end_on_a_postgres_backed_server_with_two_workers(pg
     run_id = _run(api, {"service": "api", "environment": "sandbox"})
     assert _until(api, run_id, ("PAUSED", "FAILED", "CRASHED")) == "PAUSED"
     assert _state_name(api, run_id) == "Suspended"  # its process has exited while it waits
-    answer = httpx.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
+    answer = http.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
         "run_input": {"approve": True, "approver": "quinn", "reason": "scale-out test"}}).json()
     assert answer["status"] == "ACCEPT"
     assert _until(api, run_id, ("COMPLETED", "FAILED", "CRASHED")) == "COMPLETED"
     assert api_image(world).endswith(":v1.5.0")
-    assert httpx.get(f"{world.url}/services/api/__ok").status_code == 200
+    assert http.get(f"{world.url}/services/api/__ok").status_code == 200
 
     # several runs at once: each is executed by exactly one of the two workers, once. Both
     # workers may try to claim the same run; the server lets one move it to Pending and sends
@@ -64,7 +63,7 @@ def test_service_down_end_to_end_on_a_postgres_backed_server_with_two_workers(pg
             for name, text in worker_logs.items()
         }
         assert sum(executions.values()) == (2 if rid == run_id else 1), f"run {rid} executions: {executions}"
-        run = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"id": {"any_": [rid]}}}, timeout=5).json()[0]
+        run = http.post(f"{api}/flow_runs/filter", json={"flow_runs": {"id": {"any_": [rid]}}}, timeout=5).json()[0]
         assert run["state"]["type"] == "COMPLETED"
     rollbacks = [r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"]
     assert len(rollbacks) == 1
@@ -87,14 +86,14 @@ def test_a_pending_approval_survives_killing_the_workers_and_the_server(pg_stack
     pg_stack.start_workers("worker-c")
     assert _state_name(api, run_id) == "Suspended"  # still answerable after the restart
 
-    answer = httpx.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
+    answer = http.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
         "run_input": {"approve": True, "approver": "rita", "reason": "after the crash"}}).json()
     assert answer["status"] == "ACCEPT", answer
     assert _until(api, run_id, ("COMPLETED", "FAILED", "CRASHED"), timeout=150) == "COMPLETED"
     assert "submitting flow run" in (pg_stack.logs / "worker-c.log").read_text()  # the new worker finished it
 
     assert api_image(world).endswith(":v1.5.0")
-    assert httpx.get(f"{world.url}/services/api/__ok").status_code == 200
+    assert http.get(f"{world.url}/services/api/__ok").status_code == 200
     rollbacks = [r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"]
     assert len(rollbacks) == 1, rollbacks  # the destructive step ran exactly once
     log = store.action_log(incident.id)
@@ -117,10 +116,10 @@ def test_a_run_a_dead_worker_claimed_and_never_started_is_run_by_a_live_one(pg_s
     2 s, so it is taken for dead 6 s after its last beat (3 missed), well before the threshold.
     A run a live worker claimed is never taken: one created Pending after the death stays Pending."""
     api = pg_stack.api
-    dep = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
+    dep = http.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
 
     def pending_run() -> str:
-        return httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", timeout=5, json={
+        return http.post(f"{api}/deployments/{dep['id']}/create_flow_run", timeout=5, json={
             "parameters": {"service": "api", "environment": "sandbox", "dry_run": True},
             "state": {"type": "PENDING", "name": "Pending"}}).json()["id"]
 
@@ -136,12 +135,12 @@ def test_a_run_a_dead_worker_claimed_and_never_started_is_run_by_a_live_one(pg_s
     assert time.monotonic() - created < 18, "the check below came too late to mean anything"
     assert _state(api, run_id) == "PENDING"  # not before its time: a live worker may still be starting it
     assert _until(api, run_id, ("COMPLETED", "FAILED", "CRASHED"), timeout=60) == "COMPLETED"
-    states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=5).json()
+    states = http.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=5).json()
     put_back = [s for s in states if s["type"] == "SCHEDULED" and "Rescheduled by worker" in (s["message"] or "")]
     assert len(put_back) == 1, [(s["type"], s["message"]) for s in states]
     logs = "".join((pg_stack.logs / f"{name}.log").read_text() for name in pg_stack.workers())
     assert f"({run_id}) was left Pending by a worker that stopped: rescheduled" in logs
     time.sleep(max(0.0, started + 30 - time.monotonic()))  # the later run is Pending 30 s now, past its 20 s
     assert _state(api, after_death) == "PENDING"  # and it was claimed after the death: it is left alone
-    httpx.post(f"{api}/flow_runs/{after_death}/set_state", timeout=5, json={
+    http.post(f"{api}/flow_runs/{after_death}/set_state", timeout=5, json={
         "force": True, "state": {"type": "CANCELLED", "name": "Cancelled", "message": "test done"}})

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import pytest
 
+from integrations import http
 from tests.conftest import BROKEN_IMAGE, FlowThread, api_image, break_api, kubectl, read_all
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -32,7 +32,7 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
     from flows.service_down import service_down
 
     break_api(world)
-    assert httpx.get(f"{world.url}/services/api/__ok").status_code == 503
+    assert http.get(f"{world.url}/services/api/__ok").status_code == 503
 
     run = FlowThread(service_down, service="api")
     paused = run.wait_paused()
@@ -57,7 +57,7 @@ def test_broken_deploy_is_approved_rolled_back_and_resolved(world, store):
 
     assert result["outcome"] == "resolved", result
     assert api_image(world) == "registry.sandbox.local/acme/api:v1.5.0"
-    assert httpx.get(f"{world.url}/services/api/health").status_code == 200
+    assert http.get(f"{world.url}/services/api/health").status_code == 200
     rollback_runs = [r for r in world.github.repo("acme/api").runs if r["name"] == "rollback"]
     assert len(rollback_runs) == 1 and rollback_runs[0]["conclusion"] == "success"
     inputs = dict(rollback_runs[0]["inputs"])

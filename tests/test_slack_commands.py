@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from integrations import http
 from sandbox.slack import block_problems, sign
 from tests.conftest import SLACK_SIGNING_SECRET, FlowThread, api_image, break_api
 from tests.test_intake import _continue, _runs, deployments, live_intake  # noqa: F401 - fixtures
@@ -53,14 +53,14 @@ def slack_app(world, live_intake, lifecycle):  # noqa: F811
 def _type(world, user: str, text: str, **extra) -> dict:
     """`user` types `/incident <text>`; Slack wants the app's answer within 3 s."""
     started = time.monotonic()
-    answer = httpx.post(f"{world.url}/_sandbox/slack/command", json={"user": user, "text": text, **extra}, timeout=15)
+    answer = http.post(f"{world.url}/_sandbox/slack/command", json={"user": user, "text": text, **extra}, timeout=15)
     assert answer.status_code == 200, answer.text
     assert time.monotonic() - started < 3, "Slack wants the command answered within 3 s"
     return answer.json()
 
 
 def _press(world, user: str, action: str, **extra) -> dict:
-    answer = httpx.post(f"{world.url}/_sandbox/slack/press", json={"user": user, "action": action, **extra}, timeout=15)
+    answer = http.post(f"{world.url}/_sandbox/slack/press", json={"user": user, "action": action, **extra}, timeout=15)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -232,10 +232,10 @@ def test_resolve_from_the_parent_message_opens_a_form_and_stops_the_waiting_runb
     _press(world, "U0SANDSAM", "resolve", ts=parent["ts"])
     opened = _until(lambda: world.slack.views)
     assert opened[0]["user"] == "U0SANDSAM" and opened[0]["view"]["private_metadata"] == str(incident.id)
-    empty = httpx.post(f"{world.url}/_sandbox/slack/submit", json={"user": "U0SANDSAM",
+    empty = http.post(f"{world.url}/_sandbox/slack/submit", json={"user": "U0SANDSAM",
                                                                   "values": {"resolution": {"note": "  "}}}).json()
     assert empty["errors"] == {"resolution": "say how it was resolved"} and not empty["closed"]
-    sent = httpx.post(f"{world.url}/_sandbox/slack/submit", json={"user": "U0SANDSAM", "values": {
+    sent = http.post(f"{world.url}/_sandbox/slack/submit", json={"user": "U0SANDSAM", "values": {
         "resolution": {"note": "restarted the api by hand; it serves again"}}}).json()
     assert sent["status"] == 200 and sent["closed"], sent
     _run_deployed(lifecycle["resolve-incident"], resolve_incident)
@@ -257,12 +257,12 @@ def test_unsigned_stale_and_replayed_commands_get_401_or_nothing(world, store, s
     for headers in ({}, {"X-Slack-Request-Timestamp": now, "X-Slack-Signature": sign("wrong", now, body.encode())},
                     {"X-Slack-Request-Timestamp": old, "X-Slack-Signature": sign(SLACK_SIGNING_SECRET, old,
                                                                                  body.encode())}):
-        assert httpx.post(url, content=body, headers={**form, **headers}, timeout=10).status_code == 401
+        assert http.post(url, content=body, headers={**form, **headers}, timeout=10).status_code == 401
     assert _type(world, "U0SANDSAM", "declare api service-down env=sandbox", age_seconds=360)["status"] == 401
     signed = {**form, "X-Slack-Request-Timestamp": now, "X-Slack-Signature": sign(SLACK_SIGNING_SECRET, now,
                                                                                   body.encode())}
-    first = httpx.post(url, content=body, headers=signed, timeout=10)
-    replayed = httpx.post(url, content=body, headers=signed, timeout=10)
+    first = http.post(url, content=body, headers=signed, timeout=10)
+    replayed = http.post(url, content=body, headers=signed, timeout=10)
     assert first.status_code == 200 and "⏳" in first.json()["text"]
     assert replayed.status_code == 200 and replayed.content == b"", "a replay is acknowledged and not acted on"
     _until(lambda: _runs(deployments["service-down"]))

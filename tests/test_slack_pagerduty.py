@@ -12,9 +12,9 @@ import time
 from datetime import timedelta
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 
+from integrations import http
 from sandbox.pagerduty import event_problems, routing_key
 from sandbox.slack import block_problems, sign
 from tests.conftest import (
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def _press(world, user: str, action: str = "approve", **extra) -> dict:
-    answer = httpx.post(f"{world.url}/_sandbox/slack/press", json={"user": user, "action": action, **extra}, timeout=15)
+    answer = http.post(f"{world.url}/_sandbox/slack/press", json={"user": user, "action": action, **extra}, timeout=15)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -192,7 +192,7 @@ def test_unsigned_wrongly_signed_and_stale_presses_get_401_and_change_nothing(wo
         },
     }
     for name, headers in cases.items():
-        answer = httpx.post(url, content=body, headers={**form, **headers}, timeout=10)
+        answer = http.post(url, content=body, headers={**form, **headers}, timeout=10)
         assert answer.status_code == 401, (name, answer.text)
     assert _press(world, "U0SANDSAM", age_seconds=360)["status"] == 401  # replayed after 6 minutes
     time.sleep(1)
@@ -259,16 +259,16 @@ def test_a_prefect_outage_during_an_approval_page_post_does_not_strand_the_decis
     _until(lambda: server.started, 10)
     form = {"approver": "sam", "credential": APPROVER_CREDENTIALS["sam"], "decision": "approve", "reason": "v2 broke"}
     try:
-        down = httpx.post(f"http://127.0.0.1:{port}/approvals/{approval.token}", data=form, timeout=15)
+        down = http.post(f"http://127.0.0.1:{port}/approvals/{approval.token}", data=form, timeout=15)
     finally:
         server.should_exit = True
     assert down.status_code == 503 and "not recorded" in down.json()["message"], down.text
     assert store.signatures(approval.id) == [] and store.approval(approval.id).decision is None
-    again = httpx.post(f"{live_intake}/approvals/{approval.token}", data=form, timeout=15)
+    again = http.post(f"{live_intake}/approvals/{approval.token}", data=form, timeout=15)
     assert again.status_code == 200, again.text
     assert run.join(120)["outcome"] == "resolved"
     # the link carries a random token: the sequential id does not open it
-    assert httpx.get(f"{live_intake}/approvals/{approval.id}", timeout=10).status_code == 404
+    assert http.get(f"{live_intake}/approvals/{approval.id}", timeout=10).status_code == 404
 
 
 def test_wrong_credentials_are_slowed_down(world, store, live_intake):  # noqa: F811
@@ -279,10 +279,10 @@ def test_wrong_credentials_are_slowed_down(world, store, live_intake):  # noqa: 
     paused = run.wait_paused()
     page = f"{live_intake}/approvals/{store.approval_for_run(str(paused.id)).token}"
     wrong = {"approver": "tess", "credential": "guess", "decision": "approve"}
-    answers = [httpx.post(page, data=wrong, timeout=10) for _ in range(4)]
+    answers = [http.post(page, data=wrong, timeout=10) for _ in range(4)]
     assert [a.status_code for a in answers] == [403, 403, 403, 429]
     assert int(answers[-1].headers["Retry-After"]) >= 1
-    right = httpx.post(page, data={**wrong, "credential": APPROVER_CREDENTIALS["tess"]}, timeout=10)
+    right = http.post(page, data={**wrong, "credential": APPROVER_CREDENTIALS["tess"]}, timeout=10)
     assert right.status_code == 429, "while slowed down, not even the right credential is checked"
     run.resume(paused.id, approve=False, approver="carol", reason="stop")
     assert run.join(60)["outcome"] == "declined"
@@ -310,14 +310,14 @@ def test_pagerduty_trigger_acknowledge_resolve_one_dedup_key_and_an_acknowledgem
     assert len(world.pagerduty.alerts) == 1 and next(iter(world.pagerduty.alerts.values()))["events"] == 2
 
     # Ola acknowledges in PagerDuty: the signed webhook comes back and the escalation stops.
-    acted = httpx.post(f"{world.url}/_sandbox/pagerduty/act", json={"dedup_key": key, "action": "acknowledge",
+    acted = http.post(f"{world.url}/_sandbox/pagerduty/act", json={"dedup_key": key, "action": "acknowledge",
                                                                     "user": "Ola Oncall"}, timeout=15).json()
     assert acted["status"] == 200 and json.loads(acted["body"])["escalation_stopped"] is True
     assert store.get(incident.id).acknowledged_by == "Ola Oncall (PagerDuty)"
     assert sweep("sandbox", now=incident.opened_at + timedelta(minutes=10)).escalated == []  # P0: due at 5
     assert any("Acknowledged in PagerDuty by Ola Oncall" in m["text"] for m in world.slack_messages)
-    forged = httpx.post(f"{slack_intake}/pagerduty/webhooks", content=b'{"event": {}}', timeout=10,
-                        headers={"X-PagerDuty-Signature": "v1=00"})
+    forged = http.post(f"{slack_intake}/pagerduty/webhooks", content=b'{"event": {}}', timeout=10,
+                       headers={"X-PagerDuty-Signature": "v1=00"})
     assert forged.status_code == 401
 
     _press(world, "U0SANDSAM")
@@ -410,7 +410,7 @@ def test_a_replayed_signed_press_is_acknowledged_and_not_acted_on(world, store, 
     headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": now,
                "X-Slack-Signature": sign(SLACK_SIGNING_SECRET, now, body.encode())}
     for _ in range(3):
-        answer = httpx.post(f"{slack_intake}/slack/interactions", content=body, headers=headers, timeout=10)
+        answer = http.post(f"{slack_intake}/slack/interactions", content=body, headers=headers, timeout=10)
         assert answer.status_code == 200, answer.text
     assert run.join(60)["outcome"] == "declined"
     time.sleep(1)
@@ -424,7 +424,7 @@ def test_a_signature_header_outside_ascii_is_a_wrong_signature_not_an_error(slac
     headers = {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": "v0=\u00e9\u00e9",
                "X-PagerDuty-Signature": "v1=\u00e9\u00e9", "Content-Type": "application/x-www-form-urlencoded"}
     raw = [(k.encode(), v.encode("latin-1")) for k, v in headers.items()]  # bytes that are not valid text
-    answer = httpx.post(f"{slack_intake}{path}", content=b"payload=%7B%7D", headers=raw, timeout=10)
+    answer = http.post(f"{slack_intake}{path}", content=b"payload=%7B%7D", headers=raw, timeout=10)
     assert answer.status_code == 401, answer.text
 
 
@@ -465,16 +465,16 @@ def test_parallel_guesses_are_counted_one_by_one_and_never_lock_the_real_approve
     wrong = {"approver": "tess", "credential": "guess", "decision": "approve"}
 
     def guess(_):
-        return httpx.post(page, data=wrong, timeout=30, headers={"X-Forwarded-For": "203.0.113.5"}).status_code
+        return http.post(page, data=wrong, timeout=30, headers={"X-Forwarded-For": "203.0.113.5"}).status_code
 
     with ThreadPoolExecutor(25) as pool:
         statuses = list(pool.map(guess, range(50)))
     assert statuses.count(403) == 3 and statuses.count(429) == 47, statuses
     refused = [e for e in store.timeline(approval.incident_id) if e.kind == "approval_refused"]
     assert len(refused) == 3, "only three guesses reached the credential check"
-    spoofed = httpx.post(page, data=wrong, timeout=10, headers={"X-Forwarded-For": "198.51.100.8, 203.0.113.5"})
+    spoofed = http.post(page, data=wrong, timeout=10, headers={"X-Forwarded-For": "198.51.100.8, 203.0.113.5"})
     assert spoofed.status_code == 429, "a client cannot claim another address in front of the proxy's"
-    real = httpx.post(page, timeout=15, headers={"X-Forwarded-For": "198.51.100.8"},
-                      data={**wrong, "credential": APPROVER_CREDENTIALS["tess"], "decision": "decline"})
+    real = http.post(page, timeout=15, headers={"X-Forwarded-For": "198.51.100.8"},
+                     data={**wrong, "credential": APPROVER_CREDENTIALS["tess"], "decision": "decline"})
     assert real.status_code == 200, real.text
     assert run.join(60)["outcome"] == "declined"

@@ -9,10 +9,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
+from integrations import http
 from tests.conftest import BROKEN_IMAGE, api_image, break_api
 from tests.test_warm_worker import _deployment_like
 
@@ -52,14 +52,14 @@ def _runs_of(api: str, deployment_id: str, states: list[str] | None = None) -> l
     body: dict = {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 200}
     if states:
         body["flow_runs"] = {"state": {"type": {"any_": states}}}
-    return httpx.post(f"{api}/flow_runs/filter", timeout=30, json=body).json()
+    return http.post(f"{api}/flow_runs/filter", timeout=30, json=body).json()
 
 
 def _click_run(page, api: str, before_click=lambda: None) -> str:
     """Run -> Quick run -> Run on service-down/sandbox's page: the id of the run the click created.
     `before_click` is called just before the last click, the one that creates the run."""
     ui = api.removesuffix("/api")
-    dep = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=30).json()
+    dep = http.get(f"{api}/deployments/name/service-down/sandbox", timeout=30).json()
     before = {r["id"] for r in _runs_of(api, dep["id"])}
     page.goto(f"{ui}/deployments")
     page.get_by_text("service-down", exact=True).first.wait_for()
@@ -84,7 +84,7 @@ def _start_from_the_ui(page, api: str) -> str:
     run_id = _click_run(page, api)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
+        state = http.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
         if state == "PAUSED":
             return run_id
         assert state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"), f"the UI's run ended {state}"
@@ -110,7 +110,7 @@ def _answer_in_the_form(page, api: str, run_id: str, approve: bool, approver: st
 def _final(api: str, run_id: str) -> str:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
+        state = http.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
         if state in ("COMPLETED", "FAILED", "CRASHED"):
             return state
         time.sleep(0.5)
@@ -124,7 +124,7 @@ def test_approve_in_the_browser_heals_the_sandbox(pg_stack, world, page):
     _answer_in_the_form(page, api, run_id, True, "rosa", "approved from the browser")
     assert _final(api, run_id) == "COMPLETED"
     assert api_image(world).endswith(":v1.5.0")
-    assert httpx.get(f"{world.url}/services/api/__ok").status_code == 200
+    assert http.get(f"{world.url}/services/api/__ok").status_code == 200
     page.reload()
     page.get_by_text("Completed").first.wait_for()
 
@@ -159,9 +159,9 @@ def _load_deployment(api: str, world, test_config, tmp_path, services: list[str]
     path = tmp_path / "load.yaml"
     path.write_text(yaml.safe_dump({**raw, "environments": {"sandbox-load": env}, "routing": []}))
     for name in services:
-        httpx.post(f"{world.url}/_sandbox/services", json={"name": name}, timeout=30).raise_for_status()
-        httpx.post(f"{world.url}/_sandbox/deploy", json={"service": name, "version": "v2-broken"},
-                   timeout=30).raise_for_status()
+        http.post(f"{world.url}/_sandbox/services", json={"name": name}, timeout=30).raise_for_status()
+        http.post(f"{world.url}/_sandbox/deploy", json={"service": name, "version": "v2-broken"},
+                  timeout=30).raise_for_status()
     return _deployment_like(api, "sandbox-load", parameters={"service": services[0], "environment": "sandbox-load"},
                             job_variables={"env": {"RUNBOOKS_CONFIG": str(path)}})
 
@@ -178,14 +178,14 @@ def test_run_and_resume_in_the_browser_land_at_once_under_load(pg_stack, world, 
     api = pg_stack.api
     services = [f"load-{n:02d}" for n in range(LOAD)]
     deployment = _load_deployment(api, world, test_config, tmp_path, services)
-    httpx.post(f"{world.url}/_sandbox/faults", timeout=30, json={
+    http.post(f"{world.url}/_sandbox/faults", timeout=30, json={
         "target": "services", "path": "/services/load-", "delay": PROBE_HOLD_SECONDS}).raise_for_status()
     break_api(world)
     waiting = _start_from_the_ui(page, api)  # paused for approval before the load comes
     with ThreadPoolExecutor(LOAD) as pool:  # all at once, as an alert storm would start them
         load = list(
             pool.map(
-                lambda name: httpx.post(
+                lambda name: http.post(
                     f"{api}/deployments/{deployment}/create_flow_run",
                     timeout=30,
                     json={"parameters": {"service": name, "environment": "sandbox-load"}},
@@ -196,12 +196,12 @@ def test_run_and_resume_in_the_browser_land_at_once_under_load(pg_stack, world, 
     _answer_in_the_form(page, api, waiting, True, "rosa", "approved under load")
     in_flight = [_in_flight(api, load)]  # after the Resume landed, and as the Run is clicked
     clicked = _click_run(page, api, before_click=lambda: in_flight.append(_in_flight(api, load)))
-    httpx.delete(f"{world.url}/_sandbox/faults", timeout=30).raise_for_status()  # the probes go on
+    http.delete(f"{world.url}/_sandbox/faults", timeout=30).raise_for_status()  # the probes go on
     # both clicks land under load: at least half of it still diagnosing at each
     assert in_flight[0] >= LOAD // 2 and in_flight[1] >= LOAD // 2, (
         f"load runs in flight after the Resume and at the Run: {in_flight}")
     for r in [*load, clicked]:
-        httpx.post(f"{api}/flow_runs/{r}/set_state", timeout=30, json={"state": {
+        http.post(f"{api}/flow_runs/{r}/set_state", timeout=30, json={"state": {
             "type": "CANCELLING", "name": "Cancelling", "message": "Cancelled by the load test"}})
     # Each run ends Cancelled once the worker has stopped its process and run its on_cancellation
     # hook; with 50 runs in flight on a 2-core machine that took up to 50 s a run (measured), and
@@ -224,18 +224,18 @@ def test_run_and_resume_in_the_browser_land_at_once_under_load(pg_stack, world, 
 
 
 def _states(api: str, runs: list[str]) -> list[str]:
-    found = {r["id"]: r["state"]["type"] for r in httpx.post(f"{api}/flow_runs/filter", timeout=30, json={
+    found = {r["id"]: r["state"]["type"] for r in http.post(f"{api}/flow_runs/filter", timeout=30, json={
         "flow_runs": {"id": {"any_": runs}}, "limit": len(runs)}).json()}
     return [found[r] for r in runs]
 
 
 def _why_not_cancelled(api: str, runs: list[str]) -> list[str]:
     """Each run that did not end Cancelled: its state, the state's message and its last error logs."""
-    found = httpx.post(f"{api}/flow_runs/filter", timeout=30, json={
+    found = http.post(f"{api}/flow_runs/filter", timeout=30, json={
         "flow_runs": {"id": {"any_": runs}}, "limit": len(runs)}).json()
     said = []
     for run in (r for r in found if r["state"]["type"] != "CANCELLED"):
-        logs = httpx.post(f"{api}/logs/filter", timeout=30, json={
+        logs = http.post(f"{api}/logs/filter", timeout=30, json={
             "logs": {"flow_run_id": {"any_": [run["id"]]}, "level": {"ge_": 30}}, "limit": 5, "sort": "TIMESTAMP_DESC"})
         said.append(f"{run['name']} {run['state']['type']}: {run['state']['message']!r}; "
                     f"logs: {[entry['message'][:400] for entry in logs.json()]}")
@@ -248,7 +248,7 @@ def _in_flight(api: str, runs: list[str]) -> int:
 
 
 def _state(api: str, run_id: str) -> str:
-    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
+    return http.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
 
 
 def test_cancel_in_the_browser_stops_a_runbook_that_is_verifying(pg_stack, world, page, store, app_database_url):

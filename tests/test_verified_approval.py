@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 
+from integrations import http
 from tests.conftest import APPROVER_CREDENTIALS, BROKEN_IMAGE, FlowThread, api_image, break_api
 from tests.test_intake import deployments, live_intake  # noqa: F401 - fixtures
 
@@ -34,7 +34,7 @@ def _until(predicate, timeout: float = 30):
 
 
 def _post(page: str, approver: str, decision: str = "approve", credential: str | None = None, reason: str = "ok"):
-    return httpx.post(page, timeout=15, data={"approver": approver, "decision": decision, "reason": reason,
+    return http.post(page, timeout=15, data={"approver": approver, "decision": decision, "reason": reason,
                                               "credential": APPROVER_CREDENTIALS.get(approver, "x")
                                               if credential is None else credential})
 
@@ -53,7 +53,7 @@ def test_p0_needs_two_verified_approvers_and_ignores_an_unverified_resume(world,
     # Looking never decides: a GET (also one carrying the form's fields, as a prefetching
     # scanner might send) shows the plan and changes nothing.
     for url in (page, page + f"?approver=sam&credential={APPROVER_CREDENTIALS['sam']}&decision=approve"):
-        shown = httpx.get(url, timeout=10)
+        shown = http.get(url, timeout=10)
         assert shown.status_code == 200 and "rollback" in shown.text and "v2-broken" in shown.text
         assert 'method="post"' in shown.text and "Needs 2 different approvers" in shown.text
     assert store.signatures(approval.id) == [] and store.approval(approval.id).decision is None
@@ -91,7 +91,7 @@ def test_p0_needs_two_verified_approvers_and_ignores_an_unverified_resume(world,
     signed = [(e.actor, e.kind) for e in store.timeline(approval.incident_id) if e.kind == "approval_signed"]
     assert signed == [("sam", "approval_signed"), ("tess", "approval_signed")]
     assert store.get(approval.incident_id).acknowledged_by == "sam + tess (verified)"
-    assert httpx.post(page, timeout=10, data={"approver": "sam"}).status_code == 409  # decided: closed
+    assert http.post(page, timeout=10, data={"approver": "sam"}).status_code == 409  # decided: closed
 
 
 def test_a_single_verified_approver_suffices_below_p0_and_a_decline_changes_nothing(world, store, live_intake):  # noqa: F811
@@ -101,7 +101,7 @@ def test_a_single_verified_approver_suffices_below_p0_and_a_decline_changes_noth
     run = FlowThread(service_down, service="api", environment="sandbox-verified", severity="P1")
     paused = run.wait_paused()
     page = f"{live_intake}/approvals/{store.approval_for_run(str(paused.id)).token}"
-    declined = httpx.post(page, timeout=15, json={"approver": "tess", "credential": APPROVER_CREDENTIALS["tess"],
+    declined = http.post(page, timeout=15, json={"approver": "tess", "credential": APPROVER_CREDENTIALS["tess"],
                                                   "decision": "decline", "reason": "handling it by hand"})
     assert declined.status_code == 200, declined.text
     result = run.join(60)

@@ -12,12 +12,12 @@ from datetime import datetime
 from pathlib import Path
 from uuid import uuid4
 
-import httpx
 import psycopg
 import pytest
 import yaml
 
 from deployments.warm_worker import CANCEL_GRACE_SECONDS
+from integrations import http
 from tests.conftest import break_api
 from tests.test_scale_out import _run, _state, _until
 
@@ -25,7 +25,7 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def _flow_run(api: str, run_id: str) -> dict:
-    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()
+    return http.get(f"{api}/flow_runs/{run_id}", timeout=5).json()
 
 
 def _alive(pid: int) -> bool:
@@ -56,7 +56,7 @@ def _into_verification(api: str, world, store, app_database_url: str) -> tuple[s
     assert _until(api, run_id, ("PAUSED", "FAILED", "CRASHED")) == "PAUSED"
     incident_id = store.approval_for_run(run_id).incident_id
     lock = _HealthLock(app_database_url)
-    answer = httpx.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
+    answer = http.post(f"{api}/flow_runs/{run_id}/resume", timeout=5, json={
         "run_input": {"approve": True, "approver": "quinn", "reason": "warm worker test"}}).json()
     assert answer["status"] == "ACCEPT", answer
     deadline = time.monotonic() + 60
@@ -81,7 +81,7 @@ def test_cancel_while_verifying_stops_the_process_at_once_and_the_timeline_says_
         assert _alive(pid)
         store.request_cancel(run_id, "nora", "taking over")  # as `runbooks cancel --by nora` records it first
         pressed = time.monotonic()
-        result = httpx.post(f"{api}/flow_runs/{run_id}/set_state", timeout=5, json={
+        result = http.post(f"{api}/flow_runs/{run_id}/set_state", timeout=5, json={
             "state": {"type": "CANCELLING", "name": "Cancelling", "message": "Cancelled by nora: taking over"}}).json()
         assert result["status"] == "ACCEPT"
         while _alive(pid) and time.monotonic() - pressed < 5:
@@ -131,7 +131,7 @@ def test_a_cancel_left_with_no_process_is_ended_by_the_worker_that_claimed_the_r
     assert _until(api, run_id, FINAL, timeout=90) == "COMPLETED"
     assert (_flow_run(api, run_id).get("labels") or {}).get("prefect.worker.name", "").startswith("worker-")
     time.sleep(CANCEL_GRACE_SECONDS + 5)  # its process and the executor's hold on it are long gone
-    forced = httpx.post(f"{api}/flow_runs/{run_id}/set_state", timeout=10, json={"force": True, "state": {
+    forced = http.post(f"{api}/flow_runs/{run_id}/set_state", timeout=10, json={"force": True, "state": {
         "type": "CANCELLING", "name": "Cancelling", "message": "Cancelled by the sweep test"}})
     assert forced.status_code in (200, 201), forced.text
     started = time.monotonic()
@@ -165,7 +165,7 @@ def test_an_error_in_prefects_cancellation_does_not_stop_the_worker(pg_stack):
 
 
 def _set_pool_paused(api: str, paused: bool) -> None:
-    response = httpx.patch(f"{api}/work_pools/incident-response", json={"is_paused": paused}, timeout=5)
+    response = http.patch(f"{api}/work_pools/incident-response", json={"is_paused": paused}, timeout=5)
     assert response.status_code == 204, response.text
 
 
@@ -183,18 +183,18 @@ def test_a_paused_pool_gets_no_run_started(pg_stack, world):
 
 def _deployment_like(api: str, name: str, **fields) -> str:
     """A copy of service-down/sandbox under another name, with its own settings."""
-    base = httpx.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
+    base = http.get(f"{api}/deployments/name/service-down/sandbox", timeout=5).json()
     body = {key: base[key] for key in ("flow_id", "entrypoint", "path", "pull_steps", "work_pool_name",
                                        "work_queue_name", "parameter_openapi_schema", "enforce_parameter_schema")}
     body.update({"name": name, "parameters": {"service": "api", "environment": "sandbox"}, **fields})
-    response = httpx.post(f"{api}/deployments/", json=body, timeout=5)
+    response = http.post(f"{api}/deployments/", json=body, timeout=5)
     assert response.status_code in (200, 201), response.text
     return response.json()["id"]
 
 
 def _run_of(api: str, deployment_id: str, params: dict) -> str:
-    return httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={"parameters": params},
-                      timeout=5).json()["id"]
+    return http.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={"parameters": params},
+                     timeout=5).json()["id"]
 
 
 def test_a_deployment_concurrency_limit_of_one_is_honoured(pg_stack, world):
