@@ -29,6 +29,7 @@ import httpx
 from deployments.prefect_api import PrefectApi
 from devstack.kept import alert_token, approver_credentials, kept_secret
 from incidents.config_base import SECRET_ENV_PREFIX
+from integrations import http
 from integrations.errors import IntegrationError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,7 +217,7 @@ def redis_ready(port: int) -> Callable[[float], bool]:
 def _get_ok(url: str) -> bool:
     """A service that is not Prefect answers 200 (Prefect's credentials go to Prefect only)."""
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return http.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -349,33 +350,63 @@ def _say(step: str, message: str) -> None:
     print(f"  {step:<16} {message}", flush=True)
 
 
-def _start(component: Component, env: dict[str, str]) -> None:
+@dataclass(frozen=True)
+class _Launched:
+    """A component's process, just started, and when (`since`: the wall clock its ready check
+    is given; `begun`: the monotonic clock its wait is counted from)."""
+
+    component: Component
+    process: subprocess.Popen
+    since: float
+    begun: float
+
+
+def _launch(component: Component, env: dict[str, str]) -> _Launched | None:
+    """Start a component's process without waiting for it; None if it is already running."""
     if component.pid() and component.ready(0):
         _say(component.name, "already running")
-        return
+        return None
     if component.port and _port_busy(component.port):
         raise StackError(f"{component.name}: port {component.port} on {HOST} is already in use by another program. "
                          f"Stop it (e.g. `ss -ltnp 'sport = :{component.port}'` shows which) and run `make up` again.")
     RUN_DIR.mkdir(exist_ok=True)
     log = component.log_file.open("ab")
-    started = time.time() - 1
+    since = time.time() - 1
     process = subprocess.Popen(component.command, cwd=ROOT, env={**env, **dict(component.env)}, stdout=log,
                                stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
     component.pid_file.write_text(str(process.pid))
-    start = time.monotonic()
-    while time.monotonic() - start < component.wait_seconds:
+    return _Launched(component, process, since, time.monotonic())
+
+
+def _await_ready(launched: _Launched) -> None:
+    """Wait until the component is ready, within its own wait from its own start."""
+    component, process = launched.component, launched.process
+    while time.monotonic() - launched.begun < component.wait_seconds:
         if process.poll() is not None:
             tail = component.log_file.read_text(errors="replace").splitlines()[-15:]
             component.pid_file.unlink(missing_ok=True)
             raise StackError(f"{component.name} exited with code {process.returncode}; its log "
-                             f"({component.log_file.relative_to(ROOT)}) ends with:\n    " + "\n    ".join(tail))
-        if component.ready(started):
-            _say(component.name, f"started in {time.monotonic() - start:.1f} s (pid {process.pid})")
+                             f"({_shown(component.log_file)}) ends with:\n    " + "\n    ".join(tail))
+        if component.ready(launched.since):
+            _say(component.name, f"started in {time.monotonic() - launched.begun:.1f} s (pid {process.pid})")
             return
         time.sleep(0.5)
     raise StackError(f"{component.name} did not become ready within {component.wait_seconds:g} s; "
-                     f"see {component.log_file.relative_to(ROOT)}")
+                     f"see {_shown(component.log_file)}")
+
+
+def start_together(components: list[Component], env: dict[str, str]) -> None:
+    """Start components that do not need each other side by side, then wait for each: the
+    stack's Prefect processes spend their first seconds importing, which one after another
+    added up (the scale-out stack's two API servers, services, workers and intakes)."""
+    launched = [started for component in components if (started := _launch(component, env))]
+    for started in launched:
+        _await_ready(started)
+
+
+def _start(component: Component, env: dict[str, str]) -> None:
+    start_together([component], env)
 
 
 def _prefect(args: list[str], env: dict[str, str], what: str, timeout: float = 120) -> str:
@@ -517,8 +548,7 @@ def up(ha: bool = False) -> None:
     if ha:
         scale_out.start_workers_and_intakes(env)
     else:
-        _start(by_name["worker"], env)
-        _start(by_name["intake"], env)
+        start_together([by_name["worker"], by_name["intake"]], env)
     _ready(env, ha)
 
 
