@@ -35,6 +35,7 @@ from devstack.stack import (
     _get_ok,
     _prefect,
     _say,
+    _shown,
     _start,
     _worker_online,
     port,
@@ -171,6 +172,21 @@ def start_servers(env: dict[str, str]) -> None:
 
 def start_workers_and_intakes(env: dict[str, str]) -> None:
     start_together(components()[5:], env)
+    _await_routed(f"http://{HOST}:{INTAKE_PORT}/healthz", "the intakes")
+
+
+def _await_routed(url: str, what: str, seconds: float = 30) -> None:
+    """Wait until HAProxy routes to `what`: it started before them, marked them down after its
+    failed checks, and takes them in again after two good ones (up to 4 s after they answer),
+    answering 503 until then. The stack is not ready before an alert can get through."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if _get_ok(url):
+            _say("haproxy", f"routes to {what} ({time.monotonic() - started:.1f} s)")
+            return
+        time.sleep(0.5)
+    log = _shown(RUN_DIR / "haproxy.log")
+    raise StackError(f"HAProxy did not route to {what} within {seconds:g} s ({url}); see {log}")
 
 
 def _check_prefect_redis() -> None:
