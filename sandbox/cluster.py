@@ -210,7 +210,7 @@ class Cluster(DeploymentController):
 
     # -- the deployment controller ---------------------------------------------------------
     def _owned(self, plural: str, namespace: str, owner_uid: str) -> list[dict]:
-        return self._controlled().get((plural, namespace, owner_uid), [])
+        return list(self._controlled().get((plural, namespace, owner_uid), ()))  # a copy: the index stays as built
 
     def _controlled(self) -> dict[tuple[str, str, str], list[dict]]:
         """Every object with a controller, by (plural, namespace, the controller's uid), in the
