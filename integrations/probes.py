@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +13,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from integrations.http import client as http_client
+from integrations.parallel import submit_all
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,10 @@ def probe_all(urls: list[str], timeout: float = 5.0, max_parallel: int = 64) -> 
         return []
     deadline = timeout + 1.0  # a hard stop even if a server trickles bytes past the read timeout
     limits = httpx.Limits(max_connections=max_parallel, max_keepalive_connections=max_parallel)
-    with http_client(limits=limits, follow_redirects=False) as client, \
-            ThreadPoolExecutor(max_workers=min(max_parallel, len(urls))) as pool:
-        futures = [pool.submit(probe, client, url, timeout) for url in urls]
+    with http_client(limits=limits, follow_redirects=False) as client:
+        # daemon threads: a Cancel that lands while a probe waits on a hung service ends the
+        # process at once (integrations/parallel.py)
+        futures = submit_all(lambda url: probe(client, url, timeout), urls, max_parallel, "probe")
         results = []
         for url, future in zip(urls, futures):
             try:

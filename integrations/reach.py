@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from integrations.http import client as http_client
+from integrations.parallel import submit_all
 
 OK, HTTP_ERROR, UNRESOLVABLE, REFUSED, TIMED_OUT, UNREACHABLE = (
     "ok", "http_error", "unresolvable", "refused", "timed_out", "unreachable")
@@ -37,12 +37,10 @@ class Reach:
 
 
 def _resolve(host: str, port: int, timeout: float) -> None:
-    """getaddrinfo has no timeout of its own: it runs in a thread that is given up on."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(timeout=timeout)
-    finally:
-        pool.shutdown(wait=False)
+    """getaddrinfo has no timeout of its own: it runs on a daemon thread that is given up on
+    (nor does a process that is told to stop wait for it)."""
+    submit_all(lambda _: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), [None], name="resolve")[0].result(
+        timeout=timeout)
 
 
 def _connect(host: str, port: int, timeout: float) -> tuple[str, str] | None:

@@ -3,7 +3,6 @@ that cannot reach what it checks says so in its Finding instead of failing the r
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -35,6 +34,7 @@ from incidents.check_facts import (
 from incidents.findings import Finding, unavailable
 from incidents.redaction import redact
 from integrations.errors import IntegrationError
+from integrations.parallel import map_all
 from integrations.probes import error_metrics, probe_all
 from integrations.reach import reach
 from tasks.context import RunContext, SecretNotFound
@@ -131,8 +131,7 @@ def network_reach(ctx: RunContext) -> Finding:
     answers; and if not, which of those failed."""
     deps = ctx.service.dependencies
     timeout = ctx.config.timeouts.probe_seconds
-    with ThreadPoolExecutor(max_workers=max(len(deps), 1)) as pool:
-        found = list(pool.map(lambda item: reach(item[0], item[1].url, timeout), deps.items()))
+    found = map_all(lambda item: reach(item[0], item[1].url, timeout), deps.items(), name="reach")
     failing = [r for r in found if not r.ok]
     summary = ("; ".join(f"{r.name}: {r.detail}" for r in failing) if failing
                else f"{len(found)} dependencies answer directly" if found else "no dependencies configured")

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,3 +71,37 @@ def test_the_load_is_read_right_when_the_metrics_answer_slowly(counters):
     state["latency"], state["share"] = 0.4, 0.0
     window, _ = sample_error_rate(url, 1.0)
     assert 95 <= window.requests / window.seconds <= 105, (window.requests, window.seconds)
+
+
+_PROBING_PROCESS = """
+import signal, sys
+from integrations.probes import probe_all
+
+def stop(*_):  # as Prefect's engine turns SIGTERM into an exception that ends the run
+    raise SystemExit(0)
+
+signal.signal(signal.SIGTERM, stop)
+print("probing", flush=True)
+probe_all([sys.argv[1], sys.argv[1]], timeout=30)
+"""
+
+
+def test_a_process_told_to_stop_does_not_wait_for_its_probes_of_a_hung_service(tmp_path):
+    """A Cancel (SIGTERM) that lands while probes wait on a service that accepts and never
+    answers ends the process at once, not after the probes' 30 s timeout."""
+    hung = socket.create_server(("127.0.0.1", 0))  # accepts (the backlog) and never answers
+    try:
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}/health"
+        script = tmp_path / "probing.py"
+        script.write_text(_PROBING_PROCESS)
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        child = subprocess.Popen([sys.executable, str(script), url], stdout=subprocess.PIPE, text=True, env=env)
+        assert child.stdout is not None and child.stdout.readline().strip() == "probing"
+        time.sleep(0.5)  # the probes are connected and waiting
+        assert child.poll() is None, "the probes did not wait on the hung service"
+        stopped = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=30)
+        assert time.monotonic() - stopped < 2.0, "the process waited for its probes before it ended"
+    finally:
+        hung.close()

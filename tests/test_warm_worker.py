@@ -25,7 +25,7 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def _flow_run(api: str, run_id: str) -> dict:
-    return http.get(f"{api}/flow_runs/{run_id}", timeout=5).json()
+    return http.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
 
 
 def _alive(pid: int) -> bool:
