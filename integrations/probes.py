@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from integrations import parallel
 from integrations.http import client as http_client
-from integrations.parallel import submit_all
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,11 @@ def probe_all(urls: list[str], timeout: float = 5.0, max_parallel: int = 64) -> 
     with http_client(limits=limits, follow_redirects=False) as client:
         # daemon threads: a Cancel that lands while a probe waits on a hung service ends the
         # process at once (integrations/parallel.py)
-        futures = submit_all(lambda url: probe(client, url, timeout), urls, max_parallel, "probe")
+        futures = parallel.submit_all(lambda url: probe(client, url, timeout), urls, max_parallel, "probe")
         results = []
         for url, future in zip(urls, futures):
             try:
-                results.append(future.result(timeout=deadline))
+                results.append(parallel.result(future, timeout=deadline))
             except Exception as exc:  # noqa: BLE001 - a probe that broke is a failed probe
                 results.append(ProbeResult(url, False, None, deadline, f"{type(exc).__name__}: {exc}"))
         return results

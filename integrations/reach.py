@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from integrations import parallel
 from integrations.http import client as http_client
-from integrations.parallel import submit_all
 
 OK, HTTP_ERROR, UNRESOLVABLE, REFUSED, TIMED_OUT, UNREACHABLE = (
     "ok", "http_error", "unresolvable", "refused", "timed_out", "unreachable")
@@ -39,8 +39,9 @@ class Reach:
 def _resolve(host: str, port: int, timeout: float) -> None:
     """getaddrinfo has no timeout of its own: it runs on a daemon thread that is given up on
     (nor does a process that is told to stop wait for it)."""
-    submit_all(lambda _: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), [None], name="resolve")[0].result(
-        timeout=timeout)
+    looked_up = parallel.submit_all(lambda _: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), [None],
+                                    name="resolve")
+    parallel.result(looked_up[0], timeout=timeout)
 
 
 def _connect(host: str, port: int, timeout: float) -> tuple[str, str] | None:
@@ -69,6 +70,8 @@ def reach(name: str, url: str, timeout: float = 3.0) -> Reach:
         _resolve(host, port, timeout)
     except socket.gaierror as exc:
         return done(UNRESOLVABLE, f"{host} does not resolve ({exc.strerror})")
+    except parallel.Stopping as exc:
+        return done(UNREACHABLE, f"not checked: {exc}")
     except FutureTimeout:
         return done(TIMED_OUT, f"resolving {host} took more than {timeout:g} s")
     refused = _connect(host, port, timeout)

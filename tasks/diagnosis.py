@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture
 
 from incidents.check_facts import (
@@ -33,8 +34,8 @@ from incidents.check_facts import (
 )
 from incidents.findings import Finding, unavailable
 from incidents.redaction import redact
+from integrations import parallel
 from integrations.errors import IntegrationError
-from integrations.parallel import map_all
 from integrations.probes import error_metrics, probe_all
 from integrations.reach import reach
 from tasks.context import RunContext, SecretNotFound
@@ -131,7 +132,7 @@ def network_reach(ctx: RunContext) -> Finding:
     answers; and if not, which of those failed."""
     deps = ctx.service.dependencies
     timeout = ctx.config.timeouts.probe_seconds
-    found = map_all(lambda item: reach(item[0], item[1].url, timeout), deps.items(), name="reach")
+    found = parallel.map_all(lambda item: reach(item[0], item[1].url, timeout), deps.items(), name="reach")
     failing = [r for r in found if not r.ok]
     summary = ("; ".join(f"{r.name}: {r.detail}" for r in failing) if failing
                else f"{len(found)} dependencies answer directly" if found else "no dependencies configured")
@@ -247,6 +248,11 @@ def gather(futures: dict[str, PrefectFuture], timeout: float) -> dict[str, Findi
     for check, future in futures.items():
         try:
             findings[check] = future.result(timeout=timeout)
+        except TerminationSignal:
+            # Cancel: Prefect joins the checks' threads before the process ends; their waits on
+            # probes end now instead of when the probes time out
+            parallel.stop_waiting()
+            raise
         except Exception as exc:  # noqa: BLE001 - a broken check must not hide the others
             logger.warning("Check %r did not complete: %s", check, exc)
             findings[check] = unavailable(check, f"{type(exc).__name__}: {exc}")

@@ -74,28 +74,38 @@ def test_the_load_is_read_right_when_the_metrics_answer_slowly(counters):
 
 
 _PROBING_PROCESS = """
-import signal, sys
+import signal, sys, threading
+from integrations import parallel
 from integrations.probes import probe_all
 
-def stop(*_):  # as Prefect's engine turns SIGTERM into an exception that ends the run
+def stop(*_):  # as Prefect's engine turns SIGTERM into an exception, and gather() stops the waits
+    parallel.stop_waiting()
     raise SystemExit(0)
 
 signal.signal(signal.SIGTERM, stop)
+probing = lambda: probe_all([sys.argv[1], sys.argv[1]], timeout=30)
+if sys.argv[2] == "task-thread":  # as a check does, on a thread of Prefect's, which the exit joins
+    threading.Thread(target=probing).start()
+    print("probing", flush=True)
+    threading.Event().wait()
 print("probing", flush=True)
-probe_all([sys.argv[1], sys.argv[1]], timeout=30)
+probing()
 """
 
 
-def test_a_process_told_to_stop_does_not_wait_for_its_probes_of_a_hung_service(tmp_path):
+@pytest.mark.parametrize("where", ["main-thread", "task-thread"])
+def test_a_process_told_to_stop_does_not_wait_for_its_probes_of_a_hung_service(tmp_path, where):
     """A Cancel (SIGTERM) that lands while probes wait on a service that accepts and never
-    answers ends the process at once, not after the probes' 30 s timeout."""
+    answers ends the process at once, not after the probes' 30 s timeout: whether the run's
+    main thread waits for the probes (verification) or a thread of Prefect's does (a check)."""
     hung = socket.create_server(("127.0.0.1", 0))  # accepts (the backlog) and never answers
     try:
         url = f"http://127.0.0.1:{hung.getsockname()[1]}/health"
         script = tmp_path / "probing.py"
         script.write_text(_PROBING_PROCESS)
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
-        child = subprocess.Popen([sys.executable, str(script), url], stdout=subprocess.PIPE, text=True, env=env)
+        child = subprocess.Popen([sys.executable, str(script), url, where], stdout=subprocess.PIPE, text=True,
+                                 env=env)
         assert child.stdout is not None and child.stdout.readline().strip() == "probing"
         time.sleep(0.5)  # the probes are connected and waiting
         assert child.poll() is None, "the probes did not wait on the hung service"
