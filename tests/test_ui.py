@@ -252,9 +252,9 @@ def _state(api: str, run_id: str) -> str:
 
 
 def test_cancel_in_the_browser_stops_a_runbook_that_is_verifying(pg_stack, world, page, store, app_database_url):
-    """The run page's Cancel -> Confirm: the run's process is gone within 2 s of the Cancel reaching
+    """The run page's Cancel -> Confirm: the run's process is gone within 4 s of the Cancel reaching
     the API, the run ends Cancelled, and the incident timeline says so (the UI gives no name)."""
-    from tests.test_warm_worker import _alive, _flow_run, _into_verification
+    from tests.test_warm_worker import CANCEL_GONE_SECONDS, _alive, _flow_run, _into_verification
 
     api = pg_stack.api
     run_id, incident_id, lock = _into_verification(api, world, store, app_database_url)
@@ -273,7 +273,8 @@ def test_cancel_in_the_browser_stops_a_runbook_that_is_verifying(pg_stack, world
             time.sleep(0.1)
     finally:
         lock.release()
-    assert gone < 2.0, f"the run's process was still there {gone:.1f} s after the UI's Cancel reached the API"
+    assert gone < CANCEL_GONE_SECONDS, (
+        f"the run's process was still there {gone:.1f} s after the UI's Cancel reached the API")
     assert _state(api, run_id) == "CANCELLED"
     cancelled = [e for e in store.timeline(incident_id) if e.kind == "cancelled"]
     assert len(cancelled) == 1 and cancelled[0].actor == "an operator (Prefect UI or API)"

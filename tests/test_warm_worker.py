@@ -22,6 +22,12 @@ from tests.conftest import break_api
 from tests.test_scale_out import _run, _state, _until
 
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+# How soon after a Cancel the run's process must be gone. The run stops acting at the SIGTERM;
+# the process then ends through Prefect's own exit, which joins the run's heartbeat thread (it
+# sleeps in 1 s steps: 0.7 s of a 1.0 s exit on an idle machine, seen with py-spy) and flushes
+# its logs. Under CI (three lanes on two cores) that exit took 3.3 s, twice. A process that
+# waits on anything with a timeout (a probe: 2-60 s; the SIGKILL fallback: 5 s) still fails.
+CANCEL_GONE_SECONDS = 4.0
 
 
 def _flow_run(api: str, run_id: str) -> dict:
@@ -87,7 +93,7 @@ def test_cancel_while_verifying_stops_the_process_at_once_and_the_timeline_says_
         while _alive(pid) and time.monotonic() - pressed < 5:
             time.sleep(0.05)
         gone_after = time.monotonic() - pressed
-        assert gone_after < 2.0, f"the run's process was still there {gone_after:.1f} s after Cancel"
+        assert gone_after < CANCEL_GONE_SECONDS, f"the run's process was still there {gone_after:.1f} s after Cancel"
         assert _until(api, run_id, FINAL, timeout=10) == "CANCELLED"
         cancelled_after = time.monotonic() - pressed
         revision = world.cluster.get("deployments", "sandbox", "api")["metadata"]["annotations"][
