@@ -25,8 +25,10 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 # How soon after a Cancel the run's process must be gone. The run stops acting at the SIGTERM;
 # the process then ends through Prefect's own exit, which joins the run's heartbeat thread (it
 # sleeps in 1 s steps: 0.7 s of a 1.0 s exit on an idle machine, seen with py-spy) and flushes
-# its logs. Under CI (three lanes on two cores) that exit took 3.3 s, twice. A process that
-# waits on anything with a timeout (a probe: 2-60 s; the SIGKILL fallback: 5 s) still fails.
+# its logs; under CI (three lanes on two cores) every step of it takes two to three times as
+# long. CI saw 3.3 s twice, while probes still held the exit (how much of that was the probe is
+# not known). A process that waits on anything with a timeout (a probe: 2-60 s; the SIGKILL
+# fallback: 5 s) still fails.
 CANCEL_GONE_SECONDS = 4.0
 
 
