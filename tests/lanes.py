@@ -51,6 +51,18 @@ def modules() -> list[str]:
     return sorted(path.stem for path in TESTS.glob("test_*.py") if path.stem != LAST)
 
 
+def reference_cpu_seconds(additions: int = 3_000_000) -> float:
+    """CPU-seconds this process takes for a fixed pure-Python loop: it tells a slower machine
+    from a slower suite. The same code took 590-700 s a pass one week and 950-1070 s the next
+    on this kind of machine (2 cores), with nothing else running; the second week's reference
+    was 0.21 CPU-s. Compare suite times only between runs whose reference is about the same."""
+    started = time.process_time()
+    total = 0
+    for number in range(additions):
+        total += number
+    return time.process_time() - started
+
+
 def deal(names: list[str], times: dict[str, float], lanes: int) -> list[list[str]]:
     """The modules in `lanes` lanes of about equal measured time (a module never measured
     counts as the median module)."""
@@ -175,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     dealt = [names for names in deal(modules(), times, args.lanes) if names]
     ARTIFACTS.mkdir(exist_ok=True)
     extra = ["--reverse"] if args.reverse else []
+    print(f"[lanes] this machine: 3 million additions in {reference_cpu_seconds():.2f} CPU-s "
+          "(compare suite times only where this is about the same)")
     started = time.monotonic()
     for number, names in enumerate(dealt):
         planned = sum(times.get(name, 0) for name in names)
