@@ -4,10 +4,13 @@ that points everything at them."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import traceback
@@ -59,6 +62,12 @@ BROKEN_IMAGE = "registry.sandbox.local/acme/api:v2-broken"
 APPROVER_CREDENTIALS = {"sam": "sam-credential-7f3a", "tess": "tess-credential-91bc", "rita": "rita-credential-0d42"}
 SLACK_SIGNING_SECRET = "slack-signing-canary-5e1d9c"
 PAGERDUTY_WEBHOOK_SECRET = "pagerduty-webhook-canary-77ab02"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """The machine's PostgreSQL, as its superuser (a test that looks at the server itself)."""
+    return ADMIN_URL
 
 
 @pytest.fixture(scope="session")
@@ -248,6 +257,38 @@ def pg_stack(_pg_stack_once):
     if fixed:
         print(f"pg_stack, before this test: {'; '.join(fixed)}")
     return _pg_stack_once
+
+
+# The machine's one PostgreSQL serves every lane, and by default it takes 100 connections. Two
+# tests each hold about half of that at their peak: 50 runbooks at once on the production-shaped
+# stack (its server's pool of 40 and the runs' store connections: 63 measured) and the
+# scale-out stack's failover (its API servers and store: about 50). Run at the same moment in
+# two lanes, PostgreSQL refused the rest ("sorry, too many clients already"): a server waited
+# 30 s for a connection, a UI click was lost, a runbook could not reach its store. They take
+# turns, across lanes, through a lock file on the machine (PostgreSQL is the machine's too).
+POSTGRES_TURN = Path(tempfile.gettempdir()) / "runbooks-tests-postgres-turn.lock"
+
+
+@contextlib.contextmanager
+def postgres_turn_held() -> Iterator[float]:
+    """The machine's PostgreSQL turn, held until the block ends: gives how long it waited for it."""
+    with POSTGRES_TURN.open("a") as turn:
+        asked = time.monotonic()
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            yield time.monotonic() - asked
+        finally:
+            fcntl.flock(turn, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def postgres_turn() -> Iterator[None]:
+    """For a test that needs about half of PostgreSQL's connections: a test of another lane that
+    needs the same waits for its turn (and says how long)."""
+    with postgres_turn_held() as waited:
+        if waited >= 1:
+            print(f"waited {waited:.0f} s for another lane's test to give back PostgreSQL's connections")
+        yield
 
 
 @pytest.fixture
@@ -444,7 +485,8 @@ def pytest_runtest_makereport(item, call):
 # (`make unit`: `pytest -m unit`, seconds and no services); everything runs in `make test`.
 SERVICE_FIXTURES = {"sandbox", "world", "test_config", "prefect_server", "database_url", "app_database_url", "store",
                     "cache_server", "deployments", "intake", "live_intake", "stack", "drill_env", "inline_worker",
-                    "prometheus_server", "second_world", "lanes", "alertmanager", "cli", "slack_intake", "small_cache"}
+                    "prometheus_server", "second_world", "lanes", "alertmanager", "cli", "slack_intake", "small_cache",
+                    "postgres_admin_url"}
 
 
 @pytest.fixture(autouse=True)

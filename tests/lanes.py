@@ -32,6 +32,8 @@ import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+import psycopg
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 TIMES = TESTS / "lane_times.json"
@@ -79,6 +81,39 @@ def deal(names: list[str], times: dict[str, float], lanes: int) -> list[list[str
         dealt[lane] += group
         load[lane] += sum(times.get(name, default) for name in group)
     return [sorted(lane) for lane in dealt]
+
+
+class PostgresWatch:
+    """The machine's PostgreSQL connections while the lanes run, sampled each second: every lane
+    uses the one server, and past its max_connections it refuses whoever asks next, whichever
+    lane that is (tests/conftest.py's `postgres_turn`)."""
+
+    def __init__(self, url: str):
+        self.url, self.peak, self.peak_at, self.limit, self.error = url, 0, 0.0, 0, ""
+        self.started = time.monotonic()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                self.limit = int(conn.execute("SHOW max_connections").fetchone()[0])
+                while not self.stopped.wait(1.0):
+                    [(count,)] = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'").fetchall()
+                    if count > self.peak:
+                        self.peak, self.peak_at = count, time.monotonic() - self.started
+        except psycopg.Error as exc:
+            self.error = " ".join(str(exc).split())
+
+    def report(self) -> str:
+        self.stopped.set()
+        self.thread.join(5)
+        if self.error:
+            return f"PostgreSQL connections not watched: {self.error}"
+        return (f"PostgreSQL connections: peak {self.peak} of max_connections {self.limit} "
+                f"({self.peak_at:.0f} s in)")
 
 
 class Lane:
@@ -190,11 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[lanes] this machine: 3 million additions in {reference_cpu_seconds():.2f} CPU-s "
           "(compare suite times only where this is about the same)")
     started = time.monotonic()
+    watch = PostgresWatch(os.environ.get("RUNBOOKS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     for number, names in enumerate(dealt):
         planned = sum(times.get(name, 0) for name in names)
         print(f"[lanes] lane {number}: {len(names)} modules (~{planned:.0f} s measured), then {LAST}")
     lanes = [Lane(number, names, extra + args.pytest_args) for number, names in enumerate(dealt)]
     codes = [lane.wait() for lane in lanes]
+    print(f"[lanes] {watch.report()}")
     print(f"[lanes] {len(lanes)} lanes in {time.monotonic() - started:.0f} s:")
     for lane, code in zip(lanes, codes):
         print(f"[lanes]   lane {lane.number}: {lane.last_line} (exit {code}, log {lane.log_path.relative_to(ROOT)})")

@@ -52,7 +52,7 @@ def _stack(env: dict[str, str], command: str, *args: str, timeout: float = 600) 
 
 
 @pytest.fixture
-def ha_stack(tmp_path, database_url):
+def ha_stack(postgres_turn, tmp_path, database_url):
     _databases(create=True)
     for db in REDIS_DBS:
         redis.Redis(db=db).flushdb()

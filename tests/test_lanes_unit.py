@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from tests.lanes import LAST, TOGETHER, deal, failures, module_times, modules
 
 
@@ -51,3 +54,42 @@ tests/stack.py:40: ReadTimeout</error></testcase>
                                 "ERROR tests/test_b.py::t2 (at tests/stack.py:40): fixture broke",
                                 "FAILURE tests/test_c.py::TestGroup::t4: ?"]
     assert failures(tmp_path / "missing.xml") == []
+
+
+def test_the_postgres_watch_sees_connections_held_and_says_when_it_cannot_look(postgres_admin_url):
+    import psycopg
+
+    from tests.lanes import PostgresWatch
+
+    watch = PostgresWatch(postgres_admin_url)
+    held = [psycopg.connect(postgres_admin_url, connect_timeout=5) for _ in range(5)]
+    try:
+        time.sleep(2.5)  # two samples with the five held
+    finally:
+        for conn in held:
+            conn.close()
+    said = watch.report()
+    assert watch.limit >= 5 and watch.peak >= 6 and f"of max_connections {watch.limit}" in said, said
+    refused = PostgresWatch("postgresql://postgres@127.0.0.1:9/postgres")
+    assert refused.report().startswith("PostgreSQL connections not watched: connection failed") and refused.peak == 0
+
+
+def test_a_test_that_needs_half_of_postgres_waits_for_another_lanes_to_finish():
+    from tests.conftest import postgres_turn_held
+
+    holding, given_back = threading.Event(), threading.Event()
+
+    def other_lane() -> None:
+        with postgres_turn_held():
+            holding.set()
+            time.sleep(1.0)
+            given_back.set()
+
+    other = threading.Thread(target=other_lane)
+    other.start()
+    assert holding.wait(10)
+    with postgres_turn_held() as waited:
+        assert given_back.is_set() and waited >= 0.8, waited
+    other.join()
+    with postgres_turn_held() as waited:
+        assert waited < 0.5  # free: taken at once
