@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from incidents.errors import RunbookError
 from incidents.models import Incident, Severity, Status
-from incidents.store_connections import CHECK_SECONDS, IDLE
+from incidents.store_connections import CHECK_SECONDS, IDLE, connect_when_free
 from incidents.vocabulary import DetectedBy
 
 Row = dict[str, Any]  # rows come back as dicts (psycopg's dict_row)
@@ -372,7 +372,7 @@ class StoreBase:
             raise StoreUnreachable(f"incident store at {self.where}: {str(exc).strip().splitlines()[0]}") from None
 
     def _new_connection(self) -> psycopg.Connection[Row]:
-        return psycopg.connect(self.url, connect_timeout=connect_timeout(), options=_OPTIONS, row_factory=dict_row)
+        return connect_when_free(self.url, connect_timeout(), options=_OPTIONS, row_factory=dict_row)
 
     def ensure_schema(self) -> None:
         """Apply SCHEMA once per database, not once per process: a process whose schema is in
@@ -384,10 +384,10 @@ class StoreBase:
                 return
             try:
                 try:
-                    conn = psycopg.connect(self.url, connect_timeout=5, options=_OPTIONS)
+                    conn = connect_when_free(self.url, 5, options=_OPTIONS)
                 except psycopg.OperationalError:
                     self._create_database_if_missing()  # or raises why not
-                    conn = psycopg.connect(self.url, connect_timeout=5, options=_OPTIONS)
+                    conn = connect_when_free(self.url, 5, options=_OPTIONS)
                 with conn:
                     if not _schema_in_place(conn):
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))

@@ -17,11 +17,15 @@ so each process keeps its last connection per database for IDLE_SECONDS, then cl
   of max_connections 100 must not hold them).
 - A forked child never uses or closes its parent's connections (the socket is shared: a close
   would end the parent's session); it starts with none (the warm worker forks its runs).
+- A new connection that PostgreSQL refuses for want of a free slot (past max_connections or the
+  role's CONNECTION LIMIT) is asked for again until the connect timeout, as in an alert storm
+  the slots come free within moments (`connect_when_free`).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import select
 import threading
 import time
@@ -165,3 +169,31 @@ def _close(conn: psycopg.Connection[Any]) -> None:
 
 IDLE = IdleConnections()
 os.register_at_fork(after_in_child=IDLE.forget_after_fork)
+
+
+# PostgreSQL's refusals for want of a free connection slot (SQLSTATE 53300, which libpq does not
+# give a client whose connection failed: only its message says it). The server's messages are
+# in English unless its lc_messages says otherwise; another language is met as any other failure.
+NO_FREE_SLOT = ("too many clients already", "too many connections for role",
+                "remaining connection slots are reserved")
+FIRST_PAUSE, LONGEST_PAUSE = 0.05, 0.5  # seconds between asks: doubling, each with +-50 % jitter
+
+
+def no_free_slot(exc: psycopg.OperationalError) -> bool:
+    return any(words in str(exc) for words in NO_FREE_SLOT)
+
+
+def connect_when_free(url: str, timeout: float, **kwargs: Any) -> psycopg.Connection[Any]:
+    """`psycopg.connect`, asked again while PostgreSQL has no free slot, until `timeout` seconds
+    have passed; any other failure, or the last refusal, is raised as it came."""
+    deadline = time.monotonic() + timeout
+    pause = FIRST_PAUSE
+    while True:
+        try:
+            return psycopg.connect(url, connect_timeout=max(1, round(deadline - time.monotonic())), **kwargs)
+        except psycopg.OperationalError as exc:
+            wait = pause * random.uniform(0.5, 1.5)
+            if not no_free_slot(exc) or time.monotonic() + wait >= deadline:
+                raise
+        time.sleep(wait)
+        pause = min(pause * 2, LONGEST_PAUSE)

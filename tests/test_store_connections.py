@@ -6,6 +6,7 @@ never by a forked child; and checking it is bounded by the store's timeout."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -16,8 +17,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from incidents.store import IncidentStore
 from incidents.store_base import StoreUnreachable
-from incidents.store_connections import CHECK_SECONDS, IDLE, IdleConnections, alive
-from tests.conftest import ADMIN_URL
+from incidents.store_connections import CHECK_SECONDS, IDLE, IdleConnections, alive, connect_when_free
+from tests.conftest import ADMIN_URL, in_lane
 from tests.faultproxy import FaultProxy
 
 
@@ -135,3 +136,62 @@ def test_only_keep_connections_are_kept_per_database(database_url, store):
     assert idle.count() == 1 and inside.closed
     assert idle.take(database_url, timeout=2) is a
     a.close()
+
+
+@pytest.fixture
+def one_slot_role(database_url, store) -> Iterator[str]:
+    """A role of this lane allowed one connection at a time: the test database's connection
+    string as that role."""
+    store.ensure_schema()  # the database, made on first use
+    role = in_lane("runbooks_one_slot")
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+    try:
+        yield make_conninfo(database_url, user=role)
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_connection_refused_for_want_of_a_slot_is_asked_for_again_until_one_comes_free(one_slot_role):
+    """PostgreSQL refuses past max_connections or a role's limit; in an alert storm a slot comes
+    free within moments, and the store waits for it (up to its connect timeout) instead of failing
+    the runbook."""
+    holder = psycopg.connect(one_slot_role)
+    threading.Timer(0.8, holder.close).start()
+    started = time.monotonic()
+    with connect_when_free(one_slot_role, 5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert 0.7 <= time.monotonic() - started < 3
+
+
+def test_a_slot_that_never_comes_free_is_reported_at_the_timeout_and_other_failures_at_once(one_slot_role):
+    with psycopg.connect(one_slot_role):
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match="too many connections for role"):
+            connect_when_free(one_slot_role, 1.5)
+        assert 1.0 <= time.monotonic() - started < 3
+    refused = make_conninfo(one_slot_role, port="9")  # nothing listens: not a want of slots
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError, match="refused"):
+        connect_when_free(refused, 5)
+    assert time.monotonic() - started < 0.5
+
+
+def test_the_store_waits_for_a_slot_instead_of_failing_the_runbook(one_slot_role, fresh_idle, monkeypatch):
+    monkeypatch.setenv("RUNBOOKS_DATABASE_TIMEOUT", "2")
+    store = IncidentStore(one_slot_role)
+    store._ready.add(store.url)  # the schema is the test database's, applied by the `store` fixture
+    holder = psycopg.connect(one_slot_role)
+    threading.Timer(0.5, holder.close).start()
+    started = time.monotonic()
+    assert isinstance(_backend(store), int)  # once the holder gave its slot back
+    assert 0.4 <= time.monotonic() - started < 2
+    IDLE.close_all()
+    with psycopg.connect(one_slot_role):
+        started = time.monotonic()
+        with pytest.raises(StoreUnreachable, match="too many connections for role"):
+            _backend(store)
+        assert 1.5 <= time.monotonic() - started < 4  # the store's connect timeout (2 s)
