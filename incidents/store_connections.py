@@ -192,8 +192,8 @@ def connect_when_free(url: str, timeout: float, **kwargs: Any) -> psycopg.Connec
         try:
             return psycopg.connect(url, connect_timeout=max(1, round(deadline - time.monotonic())), **kwargs)
         except psycopg.OperationalError as exc:
-            wait = pause * random.uniform(0.5, 1.5)
-            if not no_free_slot(exc) or time.monotonic() + wait >= deadline:
+            left = deadline - time.monotonic()
+            if not no_free_slot(exc) or left <= 0:
                 raise
-        time.sleep(wait)
+        time.sleep(min(pause * random.uniform(0.5, 1.5), left))  # the last ask is at the timeout
         pause = min(pause * 2, LONGEST_PAUSE)

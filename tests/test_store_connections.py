@@ -172,7 +172,7 @@ def test_a_slot_that_never_comes_free_is_reported_at_the_timeout_and_other_failu
         started = time.monotonic()
         with pytest.raises(psycopg.OperationalError, match="too many connections for role"):
             connect_when_free(one_slot_role, 1.5)
-        assert 1.0 <= time.monotonic() - started < 3
+        assert 1.5 <= time.monotonic() - started < 3  # asked again until the timeout, not less
     refused = make_conninfo(one_slot_role, port="9")  # nothing listens: not a want of slots
     started = time.monotonic()
     with pytest.raises(psycopg.OperationalError, match="refused"):
@@ -194,4 +194,4 @@ def test_the_store_waits_for_a_slot_instead_of_failing_the_runbook(one_slot_role
         started = time.monotonic()
         with pytest.raises(StoreUnreachable, match="too many connections for role"):
             _backend(store)
-        assert 1.5 <= time.monotonic() - started < 4  # the store's connect timeout (2 s)
+        assert 2.0 <= time.monotonic() - started < 4  # the store's connect timeout (2 s)
